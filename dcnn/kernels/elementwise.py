@@ -1,0 +1,84 @@
+"""Activations, normalisation, fully connected and output kernels, float32.
+
+Activations work in place where the caller allows it (``out=x``), because inference never needs the
+pre-activation values again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import uniform_filter1d
+
+__all__ = [
+    "affine_channels", "batch_norm_scale_shift", "elu", "leaky_relu", "linear", "local_response_norm",
+    "relu", "softmax", "tanh",
+]
+
+
+def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``max(x, 0)``."""
+    return np.maximum(x, np.float32(0), out=out)
+
+
+def leaky_relu(x: np.ndarray, negative_slope: float = 0.01, out: np.ndarray | None = None) -> np.ndarray:
+    """``x`` where positive, ``negative_slope * x`` elsewhere (for ``0 <= negative_slope <= 1``)."""
+    if not 0 <= negative_slope <= 1:
+        return np.where(x > 0, x, np.float32(negative_slope) * x).astype(np.float32, copy=False)
+    return np.maximum(x, np.float32(negative_slope) * x, out=out)
+
+
+def elu(x: np.ndarray, alpha: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:
+    """``x`` where positive, ``alpha * (exp(x) - 1)`` elsewhere."""
+    negative = np.float32(alpha) * np.expm1(np.minimum(x, np.float32(0)))
+    return np.where(x > 0, x, negative, out=out) if out is not None else np.where(x > 0, x, negative)
+
+
+def tanh(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Hyperbolic tangent."""
+    return np.tanh(x, out=out)
+
+
+def batch_norm_scale_shift(weight: np.ndarray, bias: np.ndarray, running_mean: np.ndarray,
+                           running_var: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fold inference batch norm into a per-channel ``scale * x + shift``."""
+    scale = (weight.astype(np.float64) / np.sqrt(running_var.astype(np.float64) + eps))
+    shift = bias.astype(np.float64) - running_mean.astype(np.float64) * scale
+    return scale.astype(np.float32), shift.astype(np.float32)
+
+
+def affine_channels(x: np.ndarray, scale: np.ndarray, shift: np.ndarray,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """Per-channel ``scale * x + shift`` on ``(B, C, H, W)`` (batch norm at inference, dlib's ``affine``)."""
+    out = np.multiply(x, scale[None, :, None, None], out=out)
+    out += shift[None, :, None, None]
+    return out
+
+
+def local_response_norm(x: np.ndarray, size: int, alpha: float = 1e-4, beta: float = 0.75,
+                        k: float = 1.0) -> np.ndarray:
+    """Local response normalisation across channels, as :class:`torch.nn.LocalResponseNorm`.
+
+    ``b_c = a_c / (k + alpha / size * sum_{c' in window(c)} a_{c'}^2) ** beta``, with the window of ``size``
+    channels padded with zeros, ``size // 2`` before and ``(size - 1) // 2`` after channel ``c``.
+    """
+    squares = np.square(x, dtype=np.float32)
+    # uniform_filter1d's window for an even size also reaches size // 2 before and (size - 1) // 2 after.
+    window_mean = uniform_filter1d(squares, size=size, axis=1, mode="constant", cval=0.0)
+    denominator = np.power(np.float32(k) + np.float32(alpha) * window_mean, np.float32(beta))
+    return (x / denominator).astype(np.float32, copy=False)
+
+
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """Fully connected layer: ``x @ weight.T + bias`` for ``x`` of shape ``(B, in)``, weight ``(out, in)``."""
+    out = x @ weight.T
+    if bias is not None:
+        out += bias
+    return out
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax."""
+    shifted = x - x.max(axis=axis, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=axis, keepdims=True)
+    return shifted
