@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import ShapeError
 from .layers import Layer, Shape, TensorSpec
@@ -19,7 +19,7 @@ __all__ = [
     "parse_shape",
 ]
 
-#: The paper's b: bytes per stored value (float32).
+#: The paper's b: bytes per stored value (float32; PyTorch torch.float32).
 BYTES_PER_VALUE = 4
 
 
@@ -91,6 +91,8 @@ class Network:
         How uint8 images are normalised.
     description : str
         One line for ``--help`` and tables.
+    fixed_input_size : bool
+        The network takes only ``input_shape`` (no adaptive pooling before its classifier).
     """
 
     name: str
@@ -98,13 +100,12 @@ class Network:
     input_shape: Shape
     preprocessing: Preprocessing = IMAGENET
     description: str = ""
-    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+    fixed_input_size: bool = False
 
     def __post_init__(self):
         names = [name for name, _ in self.layers]
         if len(set(names)) != len(names):
             raise ValueError(f"{self.name}: duplicate layer names")
-        object.__setattr__(self, "_index", {name: i for i, name in enumerate(names)})
 
     def __iter__(self) -> Iterator[tuple[str, Layer]]:
         return iter(self.layers)
@@ -126,6 +127,9 @@ class Network:
             Naming the first layer that cannot take its input, and the network input size.
         """
         shape = tuple(self.input_shape if input_shape is None else input_shape)
+        if self.fixed_input_size and shape[1:] != self.input_shape[1:]:
+            raise ShapeError(f"{self.name} takes only {format_shape(self.input_shape)} input, got "
+                             f"{format_shape(shape)}; resize the images to {format_shape(self.input_shape[1:])}")
         shapes = [shape]
         for name, layer in self.layers:
             try:

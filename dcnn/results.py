@@ -48,8 +48,16 @@ def provenance() -> dict[str, str]:
         "h5py_version": h5py.__version__,
         "hdf5_version": h5py.version.hdf5_version,
         "mpi4py_version": mpi4py.__version__,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join([_program(), *sys.argv[1:]]),
     }
+
+
+def _program() -> str:
+    """``python -m dcnn.infer`` for a module run with ``-m``, else the script's name."""
+    program = Path(sys.argv[0])
+    if program.parent.name == "dcnn" and program.suffix == ".py":
+        return f"python -m dcnn.{program.stem}"
+    return program.name
 
 
 def _attribute(value: Any) -> Any:

@@ -46,14 +46,15 @@ def _named(prefix: str, layers: list[Layer]) -> list[tuple[str, Layer]]:
 def lenet5() -> Network:
     """Classic LeNet-5 (LeCun et al., 1998) on 1x32x32 input: tanh, average-pool subsampling.
 
-    C5 is a 5x5 convolution to 120 maps, so the network takes exactly 32x32 input and nothing else.
+    C5 is a 5x5 convolution to 120 maps and there is no adaptive pooling: the network takes 32x32 input only.
     61,706 parameters.
     """
     features = [Conv2d(1, 6, 5), Tanh(), AvgPool2d(2), Conv2d(6, 16, 5), Tanh(), AvgPool2d(2),
                 Conv2d(16, 120, 5), Tanh()]
     classifier = [Linear(120, 84), Tanh(), Linear(84, 10)]
     layers = _named("features", features) + [("flatten", Flatten())] + _named("classifier", classifier)
-    return Network("lenet5", tuple(layers), (1, 32, 32), MNIST, "LeNet-5, 1x32x32 grayscale, 10 classes")
+    return Network("lenet5", tuple(layers), (1, 32, 32), MNIST, "LeNet-5, 1x32x32 grayscale, 10 classes",
+                   fixed_input_size=True)
 
 
 def alexnet(num_classes: int = 1000) -> Network:

@@ -1,0 +1,58 @@
+"""Shared fixtures. MPI tests are marked ``mpi`` and run only under ``mpirun ... pytest --with-mpi``."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture
+def rng():
+    """A seeded generator, so every failure reproduces."""
+    return np.random.default_rng(12345)
+
+
+def random_array(rng, *shape):
+    """float32 standard normal values of ``shape``."""
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def mpi_command(ranks: int) -> list[str]:
+    """The launcher prefix for ``ranks`` processes: the MPI next to this Python first, then PATH.
+
+    Open MPI needs ``--oversubscribe`` on small machines (and its root guard lifted, done by the caller's
+    environment); MPICH's hydra oversubscribes as it is.
+    """
+    import os
+    import shutil
+    import subprocess
+
+    here = Path(sys.executable).parent
+    for name in ("mpiexec", "mpirun"):
+        candidate = here / name
+        launcher = str(candidate) if candidate.exists() else shutil.which(name)
+        if launcher:
+            break
+    else:
+        pytest.skip("no MPI launcher (mpiexec/mpirun) found")
+    version = subprocess.run([launcher, "--version"], capture_output=True, text=True).stdout
+    extra = ["--oversubscribe"] if "Open MPI" in version or "OpenRTE" in version else []
+    os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    return [launcher, "-n", str(ranks), *extra]
+
+
+@pytest.fixture(autouse=True)
+def mpi_fence(request):
+    """Barrier before and after every MPI test, so one test's messages never meet another's."""
+    if request.node.get_closest_marker("mpi") is None:
+        yield
+        return
+    from mpi4py import MPI
+
+    MPI.COMM_WORLD.Barrier()
+    yield
+    MPI.COMM_WORLD.Barrier()

@@ -1,0 +1,106 @@
+"""The compiled executor against a layer-by-layer float64 reference, and against PyTorch where installed."""
+
+import numpy as np
+import pytest
+import reference
+from conftest import random_array
+
+from dcnn.forward import Forward
+from dcnn.graph import Network
+from dcnn.layers import AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Tanh
+from dcnn.weights import init_weights
+from dcnn.zoo import get_model
+
+
+def tiny_network() -> Network:
+    """Every layer type the reference knows, at sizes the direct loops handle quickly."""
+    layers = [
+        ("features.0", Conv2d(3, 16, 5, stride=2, padding=2)), ("features.1", BatchNorm2d(16)),
+        ("features.2", ReLU()), ("features.3", MaxPool2d(3, 2, ceil_mode=True)),
+        ("features.4", Conv2d(16, 20, 3, padding=1, dilation=1, groups=4)), ("features.5", Tanh()),
+        ("features.6", AvgPool2d(2, 2, padding=1, ceil_mode=True)),
+        ("flatten", Flatten()), ("classifier.0", Dropout()), ("classifier.1", Linear(20 * 3 * 3, 7)),
+    ]
+    return Network("tiny", tuple(layers), (3, 17, 19))
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_tiny_network_matches_reference(rng, fold):
+    network = tiny_network()
+    weights = init_weights(network, 4)
+    x = random_array(rng, 2, 3, 17, 19)
+    expected = reference.forward(network, weights, x)
+    actual = Forward(network, weights, fold_batch_norm=fold)(x)
+    assert actual.shape == (2, 7)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_lenet_matches_reference(rng):
+    network = get_model("lenet5")
+    weights = init_weights(network, 1)
+    x = random_array(rng, 3, 1, 32, 32)
+    np.testing.assert_allclose(Forward(network, weights)(x), reference.forward(network, weights, x),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_input_is_not_modified(rng):
+    network = tiny_network()
+    forward = Forward(network, init_weights(network))
+    x = random_array(rng, 1, 3, 17, 19)
+    before = x.copy()
+    forward(x)
+    np.testing.assert_array_equal(x, before)
+
+
+def test_partial_runs_compose(rng):
+    network = get_model("lenet5")
+    forward = Forward(network, init_weights(network))
+    x = random_array(rng, 2, 1, 32, 32)
+    middle = forward.run(x, 0, 4)
+    np.testing.assert_allclose(forward.run(middle, 4), forward(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,size", [("alexnet", (227, 231)), ("vgg11_bn", (64, 80)), ("lenet5", (32, 32))])
+def test_matches_pytorch(rng, name, size):
+    torch = pytest.importorskip("torch")
+    network = get_model(name)
+    weights = init_weights(network, 3)
+    module = torch.nn.Sequential()
+    groups: dict[str, torch.nn.Sequential] = {}
+    for layer_name, layer in network.layers:
+        converted = _to_torch(torch, layer)
+        if "." not in layer_name:
+            module.add_module(layer_name, converted)
+        else:
+            head, tail = layer_name.split(".")
+            if head not in groups:
+                groups[head] = torch.nn.Sequential()
+                module.add_module(head, groups[head])
+            groups[head].add_module(tail, converted)
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    module.eval()
+    x = random_array(rng, 2, network.in_channels, *size)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    actual = Forward(network, weights)(x)
+    assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def _to_torch(torch, layer):
+    from dcnn import layers as L
+
+    nn = torch.nn
+    if isinstance(layer, L.Conv2d):
+        return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                         layer.dilation, layer.groups, layer.bias)
+    if isinstance(layer, L.AvgPool2d):
+        return nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode, layer.count_include_pad)
+    if isinstance(layer, L.MaxPool2d):
+        return nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation, ceil_mode=layer.ceil_mode)
+    if isinstance(layer, L.AdaptiveAvgPool2d):
+        return nn.AdaptiveAvgPool2d(layer.output_size)
+    if isinstance(layer, L.BatchNorm2d):
+        return nn.BatchNorm2d(layer.num_features, layer.eps)
+    if isinstance(layer, L.Linear):
+        return nn.Linear(layer.in_features, layer.out_features, layer.bias)
+    return {L.ReLU: nn.ReLU, L.Tanh: nn.Tanh, L.Dropout: nn.Dropout, L.Flatten: nn.Flatten}[type(layer)]()

@@ -1,0 +1,92 @@
+"""Image sets: HDF5 layouts, image folders, preprocessing, and clear errors."""
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from dcnn.errors import InputError, ShapeError
+from dcnn.graph import IMAGENET
+from dcnn.images import open_image_set, preprocess
+from dcnn.zoo import MNIST
+
+
+def test_preprocess_imagenet():
+    pixels = np.full((1, 2, 3, 3), 255, np.uint8)
+    out = preprocess(pixels, IMAGENET)
+    assert out.shape == (1, 3, 2, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0, :, 0, 0], (1 - np.array(IMAGENET.mean)) / np.array(IMAGENET.std), rtol=1e-6)
+
+
+def test_preprocess_grayscale_from_rgb():
+    pixels = np.zeros((1, 4, 4, 3), np.uint8)
+    pixels[..., 1] = 255
+    out = preprocess(pixels, MNIST)
+    assert out.shape == (1, 1, 4, 4)
+    np.testing.assert_allclose(out[0, 0, 0, 0], (0.587 - 0.1307) / 0.3081, rtol=1e-5)
+
+
+def test_preprocess_channel_mismatch():
+    with pytest.raises(ShapeError, match="2 channels"):
+        preprocess(np.zeros((1, 4, 4, 2), np.uint8), IMAGENET)
+
+
+def test_hdf5_uint8_and_float32(tmp_path, rng):
+    path = tmp_path / "set.h5"
+    pixels = rng.integers(0, 256, (5, 6, 7, 3), dtype=np.uint8)
+    tensors = rng.standard_normal((5, 3, 6, 7)).astype(np.float32)
+    with h5py.File(path, "w") as handle:
+        handle["images"] = pixels
+        handle["tensors"] = tensors
+    with open_image_set(path) as images:
+        assert len(images) == 5 and images.image_shape(0) == (6, 7)
+        np.testing.assert_allclose(images.read(1, 3, IMAGENET), preprocess(pixels[1:3], IMAGENET))
+    with open_image_set(path, "tensors") as images:
+        np.testing.assert_array_equal(images.read(0, 5, IMAGENET), tensors)
+
+
+@pytest.mark.parametrize("data,match", [
+    (np.zeros((2, 3, 4), np.uint8), "expected N x H x W x C"),
+    (np.zeros((2, 3, 4, 3), np.int32), "dtype int32"),
+])
+def test_hdf5_bad_layouts(tmp_path, data, match):
+    path = tmp_path / "bad.h5"
+    with h5py.File(path, "w") as handle:
+        handle["images"] = data
+    with pytest.raises(InputError, match=match):
+        open_image_set(path)
+
+
+def test_hdf5_missing_dataset_lists_others(tmp_path):
+    path = tmp_path / "set.h5"
+    with h5py.File(path, "w") as handle:
+        handle["pictures"] = np.zeros((1, 2, 2, 3), np.uint8)
+    with pytest.raises(InputError, match=r"no dataset 'images'.*pictures"):
+        open_image_set(path)
+
+
+def test_missing_and_non_hdf5_paths(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        open_image_set(tmp_path / "nothing.h5")
+    bogus = tmp_path / "bogus.h5"
+    bogus.write_bytes(b"\x89HDF but not really")
+    with pytest.raises(InputError, match="not an HDF5 file"):
+        open_image_set(bogus)
+
+
+def test_folder_of_images(tmp_path, rng):
+    arrays = [rng.integers(0, 256, (8, 9, 3), dtype=np.uint8) for _ in range(3)]
+    for i, array in enumerate(arrays):
+        Image.fromarray(array).save(tmp_path / f"img{i}.png")
+    (tmp_path / "notes.txt").write_text("ignored")
+    with open_image_set(tmp_path) as images:
+        assert len(images) == 3 and images.image_shape(2) == (8, 9)
+        np.testing.assert_allclose(images.read(0, 3, IMAGENET), preprocess(np.stack(arrays), IMAGENET), rtol=1e-6)
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(InputError, match=r"no \.png"):
+        open_image_set(tmp_path)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with open_image_set(tmp_path) as images, pytest.raises(InputError, match="cannot read image"):
+        images.read(0, 1, IMAGENET)

@@ -1,0 +1,134 @@
+"""``python -m dcnn.infer`` as a user runs it: real processes, real HDF5 files, real mpiexec."""
+
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from conftest import mpi_command
+
+from dcnn.forward import Forward
+from dcnn.images import preprocess
+from dcnn.weights import init_weights, save_weights
+from dcnn.zoo import get_model
+
+
+def infer(*args, launcher=(), timeout=120):
+    command = [*launcher, sys.executable, "-m", "dcnn.infer", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def lenet_set(tmp_path, rng):
+    path = tmp_path / "digits.h5"
+    with h5py.File(path, "w") as handle:
+        handle["images"] = rng.integers(0, 256, (7, 32, 32, 1), dtype=np.uint8)
+    return path
+
+
+def test_logits_equal_the_library_forward(tmp_path, lenet_set):
+    network = get_model("lenet5")
+    weights = init_weights(network, 5)
+    weights_path = tmp_path / "w.npz"
+    save_weights(weights_path, weights)
+    output = tmp_path / "out" / "run.h5"
+    done = infer("--model", "lenet5", "--weights", str(weights_path), "--input", str(lenet_set),
+                 "--output", str(output), "--batch-size", "3", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    with h5py.File(lenet_set) as handle:
+        pixels = handle["images"][()]
+    expected = Forward(network, weights)(preprocess(pixels, network.preprocessing))
+    with h5py.File(output) as handle:
+        np.testing.assert_allclose(handle["outputs/logits"][()], expected, rtol=1e-5, atol=1e-6)
+        assert handle["outputs/done"][()].all()
+        attrs = dict(handle.attrs)
+    assert attrs["status"] == "complete" and attrs["model"] == "lenet5" and attrs["num_images"] == 7
+    assert attrs["weights"] == str(weights_path) and "MPI" in attrs["mpi_library"]
+    assert attrs["command"].startswith("python -m dcnn.infer --model lenet5")
+
+
+def test_default_run_on_bundled_samples(tmp_path):
+    output = tmp_path / "default.h5"
+    done = infer("--output", str(output), timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "vgg16: 4 images of 3x224x224" in done.stdout
+    with h5py.File(output) as handle:
+        logits = handle["outputs/logits"][()]
+    assert logits.shape == (4, 1000) and np.isfinite(logits).all()
+
+
+def test_seed_changes_and_reproduces(tmp_path, lenet_set):
+    runs = {}
+    for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        out = tmp_path / f"{name}.h5"
+        assert infer("--model", "lenet5", "--seed", seed, "--input", str(lenet_set), "--output", str(out),
+                     "--quiet").returncode == 0
+        with h5py.File(out) as handle:
+            runs[name] = handle["outputs/logits"][()]
+    np.testing.assert_array_equal(runs["a"], runs["b"])
+    assert not np.array_equal(runs["a"], runs["c"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--input", "/nonexistent/set.h5"], "input '/nonexistent/set.h5' does not exist"),
+    (["--model", "resnet"], "unknown model 'resnet'"),
+    (["--weights", "/nonexistent/w.npz"], "weights file '/nonexistent/w.npz' does not exist"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--dataset", "pixels"], "no dataset 'pixels'"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+    done = infer(*args, "--output", str(tmp_path / "x.h5"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"dcnn: error: {done.stderr.strip()[13:]}"]
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_mismatched_weights_name_the_key(tmp_path):
+    weights_path = tmp_path / "lenet.npz"
+    save_weights(weights_path, init_weights(get_model("lenet5")))
+    done = infer("--model", "alexnet", "--weights", str(weights_path))
+    assert done.returncode == 2 and "missing key 'features.8.weight' (and 9 more) for model alexnet" in done.stderr
+
+
+def test_wrong_image_size_for_lenet(tmp_path, rng):
+    path = tmp_path / "big.h5"
+    with h5py.File(path, "w") as handle:
+        handle["images"] = rng.integers(0, 256, (1, 40, 40, 1), dtype=np.uint8)
+    done = infer("--model", "lenet5", "--input", str(path))
+    assert done.returncode == 2 and "takes only 1x32x32 input" in done.stderr
+
+
+def test_debug_shows_traceback(tmp_path):
+    done = infer("--input", "/nonexistent.h5", "--debug")
+    assert done.returncode == 2 and "Traceback" in done.stderr
+
+
+def test_help_describes_every_option():
+    done = infer("--help")
+    assert done.returncode == 0
+    for option in ("--model", "--weights", "--seed", "--input", "--dataset", "--output", "--batch-size",
+                   "--threads", "--mode", "--quiet", "--debug"):
+        assert option in done.stdout
+
+
+def test_single_mode_under_mpirun_refuses_instead_of_repeating_work(tmp_path, lenet_set):
+    output = tmp_path / "never.h5"
+    done = infer("--model", "lenet5", "--input", str(lenet_set), "--output", str(output),
+                 launcher=mpi_command(3), timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.count("dcnn: error:") == 1, done.stderr
+    assert "--mode single runs on one process, but 3 were started" in done.stderr
+    assert not output.exists()
+
+
+def test_model_table_cli():
+    done = subprocess.run([sys.executable, "-m", "dcnn.model", "vgg16", "--input", "3x224x224"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert "138,357,544" in done.stdout and "15.47G MACs" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "dcnn.model", "lenet5", "--input", "1x28x28"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "takes only 1x32x32" in bad.stderr

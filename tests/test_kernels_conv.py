@@ -1,0 +1,103 @@
+"""The GEMM convolution against the direct-loop reference over a grid of settings and odd sizes."""
+
+import itertools
+
+import numpy as np
+import pytest
+import reference
+from conftest import random_array
+
+from dcnn import threads
+from dcnn.errors import ShapeError
+from dcnn.kernels import conv
+from dcnn.kernels.conv import Conv2dKernel, Workspace, conv2d, normalize_padding
+
+# (in channels, out channels, groups): thin RGB-like inputs take im2col, wider ones the shifted GEMMs.
+CHANNELS = [(3, 5, 1), (16, 7, 1), (32, 8, 2), (18, 6, 3), (16, 16, 16)]
+GEOMETRY = list(itertools.product(
+    [(1, 1), (3, 3), (2, 3), (5, 5)],              # kernel
+    [(1, 1), (2, 2), (2, 1)],                       # stride
+    [(0, 0, 0, 0), (1, 1, 1, 1), (2, 0, 1, 3)],     # padding (top, bottom, left, right)
+    [(1, 1), (2, 2)],                               # dilation
+))
+
+
+@pytest.mark.parametrize("channels", CHANNELS, ids=lambda c: f"c{c[0]}k{c[1]}g{c[2]}")
+@pytest.mark.parametrize("kernel,stride,padding,dilation", GEOMETRY)
+def test_conv_matches_reference(rng, channels, kernel, stride, padding, dilation):
+    in_channels, out_channels, groups = channels
+    x = random_array(rng, 2, in_channels, 11, 9)
+    weight = random_array(rng, out_channels, in_channels // groups, *kernel)
+    bias = random_array(rng, out_channels)
+    expected = reference.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    actual = conv2d(x, weight, bias, stride, padding, dilation, groups)
+    assert actual.dtype == np.float32
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (2, 7), (13, 5), (31, 33)])
+def test_conv_odd_sizes_and_no_bias(rng, height, width):
+    x = random_array(rng, 3, 20, height, width)
+    weight = random_array(rng, 6, 20, 3, 3)
+    expected = reference.conv2d(x, weight, None, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    np.testing.assert_allclose(conv2d(x, weight, padding=1), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_both_algorithms_agree_on_large_layer(rng, monkeypatch):
+    """Chunking spans many chunks here; im2col (forced) and shifted GEMMs must agree."""
+    x = random_array(rng, 2, 24, 70, 45)
+    weight = random_array(rng, 40, 24, 3, 3)
+    shifted = Conv2dKernel(weight)
+    assert shifted.use_tap_gemm
+    monkeypatch.setattr(conv, "TAP_GEMM_MIN_CHANNELS", 10**6)
+    im2col = Conv2dKernel(weight)
+    assert not im2col.use_tap_gemm
+    np.testing.assert_allclose(shifted(x, 1), im2col(x, 1), rtol=1e-4, atol=1e-3)
+
+
+def test_threads_give_identical_results(rng):
+    x = random_array(rng, 2, 32, 40, 37)
+    kernel = Conv2dKernel(random_array(rng, 16, 32, 3, 3), random_array(rng, 16))
+    strided = Conv2dKernel(random_array(rng, 8, 32, 3, 3), stride=(2, 2))
+    try:
+        threads.set_num_threads(1)
+        single = kernel(x, 1), strided(x, 1)
+        threads.set_num_threads(2)
+        double = kernel(x, 1), strided(x, 1)
+    finally:
+        threads.set_num_threads(1)
+    np.testing.assert_array_equal(single[0], double[0])
+    np.testing.assert_array_equal(single[1], double[1])
+
+
+def test_workspace_reuse_across_shapes(rng):
+    """A shared workspace must not leak one call's padding or data into the next."""
+    workspace = Workspace()
+    weight = random_array(rng, 8, 16, 3, 3)
+    kernel = Conv2dKernel(weight)
+    for shape, padding in [((1, 16, 30, 30), 0), ((2, 16, 9, 12), 1), ((1, 16, 30, 30), (2, 0, 0, 1))]:
+        x = random_array(rng, *shape)
+        np.testing.assert_allclose(kernel(x, padding, workspace), kernel(x, padding), rtol=0, atol=0)
+    assert workspace.nbytes > 0
+
+
+def test_input_smaller_than_kernel_is_a_shape_error(rng):
+    with pytest.raises(ShapeError, match="smaller than the 5x5 kernel"):
+        conv2d(random_array(rng, 1, 3, 4, 4), random_array(rng, 2, 3, 5, 5))
+
+
+def test_wrong_channels_is_a_shape_error(rng):
+    with pytest.raises(ShapeError, match=r"expects \(B, 4, H, W\)"):
+        conv2d(random_array(rng, 1, 3, 8, 8), random_array(rng, 2, 4, 3, 3))
+
+
+@pytest.mark.parametrize("value,expected", [(1, (1, 1, 1, 1)), ((1, 2), (1, 1, 2, 2)), ((0, 1, 2, 3), (0, 1, 2, 3))])
+def test_normalize_padding(value, expected):
+    assert normalize_padding(value) == expected
+
+
+@pytest.mark.parametrize("value", [-1, (1, 2, 3), (1.5, 1), "1"])
+def test_normalize_padding_rejects(value):
+    with pytest.raises((ValueError, TypeError)):
+        normalize_padding(value)

@@ -1,0 +1,77 @@
+"""Activations, normalisation, linear and softmax kernels against their definitions."""
+
+import numpy as np
+import pytest
+import reference
+from conftest import random_array
+
+from dcnn.kernels.elementwise import (
+    affine_channels,
+    batch_norm_scale_shift,
+    elu,
+    leaky_relu,
+    linear,
+    local_response_norm,
+    relu,
+    softmax,
+    tanh,
+)
+
+
+def test_relu_in_place(rng):
+    x = random_array(rng, 2, 3, 4, 5)
+    expected = np.where(x > 0, x, 0)
+    out = relu(x, out=x)
+    assert out is x
+    np.testing.assert_array_equal(x, expected)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.01, 0.2, 1.0, 1.5])
+def test_leaky_relu(rng, slope):
+    x = random_array(rng, 50)
+    np.testing.assert_allclose(leaky_relu(x, slope), np.where(x > 0, x, slope * x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_elu(rng, alpha):
+    x = random_array(rng, 50)
+    np.testing.assert_allclose(elu(x, alpha), np.where(x > 0, x, alpha * (np.exp(x.astype(np.float64)) - 1)),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_tanh(rng):
+    x = random_array(rng, 20)
+    np.testing.assert_allclose(tanh(x), np.tanh(x.astype(np.float64)), rtol=1e-6)
+
+
+def test_batch_norm_fold(rng):
+    x = random_array(rng, 2, 4, 3, 3)
+    weight, bias, mean = random_array(rng, 4), random_array(rng, 4), random_array(rng, 4)
+    var = np.abs(random_array(rng, 4)) + 0.1
+    scale, shift = batch_norm_scale_shift(weight, bias, mean, var, 1e-5)
+    shape = (1, -1, 1, 1)
+    expected = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + 1e-5) * weight.reshape(shape) + \
+        bias.reshape(shape)
+    np.testing.assert_allclose(affine_channels(x, scale, shift), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 8])
+def test_local_response_norm(rng, size):
+    x = random_array(rng, 2, 7, 3, 4)
+    np.testing.assert_allclose(local_response_norm(x, size, 1e-2, 0.75, 2.0),
+                               reference.local_response_norm(x, size, 1e-2, 0.75, 2.0), rtol=1e-5)
+
+
+def test_linear(rng):
+    x, weight, bias = random_array(rng, 3, 5), random_array(rng, 4, 5), random_array(rng, 4)
+    expected = np.array([[sum(x[b, i] * weight[o, i] for i in range(5)) + bias[o] for o in range(4)]
+                         for b in range(3)])
+    np.testing.assert_allclose(linear(x, weight, bias), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_is_stable_and_normalised(rng):
+    x = random_array(rng, 3, 10) * 1000
+    out = softmax(x.copy())
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out.sum(axis=1), 1, rtol=1e-6)
+    assert np.array_equal(out.argmax(axis=1), x.argmax(axis=1))

@@ -1,0 +1,83 @@
+"""Pooling kernels (through the layer specs, which turn ceil_mode into explicit padding) against references."""
+
+import itertools
+
+import numpy as np
+import pytest
+import reference
+from conftest import random_array
+
+from dcnn.errors import ShapeError
+from dcnn.forward import compile_layer
+from dcnn.kernels.pool import adaptive_avg_pool2d, adaptive_bins, avg_pool2d, max_pool2d
+from dcnn.layers import AvgPool2d, MaxPool2d
+
+CASES = [(k, s, p, ceil) for k, s, p, ceil in itertools.product((1, 2, 3, 4), (1, 2, 3), (0, 1, 2), (False, True))
+         if p <= k // 2]
+
+
+@pytest.mark.parametrize("size", [(7, 9), (13, 13), (6, 5)])
+@pytest.mark.parametrize("kernel,stride,padding,ceil", CASES)
+def test_max_pool_matches_reference(rng, size, kernel, stride, padding, ceil):
+    x = random_array(rng, 2, 3, *size)
+    layer = MaxPool2d(kernel, stride, padding, ceil_mode=ceil)
+    expected = reference.pool2d(x, (kernel,) * 2, (stride,) * 2, (padding,) * 2, ceil, "max")
+    actual = compile_layer("pool", layer, {})(x)
+    assert actual.shape == expected.shape == (2, 3, *layer.output_shape((3, *size))[1:])
+    np.testing.assert_array_equal(actual, expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("size", [(7, 9), (6, 5)])
+@pytest.mark.parametrize("kernel,stride,padding,ceil", CASES)
+def test_avg_pool_matches_reference(rng, size, kernel, stride, padding, ceil, count_include_pad):
+    x = random_array(rng, 2, 3, *size)
+    layer = AvgPool2d(kernel, stride, padding, ceil_mode=ceil, count_include_pad=count_include_pad)
+    expected = reference.pool2d(x, (kernel,) * 2, (stride,) * 2, (padding,) * 2, ceil, "avg", count_include_pad)
+    actual = compile_layer("pool", layer, {})(x)
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dilated_max_pool(rng):
+    x = random_array(rng, 1, 2, 11, 10)
+    expected = reference.pool2d(x, (3, 2), (2, 1), (1, 1), False, "max", dilation=(2, 3))
+    np.testing.assert_array_equal(max_pool2d(x, (3, 2), (2, 1), 1, (2, 3)), expected.astype(np.float32))
+
+
+def test_asymmetric_padding_never_wins_max(rng):
+    x = -np.abs(random_array(rng, 1, 1, 4, 4)) - 1
+    out = max_pool2d(x, (2, 2), (2, 2), (1, 0, 0, 1))
+    assert np.all(out < 0), "padding must hold -inf, not 0"
+
+
+def test_avg_pool_counted_padding_subset(rng):
+    x = random_array(rng, 1, 1, 5, 5)
+    # Pad 1 on every side, but count only the top and left padding in the divisor.
+    out = avg_pool2d(x, (3, 3), (1, 1), 1, counted_padding=(1, 0, 1, 0))
+    padded = np.pad(x[0, 0].astype(np.float64), 1)
+    counted = np.zeros((7, 7))
+    counted[0:6, 0:6] = 1
+    for i in range(5):
+        for j in range(5):
+            assert out[0, 0, i, j] == pytest.approx(padded[i:i + 3, j:j + 3].sum() / counted[i:i + 3, j:j + 3].sum(),
+                                                    rel=1e-5)
+
+
+def test_pool_window_larger_than_map():
+    with pytest.raises(ShapeError, match="smaller than the 3x3 pooling window"):
+        max_pool2d(np.zeros((1, 1, 2, 2), np.float32), (3, 3), (1, 1))
+
+
+@pytest.mark.parametrize("size,bins", [((7, 7), (7, 7)), ((14, 12), (7, 6)), ((13, 11), (6, 6)), ((5, 3), (7, 7)),
+                                       ((1, 1), (6, 6)), ((9, 10), (4, 3))])
+def test_adaptive_avg_pool_matches_reference(rng, size, bins):
+    x = random_array(rng, 2, 3, *size)
+    np.testing.assert_allclose(adaptive_avg_pool2d(x, bins), reference.adaptive_avg_pool2d(x, bins),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_adaptive_bins_cover_the_map():
+    start, stop = adaptive_bins(13, 6)
+    assert start[0] == 0 and stop[-1] == 13
+    assert np.all(stop > start) and np.all(start[1:] <= stop[:-1])
