@@ -1,8 +1,9 @@
 """Compile a network and its weights into runnable operations, once; run them on batches, many times.
 
 Every engine runs layers through these ops: the single-process path calls them on whole images, the spatial
-and fused engines on blocks with explicit border padding. Batch norm directly after a convolution is folded
-into the convolution's weights when the ops are built, and becomes the identity.
+and fused engines on blocks with explicit border padding. A batch norm directly after a convolution is folded
+into the convolution's weights, and a ReLU after either is fused into the convolution's output pass; the
+absorbed layers keep their place in the op list as identities, so layer indices stay those of the network.
 """
 
 from __future__ import annotations
@@ -80,9 +81,13 @@ def _own_padding(layer: Layer, x: np.ndarray, padding: Padding | None) -> Paddin
     return layer.window.explicit_padding(x.shape[2], x.shape[3])  # type: ignore[union-attr]
 
 
+def _identity(x: np.ndarray, padding: Padding | None) -> np.ndarray:
+    return x
+
+
 def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
                   folded_norm: tuple[np.ndarray, np.ndarray] | None = None,
-                  workspace: Workspace | None = None) -> LayerOp:
+                  workspace: Workspace | None = None, fused_relu: bool = False) -> LayerOp:
     """Build the op for one layer.
 
     Parameters
@@ -97,6 +102,8 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
         ``(scale, shift)`` of a following batch norm to fold into a convolution.
     workspace : Workspace, optional
         Scratch buffers shared by the ops of one executor.
+    fused_relu : bool
+        Apply a following ReLU inside a convolution.
     """
     if isinstance(layer, Conv2d):
         weight = tensors["weight"]
@@ -105,7 +112,7 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
             scale, shift = folded_norm
             weight = weight * scale[:, None, None, None]
             bias = shift if bias is None else bias * scale + shift
-        kernel = Conv2dKernel(weight, bias, layer.stride, layer.dilation, layer.groups)
+        kernel = Conv2dKernel(weight, bias, layer.stride, layer.dilation, layer.groups, relu=fused_relu)
         return LayerOp(name, layer, lambda x, p: kernel(x, _own_padding(layer, x, p), workspace))
     if isinstance(layer, AvgPool2d):
         def run_avg(x, p):
@@ -122,8 +129,6 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
     if isinstance(layer, AdaptiveAvgPool2d):
         return LayerOp(name, layer, lambda x, p: adaptive_avg_pool2d(x, layer.output_size))
     if isinstance(layer, BatchNorm2d):
-        if folded_norm is not None:
-            return LayerOp(name, layer, lambda x, p: x, in_place=True)
         scale, shift = batch_norm_scale_shift(tensors["weight"], tensors["bias"], tensors["running_mean"],
                                               tensors["running_var"], layer.eps)
         return LayerOp(name, layer, lambda x, p: affine_channels(x, scale, shift, out=x), in_place=True)
@@ -140,7 +145,7 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
         LeakyReLU: lambda x, p: leaky_relu(x, layer.negative_slope, out=x),  # type: ignore[attr-defined]
         ELU: lambda x, p: elu(x, layer.alpha, out=x),  # type: ignore[attr-defined]
         Tanh: lambda x, p: tanh(x, out=x),
-        Dropout: lambda x, p: x,
+        Dropout: _identity,
     }
     if type(layer) in pointwise:
         return LayerOp(name, layer, pointwise[type(layer)], in_place=True)
@@ -161,8 +166,9 @@ class Forward:
         The model.
     weights : mapping
         Validated weights by ``state_dict`` key (see :func:`dcnn.weights.validate_weights`).
-    fold_batch_norm : bool
-        Fold batch norm that directly follows a convolution into its weights.
+    fuse : bool
+        Fold batch norm that directly follows a convolution into its weights, and fuse a ReLU that follows
+        either into the convolution.
 
     Examples
     --------
@@ -174,24 +180,31 @@ class Forward:
     (2, 10)
     """
 
-    def __init__(self, network: Network, weights: Mapping[str, np.ndarray], fold_batch_norm: bool = True):
+    def __init__(self, network: Network, weights: Mapping[str, np.ndarray], fuse: bool = True):
         self.network = network
-        layers = list(network.layers)
         self.workspace = Workspace()
         self.ops: list[LayerOp] = []
+        layers = list(network.layers)
+        absorbed: set[int] = set()
         for index, (name, layer) in enumerate(layers):
+            if index in absorbed:
+                self.ops.append(LayerOp(name, layer, _identity, in_place=True))
+                continue
+            folded, fused_relu = None, False
+            following = index + 1
+            if fuse and isinstance(layer, Conv2d):
+                if following < len(layers) and isinstance(layers[following][1], BatchNorm2d):
+                    norm_name, norm = layers[following]
+                    folded = batch_norm_scale_shift(
+                        weights[f"{norm_name}.weight"], weights[f"{norm_name}.bias"],
+                        weights[f"{norm_name}.running_mean"], weights[f"{norm_name}.running_var"], norm.eps)
+                    absorbed.add(following)
+                    following += 1
+                if following < len(layers) and isinstance(layers[following][1], ReLU):
+                    fused_relu = True
+                    absorbed.add(following)
             tensors = {key[len(name) + 1:]: value for key, value in weights.items() if key.startswith(name + ".")}
-            folded = None
-            previous = layers[index - 1][1] if index else None
-            following = layers[index + 1] if index + 1 < len(layers) else None
-            if fold_batch_norm and isinstance(layer, Conv2d) and following and isinstance(following[1], BatchNorm2d):
-                norm_name, norm = following
-                folded = batch_norm_scale_shift(weights[f"{norm_name}.weight"], weights[f"{norm_name}.bias"],
-                                                weights[f"{norm_name}.running_mean"],
-                                                weights[f"{norm_name}.running_var"], norm.eps)
-            elif fold_batch_norm and isinstance(layer, BatchNorm2d) and isinstance(previous, Conv2d):
-                folded = (np.empty(0), np.empty(0))
-            self.ops.append(compile_layer(name, layer, tensors, folded, self.workspace))
+            self.ops.append(compile_layer(name, layer, tensors, folded, self.workspace, fused_relu))
 
     def run(self, x: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Run layers ``start`` to ``stop`` (exclusive) on a batch; the input is never modified."""

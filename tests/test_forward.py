@@ -24,13 +24,13 @@ def tiny_network() -> Network:
     return Network("tiny", tuple(layers), (3, 17, 19))
 
 
-@pytest.mark.parametrize("fold", [True, False])
-def test_tiny_network_matches_reference(rng, fold):
+@pytest.mark.parametrize("fuse", [True, False])
+def test_tiny_network_matches_reference(rng, fuse):
     network = tiny_network()
     weights = init_weights(network, 4)
     x = random_array(rng, 2, 3, 17, 19)
     expected = reference.forward(network, weights, x)
-    actual = Forward(network, weights, fold_batch_norm=fold)(x)
+    actual = Forward(network, weights, fuse=fuse)(x)
     assert actual.shape == (2, 7)
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..blas import gemm_accumulate
 from ..errors import ShapeError
-from ..threads import parallel_for
+from ..threads import get_num_threads, parallel_for
 
 __all__ = ["Conv2dKernel", "Padding", "Workspace", "conv2d", "conv_output_size", "normalize_padding"]
 
@@ -32,10 +32,22 @@ Padding = tuple[int, int, int, int]
 #: Inputs with fewer channels per group than this use im2col: a shifted GEMM with a tiny inner dimension
 #: runs far below the BLAS peak (measured by ``scripts/bench_kernels.py``).
 TAP_GEMM_MIN_CHANNELS = 16
-#: Target size in bytes of the operands one GEMM chunk touches (about half of this machine's L2 per core).
-CHUNK_BYTES = 1 << 20
+#: Target size in bytes of the operands one GEMM chunk touches (swept by hand: 0.5 to 4 MiB are within noise).
+CHUNK_BYTES = 2 << 20
 #: Chunks never get narrower than this many columns, so each GEMM stays efficient.
 MIN_CHUNK_COLUMNS = 1024
+
+
+def balanced_chunks(total: int, target: int) -> list[tuple[int, int]]:
+    """Split ``range(total)`` into near-equal ``(start, stop)`` chunks of about ``target`` or fewer.
+
+    The number of chunks is a multiple of the kernel thread count, so every thread gets the same work.
+    """
+    workers = get_num_threads()
+    count = -(-total // max(1, target))
+    count = min(total, -(-count // workers) * workers)
+    bounds = [total * i // count for i in range(count + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(count)]
 
 
 def normalize_padding(padding: int | Sequence[int]) -> Padding:
@@ -113,15 +125,19 @@ class Conv2dKernel:
         ``(vertical, horizontal)``.
     groups : int
         Number of channel groups.
+    relu : bool
+        Apply ``max(x, 0)`` to the output (a ReLU that follows the convolution, fused into it).
 
     Notes
     -----
     Padding is an argument of :meth:`__call__`, not of the kernel, because a spatial block pads only the
-    sides that lie on the border of the whole feature map.
+    sides that lie on the border of the whole feature map. Bias and ReLU are applied to each chunk of output
+    right after its GEMMs, on the worker thread, while the chunk is still in cache.
     """
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None = None,
-                 stride: tuple[int, int] = (1, 1), dilation: tuple[int, int] = (1, 1), groups: int = 1):
+                 stride: tuple[int, int] = (1, 1), dilation: tuple[int, int] = (1, 1), groups: int = 1,
+                 relu: bool = False):
         weight = np.asarray(weight, dtype=np.float32)
         if weight.ndim != 4:
             raise ValueError(f"conv weight must be 4-D (K, C/groups, kh, kw), got shape {weight.shape}")
@@ -134,7 +150,8 @@ class Conv2dKernel:
         self.stride = (int(stride[0]), int(stride[1]))
         self.dilation = (int(dilation[0]), int(dilation[1]))
         self.groups = groups
-        self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+        self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1, 1)
+        self.relu = relu
         self.use_tap_gemm = self.stride == (1, 1) and group_channels >= TAP_GEMM_MIN_CHANNELS
         if self.use_tap_gemm:
             # (kh * kw, K, C/g): one contiguous K x C/g matrix per tap.
@@ -200,11 +217,11 @@ class Conv2dKernel:
         group_in = channels // self.groups
         group_out = self.out_channels // self.groups
         result = workspace.get("output", (self.out_channels, flat_len))
-        chunk = max(MIN_CHUNK_COLUMNS, CHUNK_BYTES // (4 * (group_in + group_out)))
+        target = max(MIN_CHUNK_COLUMNS, CHUNK_BYTES // (4 * (group_in + group_out)))
 
-        def run_chunks(starts: Sequence[int]) -> None:
-            for start in starts:
-                cols = min(chunk, n_valid - start)
+        def run_chunks(chunks: Sequence[tuple[int, int]]) -> None:
+            for start, stop in chunks:
+                cols = stop - start
                 for group in range(self.groups):
                     for tap, offset in enumerate(tap_offsets):
                         gemm_accumulate(
@@ -212,10 +229,19 @@ class Conv2dKernel:
                             self._weight, (tap * self.out_channels + group * group_out) * group_in, group_in,
                             flat, group * group_in * flat_len + start + offset, flat_len,
                             group_out, cols, group_in, accumulate=tap > 0)
+                self._epilogue(result[:, start:start + cols], self.bias)
 
-        parallel_for(run_chunks, range(0, n_valid, chunk))
+        parallel_for(run_chunks, balanced_chunks(n_valid, target))
         valid = result.reshape(self.out_channels, batch, padded_h, padded_w)[:, :, :out_h, :out_w]
-        return self._finish(valid.transpose(1, 0, 2, 3))
+        out = np.empty((batch, self.out_channels, out_h, out_w), dtype=np.float32)
+
+        def copy_channels(channels_slice: Sequence[int]) -> None:
+            if len(channels_slice):
+                block = slice(channels_slice[0], channels_slice[-1] + 1)
+                out[:, block] = valid[block].transpose(1, 0, 2, 3)
+
+        parallel_for(copy_channels, range(self.out_channels))
+        return out
 
     def _chunked_im2col(self, x: np.ndarray, padding: Padding, out_h: int, out_w: int,
                         workspace: Workspace) -> np.ndarray:
@@ -229,17 +255,19 @@ class Conv2dKernel:
         group_in = channels // self.groups
         group_out = self.out_channels // self.groups
         depth = group_in * kh * kw
-        rows_per_chunk = max(1, min(out_h, max(MIN_CHUNK_COLUMNS, CHUNK_BYTES // (4 * depth)) // out_w))
+        target_rows = max(1, max(MIN_CHUNK_COLUMNS, CHUNK_BYTES // (4 * depth)) // out_w)
+        row_bands = balanced_chunks(out_h, target_rows)
+        max_rows = max(stop - start for start, stop in row_bands)
         out = np.empty((batch, self.out_channels, out_h, out_w), dtype=np.float32)
         plane = out_h * out_w
-        bands = [(image, group, row0) for image in range(batch) for group in range(self.groups)
-                 for row0 in range(0, out_h, rows_per_chunk)]
+        bands = [(image, group, row0, row1) for image in range(batch) for group in range(self.groups)
+                 for row0, row1 in row_bands]
 
-        def run_bands(items: Sequence[tuple[int, int, int]]) -> None:
-            patches = np.empty((group_in, kh * kw, rows_per_chunk, out_w), dtype=np.float32)
-            for image, group, row0 in items:
-                rows = min(rows_per_chunk, out_h - row0)
-                band = patches.reshape(-1)[:depth * rows * out_w].reshape(group_in, kh * kw, rows, out_w)
+        def run_bands(items: Sequence[tuple[int, int, int, int]]) -> None:
+            patches = np.empty(group_in * kh * kw * max_rows * out_w, dtype=np.float32)
+            for image, group, row0, row1 in items:
+                rows = row1 - row0
+                band = patches[:depth * rows * out_w].reshape(group_in, kh * kw, rows, out_w)
                 source = padded[image, group * group_in:(group + 1) * group_in]
                 for i in range(kh):
                     first = row0 * sh + i * dh
@@ -251,17 +279,19 @@ class Conv2dKernel:
                     self._weight, group * group_out * depth, depth,
                     band.reshape(depth, rows * out_w), 0, rows * out_w,
                     group_out, rows * out_w, depth, accumulate=False)
+                channels = slice(group * group_out, (group + 1) * group_out)
+                self._epilogue(out[image, channels].reshape(group_out, plane)[:, row0 * out_w:(row0 + rows) * out_w],
+                               None if self.bias is None else self.bias[channels])
 
         parallel_for(run_bands, bands)
-        return self._finish(out)
-
-    def _finish(self, view: np.ndarray) -> np.ndarray:
-        """Copy a (B, K, Ho, Wo) view into a contiguous array and add the bias in the same pass."""
-        if self.bias is None:
-            return np.ascontiguousarray(view)
-        out = np.empty(view.shape, dtype=np.float32)
-        np.add(view, self.bias[None, :, None, None], out=out)
         return out
+
+    def _epilogue(self, block: np.ndarray, bias: np.ndarray | None) -> None:
+        """Add the bias and apply the fused ReLU to a (channels, columns) block of output, in place."""
+        if bias is not None:
+            block += bias
+        if self.relu:
+            np.maximum(block, np.float32(0), out=block)
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
