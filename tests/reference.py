@@ -121,6 +121,17 @@ def forward(network, weights, x):
             x = np.maximum(x, 0)
         elif isinstance(layer, L.Tanh):
             x = np.tanh(x)
+        elif isinstance(layer, L.LeakyReLU):
+            x = np.where(x > 0, x, layer.negative_slope * x)
+        elif isinstance(layer, L.ELU):
+            x = np.where(x > 0, x, layer.alpha * (np.exp(x) - 1))
+        elif isinstance(layer, L.LocalResponseNorm):
+            x = local_response_norm(x, layer.size, layer.alpha, layer.beta, layer.k)
+        elif isinstance(layer, L.Affine):
+            x = x * w["weight"].reshape(1, -1, 1, 1) + w["bias"].reshape(1, -1, 1, 1)
+        elif isinstance(layer, L.Softmax):
+            e = np.exp(x - x.max(axis=1, keepdims=True))
+            x = e / e.sum(axis=1, keepdims=True)
         elif isinstance(layer, L.Dropout):
             pass
         else:

@@ -7,7 +7,10 @@ from conftest import random_array
 
 from dcnn.forward import Forward
 from dcnn.graph import Network
-from dcnn.layers import AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Tanh
+from dcnn.layers import (
+    ELU, Affine, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, LeakyReLU, Linear, LocalResponseNorm, MaxPool2d,
+    ReLU, Softmax, Tanh,
+)
 from dcnn.weights import init_weights
 from dcnn.zoo import get_model
 
@@ -35,6 +38,20 @@ def test_tiny_network_matches_reference(rng, fuse):
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
+def test_remaining_layer_types_match_reference(rng):
+    layers = [
+        ("a.0", Conv2d(3, 8, 3, padding=(1, 0))), ("a.1", LeakyReLU(0.1)), ("a.2", LocalResponseNorm(3, 1e-2, 0.75, 2.0)),
+        ("a.3", Conv2d(8, 16, 2, stride=(1, 2))), ("a.4", Affine(16)), ("a.5", ELU(0.7)), ("a.6", ReLU()),
+        ("flatten", Flatten()), ("b.0", Linear(16 * 8 * 3, 5)), ("b.1", Softmax()),
+    ]
+    network = Network("mixed", tuple(layers), (3, 9, 9))
+    weights = init_weights(network, 2)
+    x = random_array(rng, 3, 3, 9, 9)
+    actual = Forward(network, weights)(x)
+    np.testing.assert_allclose(actual, reference.forward(network, weights, x), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(actual.sum(axis=1), 1, rtol=1e-5)
+
+
 def test_lenet_matches_reference(rng):
     network = get_model("lenet5")
     weights = init_weights(network, 1)
@@ -60,7 +77,8 @@ def test_partial_runs_compose(rng):
     np.testing.assert_allclose(forward.run(middle, 4), forward(x), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name,size", [("alexnet", (227, 231)), ("vgg11_bn", (64, 80)), ("lenet5", (32, 32))])
+@pytest.mark.parametrize("name,size", [("alexnet", (227, 231)), ("vgg16", (200, 232)), ("vgg11_bn", (64, 80)),
+                                       ("lenet5", (32, 32))])
 def test_matches_pytorch(rng, name, size):
     torch = pytest.importorskip("torch")
     network = get_model(name)

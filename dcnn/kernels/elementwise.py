@@ -29,8 +29,11 @@ def leaky_relu(x: np.ndarray, negative_slope: float = 0.01, out: np.ndarray | No
 
 def elu(x: np.ndarray, alpha: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:
     """``x`` where positive, ``alpha * (exp(x) - 1)`` elsewhere."""
+    # max(x, 0) + alpha * expm1(min(x, 0)) is x where positive and alpha * (exp(x) - 1) elsewhere.
     negative = np.float32(alpha) * np.expm1(np.minimum(x, np.float32(0)))
-    return np.where(x > 0, x, negative, out=out) if out is not None else np.where(x > 0, x, negative)
+    result = np.maximum(x, np.float32(0), out=out)
+    result += negative
+    return result
 
 
 def tanh(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
