@@ -21,6 +21,7 @@ import platform
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -103,13 +104,14 @@ def main() -> None:
         entry = {"name": row.name, "layer": layer.describe(), "in_shape": row.in_shape, "gflop": flops / 1e9}
         for count in thread_counts:
             set_threads(count)
-            dcnn_rate = flops / median_seconds(lambda: kernel(x, padding, workspace), args.repeats) / 1e9
+            dcnn_rate = flops / median_seconds(partial(kernel, x, padding, workspace), args.repeats) / 1e9
             torch_rate = None
             if torch is not None:
-                tx, tw, tb = torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(weights[f"{row.name}.bias"])
+                bias = weights[f"{row.name}.bias"]
+                torch_conv = partial(torch.nn.functional.conv2d, torch.from_numpy(x), torch.from_numpy(weight),
+                                     torch.from_numpy(bias), layer.stride, layer.padding)
                 with torch.no_grad():
-                    torch_rate = flops / median_seconds(
-                        lambda: torch.nn.functional.conv2d(tx, tw, tb, layer.stride, layer.padding), args.repeats) / 1e9
+                    torch_rate = flops / median_seconds(torch_conv, args.repeats) / 1e9
             fraction = dcnn_rate / report["sgemm_gflops"][count]
             entry[f"dcnn_gflops_{count}t"] = dcnn_rate
             entry[f"sgemm_fraction_{count}t"] = fraction
@@ -137,7 +139,8 @@ def main() -> None:
                 with torch.no_grad():
                     torch_times.append(median_seconds(lambda: torch_model(torch.from_numpy(image)), 1))
         dcnn_s = statistics.median(dcnn_times)
-        result = {"dcnn_seconds": dcnn_s, "dcnn_gflops": 2 * sum(r.macs for r in network.costs(input_shape)) / dcnn_s / 1e9}
+        total_flops = 2 * sum(r.macs for r in network.costs(input_shape))
+        result = {"dcnn_seconds": dcnn_s, "dcnn_gflops": total_flops / dcnn_s / 1e9}
         line = f"VGG-16 forward, batch 1, {count} thread(s): dcnn {dcnn_s * 1e3:.0f} ms"
         if torch_times:
             torch_s = statistics.median(torch_times)

@@ -8,8 +8,20 @@ from conftest import random_array
 from dcnn.forward import Forward
 from dcnn.graph import Network
 from dcnn.layers import (
-    ELU, Affine, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, LeakyReLU, Linear, LocalResponseNorm, MaxPool2d,
-    ReLU, Softmax, Tanh,
+    ELU,
+    Affine,
+    AvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    LeakyReLU,
+    Linear,
+    LocalResponseNorm,
+    MaxPool2d,
+    ReLU,
+    Softmax,
+    Tanh,
 )
 from dcnn.weights import init_weights
 from dcnn.zoo import get_model
@@ -40,7 +52,8 @@ def test_tiny_network_matches_reference(rng, fuse):
 
 def test_remaining_layer_types_match_reference(rng):
     layers = [
-        ("a.0", Conv2d(3, 8, 3, padding=(1, 0))), ("a.1", LeakyReLU(0.1)), ("a.2", LocalResponseNorm(3, 1e-2, 0.75, 2.0)),
+        ("a.0", Conv2d(3, 8, 3, padding=(1, 0))), ("a.1", LeakyReLU(0.1)),
+        ("a.2", LocalResponseNorm(3, 1e-2, 0.75, 2.0)),
         ("a.3", Conv2d(8, 16, 2, stride=(1, 2))), ("a.4", Affine(16)), ("a.5", ELU(0.7)), ("a.6", ReLU()),
         ("flatten", Flatten()), ("b.0", Linear(16 * 8 * 3, 5)), ("b.1", Softmax()),
     ]
