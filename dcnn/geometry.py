@@ -13,6 +13,7 @@ the map; what falls outside the map is padding, made explicit per side.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 from .kernels.conv import Padding
 
@@ -79,7 +80,7 @@ def split_extent(length: int, parts: int) -> list[tuple[int, int]]:
     bounds = [0]
     for part in range(parts):
         bounds.append(bounds[-1] + base + (1 if part < extra else 0))
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(pairwise(bounds))
 
 
 def grid_coordinates(rank: int, dims: tuple[int, int]) -> tuple[int, int]:
@@ -168,10 +169,14 @@ def exchange_transfers(held: list[Box], needed: list[Box]) -> list[Transfer]:
     """Every message of one layer's exchange, for blocks ``held[r]`` and needed input boxes ``needed[r]``.
 
     Each rank receives, from every other rank, the intersection of that rank's block with its own needed box.
-    Corners, halos several ranks wide and empty blocks all come out of the same rule.
+    Corners, halos several ranks wide and empty blocks all come out of the same rule. A rank whose held box
+    already covers its needed box (the replicated input of the first layer) receives nothing; otherwise the
+    held boxes are assumed disjoint.
     """
     transfers = []
     for dest, need in enumerate(needed):
+        if held[dest].contains(need):
+            continue
         for source, block in enumerate(held):
             if source != dest:
                 part = block.intersect(need)

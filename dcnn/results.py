@@ -4,6 +4,8 @@ Layout (``docs/results.md`` documents it in full):
 
 - ``/outputs/logits`` — ``N x classes`` float32, row ``i`` for input image ``i``;
 - ``/outputs/done`` — ``N`` uint8, 1 where the row holds a finished result;
+- ``/timing/...`` — per rank and per layer: compute and wait seconds, bytes sent and received;
+- ``/stats/...`` — per rank: peak resident memory;
 - root attributes — the configuration and provenance (``dcnn_version``, ``model``, ``command``,
   ``mpi_library``, ``hostnames``, ``started``, ``finished``, ``status``...).
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -27,7 +30,13 @@ import numpy as np
 from . import __version__
 from .errors import InputError
 
-__all__ = ["ResultWriter", "provenance", "utc_now"]
+__all__ = ["ResultWriter", "peak_rss_bytes", "provenance", "utc_now"]
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far, in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) * (1 if sys.platform == "darwin" else 1024)
 
 
 def utc_now() -> str:
@@ -107,6 +116,15 @@ class ResultWriter:
         stop = start + len(logits)
         self._logits[start:stop] = logits
         self._done[start:stop] = 1
+        self._file.flush()
+
+    def write_group(self, group: str, datasets: Mapping[str, Any]) -> None:
+        """Write (or replace) datasets under ``/group`` and flush."""
+        target = self._file.require_group(group)
+        for name, value in datasets.items():
+            if name in target:
+                del target[name]
+            target.create_dataset(name, data=value)
         self._file.flush()
 
     def finish(self, **attributes: Any) -> None:

@@ -15,6 +15,7 @@ import os
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -28,7 +29,14 @@ __all__ = ["init_weights", "load_weights", "save_weights", "validate_weights"]
 Weights = dict[str, np.ndarray]
 
 
-def init_weights(network: Network, seed: int = 0) -> Weights:
+#: Fully connected weights are drawn in blocks of this many rows, each from its own random stream, so that a
+#: rank can draw just its shard of rows and get exactly the values of the full matrix.
+INIT_ROW_BLOCK = 256
+
+RowRanges = Mapping[str, tuple[int, int]]
+
+
+def init_weights(network: Network, seed: int = 0, rows: RowRanges | None = None) -> Weights:
     """Reproducible random weights: He-normal filters, small uniform biases, non-trivial batch-norm statistics.
 
     Parameters
@@ -36,35 +44,77 @@ def init_weights(network: Network, seed: int = 0) -> Weights:
     network : Network
         The model.
     seed : int
-        Seed of :func:`numpy.random.default_rng`; the same seed gives bit-identical weights.
+        The same seed gives bit-identical weights.
+    rows : mapping, optional
+        ``{key: (start, stop)}``: return only these rows of these tensors (a rank's shard of a fully connected
+        layer). The rows equal the same rows of the full tensors, and the full tensors are never built.
 
     Notes
     -----
-    Weights and biases are drawn per layer from streams derived from ``(seed, layer index)``, so adding a
-    layer does not change the others. Biases and batch-norm statistics are non-zero so that a kernel that
-    ignores them fails the tests.
+    Each layer draws from streams derived from ``(seed, layer index)``, so adding a layer does not change the
+    others. Biases and batch-norm statistics are non-zero so that a kernel that ignores them fails the tests.
     """
+    rows = rows or {}
     weights: Weights = {}
     for index, (name, layer) in enumerate(network.layers):
-        rng = np.random.default_rng([seed, index])
-        for suffix, spec in layer.tensors().items():
+        tensors = layer.tensors()
+        for position, (suffix, spec) in enumerate(tensors.items()):
             key = f"{name}.{suffix}"
+            start, stop = rows.get(key, (0, spec.shape[0] if spec.shape else 0))
+            stream = [seed, index, position]
             if spec.dtype == "int64":
-                weights[key] = np.zeros(spec.shape, dtype=np.int64)
+                value = np.zeros(spec.shape, dtype=np.int64)
+            elif isinstance(layer, Linear) and suffix == "weight":
+                weights[key] = _linear_rows(stream, spec.shape, start, stop, math.sqrt(2.0 / spec.shape[1]))
+                continue
+            elif isinstance(layer, Conv2d) and suffix == "weight":
+                std = math.sqrt(2.0 / math.prod(spec.shape[1:]))
+                value = np.random.default_rng(stream).standard_normal(spec.shape, dtype=np.float32) * np.float32(std)
             elif isinstance(layer, (Conv2d, Linear)):
-                fan_in = math.prod(spec.shape[1:]) if suffix == "weight" else math.prod(
-                    layer.tensors()["weight"].shape[1:])
-                if suffix == "weight":
-                    weights[key] = rng.standard_normal(spec.shape, dtype=np.float32) * np.float32(
-                        math.sqrt(2.0 / fan_in))
-                else:
-                    bound = 1.0 / math.sqrt(fan_in)
-                    weights[key] = rng.uniform(-bound, bound, spec.shape).astype(np.float32)
+                bound = 1.0 / math.sqrt(math.prod(tensors["weight"].shape[1:]))
+                value = np.random.default_rng(stream).uniform(-bound, bound, spec.shape)
             elif isinstance(layer, BatchNorm2d) and suffix in ("weight", "running_var"):
-                weights[key] = rng.uniform(0.5, 1.5, spec.shape).astype(np.float32)
+                value = np.random.default_rng(stream).uniform(0.5, 1.5, spec.shape)
             else:
-                weights[key] = rng.uniform(-0.1, 0.1, spec.shape).astype(np.float32)
+                value = np.random.default_rng(stream).uniform(-0.1, 0.1, spec.shape)
+            value = value.astype(spec.dtype, copy=False)
+            weights[key] = value[start:stop] if key in rows else value
     return weights
+
+
+def _linear_rows(stream: list[int], shape: tuple[int, ...], start: int, stop: int, std: float) -> np.ndarray:
+    """Rows ``start:stop`` of a He-normal matrix drawn in :data:`INIT_ROW_BLOCK`-row blocks."""
+    out = np.empty((stop - start, shape[1]), dtype=np.float32)
+    for block in range(start // INIT_ROW_BLOCK, -(-stop // INIT_ROW_BLOCK)):
+        first, last = block * INIT_ROW_BLOCK, min(shape[0], (block + 1) * INIT_ROW_BLOCK)
+        values = np.random.default_rng([*stream, block]).standard_normal((last - first, shape[1]), dtype=np.float32)
+        lo, hi = max(first, start), min(last, stop)
+        out[lo - start:hi - start] = values[lo - first:hi - first] * np.float32(std)
+    return out
+
+
+def _checked_keys(network: Network, tensors: Mapping[str, Any], source: str) -> list[str]:
+    """Check keys, shapes and dtypes of array-likes (arrays or HDF5 datasets); return the keys to keep."""
+    spec = network.state_spec()
+    missing = [key for key, s in spec.items() if key not in tensors and not s.optional]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise WeightsError(f"{source}: missing key {missing[0]!r}{more} for model {network.name}")
+    extra = [key for key in tensors if key not in spec]
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise WeightsError(f"{source}: unexpected key {extra[0]!r}{more}: not a tensor of model {network.name}")
+    for key, tensor_spec in spec.items():
+        if key not in tensors:
+            continue
+        value = tensors[key]
+        if tuple(value.shape) != tensor_spec.shape:
+            raise WeightsError(f"{source}: {key!r} has shape {tuple(value.shape)}, "
+                               f"model {network.name} expects {tensor_spec.shape}")
+        if value.dtype != np.dtype(tensor_spec.dtype):
+            raise WeightsError(f"{source}: {key!r} has dtype {value.dtype}, expected {tensor_spec.dtype} "
+                               f"(convert with .astype(numpy.{tensor_spec.dtype}))")
+    return [key for key, tensor_spec in spec.items() if key in tensors and not tensor_spec.optional]
 
 
 def validate_weights(network: Network, weights: Mapping[str, np.ndarray], source: str = "weights") -> Weights:
@@ -80,34 +130,21 @@ def validate_weights(network: Network, weights: Mapping[str, np.ndarray], source
     WeightsError
         Naming the first missing or unexpected key, or a key whose shape or dtype is wrong with both shapes.
     """
-    spec = network.state_spec()
-    missing = [key for key, s in spec.items() if key not in weights and not s.optional]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise WeightsError(f"{source}: missing key {missing[0]!r}{more} for model {network.name}")
-    extra = [key for key in weights if key not in spec]
-    if extra:
-        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
-        raise WeightsError(f"{source}: unexpected key {extra[0]!r}{more}: not a tensor of model {network.name}")
-    checked: Weights = {}
-    for key, tensor_spec in spec.items():
-        if key not in weights:
-            continue
-        value = weights[key]
-        if tuple(value.shape) != tensor_spec.shape:
-            raise WeightsError(f"{source}: {key!r} has shape {tuple(value.shape)}, "
-                               f"model {network.name} expects {tensor_spec.shape}")
-        if value.dtype != np.dtype(tensor_spec.dtype):
-            raise WeightsError(f"{source}: {key!r} has dtype {value.dtype}, expected {tensor_spec.dtype} "
-                               f"(convert with .astype(numpy.{tensor_spec.dtype}))")
-        if tensor_spec.optional:
-            continue
-        checked[key] = np.ascontiguousarray(value)
-    return checked
+    return {key: np.ascontiguousarray(weights[key]) for key in _checked_keys(network, weights, source)}
 
 
-def load_weights(path: str | os.PathLike, network: Network | None = None) -> Weights:
+def load_weights(path: str | os.PathLike, network: Network | None = None, rows: RowRanges | None = None) -> Weights:
     """Read a ``.npz`` or HDF5 (``.h5``/``.hdf5``) weights file, validated against ``network`` if given.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    network : Network, optional
+        Check keys, shapes and dtypes against this model.
+    rows : mapping, optional
+        ``{key: (start, stop)}``: keep only these rows of these tensors. HDF5 files are read by slice, so a rank
+        never holds more than its shard; ``.npz`` members are read whole, then sliced.
 
     Raises
     ------
@@ -115,33 +152,40 @@ def load_weights(path: str | os.PathLike, network: Network | None = None) -> Wei
         If the file is missing, unreadable, corrupt, of an unknown format, or does not match the network.
     """
     path = Path(path)
+    rows = rows or {}
     if not path.is_file():
         raise WeightsError(f"weights file {str(path)!r} does not exist")
+
+    def read(tensors: Mapping[str, Any]) -> Weights:
+        keys = list(tensors) if network is None else _checked_keys(network, tensors, str(path))
+        return {key: np.ascontiguousarray(tensors[key][slice(*rows[key])] if key in rows else tensors[key][()])
+                for key in keys}
+
     try:
         if h5py.is_hdf5(path):
-            weights = _read_hdf5(path)
-        elif zipfile.is_zipfile(path):
+            with h5py.File(path, "r") as handle:
+                return read(_hdf5_datasets(handle, path))
+        if zipfile.is_zipfile(path):
             with np.load(path, allow_pickle=False) as archive:
-                weights = {key: archive[key] for key in archive.files}
-        else:
-            raise WeightsError(f"{path}: not a .npz archive or an HDF5 file")
+                return read({key: archive[key] for key in archive.files})
+        raise WeightsError(f"{path}: not a .npz archive or an HDF5 file")
     except WeightsError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
         raise WeightsError(f"{path}: cannot read weights ({type(error).__name__}: {error})") from None
-    return weights if network is None else validate_weights(network, weights, source=str(path))
 
 
-def _read_hdf5(path: Path) -> Weights:
-    weights: Weights = {}
-    with h5py.File(path, "r") as handle:
-        def visit(name: str, item) -> None:
-            if isinstance(item, h5py.Dataset):
-                if item.dtype.kind not in "fiu":
-                    raise WeightsError(f"{path}: dataset {name!r} is not numeric (dtype {item.dtype})")
-                weights[name.replace("/", ".")] = item[()]
-        handle.visititems(visit)
-    return weights
+def _hdf5_datasets(handle: h5py.File, path: Path) -> dict[str, h5py.Dataset]:
+    datasets: dict[str, h5py.Dataset] = {}
+
+    def visit(name: str, item) -> None:
+        if isinstance(item, h5py.Dataset):
+            if item.dtype.kind not in "fiu":
+                raise WeightsError(f"{path}: dataset {name!r} is not numeric (dtype {item.dtype})")
+            datasets[name.replace("/", ".")] = item
+
+    handle.visititems(visit)
+    return datasets
 
 
 def save_weights(path: str | os.PathLike, weights: Mapping[str, np.ndarray]) -> None:

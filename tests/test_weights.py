@@ -132,3 +132,18 @@ def test_hdf5_nested_groups_and_non_numeric(tmp_path, lenet):
 def test_unknown_extension(tmp_path, lenet):
     with pytest.raises(WeightsError, match=r"\.npz, \.h5"):
         save_weights(tmp_path / "w.pt", init_weights(lenet))
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_row_shards_equal_rows_of_the_full_tensors(tmp_path, suffix):
+    network = get_model("vgg11")
+    rows = {"classifier.0.weight": (1000, 1700), "classifier.0.bias": (1000, 1700), "classifier.6.bias": (0, 3)}
+    full = init_weights(network, 7)
+    shard = init_weights(network, 7, rows=rows)
+    path = tmp_path / f"w{suffix}"
+    save_weights(path, full)
+    loaded = load_weights(path, network, rows=rows)
+    for key in full:
+        expected = full[key][slice(*rows[key])] if key in rows else full[key]
+        np.testing.assert_array_equal(shard[key], expected)
+        np.testing.assert_array_equal(loaded[key], expected)

@@ -1,0 +1,122 @@
+"""The spatial engine under real mpiexec: distributed logits equal the single-process logits.
+
+Run with ``mpiexec -n N python -m pytest --with-mpi -m mpi`` (``scripts/test`` does, for several N).
+Every assertion is on values gathered to all ranks, so all ranks pass or fail together.
+"""
+
+import functools
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from dcnn.comm import idle_barrier
+from dcnn.forward import Forward
+from dcnn.spatial import SpatialEngine, fc_shard_rows
+from dcnn.weights import init_weights
+from dcnn.zoo import get_model
+
+pytestmark = pytest.mark.mpi
+COMM = MPI.COMM_WORLD
+SEED = 11
+
+
+@functools.lru_cache(maxsize=1)
+def model_weights(name: str) -> tuple[dict, dict | None]:
+    """``(shard, full)``: this rank's weights (FC layers hold only its rows), and on rank 0 the full weights.
+
+    Cached, so consecutive cases of one model draw them once. Rank 0 slices its shard from the full weights.
+    """
+    network = get_model(name)
+    rows = fc_shard_rows(network, COMM.size, COMM.rank)
+    if COMM.rank != 0:
+        return init_weights(network, SEED, rows=rows), None
+    full = init_weights(network, SEED)
+    return {key: value[slice(*rows[key])] if key in rows else value for key, value in full.items()}, full
+
+
+def shard_weights(name: str) -> dict:
+    """This rank's weights."""
+    return model_weights(name)[0]
+
+
+@functools.lru_cache(maxsize=1)
+def reference(name: str, shape: tuple[int, ...], batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Input and single-process logits, computed on rank 0 (which alone holds all the weights) and broadcast.
+
+    The other ranks sleep in the barrier instead of spinning, so rank 0 gets the cores.
+    """
+    x = np.random.default_rng(sum(shape)).standard_normal((batch, *shape)).astype(np.float32)
+    full = model_weights(name)[1]
+    logits = Forward(get_model(name), full)(x) if COMM.rank == 0 else None
+    idle_barrier(COMM)
+    return x, COMM.bcast(logits, root=0)
+
+
+def grids(size: int, which: str = "all") -> list[tuple[int, int] | None]:
+    """The default grid; with ``which="all"`` also 1 x P, P x 1, and 2 x 3 where P = 6."""
+    options = [None] if which == "default" else [None, (1, size), (size, 1)] + ([(2, 3)] if size == 6 else [])
+    return [g for i, g in enumerate(options) if g not in options[:i]]
+
+
+def run_spatial(name, shape, batch, dims, overlap=True):
+    x, expected = reference(name, shape, batch)
+    with SpatialEngine(get_model(name), shard_weights(name), shape, COMM, dims, overlap=overlap) as engine:
+        actual = engine(x)
+        stats, plan = engine.stats, engine.plan
+    return actual, expected, stats, plan
+
+
+def assert_same_everywhere(actual, expected):
+    error = float(np.abs(actual - expected).max() / np.abs(expected).max())
+    errors = COMM.allgather(error)
+    assert max(errors) <= 1e-4, errors
+
+
+# (model, per-image input, batch, grids): every model on every grid at small or odd sizes, and the large
+# networks end to end at 224 x 224 on the default grid (each of those costs seconds per rank count).
+CASES = [
+    ("lenet5", (1, 32, 32), 3, "all"),
+    ("alexnet", (3, 227, 231), 1, "all"),
+    ("alexnet", (3, 224, 224), 2, "default"),
+    ("vgg16", (3, 83, 101), 1, "all"),
+    ("vgg16", (3, 224, 224), 1, "default"),
+    ("vgg19", (3, 64, 57), 1, "all"),
+    ("vgg19", (3, 224, 224), 1, "default"),
+    ("vgg11_bn", (3, 32, 48), 2, "all"),
+    ("vgg16_bn", (3, 67, 45), 1, "all"),
+    ("vgg19_bn", (3, 40, 33), 1, "default"),
+]
+
+
+@pytest.mark.parametrize("name,shape,batch,which", CASES,
+                         ids=["-".join(map(str, (c[0], "x".join(map(str, c[1][1:]))))) for c in CASES])
+def test_spatial_equals_single_process(name, shape, batch, which):
+    for dims in grids(COMM.size, which):
+        actual, expected, _, _ = run_spatial(name, shape, batch, dims)
+        assert actual.shape == expected.shape
+        assert_same_everywhere(actual, expected)
+
+
+def test_without_overlap_gives_the_same_result():
+    actual, expected, _, _ = run_spatial("vgg11_bn", (3, 64, 61), 1, None, overlap=False)
+    assert_same_everywhere(actual, expected)
+
+
+@pytest.mark.parametrize("dims_kind", ["default", "row", "column"])
+def test_exchanged_bytes_equal_the_geometry(dims_kind):
+    dims = {"default": None, "row": (1, COMM.size), "column": (COMM.size, 1)}[dims_kind]
+    batch = 2
+    _, _, stats, plan = run_spatial("alexnet", (3, 227, 231), batch, dims)
+    received = COMM.allreduce(stats.bytes_received)
+    sent = COMM.allreduce(stats.bytes_sent)
+    for layer in plan.layers:
+        predicted = sum(need.area - need.intersect(own).area for need, own in zip(layer.needed, layer.held)
+                        ) * layer.in_shape[0] * 4 * batch if layer.windowed else 0
+        assert received[layer.index] == predicted == layer.halo_bytes(batch)
+        assert sent[layer.index] == received[layer.index]
+
+
+def test_fc_weights_are_sharded():
+    rows = COMM.allgather(shard_weights("vgg16_bn")["classifier.0.weight"].shape[0])
+    assert sum(rows) == 4096 and max(rows) - min(rows) <= 1
