@@ -143,6 +143,13 @@ def _map_shape(shape: Shape, layer: Layer) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+def _per_channel_shape(shape: Shape, layer: Layer, channels: int) -> Shape:
+    """The unchanged shape of a per-channel layer, after checking its channel count."""
+    if _map_shape(shape, layer)[0] != channels:
+        raise ShapeError(f"{layer.describe()} expects {channels} channels, got {shape[0]}")
+    return shape
+
+
 def _windowed_output(shape: Shape, layer: Layer, window: Window, channels: int) -> Shape:
     _, height, width = _map_shape(shape, layer)
     out_h, out_w = window.output_length(height, 0), window.output_length(width, 1)
@@ -266,9 +273,7 @@ class BatchNorm2d(Layer):
     kind: ClassVar[str] = "batchnorm"
 
     def output_shape(self, shape: Shape) -> Shape:
-        if _map_shape(shape, self)[0] != self.num_features:
-            raise ShapeError(f"{self.describe()} expects {self.num_features} channels, got {shape[0]}")
-        return shape
+        return _per_channel_shape(shape, self, self.num_features)
 
     def tensors(self) -> dict[str, TensorSpec]:
         vector = (self.num_features,)
@@ -289,9 +294,7 @@ class Affine(Layer):
     kind: ClassVar[str] = "affine"
 
     def output_shape(self, shape: Shape) -> Shape:
-        if _map_shape(shape, self)[0] != self.num_features:
-            raise ShapeError(f"{self.describe()} expects {self.num_features} channels, got {shape[0]}")
-        return shape
+        return _per_channel_shape(shape, self, self.num_features)
 
     def tensors(self) -> dict[str, TensorSpec]:
         return {"weight": TensorSpec((self.num_features,)), "bias": TensorSpec((self.num_features,))}

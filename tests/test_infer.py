@@ -132,3 +132,30 @@ def test_model_table_cli():
     bad = subprocess.run([sys.executable, "-m", "dcnn.model", "lenet5", "--input", "1x28x28"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "takes only 1x32x32" in bad.stderr
+
+
+def test_spatial_mode_equals_single_mode_and_records_timings(tmp_path):
+    single, spatial = tmp_path / "single.h5", tmp_path / "spatial.h5"
+    common = ("--model", "alexnet", "--quiet", "--threads", "1")
+    assert infer(*common, "--output", str(single), timeout=300).returncode == 0
+    done = infer(*common, "--mode", "spatial", "--grid", "3x1", "--output", str(spatial), launcher=mpi_command(3),
+                 timeout=300)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(single) as a, h5py.File(spatial) as b:
+        expected, actual = a["outputs/logits"][()], b["outputs/logits"][()]
+        assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
+        assert b.attrs["grid"] == "3x1" and b.attrs["ranks"] == 3 and b.attrs["mode"] == "spatial"
+        layers = len(b["timing/layer_names"])
+        for name in ("compute_seconds", "wait_seconds", "bytes_sent", "bytes_received"):
+            assert b[f"timing/{name}"].shape == (3, layers)
+        assert b["timing/bytes_received"][()].sum() > 0 and (b["timing/compute_seconds"][()].sum(axis=1) > 0).all()
+        assert (b["stats/peak_rss_bytes"][()] > 0).all() and b["stats/peak_rss_bytes"].shape == (3,)
+        assert a["timing/compute_seconds"].shape == (1, layers)
+
+
+def test_grid_that_does_not_match_the_ranks(tmp_path):
+    done = infer("--model", "lenet5", "--mode", "spatial", "--grid", "2x2", "--output", str(tmp_path / "x.h5"),
+                 launcher=mpi_command(3))
+    assert done.returncode != 0
+    assert done.stderr.count("dcnn: error:") == 1
+    assert "--grid 2x2 needs 4 ranks, but 3 were started" in done.stderr
