@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dcnn.geometry import block_boxes
 from dcnn.graph import Network
 from dcnn.layers import Conv2d, Linear
 from dcnn.spatial import plan_spatial
