@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .batch import TaskSplit, parse_capacities, parse_throttle, run_tasks
 from .cli import add_common_arguments, run_main
 from .comm import collective, hostnames, mpi_library_version, ranks_per_node, self_comm, world
 from .errors import InputError, PlanError
@@ -26,6 +27,7 @@ from .kernels.elementwise import softmax
 from .progress import Progress
 from .results import ResultWriter, peak_rss_bytes, provenance, utc_now
 from .spatial import SpatialEngine, fc_shard_rows
+from .steal import FIELDS as STEAL_FIELDS
 from .threads import default_num_threads, set_num_threads
 from .weights import init_weights, load_weights
 from .zoo import get_model, model_names
@@ -33,7 +35,8 @@ from .zoo import get_model, model_names
 __all__ = ["DEFAULT_INPUT", "build_parser", "main"]
 
 DEFAULT_INPUT = Path(__file__).resolve().parents[1] / "data" / "samples.h5"
-MODES = ("single", "spatial")
+MODES = ("single", "batch", "spatial")
+LAYER_FIELDS = ("compute_seconds", "wait_seconds", "bytes_sent", "bytes_received")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, metavar="T",
                         help="threads per rank (default: cores per node divided by ranks per node)")
     parser.add_argument("--mode", choices=MODES, default="single",
-                        help="execution mode. single: one process runs everything (default). spatial: every image "
+                        help="execution mode. single: one process runs everything (default). batch: each rank "
+                             "runs whole chunks of --batch-size images, balanced by work stealing over one-sided "
+                             "MPI windows. spatial: every image "
                              "is split over a 2-D grid of ranks, halos are exchanged per layer, fully connected "
                              "layers are split by output neurons (each rank holds 1/P of their weights)")
     parser.add_argument("--grid", metavar="PYxPX",
@@ -69,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-overlap", action="store_true",
                         help="spatial mode: wait for halos before computing, instead of computing each block's "
                              "interior while they are in flight (for measuring what overlap hides)")
+    parser.add_argument("--capacity", metavar="W0,W1,...",
+                        help="batch mode: relative speed of each rank, for the initial split of the tasks "
+                             "(default: equal); stealing corrects what the weights get wrong")
+    parser.add_argument("--no-steal", action="store_true",
+                        help="batch mode: keep the initial split, no stealing (for comparison)")
+    parser.add_argument("--throttle", action="append", default=[], metavar="RANK:FACTOR",
+                        help="emulate a slow node: RANK sleeps FACTOR-1 times each task's duration after it "
+                             "(repeatable; a knob for studying heterogeneous clusters)")
+    parser.add_argument("--resume", metavar="FILE",
+                        help="continue an interrupted run in FILE: only the images it lacks are computed "
+                             "(same model, weights, input and batch size required)")
     parser.add_argument("--top", type=int, default=3, metavar="K",
                         help="classes shown per image in the summary (default: 3; 0 for none)")
     parser.add_argument("--version", action="version", version=f"dcnn {__version__}")
@@ -128,10 +144,14 @@ def _validate(args: argparse.Namespace, comm) -> tuple[Network, ImageSet, tuple[
         raise InputError(f"--threads must be at least 1, got {args.threads}")
     if args.mode == "single" and comm.size > 1:
         raise PlanError(f"--mode single runs on one process, but {comm.size} were started; "
-                        f"run without mpirun, or choose --mode spatial")
+                        f"run without mpirun, or choose --mode batch or spatial")
+    if args.output and args.resume:
+        raise InputError("--resume continues the file it names; do not give --output as well")
     grid = parse_grid(args.grid)
     if args.mode == "spatial" and grid is not None and grid[0] * grid[1] != comm.size:
         raise PlanError(f"--grid {args.grid} needs {grid[0] * grid[1]} ranks, but {comm.size} were started")
+    parse_capacities(args.capacity, comm.size)
+    parse_throttle(args.throttle, comm.size)
     network = get_model(args.model)
     images = open_image_set(args.input, args.dataset)
     input_shape = _check_input(network, images)
@@ -142,6 +162,27 @@ def _validate(args: argparse.Namespace, comm) -> tuple[Network, ImageSet, tuple[
     return network, images, input_shape, weights
 
 
+def _open_writer(args: argparse.Namespace, comm, network: Network, images: ImageSet, input_shape, split: TaskSplit,
+                 threads: int) -> tuple[ResultWriter | None, np.ndarray | None]:
+    """Rank 0 creates or resumes the result file; returns it with the images already done."""
+    if comm.rank != 0:
+        return None, None
+    attributes = {
+        **provenance(), "model": network.name, "mode": args.mode, "weights": args.weights or f"init:{args.seed}",
+        "input": images.path, "input_shape": format_shape(input_shape), "num_images": len(images),
+        "batch_size": args.batch_size, "num_tasks": split.num_tasks, "threads": threads, "ranks": comm.size,
+        "grid": args.grid or "auto", "overlap": not args.no_overlap, "steal": not args.no_steal,
+        "capacity": args.capacity or "equal", "throttle": args.throttle, "mpi_library": mpi_library_version(),
+        "started": utc_now(),
+    }
+    if args.resume:
+        return ResultWriter.resume(args.resume, attributes)
+    output = Path(args.output) if args.output else _default_output()
+    writer = ResultWriter.create(output, len(images), network.output_shape(input_shape)[0], split.num_tasks,
+                                 attributes)
+    return writer, np.zeros(len(images), np.uint8)
+
+
 def run(args: argparse.Namespace) -> int:
     """The body of ``python -m dcnn.infer`` (see :func:`dcnn.cli.run_main` for error handling)."""
     comm = world()
@@ -149,76 +190,83 @@ def run(args: argparse.Namespace) -> int:
         network, images, input_shape, weights = _validate(args, comm)
     threads = args.threads or max(1, default_num_threads() // ranks_per_node(comm))
     set_num_threads(threads)
-    engine_comm = comm if args.mode == "spatial" else self_comm()
-    engines: dict[tuple[int, ...], SpatialEngine] = {}
+    split = TaskSplit(len(images), args.batch_size)
     writer = None
-    if comm.rank == 0:
-        output = Path(args.output) if args.output else _default_output()
-        attributes = {
-            **provenance(), "model": network.name, "mode": args.mode, "weights": args.weights or f"init:{args.seed}",
-            "input": images.path, "input_shape": format_shape(input_shape), "num_images": len(images),
-            "batch_size": args.batch_size, "threads": threads, "ranks": comm.size, "grid": args.grid or "auto",
-            "overlap": not args.no_overlap, "mpi_library": mpi_library_version(), "started": utc_now(),
-        }
-        writer = ResultWriter(output, len(images), network.output_shape(input_shape)[0], attributes)
-    names = hostnames(comm)
+    with collective(comm):
+        writer, done = _open_writer(args, comm, network, images, input_shape, split, threads)
+    done = comm.bcast(done, root=0)
+    pending = split.pending(done)
+    engine_comm = comm if args.mode == "spatial" else self_comm()
+    grid = parse_grid(args.grid) if args.mode == "spatial" else None
+    engines: dict[tuple[int, ...], SpatialEngine] = {}
+
+    def network_for(shape: tuple[int, ...]) -> SpatialEngine:
+        if shape not in engines:
+            network.shapes(shape)
+            engines[shape] = SpatialEngine(network, weights, shape, engine_comm, grid, overlap=not args.no_overlap)
+        return engines[shape]
+
+    already = int(done.sum())
     progress = Progress(len(images), enabled=False if (args.quiet or comm.rank) else None)
-    top_rows = []
+    names = hostnames(comm)
+    clock = comm.bcast(time.time(), root=0)
     started = time.perf_counter()
-    try:
-        for start, stop in _batches(images, args.batch_size):
-            batch = images.read(start, stop, network.preprocessing)
-            shape = batch.shape[1:]
-            if shape not in engines:
-                network.shapes(shape)
-                grid = parse_grid(args.grid) if args.mode == "spatial" else None
-                engines[shape] = SpatialEngine(network, weights, shape, engine_comm, grid, overlap=not args.no_overlap)
-            logits = engines[shape](batch)
-            if writer is not None:
-                writer.write_logits(start, logits)
-            if len(top_rows) < 5 and args.top > 0:
-                top_rows.extend((start + i, row) for i, row in enumerate(logits[:5 - len(top_rows)]))
-            progress.update(stop)
-        elapsed = time.perf_counter() - started
-        stats = comm.gather(_rank_stats(network, engines.values()))
-        if writer is not None:
-            writer.write_group("timing", _stack(stats, ("compute_seconds", "wait_seconds", "bytes_sent",
-                                                        "bytes_received")))
-            writer.write_group("timing", {"layer_names": np.array([n for n, _ in network.layers], dtype="S")})
-            writer.write_group("stats", _stack(stats, ("peak_rss_bytes",)))
-            writer.finish(finished=utc_now(), elapsed_seconds=elapsed, images_per_second=len(images) / elapsed,
-                          hostnames=names, grid="x".join(map(str, next(iter(engines.values())).plan.dims)))
-    finally:
-        if writer is not None:
-            writer.close()
-        for engine in engines.values():
-            engine.close()
-        images.close()
-    if not args.quiet and comm.rank == 0:
-        print(f"{network.name}: {len(images)} images of {format_shape(input_shape)} in {elapsed:.2f} s "
-              f"({len(images) / elapsed:.2f} images/s, {args.mode} mode, {comm.size} rank(s) x {threads} "
-              f"thread(s)) -> {writer.path}")
-        for index, row in top_rows:
+    stats = run_tasks(comm, args.mode, split, pending, images, network.preprocessing, network_for, writer,
+                      progress, already, clock, steal=not args.no_steal,
+                      capacities=parse_capacities(args.capacity, comm.size),
+                      throttle=parse_throttle(args.throttle, comm.size), seed=args.seed)
+    elapsed = time.perf_counter() - started
+    stats.update(_layer_stats(network, engines.values()))
+    gathered = comm.gather(stats, root=0)
+    for engine in engines.values():
+        engine.close()
+    images.close()
+    if writer is None:
+        return 0
+    computed = sum(split.bounds(t)[1] - split.bounds(t)[0] for t in pending)
+    per_rank = {key: np.stack([rank_stats[key] for rank_stats in gathered]) for key in gathered[0]}
+    writer.finish(
+        {"timing": {"layer_names": np.array([n for n, _ in network.layers], dtype="S"),
+                    **{key: per_rank[key] for key in LAYER_FIELDS}, "busy_seconds": per_rank["busy_seconds"]},
+         "stats": {"peak_rss_bytes": per_rank["peak_rss_bytes"], "steal": per_rank["steal"],
+                   "steal_fields": np.array(STEAL_FIELDS, dtype="S")}},
+        finished=utc_now(), elapsed_seconds=elapsed, images_computed=computed,
+        images_per_second=computed / elapsed if elapsed > 0 else 0.0, hostnames=names,
+        grid="x".join(map(str, next(iter(engines.values())).plan.dims)) if engines else "none")
+    if not args.quiet:
+        _summary(args, network, input_shape, writer.path, computed, elapsed, per_rank, comm.size, threads)
+    return 0
+
+
+def _summary(args, network, input_shape, path, computed, elapsed, per_rank, size, threads) -> None:
+    rate = computed / elapsed if elapsed > 0 else 0.0
+    print(f"{network.name}: {computed} images of {format_shape(input_shape)} in {elapsed:.2f} s ({rate:.2f} images/s, "
+          f"{args.mode} mode, {size} rank(s) x {threads} thread(s)) -> {path}")
+    if args.mode == "batch" and size > 1:
+        steal = per_rank["steal"]
+        for rank in range(size):
+            print(f"  rank {rank}: {int(steal[rank, 0])} tasks, busy {per_rank['busy_seconds'][rank]:.2f} s, "
+                  f"{int(steal[rank, 2])}/{int(steal[rank, 1])} steals succeeded, {int(steal[rank, 3])} tasks stolen")
+    if args.top > 0:
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            logits = handle["outputs/logits"][:5]
+        for index, row in enumerate(logits):
             probabilities = softmax(row[None].astype(np.float64))[0]
             best = np.argsort(probabilities)[::-1][:args.top]
             classes = ", ".join(f"{c} ({probabilities[c]:.3f})" for c in best)
             print(f"  image {index}: top classes {classes}")
-    return 0
 
 
-def _rank_stats(network: Network, engines) -> dict[str, np.ndarray]:
+def _layer_stats(network: Network, engines) -> dict[str, np.ndarray]:
     """This rank's per-layer counters summed over its engines, and its peak memory."""
-    total = {field: np.zeros(len(network), dtype) for field, dtype in (
-        ("compute_seconds", float), ("wait_seconds", float), ("bytes_sent", np.int64), ("bytes_received", np.int64))}
+    total = {field: np.zeros(len(network), dtype) for field, dtype in zip(LAYER_FIELDS, (float, float, np.int64,
+                                                                                       np.int64))}
     for engine in engines:
         for field, values in total.items():
             values += getattr(engine.stats, field)
     return {**total, "peak_rss_bytes": np.array(peak_rss_bytes())}
-
-
-def _stack(per_rank: list[dict[str, np.ndarray]], fields: Sequence[str]) -> dict[str, np.ndarray]:
-    """Stack each field over ranks (rank is the first axis)."""
-    return {field: np.stack([stats[field] for stats in per_rank]) for field in fields}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

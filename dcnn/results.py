@@ -1,16 +1,18 @@
-"""Results in HDF5: outputs in input order, plus the provenance of the run.
+"""Results in HDF5: outputs in input order, per-task and per-layer timings, statistics and provenance.
 
-Layout (``docs/results.md`` documents it in full):
+One schema for every mode (``docs/results.md`` documents it in full):
 
-- ``/outputs/logits`` — ``N x classes`` float32, row ``i`` for input image ``i``;
-- ``/outputs/done`` — ``N`` uint8, 1 where the row holds a finished result;
-- ``/timing/...`` — per rank and per layer: compute and wait seconds, bytes sent and received;
-- ``/stats/...`` — per rank: peak resident memory;
-- root attributes — the configuration and provenance (``dcnn_version``, ``model``, ``command``,
-  ``mpi_library``, ``hostnames``, ``started``, ``finished``, ``status``...).
+- ``/outputs/logits`` — ``N x classes`` float32, row ``i`` for input image ``i``; ``/outputs/done`` — ``N`` uint8;
+- ``/timing/task_start``, ``task_end`` (seconds since the run started), ``task_rank`` — one entry per task;
+- ``/timing/...`` per rank and layer, and ``/stats/...`` per rank — written when the run ends;
+- root attributes — configuration and provenance.
 
-Rows are written and flushed as batches finish, so a killed run leaves a readable file that holds every
-image finished before the kill, and ``status`` stays ``"running"``.
+Crash safety: the file is written in HDF5's single-writer/multiple-reader (SWMR) mode, in which every flush
+leaves a consistent file, and it is flushed after every task. A killed run leaves a readable file holding every
+task finished before the kill, with ``status = "running"``. HDF5 then still marks the file as open for writing:
+read it with ``h5py.File(path, "r", swmr=True)`` (or :func:`open_result`). ``--resume`` first rewrites it into a
+clean copy, then continues. The final groups and attributes are also added to a copy that atomically replaces
+the file (``os.replace``), so the end of a run can be killed too.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ import numpy as np
 from . import __version__
 from .errors import InputError
 
-__all__ = ["ResultWriter", "peak_rss_bytes", "provenance", "utc_now"]
+__all__ = ["ResultWriter", "open_result", "peak_rss_bytes", "provenance", "utc_now"]
+
+#: Attributes that must match for ``--resume`` to continue a file.
+RESUME_KEYS = ("model", "mode", "weights", "input", "input_shape", "num_images", "batch_size")
 
 
 def peak_rss_bytes() -> int:
@@ -69,6 +74,13 @@ def _program() -> str:
     return program.name
 
 
+def _plain(value: Any) -> Any:
+    """A stored attribute as a plain Python value (numpy scalars unwrapped, bytes decoded)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _attribute(value: Any) -> Any:
     """HDF5-storable form of a configuration value (nested values become JSON)."""
     if value is None:
@@ -78,63 +90,127 @@ def _attribute(value: Any) -> Any:
     return json.dumps(value, default=str)
 
 
-class ResultWriter:
-    """Creates a result file and fills it incrementally.
+def open_result(path: str | os.PathLike) -> h5py.File:
+    """Open a result file for reading, whether complete or left by a killed run (still marked open for SWMR)."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        if "already open for write" not in str(error):
+            raise
+        return h5py.File(path, "r", swmr=True)
 
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The file to create; an existing file is replaced.
-    num_images : int
-        Rows of every per-image output.
-    num_outputs : int
-        Columns of ``/outputs/logits``.
-    attributes : mapping
-        Configuration and provenance, stored as root attributes.
+
+def _rewrite(path: Path, groups: Mapping[str, Mapping[str, Any]], attributes: Mapping[str, Any]) -> None:
+    """Replace ``path`` by a clean copy of itself plus ``groups`` and ``attributes`` (atomically)."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open_result(path) as source, h5py.File(temporary, "w", libver="latest") as target:
+        for name in source:
+            source.copy(source[name], target, name=name)
+        for key, value in source.attrs.items():
+            target.attrs[key] = value
+        for group, datasets in groups.items():
+            destination = target.require_group(group)
+            for name, value in datasets.items():
+                if name in destination:
+                    del destination[name]
+                destination.create_dataset(name, data=value)
+        for key, value in attributes.items():
+            target.attrs[key] = _attribute(value)
+    os.replace(temporary, path)
+
+
+class ResultWriter:
+    """Creates (or resumes) a result file and fills it task by task; one writer per run (rank 0).
+
+    Use :meth:`create` or :meth:`resume`, then :meth:`write_task` per finished task, then :meth:`finish`.
     """
 
-    def __init__(self, path: str | os.PathLike, num_images: int, num_outputs: int,
-                 attributes: Mapping[str, Any]):
-        self.path = Path(path)
+    def __init__(self, path: Path, handle: h5py.File, num_tasks: int):
+        self.path = path
+        self._file = handle
+        self.num_tasks = num_tasks
+        self.num_outputs = handle["outputs/logits"].shape[1]
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, num_images: int, num_outputs: int, num_tasks: int,
+               attributes: Mapping[str, Any]) -> ResultWriter:
+        """Create ``path`` (replacing any file there) for ``num_images`` outputs in ``num_tasks`` tasks."""
+        path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = h5py.File(self.path, "w")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = h5py.File(path, "w", libver="latest")
         except OSError as error:
-            raise InputError(f"cannot create output file {str(self.path)!r} ({error})") from None
-        outputs = self._file.create_group("outputs")
+            raise InputError(f"cannot create output file {str(path)!r} ({error})") from None
+        outputs = handle.create_group("outputs")
         rows = max(1, min(num_images, 1024))
-        self._logits = outputs.create_dataset("logits", shape=(num_images, num_outputs), dtype=np.float32,
-                                              fillvalue=np.nan, chunks=(rows, num_outputs))
-        self._done = outputs.create_dataset("done", shape=(num_images,), dtype=np.uint8, fillvalue=0)
+        outputs.create_dataset("logits", shape=(num_images, num_outputs), dtype=np.float32, fillvalue=np.nan,
+                               chunks=(rows, num_outputs))
+        outputs.create_dataset("done", shape=(num_images,), dtype=np.uint8, fillvalue=0)
+        timing = handle.create_group("timing")
+        for name, dtype, fill in (("task_start", np.float64, np.nan), ("task_end", np.float64, np.nan),
+                                  ("task_rank", np.int32, -1)):
+            timing.create_dataset(name, shape=(num_tasks,), dtype=dtype, fillvalue=fill)
         for key, value in attributes.items():
-            self._file.attrs[key] = _attribute(value)
-        self._file.attrs["status"] = "running"
+            handle.attrs[key] = _attribute(value)
+        handle.attrs["status"] = "running"
+        handle.attrs["runs"] = 1
+        handle.swmr_mode = True
+        handle.flush()
+        return cls(path, handle, num_tasks)
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike, attributes: Mapping[str, Any]) -> tuple[ResultWriter, np.ndarray]:
+        """Reopen an interrupted run; returns the writer and the ``done`` flags per image.
+
+        Raises
+        ------
+        InputError
+            If the file is missing or unreadable, or was made by a run with another configuration.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"--resume {str(path)!r}: no such file")
+        try:
+            with open_result(path) as handle:
+                stored = {key: _plain(handle.attrs.get(key)) for key in RESUME_KEYS}
+                status = handle.attrs.get("status")
+                runs = int(handle.attrs.get("runs", 1))
+                num_tasks = handle["timing/task_start"].shape[0]
+        except (OSError, KeyError) as error:
+            raise InputError(f"--resume {path}: not a dcnn result file ({error})") from None
+        for key in RESUME_KEYS:
+            if _attribute(attributes[key]) != stored[key]:
+                raise InputError(f"--resume {path}: it was made with {key} = {stored[key]}, this run has "
+                                 f"{_attribute(attributes[key])}")
+        if status == "complete":
+            raise InputError(f"--resume {path}: the run is already complete")
+        _rewrite(path, {}, {"runs": runs + 1, "resumed": utc_now()})
+        handle = h5py.File(path, "r+", libver="latest")
+        done = handle["outputs/done"][()]
+        handle.swmr_mode = True
+        return cls(path, handle, num_tasks), done
+
+    def write_task(self, task: int, start: int, outputs: np.ndarray, rank: int, started: float,
+                   ended: float) -> None:
+        """Store the outputs of one task (images ``start .. start + len(outputs) - 1``) and flush."""
+        stop = start + len(outputs)
+        self._file["outputs/logits"][start:stop] = outputs
+        self._file["outputs/done"][start:stop] = 1
+        self._file["timing/task_start"][task] = started
+        self._file["timing/task_end"][task] = ended
+        self._file["timing/task_rank"][task] = rank
         self._file.flush()
 
-    def write_logits(self, start: int, logits: np.ndarray) -> None:
-        """Store the outputs of images ``start .. start + len(logits) - 1`` and flush."""
-        stop = start + len(logits)
-        self._logits[start:stop] = logits
-        self._done[start:stop] = 1
-        self._file.flush()
+    def finish(self, groups: Mapping[str, Mapping[str, Any]], **attributes: Any) -> None:
+        """Add the final groups and attributes, mark the run complete and close.
 
-    def write_group(self, group: str, datasets: Mapping[str, Any]) -> None:
-        """Write (or replace) datasets under ``/group`` and flush."""
-        target = self._file.require_group(group)
-        for name, value in datasets.items():
-            if name in target:
-                del target[name]
-            target.create_dataset(name, data=value)
-        self._file.flush()
-
-    def finish(self, **attributes: Any) -> None:
-        """Record final attributes, mark the run complete and close the file."""
-        for key, value in attributes.items():
-            self._file.attrs[key] = _attribute(value)
-        self._file.attrs["status"] = "complete"
+        The additions go to a copy of the file that then replaces it (``os.replace``), so an interruption
+        here leaves the SWMR file as it was.
+        """
         self._file.close()
+        _rewrite(self.path, groups, {**attributes, "status": "complete"})
 
     def close(self) -> None:
-        """Close without marking the run complete (after an error)."""
+        """Close without marking the run complete (after an error); what was flushed stays readable."""
         if self._file.id.valid:
             self._file.close()

@@ -1,0 +1,64 @@
+"""Result files: SWMR writing, readable while running, resume checks, atomic final merge."""
+
+import h5py
+import numpy as np
+import pytest
+
+from dcnn.errors import InputError
+from dcnn.results import RESUME_KEYS, ResultWriter
+
+ATTRIBUTES = {"model": "lenet5", "mode": "batch", "weights": "init:0", "input": "x.h5:images",
+              "input_shape": "1x32x32", "num_images": 6, "batch_size": 2, "started": "now"}
+
+
+def test_write_read_while_open_and_finish(tmp_path):
+    path = tmp_path / "run.h5"
+    writer = ResultWriter.create(path, 6, 3, 3, ATTRIBUTES)
+    writer.write_task(1, 2, np.ones((2, 3), np.float32), rank=1, started=0.5, ended=0.75)
+    with h5py.File(path, "r", swmr=True) as reader:
+        assert reader.attrs["status"] == "running"
+        assert reader["outputs/done"][()].tolist() == [0, 0, 1, 1, 0, 0]
+        assert reader["timing/task_rank"][()].tolist() == [-1, 1, -1]
+    writer.finish({"stats": {"peak_rss_bytes": np.array([1, 2])}}, finished="later")
+    with h5py.File(path, "r") as handle:
+        assert handle.attrs["status"] == "complete" and handle.attrs["finished"] == "later"
+        assert handle["stats/peak_rss_bytes"][()].tolist() == [1, 2]
+        np.testing.assert_array_equal(handle["outputs/logits"][2:4], 1)
+        assert np.isnan(handle["outputs/logits"][0]).all()
+    assert not (tmp_path / "run.h5.tmp").exists()
+
+
+def test_resume_continues_and_checks_the_configuration(tmp_path):
+    path = tmp_path / "run.h5"
+    writer = ResultWriter.create(path, 6, 3, 3, ATTRIBUTES)
+    writer.write_task(0, 0, np.zeros((2, 3), np.float32), rank=0, started=0, ended=1)
+    writer.close()
+    for key in RESUME_KEYS:
+        changed = {**ATTRIBUTES, key: 99 if isinstance(ATTRIBUTES[key], int) else "other"}
+        with pytest.raises(InputError, match=f"made with {key}"):
+            ResultWriter.resume(path, changed)
+    resumed, done = ResultWriter.resume(path, ATTRIBUTES)
+    assert done.tolist() == [1, 1, 0, 0, 0, 0]
+    resumed.write_task(2, 4, np.full((2, 3), 5, np.float32), rank=0, started=2, ended=3)
+    resumed.finish({})
+    with h5py.File(path, "r") as handle:
+        assert handle.attrs["runs"] == 2 and handle["outputs/done"][()].tolist() == [1, 1, 0, 0, 1, 1]
+    with pytest.raises(InputError, match="already complete"):
+        ResultWriter.resume(path, ATTRIBUTES)
+
+
+def test_resume_of_missing_or_foreign_files(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        ResultWriter.resume(tmp_path / "none.h5", ATTRIBUTES)
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as handle:
+        handle["x"] = 1
+    with pytest.raises(InputError, match="not a dcnn result file"):
+        ResultWriter.resume(other, ATTRIBUTES)
+
+
+def test_unwritable_output(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(InputError, match="cannot create output file"):
+        ResultWriter.create(blocker / "run.h5", 1, 1, 1, ATTRIBUTES)
