@@ -1,5 +1,6 @@
 """The work-stealing queue under real mpiexec: every task exactly once, termination, load balance."""
 
+import itertools
 import random
 import time
 
@@ -87,7 +88,7 @@ def test_pack_round_trip():
 def test_initial_intervals_cover_in_proportion(num_tasks, capacities):
     intervals = initial_intervals(num_tasks, capacities)
     assert intervals[0][0] == 0 and intervals[-1][1] == num_tasks
-    assert all(a[1] == b[0] for a, b in zip(intervals, intervals[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(intervals))
     sizes = np.array([b - a for a, b in intervals])
     expected = np.array(capacities) / sum(capacities) * num_tasks
     assert np.all(np.abs(sizes - expected) <= 1)

@@ -1,0 +1,165 @@
+"""``python -m dcnn.analyze``: summarise result files, and compare runs of different rank counts.
+
+For each file: images per second, per-rank busy and idle time, steals and peak memory. Over several files of
+the same model and image count: a speedup and parallel-efficiency table against the run with the fewest ranks.
+``--csv FILE`` writes the per-run table for other tools. Files left by killed runs are read as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .cli import add_common_arguments, run_main
+from .comm import world
+from .errors import InputError
+from .results import open_result
+
+__all__ = ["RunSummary", "load_summary", "main", "scaling_table"]
+
+
+@dataclass
+class RunSummary:
+    """What one result file says about its run."""
+
+    path: str
+    model: str
+    mode: str
+    ranks: int
+    status: str
+    num_images: int
+    images_done: int
+    images_computed: int
+    elapsed: float
+    tasks: np.ndarray = field(repr=False)
+    busy: np.ndarray = field(repr=False)
+    steal: np.ndarray = field(repr=False)
+    peak_rss: np.ndarray = field(repr=False)
+
+    @property
+    def images_per_second(self) -> float:
+        """Throughput of the images computed in this (possibly resumed) run."""
+        return self.images_computed / self.elapsed if self.elapsed > 0 else float("nan")
+
+
+def load_summary(path: str) -> RunSummary:
+    """Read a result file (complete or interrupted).
+
+    Raises
+    ------
+    InputError
+        If the file is missing or not a dcnn result file.
+    """
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        with open_result(path) as handle:
+            attrs = handle.attrs
+            done = int(handle["outputs/done"][()].sum())
+            ranks = int(attrs.get("ranks", 1))
+
+            def per_rank(name: str, shape: tuple[int, ...]) -> np.ndarray:
+                return handle[name][()] if name in handle else np.full(shape, np.nan)
+
+            task_rank = handle["timing/task_rank"][()]
+            finished = task_rank[task_rank >= 0]
+            # In batch mode each task runs on one rank; in the other modes every rank works on every task.
+            tasks = (np.bincount(finished, minlength=ranks) if attrs["mode"] == "batch"
+                     else np.full(ranks, len(finished)))
+
+            return RunSummary(
+                path=path, model=str(attrs["model"]), mode=str(attrs["mode"]), ranks=ranks,
+                status=str(attrs.get("status", "unknown")), num_images=int(attrs["num_images"]), images_done=done,
+                images_computed=int(attrs.get("images_computed", done)),
+                elapsed=float(attrs.get("elapsed_seconds", np.nan)), tasks=tasks,
+                busy=per_rank("timing/busy_seconds", (ranks,)), steal=per_rank("stats/steal", (ranks, 6)),
+                peak_rss=per_rank("stats/peak_rss_bytes", (ranks,)))
+    except (OSError, KeyError) as error:
+        raise InputError(f"{path}: not a dcnn result file ({error})") from None
+
+
+def format_summary(run: RunSummary) -> str:
+    """A short report of one run."""
+    lines = [f"{run.path}: {run.model}, {run.mode} mode, {run.ranks} rank(s), {run.status}",
+             f"  images {run.images_done}/{run.num_images} done, {run.images_computed} computed in "
+             f"{run.elapsed:.2f} s: {run.images_per_second:.2f} images/s"]
+    if run.status != "complete":
+        lines.append("  (interrupted: continue with python -m dcnn.infer ... --resume " + run.path + ")")
+        return "\n".join(lines)
+    lines.append(f"  {'rank':>4} {'tasks':>6} {'busy s':>8} {'idle s':>8} {'steals ok/tried':>16} {'stolen':>7} "
+                 f"{'peak MiB':>9}")
+    for rank in range(run.ranks):
+        steal = run.steal[rank]
+        idle = run.elapsed - run.busy[rank]
+        lines.append(f"  {rank:>4} {int(run.tasks[rank]):>6} {run.busy[rank]:8.2f} {idle:8.2f} "
+                     f"{f'{int(steal[2])}/{int(steal[1])}':>16} {int(steal[3]):>7} {run.peak_rss[rank] / 2**20:9.0f}")
+    return "\n".join(lines)
+
+
+def scaling_table(runs: Sequence[RunSummary]) -> list[dict[str, float]]:
+    """Speedup and efficiency of each run against the one with the fewest ranks (same model and images)."""
+    if not runs:
+        return []
+    base = min(runs, key=lambda r: (r.ranks, r.elapsed))
+    rows = []
+    for run in sorted(runs, key=lambda r: (r.ranks, r.elapsed)):
+        speedup = base.elapsed / run.elapsed * (run.images_computed / base.images_computed)
+        rows.append({"ranks": run.ranks, "seconds": run.elapsed, "images_per_second": run.images_per_second,
+                     "speedup": speedup * base.ranks, "efficiency": speedup * base.ranks / run.ranks})
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m dcnn.analyze``."""
+    parser = argparse.ArgumentParser(prog="python -m dcnn.analyze", description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", help="result files written by python -m dcnn.infer")
+    parser.add_argument("--csv", metavar="FILE", help="also write one row per run to this CSV file")
+    add_common_arguments(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the summaries and, for several complete runs, the scaling tables."""
+    if world().rank != 0:  # a serial tool: under mpirun, rank 0 alone reads and prints
+        return 0
+    runs = [load_summary(path) for path in args.files]
+    for summary in runs:
+        print(format_summary(summary))
+    groups: dict[tuple[str, int], list[RunSummary]] = {}
+    for summary in runs:
+        if summary.status == "complete":
+            groups.setdefault((summary.model, summary.num_images), []).append(summary)
+    for (model, images), group in groups.items():
+        if len({r.ranks for r in group}) < 2:
+            continue
+        print(f"\nscaling, {model} on {images} images (baseline: the run with the fewest ranks)")
+        print(f"{'ranks':>5} {'seconds':>9} {'images/s':>9} {'speedup':>8} {'efficiency':>10}")
+        for row in scaling_table(group):
+            print(f"{row['ranks']:>5} {row['seconds']:9.2f} {row['images_per_second']:9.2f} {row['speedup']:8.2f} "
+                  f"{row['efficiency']:10.1%}")
+    if args.csv:
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file", "model", "mode", "ranks", "status", "images", "images_done", "seconds",
+                             "images_per_second", "steals_succeeded", "max_peak_rss_bytes"])
+            for summary in runs:
+                writer.writerow([summary.path, summary.model, summary.mode, summary.ranks, summary.status,
+                                 summary.num_images, summary.images_done, f"{summary.elapsed:.4f}",
+                                 f"{summary.images_per_second:.4f}", int(np.nansum(summary.steal[:, 2])),
+                                 int(np.nanmax(summary.peak_rss))])
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m dcnn.analyze``."""
+    return run_main(run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

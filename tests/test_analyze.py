@@ -1,0 +1,52 @@
+"""``python -m dcnn.analyze`` on real result files."""
+
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from conftest import mpi_command
+
+from dcnn.analyze import load_summary, scaling_table
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runs")
+    data = folder / "digits.h5"
+    with h5py.File(data, "w") as handle:
+        handle["images"] = np.random.default_rng(0).integers(0, 256, (48, 32, 32, 1), dtype=np.uint8)
+    paths = []
+    for ranks in (1, 2):
+        path = folder / f"np{ranks}.h5"
+        done = subprocess.run([*mpi_command(ranks), sys.executable, "-m", "dcnn.infer", "--model", "lenet5",
+                               "--mode", "batch", "--input", str(data), "--output", str(path), "--batch-size", "4",
+                               "--threads", "1", "--quiet"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        paths.append(path)
+    return paths
+
+
+def test_summaries_and_scaling_table(runs, tmp_path):
+    csv_path = tmp_path / "runs.csv"
+    done = subprocess.run([sys.executable, "-m", "dcnn.analyze", *map(str, runs), "--csv", str(csv_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "lenet5, batch mode, 2 rank(s), complete" in done.stdout
+    assert "scaling, lenet5 on 48 images" in done.stdout and "efficiency" in done.stdout
+    rows = csv_path.read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("file,model,mode,ranks")
+
+
+def test_load_summary_counts_tasks_per_rank(runs):
+    summary = load_summary(str(runs[1]))
+    assert summary.ranks == 2 and summary.tasks.sum() == 12 and summary.images_done == 48
+    table = scaling_table([load_summary(str(p)) for p in runs])
+    assert [row["ranks"] for row in table] == [1, 2] and table[0]["speedup"] == pytest.approx(1.0)
+
+
+def test_missing_file_is_one_line():
+    done = subprocess.run([sys.executable, "-m", "dcnn.analyze", "/nonexistent.h5"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and done.stderr.strip() == "dcnn: error: /nonexistent.h5: no such file"
