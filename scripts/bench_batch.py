@@ -74,7 +74,7 @@ def main() -> None:
         efficiency = t1 / (result["ranks"] * result["seconds"])
         result["efficiency"] = efficiency
         print(f"{name:<24} {result['seconds']:8.2f} {result['images_per_second']:9.2f} {efficiency:10.1%} "
-              f"{result['queue_overhead']:15.3%} {str(result['tasks_per_rank']):>12} {result['steals_succeeded']:>7}")
+              f"{result['queue_overhead']:15.3%} {result['tasks_per_rank']!s:>12} {result['steals_succeeded']:>7}")
     for name in ("np2_slow_rank_steal", "np2_slow_rank_no_steal"):
         runs[name]["makespan_over_ideal"] = runs[name]["seconds"] / ideal
     print(f"\nrank 1 four times slower: ideal balanced makespan {ideal:.2f} s; with stealing "
