@@ -21,16 +21,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from .comm import MPI
+from .detect import FaceDetector, to_records
 from .errors import InputError
+from .graph import Preprocessing
 from .images import ImageSet
 from .progress import Progress
-from .results import ResultWriter
+from .results import ResultWriter, encode_outputs
 from .steal import FIELDS, StealQueue
 
-__all__ = ["InOrderTasks", "ResultChannel", "TaskSplit", "parse_capacities", "parse_throttle", "run_tasks"]
+__all__ = [
+    "Classification", "Detection", "InOrderTasks", "ResultChannel", "TaskSplit", "parse_capacities", "parse_throttle",
+    "run_tasks",
+]
 
 RESULT_TAG = 17
-_HEADER = 4  # task, first image, start time, end time
+_HEADER = 5  # task, first image, stop, start time, end time
 
 
 @dataclass(frozen=True)
@@ -102,13 +107,13 @@ class ResultChannel:
         self._pending: list[tuple[MPI.Request, np.ndarray]] = []
         self._status = MPI.Status()
 
-    def deliver(self, task: int, start: int, outputs: np.ndarray, started: float, ended: float) -> None:
+    def deliver(self, task: int, start: int, stop: int, outputs: np.ndarray, started: float, ended: float) -> None:
         """Write (rank 0) or send (other ranks) one task's outputs."""
         if self.writer is not None:
-            self.writer.write_task(task, start, outputs, self.comm.rank, started, ended)
+            self.writer.write_task(task, start, stop, outputs, self.comm.rank, started, ended)
             self.written += 1
             return
-        message = np.concatenate([[task, start, started, ended], outputs.astype(np.float64).reshape(-1)])
+        message = np.concatenate([[task, start, stop, started, ended], encode_outputs(outputs, start)])
         self._pending.append((self.comm.Isend(message, dest=0, tag=RESULT_TAG), message))
         self._pending = [(r, m) for r, m in self._pending if not r.Test()]
 
@@ -120,11 +125,9 @@ class ResultChannel:
             source, count = self._status.Get_source(), self._status.Get_count(MPI.DOUBLE)
             message = np.empty(count, np.float64)
             self.comm.Recv(message, source=source, tag=RESULT_TAG)
-            task, start = int(message[0]), int(message[1])
-            rows = message[_HEADER:]
-            width = self.writer.num_outputs
-            self.writer.write_task(task, start, rows.reshape(-1, width).astype(np.float32), source,
-                                   float(message[2]), float(message[3]))
+            task, start, stop = (int(v) for v in message[:3])
+            self.writer.write_task(task, start, stop, self.writer.decode(message[_HEADER:], start), source,
+                                   float(message[3]), float(message[4]))
             self.written += 1
 
     def drain(self, expected: int) -> None:
@@ -160,20 +163,50 @@ class InOrderTasks:
         return self.items_done
 
 
-def _run_images(images: ImageSet, start: int, stop: int, preprocessing, network_for) -> np.ndarray:
-    """Outputs of images ``start .. stop - 1``, one forward pass per run of equally sized images."""
-    outputs, first = [], start
+def _same_size_runs(images: ImageSet, start: int, stop: int) -> list[tuple[int, int]]:
+    """``[first, last)`` runs of equally sized consecutive images in ``start .. stop - 1``."""
+    runs, first = [], start
     while first < stop:
         last = first + 1
         while last < stop and images.image_shape(last) == images.image_shape(first):
             last += 1
-        batch = images.read(first, last, preprocessing)
-        outputs.append(network_for(batch.shape[1:])(batch))
+        runs.append((first, last))
         first = last
-    return np.concatenate(outputs)
+    return runs
 
 
-def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, images: ImageSet, preprocessing,
+@dataclass
+class Classification:
+    """Classifier outputs: the network's logits per image."""
+
+    preprocessing: Preprocessing
+
+    def run(self, images: ImageSet, start: int, stop: int, network_for) -> np.ndarray:
+        """Logits of images ``start .. stop - 1``, one forward pass per run of equally sized images."""
+        outputs = []
+        for first, last in _same_size_runs(images, start, stop):
+            batch = images.read(first, last, self.preprocessing)
+            outputs.append(network_for(batch.shape[1:])(batch))
+        return np.concatenate(outputs)
+
+
+@dataclass
+class Detection:
+    """Detector outputs: :data:`~dcnn.detect.DETECTION_DTYPE` records, per image by descending confidence."""
+
+    detector: FaceDetector
+
+    def run(self, images: ImageSet, start: int, stop: int, network_for) -> np.ndarray:
+        """Detections in images ``start .. stop - 1``; equally sized images share one pyramid batch."""
+        records = []
+        for first, last in _same_size_runs(images, start, stop):
+            tensor, rects = self.detector.prepare(images.read_pixels(first, last))
+            scores = network_for(tensor.shape[1:])(tensor)
+            records.append(to_records([self.detector.decode(s, rects) for s in scores], first))
+        return np.concatenate(records)
+
+
+def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, images: ImageSet, workload,
               network_for, writer: ResultWriter | None, progress: Progress, already_done: int, clock: float,
               steal: bool = True, capacities: Sequence[float] | None = None,
               throttle: dict[int, float] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
@@ -183,6 +216,8 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
     ----------
     mode : str
         ``"batch"`` takes tasks from the work-stealing queue; other modes go in order on every rank.
+    workload : Classification or Detection
+        What a task computes from its images.
     network_for : callable
         ``network_for(shape)`` gives the runnable network for a per-image input shape.
     clock : float
@@ -201,13 +236,13 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
     while (task := scheduler.next_task(on_idle=channel.poll)) is not None:
         start, stop = split.bounds(task)
         started = time.time() - clock
-        outputs = _run_images(images, start, stop, preprocessing, network_for)
+        outputs = workload.run(images, start, stop, network_for)
         if factor > 1:
             time.sleep((factor - 1) * (time.time() - clock - started))
         ended = time.time() - clock
         busy += ended - started
         if mode == "batch" or comm.rank == 0:
-            channel.deliver(task, start, outputs, started, ended)
+            channel.deliver(task, start, stop, outputs, started, ended)
         done = scheduler.task_done(stop - start)
         channel.poll()
         if comm.rank == 0:

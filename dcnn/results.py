@@ -2,7 +2,9 @@
 
 One schema for every mode (``docs/results.md`` documents it in full):
 
-- ``/outputs/logits`` — ``N x classes`` float32, row ``i`` for input image ``i``; ``/outputs/done`` — ``N`` uint8;
+- ``/outputs/logits`` — ``N x classes`` float32, row ``i`` for input image ``i``; or for detectors
+  ``/outputs/detections`` — one row per box (image, left, top, right, bottom, confidence), sorted by image at the
+  end, with ``/outputs/detection_offsets`` (``N + 1``) indexing it per image; ``/outputs/done`` — ``N`` uint8;
 - ``/timing/task_start``, ``task_end`` (seconds since the run started), ``task_rank`` — one entry per task;
 - ``/timing/...`` per rank and layer, and ``/stats/...`` per rank — written when the run ends;
 - root attributes — configuration and provenance.
@@ -30,9 +32,10 @@ import h5py
 import numpy as np
 
 from . import __version__
+from .detect import DETECTION_DTYPE
 from .errors import InputError
 
-__all__ = ["ResultWriter", "open_result", "peak_rss_bytes", "provenance", "utc_now"]
+__all__ = ["ResultWriter", "encode_outputs", "open_result", "peak_rss_bytes", "provenance", "utc_now"]
 
 #: Attributes that must match for ``--resume`` to continue a file.
 RESUME_KEYS = ("model", "mode", "weights", "input", "input_shape", "num_images", "batch_size")
@@ -113,10 +116,41 @@ def _rewrite(path: Path, groups: Mapping[str, Mapping[str, Any]], attributes: Ma
             for name, value in datasets.items():
                 if name in destination:
                     del destination[name]
-                destination.create_dataset(name, data=value)
+                value = np.asarray(value)
+                maxshape = (None, *value.shape[1:]) if value.ndim else None  # appendable (detections)
+                destination.create_dataset(name, data=value, maxshape=maxshape, chunks=True if value.ndim else None)
         for key, value in attributes.items():
             target.attrs[key] = _attribute(value)
     os.replace(temporary, path)
+
+
+def encode_outputs(outputs: np.ndarray, start: int) -> np.ndarray:
+    """A task's outputs (logits rows or detection records) as one float64 vector, to send to the writer."""
+    if outputs.dtype.names is None:
+        return outputs.astype(np.float64).reshape(-1)
+    columns = [outputs["image"] - start] + [outputs[name] for name in ("left", "top", "right", "bottom",
+                                                                       "confidence")]
+    return np.stack(columns, axis=1).astype(np.float64).reshape(-1)
+
+
+def _valid_outputs(path: Path) -> dict[str, np.ndarray]:
+    """The outputs of a killed run, keeping only images whose results were completely written.
+
+    A kill inside a task's write can leave ``done`` set without all of the task's rows; such images are
+    marked not done (and their detection rows dropped), so ``--resume`` computes them again.
+    """
+    with open_result(path) as handle:
+        outputs = handle["outputs"]
+        done = outputs["done"][()].astype(bool)
+        if "logits" in outputs:
+            done &= np.isfinite(outputs["logits"][()]).all(axis=1)
+            return {"done": done.astype(np.uint8)}
+        rows = outputs["detections"][()]
+        counts = outputs["detection_counts"][()]
+    written = np.bincount(rows["image"], minlength=len(done))[:len(done)]
+    done &= written == counts
+    counts = np.where(done, counts, -1).astype(np.int32)
+    return {"done": done.astype(np.uint8), "detections": rows[done[rows["image"]]], "detection_counts": counts}
 
 
 class ResultWriter:
@@ -129,12 +163,16 @@ class ResultWriter:
         self.path = path
         self._file = handle
         self.num_tasks = num_tasks
-        self.num_outputs = handle["outputs/logits"].shape[1]
+        self.detections = "detections" in handle["outputs"]
+        self.num_outputs = None if self.detections else handle["outputs/logits"].shape[1]
 
     @classmethod
-    def create(cls, path: str | os.PathLike, num_images: int, num_outputs: int, num_tasks: int,
+    def create(cls, path: str | os.PathLike, num_images: int, num_outputs: int | None, num_tasks: int,
                attributes: Mapping[str, Any]) -> ResultWriter:
-        """Create ``path`` (replacing any file there) for ``num_images`` outputs in ``num_tasks`` tasks."""
+        """Create ``path`` (replacing any file there) for ``num_images`` images in ``num_tasks`` tasks.
+
+        ``num_outputs`` is the number of logits per image; ``None`` makes a detection file.
+        """
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,8 +181,12 @@ class ResultWriter:
             raise InputError(f"cannot create output file {str(path)!r} ({error})") from None
         outputs = handle.create_group("outputs")
         rows = max(1, min(num_images, 1024))
-        outputs.create_dataset("logits", shape=(num_images, num_outputs), dtype=np.float32, fillvalue=np.nan,
-                               chunks=(rows, num_outputs))
+        if num_outputs is None:
+            outputs.create_dataset("detections", shape=(0,), maxshape=(None,), dtype=DETECTION_DTYPE, chunks=(1024,))
+            outputs.create_dataset("detection_counts", shape=(num_images,), dtype=np.int32, fillvalue=-1)
+        else:
+            outputs.create_dataset("logits", shape=(num_images, num_outputs), dtype=np.float32, fillvalue=np.nan,
+                                   chunks=(rows, num_outputs))
         outputs.create_dataset("done", shape=(num_images,), dtype=np.uint8, fillvalue=0)
         timing = handle.create_group("timing")
         for name, dtype, fill in (("task_start", np.float64, np.nan), ("task_end", np.float64, np.nan),
@@ -184,22 +226,53 @@ class ResultWriter:
                                  f"{_attribute(attributes[key])}")
         if status == "complete":
             raise InputError(f"--resume {path}: the run is already complete")
-        _rewrite(path, {}, {"runs": runs + 1, "resumed": utc_now()})
+        _rewrite(path, _valid_outputs(path), {"runs": runs + 1, "resumed": utc_now()})
         handle = h5py.File(path, "r+", libver="latest")
         done = handle["outputs/done"][()]
         handle.swmr_mode = True
         return cls(path, handle, num_tasks), done
 
-    def write_task(self, task: int, start: int, outputs: np.ndarray, rank: int, started: float,
+    def write_task(self, task: int, start: int, stop: int, outputs: np.ndarray, rank: int, started: float,
                    ended: float) -> None:
-        """Store the outputs of one task (images ``start .. start + len(outputs) - 1``) and flush."""
-        stop = start + len(outputs)
-        self._file["outputs/logits"][start:stop] = outputs
+        """Store one task's outputs (images ``start .. stop - 1``) and flush.
+
+        ``outputs`` are the logits rows, or the detection records (:data:`DETECTION_DTYPE`) of those images.
+        """
+        if self.detections:
+            table = self._file["outputs/detections"]
+            first = table.shape[0]
+            table.resize((first + len(outputs),))
+            table[first:] = outputs
+            self._file["outputs/detection_counts"][start:stop] = np.bincount(outputs["image"] - start,
+                                                                            minlength=stop - start)
+        else:
+            self._file["outputs/logits"][start:stop] = outputs
         self._file["outputs/done"][start:stop] = 1
         self._file["timing/task_start"][task] = started
         self._file["timing/task_end"][task] = ended
         self._file["timing/task_rank"][task] = rank
         self._file.flush()
+
+    def decode(self, vector: np.ndarray, start: int) -> np.ndarray:
+        """The inverse of :func:`encode_outputs` (exact: every value fits a float64)."""
+        if not self.detections:
+            return vector.reshape(-1, self.num_outputs).astype(np.float32)
+        rows = vector.reshape(-1, 6)
+        records = np.zeros(len(rows), DETECTION_DTYPE)
+        records["image"] = rows[:, 0].astype(np.int64) + start
+        for column, name in enumerate(("left", "top", "right", "bottom", "confidence"), start=1):
+            records[name] = rows[:, column]
+        return records
+
+    def _final_outputs(self) -> dict[str, np.ndarray]:
+        """Detections sorted by image, and their per-image offsets."""
+        if not self.detections:
+            return {}
+        with open_result(self.path) as handle:
+            rows = handle["outputs/detections"][()]
+            counts = np.maximum(handle["outputs/detection_counts"][()], 0)
+        rows = rows[np.argsort(rows["image"], kind="stable")]
+        return {"detections": rows, "detection_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)}
 
     def finish(self, groups: Mapping[str, Mapping[str, Any]], **attributes: Any) -> None:
         """Add the final groups and attributes, mark the run complete and close.
@@ -208,7 +281,7 @@ class ResultWriter:
         here leaves the SWMR file as it was.
         """
         self._file.close()
-        _rewrite(self.path, groups, {**attributes, "status": "complete"})
+        _rewrite(self.path, {**groups, "outputs": self._final_outputs()}, {**attributes, "status": "complete"})
 
     def close(self) -> None:
         """Close without marking the run complete (after an error); what was flushed stays readable."""
