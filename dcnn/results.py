@@ -226,7 +226,7 @@ class ResultWriter:
                                  f"{_attribute(attributes[key])}")
         if status == "complete":
             raise InputError(f"--resume {path}: the run is already complete")
-        _rewrite(path, _valid_outputs(path), {"runs": runs + 1, "resumed": utc_now()})
+        _rewrite(path, {"outputs": _valid_outputs(path)}, {"runs": runs + 1, "resumed": utc_now()})
         handle = h5py.File(path, "r+", libver="latest")
         done = handle["outputs/done"][()]
         handle.swmr_mode = True

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -12,6 +13,9 @@ from dcnn.forward import Forward
 from dcnn.images import preprocess
 from dcnn.weights import init_weights, save_weights
 from dcnn.zoo import get_model
+
+
+SAMPLES = str(Path(__file__).resolve().parents[1] / "data" / "samples.h5")
 
 
 def infer(*args, launcher=(), timeout=120):
@@ -49,11 +53,11 @@ def test_logits_equal_the_library_forward(tmp_path, lenet_set):
     assert attrs["command"].startswith("python -m dcnn.infer --model lenet5")
 
 
-def test_default_run_on_bundled_samples(tmp_path):
-    output = tmp_path / "default.h5"
-    done = infer("--output", str(output), timeout=300)
+def test_vgg16_on_the_bundled_samples(tmp_path):
+    output = tmp_path / "vgg.h5"
+    done = infer("--model", "vgg16", "--input", SAMPLES, "--output", str(output), timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "vgg16: 4 images of 3x224x224" in done.stdout
+    assert "vgg16: 4 images of 224x224" in done.stdout and "top classes" in done.stdout
     with h5py.File(output) as handle:
         logits = handle["outputs/logits"][()]
     assert logits.shape == (4, 1000) and np.isfinite(logits).all()
@@ -74,7 +78,7 @@ def test_seed_changes_and_reproduces(tmp_path, lenet_set):
 @pytest.mark.parametrize("args,message", [
     (["--input", "/nonexistent/set.h5"], "input '/nonexistent/set.h5' does not exist"),
     (["--model", "resnet"], "unknown model 'resnet'"),
-    (["--weights", "/nonexistent/w.npz"], "weights file '/nonexistent/w.npz' does not exist"),
+    (["--model", "vgg11", "--weights", "/nonexistent/w.npz"], "weights file '/nonexistent/w.npz' does not exist"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--dataset", "pixels"], "no dataset 'pixels'"),
 ])
@@ -89,7 +93,7 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
 def test_mismatched_weights_name_the_key(tmp_path):
     weights_path = tmp_path / "lenet.npz"
     save_weights(weights_path, init_weights(get_model("lenet5")))
-    done = infer("--model", "alexnet", "--weights", str(weights_path))
+    done = infer("--model", "alexnet", "--weights", str(weights_path), "--input", SAMPLES)
     assert done.returncode == 2 and "missing key 'features.8.weight' (and 9 more) for model alexnet" in done.stderr
 
 
@@ -116,11 +120,12 @@ def test_help_describes_every_option():
 
 def test_single_mode_under_mpirun_refuses_instead_of_repeating_work(tmp_path, lenet_set):
     output = tmp_path / "never.h5"
-    done = infer("--model", "lenet5", "--input", str(lenet_set), "--output", str(output),
+    done = infer("--model", "lenet5", "--mode", "single", "--input", str(lenet_set), "--output", str(output),
                  launcher=mpi_command(3), timeout=120)
     assert done.returncode != 0
     assert done.stderr.count("dcnn: error:") == 1, done.stderr
     assert "--mode single runs on one process, but 3 were started" in done.stderr
+    assert "--mode batch or spatial" in done.stderr
     assert not output.exists()
 
 
@@ -136,7 +141,7 @@ def test_model_table_cli():
 
 def test_spatial_mode_equals_single_mode_and_records_timings(tmp_path):
     single, spatial = tmp_path / "single.h5", tmp_path / "spatial.h5"
-    common = ("--model", "alexnet", "--quiet", "--threads", "1")
+    common = ("--model", "alexnet", "--input", SAMPLES, "--quiet", "--threads", "1")
     assert infer(*common, "--output", str(single), timeout=300).returncode == 0
     done = infer(*common, "--mode", "spatial", "--grid", "3x1", "--output", str(spatial), launcher=mpi_command(3),
                  timeout=300)

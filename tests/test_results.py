@@ -14,7 +14,7 @@ ATTRIBUTES = {"model": "lenet5", "mode": "batch", "weights": "init:0", "input": 
 def test_write_read_while_open_and_finish(tmp_path):
     path = tmp_path / "run.h5"
     writer = ResultWriter.create(path, 6, 3, 3, ATTRIBUTES)
-    writer.write_task(1, 2, np.ones((2, 3), np.float32), rank=1, started=0.5, ended=0.75)
+    writer.write_task(1, 2, 4, np.ones((2, 3), np.float32), rank=1, started=0.5, ended=0.75)
     with h5py.File(path, "r", swmr=True) as reader:
         assert reader.attrs["status"] == "running"
         assert reader["outputs/done"][()].tolist() == [0, 0, 1, 1, 0, 0]
@@ -31,7 +31,7 @@ def test_write_read_while_open_and_finish(tmp_path):
 def test_resume_continues_and_checks_the_configuration(tmp_path):
     path = tmp_path / "run.h5"
     writer = ResultWriter.create(path, 6, 3, 3, ATTRIBUTES)
-    writer.write_task(0, 0, np.zeros((2, 3), np.float32), rank=0, started=0, ended=1)
+    writer.write_task(0, 0, 2, np.zeros((2, 3), np.float32), rank=0, started=0, ended=1)
     writer.close()
     for key in RESUME_KEYS:
         changed = {**ATTRIBUTES, key: 99 if isinstance(ATTRIBUTES[key], int) else "other"}
@@ -39,7 +39,7 @@ def test_resume_continues_and_checks_the_configuration(tmp_path):
             ResultWriter.resume(path, changed)
     resumed, done = ResultWriter.resume(path, ATTRIBUTES)
     assert done.tolist() == [1, 1, 0, 0, 0, 0]
-    resumed.write_task(2, 4, np.full((2, 3), 5, np.float32), rank=0, started=2, ended=3)
+    resumed.write_task(2, 4, 6, np.full((2, 3), 5, np.float32), rank=0, started=2, ended=3)
     resumed.finish({})
     with h5py.File(path, "r") as handle:
         assert handle.attrs["runs"] == 2 and handle["outputs/done"][()].tolist() == [1, 1, 0, 0, 1, 1]
@@ -62,3 +62,36 @@ def test_unwritable_output(tmp_path):
     blocker.write_text("")
     with pytest.raises(InputError, match="cannot create output file"):
         ResultWriter.create(blocker / "run.h5", 1, 1, 1, ATTRIBUTES)
+
+
+def detections(image, *boxes):
+    from dcnn.detect import DETECTION_DTYPE
+
+    records = np.zeros(len(boxes), DETECTION_DTYPE)
+    records["image"] = image
+    for column, name in enumerate(("left", "top", "right", "bottom", "confidence")):
+        records[name] = [box[column] for box in boxes]
+    return records
+
+
+def test_detections_are_sorted_and_indexed_at_the_end_and_checked_on_resume(tmp_path):
+    path = tmp_path / "faces.h5"
+    attributes = {**ATTRIBUTES, "model": "mmod"}
+    writer = ResultWriter.create(path, 6, None, 3, attributes)
+    writer.write_task(2, 4, 6, detections(5, (1, 2, 3, 4, 0.9)), rank=1, started=0, ended=1)
+    writer.write_task(0, 0, 2, np.concatenate([detections(0, (5, 5, 9, 9, 1.0), (0, 0, 4, 4, 0.5)),
+                                               detections(1, (7, 7, 8, 8, 0.7))]), rank=0, started=0, ended=1)
+    writer.close()
+    with h5py.File(path, "r+", libver="latest") as handle:  # a kill after "done" but before task 1's rows
+        handle["outputs/done"][2:4] = 1
+        handle["outputs/detection_counts"][2:4] = [1, 0]
+    resumed, done = ResultWriter.resume(path, attributes)
+    assert done.tolist() == [1, 1, 0, 1, 1, 1], "image 2 has no rows for its count of 1, so it is redone"
+    resumed.write_task(1, 2, 4, detections(2, (2, 2, 6, 6, 0.8)), rank=0, started=1, ended=2)
+    resumed.finish({})
+    with h5py.File(path, "r") as handle:
+        rows = handle["outputs/detections"][()]
+        offsets = handle["outputs/detection_offsets"][()]
+    assert rows["image"].tolist() == [0, 0, 1, 2, 5]
+    assert rows["confidence"][:2].tolist() == pytest.approx([1.0, 0.5])
+    assert offsets.tolist() == [0, 2, 3, 4, 4, 4, 5]
