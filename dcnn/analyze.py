@@ -115,11 +115,54 @@ def scaling_table(runs: Sequence[RunSummary]) -> list[dict[str, float]]:
     return rows
 
 
+def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
+    """Draw the first ``count`` images of a detection run with their boxes and confidences into one PNG.
+
+    Returns
+    -------
+    int
+        How many images were drawn.
+    """
+    from PIL import Image, ImageDraw
+
+    from .images import open_image_set
+
+    with open_result(path) as handle:
+        if "detections" not in handle["outputs"]:
+            raise InputError(f"{path}: not a face detection run (no /outputs/detections)")
+        rows = handle["outputs/detections"][()]
+        source = str(handle.attrs["input"])
+    location, _, dataset = source.rpartition(":") if not Path(source).exists() else (source, "", "images")
+    with open_image_set(location, dataset or "images") as images:
+        count = min(count, len(images))
+        if count == 0:
+            raise InputError(f"{path}: the run has no images to draw")
+        pixels = [images.read_pixels(i, i + 1)[0] for i in range(count)]
+    columns = min(count, 4)
+    sheet = Image.new("RGB", (columns * tile, -(-count // columns) * tile), "white")
+    for index, image in enumerate(pixels):
+        scale = tile / max(image.shape[:2])
+        picture = Image.fromarray(image).resize((max(1, round(image.shape[1] * scale)),
+                                                 max(1, round(image.shape[0] * scale))))
+        pen = ImageDraw.Draw(picture)
+        for row in rows[rows["image"] == index]:
+            box = [row["left"] * scale, row["top"] * scale, (row["right"] + 1) * scale, (row["bottom"] + 1) * scale]
+            pen.rectangle(box, outline=(255, 40, 40), width=2)
+            pen.text((box[0] + 3, box[1] + 2), f"{row['confidence']:.2f}", fill=(255, 255, 0))
+        sheet.paste(picture, ((index % columns) * tile, (index // columns) * tile))
+    sheet.save(png)
+    return count
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m dcnn.analyze``."""
     parser = argparse.ArgumentParser(prog="python -m dcnn.analyze", description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", help="result files written by python -m dcnn.infer")
     parser.add_argument("--csv", metavar="FILE", help="also write one row per run to this CSV file")
+    parser.add_argument("--draw", metavar="PNG",
+                        help="face detection runs: draw the boxes found on the first images of the first file "
+                             "into this PNG")
+    parser.add_argument("--images", type=int, default=12, metavar="N", help="images to draw (default 12)")
     add_common_arguments(parser)
     return parser
 
@@ -143,6 +186,9 @@ def run(args: argparse.Namespace) -> int:
         for row in scaling_table(group):
             print(f"{row['ranks']:>5} {row['seconds']:9.2f} {row['images_per_second']:9.2f} {row['speedup']:8.2f} "
                   f"{row['efficiency']:10.1%}")
+    if args.draw:
+        drawn = draw_detections(args.files[0], args.draw, args.images)
+        print(f"drew the detections of {drawn} images into {args.draw}")
     if args.csv:
         with open(args.csv, "w", newline="") as handle:
             writer = csv.writer(handle)

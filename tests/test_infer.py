@@ -14,7 +14,6 @@ from dcnn.images import preprocess
 from dcnn.weights import init_weights, save_weights
 from dcnn.zoo import get_model
 
-
 SAMPLES = str(Path(__file__).resolve().parents[1] / "data" / "samples.h5")
 
 

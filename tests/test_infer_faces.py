@@ -68,3 +68,20 @@ def test_detector_refuses_float_tensors(tmp_path):
     done = subprocess.run([sys.executable, "-m", "dcnn.infer", "--input", str(path), "--output",
                            str(tmp_path / "x.h5")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "needs N x H x W x 3 (or x 1) uint8 images" in done.stderr
+
+
+def test_analyze_draws_the_detections(tmp_path):
+    output = tmp_path / "run.h5"
+    assert subprocess.run([sys.executable, "-m", "dcnn.infer", "--output", str(output), "--quiet", "--threads", "1"],
+                          timeout=300).returncode == 0
+    png = tmp_path / "faces.png"
+    done = subprocess.run([sys.executable, "-m", "dcnn.analyze", str(output), "--draw", str(png), "--images", "6"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "drew the detections of 6 images" in done.stdout
+    from PIL import Image
+
+    with Image.open(png) as picture:
+        assert picture.size == (4 * 256, 2 * 256)
+        pixels = np.asarray(picture)
+    assert ((pixels[..., 0] == 255) & (pixels[..., 1] == 40)).any(), "no box was drawn"
