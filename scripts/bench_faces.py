@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 
 from dcnn import threads
 from dcnn.detect import FaceDetector, default_detector_path

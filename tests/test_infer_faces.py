@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import mpi_command
+from PIL import Image
 from test_detect import FIXTURE, assert_same_detections
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("face_recognition_models") is None,
@@ -79,8 +80,6 @@ def test_analyze_draws_the_detections(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "drew the detections of 6 images" in done.stdout
-    from PIL import Image
-
     with Image.open(png) as picture:
         assert picture.size == (4 * 256, 2 * 256)
         pixels = np.asarray(picture)
