@@ -117,10 +117,11 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
     if isinstance(layer, AvgPool2d):
         def run_avg(x, p):
             padding = _own_padding(layer, x, p)
-            counted = None if layer.count_include_pad else 0
-            if counted is None and p is None and layer.ceil_mode:
-                counted = (layer.padding[0], min(layer.padding[0], padding[1]),
-                           layer.padding[1], min(layer.padding[1], padding[3]))
+            # Only the layer's symmetric padding counts in the divisor, never the ceil_mode overhang, also
+            # when a spatial block passes its own border padding.
+            vertical, horizontal = layer.padding
+            counted = (min(padding[0], vertical), min(padding[1], vertical), min(padding[2], horizontal),
+                       min(padding[3], horizontal)) if layer.count_include_pad else 0
             return avg_pool2d(x, layer.kernel_size, layer.stride, padding, counted)
         return LayerOp(name, layer, run_avg)
     if isinstance(layer, MaxPool2d):

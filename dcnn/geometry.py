@@ -19,7 +19,7 @@ from .kernels.conv import Padding
 
 __all__ = [
     "Box", "Transfer", "block_boxes", "exchange_transfers", "grid_coordinates", "input_box", "interior_box",
-    "split_extent",
+    "split_extent", "trace_region",
 ]
 
 
@@ -96,10 +96,16 @@ def block_boxes(height: int, width: int, dims: tuple[int, int]) -> list[Box]:
 
 def _needed_range(first_out: int, stop_out: int, kernel: int, stride: int, dilation: int, pad_before: int,
                   size: int) -> tuple[int, int, int, int]:
-    """Clipped input range and (before, after) padding for output positions ``[first_out, stop_out)``."""
+    """Clipped input range and (before, after) padding for output positions ``[first_out, stop_out)``.
+
+    The range ``[first, last]`` may lie partly or wholly outside the map (a window that reads only padding);
+    the padding counts exactly the positions outside, so padding plus clipped range is always the whole range.
+    """
     first = stride * first_out - pad_before
     last = stride * (stop_out - 1) + dilation * (kernel - 1) - pad_before
-    return max(0, first), min(size, last + 1), max(0, -first), max(0, last + 1 - size)
+    start = min(max(first, 0), size)
+    stop = max(start, min(last + 1, size))
+    return start, stop, max(0, min(last + 1, 0) - first), max(0, last + 1 - max(first, size))
 
 
 def input_box(output: Box, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
@@ -183,3 +189,35 @@ def exchange_transfers(held: list[Box], needed: list[Box]) -> list[Transfer]:
                 if not part.empty:
                     transfers.append(Transfer(source, dest, part))
     return transfers
+
+
+def trace_region(windows: list, shapes: list[tuple[int, ...]], box: Box) -> list[tuple[Box, Box, Padding]]:
+    """What each of a chain of layers must compute so that the last one produces ``box``.
+
+    Parameters
+    ----------
+    windows : list
+        Per layer, its :class:`~dcnn.layers.Window` (convolution, pooling) or ``None`` (pointwise).
+    shapes : list of tuple
+        ``len(windows) + 1`` map shapes ``(C, H, W)``: the chain's input, then each layer's output.
+    box : Box
+        The wanted part of the last layer's output.
+
+    Returns
+    -------
+    list of (Box, Box, Padding)
+        Per layer, first to last: the output box it computes, the input box it reads, and the map-border
+        padding that replaces the rest of its input (see :func:`input_box`).
+    """
+    steps = []
+    for index in reversed(range(len(windows))):
+        window = windows[index]
+        if window is None:
+            steps.append((box, box, (0, 0, 0, 0)))
+            continue
+        height, width = shapes[index][1:]
+        explicit = window.explicit_padding(height, width)
+        needed, padding = input_box(box, window.kernel, window.stride, window.dilation, explicit, height, width)
+        steps.append((box, needed, padding))
+        box = needed
+    return steps[::-1]

@@ -1,8 +1,9 @@
 """``python -m dcnn.infer``: run a CNN over an image set and write the outputs to HDF5.
 
-With no arguments it classifies the bundled sample images (``data/samples.h5``) with VGG-16 and seeded
-weights, and writes ``results/<timestamp>.h5``. ``--mode spatial`` splits every image over the ranks of
-``mpirun`` (see :mod:`dcnn.spatial`); ``--mode single`` runs on one process. Both record per-layer timings.
+With no arguments it detects faces in the bundled sample set (``data/faces.h5``) with dlib's MMOD detector in
+batch mode (images shared by work stealing over the ranks of ``mpirun``) and writes ``results/<timestamp>.h5``.
+``--mode spatial`` splits every image over the ranks (see :mod:`dcnn.spatial`); ``--mode single`` runs on one
+process. All modes write the same schema, with per-task and per-layer timings.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -47,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m dcnn.infer",
         description="Run CNN inference over an image set and write outputs and timings to HDF5.",
         epilog="Input: an HDF5 file with an N x H x W x C uint8 dataset (preprocessed for the model) or an "
-               "N x C x H x W float32 dataset (used as is), or a folder of PNG/JPEG files. Output: HDF5 with "
-               "/outputs/logits (N x classes) and the run's provenance as attributes; see docs/results.md.")
+               "N x C x H x W float32 dataset (classifiers only, used as is), or a folder of PNG/JPEG files. "
+               "Output: HDF5 with /outputs/detections and /outputs/detection_offsets (mmod) or /outputs/logits "
+               "(N x classes), per-task and per-layer timings, statistics and provenance; see docs/results.md.")
     parser.add_argument("--model", default="mmod", metavar="NAME",
                         help=f"network to run: mmod (dlib's CNN face detector, the default), "
                              f"{', '.join(model_names())}")
@@ -91,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(repeatable; a knob for studying heterogeneous clusters)")
     parser.add_argument("--resume", metavar="FILE",
                         help="continue an interrupted run in FILE: only the images it lacks are computed "
-                             "(same model, weights, input and batch size required)")
+                             "(same model, mode, weights, input, image shape, image count and batch size "
+                             "required; any rank count)")
     parser.add_argument("--top", type=int, default=3, metavar="K",
                         help="classes shown per image in the summary (default: 3; 0 for none)")
     parser.add_argument("--version", action="version", version=f"dcnn {__version__}")
@@ -115,18 +118,6 @@ def _check_input(network: Network, images: ImageSet) -> tuple[int, ...]:
     shape = (channels, height, width)
     network.shapes(shape)
     return shape
-
-
-def _batches(images: ImageSet, batch_size: int) -> Iterator[tuple[int, int]]:
-    """``(start, stop)`` ranges of at most ``batch_size`` consecutive images of one size."""
-    start = 0
-    while start < len(images):
-        stop = start + 1
-        size = images.image_shape(start)
-        while stop < len(images) and stop - start < batch_size and images.image_shape(stop) == size:
-            stop += 1
-        yield start, stop
-        start = stop
 
 
 def _default_output() -> Path:

@@ -240,11 +240,30 @@ class MaxPool2d(Layer):
 
 
 @dataclass(frozen=True)
-class AvgPool2d(MaxPool2d):
-    """Average pooling, as :class:`torch.nn.AvgPool2d` (no dilation)."""
+class AvgPool2d(Layer):
+    """Average pooling, as :class:`torch.nn.AvgPool2d` (same argument order; no dilation)."""
 
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int] | None = None
+    padding: tuple[int, int] = (0, 0)
+    ceil_mode: bool = False
     count_include_pad: bool = True
     kind: ClassVar[str] = "avgpool"
+
+    def __post_init__(self):
+        object.__setattr__(self, "kernel_size", pair(self.kernel_size))
+        object.__setattr__(self, "stride", pair(self.kernel_size if self.stride is None else self.stride))
+        object.__setattr__(self, "padding", pair(self.padding))
+
+    @property
+    def window(self) -> Window:
+        return Window(self.kernel_size, self.stride, self.padding, (1, 1), self.ceil_mode)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return _windowed_output(shape, self, self.window, shape[0])
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.kernel_size[0]}x{self.kernel_size[1]}/{self.stride[0]}"
 
 
 @dataclass(frozen=True)

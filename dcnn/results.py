@@ -134,21 +134,27 @@ def encode_outputs(outputs: np.ndarray, start: int) -> np.ndarray:
 
 
 def _valid_outputs(path: Path) -> dict[str, np.ndarray]:
-    """The outputs of a killed run, keeping only images whose results were completely written.
+    """The outputs of a killed run, keeping only tasks whose results were completely written.
 
-    A kill inside a task's write can leave ``done`` set without all of the task's rows; such images are
-    marked not done (and their detection rows dropped), so ``--resume`` computes them again.
+    A kill inside a task's write can leave ``done`` set without all of the task's rows. Validity is decided per
+    image, then widened to whole tasks (``--resume`` recomputes whole tasks): every image of a task with an
+    invalid image is marked not done and its detection rows are dropped, so no row is ever written twice.
     """
     with open_result(path) as handle:
         outputs = handle["outputs"]
+        batch = int(handle.attrs["batch_size"])
         done = outputs["done"][()].astype(bool)
-        if "logits" in outputs:
+        rows = outputs["detections"][()] if "detections" in outputs else None
+        if rows is None:
             done &= np.isfinite(outputs["logits"][()]).all(axis=1)
-            return {"done": done.astype(np.uint8)}
-        rows = outputs["detections"][()]
-        counts = outputs["detection_counts"][()]
-    written = np.bincount(rows["image"], minlength=len(done))[:len(done)]
-    done &= written == counts
+        else:
+            counts = outputs["detection_counts"][()]
+            done &= np.bincount(rows["image"], minlength=len(done))[:len(done)] == counts
+    tasks = -(-len(done) // batch)
+    whole = np.pad(done, (0, tasks * batch - len(done)), constant_values=True).reshape(tasks, batch).all(axis=1)
+    done &= np.repeat(whole, batch)[:len(done)]
+    if rows is None:
+        return {"done": done.astype(np.uint8)}
     counts = np.where(done, counts, -1).astype(np.int32)
     return {"done": done.astype(np.uint8), "detections": rows[done[rows["image"]]], "detection_counts": counts}
 
@@ -217,6 +223,7 @@ class ResultWriter:
                 stored = {key: _plain(handle.attrs.get(key)) for key in RESUME_KEYS}
                 status = handle.attrs.get("status")
                 runs = int(handle.attrs.get("runs", 1))
+                first_started = _plain(handle.attrs.get("first_started", handle.attrs.get("started", "unknown")))
                 num_tasks = handle["timing/task_start"].shape[0]
         except (OSError, KeyError) as error:
             raise InputError(f"--resume {path}: not a dcnn result file ({error})") from None
@@ -226,7 +233,10 @@ class ResultWriter:
                                  f"{_attribute(attributes[key])}")
         if status == "complete":
             raise InputError(f"--resume {path}: the run is already complete")
-        _rewrite(path, {"outputs": _valid_outputs(path)}, {"runs": runs + 1, "resumed": utc_now()})
+        # The resumed run's attributes (ranks, threads, command...) replace the first run's: the per-rank
+        # tables written at the end describe this run.
+        _rewrite(path, {"outputs": _valid_outputs(path)},
+                 {**attributes, "first_started": first_started, "runs": runs + 1, "resumed": utc_now()})
         handle = h5py.File(path, "r+", libver="latest")
         done = handle["outputs/done"][()]
         handle.swmr_mode = True

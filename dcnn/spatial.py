@@ -240,7 +240,10 @@ class SpatialEngine:
         index, rank = layer_plan.index, self.rank
         if not layer_plan.windowed:
             start = time.perf_counter()
-            out = op(block.copy() if op.in_place and index == 0 else block)
+            # The first layer holds the whole (replicated) input: keep only this rank's block of it.
+            held, own = layer_plan.held[rank], layer_plan.out_blocks[rank]
+            source = block[(slice(None), slice(None), *own.slices(held))] if held != own else block
+            out = op(source.copy() if op.in_place and index == 0 else source)
             self.stats.compute_seconds[index] += time.perf_counter() - start
             return out
         held, needed = layer_plan.held[rank], layer_plan.needed[rank]

@@ -180,15 +180,14 @@ class StealQueue:
         count = (tail - head + 1) // 2
         if not self._swap(victim, pack(head, tail), pack(head, tail - count)):
             return False
-        # Nobody else writes an empty queue word, so replacing our own is safe.
-        self._fetch_and_op(pack(tail - count, tail), rank, _QUEUE, MPI.REPLACE)
+        # Nobody else writes an empty queue word, so this swap cannot fail; a swap (rather than a REPLACE) keeps
+        # every access to queue words the same kind of atomic, which MPI requires for atomicity.
+        own = self._read(rank, _QUEUE)
+        if not self._swap(rank, own, pack(tail - count, tail)):
+            raise RuntimeError("a queue word changed while empty: scheduler bug")
         self.stats.steals_succeeded += 1
         self.stats.tasks_stolen += count
         return True
-
-    def finished(self) -> tuple[int, int]:
-        """``(tasks, items)`` finished so far, by all ranks (read from rank 0's counters)."""
-        return self._read(0, _TASKS_DONE), self._read(0, _ITEMS_DONE)
 
     def next_task(self, on_idle: Callable[[], None] | None = None) -> int | None:
         """The next task for this rank, or ``None`` once every task of the run is finished.

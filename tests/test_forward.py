@@ -135,3 +135,14 @@ def _to_torch(torch, layer):
     if isinstance(layer, L.Linear):
         return nn.Linear(layer.in_features, layer.out_features, layer.bias)
     return {L.ReLU: nn.ReLU, L.Tanh: nn.Tanh, L.Dropout: nn.Dropout, L.Flatten: nn.Flatten}[type(layer)]()
+
+
+def test_ceil_mode_average_pool_with_explicit_border_padding(rng):
+    """Regression: the divisor counts the symmetric padding, never the ceil_mode overhang, also when a caller
+    (the spatial engine) passes the border padding explicitly."""
+    layer = AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=True)
+    x = random_array(rng, 1, 2, 8, 8)
+    op = Forward(Network("pool", (("p", layer),), (2, 8, 8)), {}).ops[0]
+    expected = reference.pool2d(x, (3, 3), (2, 2), (1, 1), True, "avg", True)
+    np.testing.assert_allclose(op(x), expected, rtol=1e-5)
+    np.testing.assert_allclose(op(x, layer.window.explicit_padding(8, 8)), expected, rtol=1e-5)

@@ -136,3 +136,14 @@ def test_box_helpers():
     assert a.intersect(b) == Box(3, 4, 5, 6) and a.intersect(Box(5, 6, 0, 1)).empty
     assert a.slices(Box(0, 10, 2, 10)) == (slice(0, 4), slice(0, 4))
     assert Box(2, 1, 0, 5).area == 0 and a.contains(Box(1, 1, 0, 0))
+
+
+def test_windows_that_read_only_padding():
+    """Regression: padding wider than the kernel span puts whole windows outside the map."""
+    x = np.arange(1, 6, dtype=np.float32).reshape(1, 1, 1, 5)
+    weight = np.ones((1, 1, 1, 1), np.float32)
+    whole = conv2d(x, weight, padding=(0, 0, 3, 3))
+    for out in (Box(0, 1, 0, 2), Box(0, 1, 2, 6), Box(0, 1, 9, 11), Box(0, 1, 0, 11)):
+        box, pad = input_box(out, (1, 1), (1, 1), (1, 1), (0, 0, 3, 3), 1, 5)
+        part = conv2d(x[(slice(None), slice(None), *box.slices())], weight, padding=pad)
+        np.testing.assert_array_equal(part, whole[(slice(None), slice(None), *out.slices())])

@@ -37,12 +37,14 @@ def test_resume_continues_and_checks_the_configuration(tmp_path):
         changed = {**ATTRIBUTES, key: 99 if isinstance(ATTRIBUTES[key], int) else "other"}
         with pytest.raises(InputError, match=f"made with {key}"):
             ResultWriter.resume(path, changed)
-    resumed, done = ResultWriter.resume(path, ATTRIBUTES)
+    resumed, done = ResultWriter.resume(path, {**ATTRIBUTES, "ranks": 3, "started": "again"})
     assert done.tolist() == [1, 1, 0, 0, 0, 0]
     resumed.write_task(2, 4, 6, np.full((2, 3), 5, np.float32), rank=0, started=2, ended=3)
     resumed.finish({})
     with h5py.File(path, "r") as handle:
         assert handle.attrs["runs"] == 2 and handle["outputs/done"][()].tolist() == [1, 1, 0, 0, 1, 1]
+        assert handle.attrs["ranks"] == 3 and handle.attrs["started"] == "again"
+        assert handle.attrs["first_started"] == "now"
     with pytest.raises(InputError, match="already complete"):
         ResultWriter.resume(path, ATTRIBUTES)
 
@@ -86,7 +88,7 @@ def test_detections_are_sorted_and_indexed_at_the_end_and_checked_on_resume(tmp_
         handle["outputs/done"][2:4] = 1
         handle["outputs/detection_counts"][2:4] = [1, 0]
     resumed, done = ResultWriter.resume(path, attributes)
-    assert done.tolist() == [1, 1, 0, 1, 1, 1], "image 2 has no rows for its count of 1, so it is redone"
+    assert done.tolist() == [1, 1, 0, 0, 1, 1], "image 2 has no rows for its count of 1: its task is redone"
     resumed.write_task(1, 2, 4, detections(2, (2, 2, 6, 6, 0.8)), rank=0, started=1, ended=2)
     resumed.finish({})
     with h5py.File(path, "r") as handle:

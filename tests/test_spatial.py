@@ -120,3 +120,23 @@ def test_exchanged_bytes_equal_the_geometry(dims_kind):
 def test_fc_weights_are_sharded():
     rows = COMM.allgather(shard_weights("vgg16_bn")["classifier.0.weight"].shape[0])
     assert sum(rows) == 4096 and max(rows) - min(rows) <= 1
+
+
+def test_unusual_layers_pointwise_first_ceil_avgpool_padding_only_windows():
+    """Regression: a ReLU first (the replicated input must be cropped to the block), a ceil_mode average pool
+    (border padding passed by the engine must not count the overhang), and a 1x1 convolution with padding 3
+    (blocks whose windows read only padding)."""
+    from dcnn.graph import Network
+    from dcnn.layers import AvgPool2d, Conv2d, Flatten, Linear, ReLU
+
+    layers = (("f.0", ReLU()), ("f.1", Conv2d(3, 6, 3, padding=1)), ("f.2", AvgPool2d(3, 2, 1, True, True)),
+              ("f.3", Conv2d(6, 4, 1, padding=3)), ("f.4", ReLU()), ("flatten", Flatten()),
+              ("fc", Linear(4 * 15 * 16, 5)))
+    network = Network("unusual", layers, (3, 17, 19))
+    x = np.random.default_rng(2).standard_normal((2, 3, 17, 19)).astype(np.float32)
+    expected = Forward(network, init_weights(network, 1))(x)
+    weights = init_weights(network, 1, rows=fc_shard_rows(network, COMM.size, COMM.rank))
+    for dims in grids(COMM.size):
+        with SpatialEngine(network, weights, (3, 17, 19), COMM, dims) as engine:
+            actual = engine(x)
+        assert_same_everywhere(actual, expected)
