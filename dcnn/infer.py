@@ -24,6 +24,7 @@ from .cli import add_common_arguments, run_main
 from .comm import collective, hostnames, mpi_library_version, ranks_per_node, self_comm, world
 from .detect import FaceDetector
 from .errors import InputError, PlanError, ShapeError
+from .fused import FusedEngine, plan_fused
 from .graph import Network, format_shape, parse_shape
 from .images import Hdf5ImageSet, ImageSet, open_image_set
 from .kernels.elementwise import softmax
@@ -38,7 +39,7 @@ from .zoo import get_model, model_names
 __all__ = ["DEFAULT_INPUT", "build_parser", "main"]
 
 DEFAULT_INPUT = Path(__file__).resolve().parents[1] / "data" / "faces.h5"
-MODES = ("single", "batch", "spatial")
+MODES = ("single", "batch", "spatial", "fused")
 LAYER_FIELDS = ("compute_seconds", "wait_seconds", "bytes_sent", "bytes_received")
 
 
@@ -77,9 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "runs whole chunks of --batch-size images, balanced by work stealing over one-sided "
                              "MPI windows. single: one process runs everything. spatial: every image "
                              "is split over a 2-D grid of ranks, halos are exchanged per layer, fully connected "
-                             "layers are split by output neurons (each rank holds 1/P of their weights)")
+                             "layers are split by output neurons (each rank holds 1/P of their weights). fused: "
+                             "every image's first layers run as a grid of tiles (--tiles) balanced by work "
+                             "stealing, the rest in spatial mode")
     parser.add_argument("--grid", metavar="PYxPX",
                         help="spatial mode: the rank grid, rows x columns, e.g. 2x3 (default: MPI.Compute_dims)")
+    parser.add_argument("--tiles", default="4x4", metavar="TYxTX",
+                        help="fused mode: the tile grid over the fused block's output (default 4x4; may have "
+                             "more tiles than ranks); each tile is a stealable task computed from the input alone, "
+                             "recomputing the overlap with its neighbours")
+    parser.add_argument("--fuse-depth", type=int, metavar="N",
+                        help="fused mode: how many layers to fuse (default: all before the first global layer); "
+                             "the rest run in spatial mode")
     parser.add_argument("--no-overlap", action="store_true",
                         help="spatial mode: wait for halos before computing, instead of computing each block's "
                              "interior while they are in flight (for measuring what overlap hides)")
@@ -158,6 +168,7 @@ def _validate(args: argparse.Namespace, comm) -> Job:
     if args.output and args.resume:
         raise InputError("--resume continues the file it names; do not give --output as well")
     grid = parse_grid(args.grid)
+    parse_grid(args.tiles)
     if args.mode == "spatial" and grid is not None and grid[0] * grid[1] != comm.size:
         raise PlanError(f"--grid {args.grid} needs {grid[0] * grid[1]} ranks, but {comm.size} were started")
     parse_capacities(args.capacity, comm.size)
@@ -175,15 +186,23 @@ def _validate(args: argparse.Namespace, comm) -> Job:
                              f"(at least 10 x 10)")
         input_shape = detector.input_shape(height, width)
         detector.network.shapes(input_shape)
+        _check_tiles(args, detector.network, input_shape)
         return Job(detector.network, detector.weights, images, input_shape, Detection(detector), None)
     network = get_model(args.model)
     input_shape = _check_input(network, images)
-    size, rank = (comm.size, comm.rank) if args.mode == "spatial" else (1, 0)
+    _check_tiles(args, network, input_shape)
+    size, rank = (comm.size, comm.rank) if args.mode in ("spatial", "fused") else (1, 0)
     rows = fc_shard_rows(network, size, rank)
     weights = (load_weights(args.weights, network, rows=rows) if args.weights
                else init_weights(network, args.seed, rows=rows))
     return Job(network, weights, images, input_shape, Classification(network.preprocessing),
                network.output_shape(input_shape)[0])
+
+
+def _check_tiles(args: argparse.Namespace, network: Network, input_shape) -> None:
+    """Fused mode: refuse a tile grid or depth that does not fit, before any work."""
+    if args.mode == "fused":
+        plan_fused(network, input_shape, parse_grid(args.tiles), args.fuse_depth)
 
 
 def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit,
@@ -223,14 +242,19 @@ def run(args: argparse.Namespace) -> int:
         writer, done = _open_writer(args, comm, job, split, threads)
     done = comm.bcast(done, root=0)
     pending = split.pending(done)
-    engine_comm = comm if args.mode == "spatial" else self_comm()
+    engine_comm = comm if args.mode in ("spatial", "fused") else self_comm()
     grid = parse_grid(args.grid) if args.mode == "spatial" else None
-    engines: dict[tuple[int, ...], SpatialEngine] = {}
+    engines: dict[tuple[int, ...], SpatialEngine | FusedEngine] = {}
 
-    def network_for(shape: tuple[int, ...]) -> SpatialEngine:
+    def network_for(shape: tuple[int, ...]) -> SpatialEngine | FusedEngine:
         if shape not in engines:
             network.shapes(shape)
-            engines[shape] = SpatialEngine(network, weights, shape, engine_comm, grid, overlap=not args.no_overlap)
+            if args.mode == "fused":
+                engines[shape] = FusedEngine(network, weights, shape, engine_comm, parse_grid(args.tiles),
+                                             args.fuse_depth, steal=not args.no_steal)
+            else:
+                engines[shape] = SpatialEngine(network, weights, shape, engine_comm, grid,
+                                               overlap=not args.no_overlap)
         return engines[shape]
 
     already = int(done.sum())
@@ -259,10 +283,29 @@ def run(args: argparse.Namespace) -> int:
                    "steal_fields": np.array(STEAL_FIELDS, dtype="S")}},
         finished=utc_now(), elapsed_seconds=elapsed, images_computed=computed,
         images_per_second=computed / elapsed if elapsed > 0 else 0.0, hostnames=names,
-        grid="x".join(map(str, next(iter(engines.values())).plan.dims)) if engines else "none")
+        grid=_grid_text(engines), **_fused_attributes(args, engines))
     if not args.quiet:
         _summary(args, job, writer.path, computed, elapsed, per_rank, comm.size, threads)
     return 0
+
+
+def _grid_text(engines) -> str:
+    """The rank grid of a spatial run (``none`` for other modes)."""
+    for engine in engines.values():
+        if isinstance(engine, SpatialEngine):
+            return "x".join(map(str, engine.plan.dims))
+    return "none"
+
+
+def _fused_attributes(args: argparse.Namespace, engines) -> dict:
+    """Fused mode: the tile grid, depth, and the multiply-accumulates the tiles recompute."""
+    fused = [engine for engine in engines.values() if isinstance(engine, FusedEngine)]
+    if not fused:
+        return {}
+    tiled, plain = fused[0].plan.macs()
+    return {"tiles": args.tiles, "fuse_depth": fused[0].plan.depth, "overlap_policy": "recompute",
+            "fused_macs_per_image": tiled, "plain_macs_per_image": plain,
+            "redundant_macs_per_image": tiled - plain}
 
 
 def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -> None:

@@ -163,3 +163,24 @@ def test_grid_that_does_not_match_the_ranks(tmp_path):
     assert done.returncode != 0
     assert done.stderr.count("dcnn: error:") == 1
     assert "--grid 2x2 needs 4 ranks, but 3 were started" in done.stderr
+
+
+def test_fused_mode_equals_single_mode_and_reports_redundancy(tmp_path):
+    single, fused = tmp_path / "single.h5", tmp_path / "fused.h5"
+    common = ("--model", "alexnet", "--input", SAMPLES, "--quiet", "--threads", "1")
+    assert infer(*common, "--mode", "single", "--output", str(single), timeout=300).returncode == 0
+    done = infer(*common, "--mode", "fused", "--tiles", "2x3", "--fuse-depth", "8", "--output", str(fused),
+                 launcher=mpi_command(2), timeout=300)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(single) as a, h5py.File(fused) as b:
+        expected, actual = a["outputs/logits"][()], b["outputs/logits"][()]
+        assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
+        assert b.attrs["tiles"] == "2x3" and b.attrs["fuse_depth"] == 8
+        assert 0 < b.attrs["redundant_macs_per_image"] < b.attrs["plain_macs_per_image"]
+
+
+def test_tile_grid_finer_than_the_map(tmp_path):
+    done = infer("--model", "alexnet", "--mode", "fused", "--tiles", "9x9", "--input", SAMPLES,
+                 "--output", str(tmp_path / "x.h5"))
+    assert done.returncode == 2 and done.stderr.count("dcnn: error:") == 1
+    assert "tile grid 9x9 is finer than the 6x6 output map of layer features.12" in done.stderr

@@ -84,3 +84,10 @@ def test_analyze_draws_the_detections(tmp_path):
         assert picture.size == (4 * 256, 2 * 256)
         pixels = np.asarray(picture)
     assert ((pixels[..., 0] == 255) & (pixels[..., 1] == 40)).any(), "no box was drawn"
+
+
+@pytest.mark.parametrize("ranks,tiles", [(2, "3x3"), (3, "4x5")])
+def test_fused_mode_finds_dlibs_faces(tmp_path, ranks, tiles):
+    detections, _ = detect(tmp_path, ranks, "--mode", "fused", "--tiles", tiles, "--quiet")
+    for actual, expected in zip(detections, EXPECTED["images-up0"], strict=True):
+        assert_same_detections(actual, expected)
