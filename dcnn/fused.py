@@ -20,7 +20,7 @@ import numpy as np
 from .comm import MPI, allgather_blocks
 from .errors import PlanError
 from .forward import Forward
-from .geometry import Box, block_boxes, trace_region
+from .geometry import Box, assemble_boxes, block_boxes, trace_region
 from .graph import Network
 from .kernels.conv import Padding
 from .layers import Shape
@@ -219,12 +219,5 @@ class FusedEngine:
         start = time.perf_counter()
         flat = allgather_blocks(self.comm, local, counts)
         self.stats.wait_seconds[self.plan.depth - 1] += time.perf_counter() - start
-        whole = np.empty((batch, *self.plan.output_shape), np.float32)
-        offset = 0
-        for index in order:
-            box = self.plan.tiles[index].output
-            size = batch * channels * box.area
-            whole[(slice(None), slice(None), *box.slices())] = flat[offset:offset + size].reshape(
-                batch, channels, box.height, box.width)
-            offset += size
-        return whole
+        return assemble_boxes(flat, [self.plan.tiles[i].output for i in order], (batch, channels),
+                              self.plan.output_shape[1:])

@@ -15,10 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import pairwise
 
+import numpy as np
+
 from .kernels.conv import Padding
 
 __all__ = [
-    "Box", "Transfer", "block_boxes", "exchange_transfers", "grid_coordinates", "input_box", "interior_box",
+    "Box", "Transfer", "assemble_boxes", "block_boxes", "exchange_transfers", "grid_coordinates", "input_box", "interior_box",
     "split_extent", "trace_region",
 ]
 
@@ -189,6 +191,19 @@ def exchange_transfers(held: list[Box], needed: list[Box]) -> list[Transfer]:
                 if not part.empty:
                     transfers.append(Transfer(source, dest, part))
     return transfers
+
+
+def assemble_boxes(flat: np.ndarray, boxes: list[Box], leading: tuple[int, int],
+                   shape: tuple[int, int]) -> np.ndarray:
+    """Place consecutive C-order ``(B, C, h, w)`` blocks of ``flat`` at ``boxes`` of a ``(B, C, H, W)`` map."""
+    whole = np.empty((*leading, *shape), np.float32)
+    offset = 0
+    for box in boxes:
+        size = leading[0] * leading[1] * box.area
+        whole[(slice(None), slice(None), *box.slices())] = flat[offset:offset + size].reshape(
+            *leading, box.height, box.width)
+        offset += size
+    return whole
 
 
 def trace_region(windows: list, shapes: list[tuple[int, ...]], box: Box) -> list[tuple[Box, Box, Padding]]:

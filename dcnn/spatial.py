@@ -21,7 +21,16 @@ import numpy as np
 
 from .comm import MPI, HaloExchange, allgather_blocks, cartesian
 from .forward import Forward
-from .geometry import Box, Transfer, block_boxes, exchange_transfers, input_box, interior_box, split_extent
+from .geometry import (
+    Box,
+    Transfer,
+    assemble_boxes,
+    block_boxes,
+    exchange_transfers,
+    input_box,
+    interior_box,
+    split_extent,
+)
 from .graph import Network
 from .kernels.conv import Padding
 from .layers import AdaptiveAvgPool2d, Flatten, Layer, Linear, Shape, Softmax
@@ -307,13 +316,7 @@ class SpatialEngine:
         self.stats.wait_seconds[index] += time.perf_counter() - start
         self.stats.bytes_sent[index] += 4 * counts[self.rank] * (self.plan.size - 1)
         self.stats.bytes_received[index] += 4 * (sum(counts) - counts[self.rank])
-        whole = np.empty((batch, channels, *last.out_shape[1:]), np.float32)
-        offset = 0
-        for box, count in zip(last.out_blocks, counts):
-            whole[(slice(None), slice(None), *box.slices())] = flat[offset:offset + count].reshape(
-                batch, channels, box.height, box.width)
-            offset += count
-        return whole
+        return assemble_boxes(flat, last.out_blocks, (batch, channels), last.out_shape[1:])
 
     # -- global part ---------------------------------------------------------------------------------------
     def _run_global(self, index: int, x: np.ndarray) -> np.ndarray:
