@@ -20,8 +20,8 @@ import numpy as np
 from .kernels.conv import Padding
 
 __all__ = [
-    "Box", "Transfer", "assemble_boxes", "block_boxes", "exchange_transfers", "grid_coordinates", "input_box", "interior_box",
-    "split_extent", "trace_region",
+    "Box", "Transfer", "assemble_boxes", "block_boxes", "exchange_transfers", "grid_coordinates", "input_box",
+    "interior_box", "split_extent", "trace_region",
 ]
 
 
