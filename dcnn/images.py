@@ -76,6 +76,9 @@ class ImageSet(ABC):
     def read_pixels(self, start: int, stop: int) -> np.ndarray:
         """Images ``start`` to ``stop`` as ``(B, H, W, 3)`` uint8 RGB (gray images are replicated)."""
 
+    def require_pixels(self) -> None:  # noqa: B027 - folders of images can always serve pixels
+        """Raise :class:`InputError` unless :meth:`read_pixels` can serve these images (folders always can)."""
+
     def close(self) -> None:  # noqa: B027 - sets without open files have nothing to release
         """Release open files."""
 
@@ -134,9 +137,12 @@ class Hdf5ImageSet(ImageSet):
             return preprocess(block, preprocessing)
         return np.ascontiguousarray(block)
 
-    def read_pixels(self, start: int, stop: int) -> np.ndarray:
+    def require_pixels(self) -> None:
         if not self.channels_last or self.channels not in (1, 3):
             raise InputError(f"{self.path}: the face detector needs N x H x W x 3 (or x 1) uint8 images")
+
+    def read_pixels(self, start: int, stop: int) -> np.ndarray:
+        self.require_pixels()
         block = self._data[start:stop]
         return np.repeat(block, 3, axis=3) if block.shape[3] == 1 else block
 

@@ -114,8 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_input(network: Network, images: ImageSet) -> tuple[int, ...]:
     """Raise a clear error if the images cannot go through the network; return the per-image input shape."""
-    if len(images) == 0:
-        raise InputError(f"{images.path}: the image set is empty")
     height, width = images.image_shape(0)
     channels = network.in_channels
     if isinstance(images, Hdf5ImageSet):
@@ -179,8 +177,7 @@ def _validate(args: argparse.Namespace, comm) -> Job:
     if args.model == "mmod":
         detector = FaceDetector.load(args.weights, args.upsample)
         height, width = images.image_shape(0)
-        if isinstance(images, Hdf5ImageSet) and (not images.channels_last or images.channels not in (1, 3)):
-            raise InputError(f"{images.path}: the face detector needs N x H x W x 3 (or x 1) uint8 images")
+        images.require_pixels()
         if min(height, width) < 10:
             raise ShapeError(f"{images.path}: {height}x{width} images are too small for the face detector "
                              f"(at least 10 x 10)")
@@ -237,7 +234,6 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or max(1, default_num_threads() // ranks_per_node(comm))
     set_num_threads(threads)
     split = TaskSplit(len(images), args.batch_size)
-    writer = None
     with collective(comm):
         writer, done = _open_writer(args, comm, job, split, threads)
     done = comm.bcast(done, root=0)
