@@ -20,8 +20,8 @@ import numpy as np
 from .kernels.conv import Padding
 
 __all__ = [
-    "Box", "Transfer", "assemble_boxes", "block_boxes", "exchange_transfers", "grid_coordinates", "input_box",
-    "interior_box", "split_extent", "trace_region",
+    "EMPTY", "Box", "Transfer", "assemble_boxes", "block_boxes", "bounding_box", "bounding_box_of_difference",
+    "exchange_transfers", "grid_coordinates", "input_box", "interior_box", "split_extent", "trace_region",
 ]
 
 
@@ -69,6 +69,34 @@ class Box:
         top, left = (0, 0) if origin is None else (origin.top, origin.left)
         return (slice(self.top - top, self.top - top + self.height),
                 slice(self.left - left, self.left - left + self.width))
+
+
+EMPTY = Box(0, 0, 0, 0)
+
+
+def bounding_box(mask: np.ndarray, origin: Box) -> Box:
+    """The smallest box around the true pixels of ``mask``, a boolean map of ``origin`` (``EMPTY`` if none)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return EMPTY
+    return Box(origin.top + int(rows[0]), origin.top + int(rows[-1]) + 1, origin.left + int(cols[0]),
+               origin.left + int(cols[-1]) + 1)
+
+
+def bounding_box_of_difference(box: Box, others: list[Box]) -> Box:
+    """The smallest box that covers every pixel of ``box`` outside all of ``others`` (``EMPTY`` if none is left).
+
+    This is what a fused tile must still compute itself when its neighbours have computed ``others``; the
+    bounding box may include some of their pixels again, since kernels compute rectangles.
+    """
+    if box.empty:
+        return EMPTY
+    left_over = np.ones((box.height, box.width), bool)
+    for other in others:
+        part = box.intersect(other)
+        if not part.empty:
+            left_over[part.slices(box)] = False
+    return bounding_box(left_over, box)
 
 
 def split_extent(length: int, parts: int) -> list[tuple[int, int]]:
@@ -132,7 +160,7 @@ def input_box(output: Box, kernel: tuple[int, int], stride: tuple[int, int], dil
         yields exactly the ``output`` box. An empty output needs an empty box and no padding.
     """
     if output.empty:
-        return Box(0, 0, 0, 0), (0, 0, 0, 0)
+        return EMPTY, (0, 0, 0, 0)
     r0, r1, pad_top, pad_bottom = _needed_range(output.top, output.bottom, kernel[0], stride[0], dilation[0],
                                                 padding[0], in_height)
     c0, c1, pad_left, pad_right = _needed_range(output.left, output.right, kernel[1], stride[1], dilation[1],
@@ -147,7 +175,7 @@ def interior_box(output: Box, held: Box, kernel: tuple[int, int], stride: tuple[
     Those outputs can be computed while the halo is still in flight. Returns an empty box if there is none.
     """
     if output.empty:
-        return Box(0, 0, 0, 0)
+        return EMPTY
 
     def axis_range(lo: int, hi: int, axis: int, held_lo: int, held_hi: int, size: int) -> tuple[int, int]:
         inside = []
@@ -161,7 +189,7 @@ def interior_box(output: Box, held: Box, kernel: tuple[int, int], stride: tuple[
     rows = axis_range(output.top, output.bottom, 0, held.top, held.bottom, in_height)
     cols = axis_range(output.left, output.right, 1, held.left, held.right, in_width)
     box = Box(rows[0], rows[1], cols[0], cols[1])
-    return box if not box.empty else Box(0, 0, 0, 0)
+    return box if not box.empty else EMPTY
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,13 @@ from .cli import add_common_arguments, run_main
 from .comm import collective, hostnames, mpi_library_version, ranks_per_node, self_comm, world
 from .detect import FaceDetector
 from .errors import InputError, PlanError, ShapeError
-from .fused import FusedEngine, plan_fused
+from .fused import COUNTER_FIELDS, OVERLAP_POLICIES, FusedEngine, plan_fused
 from .graph import Network, format_shape, parse_shape
 from .images import Hdf5ImageSet, ImageSet, open_image_set
 from .kernels.elementwise import softmax
 from .progress import Progress
 from .results import ResultWriter, peak_rss_bytes, provenance, utc_now
+from .reuse import plan_reuse
 from .spatial import SpatialEngine, fc_shard_rows
 from .steal import FIELDS as STEAL_FIELDS
 from .threads import default_num_threads, set_num_threads
@@ -85,8 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="spatial mode: the rank grid, rows x columns, e.g. 2x3 (default: MPI.Compute_dims)")
     parser.add_argument("--tiles", default="4x4", metavar="TYxTX",
                         help="fused mode: the tile grid over the fused block's output (default 4x4; may have "
-                             "more tiles than ranks); each tile is a stealable task computed from the input alone, "
-                             "recomputing the overlap with its neighbours")
+                             "more tiles than ranks); each tile is a stealable task (see --overlap)")
+    parser.add_argument("--overlap", choices=OVERLAP_POLICIES, default="reuse",
+                        help="fused mode: reuse (default): tiles run in three checkerboard phases and later tiles "
+                             "read the border strips of earlier ones from one-sided MPI windows instead of "
+                             "recomputing them; recompute: every tile computes its whole region")
     parser.add_argument("--fuse-depth", type=int, metavar="N",
                         help="fused mode: how many layers to fuse (default: all before the first global layer); "
                              "the rest run in spatial mode")
@@ -183,11 +187,11 @@ def _validate(args: argparse.Namespace, comm) -> Job:
                              f"(at least 10 x 10)")
         input_shape = detector.input_shape(height, width)
         detector.network.shapes(input_shape)
-        _check_tiles(args, detector.network, input_shape)
+        _check_tiles(args, detector.network, input_shape, comm.size)
         return Job(detector.network, detector.weights, images, input_shape, Detection(detector), None)
     network = get_model(args.model)
     input_shape = _check_input(network, images)
-    _check_tiles(args, network, input_shape)
+    _check_tiles(args, network, input_shape, comm.size)
     size, rank = (comm.size, comm.rank) if args.mode in ("spatial", "fused") else (1, 0)
     rows = fc_shard_rows(network, size, rank)
     weights = (load_weights(args.weights, network, rows=rows) if args.weights
@@ -196,10 +200,12 @@ def _validate(args: argparse.Namespace, comm) -> Job:
                network.output_shape(input_shape)[0])
 
 
-def _check_tiles(args: argparse.Namespace, network: Network, input_shape) -> None:
+def _check_tiles(args: argparse.Namespace, network: Network, input_shape, ranks: int) -> None:
     """Fused mode: refuse a tile grid or depth that does not fit, before any work."""
     if args.mode == "fused":
-        plan_fused(network, input_shape, parse_grid(args.tiles), args.fuse_depth)
+        plan = plan_fused(network, input_shape, parse_grid(args.tiles), args.fuse_depth)
+        if args.overlap == "reuse":
+            plan_reuse(plan, ranks)
 
 
 def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit,
@@ -247,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
             network.shapes(shape)
             if args.mode == "fused":
                 engines[shape] = FusedEngine(network, weights, shape, engine_comm, parse_grid(args.tiles),
-                                             args.fuse_depth, steal=not args.no_steal)
+                                             args.fuse_depth, steal=not args.no_steal, overlap=args.overlap)
             else:
                 engines[shape] = SpatialEngine(network, weights, shape, engine_comm, grid,
                                                overlap=not args.no_overlap)
@@ -265,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     stats.update(_layer_stats(network, engines.values()))
     gathered = comm.gather(stats, root=0)
+    fused_per_rank = comm.gather(_fused_stats(engines.values()), root=0)
     for engine in engines.values():
         engine.close()
     images.close()
@@ -274,9 +281,11 @@ def run(args: argparse.Namespace) -> int:
     per_rank = {key: np.stack([rank_stats[key] for rank_stats in gathered]) for key in gathered[0]}
     writer.finish(
         {"timing": {"layer_names": np.array([n for n, _ in network.layers], dtype="S"),
-                    **{key: per_rank[key] for key in LAYER_FIELDS}, "busy_seconds": per_rank["busy_seconds"]},
+                    **{key: per_rank[key] for key in LAYER_FIELDS}, "busy_seconds": per_rank["busy_seconds"],
+                    **_fused_tables(fused_per_rank, "timing")},
          "stats": {"peak_rss_bytes": per_rank["peak_rss_bytes"], "steal": per_rank["steal"],
-                   "steal_fields": np.array(STEAL_FIELDS, dtype="S")}},
+                   "steal_fields": np.array(STEAL_FIELDS, dtype="S"),
+                   **_fused_tables(fused_per_rank, "stats")}},
         finished=utc_now(), elapsed_seconds=elapsed, images_computed=computed,
         images_per_second=computed / elapsed if elapsed > 0 else 0.0, hostnames=names,
         grid=_grid_text(engines), **_fused_attributes(args, engines))
@@ -294,14 +303,36 @@ def _grid_text(engines) -> str:
 
 
 def _fused_attributes(args: argparse.Namespace, engines) -> dict:
-    """Fused mode: the tile grid, depth, and the multiply-accumulates the tiles recompute."""
+    """Fused mode: the tile grid, depth, policy, and the multiply-accumulates and strip bytes it plans per image."""
     fused = [engine for engine in engines.values() if isinstance(engine, FusedEngine)]
     if not fused:
         return {}
-    tiled, plain = fused[0].plan.macs()
-    return {"tiles": args.tiles, "fuse_depth": fused[0].plan.depth, "overlap_policy": "recompute",
+    engine = fused[0]
+    plain = engine.plan.plain_macs()
+    tiled = engine.plan.macs()[0] if engine.reuse is None else engine.reuse.macs()
+    return {"tiles": args.tiles, "fuse_depth": engine.plan.depth, "overlap_policy": engine.overlap,
             "fused_macs_per_image": tiled, "plain_macs_per_image": plain,
-            "redundant_macs_per_image": tiled - plain}
+            "redundant_macs_per_image": tiled - plain,
+            "strip_bytes_per_image": 0 if engine.reuse is None else engine.reuse.strip_bytes()}
+
+
+def _fused_stats(engines) -> dict[str, np.ndarray] | None:
+    """Fused mode: this rank's counters (summed over image shapes) and compute seconds per tile."""
+    fused = [engine for engine in engines if isinstance(engine, FusedEngine)]
+    if not fused:
+        return None
+    counters = np.array([sum(engine.counters[field] for engine in fused) for field in COUNTER_FIELDS], float)
+    return {"counters": counters, "tile_seconds": np.concatenate([engine.tile_seconds for engine in fused])}
+
+
+def _fused_tables(per_rank: list, group: str) -> dict[str, np.ndarray]:
+    """Fused mode: the per-rank tables of one result group (``timing`` or ``stats``); nothing otherwise."""
+    if per_rank[0] is None:
+        return {}
+    if group == "timing":
+        return {"tile_seconds": np.stack([rank["tile_seconds"] for rank in per_rank])}
+    return {"fused": np.stack([rank["counters"] for rank in per_rank]),
+            "fused_fields": np.array(COUNTER_FIELDS, dtype="S")}
 
 
 def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -> None:

@@ -21,18 +21,63 @@ def deepest(network, shape, grid):
                if shapes[d][1] >= grid[0] and shapes[d][2] >= grid[1])
 
 
+_EXPECTED = {}
+
+
+def reference(network, shape):
+    """The single-process output for a seeded batch (rank 0 computes it once per model and shape)."""
+    key = (network.name, shape)
+    if key not in _EXPECTED:
+        x = np.random.default_rng(1).standard_normal((2, *shape)).astype(np.float32)
+        expected = Forward(network, init_weights(network, 3))(x) if COMM.rank == 0 else None
+        _EXPECTED[key] = (x, COMM.bcast(expected))
+    return _EXPECTED[key]
+
+
+def run_engine(network, shape, grid, depth, overlap, engine_class=FusedEngine):
+    """Run twice (batches of 2 and 1) and return the largest relative error over ranks and the counters."""
+    x, expected = reference(network, shape)
+    weights = init_weights(network, 3, rows=fc_shard_rows(network, COMM.size, COMM.rank))
+    with engine_class(network, weights, shape, COMM, grid, depth, overlap=overlap) as engine:
+        actual = [engine(x), engine(x[:1])]
+        counters = {key: COMM.allreduce(value) for key, value in engine.counters.items()}
+    scale = np.abs(expected).max()
+    error = max(np.abs(actual[0] - expected).max(), np.abs(actual[1] - expected[:1]).max()) / scale
+    return max(COMM.allgather(float(error))), counters, engine
+
+
 @pytest.mark.parametrize("name,shape", [("lenet5", (1, 32, 32)), ("alexnet", (3, 227, 231)), ("vgg11_bn", (3, 64, 72))])
 @pytest.mark.parametrize("grid", [(2, 2), (3, 3), (4, 5), (6, 6)])
-def test_fused_tiles_equal_single_process(name, shape, grid):
+@pytest.mark.parametrize("overlap", ["recompute", "reuse"])
+def test_fused_tiles_equal_single_process(name, shape, grid, overlap):
     network = get_model(name)
     depth = deepest(network, shape, grid)
-    x = np.random.default_rng(1).standard_normal((2, *shape)).astype(np.float32)
-    expected = Forward(network, init_weights(network, 3))(x) if COMM.rank == 0 else None
-    expected = COMM.bcast(expected)
-    weights = init_weights(network, 3, rows=fc_shard_rows(network, COMM.size, COMM.rank))
-    with FusedEngine(network, weights, shape, COMM, grid, depth) as engine:
-        actual = engine(x)
-        tiles_run = COMM.allreduce(engine.tiles_run)
-    errors = COMM.allgather(float(np.abs(actual - expected).max() / np.abs(expected).max()))
-    assert max(errors) <= 1e-4, errors
-    assert tiles_run == grid[0] * grid[1]
+    error, counters, engine = run_engine(network, shape, grid, depth, overlap)
+    assert error <= 1e-4
+    tiles = grid[0] * grid[1]
+    assert counters["tiles_run"] == 2 * tiles and counters["fallbacks"] == 0
+    per_image = engine.plan.macs()[0] if overlap == "recompute" else engine.reuse.macs()
+    assert counters["macs"] == 3 * per_image
+    if overlap == "reuse":
+        assert counters["bytes_put"] == counters["bytes_got"] == 3 * engine.reuse.strip_bytes()
+        assert counters["tiles_reused"] == 2 * sum(bool(strips) for strips in engine.reuse.incoming)
+    else:
+        assert counters["bytes_put"] == counters["bytes_got"] == 0
+
+
+class SilentCorner(FusedEngine):
+    """A reuse engine whose corner tile 0 computes but never publishes: the tiles that borrow from it recompute."""
+
+    def _run_reusing(self, index, x, pool):
+        if index == 0:
+            return self._compute(index, self.plan.tiles[index].steps, x)
+        return super()._run_reusing(index, x, pool)
+
+
+@pytest.mark.parametrize("grid", [(3, 3), (4, 5)])
+def test_missing_strips_fall_back_to_recomputing(grid):
+    network = get_model("vgg11_bn")
+    error, counters, engine = run_engine(network, (3, 64, 72), grid, 7, "reuse", SilentCorner)
+    assert error <= 1e-4
+    consumers = {strip.consumer for strip in engine.reuse.outgoing[0]}
+    assert consumers and counters["fallbacks"] == 2 * len(consumers)

@@ -147,3 +147,24 @@ def test_windows_that_read_only_padding():
         box, pad = input_box(out, (1, 1), (1, 1), (1, 1), (0, 0, 3, 3), 1, 5)
         part = conv2d(x[(slice(None), slice(None), *box.slices())], weight, padding=pad)
         np.testing.assert_array_equal(part, whole[(slice(None), slice(None), *out.slices())])
+
+
+def test_bounding_box_of_difference_matches_pixels(rng):
+    from dcnn.geometry import EMPTY, bounding_box_of_difference
+
+    for _ in range(300):
+        top, left = rng.integers(0, 5, 2)
+        box = Box(int(top), int(top + rng.integers(0, 8)), int(left), int(left + rng.integers(0, 8)))
+        others = []
+        for _ in range(rng.integers(0, 4)):
+            top2, left2 = rng.integers(0, 10, 2)
+            others.append(Box(int(top2), int(top2 + rng.integers(0, 8)), int(left2), int(left2 + rng.integers(0, 8))))
+        pixels = {(r, c) for r in range(box.top, box.bottom) for c in range(box.left, box.right)}
+        for other in others:
+            pixels -= {(r, c) for r in range(other.top, other.bottom) for c in range(other.left, other.right)}
+        result = bounding_box_of_difference(box, others)
+        if not pixels:
+            assert result == EMPTY
+        else:
+            rows, cols = [p[0] for p in pixels], [p[1] for p in pixels]
+            assert result == Box(min(rows), max(rows) + 1, min(cols), max(cols) + 1)
