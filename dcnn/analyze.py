@@ -41,6 +41,17 @@ class RunSummary:
     busy: np.ndarray = field(repr=False)
     steal: np.ndarray = field(repr=False)
     peak_rss: np.ndarray = field(repr=False)
+    predicted_peak: np.ndarray = field(repr=False)
+    plan: str = ""
+
+    @property
+    def memory_error(self) -> float:
+        """Largest relative error of the planner's peak memory prediction over the ranks (NaN if none)."""
+        valid = (self.predicted_peak > 0) & (self.peak_rss > 0)
+        if not valid.any():
+            return float("nan")
+        errors = (self.predicted_peak[valid] - self.peak_rss[valid]) / self.peak_rss[valid]
+        return float(errors[np.argmax(np.abs(errors))])
 
     @property
     def images_per_second(self) -> float:
@@ -79,7 +90,8 @@ def load_summary(path: str) -> RunSummary:
                 images_computed=int(attrs.get("images_computed", done)),
                 elapsed=float(attrs.get("elapsed_seconds", np.nan)), tasks=tasks,
                 busy=per_rank("timing/busy_seconds", (ranks,)), steal=per_rank("stats/steal", (ranks, 6)),
-                peak_rss=per_rank("stats/peak_rss_bytes", (ranks,)))
+                peak_rss=per_rank("stats/peak_rss_bytes", (ranks,)),
+                predicted_peak=per_rank("stats/predicted_peak_bytes", (ranks,)), plan=str(attrs.get("plan", "")))
     except (OSError, KeyError) as error:
         raise InputError(f"{path}: not a dcnn result file ({error})") from None
 
@@ -93,12 +105,15 @@ def format_summary(run: RunSummary) -> str:
         lines.append("  (interrupted: continue with python -m dcnn.infer ... --resume " + run.path + ")")
         return "\n".join(lines)
     lines.append(f"  {'rank':>4} {'tasks':>6} {'busy s':>8} {'idle s':>8} {'steals ok/tried':>16} {'stolen':>7} "
-                 f"{'peak MiB':>9}")
+                 f"{'peak MiB':>9} {'planned MiB':>12}")
     for rank in range(run.ranks):
         steal = run.steal[rank]
         idle = run.elapsed - run.busy[rank]
         lines.append(f"  {rank:>4} {int(run.tasks[rank]):>6} {run.busy[rank]:8.2f} {idle:8.2f} "
-                     f"{f'{int(steal[2])}/{int(steal[1])}':>16} {int(steal[3]):>7} {run.peak_rss[rank] / 2**20:9.0f}")
+                     f"{f'{int(steal[2])}/{int(steal[1])}':>16} {int(steal[3]):>7} {run.peak_rss[rank] / 2**20:9.0f} "
+                     f"{run.predicted_peak[rank] / 2**20:12.0f}")
+    if not np.isnan(run.memory_error):
+        lines.append(f"  plan {run.plan}: predicted peak memory {run.memory_error:+.1%} of measured (worst rank)")
     return "\n".join(lines)
 
 
@@ -193,12 +208,14 @@ def run(args: argparse.Namespace) -> int:
         with open(args.csv, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["file", "model", "mode", "ranks", "status", "images", "images_done", "seconds",
-                             "images_per_second", "steals_succeeded", "max_peak_rss_bytes"])
+                             "images_per_second", "steals_succeeded", "max_peak_rss_bytes",
+                             "max_predicted_peak_bytes", "memory_prediction_error"])
             for summary in runs:
                 writer.writerow([summary.path, summary.model, summary.mode, summary.ranks, summary.status,
                                  summary.num_images, summary.images_done, f"{summary.elapsed:.4f}",
                                  f"{summary.images_per_second:.4f}", int(np.nansum(summary.steal[:, 2])),
-                                 int(np.nanmax(summary.peak_rss))])
+                                 int(np.nanmax(summary.peak_rss)), int(np.nanmax(summary.predicted_peak)),
+                                 f"{summary.memory_error:.4f}"])
     return 0
 
 

@@ -9,6 +9,7 @@ process. All modes write the same schema, with per-task and per-layer timings.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from .fused import COUNTER_FIELDS, OVERLAP_POLICIES, FusedEngine, plan_fused
 from .graph import Network, format_shape, parse_shape
 from .images import Hdf5ImageSet, ImageSet, open_image_set
 from .kernels.elementwise import softmax
+from .plan import Cluster, Plan, choose_plan, format_bytes, parse_bytes, plan_for
 from .progress import Progress
 from .results import ResultWriter, peak_rss_bytes, provenance, utc_now
 from .reuse import plan_reuse
@@ -97,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-overlap", action="store_true",
                         help="spatial mode: wait for halos before computing, instead of computing each block's "
                              "interior while they are in flight (for measuring what overlap hides)")
+    parser.add_argument("--plan", choices=("auto",),
+                        help="auto: let the planner choose mode, batch size, rank or tile grid and overlap policy: "
+                             "the fastest predicted plan that keeps every rank within its memory budget "
+                             "(--mem-per-rank, --cluster, or 80%% of this node's RAM shared by its ranks)")
+    parser.add_argument("--mem-per-rank", metavar="SIZE",
+                        help="memory budget of each rank, e.g. 512MiB or 3.2GiB: a run whose predicted peak "
+                             "exceeds it is refused before any work, with what does not fit and what would")
+    parser.add_argument("--cluster", metavar="FILE",
+                        help="a planner cluster file (TOML, one node per rank; see docs/planner.md) for the "
+                             "budgets and speeds of heterogeneous ranks")
     parser.add_argument("--capacity", metavar="W0,W1,...",
                         help="batch mode: relative speed of each rank, for the initial split of the tasks "
                              "(default: equal); stealing corrects what the weights get wrong")
@@ -156,9 +168,10 @@ class Job:
     input_shape: tuple[int, ...]
     workload: Classification | Detection
     num_outputs: int | None
+    plan: Plan
 
 
-def _validate(args: argparse.Namespace, comm) -> Job:
+def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
     """Check everything before any heavy work; raises :class:`DcnnError` (called inside a collective)."""
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -187,17 +200,77 @@ def _validate(args: argparse.Namespace, comm) -> Job:
                              f"(at least 10 x 10)")
         input_shape = detector.input_shape(height, width)
         detector.network.shapes(input_shape)
+        plan = _plan(args, detector.network, input_shape, comm, local_ranks, len(images))
         _check_tiles(args, detector.network, input_shape, comm.size)
-        return Job(detector.network, detector.weights, images, input_shape, Detection(detector), None)
+        return Job(detector.network, detector.weights, images, input_shape, Detection(detector), None, plan)
     network = get_model(args.model)
     input_shape = _check_input(network, images)
+    plan = _plan(args, network, input_shape, comm, local_ranks, len(images))
     _check_tiles(args, network, input_shape, comm.size)
     size, rank = (comm.size, comm.rank) if args.mode in ("spatial", "fused") else (1, 0)
     rows = fc_shard_rows(network, size, rank)
     weights = (load_weights(args.weights, network, rows=rows) if args.weights
                else init_weights(network, args.seed, rows=rows))
     return Job(network, weights, images, input_shape, Classification(network.preprocessing),
-               network.output_shape(input_shape)[0])
+               network.output_shape(input_shape)[0], plan)
+
+
+def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster | None:
+    """The ranks' memory budgets: --cluster, --mem-per-rank, or (for --plan auto) this node's RAM."""
+    if args.cluster:
+        cluster = Cluster.load(args.cluster)
+        if cluster.size != size:
+            raise PlanError(f"{args.cluster} describes {cluster.size} nodes, but {size} ranks were started "
+                            f"(one rank per node)")
+        return cluster
+    if args.mem_per_rank:
+        return Cluster.per_rank_budget(size, parse_bytes(args.mem_per_rank))
+    if args.plan == "auto":
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return Cluster.uniform(size, ram // local_ranks)
+    return None
+
+
+def _plan(args: argparse.Namespace, network: Network, input_shape, comm, local_ranks: int, images: int) -> Plan:
+    """Choose the plan (--plan auto) or model the requested one; refuse it if it exceeds a known budget."""
+    cluster = _cluster(args, comm.size, local_ranks)
+    if args.plan == "auto":
+        modes = ("batch", "spatial", "fused") if comm.size > 1 else ("batch", "fused")
+        plan = choose_plan(network, input_shape, cluster, args.batch_size, images, modes)
+        args.mode = "single" if comm.size == 1 and plan.mode == "batch" else plan.mode
+        args.batch_size = plan.batch
+        if plan.mode == "spatial":
+            args.grid = "x".join(map(str, plan.grid))
+        if plan.mode == "fused":
+            args.tiles, args.overlap, args.fuse_depth = "x".join(map(str, plan.grid)), plan.overlap, None
+        if comm.rank == 0 and not args.quiet:
+            print(f"plan: {plan.describe()}, predicted peak {format_bytes(plan.peak())} per rank "
+                  f"(budget {format_bytes(min(cluster.budget(r) for r in range(cluster.size)))})", flush=True)
+        return plan
+    modelled = cluster or Cluster.uniform(comm.size, 2**62)
+    mode = "batch" if args.mode == "single" else args.mode
+    grid = parse_grid(args.grid) if mode == "spatial" else parse_grid(args.tiles) if mode == "fused" else None
+    if mode == "fused" and args.fuse_depth is not None:
+        return _unmodelled(args, modelled)
+    plan = plan_for(network, input_shape, modelled, mode, args.batch_size, grid, args.overlap, images)
+    overflow = plan.overflow(cluster) if cluster is not None else None
+    if overflow is not None:
+        rank, needed, available = overflow
+        raise PlanError(f"{plan.describe()} needs {format_bytes(needed)} on rank {rank}, which may use "
+                        f"{format_bytes(available)} ({_largest_item(plan, rank)}); try --plan auto")
+    return plan
+
+
+def _unmodelled(args: argparse.Namespace, cluster: Cluster) -> Plan:
+    """A plan with no memory prediction (a fused block shorter than the convolutional part is not modelled)."""
+    return Plan(args.mode, args.batch_size, None, args.overlap, [{} for _ in range(cluster.size)])
+
+
+def _largest_item(plan: Plan, rank: int) -> str:
+    items = {name: size for name, size in plan.memory[rank].items() if name != "runtime"}
+    name = max(items, key=items.get)
+    where = f", largest layer {plan.largest[name]}" if name in plan.largest else ""
+    return f"most of it {name}: {format_bytes(items[name])}{where}"
 
 
 def _check_tiles(args: argparse.Namespace, network: Network, input_shape, ranks: int) -> None:
@@ -234,10 +307,11 @@ def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit,
 def run(args: argparse.Namespace) -> int:
     """The body of ``python -m dcnn.infer`` (see :func:`dcnn.cli.run_main` for error handling)."""
     comm = world()
+    local_ranks = ranks_per_node(comm)
     with collective(comm):
-        job = _validate(args, comm)
+        job = _validate(args, comm, local_ranks)
     network, images, weights = job.network, job.images, job.weights
-    threads = args.threads or max(1, default_num_threads() // ranks_per_node(comm))
+    threads = args.threads or max(1, default_num_threads() // local_ranks)
     set_num_threads(threads)
     split = TaskSplit(len(images), args.batch_size)
     with collective(comm):
@@ -285,10 +359,11 @@ def run(args: argparse.Namespace) -> int:
                     **_fused_tables(fused_per_rank, "timing")},
          "stats": {"peak_rss_bytes": per_rank["peak_rss_bytes"], "steal": per_rank["steal"],
                    "steal_fields": np.array(STEAL_FIELDS, dtype="S"),
+                   "predicted_peak_bytes": np.array([job.plan.peak(rank) for rank in range(comm.size)]),
                    **_fused_tables(fused_per_rank, "stats")}},
         finished=utc_now(), elapsed_seconds=elapsed, images_computed=computed,
         images_per_second=computed / elapsed if elapsed > 0 else 0.0, hostnames=names,
-        grid=_grid_text(engines), **_fused_attributes(args, engines))
+        grid=_grid_text(engines), plan=job.plan.describe(), **_fused_attributes(args, engines))
     if not args.quiet:
         _summary(args, job, writer.path, computed, elapsed, per_rank, comm.size, threads)
     return 0

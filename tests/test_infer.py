@@ -193,3 +193,19 @@ def test_tile_grid_finer_than_the_map(tmp_path):
                  "--output", str(tmp_path / "x.h5"))
     assert done.returncode == 2 and done.stderr.count("dcnn: error:") == 1
     assert "tile grid 9x9 is finer than the 6x6 output map of layer features.12" in done.stderr
+
+
+def test_planner_command_refuses_an_impossible_cluster():
+    done = subprocess.run([sys.executable, "-m", "dcnn.plan", "vgg16", "--nodes", "4", "--ram", "384MiB"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("dcnn: error:") == 1 and not done.stdout
+    assert "classifier.0" in done.stderr and "It fits on 7 such nodes" in done.stderr
+
+
+def test_planner_command_prints_candidates_and_the_choice():
+    done = subprocess.run([sys.executable, "-m", "dcnn.plan", "vgg16", "--nodes", "14", "--ram", "384MiB"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "batch, batch 1" in done.stdout and "DOES NOT FIT" in done.stdout
+    assert "chosen: spatial" in done.stdout or "chosen: fused" in done.stdout
+    assert "mpirun -np 14 python -m dcnn.infer --model vgg16 --mode" in done.stdout

@@ -91,3 +91,43 @@ def test_fused_mode_finds_dlibs_faces(tmp_path, ranks, tiles):
     detections, _ = detect(tmp_path, ranks, "--mode", "fused", "--tiles", tiles, "--quiet")
     for actual, expected in zip(detections, EXPECTED["images-up0"], strict=True):
         assert_same_detections(actual, expected)
+
+
+def test_a_set_of_large_images_under_a_small_memory_budget(tmp_path):
+    """The paper's 1000x500 limit: with 200 MiB per rank (batch mode would need about 260 MiB) the planner
+    tiles each image, the peak memory of every rank stays under the budget and the faces are dlib's."""
+    from dcnn.infer import DEFAULT_INPUT
+
+    repeats = 3
+    with h5py.File(DEFAULT_INPUT) as source:
+        wide = source["wide"][()]
+    path = tmp_path / "large.h5"
+    with h5py.File(path, "w") as handle:
+        handle["images"] = np.concatenate([wide] * repeats)
+    output = tmp_path / "budget.h5"
+    done = subprocess.run([*mpi_command(2), sys.executable, "-m", "dcnn.infer", "--input", str(path), "--threads",
+                           "1", "--plan", "auto", "--mem-per-rank", "200MiB", "--output", str(output)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "plan: fused" in done.stdout
+    with h5py.File(output) as handle:
+        assert handle.attrs["mode"] == "fused" and handle.attrs["plan"].startswith("fused")
+        peaks = handle["stats/peak_rss_bytes"][()]
+        predicted = handle["stats/predicted_peak_bytes"][()]
+        rows, offsets = handle["outputs/detections"][()], handle["outputs/detection_offsets"][()]
+    assert (peaks < 200 * 2**20).all(), peaks / 2**20
+    assert (predicted <= 200 * 2**20).all() and (np.abs(predicted - peaks) < 0.25 * peaks).all()
+    for image in range(len(offsets) - 1):
+        found = rows[offsets[image]:offsets[image + 1]]
+        actual = np.stack([found[n] for n in ("left", "top", "right", "bottom", "confidence")], axis=1)
+        assert_same_detections(actual.astype(float), EXPECTED["wide-up0"][image % len(wide)])
+
+
+def test_a_budget_too_small_for_the_requested_mode_is_refused_before_any_work(tmp_path):
+    output = tmp_path / "refused.h5"
+    done = subprocess.run([*mpi_command(2), sys.executable, "-m", "dcnn.infer", "--dataset", "wide",
+                           "--mem-per-rank", "200MiB", "--output", str(output)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("dcnn: error:") == 1, done.stderr
+    assert "batch, batch 4 needs" in done.stderr and "which may use 200.0 MiB" in done.stderr
+    assert "--plan auto" in done.stderr and not output.exists()

@@ -1,0 +1,142 @@
+"""The planner without MPI: sizes, cluster files, memory per mode, the choice, and the infeasible message."""
+
+import re
+
+import pytest
+
+from dcnn.errors import InputError, PlanError
+from dcnn.layers import Linear
+from dcnn.plan import (
+    MIB,
+    MODEL_MARGIN,
+    Cluster,
+    choose_plan,
+    format_bytes,
+    memory_batch,
+    memory_fused,
+    memory_spatial,
+    parse_bytes,
+    plan_for,
+    plans,
+)
+from dcnn.zoo import get_model
+
+VGG16 = get_model("vgg16")
+SHAPE = (3, 224, 224)
+
+
+@pytest.mark.parametrize("text,expected", [("512MiB", 512 * 2**20), ("3.2GiB", int(3.2 * 2**30)), ("4G", 4 * 2**30),
+                                           ("4GB", 4 * 10**9), ("1000", 1000), (" 2 kib ", 2048)])
+def test_parse_bytes(text, expected):
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "12 parsecs", "-1MiB", "MiB", "1..2G"])
+def test_parse_bytes_refuses_nonsense(text):
+    with pytest.raises(InputError, match="memory size"):
+        parse_bytes(text)
+
+
+def test_format_bytes():
+    assert format_bytes(512 * MIB) == "512.0 MiB" and format_bytes(3 * 2**30) == "3.0 GiB"
+
+
+def test_cluster_file(tmp_path):
+    path = tmp_path / "cluster.toml"
+    path.write_text('fraction = 0.75\ngmacs = 2.5\nbandwidth_gbit = 10\n'
+                    '[[node]]\nname = "rock"\nram = "4GiB"\ncount = 3\n'
+                    '[[node]]\nname = "pc"\nram = "16GiB"\nspeed = 4\n')
+    cluster = Cluster.load(path)
+    assert [node.name for node in cluster.nodes] == ["rock0", "rock1", "rock2", "pc"]
+    assert cluster.budget(0) == int(0.75 * 4 * 2**30) and cluster.rate(3) == 4 * 2.5e9
+    assert cluster.bandwidth == 10e9 / 8
+
+
+@pytest.mark.parametrize("text,message", [("[[node]]\nram = 4\nspeed = -1\n", "must be positive"),
+                                          ("[[node]]\nname = 'x'\n", "bad cluster entry"),
+                                          ("fraction = 2\n[[node]]\nram = '1GiB'\n", "fraction"),
+                                          ("nodes = [", "not valid TOML"), ("", "at least one node")])
+def test_bad_cluster_files(tmp_path, text, message):
+    path = tmp_path / "cluster.toml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        Cluster.load(path)
+
+
+def test_missing_cluster_file(tmp_path):
+    with pytest.raises(InputError, match="cannot read the cluster file"):
+        Cluster.load(tmp_path / "none.toml")
+
+
+def test_batch_mode_holds_every_weight():
+    plan = memory_batch(VGG16, SHAPE, 2, Cluster.uniform(3, 4 * 2**30))
+    conv = sum(row.param_bytes for row in VGG16.costs(SHAPE) if row.layer.kind == "conv")
+    assert plan.memory[0]["weights"] == sum(row.param_bytes for row in VGG16.costs(SHAPE)) + conv
+    assert plan.memory[0] == plan.memory[2]
+    assert plan.peak() == int(sum(plan.memory[0].values()) * (1 + MODEL_MARGIN))
+
+
+def test_spatial_mode_splits_the_fully_connected_weights():
+    fc = sum(row.param_bytes for row in VGG16.costs(SHAPE) if isinstance(row.layer, Linear))
+    one = memory_spatial(VGG16, SHAPE, 1, Cluster.uniform(1, 2**34), (1, 1)).memory[0]["weights"]
+    four = memory_spatial(VGG16, SHAPE, 1, Cluster.uniform(4, 2**34), (2, 2))
+    assert sum(m["weights"] for m in four.memory) == pytest.approx(4 * one - 3 * fc, abs=16)
+    assert four.memory[0]["activations"] < memory_batch(VGG16, SHAPE, 1, Cluster.uniform(4, 2**34)).memory[0][
+        "activations"]
+
+
+def test_finer_tiles_need_less_activation_memory_and_reuse_needs_a_pool():
+    cluster = Cluster.uniform(2, 2**34)
+    coarse = memory_fused(VGG16, SHAPE, 1, cluster, (2, 2), "recompute")
+    fine = memory_fused(VGG16, SHAPE, 1, cluster, (7, 7), "recompute")
+    reuse = memory_fused(VGG16, SHAPE, 1, cluster, (4, 4), "reuse")
+    assert fine.memory[0]["activations"] < coarse.memory[0]["activations"]
+    assert coarse.memory[0]["overlap pool"] == 0 < reuse.memory[0]["overlap pool"]
+
+
+def test_plenty_of_memory_chooses_batch_mode():
+    plan = choose_plan(VGG16, SHAPE, Cluster.uniform(20, 4 * 2**30), 4, 1000)
+    assert (plan.mode, plan.batch) == ("batch", 4)
+    assert plan.infer_arguments() == ["--mode", "batch", "--batch-size", "4"]
+
+
+def test_a_tight_budget_chooses_a_split_plan_that_fits():
+    cluster = Cluster.uniform(14, 384 * MIB)
+    plan = choose_plan(VGG16, SHAPE, cluster, 4, 1000)
+    assert plan.mode in ("spatial", "fused") and plan.overflow(cluster) is None
+    assert all(candidate.seconds >= plan.seconds for candidate in plans(VGG16, SHAPE, cluster, 4, 1000)
+               if candidate.overflow(cluster) is None)
+
+
+def test_an_impossible_budget_names_what_does_not_fit_and_what_would():
+    cluster = Cluster.uniform(4, 384 * MIB)
+    with pytest.raises(PlanError) as error:
+        choose_plan(VGG16, SHAPE, cluster, 4, 1000)
+    message = str(error.value)
+    assert "does not fit" in message and "307.2 MiB (80% of 384.0 MiB)" in message
+    assert "the weights" in message and "classifier.0" in message
+    nodes = int(re.search(r"fits on (\d+) such nodes", message).group(1))
+    for count, fits in ((nodes, True), (nodes - 1, False)):
+        larger = Cluster.uniform(count, 384 * MIB)
+        assert any(p.overflow(larger) is None for p in plans(VGG16, SHAPE, larger, 1, modes=("spatial",))) == fits
+
+
+def test_a_budget_below_the_runtime_says_no_node_count_helps():
+    with pytest.raises(PlanError, match="No number of such nodes"):
+        choose_plan(VGG16, SHAPE, Cluster.uniform(4, 64 * MIB), 1)
+
+
+def test_large_face_images_under_a_small_budget_are_tiled():
+    from dcnn.detect import FaceDetector
+
+    detector = FaceDetector.load(None, 0)
+    shape = detector.input_shape(500, 1000)
+    cluster = Cluster.per_rank_budget(2, 200 * MIB)
+    assert memory_batch(detector.network, shape, 1, cluster).overflow(cluster) is not None
+    plan = choose_plan(detector.network, shape, cluster, 4, 1000)
+    assert plan.mode == "fused" and plan.overflow(cluster) is None and plan.batch == 1
+
+
+def test_unknown_mode():
+    with pytest.raises(PlanError, match="modes"):
+        plan_for(VGG16, SHAPE, Cluster.uniform(1, 2**30), "magic", 1)
