@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import conv_stack, launch, report_rank
 
-from dcnn.graph import Network
 from dcnn.layers import Conv2d, Linear
 from dcnn.spatial import plan_spatial
 from dcnn.zoo import get_model
@@ -34,31 +31,6 @@ from dcnn.zoo import get_model
 SCALING_RANKS = (1, 2)
 MEMORY_RANKS = (1, 2, 4)
 GEOMETRY_RANKS = (4, 9, 16, 20)
-
-
-def conv_stack(name: str = "vgg16") -> Network:
-    """The network's layers up to (excluding) its adaptive pool: the fully convolutional part."""
-    network = get_model(name)
-    layers = tuple((n, layer) for n, layer in network.layers if n.startswith("features"))
-    return Network(f"{name}-features", layers, network.input_shape, network.preprocessing)
-
-
-def launch(ranks: int, *worker_args: str) -> list[dict]:
-    """Run a worker under mpiexec with one thread per rank; return each rank's report, in rank order."""
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    launcher = str(mpiexec) if mpiexec.exists() else "mpiexec"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with tempfile.TemporaryDirectory() as folder:
-        done = subprocess.run([launcher, "-n", str(ranks), sys.executable, __file__, "--worker", folder,
-                               *worker_args], capture_output=True, text=True, env=env, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"worker failed (np={ranks}):\n{done.stdout}\n{done.stderr}")
-        return [json.loads((Path(folder) / f"rank{rank}.json").read_text()) for rank in range(ranks)]
-
-
-def report_rank(folder: str, rank: int, values: dict) -> None:
-    """A worker's report: one JSON file per rank."""
-    (Path(folder) / f"rank{rank}.json").write_text(json.dumps(values))
 
 
 # -- workers (run under mpiexec) -------------------------------------------------------------------------------
@@ -117,7 +89,7 @@ def scaling(size: int, repeats: int) -> dict:
     results = {}
     for overlap in (True, False):
         for ranks in SCALING_RANKS:
-            rows = launch(ranks, "scaling", str(size), str(repeats), "1" if overlap else "0")
+            rows = launch(__file__, ranks, "scaling", str(size), str(repeats), "1" if overlap else "0")
             results[f"np{ranks}_{'overlap' if overlap else 'no_overlap'}"] = rows
     # Both np=1 runs do the same work (no halos); the faster one is the conservative baseline.
     t1 = min(results["np1_overlap"][0]["seconds"], results["np1_no_overlap"][0]["seconds"])
@@ -185,7 +157,7 @@ def memory() -> dict:
           f"{'FC saving expected MiB':>23}")
     results = {}
     for ranks in MEMORY_RANKS:
-        rows = launch(ranks, "memory")
+        rows = launch(__file__, ranks, "memory")
         results[ranks] = {"peak_rss_bytes": [r["peak_rss_bytes"] for r in rows],
                           "weight_bytes": [r["weight_bytes"] for r in rows]}
     base = max(results[1]["peak_rss_bytes"])
