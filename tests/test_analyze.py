@@ -37,6 +37,18 @@ def test_summaries_and_scaling_table(runs, tmp_path):
     assert "scaling, lenet5 on 48 images" in done.stdout and "efficiency" in done.stdout
     rows = csv_path.read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("file,model,mode,ranks")
+    assert rows[0].endswith("max_predicted_peak_bytes,memory_prediction_error")
+
+
+def test_measured_memory_against_the_planner(runs):
+    summary = load_summary(str(runs[1]))
+    assert (summary.predicted_peak > 0).all() and (summary.peak_rss > 0).all()
+    assert summary.plan == "batch, batch 4"
+    assert -0.3 < summary.memory_error < 0.5
+    done = subprocess.run([sys.executable, "-m", "dcnn.analyze", str(runs[1])], capture_output=True, text=True,
+                          timeout=60)
+    assert "planned MiB" in done.stdout
+    assert f"plan batch, batch 4: predicted peak memory {summary.memory_error:+.1%} of measured" in done.stdout
 
 
 def test_load_summary_counts_tasks_per_rank(runs):
