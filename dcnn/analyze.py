@@ -21,7 +21,7 @@ from .comm import world
 from .errors import InputError
 from .results import open_result
 
-__all__ = ["RunSummary", "load_summary", "main", "scaling_table"]
+__all__ = ["RunSummary", "format_paper_table", "load_summary", "main", "paper_table", "scaling_table"]
 
 
 @dataclass
@@ -130,6 +130,44 @@ def scaling_table(runs: Sequence[RunSummary]) -> list[dict[str, float]]:
     return rows
 
 
+def paper_table(runs: Sequence[RunSummary]) -> list[dict]:
+    """The paper's table: per (model, mode, image count), wall time per rank count, with speedup and efficiency.
+
+    Returns one row per run, sorted by model, mode, images and ranks; speedup and efficiency are against the
+    run of the same group with the fewest ranks (so a group of one run has speedup 1).
+    """
+    groups: dict[tuple[str, str, int], list[RunSummary]] = {}
+    for summary in runs:
+        if summary.status == "complete":
+            groups.setdefault((summary.model, summary.mode, summary.num_images), []).append(summary)
+    rows = []
+    for (model, mode, images), group in sorted(groups.items()):
+        base = min(group, key=lambda r: (r.ranks, r.elapsed))
+        for summary in sorted(group, key=lambda r: r.ranks):
+            speedup = base.elapsed / summary.elapsed
+            rows.append({"model": model, "mode": mode, "images": images, "ranks": summary.ranks,
+                         "seconds": summary.elapsed, "speedup": speedup,
+                         "efficiency": speedup * base.ranks / summary.ranks})
+    return rows
+
+
+def format_paper_table(rows: list[dict]) -> str:
+    """Markdown: one line per image count, one column per rank count, ``seconds (efficiency)`` in each cell."""
+    lines = []
+    for model, mode in dict.fromkeys((row["model"], row["mode"]) for row in rows):
+        mine = [row for row in rows if (row["model"], row["mode"]) == (model, mode)]
+        ranks = sorted({row["ranks"] for row in mine})
+        lines += [f"{model}, {mode} mode: wall time in seconds (parallel efficiency against the fewest ranks)", "",
+                  "| images | " + " | ".join(f"{r} rank{'s' if r > 1 else ''}" for r in ranks) + " |",
+                  "|---|" + "---|" * len(ranks)]
+        for images in sorted({row["images"] for row in mine}):
+            cells = {row["ranks"]: f"{row['seconds']:.1f} ({row['efficiency']:.0%})" for row in mine
+                     if row["images"] == images}
+            lines.append(f"| {images} | " + " | ".join(cells.get(r, "—") for r in ranks) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
     """Draw the first ``count`` images of a detection run with their boxes and confidences into one PNG.
 
@@ -174,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dcnn.analyze", description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", help="result files written by python -m dcnn.infer")
     parser.add_argument("--csv", metavar="FILE", help="also write one row per run to this CSV file")
+    parser.add_argument("--table", metavar="FILE.md",
+                        help="write the paper's table (wall time against rank count, per image count) as Markdown "
+                             "to this file, and as CSV next to it (FILE.csv)")
     parser.add_argument("--draw", metavar="PNG",
                         help="face detection runs: draw the boxes found on the first images of the first file "
                              "into this PNG")
@@ -201,6 +242,16 @@ def run(args: argparse.Namespace) -> int:
         for row in scaling_table(group):
             print(f"{row['ranks']:>5} {row['seconds']:9.2f} {row['images_per_second']:9.2f} {row['speedup']:8.2f} "
                   f"{row['efficiency']:10.1%}")
+    if args.table:
+        rows = paper_table(runs)
+        text = format_paper_table(rows)
+        print("\n" + text)
+        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.table).write_text(text)
+        with open(Path(args.table).with_suffix(".csv"), "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["model"])
+            writer.writeheader()
+            writer.writerows(rows)
     if args.draw:
         drawn = draw_detections(args.files[0], args.draw, args.images)
         print(f"drew the detections of {drawn} images into {args.draw}")

@@ -1,0 +1,101 @@
+#!/usr/bin/env python
+"""Run a sweep of dcnn.infer jobs (node counts x image counts x modes) from a TOML file, with SLURM or mpiexec.
+
+Each job writes its own HDF5 file, ``results/sweeps/<name>/np<N>-<images>-<mode>.h5``; analyse them with
+``python -m dcnn.analyze results/sweeps/<name>/*.h5 --table``. The image sets are the bundled 128x128 faces
+(``data/faces.h5``) repeated to each count, written once to ``data/sweep/faces-<count>.h5``.
+
+Usage::
+
+    python scripts/sweep.py slurm/sweeps/paper_table.toml            # print the sbatch commands
+    python scripts/sweep.py slurm/sweeps/paper_table.toml --submit   # submit them (and --wait for them)
+    python scripts/sweep.py slurm/sweeps/paper_table.toml --local    # run them here with mpiexec, in order
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+import h5py
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def image_set(count: int) -> Path:
+    """The bundled 128x128 faces repeated to ``count`` images (written once)."""
+    path = ROOT / "data" / "sweep" / f"faces-{count}.h5"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(ROOT / "data" / "faces.h5") as source:
+            images = source["images"][()]
+        repeated = np.resize(images, (count, *images.shape[1:]))
+        temporary = path.with_suffix(".tmp")
+        with h5py.File(temporary, "w") as handle:
+            handle.create_dataset("images", data=repeated, chunks=(1, *images.shape[1:]))
+        os.replace(temporary, path)
+    return path
+
+
+def jobs(config: dict) -> list[dict]:
+    """One entry per (nodes, images, mode): its name, rank count, input and output."""
+    name = config["name"]
+    entries = []
+    for mode in config.get("modes", ["batch"]):
+        for images in config["images"]:
+            for nodes in config["nodes"]:
+                output = ROOT / "results" / "sweeps" / name / f"np{nodes}-{images}-{mode}.h5"
+                entries.append({"name": f"{name}-np{nodes}-{images}-{mode}", "nodes": nodes, "images": images,
+                                "mode": mode, "output": output,
+                                "arguments": ["--input", str(image_set(images)), "--mode", mode,
+                                              *config.get("arguments", [])]})
+    return entries
+
+
+def sbatch_command(config: dict, job: dict, wait: bool) -> list[str]:
+    return ["sbatch", *(["--wait"] if wait else []), f"--job-name={job['name']}", f"--ntasks={job['nodes']}",
+            f"--cpus-per-task={config.get('cpus_per_task', 1)}", f"--time={config.get('time', '01:00:00')}",
+            f"--output={job['output'].with_suffix('.out')}", "slurm/infer.sbatch", *job["arguments"]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="sweep file (TOML), e.g. slurm/sweeps/paper_table.toml")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--submit", action="store_true", help="submit the jobs with sbatch")
+    group.add_argument("--local", action="store_true", help="run the jobs here with mpiexec, one after another")
+    parser.add_argument("--wait", action="store_true", help="with --submit: wait for every job to finish")
+    args = parser.parse_args()
+    try:
+        config = tomllib.loads(Path(args.config).read_text())
+        entries = jobs(config)
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as error:
+        raise SystemExit(f"sweep: cannot use {args.config}: {error!r}") from None
+    for job in entries:
+        job["output"].parent.mkdir(parents=True, exist_ok=True)
+        environment = {**os.environ, "DCNN_OUTPUT": str(job["output"])}
+        if args.local:
+            mpiexec = Path(sys.executable).parent / "mpiexec"
+            command = [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(job["nodes"]), sys.executable,
+                       "-m", "dcnn.infer", "--threads", str(config.get("cpus_per_task", 1)), "--output",
+                       str(job["output"]), *job["arguments"]]
+        else:
+            command = sbatch_command(config, job, args.wait)
+        print(("DCNN_OUTPUT=" + shlex.quote(str(job["output"])) + " " if not args.local else "")
+              + shlex.join(command), flush=True)
+        if args.submit or args.local:
+            subprocess.run(command, cwd=ROOT, env=environment, check=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""SLURM for real: a one-node cluster on this machine runs slurm/infer.sbatch, and the HDF5 it writes is checked.
+
+The cluster comes from ``scripts/slurm_cluster.sh``. Where SLURM is not running, the test starts it if it may
+install packages (root, and ``CI`` or ``DCNN_TEST_SLURM`` set); otherwise it is skipped with the reason.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def slurm_running() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    return done.returncode == 0 and any(state.startswith(("idle", "mixed", "alloc")) for state in done.stdout.split())
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if slurm_running():
+        return
+    allowed = os.geteuid() == 0 and (os.environ.get("CI") or os.environ.get("DCNN_TEST_SLURM"))
+    if not allowed:
+        pytest.skip("no SLURM running; start one with scripts/slurm_cluster.sh (root), or set DCNN_TEST_SLURM=1")
+    done = subprocess.run([str(ROOT / "scripts" / "slurm_cluster.sh")], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert slurm_running()
+
+
+def test_sbatch_runs_the_inference_job(slurm, tmp_path):
+    output = tmp_path / "job.h5"
+    log = tmp_path / "slurm-%j.out"
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                   "DCNN_OUTPUT": str(output), "DCNN_PYTHON": sys.executable}
+    done = subprocess.run(["sbatch", "--wait", "--ntasks=2", "--cpus-per-task=1", f"--output={log}",
+                           "slurm/infer.sbatch", "--quiet"],
+                          cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
+    logs = "".join(path.read_text() for path in tmp_path.glob("slurm-*.out"))
+    assert done.returncode == 0, done.stdout + done.stderr + logs
+    assert "mpiexec -n 2, 2 task(s) x 1 thread(s)" in logs
+    with h5py.File(output) as handle:
+        assert handle.attrs["status"] == "complete" and handle.attrs["ranks"] == 2
+        assert handle.attrs["model"] == "mmod" and handle["outputs/done"][()].all()
+        assert len(handle["outputs/done"]) == 48
