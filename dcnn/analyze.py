@@ -215,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--table", metavar="FILE.md",
                         help="write the paper's table (wall time against rank count, per image count) as Markdown "
                              "to this file, and as CSV next to it (FILE.csv)")
+    parser.add_argument("--plots", metavar="DIR",
+                        help="write PNG figures into DIR: memory.png (peak memory per rank, Fig. 5), "
+                             "single_vs_cluster.png (Fig. 6, with several rank counts) and timeline-<file>.png "
+                             "(tasks per rank, steals marked) for each batch run")
     parser.add_argument("--draw", metavar="PNG",
                         help="face detection runs: draw the boxes found on the first images of the first file "
                              "into this PNG")
@@ -252,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["model"])
             writer.writeheader()
             writer.writerows(rows)
+    if args.plots:
+        _plots(runs, Path(args.plots))
     if args.draw:
         drawn = draw_detections(args.files[0], args.draw, args.images)
         print(f"drew the detections of {drawn} images into {args.draw}")
@@ -268,6 +274,25 @@ def run(args: argparse.Namespace) -> int:
                                  int(np.nanmax(summary.peak_rss)), int(np.nanmax(summary.predicted_peak)),
                                  f"{summary.memory_error:.4f}"])
     return 0
+
+
+def _plots(runs: Sequence[RunSummary], folder: Path) -> None:
+    from .plots import draw_memory, draw_single_vs_cluster, draw_timeline
+
+    folder.mkdir(parents=True, exist_ok=True)
+    complete = [run for run in runs if run.status == "complete"]
+    if complete:
+        draw_memory(complete, str(folder / "memory.png"))
+        print(f"wrote {folder / 'memory.png'}")
+    rows = paper_table(complete)
+    if len({row["ranks"] for row in rows}) > 1:
+        draw_single_vs_cluster(rows, str(folder / "single_vs_cluster.png"))
+        print(f"wrote {folder / 'single_vs_cluster.png'}")
+    for run in complete:
+        if run.mode == "batch" and run.ranks > 1:
+            png = folder / f"timeline-{Path(run.path).stem}.png"
+            counts = draw_timeline(run.path, str(png))
+            print(f"wrote {png} ({counts['tasks']} tasks, {counts['stolen']} stolen)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Run a sweep of dcnn.infer jobs (node counts x image counts x modes) from a TOML file, with SLURM or mpiexec.
 
-Each job writes its own HDF5 file, ``results/sweeps/<name>/np<N>-<images>-<mode>.h5``; analyse them with
-``python -m dcnn.analyze results/sweeps/<name>/*.h5 --table``. The image sets are the bundled 128x128 faces
-(``data/faces.h5``) repeated to each count, written once to ``data/sweep/faces-<count>.h5``.
+Each job writes its own HDF5 file, ``results/sweeps/<name>/<model>-<mode>-<images>-np<N>.h5``; analyse them
+with ``python -m dcnn.analyze results/sweeps/<name>/*.h5 --table FILE.md --plots DIR``. Image counts use the
+bundled 128x128 faces (``data/faces.h5``) repeated to each count, written once to ``data/sweep/faces-<count>.h5``.
 
 Usage::
 
@@ -48,17 +48,24 @@ def image_set(count: int) -> Path:
 
 
 def jobs(config: dict) -> list[dict]:
-    """One entry per (nodes, images, mode): its name, rank count, input and output."""
+    """One entry per (model, mode, image count, node count): its name, rank count, input and output.
+
+    Keys: ``name``, ``nodes`` (list), ``models`` (default ``["mmod"]``), ``modes`` (default ``["batch"]``), and
+    either ``input`` (an image set, used as it is) or ``images`` (counts of repeated bundled faces).
+    """
     name = config["name"]
+    counts = [None] if "input" in config else config["images"]
     entries = []
-    for mode in config.get("modes", ["batch"]):
-        for images in config["images"]:
-            for nodes in config["nodes"]:
-                output = ROOT / "results" / "sweeps" / name / f"np{nodes}-{images}-{mode}.h5"
-                entries.append({"name": f"{name}-np{nodes}-{images}-{mode}", "nodes": nodes, "images": images,
-                                "mode": mode, "output": output,
-                                "arguments": ["--input", str(image_set(images)), "--mode", mode,
-                                              *config.get("arguments", [])]})
+    for model in config.get("models", ["mmod"]):
+        for mode in config.get("modes", ["batch"]):
+            for count in counts:
+                source = str(ROOT / config["input"]) if count is None else str(image_set(count))
+                for nodes in config["nodes"]:
+                    label = f"{model}-{mode}-{'set' if count is None else count}-np{nodes}"
+                    entries.append({"name": f"{name}-{label}", "nodes": nodes, "images": count, "mode": mode,
+                                    "output": ROOT / "results" / "sweeps" / name / f"{label}.h5",
+                                    "arguments": ["--model", model, "--input", source, "--mode", mode,
+                                                  *config.get("arguments", [])]})
     return entries
 
 

@@ -62,3 +62,25 @@ def test_missing_file_is_one_line():
     done = subprocess.run([sys.executable, "-m", "dcnn.analyze", "/nonexistent.h5"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2 and done.stderr.strip() == "dcnn: error: /nonexistent.h5: no such file"
+
+
+def test_paper_table_and_figures(runs, tmp_path):
+    table = tmp_path / "table.md"
+    done = subprocess.run([sys.executable, "-m", "dcnn.analyze", *map(str, runs), "--table", str(table),
+                           "--plots", str(tmp_path / "plots")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    text = table.read_text()
+    assert "| images | 1 rank | 2 ranks |" in text and "| 48 | " in text and "(100%)" in text
+    rows = (tmp_path / "table.csv").read_text().splitlines()
+    assert rows[0] == "model,mode,images,ranks,seconds,speedup,efficiency" and len(rows) == 3
+    for name in ("memory.png", "single_vs_cluster.png", "timeline-np2.png"):
+        png = tmp_path / "plots" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert "wrote" in done.stdout and "stolen)" in done.stdout
+
+
+def test_stolen_tasks_are_those_outside_the_initial_interval():
+    from dcnn.plots import stolen_tasks
+
+    task_rank = np.array([0, 0, 1, 1, 1, 1, 0, -1])
+    assert stolen_tasks(task_rank, 2).tolist() == [False, False, True, True, False, False, True, False]

@@ -1,0 +1,58 @@
+"""The cluster simulator: calibration, the work-stealing model, and the paper's table."""
+
+import subprocess
+import sys
+
+import pytest
+
+from dcnn.errors import InputError
+from dcnn.simulate import PAPER_TABLE, Machine, calibrate, paper_comparison, simulate
+
+
+def test_calibration_recovers_a_known_machine():
+    points = [(nodes, images, 2.0 + images * (0.5 / nodes + 0.01)) for nodes in (1, 3, 8) for images in (10, 500)]
+    startup, per_image, serial = calibrate(points, serial=True)
+    assert startup == pytest.approx(2.0) and per_image == pytest.approx(0.5) and serial == pytest.approx(0.01)
+    assert calibrate(points[:2])[2] == 0.0
+
+
+def test_calibration_needs_enough_points():
+    with pytest.raises(InputError, match="at least 2"):
+        calibrate([(1, 10, 5.0)])
+    with pytest.raises(InputError, match="two or more node counts"):
+        calibrate([(3, 10, 5.0), (3, 20, 9.0), (3, 40, 17.0)], serial=True)
+
+
+def test_one_node_takes_the_sum_of_its_tasks():
+    machine = Machine(0.5, startup=1.0, jitter=0.0, latency=0.0, result_bytes=0)
+    assert simulate(machine, 1, 40, batch=4)["seconds"] == pytest.approx(1.0 + 40 * 0.5)
+
+
+def test_equal_nodes_scale_and_a_slow_node_is_balanced_by_stealing():
+    machine = Machine(0.1, jitter=0.0)
+    one, four = simulate(machine, 1, 400, 1)["seconds"], simulate(machine, 4, 400, 1)["seconds"]
+    assert one / four == pytest.approx(4, rel=0.02)
+    speeds = [1.0, 1.0, 1.0, 0.25]
+    stealing = simulate(machine, 4, 400, 1, speeds=speeds)
+    static = simulate(machine, 4, 400, 1, speeds=speeds, policy="static")
+    ideal = 400 * 0.1 / sum(speeds)
+    assert stealing["seconds"] < 1.1 * ideal + 0.4 and stealing["steals"] > 0
+    assert static["seconds"] == pytest.approx(100 * 0.1 / 0.25, rel=0.01)
+
+
+def test_the_paper_table_is_reproduced_within_its_stated_error():
+    startup, per_image, _ = calibrate([(3, images, row[3]) for images, row in PAPER_TABLE.items() if 3 in row])
+    rows = paper_comparison(Machine(per_image, startup), batch=1, policy="steal")
+    errors = [abs(row["error"]) for row in rows]
+    assert sum(errors) / len(errors) < 0.08 and max(errors) < 0.25
+    assert len(rows) == sum(len(row) for row in PAPER_TABLE.values())
+
+
+def test_command_line():
+    done = subprocess.run([sys.executable, "-m", "dcnn.simulate", "--batch-size", "1", "--calibrate", "paper-all",
+                           "--nodes", "3,20", "--images", "1000"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "serial per image" in done.stdout and "mean absolute error" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "dcnn.simulate", "--nodes", "three"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "comma-separated integers" in bad.stderr
