@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "to this file, and as CSV next to it (FILE.csv)")
     parser.add_argument("--plots", metavar="DIR",
                         help="write PNG figures into DIR: memory.png (peak memory per rank, Fig. 5), "
-                             "single_vs_cluster.png (Fig. 6, with several rank counts) and timeline-<file>.png "
+                             "single_vs_cluster.png (Fig. 6: runs of one model and mode at several rank counts) "
+                             "and timeline-<file>.png "
                              "(tasks per rank, steals marked) for each batch run")
     parser.add_argument("--draw", metavar="PNG",
                         help="face detection runs: draw the boxes found on the first images of the first file "
@@ -285,7 +286,7 @@ def _plots(runs: Sequence[RunSummary], folder: Path) -> None:
         draw_memory(complete, str(folder / "memory.png"))
         print(f"wrote {folder / 'memory.png'}")
     rows = paper_table(complete)
-    if len({row["ranks"] for row in rows}) > 1:
+    if len({row["ranks"] for row in rows}) > 1 and len({(row["model"], row["mode"]) for row in rows}) == 1:
         draw_single_vs_cluster(rows, str(folder / "single_vs_cluster.png"))
         print(f"wrote {folder / 'single_vs_cluster.png'}")
     for run in complete:

@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import conv_stack, launch, report_rank
+from benchlib import conv_stack, launch, report_rank, timed_calls
 
 RANKS = (1, 2)
 #: (mode, tile grid, policy) per workload; the 8x8 recompute run of VGG-16 would compute 7x the plain network.
@@ -73,13 +72,7 @@ def worker(folder: str, name: str, size: int, repeats: int) -> None:
             engine(x)  # warm-up: allocates windows and workspaces
             before = dict(engine.counters) if mode == "fused" else {}
             sent = int(engine.stats.bytes_sent.sum())
-            times = []
-            for _ in range(repeats):
-                comm.Barrier()
-                start = time.perf_counter()
-                engine(x)
-                comm.Barrier()
-                times.append(time.perf_counter() - start)
+            times = timed_calls(engine, x, comm, repeats)
             report = {"mode": mode, "tiles": tiles, "policy": policy, "seconds": min(times),
                       "bytes_sent": (int(engine.stats.bytes_sent.sum()) - sent) // repeats}
             if mode == "fused":

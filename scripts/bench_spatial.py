@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import conv_stack, launch, report_rank
+from benchlib import conv_stack, launch, report_rank, timed_calls
 
 from dcnn.layers import Conv2d, Linear
 from dcnn.spatial import plan_spatial
@@ -49,13 +48,7 @@ def worker_scaling(folder: str, size: int, repeats: int, overlap: bool) -> None:
     with SpatialEngine(network, init_weights(network, 0), shape, comm, overlap=overlap) as engine:
         engine(x)  # warm-up: plans the exchanges, touches the workspace
         engine.stats = type(engine.stats).zeros(len(network))
-        times = []
-        for _ in range(repeats):
-            comm.Barrier()
-            start = time.perf_counter()
-            engine(x)
-            comm.Barrier()
-            times.append(time.perf_counter() - start)
+        times = timed_calls(engine, x, comm, repeats)
         stats = engine.stats
         report_rank(folder, comm.rank, {
             "seconds": min(times), "grid": list(engine.plan.dims),

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from dcnn.graph import Network
@@ -36,3 +37,15 @@ def launch(script: str, ranks: int, *worker_args: str) -> list[dict]:
 def report_rank(folder: str, rank: int, values: dict) -> None:
     """A worker's report: one JSON file per rank."""
     (Path(folder) / f"rank{rank}.json").write_text(json.dumps(values))
+
+
+def timed_calls(engine, x, comm, repeats: int) -> list[float]:
+    """Wall seconds of ``repeats`` collective calls ``engine(x)``, each between two barriers."""
+    times = []
+    for _ in range(repeats):
+        comm.Barrier()
+        start = time.perf_counter()
+        engine(x)
+        comm.Barrier()
+        times.append(time.perf_counter() - start)
+    return times

@@ -47,7 +47,7 @@ def image_set(count: int) -> Path:
     return path
 
 
-def jobs(config: dict) -> list[dict]:
+def jobs(config: dict, results: Path) -> list[dict]:
     """One entry per (model, mode, image count, node count): its name, rank count, input and output.
 
     Keys: ``name``, ``nodes`` (list), ``models`` (default ``["mmod"]``), ``modes`` (default ``["batch"]``), and
@@ -63,14 +63,18 @@ def jobs(config: dict) -> list[dict]:
                 for nodes in config["nodes"]:
                     label = f"{model}-{mode}-{'set' if count is None else count}-np{nodes}"
                     entries.append({"name": f"{name}-{label}", "nodes": nodes, "images": count, "mode": mode,
-                                    "output": ROOT / "results" / "sweeps" / name / f"{label}.h5",
+                                    "output": results / name / f"{label}.h5",
                                     "arguments": ["--model", model, "--input", source, "--mode", mode,
                                                   *config.get("arguments", [])]})
     return entries
 
 
-def sbatch_command(config: dict, job: dict, wait: bool) -> list[str]:
-    return ["sbatch", *(["--wait"] if wait else []), f"--job-name={job['name']}", f"--ntasks={job['nodes']}",
+def sbatch_command(config: dict, job: dict, wait: bool, parallel: bool) -> list[str]:
+    """The sbatch line of one job. Unless ``parallel``, all jobs of a sweep share a name and run one at a time
+    (``--dependency=singleton``), so that their timings do not disturb each other."""
+    order = [] if parallel else [f"--job-name={config['name']}", "--dependency=singleton"]
+    return ["sbatch", *(["--wait"] if wait else []), *(order or [f"--job-name={job['name']}"]),
+            f"--ntasks={job['nodes']}",
             f"--cpus-per-task={config.get('cpus_per_task', 1)}", f"--time={config.get('time', '01:00:00')}",
             f"--output={job['output'].with_suffix('.out')}", "slurm/infer.sbatch", *job["arguments"]]
 
@@ -82,10 +86,14 @@ def main() -> None:
     group.add_argument("--submit", action="store_true", help="submit the jobs with sbatch")
     group.add_argument("--local", action="store_true", help="run the jobs here with mpiexec, one after another")
     parser.add_argument("--wait", action="store_true", help="with --submit: wait for every job to finish")
+    parser.add_argument("--results", default=str(ROOT / "results" / "sweeps"),
+                        help="folder of the sweeps' result files (default: results/sweeps)")
+    parser.add_argument("--parallel", action="store_true",
+                        help="let SLURM run the jobs at the same time (default: one after another, for timing)")
     args = parser.parse_args()
     try:
         config = tomllib.loads(Path(args.config).read_text())
-        entries = jobs(config)
+        entries = jobs(config, Path(args.results).resolve())
     except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as error:
         raise SystemExit(f"sweep: cannot use {args.config}: {error!r}") from None
     for job in entries:
@@ -97,7 +105,7 @@ def main() -> None:
                        "-m", "dcnn.infer", "--threads", str(config.get("cpus_per_task", 1)), "--output",
                        str(job["output"]), *job["arguments"]]
         else:
-            command = sbatch_command(config, job, args.wait)
+            command = sbatch_command(config, job, args.wait, args.parallel)
         print(("DCNN_OUTPUT=" + shlex.quote(str(job["output"])) + " " if not args.local else "")
               + shlex.join(command), flush=True)
         if args.submit or args.local:

@@ -50,3 +50,30 @@ def test_sbatch_runs_the_inference_job(slurm, tmp_path):
         assert handle.attrs["status"] == "complete" and handle.attrs["ranks"] == 2
         assert handle.attrs["model"] == "mmod" and handle["outputs/done"][()].all()
         assert len(handle["outputs/done"]) == 48
+
+
+def test_sweep_prints_one_sbatch_line_per_job(tmp_path):
+    config = tmp_path / "sweep.toml"
+    config.write_text('name = "t"\nnodes = [1, 2]\nimages = [8]\nmodes = ["batch", "spatial"]\n')
+    done = subprocess.run([sys.executable, "scripts/sweep.py", str(config)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 4 and all("sbatch --job-name=t --dependency=singleton" in line for line in lines)
+    assert "--ntasks=2" in lines[1] and "results/sweeps/t/mmod-spatial-8-np2.h5" in lines[3]
+
+
+def test_sweep_runs_locally_and_each_job_writes_its_file(tmp_path):
+    config = tmp_path / "sweep.toml"
+    config.write_text('name = "test-local"\nnodes = [1, 2]\nmodels = ["lenet5"]\ninput = "%s"\n'
+                      'arguments = ["--quiet", "--top", "0"]\n' % (tmp_path / "digits.h5"))
+    import numpy as np
+
+    with h5py.File(tmp_path / "digits.h5", "w") as handle:
+        handle["images"] = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 1), dtype=np.uint8)
+    done = subprocess.run([sys.executable, "scripts/sweep.py", str(config), "--local", "--results",
+                           str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for ranks in (1, 2):
+        with h5py.File(tmp_path / "out" / "test-local" / f"lenet5-batch-set-np{ranks}.h5") as handle:
+            assert handle.attrs["ranks"] == ranks and handle["outputs/done"][()].all()
