@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--policy", choices=("steal", "static"), default="steal")
     parser.add_argument("--jitter", type=float, default=0.05, help="coefficient of variation of task durations")
+    parser.add_argument("--image", default="128x128", metavar="HxW",
+                        help="face image size, for the planner's memory per node (default 128x128)")
+    parser.add_argument("--ram", default="4GiB", help="RAM per node, for the memory check (default 4GiB)")
     parser.add_argument("--markdown", metavar="FILE", help="also write the comparison with the paper as Markdown")
     add_common_arguments(parser)
     return parser
@@ -206,6 +209,21 @@ def _file_points(paths: Sequence[str]) -> list[tuple[int, int, float]]:
         if summary.status == "complete" and summary.mode == "batch":
             points.append((summary.ranks, summary.images_computed, summary.elapsed))
     return points
+
+
+def _memory_line(args: argparse.Namespace) -> str:
+    """The planner's batch-mode memory per node for the face detector at ``--image`` (the same on every node)."""
+    from .detect import FaceDetector
+    from .graph import parse_shape
+    from .plan import Cluster, format_bytes, parse_bytes, plan_for
+
+    height, width = parse_shape(args.image)[-2:]
+    detector = FaceDetector.load(None, 0)
+    cluster = Cluster.uniform(1, parse_bytes(args.ram))
+    plan = plan_for(detector.network, detector.input_shape(height, width), cluster, "batch", args.batch_size)
+    verdict = "fits" if plan.overflow(cluster) is None else "DOES NOT FIT"
+    return (f"memory per node (planner, batch mode, {height}x{width} images, batch {args.batch_size}): "
+            f"{format_bytes(plan.peak())} of {format_bytes(cluster.budget(0))} ({verdict})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -232,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
     for count in images:
         cells = [simulate(machine, n, count, args.batch_size, policy=args.policy)["seconds"] for n in nodes]
         print(f"{count:>7}" + "".join(f"{c:9.1f}" for c in cells))
+    print(_memory_line(args))
     if args.calibrate == "files":
         print(f"\nreal runs against the simulation calibrated on the np={fewest} runs")
         print(f"{'ranks':>5} {'images':>7} {'measured s':>11} {'simulated s':>12} {'error':>7}")

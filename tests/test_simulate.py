@@ -53,6 +53,7 @@ def test_command_line():
                            "--nodes", "3,20", "--images", "1000"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "serial per image" in done.stdout and "mean absolute error" in done.stdout
+    assert "memory per node (planner, batch mode, 128x128 images, batch 1):" in done.stdout and "(fits)" in done.stdout
     bad = subprocess.run([sys.executable, "-m", "dcnn.simulate", "--nodes", "three"], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and "comma-separated integers" in bad.stderr
