@@ -14,6 +14,7 @@ two-sided messages); rank 0 receives them between its own tasks and while idle.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -206,6 +207,23 @@ class Detection:
         return np.concatenate(records)
 
 
+#: Environment variable that makes one rank fail on purpose: ``RANK:TASK`` raises ``RuntimeError`` on rank RANK
+#: when it starts task TASK (for testing that a failure mid-run ends the whole job; see docs/reliability.md).
+FAULT_VARIABLE = "DCNN_INJECT_FAULT"
+
+
+def _injected_fault(rank: int) -> int | None:
+    """The task at which this rank must fail (``None``: no fault injected)."""
+    spec = os.environ.get(FAULT_VARIABLE)
+    if not spec:
+        return None
+    try:
+        fault_rank, task = (int(part) for part in spec.split(":"))
+    except ValueError:
+        raise InputError(f"{FAULT_VARIABLE} takes RANK:TASK, got {spec!r}") from None
+    return task if fault_rank == rank else None
+
+
 def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, images: ImageSet, workload,
               network_for, writer: ResultWriter | None, progress: Progress, already_done: int, clock: float,
               steal: bool = True, capacities: Sequence[float] | None = None,
@@ -228,6 +246,7 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
     """
     channel = ResultChannel(comm, writer)
     factor = (throttle or {}).get(comm.rank, 1.0)
+    fault = _injected_fault(comm.rank)
     busy = 0.0
     scheduler = (StealQueue(comm, split.num_tasks, capacities, steal, tasks=pending, seed=seed)
                  if mode == "batch" else InOrderTasks(pending))
@@ -236,6 +255,8 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
     while (task := scheduler.next_task(on_idle=channel.poll)) is not None:
         start, stop = split.bounds(task)
         started = time.time() - clock
+        if task == fault:
+            raise RuntimeError(f"fault injected by {FAULT_VARIABLE} on rank {comm.rank} at task {task}")
         outputs = workload.run(images, start, stop, network_for)
         if factor > 1:
             time.sleep((factor - 1) * (time.time() - clock - started))

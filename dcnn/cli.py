@@ -8,17 +8,33 @@ check while others run, the job is aborted with ``MPI.Abort`` so that no rank wa
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 
 from .comm import AgreedError, world
 from .errors import DcnnError
 
-__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "add_common_arguments", "run_main"]
+__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "Interrupted", "add_common_arguments", "run_main"]
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+#: Seconds the other ranks give rank 0 to close its result file before a signal ends the job.
+CLOSE_GRACE = 2.0
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM (SLURM's time limit) arrived; the exit code is 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.code = 128 + signum
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +53,8 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
     args = parser.parse_args(argv)
     comm = world()
     prefix = "dcnn: error: " if comm.size == 1 else f"dcnn: error (rank {comm.rank}): "
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _raise_interrupted)
     try:
         return body(args)
     except AgreedError as error:
@@ -45,9 +63,12 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
         if comm.rank == 0:
             print(f"dcnn: error: {error}", file=sys.stderr, flush=True)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"{prefix}interrupted", file=sys.stderr, flush=True)
-        code = 130
+    except Interrupted as interruption:
+        if comm.rank == 0:
+            print(f"dcnn: interrupted by {interruption}", file=sys.stderr, flush=True)
+        elif comm.size > 1:
+            time.sleep(CLOSE_GRACE)  # rank 0 closes the result file first
+        code = interruption.code
     except DcnnError as error:
         if args.debug:
             traceback.print_exc()

@@ -338,10 +338,17 @@ def run(args: argparse.Namespace) -> int:
     names = hostnames(comm)
     clock = comm.bcast(time.time(), root=0)
     started = time.perf_counter()
-    stats = run_tasks(comm, args.mode, split, pending, images, job.workload, network_for, writer,
-                      progress, already, clock, steal=not args.no_steal,
-                      capacities=parse_capacities(args.capacity, comm.size),
-                      throttle=parse_throttle(args.throttle, comm.size), seed=args.seed)
+    try:
+        stats = run_tasks(comm, args.mode, split, pending, images, job.workload, network_for, writer,
+                          progress, already, clock, steal=not args.no_steal,
+                          capacities=parse_capacities(args.capacity, comm.size),
+                          throttle=parse_throttle(args.throttle, comm.size), seed=args.seed)
+    except BaseException:
+        if writer is not None:  # keep every finished task; the file can be resumed
+            writer.close()
+            print(f"dcnn: the finished images are in {writer.path}; continue with --resume {writer.path}",
+                  file=sys.stderr, flush=True)
+        raise
     elapsed = time.perf_counter() - started
     stats.update(_layer_stats(network, engines.values()))
     gathered = comm.gather(stats, root=0)

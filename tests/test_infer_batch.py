@@ -88,19 +88,28 @@ def rank_pids(marker: str) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("victim", ["job", "rank"])
+@pytest.mark.parametrize("victim", ["job", "rank", "SIGTERM", "SIGINT"])
 def test_killed_run_keeps_its_results_and_resumes_to_the_same_file(digits, tmp_path, reference, victim):
+    """SIGKILL of the job or of one rank mid-task, or SIGTERM (SLURM's time limit) or SIGINT (Ctrl-C) to mpiexec:
+    the job ends, the file keeps every finished task, and --resume completes it with no duplicate and no gap."""
     path = tmp_path / f"killed-{victim}.h5"
     slow = ["--throttle", "0:30", "--throttle", "1:30"]
     process = subprocess.Popen(command(2, digits, "--mode", "batch", "--output", str(path), *slow),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         wait_for_progress(path, 3 * BATCH, process)
         if victim == "job":
             os.killpg(process.pid, signal.SIGKILL)
-        else:
+        elif victim == "rank":
             os.kill(rank_pids(path.name)[-1], signal.SIGKILL)
-        assert process.wait(timeout=60) != 0
+        else:
+            process.send_signal(getattr(signal, victim))
+        started = time.time()
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode != 0 and time.time() - started < 20
+        if victim.startswith("SIG"):
+            assert f"dcnn: interrupted by {victim}" in stderr and f"--resume {path}" in stderr, stderr
+            assert "Traceback" not in stderr
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
