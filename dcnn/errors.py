@@ -4,7 +4,11 @@ Every error that reaches the command line as a one-line message derives from :cl
 else is a bug and is reported with a traceback.
 """
 
-__all__ = ["DcnnError", "InputError", "PlanError", "ShapeError", "WeightsError"]
+__all__ = ["DAMAGED_FILE_ERRORS", "DcnnError", "InputError", "PlanError", "ShapeError", "WeightsError"]
+
+#: What h5py, zipfile and NumPy raise for damaged or truncated files (h5py reports corrupt metadata as OSError,
+#: KeyError or RuntimeError); readers turn these into dcnn's own errors.
+DAMAGED_FILE_ERRORS = (OSError, KeyError, RuntimeError, ValueError, EOFError)
 
 
 class DcnnError(Exception):

@@ -17,12 +17,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import InputError, ShapeError
+from .errors import DAMAGED_FILE_ERRORS, InputError, ShapeError
 from .graph import Preprocessing
 
 __all__ = ["IMAGE_SUFFIXES", "ImageSet", "open_image_set", "preprocess"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+#: Largest single image a set may declare; larger shapes come from damaged files.
+MAX_IMAGE_BYTES = 1 << 30
 
 
 def preprocess(pixels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
@@ -95,29 +99,39 @@ class Hdf5ImageSet(ImageSet):
     def __init__(self, path: str, dataset: str):
         try:
             self._file = h5py.File(path, "r")
-        except OSError as error:
+        except DAMAGED_FILE_ERRORS as error:
             raise InputError(f"{path}: not a readable HDF5 file ({error})") from None
         try:
-            if dataset not in self._file or not isinstance(self._file[dataset], h5py.Dataset):
-                names = [name for name, item in self._file.items() if isinstance(item, h5py.Dataset)]
-                raise InputError(f"{path}: no dataset {dataset!r} (datasets here: {', '.join(names) or 'none'}; "
-                                 f"choose one with --dataset)")
-            self._data = self._file[dataset]
-            shape, dtype = self._data.shape, self._data.dtype
-            if len(shape) != 4:
-                raise InputError(f"{path}:{dataset} has shape {shape}; expected N x H x W x C uint8 "
-                                 f"or N x C x H x W float32")
-            if dtype == np.uint8:
-                self.channels_last = True
-            elif dtype == np.float32:
-                self.channels_last = False
-            else:
-                raise InputError(f"{path}:{dataset} has dtype {dtype}; expected uint8 (N x H x W x C) "
-                                 f"or float32 (N x C x H x W)")
+            self._open(path, dataset)
+        except DAMAGED_FILE_ERRORS as error:
+            self._file.close()
+            raise InputError(f"{path}: damaged HDF5 file ({type(error).__name__}: {error})") from None
         except BaseException:
             self._file.close()
             raise
-        super().__init__(f"{path}:{dataset}", shape[0])
+        super().__init__(f"{path}:{dataset}", self._data.shape[0])
+
+    def _open(self, path: str, dataset: str) -> None:
+        """Find and check the dataset (h5py's errors for damaged metadata are left to the caller)."""
+        if dataset not in self._file or not isinstance(self._file[dataset], h5py.Dataset):
+            names = [name for name, item in self._file.items() if isinstance(item, h5py.Dataset)]
+            raise InputError(f"{path}: no dataset {dataset!r} (datasets here: {', '.join(names) or 'none'}; "
+                             f"choose one with --dataset)")
+        self._data = self._file[dataset]
+        shape, dtype = self._data.shape, self._data.dtype
+        if len(shape) != 4:
+            raise InputError(f"{path}:{dataset} has shape {shape}; expected N x H x W x C uint8 "
+                             f"or N x C x H x W float32")
+        if dtype == np.uint8:
+            self.channels_last = True
+        elif dtype == np.float32:
+            self.channels_last = False
+        else:
+            raise InputError(f"{path}:{dataset} has dtype {dtype}; expected uint8 (N x H x W x C) "
+                             f"or float32 (N x C x H x W)")
+        if float(np.prod(shape[1:], dtype=np.float64)) * dtype.itemsize > MAX_IMAGE_BYTES:
+            raise InputError(f"{path}:{dataset}: images of shape {shape[1:]} exceed {MAX_IMAGE_BYTES >> 30} GiB "
+                             f"each; is the file damaged?")
 
     def image_shape(self, index: int) -> tuple[int, int]:
         shape = self._data.shape
@@ -128,11 +142,14 @@ class Hdf5ImageSet(ImageSet):
         """Channels per image."""
         return self._data.shape[3] if self.channels_last else self._data.shape[1]
 
-    def read(self, start: int, stop: int, preprocessing: Preprocessing) -> np.ndarray:
+    def _block(self, start: int, stop: int) -> np.ndarray:
         try:
-            block = self._data[start:stop]
-        except OSError as error:
+            return self._data[start:stop]
+        except DAMAGED_FILE_ERRORS as error:
             raise InputError(f"{self.path}: cannot read images {start}..{stop - 1} ({error})") from None
+
+    def read(self, start: int, stop: int, preprocessing: Preprocessing) -> np.ndarray:
+        block = self._block(start, stop)
         if self.channels_last:
             return preprocess(block, preprocessing)
         return np.ascontiguousarray(block)
@@ -143,7 +160,7 @@ class Hdf5ImageSet(ImageSet):
 
     def read_pixels(self, start: int, stop: int) -> np.ndarray:
         self.require_pixels()
-        block = self._data[start:stop]
+        block = self._block(start, stop)
         return np.repeat(block, 3, axis=3) if block.shape[3] == 1 else block
 
     def close(self) -> None:

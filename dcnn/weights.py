@@ -20,7 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import WeightsError
+from .errors import DAMAGED_FILE_ERRORS, WeightsError
 from .graph import Network
 from .layers import BatchNorm2d, Conv2d, Linear
 
@@ -117,6 +117,19 @@ def _checked_keys(network: Network, tensors: Mapping[str, Any], source: str) -> 
     return [key for key, tensor_spec in spec.items() if key in tensors and not tensor_spec.optional]
 
 
+def require_finite(weights: Mapping[str, np.ndarray], source: str) -> None:
+    """Raise :class:`WeightsError` naming the first tensor that holds NaN or infinite values.
+
+    Such weights would silently turn every output into NaN; dcnn refuses them instead of warning.
+    """
+    for key, value in weights.items():
+        if value.dtype.kind == "f":
+            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+            if bad:
+                raise WeightsError(f"{source}: {key!r} holds {bad} NaN or infinite value(s) of {value.size}; "
+                                   f"the file is damaged or the training diverged")
+
+
 def validate_weights(network: Network, weights: Mapping[str, np.ndarray], source: str = "weights") -> Weights:
     """Check that ``weights`` match the network's ``state_dict`` exactly.
 
@@ -149,7 +162,8 @@ def load_weights(path: str | os.PathLike, network: Network | None = None, rows: 
     Raises
     ------
     WeightsError
-        If the file is missing, unreadable, corrupt, of an unknown format, or does not match the network.
+        If the file is missing, unreadable, corrupt, of an unknown format, does not match the network, or
+        holds NaN or infinite values.
     """
     path = Path(path)
     rows = rows or {}
@@ -158,8 +172,10 @@ def load_weights(path: str | os.PathLike, network: Network | None = None, rows: 
 
     def read(tensors: Mapping[str, Any]) -> Weights:
         keys = list(tensors) if network is None else _checked_keys(network, tensors, str(path))
-        return {key: np.ascontiguousarray(tensors[key][slice(*rows[key])] if key in rows else tensors[key][()])
-                for key in keys}
+        weights = {key: np.ascontiguousarray(tensors[key][slice(*rows[key])] if key in rows else tensors[key][()])
+                   for key in keys}
+        require_finite(weights, str(path))
+        return weights
 
     try:
         if h5py.is_hdf5(path):
@@ -171,7 +187,7 @@ def load_weights(path: str | os.PathLike, network: Network | None = None, rows: 
         raise WeightsError(f"{path}: not a .npz archive or an HDF5 file")
     except WeightsError:
         raise
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
+    except (*DAMAGED_FILE_ERRORS, zipfile.BadZipFile) as error:
         raise WeightsError(f"{path}: cannot read weights ({type(error).__name__}: {error})") from None
 
 

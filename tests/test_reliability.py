@@ -1,5 +1,6 @@
 """Failures mid-run end the whole job promptly, with one clear message (see docs/reliability.md)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -44,3 +45,61 @@ def test_an_exception_on_one_rank_ends_a_4_rank_job_within_seconds(digits, tmp_p
     assert "dcnn: error (rank 2): unexpected failure" in done.stderr
     with h5py.File(output, "r", swmr=True) as handle:  # what was finished before the failure stays readable
         assert handle.attrs["status"] == "running"
+
+
+def infer(*args, ranks=1, timeout=120):
+    launcher = mpi_command(ranks) if ranks > 1 else []
+    return subprocess.run([*launcher, sys.executable, "-m", "dcnn.infer", "--threads", "1", "--quiet", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def image_set(path, shape, dtype=np.uint8):
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("images", shape=shape, dtype=dtype, fillvalue=7)
+    return path
+
+
+@pytest.mark.parametrize("model,shape,message", [
+    ("mmod", (3, 0, 0, 3), "0x0 images are too small for the face detector"),
+    ("mmod", (3, 1, 1, 3), "1x1 images are too small for the face detector"),
+    ("mmod", (100_000, 1, 1, 3), "1x1 images are too small for the face detector"),
+    ("lenet5", (2, 0, 0, 1), "lenet5 takes only 1x32x32 input, got 1x0x0"),
+    ("alexnet", (2, 32, 32, 3), "alexnet on input 3x32x32: layer features."),
+    ("vgg16", (2, 1, 1, 3), "vgg16 on input 3x1x1: layer features."),
+])
+def test_hostile_image_sizes_get_one_clear_error(tmp_path, model, shape, message):
+    if model == "mmod" and importlib.util.find_spec("face_recognition_models") is None:
+        pytest.skip("needs the [faces] extra (face_recognition_models)")
+    path = image_set(tmp_path / "hostile.h5", shape)
+    started = time.time()
+    done = infer("--model", model, "--input", str(path), "--output", str(tmp_path / "out.h5"), ranks=2)
+    assert done.returncode == 2 and done.stderr.count("dcnn: error:") == 1, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert time.time() - started < 60 and not (tmp_path / "out.h5").exists()
+
+
+def test_a_rank_grid_larger_than_the_map_gives_the_single_process_result(tmp_path):
+    """LeNet-5's last spatial map is 5x5: an 8x1 grid leaves three ranks with empty blocks."""
+    data = tmp_path / "digits.h5"
+    with h5py.File(data, "w") as handle:
+        handle["images"] = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 1), dtype=np.uint8)
+    single, spatial = tmp_path / "single.h5", tmp_path / "spatial.h5"
+    assert infer("--model", "lenet5", "--input", str(data), "--output", str(single)).returncode == 0
+    done = infer("--model", "lenet5", "--input", str(data), "--output", str(spatial), "--mode", "spatial",
+                 "--grid", "8x1", ranks=8, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(single) as a, h5py.File(spatial) as b:
+        expected = a["outputs/logits"][()]
+        assert np.abs(b["outputs/logits"][()] - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_more_ranks_than_tasks_runs(tmp_path):
+    """3 images in batches of 4 make one task for 4 ranks: three ranks find no work and the run completes."""
+    data = tmp_path / "digits.h5"
+    with h5py.File(data, "w") as handle:
+        handle["images"] = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 1), dtype=np.uint8)
+    done = infer("--model", "lenet5", "--input", str(data), "--output", str(tmp_path / "o.h5"), "--mode", "batch",
+                 ranks=4)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(tmp_path / "o.h5") as handle:
+        assert handle["outputs/done"][()].all() and (handle["timing/task_rank"][()] >= 0).all()
