@@ -211,6 +211,8 @@ def _layer(reader: _Reader) -> DlibLayer:
         running_mean, running_var = tensors[2], tensors[3]
         if params.size != 2 * channels or running_mean.size != channels or running_var.size != channels:
             raise reader.fail("inconsistent batch-norm layer")
+        if not (running_var + np.float32(eps) > 0).all():
+            raise reader.fail("batch-norm variances that are not positive")
         # dlib's affine_(const bn_&): A = gamma / sqrt(var + eps), B = beta - A * mean, in float32.
         scale = (params[:channels] / np.sqrt(running_var + np.float32(eps))).astype(np.float32)
         shift = (params[channels:] - scale * running_mean).astype(np.float32)

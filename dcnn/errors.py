@@ -6,9 +6,10 @@ else is a bug and is reported with a traceback.
 
 __all__ = ["DAMAGED_FILE_ERRORS", "DcnnError", "InputError", "PlanError", "ShapeError", "WeightsError"]
 
-#: What h5py, zipfile and NumPy raise for damaged or truncated files (h5py reports corrupt metadata as OSError,
-#: KeyError or RuntimeError); readers turn these into dcnn's own errors.
-DAMAGED_FILE_ERRORS = (OSError, KeyError, RuntimeError, ValueError, EOFError)
+#: What h5py, zipfile, NumPy and Pillow raise for damaged or truncated files (h5py reports corrupt metadata as
+#: OSError, KeyError or RuntimeError; NumPy's .npy header parser and Pillow's PNG reader raise SyntaxError);
+#: readers turn these into dcnn's own errors.
+DAMAGED_FILE_ERRORS = (OSError, KeyError, RuntimeError, ValueError, EOFError, SyntaxError)
 
 
 class DcnnError(Exception):

@@ -114,7 +114,7 @@ class Hdf5ImageSet(ImageSet):
     def _open(self, path: str, dataset: str) -> None:
         """Find and check the dataset (h5py's errors for damaged metadata are left to the caller)."""
         if dataset not in self._file or not isinstance(self._file[dataset], h5py.Dataset):
-            names = [name for name, item in self._file.items() if isinstance(item, h5py.Dataset)]
+            names = [str(name) for name, item in self._file.items() if isinstance(item, h5py.Dataset)]
             raise InputError(f"{path}: no dataset {dataset!r} (datasets here: {', '.join(names) or 'none'}; "
                              f"choose one with --dataset)")
         self._data = self._file[dataset]
@@ -184,7 +184,7 @@ class FolderImageSet(ImageSet):
         try:
             image = Image.open(self.files[index])
             image.load()
-        except (OSError, UnidentifiedImageError, ValueError) as error:
+        except (*DAMAGED_FILE_ERRORS, UnidentifiedImageError) as error:
             raise InputError(f"{self.files[index]}: cannot read image ({error})") from None
         return image
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import tokenize
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -187,7 +188,7 @@ def load_weights(path: str | os.PathLike, network: Network | None = None, rows: 
         raise WeightsError(f"{path}: not a .npz archive or an HDF5 file")
     except WeightsError:
         raise
-    except (*DAMAGED_FILE_ERRORS, zipfile.BadZipFile) as error:
+    except (*DAMAGED_FILE_ERRORS, zipfile.BadZipFile, tokenize.TokenError) as error:
         raise WeightsError(f"{path}: cannot read weights ({type(error).__name__}: {error})") from None
 
 

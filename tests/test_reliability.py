@@ -103,3 +103,22 @@ def test_more_ranks_than_tasks_runs(tmp_path):
     assert done.returncode == 0, done.stderr
     with h5py.File(tmp_path / "o.h5") as handle:
         assert handle["outputs/done"][()].all() and (handle["timing/task_rank"][()] >= 0).all()
+
+
+@pytest.mark.parametrize("mode", ["batch", "spatial"])
+def test_twenty_ranks_the_papers_node_count(tmp_path, mode):
+    """20 ranks, oversubscribed on a small machine: every image once, equal to the single process."""
+    data = tmp_path / "digits.h5"
+    with h5py.File(data, "w") as handle:
+        handle["images"] = np.random.default_rng(4).integers(0, 256, (44, 32, 32, 1), dtype=np.uint8)
+    single, run = tmp_path / "single.h5", tmp_path / "run.h5"
+    assert infer("--model", "lenet5", "--input", str(data), "--output", str(single)).returncode == 0
+    done = infer("--model", "lenet5", "--input", str(data), "--output", str(run), "--mode", mode, "--batch-size", "2",
+                 ranks=20, timeout=600)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(single) as a, h5py.File(run) as b:
+        assert b.attrs["ranks"] == 20 and b["outputs/done"][()].all()
+        expected = a["outputs/logits"][()]
+        assert np.abs(b["outputs/logits"][()] - expected).max() <= 1e-5 * np.abs(expected).max()
+        if mode == "batch":
+            assert b["stats/steal"][()][:, 0].sum() == 22
