@@ -131,6 +131,20 @@ def _read_cluster(path: Path) -> object:
     return Cluster.load(path)
 
 
+def _write_sweep(folder: Path) -> Path:
+    path = folder / "sweep.toml"
+    path.write_text('name = "paper"\nnodes = [1, 2, 4]\nimages = [100, 1000]\nmodels = ["mmod", "vgg16"]\n'
+                    'modes = ["batch", "fused"]\ncpus_per_task = 2\ntime = "01:00:00"\n'
+                    'arguments = ["--batch-size", "4"]\n')
+    return path
+
+
+def _read_sweep(path: Path) -> object:
+    from .sweep import load_sweep
+
+    return load_sweep(path)
+
+
 TARGETS = {target.name: target for target in (
     Target("dlib", ".dat", _write_dlib, _read_dlib),
     Target("npz", ".npz", _write_npz, _read_weights),
@@ -138,4 +152,5 @@ TARGETS = {target.name: target for target in (
     Target("hdf5-images", ".h5", _write_image_set, _read_image_set),
     Target("image-folder", ".png", _write_png, _read_folder),
     Target("cluster", ".toml", _write_cluster, _read_cluster),
+    Target("sweep", ".toml", _write_sweep, _read_sweep),
 )}

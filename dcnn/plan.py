@@ -54,6 +54,8 @@ MODES = ("batch", "spatial", "fused")
 RUNTIME_BYTES = 100 * MIB
 #: Share added to every prediction: measured peaks were 5 % above to 18 % below the model (results/README.md).
 MODEL_MARGIN = 0.05
+#: The most nodes a cluster file may list.
+MAX_CLUSTER_NODES = 100_000
 #: The largest cluster the planner considers when it suggests more nodes.
 MAX_NODES = 256
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": MIB, "mib": MIB, "mb": 10**6,
@@ -147,6 +149,8 @@ class Cluster:
         try:
             for entry in data.get("node", []):
                 count = int(entry.get("count", 1))
+                if not 1 <= count <= MAX_CLUSTER_NODES:
+                    raise InputError(f"{path}: a node 'count' must be between 1 and {MAX_CLUSTER_NODES}, got {count}")
                 for index in range(count):
                     name = entry.get("name", "node")
                     nodes.append(Node(f"{name}{index}" if count > 1 else name, parse_bytes(entry["ram"]),

@@ -21,13 +21,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
 import h5py
 import numpy as np
+
+from dcnn.errors import DcnnError
+from dcnn.sweep import Sweep, load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,35 +45,30 @@ def image_set(count: int) -> Path:
     return path
 
 
-def jobs(config: dict, results: Path) -> list[dict]:
-    """One entry per (model, mode, image count, node count): its name, rank count, input and output.
-
-    Keys: ``name``, ``nodes`` (list), ``models`` (default ``["mmod"]``), ``modes`` (default ``["batch"]``), and
-    either ``input`` (an image set, used as it is) or ``images`` (counts of repeated bundled faces).
-    """
-    name = config["name"]
-    counts = [None] if "input" in config else config["images"]
+def jobs(sweep: Sweep, results: Path) -> list[dict]:
+    """One entry per (model, mode, image count, node count): its name, rank count, input and output."""
+    counts = [None] if sweep.images is None else sweep.images
     entries = []
-    for model in config.get("models", ["mmod"]):
-        for mode in config.get("modes", ["batch"]):
+    for model in sweep.models:
+        for mode in sweep.modes:
             for count in counts:
-                source = str(ROOT / config["input"]) if count is None else str(image_set(count))
-                for nodes in config["nodes"]:
+                source = str(ROOT / sweep.input) if count is None else str(image_set(count))
+                for nodes in sweep.nodes:
                     label = f"{model}-{mode}-{'set' if count is None else count}-np{nodes}"
-                    entries.append({"name": f"{name}-{label}", "nodes": nodes, "images": count, "mode": mode,
-                                    "output": results / name / f"{label}.h5",
+                    entries.append({"name": f"{sweep.name}-{label}", "nodes": nodes, "images": count, "mode": mode,
+                                    "output": results / sweep.name / f"{label}.h5",
                                     "arguments": ["--model", model, "--input", source, "--mode", mode,
-                                                  *config.get("arguments", [])]})
+                                                  *sweep.arguments]})
     return entries
 
 
-def sbatch_command(config: dict, job: dict, wait: bool, parallel: bool) -> list[str]:
+def sbatch_command(sweep: Sweep, job: dict, wait: bool, parallel: bool) -> list[str]:
     """The sbatch line of one job. Unless ``parallel``, all jobs of a sweep share a name and run one at a time
     (``--dependency=singleton``), so that their timings do not disturb each other."""
-    order = [] if parallel else [f"--job-name={config['name']}", "--dependency=singleton"]
+    order = [] if parallel else [f"--job-name={sweep.name}", "--dependency=singleton"]
     return ["sbatch", *(["--wait"] if wait else []), *(order or [f"--job-name={job['name']}"]),
             f"--ntasks={job['nodes']}",
-            f"--cpus-per-task={config.get('cpus_per_task', 1)}", f"--time={config.get('time', '01:00:00')}",
+            f"--cpus-per-task={sweep.cpus_per_task}", f"--time={sweep.time}",
             f"--output={job['output'].with_suffix('.out')}", "slurm/infer.sbatch", *job["arguments"]]
 
 
@@ -92,20 +85,20 @@ def main() -> None:
                         help="let SLURM run the jobs at the same time (default: one after another, for timing)")
     args = parser.parse_args()
     try:
-        config = tomllib.loads(Path(args.config).read_text())
-        entries = jobs(config, Path(args.results).resolve())
-    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as error:
-        raise SystemExit(f"sweep: cannot use {args.config}: {error!r}") from None
+        sweep = load_sweep(args.config)
+    except DcnnError as error:
+        raise SystemExit(f"sweep: {error}") from None
+    entries = jobs(sweep, Path(args.results).resolve())
     for job in entries:
         job["output"].parent.mkdir(parents=True, exist_ok=True)
         environment = {**os.environ, "DCNN_OUTPUT": str(job["output"])}
         if args.local:
             mpiexec = Path(sys.executable).parent / "mpiexec"
             command = [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(job["nodes"]), sys.executable,
-                       "-m", "dcnn.infer", "--threads", str(config.get("cpus_per_task", 1)), "--output",
+                       "-m", "dcnn.infer", "--threads", str(sweep.cpus_per_task), "--output",
                        str(job["output"]), *job["arguments"]]
         else:
-            command = sbatch_command(config, job, args.wait, args.parallel)
+            command = sbatch_command(sweep, job, args.wait, args.parallel)
         print(("DCNN_OUTPUT=" + shlex.quote(str(job["output"])) + " " if not args.local else "")
               + shlex.join(command), flush=True)
         if args.submit or args.local:

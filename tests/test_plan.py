@@ -140,3 +140,10 @@ def test_large_face_images_under_a_small_budget_are_tiled():
 def test_unknown_mode():
     with pytest.raises(PlanError, match="modes"):
         plan_for(VGG16, SHAPE, Cluster.uniform(1, 2**30), "magic", 1)
+
+
+def test_cluster_file_with_an_absurd_node_count(tmp_path):
+    path = tmp_path / "cluster.toml"
+    path.write_text('[[node]]\nram = "4GiB"\ncount = 1000000000000\n')
+    with pytest.raises(InputError, match="between 1 and 100000"):
+        Cluster.load(path)

@@ -77,3 +77,25 @@ def test_sweep_runs_locally_and_each_job_writes_its_file(tmp_path):
     for ranks in (1, 2):
         with h5py.File(tmp_path / "out" / "test-local" / f"lenet5-batch-set-np{ranks}.h5") as handle:
             assert handle.attrs["ranks"] == ranks and handle["outputs/done"][()].all()
+
+
+@pytest.mark.parametrize("text,message", [
+    ('nodes = [1]\nimages = [4]\n', "'name' must be"),
+    ('name = "x"\nnodes = []\nimages = [4]\n', "'nodes' must be a non-empty list"),
+    ('name = "x"\nnodes = [1, 0]\nimages = [4]\n', "positive integers"),
+    ('name = "x"\nnodes = [1]\n', "either 'images'"),
+    ('name = "x"\nnodes = [1]\nimages = [4]\ninput = "a.h5"\n', "either 'images'"),
+    ('name = "x"\nnodes = [1]\nimages = [4]\nmodels = ["resnet"]\n', "'models' must be"),
+    ('name = "x"\nnodes = [1]\nimages = [4]\nmodes = ["turbo"]\n', "'modes' must be"),
+    ('name = "x"\nnodes = [1]\nimages = [4]\narguments = "--quiet"\n', "'arguments' must be"),
+    ('name = "x"\nnodes = [1]\nimages = [4]\ncpus_per_task = 0\n', "'cpus_per_task'"),
+    ('name = "x\n', "not valid TOML"),
+])
+def test_bad_sweep_files(tmp_path, text, message):
+    from dcnn.errors import InputError
+    from dcnn.sweep import load_sweep
+
+    path = tmp_path / "sweep.toml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_sweep(path)
