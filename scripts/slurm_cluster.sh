@@ -5,7 +5,8 @@
 # It installs slurm-wlm and munge with apt if they are missing, writes a munge key and a slurm.conf for
 # localhost (one node, one partition "debug", CPUs oversubscribed four times so that -n 8 fits on 2 cores),
 # starts munged, slurmctld and slurmd, and waits until the node is idle. Idempotent: a running cluster is left
-# as it is. Not for production: root runs the daemons and the jobs.
+# as it is. Not for production: root runs the daemons and the jobs. Exit code 3: the packages could not be
+# installed (no package mirror reachable).
 set -euo pipefail
 
 action=${1:-start}
@@ -24,8 +25,10 @@ if [ "$action" = status ]; then sinfo -N -h -o "%N %T"; exit 0; fi
 if [ "$(id -u)" != 0 ]; then echo "scripts/slurm_cluster.sh: run as root (it installs packages and starts daemons)" >&2; exit 2; fi
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq slurm-wlm munge >/dev/null
+    if ! { apt-get update -qq >/dev/null && apt-get install -y -qq slurm-wlm munge >/dev/null; }; then
+        echo "scripts/slurm_cluster.sh: could not install slurm-wlm and munge with apt-get" >&2
+        exit 3
+    fi
 fi
 
 if [ -z "$(pgrep -x munged || true)" ]; then

@@ -31,6 +31,8 @@ def slurm():
     if not allowed:
         pytest.skip("no SLURM running; start one with scripts/slurm_cluster.sh (root), or set DCNN_TEST_SLURM=1")
     done = subprocess.run([str(ROOT / "scripts" / "slurm_cluster.sh")], capture_output=True, text=True, timeout=900)
+    if done.returncode == 3:
+        pytest.skip(f"SLURM could not be installed here: {done.stderr.strip()}")
     assert done.returncode == 0, done.stdout + done.stderr
     assert slurm_running()
 
