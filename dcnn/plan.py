@@ -28,11 +28,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
+from .config import read_toml
 from .errors import InputError, PlanError
 from .fused import plan_fused, spatial_depth
 from .geometry import split_extent
@@ -139,12 +135,7 @@ class Cluster:
     def load(cls, path: str | Path) -> Cluster:
         """A cluster file (TOML): ``fraction``, ``gmacs``, ``bandwidth_gbit``, ``latency_us`` at the top level,
         and ``[[node]]`` tables with ``name``, ``ram`` (e.g. ``"4GiB"``), ``speed`` and ``count``."""
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError) as error:
-            raise InputError(f"cannot read the cluster file {path}: {error}") from None
-        except tomllib.TOMLDecodeError as error:
-            raise InputError(f"{path}: not valid TOML ({error})") from None
+        data = read_toml(path, "cluster file")
         nodes = []
         try:
             for entry in data.get("node", []):

@@ -11,11 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
+from .config import read_toml
 from .errors import InputError
 
 __all__ = ["Sweep", "load_sweep"]
@@ -46,12 +42,7 @@ def load_sweep(path: str | Path) -> Sweep:
     InputError
         If the file is unreadable, not TOML, or a key is missing or of the wrong kind.
     """
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"cannot read the sweep file {path}: {error}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise InputError(f"{path}: not valid TOML ({error})") from None
+    data = read_toml(path, "sweep file")
     from .zoo import model_names
 
     def integers(key: str) -> tuple[int, ...]:
