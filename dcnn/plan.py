@@ -14,10 +14,10 @@ models, per rank (one rank per node):
 - ``gathered map``, ``tile outputs``: the maps that spatial and fused mode assemble on every rank;
 - ``overlap pool``: the strips a rank holds for the reuse policy.
 
-Time is the multiply-accumulates of the slowest share over the node's speed, plus halo, strip and gather bytes over
-the network bandwidth with a latency per message. It is a simple model: good enough to rank plans and to refuse
-infeasible ones before any work starts. Its memory figure is compared with the measured peak RSS in every result
-file (``python -m dcnn.analyze``).
+Time is the multiply-accumulates of the slowest share over the node's speed (calibrated on the paper's RockPro64
+runs), plus halo, strip and gather bytes over the network bandwidth with a latency per message. It is a simple
+model: good enough to rank plans and to refuse infeasible ones before any work starts. Its memory figure is
+compared with the measured peak RSS in every result file (``python -m dcnn.analyze``).
 """
 
 from __future__ import annotations
@@ -93,8 +93,10 @@ class Cluster:
     fraction : float
         Share of each node's RAM for parameters and data (the paper's alpha, 0.8).
     macs_per_second : float
-        Multiply-accumulates per second of a node of speed 1 (a rough RockPro64 figure by default; calibrate
-        it from a run with ``python -m dcnn.analyze``).
+        Multiply-accumulates per second of a node of speed 1. The default, 0.25 G, is a RockPro64 as the paper
+        measured it: 0.975 s per 128x128 image of dlib's detector (0.245 GMAC), fitted by ``python -m
+        dcnn.simulate``. dcnn itself reached 16 G per core of this machine (15.1 ms per image); set ``gmacs`` in
+        a cluster file for your nodes.
     bandwidth : float
         Network bytes per second (1 Gbit/s Ethernet by default).
     latency : float
@@ -105,7 +107,7 @@ class Cluster:
 
     nodes: tuple[Node, ...]
     fraction: float = 0.8
-    macs_per_second: float = 5e9
+    macs_per_second: float = 0.25e9
     bandwidth: float = 125e6
     latency: float = 50e-6
     runtime_bytes: int = RUNTIME_BYTES
