@@ -27,7 +27,7 @@ import numpy as np
 from .comm import MPI, allgather_blocks
 from .errors import PlanError
 from .forward import Forward
-from .geometry import Box, assemble_boxes, block_boxes, trace_region
+from .geometry import EMPTY, Box, assemble_boxes, block_boxes, trace_region
 from .graph import Network
 from .kernels.conv import Padding
 from .layers import Shape
@@ -304,7 +304,7 @@ class FusedEngine:
         for strip in outgoing:
             strips_out[strip.layer].append(strip)
         batch = x.shape[0]
-        held, region = Box(0, 0, 0, 0), None
+        held, region = EMPTY, None
         for layer, (box, source_box, padding) in enumerate(steps):
             if box.empty:
                 held, region = box, None

@@ -21,7 +21,8 @@ from .kernels.conv import Padding
 
 __all__ = [
     "EMPTY", "Box", "Transfer", "assemble_boxes", "block_boxes", "bounding_box", "bounding_box_of_difference",
-    "exchange_transfers", "grid_coordinates", "input_box", "interior_box", "split_extent", "trace_region",
+    "exchange_transfers", "grid_coordinates", "input_box", "interior_box", "layer_input", "split_extent",
+    "trace_region",
 ]
 
 
@@ -234,6 +235,16 @@ def assemble_boxes(flat: np.ndarray, boxes: list[Box], leading: tuple[int, int],
     return whole
 
 
+def layer_input(window, in_shape: tuple[int, ...], output: Box) -> tuple[Box, Padding]:
+    """The input box and map-border padding one layer needs for ``output``: :func:`input_box` for a windowed
+    layer (its :class:`~dcnn.layers.Window`), the same box for a pointwise one (``window`` is ``None``)."""
+    if window is None:
+        return output, (0, 0, 0, 0)
+    height, width = in_shape[1:]
+    return input_box(output, window.kernel, window.stride, window.dilation, window.explicit_padding(height, width),
+                     height, width)
+
+
 def trace_region(windows: list, shapes: list[tuple[int, ...]], box: Box) -> list[tuple[Box, Box, Padding]]:
     """What each of a chain of layers must compute so that the last one produces ``box``.
 
@@ -254,13 +265,7 @@ def trace_region(windows: list, shapes: list[tuple[int, ...]], box: Box) -> list
     """
     steps = []
     for index in reversed(range(len(windows))):
-        window = windows[index]
-        if window is None:
-            steps.append((box, box, (0, 0, 0, 0)))
-            continue
-        height, width = shapes[index][1:]
-        explicit = window.explicit_padding(height, width)
-        needed, padding = input_box(box, window.kernel, window.stride, window.dilation, explicit, height, width)
+        needed, padding = layer_input(windows[index], shapes[index], box)
         steps.append((box, needed, padding))
         box = needed
     return steps[::-1]

@@ -21,7 +21,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .geometry import Box, bounding_box, bounding_box_of_difference, input_box
+from .geometry import Box, bounding_box, bounding_box_of_difference, layer_input
 from .kernels.conv import Padding
 
 __all__ = ["NUM_CLASSES", "ReusePlan", "Strip", "plan_reuse", "tile_class"]
@@ -136,25 +136,17 @@ def plan_reuse(fused, ranks: int) -> ReusePlan:
     order = sorted(range(len(tiles)), key=lambda index: (classes[index], index))
     computed: list[list[Box]] = [[] for _ in tiles]
     steps: list[list[tuple[Box, Box, Padding]]] = [[] for _ in tiles]
-    for index in order:
+    borrowed = []
+    for index in order:  # by class: the lower classes' boxes are known when a tile is planned
         lower = [other for other in order if classes[other] < classes[index]]
         for layer, window in enumerate(windows):
             box = bounding_box_of_difference(tiles[index].steps[layer][0], [computed[u][layer] for u in lower])
             computed[index].append(box)
-            if window is None or box.empty:
-                steps[index].append((box, box, (0, 0, 0, 0)))
-                continue
-            height, width = fused.shapes[layer][1:]
-            needed, padding = input_box(box, window.kernel, window.stride, window.dilation,
-                                        window.explicit_padding(height, width), height, width)
-            steps[index].append((box, needed, padding))
-    borrowed = []
-    for index in order:
-        lower = [other for other in order if classes[other] < classes[index]]
-        for layer in range(1, depth):
-            producers = [(other, computed[other][layer - 1]) for other in lower]
-            borrowed.extend((index, layer, producer, box)
-                            for producer, box in _borrow(steps[index][layer][1], computed[index][layer - 1], producers))
+            steps[index].append((box, *layer_input(window, fused.shapes[layer], box)))
+            if layer > 0:
+                producers = [(other, computed[other][layer - 1]) for other in lower]
+                borrowed.extend((index, layer, producer, strip) for producer, strip in
+                                _borrow(steps[index][layer][1], computed[index][layer - 1], producers))
     homes = _homes(borrowed, fused.shapes, ranks)
     strips, used = [], [0] * ranks
     for consumer, layer, producer, box in sorted(borrowed, key=lambda item: (homes[item[2]], item)):
