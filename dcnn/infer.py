@@ -32,7 +32,6 @@ from .kernels.elementwise import softmax
 from .plan import Cluster, Plan, choose_plan, format_bytes, parse_bytes, plan_for
 from .progress import Progress
 from .results import ResultWriter, peak_rss_bytes, provenance, utc_now
-from .reuse import plan_reuse
 from .spatial import SpatialEngine, fc_shard_rows
 from .steal import FIELDS as STEAL_FIELDS
 from .threads import default_num_threads, set_num_threads
@@ -201,12 +200,12 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
         input_shape = detector.input_shape(height, width)
         detector.network.shapes(input_shape)
         plan = _plan(args, detector.network, input_shape, comm, local_ranks, len(images))
-        _check_tiles(args, detector.network, input_shape, comm.size)
+        _check_tiles(args, detector.network, input_shape)
         return Job(detector.network, detector.weights, images, input_shape, Detection(detector), None, plan)
     network = get_model(args.model)
     input_shape = _check_input(network, images)
     plan = _plan(args, network, input_shape, comm, local_ranks, len(images))
-    _check_tiles(args, network, input_shape, comm.size)
+    _check_tiles(args, network, input_shape)
     size, rank = (comm.size, comm.rank) if args.mode in ("spatial", "fused") else (1, 0)
     rows = fc_shard_rows(network, size, rank)
     weights = (load_weights(args.weights, network, rows=rows) if args.weights
@@ -257,7 +256,7 @@ def _plan(args: argparse.Namespace, network: Network, input_shape, comm, local_r
     if overflow is not None:
         rank, needed, available = overflow
         raise PlanError(f"{plan.describe()} needs {format_bytes(needed)} on rank {rank}, which may use "
-                        f"{format_bytes(available)} ({_largest_item(plan, rank)}); try --plan auto")
+                        f"{format_bytes(available)} (most of it {plan.largest_item(rank)[1]}); try --plan auto")
     return plan
 
 
@@ -266,19 +265,10 @@ def _unmodelled(args: argparse.Namespace, cluster: Cluster) -> Plan:
     return Plan(args.mode, args.batch_size, None, args.overlap, [{} for _ in range(cluster.size)])
 
 
-def _largest_item(plan: Plan, rank: int) -> str:
-    items = {name: size for name, size in plan.memory[rank].items() if name != "runtime"}
-    name = max(items, key=items.get)
-    where = f", largest layer {plan.largest[name]}" if name in plan.largest else ""
-    return f"most of it {name}: {format_bytes(items[name])}{where}"
-
-
-def _check_tiles(args: argparse.Namespace, network: Network, input_shape, ranks: int) -> None:
+def _check_tiles(args: argparse.Namespace, network: Network, input_shape) -> None:
     """Fused mode: refuse a tile grid or depth that does not fit, before any work."""
     if args.mode == "fused":
-        plan = plan_fused(network, input_shape, parse_grid(args.tiles), args.fuse_depth)
-        if args.overlap == "reuse":
-            plan_reuse(plan, ranks)
+        plan_fused(network, input_shape, parse_grid(args.tiles), args.fuse_depth)
 
 
 def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -216,6 +216,16 @@ class Plan:
         worst = max(range(cluster.size), key=lambda r: self.peak(r) - cluster.budget(r))
         needed, available = self.peak(worst), cluster.budget(worst)
         return None if needed <= available else (worst, needed, available)
+
+    def largest_item(self, rank: int) -> tuple[str, str]:
+        """The item of one rank's memory that is largest besides the runtime: its name, and a description such as
+        ``"weights, 230.2 MiB (largest layer classifier.0, 98.0 MiB)"``."""
+        items = self.memory[rank]
+        name = max((item for item in items if item != "runtime"), key=items.get)
+        text = f"{name}, {format_bytes(items[name])}"
+        if name in self.largest:
+            text += f" (largest layer {self.largest[name]})"
+        return name, text
 
     def describe(self) -> str:
         """``"fused 4x4 reuse, batch 2"`` and the like."""
@@ -470,15 +480,12 @@ def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, p
                        modes: tuple[str, ...] = MODES) -> str:
     """Why ``plan`` (the leanest candidate) does not fit, and what would."""
     rank, needed, available = plan.overflow(cluster)
-    items = plan.memory[rank]
-    item = max((name for name in items if name != "runtime"), key=items.get)
-    what = f"the {item}, {format_bytes(items[item])}"
-    if item in plan.largest:
-        what += f" (largest layer {plan.largest[item]})"
+    item, what = plan.largest_item(rank)
     message = (f"{network.name} on {format_shape(input_shape)} does not fit: even the leanest plan "
                f"({plan.describe()}) needs {format_bytes(needed)} on node {cluster.nodes[rank].name}, which has "
                f"{format_bytes(available)} ({cluster.fraction:.0%} of {format_bytes(cluster.nodes[rank].ram)}); "
-               f"the largest part is {what}, besides {format_bytes(items['runtime'])} for the runtime")
+               f"the largest part is the {what}, besides {format_bytes(plan.memory[rank]['runtime'])} for the "
+               f"runtime")
     nodes = _nodes_that_fit(network, input_shape, cluster, modes)
     if nodes is not None:
         message += f". It fits on {nodes} such nodes"
@@ -496,9 +503,7 @@ def _nodes_that_fit(network: Network, input_shape: Shape, cluster: Cluster, mode
         return None  # what every rank holds whatever the node count does not fit
 
     def fits(count: int) -> bool:
-        larger = Cluster.uniform(count, smallest.ram, cluster.fraction, macs_per_second=cluster.macs_per_second,
-                                 bandwidth=cluster.bandwidth, latency=cluster.latency,
-                                 runtime_bytes=cluster.runtime_bytes)
+        larger = replace(cluster, nodes=tuple(Node(f"node{i}", smallest.ram) for i in range(count)))
         candidates = [plan_for(network, input_shape, larger, mode, 1, grid, overlap)
                       for mode, grid, overlap in _lean_configurations(network, input_shape, count, modes)]
         return any(plan.overflow(larger) is None for plan in candidates)
