@@ -134,7 +134,8 @@ def paper_table(runs: Sequence[RunSummary]) -> list[dict]:
     """The paper's table: per (model, mode, image count), wall time per rank count, with speedup and efficiency.
 
     Returns one row per run, sorted by model, mode, images and ranks; speedup and efficiency are against the
-    run of the same group with the fewest ranks (so a group of one run has speedup 1).
+    run of the same group with the fewest ranks (so a group of one run has speedup 1), as in
+    :func:`scaling_table`.
     """
     groups: dict[tuple[str, str, int], list[RunSummary]] = {}
     for summary in runs:
@@ -142,12 +143,10 @@ def paper_table(runs: Sequence[RunSummary]) -> list[dict]:
             groups.setdefault((summary.model, summary.mode, summary.num_images), []).append(summary)
     rows = []
     for (model, mode, images), group in sorted(groups.items()):
-        base = min(group, key=lambda r: (r.ranks, r.elapsed))
-        for summary in sorted(group, key=lambda r: r.ranks):
-            speedup = base.elapsed / summary.elapsed
-            rows.append({"model": model, "mode": mode, "images": images, "ranks": summary.ranks,
-                         "seconds": summary.elapsed, "speedup": speedup,
-                         "efficiency": speedup * base.ranks / summary.ranks})
+        fewest = min(run.ranks for run in group)
+        rows += [{"model": model, "mode": mode, "images": images, "ranks": row["ranks"], "seconds": row["seconds"],
+                  "speedup": row["speedup"] / fewest, "efficiency": row["efficiency"]}
+                 for row in scaling_table(group)]
     return rows
 
 
