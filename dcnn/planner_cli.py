@@ -108,15 +108,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _best_per_configuration(candidates: list[Plan], cluster: Cluster) -> list[Plan]:
     """Per mode, grid and policy: the largest batch that fits (else the smallest batch)."""
-    best: dict[tuple, Plan] = {}
+    groups: dict[tuple, list[Plan]] = {}
     for plan in candidates:
-        key = (plan.mode, plan.grid, plan.overlap)
-        current = best.get(key)
+        groups.setdefault((plan.mode, plan.grid, plan.overlap), []).append(plan)
+
+    def preference(plan: Plan) -> tuple[bool, int]:
         fits = plan.overflow(cluster) is None
-        if current is None or (fits and (current.overflow(cluster) is not None or plan.batch > current.batch)) \
-                or (not fits and current.overflow(cluster) is not None and plan.batch < current.batch):
-            best[key] = plan
-    return list(best.values())
+        return fits, plan.batch if fits else -plan.batch
+
+    return [max(group, key=preference) for group in groups.values()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
