@@ -527,8 +527,8 @@ def _lean_configurations(network: Network, input_shape: Shape, size: int, modes:
     configurations = []
     if "spatial" in modes:
         configurations.append(("spatial", _square_dims(size), None))
-    if "fused" in modes:
-        grids = _tile_grids(network, input_shape)
+    grids = _tile_grids(network, input_shape)
+    if "fused" in modes and grids:
         configurations.append(("fused", grids[-1], "recompute"))
     if "batch" in modes:
         configurations.append(("batch", None, None))

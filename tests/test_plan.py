@@ -147,3 +147,9 @@ def test_cluster_file_with_an_absurd_node_count(tmp_path):
     path.write_text('[[node]]\nram = "4GiB"\ncount = 1000000000000\n')
     with pytest.raises(InputError, match="between 1 and 100000"):
         Cluster.load(path)
+
+
+def test_a_map_too_small_to_tile_still_gets_an_explanation():
+    """VGG-16 on 32x32 ends in a 1x1 map: no tile grid exists, and the message still says what would fit."""
+    with pytest.raises(PlanError, match=r"fits on \d+ such nodes"):
+        choose_plan(VGG16, (3, 32, 32), Cluster.uniform(2, 300 * MIB), 1)
