@@ -247,6 +247,12 @@ class Plan:
 
 
 @lru_cache(maxsize=64)
+def _decomposition(network: Network, input_shape: Shape, dims: tuple[int, int]):
+    """The spatial plan (cached: memory and time of every batch size of a candidate share it)."""
+    return plan_spatial(network, input_shape, dims)
+
+
+@lru_cache(maxsize=64)
 def _tiling(network: Network, input_shape: Shape, tiles: tuple[int, int], ranks: int, overlap: str):
     """The fused plan and, for the reuse policy, its reuse plan (cached: candidates share them)."""
     fused = plan_fused(network, input_shape, tiles)
@@ -321,7 +327,7 @@ def memory_spatial(network: Network, input_shape: Shape, batch: int, cluster: Cl
                    dims: tuple[int, int]) -> Plan:
     """Spatial mode: blocks and halos per rank, the gathered map, fully connected layers split by neurons."""
     size = cluster.size
-    spatial = plan_spatial(network, input_shape, dims)
+    spatial = _decomposition(network, tuple(input_shape), tuple(dims))
     weights, heaviest = _weights(network, input_shape, size)
     work = [(0, "")] * size
     for layer_plan in spatial.layers:
@@ -387,7 +393,7 @@ def predict_seconds(plan: Plan, network: Network, input_shape: Shape, cluster: C
     if plan.mode == "batch":
         return images * total / sum(rates)
     if plan.mode == "spatial":
-        spatial = plan_spatial(network, input_shape, plan.grid)
+        spatial = _decomposition(network, tuple(input_shape), plan.grid)
         share = [0.0] * cluster.size
         for layer_plan in spatial.layers:
             macs, area = costs[layer_plan.index].macs, layer_plan.out_shape[1] * layer_plan.out_shape[2]
