@@ -207,6 +207,18 @@ class Forward:
             tensors = {key[len(name) + 1:]: value for key, value in weights.items() if key.startswith(name + ".")}
             self.ops.append(compile_layer(name, layer, tensors, folded, self.workspace, fused_relu))
 
+    def suffix(self, start: int, network: Network) -> Forward:
+        """Layers ``start..`` as the executor of ``network`` (their sub-network), sharing these compiled ops.
+
+        Nothing is recompiled: the ops, their weight layouts and the workspace are this executor's, so a batch
+        norm or ReLU folded into the convolution before ``start`` stays an identity in the suffix.
+        """
+        if len(network) != len(self.ops) - start:
+            raise ValueError(f"{network.name} has {len(network)} layers, the suffix {len(self.ops) - start}")
+        part = object.__new__(Forward)
+        part.network, part.workspace, part.ops = network, self.workspace, self.ops[start:]
+        return part
+
     def run(self, x: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Run layers ``start`` to ``stop`` (exclusive) on a batch; the input is never modified."""
         owned = False

@@ -179,6 +179,8 @@ class FusedEngine:
         Balance tiles by work stealing (else each rank keeps its initial share).
     overlap : {"recompute", "reuse"}
         What a tile does with the regions it shares with its neighbours.
+    forward : Forward, optional
+        The network already compiled (engines of other input shapes share one); compiled here by default.
 
     Attributes
     ----------
@@ -190,14 +192,15 @@ class FusedEngine:
     """
 
     def __init__(self, network: Network, weights: Mapping[str, np.ndarray], input_shape: Shape, comm: MPI.Comm,
-                 grid: tuple[int, int], depth: int | None = None, steal: bool = True, overlap: str = "recompute"):
+                 grid: tuple[int, int], depth: int | None = None, steal: bool = True, overlap: str = "recompute",
+                 forward: Forward | None = None):
         if overlap not in OVERLAP_POLICIES:
             raise PlanError(f"overlap policy must be one of {', '.join(OVERLAP_POLICIES)}, got {overlap!r}")
         self.comm = comm
         self.plan = plan_fused(network, input_shape, grid, depth)
         self.reuse = plan_reuse(self.plan, comm.size) if overlap == "reuse" else None
         self.overlap = overlap
-        self.forward = Forward(network, weights)
+        self.forward = forward if forward is not None else Forward(network, weights)
         self.steal = steal
         self.stats = LayerStats.zeros(len(network))
         self.tile_seconds = np.zeros(len(self.plan.tiles))
@@ -208,7 +211,8 @@ class FusedEngine:
         self.rest = None
         if self.plan.depth < len(network):
             rest = _subnetwork(network, self.plan.depth, self.plan.output_shape)
-            self.rest = SpatialEngine(rest, weights, self.plan.output_shape, comm)
+            self.rest = SpatialEngine(rest, weights, self.plan.output_shape, comm,
+                                      forward=self.forward.suffix(self.plan.depth, rest))
 
     @property
     def counters(self) -> dict[str, float]:

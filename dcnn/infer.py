@@ -24,7 +24,9 @@ from .batch import Classification, Detection, TaskSplit, parse_capacities, parse
 from .cli import add_common_arguments, run_main
 from .comm import collective, hostnames, mpi_library_version, ranks_per_node, self_comm, world
 from .detect import FaceDetector
+from .engines import EngineCache
 from .errors import InputError, PlanError, ShapeError
+from .forward import Forward
 from .fused import COUNTER_FIELDS, OVERLAP_POLICIES, FusedEngine, plan_fused
 from .graph import Network, format_shape, parse_shape
 from .images import Hdf5ImageSet, ImageSet, open_image_set
@@ -309,27 +311,14 @@ def run(args: argparse.Namespace) -> int:
     done = comm.bcast(done, root=0)
     pending = split.pending(done)
     engine_comm = comm if args.mode in ("spatial", "fused") else self_comm()
-    grid = parse_grid(args.grid) if args.mode == "spatial" else None
-    engines: dict[tuple[int, ...], SpatialEngine | FusedEngine] = {}
-
-    def network_for(shape: tuple[int, ...]) -> SpatialEngine | FusedEngine:
-        if shape not in engines:
-            network.shapes(shape)
-            if args.mode == "fused":
-                engines[shape] = FusedEngine(network, weights, shape, engine_comm, parse_grid(args.tiles),
-                                             args.fuse_depth, steal=not args.no_steal, overlap=args.overlap)
-            else:
-                engines[shape] = SpatialEngine(network, weights, shape, engine_comm, grid,
-                                               overlap=not args.no_overlap)
-        return engines[shape]
-
+    engines = EngineCache(_engine_builder(args, network, weights, engine_comm), len(network))
     already = int(done.sum())
     progress = Progress(len(images), enabled=False if (args.quiet or comm.rank) else None)
     names = hostnames(comm)
     clock = comm.bcast(time.time(), root=0)
     started = time.perf_counter()
     try:
-        stats = run_tasks(comm, args.mode, split, pending, images, job.workload, network_for, writer,
+        stats = run_tasks(comm, args.mode, split, pending, images, job.workload, engines, writer,
                           progress, already, clock, steal=not args.no_steal,
                           capacities=parse_capacities(args.capacity, comm.size),
                           throttle=parse_throttle(args.throttle, comm.size), seed=args.seed)
@@ -340,11 +329,10 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)
         raise
     elapsed = time.perf_counter() - started
-    stats.update(_layer_stats(network, engines.values()))
+    engines.close()
+    stats.update(_layer_stats(engines))
     gathered = comm.gather(stats, root=0)
-    fused_per_rank = comm.gather(_fused_stats(engines.values()), root=0)
-    for engine in engines.values():
-        engine.close()
+    fused_per_rank = comm.gather(_fused_stats(engines), root=0)
     images.close()
     if writer is None:
         return 0
@@ -366,20 +354,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _grid_text(engines) -> str:
+def _engine_builder(args: argparse.Namespace, network: Network, weights: dict, comm):
+    """``build(shape)`` for the run's :class:`EngineCache`: every engine shares one compiled network."""
+    forward = Forward(network, weights)
+    grid = parse_grid(args.grid) if args.mode == "spatial" else None
+
+    def build(shape: tuple[int, ...]) -> SpatialEngine | FusedEngine:
+        if args.mode == "fused":
+            return FusedEngine(network, weights, shape, comm, parse_grid(args.tiles), args.fuse_depth,
+                               steal=not args.no_steal, overlap=args.overlap, forward=forward)
+        return SpatialEngine(network, weights, shape, comm, grid, overlap=not args.no_overlap, forward=forward)
+
+    return build
+
+
+def _grid_text(engines: EngineCache) -> str:
     """The rank grid of a spatial run (``none`` for other modes)."""
-    for engine in engines.values():
-        if isinstance(engine, SpatialEngine):
-            return "x".join(map(str, engine.plan.dims))
+    if isinstance(engines.first, SpatialEngine):
+        return "x".join(map(str, engines.first.plan.dims))
     return "none"
 
 
-def _fused_attributes(args: argparse.Namespace, engines) -> dict:
-    """Fused mode: the tile grid, depth, policy, and the multiply-accumulates and strip bytes it plans per image."""
-    fused = [engine for engine in engines.values() if isinstance(engine, FusedEngine)]
-    if not fused:
+def _fused_attributes(args: argparse.Namespace, engines: EngineCache) -> dict:
+    """Fused mode: the tile grid, depth, policy, and the multiply-accumulates and strip bytes it plans per image
+    (of the first image's shape)."""
+    engine = engines.first
+    if not isinstance(engine, FusedEngine):
         return {}
-    engine = fused[0]
     plain = engine.plan.plain_macs()
     tiled = engine.plan.macs()[0] if engine.reuse is None else engine.reuse.macs()
     return {"tiles": args.tiles, "fuse_depth": engine.plan.depth, "overlap_policy": engine.overlap,
@@ -388,13 +389,13 @@ def _fused_attributes(args: argparse.Namespace, engines) -> dict:
             "strip_bytes_per_image": 0 if engine.reuse is None else engine.reuse.strip_bytes()}
 
 
-def _fused_stats(engines) -> dict[str, np.ndarray] | None:
-    """Fused mode: this rank's counters (summed over image shapes) and compute seconds per tile."""
-    fused = [engine for engine in engines if isinstance(engine, FusedEngine)]
-    if not fused:
+def _fused_stats(engines: EngineCache) -> dict[str, np.ndarray] | None:
+    """Fused mode: this rank's counters and compute seconds per tile, summed over image shapes."""
+    fused = engines.fused_counters()
+    if fused is None:
         return None
-    counters = np.array([sum(engine.counters[field] for engine in fused) for field in COUNTER_FIELDS], float)
-    return {"counters": counters, "tile_seconds": np.concatenate([engine.tile_seconds for engine in fused])}
+    counters, tiles = fused
+    return {"counters": np.array([counters[field] for field in COUNTER_FIELDS], float), "tile_seconds": tiles}
 
 
 def _fused_tables(per_rank: list, group: str) -> dict[str, np.ndarray]:
@@ -435,14 +436,10 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
             print(f"  image {index}: top classes {classes}")
 
 
-def _layer_stats(network: Network, engines) -> dict[str, np.ndarray]:
+def _layer_stats(engines: EngineCache) -> dict[str, np.ndarray]:
     """This rank's per-layer counters summed over its engines, and its peak memory."""
-    total = {field: np.zeros(len(network), dtype) for field, dtype in zip(LAYER_FIELDS, (float, float, np.int64,
-                                                                                       np.int64))}
-    for engine in engines:
-        for field, values in total.items():
-            values += getattr(engine.stats, field)
-    return {**total, "peak_rss_bytes": np.array(peak_rss_bytes())}
+    total = engines.layer_stats()
+    return {**{field: getattr(total, field) for field in LAYER_FIELDS}, "peak_rss_bytes": np.array(peak_rss_bytes())}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

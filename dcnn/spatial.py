@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -181,6 +181,11 @@ class LayerStats:
     def zeros(cls, layers: int) -> LayerStats:
         return cls(np.zeros(layers), np.zeros(layers), np.zeros(layers, np.int64), np.zeros(layers, np.int64))
 
+    def add(self, other: LayerStats) -> None:
+        """Add the counters of another engine of the same network to these."""
+        for field in fields(self):
+            getattr(self, field.name)[...] += getattr(other, field.name)
+
 
 class SpatialEngine:
     """Run a network with every layer's map split over a Cartesian grid of ranks.
@@ -199,20 +204,23 @@ class SpatialEngine:
         ``(Py, Px)``; ``MPI.Compute_dims`` by default.
     overlap : bool
         Compute the halo-free interior while the halos are in flight.
+    forward : Forward, optional
+        The network already compiled (engines of other input shapes share one); compiled here by default.
     """
 
     def __init__(self, network: Network, weights: Mapping[str, np.ndarray], input_shape: Shape, comm: MPI.Comm,
-                 dims: tuple[int, int] | None = None, overlap: bool = True):
+                 dims: tuple[int, int] | None = None, overlap: bool = True, forward: Forward | None = None):
         self.comm = cartesian(comm, dims)
         self.rank = self.comm.rank
         self.plan = plan_spatial(network, input_shape, tuple(self.comm.dims))
-        self.forward = Forward(network, weights)
+        self.forward = forward if forward is not None else Forward(network, weights)
         self.overlap = overlap
         self.stats = LayerStats.zeros(len(network))
         self._exchanges: dict[tuple[int, int], HaloExchange] = {}
 
     def close(self) -> None:
-        """Free the Cartesian communicator."""
+        """Free the Cartesian communicator and the exchange buffers (collective; a second call does nothing)."""
+        self._exchanges.clear()
         if self.comm != MPI.COMM_NULL:
             self.comm.Free()
 
