@@ -43,6 +43,7 @@ class RunSummary:
     peak_rss: np.ndarray = field(repr=False)
     predicted_peak: np.ndarray = field(repr=False)
     plan: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list, repr=False)
 
     @property
     def memory_error(self) -> float:
@@ -91,9 +92,22 @@ def load_summary(path: str) -> RunSummary:
                 elapsed=float(attrs.get("elapsed_seconds", np.nan)), tasks=tasks,
                 busy=per_rank("timing/busy_seconds", (ranks,)), steal=per_rank("stats/steal", (ranks, 6)),
                 peak_rss=per_rank("stats/peak_rss_bytes", (ranks,)),
-                predicted_peak=per_rank("stats/predicted_peak_bytes", (ranks,)), plan=str(attrs.get("plan", "")))
+                predicted_peak=per_rank("stats/predicted_peak_bytes", (ranks,)), plan=str(attrs.get("plan", "")),
+                skipped=_skipped(handle))
     except (OSError, KeyError) as error:
         raise InputError(f"{path}: not a dcnn result file ({error})") from None
+
+
+def _skipped(handle) -> list[tuple[str, str]]:
+    """``(path, reason)`` of every image the run skipped (``--skip-unreadable``; none in older files)."""
+    if "skipped" not in handle:
+        return []
+    group = handle["skipped"]
+    return list(zip(group["path"].asstr()[()], group["reason"].asstr()[()]))
+
+
+#: Skipped images listed one per line in a report; the rest are counted.
+LISTED_SKIPS = 20
 
 
 def format_summary(run: RunSummary) -> str:
@@ -101,6 +115,11 @@ def format_summary(run: RunSummary) -> str:
     lines = [f"{run.path}: {run.model}, {run.mode} mode, {run.ranks} rank(s), {run.status}",
              f"  images {run.images_done}/{run.num_images} done, {run.images_computed} computed in "
              f"{run.elapsed:.2f} s: {run.images_per_second:.2f} images/s"]
+    if run.skipped:
+        lines.append(f"  {len(run.skipped)} images skipped:")
+        lines += [f"    {path}: {reason}" for path, reason in run.skipped[:LISTED_SKIPS]]
+        if len(run.skipped) > LISTED_SKIPS:
+            lines.append(f"    ... and {len(run.skipped) - LISTED_SKIPS} more (/skipped in the file)")
     if run.status != "complete":
         lines.append("  (interrupted: continue with python -m dcnn.infer ... --resume " + run.path + ")")
         return "\n".join(lines)
@@ -114,6 +133,8 @@ def format_summary(run: RunSummary) -> str:
                      f"{run.predicted_peak[rank] / 2**20:12.0f}")
     if not np.isnan(run.memory_error):
         lines.append(f"  plan {run.plan}: predicted peak memory {run.memory_error:+.1%} of measured (worst rank)")
+        if run.memory_error < 0:
+            lines.append("  warning: a rank's measured peak exceeded its prediction")
     return "\n".join(lines)
 
 

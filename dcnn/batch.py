@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .comm import MPI
-from .detect import FaceDetector, to_records
+from .detect import DETECTION_DTYPE, FaceDetector, to_records
 from .errors import InputError
 from .graph import Preprocessing
 from .images import ImageSet
 from .progress import Progress
 from .results import ResultWriter, encode_outputs
+from .scan import Skip
 from .steal import FIELDS, StealQueue
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 RESULT_TAG = 17
-_HEADER = 5  # task, first image, stop, start time, end time
+_HEADER = 6  # task, first image, stop, start time, end time, length of the skip records
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,34 @@ def parse_capacities(text: str | None, size: int) -> list[float] | None:
     return values
 
 
+def encode_skips(skipped: Sequence[Skip]) -> np.ndarray:
+    """Skip records as float64 values for a result message: per record its index, then the UTF-8 bytes of its
+    path and of its reason, each preceded by its length (every value is exact in a float64)."""
+    values: list[float] = []
+    for skip in skipped:
+        values.append(skip.index)
+        for text in (skip.path, skip.reason):
+            data = text.encode("utf-8", "surrogateescape")
+            values += [len(data), *data]
+    return np.array(values, np.float64)
+
+
+def decode_skips(values: np.ndarray) -> list[Skip]:
+    """The inverse of :func:`encode_skips`."""
+    skipped, position = [], 0
+    codes = values.astype(np.int64)
+    while position < len(codes):
+        index, position = int(codes[position]), position + 1
+        texts = []
+        for _ in range(2):
+            length = int(codes[position])
+            texts.append(bytes(codes[position + 1:position + 1 + length].astype(np.uint8)).decode("utf-8",
+                                                                                                 "surrogateescape"))
+            position += 1 + length
+        skipped.append(Skip(index, *texts))
+    return skipped
+
+
 class ResultChannel:
     """Moves each task's outputs to rank 0, which writes them.
 
@@ -108,13 +137,16 @@ class ResultChannel:
         self._pending: list[tuple[MPI.Request, np.ndarray]] = []
         self._status = MPI.Status()
 
-    def deliver(self, task: int, start: int, stop: int, outputs: np.ndarray, started: float, ended: float) -> None:
-        """Write (rank 0) or send (other ranks) one task's outputs."""
+    def deliver(self, task: int, start: int, stop: int, outputs: np.ndarray, started: float, ended: float,
+                skipped: Sequence[Skip] = ()) -> None:
+        """Write (rank 0) or send (other ranks) one task's outputs and the images it could not read."""
         if self.writer is not None:
-            self.writer.write_task(task, start, stop, outputs, self.comm.rank, started, ended)
+            self.writer.write_task(task, start, stop, outputs, self.comm.rank, started, ended, skipped)
             self.written += 1
             return
-        message = np.concatenate([[task, start, stop, started, ended], encode_outputs(outputs, start)])
+        records = encode_skips(skipped)
+        message = np.concatenate([[task, start, stop, started, ended, len(records)], records,
+                                  encode_outputs(outputs, start)])
         self._pending.append((self.comm.Isend(message, dest=0, tag=RESULT_TAG), message))
         self._pending = [(r, m) for r, m in self._pending if not r.Test()]
 
@@ -126,9 +158,10 @@ class ResultChannel:
             source, count = self._status.Get_source(), self._status.Get_count(MPI.DOUBLE)
             message = np.empty(count, np.float64)
             self.comm.Recv(message, source=source, tag=RESULT_TAG)
-            task, start, stop = (int(v) for v in message[:3])
-            self.writer.write_task(task, start, stop, self.writer.decode(message[_HEADER:], start), source,
-                                   float(message[3]), float(message[4]))
+            task, start, stop, records = (int(v) for v in message[[0, 1, 2, 5]])
+            skipped = decode_skips(message[_HEADER:_HEADER + records])
+            self.writer.write_task(task, start, stop, self.writer.decode(message[_HEADER + records:], start), source,
+                                   float(message[3]), float(message[4]), skipped)
             self.written += 1
 
     def drain(self, expected: int) -> None:
@@ -164,31 +197,79 @@ class InOrderTasks:
         return self.items_done
 
 
-def _same_size_runs(images: ImageSet, start: int, stop: int) -> list[tuple[int, int]]:
-    """``[first, last)`` runs of equally sized consecutive images in ``start .. stop - 1``."""
-    runs, first = [], start
-    while first < stop:
-        last = first + 1
-        while last < stop and images.image_shape(last) == images.image_shape(first):
-            last += 1
-        runs.append((first, last))
-        first = last
-    return runs
+def _size_groups(images: ImageSet, start: int, stop: int, skip: Container[int], tolerate: bool,
+                 read: Callable[[list[int]], np.ndarray], agree: Callable[[list[Skip]], list[Skip]] | None = None,
+                 ) -> tuple[list[tuple[list[int], np.ndarray]], list[Skip]]:
+    """Images ``start .. stop - 1`` but ``skip``, read as one batch per size (sizes in order of first appearance).
+
+    With ``tolerate`` an image that cannot be read is left out and returned as a :class:`~dcnn.scan.Skip`
+    (``--skip-unreadable``); otherwise its :class:`~dcnn.errors.InputError` ends the task. ``agree`` (modes in
+    which all ranks compute every image together) turns this rank's failures into every rank's.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    failed = []
+    for index in range(start, stop):
+        if index in skip:
+            continue
+        try:
+            groups.setdefault(images.image_shape(index), []).append(index)
+        except InputError as error:
+            if not tolerate:
+                raise
+            failed.append(Skip(index, images.name(index), str(error)))
+    batches = []
+    for indices in groups.values():
+        try:
+            batches.append((indices, read(indices)))
+            continue
+        except InputError:
+            if not tolerate:
+                raise
+        readable, parts = [], []
+        for index in indices:  # find the images that failed; read the others one by one
+            try:
+                parts.append(read([index]))
+                readable.append(index)
+            except InputError as error:
+                failed.append(Skip(index, images.name(index), str(error)))
+        if readable:
+            batches.append((readable, np.concatenate(parts)))
+    if agree is not None:
+        failed = agree(failed)
+        dropped = {skip.index for skip in failed}
+        batches = [([i for i in indices if i not in dropped], batch[[i not in dropped for i in indices]])
+                   for indices, batch in batches]
+        batches = [(indices, batch) for indices, batch in batches if indices]
+    return batches, failed
+
+
+def _agreement(comm: MPI.Comm) -> Callable[[list[Skip]], list[Skip]]:
+    """Every rank's unreadable images of a task, on every rank (one allgather per task)."""
+
+    def agree(failed: list[Skip]) -> list[Skip]:
+        union = {skip.index: skip for rank_failed in comm.allgather(failed) for skip in rank_failed}
+        return [union[index] for index in sorted(union)]
+
+    return agree
 
 
 @dataclass
 class Classification:
-    """Classifier outputs: the network's logits per image."""
+    """Classifier outputs: the network's logits per image (NaN rows for skipped images)."""
 
     preprocessing: Preprocessing
+    num_outputs: int
 
-    def run(self, images: ImageSet, start: int, stop: int, network_for) -> np.ndarray:
-        """Logits of images ``start .. stop - 1``, one forward pass per run of equally sized images."""
-        outputs = []
-        for first, last in _same_size_runs(images, start, stop):
-            batch = images.read(first, last, self.preprocessing)
-            outputs.append(network_for(batch.shape[1:])(batch))
-        return np.concatenate(outputs)
+    def run(self, images: ImageSet, start: int, stop: int, network_for, skip: Container[int] = (),
+            tolerate: bool = False, agree=None) -> tuple[np.ndarray, list[Skip]]:
+        """Logits of images ``start .. stop - 1``, one forward pass per image size; and the images skipped
+        because they could not be read (see :func:`_size_groups`)."""
+        batches, failed = _size_groups(images, start, stop, skip, tolerate,
+                                       lambda indices: images.read_at(indices, self.preprocessing), agree)
+        outputs = np.full((stop - start, self.num_outputs), np.nan, np.float32)
+        for indices, batch in batches:
+            outputs[np.asarray(indices) - start] = network_for(batch.shape[1:])(batch)
+        return outputs, failed
 
 
 @dataclass
@@ -197,14 +278,19 @@ class Detection:
 
     detector: FaceDetector
 
-    def run(self, images: ImageSet, start: int, stop: int, network_for) -> np.ndarray:
-        """Detections in images ``start .. stop - 1``; equally sized images share one pyramid batch."""
-        records = []
-        for first, last in _same_size_runs(images, start, stop):
-            tensor, rects = self.detector.prepare(images.read_pixels(first, last))
+    def run(self, images: ImageSet, start: int, stop: int, network_for, skip: Container[int] = (),
+            tolerate: bool = False, agree=None) -> tuple[np.ndarray, list[Skip]]:
+        """Detections in images ``start .. stop - 1`` (equally sized images share one pyramid batch), in image
+        order; and the images skipped because they could not be read (see :func:`_size_groups`)."""
+        batches, failed = _size_groups(images, start, stop, skip, tolerate,
+                                       lambda indices: images.read_at(indices, None), agree)
+        records = [np.zeros(0, DETECTION_DTYPE)]
+        for indices, pixels in batches:
+            tensor, rects = self.detector.prepare(pixels)
             scores = network_for(tensor.shape[1:])(tensor)
-            records.append(to_records([self.detector.decode(s, rects) for s in scores], first))
-        return np.concatenate(records)
+            records += [to_records([self.detector.decode(s, rects)], index) for index, s in zip(indices, scores)]
+        records = np.concatenate(records)
+        return records[np.argsort(records["image"], kind="stable")], failed
 
 
 #: Environment variable that makes one rank fail on purpose: ``RANK:TASK`` raises ``RuntimeError`` on rank RANK
@@ -227,7 +313,8 @@ def _injected_fault(rank: int) -> int | None:
 def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, images: ImageSet, workload,
               network_for, writer: ResultWriter | None, progress: Progress, already_done: int, clock: float,
               steal: bool = True, capacities: Sequence[float] | None = None,
-              throttle: dict[int, float] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+              throttle: dict[int, float] | None = None, seed: int = 0, skip: Container[int] = frozenset(),
+              tolerate: bool = False) -> dict[str, np.ndarray]:
     """Run the pending tasks; rank 0 writes every output. Returns this rank's statistics.
 
     Parameters
@@ -243,6 +330,11 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
     throttle : dict, optional
         ``{rank: factor}``: after each task, that rank sleeps ``factor - 1`` times the task's duration (an
         emulation knob for heterogeneous clusters).
+    skip : container of int
+        Images not to compute (the header scan found them unusable).
+    tolerate : bool
+        Skip and record an image that cannot be read mid-run instead of stopping (``--skip-unreadable``). In
+        the modes where every rank reads every image the ranks agree on what they skip.
     """
     channel = ResultChannel(comm, writer)
     factor = (throttle or {}).get(comm.rank, 1.0)
@@ -257,13 +349,14 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
         started = time.time() - clock
         if task == fault:
             raise RuntimeError(f"fault injected by {FAULT_VARIABLE} on rank {comm.rank} at task {task}")
-        outputs = workload.run(images, start, stop, network_for)
+        agree = _agreement(comm) if tolerate and mode != "batch" else None
+        outputs, failed = workload.run(images, start, stop, network_for, skip, tolerate, agree)
         if factor > 1:
             time.sleep((factor - 1) * (time.time() - clock - started))
         ended = time.time() - clock
         busy += ended - started
         if mode == "batch" or comm.rank == 0:
-            channel.deliver(task, start, stop, outputs, started, ended)
+            channel.deliver(task, start, stop, outputs, started, ended, failed)
         done = scheduler.task_done(stop - start)
         channel.poll()
         if comm.rank == 0:

@@ -25,13 +25,25 @@ from .dlib_format import MmodModel, read_mmod
 from .errors import InputError, ShapeError, WeightsError
 from .graph import Network, Preprocessing
 from .layers import Affine, Conv2d, Layer, ReLU, Shape
-from .pyramid import decode_boxes, nms, pyramid_tensor, round_half_away, upsample_image
+from .pyramid import (
+    decode_boxes,
+    nms,
+    pyramid_sizes,
+    pyramid_tensor,
+    round_half_away,
+    tiled_layout,
+    upsample_image,
+    upsampled_size,
+)
 from .weights import require_finite
 
 __all__ = [
     "DETECTION_DTYPE", "FaceDetector", "default_detector_path", "mmod_network", "mmod_weights", "receptive_mapping",
     "to_records",
 ]
+
+#: The smallest image side the detector accepts (as dlib).
+MIN_IMAGE_SIDE = 10
 
 #: One detection: the image it belongs to, an inclusive box in that image's pixels, and the detector's score.
 DETECTION_DTYPE = np.dtype([("image", np.int64), ("left", np.int32), ("top", np.int32), ("right", np.int32),
@@ -152,21 +164,21 @@ class FaceDetector:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ShapeError(f"the face detector takes N x H x W x 3 uint8 RGB images, got {images.shape} "
                              f"{images.dtype}")
-        if min(images.shape[1:3]) < 10:
+        if min(images.shape[1:3]) < MIN_IMAGE_SIDE:
             raise ShapeError(f"a {images.shape[1]}x{images.shape[2]} image is too small for the face detector "
-                             f"(dlib needs at least 10 x 10)")
+                             f"(dlib needs at least {MIN_IMAGE_SIDE} x {MIN_IMAGE_SIDE})")
         for _ in range(self.upsample):
             images = np.stack([upsample_image(image) for image in images])
         return pyramid_tensor(images, self.model.mean_rgb, self.model.pyramid_padding,
                               self.model.pyramid_outer_padding)
 
     def input_shape(self, height: int, width: int) -> Shape:
-        """The per-image network input shape for ``height x width`` images."""
-        probe = np.zeros((1, height, width, 3), np.uint8)
+        """The per-image network input shape for ``height x width`` images (geometry only, no pixels)."""
         for _ in range(self.upsample):
-            probe = upsample_image(probe[0])[None]
-        return (3, *pyramid_tensor(probe, self.model.mean_rgb, self.model.pyramid_padding,
-                                   self.model.pyramid_outer_padding)[0].shape[2:])
+            height, width = upsampled_size(height, width)
+        rows, cols, _ = tiled_layout(pyramid_sizes(height, width), self.model.pyramid_padding,
+                                     self.model.pyramid_outer_padding)
+        return 3, rows, cols
 
     def decode(self, scores: np.ndarray, rects: list) -> np.ndarray:
         """Detections ``(n, 5)`` of one image's ``(windows, rows, cols)`` score map, in image pixels."""

@@ -36,7 +36,7 @@ from .reuse import NUM_CLASSES, Strip, plan_reuse
 from .spatial import GLOBAL_LAYERS, LayerStats, SpatialEngine
 from .steal import StealQueue
 
-__all__ = ["COUNTER_FIELDS", "OVERLAP_POLICIES", "FusedEngine", "FusedPlan", "Tile", "plan_fused"]
+__all__ = ["COUNTER_FIELDS", "OVERLAP_POLICIES", "FusedEngine", "FusedPlan", "Tile", "check_tile_grid", "plan_fused"]
 
 OVERLAP_POLICIES = ("recompute", "reuse")
 #: Per-rank counters of a fused run (``FusedEngine.counters``), in this order.
@@ -126,8 +126,8 @@ def spatial_depth(network: Network) -> int:
     return len(network)
 
 
-def plan_fused(network: Network, input_shape: Shape, grid: tuple[int, int], depth: int | None = None) -> FusedPlan:
-    """Cut the output of the first ``depth`` layers (all convolutional ones by default) into a tile grid.
+def check_tile_grid(network: Network, input_shape: Shape, grid: tuple[int, int], depth: int | None = None) -> int:
+    """Check that a tile grid and depth fit an input shape (shape inference only); return the depth.
 
     Raises
     ------
@@ -141,12 +141,25 @@ def plan_fused(network: Network, input_shape: Shape, grid: tuple[int, int], dept
                         f"global layer), got {depth}")
     if min(grid) < 1:
         raise PlanError(f"tile grid {grid[0]}x{grid[1]} must be at least 1x1")
-    shapes = network.shapes(input_shape)[:depth + 1]
-    height, width = shapes[-1][1:]
+    height, width = network.shapes(input_shape)[depth][1:]
     if grid[0] > height or grid[1] > width:
         raise PlanError(f"tile grid {grid[0]}x{grid[1]} is finer than the {height}x{width} output map of layer "
                         f"{network.layers[depth - 1][0]}; use at most {min(grid[0], height)}x{min(grid[1], width)} "
                         f"or fuse fewer layers")
+    return depth
+
+
+def plan_fused(network: Network, input_shape: Shape, grid: tuple[int, int], depth: int | None = None) -> FusedPlan:
+    """Cut the output of the first ``depth`` layers (all convolutional ones by default) into a tile grid.
+
+    Raises
+    ------
+    PlanError
+        If the depth is not within the convolutional part, or the grid is finer than the fused output map.
+    """
+    depth = check_tile_grid(network, input_shape, grid, depth)
+    shapes = network.shapes(input_shape)[:depth + 1]
+    height, width = shapes[-1][1:]
     windows = [layer.window for _, layer in network.layers[:depth]]
     tiles = [Tile(index, trace_region(windows, shapes, box))
              for index, box in enumerate(block_boxes(height, width, grid))]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
@@ -59,7 +60,11 @@ class ImageSet(ABC):
         Where the images come from.
     count : int
         Number of images.
+    uniform : bool
+        Every image has the same size (an HDF5 dataset), so one probe describes them all.
     """
+
+    uniform = False
 
     def __init__(self, path: str, count: int):
         self.path = path
@@ -71,6 +76,32 @@ class ImageSet(ABC):
     @abstractmethod
     def image_shape(self, index: int) -> tuple[int, int]:
         """``(H, W)`` of image ``index``."""
+
+    def probe(self, index: int) -> tuple[int, int]:
+        """``(H, W)`` of image ``index`` from its header, after a check that its file is whole (no pixels decoded).
+
+        Raises
+        ------
+        InputError
+            If the image cannot be read.
+        """
+        return self.image_shape(index)
+
+    def name(self, index: int) -> str:
+        """Where image ``index`` comes from, for messages and the result file."""
+        return f"{self.path}[{index}]"
+
+    def read_at(self, indices: Sequence[int], preprocessing: Preprocessing | None) -> np.ndarray:
+        """Equally sized images at ascending ``indices`` as one batch: the network input (:meth:`read`), or with
+        ``preprocessing=None`` the RGB pixels (:meth:`read_pixels`); consecutive indices are read together."""
+        parts, first = [], 0
+        for last in range(1, len(indices) + 1):
+            if last == len(indices) or indices[last] != indices[last - 1] + 1:
+                start, stop = indices[first], indices[last - 1] + 1
+                parts.append(self.read_pixels(start, stop) if preprocessing is None
+                             else self.read(start, stop, preprocessing))
+                first = last
+        return np.concatenate(parts)
 
     @abstractmethod
     def read(self, start: int, stop: int, preprocessing: Preprocessing) -> np.ndarray:
@@ -95,6 +126,8 @@ class ImageSet(ABC):
 
 class Hdf5ImageSet(ImageSet):
     """Images in one HDF5 dataset (see the module docstring for the layouts)."""
+
+    uniform = True
 
     def __init__(self, path: str, dataset: str):
         try:
@@ -185,14 +218,32 @@ class FolderImageSet(ImageSet):
             image = Image.open(self.files[index])
             image.load()
         except (*DAMAGED_FILE_ERRORS, UnidentifiedImageError) as error:
-            raise InputError(f"{self.files[index]}: cannot read image ({error})") from None
+            raise InputError(f"{self.files[index]}: cannot read image ({error or type(error).__name__})") from None
         return image
 
+    def _header(self, index: int, verify: bool) -> tuple[int, int]:
+        """``(H, W)`` from the file's header, without decoding pixels; with ``verify`` its structure is checked too
+        (Pillow's ``verify``: for PNG every chunk's CRC up to IEND, which finds truncated and altered files)."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(self.files[index]) as image:
+                width, height = image.size
+                if verify:
+                    image.verify()
+        except (*DAMAGED_FILE_ERRORS, UnidentifiedImageError) as error:
+            raise InputError(f"{self.files[index]}: cannot read image ({error or type(error).__name__})") from None
+        self._sizes[index] = (height, width)
+        return height, width
+
     def image_shape(self, index: int) -> tuple[int, int]:
-        if index not in self._sizes:
-            width, height = self._open(index).size
-            self._sizes[index] = (height, width)
-        return self._sizes[index]
+        return self._sizes[index] if index in self._sizes else self._header(index, verify=False)
+
+    def probe(self, index: int) -> tuple[int, int]:
+        return self._header(index, verify=True)
+
+    def name(self, index: int) -> str:
+        return str(self.files[index])
 
     def read_pixels(self, start: int, stop: int) -> np.ndarray:
         return self._stack([np.asarray(self._open(i).convert("RGB")) for i in range(start, stop)], start, stop)

@@ -23,17 +23,18 @@ from . import __version__
 from .batch import Classification, Detection, TaskSplit, parse_capacities, parse_throttle, run_tasks
 from .cli import add_common_arguments, run_main
 from .comm import collective, hostnames, mpi_library_version, ranks_per_node, self_comm, world
-from .detect import FaceDetector
+from .detect import MIN_IMAGE_SIDE, FaceDetector
 from .engines import EngineCache
 from .errors import InputError, PlanError, ShapeError
 from .forward import Forward
-from .fused import COUNTER_FIELDS, OVERLAP_POLICIES, FusedEngine, plan_fused
+from .fused import COUNTER_FIELDS, OVERLAP_POLICIES, FusedEngine, check_tile_grid, spatial_depth
 from .graph import Network, format_shape, parse_shape
 from .images import Hdf5ImageSet, ImageSet, open_image_set
 from .kernels.elementwise import softmax
-from .plan import Cluster, Plan, choose_plan, format_bytes, parse_bytes, plan_for
+from .plan import Cluster, Plan, choose_plan, format_bytes, parse_bytes, plan_shapes, worst_shapes
 from .progress import Progress
 from .results import ResultWriter, peak_rss_bytes, provenance, utc_now
+from .scan import Scan, scan_images, unusable_message
 from .spatial import SpatialEngine, fc_shard_rows
 from .steal import FIELDS as STEAL_FIELDS
 from .threads import default_num_threads, set_num_threads
@@ -122,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue an interrupted run in FILE: only the images it lacks are computed "
                              "(same model, mode, weights, input, image shape, image count and batch size "
                              "required; any rank count)")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="compute the images that can be used and skip the others (unreadable or truncated "
+                             "files, images too small for the model), recording each with its reason under "
+                             "/skipped in the result file; by default such images are refused before any work")
     parser.add_argument("--top", type=int, default=3, metavar="K",
                         help="classes shown per image in the summary (default: 3; 0 for none)")
     parser.add_argument("--version", action="version", version=f"dcnn {__version__}")
@@ -129,9 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_input(network: Network, images: ImageSet) -> tuple[int, ...]:
-    """Raise a clear error if the images cannot go through the network; return the per-image input shape."""
-    height, width = images.image_shape(0)
+def _check_channels(network: Network, images: ImageSet) -> None:
+    """Raise a clear error if an HDF5 set's channels do not suit the network."""
     channels = network.in_channels
     if isinstance(images, Hdf5ImageSet):
         if images.channels_last and images.channels not in (channels, 3):
@@ -140,9 +144,43 @@ def _check_input(network: Network, images: ImageSet) -> tuple[int, ...]:
         if not images.channels_last and images.channels != channels:
             raise InputError(f"{images.path}: tensors have {images.channels} channels, "
                              f"{network.name} expects {channels}")
-    shape = (channels, height, width)
-    network.shapes(shape)
-    return shape
+
+
+def _classifier_input(network: Network):
+    """``input_shape(height, width)`` of a classifier; raises :class:`ShapeError` for a size it cannot take."""
+
+    def input_shape(height: int, width: int) -> tuple[int, ...]:
+        shape = (network.in_channels, height, width)
+        network.shapes(shape)
+        return shape
+
+    return input_shape
+
+
+def _detector_input(detector: FaceDetector):
+    """``input_shape(height, width)`` of the face detector (its pyramid); raises :class:`ShapeError` for an image
+    smaller than dlib accepts."""
+
+    def input_shape(height: int, width: int) -> tuple[int, ...]:
+        if min(height, width) < MIN_IMAGE_SIDE:
+            raise ShapeError(f"too small for the face detector (at least {MIN_IMAGE_SIDE} x {MIN_IMAGE_SIDE})")
+        shape = detector.input_shape(height, width)
+        detector.network.shapes(shape)
+        return shape
+
+    return input_shape
+
+
+def _scan(args: argparse.Namespace, images: ImageSet, input_shape, comm) -> Scan:
+    """Rank 0 scans every image's header (see :mod:`dcnn.scan`) and shares the result; unusable images are
+    refused, naming them, unless --skip-unreadable."""
+    scan = comm.bcast(scan_images(images, input_shape) if comm.rank == 0 else None, root=0)
+    if not scan.shapes:
+        raise InputError(unusable_message(images.path, scan.skipped, len(images)).split("; fix or")[0]
+                         + "; nothing to compute")
+    if scan.skipped and not args.skip_unreadable:
+        raise InputError(unusable_message(images.path, scan.skipped, len(images)))
+    return scan
 
 
 def _default_output() -> Path:
@@ -170,6 +208,7 @@ class Job:
     workload: Classification | Detection
     num_outputs: int | None
     plan: Plan
+    scan: Scan
 
 
 def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
@@ -194,26 +233,27 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
         raise InputError(f"{images.path}: the image set is empty")
     if args.model == "mmod":
         detector = FaceDetector.load(args.weights, args.upsample)
-        height, width = images.image_shape(0)
         images.require_pixels()
-        if min(height, width) < 10:
-            raise ShapeError(f"{images.path}: {height}x{width} images are too small for the face detector "
-                             f"(at least 10 x 10)")
-        input_shape = detector.input_shape(height, width)
-        detector.network.shapes(input_shape)
-        plan = _plan(args, detector.network, input_shape, comm, local_ranks, len(images))
-        _check_tiles(args, detector.network, input_shape)
-        return Job(detector.network, detector.weights, images, input_shape, Detection(detector), None, plan)
-    network = get_model(args.model)
-    input_shape = _check_input(network, images)
-    plan = _plan(args, network, input_shape, comm, local_ranks, len(images))
-    _check_tiles(args, network, input_shape)
+        network, input_shape = detector.network, _detector_input(detector)
+    else:
+        network = get_model(args.model)
+        _check_channels(network, images)
+        input_shape = _classifier_input(network)
+    scan = _scan(args, images, input_shape, comm)
+    _check_tiles(args, network, scan, images)
+    plan = _plan(args, network, scan, comm, local_ranks)
+    if args.plan == "auto":
+        _check_tiles(args, network, scan, images)
+    first = scan.shapes[0]
+    if args.model == "mmod":
+        return Job(network, detector.weights, images, first, Detection(detector), None, plan, scan)
     size, rank = (comm.size, comm.rank) if args.mode in ("spatial", "fused") else (1, 0)
     rows = fc_shard_rows(network, size, rank)
     weights = (load_weights(args.weights, network, rows=rows) if args.weights
                else init_weights(network, args.seed, rows=rows))
-    return Job(network, weights, images, input_shape, Classification(network.preprocessing),
-               network.output_shape(input_shape)[0], plan)
+    num_outputs = network.output_shape(first)[0]
+    return Job(network, weights, images, first, Classification(network.preprocessing, num_outputs), num_outputs,
+               plan, scan)
 
 
 def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster | None:
@@ -232,12 +272,17 @@ def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster |
     return None
 
 
-def _plan(args: argparse.Namespace, network: Network, input_shape, comm, local_ranks: int, images: int) -> Plan:
-    """Choose the plan (--plan auto) or model the requested one; refuse it if it exceeds a known budget."""
+def _plan(args: argparse.Namespace, network: Network, scan: Scan, comm, local_ranks: int) -> Plan:
+    """Choose the plan (--plan auto) or model the requested one, for the image sizes that need the most memory
+    (:func:`dcnn.plan.worst_shapes`); refuse it if it exceeds a known budget."""
     cluster = _cluster(args, comm.size, local_ranks)
+    worst = worst_shapes(scan.counts(), args.batch_size)
+    images = len(scan.shape_of)
     if args.plan == "auto":
         modes = ("batch", "spatial", "fused") if comm.size > 1 else ("batch", "fused")
-        plan = choose_plan(network, input_shape, cluster, args.batch_size, images, modes)
+        (shape, count), others = worst[0], worst[1:]
+        plan = choose_plan(network, shape, cluster, args.batch_size, images, modes, count, others,
+                           _tile_limit(network, scan))
         args.mode = "single" if comm.size == 1 and plan.mode == "batch" else plan.mode
         args.batch_size = plan.batch
         if plan.mode == "spatial":
@@ -251,26 +296,41 @@ def _plan(args: argparse.Namespace, network: Network, input_shape, comm, local_r
     modelled = cluster or Cluster.uniform(comm.size, 2**62)
     mode = "batch" if args.mode == "single" else args.mode
     grid = parse_grid(args.grid) if mode == "spatial" else parse_grid(args.tiles) if mode == "fused" else None
-    if mode == "fused" and args.fuse_depth is not None:
-        return _unmodelled(args, modelled)
-    plan = plan_for(network, input_shape, modelled, mode, args.batch_size, grid, args.overlap, images)
+    plan, shape = plan_shapes(network, worst, modelled, mode, args.batch_size, grid, args.overlap, images,
+                              args.fuse_depth if mode == "fused" else None)
     overflow = plan.overflow(cluster) if cluster is not None else None
     if overflow is not None:
         rank, needed, available = overflow
-        raise PlanError(f"{plan.describe()} needs {format_bytes(needed)} on rank {rank}, which may use "
+        sized = f" for {_size_text(shape, scan)}" if len(scan.shapes) > 1 else ""
+        raise PlanError(f"{plan.describe()} needs {format_bytes(needed)} on rank {rank}{sized}, which may use "
                         f"{format_bytes(available)} (most of it {plan.largest_item(rank)[1]}); try --plan auto")
     return plan
 
 
-def _unmodelled(args: argparse.Namespace, cluster: Cluster) -> Plan:
-    """A plan with no memory prediction (a fused block shorter than the convolutional part is not modelled)."""
-    return Plan(args.mode, args.batch_size, None, args.overlap, [{} for _ in range(cluster.size)])
+def _size_text(shape, scan: Scan, images: ImageSet | None = None) -> str:
+    """``"input 3x210x120 (image 17)"``: a network input and the first image that makes it."""
+    index = scan.first_index(shape)
+    return f"input {format_shape(shape)} ({images.name(index) if images is not None else f'image {index}'})"
 
 
-def _check_tiles(args: argparse.Namespace, network: Network, input_shape) -> None:
-    """Fused mode: refuse a tile grid or depth that does not fit, before any work."""
-    if args.mode == "fused":
-        plan_fused(network, input_shape, parse_grid(args.tiles), args.fuse_depth)
+def _tile_limit(network: Network, scan: Scan) -> tuple[int, int]:
+    """The finest tile grid every image's fused output map allows (all convolutional layers fused)."""
+    depth = spatial_depth(network)
+    sizes = [network.shapes(shape)[depth][1:] for shape in scan.shapes]
+    return min(h for h, _ in sizes), min(w for _, w in sizes)
+
+
+def _check_tiles(args: argparse.Namespace, network: Network, scan: Scan, images: ImageSet | None = None) -> None:
+    """Fused mode: refuse a tile grid or depth that does not fit every image size, before any work."""
+    if args.mode != "fused":
+        return
+    grid = parse_grid(args.tiles)
+    for shape in scan.shapes:
+        try:
+            check_tile_grid(network, shape, grid, args.fuse_depth)
+        except PlanError as error:
+            raise PlanError(f"{error} (for {_size_text(shape, scan, images)})" if len(scan.shapes) > 1
+                            else str(error)) from None
 
 
 def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit,
@@ -290,9 +350,9 @@ def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit,
         "started": utc_now(),
     }
     if args.resume:
-        return ResultWriter.resume(args.resume, attributes)
+        return ResultWriter.resume(args.resume, attributes, job.scan.skipped)
     output = Path(args.output) if args.output else _default_output()
-    writer = ResultWriter.create(output, len(images), job.num_outputs, split.num_tasks, attributes)
+    writer = ResultWriter.create(output, len(images), job.num_outputs, split.num_tasks, attributes, job.scan.skipped)
     return writer, np.zeros(len(images), np.uint8)
 
 
@@ -321,7 +381,8 @@ def run(args: argparse.Namespace) -> int:
         stats = run_tasks(comm, args.mode, split, pending, images, job.workload, engines, writer,
                           progress, already, clock, steal=not args.no_steal,
                           capacities=parse_capacities(args.capacity, comm.size),
-                          throttle=parse_throttle(args.throttle, comm.size), seed=args.seed)
+                          throttle=parse_throttle(args.throttle, comm.size), seed=args.seed,
+                          skip=frozenset(skip.index for skip in job.scan.skipped), tolerate=args.skip_unreadable)
     except BaseException:
         if writer is not None:  # keep every finished task; the file can be resumed
             writer.close()
@@ -336,22 +397,33 @@ def run(args: argparse.Namespace) -> int:
     images.close()
     if writer is None:
         return 0
-    computed = sum(split.bounds(t)[1] - split.bounds(t)[0] for t in pending)
+    computed = sum(split.bounds(t)[1] - split.bounds(t)[0] for t in pending) - len(writer.skipped_in(split, pending))
     per_rank = {key: np.stack([rank_stats[key] for rank_stats in gathered]) for key in gathered[0]}
+    predicted = np.array([job.plan.peak(rank) for rank in range(comm.size)])
+    over = memory_over_prediction(per_rank["peak_rss_bytes"], predicted)
     writer.finish(
         {"timing": {"layer_names": np.array([n for n, _ in network.layers], dtype="S"),
                     **{key: per_rank[key] for key in LAYER_FIELDS}, "busy_seconds": per_rank["busy_seconds"],
                     **_fused_tables(fused_per_rank, "timing")},
          "stats": {"peak_rss_bytes": per_rank["peak_rss_bytes"], "steal": per_rank["steal"],
                    "steal_fields": np.array(STEAL_FIELDS, dtype="S"),
-                   "predicted_peak_bytes": np.array([job.plan.peak(rank) for rank in range(comm.size)]),
+                   "predicted_peak_bytes": predicted,
                    **_fused_tables(fused_per_rank, "stats")}},
         finished=utc_now(), elapsed_seconds=elapsed, images_computed=computed,
         images_per_second=computed / elapsed if elapsed > 0 else 0.0, hostnames=names,
-        grid=_grid_text(engines), plan=job.plan.describe(), **_fused_attributes(args, engines))
+        grid=_grid_text(engines), plan=job.plan.describe(), memory_within_prediction=not over,
+        **_fused_attributes(args, engines))
     if not args.quiet:
         _summary(args, job, writer.path, computed, elapsed, per_rank, comm.size, threads)
+    for rank, measured, expected in over:
+        print(f"dcnn: warning: rank {rank} peaked at {format_bytes(measured)}, above the planner's prediction of "
+              f"{format_bytes(expected)} ({job.plan.describe()}); the file records both (/stats)", file=sys.stderr)
     return 0
+
+
+def memory_over_prediction(measured: np.ndarray, predicted: np.ndarray) -> list[tuple[int, int, int]]:
+    """``(rank, measured, predicted)`` of every rank whose measured peak exceeds its (modelled) prediction."""
+    return [(rank, int(m), int(p)) for rank, (m, p) in enumerate(zip(measured, predicted)) if 0 < p < m]
 
 
 def _engine_builder(args: argparse.Namespace, network: Network, weights: dict, comm):
@@ -412,9 +484,19 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
     import h5py
 
     rate = computed / elapsed if elapsed > 0 else 0.0
-    height, width = job.images.image_shape(0)
-    print(f"{job.network.name}: {computed} images of {height}x{width} in {elapsed:.2f} s ({rate:.2f} images/s, "
+    if len(job.scan.shapes) > 1:
+        what = f"{len(job.scan.shapes)} sizes"
+    else:
+        what = "x".join(map(str, job.images.image_shape(job.scan.first_index(job.scan.shapes[0]))))
+    print(f"{job.network.name}: {computed} images of {what} in {elapsed:.2f} s ({rate:.2f} images/s, "
           f"{args.mode} mode, {size} rank(s) x {threads} thread(s)) -> {path}")
+    with h5py.File(path, "r") as handle:
+        skipped = len(handle["skipped/index"])
+    if skipped:
+        print(f"  {skipped} images skipped (unreadable or unusable; listed under /skipped in the file, shown by "
+              f"python -m dcnn.analyze)")
+    print(f"  peak memory {format_bytes(per_rank['peak_rss_bytes'].max())} per rank, predicted "
+          f"{format_bytes(job.plan.peak())}")
     if job.num_outputs is None:
         with h5py.File(path, "r") as handle:
             offsets = handle["outputs/detection_offsets"][()]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -39,7 +40,7 @@ from .spatial import plan_spatial
 
 __all__ = [
     "MODES", "RUNTIME_BYTES", "Cluster", "Node", "Plan", "choose_plan", "format_bytes", "parse_bytes", "plan_for",
-    "plans",
+    "plan_shapes", "plans", "worst_shapes",
 ]
 
 MIB, GIB = 2**20, 2**30
@@ -195,6 +196,8 @@ class Plan:
         Per item, what dominates it (e.g. the layer whose weights or activations are largest).
     seconds : float
         Predicted time for the image set.
+    depth : int or None
+        Fused mode: the layers fused (``None``: every layer before the first global one).
     """
 
     mode: str
@@ -204,6 +207,7 @@ class Plan:
     memory: list[dict[str, int]]
     largest: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    depth: int | None = None
 
     def peak(self, rank: int | None = None) -> int:
         """Predicted bytes of one rank (the largest over ranks by default), with the model's error margin."""
@@ -234,6 +238,8 @@ class Plan:
             text += " " + "x".join(map(str, self.grid))
         if self.overlap:
             text += " " + self.overlap
+        if self.depth is not None:
+            text += f" depth {self.depth}"
         return f"{text}, batch {self.batch}"
 
     def infer_arguments(self) -> list[str]:
@@ -243,6 +249,8 @@ class Plan:
             arguments += ["--grid", "x".join(map(str, self.grid))]
         if self.mode == "fused":
             arguments += ["--tiles", "x".join(map(str, self.grid)), "--overlap", self.overlap]
+        if self.depth is not None:
+            arguments += ["--fuse-depth", str(self.depth)]
         return arguments
 
 
@@ -253,9 +261,10 @@ def _decomposition(network: Network, input_shape: Shape, dims: tuple[int, int]):
 
 
 @lru_cache(maxsize=64)
-def _tiling(network: Network, input_shape: Shape, tiles: tuple[int, int], ranks: int, overlap: str):
+def _tiling(network: Network, input_shape: Shape, tiles: tuple[int, int], ranks: int, overlap: str,
+            depth: int | None = None):
     """The fused plan and, for the reuse policy, its reuse plan (cached: candidates share them)."""
-    fused = plan_fused(network, input_shape, tiles)
+    fused = plan_fused(network, input_shape, tiles, depth)
     return fused, plan_reuse(fused, ranks) if overlap == "reuse" else None
 
 
@@ -349,10 +358,11 @@ def memory_spatial(network: Network, input_shape: Shape, batch: int, cluster: Cl
 
 
 def memory_fused(network: Network, input_shape: Shape, batch: int, cluster: Cluster, tiles: tuple[int, int],
-                 overlap: str) -> Plan:
-    """Fused mode: the largest tile's working set, the assembled fused output, the overlap pool."""
+                 overlap: str, depth: int | None = None) -> Plan:
+    """Fused mode: the largest tile's working set, the assembled fused output, the overlap pool; with a fused
+    block shorter than the convolutional part (``depth``), the spatial run of the layers after it."""
     size = cluster.size
-    fused, reuse = _tiling(network, tuple(input_shape), tuple(tiles), size, overlap)
+    fused, reuse = _tiling(network, tuple(input_shape), tuple(tiles), size, overlap, depth)
     weights, heaviest = _weights(network, input_shape, size)
     shapes = fused.shapes
     best = (0, "")
@@ -363,18 +373,23 @@ def memory_fused(network: Network, input_shape: Shape, batch: int, cluster: Clus
             value = borrowed + _layer_work(network.layers[layer][1], shapes[layer], shapes[layer + 1],
                                            (source.height, source.width), (out.height, out.width), padding)
             best = max(best, (value, network.layers[layer][0]))
-    tail = 0
+    tail = [{"activations": 0, "gathered map": 0}] * size
     if fused.depth < len(network):
+        # The layers after the fused block run on a spatial engine over the assembled fused output.
         rest = Network(f"{network.name}[{fused.depth}:]", network.layers[fused.depth:], fused.output_shape)
-        tail = memory_spatial(rest, fused.output_shape, batch, cluster, _square_dims(size)).memory[0]["activations"]
+        tail = memory_spatial(rest, fused.output_shape, batch, cluster, _square_dims(size)).memory
     output = math.prod(fused.output_shape)
     share = math.ceil(len(fused.tiles) / size) / len(fused.tiles)
     memory = [{"runtime": cluster.runtime_bytes, "weights": weights[rank], "input": _input_bytes(input_shape, batch),
-               "activations": max(batch * best[0] * BYTES, tail),
+               "activations": max(batch * best[0] * BYTES, tail[rank]["activations"]),
                "tile outputs": int(batch * output * BYTES * (2 + share)),
                "overlap pool": 0 if reuse is None else batch * reuse.pool_elements[rank] * BYTES}
               for rank in range(size)]
-    return Plan("fused", batch, tuple(tiles), overlap, memory, {"weights": heaviest, "activations": best[1]})
+    if fused.depth < spatial_depth(network):
+        for rank in range(size):  # the last map of the spatial tail, gathered on every rank
+            memory[rank]["gathered map"] = tail[rank]["gathered map"]
+    return Plan("fused", batch, tuple(tiles), overlap, memory, {"weights": heaviest, "activations": best[1]},
+                depth=depth)
 
 
 def _square_dims(size: int) -> tuple[int, int]:
@@ -407,7 +422,7 @@ def predict_seconds(plan: Plan, network: Network, input_shape: Shape, cluster: C
         rest = sum(row.macs for row in costs[spatial.gather_index:]) / sum(rates)
         gather = _allgather_seconds(math.prod(spatial.gathered_shape) * BYTES, cluster)
         return images * (compute + rest + network_seconds + gather)
-    fused, reuse = _tiling(network, tuple(input_shape), plan.grid, cluster.size, plan.overlap)
+    fused, reuse = _tiling(network, tuple(input_shape), plan.grid, cluster.size, plan.overlap, plan.depth)
     tiled = fused.macs()[0] if reuse is None else reuse.macs()
     if reuse is not None:
         strips = reuse.strip_bytes()
@@ -436,23 +451,66 @@ def _spatial_grids(size: int) -> list[tuple[int, int]]:
 
 
 def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, batch: int,
-             grid: tuple[int, int] | None = None, overlap: str | None = None, images: int = 1) -> Plan:
-    """The plan of one given configuration, with its predicted time."""
+             grid: tuple[int, int] | None = None, overlap: str | None = None, images: int = 1,
+             depth: int | None = None, batch_images: int | None = None) -> Plan:
+    """The plan of one given configuration, with its predicted time.
+
+    ``batch_images`` is how many images of this shape there are: a forward pass never holds more, so memory is
+    modelled for ``min(batch, batch_images)`` images (a 1-image set at batch 4 is planned as 1 image).
+    """
+    real = batch if batch_images is None else max(1, min(batch, batch_images))
     if mode == "batch":
-        plan = memory_batch(network, input_shape, batch, cluster)
+        plan = memory_batch(network, input_shape, real, cluster)
     elif mode == "spatial":
-        plan = memory_spatial(network, input_shape, batch, cluster, grid or _square_dims(cluster.size))
+        plan = memory_spatial(network, input_shape, real, cluster, grid or _square_dims(cluster.size))
     elif mode == "fused":
-        plan = memory_fused(network, input_shape, batch, cluster, grid, overlap or "reuse")
+        plan = memory_fused(network, input_shape, real, cluster, grid, overlap or "reuse", depth)
     else:
         raise PlanError(f"the planner knows modes {', '.join(MODES)}, not {mode!r}")
+    plan.batch = batch
     plan.seconds = predict_seconds(plan, network, input_shape, cluster, images)
     return plan
 
 
+def worst_shapes(counts: Mapping[Shape, int], batch: int) -> list[tuple[Shape, int]]:
+    """The input shapes (with their image counts) whose plans bound those of all others.
+
+    Every memory item grows with the input's height and width and with the real batch ``min(batch, count)``;
+    a shape no larger in all three than another one needs no more memory under any configuration, so only the
+    shapes that no other dominates are planned (a handful even for thousands of distinct sizes). Largest first.
+    """
+    keyed = sorted(((shape[1], shape[2], min(batch, count), shape, count) for shape, count in counts.items()),
+                   reverse=True)
+    front: list[tuple[int, int, int, Shape, int]] = []
+    for height, width, real, shape, count in keyed:
+        if not any(w >= width and r >= real for _, w, r, _, _ in front):
+            front.append((height, width, real, shape, count))
+    return [(shape, count) for *_, shape, count in sorted(front, key=lambda k: (-k[0] * k[1], -k[2]))]
+
+
+def plan_shapes(network: Network, shapes: list[tuple[Shape, int]], cluster: Cluster, mode: str, batch: int,
+                grid: tuple[int, int] | None = None, overlap: str | None = None, images: int = 1,
+                depth: int | None = None) -> tuple[Plan, Shape]:
+    """One configuration over several input shapes (from :func:`worst_shapes`): the plan of the shape that
+    exceeds the cluster's budgets most (needs the most memory when all fit), and that shape."""
+    planned = [(plan_for(network, shape, cluster, mode, batch, grid, overlap, images, depth, count), shape)
+               for shape, count in shapes]
+    return max(planned, key=lambda item: (_excess(item[0], cluster), item[0].peak()))
+
+
+def _excess(plan: Plan, cluster: Cluster) -> int:
+    """Bytes by which the rank most over its budget exceeds it (0 when every rank fits)."""
+    overflow = plan.overflow(cluster)
+    return 0 if overflow is None else overflow[1] - overflow[2]
+
+
 def plans(network: Network, input_shape: Shape, cluster: Cluster, batch: int, images: int = 1,
-          modes: tuple[str, ...] = MODES) -> list[Plan]:
-    """Every candidate: each mode, rank grid, tile grid and policy, at batch sizes ``batch``, ``batch/2``, .. 1."""
+          modes: tuple[str, ...] = MODES, batch_images: int | None = None,
+          tile_limit: tuple[int, int] | None = None) -> list[Plan]:
+    """Every candidate: each mode, rank grid, tile grid and policy, at batch sizes ``batch``, ``batch/2``, .. 1.
+
+    ``tile_limit`` bounds the tile grids (rows, columns): the smallest fused output map of a set of sizes.
+    """
     sizes = sorted({max(1, batch >> shift) for shift in range(batch.bit_length())}, reverse=True)
     configurations = []
     if "batch" in modes:
@@ -460,26 +518,44 @@ def plans(network: Network, input_shape: Shape, cluster: Cluster, batch: int, im
     if "spatial" in modes and cluster.size > 1:
         configurations += [("spatial", dims, None) for dims in _spatial_grids(cluster.size)]
     if "fused" in modes:
+        limit = tile_limit or (math.inf, math.inf)
         configurations += [("fused", tiles, overlap) for tiles in _tile_grids(network, input_shape)
-                           for overlap in ("reuse", "recompute")]
-    return [plan_for(network, input_shape, cluster, mode, size, grid, overlap, images)
+                           if tiles[0] <= limit[0] and tiles[1] <= limit[1] for overlap in ("reuse", "recompute")]
+    return [plan_for(network, input_shape, cluster, mode, size, grid, overlap, images, batch_images=batch_images)
             for mode, grid, overlap in configurations for size in sizes]
 
 
 def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: int, images: int = 1,
-                modes: tuple[str, ...] = MODES) -> Plan:
+                modes: tuple[str, ...] = MODES, batch_images: int | None = None,
+                others: list[tuple[Shape, int]] = (), tile_limit: tuple[int, int] | None = None) -> Plan:
     """The feasible plan with the least predicted time (larger batches first among equals).
+
+    ``batch_images`` is the number of images of ``input_shape`` (memory is modelled for at most that many per
+    forward pass, see :func:`plan_for`). ``others`` are further input shapes with their image counts (a set of
+    several sizes, see :func:`worst_shapes`; ``input_shape`` is the largest): a plan is feasible only if it fits
+    all of them, and the one returned is that of the shape needing the most memory. ``tile_limit``: see
+    :func:`plans`.
 
     Raises
     ------
     PlanError
         When no plan fits, naming what does not fit, the bytes needed and available, and what would fit.
     """
-    candidates = plans(network, input_shape, cluster, batch, images, modes)
-    feasible = [plan for plan in candidates if plan.overflow(cluster) is None]
-    if feasible:
-        return min(feasible, key=lambda plan: (plan.seconds, -plan.batch, plan.peak()))
-    raise PlanError(explain_infeasible(network, input_shape, cluster, min(candidates, key=Plan.peak), modes))
+    candidates = plans(network, input_shape, cluster, batch, images, modes, batch_images, tile_limit)
+    feasible = sorted((plan for plan in candidates if plan.overflow(cluster) is None),
+                      key=lambda plan: (plan.seconds, -plan.batch, plan.peak()))
+    if not feasible:
+        raise PlanError(explain_infeasible(network, input_shape, cluster, min(candidates, key=Plan.peak), modes))
+    for plan in feasible:
+        heaviest, shape = plan_shapes(network, [(input_shape, batch_images or images), *others], cluster,
+                                      plan.mode, plan.batch, plan.grid, plan.overlap, images)
+        if heaviest.overflow(cluster) is None:
+            heaviest.seconds = plan.seconds
+            return heaviest
+    rank, needed, available = heaviest.overflow(cluster)
+    raise PlanError(f"{network.name}: no plan that fits {format_shape(input_shape)} also fits "
+                    f"{format_shape(shape)} (even {heaviest.describe()} needs {format_bytes(needed)} on rank {rank}, "
+                    f"which may use {format_bytes(available)})")
 
 
 def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, plan: Plan,

@@ -20,7 +20,7 @@ import numpy as np
 
 __all__ = [
     "Rect", "decode_boxes", "nms", "pyramid_sizes", "pyramid_tensor", "resize_bilinear", "round_half_away",
-    "tiled_layout", "upsample_image",
+    "tiled_layout", "upsample_image", "upsampled_size",
 ]
 
 Rect = tuple[int, int, int, int]
@@ -92,10 +92,14 @@ def resize_bilinear(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return (upper[..., left] * (1 - fx) + upper[..., right] * fx).astype(np.float32, copy=False)
 
 
+def upsampled_size(height: int, width: int) -> tuple[int, int]:
+    """The size dlib's ``pyramid_up`` makes of a ``height x width`` image: ``(2H+1) x (2W+2)``."""
+    return 2 * height + 1, 2 * width + 2
+
+
 def upsample_image(image: np.ndarray) -> np.ndarray:
     """dlib's ``pyramid_up`` of an ``H x W x 3`` uint8 image: ``(2H+1) x (2W+2)``, truncated to uint8."""
-    height, width = image.shape[:2]
-    planes = resize_bilinear(image.transpose(2, 0, 1).astype(np.float32), 2 * height + 1, 2 * width + 2)
+    planes = resize_bilinear(image.transpose(2, 0, 1).astype(np.float32), *upsampled_size(*image.shape[:2]))
     return np.clip(planes, 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
 

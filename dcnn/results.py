@@ -23,7 +23,7 @@ import json
 import os
 import resource
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ import numpy as np
 from . import __version__
 from .detect import DETECTION_DTYPE
 from .errors import InputError
+from .scan import Skip
 
 __all__ = ["ResultWriter", "encode_outputs", "open_result", "peak_rss_bytes", "provenance", "utc_now"]
 
@@ -159,25 +160,49 @@ def _valid_outputs(path: Path) -> dict[str, np.ndarray]:
     return {"done": done.astype(np.uint8), "detections": rows[done[rows["image"]]], "detection_counts": counts}
 
 
+def _skip_tables(handle: h5py.File, skipped: Sequence[Skip]) -> None:
+    """(Re)create ``/skipped`` (``index``, ``path``, ``reason``; appendable) holding ``skipped``."""
+    if "skipped" in handle:
+        del handle["skipped"]
+    group = handle.create_group("skipped")
+    group.create_dataset("index", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(256,))
+    for name in ("path", "reason"):
+        group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(256,))
+    _append_skips(group, skipped)
+
+
+def _append_skips(group: h5py.Group, skipped: Sequence[Skip]) -> None:
+    """Append records to ``/skipped``."""
+    first = group["index"].shape[0]
+    columns = {"index": [skip.index for skip in skipped], "path": [skip.path for skip in skipped],
+               "reason": [skip.reason for skip in skipped]}
+    for name, values in columns.items():
+        group[name].resize((first + len(values),))
+        if values:
+            group[name][first:] = values
+
+
 class ResultWriter:
     """Creates (or resumes) a result file and fills it task by task; one writer per run (rank 0).
 
     Use :meth:`create` or :meth:`resume`, then :meth:`write_task` per finished task, then :meth:`finish`.
     """
 
-    def __init__(self, path: Path, handle: h5py.File, num_tasks: int):
+    def __init__(self, path: Path, handle: h5py.File, num_tasks: int, skipped: Sequence[Skip] = ()):
         self.path = path
         self._file = handle
         self.num_tasks = num_tasks
+        self._skipped = {skip.index for skip in skipped}
         self.detections = "detections" in handle["outputs"]
         self.num_outputs = None if self.detections else handle["outputs/logits"].shape[1]
 
     @classmethod
     def create(cls, path: str | os.PathLike, num_images: int, num_outputs: int | None, num_tasks: int,
-               attributes: Mapping[str, Any]) -> ResultWriter:
+               attributes: Mapping[str, Any], skipped: Sequence[Skip] = ()) -> ResultWriter:
         """Create ``path`` (replacing any file there) for ``num_images`` images in ``num_tasks`` tasks.
 
-        ``num_outputs`` is the number of logits per image; ``None`` makes a detection file.
+        ``num_outputs`` is the number of logits per image; ``None`` makes a detection file. ``skipped`` are the
+        images the header scan found unusable (``--skip-unreadable``), recorded under ``/skipped``.
         """
         path = Path(path)
         try:
@@ -202,13 +227,17 @@ class ResultWriter:
             handle.attrs[key] = _attribute(value)
         handle.attrs["status"] = "running"
         handle.attrs["runs"] = 1
+        _skip_tables(handle, skipped)
         handle.swmr_mode = True
         handle.flush()
-        return cls(path, handle, num_tasks)
+        return cls(path, handle, num_tasks, skipped)
 
     @classmethod
-    def resume(cls, path: str | os.PathLike, attributes: Mapping[str, Any]) -> tuple[ResultWriter, np.ndarray]:
+    def resume(cls, path: str | os.PathLike, attributes: Mapping[str, Any],
+               skipped: Sequence[Skip] = ()) -> tuple[ResultWriter, np.ndarray]:
         """Reopen an interrupted run; returns the writer and the ``done`` flags per image.
+
+        ``/skipped`` is replaced by ``skipped``, this run's scan: images skipped before are tried again.
 
         Raises
         ------
@@ -239,14 +268,17 @@ class ResultWriter:
                  {**attributes, "first_started": first_started, "runs": runs + 1, "resumed": utc_now()})
         handle = h5py.File(path, "r+", libver="latest")
         done = handle["outputs/done"][()]
+        _skip_tables(handle, skipped)
         handle.swmr_mode = True
-        return cls(path, handle, num_tasks), done
+        return cls(path, handle, num_tasks, skipped), done
 
     def write_task(self, task: int, start: int, stop: int, outputs: np.ndarray, rank: int, started: float,
-                   ended: float) -> None:
+                   ended: float, skipped: Sequence[Skip] = ()) -> None:
         """Store one task's outputs (images ``start .. stop - 1``) and flush.
 
         ``outputs`` are the logits rows, or the detection records (:data:`DETECTION_DTYPE`) of those images.
+        ``skipped`` are images of the task that could not be read when it ran (``--skip-unreadable``): they are
+        recorded under ``/skipped`` and, like the images the scan skipped, stay not done.
         """
         if self.detections:
             table = self._file["outputs/detections"]
@@ -258,10 +290,21 @@ class ResultWriter:
         else:
             self._file["outputs/logits"][start:stop] = outputs
         self._file["outputs/done"][start:stop] = 1
+        if skipped:
+            _append_skips(self._file["skipped"], skipped)
+            self._skipped.update(skip.index for skip in skipped)
+        for index in sorted(self._skipped.intersection(range(start, stop))):
+            self._file["outputs/done"][index] = 0
+            if self.detections:
+                self._file["outputs/detection_counts"][index] = -1
         self._file["timing/task_start"][task] = started
         self._file["timing/task_end"][task] = ended
         self._file["timing/task_rank"][task] = rank
         self._file.flush()
+
+    def skipped_in(self, split, tasks) -> set[int]:
+        """The skipped images (found by the scan or while running) among those of ``tasks`` of ``split``."""
+        return {index for task in tasks for index in range(*split.bounds(task)) if index in self._skipped}
 
     def decode(self, vector: np.ndarray, start: int) -> np.ndarray:
         """The inverse of :func:`encode_outputs` (exact: every value fits a float64)."""
