@@ -163,7 +163,8 @@ def _detector_input(detector: FaceDetector):
 
     def input_shape(height: int, width: int) -> tuple[int, ...]:
         if min(height, width) < MIN_IMAGE_SIDE:
-            raise ShapeError(f"too small for the face detector (at least {MIN_IMAGE_SIDE} x {MIN_IMAGE_SIDE})")
+            raise ShapeError(f"{height}x{width} images are too small for the face detector (at least "
+                             f"{MIN_IMAGE_SIDE} x {MIN_IMAGE_SIDE})")
         shape = detector.input_shape(height, width)
         detector.network.shapes(shape)
         return shape
@@ -175,6 +176,8 @@ def _scan(args: argparse.Namespace, images: ImageSet, input_shape, comm) -> Scan
     """Rank 0 scans every image's header (see :mod:`dcnn.scan`) and shares the result; unusable images are
     refused, naming them, unless --skip-unreadable."""
     scan = comm.bcast(scan_images(images, input_shape) if comm.rank == 0 else None, root=0)
+    if not scan.shapes and images.uniform:
+        raise InputError(f"{images.path}: {scan.skipped[0].reason}")
     if not scan.shapes:
         raise InputError(unusable_message(images.path, scan.skipped, len(images)).split("; fix or")[0]
                          + "; nothing to compute")

@@ -75,8 +75,8 @@ def scan_images(images: ImageSet, input_shape: Callable[[int, int], Shape]) -> S
         dataset) is probed once.
     input_shape : callable
         ``input_shape(height, width)``: the per-image network input for an image size; raises
-        :class:`~dcnn.errors.DcnnError` (e.g. :class:`~dcnn.errors.ShapeError`) for a size the model cannot take.
-        It is called once per distinct size.
+        :class:`~dcnn.errors.DcnnError` (e.g. :class:`~dcnn.errors.ShapeError`, whose message names the size and
+        becomes the reason) for a size the model cannot take. It is called once per distinct size.
     """
     outcomes: dict[tuple[int, int], int | str] = {}
     shapes: list[Shape] = []
@@ -93,7 +93,7 @@ def scan_images(images: ImageSet, input_shape: Callable[[int, int], Shape]) -> S
                 shapes.append(tuple(input_shape(*size)))
                 outcomes[size] = len(shapes) - 1
             except DcnnError as error:
-                outcomes[size] = f"{size[0]}x{size[1]} pixels: {error}"
+                outcomes[size] = str(error)
         outcome = outcomes[size]
         if isinstance(outcome, str):
             skipped.append(Skip(index, images.name(index), outcome))

@@ -157,8 +157,9 @@ def load_weights(path: str | os.PathLike, network: Network | None = None, rows: 
     network : Network, optional
         Check keys, shapes and dtypes against this model.
     rows : mapping, optional
-        ``{key: (start, stop)}``: keep only these rows of these tensors. HDF5 files are read by slice, so a rank
-        never holds more than its shard; ``.npz`` members are read whole, then sliced.
+        ``{key: (start, stop)}``: keep only these rows of these tensors. HDF5 datasets are read by slice and
+        ``.npz`` members by row range from the archive stream (:class:`NpzMember`), so a rank never holds more
+        than its shard.
 
     Raises
     ------
@@ -183,13 +184,67 @@ def load_weights(path: str | os.PathLike, network: Network | None = None, rows: 
             with h5py.File(path, "r") as handle:
                 return read(_hdf5_datasets(handle, path))
         if zipfile.is_zipfile(path):
-            with np.load(path, allow_pickle=False) as archive:
-                return read({key: archive[key] for key in archive.files})
+            with zipfile.ZipFile(path) as archive:
+                return read({name[:-len(".npy")]: NpzMember(archive, name) for name in archive.namelist()
+                             if name.endswith(".npy")})
         raise WeightsError(f"{path}: not a .npz archive or an HDF5 file")
     except WeightsError:
         raise
     except (*DAMAGED_FILE_ERRORS, zipfile.BadZipFile, tokenize.TokenError) as error:
         raise WeightsError(f"{path}: cannot read weights ({type(error).__name__}: {error})") from None
+
+
+class NpzMember:
+    """One array of a ``.npz`` archive, read on demand: whole (``member[()]``) or a range of rows
+    (``member[start:stop]``) streamed from the archive, so only those rows are ever held.
+
+    The member's ``.npy`` header gives its shape and dtype (:mod:`numpy.lib.format`); rows of a C-ordered array
+    are contiguous, at ``offset + start * row_bytes``. Stored members are seeked into; compressed ones are
+    decompressed up to the rows in small chunks (``zipfile``'s seek). A Fortran-ordered member is read whole.
+
+    Raises
+    ------
+    WeightsError
+        For arrays of Python objects (never loaded) or a member shorter than its header says.
+    """
+
+    def __init__(self, archive: zipfile.ZipFile, name: str):
+        self._archive, self._name = archive, name
+        with archive.open(name) as stream:
+            version = np.lib.format.read_magic(stream)
+            header = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if header is None:
+                raise WeightsError(f"{archive.filename}: cannot read weights (member {name!r} has .npy format "
+                                   f"{version}, not 1.0 or 2.0)")
+            self.shape, self._fortran, self.dtype = header(stream)
+            self._offset = stream.tell()
+        if self.dtype.hasobject:
+            raise WeightsError(f"{archive.filename}: cannot read weights (member {name!r} holds Python objects, "
+                               f"which are never unpickled)")
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice) and self.shape and not self._fortran and key.step in (None, 1):
+            start, stop, _ = key.indices(self.shape[0])
+            return self._read(start, max(start, stop))
+        return self._read(0, self.shape[0] if self.shape else 1)[key]
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start .. stop - 1`` (all of a Fortran-ordered or 0-d member), read straight into the array."""
+        shape = (stop - start, *self.shape[1:]) if self.shape else ()
+        array = np.empty(shape, self.dtype, order="F" if self._fortran else "C")
+        view = memoryview(array.reshape(-1, order="A")).cast("B")
+        row_bytes = math.prod(self.shape[1:]) * self.dtype.itemsize
+        with self._archive.open(self._name) as stream:
+            stream.seek(self._offset + start * row_bytes)
+            filled = 0
+            while filled < len(view):
+                count = stream.readinto(view[filled:])
+                if not count:
+                    raise WeightsError(f"{self._archive.filename}: cannot read weights (member {self._name!r} is "
+                                       f"truncated)")
+                filled += count
+        return array
 
 
 def _hdf5_datasets(handle: h5py.File, path: Path) -> dict[str, h5py.Dataset]:
