@@ -244,7 +244,7 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
         input_shape = _classifier_input(network)
     scan = _scan(args, images, input_shape, comm)
     _check_tiles(args, network, scan, images)
-    plan = _plan(args, network, scan, comm, local_ranks)
+    plan = _plan(args, network, scan, images, comm, local_ranks)
     if args.plan == "auto":
         _check_tiles(args, network, scan, images)
     first = scan.shapes[0]
@@ -275,7 +275,7 @@ def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster |
     return None
 
 
-def _plan(args: argparse.Namespace, network: Network, scan: Scan, comm, local_ranks: int) -> Plan:
+def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: ImageSet, comm, local_ranks: int) -> Plan:
     """Choose the plan (--plan auto) or model the requested one, for the image sizes that need the most memory
     (:func:`dcnn.plan.worst_shapes`); refuse it if it exceeds a known budget."""
     cluster = _cluster(args, comm.size, local_ranks)
@@ -304,16 +304,15 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, comm, local_ra
     overflow = plan.overflow(cluster) if cluster is not None else None
     if overflow is not None:
         rank, needed, available = overflow
-        sized = f" for {_size_text(shape, scan)}" if len(scan.shapes) > 1 else ""
+        sized = f" for {_size_text(shape, scan, image_set)}" if len(scan.shapes) > 1 else ""
         raise PlanError(f"{plan.describe()} needs {format_bytes(needed)} on rank {rank}{sized}, which may use "
                         f"{format_bytes(available)} (most of it {plan.largest_item(rank)[1]}); try --plan auto")
     return plan
 
 
-def _size_text(shape, scan: Scan, images: ImageSet | None = None) -> str:
-    """``"input 3x210x120 (image 17)"``: a network input and the first image that makes it."""
-    index = scan.first_index(shape)
-    return f"input {format_shape(shape)} ({images.name(index) if images is not None else f'image {index}'})"
+def _size_text(shape, scan: Scan, images: ImageSet) -> str:
+    """``"input 3x210x120 (photos/b.png)"``: a network input and the first image that makes it."""
+    return f"input {format_shape(shape)} ({images.name(scan.first_index(shape))})"
 
 
 def _tile_limit(network: Network, scan: Scan) -> tuple[int, int]:
@@ -323,7 +322,7 @@ def _tile_limit(network: Network, scan: Scan) -> tuple[int, int]:
     return min(h for h, _ in sizes), min(w for _, w in sizes)
 
 
-def _check_tiles(args: argparse.Namespace, network: Network, scan: Scan, images: ImageSet | None = None) -> None:
+def _check_tiles(args: argparse.Namespace, network: Network, scan: Scan, images: ImageSet) -> None:
     """Fused mode: refuse a tile grid or depth that does not fit every image size, before any work."""
     if args.mode != "fused":
         return

@@ -194,6 +194,10 @@ def load_weights(path: str | os.PathLike, network: Network | None = None, rows: 
         raise WeightsError(f"{path}: cannot read weights ({type(error).__name__}: {error})") from None
 
 
+#: Bytes read from an archive at once (zipfile makes a temporary copy of what it reads).
+READ_CHUNK = 1 << 20
+
+
 class NpzMember:
     """One array of a ``.npz`` archive, read on demand: whole (``member[()]``) or a range of rows
     (``member[start:stop]``) streamed from the archive, so only those rows are ever held.
@@ -239,7 +243,7 @@ class NpzMember:
             stream.seek(self._offset + start * row_bytes)
             filled = 0
             while filled < len(view):
-                count = stream.readinto(view[filled:])
+                count = stream.readinto(view[filled:filled + READ_CHUNK])  # zipfile reads a copy of each chunk
                 if not count:
                     raise WeightsError(f"{self._archive.filename}: cannot read weights (member {self._name!r} is "
                                        f"truncated)")
