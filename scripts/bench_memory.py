@@ -20,6 +20,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from benchlib import mpi_launcher
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES, FACES = str(ROOT / "data" / "samples.h5"), str(ROOT / "data" / "faces.h5")
@@ -42,10 +43,8 @@ RUNS = [
 def run(ranks: int, args: list[str], folder: str) -> dict:
     output = Path(folder) / "run.h5"
     output.unlink(missing_ok=True)
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    launcher = [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(ranks)]
-    command = [*launcher, sys.executable, "-m", "dcnn.infer", "--quiet", "--threads", "1", "--output", str(output),
-               *args]
+    command = [*mpi_launcher(ranks), sys.executable, "-m", "dcnn.infer", "--quiet", "--threads", "1", "--output",
+               str(output), *args]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode != 0:
         raise SystemExit(f"failed: {' '.join(command)}\n{done.stderr}")

@@ -21,13 +21,17 @@ def conv_stack(name: str = "vgg16") -> Network:
     return Network(f"{name}-features", layers, network.input_shape, network.preprocessing)
 
 
+def mpi_launcher(ranks: int) -> list[str]:
+    """``[mpiexec, -n, ranks]``: the launcher next to this Python, else the one on PATH."""
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    return [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(ranks)]
+
+
 def launch(script: str, ranks: int, *worker_args: str) -> list[dict]:
     """Run ``script --worker FOLDER ARGS`` under mpiexec with one thread per rank; each rank's report in order."""
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    launcher = str(mpiexec) if mpiexec.exists() else "mpiexec"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as folder:
-        done = subprocess.run([launcher, "-n", str(ranks), sys.executable, script, "--worker", folder,
+        done = subprocess.run([*mpi_launcher(ranks), sys.executable, script, "--worker", folder,
                                *worker_args], capture_output=True, text=True, env=env, check=False)
         if done.returncode != 0:
             raise SystemExit(f"worker failed (np={ranks}):\n{done.stdout}\n{done.stderr}")
