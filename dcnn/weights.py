@@ -204,7 +204,7 @@ class NpzMember:
 
     The member's ``.npy`` header gives its shape and dtype (:mod:`numpy.lib.format`); rows of a C-ordered array
     are contiguous, at ``offset + start * row_bytes``. Stored members are seeked into; compressed ones are
-    decompressed up to the rows in small chunks (``zipfile``'s seek). A Fortran-ordered member is read whole.
+    decompressed up to the rows and the bytes dropped, 1 MiB at a time. A Fortran-ordered member is read whole.
 
     Raises
     ------
@@ -240,7 +240,8 @@ class NpzMember:
         view = memoryview(array.reshape(-1, order="A")).cast("B")
         row_bytes = math.prod(self.shape[1:]) * self.dtype.itemsize
         with self._archive.open(self._name) as stream:
-            stream.seek(self._offset + start * row_bytes)
+            _skip(stream, self._offset + start * row_bytes,
+                  self._archive.getinfo(self._name).compress_type == zipfile.ZIP_STORED)
             filled = 0
             while filled < len(view):
                 count = stream.readinto(view[filled:filled + READ_CHUNK])  # zipfile reads a copy of each chunk
@@ -249,6 +250,19 @@ class NpzMember:
                                        f"truncated)")
                 filled += count
         return array
+
+
+def _skip(stream, count: int, stored: bool) -> None:
+    """Move ``count`` bytes into an archive member: a seek if it is ``stored``, else decompress and drop
+    :data:`READ_CHUNK` bytes at a time (zipfile's own seek drops 16 MiB at a time)."""
+    if stored:
+        stream.seek(count)
+        return
+    while count > 0:
+        dropped = len(stream.read(min(count, READ_CHUNK)))
+        if not dropped:
+            raise WeightsError(f"{stream.name}: cannot read weights (archive member is truncated)")
+        count -= dropped
 
 
 def _hdf5_datasets(handle: h5py.File, path: Path) -> dict[str, h5py.Dataset]:

@@ -17,7 +17,9 @@ from dcnn.plan import (
     memory_spatial,
     parse_bytes,
     plan_for,
+    plan_shapes,
     plans,
+    worst_shapes,
 )
 from dcnn.zoo import get_model
 
@@ -153,3 +155,53 @@ def test_a_map_too_small_to_tile_still_gets_an_explanation():
     """VGG-16 on 32x32 ends in a 1x1 map: no tile grid exists, and the message still says what would fit."""
     with pytest.raises(PlanError, match=r"fits on \d+ such nodes"):
         choose_plan(VGG16, (3, 32, 32), Cluster.uniform(2, 300 * MIB), 1)
+
+
+def test_worst_shapes_keep_only_the_sizes_no_other_exceeds():
+    counts = {(3, 100, 100): 5, (3, 90, 90): 9, (3, 120, 40): 1, (3, 50, 130): 2, (3, 40, 40): 1, (3, 99, 99): 1}
+    worst = worst_shapes(counts, batch=4)
+    # 90x90 stays: its real batch (4) exceeds that of every larger size but 100x100 (4 too, which dominates it).
+    assert worst == [((3, 100, 100), 5), ((3, 50, 130), 2), ((3, 120, 40), 1)]
+    assert worst_shapes(counts, batch=1)[0] == ((3, 100, 100), 5) and len(worst_shapes(counts, batch=1)) == 3
+    many = {(3, h, w): 1 for h in range(10, 60) for w in range(10, 60)}
+    assert worst_shapes(many, 4) == [((3, 59, 59), 1)]
+
+
+def test_the_real_batch_is_at_most_the_images_of_a_size():
+    cluster = Cluster.uniform(1, 2**40)
+    one = plan_for(VGG16, SHAPE, cluster, "batch", 1)
+    assert plan_for(VGG16, SHAPE, cluster, "batch", 4, batch_images=1).memory == one.memory
+    assert plan_for(VGG16, SHAPE, cluster, "batch", 4, batch_images=1).batch == 4
+    assert plan_for(VGG16, SHAPE, cluster, "batch", 4, batch_images=3).peak() < plan_for(VGG16, SHAPE, cluster,
+                                                                                         "batch", 4).peak()
+
+
+def test_a_plan_must_fit_every_worst_shape():
+    network = get_model("alexnet")
+    small, large = (3, 96, 96), (3, 400, 400)
+    budget = plan_for(network, small, Cluster.uniform(1, 2**40), "batch", 1).peak() + MIB
+    cluster = Cluster.per_rank_budget(2, budget)
+    chosen = choose_plan(network, small, cluster, 1, 2, ("batch",), 1)
+    assert chosen.overflow(cluster) is None
+    with pytest.raises(PlanError, match="also fits 3x400x400"):
+        choose_plan(network, small, cluster, 1, 2, ("batch",), 1, [(large, 1)])
+    both = choose_plan(network, small, cluster, 1, 2, ("batch", "spatial"), 1, [(large, 1)])
+    assert both.mode == "spatial" and both.memory == plan_for(network, large, cluster, "spatial", 1).memory
+    heaviest, shape = plan_shapes(network, [(small, 1), (large, 1)], Cluster.uniform(2, 2**40), "spatial", 1)
+    assert shape == large and heaviest.peak() > plan_for(network, small, Cluster.uniform(2, 2**40), "spatial", 1).peak()
+
+
+def test_a_shorter_fused_block_is_modelled_with_its_spatial_tail():
+    cluster = Cluster.uniform(2, 2**40)
+    whole = plan_for(VGG16, SHAPE, cluster, "fused", 1, (4, 4), "recompute")
+    short = plan_for(VGG16, SHAPE, cluster, "fused", 1, (4, 4), "recompute", depth=5)
+    assert short.peak() > 0 and "gathered map" in short.memory[0] and "gathered map" not in whole.memory[0]
+    assert short.depth == 5 and "depth 5" in short.describe() and short.infer_arguments()[-2:] == ["--fuse-depth", "5"]
+    # The tail runs the rest of the convolutions on half the map per rank, the tiles only the first five layers.
+    assert short.memory[0]["activations"] != whole.memory[0]["activations"]
+
+
+def test_tile_grids_are_limited_to_the_smallest_map():
+    grids = {plan.grid for plan in plans(VGG16, SHAPE, Cluster.uniform(2, 2**40), 1, modes=("fused",),
+                                         tile_limit=(3, 5))}
+    assert grids == {(2, 2), (3, 3)}

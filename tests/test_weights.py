@@ -147,3 +147,29 @@ def test_row_shards_equal_rows_of_the_full_tensors(tmp_path, suffix):
         expected = full[key][slice(*rows[key])] if key in rows else full[key]
         np.testing.assert_array_equal(shard[key], expected)
         np.testing.assert_array_equal(loaded[key], expected)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_npz_shards_are_read_without_the_whole_matrix(tmp_path, compressed):
+    """A rank's rows of an .npz member are streamed from the archive: never the whole matrix in memory."""
+    import tracemalloc
+
+    matrix = np.random.default_rng(0).standard_normal((8192, 512)).astype(np.float32)  # 16 MiB
+    path = tmp_path / "fc.npz"
+    (np.savez_compressed if compressed else np.savez)(path, **{"fc.weight": matrix, "fc.bias": matrix[:, 0]})
+    tracemalloc.start()
+    shard = load_weights(path, rows={"fc.weight": (1000, 1512), "fc.bias": (1000, 1512)})
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(shard["fc.weight"], matrix[1000:1512])
+    np.testing.assert_array_equal(shard["fc.bias"], matrix[1000:1512, 0])
+    assert shard["fc.weight"].flags.writeable and peak < matrix.nbytes / 3  # 1 MiB shard, 1 MiB read chunks
+
+
+def test_npz_fortran_order_and_whole_members(tmp_path):
+    matrix = np.asfortranarray(np.arange(24, dtype=np.float32).reshape(6, 4))
+    path = tmp_path / "f.npz"
+    np.savez(path, a=matrix, b=np.float32(2.5))
+    loaded = load_weights(path, rows={"a": (2, 5)})
+    np.testing.assert_array_equal(loaded["a"], matrix[2:5])
+    assert loaded["b"].reshape(-1)[0] == 2.5
