@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from dcnn.batch import TaskSplit, parse_capacities, parse_throttle
+from dcnn.batch import TaskSplit, decode_skips, encode_skips, parse_capacities, parse_throttle
 from dcnn.errors import InputError
+from dcnn.scan import Skip
 
 
 def test_task_split_covers_every_image_once():
@@ -39,3 +40,10 @@ def test_throttle_errors(spec):
 def test_capacity_errors(text):
     with pytest.raises(InputError, match="--capacity"):
         parse_capacities(text, 3)
+
+
+def test_skip_records_survive_a_result_message():
+    skipped = [Skip(3, "/d/café.png", "cannot read image (truncated)"), Skip(12, "/d/\udcff.jpg", ""),
+               Skip(0, "", "6x8 images are too small")]
+    assert decode_skips(encode_skips(skipped)) == skipped
+    assert decode_skips(encode_skips([])) == []

@@ -144,3 +144,12 @@ def test_detections_equal_live_dlib_on_fresh_crops(runner):
         expected = [[d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom(), d.confidence]
                     for d in oracle(crop, 0)]
         assert_same_detections(runner(crop[None], 0)[0], expected)
+
+
+@pytest.mark.parametrize("upsample", [0, 1])
+def test_the_input_shape_is_geometry_and_equals_the_pyramid(detector_file, upsample):
+    """The header scan maps every image size to the network input without building a pyramid."""
+    detector = FaceDetector.load(detector_file, upsample)
+    for height, width in [(10, 10), (37, 91), (128, 128), (300, 17)]:
+        tensor, _ = detector.prepare(np.zeros((1, height, width, 3), np.uint8))
+        assert detector.input_shape(height, width) == tensor.shape[1:]
