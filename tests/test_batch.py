@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dcnn.batch import TaskSplit, parse_capacities, parse_throttle
+from dcnn.parallel.batch import TaskSplit, parse_capacities, parse_throttle
 from dcnn.errors import InputError
 
 

@@ -3,7 +3,7 @@
 import pytest
 from mpi4py import MPI
 
-from dcnn.comm import AgreedError, agree_on_error, collective, hostnames, ranks_per_node
+from dcnn.parallel.comm import AgreedError, agree_on_error, collective, hostnames, ranks_per_node
 from dcnn.errors import InputError
 
 pytestmark = pytest.mark.mpi

@@ -7,7 +7,7 @@ import pytest
 import reference
 from conftest import random_array
 
-from dcnn import threads
+from dcnn.kernels import threads
 from dcnn.errors import ShapeError
 from dcnn.kernels import conv
 from dcnn.kernels.conv import Conv2dKernel, Workspace, conv2d, normalize_padding

@@ -3,7 +3,7 @@
 import pytest
 
 from dcnn.errors import ShapeError
-from dcnn.layers import AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Window
+from dcnn.network.layers import AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Window
 
 
 @pytest.mark.parametrize("size,kernel,stride,padding,ceil,expected", [

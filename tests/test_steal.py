@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from dcnn.steal import StealQueue, initial_intervals, pack, unpack
+from dcnn.parallel.steal import StealQueue, initial_intervals, pack, unpack
 
 COMM = MPI.COMM_WORLD
 

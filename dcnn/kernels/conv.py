@@ -20,9 +20,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..blas import gemm_accumulate
-from ..errors import ShapeError
-from ..threads import get_num_threads, parallel_for
+from dcnn.kernels.blas import gemm_accumulate
+from dcnn.errors import ShapeError
+from dcnn.kernels.threads import get_num_threads, parallel_for
 
 __all__ = ["Conv2dKernel", "Padding", "Workspace", "conv2d", "conv_output_size", "normalize_padding"]
 

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import ShapeError
-from .conv import Padding, conv_output_size, normalize_padding
+from dcnn.errors import ShapeError
+from dcnn.kernels.conv import Padding, conv_output_size, normalize_padding
 
 __all__ = ["adaptive_avg_pool2d", "adaptive_bins", "avg_pool2d", "max_pool2d"]
 
