@@ -54,9 +54,9 @@ def workload(name: str, size: int):
 def worker(folder: str, name: str, size: int, repeats: int) -> None:
     from mpi4py import MPI
 
+    from dcnn.kernels.threads import set_num_threads
     from dcnn.parallel.fused import FusedEngine
     from dcnn.parallel.spatial import SpatialEngine
-    from dcnn.kernels.threads import set_num_threads
 
     comm = MPI.COMM_WORLD
     set_num_threads(1)

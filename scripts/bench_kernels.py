@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dcnn.kernels import threads
 from dcnn.exec.forward import Forward
+from dcnn.kernels import threads
 from dcnn.kernels.conv import Conv2dKernel, Workspace
 from dcnn.network.layers import Conv2d
 from dcnn.network.weights import init_weights

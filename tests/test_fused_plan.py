@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from dcnn.errors import PlanError
-from dcnn.parallel.fused import plan_fused, spatial_depth
+from dcnn.decomposition.fused import plan_fused, spatial_depth
 from dcnn.decomposition.geometry import trace_region
-from dcnn.network.layers import Window
+from dcnn.errors import PlanError
+from dcnn.network.window import Window
 from dcnn.network.zoo import get_model
 
 

@@ -9,7 +9,7 @@ from conftest import random_array
 from dcnn.decomposition.geometry import Box, block_boxes, exchange_transfers, input_box, interior_box, split_extent
 from dcnn.kernels.conv import conv2d
 from dcnn.kernels.pool import max_pool2d
-from dcnn.network.layers import Window
+from dcnn.network.window import Window
 
 WINDOWS = [
     Window((3, 3), (1, 1), (1, 1)), Window((11, 11), (4, 4), (2, 2)), Window((3, 3), (2, 2), (0, 0)),

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from dcnn.errors import InputError, ShapeError
-from dcnn.network.graph import IMAGENET
 from dcnn.io.images import open_image_set, preprocess
+from dcnn.network.graph import IMAGENET
 from dcnn.network.zoo import MNIST
 
 

@@ -7,10 +7,10 @@ import pytest
 import reference
 from conftest import random_array
 
-from dcnn.kernels import threads
 from dcnn.errors import ShapeError
-from dcnn.kernels import conv
-from dcnn.kernels.conv import Conv2dKernel, Workspace, conv2d, normalize_padding
+from dcnn.kernels import conv, threads
+from dcnn.kernels.conv import Conv2dKernel, Workspace, conv2d
+from dcnn.network.window import normalize_padding
 
 # (in channels, out channels, groups): thin RGB-like inputs take im2col, wider ones the shifted GEMMs.
 CHANNELS = [(3, 5, 1), (16, 7, 1), (32, 8, 2), (18, 6, 3), (16, 16, 16)]

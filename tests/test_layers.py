@@ -3,7 +3,8 @@
 import pytest
 
 from dcnn.errors import ShapeError
-from dcnn.network.layers import AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Window
+from dcnn.network.layers import AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d
+from dcnn.network.window import Window
 
 
 @pytest.mark.parametrize("size,kernel,stride,padding,ceil,expected", [

@@ -6,6 +6,7 @@ import pytest
 
 from dcnn.errors import InputError, PlanError
 from dcnn.network.layers import Linear
+from dcnn.network.zoo import get_model
 from dcnn.planner.plan import (
     MIB,
     MODEL_MARGIN,
@@ -19,7 +20,6 @@ from dcnn.planner.plan import (
     plan_for,
     plans,
 )
-from dcnn.network.zoo import get_model
 
 VGG16 = get_model("vgg16")
 SHAPE = (3, 224, 224)

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from dcnn.parallel.fused import plan_fused
+from dcnn.decomposition.fused import plan_fused
 from dcnn.decomposition.geometry import Box
 from dcnn.decomposition.reuse import plan_reuse, tile_class
 from dcnn.network.zoo import get_model

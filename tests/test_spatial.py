@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from dcnn.parallel.comm import idle_barrier
+from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.exec.forward import Forward
-from dcnn.parallel.spatial import SpatialEngine, fc_shard_rows
 from dcnn.network.weights import init_weights
 from dcnn.network.zoo import get_model
+from dcnn.parallel.comm import idle_barrier
+from dcnn.parallel.spatial import SpatialEngine
 
 pytestmark = pytest.mark.mpi
 COMM = MPI.COMM_WORLD

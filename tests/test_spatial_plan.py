@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dcnn.decomposition.geometry import split_extent
-from dcnn.parallel.spatial import fc_shard_rows, plan_spatial
+from dcnn.decomposition.spatial import fc_shard_rows, plan_spatial
 from dcnn.network.zoo import get_model
 
 

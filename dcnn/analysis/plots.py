@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dcnn.decomposition.intervals import initial_intervals
 from dcnn.errors import InputError
 from dcnn.io.results import open_result
-from dcnn.parallel.steal import initial_intervals
 
 __all__ = ["draw_memory", "draw_single_vs_cluster", "draw_timeline", "stolen_tasks"]
 

@@ -20,23 +20,26 @@ from pathlib import Path
 import numpy as np
 
 from dcnn import __version__
-from dcnn.parallel.batch import Classification, Detection, TaskSplit, parse_capacities, parse_throttle, run_tasks
 from dcnn.cli.common import add_common_arguments, run_main
-from dcnn.parallel.comm import collective, hostnames, mpi_library_version, ranks_per_node, self_comm, world
-from dcnn.faces.detect import FaceDetector
+from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused
+from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.errors import InputError, PlanError, ShapeError
-from dcnn.parallel.fused import COUNTER_FIELDS, OVERLAP_POLICIES, FusedEngine, plan_fused
-from dcnn.network.graph import Network, format_shape, parse_shape
+from dcnn.exec.workloads import Classification, Detection
+from dcnn.faces.detect import FaceDetector
 from dcnn.io.images import Hdf5ImageSet, ImageSet, open_image_set
-from dcnn.kernels.elementwise import softmax
-from dcnn.planner.plan import Cluster, Plan, choose_plan, format_bytes, parse_bytes, plan_for
 from dcnn.io.progress import Progress
 from dcnn.io.results import ResultWriter, peak_rss_bytes, provenance, utc_now
-from dcnn.parallel.spatial import SpatialEngine, fc_shard_rows
-from dcnn.parallel.steal import FIELDS as STEAL_FIELDS
+from dcnn.kernels.elementwise import softmax
 from dcnn.kernels.threads import default_num_threads, set_num_threads
+from dcnn.network.graph import Network, format_shape, parse_shape
 from dcnn.network.weights import init_weights, load_weights
 from dcnn.network.zoo import get_model, model_names
+from dcnn.parallel.batch import TaskSplit, parse_capacities, parse_throttle, run_tasks
+from dcnn.parallel.comm import collective, hostnames, mpi_library_version, ranks_per_node, self_comm, world
+from dcnn.parallel.fused import COUNTER_FIELDS, FusedEngine
+from dcnn.parallel.spatial import SpatialEngine
+from dcnn.parallel.steal import FIELDS as STEAL_FIELDS
+from dcnn.planner.plan import Cluster, Plan, choose_plan, format_bytes, parse_bytes, plan_for
 
 __all__ = ["DEFAULT_INPUT", "build_parser", "main"]
 
@@ -447,7 +450,7 @@ def _layer_stats(network: Network, engines) -> dict[str, np.ndarray]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m dcnn.infer``."""
-    return run_main(run, build_parser(), argv)
+    return run_main(run, build_parser(), argv, comm=world())
 
 
 if __name__ == "__main__":

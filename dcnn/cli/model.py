@@ -9,8 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dcnn.cli.common import add_common_arguments, run_main
-from dcnn.parallel.comm import collective, world
+from dcnn.cli.common import add_common_arguments, launcher_rank, run_main
 from dcnn.network.graph import format_cost_table, parse_shape
 from dcnn.network.zoo import get_model, model_names
 
@@ -31,13 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Print the table."""
-    with collective(world()):
-        network = get_model(args.model)
-        shape = parse_shape(args.input) if args.input else None
-        if shape is not None and len(shape) == 2:
-            shape = (network.in_channels, *shape)
-        table = format_cost_table(network, shape)
-    if world().rank == 0:
+    network = get_model(args.model)
+    shape = parse_shape(args.input) if args.input else None
+    if shape is not None and len(shape) == 2:
+        shape = (network.in_channels, *shape)
+    table = format_cost_table(network, shape)
+    if launcher_rank() == 0:
         print(table)
     return 0
 

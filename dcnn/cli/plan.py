@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from dcnn.cli.common import add_common_arguments, run_main
-from dcnn.parallel.comm import collective, world
+from dcnn.cli.common import add_common_arguments, launcher_rank, run_main
 from dcnn.errors import InputError
 from dcnn.network.graph import Network, format_shape, parse_shape
-from dcnn.planner.plan import MODES, Cluster, Plan, choose_plan, format_bytes, parse_bytes, plans
 from dcnn.network.zoo import get_model, model_names
+from dcnn.planner.plan import MODES, Cluster, Plan, choose_plan, format_bytes, parse_bytes, plans
 
 __all__ = ["build_parser", "main"]
 
@@ -82,16 +81,14 @@ def _row(plan: Plan, cluster: Cluster) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print the candidates and the choice."""
-    comm = world()
-    with collective(comm):
-        if args.batch_size < 1 or args.images < 1:
-            raise InputError("--batch-size and --images must be at least 1")
-        network, shape = _model(args)
-        cluster = _cluster(args)
-        modes = tuple(args.mode or MODES)
-        candidates = plans(network, shape, cluster, args.batch_size, args.images, modes)
-        chosen = choose_plan(network, shape, cluster, args.batch_size, args.images, modes)
-    if comm.rank != 0 or args.quiet:
+    if args.batch_size < 1 or args.images < 1:
+        raise InputError("--batch-size and --images must be at least 1")
+    network, shape = _model(args)
+    cluster = _cluster(args)
+    modes = tuple(args.mode or MODES)
+    candidates = plans(network, shape, cluster, args.batch_size, args.images, modes)
+    chosen = choose_plan(network, shape, cluster, args.batch_size, args.images, modes)
+    if launcher_rank() != 0 or args.quiet:
         return 0
     budget = min(cluster.budget(rank) for rank in range(cluster.size))
     print(f"{network.name} on {format_shape(shape)}, {args.images} images, {cluster.size} nodes, "

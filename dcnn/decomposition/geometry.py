@@ -17,7 +17,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from dcnn.kernels.conv import Padding
+from dcnn.network.window import Padding
 
 __all__ = [
     "EMPTY", "Box", "Transfer", "assemble_boxes", "block_boxes", "bounding_box", "bounding_box_of_difference",
@@ -237,7 +237,7 @@ def assemble_boxes(flat: np.ndarray, boxes: list[Box], leading: tuple[int, int],
 
 def layer_input(window, in_shape: tuple[int, ...], output: Box) -> tuple[Box, Padding]:
     """The input box and map-border padding one layer needs for ``output``: :func:`input_box` for a windowed
-    layer (its :class:`~dcnn.network.layers.Window`), the same box for a pointwise one (``window`` is ``None``)."""
+    layer (its :class:`~dcnn.network.window.Window`), the same box for a pointwise one (``window`` is ``None``)."""
     if window is None:
         return output, (0, 0, 0, 0)
     height, width = in_shape[1:]
@@ -251,7 +251,7 @@ def trace_region(windows: list, shapes: list[tuple[int, ...]], box: Box) -> list
     Parameters
     ----------
     windows : list
-        Per layer, its :class:`~dcnn.network.layers.Window` (convolution, pooling) or ``None`` (pointwise).
+        Per layer, its :class:`~dcnn.network.window.Window` (convolution, pooling) or ``None`` (pointwise).
     shapes : list of tuple
         ``len(windows) + 1`` map shapes ``(C, H, W)``: the chain's input, then each layer's output.
     box : Box

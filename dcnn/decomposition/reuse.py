@@ -22,7 +22,7 @@ from functools import cached_property
 import numpy as np
 
 from dcnn.decomposition.geometry import Box, bounding_box, bounding_box_of_difference, layer_input
-from dcnn.kernels.conv import Padding
+from dcnn.network.window import Padding
 
 __all__ = ["NUM_CLASSES", "ReusePlan", "Strip", "plan_reuse", "tile_class"]
 
@@ -129,7 +129,7 @@ class ReusePlan:
 
 
 def plan_reuse(fused, ranks: int) -> ReusePlan:
-    """The reuse policy for ``fused`` (a :class:`~dcnn.parallel.fused.FusedPlan`) with the overlap pool over ``ranks``."""
+    """The reuse policy for ``fused`` (a :class:`~dcnn.decomposition.fused.FusedPlan`), pool over ``ranks``."""
     depth, tiles = fused.depth, fused.tiles
     windows = [layer.window for _, layer in fused.network.layers[:depth]]
     classes = [tile_class(tile.index, fused.grid) for tile in tiles]

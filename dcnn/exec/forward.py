@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dcnn.network.graph import Network
-from dcnn.kernels.conv import Conv2dKernel, Padding, Workspace
+from dcnn.kernels.conv import Conv2dKernel, Workspace
 from dcnn.kernels.elementwise import (
     affine_channels,
     batch_norm_scale_shift,
@@ -27,6 +26,7 @@ from dcnn.kernels.elementwise import (
     tanh,
 )
 from dcnn.kernels.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
+from dcnn.network.graph import Network
 from dcnn.network.layers import (
     ELU,
     AdaptiveAvgPool2d,
@@ -45,6 +45,7 @@ from dcnn.network.layers import (
     Softmax,
     Tanh,
 )
+from dcnn.network.window import Padding
 
 __all__ = ["Forward", "LayerOp", "compile_layer"]
 

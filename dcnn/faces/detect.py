@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dcnn.faces.dlib_format import MmodModel, read_mmod
 from dcnn.errors import InputError, ShapeError, WeightsError
+from dcnn.faces.dlib_format import MmodModel, read_mmod
+from dcnn.faces.pyramid import decode_boxes, nms, pyramid_tensor, round_half_away, upsample_image
 from dcnn.network.graph import Network, Preprocessing
 from dcnn.network.layers import Affine, Conv2d, Layer, ReLU, Shape
-from dcnn.faces.pyramid import decode_boxes, nms, pyramid_tensor, round_half_away, upsample_image
 from dcnn.network.weights import require_finite
 
 __all__ = [

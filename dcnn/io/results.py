@@ -32,8 +32,8 @@ import h5py
 import numpy as np
 
 from dcnn import __version__
-from dcnn.faces.detect import DETECTION_DTYPE
 from dcnn.errors import InputError
+from dcnn.faces.detect import DETECTION_DTYPE
 
 __all__ = ["ResultWriter", "encode_outputs", "open_result", "peak_rss_bytes", "provenance", "utc_now"]
 

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dcnn.io.config import read_toml
 from dcnn.errors import InputError
+from dcnn.io.config import read_toml
 
 __all__ = ["Sweep", "load_sweep"]
 

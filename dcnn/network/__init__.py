@@ -1,1 +1,1 @@
-"""The network as data: layer specifications, the layer chain/graph with shape inference and costs, the model zoo and weight files."""
+"""The network as data: layer specs, window arithmetic, the layer chain with shapes and costs, zoo, weights."""

@@ -18,23 +18,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from dcnn.errors import ShapeError
-from dcnn.kernels.conv import Padding
+from dcnn.network.window import Window, pair
 
 __all__ = [
     "ELU", "AdaptiveAvgPool2d", "Affine", "AvgPool2d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten", "Layer",
     "LeakyReLU", "Linear", "LocalResponseNorm", "MaxPool2d", "ReLU", "Shape", "Softmax", "Tanh", "TensorSpec",
-    "Window", "pair",
 ]
 
 Shape = tuple[int, ...]
-
-
-def pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    """``(v, v)`` for an int, the tuple itself for a pair."""
-    if isinstance(value, int):
-        return (value, value)
-    first, second = value
-    return (int(first), int(second))
 
 
 @dataclass(frozen=True)
@@ -62,52 +53,6 @@ class TensorSpec:
     def size(self) -> int:
         """Number of elements."""
         return math.prod(self.shape)
-
-
-@dataclass(frozen=True)
-class Window:
-    """A sliding window along both axes: what the spatial geometry needs to know of a conv or pool.
-
-    Attributes
-    ----------
-    kernel, stride, dilation : tuple of int
-        ``(vertical, horizontal)``.
-    padding : tuple of int
-        Symmetric padding ``(vertical, horizontal)`` as the layer declares it.
-    ceil_mode : bool
-        PyTorch's ``ceil_mode``: a last, partial window is kept if it starts inside the input or its
-        left padding.
-    """
-
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int] = (1, 1)
-    ceil_mode: bool = False
-
-    def output_length(self, size: int, axis: int) -> int:
-        """Number of window positions along ``axis`` (0 vertical, 1 horizontal) for an input of ``size``."""
-        k, s, p, d = self.kernel[axis], self.stride[axis], self.padding[axis], self.dilation[axis]
-        span = d * (k - 1) + 1
-        if not self.ceil_mode:
-            return (size + 2 * p - span) // s + 1
-        length = -(-(size + 2 * p - span) // s) + 1
-        if (length - 1) * s >= size + p:
-            length -= 1
-        return length
-
-    def explicit_padding(self, height: int, width: int) -> Padding:
-        """``(top, bottom, left, right)`` padding that yields :meth:`output_length` positions in floor mode.
-
-        With ``ceil_mode`` the bottom and right padding grow by the overhang of the last window.
-        """
-        sides = []
-        for axis, size in enumerate((height, width)):
-            p = self.padding[axis]
-            length = self.output_length(size, axis)
-            needed = (length - 1) * self.stride[axis] + self.dilation[axis] * (self.kernel[axis] - 1) + 1
-            sides.append((p, max(p, needed - size - p)))
-        return (sides[0][0], sides[0][1], sides[1][0], sides[1][1])
 
 
 class Layer:

@@ -21,17 +21,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dcnn.parallel.comm import MPI
-from dcnn.faces.detect import FaceDetector, to_records
 from dcnn.errors import InputError
-from dcnn.network.graph import Preprocessing
 from dcnn.io.images import ImageSet
 from dcnn.io.progress import Progress
 from dcnn.io.results import ResultWriter, encode_outputs
+from dcnn.parallel.comm import MPI
 from dcnn.parallel.steal import FIELDS, StealQueue
 
 __all__ = [
-    "Classification", "Detection", "InOrderTasks", "ResultChannel", "TaskSplit", "parse_capacities", "parse_throttle",
+    "InOrderTasks", "ResultChannel", "TaskSplit", "parse_capacities", "parse_throttle",
     "run_tasks",
 ]
 
@@ -164,49 +162,6 @@ class InOrderTasks:
         return self.items_done
 
 
-def _same_size_runs(images: ImageSet, start: int, stop: int) -> list[tuple[int, int]]:
-    """``[first, last)`` runs of equally sized consecutive images in ``start .. stop - 1``."""
-    runs, first = [], start
-    while first < stop:
-        last = first + 1
-        while last < stop and images.image_shape(last) == images.image_shape(first):
-            last += 1
-        runs.append((first, last))
-        first = last
-    return runs
-
-
-@dataclass
-class Classification:
-    """Classifier outputs: the network's logits per image."""
-
-    preprocessing: Preprocessing
-
-    def run(self, images: ImageSet, start: int, stop: int, network_for) -> np.ndarray:
-        """Logits of images ``start .. stop - 1``, one forward pass per run of equally sized images."""
-        outputs = []
-        for first, last in _same_size_runs(images, start, stop):
-            batch = images.read(first, last, self.preprocessing)
-            outputs.append(network_for(batch.shape[1:])(batch))
-        return np.concatenate(outputs)
-
-
-@dataclass
-class Detection:
-    """Detector outputs: :data:`~dcnn.faces.detect.DETECTION_DTYPE` records, per image by descending confidence."""
-
-    detector: FaceDetector
-
-    def run(self, images: ImageSet, start: int, stop: int, network_for) -> np.ndarray:
-        """Detections in images ``start .. stop - 1``; equally sized images share one pyramid batch."""
-        records = []
-        for first, last in _same_size_runs(images, start, stop):
-            tensor, rects = self.detector.prepare(images.read_pixels(first, last))
-            scores = network_for(tensor.shape[1:])(tensor)
-            records.append(to_records([self.detector.decode(s, rects) for s in scores], first))
-        return np.concatenate(records)
-
-
 #: Environment variable that makes one rank fail on purpose: ``RANK:TASK`` raises ``RuntimeError`` on rank RANK
 #: when it starts task TASK (for testing that a failure mid-run ends the whole job; see docs/reliability.md).
 FAULT_VARIABLE = "DCNN_INJECT_FAULT"
@@ -234,7 +189,7 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
     ----------
     mode : str
         ``"batch"`` takes tasks from the work-stealing queue; other modes go in order on every rank.
-    workload : Classification or Detection
+    workload : dcnn.exec.workloads.Classification or dcnn.exec.workloads.Detection
         What a task computes from its images.
     network_for : callable
         ``network_for(shape)`` gives the runnable network for a per-image input shape.

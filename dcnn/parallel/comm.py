@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import numpy as np
 from mpi4py import MPI
 
-from dcnn.errors import DcnnError, PlanError
+from dcnn.errors import AgreedError, DcnnError, PlanError
 
 __all__ = [
     "MPI", "AgreedError", "HaloExchange", "agree_on_error", "allgather_blocks", "cartesian", "collective",
@@ -66,10 +66,6 @@ def hostnames(comm: MPI.Comm) -> list[str]:
 def mpi_library_version() -> str:
     """The first line of the MPI library's version string."""
     return MPI.Get_library_version().strip().splitlines()[0].strip()
-
-
-class AgreedError(DcnnError):
-    """An error every rank has agreed on; rank 0 reports it, every rank exits with the same code."""
 
 
 @contextmanager

@@ -1,11 +1,11 @@
 """The overlap pool of the reuse policy: strips of intermediate maps in one-sided MPI windows.
 
 Each rank exposes two windows: the float32 strips it is *home* to (fixed slots from the
-:class:`~dcnn.decomposition.reuse.ReusePlan`, ``B`` images per slot) and one ready flag per tile. A producer tile ``Put`` s each
-strip into its home as soon as the layer is computed, completes the puts with ``Flush`` and then raises its flag
-with an atomic ``REPLACE`` of the image batch's sequence number (so flags never need resetting between batches). A
-consumer reads the flags of its producers atomically and, if all hold the current sequence number, ``Get`` s its
-strips. Like :mod:`dcnn.parallel.steal` this module is part of the communication layer: one passive-target epoch
+:class:`~dcnn.decomposition.reuse.ReusePlan`, ``B`` images per slot) and one ready flag per tile. A producer tile
+``Put`` s each strip into its home as soon as the layer is computed, completes the puts with ``Flush`` and then raises
+its flag with an atomic ``REPLACE`` of the image batch's sequence number (so flags never need resetting between
+batches). A consumer reads the flags of its producers atomically and, if all hold the current sequence number, ``Get``
+s its strips. Like :mod:`dcnn.parallel.steal` this module is part of the communication layer: one passive-target epoch
 (``Lock_all``) per window for the pool's lifetime.
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from dcnn.parallel.comm import MPI
 from dcnn.decomposition.reuse import ReusePlan, Strip
+from dcnn.parallel.comm import MPI
 
 __all__ = ["OverlapPool"]
 

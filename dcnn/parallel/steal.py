@@ -13,8 +13,8 @@ derive the task list from the plan, so a queue is an interval ``[head, tail)`` o
 - **Termination.** Rank 0's window also holds counters of finished tasks and items, advanced with
   ``Fetch_and_op(SUM)``. A rank with no work and no successful steal stops when the task counter reaches ``N``,
   which is exact: a task counts only after it is finished.
-- **Heterogeneous ranks.** Initial intervals are proportional to per-rank capacities; stealing corrects
-  whatever the weights get wrong.
+- **Heterogeneous ranks.** Initial intervals are proportional to per-rank capacities
+  (:func:`dcnn.decomposition.intervals.initial_intervals`); stealing corrects whatever the weights get wrong.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-__all__ = ["StealQueue", "StealStats", "initial_intervals", "pack", "unpack"]
+from dcnn.decomposition.intervals import initial_intervals
+
+__all__ = ["FIELDS", "StealQueue", "StealStats", "pack", "unpack"]
 
 _WORDS = 3          # queue word; on rank 0 also: tasks finished, items finished
 _QUEUE, _TASKS_DONE, _ITEMS_DONE = 0, 1, 2
@@ -43,22 +45,6 @@ def pack(head: int, tail: int) -> int:
 def unpack(word: int) -> tuple[int, int]:
     """``(head, tail)`` of a queue word."""
     return (int(word) >> 32) & _LOW, int(word) & _LOW
-
-
-def initial_intervals(num_tasks: int, capacities: Sequence[float]) -> list[tuple[int, int]]:
-    """Contiguous intervals covering ``range(num_tasks)``, sized in proportion to ``capacities``.
-
-    Raises
-    ------
-    ValueError
-        If a capacity is negative or they are all zero.
-    """
-    weights = np.asarray(capacities, dtype=float)
-    if (weights < 0).any() or weights.sum() <= 0:
-        raise ValueError(f"capacities must be non-negative and not all zero, got {list(capacities)}")
-    bounds = np.rint(np.concatenate([[0], np.cumsum(weights)]) / weights.sum() * num_tasks).astype(int)
-    bounds[-1] = num_tasks
-    return [(int(bounds[i]), int(bounds[i + 1])) for i in range(len(weights))]
 
 
 @dataclass

@@ -28,14 +28,14 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
-from dcnn.io.config import read_toml
-from dcnn.errors import InputError, PlanError
-from dcnn.parallel.fused import plan_fused, spatial_depth
+from dcnn.decomposition.fused import plan_fused, spatial_depth
 from dcnn.decomposition.geometry import split_extent
+from dcnn.decomposition.reuse import plan_reuse
+from dcnn.decomposition.spatial import plan_spatial
+from dcnn.errors import InputError, PlanError
+from dcnn.io.config import read_toml
 from dcnn.network.graph import Network, format_shape
 from dcnn.network.layers import Conv2d, Linear, Shape
-from dcnn.decomposition.reuse import plan_reuse
-from dcnn.parallel.spatial import plan_spatial
 
 __all__ = [
     "MODES", "RUNTIME_BYTES", "Cluster", "Node", "Plan", "choose_plan", "format_bytes", "parse_bytes", "plan_for",
@@ -95,7 +95,7 @@ class Cluster:
     macs_per_second : float
         Multiply-accumulates per second of a node of speed 1. The default, 0.25 G, is a RockPro64 as the paper
         measured it: 0.975 s per 128x128 image of dlib's detector (0.245 GMAC), fitted by ``python -m
-        dcnn.analysis.simulate``. dcnn itself reached 16 G per core of this machine (15.1 ms per image); set ``gmacs`` in
+        dcnn.simulate``. dcnn itself reached 16 G per core of this machine (15.1 ms per image); set ``gmacs`` in
         a cluster file for your nodes.
     bandwidth : float
         Network bytes per second (1 Gbit/s Ethernet by default).
@@ -540,10 +540,3 @@ def _lean_configurations(network: Network, input_shape: Shape, size: int, modes:
         configurations.append(("batch", None, None))
     return configurations
 
-
-if __name__ == "__main__":
-    import sys
-
-    from dcnn.cli.plan import main
-
-    sys.exit(main())

@@ -95,8 +95,8 @@ def _write_image_set(folder: Path) -> Path:
 
 
 def _read_image_set(path: Path) -> object:
-    from dcnn.network.graph import IMAGENET
     from dcnn.io.images import open_image_set
+    from dcnn.network.graph import IMAGENET
 
     with open_image_set(path) as images:
         return images.read(0, len(images), IMAGENET).sum()
@@ -111,8 +111,8 @@ def _write_png(folder: Path) -> Path:
 
 
 def _read_folder(path: Path) -> object:
-    from dcnn.network.graph import IMAGENET
     from dcnn.io.images import open_image_set
+    from dcnn.network.graph import IMAGENET
 
     with open_image_set(path.parent) as images:
         return images.read(0, len(images), IMAGENET).sum()
