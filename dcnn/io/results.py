@@ -52,9 +52,15 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def provenance() -> dict[str, str]:
-    """Versions and the command line of this process."""
-    import mpi4py
+def provenance(mpi4py_version: str) -> dict[str, str]:
+    """Versions and the command line of this process.
+
+    Parameters
+    ----------
+    mpi4py_version : str
+        The version of mpi4py the run used, from :func:`dcnn.parallel.comm.mpi4py_version` (this module stays
+        free of MPI).
+    """
     import scipy
 
     return {
@@ -64,7 +70,7 @@ def provenance() -> dict[str, str]:
         "scipy_version": scipy.__version__,
         "h5py_version": h5py.__version__,
         "hdf5_version": h5py.version.hdf5_version,
-        "mpi4py_version": mpi4py.__version__,
+        "mpi4py_version": mpi4py_version,
         "command": " ".join([_program(), *sys.argv[1:]]),
     }
 

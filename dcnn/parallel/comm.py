@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import mpi4py
 import numpy as np
 from mpi4py import MPI
 
@@ -19,7 +20,7 @@ from dcnn.errors import AgreedError, DcnnError, PlanError
 
 __all__ = [
     "MPI", "AgreedError", "HaloExchange", "agree_on_error", "allgather_blocks", "cartesian", "collective",
-    "hostnames", "idle_barrier", "mpi_library_version", "ranks_per_node", "self_comm", "world",
+    "hostnames", "idle_barrier", "mpi4py_version", "mpi_library_version", "ranks_per_node", "self_comm", "world",
 ]
 
 
@@ -61,6 +62,11 @@ def ranks_per_node(comm: MPI.Comm) -> int:
 def hostnames(comm: MPI.Comm) -> list[str]:
     """Every rank's hostname, in rank order (collective)."""
     return comm.allgather(socket.gethostname())
+
+
+def mpi4py_version() -> str:
+    """The version of mpi4py."""
+    return mpi4py.__version__
 
 
 def mpi_library_version() -> str:
