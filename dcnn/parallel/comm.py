@@ -1,4 +1,4 @@
-"""The MPI layer: with :mod:`dcnn.parallel.steal` (the one-sided queues), the only library module that imports mpi4py.
+"""Communicator helpers of the MPI layer (:mod:`dcnn.parallel`, the only subpackage that imports mpi4py).
 
 It holds collective verdicts on errors (never let one rank fail alone), the node topology for the thread
 policy, provenance about the MPI library, the Cartesian grid, the per-layer halo exchange and the gathers of
