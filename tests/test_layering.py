@@ -1,5 +1,6 @@
 """The package's layering: only dcnn/parallel imports mpi4py, and the serial commands never load it."""
 
+import os
 import re
 import subprocess
 import sys
@@ -46,3 +47,28 @@ def test_serial_commands_run_without_mpi4py(module, args):
 
 def test_the_parallel_command_loads_mpi4py():
     assert _mpi4py_loaded("import dcnn.infer")
+
+
+@pytest.mark.parametrize("variable", ["PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"])
+def test_launcher_rank_reads_the_launchers_variables(monkeypatch, variable):
+    from dcnn.cli.common import RANK_VARIABLES, launcher_rank
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert launcher_rank() == 0
+    monkeypatch.setenv(variable, "3")
+    assert launcher_rank() == 3
+
+
+def test_a_serial_tool_under_a_launcher_prints_on_rank_0_only():
+    def model(rank, *args):
+        env = {**os.environ, "PMI_RANK": str(rank)}
+        return subprocess.run([sys.executable, "-m", "dcnn.model", *args], capture_output=True, text=True, env=env,
+                              timeout=120)
+
+    first, other = model(0, "lenet5"), model(1, "lenet5")
+    assert first.returncode == other.returncode == 0
+    assert "params" in first.stdout and other.stdout == ""
+    first, other = model(0, "nosuchmodel"), model(1, "nosuchmodel")
+    assert first.returncode == other.returncode == 2
+    assert first.stderr.startswith("dcnn: error: unknown model") and other.stderr == ""
