@@ -72,3 +72,11 @@ def test_a_serial_tool_under_a_launcher_prints_on_rank_0_only():
     first, other = model(0, "nosuchmodel"), model(1, "nosuchmodel")
     assert first.returncode == other.returncode == 2
     assert first.stderr.startswith("dcnn: error: unknown model") and other.stderr == ""
+
+
+def test_the_planner_model_does_not_import_its_command():
+    """``python -m dcnn.plan`` once ran its module twice (plan.py and planner_cli.py imported each other)."""
+    done = subprocess.run([sys.executable, "-c", "import sys, dcnn.planner.plan\n"
+                           "print(sorted(name for name in sys.modules if name.startswith('dcnn.cli')))"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[]"
