@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from dcnn.batch import TaskSplit, decode_skips, encode_skips, parse_capacities, parse_throttle
 from dcnn.errors import InputError
-from dcnn.scan import Skip
+from dcnn.io.scan import Skip
+from dcnn.parallel.batch import TaskSplit, decode_skips, encode_skips, parse_capacities, parse_throttle
 
 
 def test_task_split_covers_every_image_once():

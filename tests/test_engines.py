@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from dcnn.engines import EngineCache
-from dcnn.forward import Forward
-from dcnn.fused import FusedEngine
-from dcnn.graph import Network
-from dcnn.layers import AdaptiveAvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
-from dcnn.spatial import SpatialEngine, fc_shard_rows
-from dcnn.weights import init_weights
+from dcnn.decomposition.spatial import fc_shard_rows
+from dcnn.exec.forward import Forward
+from dcnn.network.graph import Network
+from dcnn.network.layers import AdaptiveAvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
+from dcnn.network.weights import init_weights
+from dcnn.parallel.engines import EngineCache
+from dcnn.parallel.fused import FusedEngine
+from dcnn.parallel.spatial import SpatialEngine
 
 pytestmark = pytest.mark.mpi
 COMM = MPI.COMM_WORLD

