@@ -16,7 +16,9 @@ from dcnn.parallel.spatial import SpatialEngine
 pytestmark = pytest.mark.mpi
 COMM = MPI.COMM_WORLD
 #: More sizes than MPICH has communicator context ids (2,048): one engine per size for the whole run failed here.
-SIZES = [(height, width) for height in range(8, 54) for width in range(8, 54)][:2116]
+#: The full count runs at np=2 (seconds); at other rank counts, oversubscribed in the suite, a sample of them.
+ALL_SIZES = [(height, width) for height in range(8, 54) for width in range(8, 54)]
+SIZES = ALL_SIZES if COMM.size == 2 else ALL_SIZES[::45]
 
 
 def tiny_network() -> Network:
@@ -60,7 +62,8 @@ def test_batch_engines_for_thousands_of_sizes():
 
 
 # The reuse policy allocates two RMA windows (each a communicator) per engine: 1,100 sizes exhaust MPICH too.
-@pytest.mark.parametrize("overlap,sizes", [("recompute", SIZES), ("reuse", SIZES[::2][:1100])])
+@pytest.mark.parametrize("overlap,sizes", [("recompute", SIZES), ("reuse", SIZES[::2][:1100] if COMM.size == 2
+                                                                  else SIZES)])
 def test_fused_engines_for_thousands_of_sizes(overlap, sizes):
     network = tiny_network()
     weights = init_weights(network, 2, rows=fc_shard_rows(network, COMM.size, COMM.rank))
