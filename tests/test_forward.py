@@ -146,3 +146,19 @@ def test_ceil_mode_average_pool_with_explicit_border_padding(rng):
     expected = reference.pool2d(x, (3, 3), (2, 2), (1, 1), True, "avg", True)
     np.testing.assert_allclose(op(x), expected, rtol=1e-5)
     np.testing.assert_allclose(op(x, layer.window.explicit_padding(8, 8)), expected, rtol=1e-5)
+
+
+def test_a_partial_run_never_ends_inside_a_folded_group(rng):
+    """A batch norm folded into its convolution cannot be the first layer of a partial run; an executor
+    compiled to stop after the convolution leaves it unfolded, so the two parts compose exactly."""
+    network = get_model("vgg11_bn")
+    weights = init_weights(network, 3)
+    forward = Forward(network, weights)
+    x = random_array(rng, 1, 3, 33, 35)
+    with pytest.raises(ValueError, match="features.1"):
+        forward.run(x, 0, 1)
+    head = Forward(network, weights, stop=1)
+    assert len(head.ops) == 1 and head.boundaries == {0, 1}
+    rest = Forward(Network("rest", network.layers[1:], (64, 33, 35)), weights)
+    expected = forward(x)
+    np.testing.assert_allclose(rest(head(x)), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
