@@ -155,7 +155,7 @@ def test_a_partial_run_never_ends_inside_a_folded_group(rng):
     weights = init_weights(network, 3)
     forward = Forward(network, weights)
     x = random_array(rng, 1, 3, 33, 35)
-    with pytest.raises(ValueError, match="features.1"):
+    with pytest.raises(ValueError, match=r"features\.1"):
         forward.run(x, 0, 1)
     head = Forward(network, weights, stop=1)
     assert len(head.ops) == 1 and head.boundaries == {0, 1}
