@@ -4,8 +4,11 @@ Accepted layouts:
 
 - an HDF5 dataset (``images`` unless ``--dataset`` names another) of ``N x H x W x C`` uint8 pixels, which
   get the model's preprocessing, or ``N x C x H x W`` float32 tensors, fed to the network as they are;
-- a folder of ``.png``/``.jpg``/``.jpeg`` files, read in sorted name order, converted to RGB (or luminance
-  for one-channel models) and preprocessed.
+- a folder of ``.png``/``.jpg``/``.jpeg`` files, read in sorted name order, converted to RGB and preprocessed.
+
+A one-channel model (LeNet-5) gets the luminance of RGB pixels from :func:`luminance` alone, whichever the
+source: ITU-R 601-2 in Pillow's ``L``-mode integer arithmetic, so an HDF5 set and the same images as PNG files
+give the same network input, bit for bit.
 """
 
 from __future__ import annotations
@@ -20,13 +23,28 @@ import numpy as np
 from .errors import DAMAGED_FILE_ERRORS, InputError, ShapeError
 from .graph import Preprocessing
 
-__all__ = ["IMAGE_SUFFIXES", "ImageSet", "open_image_set", "preprocess"]
+__all__ = ["IMAGE_SUFFIXES", "ImageSet", "luminance", "open_image_set", "preprocess"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 #: Largest single image a set may declare; larger shapes come from damaged files.
 MAX_IMAGE_BYTES = 1 << 30
+
+
+#: ITU-R 601-2 luma weights of R, G, B in 16-bit fixed point (they sum to 65536), as Pillow's ``L`` mode.
+LUMA_WEIGHTS = (19595, 38470, 7471)
+
+
+def luminance(pixels: np.ndarray) -> np.ndarray:
+    """The luminance of ``... x 3`` uint8 RGB pixels, as uint8 ``...``.
+
+    ``(19595 R + 38470 G + 7471 B + 32768) >> 16``: ``0.299 R + 0.587 G + 0.114 B`` rounded to the nearest
+    integer in Pillow's fixed-point arithmetic (``Image.convert("L")``, libImaging/Convert.c), the one
+    conversion of every image source.
+    """
+    weighted = pixels.astype(np.int64) @ np.asarray(LUMA_WEIGHTS, np.int64)
+    return ((weighted + (1 << 15)) >> 16).astype(np.uint8)
 
 
 def preprocess(pixels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
@@ -39,12 +57,11 @@ def preprocess(pixels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     """
     channels = pixels.shape[-1]
     expected = len(preprocessing.mean)
-    values = pixels.astype(np.float32) * np.float32(1 / 255)
     if preprocessing.grayscale and channels == 3:
-        values = values @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        values = values[..., None]
+        pixels = luminance(pixels)[..., None]
     elif channels != expected:
         raise ShapeError(f"images have {channels} channels, the model expects {expected}")
+    values = pixels.astype(np.float32) * np.float32(1 / 255)
     mean = np.asarray(preprocessing.mean, dtype=np.float32)
     std = np.asarray(preprocessing.std, dtype=np.float32)
     return np.ascontiguousarray(((values - mean) / std).transpose(0, 3, 1, 2))
@@ -205,12 +222,7 @@ class FolderImageSet(ImageSet):
         return np.stack(arrays)
 
     def read(self, start: int, stop: int, preprocessing: Preprocessing) -> np.ndarray:
-        mode = "L" if preprocessing.grayscale else "RGB"
-        arrays = [np.asarray(self._open(i).convert(mode)) for i in range(start, stop)]
-        pixels = self._stack(arrays, start, stop)
-        if pixels.ndim == 3:
-            pixels = pixels[..., None]
-        return preprocess(pixels, preprocessing)
+        return preprocess(self.read_pixels(start, stop), preprocessing)
 
 
 def open_image_set(path: str | os.PathLike, dataset: str = "images") -> ImageSet:
