@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import mpi_command
+from torch_oracle import torch_forward
 
 from dcnn.forward import Forward
 from dcnn.images import preprocess
@@ -184,6 +185,23 @@ def test_spatial_resume_on_another_grid_agrees_within_float_rounding(tmp_path, l
         np.testing.assert_array_equal(resumed[:4], expected[:4])
         assert np.abs(resumed - expected).max() <= 1e-5 * np.abs(expected).max()
         assert c.attrs["status"] == "complete" and c.attrs["grid"] == "2x1"
+
+
+@pytest.mark.parametrize("name,size", [("lenet5", (32, 32)), ("alexnet", (67, 71))])
+def test_batch_mode_equals_pytorch(tmp_path, rng, name, size):
+    """Batch mode end to end (images stolen across ranks, read and preprocessed from HDF5) against PyTorch."""
+    network = get_model(name)
+    path, output = tmp_path / "set.h5", tmp_path / "run.h5"
+    pixels = rng.integers(0, 256, (3, *size, 3), dtype=np.uint8)
+    with h5py.File(path, "w") as handle:
+        handle["images"] = pixels
+    done = infer("--model", name, "--input", str(path), "--output", str(output), "--mode", "batch",
+                 "--batch-size", "1", "--seed", "4", "--quiet", launcher=mpi_command(2), timeout=300)
+    assert done.returncode == 0, done.stderr
+    expected = torch_forward(network, init_weights(network, 4), preprocess(pixels, network.preprocessing))
+    with h5py.File(output) as handle:
+        actual = handle["outputs/logits"][()]
+    assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
 def test_grid_that_does_not_match_the_ranks(tmp_path):
