@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TARGETS", "Target", "damage"]
+__all__ = ["TARGETS", "Target", "damage", "tiny_shape_predictor"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,36 @@ def _read_dlib(path: Path) -> object:
     return read_mmod(path)
 
 
+def tiny_shape_predictor(seed: int = 0, parts: int = 3, cascades: int = 2, trees: int = 4, depth: int = 2,
+                         features: int = 6):
+    """A random, valid :class:`~dcnn.faces.shape_predictor.ShapePredictor`, small enough to damage many times."""
+    from .faces.shape_predictor import Cascade, ShapePredictor
+
+    rng = np.random.default_rng(seed)
+    splits = 2 ** depth - 1
+    return ShapePredictor(
+        rng.uniform(0, 1, (parts, 2)).astype(np.float32),
+        tuple(Cascade(rng.integers(0, parts, features), rng.normal(0, 0.1, (features, 2)).astype(np.float32),
+                      rng.integers(0, features, (trees, splits)), rng.integers(0, features, (trees, splits)),
+                      rng.normal(0, 20, (trees, splits)).astype(np.float32),
+                      rng.normal(0, 0.01, (trees, splits + 1, 2 * parts)).astype(np.float32))
+              for _ in range(cascades)))
+
+
+def _write_shape_predictor(folder: Path) -> Path:
+    from .faces.shape_predictor import save_shape_predictor
+
+    path = folder / "landmarks.dat"
+    save_shape_predictor(tiny_shape_predictor(), path)
+    return path
+
+
+def _read_shape_predictor(path: Path) -> object:
+    from .faces.shape_predictor import read_shape_predictor
+
+    return read_shape_predictor(path)
+
+
 def _write_image_set(folder: Path) -> Path:
     import h5py
 
@@ -147,6 +177,7 @@ def _read_sweep(path: Path) -> object:
 
 TARGETS = {target.name: target for target in (
     Target("dlib", ".dat", _write_dlib, _read_dlib),
+    Target("shape-predictor", ".dat", _write_shape_predictor, _read_shape_predictor),
     Target("npz", ".npz", _write_npz, _read_weights),
     Target("hdf5-weights", ".h5", _write_h5_weights, _read_weights),
     Target("hdf5-images", ".h5", _write_image_set, _read_image_set),

@@ -1,0 +1,1 @@
+"""dlib's face pipeline in dcnn: landmarks, aligned face chips, descriptors and identities."""
