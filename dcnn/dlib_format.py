@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import WeightsError
 
-__all__ = ["DlibLayer", "DlibReader", "MmodModel", "MmodOptions", "read_mmod"]
+__all__ = ["DlibLayer", "DlibReader", "MmodModel", "MmodOptions", "read_layer", "read_mmod"]
 
 #: No tensor in a detector file comes near this; larger counts mean a corrupt file.
 MAX_TENSOR_VALUES = 1 << 26
@@ -182,7 +182,8 @@ def _loss(reader: DlibReader) -> MmodOptions:
     return MmodOptions(windows, nms_iou, nms_covered, regression)
 
 
-def _layer(reader: DlibReader) -> DlibLayer:
+def read_layer(reader: DlibReader) -> DlibLayer:
+    """One ``con_``, ``bn_con2``, ``affine_`` or ``relu_`` layer body, name first (dlib's details serialization)."""
     name = reader.expect("con_4", "con_5", "con_6", "bn_con2", "affine_", "affine_2", "relu_", "relu_2")
     if name.startswith("con_"):
         params = reader.tensor().reshape(-1)
@@ -266,7 +267,7 @@ def read_mmod(path: str | os.PathLike) -> MmodModel:
         else (10, 11)
     layers = []
     for index, version in enumerate(reversed(versions)):
-        layers.append(_layer(reader))
+        layers.append(read_layer(reader))
         for _ in range(3):
             reader.boolean()
         reader.tensor(), reader.tensor()  # x_grad, cached output (empty in a saved network)
