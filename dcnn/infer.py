@@ -12,8 +12,9 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import datetime
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from . import __version__
 from .batch import Classification, Detection, TaskSplit, parse_capacities, parse_throttle, run_tasks
 from .cli import add_common_arguments, run_main
 from .comm import collective, hostnames, mpi_library_version, ranks_per_node, self_comm, world
-from .detect import FaceDetector
+from .detect import DETECTION_DTYPE, FaceDetector
 from .errors import InputError, PlanError, ShapeError
 from .fused import COUNTER_FIELDS, OVERLAP_POLICIES, FusedEngine, plan_fused
 from .graph import Network, format_shape, parse_shape
@@ -31,7 +32,7 @@ from .images import Hdf5ImageSet, ImageSet, open_image_set
 from .kernels.elementwise import softmax
 from .plan import Cluster, Plan, choose_plan, format_bytes, parse_bytes, plan_for
 from .progress import Progress
-from .results import ResultWriter, peak_rss_bytes, provenance, utc_now
+from .results import RESUME_KEYS, ResultWriter, peak_rss_bytes, provenance, utc_now
 from .spatial import SpatialEngine, fc_shard_rows
 from .steal import FIELDS as STEAL_FIELDS
 from .threads import default_num_threads, set_num_threads
@@ -159,7 +160,11 @@ def parse_grid(text: str | None) -> tuple[int, int] | None:
 
 @dataclass
 class Job:
-    """Everything a run needs, checked before any heavy work."""
+    """Everything a run needs, checked before any heavy work.
+
+    ``records`` is the row type of a detector's outputs, ``known`` a gallery stored with them (see
+    :meth:`ResultWriter.create`), and ``attributes`` further root attributes that ``--resume`` must match.
+    """
 
     network: Network
     weights: dict
@@ -168,6 +173,9 @@ class Job:
     workload: Classification | Detection
     num_outputs: int | None
     plan: Plan
+    records: np.dtype = DETECTION_DTYPE
+    known: dict | None = None
+    attributes: dict = dataclass_field(default_factory=dict)
 
 
 def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
@@ -285,21 +293,26 @@ def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit,
         "batch_size": args.batch_size, "num_tasks": split.num_tasks, "threads": threads, "ranks": comm.size,
         "grid": args.grid or "auto", "overlap": not args.no_overlap, "steal": not args.no_steal,
         "capacity": args.capacity or "equal", "throttle": args.throttle, "mpi_library": mpi_library_version(),
-        "started": utc_now(),
+        "started": utc_now(), **job.attributes,
     }
     if args.resume:
-        return ResultWriter.resume(args.resume, attributes)
+        return ResultWriter.resume(args.resume, attributes, (*RESUME_KEYS, *job.attributes))
     output = Path(args.output) if args.output else _default_output()
-    writer = ResultWriter.create(output, len(images), job.num_outputs, split.num_tasks, attributes)
+    writer = ResultWriter.create(output, len(images), job.num_outputs, split.num_tasks, attributes, job.records,
+                                 job.known)
     return writer, np.zeros(len(images), np.uint8)
 
 
-def run(args: argparse.Namespace) -> int:
-    """The body of ``python -m dcnn.infer`` (see :func:`dcnn.cli.run_main` for error handling)."""
+def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object, int], Job] = _validate) -> int:
+    """The body of ``python -m dcnn.infer`` (see :func:`dcnn.cli.run_main` for error handling).
+
+    ``validate(args, comm, ranks_per_node)`` checks the arguments and builds the :class:`Job` on every rank
+    (inside a collective block); ``python -m dcnn.recognize`` passes its own.
+    """
     comm = world()
     local_ranks = ranks_per_node(comm)
     with collective(comm):
-        job = _validate(args, comm, local_ranks)
+        job = validate(args, comm, local_ranks)
     network, images, weights = job.network, job.images, job.weights
     threads = args.threads or max(1, default_num_threads() // local_ranks)
     set_num_threads(threads)
