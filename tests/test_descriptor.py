@@ -103,3 +103,31 @@ def test_descriptors_equal_dlibs(model, model_path):
     descriptors = model.describe(np.stack(chips))
     assert descriptors.dtype == np.float32 and descriptors.shape == (2, 128)
     assert np.abs(descriptors - np.array(expected)).max() < 1e-4
+
+
+def test_a_narrow_network_round_trips_and_runs(tmp_path):
+    from dcnn.faces.descriptor import save_descriptor_model
+    from dcnn.fuzz import TINY_RESNET, tiny_descriptor_model
+
+    model = tiny_descriptor_model(3)
+    save_descriptor_model(model, tmp_path / "tiny.dat")
+    again = read_descriptor_model(tmp_path / "tiny.dat", TINY_RESNET)
+    chips = np.random.default_rng(1).integers(0, 256, (3, 150, 150, 3), dtype=np.uint8)
+    assert np.array_equal(again.describe(chips), model.describe(chips))
+    assert again.describe(chips).shape == (3, 128)
+    with pytest.raises(WeightsError, match="expected"):
+        read_descriptor_model(tmp_path / "tiny.dat")  # the full-width wiring does not match
+
+
+@needs_models
+def test_the_dlib_model_round_trips(model, tmp_path):
+    from dcnn.faces.descriptor import save_descriptor_model
+
+    save_descriptor_model(model, tmp_path / "again.dat")
+    again = read_descriptor_model(tmp_path / "again.dat")
+    assert again.mean_rgb == model.mean_rgb
+    for mine, theirs in zip(again.program.steps, model.program.steps):
+        assert (mine.kind, mine.padding) == (theirs.kind, theirs.padding)
+        for name in ("weight", "bias"):
+            a, b = getattr(mine, name), getattr(theirs, name)
+            assert (a is None and b is None) or np.array_equal(a, b)

@@ -35,10 +35,11 @@ from ..errors import ShapeError, WeightsError
 from ..kernels.conv import Conv2dKernel
 from ..kernels.elementwise import affine_channels, linear, relu
 from ..kernels.pool import avg_pool2d, max_pool2d
+from .shape_predictor import encode_floats, encode_integers
 
 __all__ = [
-    "CHIP_SIZE", "DESCRIPTOR_SIZE", "DescriptorModel", "ResidualProgram", "Step", "read_descriptor_model",
-    "resnet_structure",
+    "CHIP_SIZE", "DESCRIPTOR_SIZE", "GROUPS", "DescriptorModel", "ResidualProgram", "Step", "read_descriptor_model",
+    "resnet_structure", "save_descriptor_model",
 ]
 
 CHIP_SIZE = 150
@@ -89,11 +90,15 @@ def _unit(filters: int, down: bool) -> list[Step]:
     return [*body, Step("relu")]
 
 
-def resnet_structure() -> list[Step]:
-    """The face descriptor network as steps in forward order, parameters not yet read."""
-    steps = [Step("con", filters=32, kernel=7, stride=2), Step("affine"), Step("relu"),
+def resnet_structure(groups: tuple[tuple[int, int, bool], ...] = GROUPS) -> list[Step]:
+    """The face descriptor network as steps in forward order, parameters not yet read.
+
+    ``groups`` gives (filters, units, down unit first) per group; the stem has the first group's filters
+    (narrower networks of the same wiring serve the reader's damaged-file tests).
+    """
+    steps = [Step("con", filters=groups[0][0], kernel=7, stride=2), Step("affine"), Step("relu"),
              Step("max_pool", kernel=3, stride=2)]
-    for filters, units, down in GROUPS:
+    for filters, units, down in groups:
         for unit in range(units):
             steps += _unit(filters, down and unit == 0)
     return [*steps, Step("avg_pool_everything"), Step("fc", filters=DESCRIPTOR_SIZE)]
@@ -243,8 +248,10 @@ def _body(reader: DlibReader, step: Step, channels: int) -> int:
     return channels
 
 
-def read_descriptor_model(path: str | os.PathLike) -> DescriptorModel:
-    """Parse ``dlib_face_recognition_resnet_model_v1.dat`` (or a file of the same network).
+def read_descriptor_model(path: str | os.PathLike,
+                          groups: tuple[tuple[int, int, bool], ...] = GROUPS) -> DescriptorModel:
+    """Parse ``dlib_face_recognition_resnet_model_v1.dat`` (or a file of the same network; ``groups`` as in
+    :func:`resnet_structure`).
 
     Raises
     ------
@@ -261,7 +268,7 @@ def read_descriptor_model(path: str | os.PathLike) -> DescriptorModel:
         raise reader.fail("loss layer version")
     if reader.expect("loss_metric_", "loss_metric_2") == "loss_metric_2":
         reader.real(), reader.real()  # margin and distance threshold: training only
-    steps = resnet_structure()
+    steps = resnet_structure(groups)
     expected = [1 if step.kind in ("tag", "skip") else 2 for step in steps]
     expected[0] = 3
     versions = [reader.integer() for _ in steps][::-1]
@@ -295,3 +302,62 @@ def read_descriptor_model(path: str | os.PathLike) -> DescriptorModel:
     if not all(math.isfinite(v) for v in mean):
         raise reader.fail("a non-finite input mean")
     return DescriptorModel(mean, ResidualProgram(steps))
+
+
+def _tensor(values: np.ndarray, shape: tuple[int, int, int, int]) -> list[bytes]:
+    return [_integers(2, *shape), np.asarray(values, "<f4").tobytes()]
+
+
+def _integers(*values: int) -> bytes:
+    return encode_integers(np.array(values, np.int64))
+
+
+def _string(text: str) -> bytes:
+    return _integers(len(text)) + text.encode("latin-1")
+
+
+def _reals(*values: float) -> bytes:
+    return encode_integers(encode_floats(np.array(values, np.float32)))
+
+
+def _step_body(step: Step) -> list[bytes]:
+    """One layer's details as dlib writes them (the fields :func:`read_descriptor_model` reads)."""
+    if step.kind == "con":
+        filters, channels, rows, cols = step.weight.shape
+        params = np.concatenate([step.weight.reshape(-1), step.bias])
+        return [_string("con_4"), *_tensor(params, (params.size, 1, 1, 1)),
+                _integers(filters, rows, cols, step.stride, step.stride, step.padding, step.padding, 1,
+                          filters, channels, rows, cols, 1, 1, filters, 1, 1), _reals(1, 1, 1, 0)]
+    if step.kind == "affine":
+        channels = step.weight.size
+        params = np.concatenate([step.weight, step.bias])
+        return [_string("affine_"), *_tensor(params, (2 * channels, 1, 1, 1)),
+                _integers(1, 1, channels, 1, 1, 1, 1, channels, 1, 1, 0)]
+    if step.kind == "relu":
+        return [_string("relu_")]
+    if step.kind == "add_prev":
+        return [_string("add_prev_")]
+    if step.kind == "fc":
+        outputs, inputs = step.weight.shape
+        return [_string("fc_2"), _integers(outputs, inputs), *_tensor(step.weight.T, (inputs, outputs, 1, 1)),
+                _integers(1, inputs, outputs, 1, 1, 1, 0, 0, 0, 0, 1), _reals(1, 1, 1, 0)]
+    geometry = [0, 0, 1, 1] if step.kind == "avg_pool_everything" else [step.kernel, step.kernel, step.stride,
+                                                                        step.stride]
+    return [_string("max_pool_2" if step.kind == "max_pool" else "avg_pool_2"), _integers(*geometry, 0, 0)]
+
+
+def save_descriptor_model(model: DescriptorModel, path: str | os.PathLike) -> None:
+    """Write ``model`` in dlib's serialization, readable by :func:`read_descriptor_model` (and by dlib: the
+    training-only fields get dlib's defaults, so the bytes differ from a file dlib wrote)."""
+    steps = model.program.steps
+    versions = [1 if step.kind in ("tag", "skip") else 2 for step in steps]
+    versions[0] = 3
+    empty = _integers(2, 0, 0, 0, 0)
+    chunks = [_integers(1), _string("loss_metric_"), _integers(*versions[::-1]), _string("input_rgb_image_sized"),
+              _reals(*model.mean_rgb), _integers(CHIP_SIZE, CHIP_SIZE)]
+    for index, step in enumerate(steps):
+        if step.kind in ("tag", "skip"):
+            continue
+        chunks += [*_step_body(step), b"000", empty, empty]
+        chunks += [empty, _integers(1)] if index == 0 else [empty]
+    Path(path).write_bytes(b"".join(chunks))
