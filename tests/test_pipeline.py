@@ -93,3 +93,26 @@ def test_faces_equal_dlibs_and_a_gallery_finds_them(tmp_path, pipeline):
     assert gallery.names == ["first"] and warnings == []
     identity, distance = identify(faces["descriptor"], gallery)
     assert identity[0] == 0 and distance[0] < 1e-6
+
+
+@needs_dlib
+def test_jittered_descriptors_equal_those_of_a_fresh_dlib_recogniser(pipeline):
+    """dlib's recogniser keeps its generator, so each face is compared with a freshly loaded one."""
+    import dataclasses
+
+    import dlib
+
+    from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
+
+    _, _, describer = pipeline
+    jittered = dataclasses.replace(describer, jitter=3)
+    predictor = dlib.shape_predictor(str(bundled_model(LANDMARK_MODEL)))
+    with h5py.File("data/faces.h5") as handle:
+        image = handle["images"][0]
+    shape = predictor(image, dlib.rectangle(12, 28, 91, 107))
+    parts = np.array([[p.x, p.y] for p in shape.parts()])
+    mine = jittered.describe(jittered.chips(image, parts[None]))[0]
+    theirs = np.array(dlib.face_recognition_model_v1(str(bundled_model(DESCRIPTOR_MODEL)))
+                      .compute_face_descriptor(image, shape, 3))
+    assert np.abs(mine - theirs).max() < 1e-4
+    assert np.abs(mine - describer.describe(describer.chips(image, parts[None]))[0]).max() > 1e-4
