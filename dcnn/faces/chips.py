@@ -34,8 +34,8 @@ __all__ = [
     "FIVE_POINT_TEMPLATE", "ChipDetails", "extract_image_chips", "face_chip_details", "pyramid_down2",
 ]
 
-#: dlib's chip positions of the 5 landmarks (outer and inner corner of the left eye in the image, of the right
-#: eye, and the base of the nose) in a unit square, before padding.
+#: dlib's chip positions of the 5 landmarks (outer and inner corner of the eye on the image's right, of the
+#: other eye, and the base of the nose) in a unit square, before padding.
 FIVE_POINT_TEMPLATE = np.array([(0.8595674595992, 0.2134981538014), (0.6460604764104, 0.2289674387677),
                                 (0.1205750620789, 0.2137274526848), (0.3340850613712, 0.2290642403242),
                                 (0.4901123135679, 0.6277975316475)])
