@@ -81,11 +81,12 @@ def reference(data):
     per_person = np.stack([distances[:, 0], distances[:, 1:].min(axis=1)], axis=1)
     identity = np.where(per_person.min(axis=1) <= 0.6, np.array(["alice", "bob"])[per_person.argmin(axis=1)],
                         "unknown")
-    return result, np.array(landmarks), np.array(descriptors), np.array(known), identity, per_person.min(axis=1)
+    return (result, np.array(landmarks), np.array(descriptors), np.array(known), identity, per_person.min(axis=1),
+            output)
 
 
 def test_single_process_equals_dlib(reference):
-    result, landmarks, descriptors, known, identity, distance = reference
+    result, landmarks, descriptors, known, identity, distance, _ = reference
     assert len(result["detections"]) >= 3
     assert result["names"] == ["alice", "bob", "bob"]
     assert np.abs(result["known"] - known).max() < 1e-4
@@ -157,3 +158,10 @@ def test_bad_arguments(data, tmp_path, args, message):
     done = subprocess.run([sys.executable, "-m", "dcnn.recognize", "--input", str(folder / "input.h5"),
                            "--output", str(tmp_path / "x.h5"), *args], capture_output=True, text=True, timeout=600)
     assert done.returncode == 2 and message in done.stderr
+
+
+def test_analyze_draws_identities_and_landmarks(reference, tmp_path):
+    from dcnn.analyze import draw_detections
+
+    assert draw_detections(str(reference[-1]), str(tmp_path / "faces.png"), 4) == 4
+    assert Image.open(tmp_path / "faces.png").size == (1024, 256)
