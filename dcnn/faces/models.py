@@ -7,8 +7,10 @@ from pathlib import Path
 
 from ..errors import WeightsError
 
-__all__ = ["DESCRIPTOR_MODEL", "LANDMARK_MODEL", "bundled_model"]
+__all__ = ["DESCRIPTOR_MODEL", "DETECTOR_MODEL", "LANDMARK_MODEL", "bundled_model"]
 
+#: dlib's MMOD CNN face detector.
+DETECTOR_MODEL = "mmod_human_face_detector.dat"
 #: dlib's 5-point landmark model (two points per eye corner pair and one under the nose).
 LANDMARK_MODEL = "shape_predictor_5_face_landmarks.dat"
 #: dlib's ResNet face descriptor network (128-D, trained for a 0.6 distance threshold).
