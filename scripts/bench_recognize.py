@@ -26,11 +26,11 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from dcnn import threads
-from dcnn.detect import FaceDetector, default_detector_path, to_records
+from dcnn.exec.forward import Forward
+from dcnn.faces.detect import FaceDetector, default_detector_path, to_records
 from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
 from dcnn.faces.pipeline import FaceDescriber
-from dcnn.forward import Forward
+from dcnn.kernels import threads
 
 
 def timed(function, *args):

@@ -67,7 +67,7 @@ def test_truncated_files_are_a_clear_error(tmp_path, model_path, fraction):
 
 @needs_models
 def test_another_network_is_refused():
-    from dcnn.detect import default_detector_path
+    from dcnn.faces.detect import default_detector_path
 
     with pytest.raises(WeightsError, match="not a valid dlib face recognition model file"):
         read_descriptor_model(default_detector_path())
@@ -107,7 +107,7 @@ def test_descriptors_equal_dlibs(model, model_path):
 
 def test_a_narrow_network_round_trips_and_runs(tmp_path):
     from dcnn.faces.descriptor import save_descriptor_model
-    from dcnn.fuzz import TINY_RESNET, tiny_descriptor_model
+    from dcnn.testing.fuzz import TINY_RESNET, tiny_descriptor_model
 
     model = tiny_descriptor_model(3)
     save_descriptor_model(model, tmp_path / "tiny.dat")

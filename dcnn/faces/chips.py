@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ShapeError
-from .shape_predictor import similarity_matrix
+from dcnn.errors import ShapeError
+from dcnn.faces.shape_predictor import similarity_matrix
 
 __all__ = [
     "FIVE_POINT_TEMPLATE", "ChipDetails", "extract_image_chips", "face_chip_details", "pyramid_down2",

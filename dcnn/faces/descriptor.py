@@ -30,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dlib_format import DlibReader, read_layer
-from ..errors import ShapeError, WeightsError
-from ..kernels.conv import Conv2dKernel
-from ..kernels.elementwise import affine_channels, linear, relu
-from ..kernels.pool import avg_pool2d, max_pool2d
-from .shape_predictor import encode_floats, encode_integers
+from dcnn.errors import ShapeError, WeightsError
+from dcnn.faces.dlib_format import DlibReader, read_layer
+from dcnn.faces.shape_predictor import encode_floats, encode_integers
+from dcnn.kernels.conv import Conv2dKernel
+from dcnn.kernels.elementwise import affine_channels, linear, relu
+from dcnn.kernels.pool import avg_pool2d, max_pool2d
 
 __all__ = [
     "CHIP_SIZE", "DESCRIPTOR_SIZE", "GROUPS", "DescriptorModel", "ResidualProgram", "Step", "read_descriptor_model",

@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from .chips import ChipDetails, extract_image_chips
+from dcnn.faces.chips import ChipDetails, extract_image_chips
 
 __all__ = ["DlibRand", "jitter_chip", "jittered_chips"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ..errors import WeightsError
+from dcnn.errors import WeightsError
 
 __all__ = ["DESCRIPTOR_MODEL", "DETECTOR_MODEL", "LANDMARK_MODEL", "bundled_model"]
 

@@ -16,18 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..batch import Detection
-from ..detect import DETECTION_DTYPE, FaceDetector
-from ..errors import InputError
-from ..images import IMAGE_SUFFIXES, ImageSet, open_image
-from .chips import extract_image_chips, face_chip_details
-from .descriptor import DESCRIPTOR_SIZE, DescriptorModel, read_descriptor_model
-from .jitter import jittered_chips
-from .models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
-from .shape_predictor import ShapePredictor, grey_levels, read_shape_predictor
+from dcnn.errors import InputError
+from dcnn.faces.chips import extract_image_chips, face_chip_details
+from dcnn.faces.descriptor import DESCRIPTOR_SIZE, DescriptorModel, read_descriptor_model
+from dcnn.faces.detect import DETECTION_DTYPE, FaceDetector
+from dcnn.faces.jitter import jittered_chips
+from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
+from dcnn.faces.shape_predictor import ShapePredictor, grey_levels, read_shape_predictor
+from dcnn.io.images import IMAGE_SUFFIXES, open_image
 
 __all__ = [
-    "FACE_DTYPE", "UNKNOWN", "FaceDescriber", "Gallery", "Recognition", "identify", "known_images", "load_gallery",
+    "DEFAULT_TOLERANCE", "FACE_DTYPE", "UNKNOWN", "FaceDescriber", "Gallery", "identify", "known_images",
+    "load_gallery",
 ]
 
 LANDMARKS = 5
@@ -223,33 +223,3 @@ def load_gallery(folder: str | os.PathLike, detector: FaceDetector, run, describ
         person.append(len(names) - 1)
     return Gallery(names, np.array(person, np.int32), np.stack(descriptors).astype(np.float32)), warnings
 
-
-@dataclass
-class Recognition:
-    """The workload of a recognition run: a task's detections, then their landmarks, descriptors and identities.
-
-    Attributes
-    ----------
-    detection : Detection
-        Runs the detector network (in any mode, through ``network_for``).
-    describer : FaceDescriber
-        Landmarks and descriptors, on the rank that runs the task.
-    gallery : Gallery or None
-        Known people; without one every face is unknown.
-    tolerance : float
-        The largest distance that still names a person.
-    """
-
-    detection: Detection
-    describer: FaceDescriber
-    gallery: Gallery | None = None
-    tolerance: float = DEFAULT_TOLERANCE
-
-    def run(self, images: ImageSet, start: int, stop: int, network_for) -> np.ndarray:
-        """:data:`FACE_DTYPE` rows of the faces in images ``start .. stop - 1``."""
-        records = self.detection.run(images, start, stop, network_for)
-        pixels = [images.read_pixels(index, index + 1)[0] for index in range(start, stop)]
-        faces = self.describer.faces(pixels, records, start)
-        if self.gallery is not None:
-            faces["identity"], faces["distance"] = identify(faces["descriptor"], self.gallery, self.tolerance)
-        return faces

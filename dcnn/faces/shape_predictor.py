@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ShapeError, WeightsError
+from dcnn.errors import ShapeError, WeightsError
 
 __all__ = [
     "Cascade", "ShapePredictor", "decode_integers", "encode_floats", "encode_integers", "grey_levels",
