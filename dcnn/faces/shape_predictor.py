@@ -361,8 +361,8 @@ class ShapePredictor:
             ``(P, 2)`` int64 pixel positions ``(x, y)`` in the model's part order.
         """
         height, width = grey.shape
+        flat_grey = grey.reshape(-1)
         current = self.initial_shape.copy()
-        trees = None
         for cascade in self.cascades:
             linear = similarity_matrix(self.initial_shape, current).astype(np.float32)
             dx, dy = cascade.deltas[:, 0], cascade.deltas[:, 1]
@@ -370,17 +370,20 @@ class ShapePredictor:
             # float32 products and sums in dlib's order: A * delta, then + anchor.
             normalised = np.stack([linear[0, 0] * dx + linear[0, 1] * dy + anchor[:, 0],
                                    linear[1, 0] * dx + linear[1, 1] * dy + anchor[:, 1]], axis=1)
-            pixels = _to_image(normalised, box)
-            inside = (pixels[:, 0] >= 0) & (pixels[:, 0] < width) & (pixels[:, 1] >= 0) & (pixels[:, 1] < height)
-            values = np.zeros(len(pixels), np.float32)
-            values[inside] = grey[pixels[inside, 1], pixels[inside, 0]]
-            trees = np.arange(len(cascade.first)) if trees is None or len(trees) != len(cascade.first) else trees
-            node = np.zeros(len(trees), np.int64)
-            splits = cascade.first.shape[1]
-            while (node < splits).any():
-                difference = values[cascade.first[trees, node]] - values[cascade.second[trees, node]]
-                node = np.where(difference > cascade.thresholds[trees, node], 2 * node + 1, 2 * node + 2)
-            increments = cascade.leaves[trees, node - splits]
+            x, y = _to_image(normalised, box).T
+            inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+            values = np.where(inside, flat_grey.take(np.where(inside, y * width + x, 0)), 0).astype(np.float32)
+            trees, splits = cascade.first.shape
+            first, second = cascade.first.reshape(-1), cascade.second.reshape(-1)
+            thresholds = cascade.thresholds.reshape(-1)
+            row = np.arange(trees) * splits
+            node = np.zeros(trees, np.int64)
+            for _ in range(splits.bit_length()):  # complete trees: depth log2(splits + 1)
+                index = row + node
+                difference = values.take(first.take(index)) - values.take(second.take(index))
+                node = 2 * node + 1 + (difference <= thresholds.take(index))
+            increments = cascade.leaves.reshape(trees * (splits + 1), -1).take(
+                np.arange(trees) * (splits + 1) + node - splits, axis=0)
             # dlib adds the leaves one tree after another in float32: a sequential (cumulative) sum.
             total = np.cumsum(np.concatenate([current.reshape(1, -1), increments]), axis=0, dtype=np.float32)[-1]
             current = total.reshape(-1, 2)
