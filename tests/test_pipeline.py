@@ -116,3 +116,20 @@ def test_jittered_descriptors_equal_those_of_a_fresh_dlib_recogniser(pipeline):
                       .compute_face_descriptor(image, shape, 3))
     assert np.abs(mine - theirs).max() < 1e-4
     assert np.abs(mine - describer.describe(describer.chips(image, parts[None]))[0]).max() > 1e-4
+
+
+@needs_models
+def test_a_known_image_with_several_faces_uses_the_largest_and_warns(tmp_path, pipeline):
+    from dcnn.faces.pipeline import load_gallery
+
+    detector, run, describer = pipeline
+    with h5py.File("data/faces.h5") as handle:
+        group = np.concatenate([handle["images"][0], handle["images"][2]], axis=1)  # two faces side by side
+    Image.fromarray(group).save(tmp_path / "group.png")
+    boxes = detector.detect(group[None], run)[0]
+    assert len(boxes) > 1
+    gallery, warnings = load_gallery(tmp_path, detector, run, describer)
+    assert warnings == [f"{tmp_path / 'group.png'}: {len(boxes)} faces, using the largest"]
+    largest = boxes[np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])), :4].astype(np.int64)
+    expected = describer.describe(describer.chips(group, describer.landmark(group, largest[None])))
+    assert np.array_equal(gallery.descriptors, expected)
