@@ -33,12 +33,12 @@ def data(tmp_path_factory):
     return folder, images
 
 
-def recognize(folder, ranks, *args, env=None, check=True):
+def recognize(folder, ranks, *args, env=None, check=True, quiet=True):
     output = folder / f"out-{ranks}-{'-'.join(args)}.h5".replace("/", "_")
     done = subprocess.run([*mpi_command(ranks), sys.executable, "-m", "dcnn.recognize", "--input",
                            str(folder / "input.h5"), "--known", str(folder / "known"), "--output", str(output),
-                           "--threads", "1", "--batch-size", "2", "--quiet", *args], capture_output=True, text=True,
-                          timeout=600, env=env)
+                           "--threads", "1", "--batch-size", "2", *(["--quiet"] if quiet else []), *args],
+                          capture_output=True, text=True, timeout=600, env=env)
     if check:
         assert done.returncode == 0, done.stderr
     return output, done
@@ -61,7 +61,7 @@ def reference(data):
     from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
 
     folder, images = data
-    output, _ = recognize(folder, 1, "--mode", "single")
+    output, done = recognize(folder, 1, "--mode", "single", quiet=False)
     result = read(output)
     predictor = dlib.shape_predictor(str(bundled_model(LANDMARK_MODEL)))
     recogniser = dlib.face_recognition_model_v1(str(bundled_model(DESCRIPTOR_MODEL)))
@@ -81,6 +81,8 @@ def reference(data):
     per_person = np.stack([distances[:, 0], distances[:, 1:].min(axis=1)], axis=1)
     identity = np.where(per_person.min(axis=1) <= 0.6, np.array(["alice", "bob"])[per_person.argmin(axis=1)],
                         "unknown")
+    names, counts = np.unique(identity, return_counts=True)
+    assert "  identities: " + ", ".join(f"{n} {c}" for n, c in zip(names, counts)) in done.stdout
     return (result, np.array(landmarks), np.array(descriptors), np.array(known), identity, per_person.min(axis=1),
             output)
 

@@ -441,9 +441,13 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
     if job.num_outputs is None:
         with h5py.File(path, "r") as handle:
             offsets = handle["outputs/detection_offsets"][()]
+            identities = handle["outputs/identity"].asstr()[()] if "identity" in handle["outputs"] else None
         counts = np.diff(offsets)
         print(f"  {int(offsets[-1])} faces found in {int((counts > 0).sum())} of {len(counts)} images "
               f"(upsample {args.upsample})")
+        if identities is not None:
+            names, people = np.unique(identities, return_counts=True)
+            print("  identities: " + ", ".join(f"{name} {count}" for name, count in zip(names, people)))
     if args.mode == "batch" and size > 1:
         steal = per_rank["steal"]
         for rank in range(size):
