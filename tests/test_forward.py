@@ -6,9 +6,9 @@ import reference
 from conftest import random_array
 from torch_oracle import torch_forward
 
-from dcnn.forward import Forward
-from dcnn.graph import Network
-from dcnn.layers import (
+from dcnn.exec.forward import Forward
+from dcnn.network.graph import Network
+from dcnn.network.layers import (
     ELU,
     Affine,
     AvgPool2d,
@@ -24,8 +24,8 @@ from dcnn.layers import (
     Softmax,
     Tanh,
 )
-from dcnn.weights import init_weights
-from dcnn.zoo import get_model
+from dcnn.network.weights import init_weights
+from dcnn.network.zoo import get_model
 
 
 def tiny_network() -> Network:

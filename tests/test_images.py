@@ -6,11 +6,11 @@ import pytest
 from PIL import Image
 
 from dcnn.errors import InputError, ShapeError
-from dcnn.forward import Forward
-from dcnn.graph import IMAGENET
-from dcnn.images import luminance, open_image_set, preprocess
-from dcnn.weights import init_weights
-from dcnn.zoo import MNIST, get_model
+from dcnn.exec.forward import Forward
+from dcnn.io.images import luminance, open_image_set, preprocess
+from dcnn.network.graph import IMAGENET
+from dcnn.network.weights import init_weights
+from dcnn.network.zoo import MNIST, get_model
 
 
 def test_preprocess_imagenet():

@@ -10,10 +10,10 @@ import pytest
 from conftest import mpi_command
 from torch_oracle import torch_forward
 
-from dcnn.forward import Forward
-from dcnn.images import preprocess
-from dcnn.weights import init_weights, save_weights
-from dcnn.zoo import get_model
+from dcnn.exec.forward import Forward
+from dcnn.io.images import preprocess
+from dcnn.network.weights import init_weights, save_weights
+from dcnn.network.zoo import get_model
 
 SAMPLES = str(Path(__file__).resolve().parents[1] / "data" / "samples.h5")
 

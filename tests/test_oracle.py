@@ -15,12 +15,14 @@ from hypothesis import strategies as st
 from mpi4py import MPI
 from torch_oracle import torch_forward
 
-from dcnn.forward import Forward
-from dcnn.fused import OVERLAP_POLICIES, FusedEngine, spatial_depth
-from dcnn.layers import Conv2d
-from dcnn.spatial import SpatialEngine, fc_shard_rows
-from dcnn.weights import init_weights
-from dcnn.zoo import get_model, model_names
+from dcnn.decomposition.fused import OVERLAP_POLICIES, spatial_depth
+from dcnn.decomposition.spatial import fc_shard_rows
+from dcnn.exec.forward import Forward
+from dcnn.network.layers import Conv2d
+from dcnn.network.weights import init_weights
+from dcnn.network.zoo import get_model, model_names
+from dcnn.parallel.fused import FusedEngine
+from dcnn.parallel.spatial import SpatialEngine
 
 pytestmark = pytest.mark.mpi
 COMM = MPI.COMM_WORLD

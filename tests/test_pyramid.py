@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import oracle
 
-from dcnn.pyramid import pyramid_sizes, pyramid_tensor, resize_bilinear, resize_rgb, upsample_image
+from dcnn.faces.pyramid import pyramid_sizes, pyramid_tensor, resize_bilinear, resize_rgb, upsample_image
 
 MEAN_RGB = (122.782, 117.001, 104.298)
 ODD_SIZES = [(10, 10), (13, 11), (31, 29), (37, 64), (5, 101)]

@@ -7,7 +7,7 @@ skips those tests on a developer's machine and fails them in CI.
 import numpy as np
 from conftest import oracle
 
-from dcnn import layers as L
+from dcnn.network import layers as L
 
 
 def torch_layer(torch, layer):
