@@ -19,6 +19,7 @@ import numpy as np
 from .cli import add_common_arguments, run_main
 from .comm import world
 from .errors import InputError
+from .numbers import check_number
 from .results import open_result
 
 __all__ = ["RunSummary", "format_paper_table", "load_summary", "main", "paper_table", "scaling_table"]
@@ -231,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the summaries and, for several complete runs, the scaling tables."""
     if world().rank != 0:  # a serial tool: under mpirun, rank 0 alone reads and prints
         return 0
+    check_number(args.images, "--images", minimum=1)
     runs = [load_summary(path) for path in args.files]
     for summary in runs:
         print(format_summary(summary))

@@ -29,6 +29,7 @@ from .fused import COUNTER_FIELDS, OVERLAP_POLICIES, FusedEngine, plan_fused
 from .graph import Network, format_shape, parse_shape
 from .images import Hdf5ImageSet, ImageSet, open_image_set
 from .kernels.elementwise import softmax
+from .numbers import check_number
 from .plan import Cluster, Plan, choose_plan, format_bytes, parse_bytes, plan_for
 from .progress import Progress
 from .results import ResultWriter, peak_rss_bytes, provenance, utc_now
@@ -170,12 +171,20 @@ class Job:
     plan: Plan
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Refuse a negative, zero, infinite or NaN number option (the rank lists are parsed with the rank count)."""
+    for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--threads", args.threads, 1),
+                                 ("--upsample", args.upsample, 0), ("--seed", args.seed, 0),
+                                 ("--fuse-depth", args.fuse_depth, 1), ("--top", args.top, 0)):
+        if value is not None:
+            check_number(value, flag, minimum=minimum)
+    if args.mem_per_rank:
+        parse_bytes(args.mem_per_rank)
+
+
 def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
     """Check everything before any heavy work; raises :class:`DcnnError` (called inside a collective)."""
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be at least 1, got {args.threads}")
+    _check_numbers(args)
     if args.mode == "single" and comm.size > 1:
         raise PlanError(f"--mode single runs on one process, but {comm.size} were started; "
                         f"run without mpirun, or choose --mode batch or spatial")

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from .cli import add_common_arguments, run_main
 from .comm import collective, world
-from .errors import InputError
 from .graph import Network, format_shape, parse_shape
+from .numbers import check_number
 from .plan import MODES, Cluster, Plan, choose_plan, format_bytes, parse_bytes, plans
 from .zoo import get_model, model_names
 
@@ -84,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
     """Print the candidates and the choice."""
     comm = world()
     with collective(comm):
-        if args.batch_size < 1 or args.images < 1:
-            raise InputError("--batch-size and --images must be at least 1")
+        for flag, value in (("--nodes", args.nodes), ("--batch-size", args.batch_size), ("--images", args.images)):
+            check_number(value, flag, minimum=1)
+        check_number(args.fraction, "--fraction", above=0, maximum=1)
         network, shape = _model(args)
         cluster = _cluster(args)
         modes = tuple(args.mode or MODES)
