@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from .comm import AgreedError, world
 from .errors import DcnnError
 
-__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "Interrupted", "add_common_arguments", "run_main"]
+__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "Interrupted", "add_common_arguments", "given_options", "run_main"]
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -43,14 +43,28 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
 
+def given_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                  args: argparse.Namespace) -> frozenset[str]:
+    """The destinations of the options on the command line (``args`` holds defaults for the others).
+
+    Parsing again into a namespace that already has every destination (as ``None``) keeps argparse from
+    filling in defaults, so what is not ``None`` afterwards was given.
+    """
+    probe = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args))))
+    return frozenset(key for key, value in vars(probe).items() if value is not None)
+
+
 def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
              argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run ``body`` and turn errors into messages and exit codes.
+
+    ``args.given`` holds the options given on the command line (:func:`given_options`).
 
     ``body`` does its validation inside :func:`dcnn.comm.collective` blocks, so a :class:`AgreedError`
     reaches every rank together; rank 0 prints it. Any other error on one rank aborts the whole job.
     """
     args = parser.parse_args(argv)
+    args.given = given_options(parser, argv, args)
     comm = world()
     prefix = "dcnn: error: " if comm.size == 1 else f"dcnn: error (rank {comm.rank}): "
     for signum in (signal.SIGINT, signal.SIGTERM):

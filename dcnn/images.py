@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from .errors import DAMAGED_FILE_ERRORS, InputError, ShapeError
+from .fingerprint import file_fingerprint, files_fingerprint
 from .graph import Preprocessing
 
 __all__ = ["IMAGE_SUFFIXES", "ImageSet", "open_image_set", "preprocess"]
@@ -80,6 +81,10 @@ class ImageSet(ABC):
     def read_pixels(self, start: int, stop: int) -> np.ndarray:
         """Images ``start`` to ``stop`` as ``(B, H, W, 3)`` uint8 RGB (gray images are replicated)."""
 
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """The content fingerprint of the set's file or files (:mod:`dcnn.fingerprint`)."""
+
     def require_pixels(self) -> None:  # noqa: B027 - folders of images can always serve pixels
         """Raise :class:`InputError` unless :meth:`read_pixels` can serve these images (folders always can)."""
 
@@ -109,6 +114,7 @@ class Hdf5ImageSet(ImageSet):
         except BaseException:
             self._file.close()
             raise
+        self.file = path
         super().__init__(f"{path}:{dataset}", self._data.shape[0])
 
     def _open(self, path: str, dataset: str) -> None:
@@ -132,6 +138,9 @@ class Hdf5ImageSet(ImageSet):
         if float(np.prod(shape[1:], dtype=np.float64)) * dtype.itemsize > MAX_IMAGE_BYTES:
             raise InputError(f"{path}:{dataset}: images of shape {shape[1:]} exceed {MAX_IMAGE_BYTES >> 30} GiB "
                              f"each; is the file damaged?")
+
+    def fingerprint(self) -> str:
+        return file_fingerprint(self.file)
 
     def image_shape(self, index: int) -> tuple[int, int]:
         shape = self._data.shape
@@ -187,6 +196,9 @@ class FolderImageSet(ImageSet):
         except (*DAMAGED_FILE_ERRORS, UnidentifiedImageError) as error:
             raise InputError(f"{self.files[index]}: cannot read image ({error})") from None
         return image
+
+    def fingerprint(self) -> str:
+        return files_fingerprint(self.files)
 
     def image_shape(self, index: int) -> tuple[int, int]:
         if index not in self._sizes:

@@ -14,8 +14,8 @@ from .errors import InputError
 __all__ = ["check_number", "parse_number"]
 
 
-def _bounds(minimum: float | None, above: float | None, maximum: float | None) -> str:
-    """The accepted range in words, e.g. ``"a finite number at least 1"``."""
+def _bounds(kind: str, minimum: float | None, above: float | None, maximum: float | None) -> str:
+    """The accepted range in words, e.g. ``"a finite number at least 1"`` or ``"an integer at least 0"``."""
     parts = []
     if minimum is not None:
         parts.append(f"at least {minimum:g}")
@@ -23,7 +23,7 @@ def _bounds(minimum: float | None, above: float | None, maximum: float | None) -
         parts.append(f"above {above:g}")
     if maximum is not None:
         parts.append(f"at most {maximum:g}")
-    return " ".join(["a finite number", " and ".join(parts)]) if parts else "a finite number"
+    return " ".join([kind, " and ".join(parts)]) if parts else kind
 
 
 def check_number(value: float, name: str, *, minimum: float | None = None, above: float | None = None,
@@ -46,7 +46,8 @@ def check_number(value: float, name: str, *, minimum: float | None = None, above
     """
     if not math.isfinite(value) or (minimum is not None and value < minimum) or \
             (above is not None and value <= above) or (maximum is not None and value > maximum):
-        raise InputError(f"{name} must be {_bounds(minimum, above, maximum)}, got {value!r}")
+        kind = "an integer" if isinstance(value, int) else "a finite number"
+        raise InputError(f"{name} must be {_bounds(kind, minimum, above, maximum)}, got {value!r}")
     return value
 
 

@@ -82,7 +82,7 @@ def test_simulate_refuses_bad_numbers_before_simulating(capsys, args):
 def test_analyze_refuses_a_bad_image_count(tmp_path, capsys, count):
     code = analyze.main([str(tmp_path / "none.h5"), "--images", count])
     error = capsys.readouterr().err
-    assert code == 2 and "--images must be a finite number at least 1" in error
+    assert code == 2 and "--images must be an integer at least 1" in error
 
 
 def test_cluster_file_numbers_are_checked(tmp_path):

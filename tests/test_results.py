@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from dcnn.errors import InputError
-from dcnn.results import RESUME_KEYS, ResultWriter
+from dcnn.results import RESUME_KEYS, ResultWriter, open_result
 
-ATTRIBUTES = {"model": "lenet5", "mode": "batch", "weights": "init:0", "input": "x.h5:images",
+ATTRIBUTES = {"model": "lenet5", "mode": "batch", "weights": "init:0", "weights_fingerprint": "init:0",
+              "input": "x.h5:images", "input_fingerprint": "10:ab", "dataset": "images", "upsample": 0,
               "input_shape": "1x32x32", "num_images": 6, "batch_size": 2, "started": "now"}
 
 
@@ -15,7 +16,7 @@ def test_write_read_while_open_and_finish(tmp_path):
     path = tmp_path / "run.h5"
     writer = ResultWriter.create(path, 6, 3, 3, ATTRIBUTES)
     writer.write_task(1, 2, 4, np.ones((2, 3), np.float32), rank=1, started=0.5, ended=0.75)
-    with h5py.File(path, "r", swmr=True) as reader:
+    with open_result(path) as reader:  # in the writer's process, with its (lack of) HDF5 file locking
         assert reader.attrs["status"] == "running"
         assert reader["outputs/done"][()].tolist() == [0, 0, 1, 1, 0, 0]
         assert reader["timing/task_rank"][()].tolist() == [-1, 1, -1]
@@ -35,7 +36,8 @@ def test_resume_continues_and_checks_the_configuration(tmp_path):
     writer.close()
     for key in RESUME_KEYS:
         changed = {**ATTRIBUTES, key: 99 if isinstance(ATTRIBUTES[key], int) else "other"}
-        with pytest.raises(InputError, match=f"made with {key}"):
+        message = "is not the" if key.endswith("fingerprint") else f"made with {key}"
+        with pytest.raises(InputError, match=message):
             ResultWriter.resume(path, changed)
     resumed, done = ResultWriter.resume(path, {**ATTRIBUTES, "ranks": 3, "started": "again"})
     assert done.tolist() == [1, 1, 0, 0, 0, 0]
