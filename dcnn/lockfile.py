@@ -108,7 +108,7 @@ class RunLock:
         if holder is None:
             return
         host, pid, _ = holder
-        if host == socket.gethostname() and (pid == os.getpid() or not _alive(pid)):
+        if host == socket.gethostname() and not _alive(pid):
             return
         os.close(descriptor)
         raise InputError(_busy(result, path, holder) + f" (this file system has no locks: if no run is writing "
