@@ -252,3 +252,26 @@ def test_without_file_locks_the_lock_file_decides(tmp_path, monkeypatch):
     lock_path(result).write_text("another-host 1 2026-01-01T00:00:00Z\n")
     with pytest.raises(InputError, match="on another-host"):
         RunLock.acquire(result)
+
+
+def test_non_ascii_and_non_utf8_paths_work(tmp_path, digits, reference):
+    """Before: a UnicodeEncodeError traceback (HDF5 attributes take only valid UTF-8; undecodable bytes of a path
+    reach Python as surrogates)."""
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/d\xff\xfe"))
+    folder.mkdir()
+    source = folder / "in.h5"
+    source.write_bytes(digits.read_bytes())
+    output = tmp_path / "папка" / "café.h5"
+    undecodable = Path(os.fsdecode(bytes(tmp_path) + "/папка/caf".encode() + b"\xe9.h5"))
+    for path in (output, undecodable):
+        loud = [part for part in command("--input", str(source), "--output", str(path)) if part != "--quiet"]
+        done = subprocess.run(loud, capture_output=True, timeout=120)  # the summary prints the path
+        assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
+        assert os.fsencode(path) in done.stdout
+        interrupted(path, 8)
+        resumed = subprocess.run(command("--resume", str(path)), capture_output=True, timeout=120)
+        assert resumed.returncode == 0, resumed.stderr
+        with open_result(path) as handle:
+            stored = handle.attrs["input"]
+            np.testing.assert_array_equal(handle["outputs/logits"][()], reference)
+        assert os.fsencode(source) in (stored if isinstance(stored, bytes) else stored.encode())
