@@ -8,8 +8,10 @@ check while others run, the job is aborted with ``MPI.Abort`` so that no rank wa
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -23,6 +25,9 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 #: Seconds the other ranks give rank 0 to close its result file before a signal ends the job.
 CLOSE_GRACE = 2.0
+#: Seconds a process may take to end after SIGINT or SIGTERM before the watchdog ends it (see :func:`_watchdog`).
+SIGNAL_GRACE = 10.0
+_watching = False
 
 
 class Interrupted(BaseException):
@@ -35,6 +40,34 @@ class Interrupted(BaseException):
 
 def _raise_interrupted(signum: int, frame) -> None:
     raise Interrupted(signum)
+
+
+def _watchdog() -> None:
+    """Make sure SIGINT and SIGTERM end this process within :data:`SIGNAL_GRACE` seconds (once per process).
+
+    Python runs signal handlers only between bytecodes, so a process blocked in a library call (an HDF5 open,
+    an MPI wait, a file lock) ignores them. The C-level handler still writes the signal number to the wakeup fd;
+    a thread waiting on it gives the normal path (close the result file, print the resume line) the grace
+    period, then writes one line and ends the process with ``128 + signal`` (under mpiexec the launcher then
+    ends the other ranks).
+    """
+    global _watching
+    if _watching or threading.current_thread() is not threading.main_thread():
+        return
+    _watching = True
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while (signum := os.read(read_end, 1)[0]) not in (signal.SIGINT, signal.SIGTERM):
+            pass  # a signal another library handles
+        time.sleep(SIGNAL_GRACE)
+        os.write(2, f"dcnn: still running {SIGNAL_GRACE:g} s after {signal.Signals(signum).name} (blocked in a "
+                    f"library call); ending it\n".encode())
+        os._exit(128 + signum)
+
+    threading.Thread(target=watch, name="dcnn-signal-watchdog", daemon=True).start()
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +102,7 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
     prefix = "dcnn: error: " if comm.size == 1 else f"dcnn: error (rank {comm.rank}): "
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _raise_interrupted)
+    _watchdog()
     try:
         return body(args)
     except AgreedError as error:
