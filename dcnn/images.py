@@ -4,8 +4,9 @@ Accepted layouts:
 
 - an HDF5 dataset (``images`` unless ``--dataset`` names another) of ``N x H x W x C`` uint8 pixels, which
   get the model's preprocessing, or ``N x C x H x W`` float32 tensors, fed to the network as they are;
-- a folder of ``.png``/``.jpg``/``.jpeg`` files, read in sorted name order, converted to RGB (or luminance
-  for one-channel models) and preprocessed.
+- a folder of ``.png``/``.jpg``/``.jpeg`` files, read in sorted name order, converted to 8-bit RGB as dlib
+  reads them (:mod:`dcnn.pixels`: any Pillow mode, 16-bit samples by their high byte, alpha as dlib blends it,
+  EXIF orientation ignored), or to luminance for one-channel models, and preprocessed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from .errors import DAMAGED_FILE_ERRORS, InputError, ShapeError
 from .fingerprint import file_fingerprint, files_fingerprint
 from .graph import Preprocessing
+from .pixels import rgb8
 
 __all__ = ["IMAGE_SUFFIXES", "ImageSet", "open_image_set", "preprocess"]
 
@@ -206,8 +208,12 @@ class FolderImageSet(ImageSet):
             self._sizes[index] = (height, width)
         return self._sizes[index]
 
+    def _rgb(self, index: int) -> np.ndarray:
+        """Image ``index`` as ``H x W x 3`` uint8 RGB, read as dlib reads it (:func:`dcnn.pixels.rgb8`)."""
+        return rgb8(self._open(index), str(self.files[index]))
+
     def read_pixels(self, start: int, stop: int) -> np.ndarray:
-        return self._stack([np.asarray(self._open(i).convert("RGB")) for i in range(start, stop)], start, stop)
+        return self._stack([self._rgb(i) for i in range(start, stop)], start, stop)
 
     def _stack(self, arrays: list[np.ndarray], start: int, stop: int) -> np.ndarray:
         shapes = {a.shape for a in arrays}
@@ -217,8 +223,11 @@ class FolderImageSet(ImageSet):
         return np.stack(arrays)
 
     def read(self, start: int, stop: int, preprocessing: Preprocessing) -> np.ndarray:
-        mode = "L" if preprocessing.grayscale else "RGB"
-        arrays = [np.asarray(self._open(i).convert(mode)) for i in range(start, stop)]
+        from PIL import Image
+
+        arrays = [self._rgb(i) for i in range(start, stop)]
+        if preprocessing.grayscale:  # ITU-R 601 luma, as Pillow's "L"; exact for grey images
+            arrays = [np.asarray(Image.fromarray(rgb).convert("L")) for rgb in arrays]
         pixels = self._stack(arrays, start, stop)
         if pixels.ndim == 3:
             pixels = pixels[..., None]
