@@ -111,7 +111,7 @@ def test_a_mode_dlib_cannot_read_is_one_clear_error(tmp_path):
     from dcnn.errors import InputError
     from dcnn.pixels import rgb8
 
-    with pytest.raises(InputError, match="x.tif: images of mode F"):
+    with pytest.raises(InputError, match=r"x\.tif: images of mode F"):
         rgb8(Image.fromarray(np.zeros((4, 4), np.float32)), "x.tif")
 
 
