@@ -20,7 +20,7 @@ from .cli import add_common_arguments, run_main
 from .comm import world
 from .errors import InputError
 from .numbers import check_number
-from .results import open_result
+from .results import open_result, resume_command
 
 __all__ = ["RunSummary", "format_paper_table", "load_summary", "main", "paper_table", "scaling_table"]
 
@@ -103,7 +103,7 @@ def format_summary(run: RunSummary) -> str:
              f"  images {run.images_done}/{run.num_images} done, {run.images_computed} computed in "
              f"{run.elapsed:.2f} s: {run.images_per_second:.2f} images/s"]
     if run.status != "complete":
-        lines.append("  (interrupted: continue with python -m dcnn.infer ... --resume " + run.path + ")")
+        lines.append(f"  (interrupted: continue with {resume_command(run.path, run.ranks)})")
         return "\n".join(lines)
     lines.append(f"  {'rank':>4} {'tasks':>6} {'busy s':>8} {'idle s':>8} {'steals ok/tried':>16} {'stolen':>7} "
                  f"{'peak MiB':>9} {'planned MiB':>12}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from .lockfile import RunLock, lock_path
 from .numbers import check_number
 from .plan import Cluster, Plan, choose_plan, format_bytes, parse_bytes, plan_for
 from .progress import Progress
-from .results import ResultWriter, claim, peak_rss_bytes, provenance, read_configuration, utc_now
+from .results import ResultWriter, claim, peak_rss_bytes, provenance, read_configuration, resume_command, utc_now
 from .runconfig import configuration, restore
 from .spatial import SpatialEngine, fc_shard_rows
 from .steal import FIELDS as STEAL_FIELDS
@@ -43,7 +42,7 @@ from .threads import default_num_threads, set_num_threads
 from .weights import init_weights, load_weights
 from .zoo import get_model, model_names
 
-__all__ = ["DEFAULT_INPUT", "build_parser", "main", "resume_command"]
+__all__ = ["DEFAULT_INPUT", "build_parser", "main"]
 
 DEFAULT_INPUT = Path(__file__).resolve().parents[1] / "data" / "faces.h5"
 MODES = ("single", "batch", "spatial", "fused")
@@ -432,12 +431,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         _summary(args, job, writer.path, computed, elapsed, per_rank, comm.size, threads)
     return 0
-
-
-def resume_command(path: str | os.PathLike, ranks: int) -> str:
-    """The command line that continues the interrupted run in ``path`` (it records every other option)."""
-    launcher = f"mpirun -np {ranks} " if ranks > 1 else ""
-    return f"{launcher}python -m dcnn.infer --resume {shlex.quote(str(path))}"
 
 
 def _grid_text(engines) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shlex
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -43,7 +44,7 @@ from .errors import InputError
 from .lockfile import RunLock
 
 __all__ = ["ResultWriter", "claim", "encode_outputs", "open_result", "peak_rss_bytes", "provenance",
-           "read_configuration", "utc_now"]
+           "read_configuration", "resume_command", "utc_now"]
 
 #: Attributes that must match for ``--resume`` to continue a file (input and weights by content).
 RESUME_KEYS = ("model", "mode", "weights_fingerprint", "input_fingerprint", "dataset", "upsample", "input_shape",
@@ -130,6 +131,12 @@ def open_result(path: str | os.PathLike) -> h5py.File:
         if "already open for write" not in str(error):
             raise
         return _hdf5(path, "r", swmr=True)
+
+
+def resume_command(path: str | os.PathLike, ranks: int) -> str:
+    """The command line that continues the interrupted run in ``path`` (the file records every other option)."""
+    launcher = f"mpirun -np {ranks} " if ranks > 1 else ""
+    return f"{launcher}python -m dcnn.infer --resume {shlex.quote(str(path))}"
 
 
 def _temporary(path: Path) -> Path:
