@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dcnn import threads
-from dcnn.forward import Forward
+from dcnn.exec.forward import Forward
+from dcnn.kernels import threads
 from dcnn.kernels.conv import Conv2dKernel, Workspace
-from dcnn.layers import Conv2d
-from dcnn.weights import init_weights
-from dcnn.zoo import get_model
+from dcnn.network.layers import Conv2d
+from dcnn.network.weights import init_weights
+from dcnn.network.zoo import get_model
 
 try:
     import torch

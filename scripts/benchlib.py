@@ -10,8 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from dcnn.graph import Network
-from dcnn.zoo import get_model
+from dcnn.network.graph import Network
+from dcnn.network.zoo import get_model
 
 
 def conv_stack(name: str = "vgg16") -> Network:

@@ -4,9 +4,10 @@ import math
 
 import pytest
 
-from dcnn import analyze, infer, planner_cli, simulate
+from dcnn.cli import analyze, infer, simulate
+from dcnn.cli import plan as planner_cli
 from dcnn.errors import InputError
-from dcnn.numbers import check_number, parse_number
+from dcnn.io.numbers import check_number, parse_number
 
 HUGE = "9" * 400  # float() reads it as infinity
 
@@ -86,7 +87,7 @@ def test_analyze_refuses_a_bad_image_count(tmp_path, capsys, count):
 
 
 def test_cluster_file_numbers_are_checked(tmp_path):
-    from dcnn.plan import Cluster
+    from dcnn.planner.plan import Cluster
 
     for text, name in (('fraction = nan\n[[node]]\nram = "1GiB"', "'fraction'"),
                        ('[[node]]\nram = "1GiB"\nspeed = inf', "'speed'"),

@@ -15,8 +15,8 @@ import pytest
 from conftest import mpi_command
 
 from dcnn.errors import InputError
-from dcnn.lockfile import RunLock, lock_path
-from dcnn.results import open_result
+from dcnn.io.lockfile import RunLock, lock_path
+from dcnn.io.results import open_result
 
 NUM_IMAGES, BATCH = 24, 4
 
@@ -204,8 +204,8 @@ def test_resume_knows_the_input_by_content_not_by_name(tmp_path, digits, referen
 
 
 def test_resume_refuses_other_weights_under_the_same_name(tmp_path, digits):
-    from dcnn.weights import init_weights, save_weights
-    from dcnn.zoo import get_model
+    from dcnn.network.weights import init_weights, save_weights
+    from dcnn.network.zoo import get_model
 
     network = get_model("lenet5")
     weights = tmp_path / "w.npz"

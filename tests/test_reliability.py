@@ -128,7 +128,7 @@ def test_twenty_ranks_the_papers_node_count(tmp_path, mode):
 
 BLOCKED = """
 import argparse, ctypes
-from dcnn import cli
+from dcnn.cli import common as cli
 cli.SIGNAL_GRACE = 1.0
 def body(args):
     libc, mutex = ctypes.CDLL(None), ctypes.create_string_buffer(64)  # zeros: PTHREAD_MUTEX_INITIALIZER

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dcnn.errors import InputError
-from dcnn.results import RESUME_KEYS, ResultWriter, open_result
+from dcnn.io.results import RESUME_KEYS, ResultWriter, open_result
 
 ATTRIBUTES = {"model": "lenet5", "mode": "batch", "weights": "init:0", "weights_fingerprint": "init:0",
               "input": "x.h5:images", "input_fingerprint": "10:ab", "dataset": "images", "upsample": 0,
@@ -69,7 +69,7 @@ def test_unwritable_output(tmp_path):
 
 
 def detections(image, *boxes):
-    from dcnn.detect import DETECTION_DTYPE
+    from dcnn.faces.detect import DETECTION_DTYPE
 
     records = np.zeros(len(boxes), DETECTION_DTYPE)
     records["image"] = image

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from dcnn import threads
+from dcnn.kernels import threads
 
 
 def test_parallel_for_covers_every_item_once():
