@@ -1,6 +1,5 @@
 """The result file is sacred: never truncated, never overwritten unasked, one run per file, resumable as printed."""
 
-import fcntl
 import os
 import shlex
 import signal
@@ -14,8 +13,6 @@ import numpy as np
 import pytest
 from conftest import mpi_command
 
-from dcnn.errors import InputError
-from dcnn.io.lockfile import RunLock, lock_path
 from dcnn.io.results import open_result
 
 NUM_IMAGES, BATCH = 24, 4
@@ -218,40 +215,6 @@ def test_resume_refuses_other_weights_under_the_same_name(tmp_path, digits):
     assert other.returncode == 2 and "is not the weights this run was made with" in one_line(other.stderr)
     clash = infer("--resume", str(output), "--batch-size", "8")
     assert clash.returncode == 2 and "made with --batch-size 4, this run asks for 8" in one_line(clash.stderr)
-
-
-def test_a_stale_lock_is_taken_over_and_a_live_one_refuses(tmp_path):
-    result = tmp_path / "run.h5"
-    lock_path(result).write_text("elsewhere 1 2026-01-01T00:00:00Z\n")  # left by a killed run: nobody holds it
-    lock = RunLock.acquire(result)
-    assert lock_path(result).read_text().split()[1] == str(os.getpid())
-    with pytest.raises(InputError, match=r"being written by another run \(process \d+ on "):
-        RunLock.acquire(result)
-    lock.release()
-    assert not lock_path(result).exists()
-    RunLock.acquire(result).release()
-
-
-def test_without_file_locks_the_lock_file_decides(tmp_path, monkeypatch):
-    """On a file system without flock (NFS without lockd): a dead holder on this host is stale, a live one or one
-    on another host refuses."""
-    import errno
-    import socket
-
-    def no_locks(descriptor, operation):
-        raise OSError(errno.ENOLCK, "No locks available")
-
-    monkeypatch.setattr(fcntl, "flock", no_locks)
-    result = tmp_path / "run.h5"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    lock_path(result).write_text(f"{socket.gethostname()} {int(dead.stdout)} 2026-01-01T00:00:00Z\n")
-    lock = RunLock.acquire(result)
-    with pytest.raises(InputError, match="this file system has no locks"):
-        RunLock.acquire(result)  # held by this live process
-    lock.release()
-    lock_path(result).write_text("another-host 1 2026-01-01T00:00:00Z\n")
-    with pytest.raises(InputError, match="on another-host"):
-        RunLock.acquire(result)
 
 
 def test_non_ascii_and_non_utf8_paths_work(tmp_path, digits, reference):
