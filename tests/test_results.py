@@ -99,3 +99,24 @@ def test_detections_are_sorted_and_indexed_at_the_end_and_checked_on_resume(tmp_
     assert rows["image"].tolist() == [0, 0, 1, 2, 5]
     assert rows["confidence"][:2].tolist() == pytest.approx([1.0, 0.5])
     assert offsets.tolist() == [0, 2, 3, 4, 4, 4, 5]
+
+
+def test_claim_refuses_existing_or_missing_files_and_clears_leftover_copies(tmp_path):
+    from dcnn.io.results import claim
+
+    path = tmp_path / "run.h5"
+    leftover = tmp_path / ".run.h5.abc123.tmp"  # a copy being written when its run was killed
+    other = tmp_path / ".other.h5.abc123.tmp"
+    leftover.write_bytes(b"partial")
+    other.write_bytes(b"another file's")
+    with pytest.raises(InputError, match="no such file"):
+        claim(path, new=False)
+    claim(path, new=True).release()
+    assert not leftover.exists() and other.exists()
+    path.write_bytes(b"results")
+    with pytest.raises(InputError, match="already exists; give --force"):
+        claim(path, new=True)
+    claim(path, new=True, replace=True).release()
+    claim(path, new=False).release()
+    assert path.read_bytes() == b"results" and sorted(p.name for p in tmp_path.iterdir()) == [".other.h5.abc123.tmp",
+                                                                                               "run.h5"]

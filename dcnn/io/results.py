@@ -24,6 +24,7 @@ and fails on NFS) is switched off for every file opened here.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import resource
@@ -166,6 +167,9 @@ def claim(path: str | os.PathLike, *, new: bool, replace: bool = False) -> RunLo
         ``--force``: an existing file will be replaced (only once the new one is complete, see
         :meth:`ResultWriter.create`).
 
+    Temporary copies of ``path`` left by a run killed while writing them (see :func:`_temporary`) are removed
+    once the lock is held.
+
     Raises
     ------
     InputError
@@ -188,6 +192,8 @@ def claim(path: str | os.PathLike, *, new: bool, replace: bool = False) -> RunLo
         lock.release()
         raise InputError(f"{str(path)!r} already exists; give --force to replace it, --resume {str(path)!r} to "
                          f"continue an interrupted run, or another --output")
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # of a run killed while writing
+        leftover.unlink(missing_ok=True)
     return lock
 
 
