@@ -181,8 +181,8 @@ def _default_output() -> Path:
 
 
 def _claim(args: argparse.Namespace, comm) -> tuple[RunLock | None, bool]:
-    """Before any work: rank 0 takes the result file (see :func:`dcnn.results.claim`); a resumed run takes its
-    options from the file (:func:`dcnn.runconfig.restore`). Returns rank 0's lock and whether the resumed run is
+    """Before any work: rank 0 takes the result file (see :func:`dcnn.io.results.claim`); a resumed run takes its
+    options from the file (:func:`dcnn.cli.runconfig.restore`). Returns rank 0's lock and whether the resumed run is
     already complete (every rank learns it). Call on every rank.
     """
     lock, stored = None, None

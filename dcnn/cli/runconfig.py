@@ -6,7 +6,7 @@ not given from there:
 
 - :data:`IDENTITY`: options that decide the outputs. Given again, they must agree with the file (``--input``
   and ``--weights`` may name another path: the file is then recognised by its content fingerprint, see
-  :mod:`dcnn.fingerprint`);
+  :mod:`dcnn.io.fingerprint`);
 - :data:`FREE`: options that decide only how the work is done; given again, they replace the stored ones;
 - :data:`PER_RANKS`: options that describe each rank (a grid, weights per rank, a cluster file); restored only
   when the resumed run has as many ranks as the first, since a resume may use any rank count.

@@ -5,7 +5,7 @@ Accepted layouts:
 - an HDF5 dataset (``images`` unless ``--dataset`` names another) of ``N x H x W x C`` uint8 pixels, which
   get the model's preprocessing, or ``N x C x H x W`` float32 tensors, fed to the network as they are;
 - a folder of ``.png``/``.jpg``/``.jpeg`` files, read in sorted name order, converted to 8-bit RGB as dlib
-  reads them (:mod:`dcnn.pixels`: any Pillow mode, 16-bit samples by their high byte, alpha as dlib blends it,
+  reads them (:mod:`dcnn.io.pixels`: any Pillow mode, 16-bit samples by their high byte, alpha as dlib blends it,
   EXIF orientation ignored), or to luminance for one-channel models, and preprocessed.
 """
 
@@ -85,7 +85,7 @@ class ImageSet(ABC):
 
     @abstractmethod
     def fingerprint(self) -> str:
-        """The content fingerprint of the set's file or files (:mod:`dcnn.fingerprint`)."""
+        """The content fingerprint of the set's file or files (:mod:`dcnn.io.fingerprint`)."""
 
     def require_pixels(self) -> None:  # noqa: B027 - folders of images can always serve pixels
         """Raise :class:`InputError` unless :meth:`read_pixels` can serve these images (folders always can)."""
@@ -209,7 +209,7 @@ class FolderImageSet(ImageSet):
         return self._sizes[index]
 
     def _rgb(self, index: int) -> np.ndarray:
-        """Image ``index`` as ``H x W x 3`` uint8 RGB, read as dlib reads it (:func:`dcnn.pixels.rgb8`)."""
+        """Image ``index`` as ``H x W x 3`` uint8 RGB, read as dlib reads it (:func:`dcnn.io.pixels.rgb8`)."""
         return rgb8(self._open(index), str(self.files[index]))
 
     def read_pixels(self, start: int, stop: int) -> np.ndarray:

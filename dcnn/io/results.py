@@ -18,7 +18,7 @@ the file (``os.replace``), so the end of a run can be killed too.
 
 The result file is never truncated in place: a new file is built under a temporary name in the same directory
 and moved into place (an existing file is replaced only when asked, ``--force``), and a file is written only by
-the run holding its :class:`~dcnn.lockfile.RunLock`, so HDF5's own file locking (which truncates before it locks
+the run holding its :class:`~dcnn.io.lockfile.RunLock`, so HDF5's own file locking (which truncates before it locks
 and fails on NFS) is switched off for every file opened here.
 """
 
@@ -205,7 +205,7 @@ def _require_result(path: Path) -> None:
 
 def read_configuration(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
     """The attributes of result file ``path`` that a resumed run needs (:data:`RESUME_KEYS`, ``input``,
-    ``weights`` and ``configuration``, see :mod:`dcnn.runconfig`), and its status (``running``, ``complete``).
+    ``weights`` and ``configuration``, see :mod:`dcnn.cli.runconfig`), and its status (``running``, ``complete``).
 
     Raises
     ------
