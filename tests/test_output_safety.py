@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import mpi_command
+from test_infer_batch import rank_pids
 
 from dcnn.io.results import open_result
 
@@ -106,7 +107,7 @@ def test_a_refused_run_leaves_a_held_file_byte_identical(tmp_path, digits, refer
 def test_a_second_run_on_a_live_file_is_refused_and_the_first_completes(tmp_path, digits, reference):
     """Before: the second run wiped the first's live file, the first failed, the second hung in HDF5."""
     output = tmp_path / "live.h5"
-    slow = ["--throttle", "0:1000", "--throttle", "1:1000"]
+    slow = ["--throttle", "0:500", "--throttle", "1:500"]
     first = subprocess.Popen(command("--input", str(digits), "--output", str(output), "--mode", "batch", *slow,
                                      ranks=2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
@@ -115,6 +116,10 @@ def test_a_second_run_on_a_live_file_is_refused_and_the_first_completes(tmp_path
         while not output.exists():
             assert first.poll() is None and time.time() < deadline, "the first run did not start"
             time.sleep(0.05)
+        ranks = rank_pids(output.name)  # the launcher starts them in process groups of their own
+        assert ranks
+        for pid in ranks:  # hold the first run live (and its lock held) while the others try
+            os.kill(pid, signal.SIGSTOP)
         seconds = [subprocess.Popen(command(*second, str(output)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True)
                    for second in (["--input", str(digits), "--output"],
@@ -122,7 +127,9 @@ def test_a_second_run_on_a_live_file_is_refused_and_the_first_completes(tmp_path
         for second in seconds:
             _, stderr = second.communicate(timeout=60)
             assert second.returncode == 2 and "is being written by another run (process" in one_line(stderr)
-        assert first.poll() is None, "the first run ended before the second ones were checked; slow it down"
+        assert first.poll() is None, "the first run ended before it was stopped; slow it down"
+        for pid in ranks:
+            os.kill(pid, signal.SIGCONT)
         _, stderr = first.communicate(timeout=120)
         assert first.returncode == 0, stderr
     finally:
