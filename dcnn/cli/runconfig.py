@@ -22,13 +22,15 @@ from typing import Any
 
 from dcnn.errors import InputError
 
-__all__ = ["FREE", "IDENTITY", "PER_RANKS", "configuration", "restore"]
+__all__ = ["FREE", "IDENTITY", "PER_RANKS", "RECOGNITION", "configuration", "restore"]
 
 IDENTITY = ("model", "weights", "upsample", "seed", "input", "dataset", "batch_size", "mode")
 FREE = ("tiles", "overlap", "fuse_depth", "no_overlap", "no_steal", "mem_per_rank")
 PER_RANKS = ("grid", "capacity", "throttle", "cluster")
+#: Options of ``python -m dcnn.recognize`` that decide its outputs, recorded and restored like :data:`IDENTITY`.
+RECOGNITION = ("known", "tolerance", "jitter")
 #: Options naming files, stored as resolved absolute paths.
-_PATHS = ("input", "weights", "cluster")
+_PATHS = ("input", "weights", "cluster", "known")
 
 
 def _flag(key: str) -> str:
@@ -36,9 +38,10 @@ def _flag(key: str) -> str:
 
 
 def configuration(args: argparse.Namespace, ranks: int) -> str:
-    """The JSON of the options of :data:`IDENTITY`, :data:`FREE` and :data:`PER_RANKS`, and the rank count."""
+    """The JSON of the options of :data:`IDENTITY`, :data:`FREE`, :data:`PER_RANKS` (and :data:`RECOGNITION`
+    for a recognition run), and the rank count."""
     stored: dict[str, Any] = {"ranks": ranks}
-    for key in (*IDENTITY, *FREE, *PER_RANKS):
+    for key in (*IDENTITY, *FREE, *PER_RANKS, *(key for key in RECOGNITION if hasattr(args, key))):
         value = getattr(args, key)
         stored[key] = str(Path(value).resolve()) if key in _PATHS and value is not None else value
     return json.dumps(stored)
@@ -64,7 +67,7 @@ def restore(args: argparse.Namespace, given: frozenset[str], text: str, path: st
     if missing:
         raise InputError(f"--resume {str(path)!r}: the file does not record its run's configuration "
                          f"({', '.join(missing)}); it was made by an older dcnn and cannot be resumed")
-    for key in IDENTITY:
+    for key in (*IDENTITY, *(key for key in RECOGNITION if key in stored and hasattr(args, key))):
         if key not in given:
             setattr(args, key, stored[key])
         elif key not in _PATHS and getattr(args, key) != stored[key]:

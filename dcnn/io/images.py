@@ -23,7 +23,7 @@ from dcnn.io.fingerprint import file_fingerprint, files_fingerprint
 from dcnn.io.pixels import rgb8
 from dcnn.network.graph import Preprocessing
 
-__all__ = ["IMAGE_SUFFIXES", "ImageSet", "open_image_set", "preprocess"]
+__all__ = ["IMAGE_SUFFIXES", "ImageSet", "open_image", "open_image_set", "preprocess"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -190,14 +190,7 @@ class FolderImageSet(ImageSet):
         super().__init__(path, len(files))
 
     def _open(self, index: int):
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            image = Image.open(self.files[index])
-            image.load()
-        except (*DAMAGED_FILE_ERRORS, UnidentifiedImageError) as error:
-            raise InputError(f"{self.files[index]}: cannot read image ({error})") from None
-        return image
+        return open_image(self.files[index])
 
     def fingerprint(self) -> str:
         return files_fingerprint(self.files)
@@ -232,6 +225,24 @@ class FolderImageSet(ImageSet):
         if pixels.ndim == 3:
             pixels = pixels[..., None]
         return preprocess(pixels, preprocessing)
+
+
+def open_image(path: str | os.PathLike):
+    """One PNG/JPEG file, decoded (a PIL image).
+
+    Raises
+    ------
+    InputError
+        If the file cannot be read or decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(path)
+        image.load()
+    except (*DAMAGED_FILE_ERRORS, UnidentifiedImageError) as error:
+        raise InputError(f"{path}: cannot read image ({error})") from None
+    return image
 
 
 def open_image_set(path: str | os.PathLike, dataset: str = "images") -> ImageSet:
