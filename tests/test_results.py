@@ -120,3 +120,13 @@ def test_claim_refuses_existing_or_missing_files_and_clears_leftover_copies(tmp_
     claim(path, new=False).release()
     assert path.read_bytes() == b"results" and sorted(p.name for p in tmp_path.iterdir()) == [".other.h5.abc123.tmp",
                                                                                                "run.h5"]
+
+
+def test_the_resume_command_names_the_program_that_wrote_the_file():
+    from dcnn.io.results import resume_command
+
+    assert resume_command("a b.h5", 1, "python -m dcnn.recognize --known k") == \
+        "python -m dcnn.recognize --resume 'a b.h5'"
+    assert resume_command("run.h5", 4, "python -m dcnn.infer --model lenet5") == \
+        "mpirun -np 4 python -m dcnn.infer --resume run.h5"
+    assert resume_command("run.h5", 1, "infer.py") == "python -m dcnn.infer --resume run.h5"
