@@ -79,7 +79,7 @@ def test_seed_changes_and_reproduces(tmp_path, lenet_set):
     (["--input", "/nonexistent/set.h5"], "input '/nonexistent/set.h5' does not exist"),
     (["--model", "resnet"], "unknown model 'resnet'"),
     (["--model", "vgg11", "--weights", "/nonexistent/w.npz"], "weights file '/nonexistent/w.npz' does not exist"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be an integer at least 1"),
     (["--dataset", "pixels"], "no dataset 'pixels'"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):

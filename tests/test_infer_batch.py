@@ -134,4 +134,4 @@ def test_resume_refuses_another_configuration(digits, tmp_path):
     assert subprocess.run(command(1, digits, "--output", str(path), "--model", "lenet5"), timeout=300).returncode == 0
     done = subprocess.run(command(1, digits, "--resume", str(path), "--batch-size", "8"), capture_output=True,
                           text=True, timeout=300)
-    assert done.returncode == 2 and "made with batch_size = 4" in done.stderr
+    assert done.returncode == 2 and "made with --batch-size 4" in done.stderr

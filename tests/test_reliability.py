@@ -2,8 +2,11 @@
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -118,3 +121,41 @@ def test_twenty_ranks_the_papers_node_count(tmp_path, mode):
         assert np.abs(b["outputs/logits"][()] - expected).max() <= 1e-5 * np.abs(expected).max()
         if mode == "batch":
             assert b["stats/steal"][()][:, 0].sum() == 22
+
+
+BLOCKED = """
+import argparse, ctypes
+from dcnn.cli import common as cli
+cli.SIGNAL_GRACE = 1.0
+def body(args):
+    libc, mutex = ctypes.CDLL(None), ctypes.create_string_buffer(64)  # zeros: PTHREAD_MUTEX_INITIALIZER
+    libc.pthread_mutex_lock(mutex)
+    print("blocked", flush=True)
+    libc.pthread_mutex_lock(mutex)  # a self-deadlock; pthread_mutex_lock never returns for a signal
+    return 0
+parser = argparse.ArgumentParser()
+cli.add_common_arguments(parser)
+raise SystemExit(cli.run_main(body, parser, []))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="needs Linux's /proc/PID/wchan")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_a_process_blocked_in_a_library_call(signum):
+    """Before: a run blocked in HDF5 (or any C call) never ran the Python handler: SIGTERM and SIGINT were
+    ignored until SIGKILL."""
+    process = subprocess.Popen([sys.executable, "-c", BLOCKED], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        assert process.stdout.readline().strip() == "blocked"
+        wchan = Path(f"/proc/{process.pid}/wchan")
+        deadline = time.time() + 60
+        while "futex" not in wchan.read_text():  # until the main thread waits in the mutex, not before it
+            assert time.time() < deadline, wchan.read_text()
+            time.sleep(0.01)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signum
+    assert f"dcnn: still running 1 s after {signal.Signals(signum).name}" in stderr, stderr

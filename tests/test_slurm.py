@@ -110,3 +110,20 @@ def test_bad_sweep_files(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(InputError, match=message):
         load_sweep(path)
+
+
+def test_a_requeued_job_resumes_its_file_instead_of_failing(tmp_path):
+    """The batch script run again on its output (SLURM's requeue): it resumes, and a complete file is no error."""
+    import numpy as np
+
+    digits = tmp_path / "digits.h5"
+    with h5py.File(digits, "w") as handle:
+        handle["images"] = np.zeros((4, 32, 32, 1), np.uint8)
+    output = tmp_path / "job.h5"
+    environment = {**os.environ, "DCNN_LAUNCHER": "env", "DCNN_PYTHON": sys.executable, "DCNN_OUTPUT": str(output),
+                   "PYTHONPATH": str(ROOT)}
+    job = ["bash", str(ROOT / "slurm" / "infer.sbatch"), "--model", "lenet5", "--input", str(digits)]
+    first = subprocess.run(job, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run(job, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "already complete; nothing to do" in again.stdout, again.stderr

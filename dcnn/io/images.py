@@ -4,9 +4,11 @@ Accepted layouts:
 
 - an HDF5 dataset (``images`` unless ``--dataset`` names another) of ``N x H x W x C`` uint8 pixels, which
   get the model's preprocessing, or ``N x C x H x W`` float32 tensors, fed to the network as they are;
-- a folder of ``.png``/``.jpg``/``.jpeg`` files, read in sorted name order, converted to RGB and preprocessed.
+- a folder of ``.png``/``.jpg``/``.jpeg`` files, read in sorted name order, converted to 8-bit RGB as dlib
+  reads them (:mod:`dcnn.io.pixels`: any Pillow mode, 16-bit samples by their high byte, alpha as dlib blends it,
+  EXIF orientation ignored), or to luminance for one-channel models, and preprocessed.
 
-A one-channel model (LeNet-5) gets the luminance of RGB pixels from :func:`luminance` alone, whichever the
+A one-channel model (LeNet-5) gets the luminance of those RGB pixels from :func:`luminance` alone, whichever the
 source: ITU-R 601-2 in Pillow's ``L``-mode integer arithmetic, so an HDF5 set and the same images as PNG files
 give the same network input, bit for bit.
 """
@@ -21,6 +23,8 @@ import h5py
 import numpy as np
 
 from dcnn.errors import DAMAGED_FILE_ERRORS, InputError, ShapeError
+from dcnn.io.fingerprint import file_fingerprint, files_fingerprint
+from dcnn.io.pixels import rgb8
 from dcnn.network.graph import Preprocessing
 
 __all__ = ["IMAGE_SUFFIXES", "ImageSet", "luminance", "open_image", "open_image_set", "preprocess"]
@@ -97,6 +101,10 @@ class ImageSet(ABC):
     def read_pixels(self, start: int, stop: int) -> np.ndarray:
         """Images ``start`` to ``stop`` as ``(B, H, W, 3)`` uint8 RGB (gray images are replicated)."""
 
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """The content fingerprint of the set's file or files (:mod:`dcnn.io.fingerprint`)."""
+
     def require_pixels(self) -> None:  # noqa: B027 - folders of images can always serve pixels
         """Raise :class:`InputError` unless :meth:`read_pixels` can serve these images (folders always can)."""
 
@@ -126,6 +134,7 @@ class Hdf5ImageSet(ImageSet):
         except BaseException:
             self._file.close()
             raise
+        self.file = path
         super().__init__(f"{path}:{dataset}", self._data.shape[0])
 
     def _open(self, path: str, dataset: str) -> None:
@@ -149,6 +158,9 @@ class Hdf5ImageSet(ImageSet):
         if float(np.prod(shape[1:], dtype=np.float64)) * dtype.itemsize > MAX_IMAGE_BYTES:
             raise InputError(f"{path}:{dataset}: images of shape {shape[1:]} exceed {MAX_IMAGE_BYTES >> 30} GiB "
                              f"each; is the file damaged?")
+
+    def fingerprint(self) -> str:
+        return file_fingerprint(self.file)
 
     def image_shape(self, index: int) -> tuple[int, int]:
         shape = self._data.shape
@@ -198,14 +210,21 @@ class FolderImageSet(ImageSet):
     def _open(self, index: int):
         return open_image(self.files[index])
 
+    def fingerprint(self) -> str:
+        return files_fingerprint(self.files)
+
     def image_shape(self, index: int) -> tuple[int, int]:
         if index not in self._sizes:
             width, height = self._open(index).size
             self._sizes[index] = (height, width)
         return self._sizes[index]
 
+    def _rgb(self, index: int) -> np.ndarray:
+        """Image ``index`` as ``H x W x 3`` uint8 RGB, read as dlib reads it (:func:`dcnn.io.pixels.rgb8`)."""
+        return rgb8(self._open(index), str(self.files[index]))
+
     def read_pixels(self, start: int, stop: int) -> np.ndarray:
-        return self._stack([np.asarray(self._open(i).convert("RGB")) for i in range(start, stop)], start, stop)
+        return self._stack([self._rgb(i) for i in range(start, stop)], start, stop)
 
     def _stack(self, arrays: list[np.ndarray], start: int, stop: int) -> np.ndarray:
         shapes = {a.shape for a in arrays}
