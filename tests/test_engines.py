@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
+from dcnn.decomposition.fused import spatial_depth
 from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.exec.forward import Forward
 from dcnn.network.graph import Network
 from dcnn.network.layers import AdaptiveAvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
 from dcnn.network.weights import init_weights
 from dcnn.parallel.engines import EngineCache
-from dcnn.parallel.fused import FusedEngine
+from dcnn.parallel.fused import FusedEngine, compile_fused
 from dcnn.parallel.spatial import SpatialEngine
 
 pytestmark = pytest.mark.mpi
@@ -67,9 +68,9 @@ def test_batch_engines_for_thousands_of_sizes():
 def test_fused_engines_for_thousands_of_sizes(overlap, sizes):
     network = tiny_network()
     weights = init_weights(network, 2, rows=fc_shard_rows(network, COMM.size, COMM.rank))
-    forward = Forward(network, weights)
+    forwards = compile_fused(network, weights, spatial_depth(network))
     error, cache = run_sizes(lambda shape: FusedEngine(network, weights, shape, COMM, (2, 2), overlap=overlap,
-                                                       forward=forward), sizes)
+                                                       forwards=forwards), sizes)
     assert error < 1e-5 and cache.built == len(sizes)
     counters, tile_seconds = cache.fused_counters()
     assert COMM.allreduce(counters["tiles_run"]) == 4 * len(sizes) and tile_seconds.shape == (4,)

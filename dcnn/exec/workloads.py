@@ -16,11 +16,12 @@ import numpy as np
 
 from dcnn.errors import InputError
 from dcnn.faces.detect import DETECTION_DTYPE, FaceDetector, to_records
+from dcnn.faces.pipeline import DEFAULT_TOLERANCE, FACE_DTYPE, FaceDescriber, Gallery, identify
 from dcnn.io.images import ImageSet
 from dcnn.io.scan import Skip, skip_for
 from dcnn.network.graph import Preprocessing
 
-__all__ = ["Classification", "Detection"]
+__all__ = ["Classification", "Detection", "Recognition"]
 
 
 def _size_groups(images: ImageSet, start: int, stop: int, skip: Container[int], tolerate: bool,
@@ -107,3 +108,40 @@ class Detection:
             records += [to_records([self.detector.decode(s, rects)], index) for index, s in zip(indices, scores)]
         records = np.concatenate(records)
         return records[np.argsort(records["image"], kind="stable")], failed
+
+
+@dataclass
+class Recognition:
+    """The workload of a recognition run: a task's detections, then their landmarks, descriptors and identities.
+
+    Attributes
+    ----------
+    detection : Detection
+        Runs the detector network (in any mode, through ``network_for``).
+    describer : FaceDescriber
+        Landmarks and descriptors, on the rank that runs the task.
+    gallery : Gallery or None
+        Known people; without one every face is unknown.
+    tolerance : float
+        The largest distance that still names a person.
+    """
+
+    detection: Detection
+    describer: FaceDescriber
+    gallery: Gallery | None = None
+    tolerance: float = DEFAULT_TOLERANCE
+
+    def run(self, images: ImageSet, start: int, stop: int, network_for, skip: Container[int] = (),
+            tolerate: bool = False, agree=None) -> tuple[np.ndarray, list[Skip]]:
+        """:data:`FACE_DTYPE` rows of the faces in images ``start .. stop - 1``, and the images skipped because
+        they could not be read (see :class:`Detection`)."""
+        records, failed = self.detection.run(images, start, stop, network_for, skip, tolerate, agree)
+        left_out = set(skip) | {skip_record.index for skip_record in failed}
+        parts = [np.zeros(0, FACE_DTYPE)]
+        for index in (i for i in range(start, stop) if i not in left_out):
+            pixels = images.read_pixels(index, index + 1)[0]
+            parts.append(self.describer.faces([pixels], records[records["image"] == index], index))
+        faces = np.concatenate(parts)
+        if self.gallery is not None:
+            faces["identity"], faces["distance"] = identify(faces["descriptor"], self.gallery, self.tolerance)
+        return faces, failed

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import fields
 
 import numpy as np
 
@@ -37,7 +38,7 @@ from dcnn.parallel.overlap import OverlapPool
 from dcnn.parallel.spatial import LayerStats, SpatialEngine
 from dcnn.parallel.steal import StealQueue
 
-__all__ = ["COUNTER_FIELDS", "FusedEngine"]
+__all__ = ["COUNTER_FIELDS", "FusedEngine", "compile_fused"]
 
 #: Per-rank counters of a fused run (``FusedEngine.counters``), in this order.
 COUNTER_FIELDS = ("tiles_run", "tiles_reused", "fallbacks", "macs", "bytes_put", "bytes_got", "pool_seconds")
@@ -45,6 +46,16 @@ COUNTER_FIELDS = ("tiles_run", "tiles_reused", "fallbacks", "macs", "bytes_put",
 def _subnetwork(network: Network, start: int, input_shape: Shape) -> Network:
     return Network(f"{network.name}[{start}:]", network.layers[start:], input_shape, network.preprocessing,
                    network.description)
+
+
+def compile_fused(network: Network, weights: Mapping[str, np.ndarray], depth: int) -> tuple[Forward, Forward | None]:
+    """The executors a fused run needs, for every input shape: the first ``depth`` layers (nothing folded across
+    ``depth``) and the layers after them (``None`` when there are none)."""
+    fused = Forward(network, weights, stop=depth)
+    if depth == len(network):
+        return fused, None
+    rest = _subnetwork(network, depth, network.shapes(network.input_shape)[depth])
+    return fused, Forward(rest, weights)
 
 
 class FusedEngine:
@@ -68,8 +79,9 @@ class FusedEngine:
         Balance tiles by work stealing (else each rank keeps its initial share).
     overlap : {"recompute", "reuse"}
         What a tile does with the regions it shares with its neighbours.
-    forward : Forward, optional
-        The network already compiled (engines of other input shapes share one); compiled here by default.
+    forwards : tuple of Forward, optional
+        The executors of the fused layers and of the layers after them, already compiled (:func:`compile_fused`;
+        engines of other input shapes share them); compiled here by default.
 
     Attributes
     ----------
@@ -82,16 +94,19 @@ class FusedEngine:
 
     def __init__(self, network: Network, weights: Mapping[str, np.ndarray], input_shape: Shape, comm: MPI.Comm,
                  grid: tuple[int, int], depth: int | None = None, steal: bool = True, overlap: str = "recompute",
-                 forward: Forward | None = None):
+                 forwards: tuple[Forward, Forward | None] | None = None):
         if overlap not in OVERLAP_POLICIES:
             raise PlanError(f"overlap policy must be one of {', '.join(OVERLAP_POLICIES)}, got {overlap!r}")
         self.comm = comm
         self.plan = plan_fused(network, input_shape, grid, depth)
         self.reuse = plan_reuse(self.plan, comm.size) if overlap == "reuse" else None
         self.overlap = overlap
-        self.forward = forward if forward is not None else Forward(network, weights)
+        # Folding is decided over the fused layers only: the layers after them run in ``rest``.
+        fused_forward, rest_forward = forwards if forwards is not None else compile_fused(network, weights,
+                                                                                          self.plan.depth)
+        self.forward = fused_forward
         self.steal = steal
-        self.stats = LayerStats.zeros(len(network))
+        self._stats = LayerStats.zeros(len(network))
         self.tile_seconds = np.zeros(len(self.plan.tiles))
         self._counts = dict.fromkeys(COUNTER_FIELDS, 0)
         self._rates = self.plan.macs_per_pixel()
@@ -100,8 +115,7 @@ class FusedEngine:
         self.rest = None
         if self.plan.depth < len(network):
             rest = _subnetwork(network, self.plan.depth, self.plan.output_shape)
-            self.rest = SpatialEngine(rest, weights, self.plan.output_shape, comm,
-                                      forward=self.forward.suffix(self.plan.depth, rest))
+            self.rest = SpatialEngine(rest, weights, self.plan.output_shape, comm, forward=rest_forward)
 
     @property
     def counters(self) -> dict[str, float]:
@@ -112,6 +126,18 @@ class FusedEngine:
             counts["bytes_got"] += self._pool.bytes_got
             counts["pool_seconds"] += self._pool.seconds
         return counts
+
+    @property
+    def stats(self) -> LayerStats:
+        """This rank's per-layer counters over the whole network: the fused layers' and those of the rest."""
+        if self.rest is None:
+            return self._stats
+        depth = self.plan.depth
+        names = [field.name for field in fields(LayerStats)]
+        combined = LayerStats(*(getattr(self._stats, name).copy() for name in names))
+        for name in names:
+            getattr(combined, name)[depth:] += getattr(self.rest.stats, name)
+        return combined
 
     @property
     def tiles_run(self) -> int:
@@ -176,7 +202,7 @@ class FusedEngine:
             steps = self.reuse.steps[index]
             self._counts["tiles_reused"] += bool(incoming)
             for strip, _ in borrowed:
-                self.stats.bytes_received[strip.layer] += x.shape[0] * 4 * strip.elements
+                self._stats.bytes_received[strip.layer] += x.shape[0] * 4 * strip.elements
         else:
             borrowed, steps = [], self.plan.tiles[index].steps
             self._counts["fallbacks"] += 1
@@ -212,12 +238,12 @@ class FusedEngine:
             region = op(source, padding) if op.layer.window is not None else op(source)
             held = box
             elapsed = time.perf_counter() - start
-            self.stats.compute_seconds[layer] += elapsed
+            self._stats.compute_seconds[layer] += elapsed
             self.tile_seconds[index] += elapsed
             self._counts["macs"] += self._rates[layer] * box.area * batch
             for strip in strips_out[layer]:
                 pool.publish(strip, region[(slice(None), slice(None), *strip.box.slices(held))])
-                self.stats.bytes_sent[layer] += batch * 4 * strip.elements
+                self._stats.bytes_sent[layer] += batch * 4 * strip.elements
         return region
 
     def _source(self, layer: int, source_box: Box, held: Box, region: np.ndarray | None,
@@ -244,6 +270,6 @@ class FusedEngine:
             np.zeros(0, np.float32)
         start = time.perf_counter()
         flat = allgather_blocks(self.comm, local, counts)
-        self.stats.wait_seconds[self.plan.depth - 1] += time.perf_counter() - start
+        self._stats.wait_seconds[self.plan.depth - 1] += time.perf_counter() - start
         return assemble_boxes(flat, [self.plan.tiles[i].output for i in order], (batch, channels),
                               self.plan.output_shape[1:])
