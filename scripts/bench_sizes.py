@@ -24,8 +24,8 @@ import numpy as np
 from benchlib import mpi_launcher
 from PIL import Image
 
-from dcnn.weights import init_weights, save_weights
-from dcnn.zoo import get_model
+from dcnn.network.weights import init_weights, save_weights
+from dcnn.network.zoo import get_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
@@ -97,13 +97,13 @@ def main() -> None:
              ["--mode", "fused", "--tiles", "3x3", "--overlap", "recompute", "--fuse-depth", "6"]),
         ]
         for name, ranks, images, extra in cases:
-            rows.append(run(name, ranks, scratch / "out.h5", "--input", str(images), *extra))
+            rows.append(run(name, ranks, scratch / f"run{len(rows)}.h5", "--input", str(images), *extra))
             print_row(rows[-1])
         network = get_model("alexnet")
         save_weights(scratch / "alexnet.npz", init_weights(network, 1))
         with h5py.File(scratch / "small.h5", "w") as handle:
             handle["images"] = rng.integers(0, 256, (4, 160, 160, 3), dtype=np.uint8)
-        rows.append(run("alexnet .npz weights, spatial", args.ranks, scratch / "out.h5", "--model", "alexnet",
+        rows.append(run("alexnet .npz weights, spatial", args.ranks, scratch / "alexnet.h5", "--model", "alexnet",
                         "--weights", str(scratch / "alexnet.npz"), "--input", str(scratch / "small.h5"),
                         "--mode", "spatial", "--top", "0"))
         print_row(rows[-1])
