@@ -16,7 +16,7 @@ from dcnn.cli.common import add_common_arguments, launcher_rank, run_main
 from dcnn.errors import InputError
 from dcnn.network.graph import Network, format_shape, parse_shape
 from dcnn.network.zoo import get_model, model_names
-from dcnn.planner.plan import MODES, Cluster, Plan, choose_plan, format_bytes, parse_bytes, plans
+from dcnn.planner.plan import MODES, Cluster, Plan, best_plan, format_bytes, parse_bytes, plans
 
 __all__ = ["build_parser", "main"]
 
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
     modes = tuple(args.mode or MODES)
     candidates = plans(network, shape, cluster, args.batch_size, args.images, modes)
-    chosen = choose_plan(network, shape, cluster, args.batch_size, args.images, modes)
+    chosen = best_plan(candidates, network, shape, cluster, modes)
     if launcher_rank() != 0 or args.quiet:
         return 0
     budget = min(cluster.budget(rank) for rank in range(cluster.size))

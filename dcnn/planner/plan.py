@@ -38,8 +38,8 @@ from dcnn.network.graph import Network, format_shape
 from dcnn.network.layers import Conv2d, Linear, Shape
 
 __all__ = [
-    "MODES", "RUNTIME_BYTES", "Cluster", "Node", "Plan", "choose_plan", "format_bytes", "parse_bytes", "plan_for",
-    "plans",
+    "MODES", "RUNTIME_BYTES", "Cluster", "Node", "Plan", "best_plan", "choose_plan", "format_bytes", "parse_bytes",
+    "plan_for", "plans",
 ]
 
 MIB, GIB = 2**20, 2**30
@@ -54,15 +54,23 @@ MODEL_MARGIN = 0.05
 MAX_CLUSTER_NODES = 100_000
 #: The largest cluster the planner considers when it suggests more nodes.
 MAX_NODES = 256
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": MIB, "mib": MIB, "mb": 10**6,
+_UNITS = {"b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": MIB, "mib": MIB, "mb": 10**6,
           "g": GIB, "gib": GIB, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
 
 
 def parse_bytes(text: str | int | float) -> int:
-    """``"3.2GiB"``, ``"512MiB"``, ``"4G"`` (binary), ``"4GB"`` (decimal) or a plain number of bytes."""
+    """``"3.2GiB"``, ``"512MiB"``, ``"4G"`` (binary), ``"4GB"`` (decimal), ``"1000B"``; a number (not text) is bytes.
+
+    Raises
+    ------
+    InputError
+        For text without a unit (``"200"``: MiB or bytes? the user must say) or that is no size at all.
+    """
     if isinstance(text, int | float):
         return int(text)
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if match and not match.group(2):
+        raise InputError(f"{text.strip()!r} has no unit; write for example {text.strip()}MiB or {text.strip()}GiB")
     if not match or match.group(2).lower() not in _UNITS:
         raise InputError(f"cannot read {text!r} as a memory size; use for example 512MiB, 3.2GiB or 4G")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
@@ -204,12 +212,13 @@ class Plan:
     memory: list[dict[str, int]]
     largest: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    _peaks: list[int] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def peak(self, rank: int | None = None) -> int:
         """Predicted bytes of one rank (the largest over ranks by default), with the model's error margin."""
-        if rank is None:
-            return max(self.peak(r) for r in range(len(self.memory)))
-        return int(sum(self.memory[rank].values()) * (1 + MODEL_MARGIN))
+        if len(self._peaks) != len(self.memory):  # computed once: the planner asks for every rank many times
+            self._peaks = [int(sum(items.values()) * (1 + MODEL_MARGIN)) for items in self.memory]
+        return max(self._peaks) if rank is None else self._peaks[rank]
 
     def overflow(self, cluster: Cluster) -> tuple[int, int, int] | None:
         """``(rank, needed, available)`` of the rank most over its budget, or ``None`` if every rank fits."""
@@ -257,6 +266,22 @@ def _tiling(network: Network, input_shape: Shape, tiles: tuple[int, int], ranks:
     """The fused plan and, for the reuse policy, its reuse plan (cached: candidates share them)."""
     fused = plan_fused(network, input_shape, tiles)
     return fused, plan_reuse(fused, ranks) if overlap == "reuse" else None
+
+
+@lru_cache(maxsize=64)
+def _block_work(network: Network, input_shape: Shape, dims: tuple[int, int]) -> tuple[tuple[int, str], ...]:
+    """Per rank of a spatial grid, the largest one-layer working set (values per image) and its layer (cached:
+    every batch size of a candidate shares it)."""
+    spatial = _decomposition(network, input_shape, dims)
+    work = [(0, "")] * (dims[0] * dims[1])
+    for layer_plan in spatial.layers:
+        name = network.layers[layer_plan.index][0]
+        for rank, out in enumerate(layer_plan.out_blocks):
+            source = layer_plan.needed[rank] if layer_plan.windowed else out
+            value = _layer_work(layer_plan.layer, layer_plan.in_shape, layer_plan.out_shape,
+                                (source.height, source.width), (out.height, out.width), layer_plan.padding[rank])
+            work[rank] = max(work[rank], (value, name))
+    return tuple(work)
 
 
 # -- memory -------------------------------------------------------------------------------------------------------
@@ -329,15 +354,7 @@ def memory_spatial(network: Network, input_shape: Shape, batch: int, cluster: Cl
     size = cluster.size
     spatial = _decomposition(network, tuple(input_shape), tuple(dims))
     weights, heaviest = _weights(network, input_shape, size)
-    work = [(0, "")] * size
-    for layer_plan in spatial.layers:
-        name = network.layers[layer_plan.index][0]
-        for rank in range(size):
-            source = layer_plan.needed[rank] if layer_plan.windowed else layer_plan.out_blocks[rank]
-            out = layer_plan.out_blocks[rank]
-            value = _layer_work(layer_plan.layer, layer_plan.in_shape, layer_plan.out_shape,
-                                (source.height, source.width), (out.height, out.width), layer_plan.padding[rank])
-            work[rank] = max(work[rank], (value, name))
+    work = _block_work(network, tuple(input_shape), tuple(dims))
     tail, _ = _whole_map_work(network, input_shape, spatial.gather_index) if spatial.gather_index < len(network) \
         else (0, "")
     gathered = 2 * batch * math.prod(spatial.gathered_shape) * BYTES
@@ -400,8 +417,10 @@ def predict_seconds(plan: Plan, network: Network, input_shape: Shape, cluster: C
             for rank, block in enumerate(layer_plan.out_blocks):
                 share[rank] += macs * block.area / area
             if layer_plan.transfers:
-                busiest = max(sum(t.box.area for t in layer_plan.transfers if t.dest == r)
-                              for r in range(cluster.size))
+                received = [0] * cluster.size
+                for transfer in layer_plan.transfers:
+                    received[transfer.dest] += transfer.box.area
+                busiest = max(received)
                 network_seconds += cluster.latency + busiest * layer_plan.in_shape[0] * BYTES / cluster.bandwidth
         compute = max(s / r for s, r in zip(share, rates, strict=True))
         rest = sum(row.macs for row in costs[spatial.gather_index:]) / sum(rates)
@@ -431,8 +450,13 @@ def _tile_grids(network: Network, input_shape: Shape) -> list[tuple[int, int]]:
     return [(t, t) for t in range(2, 9) if t <= height and t <= width]
 
 
-def _spatial_grids(size: int) -> list[tuple[int, int]]:
-    return [(rows, size // rows) for rows in range(1, size + 1) if size % rows == 0]
+def _spatial_grids(network: Network, input_shape: Shape, size: int) -> list[tuple[int, int]]:
+    """The ``Py x Px`` factorisations of ``size`` that give every rank a block of the first layer's output (a
+    grid with more rows or columns than that map leaves ranks idle: 100,000 ranks on a 224x224 image)."""
+    first = network.shapes(input_shape)[1]
+    height, width = first[1:] if len(first) == 3 else (1, 1)
+    return [(rows, size // rows) for rows in range(1, min(size, height) + 1)
+            if size % rows == 0 and size // rows <= width]
 
 
 def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, batch: int,
@@ -458,7 +482,8 @@ def plans(network: Network, input_shape: Shape, cluster: Cluster, batch: int, im
     if "batch" in modes:
         configurations.append(("batch", None, None))
     if "spatial" in modes and cluster.size > 1:
-        configurations += [("spatial", dims, None) for dims in _spatial_grids(cluster.size)]
+        configurations += [("spatial", dims, None) for dims in _spatial_grids(network, input_shape,
+                                                                                     cluster.size)]
     if "fused" in modes:
         configurations += [("fused", tiles, overlap) for tiles in _tile_grids(network, input_shape)
                            for overlap in ("reuse", "recompute")]
@@ -475,7 +500,16 @@ def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: i
     PlanError
         When no plan fits, naming what does not fit, the bytes needed and available, and what would fit.
     """
-    candidates = plans(network, input_shape, cluster, batch, images, modes)
+    return best_plan(plans(network, input_shape, cluster, batch, images, modes), network, input_shape, cluster,
+                     modes)
+
+
+def best_plan(candidates: list[Plan], network: Network, input_shape: Shape, cluster: Cluster,
+              modes: tuple[str, ...] = MODES) -> Plan:
+    """:func:`choose_plan` among candidates already computed by :func:`plans` (same arguments)."""
+    if not candidates:
+        raise PlanError(f"no {' or '.join(modes)} plan for {cluster.size} nodes: a rank grid that large leaves "
+                        f"ranks without a block of {network.name}'s maps; use fewer nodes or another mode")
     feasible = [plan for plan in candidates if plan.overflow(cluster) is None]
     if feasible:
         return min(feasible, key=lambda plan: (plan.seconds, -plan.batch, plan.peak()))
