@@ -97,3 +97,14 @@ def test_detections_are_sorted_and_indexed_at_the_end_and_checked_on_resume(tmp_
     assert rows["image"].tolist() == [0, 0, 1, 2, 5]
     assert rows["confidence"][:2].tolist() == pytest.approx([1.0, 0.5])
     assert offsets.tolist() == [0, 2, 3, 4, 4, 4, 5]
+
+
+def test_provenance_names_the_slurm_job_array_and_step(monkeypatch):
+    from dcnn.io.results import SLURM_IDS, provenance
+
+    for variable in SLURM_IDS.values():
+        monkeypatch.delenv(variable, raising=False)
+    assert {provenance("4.0")[name] for name in SLURM_IDS} == {""}
+    for value, variable in enumerate(SLURM_IDS.values()):
+        monkeypatch.setenv(variable, str(100 + value))
+    assert [provenance("4.0")[name] for name in SLURM_IDS] == ["100", "101", "102", "103"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dcnn import __version__
 from dcnn.cli.common import add_common_arguments, run_main
 from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused
 from dcnn.decomposition.spatial import fc_shard_rows
@@ -27,11 +27,11 @@ from dcnn.errors import InputError, PlanError, ShapeError
 from dcnn.exec.workloads import Classification, Detection
 from dcnn.faces.detect import FaceDetector
 from dcnn.io.images import Hdf5ImageSet, ImageSet, open_image_set
-from dcnn.io.progress import Progress
+from dcnn.io.progress import LOG_INTERVAL, STYLES, Progress
 from dcnn.io.results import ResultWriter, peak_rss_bytes, provenance, utc_now
 from dcnn.kernels.elementwise import softmax
 from dcnn.kernels.threads import default_num_threads, set_num_threads
-from dcnn.network.graph import Network, format_shape, parse_shape
+from dcnn.network.graph import Network, format_shape, parse_grid
 from dcnn.network.weights import init_weights, load_weights
 from dcnn.network.zoo import get_model, model_names
 from dcnn.parallel.batch import TaskSplit, parse_capacities, parse_throttle, run_tasks
@@ -40,6 +40,7 @@ from dcnn.parallel.comm import (
     hostnames,
     mpi4py_version,
     mpi_library_version,
+    mpi_thread_level,
     ranks_per_node,
     self_comm,
     world,
@@ -94,28 +95,33 @@ def build_parser() -> argparse.ArgumentParser:
                              "layers are split by output neurons (each rank holds 1/P of their weights). fused: "
                              "every image's first layers run as a grid of tiles (--tiles) balanced by work "
                              "stealing, the rest in spatial mode")
-    parser.add_argument("--grid", metavar="PYxPX",
-                        help="spatial mode: the rank grid, rows x columns, e.g. 2x3 (default: MPI.Compute_dims)")
-    parser.add_argument("--tiles", default="4x4", metavar="TYxTX",
-                        help="fused mode: the tile grid over the fused block's output (default 4x4; may have "
-                             "more tiles than ranks); each tile is a stealable task (see --overlap)")
-    parser.add_argument("--overlap", choices=OVERLAP_POLICIES, default="reuse",
-                        help="fused mode: reuse (default): tiles run in three checkerboard phases and later tiles "
-                             "read the border strips of earlier ones from one-sided MPI windows instead of "
-                             "recomputing them; recompute: every tile computes its whole region")
+    parser.add_argument("--grid", metavar="ROWSxCOLS",
+                        help="spatial mode only: the rank grid, rows x columns, e.g. 2x3 (default: MPI.Compute_dims)")
+    parser.add_argument("--tiles", metavar="ROWSxCOLS",
+                        help=f"fused mode only: the tile grid over the fused block's output (default {DEFAULT_TILES}; "
+                             "may have more tiles than ranks); each tile is a stealable task (see --halo-policy)")
+    parser.add_argument("--halo-policy", "--overlap", dest="halo_policy", choices=OVERLAP_POLICIES,
+                        help="fused mode only: what a tile does with the halo it shares with its neighbours. reuse "
+                             "(default): tiles run in three checkerboard phases and later tiles read the border "
+                             "strips of earlier ones from one-sided MPI windows instead of recomputing them; "
+                             "recompute: every tile computes its whole region (--overlap: the old name, kept for "
+                             "one release)")
     parser.add_argument("--fuse-depth", type=int, metavar="N",
-                        help="fused mode: how many layers to fuse (default: all before the first global layer); "
-                             "the rest run in spatial mode")
-    parser.add_argument("--no-overlap", action="store_true",
-                        help="spatial mode: wait for halos before computing, instead of computing each block's "
-                             "interior while they are in flight (for measuring what overlap hides)")
+                        help="fused mode only: how many layers to fuse (default: all before the first global "
+                             "layer); the rest run in spatial mode")
+    parser.add_argument("--no-comm-overlap", "--no-overlap", dest="no_comm_overlap", action="store_true",
+                        help="spatial mode only: wait for halos before computing, instead of computing each "
+                             "block's interior while they are in flight (for measuring what the overlap of "
+                             "communication with computation hides; --no-overlap: the old name, kept for one "
+                             "release)")
     parser.add_argument("--plan", choices=("auto",),
-                        help="auto: let the planner choose mode, batch size, rank or tile grid and overlap policy: "
+                        help="auto: let the planner choose mode, batch size, rank or tile grid and halo policy: "
                              "the fastest predicted plan that keeps every rank within its memory budget "
                              "(--mem-per-rank, --cluster, or 80%% of this node's RAM shared by its ranks)")
     parser.add_argument("--mem-per-rank", metavar="SIZE",
-                        help="memory budget of each rank, e.g. 512MiB or 3.2GiB: a run whose predicted peak "
-                             "exceeds it is refused before any work, with what does not fit and what would")
+                        help="memory budget of each rank with its unit, e.g. 512MiB, 3.2GiB or 4G (a bare number "
+                             "is refused): a run whose predicted peak exceeds it is refused before any work, with "
+                             "what does not fit and what would")
     parser.add_argument("--cluster", metavar="FILE",
                         help="a planner cluster file (TOML, one node per rank; see docs/planner.md) for the "
                              "budgets and speeds of heterogeneous ranks")
@@ -131,9 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue an interrupted run in FILE: only the images it lacks are computed "
                              "(same model, mode, weights, input, image shape, image count and batch size "
                              "required; any rank count)")
+    parser.add_argument("--progress", choices=STYLES, default="auto",
+                        help="how rank 0 reports progress: bar (redrawn on the terminal), log (a plain line every "
+                             f"{LOG_INTERVAL:.0f} s, for batch logs), none, or auto (default): bar on a terminal, "
+                             "log otherwise (sbatch, mpiexec)")
     parser.add_argument("--top", type=int, default=3, metavar="K",
                         help="classes shown per image in the summary (default: 3; 0 for none)")
-    parser.add_argument("--version", action="version", version=f"dcnn {__version__}")
     add_common_arguments(parser)
     return parser
 
@@ -154,18 +163,30 @@ def _check_input(network: Network, images: ImageSet) -> tuple[int, ...]:
     return shape
 
 
-def _default_output() -> Path:
-    return Path("results") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}.h5"
+def default_output() -> Path:
+    """``results/<date>-<time>-<job>.h5``: the job part (the SLURM job and array task, else the process id and
+    random letters) keeps two jobs started in the same second apart."""
+    job = "-".join(os.environ[name] for name in ("SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID") if os.environ.get(name))
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("results") / f"{stamp}-{job or os.getpid()}-{secrets.token_hex(3)}.h5"
 
 
-def parse_grid(text: str | None) -> tuple[int, int] | None:
-    """``"2x3"`` to ``(2, 3)``; ``None`` stays ``None`` (MPI chooses)."""
-    if text is None:
-        return None
-    shape = parse_shape(text)
-    if len(shape) != 2:
-        raise InputError(f"--grid takes ROWSxCOLS such as 2x3, got {text!r}")
-    return shape  # type: ignore[return-value]
+#: Options that only one mode takes; given with another mode they are refused, not ignored.
+MODE_OPTIONS = {"--grid": ("grid", "spatial"), "--tiles": ("tiles", "fused"),
+                "--halo-policy": ("halo_policy", "fused"), "--fuse-depth": ("fuse_depth", "fused"),
+                "--no-comm-overlap": ("no_comm_overlap", "spatial")}
+DEFAULT_TILES = "4x4"
+
+
+def _check_mode_options(args: argparse.Namespace) -> None:
+    """Refuse an option of another mode (``--grid`` without ``--mode spatial``), or one ``--plan auto`` chooses."""
+    for flag, (name, mode) in MODE_OPTIONS.items():
+        if getattr(args, name) in (None, False):
+            continue
+        if args.plan == "auto":
+            raise InputError(f"{flag} is chosen by --plan auto; give one or the other")
+        if args.mode != mode:
+            raise InputError(f"{flag} applies to --mode {mode} only, not --mode {args.mode}")
 
 
 @dataclass
@@ -192,8 +213,13 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
                         f"run without mpirun, or choose --mode batch or spatial")
     if args.output and args.resume:
         raise InputError("--resume continues the file it names; do not give --output as well")
-    grid = parse_grid(args.grid)
-    parse_grid(args.tiles)
+    _check_mode_options(args)
+    if args.mem_per_rank:
+        parse_bytes(args.mem_per_rank)  # before the input is read: a size without a unit is the user's slip
+    args.tiles = args.tiles or DEFAULT_TILES
+    args.halo_policy = args.halo_policy or OVERLAP_POLICIES[-1]
+    grid = parse_grid(args.grid, "--grid") if args.grid else None
+    parse_grid(args.tiles, "--tiles")
     if args.mode == "spatial" and grid is not None and grid[0] * grid[1] != comm.size:
         raise PlanError(f"--grid {args.grid} needs {grid[0] * grid[1]} ranks, but {comm.size} were started")
     parse_capacities(args.capacity, comm.size)
@@ -250,19 +276,20 @@ def _plan(args: argparse.Namespace, network: Network, input_shape, comm, local_r
         args.mode = "single" if comm.size == 1 and plan.mode == "batch" else plan.mode
         args.batch_size = plan.batch
         if plan.mode == "spatial":
-            args.grid = "x".join(map(str, plan.grid))
+            args.grid = format_shape(plan.grid)
         if plan.mode == "fused":
-            args.tiles, args.overlap, args.fuse_depth = "x".join(map(str, plan.grid)), plan.overlap, None
+            args.tiles, args.halo_policy, args.fuse_depth = format_shape(plan.grid), plan.halo_policy, None
         if comm.rank == 0 and not args.quiet:
             print(f"plan: {plan.describe()}, predicted peak {format_bytes(plan.peak())} per rank "
                   f"(budget {format_bytes(min(cluster.budget(r) for r in range(cluster.size)))})", flush=True)
         return plan
     modelled = cluster or Cluster.uniform(comm.size, 2**62)
     mode = "batch" if args.mode == "single" else args.mode
-    grid = parse_grid(args.grid) if mode == "spatial" else parse_grid(args.tiles) if mode == "fused" else None
+    grid = (parse_grid(args.grid, "--grid") if mode == "spatial" and args.grid else
+            parse_grid(args.tiles, "--tiles") if mode == "fused" else None)
     if mode == "fused" and args.fuse_depth is not None:
         return _unmodelled(args, modelled)
-    plan = plan_for(network, input_shape, modelled, mode, args.batch_size, grid, args.overlap, images)
+    plan = plan_for(network, input_shape, modelled, mode, args.batch_size, grid, args.halo_policy, images)
     overflow = plan.overflow(cluster) if cluster is not None else None
     if overflow is not None:
         rank, needed, available = overflow
@@ -273,13 +300,13 @@ def _plan(args: argparse.Namespace, network: Network, input_shape, comm, local_r
 
 def _unmodelled(args: argparse.Namespace, cluster: Cluster) -> Plan:
     """A plan with no memory prediction (a fused block shorter than the convolutional part is not modelled)."""
-    return Plan(args.mode, args.batch_size, None, args.overlap, [{} for _ in range(cluster.size)])
+    return Plan(args.mode, args.batch_size, None, args.halo_policy, [{} for _ in range(cluster.size)])
 
 
 def _check_tiles(args: argparse.Namespace, network: Network, input_shape) -> None:
     """Fused mode: refuse a tile grid or depth that does not fit, before any work."""
     if args.mode == "fused":
-        plan_fused(network, input_shape, parse_grid(args.tiles), args.fuse_depth)
+        plan_fused(network, input_shape, parse_grid(args.tiles, "--tiles"), args.fuse_depth)
 
 
 def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit,
@@ -294,13 +321,14 @@ def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit,
         "upsample": args.upsample, "input": images.path, "input_shape": format_shape(job.input_shape),
         "num_images": len(images),
         "batch_size": args.batch_size, "num_tasks": split.num_tasks, "threads": threads, "ranks": comm.size,
-        "grid": args.grid or "auto", "overlap": not args.no_overlap, "steal": not args.no_steal,
+        "grid": args.grid or "auto", "comm_overlap": not args.no_comm_overlap, "steal": not args.no_steal,
         "capacity": args.capacity or "equal", "throttle": args.throttle, "mpi_library": mpi_library_version(),
+        "mpi_thread_level": mpi_thread_level(),
         "started": utc_now(),
     }
     if args.resume:
         return ResultWriter.resume(args.resume, attributes)
-    output = Path(args.output) if args.output else _default_output()
+    output = Path(args.output) if args.output else default_output()
     writer = ResultWriter.create(output, len(images), job.num_outputs, split.num_tasks, attributes)
     return writer, np.zeros(len(images), np.uint8)
 
@@ -320,22 +348,22 @@ def run(args: argparse.Namespace) -> int:
     done = comm.bcast(done, root=0)
     pending = split.pending(done)
     engine_comm = comm if args.mode in ("spatial", "fused") else self_comm()
-    grid = parse_grid(args.grid) if args.mode == "spatial" else None
+    grid = parse_grid(args.grid, "--grid") if args.mode == "spatial" and args.grid else None
     engines: dict[tuple[int, ...], SpatialEngine | FusedEngine] = {}
 
     def network_for(shape: tuple[int, ...]) -> SpatialEngine | FusedEngine:
         if shape not in engines:
             network.shapes(shape)
             if args.mode == "fused":
-                engines[shape] = FusedEngine(network, weights, shape, engine_comm, parse_grid(args.tiles),
-                                             args.fuse_depth, steal=not args.no_steal, overlap=args.overlap)
+                engines[shape] = FusedEngine(network, weights, shape, engine_comm, parse_grid(args.tiles, "--tiles"),
+                                             args.fuse_depth, steal=not args.no_steal, overlap=args.halo_policy)
             else:
                 engines[shape] = SpatialEngine(network, weights, shape, engine_comm, grid,
-                                               overlap=not args.no_overlap)
+                                               overlap=not args.no_comm_overlap)
         return engines[shape]
 
     already = int(done.sum())
-    progress = Progress(len(images), enabled=False if (args.quiet or comm.rank) else None)
+    progress = Progress(len(images), style="none" if (args.quiet or comm.rank) else args.progress)
     names = hostnames(comm)
     clock = comm.bcast(time.time(), root=0)
     started = time.perf_counter()
@@ -381,7 +409,7 @@ def _grid_text(engines) -> str:
     """The rank grid of a spatial run (``none`` for other modes)."""
     for engine in engines.values():
         if isinstance(engine, SpatialEngine):
-            return "x".join(map(str, engine.plan.dims))
+            return format_shape(engine.plan.dims)
     return "none"
 
 
@@ -393,7 +421,7 @@ def _fused_attributes(args: argparse.Namespace, engines) -> dict:
     engine = fused[0]
     plain = engine.plan.plain_macs()
     tiled = engine.plan.macs()[0] if engine.reuse is None else engine.reuse.macs()
-    return {"tiles": args.tiles, "fuse_depth": engine.plan.depth, "overlap_policy": engine.overlap,
+    return {"tiles": args.tiles, "fuse_depth": engine.plan.depth, "halo_policy": engine.overlap,
             "fused_macs_per_image": tiled, "plain_macs_per_image": plain,
             "redundant_macs_per_image": tiled - plain,
             "strip_bytes_per_image": 0 if engine.reuse is None else engine.reuse.strip_bytes()}

@@ -107,7 +107,7 @@ def _best_per_configuration(candidates: list[Plan], cluster: Cluster) -> list[Pl
     """Per mode, grid and policy: the largest batch that fits (else the smallest batch)."""
     groups: dict[tuple, list[Plan]] = {}
     for plan in candidates:
-        groups.setdefault((plan.mode, plan.grid, plan.overlap), []).append(plan)
+        groups.setdefault((plan.mode, plan.grid, plan.halo_policy), []).append(plan)
 
     def preference(plan: Plan) -> tuple[bool, int]:
         fits = plan.overflow(cluster) is None

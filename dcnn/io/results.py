@@ -52,8 +52,13 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+#: Result attributes and the SLURM variables they copy (empty outside SLURM): the job, its array task and step.
+SLURM_IDS = {"slurm_job_id": "SLURM_JOB_ID", "slurm_array_job_id": "SLURM_ARRAY_JOB_ID",
+             "slurm_array_task_id": "SLURM_ARRAY_TASK_ID", "slurm_step_id": "SLURM_STEP_ID"}
+
+
 def provenance(mpi4py_version: str) -> dict[str, str]:
-    """Versions and the command line of this process.
+    """Versions, the command line and the SLURM job, array and step IDs of this process.
 
     Parameters
     ----------
@@ -72,6 +77,7 @@ def provenance(mpi4py_version: str) -> dict[str, str]:
         "hdf5_version": h5py.version.hdf5_version,
         "mpi4py_version": mpi4py_version,
         "command": " ".join([_program(), *sys.argv[1:]]),
+        **{attribute: os.environ.get(variable, "") for attribute, variable in SLURM_IDS.items()},
     }
 
 

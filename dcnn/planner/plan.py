@@ -195,8 +195,8 @@ class Plan:
         Images per forward pass.
     grid : tuple of int or None
         Spatial mode: the rank grid; fused mode: the tile grid.
-    overlap : str or None
-        Fused mode: ``recompute`` or ``reuse``.
+    halo_policy : str or None
+        Fused mode: what tiles do with the halos they share, ``recompute`` or ``reuse``.
     memory : list of dict
         Per rank, bytes per item (``runtime``, ``weights``, ...).
     largest : dict
@@ -208,7 +208,7 @@ class Plan:
     mode: str
     batch: int
     grid: tuple[int, int] | None
-    overlap: str | None
+    halo_policy: str | None
     memory: list[dict[str, int]]
     largest: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
@@ -240,18 +240,18 @@ class Plan:
         """``"fused 4x4 reuse, batch 2"`` and the like."""
         text = self.mode
         if self.grid is not None:
-            text += " " + "x".join(map(str, self.grid))
-        if self.overlap:
-            text += " " + self.overlap
+            text += " " + format_shape(self.grid)
+        if self.halo_policy:
+            text += " " + self.halo_policy
         return f"{text}, batch {self.batch}"
 
     def infer_arguments(self) -> list[str]:
         """The ``python -m dcnn.infer`` options that run this plan."""
         arguments = ["--mode", self.mode, "--batch-size", str(self.batch)]
         if self.mode == "spatial":
-            arguments += ["--grid", "x".join(map(str, self.grid))]
+            arguments += ["--grid", format_shape(self.grid)]
         if self.mode == "fused":
-            arguments += ["--tiles", "x".join(map(str, self.grid)), "--overlap", self.overlap]
+            arguments += ["--tiles", format_shape(self.grid), "--halo-policy", self.halo_policy]
         return arguments
 
 
@@ -426,7 +426,7 @@ def predict_seconds(plan: Plan, network: Network, input_shape: Shape, cluster: C
         rest = sum(row.macs for row in costs[spatial.gather_index:]) / sum(rates)
         gather = _allgather_seconds(math.prod(spatial.gathered_shape) * BYTES, cluster)
         return images * (compute + rest + network_seconds + gather)
-    fused, reuse = _tiling(network, tuple(input_shape), plan.grid, cluster.size, plan.overlap)
+    fused, reuse = _tiling(network, tuple(input_shape), plan.grid, cluster.size, plan.halo_policy)
     tiled = fused.macs()[0] if reuse is None else reuse.macs()
     if reuse is not None:
         strips = reuse.strip_bytes()
