@@ -167,3 +167,18 @@ def test_mpi_is_initialised_funneled():
     """The kernels' worker threads never call MPI: the main thread alone needs it (not "multiple")."""
     done = run([sys.executable, "-c", "from dcnn.parallel.comm import mpi_thread_level; print(mpi_thread_level())"])
     assert done.stdout.strip() == "funneled", done.stderr
+
+
+def test_model_table_of_the_default_workload():
+    done = run(COMMANDS["model"], "mmod")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("mmod on 500x1000 images (network input: the image pyramid, 3x")
+    assert "features.0" in done.stdout
+
+
+def test_plan_reports_the_image_size_as_given_and_the_node_speed():
+    done = run(COMMANDS["plan"], "mmod", "--input", "128x128", "--nodes", "2", "--mode", "batch")
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()[:2]
+    assert first.startswith("mmod on 128x128 images (network input 3x")
+    assert second.startswith("predicted seconds assume 0.25 GMAC/s per node (a RockPro64")

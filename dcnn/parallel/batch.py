@@ -180,7 +180,7 @@ def _injected_fault(rank: int) -> int | None:
 
 
 def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, images: ImageSet, workload,
-              network_for, writer: ResultWriter | None, progress: Progress, already_done: int, clock: float,
+              engine_for, writer: ResultWriter | None, progress: Progress, already_done: int, clock: float,
               steal: bool = True, capacities: Sequence[float] | None = None,
               throttle: dict[int, float] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """Run the pending tasks; rank 0 writes every output. Returns this rank's statistics.
@@ -191,8 +191,8 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
         ``"batch"`` takes tasks from the work-stealing queue; other modes go in order on every rank.
     workload : dcnn.exec.workloads.Classification or dcnn.exec.workloads.Detection
         What a task computes from its images.
-    network_for : callable
-        ``network_for(shape)`` gives the runnable network for a per-image input shape.
+    engine_for : callable
+        ``engine_for(shape)`` gives the runnable network for a per-image input shape.
     clock : float
         ``time.time()`` at the start of the run, shared by all ranks, for task start and end times.
     throttle : dict, optional
@@ -212,7 +212,7 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
         started = time.time() - clock
         if task == fault:
             raise RuntimeError(f"fault injected by {FAULT_VARIABLE} on rank {comm.rank} at task {task}")
-        outputs = workload.run(images, start, stop, network_for)
+        outputs = workload.run(images, start, stop, engine_for)
         if factor > 1:
             time.sleep((factor - 1) * (time.time() - clock - started))
         ended = time.time() - clock

@@ -38,8 +38,8 @@ from dcnn.network.graph import Network, format_shape
 from dcnn.network.layers import Conv2d, Linear, Shape
 
 __all__ = [
-    "MODES", "RUNTIME_BYTES", "Cluster", "Node", "Plan", "best_plan", "choose_plan", "format_bytes", "parse_bytes",
-    "plan_for", "plans",
+    "DEFAULT_MACS_PER_SECOND", "MODES", "RUNTIME_BYTES", "Cluster", "Node", "Plan", "best_plan", "choose_plan",
+    "format_bytes", "parse_bytes", "plan_for", "plans",
 ]
 
 MIB, GIB = 2**20, 2**30
@@ -54,6 +54,8 @@ MODEL_MARGIN = 0.05
 MAX_CLUSTER_NODES = 100_000
 #: The largest cluster the planner considers when it suggests more nodes.
 MAX_NODES = 256
+#: Multiply-accumulates per second of a node of speed 1: a RockPro64 as the paper measured it (see Cluster).
+DEFAULT_MACS_PER_SECOND = 0.25e9
 _UNITS = {"b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": MIB, "mib": MIB, "mb": 10**6,
           "g": GIB, "gib": GIB, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
 
@@ -115,7 +117,7 @@ class Cluster:
 
     nodes: tuple[Node, ...]
     fraction: float = 0.8
-    macs_per_second: float = 0.25e9
+    macs_per_second: float = DEFAULT_MACS_PER_SECOND
     bandwidth: float = 125e6
     latency: float = 50e-6
     runtime_bytes: int = RUNTIME_BYTES
