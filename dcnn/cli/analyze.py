@@ -25,6 +25,7 @@ from dcnn.analysis.analyze import (
     scaling_table,
 )
 from dcnn.cli.common import add_common_arguments, launcher_rank, output_folder, output_path, run_main
+from dcnn.io.schema import column
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,9 +66,11 @@ def run(args: argparse.Namespace) -> int:
         if len({r.ranks for r in group}) < 2:
             continue
         print(f"\nscaling, {model} on {images} images (baseline: the run with the fewest ranks)")
-        print(f"{'ranks':>5} {'seconds':>9} {'images/s':>9} {'speedup':>8} {'efficiency':>10}")
+        print(f"{'ranks':>5} {'run (mode and options)':<30} {'seconds':>9} {'images/s':>9} {'speedup':>8} "
+              f"{'efficiency':>10}")
         for row in scaling_table(group):
-            print(f"{row['ranks']:>5} {row['seconds']:9.2f} {row['images_per_second']:9.2f} {row['speedup']:8.2f} "
+            print(f"{row['ranks']:>5} {row['run']:<30} {row['seconds']:9.2f} {row['images_per_second']:9.2f} "
+                  f"{row['speedup']:8.2f} "
                   f"{row['efficiency']:10.1%}")
     if args.table:
         rows = paper_table(runs)
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
             for summary in runs:
                 writer.writerow([summary.path, summary.model, summary.mode, summary.ranks, summary.status,
                                  summary.num_images, summary.images_done, f"{summary.elapsed:.4f}",
-                                 f"{summary.images_per_second:.4f}", int(np.nansum(summary.steal[:, 2])),
+                                 f"{summary.images_per_second:.4f}",
+                                 int(np.nansum(column(summary.steal, "steals_succeeded"))),
                                  int(np.nanmax(summary.peak_rss)), int(np.nanmax(summary.predicted_peak)),
                                  f"{summary.memory_error:.4f}"])
     return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dcnn.analysis.analyze import count_of
 from dcnn.cli.common import add_common_arguments, run_main
 from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused
 from dcnn.decomposition.spatial import fc_shard_rows
@@ -29,6 +30,7 @@ from dcnn.faces.detect import FaceDetector
 from dcnn.io.images import Hdf5ImageSet, ImageSet, open_image_set
 from dcnn.io.progress import LOG_INTERVAL, STYLES, Progress
 from dcnn.io.results import ResultWriter, peak_rss_bytes, provenance, utc_now
+from dcnn.io.schema import STEAL_FIELDS, column
 from dcnn.kernels.elementwise import softmax
 from dcnn.kernels.threads import default_num_threads, set_num_threads
 from dcnn.network.graph import Network, format_shape, parse_grid
@@ -47,7 +49,6 @@ from dcnn.parallel.comm import (
 )
 from dcnn.parallel.fused import COUNTER_FIELDS, FusedEngine
 from dcnn.parallel.spatial import SpatialEngine
-from dcnn.parallel.steal import FIELDS as STEAL_FIELDS
 from dcnn.planner.plan import Cluster, Plan, choose_plan, format_bytes, parse_bytes, plan_for
 
 __all__ = ["DEFAULT_INPUT", "build_parser", "main"]
@@ -452,7 +453,7 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
     rate = computed / elapsed if elapsed > 0 else 0.0
     height, width = job.images.image_shape(0)
     print(f"{job.network.name}: {computed} images of {height}x{width} in {elapsed:.2f} s ({rate:.2f} images/s, "
-          f"{args.mode} mode, {size} rank(s) x {threads} thread(s)) -> {path}")
+          f"{args.mode} mode, {count_of(size, 'rank')} x {count_of(threads, 'thread')}) -> {path}")
     if job.workload.detects:
         with h5py.File(path, "r") as handle:
             offsets = handle["outputs/detection_offsets"][()]
@@ -460,10 +461,11 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
         print(f"  {int(offsets[-1])} faces found in {int((counts > 0).sum())} of {len(counts)} images "
               f"(upsample {args.upsample})")
     if args.mode == "batch" and size > 1:
-        steal = per_rank["steal"]
+        tasks, stolen = column(per_rank["steal"], "tasks_run"), column(per_rank["steal"], "tasks_stolen")
+        tried, succeeded = column(per_rank["steal"], "steals_attempted"), column(per_rank["steal"], "steals_succeeded")
         for rank in range(size):
-            print(f"  rank {rank}: {int(steal[rank, 0])} tasks, busy {per_rank['busy_seconds'][rank]:.2f} s, "
-                  f"{int(steal[rank, 2])}/{int(steal[rank, 1])} steals succeeded, {int(steal[rank, 3])} tasks stolen")
+            print(f"  rank {rank}: {int(tasks[rank])} tasks, busy {per_rank['busy_seconds'][rank]:.2f} s, "
+                  f"{int(succeeded[rank])}/{int(tried[rank])} steals succeeded, {int(stolen[rank])} tasks stolen")
     if args.top > 0 and not job.workload.detects:
         with h5py.File(path, "r") as handle:
             logits = handle["outputs/logits"][:5]
