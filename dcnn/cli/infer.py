@@ -27,6 +27,7 @@ from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.errors import InputError, PlanError, ShapeError
 from dcnn.exec.workloads import DETECTOR, Classification, Detection, is_detector
 from dcnn.faces.detect import FaceDetector
+from dcnn.io.bundled import bundled_data
 from dcnn.io.images import Hdf5ImageSet, ImageSet, open_image_set
 from dcnn.io.progress import LOG_INTERVAL, STYLES, Progress
 from dcnn.io.results import ResultWriter, peak_rss_bytes, provenance, utc_now
@@ -53,7 +54,8 @@ from dcnn.planner.plan import Cluster, Plan, choose_plan, format_bytes, parse_by
 
 __all__ = ["DEFAULT_INPUT", "build_parser", "main"]
 
-DEFAULT_INPUT = Path(__file__).resolve().parents[2] / "data" / "faces.h5"
+#: The bundled image set of the default job (:mod:`dcnn.io.bundled` finds it in a checkout or an installation).
+DEFAULT_INPUT = "faces.h5"
 MODES = ("single", "batch", "spatial", "fused")
 LAYER_FIELDS = ("compute_seconds", "wait_seconds", "bytes_sent", "bytes_received")
 
@@ -78,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mmod: double the image size N times before detecting, to find smaller faces, "
                              "as dlib's upsample_num_times (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation without --weights (0)")
-    parser.add_argument("--input", default=str(DEFAULT_INPUT), metavar="PATH",
+    parser.add_argument("--input", metavar="PATH",
                         help="HDF5 image set or folder of images (default: the bundled data/faces.h5)")
     parser.add_argument("--dataset", default="images", metavar="NAME",
                         help="dataset inside the HDF5 input (default: images)")
@@ -225,7 +227,7 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
         raise PlanError(f"--grid {args.grid} needs {grid[0] * grid[1]} ranks, but {comm.size} were started")
     parse_capacities(args.capacity, comm.size)
     parse_throttle(args.throttle, comm.size)
-    images = open_image_set(args.input, args.dataset)
+    images = open_image_set(args.input or bundled_data(DEFAULT_INPUT), args.dataset)
     if len(images) == 0:
         raise InputError(f"{images.path}: the image set is empty")
     if is_detector(args.model):
