@@ -34,6 +34,7 @@ from dcnn.io.results import ResultWriter, peak_rss_bytes, provenance, utc_now
 from dcnn.io.schema import STEAL_FIELDS, column
 from dcnn.kernels.elementwise import softmax
 from dcnn.kernels.threads import default_num_threads, set_num_threads
+from dcnn.modes import MODES, PLANNED_MODES, SPLITTING_MODES
 from dcnn.network.graph import Network, format_shape, parse_grid
 from dcnn.network.weights import init_weights, load_weights
 from dcnn.network.zoo import get_model, model_names
@@ -56,7 +57,6 @@ __all__ = ["DEFAULT_INPUT", "build_parser", "main"]
 
 #: The bundled image set of the default job (:mod:`dcnn.io.bundled` finds it in a checkout or an installation).
 DEFAULT_INPUT = "faces.h5"
-MODES = ("single", "batch", "spatial", "fused")
 LAYER_FIELDS = ("compute_seconds", "wait_seconds", "bytes_sent", "bytes_received")
 
 
@@ -246,7 +246,7 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
     input_shape = _check_input(network, images)
     plan = _plan(args, network, input_shape, comm, local_ranks, len(images))
     _check_tiles(args, network, input_shape)
-    size, rank = (comm.size, comm.rank) if args.mode in ("spatial", "fused") else (1, 0)
+    size, rank = (comm.size, comm.rank) if args.mode in SPLITTING_MODES else (1, 0)
     rows = fc_shard_rows(network, size, rank)
     weights = (load_weights(args.weights, network, rows=rows) if args.weights
                else init_weights(network, args.seed, rows=rows))
@@ -274,7 +274,7 @@ def _plan(args: argparse.Namespace, network: Network, input_shape, comm, local_r
     """Choose the plan (--plan auto) or model the requested one; refuse it if it exceeds a known budget."""
     cluster = _cluster(args, comm.size, local_ranks)
     if args.plan == "auto":
-        modes = ("batch", "spatial", "fused") if comm.size > 1 else ("batch", "fused")
+        modes = PLANNED_MODES if comm.size > 1 else tuple(m for m in PLANNED_MODES if m != "spatial")
         plan = choose_plan(network, input_shape, cluster, args.batch_size, images, modes)
         args.mode = "single" if comm.size == 1 and plan.mode == "batch" else plan.mode
         args.batch_size = plan.batch
@@ -350,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
         writer, done = _open_writer(args, comm, job, split, threads)
     done = comm.bcast(done, root=0)
     pending = split.pending(done)
-    engine_comm = comm if args.mode in ("spatial", "fused") else self_comm()
+    engine_comm = comm if args.mode in SPLITTING_MODES else self_comm()
     grid = parse_grid(args.grid, "--grid") if args.mode == "spatial" and args.grid else None
     engines: dict[tuple[int, ...], SpatialEngine | FusedEngine] = {}
 

@@ -28,13 +28,14 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
-from dcnn.decomposition.fused import plan_fused, spatial_depth
+from dcnn.decomposition.fused import plan_fused, spatial_depth, sub_network
 from dcnn.decomposition.geometry import split_extent
 from dcnn.decomposition.reuse import plan_reuse
 from dcnn.decomposition.spatial import plan_spatial
 from dcnn.errors import InputError, PlanError
 from dcnn.io.config import read_toml
-from dcnn.network.graph import Network, format_shape
+from dcnn.modes import PLANNED_MODES as MODES
+from dcnn.network.graph import BYTES_PER_VALUE, Network, format_shape
 from dcnn.network.layers import Conv2d, Linear, Shape
 
 __all__ = [
@@ -43,8 +44,6 @@ __all__ = [
 ]
 
 MIB, GIB = 2**20, 2**30
-BYTES = 4
-MODES = ("batch", "spatial", "fused")
 #: Resident memory of one rank before any model is built: Python with NumPy, SciPy, h5py and mpi4py imported and
 #: MPICH initialised, measured on x86-64 Linux (86 MiB) with a margin.
 RUNTIME_BYTES = 100 * MIB
@@ -318,7 +317,7 @@ def _weights(network: Network, input_shape: Shape, ranks: int) -> tuple[list[int
 
 def _input_bytes(input_shape: Shape, batch: int) -> int:
     # The float network input and the copy its preprocessing makes.
-    return 2 * batch * math.prod(input_shape) * BYTES
+    return 2 * batch * math.prod(input_shape) * BYTES_PER_VALUE
 
 
 def _whole_map_work(network: Network, input_shape: Shape, start: int = 0) -> tuple[int, str]:
@@ -345,7 +344,7 @@ def memory_batch(network: Network, input_shape: Shape, batch: int, cluster: Clus
     weights, heaviest = _weights(network, input_shape, 1)
     work, layer = _whole_map_work(network, input_shape)
     items = {"runtime": cluster.runtime_bytes, "weights": weights[0], "input": _input_bytes(input_shape, batch),
-             "activations": batch * work * BYTES}
+             "activations": batch * work * BYTES_PER_VALUE}
     return Plan("batch", batch, None, None, [dict(items) for _ in range(cluster.size)],
                 {"weights": heaviest, "activations": layer})
 
@@ -359,9 +358,10 @@ def memory_spatial(network: Network, input_shape: Shape, batch: int, cluster: Cl
     work = _block_work(network, tuple(input_shape), tuple(dims))
     tail, _ = _whole_map_work(network, input_shape, spatial.gather_index) if spatial.gather_index < len(network) \
         else (0, "")
-    gathered = 2 * batch * math.prod(spatial.gathered_shape) * BYTES
+    gathered = 2 * batch * math.prod(spatial.gathered_shape) * BYTES_PER_VALUE
     memory = [{"runtime": cluster.runtime_bytes, "weights": weights[rank],
-               "input": _input_bytes(input_shape, batch), "activations": batch * max(work[rank][0], tail) * BYTES,
+               "input": _input_bytes(input_shape, batch),
+               "activations": batch * max(work[rank][0], tail) * BYTES_PER_VALUE,
                "gathered map": gathered} for rank in range(size)]
     return Plan("spatial", batch, tuple(dims), None, memory,
                 {"weights": heaviest, "activations": max(work)[1]})
@@ -384,14 +384,14 @@ def memory_fused(network: Network, input_shape: Shape, batch: int, cluster: Clus
             best = max(best, (value, network.layers[layer][0]))
     tail = 0
     if fused.depth < len(network):
-        rest = Network(f"{network.name}[{fused.depth}:]", network.layers[fused.depth:], fused.output_shape)
+        rest = sub_network(network, fused.depth, fused.output_shape)
         tail = memory_spatial(rest, fused.output_shape, batch, cluster, _square_dims(size)).memory[0]["activations"]
     output = math.prod(fused.output_shape)
     share = math.ceil(len(fused.tiles) / size) / len(fused.tiles)
     memory = [{"runtime": cluster.runtime_bytes, "weights": weights[rank], "input": _input_bytes(input_shape, batch),
-               "activations": max(batch * best[0] * BYTES, tail),
-               "tile outputs": int(batch * output * BYTES * (2 + share)),
-               "overlap pool": 0 if reuse is None else batch * reuse.pool_elements[rank] * BYTES}
+               "activations": max(batch * best[0] * BYTES_PER_VALUE, tail),
+               "tile outputs": int(batch * output * BYTES_PER_VALUE * (2 + share)),
+               "overlap pool": 0 if reuse is None else batch * reuse.pool_elements[rank] * BYTES_PER_VALUE}
               for rank in range(size)]
     return Plan("fused", batch, tuple(tiles), overlap, memory, {"weights": heaviest, "activations": best[1]})
 
@@ -423,10 +423,11 @@ def predict_seconds(plan: Plan, network: Network, input_shape: Shape, cluster: C
                 for transfer in layer_plan.transfers:
                     received[transfer.dest] += transfer.box.area
                 busiest = max(received)
-                network_seconds += cluster.latency + busiest * layer_plan.in_shape[0] * BYTES / cluster.bandwidth
+                network_seconds += (cluster.latency
+                                    + busiest * layer_plan.in_shape[0] * BYTES_PER_VALUE / cluster.bandwidth)
         compute = max(s / r for s, r in zip(share, rates, strict=True))
         rest = sum(row.macs for row in costs[spatial.gather_index:]) / sum(rates)
-        gather = _allgather_seconds(math.prod(spatial.gathered_shape) * BYTES, cluster)
+        gather = _allgather_seconds(math.prod(spatial.gathered_shape) * BYTES_PER_VALUE, cluster)
         return images * (compute + rest + network_seconds + gather)
     fused, reuse = _tiling(network, tuple(input_shape), plan.grid, cluster.size, plan.halo_policy)
     tiled = fused.macs()[0] if reuse is None else reuse.macs()
@@ -435,7 +436,7 @@ def predict_seconds(plan: Plan, network: Network, input_shape: Shape, cluster: C
         remote = (cluster.size - 1) / cluster.size
         network_seconds += 2 * strips * remote / cluster.bandwidth / cluster.size + 3 * cluster.latency
     rest = sum(row.macs for row in costs[fused.depth:]) / sum(rates)
-    gather = _allgather_seconds(math.prod(fused.output_shape) * BYTES, cluster)
+    gather = _allgather_seconds(math.prod(fused.output_shape) * BYTES_PER_VALUE, cluster)
     return images * (tiled / sum(rates) + rest + network_seconds + gather)
 
 
