@@ -182,3 +182,23 @@ def test_plan_reports_the_image_size_as_given_and_the_node_speed():
     first, second = done.stdout.splitlines()[:2]
     assert first.startswith("mmod on 128x128 images (network input 3x")
     assert second.startswith("predicted seconds assume 0.25 GMAC/s per node (a RockPro64")
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_progress_reaches_batch_logs_as_plain_lines(tmp_path, ranks):
+    """stderr is no terminal (an sbatch log, mpiexec's forwarding): rank 0 writes plain progress lines, no bar."""
+    import h5py
+    import numpy as np
+
+    images = tmp_path / "digits.h5"
+    with h5py.File(images, "w") as handle:
+        handle["images"] = np.zeros((6, 32, 32, 1), np.uint8)
+    launcher = mpi_command(ranks) if ranks > 1 else []
+    common = ["--model", "lenet5", "--input", str(images), "--batch-size", "2", "--threads", "1"]
+    done = subprocess.run([*launcher, *COMMANDS["infer"], *common, "--output", str(tmp_path / "a.h5")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("progress: 6/6 images (100%)") == 1 and "\r" not in done.stderr, done.stderr
+    quiet = subprocess.run([*launcher, *COMMANDS["infer"], *common, "--output", str(tmp_path / "b.h5"),
+                            "--progress", "none"], capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and "progress" not in quiet.stderr, quiet.stderr

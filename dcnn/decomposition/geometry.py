@@ -18,7 +18,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from dcnn.network.window import Padding
+from dcnn.network.window import Padding, window_span
 
 __all__ = [
     "EMPTY", "Box", "Transfer", "assemble_boxes", "block_boxes", "bounding_box", "bounding_box_of_difference",
@@ -134,7 +134,7 @@ def _needed_range(first_out: int, stop_out: int, kernel: int, stride: int, dilat
     the padding counts exactly the positions outside, so padding plus clipped range is always the whole range.
     """
     first = stride * first_out - pad_before
-    last = stride * (stop_out - 1) + dilation * (kernel - 1) - pad_before
+    last = stride * (stop_out - 1) + window_span(kernel, dilation) - 1 - pad_before
     start = min(max(first, 0), size)
     stop = max(start, min(last + 1, size))
     return start, stop, max(0, min(last + 1, 0) - first), max(0, last + 1 - max(first, size))

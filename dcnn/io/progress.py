@@ -62,6 +62,7 @@ class Progress:
         self.interval = interval if interval is not None else BAR_INTERVAL if style == "bar" else LOG_INTERVAL
         self.started = time.perf_counter()
         self._last_report = time.perf_counter() if style == "log" else -float("inf")
+        self._ended = False
 
     def _rate_and_eta(self, done: int) -> tuple[float, float]:
         elapsed = time.perf_counter() - self.started
@@ -84,13 +85,15 @@ class Progress:
                 f"ETA {format_duration(eta)}")
 
     def update(self, done: int) -> None:
-        """Report ``done`` items finished, if ``interval`` has passed since the last report or the run is done."""
-        if self.style == "none":
+        """Report ``done`` items finished, if ``interval`` has passed since the last report, or the run is done
+        (reported once, however often the caller says so)."""
+        if self.style == "none" or self._ended:
             return
         now = time.perf_counter()
         if now - self._last_report < self.interval and done < self.total:
             return
         self._last_report = now
+        self._ended = done >= self.total
         if self.style == "bar":
             self.stream.write("\r" + self.line(done) + ("\n" if done >= self.total else ""))
         else:
