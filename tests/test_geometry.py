@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 from conftest import random_array
 
-from dcnn.decomposition.geometry import (
-    Box,
-    Transfer,
-    block_boxes,
-    exchange_transfers,
-    input_box,
-    interior_box,
-    split_extent,
-)
+from dcnn.decomposition import geometry
+from dcnn.decomposition.geometry import Box, block_boxes, exchange_transfers, input_box, interior_box, split_extent
 from dcnn.kernels.conv import conv2d
 from dcnn.kernels.pool import max_pool2d
 from dcnn.network.window import Window
@@ -179,9 +172,9 @@ def test_bounding_box_of_difference_matches_pixels(rng):
 
 
 
-def all_pairs_transfers(held: list[Box], needed: list[Box]) -> list[Transfer]:
+def all_pairs_transfers(held: list[Box], needed: list[Box]) -> list[geometry.Transfer]:
     """Brute force: every other block against every needed box that its own block does not cover."""
-    return [Transfer(source, dest, held[source].intersect(need)) for dest, need in enumerate(needed)
+    return [geometry.Transfer(source, dest, held[source].intersect(need)) for dest, need in enumerate(needed)
             if not held[dest].contains(need) for source in range(len(held))
             if source != dest and not held[source].intersect(need).empty]
 
@@ -202,4 +195,4 @@ def test_exchange_transfers_of_blocks_that_are_no_grid():
     needed = [Box(0, 3, 0, 4), Box(0, 3, 2, 6), Box(1, 4, 0, 3), Box(1, 4, 1, 6)]
     transfers = exchange_transfers(held, needed)
     assert transfers == all_pairs_transfers(held, needed)
-    assert Transfer(3, 0, Box(2, 3, 2, 4)) in transfers and len(transfers) == 10
+    assert geometry.Transfer(3, 0, Box(2, 3, 2, 4)) in transfers and len(transfers) == 10
