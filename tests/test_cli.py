@@ -17,7 +17,8 @@ from dcnn.errors import InputError
 ROOT = Path(__file__).resolve().parents[1]
 MAKE_DATASET = str(ROOT / "scripts" / "make_dataset.py")
 #: Every command, as a user starts it.
-COMMANDS = {name: [sys.executable, "-m", f"dcnn.{name}"] for name in ("infer", "model", "plan", "analyze", "simulate")}
+COMMANDS = {name: [sys.executable, "-m", f"dcnn.{name}"] for name in ("infer", "recognize", "model", "plan",
+                                                                            "analyze", "simulate")}
 COMMANDS["make_dataset"] = [sys.executable, MAKE_DATASET]
 #: Arguments that make a serial command print its normal output quickly.
 QUICK = {"model": ["lenet5"], "plan": ["lenet5", "--nodes", "2", "--ram", "1GiB"],

@@ -15,12 +15,15 @@ import numpy as np
 
 from dcnn.errors import ShapeError
 from dcnn.faces.detect import FaceDetector, to_records
+from dcnn.faces.pipeline import DEFAULT_TOLERANCE, FaceDescriber, Gallery, identify
 from dcnn.io.images import ImageSet
 from dcnn.network.graph import Network, Preprocessing, format_shape, parse_shape
 from dcnn.network.layers import Shape
 from dcnn.network.zoo import get_model, model_names
 
-__all__ = ["DETECTOR", "Classification", "Detection", "is_detector", "workload_input", "workload_names"]
+__all__ = [
+    "DETECTOR", "Classification", "Detection", "Recognition", "is_detector", "workload_input", "workload_names",
+]
 
 #: The face detector's name among the models: ``--model mmod``, the default workload.
 DETECTOR = "mmod"
@@ -125,3 +128,36 @@ class Detection:
             scores = engine_for(tensor.shape[1:])(tensor)
             records.append(to_records([self.detector.decode(s, rects) for s in scores], first))
         return np.concatenate(records)
+
+
+@dataclass
+class Recognition:
+    """The workload of a recognition run: a task's detections, then their landmarks, descriptors and identities.
+
+    Attributes
+    ----------
+    detection : Detection
+        Runs the detector network (in any mode, through ``engine_for``).
+    describer : FaceDescriber
+        Landmarks and descriptors, on the rank that runs the task.
+    gallery : Gallery or None
+        Known people; without one every face is unknown.
+    tolerance : float
+        The largest distance that still names a person.
+    """
+
+    detection: Detection
+    describer: FaceDescriber
+    #: Outputs are detections (with landmarks, descriptors and identities).
+    detects: ClassVar[bool] = True
+    gallery: Gallery | None = None
+    tolerance: float = DEFAULT_TOLERANCE
+
+    def run(self, images: ImageSet, start: int, stop: int, engine_for) -> np.ndarray:
+        """:data:`FACE_DTYPE` rows of the faces in images ``start .. stop - 1``."""
+        records = self.detection.run(images, start, stop, engine_for)
+        pixels = [images.read_pixels(index, index + 1)[0] for index in range(start, stop)]
+        faces = self.describer.faces(pixels, records, start)
+        if self.gallery is not None:
+            faces["identity"], faces["distance"] = identify(faces["descriptor"], self.gallery, self.tolerance)
+        return faces
