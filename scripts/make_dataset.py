@@ -48,19 +48,24 @@ def _resize(array: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((width, height), Image.BICUBIC))
 
 
+def scikit_image_data():
+    """scikit-image's ``skimage.data`` (the public-domain pictures), or a one-line error naming the extra."""
+    try:
+        import skimage.data
+    except ModuleNotFoundError:
+        raise InputError("the bundled sets are made from scikit-image's pictures: pip install '.[datasets]'") from None
+    return skimage.data
+
+
 class Sources:
     """The scikit-image pictures the recipe draws from."""
 
     def __init__(self) -> None:
-        try:
-            import skimage.data
-        except ModuleNotFoundError:
-            raise InputError("scripts/make_dataset.py draws from scikit-image's pictures: "
-                             "pip install '.[datasets]'") from None
+        data = scikit_image_data()
 
-        self.portraits = {name: _rgb(getattr(skimage.data, name)()) for name in FACES}
-        self.backgrounds = [_rgb(getattr(skimage.data, name)()) for name in BACKGROUNDS]
-        self.lfw = [_rgb(face) for face in skimage.data.lfw_subset()]
+        self.portraits = {name: _rgb(getattr(data, name)()) for name in FACES}
+        self.backgrounds = [_rgb(getattr(data, name)()) for name in BACKGROUNDS]
+        self.lfw = [_rgb(face) for face in data.lfw_subset()]
 
     def face_crop(self, rng: np.random.Generator, margin: float) -> np.ndarray:
         """A square crop around a face: an LFW crop, or astronaut/camera with ``margin`` face-widths around."""

@@ -20,6 +20,7 @@ MAKE_DATASET = str(ROOT / "scripts" / "make_dataset.py")
 COMMANDS = {name: [sys.executable, "-m", f"dcnn.{name}"] for name in ("infer", "recognize", "model", "plan",
                                                                             "analyze", "simulate")}
 COMMANDS["make_dataset"] = [sys.executable, MAKE_DATASET]
+COMMANDS["make_samples"] = [sys.executable, str(ROOT / "scripts" / "make_samples.py")]
 #: Arguments that make a serial command print its normal output quickly.
 QUICK = {"model": ["lenet5"], "plan": ["lenet5", "--nodes", "2", "--ram", "1GiB"],
          "simulate": ["--nodes", "2,3", "--images", "8"]}
@@ -112,12 +113,14 @@ def test_simulate_markdown_folder_is_created_or_refused(tmp_path):
     assert done.stderr.count("\n") == 1 and "--markdown" in done.stderr
 
 
-def test_make_dataset_creates_its_folder_or_refuses_in_one_line(tmp_path):
+@pytest.mark.parametrize("script,args", [("make_dataset", ["--count", "1", "--wide", "0"]),
+                                         ("make_samples", ["--size", "8"])])
+def test_dataset_scripts_create_their_folder_or_refuse_in_one_line(tmp_path, script, args):
     (tmp_path / "file").write_text("")
-    done = run(COMMANDS["make_dataset"], "--count", "1", "--wide", "0", "--output", str(tmp_path / "file" / "x.h5"))
+    done = run(COMMANDS[script], *args, "--output", str(tmp_path / "file" / "x.h5"))
     assert done.returncode == EXIT_USAGE and done.stderr.count("\n") == 1 and "--output" in done.stderr
     target = tmp_path / "new" / "set.h5"
-    done = run(COMMANDS["make_dataset"], "--count", "1", "--wide", "0", "--output", str(target), timeout=300)
+    done = run(COMMANDS[script], *args, "--output", str(target), timeout=300)
     assert (tmp_path / "new").is_dir()
     assert "Traceback" not in done.stderr
     assert done.returncode == 0 or "pip install '.[datasets]'" in done.stderr  # scikit-image is an extra
