@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from dcnn.errors import InputError
+from dcnn.faces.detect import DETECTION_DTYPE
 from dcnn.io.results import RESUME_KEYS, ResultWriter
 
 ATTRIBUTES = {"model": "lenet5", "mode": "batch", "weights": "init:0", "input": "x.h5:images",
@@ -67,8 +68,6 @@ def test_unwritable_output(tmp_path):
 
 
 def detections(image, *boxes):
-    from dcnn.faces.detect import DETECTION_DTYPE
-
     records = np.zeros(len(boxes), DETECTION_DTYPE)
     records["image"] = image
     for column, name in enumerate(("left", "top", "right", "bottom", "confidence")):
@@ -79,7 +78,7 @@ def detections(image, *boxes):
 def test_detections_are_sorted_and_indexed_at_the_end_and_checked_on_resume(tmp_path):
     path = tmp_path / "faces.h5"
     attributes = {**ATTRIBUTES, "model": "mmod"}
-    writer = ResultWriter.create(path, 6, None, 3, attributes)
+    writer = ResultWriter.create(path, 6, DETECTION_DTYPE, 3, attributes)
     writer.write_task(2, 4, 6, detections(5, (1, 2, 3, 4, 0.9)), rank=1, started=0, ended=1)
     writer.write_task(0, 0, 2, np.concatenate([detections(0, (5, 5, 9, 9, 1.0), (0, 0, 4, 4, 0.5)),
                                                detections(1, (7, 7, 8, 8, 0.7))]), rank=0, started=0, ended=1)

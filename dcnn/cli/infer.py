@@ -197,8 +197,9 @@ def _check_mode_options(args: argparse.Namespace) -> None:
 class Job:
     """Everything a run needs, checked before any heavy work.
 
-    ``records`` is the row type of a detector's outputs, ``known`` a gallery stored with them (see
-    :meth:`ResultWriter.create`), and ``attributes`` further root attributes that ``--resume`` must match.
+    ``outputs`` is what each image yields (logits per image, or the row type of a detector's outputs),
+    ``known`` a gallery stored with them (see :meth:`ResultWriter.create`), and ``attributes`` further root
+    attributes that ``--resume`` must match.
     """
 
     network: Network
@@ -206,9 +207,8 @@ class Job:
     images: ImageSet
     input_shape: tuple[int, ...]
     workload: Classification | Detection | Recognition
-    num_outputs: int | None
+    outputs: int | np.dtype
     plan: Plan
-    records: np.dtype = DETECTION_DTYPE
     known: dict | None = None
     attributes: dict = dataclass_field(default_factory=dict)
 
@@ -249,7 +249,8 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
         detector.network.shapes(input_shape)
         plan = _plan(args, detector.network, input_shape, comm, local_ranks, len(images))
         _check_tiles(args, detector.network, input_shape)
-        return Job(detector.network, detector.weights, images, input_shape, Detection(detector), None, plan)
+        return Job(detector.network, detector.weights, images, input_shape, Detection(detector), DETECTION_DTYPE,
+                   plan)
     network = get_model(args.model)
     input_shape = _check_input(network, images)
     plan = _plan(args, network, input_shape, comm, local_ranks, len(images))
@@ -339,8 +340,7 @@ def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit,
     if args.resume:
         return ResultWriter.resume(args.resume, attributes, (*RESUME_KEYS, *job.attributes))
     output = Path(args.output) if args.output else default_output()
-    writer = ResultWriter.create(output, len(images), job.num_outputs, split.num_tasks, attributes, job.records,
-                                 job.known)
+    writer = ResultWriter.create(output, len(images), job.outputs, split.num_tasks, attributes, job.known)
     return writer, np.zeros(len(images), np.uint8)
 
 

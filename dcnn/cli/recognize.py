@@ -58,7 +58,7 @@ def _recognition_job(args: argparse.Namespace, comm, local_ranks: int) -> infer.
     describer = FaceDescriber.load(args.jitter)
     job = infer._validate(args, comm, local_ranks)
     job.workload = Recognition(job.workload, describer, None, args.tolerance)
-    job.records = FACE_DTYPE
+    job.outputs = FACE_DTYPE
     job.attributes = {"workload": "recognition", "known": args.known or "none", "tolerance": args.tolerance,
                       "jitter": args.jitter, "landmark_model": LANDMARK_MODEL, "descriptor_model": DESCRIPTOR_MODEL}
     return job

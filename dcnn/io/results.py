@@ -195,13 +195,13 @@ class ResultWriter:
         self.num_outputs = None if self.detections else handle["outputs/logits"].shape[1]
 
     @classmethod
-    def create(cls, path: str | os.PathLike, num_images: int, num_outputs: int | None, num_tasks: int,
-               attributes: Mapping[str, Any], records: np.dtype = DETECTION_DTYPE,
-               known: Mapping[str, np.ndarray] | None = None) -> ResultWriter:
+    def create(cls, path: str | os.PathLike, num_images: int, outputs: int | np.dtype, num_tasks: int,
+               attributes: Mapping[str, Any], known: Mapping[str, np.ndarray] | None = None) -> ResultWriter:
         """Create ``path`` (replacing any file there) for ``num_images`` images in ``num_tasks`` tasks.
 
-        ``num_outputs`` is the number of logits per image; ``None`` makes a file of ``records`` rows
-        (detections, or face records that extend them). ``known`` (names and descriptors of a gallery) is
+        ``outputs`` is what each image yields: a number of logits (a classifier), or the row type of a detector's
+        outputs (:data:`~dcnn.faces.detect.DETECTION_DTYPE`, or face records that extend it), a variable number
+        of rows per image. ``known`` (names and descriptors of a gallery) is
         stored under ``/known`` at once, so a resumed run names identities as the first run did.
         """
         path = Path(path)
@@ -210,23 +210,23 @@ class ResultWriter:
             handle = h5py.File(path, "w", libver="latest")
         except OSError as error:
             raise InputError(f"cannot create output file {str(path)!r} ({error})") from None
-        outputs = handle.create_group("outputs")
         rows = max(1, min(num_images, 1024))
-        if num_outputs is None:
-            outputs.create_dataset("detections", shape=(0,), maxshape=(None,), dtype=records, chunks=(1024,))
-            outputs.create_dataset("detection_counts", shape=(num_images,), dtype=np.int32, fillvalue=-1)
+        group = handle.create_group("outputs")
+        if isinstance(outputs, np.dtype):
+            group.create_dataset("detections", shape=(0,), maxshape=(None,), dtype=outputs, chunks=(1024,))
+            group.create_dataset("detection_counts", shape=(num_images,), dtype=np.int32, fillvalue=-1)
         else:
-            outputs.create_dataset("logits", shape=(num_images, num_outputs), dtype=np.float32, fillvalue=np.nan,
-                                   chunks=(rows, num_outputs))
-        outputs.create_dataset("done", shape=(num_images,), dtype=np.uint8, fillvalue=0)
+            group.create_dataset("logits", shape=(num_images, outputs), dtype=np.float32, fillvalue=np.nan,
+                                 chunks=(rows, outputs))
+        group.create_dataset("done", shape=(num_images,), dtype=np.uint8, fillvalue=0)
         timing = handle.create_group("timing")
         for name, dtype, fill in (("task_start", np.float64, np.nan), ("task_end", np.float64, np.nan),
                                   ("task_rank", np.int32, -1)):
             timing.create_dataset(name, shape=(num_tasks,), dtype=dtype, fillvalue=fill)
         if known is not None:
-            group = handle.create_group("known")
-            group.create_dataset("names", data=np.array(known["names"], dtype=h5py.string_dtype()))
-            group.create_dataset("descriptors", data=np.asarray(known["descriptors"], np.float32))
+            gallery = handle.create_group("known")
+            gallery.create_dataset("names", data=np.array(known["names"], dtype=h5py.string_dtype()))
+            gallery.create_dataset("descriptors", data=np.asarray(known["descriptors"], np.float32))
         for key, value in attributes.items():
             handle.attrs[key] = _attribute(value)
         handle.attrs["status"] = "running"
