@@ -134,3 +134,18 @@ def test_drawn_detections_are_labelled_and_wide_images_keep_their_shape(tmp_path
     label = sheet[:14, 128:190]
     assert (label > 150).all(axis=-1).any() and (label == 0).all(axis=-1).any()  # "image 1", light on black
     assert (sheet[:, 128 + 10:128 + 30] == (255, 40, 40)).all(axis=-1).any()  # its box, in the second cell
+
+
+def test_task_counts_of_a_mode_without_a_queue(tmp_path):
+    """Single (and spatial, fused) mode run the tasks in order; every rank still reports how many it ran."""
+    data = tmp_path / "digits.h5"
+    with h5py.File(data, "w") as handle:
+        handle["images"] = np.zeros((5, 32, 32, 1), np.uint8)
+    path = tmp_path / "single.h5"
+    done = subprocess.run([sys.executable, "-m", "dcnn.infer", "--model", "lenet5", "--mode", "single", "--input",
+                           str(data), "--output", str(path), "--batch-size", "2", "--quiet"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(path) as handle:
+        assert handle["stats/steal"][0, 0] == 3  # tasks_run: 3 batches of at most 2 images
+    assert load_summary(str(path)).tasks.tolist() == [3]

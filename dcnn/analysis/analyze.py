@@ -86,7 +86,8 @@ def load_summary(path: str) -> RunSummary:
             steal = per_rank("stats/steal", (ranks, len(STEAL_FIELDS)))
             # The tasks of this run (a resumed file also holds the earlier runs' tasks), as the busy seconds.
             tasks = column(steal, "tasks_run")
-            if np.isnan(tasks).any():  # an interrupted run has no tables yet: count what the file holds
+            if np.isnan(tasks).any() or not tasks.any():  # an interrupted run has no tables yet (or an older file
+                # of a mode without a queue none): count what the file holds
                 task_rank = handle["timing/task_rank"][()]
                 finished = task_rank[task_rank >= 0]
                 # In batch mode each task runs on one rank; in the other modes every rank works on every task.

@@ -202,7 +202,7 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
     channel = ResultChannel(comm, writer)
     factor = (throttle or {}).get(comm.rank, 1.0)
     fault = _injected_fault(comm.rank)
-    busy = 0.0
+    busy, ran = 0.0, 0
     scheduler = (StealQueue(comm, split.num_tasks, capacities, steal, tasks=pending, seed=seed)
                  if mode == "batch" else InOrderTasks(pending))
     # No try/finally around the loop: closing the queue is collective, and a rank that failed must not enter
@@ -217,6 +217,7 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
             time.sleep((factor - 1) * (time.time() - clock - started))
         ended = time.time() - clock
         busy += ended - started
+        ran += 1
         if mode == "batch" or comm.rank == 0:
             channel.deliver(task, start, stop, outputs, started, ended)
         done = scheduler.task_done(stop - start)
@@ -226,6 +227,7 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
     channel.drain(len(pending))
     channel.close()
     stats = np.zeros(len(FIELDS))
+    stats[FIELDS.index("tasks_run")] = ran  # the tasks this rank ran, in every mode (a batch queue counts its own)
     if isinstance(scheduler, StealQueue):
         stats = scheduler.stats.as_array()
         scheduler.close()
