@@ -13,8 +13,8 @@ import argparse
 from collections.abc import Sequence
 
 from dcnn.cli.common import add_common_arguments, run_main
-from dcnn.errors import InputError
 from dcnn.exec.workloads import DETECTOR, is_detector, workload_input
+from dcnn.io.numbers import check_number
 from dcnn.network.graph import format_shape
 from dcnn.network.zoo import model_names
 from dcnn.planner.plan import DEFAULT_MACS_PER_SECOND, MODES, Cluster, Plan, best_plan, format_bytes, parse_bytes, plans
@@ -68,8 +68,9 @@ def _row(plan: Plan, cluster: Cluster) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print the candidates and the choice."""
-    if args.batch_size < 1 or args.images < 1:
-        raise InputError("--batch-size and --images must be at least 1")
+    for flag, value in (("--nodes", args.nodes), ("--batch-size", args.batch_size), ("--images", args.images)):
+        check_number(value, flag, minimum=1)
+    check_number(args.fraction, "--fraction", above=0, maximum=1)
     network, shape, size = workload_input(args.model, args.input)
     cluster = _cluster(args)
     modes = tuple(args.mode or MODES)
