@@ -143,7 +143,7 @@ def test_options_of_another_mode_are_refused(args, message):
 @pytest.mark.parametrize("args,named,unrelated", [
     (["--mode", "fused", "--tiles", "4"], "--tiles '4': expected ROWSxCOLS such as 2x3", "--grid"),
     (["--mode", "spatial", "--grid", "2by2"], "--grid '2by2': expected ROWSxCOLS such as 2x3", "CxHxW"),
-    (["--mem-per-rank", "200"], "'200' has no unit; write for example 200MiB", "Traceback"),
+    (["--mem-per-rank", "200"], "memory size '200' has no unit; write for example 200MiB", "Traceback"),
 ])
 def test_parse_errors_name_the_flag_and_its_form(args, named, unrelated):
     done = run(COMMANDS["infer"], "--model", "lenet5", *args)

@@ -73,7 +73,8 @@ def parse_bytes(text: str | int | float) -> int:
         return int(check_number(text, f"memory size {text!r}", minimum=1))
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     if match and not match.group(2):
-        raise InputError(f"{text.strip()!r} has no unit; write for example {text.strip()}MiB or {text.strip()}GiB")
+        raise InputError(f"memory size {text.strip()!r} has no unit; write for example {text.strip()}MiB or "
+                         f"{text.strip()}GiB")
     if not match or match.group(2).lower() not in _UNITS:
         raise InputError(f"cannot read {text!r} as a memory size; use for example 512MiB, 3.2GiB or 4G")
     return int(check_number(float(match.group(1)) * _UNITS[match.group(2).lower()], f"memory size {text!r}",
