@@ -1,8 +1,8 @@
 """The workloads of a run: what one task computes from a range of images (pure, no MPI).
 
-A workload's ``run(images, start, stop, network_for, skip, tolerate, agree)`` reads images ``start .. stop - 1``
+A workload's ``run(images, start, stop, engine_for, skip, tolerate, agree)`` reads images ``start .. stop - 1``
 but those in ``skip``, one batch per image size (outputs stay in image order), and returns their outputs with the
-images it could not read (``tolerate``: ``--skip-unreadable``); ``network_for(input_shape)`` gives the callable
+images it could not read (``tolerate``: ``--skip-unreadable``); ``engine_for(input_shape)`` gives the callable
 that runs the network on a batch of that shape (a :class:`~dcnn.exec.forward.Forward`, or one of the parallel
 engines). The batch task loop (:func:`dcnn.parallel.batch.run_tasks`) hands the tasks out.
 """
@@ -11,17 +11,79 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from dcnn.errors import InputError
+from dcnn.errors import InputError, ShapeError
 from dcnn.faces.detect import DETECTION_DTYPE, FaceDetector, to_records
 from dcnn.faces.pipeline import DEFAULT_TOLERANCE, FACE_DTYPE, FaceDescriber, Gallery, identify
 from dcnn.io.images import ImageSet
 from dcnn.io.scan import Skip, skip_for
-from dcnn.network.graph import Preprocessing
+from dcnn.network.graph import Network, Preprocessing, format_shape, parse_shape
+from dcnn.network.layers import Shape
+from dcnn.network.zoo import get_model, model_names
 
-__all__ = ["Classification", "Detection", "Recognition"]
+__all__ = [
+    "DETECTOR", "Classification", "Detection", "Recognition", "is_detector", "workload_input", "workload_names",
+]
+
+#: The face detector's name among the models: ``--model mmod``, the default workload.
+DETECTOR = "mmod"
+#: The image size the planner and the cost table assume for the detector when none is given (the paper's wide
+#: images; ``data/faces.h5``'s ``wide`` set).
+DETECTOR_IMAGE = (500, 1000)
+
+
+def workload_names() -> list[str]:
+    """Every name ``--model`` takes: the detector, then the classifiers of the zoo."""
+    return [DETECTOR, *model_names()]
+
+
+def is_detector(name: str) -> bool:
+    """True for the face detector's name (its outputs are detections, not logits)."""
+    return name.lower() == DETECTOR
+
+
+def workload_input(name: str, size: str | None = None, detector: FaceDetector | None = None) -> tuple[
+        Network, Shape, str]:
+    """The network of a workload, its per-image input shape, and the image size as the user gave it.
+
+    Parameters
+    ----------
+    name : str
+        ``mmod`` or a zoo model.
+    size : str, optional
+        ``[C]xHxW`` (``--input``): for the detector the image size (default ``DETECTOR_IMAGE``), whose network
+        input is the image pyramid; for a classifier its input (default: the model's own).
+    detector : FaceDetector, optional
+        The detector to use (default: the installed one, loaded).
+
+    Returns
+    -------
+    tuple
+        ``(network, input_shape, label)`` with ``input_shape`` ``(C, H, W)`` and ``label`` the size as given
+        (``"500x1000"``), or the default one.
+
+    Raises
+    ------
+    InputError, ShapeError
+        For an unknown name, or a size that is no shape or does not fit the network.
+    """
+    if is_detector(name):
+        detector = detector or FaceDetector.load(None, 0)
+        height, width = parse_shape(size)[-2:] if size else DETECTOR_IMAGE
+        if min(height, width) < 10:
+            raise ShapeError(f"{height}x{width} images are too small for the face detector (at least 10 x 10)")
+        shape = detector.input_shape(height, width)
+        detector.network.shapes(shape)
+        return detector.network, shape, size or f"{height}x{width}"
+    network = get_model(name)
+    shape = parse_shape(size) if size else network.input_shape
+    if len(shape) == 2:
+        shape = (network.in_channels, *shape)
+    network.shapes(shape)
+    return network, shape, size or format_shape(shape)
 
 
 def _size_groups(images: ImageSet, start: int, stop: int, skip: Container[int], tolerate: bool,
@@ -76,8 +138,10 @@ class Classification:
 
     preprocessing: Preprocessing
     num_outputs: int
+    #: Outputs are logits, not detections.
+    detects: ClassVar[bool] = False
 
-    def run(self, images: ImageSet, start: int, stop: int, network_for, skip: Container[int] = (),
+    def run(self, images: ImageSet, start: int, stop: int, engine_for, skip: Container[int] = (),
             tolerate: bool = False, agree=None) -> tuple[np.ndarray, list[Skip]]:
         """Logits of images ``start .. stop - 1``, one forward pass per image size; and the images skipped
         because they could not be read (see :func:`_size_groups`)."""
@@ -85,7 +149,7 @@ class Classification:
                                        lambda indices: images.read_at(indices, self.preprocessing), agree)
         outputs = np.full((stop - start, self.num_outputs), np.nan, np.float32)
         for indices, batch in batches:
-            outputs[np.asarray(indices) - start] = network_for(batch.shape[1:])(batch)
+            outputs[np.asarray(indices) - start] = engine_for(batch.shape[1:])(batch)
         return outputs, failed
 
 
@@ -94,8 +158,10 @@ class Detection:
     """Detector outputs: :data:`~dcnn.faces.detect.DETECTION_DTYPE` records, per image by descending confidence."""
 
     detector: FaceDetector
+    #: Outputs are detections, not logits.
+    detects: ClassVar[bool] = True
 
-    def run(self, images: ImageSet, start: int, stop: int, network_for, skip: Container[int] = (),
+    def run(self, images: ImageSet, start: int, stop: int, engine_for, skip: Container[int] = (),
             tolerate: bool = False, agree=None) -> tuple[np.ndarray, list[Skip]]:
         """Detections in images ``start .. stop - 1`` (equally sized images share one pyramid batch), in image
         order; and the images skipped because they could not be read (see :func:`_size_groups`)."""
@@ -104,7 +170,7 @@ class Detection:
         records = [np.zeros(0, DETECTION_DTYPE)]
         for indices, pixels in batches:
             tensor, rects = self.detector.prepare(pixels)
-            scores = network_for(tensor.shape[1:])(tensor)
+            scores = engine_for(tensor.shape[1:])(tensor)
             records += [to_records([self.detector.decode(s, rects)], index) for index, s in zip(indices, scores)]
         records = np.concatenate(records)
         return records[np.argsort(records["image"], kind="stable")], failed
@@ -117,7 +183,7 @@ class Recognition:
     Attributes
     ----------
     detection : Detection
-        Runs the detector network (in any mode, through ``network_for``).
+        Runs the detector network (in any mode, through ``engine_for``).
     describer : FaceDescriber
         Landmarks and descriptors, on the rank that runs the task.
     gallery : Gallery or None
@@ -128,14 +194,16 @@ class Recognition:
 
     detection: Detection
     describer: FaceDescriber
+    #: Outputs are detections (with landmarks, descriptors and identities).
+    detects: ClassVar[bool] = True
     gallery: Gallery | None = None
     tolerance: float = DEFAULT_TOLERANCE
 
-    def run(self, images: ImageSet, start: int, stop: int, network_for, skip: Container[int] = (),
+    def run(self, images: ImageSet, start: int, stop: int, engine_for, skip: Container[int] = (),
             tolerate: bool = False, agree=None) -> tuple[np.ndarray, list[Skip]]:
         """:data:`FACE_DTYPE` rows of the faces in images ``start .. stop - 1``, and the images skipped because
         they could not be read (see :class:`Detection`)."""
-        records, failed = self.detection.run(images, start, stop, network_for, skip, tolerate, agree)
+        records, failed = self.detection.run(images, start, stop, engine_for, skip, tolerate, agree)
         left_out = set(skip) | {skip_record.index for skip_record in failed}
         parts = [np.zeros(0, FACE_DTYPE)]
         for index in (i for i in range(start, stop) if i not in left_out):
