@@ -147,11 +147,11 @@ def test_a_budget_exceeded_by_a_later_size_is_refused_before_any_work(tmp_path):
     detector = FaceDetector.load(None)
     budget = plan_for(detector.network, detector.input_shape(64, 64), Cluster.uniform(1, 2**40), "batch", 1,
                       batch_images=1).peak() + (8 << 20)
-    fits = infer("--input", str(small), "--batch-size", "1", "--mem-per-rank", str(budget),
+    fits = infer("--input", str(small), "--batch-size", "1", "--mem-per-rank", f"{budget}B",
                  "--output", str(tmp_path / "fits.h5"))
     assert fits.returncode == 0, fits.stderr
     output = tmp_path / "out.h5"
-    done = infer("--input", str(images), "--batch-size", "1", "--mem-per-rank", str(budget), "--output", str(output))
+    done = infer("--input", str(images), "--batch-size", "1", "--mem-per-rank", f"{budget}B", "--output", str(output))
     assert done.returncode == 2 and "0003.png" in done.stderr and "try --plan auto" in done.stderr
     assert not output.exists()
 
@@ -163,7 +163,7 @@ def test_a_single_image_is_planned_as_one_image_at_any_batch_size(tmp_path):
     one = plan_for(detector.network, shape, Cluster.uniform(1, 2**40), "batch", 1).peak()
     four = plan_for(detector.network, shape, Cluster.uniform(1, 2**40), "batch", 4).peak()
     assert four > one
-    done = infer("--input", str(images), "--mem-per-rank", str((one + four) // 2), "--output", str(tmp_path / "o.h5"))
+    done = infer("--input", str(images), "--mem-per-rank", f"{(one + four) // 2}B", "--output", str(tmp_path / "o.h5"))
     assert done.returncode == 0, done.stderr
     assert read(tmp_path / "o.h5")["predicted"].tolist() == [one]
 
