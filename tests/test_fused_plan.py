@@ -45,3 +45,8 @@ def test_bad_grids_and_depths():
         plan_fused(network, (1, 32, 32), (1, 1), depth=spatial_depth(network) + 1)
     with pytest.raises(PlanError, match="at least 1x1"):
         plan_fused(network, (1, 32, 32), (0, 2), depth=2)
+
+
+def test_fused_mode_refuses_a_dag():
+    with pytest.raises(PlanError, match="fused mode runs chains"):
+        plan_fused(get_model("resnet18"), (3, 67, 73), (2, 2))

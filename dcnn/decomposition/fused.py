@@ -112,8 +112,15 @@ def plan_fused(network: Network, input_shape: Shape, grid: tuple[int, int], dept
     Raises
     ------
     PlanError
-        If the depth is not within the convolutional part, or the grid is finer than the fused output map.
+        If the network is not a chain (tiles are traced through one layer after another), the depth is not
+        within the convolutional part, or the grid is finer than the fused output map.
     """
+    if not network.is_chain:
+        branch = next(name for (name, _), sources, previous in zip(network.layers, network.inputs,
+                                                                   [("input", None), *network.layers])
+                      if sources != (previous[0],))
+        raise PlanError(f"fused mode runs chains of layers only, and {network.name} branches (node {branch}); "
+                        f"use --mode spatial, batch or single")
     limit = spatial_depth(network)
     depth = limit if depth is None else depth
     if not 1 <= depth <= limit:

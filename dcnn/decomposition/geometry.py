@@ -23,6 +23,7 @@ __all__ = [
     "EMPTY", "Box", "Transfer", "assemble_boxes", "block_boxes", "bounding_box", "bounding_box_of_difference",
     "exchange_transfers", "grid_coordinates", "input_box", "interior_box", "layer_input", "split_extent",
     "trace_region",
+    "cover",
 ]
 
 
@@ -73,6 +74,15 @@ class Box:
 
 
 EMPTY = Box(0, 0, 0, 0)
+
+
+def cover(boxes: list[Box]) -> Box:
+    """The smallest box that contains every non-empty box of ``boxes`` (``EMPTY`` if there is none)."""
+    filled = [box for box in boxes if not box.empty]
+    if not filled:
+        return EMPTY
+    return Box(min(b.top for b in filled), max(b.bottom for b in filled), min(b.left for b in filled),
+               max(b.right for b in filled))
 
 
 def bounding_box(mask: np.ndarray, origin: Box) -> Box:

@@ -68,7 +68,7 @@ from dcnn.network.layers import (
 )
 from dcnn.network.window import Padding
 
-__all__ = ["Forward", "LayerOp", "compile_layer", "fusion_plan"]
+__all__ = ["Forward", "LayerOp", "apply_op", "compile_layer", "fusion_plan"]
 
 
 @dataclass
@@ -195,6 +195,32 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
     raise TypeError(f"no kernel for layer type {type(layer).__name__}")
 
 
+def apply_op(op: LayerOp, arguments: list[np.ndarray], writable: list[bool],
+             padding: Padding | None = None) -> np.ndarray:
+    """Run ``op`` on its input arrays, overwriting one only where the caller allows it.
+
+    Parameters
+    ----------
+    op : LayerOp
+        The op.
+    arguments : list of numpy.ndarray
+        One array per input of the node, in the network's order.
+    writable : list of bool
+        Per argument, whether the caller lets the op overwrite it (an array the run owns that no later node
+        reads). An in-place op whose first argument is not writable works on a copy of it; an addition first
+        swaps its arguments when only the second one is writable.
+    padding : tuple of int, optional
+        Explicit padding of a windowed op.
+    """
+    arguments, writable = list(arguments), list(writable)
+    if op.in_place and isinstance(op.layer, Add) and not writable[0] and writable[1]:
+        arguments.reverse()
+        writable.reverse()
+    if op.in_place and not writable[0]:
+        arguments[0] = arguments[0].copy()
+    return op(arguments[0] if len(arguments) == 1 else arguments, padding)
+
+
 def fusion_plan(network: Network) -> dict[int, tuple[int | None, bool]]:
     """Which layers each convolution absorbs: the one place that decides folding and fusion.
 
@@ -306,20 +332,13 @@ class Forward:
         tensors = {source: x}
         owned: set[str] = set()
 
-        def writable(name: str) -> bool:
-            return name in owned and pending[name] == 1
-
         for index in range(start, stop):
-            op, sources = self.ops[index], list(inputs[index])
+            sources = inputs[index]
             missing = [name for name in sources if name not in tensors]
             if missing:
                 raise ValueError(f"node {names[index]} reads {missing[0]!r}, computed before node {start}")
-            if op.in_place and len(sources) > 1 and isinstance(op.layer, Add) and not writable(sources[0]):
-                sources.reverse()
-            arguments = [tensors[name] for name in sources]
-            if op.in_place and not (writable(sources[0]) and sources.count(sources[0]) == 1):
-                arguments[0] = arguments[0].copy()
-            out = op(arguments[0] if len(arguments) == 1 else arguments)
+            writable = [name in owned and pending[name] == 1 for name in sources]
+            out = apply_op(self.ops[index], [tensors[name] for name in sources], writable)
             for name in sources:
                 pending[name] -= 1
                 if pending[name] == 0:
