@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from dcnn.errors import ShapeError
-from dcnn.network.layers import Layer, Shape, TensorSpec
+from dcnn.network.layers import Layer, Shape
 
 __all__ = [
     "BYTES_PER_VALUE", "IMAGENET", "INPUT", "GraphBuilder", "LayerCost", "Network", "Preprocessing",
@@ -213,28 +213,17 @@ class Network:
             shapes.append(shape)
         return shapes
 
-    def live_values(self, input_shape: Shape | None = None) -> list[int]:
-        """Per node, the per-image values of every tensor alive while it runs.
-
-        Alive are its inputs, its output and every earlier tensor a later node still reads. A tensor dies after
-        its last reader (the executor frees it there), so for a chain this is the node's input plus output.
-        """
-        shapes = self.shapes(input_shape)
+    def live_tensors(self) -> list[list[str]]:
+        """Per node, the tensors alive while it runs: its inputs, its output and every earlier tensor a later
+        node still reads (a residual skip). A tensor dies after its last reader, where the executor frees it."""
         last = self.last_uses()
-        live = []
-        for index in range(len(self.layers)):
-            alive = [INPUT] if last[INPUT] >= index else []
-            alive += [name for name, _ in self.layers[:index + 1] if last[name] >= index]
-            live.append(sum(math.prod(shapes[self.tensor_index(name)]) for name in alive))
-        return live
+        names = [INPUT, *(name for name, _ in self.layers)]
+        return [[name for name in names[:index + 2] if last[name] >= index] for index in range(len(self.layers))]
 
-    def output_shape(self, input_shape: Shape | None = None) -> Shape:
-        """Per-image output shape."""
-        return self.shapes(input_shape)[-1]
-
-    def state_spec(self) -> dict[str, TensorSpec]:
-        """Every stored tensor by its full ``state_dict`` key, in layer order."""
-        return {f"{name}.{suffix}": spec for name, layer in self.layers for suffix, spec in layer.tensors().items()}
+    def live_values(self, input_shape: Shape | None = None) -> list[int]:
+        """Per node, the per-image values of the tensors of :meth:`live_tensors` (a chain: input plus output)."""
+        shapes = self.shapes(input_shape)
+        return [sum(math.prod(shapes[self.tensor_index(name)]) for name in alive) for alive in self.live_tensors()]
 
     def costs(self, input_shape: Shape | None = None) -> list[LayerCost]:
         """The per-node cost model for one image of the given input shape."""

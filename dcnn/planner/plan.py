@@ -8,9 +8,10 @@ models, per rank (one rank per node):
 - ``weights``: the layers' M_l, all of them in batch mode; with fully connected layers split by neurons over the
   ranks in spatial and fused mode (convolution weights count twice: as loaded and in the kernel's layout);
 - ``input``: the batch of network inputs (with its preprocessing copy), present on every rank;
-- ``activations``: the largest working set of one layer (input region, output, and the convolution's padded
-  scratch copy and GEMM output), for the whole map (batch), the rank's block with its halo (spatial) or the
-  largest tile region (fused);
+- ``activations``: the largest working set of one node (input region, output, and the convolution's padded
+  scratch copy and GEMM output, plus the tensors alive meanwhile along the topological order: an add's other
+  input, a residual skip that a later node reads), for the whole map (batch), the rank's block with its halo
+  (spatial) or the largest tile region (fused, chains only);
 - ``gathered map``, ``tile outputs``: the maps that spatial and fused mode assemble on every rank;
 - ``overlap pool``: the strips a rank holds for the reuse policy.
 
@@ -295,12 +296,18 @@ def _input_bytes(input_shape: Shape, batch: int) -> int:
 
 
 def _whole_map_work(network: Network, input_shape: Shape, start: int = 0) -> tuple[int, str]:
-    """The largest one-layer working set (values per image) over layers ``start..`` run on whole maps."""
+    """The largest one-node working set (values per image) over nodes ``start..`` run on whole maps.
+
+    A node holds its input and output (and a convolution's scratch), plus every other tensor alive while it
+    runs: the other inputs of an add or concatenation, and tensors that later nodes still read (a residual
+    skip), along the topological order (:meth:`Network.live_values`).
+    """
     best = (0, "")
-    shapes = network.shapes(input_shape)
+    rows = network.costs(input_shape)
     for index in range(start, len(network)):
-        name, layer = network.layers[index]
-        in_shape, out_shape = shapes[index], shapes[index + 1]
+        row = rows[index]
+        name, layer, in_shape, out_shape = row.name, row.layer, row.in_shape, row.out_shape
+        others = row.live_bytes // BYTES - math.prod(in_shape) - math.prod(out_shape)
         if len(in_shape) == 3:
             padding = (0, 0, 0, 0)
             if layer.window is not None:
@@ -309,7 +316,7 @@ def _whole_map_work(network: Network, input_shape: Shape, start: int = 0) -> tup
                                else (1, 1), padding)
         else:
             work = math.prod(in_shape) + math.prod(out_shape)
-        best = max(best, (work, name))
+        best = max(best, (work + others, name))
     return best
 
 
@@ -330,13 +337,19 @@ def memory_spatial(network: Network, input_shape: Shape, batch: int, cluster: Cl
     spatial = _decomposition(network, tuple(input_shape), tuple(dims))
     weights, heaviest = _weights(network, input_shape, size)
     work = [(0, "")] * size
+    live = network.live_tensors()
+    blocks = {network.layers[p.index][0]: (p.out_shape[0], p.out_blocks) for p in spatial.layers}
     for layer_plan in spatial.layers:
         name = network.layers[layer_plan.index][0]
+        # Blocks of the other tensors alive meanwhile: an add's second input, a residual skip.
+        others = [blocks[t] for t in live[layer_plan.index] if t in blocks and t != name
+                  and t != layer_plan.sources[0]]
         for rank in range(size):
             source = layer_plan.needed[rank] if layer_plan.windowed else layer_plan.out_blocks[rank]
             out = layer_plan.out_blocks[rank]
             value = _layer_work(layer_plan.layer, layer_plan.in_shape, layer_plan.out_shape,
                                 (source.height, source.width), (out.height, out.width), layer_plan.padding[rank])
+            value += sum(channels * boxes[rank].area for channels, boxes in others)
             work[rank] = max(work[rank], (value, name))
     tail, _ = _whole_map_work(network, input_shape, spatial.gather_index) if spatial.gather_index < len(network) \
         else (0, "")
@@ -459,7 +472,7 @@ def plans(network: Network, input_shape: Shape, cluster: Cluster, batch: int, im
         configurations.append(("batch", None, None))
     if "spatial" in modes and cluster.size > 1:
         configurations += [("spatial", dims, None) for dims in _spatial_grids(cluster.size)]
-    if "fused" in modes:
+    if "fused" in modes and network.is_chain:
         configurations += [("fused", tiles, overlap) for tiles in _tile_grids(network, input_shape)
                            for overlap in ("reuse", "recompute")]
     return [plan_for(network, input_shape, cluster, mode, size, grid, overlap, images)
@@ -534,7 +547,7 @@ def _lean_configurations(network: Network, input_shape: Shape, size: int, modes:
     if "spatial" in modes:
         configurations.append(("spatial", _square_dims(size), None))
     grids = _tile_grids(network, input_shape)
-    if "fused" in modes and grids:
+    if "fused" in modes and grids and network.is_chain:
         configurations.append(("fused", grids[-1], "recompute"))
     if "batch" in modes:
         configurations.append(("batch", None, None))
