@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from dcnn.errors import ShapeError
-from dcnn.network.layers import Layer, Shape
+from dcnn.network.layers import Layer, Shape, TensorSpec
 
 __all__ = [
     "BYTES_PER_VALUE", "IMAGENET", "INPUT", "GraphBuilder", "LayerCost", "Network", "Preprocessing",
@@ -224,6 +224,14 @@ class Network:
         """Per node, the per-image values of the tensors of :meth:`live_tensors` (a chain: input plus output)."""
         shapes = self.shapes(input_shape)
         return [sum(math.prod(shapes[self.tensor_index(name)]) for name in alive) for alive in self.live_tensors()]
+
+    def output_shape(self, input_shape: Shape | None = None) -> Shape:
+        """Per-image output shape."""
+        return self.shapes(input_shape)[-1]
+
+    def state_spec(self) -> dict[str, TensorSpec]:
+        """Every stored tensor by its full ``state_dict`` key, in layer order."""
+        return {f"{name}.{suffix}": spec for name, layer in self.layers for suffix, spec in layer.tensors().items()}
 
     def costs(self, input_shape: Shape | None = None) -> list[LayerCost]:
         """The per-node cost model for one image of the given input shape."""
