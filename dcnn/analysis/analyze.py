@@ -163,7 +163,8 @@ def format_paper_table(rows: list[dict]) -> str:
 
 
 def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
-    """Draw the first ``count`` images of a detection run with their boxes and confidences into one PNG.
+    """Draw the first ``count`` images of a detection run with their boxes and confidences into one PNG; a
+    recognition run adds each face's landmarks and its identity.
 
     Returns
     -------
@@ -178,6 +179,8 @@ def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
         if "detections" not in handle["outputs"]:
             raise InputError(f"{path}: not a face detection run (no /outputs/detections)")
         rows = handle["outputs/detections"][()]
+        landmarks = handle["outputs/landmarks"][()] if "landmarks" in handle["outputs"] else None
+        names = handle["outputs/identity"].asstr()[()] if "identity" in handle["outputs"] else None
         source = str(handle.attrs["input"])
     location, _, dataset = source.rpartition(":") if not Path(source).exists() else (source, "", "images")
     with open_image_set(location, dataset or "images") as images:
@@ -192,10 +195,14 @@ def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
         picture = Image.fromarray(image).resize((max(1, round(image.shape[1] * scale)),
                                                  max(1, round(image.shape[0] * scale))))
         pen = ImageDraw.Draw(picture)
-        for row in rows[rows["image"] == index]:
+        for face in np.flatnonzero(rows["image"] == index):
+            row = rows[face]
             box = [row["left"] * scale, row["top"] * scale, (row["right"] + 1) * scale, (row["bottom"] + 1) * scale]
             pen.rectangle(box, outline=(255, 40, 40), width=2)
-            pen.text((box[0] + 3, box[1] + 2), f"{row['confidence']:.2f}", fill=(255, 255, 0))
+            label = f"{row['confidence']:.2f}" if names is None else f"{names[face]} {row['confidence']:.2f}"
+            pen.text((box[0] + 3, box[1] + 2), label, fill=(255, 255, 0))
+            for x, y in ([] if landmarks is None else (landmarks[face] + 0.5) * scale):
+                pen.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(40, 255, 40))
         sheet.paste(picture, ((index % columns) * tile, (index // columns) * tile))
     sheet.save(png)
     return count

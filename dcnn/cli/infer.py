@@ -12,8 +12,9 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import datetime
 from pathlib import Path
 
@@ -24,11 +25,11 @@ from dcnn.cli.common import add_common_arguments, run_main
 from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused
 from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.errors import InputError, PlanError, ShapeError
-from dcnn.exec.workloads import Classification, Detection
-from dcnn.faces.detect import FaceDetector
+from dcnn.exec.workloads import Classification, Detection, Recognition
+from dcnn.faces.detect import DETECTION_DTYPE, FaceDetector
 from dcnn.io.images import Hdf5ImageSet, ImageSet, open_image_set
 from dcnn.io.progress import Progress
-from dcnn.io.results import ResultWriter, peak_rss_bytes, provenance, utc_now
+from dcnn.io.results import RESUME_KEYS, ResultWriter, peak_rss_bytes, provenance, utc_now
 from dcnn.kernels.elementwise import softmax
 from dcnn.kernels.threads import default_num_threads, set_num_threads
 from dcnn.network.graph import Network, format_shape, parse_shape
@@ -170,15 +171,22 @@ def parse_grid(text: str | None) -> tuple[int, int] | None:
 
 @dataclass
 class Job:
-    """Everything a run needs, checked before any heavy work."""
+    """Everything a run needs, checked before any heavy work.
+
+    ``records`` is the row type of a detector's outputs, ``known`` a gallery stored with them (see
+    :meth:`ResultWriter.create`), and ``attributes`` further root attributes that ``--resume`` must match.
+    """
 
     network: Network
     weights: dict
     images: ImageSet
     input_shape: tuple[int, ...]
-    workload: Classification | Detection
+    workload: Classification | Detection | Recognition
     num_outputs: int | None
     plan: Plan
+    records: np.dtype = DETECTION_DTYPE
+    known: dict | None = None
+    attributes: dict = dataclass_field(default_factory=dict)
 
 
 def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
@@ -296,21 +304,26 @@ def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit,
         "batch_size": args.batch_size, "num_tasks": split.num_tasks, "threads": threads, "ranks": comm.size,
         "grid": args.grid or "auto", "overlap": not args.no_overlap, "steal": not args.no_steal,
         "capacity": args.capacity or "equal", "throttle": args.throttle, "mpi_library": mpi_library_version(),
-        "started": utc_now(),
+        "started": utc_now(), **job.attributes,
     }
     if args.resume:
-        return ResultWriter.resume(args.resume, attributes)
+        return ResultWriter.resume(args.resume, attributes, (*RESUME_KEYS, *job.attributes))
     output = Path(args.output) if args.output else _default_output()
-    writer = ResultWriter.create(output, len(images), job.num_outputs, split.num_tasks, attributes)
+    writer = ResultWriter.create(output, len(images), job.num_outputs, split.num_tasks, attributes, job.records,
+                                 job.known)
     return writer, np.zeros(len(images), np.uint8)
 
 
-def run(args: argparse.Namespace) -> int:
-    """The body of ``python -m dcnn.infer`` (see :func:`dcnn.cli.common.run_main` for error handling)."""
+def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object, int], Job] = _validate) -> int:
+    """The body of ``python -m dcnn.infer`` (see :func:`dcnn.cli.common.run_main` for error handling).
+
+    ``validate(args, comm, ranks_per_node)`` checks the arguments and builds the :class:`Job` on every rank
+    (inside a collective block); ``python -m dcnn.recognize`` passes its own.
+    """
     comm = world()
     local_ranks = ranks_per_node(comm)
     with collective(comm):
-        job = _validate(args, comm, local_ranks)
+        job = validate(args, comm, local_ranks)
     network, images, weights = job.network, job.images, job.weights
     threads = args.threads or max(1, default_num_threads() // local_ranks)
     set_num_threads(threads)
@@ -428,9 +441,13 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
     if job.num_outputs is None:
         with h5py.File(path, "r") as handle:
             offsets = handle["outputs/detection_offsets"][()]
+            identities = handle["outputs/identity"].asstr()[()] if "identity" in handle["outputs"] else None
         counts = np.diff(offsets)
         print(f"  {int(offsets[-1])} faces found in {int((counts > 0).sum())} of {len(counts)} images "
               f"(upsample {args.upsample})")
+        if identities is not None:
+            names, people = np.unique(identities, return_counts=True)
+            print("  identities: " + ", ".join(f"{name} {count}" for name, count in zip(names, people)))
     if args.mode == "batch" and size > 1:
         steal = per_rank["steal"]
         for rank in range(size):

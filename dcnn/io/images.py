@@ -20,7 +20,7 @@ import numpy as np
 from dcnn.errors import DAMAGED_FILE_ERRORS, InputError, ShapeError
 from dcnn.network.graph import Preprocessing
 
-__all__ = ["IMAGE_SUFFIXES", "ImageSet", "open_image_set", "preprocess"]
+__all__ = ["IMAGE_SUFFIXES", "ImageSet", "open_image", "open_image_set", "preprocess"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -179,14 +179,7 @@ class FolderImageSet(ImageSet):
         super().__init__(path, len(files))
 
     def _open(self, index: int):
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            image = Image.open(self.files[index])
-            image.load()
-        except (*DAMAGED_FILE_ERRORS, UnidentifiedImageError) as error:
-            raise InputError(f"{self.files[index]}: cannot read image ({error})") from None
-        return image
+        return open_image(self.files[index])
 
     def image_shape(self, index: int) -> tuple[int, int]:
         if index not in self._sizes:
@@ -211,6 +204,24 @@ class FolderImageSet(ImageSet):
         if pixels.ndim == 3:
             pixels = pixels[..., None]
         return preprocess(pixels, preprocessing)
+
+
+def open_image(path: str | os.PathLike):
+    """One PNG/JPEG file, decoded (a PIL image).
+
+    Raises
+    ------
+    InputError
+        If the file cannot be read or decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(path)
+        image.load()
+    except (*DAMAGED_FILE_ERRORS, UnidentifiedImageError) as error:
+        raise InputError(f"{path}: cannot read image ({error})") from None
+    return image
 
 
 def open_image_set(path: str | os.PathLike, dataset: str = "images") -> ImageSet:

@@ -131,12 +131,21 @@ def _rewrite(path: Path, groups: Mapping[str, Mapping[str, Any]], attributes: Ma
 
 
 def encode_outputs(outputs: np.ndarray, start: int) -> np.ndarray:
-    """A task's outputs (logits rows or detection records) as one float64 vector, to send to the writer."""
+    """A task's outputs (logits rows or records such as detections) as one float64 vector, to send to the writer.
+
+    Records become one row each: ``image - start``, then every other field in order, flattened.
+    """
     if outputs.dtype.names is None:
         return outputs.astype(np.float64).reshape(-1)
-    columns = [outputs["image"] - start] + [outputs[name] for name in ("left", "top", "right", "bottom",
-                                                                       "confidence")]
-    return np.stack(columns, axis=1).astype(np.float64).reshape(-1)
+    columns = [(outputs["image"] - start)[:, None]] + [
+        outputs[name].reshape(len(outputs), int(np.prod(outputs.dtype[name].shape, dtype=np.int64))).astype(np.float64)
+        for name in outputs.dtype.names if name != "image"]
+    return np.concatenate(columns, axis=1).reshape(-1)
+
+
+#: Fields of face records beyond the detection's, and the dataset each becomes when the run ends.
+RECORD_DATASETS = {"landmarks": "landmarks", "descriptor": "descriptors", "distance": "distance",
+                   "identity": "identity"}
 
 
 def _valid_outputs(path: Path) -> dict[str, np.ndarray]:
@@ -176,14 +185,18 @@ class ResultWriter:
         self._file = handle
         self.num_tasks = num_tasks
         self.detections = "detections" in handle["outputs"]
+        self.records = handle["outputs/detections"].dtype if self.detections else None
         self.num_outputs = None if self.detections else handle["outputs/logits"].shape[1]
 
     @classmethod
     def create(cls, path: str | os.PathLike, num_images: int, num_outputs: int | None, num_tasks: int,
-               attributes: Mapping[str, Any]) -> ResultWriter:
+               attributes: Mapping[str, Any], records: np.dtype = DETECTION_DTYPE,
+               known: Mapping[str, np.ndarray] | None = None) -> ResultWriter:
         """Create ``path`` (replacing any file there) for ``num_images`` images in ``num_tasks`` tasks.
 
-        ``num_outputs`` is the number of logits per image; ``None`` makes a detection file.
+        ``num_outputs`` is the number of logits per image; ``None`` makes a file of ``records`` rows
+        (detections, or face records that extend them). ``known`` (names and descriptors of a gallery) is
+        stored under ``/known`` at once, so a resumed run names identities as the first run did.
         """
         path = Path(path)
         try:
@@ -194,7 +207,7 @@ class ResultWriter:
         outputs = handle.create_group("outputs")
         rows = max(1, min(num_images, 1024))
         if num_outputs is None:
-            outputs.create_dataset("detections", shape=(0,), maxshape=(None,), dtype=DETECTION_DTYPE, chunks=(1024,))
+            outputs.create_dataset("detections", shape=(0,), maxshape=(None,), dtype=records, chunks=(1024,))
             outputs.create_dataset("detection_counts", shape=(num_images,), dtype=np.int32, fillvalue=-1)
         else:
             outputs.create_dataset("logits", shape=(num_images, num_outputs), dtype=np.float32, fillvalue=np.nan,
@@ -204,6 +217,10 @@ class ResultWriter:
         for name, dtype, fill in (("task_start", np.float64, np.nan), ("task_end", np.float64, np.nan),
                                   ("task_rank", np.int32, -1)):
             timing.create_dataset(name, shape=(num_tasks,), dtype=dtype, fillvalue=fill)
+        if known is not None:
+            group = handle.create_group("known")
+            group.create_dataset("names", data=np.array(known["names"], dtype=h5py.string_dtype()))
+            group.create_dataset("descriptors", data=np.asarray(known["descriptors"], np.float32))
         for key, value in attributes.items():
             handle.attrs[key] = _attribute(value)
         handle.attrs["status"] = "running"
@@ -213,8 +230,11 @@ class ResultWriter:
         return cls(path, handle, num_tasks)
 
     @classmethod
-    def resume(cls, path: str | os.PathLike, attributes: Mapping[str, Any]) -> tuple[ResultWriter, np.ndarray]:
+    def resume(cls, path: str | os.PathLike, attributes: Mapping[str, Any],
+               keys: tuple[str, ...] = RESUME_KEYS) -> tuple[ResultWriter, np.ndarray]:
         """Reopen an interrupted run; returns the writer and the ``done`` flags per image.
+
+        The run's ``attributes`` must agree with the file's on ``keys``.
 
         Raises
         ------
@@ -226,14 +246,14 @@ class ResultWriter:
             raise InputError(f"--resume {str(path)!r}: no such file")
         try:
             with open_result(path) as handle:
-                stored = {key: _plain(handle.attrs.get(key)) for key in RESUME_KEYS}
+                stored = {key: _plain(handle.attrs.get(key)) for key in keys}
                 status = handle.attrs.get("status")
                 runs = int(handle.attrs.get("runs", 1))
                 first_started = _plain(handle.attrs.get("first_started", handle.attrs.get("started", "unknown")))
                 num_tasks = handle["timing/task_start"].shape[0]
         except (OSError, KeyError) as error:
             raise InputError(f"--resume {path}: not a dcnn result file ({error})") from None
-        for key in RESUME_KEYS:
+        for key in keys:
             if _attribute(attributes[key]) != stored[key]:
                 raise InputError(f"--resume {path}: it was made with {key} = {stored[key]}, this run has "
                                  f"{_attribute(attributes[key])}")
@@ -273,22 +293,39 @@ class ResultWriter:
         """The inverse of :func:`encode_outputs` (exact: every value fits a float64)."""
         if not self.detections:
             return vector.reshape(-1, self.num_outputs).astype(np.float32)
-        rows = vector.reshape(-1, 6)
-        records = np.zeros(len(rows), DETECTION_DTYPE)
-        records["image"] = rows[:, 0].astype(np.int64) + start
-        for column, name in enumerate(("left", "top", "right", "bottom", "confidence"), start=1):
-            records[name] = rows[:, column]
+        widths = [int(np.prod(self.records[name].shape, dtype=np.int64)) for name in self.records.names]
+        rows = vector.reshape(-1, sum(widths))
+        records = np.zeros(len(rows), self.records)
+        column = 0
+        for name, width in zip(self.records.names, widths):
+            values = rows[:, column:column + width].reshape(len(rows), *self.records[name].shape)
+            records[name] = values + start if name == "image" else values
+            column += width
         return records
 
     def _final_outputs(self) -> dict[str, np.ndarray]:
-        """Detections sorted by image, and their per-image offsets."""
+        """Detections sorted by image, their per-image offsets, and one aligned dataset per further field
+        (:data:`RECORD_DATASETS`; identities as the known names, ``unknown`` beyond the tolerance)."""
         if not self.detections:
             return {}
         with open_result(self.path) as handle:
             rows = handle["outputs/detections"][()]
             counts = np.maximum(handle["outputs/detection_counts"][()], 0)
+            names = [_plain(n) for n in handle["known/names"][()]] if "known" in handle else []
         rows = rows[np.argsort(rows["image"], kind="stable")]
-        return {"detections": rows, "detection_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)}
+        final = {"detections": rows[list(DETECTION_DTYPE.names)].astype(DETECTION_DTYPE),
+                 "detection_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)}
+        for field, dataset in RECORD_DATASETS.items():
+            if field in rows.dtype.names:
+                final[dataset] = rows[field]
+        if "identity" in final:
+            if names:
+                labels = np.array([*names, "unknown"], dtype=object)
+                final["identity"] = labels[np.where(rows["identity"] < 0, len(names), rows["identity"])].astype(
+                    h5py.string_dtype())
+            else:
+                del final["identity"], final["distance"]
+        return final
 
     def finish(self, groups: Mapping[str, Mapping[str, Any]], **attributes: Any) -> None:
         """Add the final groups and attributes, mark the run complete and close.
