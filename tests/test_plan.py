@@ -177,9 +177,10 @@ def test_a_residual_skip_counts_in_the_working_set():
                for row in chain.costs((3, 64, 64)))
 
 
-def test_no_fused_candidates_for_a_dag():
+def test_a_dag_gets_fused_candidates_of_the_recompute_policy_only():
     network = get_model("mobilenet_v2")
     candidates = plans(network, (3, 96, 96), Cluster.uniform(2, 2**34), 1)
-    assert {plan.mode for plan in candidates} == {"batch", "spatial"}
-    with pytest.raises(PlanError, match="fused mode runs chains"):
+    assert {plan.mode for plan in candidates} == {"batch", "spatial", "fused"}
+    assert {plan.overlap for plan in candidates if plan.mode == "fused"} == {"recompute"}
+    with pytest.raises(PlanError, match="reuse policy plans strips through chains"):
         plan_for(network, (3, 96, 96), Cluster.uniform(2, 2**34), "fused", 1, (2, 2), "reuse")

@@ -22,6 +22,7 @@ from functools import cached_property
 import numpy as np
 
 from dcnn.decomposition.geometry import Box, bounding_box, bounding_box_of_difference, layer_input
+from dcnn.errors import PlanError
 from dcnn.network.window import Padding
 
 __all__ = ["NUM_CLASSES", "ReusePlan", "Strip", "plan_reuse", "tile_class"]
@@ -128,8 +129,22 @@ class ReusePlan:
         return 4 * sum(strip.elements for strip in self.strips)
 
 
+def check_reusable(fused) -> None:
+    """Raise :class:`PlanError` if the fused block is not a chain (strips are planned layer after layer)."""
+    if fused.network.chain_length() < fused.depth:
+        raise PlanError(f"the reuse policy plans strips through chains of layers, and the fused block of "
+                        f"{fused.network.name} branches; use --overlap recompute")
+
+
 def plan_reuse(fused, ranks: int) -> ReusePlan:
-    """The reuse policy for ``fused`` (a :class:`~dcnn.decomposition.fused.FusedPlan`), pool over ``ranks``."""
+    """The reuse policy for ``fused`` (a :class:`~dcnn.decomposition.fused.FusedPlan`), pool over ``ranks``.
+
+    Raises
+    ------
+    PlanError
+        If the fused block is not a chain: strips are planned layer after layer.
+    """
+    check_reusable(fused)
     depth, tiles = fused.depth, fused.tiles
     windows = [layer.window for _, layer in fused.network.layers[:depth]]
     classes = [tile_class(tile.index, fused.grid) for tile in tiles]

@@ -162,8 +162,27 @@ class Network:
     @property
     def is_chain(self) -> bool:
         """Every node reads exactly the node before it (the first reads the input)."""
-        return all(sources == (previous,) for sources, previous
-                   in zip(self.inputs, [INPUT, *(name for name, _ in self.layers[:-1])]))
+        return self.chain_length() == len(self.layers)
+
+    def chain_length(self) -> int:
+        """How many leading nodes form a chain (each reads exactly the node before it)."""
+        previous = [INPUT, *(name for name, _ in self.layers)]
+        return next((index for index, sources in enumerate(self.inputs) if sources != (previous[index],)),
+                    len(self.layers))
+
+    def tail(self, start: int, input_shape: Shape) -> Network:
+        """The network of nodes ``start..``, reading node ``start - 1``'s output (of ``input_shape``) as its input.
+
+        Raises
+        ------
+        ValueError
+            If a node of the tail reads a tensor computed before node ``start - 1``.
+        """
+        before = self.layers[start - 1][0] if start > 0 else INPUT
+        inputs = tuple(tuple(INPUT if source == before else source for source in sources)
+                       for sources in self.inputs[start:])
+        return Network(f"{self.name}[{start}:]", self.layers[start:], input_shape, self.preprocessing,
+                       self.description, inputs=inputs)
 
     def tensor_index(self, name: str) -> int:
         """Position of a tensor in :meth:`shapes`: 0 for the input, ``i + 1`` for node ``i``'s output."""

@@ -3,7 +3,7 @@
 The output map of a block of consecutive layers (the fused block: the whole convolutional part, or a prefix
 of it) is cut into a ``Ty x Tx`` grid of tiles (:func:`dcnn.decomposition.fused.plan_fused`). Each tile is one
 task of the work-stealing queue; its input region is traced backwards through the fused layers
-(:func:`dcnn.decomposition.geometry.trace_region`), so a rank computes a tile from the input image alone.
+(:func:`dcnn.decomposition.fused.trace_tile`), so a rank computes a tile from the input image alone.
 Neighbouring tiles overlap in their traced regions. Two policies:
 
 - *recompute*: every tile computes its whole region; no communication until the tiles are assembled, at the
@@ -25,11 +25,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused
-from dcnn.decomposition.geometry import EMPTY, Box, assemble_boxes
+from dcnn.decomposition.geometry import Box, assemble_boxes
 from dcnn.decomposition.reuse import NUM_CLASSES, Strip, plan_reuse
 from dcnn.errors import PlanError
-from dcnn.exec.forward import Forward
-from dcnn.network.graph import Network
+from dcnn.exec.forward import Forward, apply_op
+from dcnn.network.graph import INPUT, Network
 from dcnn.network.layers import Shape
 from dcnn.network.window import Padding
 from dcnn.parallel.comm import MPI, allgather_blocks
@@ -41,11 +41,6 @@ __all__ = ["COUNTER_FIELDS", "FusedEngine"]
 
 #: Per-rank counters of a fused run (``FusedEngine.counters``), in this order.
 COUNTER_FIELDS = ("tiles_run", "tiles_reused", "fallbacks", "macs", "bytes_put", "bytes_got", "pool_seconds")
-
-def _subnetwork(network: Network, start: int, input_shape: Shape) -> Network:
-    return Network(f"{network.name}[{start}:]", network.layers[start:], input_shape, network.preprocessing,
-                   network.description)
-
 
 class FusedEngine:
     """Run a network with its first layers fused into stealable tiles.
@@ -92,11 +87,16 @@ class FusedEngine:
         self.tile_seconds = np.zeros(len(self.plan.tiles))
         self._counts = dict.fromkeys(COUNTER_FIELDS, 0)
         self._rates = self.plan.macs_per_pixel()
+        # Readers of each tensor among the fused nodes, and the tile's output, which the caller holds.
+        self._readers: dict[str, int] = {network.layers[self.plan.depth - 1][0]: 1}
+        for sources in network.inputs[:self.plan.depth]:
+            for name in sources:
+                self._readers[name] = self._readers.get(name, 0) + 1
         self._pool: OverlapPool | None = None
         self._sequence = 0
         self.rest = None
         if self.plan.depth < len(network):
-            rest = _subnetwork(network, self.plan.depth, self.plan.output_shape)
+            rest = network.tail(self.plan.depth, self.plan.output_shape)
             self.rest = SpatialEngine(rest, weights, self.plan.output_shape, comm)
 
     @property
@@ -186,42 +186,58 @@ class FusedEngine:
     def _compute(self, index: int, steps: list[tuple[Box, Box, Padding]], x: np.ndarray,
                  borrowed: list[tuple[Strip, np.ndarray]] = (), outgoing: list[Strip] = (),
                  pool: OverlapPool | None = None) -> np.ndarray:
-        """Compute one tile's boxes layer by layer from the input, its own results and borrowed strips."""
+        """Compute one tile's boxes node by node from the input, its own results and borrowed strips.
+
+        Each tensor's box is kept until the tile's last node that reads it; an in-place op overwrites only a
+        box no later node of the tile reads.
+        """
         strips_in, strips_out = defaultdict(list), defaultdict(list)
-        for strip, values in borrowed:
-            strips_in[strip.layer].append((strip.box, values))
         for strip in outgoing:
             strips_out[strip.layer].append(strip)
+        for strip, values in borrowed:
+            strips_in[strip.layer].append((strip.box, values))
         batch = x.shape[0]
-        held, region = EMPTY, None
+        network = self.plan.network
+        names = [name for name, _ in network.layers]
+        regions: dict[str, tuple[np.ndarray | None, Box]] = {INPUT: (x, Box(0, x.shape[2], 0, x.shape[3]))}
+        pending = dict(self._readers)
         for layer, (box, source_box, padding) in enumerate(steps):
+            sources = network.inputs[layer]
             if box.empty:
-                held, region = box, None
+                regions[names[layer]] = (None, box)
                 continue
             start = time.perf_counter()
             op = self.forward.ops[layer]
-            if layer == 0:
-                source = x[(slice(None), slice(None), *source_box.slices())]
-                source = source.copy() if op.in_place else source
-            else:
-                source = self._source(layer, source_box, held, region, strips_in[layer - 1], batch)
-            region = op(source, padding) if op.layer.window is not None else op(source)
-            held = box
+            arguments = []
+            for position, name in enumerate(sources):
+                array, held = regions[name]
+                need = source_box if position == 0 else box
+                strips = strips_in[names.index(name)] if name != INPUT else []
+                arguments.append(self._source(need, held, array, strips, batch))
+            writable = [name != INPUT and pending[name] == 1 and sources.count(name) == 1 for name in sources]
+            region = apply_op(op, arguments, writable, padding if op.layer.window is not None else None)
+            for name in sources:
+                pending[name] -= 1
+                if pending[name] == 0:
+                    regions.pop(name)
+            regions[names[layer]] = (region, box)
             elapsed = time.perf_counter() - start
             self.stats.compute_seconds[layer] += elapsed
             self.tile_seconds[index] += elapsed
             self._counts["macs"] += self._rates[layer] * box.area * batch
             for strip in strips_out[layer]:
-                pool.publish(strip, region[(slice(None), slice(None), *strip.box.slices(held))])
+                pool.publish(strip, region[(slice(None), slice(None), *strip.box.slices(box))])
                 self.stats.bytes_sent[layer] += batch * 4 * strip.elements
-        return region
+        return regions[names[len(steps) - 1]][0]
 
-    def _source(self, layer: int, source_box: Box, held: Box, region: np.ndarray | None,
-                strips: list[tuple[Box, np.ndarray]], batch: int) -> np.ndarray:
-        """The input box of ``layer``: a view of the tile's own previous map, or assembled with borrowed strips."""
+    @staticmethod
+    def _source(source_box: Box, held: Box, region: np.ndarray | None, strips: list[tuple[Box, np.ndarray]],
+                batch: int) -> np.ndarray:
+        """``source_box`` of a tensor: a view of the tile's own box of it, or assembled with borrowed strips."""
         if held.contains(source_box) and region is not None:
             return region[(slice(None), slice(None), *source_box.slices(held))]
-        source = np.empty((batch, self.plan.shapes[layer][0], source_box.height, source_box.width), np.float32)
+        channels = region.shape[1] if region is not None else strips[0][1].shape[1]
+        source = np.empty((batch, channels, source_box.height, source_box.width), np.float32)
         own = held.intersect(source_box)
         if not own.empty:
             source[(slice(None), slice(None), *own.slices(source_box))] = \

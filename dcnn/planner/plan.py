@@ -373,12 +373,13 @@ def memory_fused(network: Network, input_shape: Shape, batch: int, cluster: Clus
         steps = tile.steps if reuse is None else reuse.steps[index]
         borrowed = 0 if reuse is None else sum(strip.elements for strip in reuse.incoming[index])
         for layer, (out, source, padding) in enumerate(steps):
-            value = borrowed + _layer_work(network.layers[layer][1], shapes[layer], shapes[layer + 1],
+            in_shape = shapes[network.tensor_index(network.inputs[layer][0])]
+            value = borrowed + _layer_work(network.layers[layer][1], in_shape, shapes[layer + 1],
                                            (source.height, source.width), (out.height, out.width), padding)
             best = max(best, (value, network.layers[layer][0]))
     tail = 0
     if fused.depth < len(network):
-        rest = Network(f"{network.name}[{fused.depth}:]", network.layers[fused.depth:], fused.output_shape)
+        rest = network.tail(fused.depth, fused.output_shape)
         tail = memory_spatial(rest, fused.output_shape, batch, cluster, _square_dims(size)).memory[0]["activations"]
     output = math.prod(fused.output_shape)
     share = math.ceil(len(fused.tiles) / size) / len(fused.tiles)
@@ -472,9 +473,10 @@ def plans(network: Network, input_shape: Shape, cluster: Cluster, batch: int, im
         configurations.append(("batch", None, None))
     if "spatial" in modes and cluster.size > 1:
         configurations += [("spatial", dims, None) for dims in _spatial_grids(cluster.size)]
-    if "fused" in modes and network.is_chain:
+    if "fused" in modes:
+        policies = ("reuse", "recompute") if network.chain_length() >= spatial_depth(network) else ("recompute",)
         configurations += [("fused", tiles, overlap) for tiles in _tile_grids(network, input_shape)
-                           for overlap in ("reuse", "recompute")]
+                           for overlap in policies]
     return [plan_for(network, input_shape, cluster, mode, size, grid, overlap, images)
             for mode, grid, overlap in configurations for size in sizes]
 
@@ -547,7 +549,7 @@ def _lean_configurations(network: Network, input_shape: Shape, size: int, modes:
     if "spatial" in modes:
         configurations.append(("spatial", _square_dims(size), None))
     grids = _tile_grids(network, input_shape)
-    if "fused" in modes and grids and network.is_chain:
+    if "fused" in modes and grids:
         configurations.append(("fused", grids[-1], "recompute"))
     if "batch" in modes:
         configurations.append(("batch", None, None))
