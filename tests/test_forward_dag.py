@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import random_array
-from torch_models import torch_model
 
 from dcnn.exec.forward import Forward, fusion_plan
 from dcnn.network.graph import GraphBuilder
 from dcnn.network.layers import Add, BatchNorm2d, Concat, Conv2d, MaxPool2d, Mul, ReLU, Sigmoid
 from dcnn.network.weights import init_weights
 from dcnn.network.zoo import get_model
+from dcnn.testing.torch_models import torch_model
 
 # Odd sizes keep every block's maps odd somewhere; batch 1 and 3.
 CASES = [("resnet18", (67, 73), 3), ("resnet34", (67, 73), 1), ("resnet50", (67, 73), 1),

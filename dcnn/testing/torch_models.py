@@ -1,11 +1,15 @@
-"""PyTorch modules with torchvision's module layout (so the same ``state_dict`` keys), written for the tests.
+"""PyTorch modules with torchvision's module layout (so the same ``state_dict`` keys): the references of the zoo's
+DAG models for the tests and ``scripts/bench_dag.py``.
 
 torchvision itself is not installable next to the pinned torch wheel, so the zoo's DAG models are checked
-against these small, independent definitions: same module names, plain ``forward`` code.
+against these small, independent definitions: same module names, plain ``forward`` code. Importing this module
+needs PyTorch (the ``test`` and ``bench`` extras).
 """
 
 import torch
 from torch import nn
+
+__all__ = ["MODULES", "torch_model"]
 
 
 def conv_bn(cin, cout, kernel, stride=1, padding=0, groups=1, eps=1e-5):
@@ -194,8 +198,9 @@ MODULES = {
 }
 
 
-def torch_model(name, weights):
-    """The reference module of a zoo model with ``weights`` (a dcnn state dict) loaded strictly, in eval mode."""
+def torch_model(name: str, weights: dict) -> nn.Module:
+    """The reference module of a zoo model with ``weights`` (a dcnn state dict of numpy arrays) loaded strictly,
+    in eval mode. Raises ``RuntimeError`` (PyTorch's) for a missing, extra or misshapen key."""
     module = MODULES[name]()
     state = {key: torch.from_numpy(value) for key, value in weights.items()}
     for key, value in module.state_dict().items():
