@@ -5,7 +5,11 @@ convolution (MobileNet's ``groups == channels``) is a Python loop over channels.
 
 *Depthwise* (``groups == in_channels``, any multiplier ``K / C``, stride, dilation). Every output channel reads
 one input channel, so each kernel tap is one vectorised multiply-add over the whole batch and all channels:
-``out += w[:, i, j] * x_padded[:, :, i*dh + sh*r, j*dw + sw*c]``. ``kh * kw`` passes, no patch matrix.
+``out += w[:, i, j] * x_padded[:, :, i*dh + sh*y, j*dw + sw*x]``. The padded input is split into its
+``sh x sw`` phase planes (rows ``a::sh``, columns ``b::sw``), on which every tap reads a *shifted* window, so
+each tap is a contiguous 2-D multiply-add of flat rows (as in the shifted-GEMM convolution), over channel
+chunks that stay in cache; outputs in the few extra columns are computed and dropped. ``kh * kw`` passes, no
+patch matrix.
 
 *Pointwise* (1x1, one group, any stride). The output is ``W @ X``: one GEMM per image of the ``K x C`` weights
 with the ``C x (H W)`` input (taken every ``stride`` pixels first), in column chunks that the kernel threads
@@ -30,6 +34,8 @@ __all__ = ["DepthwiseConv2dKernel", "PointwiseConv2dKernel", "conv_kernel"]
 
 #: Columns of one pointwise GEMM chunk (with the C and K rows, a few MiB of operands at most).
 POINTWISE_CHUNK_COLUMNS = 4096
+#: Bytes of padded input a depthwise pass works on at a time: its ``kh * kw`` taps then read from cache.
+DEPTHWISE_CHUNK_BYTES = 256 << 10
 
 
 def _padded(x: np.ndarray, padding: Padding, workspace: Workspace) -> np.ndarray:
@@ -126,28 +132,42 @@ class DepthwiseConv2dKernel(_Kernel):
         multiplier = self.out_channels // self.in_channels
         if multiplier > 1:
             padded = np.repeat(padded, multiplier, axis=1)
-        out = np.empty((x.shape[0], self.out_channels, out_h, out_w), dtype=np.float32)
-        kh, kw = self.kernel_size
+        batch, kh, kw = x.shape[0], *self.kernel_size
         (sh, sw), (dh, dw) = self.stride, self.dilation
+        # Tap (i, j) of output (y, x) reads padded row sh*y + i*dh: row y + (i*dh) // sh of the phase plane of
+        # rows (i*dh) % sh (mod sh), and likewise for columns. On phase planes every tap is a shift.
+        taps = [(divmod(i * dh, sh)[::-1], divmod(j * dw, sw)[::-1]) for i in range(kh) for j in range(kw)]
+        row_shift = max(r for (_, r), _ in taps)
+        width = out_w + max(c for _, (_, c) in taps)
+        rows = out_h + row_shift + 1  # one spare row: shifted reads of the dropped columns stay in bounds
+        planes = {}
+        for phase in dict.fromkeys((a, b) for (a, _), (b, _) in taps):
+            source = padded[:, :, phase[0]::sh, phase[1]::sw][:, :, :rows, :width]
+            plane = np.zeros((batch * self.out_channels, rows, width), np.float32)
+            plane[:, :source.shape[2], :source.shape[3]] = source.reshape(-1, *source.shape[2:])
+            planes[phase] = plane.reshape(batch * self.out_channels, rows * width)
+        weights = np.tile(self._taps.reshape(kh * kw, self.out_channels), (1, batch))[:, :, None]
+        length = out_h * width
+        flat = np.empty((batch * self.out_channels, length), np.float32)
+        # Channels per pass, so that a pass's planes stay in cache while its taps read them.
+        step = max(1, DEPTHWISE_CHUNK_BYTES // (4 * rows * width * len(planes)))
 
         def run_channels(channels: Sequence[int]) -> None:
-            if not len(channels):
-                return
-            block = slice(channels[0], channels[-1] + 1)
-            target = out[:, block]
-            product = np.empty_like(target)
-            for tap in range(kh * kw):
-                i, j = divmod(tap, kw)
-                view = padded[:, block, i * dh:i * dh + sh * (out_h - 1) + 1:sh,
-                              j * dw:j * dw + sw * (out_w - 1) + 1:sw]
-                if tap == 0:
-                    np.multiply(view, self._taps[0, block], out=target)
-                else:
-                    np.multiply(view, self._taps[tap, block], out=product)
-                    target += product
-            self._epilogue(target, None if self._bias is None else self._bias[block])
+            scratch = np.empty((min(step, len(channels)), length), np.float32)
+            for first in range(channels[0], channels[-1] + 1, step) if len(channels) else ():
+                block = slice(first, min(first + step, channels[-1] + 1))
+                target, product = flat[block], scratch[:block.stop - block.start]
+                for tap, ((a, r), (b, c)) in enumerate(taps):
+                    shifted = planes[(a, b)][block, r * width + c:r * width + c + length]
+                    if tap == 0:
+                        np.multiply(shifted, weights[tap, block], out=target)
+                    else:
+                        np.multiply(shifted, weights[tap, block], out=product)
+                        target += product
 
-        parallel_for(run_channels, range(self.out_channels))
+        parallel_for(run_channels, range(batch * self.out_channels))
+        out = np.ascontiguousarray(flat.reshape(batch, self.out_channels, out_h, width)[..., :out_w])
+        self._epilogue(out, self._bias)
         return out
 
 
