@@ -177,10 +177,10 @@ def test_a_residual_skip_counts_in_the_working_set():
                for row in chain.costs((3, 64, 64)))
 
 
-def test_a_dag_gets_fused_candidates_of_the_recompute_policy_only():
+def test_a_dag_gets_every_candidate():
     network = get_model("mobilenet_v2")
     candidates = plans(network, (3, 96, 96), Cluster.uniform(2, 2**34), 1)
-    assert {plan.mode for plan in candidates} == {"batch", "spatial", "fused"}
-    assert {plan.overlap for plan in candidates if plan.mode == "fused"} == {"recompute"}
-    with pytest.raises(PlanError, match="reuse policy plans strips through chains"):
-        plan_for(network, (3, 96, 96), Cluster.uniform(2, 2**34), "fused", 1, (2, 2), "reuse")
+    assert {(plan.mode, plan.overlap) for plan in candidates} == {
+        ("batch", None), ("spatial", None), ("fused", "recompute"), ("fused", "reuse")}
+    reuse = plan_for(network, (3, 96, 96), Cluster.uniform(2, 2**34), "fused", 1, (2, 2), "reuse")
+    assert reuse.memory[0]["overlap pool"] > 0

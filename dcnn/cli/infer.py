@@ -23,7 +23,6 @@ import numpy as np
 from dcnn import __version__
 from dcnn.cli.common import add_common_arguments, run_main
 from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused
-from dcnn.decomposition.reuse import check_reusable
 from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.errors import InputError, PlanError, ShapeError
 from dcnn.exec.workloads import Classification, Detection, Recognition
@@ -288,9 +287,7 @@ def _unmodelled(args: argparse.Namespace, cluster: Cluster) -> Plan:
 def _check_tiles(args: argparse.Namespace, network: Network, input_shape) -> None:
     """Fused mode: refuse a tile grid or depth that does not fit, before any work."""
     if args.mode == "fused":
-        fused = plan_fused(network, input_shape, parse_grid(args.tiles), args.fuse_depth)
-        if args.overlap == "reuse":
-            check_reusable(fused)
+        plan_fused(network, input_shape, parse_grid(args.tiles), args.fuse_depth)
 
 
 def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit,

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused
-from dcnn.decomposition.geometry import Box, assemble_boxes
+from dcnn.decomposition.geometry import Box, assemble_boxes, cover
 from dcnn.decomposition.reuse import NUM_CLASSES, Strip, plan_reuse
 from dcnn.errors import PlanError
 from dcnn.exec.forward import Forward, apply_op
@@ -201,6 +201,11 @@ class FusedEngine:
         names = [name for name, _ in network.layers]
         regions: dict[str, tuple[np.ndarray | None, Box]] = {INPUT: (x, Box(0, x.shape[2], 0, x.shape[3]))}
         pending = dict(self._readers)
+        # Per tensor, the cover of what this tile's readers need: what borrowed strips complete, once.
+        wanted: dict[str, list[Box]] = defaultdict(list)
+        for layer, (box, source_box, _) in enumerate(steps):
+            for position, name in enumerate(network.inputs[layer]):
+                wanted[name].append(source_box if position == 0 else box)
         for layer, (box, source_box, padding) in enumerate(steps):
             sources = network.inputs[layer]
             if box.empty:
@@ -212,8 +217,11 @@ class FusedEngine:
             for position, name in enumerate(sources):
                 array, held = regions[name]
                 need = source_box if position == 0 else box
-                strips = strips_in[names.index(name)] if name != INPUT else []
-                arguments.append(self._source(need, held, array, strips, batch))
+                if not held.contains(need):
+                    whole = cover(wanted[name])
+                    array, held = self._source(whole, held, array, strips_in[names.index(name)], batch), whole
+                    regions[name] = (array, held)
+                arguments.append(array[(slice(None), slice(None), *need.slices(held))])
             writable = [name != INPUT and pending[name] == 1 and sources.count(name) == 1 for name in sources]
             region = apply_op(op, arguments, writable, padding if op.layer.window is not None else None)
             for name in sources:

@@ -474,9 +474,8 @@ def plans(network: Network, input_shape: Shape, cluster: Cluster, batch: int, im
     if "spatial" in modes and cluster.size > 1:
         configurations += [("spatial", dims, None) for dims in _spatial_grids(cluster.size)]
     if "fused" in modes:
-        policies = ("reuse", "recompute") if network.chain_length() >= spatial_depth(network) else ("recompute",)
         configurations += [("fused", tiles, overlap) for tiles in _tile_grids(network, input_shape)
-                           for overlap in policies]
+                           for overlap in ("reuse", "recompute")]
     return [plan_for(network, input_shape, cluster, mode, size, grid, overlap, images)
             for mode, grid, overlap in configurations for size in sizes]
 
