@@ -11,7 +11,7 @@ models, per rank (one rank per node):
 - ``activations``: the largest working set of one node (input region, output, and the convolution's padded
   scratch copy and GEMM output, plus the tensors alive meanwhile along the topological order: an add's other
   input, a residual skip that a later node reads), for the whole map (batch), the rank's block with its halo
-  (spatial) or the largest tile region (fused, chains only);
+  (spatial) or the largest tile region (fused);
 - ``gathered map``, ``tile outputs``: the maps that spatial and fused mode assemble on every rank;
 - ``overlap pool``: the strips a rank holds for the reuse policy.
 
