@@ -119,10 +119,9 @@ def test_a_failed_run_resumes_to_the_same_faces(data, reference):
     assert done.returncode != 0
     with h5py.File(output, "r", swmr=True) as handle:
         assert handle.attrs["status"] == "running"
-    done = subprocess.run([*mpi_command(1), sys.executable, "-m", "dcnn.recognize", "--input",
-                           str(folder / "input.h5"), "--known", str(folder / "known"), "--resume", str(output),
-                           "--threads", "1", "--batch-size", "2", "--quiet"], capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([*mpi_command(1), sys.executable, "-m", "dcnn.recognize", "--resume", str(output),
+                           "--threads", "1", "--quiet"], capture_output=True, text=True, timeout=600)  # the file
+    # records the input, gallery, tolerance, jitter and batch size
     assert done.returncode == 0, done.stderr
     result, single = read(output), reference[0]
     for name in ("landmarks", "descriptors", "identity", "distance"):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dcnn.errors import InputError
-from dcnn.io.results import open_result
+from dcnn.io.results import open_result, resume_command
 
 __all__ = ["RunSummary", "format_paper_table", "load_summary", "paper_table", "scaling_table"]
 
@@ -38,6 +38,7 @@ class RunSummary:
     peak_rss: np.ndarray = field(repr=False)
     predicted_peak: np.ndarray = field(repr=False)
     plan: str = ""
+    command: str = ""
 
     @property
     def memory_error(self) -> float:
@@ -86,7 +87,8 @@ def load_summary(path: str) -> RunSummary:
                 elapsed=float(attrs.get("elapsed_seconds", np.nan)), tasks=tasks,
                 busy=per_rank("timing/busy_seconds", (ranks,)), steal=per_rank("stats/steal", (ranks, 6)),
                 peak_rss=per_rank("stats/peak_rss_bytes", (ranks,)),
-                predicted_peak=per_rank("stats/predicted_peak_bytes", (ranks,)), plan=str(attrs.get("plan", "")))
+                predicted_peak=per_rank("stats/predicted_peak_bytes", (ranks,)), plan=str(attrs.get("plan", "")),
+                command=str(attrs.get("command", "")))
     except (OSError, KeyError) as error:
         raise InputError(f"{path}: not a dcnn result file ({error})") from None
 
@@ -97,7 +99,7 @@ def format_summary(run: RunSummary) -> str:
              f"  images {run.images_done}/{run.num_images} done, {run.images_computed} computed in "
              f"{run.elapsed:.2f} s: {run.images_per_second:.2f} images/s"]
     if run.status != "complete":
-        lines.append("  (interrupted: continue with python -m dcnn.infer ... --resume " + run.path + ")")
+        lines.append(f"  (interrupted: continue with {resume_command(run.path, run.ranks, run.command)})")
         return "\n".join(lines)
     lines.append(f"  {'rank':>4} {'tasks':>6} {'busy s':>8} {'idle s':>8} {'steals ok/tried':>16} {'stolen':>7} "
                  f"{'peak MiB':>9} {'planned MiB':>12}")

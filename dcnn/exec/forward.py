@@ -9,6 +9,11 @@ list as identities, so layer indices stay those of the network.
 :meth:`Forward.run` executes the network's nodes in topological order: each tensor is freed after its last
 reader, and an in-place op (activations, batch norm, a residual add) overwrites its input only when that input
 is a tensor of this run that no later node reads.
+
+Folding is decided over exactly the layers one executor runs (``Forward(..., stop=k)`` runs layers ``0..k-1``
+and never absorbs layer ``k``): an engine that hands its output to another executor at any layer index (the
+fused block's last layer, a partial run) passes a map on which every layer before the boundary has acted once
+and no layer after it has. :meth:`Forward.run` refuses a boundary inside a folded group.
 """
 
 from __future__ import annotations
@@ -221,13 +226,14 @@ def apply_op(op: LayerOp, arguments: list[np.ndarray], writable: list[bool],
     return op(arguments[0] if len(arguments) == 1 else arguments, padding)
 
 
-def fusion_plan(network: Network) -> dict[int, tuple[int | None, bool]]:
+def fusion_plan(network: Network, stop: int | None = None) -> dict[int, tuple[int | None, bool]]:
     """Which layers each convolution absorbs: the one place that decides folding and fusion.
 
     A batch norm is folded into the convolution before it when it is the only reader of the convolution's
     output, and a ReLU is fused when it is the only reader of the convolution's (or the folded batch norm's)
     output. A tensor with another reader (a residual skip, a branch) must keep its own values, so its
-    producer absorbs nothing.
+    producer absorbs nothing. Only layers before ``stop`` (default: all) absorb or are absorbed: an executor
+    that runs layers ``0 .. stop - 1`` never folds across its end.
 
     Returns
     -------
@@ -238,7 +244,7 @@ def fusion_plan(network: Network) -> dict[int, tuple[int | None, bool]]:
     """
     readers = network.consumers()
     last_uses = network.last_uses()
-    layers = network.layers
+    layers = network.layers[:stop]
 
     def sole_reader(index: int, kind: type) -> bool:
         name = layers[index][0]
@@ -270,6 +276,15 @@ class Forward:
     fuse : bool
         Fold batch norm into the convolution before it and fuse a ReLU into it, where :func:`fusion_plan`
         finds that safe.
+    stop : int, optional
+        Compile only layers ``0 .. stop - 1`` (default: all); nothing is folded across ``stop``.
+
+    Attributes
+    ----------
+    ops : list of LayerOp
+        One op per compiled layer, by layer index (absorbed layers are identities).
+    boundaries : frozenset of int
+        The layer indices at which a partial run may start or stop: every index except those of absorbed layers.
 
     Examples
     --------
@@ -281,13 +296,14 @@ class Forward:
     (2, 10)
     """
 
-    def __init__(self, network: Network, weights: Mapping[str, np.ndarray], fuse: bool = True):
+    def __init__(self, network: Network, weights: Mapping[str, np.ndarray], fuse: bool = True,
+                 stop: int | None = None):
         self.network = network
         self.workspace = Workspace()
         self.ops: list[LayerOp] = []
-        layers = list(network.layers)
+        layers = list(network.layers)[:stop]
         absorbed: set[int] = set()
-        fusion = fusion_plan(network) if fuse else {}
+        fusion = fusion_plan(network, len(layers)) if fuse else {}
         for index, (name, layer) in enumerate(layers):
             if index in absorbed:
                 self.ops.append(LayerOp(name, layer, _identity, in_place=True))
@@ -306,6 +322,7 @@ class Forward:
                     absorbed.add(index + 1 + (norm is not None))
             tensors = {key[len(name) + 1:]: value for key, value in weights.items() if key.startswith(name + ".")}
             self.ops.append(compile_layer(name, layer, tensors, folded, self.workspace, fused_relu))
+        self.boundaries = frozenset(range(len(layers) + 1)) - absorbed
 
     def run(self, x: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Run nodes ``start`` to ``stop`` (exclusive) on a batch; the input is never modified.
@@ -317,9 +334,17 @@ class Forward:
         Raises
         ------
         ValueError
-            If a node of the range reads a tensor computed before it.
+            If a node of the range reads a tensor computed before it, or ``start`` or ``stop`` falls inside a
+            folded group (a layer absorbed into the one before it): compile an executor with ``stop`` there
+            instead.
         """
         stop = len(self.ops) if stop is None else stop
+        for end in (start, stop):
+            if end not in self.boundaries:
+                raise ValueError(f"layer {end} ({self.ops[end].name}) is folded into the layer before it; "
+                                 f"compile a Forward with stop={end} to end a run there")
+        if start >= stop:
+            return x
         names = [name for name, _ in self.network.layers]
         inputs = self.network.inputs
         source = INPUT if start == 0 else names[start - 1]
