@@ -8,7 +8,8 @@ one input channel, so each kernel tap is one vectorised multiply-add over the wh
 ``out += w[:, i, j] * x_padded[:, :, i*dh + sh*y, j*dw + sw*x]``. The padded input is split into its
 ``sh x sw`` phase planes (rows ``a::sh``, columns ``b::sw``), on which every tap reads a *shifted* window, so
 each tap is a contiguous 2-D multiply-add of flat rows (as in the shifted-GEMM convolution), over channel
-chunks that stay in cache; outputs in the few extra columns are computed and dropped. ``kh * kw`` passes, no
+chunks that stay in cache; outputs in the few extra columns are computed and dropped. At stride 1 the padded
+input is the one phase plane, uncopied. ``kh * kw`` passes, no
 patch matrix.
 
 *Pointwise* (1x1, one group, any stride). The output is ``W @ X``: one GEMM per image of the ``K x C`` weights
@@ -137,18 +138,23 @@ class DepthwiseConv2dKernel(_Kernel):
         # Tap (i, j) of output (y, x) reads padded row sh*y + i*dh: row y + (i*dh) // sh of the phase plane of
         # rows (i*dh) % sh (mod sh), and likewise for columns. On phase planes every tap is a shift.
         taps = [(divmod(i * dh, sh)[::-1], divmod(j * dw, sw)[::-1]) for i in range(kh) for j in range(kw)]
-        row_shift = max(r for (_, r), _ in taps)
+        rows = out_h + max(r for (_, r), _ in taps)
         width = out_w + max(c for _, (_, c) in taps)
-        rows = out_h + row_shift + 1  # one spare row: shifted reads of the dropped columns stay in bounds
-        planes = {}
-        for phase in dict.fromkeys((a, b) for (a, _), (b, _) in taps):
-            source = padded[:, :, phase[0]::sh, phase[1]::sw][:, :, :rows, :width]
-            plane = np.zeros((batch * self.out_channels, rows, width), np.float32)
-            plane[:, :source.shape[2], :source.shape[3]] = source.reshape(-1, *source.shape[2:])
-            planes[phase] = plane.reshape(batch * self.out_channels, rows * width)
+        # Output position n = y * width + x reads position n + r * width + c of its tap's plane; the last valid
+        # output (out_h - 1, out_w - 1) reads the last element, so the dropped columns after it are not computed.
+        length = (out_h - 1) * width + out_w
+        count = batch * self.out_channels
+        if (sh, sw) == (1, 1) and padded.flags.c_contiguous:
+            planes = {(0, 0): padded.reshape(count, rows * width)}  # one phase: the padded input itself
+        else:
+            planes = {}
+            for phase in dict.fromkeys((a, b) for (a, _), (b, _) in taps):
+                source = padded[:, :, phase[0]::sh, phase[1]::sw][:, :, :rows, :width]
+                plane = np.zeros((count, rows, width), np.float32)
+                plane[:, :source.shape[2], :source.shape[3]] = source.reshape(-1, *source.shape[2:])
+                planes[phase] = plane.reshape(count, rows * width)
         weights = np.tile(self._taps.reshape(kh * kw, self.out_channels), (1, batch))[:, :, None]
-        length = out_h * width
-        flat = np.empty((batch * self.out_channels, length), np.float32)
+        flat = np.empty((count, length), np.float32)
         # Channels per pass, so that a pass's planes stay in cache while its taps read them.
         step = max(1, DEPTHWISE_CHUNK_BYTES // (4 * rows * width * len(planes)))
 
@@ -165,8 +171,12 @@ class DepthwiseConv2dKernel(_Kernel):
                         np.multiply(shifted, weights[tap, block], out=product)
                         target += product
 
-        parallel_for(run_channels, range(batch * self.out_channels))
-        out = np.ascontiguousarray(flat.reshape(batch, self.out_channels, out_h, width)[..., :out_w])
+        parallel_for(run_channels, range(count))
+        # Output (y, x) of each channel row is flat position y * width + x; the view never reads past length.
+        valid = np.lib.stride_tricks.as_strided(flat, (batch, self.out_channels, out_h, out_w),
+                                                (self.out_channels * length * 4, length * 4, width * 4, 4),
+                                                writeable=False)
+        out = valid.copy()
         self._epilogue(out, self._bias)
         return out
 
