@@ -260,6 +260,16 @@ def test_planner_command_prints_candidates_and_the_choice():
     assert "mpirun -np 14 python -m dcnn.infer --model vgg16 --mode" in done.stdout
 
 
+def test_a_branching_network_in_batch_mode_equals_single_mode(tmp_path):
+    single, batch = tmp_path / "single.h5", tmp_path / "batch.h5"
+    common = ("--model", "squeezenet1_1", "--input", SAMPLES, "--quiet", "--threads", "1", "--batch-size", "1")
+    assert infer(*common, "--output", str(single), timeout=300).returncode == 0
+    done = infer(*common, "--mode", "batch", "--output", str(batch), launcher=mpi_command(2), timeout=300)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(single) as a, h5py.File(batch) as b:
+        np.testing.assert_array_equal(b["outputs/logits"][()], a["outputs/logits"][()])
+
+
 def test_a_residual_network_in_spatial_mode_equals_single_mode(tmp_path):
     single, spatial = tmp_path / "single.h5", tmp_path / "spatial.h5"
     common = ("--model", "resnet18", "--input", SAMPLES, "--quiet", "--threads", "1", "--batch-size", "2")
