@@ -14,13 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dcnn.decomposition.geometry import Box, block_boxes, cover, layer_input
-from dcnn.decomposition.spatial import GLOBAL_LAYERS
+from dcnn.decomposition.spatial import spatial_depth
 from dcnn.errors import PlanError
 from dcnn.network.graph import INPUT, Network
 from dcnn.network.layers import Shape
 from dcnn.network.window import Padding
 
-__all__ = ["OVERLAP_POLICIES", "FusedPlan", "Tile", "crossing_read", "plan_fused", "spatial_depth", "trace_tile"]
+__all__ = ["OVERLAP_POLICIES", "FusedPlan", "Tile", "crossing_read", "plan_fused", "spatial_depth", "sub_network",
+           "trace_tile"]
 
 OVERLAP_POLICIES = ("recompute", "reuse")
 
@@ -98,12 +99,20 @@ class FusedPlan:
         return tiled - plain
 
 
-def spatial_depth(network: Network) -> int:
-    """Number of layers before the first global layer (the most that can be fused)."""
-    for index, (_, layer) in enumerate(network.layers):
-        if isinstance(layer, GLOBAL_LAYERS):
-            return index
-    return len(network)
+def sub_network(network: Network, start: int, input_shape: Shape) -> Network:
+    """Layers ``start..`` of ``network`` as a network of their own on ``input_shape`` (what runs after the fused
+    block), named ``"<name>[start:]"``; node ``start - 1``'s output becomes its input.
+
+    Raises
+    ------
+    ValueError
+        If a node after ``start`` reads a tensor computed before node ``start - 1`` (see :func:`crossing_read`).
+    """
+    before = network.layers[start - 1][0] if start > 0 else INPUT
+    inputs = tuple(tuple(INPUT if source == before else source for source in sources)
+                   for sources in network.inputs[start:])
+    return Network(f"{network.name}[{start}:]", network.layers[start:], input_shape, network.preprocessing,
+                   network.description, inputs=inputs)
 
 
 def crossing_read(network: Network, depth: int) -> tuple[str, str] | None:

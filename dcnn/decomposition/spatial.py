@@ -28,11 +28,12 @@ from dcnn.decomposition.geometry import (
     split_extent,
 )
 from dcnn.errors import PlanError
-from dcnn.network.graph import INPUT, Network
+from dcnn.network.graph import BYTES_PER_VALUE, INPUT, Network
 from dcnn.network.layers import AdaptiveAvgPool2d, Flatten, Layer, Linear, Shape, Softmax
 from dcnn.network.window import Padding
 
-__all__ = ["GLOBAL_LAYERS", "SpatialLayerPlan", "SpatialPlan", "fc_shard_rows", "gather_index", "plan_spatial"]
+__all__ = ["GLOBAL_LAYERS", "SpatialLayerPlan", "SpatialPlan", "fc_shard_rows", "gather_index", "plan_spatial",
+           "spatial_depth"]
 
 #: Layers that end the spatial part: the map is gathered before the first of them.
 GLOBAL_LAYERS = (AdaptiveAvgPool2d, Flatten, Linear, Softmax)
@@ -87,7 +88,7 @@ class SpatialLayerPlan:
 
     def halo_bytes(self, batch: int = 1) -> int:
         """Bytes every rank together receives in this layer's exchange."""
-        return sum(t.box.area for t in self.transfers) * self.in_shape[0] * 4 * batch
+        return sum(t.box.area for t in self.transfers) * self.in_shape[0] * BYTES_PER_VALUE * batch
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,18 @@ class SpatialPlan:
         return self.dims[0] * self.dims[1]
 
 
+def spatial_depth(network: Network) -> int:
+    """Number of layers before the first global layer (:data:`GLOBAL_LAYERS`): what spatial mode splits into
+    blocks and fused mode can fuse at most; the rest runs on whole (gathered) maps."""
+    for index, (_, layer) in enumerate(network.layers):
+        if isinstance(layer, GLOBAL_LAYERS):
+            return index
+    return len(network)
+
+
 def gather_index(network: Network) -> int:
-    """Index of the first global node (``len(network)`` if there is none): where the spatial part ends.
+    """:func:`spatial_depth`, where the spatial part ends and its last map is gathered, after checking that the
+    global part reads nothing else.
 
     Raises
     ------
@@ -129,8 +140,7 @@ def gather_index(network: Network) -> int:
         not be the only tensor the global part needs (a squeeze-and-excitation gate mid-network).
     """
     names = [name for name, _ in network.layers]
-    first = next((index for index, (_, layer) in enumerate(network.layers) if isinstance(layer, GLOBAL_LAYERS)),
-                 len(network))
+    first = spatial_depth(network)
     allowed = set(names[max(first - 1, 0):]) | ({INPUT} if first == 0 else set())
     for name, sources in zip(names[first:], network.inputs[first:]):
         outside = [source for source in sources if source not in allowed]

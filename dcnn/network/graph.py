@@ -23,7 +23,7 @@ from dcnn.network.layers import Layer, Shape, TensorSpec
 
 __all__ = [
     "BYTES_PER_VALUE", "IMAGENET", "INPUT", "GraphBuilder", "LayerCost", "Network", "Preprocessing",
-    "format_cost_table", "format_shape", "parse_shape",
+    "format_cost_table", "format_shape", "parse_grid", "parse_shape",
 ]
 
 #: The name of the network input tensor.
@@ -171,20 +171,6 @@ class Network:
         return next((index for index, sources in enumerate(self.inputs) if sources != (previous[index],)),
                     len(self.layers))
 
-    def tail(self, start: int, input_shape: Shape) -> Network:
-        """The network of nodes ``start..``, reading node ``start - 1``'s output (of ``input_shape``) as its input.
-
-        Raises
-        ------
-        ValueError
-            If a node of the tail reads a tensor computed before node ``start - 1``.
-        """
-        before = self.layers[start - 1][0] if start > 0 else INPUT
-        inputs = tuple(tuple(INPUT if source == before else source for source in sources)
-                       for sources in self.inputs[start:])
-        return Network(f"{self.name}[{start}:]", self.layers[start:], input_shape, self.preprocessing,
-                       self.description, inputs=inputs)
-
     def tensor_index(self, name: str) -> int:
         """Position of a tensor in :meth:`shapes`: 0 for the input, ``i + 1`` for node ``i``'s output."""
         if name == INPUT:
@@ -313,15 +299,44 @@ class GraphBuilder:
                        inputs=tuple(self.inputs))
 
 
-def parse_shape(text: str) -> Shape:
-    """Parse ``"3x224x224"`` (or ``"224x224"``, or ``"1x32x32"``) into a tuple of positive ints."""
+def parse_shape(text: str, name: str = "shape", form: str = "CxHxW such as 3x224x224",
+                lengths: tuple[int, ...] = (1, 2, 3)) -> Shape:
+    """Parse ``"3x224x224"`` (or ``"224x224"``, or ``"1x32x32"``) into a tuple of positive ints.
+
+    Parameters
+    ----------
+    text : str
+        Sizes joined by ``x``.
+    name : str
+        What is parsed, for the message: ``"shape"``, or the option (``"--grid"``).
+    form : str
+        The expected form with an example, for the message.
+    lengths : tuple of int
+        How many sizes are allowed.
+
+    Raises
+    ------
+    ShapeError
+        For text that is not ``lengths`` positive integers joined by ``x``, naming ``name`` and ``form``.
+    """
     try:
         values = tuple(int(part) for part in text.lower().split("x"))
     except ValueError:
-        raise ShapeError(f"cannot parse shape {text!r}: expected CxHxW such as 3x224x224") from None
-    if not values or any(v < 1 for v in values):
-        raise ShapeError(f"shape {text!r} must be positive integers such as 3x224x224")
+        values = ()
+    if len(values) not in lengths or any(v < 1 for v in values):
+        raise ShapeError(f"{name} {text!r}: expected {form}")
     return values
+
+
+def parse_grid(text: str, flag: str) -> tuple[int, int]:
+    """``"2x3"`` to ``(2, 3)``: rows by columns of a rank or tile grid given with option ``flag``.
+
+    Raises
+    ------
+    ShapeError
+        Naming ``flag`` and the form ``ROWSxCOLS``.
+    """
+    return parse_shape(text, flag, "ROWSxCOLS such as 2x3", (2,))  # type: ignore[return-value]
 
 
 def format_shape(shape: Shape) -> str:

@@ -25,12 +25,12 @@ from dataclasses import fields
 
 import numpy as np
 
-from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused
+from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused, sub_network
 from dcnn.decomposition.geometry import Box, assemble_boxes, cover
 from dcnn.decomposition.reuse import NUM_CLASSES, Strip, plan_reuse
 from dcnn.errors import PlanError
 from dcnn.exec.forward import Forward, apply_op
-from dcnn.network.graph import INPUT, Network
+from dcnn.network.graph import BYTES_PER_VALUE, INPUT, Network
 from dcnn.network.layers import Shape
 from dcnn.network.window import Padding
 from dcnn.parallel.comm import MPI, allgather_blocks
@@ -98,7 +98,7 @@ class FusedEngine:
         self._sequence = 0
         self.rest = None
         if self.plan.depth < len(network):
-            rest = network.tail(self.plan.depth, self.plan.output_shape)
+            rest = sub_network(network, self.plan.depth, self.plan.output_shape)
             self.rest = SpatialEngine(rest, weights, self.plan.output_shape, comm)
 
     @property
@@ -186,7 +186,7 @@ class FusedEngine:
             steps = self.reuse.steps[index]
             self._counts["tiles_reused"] += bool(incoming)
             for strip, _ in borrowed:
-                self._stats.bytes_received[strip.layer] += x.shape[0] * 4 * strip.elements
+                self._stats.bytes_received[strip.layer] += x.shape[0] * BYTES_PER_VALUE * strip.elements
         else:
             borrowed, steps = [], self.plan.tiles[index].steps
             self._counts["fallbacks"] += 1
@@ -249,7 +249,7 @@ class FusedEngine:
             self._counts["macs"] += self._rates[layer] * box.area * batch
             for strip in strips_out[layer]:
                 pool.publish(strip, region[(slice(None), slice(None), *strip.box.slices(box))])
-                self._stats.bytes_sent[layer] += batch * 4 * strip.elements
+                self._stats.bytes_sent[layer] += batch * BYTES_PER_VALUE * strip.elements
         return regions[names[len(steps) - 1]][0]
 
     @staticmethod
