@@ -5,6 +5,9 @@ on ``n`` worker threads (BLAS calls through :mod:`ctypes` release the GIL) while
 at one thread, instead of letting BLAS split each small GEMM: that scales better. Other BLAS calls (the fully
 connected layers) use ``n`` BLAS threads.
 
+The BLAS libraries are loaded when this module is imported, so the controller always sees them, whatever
+the caller imported first.
+
 The MPI layer chooses ``n`` per rank (cores per node divided by ranks per node), so oversubscription never
 multiplies threads.
 """
@@ -18,6 +21,11 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from threadpoolctl import ThreadpoolController
+
+# The BLAS libraries must be loaded before the controller below first scans the process: one created earlier
+# would never see them, and BLAS would keep one thread per core inside every worker thread. numpy loads its
+# OpenBLAS, ``dcnn.blas`` SciPy's (the one the convolutions call).
+from . import blas  # noqa: F401
 
 __all__ = ["get_num_threads", "parallel_for", "set_num_threads"]
 

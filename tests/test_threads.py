@@ -1,5 +1,8 @@
 """The kernel thread policy."""
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -40,3 +43,14 @@ def test_default_threads_respects_omp(monkeypatch):
     assert threads.default_num_threads() == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "")
     assert threads.default_num_threads() >= 1
+
+
+def test_first_import_sees_every_blas():
+    """Regression: set before numpy or dcnn.blas was imported, the thread count reached no BLAS at all."""
+    script = ("from dcnn import threads\nthreads.set_num_threads(1)\nimport dcnn.blas\n"
+              "from threadpoolctl import threadpool_info\n"
+              "blas = [i for i in threadpool_info() if i['user_api'] == 'blas']\n"
+              "assert blas and all(i['num_threads'] == 1 for i in blas), blas\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
