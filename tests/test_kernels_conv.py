@@ -59,11 +59,12 @@ def test_all_methods_agree_on_large_layer(rng, stride):
         np.testing.assert_allclose(result, results[0], rtol=1e-4, atol=1e-3, err_msg=method)
 
 
-@pytest.mark.parametrize("in_channels,out_channels,expected", [
-    (3, 16, "im2col"), (16, 32, "shifted"), (45, 45, "shifted"), (45, 1, "shifted-output"), (3, 1, "im2col")])
-def test_choose_method(in_channels, out_channels, expected):
-    assert choose_method(in_channels, out_channels) == expected
-    assert Conv2dKernel(np.zeros((out_channels, in_channels, 3, 3), np.float32)).method == expected
+@pytest.mark.parametrize("in_channels,out_channels,stride,expected", [
+    (3, 64, (1, 1), "im2col"), (3, 16, (2, 2), "shifted"), (16, 32, (2, 2), "shifted"), (45, 45, (1, 1), "shifted"),
+    (45, 1, (1, 1), "shifted-output"), (3, 1, (1, 1), "im2col")])
+def test_choose_method(in_channels, out_channels, stride, expected):
+    assert choose_method(in_channels, out_channels, stride) == expected
+    assert Conv2dKernel(np.zeros((out_channels, in_channels, 3, 3), np.float32), stride=stride).method == expected
 
 
 def test_unknown_method_is_refused():
@@ -73,14 +74,17 @@ def test_unknown_method_is_refused():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_batch_blocks_give_identical_results(rng, monkeypatch, method):
-    """A batch split into one-image blocks (a tiny L3) computes exactly what one block computes."""
+    """A batch split into one-image blocks (a tiny L3) computes what one block computes.
+
+    Not bit for bit: the chunks differ, and BLAS may sum a small GEMM in another order than a large one.
+    """
     x = random_array(rng, 3, 16, 21, 19)
     kernel = Conv2dKernel(random_array(rng, 8, 16, 5, 5), random_array(rng, 8), (2, 2), method=method)
     whole = kernel(x, 2, Workspace())
     monkeypatch.setattr(conv, "cache_bytes", lambda level: 1024)
     blocked = kernel(x, 2, Workspace())
-    np.testing.assert_array_equal(blocked, whole)
-    np.testing.assert_array_equal(kernel(x[1:2], 2), whole[1:2])
+    np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kernel(x[1:2], 2), whole[1:2], rtol=1e-5, atol=1e-5)
 
 
 def test_threads_give_identical_results(rng):

@@ -61,11 +61,17 @@ CACHE_LINE = 16
 MIN_CHUNK_COLUMNS = 1024
 
 
-def choose_method(in_channels: int, out_channels: int) -> str:
-    """The formulation for a convolution with these channels *per group* (one of :data:`METHODS`)."""
+def choose_method(in_channels: int, out_channels: int, stride: tuple[int, int] = (1, 1)) -> str:
+    """The formulation for a convolution with these channels *per group* (one of :data:`METHODS`).
+
+    Measured with ``scripts/bench_kernels.py`` and interleaved A/B runs: im2col wins for thin inputs at stride
+    1 (VGG's 3 -> 64: about 1.7x the shifted GEMMs, whose K = 3 products re-read the output nine times); at
+    stride 2 the thin first layer of the face detector (3 -> 16, 5x5) runs 10-30 % faster as shifted GEMMs on
+    the phase planes, because its im2col copies rows of only ~140 values.
+    """
     if out_channels < SHIFTED_OUTPUT_MAX_CHANNELS and in_channels >= TAP_GEMM_MIN_CHANNELS:
         return "shifted-output"
-    return "shifted" if in_channels >= TAP_GEMM_MIN_CHANNELS else "im2col"
+    return "shifted" if in_channels >= TAP_GEMM_MIN_CHANNELS or max(stride) > 1 else "im2col"
 
 
 def balanced_chunks(total: int, target: int, align: int = 1) -> list[tuple[int, int]]:
@@ -210,7 +216,7 @@ class Conv2dKernel:
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1, 1)
         self.relu = relu
         group_out = out_channels // groups
-        self.method = choose_method(group_channels, group_out) if method == "auto" else method
+        self.method = choose_method(group_channels, group_out, self.stride) if method == "auto" else method
         (sh, sw), (dh, dw) = self.stride, self.dilation
         # Per tap (i, j) in row-major order: its phase plane and its (row, column) shift within the plane.
         self._tap_plane = [(i * dh % sh) * sw + j * dw % sw for i in range(kh) for j in range(kw)]
