@@ -40,6 +40,7 @@ from ..blas import gemm_accumulate
 from ..errors import ShapeError
 from ..threads import get_num_threads, parallel_for
 from .cache import cache_bytes
+from .memory import empty_float32
 
 __all__ = ["METHODS", "Conv2dKernel", "Padding", "Workspace", "choose_method", "conv2d", "conv_output_size",
            "normalize_padding"]
@@ -278,7 +279,7 @@ class Conv2dKernel:
         top, bottom, left, right = padding
         planes_h = -(-(height + top + bottom) // self.stride[0])
         planes_w = -(-(width + left + right) // self.stride[1])
-        out = np.empty((batch, self.out_channels, out_h, out_w), dtype=np.float32)
+        out = empty_float32((batch, self.out_channels, out_h, out_w))
         # Images per block: the phase planes and the GEMM output of a block fit in half the L3 cache.
         image_bytes = 4 * planes_h * planes_w * (self.stride[0] * self.stride[1] * channels + self.out_channels)
         block = max(1, min(batch, cache_bytes(3) // 2 // image_bytes))
