@@ -1,15 +1,38 @@
 """dcnn: distributed convolutional neural network inference on resource-constrained clusters.
 
-The package is layered so that only the communication modules import mpi4py:
+The public API runs a model on one process and plans a cluster run; the parallel engines and the commands
+live in :mod:`dcnn.parallel` and :mod:`dcnn.cli` (see docs/architecture.md for the layers). Importing
+``dcnn`` does not import mpi4py.
 
-- :mod:`dcnn.kernels` — pure numpy/scipy numerics (convolution on BLAS GEMM, pooling, activations);
-- :mod:`dcnn.layers`, :mod:`dcnn.graph`, :mod:`dcnn.zoo` — layer specifications, shape inference and the
-  per-layer cost model (parameters, bytes, MACs), and the model zoo;
-- :mod:`dcnn.weights` — seeded initialisation, ``.npz``/HDF5 weight files keyed by PyTorch names;
-- :mod:`dcnn.forward` — the single-process executor every engine builds on;
-- :mod:`dcnn.infer`, :mod:`dcnn.model` — the command-line entry points.
+- :func:`get_model` — a zoo model (:class:`~dcnn.network.graph.Network`: layer specs, shapes, costs) by name;
+- :func:`load_weights` — a validated ``.npz``/HDF5 weights file keyed by PyTorch ``state_dict`` names;
+- :class:`Forward` — a network with its weights, run on ``(B, C, H, W)`` float32 batches on one process;
+- :class:`FaceDetector` — dlib's MMOD face detector, images in, detections out;
+- :func:`choose_plan` — the mode, grid and batch with the least predicted time that fits a cluster's memory.
+
+Examples
+--------
+>>> import numpy as np
+>>> from dcnn.network.weights import init_weights
+>>> network = get_model("lenet5")
+>>> network.output_shape()
+(10,)
+>>> forward = Forward(network, init_weights(network, seed=0))
+>>> forward(np.zeros((2, *network.input_shape), np.float32)).shape
+(2, 10)
+>>> from dcnn.planner.plan import Cluster
+>>> plan = choose_plan(network, network.input_shape, Cluster.uniform(2, 2**30), batch=4)
+>>> plan.overflow(Cluster.uniform(2, 2**30)) is None
+True
 """
 
 __version__ = "0.1.0"
+# The public names come after __version__, which submodules import.
 
-__all__ = ["__version__"]
+from dcnn.exec.forward import Forward
+from dcnn.faces.detect import FaceDetector
+from dcnn.network.weights import load_weights
+from dcnn.network.zoo import get_model
+from dcnn.planner.plan import choose_plan
+
+__all__ = ["FaceDetector", "Forward", "__version__", "choose_plan", "get_model", "load_weights"]

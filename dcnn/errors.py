@@ -4,7 +4,7 @@ Every error that reaches the command line as a one-line message derives from :cl
 else is a bug and is reported with a traceback.
 """
 
-__all__ = ["DAMAGED_FILE_ERRORS", "DcnnError", "InputError", "PlanError", "ShapeError", "WeightsError"]
+__all__ = ["DAMAGED_FILE_ERRORS", "AgreedError", "DcnnError", "InputError", "PlanError", "ShapeError", "WeightsError"]
 
 #: What h5py, zipfile, NumPy and Pillow raise for damaged or truncated files (h5py reports corrupt metadata as
 #: OSError, KeyError or RuntimeError; NumPy's .npy header parser and Pillow's PNG reader raise SyntaxError);
@@ -30,3 +30,7 @@ class WeightsError(DcnnError):
 
 class PlanError(DcnnError):
     """A run configuration that cannot be satisfied (memory budget, grid, rank count)."""
+
+
+class AgreedError(DcnnError):
+    """An error every rank has agreed on; rank 0 reports it, every rank exits with the same code."""

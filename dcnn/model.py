@@ -1,51 +1,10 @@
-"""``python -m dcnn.model``: print a model's per-layer cost table (the paper's N_l, M_l and C_l).
+"""Print a model's layer table: ``python -m dcnn.model`` (see :mod:`dcnn.cli.model`)."""
 
-Example: ``python -m dcnn.model vgg16 --input 3x224x224``.
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
-from collections.abc import Sequence
 
-from .cli import add_common_arguments, run_main
-from .comm import collective, world
-from .graph import format_cost_table, parse_shape
-from .zoo import get_model, model_names
+from dcnn.cli.model import main
 
 __all__ = ["main"]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m dcnn.model``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m dcnn.model",
-        description="Print a model's layers with output shapes, parameters (N_l), parameter bytes (M_l), "
-                    "MACs (C_l) and activation bytes, with totals.")
-    parser.add_argument("model", help=f"one of: {', '.join(model_names())}")
-    parser.add_argument("--input", metavar="CxHxW", help="per-image input shape (default: the model's own)")
-    add_common_arguments(parser)
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """Print the table."""
-    with collective(world()):
-        network = get_model(args.model)
-        shape = parse_shape(args.input) if args.input else None
-        if shape is not None and len(shape) == 2:
-            shape = (network.in_channels, *shape)
-        table = format_cost_table(network, shape)
-    if world().rank == 0:
-        print(table)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m dcnn.model``."""
-    return run_main(run, build_parser(), argv)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,8 +24,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from dcnn.analyze import load_summary
-from dcnn.steal import FIELDS
+from dcnn.analysis.analyze import load_summary
+from dcnn.parallel.steal import FIELDS
 
 
 def run(ranks: int, data: Path, output: Path, args: argparse.Namespace, *extra: str) -> dict:

@@ -21,9 +21,9 @@ from pathlib import Path
 import h5py
 from benchlib import describe_machine, machine_info
 
-from dcnn import threads
-from dcnn.detect import FaceDetector, default_detector_path
-from dcnn.forward import Forward
+from dcnn.exec.forward import Forward
+from dcnn.faces.detect import FaceDetector, default_detector_path
+from dcnn.kernels import threads
 
 PAPER_CLUSTER = {"images": 50_000, "seconds": 2959, "nodes": 20}
 

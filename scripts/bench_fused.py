@@ -39,12 +39,12 @@ CONFIGURATIONS = {
 
 def workload(name: str, size: int):
     """``(network, weights, input shape)`` of one benchmark workload."""
-    from dcnn.weights import init_weights
+    from dcnn.network.weights import init_weights
 
     if name == "vgg16":
         network = conv_stack()
         return network, init_weights(network, 0), (3, size, size)
-    from dcnn.detect import FaceDetector
+    from dcnn.faces.detect import FaceDetector
 
     detector = FaceDetector.load(None, 0)
     return detector.network, detector.weights, detector.input_shape(500, 1000)
@@ -54,9 +54,9 @@ def workload(name: str, size: int):
 def worker(folder: str, name: str, size: int, repeats: int) -> None:
     from mpi4py import MPI
 
-    from dcnn.fused import FusedEngine
-    from dcnn.spatial import SpatialEngine
-    from dcnn.threads import set_num_threads
+    from dcnn.kernels.threads import set_num_threads
+    from dcnn.parallel.fused import FusedEngine
+    from dcnn.parallel.spatial import SpatialEngine
 
     comm = MPI.COMM_WORLD
     set_num_threads(1)
@@ -86,7 +86,7 @@ def worker(folder: str, name: str, size: int, repeats: int) -> None:
 
 # -- driver ----------------------------------------------------------------------------------------------------
 def bench(name: str, size: int, repeats: int) -> dict:
-    from dcnn.graph import format_shape
+    from dcnn.network.graph import format_shape
 
     network, _, shape = workload(name, size)
     plain = sum(row.macs for row in network.costs(shape))

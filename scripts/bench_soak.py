@@ -23,7 +23,7 @@ from benchlib import launch, report_rank
 def worker(folder: str, tasks: int, work: float, seed: int) -> None:
     from mpi4py import MPI
 
-    from dcnn.steal import StealQueue
+    from dcnn.parallel.steal import StealQueue
 
     comm = MPI.COMM_WORLD
     ran = []

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from benchlib import conv_stack, launch, report_rank, timed_calls
 
-from dcnn.layers import Conv2d, Linear
-from dcnn.spatial import plan_spatial
-from dcnn.zoo import get_model
+from dcnn.decomposition.spatial import plan_spatial
+from dcnn.network.layers import Conv2d, Linear
+from dcnn.network.zoo import get_model
 
 SCALING_RANKS = (1, 2)
 MEMORY_RANKS = (1, 2, 4)
@@ -36,9 +36,9 @@ GEOMETRY_RANKS = (4, 9, 16, 20)
 def worker_scaling(folder: str, size: int, repeats: int, overlap: bool) -> None:
     from mpi4py import MPI
 
-    from dcnn.spatial import SpatialEngine
-    from dcnn.threads import set_num_threads
-    from dcnn.weights import init_weights
+    from dcnn.kernels.threads import set_num_threads
+    from dcnn.network.weights import init_weights
+    from dcnn.parallel.spatial import SpatialEngine
 
     comm = MPI.COMM_WORLD
     set_num_threads(1)
@@ -61,10 +61,11 @@ def worker_scaling(folder: str, size: int, repeats: int, overlap: bool) -> None:
 def worker_memory(folder: str) -> None:
     from mpi4py import MPI
 
-    from dcnn.results import peak_rss_bytes
-    from dcnn.spatial import SpatialEngine, fc_shard_rows
-    from dcnn.threads import set_num_threads
-    from dcnn.weights import init_weights
+    from dcnn.decomposition.spatial import fc_shard_rows
+    from dcnn.io.results import peak_rss_bytes
+    from dcnn.kernels.threads import set_num_threads
+    from dcnn.network.weights import init_weights
+    from dcnn.parallel.spatial import SpatialEngine
 
     comm = MPI.COMM_WORLD
     set_num_threads(1)

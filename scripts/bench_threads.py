@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchlib import describe_machine, machine_info
 
-from dcnn.analyze import load_summary
+from dcnn.analysis.analyze import load_summary
 
 CONFIGURATIONS = ((1, 1), (1, 2), (2, 1))
 

@@ -11,8 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from dcnn.graph import Network
-from dcnn.zoo import get_model
+from dcnn.network.graph import Network
+from dcnn.network.zoo import get_model
 
 
 def conv_stack(name: str = "vgg16") -> Network:
@@ -55,7 +55,7 @@ def timed_calls(engine, x, comm, repeats: int) -> list[float]:
 def machine_info() -> dict:
     """What a kernel benchmark ran on: CPU model, cache sizes, and each BLAS library with its kernel.
 
-    dcnn's convolutions call SciPy's BLAS (``dcnn.blas``); numpy's is listed too because the FC layers use it.
+    dcnn's convolutions call SciPy's BLAS (``dcnn.kernels.blas``); numpy's is listed too because the FC layers use it.
     """
     from threadpoolctl import threadpool_info
 

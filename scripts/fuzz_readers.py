@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Feed every file reader many damaged files (dcnn.fuzz) and record the outcomes.
+"""Feed every file reader many damaged files (dcnn.testing.fuzz) and record the outcomes.
 
 A case passes when the reader accepts the file or raises one of dcnn's own errors; any other exception, or a case
 slower than ``--timeout`` seconds, fails the run. Prints per reader the cases tried, accepted and refused.
@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 from dcnn.errors import DcnnError
-from dcnn.fuzz import TARGETS, damage
+from dcnn.testing.fuzz import TARGETS, damage
 
 
 def main() -> None:

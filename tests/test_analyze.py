@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import mpi_command
 
-from dcnn.analyze import load_summary, scaling_table
+from dcnn.analysis.analyze import load_summary, scaling_table
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_paper_table_and_figures(runs, tmp_path):
 
 
 def test_stolen_tasks_are_those_outside_the_initial_interval():
-    from dcnn.plots import stolen_tasks
+    from dcnn.analysis.plots import stolen_tasks
 
     task_rank = np.array([0, 0, 1, 1, 1, 1, 0, -1])
     assert stolen_tasks(task_rank, 2).tolist() == [False, False, True, True, False, False, True, False]

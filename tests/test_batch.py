@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from dcnn.batch import TaskSplit, parse_capacities, parse_throttle
 from dcnn.errors import InputError
+from dcnn.parallel.batch import TaskSplit, parse_capacities, parse_throttle
 
 
 def test_task_split_covers_every_image_once():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import random_array
 
-from dcnn.blas import gemm_accumulate
+from dcnn.kernels.blas import gemm_accumulate
 
 
 def test_gemm_on_strided_views(rng):

@@ -3,8 +3,8 @@
 import pytest
 from mpi4py import MPI
 
-from dcnn.comm import AgreedError, agree_on_error, collective, hostnames, ranks_per_node
-from dcnn.errors import InputError
+from dcnn.errors import AgreedError, InputError
+from dcnn.parallel.comm import agree_on_error, collective, hostnames, ranks_per_node
 
 pytestmark = pytest.mark.mpi
 

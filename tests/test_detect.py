@@ -9,11 +9,11 @@ import h5py
 import numpy as np
 import pytest
 
-from dcnn.detect import FaceDetector, default_detector_path, mmod_network, receptive_mapping
-from dcnn.dlib_format import read_mmod
 from dcnn.errors import ShapeError, WeightsError
-from dcnn.forward import Forward
-from dcnn.pyramid import nms, pyramid_sizes, round_half_away, tiled_layout
+from dcnn.exec.forward import Forward
+from dcnn.faces.detect import FaceDetector, default_detector_path, mmod_network, receptive_mapping
+from dcnn.faces.dlib_format import read_mmod
+from dcnn.faces.pyramid import nms, pyramid_sizes, round_half_away, tiled_layout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from make_dlib_fixture import FIXTURE, cases

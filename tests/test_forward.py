@@ -5,9 +5,9 @@ import pytest
 import reference
 from conftest import random_array
 
-from dcnn.forward import Forward
-from dcnn.graph import Network
-from dcnn.layers import (
+from dcnn.exec.forward import Forward
+from dcnn.network.graph import Network
+from dcnn.network.layers import (
     ELU,
     Affine,
     AvgPool2d,
@@ -23,8 +23,8 @@ from dcnn.layers import (
     Softmax,
     Tanh,
 )
-from dcnn.weights import init_weights
-from dcnn.zoo import get_model
+from dcnn.network.weights import init_weights
+from dcnn.network.zoo import get_model
 
 
 def tiny_network() -> Network:
@@ -118,7 +118,7 @@ def test_matches_pytorch(rng, name, size):
 
 
 def _to_torch(torch, layer):
-    from dcnn import layers as L
+    from dcnn.network import layers as L
 
     nn = torch.nn
     if isinstance(layer, L.Conv2d):

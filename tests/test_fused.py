@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from dcnn.forward import Forward
-from dcnn.fused import FusedEngine, spatial_depth
-from dcnn.spatial import fc_shard_rows
-from dcnn.weights import init_weights
-from dcnn.zoo import get_model
+from dcnn.decomposition.fused import spatial_depth
+from dcnn.decomposition.spatial import fc_shard_rows
+from dcnn.exec.forward import Forward
+from dcnn.network.weights import init_weights
+from dcnn.network.zoo import get_model
+from dcnn.parallel.fused import FusedEngine
 
 pytestmark = pytest.mark.mpi
 COMM = MPI.COMM_WORLD

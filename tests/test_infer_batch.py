@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import mpi_command
 
-from dcnn.results import open_result
+from dcnn.io.results import open_result
 
 NUM_IMAGES, BATCH = 160, 4
 

@@ -96,7 +96,7 @@ def test_fused_mode_finds_dlibs_faces(tmp_path, ranks, tiles):
 def test_a_set_of_large_images_under_a_small_memory_budget(tmp_path):
     """The paper's 1000x500 limit: with 200 MiB per rank (batch mode would need about 260 MiB) the planner
     tiles each image, the peak memory of every rank stays under the budget and the faces are dlib's."""
-    from dcnn.infer import DEFAULT_INPUT
+    from dcnn.cli.infer import DEFAULT_INPUT
 
     repeats = 3
     with h5py.File(DEFAULT_INPUT) as source:

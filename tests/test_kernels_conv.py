@@ -7,10 +7,9 @@ import pytest
 import reference
 from conftest import random_array
 
-from dcnn import threads
 from dcnn.errors import ShapeError
-from dcnn.kernels import conv
-from dcnn.kernels.conv import METHODS, Conv2dKernel, Workspace, choose_method, conv2d, normalize_padding
+from dcnn.kernels import conv, threads
+from dcnn.kernels.conv import METHODS, Conv2dKernel, Workspace, choose_method, conv2d
 
 # (in channels, out channels, groups): thin RGB-like inputs take im2col, wider ones the shifted GEMMs, thin
 # outputs (one channel per group) the shifted-output products.
@@ -121,14 +120,3 @@ def test_input_smaller_than_kernel_is_a_shape_error(rng):
 def test_wrong_channels_is_a_shape_error(rng):
     with pytest.raises(ShapeError, match=r"expects \(B, 4, H, W\)"):
         conv2d(random_array(rng, 1, 3, 8, 8), random_array(rng, 2, 4, 3, 3))
-
-
-@pytest.mark.parametrize("value,expected", [(1, (1, 1, 1, 1)), ((1, 2), (1, 1, 2, 2)), ((0, 1, 2, 3), (0, 1, 2, 3))])
-def test_normalize_padding(value, expected):
-    assert normalize_padding(value) == expected
-
-
-@pytest.mark.parametrize("value", [-1, (1, 2, 3), (1.5, 1), "1"])
-def test_normalize_padding_rejects(value):
-    with pytest.raises((ValueError, TypeError)):
-        normalize_padding(value)

@@ -8,9 +8,9 @@ import reference
 from conftest import random_array
 
 from dcnn.errors import ShapeError
-from dcnn.forward import compile_layer
+from dcnn.exec.forward import compile_layer
 from dcnn.kernels.pool import adaptive_avg_pool2d, adaptive_bins, avg_pool2d, max_pool2d
-from dcnn.layers import AvgPool2d, MaxPool2d
+from dcnn.network.layers import AvgPool2d, MaxPool2d
 
 CASES = [(k, s, p, ceil) for k, s, p, ceil in itertools.product((1, 2, 3, 4), (1, 2, 3), (0, 1, 2), (False, True))
          if p <= k // 2]

@@ -1,23 +1,9 @@
-"""Layer specs: window geometry (ceil_mode, explicit padding) against PyTorch's formula."""
+"""Layer specs: defaults, validation and shape errors."""
 
 import pytest
 
 from dcnn.errors import ShapeError
-from dcnn.layers import AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Window
-
-
-@pytest.mark.parametrize("size,kernel,stride,padding,ceil,expected", [
-    (55, 3, 2, 0, False, 27), (55, 3, 2, 0, True, 27), (56, 3, 2, 0, True, 28), (56, 3, 2, 0, False, 27),
-    (7, 2, 2, 1, True, 4), (5, 4, 3, 2, True, 3), (6, 3, 3, 1, True, 3),
-])
-def test_window_output_length(size, kernel, stride, padding, ceil, expected):
-    window = Window((kernel, kernel), (stride, stride), (padding, padding), ceil_mode=ceil)
-    assert window.output_length(size, 0) == expected
-
-
-def test_ceil_mode_padding_grows_only_bottom_and_right():
-    window = Window((3, 3), (2, 2), (0, 0), ceil_mode=True)
-    assert window.explicit_padding(56, 55) == (0, 1, 0, 0)
+from dcnn.network.layers import AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d
 
 
 def test_pool_stride_defaults_to_kernel():

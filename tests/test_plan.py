@@ -5,8 +5,9 @@ import re
 import pytest
 
 from dcnn.errors import InputError, PlanError
-from dcnn.layers import Linear
-from dcnn.plan import (
+from dcnn.network.layers import Linear
+from dcnn.network.zoo import get_model
+from dcnn.planner.plan import (
     MIB,
     MODEL_MARGIN,
     Cluster,
@@ -19,7 +20,6 @@ from dcnn.plan import (
     plan_for,
     plans,
 )
-from dcnn.zoo import get_model
 
 VGG16 = get_model("vgg16")
 SHAPE = (3, 224, 224)
@@ -127,7 +127,7 @@ def test_a_budget_below_the_runtime_says_no_node_count_helps():
 
 
 def test_large_face_images_under_a_small_budget_are_tiled():
-    from dcnn.detect import FaceDetector
+    from dcnn.faces.detect import FaceDetector
 
     detector = FaceDetector.load(None, 0)
     shape = detector.input_shape(500, 1000)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dcnn.errors import InputError
-from dcnn.results import RESUME_KEYS, ResultWriter
+from dcnn.io.results import RESUME_KEYS, ResultWriter
 
 ATTRIBUTES = {"model": "lenet5", "mode": "batch", "weights": "init:0", "input": "x.h5:images",
               "input_shape": "1x32x32", "num_images": 6, "batch_size": 2, "started": "now"}
@@ -67,7 +67,7 @@ def test_unwritable_output(tmp_path):
 
 
 def detections(image, *boxes):
-    from dcnn.detect import DETECTION_DTYPE
+    from dcnn.faces.detect import DETECTION_DTYPE
 
     records = np.zeros(len(boxes), DETECTION_DTYPE)
     records["image"] = image

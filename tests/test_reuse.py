@@ -5,10 +5,10 @@ import itertools
 import numpy as np
 import pytest
 
-from dcnn.fused import plan_fused
-from dcnn.geometry import Box
-from dcnn.reuse import plan_reuse, tile_class
-from dcnn.zoo import get_model
+from dcnn.decomposition.fused import plan_fused
+from dcnn.decomposition.geometry import Box
+from dcnn.decomposition.reuse import plan_reuse, tile_class
+from dcnn.network.zoo import get_model
 
 CASES = [("alexnet", (3, 227, 231), (3, 3), None), ("vgg11_bn", (3, 64, 72), (4, 5), 7),
          ("vgg16", (3, 83, 101), (6, 6), 10), ("vgg16", (3, 96, 96), (2, 2), None)]
@@ -87,8 +87,8 @@ def test_pool_slots_do_not_overlap_and_fill_each_home(ranks):
 
 def test_strip_of_a_small_example():
     """Two tiles side by side, one 3x3 convolution: the right tile borrows one column, with a stride-1 halo."""
-    from dcnn.graph import Network
-    from dcnn.layers import Conv2d
+    from dcnn.network.graph import Network
+    from dcnn.network.layers import Conv2d
 
     network = Network("tiny", (("a", Conv2d(1, 1, 3, padding=1)), ("b", Conv2d(1, 1, 3, padding=1))), (1, 8, 8))
     plan = plan_reuse(plan_fused(network, (1, 8, 8), (1, 2)), 1)

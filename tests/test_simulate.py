@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
+from dcnn.analysis.simulate import PAPER_TABLE, Machine, calibrate, paper_comparison, simulate
 from dcnn.errors import InputError
-from dcnn.simulate import PAPER_TABLE, Machine, calibrate, paper_comparison, simulate
 
 
 def test_calibration_recovers_a_known_machine():

@@ -95,7 +95,7 @@ def test_sweep_runs_locally_and_each_job_writes_its_file(tmp_path):
 ])
 def test_bad_sweep_files(tmp_path, text, message):
     from dcnn.errors import InputError
-    from dcnn.sweep import load_sweep
+    from dcnn.io.sweep import load_sweep
 
     path = tmp_path / "sweep.toml"
     path.write_text(text)

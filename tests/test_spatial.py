@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from dcnn.comm import idle_barrier
-from dcnn.forward import Forward
-from dcnn.spatial import SpatialEngine, fc_shard_rows
-from dcnn.weights import init_weights
-from dcnn.zoo import get_model
+from dcnn.decomposition.spatial import fc_shard_rows
+from dcnn.exec.forward import Forward
+from dcnn.network.weights import init_weights
+from dcnn.network.zoo import get_model
+from dcnn.parallel.comm import idle_barrier
+from dcnn.parallel.spatial import SpatialEngine
 
 pytestmark = pytest.mark.mpi
 COMM = MPI.COMM_WORLD
@@ -126,8 +127,8 @@ def test_unusual_layers_pointwise_first_ceil_avgpool_padding_only_windows():
     """Regression: a ReLU first (the replicated input must be cropped to the block), a ceil_mode average pool
     (border padding passed by the engine must not count the overhang), and a 1x1 convolution with padding 3
     (blocks whose windows read only padding)."""
-    from dcnn.graph import Network
-    from dcnn.layers import AvgPool2d, Conv2d, Flatten, Linear, ReLU
+    from dcnn.network.graph import Network
+    from dcnn.network.layers import AvgPool2d, Conv2d, Flatten, Linear, ReLU
 
     layers = (("f.0", ReLU()), ("f.1", Conv2d(3, 6, 3, padding=1)), ("f.2", AvgPool2d(3, 2, 1, True, True)),
               ("f.3", Conv2d(6, 4, 1, padding=3)), ("f.4", ReLU()), ("flatten", Flatten()),

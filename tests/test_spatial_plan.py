@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from dcnn.geometry import split_extent
-from dcnn.spatial import fc_shard_rows, plan_spatial
-from dcnn.zoo import get_model
+from dcnn.decomposition.geometry import split_extent
+from dcnn.decomposition.spatial import fc_shard_rows, plan_spatial
+from dcnn.network.zoo import get_model
 
 
 @pytest.mark.parametrize("name,shape", [("alexnet", (3, 227, 231)), ("vgg16", (3, 64, 72)), ("lenet5", (1, 32, 32))])

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from dcnn import threads
+from dcnn.kernels import threads
 
 
 def test_parallel_for_covers_every_item_once():
@@ -46,8 +46,8 @@ def test_default_threads_respects_omp(monkeypatch):
 
 
 def test_first_import_sees_every_blas():
-    """Regression: set before numpy or dcnn.blas was imported, the thread count reached no BLAS at all."""
-    script = ("from dcnn import threads\nthreads.set_num_threads(1)\nimport dcnn.blas\n"
+    """Regression: set before numpy or dcnn.kernels.blas was imported, the thread count reached no BLAS at all."""
+    script = ("from dcnn.kernels import threads\nthreads.set_num_threads(1)\nimport dcnn.kernels.blas\n"
               "from threadpoolctl import threadpool_info\n"
               "blas = [i for i in threadpool_info() if i['user_api'] == 'blas']\n"
               "assert blas and all(i['num_threads'] == 1 for i in blas), blas\n")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from dcnn.errors import WeightsError
-from dcnn.weights import init_weights, load_weights, save_weights, validate_weights
-from dcnn.zoo import get_model
+from dcnn.network.weights import init_weights, load_weights, save_weights, validate_weights
+from dcnn.network.zoo import get_model
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,9 @@
 import pytest
 
 from dcnn.errors import InputError, ShapeError
-from dcnn.graph import format_cost_table, parse_shape
-from dcnn.layers import Conv2d, Linear
-from dcnn.zoo import get_model, model_names
+from dcnn.network.graph import format_cost_table, parse_shape
+from dcnn.network.layers import Conv2d, Linear
+from dcnn.network.zoo import get_model, model_names
 
 PUBLISHED_PARAMS = {
     "lenet5": 61_706,

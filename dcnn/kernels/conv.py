@@ -36,17 +36,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..blas import gemm_accumulate
-from ..errors import ShapeError
-from ..threads import get_num_threads, parallel_for
-from .cache import cache_bytes
-from .memory import empty_float32
+from dcnn.errors import ShapeError
+from dcnn.kernels.blas import gemm_accumulate
+from dcnn.kernels.cache import cache_bytes
+from dcnn.kernels.memory import empty_float32
+from dcnn.kernels.threads import get_num_threads, parallel_for
+from dcnn.network.window import Padding, conv_output_size, normalize_padding, pair
 
-__all__ = ["METHODS", "Conv2dKernel", "Padding", "Workspace", "choose_method", "conv2d", "conv_output_size",
-           "normalize_padding"]
-
-Padding = tuple[int, int, int, int]
-"""Explicit padding as (top, bottom, left, right) pixels."""
+__all__ = ["METHODS", "Conv2dKernel", "Workspace", "choose_method", "conv2d"]
 
 #: The GEMM formulations of :class:`Conv2dKernel` (see the module docstring).
 METHODS = ("shifted", "im2col", "shifted-output")
@@ -88,31 +85,6 @@ def balanced_chunks(total: int, target: int, align: int = 1) -> list[tuple[int, 
     count = min(total, -(-count // workers) * workers)
     bounds = sorted({0, total} | {min(total, total * i // count // align * align) for i in range(1, count)})
     return list(itertools.pairwise(bounds))
-
-
-def normalize_padding(padding: int | Sequence[int]) -> Padding:
-    """Return padding as ``(top, bottom, left, right)``.
-
-    Parameters
-    ----------
-    padding : int or sequence of int
-        One value for all sides, ``(vertical, horizontal)`` as in PyTorch, or ``(top, bottom, left, right)``.
-    """
-    values = (padding,) if isinstance(padding, (int, np.integer)) else tuple(padding)
-    if len(values) == 1:
-        values = values * 4
-    elif len(values) == 2:
-        values = (values[0], values[0], values[1], values[1])
-    if len(values) != 4 or any(int(v) != v or v < 0 for v in values):
-        raise ValueError(f"padding must be 1, 2 or 4 non-negative integers, got {padding!r}")
-    return tuple(int(v) for v in values)  # type: ignore[return-value]
-
-
-def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int,
-                     dilation: int = 1) -> int:
-    """Output length of a convolution or pooling window sweep along one axis (floor mode)."""
-    span = dilation * (kernel - 1) + 1
-    return (size + pad_before + pad_after - span) // stride + 1
 
 
 class Workspace:
@@ -256,7 +228,7 @@ class Conv2dKernel:
         x : numpy.ndarray
             ``(B, C, H, W)`` float32 input.
         padding : int or sequence of int
-            Zero padding, see :func:`normalize_padding`.
+            Zero padding, see :func:`dcnn.network.window.normalize_padding`.
         workspace : Workspace, optional
             Scratch buffers to reuse; a private one is used if omitted.
 
@@ -422,7 +394,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
     stride, dilation : int or tuple of int
         Per axis, or one value for both.
     padding : int or sequence of int
-        See :func:`normalize_padding`.
+        See :func:`dcnn.network.window.normalize_padding`.
     groups : int
         Number of channel groups.
 
@@ -431,8 +403,5 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
     numpy.ndarray
         ``(B, K, Ho, Wo)`` float32.
     """
-    return Conv2dKernel(weight, bias, _pair(stride), _pair(dilation), groups)(x, padding)
+    return Conv2dKernel(weight, bias, pair(stride), pair(dilation), groups)(x, padding)
 
-
-def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return (int(value), int(value)) if isinstance(value, (int, np.integer)) else (int(value[0]), int(value[1]))

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import ShapeError
-from .conv import Padding, conv_output_size, normalize_padding
+from dcnn.errors import ShapeError
+from dcnn.network.window import Padding, conv_output_size, normalize_padding
 
 __all__ = ["adaptive_avg_pool2d", "adaptive_bins", "avg_pool2d", "max_pool2d"]
 
@@ -65,7 +65,7 @@ def max_pool2d(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
     kernel, stride, dilation : tuple of int
         Window geometry, ``(vertical, horizontal)``.
     padding : int or sequence of int
-        Explicit padding, see :func:`dcnn.kernels.conv.normalize_padding`.
+        Explicit padding, see :func:`dcnn.network.window.normalize_padding`.
     """
     return _separable_reduce(x, kernel, stride, normalize_padding(padding), dilation, -np.inf, np.maximum)
 

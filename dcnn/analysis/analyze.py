@@ -1,0 +1,201 @@
+"""Summaries of result files: per-run throughput, busy and idle time, steals and memory, and scaling tables.
+
+For each file: images per second, per-rank busy and idle time, steals and peak memory. Over several files of
+the same model and image count: a speedup and parallel-efficiency table against the run with the fewest ranks.
+Files left by killed runs are read as they are. The command is :mod:`dcnn.cli.analyze` (``python -m dcnn.analyze``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dcnn.errors import InputError
+from dcnn.io.results import open_result
+
+__all__ = ["RunSummary", "format_paper_table", "load_summary", "paper_table", "scaling_table"]
+
+
+@dataclass
+class RunSummary:
+    """What one result file says about its run."""
+
+    path: str
+    model: str
+    mode: str
+    ranks: int
+    status: str
+    num_images: int
+    images_done: int
+    images_computed: int
+    elapsed: float
+    tasks: np.ndarray = field(repr=False)
+    busy: np.ndarray = field(repr=False)
+    steal: np.ndarray = field(repr=False)
+    peak_rss: np.ndarray = field(repr=False)
+    predicted_peak: np.ndarray = field(repr=False)
+    plan: str = ""
+
+    @property
+    def memory_error(self) -> float:
+        """Largest relative error of the planner's peak memory prediction over the ranks (NaN if none)."""
+        valid = (self.predicted_peak > 0) & (self.peak_rss > 0)
+        if not valid.any():
+            return float("nan")
+        errors = (self.predicted_peak[valid] - self.peak_rss[valid]) / self.peak_rss[valid]
+        return float(errors[np.argmax(np.abs(errors))])
+
+    @property
+    def images_per_second(self) -> float:
+        """Throughput of the images computed in this (possibly resumed) run."""
+        return self.images_computed / self.elapsed if self.elapsed > 0 else float("nan")
+
+
+def load_summary(path: str) -> RunSummary:
+    """Read a result file (complete or interrupted).
+
+    Raises
+    ------
+    InputError
+        If the file is missing or not a dcnn result file.
+    """
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        with open_result(path) as handle:
+            attrs = handle.attrs
+            done = int(handle["outputs/done"][()].sum())
+            ranks = int(attrs.get("ranks", 1))
+
+            def per_rank(name: str, shape: tuple[int, ...]) -> np.ndarray:
+                return handle[name][()] if name in handle else np.full(shape, np.nan)
+
+            task_rank = handle["timing/task_rank"][()]
+            finished = task_rank[task_rank >= 0]
+            # In batch mode each task runs on one rank; in the other modes every rank works on every task.
+            tasks = (np.bincount(finished, minlength=ranks) if attrs["mode"] == "batch"
+                     else np.full(ranks, len(finished)))
+
+            return RunSummary(
+                path=path, model=str(attrs["model"]), mode=str(attrs["mode"]), ranks=ranks,
+                status=str(attrs.get("status", "unknown")), num_images=int(attrs["num_images"]), images_done=done,
+                images_computed=int(attrs.get("images_computed", done)),
+                elapsed=float(attrs.get("elapsed_seconds", np.nan)), tasks=tasks,
+                busy=per_rank("timing/busy_seconds", (ranks,)), steal=per_rank("stats/steal", (ranks, 6)),
+                peak_rss=per_rank("stats/peak_rss_bytes", (ranks,)),
+                predicted_peak=per_rank("stats/predicted_peak_bytes", (ranks,)), plan=str(attrs.get("plan", "")))
+    except (OSError, KeyError) as error:
+        raise InputError(f"{path}: not a dcnn result file ({error})") from None
+
+
+def format_summary(run: RunSummary) -> str:
+    """A short report of one run."""
+    lines = [f"{run.path}: {run.model}, {run.mode} mode, {run.ranks} rank(s), {run.status}",
+             f"  images {run.images_done}/{run.num_images} done, {run.images_computed} computed in "
+             f"{run.elapsed:.2f} s: {run.images_per_second:.2f} images/s"]
+    if run.status != "complete":
+        lines.append("  (interrupted: continue with python -m dcnn.infer ... --resume " + run.path + ")")
+        return "\n".join(lines)
+    lines.append(f"  {'rank':>4} {'tasks':>6} {'busy s':>8} {'idle s':>8} {'steals ok/tried':>16} {'stolen':>7} "
+                 f"{'peak MiB':>9} {'planned MiB':>12}")
+    for rank in range(run.ranks):
+        steal = run.steal[rank]
+        idle = run.elapsed - run.busy[rank]
+        lines.append(f"  {rank:>4} {int(run.tasks[rank]):>6} {run.busy[rank]:8.2f} {idle:8.2f} "
+                     f"{f'{int(steal[2])}/{int(steal[1])}':>16} {int(steal[3]):>7} {run.peak_rss[rank] / 2**20:9.0f} "
+                     f"{run.predicted_peak[rank] / 2**20:12.0f}")
+    if not np.isnan(run.memory_error):
+        lines.append(f"  plan {run.plan}: predicted peak memory {run.memory_error:+.1%} of measured (worst rank)")
+    return "\n".join(lines)
+
+
+def scaling_table(runs: Sequence[RunSummary]) -> list[dict[str, float]]:
+    """Speedup and efficiency of each run against the one with the fewest ranks (same model and images)."""
+    if not runs:
+        return []
+    base = min(runs, key=lambda r: (r.ranks, r.elapsed))
+    rows = []
+    for run in sorted(runs, key=lambda r: (r.ranks, r.elapsed)):
+        speedup = base.elapsed / run.elapsed * (run.images_computed / base.images_computed)
+        rows.append({"ranks": run.ranks, "seconds": run.elapsed, "images_per_second": run.images_per_second,
+                     "speedup": speedup * base.ranks, "efficiency": speedup * base.ranks / run.ranks})
+    return rows
+
+
+def paper_table(runs: Sequence[RunSummary]) -> list[dict]:
+    """The paper's table: per (model, mode, image count), wall time per rank count, with speedup and efficiency.
+
+    Returns one row per run, sorted by model, mode, images and ranks; speedup and efficiency are against the
+    run of the same group with the fewest ranks (so a group of one run has speedup 1), as in
+    :func:`scaling_table`.
+    """
+    groups: dict[tuple[str, str, int], list[RunSummary]] = {}
+    for summary in runs:
+        if summary.status == "complete":
+            groups.setdefault((summary.model, summary.mode, summary.num_images), []).append(summary)
+    rows = []
+    for (model, mode, images), group in sorted(groups.items()):
+        fewest = min(run.ranks for run in group)
+        rows += [{"model": model, "mode": mode, "images": images, "ranks": row["ranks"], "seconds": row["seconds"],
+                  "speedup": row["speedup"] / fewest, "efficiency": row["efficiency"]}
+                 for row in scaling_table(group)]
+    return rows
+
+
+def format_paper_table(rows: list[dict]) -> str:
+    """Markdown: one line per image count, one column per rank count, ``seconds (efficiency)`` in each cell."""
+    lines = []
+    for model, mode in dict.fromkeys((row["model"], row["mode"]) for row in rows):
+        mine = [row for row in rows if (row["model"], row["mode"]) == (model, mode)]
+        ranks = sorted({row["ranks"] for row in mine})
+        lines += [f"{model}, {mode} mode: wall time in seconds (parallel efficiency against the fewest ranks)", "",
+                  "| images | " + " | ".join(f"{r} rank{'s' if r > 1 else ''}" for r in ranks) + " |",
+                  "|---|" + "---|" * len(ranks)]
+        for images in sorted({row["images"] for row in mine}):
+            cells = {row["ranks"]: f"{row['seconds']:.1f} ({row['efficiency']:.0%})" for row in mine
+                     if row["images"] == images}
+            lines.append(f"| {images} | " + " | ".join(cells.get(r, "—") for r in ranks) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
+    """Draw the first ``count`` images of a detection run with their boxes and confidences into one PNG.
+
+    Returns
+    -------
+    int
+        How many images were drawn.
+    """
+    from PIL import Image, ImageDraw
+
+    from dcnn.io.images import open_image_set
+
+    with open_result(path) as handle:
+        if "detections" not in handle["outputs"]:
+            raise InputError(f"{path}: not a face detection run (no /outputs/detections)")
+        rows = handle["outputs/detections"][()]
+        source = str(handle.attrs["input"])
+    location, _, dataset = source.rpartition(":") if not Path(source).exists() else (source, "", "images")
+    with open_image_set(location, dataset or "images") as images:
+        count = min(count, len(images))
+        if count == 0:
+            raise InputError(f"{path}: the run has no images to draw")
+        pixels = [images.read_pixels(i, i + 1)[0] for i in range(count)]
+    columns = min(count, 4)
+    sheet = Image.new("RGB", (columns * tile, -(-count // columns) * tile), "white")
+    for index, image in enumerate(pixels):
+        scale = tile / max(image.shape[:2])
+        picture = Image.fromarray(image).resize((max(1, round(image.shape[1] * scale)),
+                                                 max(1, round(image.shape[0] * scale))))
+        pen = ImageDraw.Draw(picture)
+        for row in rows[rows["image"] == index]:
+            box = [row["left"] * scale, row["top"] * scale, (row["right"] + 1) * scale, (row["bottom"] + 1) * scale]
+            pen.rectangle(box, outline=(255, 40, 40), width=2)
+            pen.text((box[0] + 3, box[1] + 2), f"{row['confidence']:.2f}", fill=(255, 255, 0))
+        sheet.paste(picture, ((index % columns) * tile, (index // columns) * tile))
+    sheet.save(png)
+    return count

@@ -1,0 +1,1 @@
+"""The command-line layer: shared argument and exit handling and one module per command."""

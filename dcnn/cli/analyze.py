@@ -1,0 +1,125 @@
+"""``python -m dcnn.analyze``: summarise result files, and compare runs of different rank counts.
+
+For each file: images per second, per-rank busy and idle time, steals and peak memory. Over several files of
+the same model and image count: a speedup and parallel-efficiency table against the run with the fewest ranks.
+``--csv FILE`` writes the per-run table for other tools. Files left by killed runs are read as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dcnn.analysis.analyze import (
+    RunSummary,
+    draw_detections,
+    format_paper_table,
+    format_summary,
+    load_summary,
+    paper_table,
+    scaling_table,
+)
+from dcnn.cli.common import add_common_arguments, launcher_rank, run_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m dcnn.analyze``."""
+    parser = argparse.ArgumentParser(prog="python -m dcnn.analyze", description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", help="result files written by python -m dcnn.infer")
+    parser.add_argument("--csv", metavar="FILE", help="also write one row per run to this CSV file")
+    parser.add_argument("--table", metavar="FILE.md",
+                        help="write the paper's table (wall time against rank count, per image count) as Markdown "
+                             "to this file, and as CSV next to it (FILE.csv)")
+    parser.add_argument("--plots", metavar="DIR",
+                        help="write PNG figures into DIR: memory.png (peak memory per rank, Fig. 5), "
+                             "single_vs_cluster.png (Fig. 6: runs of one model and mode at several rank counts) "
+                             "and timeline-<file>.png "
+                             "(tasks per rank, steals marked) for each batch run")
+    parser.add_argument("--draw", metavar="PNG",
+                        help="face detection runs: draw the boxes found on the first images of the first file "
+                             "into this PNG")
+    parser.add_argument("--images", type=int, default=12, metavar="N", help="images to draw (default 12)")
+    add_common_arguments(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the summaries and, for several complete runs, the scaling tables."""
+    if launcher_rank() != 0:  # a serial tool: under mpirun, rank 0 alone reads and prints
+        return 0
+    runs = [load_summary(path) for path in args.files]
+    for summary in runs:
+        print(format_summary(summary))
+    groups: dict[tuple[str, int], list[RunSummary]] = {}
+    for summary in runs:
+        if summary.status == "complete":
+            groups.setdefault((summary.model, summary.num_images), []).append(summary)
+    for (model, images), group in groups.items():
+        if len({r.ranks for r in group}) < 2:
+            continue
+        print(f"\nscaling, {model} on {images} images (baseline: the run with the fewest ranks)")
+        print(f"{'ranks':>5} {'seconds':>9} {'images/s':>9} {'speedup':>8} {'efficiency':>10}")
+        for row in scaling_table(group):
+            print(f"{row['ranks']:>5} {row['seconds']:9.2f} {row['images_per_second']:9.2f} {row['speedup']:8.2f} "
+                  f"{row['efficiency']:10.1%}")
+    if args.table:
+        rows = paper_table(runs)
+        text = format_paper_table(rows)
+        print("\n" + text)
+        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.table).write_text(text)
+        with open(Path(args.table).with_suffix(".csv"), "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["model"])
+            writer.writeheader()
+            writer.writerows(rows)
+    if args.plots:
+        _plots(runs, Path(args.plots))
+    if args.draw:
+        drawn = draw_detections(args.files[0], args.draw, args.images)
+        print(f"drew the detections of {drawn} images into {args.draw}")
+    if args.csv:
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file", "model", "mode", "ranks", "status", "images", "images_done", "seconds",
+                             "images_per_second", "steals_succeeded", "max_peak_rss_bytes",
+                             "max_predicted_peak_bytes", "memory_prediction_error"])
+            for summary in runs:
+                writer.writerow([summary.path, summary.model, summary.mode, summary.ranks, summary.status,
+                                 summary.num_images, summary.images_done, f"{summary.elapsed:.4f}",
+                                 f"{summary.images_per_second:.4f}", int(np.nansum(summary.steal[:, 2])),
+                                 int(np.nanmax(summary.peak_rss)), int(np.nanmax(summary.predicted_peak)),
+                                 f"{summary.memory_error:.4f}"])
+    return 0
+
+
+def _plots(runs: Sequence[RunSummary], folder: Path) -> None:
+    from dcnn.analysis.plots import draw_memory, draw_single_vs_cluster, draw_timeline
+
+    folder.mkdir(parents=True, exist_ok=True)
+    complete = [run for run in runs if run.status == "complete"]
+    if complete:
+        draw_memory(complete, str(folder / "memory.png"))
+        print(f"wrote {folder / 'memory.png'}")
+    rows = paper_table(complete)
+    if len({row["ranks"] for row in rows}) > 1 and len({(row["model"], row["mode"]) for row in rows}) == 1:
+        draw_single_vs_cluster(rows, str(folder / "single_vs_cluster.png"))
+        print(f"wrote {folder / 'single_vs_cluster.png'}")
+    for run in complete:
+        if run.mode == "batch" and run.ranks > 1:
+            png = folder / f"timeline-{Path(run.path).stem}.png"
+            counts = draw_timeline(run.path, str(png))
+            print(f"wrote {png} ({counts['tasks']} tasks, {counts['stolen']} stolen)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m dcnn.analyze``."""
+    return run_main(run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

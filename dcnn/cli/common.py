@@ -1,0 +1,112 @@
+"""Glue shared by the command-line entry points: one-line errors, exit codes, no stranded ranks.
+
+Exit codes: 0 success, 2 a problem with the user's input or configuration (reported in one line on rank 0),
+1 an unexpected failure (a bug; reported with its traceback). When one rank fails outside a collective
+check while others run, the job is aborted with ``MPI.Abort`` so that no rank waits forever.
+
+This module never imports mpi4py: the parallel command (``dcnn.infer``) passes its communicator to
+:func:`run_main`; the serial tools (``dcnn.model``, ``dcnn.plan``, ``dcnn.analyze``, ``dcnn.simulate``) pass
+none and run without MPI. Started under a launcher anyway, each rank runs the tool on its own and only the
+launcher's rank 0 (:func:`launcher_rank`) prints results and errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+
+from dcnn.errors import AgreedError, DcnnError
+
+__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "Interrupted", "add_common_arguments", "launcher_rank", "run_main"]
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+#: Seconds the other ranks give rank 0 to close its result file before a signal ends the job.
+CLOSE_GRACE = 2.0
+#: Environment variables in which MPI launchers give each process its rank: MPICH's Hydra and Intel MPI (PMI),
+#: Open MPI, and PMIx launchers such as ``srun --mpi=pmix``.
+RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM (SLURM's time limit) arrived; the exit code is 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.code = 128 + signum
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--quiet`` and ``--debug``, which every entry point takes."""
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+
+def launcher_rank() -> int:
+    """This process's rank as an MPI launcher numbered it, read from the environment (0 without a launcher)."""
+    for name in RANK_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
+             argv: Sequence[str] | None = None, comm=None) -> int:
+    """Parse arguments, run ``body`` and turn errors into messages and exit codes.
+
+    Parameters
+    ----------
+    body : callable
+        The command, given the parsed arguments; returns the exit code.
+    parser : argparse.ArgumentParser
+        The command's parser.
+    argv : sequence of str, optional
+        Arguments (default: ``sys.argv[1:]``).
+    comm : mpi4py.MPI.Comm, optional
+        The communicator of a parallel command. ``body`` then does its validation inside
+        :func:`dcnn.parallel.comm.collective` blocks, so a :class:`~dcnn.errors.AgreedError` reaches every rank
+        together; rank 0 prints it. Any other error on one rank aborts the whole job. ``None`` (a serial tool):
+        no MPI; errors are printed by the launcher's rank 0 only (:func:`launcher_rank`).
+    """
+    args = parser.parse_args(argv)
+    rank, size = (comm.rank, comm.size) if comm is not None else (launcher_rank(), 1)
+    prefix = "dcnn: error: " if size == 1 else f"dcnn: error (rank {rank}): "
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _raise_interrupted)
+    try:
+        return body(args)
+    except AgreedError as error:
+        if args.debug:
+            traceback.print_exc()
+        if rank == 0:
+            print(f"dcnn: error: {error}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except Interrupted as interruption:
+        if rank == 0:
+            print(f"dcnn: interrupted by {interruption}", file=sys.stderr, flush=True)
+        elif size > 1:
+            time.sleep(CLOSE_GRACE)  # rank 0 closes the result file first
+        code = interruption.code
+    except DcnnError as error:
+        if args.debug:
+            traceback.print_exc()
+        if comm is not None or rank == 0:
+            print(f"{prefix}{error}", file=sys.stderr, flush=True)
+        code = EXIT_USAGE
+    except Exception:
+        print(f"{prefix}unexpected failure, please report it:", file=sys.stderr)
+        traceback.print_exc()
+        sys.stderr.flush()
+        code = EXIT_FAILURE
+    if size > 1:
+        comm.Abort(code)
+    return code

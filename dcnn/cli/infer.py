@@ -1,0 +1,465 @@
+"""``python -m dcnn.infer``: run a CNN over an image set and write the outputs to HDF5.
+
+With no arguments it detects faces in the bundled sample set (``data/faces.h5``) with dlib's MMOD detector in
+batch mode (images shared by work stealing over the ranks of ``mpirun``) and writes ``results/<timestamp>.h5``.
+``--mode spatial`` splits every image over the ranks (see :mod:`dcnn.parallel.spatial`); ``--mode single`` runs on one
+process. All modes write the same schema, with per-task and per-layer timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from dcnn import __version__
+from dcnn.cli.common import add_common_arguments, run_main
+from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused
+from dcnn.decomposition.spatial import fc_shard_rows
+from dcnn.errors import InputError, PlanError, ShapeError
+from dcnn.exec.workloads import Classification, Detection
+from dcnn.faces.detect import FaceDetector
+from dcnn.io.images import Hdf5ImageSet, ImageSet, open_image_set
+from dcnn.io.progress import Progress
+from dcnn.io.results import ResultWriter, peak_rss_bytes, provenance, utc_now
+from dcnn.kernels.elementwise import softmax
+from dcnn.kernels.threads import default_num_threads, set_num_threads
+from dcnn.network.graph import Network, format_shape, parse_shape
+from dcnn.network.weights import init_weights, load_weights
+from dcnn.network.zoo import get_model, model_names
+from dcnn.parallel.batch import TaskSplit, parse_capacities, parse_throttle, run_tasks
+from dcnn.parallel.comm import (
+    collective,
+    hostnames,
+    mpi4py_version,
+    mpi_library_version,
+    ranks_per_node,
+    self_comm,
+    world,
+)
+from dcnn.parallel.fused import COUNTER_FIELDS, FusedEngine
+from dcnn.parallel.spatial import SpatialEngine
+from dcnn.parallel.steal import FIELDS as STEAL_FIELDS
+from dcnn.planner.plan import Cluster, Plan, choose_plan, format_bytes, parse_bytes, plan_for
+
+__all__ = ["DEFAULT_INPUT", "build_parser", "main"]
+
+DEFAULT_INPUT = Path(__file__).resolve().parents[2] / "data" / "faces.h5"
+MODES = ("single", "batch", "spatial", "fused")
+LAYER_FIELDS = ("compute_seconds", "wait_seconds", "bytes_sent", "bytes_received")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m dcnn.infer``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m dcnn.infer",
+        description="Run CNN inference over an image set and write outputs and timings to HDF5.",
+        epilog="Input: an HDF5 file with an N x H x W x C uint8 dataset (preprocessed for the model) or an "
+               "N x C x H x W float32 dataset (classifiers only, used as is), or a folder of PNG/JPEG files. "
+               "Output: HDF5 with /outputs/detections and /outputs/detection_offsets (mmod) or /outputs/logits "
+               "(N x classes), per-task and per-layer timings, statistics and provenance; see docs/results.md.")
+    parser.add_argument("--model", default="mmod", metavar="NAME",
+                        help=f"network to run: mmod (dlib's CNN face detector, the default), "
+                             f"{', '.join(model_names())}")
+    parser.add_argument("--weights", metavar="FILE",
+                        help="mmod: a dlib detector .dat file (default: the one installed by the [faces] extra). "
+                             "Classifiers: .npz or HDF5 keyed by PyTorch state_dict names (default: seeded He "
+                             "initialisation, see --seed)")
+    parser.add_argument("--upsample", type=int, default=0, metavar="N",
+                        help="mmod: double the image size N times before detecting, to find smaller faces, "
+                             "as dlib's upsample_num_times (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation without --weights (0)")
+    parser.add_argument("--input", default=str(DEFAULT_INPUT), metavar="PATH",
+                        help="HDF5 image set or folder of images (default: the bundled data/faces.h5)")
+    parser.add_argument("--dataset", default="images", metavar="NAME",
+                        help="dataset inside the HDF5 input (default: images)")
+    parser.add_argument("--output", metavar="FILE",
+                        help="result file to create (default: results/<timestamp>.h5)")
+    parser.add_argument("--batch-size", type=int, default=4, metavar="B",
+                        help="images per forward pass (default: 4)")
+    parser.add_argument("--threads", type=int, metavar="T",
+                        help="threads per rank (default: cores per node divided by ranks per node)")
+    parser.add_argument("--mode", choices=MODES, default="batch",
+                        help="execution mode. batch (default): each rank "
+                             "runs whole chunks of --batch-size images, balanced by work stealing over one-sided "
+                             "MPI windows. single: one process runs everything. spatial: every image "
+                             "is split over a 2-D grid of ranks, halos are exchanged per layer, fully connected "
+                             "layers are split by output neurons (each rank holds 1/P of their weights). fused: "
+                             "every image's first layers run as a grid of tiles (--tiles) balanced by work "
+                             "stealing, the rest in spatial mode")
+    parser.add_argument("--grid", metavar="PYxPX",
+                        help="spatial mode: the rank grid, rows x columns, e.g. 2x3 (default: MPI.Compute_dims)")
+    parser.add_argument("--tiles", default="4x4", metavar="TYxTX",
+                        help="fused mode: the tile grid over the fused block's output (default 4x4; may have "
+                             "more tiles than ranks); each tile is a stealable task (see --overlap)")
+    parser.add_argument("--overlap", choices=OVERLAP_POLICIES, default="reuse",
+                        help="fused mode: reuse (default): tiles run in three checkerboard phases and later tiles "
+                             "read the border strips of earlier ones from one-sided MPI windows instead of "
+                             "recomputing them; recompute: every tile computes its whole region")
+    parser.add_argument("--fuse-depth", type=int, metavar="N",
+                        help="fused mode: how many layers to fuse (default: all before the first global layer); "
+                             "the rest run in spatial mode")
+    parser.add_argument("--no-overlap", action="store_true",
+                        help="spatial mode: wait for halos before computing, instead of computing each block's "
+                             "interior while they are in flight (for measuring what overlap hides)")
+    parser.add_argument("--plan", choices=("auto",),
+                        help="auto: let the planner choose mode, batch size, rank or tile grid and overlap policy: "
+                             "the fastest predicted plan that keeps every rank within its memory budget "
+                             "(--mem-per-rank, --cluster, or 80%% of this node's RAM shared by its ranks)")
+    parser.add_argument("--mem-per-rank", metavar="SIZE",
+                        help="memory budget of each rank, e.g. 512MiB or 3.2GiB: a run whose predicted peak "
+                             "exceeds it is refused before any work, with what does not fit and what would")
+    parser.add_argument("--cluster", metavar="FILE",
+                        help="a planner cluster file (TOML, one node per rank; see docs/planner.md) for the "
+                             "budgets and speeds of heterogeneous ranks")
+    parser.add_argument("--capacity", metavar="W0,W1,...",
+                        help="batch mode: relative speed of each rank, for the initial split of the tasks "
+                             "(default: equal); stealing corrects what the weights get wrong")
+    parser.add_argument("--no-steal", action="store_true",
+                        help="batch mode: keep the initial split, no stealing (for comparison)")
+    parser.add_argument("--throttle", action="append", default=[], metavar="RANK:FACTOR",
+                        help="emulate a slow node: RANK sleeps FACTOR-1 times each task's duration after it "
+                             "(repeatable; a knob for studying heterogeneous clusters)")
+    parser.add_argument("--resume", metavar="FILE",
+                        help="continue an interrupted run in FILE: only the images it lacks are computed "
+                             "(same model, mode, weights, input, image shape, image count and batch size "
+                             "required; any rank count)")
+    parser.add_argument("--top", type=int, default=3, metavar="K",
+                        help="classes shown per image in the summary (default: 3; 0 for none)")
+    parser.add_argument("--version", action="version", version=f"dcnn {__version__}")
+    add_common_arguments(parser)
+    return parser
+
+
+def _check_input(network: Network, images: ImageSet) -> tuple[int, ...]:
+    """Raise a clear error if the images cannot go through the network; return the per-image input shape."""
+    height, width = images.image_shape(0)
+    channels = network.in_channels
+    if isinstance(images, Hdf5ImageSet):
+        if images.channels_last and images.channels not in (channels, 3):
+            raise InputError(f"{images.path}: images have {images.channels} channels, "
+                             f"{network.name} expects {channels}")
+        if not images.channels_last and images.channels != channels:
+            raise InputError(f"{images.path}: tensors have {images.channels} channels, "
+                             f"{network.name} expects {channels}")
+    shape = (channels, height, width)
+    network.shapes(shape)
+    return shape
+
+
+def _default_output() -> Path:
+    return Path("results") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}.h5"
+
+
+def parse_grid(text: str | None) -> tuple[int, int] | None:
+    """``"2x3"`` to ``(2, 3)``; ``None`` stays ``None`` (MPI chooses)."""
+    if text is None:
+        return None
+    shape = parse_shape(text)
+    if len(shape) != 2:
+        raise InputError(f"--grid takes ROWSxCOLS such as 2x3, got {text!r}")
+    return shape  # type: ignore[return-value]
+
+
+@dataclass
+class Job:
+    """Everything a run needs, checked before any heavy work."""
+
+    network: Network
+    weights: dict
+    images: ImageSet
+    input_shape: tuple[int, ...]
+    workload: Classification | Detection
+    num_outputs: int | None
+    plan: Plan
+
+
+def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
+    """Check everything before any heavy work; raises :class:`DcnnError` (called inside a collective)."""
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {args.threads}")
+    if args.mode == "single" and comm.size > 1:
+        raise PlanError(f"--mode single runs on one process, but {comm.size} were started; "
+                        f"run without mpirun, or choose --mode batch or spatial")
+    if args.output and args.resume:
+        raise InputError("--resume continues the file it names; do not give --output as well")
+    grid = parse_grid(args.grid)
+    parse_grid(args.tiles)
+    if args.mode == "spatial" and grid is not None and grid[0] * grid[1] != comm.size:
+        raise PlanError(f"--grid {args.grid} needs {grid[0] * grid[1]} ranks, but {comm.size} were started")
+    parse_capacities(args.capacity, comm.size)
+    parse_throttle(args.throttle, comm.size)
+    images = open_image_set(args.input, args.dataset)
+    if len(images) == 0:
+        raise InputError(f"{images.path}: the image set is empty")
+    if args.model == "mmod":
+        detector = FaceDetector.load(args.weights, args.upsample)
+        height, width = images.image_shape(0)
+        images.require_pixels()
+        if min(height, width) < 10:
+            raise ShapeError(f"{images.path}: {height}x{width} images are too small for the face detector "
+                             f"(at least 10 x 10)")
+        input_shape = detector.input_shape(height, width)
+        detector.network.shapes(input_shape)
+        plan = _plan(args, detector.network, input_shape, comm, local_ranks, len(images))
+        _check_tiles(args, detector.network, input_shape)
+        return Job(detector.network, detector.weights, images, input_shape, Detection(detector), None, plan)
+    network = get_model(args.model)
+    input_shape = _check_input(network, images)
+    plan = _plan(args, network, input_shape, comm, local_ranks, len(images))
+    _check_tiles(args, network, input_shape)
+    size, rank = (comm.size, comm.rank) if args.mode in ("spatial", "fused") else (1, 0)
+    rows = fc_shard_rows(network, size, rank)
+    weights = (load_weights(args.weights, network, rows=rows) if args.weights
+               else init_weights(network, args.seed, rows=rows))
+    return Job(network, weights, images, input_shape, Classification(network.preprocessing),
+               network.output_shape(input_shape)[0], plan)
+
+
+def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster | None:
+    """The ranks' memory budgets: --cluster, --mem-per-rank, or (for --plan auto) this node's RAM."""
+    if args.cluster:
+        cluster = Cluster.load(args.cluster)
+        if cluster.size != size:
+            raise PlanError(f"{args.cluster} describes {cluster.size} nodes, but {size} ranks were started "
+                            f"(one rank per node)")
+        return cluster
+    if args.mem_per_rank:
+        return Cluster.per_rank_budget(size, parse_bytes(args.mem_per_rank))
+    if args.plan == "auto":
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return Cluster.uniform(size, ram // local_ranks)
+    return None
+
+
+def _plan(args: argparse.Namespace, network: Network, input_shape, comm, local_ranks: int, images: int) -> Plan:
+    """Choose the plan (--plan auto) or model the requested one; refuse it if it exceeds a known budget."""
+    cluster = _cluster(args, comm.size, local_ranks)
+    if args.plan == "auto":
+        modes = ("batch", "spatial", "fused") if comm.size > 1 else ("batch", "fused")
+        plan = choose_plan(network, input_shape, cluster, args.batch_size, images, modes)
+        args.mode = "single" if comm.size == 1 and plan.mode == "batch" else plan.mode
+        args.batch_size = plan.batch
+        if plan.mode == "spatial":
+            args.grid = "x".join(map(str, plan.grid))
+        if plan.mode == "fused":
+            args.tiles, args.overlap, args.fuse_depth = "x".join(map(str, plan.grid)), plan.overlap, None
+        if comm.rank == 0 and not args.quiet:
+            print(f"plan: {plan.describe()}, predicted peak {format_bytes(plan.peak())} per rank "
+                  f"(budget {format_bytes(min(cluster.budget(r) for r in range(cluster.size)))})", flush=True)
+        return plan
+    modelled = cluster or Cluster.uniform(comm.size, 2**62)
+    mode = "batch" if args.mode == "single" else args.mode
+    grid = parse_grid(args.grid) if mode == "spatial" else parse_grid(args.tiles) if mode == "fused" else None
+    if mode == "fused" and args.fuse_depth is not None:
+        return _unmodelled(args, modelled)
+    plan = plan_for(network, input_shape, modelled, mode, args.batch_size, grid, args.overlap, images)
+    overflow = plan.overflow(cluster) if cluster is not None else None
+    if overflow is not None:
+        rank, needed, available = overflow
+        raise PlanError(f"{plan.describe()} needs {format_bytes(needed)} on rank {rank}, which may use "
+                        f"{format_bytes(available)} (most of it {plan.largest_item(rank)[1]}); try --plan auto")
+    return plan
+
+
+def _unmodelled(args: argparse.Namespace, cluster: Cluster) -> Plan:
+    """A plan with no memory prediction (a fused block shorter than the convolutional part is not modelled)."""
+    return Plan(args.mode, args.batch_size, None, args.overlap, [{} for _ in range(cluster.size)])
+
+
+def _check_tiles(args: argparse.Namespace, network: Network, input_shape) -> None:
+    """Fused mode: refuse a tile grid or depth that does not fit, before any work."""
+    if args.mode == "fused":
+        plan_fused(network, input_shape, parse_grid(args.tiles), args.fuse_depth)
+
+
+def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit,
+                 threads: int) -> tuple[ResultWriter | None, np.ndarray | None]:
+    """Rank 0 creates or resumes the result file; returns it with the images already done."""
+    if comm.rank != 0:
+        return None, None
+    images = job.images
+    weights = args.weights or ("face_recognition_models" if job.num_outputs is None else f"init:{args.seed}")
+    attributes = {
+        **provenance(mpi4py_version()), "model": job.network.name, "mode": args.mode, "weights": weights,
+        "upsample": args.upsample, "input": images.path, "input_shape": format_shape(job.input_shape),
+        "num_images": len(images),
+        "batch_size": args.batch_size, "num_tasks": split.num_tasks, "threads": threads, "ranks": comm.size,
+        "grid": args.grid or "auto", "overlap": not args.no_overlap, "steal": not args.no_steal,
+        "capacity": args.capacity or "equal", "throttle": args.throttle, "mpi_library": mpi_library_version(),
+        "started": utc_now(),
+    }
+    if args.resume:
+        return ResultWriter.resume(args.resume, attributes)
+    output = Path(args.output) if args.output else _default_output()
+    writer = ResultWriter.create(output, len(images), job.num_outputs, split.num_tasks, attributes)
+    return writer, np.zeros(len(images), np.uint8)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The body of ``python -m dcnn.infer`` (see :func:`dcnn.cli.common.run_main` for error handling)."""
+    comm = world()
+    local_ranks = ranks_per_node(comm)
+    with collective(comm):
+        job = _validate(args, comm, local_ranks)
+    network, images, weights = job.network, job.images, job.weights
+    threads = args.threads or max(1, default_num_threads() // local_ranks)
+    set_num_threads(threads)
+    split = TaskSplit(len(images), args.batch_size)
+    with collective(comm):
+        writer, done = _open_writer(args, comm, job, split, threads)
+    done = comm.bcast(done, root=0)
+    pending = split.pending(done)
+    engine_comm = comm if args.mode in ("spatial", "fused") else self_comm()
+    grid = parse_grid(args.grid) if args.mode == "spatial" else None
+    engines: dict[tuple[int, ...], SpatialEngine | FusedEngine] = {}
+
+    def network_for(shape: tuple[int, ...]) -> SpatialEngine | FusedEngine:
+        if shape not in engines:
+            network.shapes(shape)
+            if args.mode == "fused":
+                engines[shape] = FusedEngine(network, weights, shape, engine_comm, parse_grid(args.tiles),
+                                             args.fuse_depth, steal=not args.no_steal, overlap=args.overlap)
+            else:
+                engines[shape] = SpatialEngine(network, weights, shape, engine_comm, grid,
+                                               overlap=not args.no_overlap)
+        return engines[shape]
+
+    already = int(done.sum())
+    progress = Progress(len(images), enabled=False if (args.quiet or comm.rank) else None)
+    names = hostnames(comm)
+    clock = comm.bcast(time.time(), root=0)
+    started = time.perf_counter()
+    try:
+        stats = run_tasks(comm, args.mode, split, pending, images, job.workload, network_for, writer,
+                          progress, already, clock, steal=not args.no_steal,
+                          capacities=parse_capacities(args.capacity, comm.size),
+                          throttle=parse_throttle(args.throttle, comm.size), seed=args.seed)
+    except BaseException:
+        if writer is not None:  # keep every finished task; the file can be resumed
+            writer.close()
+            print(f"dcnn: the finished images are in {writer.path}; continue with --resume {writer.path}",
+                  file=sys.stderr, flush=True)
+        raise
+    elapsed = time.perf_counter() - started
+    stats.update(_layer_stats(network, engines.values()))
+    gathered = comm.gather(stats, root=0)
+    fused_per_rank = comm.gather(_fused_stats(engines.values()), root=0)
+    for engine in engines.values():
+        engine.close()
+    images.close()
+    if writer is None:
+        return 0
+    computed = sum(split.bounds(t)[1] - split.bounds(t)[0] for t in pending)
+    per_rank = {key: np.stack([rank_stats[key] for rank_stats in gathered]) for key in gathered[0]}
+    writer.finish(
+        {"timing": {"layer_names": np.array([n for n, _ in network.layers], dtype="S"),
+                    **{key: per_rank[key] for key in LAYER_FIELDS}, "busy_seconds": per_rank["busy_seconds"],
+                    **_fused_tables(fused_per_rank, "timing")},
+         "stats": {"peak_rss_bytes": per_rank["peak_rss_bytes"], "steal": per_rank["steal"],
+                   "steal_fields": np.array(STEAL_FIELDS, dtype="S"),
+                   "predicted_peak_bytes": np.array([job.plan.peak(rank) for rank in range(comm.size)]),
+                   **_fused_tables(fused_per_rank, "stats")}},
+        finished=utc_now(), elapsed_seconds=elapsed, images_computed=computed,
+        images_per_second=computed / elapsed if elapsed > 0 else 0.0, hostnames=names,
+        grid=_grid_text(engines), plan=job.plan.describe(), **_fused_attributes(args, engines))
+    if not args.quiet:
+        _summary(args, job, writer.path, computed, elapsed, per_rank, comm.size, threads)
+    return 0
+
+
+def _grid_text(engines) -> str:
+    """The rank grid of a spatial run (``none`` for other modes)."""
+    for engine in engines.values():
+        if isinstance(engine, SpatialEngine):
+            return "x".join(map(str, engine.plan.dims))
+    return "none"
+
+
+def _fused_attributes(args: argparse.Namespace, engines) -> dict:
+    """Fused mode: the tile grid, depth, policy, and the multiply-accumulates and strip bytes it plans per image."""
+    fused = [engine for engine in engines.values() if isinstance(engine, FusedEngine)]
+    if not fused:
+        return {}
+    engine = fused[0]
+    plain = engine.plan.plain_macs()
+    tiled = engine.plan.macs()[0] if engine.reuse is None else engine.reuse.macs()
+    return {"tiles": args.tiles, "fuse_depth": engine.plan.depth, "overlap_policy": engine.overlap,
+            "fused_macs_per_image": tiled, "plain_macs_per_image": plain,
+            "redundant_macs_per_image": tiled - plain,
+            "strip_bytes_per_image": 0 if engine.reuse is None else engine.reuse.strip_bytes()}
+
+
+def _fused_stats(engines) -> dict[str, np.ndarray] | None:
+    """Fused mode: this rank's counters (summed over image shapes) and compute seconds per tile."""
+    fused = [engine for engine in engines if isinstance(engine, FusedEngine)]
+    if not fused:
+        return None
+    counters = np.array([sum(engine.counters[field] for engine in fused) for field in COUNTER_FIELDS], float)
+    return {"counters": counters, "tile_seconds": np.concatenate([engine.tile_seconds for engine in fused])}
+
+
+def _fused_tables(per_rank: list, group: str) -> dict[str, np.ndarray]:
+    """Fused mode: the per-rank tables of one result group (``timing`` or ``stats``); nothing otherwise."""
+    if per_rank[0] is None:
+        return {}
+    if group == "timing":
+        return {"tile_seconds": np.stack([rank["tile_seconds"] for rank in per_rank])}
+    return {"fused": np.stack([rank["counters"] for rank in per_rank]),
+            "fused_fields": np.array(COUNTER_FIELDS, dtype="S")}
+
+
+def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -> None:
+    import h5py
+
+    rate = computed / elapsed if elapsed > 0 else 0.0
+    height, width = job.images.image_shape(0)
+    print(f"{job.network.name}: {computed} images of {height}x{width} in {elapsed:.2f} s ({rate:.2f} images/s, "
+          f"{args.mode} mode, {size} rank(s) x {threads} thread(s)) -> {path}")
+    if job.num_outputs is None:
+        with h5py.File(path, "r") as handle:
+            offsets = handle["outputs/detection_offsets"][()]
+        counts = np.diff(offsets)
+        print(f"  {int(offsets[-1])} faces found in {int((counts > 0).sum())} of {len(counts)} images "
+              f"(upsample {args.upsample})")
+    if args.mode == "batch" and size > 1:
+        steal = per_rank["steal"]
+        for rank in range(size):
+            print(f"  rank {rank}: {int(steal[rank, 0])} tasks, busy {per_rank['busy_seconds'][rank]:.2f} s, "
+                  f"{int(steal[rank, 2])}/{int(steal[rank, 1])} steals succeeded, {int(steal[rank, 3])} tasks stolen")
+    if args.top > 0 and job.num_outputs is not None:
+        with h5py.File(path, "r") as handle:
+            logits = handle["outputs/logits"][:5]
+        for index, row in enumerate(logits):
+            probabilities = softmax(row[None].astype(np.float64))[0]
+            best = np.argsort(probabilities)[::-1][:args.top]
+            classes = ", ".join(f"{c} ({probabilities[c]:.3f})" for c in best)
+            print(f"  image {index}: top classes {classes}")
+
+
+def _layer_stats(network: Network, engines) -> dict[str, np.ndarray]:
+    """This rank's per-layer counters summed over its engines, and its peak memory."""
+    total = {field: np.zeros(len(network), dtype) for field, dtype in zip(LAYER_FIELDS, (float, float, np.int64,
+                                                                                       np.int64))}
+    for engine in engines:
+        for field, values in total.items():
+            values += getattr(engine.stats, field)
+    return {**total, "peak_rss_bytes": np.array(peak_rss_bytes())}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m dcnn.infer``."""
+    return run_main(run, build_parser(), argv, comm=world())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""``python -m dcnn.plan``'s body: predict memory and time per mode for a model on a cluster, pick a plan.
+
+Examples::
+
+    python -m dcnn.plan vgg16 --nodes 20 --ram 4GiB
+    python -m dcnn.plan vgg16 --nodes 4 --ram 256MiB          # refused: says what does not fit and what would
+    python -m dcnn.plan mmod --input 500x1000 --nodes 2 --mem-per-rank 200MiB
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from dcnn.cli.common import add_common_arguments, launcher_rank, run_main
+from dcnn.errors import InputError
+from dcnn.network.graph import Network, format_shape, parse_shape
+from dcnn.network.zoo import get_model, model_names
+from dcnn.planner.plan import MODES, Cluster, Plan, choose_plan, format_bytes, parse_bytes, plans
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m dcnn.plan``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m dcnn.plan",
+        description="Predict per-node memory and time of each execution mode for a model on a cluster, and "
+                    "choose the fastest plan that keeps every node within its memory budget (the paper's "
+                    "constraints: a fraction of each node's RAM for parameters and data).")
+    parser.add_argument("model", help=f"mmod (dlib's face detector) or one of: {', '.join(model_names())}")
+    parser.add_argument("--input", metavar="[Cx]HxW",
+                        help="per-image input (classifiers: default the model's own; mmod: the image size, "
+                             "default 500x1000)")
+    parser.add_argument("--nodes", type=int, default=20, help="number of nodes, one rank each (default: 20)")
+    parser.add_argument("--ram", default="4GiB", help="RAM per node (default: 4GiB, a RockPro64)")
+    parser.add_argument("--fraction", type=float, default=0.8,
+                        help="share of each node's RAM for parameters and data (default: 0.8, as in the paper)")
+    parser.add_argument("--mem-per-rank", metavar="SIZE",
+                        help="budget per rank for the whole process (replaces --ram and --fraction)")
+    parser.add_argument("--cluster", metavar="FILE", help="a cluster file (TOML) of heterogeneous nodes")
+    parser.add_argument("--batch-size", type=int, default=4, help="largest batch to consider (default: 4)")
+    parser.add_argument("--images", type=int, default=1000, help="images in the set, for the time (default: 1000)")
+    parser.add_argument("--mode", choices=MODES, action="append",
+                        help="consider only this mode (repeatable; default: all)")
+    parser.add_argument("--all", action="store_true", help="list every candidate, not only the best per mode")
+    add_common_arguments(parser)
+    return parser
+
+
+def _model(args: argparse.Namespace) -> tuple[Network, tuple[int, ...]]:
+    if args.model == "mmod":
+        from dcnn.faces.detect import FaceDetector
+
+        detector = FaceDetector.load(None, 0)
+        height, width = parse_shape(args.input)[-2:] if args.input else (500, 1000)
+        shape = detector.input_shape(height, width)
+        return detector.network, shape
+    network = get_model(args.model)
+    shape = parse_shape(args.input) if args.input else network.input_shape
+    if len(shape) == 2:
+        shape = (network.in_channels, *shape)
+    network.shapes(shape)
+    return network, shape
+
+
+def _cluster(args: argparse.Namespace) -> Cluster:
+    if args.cluster:
+        return Cluster.load(args.cluster)
+    if args.mem_per_rank:
+        return Cluster.per_rank_budget(args.nodes, parse_bytes(args.mem_per_rank))
+    return Cluster.uniform(args.nodes, parse_bytes(args.ram), args.fraction)
+
+
+def _row(plan: Plan, cluster: Cluster) -> str:
+    items = plan.memory[max(range(cluster.size), key=plan.peak)]
+    parts = ", ".join(f"{name} {format_bytes(size)}" for name, size in items.items() if size)
+    fits = "fits" if plan.overflow(cluster) is None else "DOES NOT FIT"
+    return f"  {plan.describe():<30} {format_bytes(plan.peak()):>11} {plan.seconds:11.1f}  {fits:<12} {parts}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the candidates and the choice."""
+    if args.batch_size < 1 or args.images < 1:
+        raise InputError("--batch-size and --images must be at least 1")
+    network, shape = _model(args)
+    cluster = _cluster(args)
+    modes = tuple(args.mode or MODES)
+    candidates = plans(network, shape, cluster, args.batch_size, args.images, modes)
+    chosen = choose_plan(network, shape, cluster, args.batch_size, args.images, modes)
+    if launcher_rank() != 0 or args.quiet:
+        return 0
+    budget = min(cluster.budget(rank) for rank in range(cluster.size))
+    print(f"{network.name} on {format_shape(shape)}, {args.images} images, {cluster.size} nodes, "
+          f"budget {format_bytes(budget)} per node")
+    print(f"  {'plan':<30} {'peak/node':>11} {'predicted s':>11}  {'':<12} memory of the fullest node")
+    shown = candidates if args.all else _best_per_configuration(candidates, cluster)
+    for plan in shown:
+        print(_row(plan, cluster))
+    print(f"chosen: {chosen.describe()} (predicted {chosen.seconds:.1f} s, peak {format_bytes(chosen.peak())})")
+    print(f"run it: mpirun -np {cluster.size} python -m dcnn.infer --model {args.model} "
+          f"{' '.join(chosen.infer_arguments())}")
+    return 0
+
+
+def _best_per_configuration(candidates: list[Plan], cluster: Cluster) -> list[Plan]:
+    """Per mode, grid and policy: the largest batch that fits (else the smallest batch)."""
+    groups: dict[tuple, list[Plan]] = {}
+    for plan in candidates:
+        groups.setdefault((plan.mode, plan.grid, plan.overlap), []).append(plan)
+
+    def preference(plan: Plan) -> tuple[bool, int]:
+        fits = plan.overflow(cluster) is None
+        return fits, plan.batch if fits else -plan.batch
+
+    return [max(group, key=preference) for group in groups.values()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m dcnn.plan``."""
+    return run_main(run, build_parser(), argv)

@@ -1,0 +1,231 @@
+"""Image sets: HDF5 datasets and folders of PNG/JPEG files, read lazily in batches, and preprocessing.
+
+Accepted layouts:
+
+- an HDF5 dataset (``images`` unless ``--dataset`` names another) of ``N x H x W x C`` uint8 pixels, which
+  get the model's preprocessing, or ``N x C x H x W`` float32 tensors, fed to the network as they are;
+- a folder of ``.png``/``.jpg``/``.jpeg`` files, read in sorted name order, converted to RGB (or luminance
+  for one-channel models) and preprocessed.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from dcnn.errors import DAMAGED_FILE_ERRORS, InputError, ShapeError
+from dcnn.network.graph import Preprocessing
+
+__all__ = ["IMAGE_SUFFIXES", "ImageSet", "open_image_set", "preprocess"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+#: Largest single image a set may declare; larger shapes come from damaged files.
+MAX_IMAGE_BYTES = 1 << 30
+
+
+def preprocess(pixels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """``N x H x W x C`` uint8 pixels to an ``N x C x H x W`` float32 network input.
+
+    Raises
+    ------
+    ShapeError
+        If the channel count matches neither the model's nor RGB (for grayscale models).
+    """
+    channels = pixels.shape[-1]
+    expected = len(preprocessing.mean)
+    values = pixels.astype(np.float32) * np.float32(1 / 255)
+    if preprocessing.grayscale and channels == 3:
+        values = values @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        values = values[..., None]
+    elif channels != expected:
+        raise ShapeError(f"images have {channels} channels, the model expects {expected}")
+    mean = np.asarray(preprocessing.mean, dtype=np.float32)
+    std = np.asarray(preprocessing.std, dtype=np.float32)
+    return np.ascontiguousarray(((values - mean) / std).transpose(0, 3, 1, 2))
+
+
+class ImageSet(ABC):
+    """A read-only, indexable image set that reads batches on demand.
+
+    Attributes
+    ----------
+    path : str
+        Where the images come from.
+    count : int
+        Number of images.
+    """
+
+    def __init__(self, path: str, count: int):
+        self.path = path
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    @abstractmethod
+    def image_shape(self, index: int) -> tuple[int, int]:
+        """``(H, W)`` of image ``index``."""
+
+    @abstractmethod
+    def read(self, start: int, stop: int, preprocessing: Preprocessing) -> np.ndarray:
+        """Images ``start`` to ``stop`` as one ``(B, C, H, W)`` float32 network input."""
+
+    @abstractmethod
+    def read_pixels(self, start: int, stop: int) -> np.ndarray:
+        """Images ``start`` to ``stop`` as ``(B, H, W, 3)`` uint8 RGB (gray images are replicated)."""
+
+    def require_pixels(self) -> None:  # noqa: B027 - folders of images can always serve pixels
+        """Raise :class:`InputError` unless :meth:`read_pixels` can serve these images (folders always can)."""
+
+    def close(self) -> None:  # noqa: B027 - sets without open files have nothing to release
+        """Release open files."""
+
+    def __enter__(self) -> ImageSet:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Hdf5ImageSet(ImageSet):
+    """Images in one HDF5 dataset (see the module docstring for the layouts)."""
+
+    def __init__(self, path: str, dataset: str):
+        try:
+            self._file = h5py.File(path, "r")
+        except DAMAGED_FILE_ERRORS as error:
+            raise InputError(f"{path}: not a readable HDF5 file ({error})") from None
+        try:
+            self._open(path, dataset)
+        except DAMAGED_FILE_ERRORS as error:
+            self._file.close()
+            raise InputError(f"{path}: damaged HDF5 file ({type(error).__name__}: {error})") from None
+        except BaseException:
+            self._file.close()
+            raise
+        super().__init__(f"{path}:{dataset}", self._data.shape[0])
+
+    def _open(self, path: str, dataset: str) -> None:
+        """Find and check the dataset (h5py's errors for damaged metadata are left to the caller)."""
+        if dataset not in self._file or not isinstance(self._file[dataset], h5py.Dataset):
+            names = [str(name) for name, item in self._file.items() if isinstance(item, h5py.Dataset)]
+            raise InputError(f"{path}: no dataset {dataset!r} (datasets here: {', '.join(names) or 'none'}; "
+                             f"choose one with --dataset)")
+        self._data = self._file[dataset]
+        shape, dtype = self._data.shape, self._data.dtype
+        if len(shape) != 4:
+            raise InputError(f"{path}:{dataset} has shape {shape}; expected N x H x W x C uint8 "
+                             f"or N x C x H x W float32")
+        if dtype == np.uint8:
+            self.channels_last = True
+        elif dtype == np.float32:
+            self.channels_last = False
+        else:
+            raise InputError(f"{path}:{dataset} has dtype {dtype}; expected uint8 (N x H x W x C) "
+                             f"or float32 (N x C x H x W)")
+        if float(np.prod(shape[1:], dtype=np.float64)) * dtype.itemsize > MAX_IMAGE_BYTES:
+            raise InputError(f"{path}:{dataset}: images of shape {shape[1:]} exceed {MAX_IMAGE_BYTES >> 30} GiB "
+                             f"each; is the file damaged?")
+
+    def image_shape(self, index: int) -> tuple[int, int]:
+        shape = self._data.shape
+        return (shape[1], shape[2]) if self.channels_last else (shape[2], shape[3])
+
+    @property
+    def channels(self) -> int:
+        """Channels per image."""
+        return self._data.shape[3] if self.channels_last else self._data.shape[1]
+
+    def _block(self, start: int, stop: int) -> np.ndarray:
+        try:
+            return self._data[start:stop]
+        except DAMAGED_FILE_ERRORS as error:
+            raise InputError(f"{self.path}: cannot read images {start}..{stop - 1} ({error})") from None
+
+    def read(self, start: int, stop: int, preprocessing: Preprocessing) -> np.ndarray:
+        block = self._block(start, stop)
+        if self.channels_last:
+            return preprocess(block, preprocessing)
+        return np.ascontiguousarray(block)
+
+    def require_pixels(self) -> None:
+        if not self.channels_last or self.channels not in (1, 3):
+            raise InputError(f"{self.path}: the face detector needs N x H x W x 3 (or x 1) uint8 images")
+
+    def read_pixels(self, start: int, stop: int) -> np.ndarray:
+        self.require_pixels()
+        block = self._block(start, stop)
+        return np.repeat(block, 3, axis=3) if block.shape[3] == 1 else block
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class FolderImageSet(ImageSet):
+    """PNG/JPEG files in a folder, in sorted name order."""
+
+    def __init__(self, path: str):
+        files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise InputError(f"{path}: no {'/'.join(IMAGE_SUFFIXES)} files in this folder")
+        self.files = files
+        self._sizes: dict[int, tuple[int, int]] = {}
+        super().__init__(path, len(files))
+
+    def _open(self, index: int):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            image = Image.open(self.files[index])
+            image.load()
+        except (*DAMAGED_FILE_ERRORS, UnidentifiedImageError) as error:
+            raise InputError(f"{self.files[index]}: cannot read image ({error})") from None
+        return image
+
+    def image_shape(self, index: int) -> tuple[int, int]:
+        if index not in self._sizes:
+            width, height = self._open(index).size
+            self._sizes[index] = (height, width)
+        return self._sizes[index]
+
+    def read_pixels(self, start: int, stop: int) -> np.ndarray:
+        return self._stack([np.asarray(self._open(i).convert("RGB")) for i in range(start, stop)], start, stop)
+
+    def _stack(self, arrays: list[np.ndarray], start: int, stop: int) -> np.ndarray:
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise ShapeError(f"{self.path}: images {start}..{stop - 1} differ in size ({sorted(shapes)}); "
+                             f"a batch needs one size")
+        return np.stack(arrays)
+
+    def read(self, start: int, stop: int, preprocessing: Preprocessing) -> np.ndarray:
+        mode = "L" if preprocessing.grayscale else "RGB"
+        arrays = [np.asarray(self._open(i).convert(mode)) for i in range(start, stop)]
+        pixels = self._stack(arrays, start, stop)
+        if pixels.ndim == 3:
+            pixels = pixels[..., None]
+        return preprocess(pixels, preprocessing)
+
+
+def open_image_set(path: str | os.PathLike, dataset: str = "images") -> ImageSet:
+    """Open an HDF5 file or an image folder.
+
+    Raises
+    ------
+    InputError
+        If the path does not exist or holds no usable images.
+    """
+    path = str(path)
+    if os.path.isdir(path):
+        return FolderImageSet(path)
+    if not os.path.exists(path):
+        raise InputError(f"input {path!r} does not exist")
+    if not h5py.is_hdf5(path):
+        raise InputError(f"{path}: not an HDF5 file or a folder of images")
+    return Hdf5ImageSet(path, dataset)

@@ -1,0 +1,100 @@
+"""Thread policy for the numeric kernels.
+
+A convolution splits its output columns into cache-sized chunks. With ``n`` threads, dcnn runs those chunks
+on ``n`` worker threads (BLAS calls through :mod:`ctypes` release the GIL) while every BLAS library is held
+at one thread, instead of letting BLAS split each small GEMM: that scales better. Other BLAS calls (the fully
+connected layers) use ``n`` BLAS threads.
+
+The BLAS libraries are loaded when this module is imported, so the controller always sees them, whatever
+the caller imported first.
+
+The MPI layer chooses ``n`` per rank (cores per node divided by ranks per node), so oversubscription never
+multiplies threads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TypeVar
+
+from threadpoolctl import ThreadpoolController
+
+# The BLAS libraries must be loaded before the controller below first scans the process: one created earlier
+# would never see them, and BLAS would keep one thread per core inside every worker thread. numpy loads its
+# OpenBLAS, ``dcnn.kernels.blas`` SciPy's (the one the convolutions call).
+from . import blas  # noqa: F401
+
+__all__ = ["get_num_threads", "parallel_for", "set_num_threads"]
+
+T = TypeVar("T")
+
+_controller: ThreadpoolController | None = None
+_num_threads = 1
+_pool: ThreadPoolExecutor | None = None
+
+
+def _blas_controllers():
+    global _controller
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller.select(user_api="blas").lib_controllers
+
+
+def set_num_threads(threads: int) -> None:
+    """Use ``threads`` threads for dcnn's kernels and for BLAS calls outside them."""
+    global _num_threads, _pool
+    threads = max(1, int(threads))
+    if threads != _num_threads and _pool is not None:
+        _pool.shutdown()
+        _pool = None
+    _num_threads = threads
+    for library in _blas_controllers():
+        library.set_num_threads(threads)
+
+
+def get_num_threads() -> int:
+    """The thread count set by :func:`set_num_threads` (1 until it is called)."""
+    return _num_threads
+
+
+def default_num_threads() -> int:
+    """Cores available to this process (``OMP_NUM_THREADS`` wins if set)."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    libraries = _blas_controllers()
+    for library in libraries:
+        library.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for library in libraries:
+            library.set_num_threads(_num_threads)
+
+
+def parallel_for(body: Callable[[Sequence[T]], None], items: Sequence[T]) -> None:
+    """Run ``body`` on contiguous, balanced slices of ``items``, one slice per thread.
+
+    With one thread (or one item) this is a plain call. Otherwise BLAS is single-threaded for the duration,
+    so the threads do not oversubscribe the cores. Exceptions raised in a worker propagate.
+    """
+    global _pool
+    workers = min(_num_threads, len(items))
+    if workers <= 1:
+        body(items)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_num_threads, thread_name_prefix="dcnn-kernel")
+    bounds = [len(items) * w // workers for w in range(workers + 1)]
+    with _single_threaded_blas():
+        futures = [_pool.submit(body, items[bounds[w]:bounds[w + 1]]) for w in range(workers)]
+        for future in futures:
+            future.result()

@@ -1,0 +1,368 @@
+"""Layer specifications: hyper-parameters, shapes, tensors and costs of each layer type.
+
+A layer spec is an immutable description (like a PyTorch module without its tensors). Shapes here are per
+image and exclude the batch axis: ``(C, H, W)`` for feature maps and ``(F,)`` for flat vectors.
+
+The per-layer numbers of the paper's model come from here and nowhere else:
+
+- ``N_l``, parameters: :meth:`Layer.tensors` (the learnable ones count towards the published totals);
+- ``M_l = N_l * b`` with ``b = 4``: parameter bytes;
+- ``C_l``, MACs: :meth:`Layer.macs`, the paper's ``k_{l-1} k_l u_l v_l p_l q_l`` for convolutions and
+  ``n_{l-1} n_l`` for fully connected layers, zero for everything else (the paper leaves them out).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from dcnn.errors import ShapeError
+from dcnn.network.window import Window, pair
+
+__all__ = [
+    "ELU", "AdaptiveAvgPool2d", "Affine", "AvgPool2d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten", "Layer",
+    "LeakyReLU", "Linear", "LocalResponseNorm", "MaxPool2d", "ReLU", "Shape", "Softmax", "Tanh", "TensorSpec",
+]
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and role of one stored tensor of a layer.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        Tensor shape.
+    learnable : bool
+        Counted in the published parameter totals (batch-norm running statistics are not).
+    dtype : str
+        ``"float32"``, or ``"int64"`` for PyTorch's ``num_batches_tracked`` counter.
+    optional : bool
+        May be absent from a weights file (PyTorch bookkeeping that inference ignores).
+    """
+
+    shape: Shape
+    learnable: bool = True
+    dtype: str = "float32"
+    optional: bool = False
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return math.prod(self.shape)
+
+
+class Layer:
+    """Base class of layer specs. Subclasses are frozen dataclasses."""
+
+    kind: ClassVar[str] = "layer"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        """Per-image output shape for a per-image input shape; raises :class:`ShapeError` if invalid."""
+        return shape
+
+    def tensors(self) -> dict[str, TensorSpec]:
+        """Stored tensors by PyTorch ``state_dict`` suffix (``weight``, ``bias``, ...)."""
+        return {}
+
+    def macs(self, in_shape: Shape, out_shape: Shape) -> int:
+        """Multiply-accumulates per image, the paper's C_l (zero for layers the paper leaves out)."""
+        return 0
+
+    @property
+    def window(self) -> Window | None:
+        """The sliding window of a conv or pool layer; ``None`` for pointwise and global layers."""
+        return None
+
+    def describe(self) -> str:
+        """A short human-readable description for tables."""
+        return self.kind
+
+
+def _map_shape(shape: Shape, layer: Layer) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        raise ShapeError(f"{layer.describe()} needs a (C, H, W) feature map, got shape {shape}")
+    return shape  # type: ignore[return-value]
+
+
+def _per_channel_shape(shape: Shape, layer: Layer, channels: int) -> Shape:
+    """The unchanged shape of a per-channel layer, after checking its channel count."""
+    if _map_shape(shape, layer)[0] != channels:
+        raise ShapeError(f"{layer.describe()} expects {channels} channels, got {shape[0]}")
+    return shape
+
+
+def _windowed_output(shape: Shape, layer: Layer, window: Window, channels: int) -> Shape:
+    _, height, width = _map_shape(shape, layer)
+    out_h, out_w = window.output_length(height, 0), window.output_length(width, 1)
+    if out_h < 1 or out_w < 1:
+        raise ShapeError(f"{layer.describe()} cannot run on a {height}x{width} map: the window "
+                         f"{window.kernel[0]}x{window.kernel[1]} with padding {window.padding} does not fit")
+    return (channels, out_h, out_w)
+
+
+@dataclass(frozen=True)
+class Conv2d(Layer):
+    """2-D convolution, as :class:`torch.nn.Conv2d` (``padding_mode='zeros'``)."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    bias: bool = True
+    kind: ClassVar[str] = "conv"
+
+    def __post_init__(self):
+        for field in ("kernel_size", "stride", "padding", "dilation"):
+            object.__setattr__(self, field, pair(getattr(self, field)))
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"channels {self.in_channels}->{self.out_channels} not divisible by "
+                             f"{self.groups} groups")
+
+    @property
+    def window(self) -> Window:
+        return Window(self.kernel_size, self.stride, self.padding, self.dilation)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        channels = _map_shape(shape, self)[0]
+        if channels != self.in_channels:
+            raise ShapeError(f"{self.describe()} expects {self.in_channels} input channels, got {channels}")
+        return _windowed_output(shape, self, self.window, self.out_channels)
+
+    def tensors(self) -> dict[str, TensorSpec]:
+        specs = {"weight": TensorSpec((self.out_channels, self.in_channels // self.groups,
+                                       *self.kernel_size))}
+        if self.bias:
+            specs["bias"] = TensorSpec((self.out_channels,))
+        return specs
+
+    def macs(self, in_shape: Shape, out_shape: Shape) -> int:
+        return (self.out_channels * (self.in_channels // self.groups) * math.prod(self.kernel_size)
+                * out_shape[1] * out_shape[2])
+
+    def describe(self) -> str:
+        k, s, p = self.kernel_size, self.stride, self.padding
+        text = f"conv {k[0]}x{k[1]}/{s[0]} {self.in_channels}->{self.out_channels}"
+        if p != (0, 0):
+            text += f" pad {p[0]},{p[1]}" if p[0] != p[1] else f" pad {p[0]}"
+        if self.dilation != (1, 1):
+            text += f" dil {self.dilation[0]}"
+        return text + (f" g{self.groups}" if self.groups > 1 else "")
+
+
+@dataclass(frozen=True)
+class MaxPool2d(Layer):
+    """Max pooling, as :class:`torch.nn.MaxPool2d`; ``stride`` defaults to the kernel size."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int] | None = None
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    ceil_mode: bool = False
+    kind: ClassVar[str] = "maxpool"
+
+    def __post_init__(self):
+        object.__setattr__(self, "kernel_size", pair(self.kernel_size))
+        object.__setattr__(self, "stride", pair(self.kernel_size if self.stride is None else self.stride))
+        object.__setattr__(self, "padding", pair(self.padding))
+        object.__setattr__(self, "dilation", pair(self.dilation))
+
+    @property
+    def window(self) -> Window:
+        return Window(self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return _windowed_output(shape, self, self.window, shape[0])
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.kernel_size[0]}x{self.kernel_size[1]}/{self.stride[0]}"
+
+
+@dataclass(frozen=True)
+class AvgPool2d(Layer):
+    """Average pooling, as :class:`torch.nn.AvgPool2d` (same argument order; no dilation)."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int] | None = None
+    padding: tuple[int, int] = (0, 0)
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+    kind: ClassVar[str] = "avgpool"
+
+    def __post_init__(self):
+        object.__setattr__(self, "kernel_size", pair(self.kernel_size))
+        object.__setattr__(self, "stride", pair(self.kernel_size if self.stride is None else self.stride))
+        object.__setattr__(self, "padding", pair(self.padding))
+
+    @property
+    def window(self) -> Window:
+        return Window(self.kernel_size, self.stride, self.padding, (1, 1), self.ceil_mode)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return _windowed_output(shape, self, self.window, shape[0])
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.kernel_size[0]}x{self.kernel_size[1]}/{self.stride[0]}"
+
+
+@dataclass(frozen=True)
+class AdaptiveAvgPool2d(Layer):
+    """Adaptive average pooling to a fixed output size, as :class:`torch.nn.AdaptiveAvgPool2d`."""
+
+    output_size: tuple[int, int]
+    kind: ClassVar[str] = "adaptiveavgpool"
+
+    def __post_init__(self):
+        object.__setattr__(self, "output_size", pair(self.output_size))
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (_map_shape(shape, self)[0], *self.output_size)
+
+    def describe(self) -> str:
+        return f"adaptive avgpool {self.output_size[0]}x{self.output_size[1]}"
+
+
+@dataclass(frozen=True)
+class BatchNorm2d(Layer):
+    """Batch normalisation at inference (running statistics), as :class:`torch.nn.BatchNorm2d`."""
+
+    num_features: int
+    eps: float = 1e-5
+    kind: ClassVar[str] = "batchnorm"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return _per_channel_shape(shape, self, self.num_features)
+
+    def tensors(self) -> dict[str, TensorSpec]:
+        vector = (self.num_features,)
+        return {"weight": TensorSpec(vector), "bias": TensorSpec(vector),
+                "running_mean": TensorSpec(vector, learnable=False),
+                "running_var": TensorSpec(vector, learnable=False),
+                "num_batches_tracked": TensorSpec((), learnable=False, dtype="int64", optional=True)}
+
+    def describe(self) -> str:
+        return f"batchnorm {self.num_features}"
+
+
+@dataclass(frozen=True)
+class Affine(Layer):
+    """Per-channel ``gamma * x + beta`` (dlib's ``affine`` layer: batch norm frozen for inference)."""
+
+    num_features: int
+    kind: ClassVar[str] = "affine"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return _per_channel_shape(shape, self, self.num_features)
+
+    def tensors(self) -> dict[str, TensorSpec]:
+        return {"weight": TensorSpec((self.num_features,)), "bias": TensorSpec((self.num_features,))}
+
+    def describe(self) -> str:
+        return f"affine {self.num_features}"
+
+
+@dataclass(frozen=True)
+class ReLU(Layer):
+    """``max(x, 0)``."""
+
+    kind: ClassVar[str] = "relu"
+
+
+@dataclass(frozen=True)
+class LeakyReLU(Layer):
+    """Leaky ReLU with a negative slope."""
+
+    negative_slope: float = 0.01
+    kind: ClassVar[str] = "leakyrelu"
+
+
+@dataclass(frozen=True)
+class ELU(Layer):
+    """Exponential linear unit."""
+
+    alpha: float = 1.0
+    kind: ClassVar[str] = "elu"
+
+
+@dataclass(frozen=True)
+class Tanh(Layer):
+    """Hyperbolic tangent."""
+
+    kind: ClassVar[str] = "tanh"
+
+
+@dataclass(frozen=True)
+class Dropout(Layer):
+    """Dropout: the identity at inference."""
+
+    p: float = 0.5
+    kind: ClassVar[str] = "dropout"
+
+
+@dataclass(frozen=True)
+class LocalResponseNorm(Layer):
+    """Local response normalisation across channels, as :class:`torch.nn.LocalResponseNorm`."""
+
+    size: int
+    alpha: float = 1e-4
+    beta: float = 0.75
+    k: float = 1.0
+    kind: ClassVar[str] = "lrn"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return _map_shape(shape, self)
+
+
+@dataclass(frozen=True)
+class Flatten(Layer):
+    """Flatten ``(C, H, W)`` to ``(C * H * W,)`` in C order, as ``torch.flatten(x, 1)``."""
+
+    kind: ClassVar[str] = "flatten"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (math.prod(shape),)
+
+
+@dataclass(frozen=True)
+class Linear(Layer):
+    """Fully connected layer, as :class:`torch.nn.Linear`."""
+
+    in_features: int
+    out_features: int
+    bias: bool = True
+    kind: ClassVar[str] = "fc"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        if shape != (self.in_features,):
+            raise ShapeError(f"{self.describe()} expects {self.in_features} input features, got shape {shape}")
+        return (self.out_features,)
+
+    def tensors(self) -> dict[str, TensorSpec]:
+        specs = {"weight": TensorSpec((self.out_features, self.in_features))}
+        if self.bias:
+            specs["bias"] = TensorSpec((self.out_features,))
+        return specs
+
+    def macs(self, in_shape: Shape, out_shape: Shape) -> int:
+        return self.in_features * self.out_features
+
+    def describe(self) -> str:
+        return f"fc {self.in_features}->{self.out_features}"
+
+
+@dataclass(frozen=True)
+class Softmax(Layer):
+    """Softmax over the feature axis."""
+
+    kind: ClassVar[str] = "softmax"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        if len(shape) != 1:
+            raise ShapeError(f"softmax needs a flat vector, got shape {shape}")
+        return shape

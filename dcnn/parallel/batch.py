@@ -1,0 +1,232 @@
+"""Tasks over an image set: the batch engine (data parallel, work stealing) and the loop every mode shares.
+
+A *task* is a fixed chunk of ``batch_size`` consecutive images (the last may be shorter). Tasks never change
+between runs of the same configuration, so a resumed run recomputes exactly the batches that were lost and
+its outputs are bit-identical to an uninterrupted run.
+
+- In batch mode every rank runs whole tasks with its own copy of the network. Tasks come from the one-sided
+  work-stealing queue (:class:`dcnn.parallel.steal.StealQueue`); each rank reads its images straight from the input.
+- In single and spatial mode the ranks go through the tasks in order together.
+
+Rank 0 is the only writer. Other ranks send each task's outputs to it as one message (the queue itself uses no
+two-sided messages); rank 0 receives them between its own tasks and while idle.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dcnn.errors import InputError
+from dcnn.io.images import ImageSet
+from dcnn.io.progress import Progress
+from dcnn.io.results import ResultWriter, encode_outputs
+from dcnn.parallel.comm import MPI
+from dcnn.parallel.steal import FIELDS, StealQueue
+
+__all__ = [
+    "InOrderTasks", "ResultChannel", "TaskSplit", "parse_capacities", "parse_throttle",
+    "run_tasks",
+]
+
+RESULT_TAG = 17
+_HEADER = 5  # task, first image, stop, start time, end time
+
+
+@dataclass(frozen=True)
+class TaskSplit:
+    """Images ``0 .. num_images - 1`` in tasks of ``batch_size`` consecutive images."""
+
+    num_images: int
+    batch_size: int
+
+    @property
+    def num_tasks(self) -> int:
+        """Number of tasks."""
+        return -(-self.num_images // self.batch_size)
+
+    def bounds(self, task: int) -> tuple[int, int]:
+        """``(first image, stop)`` of ``task``."""
+        start = task * self.batch_size
+        return start, min(self.num_images, start + self.batch_size)
+
+    def pending(self, done: np.ndarray) -> np.ndarray:
+        """Tasks with at least one image not done (all of them for a fresh run)."""
+        return np.array([t for t in range(self.num_tasks) if not done[slice(*self.bounds(t))].all()], dtype=np.int64)
+
+
+def parse_throttle(specs: Sequence[str], size: int) -> dict[int, float]:
+    """``["RANK:FACTOR", ...]`` to ``{rank: factor}``; a factor of 4 makes that rank 4 times slower."""
+    throttle = {}
+    for spec in specs:
+        try:
+            rank_text, factor_text = spec.split(":")
+            rank, factor = int(rank_text), float(factor_text)
+        except ValueError:
+            raise InputError(f"--throttle takes RANK:FACTOR such as 1:4, got {spec!r}") from None
+        if not 0 <= rank < size or factor < 1:
+            raise InputError(f"--throttle {spec}: the rank must be below {size} and the factor at least 1")
+        throttle[rank] = factor
+    return throttle
+
+
+def parse_capacities(text: str | None, size: int) -> list[float] | None:
+    """``"1,1,0.5"`` to one non-negative weight per rank (``None`` stays ``None``: equal weights)."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"--capacity takes comma-separated numbers, got {text!r}") from None
+    if len(values) != size or min(values) < 0 or sum(values) <= 0:
+        raise InputError(f"--capacity needs {size} non-negative weights (one per rank), not all zero; "
+                         f"got {text!r}")
+    return values
+
+
+class ResultChannel:
+    """Moves each task's outputs to rank 0, which writes them.
+
+    Parameters
+    ----------
+    comm : MPI.Comm
+        The ranks of the run.
+    writer : ResultWriter or None
+        The writer on rank 0; ``None`` elsewhere.
+    """
+
+    def __init__(self, comm: MPI.Comm, writer: ResultWriter | None):
+        self.comm = comm
+        self.writer = writer
+        self.written = 0
+        self._pending: list[tuple[MPI.Request, np.ndarray]] = []
+        self._status = MPI.Status()
+
+    def deliver(self, task: int, start: int, stop: int, outputs: np.ndarray, started: float, ended: float) -> None:
+        """Write (rank 0) or send (other ranks) one task's outputs."""
+        if self.writer is not None:
+            self.writer.write_task(task, start, stop, outputs, self.comm.rank, started, ended)
+            self.written += 1
+            return
+        message = np.concatenate([[task, start, stop, started, ended], encode_outputs(outputs, start)])
+        self._pending.append((self.comm.Isend(message, dest=0, tag=RESULT_TAG), message))
+        self._pending = [(r, m) for r, m in self._pending if not r.Test()]
+
+    def poll(self) -> None:
+        """Rank 0: receive and write every result that has arrived."""
+        if self.writer is None:
+            return
+        while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=RESULT_TAG, status=self._status):
+            source, count = self._status.Get_source(), self._status.Get_count(MPI.DOUBLE)
+            message = np.empty(count, np.float64)
+            self.comm.Recv(message, source=source, tag=RESULT_TAG)
+            task, start, stop = (int(v) for v in message[:3])
+            self.writer.write_task(task, start, stop, self.writer.decode(message[_HEADER:], start), source,
+                                   float(message[3]), float(message[4]))
+            self.written += 1
+
+    def drain(self, expected: int) -> None:
+        """Rank 0: keep receiving until ``expected`` tasks are written in all."""
+        while self.writer is not None and self.written < expected:
+            self.poll()
+            time.sleep(0.001)
+
+    def close(self) -> None:
+        """Other ranks: wait until rank 0 has received everything sent."""
+        MPI.Request.Waitall([request for request, _ in self._pending])
+        self._pending = []
+
+
+class InOrderTasks:
+    """The pending tasks in order, for modes in which all ranks work on every task together."""
+
+    def __init__(self, tasks: Sequence[int]):
+        self._tasks = list(tasks)
+        self._next = 0
+        self.items_done = 0
+
+    def next_task(self, on_idle: Callable[[], None] | None = None) -> int | None:
+        """The next task, or ``None`` at the end."""
+        if self._next >= len(self._tasks):
+            return None
+        self._next += 1
+        return self._tasks[self._next - 1]
+
+    def task_done(self, items: int = 1) -> int:
+        """Count one finished task; returns the items finished so far."""
+        self.items_done += items
+        return self.items_done
+
+
+#: Environment variable that makes one rank fail on purpose: ``RANK:TASK`` raises ``RuntimeError`` on rank RANK
+#: when it starts task TASK (for testing that a failure mid-run ends the whole job; see docs/reliability.md).
+FAULT_VARIABLE = "DCNN_INJECT_FAULT"
+
+
+def _injected_fault(rank: int) -> int | None:
+    """The task at which this rank must fail (``None``: no fault injected)."""
+    spec = os.environ.get(FAULT_VARIABLE)
+    if not spec:
+        return None
+    try:
+        fault_rank, task = (int(part) for part in spec.split(":"))
+    except ValueError:
+        raise InputError(f"{FAULT_VARIABLE} takes RANK:TASK, got {spec!r}") from None
+    return task if fault_rank == rank else None
+
+
+def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, images: ImageSet, workload,
+              network_for, writer: ResultWriter | None, progress: Progress, already_done: int, clock: float,
+              steal: bool = True, capacities: Sequence[float] | None = None,
+              throttle: dict[int, float] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Run the pending tasks; rank 0 writes every output. Returns this rank's statistics.
+
+    Parameters
+    ----------
+    mode : str
+        ``"batch"`` takes tasks from the work-stealing queue; other modes go in order on every rank.
+    workload : dcnn.exec.workloads.Classification or dcnn.exec.workloads.Detection
+        What a task computes from its images.
+    network_for : callable
+        ``network_for(shape)`` gives the runnable network for a per-image input shape.
+    clock : float
+        ``time.time()`` at the start of the run, shared by all ranks, for task start and end times.
+    throttle : dict, optional
+        ``{rank: factor}``: after each task, that rank sleeps ``factor - 1`` times the task's duration (an
+        emulation knob for heterogeneous clusters).
+    """
+    channel = ResultChannel(comm, writer)
+    factor = (throttle or {}).get(comm.rank, 1.0)
+    fault = _injected_fault(comm.rank)
+    busy = 0.0
+    scheduler = (StealQueue(comm, split.num_tasks, capacities, steal, tasks=pending, seed=seed)
+                 if mode == "batch" else InOrderTasks(pending))
+    # No try/finally around the loop: closing the queue is collective, and a rank that failed must not enter
+    # it; the command line aborts the job instead (dcnn.cli.common).
+    while (task := scheduler.next_task(on_idle=channel.poll)) is not None:
+        start, stop = split.bounds(task)
+        started = time.time() - clock
+        if task == fault:
+            raise RuntimeError(f"fault injected by {FAULT_VARIABLE} on rank {comm.rank} at task {task}")
+        outputs = workload.run(images, start, stop, network_for)
+        if factor > 1:
+            time.sleep((factor - 1) * (time.time() - clock - started))
+        ended = time.time() - clock
+        busy += ended - started
+        if mode == "batch" or comm.rank == 0:
+            channel.deliver(task, start, stop, outputs, started, ended)
+        done = scheduler.task_done(stop - start)
+        channel.poll()
+        if comm.rank == 0:
+            progress.update(already_done + done)
+    channel.drain(len(pending))
+    channel.close()
+    stats = np.zeros(len(FIELDS))
+    if isinstance(scheduler, StealQueue):
+        stats = scheduler.stats.as_array()
+        scheduler.close()
+    return {"steal": stats, "busy_seconds": np.array(busy)}

@@ -1,0 +1,245 @@
+"""Fused-tile engine: the paper's and DeepThings' method.
+
+The output map of a block of consecutive layers (the fused block: the whole convolutional part, or a prefix
+of it) is cut into a ``Ty x Tx`` grid of tiles (:func:`dcnn.decomposition.fused.plan_fused`). Each tile is one
+task of the work-stealing queue; its input region is traced backwards through the fused layers
+(:func:`dcnn.decomposition.geometry.trace_region`), so a rank computes a tile from the input image alone.
+Neighbouring tiles overlap in their traced regions. Two policies:
+
+- *recompute*: every tile computes its whole region; no communication until the tiles are assembled, at the
+  price of redundant multiply-accumulates (counted by the plan).
+- *reuse* (:mod:`dcnn.decomposition.reuse`, :mod:`dcnn.parallel.overlap`): the tiles run in three checkerboard phases,
+  each a work-stealing queue of its own. Tiles of the first phase compute their whole region and publish the strips
+  their neighbours need into the overlap pool (one-sided windows); later tiles ``Get`` those strips and compute only
+  the rest. A tile whose producers have not published recomputes its whole region (a counted fallback).
+
+The layers after the fused block run on the spatial engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+
+import numpy as np
+
+from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused
+from dcnn.decomposition.geometry import EMPTY, Box, assemble_boxes
+from dcnn.decomposition.reuse import NUM_CLASSES, Strip, plan_reuse
+from dcnn.errors import PlanError
+from dcnn.exec.forward import Forward
+from dcnn.network.graph import Network
+from dcnn.network.layers import Shape
+from dcnn.network.window import Padding
+from dcnn.parallel.comm import MPI, allgather_blocks
+from dcnn.parallel.overlap import OverlapPool
+from dcnn.parallel.spatial import LayerStats, SpatialEngine
+from dcnn.parallel.steal import StealQueue
+
+__all__ = ["COUNTER_FIELDS", "FusedEngine"]
+
+#: Per-rank counters of a fused run (``FusedEngine.counters``), in this order.
+COUNTER_FIELDS = ("tiles_run", "tiles_reused", "fallbacks", "macs", "bytes_put", "bytes_got", "pool_seconds")
+
+def _subnetwork(network: Network, start: int, input_shape: Shape) -> Network:
+    return Network(f"{network.name}[{start}:]", network.layers[start:], input_shape, network.preprocessing,
+                   network.description)
+
+
+class FusedEngine:
+    """Run a network with its first layers fused into stealable tiles.
+
+    Parameters
+    ----------
+    network : Network
+        The model.
+    weights : mapping
+        Validated weights; fully connected tensors hold this rank's rows (as for the spatial engine).
+    input_shape : tuple of int
+        Per-image input ``(C, H, W)``.
+    comm : MPI.Comm
+        The ranks sharing the tiles.
+    grid : tuple of int
+        Tile grid ``(Ty, Tx)`` over the fused output map; it may have more tiles than there are ranks.
+    depth : int, optional
+        Layers to fuse (default: every layer before the first global one).
+    steal : bool
+        Balance tiles by work stealing (else each rank keeps its initial share).
+    overlap : {"recompute", "reuse"}
+        What a tile does with the regions it shares with its neighbours.
+
+    Attributes
+    ----------
+    counters : dict
+        This rank's :data:`COUNTER_FIELDS`: tiles run, tiles that borrowed strips, fallbacks to recomputing,
+        multiply-accumulates computed in the fused layers, strip bytes put and got, seconds in pool calls.
+    tile_seconds : ndarray
+        Compute seconds per tile (this rank's share; summed over calls).
+    """
+
+    def __init__(self, network: Network, weights: Mapping[str, np.ndarray], input_shape: Shape, comm: MPI.Comm,
+                 grid: tuple[int, int], depth: int | None = None, steal: bool = True, overlap: str = "recompute"):
+        if overlap not in OVERLAP_POLICIES:
+            raise PlanError(f"overlap policy must be one of {', '.join(OVERLAP_POLICIES)}, got {overlap!r}")
+        self.comm = comm
+        self.plan = plan_fused(network, input_shape, grid, depth)
+        self.reuse = plan_reuse(self.plan, comm.size) if overlap == "reuse" else None
+        self.overlap = overlap
+        self.forward = Forward(network, weights)
+        self.steal = steal
+        self.stats = LayerStats.zeros(len(network))
+        self.tile_seconds = np.zeros(len(self.plan.tiles))
+        self._counts = dict.fromkeys(COUNTER_FIELDS, 0)
+        self._rates = self.plan.macs_per_pixel()
+        self._pool: OverlapPool | None = None
+        self._sequence = 0
+        self.rest = None
+        if self.plan.depth < len(network):
+            rest = _subnetwork(network, self.plan.depth, self.plan.output_shape)
+            self.rest = SpatialEngine(rest, weights, self.plan.output_shape, comm)
+
+    @property
+    def counters(self) -> dict[str, float]:
+        """This rank's :data:`COUNTER_FIELDS`, summed over calls (see the class attributes)."""
+        counts = dict(self._counts)
+        if self._pool is not None:
+            counts["bytes_put"] += self._pool.bytes_put
+            counts["bytes_got"] += self._pool.bytes_got
+            counts["pool_seconds"] += self._pool.seconds
+        return counts
+
+    @property
+    def tiles_run(self) -> int:
+        """Tiles this rank computed (summed over calls)."""
+        return self._counts["tiles_run"]
+
+    def close(self) -> None:
+        """Free the overlap pool and the communicator of the layers after the fused block (collective)."""
+        if self._pool is not None:
+            self._account_pool()
+            self._pool.close()
+            self._pool = None
+        if self.rest is not None:
+            self.rest.close()
+
+    def __enter__(self) -> FusedEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Run on a ``(B, C, H, W)`` batch present on every rank; every rank returns the full output."""
+        x = np.asarray(x, dtype=np.float32)
+        computed: dict[int, np.ndarray] = {}
+        if self.reuse is None:
+            with StealQueue(self.comm, len(self.plan.tiles), steal=self.steal) as queue:
+                for index in queue:
+                    computed[index] = self._compute(index, self.plan.tiles[index].steps, x)
+        else:
+            self._sequence += 1
+            pool = self._pool_for(x.shape[0])
+            for cls in range(NUM_CLASSES):
+                members = self.reuse.tiles_of_class(cls)
+                if members:
+                    with StealQueue(self.comm, len(members), steal=self.steal, tasks=members) as queue:
+                        for index in queue:
+                            computed[index] = self._run_reusing(index, x, pool)
+        self._counts["tiles_run"] += len(computed)
+        fused = self._assemble(computed, x.shape[0])
+        return fused if self.rest is None else self.rest(fused)
+
+    # -- reuse policy --------------------------------------------------------------------------------------
+    def _pool_for(self, batch: int) -> OverlapPool:
+        """The overlap pool, (re)allocated when a batch is larger than its slots (collective)."""
+        if self._pool is None or self._pool.batch < batch:
+            if self._pool is not None:
+                self._account_pool()
+                self._pool.close()
+            self._pool = OverlapPool(self.comm, self.reuse, batch)
+        return self._pool
+
+    def _account_pool(self) -> None:
+        """Move the pool's byte and time counts into the engine's counters."""
+        self._counts = self.counters
+
+    def _run_reusing(self, index: int, x: np.ndarray, pool: OverlapPool) -> np.ndarray:
+        """One tile of the reuse policy: borrow its strips if they are ready, else recompute; publish its own."""
+        incoming = self.reuse.incoming[index]
+        if pool.ready(sorted({strip.producer for strip in incoming}), self._sequence):
+            borrowed = list(zip(incoming, pool.fetch(incoming, x.shape[0])))
+            steps = self.reuse.steps[index]
+            self._counts["tiles_reused"] += bool(incoming)
+            for strip, _ in borrowed:
+                self.stats.bytes_received[strip.layer] += x.shape[0] * 4 * strip.elements
+        else:
+            borrowed, steps = [], self.plan.tiles[index].steps
+            self._counts["fallbacks"] += 1
+        outgoing = self.reuse.outgoing[index]
+        output = self._compute(index, steps, x, borrowed, outgoing, pool)
+        if outgoing:
+            pool.mark_ready(index, self._sequence)
+        return output
+
+    # -- both policies -------------------------------------------------------------------------------------
+    def _compute(self, index: int, steps: list[tuple[Box, Box, Padding]], x: np.ndarray,
+                 borrowed: list[tuple[Strip, np.ndarray]] = (), outgoing: list[Strip] = (),
+                 pool: OverlapPool | None = None) -> np.ndarray:
+        """Compute one tile's boxes layer by layer from the input, its own results and borrowed strips."""
+        strips_in, strips_out = defaultdict(list), defaultdict(list)
+        for strip, values in borrowed:
+            strips_in[strip.layer].append((strip.box, values))
+        for strip in outgoing:
+            strips_out[strip.layer].append(strip)
+        batch = x.shape[0]
+        held, region = EMPTY, None
+        for layer, (box, source_box, padding) in enumerate(steps):
+            if box.empty:
+                held, region = box, None
+                continue
+            start = time.perf_counter()
+            op = self.forward.ops[layer]
+            if layer == 0:
+                source = x[(slice(None), slice(None), *source_box.slices())]
+                source = source.copy() if op.in_place else source
+            else:
+                source = self._source(layer, source_box, held, region, strips_in[layer - 1], batch)
+            region = op(source, padding) if op.layer.window is not None else op(source)
+            held = box
+            elapsed = time.perf_counter() - start
+            self.stats.compute_seconds[layer] += elapsed
+            self.tile_seconds[index] += elapsed
+            self._counts["macs"] += self._rates[layer] * box.area * batch
+            for strip in strips_out[layer]:
+                pool.publish(strip, region[(slice(None), slice(None), *strip.box.slices(held))])
+                self.stats.bytes_sent[layer] += batch * 4 * strip.elements
+        return region
+
+    def _source(self, layer: int, source_box: Box, held: Box, region: np.ndarray | None,
+                strips: list[tuple[Box, np.ndarray]], batch: int) -> np.ndarray:
+        """The input box of ``layer``: a view of the tile's own previous map, or assembled with borrowed strips."""
+        if held.contains(source_box) and region is not None:
+            return region[(slice(None), slice(None), *source_box.slices(held))]
+        source = np.empty((batch, self.plan.shapes[layer][0], source_box.height, source_box.width), np.float32)
+        own = held.intersect(source_box)
+        if not own.empty:
+            source[(slice(None), slice(None), *own.slices(source_box))] = \
+                region[(slice(None), slice(None), *own.slices(held))]
+        for box, values in strips:
+            source[(slice(None), slice(None), *box.slices(source_box))] = values
+        return source
+
+    def _assemble(self, computed: dict[int, np.ndarray], batch: int) -> np.ndarray:
+        """Every rank's tile outputs into the whole fused output map, on every rank."""
+        owners = self.comm.allgather(sorted(computed))
+        channels = self.plan.output_shape[0]
+        order = [index for indices in owners for index in indices]
+        counts = [sum(batch * channels * self.plan.tiles[i].output.area for i in indices) for indices in owners]
+        local = np.concatenate([computed[i].reshape(-1) for i in sorted(computed)]) if computed else \
+            np.zeros(0, np.float32)
+        start = time.perf_counter()
+        flat = allgather_blocks(self.comm, local, counts)
+        self.stats.wait_seconds[self.plan.depth - 1] += time.perf_counter() - start
+        return assemble_boxes(flat, [self.plan.tiles[i].output for i in order], (batch, channels),
+                              self.plan.output_shape[1:])

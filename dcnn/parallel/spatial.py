@@ -1,0 +1,219 @@
+"""Spatial engine: one image (or batch) split over a 2-D grid of ranks, with a halo exchange per layer.
+
+Plan: :func:`dcnn.decomposition.spatial.plan_spatial` (pure, no MPI) says who holds, needs and sends which
+block of every layer; at the first global layer the map is gathered on every rank, and every fully connected
+layer is split by output neurons, whose outputs are allgathered.
+
+Run: :class:`SpatialEngine` posts each layer's receives, then its sends, computes the part of its output block
+that needs no halo while the messages are in flight, waits, and computes the border strips.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from dcnn.decomposition.geometry import (
+    Box,
+    assemble_boxes,
+    input_box,
+    split_extent,
+)
+from dcnn.decomposition.spatial import SpatialLayerPlan, plan_spatial
+from dcnn.exec.forward import Forward
+from dcnn.network.graph import Network
+from dcnn.network.layers import Linear, Shape
+from dcnn.parallel.comm import MPI, HaloExchange, allgather_blocks, cartesian
+
+__all__ = ["LayerStats", "SpatialEngine"]
+
+#: Overlap exchange with compute only when the halo-free interior is at least this share of the block.
+OVERLAP_MIN_INTERIOR = 0.5
+
+@dataclass
+class LayerStats:
+    """Per-layer counters of one rank, summed over calls.
+
+    Attributes
+    ----------
+    compute_seconds, wait_seconds : numpy.ndarray
+        Time in kernels, and time blocked waiting for messages or in collectives.
+    bytes_sent, bytes_received : numpy.ndarray
+        Payload bytes this rank sent and received.
+    """
+
+    compute_seconds: np.ndarray
+    wait_seconds: np.ndarray
+    bytes_sent: np.ndarray
+    bytes_received: np.ndarray
+
+    @classmethod
+    def zeros(cls, layers: int) -> LayerStats:
+        return cls(np.zeros(layers), np.zeros(layers), np.zeros(layers, np.int64), np.zeros(layers, np.int64))
+
+
+class SpatialEngine:
+    """Run a network with every layer's map split over a Cartesian grid of ranks.
+
+    Parameters
+    ----------
+    network : Network
+        The model.
+    weights : mapping
+        Validated weights; fully connected tensors hold only this rank's rows
+        (see :func:`~dcnn.decomposition.spatial.fc_shard_rows`).
+    input_shape : tuple of int
+        Per-image input ``(C, H, W)``; plans are built for it once.
+    comm : MPI.Comm
+        The ranks to split over.
+    dims : tuple of int, optional
+        ``(Py, Px)``; ``MPI.Compute_dims`` by default.
+    overlap : bool
+        Compute the halo-free interior while the halos are in flight.
+    """
+
+    def __init__(self, network: Network, weights: Mapping[str, np.ndarray], input_shape: Shape, comm: MPI.Comm,
+                 dims: tuple[int, int] | None = None, overlap: bool = True):
+        self.comm = cartesian(comm, dims)
+        self.rank = self.comm.rank
+        self.plan = plan_spatial(network, input_shape, tuple(self.comm.dims))
+        self.forward = Forward(network, weights)
+        self.overlap = overlap
+        self.stats = LayerStats.zeros(len(network))
+        self._exchanges: dict[tuple[int, int], HaloExchange] = {}
+
+    def close(self) -> None:
+        """Free the Cartesian communicator."""
+        if self.comm != MPI.COMM_NULL:
+            self.comm.Free()
+
+    def __enter__(self) -> SpatialEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Run on a ``(B, C, H, W)`` batch present on every rank; every rank returns the full output."""
+        block = np.asarray(x, dtype=np.float32)
+        for layer_plan in self.plan.layers:
+            block = self._run_layer(layer_plan, block)
+        last = self.plan.layers[-1] if self.plan.layers else None
+        out = self._gather_map(block, last) if last is not None else block
+        for index in range(self.plan.gather_index, len(self.forward.ops)):
+            out = self._run_global(index, out)
+        return out
+
+    # -- spatial part --------------------------------------------------------------------------------------
+    def _exchange(self, layer_plan: SpatialLayerPlan, batch: int) -> HaloExchange:
+        key = (layer_plan.index, batch)
+        if key not in self._exchanges:
+            held, needed = layer_plan.held[self.rank], layer_plan.needed[self.rank]
+            sends = [(t.dest, t.box.slices(held)) for t in layer_plan.transfers if t.source == self.rank]
+            receives = [(t.source, t.box.slices(needed)) for t in layer_plan.transfers if t.dest == self.rank]
+            self._exchanges[key] = HaloExchange(self.comm, sends, receives, (batch, layer_plan.in_shape[0]),
+                                                tag=layer_plan.index)
+        return self._exchanges[key]
+
+    def _run_layer(self, layer_plan: SpatialLayerPlan, block: np.ndarray) -> np.ndarray:
+        op = self.forward.ops[layer_plan.index]
+        index, rank = layer_plan.index, self.rank
+        if not layer_plan.windowed:
+            start = time.perf_counter()
+            # The first layer holds the whole (replicated) input: keep only this rank's block of it.
+            held, own = layer_plan.held[rank], layer_plan.out_blocks[rank]
+            source = block[(slice(None), slice(None), *own.slices(held))] if held != own else block
+            out = op(source.copy() if op.in_place and index == 0 else source)
+            self.stats.compute_seconds[index] += time.perf_counter() - start
+            return out
+        held, needed = layer_plan.held[rank], layer_plan.needed[rank]
+        out_box, interior = layer_plan.out_blocks[rank], layer_plan.interior[rank]
+        batch = block.shape[0]
+        out_channels = layer_plan.out_shape[0]
+        exchange = self._exchange(layer_plan, batch)
+        self.stats.bytes_sent[index] += exchange.bytes_sent
+        self.stats.bytes_received[index] += exchange.bytes_received
+        out = np.empty((batch, out_channels, out_box.height, out_box.width), np.float32)
+        overlap = (self.overlap and exchange.receives and not interior.empty
+                   and interior.area >= OVERLAP_MIN_INTERIOR * out_box.area)
+        exchange.start(block)
+        compute = 0.0
+        if overlap:
+            compute += self._compute_box(layer_plan, interior, block, held, out, out_box)
+        start = time.perf_counter()
+        if exchange.receives or not held.contains(needed):
+            assembled = np.empty((batch, block.shape[1], needed.height, needed.width), np.float32)
+            local = held.intersect(needed)
+            if not local.empty:
+                assembled[(slice(None), slice(None), *local.slices(needed))] = \
+                    block[(slice(None), slice(None), *local.slices(held))]
+            exchange.finish(assembled)
+            source, source_box = assembled, needed
+        else:
+            exchange.finish(block)
+            source, source_box = block, held
+        self.stats.wait_seconds[index] += time.perf_counter() - start
+        if out_box.empty:
+            pass
+        elif overlap:
+            for strip in _border_strips(out_box, interior):
+                compute += self._compute_box(layer_plan, strip, source, source_box, out, out_box)
+        else:
+            compute += self._compute_box(layer_plan, out_box, source, source_box, out, out_box)
+        self.stats.compute_seconds[index] += compute
+        return out
+
+    def _compute_box(self, layer_plan: SpatialLayerPlan, box: Box, source: np.ndarray, source_box: Box,
+                     out: np.ndarray, out_box: Box) -> float:
+        """Compute the outputs ``box`` from ``source`` (which holds ``source_box`` of the input map)."""
+        window = layer_plan.layer.window
+        in_shape = layer_plan.in_shape
+        explicit = window.explicit_padding(in_shape[1], in_shape[2])
+        need, padding = input_box(box, window.kernel, window.stride, window.dilation, explicit, in_shape[1],
+                                  in_shape[2])
+        start = time.perf_counter()
+        result = self.forward.ops[layer_plan.index](source[(slice(None), slice(None), *need.slices(source_box))],
+                                                    padding)
+        out[(slice(None), slice(None), *box.slices(out_box))] = result
+        return time.perf_counter() - start
+
+    def _gather_map(self, block: np.ndarray, last: SpatialLayerPlan) -> np.ndarray:
+        """Allgather every rank's block of the last spatial map into the whole map on every rank."""
+        batch, channels = block.shape[:2]
+        counts = [batch * channels * box.area for box in last.out_blocks]
+        start = time.perf_counter()
+        flat = allgather_blocks(self.comm, block, counts)
+        index = self.plan.gather_index if self.plan.gather_index < len(self.stats.wait_seconds) else last.index
+        self.stats.wait_seconds[index] += time.perf_counter() - start
+        self.stats.bytes_sent[index] += 4 * counts[self.rank] * (self.plan.size - 1)
+        self.stats.bytes_received[index] += 4 * (sum(counts) - counts[self.rank])
+        return assemble_boxes(flat, last.out_blocks, (batch, channels), last.out_shape[1:])
+
+    # -- global part ---------------------------------------------------------------------------------------
+    def _run_global(self, index: int, x: np.ndarray) -> np.ndarray:
+        op = self.forward.ops[index]
+        start = time.perf_counter()
+        out = op(x)
+        self.stats.compute_seconds[index] += time.perf_counter() - start
+        if not isinstance(op.layer, Linear) or self.plan.size == 1:
+            return out
+        batch = out.shape[0]
+        counts = [batch * (stop - begin) for begin, stop in split_extent(op.layer.out_features, self.plan.size)]
+        start = time.perf_counter()
+        gathered = allgather_blocks(self.comm, out.T, counts)
+        self.stats.wait_seconds[index] += time.perf_counter() - start
+        self.stats.bytes_sent[index] += 4 * counts[self.rank] * (self.plan.size - 1)
+        self.stats.bytes_received[index] += 4 * (sum(counts) - counts[self.rank])
+        return np.ascontiguousarray(gathered.reshape(op.layer.out_features, batch).T)
+
+
+def _border_strips(block: Box, interior: Box) -> list[Box]:
+    """``block`` minus ``interior`` as up to four disjoint strips (top, bottom, left, right)."""
+    strips = [Box(block.top, interior.top, block.left, block.right),
+              Box(interior.bottom, block.bottom, block.left, block.right),
+              Box(interior.top, interior.bottom, block.left, interior.left),
+              Box(interior.top, interior.bottom, interior.right, block.right)]
+    return [strip for strip in strips if not strip.empty]

@@ -1,0 +1,1 @@
+"""The memory and time model that chooses a mode, grid and batch for a cluster (pure, no MPI)."""

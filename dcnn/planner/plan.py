@@ -1,0 +1,542 @@
+"""The planner: per-node memory and compute for every execution mode, and the choice of a feasible plan.
+
+The paper's constraints (SUMMARY.md, eqs. 1-3) say that each node may use a fraction ``alpha`` (0.8) of its RAM
+for parameters and data, and that its share of the multiply-accumulates should follow its speed. The planner
+models, per rank (one rank per node):
+
+- ``runtime``: the interpreter, NumPy/SciPy/h5py/mpi4py and the MPI library (measured, see RUNTIME_BYTES);
+- ``weights``: the layers' M_l, all of them in batch mode; with fully connected layers split by neurons over the
+  ranks in spatial and fused mode (convolution weights count twice: as loaded and in the kernel's layout);
+- ``input``: the batch of network inputs (with its preprocessing copy), present on every rank;
+- ``activations``: the largest working set of one layer (input region, output, and the convolution's padded
+  scratch copy and GEMM output), for the whole map (batch), the rank's block with its halo (spatial) or the
+  largest tile region (fused);
+- ``gathered map``, ``tile outputs``: the maps that spatial and fused mode assemble on every rank;
+- ``overlap pool``: the strips a rank holds for the reuse policy.
+
+Time is the multiply-accumulates of the slowest share over the node's speed (calibrated on the paper's RockPro64
+runs), plus halo, strip and gather bytes over the network bandwidth with a latency per message. It is a simple
+model: good enough to rank plans and to refuse infeasible ones before any work starts. Its memory figure is
+compared with the measured peak RSS in every result file (``python -m dcnn.analyze``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+
+from dcnn.decomposition.fused import plan_fused, spatial_depth
+from dcnn.decomposition.geometry import split_extent
+from dcnn.decomposition.reuse import plan_reuse
+from dcnn.decomposition.spatial import plan_spatial
+from dcnn.errors import InputError, PlanError
+from dcnn.io.config import read_toml
+from dcnn.network.graph import Network, format_shape
+from dcnn.network.layers import Conv2d, Linear, Shape
+
+__all__ = [
+    "MODES", "RUNTIME_BYTES", "Cluster", "Node", "Plan", "choose_plan", "format_bytes", "parse_bytes", "plan_for",
+    "plans",
+]
+
+MIB, GIB = 2**20, 2**30
+BYTES = 4
+MODES = ("batch", "spatial", "fused")
+#: Resident memory of one rank before any model is built: Python with NumPy, SciPy, h5py and mpi4py imported and
+#: MPICH initialised, measured on x86-64 Linux (86 MiB) with a margin.
+RUNTIME_BYTES = 100 * MIB
+#: Share added to every prediction: measured peaks were 5 % above to 18 % below the model (results/README.md).
+MODEL_MARGIN = 0.05
+#: The most nodes a cluster file may list.
+MAX_CLUSTER_NODES = 100_000
+#: The largest cluster the planner considers when it suggests more nodes.
+MAX_NODES = 256
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": MIB, "mib": MIB, "mb": 10**6,
+          "g": GIB, "gib": GIB, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
+
+
+def parse_bytes(text: str | int | float) -> int:
+    """``"3.2GiB"``, ``"512MiB"``, ``"4G"`` (binary), ``"4GB"`` (decimal) or a plain number of bytes."""
+    if isinstance(text, int | float):
+        return int(text)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise InputError(f"cannot read {text!r} as a memory size; use for example 512MiB, 3.2GiB or 4G")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def format_bytes(count: float) -> str:
+    """Bytes in MiB or GiB, one decimal."""
+    return f"{count / GIB:.1f} GiB" if abs(count) >= GIB else f"{count / MIB:.1f} MiB"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One cluster node (one rank): its name, RAM in bytes and speed relative to the cluster's reference node."""
+
+    name: str
+    ram: int
+    speed: float = 1.0
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The nodes and the cost model's constants.
+
+    Attributes
+    ----------
+    nodes : tuple of Node
+        One rank per node.
+    fraction : float
+        Share of each node's RAM for parameters and data (the paper's alpha, 0.8).
+    macs_per_second : float
+        Multiply-accumulates per second of a node of speed 1. The default, 0.25 G, is a RockPro64 as the paper
+        measured it: 0.975 s per 128x128 image of dlib's detector (0.245 GMAC), fitted by ``python -m
+        dcnn.simulate``. dcnn itself reached 16 G per core of this machine (15.1 ms per image); set ``gmacs`` in
+        a cluster file for your nodes.
+    bandwidth : float
+        Network bytes per second (1 Gbit/s Ethernet by default).
+    latency : float
+        Seconds per message.
+    runtime_bytes : int
+        Resident memory of a rank before any model is built.
+    """
+
+    nodes: tuple[Node, ...]
+    fraction: float = 0.8
+    macs_per_second: float = 0.25e9
+    bandwidth: float = 125e6
+    latency: float = 50e-6
+    runtime_bytes: int = RUNTIME_BYTES
+
+    def __post_init__(self):
+        if not self.nodes:
+            raise InputError("a cluster needs at least one node")
+        if not 0 < self.fraction <= 1:
+            raise InputError(f"the memory fraction must be in (0, 1], got {self.fraction}")
+        for node in self.nodes:
+            if node.ram <= 0 or node.speed <= 0:
+                raise InputError(f"node {node.name}: RAM and speed must be positive")
+
+    @classmethod
+    def uniform(cls, count: int, ram: int, fraction: float = 0.8, **constants) -> Cluster:
+        """``count`` equal nodes of ``ram`` bytes."""
+        if count < 1:
+            raise InputError(f"a cluster needs at least one node, got {count}")
+        return cls(tuple(Node(f"node{i}", ram) for i in range(count)), fraction, **constants)
+
+    @classmethod
+    def per_rank_budget(cls, count: int, budget: int, **constants) -> Cluster:
+        """``count`` ranks with ``budget`` bytes each for the whole process (``--mem-per-rank``)."""
+        return cls.uniform(count, budget, 1.0, **constants)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Cluster:
+        """A cluster file (TOML): ``fraction``, ``gmacs``, ``bandwidth_gbit``, ``latency_us`` at the top level,
+        and ``[[node]]`` tables with ``name``, ``ram`` (e.g. ``"4GiB"``), ``speed`` and ``count``."""
+        data = read_toml(path, "cluster file")
+        nodes = []
+        try:
+            for entry in data.get("node", []):
+                count = int(entry.get("count", 1))
+                if not 1 <= count <= MAX_CLUSTER_NODES:
+                    raise InputError(f"{path}: a node 'count' must be between 1 and {MAX_CLUSTER_NODES}, got {count}")
+                for index in range(count):
+                    name = entry.get("name", "node")
+                    nodes.append(Node(f"{name}{index}" if count > 1 else name, parse_bytes(entry["ram"]),
+                                      float(entry.get("speed", 1.0))))
+            constants = {"fraction": float(data.get("fraction", 0.8))}
+            if "gmacs" in data:
+                constants["macs_per_second"] = float(data["gmacs"]) * 1e9
+            if "bandwidth_gbit" in data:
+                constants["bandwidth"] = float(data["bandwidth_gbit"]) * 1e9 / 8
+            if "latency_us" in data:
+                constants["latency"] = float(data["latency_us"]) * 1e-6
+            if "runtime" in data:
+                constants["runtime_bytes"] = parse_bytes(data["runtime"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(f"{path}: bad cluster entry ({error!r}); see docs/planner.md") from None
+        return cls(tuple(nodes), **constants)
+
+    @property
+    def size(self) -> int:
+        """Number of nodes (ranks)."""
+        return len(self.nodes)
+
+    def budget(self, rank: int) -> int:
+        """Bytes rank ``rank`` may use."""
+        return int(self.nodes[rank].ram * self.fraction)
+
+    def rate(self, rank: int) -> float:
+        """Multiply-accumulates per second of one node."""
+        return self.nodes[rank].speed * self.macs_per_second
+
+
+@dataclass
+class Plan:
+    """One way to run a model on a cluster, with its predicted memory per rank and time.
+
+    Attributes
+    ----------
+    mode : str
+        ``batch``, ``spatial`` or ``fused``.
+    batch : int
+        Images per forward pass.
+    grid : tuple of int or None
+        Spatial mode: the rank grid; fused mode: the tile grid.
+    overlap : str or None
+        Fused mode: ``recompute`` or ``reuse``.
+    memory : list of dict
+        Per rank, bytes per item (``runtime``, ``weights``, ...).
+    largest : dict
+        Per item, what dominates it (e.g. the layer whose weights or activations are largest).
+    seconds : float
+        Predicted time for the image set.
+    """
+
+    mode: str
+    batch: int
+    grid: tuple[int, int] | None
+    overlap: str | None
+    memory: list[dict[str, int]]
+    largest: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def peak(self, rank: int | None = None) -> int:
+        """Predicted bytes of one rank (the largest over ranks by default), with the model's error margin."""
+        if rank is None:
+            return max(self.peak(r) for r in range(len(self.memory)))
+        return int(sum(self.memory[rank].values()) * (1 + MODEL_MARGIN))
+
+    def overflow(self, cluster: Cluster) -> tuple[int, int, int] | None:
+        """``(rank, needed, available)`` of the rank most over its budget, or ``None`` if every rank fits."""
+        worst = max(range(cluster.size), key=lambda r: self.peak(r) - cluster.budget(r))
+        needed, available = self.peak(worst), cluster.budget(worst)
+        return None if needed <= available else (worst, needed, available)
+
+    def largest_item(self, rank: int) -> tuple[str, str]:
+        """The item of one rank's memory that is largest besides the runtime: its name, and a description such as
+        ``"weights, 230.2 MiB (largest layer classifier.0, 98.0 MiB)"``."""
+        items = self.memory[rank]
+        name = max((item for item in items if item != "runtime"), key=items.get)
+        text = f"{name}, {format_bytes(items[name])}"
+        if name in self.largest:
+            text += f" (largest layer {self.largest[name]})"
+        return name, text
+
+    def describe(self) -> str:
+        """``"fused 4x4 reuse, batch 2"`` and the like."""
+        text = self.mode
+        if self.grid is not None:
+            text += " " + "x".join(map(str, self.grid))
+        if self.overlap:
+            text += " " + self.overlap
+        return f"{text}, batch {self.batch}"
+
+    def infer_arguments(self) -> list[str]:
+        """The ``python -m dcnn.infer`` options that run this plan."""
+        arguments = ["--mode", self.mode, "--batch-size", str(self.batch)]
+        if self.mode == "spatial":
+            arguments += ["--grid", "x".join(map(str, self.grid))]
+        if self.mode == "fused":
+            arguments += ["--tiles", "x".join(map(str, self.grid)), "--overlap", self.overlap]
+        return arguments
+
+
+@lru_cache(maxsize=64)
+def _decomposition(network: Network, input_shape: Shape, dims: tuple[int, int]):
+    """The spatial plan (cached: memory and time of every batch size of a candidate share it)."""
+    return plan_spatial(network, input_shape, dims)
+
+
+@lru_cache(maxsize=64)
+def _tiling(network: Network, input_shape: Shape, tiles: tuple[int, int], ranks: int, overlap: str):
+    """The fused plan and, for the reuse policy, its reuse plan (cached: candidates share them)."""
+    fused = plan_fused(network, input_shape, tiles)
+    return fused, plan_reuse(fused, ranks) if overlap == "reuse" else None
+
+
+# -- memory -------------------------------------------------------------------------------------------------------
+def _layer_work(layer, in_shape: Shape, out_shape: Shape, source: tuple[int, int], output: tuple[int, int],
+                padding=(0, 0, 0, 0)) -> int:
+    """Values one layer holds at once for one image: its input region, its output, and a convolution's scratch
+    (the padded input copy and the GEMM output)."""
+    values = in_shape[0] * source[0] * source[1] + out_shape[0] * output[0] * output[1]
+    if isinstance(layer, Conv2d):
+        top, bottom, left, right = padding
+        values += in_shape[0] * (source[0] + top + bottom) * (source[1] + left + right)
+        values += out_shape[0] * output[0] * (output[1] + left + right)
+    return values
+
+
+def _weights(network: Network, input_shape: Shape, ranks: int) -> tuple[list[int], str]:
+    """Per rank, weight bytes held when fully connected layers are split over ``ranks`` (1: all of them);
+    and the layer with the most bytes on rank 0, with those bytes."""
+    held = [0] * ranks
+    top = (0, "")
+    for row in network.costs(input_shape):
+        if isinstance(row.layer, Linear):
+            shares = [row.param_bytes * (stop - start) // row.layer.out_features
+                      for start, stop in split_extent(row.layer.out_features, ranks)]
+        else:
+            # A convolution's weights are held twice: as loaded, and laid out for its kernel.
+            shares = [row.param_bytes * (2 if isinstance(row.layer, Conv2d) else 1)] * ranks
+        held = [a + b for a, b in zip(held, shares, strict=True)]
+        top = max(top, (shares[0], row.name))
+    return held, f"{top[1]}, {format_bytes(top[0])}"
+
+
+def _input_bytes(input_shape: Shape, batch: int) -> int:
+    # The float network input and the copy its preprocessing makes.
+    return 2 * batch * math.prod(input_shape) * BYTES
+
+
+def _whole_map_work(network: Network, input_shape: Shape, start: int = 0) -> tuple[int, str]:
+    """The largest one-layer working set (values per image) over layers ``start..`` run on whole maps."""
+    best = (0, "")
+    shapes = network.shapes(input_shape)
+    for index in range(start, len(network)):
+        name, layer = network.layers[index]
+        in_shape, out_shape = shapes[index], shapes[index + 1]
+        if len(in_shape) == 3:
+            padding = (0, 0, 0, 0)
+            if layer.window is not None:
+                padding = layer.window.explicit_padding(in_shape[1], in_shape[2])
+            work = _layer_work(layer, in_shape, out_shape, in_shape[1:], out_shape[1:] if len(out_shape) == 3
+                               else (1, 1), padding)
+        else:
+            work = math.prod(in_shape) + math.prod(out_shape)
+        best = max(best, (work, name))
+    return best
+
+
+def memory_batch(network: Network, input_shape: Shape, batch: int, cluster: Cluster) -> Plan:
+    """Batch mode: every rank holds the whole model and runs whole images."""
+    weights, heaviest = _weights(network, input_shape, 1)
+    work, layer = _whole_map_work(network, input_shape)
+    items = {"runtime": cluster.runtime_bytes, "weights": weights[0], "input": _input_bytes(input_shape, batch),
+             "activations": batch * work * BYTES}
+    return Plan("batch", batch, None, None, [dict(items) for _ in range(cluster.size)],
+                {"weights": heaviest, "activations": layer})
+
+
+def memory_spatial(network: Network, input_shape: Shape, batch: int, cluster: Cluster,
+                   dims: tuple[int, int]) -> Plan:
+    """Spatial mode: blocks and halos per rank, the gathered map, fully connected layers split by neurons."""
+    size = cluster.size
+    spatial = _decomposition(network, tuple(input_shape), tuple(dims))
+    weights, heaviest = _weights(network, input_shape, size)
+    work = [(0, "")] * size
+    for layer_plan in spatial.layers:
+        name = network.layers[layer_plan.index][0]
+        for rank in range(size):
+            source = layer_plan.needed[rank] if layer_plan.windowed else layer_plan.out_blocks[rank]
+            out = layer_plan.out_blocks[rank]
+            value = _layer_work(layer_plan.layer, layer_plan.in_shape, layer_plan.out_shape,
+                                (source.height, source.width), (out.height, out.width), layer_plan.padding[rank])
+            work[rank] = max(work[rank], (value, name))
+    tail, _ = _whole_map_work(network, input_shape, spatial.gather_index) if spatial.gather_index < len(network) \
+        else (0, "")
+    gathered = 2 * batch * math.prod(spatial.gathered_shape) * BYTES
+    memory = [{"runtime": cluster.runtime_bytes, "weights": weights[rank],
+               "input": _input_bytes(input_shape, batch), "activations": batch * max(work[rank][0], tail) * BYTES,
+               "gathered map": gathered} for rank in range(size)]
+    return Plan("spatial", batch, tuple(dims), None, memory,
+                {"weights": heaviest, "activations": max(work)[1]})
+
+
+def memory_fused(network: Network, input_shape: Shape, batch: int, cluster: Cluster, tiles: tuple[int, int],
+                 overlap: str) -> Plan:
+    """Fused mode: the largest tile's working set, the assembled fused output, the overlap pool."""
+    size = cluster.size
+    fused, reuse = _tiling(network, tuple(input_shape), tuple(tiles), size, overlap)
+    weights, heaviest = _weights(network, input_shape, size)
+    shapes = fused.shapes
+    best = (0, "")
+    for index, tile in enumerate(fused.tiles):
+        steps = tile.steps if reuse is None else reuse.steps[index]
+        borrowed = 0 if reuse is None else sum(strip.elements for strip in reuse.incoming[index])
+        for layer, (out, source, padding) in enumerate(steps):
+            value = borrowed + _layer_work(network.layers[layer][1], shapes[layer], shapes[layer + 1],
+                                           (source.height, source.width), (out.height, out.width), padding)
+            best = max(best, (value, network.layers[layer][0]))
+    tail = 0
+    if fused.depth < len(network):
+        rest = Network(f"{network.name}[{fused.depth}:]", network.layers[fused.depth:], fused.output_shape)
+        tail = memory_spatial(rest, fused.output_shape, batch, cluster, _square_dims(size)).memory[0]["activations"]
+    output = math.prod(fused.output_shape)
+    share = math.ceil(len(fused.tiles) / size) / len(fused.tiles)
+    memory = [{"runtime": cluster.runtime_bytes, "weights": weights[rank], "input": _input_bytes(input_shape, batch),
+               "activations": max(batch * best[0] * BYTES, tail),
+               "tile outputs": int(batch * output * BYTES * (2 + share)),
+               "overlap pool": 0 if reuse is None else batch * reuse.pool_elements[rank] * BYTES}
+              for rank in range(size)]
+    return Plan("fused", batch, tuple(tiles), overlap, memory, {"weights": heaviest, "activations": best[1]})
+
+
+def _square_dims(size: int) -> tuple[int, int]:
+    """The most square ``Py x Px`` factorisation (as ``MPI.Compute_dims``: rows >= columns)."""
+    rows = max(d for d in range(1, math.isqrt(size) + 1) if size % d == 0)
+    return size // rows, rows
+
+
+# -- time -----------------------------------------------------------------------------------------------------------
+def predict_seconds(plan: Plan, network: Network, input_shape: Shape, cluster: Cluster, images: int) -> float:
+    """Predicted wall time of ``images`` images (compute over node speeds, messages over the network)."""
+    costs = network.costs(input_shape)
+    total = sum(row.macs for row in costs)
+    rates = [cluster.rate(rank) for rank in range(cluster.size)]
+    network_seconds = 0.0
+    if plan.mode == "batch":
+        return images * total / sum(rates)
+    if plan.mode == "spatial":
+        spatial = _decomposition(network, tuple(input_shape), plan.grid)
+        share = [0.0] * cluster.size
+        for layer_plan in spatial.layers:
+            macs, area = costs[layer_plan.index].macs, layer_plan.out_shape[1] * layer_plan.out_shape[2]
+            for rank, block in enumerate(layer_plan.out_blocks):
+                share[rank] += macs * block.area / area
+            if layer_plan.transfers:
+                busiest = max(sum(t.box.area for t in layer_plan.transfers if t.dest == r)
+                              for r in range(cluster.size))
+                network_seconds += cluster.latency + busiest * layer_plan.in_shape[0] * BYTES / cluster.bandwidth
+        compute = max(s / r for s, r in zip(share, rates, strict=True))
+        rest = sum(row.macs for row in costs[spatial.gather_index:]) / sum(rates)
+        gather = _allgather_seconds(math.prod(spatial.gathered_shape) * BYTES, cluster)
+        return images * (compute + rest + network_seconds + gather)
+    fused, reuse = _tiling(network, tuple(input_shape), plan.grid, cluster.size, plan.overlap)
+    tiled = fused.macs()[0] if reuse is None else reuse.macs()
+    if reuse is not None:
+        strips = reuse.strip_bytes()
+        remote = (cluster.size - 1) / cluster.size
+        network_seconds += 2 * strips * remote / cluster.bandwidth / cluster.size + 3 * cluster.latency
+    rest = sum(row.macs for row in costs[fused.depth:]) / sum(rates)
+    gather = _allgather_seconds(math.prod(fused.output_shape) * BYTES, cluster)
+    return images * (tiled / sum(rates) + rest + network_seconds + gather)
+
+
+def _allgather_seconds(nbytes: int, cluster: Cluster) -> float:
+    if cluster.size == 1:
+        return 0.0
+    return math.ceil(math.log2(cluster.size)) * cluster.latency + nbytes * (cluster.size - 1) / cluster.size \
+        / cluster.bandwidth
+
+
+# -- choice ---------------------------------------------------------------------------------------------------------
+def _tile_grids(network: Network, input_shape: Shape) -> list[tuple[int, int]]:
+    height, width = network.shapes(input_shape)[spatial_depth(network)][1:]
+    return [(t, t) for t in range(2, 9) if t <= height and t <= width]
+
+
+def _spatial_grids(size: int) -> list[tuple[int, int]]:
+    return [(rows, size // rows) for rows in range(1, size + 1) if size % rows == 0]
+
+
+def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, batch: int,
+             grid: tuple[int, int] | None = None, overlap: str | None = None, images: int = 1) -> Plan:
+    """The plan of one given configuration, with its predicted time."""
+    if mode == "batch":
+        plan = memory_batch(network, input_shape, batch, cluster)
+    elif mode == "spatial":
+        plan = memory_spatial(network, input_shape, batch, cluster, grid or _square_dims(cluster.size))
+    elif mode == "fused":
+        plan = memory_fused(network, input_shape, batch, cluster, grid, overlap or "reuse")
+    else:
+        raise PlanError(f"the planner knows modes {', '.join(MODES)}, not {mode!r}")
+    plan.seconds = predict_seconds(plan, network, input_shape, cluster, images)
+    return plan
+
+
+def plans(network: Network, input_shape: Shape, cluster: Cluster, batch: int, images: int = 1,
+          modes: tuple[str, ...] = MODES) -> list[Plan]:
+    """Every candidate: each mode, rank grid, tile grid and policy, at batch sizes ``batch``, ``batch/2``, .. 1."""
+    sizes = sorted({max(1, batch >> shift) for shift in range(batch.bit_length())}, reverse=True)
+    configurations = []
+    if "batch" in modes:
+        configurations.append(("batch", None, None))
+    if "spatial" in modes and cluster.size > 1:
+        configurations += [("spatial", dims, None) for dims in _spatial_grids(cluster.size)]
+    if "fused" in modes:
+        configurations += [("fused", tiles, overlap) for tiles in _tile_grids(network, input_shape)
+                           for overlap in ("reuse", "recompute")]
+    return [plan_for(network, input_shape, cluster, mode, size, grid, overlap, images)
+            for mode, grid, overlap in configurations for size in sizes]
+
+
+def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: int, images: int = 1,
+                modes: tuple[str, ...] = MODES) -> Plan:
+    """The feasible plan with the least predicted time (larger batches first among equals).
+
+    Raises
+    ------
+    PlanError
+        When no plan fits, naming what does not fit, the bytes needed and available, and what would fit.
+    """
+    candidates = plans(network, input_shape, cluster, batch, images, modes)
+    feasible = [plan for plan in candidates if plan.overflow(cluster) is None]
+    if feasible:
+        return min(feasible, key=lambda plan: (plan.seconds, -plan.batch, plan.peak()))
+    raise PlanError(explain_infeasible(network, input_shape, cluster, min(candidates, key=Plan.peak), modes))
+
+
+def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, plan: Plan,
+                       modes: tuple[str, ...] = MODES) -> str:
+    """Why ``plan`` (the leanest candidate) does not fit, and what would."""
+    rank, needed, available = plan.overflow(cluster)
+    item, what = plan.largest_item(rank)
+    message = (f"{network.name} on {format_shape(input_shape)} does not fit: even the leanest plan "
+               f"({plan.describe()}) needs {format_bytes(needed)} on node {cluster.nodes[rank].name}, which has "
+               f"{format_bytes(available)} ({cluster.fraction:.0%} of {format_bytes(cluster.nodes[rank].ram)}); "
+               f"the largest part is the {what}, besides {format_bytes(plan.memory[rank]['runtime'])} for the "
+               f"runtime")
+    nodes = _nodes_that_fit(network, input_shape, cluster, modes)
+    if nodes is not None:
+        message += f". It fits on {nodes} such nodes"
+        if plan.mode == "batch" or "weights" in item:
+            message += " (fully connected layers split over them in spatial or fused mode)"
+    else:
+        message += f". No number of such nodes up to {MAX_NODES} holds it; use nodes with more memory"
+    return message
+
+
+def _nodes_that_fit(network: Network, input_shape: Shape, cluster: Cluster, modes: tuple[str, ...]) -> int | None:
+    """The fewest equal copies of the smallest node that hold some plan (``None`` if more than MAX_NODES)."""
+    smallest = min(cluster.nodes, key=lambda node: node.ram)
+    if cluster.runtime_bytes + _input_bytes(input_shape, 1) >= int(smallest.ram * cluster.fraction):
+        return None  # what every rank holds whatever the node count does not fit
+
+    def fits(count: int) -> bool:
+        larger = replace(cluster, nodes=tuple(Node(f"node{i}", smallest.ram) for i in range(count)))
+        candidates = [plan_for(network, input_shape, larger, mode, 1, grid, overlap)
+                      for mode, grid, overlap in _lean_configurations(network, input_shape, count, modes)]
+        return any(plan.overflow(larger) is None for plan in candidates)
+
+    count = cluster.size + 1
+    while count <= MAX_NODES and not fits(count):
+        count *= 2
+    if count > MAX_NODES:
+        return None
+    low = max(cluster.size + 1, count // 2 + 1)
+    while low < count:
+        middle = (low + count) // 2
+        if fits(middle):
+            count = middle
+        else:
+            low = middle + 1
+    return count
+
+
+def _lean_configurations(network: Network, input_shape: Shape, size: int, modes: tuple[str, ...]) -> list:
+    configurations = []
+    if "spatial" in modes:
+        configurations.append(("spatial", _square_dims(size), None))
+    grids = _tile_grids(network, input_shape)
+    if "fused" in modes and grids:
+        configurations.append(("fused", grids[-1], "recompute"))
+    if "batch" in modes:
+        configurations.append(("batch", None, None))
+    return configurations
+

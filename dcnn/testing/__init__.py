@@ -1,0 +1,1 @@
+"""Support for fuzzing the readers (used by tests and scripts)."""

@@ -1,0 +1,156 @@
+"""Damaged-file testing of every file reader: truncated, bit-flipped and random inputs must raise dcnn's own errors.
+
+Each *target* writes a valid file, and a *check* reads a (possibly damaged) copy with the production reader. A
+case passes when the reader succeeds or raises a :class:`~dcnn.errors.DcnnError`; anything else (another
+exception type, a crash, a hang) is a bug. The test suite drives this with hypothesis; ``scripts/fuzz_readers.py``
+runs many more cases and records the counts in ``results/``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["TARGETS", "Target", "damage"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A file format: how to write a valid example into a folder, and how to read one."""
+
+    name: str
+    suffix: str
+    write: Callable[[Path], Path]
+    read: Callable[[Path], object]
+
+
+def damage(data: bytes, rng: random.Random) -> bytes:
+    """A damaged copy: truncated, with flipped bits, with a run of random bytes, or entirely random."""
+    kind = rng.choice(("truncate", "flip", "splice", "random"))
+    if kind == "truncate" or not data:
+        return data[:rng.randrange(len(data) + 1)]
+    if kind == "flip":
+        buffer = bytearray(data)
+        for _ in range(rng.randint(1, 8)):
+            position = rng.randrange(len(buffer))
+            buffer[position] ^= 1 << rng.randrange(8)
+        return bytes(buffer)
+    if kind == "splice":
+        start = rng.randrange(len(data))
+        length = rng.randint(1, 64)
+        return data[:start] + rng.randbytes(length) + data[start + length:]
+    return rng.randbytes(rng.randint(0, 4096))
+
+
+def _write_npz(folder: Path) -> Path:
+    from dcnn.network.weights import init_weights, save_weights
+    from dcnn.network.zoo import get_model
+
+    path = folder / "weights.npz"
+    save_weights(path, init_weights(get_model("lenet5"), 0))
+    return path
+
+
+def _write_h5_weights(folder: Path) -> Path:
+    from dcnn.network.weights import init_weights, save_weights
+    from dcnn.network.zoo import get_model
+
+    path = folder / "weights.h5"
+    save_weights(path, init_weights(get_model("lenet5"), 0))
+    return path
+
+
+def _read_weights(path: Path) -> object:
+    from dcnn.network.weights import load_weights
+    from dcnn.network.zoo import get_model
+
+    return load_weights(path, get_model("lenet5"))
+
+
+def _write_dlib(folder: Path) -> Path:
+    from dcnn.faces.detect import default_detector_path
+
+    path = folder / "detector.dat"
+    path.write_bytes(Path(default_detector_path()).read_bytes())
+    return path
+
+
+def _read_dlib(path: Path) -> object:
+    from dcnn.faces.dlib_format import read_mmod
+
+    return read_mmod(path)
+
+
+def _write_image_set(folder: Path) -> Path:
+    import h5py
+
+    path = folder / "images.h5"
+    with h5py.File(path, "w") as handle:
+        handle["images"] = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    return path
+
+
+def _read_image_set(path: Path) -> object:
+    from dcnn.io.images import open_image_set
+    from dcnn.network.graph import IMAGENET
+
+    with open_image_set(path) as images:
+        return images.read(0, len(images), IMAGENET).sum()
+
+
+def _write_png(folder: Path) -> Path:
+    from PIL import Image
+
+    path = folder / "image.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _read_folder(path: Path) -> object:
+    from dcnn.io.images import open_image_set
+    from dcnn.network.graph import IMAGENET
+
+    with open_image_set(path.parent) as images:
+        return images.read(0, len(images), IMAGENET).sum()
+
+
+def _write_cluster(folder: Path) -> Path:
+    path = folder / "cluster.toml"
+    path.write_text('fraction = 0.8\ngmacs = 5\n[[node]]\nname = "rock"\nram = "4GiB"\ncount = 3\n'
+                    '[[node]]\nname = "pc"\nram = "16GiB"\nspeed = 4\n')
+    return path
+
+
+def _read_cluster(path: Path) -> object:
+    from dcnn.planner.plan import Cluster
+
+    return Cluster.load(path)
+
+
+def _write_sweep(folder: Path) -> Path:
+    path = folder / "sweep.toml"
+    path.write_text('name = "paper"\nnodes = [1, 2, 4]\nimages = [100, 1000]\nmodels = ["mmod", "vgg16"]\n'
+                    'modes = ["batch", "fused"]\ncpus_per_task = 2\ntime = "01:00:00"\n'
+                    'arguments = ["--batch-size", "4"]\n')
+    return path
+
+
+def _read_sweep(path: Path) -> object:
+    from dcnn.io.sweep import load_sweep
+
+    return load_sweep(path)
+
+
+TARGETS = {target.name: target for target in (
+    Target("dlib", ".dat", _write_dlib, _read_dlib),
+    Target("npz", ".npz", _write_npz, _read_weights),
+    Target("hdf5-weights", ".h5", _write_h5_weights, _read_weights),
+    Target("hdf5-images", ".h5", _write_image_set, _read_image_set),
+    Target("image-folder", ".png", _write_png, _read_folder),
+    Target("cluster", ".toml", _write_cluster, _read_cluster),
+    Target("sweep", ".toml", _write_sweep, _read_sweep),
+)}
