@@ -7,16 +7,47 @@
 # starts munged, slurmctld and slurmd, and waits until the node is idle. Idempotent: a running cluster is left
 # as it is. Not for production: root runs the daemons and the jobs. Exit code 3: the packages could not be
 # installed (no package mirror reachable).
+# `stop` ends exactly the daemons that `start` started (their process ids are kept in $started, checked against
+# the process name before the signal), newest first, and waits until they are gone; daemons it found running
+# are left alone.
 set -euo pipefail
 
 action=${1:-start}
 conf=/etc/slurm/slurm.conf
 node=$(hostname -s)
+started=/run/dcnn-slurm-cluster.pids
+
+# The process id of the daemon NAME just started (none ran before): waits up to 10 s for it to appear.
+record() {
+    local name=$1 pid=""
+    for _ in $(seq 100); do
+        pid=$(pgrep -x -n "$name" || true)
+        [ -n "$pid" ] && break
+        sleep 0.1
+    done
+    if [ -z "$pid" ]; then echo "scripts/slurm_cluster.sh: $name did not start" >&2; exit 1; fi
+    echo "$name $pid" >> "$started"
+}
+
+# Whether process PID still runs as NAME.
+alive() { [ "$(cat "/proc/$2/comm" 2>/dev/null)" = "$1" ]; }
 
 stop() {
-    pkill -x slurmd 2>/dev/null || true
-    pkill -x slurmctld 2>/dev/null || true
-    pkill -x munged 2>/dev/null || true
+    [ -f "$started" ] || return 0
+    local name pid remaining
+    while read -r name pid; do
+        if alive "$name" "$pid"; then kill "$pid"; fi
+    done < <(tac "$started")
+    for _ in $(seq 300); do
+        remaining=0
+        while read -r name pid; do
+            if alive "$name" "$pid"; then remaining=1; fi
+        done < "$started"
+        [ "$remaining" = 0 ] && break
+        sleep 0.1
+    done
+    if [ "$remaining" = 1 ]; then echo "scripts/slurm_cluster.sh: a daemon did not stop" >&2; exit 1; fi
+    rm -f "$started"
 }
 
 if [ "$action" = stop ]; then stop; exit 0; fi
@@ -37,6 +68,7 @@ if [ -z "$(pgrep -x munged || true)" ]; then
     chown -R munge:munge /etc/munge /var/log/munge /var/lib/munge /run/munge
     chmod 400 /etc/munge/munge.key
     runuser -u munge -- /usr/sbin/munged
+    record munged
 fi
 
 cpus=$(( $(nproc) * 4 ))
@@ -70,8 +102,8 @@ NodeName=$node CPUs=$cpus RealMemory=$memory State=UNKNOWN
 PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 CONF
 
-[ -n "$(pgrep -x slurmctld || true)" ] || /usr/sbin/slurmctld
-[ -n "$(pgrep -x slurmd || true)" ] || /usr/sbin/slurmd
+if [ -z "$(pgrep -x slurmctld || true)" ]; then /usr/sbin/slurmctld; record slurmctld; fi
+if [ -z "$(pgrep -x slurmd || true)" ]; then /usr/sbin/slurmd; record slurmd; fi
 
 for _ in $(seq 60); do
     state=$(sinfo -N -h -o "%T" 2>/dev/null | head -1 || true)

@@ -20,6 +20,20 @@ def random_array(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
+def oracle(module: str):
+    """Import a test oracle (``torch``, ``dlib``): skipped where it is not installed, but never in CI.
+
+    The ``test`` extra installs both, and CI (``CI`` set in the environment) must run every comparison with
+    them: there a missing oracle is an import error, not a skip.
+    """
+    import importlib
+    import os
+
+    if os.environ.get("CI"):
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
+
+
 def mpi_command(ranks: int) -> list[str]:
     """The launcher prefix for ``ranks`` processes: the MPI next to this Python first, then PATH.
 

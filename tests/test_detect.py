@@ -8,12 +8,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import oracle
 
 from dcnn.errors import ShapeError, WeightsError
 from dcnn.exec.forward import Forward
 from dcnn.faces.detect import FaceDetector, default_detector_path, mmod_network, receptive_mapping
 from dcnn.faces.dlib_format import read_mmod
-from dcnn.faces.pyramid import nms, pyramid_sizes, round_half_away, tiled_layout
+from dcnn.faces.pyramid import nms, pyramid_sizes, resize_rgb, round_half_away, tiled_layout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from make_dlib_fixture import FIXTURE, cases
@@ -29,7 +30,7 @@ def detector_file():
 
 @pytest.fixture(scope="module")
 def runner():
-    detectors = {up: FaceDetector.load(upsample=up) for up in (0, 1)}
+    detectors = {up: FaceDetector.load(upsample=up) for up in (0, 1, 2)}
     forwards = {up: Forward(d.network, d.weights) for up, d in detectors.items()}
     return lambda images, up: detectors[up].detect(images, forwards[up])
 
@@ -114,11 +115,13 @@ def test_small_images_are_refused():
 
 
 def assert_same_detections(actual, expected):
+    """The same boxes, and confidences equal to float rounding (the pyramid is dlib's bit for bit; only the
+    convolutions add in another order: measured at most 2.6e-6)."""
     assert len(actual) == len(expected), (actual, expected)
     expected = np.asarray(expected, dtype=np.float64).reshape(-1, 5)
     if len(actual):
-        assert np.abs(actual[:, :4] - expected[:, :4]).max() <= 1
-        assert np.abs(actual[:, 4] - expected[:, 4]).max() <= 1e-3
+        np.testing.assert_array_equal(actual[:, :4], expected[:, :4])
+        assert np.abs(actual[:, 4] - expected[:, 4]).max() <= 1e-5
 
 
 @pytest.mark.parametrize("case", ["images-up0", "images-up1", "wide-up0", "mosaic512-up0"])
@@ -131,9 +134,27 @@ def test_detections_equal_dlibs_recorded_ones(runner, case):
     assert sum(len(per_image) for per_image in expected) > 0
 
 
+@pytest.mark.parametrize("upsample,size", [(1, (67, 61)), (1, (59, 71)), (2, (45, 43)), (2, (37, 41))])
+def test_upsampled_detections_equal_live_dlib_at_odd_sizes(runner, upsample, size):
+    """Regression: dcnn's upsampling differed from dlib's pyramid_up by 1 on 1.8 % of pixels (confidences off
+    by up to 3.4e-3, one box in 100 by 3 px at upsample 2). Shrunk faces, so upsampling is what finds them."""
+    dlib = oracle("dlib")
+    detector = dlib.cnn_face_detection_model_v1(str(default_detector_path()))
+    with h5py.File(Path(__file__).resolve().parents[1] / "data" / "faces.h5") as handle:
+        faces = handle["images"][[0, 2, 3]]
+    found = 0
+    for face in faces:
+        small = resize_rgb(face[3:124, 2:125], *size)
+        expected = [[d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom(), d.confidence]
+                    for d in detector(small, upsample)]
+        assert_same_detections(runner(small[None], upsample)[0], expected)
+        found += len(expected)
+    assert found >= 2
+
+
 def test_detections_equal_live_dlib_on_fresh_crops(runner):
-    dlib = pytest.importorskip("dlib")
-    oracle = dlib.cnn_face_detection_model_v1(str(default_detector_path()))
+    dlib = oracle("dlib")
+    detector = dlib.cnn_face_detection_model_v1(str(default_detector_path()))
     with h5py.File(Path(__file__).resolve().parents[1] / "data" / "faces.h5") as handle:
         wide = handle["wide"][()]
     rng = np.random.default_rng(5)
@@ -142,5 +163,5 @@ def test_detections_equal_live_dlib_on_fresh_crops(runner):
         top, left = int(rng.integers(0, 500 - height)), int(rng.integers(0, 1000 - width))
         crop = np.ascontiguousarray(wide[int(rng.integers(0, 2)), top:top + height, left:left + width])
         expected = [[d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom(), d.confidence]
-                    for d in oracle(crop, 0)]
+                    for d in detector(crop, 0)]
         assert_same_detections(runner(crop[None], 0)[0], expected)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import reference
 from conftest import random_array
+from torch_oracle import torch_forward
 
 from dcnn.exec.forward import Forward
 from dcnn.network.graph import Network
@@ -90,51 +91,19 @@ def test_partial_runs_compose(rng):
     np.testing.assert_allclose(forward.run(middle, 4), forward(x), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name,size", [("alexnet", (227, 231)), ("vgg16", (200, 232)), ("vgg11_bn", (64, 80)),
-                                       ("lenet5", (32, 32))])
-def test_matches_pytorch(rng, name, size):
-    torch = pytest.importorskip("torch")
+# Every zoo network at odd sizes (LeNet-5 takes only 32 x 32).
+ZOO_SIZES = {"lenet5": (32, 32), "alexnet": (67, 71), "vgg11": (33, 37), "vgg13": (35, 33), "vgg16": (45, 41),
+             "vgg19": (37, 35), "vgg11_bn": (41, 47), "vgg13_bn": (33, 35), "vgg16_bn": (39, 33), "vgg19_bn": (35, 39)}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO_SIZES))
+def test_every_zoo_network_matches_pytorch(rng, name):
     network = get_model(name)
     weights = init_weights(network, 3)
-    module = torch.nn.Sequential()
-    groups: dict[str, torch.nn.Sequential] = {}
-    for layer_name, layer in network.layers:
-        converted = _to_torch(torch, layer)
-        if "." not in layer_name:
-            module.add_module(layer_name, converted)
-        else:
-            head, tail = layer_name.split(".")
-            if head not in groups:
-                groups[head] = torch.nn.Sequential()
-                module.add_module(head, groups[head])
-            groups[head].add_module(tail, converted)
-    module.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
-    module.eval()
-    x = random_array(rng, 2, network.in_channels, *size)
-    with torch.no_grad():
-        expected = module(torch.from_numpy(x)).numpy()
+    x = random_array(rng, 2, network.in_channels, *ZOO_SIZES[name])
+    expected = torch_forward(network, weights, x)
     actual = Forward(network, weights)(x)
     assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
-
-
-def _to_torch(torch, layer):
-    from dcnn.network import layers as L
-
-    nn = torch.nn
-    if isinstance(layer, L.Conv2d):
-        return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                         layer.dilation, layer.groups, layer.bias)
-    if isinstance(layer, L.AvgPool2d):
-        return nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode, layer.count_include_pad)
-    if isinstance(layer, L.MaxPool2d):
-        return nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation, ceil_mode=layer.ceil_mode)
-    if isinstance(layer, L.AdaptiveAvgPool2d):
-        return nn.AdaptiveAvgPool2d(layer.output_size)
-    if isinstance(layer, L.BatchNorm2d):
-        return nn.BatchNorm2d(layer.num_features, layer.eps)
-    if isinstance(layer, L.Linear):
-        return nn.Linear(layer.in_features, layer.out_features, layer.bias)
-    return {L.ReLU: nn.ReLU, L.Tanh: nn.Tanh, L.Dropout: nn.Dropout, L.Flatten: nn.Flatten}[type(layer)]()
 
 
 def test_ceil_mode_average_pool_with_explicit_border_padding(rng):
@@ -146,3 +115,19 @@ def test_ceil_mode_average_pool_with_explicit_border_padding(rng):
     expected = reference.pool2d(x, (3, 3), (2, 2), (1, 1), True, "avg", True)
     np.testing.assert_allclose(op(x), expected, rtol=1e-5)
     np.testing.assert_allclose(op(x, layer.window.explicit_padding(8, 8)), expected, rtol=1e-5)
+
+
+def test_a_partial_run_never_ends_inside_a_folded_group(rng):
+    """A batch norm folded into its convolution cannot be the first layer of a partial run; an executor
+    compiled to stop after the convolution leaves it unfolded, so the two parts compose exactly."""
+    network = get_model("vgg11_bn")
+    weights = init_weights(network, 3)
+    forward = Forward(network, weights)
+    x = random_array(rng, 1, 3, 33, 35)
+    with pytest.raises(ValueError, match=r"features\.1"):
+        forward.run(x, 0, 1)
+    head = Forward(network, weights, stop=1)
+    assert len(head.ops) == 1 and head.boundaries == {0, 1}
+    rest = Forward(Network("rest", network.layers[1:], (64, 33, 35)), weights)
+    expected = forward(x)
+    np.testing.assert_allclose(rest(head(x)), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

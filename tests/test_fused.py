@@ -7,6 +7,7 @@ from mpi4py import MPI
 from dcnn.decomposition.fused import spatial_depth
 from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.exec.forward import Forward
+from dcnn.network.graph import Network
 from dcnn.network.weights import init_weights
 from dcnn.network.zoo import get_model
 from dcnn.parallel.fused import FusedEngine
@@ -82,3 +83,27 @@ def test_missing_strips_fall_back_to_recomputing(grid):
     assert error <= 1e-4
     consumers = {strip.consumer for strip in engine.reuse.outgoing[0]}
     assert consumers and counters["fallbacks"] == 2 * len(consumers)
+
+
+def test_every_fuse_depth_of_a_batch_norm_network_equals_single_process():
+    """Regression: a fused block ending right after a convolution folded the next batch norm into it, and the
+    layers after the block applied that batch norm again (vgg11_bn depths 1, 5, 9: relative error 0.3-0.5).
+    Every depth of VGG-11-BN's convolutional part (its classifier has no fusable layer and would only cost time)."""
+    vgg = get_model("vgg11_bn")
+    network = Network("vgg11_bn features", vgg.layers[:spatial_depth(vgg)], (3, 33, 35))
+    shapes = network.shapes(network.input_shape)
+    for depth in range(1, len(network) + 1):
+        grid = (min(2, shapes[depth][1]), min(3, shapes[depth][2]))
+        error, _, _ = run_engine(network, network.input_shape, grid, depth, "recompute")
+        assert error <= 1e-5, (depth, network.layers[depth - 1][0])
+
+
+def test_layers_after_the_fused_block_record_their_timings():
+    """Regression: fused mode left the per-layer timings of every layer after the fused block at 0."""
+    network, shape = get_model("lenet5"), (1, 32, 32)
+    _, _, engine = run_engine(network, shape, (2, 2), 3, "recompute")
+    stats = engine.stats
+    # A rank whose block of a small map is empty computes nothing there; some rank computes every layer.
+    computed = COMM.allreduce(stats.compute_seconds)
+    assert (computed > 0).all(), computed
+    assert COMM.size == 1 or COMM.allreduce(stats.bytes_received[3:].sum()) > 0

@@ -6,9 +6,11 @@ import pytest
 from PIL import Image
 
 from dcnn.errors import InputError, ShapeError
-from dcnn.io.images import open_image_set, preprocess
+from dcnn.exec.forward import Forward
+from dcnn.io.images import luminance, open_image_set, preprocess
 from dcnn.network.graph import IMAGENET
-from dcnn.network.zoo import MNIST
+from dcnn.network.weights import init_weights
+from dcnn.network.zoo import MNIST, get_model
 
 
 def test_preprocess_imagenet():
@@ -23,7 +25,34 @@ def test_preprocess_grayscale_from_rgb():
     pixels[..., 1] = 255
     out = preprocess(pixels, MNIST)
     assert out.shape == (1, 1, 4, 4)
-    np.testing.assert_allclose(out[0, 0, 0, 0], (0.587 - 0.1307) / 0.3081, rtol=1e-5)
+    # Pillow's fixed point: (38470 * 255 + 32768) >> 16 = 150, the nearest integer to 0.587 * 255 = 149.7.
+    np.testing.assert_allclose(out[0, 0, 0, 0], (150 / 255 - 0.1307) / 0.3081, rtol=1e-6)
+
+
+def test_luminance_is_pillows_l_mode_for_every_gray_level_and_many_colours():
+    levels = np.arange(256, dtype=np.uint8)
+    np.testing.assert_array_equal(luminance(np.stack([levels] * 3, axis=-1)), levels)
+    red, green, blue = np.meshgrid(levels, levels, levels[::7], indexing="ij")
+    colours = np.stack([red, green, blue], axis=-1).reshape(256, -1, 3)
+    np.testing.assert_array_equal(luminance(colours), np.asarray(Image.fromarray(colours).convert("L")))
+
+
+def test_hdf5_and_png_copies_of_rgb_images_give_lenet_the_same_logits(tmp_path, rng):
+    """Regression: HDF5 RGB sets went through float luminance, PNG files through Pillow's rounded L mode, and
+    LeNet-5's logits differed by 8.7e-4."""
+    pixels = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    with h5py.File(tmp_path / "set.h5", "w") as handle:
+        handle["images"] = pixels
+    folder = tmp_path / "png"
+    folder.mkdir()
+    for index, image in enumerate(pixels):
+        Image.fromarray(image).save(folder / f"{index}.png")
+    network = get_model("lenet5")
+    with open_image_set(tmp_path / "set.h5") as stored, open_image_set(folder) as files:
+        from_hdf5, from_png = stored.read(0, 4, MNIST), files.read(0, 4, MNIST)
+    np.testing.assert_array_equal(from_hdf5, from_png)
+    forward = Forward(network, init_weights(network, 5))
+    np.testing.assert_array_equal(forward(from_hdf5), forward(from_png))
 
 
 def test_preprocess_channel_mismatch():

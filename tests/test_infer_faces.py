@@ -54,7 +54,7 @@ def test_spatial_mode_on_1000x500_images(tmp_path, ranks, grid):
 
 @pytest.mark.parametrize("args,message", [
     (["--weights", "/nonexistent/detector.dat"], "detector file '/nonexistent/detector.dat' does not exist"),
-    (["--upsample", "-1"], "--upsample must be 0 or more"),
+    (["--upsample", "-1"], "--upsample must be an integer at least 0"),
 ])
 def test_bad_detector_arguments(tmp_path, args, message):
     done = subprocess.run([sys.executable, "-m", "dcnn.infer", "--output", str(tmp_path / "x.h5"), *args],

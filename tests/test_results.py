@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from dcnn.errors import InputError
-from dcnn.io.results import RESUME_KEYS, ResultWriter
+from dcnn.io.results import RESUME_KEYS, ResultWriter, open_result
 
-ATTRIBUTES = {"model": "lenet5", "mode": "batch", "weights": "init:0", "input": "x.h5:images",
+ATTRIBUTES = {"model": "lenet5", "mode": "batch", "weights": "init:0", "weights_fingerprint": "init:0",
+              "input": "x.h5:images", "input_fingerprint": "10:ab", "dataset": "images", "upsample": 0,
               "input_shape": "1x32x32", "num_images": 6, "batch_size": 2, "started": "now"}
 
 
@@ -15,7 +16,7 @@ def test_write_read_while_open_and_finish(tmp_path):
     path = tmp_path / "run.h5"
     writer = ResultWriter.create(path, 6, 3, 3, ATTRIBUTES)
     writer.write_task(1, 2, 4, np.ones((2, 3), np.float32), rank=1, started=0.5, ended=0.75)
-    with h5py.File(path, "r", swmr=True) as reader:
+    with open_result(path) as reader:  # in the writer's process, with its (lack of) HDF5 file locking
         assert reader.attrs["status"] == "running"
         assert reader["outputs/done"][()].tolist() == [0, 0, 1, 1, 0, 0]
         assert reader["timing/task_rank"][()].tolist() == [-1, 1, -1]
@@ -35,7 +36,8 @@ def test_resume_continues_and_checks_the_configuration(tmp_path):
     writer.close()
     for key in RESUME_KEYS:
         changed = {**ATTRIBUTES, key: 99 if isinstance(ATTRIBUTES[key], int) else "other"}
-        with pytest.raises(InputError, match=f"made with {key}"):
+        message = "is not the" if key.endswith("fingerprint") else f"made with {key}"
+        with pytest.raises(InputError, match=message):
             ResultWriter.resume(path, changed)
     resumed, done = ResultWriter.resume(path, {**ATTRIBUTES, "ranks": 3, "started": "again"})
     assert done.tolist() == [1, 1, 0, 0, 0, 0]
@@ -97,3 +99,34 @@ def test_detections_are_sorted_and_indexed_at_the_end_and_checked_on_resume(tmp_
     assert rows["image"].tolist() == [0, 0, 1, 2, 5]
     assert rows["confidence"][:2].tolist() == pytest.approx([1.0, 0.5])
     assert offsets.tolist() == [0, 2, 3, 4, 4, 4, 5]
+
+
+def test_claim_refuses_existing_or_missing_files_and_clears_leftover_copies(tmp_path):
+    from dcnn.io.results import claim
+
+    path = tmp_path / "run.h5"
+    leftover = tmp_path / ".run.h5.abc123.tmp"  # a copy being written when its run was killed
+    other = tmp_path / ".other.h5.abc123.tmp"
+    leftover.write_bytes(b"partial")
+    other.write_bytes(b"another file's")
+    with pytest.raises(InputError, match="no such file"):
+        claim(path, new=False)
+    claim(path, new=True).release()
+    assert not leftover.exists() and other.exists()
+    path.write_bytes(b"results")
+    with pytest.raises(InputError, match="already exists; give --force"):
+        claim(path, new=True)
+    claim(path, new=True, replace=True).release()
+    claim(path, new=False).release()
+    assert path.read_bytes() == b"results" and sorted(p.name for p in tmp_path.iterdir()) == [".other.h5.abc123.tmp",
+                                                                                               "run.h5"]
+
+
+def test_the_resume_command_names_the_program_that_wrote_the_file():
+    from dcnn.io.results import resume_command
+
+    assert resume_command("a b.h5", 1, "python -m dcnn.recognize --known k") == \
+        "python -m dcnn.recognize --resume 'a b.h5'"
+    assert resume_command("run.h5", 4, "python -m dcnn.infer --model lenet5") == \
+        "mpirun -np 4 python -m dcnn.infer --resume run.h5"
+    assert resume_command("run.h5", 1, "infer.py") == "python -m dcnn.infer --resume run.h5"

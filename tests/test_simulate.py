@@ -56,4 +56,4 @@ def test_command_line():
     assert "memory per node (planner, batch mode, 128x128 images, batch 1):" in done.stdout and "(fits)" in done.stdout
     bad = subprocess.run([sys.executable, "-m", "dcnn.simulate", "--nodes", "three"], capture_output=True, text=True,
                          timeout=120)
-    assert bad.returncode == 2 and "comma-separated integers" in bad.stderr
+    assert bad.returncode == 2 and "--nodes: each count takes an integer" in bad.stderr

@@ -1,7 +1,9 @@
 """SLURM for real: a one-node cluster on this machine runs slurm/infer.sbatch, and the HDF5 it writes is checked.
 
 The cluster comes from ``scripts/slurm_cluster.sh``. Where SLURM is not running, the test starts it if it may
-install packages (root, and ``CI`` or ``DCNN_TEST_SLURM`` set); otherwise it is skipped with the reason.
+install packages (root, and ``CI`` or ``DCNN_TEST_SLURM`` set); otherwise it is skipped with the reason. A
+cluster the test started is stopped after the module's tests (``slurm_cluster.sh stop``: exactly the munged,
+slurmctld and slurmd it started); one that was already running is left as it was.
 """
 
 import os
@@ -26,6 +28,7 @@ def slurm_running() -> bool:
 @pytest.fixture(scope="module")
 def slurm():
     if slurm_running():
+        yield
         return
     allowed = os.geteuid() == 0 and (os.environ.get("CI") or os.environ.get("DCNN_TEST_SLURM"))
     if not allowed:
@@ -33,8 +36,14 @@ def slurm():
     done = subprocess.run([str(ROOT / "scripts" / "slurm_cluster.sh")], capture_output=True, text=True, timeout=900)
     if done.returncode == 3:
         pytest.skip(f"SLURM could not be installed here: {done.stderr.strip()}")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert slurm_running()
+    try:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert slurm_running()
+        yield
+    finally:
+        stopped = subprocess.run([str(ROOT / "scripts" / "slurm_cluster.sh"), "stop"], capture_output=True,
+                                 text=True, timeout=120)
+        assert stopped.returncode == 0, stopped.stderr
 
 
 def test_sbatch_runs_the_inference_job(slurm, tmp_path):
@@ -101,3 +110,20 @@ def test_bad_sweep_files(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(InputError, match=message):
         load_sweep(path)
+
+
+def test_a_requeued_job_resumes_its_file_instead_of_failing(tmp_path):
+    """The batch script run again on its output (SLURM's requeue): it resumes, and a complete file is no error."""
+    import numpy as np
+
+    digits = tmp_path / "digits.h5"
+    with h5py.File(digits, "w") as handle:
+        handle["images"] = np.zeros((4, 32, 32, 1), np.uint8)
+    output = tmp_path / "job.h5"
+    environment = {**os.environ, "DCNN_LAUNCHER": "env", "DCNN_PYTHON": sys.executable, "DCNN_OUTPUT": str(output),
+                   "PYTHONPATH": str(ROOT)}
+    job = ["bash", str(ROOT / "slurm" / "infer.sbatch"), "--model", "lenet5", "--input", str(digits)]
+    first = subprocess.run(job, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run(job, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "already complete; nothing to do" in again.stdout, again.stderr

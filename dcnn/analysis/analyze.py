@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dcnn.errors import InputError
-from dcnn.io.results import open_result
+from dcnn.io.results import open_result, resume_command
 
 __all__ = ["RunSummary", "format_paper_table", "load_summary", "paper_table", "scaling_table"]
 
@@ -38,6 +38,7 @@ class RunSummary:
     peak_rss: np.ndarray = field(repr=False)
     predicted_peak: np.ndarray = field(repr=False)
     plan: str = ""
+    command: str = ""
 
     @property
     def memory_error(self) -> float:
@@ -86,7 +87,8 @@ def load_summary(path: str) -> RunSummary:
                 elapsed=float(attrs.get("elapsed_seconds", np.nan)), tasks=tasks,
                 busy=per_rank("timing/busy_seconds", (ranks,)), steal=per_rank("stats/steal", (ranks, 6)),
                 peak_rss=per_rank("stats/peak_rss_bytes", (ranks,)),
-                predicted_peak=per_rank("stats/predicted_peak_bytes", (ranks,)), plan=str(attrs.get("plan", "")))
+                predicted_peak=per_rank("stats/predicted_peak_bytes", (ranks,)), plan=str(attrs.get("plan", "")),
+                command=str(attrs.get("command", "")))
     except (OSError, KeyError) as error:
         raise InputError(f"{path}: not a dcnn result file ({error})") from None
 
@@ -97,7 +99,7 @@ def format_summary(run: RunSummary) -> str:
              f"  images {run.images_done}/{run.num_images} done, {run.images_computed} computed in "
              f"{run.elapsed:.2f} s: {run.images_per_second:.2f} images/s"]
     if run.status != "complete":
-        lines.append("  (interrupted: continue with python -m dcnn.infer ... --resume " + run.path + ")")
+        lines.append(f"  (interrupted: continue with {resume_command(run.path, run.ranks, run.command)})")
         return "\n".join(lines)
     lines.append(f"  {'rank':>4} {'tasks':>6} {'busy s':>8} {'idle s':>8} {'steals ok/tried':>16} {'stolen':>7} "
                  f"{'peak MiB':>9} {'planned MiB':>12}")
@@ -163,7 +165,8 @@ def format_paper_table(rows: list[dict]) -> str:
 
 
 def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
-    """Draw the first ``count`` images of a detection run with their boxes and confidences into one PNG.
+    """Draw the first ``count`` images of a detection run with their boxes and confidences into one PNG; a
+    recognition run adds each face's landmarks and its identity.
 
     Returns
     -------
@@ -178,6 +181,8 @@ def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
         if "detections" not in handle["outputs"]:
             raise InputError(f"{path}: not a face detection run (no /outputs/detections)")
         rows = handle["outputs/detections"][()]
+        landmarks = handle["outputs/landmarks"][()] if "landmarks" in handle["outputs"] else None
+        names = handle["outputs/identity"].asstr()[()] if "identity" in handle["outputs"] else None
         source = str(handle.attrs["input"])
     location, _, dataset = source.rpartition(":") if not Path(source).exists() else (source, "", "images")
     with open_image_set(location, dataset or "images") as images:
@@ -192,10 +197,14 @@ def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
         picture = Image.fromarray(image).resize((max(1, round(image.shape[1] * scale)),
                                                  max(1, round(image.shape[0] * scale))))
         pen = ImageDraw.Draw(picture)
-        for row in rows[rows["image"] == index]:
+        for face in np.flatnonzero(rows["image"] == index):
+            row = rows[face]
             box = [row["left"] * scale, row["top"] * scale, (row["right"] + 1) * scale, (row["bottom"] + 1) * scale]
             pen.rectangle(box, outline=(255, 40, 40), width=2)
-            pen.text((box[0] + 3, box[1] + 2), f"{row['confidence']:.2f}", fill=(255, 255, 0))
+            label = f"{row['confidence']:.2f}" if names is None else f"{names[face]} {row['confidence']:.2f}"
+            pen.text((box[0] + 3, box[1] + 2), label, fill=(255, 255, 0))
+            for x, y in ([] if landmarks is None else (landmarks[face] + 0.5) * scale):
+                pen.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(40, 255, 40))
         sheet.paste(picture, ((index % columns) * tile, (index // columns) * tile))
     sheet.save(png)
     return count

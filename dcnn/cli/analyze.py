@@ -25,6 +25,7 @@ from dcnn.analysis.analyze import (
     scaling_table,
 )
 from dcnn.cli.common import add_common_arguments, launcher_rank, run_main
+from dcnn.io.numbers import check_number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the summaries and, for several complete runs, the scaling tables."""
     if launcher_rank() != 0:  # a serial tool: under mpirun, rank 0 alone reads and prints
         return 0
+    check_number(args.images, "--images", minimum=1)
     runs = [load_summary(path) for path in args.files]
     for summary in runs:
         print(format_summary(summary))

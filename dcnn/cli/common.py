@@ -16,18 +16,22 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 
 from dcnn.errors import AgreedError, DcnnError
 
-__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "Interrupted", "add_common_arguments", "launcher_rank", "run_main"]
+__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "Interrupted", "add_common_arguments", "given_options", "run_main"]
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 #: Seconds the other ranks give rank 0 to close its result file before a signal ends the job.
 CLOSE_GRACE = 2.0
+#: Seconds a process may take to end after SIGINT or SIGTERM before the watchdog ends it (see :func:`_watchdog`).
+SIGNAL_GRACE = 10.0
+_watching = False
 #: Environment variables in which MPI launchers give each process its rank: MPICH's Hydra and Intel MPI (PMI),
 #: Open MPI, and PMIx launchers such as ``srun --mpi=pmix``.
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
@@ -45,10 +49,49 @@ def _raise_interrupted(signum: int, frame) -> None:
     raise Interrupted(signum)
 
 
+def _watchdog() -> None:
+    """Make sure SIGINT and SIGTERM end this process within :data:`SIGNAL_GRACE` seconds (once per process).
+
+    Python runs signal handlers only between bytecodes, so a process blocked in a library call (an HDF5 open,
+    an MPI wait, a file lock) ignores them. The C-level handler still writes the signal number to the wakeup fd;
+    a thread waiting on it gives the normal path (close the result file, print the resume line) the grace
+    period, then writes one line and ends the process with ``128 + signal`` (under mpiexec the launcher then
+    ends the other ranks).
+    """
+    global _watching
+    if _watching or threading.current_thread() is not threading.main_thread():
+        return
+    _watching = True
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while (signum := os.read(read_end, 1)[0]) not in (signal.SIGINT, signal.SIGTERM):
+            pass  # a signal another library handles
+        time.sleep(SIGNAL_GRACE)
+        os.write(2, f"dcnn: still running {SIGNAL_GRACE:g} s after {signal.Signals(signum).name} (blocked in a "
+                    f"library call); ending it\n".encode())
+        os._exit(128 + signum)
+
+    threading.Thread(target=watch, name="dcnn-signal-watchdog", daemon=True).start()
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """``--quiet`` and ``--debug``, which every entry point takes."""
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+
+def given_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                  args: argparse.Namespace) -> frozenset[str]:
+    """The destinations of the options on the command line (``args`` holds defaults for the others).
+
+    Parsing again into a namespace that already has every destination (as ``None``) keeps argparse from
+    filling in defaults, so what is not ``None`` afterwards was given.
+    """
+    probe = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args))))
+    return frozenset(key for key, value in vars(probe).items() if value is not None)
 
 
 def launcher_rank() -> int:
@@ -76,12 +119,16 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
         :func:`dcnn.parallel.comm.collective` blocks, so a :class:`~dcnn.errors.AgreedError` reaches every rank
         together; rank 0 prints it. Any other error on one rank aborts the whole job. ``None`` (a serial tool):
         no MPI; errors are printed by the launcher's rank 0 only (:func:`launcher_rank`).
+
+    ``args.given`` holds the options given on the command line (:func:`given_options`).
     """
     args = parser.parse_args(argv)
+    args.given = given_options(parser, argv, args)
     rank, size = (comm.rank, comm.size) if comm is not None else (launcher_rank(), 1)
     prefix = "dcnn: error: " if size == 1 else f"dcnn: error (rank {rank}): "
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _raise_interrupted)
+    _watchdog()
     try:
         return body(args)
     except AgreedError as error:

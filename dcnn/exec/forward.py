@@ -4,6 +4,11 @@ Every engine runs layers through these ops: the single-process path calls them o
 and fused engines on blocks with explicit border padding. A batch norm directly after a convolution is folded
 into the convolution's weights, and a ReLU after either is fused into the convolution's output pass; the
 absorbed layers keep their place in the op list as identities, so layer indices stay those of the network.
+
+Folding is decided over exactly the layers one executor runs (``Forward(..., stop=k)`` runs layers ``0..k-1``
+and never absorbs layer ``k``): an engine that hands its output to another executor at any layer index (the
+fused block's last layer, a partial run) passes a map on which every layer before the boundary has acted once
+and no layer after it has. :meth:`Forward.run` refuses a boundary inside a folded group.
 """
 
 from __future__ import annotations
@@ -171,6 +176,15 @@ class Forward:
     fuse : bool
         Fold batch norm that directly follows a convolution into its weights, and fuse a ReLU that follows
         either into the convolution.
+    stop : int, optional
+        Compile only layers ``0 .. stop - 1`` (default: all); nothing is folded across ``stop``.
+
+    Attributes
+    ----------
+    ops : list of LayerOp
+        One op per compiled layer, by layer index (absorbed layers are identities).
+    boundaries : frozenset of int
+        The layer indices at which a partial run may start or stop: every index except those of absorbed layers.
 
     Examples
     --------
@@ -182,11 +196,12 @@ class Forward:
     (2, 10)
     """
 
-    def __init__(self, network: Network, weights: Mapping[str, np.ndarray], fuse: bool = True):
+    def __init__(self, network: Network, weights: Mapping[str, np.ndarray], fuse: bool = True,
+                 stop: int | None = None):
         self.network = network
         self.workspace = Workspace()
         self.ops: list[LayerOp] = []
-        layers = list(network.layers)
+        layers = list(network.layers)[:stop]
         absorbed: set[int] = set()
         for index, (name, layer) in enumerate(layers):
             if index in absorbed:
@@ -207,9 +222,21 @@ class Forward:
                     absorbed.add(following)
             tensors = {key[len(name) + 1:]: value for key, value in weights.items() if key.startswith(name + ".")}
             self.ops.append(compile_layer(name, layer, tensors, folded, self.workspace, fused_relu))
+        self.boundaries = frozenset(range(len(layers) + 1)) - absorbed
 
     def run(self, x: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Run layers ``start`` to ``stop`` (exclusive) on a batch; the input is never modified."""
+        """Run layers ``start`` to ``stop`` (exclusive) on a batch; the input is never modified.
+
+        Raises
+        ------
+        ValueError
+            If ``start`` or ``stop`` falls inside a folded group (a layer absorbed into the one before it):
+            compile an executor with ``stop`` there instead.
+        """
+        for end in (start, len(self.ops) if stop is None else stop):
+            if end not in self.boundaries:
+                raise ValueError(f"layer {end} ({self.ops[end].name}) is folded into the layer before it; "
+                                 f"compile a Forward with stop={end} to end a run there")
         owned = False
         for op in self.ops[start:stop]:
             if op.in_place and not owned:

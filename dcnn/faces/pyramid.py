@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "Rect", "decode_boxes", "nms", "pyramid_sizes", "pyramid_tensor", "resize_bilinear", "round_half_away",
-    "tiled_layout", "upsample_image",
+    "Rect", "decode_boxes", "nms", "pyramid_sizes", "pyramid_tensor", "resize_bilinear", "resize_rgb",
+    "round_half_away", "tiled_layout", "upsample_image",
 ]
 
 Rect = tuple[int, int, int, int]
@@ -74,29 +74,149 @@ def tiled_layout(sizes: list[tuple[int, int]], padding: int, outer: int) -> tupl
     return height + 2 * outer, width0 + 2 * outer, rects
 
 
-def _axis_weights(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Align-corners sample positions: lower index, upper index, upper weight (float32)."""
+def _row_samples(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dlib's row sample positions: ``y`` grows by ``scale`` per row, added up in float64 from ``-scale``.
+
+    Returns the top row, the bottom row (clamped to the image) and the float64 fraction ``y - top``.
+    """
     scale = (size_in - 1) / max(size_out - 1, 1)
-    position = np.arange(size_out) * scale
-    lower = np.floor(position).astype(np.intp)
-    upper = np.minimum(lower + 1, size_in - 1)
-    return lower, upper, (position - lower).astype(np.float32)
+    steps = np.full(size_out + 1, scale)
+    steps[0] = -scale
+    y = np.cumsum(steps)[1:]
+    top = np.floor(y).astype(np.intp)
+    return top, np.minimum(top + 1, size_in - 1), y - top
+
+
+def _column_samples(size_in: int, size_out: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """dlib's column sample positions: four-wide float32 vectors, then a float64 tail.
+
+    The vector part starts its four lanes at ``-4 scale + j scale`` (float64, rounded to float32) and adds the
+    float32 ``4 scale`` once per block; it stops at the first block whose last lane's right neighbour lies past
+    the image. The remaining columns restart from ``-scale + c scale`` in float64 and add ``scale`` per column.
+
+    Returns
+    -------
+    vector : int
+        Columns computed by the float32 vector part.
+    left, right : numpy.ndarray
+        Per output column, the left sample and its right neighbour (clamped in the tail).
+    fraction : numpy.ndarray
+        Per output column, ``x - left``: float32 for the vector part's columns, float64 for the tail's (one
+        float64 array; the vector part's values are exactly their float32 ones).
+    """
+    scale = (size_in - 1) / max(size_out - 1, 1)
+    blocks = size_out // 4 + 2
+    lanes = np.empty((blocks + 1, 4), np.float32)
+    lanes[0] = [-4 * scale + lane * scale for lane in range(4)]
+    lanes[1:] = np.float32(4 * scale)
+    lanes = np.cumsum(lanes, axis=0, dtype=np.float32)[1:]
+    lane_left = lanes.astype(np.intp)
+    stop = int(np.argmax(lane_left[:, 3] + 1 >= size_in))
+    vector = min(4 * stop, size_out)
+    left = np.empty(size_out, np.intp)
+    right = np.empty(size_out, np.intp)
+    fraction = np.empty(size_out, np.float64)
+    left[:vector] = lane_left.reshape(-1)[:vector]
+    right[:vector] = left[:vector] + 1
+    fraction[:vector] = (lanes.reshape(-1)[:vector] - left[:vector].astype(np.float32)).astype(np.float32)
+    steps = np.full(size_out - vector + 1, scale)
+    steps[0] = -scale + vector * scale
+    x = np.cumsum(steps)[1:]
+    left[vector:] = np.floor(x).astype(np.intp)
+    right[vector:] = np.minimum(left[vector:] + 1, size_in - 1)
+    fraction[vector:] = x - left[vector:]
+    return vector, left, right, fraction
+
+
+def _vector_weights(tb: np.ndarray, lr: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The four float32 corner weights of dlib's vector part: ``(1-tb)(1-lr), (1-tb) lr, tb (1-lr), tb lr``."""
+    tb32, inverse_tb = tb.astype(np.float32)[:, None], (1 - tb).astype(np.float32)[:, None]
+    lr32 = lr.astype(np.float32)[None, :]
+    inverse_lr = np.float32(1) - lr32
+    return inverse_tb * inverse_lr, inverse_tb * lr32, tb32 * inverse_lr, tb32 * lr32
 
 
 def resize_bilinear(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Align-corners bilinear resize of the last two axes (dlib's ``resize_image``), in float32."""
-    top, bottom, fy = _axis_weights(image.shape[-2], rows)
-    left, right, fx = _axis_weights(image.shape[-1], cols)
-    fy = fy[:, None]
-    upper = image[..., top, :] * (1 - fy) + image[..., bottom, :] * fy
-    return (upper[..., left] * (1 - fx) + upper[..., right] * fx).astype(np.float32, copy=False)
+    """dlib's ``resize_image`` of float32 planes (the last two axes), bit for bit.
+
+    This is the bilinear resize of dlib's ``tt::resize_bilinear`` that builds the MMOD input pyramid: align
+    corners (``scale = (n_in - 1) / (n_out - 1)``), sample positions accumulated as dlib does, float32
+    ``tl w_tl + tr w_tr + bl w_bl + br w_br`` in the vector part, and in the float64 tail
+    ``(1-tb)((1-lr) tl + lr tr) + tb((1-lr) bl + lr br)`` with float32 inner sums and float64 outer ones.
+    Source: dlib/image_transforms/interpolation.h, ``resize_image`` for grayscale images of one pixel type.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(..., H, W)`` float32.
+    rows, cols : int
+        Output size.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(..., rows, cols)`` float32.
+    """
+    image = np.asarray(image, np.float32)
+    top, bottom, tb = _row_samples(image.shape[-2], rows)
+    vector, left, right, lr = _column_samples(image.shape[-1], cols)
+    upper, lower = image[..., top, :], image[..., bottom, :]
+    out = np.empty((*image.shape[:-2], rows, cols), np.float32)
+    tl, tr, bl, br = (rows_[..., columns[:vector]] for rows_ in (upper, lower) for columns in (left, right))
+    w_tl, w_tr, w_bl, w_br = _vector_weights(tb, lr[:vector])
+    out[..., :vector] = ((w_tl * tl + w_tr * tr) + w_bl * bl) + w_br * br
+    if vector < cols:
+        tail = slice(vector, cols)
+        lr32 = lr[tail].astype(np.float32)
+        inverse = np.float32(1) - lr32
+        upper_sum = inverse * upper[..., left[tail]] + lr32 * upper[..., right[tail]]
+        lower_sum = inverse * lower[..., left[tail]] + lr32 * lower[..., right[tail]]
+        tb64 = tb[:, None]
+        out[..., tail] = ((1 - tb64) * upper_sum.astype(np.float64) + tb64 * lower_sum.astype(np.float64)
+                          ).astype(np.float32)
+    return out
+
+
+def resize_rgb(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """dlib's ``resize_image`` of an ``H x W x 3`` uint8 RGB image, bit for bit.
+
+    Each channel is interpolated with float32 weights in the vector part and in float64 in the tail (the
+    formulas of :func:`resize_bilinear`, with float64 inner sums), and truncated to uint8. Source:
+    dlib/image_transforms/interpolation.h, ``resize_image`` for RGB images.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W, 3)`` uint8.
+    rows, cols : int
+        Output size.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(rows, cols, 3)`` uint8.
+    """
+    planes = np.asarray(image).transpose(2, 0, 1).astype(np.float32)
+    top, bottom, tb = _row_samples(planes.shape[1], rows)
+    vector, left, right, lr = _column_samples(planes.shape[2], cols)
+    upper, lower = planes[:, top, :], planes[:, bottom, :]
+    out = np.empty((3, rows, cols), np.float64)
+    tl, tr, bl, br = (rows_[..., columns[:vector]] for rows_ in (upper, lower) for columns in (left, right))
+    w_tl, w_tr, w_bl, w_br = _vector_weights(tb, lr[:vector])
+    out[..., :vector] = ((w_tl * tl + w_tr * tr) + w_bl * bl) + w_br * br
+    if vector < cols:
+        tail = slice(vector, cols)
+        fraction, inverse, tb64 = lr[tail], 1 - lr[tail], tb[:, None]
+        upper_sum = inverse * upper[..., left[tail]].astype(np.float64) + fraction * upper[..., right[tail]]
+        lower_sum = inverse * lower[..., left[tail]].astype(np.float64) + fraction * lower[..., right[tail]]
+        out[..., tail] = (1 - tb64) * upper_sum + tb64 * lower_sum
+    return np.ascontiguousarray(np.trunc(out).astype(np.uint8).transpose(1, 2, 0))
 
 
 def upsample_image(image: np.ndarray) -> np.ndarray:
-    """dlib's ``pyramid_up`` of an ``H x W x 3`` uint8 image: ``(2H+1) x (2W+2)``, truncated to uint8."""
+    """dlib's ``pyramid_up`` of an ``H x W x 3`` uint8 image: :func:`resize_rgb` to ``(2H+1) x (2W+2)``."""
     height, width = image.shape[:2]
-    planes = resize_bilinear(image.transpose(2, 0, 1).astype(np.float32), 2 * height + 1, 2 * width + 2)
-    return np.clip(planes, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    return resize_rgb(image, 2 * height + 1, 2 * width + 2)
 
 
 def pyramid_tensor(images: np.ndarray, mean_rgb: tuple[float, float, float], padding: int = 10,

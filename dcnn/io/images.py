@@ -4,8 +4,13 @@ Accepted layouts:
 
 - an HDF5 dataset (``images`` unless ``--dataset`` names another) of ``N x H x W x C`` uint8 pixels, which
   get the model's preprocessing, or ``N x C x H x W`` float32 tensors, fed to the network as they are;
-- a folder of ``.png``/``.jpg``/``.jpeg`` files, read in sorted name order, converted to RGB (or luminance
-  for one-channel models) and preprocessed.
+- a folder of ``.png``/``.jpg``/``.jpeg`` files, read in sorted name order, converted to 8-bit RGB as dlib
+  reads them (:mod:`dcnn.io.pixels`: any Pillow mode, 16-bit samples by their high byte, alpha as dlib blends it,
+  EXIF orientation ignored), or to luminance for one-channel models, and preprocessed.
+
+A one-channel model (LeNet-5) gets the luminance of those RGB pixels from :func:`luminance` alone, whichever the
+source: ITU-R 601-2 in Pillow's ``L``-mode integer arithmetic, so an HDF5 set and the same images as PNG files
+give the same network input, bit for bit.
 """
 
 from __future__ import annotations
@@ -18,15 +23,32 @@ import h5py
 import numpy as np
 
 from dcnn.errors import DAMAGED_FILE_ERRORS, InputError, ShapeError
+from dcnn.io.fingerprint import file_fingerprint, files_fingerprint
+from dcnn.io.pixels import rgb8
 from dcnn.network.graph import Preprocessing
 
-__all__ = ["IMAGE_SUFFIXES", "ImageSet", "open_image_set", "preprocess"]
+__all__ = ["IMAGE_SUFFIXES", "ImageSet", "luminance", "open_image", "open_image_set", "preprocess"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 #: Largest single image a set may declare; larger shapes come from damaged files.
 MAX_IMAGE_BYTES = 1 << 30
+
+
+#: ITU-R 601-2 luma weights of R, G, B in 16-bit fixed point (they sum to 65536), as Pillow's ``L`` mode.
+LUMA_WEIGHTS = (19595, 38470, 7471)
+
+
+def luminance(pixels: np.ndarray) -> np.ndarray:
+    """The luminance of ``... x 3`` uint8 RGB pixels, as uint8 ``...``.
+
+    ``(19595 R + 38470 G + 7471 B + 32768) >> 16``: ``0.299 R + 0.587 G + 0.114 B`` rounded to the nearest
+    integer in Pillow's fixed-point arithmetic (``Image.convert("L")``, libImaging/Convert.c), the one
+    conversion of every image source.
+    """
+    weighted = pixels.astype(np.int64) @ np.asarray(LUMA_WEIGHTS, np.int64)
+    return ((weighted + (1 << 15)) >> 16).astype(np.uint8)
 
 
 def preprocess(pixels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
@@ -39,12 +61,11 @@ def preprocess(pixels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     """
     channels = pixels.shape[-1]
     expected = len(preprocessing.mean)
-    values = pixels.astype(np.float32) * np.float32(1 / 255)
     if preprocessing.grayscale and channels == 3:
-        values = values @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        values = values[..., None]
+        pixels = luminance(pixels)[..., None]
     elif channels != expected:
         raise ShapeError(f"images have {channels} channels, the model expects {expected}")
+    values = pixels.astype(np.float32) * np.float32(1 / 255)
     mean = np.asarray(preprocessing.mean, dtype=np.float32)
     std = np.asarray(preprocessing.std, dtype=np.float32)
     return np.ascontiguousarray(((values - mean) / std).transpose(0, 3, 1, 2))
@@ -80,6 +101,10 @@ class ImageSet(ABC):
     def read_pixels(self, start: int, stop: int) -> np.ndarray:
         """Images ``start`` to ``stop`` as ``(B, H, W, 3)`` uint8 RGB (gray images are replicated)."""
 
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """The content fingerprint of the set's file or files (:mod:`dcnn.io.fingerprint`)."""
+
     def require_pixels(self) -> None:  # noqa: B027 - folders of images can always serve pixels
         """Raise :class:`InputError` unless :meth:`read_pixels` can serve these images (folders always can)."""
 
@@ -109,6 +134,7 @@ class Hdf5ImageSet(ImageSet):
         except BaseException:
             self._file.close()
             raise
+        self.file = path
         super().__init__(f"{path}:{dataset}", self._data.shape[0])
 
     def _open(self, path: str, dataset: str) -> None:
@@ -132,6 +158,9 @@ class Hdf5ImageSet(ImageSet):
         if float(np.prod(shape[1:], dtype=np.float64)) * dtype.itemsize > MAX_IMAGE_BYTES:
             raise InputError(f"{path}:{dataset}: images of shape {shape[1:]} exceed {MAX_IMAGE_BYTES >> 30} GiB "
                              f"each; is the file damaged?")
+
+    def fingerprint(self) -> str:
+        return file_fingerprint(self.file)
 
     def image_shape(self, index: int) -> tuple[int, int]:
         shape = self._data.shape
@@ -179,14 +208,10 @@ class FolderImageSet(ImageSet):
         super().__init__(path, len(files))
 
     def _open(self, index: int):
-        from PIL import Image, UnidentifiedImageError
+        return open_image(self.files[index])
 
-        try:
-            image = Image.open(self.files[index])
-            image.load()
-        except (*DAMAGED_FILE_ERRORS, UnidentifiedImageError) as error:
-            raise InputError(f"{self.files[index]}: cannot read image ({error})") from None
-        return image
+    def fingerprint(self) -> str:
+        return files_fingerprint(self.files)
 
     def image_shape(self, index: int) -> tuple[int, int]:
         if index not in self._sizes:
@@ -194,8 +219,12 @@ class FolderImageSet(ImageSet):
             self._sizes[index] = (height, width)
         return self._sizes[index]
 
+    def _rgb(self, index: int) -> np.ndarray:
+        """Image ``index`` as ``H x W x 3`` uint8 RGB, read as dlib reads it (:func:`dcnn.io.pixels.rgb8`)."""
+        return rgb8(self._open(index), str(self.files[index]))
+
     def read_pixels(self, start: int, stop: int) -> np.ndarray:
-        return self._stack([np.asarray(self._open(i).convert("RGB")) for i in range(start, stop)], start, stop)
+        return self._stack([self._rgb(i) for i in range(start, stop)], start, stop)
 
     def _stack(self, arrays: list[np.ndarray], start: int, stop: int) -> np.ndarray:
         shapes = {a.shape for a in arrays}
@@ -205,12 +234,25 @@ class FolderImageSet(ImageSet):
         return np.stack(arrays)
 
     def read(self, start: int, stop: int, preprocessing: Preprocessing) -> np.ndarray:
-        mode = "L" if preprocessing.grayscale else "RGB"
-        arrays = [np.asarray(self._open(i).convert(mode)) for i in range(start, stop)]
-        pixels = self._stack(arrays, start, stop)
-        if pixels.ndim == 3:
-            pixels = pixels[..., None]
-        return preprocess(pixels, preprocessing)
+        return preprocess(self.read_pixels(start, stop), preprocessing)
+
+
+def open_image(path: str | os.PathLike):
+    """One PNG/JPEG file, decoded (a PIL image).
+
+    Raises
+    ------
+    InputError
+        If the file cannot be read or decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(path)
+        image.load()
+    except (*DAMAGED_FILE_ERRORS, UnidentifiedImageError) as error:
+        raise InputError(f"{path}: cannot read image ({error})") from None
+    return image
 
 
 def open_image_set(path: str | os.PathLike, dataset: str = "images") -> ImageSet:

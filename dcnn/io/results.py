@@ -15,14 +15,22 @@ task finished before the kill, with ``status = "running"``. HDF5 then still mark
 read it with ``h5py.File(path, "r", swmr=True)`` (or :func:`open_result`). ``--resume`` first rewrites it into a
 clean copy, then continues. The final groups and attributes are also added to a copy that atomically replaces
 the file (``os.replace``), so the end of a run can be killed too.
+
+The result file is never truncated in place: a new file is built under a temporary name in the same directory
+and moved into place (an existing file is replaced only when asked, ``--force``), and a file is written only by
+the run holding its :class:`~dcnn.io.lockfile.RunLock`, so HDF5's own file locking (which truncates before it locks
+and fails on NFS) is switched off for every file opened here.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import resource
+import shlex
 import sys
+import tempfile
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,11 +42,14 @@ import numpy as np
 from dcnn import __version__
 from dcnn.errors import InputError
 from dcnn.faces.detect import DETECTION_DTYPE
+from dcnn.io.lockfile import RunLock
 
-__all__ = ["ResultWriter", "encode_outputs", "open_result", "peak_rss_bytes", "provenance", "utc_now"]
+__all__ = ["ResultWriter", "claim", "encode_outputs", "open_result", "peak_rss_bytes", "provenance",
+           "read_configuration", "resume_command", "utc_now"]
 
-#: Attributes that must match for ``--resume`` to continue a file.
-RESUME_KEYS = ("model", "mode", "weights", "input", "input_shape", "num_images", "batch_size")
+#: Attributes that must match for ``--resume`` to continue a file (input and weights by content).
+RESUME_KEYS = ("model", "mode", "weights_fingerprint", "input_fingerprint", "dataset", "upsample", "input_shape",
+               "num_images", "batch_size")
 
 
 def peak_rss_bytes() -> int:
@@ -84,35 +95,145 @@ def _program() -> str:
 
 
 def _plain(value: Any) -> Any:
-    """A stored attribute as a plain Python value (numpy scalars unwrapped, bytes decoded)."""
+    """A stored attribute as a plain Python value (numpy scalars unwrapped, bytes decoded as :func:`_attribute`
+    encoded them)."""
     if isinstance(value, np.generic):
         value = value.item()
-    return value.decode() if isinstance(value, bytes) else value
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def _attribute(value: Any) -> Any:
-    """HDF5-storable form of a configuration value (nested values become JSON)."""
+    """HDF5-storable form of a configuration value (nested values become JSON).
+
+    A string that is not valid Unicode (a path with non-UTF-8 bytes, which Python holds as surrogates) is stored
+    as its bytes, which :func:`_plain` turns back into the same string.
+    """
     if value is None:
         return "none"
-    if isinstance(value, (str, int, float, bool, np.integer, np.floating)):
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return np.bytes_(value.encode("utf-8", "surrogateescape"))
+        return value
+    if isinstance(value, (int, float, bool, np.integer, np.floating)):
         return value
     return json.dumps(value, default=str)
+
+
+def _hdf5(path: str | os.PathLike, mode: str, **options: Any) -> h5py.File:
+    """``h5py.File`` without HDF5's file locking (see the module docstring; :class:`RunLock` guards writers).
+
+    HDF5 refuses a second handle on a file open in the same process with other locking flags: a reader in the
+    writer's process must use :func:`open_result`.
+    """
+    return h5py.File(path, mode, locking=False, **options)
 
 
 def open_result(path: str | os.PathLike) -> h5py.File:
     """Open a result file for reading, whether complete or left by a killed run (still marked open for SWMR)."""
     try:
-        return h5py.File(path, "r")
+        return _hdf5(path, "r")
     except OSError as error:
         if "already open for write" not in str(error):
             raise
-        return h5py.File(path, "r", swmr=True)
+        return _hdf5(path, "r", swmr=True)
+
+
+def resume_command(path: str | os.PathLike, ranks: int, command: str | None = None) -> str:
+    """The command line that continues the interrupted run in ``path`` (the file records every other option).
+
+    ``command`` is the command line that wrote the file (its ``command`` attribute), for its program
+    (``python -m dcnn.infer`` or ``python -m dcnn.recognize``); by default this process's.
+    """
+    words = (command or _program()).split()
+    program = " ".join(words[:3]) if words[:2] == ["python", "-m"] else "python -m dcnn.infer"
+    launcher = f"mpirun -np {ranks} " if ranks > 1 else ""
+    return f"{launcher}{program} --resume {shlex.quote(str(path))}"
+
+
+def _temporary(path: Path) -> Path:
+    """A new, empty file beside ``path`` (same directory, so that ``os.replace`` is atomic), named after it."""
+    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(descriptor)
+    return Path(name)
+
+
+def claim(path: str | os.PathLike, *, new: bool, replace: bool = False) -> RunLock:
+    """Take the lock of result file ``path`` for this run and check that the run may write it.
+
+    Parameters
+    ----------
+    path : path
+        The result file.
+    new : bool
+        A new run (``--output``): an existing file is refused unless ``replace``. Otherwise a resumed run
+        (``--resume``): the file must exist.
+    replace : bool
+        ``--force``: an existing file will be replaced (only once the new one is complete, see
+        :meth:`ResultWriter.create`).
+
+    Temporary copies of ``path`` left by a run killed while writing them (see :func:`_temporary`) are removed
+    once the lock is held.
+
+    Raises
+    ------
+    InputError
+        If another run is writing ``path`` (see :class:`RunLock`), or it exists for a new run without
+        ``replace``, or is missing for a resumed run.
+    """
+    path = Path(path)
+    flag = "--output" if new else "--resume"
+    if path.is_dir():
+        raise InputError(f"{flag} {str(path)!r} is a folder; name a file")
+    if new:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise InputError(f"cannot create output file {str(path)!r} ({error})") from None
+    else:
+        _require_result(path)
+    lock = RunLock.acquire(path)
+    if new and path.exists() and not replace:
+        lock.release()
+        raise InputError(f"{str(path)!r} already exists; give --force to replace it, --resume {str(path)!r} to "
+                         f"continue an interrupted run, or another --output")
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # of a run killed while writing
+        leftover.unlink(missing_ok=True)
+    return lock
+
+
+def _require_result(path: Path) -> None:
+    """Refuse a ``--resume`` file that does not exist."""
+    if not path.is_file():
+        raise InputError(f"--resume {str(path)!r}: no such file")
+
+
+def read_configuration(path: str | os.PathLike,
+                       keys: tuple[str, ...] = RESUME_KEYS) -> tuple[dict[str, Any], str]:
+    """The attributes of result file ``path`` that a resumed run needs (``keys``, ``input``, ``weights`` and
+    ``configuration``, see :mod:`dcnn.cli.runconfig`), and its status (``running``, ``complete``).
+
+    Raises
+    ------
+    InputError
+        If the file is not a dcnn result file.
+    """
+    _require_result(Path(path))
+    try:
+        with open_result(path) as handle:
+            stored = {key: _plain(handle.attrs.get(key)) for key in (*keys, "input", "weights", "configuration")}
+            status = str(_plain(handle.attrs.get("status")))
+            handle["timing/task_start"]
+    except (OSError, KeyError) as error:
+        raise InputError(f"--resume {str(path)!r}: not a dcnn result file ({error})") from None
+    return stored, status
 
 
 def _rewrite(path: Path, groups: Mapping[str, Mapping[str, Any]], attributes: Mapping[str, Any]) -> None:
     """Replace ``path`` by a clean copy of itself plus ``groups`` and ``attributes`` (atomically)."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open_result(path) as source, h5py.File(temporary, "w", libver="latest") as target:
+    temporary = _temporary(path)
+    with open_result(path) as source, _hdf5(temporary, "w", libver="latest") as target:
         for name in source:
             source.copy(source[name], target, name=name)
         for key, value in source.attrs.items():
@@ -131,12 +252,21 @@ def _rewrite(path: Path, groups: Mapping[str, Mapping[str, Any]], attributes: Ma
 
 
 def encode_outputs(outputs: np.ndarray, start: int) -> np.ndarray:
-    """A task's outputs (logits rows or detection records) as one float64 vector, to send to the writer."""
+    """A task's outputs (logits rows or records such as detections) as one float64 vector, to send to the writer.
+
+    Records become one row each: ``image - start``, then every other field in order, flattened.
+    """
     if outputs.dtype.names is None:
         return outputs.astype(np.float64).reshape(-1)
-    columns = [outputs["image"] - start] + [outputs[name] for name in ("left", "top", "right", "bottom",
-                                                                       "confidence")]
-    return np.stack(columns, axis=1).astype(np.float64).reshape(-1)
+    columns = [(outputs["image"] - start)[:, None]] + [
+        outputs[name].reshape(len(outputs), int(np.prod(outputs.dtype[name].shape, dtype=np.int64))).astype(np.float64)
+        for name in outputs.dtype.names if name != "image"]
+    return np.concatenate(columns, axis=1).reshape(-1)
+
+
+#: Fields of face records beyond the detection's, and the dataset each becomes when the run ends.
+RECORD_DATASETS = {"landmarks": "landmarks", "descriptor": "descriptors", "distance": "distance",
+                   "identity": "identity"}
 
 
 def _valid_outputs(path: Path) -> dict[str, np.ndarray]:
@@ -165,88 +295,122 @@ def _valid_outputs(path: Path) -> dict[str, np.ndarray]:
     return {"done": done.astype(np.uint8), "detections": rows[done[rows["image"]]], "detection_counts": counts}
 
 
+def _layout(handle: h5py.File, num_images: int, num_outputs: int | None, num_tasks: int,
+            attributes: Mapping[str, Any], records: np.dtype, known: Mapping[str, np.ndarray] | None) -> None:
+    """The datasets and attributes of a new result file (see :meth:`ResultWriter.create` and the module
+    docstring)."""
+    outputs = handle.create_group("outputs")
+    rows = max(1, min(num_images, 1024))
+    if num_outputs is None:
+        outputs.create_dataset("detections", shape=(0,), maxshape=(None,), dtype=records, chunks=(1024,))
+        outputs.create_dataset("detection_counts", shape=(num_images,), dtype=np.int32, fillvalue=-1)
+    else:
+        outputs.create_dataset("logits", shape=(num_images, num_outputs), dtype=np.float32, fillvalue=np.nan,
+                               chunks=(rows, num_outputs))
+    outputs.create_dataset("done", shape=(num_images,), dtype=np.uint8, fillvalue=0)
+    timing = handle.create_group("timing")
+    for name, dtype, fill in (("task_start", np.float64, np.nan), ("task_end", np.float64, np.nan),
+                              ("task_rank", np.int32, -1)):
+        timing.create_dataset(name, shape=(num_tasks,), dtype=dtype, fillvalue=fill)
+    if known is not None:
+        group = handle.create_group("known")
+        group.create_dataset("names", data=np.array(known["names"], dtype=h5py.string_dtype()))
+        group.create_dataset("descriptors", data=np.asarray(known["descriptors"], np.float32))
+    for key, value in attributes.items():
+        handle.attrs[key] = _attribute(value)
+    handle.attrs["status"] = "running"
+    handle.attrs["runs"] = 1
+
+
 class ResultWriter:
     """Creates (or resumes) a result file and fills it task by task; one writer per run (rank 0).
 
     Use :meth:`create` or :meth:`resume`, then :meth:`write_task` per finished task, then :meth:`finish`.
     """
 
-    def __init__(self, path: Path, handle: h5py.File, num_tasks: int):
+    def __init__(self, path: Path, handle: h5py.File, num_tasks: int, lock: RunLock | None = None):
         self.path = path
         self._file = handle
+        self._lock = lock
         self.num_tasks = num_tasks
         self.detections = "detections" in handle["outputs"]
+        self.records = handle["outputs/detections"].dtype if self.detections else None
         self.num_outputs = None if self.detections else handle["outputs/logits"].shape[1]
 
     @classmethod
     def create(cls, path: str | os.PathLike, num_images: int, num_outputs: int | None, num_tasks: int,
-               attributes: Mapping[str, Any]) -> ResultWriter:
-        """Create ``path`` (replacing any file there) for ``num_images`` images in ``num_tasks`` tasks.
+               attributes: Mapping[str, Any], records: np.dtype = DETECTION_DTYPE,
+               known: Mapping[str, np.ndarray] | None = None, lock: RunLock | None = None) -> ResultWriter:
+        """Create ``path`` for ``num_images`` images in ``num_tasks`` tasks; ``lock`` is released at the end.
 
-        ``num_outputs`` is the number of logits per image; ``None`` makes a detection file.
-        """
-        path = Path(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = h5py.File(path, "w", libver="latest")
-        except OSError as error:
-            raise InputError(f"cannot create output file {str(path)!r} ({error})") from None
-        outputs = handle.create_group("outputs")
-        rows = max(1, min(num_images, 1024))
-        if num_outputs is None:
-            outputs.create_dataset("detections", shape=(0,), maxshape=(None,), dtype=DETECTION_DTYPE, chunks=(1024,))
-            outputs.create_dataset("detection_counts", shape=(num_images,), dtype=np.int32, fillvalue=-1)
-        else:
-            outputs.create_dataset("logits", shape=(num_images, num_outputs), dtype=np.float32, fillvalue=np.nan,
-                                   chunks=(rows, num_outputs))
-        outputs.create_dataset("done", shape=(num_images,), dtype=np.uint8, fillvalue=0)
-        timing = handle.create_group("timing")
-        for name, dtype, fill in (("task_start", np.float64, np.nan), ("task_end", np.float64, np.nan),
-                                  ("task_rank", np.int32, -1)):
-            timing.create_dataset(name, shape=(num_tasks,), dtype=dtype, fillvalue=fill)
-        for key, value in attributes.items():
-            handle.attrs[key] = _attribute(value)
-        handle.attrs["status"] = "running"
-        handle.attrs["runs"] = 1
-        handle.swmr_mode = True
-        handle.flush()
-        return cls(path, handle, num_tasks)
+        The file is built under a temporary name beside ``path`` and then moved into place, so a file already at
+        ``path`` (which :func:`claim` allows only with ``replace``) stays intact until the new one is complete.
+        ``num_outputs`` is the number of logits per image; ``None`` makes a file of ``records`` rows
+        (detections, or face records that extend them). ``known`` (names and descriptors of a gallery) is
+        stored under ``/known`` at once, so a resumed run names identities as the first run did.
 
-    @classmethod
-    def resume(cls, path: str | os.PathLike, attributes: Mapping[str, Any]) -> tuple[ResultWriter, np.ndarray]:
-        """Reopen an interrupted run; returns the writer and the ``done`` flags per image.
+        The run's ``attributes`` must agree with the file's on ``keys``.
 
         Raises
         ------
         InputError
-            If the file is missing or unreadable, or was made by a run with another configuration.
+            If the file cannot be created.
         """
         path = Path(path)
-        if not path.is_file():
-            raise InputError(f"--resume {str(path)!r}: no such file")
+        temporary = None
         try:
-            with open_result(path) as handle:
-                stored = {key: _plain(handle.attrs.get(key)) for key in RESUME_KEYS}
-                status = handle.attrs.get("status")
-                runs = int(handle.attrs.get("runs", 1))
-                first_started = _plain(handle.attrs.get("first_started", handle.attrs.get("started", "unknown")))
-                num_tasks = handle["timing/task_start"].shape[0]
-        except (OSError, KeyError) as error:
-            raise InputError(f"--resume {path}: not a dcnn result file ({error})") from None
-        for key in RESUME_KEYS:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = _temporary(path)
+            with _hdf5(temporary, "w", libver="latest") as handle:
+                _layout(handle, num_images, num_outputs, num_tasks, attributes, records, known)
+            os.replace(temporary, path)
+            handle = _hdf5(path, "r+", libver="latest")
+        except OSError as error:
+            if temporary is not None:
+                temporary.unlink(missing_ok=True)
+            raise InputError(f"cannot create output file {str(path)!r} ({error})") from None
+        handle.swmr_mode = True
+        handle.flush()
+        return cls(path, handle, num_tasks, lock)
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike, attributes: Mapping[str, Any], keys: tuple[str, ...] = RESUME_KEYS,
+               lock: RunLock | None = None) -> tuple[ResultWriter, np.ndarray]:
+        """Reopen an interrupted run; returns the writer and the ``done`` flags per image.
+
+        The run's ``attributes`` must agree with the file's on ``keys``. ``lock`` (from :func:`claim`) is
+        released when the writer finishes or closes.
+
+        Raises
+        ------
+        InputError
+            If the file is missing, unreadable or complete, or was made by a run with another configuration
+            (input and weights are compared by content fingerprint, whatever their paths).
+        """
+        path = Path(path)
+        stored, status = read_configuration(path, keys)
+        for key in keys:
             if _attribute(attributes[key]) != stored[key]:
-                raise InputError(f"--resume {path}: it was made with {key} = {stored[key]}, this run has "
+                if key.endswith("_fingerprint"):
+                    what = key.split("_")[0]
+                    raise InputError(f"--resume {str(path)!r}: {attributes[what]!r} is not the {what} this run was "
+                                     f"made with (its content differs; the run used {stored[what]!r})")
+                raise InputError(f"--resume {str(path)!r}: it was made with {key} = {stored[key]}, this run has "
                                  f"{_attribute(attributes[key])}")
         if status == "complete":
-            raise InputError(f"--resume {path}: the run is already complete")
+            raise InputError(f"--resume {str(path)!r}: the run is already complete")
+        with open_result(path) as handle:
+            runs = int(handle.attrs.get("runs", 1))
+            first_started = _plain(handle.attrs.get("first_started", handle.attrs.get("started", "unknown")))
+            num_tasks = handle["timing/task_start"].shape[0]
         # The resumed run's attributes (ranks, threads, command...) replace the first run's: the per-rank
         # tables written at the end describe this run.
         _rewrite(path, {"outputs": _valid_outputs(path)},
                  {**attributes, "first_started": first_started, "runs": runs + 1, "resumed": utc_now()})
-        handle = h5py.File(path, "r+", libver="latest")
+        handle = _hdf5(path, "r+", libver="latest")
         done = handle["outputs/done"][()]
         handle.swmr_mode = True
-        return cls(path, handle, num_tasks), done
+        return cls(path, handle, num_tasks, lock), done
 
     def write_task(self, task: int, start: int, stop: int, outputs: np.ndarray, rank: int, started: float,
                    ended: float) -> None:
@@ -273,22 +437,39 @@ class ResultWriter:
         """The inverse of :func:`encode_outputs` (exact: every value fits a float64)."""
         if not self.detections:
             return vector.reshape(-1, self.num_outputs).astype(np.float32)
-        rows = vector.reshape(-1, 6)
-        records = np.zeros(len(rows), DETECTION_DTYPE)
-        records["image"] = rows[:, 0].astype(np.int64) + start
-        for column, name in enumerate(("left", "top", "right", "bottom", "confidence"), start=1):
-            records[name] = rows[:, column]
+        widths = [int(np.prod(self.records[name].shape, dtype=np.int64)) for name in self.records.names]
+        rows = vector.reshape(-1, sum(widths))
+        records = np.zeros(len(rows), self.records)
+        column = 0
+        for name, width in zip(self.records.names, widths):
+            values = rows[:, column:column + width].reshape(len(rows), *self.records[name].shape)
+            records[name] = values + start if name == "image" else values
+            column += width
         return records
 
     def _final_outputs(self) -> dict[str, np.ndarray]:
-        """Detections sorted by image, and their per-image offsets."""
+        """Detections sorted by image, their per-image offsets, and one aligned dataset per further field
+        (:data:`RECORD_DATASETS`; identities as the known names, ``unknown`` beyond the tolerance)."""
         if not self.detections:
             return {}
         with open_result(self.path) as handle:
             rows = handle["outputs/detections"][()]
             counts = np.maximum(handle["outputs/detection_counts"][()], 0)
+            names = [_plain(n) for n in handle["known/names"][()]] if "known" in handle else []
         rows = rows[np.argsort(rows["image"], kind="stable")]
-        return {"detections": rows, "detection_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)}
+        final = {"detections": rows[list(DETECTION_DTYPE.names)].astype(DETECTION_DTYPE),
+                 "detection_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)}
+        for field, dataset in RECORD_DATASETS.items():
+            if field in rows.dtype.names:
+                final[dataset] = rows[field]
+        if "identity" in final:
+            if names:
+                labels = np.array([*names, "unknown"], dtype=object)
+                final["identity"] = labels[np.where(rows["identity"] < 0, len(names), rows["identity"])].astype(
+                    h5py.string_dtype())
+            else:
+                del final["identity"], final["distance"]
+        return final
 
     def finish(self, groups: Mapping[str, Mapping[str, Any]], **attributes: Any) -> None:
         """Add the final groups and attributes, mark the run complete and close.
@@ -298,8 +479,14 @@ class ResultWriter:
         """
         self._file.close()
         _rewrite(self.path, {**groups, "outputs": self._final_outputs()}, {**attributes, "status": "complete"})
+        self._release()
 
     def close(self) -> None:
         """Close without marking the run complete (after an error); what was flushed stays readable."""
         if self._file.id.valid:
             self._file.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()

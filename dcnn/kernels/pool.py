@@ -112,7 +112,11 @@ def adaptive_bins(size: int, bins: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def adaptive_avg_pool2d(x: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
-    """Adaptive average pooling with PyTorch's bin boundaries, via summed-area tables.
+    """Adaptive average pooling with PyTorch's bin boundaries (:func:`adaptive_bins`).
+
+    Each bin is summed on its own, rows first then columns, in float64, so an output depends only on the
+    values inside its bin: a huge, infinite or NaN value elsewhere never reaches it (a summed-area table
+    would subtract it back out, losing every other bin to cancellation or ``inf - inf``).
 
     Parameters
     ----------
@@ -120,6 +124,11 @@ def adaptive_avg_pool2d(x: np.ndarray, output_size: tuple[int, int]) -> np.ndarr
         ``(B, C, H, W)`` input.
     output_size : tuple of int
         ``(Ho, Wo)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(B, C, Ho, Wo)`` float32 bin means.
     """
     batch, channels, height, width = x.shape
     out_h, out_w = output_size
@@ -128,11 +137,9 @@ def adaptive_avg_pool2d(x: np.ndarray, output_size: tuple[int, int]) -> np.ndarr
     if height % out_h == 0 and width % out_w == 0:
         return x.reshape(batch, channels, out_h, height // out_h, out_w, width // out_w).mean(
             axis=(3, 5), dtype=np.float32)
-    table = np.zeros((batch, channels, height + 1, width + 1), dtype=np.float64)
-    table[:, :, 1:, 1:] = x.cumsum(axis=2, dtype=np.float64).cumsum(axis=3)
     r0, r1 = adaptive_bins(height, out_h)
     c0, c1 = adaptive_bins(width, out_w)
-    sums = (table[:, :, r1][:, :, :, c1] - table[:, :, r0][:, :, :, c1]
-            - table[:, :, r1][:, :, :, c0] + table[:, :, r0][:, :, :, c0])
+    rows = np.stack([x[:, :, top:bottom].sum(axis=2, dtype=np.float64) for top, bottom in zip(r0, r1)], axis=2)
+    sums = np.stack([rows[..., left:right].sum(axis=3) for left, right in zip(c0, c1)], axis=3)
     area = (r1 - r0)[:, None] * (c1 - c0)[None, :]
     return (sums / area).astype(np.float32)

@@ -32,7 +32,8 @@ class Preprocessing:
     mean, std : tuple of float
         Per-channel statistics on the [0, 1] scale (ImageNet's for AlexNet and VGG, as torchvision).
     grayscale : bool
-        Convert RGB input to one luminance channel first (ITU-R 601-2, as Pillow's ``L`` mode).
+        Convert RGB input to one luminance channel first (:func:`dcnn.io.images.luminance`: ITU-R 601-2 in
+        Pillow's ``L``-mode fixed-point arithmetic, for every image source).
     """
 
     mean: tuple[float, ...]

@@ -23,6 +23,7 @@ import numpy as np
 
 from dcnn.errors import InputError
 from dcnn.io.images import ImageSet
+from dcnn.io.numbers import parse_number
 from dcnn.io.progress import Progress
 from dcnn.io.results import ResultWriter, encode_outputs
 from dcnn.parallel.comm import MPI
@@ -60,29 +61,37 @@ class TaskSplit:
 
 
 def parse_throttle(specs: Sequence[str], size: int) -> dict[int, float]:
-    """``["RANK:FACTOR", ...]`` to ``{rank: factor}``; a factor of 4 makes that rank 4 times slower."""
+    """``["RANK:FACTOR", ...]`` to ``{rank: factor}``; a factor of 4 makes that rank 4 times slower.
+
+    Raises
+    ------
+    InputError
+        If a spec is not ``RANK:FACTOR``, the rank is not below ``size``, or the factor is not a finite number
+        of at least 1.
+    """
     throttle = {}
     for spec in specs:
         try:
             rank_text, factor_text = spec.split(":")
-            rank, factor = int(rank_text), float(factor_text)
         except ValueError:
             raise InputError(f"--throttle takes RANK:FACTOR such as 1:4, got {spec!r}") from None
-        if not 0 <= rank < size or factor < 1:
-            raise InputError(f"--throttle {spec}: the rank must be below {size} and the factor at least 1")
-        throttle[rank] = factor
+        rank = parse_number(rank_text, f"--throttle {spec}: the rank", integer=True, minimum=0, maximum=size - 1)
+        throttle[rank] = parse_number(factor_text, f"--throttle {spec}: the factor", minimum=1)
     return throttle
 
 
 def parse_capacities(text: str | None, size: int) -> list[float] | None:
-    """``"1,1,0.5"`` to one non-negative weight per rank (``None`` stays ``None``: equal weights)."""
+    """``"1,1,0.5"`` to one non-negative weight per rank (``None`` stays ``None``: equal weights).
+
+    Raises
+    ------
+    InputError
+        If there are not ``size`` weights, one is not a finite non-negative number, or all are zero.
+    """
     if text is None:
         return None
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise InputError(f"--capacity takes comma-separated numbers, got {text!r}") from None
-    if len(values) != size or min(values) < 0 or sum(values) <= 0:
+    values = [parse_number(value, "--capacity: each weight", minimum=0) for value in text.split(",")]
+    if len(values) != size or sum(values) <= 0:
         raise InputError(f"--capacity needs {size} non-negative weights (one per rank), not all zero; "
                          f"got {text!r}")
     return values

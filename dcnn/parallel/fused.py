@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import fields
 
 import numpy as np
 
@@ -86,9 +87,10 @@ class FusedEngine:
         self.plan = plan_fused(network, input_shape, grid, depth)
         self.reuse = plan_reuse(self.plan, comm.size) if overlap == "reuse" else None
         self.overlap = overlap
-        self.forward = Forward(network, weights)
+        # Folding is decided over the fused layers only: the layers after them run in ``rest``.
+        self.forward = Forward(network, weights, stop=self.plan.depth)
         self.steal = steal
-        self.stats = LayerStats.zeros(len(network))
+        self._stats = LayerStats.zeros(len(network))
         self.tile_seconds = np.zeros(len(self.plan.tiles))
         self._counts = dict.fromkeys(COUNTER_FIELDS, 0)
         self._rates = self.plan.macs_per_pixel()
@@ -108,6 +110,18 @@ class FusedEngine:
             counts["bytes_got"] += self._pool.bytes_got
             counts["pool_seconds"] += self._pool.seconds
         return counts
+
+    @property
+    def stats(self) -> LayerStats:
+        """This rank's per-layer counters over the whole network: the fused layers' and those of the rest."""
+        if self.rest is None:
+            return self._stats
+        depth = self.plan.depth
+        names = [field.name for field in fields(LayerStats)]
+        combined = LayerStats(*(getattr(self._stats, name).copy() for name in names))
+        for name in names:
+            getattr(combined, name)[depth:] += getattr(self.rest.stats, name)
+        return combined
 
     @property
     def tiles_run(self) -> int:
@@ -172,7 +186,7 @@ class FusedEngine:
             steps = self.reuse.steps[index]
             self._counts["tiles_reused"] += bool(incoming)
             for strip, _ in borrowed:
-                self.stats.bytes_received[strip.layer] += x.shape[0] * 4 * strip.elements
+                self._stats.bytes_received[strip.layer] += x.shape[0] * 4 * strip.elements
         else:
             borrowed, steps = [], self.plan.tiles[index].steps
             self._counts["fallbacks"] += 1
@@ -208,12 +222,12 @@ class FusedEngine:
             region = op(source, padding) if op.layer.window is not None else op(source)
             held = box
             elapsed = time.perf_counter() - start
-            self.stats.compute_seconds[layer] += elapsed
+            self._stats.compute_seconds[layer] += elapsed
             self.tile_seconds[index] += elapsed
             self._counts["macs"] += self._rates[layer] * box.area * batch
             for strip in strips_out[layer]:
                 pool.publish(strip, region[(slice(None), slice(None), *strip.box.slices(held))])
-                self.stats.bytes_sent[layer] += batch * 4 * strip.elements
+                self._stats.bytes_sent[layer] += batch * 4 * strip.elements
         return region
 
     def _source(self, layer: int, source_box: Box, held: Box, region: np.ndarray | None,
@@ -240,6 +254,6 @@ class FusedEngine:
             np.zeros(0, np.float32)
         start = time.perf_counter()
         flat = allgather_blocks(self.comm, local, counts)
-        self.stats.wait_seconds[self.plan.depth - 1] += time.perf_counter() - start
+        self._stats.wait_seconds[self.plan.depth - 1] += time.perf_counter() - start
         return assemble_boxes(flat, [self.plan.tiles[i].output for i in order], (batch, channels),
                               self.plan.output_shape[1:])

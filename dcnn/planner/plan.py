@@ -34,6 +34,7 @@ from dcnn.decomposition.reuse import plan_reuse
 from dcnn.decomposition.spatial import plan_spatial
 from dcnn.errors import InputError, PlanError
 from dcnn.io.config import read_toml
+from dcnn.io.numbers import check_number
 from dcnn.network.graph import Network, format_shape
 from dcnn.network.layers import Conv2d, Linear, Shape
 
@@ -59,13 +60,20 @@ _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": MIB, "mib":
 
 
 def parse_bytes(text: str | int | float) -> int:
-    """``"3.2GiB"``, ``"512MiB"``, ``"4G"`` (binary), ``"4GB"`` (decimal) or a plain number of bytes."""
-    if isinstance(text, int | float):
-        return int(text)
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    """``"3.2GiB"``, ``"512MiB"``, ``"4G"`` (binary), ``"4GB"`` (decimal) or a plain number of bytes.
+
+    Raises
+    ------
+    InputError
+        If ``text`` is not a size, or is zero, infinite (``1e999``, 400 digits) or NaN.
+    """
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return int(check_number(text, f"memory size {text!r}", minimum=1))
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     if not match or match.group(2).lower() not in _UNITS:
         raise InputError(f"cannot read {text!r} as a memory size; use for example 512MiB, 3.2GiB or 4G")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    return int(check_number(float(match.group(1)) * _UNITS[match.group(2).lower()], f"memory size {text!r}",
+                            minimum=1))
 
 
 def format_bytes(count: float) -> str:
@@ -115,11 +123,13 @@ class Cluster:
     def __post_init__(self):
         if not self.nodes:
             raise InputError("a cluster needs at least one node")
-        if not 0 < self.fraction <= 1:
-            raise InputError(f"the memory fraction must be in (0, 1], got {self.fraction}")
+        check_number(self.fraction, "the memory fraction ('fraction')", above=0, maximum=1)
+        check_number(self.macs_per_second, "the node speed ('gmacs')", above=0)
+        check_number(self.bandwidth, "the bandwidth ('bandwidth_gbit')", above=0)
+        check_number(self.latency, "the latency ('latency_us')", minimum=0)
         for node in self.nodes:
-            if node.ram <= 0 or node.speed <= 0:
-                raise InputError(f"node {node.name}: RAM and speed must be positive")
+            check_number(node.ram, f"node {node.name}: 'ram'", above=0)
+            check_number(node.speed, f"node {node.name}: 'speed'", above=0)
 
     @classmethod
     def uniform(cls, count: int, ram: int, fraction: float = 0.8, **constants) -> Cluster:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TARGETS", "Target", "damage"]
+__all__ = ["TARGETS", "TINY_RESNET", "Target", "damage", "tiny_descriptor_model", "tiny_shape_predictor"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,81 @@ def _read_dlib(path: Path) -> object:
     return read_mmod(path)
 
 
+def tiny_shape_predictor(seed: int = 0, parts: int = 3, cascades: int = 2, trees: int = 4, depth: int = 2,
+                         features: int = 6):
+    """A random, valid :class:`~dcnn.faces.shape_predictor.ShapePredictor`, small enough to damage many times."""
+    from dcnn.faces.shape_predictor import Cascade, ShapePredictor
+
+    rng = np.random.default_rng(seed)
+    splits = 2 ** depth - 1
+    return ShapePredictor(
+        rng.uniform(0, 1, (parts, 2)).astype(np.float32),
+        tuple(Cascade(rng.integers(0, parts, features), rng.normal(0, 0.1, (features, 2)).astype(np.float32),
+                      rng.integers(0, features, (trees, splits)), rng.integers(0, features, (trees, splits)),
+                      rng.normal(0, 20, (trees, splits)).astype(np.float32),
+                      rng.normal(0, 0.01, (trees, splits + 1, 2 * parts)).astype(np.float32))
+              for _ in range(cascades)))
+
+
+def _write_shape_predictor(folder: Path) -> Path:
+    from dcnn.faces.shape_predictor import save_shape_predictor
+
+    path = folder / "landmarks.dat"
+    save_shape_predictor(tiny_shape_predictor(), path)
+    return path
+
+
+def _read_shape_predictor(path: Path) -> object:
+    from dcnn.faces.shape_predictor import read_shape_predictor
+
+    return read_shape_predictor(path)
+
+
+#: The face descriptor's wiring with 2 to 4 filters per convolution: a file of a few kilobytes.
+TINY_RESNET = ((2, 3, False), (3, 4, True), (4, 3, True), (4, 3, True), (4, 1, True))
+
+
+def tiny_descriptor_model(seed: int = 0):
+    """A random :class:`~dcnn.faces.descriptor.DescriptorModel` of :data:`TINY_RESNET`'s widths."""
+    from dcnn.faces.descriptor import DescriptorModel, ResidualProgram, resnet_structure
+
+    rng = np.random.default_rng(seed)
+    steps = resnet_structure(TINY_RESNET)
+    channels, saved = 3, {}
+    for step in steps:
+        if step.kind == "con":
+            step.weight = rng.normal(0, 0.3, (step.filters, channels, step.kernel, step.kernel)).astype(np.float32)
+            step.bias = rng.normal(0, 0.1, step.filters).astype(np.float32)
+            step.padding = step.kernel // 2 if step.stride == 1 else 0
+            channels = step.filters
+        elif step.kind == "affine":
+            step.weight = rng.uniform(0.5, 1.5, channels).astype(np.float32)
+            step.bias = rng.normal(0, 0.1, channels).astype(np.float32)
+        elif step.kind == "fc":
+            step.weight = rng.normal(0, 0.3, (step.filters, channels)).astype(np.float32)
+        elif step.kind == "tag":
+            saved[step.tag] = channels
+        elif step.kind == "skip":
+            channels = saved[step.tag]
+        elif step.kind == "add_prev":
+            channels = max(channels, saved[step.tag])
+    return DescriptorModel((122.5, 117.0, 104.25), ResidualProgram(steps))
+
+
+def _write_descriptor_model(folder: Path) -> Path:
+    from dcnn.faces.descriptor import save_descriptor_model
+
+    path = folder / "resnet.dat"
+    save_descriptor_model(tiny_descriptor_model(), path)
+    return path
+
+
+def _read_descriptor_model(path: Path) -> object:
+    from dcnn.faces.descriptor import read_descriptor_model
+
+    return read_descriptor_model(path, TINY_RESNET)
+
+
 def _write_image_set(folder: Path) -> Path:
     import h5py
 
@@ -147,6 +222,8 @@ def _read_sweep(path: Path) -> object:
 
 TARGETS = {target.name: target for target in (
     Target("dlib", ".dat", _write_dlib, _read_dlib),
+    Target("shape-predictor", ".dat", _write_shape_predictor, _read_shape_predictor),
+    Target("face-descriptor", ".dat", _write_descriptor_model, _read_descriptor_model),
     Target("npz", ".npz", _write_npz, _read_weights),
     Target("hdf5-weights", ".h5", _write_h5_weights, _read_weights),
     Target("hdf5-images", ".h5", _write_image_set, _read_image_set),

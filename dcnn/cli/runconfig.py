@@ -1,0 +1,83 @@
+"""The run configuration a result file records, and how ``--resume FILE`` alone restores it.
+
+A result file stores the options of its run as JSON in the root attribute ``configuration`` (paths resolved,
+so the file can be resumed from any directory). ``python -m dcnn.infer --resume FILE`` takes every option it is
+not given from there:
+
+- :data:`IDENTITY`: options that decide the outputs. Given again, they must agree with the file (``--input``
+  and ``--weights`` may name another path: the file is then recognised by its content fingerprint, see
+  :mod:`dcnn.io.fingerprint`);
+- :data:`FREE`: options that decide only how the work is done; given again, they replace the stored ones;
+- :data:`PER_RANKS`: options that describe each rank (a grid, weights per rank, a cluster file); restored only
+  when the resumed run has as many ranks as the first, since a resume may use any rank count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from dcnn.errors import InputError
+
+__all__ = ["FREE", "IDENTITY", "PER_RANKS", "RECOGNITION", "configuration", "restore"]
+
+IDENTITY = ("model", "weights", "upsample", "seed", "input", "dataset", "batch_size", "mode")
+FREE = ("tiles", "overlap", "fuse_depth", "no_overlap", "no_steal", "mem_per_rank")
+PER_RANKS = ("grid", "capacity", "throttle", "cluster")
+#: Options of ``python -m dcnn.recognize`` that decide its outputs, recorded and restored like :data:`IDENTITY`.
+RECOGNITION = ("known", "tolerance", "jitter")
+#: Options naming files, stored as resolved absolute paths.
+_PATHS = ("input", "weights", "cluster", "known")
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def configuration(args: argparse.Namespace, ranks: int) -> str:
+    """The JSON of the options of :data:`IDENTITY`, :data:`FREE`, :data:`PER_RANKS` (and :data:`RECOGNITION`
+    for a recognition run), and the rank count."""
+    stored: dict[str, Any] = {"ranks": ranks}
+    for key in (*IDENTITY, *FREE, *PER_RANKS, *(key for key in RECOGNITION if hasattr(args, key))):
+        value = getattr(args, key)
+        stored[key] = str(Path(value).resolve()) if key in _PATHS and value is not None else value
+    return json.dumps(stored)
+
+
+def restore(args: argparse.Namespace, given: frozenset[str], text: str, path: str | os.PathLike,
+            ranks: int) -> None:
+    """Fill ``args`` from the stored configuration ``text`` of result file ``path`` (see the module docstring).
+
+    ``given`` names the options on the command line; ``ranks`` is the resumed run's rank count.
+
+    Raises
+    ------
+    InputError
+        If a given option of :data:`IDENTITY` contradicts the file, or the stored input is gone and no
+        ``--input`` names its new place.
+    """
+    try:
+        stored = json.loads(text)
+        missing = [key for key in (*IDENTITY, *FREE, *PER_RANKS, "ranks") if key not in stored]
+    except (TypeError, ValueError):
+        missing = ["configuration"]
+    if missing:
+        raise InputError(f"--resume {str(path)!r}: the file does not record its run's configuration "
+                         f"({', '.join(missing)}); it was made by an older dcnn and cannot be resumed")
+    for key in (*IDENTITY, *(key for key in RECOGNITION if key in stored and hasattr(args, key))):
+        if key not in given:
+            setattr(args, key, stored[key])
+        elif key not in _PATHS and getattr(args, key) != stored[key]:
+            raise InputError(f"--resume {str(path)!r}: it was made with {_flag(key)} {stored[key]}, this run asks "
+                             f"for {getattr(args, key)}; leave {_flag(key)} out to continue it")
+    for key in ("input", "weights"):
+        if key not in given and stored[key] is not None and not os.path.exists(stored[key]):
+            raise InputError(f"--resume {str(path)!r}: its {key} {stored[key]!r} is gone; if it was moved, give its "
+                             f"new place with {_flag(key)}")
+    restored = FREE + (PER_RANKS if stored["ranks"] == ranks else ())
+    for key in restored:
+        if key not in given:
+            setattr(args, key, stored[key])

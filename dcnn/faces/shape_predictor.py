@@ -1,0 +1,390 @@
+"""dlib's ``shape_predictor`` (an ensemble of regression trees, Kazemi and Sullivan 2014): reader and predictor.
+
+The file (dlib/image_processing/shape_predictor.h, dlib/serialize.h) is a chain of dlib's variable-length
+integers and nothing else: version 1; the initial (mean) shape as a ``matrix<float,0,1>`` (``-rows, -cols``,
+then each float as an integer mantissa and exponent); per cascade a vector of regression trees, each a vector
+of splits ``(idx1, idx2, threshold)`` and a vector of leaf vectors; per cascade the anchor part of every feature
+pixel; per cascade the offset of every feature pixel from its anchor, in the mean shape's normalised frame.
+
+Prediction of one face box, as dlib computes it:
+
+1. ``current = initial`` (normalised coordinates, the box's top left corner at 0 and bottom right at 1);
+2. per cascade, the feature pixels are ``A * delta + current[anchor]``, with ``A`` the 2x2 part of the
+   least-squares similarity transform from ``initial`` to ``current`` (Umeyama's closed form, in double, then
+   rounded to float32), mapped into the image by the box (``x -> left + x (right - left)``) and rounded to the
+   nearest pixel; a pixel's value is its grey level ``(r + g + b) // 3`` (dlib's RGB to grey), 0 outside;
+3. each tree goes left while ``value[idx1] - value[idx2] > threshold``; its leaf vector is added to ``current``
+   in float32, tree after tree;
+4. the parts are ``current`` mapped into the image and rounded to the nearest pixel (dlib's ``point``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dcnn.errors import ShapeError, WeightsError
+
+__all__ = [
+    "Cascade", "ShapePredictor", "decode_integers", "encode_floats", "encode_integers", "grey_levels",
+    "read_shape_predictor", "save_shape_predictor", "similarity_matrix",
+]
+
+#: No 5- or 68-point model comes near these; larger values mean a damaged file.
+MAX_PARTS = 1000
+MAX_CASCADES = 100
+MAX_TREES = 10000
+MAX_TREE_DEPTH = 16
+MAX_FEATURES = 100000
+#: dlib's float_details exponents that stand for +inf, -inf and NaN.
+SPECIAL_EXPONENTS = 32000
+KIND = "dlib shape predictor file"
+
+
+@dataclass(frozen=True)
+class Cascade:
+    """One cascade: its feature pixels and its complete binary regression trees of one depth.
+
+    Attributes
+    ----------
+    anchors : numpy.ndarray
+        ``(F,)`` int64, the part each feature pixel is placed relative to.
+    deltas : numpy.ndarray
+        ``(F, 2)`` float32 offsets ``(x, y)`` from the anchor, in the initial shape's frame.
+    first, second : numpy.ndarray
+        ``(T, S)`` int64 feature indices of each tree's ``S`` splits (breadth-first order).
+    thresholds : numpy.ndarray
+        ``(T, S)`` float32 split thresholds.
+    leaves : numpy.ndarray
+        ``(T, S + 1, 2 * parts)`` float32 shape increments ``x0, y0, x1, y1, ...``.
+    """
+
+    anchors: np.ndarray
+    deltas: np.ndarray
+    first: np.ndarray
+    second: np.ndarray
+    thresholds: np.ndarray
+    leaves: np.ndarray
+
+
+def decode_integers(data: bytes, source: str) -> np.ndarray:
+    """Every dlib integer of a file that holds nothing else, in order, as int64.
+
+    Raises
+    ------
+    WeightsError
+        If a control byte is invalid, the last integer is cut short, or a magnitude exceeds 63 bits.
+    """
+    positions = []
+    position, end = 0, len(data)
+    while position < end:
+        positions.append(position)
+        position += 1 + (data[position] & 0x0F)
+    if position != end:
+        raise WeightsError(f"{source}: not a valid {KIND} (truncated: the last integer at byte {positions[-1]} "
+                           f"runs past the end)")
+    starts = np.asarray(positions, dtype=np.int64)
+    buffer = np.frombuffer(data + bytes(8), dtype=np.uint8)
+    control = buffer[starts]
+    sizes = control & 0x0F
+    bad = (sizes == 0) | (sizes > 8) | ((control & 0x70) != 0)
+    if bad.any():
+        first = int(starts[np.argmax(bad)])
+        raise WeightsError(f"{source}: not a valid {KIND} (bad integer control byte 0x{data[first]:02x} at byte "
+                           f"{first})")
+    magnitude = np.zeros(len(starts), dtype=np.uint64)
+    for byte in range(8):
+        value = buffer[starts + 1 + byte].astype(np.uint64) << np.uint64(8 * byte)
+        magnitude |= np.where(sizes > byte, value, np.uint64(0))
+    if (magnitude >> np.uint64(63)).any():
+        raise WeightsError(f"{source}: not a valid {KIND} (an integer beyond 63 bits)")
+    values = magnitude.astype(np.int64)
+    return np.where(control & 0x80, -values, values)
+
+
+def encode_integers(values: np.ndarray) -> bytes:
+    """dlib's serialization of int64 ``values``: per value a control byte (bit 7: negative; low bits: the byte
+    count, at least 1) then the magnitude's bytes, little-endian (``pack_int`` in dlib/serialize.h)."""
+    values = np.asarray(values, dtype=np.int64).reshape(-1)
+    magnitude = np.abs(values).astype(np.uint64)
+    sizes = np.ones(len(values), np.int64)
+    for byte in range(1, 8):
+        sizes += (magnitude >> np.uint64(8 * byte)) != 0
+    starts = np.concatenate([[0], np.cumsum(1 + sizes)[:-1]])
+    out = np.zeros(int((1 + sizes).sum()), np.uint8)
+    out[starts] = sizes | np.where(values < 0, 0x80, 0)
+    for byte in range(8):
+        mask = sizes > byte
+        out[starts[mask] + 1 + byte] = (magnitude[mask] >> np.uint64(8 * byte)) & np.uint64(0xFF)
+    return out.tobytes()
+
+
+def encode_floats(values: np.ndarray) -> np.ndarray:
+    """float32 ``values`` as dlib's ``float_details`` integer pairs ``(mantissa, exponent)``, shape ``(n, 2)``.
+
+    ``mantissa = frexp(v) * 2**24`` and ``exponent = e - 24``, then whole zero bytes are shifted out of the
+    mantissa (dlib/float_details.h).
+    """
+    fraction, exponent = np.frexp(np.asarray(values, np.float64).reshape(-1))
+    mantissa = (fraction * (1 << 24)).astype(np.int64)
+    exponent = exponent.astype(np.int64) - 24
+    for _ in range(8):
+        zero = (mantissa & 0xFF) == 0
+        mantissa[zero] >>= 8
+        exponent[zero] += 8
+    return np.stack([mantissa, exponent], axis=1)
+
+
+def _float32(pairs: np.ndarray, fail) -> np.ndarray:
+    """dlib's ``float_details`` pairs ``(mantissa, exponent)`` of shape ``(..., 2)`` as float32 values.
+
+    ``fail(what)`` makes the error for values that are infinite, NaN or beyond float32.
+    """
+    mantissa, exponent = pairs[..., 0], pairs[..., 1]
+    if (np.abs(exponent) >= SPECIAL_EXPONENTS).any():
+        raise fail("an infinite or NaN value")
+    if (np.abs(exponent) > 300).any() or (np.abs(mantissa) >= 1 << 53).any():
+        raise fail("a float beyond float32")
+    values = np.ldexp(mantissa.astype(np.float64), exponent.astype(np.int32))
+    if not (np.abs(values) <= np.finfo(np.float32).max).all():
+        raise fail("a float beyond float32")
+    return values.astype(np.float32)
+
+
+class _Stream:
+    """Bounds-checked reads from the decoded integers of a shape predictor file."""
+
+    def __init__(self, values: np.ndarray, source: str):
+        self.values = values
+        self.cursor = 0
+        self.source = source
+
+    def fail(self, what: str) -> WeightsError:
+        return WeightsError(f"{self.source}: not a valid {KIND} ({what} at value {self.cursor})")
+
+    def take(self, count: int) -> np.ndarray:
+        if self.cursor + count > len(self.values):
+            raise self.fail(f"truncated: {count} values wanted, {len(self.values) - self.cursor} left")
+        chunk = self.values[self.cursor:self.cursor + count]
+        self.cursor += count
+        return chunk
+
+    def count(self, low: int, high: int, what: str) -> int:
+        value = int(self.take(1)[0])
+        if not low <= value <= high:
+            raise self.fail(f"{what} of {value}, expected {low} to {high}")
+        return value
+
+    def floats(self, count: int) -> np.ndarray:
+        return _float32(self.take(2 * count).reshape(count, 2), self.fail)
+
+    def column(self, length: int, what: str) -> np.ndarray:
+        """A ``matrix<float,0,1>`` of ``length`` rows (dlib writes ``-rows, -cols``; old files ``rows, cols``)."""
+        rows, cols = (int(v) for v in self.take(2))
+        if (abs(rows), abs(cols)) != (length, 1) or (rows < 0) != (cols < 0):
+            raise self.fail(f"{what} of {rows} x {cols}, expected {length} x 1")
+        return self.floats(length)
+
+
+def _trees(stream: _Stream, parts: int, features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One cascade's regression trees as ``(first, second, thresholds, leaves)`` (see :class:`Cascade`)."""
+    trees = stream.count(1, MAX_TREES, "tree count")
+    splits = -1
+    first, second, thresholds, leaves = [], [], [], []
+    for _ in range(trees):
+        count = stream.count(1, (1 << MAX_TREE_DEPTH) - 1, "split count")
+        if count & (count + 1) or splits not in (-1, count):
+            raise stream.fail(f"a tree of {count} splits (trees must be complete and of one depth)")
+        splits = count
+        rows = stream.take(4 * count).reshape(count, 4)
+        if (rows[:, :2] < 0).any() or (rows[:, :2] >= features).any():
+            raise stream.fail(f"a split on a feature outside 0 to {features - 1}")
+        first.append(rows[:, 0])
+        second.append(rows[:, 1])
+        thresholds.append(_float32(rows[:, 2:], stream.fail))
+        stream.count(count + 1, count + 1, "leaf count")
+        block = stream.take((count + 1) * (2 + 4 * parts)).reshape(count + 1, 2 + 4 * parts)
+        if (np.abs(block[:, 0]) != 2 * parts).any() or (np.abs(block[:, 1]) != 1).any():
+            raise stream.fail(f"a leaf vector that is not {2 * parts} x 1")
+        leaves.append(_float32(block[:, 2:].reshape(count + 1, 2 * parts, 2), stream.fail))
+    return np.stack(first), np.stack(second), np.stack(thresholds), np.stack(leaves)
+
+
+def read_shape_predictor(path: str | os.PathLike) -> ShapePredictor:
+    """Parse a dlib ``shape_predictor`` file (``shape_predictor_5_face_landmarks.dat`` and its kind).
+
+    Raises
+    ------
+    WeightsError
+        If the file is missing, truncated, altered, or not a shape predictor.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"shape predictor file {str(path)!r} does not exist")
+    if path.stat().st_size > 1 << 30:
+        raise WeightsError(f"{path}: {path.stat().st_size} bytes is far too large for a shape predictor file")
+    stream = _Stream(decode_integers(path.read_bytes(), str(path)), str(path))
+    stream.count(1, 1, "version")
+    rows = int(stream.take(1)[0])
+    stream.cursor -= 1
+    parts = abs(rows) // 2
+    if not 1 <= parts <= MAX_PARTS:
+        raise stream.fail(f"an initial shape of {rows} values")
+    initial = stream.column(2 * parts, "initial shape")
+    # The trees come before the feature pixels they index, so their indices are checked once those are read.
+    forests = [_trees(stream, parts, MAX_FEATURES) for _ in range(stream.count(1, MAX_CASCADES, "cascade count"))]
+    stream.count(len(forests), len(forests), "anchor vector count")
+    anchors = []
+    for _ in forests:
+        anchor = stream.take(stream.count(1, MAX_FEATURES, "feature count"))
+        if (anchor < 0).any() or (anchor >= parts).any():
+            raise stream.fail(f"an anchor outside parts 0 to {parts - 1}")
+        anchors.append(anchor)
+    stream.count(len(forests), len(forests), "delta vector count")
+    cascades = []
+    for anchor, (first, second, thresholds, leaves) in zip(anchors, forests):
+        deltas = stream.floats(2 * stream.count(len(anchor), len(anchor), "delta count")).reshape(-1, 2)
+        if max(first.max(), second.max()) >= len(anchor):
+            raise stream.fail(f"a split on a feature outside 0 to {len(anchor) - 1}")
+        cascades.append(Cascade(anchor.copy(), deltas, first.copy(), second.copy(), thresholds, leaves))
+    if stream.cursor != len(stream.values):
+        raise stream.fail(f"{len(stream.values) - stream.cursor} unexpected trailing values")
+    return ShapePredictor(initial.reshape(parts, 2), tuple(cascades))
+
+
+def save_shape_predictor(predictor: ShapePredictor, path: str | os.PathLike) -> None:
+    """Write ``predictor`` in dlib's ``shape_predictor`` serialization (the inverse of
+    :func:`read_shape_predictor`; dlib's own model files round-trip byte for byte)."""
+    parts = predictor.parts
+    column = [-2 * parts, -1]
+    chunks = [np.array([1, *column]), encode_floats(predictor.initial_shape), np.array([len(predictor.cascades)])]
+    for cascade in predictor.cascades:
+        trees, splits = cascade.first.shape
+        chunks.append(np.array([trees]))
+        for tree in range(trees):
+            rows = np.concatenate([cascade.first[tree][:, None], cascade.second[tree][:, None],
+                                   encode_floats(cascade.thresholds[tree])], axis=1)
+            leaves = encode_floats(cascade.leaves[tree]).reshape(splits + 1, -1)
+            chunks += [np.array([splits]), rows, np.array([splits + 1]),
+                       np.concatenate([np.tile(column, (splits + 1, 1)), leaves], axis=1)]
+    chunks.append(np.array([len(predictor.cascades)]))
+    for cascade in predictor.cascades:
+        chunks += [np.array([len(cascade.anchors)]), cascade.anchors]
+    chunks.append(np.array([len(predictor.cascades)]))
+    for cascade in predictor.cascades:
+        chunks += [np.array([len(cascade.deltas)]), encode_floats(cascade.deltas)]
+    Path(path).write_bytes(encode_integers(np.concatenate([np.asarray(c, np.int64).reshape(-1) for c in chunks])))
+
+
+def grey_levels(image: np.ndarray) -> np.ndarray:
+    """dlib's grey level of an ``H x W x 3`` uint8 RGB image (``(r + g + b) // 3``) or an ``H x W`` grey one.
+
+    Raises
+    ------
+    ShapeError
+        If the image is neither.
+    """
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ShapeError(f"landmarks need an H x W x 3 RGB or H x W grey uint8 image, got {image.shape} "
+                         f"{image.dtype}")
+    if image.ndim == 2:
+        return image
+    return (image.astype(np.uint16).sum(axis=2) // 3).astype(np.uint8)
+
+
+def similarity_matrix(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The 2x2 linear part ``c R`` of the least-squares similarity transform from ``source`` to ``target``.
+
+    Umeyama (1991), eqs. 34-43, as dlib's ``find_similarity_transform``, in its closed form for two
+    dimensions: with centred points ``a`` (source) and ``b`` (target), covariance ``C = mean(b a^T)`` and
+    ``s = mean(|a|^2)``, ``c R = [[p, -q], [q, p]]`` where ``p = (C00 + C11) / s`` and ``q = (C10 - C01) / s``
+    (the best proper rotation, which dlib's SVD with its reflection fix also yields). In float64.
+
+    Parameters
+    ----------
+    source, target : numpy.ndarray
+        ``(P, 2)`` points.
+    """
+    a = source.astype(np.float64) - source.astype(np.float64).mean(axis=0)
+    b = target.astype(np.float64) - target.astype(np.float64).mean(axis=0)
+    spread = (a * a).sum() / len(a)
+    if spread == 0:
+        return np.eye(2)
+    cov = b.T @ a / len(a)
+    p, q = (cov[0, 0] + cov[1, 1]) / spread, (cov[1, 0] - cov[0, 1]) / spread
+    return np.array([[p, -q], [q, p]])
+
+
+def _to_image(points: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Normalised ``(n, 2)`` points mapped into the image by the box and rounded as dlib's ``point``."""
+    left, top, right, bottom = box
+    scale = np.array([right - left, bottom - top], dtype=np.float64)
+    return np.floor(points.astype(np.float64) * scale + np.array([left, top]) + 0.5).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ShapePredictor:
+    """A parsed shape predictor: the initial shape and its cascades.
+
+    Attributes
+    ----------
+    initial_shape : numpy.ndarray
+        ``(P, 2)`` float32 mean shape in box-normalised coordinates.
+    cascades : tuple of Cascade
+        Applied in order.
+    """
+
+    initial_shape: np.ndarray
+    cascades: tuple[Cascade, ...]
+
+    @property
+    def parts(self) -> int:
+        """Number of landmarks."""
+        return len(self.initial_shape)
+
+    def predict(self, grey: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The landmarks of the face in ``box`` as dlib's ``shape_predictor(image, rectangle)`` finds them.
+
+        Parameters
+        ----------
+        grey : numpy.ndarray
+            ``H x W`` uint8 grey levels (see :func:`grey_levels`).
+        box : tuple of int
+            Inclusive ``(left, top, right, bottom)`` in pixels.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(P, 2)`` int64 pixel positions ``(x, y)`` in the model's part order.
+        """
+        height, width = grey.shape
+        flat_grey = grey.reshape(-1)
+        current = self.initial_shape.copy()
+        for cascade in self.cascades:
+            linear = similarity_matrix(self.initial_shape, current).astype(np.float32)
+            dx, dy = cascade.deltas[:, 0], cascade.deltas[:, 1]
+            anchor = current[cascade.anchors]
+            # float32 products and sums in dlib's order: A * delta, then + anchor.
+            normalised = np.stack([linear[0, 0] * dx + linear[0, 1] * dy + anchor[:, 0],
+                                   linear[1, 0] * dx + linear[1, 1] * dy + anchor[:, 1]], axis=1)
+            x, y = _to_image(normalised, box).T
+            inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+            values = np.where(inside, flat_grey.take(np.where(inside, y * width + x, 0)), 0).astype(np.float32)
+            trees, splits = cascade.first.shape
+            first, second = cascade.first.reshape(-1), cascade.second.reshape(-1)
+            thresholds = cascade.thresholds.reshape(-1)
+            row = np.arange(trees) * splits
+            node = np.zeros(trees, np.int64)
+            for _ in range(splits.bit_length()):  # complete trees: depth log2(splits + 1)
+                index = row + node
+                difference = values.take(first.take(index)) - values.take(second.take(index))
+                node = 2 * node + 1 + (difference <= thresholds.take(index))
+            increments = cascade.leaves.reshape(trees * (splits + 1), -1).take(
+                np.arange(trees) * (splits + 1) + node - splits, axis=0)
+            # dlib adds the leaves one tree after another in float32: a sequential (cumulative) sum.
+            total = np.cumsum(np.concatenate([current.reshape(1, -1), increments]), axis=0, dtype=np.float32)[-1]
+            current = total.reshape(-1, 2)
+        return _to_image(current, box)

