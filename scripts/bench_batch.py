@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from dcnn.analysis.analyze import load_summary
-from dcnn.parallel.steal import FIELDS
+from dcnn.io.schema import column
 
 
 def run(ranks: int, data: Path, output: Path, args: argparse.Namespace, *extra: str) -> dict:
@@ -37,10 +37,11 @@ def run(ranks: int, data: Path, output: Path, args: argparse.Namespace, *extra: 
     if done.returncode != 0:
         raise SystemExit(f"run failed: {' '.join(command)}\n{done.stderr}")
     summary = load_summary(str(output))
-    queue = summary.steal[:, FIELDS.index("queue_seconds")].sum()
+    queue = column(summary.steal, "queue_seconds").sum()
     return {"ranks": ranks, "options": list(extra), "seconds": summary.elapsed,
             "images_per_second": summary.images_per_second, "busy_seconds": summary.busy.tolist(),
-            "tasks_per_rank": summary.tasks.tolist(), "steals_succeeded": int(summary.steal[:, 2].sum()),
+            "tasks_per_rank": summary.tasks.tolist(),
+            "steals_succeeded": int(column(summary.steal, "steals_succeeded").sum()),
             "queue_overhead": float(queue / (summary.elapsed * ranks))}
 
 

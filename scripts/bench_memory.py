@@ -31,9 +31,9 @@ RUNS = [
     (1, ["--input", FACES, "--dataset", "wide", "--mode", "batch", "--batch-size", "1"]),
     (1, ["--input", FACES, "--dataset", "wide", "--mode", "batch", "--batch-size", "2"]),
     (2, ["--input", FACES, "--dataset", "wide", "--mode", "spatial", "--batch-size", "1"]),
-    (2, ["--input", FACES, "--dataset", "wide", "--mode", "fused", "--tiles", "4x4", "--overlap", "reuse",
+    (2, ["--input", FACES, "--dataset", "wide", "--mode", "fused", "--tiles", "4x4", "--halo-policy", "reuse",
          "--batch-size", "1"]),
-    (2, ["--input", FACES, "--dataset", "wide", "--mode", "fused", "--tiles", "4x4", "--overlap", "recompute",
+    (2, ["--input", FACES, "--dataset", "wide", "--mode", "fused", "--tiles", "4x4", "--halo-policy", "recompute",
          "--batch-size", "1"]),
     (2, ["--input", FACES, "--dataset", "wide", "--plan", "auto", "--mem-per-rank", "200MiB"]),
 ]

@@ -22,10 +22,14 @@ Needs scikit-image (``pip install scikit-image``) only to run.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import h5py
 import numpy as np
 from PIL import Image
+
+from dcnn.cli.common import add_common_arguments, output_path, run_main
+from dcnn.errors import InputError
 
 SIZE = 128
 WIDE = (500, 1000)
@@ -44,15 +48,24 @@ def _resize(array: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((width, height), Image.BICUBIC))
 
 
+def scikit_image_data():
+    """scikit-image's ``skimage.data`` (the public-domain pictures), or a one-line error naming the extra."""
+    try:
+        import skimage.data
+    except ModuleNotFoundError:
+        raise InputError("the bundled sets are made from scikit-image's pictures: pip install '.[datasets]'") from None
+    return skimage.data
+
+
 class Sources:
     """The scikit-image pictures the recipe draws from."""
 
     def __init__(self) -> None:
-        import skimage.data
+        data = scikit_image_data()
 
-        self.portraits = {name: _rgb(getattr(skimage.data, name)()) for name in FACES}
-        self.backgrounds = [_rgb(getattr(skimage.data, name)()) for name in BACKGROUNDS]
-        self.lfw = [_rgb(face) for face in skimage.data.lfw_subset()]
+        self.portraits = {name: _rgb(getattr(data, name)()) for name in FACES}
+        self.backgrounds = [_rgb(getattr(data, name)()) for name in BACKGROUNDS]
+        self.lfw = [_rgb(face) for face in data.lfw_subset()]
 
     def face_crop(self, rng: np.random.Generator, margin: float) -> np.ndarray:
         """A square crop around a face: an LFW crop, or astronaut/camera with ``margin`` face-widths around."""
@@ -110,16 +123,28 @@ def wide_image(sources: Sources, rng: np.random.Generator, index: int) -> np.nda
     return canvas
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``scripts/make_dataset.py``."""
+    parser = argparse.ArgumentParser(prog="scripts/make_dataset.py",
+                                     description="Make a face image set (HDF5) from scikit-image's public-domain "
+                                                 "pictures, as data/faces.h5 was made.")
     parser.add_argument("--count", type=int, default=48, help="128 x 128 images (default 48)")
     parser.add_argument("--wide", type=int, default=2, help="500 x 1000 images (default 2)")
     parser.add_argument("--seed", type=int, default=2020)
-    parser.add_argument("--output", default="data/faces.h5")
-    args = parser.parse_args()
+    parser.add_argument("--output", default="data/faces.h5",
+                        help="the HDF5 file to write; its folder is created (default data/faces.h5)")
+    add_common_arguments(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the image set."""
+    if args.count < 0 or args.wide < 0:
+        raise InputError("--count and --wide take a number of images, at least 0")
+    output = output_path(args.output, "--output")
     sources = Sources()
     rng = np.random.default_rng(args.seed)
-    with h5py.File(args.output, "w") as handle:
+    with h5py.File(output, "w") as handle:
         images = handle.create_dataset("images", shape=(args.count, SIZE, SIZE, 3), dtype=np.uint8,
                                        chunks=(min(args.count, 64) or 1, SIZE, SIZE, 3), compression="gzip")
         block = 4096
@@ -134,8 +159,9 @@ def main() -> None:
         handle.attrs["made_by"] = f"scripts/make_dataset.py --count {args.count} --wide {args.wide} --seed {args.seed}"
         handle.attrs["sources"] = ("scikit-image data: astronaut, camera, lfw_subset (faces); "
                                    + ", ".join(BACKGROUNDS) + " (backgrounds)")
-    print(f"wrote {args.output}: images {args.count} x {SIZE}x{SIZE}, wide {args.wide} x {WIDE[0]}x{WIDE[1]}")
+    print(f"wrote {output}: images {args.count} x {SIZE}x{SIZE}, wide {args.wide} x {WIDE[0]}x{WIDE[1]}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(run, build_parser()))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Build ``data/samples.h5``, the bundled default image set of ``python -m dcnn.infer``.
 
-Four public-domain photographs shipped with scikit-image (``pip install scikit-image``; needed only to run
+Four public-domain photographs shipped with scikit-image (the ``[datasets]`` extra; needed only to run
 this script), centre-cropped to squares and resized to 224 x 224 RGB with Pillow:
 astronaut (NASA), coffee (Rachel Michetti, CC0), chelsea (Stefan van der Walt, CC0), rocket (NASA).
 
@@ -9,10 +9,15 @@ Usage: ``python scripts/make_samples.py [--output data/samples.h5] [--size 224]`
 """
 
 import argparse
+import sys
 
 import h5py
 import numpy as np
+from make_dataset import scikit_image_data
 from PIL import Image
+
+from dcnn.cli.common import add_common_arguments, output_path, run_main
+from dcnn.errors import InputError
 
 SOURCES = ("astronaut", "coffee", "chelsea", "rocket")
 
@@ -26,22 +31,33 @@ def square_resize(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(crop.resize((size, size), Image.BICUBIC))
 
 
-def main() -> None:
-    import skimage.data
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``scripts/make_samples.py``."""
+    parser = argparse.ArgumentParser(prog="scripts/make_samples.py",
+                                     description="Build data/samples.h5, four photographs for the classifiers.")
+    parser.add_argument("--output", default="data/samples.h5",
+                        help="the HDF5 file to write; its folder is created (default data/samples.h5)")
+    parser.add_argument("--size", type=int, default=224, help="side of the square images (default 224)")
+    add_common_arguments(parser)
+    return parser
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default="data/samples.h5")
-    parser.add_argument("--size", type=int, default=224)
-    args = parser.parse_args()
-    images = np.stack([square_resize(getattr(skimage.data, name)()[..., :3], args.size) for name in SOURCES])
-    with h5py.File(args.output, "w") as handle:
+
+def run(args: argparse.Namespace) -> int:
+    """Write the image set."""
+    if args.size < 1:
+        raise InputError(f"--size must be at least 1, got {args.size}")
+    output = output_path(args.output, "--output")
+    data = scikit_image_data()
+    images = np.stack([square_resize(getattr(data, name)()[..., :3], args.size) for name in SOURCES])
+    with h5py.File(output, "w") as handle:
         data = handle.create_dataset("images", data=images, compression="gzip", compression_opts=6)
         data.attrs["layout"] = "NHWC uint8 RGB"
         handle.create_dataset("names", data=np.array(SOURCES, dtype="S"))
         handle.attrs["source"] = "scikit-image data: astronaut, coffee, chelsea, rocket (public domain / CC0)"
         handle.attrs["made_by"] = "scripts/make_samples.py"
-    print(f"wrote {args.output}: {images.shape} {images.dtype}")
+    print(f"wrote {output}: {images.shape} {images.dtype}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(run, build_parser()))

@@ -33,8 +33,11 @@ def test_summaries_and_scaling_table(runs, tmp_path):
     done = subprocess.run([sys.executable, "-m", "dcnn.analyze", *map(str, runs), "--csv", str(csv_path)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "lenet5, batch mode, 2 rank(s), complete" in done.stdout
+    assert "lenet5, batch mode, 2 ranks, complete" in done.stdout and "batch mode, 1 rank, complete" in done.stdout
     assert "scaling, lenet5 on 48 images" in done.stdout and "efficiency" in done.stdout
+    scaling = done.stdout.split("scaling, lenet5 on 48 images")[1].splitlines()
+    assert "run (mode and options)" in scaling[1]
+    assert [line.split()[:4] for line in scaling[2:4]] == [["1", "batch,", "batch", "4"], ["2", "batch,", "batch", "4"]]
     rows = csv_path.read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("file,model,mode,ranks")
     assert rows[0].endswith("max_predicted_peak_bytes,memory_prediction_error")
@@ -84,3 +87,65 @@ def test_stolen_tasks_are_those_outside_the_initial_interval():
 
     task_rank = np.array([0, 0, 1, 1, 1, 1, 0, -1])
     assert stolen_tasks(task_rank, 2).tolist() == [False, False, True, True, False, False, True, False]
+
+
+def test_task_counts_after_a_resume_cover_the_same_run_as_the_busy_seconds(runs, tmp_path):
+    """A resumed file holds every run's tasks in /timing/task_rank; the per-rank table counts this run's."""
+    import shutil
+
+    from dcnn.io.schema import STEAL_FIELDS
+
+    resumed = tmp_path / "resumed.h5"
+    shutil.copy(runs[1], resumed)
+    with h5py.File(resumed, "r+") as handle:
+        handle["stats/steal"][:, STEAL_FIELDS.index("tasks_run")] = [2, 1]  # this run: 3 of the 12 tasks
+    summary = load_summary(str(resumed))
+    assert summary.tasks.tolist() == [2, 1]
+
+
+def test_memory_figure_groups_and_legends_are_distinct(runs, tmp_path):
+    from dcnn.analysis.analyze import count_of
+    from dcnn.analysis.plots import memory_group_label
+
+    one, two = load_summary(str(runs[1])), load_summary(str(runs[1]))
+    two.path = str(tmp_path / "another.h5")
+    assert memory_group_label(one) != memory_group_label(two)
+    assert memory_group_label(one).startswith("lenet5, 2 ranks\nbatch, batch 4\n")
+    assert (count_of(1, "rank"), count_of(3, "rank")) == ("1 rank", "3 ranks")
+
+
+def test_drawn_detections_are_labelled_and_wide_images_keep_their_shape(tmp_path):
+    from PIL import Image
+
+    from dcnn.analysis.analyze import draw_detections
+    from dcnn.faces.detect import DETECTION_DTYPE
+
+    pictures = tmp_path / "wide.h5"
+    with h5py.File(pictures, "w") as handle:
+        handle["images"] = np.full((2, 100, 200, 3), 90, np.uint8)
+    result = tmp_path / "run.h5"
+    with h5py.File(result, "w") as handle:
+        handle["outputs/detections"] = np.array([(1, 20, 10, 59, 49, 0.9)], DETECTION_DTYPE)
+        handle.attrs["input"] = str(pictures)
+    png = tmp_path / "faces.png"
+    assert draw_detections(str(result), str(png), 5, tile=64) == 2
+    sheet = np.asarray(Image.open(png).convert("RGB"))
+    assert sheet.shape == (64, 256, 3)  # two 2:1 images side by side at 128x64, not squeezed into 64x64
+    label = sheet[:14, 128:190]
+    assert (label > 150).all(axis=-1).any() and (label == 0).all(axis=-1).any()  # "image 1", light on black
+    assert (sheet[:, 128 + 10:128 + 30] == (255, 40, 40)).all(axis=-1).any()  # its box, in the second cell
+
+
+def test_task_counts_of_a_mode_without_a_queue(tmp_path):
+    """Single (and spatial, fused) mode run the tasks in order; every rank still reports how many it ran."""
+    data = tmp_path / "digits.h5"
+    with h5py.File(data, "w") as handle:
+        handle["images"] = np.zeros((5, 32, 32, 1), np.uint8)
+    path = tmp_path / "single.h5"
+    done = subprocess.run([sys.executable, "-m", "dcnn.infer", "--model", "lenet5", "--mode", "single", "--input",
+                           str(data), "--output", str(path), "--batch-size", "2", "--quiet"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(path) as handle:
+        assert handle["stats/steal"][0, 0] == 3  # tasks_run: 3 batches of at most 2 images
+    assert load_summary(str(path)).tasks.tolist() == [3]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import random_array
 
+from dcnn.decomposition import geometry
 from dcnn.decomposition.geometry import Box, block_boxes, exchange_transfers, input_box, interior_box, split_extent
 from dcnn.kernels.conv import conv2d
 from dcnn.kernels.pool import max_pool2d
@@ -168,3 +169,30 @@ def test_bounding_box_of_difference_matches_pixels(rng):
         else:
             rows, cols = [p[0] for p in pixels], [p[1] for p in pixels]
             assert result == Box(min(rows), max(rows) + 1, min(cols), max(cols) + 1)
+
+
+
+def all_pairs_transfers(held: list[Box], needed: list[Box]) -> list[geometry.Transfer]:
+    """Brute force: every other block against every needed box that its own block does not cover."""
+    return [geometry.Transfer(source, dest, held[source].intersect(need)) for dest, need in enumerate(needed)
+            if not held[dest].contains(need) for source in range(len(held))
+            if source != dest and not held[source].intersect(need).empty]
+
+
+@pytest.mark.parametrize("size,dims", [((9, 7), (3, 2)), ((5, 4), (7, 3)), ((30, 30), (5, 6)), ((2, 40), (1, 9))])
+def test_exchange_transfers_of_a_grid_match_all_pairs(size, dims):
+    """The band index (a grid of blocks, some empty) finds exactly the messages of the all-pairs rule."""
+    held = block_boxes(*size, dims)
+    window = Window((5, 5), (1, 1), (2, 2))
+    padding = window.explicit_padding(*size)
+    needed = [input_box(out, window.kernel, window.stride, window.dilation, padding, *size)[0] for out in held]
+    assert exchange_transfers(held, needed) == all_pairs_transfers(held, needed)
+
+
+def test_exchange_transfers_of_blocks_that_are_no_grid():
+    """Blocks that do not line up in bands fall back to the all-pairs rule."""
+    held = [Box(0, 2, 0, 3), Box(0, 2, 3, 6), Box(2, 4, 0, 2), Box(2, 4, 2, 6)]
+    needed = [Box(0, 3, 0, 4), Box(0, 3, 2, 6), Box(1, 4, 0, 3), Box(1, 4, 1, 6)]
+    transfers = exchange_transfers(held, needed)
+    assert transfers == all_pairs_transfers(held, needed)
+    assert geometry.Transfer(3, 0, Box(2, 3, 2, 4)) in transfers and len(transfers) == 10

@@ -50,6 +50,7 @@ def test_logits_equal_the_library_forward(tmp_path, lenet_set):
         attrs = dict(handle.attrs)
     assert attrs["status"] == "complete" and attrs["model"] == "lenet5" and attrs["num_images"] == 7
     assert attrs["weights"] == str(weights_path) and "MPI" in attrs["mpi_library"]
+    assert attrs["mpi_thread_level"] == "funneled" and "slurm_job_id" in attrs
     assert attrs["command"].startswith("python -m dcnn.infer --model lenet5")
 
 
@@ -223,7 +224,7 @@ def test_fused_mode_equals_single_mode_and_reports_redundancy(tmp_path, overlap)
     with h5py.File(single) as a, h5py.File(fused) as b:
         expected, actual = a["outputs/logits"][()], b["outputs/logits"][()]
         assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
-        assert b.attrs["tiles"] == "2x3" and b.attrs["fuse_depth"] == 8 and b.attrs["overlap_policy"] == overlap
+        assert b.attrs["tiles"] == "2x3" and b.attrs["fuse_depth"] == 8 and b.attrs["halo_policy"] == overlap
         assert 0 < b.attrs["redundant_macs_per_image"] < b.attrs["plain_macs_per_image"]
         fields = [name.decode() for name in b["stats/fused_fields"][()]]
         totals = dict(zip(fields, b["stats/fused"][()].sum(axis=0), strict=True))

@@ -97,9 +97,10 @@ def test_a_set_of_large_images_under_a_small_memory_budget(tmp_path):
     """The paper's 1000x500 limit: with 200 MiB per rank (batch mode would need about 260 MiB) the planner
     tiles each image, the peak memory of every rank stays under the budget and the faces are dlib's."""
     from dcnn.cli.infer import DEFAULT_INPUT
+    from dcnn.io.bundled import bundled_data
 
     repeats = 3
-    with h5py.File(DEFAULT_INPUT) as source:
+    with h5py.File(bundled_data(DEFAULT_INPUT)) as source:
         wide = source["wide"][()]
     path = tmp_path / "large.h5"
     with h5py.File(path, "w") as handle:

@@ -11,6 +11,7 @@ from dcnn.planner.plan import (
     MIB,
     MODEL_MARGIN,
     Cluster,
+    best_plan,
     choose_plan,
     format_bytes,
     memory_batch,
@@ -26,7 +27,7 @@ SHAPE = (3, 224, 224)
 
 
 @pytest.mark.parametrize("text,expected", [("512MiB", 512 * 2**20), ("3.2GiB", int(3.2 * 2**30)), ("4G", 4 * 2**30),
-                                           ("4GB", 4 * 10**9), ("1000", 1000), (" 2 kib ", 2048)])
+                                           ("4GB", 4 * 10**9), ("1000B", 1000), (" 2 kib ", 2048), (1000, 1000)])
 def test_parse_bytes(text, expected):
     assert parse_bytes(text) == expected
 
@@ -34,6 +35,13 @@ def test_parse_bytes(text, expected):
 @pytest.mark.parametrize("text", ["", "12 parsecs", "-1MiB", "MiB", "1..2G"])
 def test_parse_bytes_refuses_nonsense(text):
     with pytest.raises(InputError, match="memory size"):
+        parse_bytes(text)
+
+
+@pytest.mark.parametrize("text", ["200", " 3.5 "])
+def test_parse_bytes_refuses_a_size_without_unit(text):
+    """``--mem-per-rank 200`` could mean bytes or MiB: refused, with the spelling that works."""
+    with pytest.raises(InputError, match=r"no unit; write for example .*MiB"):
         parse_bytes(text)
 
 
@@ -153,3 +161,22 @@ def test_a_map_too_small_to_tile_still_gets_an_explanation():
     """VGG-16 on 32x32 ends in a 1x1 map: no tile grid exists, and the message still says what would fit."""
     with pytest.raises(PlanError, match=r"fits on \d+ such nodes"):
         choose_plan(VGG16, (3, 32, 32), Cluster.uniform(2, 300 * MIB), 1)
+
+
+@pytest.mark.timeout(300)
+def test_a_thousand_nodes_are_planned_without_enumerating_rank_pairs():
+    """A hang guard (issue 14: 221 s at 1,000 nodes when halo messages were found by all rank pairs)."""
+    cluster = Cluster.uniform(1000, 4 * 2**30)
+    candidates = plans(VGG16, SHAPE, cluster, 2, 1000)
+    spatial = [plan for plan in candidates if plan.mode == "spatial"]
+    assert {plan.grid for plan in spatial} == {(5, 200), (8, 125), (10, 100), (20, 50), (25, 40), (40, 25),
+                                               (50, 20), (100, 10), (125, 8), (200, 5)}
+    assert best_plan(candidates, VGG16, SHAPE, cluster).overflow(cluster) is None
+
+
+def test_spatial_grids_leave_no_rank_without_a_block():
+    """100,000 ranks cannot split a 224x224 image: spatial mode is not offered, and alone it is refused."""
+    cluster = Cluster.uniform(100_000, 4 * 2**30)
+    assert plans(VGG16, SHAPE, cluster, 1, modes=("spatial",)) == []
+    with pytest.raises(PlanError, match="no spatial plan for 100000 nodes"):
+        choose_plan(VGG16, SHAPE, cluster, 1, modes=("spatial",))

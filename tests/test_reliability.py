@@ -16,8 +16,8 @@ from conftest import mpi_command
 MODES = {
     "batch": ["--mode", "batch"],
     "spatial": ["--mode", "spatial"],
-    "fused-recompute": ["--mode", "fused", "--tiles", "2x2", "--fuse-depth", "3", "--overlap", "recompute"],
-    "fused-reuse": ["--mode", "fused", "--tiles", "2x2", "--fuse-depth", "3", "--overlap", "reuse"],
+    "fused-recompute": ["--mode", "fused", "--tiles", "2x2", "--fuse-depth", "3", "--halo-policy", "recompute"],
+    "fused-reuse": ["--mode", "fused", "--tiles", "2x2", "--fuse-depth", "3", "--halo-policy", "reuse"],
 }
 
 

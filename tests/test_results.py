@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from dcnn.errors import InputError
+from dcnn.faces.detect import DETECTION_DTYPE
 from dcnn.io.results import RESUME_KEYS, ResultWriter, open_result
 
 ATTRIBUTES = {"model": "lenet5", "mode": "batch", "weights": "init:0", "weights_fingerprint": "init:0",
@@ -69,8 +70,6 @@ def test_unwritable_output(tmp_path):
 
 
 def detections(image, *boxes):
-    from dcnn.faces.detect import DETECTION_DTYPE
-
     records = np.zeros(len(boxes), DETECTION_DTYPE)
     records["image"] = image
     for column, name in enumerate(("left", "top", "right", "bottom", "confidence")):
@@ -81,7 +80,7 @@ def detections(image, *boxes):
 def test_detections_are_sorted_and_indexed_at_the_end_and_checked_on_resume(tmp_path):
     path = tmp_path / "faces.h5"
     attributes = {**ATTRIBUTES, "model": "mmod"}
-    writer = ResultWriter.create(path, 6, None, 3, attributes)
+    writer = ResultWriter.create(path, 6, DETECTION_DTYPE, 3, attributes)
     writer.write_task(2, 4, 6, detections(5, (1, 2, 3, 4, 0.9)), rank=1, started=0, ended=1)
     writer.write_task(0, 0, 2, np.concatenate([detections(0, (5, 5, 9, 9, 1.0), (0, 0, 4, 4, 0.5)),
                                                detections(1, (7, 7, 8, 8, 0.7))]), rank=0, started=0, ended=1)
@@ -99,6 +98,17 @@ def test_detections_are_sorted_and_indexed_at_the_end_and_checked_on_resume(tmp_
     assert rows["image"].tolist() == [0, 0, 1, 2, 5]
     assert rows["confidence"][:2].tolist() == pytest.approx([1.0, 0.5])
     assert offsets.tolist() == [0, 2, 3, 4, 4, 4, 5]
+
+
+def test_provenance_names_the_slurm_job_array_and_step(monkeypatch):
+    from dcnn.io.results import SLURM_IDS, provenance
+
+    for variable in SLURM_IDS.values():
+        monkeypatch.delenv(variable, raising=False)
+    assert {provenance("4.0")[name] for name in SLURM_IDS} == {""}
+    for value, variable in enumerate(SLURM_IDS.values()):
+        monkeypatch.setenv(variable, str(100 + value))
+    assert [provenance("4.0")[name] for name in SLURM_IDS] == ["100", "101", "102", "103"]
 
 
 def test_claim_refuses_existing_or_missing_files_and_clears_leftover_copies(tmp_path):

@@ -14,7 +14,8 @@ def namespace(tmp_path, **changes):
     source.touch()
     values = {key: None for key in (*IDENTITY, *FREE, *PER_RANKS)}
     values.update(model="lenet5", input=str(source), dataset="images", batch_size=4, mode="batch", upsample=0,
-                  seed=0, tiles="4x4", overlap="reuse", no_overlap=False, no_steal=False, throttle=[])
+                  seed=0, tiles="4x4", halo_policy="reuse", no_comm_overlap=False, no_steal=False,
+                  throttle=[])
     values.update(changes)
     return argparse.Namespace(**values)
 
@@ -53,3 +54,12 @@ def test_a_vanished_input_or_an_old_file_is_one_clear_error(tmp_path):
         restore(args, frozenset(), text, "run.h5", ranks=1)
     with pytest.raises(InputError, match="made by an older dcnn"):
         restore(args, frozenset(), "none", "run.h5", ranks=1)
+
+
+def test_files_with_the_old_option_names_resume(tmp_path):
+    """Files written before --overlap and --no-overlap were renamed store them under their old names."""
+    stored = json.loads(configuration(namespace(tmp_path, halo_policy="recompute", no_comm_overlap=True), 1))
+    stored["overlap"], stored["no_overlap"] = stored.pop("halo_policy"), stored.pop("no_comm_overlap")
+    args = namespace(tmp_path)
+    restore(args, frozenset(), json.dumps(stored), "run.h5", ranks=1)
+    assert (args.halo_policy, args.no_comm_overlap) == ("recompute", True)

@@ -15,8 +15,14 @@ import numpy as np
 
 from dcnn.errors import InputError
 from dcnn.io.results import open_result, resume_command
+from dcnn.io.schema import STEAL_FIELDS, column
 
-__all__ = ["RunSummary", "format_paper_table", "load_summary", "paper_table", "scaling_table"]
+__all__ = ["RunSummary", "count_of", "format_paper_table", "load_summary", "paper_table", "scaling_table"]
+
+
+def count_of(count: int, noun: str) -> str:
+    """``"1 rank"``, ``"2 ranks"``: a count with its noun in the right number."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 @dataclass
@@ -49,6 +55,10 @@ class RunSummary:
         errors = (self.predicted_peak[valid] - self.peak_rss[valid]) / self.peak_rss[valid]
         return float(errors[np.argmax(np.abs(errors))])
 
+    def describe(self) -> str:
+        """The run's mode and options: its plan (``"spatial 2x1, batch 4"``), else its mode."""
+        return self.plan or f"{self.mode} mode"
+
     @property
     def images_per_second(self) -> float:
         """Throughput of the images computed in this (possibly resumed) run."""
@@ -74,18 +84,23 @@ def load_summary(path: str) -> RunSummary:
             def per_rank(name: str, shape: tuple[int, ...]) -> np.ndarray:
                 return handle[name][()] if name in handle else np.full(shape, np.nan)
 
-            task_rank = handle["timing/task_rank"][()]
-            finished = task_rank[task_rank >= 0]
-            # In batch mode each task runs on one rank; in the other modes every rank works on every task.
-            tasks = (np.bincount(finished, minlength=ranks) if attrs["mode"] == "batch"
-                     else np.full(ranks, len(finished)))
+            steal = per_rank("stats/steal", (ranks, len(STEAL_FIELDS)))
+            # The tasks of this run (a resumed file also holds the earlier runs' tasks), as the busy seconds.
+            tasks = column(steal, "tasks_run")
+            if np.isnan(tasks).any() or not tasks.any():  # an interrupted run has no tables yet (or an older file
+                # of a mode without a queue none): count what the file holds
+                task_rank = handle["timing/task_rank"][()]
+                finished = task_rank[task_rank >= 0]
+                # In batch mode each task runs on one rank; in the other modes every rank works on every task.
+                tasks = (np.bincount(finished, minlength=ranks) if attrs["mode"] == "batch"
+                         else np.full(ranks, len(finished)))
 
             return RunSummary(
                 path=path, model=str(attrs["model"]), mode=str(attrs["mode"]), ranks=ranks,
                 status=str(attrs.get("status", "unknown")), num_images=int(attrs["num_images"]), images_done=done,
                 images_computed=int(attrs.get("images_computed", done)),
                 elapsed=float(attrs.get("elapsed_seconds", np.nan)), tasks=tasks,
-                busy=per_rank("timing/busy_seconds", (ranks,)), steal=per_rank("stats/steal", (ranks, 6)),
+                busy=per_rank("timing/busy_seconds", (ranks,)), steal=steal,
                 peak_rss=per_rank("stats/peak_rss_bytes", (ranks,)),
                 predicted_peak=per_rank("stats/predicted_peak_bytes", (ranks,)), plan=str(attrs.get("plan", "")),
                 command=str(attrs.get("command", "")))
@@ -95,7 +110,7 @@ def load_summary(path: str) -> RunSummary:
 
 def format_summary(run: RunSummary) -> str:
     """A short report of one run."""
-    lines = [f"{run.path}: {run.model}, {run.mode} mode, {run.ranks} rank(s), {run.status}",
+    lines = [f"{run.path}: {run.model}, {run.mode} mode, {count_of(run.ranks, 'rank')}, {run.status}",
              f"  images {run.images_done}/{run.num_images} done, {run.images_computed} computed in "
              f"{run.elapsed:.2f} s: {run.images_per_second:.2f} images/s"]
     if run.status != "complete":
@@ -103,12 +118,13 @@ def format_summary(run: RunSummary) -> str:
         return "\n".join(lines)
     lines.append(f"  {'rank':>4} {'tasks':>6} {'busy s':>8} {'idle s':>8} {'steals ok/tried':>16} {'stolen':>7} "
                  f"{'peak MiB':>9} {'planned MiB':>12}")
+    tried, succeeded = column(run.steal, "steals_attempted"), column(run.steal, "steals_succeeded")
+    stolen = column(run.steal, "tasks_stolen")
     for rank in range(run.ranks):
-        steal = run.steal[rank]
         idle = run.elapsed - run.busy[rank]
         lines.append(f"  {rank:>4} {int(run.tasks[rank]):>6} {run.busy[rank]:8.2f} {idle:8.2f} "
-                     f"{f'{int(steal[2])}/{int(steal[1])}':>16} {int(steal[3]):>7} {run.peak_rss[rank] / 2**20:9.0f} "
-                     f"{run.predicted_peak[rank] / 2**20:12.0f}")
+                     f"{f'{int(succeeded[rank])}/{int(tried[rank])}':>16} {int(stolen[rank]):>7} "
+                     f"{run.peak_rss[rank] / 2**20:9.0f} {run.predicted_peak[rank] / 2**20:12.0f}")
     if not np.isnan(run.memory_error):
         lines.append(f"  plan {run.plan}: predicted peak memory {run.memory_error:+.1%} of measured (worst rank)")
     return "\n".join(lines)
@@ -122,7 +138,8 @@ def scaling_table(runs: Sequence[RunSummary]) -> list[dict[str, float]]:
     rows = []
     for run in sorted(runs, key=lambda r: (r.ranks, r.elapsed)):
         speedup = base.elapsed / run.elapsed * (run.images_computed / base.images_computed)
-        rows.append({"ranks": run.ranks, "seconds": run.elapsed, "images_per_second": run.images_per_second,
+        rows.append({"ranks": run.ranks, "run": run.describe(), "seconds": run.elapsed,
+                     "images_per_second": run.images_per_second,
                      "speedup": speedup * base.ranks, "efficiency": speedup * base.ranks / run.ranks})
     return rows
 
@@ -154,7 +171,7 @@ def format_paper_table(rows: list[dict]) -> str:
         mine = [row for row in rows if (row["model"], row["mode"]) == (model, mode)]
         ranks = sorted({row["ranks"] for row in mine})
         lines += [f"{model}, {mode} mode: wall time in seconds (parallel efficiency against the fewest ranks)", "",
-                  "| images | " + " | ".join(f"{r} rank{'s' if r > 1 else ''}" for r in ranks) + " |",
+                  "| images | " + " | ".join(count_of(r, "rank") for r in ranks) + " |",
                   "|---|" + "---|" * len(ranks)]
         for images in sorted({row["images"] for row in mine}):
             cells = {row["ranks"]: f"{row['seconds']:.1f} ({row['efficiency']:.0%})" for row in mine
@@ -165,8 +182,11 @@ def format_paper_table(rows: list[dict]) -> str:
 
 
 def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
-    """Draw the first ``count`` images of a detection run with their boxes and confidences into one PNG; a
+    """Draw the first ``count`` images of a detection run with their boxes, confidences and image indices; a
     recognition run adds each face's landmarks and its identity.
+
+    Each image gets a cell ``tile`` pixels high and as wide as its aspect ratio asks (up to four tiles), so a
+    1000x500 image is drawn at 512x256, not squeezed into a square; rows hold four tiles' width.
 
     Returns
     -------
@@ -190,10 +210,16 @@ def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
         if count == 0:
             raise InputError(f"{path}: the run has no images to draw")
         pixels = [images.read_pixels(i, i + 1)[0] for i in range(count)]
-    columns = min(count, 4)
-    sheet = Image.new("RGB", (columns * tile, -(-count // columns) * tile), "white")
-    for index, image in enumerate(pixels):
-        scale = tile / max(image.shape[:2])
+    cells = [(min(4 * tile, max(tile, round(tile * image.shape[1] / image.shape[0]))), tile) for image in pixels]
+    places, x, y = [], 0, 0
+    for width, _ in cells:
+        if x and x + width > 4 * tile:
+            x, y = 0, y + tile
+        places.append((x, y))
+        x += width
+    sheet = Image.new("RGB", (max(px + w for (px, _), (w, _) in zip(places, cells, strict=True)), y + tile), "white")
+    for index, (image, (width, height), place) in enumerate(zip(pixels, cells, places, strict=True)):
+        scale = min(width / image.shape[1], height / image.shape[0])
         picture = Image.fromarray(image).resize((max(1, round(image.shape[1] * scale)),
                                                  max(1, round(image.shape[0] * scale))))
         pen = ImageDraw.Draw(picture)
@@ -205,6 +231,8 @@ def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
             pen.text((box[0] + 3, box[1] + 2), label, fill=(255, 255, 0))
             for x, y in ([] if landmarks is None else (landmarks[face] + 0.5) * scale):
                 pen.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(40, 255, 40))
-        sheet.paste(picture, ((index % columns) * tile, (index // columns) * tile))
+        pen.rectangle((0, 0, 8 + 7 * len(f"image {index}"), 14), fill=(0, 0, 0))
+        pen.text((3, 2), f"image {index}", fill=(255, 255, 255))
+        sheet.paste(picture, place)
     sheet.save(png)
     return count

@@ -6,14 +6,16 @@ matplotlib comes with the ``[plots]`` extra; it is imported only when a figure i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
+from dcnn.analysis.analyze import count_of
 from dcnn.decomposition.intervals import initial_intervals
 from dcnn.errors import InputError
 from dcnn.io.results import open_result
 
-__all__ = ["draw_memory", "draw_single_vs_cluster", "draw_timeline", "stolen_tasks"]
+__all__ = ["draw_memory", "memory_group_label", "draw_single_vs_cluster", "draw_timeline", "stolen_tasks"]
 
 
 def _pyplot():
@@ -67,7 +69,7 @@ def draw_timeline(path: str, png: str) -> dict[str, int]:
 def draw_memory(runs: Sequence, png: str) -> None:
     """Fig. 5: peak memory of each rank, grouped by model and rank count (bars), with the planner's prediction."""
     plt = _pyplot()
-    runs = sorted(runs, key=lambda r: (r.model, r.ranks))
+    runs = sorted(runs, key=lambda r: (r.model, r.mode, r.ranks, r.describe(), r.path))
     figure, axes = plt.subplots(figsize=(max(6, 0.9 * sum(r.ranks for r in runs)), 4))
     position, ticks, labels = 0.0, [], []
     for run in runs:
@@ -78,7 +80,7 @@ def draw_memory(runs: Sequence, png: str) -> None:
             axes.scatter(xs, run.predicted_peak / 2**20, marker="_", s=300, color="tab:red",
                          label="planner" if position == 0 else None)
         ticks.append(xs.mean())
-        labels.append(f"{run.model}\n{run.mode} np={run.ranks}")
+        labels.append(memory_group_label(run))
         position = xs[-1] + 2
     axes.set_xticks(ticks, labels, fontsize=8)
     axes.set_ylabel("peak RSS per rank (MiB)")
@@ -89,6 +91,12 @@ def draw_memory(runs: Sequence, png: str) -> None:
     plt.close(figure)
 
 
+def memory_group_label(run) -> str:
+    """The label of one run's group of bars: model, plan (mode and options), rank count and file, so that two
+    runs of the same model, mode and rank count stay apart."""
+    return f"{run.model}, {count_of(run.ranks, 'rank')}\n{run.describe()}\n{Path(run.path).stem}"
+
+
 def draw_single_vs_cluster(rows: Sequence[dict], png: str) -> None:
     """Fig. 6: wall time of one rank against the most ranks, per image count (rows of ``paper_table``)."""
     plt = _pyplot()
@@ -97,8 +105,8 @@ def draw_single_vs_cluster(rows: Sequence[dict], png: str) -> None:
     cluster = [max((r for r in rows if r["images"] == n), key=lambda r: r["ranks"]) for n in counts]
     figure, axes = plt.subplots(figsize=(6, 4))
     xs = np.arange(len(counts))
-    axes.bar(xs - 0.2, [r["seconds"] for r in single], width=0.4, label=f"{single[0]['ranks']} rank(s)")
-    axes.bar(xs + 0.2, [r["seconds"] for r in cluster], width=0.4, label=f"{cluster[0]['ranks']} ranks")
+    axes.bar(xs - 0.2, [r["seconds"] for r in single], width=0.4, label=count_of(single[0]["ranks"], "rank"))
+    axes.bar(xs + 0.2, [r["seconds"] for r in cluster], width=0.4, label=count_of(cluster[0]["ranks"], "rank"))
     axes.set_xticks(xs, [str(n) for n in counts])
     axes.set_xlabel("images")
     axes.set_ylabel("wall time (s)")

@@ -24,13 +24,16 @@ from dcnn.analysis.analyze import (
     paper_table,
     scaling_table,
 )
-from dcnn.cli.common import add_common_arguments, launcher_rank, run_main
+from dcnn.cli.common import add_common_arguments, launcher_rank, output_folder, output_path, run_main
 from dcnn.io.numbers import check_number
+from dcnn.io.schema import column
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m dcnn.analyze``."""
-    parser = argparse.ArgumentParser(prog="python -m dcnn.analyze", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dcnn.analyze",
+        description="Summarise result files of python -m dcnn.infer, and compare runs of different rank counts.")
     parser.add_argument("files", nargs="+", help="result files written by python -m dcnn.infer")
     parser.add_argument("--csv", metavar="FILE", help="also write one row per run to this CSV file")
     parser.add_argument("--table", metavar="FILE.md",
@@ -65,27 +68,29 @@ def run(args: argparse.Namespace) -> int:
         if len({r.ranks for r in group}) < 2:
             continue
         print(f"\nscaling, {model} on {images} images (baseline: the run with the fewest ranks)")
-        print(f"{'ranks':>5} {'seconds':>9} {'images/s':>9} {'speedup':>8} {'efficiency':>10}")
+        print(f"{'ranks':>5} {'run (mode and options)':<30} {'seconds':>9} {'images/s':>9} {'speedup':>8} "
+              f"{'efficiency':>10}")
         for row in scaling_table(group):
-            print(f"{row['ranks']:>5} {row['seconds']:9.2f} {row['images_per_second']:9.2f} {row['speedup']:8.2f} "
+            print(f"{row['ranks']:>5} {row['run']:<30} {row['seconds']:9.2f} {row['images_per_second']:9.2f} "
+                  f"{row['speedup']:8.2f} "
                   f"{row['efficiency']:10.1%}")
     if args.table:
         rows = paper_table(runs)
         text = format_paper_table(rows)
         print("\n" + text)
-        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.table).write_text(text)
-        with open(Path(args.table).with_suffix(".csv"), "w", newline="") as handle:
+        table = output_path(args.table, "--table")
+        table.write_text(text)
+        with open(table.with_suffix(".csv"), "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["model"])
             writer.writeheader()
             writer.writerows(rows)
     if args.plots:
-        _plots(runs, Path(args.plots))
+        _plots(runs, output_folder(args.plots, "--plots"))
     if args.draw:
-        drawn = draw_detections(args.files[0], args.draw, args.images)
+        drawn = draw_detections(args.files[0], str(output_path(args.draw, "--draw")), args.images)
         print(f"drew the detections of {drawn} images into {args.draw}")
     if args.csv:
-        with open(args.csv, "w", newline="") as handle:
+        with open(output_path(args.csv, "--csv"), "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["file", "model", "mode", "ranks", "status", "images", "images_done", "seconds",
                              "images_per_second", "steals_succeeded", "max_peak_rss_bytes",
@@ -93,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
             for summary in runs:
                 writer.writerow([summary.path, summary.model, summary.mode, summary.ranks, summary.status,
                                  summary.num_images, summary.images_done, f"{summary.elapsed:.4f}",
-                                 f"{summary.images_per_second:.4f}", int(np.nansum(summary.steal[:, 2])),
+                                 f"{summary.images_per_second:.4f}",
+                                 int(np.nansum(column(summary.steal, "steals_succeeded"))),
                                  int(np.nanmax(summary.peak_rss)), int(np.nanmax(summary.predicted_peak)),
                                  f"{summary.memory_error:.4f}"])
     return 0
@@ -102,7 +108,6 @@ def run(args: argparse.Namespace) -> int:
 def _plots(runs: Sequence[RunSummary], folder: Path) -> None:
     from dcnn.analysis.plots import draw_memory, draw_single_vs_cluster, draw_timeline
 
-    folder.mkdir(parents=True, exist_ok=True)
     complete = [run for run in runs if run.status == "complete"]
     if complete:
         draw_memory(complete, str(folder / "memory.png"))

@@ -13,20 +13,28 @@ launcher's rank 0 (:func:`launcher_rank`) prints results and errors.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
-from dcnn.errors import AgreedError, DcnnError
+from dcnn import __version__
+from dcnn.errors import AgreedError, DcnnError, InputError
 
-__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "Interrupted", "add_common_arguments", "given_options", "run_main"]
+__all__ = [
+    "EXIT_BROKEN_PIPE", "EXIT_FAILURE", "EXIT_USAGE", "Interrupted", "add_common_arguments", "given_options",
+    "launcher_rank", "output_folder", "output_path", "run_main",
+]
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+#: The reader of our output went away (``| head``): the shell's code for a process ended by SIGPIPE.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 #: Seconds the other ranks give rank 0 to close its result file before a signal ends the job.
 CLOSE_GRACE = 2.0
 #: Seconds a process may take to end after SIGINT or SIGTERM before the watchdog ends it (see :func:`_watchdog`).
@@ -78,9 +86,78 @@ def _watchdog() -> None:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--quiet`` and ``--debug``, which every entry point takes."""
+    """``--quiet``, ``--debug`` and ``--version``, which every entry point takes."""
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--version", action="version", version=f"dcnn {__version__}")
+
+
+def output_folder(path: str | Path, flag: str) -> Path:
+    """The folder ``path``, created if missing, for the files a command is about to write into it.
+
+    Raises
+    ------
+    InputError
+        When it cannot be created (a file is in the way, no permission), in one line naming the flag.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"{flag} {path}: cannot create the folder ({error.strerror})") from None
+    return path
+
+
+def output_path(path: str | Path, flag: str) -> Path:
+    """The file ``path`` with its folder created (:func:`output_folder`), for a file a command is about to write.
+
+    Raises
+    ------
+    InputError
+        When the folder cannot be created or ``path`` is a folder, in one line naming the flag (``--csv``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a folder, not a file name")
+    try:
+        output_folder(path.parent, flag)
+    except InputError:
+        raise InputError(f"{flag} {path}: cannot create the folder {path.parent}") from None
+    return path
+
+
+@contextlib.contextmanager
+def _stdout_silenced(silent: bool) -> Iterator[None]:
+    """Send standard output nowhere while ``silent`` (``--quiet``; a serial tool's ranks other than 0)."""
+    if not silent:
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
+
+
+@contextlib.contextmanager
+def _silenced(silent: bool) -> Iterator[None]:
+    """Send standard output and standard error (``argparse``'s messages) nowhere while ``silent``."""
+    with _stdout_silenced(silent), open(os.devnull, "w") as devnull, \
+            contextlib.redirect_stderr(devnull if silent else sys.stderr):
+        yield
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None, rank: int) -> argparse.Namespace:
+    """Parse on every rank; only rank 0 prints ``--help``, ``--version`` and usage errors (exit 0 or 2 on all)."""
+    with _silenced(rank != 0):
+        return parser.parse_args(argv)
+
+
+def _quietly_closed_pipe() -> int:
+    """Our reader closed the pipe: point standard output at /dev/null (so the interpreter's last flush does not
+    fail again) and end with the shell's SIGPIPE code, without a traceback (the Python documentation's advice)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def given_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
@@ -122,15 +199,20 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
 
     ``args.given`` holds the options given on the command line (:func:`given_options`).
     """
-    args = parser.parse_args(argv)
-    args.given = given_options(parser, argv, args)
     rank, size = (comm.rank, comm.size) if comm is not None else (launcher_rank(), 1)
+    args = _parse(parser, argv, rank)
+    args.given = given_options(parser, argv, args)
     prefix = "dcnn: error: " if size == 1 else f"dcnn: error (rank {rank}): "
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _raise_interrupted)
     _watchdog()
     try:
-        return body(args)
+        with _stdout_silenced(args.quiet or (comm is None and rank != 0)):
+            code = body(args)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return code
+    except BrokenPipeError:
+        return _quietly_closed_pipe()
     except AgreedError as error:
         if args.debug:
             traceback.print_exc()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,19 +21,20 @@ from pathlib import Path
 
 import numpy as np
 
-from dcnn import __version__
+from dcnn.analysis.analyze import count_of
 from dcnn.cli.common import add_common_arguments, run_main
 from dcnn.cli.runconfig import configuration, restore
 from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused
 from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.errors import InputError, PlanError, ShapeError
-from dcnn.exec.workloads import Classification, Detection, Recognition
+from dcnn.exec.workloads import DETECTOR, Classification, Detection, Recognition, is_detector
 from dcnn.faces.detect import DETECTION_DTYPE, FaceDetector, default_detector_path
+from dcnn.io.bundled import bundled_data
 from dcnn.io.fingerprint import file_fingerprint
 from dcnn.io.images import Hdf5ImageSet, ImageSet, open_image_set
-from dcnn.io.lockfile import RunLock, lock_path
+from dcnn.io.lockfile import RunLock
 from dcnn.io.numbers import check_number
-from dcnn.io.progress import Progress
+from dcnn.io.progress import LOG_INTERVAL, STYLES, Progress
 from dcnn.io.results import (
     RESUME_KEYS,
     ResultWriter,
@@ -43,9 +45,11 @@ from dcnn.io.results import (
     resume_command,
     utc_now,
 )
+from dcnn.io.schema import STEAL_FIELDS, column
 from dcnn.kernels.elementwise import softmax
 from dcnn.kernels.threads import default_num_threads, set_num_threads
-from dcnn.network.graph import Network, format_shape, parse_shape
+from dcnn.modes import MODES, PLANNED_MODES, SPLITTING_MODES
+from dcnn.network.graph import Network, format_shape, parse_grid
 from dcnn.network.weights import init_weights, load_weights
 from dcnn.network.zoo import get_model, model_names
 from dcnn.parallel.batch import TaskSplit, parse_capacities, parse_throttle, run_tasks
@@ -54,19 +58,19 @@ from dcnn.parallel.comm import (
     hostnames,
     mpi4py_version,
     mpi_library_version,
+    mpi_thread_level,
     ranks_per_node,
     self_comm,
     world,
 )
 from dcnn.parallel.fused import COUNTER_FIELDS, FusedEngine
 from dcnn.parallel.spatial import SpatialEngine
-from dcnn.parallel.steal import FIELDS as STEAL_FIELDS
 from dcnn.planner.plan import Cluster, Plan, choose_plan, format_bytes, parse_bytes, plan_for
 
 __all__ = ["DEFAULT_INPUT", "build_parser", "main"]
 
-DEFAULT_INPUT = Path(__file__).resolve().parents[2] / "data" / "faces.h5"
-MODES = ("single", "batch", "spatial", "fused")
+#: The bundled image set of the default job (:mod:`dcnn.io.bundled` finds it in a checkout or an installation).
+DEFAULT_INPUT = "faces.h5"
 LAYER_FIELDS = ("compute_seconds", "wait_seconds", "bytes_sent", "bytes_received")
 
 
@@ -79,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                "N x C x H x W float32 dataset (classifiers only, used as is), or a folder of PNG/JPEG files. "
                "Output: HDF5 with /outputs/detections and /outputs/detection_offsets (mmod) or /outputs/logits "
                "(N x classes), per-task and per-layer timings, statistics and provenance; see docs/results.md.")
-    parser.add_argument("--model", default="mmod", metavar="NAME",
-                        help=f"network to run: mmod (dlib's CNN face detector, the default), "
+    parser.add_argument("--model", default=DETECTOR, metavar="NAME",
+                        help=f"network to run: {DETECTOR} (dlib's CNN face detector, the default), "
                              f"{', '.join(model_names())}")
     parser.add_argument("--weights", metavar="FILE",
                         help="mmod: a dlib detector .dat file (default: the one installed by the [faces] extra). "
@@ -90,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mmod: double the image size N times before detecting, to find smaller faces, "
                              "as dlib's upsample_num_times (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation without --weights (0)")
-    parser.add_argument("--input", default=str(DEFAULT_INPUT), metavar="PATH",
+    parser.add_argument("--input", metavar="PATH",
                         help="HDF5 image set or folder of images (default: the bundled data/faces.h5)")
     parser.add_argument("--dataset", default="images", metavar="NAME",
                         help="dataset inside the HDF5 input (default: images)")
@@ -108,28 +112,33 @@ def build_parser() -> argparse.ArgumentParser:
                              "layers are split by output neurons (each rank holds 1/P of their weights). fused: "
                              "every image's first layers run as a grid of tiles (--tiles) balanced by work "
                              "stealing, the rest in spatial mode")
-    parser.add_argument("--grid", metavar="PYxPX",
-                        help="spatial mode: the rank grid, rows x columns, e.g. 2x3 (default: MPI.Compute_dims)")
-    parser.add_argument("--tiles", default="4x4", metavar="TYxTX",
-                        help="fused mode: the tile grid over the fused block's output (default 4x4; may have "
-                             "more tiles than ranks); each tile is a stealable task (see --overlap)")
-    parser.add_argument("--overlap", choices=OVERLAP_POLICIES, default="reuse",
-                        help="fused mode: reuse (default): tiles run in three checkerboard phases and later tiles "
-                             "read the border strips of earlier ones from one-sided MPI windows instead of "
-                             "recomputing them; recompute: every tile computes its whole region")
+    parser.add_argument("--grid", metavar="ROWSxCOLS",
+                        help="spatial mode only: the rank grid, rows x columns, e.g. 2x3 (default: MPI.Compute_dims)")
+    parser.add_argument("--tiles", metavar="ROWSxCOLS",
+                        help=f"fused mode only: the tile grid over the fused block's output (default {DEFAULT_TILES}; "
+                             "may have more tiles than ranks); each tile is a stealable task (see --halo-policy)")
+    parser.add_argument("--halo-policy", "--overlap", dest="halo_policy", choices=OVERLAP_POLICIES,
+                        help="fused mode only: what a tile does with the halo it shares with its neighbours. reuse "
+                             "(default): tiles run in three checkerboard phases and later tiles read the border "
+                             "strips of earlier ones from one-sided MPI windows instead of recomputing them; "
+                             "recompute: every tile computes its whole region (--overlap: the old name, kept for "
+                             "one release)")
     parser.add_argument("--fuse-depth", type=int, metavar="N",
-                        help="fused mode: how many layers to fuse (default: all before the first global layer); "
-                             "the rest run in spatial mode")
-    parser.add_argument("--no-overlap", action="store_true",
-                        help="spatial mode: wait for halos before computing, instead of computing each block's "
-                             "interior while they are in flight (for measuring what overlap hides)")
+                        help="fused mode only: how many layers to fuse (default: all before the first global "
+                             "layer); the rest run in spatial mode")
+    parser.add_argument("--no-comm-overlap", "--no-overlap", dest="no_comm_overlap", action="store_true",
+                        help="spatial mode only: wait for halos before computing, instead of computing each "
+                             "block's interior while they are in flight (for measuring what the overlap of "
+                             "communication with computation hides; --no-overlap: the old name, kept for one "
+                             "release)")
     parser.add_argument("--plan", choices=("auto",),
-                        help="auto: let the planner choose mode, batch size, rank or tile grid and overlap policy: "
+                        help="auto: let the planner choose mode, batch size, rank or tile grid and halo policy: "
                              "the fastest predicted plan that keeps every rank within its memory budget "
                              "(--mem-per-rank, --cluster, or 80%% of this node's RAM shared by its ranks)")
     parser.add_argument("--mem-per-rank", metavar="SIZE",
-                        help="memory budget of each rank, e.g. 512MiB or 3.2GiB: a run whose predicted peak "
-                             "exceeds it is refused before any work, with what does not fit and what would")
+                        help="memory budget of each rank with its unit, e.g. 512MiB, 3.2GiB or 4G (a bare number "
+                             "is refused): a run whose predicted peak exceeds it is refused before any work, with "
+                             "what does not fit and what would")
     parser.add_argument("--cluster", metavar="FILE",
                         help="a planner cluster file (TOML, one node per rank; see docs/planner.md) for the "
                              "budgets and speeds of heterogeneous ranks")
@@ -149,9 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "options recorded in FILE (any rank count; options given again must agree on model, "
                              "mode, input and weights content, upsample, seed and batch size; a moved input or "
                              "weights file may be named by --input or --weights)")
+    parser.add_argument("--progress", choices=STYLES, default="auto",
+                        help="how rank 0 reports progress: bar (redrawn on the terminal), log (a plain line every "
+                             f"{LOG_INTERVAL:.0f} s, for batch logs), none, or auto (default): bar on a terminal, "
+                             "log otherwise (sbatch, mpiexec)")
     parser.add_argument("--top", type=int, default=3, metavar="K",
                         help="classes shown per image in the summary (default: 3; 0 for none)")
-    parser.add_argument("--version", action="version", version=f"dcnn {__version__}")
     add_common_arguments(parser)
     return parser
 
@@ -172,14 +184,12 @@ def _check_input(network: Network, images: ImageSet) -> tuple[int, ...]:
     return shape
 
 
-def _default_output() -> Path:
-    """``results/<timestamp>.h5``, or ``<timestamp>-2.h5``... if a run started in the same second has it."""
-    stem = Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, number = stem.with_suffix(".h5"), 1
-    while path.exists() or lock_path(path).exists():
-        number += 1
-        path = stem.with_name(f"{stem.name}-{number}.h5")
-    return path
+def default_output() -> Path:
+    """``results/<date>-<time>-<job>.h5``: the job part (the SLURM job and array task, else the process id and
+    random letters) keeps two jobs started in the same second apart."""
+    job = "-".join(os.environ[name] for name in ("SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID") if os.environ.get(name))
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("results") / f"{stamp}-{job or os.getpid()}-{secrets.token_hex(3)}.h5"
 
 
 def _claim(args: argparse.Namespace, comm) -> tuple[RunLock | None, bool]:
@@ -200,7 +210,7 @@ def _claim(args: argparse.Namespace, comm) -> tuple[RunLock | None, bool]:
                 attributes, status = read_configuration(args.resume)
                 stored = (attributes["configuration"], status)
             else:
-                args.output = str(args.output or _default_output())
+                args.output = str(args.output or default_output())
                 lock = claim(args.output, new=True, replace=args.force)
     stored = comm.bcast(stored, root=0)
     if stored is None:
@@ -210,22 +220,32 @@ def _claim(args: argparse.Namespace, comm) -> tuple[RunLock | None, bool]:
     return lock, stored[1] == "complete"
 
 
-def parse_grid(text: str | None) -> tuple[int, int] | None:
-    """``"2x3"`` to ``(2, 3)``; ``None`` stays ``None`` (MPI chooses)."""
-    if text is None:
-        return None
-    shape = parse_shape(text)
-    if len(shape) != 2:
-        raise InputError(f"--grid takes ROWSxCOLS such as 2x3, got {text!r}")
-    return shape  # type: ignore[return-value]
+#: Options that only one mode takes; given with another mode they are refused, not ignored.
+MODE_OPTIONS = {"--grid": ("grid", "spatial"), "--tiles": ("tiles", "fused"),
+                "--halo-policy": ("halo_policy", "fused"), "--fuse-depth": ("fuse_depth", "fused"),
+                "--no-comm-overlap": ("no_comm_overlap", "spatial")}
+DEFAULT_TILES = "4x4"
+
+
+def _check_mode_options(args: argparse.Namespace) -> None:
+    """Refuse an option of another mode given on the command line (``--grid`` without ``--mode spatial``), or one
+    that ``--plan auto`` chooses. Options a resumed run restores from its file are its own mode's."""
+    for flag, (name, mode) in MODE_OPTIONS.items():
+        if name not in args.given:
+            continue
+        if args.plan == "auto":
+            raise InputError(f"{flag} is chosen by --plan auto; give one or the other")
+        if args.mode != mode:
+            raise InputError(f"{flag} applies to --mode {mode} only, not --mode {args.mode}")
 
 
 @dataclass
 class Job:
     """Everything a run needs, checked before any heavy work.
 
-    ``records`` is the row type of a detector's outputs, ``known`` a gallery stored with them (see
-    :meth:`ResultWriter.create`), and ``attributes`` further root attributes that ``--resume`` must match.
+    ``outputs`` is what each image yields (logits per image, or the row type of a detector's outputs),
+    ``known`` a gallery stored with them (see :meth:`ResultWriter.create`), and ``attributes`` further root
+    attributes that ``--resume`` must match.
     """
 
     network: Network
@@ -233,9 +253,8 @@ class Job:
     images: ImageSet
     input_shape: tuple[int, ...]
     workload: Classification | Detection | Recognition
-    num_outputs: int | None
+    outputs: int | np.dtype
     plan: Plan
-    records: np.dtype = DETECTION_DTYPE
     known: dict | None = None
     attributes: dict = dataclass_field(default_factory=dict)
 
@@ -248,9 +267,10 @@ def _check_numbers(args: argparse.Namespace, size: int) -> None:
         if value is not None:
             check_number(value, flag, minimum=minimum)
     if args.mem_per_rank:
-        parse_bytes(args.mem_per_rank)
-    parse_grid(args.grid)
-    parse_grid(args.tiles)
+        parse_bytes(args.mem_per_rank)  # before the input is read: a size without a unit is the user's slip
+    for flag, text in (("--grid", args.grid), ("--tiles", args.tiles)):
+        if text is not None:
+            parse_grid(text, flag)
     parse_capacities(args.capacity, size)
     parse_throttle(args.throttle, size)
 
@@ -260,13 +280,16 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
     if args.mode == "single" and comm.size > 1:
         raise PlanError(f"--mode single runs on one process, but {comm.size} were started; "
                         f"run without mpirun, or choose --mode batch or spatial")
-    grid = parse_grid(args.grid)
+    _check_mode_options(args)
+    args.tiles = args.tiles or DEFAULT_TILES
+    args.halo_policy = args.halo_policy or OVERLAP_POLICIES[-1]
+    grid = parse_grid(args.grid, "--grid") if args.grid else None
     if args.mode == "spatial" and grid is not None and grid[0] * grid[1] != comm.size:
         raise PlanError(f"--grid {args.grid} needs {grid[0] * grid[1]} ranks, but {comm.size} were started")
-    images = open_image_set(args.input, args.dataset)
+    images = open_image_set(args.input or bundled_data(DEFAULT_INPUT), args.dataset)
     if len(images) == 0:
         raise InputError(f"{images.path}: the image set is empty")
-    if args.model == "mmod":
+    if is_detector(args.model):
         detector = FaceDetector.load(args.weights, args.upsample)
         height, width = images.image_shape(0)
         images.require_pixels()
@@ -277,12 +300,13 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
         detector.network.shapes(input_shape)
         plan = _plan(args, detector.network, input_shape, comm, local_ranks, len(images))
         _check_tiles(args, detector.network, input_shape)
-        return Job(detector.network, detector.weights, images, input_shape, Detection(detector), None, plan)
+        return Job(detector.network, detector.weights, images, input_shape, Detection(detector), DETECTION_DTYPE,
+                   plan)
     network = get_model(args.model)
     input_shape = _check_input(network, images)
     plan = _plan(args, network, input_shape, comm, local_ranks, len(images))
     _check_tiles(args, network, input_shape)
-    size, rank = (comm.size, comm.rank) if args.mode in ("spatial", "fused") else (1, 0)
+    size, rank = (comm.size, comm.rank) if args.mode in SPLITTING_MODES else (1, 0)
     rows = fc_shard_rows(network, size, rank)
     weights = (load_weights(args.weights, network, rows=rows) if args.weights
                else init_weights(network, args.seed, rows=rows))
@@ -310,24 +334,25 @@ def _plan(args: argparse.Namespace, network: Network, input_shape, comm, local_r
     """Choose the plan (--plan auto) or model the requested one; refuse it if it exceeds a known budget."""
     cluster = _cluster(args, comm.size, local_ranks)
     if args.plan == "auto":
-        modes = ("batch", "spatial", "fused") if comm.size > 1 else ("batch", "fused")
+        modes = PLANNED_MODES if comm.size > 1 else tuple(m for m in PLANNED_MODES if m != "spatial")
         plan = choose_plan(network, input_shape, cluster, args.batch_size, images, modes)
         args.mode = "single" if comm.size == 1 and plan.mode == "batch" else plan.mode
         args.batch_size = plan.batch
         if plan.mode == "spatial":
-            args.grid = "x".join(map(str, plan.grid))
+            args.grid = format_shape(plan.grid)
         if plan.mode == "fused":
-            args.tiles, args.overlap, args.fuse_depth = "x".join(map(str, plan.grid)), plan.overlap, None
+            args.tiles, args.halo_policy, args.fuse_depth = format_shape(plan.grid), plan.halo_policy, None
         if comm.rank == 0 and not args.quiet:
             print(f"plan: {plan.describe()}, predicted peak {format_bytes(plan.peak())} per rank "
                   f"(budget {format_bytes(min(cluster.budget(r) for r in range(cluster.size)))})", flush=True)
         return plan
     modelled = cluster or Cluster.uniform(comm.size, 2**62)
     mode = "batch" if args.mode == "single" else args.mode
-    grid = parse_grid(args.grid) if mode == "spatial" else parse_grid(args.tiles) if mode == "fused" else None
+    grid = (parse_grid(args.grid, "--grid") if mode == "spatial" and args.grid else
+            parse_grid(args.tiles, "--tiles") if mode == "fused" else None)
     if mode == "fused" and args.fuse_depth is not None:
         return _unmodelled(args, modelled)
-    plan = plan_for(network, input_shape, modelled, mode, args.batch_size, grid, args.overlap, images)
+    plan = plan_for(network, input_shape, modelled, mode, args.batch_size, grid, args.halo_policy, images)
     overflow = plan.overflow(cluster) if cluster is not None else None
     if overflow is not None:
         rank, needed, available = overflow
@@ -338,18 +363,18 @@ def _plan(args: argparse.Namespace, network: Network, input_shape, comm, local_r
 
 def _unmodelled(args: argparse.Namespace, cluster: Cluster) -> Plan:
     """A plan with no memory prediction (a fused block shorter than the convolutional part is not modelled)."""
-    return Plan(args.mode, args.batch_size, None, args.overlap, [{} for _ in range(cluster.size)])
+    return Plan(args.mode, args.batch_size, None, args.halo_policy, [{} for _ in range(cluster.size)])
 
 
 def _check_tiles(args: argparse.Namespace, network: Network, input_shape) -> None:
     """Fused mode: refuse a tile grid or depth that does not fit, before any work."""
     if args.mode == "fused":
-        plan_fused(network, input_shape, parse_grid(args.tiles), args.fuse_depth)
+        plan_fused(network, input_shape, parse_grid(args.tiles, "--tiles"), args.fuse_depth)
 
 
 def _weights_fingerprint(args: argparse.Namespace, job: Job) -> str:
     """The content fingerprint of the weights file (the installed detector's for mmod), or ``init:<seed>``."""
-    path = args.weights or (default_detector_path() if job.num_outputs is None else None)
+    path = args.weights or (default_detector_path() if job.workload.detects else None)
     return f"init:{args.seed}" if path is None else file_fingerprint(path)
 
 
@@ -359,7 +384,7 @@ def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit, thr
     if comm.rank != 0:
         return None, None
     images = job.images
-    weights = args.weights or ("face_recognition_models" if job.num_outputs is None else f"init:{args.seed}")
+    weights = args.weights or ("face_recognition_models" if job.workload.detects else f"init:{args.seed}")
     attributes = {
         **provenance(mpi4py_version()), "model": job.network.name, "mode": args.mode, "weights": weights,
         "weights_fingerprint": _weights_fingerprint(args, job), "upsample": args.upsample, "input": images.path,
@@ -367,14 +392,13 @@ def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit, thr
         "input_fingerprint": images.fingerprint(), "configuration": configuration(args, comm.size),
         "input_shape": format_shape(job.input_shape), "num_images": len(images),
         "batch_size": args.batch_size, "num_tasks": split.num_tasks, "threads": threads, "ranks": comm.size,
-        "grid": args.grid or "auto", "overlap": not args.no_overlap, "steal": not args.no_steal,
+        "grid": args.grid or "auto", "comm_overlap": not args.no_comm_overlap, "steal": not args.no_steal,
         "capacity": args.capacity or "equal", "throttle": args.throttle, "mpi_library": mpi_library_version(),
-        "started": utc_now(), **job.attributes,
+        "mpi_thread_level": mpi_thread_level(), "started": utc_now(), **job.attributes,
     }
     if args.resume:
         return ResultWriter.resume(args.resume, attributes, (*RESUME_KEYS, *job.attributes), lock)
-    writer = ResultWriter.create(args.output, len(images), job.num_outputs, split.num_tasks, attributes, job.records,
-                                 job.known, lock)
+    writer = ResultWriter.create(args.output, len(images), job.outputs, split.num_tasks, attributes, job.known, lock)
     return writer, np.zeros(len(images), np.uint8)
 
 
@@ -408,28 +432,28 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
         writer, done = _open_writer(args, comm, job, split, threads, lock)
     done = comm.bcast(done, root=0)
     pending = split.pending(done)
-    engine_comm = comm if args.mode in ("spatial", "fused") else self_comm()
-    grid = parse_grid(args.grid) if args.mode == "spatial" else None
+    engine_comm = comm if args.mode in SPLITTING_MODES else self_comm()
+    grid = parse_grid(args.grid, "--grid") if args.mode == "spatial" and args.grid else None
     engines: dict[tuple[int, ...], SpatialEngine | FusedEngine] = {}
 
-    def network_for(shape: tuple[int, ...]) -> SpatialEngine | FusedEngine:
+    def engine_for(shape: tuple[int, ...]) -> SpatialEngine | FusedEngine:
         if shape not in engines:
             network.shapes(shape)
             if args.mode == "fused":
-                engines[shape] = FusedEngine(network, weights, shape, engine_comm, parse_grid(args.tiles),
-                                             args.fuse_depth, steal=not args.no_steal, overlap=args.overlap)
+                engines[shape] = FusedEngine(network, weights, shape, engine_comm, parse_grid(args.tiles, "--tiles"),
+                                             args.fuse_depth, steal=not args.no_steal, overlap=args.halo_policy)
             else:
                 engines[shape] = SpatialEngine(network, weights, shape, engine_comm, grid,
-                                               overlap=not args.no_overlap)
+                                               overlap=not args.no_comm_overlap)
         return engines[shape]
 
     already = int(done.sum())
-    progress = Progress(len(images), enabled=False if (args.quiet or comm.rank) else None)
+    progress = Progress(len(images), style="none" if (args.quiet or comm.rank) else args.progress)
     names = hostnames(comm)
     clock = comm.bcast(time.time(), root=0)
     started = time.perf_counter()
     try:
-        stats = run_tasks(comm, args.mode, split, pending, images, job.workload, network_for, writer,
+        stats = run_tasks(comm, args.mode, split, pending, images, job.workload, engine_for, writer,
                           progress, already, clock, steal=not args.no_steal,
                           capacities=parse_capacities(args.capacity, comm.size),
                           throttle=parse_throttle(args.throttle, comm.size), seed=args.seed)
@@ -470,7 +494,7 @@ def _grid_text(engines) -> str:
     """The rank grid of a spatial run (``none`` for other modes)."""
     for engine in engines.values():
         if isinstance(engine, SpatialEngine):
-            return "x".join(map(str, engine.plan.dims))
+            return format_shape(engine.plan.dims)
     return "none"
 
 
@@ -482,7 +506,7 @@ def _fused_attributes(args: argparse.Namespace, engines) -> dict:
     engine = fused[0]
     plain = engine.plan.plain_macs()
     tiled = engine.plan.macs()[0] if engine.reuse is None else engine.reuse.macs()
-    return {"tiles": args.tiles, "fuse_depth": engine.plan.depth, "overlap_policy": engine.overlap,
+    return {"tiles": args.tiles, "fuse_depth": engine.plan.depth, "halo_policy": engine.overlap,
             "fused_macs_per_image": tiled, "plain_macs_per_image": plain,
             "redundant_macs_per_image": tiled - plain,
             "strip_bytes_per_image": 0 if engine.reuse is None else engine.reuse.strip_bytes()}
@@ -513,8 +537,8 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
     rate = computed / elapsed if elapsed > 0 else 0.0
     height, width = job.images.image_shape(0)
     print(f"{job.network.name}: {computed} images of {height}x{width} in {elapsed:.2f} s ({rate:.2f} images/s, "
-          f"{args.mode} mode, {size} rank(s) x {threads} thread(s)) -> {path}")
-    if job.num_outputs is None:
+          f"{args.mode} mode, {count_of(size, 'rank')} x {count_of(threads, 'thread')}) -> {path}")
+    if job.workload.detects:
         with h5py.File(path, "r") as handle:
             offsets = handle["outputs/detection_offsets"][()]
             identities = handle["outputs/identity"].asstr()[()] if "identity" in handle["outputs"] else None
@@ -525,11 +549,12 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
             names, people = np.unique(identities, return_counts=True)
             print("  identities: " + ", ".join(f"{name} {count}" for name, count in zip(names, people)))
     if args.mode == "batch" and size > 1:
-        steal = per_rank["steal"]
+        tasks, stolen = column(per_rank["steal"], "tasks_run"), column(per_rank["steal"], "tasks_stolen")
+        tried, succeeded = column(per_rank["steal"], "steals_attempted"), column(per_rank["steal"], "steals_succeeded")
         for rank in range(size):
-            print(f"  rank {rank}: {int(steal[rank, 0])} tasks, busy {per_rank['busy_seconds'][rank]:.2f} s, "
-                  f"{int(steal[rank, 2])}/{int(steal[rank, 1])} steals succeeded, {int(steal[rank, 3])} tasks stolen")
-    if args.top > 0 and job.num_outputs is not None:
+            print(f"  rank {rank}: {int(tasks[rank])} tasks, busy {per_rank['busy_seconds'][rank]:.2f} s, "
+                  f"{int(succeeded[rank])}/{int(tried[rank])} steals succeeded, {int(stolen[rank])} tasks stolen")
+    if args.top > 0 and not job.workload.detects:
         with h5py.File(path, "r") as handle:
             logits = handle["outputs/logits"][:5]
         for index, row in enumerate(logits):

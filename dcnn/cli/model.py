@@ -9,9 +9,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dcnn.cli.common import add_common_arguments, launcher_rank, run_main
-from dcnn.network.graph import format_cost_table, parse_shape
-from dcnn.network.zoo import get_model, model_names
+from dcnn.cli.common import add_common_arguments, run_main
+from dcnn.exec.workloads import DETECTOR, DETECTOR_IMAGE, is_detector, workload_input, workload_names
+from dcnn.network.graph import format_cost_table, format_shape
 
 __all__ = ["main"]
 
@@ -22,21 +22,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m dcnn.model",
         description="Print a model's layers with output shapes, parameters (N_l), parameter bytes (M_l), "
                     "MACs (C_l) and activation bytes, with totals.")
-    parser.add_argument("model", help=f"one of: {', '.join(model_names())}")
-    parser.add_argument("--input", metavar="CxHxW", help="per-image input shape (default: the model's own)")
+    parser.add_argument("model", help=f"one of: {', '.join(workload_names())} ({DETECTOR}: dlib's face detector)")
+    parser.add_argument("--input", metavar="[Cx]HxW",
+                        help=f"per-image input (classifiers: default the model's own; {DETECTOR}: the image size, "
+                             f"default {DETECTOR_IMAGE[0]}x{DETECTOR_IMAGE[1]}, whose network input is the image "
+                             "pyramid)")
     add_common_arguments(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the table."""
-    network = get_model(args.model)
-    shape = parse_shape(args.input) if args.input else None
-    if shape is not None and len(shape) == 2:
-        shape = (network.in_channels, *shape)
-    table = format_cost_table(network, shape)
-    if launcher_rank() == 0:
-        print(table)
+    network, shape, size = workload_input(args.model, args.input)
+    if is_detector(args.model):
+        print(f"{network.name} on {size} images (network input: the image pyramid, {format_shape(shape)})")
+    print(format_cost_table(network, shape))
     return 0
 
 

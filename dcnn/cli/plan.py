@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from dcnn.cli.common import add_common_arguments, launcher_rank, run_main
+from dcnn.cli.common import add_common_arguments, run_main
+from dcnn.exec.workloads import DETECTOR, is_detector, workload_input
 from dcnn.io.numbers import check_number
-from dcnn.network.graph import Network, format_shape, parse_shape
-from dcnn.network.zoo import get_model, model_names
-from dcnn.planner.plan import MODES, Cluster, Plan, choose_plan, format_bytes, parse_bytes, plans
+from dcnn.network.graph import format_shape
+from dcnn.network.zoo import model_names
+from dcnn.planner.plan import DEFAULT_MACS_PER_SECOND, MODES, Cluster, Plan, best_plan, format_bytes, parse_bytes, plans
 
 __all__ = ["build_parser", "main"]
 
@@ -28,16 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict per-node memory and time of each execution mode for a model on a cluster, and "
                     "choose the fastest plan that keeps every node within its memory budget (the paper's "
                     "constraints: a fraction of each node's RAM for parameters and data).")
-    parser.add_argument("model", help=f"mmod (dlib's face detector) or one of: {', '.join(model_names())}")
+    parser.add_argument("model", help=f"{DETECTOR} (dlib's face detector) or one of: {', '.join(model_names())}")
     parser.add_argument("--input", metavar="[Cx]HxW",
                         help="per-image input (classifiers: default the model's own; mmod: the image size, "
                              "default 500x1000)")
     parser.add_argument("--nodes", type=int, default=20, help="number of nodes, one rank each (default: 20)")
-    parser.add_argument("--ram", default="4GiB", help="RAM per node (default: 4GiB, a RockPro64)")
+    parser.add_argument("--ram", default="4GiB",
+                        help="RAM per node with its unit, e.g. 4GiB or 512MiB (default: 4GiB, a RockPro64)")
     parser.add_argument("--fraction", type=float, default=0.8,
                         help="share of each node's RAM for parameters and data (default: 0.8, as in the paper)")
     parser.add_argument("--mem-per-rank", metavar="SIZE",
-                        help="budget per rank for the whole process (replaces --ram and --fraction)")
+                        help="budget per rank for the whole process, with its unit, e.g. 200MiB (a bare number "
+                             "is refused; replaces --ram and --fraction)")
     parser.add_argument("--cluster", metavar="FILE", help="a cluster file (TOML) of heterogeneous nodes")
     parser.add_argument("--batch-size", type=int, default=4, help="largest batch to consider (default: 4)")
     parser.add_argument("--images", type=int, default=1000, help="images in the set, for the time (default: 1000)")
@@ -46,22 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--all", action="store_true", help="list every candidate, not only the best per mode")
     add_common_arguments(parser)
     return parser
-
-
-def _model(args: argparse.Namespace) -> tuple[Network, tuple[int, ...]]:
-    if args.model == "mmod":
-        from dcnn.faces.detect import FaceDetector
-
-        detector = FaceDetector.load(None, 0)
-        height, width = parse_shape(args.input)[-2:] if args.input else (500, 1000)
-        shape = detector.input_shape(height, width)
-        return detector.network, shape
-    network = get_model(args.model)
-    shape = parse_shape(args.input) if args.input else network.input_shape
-    if len(shape) == 2:
-        shape = (network.in_channels, *shape)
-    network.shapes(shape)
-    return network, shape
 
 
 def _cluster(args: argparse.Namespace) -> Cluster:
@@ -84,16 +71,17 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--nodes", args.nodes), ("--batch-size", args.batch_size), ("--images", args.images)):
         check_number(value, flag, minimum=1)
     check_number(args.fraction, "--fraction", above=0, maximum=1)
-    network, shape = _model(args)
+    network, shape, size = workload_input(args.model, args.input)
     cluster = _cluster(args)
     modes = tuple(args.mode or MODES)
     candidates = plans(network, shape, cluster, args.batch_size, args.images, modes)
-    chosen = choose_plan(network, shape, cluster, args.batch_size, args.images, modes)
-    if launcher_rank() != 0 or args.quiet:
-        return 0
+    chosen = best_plan(candidates, network, shape, cluster, modes)
     budget = min(cluster.budget(rank) for rank in range(cluster.size))
-    print(f"{network.name} on {format_shape(shape)}, {args.images} images, {cluster.size} nodes, "
+    shown_input = f"{size} images" + (f" (network input {format_shape(shape)})" if is_detector(args.model) else "")
+    print(f"{network.name} on {shown_input}, {args.images} images, {cluster.size} nodes, "
           f"budget {format_bytes(budget)} per node")
+    print(f"predicted seconds assume {_speeds(cluster)}, {cluster.bandwidth * 8 / 1e9:g} Gbit/s and "
+          f"{cluster.latency * 1e6:g} us per message (set gmacs, bandwidth_gbit and latency_us in a --cluster file)")
     print(f"  {'plan':<30} {'peak/node':>11} {'predicted s':>11}  {'':<12} memory of the fullest node")
     shown = candidates if args.all else _best_per_configuration(candidates, cluster)
     for plan in shown:
@@ -104,11 +92,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _speeds(cluster: Cluster) -> str:
+    """The node speeds behind the time predictions, in GMAC/s (one figure when all nodes are equal)."""
+    rates = sorted({cluster.rate(rank) / 1e9 for rank in range(cluster.size)})
+    text = f"{rates[0]:g} GMAC/s per node" if len(rates) == 1 else f"{rates[0]:g} to {rates[-1]:g} GMAC/s per node"
+    if cluster.macs_per_second == DEFAULT_MACS_PER_SECOND:
+        text += " (a RockPro64 as the paper measured it)"
+    return text
+
+
 def _best_per_configuration(candidates: list[Plan], cluster: Cluster) -> list[Plan]:
     """Per mode, grid and policy: the largest batch that fits (else the smallest batch)."""
     groups: dict[tuple, list[Plan]] = {}
     for plan in candidates:
-        groups.setdefault((plan.mode, plan.grid, plan.overlap), []).append(plan)
+        groups.setdefault((plan.mode, plan.grid, plan.halo_policy), []).append(plan)
 
     def preference(plan: Plan) -> tuple[bool, int]:
         fits = plan.overflow(cluster) is None

@@ -18,7 +18,7 @@ from dcnn.cli import infer
 from dcnn.cli.common import run_main
 from dcnn.errors import DcnnError, InputError
 from dcnn.exec.forward import Forward
-from dcnn.exec.workloads import Recognition
+from dcnn.exec.workloads import DETECTOR, Recognition, is_detector
 from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL
 from dcnn.faces.pipeline import DEFAULT_TOLERANCE, FACE_DTYPE, FaceDescriber, load_gallery
 from dcnn.parallel.comm import collective, world
@@ -51,14 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _recognition_job(args: argparse.Namespace, comm, local_ranks: int) -> infer.Job:
     """``dcnn.infer``'s detector job with the recognition workload (no gallery yet)."""
-    if args.model != "mmod":
-        raise InputError(f"--model {args.model}: recognition runs dlib's face detector (mmod) only")
+    if not is_detector(args.model):
+        raise InputError(f"--model {args.model}: recognition runs dlib's face detector ({DETECTOR}) only")
     if not args.tolerance > 0:
         raise InputError(f"--tolerance must be positive, got {args.tolerance}")
     describer = FaceDescriber.load(args.jitter)
     job = infer._validate(args, comm, local_ranks)
     job.workload = Recognition(job.workload, describer, None, args.tolerance)
-    job.records = FACE_DTYPE
+    job.outputs = FACE_DTYPE
     job.attributes = {"workload": "recognition", "known": args.known or "none", "tolerance": args.tolerance,
                       "jitter": args.jitter, "landmark_model": LANDMARK_MODEL, "descriptor_model": DESCRIPTOR_MODEL}
     return job

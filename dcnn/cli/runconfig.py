@@ -22,10 +22,12 @@ from typing import Any
 
 from dcnn.errors import InputError
 
-__all__ = ["FREE", "IDENTITY", "PER_RANKS", "RECOGNITION", "configuration", "restore"]
+__all__ = ["FREE", "IDENTITY", "PER_RANKS", "RECOGNITION", "RENAMED", "configuration", "restore"]
 
 IDENTITY = ("model", "weights", "upsample", "seed", "input", "dataset", "batch_size", "mode")
-FREE = ("tiles", "overlap", "fuse_depth", "no_overlap", "no_steal", "mem_per_rank")
+FREE = ("tiles", "halo_policy", "fuse_depth", "no_comm_overlap", "no_steal", "mem_per_rank")
+#: Options stored under an earlier name (``--overlap`` and ``--no-overlap`` before this release).
+RENAMED = {"overlap": "halo_policy", "no_overlap": "no_comm_overlap"}
 PER_RANKS = ("grid", "capacity", "throttle", "cluster")
 #: Options of ``python -m dcnn.recognize`` that decide its outputs, recorded and restored like :data:`IDENTITY`.
 RECOGNITION = ("known", "tolerance", "jitter")
@@ -61,6 +63,9 @@ def restore(args: argparse.Namespace, given: frozenset[str], text: str, path: st
     """
     try:
         stored = json.loads(text)
+        for old, new in RENAMED.items():
+            if old in stored:
+                stored.setdefault(new, stored.pop(old))
         missing = [key for key in (*IDENTITY, *FREE, *PER_RANKS, "ranks") if key not in stored]
     except (TypeError, ValueError):
         missing = ["configuration"]

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from dcnn.analysis.simulate import PAPER_TABLE, Machine, calibrate, format_comparison, paper_comparison, simulate
-from dcnn.cli.common import add_common_arguments, run_main
+from dcnn.cli.common import add_common_arguments, output_path, run_main
 from dcnn.io.numbers import check_number, parse_number
 from dcnn.network.graph import parse_shape
 
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         text = format_comparison(paper_comparison(machine, args.batch_size, args.policy))
         print("\n" + text)
         if args.markdown:
-            with open(args.markdown, "w") as handle:
+            with open(output_path(args.markdown, "--markdown"), "w") as handle:
                 handle.write(f"Simulated (policy {args.policy}, batch {args.batch_size}, calibration {args.calibrate}: "
                              f"{per_image:.4f} s per image per node, {startup:.2f} s startup, {serial * 1e3:.2f} ms "
                              f"serial per image) against the paper's table\n\n{text}\n")

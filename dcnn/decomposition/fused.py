@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dcnn.decomposition.geometry import Box, block_boxes, trace_region
-from dcnn.decomposition.spatial import GLOBAL_LAYERS
+from dcnn.decomposition.spatial import spatial_depth
 from dcnn.errors import PlanError
 from dcnn.network.graph import Network
 from dcnn.network.layers import Shape
 from dcnn.network.window import Padding
 
-__all__ = ["OVERLAP_POLICIES", "FusedPlan", "Tile", "plan_fused", "spatial_depth"]
+__all__ = ["OVERLAP_POLICIES", "FusedPlan", "Tile", "plan_fused", "spatial_depth", "sub_network"]
 
 OVERLAP_POLICIES = ("recompute", "reuse")
 
@@ -98,12 +98,11 @@ class FusedPlan:
         return tiled - plain
 
 
-def spatial_depth(network: Network) -> int:
-    """Number of layers before the first global layer (the most that can be fused)."""
-    for index, (_, layer) in enumerate(network.layers):
-        if isinstance(layer, GLOBAL_LAYERS):
-            return index
-    return len(network)
+def sub_network(network: Network, start: int, input_shape: Shape) -> Network:
+    """Layers ``start..`` of ``network`` as a network of their own on ``input_shape`` (what runs after the fused
+    block), named ``"<name>[start:]"``."""
+    return Network(f"{network.name}[{start}:]", network.layers[start:], input_shape, network.preprocessing,
+                   network.description)
 
 
 def plan_fused(network: Network, input_shape: Shape, grid: tuple[int, int], depth: int | None = None) -> FusedPlan:

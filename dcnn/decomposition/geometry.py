@@ -12,12 +12,13 @@ the map; what falls outside the map is padding, made explicit per side.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
 
-from dcnn.network.window import Padding
+from dcnn.network.window import Padding, window_span
 
 __all__ = [
     "EMPTY", "Box", "Transfer", "assemble_boxes", "block_boxes", "bounding_box", "bounding_box_of_difference",
@@ -133,7 +134,7 @@ def _needed_range(first_out: int, stop_out: int, kernel: int, stride: int, dilat
     the padding counts exactly the positions outside, so padding plus clipped range is always the whole range.
     """
     first = stride * first_out - pad_before
-    last = stride * (stop_out - 1) + dilation * (kernel - 1) - pad_before
+    last = stride * (stop_out - 1) + window_span(kernel, dilation) - 1 - pad_before
     start = min(max(first, 0), size)
     stop = max(start, min(last + 1, size))
     return start, stop, max(0, min(last + 1, 0) - first), max(0, last + 1 - max(first, size))
@@ -208,18 +209,58 @@ def exchange_transfers(held: list[Box], needed: list[Box]) -> list[Transfer]:
     Each rank receives, from every other rank, the intersection of that rank's block with its own needed box.
     Corners, halos several ranks wide and empty blocks all come out of the same rule. A rank whose held box
     already covers its needed box (the replicated input of the first layer) receives nothing; otherwise the
-    held boxes are assumed disjoint.
+    held boxes are assumed disjoint. Transfers come ordered by destination, then source.
+
+    When the held blocks tile a grid (:func:`block_boxes`: every block is one row band times one column band),
+    a needed box is matched only against the blocks of the bands it crosses, found by bisection, so a layer
+    costs O(P log P) plus the number of messages instead of O(P^2) (the planner's 1,000-node grids).
     """
+    bands = _grid_bands(held)
     transfers = []
     for dest, need in enumerate(needed):
         if held[dest].contains(need):
             continue
-        for source, block in enumerate(held):
+        sources = range(len(held)) if bands is None else _band_sources(bands, need)
+        for source in sources:
             if source != dest:
-                part = block.intersect(need)
+                part = held[source].intersect(need)
                 if not part.empty:
                     transfers.append(Transfer(source, dest, part))
     return transfers
+
+
+_Bands = tuple[list[tuple[int, int]], list[tuple[int, int]], dict[tuple[int, int], int]]
+
+
+def _grid_bands(held: list[Box]) -> _Bands | None:
+    """The sorted, disjoint row and column bands of blocks that tile a grid, and the rank of each band pair;
+    ``None`` when the non-empty blocks are not such a grid (they overlap, or do not line up in bands)."""
+    blocks = {rank: box for rank, box in enumerate(held) if not box.empty}
+    rows = sorted({(box.top, box.bottom) for box in blocks.values()})
+    cols = sorted({(box.left, box.right) for box in blocks.values()})
+    if any(a[1] > b[0] for a, b in pairwise(rows)) or any(a[1] > b[0] for a, b in pairwise(cols)):
+        return None
+    where = {((box.top, box.bottom), (box.left, box.right)): rank for rank, box in blocks.items()}
+    return (rows, cols, where) if len(where) == len(blocks) else None
+
+
+def _band_sources(bands: _Bands, need: Box) -> list[int]:
+    """The ranks whose blocks (one row band times one column band) meet ``need``, in rank order."""
+    rows, cols, where = bands
+    crossed_rows = _crossed(rows, need.top, need.bottom)
+    crossed_cols = _crossed(cols, need.left, need.right)
+    return sorted(where[pair] for pair in ((r, c) for r in crossed_rows for c in crossed_cols) if pair in where)
+
+
+def _crossed(bands: list[tuple[int, int]], start: int, stop: int) -> list[tuple[int, int]]:
+    """The bands of a sorted, disjoint list that meet ``[start, stop)``."""
+    first = bisect.bisect_right(bands, start, key=lambda band: band[1])
+    crossed = []
+    for band in bands[first:]:
+        if band[0] >= stop:
+            break
+        crossed.append(band)
+    return crossed
 
 
 def assemble_boxes(flat: np.ndarray, boxes: list[Box], leading: tuple[int, int],

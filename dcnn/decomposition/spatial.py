@@ -22,11 +22,11 @@ from dcnn.decomposition.geometry import (
     interior_box,
     split_extent,
 )
-from dcnn.network.graph import Network
+from dcnn.network.graph import BYTES_PER_VALUE, Network
 from dcnn.network.layers import AdaptiveAvgPool2d, Flatten, Layer, Linear, Shape, Softmax
 from dcnn.network.window import Padding
 
-__all__ = ["GLOBAL_LAYERS", "SpatialLayerPlan", "SpatialPlan", "fc_shard_rows", "plan_spatial"]
+__all__ = ["GLOBAL_LAYERS", "SpatialLayerPlan", "SpatialPlan", "fc_shard_rows", "plan_spatial", "spatial_depth"]
 
 #: Layers that end the spatial part: the map is gathered before the first of them.
 GLOBAL_LAYERS = (AdaptiveAvgPool2d, Flatten, Linear, Softmax)
@@ -74,7 +74,7 @@ class SpatialLayerPlan:
 
     def halo_bytes(self, batch: int = 1) -> int:
         """Bytes every rank together receives in this layer's exchange."""
-        return sum(t.box.area for t in self.transfers) * self.in_shape[0] * 4 * batch
+        return sum(t.box.area for t in self.transfers) * self.in_shape[0] * BYTES_PER_VALUE * batch
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,15 @@ class SpatialPlan:
         return self.dims[0] * self.dims[1]
 
 
+def spatial_depth(network: Network) -> int:
+    """Number of layers before the first global layer (:data:`GLOBAL_LAYERS`): what spatial mode splits into
+    blocks and fused mode can fuse at most; the rest runs on whole (gathered) maps."""
+    for index, (_, layer) in enumerate(network.layers):
+        if isinstance(layer, GLOBAL_LAYERS):
+            return index
+    return len(network)
+
+
 def plan_spatial(network: Network, input_shape: Shape, dims: tuple[int, int]) -> SpatialPlan:
     """Plan the spatial decomposition (pure; the same on every rank)."""
     shapes = network.shapes(input_shape)
@@ -113,11 +122,8 @@ def plan_spatial(network: Network, input_shape: Shape, dims: tuple[int, int]) ->
     whole = Box(0, input_shape[1], 0, input_shape[2])
     held = [whole] * size
     plans = []
-    gather_index = len(network)
-    for index, (_, layer) in enumerate(network.layers):
-        if isinstance(layer, GLOBAL_LAYERS):
-            gather_index = index
-            break
+    gather_index = spatial_depth(network)
+    for index, (_, layer) in enumerate(network.layers[:gather_index]):
         in_shape, out_shape = shapes[index], shapes[index + 1]
         out_blocks = block_boxes(out_shape[1], out_shape[2], dims)
         window = layer.window

@@ -63,8 +63,13 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+#: Result attributes and the SLURM variables they copy (empty outside SLURM): the job, its array task and step.
+SLURM_IDS = {"slurm_job_id": "SLURM_JOB_ID", "slurm_array_job_id": "SLURM_ARRAY_JOB_ID",
+             "slurm_array_task_id": "SLURM_ARRAY_TASK_ID", "slurm_step_id": "SLURM_STEP_ID"}
+
+
 def provenance(mpi4py_version: str) -> dict[str, str]:
-    """Versions and the command line of this process.
+    """Versions, the command line and the SLURM job, array and step IDs of this process.
 
     Parameters
     ----------
@@ -83,6 +88,7 @@ def provenance(mpi4py_version: str) -> dict[str, str]:
         "hdf5_version": h5py.version.hdf5_version,
         "mpi4py_version": mpi4py_version,
         "command": " ".join([_program(), *sys.argv[1:]]),
+        **{attribute: os.environ.get(variable, "") for attribute, variable in SLURM_IDS.items()},
     }
 
 
@@ -295,27 +301,27 @@ def _valid_outputs(path: Path) -> dict[str, np.ndarray]:
     return {"done": done.astype(np.uint8), "detections": rows[done[rows["image"]]], "detection_counts": counts}
 
 
-def _layout(handle: h5py.File, num_images: int, num_outputs: int | None, num_tasks: int,
-            attributes: Mapping[str, Any], records: np.dtype, known: Mapping[str, np.ndarray] | None) -> None:
+def _layout(handle: h5py.File, num_images: int, outputs: int | np.dtype, num_tasks: int,
+            attributes: Mapping[str, Any], known: Mapping[str, np.ndarray] | None) -> None:
     """The datasets and attributes of a new result file (see :meth:`ResultWriter.create` and the module
     docstring)."""
-    outputs = handle.create_group("outputs")
+    group = handle.create_group("outputs")
     rows = max(1, min(num_images, 1024))
-    if num_outputs is None:
-        outputs.create_dataset("detections", shape=(0,), maxshape=(None,), dtype=records, chunks=(1024,))
-        outputs.create_dataset("detection_counts", shape=(num_images,), dtype=np.int32, fillvalue=-1)
+    if isinstance(outputs, np.dtype):
+        group.create_dataset("detections", shape=(0,), maxshape=(None,), dtype=outputs, chunks=(1024,))
+        group.create_dataset("detection_counts", shape=(num_images,), dtype=np.int32, fillvalue=-1)
     else:
-        outputs.create_dataset("logits", shape=(num_images, num_outputs), dtype=np.float32, fillvalue=np.nan,
-                               chunks=(rows, num_outputs))
-    outputs.create_dataset("done", shape=(num_images,), dtype=np.uint8, fillvalue=0)
+        group.create_dataset("logits", shape=(num_images, outputs), dtype=np.float32, fillvalue=np.nan,
+                             chunks=(rows, outputs))
+    group.create_dataset("done", shape=(num_images,), dtype=np.uint8, fillvalue=0)
     timing = handle.create_group("timing")
     for name, dtype, fill in (("task_start", np.float64, np.nan), ("task_end", np.float64, np.nan),
                               ("task_rank", np.int32, -1)):
         timing.create_dataset(name, shape=(num_tasks,), dtype=dtype, fillvalue=fill)
     if known is not None:
-        group = handle.create_group("known")
-        group.create_dataset("names", data=np.array(known["names"], dtype=h5py.string_dtype()))
-        group.create_dataset("descriptors", data=np.asarray(known["descriptors"], np.float32))
+        gallery = handle.create_group("known")
+        gallery.create_dataset("names", data=np.array(known["names"], dtype=h5py.string_dtype()))
+        gallery.create_dataset("descriptors", data=np.asarray(known["descriptors"], np.float32))
     for key, value in attributes.items():
         handle.attrs[key] = _attribute(value)
     handle.attrs["status"] = "running"
@@ -338,15 +344,16 @@ class ResultWriter:
         self.num_outputs = None if self.detections else handle["outputs/logits"].shape[1]
 
     @classmethod
-    def create(cls, path: str | os.PathLike, num_images: int, num_outputs: int | None, num_tasks: int,
-               attributes: Mapping[str, Any], records: np.dtype = DETECTION_DTYPE,
-               known: Mapping[str, np.ndarray] | None = None, lock: RunLock | None = None) -> ResultWriter:
+    def create(cls, path: str | os.PathLike, num_images: int, outputs: int | np.dtype, num_tasks: int,
+               attributes: Mapping[str, Any], known: Mapping[str, np.ndarray] | None = None,
+               lock: RunLock | None = None) -> ResultWriter:
         """Create ``path`` for ``num_images`` images in ``num_tasks`` tasks; ``lock`` is released at the end.
 
         The file is built under a temporary name beside ``path`` and then moved into place, so a file already at
         ``path`` (which :func:`claim` allows only with ``replace``) stays intact until the new one is complete.
-        ``num_outputs`` is the number of logits per image; ``None`` makes a file of ``records`` rows
-        (detections, or face records that extend them). ``known`` (names and descriptors of a gallery) is
+        ``outputs`` is what each image yields: a number of logits (a classifier), or the row type of a detector's
+        outputs (:data:`~dcnn.faces.detect.DETECTION_DTYPE`, or face records that extend it), a variable number
+        of rows per image. ``known`` (names and descriptors of a gallery) is
         stored under ``/known`` at once, so a resumed run names identities as the first run did.
 
         The run's ``attributes`` must agree with the file's on ``keys``.
@@ -362,7 +369,7 @@ class ResultWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             temporary = _temporary(path)
             with _hdf5(temporary, "w", libver="latest") as handle:
-                _layout(handle, num_images, num_outputs, num_tasks, attributes, records, known)
+                _layout(handle, num_images, outputs, num_tasks, attributes, known)
             os.replace(temporary, path)
             handle = _hdf5(path, "r+", libver="latest")
         except OSError as error:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from dcnn.errors import InputError
 from dcnn.io.config import read_toml
+from dcnn.modes import MODES
 
 __all__ = ["Sweep", "load_sweep"]
 
-_MODES = ("single", "batch", "spatial", "fused")
 
 
 @dataclass(frozen=True)
@@ -73,5 +73,5 @@ def load_sweep(path: str | Path) -> Sweep:
     if not isinstance(cpus, int) or isinstance(cpus, bool) or cpus < 1 or not isinstance(limit, str):
         raise InputError(f"{path}: 'cpus_per_task' must be a positive integer and 'time' a string")
     return Sweep(name, integers("nodes"), names("models", ("mmod", *model_names()), ["mmod"]),
-                 names("modes", _MODES, ["batch"]), integers("images") if "images" in data else None, source,
+                 names("modes", MODES, ["batch"]), integers("images") if "images" in data else None, source,
                  cpus, limit, tuple(arguments))

@@ -16,6 +16,7 @@ from dcnn.network.layers import Layer, Shape, TensorSpec
 
 __all__ = [
     "BYTES_PER_VALUE", "IMAGENET", "LayerCost", "Network", "Preprocessing", "format_cost_table", "format_shape",
+    "parse_grid",
     "parse_shape",
 ]
 
@@ -168,15 +169,44 @@ class Network:
         return sum(spec.size for spec in self.state_spec().values() if spec.learnable)
 
 
-def parse_shape(text: str) -> Shape:
-    """Parse ``"3x224x224"`` (or ``"224x224"``, or ``"1x32x32"``) into a tuple of positive ints."""
+def parse_shape(text: str, name: str = "shape", form: str = "CxHxW such as 3x224x224",
+                lengths: tuple[int, ...] = (1, 2, 3)) -> Shape:
+    """Parse ``"3x224x224"`` (or ``"224x224"``, or ``"1x32x32"``) into a tuple of positive ints.
+
+    Parameters
+    ----------
+    text : str
+        Sizes joined by ``x``.
+    name : str
+        What is parsed, for the message: ``"shape"``, or the option (``"--grid"``).
+    form : str
+        The expected form with an example, for the message.
+    lengths : tuple of int
+        How many sizes are allowed.
+
+    Raises
+    ------
+    ShapeError
+        For text that is not ``lengths`` positive integers joined by ``x``, naming ``name`` and ``form``.
+    """
     try:
         values = tuple(int(part) for part in text.lower().split("x"))
     except ValueError:
-        raise ShapeError(f"cannot parse shape {text!r}: expected CxHxW such as 3x224x224") from None
-    if not values or any(v < 1 for v in values):
-        raise ShapeError(f"shape {text!r} must be positive integers such as 3x224x224")
+        values = ()
+    if len(values) not in lengths or any(v < 1 for v in values):
+        raise ShapeError(f"{name} {text!r}: expected {form}")
     return values
+
+
+def parse_grid(text: str, flag: str) -> tuple[int, int]:
+    """``"2x3"`` to ``(2, 3)``: rows by columns of a rank or tile grid given with option ``flag``.
+
+    Raises
+    ------
+    ShapeError
+        Naming ``flag`` and the form ``ROWSxCOLS``.
+    """
+    return parse_shape(text, flag, "ROWSxCOLS such as 2x3", (2,))  # type: ignore[return-value]
 
 
 def format_shape(shape: Shape) -> str:

@@ -13,7 +13,7 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Padding", "Window", "conv_output_size", "normalize_padding", "pair"]
+__all__ = ["Padding", "Window", "conv_output_size", "normalize_padding", "pair", "window_span"]
 
 Padding = tuple[int, int, int, int]
 """Explicit padding as (top, bottom, left, right) pixels."""
@@ -57,6 +57,15 @@ def normalize_padding(padding: int | Sequence[int]) -> Padding:
     return tuple(int(v) for v in values)  # type: ignore[return-value]
 
 
+def window_span(kernel: int, dilation: int = 1) -> int:
+    """Input positions one window covers along an axis, first to last tap: ``d * (k - 1) + 1``.
+
+    >>> window_span(3, dilation=2)
+    5
+    """
+    return dilation * (kernel - 1) + 1
+
+
 def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int,
                      dilation: int = 1) -> int:
     """Output length of a convolution or pooling window sweep along one axis (floor mode).
@@ -64,8 +73,7 @@ def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_a
     >>> conv_output_size(224, kernel=11, stride=4, pad_before=2, pad_after=2)
     55
     """
-    span = dilation * (kernel - 1) + 1
-    return (size + pad_before + pad_after - span) // stride + 1
+    return (size + pad_before + pad_after - window_span(kernel, dilation)) // stride + 1
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,7 @@ class Window:
         k, s, p, d = self.kernel[axis], self.stride[axis], self.padding[axis], self.dilation[axis]
         if not self.ceil_mode:
             return conv_output_size(size, k, s, p, p, d)
-        length = -(-(size + 2 * p - (d * (k - 1) + 1)) // s) + 1
+        length = -(-(size + 2 * p - window_span(k, d)) // s) + 1
         if (length - 1) * s >= size + p:
             length -= 1
         return length
@@ -108,6 +116,6 @@ class Window:
         for axis, size in enumerate((height, width)):
             p = self.padding[axis]
             length = self.output_length(size, axis)
-            needed = (length - 1) * self.stride[axis] + self.dilation[axis] * (self.kernel[axis] - 1) + 1
+            needed = (length - 1) * self.stride[axis] + window_span(self.kernel[axis], self.dilation[axis])
             sides.append((p, max(p, needed - size - p)))
         return (sides[0][0], sides[0][1], sides[1][0], sides[1][1])

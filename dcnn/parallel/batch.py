@@ -189,7 +189,7 @@ def _injected_fault(rank: int) -> int | None:
 
 
 def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, images: ImageSet, workload,
-              network_for, writer: ResultWriter | None, progress: Progress, already_done: int, clock: float,
+              engine_for, writer: ResultWriter | None, progress: Progress, already_done: int, clock: float,
               steal: bool = True, capacities: Sequence[float] | None = None,
               throttle: dict[int, float] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """Run the pending tasks; rank 0 writes every output. Returns this rank's statistics.
@@ -200,8 +200,8 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
         ``"batch"`` takes tasks from the work-stealing queue; other modes go in order on every rank.
     workload : dcnn.exec.workloads.Classification or dcnn.exec.workloads.Detection
         What a task computes from its images.
-    network_for : callable
-        ``network_for(shape)`` gives the runnable network for a per-image input shape.
+    engine_for : callable
+        ``engine_for(shape)`` gives the runnable network for a per-image input shape.
     clock : float
         ``time.time()`` at the start of the run, shared by all ranks, for task start and end times.
     throttle : dict, optional
@@ -211,7 +211,7 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
     channel = ResultChannel(comm, writer)
     factor = (throttle or {}).get(comm.rank, 1.0)
     fault = _injected_fault(comm.rank)
-    busy = 0.0
+    busy, ran = 0.0, 0
     scheduler = (StealQueue(comm, split.num_tasks, capacities, steal, tasks=pending, seed=seed)
                  if mode == "batch" else InOrderTasks(pending))
     # No try/finally around the loop: closing the queue is collective, and a rank that failed must not enter
@@ -221,11 +221,12 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
         started = time.time() - clock
         if task == fault:
             raise RuntimeError(f"fault injected by {FAULT_VARIABLE} on rank {comm.rank} at task {task}")
-        outputs = workload.run(images, start, stop, network_for)
+        outputs = workload.run(images, start, stop, engine_for)
         if factor > 1:
             time.sleep((factor - 1) * (time.time() - clock - started))
         ended = time.time() - clock
         busy += ended - started
+        ran += 1
         if mode == "batch" or comm.rank == 0:
             channel.deliver(task, start, stop, outputs, started, ended)
         done = scheduler.task_done(stop - start)
@@ -235,6 +236,7 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
     channel.drain(len(pending))
     channel.close()
     stats = np.zeros(len(FIELDS))
+    stats[FIELDS.index("tasks_run")] = ran  # the tasks this rank ran, in every mode (a batch queue counts its own)
     if isinstance(scheduler, StealQueue):
         stats = scheduler.stats.as_array()
         scheduler.close()

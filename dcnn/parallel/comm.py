@@ -20,7 +20,8 @@ from dcnn.errors import AgreedError, DcnnError, PlanError
 
 __all__ = [
     "MPI", "AgreedError", "HaloExchange", "agree_on_error", "allgather_blocks", "cartesian", "collective",
-    "hostnames", "idle_barrier", "mpi4py_version", "mpi_library_version", "ranks_per_node", "self_comm", "world",
+    "hostnames", "idle_barrier", "mpi4py_version", "mpi_library_version", "mpi_thread_level", "ranks_per_node",
+    "self_comm", "world",
 ]
 
 
@@ -67,6 +68,14 @@ def hostnames(comm: MPI.Comm) -> list[str]:
 def mpi4py_version() -> str:
     """The version of mpi4py."""
     return mpi4py.__version__
+
+
+def mpi_thread_level() -> str:
+    """The thread level MPI was initialised with (``funneled``, ``multiple``, ...; see
+    :data:`dcnn.parallel.THREAD_LEVEL`)."""
+    names = {MPI.THREAD_SINGLE: "single", MPI.THREAD_FUNNELED: "funneled", MPI.THREAD_SERIALIZED: "serialized",
+             MPI.THREAD_MULTIPLE: "multiple"}
+    return names[MPI.Query_thread()]
 
 
 def mpi_library_version() -> str:

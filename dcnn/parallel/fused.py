@@ -25,12 +25,12 @@ from dataclasses import fields
 
 import numpy as np
 
-from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused
+from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused, sub_network
 from dcnn.decomposition.geometry import EMPTY, Box, assemble_boxes
 from dcnn.decomposition.reuse import NUM_CLASSES, Strip, plan_reuse
 from dcnn.errors import PlanError
 from dcnn.exec.forward import Forward
-from dcnn.network.graph import Network
+from dcnn.network.graph import BYTES_PER_VALUE, Network
 from dcnn.network.layers import Shape
 from dcnn.network.window import Padding
 from dcnn.parallel.comm import MPI, allgather_blocks
@@ -42,11 +42,6 @@ __all__ = ["COUNTER_FIELDS", "FusedEngine"]
 
 #: Per-rank counters of a fused run (``FusedEngine.counters``), in this order.
 COUNTER_FIELDS = ("tiles_run", "tiles_reused", "fallbacks", "macs", "bytes_put", "bytes_got", "pool_seconds")
-
-def _subnetwork(network: Network, start: int, input_shape: Shape) -> Network:
-    return Network(f"{network.name}[{start}:]", network.layers[start:], input_shape, network.preprocessing,
-                   network.description)
-
 
 class FusedEngine:
     """Run a network with its first layers fused into stealable tiles.
@@ -98,7 +93,7 @@ class FusedEngine:
         self._sequence = 0
         self.rest = None
         if self.plan.depth < len(network):
-            rest = _subnetwork(network, self.plan.depth, self.plan.output_shape)
+            rest = sub_network(network, self.plan.depth, self.plan.output_shape)
             self.rest = SpatialEngine(rest, weights, self.plan.output_shape, comm)
 
     @property
@@ -186,7 +181,7 @@ class FusedEngine:
             steps = self.reuse.steps[index]
             self._counts["tiles_reused"] += bool(incoming)
             for strip, _ in borrowed:
-                self._stats.bytes_received[strip.layer] += x.shape[0] * 4 * strip.elements
+                self._stats.bytes_received[strip.layer] += x.shape[0] * BYTES_PER_VALUE * strip.elements
         else:
             borrowed, steps = [], self.plan.tiles[index].steps
             self._counts["fallbacks"] += 1
@@ -227,7 +222,7 @@ class FusedEngine:
             self._counts["macs"] += self._rates[layer] * box.area * batch
             for strip in strips_out[layer]:
                 pool.publish(strip, region[(slice(None), slice(None), *strip.box.slices(held))])
-                self._stats.bytes_sent[layer] += batch * 4 * strip.elements
+                self._stats.bytes_sent[layer] += batch * BYTES_PER_VALUE * strip.elements
         return region
 
     def _source(self, layer: int, source_box: Box, held: Box, region: np.ndarray | None,

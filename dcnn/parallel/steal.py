@@ -28,6 +28,7 @@ import numpy as np
 from mpi4py import MPI
 
 from dcnn.decomposition.intervals import initial_intervals
+from dcnn.io.schema import STEAL_FIELDS as FIELDS
 
 __all__ = ["FIELDS", "StealQueue", "StealStats", "pack", "unpack"]
 
@@ -77,7 +78,6 @@ class StealStats:
         return np.array([getattr(self, name) for name in FIELDS], dtype=float)
 
 
-FIELDS = ("tasks_run", "steals_attempted", "steals_succeeded", "tasks_stolen", "idle_seconds", "queue_seconds")
 
 
 class StealQueue:

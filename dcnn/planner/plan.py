@@ -28,24 +28,23 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
-from dcnn.decomposition.fused import plan_fused, spatial_depth
+from dcnn.decomposition.fused import plan_fused, spatial_depth, sub_network
 from dcnn.decomposition.geometry import split_extent
 from dcnn.decomposition.reuse import plan_reuse
 from dcnn.decomposition.spatial import plan_spatial
 from dcnn.errors import InputError, PlanError
 from dcnn.io.config import read_toml
 from dcnn.io.numbers import check_number
-from dcnn.network.graph import Network, format_shape
+from dcnn.modes import PLANNED_MODES as MODES
+from dcnn.network.graph import BYTES_PER_VALUE, Network, format_shape
 from dcnn.network.layers import Conv2d, Linear, Shape
 
 __all__ = [
-    "MODES", "RUNTIME_BYTES", "Cluster", "Node", "Plan", "choose_plan", "format_bytes", "parse_bytes", "plan_for",
-    "plans",
+    "DEFAULT_MACS_PER_SECOND", "MODES", "RUNTIME_BYTES", "Cluster", "Node", "Plan", "best_plan", "choose_plan",
+    "format_bytes", "parse_bytes", "plan_for", "plans",
 ]
 
 MIB, GIB = 2**20, 2**30
-BYTES = 4
-MODES = ("batch", "spatial", "fused")
 #: Resident memory of one rank before any model is built: Python with NumPy, SciPy, h5py and mpi4py imported and
 #: MPICH initialised, measured on x86-64 Linux (86 MiB) with a margin.
 RUNTIME_BYTES = 100 * MIB
@@ -55,21 +54,27 @@ MODEL_MARGIN = 0.05
 MAX_CLUSTER_NODES = 100_000
 #: The largest cluster the planner considers when it suggests more nodes.
 MAX_NODES = 256
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": MIB, "mib": MIB, "mb": 10**6,
+#: Multiply-accumulates per second of a node of speed 1: a RockPro64 as the paper measured it (see Cluster).
+DEFAULT_MACS_PER_SECOND = 0.25e9
+_UNITS = {"b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": MIB, "mib": MIB, "mb": 10**6,
           "g": GIB, "gib": GIB, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
 
 
 def parse_bytes(text: str | int | float) -> int:
-    """``"3.2GiB"``, ``"512MiB"``, ``"4G"`` (binary), ``"4GB"`` (decimal) or a plain number of bytes.
+    """``"3.2GiB"``, ``"512MiB"``, ``"4G"`` (binary), ``"4GB"`` (decimal), ``"1000B"``; a number (not text) is bytes.
 
     Raises
     ------
     InputError
-        If ``text`` is not a size, or is zero, infinite (``1e999``, 400 digits) or NaN.
+        If ``text`` is not a size, has no unit (``"200"``: MiB or bytes? the user must say), or is zero,
+        infinite (``1e999``, 400 digits) or NaN.
     """
     if isinstance(text, int | float) and not isinstance(text, bool):
         return int(check_number(text, f"memory size {text!r}", minimum=1))
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    if match and not match.group(2):
+        raise InputError(f"memory size {text.strip()!r} has no unit; write for example {text.strip()}MiB or "
+                         f"{text.strip()}GiB")
     if not match or match.group(2).lower() not in _UNITS:
         raise InputError(f"cannot read {text!r} as a memory size; use for example 512MiB, 3.2GiB or 4G")
     return int(check_number(float(match.group(1)) * _UNITS[match.group(2).lower()], f"memory size {text!r}",
@@ -115,7 +120,7 @@ class Cluster:
 
     nodes: tuple[Node, ...]
     fraction: float = 0.8
-    macs_per_second: float = 0.25e9
+    macs_per_second: float = DEFAULT_MACS_PER_SECOND
     bandwidth: float = 125e6
     latency: float = 50e-6
     runtime_bytes: int = RUNTIME_BYTES
@@ -197,8 +202,8 @@ class Plan:
         Images per forward pass.
     grid : tuple of int or None
         Spatial mode: the rank grid; fused mode: the tile grid.
-    overlap : str or None
-        Fused mode: ``recompute`` or ``reuse``.
+    halo_policy : str or None
+        Fused mode: what tiles do with the halos they share, ``recompute`` or ``reuse``.
     memory : list of dict
         Per rank, bytes per item (``runtime``, ``weights``, ...).
     largest : dict
@@ -210,16 +215,17 @@ class Plan:
     mode: str
     batch: int
     grid: tuple[int, int] | None
-    overlap: str | None
+    halo_policy: str | None
     memory: list[dict[str, int]]
     largest: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    _peaks: list[int] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def peak(self, rank: int | None = None) -> int:
         """Predicted bytes of one rank (the largest over ranks by default), with the model's error margin."""
-        if rank is None:
-            return max(self.peak(r) for r in range(len(self.memory)))
-        return int(sum(self.memory[rank].values()) * (1 + MODEL_MARGIN))
+        if len(self._peaks) != len(self.memory):  # computed once: the planner asks for every rank many times
+            self._peaks = [int(sum(items.values()) * (1 + MODEL_MARGIN)) for items in self.memory]
+        return max(self._peaks) if rank is None else self._peaks[rank]
 
     def overflow(self, cluster: Cluster) -> tuple[int, int, int] | None:
         """``(rank, needed, available)`` of the rank most over its budget, or ``None`` if every rank fits."""
@@ -241,18 +247,18 @@ class Plan:
         """``"fused 4x4 reuse, batch 2"`` and the like."""
         text = self.mode
         if self.grid is not None:
-            text += " " + "x".join(map(str, self.grid))
-        if self.overlap:
-            text += " " + self.overlap
+            text += " " + format_shape(self.grid)
+        if self.halo_policy:
+            text += " " + self.halo_policy
         return f"{text}, batch {self.batch}"
 
     def infer_arguments(self) -> list[str]:
         """The ``python -m dcnn.infer`` options that run this plan."""
         arguments = ["--mode", self.mode, "--batch-size", str(self.batch)]
         if self.mode == "spatial":
-            arguments += ["--grid", "x".join(map(str, self.grid))]
+            arguments += ["--grid", format_shape(self.grid)]
         if self.mode == "fused":
-            arguments += ["--tiles", "x".join(map(str, self.grid)), "--overlap", self.overlap]
+            arguments += ["--tiles", format_shape(self.grid), "--halo-policy", self.halo_policy]
         return arguments
 
 
@@ -267,6 +273,22 @@ def _tiling(network: Network, input_shape: Shape, tiles: tuple[int, int], ranks:
     """The fused plan and, for the reuse policy, its reuse plan (cached: candidates share them)."""
     fused = plan_fused(network, input_shape, tiles)
     return fused, plan_reuse(fused, ranks) if overlap == "reuse" else None
+
+
+@lru_cache(maxsize=64)
+def _block_work(network: Network, input_shape: Shape, dims: tuple[int, int]) -> tuple[tuple[int, str], ...]:
+    """Per rank of a spatial grid, the largest one-layer working set (values per image) and its layer (cached:
+    every batch size of a candidate shares it)."""
+    spatial = _decomposition(network, input_shape, dims)
+    work = [(0, "")] * (dims[0] * dims[1])
+    for layer_plan in spatial.layers:
+        name = network.layers[layer_plan.index][0]
+        for rank, out in enumerate(layer_plan.out_blocks):
+            source = layer_plan.needed[rank] if layer_plan.windowed else out
+            value = _layer_work(layer_plan.layer, layer_plan.in_shape, layer_plan.out_shape,
+                                (source.height, source.width), (out.height, out.width), layer_plan.padding[rank])
+            work[rank] = max(work[rank], (value, name))
+    return tuple(work)
 
 
 # -- memory -------------------------------------------------------------------------------------------------------
@@ -301,7 +323,7 @@ def _weights(network: Network, input_shape: Shape, ranks: int) -> tuple[list[int
 
 def _input_bytes(input_shape: Shape, batch: int) -> int:
     # The float network input and the copy its preprocessing makes.
-    return 2 * batch * math.prod(input_shape) * BYTES
+    return 2 * batch * math.prod(input_shape) * BYTES_PER_VALUE
 
 
 def _whole_map_work(network: Network, input_shape: Shape, start: int = 0) -> tuple[int, str]:
@@ -328,7 +350,7 @@ def memory_batch(network: Network, input_shape: Shape, batch: int, cluster: Clus
     weights, heaviest = _weights(network, input_shape, 1)
     work, layer = _whole_map_work(network, input_shape)
     items = {"runtime": cluster.runtime_bytes, "weights": weights[0], "input": _input_bytes(input_shape, batch),
-             "activations": batch * work * BYTES}
+             "activations": batch * work * BYTES_PER_VALUE}
     return Plan("batch", batch, None, None, [dict(items) for _ in range(cluster.size)],
                 {"weights": heaviest, "activations": layer})
 
@@ -339,20 +361,13 @@ def memory_spatial(network: Network, input_shape: Shape, batch: int, cluster: Cl
     size = cluster.size
     spatial = _decomposition(network, tuple(input_shape), tuple(dims))
     weights, heaviest = _weights(network, input_shape, size)
-    work = [(0, "")] * size
-    for layer_plan in spatial.layers:
-        name = network.layers[layer_plan.index][0]
-        for rank in range(size):
-            source = layer_plan.needed[rank] if layer_plan.windowed else layer_plan.out_blocks[rank]
-            out = layer_plan.out_blocks[rank]
-            value = _layer_work(layer_plan.layer, layer_plan.in_shape, layer_plan.out_shape,
-                                (source.height, source.width), (out.height, out.width), layer_plan.padding[rank])
-            work[rank] = max(work[rank], (value, name))
+    work = _block_work(network, tuple(input_shape), tuple(dims))
     tail, _ = _whole_map_work(network, input_shape, spatial.gather_index) if spatial.gather_index < len(network) \
         else (0, "")
-    gathered = 2 * batch * math.prod(spatial.gathered_shape) * BYTES
+    gathered = 2 * batch * math.prod(spatial.gathered_shape) * BYTES_PER_VALUE
     memory = [{"runtime": cluster.runtime_bytes, "weights": weights[rank],
-               "input": _input_bytes(input_shape, batch), "activations": batch * max(work[rank][0], tail) * BYTES,
+               "input": _input_bytes(input_shape, batch),
+               "activations": batch * max(work[rank][0], tail) * BYTES_PER_VALUE,
                "gathered map": gathered} for rank in range(size)]
     return Plan("spatial", batch, tuple(dims), None, memory,
                 {"weights": heaviest, "activations": max(work)[1]})
@@ -375,14 +390,14 @@ def memory_fused(network: Network, input_shape: Shape, batch: int, cluster: Clus
             best = max(best, (value, network.layers[layer][0]))
     tail = 0
     if fused.depth < len(network):
-        rest = Network(f"{network.name}[{fused.depth}:]", network.layers[fused.depth:], fused.output_shape)
+        rest = sub_network(network, fused.depth, fused.output_shape)
         tail = memory_spatial(rest, fused.output_shape, batch, cluster, _square_dims(size)).memory[0]["activations"]
     output = math.prod(fused.output_shape)
     share = math.ceil(len(fused.tiles) / size) / len(fused.tiles)
     memory = [{"runtime": cluster.runtime_bytes, "weights": weights[rank], "input": _input_bytes(input_shape, batch),
-               "activations": max(batch * best[0] * BYTES, tail),
-               "tile outputs": int(batch * output * BYTES * (2 + share)),
-               "overlap pool": 0 if reuse is None else batch * reuse.pool_elements[rank] * BYTES}
+               "activations": max(batch * best[0] * BYTES_PER_VALUE, tail),
+               "tile outputs": int(batch * output * BYTES_PER_VALUE * (2 + share)),
+               "overlap pool": 0 if reuse is None else batch * reuse.pool_elements[rank] * BYTES_PER_VALUE}
               for rank in range(size)]
     return Plan("fused", batch, tuple(tiles), overlap, memory, {"weights": heaviest, "activations": best[1]})
 
@@ -410,21 +425,24 @@ def predict_seconds(plan: Plan, network: Network, input_shape: Shape, cluster: C
             for rank, block in enumerate(layer_plan.out_blocks):
                 share[rank] += macs * block.area / area
             if layer_plan.transfers:
-                busiest = max(sum(t.box.area for t in layer_plan.transfers if t.dest == r)
-                              for r in range(cluster.size))
-                network_seconds += cluster.latency + busiest * layer_plan.in_shape[0] * BYTES / cluster.bandwidth
+                received = [0] * cluster.size
+                for transfer in layer_plan.transfers:
+                    received[transfer.dest] += transfer.box.area
+                busiest = max(received)
+                network_seconds += (cluster.latency
+                                    + busiest * layer_plan.in_shape[0] * BYTES_PER_VALUE / cluster.bandwidth)
         compute = max(s / r for s, r in zip(share, rates, strict=True))
         rest = sum(row.macs for row in costs[spatial.gather_index:]) / sum(rates)
-        gather = _allgather_seconds(math.prod(spatial.gathered_shape) * BYTES, cluster)
+        gather = _allgather_seconds(math.prod(spatial.gathered_shape) * BYTES_PER_VALUE, cluster)
         return images * (compute + rest + network_seconds + gather)
-    fused, reuse = _tiling(network, tuple(input_shape), plan.grid, cluster.size, plan.overlap)
+    fused, reuse = _tiling(network, tuple(input_shape), plan.grid, cluster.size, plan.halo_policy)
     tiled = fused.macs()[0] if reuse is None else reuse.macs()
     if reuse is not None:
         strips = reuse.strip_bytes()
         remote = (cluster.size - 1) / cluster.size
         network_seconds += 2 * strips * remote / cluster.bandwidth / cluster.size + 3 * cluster.latency
     rest = sum(row.macs for row in costs[fused.depth:]) / sum(rates)
-    gather = _allgather_seconds(math.prod(fused.output_shape) * BYTES, cluster)
+    gather = _allgather_seconds(math.prod(fused.output_shape) * BYTES_PER_VALUE, cluster)
     return images * (tiled / sum(rates) + rest + network_seconds + gather)
 
 
@@ -441,8 +459,13 @@ def _tile_grids(network: Network, input_shape: Shape) -> list[tuple[int, int]]:
     return [(t, t) for t in range(2, 9) if t <= height and t <= width]
 
 
-def _spatial_grids(size: int) -> list[tuple[int, int]]:
-    return [(rows, size // rows) for rows in range(1, size + 1) if size % rows == 0]
+def _spatial_grids(network: Network, input_shape: Shape, size: int) -> list[tuple[int, int]]:
+    """The ``Py x Px`` factorisations of ``size`` that give every rank a block of the first layer's output (a
+    grid with more rows or columns than that map leaves ranks idle: 100,000 ranks on a 224x224 image)."""
+    first = network.shapes(input_shape)[1]
+    height, width = first[1:] if len(first) == 3 else (1, 1)
+    return [(rows, size // rows) for rows in range(1, min(size, height) + 1)
+            if size % rows == 0 and size // rows <= width]
 
 
 def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, batch: int,
@@ -468,7 +491,8 @@ def plans(network: Network, input_shape: Shape, cluster: Cluster, batch: int, im
     if "batch" in modes:
         configurations.append(("batch", None, None))
     if "spatial" in modes and cluster.size > 1:
-        configurations += [("spatial", dims, None) for dims in _spatial_grids(cluster.size)]
+        configurations += [("spatial", dims, None) for dims in _spatial_grids(network, input_shape,
+                                                                                     cluster.size)]
     if "fused" in modes:
         configurations += [("fused", tiles, overlap) for tiles in _tile_grids(network, input_shape)
                            for overlap in ("reuse", "recompute")]
@@ -485,7 +509,16 @@ def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: i
     PlanError
         When no plan fits, naming what does not fit, the bytes needed and available, and what would fit.
     """
-    candidates = plans(network, input_shape, cluster, batch, images, modes)
+    return best_plan(plans(network, input_shape, cluster, batch, images, modes), network, input_shape, cluster,
+                     modes)
+
+
+def best_plan(candidates: list[Plan], network: Network, input_shape: Shape, cluster: Cluster,
+              modes: tuple[str, ...] = MODES) -> Plan:
+    """:func:`choose_plan` among candidates already computed by :func:`plans` (same arguments)."""
+    if not candidates:
+        raise PlanError(f"no {' or '.join(modes)} plan for {cluster.size} nodes: a rank grid that large leaves "
+                        f"ranks without a block of {network.name}'s maps; use fewer nodes or another mode")
     feasible = [plan for plan in candidates if plan.overflow(cluster) is None]
     if feasible:
         return min(feasible, key=lambda plan: (plan.seconds, -plan.batch, plan.peak()))

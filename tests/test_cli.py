@@ -1,0 +1,208 @@
+"""Every command behaves like an HPC tool: --version, --quiet, plain --help, one message under mpiexec, quiet
+closed pipes, output folders created or refused in one line (``dcnn/cli/common.py`` and the commands)."""
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import mpi_command
+
+from dcnn import __version__
+from dcnn.cli.common import EXIT_BROKEN_PIPE, EXIT_USAGE, add_common_arguments, output_folder, output_path, run_main
+from dcnn.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+MAKE_DATASET = str(ROOT / "scripts" / "make_dataset.py")
+#: Every command, as a user starts it.
+COMMANDS = {name: [sys.executable, "-m", f"dcnn.{name}"] for name in ("infer", "recognize", "model", "plan",
+                                                                            "analyze", "simulate")}
+COMMANDS["make_dataset"] = [sys.executable, MAKE_DATASET]
+COMMANDS["make_samples"] = [sys.executable, str(ROOT / "scripts" / "make_samples.py")]
+#: Arguments that make a serial command print its normal output quickly.
+QUICK = {"model": ["lenet5"], "plan": ["lenet5", "--nodes", "2", "--ram", "1GiB"],
+         "simulate": ["--nodes", "2,3", "--images", "8"]}
+RST_MARKUP = re.compile(r"``|:(func|mod|class|meth|data|attr):|`[^`]+`_")
+
+
+def run(command: list[str], *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_tells_its_version(name):
+    done = run(COMMANDS[name], "--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"dcnn {__version__}"
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_is_in_plain_words(name):
+    done = run(COMMANDS[name], "--help")
+    assert done.returncode == 0, done.stderr
+    assert "--quiet" in done.stdout and "--version" in done.stdout
+    assert not RST_MARKUP.search(done.stdout), RST_MARKUP.search(done.stdout).group()
+
+
+@pytest.mark.parametrize("name", QUICK)
+def test_quiet_prints_nothing(name):
+    loud = run(COMMANDS[name], *QUICK[name])
+    assert loud.returncode == 0 and loud.stdout, loud.stderr
+    done = run(COMMANDS[name], *QUICK[name], "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and done.stderr == ""
+
+
+@pytest.mark.parametrize("name", ["model", "infer"])
+def test_usage_errors_and_help_are_printed_once_under_mpiexec(name):
+    launcher = mpi_command(2)
+    done = subprocess.run([*launcher, *COMMANDS[name], "--no-such-option"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == EXIT_USAGE
+    assert done.stderr.count("usage:") == 1 and done.stderr.count("error:") == 1, done.stderr
+    helped = subprocess.run([*launcher, *COMMANDS[name], "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0
+    assert helped.stdout.count("usage:") == 1, helped.stdout
+
+
+@pytest.mark.parametrize("args", [["model", "vgg16"], ["simulate", "--nodes", "2,3", "--images", "8"],
+                                  ["plan", "lenet5", "--nodes", "2", "--ram", "1GiB"]])
+def test_a_closed_pipe_ends_quietly(args):
+    """As ``| head -1``, but deterministic: the reader is gone before the command writes anything."""
+    process = subprocess.Popen([*COMMANDS[args[0]], *args[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               cwd=ROOT)
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) in (0, EXIT_BROKEN_PIPE)
+    assert stderr == "", stderr
+
+
+def test_run_main_turns_a_closed_pipe_into_its_exit_code():
+    def body(args):
+        raise BrokenPipeError
+
+    parser = argparse.ArgumentParser()
+    add_common_arguments(parser)
+    assert run_main(body, parser, []) == EXIT_BROKEN_PIPE
+
+
+def test_output_paths_are_created_or_refused_in_one_line(tmp_path):
+    assert output_path(tmp_path / "a" / "b" / "c.csv", "--csv") == tmp_path / "a" / "b" / "c.csv"
+    assert (tmp_path / "a" / "b").is_dir()
+    assert output_folder(tmp_path / "d" / "e", "--plots").is_dir()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(InputError, match=r"^--csv .*file/c.csv: cannot create the folder"):
+        output_path(blocker / "c.csv", "--csv")
+    with pytest.raises(InputError, match=r"^--plots .*file/d: cannot create the folder"):
+        output_folder(blocker / "d", "--plots")
+    with pytest.raises(InputError, match="is a folder, not a file name"):
+        output_path(tmp_path / "a", "--draw")
+
+
+def test_simulate_markdown_folder_is_created_or_refused(tmp_path):
+    target = tmp_path / "new" / "folder" / "table.md"
+    done = run(COMMANDS["simulate"], *QUICK["simulate"], "--markdown", str(target))
+    assert done.returncode == 0, done.stderr
+    assert "against the paper's table" in target.read_text()
+    (tmp_path / "file").write_text("")
+    done = run(COMMANDS["simulate"], *QUICK["simulate"], "--markdown", str(tmp_path / "file" / "table.md"))
+    assert done.returncode == EXIT_USAGE and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1 and "--markdown" in done.stderr
+
+
+@pytest.mark.parametrize("script,args", [("make_dataset", ["--count", "1", "--wide", "0"]),
+                                         ("make_samples", ["--size", "8"])])
+def test_dataset_scripts_create_their_folder_or_refuse_in_one_line(tmp_path, script, args):
+    (tmp_path / "file").write_text("")
+    done = run(COMMANDS[script], *args, "--output", str(tmp_path / "file" / "x.h5"))
+    assert done.returncode == EXIT_USAGE and done.stderr.count("\n") == 1 and "--output" in done.stderr
+    target = tmp_path / "new" / "set.h5"
+    done = run(COMMANDS[script], *args, "--output", str(target), timeout=300)
+    assert (tmp_path / "new").is_dir()
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 0 or "pip install '.[datasets]'" in done.stderr  # scikit-image is an extra
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--grid", "2x1"], "--grid applies to --mode spatial only, not --mode batch"),
+    (["--mode", "spatial", "--tiles", "2x2"], "--tiles applies to --mode fused only, not --mode spatial"),
+    (["--mode", "single", "--overlap", "reuse"], "--halo-policy applies to --mode fused only"),
+    (["--fuse-depth", "3"], "--fuse-depth applies to --mode fused only"),
+    (["--mode", "fused", "--no-overlap"], "--no-comm-overlap applies to --mode spatial only"),
+    (["--plan", "auto", "--tiles", "2x2"], "--tiles is chosen by --plan auto"),
+])
+def test_options_of_another_mode_are_refused(args, message):
+    done = run(COMMANDS["infer"], "--model", "lenet5", *args)
+    assert done.returncode == EXIT_USAGE
+    assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+@pytest.mark.parametrize("args,named,unrelated", [
+    (["--mode", "fused", "--tiles", "4"], "--tiles '4': expected ROWSxCOLS such as 2x3", "--grid"),
+    (["--mode", "spatial", "--grid", "2by2"], "--grid '2by2': expected ROWSxCOLS such as 2x3", "CxHxW"),
+    (["--mem-per-rank", "200"], "memory size '200' has no unit; write for example 200MiB", "Traceback"),
+])
+def test_parse_errors_name_the_flag_and_its_form(args, named, unrelated):
+    done = run(COMMANDS["infer"], "--model", "lenet5", *args)
+    assert done.returncode == EXIT_USAGE
+    assert named in done.stderr and unrelated not in done.stderr, done.stderr
+
+
+def test_help_says_sizes_need_a_unit():
+    assert "a bare number is refused" in run(COMMANDS["infer"], "--help").stdout
+
+
+def test_default_output_names_never_collide(monkeypatch):
+    from dcnn.cli.infer import default_output
+
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    names = {default_output() for _ in range(50)}  # the same second, the same process
+    assert len(names) == 50 and all(name.parent == Path("results") for name in names)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    assert re.fullmatch(r"\d{8}-\d{6}-4242-7-[0-9a-f]{6}\.h5", default_output().name)
+
+
+def test_mpi_is_initialised_funneled():
+    """The kernels' worker threads never call MPI: the main thread alone needs it (not "multiple")."""
+    done = run([sys.executable, "-c", "from dcnn.parallel.comm import mpi_thread_level; print(mpi_thread_level())"])
+    assert done.stdout.strip() == "funneled", done.stderr
+
+
+def test_model_table_of_the_default_workload():
+    done = run(COMMANDS["model"], "mmod")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("mmod on 500x1000 images (network input: the image pyramid, 3x")
+    assert "features.0" in done.stdout
+
+
+def test_plan_reports_the_image_size_as_given_and_the_node_speed():
+    done = run(COMMANDS["plan"], "mmod", "--input", "128x128", "--nodes", "2", "--mode", "batch")
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()[:2]
+    assert first.startswith("mmod on 128x128 images (network input 3x")
+    assert second.startswith("predicted seconds assume 0.25 GMAC/s per node (a RockPro64")
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_progress_reaches_batch_logs_as_plain_lines(tmp_path, ranks):
+    """stderr is no terminal (an sbatch log, mpiexec's forwarding): rank 0 writes plain progress lines, no bar."""
+    import h5py
+    import numpy as np
+
+    images = tmp_path / "digits.h5"
+    with h5py.File(images, "w") as handle:
+        handle["images"] = np.zeros((6, 32, 32, 1), np.uint8)
+    launcher = mpi_command(ranks) if ranks > 1 else []
+    common = ["--model", "lenet5", "--input", str(images), "--batch-size", "2", "--threads", "1"]
+    done = subprocess.run([*launcher, *COMMANDS["infer"], *common, "--output", str(tmp_path / "a.h5")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("progress: 6/6 images (100%)") == 1 and "\r" not in done.stderr, done.stderr
+    quiet = subprocess.run([*launcher, *COMMANDS["infer"], *common, "--output", str(tmp_path / "b.h5"),
+                            "--progress", "none"], capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and "progress" not in quiet.stderr, quiet.stderr
