@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
+from dcnn.kernels.threads import use_blas_threads
+
 __all__ = [
     "affine_channels", "batch_norm_scale_shift", "elu", "hardsigmoid", "hardswish", "leaky_relu", "linear",
     "local_response_norm", "prelu", "relu", "relu6", "sigmoid", "silu", "softmax", "tanh",
@@ -117,7 +119,11 @@ def local_response_norm(x: np.ndarray, size: int, alpha: float = 1e-4, beta: flo
 
 
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    """Fully connected layer: ``x @ weight.T + bias`` for ``x`` of shape ``(B, in)``, weight ``(out, in)``."""
+    """Fully connected layer: ``x @ weight.T + bias`` for ``x`` of shape ``(B, in)``, weight ``(out, in)``.
+
+    The product runs on every kernel thread inside BLAS (:func:`dcnn.kernels.threads.use_blas_threads`).
+    """
+    use_blas_threads()
     out = x @ weight.T
     if bias is not None:
         out += bias
