@@ -1,32 +1,42 @@
 #!/usr/bin/env python
-"""Benchmark dcnn's convolution kernel and whole-network forward against this machine's sgemm and PyTorch.
+"""Benchmark dcnn's convolution kernel and whole-network forward against sgemm, PyTorch and onnxruntime.
 
-Measures, in one run (so the ratios share the machine's state):
+Measures, in one run (so the ratios share the machine's state), with the CPU model, cache sizes and BLAS
+kernel recorded:
 
-1. the single-precision GEMM rate (2048^3, numpy/OpenBLAS) at 1 and 2 threads: the hardware reference;
-2. per VGG-16 convolution layer at 224x224: GFLOP/s of dcnn's kernel at 1 and 2 threads, its fraction of the
-   sgemm rate, and PyTorch's ``conv2d`` on the same data where PyTorch is installed;
-3. the whole VGG-16 forward pass (batch 1, same weights) at 1 and 2 threads: dcnn and PyTorch, and the ratio.
+1. the single-precision GEMM rate (2048^3, numpy/OpenBLAS) at each thread count: the hardware reference;
+2. per convolution layer of VGG-16 at 224x224 and of dlib's MMOD face detector on one 128x128 image at
+   upsample 1 (its 3x982x280 pyramid): GFLOP/s of dcnn's kernel, the formulation it chose, its fraction of
+   the sgemm rate, and PyTorch's ``conv2d`` on the same data;
+3. the whole VGG-16 forward pass (same weights) at batch 1 and at ``--batch`` per image: dcnn, PyTorch and
+   onnxruntime (the same weights exported to ONNX with ``torch.onnx.export``), and the ratios.
 
-Timings are the median of ``--repeats`` runs after a warm-up, with dcnn and PyTorch interleaved.
+Timings are medians of ``--repeats`` runs after a warm-up, with the runtimes interleaved. ``--clock cpu``
+times with the process's CPU time instead of the wall clock: on a machine shared with other jobs that is the
+figure they do not distort (preemption costs no CPU time), and at one thread it equals the wall time of a quiet
+machine; at several threads it sums the threads, so use it with ``--threads 1``.
 
-Usage: ``python scripts/bench_kernels.py [--repeats 5] [--output results/bench_kernels.json]``
+Usage: ``python scripts/bench_kernels.py [--repeats 5] [--threads 1,2] [--batch 4] [--clock wall|cpu]
+[--output results/bench_kernels.json]``
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import platform
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+from benchlib import describe_machine, machine_info
 
 from dcnn.exec.forward import Forward
+from dcnn.faces.detect import FaceDetector
 from dcnn.kernels import threads
 from dcnn.kernels.conv import Conv2dKernel, Workspace
 from dcnn.network.layers import Conv2d
@@ -37,16 +47,24 @@ try:
     import torch
 except ImportError:  # PyTorch is an optional benchmark reference.
     torch = None
+try:
+    import onnxruntime
+except ImportError:  # so is onnxruntime (it needs PyTorch to export the model).
+    onnxruntime = None
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
 
 
 def median_seconds(function, repeats: int) -> float:
-    """Median wall time of ``repeats`` calls after one warm-up call."""
+    """Median time (on :data:`clock`) of ``repeats`` calls after one warm-up call."""
     function()
     samples = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         function()
-        samples.append(time.perf_counter() - start)
+        samples.append(clock() - start)
     return statistics.median(samples)
 
 
@@ -71,87 +89,129 @@ def conv_layers(network, input_shape):
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", default="1,2", help="thread counts to measure (default 1,2)")
-    parser.add_argument("--output", default="results/bench_kernels.json")
-    args = parser.parse_args()
-    thread_counts = [int(t) for t in args.threads.split(",")]
-    network = get_model("vgg16")
-    input_shape = (3, 224, 224)
-    weights = init_weights(network, 0)
-    rng = np.random.default_rng(1)
-    report = {"command": " ".join(["python", *sys.argv]), "machine": platform.processor() or platform.machine(),
-              "torch": None if torch is None else torch.__version__, "threads": thread_counts,
-              "sgemm_gflops": {}, "layers": [], "forward": {}}
-
-    for count in thread_counts:
-        set_threads(count)
-        report["sgemm_gflops"][count] = sgemm_rate(args.repeats)
-    print("sgemm 2048^3: " + ", ".join(f"{t} thread(s) {g:.1f} GFLOP/s" for t, g in report["sgemm_gflops"].items()))
-
-    print(f"\n{'layer':<12} {'input':<11} {'convolution':<26} {'threads':>7} {'dcnn GF/s':>10} {'% sgemm':>8} "
-          f"{'torch GF/s':>11}")
+def layer_table(title, network, weights, input_shape, thread_counts, report, repeats, rng):
+    """Per-convolution GFLOP/s of dcnn and PyTorch at each thread count, printed and returned."""
+    print(f"\n{title}\n{'layer':<12} {'input':<11} {'convolution':<26} {'method':<14} {'threads':>7} "
+          f"{'dcnn GF/s':>10} {'% sgemm':>8} {'torch GF/s':>11}")
+    entries = []
     for row in conv_layers(network, input_shape):
         layer = row.layer
         x = rng.standard_normal((1, *row.in_shape), dtype=np.float32)
-        weight = weights[f"{row.name}.weight"]
-        kernel = Conv2dKernel(weight, weights[f"{row.name}.bias"], layer.stride, layer.dilation, layer.groups)
+        weight, bias = weights[f"{row.name}.weight"], weights.get(f"{row.name}.bias")
+        kernel = Conv2dKernel(weight, bias, layer.stride, layer.dilation, layer.groups)
         workspace = Workspace()
         padding = layer.window.explicit_padding(*row.in_shape[1:])
         flops = 2 * row.macs
-        entry = {"name": row.name, "layer": layer.describe(), "in_shape": row.in_shape, "gflop": flops / 1e9}
+        entry = {"name": row.name, "layer": layer.describe(), "method": kernel.method, "in_shape": row.in_shape,
+                 "gflop": flops / 1e9}
         for count in thread_counts:
             set_threads(count)
-            dcnn_rate = flops / median_seconds(partial(kernel, x, padding, workspace), args.repeats) / 1e9
+            dcnn_rate = flops / median_seconds(partial(kernel, x, padding, workspace), repeats) / 1e9
             torch_rate = None
             if torch is not None:
-                bias = weights[f"{row.name}.bias"]
                 torch_conv = partial(torch.nn.functional.conv2d, torch.from_numpy(x), torch.from_numpy(weight),
-                                     torch.from_numpy(bias), layer.stride, layer.padding)
+                                     None if bias is None else torch.from_numpy(bias), layer.stride, layer.padding)
                 with torch.no_grad():
-                    torch_rate = flops / median_seconds(torch_conv, args.repeats) / 1e9
+                    torch_rate = flops / median_seconds(torch_conv, repeats) / 1e9
             fraction = dcnn_rate / report["sgemm_gflops"][count]
             entry[f"dcnn_gflops_{count}t"] = dcnn_rate
             entry[f"sgemm_fraction_{count}t"] = fraction
             entry[f"torch_gflops_{count}t"] = torch_rate
             shape = "x".join(map(str, row.in_shape))
             torch_text = f"{torch_rate:11.1f}" if torch_rate else f"{'-':>11}"
-            print(f"{row.name:<12} {shape:<11} {layer.describe():<26} {count:>7} {dcnn_rate:10.1f} "
-                  f"{100 * fraction:7.0f}% {torch_text}")
-        report["layers"].append(entry)
+            print(f"{row.name:<12} {shape:<11} {layer.describe():<26} {kernel.method:<14} {count:>7} "
+                  f"{dcnn_rate:10.1f} {100 * fraction:7.0f}% {torch_text}")
+        entries.append(entry)
+    return entries
 
-    forward = Forward(network, weights)
-    image = rng.standard_normal((1, *input_shape), dtype=np.float32)
-    torch_model = _torch_vgg16(weights) if torch is not None else None
-    print()
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", default="1,2", help="thread counts to measure (default 1,2)")
+    parser.add_argument("--batch", type=int, default=4, help="the larger batch of the forward pass (default 4)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall clock (default) or process CPU time (for one thread on a shared machine)")
+    parser.add_argument("--output", default="results/bench_kernels.json")
+    args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    network = get_model("vgg16")
+    input_shape = (3, 224, 224)
+    weights = init_weights(network, 0)
+    rng = np.random.default_rng(1)
+    machine = machine_info()
+    report = {"command": " ".join(["python", *sys.argv]), "machine": machine,
+              "torch": None if torch is None else torch.__version__,
+              "onnxruntime": None if onnxruntime is None else onnxruntime.__version__, "threads": thread_counts,
+              "clock": args.clock,
+              "sgemm_gflops": {}, "layers": [], "mmod_layers": [], "forward": {}}
+    print(describe_machine(machine))
+    print(f"times: median of {args.repeats}, {args.clock} clock")
+
     for count in thread_counts:
         set_threads(count)
-        dcnn_times, torch_times = [], []
-        forward(image)
-        if torch_model is not None:
-            with torch.no_grad():
-                torch_model(torch.from_numpy(image))
-        for _ in range(args.repeats):
-            dcnn_times.append(median_seconds(lambda: forward(image), 1))
+        report["sgemm_gflops"][count] = sgemm_rate(args.repeats)
+    print("sgemm 2048^3: " + ", ".join(f"{t} thread(s) {g:.1f} GFLOP/s" for t, g in report["sgemm_gflops"].items()))
+
+    report["layers"] = layer_table("VGG-16, 224x224, batch 1", network, weights, input_shape, thread_counts,
+                                   report, args.repeats, rng)
+    detector = FaceDetector.load(upsample=1)
+    pyramid_shape = detector.input_shape(128, 128)
+    report["mmod_layers"] = layer_table(f"MMOD face detector, 128x128 upsample 1 ({'x'.join(map(str, pyramid_shape))}"
+                                        f" pyramid), batch 1", detector.network, detector.weights, pyramid_shape,
+                                        thread_counts, report, args.repeats, rng)
+
+    forward = Forward(network, weights)
+    torch_model = _torch_vgg16(weights) if torch is not None else None
+    print()
+    total_flops = 2 * sum(r.macs for r in network.costs(input_shape))
+    for count in thread_counts:
+        set_threads(count)
+        session = _onnx_session(torch_model, input_shape, count) if onnxruntime and torch_model else None
+        for batch in dict.fromkeys((1, args.batch)):
+            images = rng.standard_normal((batch, *input_shape), dtype=np.float32)
+            runners = {"dcnn": partial(forward, images)}
             if torch_model is not None:
-                with torch.no_grad():
-                    torch_times.append(median_seconds(lambda: torch_model(torch.from_numpy(image)), 1))
-        dcnn_s = statistics.median(dcnn_times)
-        total_flops = 2 * sum(r.macs for r in network.costs(input_shape))
-        result = {"dcnn_seconds": dcnn_s, "dcnn_gflops": total_flops / dcnn_s / 1e9}
-        line = f"VGG-16 forward, batch 1, {count} thread(s): dcnn {dcnn_s * 1e3:.0f} ms"
-        if torch_times:
-            torch_s = statistics.median(torch_times)
-            result.update(torch_seconds=torch_s, ratio_dcnn_over_torch=dcnn_s / torch_s)
-            line += f", PyTorch {torch_s * 1e3:.0f} ms, ratio dcnn/PyTorch {dcnn_s / torch_s:.2f}"
-        report["forward"][count] = result
-        print(line)
+                runners["torch"] = partial(torch_model, torch.from_numpy(images))
+            if session is not None:
+                runners["onnxruntime"] = partial(session.run, None, {"image": images})
+            samples = {name: [] for name in runners}
+            with torch.no_grad() if torch is not None else nullcontext():
+                for run in runners.values():
+                    run()
+                for _ in range(args.repeats):
+                    for name, run in runners.items():
+                        start = clock()
+                        run()
+                        samples[name].append((clock() - start) / batch)
+            result = {f"{name}_seconds_per_image": statistics.median(times) for name, times in samples.items()}
+            dcnn_s = result["dcnn_seconds_per_image"]
+            result["dcnn_gflops"] = total_flops / dcnn_s / 1e9
+            line = f"VGG-16 forward, batch {batch}, {count} thread(s), per image: dcnn {dcnn_s * 1e3:.0f} ms"
+            for name in list(runners)[1:]:
+                other = result[f"{name}_seconds_per_image"]
+                result[f"ratio_dcnn_over_{name}"] = dcnn_s / other
+                line += f", {name} {other * 1e3:.0f} ms (dcnn/{name} {dcnn_s / other:.2f})"
+            report["forward"][f"{count}t_batch{batch}"] = result
+            print(line)
 
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.output}")
+
+
+def _onnx_session(torch_model, input_shape, count):
+    """An onnxruntime session of the PyTorch model (same weights), ``count`` intra-op threads."""
+    buffer = io.BytesIO()
+    example = torch.zeros((1, *input_shape))
+    torch.onnx.export(torch_model, (example,), buffer, dynamo=False, input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch"}})
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = count
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
 
 def _torch_vgg16(weights):

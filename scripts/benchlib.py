@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -53,3 +54,31 @@ def timed_calls(engine, x, comm, repeats: int) -> list[float]:
         comm.Barrier()
         times.append(time.perf_counter() - start)
     return times
+
+
+def machine_info() -> dict:
+    """What a kernel benchmark ran on: CPU model, cache sizes, and each BLAS library with its kernel.
+
+    dcnn's convolutions call SciPy's BLAS (``dcnn.kernels.blas``); numpy's is listed too because the FC layers use it.
+    """
+    from threadpoolctl import threadpool_info
+
+    from dcnn.kernels.cache import cache_bytes
+
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    blas = [{"library": Path(info["filepath"]).name, "api": info["internal_api"], "version": info["version"],
+             "kernel": info.get("architecture")} for info in threadpool_info() if info["user_api"] == "blas"]
+    return {"cpu": model, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "cache_bytes": {f"L{level}": cache_bytes(level) for level in (1, 2, 3)}, "blas": blas}
+
+
+def describe_machine(info: dict) -> str:
+    """One line of :func:`machine_info` for a benchmark's text output."""
+    caches = ", ".join(f"{level} {size >> 10} KiB" for level, size in info["cache_bytes"].items())
+    blas = "; ".join(f"{b['library']} {b['api']} {b['version']} {b['kernel']}" for b in info["blas"])
+    return f"CPU: {info['cpu']} ({info['cores']} cores; {caches}); BLAS: {blas}"

@@ -107,3 +107,24 @@ def test_layers_after_the_fused_block_record_their_timings():
     computed = COMM.allreduce(stats.compute_seconds)
     assert (computed > 0).all(), computed
     assert COMM.size == 1 or COMM.allreduce(stats.bytes_received[3:].sum()) > 0
+
+
+# DAGs, both policies: the whole convolutional part, and depths that end after a residual add (resnet18's
+# layer2.0.relu), in a fire module's concatenation (squeezenet) and inside MobileNetV2's stride-2 block.
+DAG_CASES = [("resnet18", (3, 67, 73), None, (2, 2)), ("resnet18", (3, 67, 73), 27, (3, 4)),
+             ("mobilenet_v2", (3, 67, 73), 30, (4, 3)), ("squeezenet1_1", (3, 67, 73), 17, (2, 3)),
+             ("googlenet", (3, 67, 73), None, (2, 2))]
+
+
+@pytest.mark.parametrize("name,shape,depth,grid", DAG_CASES)
+@pytest.mark.parametrize("overlap", ["recompute", "reuse"])
+def test_fused_tiles_of_a_dag_equal_single_process(name, shape, depth, grid, overlap):
+    network = get_model(name)
+    error, counters, engine = run_engine(network, shape, grid, depth, overlap)
+    assert error <= 1e-4
+    assert counters["tiles_run"] == 2 * grid[0] * grid[1] and counters["fallbacks"] == 0
+    if overlap == "reuse":
+        assert counters["macs"] == 3 * engine.reuse.macs() < 3 * engine.plan.macs()[0]
+        assert counters["bytes_put"] == counters["bytes_got"] == 3 * engine.reuse.strip_bytes() > 0
+    else:
+        assert counters["macs"] == 3 * engine.plan.macs()[0]

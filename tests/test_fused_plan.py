@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from dcnn.decomposition.fused import plan_fused, spatial_depth
-from dcnn.decomposition.geometry import trace_region
+from dcnn.decomposition.fused import plan_fused, spatial_depth, trace_tile
+from dcnn.decomposition.geometry import Box
 from dcnn.errors import PlanError
-from dcnn.network.window import Window
+from dcnn.network.graph import Network
+from dcnn.network.layers import Conv2d, MaxPool2d, ReLU
 from dcnn.network.zoo import get_model
 
 
@@ -28,13 +29,10 @@ def test_one_tile_has_no_redundancy_and_more_tiles_have_more():
 
 
 def test_trace_through_a_conv_and_a_pool():
-    windows = [Window((3, 3), (1, 1), (1, 1)), None, Window((2, 2), (2, 2), (0, 0))]
-    shapes = [(1, 10, 10), (1, 10, 10), (1, 10, 10), (1, 5, 5)]
-    from dcnn.decomposition.geometry import Box
-
-    steps = trace_region(windows, shapes, Box(0, 2, 3, 5))
+    network = Network("t", (("c", Conv2d(1, 1, 3, padding=1)), ("r", ReLU()), ("p", MaxPool2d(2))), (1, 10, 10))
+    steps, read = trace_tile(network, network.shapes(), 3, Box(0, 2, 3, 5))
     assert [s[0] for s in steps] == [Box(0, 4, 6, 10), Box(0, 4, 6, 10), Box(0, 2, 3, 5)]
-    assert steps[0][1] == Box(0, 5, 5, 10) and steps[0][2] == (1, 0, 0, 1)
+    assert steps[0][1] == read == Box(0, 5, 5, 10) and steps[0][2] == (1, 0, 0, 1)
 
 
 def test_bad_grids_and_depths():
@@ -45,3 +43,60 @@ def test_bad_grids_and_depths():
         plan_fused(network, (1, 32, 32), (1, 1), depth=spatial_depth(network) + 1)
     with pytest.raises(PlanError, match="at least 1x1"):
         plan_fused(network, (1, 32, 32), (0, 2), depth=2)
+
+
+def _pixels_read(layer, in_shape, out_box):
+    """Input pixels the outputs ``out_box`` of a layer read, by enumeration (pointwise: the same pixels)."""
+    mask = np.zeros(in_shape[1:], bool)
+    if layer.window is None:
+        mask[out_box.slices()] = True
+        return mask
+    window = layer.window
+    (kh, kw), (sh, sw), (dh, dw) = window.kernel, window.stride, window.dilation
+    top, _, left, _ = window.explicit_padding(in_shape[1], in_shape[2])
+    for i in range(out_box.top, out_box.bottom):
+        for j in range(out_box.left, out_box.right):
+            for a in range(kh):
+                for b in range(kw):
+                    r, c = i * sh - top + a * dh, j * sw - left + b * dw
+                    if 0 <= r < in_shape[1] and 0 <= c < in_shape[2]:
+                        mask[r, c] = True
+    return mask
+
+
+@pytest.mark.parametrize("name,depth", [("resnet18", 27), ("mobilenet_v2", 30), ("squeezenet1_1", 17)])
+def test_tiles_of_a_dag_cover_what_every_branch_reads(name, depth):
+    """Brute force: per tensor, the pixels all its readers in the block need lie in the tile's box of it, and
+    that box is their bounding box."""
+    network = get_model(name)
+    shape = (3, 45, 51)
+    plan = plan_fused(network, shape, (3, 2), depth)
+    shapes = network.shapes(shape)
+    names = [n for n, _ in network.layers]
+    for tile in plan.tiles:
+        wanted = {names[depth - 1]: np.zeros(shapes[depth][1:], bool)}
+        wanted[names[depth - 1]][tile.output.slices()] = True
+        for index in reversed(range(depth)):
+            mask = wanted.pop(names[index])
+            box = tile.steps[index][0]
+            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+            assert (box.top, box.bottom, box.left, box.right) == (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1)
+            out = np.zeros_like(mask)
+            out[box.slices()] = True
+            for source in network.inputs[index]:
+                in_shape = shapes[network.tensor_index(source)]
+                read = _pixels_read(network.layers[index][1], in_shape, box)
+                wanted[source] = wanted.get(source, np.zeros(in_shape[1:], bool)) | read
+        rows, cols = np.flatnonzero(wanted["input"].any(axis=1)), np.flatnonzero(wanted["input"].any(axis=0))
+        assert (tile.input.top, tile.input.bottom, tile.input.left, tile.input.right) == (
+            rows[0], rows[-1] + 1, cols[0], cols[-1] + 1)
+
+
+def test_a_depth_inside_a_residual_block_is_refused_with_the_nearest_cuts():
+    network = get_model("resnet18")
+    names = [n for n, _ in network.layers]
+    inside = names.index("layer1.0.conv2") + 1
+    with pytest.raises(PlanError, match=r"--fuse-depth 8 cuts resnet18 inside a branch: node layer1\.0\.add after "
+                                        r"the fused block reads maxpool from inside it; fuse 4 or 10 layers instead"):
+        plan_fused(network, (3, 67, 73), (2, 2), inside)
+    assert plan_fused(network, (3, 67, 73), (2, 2), names.index("layer1.0.relu") + 1).depth == 11

@@ -259,3 +259,34 @@ def test_planner_command_prints_candidates_and_the_choice():
     assert "batch, batch 1" in done.stdout and "DOES NOT FIT" in done.stdout
     assert "chosen: spatial" in done.stdout or "chosen: fused" in done.stdout
     assert "mpirun -np 14 python -m dcnn.infer --model vgg16 --mode" in done.stdout
+
+
+def test_a_branching_network_in_batch_mode_equals_single_mode(tmp_path):
+    single, batch = tmp_path / "single.h5", tmp_path / "batch.h5"
+    common = ("--model", "squeezenet1_1", "--input", SAMPLES, "--quiet", "--threads", "1", "--batch-size", "1")
+    assert infer(*common, "--output", str(single), timeout=300).returncode == 0
+    done = infer(*common, "--mode", "batch", "--output", str(batch), launcher=mpi_command(2), timeout=300)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(single) as a, h5py.File(batch) as b:
+        np.testing.assert_array_equal(b["outputs/logits"][()], a["outputs/logits"][()])
+
+
+def test_a_residual_network_in_spatial_mode_equals_single_mode(tmp_path):
+    single, spatial = tmp_path / "single.h5", tmp_path / "spatial.h5"
+    common = ("--model", "resnet18", "--input", SAMPLES, "--quiet", "--threads", "1", "--batch-size", "2")
+    assert infer(*common, "--output", str(single), timeout=300).returncode == 0
+    done = infer(*common, "--mode", "spatial", "--grid", "2x1", "--output", str(spatial), launcher=mpi_command(2),
+                 timeout=300)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(single) as a, h5py.File(spatial) as b:
+        expected, actual = a["outputs/logits"][()], b["outputs/logits"][()]
+        assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
+        assert b["timing/bytes_received"][()].sum() > 0
+
+
+def test_fused_mode_refuses_a_depth_inside_a_residual_block_in_one_line(tmp_path):
+    done = infer("--model", "mobilenet_v2", "--mode", "fused", "--fuse-depth", "23", "--input", SAMPLES,
+                 "--output", str(tmp_path / "x.h5"))
+    assert done.returncode == 2 and done.stderr.count("dcnn: error:") == 1 and "Traceback" not in done.stderr
+    assert ("--fuse-depth 23 cuts mobilenet_v2 inside a branch: node features.3.add after the fused block reads "
+            "features.2.conv.3 from inside it; fuse 16 or 25 layers instead") in done.stderr

@@ -9,10 +9,11 @@ from conftest import random_array
 
 from dcnn.errors import ShapeError
 from dcnn.kernels import conv, threads
-from dcnn.kernels.conv import Conv2dKernel, Workspace, conv2d
+from dcnn.kernels.conv import METHODS, Conv2dKernel, Workspace, choose_method, conv2d
 
-# (in channels, out channels, groups): thin RGB-like inputs take im2col, wider ones the shifted GEMMs.
-CHANNELS = [(3, 5, 1), (16, 7, 1), (32, 8, 2), (18, 6, 3), (16, 16, 16)]
+# (in channels, out channels, groups): thin RGB-like inputs take im2col, wider ones the shifted GEMMs, thin
+# outputs (one channel per group) the shifted-output products.
+CHANNELS = [(3, 5, 1), (16, 7, 1), (32, 8, 2), (18, 6, 3), (16, 16, 16), (32, 2, 2)]
 GEOMETRY = list(itertools.product(
     [(1, 1), (3, 3), (2, 3), (5, 5)],              # kernel
     [(1, 1), (2, 2), (2, 1)],                       # stride
@@ -33,6 +34,9 @@ def test_conv_matches_reference(rng, channels, kernel, stride, padding, dilation
     assert actual.dtype == np.float32
     assert actual.shape == expected.shape
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+    for method in METHODS:  # every formulation, not only the one chosen for these channels
+        forced = Conv2dKernel(weight, bias, stride, dilation, groups, method=method)(x, padding)
+        np.testing.assert_allclose(forced, expected, rtol=1e-4, atol=1e-4, err_msg=method)
 
 
 @pytest.mark.parametrize("height,width", [(1, 1), (2, 7), (13, 5), (31, 33)])
@@ -43,16 +47,43 @@ def test_conv_odd_sizes_and_no_bias(rng, height, width):
     np.testing.assert_allclose(conv2d(x, weight, padding=1), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_both_algorithms_agree_on_large_layer(rng, monkeypatch):
-    """Chunking spans many chunks here; im2col (forced) and shifted GEMMs must agree."""
+@pytest.mark.parametrize("stride", [(1, 1), (2, 2)])
+def test_all_methods_agree_on_large_layer(rng, stride):
+    """Chunking spans many chunks here; the three formulations must agree."""
     x = random_array(rng, 2, 24, 70, 45)
     weight = random_array(rng, 40, 24, 3, 3)
-    shifted = Conv2dKernel(weight)
-    assert shifted.use_tap_gemm
-    monkeypatch.setattr(conv, "TAP_GEMM_MIN_CHANNELS", 10**6)
-    im2col = Conv2dKernel(weight)
-    assert not im2col.use_tap_gemm
-    np.testing.assert_allclose(shifted(x, 1), im2col(x, 1), rtol=1e-4, atol=1e-3)
+    bias = random_array(rng, 40)
+    results = [Conv2dKernel(weight, bias, stride, relu=True, method=m)(x, 1) for m in METHODS]
+    for method, result in zip(METHODS[1:], results[1:]):
+        np.testing.assert_allclose(result, results[0], rtol=1e-4, atol=1e-3, err_msg=method)
+
+
+@pytest.mark.parametrize("in_channels,out_channels,stride,expected", [
+    (3, 64, (1, 1), "im2col"), (3, 16, (2, 2), "shifted"), (16, 32, (2, 2), "shifted"), (45, 45, (1, 1), "shifted"),
+    (45, 1, (1, 1), "shifted-output"), (3, 1, (1, 1), "im2col")])
+def test_choose_method(in_channels, out_channels, stride, expected):
+    assert choose_method(in_channels, out_channels, stride) == expected
+    assert Conv2dKernel(np.zeros((out_channels, in_channels, 3, 3), np.float32), stride=stride).method == expected
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="convolution method"):
+        Conv2dKernel(np.zeros((2, 3, 3, 3), np.float32), method="winograd")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_batch_blocks_give_identical_results(rng, monkeypatch, method):
+    """A batch split into one-image blocks (a tiny L3) computes what one block computes.
+
+    Not bit for bit: the chunks differ, and BLAS may sum a small GEMM in another order than a large one.
+    """
+    x = random_array(rng, 3, 16, 21, 19)
+    kernel = Conv2dKernel(random_array(rng, 8, 16, 5, 5), random_array(rng, 8), (2, 2), method=method)
+    whole = kernel(x, 2, Workspace())
+    monkeypatch.setattr(conv, "cache_bytes", lambda level: 1024)
+    blocked = kernel(x, 2, Workspace())
+    np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kernel(x[1:2], 2), whole[1:2], rtol=1e-5, atol=1e-5)
 
 
 def test_threads_give_identical_results(rng):

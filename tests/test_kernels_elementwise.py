@@ -75,3 +75,30 @@ def test_softmax_is_stable_and_normalised(rng):
     assert np.all(np.isfinite(out))
     np.testing.assert_allclose(out.sum(axis=1), 1, rtol=1e-6)
     assert np.array_equal(out.argmax(axis=1), x.argmax(axis=1))
+
+
+@pytest.mark.parametrize("name", ["relu6", "sigmoid", "silu", "hardsigmoid", "hardswish"])
+def test_activations_match_pytorch(rng, name):
+    import torch
+
+    from dcnn.kernels import elementwise
+
+    x = random_array(rng, 2, 3, 5, 7) * 8
+    x[0, 0, 0, :4] = [-3, 3, 6, 90]  # the kinks of the hard functions, and a value whose exp overflows float32
+    expected = getattr(torch.nn.functional, name)(torch.from_numpy(x)).numpy()
+    out = x.copy()
+    np.testing.assert_allclose(getattr(elementwise, name)(x), expected, rtol=1e-6, atol=1e-6)
+    assert getattr(elementwise, name)(out, out=out) is out
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("slopes", [[0.25], [0.1, -0.5, 2.0]])
+def test_prelu_matches_pytorch(rng, slopes):
+    import torch
+
+    from dcnn.kernels.elementwise import prelu
+
+    x = random_array(rng, 2, 3, 4, 5)
+    weight = np.array(slopes, np.float32)
+    expected = torch.nn.functional.prelu(torch.from_numpy(x), torch.from_numpy(weight)).numpy()
+    np.testing.assert_allclose(prelu(x, weight), expected, rtol=1e-6, atol=1e-7)

@@ -24,3 +24,20 @@ def test_shape_errors_are_specific():
     with pytest.raises(ShapeError, match=r"\(C, H, W\)"):
         MaxPool2d(2).output_shape((10,))
     assert Flatten().output_shape((2, 3, 4)) == (24,)
+
+
+def test_merge_layers_check_their_inputs():
+    from dcnn.network.layers import Add, Concat, Mul, PReLU
+
+    assert Add().output_shape((4, 5, 6), (4, 5, 6)) == (4, 5, 6)
+    with pytest.raises(ShapeError, match="one shape"):
+        Add().output_shape((4, 5, 6), (4, 5, 7))
+    assert Concat().output_shape((4, 5, 6), (3, 5, 6), (1, 5, 6)) == (8, 5, 6)
+    with pytest.raises(ShapeError, match="one height and width"):
+        Concat().output_shape((4, 5, 6), (3, 4, 6))
+    assert Mul().output_shape((4, 5, 6), (4, 1, 1)) == (4, 5, 6)
+    with pytest.raises(ShapeError, match="gates"):
+        Mul().output_shape((4, 5, 6), (3, 1, 1))
+    assert PReLU(4).tensors()["weight"].shape == (4,)
+    with pytest.raises(ShapeError, match="expects 4 channels"):
+        PReLU(4).output_shape((3, 2, 2))

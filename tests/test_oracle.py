@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from mpi4py import MPI
 from torch_oracle import torch_forward
 
-from dcnn.decomposition.fused import OVERLAP_POLICIES, spatial_depth
+from dcnn.decomposition.fused import OVERLAP_POLICIES, crossing_read, spatial_depth
 from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.exec.forward import Forward
 from dcnn.network.layers import Conv2d
@@ -32,7 +32,9 @@ RANK_COUNTS = (1, 2, 3, 4, 6, 8)
 #: Odd per-image input sizes (LeNet-5 takes only 32 x 32); small, so the networks run in a fraction of a second.
 SHAPES = {"lenet5": (1, 32, 32), "alexnet": (3, 65, 69), "vgg11": (3, 33, 37), "vgg13": (3, 35, 33),
           "vgg16": (3, 37, 35), "vgg19": (3, 33, 35), "vgg11_bn": (3, 35, 37), "vgg13_bn": (3, 37, 33),
-          "vgg16_bn": (3, 33, 39), "vgg19_bn": (3, 39, 33)}
+          "vgg16_bn": (3, 33, 39), "vgg19_bn": (3, 39, 33), "resnet18": (3, 35, 37), "resnet34": (3, 37, 33),
+          "resnet50": (3, 33, 35), "mobilenet_v2": (3, 35, 39), "squeezenet1_1": (3, 39, 41),
+          "googlenet": (3, 37, 35)}
 _WEIGHTS: dict[str, tuple[dict, dict | None]] = {}
 
 
@@ -82,12 +84,13 @@ def due(name: str) -> bool:
 
 
 def fused_samples(network, shape) -> list[tuple[int, tuple[int, int], str]]:
-    """Fused configurations of one network: depth (one ending right after a convolution, one anywhere), tile grid
-    and policy, from a seeded generator (the deepest block runs in tests/test_fused.py)."""
+    """Fused configurations of one network: depth (one ending right after a convolution, one anywhere a block
+    may end: not inside a residual block or module of a DAG), tile grid and policy, from a seeded generator (the
+    deepest block runs in tests/test_fused.py)."""
     rng = np.random.default_rng(len(network) + COMM.size)
-    deepest = spatial_depth(network)
-    after_conv = [index + 1 for index, (_, layer) in enumerate(network.layers[:deepest]) if isinstance(layer, Conv2d)]
-    depths = [int(rng.choice(after_conv)), int(rng.integers(1, deepest + 1))]
+    cuts = [depth for depth in range(1, spatial_depth(network) + 1) if crossing_read(network, depth) is None]
+    after_conv = [depth for depth in cuts if isinstance(network.layers[depth - 1][1], Conv2d)] or cuts
+    depths = [int(rng.choice(after_conv)), cuts[int(rng.integers(1, len(cuts) + 1)) - 1]]
     samples = []
     for number, depth in enumerate(depths):
         height, width = network.shapes(shape)[depth][1:]

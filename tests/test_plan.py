@@ -1,11 +1,13 @@
 """The planner without MPI: sizes, cluster files, memory per mode, the choice, and the infeasible message."""
 
+import math
 import re
 
 import pytest
 
 from dcnn.errors import InputError, PlanError
-from dcnn.network.layers import Linear
+from dcnn.network.graph import GraphBuilder
+from dcnn.network.layers import Add, Linear, MaxPool2d, ReLU
 from dcnn.network.zoo import get_model
 from dcnn.planner.plan import (
     MIB,
@@ -213,6 +215,35 @@ def test_tile_grids_are_limited_to_the_smallest_map():
     grids = {plan.grid for plan in plans(VGG16, SHAPE, Cluster.uniform(2, 2**40), 1, modes=("fused",),
                                          tile_limit=(3, 5))}
     assert grids == {(2, 2), (3, 3)}
+
+
+def test_a_residual_skip_counts_in_the_working_set():
+    """A skip alive across a node adds its values to the node's working set, in batch and spatial mode."""
+    graph = GraphBuilder()
+    skip = graph.add("pool", MaxPool2d(1))
+    graph.add("relu1", ReLU())
+    graph.add("relu2", ReLU())
+    graph.add("add", Add(), "relu2", skip)
+    network, shape = graph.build("skip", (8, 10, 10)), (8, 10, 10)
+    one_map = 8 * 10 * 10
+    # relu1 reads the skip; relu2 holds its input, its output and the skip; the add its two inputs and output.
+    assert [row.live_bytes // 4 for row in network.costs(shape)] == [2 * one_map, 2 * one_map, 3 * one_map,
+                                                                     3 * one_map]
+    cluster = Cluster.uniform(1, 2**34)
+    assert memory_batch(network, shape, 2, cluster).memory[0]["activations"] == 2 * 3 * one_map * 4
+    assert memory_spatial(network, shape, 2, cluster, (1, 1)).memory[0]["activations"] == 2 * 3 * one_map * 4
+    chain = get_model("vgg11")
+    assert all(row.live_bytes == 4 * (math.prod(row.in_shape) + math.prod(row.out_shape))
+               for row in chain.costs((3, 64, 64)))
+
+
+def test_a_dag_gets_every_candidate():
+    network = get_model("mobilenet_v2")
+    candidates = plans(network, (3, 96, 96), Cluster.uniform(2, 2**34), 1)
+    assert {(plan.mode, plan.halo_policy) for plan in candidates} == {
+        ("batch", None), ("spatial", None), ("fused", "recompute"), ("fused", "reuse")}
+    reuse = plan_for(network, (3, 96, 96), Cluster.uniform(2, 2**34), "fused", 1, (2, 2), "reuse")
+    assert reuse.memory[0]["overlap pool"] > 0
 
 
 @pytest.mark.timeout(300)

@@ -7,7 +7,7 @@ import pytest
 
 import dcnn
 
-DOCTESTED = ["dcnn", "dcnn.network.window", "dcnn.decomposition.intervals"]
+DOCTESTED = ["dcnn", "dcnn.network.window", "dcnn.network.graph", "dcnn.decomposition.intervals"]
 
 
 @pytest.mark.parametrize("name", DOCTESTED)

@@ -87,6 +87,13 @@ CASES = [
     ("vgg11_bn", (3, 32, 48), 2, "all"),
     ("vgg16_bn", (3, 67, 45), 1, "all"),
     ("vgg19_bn", (3, 40, 33), 1, "default"),
+    # DAGs: residual adds with strided 1x1 shortcuts, inverted residuals with depthwise convolutions, fire and
+    # Inception concatenations. At 67 x 73 the last maps have 3 rows: grids of P x 1 with P > 3 leave ranks idle.
+    ("resnet18", (3, 67, 73), 3, "all"),
+    ("resnet50", (3, 67, 73), 1, "default"),
+    ("mobilenet_v2", (3, 67, 73), 1, "all"),
+    ("squeezenet1_1", (3, 67, 73), 2, "all"),
+    ("googlenet", (3, 67, 73), 1, "all"),
 ]
 
 

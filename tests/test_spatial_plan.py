@@ -61,3 +61,50 @@ def test_fc_shards_partition_the_neurons(size):
         rows = [shard[key] for shard in shards]
         out_features = rows[-1][1]
         assert rows == split_extent(out_features, size)
+
+
+def _read_pixels(layer, in_shape, out_box):
+    """Input pixels the outputs ``out_box`` of a windowed layer read, by enumeration (PyTorch's padding)."""
+    window = layer.window
+    (kh, kw), (sh, sw), (dh, dw) = window.kernel, window.stride, window.dilation
+    top, _, left, _ = window.explicit_padding(in_shape[1], in_shape[2])
+    mask = np.zeros(in_shape[1:], bool)
+    for i in range(out_box.top, out_box.bottom):
+        for j in range(out_box.left, out_box.right):
+            for a in range(kh):
+                for b in range(kw):
+                    r, c = i * sh - top + a * dh, j * sw - left + b * dw
+                    if 0 <= r < in_shape[1] and 0 <= c < in_shape[2]:
+                        mask[r, c] = True
+    return mask
+
+
+@pytest.mark.parametrize("dims", [(2, 2), (3, 2), (5, 1)])
+def test_a_tensor_read_by_two_windowed_nodes_is_exchanged_once_for_both(dims):
+    """resnet18's layer2.0 input feeds a 3x3/2 convolution and the 1x1/2 shortcut: one exchange, covering both."""
+    network = get_model("resnet18")
+    plan = plan_spatial(network, (3, 67, 73), dims)
+    names = [name for name, _ in network.layers]
+    readers = [layer for layer in plan.layers if layer.sources == ("layer1.1.relu",)]
+    assert [names[layer.index] for layer in readers] == ["layer2.0.conv1", "layer2.0.downsample.0"]
+    first, second = readers
+    assert second.exchanged is None and second.transfers == []
+    for rank in range(dims[0] * dims[1]):
+        needed = (_read_pixels(first.layer, first.in_shape, first.out_blocks[rank])
+                  | _read_pixels(second.layer, second.in_shape, second.out_blocks[rank]))
+        region = first.exchanged[rank]
+        inside = np.zeros_like(needed)
+        inside[region.slices()] = True
+        assert not (needed & ~inside).any()
+        if needed.any():
+            rows, cols = np.flatnonzero(needed.any(axis=1)), np.flatnonzero(needed.any(axis=0))
+            assert (region.top, region.bottom, region.left, region.right) == (
+                rows[0], rows[-1] + 1, cols[0], cols[-1] + 1)
+        received = sum(t.box.area for t in first.transfers if t.dest == rank)
+        assert received == region.area - region.intersect(first.held[rank]).area
+
+
+def test_adds_and_concats_exchange_nothing():
+    plan = plan_spatial(get_model("googlenet"), (3, 67, 73), (2, 2))
+    assert all(not layer.transfers for layer in plan.layers if layer.layer.kind in ("add", "concat"))
+    assert plan.gathered_shape == (1024, 2, 2)

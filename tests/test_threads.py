@@ -1,5 +1,8 @@
 """The kernel thread policy."""
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -40,3 +43,39 @@ def test_default_threads_respects_omp(monkeypatch):
     assert threads.default_num_threads() == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "")
     assert threads.default_num_threads() >= 1
+
+
+def test_first_import_sees_every_blas():
+    """Regression: set before numpy or dcnn.kernels.blas was imported, the thread count reached no BLAS at all."""
+    script = ("from dcnn.kernels import threads\nthreads.set_num_threads(1)\nimport dcnn.kernels.blas\n"
+              "from threadpoolctl import threadpool_info\n"
+              "blas = [i for i in threadpool_info() if i['user_api'] == 'blas']\n"
+              "assert blas and all(i['num_threads'] == 1 for i in blas), blas\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_blas_threads_switch_only_when_they_change(monkeypatch):
+    """BLAS is set to one thread for parallel loops and back to all only for a caller that asks for it."""
+
+    class FakeBlas:
+        def __init__(self):
+            self.calls = []
+
+        def set_num_threads(self, count):
+            self.calls.append(count)
+
+    blas = FakeBlas()
+    monkeypatch.setattr(threads, "_blas_controllers", lambda: [blas])
+    monkeypatch.setattr(threads, "_blas_threads", None)
+    try:
+        threads.set_num_threads(2)
+        for _ in range(5):
+            threads.parallel_for(lambda items: None, list(range(4)))
+        threads.use_blas_threads()
+        threads.use_blas_threads()
+        threads.parallel_for(lambda items: None, list(range(4)))
+        assert blas.calls == [2, 1, 2, 1]
+    finally:
+        threads.set_num_threads(1)

@@ -12,7 +12,14 @@ PUBLISHED_PARAMS = {
     "alexnet": 61_100_840,
     "vgg11": 132_863_336, "vgg13": 133_047_848, "vgg16": 138_357_544, "vgg19": 143_667_240,
     "vgg11_bn": 132_868_840, "vgg13_bn": 133_053_736, "vgg16_bn": 138_365_992, "vgg19_bn": 143_678_248,
+    # torchvision's model cards (googlenet without its auxiliary heads).
+    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "mobilenet_v2": 3_504_872,
+    "squeezenet1_1": 1_235_496, "googlenet": 6_624_904,
 }
+
+#: Published multiply-accumulates at 224x224 (torchvision's model cards, GFLOPS there meaning GMACs), in GMAC.
+PUBLISHED_GMACS = {"resnet18": 1.81, "resnet34": 3.66, "resnet50": 4.09, "mobilenet_v2": 0.30,
+                   "squeezenet1_1": 0.35, "googlenet": 1.50}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
@@ -71,7 +78,7 @@ def test_wrong_channel_count():
 
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(InputError, match="vgg16"):
-        get_model("resnet50")
+        get_model("resnet101")
 
 
 def test_cost_table_has_totals():
@@ -93,3 +100,41 @@ def test_parse_shape_rejects(text):
 def test_layer_descriptions():
     assert Conv2d(3, 64, 11, stride=4, padding=2).describe() == "conv 11x11/4 3->64 pad 2"
     assert Linear(10, 2).describe() == "fc 10->2"
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_GMACS))
+def test_dag_models_macs_match_published(name):
+    macs = sum(row.macs for row in get_model(name).costs((3, 224, 224)))
+    assert macs / 1e9 == pytest.approx(PUBLISHED_GMACS[name], abs=0.006)
+
+
+def test_dag_models_use_torchvision_names():
+    spec = get_model("resnet50").state_spec()
+    assert spec["layer1.0.downsample.0.weight"].shape == (256, 64, 1, 1)
+    assert spec["layer4.2.bn3.running_var"].shape == (2048,)
+    assert spec["fc.weight"].shape == (1000, 2048)
+    mobilenet = get_model("mobilenet_v2").state_spec()
+    assert mobilenet["features.1.conv.0.0.weight"].shape == (32, 1, 3, 3)
+    assert mobilenet["features.2.conv.1.0.weight"].shape == (96, 1, 3, 3)
+    assert mobilenet["features.18.0.weight"].shape == (1280, 320, 1, 1)
+    assert get_model("squeezenet1_1").state_spec()["features.12.expand3x3.weight"].shape == (256, 64, 3, 3)
+    assert get_model("googlenet").state_spec()["inception5b.branch4.1.conv.weight"].shape == (128, 832, 1, 1)
+
+
+def test_residual_block_reads_its_skip():
+    network = get_model("resnet18")
+    inputs = dict(zip((name for name, _ in network.layers), network.inputs))
+    assert inputs["layer1.0.add"] == ("layer1.0.bn2", "maxpool")
+    assert inputs["layer2.0.add"] == ("layer2.0.bn2", "layer2.0.downsample.1")
+    assert inputs["layer2.0.downsample.0"] == ("layer1.1.relu",)
+    assert not network.is_chain and get_model("vgg16").is_chain
+
+
+def test_cost_table_shows_inputs_and_live_bytes_of_a_dag():
+    table = format_cost_table(get_model("resnet18"), (3, 224, 224))
+    row = next(line for line in table.splitlines() if line.startswith("layer1.0.add "))
+    assert row.endswith("layer1.0.bn2, maxpool")
+    # While the first block's add runs, the skip (maxpool), bn2's output and the sum are alive: 3 x 64x56x56.
+    assert f"{3 * 64 * 56 * 56 * 4:,}" in row
+    assert "peak live activations" in table
+    assert "inputs" not in format_cost_table(get_model("vgg11"))

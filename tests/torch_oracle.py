@@ -31,8 +31,16 @@ def torch_layer(torch, layer):
 
 
 def torch_forward(network, weights, x: np.ndarray) -> np.ndarray:
-    """The network's output for a ``(B, C, H, W)`` float32 batch, computed by PyTorch in eval mode."""
+    """The network's output for a ``(B, C, H, W)`` float32 batch, computed by PyTorch in eval mode.
+
+    A chain becomes a ``torch.nn.Sequential`` of its layers; a zoo DAG is the hand-written module of
+    :mod:`dcnn.testing.torch_models` (torchvision's layout)."""
     torch = oracle("torch")
+    if not network.is_chain:
+        from dcnn.testing.torch_models import torch_model
+
+        with torch.no_grad():
+            return torch_model(network.name, weights)(torch.from_numpy(np.ascontiguousarray(x))).numpy()
     module = torch.nn.Sequential()
     groups = {}
     for name, layer in network.layers:

@@ -1,9 +1,11 @@
 """The fused tiling (pure, no MPI): the output of a block of consecutive layers cut into a grid of tiles.
 
 The output map of the fused block (the whole convolutional part, or a prefix of it) is cut into a ``Ty x Tx``
-grid of tiles; each tile's input region is traced backwards through the fused layers
-(:func:`dcnn.decomposition.geometry.trace_region`), so a tile is computable from the input image alone, and the
-regions of neighbouring tiles overlap. The engine that runs the tiles is :class:`dcnn.parallel.fused.FusedEngine`;
+grid of tiles; each tile's input region is traced backwards through the fused nodes (:func:`trace_tile`), so a
+tile is computable from the input image alone, and the regions of neighbouring tiles overlap. In a DAG the
+trace goes through every branch: the box of a tensor a tile computes is the cover of what all its readers in
+the block need. The block must end where one tensor carries everything later nodes read (not inside a residual
+block, whose skip would cross the cut). The engine that runs the tiles is :class:`dcnn.parallel.fused.FusedEngine`;
 the reuse policy's plan is :mod:`dcnn.decomposition.reuse`.
 """
 
@@ -11,14 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dcnn.decomposition.geometry import Box, block_boxes, trace_region
+from dcnn.decomposition.geometry import Box, block_boxes, cover, layer_input
 from dcnn.decomposition.spatial import spatial_depth
 from dcnn.errors import PlanError
-from dcnn.network.graph import Network
+from dcnn.network.graph import INPUT, Network
 from dcnn.network.layers import Shape
 from dcnn.network.window import Padding
 
-__all__ = ["OVERLAP_POLICIES", "FusedPlan", "Tile", "check_tile_grid", "plan_fused", "spatial_depth", "sub_network"]
+__all__ = ["OVERLAP_POLICIES", "FusedPlan", "Tile", "check_tile_grid", "crossing_read", "plan_fused", "spatial_depth",
+           "sub_network", "trace_tile"]
 
 OVERLAP_POLICIES = ("recompute", "reuse")
 
@@ -32,21 +35,19 @@ class Tile:
     index : int
         Task number (row-major over the tile grid).
     steps : list of (Box, Box, Padding)
-        Per fused layer: output box, input box, map-border padding.
+        Per fused node: output box, box of its (first) input, map-border padding.
+    input : Box
+        The region of the input image the tile reads.
     """
 
     index: int
     steps: list[tuple[Box, Box, Padding]]
+    input: Box
 
     @property
     def output(self) -> Box:
         """The tile's box of the fused block's output map."""
         return self.steps[-1][0]
-
-    @property
-    def input(self) -> Box:
-        """The region of the input image the tile reads."""
-        return self.steps[0][1]
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class FusedPlan:
     tiles : list of Tile
         Row-major.
     shapes : list of tuple
-        Map shapes of the fused block: its input, then each layer's output.
+        Map shapes of the fused block: its input, then each node's output.
     """
 
     network: Network
@@ -100,9 +101,68 @@ class FusedPlan:
 
 def sub_network(network: Network, start: int, input_shape: Shape) -> Network:
     """Layers ``start..`` of ``network`` as a network of their own on ``input_shape`` (what runs after the fused
-    block), named ``"<name>[start:]"``."""
+    block), named ``"<name>[start:]"``; node ``start - 1``'s output becomes its input.
+
+    Raises
+    ------
+    ValueError
+        If a node after ``start`` reads a tensor computed before node ``start - 1`` (see :func:`crossing_read`).
+    """
+    before = network.layers[start - 1][0] if start > 0 else INPUT
+    inputs = tuple(tuple(INPUT if source == before else source for source in sources)
+                   for sources in network.inputs[start:])
     return Network(f"{network.name}[{start}:]", network.layers[start:], input_shape, network.preprocessing,
-                   network.description)
+                   network.description, inputs=inputs)
+
+
+def crossing_read(network: Network, depth: int) -> tuple[str, str] | None:
+    """A node after the first ``depth`` nodes that reads a tensor of the block other than its output, as
+    ``(node, tensor)``; ``None`` when the block's output is all that later nodes read (always, for a chain)."""
+    names = [name for name, _ in network.layers]
+    inside = {INPUT, *names[:depth - 1]}
+    for name, sources in zip(names[depth:], network.inputs[depth:]):
+        crossing = [source for source in sources if source in inside]
+        if crossing:
+            return name, crossing[0]
+    return None
+
+
+def trace_tile(network: Network, shapes: list[Shape], depth: int, box: Box) -> tuple[list[tuple[Box, Box, Padding]],
+                                                                                      Box]:
+    """What each of the first ``depth`` nodes must compute so that the last one produces ``box``.
+
+    Nodes are visited backwards; the box of a tensor is the cover of what all its readers in the block need
+    (for a chain, just the next layer's input box).
+
+    Parameters
+    ----------
+    network : Network
+        The model.
+    shapes : list of tuple
+        Its per-image shapes (:meth:`Network.shapes`).
+    depth : int
+        Nodes in the block.
+    box : Box
+        The wanted part of node ``depth - 1``'s output.
+
+    Returns
+    -------
+    steps : list of (Box, Box, Padding)
+        Per node, first to last: the output box it computes, the box of its first input it reads, and the
+        map-border padding that replaces the rest of that input (see :func:`~dcnn.decomposition.geometry.input_box`).
+    input : Box
+        The region of the network input the tile reads.
+    """
+    wanted: dict[str, list[Box]] = {network.layers[depth - 1][0]: [box]}
+    steps: list[tuple[Box, Box, Padding]] = []
+    for index in reversed(range(depth)):
+        (name, layer), sources = network.layers[index], network.inputs[index]
+        out = cover(wanted.get(name, []))
+        needed, padding = layer_input(layer.window, shapes[network.tensor_index(sources[0])], out)
+        steps.append((out, needed, padding))
+        for source in sources:
+            wanted.setdefault(source, []).append(needed)
+    return steps[::-1], cover(wanted[INPUT])
 
 
 def check_tile_grid(network: Network, input_shape: Shape, grid: tuple[int, int], depth: int | None = None) -> int:
@@ -111,13 +171,23 @@ def check_tile_grid(network: Network, input_shape: Shape, grid: tuple[int, int],
     Raises
     ------
     PlanError
-        If the depth is not within the convolutional part, or the grid is finer than the fused output map.
+        If the depth is not within the convolutional part or cuts a branch (a later node reads a tensor of the
+        block besides its output), or the grid is finer than the fused output map.
     """
     limit = spatial_depth(network)
     depth = limit if depth is None else depth
     if not 1 <= depth <= limit:
         raise PlanError(f"--fuse-depth must be between 1 and {limit} (the layers before {network.name}'s first "
                         f"global layer), got {depth}")
+    crossing = crossing_read(network, depth)
+    if crossing is not None:
+        cuts = [d for d in range(1, limit + 1) if crossing_read(network, d) is None]
+        nearest = [d for d in (max((d for d in cuts if d < depth), default=None),
+                               min((d for d in cuts if d > depth), default=None)) if d is not None]
+        advice = (f"fuse {' or '.join(map(str, nearest))} layers instead" if nearest
+                  else "no depth ends outside a branch; use --mode spatial or batch")
+        raise PlanError(f"--fuse-depth {depth} cuts {network.name} inside a branch: node {crossing[0]} after the "
+                        f"fused block reads {crossing[1]} from inside it; {advice}")
     if min(grid) < 1:
         raise PlanError(f"tile grid {grid[0]}x{grid[1]} must be at least 1x1")
     height, width = network.shapes(input_shape)[depth][1:]
@@ -134,12 +204,12 @@ def plan_fused(network: Network, input_shape: Shape, grid: tuple[int, int], dept
     Raises
     ------
     PlanError
-        If the depth is not within the convolutional part, or the grid is finer than the fused output map.
+        As :func:`check_tile_grid`.
     """
     depth = check_tile_grid(network, input_shape, grid, depth)
-    shapes = network.shapes(input_shape)[:depth + 1]
+    all_shapes = network.shapes(input_shape)
+    shapes = all_shapes[:depth + 1]
     height, width = shapes[-1][1:]
-    windows = [layer.window for _, layer in network.layers[:depth]]
-    tiles = [Tile(index, trace_region(windows, shapes, box))
+    tiles = [Tile(index, *trace_tile(network, all_shapes, depth, box))
              for index, box in enumerate(block_boxes(height, width, grid))]
     return FusedPlan(network, depth, tuple(grid), tiles, shapes)

@@ -23,7 +23,7 @@ from dcnn.network.window import Padding, window_span
 __all__ = [
     "EMPTY", "Box", "Transfer", "assemble_boxes", "block_boxes", "bounding_box", "bounding_box_of_difference",
     "exchange_transfers", "grid_coordinates", "input_box", "interior_box", "layer_input", "split_extent",
-    "trace_region",
+    "cover",
 ]
 
 
@@ -74,6 +74,15 @@ class Box:
 
 
 EMPTY = Box(0, 0, 0, 0)
+
+
+def cover(boxes: list[Box]) -> Box:
+    """The smallest box that contains every non-empty box of ``boxes`` (``EMPTY`` if there is none)."""
+    filled = [box for box in boxes if not box.empty]
+    if not filled:
+        return EMPTY
+    return Box(min(b.top for b in filled), max(b.bottom for b in filled), min(b.left for b in filled),
+               max(b.right for b in filled))
 
 
 def bounding_box(mask: np.ndarray, origin: Box) -> Box:
@@ -284,29 +293,3 @@ def layer_input(window, in_shape: tuple[int, ...], output: Box) -> tuple[Box, Pa
     height, width = in_shape[1:]
     return input_box(output, window.kernel, window.stride, window.dilation, window.explicit_padding(height, width),
                      height, width)
-
-
-def trace_region(windows: list, shapes: list[tuple[int, ...]], box: Box) -> list[tuple[Box, Box, Padding]]:
-    """What each of a chain of layers must compute so that the last one produces ``box``.
-
-    Parameters
-    ----------
-    windows : list
-        Per layer, its :class:`~dcnn.network.window.Window` (convolution, pooling) or ``None`` (pointwise).
-    shapes : list of tuple
-        ``len(windows) + 1`` map shapes ``(C, H, W)``: the chain's input, then each layer's output.
-    box : Box
-        The wanted part of the last layer's output.
-
-    Returns
-    -------
-    list of (Box, Box, Padding)
-        Per layer, first to last: the output box it computes, the input box it reads, and the map-border
-        padding that replaces the rest of its input (see :func:`input_box`).
-    """
-    steps = []
-    for index in reversed(range(len(windows))):
-        needed, padding = layer_input(windows[index], shapes[index], box)
-        steps.append((box, needed, padding))
-        box = needed
-    return steps[::-1]

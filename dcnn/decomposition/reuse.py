@@ -9,7 +9,10 @@ For tile ``t`` and fused layer ``l``, let ``N`` be the region the tile needs (it
 recompute policy) and ``K_u`` what each lower-class tile ``u`` computes of the same map. Tile ``t`` computes
 ``K_t = bbox(N - union of K_u)`` itself. Its input region ``input_box(K_t)`` lies inside the previous layer's
 ``N``, which is covered by its own previous ``K_t`` and its lower-class neighbours' ``K_u``: the tile assembles
-it from its own results and *strips* borrowed from them. Every strip (producer, consumer, layer, box) is fixed by
+it from its own results and *strips* borrowed from them. In a DAG the same holds per tensor: ``N`` of a tensor
+is the cover of its readers' needs, so the cover of what the tile's readers need from their ``K`` boxes lies in
+it, and the tile borrows, once per tensor, the strips that complete that cover. Every strip (producer, consumer,
+layer, box) is fixed by
 the plan, so each gets a fixed slot in the overlap pool of its *home* rank (the producer tile's index modulo the
 rank count), sized per image.
 """
@@ -21,7 +24,8 @@ from functools import cached_property
 
 import numpy as np
 
-from dcnn.decomposition.geometry import Box, bounding_box, bounding_box_of_difference, layer_input
+from dcnn.decomposition.geometry import Box, bounding_box, bounding_box_of_difference, cover, layer_input
+from dcnn.network.graph import INPUT
 from dcnn.network.window import Padding
 
 __all__ = ["NUM_CLASSES", "ReusePlan", "Strip", "plan_reuse", "tile_class"]
@@ -129,9 +133,13 @@ class ReusePlan:
 
 
 def plan_reuse(fused, ranks: int) -> ReusePlan:
-    """The reuse policy for ``fused`` (a :class:`~dcnn.decomposition.fused.FusedPlan`), pool over ``ranks``."""
-    depth, tiles = fused.depth, fused.tiles
-    windows = [layer.window for _, layer in fused.network.layers[:depth]]
+    """The reuse policy for ``fused`` (a :class:`~dcnn.decomposition.fused.FusedPlan`), pool over ``ranks``.
+
+    In a DAG each node's ``K`` and input boxes follow as in a chain; a tile borrows strips per *tensor*: those
+    that complete the cover of what all the tile's readers of the tensor need.
+    """
+    network, depth, tiles = fused.network, fused.depth, fused.tiles
+    shapes = network.shapes(fused.shapes[0])
     classes = [tile_class(tile.index, fused.grid) for tile in tiles]
     order = sorted(range(len(tiles)), key=lambda index: (classes[index], index))
     computed: list[list[Box]] = [[] for _ in tiles]
@@ -139,29 +147,37 @@ def plan_reuse(fused, ranks: int) -> ReusePlan:
     borrowed = []
     for index in order:  # by class: the lower classes' boxes are known when a tile is planned
         lower = [other for other in order if classes[other] < classes[index]]
-        for layer, window in enumerate(windows):
+        needs: dict[int, list[Box]] = {}
+        for layer in range(depth):
             box = bounding_box_of_difference(tiles[index].steps[layer][0], [computed[u][layer] for u in lower])
             computed[index].append(box)
-            steps[index].append((box, *layer_input(window, fused.shapes[layer], box)))
-            if layer > 0:
-                producers = [(other, computed[other][layer - 1]) for other in lower]
-                borrowed.extend((index, layer, producer, strip) for producer, strip in
-                                _borrow(steps[index][layer][1], computed[index][layer - 1], producers))
-    homes = _homes(borrowed, fused.shapes, ranks)
+            sources = network.inputs[layer]
+            needed, padding = layer_input(network.layers[layer][1].window,
+                                          shapes[network.tensor_index(sources[0])], box)
+            steps[index].append((box, needed, padding))
+            for position, source in enumerate(sources):
+                if source != INPUT:
+                    needs.setdefault(network.tensor_index(source) - 1, []).append(needed if position == 0 else box)
+        for source, boxes in needs.items():
+            producers = [(other, computed[other][source]) for other in lower]
+            borrowed.extend((index, source, producer, strip) for producer, strip in
+                            _borrow(cover(boxes), computed[index][source], producers))
+    channels = [shape[0] for shape in shapes[1:depth + 1]]
+    homes = _homes(borrowed, channels, ranks)
     strips, used = [], [0] * ranks
     for consumer, layer, producer, box in sorted(borrowed, key=lambda item: (homes[item[2]], item)):
         home = homes[producer]
-        strip = Strip(producer, consumer, layer - 1, box, fused.shapes[layer][0], home, used[home])
+        strip = Strip(producer, consumer, layer, box, channels[layer], home, used[home])
         used[home] += strip.elements
         strips.append(strip)
     return ReusePlan(fused, ranks, classes, steps, strips, used)
 
 
-def _homes(borrowed: list, shapes: list, ranks: int) -> dict[int, int]:
+def _homes(borrowed: list, channels: list[int], ranks: int) -> dict[int, int]:
     """A home rank per producer tile: the largest producers first, each to the rank holding the fewest bytes."""
     size: dict[int, int] = {}
     for _, layer, producer, box in borrowed:
-        size[producer] = size.get(producer, 0) + shapes[layer][0] * box.area
+        size[producer] = size.get(producer, 0) + channels[layer] * box.area
     load, homes = [0] * ranks, {}
     for producer in sorted(size, key=lambda p: (-size[p], p)):
         home = load.index(min(load))

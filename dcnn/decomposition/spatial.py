@@ -1,9 +1,13 @@
 """The spatial plan (pure, no MPI): one image's layer maps block-split over a 2-D grid of ranks.
 
-Every layer's *output* map is block-split over the ``Py x Px`` grid. A windowed layer's needed input box
-follows from its output block (:func:`dcnn.decomposition.geometry.input_box`); what a rank needs but does not
-hold comes from the ranks that hold it (:func:`dcnn.decomposition.geometry.exchange_transfers`). Pointwise
-layers run on the blocks as they are. At the first global layer (adaptive pooling, flatten, fully connected)
+Every node's *output* map (every tensor) is block-split over the ``Py x Px`` grid. A windowed node's needed
+input box follows from its output block (:func:`dcnn.decomposition.geometry.input_box`). The needs are derived
+per consuming edge: a tensor that several windowed nodes read (a residual block's input, read by the block's
+first convolution and by its strided 1x1 shortcut; an Inception module's input) is exchanged once, for the box
+that covers all their needs, when its first windowed reader runs; what a rank needs but does not hold comes
+from the ranks that hold it (:func:`dcnn.decomposition.geometry.exchange_transfers`). Pointwise nodes (also
+adds and concatenations, whose inputs are split alike) run on the blocks as they are.
+At the first global layer (adaptive pooling, flatten, fully connected)
 the map is gathered on every rank, and every fully connected layer is split by output neurons: each rank holds
 and computes ``1/P`` of its rows (:func:`fc_shard_rows`). The engine that runs the plan is
 :class:`dcnn.parallel.spatial.SpatialEngine`.
@@ -17,16 +21,19 @@ from dcnn.decomposition.geometry import (
     Box,
     Transfer,
     block_boxes,
+    cover,
     exchange_transfers,
     input_box,
     interior_box,
     split_extent,
 )
-from dcnn.network.graph import BYTES_PER_VALUE, Network
+from dcnn.errors import PlanError
+from dcnn.network.graph import BYTES_PER_VALUE, INPUT, Network
 from dcnn.network.layers import AdaptiveAvgPool2d, Flatten, Layer, Linear, Shape, Softmax
 from dcnn.network.window import Padding
 
-__all__ = ["GLOBAL_LAYERS", "SpatialLayerPlan", "SpatialPlan", "fc_shard_rows", "plan_spatial", "spatial_depth"]
+__all__ = ["GLOBAL_LAYERS", "SpatialLayerPlan", "SpatialPlan", "fc_shard_rows", "gather_index", "plan_spatial",
+           "spatial_depth"]
 
 #: Layers that end the spatial part: the map is gathered before the first of them.
 GLOBAL_LAYERS = (AdaptiveAvgPool2d, Flatten, Linear, Softmax)
@@ -34,18 +41,18 @@ GLOBAL_LAYERS = (AdaptiveAvgPool2d, Flatten, Linear, Softmax)
 
 @dataclass(frozen=True)
 class SpatialLayerPlan:
-    """Who holds, needs and sends what for one layer of the spatial part.
+    """Who holds, needs and sends what for one node of the spatial part.
 
     Attributes
     ----------
     index : int
-        Layer index in the network.
+        Node index in the network.
     layer : Layer
         The layer spec.
     in_shape, out_shape : tuple of int
-        Per-image map shapes.
+        Per-image map shapes (of the first input).
     held : list of Box
-        The input box each rank holds (the whole map on every rank for the first layer).
+        The box of the (first) input tensor each rank holds (the whole map on every rank for the input image).
     out_blocks : list of Box
         The output block each rank computes.
     needed, padding : list
@@ -53,7 +60,12 @@ class SpatialLayerPlan:
     interior : list of Box
         Per rank, the outputs computable without any halo.
     transfers : list of Transfer
-        Every message of this layer's exchange.
+        Every message of the exchange this node runs (empty when its input was exchanged for an earlier reader).
+    sources : tuple of str
+        The tensors the node reads.
+    exchanged : list of Box
+        Per rank, the box of the input tensor its exchange assembles: the cover of the needs of every windowed
+        reader of that tensor (``needed`` itself for a chain); empty when the node runs no exchange.
     """
 
     index: int
@@ -66,6 +78,8 @@ class SpatialLayerPlan:
     padding: list[Padding]
     interior: list[Box]
     transfers: list[Transfer]
+    sources: tuple[str, ...] = (INPUT,)
+    exchanged: list[Box] | None = None
 
     @property
     def windowed(self) -> bool:
@@ -115,32 +129,73 @@ def spatial_depth(network: Network) -> int:
     return len(network)
 
 
+def gather_index(network: Network) -> int:
+    """:func:`spatial_depth`, where the spatial part ends and its last map is gathered, after checking that the
+    global part reads nothing else.
+
+    Raises
+    ------
+    PlanError
+        If a node after it reads a tensor computed before the node that precedes it: the gathered map would
+        not be the only tensor the global part needs (a squeeze-and-excitation gate mid-network).
+    """
+    names = [name for name, _ in network.layers]
+    first = spatial_depth(network)
+    allowed = set(names[max(first - 1, 0):]) | ({INPUT} if first == 0 else set())
+    for name, sources in zip(names[first:], network.inputs[first:]):
+        outside = [source for source in sources if source not in allowed]
+        if outside:
+            raise PlanError(f"{network.name} cannot be split spatially: node {name} after the gathered map "
+                            f"({names[first - 1]}) reads {outside[0]}, computed before it; use --mode batch")
+    return first
+
+
 def plan_spatial(network: Network, input_shape: Shape, dims: tuple[int, int]) -> SpatialPlan:
-    """Plan the spatial decomposition (pure; the same on every rank)."""
+    """Plan the spatial decomposition (pure; the same on every rank).
+
+    Raises
+    ------
+    PlanError
+        If the global part reads more than the gathered map (see :func:`gather_index`).
+    """
     shapes = network.shapes(input_shape)
     size = dims[0] * dims[1]
-    whole = Box(0, input_shape[1], 0, input_shape[2])
-    held = [whole] * size
-    plans = []
-    gather_index = spatial_depth(network)
-    for index, (_, layer) in enumerate(network.layers[:gather_index]):
-        in_shape, out_shape = shapes[index], shapes[index + 1]
-        out_blocks = block_boxes(out_shape[1], out_shape[2], dims)
+    stop = gather_index(network)
+    names = [name for name, _ in network.layers]
+    shape_of = {name: shapes[network.tensor_index(name)] for name in [INPUT, *names[:stop]]}
+    held = {INPUT: [Box(0, input_shape[1], 0, input_shape[2])] * size}
+    for name in names[:stop]:
+        held[name] = block_boxes(shape_of[name][1], shape_of[name][2], dims)
+    needs: dict[int, tuple[list[Box], list[Padding], list[Box]]] = {}
+    windowed_needs: dict[str, list[list[Box]]] = {}
+    for index in range(stop):
+        layer, source = network.layers[index][1], network.inputs[index][0]
+        in_shape, out_blocks = shape_of[source], held[names[index]]
         window = layer.window
         if window is None:
-            needed, padding = list(out_blocks), [(0, 0, 0, 0)] * size
-            interior = list(out_blocks)
-        else:
-            explicit = window.explicit_padding(in_shape[1], in_shape[2])
-            geometry = (window.kernel, window.stride, window.dilation, explicit, in_shape[1], in_shape[2])
-            boxes = [input_box(out, *geometry) for out in out_blocks]
-            needed, padding = [b for b, _ in boxes], [p for _, p in boxes]
-            interior = [interior_box(out, own, *geometry) for out, own in zip(out_blocks, held)]
-        transfers = exchange_transfers(held, needed) if window is not None else []
-        plans.append(SpatialLayerPlan(index, layer, in_shape, out_shape, held, out_blocks, needed, padding,
-                                      interior, transfers))
-        held = out_blocks
-    return SpatialPlan(network, tuple(input_shape), tuple(dims), plans, gather_index, shapes[gather_index])
+            needs[index] = (list(out_blocks), [(0, 0, 0, 0)] * size, list(out_blocks))
+            continue
+        explicit = window.explicit_padding(in_shape[1], in_shape[2])
+        geometry = (window.kernel, window.stride, window.dilation, explicit, in_shape[1], in_shape[2])
+        boxes = [input_box(out, *geometry) for out in out_blocks]
+        interior = [interior_box(out, own, *geometry) for out, own in zip(out_blocks, held[source])]
+        needs[index] = ([b for b, _ in boxes], [p for _, p in boxes], interior)
+        windowed_needs.setdefault(source, []).append([b for b, _ in boxes])
+    # One exchange per tensor, run by its first windowed reader, for the cover of all its readers' needs.
+    regions = {source: [cover(list(per_rank)) for per_rank in zip(*readers)]
+               for source, readers in windowed_needs.items()}
+    plans = []
+    for index in range(stop):
+        layer, sources = network.layers[index][1], network.inputs[index]
+        source = sources[0]
+        needed, padding, interior = needs[index]
+        exchanges = layer.window is not None and source in regions
+        exchanged = regions.pop(source) if exchanges else None
+        transfers = exchange_transfers(held[source], exchanged) if exchanged is not None else []
+        plans.append(SpatialLayerPlan(index, layer, shape_of[source], shapes[index + 1], held[source],
+                                      held[names[index]], needed, padding, interior, transfers, sources,
+                                      exchanged))
+    return SpatialPlan(network, tuple(input_shape), tuple(dims), plans, stop, shapes[stop])
 
 
 def fc_shard_rows(network: Network, size: int, rank: int) -> dict[str, tuple[int, int]]:

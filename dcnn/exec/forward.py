@@ -1,9 +1,14 @@
 """Compile a network and its weights into runnable operations, once; run them on batches, many times.
 
 Every engine runs layers through these ops: the single-process path calls them on whole images, the spatial
-and fused engines on blocks with explicit border padding. A batch norm directly after a convolution is folded
-into the convolution's weights, and a ReLU after either is fused into the convolution's output pass; the
-absorbed layers keep their place in the op list as identities, so layer indices stay those of the network.
+and fused engines on blocks with explicit border padding. A batch norm that is the only reader of a
+convolution's output is folded into the convolution's weights, and a ReLU that is the only reader of either is
+fused into the convolution's output pass (:func:`fusion_plan`); the absorbed layers keep their place in the op
+list as identities, so layer indices stay those of the network.
+
+:meth:`Forward.run` executes the network's nodes in topological order: each tensor is freed after its last
+reader, and an in-place op (activations, batch norm, a residual add) overwrites its input only when that input
+is a tensor of this run that no later node reads.
 
 Folding is decided over exactly the layers one executor runs (``Forward(..., stop=k)`` runs layers ``0..k-1``
 and never absorbs layer ``k``): an engine that hands its output to another executor at any layer index (the
@@ -18,41 +23,57 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dcnn.kernels.conv import Conv2dKernel, Workspace
+from dcnn.kernels.conv import Workspace
+from dcnn.kernels.depthwise import conv_kernel
 from dcnn.kernels.elementwise import (
     affine_channels,
     batch_norm_scale_shift,
     elu,
+    hardsigmoid,
+    hardswish,
     leaky_relu,
     linear,
     local_response_norm,
+    prelu,
     relu,
+    relu6,
+    sigmoid,
+    silu,
     softmax,
     tanh,
 )
 from dcnn.kernels.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
-from dcnn.network.graph import Network
+from dcnn.network.graph import INPUT, Network
 from dcnn.network.layers import (
     ELU,
     AdaptiveAvgPool2d,
+    Add,
     Affine,
     AvgPool2d,
     BatchNorm2d,
+    Concat,
     Conv2d,
     Dropout,
     Flatten,
+    Hardsigmoid,
+    Hardswish,
     Layer,
     LeakyReLU,
     Linear,
     LocalResponseNorm,
     MaxPool2d,
+    Mul,
+    PReLU,
     ReLU,
+    ReLU6,
+    Sigmoid,
+    SiLU,
     Softmax,
     Tanh,
 )
 from dcnn.network.window import Padding
 
-__all__ = ["Forward", "LayerOp", "compile_layer"]
+__all__ = ["Forward", "LayerOp", "apply_op", "compile_layer", "fusion_plan"]
 
 
 @dataclass
@@ -66,10 +87,12 @@ class LayerOp:
     layer : Layer
         Its spec.
     run : callable
-        ``run(x, padding)`` on a ``(B, C, H, W)`` or ``(B, F)`` batch. ``padding`` is the explicit
-        ``(top, bottom, left, right)`` padding for windowed layers, ``None`` for the layer's own.
+        ``run(x, padding)`` on a ``(B, C, H, W)`` or ``(B, F)`` batch, or on a list of them for layers with
+        several inputs (add, mul, concat). ``padding`` is the explicit ``(top, bottom, left, right)`` padding
+        for windowed layers, ``None`` for the layer's own.
     in_place : bool
-        The op may overwrite its input (pointwise ops), so callers must not reuse the input afterwards.
+        The op may overwrite (or return a view of) its first input, so callers must not reuse that input
+        afterwards.
     """
 
     name: str
@@ -118,7 +141,7 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
             scale, shift = folded_norm
             weight = weight * scale[:, None, None, None]
             bias = shift if bias is None else bias * scale + shift
-        kernel = Conv2dKernel(weight, bias, layer.stride, layer.dilation, layer.groups, relu=fused_relu)
+        kernel = conv_kernel(weight, bias, layer.stride, layer.dilation, layer.groups, relu=fused_relu)
         return LayerOp(name, layer, lambda x, p: kernel(x, _own_padding(layer, x, p), workspace))
     if isinstance(layer, AvgPool2d):
         def run_avg(x, p):
@@ -149,13 +172,26 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
         return LayerOp(name, layer, lambda x, p: x.reshape(x.shape[0], -1), in_place=True)
     pointwise = {
         ReLU: lambda x, p: relu(x, out=x),
+        ReLU6: lambda x, p: relu6(x, out=x),
         LeakyReLU: lambda x, p: leaky_relu(x, layer.negative_slope, out=x),  # type: ignore[attr-defined]
         ELU: lambda x, p: elu(x, layer.alpha, out=x),  # type: ignore[attr-defined]
         Tanh: lambda x, p: tanh(x, out=x),
+        Sigmoid: lambda x, p: sigmoid(x, out=x),
+        SiLU: lambda x, p: silu(x, out=x),
+        Hardsigmoid: lambda x, p: hardsigmoid(x, out=x),
+        Hardswish: lambda x, p: hardswish(x, out=x),
         Dropout: _identity,
+        # The executor puts an input it may overwrite first (addition commutes); gates broadcast over H x W.
+        Add: lambda xs, p: np.add(xs[0], xs[1], out=xs[0]),
+        Mul: lambda xs, p: np.multiply(xs[0], xs[1], out=xs[0]),
     }
     if type(layer) in pointwise:
         return LayerOp(name, layer, pointwise[type(layer)], in_place=True)
+    if isinstance(layer, PReLU):
+        slopes = tensors["weight"]
+        return LayerOp(name, layer, lambda x, p: prelu(x, slopes, out=x), in_place=True)
+    if isinstance(layer, Concat):
+        return LayerOp(name, layer, lambda xs, p: np.concatenate(xs, axis=1))
     if isinstance(layer, LocalResponseNorm):
         return LayerOp(name, layer, lambda x, p: local_response_norm(x, layer.size, layer.alpha, layer.beta,
                                                                      layer.k))
@@ -164,18 +200,82 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
     raise TypeError(f"no kernel for layer type {type(layer).__name__}")
 
 
+def apply_op(op: LayerOp, arguments: list[np.ndarray], writable: list[bool],
+             padding: Padding | None = None) -> np.ndarray:
+    """Run ``op`` on its input arrays, overwriting one only where the caller allows it.
+
+    Parameters
+    ----------
+    op : LayerOp
+        The op.
+    arguments : list of numpy.ndarray
+        One array per input of the node, in the network's order.
+    writable : list of bool
+        Per argument, whether the caller lets the op overwrite it (an array the run owns that no later node
+        reads). An in-place op whose first argument is not writable works on a copy of it; an addition first
+        swaps its arguments when only the second one is writable.
+    padding : tuple of int, optional
+        Explicit padding of a windowed op.
+    """
+    arguments, writable = list(arguments), list(writable)
+    if op.in_place and isinstance(op.layer, Add) and not writable[0] and writable[1]:
+        arguments.reverse()
+        writable.reverse()
+    if op.in_place and not writable[0]:
+        arguments[0] = arguments[0].copy()
+    return op(arguments[0] if len(arguments) == 1 else arguments, padding)
+
+
+def fusion_plan(network: Network, stop: int | None = None) -> dict[int, tuple[int | None, bool]]:
+    """Which layers each convolution absorbs: the one place that decides folding and fusion.
+
+    A batch norm is folded into the convolution before it when it is the only reader of the convolution's
+    output, and a ReLU is fused when it is the only reader of the convolution's (or the folded batch norm's)
+    output. A tensor with another reader (a residual skip, a branch) must keep its own values, so its
+    producer absorbs nothing. Only layers before ``stop`` (default: all) absorb or are absorbed: an executor
+    that runs layers ``0 .. stop - 1`` never folds across its end.
+
+    Returns
+    -------
+    dict
+        ``{conv index: (folded batch-norm index or None, whether the ReLU right after is fused)}`` for every
+        convolution that absorbs something. The absorbed layers are the ones at ``conv index + 1`` (and
+        ``+ 2``) in the network's order.
+    """
+    readers = network.consumers()
+    last_uses = network.last_uses()
+    layers = network.layers[:stop]
+
+    def sole_reader(index: int, kind: type) -> bool:
+        name = layers[index][0]
+        following = index + 1
+        return (following < len(layers) and isinstance(layers[following][1], kind)
+                and readers[name] == [following] and last_uses[name] == following
+                and network.inputs[following] == (name,))
+
+    plan: dict[int, tuple[int | None, bool]] = {}
+    for index, (_, layer) in enumerate(layers):
+        if not isinstance(layer, Conv2d):
+            continue
+        norm = index + 1 if sole_reader(index, BatchNorm2d) else None
+        relu_fused = sole_reader(index if norm is None else norm, ReLU)
+        if norm is not None or relu_fused:
+            plan[index] = (norm, relu_fused)
+    return plan
+
+
 class Forward:
     """A network with its weights, compiled for repeated inference on one process.
 
     Parameters
     ----------
     network : Network
-        The model.
+        The model (a chain or any DAG of nodes).
     weights : mapping
         Validated weights by ``state_dict`` key (see :func:`dcnn.network.weights.validate_weights`).
     fuse : bool
-        Fold batch norm that directly follows a convolution into its weights, and fuse a ReLU that follows
-        either into the convolution.
+        Fold batch norm into the convolution before it and fuse a ReLU into it, where :func:`fusion_plan`
+        finds that safe.
     stop : int, optional
         Compile only layers ``0 .. stop - 1`` (default: all); nothing is folded across ``stop``.
 
@@ -203,47 +303,74 @@ class Forward:
         self.ops: list[LayerOp] = []
         layers = list(network.layers)[:stop]
         absorbed: set[int] = set()
+        fusion = fusion_plan(network, len(layers)) if fuse else {}
         for index, (name, layer) in enumerate(layers):
             if index in absorbed:
                 self.ops.append(LayerOp(name, layer, _identity, in_place=True))
                 continue
             folded, fused_relu = None, False
-            following = index + 1
-            if fuse and isinstance(layer, Conv2d):
-                if following < len(layers) and isinstance(layers[following][1], BatchNorm2d):
-                    norm_name, norm = layers[following]
+            if index in fusion:
+                norm, fused_relu = fusion[index]
+                if norm is not None:
+                    norm_name, spec = layers[norm]
                     folded = batch_norm_scale_shift(
                         weights[f"{norm_name}.weight"], weights[f"{norm_name}.bias"],
-                        weights[f"{norm_name}.running_mean"], weights[f"{norm_name}.running_var"], norm.eps)
-                    absorbed.add(following)
-                    following += 1
-                if following < len(layers) and isinstance(layers[following][1], ReLU):
-                    fused_relu = True
-                    absorbed.add(following)
+                        weights[f"{norm_name}.running_mean"], weights[f"{norm_name}.running_var"],
+                        spec.eps)  # type: ignore[attr-defined]
+                    absorbed.add(norm)
+                if fused_relu:
+                    absorbed.add(index + 1 + (norm is not None))
             tensors = {key[len(name) + 1:]: value for key, value in weights.items() if key.startswith(name + ".")}
             self.ops.append(compile_layer(name, layer, tensors, folded, self.workspace, fused_relu))
         self.boundaries = frozenset(range(len(layers) + 1)) - absorbed
 
     def run(self, x: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Run layers ``start`` to ``stop`` (exclusive) on a batch; the input is never modified.
+        """Run nodes ``start`` to ``stop`` (exclusive) on a batch; the input is never modified.
+
+        ``x`` is the tensor node ``start`` reads (the network input for ``start == 0``, else node
+        ``start - 1``'s output); every node of the range must read only it and tensors computed in the range.
+        Returns node ``stop - 1``'s output.
 
         Raises
         ------
         ValueError
-            If ``start`` or ``stop`` falls inside a folded group (a layer absorbed into the one before it):
-            compile an executor with ``stop`` there instead.
+            If a node of the range reads a tensor computed before it, or ``start`` or ``stop`` falls inside a
+            folded group (a layer absorbed into the one before it): compile an executor with ``stop`` there
+            instead.
         """
-        for end in (start, len(self.ops) if stop is None else stop):
+        stop = len(self.ops) if stop is None else stop
+        for end in (start, stop):
             if end not in self.boundaries:
                 raise ValueError(f"layer {end} ({self.ops[end].name}) is folded into the layer before it; "
                                  f"compile a Forward with stop={end} to end a run there")
-        owned = False
-        for op in self.ops[start:stop]:
-            if op.in_place and not owned:
-                x = x.copy()
-            x = op(x)
-            owned = True
-        return x
+        if start >= stop:
+            return x
+        names = [name for name, _ in self.network.layers]
+        inputs = self.network.inputs
+        source = INPUT if start == 0 else names[start - 1]
+        # Readers left per tensor; the range's output is held by the caller.
+        pending: dict[str, int] = {}
+        for sources in inputs[start:stop]:
+            for name in sources:
+                pending[name] = pending.get(name, 0) + 1
+        pending[names[stop - 1]] = pending.get(names[stop - 1], 0) + 1
+        tensors = {source: x}
+        owned: set[str] = set()
+
+        for index in range(start, stop):
+            sources = inputs[index]
+            missing = [name for name in sources if name not in tensors]
+            if missing:
+                raise ValueError(f"node {names[index]} reads {missing[0]!r}, computed before node {start}")
+            writable = [name in owned and pending[name] == 1 for name in sources]
+            out = apply_op(self.ops[index], [tensors[name] for name in sources], writable)
+            for name in sources:
+                pending[name] -= 1
+                if pending[name] == 0:
+                    del tensors[name]
+            tensors[names[index]] = out
+            owned.add(names[index])
+        return tensors[names[stop - 1]]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Run the whole network on a ``(B, C, H, W)`` float32 batch."""

@@ -24,7 +24,8 @@ def data_folders() -> list[Path]:
     prefix that holds this package (``<prefix>/lib/pythonX.Y/site-packages/dcnn``: a venv, ``--user`` or
     ``--prefix``), of the environment's data path and of the interpreter's prefix."""
     here = Path(__file__).resolve().parents
-    roots = [here[5], Path(sysconfig.get_path("data")), Path(sys.prefix)]
+    installed = [here[5]] if len(here) > 5 else []  # a checkout may sit too close to / to have a prefix above
+    roots = [*installed, Path(sysconfig.get_path("data")), Path(sys.prefix)]
     return [here[2] / "data", *dict.fromkeys(root / "share" / "dcnn" for root in roots)]
 
 

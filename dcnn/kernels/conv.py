@@ -1,51 +1,91 @@
 """2-D convolution on BLAS GEMM, float32, NCHW.
 
-Two formulations, both without a Python loop over pixels or output channels:
+Every convolution, strided or not, runs on a *phase-split* flat copy of its padded input. With stride
+``(sh, sw)`` the padded map splits into ``sh * sw`` phase planes, plane ``(p, q)`` holding the pixels at rows
+``p, p + sh, ...`` and columns ``q, q + sw, ...`` (the space-to-depth rearrangement of strided convolutions, e.g.
+Dukhan, "The indirect convolution algorithm", 2019, and the polyphase decomposition of signal processing).
+Each plane of each channel is one flat row, ``(planes, C, B * Hq * Wq)``. Kernel tap ``(i, j)`` reads plane
+``((i dh) mod sh, (j dw) mod sw)`` shifted by ``(i dh) div sh`` rows and ``(j dw) div sw`` columns, so with the
+output counted in plane geometry (``n = b Hq Wq + y Wq + x``) the tap reads the *contiguous* range
+``n + shift`` of its plane. Positions in the padding columns are computed and discarded (a few percent of
+the work). With stride 1 there is one plane and this is the plain padded input.
 
-*Shifted GEMMs* (stride 1, any dilation). The padded input of every image is laid out as one flat row per
-channel, ``(C, B * Hp * Wp)``. For kernel tap ``(i, j)`` the input pixel under output position ``n`` (counted
-in the padded geometry) is at ``n + i * dh * Wp + j * dw``, so the whole tap is one GEMM of the tap's
-``K x C`` weight matrix with a *shifted view* of the flat input, accumulated into the output with BLAS
-``beta = 1``. Positions that fall in the padding columns are computed and discarded (a few percent of the
-work). Nothing is copied besides the padding itself; the GEMMs run over column chunks that stay in cache.
+Three ways to multiply, chosen per layer from its shape (:func:`choose_method`), all exact (no
+transformed arithmetic), all without a Python loop over pixels or channels:
 
-*Chunked im2col* (strided convolutions, and inputs with few channels such as RGB). The patch matrix is built
-for a band of output rows at a time, small enough to stay in cache, and multiplied by the ``K x (C kh kw)``
-weight matrix.
+*shifted* (wide inputs and outputs). Each tap is one GEMM of its ``K x C`` weight matrix with a shifted view of
+its plane, accumulated into the output with BLAS ``beta = 1``. Nothing is copied besides the phase split.
+
+*im2col* (thin inputs such as RGB). For a chunk of output columns the patch matrix ``(taps * C, columns)`` is
+assembled from contiguous plane rows (one ``memcpy``-like slice per tap, never a strided gather) and
+multiplied by the ``K x (taps * C)`` weights in one GEMM.
+
+*shifted-output* (thin outputs, such as a score map with one channel). One GEMM per plane multiplies all of
+its taps' weights, ``(taps * K) x C``, with the chunk, giving every tap's product at every position; the
+output is the sum of those products shifted back by each tap's offset. The GEMM's long side is then
+``taps * K`` instead of ``K``, where ``K`` alone (a GEMV for ``K = 1``) would leave the vector units idle.
+
+Chunks of output columns are sized from the detected L2 cache (:mod:`dcnn.kernels.cache`) and a large batch is
+processed in blocks of images whose buffers fit in the L2 cache (one image when one does not), so a larger batch
+runs each image as batch 1 would.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
 
 from dcnn.errors import ShapeError
 from dcnn.kernels.blas import gemm_accumulate
+from dcnn.kernels.cache import cache_bytes
+from dcnn.kernels.memory import empty_float32
 from dcnn.kernels.threads import get_num_threads, parallel_for
 from dcnn.network.window import Padding, conv_output_size, normalize_padding, pair
 
-__all__ = ["Conv2dKernel", "Workspace", "conv2d"]
+__all__ = ["METHODS", "Conv2dKernel", "Workspace", "choose_method", "conv2d"]
 
+#: The GEMM formulations of :class:`Conv2dKernel` (see the module docstring).
+METHODS = ("shifted", "im2col", "shifted-output")
 #: Inputs with fewer channels per group than this use im2col: a shifted GEMM with a tiny inner dimension
 #: runs far below the BLAS peak (measured by ``scripts/bench_kernels.py``).
 TAP_GEMM_MIN_CHANNELS = 16
-#: Target size in bytes of the operands one GEMM chunk touches (swept by hand: 0.5 to 4 MiB are within noise).
-CHUNK_BYTES = 2 << 20
+#: Outputs with fewer channels per group than this multiply all taps at once (shifted-output): a GEMM with
+#: so few rows runs at GEMV speed (measured on dlib's 45 -> 1 score layer by ``scripts/bench_faces.py``).
+SHIFTED_OUTPUT_MAX_CHANNELS = 4
+#: float32 values in a 64-byte cache line: chunk bounds of the flat formulations are multiples of it.
+CACHE_LINE = 16
 #: Chunks never get narrower than this many columns, so each GEMM stays efficient.
 MIN_CHUNK_COLUMNS = 1024
 
 
-def balanced_chunks(total: int, target: int) -> list[tuple[int, int]]:
+def choose_method(in_channels: int, out_channels: int, stride: tuple[int, int] = (1, 1)) -> str:
+    """The formulation for a convolution with these channels *per group* (one of :data:`METHODS`).
+
+    Measured with ``scripts/bench_kernels.py`` and interleaved A/B runs: im2col wins for thin inputs at stride
+    1 (VGG's 3 -> 64: about 1.7x the shifted GEMMs, whose K = 3 products re-read the output nine times); at
+    stride 2 the thin first layer of the face detector (3 -> 16, 5x5) runs 10-30 % faster as shifted GEMMs on
+    the phase planes, because its im2col copies rows of only ~140 values.
+    """
+    if out_channels < SHIFTED_OUTPUT_MAX_CHANNELS and in_channels >= TAP_GEMM_MIN_CHANNELS:
+        return "shifted-output"
+    return "shifted" if in_channels >= TAP_GEMM_MIN_CHANNELS or max(stride) > 1 else "im2col"
+
+
+def balanced_chunks(total: int, target: int, align: int = 1) -> list[tuple[int, int]]:
     """Split ``range(total)`` into near-equal ``(start, stop)`` chunks of about ``target`` or fewer.
 
     The number of chunks is a multiple of the kernel thread count, so every thread gets the same work.
+    Inner bounds are multiples of ``align``: with ``align = 16`` float32 columns (one 64-byte cache line), threads
+    never share a cache line of output, and BLAS sees the same 16-column blocks whatever the thread count, so
+    results do not change with it. Chunks that would be empty after alignment are dropped.
     """
     workers = get_num_threads()
     count = -(-total // max(1, target))
     count = min(total, -(-count // workers) * workers)
-    bounds = [total * i // count for i in range(count + 1)]
-    return [(bounds[i], bounds[i + 1]) for i in range(count)]
+    bounds = sorted({0, total} | {min(total, total * i // count // align * align) for i in range(1, count)})
+    return list(itertools.pairwise(bounds))
 
 
 class Workspace:
@@ -74,15 +114,34 @@ class Workspace:
         return sum(buffer.nbytes for buffer in self._buffers.values())
 
 
-def _pad_into(target: np.ndarray, x: np.ndarray, padding: Padding) -> None:
-    """Copy ``x`` (B, C, H, W) into the (..., H + pads, W + pads) view ``target`` and zero only the border."""
+def _phase_split_into(target: np.ndarray, x: np.ndarray, padding: Padding, stride: tuple[int, int]) -> None:
+    """Copy ``x`` (B, C, H, W), zero-padded, into its phase planes ``target`` (sh, sw, C, B, Hq, Wq).
+
+    Plane ``(p, q)`` row ``r`` column ``c`` holds padded pixel ``(p + r sh, q + c sw)``; only the border that
+    falls in the padding (or past the padded map) is zeroed, the rest is overwritten.
+    """
     top, _, left, _ = padding
     height, width = x.shape[-2:]
-    target[..., top:top + height, left:left + width] = x
-    target[..., :top, :] = 0
-    target[..., top + height:, :] = 0
-    target[..., top:top + height, :left] = 0
-    target[..., top:top + height, left + width:] = 0
+    source = x.transpose(1, 0, 2, 3)
+    planes_h, planes_w = target.shape[-2:]
+
+    def data_range(phase: int, before: int, size: int, step: int, planes: int) -> tuple[int, int, int]:
+        # Plane indices r with before <= phase + r * step < before + size, and the first source index.
+        first = max(0, -((phase - before) // step))
+        last = max(first, min(planes, -((phase - before - size) // step)))
+        return first, last, phase + first * step - before
+
+    sh, sw = stride
+    for p in range(sh):
+        r0, r1, x_row = data_range(p, top, height, sh, planes_h)
+        for q in range(sw):
+            c0, c1, x_col = data_range(q, left, width, sw, planes_w)
+            plane = target[p, q]
+            plane[..., r0:r1, c0:c1] = source[..., x_row::sh, x_col::sw][..., :r1 - r0, :c1 - c0]
+            plane[..., :r0, :] = 0
+            plane[..., r1:, :] = 0
+            plane[..., r0:r1, :c0] = 0
+            plane[..., r0:r1, c1:] = 0
 
 
 class Conv2dKernel:
@@ -100,6 +159,9 @@ class Conv2dKernel:
         Number of channel groups.
     relu : bool
         Apply ``max(x, 0)`` to the output (a ReLU that follows the convolution, fused into it).
+    method : str
+        ``"auto"`` (:func:`choose_method`) or one of :data:`METHODS`; all give the same result up to
+        float32 rounding.
 
     Notes
     -----
@@ -110,13 +172,15 @@ class Conv2dKernel:
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None = None,
                  stride: tuple[int, int] = (1, 1), dilation: tuple[int, int] = (1, 1), groups: int = 1,
-                 relu: bool = False):
+                 relu: bool = False, method: str = "auto"):
         weight = np.asarray(weight, dtype=np.float32)
         if weight.ndim != 4:
             raise ValueError(f"conv weight must be 4-D (K, C/groups, kh, kw), got shape {weight.shape}")
         out_channels, group_channels, kh, kw = weight.shape
         if groups < 1 or out_channels % groups:
             raise ValueError(f"{out_channels} output channels cannot be split into {groups} groups")
+        if method != "auto" and method not in METHODS:
+            raise ValueError(f"convolution method must be 'auto' or one of {METHODS}, got {method!r}")
         self.out_channels = out_channels
         self.in_channels = group_channels * groups
         self.kernel_size = (kh, kw)
@@ -125,14 +189,30 @@ class Conv2dKernel:
         self.groups = groups
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1, 1)
         self.relu = relu
-        self.use_tap_gemm = self.stride == (1, 1) and group_channels >= TAP_GEMM_MIN_CHANNELS
-        if self.use_tap_gemm:
-            # (kh * kw, K, C/g): one contiguous K x C/g matrix per tap.
-            self._weight = np.ascontiguousarray(weight.transpose(2, 3, 0, 1)).reshape(kh * kw, out_channels,
+        group_out = out_channels // groups
+        self.method = choose_method(group_channels, group_out, self.stride) if method == "auto" else method
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        # Per tap (i, j) in row-major order: its phase plane and its (row, column) shift within the plane.
+        self._tap_plane = [(i * dh % sh) * sw + j * dw % sw for i in range(kh) for j in range(kw)]
+        self._tap_shift = [(i * dh // sh, j * dw // sw) for i in range(kh) for j in range(kw)]
+        taps = kh * kw
+        if self.method == "shifted":
+            # (taps, K, C/g): one contiguous K x C/g matrix per tap.
+            self._weight = np.ascontiguousarray(weight.transpose(2, 3, 0, 1)).reshape(taps, out_channels,
                                                                                       group_channels)
+        elif self.method == "im2col":
+            # (K, taps * C/g) in (tap, channel) order, the row order of the patch matrix.
+            self._weight = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(out_channels,
+                                                                                      taps * group_channels)
         else:
-            # (K, C/g * kh * kw): the layout of an im2col patch matrix with (channel, tap) row order.
-            self._weight = np.ascontiguousarray(weight.reshape(out_channels, group_channels * kh * kw))
+            # Taps sorted by plane, so each plane's taps are one block of rows: (groups, taps * K/g, C/g).
+            self._order = sorted(range(taps), key=self._tap_plane.__getitem__)
+            per_tap = weight.reshape(groups, group_out, group_channels, taps)[..., self._order]
+            self._weight = np.ascontiguousarray(per_tap.transpose(0, 3, 1, 2)).reshape(
+                groups, taps * group_out, group_channels)
+            planes = [self._tap_plane[t] for t in self._order]
+            self._plane_runs = [(plane, planes.index(plane), len(planes) - planes[::-1].index(plane))
+                                for plane in dict.fromkeys(planes)]
 
     def output_shape(self, height: int, width: int, padding: Padding) -> tuple[int, int]:
         """Output ``(height, width)`` for an input of the given size and explicit padding."""
@@ -161,103 +241,137 @@ class Conv2dKernel:
         padding = normalize_padding(padding)
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ShapeError(f"convolution expects (B, {self.in_channels}, H, W) input, got {x.shape}")
-        height, width = x.shape[2:]
+        batch, channels, height, width = x.shape
         out_h, out_w = self.output_shape(height, width, padding)
         if out_h < 1 or out_w < 1:
             raise ShapeError(
                 f"a {height}x{width} input with padding {padding} is smaller than the "
                 f"{self.kernel_size[0]}x{self.kernel_size[1]} kernel (dilation {self.dilation})")
         workspace = Workspace() if workspace is None else workspace
-        if self.use_tap_gemm:
-            return self._shifted_gemm(np.asarray(x, dtype=np.float32), padding, out_h, out_w, workspace)
-        return self._chunked_im2col(np.asarray(x, dtype=np.float32), padding, out_h, out_w, workspace)
-
-    def _shifted_gemm(self, x: np.ndarray, padding: Padding, out_h: int, out_w: int,
-                      workspace: Workspace) -> np.ndarray:
-        batch, channels, height, width = x.shape
+        x = np.asarray(x, dtype=np.float32)
         top, bottom, left, right = padding
-        padded_h, padded_w = height + top + bottom, width + left + right
-        image_len = padded_h * padded_w
-        flat_len = batch * image_len
-        flat = workspace.get("input", (channels, flat_len))
-        _pad_into(flat.reshape(channels, batch, padded_h, padded_w), x.transpose(1, 0, 2, 3), padding)
+        planes_h = -(-(height + top + bottom) // self.stride[0])
+        planes_w = -(-(width + left + right) // self.stride[1])
+        out = empty_float32((batch, self.out_channels, out_h, out_w))
+        # Images per block: the phase planes and GEMM output of a block fit in the L2 cache, else one image, so
+        # a larger batch runs each image as batch 1 would (sized by the L3, VGG-16 at batch 4 was 3-7 % slower
+        # per image than at batch 1 on a shared 32 MiB L3).
+        image_bytes = 4 * planes_h * planes_w * (self.stride[0] * self.stride[1] * channels + self.out_channels)
+        block = max(1, min(batch, cache_bytes(2) // image_bytes))
+        for first in range(0, batch, block):
+            self._convolve_block(x[first:first + block], out[first:first + block], padding, planes_h, planes_w,
+                                 workspace)
+        return out
 
-        kh, kw = self.kernel_size
-        dh, dw = self.dilation
-        tap_offsets = [i * dh * padded_w + j * dw for i in range(kh) for j in range(kw)]
-        # Output position n reads flat[:, n + offset]; the last valid position reads the last element.
-        n_valid = (batch - 1) * image_len + (out_h - 1) * padded_w + out_w
+    def _convolve_block(self, x: np.ndarray, out: np.ndarray, padding: Padding, planes_h: int, planes_w: int,
+                        workspace: Workspace) -> None:
+        """Convolve the images ``x`` (b, C, H, W) into ``out`` (b, K, Ho, Wo) through the phase planes."""
+        batch, channels = x.shape[:2]
+        sh, sw = self.stride
+        flat = workspace.get("input", (sh * sw, channels, batch * planes_h * planes_w))
+        _phase_split_into(flat.reshape(sh, sw, channels, batch, planes_h, planes_w), x, padding, self.stride)
+        if self.method == "im2col":
+            self._im2col(flat.reshape(sh * sw, channels, batch, planes_h, planes_w), out)
+        else:
+            self._flat_gemms(flat, out, planes_h, planes_w, workspace)
+
+    def _im2col(self, planes: np.ndarray, out: np.ndarray) -> None:
+        """im2col from phase planes ``(sh * sw, C, b, Hq, Wq)`` into ``out`` (b, K, Ho, Wo), by bands of rows."""
+        batch, out_channels, out_h, out_w = out.shape
+        group_in = planes.shape[1] // self.groups
+        group_out = out_channels // self.groups
+        taps = len(self._tap_plane)
+        depth = taps * group_in
+        row_bands = balanced_chunks(out_h, max(1, max(MIN_CHUNK_COLUMNS, cache_bytes(2) // (4 * depth)) // out_w))
+        widest = max(stop - start for start, stop in row_bands)
+        plane_size = out_h * out_w
+        bands = [(image, group, row0, row1) for image in range(batch) for group in range(self.groups)
+                 for row0, row1 in row_bands]
+
+        def run_bands(items: Sequence[tuple[int, int, int, int]]) -> None:
+            patches = np.empty(depth * widest * out_w, dtype=np.float32)
+            for image, group, row0, row1 in items:
+                rows = row1 - row0
+                band = patches[:depth * rows * out_w].reshape(taps, group_in, rows, out_w)
+                channel = slice(group * group_in, (group + 1) * group_in)
+                for tap, (plane, (down, right)) in enumerate(zip(self._tap_plane, self._tap_shift)):
+                    band[tap] = planes[plane, channel, image, row0 + down:row1 + down, right:right + out_w]
+                gemm_accumulate(out, (image * out_channels + group * group_out) * plane_size + row0 * out_w,
+                                plane_size, self._weight, group * group_out * depth, depth,
+                                patches, 0, rows * out_w, group_out, rows * out_w, depth, accumulate=False)
+                channels = slice(group * group_out, (group + 1) * group_out)
+                self._epilogue(out[image, channels].reshape(group_out, plane_size)[:, row0 * out_w:row1 * out_w],
+                               None if self.bias is None else self.bias[channels])
+
+        parallel_for(run_bands, bands)
+
+    def _flat_gemms(self, flat: np.ndarray, out: np.ndarray, planes_h: int, planes_w: int,
+                    workspace: Workspace) -> None:
+        """The shifted and shifted-output formulations on flat phase planes ``(sh * sw, C, b * Hq * Wq)``.
+
+        Output is computed in plane geometry into a workspace buffer, then its valid part is copied to ``out``.
+        """
+        channels, flat_len = flat.shape[1:]
+        batch, out_channels, out_h, out_w = out.shape
+        image_len = planes_h * planes_w
+        # Output position n reads plane position n + shift; the last valid position reads the last element.
+        n_valid = (batch - 1) * image_len + (out_h - 1) * planes_w + out_w
+        shifts = [rows * planes_w + cols for rows, cols in self._tap_shift]
+        result = workspace.get("output", (out_channels, flat_len))
         group_in = channels // self.groups
-        group_out = self.out_channels // self.groups
-        result = workspace.get("output", (self.out_channels, flat_len))
-        target = max(MIN_CHUNK_COLUMNS, CHUNK_BYTES // (4 * (group_in + group_out)))
+        group_out = out_channels // self.groups
+        taps = len(shifts)
+        # Bytes one output column touches: its input column, the products of every tap (shifted-output), output.
+        column_bytes = 4 * (group_in + group_out + (taps * group_out if self.method == "shifted-output" else 0))
+        chunks = balanced_chunks(n_valid, max(MIN_CHUNK_COLUMNS, cache_bytes(2) // column_bytes), CACHE_LINE)
+        widest = max(stop - start for start, stop in chunks)
 
-        def run_chunks(chunks: Sequence[tuple[int, int]]) -> None:
+        def plane_offset(plane: int, group: int) -> int:
+            return (plane * channels + group * group_in) * flat_len
+
+        def run_shifted(chunks: Sequence[tuple[int, int]]) -> None:
             for start, stop in chunks:
                 cols = stop - start
                 for group in range(self.groups):
-                    for tap, offset in enumerate(tap_offsets):
+                    for tap, (plane, shift) in enumerate(zip(self._tap_plane, shifts)):
                         gemm_accumulate(
                             result, group * group_out * flat_len + start, flat_len,
-                            self._weight, (tap * self.out_channels + group * group_out) * group_in, group_in,
-                            flat, group * group_in * flat_len + start + offset, flat_len,
+                            self._weight, (tap * out_channels + group * group_out) * group_in, group_in,
+                            flat, plane_offset(plane, group) + start + shift, flat_len,
                             group_out, cols, group_in, accumulate=tap > 0)
-                self._epilogue(result[:, start:start + cols], self.bias)
+                self._epilogue(result[:, start:stop], self.bias)
 
-        parallel_for(run_chunks, balanced_chunks(n_valid, target))
-        valid = result.reshape(self.out_channels, batch, padded_h, padded_w)[:, :, :out_h, :out_w]
-        out = np.empty((batch, self.out_channels, out_h, out_w), dtype=np.float32)
+        def run_shifted_output(chunks: Sequence[tuple[int, int]]) -> None:
+            reach = max(shifts)
+            products = np.empty(taps * group_out * (widest + reach), dtype=np.float32)
+            for start, stop in chunks:
+                cols = stop - start
+                span = cols + reach
+                tap_products = products[:taps * group_out * span].reshape(taps, group_out, span)
+                for group in range(self.groups):
+                    for plane, first, last in self._plane_runs:
+                        gemm_accumulate(products, first * group_out * span, span,
+                                        self._weight[group], first * group_out * group_in, group_in,
+                                        flat, plane_offset(plane, group) + start, flat_len,
+                                        (last - first) * group_out, span, group_in, accumulate=False)
+                    target = result[group * group_out:(group + 1) * group_out, start:stop]
+                    for rank, tap in enumerate(self._order):
+                        shifted = tap_products[rank, :, shifts[tap]:shifts[tap] + cols]
+                        if rank:
+                            target += shifted
+                        else:
+                            target[...] = shifted
+                self._epilogue(result[:, start:stop], self.bias)
+
+        parallel_for(run_shifted if self.method == "shifted" else run_shifted_output, chunks)
+        valid = result.reshape(out_channels, batch, planes_h, planes_w)[:, :, :out_h, :out_w]
 
         def copy_channels(channels_slice: Sequence[int]) -> None:
             if len(channels_slice):
                 block = slice(channels_slice[0], channels_slice[-1] + 1)
                 out[:, block] = valid[block].transpose(1, 0, 2, 3)
 
-        parallel_for(copy_channels, range(self.out_channels))
-        return out
-
-    def _chunked_im2col(self, x: np.ndarray, padding: Padding, out_h: int, out_w: int,
-                        workspace: Workspace) -> np.ndarray:
-        batch, channels, height, width = x.shape
-        top, bottom, left, right = padding
-        padded = workspace.get("input", (batch, channels, height + top + bottom, width + left + right))
-        _pad_into(padded, x, padding)
-        kh, kw = self.kernel_size
-        sh, sw = self.stride
-        dh, dw = self.dilation
-        group_in = channels // self.groups
-        group_out = self.out_channels // self.groups
-        depth = group_in * kh * kw
-        target_rows = max(1, max(MIN_CHUNK_COLUMNS, CHUNK_BYTES // (4 * depth)) // out_w)
-        row_bands = balanced_chunks(out_h, target_rows)
-        max_rows = max(stop - start for start, stop in row_bands)
-        out = np.empty((batch, self.out_channels, out_h, out_w), dtype=np.float32)
-        plane = out_h * out_w
-        bands = [(image, group, row0, row1) for image in range(batch) for group in range(self.groups)
-                 for row0, row1 in row_bands]
-
-        def run_bands(items: Sequence[tuple[int, int, int, int]]) -> None:
-            patches = np.empty(group_in * kh * kw * max_rows * out_w, dtype=np.float32)
-            for image, group, row0, row1 in items:
-                rows = row1 - row0
-                band = patches[:depth * rows * out_w].reshape(group_in, kh * kw, rows, out_w)
-                source = padded[image, group * group_in:(group + 1) * group_in]
-                for i in range(kh):
-                    first = row0 * sh + i * dh
-                    for j in range(kw):
-                        band[:, i * kw + j] = source[:, first:first + sh * (rows - 1) + 1:sh,
-                                                     j * dw:j * dw + sw * (out_w - 1) + 1:sw]
-                gemm_accumulate(
-                    out, (image * self.out_channels + group * group_out) * plane + row0 * out_w, plane,
-                    self._weight, group * group_out * depth, depth,
-                    band.reshape(depth, rows * out_w), 0, rows * out_w,
-                    group_out, rows * out_w, depth, accumulate=False)
-                channels = slice(group * group_out, (group + 1) * group_out)
-                self._epilogue(out[image, channels].reshape(group_out, plane)[:, row0 * out_w:(row0 + rows) * out_w],
-                               None if self.bias is None else self.bias[channels])
-
-        parallel_for(run_bands, bands)
-        return out
+        parallel_for(copy_channels, range(out_channels))
 
     def _epilogue(self, block: np.ndarray, bias: np.ndarray | None) -> None:
         """Add the bias and apply the fused ReLU to a (channels, columns) block of output, in place."""

@@ -9,15 +9,62 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
+from dcnn.kernels.threads import use_blas_threads
+
 __all__ = [
-    "affine_channels", "batch_norm_scale_shift", "elu", "leaky_relu", "linear", "local_response_norm",
-    "relu", "softmax", "tanh",
+    "affine_channels", "batch_norm_scale_shift", "elu", "hardsigmoid", "hardswish", "leaky_relu", "linear",
+    "local_response_norm", "prelu", "relu", "relu6", "sigmoid", "silu", "softmax", "tanh",
 ]
 
 
 def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``max(x, 0)``."""
     return np.maximum(x, np.float32(0), out=out)
+
+
+def relu6(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``min(max(x, 0), 6)``."""
+    return np.clip(x, np.float32(0), np.float32(6), out=out)
+
+
+def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``1 / (1 + exp(-x))``, without overflow: ``(1 + tanh(x / 2)) / 2``."""
+    out = np.multiply(x, np.float32(0.5), out=out)
+    np.tanh(out, out=out)
+    out += np.float32(1)
+    out *= np.float32(0.5)
+    return out
+
+
+def silu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``x * sigmoid(x)`` (Elfwing et al., 2018; PyTorch's SiLU)."""
+    gate = sigmoid(x)
+    return np.multiply(x, gate, out=out)
+
+
+def hardsigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``clip(x / 6 + 1 / 2, 0, 1)`` (PyTorch's Hardsigmoid)."""
+    out = np.multiply(x, np.float32(1 / 6), out=out)
+    out += np.float32(0.5)
+    return np.clip(out, np.float32(0), np.float32(1), out=out)
+
+
+def hardswish(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``x * clip(x + 3, 0, 6) / 6`` (Howard et al., 2019, MobileNetV3; PyTorch's Hardswish)."""
+    gate = hardsigmoid(x)
+    return np.multiply(x, gate, out=out)
+
+
+def prelu(x: np.ndarray, slopes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``x`` where positive, ``slopes[c] * x`` elsewhere; one slope for all channels or one per channel.
+
+    ``x`` is ``(B, C, ...)``; ``slopes`` has 1 or ``C`` elements.
+    """
+    # max(x, 0) + a * min(x, 0) holds for any slope a, also outside [0, 1].
+    negative = np.minimum(x, np.float32(0)) * slopes.astype(np.float32).reshape(-1, *([1] * (x.ndim - 2)))
+    result = np.maximum(x, np.float32(0), out=out)
+    result += negative
+    return result
 
 
 def leaky_relu(x: np.ndarray, negative_slope: float = 0.01, out: np.ndarray | None = None) -> np.ndarray:
@@ -72,7 +119,11 @@ def local_response_norm(x: np.ndarray, size: int, alpha: float = 1e-4, beta: flo
 
 
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    """Fully connected layer: ``x @ weight.T + bias`` for ``x`` of shape ``(B, in)``, weight ``(out, in)``."""
+    """Fully connected layer: ``x @ weight.T + bias`` for ``x`` of shape ``(B, in)``, weight ``(out, in)``.
+
+    The product runs on every kernel thread inside BLAS (:func:`dcnn.kernels.threads.use_blas_threads`).
+    """
+    use_blas_threads()
     out = x @ weight.T
     if bias is not None:
         out += bias

@@ -21,8 +21,9 @@ from dcnn.errors import ShapeError
 from dcnn.network.window import Window, pair
 
 __all__ = [
-    "ELU", "AdaptiveAvgPool2d", "Affine", "AvgPool2d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten", "Layer",
-    "LeakyReLU", "Linear", "LocalResponseNorm", "MaxPool2d", "ReLU", "Shape", "Softmax", "Tanh", "TensorSpec",
+    "ELU", "Add", "AdaptiveAvgPool2d", "Affine", "AvgPool2d", "BatchNorm2d", "Concat", "Conv2d",
+    "Dropout", "Flatten", "Hardsigmoid", "Hardswish", "Layer", "LeakyReLU", "Linear", "LocalResponseNorm",
+    "MaxPool2d", "Mul", "PReLU", "ReLU", "ReLU6", "Shape", "Sigmoid", "Softmax", "Tanh", "TensorSpec",
 ]
 
 Shape = tuple[int, ...]
@@ -59,10 +60,12 @@ class Layer:
     """Base class of layer specs. Subclasses are frozen dataclasses."""
 
     kind: ClassVar[str] = "layer"
+    #: Number of input tensors; ``None`` for any number of at least two (channel concatenation).
+    arity: ClassVar[int | None] = 1
 
-    def output_shape(self, shape: Shape) -> Shape:
-        """Per-image output shape for a per-image input shape; raises :class:`ShapeError` if invalid."""
-        return shape
+    def output_shape(self, *shapes: Shape) -> Shape:
+        """Per-image output shape for per-image input shapes (one per input); raises :class:`ShapeError`."""
+        return shapes[0]
 
     def tensors(self) -> dict[str, TensorSpec]:
         """Stored tensors by PyTorch ``state_dict`` suffix (``weight``, ``bias``, ...)."""
@@ -275,6 +278,63 @@ class ReLU(Layer):
 
 
 @dataclass(frozen=True)
+class ReLU6(Layer):
+    """``min(max(x, 0), 6)``, as :class:`torch.nn.ReLU6`."""
+
+    kind: ClassVar[str] = "relu6"
+
+
+@dataclass(frozen=True)
+class PReLU(Layer):
+    """``x`` where positive, ``a_c x`` elsewhere, with learnt slopes, as :class:`torch.nn.PReLU`.
+
+    ``num_parameters`` is 1 (one slope shared by all channels) or the channel count.
+    """
+
+    num_parameters: int = 1
+    kind: ClassVar[str] = "prelu"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        if self.num_parameters != 1 and (len(shape) < 1 or shape[0] != self.num_parameters):
+            raise ShapeError(f"{self.describe()} expects {self.num_parameters} channels, got shape {shape}")
+        return shape
+
+    def tensors(self) -> dict[str, TensorSpec]:
+        return {"weight": TensorSpec((self.num_parameters,))}
+
+    def describe(self) -> str:
+        return f"prelu {self.num_parameters}"
+
+
+@dataclass(frozen=True)
+class Sigmoid(Layer):
+    """``1 / (1 + exp(-x))``."""
+
+    kind: ClassVar[str] = "sigmoid"
+
+
+@dataclass(frozen=True)
+class SiLU(Layer):
+    """``x * sigmoid(x)`` (swish), as :class:`torch.nn.SiLU`."""
+
+    kind: ClassVar[str] = "silu"
+
+
+@dataclass(frozen=True)
+class Hardsigmoid(Layer):
+    """``clip(x / 6 + 1 / 2, 0, 1)``, as :class:`torch.nn.Hardsigmoid`."""
+
+    kind: ClassVar[str] = "hardsigmoid"
+
+
+@dataclass(frozen=True)
+class Hardswish(Layer):
+    """``x * hardsigmoid(x)``, as :class:`torch.nn.Hardswish` (Howard et al., 2019, MobileNetV3)."""
+
+    kind: ClassVar[str] = "hardswish"
+
+
+@dataclass(frozen=True)
 class LeakyReLU(Layer):
     """Leaky ReLU with a negative slope."""
 
@@ -366,3 +426,46 @@ class Softmax(Layer):
         if len(shape) != 1:
             raise ShapeError(f"softmax needs a flat vector, got shape {shape}")
         return shape
+
+
+@dataclass(frozen=True)
+class Add(Layer):
+    """Element-wise sum of two tensors of one shape (a residual connection)."""
+
+    kind: ClassVar[str] = "add"
+    arity: ClassVar[int | None] = 2
+
+    def output_shape(self, *shapes: Shape) -> Shape:
+        if shapes[0] != shapes[1]:
+            raise ShapeError(f"add needs two tensors of one shape, got {shapes[0]} and {shapes[1]}")
+        return shapes[0]
+
+
+@dataclass(frozen=True)
+class Mul(Layer):
+    """A ``(C, H, W)`` map times per-channel ``(C, 1, 1)`` gates (squeeze-and-excitation), or two equal shapes."""
+
+    kind: ClassVar[str] = "mul"
+    arity: ClassVar[int | None] = 2
+
+    def output_shape(self, *shapes: Shape) -> Shape:
+        first, second = shapes
+        gates = len(first) == 3 and second == (first[0], 1, 1)
+        if first != second and not gates:
+            raise ShapeError(f"mul needs two tensors of one shape or (C, H, W) and (C, 1, 1) gates, "
+                             f"got {first} and {second}")
+        return first
+
+
+@dataclass(frozen=True)
+class Concat(Layer):
+    """Concatenation of feature maps along the channel axis, as ``torch.cat(xs, 1)``."""
+
+    kind: ClassVar[str] = "concat"
+    arity: ClassVar[int | None] = None
+
+    def output_shape(self, *shapes: Shape) -> Shape:
+        maps = [_map_shape(shape, self) for shape in shapes]
+        if len({shape[1:] for shape in maps}) != 1:
+            raise ShapeError(f"concat needs maps of one height and width, got {', '.join(map(str, maps))}")
+        return (sum(shape[0] for shape in maps), *maps[0][1:])

@@ -284,6 +284,8 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
         if comm.rank == 0:
             progress.update(already_done + done)
     channel.drain(len(pending))
+    if comm.rank == 0:  # the last task may have ended on another rank: the run's end is reported all the same
+        progress.update(already_done + sum(stop - start for start, stop in map(split.bounds, pending)))
     channel.close()
     stats = np.zeros(len(FIELDS))
     stats[FIELDS.index("tasks_run")] = ran  # the tasks this rank ran, in every mode (a batch queue counts its own)

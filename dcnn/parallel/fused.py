@@ -3,7 +3,7 @@
 The output map of a block of consecutive layers (the fused block: the whole convolutional part, or a prefix
 of it) is cut into a ``Ty x Tx`` grid of tiles (:func:`dcnn.decomposition.fused.plan_fused`). Each tile is one
 task of the work-stealing queue; its input region is traced backwards through the fused layers
-(:func:`dcnn.decomposition.geometry.trace_region`), so a rank computes a tile from the input image alone.
+(:func:`dcnn.decomposition.fused.trace_tile`), so a rank computes a tile from the input image alone.
 Neighbouring tiles overlap in their traced regions. Two policies:
 
 - *recompute*: every tile computes its whole region; no communication until the tiles are assembled, at the
@@ -26,11 +26,11 @@ from dataclasses import fields
 import numpy as np
 
 from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused, sub_network
-from dcnn.decomposition.geometry import EMPTY, Box, assemble_boxes
+from dcnn.decomposition.geometry import Box, assemble_boxes, cover
 from dcnn.decomposition.reuse import NUM_CLASSES, Strip, plan_reuse
 from dcnn.errors import PlanError
-from dcnn.exec.forward import Forward
-from dcnn.network.graph import BYTES_PER_VALUE, Network
+from dcnn.exec.forward import Forward, apply_op
+from dcnn.network.graph import BYTES_PER_VALUE, INPUT, Network
 from dcnn.network.layers import Shape
 from dcnn.network.window import Padding
 from dcnn.parallel.comm import MPI, allgather_blocks
@@ -105,6 +105,11 @@ class FusedEngine:
         self.tile_seconds = np.zeros(len(self.plan.tiles))
         self._counts = dict.fromkeys(COUNTER_FIELDS, 0)
         self._rates = self.plan.macs_per_pixel()
+        # Readers of each tensor among the fused nodes, and the tile's output, which the caller holds.
+        self._readers: dict[str, int] = {network.layers[self.plan.depth - 1][0]: 1}
+        for sources in network.inputs[:self.plan.depth]:
+            for name in sources:
+                self._readers[name] = self._readers.get(name, 0) + 1
         self._pool: OverlapPool | None = None
         self._sequence = 0
         self.rest = None
@@ -211,42 +216,66 @@ class FusedEngine:
     def _compute(self, index: int, steps: list[tuple[Box, Box, Padding]], x: np.ndarray,
                  borrowed: list[tuple[Strip, np.ndarray]] = (), outgoing: list[Strip] = (),
                  pool: OverlapPool | None = None) -> np.ndarray:
-        """Compute one tile's boxes layer by layer from the input, its own results and borrowed strips."""
+        """Compute one tile's boxes node by node from the input, its own results and borrowed strips.
+
+        Each tensor's box is kept until the tile's last node that reads it; an in-place op overwrites only a
+        box no later node of the tile reads.
+        """
         strips_in, strips_out = defaultdict(list), defaultdict(list)
-        for strip, values in borrowed:
-            strips_in[strip.layer].append((strip.box, values))
         for strip in outgoing:
             strips_out[strip.layer].append(strip)
+        for strip, values in borrowed:
+            strips_in[strip.layer].append((strip.box, values))
         batch = x.shape[0]
-        held, region = EMPTY, None
+        network = self.plan.network
+        names = [name for name, _ in network.layers]
+        regions: dict[str, tuple[np.ndarray | None, Box]] = {INPUT: (x, Box(0, x.shape[2], 0, x.shape[3]))}
+        pending = dict(self._readers)
+        # Per tensor, the cover of what this tile's readers need: what borrowed strips complete, once.
+        wanted: dict[str, list[Box]] = defaultdict(list)
+        for layer, (box, source_box, _) in enumerate(steps):
+            for position, name in enumerate(network.inputs[layer]):
+                wanted[name].append(source_box if position == 0 else box)
         for layer, (box, source_box, padding) in enumerate(steps):
+            sources = network.inputs[layer]
             if box.empty:
-                held, region = box, None
+                regions[names[layer]] = (None, box)
                 continue
             start = time.perf_counter()
             op = self.forward.ops[layer]
-            if layer == 0:
-                source = x[(slice(None), slice(None), *source_box.slices())]
-                source = source.copy() if op.in_place else source
-            else:
-                source = self._source(layer, source_box, held, region, strips_in[layer - 1], batch)
-            region = op(source, padding) if op.layer.window is not None else op(source)
-            held = box
+            arguments = []
+            for position, name in enumerate(sources):
+                array, held = regions[name]
+                need = source_box if position == 0 else box
+                if not held.contains(need):
+                    whole = cover(wanted[name])
+                    array, held = self._source(whole, held, array, strips_in[names.index(name)], batch), whole
+                    regions[name] = (array, held)
+                arguments.append(array[(slice(None), slice(None), *need.slices(held))])
+            writable = [name != INPUT and pending[name] == 1 and sources.count(name) == 1 for name in sources]
+            region = apply_op(op, arguments, writable, padding if op.layer.window is not None else None)
+            for name in sources:
+                pending[name] -= 1
+                if pending[name] == 0:
+                    regions.pop(name)
+            regions[names[layer]] = (region, box)
             elapsed = time.perf_counter() - start
             self._stats.compute_seconds[layer] += elapsed
             self.tile_seconds[index] += elapsed
             self._counts["macs"] += self._rates[layer] * box.area * batch
             for strip in strips_out[layer]:
-                pool.publish(strip, region[(slice(None), slice(None), *strip.box.slices(held))])
+                pool.publish(strip, region[(slice(None), slice(None), *strip.box.slices(box))])
                 self._stats.bytes_sent[layer] += batch * BYTES_PER_VALUE * strip.elements
-        return region
+        return regions[names[len(steps) - 1]][0]
 
-    def _source(self, layer: int, source_box: Box, held: Box, region: np.ndarray | None,
-                strips: list[tuple[Box, np.ndarray]], batch: int) -> np.ndarray:
-        """The input box of ``layer``: a view of the tile's own previous map, or assembled with borrowed strips."""
+    @staticmethod
+    def _source(source_box: Box, held: Box, region: np.ndarray | None, strips: list[tuple[Box, np.ndarray]],
+                batch: int) -> np.ndarray:
+        """``source_box`` of a tensor: a view of the tile's own box of it, or assembled with borrowed strips."""
         if held.contains(source_box) and region is not None:
             return region[(slice(None), slice(None), *source_box.slices(held))]
-        source = np.empty((batch, self.plan.shapes[layer][0], source_box.height, source_box.width), np.float32)
+        channels = region.shape[1] if region is not None else strips[0][1].shape[1]
+        source = np.empty((batch, channels, source_box.height, source_box.width), np.float32)
         own = held.intersect(source_box)
         if not own.empty:
             source[(slice(None), slice(None), *own.slices(source_box))] = \

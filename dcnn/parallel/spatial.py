@@ -1,11 +1,14 @@
-"""Spatial engine: one image (or batch) split over a 2-D grid of ranks, with a halo exchange per layer.
+"""Spatial engine: one image (or batch) split over a 2-D grid of ranks, with a halo exchange per tensor.
 
 Plan: :func:`dcnn.decomposition.spatial.plan_spatial` (pure, no MPI) says who holds, needs and sends which
-block of every layer; at the first global layer the map is gathered on every rank, and every fully connected
+block of every tensor; at the first global layer the map is gathered on every rank, and every fully connected
 layer is split by output neurons, whose outputs are allgathered.
 
-Run: :class:`SpatialEngine` posts each layer's receives, then its sends, computes the part of its output block
-that needs no halo while the messages are in flight, waits, and computes the border strips.
+Run: :class:`SpatialEngine` runs the nodes in topological order. The first windowed reader of a tensor posts
+the tensor's receives, then its sends, computes the part of its output block that needs no halo while the
+messages are in flight, waits, and computes the border strips; later readers of the tensor (a residual
+shortcut, another Inception branch) slice their input from the box already assembled. Each rank's blocks are
+freed after their last reader.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from dcnn.decomposition.geometry import (
     split_extent,
 )
 from dcnn.decomposition.spatial import SpatialLayerPlan, plan_spatial
-from dcnn.exec.forward import Forward
-from dcnn.network.graph import Network
+from dcnn.exec.forward import Forward, apply_op
+from dcnn.network.graph import INPUT, Network
 from dcnn.network.layers import Linear, Shape
 from dcnn.parallel.comm import MPI, HaloExchange, allgather_blocks, cartesian
 
@@ -106,11 +109,26 @@ class SpatialEngine:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Run on a ``(B, C, H, W)`` batch present on every rank; every rank returns the full output."""
-        block = np.asarray(x, dtype=np.float32)
+        x = np.asarray(x, dtype=np.float32)
+        network = self.plan.network
+        # Per tensor: this rank's block and its box; the box assembled by its exchange; readers left.
+        blocks: dict[str, tuple[np.ndarray, Box]] = {INPUT: (x, Box(0, x.shape[2], 0, x.shape[3]))}
+        regions: dict[str, tuple[np.ndarray, Box]] = {}
+        pending: dict[str, int] = {}
         for layer_plan in self.plan.layers:
-            block = self._run_layer(layer_plan, block)
+            for name in layer_plan.sources:
+                pending[name] = pending.get(name, 0) + 1
+        for layer_plan in self.plan.layers:
+            name = network.layers[layer_plan.index][0]
+            out = self._run_node(layer_plan, blocks, regions, pending)
+            for source in layer_plan.sources:
+                pending[source] -= 1
+                if pending[source] == 0 and source != INPUT:
+                    blocks.pop(source)
+                    regions.pop(source, None)
+            blocks[name] = (out, layer_plan.out_blocks[self.rank])
         last = self.plan.layers[-1] if self.plan.layers else None
-        out = self._gather_map(block, last) if last is not None else block
+        out = self._gather_map(blocks[network.layers[last.index][0]][0], last) if last is not None else x
         for index in range(self.plan.gather_index, len(self.forward.ops)):
             out = self._run_global(index, out)
         return out
@@ -119,38 +137,50 @@ class SpatialEngine:
     def _exchange(self, layer_plan: SpatialLayerPlan, batch: int) -> HaloExchange:
         key = (layer_plan.index, batch)
         if key not in self._exchanges:
-            held, needed = layer_plan.held[self.rank], layer_plan.needed[self.rank]
+            held, needed = layer_plan.held[self.rank], layer_plan.exchanged[self.rank]
             sends = [(t.dest, t.box.slices(held)) for t in layer_plan.transfers if t.source == self.rank]
             receives = [(t.source, t.box.slices(needed)) for t in layer_plan.transfers if t.dest == self.rank]
             self._exchanges[key] = HaloExchange(self.comm, sends, receives, (batch, layer_plan.in_shape[0]),
                                                 tag=layer_plan.index)
         return self._exchanges[key]
 
-    def _run_layer(self, layer_plan: SpatialLayerPlan, block: np.ndarray) -> np.ndarray:
+    def _run_node(self, layer_plan: SpatialLayerPlan, blocks: dict[str, tuple[np.ndarray, Box]],
+                  regions: dict[str, tuple[np.ndarray, Box]], pending: dict[str, int]) -> np.ndarray:
         op = self.forward.ops[layer_plan.index]
         index, rank = layer_plan.index, self.rank
+        own = layer_plan.out_blocks[rank]
         if not layer_plan.windowed:
             start = time.perf_counter()
-            # The first layer holds the whole (replicated) input: keep only this rank's block of it.
-            held, own = layer_plan.held[rank], layer_plan.out_blocks[rank]
-            source = block[(slice(None), slice(None), *own.slices(held))] if held != own else block
-            out = op(source.copy() if op.in_place and index == 0 else source)
+            arguments, writable = [], []
+            for name in layer_plan.sources:
+                block, box = blocks[name]
+                # The input image is replicated: keep only this rank's block of it (never overwritten).
+                arguments.append(block[(slice(None), slice(None), *own.slices(box))] if box != own else block)
+                writable.append(name != INPUT and pending[name] == 1 and layer_plan.sources.count(name) == 1)
+            out = apply_op(op, arguments, writable)
             self.stats.compute_seconds[index] += time.perf_counter() - start
             return out
-        held, needed = layer_plan.held[rank], layer_plan.needed[rank]
-        out_box, interior = layer_plan.out_blocks[rank], layer_plan.interior[rank]
+        name = layer_plan.sources[0]
+        block, held = blocks[name]
         batch = block.shape[0]
-        out_channels = layer_plan.out_shape[0]
+        out = np.empty((batch, layer_plan.out_shape[0], own.height, own.width), np.float32)
+        if layer_plan.exchanged is None:
+            # An earlier reader exchanged this tensor: the box it assembled covers this node's needs too.
+            source, source_box = regions[name]
+            if not own.empty:
+                self.stats.compute_seconds[index] += self._compute_box(layer_plan, own, source, source_box, out,
+                                                                       own)
+            return out
+        needed, interior = layer_plan.exchanged[rank], layer_plan.interior[rank]
         exchange = self._exchange(layer_plan, batch)
         self.stats.bytes_sent[index] += exchange.bytes_sent
         self.stats.bytes_received[index] += exchange.bytes_received
-        out = np.empty((batch, out_channels, out_box.height, out_box.width), np.float32)
         overlap = (self.overlap and exchange.receives and not interior.empty
-                   and interior.area >= OVERLAP_MIN_INTERIOR * out_box.area)
+                   and interior.area >= OVERLAP_MIN_INTERIOR * own.area)
         exchange.start(block)
         compute = 0.0
         if overlap:
-            compute += self._compute_box(layer_plan, interior, block, held, out, out_box)
+            compute += self._compute_box(layer_plan, interior, block, held, out, own)
         start = time.perf_counter()
         if exchange.receives or not held.contains(needed):
             assembled = np.empty((batch, block.shape[1], needed.height, needed.width), np.float32)
@@ -163,14 +193,15 @@ class SpatialEngine:
         else:
             exchange.finish(block)
             source, source_box = block, held
+        regions[name] = (source, source_box)
         self.stats.wait_seconds[index] += time.perf_counter() - start
-        if out_box.empty:
+        if own.empty:
             pass
         elif overlap:
-            for strip in _border_strips(out_box, interior):
-                compute += self._compute_box(layer_plan, strip, source, source_box, out, out_box)
+            for strip in _border_strips(own, interior):
+                compute += self._compute_box(layer_plan, strip, source, source_box, out, own)
         else:
-            compute += self._compute_box(layer_plan, out_box, source, source_box, out, out_box)
+            compute += self._compute_box(layer_plan, own, source, source_box, out, own)
         self.stats.compute_seconds[index] += compute
         return out
 

@@ -8,9 +8,10 @@ models, per rank (one rank per node):
 - ``weights``: the layers' M_l, all of them in batch mode; with fully connected layers split by neurons over the
   ranks in spatial and fused mode (convolution weights count twice: as loaded and in the kernel's layout);
 - ``input``: the batch of network inputs (with its preprocessing copy), present on every rank;
-- ``activations``: the largest working set of one layer (input region, output, and the convolution's padded
-  scratch copy and GEMM output), for the whole map (batch), the rank's block with its halo (spatial) or the
-  largest tile region (fused);
+- ``activations``: the largest working set of one node (input region, output, and the convolution's padded
+  scratch copy and GEMM output, plus the tensors alive meanwhile along the topological order: an add's other
+  input, a residual skip that a later node reads), for the whole map (batch), the rank's block with its halo
+  (spatial) or the largest tile region (fused);
 - ``gathered map``, ``tile outputs``: the maps that spatial and fused mode assemble on every rank;
 - ``overlap pool``: the strips a rank holds for the reuse policy.
 
@@ -288,17 +289,22 @@ def _tiling(network: Network, input_shape: Shape, tiles: tuple[int, int], ranks:
 
 @lru_cache(maxsize=64)
 def _block_work(network: Network, input_shape: Shape, dims: tuple[int, int]) -> tuple[tuple[int, str], ...]:
-    """Per rank of a spatial grid, the largest one-layer working set (values per image) and its layer (cached:
-    every batch size of a candidate shares it)."""
+    """Per rank of a spatial grid, the largest one-node working set (values per image) and its node (cached:
+    every batch size of a candidate shares it). Besides the node's own input and output, the rank's blocks of
+    the other tensors alive meanwhile count (an add's second input, a residual skip)."""
     spatial = _decomposition(network, input_shape, dims)
     work = [(0, "")] * (dims[0] * dims[1])
+    live = network.live_tensors()
+    blocks = {network.layers[p.index][0]: (p.out_shape[0], p.out_blocks) for p in spatial.layers}
     for layer_plan in spatial.layers:
         name = network.layers[layer_plan.index][0]
+        others = [blocks[t] for t in live[layer_plan.index] if t in blocks and t not in (name, layer_plan.sources[0])]
         for rank, out in enumerate(layer_plan.out_blocks):
             source = layer_plan.needed[rank] if layer_plan.windowed else out
             value = _layer_work(layer_plan.layer, layer_plan.in_shape, layer_plan.out_shape,
                                 (source.height, source.width), (out.height, out.width), layer_plan.padding[rank],
                                 first=layer_plan.index == 0)
+            value += sum(channels * boxes[rank].area for channels, boxes in others)
             work[rank] = max(work[rank], (value, name))
     return tuple(work)
 
@@ -340,12 +346,18 @@ def _input_bytes(input_shape: Shape, batch: int) -> int:
 
 
 def _whole_map_work(network: Network, input_shape: Shape, start: int = 0) -> tuple[int, str]:
-    """The largest one-layer working set (values per image) over layers ``start..`` run on whole maps."""
+    """The largest one-node working set (values per image) over nodes ``start..`` run on whole maps.
+
+    A node holds its input and output (and a convolution's scratch), plus every other tensor alive while it
+    runs: the other inputs of an add or concatenation, and tensors that later nodes still read (a residual
+    skip), along the topological order (:meth:`Network.live_values`).
+    """
     best = (0, "")
-    shapes = network.shapes(input_shape)
+    rows = network.costs(input_shape)
     for index in range(start, len(network)):
-        name, layer = network.layers[index]
-        in_shape, out_shape = shapes[index], shapes[index + 1]
+        row = rows[index]
+        name, layer, in_shape, out_shape = row.name, row.layer, row.in_shape, row.out_shape
+        others = row.live_bytes // BYTES_PER_VALUE - math.prod(in_shape) - math.prod(out_shape)
         if len(in_shape) == 3:
             padding = (0, 0, 0, 0)
             if layer.window is not None:
@@ -354,7 +366,7 @@ def _whole_map_work(network: Network, input_shape: Shape, start: int = 0) -> tup
                                else (1, 1), padding, first=index == 0)
         else:
             work = math.prod(in_shape) + math.prod(out_shape)
-        best = max(best, (work, name))
+        best = max(best, (work + others, name))
     return best
 
 
@@ -399,7 +411,8 @@ def memory_fused(network: Network, input_shape: Shape, batch: int, cluster: Clus
         steps = tile.steps if reuse is None else reuse.steps[index]
         borrowed = 0 if reuse is None else sum(strip.elements for strip in reuse.incoming[index])
         for layer, (out, source, padding) in enumerate(steps):
-            value = borrowed + _layer_work(network.layers[layer][1], shapes[layer], shapes[layer + 1],
+            in_shape = shapes[network.tensor_index(network.inputs[layer][0])]
+            value = borrowed + _layer_work(network.layers[layer][1], in_shape, shapes[layer + 1],
                                            (source.height, source.width), (out.height, out.width), padding,
                                            first=layer == 0)
             best = max(best, (value, network.layers[layer][0]))

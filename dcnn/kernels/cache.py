@@ -1,0 +1,61 @@
+"""Cache sizes of the CPU this process runs on, read once at start-up.
+
+The convolution sizes its GEMM chunks to the per-core L2 and its batch blocks to the L3, instead of constants
+tuned on one CPU. Sizes come from ``sysconf`` (glibc) and, where that reports nothing (some virtual machines),
+from ``/sys/devices/system/cpu/cpu0/cache``; a conservative default covers everything else.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+__all__ = ["cache_bytes"]
+
+#: Used when the size of a level cannot be read: smaller than any current x86 server core's caches.
+DEFAULT_BYTES = {1: 32 << 10, 2: 512 << 10, 3: 8 << 20}
+_SYSCONF_NAMES = {1: "SC_LEVEL1_DCACHE_SIZE", 2: "SC_LEVEL2_CACHE_SIZE", 3: "SC_LEVEL3_CACHE_SIZE"}
+_SYSFS = Path("/sys/devices/system/cpu/cpu0/cache")
+
+
+def _parse_size(text: str) -> int:
+    """``"1024K"`` or ``"32M"`` (sysfs notation) in bytes; 0 if unreadable."""
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    digits = text.rstrip("KMG")
+    return int(digits) * scale if digits.isdigit() else 0
+
+
+def _from_sysfs(level: int) -> int:
+    for index in sorted(_SYSFS.glob("index*")):
+        try:
+            if (int((index / "level").read_text()) == level
+                    and (index / "type").read_text().strip() in ("Data", "Unified")):
+                return _parse_size((index / "size").read_text())
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
+@functools.cache
+def cache_bytes(level: int) -> int:
+    """Size in bytes of the level-``level`` data cache seen by one core (1, 2 or 3).
+
+    For a shared cache (usually L3) this is the whole cache, not a per-core share.
+
+    Raises
+    ------
+    ValueError
+        If ``level`` is not 1, 2 or 3.
+    """
+    if level not in DEFAULT_BYTES:
+        raise ValueError(f"cache level must be 1, 2 or 3, got {level}")
+    size = 0
+    try:
+        size = int(os.sysconf(_SYSCONF_NAMES[level]))
+    except (ValueError, OSError, AttributeError):
+        size = 0
+    if size <= 0:
+        size = _from_sysfs(level)
+    return size if size > 0 else DEFAULT_BYTES[level]

@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Benchmark the DAG zoo: ResNet-50 and MobileNetV2 against PyTorch and onnxruntime, and ResNet-50 spatial scaling.
+
+Measures, in one run (so the ratios share the machine's state):
+
+1. ResNet-50 and MobileNetV2 forward passes at 224x224, batch 1, one thread: dcnn, PyTorch (the reference
+   modules of :mod:`dcnn.testing.torch_models`, same weights) and onnxruntime (the same module exported to ONNX,
+   one intra-op thread); median of ``--repeats`` runs after a warm-up, the three interleaved;
+2. ResNet-50 on one ``--size`` x ``--size`` image in spatial mode at np 1 and 2 (one thread per rank; it launches
+   ``mpiexec`` workers of itself): wall time and parallel efficiency ``T1 / (2 T2)``.
+
+Usage: ``python scripts/bench_dag.py [--repeats 5] [--size 1024] [--output results/bench_dag.json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from benchlib import launch, report_rank, timed_calls
+
+from dcnn.exec.forward import Forward
+from dcnn.kernels.threads import set_num_threads
+from dcnn.network.weights import init_weights
+from dcnn.network.zoo import get_model
+
+MODELS = ("resnet50", "mobilenet_v2")
+SCALING_RANKS = (1, 2)
+
+
+def _median(function, repeats: int) -> float:
+    function()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def forward_passes(repeats: int) -> dict:
+    import onnxruntime
+    import torch
+
+    from dcnn.testing.torch_models import torch_model
+
+    set_num_threads(1)
+    torch.set_num_threads(1)
+    results = {}
+    print("1. forward pass at 224x224, batch 1, one thread (median seconds)")
+    print(f"{'model':<14} {'dcnn':>8} {'PyTorch':>8} {'onnxrt':>8} {'dcnn/PyTorch':>13} {'dcnn/onnxrt':>12}")
+    for name in MODELS:
+        network = get_model(name)
+        weights = init_weights(network, 0)
+        x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+        forward = Forward(network, weights)
+        module = torch_model(name, weights)
+        tensor = torch.from_numpy(x)
+        with tempfile.TemporaryDirectory() as folder:
+            path = str(Path(folder) / f"{name}.onnx")
+            torch.onnx.export(module, (tensor,), path, input_names=["x"], dynamo=False)
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = options.inter_op_num_threads = 1
+            session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        expected = module(tensor).detach().numpy()
+        for output in (forward(x), session.run(None, {"x": x})[0]):
+            assert np.abs(output - expected).max() <= 1e-3 * np.abs(expected).max(), "outputs disagree"
+        samples = {"dcnn": [], "pytorch": [], "onnxruntime": []}
+        with torch.no_grad():
+            runs = {"dcnn": partial(forward, x), "pytorch": partial(module, tensor),
+                    "onnxruntime": partial(session.run, None, {"x": x})}
+            for _ in range(repeats):  # interleaved, so that drifts of the machine hit all three alike
+                for key, run in runs.items():
+                    samples[key].append(_median(run, 1))
+        row = {key: statistics.median(values) for key, values in samples.items()}
+        row["dcnn_over_pytorch"] = row["dcnn"] / row["pytorch"]
+        row["dcnn_over_onnxruntime"] = row["dcnn"] / row["onnxruntime"]
+        results[name] = row
+        print(f"{name:<14} {row['dcnn']:8.3f} {row['pytorch']:8.3f} {row['onnxruntime']:8.3f} "
+              f"{row['dcnn_over_pytorch']:13.2f} {row['dcnn_over_onnxruntime']:12.2f}")
+    return results
+
+
+def worker_scaling(folder: str, size: int, repeats: int) -> None:
+    from mpi4py import MPI
+
+    from dcnn.decomposition.spatial import fc_shard_rows
+    from dcnn.parallel.spatial import SpatialEngine
+
+    comm = MPI.COMM_WORLD
+    set_num_threads(1)
+    network = get_model("resnet50")
+    shape = (3, size, size)
+    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    weights = init_weights(network, 0, rows=fc_shard_rows(network, comm.size, comm.rank))
+    with SpatialEngine(network, weights, shape, comm) as engine:
+        engine(x)  # warm-up: plans the exchanges, touches the workspace
+        engine.stats = type(engine.stats).zeros(len(network))
+        times = timed_calls(engine, x, comm, repeats)
+        report_rank(folder, comm.rank, {"seconds": min(times), "grid": list(engine.plan.dims),
+                                        "wait": float(engine.stats.wait_seconds.sum() / repeats),
+                                        "bytes_sent": int(engine.stats.bytes_sent.sum() // repeats)})
+
+
+def scaling(size: int, repeats: int) -> dict:
+    runs = {ranks: launch(__file__, ranks, "scaling", str(size), str(repeats)) for ranks in SCALING_RANKS}
+    t1 = runs[1][0]["seconds"]
+    print(f"\n2. ResNet-50 on {size}x{size} in spatial mode, one thread per rank (min of {repeats} runs)")
+    print(f"{'np':>3} {'seconds':>8} {'efficiency':>10} {'wait share':>10} {'MB sent/rank':>12}")
+    summary = {"size": size}
+    for ranks, rows in runs.items():
+        seconds = max(row["seconds"] for row in rows)
+        wait = float(np.mean([row["wait"] for row in rows]))
+        sent = float(np.mean([row["bytes_sent"] for row in rows])) / 2**20
+        summary[f"np{ranks}"] = {"seconds": seconds, "efficiency": t1 / (ranks * seconds),
+                                 "wait_share": wait / seconds, "mb_sent_per_rank": sent, "grid": rows[0]["grid"]}
+        print(f"{ranks:>3} {seconds:8.2f} {t1 / (ranks * seconds):10.1%} {wait / seconds:10.1%} {sent:12.1f}")
+    return summary
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker_scaling(sys.argv[2], int(sys.argv[4]), int(sys.argv[5]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--output", default="results/bench_dag.json")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["forward", "scaling"])
+    args = parser.parse_args()
+    report = {"command": " ".join(["python", *sys.argv]), "machine": platform.processor() or platform.machine()}
+    if "forward" not in args.skip:
+        report["forward"] = forward_passes(args.repeats)
+    if "scaling" not in args.skip:
+        report["scaling"] = scaling(args.size, max(1, args.repeats // 3))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

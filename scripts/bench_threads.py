@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""Benchmark two threads in one rank against two ranks of one thread, through the real command line.
+
+Runs ``mpiexec -n P python -m dcnn.infer --mode batch --threads T`` for (P, T) = (1, 1), (1, 2) and (2, 1) on
+the same images, interleaved ``--repeats`` times, and reads each result file's elapsed time. The target (issue 18)
+is two threads per rank within 10 % of two ranks: ``seconds(1 x 2) / seconds(2 x 1) <= 1.1``. The CPU model
+and BLAS kernel are recorded.
+
+Usage: ``python scripts/bench_threads.py [--model mmod --upsample 1] [--input data/faces.h5] [--batch-size 8]
+[--repeats 3] [--output results/bench_threads.json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchlib import describe_machine, machine_info
+
+from dcnn.analysis.analyze import load_summary
+
+CONFIGURATIONS = ((1, 1), (1, 2), (2, 1))
+
+
+def run(ranks: int, threads: int, output: Path, args: argparse.Namespace) -> float:
+    """Elapsed seconds of one ``dcnn.infer`` run with ``ranks`` ranks of ``threads`` threads."""
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    command = [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(ranks), sys.executable, "-m",
+               "dcnn.infer", "--mode", "batch", "--model", args.model, "--upsample", str(args.upsample),
+               "--input", args.input, "--output", str(output), "--batch-size", str(args.batch_size),
+               "--threads", str(threads), "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"run failed: {' '.join(command)}\n{done.stderr}")
+    return float(load_summary(str(output)).elapsed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mmod")
+    parser.add_argument("--upsample", type=int, default=1)
+    parser.add_argument("--input", default="data/faces.h5")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", default="results/bench_threads.json")
+    args = parser.parse_args()
+    machine = machine_info()
+    print(describe_machine(machine))
+    seconds = {config: [] for config in CONFIGURATIONS}
+    with tempfile.TemporaryDirectory() as folder:
+        for repeat in range(args.repeats):
+            for ranks, threads in CONFIGURATIONS:
+                output = Path(folder) / f"np{ranks}t{threads}r{repeat}.h5"
+                seconds[(ranks, threads)].append(run(ranks, threads, output, args))
+    median = {config: statistics.median(values) for config, values in seconds.items()}
+    ratio = median[(1, 2)] / median[(2, 1)]
+    print(f"{args.model} (upsample {args.upsample}) on {args.input}, batch size {args.batch_size}, median of "
+          f"{args.repeats} interleaved runs")
+    for (ranks, threads), value in median.items():
+        print(f"  {ranks} rank(s) x {threads} thread(s): {value:7.2f} s  (speedup over 1 x 1: "
+              f"{median[(1, 1)] / value:.2f})")
+    print(f"two threads in one rank / two ranks of one thread: {ratio:.2f} (target <= 1.10)")
+    report = {"command": " ".join(["python", *sys.argv]), "machine": machine, "model": args.model,
+              "upsample": args.upsample, "input": args.input, "batch_size": args.batch_size,
+              "seconds": {f"{r}x{t}": values for (r, t), values in seconds.items()},
+              "median_seconds": {f"{r}x{t}": value for (r, t), value in median.items()},
+              "ratio_threads_over_ranks": ratio}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Depthwise and pointwise kernels against the direct-loop reference, and the kernel choice."""
+
+import itertools
+
+import numpy as np
+import pytest
+import reference
+from conftest import random_array
+
+from dcnn.kernels import threads
+from dcnn.kernels.conv import Conv2dKernel, Workspace
+from dcnn.kernels.depthwise import DepthwiseConv2dKernel, PointwiseConv2dKernel, conv_kernel
+
+GEOMETRY = list(itertools.product(
+    [(1, 1), (3, 3), (2, 3), (5, 5)],              # kernel
+    [(1, 1), (2, 2), (1, 2)],                       # stride
+    [(0, 0, 0, 0), (1, 1, 1, 1), (2, 0, 1, 3)],     # padding (top, bottom, left, right)
+    [(1, 1), (2, 2)],                               # dilation
+))
+
+
+@pytest.mark.parametrize("multiplier", [1, 2])
+@pytest.mark.parametrize("kernel,stride,padding,dilation", GEOMETRY)
+def test_depthwise_matches_reference(rng, multiplier, kernel, stride, padding, dilation):
+    channels = 5
+    x = random_array(rng, 2, channels, 11, 9)
+    weight = random_array(rng, channels * multiplier, 1, *kernel)
+    bias = random_array(rng, channels * multiplier)
+    expected = reference.conv2d(x, weight, bias, stride, padding, dilation, channels)
+    actual = DepthwiseConv2dKernel(weight, bias, stride, dilation, channels)(x, padding, Workspace())
+    assert actual.dtype == np.float32 and actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [(1, 1), (2, 2), (3, 2)])
+@pytest.mark.parametrize("padding", [(0, 0, 0, 0), (1, 0, 2, 1)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_pointwise_matches_reference(rng, stride, padding, relu):
+    x = random_array(rng, 3, 7, 10, 13)
+    weight = random_array(rng, 6, 7, 1, 1)
+    bias = random_array(rng, 6)
+    expected = reference.conv2d(x, weight, bias, stride, padding, (1, 1), 1)
+    actual = PointwiseConv2dKernel(weight, bias, stride, relu=relu)(x, padding)
+    np.testing.assert_allclose(actual, np.maximum(expected, 0) if relu else expected, rtol=1e-4, atol=1e-4)
+
+
+def test_threads_give_the_same_result(rng):
+    x = random_array(rng, 2, 12, 40, 37)
+    depthwise = DepthwiseConv2dKernel(random_array(rng, 12, 1, 3, 3), None, (1, 1), (1, 1), 12, relu=True)
+    pointwise = PointwiseConv2dKernel(random_array(rng, 9, 12, 1, 1), random_array(rng, 9))
+    single = depthwise(x, 1), pointwise(x)
+    threads.set_num_threads(3)
+    try:
+        np.testing.assert_array_equal(depthwise(x, 1), single[0])
+        np.testing.assert_allclose(pointwise(x), single[1], rtol=1e-6, atol=1e-6)
+    finally:
+        threads.set_num_threads(1)
+
+
+def test_conv_kernel_picks_by_shape(rng):
+    def pick(out_channels, group_channels, kernel, groups):
+        return type(conv_kernel(random_array(rng, out_channels, group_channels, *kernel), None, (1, 1), (1, 1),
+                                groups))
+
+    assert pick(8, 1, (3, 3), 8) is DepthwiseConv2dKernel
+    assert pick(16, 1, (3, 3), 8) is DepthwiseConv2dKernel
+    assert pick(8, 4, (1, 1), 1) is PointwiseConv2dKernel
+    assert pick(8, 4, (1, 1), 2) is Conv2dKernel
+    assert pick(8, 4, (3, 3), 1) is Conv2dKernel

@@ -1,0 +1,62 @@
+"""The pool of large output buffers: reuse only memory nobody holds."""
+
+import gc
+
+import numpy as np
+import pytest
+
+from dcnn.kernels import memory
+
+
+@pytest.fixture(autouse=True)
+def _small_pool(monkeypatch):
+    monkeypatch.setattr(memory, "POOL_MIN_BYTES", 4096)
+    monkeypatch.setattr(memory, "_idle", [])
+
+
+def test_small_arrays_are_plain_numpy():
+    array = memory.empty_float32((10, 10))
+    assert array.dtype == np.float32 and array.flags.c_contiguous and array.flags.writeable
+    assert not memory._idle
+
+
+def test_buffer_returns_only_when_every_view_is_gone():
+    array = memory.empty_float32((4, 1024))
+    view = array[1:, ::2]
+    del array
+    gc.collect()
+    assert not memory._idle
+    del view
+    gc.collect()
+    assert len(memory._idle) == 1
+
+
+def test_live_arrays_never_share_memory_and_freed_memory_is_reused():
+    first = memory.empty_float32((2, 4096))
+    first[...] = 1
+    second = memory.empty_float32((2, 4096))
+    assert second.flags.writeable and second.shape == (2, 4096)
+    assert not np.shares_memory(first, second)
+    address = first.__array_interface__["data"][0]
+    del first
+    gc.collect()
+    third = memory.empty_float32((2, 4000))  # within 25 % of the freed size: reused
+    assert third.__array_interface__["data"][0] == address
+    assert not np.shares_memory(third, second)
+
+
+def test_pool_keeps_at_most_pool_buffers():
+    arrays = [memory.empty_float32((4096,)) for _ in range(memory.POOL_BUFFERS + 2)]
+    del arrays
+    gc.collect()
+    assert len(memory._idle) == memory.POOL_BUFFERS
+
+
+def test_much_smaller_request_gets_a_new_buffer():
+    large = memory.empty_float32((8192,))
+    address = large.__array_interface__["data"][0]
+    del large
+    gc.collect()
+    small = memory.empty_float32((2048,))
+    assert small.__array_interface__["data"][0] != address
+    assert len(memory._idle) == 1
