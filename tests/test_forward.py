@@ -131,3 +131,24 @@ def test_a_partial_run_never_ends_inside_a_folded_group(rng):
     rest = Forward(Network("rest", network.layers[1:], (64, 33, 35)), weights)
     expected = forward(x)
     np.testing.assert_allclose(rest(head(x)), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("name, shape", [("lenet5", (1, 32, 32)), ("vgg11", (3, 64, 72)), ("resnet18", (3, 67, 73))])
+def test_results_do_not_depend_on_the_thread_count(name, shape):
+    """Chunk bounds are fixed by the layer, not by the threads, so a run resumed with another --threads continues
+    bit for bit (the old multiple-of-threads chunking gave LeNet-5 logits 3e-7 apart at 1 and 2 threads)."""
+    from dcnn.kernels import threads
+
+    network = get_model(name)
+    weights = init_weights(network, seed=0)
+    x = np.random.default_rng(0).random((3, *shape)).astype(np.float32)
+    before = threads.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2, 3):
+            threads.set_num_threads(count)
+            results.append(Forward(network, weights).run(x))
+    finally:
+        threads.set_num_threads(before)
+    for result in results[1:]:
+        np.testing.assert_array_equal(result, results[0])

@@ -41,7 +41,7 @@ from dcnn.errors import ShapeError
 from dcnn.kernels.blas import gemm_accumulate
 from dcnn.kernels.cache import cache_bytes
 from dcnn.kernels.memory import empty_float32
-from dcnn.kernels.threads import get_num_threads, parallel_for
+from dcnn.kernels.threads import parallel_for
 from dcnn.network.window import Padding, conv_output_size, normalize_padding, pair
 
 __all__ = ["METHODS", "Conv2dKernel", "Workspace", "choose_method", "conv2d"]
@@ -58,6 +58,9 @@ SHIFTED_OUTPUT_MAX_CHANNELS = 4
 CACHE_LINE = 16
 #: Chunks never get narrower than this many columns, so each GEMM stays efficient.
 MIN_CHUNK_COLUMNS = 1024
+#: The number of chunks of a layer is a multiple of this, whatever the thread count: 1, 2 and 4 threads get equal
+#: shares, and the chunk bounds (so every float result) do not depend on how many threads run them.
+CHUNK_GRANULE = 4
 
 
 def choose_method(in_channels: int, out_channels: int, stride: tuple[int, int] = (1, 1)) -> str:
@@ -76,14 +79,13 @@ def choose_method(in_channels: int, out_channels: int, stride: tuple[int, int] =
 def balanced_chunks(total: int, target: int, align: int = 1) -> list[tuple[int, int]]:
     """Split ``range(total)`` into near-equal ``(start, stop)`` chunks of about ``target`` or fewer.
 
-    The number of chunks is a multiple of the kernel thread count, so every thread gets the same work.
+    The number of chunks is a multiple of :data:`CHUNK_GRANULE` and never depends on the thread count, so results
+    are bit-identical at any ``--threads`` (a run resumed with another thread count continues it exactly).
     Inner bounds are multiples of ``align``: with ``align = 16`` float32 columns (one 64-byte cache line), threads
-    never share a cache line of output, and BLAS sees the same 16-column blocks whatever the thread count, so
-    results do not change with it. Chunks that would be empty after alignment are dropped.
+    never share a cache line of output. Chunks that would be empty after alignment are dropped.
     """
-    workers = get_num_threads()
     count = -(-total // max(1, target))
-    count = min(total, -(-count // workers) * workers)
+    count = min(total, -(-count // CHUNK_GRANULE) * CHUNK_GRANULE)
     bounds = sorted({0, total} | {min(total, total * i // count // align * align) for i in range(1, count)})
     return list(itertools.pairwise(bounds))
 
