@@ -140,3 +140,17 @@ def test_the_resume_command_names_the_program_that_wrote_the_file():
     assert resume_command("run.h5", 4, "python -m dcnn.infer --model lenet5") == \
         "mpirun -np 4 python -m dcnn.infer --resume run.h5"
     assert resume_command("run.h5", 1, "infer.py") == "python -m dcnn.infer --resume run.h5"
+
+
+def test_peak_memory_is_the_programs_own_not_its_parents():
+    """Linux carries ru_maxrss across exec: a rank started by a large parent (pytest holding PyTorch) reported the
+    parent's peak, 1.1 GB against a 130 MB prediction. The peak is the program's own address space's."""
+    import subprocess
+    import sys
+
+    parent = ("import os, sys, numpy as np\n"
+              "block = np.ones(400 * 2**20, np.uint8)  # a 400 MiB parent, touched\n"
+              "os.execv(sys.executable, [sys.executable, '-c', "
+              "'from dcnn.io.results import peak_rss_bytes; print(peak_rss_bytes())'])\n")
+    done = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=120, check=True)
+    assert int(done.stdout) < 300 * 2**20, done.stdout

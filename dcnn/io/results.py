@@ -54,7 +54,19 @@ RESUME_KEYS = ("model", "mode", "weights_fingerprint", "input_fingerprint", "dat
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far, in bytes."""
+    """This process's peak resident set size so far, in bytes.
+
+    On Linux this is ``VmHWM`` of ``/proc/self/status``: the high-water mark of this program's own address space.
+    ``getrusage``'s ``ru_maxrss`` is not used there, because Linux carries it across ``exec``: a rank started
+    by a large parent (a test runner holding PyTorch, a workflow manager) would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) * (1 if sys.platform == "darwin" else 1024)
 
