@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from dcnn.errors import ShapeError, WeightsError
-from dcnn.faces.dlib_format import DlibReader, read_layer
+from dcnn.faces.dlib_format import DlibReader, read_layer, read_model_bytes
 from dcnn.faces.shape_predictor import encode_floats, encode_integers
 from dcnn.kernels.conv import Conv2dKernel
 from dcnn.kernels.elementwise import affine_channels, linear, relu
@@ -258,12 +258,7 @@ def read_descriptor_model(path: str | os.PathLike,
     WeightsError
         If the file is missing, truncated, altered, or holds another network.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"face recognition model file {str(path)!r} does not exist")
-    if path.stat().st_size > 1 << 30:
-        raise WeightsError(f"{path}: {path.stat().st_size} bytes is far too large for a face recognition model")
-    reader = DlibReader(path.read_bytes(), str(path), KIND)
+    reader = DlibReader(read_model_bytes(path, "face recognition model file"), str(path), KIND)
     if reader.integer() != 1:
         raise reader.fail("loss layer version")
     if reader.expect("loss_metric_", "loss_metric_2") == "loss_metric_2":

@@ -236,6 +236,28 @@ def read_layer(reader: DlibReader) -> DlibLayer:
     return DlibLayer("relu")
 
 
+def read_model_bytes(path: str | os.PathLike, what: str) -> bytes:
+    """The bytes of a dlib model file, after the checks every dlib reader makes first.
+
+    Parameters
+    ----------
+    what : str
+        The file's kind in messages, e.g. ``"detector file"``.
+
+    Raises
+    ------
+    WeightsError
+        If the file does not exist or is over 1 GiB (no dlib model is near that; a hostile size is refused
+        before it is read into memory).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{what} {str(path)!r} does not exist")
+    if path.stat().st_size > 1 << 30:
+        raise WeightsError(f"{path}: {path.stat().st_size} bytes is far too large for a {what}")
+    return path.read_bytes()
+
+
 def read_mmod(path: str | os.PathLike) -> MmodModel:
     """Parse a dlib ``loss_mmod`` network file (the MMOD face detector and networks of its shape).
 
@@ -244,12 +266,7 @@ def read_mmod(path: str | os.PathLike) -> MmodModel:
     WeightsError
         If the file is missing, truncated, altered, or not such a network.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"detector file {str(path)!r} does not exist")
-    if path.stat().st_size > 1 << 30:
-        raise WeightsError(f"{path}: {path.stat().st_size} bytes is far too large for a detector file")
-    reader = DlibReader(path.read_bytes(), str(path))
+    reader = DlibReader(read_model_bytes(path, "detector file"), str(path))
     if reader.integer() != 1:
         raise reader.fail("loss layer version")
     options = _loss(reader)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from dcnn.errors import ShapeError, WeightsError
+from dcnn.faces.dlib_format import read_model_bytes
 
 __all__ = [
     "Cascade", "ShapePredictor", "decode_integers", "encode_floats", "encode_integers", "grey_levels",
@@ -221,12 +222,7 @@ def read_shape_predictor(path: str | os.PathLike) -> ShapePredictor:
     WeightsError
         If the file is missing, truncated, altered, or not a shape predictor.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"shape predictor file {str(path)!r} does not exist")
-    if path.stat().st_size > 1 << 30:
-        raise WeightsError(f"{path}: {path.stat().st_size} bytes is far too large for a shape predictor file")
-    stream = _Stream(decode_integers(path.read_bytes(), str(path)), str(path))
+    stream = _Stream(decode_integers(read_model_bytes(path, "shape predictor file"), str(path)), str(path))
     stream.count(1, 1, "version")
     rows = int(stream.take(1)[0])
     stream.cursor -= 1
