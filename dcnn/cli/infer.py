@@ -9,6 +9,7 @@ process. All modes write the same schema, with per-task and per-layer timings.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import secrets
 import sys
@@ -28,7 +29,8 @@ from dcnn.decomposition.fused import OVERLAP_POLICIES, check_tile_grid, spatial_
 from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.errors import InputError, PlanError, ShapeError
 from dcnn.exec.forward import Forward
-from dcnn.exec.workloads import DETECTOR, Classification, Detection, Recognition, is_detector
+from dcnn.exec.imported import PREPROCESS_CHOICES, check_image_set, dims_text, load_model_file, model_input
+from dcnn.exec.workloads import DETECTOR, Classification, Detection, Recognition, is_detector, is_model_file
 from dcnn.faces.detect import DETECTION_DTYPE, MIN_IMAGE_SIDE, FaceDetector, default_detector_path
 from dcnn.io.bundled import bundled_data
 from dcnn.io.fingerprint import file_fingerprint
@@ -52,6 +54,7 @@ from dcnn.kernels.elementwise import softmax
 from dcnn.kernels.threads import default_num_threads, set_num_threads
 from dcnn.modes import MODES, PLANNED_MODES, SPLITTING_MODES
 from dcnn.network.graph import Network, format_shape, parse_grid
+from dcnn.network.onnx import OnnxModel
 from dcnn.network.weights import init_weights, load_weights
 from dcnn.network.zoo import get_model, model_names
 from dcnn.parallel.batch import TaskSplit, parse_capacities, parse_throttle, run_tasks
@@ -83,12 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m dcnn.infer",
         description="Run CNN inference over an image set and write outputs and timings to HDF5.",
         epilog="Input: an HDF5 file with an N x H x W x C uint8 dataset (preprocessed for the model) or an "
-               "N x C x H x W float32 dataset (classifiers only, used as is), or a folder of PNG/JPEG files. "
+               "N x C x H x W float32 dataset (classifiers and ONNX models only, used as is), or a folder of PNG/JPEG "
+               "files. "
                "Output: HDF5 with /outputs/detections and /outputs/detection_offsets (mmod) or /outputs/logits "
                "(N x classes), per-task and per-layer timings, statistics and provenance; see docs/results.md.")
-    parser.add_argument("--model", default=DETECTOR, metavar="NAME",
+    parser.add_argument("--model", default=DETECTOR, metavar="NAME|FILE.onnx",
                         help=f"network to run: {DETECTOR} (dlib's CNN face detector, the default), "
-                             f"{', '.join(model_names())}")
+                             f"{', '.join(model_names())}, or an ONNX model file (a path ending in .onnx, or any "
+                             "existing file): its weights come from the file, its one input is N x C x H x W "
+                             "float32 (a fixed height or width must match every image; dynamic ones take any "
+                             "size); unsupported operators are listed, with their nodes, before any work")
     parser.add_argument("--weights", metavar="FILE",
                         help="mmod: a dlib detector .dat file (default: the one installed by the [faces] extra). "
                              "Classifiers: .npz or HDF5 keyed by PyTorch state_dict names (default: seeded He "
@@ -97,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mmod: double the image size N times before detecting, to find smaller faces, "
                              "as dlib's upsample_num_times (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation without --weights (0)")
+    parser.add_argument("--preprocess", choices=PREPROCESS_CHOICES,
+                        help="ONNX models given uint8 images (HDF5 N x H x W x C, PNG/JPEG folders): imagenet = "
+                             "pixel/255, minus mean 0.485 0.456 0.406, divided by std 0.229 0.224 0.225 (RGB, as "
+                             "torchvision's models expect); none = the pixel values 0-255 as float32. Required for "
+                             "uint8 images; refused for float32 N x C x H x W sets, which are passed as they are")
     parser.add_argument("--input", metavar="PATH",
                         help="HDF5 image set or folder of images (default: the bundled data/faces.h5)")
     parser.add_argument("--dataset", default="images", metavar="NAME",
@@ -330,6 +342,7 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
     grid = parse_grid(args.grid, "--grid") if args.grid else None
     if args.mode == "spatial" and grid is not None and grid[0] * grid[1] != comm.size:
         raise PlanError(f"--grid {args.grid} needs {grid[0] * grid[1]} ranks, but {comm.size} were started")
+    model = _model_file(args)
     images = open_image_set(args.input or bundled_data(DEFAULT_INPUT), args.dataset)
     if len(images) == 0:
         raise InputError(f"{images.path}: the image set is empty")
@@ -337,6 +350,9 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
         detector = FaceDetector.load(args.weights, args.upsample)
         images.require_pixels()
         network, input_shape = detector.network, _detector_input(detector)
+    elif model is not None:
+        check_image_set(model, images, args.preprocess)
+        network, input_shape = model.network, model_input(model)
     else:
         network = get_model(args.model)
         _check_channels(network, images)
@@ -351,11 +367,47 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
         return Job(network, detector.weights, images, first, Detection(detector), DETECTION_DTYPE, plan, scan)
     size, rank = (comm.size, comm.rank) if args.mode in SPLITTING_MODES else (1, 0)
     rows = fc_shard_rows(network, size, rank)
-    weights = (load_weights(args.weights, network, rows=rows) if args.weights
-               else init_weights(network, args.seed, rows=rows))
-    num_outputs = network.output_shape(first)[0]
+    if model is not None:
+        weights = {key: value[slice(*rows[key])] if key in rows else value for key, value in model.weights.items()}
+    else:
+        weights = (load_weights(args.weights, network, rows=rows) if args.weights
+                   else init_weights(network, args.seed, rows=rows))
+    num_outputs = _num_outputs(network, scan, images)
     return Job(network, weights, images, first, Classification(network.preprocessing, num_outputs), num_outputs,
-               plan, scan)
+               plan, scan, attributes=_model_file_attributes(args, model))
+
+
+def _model_file(args: argparse.Namespace) -> OnnxModel | None:
+    """The model file that ``--model`` names, read (every unsupported operator is refused here, before the
+    images are opened), or ``None`` for the detector and the zoo; refuses options that do not apply."""
+    if not is_model_file(args.model):
+        if args.preprocess is not None:
+            raise InputError(f"--preprocess applies to ONNX model files; --model {args.model} has its own "
+                             f"preprocessing")
+        return None
+    if args.weights is not None:
+        raise InputError(f"--weights {args.weights}: the ONNX model {args.model} holds its own weights")
+    return load_model_file(args.model, args.preprocess)
+
+
+def _model_file_attributes(args: argparse.Namespace, model: OnnxModel | None) -> dict:
+    """The root attributes of a model file's run: the file, its content fingerprint (a resumed run must have the
+    same content, wherever the file is now), its input and the preprocessing of uint8 images."""
+    if model is None:
+        return {}
+    return {"model_file": str(model.path.resolve()), "model_file_fingerprint": file_fingerprint(model.path),
+            "onnx_input": f"{model.input_name} {dims_text(model.input_dims)}", "onnx_opset": model.opset,
+            "preprocess": args.preprocess or "none given (float32 tensors)"}
+
+
+def _num_outputs(network: Network, scan: Scan, images: ImageSet) -> int:
+    """Values per image in the result table: the output's size, which every image size must share."""
+    sizes = {shape: math.prod(network.output_shape(shape)) for shape in scan.shapes}
+    if len(set(sizes.values())) > 1:
+        described = ", ".join(f"{count} for {_size_text(shape, scan, images)}" for shape, count in sizes.items())
+        raise InputError(f"{images.path}: {network.name}'s output size depends on the image size ({described}); "
+                         f"one result table needs one size per image: give images of one size")
+    return next(iter(sizes.values()))
 
 
 def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster | None:
@@ -436,9 +488,21 @@ def _check_tiles(args: argparse.Namespace, network: Network, scan: Scan, images:
 
 
 def _weights_fingerprint(args: argparse.Namespace, job: Job) -> str:
-    """The content fingerprint of the weights file (the installed detector's for mmod), or ``init:<seed>``."""
+    """The content fingerprint of the weights file (the installed detector's for mmod; a model file's own), or
+    ``init:<seed>``."""
+    if "model_file_fingerprint" in job.attributes:
+        return job.attributes["model_file_fingerprint"]
     path = args.weights or (default_detector_path() if job.workload.detects else None)
     return f"init:{args.seed}" if path is None else file_fingerprint(path)
+
+
+def _resume_keys(job: Job) -> tuple[str, ...]:
+    """The attributes a resumed run must share with its file: :data:`RESUME_KEYS` and the job's own; a model
+    file is known by its content first (the file may have moved), not by its name."""
+    keys = (*RESUME_KEYS, *job.attributes)
+    if "model_file_fingerprint" in job.attributes:
+        keys = ("model_file_fingerprint", *(key for key in keys if key not in ("model", "model_file_fingerprint")))
+    return keys
 
 
 def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit, threads: int,
@@ -447,7 +511,8 @@ def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit, thr
     if comm.rank != 0:
         return None, None
     images = job.images
-    weights = args.weights or ("face_recognition_models" if job.workload.detects else f"init:{args.seed}")
+    weights = (job.attributes.get("model_file") or args.weights
+               or ("face_recognition_models" if job.workload.detects else f"init:{args.seed}"))
     attributes = {
         **provenance(mpi4py_version()), "model": job.network.name, "mode": args.mode, "weights": weights,
         "weights_fingerprint": _weights_fingerprint(args, job), "upsample": args.upsample, "input": images.path,
@@ -460,7 +525,7 @@ def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit, thr
         "mpi_thread_level": mpi_thread_level(), "started": utc_now(), **job.attributes,
     }
     if args.resume:
-        return ResultWriter.resume(args.resume, attributes, (*RESUME_KEYS, *job.attributes), lock,
+        return ResultWriter.resume(args.resume, attributes, _resume_keys(job), lock,
                                    skipped=job.scan.skipped)
     writer = ResultWriter.create(args.output, len(images), job.outputs, split.num_tasks, attributes, job.known, lock,
                                  skipped=job.scan.skipped)
