@@ -9,6 +9,7 @@ process. All modes write the same schema, with per-task and per-layer timings.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import secrets
@@ -29,7 +30,14 @@ from dcnn.decomposition.fused import OVERLAP_POLICIES, check_tile_grid, spatial_
 from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.errors import InputError, PlanError, ShapeError
 from dcnn.exec.forward import Forward
-from dcnn.exec.imported import PREPROCESS_CHOICES, check_image_set, dims_text, load_model_file, model_input
+from dcnn.exec.imported import (
+    PREPROCESS_CHOICES,
+    check_image_set,
+    dims_text,
+    load_model_file,
+    model_input,
+    reader_bytes,
+)
 from dcnn.exec.workloads import DETECTOR, Classification, Detection, Recognition, is_detector, is_model_file
 from dcnn.faces.detect import DETECTION_DTYPE, MIN_IMAGE_SIDE, FaceDetector, default_detector_path
 from dcnn.io.bundled import bundled_data
@@ -71,7 +79,16 @@ from dcnn.parallel.comm import (
 from dcnn.parallel.engines import EngineCache
 from dcnn.parallel.fused import COUNTER_FIELDS, FusedEngine, compile_fused
 from dcnn.parallel.spatial import SpatialEngine
-from dcnn.planner.plan import Cluster, Plan, choose_plan, format_bytes, parse_bytes, plan_shapes, worst_shapes
+from dcnn.planner.plan import (
+    RUNTIME_BYTES,
+    Cluster,
+    Plan,
+    choose_plan,
+    format_bytes,
+    parse_bytes,
+    plan_shapes,
+    worst_shapes,
+)
 
 __all__ = ["DEFAULT_INPUT", "build_parser", "main"]
 
@@ -359,7 +376,7 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
         input_shape = _classifier_input(network)
     scan = _scan(args, images, input_shape, comm)
     _check_tiles(args, network, scan, images)
-    plan = _plan(args, network, scan, images, comm, local_ranks)
+    plan = _plan(args, network, scan, images, comm, local_ranks, reader_bytes(model) if model else 0)
     if args.plan == "auto":
         _check_tiles(args, network, scan, images)
     first = scan.shapes[0]
@@ -426,10 +443,14 @@ def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster |
     return None
 
 
-def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: ImageSet, comm, local_ranks: int) -> Plan:
+def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: ImageSet, comm, local_ranks: int,
+          reader: int = 0) -> Plan:
     """Choose the plan (--plan auto) or model the requested one, for the image sizes that need the most memory
-    (:func:`dcnn.plan.worst_shapes`); refuse it if it exceeds a known budget."""
+    (:func:`dcnn.plan.worst_shapes`); refuse it if it exceeds a known budget. ``reader``: bytes a rank's runtime
+    holds beyond the planner's (reading a model file, :func:`dcnn.exec.imported.reader_bytes`)."""
     cluster = _cluster(args, comm.size, local_ranks)
+    if cluster is not None:
+        cluster = dataclasses.replace(cluster, runtime_bytes=cluster.runtime_bytes + reader)
     worst = worst_shapes(scan.counts(), args.batch_size)
     images = len(scan.shape_of)
     if args.plan == "auto":
@@ -447,7 +468,7 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
             print(f"plan: {plan.describe()}, predicted peak {format_bytes(plan.peak())} per rank "
                   f"(budget {format_bytes(min(cluster.budget(r) for r in range(cluster.size)))})", flush=True)
         return plan
-    modelled = cluster or Cluster.uniform(comm.size, 2**62)
+    modelled = cluster or Cluster.uniform(comm.size, 2**62, runtime_bytes=RUNTIME_BYTES + reader)
     mode = "batch" if args.mode == "single" else args.mode
     grid = (parse_grid(args.grid, "--grid") if mode == "spatial" and args.grid else
             parse_grid(args.tiles, "--tiles") if mode == "fused" else None)

@@ -1,8 +1,8 @@
 """Models a user brings as ONNX files: how ``--model`` names one, how images become its input, which sizes it takes.
 
 ``--model`` takes a zoo name, ``mmod``, or a model file (:func:`dcnn.exec.workloads.is_model_file`: a path
-ending in ``.onnx``, or any existing file whose name is not a zoo model's). The file is read by :func:`dcnn.network.onnx.load_onnx`; this module adds what a run
-needs around it (pure, no MPI):
+ending in ``.onnx``, or any existing file whose name is not a zoo model's). The file is read by
+:func:`dcnn.network.onnx.load_onnx`; this module adds what a run needs around it (pure, no MPI):
 
 - **Preprocessing.** An ONNX file does not say how its input was normalised. float32 ``N x C x H x W`` image sets
   are passed to the model as they are; uint8 images (HDF5 ``N x H x W x C`` sets, PNG/JPEG folders) need
@@ -24,11 +24,20 @@ from dcnn.network.graph import IMAGENET, Preprocessing, format_shape, raw_pixels
 from dcnn.network.layers import Shape
 from dcnn.network.onnx import OnnxModel, load_onnx
 
-__all__ = ["PREPROCESS_CHOICES", "check_image_set", "dims_text", "load_model_file", "model_input",
-           "preprocessing_for"]
+__all__ = ["PREPROCESS_CHOICES", "check_image_set", "dims_text", "load_model_file", "model_input", "preprocessing_for"]
 
 #: The values of ``--preprocess``, for uint8 images given to a model file.
 PREPROCESS_CHOICES = ("imagenet", "none")
+#: Resident memory that reading an ONNX file adds to a rank besides the file's contents: the onnx package (its
+#: checker, shape inference and reference evaluator, with protobuf) measured 18 MiB on x86-64 Linux; with a margin.
+ONNX_PACKAGE_BYTES = 24 * 2**20
+
+
+def reader_bytes(model: OnnxModel) -> int:
+    """The peak memory reading ``model`` added to its rank, for the planner's runtime: the onnx package
+    (:data:`ONNX_PACKAGE_BYTES`) and twice the file, since the parsed file and its shape-inferred copy are held
+    together while the weights are copied out of them."""
+    return ONNX_PACKAGE_BYTES + 2 * model.path.stat().st_size
 
 
 def preprocessing_for(choice: str | None, channels: int) -> Preprocessing:
@@ -44,8 +53,10 @@ def preprocessing_for(choice: str | None, channels: int) -> Preprocessing:
     """
     if choice == "imagenet":
         if channels != len(IMAGENET.mean):
-            raise InputError(f"--preprocess imagenet normalises RGB images, but the model takes {channels} "
-                             f"channel{'s' if channels != 1 else ''}; use --preprocess none or float32 tensors")
+            raise InputError(
+                f"--preprocess imagenet normalises RGB images, but the model takes {channels} "
+                f"channel{'s' if channels != 1 else ''}; use --preprocess none or float32 tensors"
+            )
         return IMAGENET
     return raw_pixels(channels)
 
@@ -62,8 +73,7 @@ def load_model_file(path: str, preprocess: str | None = None) -> OnnxModel:
         A model with a fixed input size whose layers do not fit it.
     """
     model = load_onnx(path)
-    network = dataclasses.replace(model.network,
-                                  preprocessing=preprocessing_for(preprocess, model.network.in_channels))
+    network = dataclasses.replace(model.network, preprocessing=preprocessing_for(preprocess, model.network.in_channels))
     return dataclasses.replace(model, network=network)
 
 
@@ -79,12 +89,17 @@ def model_input(model: OnnxModel) -> Callable[[int, int], Shape]:
     dims = model.input_dims
 
     def input_shape(height: int, width: int) -> Shape:
-        fixed = [(axis, want, got) for axis, want, got in (("height", dims[2], height), ("width", dims[3], width))
-                 if want is not None and want != got]
+        fixed = [
+            (axis, want, got)
+            for axis, want, got in (("height", dims[2], height), ("width", dims[3], width))
+            if want is not None and want != got
+        ]
         if fixed:
             wanted = "x".join("H" if d is None else str(d) for d in dims[2:])
-            raise ShapeError(f"{height}x{width} images do not fit {model.path.name}, whose input {model.input_name!r} "
-                             f"is {dims_text(dims)} (N x C x H x W): it takes {wanted} images only; resize them")
+            raise ShapeError(
+                f"{height}x{width} images do not fit {model.path.name}, whose input {model.input_name!r} "
+                f"is {dims_text(dims)} (N x C x H x W): it takes {wanted} images only; resize them"
+            )
         shape = (model.network.in_channels, height, width)
         model.network.shapes(shape)
         return shape
@@ -112,14 +127,20 @@ def check_image_set(model: OnnxModel, images: ImageSet, preprocess: str | None) 
     tensors = isinstance(images, Hdf5ImageSet) and not images.channels_last
     channels = model.network.in_channels
     if not tensors and preprocess is None:
-        raise InputError(f"{images.path}: uint8 images, and {model.path.name} does not say how it normalises "
-                         f"pixels; give --preprocess imagenet (torchvision's models) or --preprocess none (values "
-                         f"0-255), or float32 N x {channels} x H x W tensors preprocessed as the model expects")
+        raise InputError(
+            f"{images.path}: uint8 images, and {model.path.name} does not say how it normalises "
+            f"pixels; give --preprocess imagenet (torchvision's models) or --preprocess none (values "
+            f"0-255), or float32 N x {channels} x H x W tensors preprocessed as the model expects"
+        )
     if tensors and preprocess is not None:
-        raise InputError(f"--preprocess {preprocess} applies to uint8 images; {images.path} holds float32 tensors, "
-                         f"which {model.path.name} takes as they are (leave --preprocess out)")
+        raise InputError(
+            f"--preprocess {preprocess} applies to uint8 images; {images.path} holds float32 tensors, "
+            f"which {model.path.name} takes as they are (leave --preprocess out)"
+        )
     if tensors and images.channels != channels:
-        raise InputError(f"{images.path}: tensors have {images.channels} channels, {model.path.name}'s input "
-                         f"{model.input_name!r} takes {channels} ({format_shape(model.network.input_shape)})")
+        raise InputError(
+            f"{images.path}: tensors have {images.channels} channels, {model.path.name}'s input "
+            f"{model.input_name!r} takes {channels} ({format_shape(model.network.input_shape)})"
+        )
     if isinstance(images, Hdf5ImageSet) and images.channels_last and images.channels not in (channels, 3):
         raise InputError(f"{images.path}: images have {images.channels} channels, {model.path.name} takes {channels}")

@@ -17,8 +17,8 @@ from typing import ClassVar
 import numpy as np
 
 from dcnn.errors import InputError, ShapeError
-from dcnn.faces.detect import DETECTION_DTYPE, FaceDetector, to_records
 from dcnn.exec.imported import load_model_file, model_input
+from dcnn.faces.detect import DETECTION_DTYPE, FaceDetector, to_records
 from dcnn.faces.pipeline import DEFAULT_TOLERANCE, FACE_DTYPE, FaceDescriber, Gallery, identify
 from dcnn.io.images import ImageSet
 from dcnn.io.scan import Skip, skip_for

@@ -32,8 +32,13 @@ class ResidualCNN(nn.Module):
     def __init__(self, classes: int = 7):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.body = nn.Sequential(nn.Conv2d(8, 12, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(12),
-                                  nn.ReLU(), nn.Conv2d(12, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12))
+        self.body = nn.Sequential(
+            nn.Conv2d(8, 12, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(12),
+            nn.ReLU(),
+            nn.Conv2d(12, 12, 3, padding=1, bias=False),
+            nn.BatchNorm2d(12),
+        )
         self.shortcut = nn.Sequential(nn.Conv2d(8, 12, 1, stride=2, bias=False), nn.BatchNorm2d(12))
         self.left = nn.Conv2d(12, 6, 1)
         self.right = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.Conv2d(12, 6, 3, padding=1, groups=2))
@@ -51,10 +56,21 @@ def chain_cnn(classes: int = 10) -> nn.Module:
     pool and two fully connected layers (random weights drawn from PyTorch's seeded generator)."""
     torch.manual_seed(0)
     module = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU6(), nn.AvgPool2d(3, 1, 1, count_include_pad=False),
-        nn.Conv2d(16, 16, 3, padding=2, dilation=2), nn.LeakyReLU(0.1),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, classes))
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU6(),
+        nn.AvgPool2d(3, 1, 1, count_include_pad=False),
+        nn.Conv2d(16, 16, 3, padding=2, dilation=2),
+        nn.LeakyReLU(0.1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 32),
+        nn.ReLU(),
+        nn.Linear(32, classes),
+    )
     return _randomised(module)
 
 
@@ -76,8 +92,9 @@ def _randomised(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-def export(module: nn.Module, path: str | os.PathLike, input_shape: tuple[int, int, int],
-           dynamic: bool = True, opset: int = 17) -> Path:
+def export(
+    module: nn.Module, path: str | os.PathLike, input_shape: tuple[int, int, int], dynamic: bool = True, opset: int = 17
+) -> Path:
     """Export ``module`` to ``path`` with input :data:`INPUT_NAME` of ``(batch, *input_shape)``.
 
     ``dynamic``: batch, height and width are named dimensions (any size); otherwise the batch is 1 and the
@@ -85,13 +102,22 @@ def export(module: nn.Module, path: str | os.PathLike, input_shape: tuple[int, i
     """
     axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}} if dynamic else None
     with torch.no_grad():
-        torch.onnx.export(module, (torch.zeros((1, *input_shape)),), str(path), input_names=[INPUT_NAME],
-                          output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+        torch.onnx.export(
+            module,
+            (torch.zeros((1, *input_shape)),),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
     return Path(path)
 
 
-def export_zoo(name: str, path: str | os.PathLike, input_shape: tuple[int, int, int], seed: int = 0,
-               dynamic: bool = True) -> Path:
+def export_zoo(
+    name: str, path: str | os.PathLike, input_shape: tuple[int, int, int], seed: int = 0, dynamic: bool = True
+) -> Path:
     """The PyTorch reference of zoo model ``name`` (:mod:`dcnn.testing.torch_models`) with dcnn's seeded weights,
     exported to ``path``."""
     return export(torch_model(name, init_weights(get_model(name), seed)), path, input_shape, dynamic)
@@ -100,13 +126,20 @@ def export_zoo(name: str, path: str | os.PathLike, input_shape: tuple[int, int, 
 def unsupported_model(path: str | os.PathLike) -> Path:
     """A model with two unsupported operator types (``TopK`` twice, ``Cos`` once) after a supported ``Relu``."""
     k = helper.make_tensor("k", TensorProto.INT64, [1], [2])
-    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
-             helper.make_node("Cos", ["r"], ["c"], name="cosine"),
-             helper.make_node("Flatten", ["c"], ["f"], name="flat"),
-             helper.make_node("TopK", ["f", "k"], ["v1", "i1"], name="top_a"),
-             helper.make_node("TopK", ["v1", "k"], ["y", "i2"], name="top_b")]
-    graph = helper.make_graph(nodes, "refused", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], initializer=[k])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Cos", ["r"], ["c"], name="cosine"),
+        helper.make_node("Flatten", ["c"], ["f"], name="flat"),
+        helper.make_node("TopK", ["f", "k"], ["v1", "i1"], name="top_a"),
+        helper.make_node("TopK", ["v1", "k"], ["y", "i2"], name="top_b"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "refused",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        initializer=[k],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -114,7 +147,8 @@ def unsupported_model(path: str | os.PathLike) -> Path:
 
 
 def run_onnxruntime(path: str | os.PathLike, batch: np.ndarray) -> np.ndarray:
-    """The model's first output for ``batch`` computed by onnxruntime on one thread (the oracle)."""
+    """The model's first output for ``batch`` computed by onnxruntime on one thread, one image at a time (so
+    models with a fixed batch of 1 run too): the oracle."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -122,4 +156,5 @@ def run_onnxruntime(path: str | os.PathLike, batch: np.ndarray) -> np.ndarray:
     options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return session.run(None, {name: np.ascontiguousarray(batch, np.float32)})[0]
+    images = np.ascontiguousarray(batch, np.float32)
+    return np.concatenate([session.run(None, {name: images[i : i + 1]})[0] for i in range(len(images))])
