@@ -95,7 +95,7 @@ def model_input(model: OnnxModel) -> Callable[[int, int], Shape]:
             if want is not None and want != got
         ]
         if fixed:
-            wanted = "x".join("H" if d is None else str(d) for d in dims[2:])
+            wanted = "x".join(letter if d is None else str(d) for letter, d in zip("HW", dims[2:]))
             raise ShapeError(
                 f"{height}x{width} images do not fit {model.path.name}, whose input {model.input_name!r} "
                 f"is {dims_text(dims)} (N x C x H x W): it takes {wanted} images only; resize them"
