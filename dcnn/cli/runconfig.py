@@ -86,7 +86,8 @@ def restore(args: argparse.Namespace, given: frozenset[str], text: str, path: st
     for key in (*IDENTITY, *(key for key in RECOGNITION if key in stored and hasattr(args, key))):
         if key not in given:
             setattr(args, key, stored[key])
-        elif not _is_path(key, stored[key]) and getattr(args, key) != stored[key]:
+        elif getattr(args, key) != stored[key] and not (_is_path(key, stored[key])
+                                                        and _is_path(key, getattr(args, key))):
             raise InputError(f"--resume {str(path)!r}: it was made with {_flag(key)} {stored[key]}, this run asks "
                              f"for {getattr(args, key)}; leave {_flag(key)} out to continue it")
     for key in ("input", "weights", "model"):
