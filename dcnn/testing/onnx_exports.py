@@ -8,6 +8,7 @@ never committed. Importing this module needs PyTorch and onnx (the ``test`` and 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,8 @@ def export(
     input size fixed. Returns the path.
     """
     axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}} if dynamic else None
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: the one that folds BN
         torch.onnx.export(
             module,
             (torch.zeros((1, *input_shape)),),
