@@ -103,7 +103,7 @@ def export(
     """
     axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}} if dynamic else None
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: the one that folds BN
+        warnings.simplefilter("ignore", DeprecationWarning)  # dynamo=False: the TorchScript exporter (no onnxscript)
         torch.onnx.export(
             module,
             (torch.zeros((1, *input_shape)),),
