@@ -28,6 +28,7 @@ from dcnn.kernels.depthwise import conv_kernel
 from dcnn.kernels.elementwise import (
     affine_channels,
     batch_norm_scale_shift,
+    clip,
     elu,
     hardsigmoid,
     hardswish,
@@ -42,15 +43,17 @@ from dcnn.kernels.elementwise import (
     softmax,
     tanh,
 )
-from dcnn.kernels.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
+from dcnn.kernels.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d, pad2d
 from dcnn.network.graph import INPUT, Network
 from dcnn.network.layers import (
     ELU,
     AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
     Add,
     Affine,
     AvgPool2d,
     BatchNorm2d,
+    Clip,
     Concat,
     Conv2d,
     Dropout,
@@ -63,6 +66,7 @@ from dcnn.network.layers import (
     LocalResponseNorm,
     MaxPool2d,
     Mul,
+    Pad2d,
     PReLU,
     ReLU,
     ReLU6,
@@ -146,11 +150,11 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
     if isinstance(layer, AvgPool2d):
         def run_avg(x, p):
             padding = _own_padding(layer, x, p)
-            # Only the layer's symmetric padding counts in the divisor, never the ceil_mode overhang, also
+            # Only the layer's declared padding counts in the divisor, never the ceil_mode overhang, also
             # when a spatial block passes its own border padding.
-            vertical, horizontal = layer.padding
-            counted = (min(padding[0], vertical), min(padding[1], vertical), min(padding[2], horizontal),
-                       min(padding[3], horizontal)) if layer.count_include_pad else 0
+            declared = layer.window.declared_padding()
+            counted = tuple(min(given, side) for given, side in zip(padding, declared)) \
+                if layer.count_include_pad else 0
             return avg_pool2d(x, layer.kernel_size, layer.stride, padding, counted)
         return LayerOp(name, layer, run_avg)
     if isinstance(layer, MaxPool2d):
@@ -158,6 +162,10 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
                                                             _own_padding(layer, x, p), layer.dilation))
     if isinstance(layer, AdaptiveAvgPool2d):
         return LayerOp(name, layer, lambda x, p: adaptive_avg_pool2d(x, layer.output_size))
+    if isinstance(layer, AdaptiveMaxPool2d):
+        return LayerOp(name, layer, lambda x, p: adaptive_max_pool2d(x, layer.output_size))
+    if isinstance(layer, Pad2d):
+        return LayerOp(name, layer, lambda x, p: pad2d(x, _own_padding(layer, x, p), layer.value))
     if isinstance(layer, BatchNorm2d):
         scale, shift = batch_norm_scale_shift(tensors["weight"], tensors["bias"], tensors["running_mean"],
                                               tensors["running_var"], layer.eps)
@@ -178,7 +186,8 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
         Tanh: lambda x, p: tanh(x, out=x),
         Sigmoid: lambda x, p: sigmoid(x, out=x),
         SiLU: lambda x, p: silu(x, out=x),
-        Hardsigmoid: lambda x, p: hardsigmoid(x, out=x),
+        Hardsigmoid: lambda x, p: hardsigmoid(x, out=x, alpha=layer.alpha, beta=layer.beta),  # type: ignore[attr-defined]
+        Clip: lambda x, p: clip(x, layer.min_value, layer.max_value, out=x),  # type: ignore[attr-defined]
         Hardswish: lambda x, p: hardswish(x, out=x),
         Dropout: _identity,
         # The executor puts an input it may overwrite first (addition commutes); gates broadcast over H x W.
@@ -196,7 +205,7 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
         return LayerOp(name, layer, lambda x, p: local_response_norm(x, layer.size, layer.alpha, layer.beta,
                                                                      layer.k))
     if isinstance(layer, Softmax):
-        return LayerOp(name, layer, lambda x, p: softmax(x, axis=1))
+        return LayerOp(name, layer, lambda x, p: softmax(x, None if layer.axis is None else layer.axis + 1))
     raise TypeError(f"no kernel for layer type {type(layer).__name__}")
 
 

@@ -128,16 +128,17 @@ def _default_opset(model, path: Path) -> int:
     return versions[0]
 
 
-def _needed_nodes(graph, output: str) -> list[bool]:
-    """Per node, whether the graph output depends on it (dead branches and unused outputs are skipped)."""
-    needed_tensors = {output}
+def _needed(graph, output: str) -> tuple[list[bool], set[str]]:
+    """Per node, whether the graph output depends on it, and the tensors it depends on (dead branches and
+    unused outputs are skipped)."""
+    tensors = {output}
     needed = [False] * len(graph.node)
     for index in range(len(graph.node) - 1, -1, -1):
         node = graph.node[index]
-        if any(name in needed_tensors for name in node.output):
+        if any(name in tensors for name in node.output):
             needed[index] = True
-            needed_tensors.update(name for name in node.input if name)
-    return needed
+            tensors.update(name for name in node.input if name)
+    return needed, tensors
 
 
 def _the_input(graph, constants, path: Path):
@@ -204,7 +205,8 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET) 
 
     unsupported: dict[str, list[tuple[str, str]]] = {}
     conversions: list[tuple[str, str | list[Step]]] = []
-    for node, needed in zip(graph.node, _needed_nodes(graph, output_name)):
+    needed_nodes, needed_tensors = _needed(graph, output_name)
+    for node, needed in zip(graph.node, needed_nodes):
         if not needed:
             continue
         name = node.name or node.output[0]
@@ -226,7 +228,9 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET) 
             unsupported.setdefault(op, []).append((name, ""))
             continue
         try:
-            conversions.append((node.output[0], converter(NodeContext(node, name, opset, constants, shapes))))
+            conversions.append(
+                (node.output[0], converter(NodeContext(node, name, opset, constants, shapes, needed_tensors)))
+            )
         except Unsupported as error:
             unsupported.setdefault(op, []).append((name, error.reason))
     if unsupported:
