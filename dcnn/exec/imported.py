@@ -24,20 +24,35 @@ from dcnn.network.graph import IMAGENET, Preprocessing, format_shape, raw_pixels
 from dcnn.network.layers import Shape
 from dcnn.network.onnx import OnnxModel, load_onnx
 
-__all__ = ["PREPROCESS_CHOICES", "check_image_set", "dims_text", "load_model_file", "model_input", "preprocessing_for"]
+__all__ = [
+    "ONNX_PACKAGE_BYTES",
+    "PREPROCESS_CHOICES",
+    "READER_COPIES",
+    "check_image_set",
+    "dims_text",
+    "load_model_file",
+    "model_input",
+    "preprocessing_for",
+    "reader_bytes",
+]
 
 #: The values of ``--preprocess``, for uint8 images given to a model file.
 PREPROCESS_CHOICES = ("imagenet", "none")
-#: Resident memory that reading an ONNX file adds to a rank besides the file's contents: the onnx package (its
-#: checker, shape inference and reference evaluator, with protobuf) measured 18 MiB on x86-64 Linux; with a margin.
+#: Resident memory the onnx package adds to a rank that reads a model (its checker, shape inference and reference
+#: evaluator, with protobuf): measured 18 MiB on x86-64 Linux; with a margin.
 ONNX_PACKAGE_BYTES = 24 * 2**20
+#: Copies of a model file that reading it holds at its peak besides the weights it returns: the parsed file, the
+#: serialised and re-parsed copies of the checker and of shape inference. Measured: the peak of
+#: :func:`~dcnn.network.onnx.load_onnx` is 5.0-5.1 times the file (14 and 45 MB files), of which one is the weights.
+READER_COPIES = 4
 
 
 def reader_bytes(model: OnnxModel) -> int:
-    """The peak memory reading ``model`` added to its rank, for the planner's runtime: the onnx package
-    (:data:`ONNX_PACKAGE_BYTES`) and twice the file, since the parsed file and its shape-inferred copy are held
-    together while the weights are copied out of them."""
-    return ONNX_PACKAGE_BYTES + 2 * model.path.stat().st_size
+    """The memory reading ``model`` adds to its rank beyond the weights the planner counts: the onnx package
+    (:data:`ONNX_PACKAGE_BYTES`) and :data:`READER_COPIES` times the file. The copies are transient (they are
+    freed before the first image), so adding them to the planner's runtime over-predicts a run whose later peak
+    is larger; it never under-predicts."""
+    return ONNX_PACKAGE_BYTES + READER_COPIES * model.path.stat().st_size
 
 
 def preprocessing_for(choice: str | None, channels: int) -> Preprocessing:
