@@ -73,7 +73,7 @@ RUNS = [
     ("residual", "small", ("--mode", "fused", "--tiles", "2x2", "--halo-policy", "reuse"), 2),
     ("residual", "small", ("--mode", "fused", "--tiles", "2x2", "--halo-policy", "recompute"), 3),
     ("resnet18", "large", ("--mode", "spatial"), 2),
-    ("resnet18", "large", ("--mode", "fused", "--tiles", "3x3", "--halo-policy", "reuse"), 3),
+    ("resnet18", "large", ("--mode", "fused", "--tiles", "2x2", "--halo-policy", "reuse"), 3),
     ("mobilenet_v2", "large", ("--mode", "batch"), 2),
     ("mobilenet_v2", "large", ("--mode", "fused", "--tiles", "2x2", "--halo-policy", "recompute"), 2),
     ("mobilenet_v2", "large", ("--mode", "spatial", "--grid", "3x1"), 3),

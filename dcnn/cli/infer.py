@@ -522,7 +522,8 @@ def _resume_keys(job: Job) -> tuple[str, ...]:
     file is known by its content first (the file may have moved), not by its name."""
     keys = (*RESUME_KEYS, *job.attributes)
     if "model_file_fingerprint" in job.attributes:
-        keys = ("model_file_fingerprint", *(key for key in keys if key not in ("model", "model_file_fingerprint")))
+        keys = ("model_file_fingerprint",
+                *(key for key in keys if key not in ("model", "model_file", "model_file_fingerprint")))
     return keys
 
 
