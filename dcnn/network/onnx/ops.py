@@ -557,11 +557,11 @@ def convert_softmax(ctx: NodeContext) -> Conversion:
     rank = ctx.rank(0, (2, 4))
     axis = int(ctx.attribute("axis", 1 if ctx.opset < 13 else -1)) % rank
     shape = ctx.shape(0)
-    if ctx.opset < 13 and axis != 1:
-        raise Unsupported(f"axis {axis} (before opset 13 dcnn normalises from axis 1)")
+    if ctx.opset < 13 and axis not in (1, rank - 1):
+        raise Unsupported(f"axis {axis} (before opset 13 dcnn normalises from axis 1 or the last axis)")
     if axis == 0:
         raise Unsupported("axis 0 (across the batch)")
-    if ctx.opset < 13 or rank == 2 or all(d == 1 for i, d in enumerate(shape[1:], 1) if i != axis):
+    if axis == 1 and (ctx.opset < 13 or rank == 2 or all(d == 1 for d in shape[2:])):
         return [Step(Softmax(), (ctx.activation(0),))]
     return [Step(Softmax(axis - 1), (ctx.activation(0),))]
 

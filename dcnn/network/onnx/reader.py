@@ -141,7 +141,8 @@ def _needed(graph, output: str) -> tuple[list[bool], set[str]]:
     return needed, tensors
 
 
-def _the_input(graph, constants, path: Path):
+def _the_input(graph, constants, path: Path, image_input: bool):
+    """The graph's one input without an initializer: its name and declared dims."""
     onnx = _onnx()
     inputs = [value for value in graph.input if value.name not in constants]
     if len(inputs) != 1:
@@ -150,9 +151,10 @@ def _the_input(graph, constants, path: Path):
     value = inputs[0]
     dims = _shape_of(value)
     elem = value.type.tensor_type.elem_type if value.type.HasField("tensor_type") else 0
-    if elem != onnx.TensorProto.FLOAT or dims is None or len(dims) != 4 or dims[1] is None:
+    ranks = (4,) if image_input else (2, 4)
+    if elem != onnx.TensorProto.FLOAT or dims is None or len(dims) not in ranks or dims[1] is None:
         kind = onnx.helper.tensor_dtype_to_np_dtype(elem).name if elem else "non-tensor"
-        shape = "unknown rank" if dims is None else "x".join("?" if d is None else str(d) for d in dims)
+        shape = "of unknown rank" if dims is None else "x".join("?" if d is None else str(d) for d in dims)
         raise InputError(
             f"{path}: input {value.name!r} is {kind} {shape}; dcnn runs float32 N x C x H x W "
             f"images with a fixed channel count"
@@ -160,7 +162,7 @@ def _the_input(graph, constants, path: Path):
     return value.name, dims
 
 
-def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET) -> OnnxModel:
+def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, image_input: bool = True) -> OnnxModel:
     """Read an ONNX model into a dcnn network and its weights.
 
     Parameters
@@ -169,6 +171,9 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET) 
         The ``.onnx`` file; external data files are looked up relative to its folder.
     preprocessing : Preprocessing
         How uint8 images become the model's input (the network records it; the model itself does not say).
+    image_input : bool
+        Require an N x C x H x W input (what every dcnn command runs); ``False`` also reads a model of an
+        (N, F) input, such as a classifier head (its network's ``input_shape`` is ``(F,)``).
 
     Returns
     -------
@@ -193,7 +198,7 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET) 
     opset = _default_opset(model, path)
     opsets = {entry.domain or "": entry.version for entry in model.opset_import}
     constants: dict[str, np.ndarray] = {tensor.name: tensor_value(tensor) for tensor in graph.initializer}
-    input_name, dims = _the_input(graph, constants, path)
+    input_name, dims = _the_input(graph, constants, path, image_input)
     if len(graph.output) != 1:
         raise InputError(f"{path}: dcnn runs models with one output, this one has {len(graph.output)}")
     output_name = graph.output[0].name
@@ -272,9 +277,12 @@ def _build(
     if names.get(output_name) == INPUT:
         # The graph passes its input through (Identity, Dropout): one identity layer carries it.
         builder.add(layer_name(output_name), Dropout(0.0))
-    height, width = dims[2], dims[3]
-    fixed = height is not None and width is not None
-    input_shape = (int(dims[1]), height or DYNAMIC_SIZE, width or DYNAMIC_SIZE)
+    if len(dims) == 2:
+        input_shape, fixed = (int(dims[1]),), True
+    else:
+        height, width = dims[2], dims[3]
+        fixed = height is not None and width is not None
+        input_shape = (int(dims[1]), height or DYNAMIC_SIZE, width or DYNAMIC_SIZE)
     network = builder.build(
         path.stem,
         input_shape,
