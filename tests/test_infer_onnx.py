@@ -182,17 +182,12 @@ def test_the_cost_table_and_the_planner_of_a_model_file(exported):
 
 
 def light_case(name: str):
-    """A light model's input (the ramp ONNX's runner feeds it) and expected output, with the suite's tolerance."""
-    onnx = oracle("onnx")
-    from onnx.backend.test.loader import load_model_tests
-    from onnx.backend.test.runner import Runner
+    """A light model's input (the ramp ONNX's runner feeds it), expected output and tolerance."""
+    from dcnn.testing.onnx_conformance import light_cases
 
-    case = next(case for case in load_model_tests(kind="light") if case.model_name == f"light_{name}")
-    model = onnx.load(str(LIGHT / f"light_{name}.onnx"), load_external_data=False)
-    initializers = {tensor.name for tensor in model.graph.initializer}
-    value = next(value for value in model.graph.input if value.name not in initializers)
-    expected = onnx.numpy_helper.to_array(onnx.load_tensor(str(LIGHT / f"light_{name}_output_0.pb")))
-    return Runner.generate_dummy_data(value, seed=0, name=name, random=False), expected, case.rtol, case.atol
+    case = next(case for case in light_cases() if case.name == f"test_{name}")
+    (inputs, outputs), = case.data_sets
+    return inputs[0], outputs[0], case.rtol, case.atol
 
 
 #: The cheapest light models (by multiply-accumulates and weights), each in spatial and fused mode at 2 to 4 ranks.
