@@ -1,10 +1,11 @@
 """The spatial plan without MPI: blocks tile every map, FC shards partition the neurons, halos are minimal."""
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
-from dcnn.decomposition.geometry import split_extent
-from dcnn.decomposition.spatial import fc_shard_rows, plan_spatial
+from dcnn.decomposition.spatial import FC_ROW_ALIGNMENT, fc_shard_rows, fc_shards, plan_spatial
 from dcnn.network.zoo import get_model
 
 
@@ -60,7 +61,13 @@ def test_fc_shards_partition_the_neurons(size):
     for key in shards[0]:
         rows = [shard[key] for shard in shards]
         out_features = rows[-1][1]
-        assert rows == split_extent(out_features, size)
+        assert rows == fc_shards(out_features, size)
+        assert rows[0][0] == 0 and rows[-1][1] == out_features
+        assert all(a[1] == b[0] for a, b in pairwise(rows)), "contiguous, in rank order"
+        aligned = all(start % FC_ROW_ALIGNMENT == 0 for start, stop in rows if stop > start)
+        assert aligned, "non-empty shards start where the whole matrix's blocks do"
+        sizes = [stop - start for start, stop in rows]
+        assert max(sizes) - min(sizes) <= FC_ROW_ALIGNMENT or size > out_features // FC_ROW_ALIGNMENT
 
 
 def _read_pixels(layer, in_shape, out_box):

@@ -23,9 +23,8 @@ from dcnn.decomposition.geometry import (
     Box,
     assemble_boxes,
     input_box,
-    split_extent,
 )
-from dcnn.decomposition.spatial import SpatialLayerPlan, plan_spatial
+from dcnn.decomposition.spatial import SpatialLayerPlan, fc_shards, plan_spatial
 from dcnn.exec.forward import Forward, apply_op
 from dcnn.network.graph import INPUT, Network
 from dcnn.network.layers import Linear, Shape
@@ -240,7 +239,7 @@ class SpatialEngine:
         if not isinstance(op.layer, Linear) or self.plan.size == 1:
             return out
         batch = out.shape[0]
-        counts = [batch * (stop - begin) for begin, stop in split_extent(op.layer.out_features, self.plan.size)]
+        counts = [batch * (stop - begin) for begin, stop in fc_shards(op.layer.out_features, self.plan.size)]
         start = time.perf_counter()
         gathered = allgather_blocks(self.comm, out.T, counts)
         self.stats.wait_seconds[index] += time.perf_counter() - start

@@ -31,9 +31,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from dcnn.decomposition.fused import plan_fused, spatial_depth, sub_network
-from dcnn.decomposition.geometry import split_extent
 from dcnn.decomposition.reuse import plan_reuse
-from dcnn.decomposition.spatial import plan_spatial
+from dcnn.decomposition.spatial import fc_shards, plan_spatial
 from dcnn.errors import InputError, PlanError
 from dcnn.io.config import read_toml
 from dcnn.io.numbers import check_number
@@ -331,7 +330,7 @@ def _weights(network: Network, input_shape: Shape, ranks: int) -> tuple[list[int
     for row in network.costs(input_shape):
         if isinstance(row.layer, Linear):
             shares = [row.param_bytes * (stop - start) // row.layer.out_features
-                      for start, stop in split_extent(row.layer.out_features, ranks)]
+                      for start, stop in fc_shards(row.layer.out_features, ranks)]
         else:
             # A convolution's weights are held twice: as loaded, and laid out for its kernel.
             shares = [row.param_bytes * (2 if isinstance(row.layer, Conv2d) else 1)] * ranks
