@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from dcnn.decomposition.spatial import fc_shard_rows
+from dcnn.decomposition.spatial import FC_ROW_ALIGNMENT, fc_shard_rows
 from dcnn.exec.forward import Forward
+from dcnn.network.graph import Network
+from dcnn.network.layers import Flatten, Linear
 from dcnn.network.weights import init_weights
 from dcnn.network.zoo import get_model
 from dcnn.parallel.comm import idle_barrier
@@ -127,7 +129,23 @@ def test_exchanged_bytes_equal_the_geometry(dims_kind):
 
 def test_fc_weights_are_sharded():
     rows = COMM.allgather(shard_weights("vgg16_bn")["classifier.0.weight"].shape[0])
-    assert sum(rows) == 4096 and max(rows) - min(rows) <= 1
+    assert sum(rows) == 4096 and max(rows) - min(rows) <= FC_ROW_ALIGNMENT
+
+
+def test_fc_shards_compute_the_single_process_logits_bit_for_bit():
+    """Regression: shards of 334 rows (np 3) rounded the last bit differently from the whole layer's GEMM, which
+    turned the equal logits of a constant-weight model (ONNX's light models) into a one-hot softmax."""
+    network = Network("constant", (("flatten", Flatten()), ("fc", Linear(1024, 1000))), (1024, 1, 1))
+    rows = fc_shard_rows(network, COMM.size, COMM.rank)
+    x = np.random.default_rng(0).standard_normal((1, 1024, 1, 1)).astype(np.float32)
+    weights = {"fc.weight": np.full((1000, 1024), 0.01, np.float32), "fc.bias": np.zeros(1000, np.float32)}
+    expected = Forward(network, weights)(x)
+    shard = {key: value[slice(*rows[key])] for key, value in weights.items()}
+    engine = SpatialEngine(network, shard, (1024, 1, 1), COMM)
+    logits = engine(x)
+    engine.close()
+    np.testing.assert_array_equal(logits, expected)
+    assert (logits == logits[0, 0]).all()
 
 
 def test_unusual_layers_pointwise_first_ceil_avgpool_padding_only_windows():
