@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import oracle, random_array
 
-from dcnn.errors import InputError, ShapeError
+from dcnn.errors import InputError, ShapeError, WeightsError
 from dcnn.exec.forward import Forward
 from dcnn.network.graph import INPUT
 from dcnn.network.layers import Dropout, ReLU
@@ -187,3 +187,15 @@ def test_is_onnx_path():
 def test_a_pointwise_layer_follows_the_graph_order(tmp_path, rng):
     network = load_onnx(conv_relu(tmp_path, rng)[0]).network
     assert isinstance(network.layers[-1][1], ReLU) and network.is_chain
+
+
+def test_inconsistent_or_non_finite_weights_are_refused(tmp_path, rng):
+    """A file that passes the checker but whose tensors contradict the layer, or hold NaN (damage)."""
+    weights = {"W": random_array(rng, 4, 3, 3, 3), "B": random_array(rng, 5)}
+    path = save(tmp_path, [helper.make_node("Conv", ["x", "W", "B"], ["y"])], weights=weights)
+    with pytest.raises(WeightsError, match=r"'y.bias' has shape \(5,\)"):
+        load_onnx(path)
+    weights = {"W": np.full((4, 3, 3, 3), np.nan, np.float32)}
+    path = save(tmp_path, [helper.make_node("Conv", ["x", "W"], ["y"])], weights=weights, name="nan.onnx")
+    with pytest.raises(WeightsError, match="NaN or infinite"):
+        load_onnx(path)
