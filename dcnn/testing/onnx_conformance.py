@@ -52,6 +52,7 @@ __all__ = [
     "HEAD_OPS",
     "LISTED_OPS",
     "POINTWISE_OPS",
+    "SUITES",
     "Case",
     "CaseResult",
     "applicability",
@@ -60,6 +61,7 @@ __all__ = [
     "pytorch_cases",
     "report",
     "run_case",
+    "run_suites",
 ]
 
 #: The operators issue 16 lists, and the two that only make constants.
@@ -307,21 +309,40 @@ def pytorch_cases() -> Iterator[Case]:
             yield Case(kind, test.name, model, data_sets, test.rtol, test.atol)
 
 
-def run_suites(suites: tuple[str, ...] = ("node", "light", "pytorch")) -> list[CaseResult]:
-    """Run every case of the named suites."""
-    sources = {"node": node_cases, "light": light_cases, "pytorch": pytorch_cases}
+#: The suites by name, each a generator of cases.
+SUITES = {"node": node_cases, "light": light_cases, "pytorch": pytorch_cases}
+
+
+def run_suites(suites: tuple[str, ...] = tuple(SUITES)) -> list[CaseResult]:
+    """Run every case of the named suites (keys of :data:`SUITES`)."""
     results = []
     with tempfile.TemporaryDirectory() as workdir:
         for suite in suites:
-            for case in sources[suite]():
+            for case in SUITES[suite]():
                 results.append(run_case(case, workdir))
     return results
 
 
-def report(results: list[CaseResult]) -> str:
-    """The Markdown report: totals per suite, per operator, then every failure and non-applicable reason."""
+def report(results: list[CaseResult], command: str = "") -> str:
+    """The Markdown report: totals per suite, per operator, then every failure and non-applicable reason.
+
+    The rules of applicability (this module's docstring) are stated in the report's head, with ``command``.
+    """
     latest = onnx.defs.onnx_opset_version()
     lines = [f"# dcnn ONNX conformance (onnx {onnx.__version__}, opsets {MIN_OPSET}-{latest})", ""]
+    if command:
+        lines += [f"Written by `{command}`.", ""]
+    lines += [
+        "Cases come from the installed onnx package, generated offline: `node` (per-operator cases built in memory),",
+        "`light` (the shipped light models and expected outputs), `pytorch-converted` and `pytorch-operator` (opset",
+        "6 models with test data, converted to opset 7 by onnx.version_converter). A case is applicable when all its",
+        "operators are issue 16's, it has one output, its one data input is float32 N x C x H x W (N x F for Gemm,",
+        "MatMul and Softmax; rank 1-4 lifted to 4 by leading unit axes for pointwise operators), and its other inputs",
+        "are parameters (made initializers). Applicable cases that dcnn refuses with its unsupported-operator error",
+        "are listed below as 'unsupported attribute' with the reason; every other applicable case must match the",
+        "expected output's shape and values within the case's rtol/atol (numpy.testing.assert_allclose).",
+        "",
+    ]
     lines += ["| suite | cases | passed | failed | not applicable |", "|---|---:|---:|---:|---:|"]
     for suite in dict.fromkeys(result.suite for result in results):
         rows = [r for r in results if r.suite == suite]
@@ -349,6 +370,19 @@ def report(results: list[CaseResult]) -> str:
                 f"| {op} | {_count(rows, 'passed')} | {_count(rows, 'failed')} | {attribute} | "
                 f"{_count(rows, 'n/a') - attribute} |"
             )
+    models = [r for r in results if r.suite == "light"]
+    if models:
+        lines += [
+            "",
+            "## Light models (single process)",
+            "",
+            "| model | status | largest abs. error | note |",
+            "|---|---|---:|---|",
+        ]
+        lines += [
+            f"| {r.name} | {r.status} | {'' if r.max_error is None else f'{r.max_error:.2g}'} | {r.reason} |"
+            for r in models
+        ]
     outside = [r for r in results if r.reason.startswith("operator outside")]
     lines += ["", f"Cases with an operator outside the list (not applicable): {len(outside)}.", ""]
     for title, keep in (

@@ -20,6 +20,7 @@ from dcnn.errors import DAMAGED_FILE_ERRORS, InputError
 from dcnn.network.graph import IMAGENET, INPUT, GraphBuilder, Network, Preprocessing, format_shape
 from dcnn.network.layers import Dropout
 from dcnn.network.onnx.errors import Unsupported, UnsupportedModelError
+from dcnn.network.weights import require_finite, validate_weights
 
 __all__ = ["DYNAMIC_SIZE", "MIN_OPSET", "OnnxModel", "is_onnx_path", "load_onnx", "max_opset"]
 
@@ -107,6 +108,15 @@ def _read(path: Path):
         raise InputError(f"{path}: invalid ONNX model ({_first_line(error)})") from None
 
 
+#: What numpy and the layer specs raise on a model that passes the checker but whose tensors contradict each
+#: other (a damaged or hand-edited file): reported as an invalid model, naming the node.
+INCONSISTENT_MODEL_ERRORS = (ValueError, IndexError, KeyError, TypeError, ArithmeticError)
+
+
+def _inconsistent(path: Path, where: str, error: BaseException) -> InputError:
+    return InputError(f"{path}: invalid ONNX model ({where}: {type(error).__name__}: {_first_line(error)})")
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -186,6 +196,9 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
         float32 4-D input with a fixed channel count, or not exactly one output.
     UnsupportedModelError
         (an :class:`InputError`) Listing every unsupported operator type with the names of its nodes.
+    WeightsError
+        A node whose tensors do not have the shapes its layer needs, or NaN or infinite weights (a damaged
+        file).
     ShapeError
         A model with a fixed input size whose layers do not fit it.
     """
@@ -197,7 +210,12 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
     graph = model.graph
     opset = _default_opset(model, path)
     opsets = {entry.domain or "": entry.version for entry in model.opset_import}
-    constants: dict[str, np.ndarray] = {tensor.name: tensor_value(tensor) for tensor in graph.initializer}
+    constants: dict[str, np.ndarray] = {}
+    for tensor in graph.initializer:
+        try:
+            constants[tensor.name] = tensor_value(tensor)
+        except INCONSISTENT_MODEL_ERRORS as error:
+            raise _inconsistent(path, f"initializer {tensor.name}", error) from None
     input_name, dims = _the_input(graph, constants, path, image_input)
     if len(graph.output) != 1:
         raise InputError(f"{path}: dcnn runs models with one output, this one has {len(graph.output)}")
@@ -216,13 +234,16 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
             continue
         name = node.name or node.output[0]
         op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-        value = constant_node_value(node, constants)
+        try:
+            value = constant_node_value(node, constants)
+        except INCONSISTENT_MODEL_ERRORS as error:
+            raise _inconsistent(path, f"node {name} ({op})", error) from None
         if value is not None:
             constants[node.output[0]] = value
             continue
         try:
             folded = fold_node(node, constants, opsets)
-        except Exception as error:
+        except Exception as error:  # any failure of the reference evaluator is the node's
             unsupported.setdefault(op, []).append((name, f"cannot fold its constants ({_first_line(error)})"))
             continue
         if folded is not None:
@@ -238,10 +259,18 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
             )
         except Unsupported as error:
             unsupported.setdefault(op, []).append((name, error.reason))
+        except INCONSISTENT_MODEL_ERRORS as error:
+            raise _inconsistent(path, f"node {name} ({op})", error) from None
     if unsupported:
         raise UnsupportedModelError(str(path), unsupported)
 
-    network, weights = _build(path, conversions, input_name, output_name, dims, preprocessing, opset)
+    try:
+        network, weights = _build(path, conversions, input_name, output_name, dims, preprocessing, opset)
+    except INCONSISTENT_MODEL_ERRORS as error:
+        raise _inconsistent(path, "the graph", error) from None
+    # The tensors a node declares must be the ones its layer reads (a damaged file can break that).
+    weights = validate_weights(network, weights, str(path))
+    require_finite(weights, str(path))
     if network.fixed_input_size:
         network.shapes()
     return OnnxModel(network, weights, input_name, dims, output_name, opset, path)
