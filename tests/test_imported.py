@@ -101,4 +101,4 @@ def test_the_cost_table_input_of_a_model_file(tmp_path):
 
 def test_the_planner_counts_the_reader(tmp_path):
     model = load_model_file(conv_model(tmp_path / "m.onnx", (1, 3, 8, 8)))
-    assert reader_bytes(model) == ONNX_PACKAGE_BYTES + READER_COPIES * (tmp_path / "m.onnx").stat().st_size
+    assert reader_bytes(model.path) == ONNX_PACKAGE_BYTES + READER_COPIES * (tmp_path / "m.onnx").stat().st_size

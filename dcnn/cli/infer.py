@@ -376,7 +376,7 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
         input_shape = _classifier_input(network)
     scan = _scan(args, images, input_shape, comm)
     _check_tiles(args, network, scan, images)
-    plan = _plan(args, network, scan, images, comm, local_ranks, reader_bytes(model) if model else 0)
+    plan = _plan(args, network, scan, images, comm, local_ranks, reader_bytes(model.path) if model else 0)
     if args.plan == "auto":
         _check_tiles(args, network, scan, images)
     first = scan.shapes[0]

@@ -10,10 +10,12 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 
 from dcnn.cli.common import add_common_arguments, run_main
-from dcnn.exec.workloads import DETECTOR, is_detector, workload_input
+from dcnn.exec.imported import reader_bytes
+from dcnn.exec.workloads import DETECTOR, is_detector, is_model_file, workload_input
 from dcnn.io.numbers import check_number
 from dcnn.network.graph import format_shape
 from dcnn.network.zoo import model_names
@@ -29,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict per-node memory and time of each execution mode for a model on a cluster, and "
                     "choose the fastest plan that keeps every node within its memory budget (the paper's "
                     "constraints: a fraction of each node's RAM for parameters and data).")
-    parser.add_argument("model", help=f"{DETECTOR} (dlib's face detector) or one of: {', '.join(model_names())}")
+    parser.add_argument("model", help=f"{DETECTOR} (dlib's face detector), one of: {', '.join(model_names())}, or an "
+                                      "ONNX model file (its runtime memory counts the ONNX reader)")
     parser.add_argument("--input", metavar="[Cx]HxW",
                         help="per-image input (classifiers: default the model's own; mmod: the image size, "
                              "default 500x1000)")
@@ -73,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     check_number(args.fraction, "--fraction", above=0, maximum=1)
     network, shape, size = workload_input(args.model, args.input)
     cluster = _cluster(args)
+    if is_model_file(args.model):
+        cluster = dataclasses.replace(cluster, runtime_bytes=cluster.runtime_bytes + reader_bytes(args.model))
     modes = tuple(args.mode or MODES)
     candidates = plans(network, shape, cluster, args.batch_size, args.images, modes)
     chosen = best_plan(candidates, network, shape, cluster, modes)

@@ -16,6 +16,7 @@ ending in ``.onnx``, or any existing file whose name is not a zoo model's). The 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 
 from dcnn.errors import InputError, ShapeError
@@ -47,12 +48,12 @@ ONNX_PACKAGE_BYTES = 24 * 2**20
 READER_COPIES = 4
 
 
-def reader_bytes(model: OnnxModel) -> int:
-    """The memory reading ``model`` adds to its rank beyond the weights the planner counts: the onnx package
-    (:data:`ONNX_PACKAGE_BYTES`) and :data:`READER_COPIES` times the file. The copies are transient (they are
-    freed before the first image), so adding them to the planner's runtime over-predicts a run whose later peak
-    is larger; it never under-predicts."""
-    return ONNX_PACKAGE_BYTES + READER_COPIES * model.path.stat().st_size
+def reader_bytes(path: str | os.PathLike) -> int:
+    """The memory reading the model file ``path`` adds to its rank beyond the weights the planner counts: the onnx
+    package (:data:`ONNX_PACKAGE_BYTES`) and :data:`READER_COPIES` times the file. The copies are transient (freed
+    before the first image), so adding them to the planner's runtime over-predicts a run whose later peak is
+    larger; it never under-predicts."""
+    return ONNX_PACKAGE_BYTES + READER_COPIES * os.path.getsize(path)
 
 
 def preprocessing_for(choice: str | None, channels: int) -> Preprocessing:
