@@ -34,7 +34,7 @@ from benchlib import describe_machine, machine_info
 from dcnn.errors import InputError
 from dcnn.exec.forward import Forward
 from dcnn.kernels.threads import set_num_threads
-from dcnn.network.onnx import load_onnx
+from dcnn.network.onnx import UnsupportedModelError, load_onnx
 from dcnn.testing.onnx_exports import export_zoo
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -49,6 +49,7 @@ def session(path: Path) -> onnxruntime.InferenceSession:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: no notes on unused initializers
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -58,6 +59,9 @@ def compare(name: str, path: Path, repeats: int, clock) -> dict | None:
     started = clock()
     try:
         model = load_onnx(path)
+    except UnsupportedModelError as error:
+        print(f"{name:<22} skipped: unsupported ONNX operators {', '.join(error.nodes)}")
+        return None
     except InputError as error:
         print(f"{name:<22} skipped: {str(error).removeprefix(f'{path}: ')}")
         return None

@@ -28,7 +28,7 @@ from benchlib import mpi_launcher
 
 from dcnn.decomposition.fused import check_tile_grid, spatial_depth
 from dcnn.errors import InputError, PlanError
-from dcnn.network.onnx import load_onnx
+from dcnn.network.onnx import UnsupportedModelError, load_onnx
 from dcnn.testing.onnx_conformance import light_cases
 
 #: (label, ranks, dcnn.infer options): spatial at np 2-4, fused with both halo policies at np 2-4.
@@ -106,6 +106,10 @@ def main() -> None:
             model = LIGHT / f"light_{name}.onnx"
             try:
                 network = load_onnx(model).network
+            except UnsupportedModelError as error:
+                lines.append(f"| {name} | all | not supported: operators {', '.join(error.nodes)} | | |")
+                print(f"{name}: not supported", flush=True)
+                continue
             except InputError as error:
                 lines.append(f"| {name} | all | not supported: {str(error).removeprefix(f'{model}: ')} | | |")
                 print(f"{name}: not supported", flush=True)
