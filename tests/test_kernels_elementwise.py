@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import reference
-from conftest import random_array
+from conftest import oracle, random_array
 
 from dcnn.kernels.elementwise import (
     affine_channels,
     batch_norm_scale_shift,
+    channel_shuffle,
     clip,
     elu,
     hardsigmoid,
@@ -128,3 +129,10 @@ def test_softmax_over_every_value_of_an_image(rng):
 def test_affine_per_feature_of_rows(rng):
     x, scale, shift = random_array(rng, 3, 5), random_array(rng, 5), random_array(rng, 5)
     np.testing.assert_allclose(affine_channels(x, scale, shift), x * scale + shift, rtol=1e-6)
+
+
+def test_channel_shuffle_matches_pytorch(rng):
+    torch = oracle("torch")
+    x = random_array(rng, 2, 12, 3, 2)
+    expected = torch.nn.ChannelShuffle(3)(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(channel_shuffle(x, 3), expected)

@@ -1,4 +1,4 @@
-"""The layers ONNX models bring (asymmetric padding, constant Pad, Clip, global max pool, channel softmax) in
+"""The layers ONNX models bring (asymmetric padding, constant Pad, Clip, channel shuffle, global max pool) in
 spatial and fused mode under real mpiexec: results equal the single-process ones.
 
 Run with ``mpiexec -n N python -m pytest --with-mpi -m mpi`` (``scripts/test`` does, for several N).
@@ -14,6 +14,7 @@ from dcnn.network.graph import GraphBuilder
 from dcnn.network.layers import (
     AdaptiveMaxPool2d,
     AvgPool2d,
+    ChannelShuffle,
     Clip,
     Conv2d,
     Flatten,
@@ -35,11 +36,12 @@ SHAPE = (3, 23, 26)
 def onnx_style_network():
     """What the ONNX reader builds for a TensorFlow-style model: SAME padding (asymmetric), a constant Pad
     with a non-zero value, pools with asymmetric pads, count_include_pad and ceil_mode, Clip, a global max
-    pool and a classifier."""
+    pool, a channel shuffle and a classifier."""
     graph = GraphBuilder()
     graph.add("pad", Pad2d((1, 2, 0, 3), 0.5))
     graph.add("conv1", Conv2d(3, 6, 3, stride=2, padding=(0, 1), padding_end=(1, 0)))
     graph.add("clip", Clip(-0.5, 1.5))
+    graph.add("shuffle", ChannelShuffle(3))
     graph.add("avg", AvgPool2d(3, 1, (1, 0), count_include_pad=True, padding_end=(0, 2)))
     graph.add("max", MaxPool2d(2, 2, (0, 1), ceil_mode=True, padding_end=(1, 0)))
     graph.add("conv2", Conv2d(6, 5, 3, padding=1))

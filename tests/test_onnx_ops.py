@@ -7,7 +7,7 @@ from conftest import oracle, random_array
 
 from dcnn.exec.forward import Forward
 from dcnn.network.layers import Affine, Clip, Pad2d, ReLU, ReLU6, Softmax
-from dcnn.network.onnx import load_onnx
+from dcnn.network.onnx import UnsupportedModelError, load_onnx
 
 onnx = oracle("onnx")
 ort = oracle("onnxruntime")
@@ -338,3 +338,29 @@ def test_the_installed_onnx_latest_opset_is_read(tmp_path, rng):
         assert loaded.opset == opset
         outputs.append(Forward(loaded.network, loaded.weights)(x))
     np.testing.assert_array_equal(*outputs)
+
+
+@pytest.mark.parametrize("opset", [7, NEW])
+def test_channel_shuffle_as_reshape_transpose_reshape(tmp_path, rng, opset):
+    """ShuffleNet's shuffle as its ONNX export writes it; random weights, so a wrong permutation shows."""
+    weights = {
+        "W": random_array(rng, 6, 6, 1, 1),
+        "split": np.array([2, 2, 3, 4, 5], np.int64),
+        "merge": np.array([2, 6, 4, 5], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"]),
+        helper.make_node("Reshape", ["c", "split"], ["g"]),
+        helper.make_node("Transpose", ["g"], ["t"], perm=[0, 2, 1, 3, 4]),
+        helper.make_node("Reshape", ["t", "merge"], ["s"]),
+        node("Relu", ["s"]),
+    ]
+    loaded = compare(tmp_path, build(nodes, [2, 6, 4, 5], weights, opset), random_array(rng, 2, 6, 4, 5))
+    assert [layer.kind for _, layer in loaded.network] == ["conv", "shuffle", "relu"]
+
+
+def test_other_transposes_are_refused(tmp_path, rng):
+    model = build([node("Transpose", ["x"], perm=[0, 1, 3, 2])], [1, 2, 3, 4])
+    onnx.save(model, tmp_path / "t.onnx")
+    with pytest.raises(UnsupportedModelError, match=r"Transpose \(node y: perm \[0, 1, 3, 2\]"):
+        load_onnx(tmp_path / "t.onnx")

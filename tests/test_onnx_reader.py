@@ -65,22 +65,23 @@ def test_a_fixed_input_size_is_checked_and_a_dynamic_one_is_not(tmp_path, rng):
 
 def test_unsupported_operators_are_all_listed_with_their_nodes(tmp_path):
     nodes = [
-        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 1, 3, 2], name="t1"),
-        helper.make_node("Transpose", ["t"], ["u"], perm=[0, 1, 3, 2], name="t2"),
+        helper.make_node("Floor", ["x"], ["f"], name="f1"),
+        helper.make_node("Floor", ["f"], ["t"], name="f2"),
+        helper.make_node("Transpose", ["t"], ["u"], perm=[0, 1, 3, 2], name="swap"),
         helper.make_node("LRN", ["u"], ["l"], size=4, name="norm"),
         helper.make_node("Pad", ["l", "pads"], ["p"], mode="reflect", name="pad"),
         helper.make_node("Relu", ["p"], ["y"], name="fine"),
-        helper.make_node("Floor", ["x"], ["dead"], name="unused"),
+        helper.make_node("Ceil", ["x"], ["dead"], name="unused"),
     ]
     path = save(tmp_path, nodes, weights={"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)})
     with pytest.raises(UnsupportedModelError) as caught:
         load_onnx(path)
     message = str(caught.value)
     assert "\n" not in message and message.startswith(f"{path}: unsupported ONNX operators: ")
-    assert "Transpose (nodes t1, t2)" in message
+    assert "Floor (nodes f1, f2); Transpose (node swap: perm [0, 1, 3, 2]" in message
     assert "LRN (node norm: an even size 4" in message and "Pad (node pad: mode reflect)" in message
-    assert "Floor" not in message  # a node the output does not depend on is never run
-    assert caught.value.nodes["Transpose"] == [("t1", ""), ("t2", "")]
+    assert "Ceil" not in message  # a node the output does not depend on is never run
+    assert caught.value.nodes["Floor"] == [("f1", ""), ("f2", "")]
     assert isinstance(caught.value, InputError)
 
 

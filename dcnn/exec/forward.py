@@ -28,6 +28,7 @@ from dcnn.kernels.depthwise import conv_kernel
 from dcnn.kernels.elementwise import (
     affine_channels,
     batch_norm_scale_shift,
+    channel_shuffle,
     clip,
     elu,
     hardsigmoid,
@@ -53,6 +54,7 @@ from dcnn.network.layers import (
     Affine,
     AvgPool2d,
     BatchNorm2d,
+    ChannelShuffle,
     Clip,
     Concat,
     Conv2d,
@@ -164,6 +166,8 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
         return LayerOp(name, layer, lambda x, p: adaptive_avg_pool2d(x, layer.output_size))
     if isinstance(layer, AdaptiveMaxPool2d):
         return LayerOp(name, layer, lambda x, p: adaptive_max_pool2d(x, layer.output_size))
+    if isinstance(layer, ChannelShuffle):
+        return LayerOp(name, layer, lambda x, p: channel_shuffle(x, layer.groups))
     if isinstance(layer, Pad2d):
         return LayerOp(name, layer, lambda x, p: pad2d(x, _own_padding(layer, x, p), layer.value))
     if isinstance(layer, BatchNorm2d):

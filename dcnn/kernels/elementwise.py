@@ -12,8 +12,8 @@ from scipy.ndimage import uniform_filter1d
 from dcnn.kernels.threads import use_blas_threads
 
 __all__ = [
-    "affine_channels", "batch_norm_scale_shift", "clip", "elu", "hardsigmoid", "hardswish", "leaky_relu", "linear",
-    "local_response_norm", "prelu", "relu", "relu6", "sigmoid", "silu", "softmax", "tanh",
+    "affine_channels", "batch_norm_scale_shift", "channel_shuffle", "clip", "elu", "hardsigmoid", "hardswish",
+    "leaky_relu", "linear", "local_response_norm", "prelu", "relu", "relu6", "sigmoid", "silu", "softmax", "tanh",
 ]
 
 
@@ -150,3 +150,11 @@ def softmax(x: np.ndarray, axis: int | None = -1) -> np.ndarray:
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=axis, keepdims=True)
     return shifted
+
+
+def channel_shuffle(x: np.ndarray, groups: int) -> np.ndarray:
+    """``(B, C, H, W)`` with its channels viewed as ``groups x (C / groups)`` and transposed: output channel
+    ``j * groups + i`` is input channel ``i * (C / groups) + j`` (ShuffleNet's shuffle)."""
+    batch, channels = x.shape[:2]
+    grouped = x.reshape(batch, groups, channels // groups, *x.shape[2:])
+    return np.ascontiguousarray(grouped.swapaxes(1, 2)).reshape(x.shape)

@@ -21,9 +21,10 @@ from dcnn.errors import ShapeError
 from dcnn.network.window import Window, pair
 
 __all__ = [
-    "ELU", "Add", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Affine", "AvgPool2d", "BatchNorm2d", "Clip", "Concat",
-    "Conv2d", "Dropout", "Flatten", "Hardsigmoid", "Hardswish", "Layer", "LeakyReLU", "Linear", "LocalResponseNorm",
-    "MaxPool2d", "Mul", "PReLU", "Pad2d", "ReLU", "ReLU6", "Shape", "Sigmoid", "Softmax", "Tanh", "TensorSpec",
+    "ELU", "Add", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Affine", "AvgPool2d", "BatchNorm2d", "ChannelShuffle",
+    "Clip", "Concat", "Conv2d", "Dropout", "Flatten", "Hardsigmoid", "Hardswish", "Layer", "LeakyReLU", "Linear",
+    "LocalResponseNorm", "MaxPool2d", "Mul", "PReLU", "Pad2d", "ReLU", "ReLU6", "Shape", "Sigmoid", "Softmax", "Tanh",
+    "TensorSpec",
 ]
 
 Shape = tuple[int, ...]
@@ -450,6 +451,24 @@ class LocalResponseNorm(Layer):
 
     def output_shape(self, shape: Shape) -> Shape:
         return _map_shape(shape, self)
+
+
+@dataclass(frozen=True)
+class ChannelShuffle(Layer):
+    """ShuffleNet's channel shuffle (Zhang et al., "ShuffleNet", CVPR 2018): the channels, viewed as a
+    ``groups x (C / groups)`` matrix, transposed, as :class:`torch.nn.ChannelShuffle` (ONNX: a Reshape to
+    ``(N, g, C/g, H, W)``, a Transpose ``[0, 2, 1, 3, 4]`` and a Reshape back)."""
+
+    groups: int
+    kind: ClassVar[str] = "shuffle"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        if _map_shape(shape, self)[0] % self.groups:
+            raise ShapeError(f"{self.describe()} needs channels divisible by {self.groups}, got {shape[0]}")
+        return shape
+
+    def describe(self) -> str:
+        return f"channel shuffle {self.groups}"
 
 
 @dataclass(frozen=True)

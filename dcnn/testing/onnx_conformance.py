@@ -12,7 +12,8 @@ Three suites, all from ``onnx.backend.test``:
 
 A case is *applicable* when, judged from the case alone before dcnn reads it:
 
-1. every node's operator is one issue 16 lists (:data:`LISTED_OPS`, with ``Constant`` and ``ConstantOfShape``);
+1. every node's operator is one issue 16 lists, or ``Transpose`` (ShuffleNet's channel shuffle), the operators
+   dcnn converts (:data:`LISTED_OPS`, with ``Constant`` and ``ConstantOfShape``);
 2. the model has one output and at least one input;
 3. its first input, the data, is float32 of rank 4 (N x C x H x W), or rank 2 (N x F) for the operators of a
    classifier head (:data:`HEAD_OPS`), or of rank 1 to 4 for pointwise operators (:data:`POINTWISE_OPS`), whose
@@ -64,7 +65,7 @@ __all__ = [
     "run_suites",
 ]
 
-#: The operators issue 16 lists, and the two that only make constants.
+#: The operators issue 16 lists, Transpose (as ShuffleNet's channel shuffle), and the two that only make constants.
 LISTED_OPS = frozenset(
     {
         "Conv",
@@ -96,6 +97,7 @@ LISTED_OPS = frozenset(
         "Identity",
         "Softmax",
         "Pad",
+        "Transpose",
         "Constant",
         "ConstantOfShape",
     }
@@ -336,8 +338,9 @@ def report(results: list[CaseResult], command: str = "") -> str:
         "Cases come from the installed onnx package, generated offline: `node` (per-operator cases built in memory),",
         "`light` (the shipped light models and expected outputs), `pytorch-converted` and `pytorch-operator` (opset",
         "6 models with test data, converted to opset 7 by onnx.version_converter). A case is applicable when all its",
-        "operators are issue 16's, it has one output, its one data input is float32 N x C x H x W (N x F for Gemm,",
-        "MatMul and Softmax; rank 1-4 lifted to 4 by leading unit axes for pointwise operators), and its other inputs",
+        "operators are issue 16's (or Transpose, as a channel shuffle), it has one output, its one data input is",
+        "float32 N x C x H x W (N x F for Gemm, MatMul and Softmax; rank 1-4 lifted to 4 by leading unit axes for",
+        "pointwise operators), and its other inputs",
         "are parameters (made initializers). Applicable cases that dcnn refuses with its unsupported-operator error",
         "are listed below as 'unsupported attribute' with the reason; every other applicable case must match the",
         "expected output's shape and values within the case's rtol/atol (numpy.testing.assert_allclose).",
@@ -375,6 +378,10 @@ def report(results: list[CaseResult], command: str = "") -> str:
         lines += [
             "",
             "## Light models (single process)",
+            "",
+            "Their weights are constant fills (ConstantOfShape), so the expected outputs check the graph, its shapes",
+            "and every layer's arithmetic on uniform weights; dcnn's per-operator tests (tests/test_onnx_ops.py)",
+            "check random weights against onnxruntime.",
             "",
             "| model | status | largest abs. error | note |",
             "|---|---|---:|---|",

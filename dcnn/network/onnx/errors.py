@@ -42,9 +42,9 @@ class UnsupportedModelError(InputError):
 
     Examples
     --------
-    >>> print(UnsupportedModelError("m.onnx", {"Transpose": [("t1", ""), ("t2", "")],
+    >>> print(UnsupportedModelError("m.onnx", {"Floor": [("f1", ""), ("f2", "")],
     ...                                        "Pad": [("p", "mode reflect")]}))
-    m.onnx: unsupported ONNX operators: Transpose (nodes t1, t2); Pad (node p: mode reflect)
+    m.onnx: unsupported ONNX operators: Floor (nodes f1, f2); Pad (node p: mode reflect)
     """
 
     def __init__(self, path: str, nodes: Mapping[str, Sequence[tuple[str, str]]]):

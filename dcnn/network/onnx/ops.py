@@ -27,6 +27,7 @@ from dcnn.network.layers import (
     Affine,
     AvgPool2d,
     BatchNorm2d,
+    ChannelShuffle,
     Clip,
     Concat,
     Conv2d,
@@ -390,7 +391,39 @@ def convert_reshape(ctx: NodeContext) -> Conversion:
         resolved[1] = int(np.prod(shape[1:])) if None not in shape[1:] else None
     elif resolved.count(-1) == 1 and len(resolved) == 2 and resolved[1] is not None and resolved[1] != -1:
         resolved[0] = shape[0] if None not in shape[1:] and resolved[1] == int(np.prod(shape[1:])) else -1
+    if _splits_or_merges_channels(shape, tuple(resolved)):
+        return ctx.activation(0)
     return _flattened(ctx, tuple(resolved))
+
+
+def _splits_or_merges_channels(shape: tuple[int | None, ...], target: tuple[int | None, ...]) -> bool:
+    """Whether a reshape views the channels of ``(N, C, H, W)`` as ``(N, g, C/g, H, W)`` or merges them back:
+    the values keep their order, so dcnn keeps the 4-D tensor (a channel shuffle's first and last step)."""
+    if len(shape) == 4 and len(target) == 5:
+        grouped, plain = target, shape
+    elif len(shape) == 5 and len(target) == 4:
+        grouped, plain = shape, target
+    else:
+        return False
+    known = None not in grouped[1:3] and plain[1] is not None
+    return (
+        known
+        and grouped[1] * grouped[2] == plain[1]
+        and tuple(grouped[3:]) == tuple(plain[2:])
+        and None not in plain[2:]
+    )
+
+
+def convert_transpose(ctx: NodeContext) -> Conversion:
+    """``Transpose`` of the channel groups of a ``(N, g, C/g, H, W)`` view (``perm`` ``[0, 2, 1, 3, 4]``):
+    ShuffleNet's channel shuffle; the identity permutation passes its input through."""
+    shape = ctx.shape(0)
+    perm = [int(p) for p in ctx.attribute("perm", list(range(len(shape)))[::-1])]
+    if perm == list(range(len(shape))):
+        return ctx.activation(0)
+    if len(shape) == 5 and perm == [0, 2, 1, 3, 4] and shape[1] is not None:
+        return [Step(ChannelShuffle(int(shape[1])), (ctx.activation(0),))]
+    raise Unsupported(f"perm {perm} of a {len(shape)}-D tensor (dcnn transposes only channel groups)")
 
 
 def _axes(ctx: NodeContext, rank: int) -> list[int] | None:
@@ -634,6 +667,7 @@ CONVERTERS: dict[str, Callable[[NodeContext], Conversion]] = {
     "Squeeze": convert_squeeze,
     "Sum": convert_sum,
     "Tanh": _pointwise(Tanh()),
+    "Transpose": convert_transpose,
     "Unsqueeze": convert_unsqueeze,
 }
 
