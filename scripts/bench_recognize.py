@@ -63,7 +63,7 @@ def main() -> None:
     threads.set_num_threads(1)
     detector = FaceDetector.load()
     forward = Forward(detector.network, detector.weights)
-    describer = FaceDescriber.load()
+    describer = FaceDescriber.load(Forward)
     records = to_records(detector.detect(images, forward), 0)
     boxes = [(int(r["image"]), np.array([[r["left"], r["top"], r["right"], r["bottom"]]])) for r in records]
 
@@ -79,9 +79,10 @@ def main() -> None:
     parts, ours_landmark_seconds = timed(our_landmarks)
     shapes, dlib_landmark_seconds = timed(dlib_landmarks)
     chips = np.concatenate([describer.chips(images[i], p[None]) for (i, _), p in zip(boxes, parts)])
-    describer.descriptor.describe(chips[:2])  # warm-up
+    describer.descriptor.describe(chips[:2], describer.run)  # warm-up
     ours, ours_seconds = timed(lambda: np.concatenate(
-        [describer.descriptor.describe(chips[s:s + args.batch_size]) for s in range(0, len(chips), args.batch_size)]))
+        [describer.descriptor.describe(chips[s:s + args.batch_size], describer.run, args.batch_size)
+         for s in range(0, len(chips), args.batch_size)]))
     recogniser = dlib.face_recognition_model_v1(str(bundled_model(DESCRIPTOR_MODEL)))
     recogniser.compute_face_descriptor(list(chips[:2]), 0)
     theirs, dlib_seconds = timed(lambda: np.array(recogniser.compute_face_descriptor(list(chips), 0)))

