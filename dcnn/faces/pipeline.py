@@ -19,7 +19,7 @@ import numpy as np
 
 from dcnn.errors import InputError
 from dcnn.faces.chips import extract_image_chips, face_chip_details
-from dcnn.faces.descriptor import DESCRIPTOR_SIZE, DescriptorModel, read_descriptor_model
+from dcnn.faces.descriptor import CHIP_SIZE, DESCRIPTOR_SIZE, DescriptorModel, read_descriptor_model
 from dcnn.faces.detect import DETECTION_DTYPE, FaceDetector
 from dcnn.faces.jitter import jittered_chips
 from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
@@ -92,7 +92,7 @@ class FaceDescriber:
     def chips(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """``(n, 150, 150, 3)`` uint8 aligned chips, one per face, each cut on its own."""
         return np.array([extract_image_chips(image, [face_chip_details(parts)])[0] for parts in landmarks],
-                        dtype=np.uint8).reshape(len(landmarks), 150, 150, 3)
+                        dtype=np.uint8).reshape(len(landmarks), CHIP_SIZE, CHIP_SIZE, 3)
 
     def describe(self, chips: np.ndarray) -> np.ndarray:
         """``(n, 128)`` float32 descriptors of aligned chips (the mean over jittered copies if ``jitter > 1``)."""
@@ -102,8 +102,20 @@ class FaceDescriber:
                          axis=0, dtype=np.float32)
                          for chip in chips]).reshape(len(chips), DESCRIPTOR_SIZE)
 
-    def faces(self, images: list[np.ndarray], detections: np.ndarray, first_image: int) -> np.ndarray:
-        """:data:`FACE_DTYPE` rows for detection records of ``images`` (image ``first_image + i`` is ``images[i]``).
+    def faces(self, pixels_of: Callable[[int], np.ndarray], detections: np.ndarray) -> np.ndarray:
+        """:data:`FACE_DTYPE` rows of detection records, in their order (faces of one image together).
+
+        Each image's faces get their landmarks together; the chips of all the faces go through the network
+        :data:`~dcnn.faces.descriptor.DESCRIPTOR_BATCH` at a time, from the first record on (so a run that deals
+        whole batches of a task's faces to ranks gets the descriptors of one that describes them all).
+
+        Parameters
+        ----------
+        pixels_of : callable
+            ``pixels_of(image)`` is the ``H x W x 3`` uint8 RGB image of a record's ``image`` field, called
+            once per image.
+        detections : numpy.ndarray
+            :data:`~dcnn.faces.detect.DETECTION_DTYPE` records, those of one image consecutive.
 
         Identities are left unknown; see :func:`identify`.
         """
@@ -112,16 +124,16 @@ class FaceDescriber:
             faces[name] = detections[name]
         faces["identity"] = UNKNOWN
         faces["distance"] = np.inf
-        chips = []
-        for index, image in enumerate(images):
-            rows = np.flatnonzero(detections["image"] == first_image + index)
-            boxes = np.stack([detections[k][rows] for k in ("left", "top", "right", "bottom")], axis=1)
-            landmarks = self.landmark(image, boxes)
-            faces["landmarks"][rows] = landmarks
-            chips.append((rows, self.chips(image, landmarks)))
-        if faces.size:
-            order = np.concatenate([rows for rows, _ in chips])
-            faces["descriptor"][order] = self.describe(np.concatenate([c for _, c in chips]))
+        if not faces.size:
+            return faces
+        chips = np.zeros((len(faces), CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+        starts = np.flatnonzero(np.r_[True, detections["image"][1:] != detections["image"][:-1]])
+        for first, stop in zip(starts, [*starts[1:], len(faces)]):
+            image = pixels_of(int(detections["image"][first]))
+            boxes = np.stack([detections[k][first:stop] for k in ("left", "top", "right", "bottom")], axis=1)
+            faces["landmarks"][first:stop] = landmarks = self.landmark(image, boxes)
+            chips[first:stop] = self.chips(image, landmarks)
+        faces["descriptor"] = self.describe(chips)
         return faces
 
 
