@@ -139,9 +139,11 @@ def test_landmarks_equal_dlibs_on_bundled_faces(model, oracle):
     with h5py.File("data/faces.h5") as handle:
         images = [*handle["images"][:6], *handle["wide"][:]]
     for image in images:
-        grey = grey_levels(image)
-        for box in boxes(rng, *image.shape[:2], 4):
-            assert np.array_equal(model.predict(grey, tuple(box)), dlib_parts(oracle, image, box))
+        faces = boxes(rng, *image.shape[:2], 4)
+        together = model.predict(grey_levels(image), faces)  # all faces of an image at once
+        assert together.shape == (4, 5, 2) and together.dtype == np.int64
+        for box, parts in zip(faces, together):
+            assert np.array_equal(parts, dlib_parts(oracle, image, box))
 
 
 @needs_dlib
@@ -151,5 +153,16 @@ def test_landmarks_equal_dlibs_on_generated_images(model, oracle, height, width)
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     grey = image[..., 0].copy()
     for box in boxes(rng, height, width, 4):
-        assert np.array_equal(model.predict(grey_levels(image), tuple(box)), dlib_parts(oracle, image, box))
-        assert np.array_equal(model.predict(grey, tuple(box)), dlib_parts(oracle, grey, box))
+        assert np.array_equal(model.predict(grey_levels(image), box)[0], dlib_parts(oracle, image, box))
+        assert np.array_equal(model.predict(grey, box)[0], dlib_parts(oracle, grey, box))
+
+
+def test_faces_predicted_together_equal_faces_predicted_alone():
+    """The vectorised predictor on many boxes (with a tiny model of 3 cascades) is the one-box predictor's."""
+    predictor = tiny_shape_predictor()
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (60, 80), dtype=np.uint8)
+    faces = boxes(rng, 60, 80, 7)
+    together = predictor.predict(grey, faces)
+    assert np.array_equal(together, np.concatenate([predictor.predict(grey, box) for box in faces]))
+    assert predictor.predict(grey, np.zeros((0, 4), np.int64)).shape == (0, predictor.parts, 2)

@@ -85,9 +85,7 @@ class FaceDescriber:
 
     def landmark(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """``(n, 5, 2)`` int64 landmarks of the faces in ``(n, 4)`` inclusive boxes ``left, top, right, bottom``."""
-        grey = grey_levels(image)
-        return np.array([self.landmarks.predict(grey, tuple(int(v) for v in box)) for box in boxes],
-                        dtype=np.int64).reshape(len(boxes), self.landmarks.parts, 2)
+        return self.landmarks.predict(grey_levels(image), boxes)
 
     def chips(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """``(n, 150, 150, 3)`` uint8 aligned chips, one per face, each cut on its own."""

@@ -6,7 +6,7 @@ then each float as an integer mantissa and exponent); per cascade a vector of re
 of splits ``(idx1, idx2, threshold)`` and a vector of leaf vectors; per cascade the anchor part of every feature
 pixel; per cascade the offset of every feature pixel from its anchor, in the mean shape's normalised frame.
 
-Prediction of one face box, as dlib computes it:
+Prediction of a face box, as dlib computes it (:meth:`ShapePredictor.predict` runs every box of an image at once):
 
 1. ``current = initial`` (normalised coordinates, the box's top left corner at 0 and bottom right at 1);
 2. per cascade, the feature pixels are ``A * delta + current[anchor]``, with ``A`` the 2x2 part of the
@@ -297,28 +297,41 @@ def similarity_matrix(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     Umeyama (1991), eqs. 34-43, as dlib's ``find_similarity_transform``, in its closed form for two
     dimensions: with centred points ``a`` (source) and ``b`` (target), covariance ``C = mean(b a^T)`` and
     ``s = mean(|a|^2)``, ``c R = [[p, -q], [q, p]]`` where ``p = (C00 + C11) / s`` and ``q = (C10 - C01) / s``
-    (the best proper rotation, which dlib's SVD with its reflection fix also yields). In float64.
+    (the best proper rotation, which dlib's SVD with its reflection fix also yields). In float64; the
+    identity where the source points coincide.
 
     Parameters
     ----------
-    source, target : numpy.ndarray
+    source : numpy.ndarray
         ``(P, 2)`` points.
+    target : numpy.ndarray
+        ``(P, 2)`` points, or ``(n, P, 2)``: one set per transform.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(2, 2)``, or ``(n, 2, 2)`` for ``n`` target sets.
     """
     a = source.astype(np.float64) - source.astype(np.float64).mean(axis=0)
-    b = target.astype(np.float64) - target.astype(np.float64).mean(axis=0)
-    spread = (a * a).sum() / len(a)
+    return _similarity_from(a, (a * a).sum() / len(a), target)
+
+
+def _similarity_from(centred: np.ndarray, spread: float, target: np.ndarray) -> np.ndarray:
+    """:func:`similarity_matrix` from the centred source points and their mean squared norm (a predictor's
+    mean shape: computed once)."""
     if spread == 0:
-        return np.eye(2)
-    cov = b.T @ a / len(a)
-    p, q = (cov[0, 0] + cov[1, 1]) / spread, (cov[1, 0] - cov[0, 1]) / spread
-    return np.array([[p, -q], [q, p]])
+        return np.broadcast_to(np.eye(2), (*target.shape[:-2], 2, 2)).copy()
+    b = target.astype(np.float64)
+    b -= b.mean(axis=-2, keepdims=True)
+    cov = np.swapaxes(b, -1, -2) @ centred / len(centred)
+    p, q = (cov[..., 0, 0] + cov[..., 1, 1]) / spread, (cov[..., 1, 0] - cov[..., 0, 1]) / spread
+    return np.stack([p, -q, q, p], axis=-1).reshape(*target.shape[:-2], 2, 2)
 
 
-def _to_image(points: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """Normalised ``(n, 2)`` points mapped into the image by the box and rounded as dlib's ``point``."""
-    left, top, right, bottom = box
-    scale = np.array([right - left, bottom - top], dtype=np.float64)
-    return np.floor(points.astype(np.float64) * scale + np.array([left, top]) + 0.5).astype(np.int64)
+def _to_image(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Normalised ``(n, k, 2)`` points mapped into the image by ``(n, 4)`` boxes, rounded as dlib's ``point``."""
+    scale = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1).astype(np.float64)
+    return np.floor(points.astype(np.float64) * scale[:, None] + boxes[:, None, :2] + 0.5).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -341,46 +354,59 @@ class ShapePredictor:
         """Number of landmarks."""
         return len(self.initial_shape)
 
-    def predict(self, grey: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-        """The landmarks of the face in ``box`` as dlib's ``shape_predictor(image, rectangle)`` finds them.
+    def predict(self, grey: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """The landmarks of the faces in ``boxes`` as dlib's ``shape_predictor(image, rectangle)`` finds them.
+
+        All faces go through each cascade together, and all trees of a cascade together: features, splits and
+        leaves are gathered with numpy indexing; only the leaves' sum runs tree after tree (dlib's float32
+        order, a cumulative sum).
 
         Parameters
         ----------
         grey : numpy.ndarray
             ``H x W`` uint8 grey levels (see :func:`grey_levels`).
-        box : tuple of int
-            Inclusive ``(left, top, right, bottom)`` in pixels.
+        boxes : numpy.ndarray
+            ``(n, 4)`` inclusive ``(left, top, right, bottom)`` in pixels.
 
         Returns
         -------
         numpy.ndarray
-            ``(P, 2)`` int64 pixel positions ``(x, y)`` in the model's part order.
+            ``(n, P, 2)`` int64 pixel positions ``(x, y)`` in the model's part order.
         """
+        boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
+        faces = len(boxes)
+        if faces == 0:
+            return np.zeros((0, self.parts, 2), np.int64)
         height, width = grey.shape
         flat_grey = grey.reshape(-1)
-        current = self.initial_shape.copy()
+        centred = self.initial_shape.astype(np.float64) - self.initial_shape.astype(np.float64).mean(axis=0)
+        spread = (centred * centred).sum() / len(centred)
+        current = np.repeat(self.initial_shape[None], faces, axis=0)
         for cascade in self.cascades:
-            linear = similarity_matrix(self.initial_shape, current).astype(np.float32)
+            linear = _similarity_from(centred, spread, current).astype(np.float32)
             dx, dy = cascade.deltas[:, 0], cascade.deltas[:, 1]
-            anchor = current[cascade.anchors]
+            anchor = current[:, cascade.anchors]
             # float32 products and sums in dlib's order: A * delta, then + anchor.
-            normalised = np.stack([linear[0, 0] * dx + linear[0, 1] * dy + anchor[:, 0],
-                                   linear[1, 0] * dx + linear[1, 1] * dy + anchor[:, 1]], axis=1)
-            x, y = _to_image(normalised, box).T
+            normalised = np.empty_like(anchor)
+            normalised[..., 0] = linear[:, 0, 0, None] * dx + linear[:, 0, 1, None] * dy + anchor[..., 0]
+            normalised[..., 1] = linear[:, 1, 0, None] * dx + linear[:, 1, 1, None] * dy + anchor[..., 1]
+            pixels = _to_image(normalised, boxes)
+            x, y = pixels[..., 0], pixels[..., 1]
             inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
             values = np.where(inside, flat_grey.take(np.where(inside, y * width + x, 0)), 0).astype(np.float32)
+            # Every split of every tree of every face at once: flat (faces, trees, splits) "go left" flags.
             trees, splits = cascade.first.shape
-            first, second = cascade.first.reshape(-1), cascade.second.reshape(-1)
-            thresholds = cascade.thresholds.reshape(-1)
-            row = np.arange(trees) * splits
-            node = np.zeros(trees, np.int64)
+            offsets = (np.arange(faces) * values.shape[1])[:, None, None]
+            left = (values.take(cascade.first + offsets) - values.take(cascade.second + offsets)
+                    > cascade.thresholds).reshape(-1)
+            base = np.arange(faces * trees) * splits
+            node = np.zeros(faces * trees, np.int64)
             for _ in range(splits.bit_length()):  # complete trees: depth log2(splits + 1)
-                index = row + node
-                difference = values.take(first.take(index)) - values.take(second.take(index))
-                node = 2 * node + 1 + (difference <= thresholds.take(index))
-            increments = cascade.leaves.reshape(trees * (splits + 1), -1).take(
-                np.arange(trees) * (splits + 1) + node - splits, axis=0)
+                node = 2 * node + 2 - left.take(base + node)
+            leaf = (np.arange(trees) * (splits + 1) + node.reshape(faces, trees) - splits).reshape(-1)
+            increments = cascade.leaves.reshape(trees * (splits + 1), -1).take(leaf, axis=0)
             # dlib adds the leaves one tree after another in float32: a sequential (cumulative) sum.
-            total = np.cumsum(np.concatenate([current.reshape(1, -1), increments]), axis=0, dtype=np.float32)[-1]
-            current = total.reshape(-1, 2)
-        return _to_image(current, box)
+            total = np.cumsum(np.concatenate([current.reshape(faces, 1, -1), increments.reshape(faces, trees, -1)],
+                                             axis=1), axis=1, dtype=np.float32)[:, -1]
+            current = total.reshape(faces, -1, 2)
+        return _to_image(current, boxes)
