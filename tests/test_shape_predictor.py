@@ -166,3 +166,8 @@ def test_faces_predicted_together_equal_faces_predicted_alone():
     together = predictor.predict(grey, faces)
     assert np.array_equal(together, np.concatenate([predictor.predict(grey, box) for box in faces]))
     assert predictor.predict(grey, np.zeros((0, 4), np.int64)).shape == (0, predictor.parts, 2)
+    other = rng.integers(0, 256, (45, 30), dtype=np.uint8)  # faces of two images of different sizes at once
+    image = np.array([1, 0, 0, 1, 1, 0, 1])
+    mixed = predictor.predict([grey, other], faces, image)
+    assert np.array_equal(mixed[image == 0], together[image == 0])
+    assert np.array_equal(mixed[image == 1], predictor.predict(other, faces[image == 1]))

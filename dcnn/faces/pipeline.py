@@ -103,7 +103,7 @@ class FaceDescriber:
     def faces(self, pixels_of: Callable[[int], np.ndarray], detections: np.ndarray) -> np.ndarray:
         """:data:`FACE_DTYPE` rows of detection records, in their order (faces of one image together).
 
-        Each image's faces get their landmarks together; the chips of all the faces go through the network
+        All the faces get their landmarks together; the chips of all the faces go through the network
         :data:`~dcnn.faces.descriptor.DESCRIPTOR_BATCH` at a time, from the first record on (so a run that deals
         whole batches of a task's faces to ranks gets the descriptors of one that describes them all).
 
@@ -124,13 +124,15 @@ class FaceDescriber:
         faces["distance"] = np.inf
         if not faces.size:
             return faces
+        new_image = np.r_[True, detections["image"][1:] != detections["image"][:-1]]
+        starts = np.flatnonzero(new_image)
+        images = [pixels_of(int(index)) for index in detections["image"][starts]]
+        boxes = np.stack([detections[k] for k in ("left", "top", "right", "bottom")], axis=1)
+        faces["landmarks"] = landmarks = self.landmarks.predict([grey_levels(image) for image in images], boxes,
+                                                                np.cumsum(new_image) - 1)
         chips = np.zeros((len(faces), CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
-        starts = np.flatnonzero(np.r_[True, detections["image"][1:] != detections["image"][:-1]])
-        for first, stop in zip(starts, [*starts[1:], len(faces)]):
-            image = pixels_of(int(detections["image"][first]))
-            boxes = np.stack([detections[k][first:stop] for k in ("left", "top", "right", "bottom")], axis=1)
-            faces["landmarks"][first:stop] = landmarks = self.landmark(image, boxes)
-            chips[first:stop] = self.chips(image, landmarks)
+        for image, first, stop in zip(images, starts, [*starts[1:], len(faces)]):
+            chips[first:stop] = self.chips(image, landmarks[first:stop])
         faces["descriptor"] = self.describe(chips)
         return faces
 

@@ -21,6 +21,7 @@ Prediction of a face box, as dlib computes it (:meth:`ShapePredictor.predict` ru
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -328,10 +329,18 @@ def _similarity_from(centred: np.ndarray, spread: float, target: np.ndarray) -> 
     return np.stack([p, -q, q, p], axis=-1).reshape(*target.shape[:-2], 2, 2)
 
 
-def _to_image(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Normalised ``(n, k, 2)`` points mapped into the image by ``(n, 4)`` boxes, rounded as dlib's ``point``."""
+def _box_frames(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per ``(n, 4)`` box, the ``(n, 1, 2)`` float64 scale ``(right - left, bottom - top)`` and origin
+    ``(left, top)`` that map normalised points into the image."""
     scale = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1).astype(np.float64)
-    return np.floor(points.astype(np.float64) * scale[:, None] + boxes[:, None, :2] + 0.5).astype(np.int64)
+    return scale[:, None], boxes[:, None, :2].astype(np.float64)
+
+
+def _to_image(points: np.ndarray, frames: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Normalised ``(n, k, 2)`` points mapped into the image by :func:`_box_frames`, rounded as dlib's
+    ``point`` (``floor(x + 0.5)``)."""
+    scale, origin = frames
+    return np.floor(points * scale + origin + 0.5).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -354,19 +363,22 @@ class ShapePredictor:
         """Number of landmarks."""
         return len(self.initial_shape)
 
-    def predict(self, grey: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    def predict(self, grey: np.ndarray | Sequence[np.ndarray], boxes: np.ndarray,
+                image: np.ndarray | None = None) -> np.ndarray:
         """The landmarks of the faces in ``boxes`` as dlib's ``shape_predictor(image, rectangle)`` finds them.
 
-        All faces go through each cascade together, and all trees of a cascade together: features, splits and
-        leaves are gathered with numpy indexing; only the leaves' sum runs tree after tree (dlib's float32
-        order, a cumulative sum).
+        All faces (of one image or of several) go through each cascade together, and all trees of a cascade
+        together: features, splits and leaves are gathered with numpy indexing; only the leaves' sum runs tree
+        after tree (dlib's float32 order, a cumulative sum).
 
         Parameters
         ----------
-        grey : numpy.ndarray
-            ``H x W`` uint8 grey levels (see :func:`grey_levels`).
+        grey : numpy.ndarray or sequence of numpy.ndarray
+            ``H x W`` uint8 grey levels (see :func:`grey_levels`), or several images of any sizes.
         boxes : numpy.ndarray
             ``(n, 4)`` inclusive ``(left, top, right, bottom)`` in pixels.
+        image : numpy.ndarray, optional
+            ``(n,)`` index into ``grey`` of each box's image, when ``grey`` is a sequence.
 
         Returns
         -------
@@ -377,8 +389,14 @@ class ShapePredictor:
         faces = len(boxes)
         if faces == 0:
             return np.zeros((0, self.parts, 2), np.int64)
-        height, width = grey.shape
-        flat_grey = grey.reshape(-1)
+        greys = [grey] if isinstance(grey, np.ndarray) else list(grey)
+        image = np.zeros(faces, np.int64) if image is None else np.asarray(image, np.int64)
+        sizes = np.array([g.shape for g in greys], np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes[:, 0] * sizes[:, 1])[:-1]])
+        # Per face: its image's height, width and first pixel in the concatenated grey levels.
+        height, width, first = sizes[image, 0, None], sizes[image, 1, None], starts[image, None]
+        flat_grey = np.concatenate([g.reshape(-1) for g in greys])
+        frames = _box_frames(boxes)
         centred = self.initial_shape.astype(np.float64) - self.initial_shape.astype(np.float64).mean(axis=0)
         spread = (centred * centred).sum() / len(centred)
         current = np.repeat(self.initial_shape[None], faces, axis=0)
@@ -390,10 +408,10 @@ class ShapePredictor:
             normalised = np.empty_like(anchor)
             normalised[..., 0] = linear[:, 0, 0, None] * dx + linear[:, 0, 1, None] * dy + anchor[..., 0]
             normalised[..., 1] = linear[:, 1, 0, None] * dx + linear[:, 1, 1, None] * dy + anchor[..., 1]
-            pixels = _to_image(normalised, boxes)
+            pixels = _to_image(normalised, frames)
             x, y = pixels[..., 0], pixels[..., 1]
             inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
-            values = np.where(inside, flat_grey.take(np.where(inside, y * width + x, 0)), 0).astype(np.float32)
+            values = np.where(inside, flat_grey.take(np.where(inside, first + y * width + x, 0)), 0).astype(np.float32)
             # Every split of every tree of every face at once: flat (faces, trees, splits) "go left" flags.
             trees, splits = cascade.first.shape
             offsets = (np.arange(faces) * values.shape[1])[:, None, None]
@@ -409,4 +427,4 @@ class ShapePredictor:
             total = np.cumsum(np.concatenate([current.reshape(faces, 1, -1), increments.reshape(faces, trees, -1)],
                                              axis=1), axis=1, dtype=np.float32)[:, -1]
             current = total.reshape(faces, -1, 2)
-        return _to_image(current, boxes)
+        return _to_image(current, frames)
