@@ -171,3 +171,21 @@ def test_faces_predicted_together_equal_faces_predicted_alone():
     mixed = predictor.predict([grey, other], faces, image)
     assert np.array_equal(mixed[image == 0], together[image == 0])
     assert np.array_equal(mixed[image == 1], predictor.predict(other, faces[image == 1]))
+
+
+@needs_models
+def test_reading_dlibs_model_keeps_its_temporaries_small():
+    """The decoder's positions and temporaries stay within tens of MiB for the 9 MB file (a list of Python ints
+    and whole-file temporaries peaked about 300 MiB above the start: most of a recognition run's peak)."""
+    import subprocess
+    import sys
+
+    code = ("from dcnn.faces.shape_predictor import read_shape_predictor\n"
+            "from dcnn.faces.models import LANDMARK_MODEL, bundled_model\n"
+            "def peak():\n"
+            "    return int(dict(line.split(':', 1) for line in open('/proc/self/status'))['VmHWM'].split()[0])\n"
+            "path = bundled_model(LANDMARK_MODEL); data = path.read_bytes(); before = peak()\n"
+            "read_shape_predictor(path); print(peak() - before)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) < 150 * 1024  # KiB: 73 MiB now, 296 MiB before

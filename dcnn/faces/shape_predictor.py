@@ -21,6 +21,7 @@ Prediction of a face box, as dlib computes it (:meth:`ShapePredictor.predict` ru
 from __future__ import annotations
 
 import os
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ MAX_CASCADES = 100
 MAX_TREES = 10000
 MAX_TREE_DEPTH = 16
 MAX_FEATURES = 100000
+#: Integers decoded at a time (bounds the reader's temporaries to a few MiB).
+DECODE_CHUNK = 1 << 18
 #: dlib's float_details exponents that stand for +inf, -inf and NaN.
 SPECIAL_EXPONENTS = 32000
 KIND = "dlib shape predictor file"
@@ -80,7 +83,7 @@ def decode_integers(data: bytes, source: str) -> np.ndarray:
     WeightsError
         If a control byte is invalid, the last integer is cut short, or a magnitude exceeds 63 bits.
     """
-    positions = []
+    positions = array("q")  # 8 bytes an integer: a list of Python ints would take 36 (the peak of a run)
     position, end = 0, len(data)
     while position < end:
         positions.append(position)
@@ -88,23 +91,29 @@ def decode_integers(data: bytes, source: str) -> np.ndarray:
     if position != end:
         raise WeightsError(f"{source}: not a valid {KIND} (truncated: the last integer at byte {positions[-1]} "
                            f"runs past the end)")
-    starts = np.asarray(positions, dtype=np.int64)
+    starts = np.frombuffer(positions, dtype=np.int64)
     buffer = np.frombuffer(data + bytes(8), dtype=np.uint8)
-    control = buffer[starts]
-    sizes = control & 0x0F
-    bad = (sizes == 0) | (sizes > 8) | ((control & 0x70) != 0)
-    if bad.any():
-        first = int(starts[np.argmax(bad)])
-        raise WeightsError(f"{source}: not a valid {KIND} (bad integer control byte 0x{data[first]:02x} at byte "
-                           f"{first})")
-    magnitude = np.zeros(len(starts), dtype=np.uint64)
-    for byte in range(8):
-        value = buffer[starts + 1 + byte].astype(np.uint64) << np.uint64(8 * byte)
-        magnitude |= np.where(sizes > byte, value, np.uint64(0))
-    if (magnitude >> np.uint64(63)).any():
-        raise WeightsError(f"{source}: not a valid {KIND} (an integer beyond 63 bits)")
-    values = magnitude.astype(np.int64)
-    return np.where(control & 0x80, -values, values)
+    values = np.empty(len(starts), np.int64)
+    for first in range(0, len(starts), DECODE_CHUNK):  # in chunks: a few temporaries of a chunk's size at a time
+        chunk = starts[first:first + DECODE_CHUNK]
+        control = buffer[chunk]
+        sizes = control & 0x0F
+        bad = (sizes == 0) | (sizes > 8) | ((control & 0x70) != 0)
+        if bad.any():
+            where = int(chunk[np.argmax(bad)])
+            raise WeightsError(f"{source}: not a valid {KIND} (bad integer control byte 0x{data[where]:02x} at "
+                               f"byte {where})")
+        magnitude = np.zeros(len(chunk), dtype=np.uint64)
+        for byte in range(int(sizes.max())):
+            value = buffer.take(chunk + (1 + byte)).astype(np.uint64)
+            value[sizes <= byte] = 0
+            magnitude |= value << np.uint64(8 * byte)
+        if (magnitude >> np.uint64(63)).any():
+            raise WeightsError(f"{source}: not a valid {KIND} (an integer beyond 63 bits)")
+        part = values[first:first + DECODE_CHUNK]
+        part[:] = magnitude.view(np.int64)
+        np.negative(part, out=part, where=(control & 0x80) != 0)
+    return values
 
 
 def encode_integers(values: np.ndarray) -> bytes:
