@@ -15,6 +15,7 @@ from dcnn.kernels.elementwise import (
     leaky_relu,
     linear,
     local_response_norm,
+    padded_add,
     relu,
     softmax,
     tanh,
@@ -136,3 +137,16 @@ def test_channel_shuffle_matches_pytorch(rng):
     x = random_array(rng, 2, 12, 3, 2)
     expected = torch.nn.ChannelShuffle(3)(torch.from_numpy(x)).numpy()
     np.testing.assert_array_equal(channel_shuffle(x, 3), expected)
+
+
+def test_padded_add_zero_fills_each_axis_of_the_smaller_map():
+    """dlib's add_prev: the sum over the larger extent of every axis; equal shapes give the plain sum."""
+    rng = np.random.default_rng(0)
+    wide, small = rng.normal(size=(2, 4, 3, 3)).astype(np.float32), rng.normal(size=(2, 2, 4, 2)).astype(np.float32)
+    out = padded_add(wide, small)
+    expected = np.zeros((2, 4, 4, 3), np.float32)
+    expected[:, :, :3, :3] = wide
+    expected[:, :2, :4, :2] += small
+    assert out.dtype == np.float32 and np.array_equal(out, expected)
+    assert np.array_equal(padded_add(small, wide), expected)
+    assert np.array_equal(padded_add(wide, wide), wide + wide)

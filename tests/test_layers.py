@@ -14,6 +14,7 @@ from dcnn.network.layers import (
     Linear,
     MaxPool2d,
     Pad2d,
+    PaddedAdd,
     Softmax,
 )
 
@@ -71,3 +72,9 @@ def test_asymmetric_padding_of_conv_and_pools():
     assert conv.output_shape((3, 8, 8)) == (4, 4, 4) and "pad 0,1,1,0" in conv.describe()
     assert MaxPool2d(3, 2, (1, 1), padding_end=(1, 1)).padding_end is None  # symmetric after all
     assert AvgPool2d(2, 2, 0, padding_end=(1, 1)).output_shape((3, 5, 5)) == (3, 3, 3)
+
+
+def test_padded_add_takes_the_larger_extent_of_every_axis():
+    assert PaddedAdd().output_shape((64, 3, 3), (32, 4, 4)) == (64, 4, 4)
+    with pytest.raises(ShapeError, match=r"needs a \(C, H, W\) feature map"):
+        PaddedAdd().output_shape((64,), (64, 1, 1))
