@@ -1,10 +1,10 @@
 """Compile a network and its weights into runnable operations, once; run them on batches, many times.
 
 Every engine runs layers through these ops: the single-process path calls them on whole images, the spatial
-and fused engines on blocks with explicit border padding. A batch norm that is the only reader of a
-convolution's output is folded into the convolution's weights, and a ReLU that is the only reader of either is
-fused into the convolution's output pass (:func:`fusion_plan`); the absorbed layers keep their place in the op
-list as identities, so layer indices stay those of the network.
+and fused engines on blocks with explicit border padding. A batch norm (or per-channel affine) that is the only
+reader of a convolution's output is folded into the convolution's weights, and a ReLU that is the only reader
+of either is fused into the convolution's output pass (:func:`fusion_plan`); the absorbed layers keep their place
+in the op list as identities, so layer indices stay those of the network.
 
 :meth:`Forward.run` executes the network's nodes in topological order: each tensor is freed after its last
 reader, and an in-place op (activations, batch norm, a residual add) overwrites its input only when that input
@@ -246,16 +246,17 @@ def apply_op(op: LayerOp, arguments: list[np.ndarray], writable: list[bool],
 def fusion_plan(network: Network, stop: int | None = None) -> dict[int, tuple[int | None, bool]]:
     """Which layers each convolution absorbs: the one place that decides folding and fusion.
 
-    A batch norm is folded into the convolution before it when it is the only reader of the convolution's
-    output, and a ReLU is fused when it is the only reader of the convolution's (or the folded batch norm's)
-    output. A tensor with another reader (a residual skip, a branch) must keep its own values, so its
-    producer absorbs nothing. Only layers before ``stop`` (default: all) absorb or are absorbed: an executor
-    that runs layers ``0 .. stop - 1`` never folds across its end.
+    A batch norm, or a per-channel affine (dlib's ``affine`` layer, a batch norm in inference form), is folded
+    into the convolution before it when it is the only reader of the convolution's output, and a ReLU is fused
+    when it is the only reader of the convolution's (or the folded layer's) output. A tensor with another
+    reader (a residual skip, a branch) must keep its own values, so its producer absorbs nothing. Only layers
+    before ``stop`` (default: all) absorb or are absorbed: an executor that runs layers ``0 .. stop - 1`` never
+    folds across its end.
 
     Returns
     -------
     dict
-        ``{conv index: (folded batch-norm index or None, whether the ReLU right after is fused)}`` for every
+        ``{conv index: (folded batch-norm or affine index or None, whether the ReLU right after is fused)}`` for every
         convolution that absorbs something. The absorbed layers are the ones at ``conv index + 1`` (and
         ``+ 2``) in the network's order.
     """
@@ -263,7 +264,7 @@ def fusion_plan(network: Network, stop: int | None = None) -> dict[int, tuple[in
     last_uses = network.last_uses()
     layers = network.layers[:stop]
 
-    def sole_reader(index: int, kind: type) -> bool:
+    def sole_reader(index: int, kind: type | tuple[type, ...]) -> bool:
         name = layers[index][0]
         following = index + 1
         return (following < len(layers) and isinstance(layers[following][1], kind)
@@ -274,7 +275,7 @@ def fusion_plan(network: Network, stop: int | None = None) -> dict[int, tuple[in
     for index, (_, layer) in enumerate(layers):
         if not isinstance(layer, Conv2d):
             continue
-        norm = index + 1 if sole_reader(index, BatchNorm2d) else None
+        norm = index + 1 if sole_reader(index, (BatchNorm2d, Affine)) else None
         relu_fused = sole_reader(index if norm is None else norm, ReLU)
         if norm is not None or relu_fused:
             plan[index] = (norm, relu_fused)
@@ -330,7 +331,8 @@ class Forward:
                 norm, fused_relu = fusion[index]
                 if norm is not None:
                     norm_name, spec = layers[norm]
-                    folded = batch_norm_scale_shift(
+                    folded = (weights[f"{norm_name}.weight"], weights[f"{norm_name}.bias"]) if isinstance(
+                        spec, Affine) else batch_norm_scale_shift(
                         weights[f"{norm_name}.weight"], weights[f"{norm_name}.bias"],
                         weights[f"{norm_name}.running_mean"], weights[f"{norm_name}.running_var"],
                         spec.eps)  # type: ignore[attr-defined]

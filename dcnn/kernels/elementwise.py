@@ -13,8 +13,8 @@ from dcnn.kernels.threads import use_blas_threads
 
 __all__ = [
     "affine_channels", "batch_norm_scale_shift", "channel_shuffle", "clip", "elu", "hardsigmoid", "hardswish",
-    "leaky_relu", "linear", "local_response_norm", "padded_add", "prelu", "relu", "relu6", "sigmoid", "silu",
-    "softmax", "tanh",
+    "leaky_relu", "linear", "local_response_norm", "padded_add", "prelu", "relu", "relu6", "sigmoid", "silu", "softmax",
+    "tanh",
 ]
 
 

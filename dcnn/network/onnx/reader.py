@@ -88,13 +88,27 @@ def is_onnx_path(text: str | os.PathLike) -> bool:
     return str(text).lower().endswith(".onnx")
 
 
+#: Initializers above this many bytes are left out of the copy of the graph that shape inference reads (their
+#: type and shape are enough); smaller ones (target shapes, axes, pads) stay, because inference reads their values.
+SHAPE_INFERENCE_MAX_BYTES = 4096
+
+
 def _read(path: Path):
-    """Parse, check and shape-infer the file; raises :class:`InputError` for a missing or damaged one."""
+    """Check, parse and shape-infer the file; raises :class:`InputError` for a missing or damaged one.
+
+    Returns the model and the shapes of its tensors. The checker reads the file itself, before it is parsed
+    here, and shape inference runs on a copy of the graph without its large initializers: the weights are held
+    once (and once more as arrays while :func:`load_onnx` converts them, one tensor at a time).
+    """
     onnx = _onnx()
     from google.protobuf.message import DecodeError
 
     if not path.is_file():
         raise InputError(f"ONNX model {str(path)!r} does not exist")
+    try:
+        onnx.checker.check_model(str(path))
+    except (DecodeError, onnx.checker.ValidationError, *DAMAGED_FILE_ERRORS) as error:
+        raise InputError(f"{path}: invalid ONNX model ({_first_line(error)})") from None
     try:
         model = onnx.load(str(path))
     except (DecodeError, onnx.checker.ValidationError, *DAMAGED_FILE_ERRORS) as error:
@@ -102,10 +116,35 @@ def _read(path: Path):
     if not model.graph.node and not model.graph.output:
         raise InputError(f"{path}: not an ONNX model (no graph)")
     try:
-        onnx.checker.check_model(model)
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        return model, _inferred_shapes(onnx, model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, *DAMAGED_FILE_ERRORS) as error:
         raise InputError(f"{path}: invalid ONNX model ({_first_line(error)})") from None
+
+
+def _inferred_shapes(onnx, model) -> dict[str, tuple[int | None, ...]]:
+    """Every tensor's shape that ONNX's shape inference finds, by name (``None`` per dynamic dimension)."""
+    graph, helper = model.graph, onnx.helper
+    small = [tensor for tensor in graph.initializer if tensor.ByteSize() <= SHAPE_INFERENCE_MAX_BYTES]
+    declared = {value.name for value in graph.input}
+    typed = [
+        helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+        for tensor in graph.initializer
+        if tensor.ByteSize() > SHAPE_INFERENCE_MAX_BYTES and tensor.name not in declared
+    ]
+    skeleton = helper.make_model(
+        helper.make_graph(
+            graph.node, graph.name, [*graph.input, *typed], graph.output, small, value_info=graph.value_info
+        ),
+        ir_version=model.ir_version,
+        opset_imports=model.opset_import,
+        functions=model.functions,
+    )
+    inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False).graph
+    return {
+        value.name: shape
+        for value in [*inferred.input, *inferred.value_info, *inferred.output]
+        if (shape := _shape_of(value)) is not None
+    }
 
 
 #: What numpy and the layer specs raise on a model that passes the checker but whose tensors contradict each
@@ -206,7 +245,7 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
     from dcnn.network.onnx.ops import CONVERTERS, NodeContext, Step
 
     path = Path(path)
-    model = _read(path)
+    model, shapes = _read(path)
     graph = model.graph
     opset = _default_opset(model, path)
     opsets = {entry.domain or "": entry.version for entry in model.opset_import}
@@ -216,16 +255,11 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
             constants[tensor.name] = tensor_value(tensor)
         except INCONSISTENT_MODEL_ERRORS as error:
             raise _inconsistent(path, f"initializer {tensor.name}", error) from None
+        tensor.ClearField("raw_data")  # the array holds the values now: free the parsed copy as we go
     input_name, dims = _the_input(graph, constants, path, image_input)
     if len(graph.output) != 1:
         raise InputError(f"{path}: dcnn runs models with one output, this one has {len(graph.output)}")
     output_name = graph.output[0].name
-    shapes = {
-        value.name: shape
-        for value in [*graph.input, *graph.value_info, *graph.output]
-        if (shape := _shape_of(value)) is not None
-    }
-
     unsupported: dict[str, list[tuple[str, str]]] = {}
     conversions: list[tuple[str, str | list[Step]]] = []
     needed_nodes, needed_tensors = _needed(graph, output_name)
