@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +42,9 @@ MAX_CASCADES = 100
 MAX_TREES = 10000
 MAX_TREE_DEPTH = 16
 MAX_FEATURES = 100000
-#: Integers decoded at a time (bounds the reader's temporaries to a few MiB).
-DECODE_CHUNK = 1 << 18
+#: Integers decoded at a time: the reader holds the file's bytes, the model and one chunk's temporaries (a few
+#: MiB), never the decoded file.
+DECODE_CHUNK = 1 << 16
 #: dlib's float_details exponents that stand for +inf, -inf and NaN.
 SPECIAL_EXPONENTS = 32000
 KIND = "dlib shape predictor file"
@@ -75,45 +76,59 @@ class Cascade:
     leaves: np.ndarray
 
 
-def decode_integers(data: bytes, source: str) -> np.ndarray:
-    """Every dlib integer of a file that holds nothing else, in order, as int64.
+def _integer_chunks(data: bytes, source: str) -> Iterator[np.ndarray]:
+    """The dlib integers of a file that holds nothing else, in order, as int64 arrays of up to
+    :data:`DECODE_CHUNK` values: only one chunk's positions and temporaries exist at a time.
 
     Raises
     ------
     WeightsError
         If a control byte is invalid, the last integer is cut short, or a magnitude exceeds 63 bits.
     """
-    positions = array("q")  # 8 bytes an integer: a list of Python ints would take 36 (the peak of a run)
+    buffer = np.frombuffer(data, dtype=np.uint8)
     position, end = 0, len(data)
     while position < end:
-        positions.append(position)
-        position += 1 + (data[position] & 0x0F)
-    if position != end:
-        raise WeightsError(f"{source}: not a valid {KIND} (truncated: the last integer at byte {positions[-1]} "
-                           f"runs past the end)")
-    starts = np.frombuffer(positions, dtype=np.int64)
-    buffer = np.frombuffer(data + bytes(8), dtype=np.uint8)
-    values = np.empty(len(starts), np.int64)
-    for first in range(0, len(starts), DECODE_CHUNK):  # in chunks: a few temporaries of a chunk's size at a time
-        chunk = starts[first:first + DECODE_CHUNK]
-        control = buffer[chunk]
-        sizes = control & 0x0F
-        bad = (sizes == 0) | (sizes > 8) | ((control & 0x70) != 0)
-        if bad.any():
-            where = int(chunk[np.argmax(bad)])
-            raise WeightsError(f"{source}: not a valid {KIND} (bad integer control byte 0x{data[where]:02x} at "
-                               f"byte {where})")
-        magnitude = np.zeros(len(chunk), dtype=np.uint64)
-        for byte in range(int(sizes.max())):
-            value = buffer.take(chunk + (1 + byte)).astype(np.uint64)
-            value[sizes <= byte] = 0
-            magnitude |= value << np.uint64(8 * byte)
-        if (magnitude >> np.uint64(63)).any():
-            raise WeightsError(f"{source}: not a valid {KIND} (an integer beyond 63 bits)")
-        part = values[first:first + DECODE_CHUNK]
-        part[:] = magnitude.view(np.int64)
-        np.negative(part, out=part, where=(control & 0x80) != 0)
+        positions = array("q")  # 8 bytes an integer: a list of Python ints would take 36
+        while position < end and len(positions) < DECODE_CHUNK:
+            positions.append(position)
+            position += 1 + (data[position] & 0x0F)
+        if position > end:
+            raise WeightsError(f"{source}: not a valid {KIND} (truncated: the last integer at byte "
+                               f"{positions[-1]} runs past the end)")
+        yield _decode_at(buffer, np.frombuffer(positions, dtype=np.int64), source)
+
+
+def _decode_at(buffer: np.ndarray, starts: np.ndarray, source: str) -> np.ndarray:
+    """The complete dlib integers that begin at byte offsets ``starts`` of the uint8 ``buffer``, as int64."""
+    control = buffer[starts]
+    sizes = control & 0x0F
+    bad = (sizes == 0) | (sizes > 8) | ((control & 0x70) != 0)
+    if bad.any():
+        where = int(starts[np.argmax(bad)])
+        raise WeightsError(f"{source}: not a valid {KIND} (bad integer control byte 0x{buffer[where]:02x} at "
+                           f"byte {where})")
+    magnitude = np.zeros(len(starts), dtype=np.uint64)
+    for byte in range(int(sizes.max())):
+        # An integer of fewer bytes may end the file: its index is clipped, and its byte dropped.
+        value = buffer.take(starts + (1 + byte), mode="clip").astype(np.uint64)
+        value[sizes <= byte] = 0
+        magnitude |= value << np.uint64(8 * byte)
+    if (magnitude >> np.uint64(63)).any():
+        raise WeightsError(f"{source}: not a valid {KIND} (an integer beyond 63 bits)")
+    values = magnitude.view(np.int64)
+    np.negative(values, out=values, where=(control & 0x80) != 0)
     return values
+
+
+def decode_integers(data: bytes, source: str) -> np.ndarray:
+    """Every dlib integer of a file that holds nothing else, in order, as int64.
+
+    Raises
+    ------
+    WeightsError
+        As :func:`_integer_chunks`.
+    """
+    return np.concatenate([np.zeros(0, np.int64), *_integer_chunks(data, source)])
 
 
 def encode_integers(values: np.ndarray) -> bytes:
@@ -166,22 +181,41 @@ def _float32(pairs: np.ndarray, fail) -> np.ndarray:
 
 
 class _Stream:
-    """Bounds-checked reads from the decoded integers of a shape predictor file."""
+    """Bounds-checked reads of the integers of a shape predictor file, decoded a chunk at a time as they are
+    read (:func:`_integer_chunks`): the decoded file is never held whole."""
 
-    def __init__(self, values: np.ndarray, source: str):
-        self.values = values
-        self.cursor = 0
+    def __init__(self, data: bytes, source: str):
+        self.chunks = _integer_chunks(data, source)
+        self.pending = np.zeros(0, np.int64)  # decoded, not yet taken
+        self.cursor = 0  # values taken so far
         self.source = source
 
     def fail(self, what: str) -> WeightsError:
         return WeightsError(f"{self.source}: not a valid {KIND} ({what} at value {self.cursor})")
 
     def take(self, count: int) -> np.ndarray:
-        if self.cursor + count > len(self.values):
-            raise self.fail(f"truncated: {count} values wanted, {len(self.values) - self.cursor} left")
-        chunk = self.values[self.cursor:self.cursor + count]
+        parts = [self.pending]
+        have = len(self.pending)
+        while have < count:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                raise self.fail(f"truncated: {count} values wanted, {have} left")
+            parts.append(chunk)
+            have += len(chunk)
+        values = np.concatenate(parts) if len(parts) > 1 else self.pending
+        self.pending = values[count:]
         self.cursor += count
-        return chunk
+        return values[:count]
+
+    def peek(self) -> int:
+        """The next value, left to be taken."""
+        value = self.take(1)
+        self.pending, self.cursor = np.concatenate([value, self.pending]), self.cursor - 1
+        return int(value[0])
+
+    def left(self) -> int:
+        """Values after the cursor (the rest of the file decoded)."""
+        return len(self.pending) + sum(len(chunk) for chunk in self.chunks)
 
     def count(self, low: int, high: int, what: str) -> int:
         value = int(self.take(1)[0])
@@ -232,10 +266,9 @@ def read_shape_predictor(path: str | os.PathLike) -> ShapePredictor:
     WeightsError
         If the file is missing, truncated, altered, or not a shape predictor.
     """
-    stream = _Stream(decode_integers(read_model_bytes(path, "shape predictor file"), str(path)), str(path))
+    stream = _Stream(read_model_bytes(path, "shape predictor file"), str(path))
     stream.count(1, 1, "version")
-    rows = int(stream.take(1)[0])
-    stream.cursor -= 1
+    rows = stream.peek()
     parts = abs(rows) // 2
     if not 1 <= parts <= MAX_PARTS:
         raise stream.fail(f"an initial shape of {rows} values")
@@ -248,16 +281,17 @@ def read_shape_predictor(path: str | os.PathLike) -> ShapePredictor:
         anchor = stream.take(stream.count(1, MAX_FEATURES, "feature count"))
         if (anchor < 0).any() or (anchor >= parts).any():
             raise stream.fail(f"an anchor outside parts 0 to {parts - 1}")
-        anchors.append(anchor)
+        anchors.append(anchor.copy())  # not a view that keeps its decoded chunk alive
     stream.count(len(forests), len(forests), "delta vector count")
     cascades = []
     for anchor, (first, second, thresholds, leaves) in zip(anchors, forests):
         deltas = stream.floats(2 * stream.count(len(anchor), len(anchor), "delta count")).reshape(-1, 2)
         if max(first.max(), second.max()) >= len(anchor):
             raise stream.fail(f"a split on a feature outside 0 to {len(anchor) - 1}")
-        cascades.append(Cascade(anchor.copy(), deltas, first.copy(), second.copy(), thresholds, leaves))
-    if stream.cursor != len(stream.values):
-        raise stream.fail(f"{len(stream.values) - stream.cursor} unexpected trailing values")
+        cascades.append(Cascade(anchor, deltas, first, second, thresholds, leaves))
+    trailing = stream.left()
+    if trailing:
+        raise stream.fail(f"{trailing} unexpected trailing values")
     return ShapePredictor(initial.reshape(parts, 2), tuple(cascades))
 
 
