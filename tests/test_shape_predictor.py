@@ -189,3 +189,19 @@ def test_reading_dlibs_model_keeps_its_temporaries_small():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) < 32 * 1024  # KiB: 19 MiB now
+
+
+@needs_models
+def test_working_bytes_bound_what_predict_allocates(model):
+    """The planner counts :meth:`ShapePredictor.working_bytes` for a batch of faces: numpy's allocations while
+    predicting stay below it (besides the grey levels, given), for one face and for several."""
+    import tracemalloc
+
+    grey = np.random.default_rng(3).integers(0, 256, (120, 160), dtype=np.uint8)
+    for faces in (1, 4, 9):
+        boxes = np.tile([20, 15, 110, 100], (faces, 1)) + np.arange(faces)[:, None]
+        tracemalloc.start()
+        model.predict(grey, boxes)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert grey.nbytes + model.working_bytes(faces) > peak > model.working_bytes(faces) // 3

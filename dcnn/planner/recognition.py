@@ -33,5 +33,11 @@ def recognition_stage(landmarks: ShapePredictor, descriptor: Network) -> Stage:
         for a batch of faces (:meth:`ShapePredictor.working_bytes`) and the batch's uint8 chips.
     """
     chips = DESCRIPTOR_BATCH * CHIP_SIZE * CHIP_SIZE * 3
-    return Stage("recognition", descriptor, DESCRIPTOR_BATCH, landmarks.nbytes,
-                 landmarks.working_bytes(DESCRIPTOR_BATCH) + chips, IMAGE_BYTES)
+    return Stage(
+        "recognition",
+        descriptor,
+        DESCRIPTOR_BATCH,
+        landmarks.nbytes,
+        landmarks.working_bytes(DESCRIPTOR_BATCH) + chips,
+        IMAGE_BYTES,
+    )
