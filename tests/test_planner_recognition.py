@@ -53,3 +53,18 @@ def test_a_recognition_plan_counts_the_recognition_models_and_working_set(landma
         )
         recognition = items["recognition models"] + items["recognition activations"]
         assert planned.peak(rank) == pytest.approx(alone.peak(rank) + recognition * (1 + MODEL_MARGIN), abs=2)
+
+
+def test_the_plan_command_plans_recognition_and_refuses_a_node_too_small(capsys):
+    from dcnn.cli.plan import main
+
+    assert main(["mmod", "--recognize", "--input", "128x128", "--nodes", "2", "--mem-per-rank", "256MiB"]) == 0
+    out = capsys.readouterr().out
+    assert "mmod with face recognition on 128x128 images" in out
+    assert "recognition models 49.6 MiB" in out and "mpirun -np 2 python -m dcnn.recognize --mode batch" in out
+    assert main(["mmod", "--recognize", "--input", "128x128", "--nodes", "2", "--mem-per-rank", "160MiB"]) == 2
+    error = capsys.readouterr().err
+    assert "Whatever the plan, every node holds the recognition models (49.6 MiB) and their working set" in error
+    assert main(["mmod", "--input", "128x128", "--nodes", "2", "--mem-per-rank", "160MiB"]) == 0  # detector alone
+    assert main(["lenet5", "--recognize"]) == 2
+    assert "--recognize plans dlib's face detector (mmod)" in capsys.readouterr().err
