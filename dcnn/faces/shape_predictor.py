@@ -379,10 +379,9 @@ def _box_frames(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scale[:, None], boxes[:, None, :2].astype(np.float64)
 
 
-def _to_image(points: np.ndarray, frames: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Normalised ``(n, k, 2)`` points mapped into the image by :func:`_box_frames`, rounded as dlib's
-    ``point`` (``floor(x + 0.5)``)."""
-    scale, origin = frames
+def _to_image(points: np.ndarray, scale: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """Normalised coordinates mapped into the image by the scale and origin of :func:`_box_frames` (or one
+    coordinate's part of them), rounded as dlib's ``point`` (``floor(x + 0.5)``), as int64."""
     return np.floor(points * scale + origin + 0.5).astype(np.int64)
 
 
@@ -430,7 +429,7 @@ class ShapePredictor:
 
         All faces (of one image or of several) go through each cascade together, and all trees of a cascade
         together: features, splits and leaves are gathered with numpy indexing; only the leaves' sum runs tree
-        after tree (dlib's float32 order, a cumulative sum).
+        after tree (dlib's float32 order: a reduction over the trees' axis, which numpy runs row after row).
 
         Parameters
         ----------
@@ -458,19 +457,18 @@ class ShapePredictor:
         height, width, first = sizes[image, 0, None], sizes[image, 1, None], starts[image, None]
         flat_grey = np.concatenate([g.reshape(-1) for g in greys])
         frames = _box_frames(boxes)
+        (scale_x, scale_y), (origin_x, origin_y) = np.moveaxis(frames[0], -1, 0), np.moveaxis(frames[1], -1, 0)
         centred = self.initial_shape.astype(np.float64) - self.initial_shape.astype(np.float64).mean(axis=0)
         spread = (centred * centred).sum() / len(centred)
         current = np.repeat(self.initial_shape[None], faces, axis=0)
         for cascade in self.cascades:
             linear = _similarity_from(centred, spread, current).astype(np.float32)
             dx, dy = cascade.deltas[:, 0], cascade.deltas[:, 1]
-            anchor = current[:, cascade.anchors]
-            # float32 products and sums in dlib's order: A * delta, then + anchor.
-            normalised = np.empty_like(anchor)
-            normalised[..., 0] = linear[:, 0, 0, None] * dx + linear[:, 0, 1, None] * dy + anchor[..., 0]
-            normalised[..., 1] = linear[:, 1, 0, None] * dx + linear[:, 1, 1, None] * dy + anchor[..., 1]
-            pixels = _to_image(normalised, frames)
-            x, y = pixels[..., 0], pixels[..., 1]
+            anchor = current.take(cascade.anchors, axis=1)
+            # Per coordinate, (faces, features) contiguous: float32 products and sums in dlib's order (A * delta,
+            # then + anchor), then into the image.
+            x = _to_image(linear[:, 0, 0, None] * dx + linear[:, 0, 1, None] * dy + anchor[..., 0], scale_x, origin_x)
+            y = _to_image(linear[:, 1, 0, None] * dx + linear[:, 1, 1, None] * dy + anchor[..., 1], scale_y, origin_y)
             inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
             values = np.where(inside, flat_grey.take(np.where(inside, first + y * width + x, 0)), 0).astype(np.float32)
             # Every split of every tree of every face at once: flat (faces, trees, splits) "go left" flags.
@@ -484,8 +482,9 @@ class ShapePredictor:
                 node = 2 * node + 2 - left.take(base + node)
             leaf = (np.arange(trees) * (splits + 1) + node.reshape(faces, trees) - splits).reshape(-1)
             increments = cascade.leaves.reshape(trees * (splits + 1), -1).take(leaf, axis=0)
-            # dlib adds the leaves one tree after another in float32: a sequential (cumulative) sum.
-            total = np.cumsum(np.concatenate([current.reshape(faces, 1, -1), increments.reshape(faces, trees, -1)],
-                                             axis=1), axis=1, dtype=np.float32)[:, -1]
+            # dlib adds the leaves one tree after another in float32. A reduction over an axis that is not the
+            # innermost runs row after row (numpy sums pairwise only along the innermost): dlib's order.
+            total = np.add.reduce(np.concatenate([current.reshape(faces, 1, -1), increments.reshape(faces, trees, -1)],
+                                                 axis=1), axis=1, dtype=np.float32)
             current = total.reshape(faces, -1, 2)
-        return _to_image(current, frames)
+        return _to_image(current, *frames)
