@@ -205,3 +205,19 @@ def test_working_bytes_bound_what_predict_allocates(model):
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert grey.nbytes + model.working_bytes(faces) > peak > model.working_bytes(faces) // 3
+
+
+@pytest.mark.parametrize("splits", [1, 3, 7, 15, 31])
+def test_leaves_are_those_of_a_walk_from_the_root(splits):
+    """Trees up to depth 4 look their leaf up from all their flags at once, deeper ones walk: both reach the
+    leaf that following the flags from the root does, one node at a time."""
+    from dcnn.faces.shape_predictor import _leaves
+
+    left = np.random.default_rng(splits).random((300, splits)) < 0.5
+    expected = []
+    for row in left:
+        node = 0
+        while node < splits:
+            node = 2 * node + (1 if row[node] else 2)
+        expected.append(node - splits)
+    assert np.array_equal(_leaves(left), expected)

@@ -24,6 +24,7 @@ import os
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,9 @@ MAX_FEATURES = 100000
 #: Integers decoded at a time: the reader holds the file's bytes, the model and one chunk's temporaries (a few
 #: MiB), never the decoded file.
 DECODE_CHUNK = 1 << 16
+#: Trees of up to this many splits (depth 4, dlib's default) find their leaves in a table of 2**15 entries
+#: indexed by all their split flags at once; deeper ones are walked level by level.
+MAX_TABLE_SPLITS = 15
 #: dlib's float_details exponents that stand for +inf, -inf and NaN.
 SPECIAL_EXPONENTS = 32000
 KIND = "dlib shape predictor file"
@@ -385,6 +389,34 @@ def _to_image(points: np.ndarray, scale: np.ndarray, origin: np.ndarray) -> np.n
     return np.floor(points * scale + origin + 0.5).astype(np.int64)
 
 
+def _walk(left: np.ndarray) -> np.ndarray:
+    """The leaf (``0 .. splits``) that each row of ``(m, splits)`` "go left" flags of a complete tree reaches from
+    its root: node ``i``'s children are ``2i + 1`` (left) and ``2i + 2``, leaves follow the splits (dlib's
+    ``regression_tree``)."""
+    count, splits = left.shape
+    base, flat = np.arange(count) * splits, left.reshape(-1)
+    node = np.zeros(count, np.int64)
+    for _ in range(splits.bit_length()):  # complete trees: depth log2(splits + 1)
+        node = 2 * node + 2 - flat.take(base + node)
+    return node - splits
+
+
+@lru_cache(maxsize=4)
+def _leaf_table(splits: int) -> np.ndarray:
+    """:func:`_walk` of every pattern of ``splits`` flags, indexed by the pattern (bit ``s``: split ``s``)."""
+    patterns = np.arange(1 << splits)
+    return _walk(((patterns[:, None] >> np.arange(splits)) & 1).astype(bool))
+
+
+def _leaves(left: np.ndarray) -> np.ndarray:
+    """:func:`_walk`; for trees of up to :data:`MAX_TABLE_SPLITS` splits, one lookup of each row's flags as an
+    integer instead of a pass per level."""
+    splits = left.shape[1]
+    if splits > MAX_TABLE_SPLITS:
+        return _walk(left)
+    return _leaf_table(splits).take(left @ (1 << np.arange(splits)))
+
+
 @dataclass(frozen=True)
 class ShapePredictor:
     """A parsed shape predictor: the initial shape and its cascades.
@@ -471,16 +503,13 @@ class ShapePredictor:
             y = _to_image(linear[:, 1, 0, None] * dx + linear[:, 1, 1, None] * dy + anchor[..., 1], scale_y, origin_y)
             inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
             values = np.where(inside, flat_grey.take(np.where(inside, first + y * width + x, 0)), 0).astype(np.float32)
-            # Every split of every tree of every face at once: flat (faces, trees, splits) "go left" flags.
+            # Every split of every tree of every face at once: (faces * trees, splits) "go left" flags.
             trees, splits = cascade.first.shape
             offsets = (np.arange(faces) * values.shape[1])[:, None, None]
             left = (values.take(cascade.first + offsets) - values.take(cascade.second + offsets)
-                    > cascade.thresholds).reshape(-1)
-            base = np.arange(faces * trees) * splits
-            node = np.zeros(faces * trees, np.int64)
-            for _ in range(splits.bit_length()):  # complete trees: depth log2(splits + 1)
-                node = 2 * node + 2 - left.take(base + node)
-            leaf = (np.arange(trees) * (splits + 1) + node.reshape(faces, trees) - splits).reshape(-1)
+                    > cascade.thresholds).reshape(faces * trees, splits)
+            leaf = (_leaves(left).reshape(faces, trees)
+                    + np.arange(trees) * (splits + 1)).reshape(-1)
             increments = cascade.leaves.reshape(trees * (splits + 1), -1).take(leaf, axis=0)
             # dlib adds the leaves one tree after another in float32. A reduction over an axis that is not the
             # innermost runs row after row (numpy sums pairwise only along the innermost): dlib's order.
