@@ -13,6 +13,7 @@ from dcnn.planner.plan import (
     MIB,
     MODEL_MARGIN,
     Cluster,
+    Stage,
     best_plan,
     choose_plan,
     format_bytes,
@@ -263,3 +264,33 @@ def test_spatial_grids_leave_no_rank_without_a_block():
     assert plans(VGG16, SHAPE, cluster, 1, modes=("spatial",)) == []
     with pytest.raises(PlanError, match="no spatial plan for 100000 nodes"):
         choose_plan(VGG16, SHAPE, cluster, 1, modes=("spatial",))
+
+
+#: A stage every rank runs after VGG-16: LeNet-5 on batches of 8 with 3 MiB of other models and 1 MiB scratch.
+LENET_STAGE = Stage("second", get_model("lenet5"), 8, 3 * MIB, MIB, 0.5)
+
+
+@pytest.mark.parametrize("mode,grid", [("batch", None), ("spatial", (1, 2)), ("fused", (2, 2))])
+def test_a_stage_adds_its_networks_weights_and_working_set_to_every_rank(mode, grid):
+    cluster = Cluster.uniform(2, 2**34)
+    alone = plan_for(VGG16, SHAPE, cluster, mode, 2, grid)
+    staged = plan_for(VGG16, SHAPE, cluster, mode, 2, grid, stage=LENET_STAGE)
+    lenet = memory_batch(LENET_STAGE.network, LENET_STAGE.network.input_shape, 8, cluster).memory[0]
+    for rank in range(2):
+        assert staged.memory[rank]["second models"] == lenet["weights"] + 3 * MIB
+        assert staged.memory[rank]["second activations"] == (lenet["input"] + lenet["activations"] + MIB
+                                                             + int(0.5 * 2 * math.prod(SHAPE)))
+        assert {k: v for k, v in staged.memory[rank].items() if not k.startswith("second")} == alone.memory[rank]
+        extra = staged.memory[rank]["second models"] + staged.memory[rank]["second activations"]
+        assert staged.peak(rank) == pytest.approx(alone.peak(rank) + extra * (1 + MODEL_MARGIN), abs=2)
+
+
+def test_a_node_too_small_for_a_stage_is_refused_naming_it():
+    heavy = Stage("recognition", VGG16, 1)  # 0.6 GiB of models whatever the plan
+    cluster = Cluster.uniform(4, 600 * MIB)
+    assert choose_plan(get_model("lenet5"), (1, 32, 32), cluster, 4).overflow(cluster) is None
+    with pytest.raises(PlanError) as error:
+        choose_plan(get_model("lenet5"), (1, 32, 32), cluster, 4, stage=heavy)
+    message = str(error.value)
+    assert "Whatever the plan, every node holds the recognition models (" in message
+    assert "No number of such nodes" in message

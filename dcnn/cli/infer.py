@@ -83,6 +83,7 @@ from dcnn.planner.plan import (
     RUNTIME_BYTES,
     Cluster,
     Plan,
+    Stage,
     choose_plan,
     format_bytes,
     parse_bytes,
@@ -348,8 +349,9 @@ def _check_numbers(args: argparse.Namespace, size: int) -> None:
     parse_throttle(args.throttle, size)
 
 
-def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
-    """Check everything before any heavy work; raises :class:`DcnnError` (called inside a collective)."""
+def _validate(args: argparse.Namespace, comm, local_ranks: int, stage: Stage | None = None) -> Job:
+    """Check everything before any heavy work; raises :class:`DcnnError` (called inside a collective).
+    ``stage``: what every rank runs after the network (``dcnn.recognize``'s), planned with it."""
     if args.mode == "single" and comm.size > 1:
         raise PlanError(f"--mode single runs on one process, but {comm.size} were started; "
                         f"run without mpirun, or choose --mode batch or spatial")
@@ -376,7 +378,7 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
         input_shape = _classifier_input(network)
     scan = _scan(args, images, input_shape, comm)
     _check_tiles(args, network, scan, images)
-    plan = _plan(args, network, scan, images, comm, local_ranks, reader_bytes(model.path) if model else 0)
+    plan = _plan(args, network, scan, images, comm, local_ranks, reader_bytes(model.path) if model else 0, stage)
     if args.plan == "auto":
         _check_tiles(args, network, scan, images)
     first = scan.shapes[0]
@@ -444,10 +446,11 @@ def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster |
 
 
 def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: ImageSet, comm, local_ranks: int,
-          reader: int = 0) -> Plan:
+          reader: int = 0, stage: Stage | None = None) -> Plan:
     """Choose the plan (--plan auto) or model the requested one, for the image sizes that need the most memory
-    (:func:`dcnn.plan.worst_shapes`); refuse it if it exceeds a known budget. ``reader``: bytes a rank's runtime
-    holds beyond the planner's (reading a model file, :func:`dcnn.exec.imported.reader_bytes`)."""
+    (:func:`dcnn.plan.worst_shapes`), with ``stage`` if given; refuse it if it exceeds a known budget.
+    ``reader``: bytes a rank's runtime holds beyond the planner's (reading a model file,
+    :func:`dcnn.exec.imported.reader_bytes`)."""
     cluster = _cluster(args, comm.size, local_ranks)
     if cluster is not None:
         cluster = dataclasses.replace(cluster, runtime_bytes=cluster.runtime_bytes + reader)
@@ -457,7 +460,7 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
         modes = PLANNED_MODES if comm.size > 1 else tuple(m for m in PLANNED_MODES if m != "spatial")
         (shape, count), others = worst[0], worst[1:]
         plan = choose_plan(network, shape, cluster, args.batch_size, images, modes, count, others,
-                           _tile_limit(network, scan))
+                           _tile_limit(network, scan), stage)
         args.mode = "single" if comm.size == 1 and plan.mode == "batch" else plan.mode
         args.batch_size = plan.batch
         if plan.mode == "spatial":
@@ -473,7 +476,7 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     grid = (parse_grid(args.grid, "--grid") if mode == "spatial" and args.grid else
             parse_grid(args.tiles, "--tiles") if mode == "fused" else None)
     plan, shape = plan_shapes(network, worst, modelled, mode, args.batch_size, grid, args.halo_policy, images,
-                              args.fuse_depth if mode == "fused" else None)
+                              args.fuse_depth if mode == "fused" else None, stage)
     overflow = plan.overflow(cluster) if cluster is not None else None
     if overflow is not None:
         rank, needed, available = overflow

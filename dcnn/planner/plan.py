@@ -13,7 +13,12 @@ models, per rank (one rank per node):
   input, a residual skip that a later node reads), for the whole map (batch), the rank's block with its halo
   (spatial) or the largest tile region (fused);
 - ``gathered map``, ``tile outputs``: the maps that spatial and fused mode assemble on every rank;
-- ``overlap pool``: the strips a rank holds for the reuse policy.
+- ``overlap pool``: the strips a rank holds for the reuse policy;
+- a :class:`Stage` that every rank runs after the network (face recognition after the detector):
+  ``<stage> models`` (its network's weights, counted as ``weights`` in batch mode, and its other models) and
+  ``<stage> activations`` (its network's input and largest working set for one pass, its other scratch, and
+  what it holds per image of the planned network's pass). They add to the network's items: what the network
+  freed is not always handed back to the system by the time the stage runs.
 
 Time is the multiply-accumulates of the slowest share over the node's speed (calibrated on the paper's RockPro64
 runs), plus halo, strip and gather bytes over the network bandwidth with a latency per message. It is a simple
@@ -41,7 +46,7 @@ from dcnn.network.graph import BYTES_PER_VALUE, Network, format_shape
 from dcnn.network.layers import Conv2d, Linear, Shape
 
 __all__ = [
-    "DEFAULT_MACS_PER_SECOND", "MODES", "RUNTIME_BYTES", "Cluster", "Node", "Plan", "best_plan", "choose_plan",
+    "DEFAULT_MACS_PER_SECOND", "MODES", "RUNTIME_BYTES", "Cluster", "Node", "Plan", "Stage", "best_plan", "choose_plan",
     "format_bytes", "parse_bytes", "plan_for", "plan_shapes", "plans", "worst_shapes",
 ]
 
@@ -270,6 +275,46 @@ class Plan:
         if self.depth is not None:
             arguments += ["--fuse-depth", str(self.depth)]
         return arguments
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A second network that every rank runs whole after the planned one, with the models it holds besides:
+    ``python -m dcnn.recognize``'s recognition (the face descriptor on batches of chips, after the landmarks).
+
+    Attributes
+    ----------
+    name : str
+        Its memory items are ``"<name> models"`` and ``"<name> activations"``.
+    network : Network
+        Run on whole inputs of ``network.input_shape``.
+    batch : int
+        Inputs per pass of ``network``.
+    models : int
+        Bytes of its other models (the landmark model).
+    scratch : int
+        Bytes of its other temporaries, at most, for one pass (the landmarks' and chips' of ``batch`` faces).
+    image_bytes : float
+        Bytes it holds per value of the planned network's input, per image of that network's pass (the images
+        read again for the landmarks).
+    """
+
+    name: str
+    network: Network
+    batch: int
+    models: int = 0
+    scratch: int = 0
+    image_bytes: float = 0.0
+
+    def memory(self, input_shape: Shape, batch: int) -> dict[str, int]:
+        """Its items next to a pass of the planned network over ``batch`` inputs of ``input_shape``: its
+        network's weights as batch mode holds them (:func:`_weights`), input and largest working set
+        (:func:`_input_bytes`, :func:`_whole_map_work`), as for any network, and its own bytes."""
+        shape = self.network.input_shape
+        work, _ = _whole_map_work(self.network, shape)
+        return {f"{self.name} models": _weights(self.network, shape, 1)[0][0] + self.models,
+                f"{self.name} activations": _input_bytes(shape, self.batch) + self.batch * work * BYTES_PER_VALUE
+                + self.scratch + int(self.image_bytes * batch * math.prod(input_shape))}
 
 
 @lru_cache(maxsize=64)
@@ -502,11 +547,12 @@ def _spatial_grids(network: Network, input_shape: Shape, size: int) -> list[tupl
 
 def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, batch: int,
              grid: tuple[int, int] | None = None, overlap: str | None = None, images: int = 1,
-             depth: int | None = None, batch_images: int | None = None) -> Plan:
+             depth: int | None = None, batch_images: int | None = None, stage: Stage | None = None) -> Plan:
     """The plan of one given configuration, with its predicted time.
 
     ``batch_images`` is how many images of this shape there are: a forward pass never holds more, so memory is
     modelled for ``min(batch, batch_images)`` images (a 1-image set at batch 4 is planned as 1 image).
+    ``stage``: a network every rank runs after this one (its items join every rank's, see :class:`Stage`).
     """
     real = batch if batch_images is None else max(1, min(batch, batch_images))
     if mode == "batch":
@@ -517,6 +563,9 @@ def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, 
         plan = memory_fused(network, input_shape, real, cluster, grid, overlap or "reuse", depth)
     else:
         raise PlanError(f"the planner knows modes {', '.join(MODES)}, not {mode!r}")
+    if stage is not None:
+        for items in plan.memory:
+            items.update(stage.memory(input_shape, real))
     plan.batch = batch
     plan.seconds = predict_seconds(plan, network, input_shape, cluster, images)
     return plan
@@ -540,10 +589,11 @@ def worst_shapes(counts: Mapping[Shape, int], batch: int) -> list[tuple[Shape, i
 
 def plan_shapes(network: Network, shapes: list[tuple[Shape, int]], cluster: Cluster, mode: str, batch: int,
                 grid: tuple[int, int] | None = None, overlap: str | None = None, images: int = 1,
-                depth: int | None = None) -> tuple[Plan, Shape]:
+                depth: int | None = None, stage: Stage | None = None) -> tuple[Plan, Shape]:
     """One configuration over several input shapes (from :func:`worst_shapes`): the plan of the shape that
-    exceeds the cluster's budgets most (needs the most memory when all fit), and that shape."""
-    planned = [(plan_for(network, shape, cluster, mode, batch, grid, overlap, images, depth, count), shape)
+    exceeds the cluster's budgets most (needs the most memory when all fit), and that shape. ``stage``: see
+    :func:`plan_for`."""
+    planned = [(plan_for(network, shape, cluster, mode, batch, grid, overlap, images, depth, count, stage), shape)
                for shape, count in shapes]
     return max(planned, key=lambda item: (_excess(item[0], cluster), item[0].peak()))
 
@@ -556,11 +606,11 @@ def _excess(plan: Plan, cluster: Cluster) -> int:
 
 def plans(network: Network, input_shape: Shape, cluster: Cluster, batch: int, images: int = 1,
           modes: tuple[str, ...] = MODES, batch_images: int | None = None,
-          tile_limit: tuple[int, int] | None = None) -> list[Plan]:
+          tile_limit: tuple[int, int] | None = None, stage: Stage | None = None) -> list[Plan]:
     """Every candidate: each mode, rank grid, tile grid and policy, at batch sizes ``batch``, ``batch/2``, .. 1.
 
-    ``batch_images``: see :func:`plan_for`. ``tile_limit`` bounds the tile grids (rows, columns): the smallest
-    fused output map of a set of sizes.
+    ``batch_images`` and ``stage``: see :func:`plan_for`. ``tile_limit`` bounds the tile grids (rows, columns):
+    the smallest fused output map of a set of sizes.
     """
     sizes = sorted({max(1, batch >> shift) for shift in range(batch.bit_length())}, reverse=True)
     configurations = []
@@ -573,35 +623,37 @@ def plans(network: Network, input_shape: Shape, cluster: Cluster, batch: int, im
         limit = tile_limit or (math.inf, math.inf)
         configurations += [("fused", tiles, overlap) for tiles in _tile_grids(network, input_shape)
                            if tiles[0] <= limit[0] and tiles[1] <= limit[1] for overlap in ("reuse", "recompute")]
-    return [plan_for(network, input_shape, cluster, mode, size, grid, overlap, images, batch_images=batch_images)
+    return [plan_for(network, input_shape, cluster, mode, size, grid, overlap, images, batch_images=batch_images,
+                     stage=stage)
             for mode, grid, overlap in configurations for size in sizes]
 
 
 def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: int, images: int = 1,
                 modes: tuple[str, ...] = MODES, batch_images: int | None = None,
-                others: list[tuple[Shape, int]] = (), tile_limit: tuple[int, int] | None = None) -> Plan:
+                others: list[tuple[Shape, int]] = (), tile_limit: tuple[int, int] | None = None,
+                stage: Stage | None = None) -> Plan:
     """The feasible plan with the least predicted time (larger batches first among equals).
 
     ``batch_images`` is the number of images of ``input_shape`` (memory is modelled for at most that many per
     forward pass, see :func:`plan_for`). ``others`` are further input shapes with their image counts (a set of
     several sizes, see :func:`worst_shapes`; ``input_shape`` is the largest): a plan is feasible only if it fits
     all of them, and the one returned is that of the shape needing the most memory. ``tile_limit``: see
-    :func:`plans`.
+    :func:`plans`; ``stage``: see :func:`plan_for`.
 
     Raises
     ------
     PlanError
         When no plan fits, naming what does not fit, the bytes needed and available, and what would fit.
     """
-    candidates = plans(network, input_shape, cluster, batch, images, modes, batch_images, tile_limit)
-    chosen = best_plan(candidates, network, input_shape, cluster, modes)
+    candidates = plans(network, input_shape, cluster, batch, images, modes, batch_images, tile_limit, stage)
+    chosen = best_plan(candidates, network, input_shape, cluster, modes, stage)
     if not others:
         return chosen
     feasible = sorted((plan for plan in candidates if plan.overflow(cluster) is None),
                       key=lambda plan: (plan.seconds, -plan.batch, plan.peak()))
     for plan in feasible:
         heaviest, shape = plan_shapes(network, [(input_shape, batch_images or images), *others], cluster,
-                                      plan.mode, plan.batch, plan.grid, plan.halo_policy, images)
+                                      plan.mode, plan.batch, plan.grid, plan.halo_policy, images, stage=stage)
         if heaviest.overflow(cluster) is None:
             heaviest.seconds = plan.seconds
             return heaviest
@@ -612,7 +664,7 @@ def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: i
 
 
 def best_plan(candidates: list[Plan], network: Network, input_shape: Shape, cluster: Cluster,
-              modes: tuple[str, ...] = MODES) -> Plan:
+              modes: tuple[str, ...] = MODES, stage: Stage | None = None) -> Plan:
     """:func:`choose_plan` among candidates already computed by :func:`plans` (same arguments)."""
     if not candidates:
         raise PlanError(f"no {' or '.join(modes)} plan for {cluster.size} nodes: a rank grid that large leaves "
@@ -620,12 +672,12 @@ def best_plan(candidates: list[Plan], network: Network, input_shape: Shape, clus
     feasible = [plan for plan in candidates if plan.overflow(cluster) is None]
     if feasible:
         return min(feasible, key=lambda plan: (plan.seconds, -plan.batch, plan.peak()))
-    raise PlanError(explain_infeasible(network, input_shape, cluster, min(candidates, key=Plan.peak), modes))
+    raise PlanError(explain_infeasible(network, input_shape, cluster, min(candidates, key=Plan.peak), modes, stage))
 
 
 def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, plan: Plan,
-                       modes: tuple[str, ...] = MODES) -> str:
-    """Why ``plan`` (the leanest candidate) does not fit, and what would."""
+                       modes: tuple[str, ...] = MODES, stage: Stage | None = None) -> str:
+    """Why ``plan`` (the leanest candidate, with ``stage`` if given) does not fit, and what would."""
     rank, needed, available = plan.overflow(cluster)
     item, what = plan.largest_item(rank)
     message = (f"{network.name} on {format_shape(input_shape)} does not fit: even the leanest plan "
@@ -633,7 +685,12 @@ def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, p
                f"{format_bytes(available)} ({cluster.fraction:.0%} of {format_bytes(cluster.nodes[rank].ram)}); "
                f"the largest part is the {what}, besides {format_bytes(plan.memory[rank]['runtime'])} for the "
                f"runtime")
-    nodes = _nodes_that_fit(network, input_shape, cluster, modes)
+    if stage is not None:
+        items = plan.memory[rank]
+        models, work = items[f"{stage.name} models"], items[f"{stage.name} activations"]
+        message += (f". Whatever the plan, every node holds the {stage.name} models ({format_bytes(models)}) and "
+                    f"their working set ({format_bytes(work)})")
+    nodes = _nodes_that_fit(network, input_shape, cluster, modes, stage)
     if nodes is not None:
         message += f". It fits on {nodes} such nodes"
         if plan.mode == "batch" or "weights" in item:
@@ -643,15 +700,22 @@ def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, p
     return message
 
 
-def _nodes_that_fit(network: Network, input_shape: Shape, cluster: Cluster, modes: tuple[str, ...]) -> int | None:
+def _fixed_bytes(input_shape: Shape, cluster: Cluster, stage: Stage | None) -> int:
+    """What every rank holds whatever the node count: the runtime, one input, and a stage's models and work."""
+    held = cluster.runtime_bytes + _input_bytes(input_shape, 1)
+    return held + (0 if stage is None else sum(stage.memory(input_shape, 1).values()))
+
+
+def _nodes_that_fit(network: Network, input_shape: Shape, cluster: Cluster, modes: tuple[str, ...],
+                    stage: Stage | None = None) -> int | None:
     """The fewest equal copies of the smallest node that hold some plan (``None`` if more than MAX_NODES)."""
     smallest = min(cluster.nodes, key=lambda node: node.ram)
-    if cluster.runtime_bytes + _input_bytes(input_shape, 1) >= int(smallest.ram * cluster.fraction):
+    if _fixed_bytes(input_shape, cluster, stage) >= int(smallest.ram * cluster.fraction):
         return None  # what every rank holds whatever the node count does not fit
 
     def fits(count: int) -> bool:
         larger = replace(cluster, nodes=tuple(Node(f"node{i}", smallest.ram) for i in range(count)))
-        candidates = [plan_for(network, input_shape, larger, mode, 1, grid, overlap)
+        candidates = [plan_for(network, input_shape, larger, mode, 1, grid, overlap, stage=stage)
                       for mode, grid, overlap in _lean_configurations(network, input_shape, count, modes)]
         return any(plan.overflow(larger) is None for plan in candidates)
 
