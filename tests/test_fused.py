@@ -113,12 +113,13 @@ def test_layers_after_the_fused_block_record_their_timings():
 # layer2.0.relu), in a fire module's concatenation (squeezenet) and inside MobileNetV2's stride-2 block; and blocks
 # that end inside a residual block (resnet18 after layer1.1.conv2, after layer3.0.conv2 of a downsampling block:
 # the skip is handed over too), an inverted residual (after features.5.conv.2) and an Inception module (after
-# the pooling of inception3a's fourth branch: four tensors handed over).
+# the pooling of inception3a's fourth branch: four tensors handed over); MobileNetV3-Small fused up to its first
+# squeeze-and-excitation pooling, its gates run by the spatial engine.
 DAG_CASES = [("resnet18", (3, 67, 73), None, (2, 2)), ("resnet18", (3, 67, 73), 27, (3, 4)),
              ("mobilenet_v2", (3, 67, 73), 30, (4, 3)), ("squeezenet1_1", (3, 67, 73), 17, (2, 3)),
              ("googlenet", (3, 67, 73), None, (2, 2)), ("resnet18", (3, 65, 71), 15, (3, 2)),
              ("resnet18", (3, 65, 71), 38, (2, 3)), ("mobilenet_v2", (3, 41, 45), 40, (2, 2)),
-             ("googlenet", (3, 37, 41), 27, (2, 3))]
+             ("googlenet", (3, 37, 41), 27, (2, 3)), ("mobilenet_v3_small", (3, 37, 41), None, (2, 2))]
 
 
 @pytest.mark.parametrize("name,shape,depth,grid", DAG_CASES)

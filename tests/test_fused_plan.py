@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dcnn.decomposition.fused import cut_tensors, finest_grid, plan_fused, spatial_depth, trace_tile
+from dcnn.decomposition.fused import cut_tensors, finest_grid, plan_fused, spatial_depth, tileable_depth, trace_tile
 from dcnn.decomposition.geometry import Box
 from dcnn.errors import PlanError
 from dcnn.network.graph import Network
@@ -117,3 +117,13 @@ def test_a_block_ending_inside_a_residual_block_hands_over_the_skip_too():
     assert finest_grid(network, (3, 67, 73), depth) == (9, 10)
     with pytest.raises(PlanError, match=r"tile grid 10x2 is finer than the 9x10 output map of layer layer2\.0\.conv1"):
         plan_fused(network, (3, 67, 73), (10, 2), depth)
+
+
+def test_a_block_reaching_past_a_squeeze_and_excitation_pooling_is_refused_with_the_reason():
+    network = get_model("mobilenet_v3_small")
+    assert tileable_depth(network) == (6, "node features.1.block.1.avgpool (adaptive avgpool 1x1) reduces the whole "
+                                          "map, of which a tile holds a part")
+    assert plan_fused(network, (3, 37, 41), (2, 2)).depth == 6
+    with pytest.raises(PlanError, match=r"--fuse-depth 7 cannot be tiled: node features\.1\.block\.1\.avgpool .* fuse "
+                                        r"at most 6 layers or use --mode spatial"):
+        plan_fused(network, (3, 37, 41), (2, 2), 7)

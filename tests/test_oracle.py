@@ -33,7 +33,8 @@ RANK_COUNTS = (1, 2, 3, 4, 6, 8)
 SHAPES = {"lenet5": (1, 32, 32), "alexnet": (3, 65, 69), "vgg11": (3, 33, 37), "vgg13": (3, 35, 33),
           "vgg16": (3, 37, 35), "vgg19": (3, 33, 35), "vgg11_bn": (3, 35, 37), "vgg13_bn": (3, 37, 33),
           "vgg16_bn": (3, 33, 39), "vgg19_bn": (3, 39, 33), "resnet18": (3, 35, 37), "resnet34": (3, 37, 33),
-          "resnet50": (3, 33, 35), "mobilenet_v2": (3, 35, 39), "squeezenet1_1": (3, 39, 41),
+          "resnet50": (3, 33, 35), "mobilenet_v2": (3, 35, 39), "mobilenet_v3_small": (3, 37, 41),
+          "squeezenet1_1": (3, 39, 41),
           "googlenet": (3, 37, 35)}
 _WEIGHTS: dict[str, tuple[dict, dict | None]] = {}
 

@@ -137,14 +137,14 @@ class SpatialPlan:
 
 
 def spatial_depth(network: Network) -> int:
-    """Number of layers before the classifier head: the first global layer (:data:`GLOBAL_LAYERS`) from which on
-    every node reads only the tensor before it and tensors computed from it. This is what spatial mode splits
-    into blocks and fused mode can fuse at most; the rest runs on whole (gathered) maps. A global layer before it
-    is a squeeze-and-excitation gate (its map is read again after it), which spatial mode runs on split maps."""
-    names = [INPUT, *(name for name, _ in network.layers)]
+    """Number of layers before the classifier head: the first global layer (:data:`GLOBAL_LAYERS`) after which
+    every node reads only tensors computed from it on. This is what spatial mode splits into blocks and fused
+    mode can fuse at most; the rest runs on whole (gathered) maps. A global layer before it is a
+    squeeze-and-excitation gate (its map is read again after it), which spatial mode runs on split maps."""
+    names = [name for name, _ in network.layers]
     for index, (_, layer) in enumerate(network.layers):
-        allowed = set(names[index:])
-        if isinstance(layer, GLOBAL_LAYERS) and all(set(sources) <= allowed for sources in network.inputs[index:]):
+        later = set(names[index:])
+        if isinstance(layer, GLOBAL_LAYERS) and all(set(sources) <= later for sources in network.inputs[index + 1:]):
             return index
     return len(network)
 
