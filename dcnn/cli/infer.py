@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "recompute: every tile computes its whole region (--overlap: the old name, kept for "
                              "one release)")
     parser.add_argument("--fuse-depth", type=int, metavar="N",
-                        help="fused mode only: how many layers to fuse (default: all before the first global "
-                             "layer); the rest run in spatial mode")
+                        help="fused mode only: how many layers to fuse, ending at any layer (default: all before "
+                             "the first global layer); the rest run in spatial mode")
     parser.add_argument("--no-comm-overlap", "--no-overlap", dest="no_comm_overlap", action="store_true",
                         help="spatial mode only: wait for halos before computing, instead of computing each "
                              "block's interior while they are in flight (for measuring what the overlap of "

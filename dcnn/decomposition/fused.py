@@ -133,7 +133,8 @@ def cut_tensors(network: Network, depth: int) -> tuple[str, ...]:
 
 
 def tileable_depth(network: Network) -> tuple[int, str | None]:
-    """The most nodes a fused block may hold, and why not more (``None`` when the limit is the first global layer).
+    """The most nodes a fused block may hold, and why not more (``None`` when the limit is the classifier head,
+    :func:`~dcnn.decomposition.spatial.spatial_depth`).
 
     A tile holds a part of each map, so a global reduction inside the convolutional part (the average pooling of
     a squeeze-and-excitation gate, which needs the whole map) ends what can be tiled.

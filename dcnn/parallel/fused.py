@@ -67,7 +67,8 @@ class FusedEngine:
     grid : tuple of int
         Tile grid ``(Ty, Tx)`` over the fused output map; it may have more tiles than there are ranks.
     depth : int, optional
-        Layers to fuse (default: every layer before the first global one).
+        Layers to fuse, ending at any node (default: every tileable one,
+        :func:`~dcnn.decomposition.fused.tileable_depth`).
     steal : bool
         Balance tiles by work stealing (else each rank keeps its initial share).
     overlap : {"recompute", "reuse"}

@@ -215,7 +215,8 @@ class Plan:
     seconds : float
         Predicted time for the image set.
     depth : int or None
-        Fused mode: the layers fused (``None``: every layer before the first global one).
+        Fused mode: the layers fused (``None``: every tileable one, see
+        :func:`~dcnn.decomposition.fused.tileable_depth`).
     """
 
     mode: str
