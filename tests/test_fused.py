@@ -27,24 +27,37 @@ _EXPECTED = {}
 
 
 def reference(network, shape):
-    """The single-process output for a seeded batch (rank 0 computes it once per model and shape)."""
+    """The single-process output for a seeded batch (rank 0 computes it once per model and shape) and, for a DAG,
+    PyTorch's (the reference module of :mod:`dcnn.testing.torch_models`; ``None`` for a chain)."""
     key = (network.name, shape)
     if key not in _EXPECTED:
         x = np.random.default_rng(1).standard_normal((2, *shape)).astype(np.float32)
-        expected = Forward(network, init_weights(network, 3))(x) if COMM.rank == 0 else None
-        _EXPECTED[key] = (x, COMM.bcast(expected))
+        expected = oracle = None
+        if COMM.rank == 0:
+            weights = init_weights(network, 3)
+            expected = Forward(network, weights)(x)
+            if not network.is_chain:
+                import torch
+
+                from dcnn.testing.torch_models import torch_model
+
+                with torch.no_grad():
+                    oracle = torch_model(network.name, weights)(torch.from_numpy(x)).numpy()
+        _EXPECTED[key] = (x, COMM.bcast(expected), COMM.bcast(oracle))
     return _EXPECTED[key]
 
 
 def run_engine(network, shape, grid, depth, overlap, engine_class=FusedEngine):
     """Run twice (batches of 2 and 1) and return the largest relative error over ranks and the counters."""
-    x, expected = reference(network, shape)
+    x, expected, oracle = reference(network, shape)
     weights = init_weights(network, 3, rows=fc_shard_rows(network, COMM.size, COMM.rank))
     with engine_class(network, weights, shape, COMM, grid, depth, overlap=overlap) as engine:
         actual = [engine(x), engine(x[:1])]
         counters = {key: COMM.allreduce(value) for key, value in engine.counters.items()}
     scale = np.abs(expected).max()
     error = max(np.abs(actual[0] - expected).max(), np.abs(actual[1] - expected[:1]).max()) / scale
+    if oracle is not None:  # a DAG: against PyTorch too
+        error = max(error, np.abs(actual[0] - oracle).max() / np.abs(oracle).max())
     return max(COMM.allgather(float(error))), counters, engine
 
 
