@@ -275,8 +275,9 @@ class Plan:
 
 
 @lru_cache(maxsize=64)
-def _decomposition(network: Network, input_shape: Shape, dims: tuple[int, int], start: int = 0):
-    """The spatial plan (cached: memory and time of every batch size of a candidate share it)."""
+def _decomposition(network: Network, input_shape: Shape, dims: tuple[int, int], start: int):
+    """The spatial plan (cached: memory and time of every batch size of a candidate share it; every caller passes
+    ``start``, so one plan has one cache key)."""
     return plan_spatial(network, input_shape, dims, start)
 
 
@@ -453,7 +454,7 @@ def predict_seconds(plan: Plan, network: Network, input_shape: Shape, cluster: C
     if plan.mode == "batch":
         return images * total / sum(rates)
     if plan.mode == "spatial":
-        spatial = _decomposition(network, tuple(input_shape), plan.grid)
+        spatial = _decomposition(network, tuple(input_shape), plan.grid, 0)
         share = [0.0] * cluster.size
         for layer_plan in spatial.layers:
             macs, area = costs[layer_plan.index].macs, layer_plan.out_shape[1] * layer_plan.out_shape[2]
