@@ -107,6 +107,18 @@ def test_finer_tiles_need_less_activation_memory_and_reuse_needs_a_pool():
     assert coarse.memory[0]["overlap pool"] == 0 < reuse.memory[0]["overlap pool"]
 
 
+def test_a_fused_block_ending_inside_a_residual_block_counts_the_skip_it_hands_over():
+    network, shape, cluster = get_model("resnet18"), (3, 65, 71), Cluster.uniform(2, 2**34)
+    names = [name for name, _ in network.layers]
+    inside, after = names.index("layer1.1.conv2") + 1, names.index("layer1.1.relu") + 1
+    shapes = network.shapes(shape)
+    for depth, tensors in ((inside, ("layer1.0.relu", "layer1.1.conv2")), (after, ("layer1.1.relu",))):
+        plan = memory_fused(network, shape, 1, cluster, (2, 2), "reuse", depth)
+        handed = sum(math.prod(shapes[network.tensor_index(name)]) for name in tensors)
+        assert plan.memory[0]["tile outputs"] == int(handed * 4 * (2 + 0.5))
+        assert plan_for(network, shape, cluster, "fused", 1, (2, 2), "reuse", depth=depth).seconds > 0
+
+
 def test_plenty_of_memory_chooses_batch_mode():
     plan = choose_plan(VGG16, SHAPE, Cluster.uniform(20, 4 * 2**30), 4, 1000)
     assert (plan.mode, plan.batch) == ("batch", 4)

@@ -96,6 +96,8 @@ CASES = [
     ("mobilenet_v2", (3, 67, 73), 1, "all"),
     ("squeezenet1_1", (3, 67, 73), 2, "all"),
     ("googlenet", (3, 67, 73), 1, "all"),
+    # Squeeze-and-excitation gates: global average pooling over split maps (an allreduce), gates on every rank.
+    ("mobilenet_v3_small", (3, 37, 41), 2, "all"),
 ]
 
 
@@ -166,3 +168,25 @@ def test_unusual_layers_pointwise_first_ceil_avgpool_padding_only_windows():
         with SpatialEngine(network, weights, (3, 17, 19), COMM, dims) as engine:
             actual = engine(x)
         assert_same_everywhere(actual, expected)
+
+
+def test_squeeze_and_excitation_gates_equal_pytorch_and_sum_over_the_ranks():
+    """MobileNetV3-Small on an odd size against PyTorch: every gate's pooling adds the ranks' block sums (its
+    bytes counted as sent and received once per rank), the gate's layers run whole on every rank."""
+    import torch
+
+    from dcnn.testing.torch_models import torch_model
+
+    name, shape = "mobilenet_v3_small", (3, 45, 39)
+    x, _ = reference(name, shape, 1)
+    expected = None
+    if COMM.rank == 0:
+        with torch.no_grad():
+            expected = torch_model(name, model_weights(name)[1])(torch.from_numpy(x)).numpy()
+    expected = COMM.bcast(expected)
+    actual, _, stats, plan = run_spatial(name, shape, 1, (COMM.size, 1))
+    assert_same_everywhere(actual, expected)
+    pools = [layer for layer in plan.layers if layer.vector and layer.layer.kind == "adaptiveavgpool"]
+    assert len(pools) == 9 and all(layer.reduces == (COMM.size > 1) for layer in pools)
+    for layer in pools:
+        assert stats.bytes_sent[layer.index] == (8 * layer.out_shape[0] if COMM.size > 1 else 0)

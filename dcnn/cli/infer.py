@@ -26,7 +26,7 @@ import numpy as np
 from dcnn.analysis.analyze import count_of
 from dcnn.cli.common import add_common_arguments, run_main
 from dcnn.cli.runconfig import configuration, restore
-from dcnn.decomposition.fused import OVERLAP_POLICIES, check_tile_grid, spatial_depth
+from dcnn.decomposition.fused import OVERLAP_POLICIES, check_tile_grid, finest_grid, tileable_depth
 from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.errors import InputError, PlanError, ShapeError
 from dcnn.exec.forward import Forward
@@ -157,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "recompute: every tile computes its whole region (--overlap: the old name, kept for "
                              "one release)")
     parser.add_argument("--fuse-depth", type=int, metavar="N",
-                        help="fused mode only: how many layers to fuse (default: all before the first global "
-                             "layer); the rest run in spatial mode")
+                        help="fused mode only: how many layers to fuse, ending at any layer (default: all before "
+                             "the first global layer); the rest run in spatial mode")
     parser.add_argument("--no-comm-overlap", "--no-overlap", dest="no_comm_overlap", action="store_true",
                         help="spatial mode only: wait for halos before computing, instead of computing each "
                              "block's interior while they are in flight (for measuring what the overlap of "
@@ -492,9 +492,8 @@ def _size_text(shape, scan: Scan, images: ImageSet) -> str:
 
 
 def _tile_limit(network: Network, scan: Scan) -> tuple[int, int]:
-    """The finest tile grid every image's fused output map allows (all convolutional layers fused)."""
-    depth = spatial_depth(network)
-    sizes = [network.shapes(shape)[depth][1:] for shape in scan.shapes]
+    """The finest tile grid every image's fused output maps allow (every tileable layer fused)."""
+    sizes = [finest_grid(network, shape) for shape in scan.shapes]
     return min(h for h, _ in sizes), min(w for _, w in sizes)
 
 
@@ -647,7 +646,7 @@ def _engine_builder(args: argparse.Namespace, network: Network, weights: dict, c
     """``build(shape)`` for the run's :class:`EngineCache`: every engine shares the compiled network."""
     grid = parse_grid(args.grid, "--grid") if args.mode == "spatial" and args.grid else None
     if args.mode == "fused":
-        forwards = compile_fused(network, weights, args.fuse_depth or spatial_depth(network))
+        forwards = compile_fused(network, weights, args.fuse_depth or tileable_depth(network)[0])
     else:
         forward = Forward(network, weights)
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
-from dcnn.decomposition.fused import plan_fused, spatial_depth, sub_network
+from dcnn.decomposition.fused import finest_grid, plan_fused, spatial_depth
 from dcnn.decomposition.reuse import plan_reuse
 from dcnn.decomposition.spatial import fc_shards, plan_spatial
 from dcnn.errors import InputError, PlanError
@@ -219,7 +219,8 @@ class Plan:
     seconds : float
         Predicted time for the image set.
     depth : int or None
-        Fused mode: the layers fused (``None``: every layer before the first global one).
+        Fused mode: the layers fused (``None``: every tileable one, see
+        :func:`~dcnn.decomposition.fused.tileable_depth`).
     """
 
     mode: str
@@ -318,9 +319,10 @@ class Stage:
 
 
 @lru_cache(maxsize=64)
-def _decomposition(network: Network, input_shape: Shape, dims: tuple[int, int]):
-    """The spatial plan (cached: memory and time of every batch size of a candidate share it)."""
-    return plan_spatial(network, input_shape, dims)
+def _decomposition(network: Network, input_shape: Shape, dims: tuple[int, int], start: int):
+    """The spatial plan (cached: memory and time of every batch size of a candidate share it; every caller passes
+    ``start``, so one plan has one cache key)."""
+    return plan_spatial(network, input_shape, dims, start)
 
 
 @lru_cache(maxsize=64)
@@ -332,11 +334,12 @@ def _tiling(network: Network, input_shape: Shape, tiles: tuple[int, int], ranks:
 
 
 @lru_cache(maxsize=64)
-def _block_work(network: Network, input_shape: Shape, dims: tuple[int, int]) -> tuple[tuple[int, str], ...]:
+def _block_work(network: Network, input_shape: Shape, dims: tuple[int, int], start: int = 0) -> tuple[
+        tuple[int, str], ...]:
     """Per rank of a spatial grid, the largest one-node working set (values per image) and its node (cached:
     every batch size of a candidate shares it). Besides the node's own input and output, the rank's blocks of
     the other tensors alive meanwhile count (an add's second input, a residual skip)."""
-    spatial = _decomposition(network, input_shape, dims)
+    spatial = _decomposition(network, input_shape, dims, start)
     work = [(0, "")] * (dims[0] * dims[1])
     live = network.live_tensors()
     blocks = {network.layers[p.index][0]: (p.out_shape[0], p.out_blocks) for p in spatial.layers}
@@ -425,12 +428,13 @@ def memory_batch(network: Network, input_shape: Shape, batch: int, cluster: Clus
 
 
 def memory_spatial(network: Network, input_shape: Shape, batch: int, cluster: Cluster,
-                   dims: tuple[int, int]) -> Plan:
-    """Spatial mode: blocks and halos per rank, the gathered map, fully connected layers split by neurons."""
+                   dims: tuple[int, int], start: int = 0) -> Plan:
+    """Spatial mode: blocks and halos per rank, the gathered map, fully connected layers split by neurons (with
+    ``start``: of the nodes after a fused block only)."""
     size = cluster.size
-    spatial = _decomposition(network, tuple(input_shape), tuple(dims))
+    spatial = _decomposition(network, tuple(input_shape), tuple(dims), start)
     weights, heaviest = _weights(network, input_shape, size)
-    work = _block_work(network, tuple(input_shape), tuple(dims))
+    work = _block_work(network, tuple(input_shape), tuple(dims), start)
     tail, _ = _whole_map_work(network, input_shape, spatial.gather_index) if spatial.gather_index < len(network) \
         else (0, "")
     gathered = 2 * batch * math.prod(spatial.gathered_shape) * BYTES_PER_VALUE
@@ -462,10 +466,9 @@ def memory_fused(network: Network, input_shape: Shape, batch: int, cluster: Clus
             best = max(best, (value, network.layers[layer][0]))
     tail = [{"activations": 0, "gathered map": 0}] * size
     if fused.depth < len(network):
-        # The layers after the fused block run on a spatial engine over the assembled fused output.
-        rest = sub_network(network, fused.depth, fused.output_shape)
-        tail = memory_spatial(rest, fused.output_shape, batch, cluster, _square_dims(size)).memory
-    output = math.prod(fused.output_shape)
+        # The layers after the fused block run on a spatial engine over the assembled cut tensors.
+        tail = memory_spatial(network, input_shape, batch, cluster, _square_dims(size), fused.depth).memory
+    output = fused.cut_values()
     share = math.ceil(len(fused.tiles) / size) / len(fused.tiles)
     memory = [{"runtime": cluster.runtime_bytes, "weights": weights[rank], "input": _input_bytes(input_shape, batch),
                "activations": max(batch * best[0] * BYTES_PER_VALUE, tail[rank]["activations"]),
@@ -495,7 +498,7 @@ def predict_seconds(plan: Plan, network: Network, input_shape: Shape, cluster: C
     if plan.mode == "batch":
         return images * total / sum(rates)
     if plan.mode == "spatial":
-        spatial = _decomposition(network, tuple(input_shape), plan.grid)
+        spatial = _decomposition(network, tuple(input_shape), plan.grid, 0)
         share = [0.0] * cluster.size
         for layer_plan in spatial.layers:
             macs, area = costs[layer_plan.index].macs, layer_plan.out_shape[1] * layer_plan.out_shape[2]
@@ -519,7 +522,7 @@ def predict_seconds(plan: Plan, network: Network, input_shape: Shape, cluster: C
         remote = (cluster.size - 1) / cluster.size
         network_seconds += 2 * strips * remote / cluster.bandwidth / cluster.size + 3 * cluster.latency
     rest = sum(row.macs for row in costs[fused.depth:]) / sum(rates)
-    gather = _allgather_seconds(math.prod(fused.output_shape) * BYTES_PER_VALUE, cluster)
+    gather = _allgather_seconds(fused.cut_values() * BYTES_PER_VALUE, cluster)
     return images * (tiled / sum(rates) + rest + network_seconds + gather)
 
 
@@ -532,7 +535,7 @@ def _allgather_seconds(nbytes: int, cluster: Cluster) -> float:
 
 # -- choice ---------------------------------------------------------------------------------------------------------
 def _tile_grids(network: Network, input_shape: Shape) -> list[tuple[int, int]]:
-    height, width = network.shapes(input_shape)[spatial_depth(network)][1:]
+    height, width = finest_grid(network, input_shape)
     return [(t, t) for t in range(2, 9) if t <= height and t <= width]
 
 
