@@ -24,7 +24,7 @@ from dcnn.errors import InputError
 
 __all__ = ["FREE", "IDENTITY", "PER_RANKS", "RECOGNITION", "RENAMED", "configuration", "restore"]
 
-IDENTITY = ("model", "weights", "upsample", "seed", "input", "dataset", "batch_size", "mode")
+IDENTITY = ("model", "weights", "upsample", "seed", "input", "dataset", "batch_size", "mode", "exact_conv")
 FREE = ("tiles", "halo_policy", "fuse_depth", "no_comm_overlap", "no_steal", "mem_per_rank")
 #: Options stored under an earlier name (``--overlap`` and ``--no-overlap`` before this release).
 RENAMED = {"overlap": "halo_policy", "no_overlap": "no_comm_overlap"}
@@ -66,6 +66,7 @@ def restore(args: argparse.Namespace, given: frozenset[str], text: str, path: st
         for old, new in RENAMED.items():
             if old in stored:
                 stored.setdefault(new, stored.pop(old))
+        stored.setdefault("exact_conv", False)  # files written before --exact-conv ran the default kernels
         missing = [key for key in (*IDENTITY, *FREE, *PER_RANKS, "ranks") if key not in stored]
     except (TypeError, ValueError):
         missing = ["configuration"]
