@@ -8,7 +8,7 @@ import reference
 from conftest import random_array
 
 from dcnn.errors import ShapeError
-from dcnn.kernels import conv, threads
+from dcnn.kernels import conv, threads, winograd
 from dcnn.kernels.conv import (
     EXACT_METHODS,
     METHODS,
@@ -154,6 +154,16 @@ def test_batch_blocks_give_identical_results(rng, monkeypatch, method):
     blocked = kernel(x, 2, Workspace())
     np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(kernel(x[1:2], 2), whole[1:2], rtol=1e-5, atol=1e-5)
+
+
+def test_winograd_image_blocks_agree(rng, monkeypatch):
+    """Small maps are multiplied several images at a time; one image at a time computes the same to rounding."""
+    x = random_array(rng, 5, 16, 6, 7)
+    kernel = Conv2dKernel(random_array(rng, 16, 16, 3, 3), random_array(rng, 16), method="winograd")
+    assert winograd.images_per_block(5, 4) == 5 and winograd.images_per_block(5, 3136) == 1
+    whole = kernel(x, 1)
+    monkeypatch.setattr(winograd, "MIN_BLOCK_TILES", 1)
+    np.testing.assert_allclose(kernel(x, 1), whole, rtol=1e-5, atol=1e-5)
 
 
 def test_threads_give_identical_results(rng):

@@ -48,7 +48,7 @@ from dcnn.kernels.blas import gemm_accumulate
 from dcnn.kernels.cache import cache_bytes
 from dcnn.kernels.memory import empty_float32
 from dcnn.kernels.threads import parallel_for
-from dcnn.kernels.winograd import TILE, WinogradBands, scatter_tiles, transform_weights
+from dcnn.kernels.winograd import TILE, WinogradBands, images_per_block, scatter_tiles, transform_weights
 from dcnn.network.window import Padding, conv_output_size, normalize_padding, pair
 
 __all__ = ["EXACT_METHODS", "METHODS", "Conv2dKernel", "Workspace", "choose_method", "conv2d", "set_exact",
@@ -304,9 +304,12 @@ class Conv2dKernel:
         out = empty_float32((batch, self.out_channels, out_h, out_w))
         # Images per block: the phase planes and GEMM output of a block fit in the L2 cache, else one image, so
         # a larger batch runs each image as batch 1 would (sized by the L3, VGG-16 at batch 4 was 3-7 % slower
-        # per image than at batch 1 on a shared 32 MiB L3).
+        # per image than at batch 1 on a shared 32 MiB L3). Winograd blocks small maps together instead
+        # (:func:`dcnn.kernels.winograd.images_per_block`).
         image_bytes = 4 * planes_h * planes_w * (self.stride[0] * self.stride[1] * channels + self.out_channels)
         block = max(1, min(batch, cache_bytes(2) // image_bytes))
+        if self.method == "winograd":
+            block = images_per_block(batch, -(-out_h // TILE) * -(-out_w // TILE))
         for first in range(0, batch, block):
             self._convolve_block(x[first:first + block], out[first:first + block], padding, planes_h, planes_w,
                                  workspace)

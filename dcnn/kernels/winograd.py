@@ -5,7 +5,7 @@ Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016),
 that covers the tile's windows, ``*`` the element-wise product and the transform matrices below (interpolation
 points 0, 1, -1, 2, -2 and infinity). Summed over the input channels, the element-wise products become 36
 independent GEMMs, one per transformed position ``(xi, nu)``: ``M[xi, nu] (K x tiles) = U[xi, nu] (K x C) @
-V[xi, nu] (C x tiles)``. That is 36 multiplications per 16 outputs instead of 144, at the cost of the input
+V[xi, nu] (C x tiles)`` (one ``numpy.matmul`` of the stacks). That is 36 multiplications per 16 outputs instead of 144, at the cost of the input
 and output transforms (additions and multiplications by small powers of two, done here with numpy on whole
 bands of tiles, separably: rows, then columns).
 
@@ -28,11 +28,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dcnn.kernels.blas import gemm_accumulate
 from dcnn.kernels.cache import cache_bytes
 from dcnn.kernels.threads import parallel_for
 
-__all__ = ["ALPHA", "TILE", "WinogradBands", "scatter_tiles", "transform_weights"]
+__all__ = ["ALPHA", "TILE", "WinogradBands", "images_per_block", "scatter_tiles", "transform_weights"]
 
 #: Output tile side (m) and input tile side (alpha = m + r - 1 for the 3x3 filter).
 TILE = 4
@@ -62,8 +61,13 @@ BT = np.array(
 )
 #: Output transform A^T (m x alpha): applied by :func:`_output_1d`.
 AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], dtype=float)
-#: A band of tiles has at least this many tiles, so each of its 36 GEMMs stays efficient.
-MIN_BAND_TILES = 256
+#: A band of tiles has at least this many tiles, so each of its 36 GEMMs stays efficient. Measured with
+#: interleaved runs of one band (VGG-16's 64, 128 and 256 channel layers): from 16 to about 128 tiles the
+#: GEMMs speed up; beyond it the band's buffers leave the L2 cache and the transforms slow down.
+MIN_BAND_TILES = 128
+#: A block of images has at least this many tiles (or the whole batch): a small map's GEMMs would otherwise
+#: have a few dozen columns, and stream the transformed filters (36 K C floats) once per image.
+MIN_BLOCK_TILES = 4 * MIN_BAND_TILES
 
 _scratch = threading.local()
 
@@ -89,6 +93,14 @@ def transform_weights(weight: np.ndarray) -> np.ndarray:
     """
     u = np.einsum("ai,kcij,bj->abkc", G, np.asarray(weight, dtype=np.float64), G)
     return np.ascontiguousarray(u.reshape(ALPHA * ALPHA, *weight.shape[:2]), dtype=np.float32)
+
+
+def images_per_block(batch: int, tiles_per_image: int) -> int:
+    """Images to transform and multiply together: enough for :data:`MIN_BLOCK_TILES` tiles, at most ``batch``.
+
+    A large map (VGG's 224x224: 3,136 tiles) runs one image at a time, as batch 1 would.
+    """
+    return max(1, min(batch, -(-MIN_BLOCK_TILES // max(1, tiles_per_image))))
 
 
 def _input_1d(d: Sequence[np.ndarray], out: np.ndarray) -> None:
@@ -176,23 +188,8 @@ class WinogradBands:
             [by_rows[:, j % TILE, :, :, j // TILE : j // TILE + wide] for j in range(ALPHA)],
             v.reshape(ALPHA, ALPHA, channels, rows, wide).transpose(1, 0, 2, 3, 4),
         )
-        m = _scratch_buffer("m", (ALPHA * ALPHA, out_channels, tiles))
-        for position in range(ALPHA * ALPHA):
-            gemm_accumulate(
-                m,
-                position * out_channels * tiles,
-                tiles,
-                self.u,
-                position * out_channels * channels,
-                channels,
-                v,
-                position * channels * tiles,
-                tiles,
-                out_channels,
-                tiles,
-                channels,
-                accumulate=False,
-            )
+        # The 36 GEMMs in one call: numpy hands each (K x C) @ (C x tiles) of the stack to BLAS sgemm.
+        m = np.matmul(self.u, v, out=_scratch_buffer("m", (ALPHA * ALPHA, out_channels, tiles)))
         # Output transform: rows over xi, then columns over nu, straight into the output phases.
         half = _scratch_buffer("half", (TILE, ALPHA, out_channels, rows, wide))
         _output_1d(list(m.reshape(ALPHA, ALPHA, out_channels, rows, wide)), half)
