@@ -5,16 +5,16 @@ Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016),
 that covers the tile's windows, ``*`` the element-wise product and the transform matrices below (interpolation
 points 0, 1, -1, 2, -2 and infinity). Summed over the input channels, the element-wise products become 36
 independent GEMMs, one per transformed position ``(xi, nu)``: ``M[xi, nu] (K x tiles) = U[xi, nu] (K x C) @
-V[xi, nu] (C x tiles)`` (one ``numpy.matmul`` of the stacks). That is 36 multiplications per 16 outputs instead of 144, at the cost of the input
-and output transforms (additions and multiplications by small powers of two, done here with numpy on whole
-bands of tiles, separably: rows, then columns).
+V[xi, nu] (C x tiles)`` (one ``numpy.matmul`` of the stacks). That is 36 multiplications per 16 outputs
+instead of 144, at the cost of the input and output transforms (additions and multiplications by small powers
+of two, done here with numpy on whole bands of tiles, separably: rows, then columns).
 
 The result is not exact arithmetic on the same terms as a direct convolution: the transforms round, and the
 error grows with the tile (F(4x4, 3x3) is the largest tile whose float32 error stays near the direct
-convolution's; measured against PyTorch in ``docs/kernels.md``). An output depends, through rounding, on the
-whole 6x6 input tile, so a map split into blocks whose tiles start elsewhere agrees with the whole map to
-float32 rounding, not bit for bit; the tiles always start at the block's first output, so the result does not
-depend on the batch, the thread count or the chunking.
+convolution's; measured against PyTorch in ``docs/architecture.md``). An output depends, through rounding, on
+the whole 6x6 input tile, so a map split into blocks whose tiles start elsewhere agrees with the whole map to
+float32 rounding, not bit for bit; the tiles always start at the block's first output, and every tile is
+transformed by the same operations wherever its band starts, so the thread count changes no result.
 
 Tiles run in bands of tile rows sized from the cache (every band the same arithmetic, so the band bounds do
 not change any result); each band is transformed, multiplied and transformed back while its buffers are warm,
