@@ -35,6 +35,7 @@ from dcnn.kernels.elementwise import (
     leaky_relu,
     linear,
     local_response_norm,
+    padded_add,
     prelu,
     relu,
     relu6,
@@ -64,6 +65,7 @@ from dcnn.network.layers import (
     LocalResponseNorm,
     MaxPool2d,
     Mul,
+    PaddedAdd,
     PReLU,
     ReLU,
     ReLU6,
@@ -191,6 +193,8 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
     if isinstance(layer, PReLU):
         slopes = tensors["weight"]
         return LayerOp(name, layer, lambda x, p: prelu(x, slopes, out=x), in_place=True)
+    if isinstance(layer, PaddedAdd):
+        return LayerOp(name, layer, lambda xs, p: padded_add(xs[0], xs[1]))
     if isinstance(layer, Concat):
         return LayerOp(name, layer, lambda xs, p: np.concatenate(xs, axis=1))
     if isinstance(layer, LocalResponseNorm):
