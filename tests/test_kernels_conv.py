@@ -167,19 +167,22 @@ def test_winograd_image_blocks_agree(rng, monkeypatch):
 
 
 def test_threads_give_identical_results(rng):
+    """Shifted GEMMs in chunks, Winograd on one band (its GEMMs shared by the threads) and on several bands."""
     x = random_array(rng, 2, 32, 40, 37)
+    large = random_array(rng, 1, 16, 90, 70)
     kernel = Conv2dKernel(random_array(rng, 16, 32, 3, 3), random_array(rng, 16))
-    assert kernel.method == "winograd"
+    many_bands = Conv2dKernel(random_array(rng, 16, 16, 3, 3), random_array(rng, 16), relu=True)
+    assert kernel.method == many_bands.method == "winograd"
     strided = Conv2dKernel(random_array(rng, 8, 32, 3, 3), stride=(2, 2))
     try:
         threads.set_num_threads(1)
-        single = kernel(x, 1), strided(x, 1)
+        single = kernel(x, 1), strided(x, 1), many_bands(large, 1)
         threads.set_num_threads(2)
-        double = kernel(x, 1), strided(x, 1)
+        double = kernel(x, 1), strided(x, 1), many_bands(large, 1)
     finally:
         threads.set_num_threads(1)
-    np.testing.assert_array_equal(single[0], double[0])
-    np.testing.assert_array_equal(single[1], double[1])
+    for one, two in zip(single, double, strict=True):
+        np.testing.assert_array_equal(one, two)
 
 
 def test_workspace_reuse_across_shapes(rng):

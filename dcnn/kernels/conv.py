@@ -446,7 +446,8 @@ class Conv2dKernel:
                 self._epilogue(result[..., first:stop, :], bias)
 
         rows = bands.band_rows()
-        parallel_for(run_bands, [(0, bands.tile_rows)] if rows >= bands.tile_rows
+        bands.share_gemms = rows >= bands.tile_rows  # one band: its GEMMs shared by the threads instead
+        parallel_for(run_bands, [(0, bands.tile_rows)] if bands.share_gemms
                      else balanced_chunks(bands.tile_rows, rows))
         scatter_tiles(result, out, image_rows)
 

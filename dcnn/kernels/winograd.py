@@ -69,6 +69,10 @@ MIN_BAND_TILES = 128
 #: have a few dozen columns, and stream the transformed filters (36 K C floats) once per image.
 MIN_BLOCK_TILES = 4 * MIN_BAND_TILES
 
+#: Groups of transformed positions that the threads share in a one-band map (a divisor of 36 and a multiple
+#: of the chunk granule of :mod:`dcnn.kernels.conv`: 1, 2 and 4 threads get equal shares).
+GEMM_GROUPS = 4
+
 _scratch = threading.local()
 
 
@@ -160,10 +164,17 @@ class WinogradBands:
         ``(36, K, C)`` transformed filters (:func:`transform_weights`).
     tile_rows : int
         Tile rows to compute (``b (th + 1) - 1``: the last image's trailing tile row reads past the buffer).
+    share_gemms : bool
+        Split a band's 36 GEMMs over the kernel threads (in :data:`GEMM_GROUPS` fixed groups of positions, so
+        every product is the same at any thread count). For a map of one band, which would otherwise run on one
+        thread; never from inside a :func:`dcnn.kernels.threads.parallel_for` worker.
     """
 
-    def __init__(self, planes: np.ndarray, result: np.ndarray, u: np.ndarray, tile_rows: int):
+    def __init__(
+        self, planes: np.ndarray, result: np.ndarray, u: np.ndarray, tile_rows: int, share_gemms: bool = False
+    ):
         self.planes, self.result, self.u, self.tile_rows = planes, result, u, tile_rows
+        self.share_gemms = share_gemms
         self.tiles_wide = result.shape[-1]
 
     def band_rows(self) -> int:
@@ -189,7 +200,21 @@ class WinogradBands:
             v.reshape(ALPHA, ALPHA, channels, rows, wide).transpose(1, 0, 2, 3, 4),
         )
         # The 36 GEMMs in one call: numpy hands each (K x C) @ (C x tiles) of the stack to BLAS sgemm.
-        m = np.matmul(self.u, v, out=_scratch_buffer("m", (ALPHA * ALPHA, out_channels, tiles)))
+        m = _scratch_buffer("m", (ALPHA * ALPHA, out_channels, tiles))
+        if self.share_gemms:
+
+            def multiply(groups: Sequence[tuple[int, int]]) -> None:
+                for first_position, stop_position in groups:
+                    np.matmul(
+                        self.u[first_position:stop_position],
+                        v[first_position:stop_position],
+                        out=m[first_position:stop_position],
+                    )
+
+            step = ALPHA * ALPHA // GEMM_GROUPS
+            parallel_for(multiply, [(g * step, (g + 1) * step) for g in range(GEMM_GROUPS)])
+        else:
+            np.matmul(self.u, v, out=m)
         # Output transform: rows over xi, then columns over nu, straight into the output phases.
         half = _scratch_buffer("half", (TILE, ALPHA, out_channels, rows, wide))
         _output_1d(list(m.reshape(ALPHA, ALPHA, out_channels, rows, wide)), half)
