@@ -27,7 +27,7 @@ output is the sum of those products shifted back by each tap's offset. The GEMM'
 
 *winograd* (3x3, stride 1, wide inputs and outputs: VGG's and ResNet's 3x3 layers). Winograd's F(4x4, 3x3),
 36 GEMMs over the channels for every 16 outputs instead of 144 multiplications (:mod:`dcnn.kernels.winograd`);
-it rounds differently from the direct sum (error stated in ``docs/kernels.md``), so :func:`set_exact` turns it
+it rounds differently from the direct sum (error stated in ``docs/architecture.md``), so :func:`set_exact` turns it
 off for a run that wants the exact formulations only. The choice depends on the layer, never on the size of
 the map, so a spatial block or a fused tile uses the same formulation as the whole map.
 
@@ -97,7 +97,7 @@ def choose_method(in_channels: int, out_channels: int, stride: tuple[int, int] =
 
     Winograd for a 3x3 stride-1 layer with at least :data:`WINOGRAD_MIN_CHANNELS` input and output channels
     unless :func:`set_exact` asked for exact formulations (measured with ``scripts/bench_kernels.py``: VGG-16's
-    3x3 layers run 1.5-2.5x faster).
+    3x3 layers run 1.1-2.3x faster, the 64-channel ones least; the whole network about 1.5x).
 
     Measured with ``scripts/bench_kernels.py`` and interleaved A/B runs: im2col wins for thin inputs at stride
     1 (VGG's 3 -> 64: about 1.7x the shifted GEMMs, whose K = 3 products re-read the output nine times); at
