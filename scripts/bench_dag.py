@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from benchlib import launch, report_rank, timed_calls
+from benchlib import CLOCKS, launch, machine_info, report_rank, timed_calls
 
 from dcnn.exec.forward import Forward
 from dcnn.kernels.threads import set_num_threads
@@ -41,7 +40,6 @@ from dcnn.network.zoo import get_model
 
 MODELS = ("resnet50", "mobilenet_v2")
 SCALING_RANKS = (1, 2)
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def _median(function, repeats: int, clock=time.perf_counter) -> float:
@@ -157,7 +155,7 @@ def main() -> None:
     before = load_average()
     clock = args.clock if args.clock != "auto" else "cpu" if before[0] > 0.5 * os.cpu_count() else "wall"
     print(f"load average {before[0]} {before[1]} {before[2]} on {os.cpu_count()} cores: {clock} clock")
-    report = {"command": " ".join(["python", *sys.argv]), "machine": platform.processor() or platform.machine(),
+    report = {"command": " ".join(["python", *sys.argv]), "machine": machine_info(),
               "cores": os.cpu_count(), "clock": clock, "load_average_before": before}
     if "forward" not in args.skip:
         report["forward"] = forward_passes(args.repeats, clock)

@@ -14,6 +14,10 @@ from pathlib import Path
 from dcnn.network.graph import Network
 from dcnn.network.zoo import get_model
 
+#: Benchmark clocks: the wall clock, or the process's CPU time (on a machine shared with other jobs, the figure
+#: they do not distort: preemption costs no CPU time; at one thread it equals a quiet machine's wall time).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
 
 def conv_stack(name: str = "vgg16") -> Network:
     """The network's layers up to (excluding) its adaptive pool: the fully convolutional part."""

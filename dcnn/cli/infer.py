@@ -58,6 +58,7 @@ from dcnn.io.results import (
 )
 from dcnn.io.scan import Scan, scan_images, unusable_message
 from dcnn.io.schema import STEAL_FIELDS, column
+from dcnn.kernels.conv import set_exact
 from dcnn.kernels.elementwise import softmax
 from dcnn.kernels.threads import default_num_threads, set_num_threads
 from dcnn.modes import MODES, PLANNED_MODES, SPLITTING_MODES
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images per forward pass (default: 4)")
     parser.add_argument("--threads", type=int, metavar="T",
                         help="threads per rank (default: cores per node divided by ranks per node)")
+    parser.add_argument("--exact-conv", action="store_true",
+                        help="compute every convolution as an exact sum of products (no Winograd F(4x4,3x3) for "
+                             "3x3 layers: slower, rounding like a direct convolution; see docs/kernels.md)")
     parser.add_argument("--mode", choices=MODES, default="batch",
                         help="execution mode. batch (default): each rank "
                              "runs whole chunks of --batch-size images, balanced by work stealing over one-sided "
@@ -581,6 +585,7 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
     network, images, weights = job.network, job.images, job.weights
     threads = args.threads or max(1, default_num_threads() // local_ranks)
     set_num_threads(threads)
+    set_exact(args.exact_conv)
     split = TaskSplit(len(images), args.batch_size)
     with collective(comm):
         writer, done = _open_writer(args, comm, job, split, threads, lock)

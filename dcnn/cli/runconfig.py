@@ -25,12 +25,13 @@ from dcnn.exec.workloads import is_model_file
 
 __all__ = ["ADDED", "FREE", "IDENTITY", "PER_RANKS", "RECOGNITION", "RENAMED", "configuration", "restore"]
 
-IDENTITY = ("model", "weights", "upsample", "seed", "input", "dataset", "batch_size", "mode", "preprocess")
+IDENTITY = ("model", "weights", "upsample", "seed", "input", "dataset", "batch_size", "mode", "preprocess",
+            "exact_conv")
 FREE = ("tiles", "halo_policy", "fuse_depth", "no_comm_overlap", "no_steal", "mem_per_rank")
 #: Options stored under an earlier name (``--overlap`` and ``--no-overlap`` before this release).
 RENAMED = {"overlap": "halo_policy", "no_overlap": "no_comm_overlap"}
 #: Options added since files first recorded their configuration, with the value an older file's run had.
-ADDED = {"preprocess": None}
+ADDED = {"preprocess": None, "exact_conv": False}
 PER_RANKS = ("grid", "capacity", "throttle", "cluster")
 #: Options of ``python -m dcnn.recognize`` that decide its outputs, recorded and restored like :data:`IDENTITY`.
 RECOGNITION = ("known", "tolerance", "jitter")
