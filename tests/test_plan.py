@@ -6,6 +6,7 @@ import re
 import pytest
 
 from dcnn.errors import InputError, PlanError
+from dcnn.kernels.conv import layout_bytes, set_exact
 from dcnn.network.graph import GraphBuilder
 from dcnn.network.layers import Add, Linear, MaxPool2d, ReLU
 from dcnn.network.zoo import get_model
@@ -81,12 +82,32 @@ def test_missing_cluster_file(tmp_path):
         Cluster.load(tmp_path / "none.toml")
 
 
+def _layouts(network, shape):
+    """The kernels' filter layouts of every convolution (:func:`dcnn.kernels.conv.layout_bytes`)."""
+    return sum(layout_bytes((r.layer.out_channels, r.layer.in_channels // r.layer.groups, *r.layer.kernel_size),
+                            r.layer.stride, r.layer.dilation, r.layer.groups)
+               for r in network.costs(shape) if r.layer.kind == "conv")
+
+
 def test_batch_mode_holds_every_weight():
     plan = memory_batch(VGG16, SHAPE, 2, Cluster.uniform(3, 4 * 2**30))
-    conv = sum(row.param_bytes for row in VGG16.costs(SHAPE) if row.layer.kind == "conv")
-    assert plan.memory[0]["weights"] == sum(row.param_bytes for row in VGG16.costs(SHAPE)) + conv
+    assert plan.memory[0]["weights"] == sum(row.param_bytes for row in VGG16.costs(SHAPE)) + _layouts(VGG16, SHAPE)
     assert plan.memory[0] == plan.memory[2]
     assert plan.peak() == int(sum(plan.memory[0].values()) * (1 + MODEL_MARGIN))
+
+
+def test_winograd_layers_count_their_transformed_filters():
+    network, shape, cluster = get_model("resnet18"), (3, 64, 64), Cluster.uniform(1, 4 * 2**30)
+    winograd = [r for r in network.costs(shape) if r.layer.kind == "conv" and r.layer.kernel_size == (3, 3)
+                and r.layer.stride == (1, 1) and min(r.layer.in_channels, r.layer.out_channels) >= 16]
+    nine_taps = sum(9 * 4 * r.layer.out_channels * r.layer.in_channels for r in winograd)
+    fast = memory_batch(network, shape, 1, cluster).memory[0]["weights"]
+    set_exact(True)
+    try:
+        exact = memory_batch(network, shape, 1, cluster).memory[0]["weights"]
+    finally:
+        set_exact(False)
+    assert winograd and fast - exact == 3 * nine_taps  # 36 transformed values per filter instead of 9
 
 
 def test_spatial_mode_splits_the_fully_connected_weights():
@@ -126,14 +147,22 @@ def test_plenty_of_memory_chooses_batch_mode():
 
 
 def test_a_tight_budget_chooses_a_split_plan_that_fits():
-    cluster = Cluster.uniform(14, 384 * MIB)
+    cluster = Cluster.uniform(14, 640 * MIB)
     plan = choose_plan(VGG16, SHAPE, cluster, 4, 1000)
     assert plan.mode in ("spatial", "fused") and plan.overflow(cluster) is None
     assert all(candidate.seconds >= plan.seconds for candidate in plans(VGG16, SHAPE, cluster, 4, 1000)
                if candidate.overflow(cluster) is None)
 
 
-def test_an_impossible_budget_names_what_does_not_fit_and_what_would():
+@pytest.fixture
+def exact_conv():
+    """Plans of runs with ``--exact-conv``: the convolution weights in the kernels' 9-tap layouts."""
+    set_exact(True)
+    yield
+    set_exact(False)
+
+
+def test_an_impossible_budget_names_what_does_not_fit_and_what_would(exact_conv):
     cluster = Cluster.uniform(4, 384 * MIB)
     with pytest.raises(PlanError) as error:
         choose_plan(VGG16, SHAPE, cluster, 4, 1000)
@@ -174,7 +203,7 @@ def test_cluster_file_with_an_absurd_node_count(tmp_path):
         Cluster.load(path)
 
 
-def test_a_map_too_small_to_tile_still_gets_an_explanation():
+def test_a_map_too_small_to_tile_still_gets_an_explanation(exact_conv):
     """VGG-16 on 32x32 ends in a 1x1 map: no tile grid exists, and the message still says what would fit."""
     with pytest.raises(PlanError, match=r"fits on \d+ such nodes"):
         choose_plan(VGG16, (3, 32, 32), Cluster.uniform(2, 300 * MIB), 1)

@@ -61,10 +61,10 @@ def test_the_plan_command_plans_recognition_and_refuses_a_node_too_small(capsys)
     assert main(["mmod", "--recognize", "--input", "128x128", "--nodes", "2", "--mem-per-rank", "256MiB"]) == 0
     out = capsys.readouterr().out
     assert "mmod with face recognition on 128x128 images" in out
-    assert "recognition models 49.6 MiB" in out and "mpirun -np 2 python -m dcnn.recognize --mode batch" in out
+    assert "recognition models 102.1 MiB" in out and "mpirun -np 2 python -m dcnn.recognize --mode batch" in out
     assert main(["mmod", "--recognize", "--input", "128x128", "--nodes", "2", "--mem-per-rank", "160MiB"]) == 2
     error = capsys.readouterr().err
-    assert "Whatever the plan, every node holds the recognition models (49.6 MiB) and their working set" in error
+    assert "Whatever the plan, every node holds the recognition models (102.1 MiB) and their working set" in error
     assert main(["mmod", "--input", "128x128", "--nodes", "2", "--mem-per-rank", "160MiB"]) == 0  # detector alone
     assert main(["lenet5", "--recognize"]) == 2
     assert "--recognize plans dlib's face detector (mmod)" in capsys.readouterr().err

@@ -575,6 +575,7 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
             if not args.quiet:
                 print(f"{args.resume}: the run is already complete; nothing to do", flush=True)
         return 0
+    set_exact(args.exact_conv)  # before the plan: the planner counts the kernels' filter layouts
     try:
         with collective(comm):
             job = validate(args, comm, local_ranks)
@@ -585,7 +586,6 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
     network, images, weights = job.network, job.images, job.weights
     threads = args.threads or max(1, default_num_threads() // local_ranks)
     set_num_threads(threads)
-    set_exact(args.exact_conv)
     split = TaskSplit(len(images), args.batch_size)
     with collective(comm):
         writer, done = _open_writer(args, comm, job, split, threads, lock)

@@ -48,11 +48,11 @@ from dcnn.kernels.blas import gemm_accumulate
 from dcnn.kernels.cache import cache_bytes
 from dcnn.kernels.memory import empty_float32
 from dcnn.kernels.threads import parallel_for
-from dcnn.kernels.winograd import TILE, WinogradBands, images_per_block, scatter_tiles, transform_weights
+from dcnn.kernels.winograd import ALPHA, TILE, WinogradBands, images_per_block, scatter_tiles, transform_weights
 from dcnn.network.window import Padding, conv_output_size, normalize_padding, pair
 
-__all__ = ["EXACT_METHODS", "METHODS", "Conv2dKernel", "Workspace", "choose_method", "conv2d", "set_exact",
-           "winograd_applies"]
+__all__ = ["EXACT_METHODS", "METHODS", "Conv2dKernel", "Workspace", "choose_method", "conv2d", "layout_bytes",
+           "set_exact", "winograd_applies"]
 
 #: The exact GEMM formulations of :class:`Conv2dKernel` (see the module docstring): any geometry.
 EXACT_METHODS = ("shifted", "im2col", "shifted-output")
@@ -110,6 +110,32 @@ def choose_method(in_channels: int, out_channels: int, stride: tuple[int, int] =
     if out_channels < SHIFTED_OUTPUT_MAX_CHANNELS and in_channels >= TAP_GEMM_MIN_CHANNELS:
         return "shifted-output"
     return "shifted" if in_channels >= TAP_GEMM_MIN_CHANNELS or max(stride) > 1 else "im2col"
+
+
+def layout_bytes(weight_shape: tuple[int, int, int, int], stride: tuple[int, int] = (1, 1),
+                 dilation: tuple[int, int] = (1, 1), groups: int = 1) -> int:
+    """Bytes of the filters in the layout the kernel keeps, besides the loaded ``weight``.
+
+    Parameters
+    ----------
+    weight_shape : tuple of int
+        ``(K, C / groups, kh, kw)``.
+    stride, dilation : tuple of int
+        ``(vertical, horizontal)``.
+    groups : int
+        Channel groups.
+
+    Returns
+    -------
+    int
+        ``36 K C`` float32 values for the transformed filters of :func:`choose_method`'s ``"winograd"``
+        (:func:`dcnn.kernels.winograd.transform_weights`), else a reordered copy of the filters, as many
+        values as the weight. Follows :func:`set_exact`.
+    """
+    out_channels, group_channels, kh, kw = weight_shape
+    method = choose_method(group_channels, out_channels // groups, stride, (kh, kw), dilation, groups)
+    taps = ALPHA * ALPHA if method == "winograd" else kh * kw
+    return 4 * out_channels * group_channels * taps
 
 
 def balanced_chunks(total: int, target: int, align: int = 1) -> list[tuple[int, int]]:

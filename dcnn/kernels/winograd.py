@@ -68,6 +68,8 @@ MIN_BAND_TILES = 128
 #: A block of images has at least this many tiles (or the whole batch): a small map's GEMMs would otherwise
 #: have a few dozen columns, and stream the transformed filters (36 K C floats) once per image.
 MIN_BLOCK_TILES = 4 * MIN_BAND_TILES
+#: Float64 bytes of transformed filters computed at a time by :func:`transform_weights`.
+TRANSFORM_CHUNK_BYTES = 4 << 20
 
 #: Groups of transformed positions that the threads share in a one-band map (a divisor of 36 and a multiple
 #: of the chunk granule of :mod:`dcnn.kernels.conv`: 1, 2 and 4 threads get equal shares).
@@ -93,10 +95,17 @@ def _scratch_buffer(role: str, shape: tuple[int, ...]) -> np.ndarray:
 def transform_weights(weight: np.ndarray) -> np.ndarray:
     """``U = G g G^T`` of every ``(K, C, 3, 3)`` filter, as ``(36, K, C)`` float32 (row ``6 xi + nu``).
 
-    Computed in float64 and rounded once.
+    Computed in float64 and rounded once, :data:`TRANSFORM_CHUNK_BYTES` of float64 products at a time (by
+    output channels: each value is the same sum whatever the chunk), so building VGG's or ResNet's 512 -> 512
+    layer does not hold twice its transformed filters in float64 on top of the float32 result.
     """
-    u = np.einsum("ai,kcij,bj->abkc", G, np.asarray(weight, dtype=np.float64), G)
-    return np.ascontiguousarray(u.reshape(ALPHA * ALPHA, *weight.shape[:2]), dtype=np.float32)
+    out_channels, channels = weight.shape[:2]
+    u = np.empty((ALPHA, ALPHA, out_channels, channels), dtype=np.float32)
+    step = max(1, TRANSFORM_CHUNK_BYTES // (8 * ALPHA * ALPHA * channels))
+    for first in range(0, out_channels, step):
+        chunk = np.asarray(weight[first : first + step], dtype=np.float64)
+        u[:, :, first : first + step] = np.einsum("ai,kcij,bj->abkc", G, chunk, G)
+    return u.reshape(ALPHA * ALPHA, out_channels, channels)
 
 
 def images_per_block(batch: int, tiles_per_image: int) -> int:

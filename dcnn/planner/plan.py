@@ -6,7 +6,8 @@ models, per rank (one rank per node):
 
 - ``runtime``: the interpreter, NumPy/SciPy/h5py/mpi4py and the MPI library (measured, see RUNTIME_BYTES);
 - ``weights``: the layers' M_l, all of them in batch mode; with fully connected layers split by neurons over the
-  ranks in spatial and fused mode (convolution weights count twice: as loaded and in the kernel's layout);
+  ranks in spatial and fused mode (convolution weights count twice: as loaded and in the kernel's layout, which
+  for Winograd's layers is the transformed filters, four times the 3x3 ones, unless ``--exact-conv``);
 - ``input``: the batch of network inputs (with its preprocessing copy), present on every rank;
 - ``activations``: the largest working set of one node (input region, output, and the convolution's padded
   scratch copy and GEMM output, plus the tensors alive meanwhile along the topological order: an add's other
@@ -41,6 +42,7 @@ from dcnn.decomposition.spatial import fc_shards, plan_spatial
 from dcnn.errors import InputError, PlanError
 from dcnn.io.config import read_toml
 from dcnn.io.numbers import check_number
+from dcnn.kernels.conv import layout_bytes
 from dcnn.modes import PLANNED_MODES as MODES
 from dcnn.network.graph import BYTES_PER_VALUE, Network, format_shape
 from dcnn.network.layers import Conv2d, Linear, Shape
@@ -379,9 +381,14 @@ def _weights(network: Network, input_shape: Shape, ranks: int) -> tuple[list[int
         if isinstance(row.layer, Linear):
             shares = [row.param_bytes * (stop - start) // row.layer.out_features
                       for start, stop in fc_shards(row.layer.out_features, ranks)]
+        elif isinstance(row.layer, Conv2d):
+            # A convolution's weights are held twice: as loaded, and laid out for its kernel (Winograd's
+            # transformed filters are four times the 3x3 ones).
+            layer = row.layer
+            shape = (layer.out_channels, layer.in_channels // layer.groups, *layer.kernel_size)
+            shares = [row.param_bytes + layout_bytes(shape, layer.stride, layer.dilation, layer.groups)] * ranks
         else:
-            # A convolution's weights are held twice: as loaded, and laid out for its kernel.
-            shares = [row.param_bytes * (2 if isinstance(row.layer, Conv2d) else 1)] * ranks
+            shares = [row.param_bytes] * ranks
         held = [a + b for a, b in zip(held, shares, strict=True)]
         top = max(top, (shares[0], row.name))
     return held, f"{top[1]}, {format_bytes(top[0])}"
