@@ -206,3 +206,18 @@ def test_progress_reaches_batch_logs_as_plain_lines(tmp_path, ranks):
     quiet = subprocess.run([*launcher, *COMMANDS["infer"], *common, "--output", str(tmp_path / "b.h5"),
                             "--progress", "none"], capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0 and "progress" not in quiet.stderr, quiet.stderr
+
+
+@pytest.mark.parametrize("command", ["model", "plan"])
+def test_the_model_is_positional_or_an_option_exactly_once(command, capsys):
+    from importlib import import_module
+
+    main = import_module(f"dcnn.cli.{command}").main
+    assert main(["--model", "lenet5", "--nodes", "2"][: 2 if command == "model" else 4]) == 0
+    as_option = capsys.readouterr().out
+    assert main(["lenet5", "--nodes", "2"][: 1 if command == "model" else 3]) == 0
+    assert capsys.readouterr().out == as_option
+    for argv, message in ((["lenet5", "--model", "lenet5"], "give the model once"), ([], "the model is required")):
+        with pytest.raises(SystemExit) as exit_code:
+            main(argv)
+        assert exit_code.value.code == EXIT_USAGE and message in capsys.readouterr().err

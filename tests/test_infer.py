@@ -246,19 +246,21 @@ def test_tile_grid_finer_than_the_map(tmp_path):
 
 
 def test_planner_command_refuses_an_impossible_cluster():
-    done = subprocess.run([sys.executable, "-m", "dcnn.plan", "vgg16", "--nodes", "4", "--ram", "384MiB"],
+    done = subprocess.run([sys.executable, "-m", "dcnn.plan", "vgg16", "--nodes", "4", "--ram", "384MiB",
+                           "--exact-conv"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.count("dcnn: error:") == 1 and not done.stdout
     assert "classifier.0" in done.stderr and "It fits on 8 such nodes" in done.stderr
 
 
 def test_planner_command_prints_candidates_and_the_choice():
-    done = subprocess.run([sys.executable, "-m", "dcnn.plan", "vgg16", "--nodes", "14", "--ram", "384MiB"],
+    done = subprocess.run([sys.executable, "-m", "dcnn.plan", "vgg16", "--nodes", "14", "--ram", "384MiB",
+                           "--exact-conv"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "batch, batch 1" in done.stdout and "DOES NOT FIT" in done.stdout
     assert "chosen: spatial" in done.stdout or "chosen: fused" in done.stdout
-    assert "mpirun -np 14 python -m dcnn.infer --model vgg16 --mode" in done.stdout
+    assert "mpirun -np 14 python -m dcnn.infer --model vgg16 --input IMAGES --exact-conv --mode" in done.stdout
 
 
 def test_a_branching_network_in_batch_mode_equals_single_mode(tmp_path):

@@ -178,7 +178,8 @@ def test_the_cost_table_and_the_planner_of_a_model_file(exported):
     plan = subprocess.run([sys.executable, "-m", "dcnn.plan", str(exported["resnet18"]), "--input", "3x64x64",
                            "--nodes", "4"], capture_output=True, text=True, timeout=120)
     assert plan.returncode == 0, plan.stderr
-    assert f"python -m dcnn.infer --model {exported['resnet18']} --mode" in plan.stdout
+    assert (f"python -m dcnn.infer --model {exported['resnet18']} --input IMAGES --preprocess {{imagenet,none}} "
+            "--mode") in plan.stdout and "with IMAGES your HDF5 image set" in plan.stdout
 
 
 def light_case(name: str):

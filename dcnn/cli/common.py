@@ -92,6 +92,23 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"dcnn {__version__}")
 
 
+def add_model_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """The model, given as the positional ``MODEL`` or as ``--model MODEL`` (as ``python -m dcnn.infer`` takes it);
+    exactly one of them (checked by :func:`run_main`, into ``args.model``)."""
+    parser.add_argument("model", nargs="?", metavar="MODEL", help=help)
+    parser.add_argument("--model", dest="model_option", metavar="MODEL", help="the model, as the positional MODEL")
+
+
+def _resolve_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Merge ``--model`` into ``args.model``: a usage error if both or neither is given."""
+    option = args.__dict__.pop("model_option")
+    if option is not None and args.model is not None:
+        parser.error(f"give the model once: as MODEL ({args.model}) or as --model ({option}), not both")
+    if option is None and args.model is None:
+        parser.error("the model is required: give it as MODEL or as --model MODEL")
+    args.model = args.model if option is None else option
+
+
 def output_folder(path: str | Path, flag: str) -> Path:
     """The folder ``path``, created if missing, for the files a command is about to write into it.
 
@@ -147,7 +164,10 @@ def _silenced(silent: bool) -> Iterator[None]:
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None, rank: int) -> argparse.Namespace:
     """Parse on every rank; only rank 0 prints ``--help``, ``--version`` and usage errors (exit 0 or 2 on all)."""
     with _silenced(rank != 0):
-        return parser.parse_args(argv)
+        args = parser.parse_args(argv)
+        if "model_option" in args:
+            _resolve_model(parser, args)
+        return args
 
 
 def _quietly_closed_pipe() -> int:

@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dcnn.cli.common import add_common_arguments, run_main
+from dcnn.cli.common import add_common_arguments, add_model_argument, run_main
 from dcnn.exec.workloads import DETECTOR, DETECTOR_IMAGE, is_detector, workload_input, workload_names
 from dcnn.network.graph import format_cost_table, format_shape
 
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m dcnn.model",
         description="Print a model's layers with output shapes, parameters (N_l), parameter bytes (M_l), "
                     "MACs (C_l) and activation bytes, with totals.")
-    parser.add_argument("model", help=f"one of: {', '.join(workload_names())} ({DETECTOR}: dlib's face detector), "
+    add_model_argument(parser, f"one of: {', '.join(workload_names())} ({DETECTOR}: dlib's face detector), "
                                       "or an ONNX model file (a path ending in .onnx, or any existing file)")
     parser.add_argument("--input", metavar="[Cx]HxW",
                         help=f"per-image input (classifiers and ONNX files: default the model's own, 224 for a "

@@ -14,14 +14,15 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 
-from dcnn.cli.common import add_common_arguments, run_main
+from dcnn.cli.common import add_common_arguments, add_model_argument, run_main
 from dcnn.errors import InputError
-from dcnn.exec.imported import reader_bytes
+from dcnn.exec.imported import PREPROCESS_CHOICES, reader_bytes
 from dcnn.exec.workloads import DETECTOR, is_detector, is_model_file, workload_input
 from dcnn.faces.descriptor import descriptor_network, resnet_structure
 from dcnn.faces.models import LANDMARK_MODEL, bundled_model
 from dcnn.faces.shape_predictor import read_shape_predictor
 from dcnn.io.numbers import check_number
+from dcnn.kernels.conv import set_exact
 from dcnn.network.graph import format_shape
 from dcnn.network.zoo import model_names
 from dcnn.planner.plan import DEFAULT_MACS_PER_SECOND, MODES, Cluster, Plan, best_plan, format_bytes, parse_bytes, plans
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict per-node memory and time of each execution mode for a model on a cluster, and "
                     "choose the fastest plan that keeps every node within its memory budget (the paper's "
                     "constraints: a fraction of each node's RAM for parameters and data).")
-    parser.add_argument("model", help=f"{DETECTOR} (dlib's face detector), one of: {', '.join(model_names())}, or an "
+    add_model_argument(parser, f"{DETECTOR} (dlib's face detector), one of: {', '.join(model_names())}, or an "
                                       "ONNX model file (its runtime memory counts the ONNX reader)")
     parser.add_argument("--input", metavar="[Cx]HxW",
                         help="per-image input (classifiers: default the model's own; mmod: the image size, "
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=int, default=1000, help="images in the set, for the time (default: 1000)")
     parser.add_argument("--mode", choices=MODES, action="append",
                         help="consider only this mode (repeatable; default: all)")
+    parser.add_argument("--exact-conv", action="store_true",
+                        help="plan a run with --exact-conv: convolution filters in their exact kernels' layouts, "
+                             "not Winograd's transformed filters (four times the 3x3 ones)")
     parser.add_argument("--all", action="store_true", help="list every candidate, not only the best per mode")
     parser.add_argument("--recognize", action="store_true",
                         help=f"{DETECTOR} only: plan a face recognition run (python -m dcnn.recognize): every node "
@@ -89,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     network, shape, size = workload_input(args.model, args.input)
     stage = recognition_stage(read_shape_predictor(bundled_model(LANDMARK_MODEL)),
                               descriptor_network(resnet_structure())) if args.recognize else None
+    set_exact(args.exact_conv)  # the planner counts the filter layouts of the kernels the run would build
     cluster = _cluster(args)
     if is_model_file(args.model):
         cluster = dataclasses.replace(cluster, runtime_bytes=cluster.runtime_bytes + reader_bytes(args.model))
@@ -108,7 +113,16 @@ def run(args: argparse.Namespace) -> int:
         print(_row(plan, cluster))
     print(f"chosen: {chosen.describe()} (predicted {chosen.seconds:.1f} s, peak {format_bytes(chosen.peak())})")
     command = "dcnn.recognize" if stage else f"dcnn.infer --model {args.model}"
-    print(f"run it: mpirun -np {cluster.size} python -m {command} {' '.join(chosen.infer_arguments())}")
+    # The detector reads the bundled faces by default; a classifier needs the user's images.
+    placeholders = [] if is_detector(args.model) else ["--input", "IMAGES"]
+    placeholders += ["--exact-conv"] if args.exact_conv else []
+    if is_model_file(args.model):
+        placeholders += ["--preprocess", "{" + ",".join(PREPROCESS_CHOICES) + "}"]
+    print(f"run it: mpirun -np {cluster.size} python -m {command} {' '.join(placeholders + chosen.infer_arguments())}")
+    if placeholders:
+        print("  with IMAGES your HDF5 image set or image folder"
+              + (" and --preprocess one of " + ", ".join(PREPROCESS_CHOICES) + " for uint8 images (omit it for a "
+                 "float32 set)" if is_model_file(args.model) else ""))
     return 0
 
 
