@@ -245,6 +245,13 @@ def test_tile_grid_finer_than_the_map(tmp_path):
     assert "tile grid 9x9 is finer than the 6x6 output map of layer features.12" in done.stderr
 
 
+def test_a_directory_named_as_a_model_file_is_one_line(tmp_path, lenet_set):
+    (tmp_path / "dir.onnx").mkdir()
+    done = infer("--model", str(tmp_path / "dir.onnx"), "--input", str(lenet_set))
+    assert done.returncode == 2 and done.stderr.count("dcnn: error:") == 1 and not done.stdout
+    assert "dir.onnx' is a directory, not a file" in done.stderr
+
+
 def test_planner_command_refuses_an_impossible_cluster():
     done = subprocess.run([sys.executable, "-m", "dcnn.plan", "vgg16", "--nodes", "4", "--ram", "384MiB",
                            "--exact-conv"],

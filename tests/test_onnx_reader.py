@@ -200,3 +200,9 @@ def test_inconsistent_or_non_finite_weights_are_refused(tmp_path, rng):
     path = save(tmp_path, [helper.make_node("Conv", ["x", "W"], ["y"])], weights=weights, name="nan.onnx")
     with pytest.raises(WeightsError, match="NaN or infinite"):
         load_onnx(path)
+
+
+def test_a_directory_is_not_a_model_file(tmp_path):
+    (tmp_path / "dir.onnx").mkdir()
+    with pytest.raises(InputError, match=r"dir\.onnx' is a directory, not a file"):
+        load_onnx(tmp_path / "dir.onnx")

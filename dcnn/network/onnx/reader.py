@@ -103,6 +103,8 @@ def _read(path: Path):
     onnx = _onnx()
     from google.protobuf.message import DecodeError
 
+    if path.is_dir():
+        raise InputError(f"ONNX model {str(path)!r} is a directory, not a file")
     if not path.is_file():
         raise InputError(f"ONNX model {str(path)!r} does not exist")
     try:
