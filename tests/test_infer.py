@@ -299,3 +299,18 @@ def test_fused_mode_refuses_a_depth_past_a_squeeze_and_excitation_pooling_in_one
     assert done.returncode == 2 and done.stderr.count("dcnn: error:") == 1 and "Traceback" not in done.stderr
     assert ("--fuse-depth 23 cannot be tiled: node features.1.block.1.avgpool (adaptive avgpool 1x1) reduces the "
             "whole map, of which a tile holds a part; fuse at most 6 layers or use --mode spatial") in done.stderr
+
+
+def test_a_winograd_run_stays_within_its_planned_memory_and_names_single_mode(tmp_path, rng):
+    """ResNet-18's 3x3 layers run Winograd: its transformed filters are in the plan (it peaked at 400 MiB
+    against a prediction of 208 MiB before), and a --mode single run records its plan as single."""
+    images = tmp_path / "rn.h5"
+    with h5py.File(images, "w") as handle:
+        handle["images"] = rng.integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    output = tmp_path / "rn-out.h5"
+    done = infer("--model", "resnet18", "--input", str(images), "--mode", "single", "--threads", "1",
+                 "--output", str(output), timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "above the planner's prediction" not in done.stderr
+    with h5py.File(output) as handle:
+        assert handle.attrs["plan"].startswith("single, batch ")

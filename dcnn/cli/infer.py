@@ -466,6 +466,7 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
         plan = choose_plan(network, shape, cluster, args.batch_size, images, modes, count, others,
                            _tile_limit(network, scan), stage)
         args.mode = "single" if comm.size == 1 and plan.mode == "batch" else plan.mode
+        plan = _named_for_the_run(plan, args.mode)
         args.batch_size = plan.batch
         if plan.mode == "spatial":
             args.grid = format_shape(plan.grid)
@@ -487,7 +488,12 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
         sized = f" for {_size_text(shape, scan, image_set)}" if len(scan.shapes) > 1 else ""
         raise PlanError(f"{plan.describe()} needs {format_bytes(needed)} on rank {rank}{sized}, which may use "
                         f"{format_bytes(available)} (most of it {plan.largest_item(rank)[1]}); try --plan auto")
-    return plan
+    return _named_for_the_run(plan, args.mode)
+
+
+def _named_for_the_run(plan: Plan, mode: str) -> Plan:
+    """``plan`` named by the run's mode: ``single`` is planned as batch mode on one rank."""
+    return dataclasses.replace(plan, mode=mode) if mode == "single" else plan
 
 
 def _size_text(shape, scan: Scan, images: ImageSet) -> str:
