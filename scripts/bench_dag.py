@@ -105,7 +105,7 @@ def worker_scaling(folder: str, size: int, repeats: int) -> None:
         engine(x)  # warm-up: plans the exchanges, touches the workspace
         engine.stats = type(engine.stats).zeros(len(network))
         times = timed_calls(engine, x, comm, repeats)
-        report_rank(folder, comm.rank, {"seconds": min(times), "grid": list(engine.plan.dims),
+        report_rank(folder, comm.rank, {"seconds": min(times), "grid": list(engine.spatial_plan.dims),
                                         "wait": float(engine.stats.wait_seconds.sum() / repeats),
                                         "bytes_sent": int(engine.stats.bytes_sent.sum() // repeats)})
 

@@ -36,11 +36,11 @@ def reference(network, shape):
     return _EXPECTED[key]
 
 
-def run_engine(network, shape, grid, depth, overlap, engine_class=FusedEngine):
+def run_engine(network, shape, grid, depth, halo_policy, engine_class=FusedEngine):
     """Run twice (batches of 2 and 1) and return the largest relative error over ranks and the counters."""
     x, expected = reference(network, shape)
     weights = init_weights(network, 3, rows=fc_shard_rows(network, COMM.size, COMM.rank))
-    with engine_class(network, weights, shape, COMM, grid, depth, overlap=overlap) as engine:
+    with engine_class(network, weights, shape, COMM, grid, depth, halo_policy=halo_policy) as engine:
         actual = [engine(x), engine(x[:1])]
         counters = {key: COMM.allreduce(value) for key, value in engine.counters.items()}
     scale = np.abs(expected).max()
@@ -50,19 +50,19 @@ def run_engine(network, shape, grid, depth, overlap, engine_class=FusedEngine):
 
 @pytest.mark.parametrize("name,shape", [("lenet5", (1, 32, 32)), ("alexnet", (3, 227, 231)), ("vgg11_bn", (3, 64, 72))])
 @pytest.mark.parametrize("grid", [(2, 2), (3, 3), (4, 5), (6, 6)])
-@pytest.mark.parametrize("overlap", ["recompute", "reuse"])
-def test_fused_tiles_equal_single_process(name, shape, grid, overlap):
+@pytest.mark.parametrize("halo_policy", ["recompute", "reuse"])
+def test_fused_tiles_equal_single_process(name, shape, grid, halo_policy):
     network = get_model(name)
     depth = deepest(network, shape, grid)
-    error, counters, engine = run_engine(network, shape, grid, depth, overlap)
+    error, counters, engine = run_engine(network, shape, grid, depth, halo_policy)
     assert error <= 1e-4
     tiles = grid[0] * grid[1]
     assert counters["tiles_run"] == 2 * tiles and counters["fallbacks"] == 0
-    per_image = engine.plan.macs()[0] if overlap == "recompute" else engine.reuse.macs()
+    per_image = engine.fused_plan.macs()[0] if halo_policy == "recompute" else engine.reuse_plan.macs()
     assert counters["macs"] == 3 * per_image
-    if overlap == "reuse":
-        assert counters["bytes_put"] == counters["bytes_got"] == 3 * engine.reuse.strip_bytes()
-        assert counters["tiles_reused"] == 2 * sum(bool(strips) for strips in engine.reuse.incoming)
+    if halo_policy == "reuse":
+        assert counters["bytes_put"] == counters["bytes_got"] == 3 * engine.reuse_plan.strip_bytes()
+        assert counters["tiles_reused"] == 2 * sum(bool(strips) for strips in engine.reuse_plan.incoming)
     else:
         assert counters["bytes_put"] == counters["bytes_got"] == 0
 
@@ -72,7 +72,7 @@ class SilentCorner(FusedEngine):
 
     def _run_reusing(self, index, x, pool):
         if index == 0:
-            return self._compute(index, self.plan.tiles[index].steps, x)
+            return self._compute(index, self.fused_plan.tiles[index].steps, x)
         return super()._run_reusing(index, x, pool)
 
 
@@ -81,7 +81,7 @@ def test_missing_strips_fall_back_to_recomputing(grid):
     network = get_model("vgg11_bn")
     error, counters, engine = run_engine(network, (3, 64, 72), grid, 7, "reuse", SilentCorner)
     assert error <= 1e-4
-    consumers = {strip.consumer for strip in engine.reuse.outgoing[0]}
+    consumers = {strip.consumer for strip in engine.reuse_plan.outgoing[0]}
     assert consumers and counters["fallbacks"] == 2 * len(consumers)
 
 
@@ -117,14 +117,14 @@ DAG_CASES = [("resnet18", (3, 67, 73), None, (2, 2)), ("resnet18", (3, 67, 73), 
 
 
 @pytest.mark.parametrize("name,shape,depth,grid", DAG_CASES)
-@pytest.mark.parametrize("overlap", ["recompute", "reuse"])
-def test_fused_tiles_of_a_dag_equal_single_process(name, shape, depth, grid, overlap):
+@pytest.mark.parametrize("halo_policy", ["recompute", "reuse"])
+def test_fused_tiles_of_a_dag_equal_single_process(name, shape, depth, grid, halo_policy):
     network = get_model(name)
-    error, counters, engine = run_engine(network, shape, grid, depth, overlap)
+    error, counters, engine = run_engine(network, shape, grid, depth, halo_policy)
     assert error <= 1e-4
     assert counters["tiles_run"] == 2 * grid[0] * grid[1] and counters["fallbacks"] == 0
-    if overlap == "reuse":
-        assert counters["macs"] == 3 * engine.reuse.macs() < 3 * engine.plan.macs()[0]
-        assert counters["bytes_put"] == counters["bytes_got"] == 3 * engine.reuse.strip_bytes() > 0
+    if halo_policy == "reuse":
+        assert counters["macs"] == 3 * engine.reuse_plan.macs() < 3 * engine.fused_plan.macs()[0]
+        assert counters["bytes_put"] == counters["bytes_got"] == 3 * engine.reuse_plan.strip_bytes() > 0
     else:
-        assert counters["macs"] == 3 * engine.plan.macs()[0]
+        assert counters["macs"] == 3 * engine.fused_plan.macs()[0]

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from mpi4py import MPI
 from torch_oracle import torch_forward
 
-from dcnn.decomposition.fused import OVERLAP_POLICIES, crossing_read, spatial_depth
+from dcnn.decomposition.fused import HALO_POLICIES, crossing_read, spatial_depth
 from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.exec.forward import Forward
 from dcnn.network.layers import Conv2d
@@ -95,7 +95,7 @@ def fused_samples(network, shape) -> list[tuple[int, tuple[int, int], str]]:
     for number, depth in enumerate(depths):
         height, width = network.shapes(shape)[depth][1:]
         grid = (int(rng.integers(1, min(4, height) + 1)), int(rng.integers(1, min(4, width) + 1)))
-        samples.append((depth, grid, OVERLAP_POLICIES[number % 2]))
+        samples.append((depth, grid, HALO_POLICIES[number % 2]))
     return samples
 
 
@@ -109,7 +109,7 @@ def test_spatial_and_fused_modes_equal_pytorch(name):
         with SpatialEngine(network, shard, shape, COMM, dims) as engine:
             assert_close_everywhere(engine(x), expected, f"spatial {dims}")
     for depth, grid, policy in fused_samples(network, shape):
-        with FusedEngine(network, shard, shape, COMM, grid, depth, overlap=policy) as engine:
+        with FusedEngine(network, shard, shape, COMM, grid, depth, halo_policy=policy) as engine:
             assert_close_everywhere(engine(x), expected, f"fused depth {depth} tiles {grid} {policy}")
 
 
@@ -131,7 +131,7 @@ def configurations(draw):
     depth = draw(st.integers(1, spatial_depth(network)))
     height, width = network.shapes(shape)[depth][1:]
     grid = (draw(st.integers(1, min(5, height))), draw(st.integers(1, min(5, width))))
-    return name, shape, "fused", grid, depth, draw(st.sampled_from(OVERLAP_POLICIES))
+    return name, shape, "fused", grid, depth, draw(st.sampled_from(HALO_POLICIES))
 
 
 @settings(max_examples=4, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
@@ -145,7 +145,7 @@ def test_drawn_configurations_equal_single_process_and_pytorch(configuration):
     if mode == "spatial":
         engine = SpatialEngine(network, shard, shape, COMM, grid)
     else:
-        engine = FusedEngine(network, shard, shape, COMM, grid, depth, overlap=policy)
+        engine = FusedEngine(network, shard, shape, COMM, grid, depth, halo_policy=policy)
     with engine:
         actual = engine(x)
     assert_close_everywhere(actual, single, f"{configuration} against the single process")

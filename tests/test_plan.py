@@ -103,7 +103,7 @@ def test_finer_tiles_need_less_activation_memory_and_reuse_needs_a_pool():
     fine = memory_fused(VGG16, SHAPE, 1, cluster, (7, 7), "recompute")
     reuse = memory_fused(VGG16, SHAPE, 1, cluster, (4, 4), "reuse")
     assert fine.memory[0]["activations"] < coarse.memory[0]["activations"]
-    assert coarse.memory[0]["overlap pool"] == 0 < reuse.memory[0]["overlap pool"]
+    assert coarse.memory[0]["strip pool"] == 0 < reuse.memory[0]["strip pool"]
 
 
 def test_plenty_of_memory_chooses_batch_mode():
@@ -243,7 +243,7 @@ def test_a_dag_gets_every_candidate():
     assert {(plan.mode, plan.halo_policy) for plan in candidates} == {
         ("batch", None), ("spatial", None), ("fused", "recompute"), ("fused", "reuse")}
     reuse = plan_for(network, (3, 96, 96), Cluster.uniform(2, 2**34), "fused", 1, (2, 2), "reuse")
-    assert reuse.memory[0]["overlap pool"] > 0
+    assert reuse.memory[0]["strip pool"] > 0
 
 
 @pytest.mark.timeout(300)

@@ -60,11 +60,11 @@ def grids(size: int, which: str = "all") -> list[tuple[int, int] | None]:
     return [g for i, g in enumerate(options) if g not in options[:i]]
 
 
-def run_spatial(name, shape, batch, dims, overlap=True):
+def run_spatial(name, shape, batch, dims, comm_overlap=True):
     x, expected = reference(name, shape, batch)
-    with SpatialEngine(get_model(name), shard_weights(name), shape, COMM, dims, overlap=overlap) as engine:
+    with SpatialEngine(get_model(name), shard_weights(name), shape, COMM, dims, comm_overlap=comm_overlap) as engine:
         actual = engine(x)
-        stats, plan = engine.stats, engine.plan
+        stats, plan = engine.stats, engine.spatial_plan
     return actual, expected, stats, plan
 
 
@@ -107,7 +107,7 @@ def test_spatial_equals_single_process(name, shape, batch, which):
 
 
 def test_without_overlap_gives_the_same_result():
-    actual, expected, _, _ = run_spatial("vgg11_bn", (3, 64, 61), 1, None, overlap=False)
+    actual, expected, _, _ = run_spatial("vgg11_bn", (3, 64, 61), 1, None, comm_overlap=False)
     assert_same_everywhere(actual, expected)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from dcnn.analysis.analyze import count_of
 from dcnn.cli.common import add_common_arguments, run_main
 from dcnn.cli.runconfig import configuration, restore
-from dcnn.decomposition.fused import OVERLAP_POLICIES, check_tile_grid, spatial_depth
+from dcnn.decomposition.fused import HALO_POLICIES, check_tile_grid, spatial_depth
 from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.errors import InputError, PlanError, ShapeError
 from dcnn.exec.forward import Forward
@@ -68,7 +68,7 @@ from dcnn.parallel.comm import (
 from dcnn.parallel.engines import EngineCache
 from dcnn.parallel.fused import COUNTER_FIELDS, FusedEngine, compile_fused
 from dcnn.parallel.spatial import SpatialEngine
-from dcnn.planner.plan import Cluster, Plan, choose_plan, format_bytes, parse_bytes, plan_shapes, worst_shapes
+from dcnn.planner.plan import Cluster, RunPlan, choose_plan, format_bytes, parse_bytes, plan_shapes, worst_shapes
 
 __all__ = ["DEFAULT_INPUT", "build_parser", "main"]
 
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiles", metavar="ROWSxCOLS",
                         help=f"fused mode only: the tile grid over the fused block's output (default {DEFAULT_TILES}; "
                              "may have more tiles than ranks); each tile is a stealable task (see --halo-policy)")
-    parser.add_argument("--halo-policy", "--overlap", dest="halo_policy", choices=OVERLAP_POLICIES,
+    parser.add_argument("--halo-policy", "--overlap", dest="halo_policy", choices=HALO_POLICIES,
                         help="fused mode only: what a tile does with the halo it shares with its neighbours. reuse "
                              "(default): tiles run in three checkerboard phases and later tiles read the border "
                              "strips of earlier ones from one-sided MPI windows instead of recomputing them; "
@@ -297,7 +297,7 @@ class Job:
     input_shape: tuple[int, ...]
     workload: Classification | Detection | Recognition
     outputs: int | np.dtype
-    plan: Plan
+    run_plan: RunPlan
     scan: Scan
     known: dict | None = None
     attributes: dict = dataclass_field(default_factory=dict)
@@ -326,7 +326,7 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
                         f"run without mpirun, or choose --mode batch or spatial")
     _check_mode_options(args)
     args.tiles = args.tiles or DEFAULT_TILES
-    args.halo_policy = args.halo_policy or OVERLAP_POLICIES[-1]
+    args.halo_policy = args.halo_policy or HALO_POLICIES[-1]
     grid = parse_grid(args.grid, "--grid") if args.grid else None
     if args.mode == "spatial" and grid is not None and grid[0] * grid[1] != comm.size:
         raise PlanError(f"--grid {args.grid} needs {grid[0] * grid[1]} ranks, but {comm.size} were started")
@@ -374,7 +374,8 @@ def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster |
     return None
 
 
-def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: ImageSet, comm, local_ranks: int) -> Plan:
+def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: ImageSet, comm,
+          local_ranks: int) -> RunPlan:
     """Choose the plan (--plan auto) or model the requested one, for the image sizes that need the most memory
     (:func:`dcnn.plan.worst_shapes`); refuse it if it exceeds a known budget."""
     cluster = _cluster(args, comm.size, local_ranks)
@@ -526,7 +527,7 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
         return 0
     computed = sum(split.bounds(t)[1] - split.bounds(t)[0] for t in pending) - len(writer.skipped_in(split, pending))
     per_rank = {key: np.stack([rank_stats[key] for rank_stats in gathered]) for key in gathered[0]}
-    predicted = np.array([job.plan.peak(rank) for rank in range(comm.size)])
+    predicted = np.array([job.run_plan.peak(rank) for rank in range(comm.size)])
     over = memory_over_prediction(per_rank["peak_rss_bytes"], predicted)
     writer.finish(
         {"timing": {"layer_names": np.array([n for n, _ in network.layers], dtype="S"),
@@ -538,13 +539,13 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
                    **_fused_tables(fused_per_rank, "stats")}},
         finished=utc_now(), elapsed_seconds=elapsed, images_computed=computed,
         images_per_second=computed / elapsed if elapsed > 0 else 0.0, hostnames=names,
-        grid=_grid_text(engines), plan=job.plan.describe(), memory_within_prediction=not over,
+        grid=_grid_text(engines), plan=job.run_plan.describe(), memory_within_prediction=not over,
         **_fused_attributes(args, engines))
     if not args.quiet:
         _summary(args, job, writer.path, computed, elapsed, per_rank, comm.size, threads)
     for rank, measured, expected in over:
         print(f"dcnn: warning: rank {rank} peaked at {format_bytes(measured)}, above the planner's prediction of "
-              f"{format_bytes(expected)} ({job.plan.describe()}); the file records both (/stats)", file=sys.stderr)
+              f"{format_bytes(expected)} ({job.run_plan.describe()}); the file records both (/stats)", file=sys.stderr)
     return 0
 
 
@@ -564,8 +565,9 @@ def _engine_builder(args: argparse.Namespace, network: Network, weights: dict, c
     def build(shape: tuple[int, ...]) -> SpatialEngine | FusedEngine:
         if args.mode == "fused":
             return FusedEngine(network, weights, shape, comm, parse_grid(args.tiles, "--tiles"), args.fuse_depth,
-                               steal=not args.no_steal, overlap=args.halo_policy, forwards=forwards)
-        return SpatialEngine(network, weights, shape, comm, grid, overlap=not args.no_comm_overlap, forward=forward)
+                               steal=not args.no_steal, halo_policy=args.halo_policy, forwards=forwards)
+        return SpatialEngine(network, weights, shape, comm, grid, comm_overlap=not args.no_comm_overlap,
+                             forward=forward)
 
     return build
 
@@ -573,7 +575,7 @@ def _engine_builder(args: argparse.Namespace, network: Network, weights: dict, c
 def _grid_text(engines: EngineCache) -> str:
     """The rank grid of a spatial run (``none`` for other modes)."""
     if isinstance(engines.first, SpatialEngine):
-        return format_shape(engines.first.plan.dims)
+        return format_shape(engines.first.spatial_plan.dims)
     return "none"
 
 
@@ -583,12 +585,12 @@ def _fused_attributes(args: argparse.Namespace, engines: EngineCache) -> dict:
     engine = engines.first
     if not isinstance(engine, FusedEngine):
         return {}
-    plain = engine.plan.plain_macs()
-    tiled = engine.plan.macs()[0] if engine.reuse is None else engine.reuse.macs()
-    return {"tiles": args.tiles, "fuse_depth": engine.plan.depth, "halo_policy": engine.overlap,
+    plain = engine.fused_plan.plain_macs()
+    tiled = engine.fused_plan.macs()[0] if engine.reuse_plan is None else engine.reuse_plan.macs()
+    return {"tiles": args.tiles, "fuse_depth": engine.fused_plan.depth, "halo_policy": engine.halo_policy,
             "fused_macs_per_image": tiled, "plain_macs_per_image": plain,
             "redundant_macs_per_image": tiled - plain,
-            "strip_bytes_per_image": 0 if engine.reuse is None else engine.reuse.strip_bytes()}
+            "strip_bytes_per_image": 0 if engine.reuse_plan is None else engine.reuse_plan.strip_bytes()}
 
 
 def _fused_stats(engines: EngineCache) -> dict[str, np.ndarray] | None:
@@ -626,7 +628,7 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
         print(f"  {skipped} images skipped (unreadable or unusable; listed under /skipped in the file, shown by "
               f"python -m dcnn.analyze)")
     print(f"  peak memory {format_bytes(per_rank['peak_rss_bytes'].max())} per rank, predicted "
-          f"{format_bytes(job.plan.peak())}")
+          f"{format_bytes(job.run_plan.peak())}")
     if job.workload.detects:
         with h5py.File(path, "r") as handle:
             offsets = handle["outputs/detection_offsets"][()]

@@ -20,10 +20,10 @@ from dcnn.network.graph import INPUT, Network
 from dcnn.network.layers import Shape
 from dcnn.network.window import Padding
 
-__all__ = ["OVERLAP_POLICIES", "FusedPlan", "Tile", "check_tile_grid", "crossing_read", "plan_fused", "spatial_depth",
+__all__ = ["HALO_POLICIES", "FusedPlan", "Tile", "check_tile_grid", "crossing_read", "plan_fused", "spatial_depth",
            "sub_network", "trace_tile"]
 
-OVERLAP_POLICIES = ("recompute", "reuse")
+HALO_POLICIES = ("recompute", "reuse")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ it from its own results and *strips* borrowed from them. In a DAG the same holds
 is the cover of its readers' needs, so the cover of what the tile's readers need from their ``K`` boxes lies in
 it, and the tile borrows, once per tensor, the strips that complete that cover. Every strip (producer, consumer,
 layer, box) is fixed by
-the plan, so each gets a fixed slot in the overlap pool of its *home* rank (the producer tile's index modulo the
+the plan, so each gets a fixed slot in the strip pool of its *home* rank (the producer tile's index modulo the
 rank count), sized per image.
 """
 
@@ -54,7 +54,7 @@ class Strip:
     channels : int
         Channels of that map.
     home : int
-        The rank whose overlap pool holds the strip (all strips of one producer share a home; producers are
+        The rank whose strip pool holds the strip (all strips of one producer share a home; producers are
         spread over the ranks by bytes).
     offset : int
         Elements per image before the strip in its home's pool (a batch of ``B`` images starts at ``B * offset``).
@@ -83,7 +83,7 @@ class ReusePlan:
     fused : FusedPlan
         The tiles and their traced (needed) regions.
     ranks : int
-        Ranks that hold the overlap pool.
+        Ranks that hold the strip pool.
     classes : list of int
         Per tile, its class.
     steps : list of list of (Box, Box, Padding)
@@ -128,7 +128,7 @@ class ReusePlan:
         return sum(rate * steps[layer][0].area for steps in self.steps for layer, rate in enumerate(rates))
 
     def strip_bytes(self) -> int:
-        """Bytes per image written into the overlap pool (each strip is also read once, by its consumer)."""
+        """Bytes per image written into the strip pool (each strip is also read once, by its consumer)."""
         return 4 * sum(strip.elements for strip in self.strips)
 
 

@@ -8,10 +8,10 @@ Neighbouring tiles overlap in their traced regions. Two policies:
 
 - *recompute*: every tile computes its whole region; no communication until the tiles are assembled, at the
   price of redundant multiply-accumulates (counted by the plan).
-- *reuse* (:mod:`dcnn.decomposition.reuse`, :mod:`dcnn.parallel.overlap`): the tiles run in three checkerboard phases,
-  each a work-stealing queue of its own. Tiles of the first phase compute their whole region and publish the strips
-  their neighbours need into the overlap pool (one-sided windows); later tiles ``Get`` those strips and compute only
-  the rest. A tile whose producers have not published recomputes its whole region (a counted fallback).
+- *reuse* (:mod:`dcnn.decomposition.reuse`, :mod:`dcnn.parallel.strip_pool`): the tiles run in three checkerboard
+  phases, each a work-stealing queue of its own. Tiles of the first phase compute their whole region and publish
+  the strips their neighbours need into the strip pool (one-sided windows); later tiles ``Get`` those strips and
+  compute only the rest. A tile whose producers have not published recomputes its whole region (a counted fallback).
 
 The layers after the fused block run on the spatial engine.
 """
@@ -25,7 +25,7 @@ from dataclasses import fields
 
 import numpy as np
 
-from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused, sub_network
+from dcnn.decomposition.fused import HALO_POLICIES, plan_fused, sub_network
 from dcnn.decomposition.geometry import Box, assemble_boxes, cover
 from dcnn.decomposition.reuse import NUM_CLASSES, Strip, plan_reuse
 from dcnn.errors import PlanError
@@ -34,9 +34,9 @@ from dcnn.network.graph import BYTES_PER_VALUE, INPUT, Network
 from dcnn.network.layers import Shape
 from dcnn.network.window import Padding
 from dcnn.parallel.comm import MPI, allgather_blocks
-from dcnn.parallel.overlap import OverlapPool
 from dcnn.parallel.spatial import LayerStats, SpatialEngine
 from dcnn.parallel.steal import StealQueue
+from dcnn.parallel.strip_pool import StripPool
 
 __all__ = ["COUNTER_FIELDS", "FusedEngine", "compile_fused"]
 
@@ -72,7 +72,7 @@ class FusedEngine:
         Layers to fuse (default: every layer before the first global one).
     steal : bool
         Balance tiles by work stealing (else each rank keeps its initial share).
-    overlap : {"recompute", "reuse"}
+    halo_policy : {"recompute", "reuse"}
         What a tile does with the regions it shares with its neighbours.
     forwards : tuple of Forward, optional
         The executors of the fused layers and of the layers after them, already compiled (:func:`compile_fused`;
@@ -88,34 +88,34 @@ class FusedEngine:
     """
 
     def __init__(self, network: Network, weights: Mapping[str, np.ndarray], input_shape: Shape, comm: MPI.Comm,
-                 grid: tuple[int, int], depth: int | None = None, steal: bool = True, overlap: str = "recompute",
+                 grid: tuple[int, int], depth: int | None = None, steal: bool = True, halo_policy: str = "recompute",
                  forwards: tuple[Forward, Forward | None] | None = None):
-        if overlap not in OVERLAP_POLICIES:
-            raise PlanError(f"overlap policy must be one of {', '.join(OVERLAP_POLICIES)}, got {overlap!r}")
+        if halo_policy not in HALO_POLICIES:
+            raise PlanError(f"halo policy must be one of {', '.join(HALO_POLICIES)}, got {halo_policy!r}")
         self.comm = comm
-        self.plan = plan_fused(network, input_shape, grid, depth)
-        self.reuse = plan_reuse(self.plan, comm.size) if overlap == "reuse" else None
-        self.overlap = overlap
+        self.fused_plan = plan_fused(network, input_shape, grid, depth)
+        self.reuse_plan = plan_reuse(self.fused_plan, comm.size) if halo_policy == "reuse" else None
+        self.halo_policy = halo_policy
         # Folding is decided over the fused layers only: the layers after them run in ``rest``.
         fused_forward, rest_forward = forwards if forwards is not None else compile_fused(network, weights,
-                                                                                          self.plan.depth)
+                                                                                          self.fused_plan.depth)
         self.forward = fused_forward
         self.steal = steal
         self._stats = LayerStats.zeros(len(network))
-        self.tile_seconds = np.zeros(len(self.plan.tiles))
+        self.tile_seconds = np.zeros(len(self.fused_plan.tiles))
         self._counts = dict.fromkeys(COUNTER_FIELDS, 0)
-        self._rates = self.plan.macs_per_pixel()
+        self._rates = self.fused_plan.macs_per_pixel()
         # Readers of each tensor among the fused nodes, and the tile's output, which the caller holds.
-        self._readers: dict[str, int] = {network.layers[self.plan.depth - 1][0]: 1}
-        for sources in network.inputs[:self.plan.depth]:
+        self._readers: dict[str, int] = {network.layers[self.fused_plan.depth - 1][0]: 1}
+        for sources in network.inputs[:self.fused_plan.depth]:
             for name in sources:
                 self._readers[name] = self._readers.get(name, 0) + 1
-        self._pool: OverlapPool | None = None
+        self._pool: StripPool | None = None
         self._sequence = 0
         self.rest = None
-        if self.plan.depth < len(network):
-            rest = sub_network(network, self.plan.depth, self.plan.output_shape)
-            self.rest = SpatialEngine(rest, weights, self.plan.output_shape, comm, forward=rest_forward)
+        if self.fused_plan.depth < len(network):
+            rest = sub_network(network, self.fused_plan.depth, self.fused_plan.output_shape)
+            self.rest = SpatialEngine(rest, weights, self.fused_plan.output_shape, comm, forward=rest_forward)
 
     @property
     def counters(self) -> dict[str, float]:
@@ -132,7 +132,7 @@ class FusedEngine:
         """This rank's per-layer counters over the whole network: the fused layers' and those of the rest."""
         if self.rest is None:
             return self._stats
-        depth = self.plan.depth
+        depth = self.fused_plan.depth
         names = [field.name for field in fields(LayerStats)]
         combined = LayerStats(*(getattr(self._stats, name).copy() for name in names))
         for name in names:
@@ -145,7 +145,7 @@ class FusedEngine:
         return self._counts["tiles_run"]
 
     def close(self) -> None:
-        """Free the overlap pool and the communicator of the layers after the fused block (collective)."""
+        """Free the strip pool and the communicator of the layers after the fused block (collective)."""
         if self._pool is not None:
             self._account_pool()
             self._pool.close()
@@ -163,15 +163,15 @@ class FusedEngine:
         """Run on a ``(B, C, H, W)`` batch present on every rank; every rank returns the full output."""
         x = np.asarray(x, dtype=np.float32)
         computed: dict[int, np.ndarray] = {}
-        if self.reuse is None:
-            with StealQueue(self.comm, len(self.plan.tiles), steal=self.steal) as queue:
+        if self.reuse_plan is None:
+            with StealQueue(self.comm, len(self.fused_plan.tiles), steal=self.steal) as queue:
                 for index in queue:
-                    computed[index] = self._compute(index, self.plan.tiles[index].steps, x)
+                    computed[index] = self._compute(index, self.fused_plan.tiles[index].steps, x)
         else:
             self._sequence += 1
             pool = self._pool_for(x.shape[0])
             for cls in range(NUM_CLASSES):
-                members = self.reuse.tiles_of_class(cls)
+                members = self.reuse_plan.tiles_of_class(cls)
                 if members:
                     with StealQueue(self.comm, len(members), steal=self.steal, tasks=members) as queue:
                         for index in queue:
@@ -181,32 +181,32 @@ class FusedEngine:
         return fused if self.rest is None else self.rest(fused)
 
     # -- reuse policy --------------------------------------------------------------------------------------
-    def _pool_for(self, batch: int) -> OverlapPool:
-        """The overlap pool, (re)allocated when a batch is larger than its slots (collective)."""
+    def _pool_for(self, batch: int) -> StripPool:
+        """The strip pool, (re)allocated when a batch is larger than its slots (collective)."""
         if self._pool is None or self._pool.batch < batch:
             if self._pool is not None:
                 self._account_pool()
                 self._pool.close()
-            self._pool = OverlapPool(self.comm, self.reuse, batch)
+            self._pool = StripPool(self.comm, self.reuse_plan, batch)
         return self._pool
 
     def _account_pool(self) -> None:
         """Move the pool's byte and time counts into the engine's counters."""
         self._counts = self.counters
 
-    def _run_reusing(self, index: int, x: np.ndarray, pool: OverlapPool) -> np.ndarray:
+    def _run_reusing(self, index: int, x: np.ndarray, pool: StripPool) -> np.ndarray:
         """One tile of the reuse policy: borrow its strips if they are ready, else recompute; publish its own."""
-        incoming = self.reuse.incoming[index]
+        incoming = self.reuse_plan.incoming[index]
         if pool.ready(sorted({strip.producer for strip in incoming}), self._sequence):
             borrowed = list(zip(incoming, pool.fetch(incoming, x.shape[0])))
-            steps = self.reuse.steps[index]
+            steps = self.reuse_plan.steps[index]
             self._counts["tiles_reused"] += bool(incoming)
             for strip, _ in borrowed:
                 self._stats.bytes_received[strip.layer] += x.shape[0] * BYTES_PER_VALUE * strip.elements
         else:
-            borrowed, steps = [], self.plan.tiles[index].steps
+            borrowed, steps = [], self.fused_plan.tiles[index].steps
             self._counts["fallbacks"] += 1
-        outgoing = self.reuse.outgoing[index]
+        outgoing = self.reuse_plan.outgoing[index]
         output = self._compute(index, steps, x, borrowed, outgoing, pool)
         if outgoing:
             pool.mark_ready(index, self._sequence)
@@ -215,7 +215,7 @@ class FusedEngine:
     # -- both policies -------------------------------------------------------------------------------------
     def _compute(self, index: int, steps: list[tuple[Box, Box, Padding]], x: np.ndarray,
                  borrowed: list[tuple[Strip, np.ndarray]] = (), outgoing: list[Strip] = (),
-                 pool: OverlapPool | None = None) -> np.ndarray:
+                 pool: StripPool | None = None) -> np.ndarray:
         """Compute one tile's boxes node by node from the input, its own results and borrowed strips.
 
         Each tensor's box is kept until the tile's last node that reads it; an in-place op overwrites only a
@@ -227,7 +227,7 @@ class FusedEngine:
         for strip, values in borrowed:
             strips_in[strip.layer].append((strip.box, values))
         batch = x.shape[0]
-        network = self.plan.network
+        network = self.fused_plan.network
         names = [name for name, _ in network.layers]
         regions: dict[str, tuple[np.ndarray | None, Box]] = {INPUT: (x, Box(0, x.shape[2], 0, x.shape[3]))}
         pending = dict(self._readers)
@@ -287,13 +287,13 @@ class FusedEngine:
     def _assemble(self, computed: dict[int, np.ndarray], batch: int) -> np.ndarray:
         """Every rank's tile outputs into the whole fused output map, on every rank."""
         owners = self.comm.allgather(sorted(computed))
-        channels = self.plan.output_shape[0]
+        channels = self.fused_plan.output_shape[0]
         order = [index for indices in owners for index in indices]
-        counts = [sum(batch * channels * self.plan.tiles[i].output.area for i in indices) for indices in owners]
+        counts = [sum(batch * channels * self.fused_plan.tiles[i].output.area for i in indices) for indices in owners]
         local = np.concatenate([computed[i].reshape(-1) for i in sorted(computed)]) if computed else \
             np.zeros(0, np.float32)
         start = time.perf_counter()
         flat = allgather_blocks(self.comm, local, counts)
-        self._stats.wait_seconds[self.plan.depth - 1] += time.perf_counter() - start
-        return assemble_boxes(flat, [self.plan.tiles[i].output for i in order], (batch, channels),
-                              self.plan.output_shape[1:])
+        self._stats.wait_seconds[self.fused_plan.depth - 1] += time.perf_counter() - start
+        return assemble_boxes(flat, [self.fused_plan.tiles[i].output for i in order], (batch, channels),
+                              self.fused_plan.output_shape[1:])

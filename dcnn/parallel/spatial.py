@@ -34,7 +34,7 @@ from dcnn.parallel.comm import MPI, HaloExchange, allgather_blocks, cartesian
 __all__ = ["LayerStats", "SpatialEngine"]
 
 #: Overlap exchange with compute only when the halo-free interior is at least this share of the block.
-OVERLAP_MIN_INTERIOR = 0.5
+COMM_OVERLAP_MIN_INTERIOR = 0.5
 
 @dataclass
 class LayerStats:
@@ -79,19 +79,19 @@ class SpatialEngine:
         The ranks to split over.
     dims : tuple of int, optional
         ``(Py, Px)``; ``MPI.Compute_dims`` by default.
-    overlap : bool
+    comm_overlap : bool
         Compute the halo-free interior while the halos are in flight.
     forward : Forward, optional
         The network already compiled (engines of other input shapes share one); compiled here by default.
     """
 
     def __init__(self, network: Network, weights: Mapping[str, np.ndarray], input_shape: Shape, comm: MPI.Comm,
-                 dims: tuple[int, int] | None = None, overlap: bool = True, forward: Forward | None = None):
+                 dims: tuple[int, int] | None = None, comm_overlap: bool = True, forward: Forward | None = None):
         self.comm = cartesian(comm, dims)
         self.rank = self.comm.rank
-        self.plan = plan_spatial(network, input_shape, tuple(self.comm.dims))
+        self.spatial_plan = plan_spatial(network, input_shape, tuple(self.comm.dims))
         self.forward = forward if forward is not None else Forward(network, weights)
-        self.overlap = overlap
+        self.comm_overlap = comm_overlap
         self.stats = LayerStats.zeros(len(network))
         self._exchanges: dict[tuple[int, int], HaloExchange] = {}
 
@@ -110,15 +110,15 @@ class SpatialEngine:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Run on a ``(B, C, H, W)`` batch present on every rank; every rank returns the full output."""
         x = np.asarray(x, dtype=np.float32)
-        network = self.plan.network
+        network = self.spatial_plan.network
         # Per tensor: this rank's block and its box; the box assembled by its exchange; readers left.
         blocks: dict[str, tuple[np.ndarray, Box]] = {INPUT: (x, Box(0, x.shape[2], 0, x.shape[3]))}
         regions: dict[str, tuple[np.ndarray, Box]] = {}
         pending: dict[str, int] = {}
-        for layer_plan in self.plan.layers:
+        for layer_plan in self.spatial_plan.layers:
             for name in layer_plan.sources:
                 pending[name] = pending.get(name, 0) + 1
-        for layer_plan in self.plan.layers:
+        for layer_plan in self.spatial_plan.layers:
             name = network.layers[layer_plan.index][0]
             out = self._run_node(layer_plan, blocks, regions, pending)
             for source in layer_plan.sources:
@@ -127,9 +127,9 @@ class SpatialEngine:
                     blocks.pop(source)
                     regions.pop(source, None)
             blocks[name] = (out, layer_plan.out_blocks[self.rank])
-        last = self.plan.layers[-1] if self.plan.layers else None
+        last = self.spatial_plan.layers[-1] if self.spatial_plan.layers else None
         out = self._gather_map(blocks[network.layers[last.index][0]][0], last) if last is not None else x
-        for index in range(self.plan.gather_index, len(self.forward.ops)):
+        for index in range(self.spatial_plan.gather_index, len(self.forward.ops)):
             out = self._run_global(index, out)
         return out
 
@@ -175,11 +175,11 @@ class SpatialEngine:
         exchange = self._exchange(layer_plan, batch)
         self.stats.bytes_sent[index] += exchange.bytes_sent
         self.stats.bytes_received[index] += exchange.bytes_received
-        overlap = (self.overlap and exchange.receives and not interior.empty
-                   and interior.area >= OVERLAP_MIN_INTERIOR * own.area)
+        overlapped = (self.comm_overlap and exchange.receives and not interior.empty
+                   and interior.area >= COMM_OVERLAP_MIN_INTERIOR * own.area)
         exchange.start(block)
         compute = 0.0
-        if overlap:
+        if overlapped:
             compute += self._compute_box(layer_plan, interior, block, held, out, own)
         start = time.perf_counter()
         if exchange.receives or not held.contains(needed):
@@ -197,7 +197,7 @@ class SpatialEngine:
         self.stats.wait_seconds[index] += time.perf_counter() - start
         if own.empty:
             pass
-        elif overlap:
+        elif overlapped:
             for strip in _border_strips(own, interior):
                 compute += self._compute_box(layer_plan, strip, source, source_box, out, own)
         else:
@@ -225,9 +225,10 @@ class SpatialEngine:
         counts = [batch * channels * box.area for box in last.out_blocks]
         start = time.perf_counter()
         flat = allgather_blocks(self.comm, block, counts)
-        index = self.plan.gather_index if self.plan.gather_index < len(self.stats.wait_seconds) else last.index
+        gather = self.spatial_plan.gather_index
+        index = gather if gather < len(self.stats.wait_seconds) else last.index
         self.stats.wait_seconds[index] += time.perf_counter() - start
-        self.stats.bytes_sent[index] += 4 * counts[self.rank] * (self.plan.size - 1)
+        self.stats.bytes_sent[index] += 4 * counts[self.rank] * (self.spatial_plan.size - 1)
         self.stats.bytes_received[index] += 4 * (sum(counts) - counts[self.rank])
         return assemble_boxes(flat, last.out_blocks, (batch, channels), last.out_shape[1:])
 
@@ -237,14 +238,14 @@ class SpatialEngine:
         start = time.perf_counter()
         out = op(x)
         self.stats.compute_seconds[index] += time.perf_counter() - start
-        if not isinstance(op.layer, Linear) or self.plan.size == 1:
+        if not isinstance(op.layer, Linear) or self.spatial_plan.size == 1:
             return out
         batch = out.shape[0]
-        counts = [batch * (stop - begin) for begin, stop in split_extent(op.layer.out_features, self.plan.size)]
+        counts = [batch * (stop - begin) for begin, stop in split_extent(op.layer.out_features, self.spatial_plan.size)]
         start = time.perf_counter()
         gathered = allgather_blocks(self.comm, out.T, counts)
         self.stats.wait_seconds[index] += time.perf_counter() - start
-        self.stats.bytes_sent[index] += 4 * counts[self.rank] * (self.plan.size - 1)
+        self.stats.bytes_sent[index] += 4 * counts[self.rank] * (self.spatial_plan.size - 1)
         self.stats.bytes_received[index] += 4 * (sum(counts) - counts[self.rank])
         return np.ascontiguousarray(gathered.reshape(op.layer.out_features, batch).T)
 

@@ -13,7 +13,7 @@ models, per rank (one rank per node):
   input, a residual skip that a later node reads), for the whole map (batch), the rank's block with its halo
   (spatial) or the largest tile region (fused);
 - ``gathered map``, ``tile outputs``: the maps that spatial and fused mode assemble on every rank;
-- ``overlap pool``: the strips a rank holds for the reuse policy.
+- ``strip pool``: the strips a rank holds for the reuse policy.
 
 Time is the multiply-accumulates of the slowest share over the node's speed (calibrated on the paper's RockPro64
 runs), plus halo, strip and gather bytes over the network bandwidth with a latency per message. It is a simple
@@ -42,7 +42,7 @@ from dcnn.network.graph import BYTES_PER_VALUE, Network, format_shape
 from dcnn.network.layers import Conv2d, Linear, Shape
 
 __all__ = [
-    "DEFAULT_MACS_PER_SECOND", "MODES", "RUNTIME_BYTES", "Cluster", "Node", "Plan", "best_plan", "choose_plan",
+    "DEFAULT_MACS_PER_SECOND", "MODES", "RUNTIME_BYTES", "Cluster", "Node", "RunPlan", "best_plan", "choose_plan",
     "format_bytes", "parse_bytes", "plan_for", "plan_shapes", "plans", "worst_shapes",
 ]
 
@@ -195,7 +195,7 @@ class Cluster:
 
 
 @dataclass
-class Plan:
+class RunPlan:
     """One way to run a model on a cluster, with its predicted memory per rank and time.
 
     Attributes
@@ -280,11 +280,11 @@ def _decomposition(network: Network, input_shape: Shape, dims: tuple[int, int]):
 
 
 @lru_cache(maxsize=64)
-def _tiling(network: Network, input_shape: Shape, tiles: tuple[int, int], ranks: int, overlap: str,
+def _tiling(network: Network, input_shape: Shape, tiles: tuple[int, int], ranks: int, halo_policy: str,
             depth: int | None = None):
     """The fused plan and, for the reuse policy, its reuse plan (cached: candidates share them)."""
     fused = plan_fused(network, input_shape, tiles, depth)
-    return fused, plan_reuse(fused, ranks) if overlap == "reuse" else None
+    return fused, plan_reuse(fused, ranks) if halo_policy == "reuse" else None
 
 
 @lru_cache(maxsize=64)
@@ -370,18 +370,18 @@ def _whole_map_work(network: Network, input_shape: Shape, start: int = 0) -> tup
     return best
 
 
-def memory_batch(network: Network, input_shape: Shape, batch: int, cluster: Cluster) -> Plan:
+def memory_batch(network: Network, input_shape: Shape, batch: int, cluster: Cluster) -> RunPlan:
     """Batch mode: every rank holds the whole model and runs whole images."""
     weights, heaviest = _weights(network, input_shape, 1)
     work, layer = _whole_map_work(network, input_shape)
     items = {"runtime": cluster.runtime_bytes, "weights": weights[0], "input": _input_bytes(input_shape, batch),
              "activations": batch * work * BYTES_PER_VALUE}
-    return Plan("batch", batch, None, None, [dict(items) for _ in range(cluster.size)],
+    return RunPlan("batch", batch, None, None, [dict(items) for _ in range(cluster.size)],
                 {"weights": heaviest, "activations": layer})
 
 
 def memory_spatial(network: Network, input_shape: Shape, batch: int, cluster: Cluster,
-                   dims: tuple[int, int]) -> Plan:
+                   dims: tuple[int, int]) -> RunPlan:
     """Spatial mode: blocks and halos per rank, the gathered map, fully connected layers split by neurons."""
     size = cluster.size
     spatial = _decomposition(network, tuple(input_shape), tuple(dims))
@@ -394,16 +394,16 @@ def memory_spatial(network: Network, input_shape: Shape, batch: int, cluster: Cl
                "input": _input_bytes(input_shape, batch),
                "activations": batch * max(work[rank][0], tail) * BYTES_PER_VALUE,
                "gathered map": gathered} for rank in range(size)]
-    return Plan("spatial", batch, tuple(dims), None, memory,
+    return RunPlan("spatial", batch, tuple(dims), None, memory,
                 {"weights": heaviest, "activations": max(work)[1]})
 
 
 def memory_fused(network: Network, input_shape: Shape, batch: int, cluster: Cluster, tiles: tuple[int, int],
-                 overlap: str, depth: int | None = None) -> Plan:
-    """Fused mode: the largest tile's working set, the assembled fused output, the overlap pool; with a fused
+                 halo_policy: str, depth: int | None = None) -> RunPlan:
+    """Fused mode: the largest tile's working set, the assembled fused output, the strip pool; with a fused
     block shorter than the convolutional part (``depth``), the spatial run of the layers after it."""
     size = cluster.size
-    fused, reuse = _tiling(network, tuple(input_shape), tuple(tiles), size, overlap, depth)
+    fused, reuse = _tiling(network, tuple(input_shape), tuple(tiles), size, halo_policy, depth)
     weights, heaviest = _weights(network, input_shape, size)
     shapes = fused.shapes
     best = (0, "")
@@ -426,12 +426,12 @@ def memory_fused(network: Network, input_shape: Shape, batch: int, cluster: Clus
     memory = [{"runtime": cluster.runtime_bytes, "weights": weights[rank], "input": _input_bytes(input_shape, batch),
                "activations": max(batch * best[0] * BYTES_PER_VALUE, tail[rank]["activations"]),
                "tile outputs": int(batch * output * BYTES_PER_VALUE * (2 + share)),
-               "overlap pool": 0 if reuse is None else batch * reuse.pool_elements[rank] * BYTES_PER_VALUE}
+               "strip pool": 0 if reuse is None else batch * reuse.pool_elements[rank] * BYTES_PER_VALUE}
               for rank in range(size)]
     if fused.depth < spatial_depth(network):
         for rank in range(size):  # the last map of the spatial tail, gathered on every rank
             memory[rank]["gathered map"] = tail[rank]["gathered map"]
-    return Plan("fused", batch, tuple(tiles), overlap, memory, {"weights": heaviest, "activations": best[1]},
+    return RunPlan("fused", batch, tuple(tiles), halo_policy, memory, {"weights": heaviest, "activations": best[1]},
                 depth=depth)
 
 
@@ -442,7 +442,7 @@ def _square_dims(size: int) -> tuple[int, int]:
 
 
 # -- time -----------------------------------------------------------------------------------------------------------
-def predict_seconds(plan: Plan, network: Network, input_shape: Shape, cluster: Cluster, images: int) -> float:
+def predict_seconds(plan: RunPlan, network: Network, input_shape: Shape, cluster: Cluster, images: int) -> float:
     """Predicted wall time of ``images`` images (compute over node speeds, messages over the network)."""
     costs = network.costs(input_shape)
     total = sum(row.macs for row in costs)
@@ -502,8 +502,8 @@ def _spatial_grids(network: Network, input_shape: Shape, size: int) -> list[tupl
 
 
 def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, batch: int,
-             grid: tuple[int, int] | None = None, overlap: str | None = None, images: int = 1,
-             depth: int | None = None, batch_images: int | None = None) -> Plan:
+             grid: tuple[int, int] | None = None, halo_policy: str | None = None, images: int = 1,
+             depth: int | None = None, batch_images: int | None = None) -> RunPlan:
     """The plan of one given configuration, with its predicted time.
 
     ``batch_images`` is how many images of this shape there are: a forward pass never holds more, so memory is
@@ -515,7 +515,7 @@ def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, 
     elif mode == "spatial":
         plan = memory_spatial(network, input_shape, real, cluster, grid or _square_dims(cluster.size))
     elif mode == "fused":
-        plan = memory_fused(network, input_shape, real, cluster, grid, overlap or "reuse", depth)
+        plan = memory_fused(network, input_shape, real, cluster, grid, halo_policy or "reuse", depth)
     else:
         raise PlanError(f"the planner knows modes {', '.join(MODES)}, not {mode!r}")
     plan.batch = batch
@@ -540,16 +540,16 @@ def worst_shapes(counts: Mapping[Shape, int], batch: int) -> list[tuple[Shape, i
 
 
 def plan_shapes(network: Network, shapes: list[tuple[Shape, int]], cluster: Cluster, mode: str, batch: int,
-                grid: tuple[int, int] | None = None, overlap: str | None = None, images: int = 1,
-                depth: int | None = None) -> tuple[Plan, Shape]:
+                grid: tuple[int, int] | None = None, halo_policy: str | None = None, images: int = 1,
+                depth: int | None = None) -> tuple[RunPlan, Shape]:
     """One configuration over several input shapes (from :func:`worst_shapes`): the plan of the shape that
     exceeds the cluster's budgets most (needs the most memory when all fit), and that shape."""
-    planned = [(plan_for(network, shape, cluster, mode, batch, grid, overlap, images, depth, count), shape)
+    planned = [(plan_for(network, shape, cluster, mode, batch, grid, halo_policy, images, depth, count), shape)
                for shape, count in shapes]
     return max(planned, key=lambda item: (_excess(item[0], cluster), item[0].peak()))
 
 
-def _excess(plan: Plan, cluster: Cluster) -> int:
+def _excess(plan: RunPlan, cluster: Cluster) -> int:
     """Bytes by which the rank most over its budget exceeds it (0 when every rank fits)."""
     overflow = plan.overflow(cluster)
     return 0 if overflow is None else overflow[1] - overflow[2]
@@ -557,7 +557,7 @@ def _excess(plan: Plan, cluster: Cluster) -> int:
 
 def plans(network: Network, input_shape: Shape, cluster: Cluster, batch: int, images: int = 1,
           modes: tuple[str, ...] = MODES, batch_images: int | None = None,
-          tile_limit: tuple[int, int] | None = None) -> list[Plan]:
+          tile_limit: tuple[int, int] | None = None) -> list[RunPlan]:
     """Every candidate: each mode, rank grid, tile grid and policy, at batch sizes ``batch``, ``batch/2``, .. 1.
 
     ``batch_images``: see :func:`plan_for`. ``tile_limit`` bounds the tile grids (rows, columns): the smallest
@@ -572,15 +572,15 @@ def plans(network: Network, input_shape: Shape, cluster: Cluster, batch: int, im
                                                                                      cluster.size)]
     if "fused" in modes:
         limit = tile_limit or (math.inf, math.inf)
-        configurations += [("fused", tiles, overlap) for tiles in _tile_grids(network, input_shape)
-                           if tiles[0] <= limit[0] and tiles[1] <= limit[1] for overlap in ("reuse", "recompute")]
-    return [plan_for(network, input_shape, cluster, mode, size, grid, overlap, images, batch_images=batch_images)
-            for mode, grid, overlap in configurations for size in sizes]
+        configurations += [("fused", tiles, halo_policy) for tiles in _tile_grids(network, input_shape)
+                           if tiles[0] <= limit[0] and tiles[1] <= limit[1] for halo_policy in ("reuse", "recompute")]
+    return [plan_for(network, input_shape, cluster, mode, size, grid, halo_policy, images, batch_images=batch_images)
+            for mode, grid, halo_policy in configurations for size in sizes]
 
 
 def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: int, images: int = 1,
                 modes: tuple[str, ...] = MODES, batch_images: int | None = None,
-                others: list[tuple[Shape, int]] = (), tile_limit: tuple[int, int] | None = None) -> Plan:
+                others: list[tuple[Shape, int]] = (), tile_limit: tuple[int, int] | None = None) -> RunPlan:
     """The feasible plan with the least predicted time (larger batches first among equals).
 
     ``batch_images`` is the number of images of ``input_shape`` (memory is modelled for at most that many per
@@ -612,8 +612,8 @@ def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: i
                     f"which may use {format_bytes(available)})")
 
 
-def best_plan(candidates: list[Plan], network: Network, input_shape: Shape, cluster: Cluster,
-              modes: tuple[str, ...] = MODES) -> Plan:
+def best_plan(candidates: list[RunPlan], network: Network, input_shape: Shape, cluster: Cluster,
+              modes: tuple[str, ...] = MODES) -> RunPlan:
     """:func:`choose_plan` among candidates already computed by :func:`plans` (same arguments)."""
     if not candidates:
         raise PlanError(f"no {' or '.join(modes)} plan for {cluster.size} nodes: a rank grid that large leaves "
@@ -621,10 +621,10 @@ def best_plan(candidates: list[Plan], network: Network, input_shape: Shape, clus
     feasible = [plan for plan in candidates if plan.overflow(cluster) is None]
     if feasible:
         return min(feasible, key=lambda plan: (plan.seconds, -plan.batch, plan.peak()))
-    raise PlanError(explain_infeasible(network, input_shape, cluster, min(candidates, key=Plan.peak), modes))
+    raise PlanError(explain_infeasible(network, input_shape, cluster, min(candidates, key=RunPlan.peak), modes))
 
 
-def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, plan: Plan,
+def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, plan: RunPlan,
                        modes: tuple[str, ...] = MODES) -> str:
     """Why ``plan`` (the leanest candidate) does not fit, and what would."""
     rank, needed, available = plan.overflow(cluster)
@@ -652,8 +652,8 @@ def _nodes_that_fit(network: Network, input_shape: Shape, cluster: Cluster, mode
 
     def fits(count: int) -> bool:
         larger = replace(cluster, nodes=tuple(Node(f"node{i}", smallest.ram) for i in range(count)))
-        candidates = [plan_for(network, input_shape, larger, mode, 1, grid, overlap)
-                      for mode, grid, overlap in _lean_configurations(network, input_shape, count, modes)]
+        candidates = [plan_for(network, input_shape, larger, mode, 1, grid, halo_policy)
+                      for mode, grid, halo_policy in _lean_configurations(network, input_shape, count, modes)]
         return any(plan.overflow(larger) is None for plan in candidates)
 
     count = cluster.size + 1
