@@ -38,8 +38,8 @@ from dcnn.network.layers import Affine, Conv2d, Layer, ReLU, Shape
 from dcnn.network.weights import require_finite
 
 __all__ = [
-    "DETECTION_DTYPE", "FaceDetector", "default_detector_path", "mmod_network", "mmod_weights", "receptive_mapping",
-    "to_records",
+    "DETECTION_DTYPE", "MMOD_NAME", "FaceDetector", "default_detector_path", "mmod_network", "mmod_weights",
+    "receptive_mapping", "to_records",
 ]
 
 #: The smallest image side the detector accepts (as dlib).
@@ -49,6 +49,8 @@ MIN_IMAGE_SIDE = 10
 DETECTION_DTYPE = np.dtype([("image", np.int64), ("left", np.int32), ("top", np.int32), ("right", np.int32),
                             ("bottom", np.int32), ("confidence", np.float32)])
 MMOD_FILTERS = (16, 32, 32, 45, 45, 45)
+#: The MMOD network's name; :data:`dcnn.exec.workloads.DETECTOR` registers it as the ``--model`` of the detector.
+MMOD_NAME = "mmod"
 #: dlib's pyramid normalisation replaces mean/std preprocessing; this entry only documents the channels.
 PYRAMID_INPUT = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
@@ -62,7 +64,7 @@ def mmod_network() -> Network:
         layers += [Conv2d(channels, filters, 5, stride=stride, padding=padding), Affine(filters), ReLU()]
         channels = filters
     layers.append(Conv2d(channels, 1, 9, padding=4))
-    return Network("mmod", tuple((f"features.{i}", layer) for i, layer in enumerate(layers)), (3, 256, 256),
+    return Network(MMOD_NAME, tuple((f"features.{i}", layer) for i, layer in enumerate(layers)), (3, 256, 256),
                    PYRAMID_INPUT, "dlib MMOD CNN face detector (fully convolutional, on a tiled image pyramid)")
 
 
