@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import reference
 
 from dcnn.decomposition.geometry import split_extent
 from dcnn.decomposition.spatial import fc_shard_rows, plan_spatial
@@ -63,22 +64,6 @@ def test_fc_shards_partition_the_neurons(size):
         assert rows == split_extent(out_features, size)
 
 
-def _read_pixels(layer, in_shape, out_box):
-    """Input pixels the outputs ``out_box`` of a windowed layer read, by enumeration (PyTorch's padding)."""
-    window = layer.window
-    (kh, kw), (sh, sw), (dh, dw) = window.kernel, window.stride, window.dilation
-    top, _, left, _ = window.explicit_padding(in_shape[1], in_shape[2])
-    mask = np.zeros(in_shape[1:], bool)
-    for i in range(out_box.top, out_box.bottom):
-        for j in range(out_box.left, out_box.right):
-            for a in range(kh):
-                for b in range(kw):
-                    r, c = i * sh - top + a * dh, j * sw - left + b * dw
-                    if 0 <= r < in_shape[1] and 0 <= c < in_shape[2]:
-                        mask[r, c] = True
-    return mask
-
-
 @pytest.mark.parametrize("dims", [(2, 2), (3, 2), (5, 1)])
 def test_a_tensor_read_by_two_windowed_nodes_is_exchanged_once_for_both(dims):
     """resnet18's layer2.0 input feeds a 3x3/2 convolution and the 1x1/2 shortcut: one exchange, covering both."""
@@ -90,8 +75,8 @@ def test_a_tensor_read_by_two_windowed_nodes_is_exchanged_once_for_both(dims):
     first, second = readers
     assert second.exchanged is None and second.transfers == []
     for rank in range(dims[0] * dims[1]):
-        needed = (_read_pixels(first.layer, first.in_shape, first.out_blocks[rank])
-                  | _read_pixels(second.layer, second.in_shape, second.out_blocks[rank]))
+        needed = (reference.pixels_read(first.layer, first.in_shape, first.out_blocks[rank])
+                  | reference.pixels_read(second.layer, second.in_shape, second.out_blocks[rank]))
         region = first.exchanged[rank]
         inside = np.zeros_like(needed)
         inside[region.slices()] = True
