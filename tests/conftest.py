@@ -59,6 +59,30 @@ def mpi_command(ranks: int) -> list[str]:
     return [launcher, "-n", str(ranks), *extra]
 
 
+def write_digits(path: Path, count: int, seed: int, side: int = 32) -> Path:
+    """An HDF5 image set at ``path``: ``images``, ``count`` random grey ``side x side`` images (uint8, NHWC)."""
+    import h5py
+
+    with h5py.File(path, "w") as handle:
+        handle["images"] = np.random.default_rng(seed).integers(0, 256, (count, side, side, 1), dtype=np.uint8)
+    return path
+
+
+def rank_pids(marker: str) -> list[int]:
+    """PIDs of the Python ``dcnn.infer`` rank processes whose command line contains ``marker`` (not mpiexec)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(marker.encode() in part for part in cmdline) and b"dcnn.infer" in cmdline and \
+                    not any(b"mpiexec" in part for part in cmdline[:1]):
+                pids.append(int(entry.name))
+    return pids
+
+
 @pytest.fixture(autouse=True)
 def mpi_fence(request):
     """Barrier before and after every MPI test, so one test's messages never meet another's."""

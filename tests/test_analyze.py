@@ -6,7 +6,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import mpi_command
+from conftest import mpi_command, write_digits
 
 from dcnn.analysis.analyze import load_summary, scaling_table
 
@@ -14,9 +14,7 @@ from dcnn.analysis.analyze import load_summary, scaling_table
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("runs")
-    data = folder / "digits.h5"
-    with h5py.File(data, "w") as handle:
-        handle["images"] = np.random.default_rng(0).integers(0, 256, (48, 32, 32, 1), dtype=np.uint8)
+    data = write_digits(folder / "digits.h5", 48, seed=0)
     paths = []
     for ranks in (1, 2):
         path = folder / f"np{ranks}.h5"

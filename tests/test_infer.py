@@ -7,7 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import mpi_command
+from conftest import mpi_command, write_digits
 from torch_oracle import torch_forward
 
 from dcnn.exec.forward import Forward
@@ -24,11 +24,8 @@ def infer(*args, launcher=(), timeout=120):
 
 
 @pytest.fixture
-def lenet_set(tmp_path, rng):
-    path = tmp_path / "digits.h5"
-    with h5py.File(path, "w") as handle:
-        handle["images"] = rng.integers(0, 256, (7, 32, 32, 1), dtype=np.uint8)
-    return path
+def lenet_set(tmp_path):
+    return write_digits(tmp_path / "digits.h5", 7, seed=12345)
 
 
 def test_logits_equal_the_library_forward(tmp_path, lenet_set):
@@ -98,10 +95,8 @@ def test_mismatched_weights_name_the_key(tmp_path):
     assert done.returncode == 2 and "missing key 'features.8.weight' (and 9 more) for model alexnet" in done.stderr
 
 
-def test_wrong_image_size_for_lenet(tmp_path, rng):
-    path = tmp_path / "big.h5"
-    with h5py.File(path, "w") as handle:
-        handle["images"] = rng.integers(0, 256, (1, 40, 40, 1), dtype=np.uint8)
+def test_wrong_image_size_for_lenet(tmp_path):
+    path = write_digits(tmp_path / "big.h5", 1, seed=0, side=40)
     done = infer("--model", "lenet5", "--input", str(path))
     assert done.returncode == 2 and "takes only 1x32x32 input" in done.stderr
 
