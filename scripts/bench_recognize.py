@@ -19,24 +19,16 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
+from benchlib import face_bench, timed
 from PIL import Image
 
-from dcnn.exec.forward import Forward
-from dcnn.faces.detect import FaceDetector, default_detector_path, to_records
+from dcnn.faces.detect import default_detector_path, to_records
 from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
 from dcnn.faces.pipeline import FaceDescriber
-from dcnn.kernels import threads
-
-
-def timed(function, *args):
-    start = time.perf_counter()
-    value = function(*args)
-    return value, time.perf_counter() - start
 
 
 def pipeline_runs(input_path: str, ranks: int, known: Path, output: Path) -> float:
@@ -58,11 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     import dlib
 
-    with h5py.File(args.input, "r") as handle:
-        images = handle["images"][()]
-    threads.set_num_threads(1)
-    detector = FaceDetector.load()
-    forward = Forward(detector.network, detector.weights)
+    images, detector, forward = face_bench(args.input)
     describer = FaceDescriber.load()
     records = to_records(detector.detect(images, forward), 0)
     boxes = [(int(r["image"]), np.array([[r["left"], r["top"], r["right"], r["bottom"]]])) for r in records]
@@ -76,15 +64,15 @@ def main() -> None:
     def dlib_landmarks():
         return [predictor(images[i], rect) for i, rect in rects]
 
-    parts, ours_landmark_seconds = timed(our_landmarks)
-    shapes, dlib_landmark_seconds = timed(dlib_landmarks)
+    parts, ours_landmark_seconds, _ = timed(our_landmarks)
+    shapes, dlib_landmark_seconds, _ = timed(dlib_landmarks)
     chips = np.concatenate([describer.chips(images[i], p[None]) for (i, _), p in zip(boxes, parts)])
     describer.descriptor.describe(chips[:2])  # warm-up
-    ours, ours_seconds = timed(lambda: np.concatenate(
+    ours, ours_seconds, _ = timed(lambda: np.concatenate(
         [describer.descriptor.describe(chips[s:s + args.batch_size]) for s in range(0, len(chips), args.batch_size)]))
     recogniser = dlib.face_recognition_model_v1(str(bundled_model(DESCRIPTOR_MODEL)))
     recogniser.compute_face_descriptor(list(chips[:2]), 0)
-    theirs, dlib_seconds = timed(lambda: np.array(recogniser.compute_face_descriptor(list(chips), 0)))
+    theirs, dlib_seconds, _ = timed(lambda: np.array(recogniser.compute_face_descriptor(list(chips), 0)))
     with tempfile.TemporaryDirectory() as folder:
         known = Path(folder) / "known"
         known.mkdir()
@@ -98,7 +86,7 @@ def main() -> None:
             for detection in cnn(image, 0):
                 recogniser.compute_face_descriptor(image, predictor(image, detection.rect), 0)
 
-    _, dlib_pipeline_seconds = timed(dlib_pipeline)
+    _, dlib_pipeline_seconds, _ = timed(dlib_pipeline)
     faces = len(chips)
     report = {
         "command": " ".join(["python", *sys.argv]), "images": len(images), "image_size": list(images.shape[1:3]),
