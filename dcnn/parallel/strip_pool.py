@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from dcnn.decomposition.reuse import ReusePlan, Strip
-from dcnn.parallel.comm import MPI
+from dcnn.parallel.comm import MPI, free_windows
 
 __all__ = ["StripPool"]
 
@@ -121,8 +121,4 @@ class StripPool:
         """End the epochs and free the windows (collective)."""
         if not self._closed:
             self._closed = True
-            self._data.Unlock_all()
-            self._flags.Unlock_all()
-            self._comm.Barrier()
-            self._data.Free()
-            self._flags.Free()
+            free_windows(self._comm, self._data, self._flags)
