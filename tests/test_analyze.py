@@ -41,6 +41,15 @@ def test_summaries_and_scaling_table(runs, tmp_path):
     assert rows[0].endswith("max_predicted_peak_bytes,memory_prediction_error")
 
 
+@pytest.mark.parametrize("option", ["--csv", "--draw", "--table", "--plots"])
+def test_an_output_folder_that_cannot_be_made_is_refused_before_anything_is_printed(runs, tmp_path, option):
+    (tmp_path / "file").write_text("")
+    done = subprocess.run([sys.executable, "-m", "dcnn.analyze", str(runs[0]), option, str(tmp_path / "file" / "x")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    assert done.stderr.count("\n") == 1 and f"{option} " in done.stderr, done.stderr
+
+
 def test_measured_memory_against_the_planner(runs):
     summary = load_summary(str(runs[1]))
     assert (summary.predicted_peak > 0).all() and (summary.peak_rss > 0).all()
