@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import mpi_command
+from conftest import mpi_command, write_digits
 
 from dcnn import __version__
 from dcnn.cli.common import EXIT_BROKEN_PIPE, EXIT_USAGE, add_common_arguments, output_folder, output_path, run_main
@@ -53,6 +53,21 @@ def test_quiet_prints_nothing(name):
     done = run(COMMANDS[name], *QUICK[name], "--quiet")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and done.stderr == ""
+
+
+def test_infer_and_analyze_are_silent_when_quiet_and_survive_a_closed_pipe(tmp_path):
+    """The commands that need a file to show output: the run (no summary, no progress lines) and its analysis."""
+    result = tmp_path / "run.h5"
+    done = run(COMMANDS["infer"], "--model", "lenet5", "--input", str(write_digits(tmp_path / "d.h5", 4, seed=0)),
+               "--output", str(result), "--threads", "1", "--quiet")
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == "", done.stderr
+    assert "lenet5, batch mode" in run(COMMANDS["analyze"], str(result)).stdout
+    done = run(COMMANDS["analyze"], str(result), "--quiet")
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == "", done.stderr
+    process = subprocess.Popen([*COMMANDS["analyze"], str(result)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               cwd=ROOT)
+    process.stdout.close()
+    assert process.wait(timeout=120) in (0, EXIT_BROKEN_PIPE) and process.stderr.read() == b""
 
 
 @pytest.mark.parametrize("name", ["model", "infer"])
