@@ -65,16 +65,17 @@ _UNITS = {"b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": MIB, "mib": MIB, "
 
 
 def parse_bytes(text: str | int | float) -> int:
-    """``"3.2GiB"``, ``"512MiB"``, ``"4G"`` (binary), ``"4GB"`` (decimal), ``"1000B"``; a number (not text) is bytes.
+    """``"3.2GiB"``, ``"512MiB"``, ``"4G"`` (binary), ``"4GB"`` (decimal), ``"1000B"``.
 
     Raises
     ------
     InputError
-        If ``text`` is not a size, has no unit (``"200"``: MiB or bytes? the user must say), or is zero,
-        infinite (``1e999``, 400 digits) or NaN.
+        If ``text`` is not a size, has no unit (``"200"``, or the number ``200`` of a cluster file: MiB or bytes?
+        the user must say), or is zero, infinite (``1e999``, 400 digits) or NaN.
     """
     if isinstance(text, int | float) and not isinstance(text, bool):
-        return int(check_number(text, f"memory size {text!r}", minimum=1))
+        raise InputError(f"memory size {text!r} has no unit; write for example \"{text}MiB\" or \"{text}GiB\" (text, "
+                         f"with its unit)")
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     if match and not match.group(2):
         raise InputError(f"memory size {text.strip()!r} has no unit; write for example {text.strip()}MiB or "
@@ -158,6 +159,13 @@ class Cluster:
         and ``[[node]]`` tables with ``name``, ``ram`` (e.g. ``"4GiB"``), ``speed`` and ``count``."""
         data = read_toml(path, "cluster file")
         nodes = []
+
+        def size(key: str, value: object) -> int:
+            try:
+                return parse_bytes(value)
+            except InputError as error:
+                raise InputError(f"{path}: {key!r}: {error}") from None
+
         try:
             for entry in data.get("node", []):
                 count = int(entry.get("count", 1))
@@ -165,7 +173,7 @@ class Cluster:
                     raise InputError(f"{path}: a node 'count' must be between 1 and {MAX_CLUSTER_NODES}, got {count}")
                 for index in range(count):
                     name = entry.get("name", "node")
-                    nodes.append(Node(f"{name}{index}" if count > 1 else name, parse_bytes(entry["ram"]),
+                    nodes.append(Node(f"{name}{index}" if count > 1 else name, size("ram", entry["ram"]),
                                       float(entry.get("speed", 1.0))))
             constants = {"fraction": float(data.get("fraction", 0.8))}
             if "gmacs" in data:
@@ -175,7 +183,7 @@ class Cluster:
             if "latency_us" in data:
                 constants["latency"] = float(data["latency_us"]) * 1e-6
             if "runtime" in data:
-                constants["runtime_bytes"] = parse_bytes(data["runtime"])
+                constants["runtime_bytes"] = size("runtime", data["runtime"])
         except (KeyError, TypeError, ValueError) as error:
             raise InputError(f"{path}: bad cluster entry ({error!r}); see docs/planner.md") from None
         return cls(tuple(nodes), **constants)
