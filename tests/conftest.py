@@ -68,6 +68,33 @@ def write_digits(path: Path, count: int, seed: int, side: int = 32) -> Path:
     return path
 
 
+_WEIGHTS: dict = {}
+
+
+def sharded_weights(network, seed: int, ranks: int, rank: int) -> tuple[dict, dict | None]:
+    """``(shard, full)``: the seeded weights of ``network`` as rank ``rank`` of ``ranks`` holds them (fully
+    connected layers only its rows, :func:`~dcnn.decomposition.spatial.fc_shard_rows`) and, on rank 0, the full
+    weights (rank 0 slices its shard from them).
+
+    The last model's are kept, so consecutive cases of one model draw them once: VGG's classifier alone is 120 M
+    values, seconds to draw on every rank.
+    """
+    from dcnn.decomposition.spatial import fc_shard_rows
+    from dcnn.network.weights import init_weights
+
+    key = (network.name, len(network), seed, ranks, rank)
+    if key not in _WEIGHTS:
+        _WEIGHTS.clear()
+        rows = fc_shard_rows(network, ranks, rank)
+        if rank != 0:
+            _WEIGHTS[key] = init_weights(network, seed, rows=rows), None
+        else:
+            full = init_weights(network, seed)
+            _WEIGHTS[key] = {name: value[slice(*rows[name])] if name in rows else value
+                             for name, value in full.items()}, full
+    return _WEIGHTS[key]
+
+
 def rank_pids(marker: str) -> list[int]:
     """PIDs of the Python ``dcnn.infer`` rank processes whose command line contains ``marker`` (not mpiexec)."""
     pids = []
