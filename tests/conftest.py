@@ -71,27 +71,29 @@ def write_digits(path: Path, count: int, seed: int, side: int = 32) -> Path:
 _WEIGHTS: dict = {}
 
 
-def sharded_weights(network, seed: int, ranks: int, rank: int) -> tuple[dict, dict | None]:
-    """``(shard, full)``: the seeded weights of ``network`` as rank ``rank`` of ``ranks`` holds them (fully
-    connected layers only its rows, :func:`~dcnn.decomposition.spatial.fc_shard_rows`) and, on rank 0, the full
-    weights (rank 0 slices its shard from them).
+def sharded_weights(network, seed: int, comm, keep: int = 1) -> tuple[dict, dict | None]:
+    """``(shard, full)``: the seeded weights of ``network`` as this rank of ``comm`` holds them (fully connected
+    layers only its rows, :func:`~dcnn.decomposition.spatial.fc_shard_rows`) and, on rank 0, all of them,
+    assembled from every rank's rows (so the large layers are drawn once, in parallel). Collective.
 
-    The last model's are kept, so consecutive cases of one model draw them once: VGG's classifier alone is 120 M
-    values, seconds to draw on every rank.
+    The last ``keep`` networks' are kept, so consecutive cases of one model draw them once: VGG's classifier
+    alone is 120 M values, seconds to draw.
     """
     from dcnn.decomposition.spatial import fc_shard_rows
     from dcnn.network.weights import init_weights
 
-    key = (network.name, len(network), seed, ranks, rank)
+    key = (network.name, len(network), seed, comm.size)
     if key not in _WEIGHTS:
-        _WEIGHTS.clear()
-        rows = fc_shard_rows(network, ranks, rank)
-        if rank != 0:
-            _WEIGHTS[key] = init_weights(network, seed, rows=rows), None
-        else:
-            full = init_weights(network, seed)
-            _WEIGHTS[key] = {name: value[slice(*rows[name])] if name in rows else value
-                             for name, value in full.items()}, full
+        rows = fc_shard_rows(network, comm.size, comm.rank)
+        shard = init_weights(network, seed, rows=rows)
+        gathered = comm.gather({name: shard[name] for name in rows}, root=0)
+        full = None
+        if comm.rank == 0:
+            full = {name: np.concatenate([part[name] for part in gathered]) if name in rows else value
+                    for name, value in shard.items()}
+        while len(_WEIGHTS) >= keep:
+            _WEIGHTS.pop(next(iter(_WEIGHTS)))
+        _WEIGHTS[key] = (shard, full)
     return _WEIGHTS[key]
 
 

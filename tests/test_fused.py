@@ -31,14 +31,15 @@ def reference(network, shape):
     key = (network.name, len(network), shape)
     if key not in _EXPECTED:
         x = np.random.default_rng(1).standard_normal((2, *shape)).astype(np.float32)
-        expected = Forward(network, weights(network)[1])(x) if COMM.rank == 0 else None
+        full = weights(network)[1]
+        expected = Forward(network, full)(x) if COMM.rank == 0 else None
         _EXPECTED[key] = (x, COMM.bcast(expected))
     return _EXPECTED[key]
 
 
 def weights(network):
     """``(shard, full)``: this rank's weights, and on rank 0 the full ones (drawn once per model)."""
-    return sharded_weights(network, SEED, COMM.size, COMM.rank)
+    return sharded_weights(network, SEED, COMM)
 
 
 def run_engine(network, shape, grid, depth, halo_policy, engine_class=FusedEngine):

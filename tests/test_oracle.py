@@ -10,16 +10,15 @@ depth and policy, and compares with the single-process result and PyTorch: every
 
 import numpy as np
 import pytest
+from conftest import sharded_weights
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from mpi4py import MPI
 from torch_oracle import torch_forward
 
 from dcnn.decomposition.fused import HALO_POLICIES, crossing_read, spatial_depth
-from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.exec.forward import Forward
 from dcnn.network.layers import Conv2d
-from dcnn.network.weights import init_weights
 from dcnn.network.zoo import get_model, model_names
 from dcnn.parallel.fused import FusedEngine
 from dcnn.parallel.spatial import SpatialEngine
@@ -35,26 +34,11 @@ SHAPES = {"lenet5": (1, 32, 32), "alexnet": (3, 65, 69), "vgg11": (3, 33, 37), "
           "vgg16_bn": (3, 33, 39), "vgg19_bn": (3, 39, 33), "resnet18": (3, 35, 37), "resnet34": (3, 37, 33),
           "resnet50": (3, 33, 35), "mobilenet_v2": (3, 35, 39), "squeezenet1_1": (3, 39, 41),
           "googlenet": (3, 37, 35)}
-_WEIGHTS: dict[str, tuple[dict, dict | None]] = {}
 
 
 def weights_of(name: str) -> tuple[dict, dict | None]:
-    """``(shard, full)``: this rank's weights (its rows of each fully connected layer) and, on rank 0, all of
-    them, assembled from every rank's rows (so the large layers are drawn once, in parallel). Three networks
-    are kept."""
-    if name not in _WEIGHTS:
-        network = get_model(name)
-        rows = fc_shard_rows(network, COMM.size, COMM.rank)
-        shard = init_weights(network, SEED, rows=rows)
-        gathered = COMM.gather({key: shard[key] for key in rows}, root=0)
-        full = None
-        if COMM.rank == 0:
-            full = {key: np.concatenate([part[key] for part in gathered]) if key in rows else value
-                    for key, value in shard.items()}
-        if len(_WEIGHTS) >= 3:
-            _WEIGHTS.pop(next(iter(_WEIGHTS)))
-        _WEIGHTS[name] = (shard, full)
-    return _WEIGHTS[name]
+    """``(shard, full)``: this rank's weights and, on rank 0, all of them; three networks are kept."""
+    return sharded_weights(get_model(name), SEED, COMM, keep=3)
 
 
 def oracles(name: str, shape: tuple[int, ...], single: bool = False) -> tuple[np.ndarray, ...]:

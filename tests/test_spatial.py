@@ -25,7 +25,7 @@ SEED = 11
 
 def model_weights(name: str) -> tuple[dict, dict | None]:
     """``(shard, full)``: this rank's weights (FC layers hold only its rows), and on rank 0 the full weights."""
-    return sharded_weights(get_model(name), SEED, COMM.size, COMM.rank)
+    return sharded_weights(get_model(name), SEED, COMM)
 
 
 def shard_weights(name: str) -> dict:
