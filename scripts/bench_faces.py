@@ -40,7 +40,7 @@ def main() -> None:
         batches = range(0, len(images), args.batch_size)
         return [found for first in batches for found in detector.detect(images[first:first + args.batch_size], forward)]
 
-    ours, dcnn_seconds, dcnn_cpu = timed(detect_all)
+    ours, dcnn_cpu, dcnn_seconds = timed(detect_all)
     report = {"command": " ".join(["python", *sys.argv]), "machine": machine, "images": len(images),
               "image_size": list(images.shape[1:3]), "upsample": args.upsample, "threads": 1,
               "batch_size": args.batch_size, "dcnn_images_per_second": len(images) / dcnn_seconds,
@@ -56,7 +56,7 @@ def main() -> None:
     else:
         oracle = dlib.cnn_face_detection_model_v1(str(default_detector_path()))
         oracle(images[0], args.upsample)
-        theirs, dlib_seconds, dlib_cpu = timed(lambda: [oracle(image, args.upsample) for image in images])
+        theirs, dlib_cpu, dlib_seconds = timed(lambda: [oracle(image, args.upsample) for image in images])
         agree = all(len(a) == len(b) and all(
             max(abs(x - y) for x, y in zip(row[:4], (d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom())))
             <= 1 and abs(row[4] - d.confidence) <= 1e-3 for row, d in zip(a, b)) for a, b in zip(ours, theirs))

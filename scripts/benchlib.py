@@ -58,14 +58,14 @@ def timed_calls(engine, x, comm, repeats: int) -> list[float]:
 
 
 def timed(function, *args):
-    """Call ``function(*args)`` once: ``(value, wall seconds, CPU seconds of this process)``.
+    """Call ``function(*args)`` once: ``(value, CPU seconds of this process, wall seconds)``.
 
     On a shared machine the CPU time is what other jobs do not distort (per-core throughput); the wall time is what
     a lone user would see.
     """
     start, start_cpu = time.perf_counter(), time.process_time()
     value = function(*args)
-    return value, time.perf_counter() - start, time.process_time() - start_cpu
+    return value, time.process_time() - start_cpu, time.perf_counter() - start
 
 
 def face_bench(path: str, upsample: int = 1) -> tuple:

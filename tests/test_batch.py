@@ -47,3 +47,29 @@ def test_skip_records_survive_a_result_message():
                Skip(0, "", "6x8 images are too small")]
     assert decode_skips(encode_skips(skipped)) == skipped
     assert decode_skips(encode_skips([])) == []
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("count", [0, 1, 5])
+def test_dealt_parts_are_computed_once_and_gathered_in_order_on_rank_0(count):
+    from mpi4py import MPI
+
+    from dcnn.parallel.batch import _dealing
+
+    comm = MPI.COMM_WORLD
+    computed = []
+
+    def compute(first, last):
+        computed.append((first, last))
+        return np.arange(10 * first, 10 * last)
+
+    rows = _dealing(comm)(count, compute)
+    assert len(computed) == 1
+    everyone = comm.allgather(computed[0])
+    assert [last - first for first, last in everyone] == sorted((last - first for first, last in everyone),
+                                                                reverse=True)
+    assert sum(last - first for first, last in everyone) == count  # each part on one rank
+    if comm.rank == 0:
+        assert rows.tolist() == list(range(10 * count))
+    else:
+        assert rows is None

@@ -1,4 +1,4 @@
-"""dlib's ResNet face descriptor on dcnn's kernels: the reader, the residual executor, descriptors equal to dlib's."""
+"""dlib's ResNet face descriptor as a dcnn network: the reader, the DAG, descriptors equal to dlib's."""
 
 import importlib.util
 
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from dcnn.errors import ShapeError, WeightsError
-from dcnn.faces.descriptor import ResidualProgram, Step, read_descriptor_model, resnet_structure
+from dcnn.faces.descriptor import descriptor_network, read_descriptor_model, resnet_structure
+from dcnn.network.layers import Add, PaddedAdd
 
 HAVE_MODELS = importlib.util.find_spec("face_recognition_models") is not None
 HAVE_DLIB = importlib.util.find_spec("dlib") is not None
@@ -27,6 +28,13 @@ def model(model_path):
     return read_descriptor_model(model_path)
 
 
+def compiled(model):
+    """The descriptor network run by dcnn's executor, as every network."""
+    from dcnn.exec.forward import Forward
+
+    return Forward(model.network, model.tensors())
+
+
 def test_structure_is_dlibs_anet():
     steps = resnet_structure()
     convs = [s for s in steps if s.kind == "con"]
@@ -35,24 +43,50 @@ def test_structure_is_dlibs_anet():
     assert sum(s.kind == "add_prev" for s in steps) == 14 and steps[-1].kind == "fc"
 
 
-def test_add_prev_zero_fills_the_smaller_tensor():
-    """dlib's add_prev over tensors of different channels and sizes, via a tiny program: x + avg_pool(x)."""
-    x = np.arange(2 * 1 * 3 * 3, dtype=np.float32).reshape(2, 1, 3, 3)
-    program = ResidualProgram([Step("tag", tag=1), Step("avg_pool", kernel=2, stride=2), Step("add_prev", tag=1)])
-    out = program(x)
-    assert out.shape == (2, 1, 3, 3)
-    expected = x.copy()
-    expected[:, :, 0, 0] += x[:, :, :2, :2].mean(axis=(2, 3))
-    assert np.allclose(out, expected)
+def test_the_network_is_a_dag_of_dcnn_nodes():
+    """Tags, skips and add_prev become inputs of add nodes: zero-filling ones after the four shortcuts."""
+    network = descriptor_network(resnet_structure())
+    shapes = dict(zip(["input", *(name for name, _ in network.layers)], network.shapes()))
+    layers = dict(network.layers)
+    padded = [name for name, layer in network if isinstance(layer, PaddedAdd)]
+    assert padded == ["group2.0.add", "group3.0.add", "group4.0.add", "group5.0.add"]
+    assert sum(isinstance(layer, Add) for _, layer in network) == 10
+    inputs = dict(zip(layers, network.inputs))
+    assert inputs["group2.0.add"] == ("group2.0.shortcut", "group2.0.affine2")
+    assert inputs["group2.0.shortcut"] == ("group1.2.relu",)
+    # 64 channels of the branch and 32 of the pooled shortcut; at 8 pixels a 3x3 branch and a 4x4 shortcut
+    assert shapes["group2.0.shortcut"] == (32, 17, 17) and shapes["group2.0.add"] == (64, 17, 17)
+    assert shapes["group4.0.affine2"] == (256, 3, 3) and shapes["group4.0.shortcut"] == (128, 4, 4)
+    assert shapes["group4.0.add"] == (256, 4, 4)
+    assert network.output_shape() == (128,) and network.inputs[0] == ("input",)
+
+
+def test_padded_add_zero_fills_the_smaller_map():
+    """dlib's add_prev over maps of different channels and sizes, run by the executor of every network."""
+    from dcnn.exec.forward import Forward
+    from dcnn.network.graph import GraphBuilder
+    from dcnn.network.layers import AvgPool2d, Conv2d
+
+    graph = GraphBuilder()
+    graph.add("wide", Conv2d(1, 2, 1, bias=False))
+    graph.add("pool", AvgPool2d(2, 2), "input")
+    graph.add("sum", PaddedAdd(), "wide", "pool")
+    network = graph.build("toy", (1, 3, 3))
+    assert network.output_shape() == (2, 3, 3)
+    x = np.arange(2 * 9, dtype=np.float32).reshape(2, 1, 3, 3)
+    out = Forward(network, {"wide.weight": np.array([1, -1], np.float32).reshape(2, 1, 1, 1)})(x)
+    expected = np.concatenate([x, -x], axis=1)
+    expected[:, 0, 0, 0] += x[:, 0, :2, :2].mean(axis=(1, 2))
+    assert np.array_equal(out, expected)
 
 
 @needs_models
 def test_reader_matches_the_published_network(model):
     assert model.mean_rgb == pytest.approx((122.782, 117.001, 104.298), abs=1e-4)
-    steps = model.program.steps
-    assert steps[0].weight.shape == (32, 3, 7, 7) and steps[0].padding == 0
-    assert [s.weight.shape for s in steps if s.kind == "con"][-1] == (256, 256, 3, 3)
-    assert steps[-1].weight.shape == (128, 256)
+    assert model.weights["stem.conv.weight"].shape == (32, 3, 7, 7)
+    assert dict(model.network.layers)["stem.conv"].padding == (0, 0)
+    assert model.weights["group5.0.conv2.weight"].shape == (256, 256, 3, 3)
+    assert model.weights["fc.weight"].shape == (128, 256) and "fc.bias" not in model.weights
 
 
 @needs_models
@@ -76,8 +110,8 @@ def test_another_network_is_refused():
 @needs_models
 def test_chips_of_the_wrong_shape(model):
     with pytest.raises(ShapeError, match="N x 150 x 150 x 3 uint8"):
-        model.describe(np.zeros((1, 100, 100, 3), np.uint8))
-    assert model.describe(np.zeros((0, 150, 150, 3), np.uint8)).shape == (0, 128)
+        model.describe(np.zeros((1, 100, 100, 3), np.uint8), compiled(model))
+    assert model.describe(np.zeros((0, 150, 150, 3), np.uint8), compiled(model)).shape == (0, 128)
 
 
 @needs_dlib
@@ -100,9 +134,12 @@ def test_descriptors_equal_dlibs(model, model_path):
         parts = np.array([[p.x, p.y] for p in shape.parts()])
         chips.append(extract_image_chips(image, [face_chip_details(parts)])[0])
         expected.append(np.array(recogniser.compute_face_descriptor(image, shape, 0)))
-    descriptors = model.describe(np.stack(chips))
+    run = compiled(model)
+    descriptors = model.describe(np.stack(chips), run)
     assert descriptors.dtype == np.float32 and descriptors.shape == (2, 128)
     assert np.abs(descriptors - np.array(expected)).max() < 1e-4
+    # chips batched across faces: each descriptor as if described alone
+    assert np.abs(model.describe(np.stack(chips), run, batch=1) - descriptors).max() < 1e-5
 
 
 def test_a_narrow_network_round_trips_and_runs(tmp_path):
@@ -113,8 +150,8 @@ def test_a_narrow_network_round_trips_and_runs(tmp_path):
     save_descriptor_model(model, tmp_path / "tiny.dat")
     again = read_descriptor_model(tmp_path / "tiny.dat", TINY_RESNET)
     chips = np.random.default_rng(1).integers(0, 256, (3, 150, 150, 3), dtype=np.uint8)
-    assert np.array_equal(again.describe(chips), model.describe(chips))
-    assert again.describe(chips).shape == (3, 128)
+    assert np.array_equal(again.describe(chips, compiled(again)), model.describe(chips, compiled(model)))
+    assert again.describe(chips, compiled(again)).shape == (3, 128)
     with pytest.raises(WeightsError, match="expected"):
         read_descriptor_model(tmp_path / "tiny.dat")  # the full-width wiring does not match
 
@@ -126,8 +163,5 @@ def test_the_dlib_model_round_trips(model, tmp_path):
     save_descriptor_model(model, tmp_path / "again.dat")
     again = read_descriptor_model(tmp_path / "again.dat")
     assert again.mean_rgb == model.mean_rgb
-    for mine, theirs in zip(again.program.steps, model.program.steps):
-        assert (mine.kind, mine.padding) == (theirs.kind, theirs.padding)
-        for name in ("weight", "bias"):
-            a, b = getattr(mine, name), getattr(theirs, name)
-            assert (a is None and b is None) or np.array_equal(a, b)
+    assert again.weights.keys() == model.weights.keys()
+    assert all(np.array_equal(again.weights[key], value) for key, value in model.weights.items())

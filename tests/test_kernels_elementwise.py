@@ -12,6 +12,7 @@ from dcnn.kernels.elementwise import (
     leaky_relu,
     linear,
     local_response_norm,
+    padded_add,
     relu,
     softmax,
     tanh,
@@ -102,3 +103,16 @@ def test_prelu_matches_pytorch(rng, slopes):
     weight = np.array(slopes, np.float32)
     expected = torch.nn.functional.prelu(torch.from_numpy(x), torch.from_numpy(weight)).numpy()
     np.testing.assert_allclose(prelu(x, weight), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_padded_add_zero_fills_each_axis_of_the_smaller_map():
+    """dlib's add_prev: the sum over the larger extent of every axis; equal shapes give the plain sum."""
+    rng = np.random.default_rng(0)
+    wide, small = rng.normal(size=(2, 4, 3, 3)).astype(np.float32), rng.normal(size=(2, 2, 4, 2)).astype(np.float32)
+    out = padded_add(wide, small)
+    expected = np.zeros((2, 4, 4, 3), np.float32)
+    expected[:, :, :3, :3] = wide
+    expected[:, :2, :4, :2] += small
+    assert out.dtype == np.float32 and np.array_equal(out, expected)
+    assert np.array_equal(padded_add(small, wide), expected)
+    assert np.array_equal(padded_add(wide, wide), wide + wide)

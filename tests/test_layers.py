@@ -3,7 +3,7 @@
 import pytest
 
 from dcnn.errors import ShapeError
-from dcnn.network.layers import AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d
+from dcnn.network.layers import AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, PaddedAdd
 
 
 def test_pool_stride_defaults_to_kernel():
@@ -41,3 +41,9 @@ def test_merge_layers_check_their_inputs():
     assert PReLU(4).tensors()["weight"].shape == (4,)
     with pytest.raises(ShapeError, match="expects 4 channels"):
         PReLU(4).output_shape((3, 2, 2))
+
+
+def test_padded_add_takes_the_larger_extent_of_every_axis():
+    assert PaddedAdd().output_shape((64, 3, 3), (32, 4, 4)) == (64, 4, 4)
+    with pytest.raises(ShapeError, match=r"needs a \(C, H, W\) feature map"):
+        PaddedAdd().output_shape((64,), (64, 1, 1))

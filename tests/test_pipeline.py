@@ -49,7 +49,7 @@ def pipeline():
     from dcnn.faces.pipeline import FaceDescriber
 
     detector = FaceDetector.load()
-    return detector, Forward(detector.network, detector.weights), FaceDescriber.load()
+    return detector, Forward(detector.network, detector.weights), FaceDescriber.load(Forward)
 
 
 @needs_models
@@ -77,7 +77,7 @@ def test_faces_equal_dlibs_and_a_gallery_finds_them(tmp_path, pipeline):
     with h5py.File("data/faces.h5") as handle:
         images = handle["images"][:3]
     records = to_records(detector.detect(images, run), 0)
-    faces = describer.faces(list(images), records, 0)
+    faces = describer.faces(lambda index: images[index], records)
     assert len(faces) >= 2
     predictor = dlib.shape_predictor(str(bundled_model(LANDMARK_MODEL)))
     recogniser = dlib.face_recognition_model_v1(str(bundled_model(DESCRIPTOR_MODEL)))

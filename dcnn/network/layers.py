@@ -23,7 +23,7 @@ from dcnn.network.window import Window, pair
 __all__ = [
     "ELU", "Add", "AdaptiveAvgPool2d", "Affine", "AvgPool2d", "BatchNorm2d", "Concat", "Conv2d",
     "Dropout", "Flatten", "Hardsigmoid", "Hardswish", "Layer", "LeakyReLU", "Linear", "LocalResponseNorm",
-    "MaxPool2d", "Mul", "PReLU", "ReLU", "ReLU6", "Shape", "Sigmoid", "Softmax", "Tanh", "TensorSpec",
+    "MaxPool2d", "Mul", "PReLU", "PaddedAdd", "ReLU", "ReLU6", "Shape", "Sigmoid", "Softmax", "Tanh", "TensorSpec",
 ]
 
 Shape = tuple[int, ...]
@@ -469,3 +469,18 @@ class Concat(Layer):
         if len({shape[1:] for shape in maps}) != 1:
             raise ShapeError(f"concat needs maps of one height and width, got {', '.join(map(str, maps))}")
         return (sum(shape[0] for shape in maps), *maps[0][1:])
+
+
+@dataclass(frozen=True)
+class PaddedAdd(Layer):
+    """Element-wise sum of two maps of any sizes, over the larger extent of every axis, the smaller map
+    zero-filled at the end of each axis (dlib's ``add_prev``: ``dlib/dnn/layers.h`` and ``tt::add`` of
+    tensors of different sizes; a residual unit that widens its channels or whose strided branch is a
+    pixel smaller than its pooled shortcut)."""
+
+    kind: ClassVar[str] = "padded_add"
+    arity: ClassVar[int | None] = 2
+
+    def output_shape(self, *shapes: Shape) -> Shape:
+        first, second = (_map_shape(shape, self) for shape in shapes)
+        return tuple(max(a, b) for a, b in zip(first, second))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dcnn.decomposition.geometry import split_extent
 from dcnn.errors import InputError
 from dcnn.io.images import ImageSet
 from dcnn.io.numbers import parse_number
@@ -214,6 +215,23 @@ def _agreement(comm: MPI.Comm) -> Callable[[list[Skip]], list[Skip]]:
     return agree
 
 
+def _dealing(comm: MPI.Comm) -> Callable[[int, Callable[[int, int], np.ndarray]], np.ndarray | None]:
+    """Deal a task's independent parts to the ranks that run the task together, gathered on rank 0.
+
+    ``deal(count, compute)``: rank ``r`` computes ``compute(first, last)`` for its contiguous run of the parts
+    ``0 .. count - 1`` (:func:`~dcnn.decomposition.geometry.split_extent`: sizes differing by at most one),
+    returning an array of rows; rank 0 gets every rank's rows concatenated in rank order, so in the parts'
+    order; the other ranks get ``None``. One gather per task.
+    """
+
+    def deal(count: int, compute: Callable[[int, int], np.ndarray]) -> np.ndarray | None:
+        first, last = split_extent(count, comm.size)[comm.rank]
+        rows = comm.gather(compute(first, last), root=0)
+        return np.concatenate(rows) if comm.rank == 0 else None
+
+    return deal
+
+
 #: Environment variable that makes one rank fail on purpose: ``RANK:TASK`` raises ``RuntimeError`` on rank RANK
 #: when it starts task TASK (for testing that a failure mid-run ends the whole job; see docs/reliability.md).
 FAULT_VARIABLE = "DCNN_INJECT_FAULT"
@@ -242,8 +260,9 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
     ----------
     mode : str
         ``"batch"`` takes tasks from the work-stealing queue; other modes go in order on every rank.
-    workload : dcnn.exec.workloads.Classification or dcnn.exec.workloads.Detection
-        What a task computes from its images.
+    workload : dcnn.exec.workloads.Classification, Detection or Recognition
+        What a task computes from its images. In the modes where all ranks run every task together, it may
+        deal the task's independent parts (a recognition's faces) to the ranks; rank 0 delivers the task.
     engine_for : callable
         ``engine_for(shape)`` gives the runnable network for a per-image input shape.
     clock : float
@@ -271,7 +290,8 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
         if task == fault:
             raise RuntimeError(f"fault injected by {FAULT_VARIABLE} on rank {comm.rank} at task {task}")
         agree = _agreement(comm) if tolerate and mode != "batch" else None
-        outputs, failed = workload.run(images, start, stop, engine_for, skip, tolerate, agree)
+        deal = _dealing(comm) if mode != "batch" else None
+        outputs, failed = workload.run(images, start, stop, engine_for, skip, tolerate, agree, deal)
         if factor > 1:
             time.sleep((factor - 1) * (time.time() - clock - started))
         ended = time.time() - clock

@@ -121,29 +121,21 @@ TINY_RESNET = ((2, 3, False), (3, 4, True), (4, 3, True), (4, 3, True), (4, 1, T
 
 def tiny_descriptor_model(seed: int = 0):
     """A random :class:`~dcnn.faces.descriptor.DescriptorModel` of :data:`TINY_RESNET`'s widths."""
-    from dcnn.faces.descriptor import DescriptorModel, ResidualProgram, resnet_structure
+    from dcnn.faces.descriptor import NORMALIZE, DescriptorModel, descriptor_network, resnet_structure
 
     rng = np.random.default_rng(seed)
-    steps = resnet_structure(TINY_RESNET)
-    channels, saved = 3, {}
-    for step in steps:
-        if step.kind == "con":
-            step.weight = rng.normal(0, 0.3, (step.filters, channels, step.kernel, step.kernel)).astype(np.float32)
-            step.bias = rng.normal(0, 0.1, step.filters).astype(np.float32)
-            step.padding = step.kernel // 2 if step.stride == 1 else 0
-            channels = step.filters
-        elif step.kind == "affine":
-            step.weight = rng.uniform(0.5, 1.5, channels).astype(np.float32)
-            step.bias = rng.normal(0, 0.1, channels).astype(np.float32)
-        elif step.kind == "fc":
-            step.weight = rng.normal(0, 0.3, (step.filters, channels)).astype(np.float32)
-        elif step.kind == "tag":
-            saved[step.tag] = channels
-        elif step.kind == "skip":
-            channels = saved[step.tag]
-        elif step.kind == "add_prev":
-            channels = max(channels, saved[step.tag])
-    return DescriptorModel((122.5, 117.0, 104.25), ResidualProgram(steps))
+    network = descriptor_network(resnet_structure(TINY_RESNET))
+    weights = {}
+    for key, spec in network.state_spec().items():
+        if key.startswith(NORMALIZE + "."):
+            continue
+        if key.endswith(".bias"):
+            weights[key] = rng.normal(0, 0.1, spec.shape).astype(np.float32)
+        elif len(spec.shape) == 1:  # an affine scale
+            weights[key] = rng.uniform(0.5, 1.5, spec.shape).astype(np.float32)
+        else:
+            weights[key] = rng.normal(0, 0.3, spec.shape).astype(np.float32)
+    return DescriptorModel((122.5, 117.0, 104.25), weights, TINY_RESNET)
 
 
 def _write_descriptor_model(folder: Path) -> Path:
