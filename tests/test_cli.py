@@ -155,6 +155,19 @@ def test_options_of_another_mode_are_refused(args, message):
     assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr
 
 
+@pytest.mark.parametrize("command", ["infer", "recognize"])
+def test_renamed_options_still_work_hidden_from_the_option_list_and_noted_in_help(command):
+    from dcnn.cli import infer, recognize
+
+    parser = {"infer": infer, "recognize": recognize}[command].build_parser()
+    args = parser.parse_args(["--overlap", "recompute", "--no-overlap"])
+    assert args.halo_policy == "recompute" and args.no_comm_overlap
+    options = parser.format_help().split(parser.epilog.split()[0])[0]
+    for old, new in infer.RENAMED_OPTIONS.items():
+        assert re.search(rf"(?<![\w-]){old}\b", options) is None and new in options
+        assert f"{old} is now {new}" in parser.epilog
+
+
 @pytest.mark.parametrize("args,named,unrelated", [
     (["--mode", "fused", "--tiles", "4"], "--tiles '4': expected ROWSxCOLS such as 2x3", "--grid"),
     (["--mode", "spatial", "--grid", "2by2"], "--grid '2by2': expected ROWSxCOLS such as 2x3", "CxHxW"),

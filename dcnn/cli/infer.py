@@ -77,6 +77,13 @@ DEFAULT_INPUT = "faces.h5"
 LAYER_FIELDS = ("compute_seconds", "wait_seconds", "bytes_sent", "bytes_received")
 
 
+#: Options renamed in this release, old name to new; the old names still work (hidden from the option list) until
+#: the next release.
+RENAMED_OPTIONS = {"--overlap": "--halo-policy", "--no-overlap": "--no-comm-overlap"}
+RENAMED_NOTE = "Renamed options (the old names still work in this release): " + ", ".join(
+    f"{old} is now {new}" for old, new in RENAMED_OPTIONS.items()) + "."
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m dcnn.infer``."""
     parser = argparse.ArgumentParser(
@@ -85,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Input: an HDF5 file with an N x H x W x C uint8 dataset (preprocessed for the model) or an "
                "N x C x H x W float32 dataset (classifiers only, used as is), or a folder of PNG/JPEG files. "
                "Output: HDF5 with /outputs/detections and /outputs/detection_offsets (mmod) or /outputs/logits "
-               "(N x classes), per-task and per-layer timings, statistics and provenance; see docs/results.md.")
+               "(N x classes), per-task and per-layer timings, statistics and provenance; see docs/results.md. "
+               + RENAMED_NOTE)
     parser.add_argument("--model", default=DETECTOR, metavar="NAME",
                         help=f"network to run: {DETECTOR} (dlib's CNN face detector, the default), "
                              f"{', '.join(model_names())}")
@@ -120,20 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiles", metavar="ROWSxCOLS",
                         help=f"fused mode only: the tile grid over the fused block's output (default {DEFAULT_TILES}; "
                              "may have more tiles than ranks); each tile is a stealable task (see --halo-policy)")
-    parser.add_argument("--halo-policy", "--overlap", dest="halo_policy", choices=HALO_POLICIES,
+    parser.add_argument("--halo-policy", dest="halo_policy", choices=HALO_POLICIES,
                         help="fused mode only: what a tile does with the halo it shares with its neighbours. reuse "
                              "(default): tiles run in three checkerboard phases and later tiles read the border "
                              "strips of earlier ones from one-sided MPI windows instead of recomputing them; "
-                             "recompute: every tile computes its whole region (--overlap: the old name, kept for "
-                             "one release)")
+                             "recompute: every tile computes its whole region")
+    parser.add_argument("--overlap", dest="halo_policy", choices=HALO_POLICIES, help=argparse.SUPPRESS)
     parser.add_argument("--fuse-depth", type=int, metavar="N",
                         help="fused mode only: how many layers to fuse (default: all before the first global "
                              "layer); the rest run in spatial mode")
-    parser.add_argument("--no-comm-overlap", "--no-overlap", dest="no_comm_overlap", action="store_true",
+    parser.add_argument("--no-comm-overlap", dest="no_comm_overlap", action="store_true",
                         help="spatial mode only: wait for halos before computing, instead of computing each "
                              "block's interior while they are in flight (for measuring what the overlap of "
-                             "communication with computation hides; --no-overlap: the old name, kept for one "
-                             "release)")
+                             "communication with computation hides)")
+    parser.add_argument("--no-overlap", dest="no_comm_overlap", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--plan", choices=("auto",),
                         help="auto: let the planner choose mode, batch size, rank or tile grid and halo policy: "
                              "the fastest predicted plan that keeps every rank within its memory budget "
