@@ -6,6 +6,9 @@ the setting of the paper's PC timing, in one process with one thread; dcnn batch
 forward pass. Prints images/s for both, the ratio, and whether the detections agree, with the CPU model and BLAS
 kernel. Both wall time and process CPU time are recorded: on a shared machine the CPU-time ratio is the one
 other jobs do not distort (it is what "per core" means), the wall-time ratio the one a lone user would see.
+A second, instrumented pass over the same images splits dcnn's CPU time into the pyramid, each convolution
+(with its GFLOP/s and fraction of the machine's one-thread sgemm rate, :func:`bench_kernels.sgemm_rate` timed
+on CPU time) and decoding.
 
 Usage: ``python scripts/bench_faces.py [--input data/faces.h5] [--upsample 1] [--batch-size 16]``
 """
@@ -15,13 +18,60 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
+import bench_kernels
+import numpy as np
 from benchlib import describe_machine, face_bench, machine_info, timed
 
-from dcnn.faces.detect import default_detector_path
+from dcnn.exec.forward import Forward
+from dcnn.faces.detect import FaceDetector, default_detector_path
+from dcnn.network.layers import Conv2d
 
 PAPER_CLUSTER = {"images": 50_000, "seconds": 2959, "nodes": 20}
+
+
+def stage_table(detector: FaceDetector, forward: Forward, images: np.ndarray, batch_size: int,
+                sgemm_gflops: float) -> dict:
+    """Per-image CPU milliseconds of the pyramid, of each convolution and of decoding, and each convolution's
+    GFLOP/s (printed and returned); folded layers (affine, ReLU) run inside their convolution."""
+    clock = time.process_time
+    pyramid = decode = 0.0
+    layer_seconds = np.zeros(len(forward.ops))
+    for first in range(0, len(images), batch_size):
+        start = clock()
+        tensor, rects = detector.prepare(images[first:first + batch_size])
+        pyramid += clock() - start
+        x = tensor
+        for index, op in enumerate(forward.ops):
+            start = clock()
+            x = op(x)
+            layer_seconds[index] += clock() - start
+        start = clock()
+        for scores in x:
+            detector.decode(scores, rects)
+        decode += clock() - start
+    count = len(images)
+    print(f"\nper image, CPU time (batch {batch_size}; sgemm 2048^3 at one thread: {sgemm_gflops:.1f} GFLOP/s)")
+    print(f"{'stage':<12} {'convolution':<26} {'input':<11} {'ms':>7} {'GFLOP/s':>8} {'% sgemm':>8}")
+    print(f"{'pyramid':<12} {'':<26} {'':<11} {1000 * pyramid / count:7.2f}")
+    layers = []
+    for index, row in enumerate(detector.network.costs(tensor.shape[1:])):
+        if not isinstance(row.layer, Conv2d):
+            continue
+        seconds = layer_seconds[index] / count
+        rate = 2 * row.macs / seconds / 1e9
+        shape = "x".join(map(str, row.in_shape))
+        layers.append({"name": row.name, "layer": row.layer.describe(), "in_shape": list(row.in_shape),
+                       "ms_per_image": 1000 * seconds, "gflops": rate, "sgemm_fraction": rate / sgemm_gflops})
+        print(f"{row.name:<12} {row.layer.describe():<26} {shape:<11} {1000 * seconds:7.2f} {rate:8.1f} "
+              f"{100 * rate / sgemm_gflops:7.0f}%")
+    print(f"{'decode':<12} {'':<26} {'':<11} {1000 * decode / count:7.2f}")
+    total = (pyramid + decode + layer_seconds.sum()) / count
+    print(f"{'total':<12} {'':<26} {'':<11} {1000 * total:7.2f}")
+    return {"sgemm_gflops": sgemm_gflops, "pyramid_ms_per_image": 1000 * pyramid / count,
+            "decode_ms_per_image": 1000 * decode / count, "layers": layers, "total_ms_per_image": 1000 * total}
 
 
 def main() -> None:
@@ -69,6 +119,8 @@ def main() -> None:
               f"{report['dlib_cpu_ms_per_image']:.0f} ms CPU per image)")
         print(f"dcnn / dlib throughput per core: {report['ratio_dcnn_over_dlib_cpu']:.1f}x in CPU time, "
               f"{report['ratio_dcnn_over_dlib']:.1f}x in wall time; detections agree: {agree}")
+    bench_kernels.clock = time.process_time
+    report["stages"] = stage_table(detector, forward, images, args.batch_size, bench_kernels.sgemm_rate(3))
     cluster_rate = PAPER_CLUSTER["images"] / PAPER_CLUSTER["seconds"]
     report["paper_cluster_images_per_second"] = cluster_rate
     two_cores = 2000 / report["dcnn_cpu_ms_per_image"]

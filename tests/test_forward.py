@@ -6,7 +6,7 @@ import reference
 from conftest import random_array
 from torch_oracle import torch_forward
 
-from dcnn.exec.forward import Forward
+from dcnn.exec.forward import Forward, fusion_plan
 from dcnn.network.graph import Network
 from dcnn.network.layers import (
     ELU,
@@ -131,6 +131,20 @@ def test_a_partial_run_never_ends_inside_a_folded_group(rng):
     rest = Forward(Network("rest", network.layers[1:], (64, 33, 35)), weights)
     expected = forward(x)
     np.testing.assert_allclose(rest(head(x)), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_an_affine_after_a_convolution_is_folded_into_it(rng):
+    """dlib's per-channel affine (the face detector's batch norm) folds into the convolution before it, and the
+    ReLU after it fuses, as for a batch norm: the absorbed layers run as identities, the result is unchanged."""
+    layers = [("a.0", Conv2d(3, 6, 3, stride=2)), ("a.1", Affine(6)), ("a.2", ReLU()), ("a.3", Conv2d(6, 4, 3))]
+    network = Network("affine", tuple(layers), (3, 15, 13))
+    weights = init_weights(network, 2)
+    assert fusion_plan(network) == {0: (1, True)}
+    folded = Forward(network, weights)
+    assert folded.boundaries == {0, 3, 4}
+    x = random_array(rng, 2, 3, 15, 13)
+    expected = reference.forward(network, weights, x)
+    np.testing.assert_allclose(folded(x), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("name, shape", [("lenet5", (1, 32, 32)), ("vgg11", (3, 64, 72)), ("resnet18", (3, 67, 73))])

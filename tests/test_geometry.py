@@ -17,6 +17,15 @@ WINDOWS = [
     Window((5, 5), (1, 1), (2, 2), dilation=(2, 2)), Window((2, 2), (1, 1), (0, 0)), Window((4, 3), (2, 3), (1, 0)),
     Window((3, 3), (2, 2), (0, 0), ceil_mode=True), Window((1, 1), (4, 4), (0, 0)), Window((9, 9), (1, 1), (4, 4)),
 ]
+#: Asymmetric padding (ONNX pads and SAME auto_pad).
+ASYMMETRIC = [
+    Window((3, 3), (2, 2), (0, 1), padding_end=(1, 0)),
+    Window((3, 3), (2, 2), (1, 0), ceil_mode=True, padding_end=(0, 2)),
+]
+WINDOWS += ASYMMETRIC
+#: A constant Pad: a one-tap window whose border outputs read nothing but padding (the brute-force box tests
+#: above assume every output reads a pixel, so it joins only the numeric test).
+PAD = Window((1, 1), (1, 1), (2, 0), padding_end=(1, 3))
 
 
 def rows_read(o: int, k: int, s: int, d: int, p: int) -> list[int]:
@@ -71,7 +80,7 @@ def test_input_box_is_the_brute_force_bounding_box(window, size):
                        max(0, -min(cols)), max(0, max(cols) + 1 - size[1]))
 
 
-@pytest.mark.parametrize("window", WINDOWS[:6], ids=str)
+@pytest.mark.parametrize("window", [*WINDOWS[:6], *ASYMMETRIC, PAD], ids=str)
 def test_blockwise_conv_and_pool_equal_the_whole_map(rng, window):
     """Running the kernel on each block's input box with its padding reproduces the whole output."""
     size = (21, 26)

@@ -3,12 +3,15 @@
 import numpy as np
 import pytest
 import reference
-from conftest import random_array
+from conftest import oracle, random_array
 
 from dcnn.kernels.elementwise import (
     affine_channels,
     batch_norm_scale_shift,
+    channel_shuffle,
+    clip,
     elu,
+    hardsigmoid,
     leaky_relu,
     linear,
     local_response_norm,
@@ -103,6 +106,37 @@ def test_prelu_matches_pytorch(rng, slopes):
     weight = np.array(slopes, np.float32)
     expected = torch.nn.functional.prelu(torch.from_numpy(x), torch.from_numpy(weight)).numpy()
     np.testing.assert_allclose(prelu(x, weight), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_clip_and_its_reversed_bounds():
+    x = np.linspace(-3, 3, 13, dtype=np.float32)
+    np.testing.assert_array_equal(clip(x, -1, 2), np.clip(x, -1, 2))
+    # ONNX: when min > max every value becomes max.
+    np.testing.assert_array_equal(clip(x, 2, -1), np.full_like(x, -1))
+
+
+def test_hardsigmoid_with_onnx_parameters():
+    x = np.linspace(-5, 5, 21, dtype=np.float32)
+    np.testing.assert_allclose(hardsigmoid(x, alpha=0.2, beta=0.5), np.clip(0.2 * x + 0.5, 0, 1), atol=1e-7)
+
+
+def test_softmax_over_every_value_of_an_image(rng):
+    x = random_array(rng, 2, 3, 2, 2)
+    got = softmax(x, axis=None)
+    flat = np.exp(x.reshape(2, -1) - x.reshape(2, -1).max(axis=1, keepdims=True))
+    np.testing.assert_allclose(got, (flat / flat.sum(axis=1, keepdims=True)).reshape(x.shape), rtol=1e-6)
+
+
+def test_affine_per_feature_of_rows(rng):
+    x, scale, shift = random_array(rng, 3, 5), random_array(rng, 5), random_array(rng, 5)
+    np.testing.assert_allclose(affine_channels(x, scale, shift), x * scale + shift, rtol=1e-6)
+
+
+def test_channel_shuffle_matches_pytorch(rng):
+    torch = oracle("torch")
+    x = random_array(rng, 2, 12, 3, 2)
+    expected = torch.nn.ChannelShuffle(3)(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(channel_shuffle(x, 3), expected)
 
 
 def test_padded_add_zero_fills_each_axis_of_the_smaller_map():

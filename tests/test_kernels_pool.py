@@ -9,7 +9,7 @@ from conftest import oracle, random_array
 
 from dcnn.errors import ShapeError
 from dcnn.exec.forward import compile_layer
-from dcnn.kernels.pool import adaptive_avg_pool2d, adaptive_bins, avg_pool2d, max_pool2d
+from dcnn.kernels.pool import adaptive_avg_pool2d, adaptive_bins, adaptive_max_pool2d, avg_pool2d, max_pool2d, pad2d
 from dcnn.network.layers import AvgPool2d, MaxPool2d
 
 CASES = [(k, s, p, ceil) for k, s, p, ceil in itertools.product((1, 2, 3, 4), (1, 2, 3), (0, 1, 2), (False, True))
@@ -97,3 +97,19 @@ def test_adaptive_bins_cover_the_map():
     start, stop = adaptive_bins(13, 6)
     assert start[0] == 0 and stop[-1] == 13
     assert np.all(stop > start) and np.all(start[1:] <= stop[:-1])
+
+
+@pytest.mark.parametrize("size,output_size", [((5, 7), (1, 1)), ((9, 6), (4, 3)), ((7, 7), (3, 5))])
+def test_adaptive_max_pool_matches_pytorch(rng, size, output_size):
+    torch = oracle("torch")
+    x = random_array(rng, 2, 3, *size)
+    expected = torch.nn.functional.adaptive_max_pool2d(torch.from_numpy(x), output_size).numpy()
+    np.testing.assert_array_equal(adaptive_max_pool2d(x, output_size), expected)
+
+
+def test_pad2d_fills_each_side_with_the_value(rng):
+    x = random_array(rng, 1, 2, 3, 4)
+    padded = pad2d(x, (1, 0, 2, 3), -1.5)
+    np.testing.assert_array_equal(padded, np.pad(x, ((0, 0), (0, 0), (1, 0), (2, 3)), constant_values=-1.5))
+    unpadded = pad2d(x, (0, 0, 0, 0))
+    assert unpadded is not x and np.array_equal(unpadded, x)

@@ -58,3 +58,17 @@ def test_every_pyramid_level_equals_dlibs_resize_of_the_level_before(rng, size):
                 expected = dlib.resize_image(np.ascontiguousarray(source[image, channel]), *level.shape[2:])
                 np.testing.assert_array_equal(level[image, channel], expected)
     np.testing.assert_array_equal(resize_bilinear(source, *level.shape[2:]), level)
+
+
+def test_batched_upsampling_and_pyramid_equal_image_by_image(rng):
+    """The channels-last batch path: a batch upsampled at once, and a pyramid built with ``upsample``, equal the
+    image-by-image results."""
+    images = np.stack([rgb(rng, 13, 17) for _ in range(3)])
+    upsampled = upsample_image(images)
+    np.testing.assert_array_equal(upsampled, np.stack([upsample_image(image) for image in images]))
+    tensor, rects = pyramid_tensor(images, MEAN_RGB, upsample=1)
+    expected, expected_rects = pyramid_tensor(upsampled, MEAN_RGB)
+    assert rects == expected_rects
+    np.testing.assert_array_equal(tensor, expected)
+    for index, image in enumerate(upsampled):
+        np.testing.assert_array_equal(tensor[index], pyramid_tensor(image[None], MEAN_RGB)[0][0])

@@ -39,3 +39,18 @@ def test_pair_takes_numpy_integers():
 def test_floor_window_and_conv_output_size_agree(size, kernel, stride, padding, dilation):
     window = Window((kernel, kernel), (stride, stride), (padding, padding), (dilation, dilation))
     assert window.output_length(size, 1) == conv_output_size(size, kernel, stride, padding, padding, dilation)
+
+
+@pytest.mark.parametrize("size,kernel,stride,before,after,ceil,expected", [
+    (7, 3, 2, 1, 0, False, 3), (7, 3, 2, 0, 1, False, 3), (8, 3, 2, 0, 1, False, 4), (8, 3, 2, 1, 0, True, 4),
+    (5, 1, 1, 2, 1, False, 8),
+])
+def test_asymmetric_padding(size, kernel, stride, before, after, ceil, expected):
+    """ONNX's pads ``[begin, end]``: ``floor((n + begin + end - k) / s) + 1`` (ceil: a window that starts in
+    the end padding is dropped)."""
+    window = Window((kernel, 1), (stride, 1), (before, 0), ceil_mode=ceil, padding_end=(after, 0))
+    assert window.output_length(size, 0) == expected
+    top, bottom, _, _ = window.explicit_padding(size, 4)
+    assert top == before and bottom >= after
+    assert conv_output_size(size, kernel, stride, top, bottom) == expected
+    assert window.declared_padding() == (before, after, 0, 0)

@@ -29,14 +29,14 @@ from dcnn.decomposition.geometry import (
 )
 from dcnn.errors import PlanError
 from dcnn.network.graph import BYTES_PER_VALUE, INPUT, Network
-from dcnn.network.layers import AdaptiveAvgPool2d, Flatten, Layer, Linear, Shape, Softmax
+from dcnn.network.layers import AdaptiveAvgPool2d, AdaptiveMaxPool2d, Flatten, Layer, Linear, Shape, Softmax
 from dcnn.network.window import Padding
 
 __all__ = ["GLOBAL_LAYERS", "SpatialLayerPlan", "SpatialPlan", "fc_shard_rows", "gather_index", "plan_spatial",
            "spatial_depth"]
 
 #: Layers that end the spatial part: the map is gathered before the first of them.
-GLOBAL_LAYERS = (AdaptiveAvgPool2d, Flatten, Linear, Softmax)
+GLOBAL_LAYERS = (AdaptiveAvgPool2d, AdaptiveMaxPool2d, Flatten, Linear, Softmax)
 
 
 @dataclass(frozen=True)

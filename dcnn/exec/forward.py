@@ -1,10 +1,10 @@
 """Compile a network and its weights into runnable operations, once; run them on batches, many times.
 
 Every engine runs layers through these ops: the single-process path calls them on whole images, the spatial
-and fused engines on blocks with explicit border padding. A batch norm that is the only reader of a
-convolution's output is folded into the convolution's weights, and a ReLU that is the only reader of either is
-fused into the convolution's output pass (:func:`fusion_plan`); the absorbed layers keep their place in the op
-list as identities, so layer indices stay those of the network.
+and fused engines on blocks with explicit border padding. A batch norm (or per-channel affine) that is the only
+reader of a convolution's output is folded into the convolution's weights, and a ReLU that is the only reader
+of either is fused into the convolution's output pass (:func:`fusion_plan`); the absorbed layers keep their place
+in the op list as identities, so layer indices stay those of the network.
 
 :meth:`Forward.run` executes the network's nodes in topological order: each tensor is freed after its last
 reader, and an in-place op (activations, batch norm, a residual add) overwrites its input only when that input
@@ -28,6 +28,8 @@ from dcnn.kernels.depthwise import conv_kernel
 from dcnn.kernels.elementwise import (
     affine_channels,
     batch_norm_scale_shift,
+    channel_shuffle,
+    clip,
     elu,
     hardsigmoid,
     hardswish,
@@ -43,15 +45,18 @@ from dcnn.kernels.elementwise import (
     softmax,
     tanh,
 )
-from dcnn.kernels.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
+from dcnn.kernels.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d, pad2d
 from dcnn.network.graph import INPUT, Network
 from dcnn.network.layers import (
     ELU,
     AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
     Add,
     Affine,
     AvgPool2d,
     BatchNorm2d,
+    ChannelShuffle,
+    Clip,
     Concat,
     Conv2d,
     Dropout,
@@ -64,6 +69,7 @@ from dcnn.network.layers import (
     LocalResponseNorm,
     MaxPool2d,
     Mul,
+    Pad2d,
     PaddedAdd,
     PReLU,
     ReLU,
@@ -148,11 +154,11 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
     if isinstance(layer, AvgPool2d):
         def run_avg(x, p):
             padding = _own_padding(layer, x, p)
-            # Only the layer's symmetric padding counts in the divisor, never the ceil_mode overhang, also
+            # Only the layer's declared padding counts in the divisor, never the ceil_mode overhang, also
             # when a spatial block passes its own border padding.
-            vertical, horizontal = layer.padding
-            counted = (min(padding[0], vertical), min(padding[1], vertical), min(padding[2], horizontal),
-                       min(padding[3], horizontal)) if layer.count_include_pad else 0
+            declared = layer.window.declared_padding()
+            counted = tuple(min(given, side) for given, side in zip(padding, declared)) \
+                if layer.count_include_pad else 0
             return avg_pool2d(x, layer.kernel_size, layer.stride, padding, counted)
         return LayerOp(name, layer, run_avg)
     if isinstance(layer, MaxPool2d):
@@ -160,6 +166,12 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
                                                             _own_padding(layer, x, p), layer.dilation))
     if isinstance(layer, AdaptiveAvgPool2d):
         return LayerOp(name, layer, lambda x, p: adaptive_avg_pool2d(x, layer.output_size))
+    if isinstance(layer, AdaptiveMaxPool2d):
+        return LayerOp(name, layer, lambda x, p: adaptive_max_pool2d(x, layer.output_size))
+    if isinstance(layer, ChannelShuffle):
+        return LayerOp(name, layer, lambda x, p: channel_shuffle(x, layer.groups))
+    if isinstance(layer, Pad2d):
+        return LayerOp(name, layer, lambda x, p: pad2d(x, _own_padding(layer, x, p), layer.value))
     if isinstance(layer, BatchNorm2d):
         scale, shift = batch_norm_scale_shift(tensors["weight"], tensors["bias"], tensors["running_mean"],
                                               tensors["running_var"], layer.eps)
@@ -180,7 +192,8 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
         Tanh: lambda x, p: tanh(x, out=x),
         Sigmoid: lambda x, p: sigmoid(x, out=x),
         SiLU: lambda x, p: silu(x, out=x),
-        Hardsigmoid: lambda x, p: hardsigmoid(x, out=x),
+        Hardsigmoid: lambda x, p: hardsigmoid(x, out=x, alpha=layer.alpha, beta=layer.beta),  # type: ignore[attr-defined]
+        Clip: lambda x, p: clip(x, layer.min_value, layer.max_value, out=x),  # type: ignore[attr-defined]
         Hardswish: lambda x, p: hardswish(x, out=x),
         Dropout: _identity,
         # The executor puts an input it may overwrite first (addition commutes); gates broadcast over H x W.
@@ -200,7 +213,7 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
         return LayerOp(name, layer, lambda x, p: local_response_norm(x, layer.size, layer.alpha, layer.beta,
                                                                      layer.k))
     if isinstance(layer, Softmax):
-        return LayerOp(name, layer, lambda x, p: softmax(x, axis=1))
+        return LayerOp(name, layer, lambda x, p: softmax(x, None if layer.axis is None else layer.axis + 1))
     raise TypeError(f"no kernel for layer type {type(layer).__name__}")
 
 
@@ -233,16 +246,17 @@ def apply_op(op: LayerOp, arguments: list[np.ndarray], writable: list[bool],
 def fusion_plan(network: Network, stop: int | None = None) -> dict[int, tuple[int | None, bool]]:
     """Which layers each convolution absorbs: the one place that decides folding and fusion.
 
-    A batch norm is folded into the convolution before it when it is the only reader of the convolution's
-    output, and a ReLU is fused when it is the only reader of the convolution's (or the folded batch norm's)
-    output. A tensor with another reader (a residual skip, a branch) must keep its own values, so its
-    producer absorbs nothing. Only layers before ``stop`` (default: all) absorb or are absorbed: an executor
-    that runs layers ``0 .. stop - 1`` never folds across its end.
+    A batch norm, or a per-channel affine (dlib's ``affine`` layer, a batch norm in inference form), is folded
+    into the convolution before it when it is the only reader of the convolution's output, and a ReLU is fused
+    when it is the only reader of the convolution's (or the folded layer's) output. A tensor with another
+    reader (a residual skip, a branch) must keep its own values, so its producer absorbs nothing. Only layers
+    before ``stop`` (default: all) absorb or are absorbed: an executor that runs layers ``0 .. stop - 1`` never
+    folds across its end.
 
     Returns
     -------
     dict
-        ``{conv index: (folded batch-norm index or None, whether the ReLU right after is fused)}`` for every
+        ``{conv index: (folded batch-norm or affine index or None, whether the ReLU right after is fused)}`` for every
         convolution that absorbs something. The absorbed layers are the ones at ``conv index + 1`` (and
         ``+ 2``) in the network's order.
     """
@@ -250,7 +264,7 @@ def fusion_plan(network: Network, stop: int | None = None) -> dict[int, tuple[in
     last_uses = network.last_uses()
     layers = network.layers[:stop]
 
-    def sole_reader(index: int, kind: type) -> bool:
+    def sole_reader(index: int, kind: type | tuple[type, ...]) -> bool:
         name = layers[index][0]
         following = index + 1
         return (following < len(layers) and isinstance(layers[following][1], kind)
@@ -261,7 +275,7 @@ def fusion_plan(network: Network, stop: int | None = None) -> dict[int, tuple[in
     for index, (_, layer) in enumerate(layers):
         if not isinstance(layer, Conv2d):
             continue
-        norm = index + 1 if sole_reader(index, BatchNorm2d) else None
+        norm = index + 1 if sole_reader(index, (BatchNorm2d, Affine)) else None
         relu_fused = sole_reader(index if norm is None else norm, ReLU)
         if norm is not None or relu_fused:
             plan[index] = (norm, relu_fused)
@@ -317,7 +331,8 @@ class Forward:
                 norm, fused_relu = fusion[index]
                 if norm is not None:
                     norm_name, spec = layers[norm]
-                    folded = batch_norm_scale_shift(
+                    folded = (weights[f"{norm_name}.weight"], weights[f"{norm_name}.bias"]) if isinstance(
+                        spec, Affine) else batch_norm_scale_shift(
                         weights[f"{norm_name}.weight"], weights[f"{norm_name}.bias"],
                         weights[f"{norm_name}.running_mean"], weights[f"{norm_name}.running_var"],
                         spec.eps)  # type: ignore[attr-defined]

@@ -30,7 +30,6 @@ from dcnn.faces.pyramid import (
     pyramid_tensor,
     round_half_away,
     tiled_layout,
-    upsample_image,
     upsampled_size,
 )
 from dcnn.network.graph import Network, Preprocessing
@@ -185,10 +184,8 @@ class FaceDetector:
         if min(images.shape[1:3]) < MIN_IMAGE_SIDE:
             raise ShapeError(f"a {images.shape[1]}x{images.shape[2]} image is too small for the face detector "
                              f"(dlib needs at least {MIN_IMAGE_SIDE} x {MIN_IMAGE_SIDE})")
-        for _ in range(self.upsample):
-            images = np.stack([upsample_image(image) for image in images])
         return pyramid_tensor(images, self.model.mean_rgb, self.model.pyramid_padding,
-                              self.model.pyramid_outer_padding)
+                              self.model.pyramid_outer_padding, self.upsample)
 
     def input_shape(self, height: int, width: int) -> Shape:
         """The per-image network input shape for ``height x width`` images (geometry only, no pixels)."""

@@ -136,14 +136,79 @@ def _vector_weights(tb: np.ndarray, lr: np.ndarray) -> tuple[np.ndarray, ...]:
     return inverse_tb * inverse_lr, inverse_tb * lr32, tb32 * inverse_lr, tb32 * lr32
 
 
+#: Bytes of one band of output rows of :func:`_resize_planes` (its four corner buffers stay in the L2 cache).
+BAND_BYTES = 1 << 17
+
+
+def _resize_planes(image: np.ndarray, rows: int, cols: int, rgb: bool) -> np.ndarray:
+    """dlib's ``resize_image`` of the planes of a channels-last ``(H, W, P)`` float32 image, bit for bit.
+
+    The layout puts the ``P`` planes (images times channels) of one pixel side by side, so each corner sample
+    of a band of output rows is one ``np.take`` of whole pixels (never a strided gather along a row), and the
+    weighted sums run on bands that stay in cache. The vector part computes ``((w_tl tl + w_tr tr) + w_bl bl)
+    + w_br br`` in float32 with the corner weights of :func:`_vector_weights`. In the tail, ``rgb`` selects
+    dlib's RGB arithmetic (float64 throughout, truncated to uint8) over its grayscale float one (float32 inner
+    sums with float32 weights, float64 outer sum). Source: dlib/image_transforms/interpolation.h,
+    ``resize_image``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(rows, cols, P)`` float32 (with ``rgb``, the truncated values dlib stores in its uint8 pixels).
+    """
+    height, width, planes = image.shape
+    flat = image.reshape(height * width, planes)
+    top, bottom, tb = _row_samples(height, rows)
+    vector, left, right, lr = _column_samples(width, cols)
+    out = np.empty((rows, cols, planes), np.float32)
+    weights = [w[:, :, None] for w in _vector_weights(tb, lr[:vector])]
+    corners = [(row[:, None] * width + column[None, :vector]) for row in (top, bottom) for column in (left, right)]
+    band = max(1, BAND_BYTES // (4 * max(vector, 1) * planes))
+    scratch = np.empty((4, min(band, rows) * vector * planes), np.float32)
+    for first in range(0, rows, band):
+        last = min(rows, first + band)
+        products = scratch[:, :(last - first) * vector * planes].reshape(4, last - first, vector, planes)
+        for index, (weight, corner) in enumerate(zip(weights, corners)):
+            np.take(flat, corner[first:last].reshape(-1), axis=0, out=products[index].reshape(-1, planes))
+            np.multiply(weight[first:last], products[index], out=products[index])
+        total = np.add(products[0], products[1], out=out[first:last, :vector])
+        total += products[2]
+        total += products[3]
+        if rgb:
+            np.trunc(total, out=total)
+    if vector < cols:
+        tail = slice(vector, cols)
+        samples = [flat[row[:, None] * width + column[None, tail]] for row in (top, bottom)
+                   for column in (left, right)]
+        if rgb:
+            fraction, inverse = lr[tail, None], 1 - lr[tail, None]
+        else:
+            fraction = lr[tail, None].astype(np.float32)
+            inverse = np.float32(1) - fraction
+        upper_sum, lower_sum = (inverse * (a.astype(np.float64) if rgb else a) + fraction * b
+                                for a, b in (samples[:2], samples[2:]))
+        tb64 = tb[:, None, None]
+        blend = (1 - tb64) * upper_sum.astype(np.float64) + tb64 * lower_sum.astype(np.float64)
+        out[:, tail] = np.trunc(blend) if rgb else blend
+    return out
+
+
+def _planes_last(images: np.ndarray) -> np.ndarray:
+    """``(..., H, W, C)`` to the channels-last ``(H, W, P)`` of :func:`_resize_planes` (``P`` = images x C)."""
+    height, width, channels = images.shape[-3:]
+    return np.ascontiguousarray(images.reshape(-1, height, width, channels).transpose(1, 2, 0, 3)).reshape(
+        height, width, -1)
+
+
 def resize_bilinear(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """dlib's ``resize_image`` of float32 planes (the last two axes), bit for bit.
 
     This is the bilinear resize of dlib's ``tt::resize_bilinear`` that builds the MMOD input pyramid: align
     corners (``scale = (n_in - 1) / (n_out - 1)``), sample positions accumulated as dlib does, float32
     ``tl w_tl + tr w_tr + bl w_bl + br w_br`` in the vector part, and in the float64 tail
-    ``(1-tb)((1-lr) tl + lr tr) + tb((1-lr) bl + lr br)`` with float32 inner sums and float64 outer ones.
-    Source: dlib/image_transforms/interpolation.h, ``resize_image`` for grayscale images of one pixel type.
+    ``(1-tb)((1-lr) tl + lr tr) + tb((1-lr) bl + lr br)`` with float32 inner sums and float64 outer ones
+    (see :func:`_resize_planes`). Source: dlib/image_transforms/interpolation.h, ``resize_image`` for
+    grayscale images of one pixel type.
 
     Parameters
     ----------
@@ -158,27 +223,14 @@ def resize_bilinear(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
         ``(..., rows, cols)`` float32.
     """
     image = np.asarray(image, np.float32)
-    top, bottom, tb = _row_samples(image.shape[-2], rows)
-    vector, left, right, lr = _column_samples(image.shape[-1], cols)
-    upper, lower = image[..., top, :], image[..., bottom, :]
-    out = np.empty((*image.shape[:-2], rows, cols), np.float32)
-    tl, tr, bl, br = (rows_[..., columns[:vector]] for rows_ in (upper, lower) for columns in (left, right))
-    w_tl, w_tr, w_bl, w_br = _vector_weights(tb, lr[:vector])
-    out[..., :vector] = ((w_tl * tl + w_tr * tr) + w_bl * bl) + w_br * br
-    if vector < cols:
-        tail = slice(vector, cols)
-        lr32 = lr[tail].astype(np.float32)
-        inverse = np.float32(1) - lr32
-        upper_sum = inverse * upper[..., left[tail]] + lr32 * upper[..., right[tail]]
-        lower_sum = inverse * lower[..., left[tail]] + lr32 * lower[..., right[tail]]
-        tb64 = tb[:, None]
-        out[..., tail] = ((1 - tb64) * upper_sum.astype(np.float64) + tb64 * lower_sum.astype(np.float64)
-                          ).astype(np.float32)
-    return out
+    *leading, height, width = image.shape
+    planes = image.reshape(-1, height, width).transpose(1, 2, 0)
+    out = _resize_planes(np.ascontiguousarray(planes), rows, cols, rgb=False)
+    return np.ascontiguousarray(out.transpose(2, 0, 1)).reshape(*leading, rows, cols)
 
 
 def resize_rgb(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """dlib's ``resize_image`` of an ``H x W x 3`` uint8 RGB image, bit for bit.
+    """dlib's ``resize_image`` of ``H x W x 3`` uint8 RGB images, bit for bit.
 
     Each channel is interpolated with float32 weights in the vector part and in float64 in the tail (the
     formulas of :func:`resize_bilinear`, with float64 inner sums), and truncated to uint8. Source:
@@ -187,30 +239,20 @@ def resize_rgb(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
     Parameters
     ----------
     image : numpy.ndarray
-        ``(H, W, 3)`` uint8.
+        ``(..., H, W, 3)`` uint8: one image or a batch of equally sized ones.
     rows, cols : int
         Output size.
 
     Returns
     -------
     numpy.ndarray
-        ``(rows, cols, 3)`` uint8.
+        ``(..., rows, cols, 3)`` uint8.
     """
-    planes = np.asarray(image).transpose(2, 0, 1).astype(np.float32)
-    top, bottom, tb = _row_samples(planes.shape[1], rows)
-    vector, left, right, lr = _column_samples(planes.shape[2], cols)
-    upper, lower = planes[:, top, :], planes[:, bottom, :]
-    out = np.empty((3, rows, cols), np.float64)
-    tl, tr, bl, br = (rows_[..., columns[:vector]] for rows_ in (upper, lower) for columns in (left, right))
-    w_tl, w_tr, w_bl, w_br = _vector_weights(tb, lr[:vector])
-    out[..., :vector] = ((w_tl * tl + w_tr * tr) + w_bl * bl) + w_br * br
-    if vector < cols:
-        tail = slice(vector, cols)
-        fraction, inverse, tb64 = lr[tail], 1 - lr[tail], tb[:, None]
-        upper_sum = inverse * upper[..., left[tail]].astype(np.float64) + fraction * upper[..., right[tail]]
-        lower_sum = inverse * lower[..., left[tail]].astype(np.float64) + fraction * lower[..., right[tail]]
-        out[..., tail] = (1 - tb64) * upper_sum + tb64 * lower_sum
-    return np.ascontiguousarray(np.trunc(out).astype(np.uint8).transpose(1, 2, 0))
+    image = np.asarray(image)
+    leading = image.shape[:-3]
+    out = _resize_planes(_planes_last(image).astype(np.float32), rows, cols, rgb=True).astype(np.uint8)
+    return np.ascontiguousarray(out.reshape(rows, cols, -1, 3).transpose(2, 0, 1, 3)).reshape(
+        *leading, rows, cols, 3)
 
 
 def upsampled_size(height: int, width: int) -> tuple[int, int]:
@@ -219,23 +261,66 @@ def upsampled_size(height: int, width: int) -> tuple[int, int]:
 
 
 def upsample_image(image: np.ndarray) -> np.ndarray:
-    """dlib's ``pyramid_up`` of an ``H x W x 3`` uint8 image: :func:`resize_rgb` to ``(2H+1) x (2W+2)``."""
-    return resize_rgb(image, *upsampled_size(*image.shape[:2]))
+    """dlib's ``pyramid_up`` of ``(..., H, W, 3)`` uint8 images: :func:`resize_rgb` to ``(2H+1) x (2W+2)``."""
+    return resize_rgb(image, *upsampled_size(*image.shape[-3:-1]))
 
 
 def pyramid_tensor(images: np.ndarray, mean_rgb: tuple[float, float, float], padding: int = 10,
-                   outer: int = 11) -> tuple[np.ndarray, list[Rect]]:
-    """The network input for a batch of equally sized ``B x H x W x 3`` uint8 images, and the level rectangles."""
+                   outer: int = 11, upsample: int = 0) -> tuple[np.ndarray, list[Rect]]:
+    """The network input for a batch of equally sized images, and the level rectangles.
+
+    The images are first upsampled ``upsample`` times (:func:`upsample_image`); the levels are then computed
+    channels-last for all images at once (:func:`_resize_planes`), and each is copied into its rectangle of
+    the tensor.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        ``(B, H, W, 3)`` uint8 RGB.
+    mean_rgb : tuple of float
+        The mean subtracted from each channel before the division by 256.
+    padding, outer : int
+        Pixels between levels and around the whole (:func:`tiled_layout`).
+    upsample : int
+        How many times to double the images first.
+
+    Returns
+    -------
+    tensor : numpy.ndarray
+        ``(B, 3, rows, cols)`` float32.
+    rects : list of Rect
+        Each level's inclusive rectangle in the tensor, level 0 first.
+    """
     batch, height, width, _ = images.shape
+    level = _planes_last(images).astype(np.float32)
+    for _ in range(upsample):
+        height, width = upsampled_size(height, width)
+        level = _resize_planes(level, height, width, rgb=True)
     sizes = pyramid_sizes(height, width)
     rows, cols, rects = tiled_layout(sizes, padding, outer)
     tensor = np.zeros((batch, 3, rows, cols), np.float32)
-    level = ((images.astype(np.float32) - np.asarray(mean_rgb, np.float32)) / np.float32(256)).transpose(0, 3, 1, 2)
+    channels = level.reshape(height, width, batch, 3)
+    np.subtract(channels, np.asarray(mean_rgb, np.float32), out=channels)
+    np.divide(channels, np.float32(256), out=channels)
     for index, (left, top, right, bottom) in enumerate(rects):
         if index:
-            level = resize_bilinear(level, bottom - top + 1, right - left + 1)
-        tensor[:, :, top:bottom + 1, left:right + 1] = level
+            level = _resize_planes(level, bottom - top + 1, right - left + 1, rgb=False)
+        _copy_level(tensor, level, left, top)
     return tensor, rects
+
+
+def _copy_level(tensor: np.ndarray, level: np.ndarray, left: int, top: int) -> None:
+    """Copy a channels-last ``(h, w, B * 3)`` level into ``tensor[:, :, top:top + h, left:left + w]``.
+
+    By bands of rows that fit in the L2 cache: transposed whole, each of the ``B * 3`` output planes would
+    stream the entire level through the cache again.
+    """
+    rows, cols, planes = level.shape
+    band = max(1, BAND_BYTES // (4 * cols * planes))
+    for first in range(0, rows, band):
+        last = min(rows, first + band)
+        tensor[:, :, top + first:top + last, left:left + cols] = level[first:last].reshape(
+            last - first, cols, -1, 3).transpose(2, 3, 0, 1)
 
 
 def round_half_away(values: np.ndarray) -> np.ndarray:

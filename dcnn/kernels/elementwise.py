@@ -12,8 +12,9 @@ from scipy.ndimage import uniform_filter1d
 from dcnn.kernels.threads import use_blas_threads
 
 __all__ = [
-    "affine_channels", "batch_norm_scale_shift", "elu", "hardsigmoid", "hardswish", "leaky_relu", "linear",
-    "local_response_norm", "padded_add", "prelu", "relu", "relu6", "sigmoid", "silu", "softmax", "tanh",
+    "affine_channels", "batch_norm_scale_shift", "channel_shuffle", "clip", "elu", "hardsigmoid", "hardswish",
+    "leaky_relu", "linear", "local_response_norm", "padded_add", "prelu", "relu", "relu6", "sigmoid", "silu", "softmax",
+    "tanh",
 ]
 
 
@@ -42,11 +43,20 @@ def silu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.multiply(x, gate, out=out)
 
 
-def hardsigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``clip(x / 6 + 1 / 2, 0, 1)`` (PyTorch's Hardsigmoid)."""
-    out = np.multiply(x, np.float32(1 / 6), out=out)
-    out += np.float32(0.5)
+def hardsigmoid(x: np.ndarray, out: np.ndarray | None = None, alpha: float = 1 / 6, beta: float = 0.5
+                ) -> np.ndarray:
+    """``clip(alpha x + beta, 0, 1)``: PyTorch's Hardsigmoid with the defaults, ONNX's HardSigmoid with its
+    ``alpha`` and ``beta``."""
+    out = np.multiply(x, np.float32(alpha), out=out)
+    out += np.float32(beta)
     return np.clip(out, np.float32(0), np.float32(1), out=out)
+
+
+def clip(x: np.ndarray, low: float, high: float, out: np.ndarray | None = None) -> np.ndarray:
+    """``min(max(x, low), high)`` (ONNX's Clip; all values become ``high`` when ``low > high``, as ONNX
+    specifies)."""
+    out = np.maximum(x, np.float32(low), out=out)
+    return np.minimum(out, np.float32(high), out=out)
 
 
 def hardswish(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -98,9 +108,11 @@ def batch_norm_scale_shift(weight: np.ndarray, bias: np.ndarray, running_mean: n
 
 def affine_channels(x: np.ndarray, scale: np.ndarray, shift: np.ndarray,
                     out: np.ndarray | None = None) -> np.ndarray:
-    """Per-channel ``scale * x + shift`` on ``(B, C, H, W)`` (batch norm at inference, dlib's ``affine``)."""
-    out = np.multiply(x, scale[None, :, None, None], out=out)
-    out += shift[None, :, None, None]
+    """Per-channel ``scale * x + shift`` on ``(B, C, H, W)`` (batch norm at inference, dlib's ``affine``), or
+    per feature on ``(B, F)``."""
+    per_axis = (-1, *([1] * (x.ndim - 2)))
+    out = np.multiply(x, scale.reshape(per_axis), out=out)
+    out += shift.reshape(per_axis)
     return out
 
 
@@ -143,9 +155,20 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) ->
     return out
 
 
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax."""
+def softmax(x: np.ndarray, axis: int | None = -1) -> np.ndarray:
+    """Numerically stable softmax along ``axis`` of ``x``; ``None``: over all values of each image (every axis
+    but the first, the batch)."""
+    if axis is None:
+        return softmax(x.reshape(x.shape[0], -1), axis=1).reshape(x.shape)
     shifted = x - x.max(axis=axis, keepdims=True)
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=axis, keepdims=True)
     return shifted
+
+
+def channel_shuffle(x: np.ndarray, groups: int) -> np.ndarray:
+    """``(B, C, H, W)`` with its channels viewed as ``groups x (C / groups)`` and transposed: output channel
+    ``j * groups + i`` is input channel ``i * (C / groups) + j`` (ShuffleNet's shuffle)."""
+    batch, channels = x.shape[:2]
+    grouped = x.reshape(batch, groups, channels // groups, *x.shape[2:])
+    return np.ascontiguousarray(grouped.swapaxes(1, 2)).reshape(x.shape)

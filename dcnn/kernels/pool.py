@@ -14,7 +14,7 @@ import numpy as np
 from dcnn.errors import ShapeError
 from dcnn.network.window import Padding, conv_output_size, normalize_padding
 
-__all__ = ["adaptive_avg_pool2d", "adaptive_bins", "avg_pool2d", "max_pool2d"]
+__all__ = ["adaptive_avg_pool2d", "adaptive_bins", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d", "pad2d"]
 
 
 def _padded(x: np.ndarray, padding: Padding, fill: float) -> np.ndarray:
@@ -52,6 +52,11 @@ def _separable_reduce(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int,
         first = j * dilation[1]
         combine(out, rows[:, :, :, first:first + col_span:stride[1]], out=out)
     return out
+
+
+def pad2d(x: np.ndarray, padding: Padding, value: float = 0.0) -> np.ndarray:
+    """``x`` ``(B, C, H, W)`` with ``(top, bottom, left, right)`` rows and columns of ``value`` around it."""
+    return _padded(x, padding, value) if any(padding) else x.copy()
 
 
 def max_pool2d(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
@@ -143,3 +148,25 @@ def adaptive_avg_pool2d(x: np.ndarray, output_size: tuple[int, int]) -> np.ndarr
     sums = np.stack([rows[..., left:right].sum(axis=3) for left, right in zip(c0, c1)], axis=3)
     area = (r1 - r0)[:, None] * (c1 - c0)[None, :]
     return (sums / area).astype(np.float32)
+
+
+def adaptive_max_pool2d(x: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
+    """Adaptive max pooling with PyTorch's bin boundaries (:func:`adaptive_bins`); ``(1, 1)`` is ONNX's
+    ``GlobalMaxPool``.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``(B, C, H, W)`` input.
+    output_size : tuple of int
+        ``(Ho, Wo)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(B, C, Ho, Wo)`` float32 bin maxima.
+    """
+    r0, r1 = adaptive_bins(x.shape[2], output_size[0])
+    c0, c1 = adaptive_bins(x.shape[3], output_size[1])
+    rows = np.stack([x[:, :, top:bottom].max(axis=2) for top, bottom in zip(r0, r1)], axis=2)
+    return np.stack([rows[..., left:right].max(axis=3) for left, right in zip(c0, c1)], axis=3)

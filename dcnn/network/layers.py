@@ -21,9 +21,10 @@ from dcnn.errors import ShapeError
 from dcnn.network.window import Window, pair
 
 __all__ = [
-    "ELU", "Add", "AdaptiveAvgPool2d", "Affine", "AvgPool2d", "BatchNorm2d", "Concat", "Conv2d",
-    "Dropout", "Flatten", "Hardsigmoid", "Hardswish", "Layer", "LeakyReLU", "Linear", "LocalResponseNorm",
-    "MaxPool2d", "Mul", "PReLU", "PaddedAdd", "ReLU", "ReLU6", "Shape", "Sigmoid", "Softmax", "Tanh", "TensorSpec",
+    "ELU", "Add", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Affine", "AvgPool2d", "BatchNorm2d", "ChannelShuffle",
+    "Clip", "Concat", "Conv2d", "Dropout", "Flatten", "Hardsigmoid", "Hardswish", "Layer", "LeakyReLU", "Linear",
+    "LocalResponseNorm", "MaxPool2d", "Mul", "PReLU", "Pad2d", "PaddedAdd", "ReLU", "ReLU6", "Shape", "Sigmoid",
+    "Softmax", "Tanh", "TensorSpec",
 ]
 
 Shape = tuple[int, ...]
@@ -107,6 +108,14 @@ def _windowed_output(shape: Shape, layer: Layer, window: Window, channels: int) 
     return (channels, out_h, out_w)
 
 
+def _normalize_padding_end(layer: Layer) -> None:
+    """``padding_end`` as a pair, or ``None`` where it equals the padding before (the symmetric case)."""
+    end = layer.padding_end  # type: ignore[attr-defined]
+    if end is not None:
+        end = pair(end)
+        object.__setattr__(layer, "padding_end", None if end == layer.padding else end)  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class Conv2d(Layer):
     """2-D convolution, as :class:`torch.nn.Conv2d` (``padding_mode='zeros'``)."""
@@ -119,18 +128,20 @@ class Conv2d(Layer):
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
     bias: bool = True
+    padding_end: tuple[int, int] | None = None
     kind: ClassVar[str] = "conv"
 
     def __post_init__(self):
         for field in ("kernel_size", "stride", "padding", "dilation"):
             object.__setattr__(self, field, pair(getattr(self, field)))
+        _normalize_padding_end(self)
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"channels {self.in_channels}->{self.out_channels} not divisible by "
                              f"{self.groups} groups")
 
     @property
     def window(self) -> Window:
-        return Window(self.kernel_size, self.stride, self.padding, self.dilation)
+        return Window(self.kernel_size, self.stride, self.padding, self.dilation, padding_end=self.padding_end)
 
     def output_shape(self, shape: Shape) -> Shape:
         channels = _map_shape(shape, self)[0]
@@ -152,7 +163,9 @@ class Conv2d(Layer):
     def describe(self) -> str:
         k, s, p = self.kernel_size, self.stride, self.padding
         text = f"conv {k[0]}x{k[1]}/{s[0]} {self.in_channels}->{self.out_channels}"
-        if p != (0, 0):
+        if self.padding_end is not None:
+            text += " pad " + ",".join(str(v) for v in self.window.declared_padding())
+        elif p != (0, 0):
             text += f" pad {p[0]},{p[1]}" if p[0] != p[1] else f" pad {p[0]}"
         if self.dilation != (1, 1):
             text += f" dil {self.dilation[0]}"
@@ -168,6 +181,7 @@ class MaxPool2d(Layer):
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
     ceil_mode: bool = False
+    padding_end: tuple[int, int] | None = None
     kind: ClassVar[str] = "maxpool"
 
     def __post_init__(self):
@@ -175,10 +189,11 @@ class MaxPool2d(Layer):
         object.__setattr__(self, "stride", pair(self.kernel_size if self.stride is None else self.stride))
         object.__setattr__(self, "padding", pair(self.padding))
         object.__setattr__(self, "dilation", pair(self.dilation))
+        _normalize_padding_end(self)
 
     @property
     def window(self) -> Window:
-        return Window(self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+        return Window(self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, self.padding_end)
 
     def output_shape(self, shape: Shape) -> Shape:
         return _windowed_output(shape, self, self.window, shape[0])
@@ -196,16 +211,18 @@ class AvgPool2d(Layer):
     padding: tuple[int, int] = (0, 0)
     ceil_mode: bool = False
     count_include_pad: bool = True
+    padding_end: tuple[int, int] | None = None
     kind: ClassVar[str] = "avgpool"
 
     def __post_init__(self):
         object.__setattr__(self, "kernel_size", pair(self.kernel_size))
         object.__setattr__(self, "stride", pair(self.kernel_size if self.stride is None else self.stride))
         object.__setattr__(self, "padding", pair(self.padding))
+        _normalize_padding_end(self)
 
     @property
     def window(self) -> Window:
-        return Window(self.kernel_size, self.stride, self.padding, (1, 1), self.ceil_mode)
+        return Window(self.kernel_size, self.stride, self.padding, (1, 1), self.ceil_mode, self.padding_end)
 
     def output_shape(self, shape: Shape) -> Shape:
         return _windowed_output(shape, self, self.window, shape[0])
@@ -232,6 +249,45 @@ class AdaptiveAvgPool2d(Layer):
 
 
 @dataclass(frozen=True)
+class AdaptiveMaxPool2d(Layer):
+    """Adaptive max pooling to a fixed output size, as :class:`torch.nn.AdaptiveMaxPool2d` (ONNX's
+    ``GlobalMaxPool`` is the size 1)."""
+
+    output_size: tuple[int, int]
+    kind: ClassVar[str] = "adaptivemaxpool"
+
+    def __post_init__(self):
+        object.__setattr__(self, "output_size", pair(self.output_size))
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (_map_shape(shape, self)[0], *self.output_size)
+
+    def describe(self) -> str:
+        return f"adaptive maxpool {self.output_size[0]}x{self.output_size[1]}"
+
+
+@dataclass(frozen=True)
+class Pad2d(Layer):
+    """Constant padding of a map's borders, ``(top, bottom, left, right)`` pixels of ``value`` (ONNX's ``Pad``
+    in ``constant`` mode). A window of one tap, so the spatial geometry pads only the map's own borders."""
+
+    padding: tuple[int, int, int, int]
+    value: float = 0.0
+    kind: ClassVar[str] = "pad"
+
+    @property
+    def window(self) -> Window:
+        top, bottom, left, right = self.padding
+        return Window((1, 1), (1, 1), (top, left), padding_end=(bottom, right))
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return _windowed_output(shape, self, self.window, shape[0])
+
+    def describe(self) -> str:
+        return f"pad {','.join(str(v) for v in self.padding)}" + (f" value {self.value:g}" if self.value else "")
+
+
+@dataclass(frozen=True)
 class BatchNorm2d(Layer):
     """Batch normalisation at inference (running statistics), as :class:`torch.nn.BatchNorm2d`."""
 
@@ -255,12 +311,15 @@ class BatchNorm2d(Layer):
 
 @dataclass(frozen=True)
 class Affine(Layer):
-    """Per-channel ``gamma * x + beta`` (dlib's ``affine`` layer: batch norm frozen for inference)."""
+    """Per-channel ``gamma * x + beta`` (dlib's ``affine`` layer: batch norm frozen for inference), or per
+    feature of a flat vector (ONNX's ``Mul`` and ``Add`` by constants)."""
 
     num_features: int
     kind: ClassVar[str] = "affine"
 
     def output_shape(self, shape: Shape) -> Shape:
+        if len(shape) == 1 and shape[0] == self.num_features:
+            return shape  # per feature of a flat vector (a bias or a scale after a fully connected layer)
         return _per_channel_shape(shape, self, self.num_features)
 
     def tensors(self) -> dict[str, TensorSpec]:
@@ -307,6 +366,18 @@ class PReLU(Layer):
 
 
 @dataclass(frozen=True)
+class Clip(Layer):
+    """``min(max(x, min_value), max_value)`` (ONNX's ``Clip``; :class:`ReLU6` is the case 0 and 6)."""
+
+    min_value: float = -math.inf
+    max_value: float = math.inf
+    kind: ClassVar[str] = "clip"
+
+    def describe(self) -> str:
+        return f"clip [{self.min_value:g}, {self.max_value:g}]"
+
+
+@dataclass(frozen=True)
 class Sigmoid(Layer):
     """``1 / (1 + exp(-x))``."""
 
@@ -322,8 +393,11 @@ class SiLU(Layer):
 
 @dataclass(frozen=True)
 class Hardsigmoid(Layer):
-    """``clip(x / 6 + 1 / 2, 0, 1)``, as :class:`torch.nn.Hardsigmoid`."""
+    """``clip(alpha x + beta, 0, 1)``: :class:`torch.nn.Hardsigmoid` with the defaults ``alpha = 1/6``,
+    ``beta = 1/2``; ONNX's ``HardSigmoid`` (its defaults 0.2 and 0.5) with its attributes."""
 
+    alpha: float = 1 / 6
+    beta: float = 0.5
     kind: ClassVar[str] = "hardsigmoid"
 
 
@@ -380,6 +454,24 @@ class LocalResponseNorm(Layer):
 
 
 @dataclass(frozen=True)
+class ChannelShuffle(Layer):
+    """ShuffleNet's channel shuffle (Zhang et al., "ShuffleNet", CVPR 2018): the channels, viewed as a
+    ``groups x (C / groups)`` matrix, transposed, as :class:`torch.nn.ChannelShuffle` (ONNX: a Reshape to
+    ``(N, g, C/g, H, W)``, a Transpose ``[0, 2, 1, 3, 4]`` and a Reshape back)."""
+
+    groups: int
+    kind: ClassVar[str] = "shuffle"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        if _map_shape(shape, self)[0] % self.groups:
+            raise ShapeError(f"{self.describe()} needs channels divisible by {self.groups}, got {shape[0]}")
+        return shape
+
+    def describe(self) -> str:
+        return f"channel shuffle {self.groups}"
+
+
+@dataclass(frozen=True)
 class Flatten(Layer):
     """Flatten ``(C, H, W)`` to ``(C * H * W,)`` in C order, as ``torch.flatten(x, 1)``."""
 
@@ -418,14 +510,22 @@ class Linear(Layer):
 
 @dataclass(frozen=True)
 class Softmax(Layer):
-    """Softmax over the feature axis."""
+    """Softmax over all of an image's values (``axis`` ``None``: a flat vector of class scores, or ONNX's
+    ``Softmax`` before opset 13 at axis 1), or along one per-image axis (0: the channels of a map).
 
+    ``axis`` counts per-image axes (the batch axis is not one): ONNX's ``axis`` minus one.
+    """
+
+    axis: int | None = None
     kind: ClassVar[str] = "softmax"
 
     def output_shape(self, shape: Shape) -> Shape:
-        if len(shape) != 1:
-            raise ShapeError(f"softmax needs a flat vector, got shape {shape}")
+        if self.axis is not None and not 0 <= self.axis < len(shape):
+            raise ShapeError(f"softmax along axis {self.axis} of a shape {shape}")
         return shape
+
+    def describe(self) -> str:
+        return self.kind if self.axis is None else f"softmax axis {self.axis}"
 
 
 @dataclass(frozen=True)
@@ -459,12 +559,15 @@ class Mul(Layer):
 
 @dataclass(frozen=True)
 class Concat(Layer):
-    """Concatenation of feature maps along the channel axis, as ``torch.cat(xs, 1)``."""
+    """Concatenation of feature maps along the channel axis, as ``torch.cat(xs, 1)`` (of flat vectors, along
+    their features)."""
 
     kind: ClassVar[str] = "concat"
     arity: ClassVar[int | None] = None
 
     def output_shape(self, *shapes: Shape) -> Shape:
+        if all(len(shape) == 1 for shape in shapes):
+            return (sum(shape[0] for shape in shapes),)
         maps = [_map_shape(shape, self) for shape in shapes]
         if len({shape[1:] for shape in maps}) != 1:
             raise ShapeError(f"concat needs maps of one height and width, got {', '.join(map(str, maps))}")

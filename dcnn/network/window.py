@@ -85,10 +85,14 @@ class Window:
     kernel, stride, dilation : tuple of int
         ``(vertical, horizontal)``.
     padding : tuple of int
-        Symmetric padding ``(vertical, horizontal)`` as the layer declares it.
+        Padding ``(vertical, horizontal)`` as the layer declares it: before the input (top, left), and after it
+        too unless ``padding_end`` says otherwise.
     ceil_mode : bool
-        PyTorch's ``ceil_mode``: a last, partial window is kept if it starts inside the input or its
-        left padding.
+        PyTorch's ``ceil_mode`` (ONNX's since opset 10): a last, partial window is kept if it starts inside
+        the input or its left padding.
+    padding_end : tuple of int, optional
+        Padding ``(bottom, right)`` after the input where it differs from ``padding`` (ONNX's asymmetric
+        ``pads`` and ``auto_pad`` ``SAME_UPPER``/``SAME_LOWER``).
     """
 
     kernel: tuple[int, int]
@@ -96,14 +100,21 @@ class Window:
     padding: tuple[int, int]
     dilation: tuple[int, int] = (1, 1)
     ceil_mode: bool = False
+    padding_end: tuple[int, int] | None = None
+
+    def declared_padding(self) -> Padding:
+        """The declared ``(top, bottom, left, right)`` padding, without the ``ceil_mode`` overhang."""
+        end = self.padding if self.padding_end is None else self.padding_end
+        return (self.padding[0], end[0], self.padding[1], end[1])
 
     def output_length(self, size: int, axis: int) -> int:
         """Number of window positions along ``axis`` (0 vertical, 1 horizontal) for an input of ``size``."""
-        k, s, p, d = self.kernel[axis], self.stride[axis], self.padding[axis], self.dilation[axis]
+        k, s, d = self.kernel[axis], self.stride[axis], self.dilation[axis]
+        before, after = self.declared_padding()[2 * axis:2 * axis + 2]
         if not self.ceil_mode:
-            return conv_output_size(size, k, s, p, p, d)
-        length = -(-(size + 2 * p - window_span(k, d)) // s) + 1
-        if (length - 1) * s >= size + p:
+            return conv_output_size(size, k, s, before, after, d)
+        length = -(-(size + before + after - window_span(k, d)) // s) + 1
+        if (length - 1) * s >= size + before:
             length -= 1
         return length
 
@@ -112,10 +123,11 @@ class Window:
 
         With ``ceil_mode`` the bottom and right padding grow by the overhang of the last window.
         """
+        declared = self.declared_padding()
         sides = []
         for axis, size in enumerate((height, width)):
-            p = self.padding[axis]
+            before, after = declared[2 * axis:2 * axis + 2]
             length = self.output_length(size, axis)
             needed = (length - 1) * self.stride[axis] + window_span(self.kernel[axis], self.dilation[axis])
-            sides.append((p, max(p, needed - size - p)))
+            sides.append((before, max(after, needed - size - before)))
         return (sides[0][0], sides[0][1], sides[1][0], sides[1][1])

@@ -168,8 +168,8 @@ class SpatialEngine:
             # An earlier reader exchanged this tensor: the box it assembled covers this node's needs too.
             source, source_box = regions[name]
             if not own.empty:
-                self.stats.compute_seconds[index] += self._compute_box(layer_plan, own, source, source_box, out,
-                                                                       own)
+                out, seconds = self._box_output(layer_plan, own, source, source_box)
+                self.stats.compute_seconds[index] += seconds
             return out
         needed, interior = layer_plan.exchanged[rank], layer_plan.interior[rank]
         exchange = self._exchange(layer_plan, batch)
@@ -201,13 +201,15 @@ class SpatialEngine:
             for strip in _border_strips(own, interior):
                 compute += self._compute_box(layer_plan, strip, source, source_box, out, own)
         else:
-            compute += self._compute_box(layer_plan, own, source, source_box, out, own)
+            out, seconds = self._box_output(layer_plan, own, source, source_box)
+            compute += seconds
         self.stats.compute_seconds[index] += compute
         return out
 
-    def _compute_box(self, layer_plan: SpatialLayerPlan, box: Box, source: np.ndarray, source_box: Box,
-                     out: np.ndarray, out_box: Box) -> float:
-        """Compute the outputs ``box`` from ``source`` (which holds ``source_box`` of the input map)."""
+    def _box_output(self, layer_plan: SpatialLayerPlan, box: Box, source: np.ndarray,
+                    source_box: Box) -> tuple[np.ndarray, float]:
+        """The outputs ``box`` computed from ``source`` (which holds ``source_box`` of the input map), and the
+        seconds it took."""
         window = layer_plan.layer.window
         in_shape = layer_plan.in_shape
         explicit = window.explicit_padding(in_shape[1], in_shape[2])
@@ -216,8 +218,16 @@ class SpatialEngine:
         start = time.perf_counter()
         result = self.forward.ops[layer_plan.index](source[(slice(None), slice(None), *need.slices(source_box))],
                                                     padding)
+        return result, time.perf_counter() - start
+
+    def _compute_box(self, layer_plan: SpatialLayerPlan, box: Box, source: np.ndarray, source_box: Box,
+                     out: np.ndarray, out_box: Box) -> float:
+        """Compute the outputs ``box`` into their part of ``out`` (which holds ``out_box``); the seconds it
+        took. A box that is the whole block is :meth:`_box_output` itself, without this copy."""
+        result, seconds = self._box_output(layer_plan, box, source, source_box)
+        start = time.perf_counter()
         out[(slice(None), slice(None), *box.slices(out_box))] = result
-        return time.perf_counter() - start
+        return seconds + time.perf_counter() - start
 
     def _gather_map(self, block: np.ndarray, last: SpatialLayerPlan) -> np.ndarray:
         """Allgather every rank's block of the last spatial map into the whole map on every rank."""

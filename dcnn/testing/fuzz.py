@@ -212,7 +212,36 @@ def _read_sweep(path: Path) -> object:
     return load_sweep(path)
 
 
+def _write_onnx(folder: Path) -> Path:
+    """A small valid ONNX model (convolution, batch norm, ReLU, pooling, a classifier), initializer weights."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {"W": rng.standard_normal((4, 3, 3, 3)), "s": rng.random(4) + 0.5, "b": rng.random(4),
+               "m": rng.random(4), "v": rng.random(4) + 0.5, "G": rng.standard_normal((4, 5)), "C": rng.random(5)}
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"]),
+             helper.make_node("Relu", ["n"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "G", "C"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "fuzz", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 5])],
+        [numpy_helper.from_array(value.astype(np.float32), name) for name, value in weights.items()])
+    path = folder / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def _read_onnx(path: Path) -> object:
+    from dcnn.network.onnx import load_onnx
+
+    return load_onnx(path)
+
+
 TARGETS = {target.name: target for target in (
+    Target("onnx", ".onnx", _write_onnx, _read_onnx),
     Target("dlib", ".dat", _write_dlib, _read_dlib),
     Target("shape-predictor", ".dat", _write_shape_predictor, _read_shape_predictor),
     Target("face-descriptor", ".dat", _write_descriptor_model, _read_descriptor_model),

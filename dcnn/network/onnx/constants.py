@@ -1,0 +1,93 @@
+"""Constant tensors of an ONNX graph: initializers, ``Constant`` and ``ConstantOfShape`` nodes, and nodes whose
+inputs are all constant (folded once, at load time, by the ``onnx`` package's reference evaluator).
+
+Weights reach dcnn through these: a convolution's ``W`` may be an initializer, the output of a ``Constant``
+node, a ``ConstantOfShape`` fill (ONNX's "light" test models) or an ``Unsqueeze`` of any of them (per-channel
+scales broadcast as ``(C, 1, 1)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+__all__ = ["NONDETERMINISTIC_OPS", "constant_node_value", "fold_node", "tensor_value"]
+
+#: Operators whose output is random: never folded, even when their inputs are constant.
+NONDETERMINISTIC_OPS = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli", "Multinomial"}
+)
+
+
+def tensor_value(tensor: onnx.TensorProto) -> np.ndarray:
+    """A tensor's values as an array (external data must already be loaded, as :func:`onnx.load` does)."""
+    return np.asarray(numpy_helper.to_array(tensor))
+
+
+def constant_node_value(node: onnx.NodeProto, constants: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The value of a ``Constant`` node, or of a ``ConstantOfShape`` node whose shape input is constant.
+
+    ``Constant`` holds one of the attributes ``value`` (a tensor), ``value_float``, ``value_floats``,
+    ``value_int``, ``value_ints`` (opset 12+); ``ConstantOfShape`` fills its shape with the one-element tensor
+    ``value`` (default float32 zero). Returns ``None`` for any other node, or a sparse or string constant.
+    """
+    attributes = {attribute.name: onnx.helper.get_attribute_value(attribute) for attribute in node.attribute}
+    if node.op_type == "Constant":
+        if "value" in attributes:
+            return tensor_value(attributes["value"])
+        kinds = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
+        for key, dtype in kinds.items():
+            if key in attributes:
+                return np.asarray(attributes[key], dtype=dtype)
+        return None
+    if node.op_type == "ConstantOfShape" and node.input and node.input[0] in constants:
+        fill = tensor_value(attributes["value"]) if "value" in attributes else np.zeros(1, np.float32)
+        shape = tuple(int(v) for v in constants[node.input[0]].reshape(-1))
+        return np.full(shape, fill.reshape(-1)[0], dtype=fill.dtype)
+    return None
+
+
+def fold_node(
+    node: onnx.NodeProto, constants: Mapping[str, np.ndarray], opsets: Mapping[str, int]
+) -> list[np.ndarray] | None:
+    """Evaluate a node whose every input is constant; ``None`` if it has a non-constant or no input.
+
+    Parameters
+    ----------
+    node : onnx.NodeProto
+        The node.
+    constants : mapping
+        Known constant tensors by name.
+    opsets : mapping
+        The model's opset imports, ``{domain: version}``.
+
+    Returns
+    -------
+    list of numpy.ndarray or None
+        One array per output of the node.
+    """
+    names = [name for name in node.input if name]
+    if (
+        not names
+        or node.op_type in NONDETERMINISTIC_OPS
+        or node.domain not in ("", "ai.onnx")
+        or any(name not in constants for name in names)
+    ):
+        return None
+    inputs = [
+        onnx.helper.make_tensor_value_info(
+            name, onnx.helper.np_dtype_to_tensor_dtype(constants[name].dtype), constants[name].shape
+        )
+        for name in names
+    ]
+    outputs = [onnx.helper.make_empty_tensor_value_info(name) for name in node.output]
+    graph = onnx.helper.make_graph([node], "fold", inputs, outputs)
+    model = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items()]
+    )
+    evaluator = ReferenceEvaluator(model)
+    return [np.asarray(value) for value in evaluator.run(None, {name: constants[name] for name in names})]

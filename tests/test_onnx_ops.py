@@ -1,0 +1,366 @@
+"""Every operator of dcnn's ONNX reader against onnxruntime, on small models built with onnx.helper, at old and
+new opsets (attribute forms before the opset that made them inputs, and the input forms after)."""
+
+import numpy as np
+import pytest
+from conftest import oracle, random_array
+
+from dcnn.exec.forward import Forward
+from dcnn.network.layers import Affine, Clip, Pad2d, ReLU, ReLU6, Softmax
+from dcnn.network.onnx import UnsupportedModelError, load_onnx
+
+onnx = oracle("onnx")
+ort = oracle("onnxruntime")
+helper, numpy_helper = onnx.helper, onnx.numpy_helper
+
+#: The newest opset the tests build (onnxruntime 1.17+ runs it); the oldest dcnn reads is 7.
+NEW = 21
+
+
+def build(nodes, x_shape, weights=None, opset=NEW, output="y", y_shape=None, input_name="x"):
+    """A model of ``nodes`` reading float32 ``x`` of ``x_shape`` (None: a dynamic dimension)."""
+    initializers = [numpy_helper.from_array(np.asarray(value), name) for name, value in (weights or {}).items()]
+    graph = helper.make_graph(
+        nodes,
+        "case",
+        [helper.make_tensor_value_info(input_name, onnx.TensorProto.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, y_shape)],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = min(model.ir_version, 7 if opset < 15 else 8)
+    return onnx.shape_inference.infer_shapes(model)  # the output's shape, which the checker requires
+
+
+def compare(tmp_path, model, x, rtol=1e-4, atol=1e-5):
+    """dcnn's output for ``x`` equals onnxruntime's; returns the loaded model."""
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    loaded = load_onnx(path, image_input=x.ndim == 4)
+    got = Forward(loaded.network, loaded.weights)(x)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol)
+    return loaded
+
+
+def node(op, inputs, **attributes):
+    return helper.make_node(op, inputs, ["y"], **attributes)
+
+
+CONV_CASES = [
+    dict(pads=[1, 1, 1, 1]),
+    dict(group=2, dilations=[2, 1], strides=[2, 1], pads=[1, 0, 2, 1]),
+    dict(auto_pad="SAME_UPPER", strides=[2, 2]),
+    dict(auto_pad="SAME_LOWER", strides=[2, 2]),
+    dict(auto_pad="VALID", strides=[1, 2]),
+    dict(auto_pad="SAME_LOWER", strides=[1, 1]),
+]
+
+
+@pytest.mark.parametrize("opset", [7, NEW])
+@pytest.mark.parametrize("attributes", CONV_CASES, ids=str)
+def test_conv(tmp_path, rng, opset, attributes):
+    groups = attributes.get("group", 1)
+    weights = {"W": random_array(rng, 4, 4 // groups, 3, 3), "B": random_array(rng, 4)}
+    model = build([node("Conv", ["x", "W", "B"], kernel_shape=[3, 3], **attributes)], [2, 4, 9, 8], weights, opset)
+    compare(tmp_path, model, random_array(rng, 2, 4, 9, 8))
+
+
+def test_conv_without_bias_and_a_depthwise_group(tmp_path, rng):
+    model = build([node("Conv", ["x", "W"], group=3)], [1, 3, 7, 7], {"W": random_array(rng, 6, 1, 3, 3)})
+    compare(tmp_path, model, random_array(rng, 1, 3, 7, 7))
+
+
+POOL_CASES = [
+    ("MaxPool", 7, dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    ("MaxPool", 7, dict(kernel_shape=[2, 2], auto_pad="SAME_UPPER")),
+    ("MaxPool", 10, dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)),
+    ("MaxPool", NEW, dict(kernel_shape=[2, 3], dilations=[2, 1], pads=[0, 1, 1, 0])),
+    ("AveragePool", 7, dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1)),
+    ("AveragePool", 7, dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])),
+    ("AveragePool", 10, dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1)),
+    ("AveragePool", NEW, dict(kernel_shape=[3, 2], strides=[2, 2], pads=[0, 1, 2, 0], count_include_pad=1)),
+    ("AveragePool", NEW, dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_LOWER")),
+]
+
+
+@pytest.mark.parametrize("op,opset,attributes", POOL_CASES, ids=str)
+def test_pools(tmp_path, rng, op, opset, attributes):
+    model = build([node(op, ["x"], **attributes)], [2, 3, 8, 9], opset=opset)
+    compare(tmp_path, model, random_array(rng, 2, 3, 8, 9))
+
+
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
+def test_global_pools(tmp_path, rng, op):
+    compare(tmp_path, build([node(op, ["x"])], [2, 3, 5, 7]), random_array(rng, 2, 3, 5, 7))
+
+
+@pytest.mark.parametrize("opset", [7, 9, 15])
+def test_batch_normalization(tmp_path, rng, opset):
+    weights = {
+        "s": random_array(rng, 3),
+        "b": random_array(rng, 3),
+        "m": random_array(rng, 3),
+        "v": rng.random(3).astype(np.float32) + 0.5,
+    }
+    attributes = {"spatial": 1} if opset < 9 else {}
+    model = build(
+        [node("BatchNormalization", ["x", "s", "b", "m", "v"], epsilon=1e-3, **attributes)],
+        [2, 3, 4, 4],
+        weights,
+        opset,
+    )
+    compare(tmp_path, model, random_array(rng, 2, 3, 4, 4))
+
+
+ACTIVATIONS = [
+    ("Relu", 7, {}),
+    ("LeakyRelu", 7, dict(alpha=0.2)),
+    ("Elu", 7, dict(alpha=0.5)),
+    ("Sigmoid", 7, {}),
+    ("HardSigmoid", 7, {}),
+    ("HardSigmoid", NEW, dict(alpha=0.3, beta=0.4)),
+    ("HardSwish", 14, {}),
+    ("Tanh", 7, {}),
+    ("Identity", 7, {}),
+]
+
+
+@pytest.mark.parametrize("op,opset,attributes", ACTIVATIONS, ids=str)
+def test_activations(tmp_path, rng, op, opset, attributes):
+    model = build(
+        [helper.make_node("Relu", ["x"], ["r"]) if op == "Identity" else node(op, ["x"], **attributes)]
+        + ([node("Identity", ["r"])] if op == "Identity" else []),
+        [2, 3, 4, 5],
+        opset=opset,
+    )
+    compare(tmp_path, model, 3 * random_array(rng, 2, 3, 4, 5))
+
+
+@pytest.mark.parametrize("slope_shape", [(3, 1, 1), (1,), (1, 3, 1, 1)])
+def test_prelu(tmp_path, rng, slope_shape):
+    model = build([node("PRelu", ["x", "a"])], [2, 3, 4, 4], {"a": random_array(rng, *slope_shape)}, 9)
+    compare(tmp_path, model, random_array(rng, 2, 3, 4, 4))
+
+
+@pytest.mark.parametrize(
+    "opset,bounds,layer",
+    [
+        (7, dict(min=-1.0, max=2.0), Clip),
+        (7, dict(min=0.0, max=6.0), ReLU6),
+        (7, dict(min=0.5), Clip),
+        (NEW, (0.0, 6.0), ReLU6),
+        (NEW, (0.0, None), ReLU),
+        (NEW, (None, 1.5), Clip),
+        (NEW, (-2.0, 0.5), Clip),
+    ],
+)
+def test_clip_attributes_before_opset_11_and_inputs_since(tmp_path, rng, opset, bounds, layer):
+    if isinstance(bounds, dict):
+        model = build([node("Clip", ["x"], **bounds)], [1, 2, 3, 3], opset=opset)
+    else:
+        names = ["x", "" if bounds[0] is None else "lo", "hi" if bounds[1] is not None else ""]
+        weights = {n: np.float32(v) for n, v in zip(["lo", "hi"], bounds) if v is not None}
+        model = build([node("Clip", names if names[-1] else names[:2])], [1, 2, 3, 3], weights, opset)
+    loaded = compare(tmp_path, model, 4 * random_array(rng, 1, 2, 3, 3))
+    assert type(loaded.network.layers[-1][1]) is layer
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_lrn(tmp_path, rng, size):
+    model = build([node("LRN", ["x"], size=size, alpha=1e-3, beta=0.6, bias=1.5)], [1, 7, 4, 4])
+    compare(tmp_path, model, random_array(rng, 1, 7, 4, 4))
+
+
+@pytest.mark.parametrize(
+    "attributes,b_shape,c_shape",
+    [
+        ({}, (6, 4), (4,)),
+        (dict(transB=1, alpha=0.5, beta=2.0), (4, 6), (1, 4)),
+        ({}, (6, 4), ()),
+        ({}, (6, 4), None),
+    ],
+)
+def test_gemm(tmp_path, rng, attributes, b_shape, c_shape):
+    weights = {"B": random_array(rng, *b_shape)}
+    inputs = ["f", "B"]
+    if c_shape is not None:
+        weights["C"] = random_array(rng, *c_shape)
+        inputs.append("C")
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]), node("Gemm", inputs, **attributes)]
+    compare(tmp_path, build(nodes, [2, 6, 1, 1], weights, 11), random_array(rng, 2, 6, 1, 1))
+
+
+def test_matmul_with_a_bias_add_on_rows(tmp_path, rng):
+    nodes = [helper.make_node("MatMul", ["x", "B"], ["m"]), node("Add", ["m", "c"])]
+    model = build(nodes, [3, 6], {"B": random_array(rng, 6, 4), "c": random_array(rng, 4)})
+    loaded = compare(tmp_path, model, random_array(rng, 3, 6))
+    assert isinstance(loaded.network.layers[-1][1], Affine)
+
+
+@pytest.mark.parametrize(
+    "opset,make",
+    [
+        (7, lambda: [helper.make_node("Flatten", ["x"], ["y"])]),
+        (11, lambda: [helper.make_node("Flatten", ["x"], ["y"], axis=-3)]),
+        (7, lambda: [helper.make_node("Reshape", ["x", "s"], ["y"])]),
+        (11, lambda: [helper.make_node("Squeeze", ["p"], ["y"], axes=[2, 3])]),
+        (NEW, lambda: [helper.make_node("Squeeze", ["p", "axes"], ["y"])]),
+    ],
+    ids=["flatten", "flatten-negative-axis", "reshape", "squeeze-attribute", "squeeze-input"],
+)
+def test_flattening_reshapes(tmp_path, rng, opset, make):
+    weights = {"s": np.array([0, -1], np.int64), "axes": np.array([-1, 2], np.int64)}
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["p"]), *make()]
+    model = build(nodes, [2, 3, 4, 4], weights, opset)
+    loaded = compare(tmp_path, model, random_array(rng, 2, 3, 4, 4))
+    assert loaded.network.output_shape() in ((3,), (48,))
+
+
+def test_reshape_to_the_models_own_batch_of_one(tmp_path, rng):
+    model = build([node("Reshape", ["x", "s"])], [1, 2, 3, 3], {"s": np.array([1, 18], np.int64)})
+    compare(tmp_path, model, random_array(rng, 1, 2, 3, 3))
+
+
+@pytest.mark.parametrize("opset", [7, 11, NEW])
+def test_unsqueezed_constants_scale_and_shift_channels(tmp_path, rng, opset):
+    """DenseNet's light model: Unsqueeze of a (C,) vector to (C, 1, 1), then Mul and Add (folded constants)."""
+    weights = {"g": random_array(rng, 3), "h": random_array(rng, 3), "axes": np.array([1, 2], np.int64)}
+    unsqueeze = (
+        (lambda name, out: helper.make_node("Unsqueeze", [name], [out], axes=[1, 2]))
+        if opset < 13
+        else (lambda name, out: helper.make_node("Unsqueeze", [name, "axes"], [out]))
+    )
+    nodes = [
+        unsqueeze("g", "g3"),
+        unsqueeze("h", "h3"),
+        helper.make_node("Mul", ["x", "g3"], ["m"]),
+        node("Add", ["h3", "m"]),
+    ]
+    loaded = compare(tmp_path, build(nodes, [2, 3, 4, 4], weights, opset), random_array(rng, 2, 3, 4, 4))
+    assert [type(layer) for _, layer in loaded.network] == [Affine, Affine]
+
+
+def test_residual_sum_gates_and_concat(tmp_path, rng):
+    weights = {"W": random_array(rng, 3, 3, 3, 3), "V": random_array(rng, 3, 3, 1, 1)}
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Sum", ["x", "c", "r"], ["s"]),
+        helper.make_node("GlobalAveragePool", ["s"], ["g"]),
+        helper.make_node("Conv", ["g", "V"], ["gv"]),
+        helper.make_node("Sigmoid", ["gv"], ["gate"]),
+        helper.make_node("Mul", ["gate", "s"], ["m"]),
+        helper.make_node("Add", ["m", "x"], ["a"]),
+        node("Concat", ["a", "r", "x"], axis=1),
+    ]
+    compare(tmp_path, build(nodes, [2, 3, 5, 5], weights), random_array(rng, 2, 3, 5, 5))
+
+
+@pytest.mark.parametrize(
+    "opset,attributes,inputs",
+    [
+        (7, {"ratio": 0.3}, ["x"]),
+        (NEW, {}, ["x", "ratio"]),
+        (NEW, {}, ["x", "ratio", "training"]),
+    ],
+)
+def test_dropout_is_the_identity(tmp_path, rng, opset, attributes, inputs):
+    weights = {"ratio": np.float32(0.4), "training": np.array(False)}
+    nodes = [
+        helper.make_node("Dropout", inputs, ["d", "mask"] if opset >= 12 else ["d"], **attributes),
+        node("Relu", ["d"]),
+    ]
+    compare(tmp_path, build(nodes, [1, 2, 3, 3], weights, opset), random_array(rng, 1, 2, 3, 3))
+
+
+@pytest.mark.parametrize(
+    "opset,axis,shape,per_image_axis",
+    [
+        (11, 1, [2, 3, 2, 2], None),  # before opset 13: over every value of an image
+        (11, 3, [2, 3, 2, 2], 2),  # ... from the last axis: along it alone
+        (13, 1, [2, 3, 2, 2], 0),  # since opset 13: along the channels alone
+        (13, -1, [2, 3, 2, 4], 2),
+        (11, 1, [2, 5], None),
+        (NEW, -1, [2, 5], None),
+    ],
+)
+def test_softmax_axis_before_and_after_opset_13(tmp_path, rng, opset, axis, shape, per_image_axis):
+    model = build([node("Softmax", ["x"], axis=axis)], shape, opset=opset)
+    loaded = compare(tmp_path, model, random_array(rng, *shape))
+    assert loaded.network.layers[-1][1] == Softmax(per_image_axis)
+
+
+@pytest.mark.parametrize("opset,value", [(7, 0.0), (7, 1.5), (11, 0.0), (NEW, -2.0), (18, 0.5)])
+def test_constant_pad(tmp_path, rng, opset, value):
+    if opset < 11:
+        nodes = [node("Pad", ["x"], pads=[0, 0, 1, 2, 0, 0, 3, 0], value=value)]
+        weights = {}
+    elif opset < 18:
+        nodes = [node("Pad", ["x", "pads", "value"])]
+        weights = {"pads": np.array([0, 0, 1, 2, 0, 0, 3, 0], np.int64), "value": np.float32(value)}
+    else:
+        nodes = [node("Pad", ["x", "pads", "value", "axes"])]
+        weights = {
+            "pads": np.array([1, 2, 3, 0], np.int64),
+            "value": np.float32(value),
+            "axes": np.array([-2, 3], np.int64),
+        }
+    loaded = compare(tmp_path, build(nodes, [1, 2, 3, 4], weights, opset), random_array(rng, 1, 2, 3, 4))
+    assert loaded.network.layers[-1][1] == Pad2d((1, 3, 2, 0), value)
+
+
+def test_weights_from_constant_and_constant_of_shape_nodes(tmp_path, rng):
+    w = random_array(rng, 2, 3, 1, 1)
+    nodes = [
+        helper.make_node("Constant", [], ["W"], value=numpy_helper.from_array(w)),
+        helper.make_node(
+            "ConstantOfShape", ["shape"], ["B"], value=numpy_helper.from_array(np.array([0.25], np.float32))
+        ),
+        node("Conv", ["x", "W", "B"]),
+    ]
+    model = build(nodes, [1, 3, 4, 4], {"shape": np.array([2], np.int64)}, 9)
+    compare(tmp_path, model, random_array(rng, 1, 3, 4, 4))
+
+
+def test_the_installed_onnx_latest_opset_is_read(tmp_path, rng):
+    """onnxruntime may lag the newest opset; the reader must not: compare with the same model at NEW."""
+    latest = onnx.defs.onnx_opset_version()
+    weights = {"W": random_array(rng, 2, 3, 3, 3)}
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), node("Relu", ["c"])]
+    x = random_array(rng, 1, 3, 5, 5)
+    outputs = []
+    for opset in (NEW, latest):
+        path = tmp_path / f"m{opset}.onnx"
+        onnx.save(build(nodes, [1, 3, 5, 5], weights, opset), path)
+        loaded = load_onnx(path)
+        assert loaded.opset == opset
+        outputs.append(Forward(loaded.network, loaded.weights)(x))
+    np.testing.assert_array_equal(*outputs)
+
+
+@pytest.mark.parametrize("opset", [7, NEW])
+def test_channel_shuffle_as_reshape_transpose_reshape(tmp_path, rng, opset):
+    """ShuffleNet's shuffle as its ONNX export writes it; random weights, so a wrong permutation shows."""
+    weights = {
+        "W": random_array(rng, 6, 6, 1, 1),
+        "split": np.array([2, 2, 3, 4, 5], np.int64),
+        "merge": np.array([2, 6, 4, 5], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"]),
+        helper.make_node("Reshape", ["c", "split"], ["g"]),
+        helper.make_node("Transpose", ["g"], ["t"], perm=[0, 2, 1, 3, 4]),
+        helper.make_node("Reshape", ["t", "merge"], ["s"]),
+        node("Relu", ["s"]),
+    ]
+    loaded = compare(tmp_path, build(nodes, [2, 6, 4, 5], weights, opset), random_array(rng, 2, 6, 4, 5))
+    assert [layer.kind for _, layer in loaded.network] == ["conv", "shuffle", "relu"]
+
+
+def test_other_transposes_are_refused(tmp_path, rng):
+    model = build([node("Transpose", ["x"], perm=[0, 1, 3, 2])], [1, 2, 3, 4])
+    onnx.save(model, tmp_path / "t.onnx")
+    with pytest.raises(UnsupportedModelError, match=r"Transpose \(node y: perm \[0, 1, 3, 2\]"):
+        load_onnx(tmp_path / "t.onnx")

@@ -1,0 +1,63 @@
+"""Models exported by PyTorch's ONNX exporter read and run as onnxruntime runs them (a small network with the
+patterns the exporter writes: folded batch norm or not, Clip for ReLU6, Flatten and Gemm, squeeze-and-excitation
+gates, ceil-mode pools, dynamic height and width)."""
+
+import numpy as np
+from conftest import oracle
+
+from dcnn.exec.forward import Forward
+from dcnn.network.onnx import load_onnx
+
+torch = oracle("torch")
+oracle("onnx")
+ort = oracle("onnxruntime")
+nn = torch.nn
+
+
+class Exported(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
+        self.depthwise = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.BatchNorm2d(8), nn.Hardswish())
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Conv2d(4, 8, 1), nn.Hardsigmoid()
+        )
+        self.pool = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.tail = nn.Sequential(
+            nn.Conv2d(8, 8, 1), nn.LeakyReLU(0.1), nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False)
+        )
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(16, 5), nn.Softmax(dim=1)
+        )
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.depthwise(x)
+        x = self.pool(x + y * self.gate(y))
+        return self.head(torch.cat([self.tail(x), torch.sigmoid(self.tail(x))], 1))
+
+
+def test_a_pytorch_export_matches_onnxruntime(tmp_path):
+    torch.manual_seed(0)
+    module = Exported().eval()
+    for norm in (module.stem[1], module.depthwise[1]):
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+    x = np.random.default_rng(0).standard_normal((2, 3, 29, 34)).astype(np.float32)
+    path = tmp_path / "exported.onnx"
+    torch.onnx.export(
+        module,
+        torch.from_numpy(x),
+        str(path),
+        input_names=["image"],
+        opset_version=13,
+        dynamic_axes={"image": {0: "N", 2: "H", 3: "W"}},
+        dynamo=False,
+    )
+    model = load_onnx(path)
+    assert model.input_name == "image" and model.dynamic_size
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in [(2, 3, 29, 34), (1, 3, 40, 23)]:
+        image = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+        expected = session.run(None, {"image": image})[0]
+        np.testing.assert_allclose(Forward(model.network, model.weights)(image), expected, rtol=1e-4, atol=1e-6)
