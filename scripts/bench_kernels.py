@@ -8,8 +8,9 @@ kernel recorded:
 2. per convolution layer of VGG-16 at 224x224 and of dlib's MMOD face detector on one 128x128 image at
    upsample 1 (its 3x982x280 pyramid): GFLOP/s of dcnn's kernel, the formulation it chose, its fraction of
    the sgemm rate, and PyTorch's ``conv2d`` on the same data;
-3. the whole VGG-16 forward pass (same weights) at batch 1 and at ``--batch`` per image: dcnn, PyTorch and
-   onnxruntime (the same weights exported to ONNX with ``torch.onnx.export``), and the ratios.
+3. the whole VGG-16 forward pass (same weights) at batch 1 and at ``--batch`` per image: dcnn (its default
+   kernels, and ``dcnn_exact``: the exact formulations only, as ``--exact-conv`` runs), PyTorch and onnxruntime
+   (the same weights exported to ONNX with ``torch.onnx.export``), and the ratios.
 
 Timings are medians of ``--repeats`` runs after a warm-up, with the runtimes interleaved. ``--clock cpu``
 times with the process's CPU time instead of the wall clock: on a machine shared with other jobs that is the
@@ -25,20 +26,20 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import statistics
 import sys
-import time
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
 import numpy as np
-from benchlib import describe_machine, machine_info
+from benchlib import CLOCKS, describe_machine, machine_info
 
 from dcnn.exec.forward import Forward
 from dcnn.faces.detect import FaceDetector
 from dcnn.kernels import threads
-from dcnn.kernels.conv import Conv2dKernel, Workspace
+from dcnn.kernels.conv import Conv2dKernel, Workspace, set_exact
 from dcnn.network.layers import Conv2d
 from dcnn.network.weights import init_weights
 from dcnn.network.zoo import get_model
@@ -53,7 +54,6 @@ except ImportError:  # so is onnxruntime (it needs PyTorch to export the model).
     onnxruntime = None
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = CLOCKS["wall"]
 
 
@@ -147,8 +147,10 @@ def main() -> None:
               "onnxruntime": None if onnxruntime is None else onnxruntime.__version__, "threads": thread_counts,
               "clock": args.clock,
               "sgemm_gflops": {}, "layers": [], "mmod_layers": [], "forward": {}}
+    report["load_average"] = os.getloadavg()
     print(describe_machine(machine))
-    print(f"times: median of {args.repeats}, {args.clock} clock")
+    print(f"times: median of {args.repeats}, {args.clock} clock; load average {report['load_average'][0]:.2f} "
+          "at the start")
 
     for count in thread_counts:
         set_threads(count)
@@ -164,6 +166,9 @@ def main() -> None:
                                         thread_counts, report, args.repeats, rng)
 
     forward = Forward(network, weights)
+    set_exact(True)  # the same network on the exact formulations only (--exact-conv), for the ratio in one run
+    exact_forward = Forward(network, weights)
+    set_exact(False)
     torch_model = _torch_vgg16(weights) if torch is not None else None
     print()
     total_flops = 2 * sum(r.macs for r in network.costs(input_shape))
@@ -172,7 +177,7 @@ def main() -> None:
         session = _onnx_session(torch_model, input_shape, count) if onnxruntime and torch_model else None
         for batch in dict.fromkeys((1, args.batch)):
             images = rng.standard_normal((batch, *input_shape), dtype=np.float32)
-            runners = {"dcnn": partial(forward, images)}
+            runners = {"dcnn": partial(forward, images), "dcnn_exact": partial(exact_forward, images)}
             if torch_model is not None:
                 runners["torch"] = partial(torch_model, torch.from_numpy(images))
             if session is not None:

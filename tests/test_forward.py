@@ -166,3 +166,26 @@ def test_results_do_not_depend_on_the_thread_count(name, shape):
         threads.set_num_threads(before)
     for result in results[1:]:
         np.testing.assert_array_equal(result, results[0])
+
+
+@pytest.mark.parametrize("name, shape, tail", [("vgg11", (3, 40, 36), "flatten"), ("resnet18", (3, 45, 39), "flatten")])
+def test_a_batch_runs_its_convolutional_part_in_cache_sized_blocks(monkeypatch, name, shape, tail):
+    """The layers before the flat tail run a few images at a time (one here: a tiny L3), the fully connected
+    layers on the whole batch; the result agrees with the whole batch run layer by layer."""
+    from dcnn.exec import forward as forward_module
+
+    network = get_model(name)
+    forward = Forward(network, init_weights(network, seed=0))
+    assert network.layers[forward.head_stop][0] == tail
+    x = np.random.default_rng(1).random((3, *shape)).astype(np.float32)
+    whole = forward.run(x)
+    assert forward.images_per_block(shape) >= 3
+    monkeypatch.setattr(forward_module, "cache_bytes", lambda level: 1)
+    assert forward.images_per_block(shape) == 1
+    np.testing.assert_allclose(forward(x), whole, rtol=1e-4, atol=1e-5 * np.abs(whole).max())
+
+
+def test_a_fully_convolutional_network_runs_its_batch_whole():
+    vgg = get_model("vgg11")
+    network = Network("vgg11 head", vgg.layers[:5], (3, 16, 16))
+    assert Forward(network, init_weights(network, seed=0)).head_stop is None

@@ -16,7 +16,7 @@ from dcnn.testing.torch_models import torch_model
 # Odd sizes keep every block's maps odd somewhere; batch 1 and 3.
 CASES = [("resnet18", (67, 73), 3), ("resnet34", (67, 73), 1), ("resnet50", (67, 73), 1),
          ("mobilenet_v2", (67, 73), 3), ("mobilenet_v2", (197, 223), 1), ("squeezenet1_1", (67, 73), 3),
-         ("squeezenet1_1", (197, 223), 1), ("googlenet", (67, 73), 3)]
+         ("squeezenet1_1", (197, 223), 1), ("googlenet", (67, 73), 3), ("mobilenet_v3_small", (67, 73), 3)]
 
 
 @pytest.mark.parametrize("name,size,batch", CASES)

@@ -27,13 +27,23 @@ _EXPECTED = {}
 
 
 def reference(network, shape):
-    """The single-process output for a seeded batch (rank 0 computes it once per model and shape)."""
+    """The single-process output for a seeded batch (rank 0 computes it once per model and shape) and, for a DAG,
+    PyTorch's (the reference module of :mod:`dcnn.testing.torch_models`; ``None`` for a chain)."""
     key = (network.name, len(network), shape)
     if key not in _EXPECTED:
         x = np.random.default_rng(1).standard_normal((2, *shape)).astype(np.float32)
+        expected = oracle = None
         full = weights(network)[1]
-        expected = Forward(network, full)(x) if COMM.rank == 0 else None
-        _EXPECTED[key] = (x, COMM.bcast(expected))
+        if COMM.rank == 0:
+            expected = Forward(network, full)(x)
+            if not network.is_chain:
+                import torch
+
+                from dcnn.testing.torch_models import torch_model
+
+                with torch.no_grad():
+                    oracle = torch_model(network.name, full)(torch.from_numpy(x)).numpy()
+        _EXPECTED[key] = (x, COMM.bcast(expected), COMM.bcast(oracle))
     return _EXPECTED[key]
 
 
@@ -44,12 +54,14 @@ def weights(network):
 
 def run_engine(network, shape, grid, depth, halo_policy, engine_class=FusedEngine):
     """Run twice (batches of 2 and 1) and return the largest relative error over ranks and the counters."""
-    x, expected = reference(network, shape)
+    x, expected, oracle = reference(network, shape)
     with engine_class(network, weights(network)[0], shape, COMM, grid, depth, halo_policy=halo_policy) as engine:
         actual = [engine(x), engine(x[:1])]
         counters = {key: COMM.allreduce(value) for key, value in engine.counters.items()}
     scale = np.abs(expected).max()
     error = max(np.abs(actual[0] - expected).max(), np.abs(actual[1] - expected[:1]).max()) / scale
+    if oracle is not None:  # a DAG: against PyTorch too
+        error = max(error, np.abs(actual[0] - oracle).max() / np.abs(oracle).max())
     return max(COMM.allgather(float(error))), counters, engine
 
 
@@ -125,11 +137,17 @@ def test_layers_after_the_fused_block_record_their_timings():
     assert COMM.size == 1 or COMM.allreduce(stats.bytes_received[3:].sum()) > 0
 
 
-# DAGs, both policies: the whole convolutional part, and depths that end after a residual add (resnet18's
-# layer2.0.relu), in a fire module's concatenation (squeezenet) and inside MobileNetV2's stride-2 block.
+# DAGs, both policies: the whole convolutional part; depths that end after a residual add (resnet18's
+# layer2.0.relu), in a fire module's concatenation (squeezenet) and inside MobileNetV2's stride-2 block; and blocks
+# that end inside a residual block (resnet18 after layer1.1.conv2, after layer3.0.conv2 of a downsampling block:
+# the skip is handed over too), an inverted residual (after features.5.conv.2) and an Inception module (after
+# the pooling of inception3a's fourth branch: four tensors handed over); MobileNetV3-Small fused up to its first
+# squeeze-and-excitation pooling, its gates run by the spatial engine.
 DAG_CASES = [("resnet18", (3, 67, 73), None, (2, 2)), ("resnet18", (3, 67, 73), 27, (3, 4)),
              ("mobilenet_v2", (3, 67, 73), 30, (4, 3)), ("squeezenet1_1", (3, 67, 73), 17, (2, 3)),
-             ("googlenet", (3, 67, 73), None, (2, 2))]
+             ("googlenet", (3, 67, 73), None, (2, 2)), ("resnet18", (3, 65, 71), 15, (3, 2)),
+             ("resnet18", (3, 65, 71), 38, (2, 3)), ("mobilenet_v2", (3, 41, 45), 40, (2, 2)),
+             ("googlenet", (3, 37, 41), 27, (2, 3)), ("mobilenet_v3_small", (3, 37, 41), None, (2, 2))]
 
 
 @pytest.mark.parametrize("name,shape,depth,grid", DAG_CASES)

@@ -8,7 +8,7 @@ from PIL import Image
 from dcnn.errors import InputError, ShapeError
 from dcnn.exec.forward import Forward
 from dcnn.io.images import luminance, open_image_set, preprocess
-from dcnn.network.graph import IMAGENET
+from dcnn.network.graph import IMAGENET, raw_pixels
 from dcnn.network.weights import init_weights
 from dcnn.network.zoo import MNIST, get_model
 
@@ -18,6 +18,16 @@ def test_preprocess_imagenet():
     out = preprocess(pixels, IMAGENET)
     assert out.shape == (1, 3, 2, 3) and out.dtype == np.float32
     np.testing.assert_allclose(out[0, :, 0, 0], (1 - np.array(IMAGENET.mean)) / np.array(IMAGENET.std), rtol=1e-6)
+
+
+def test_raw_pixels_are_the_values_as_they_are_for_every_level():
+    """``--preprocess none``: 0 to 255 exactly (scaling by 1/255 and back would round some levels)."""
+    levels = np.arange(256, dtype=np.uint8)
+    pixels = np.stack([levels, levels[::-1], levels], axis=-1)[None, None]
+    np.testing.assert_array_equal(preprocess(pixels, raw_pixels(3))[0, :, 0], pixels[0, 0].T.astype(np.float32))
+    gray = preprocess(pixels, raw_pixels(1))
+    assert gray.shape == (1, 1, 1, 256)
+    np.testing.assert_array_equal(gray[0, 0, 0], luminance(pixels[0, 0]).astype(np.float32))
 
 
 def test_preprocess_grayscale_from_rgb():

@@ -279,9 +279,9 @@ def test_a_residual_network_in_spatial_mode_equals_single_mode(tmp_path):
         assert b["timing/bytes_received"][()].sum() > 0
 
 
-def test_fused_mode_refuses_a_depth_inside_a_residual_block_in_one_line(tmp_path):
-    done = infer("--model", "mobilenet_v2", "--mode", "fused", "--fuse-depth", "23", "--input", SAMPLES,
+def test_fused_mode_refuses_a_depth_past_a_squeeze_and_excitation_pooling_in_one_line(tmp_path):
+    done = infer("--model", "mobilenet_v3_small", "--mode", "fused", "--fuse-depth", "23", "--input", SAMPLES,
                  "--output", str(tmp_path / "x.h5"))
     assert done.returncode == 2 and done.stderr.count("dcnn: error:") == 1 and "Traceback" not in done.stderr
-    assert ("--fuse-depth 23 cuts mobilenet_v2 inside a branch: node features.3.add after the fused block reads "
-            "features.2.conv.3 from inside it; fuse 16 or 25 layers instead") in done.stderr
+    assert ("--fuse-depth 23 cannot be tiled: node features.1.block.1.avgpool (adaptive avgpool 1x1) reduces the "
+            "whole map, of which a tile holds a part; fuse at most 6 layers or use --mode spatial") in done.stderr

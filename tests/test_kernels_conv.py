@@ -8,8 +8,17 @@ import reference
 from conftest import random_array
 
 from dcnn.errors import ShapeError
-from dcnn.kernels import conv, threads
-from dcnn.kernels.conv import METHODS, Conv2dKernel, Workspace, choose_method, conv2d
+from dcnn.kernels import conv, threads, winograd
+from dcnn.kernels.conv import (
+    EXACT_METHODS,
+    METHODS,
+    Conv2dKernel,
+    Workspace,
+    choose_method,
+    conv2d,
+    set_exact,
+    winograd_applies,
+)
 
 # (in channels, out channels, groups): thin RGB-like inputs take im2col, wider ones the shifted GEMMs, thin
 # outputs (one channel per group) the shifted-output products.
@@ -36,7 +45,8 @@ def test_conv_matches_reference(rng, channels, kernel, stride, padding, dilation
     assert actual.dtype == np.float32
     assert actual.shape == expected.shape
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
-    for method in METHODS:  # every formulation, not only the one chosen for these channels
+    methods = [m for m in METHODS if m != "winograd" or winograd_applies(kernel, stride, dilation, groups)]
+    for method in methods:  # every formulation that applies, not only the one chosen for these channels
         forced = Conv2dKernel(weight, bias, stride, dilation, groups, method=method)(x, padding)
         np.testing.assert_allclose(forced, expected, rtol=1e-4, atol=1e-4, err_msg=method)
 
@@ -55,25 +65,85 @@ def test_all_methods_agree_on_large_layer(rng, stride):
     x = random_array(rng, 2, 24, 70, 45)
     weight = random_array(rng, 40, 24, 3, 3)
     bias = random_array(rng, 40)
-    results = [Conv2dKernel(weight, bias, stride, relu=True, method=m)(x, 1) for m in METHODS]
-    for method, result in zip(METHODS[1:], results[1:]):
+    methods = METHODS if stride == (1, 1) else EXACT_METHODS
+    results = [Conv2dKernel(weight, bias, stride, relu=True, method=m)(x, 1) for m in methods]
+    for method, result in zip(methods[1:], results[1:]):
         np.testing.assert_allclose(result, results[0], rtol=1e-4, atol=1e-3, err_msg=method)
 
 
-@pytest.mark.parametrize("in_channels,out_channels,stride,expected", [
-    (3, 64, (1, 1), "im2col"), (3, 16, (2, 2), "shifted"), (16, 32, (2, 2), "shifted"), (45, 45, (1, 1), "shifted"),
-    (45, 1, (1, 1), "shifted-output"), (3, 1, (1, 1), "im2col")])
-def test_choose_method(in_channels, out_channels, stride, expected):
-    assert choose_method(in_channels, out_channels, stride) == expected
-    assert Conv2dKernel(np.zeros((out_channels, in_channels, 3, 3), np.float32), stride=stride).method == expected
+@pytest.mark.parametrize("in_channels,out_channels,stride,kernel,expected", [
+    (3, 64, (1, 1), 3, "im2col"), (3, 16, (2, 2), 3, "shifted"), (16, 32, (2, 2), 3, "shifted"),
+    (45, 45, (1, 1), 5, "shifted"), (45, 45, (1, 1), 3, "winograd"), (16, 16, (1, 1), 3, "winograd"),
+    (16, 15, (1, 1), 3, "shifted"), (45, 1, (1, 1), 3, "shifted-output"), (3, 1, (1, 1), 3, "im2col")])
+def test_choose_method(in_channels, out_channels, stride, kernel, expected):
+    assert choose_method(in_channels, out_channels, stride, (kernel, kernel)) == expected
+    weight = np.zeros((out_channels, in_channels, kernel, kernel), np.float32)
+    assert Conv2dKernel(weight, stride=stride).method == expected
+    assert choose_method(in_channels, out_channels, stride, (kernel, kernel), (2, 2)) != "winograd"
+    assert choose_method(in_channels * 2, out_channels * 2, stride, (kernel, kernel), groups=2) != "winograd"
+
+
+def test_exact_mode_never_chooses_winograd():
+    weight = np.zeros((32, 32, 3, 3), np.float32)
+    try:
+        set_exact(True)
+        assert Conv2dKernel(weight).method == "shifted"
+    finally:
+        set_exact(False)
+    assert Conv2dKernel(weight).method == "winograd"
 
 
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="convolution method"):
-        Conv2dKernel(np.zeros((2, 3, 3, 3), np.float32), method="winograd")
+        Conv2dKernel(np.zeros((2, 3, 3, 3), np.float32), method="fft")
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kernel,stride,dilation,groups", [(5, 1, 1, 1), (3, 2, 1, 1), (3, 1, 2, 1), (3, 1, 1, 2)])
+def test_winograd_on_another_geometry_is_refused(kernel, stride, dilation, groups):
+    with pytest.raises(ValueError, match="winograd convolution method needs a 3x3 filter"):
+        Conv2dKernel(np.zeros((4, 4 // groups, kernel, kernel), np.float32), stride=(stride, stride),
+                     dilation=(dilation, dilation), groups=groups, method="winograd")
+
+
+@pytest.mark.parametrize("height,width,padding", [(1, 1, 1), (3, 3, 0), (5, 9, (2, 0, 1, 3)), (17, 14, 1)])
+def test_winograd_error_against_float64(rng, height, width, padding):
+    """F(4x4, 3x3) stays within the bound stated in docs/kernels.md: 2e-5 of the output's largest magnitude."""
+    x = random_array(rng, 2, 24, height, width)
+    weight = random_array(rng, 20, 24, 3, 3)
+    bias = random_array(rng, 20)
+    expected = reference.conv2d(x.astype(np.float64), weight.astype(np.float64), bias.astype(np.float64), (1, 1),
+                                conv.normalize_padding(padding), (1, 1), 1)
+    actual = Conv2dKernel(weight, bias, method="winograd")(x, padding)
+    assert actual.shape == expected.shape
+    assert np.abs(actual - expected).max() <= 2e-5 * np.abs(expected).max()
+
+
+def test_winograd_keeps_an_overflow_inside_its_image(rng):
+    """A non-finite pixel spreads over its 4x4 output tile but never into another image of the batch (images
+    are stacked by tile rows, each followed by a spare row of zeros)."""
+    x = random_array(rng, 3, 16, 9, 10)
+    kernel = Conv2dKernel(random_array(rng, 16, 16, 3, 3), method="winograd")
+    alone = [kernel(x[i:i + 1], 1) for i in range(3)]
+    x[1, 3, 0, 5] = np.inf
+    with np.errstate(invalid="ignore"):  # inf - inf inside the tile
+        together = kernel(x, 1)
+    assert not np.isfinite(together[1]).all()
+    for i in (0, 2):
+        assert np.isfinite(together[i]).all()
+        np.testing.assert_allclose(together[i], alone[i][0], rtol=1e-6, atol=1e-6)
+
+
+def test_winograd_on_a_block_agrees_with_the_whole_map(rng):
+    """A spatial block's tiles start at the block's corner, not the map's: equal to float32 rounding."""
+    x = random_array(rng, 1, 32, 30, 27)
+    kernel = Conv2dKernel(random_array(rng, 24, 32, 3, 3), random_array(rng, 24), relu=True)
+    assert kernel.method == "winograd"
+    whole = kernel(x, 1)
+    block = kernel(x[:, :, 12:], (0, 1, 1, 1))  # rows 13.. of the output, the halo row above as input
+    np.testing.assert_allclose(block, whole[:, :, 13:], rtol=1e-5, atol=1e-5 * np.abs(whole).max())
+
+
+@pytest.mark.parametrize("method", EXACT_METHODS)
 def test_batch_blocks_give_identical_results(rng, monkeypatch, method):
     """A batch split into one-image blocks (a tiny L3) computes what one block computes.
 
@@ -88,19 +158,33 @@ def test_batch_blocks_give_identical_results(rng, monkeypatch, method):
     np.testing.assert_allclose(kernel(x[1:2], 2), whole[1:2], rtol=1e-5, atol=1e-5)
 
 
+def test_winograd_image_blocks_agree(rng, monkeypatch):
+    """Small maps are multiplied several images at a time; one image at a time computes the same to rounding."""
+    x = random_array(rng, 5, 16, 6, 7)
+    kernel = Conv2dKernel(random_array(rng, 16, 16, 3, 3), random_array(rng, 16), method="winograd")
+    assert winograd.images_per_block(5, 4) == 5 and winograd.images_per_block(5, 3136) == 1
+    whole = kernel(x, 1)
+    monkeypatch.setattr(winograd, "MIN_BLOCK_TILES", 1)
+    np.testing.assert_allclose(kernel(x, 1), whole, rtol=1e-5, atol=1e-5)
+
+
 def test_threads_give_identical_results(rng):
+    """Shifted GEMMs in chunks, Winograd on one band (its GEMMs shared by the threads) and on several bands."""
     x = random_array(rng, 2, 32, 40, 37)
+    large = random_array(rng, 1, 16, 90, 70)
     kernel = Conv2dKernel(random_array(rng, 16, 32, 3, 3), random_array(rng, 16))
+    many_bands = Conv2dKernel(random_array(rng, 16, 16, 3, 3), random_array(rng, 16), relu=True)
+    assert kernel.method == many_bands.method == "winograd"
     strided = Conv2dKernel(random_array(rng, 8, 32, 3, 3), stride=(2, 2))
     try:
         threads.set_num_threads(1)
-        single = kernel(x, 1), strided(x, 1)
+        single = kernel(x, 1), strided(x, 1), many_bands(large, 1)
         threads.set_num_threads(2)
-        double = kernel(x, 1), strided(x, 1)
+        double = kernel(x, 1), strided(x, 1), many_bands(large, 1)
     finally:
         threads.set_num_threads(1)
-    np.testing.assert_array_equal(single[0], double[0])
-    np.testing.assert_array_equal(single[1], double[1])
+    for one, two in zip(single, double, strict=True):
+        np.testing.assert_array_equal(one, two)
 
 
 def test_workspace_reuse_across_shapes(rng):

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from mpi4py import MPI
 from torch_oracle import torch_forward
 
-from dcnn.decomposition.fused import HALO_POLICIES, crossing_read, spatial_depth
+from dcnn.decomposition.fused import HALO_POLICIES, finest_grid, spatial_depth, tileable_depth
 from dcnn.exec.forward import Forward
 from dcnn.network.layers import Conv2d
 from dcnn.network.zoo import get_model, model_names
@@ -32,7 +32,8 @@ RANK_COUNTS = (1, 2, 3, 4, 6, 8)
 SHAPES = {"lenet5": (1, 32, 32), "alexnet": (3, 65, 69), "vgg11": (3, 33, 37), "vgg13": (3, 35, 33),
           "vgg16": (3, 37, 35), "vgg19": (3, 33, 35), "vgg11_bn": (3, 35, 37), "vgg13_bn": (3, 37, 33),
           "vgg16_bn": (3, 33, 39), "vgg19_bn": (3, 39, 33), "resnet18": (3, 35, 37), "resnet34": (3, 37, 33),
-          "resnet50": (3, 33, 35), "mobilenet_v2": (3, 35, 39), "squeezenet1_1": (3, 39, 41),
+          "resnet50": (3, 33, 35), "mobilenet_v2": (3, 35, 39), "mobilenet_v3_small": (3, 37, 41),
+          "squeezenet1_1": (3, 39, 41),
           "googlenet": (3, 37, 35)}
 
 
@@ -68,16 +69,16 @@ def due(name: str) -> bool:
 
 
 def fused_samples(network, shape) -> list[tuple[int, tuple[int, int], str]]:
-    """Fused configurations of one network: depth (one ending right after a convolution, one anywhere a block
-    may end: not inside a residual block or module of a DAG), tile grid and policy, from a seeded generator (the
-    deepest block runs in tests/test_fused.py)."""
+    """Fused configurations of one network: depth (one ending right after a convolution, one anywhere: inside a
+    residual block or module of a DAG too), tile grid and policy, from a seeded generator (the deepest block runs
+    in tests/test_fused.py)."""
     rng = np.random.default_rng(len(network) + COMM.size)
-    cuts = [depth for depth in range(1, spatial_depth(network) + 1) if crossing_read(network, depth) is None]
+    cuts = list(range(1, tileable_depth(network)[0] + 1))
     after_conv = [depth for depth in cuts if isinstance(network.layers[depth - 1][1], Conv2d)] or cuts
     depths = [int(rng.choice(after_conv)), cuts[int(rng.integers(1, len(cuts) + 1)) - 1]]
     samples = []
     for number, depth in enumerate(depths):
-        height, width = network.shapes(shape)[depth][1:]
+        height, width = finest_grid(network, shape, depth)
         grid = (int(rng.integers(1, min(4, height) + 1)), int(rng.integers(1, min(4, width) + 1)))
         samples.append((depth, grid, HALO_POLICIES[number % 2]))
     return samples

@@ -13,6 +13,7 @@ from dcnn.planner.plan import (
     MIB,
     MODEL_MARGIN,
     Cluster,
+    Stage,
     best_plan,
     choose_plan,
     format_bytes,
@@ -106,6 +107,18 @@ def test_finer_tiles_need_less_activation_memory_and_reuse_needs_a_pool():
     reuse = memory_fused(VGG16, SHAPE, 1, cluster, (4, 4), "reuse")
     assert fine.memory[0]["activations"] < coarse.memory[0]["activations"]
     assert coarse.memory[0]["strip pool"] == 0 < reuse.memory[0]["strip pool"]
+
+
+def test_a_fused_block_ending_inside_a_residual_block_counts_the_skip_it_hands_over():
+    network, shape, cluster = get_model("resnet18"), (3, 65, 71), Cluster.uniform(2, 2**34)
+    names = [name for name, _ in network.layers]
+    inside, after = names.index("layer1.1.conv2") + 1, names.index("layer1.1.relu") + 1
+    shapes = network.shapes(shape)
+    for depth, tensors in ((inside, ("layer1.0.relu", "layer1.1.conv2")), (after, ("layer1.1.relu",))):
+        plan = memory_fused(network, shape, 1, cluster, (2, 2), "reuse", depth)
+        handed = sum(math.prod(shapes[network.tensor_index(name)]) for name in tensors)
+        assert plan.memory[0]["tile outputs"] == int(handed * 4 * (2 + 0.5))
+        assert plan_for(network, shape, cluster, "fused", 1, (2, 2), "reuse", depth=depth).seconds > 0
 
 
 def test_plenty_of_memory_chooses_batch_mode():
@@ -265,3 +278,33 @@ def test_spatial_grids_leave_no_rank_without_a_block():
     assert plans(VGG16, SHAPE, cluster, 1, modes=("spatial",)) == []
     with pytest.raises(PlanError, match="no spatial plan for 100000 nodes"):
         choose_plan(VGG16, SHAPE, cluster, 1, modes=("spatial",))
+
+
+#: A stage every rank runs after VGG-16: LeNet-5 on batches of 8 with 3 MiB of other models and 1 MiB scratch.
+LENET_STAGE = Stage("second", get_model("lenet5"), 8, 3 * MIB, MIB, 0.5)
+
+
+@pytest.mark.parametrize("mode,grid", [("batch", None), ("spatial", (1, 2)), ("fused", (2, 2))])
+def test_a_stage_adds_its_networks_weights_and_working_set_to_every_rank(mode, grid):
+    cluster = Cluster.uniform(2, 2**34)
+    alone = plan_for(VGG16, SHAPE, cluster, mode, 2, grid)
+    staged = plan_for(VGG16, SHAPE, cluster, mode, 2, grid, stage=LENET_STAGE)
+    lenet = memory_batch(LENET_STAGE.network, LENET_STAGE.network.input_shape, 8, cluster).memory[0]
+    for rank in range(2):
+        assert staged.memory[rank]["second models"] == lenet["weights"] + 3 * MIB
+        assert staged.memory[rank]["second activations"] == (lenet["input"] + lenet["activations"] + MIB
+                                                             + int(0.5 * 2 * math.prod(SHAPE)))
+        assert {k: v for k, v in staged.memory[rank].items() if not k.startswith("second")} == alone.memory[rank]
+        extra = staged.memory[rank]["second models"] + staged.memory[rank]["second activations"]
+        assert staged.peak(rank) == pytest.approx(alone.peak(rank) + extra * (1 + MODEL_MARGIN), abs=2)
+
+
+def test_a_node_too_small_for_a_stage_is_refused_naming_it():
+    heavy = Stage("recognition", VGG16, 1)  # 0.6 GiB of models whatever the plan
+    cluster = Cluster.uniform(4, 600 * MIB)
+    assert choose_plan(get_model("lenet5"), (1, 32, 32), cluster, 4).overflow(cluster) is None
+    with pytest.raises(PlanError) as error:
+        choose_plan(get_model("lenet5"), (1, 32, 32), cluster, 4, stage=heavy)
+    message = str(error.value)
+    assert "Whatever the plan, every node holds the recognition models (" in message
+    assert "No number of such nodes" in message

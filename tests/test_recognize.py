@@ -17,6 +17,8 @@ pytestmark = pytest.mark.skipif(
 #: Bundled 128 x 128 images with one face each: with 5 images per task, the first task has two batches of
 #: chips for the descriptor network, which spatial and fused mode deal to two ranks.
 FACE_IMAGES = [0, 2, 3, 5, 9, 16, 19, 21]
+#: What dcnn.infer prints when a rank's measured peak exceeds the planner's prediction.
+MEMORY_WARNING = "above the planner's prediction"
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +66,7 @@ def reference(data):
 
     folder, images = data
     output, done = recognize(folder, 1, "--mode", "single", quiet=False)
+    assert MEMORY_WARNING not in done.stderr
     result = read(output)
     predictor = dlib.shape_predictor(str(bundled_model(LANDMARK_MODEL)))
     recogniser = dlib.face_recognition_model_v1(str(bundled_model(DESCRIPTOR_MODEL)))
@@ -106,9 +109,12 @@ def test_single_process_equals_dlib(reference):
                                         (4, "fused")])
 def test_every_mode_and_rank_count_gives_the_same_faces(data, reference, ranks, mode):
     """Spatial and fused mode deal each task's faces to the ranks in whole descriptor batches (at 3 and 4 ranks
-    some get none): landmarks, descriptors, distances and identities bit for bit those of one process."""
+    some get none): landmarks, descriptors, distances and identities bit for bit those of one process. No rank
+    peaks above the planner's prediction, which counts the recognition models and their working set."""
     folder, _ = data
-    result = read(recognize(folder, ranks, "--mode", mode)[0])
+    output, done = recognize(folder, ranks, "--mode", mode)
+    assert MEMORY_WARNING not in done.stderr
+    result = read(output)
     single = reference[0]
     for name in ("landmarks", "descriptors", "identity", "distance", "names", "known"):
         assert np.array_equal(result[name], single[name]), name
@@ -157,6 +163,7 @@ def test_a_gallery_image_without_a_face_is_one_clear_error(data, tmp_path):
     (["--jitter", "-1"], "--jitter must be 0 or more"),
     (["--model", "lenet5"], "recognition runs dlib's face detector (mmod) only"),
     (["--known", "/nonexistent"], "--known '/nonexistent': not a folder"),
+    (["--mem-per-rank", "160MiB"], "(most of it recognition models, "),
 ])
 def test_bad_arguments(data, tmp_path, args, message):
     folder, _ = data

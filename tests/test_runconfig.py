@@ -63,3 +63,33 @@ def test_files_with_the_old_option_names_resume(tmp_path):
     args = namespace(tmp_path)
     restore(args, frozenset(), json.dumps(stored), "run.h5", ranks=1)
     assert (args.halo_policy, args.no_comm_overlap) == ("recompute", True)
+
+
+def test_a_model_file_is_stored_resolved_and_may_move(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.onnx").write_bytes(b"model")
+    args = namespace(tmp_path, model="./net.onnx", preprocess="imagenet")
+    text = configuration(args, 1)
+    assert json.loads(text)["model"] == str(tmp_path / "net.onnx")
+    restored = namespace(tmp_path, model=None, preprocess=None)
+    restore(restored, frozenset(), text, "run.h5", ranks=1)
+    assert restored.model == str(tmp_path / "net.onnx") and restored.preprocess == "imagenet"
+    moved = namespace(tmp_path, model="elsewhere/net.onnx")
+    restore(moved, frozenset({"model"}), text, "run.h5", ranks=1)
+    assert moved.model == "elsewhere/net.onnx", "checked later by content fingerprint"
+    with pytest.raises(InputError, match=r"made with --model .*net.onnx, this run asks for lenet5"):
+        restore(namespace(tmp_path), frozenset({"model"}), text, "run.h5", ranks=1)
+    with pytest.raises(InputError, match="made with --preprocess imagenet, this run asks for none"):
+        restore(namespace(tmp_path, preprocess="none"), frozenset({"preprocess"}), text, "run.h5", ranks=1)
+    (tmp_path / "net.onnx").unlink()
+    with pytest.raises(InputError, match=r"its model .*net.onnx. is gone; if it was moved, give its new place with "
+                                         r"--model"):
+        restore(namespace(tmp_path), frozenset(), text, "run.h5", ranks=1)
+
+
+def test_files_from_before_preprocess_resume(tmp_path):
+    stored = json.loads(configuration(namespace(tmp_path), 1))
+    del stored["preprocess"]
+    args = namespace(tmp_path, preprocess="none")
+    restore(args, frozenset(), json.dumps(stored), "run.h5", ranks=1)
+    assert args.preprocess is None

@@ -11,8 +11,10 @@ import pytest
 from conftest import sharded_weights
 from mpi4py import MPI
 
-from dcnn.decomposition.spatial import fc_shard_rows
+from dcnn.decomposition.spatial import FC_ROW_ALIGNMENT, fc_shard_rows
 from dcnn.exec.forward import Forward
+from dcnn.network.graph import Network
+from dcnn.network.layers import Flatten, Linear
 from dcnn.network.weights import init_weights
 from dcnn.network.zoo import get_model
 from dcnn.parallel.comm import idle_barrier
@@ -85,6 +87,8 @@ CASES = [
     ("mobilenet_v2", (3, 67, 73), 1, "all"),
     ("squeezenet1_1", (3, 67, 73), 2, "all"),
     ("googlenet", (3, 67, 73), 1, "all"),
+    # Squeeze-and-excitation gates: global average pooling over split maps (an allreduce), gates on every rank.
+    ("mobilenet_v3_small", (3, 37, 41), 2, "all"),
 ]
 
 
@@ -120,7 +124,23 @@ def test_exchanged_bytes_equal_the_geometry(dims_kind):
 
 def test_fc_weights_are_sharded():
     rows = COMM.allgather(shard_weights("alexnet")["classifier.1.weight"].shape[0])  # drawn by the test before
-    assert sum(rows) == 4096 and max(rows) - min(rows) <= 1
+    assert sum(rows) == 4096 and max(rows) - min(rows) <= FC_ROW_ALIGNMENT
+
+
+def test_fc_shards_compute_the_single_process_logits_bit_for_bit():
+    """Regression: shards of 334 rows (np 3) rounded the last bit differently from the whole layer's GEMM, which
+    turned the equal logits of a constant-weight model (ONNX's light models) into a one-hot softmax."""
+    network = Network("constant", (("flatten", Flatten()), ("fc", Linear(1024, 1000))), (1024, 1, 1))
+    rows = fc_shard_rows(network, COMM.size, COMM.rank)
+    x = np.random.default_rng(0).standard_normal((1, 1024, 1, 1)).astype(np.float32)
+    weights = {"fc.weight": np.full((1000, 1024), 0.01, np.float32), "fc.bias": np.zeros(1000, np.float32)}
+    expected = Forward(network, weights)(x)
+    shard = {key: value[slice(*rows[key])] for key, value in weights.items()}
+    engine = SpatialEngine(network, shard, (1024, 1, 1), COMM)
+    logits = engine(x)
+    engine.close()
+    np.testing.assert_array_equal(logits, expected)
+    assert (logits == logits[0, 0]).all()
 
 
 def test_unusual_layers_pointwise_first_ceil_avgpool_padding_only_windows():
@@ -141,3 +161,25 @@ def test_unusual_layers_pointwise_first_ceil_avgpool_padding_only_windows():
         with SpatialEngine(network, weights, (3, 17, 19), COMM, dims) as engine:
             actual = engine(x)
         assert_same_everywhere(actual, expected)
+
+
+def test_squeeze_and_excitation_gates_equal_pytorch_and_sum_over_the_ranks():
+    """MobileNetV3-Small on an odd size against PyTorch: every gate's pooling adds the ranks' block sums (its
+    bytes counted as sent and received once per rank), the gate's layers run whole on every rank."""
+    import torch
+
+    from dcnn.testing.torch_models import torch_model
+
+    name, shape = "mobilenet_v3_small", (3, 45, 39)
+    x, _ = reference(name, shape, 1)
+    expected = None
+    if COMM.rank == 0:
+        with torch.no_grad():
+            expected = torch_model(name, model_weights(name)[1])(torch.from_numpy(x)).numpy()
+    expected = COMM.bcast(expected)
+    actual, _, stats, plan = run_spatial(name, shape, 1, (COMM.size, 1))
+    assert_same_everywhere(actual, expected)
+    pools = [layer for layer in plan.layers if layer.vector and layer.layer.kind == "adaptiveavgpool"]
+    assert len(pools) == 9 and all(layer.reduces == (COMM.size > 1) for layer in pools)
+    for layer in pools:
+        assert stats.bytes_sent[layer.index] == (8 * layer.out_shape[0] if COMM.size > 1 else 0)

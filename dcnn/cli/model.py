@@ -22,9 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m dcnn.model",
         description="Print a model's layers with output shapes, parameters (N_l), parameter bytes (M_l), "
                     "MACs (C_l) and activation bytes, with totals.")
-    parser.add_argument("model", help=f"one of: {', '.join(workload_names())} ({DETECTOR}: dlib's face detector)")
+    parser.add_argument("model", help=f"one of: {', '.join(workload_names())} ({DETECTOR}: dlib's face detector), "
+                                      "or an ONNX model file (a path ending in .onnx, or any existing file)")
     parser.add_argument("--input", metavar="[Cx]HxW",
-                        help=f"per-image input (classifiers: default the model's own; {DETECTOR}: the image size, "
+                        help=f"per-image input (classifiers and ONNX files: default the model's own, 224 for a "
+                             f"dynamic height or width; {DETECTOR}: the image size, "
                              f"default {DETECTOR_IMAGE[0]}x{DETECTOR_IMAGE[1]}, whose network input is the image "
                              "pyramid)")
     add_common_arguments(parser)

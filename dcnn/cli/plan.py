@@ -5,15 +5,22 @@ Examples::
     python -m dcnn.plan vgg16 --nodes 20 --ram 4GiB
     python -m dcnn.plan vgg16 --nodes 4 --ram 256MiB          # refused: says what does not fit and what would
     python -m dcnn.plan mmod --input 500x1000 --nodes 2 --mem-per-rank 200MiB
+    python -m dcnn.plan mmod --recognize --input 128x128 --nodes 2 --mem-per-rank 256MiB   # dcnn.recognize
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 
 from dcnn.cli.common import add_common_arguments, run_main
-from dcnn.exec.workloads import DETECTOR, is_detector, workload_input
+from dcnn.errors import InputError
+from dcnn.exec.imported import reader_bytes
+from dcnn.exec.workloads import DETECTOR, is_detector, is_model_file, workload_input
+from dcnn.faces.descriptor import descriptor_network, resnet_structure
+from dcnn.faces.models import LANDMARK_MODEL, bundled_model
+from dcnn.faces.shape_predictor import read_shape_predictor
 from dcnn.io.numbers import check_number
 from dcnn.network.graph import format_shape
 from dcnn.network.zoo import model_names
@@ -27,6 +34,7 @@ from dcnn.planner.plan import (
     parse_bytes,
     plans,
 )
+from dcnn.planner.recognition import recognition_stage
 
 __all__ = ["build_parser", "main"]
 
@@ -38,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict per-node memory and time of each execution mode for a model on a cluster, and "
                     "choose the fastest plan that keeps every node within its memory budget (the paper's "
                     "constraints: a fraction of each node's RAM for parameters and data).")
-    parser.add_argument("model", help=f"{DETECTOR} (dlib's face detector) or one of: {', '.join(model_names())}")
+    parser.add_argument("model", help=f"{DETECTOR} (dlib's face detector), one of: {', '.join(model_names())}, or an "
+                                      "ONNX model file (its runtime memory counts the ONNX reader)")
     parser.add_argument("--input", metavar="[Cx]HxW",
                         help="per-image input (classifiers: default the model's own; mmod: the image size, "
                              "default 500x1000)")
@@ -56,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=MODES, action="append",
                         help="consider only this mode (repeatable; default: all)")
     parser.add_argument("--all", action="store_true", help="list every candidate, not only the best per mode")
+    parser.add_argument("--recognize", action="store_true",
+                        help=f"{DETECTOR} only: plan a face recognition run (python -m dcnn.recognize): every node "
+                             "also holds the landmark and descriptor models and describes faces a batch at a time")
     add_common_arguments(parser)
     return parser
 
@@ -80,14 +92,22 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--nodes", args.nodes), ("--batch-size", args.batch_size), ("--images", args.images)):
         check_number(value, flag, minimum=1)
     check_number(args.fraction, "--fraction", above=0, maximum=1)
+    if args.recognize and not is_detector(args.model):
+        raise InputError(f"--recognize plans dlib's face detector ({DETECTOR}) with the recognition models, "
+                         f"not {args.model}")
     network, shape, size = workload_input(args.model, args.input)
+    stage = recognition_stage(read_shape_predictor(bundled_model(LANDMARK_MODEL)),
+                              descriptor_network(resnet_structure())) if args.recognize else None
     cluster = _cluster(args)
+    if is_model_file(args.model):
+        cluster = dataclasses.replace(cluster, runtime_bytes=cluster.runtime_bytes + reader_bytes(args.model))
     modes = tuple(args.mode or MODES)
-    candidates = plans(network, shape, cluster, args.batch_size, args.images, modes)
-    chosen = best_plan(candidates, network, shape, cluster, modes)
+    candidates = plans(network, shape, cluster, args.batch_size, args.images, modes, stage=stage)
+    chosen = best_plan(candidates, network, shape, cluster, modes, stage)
     budget = min(cluster.budget(rank) for rank in range(cluster.size))
     shown_input = f"{size} images" + (f" (network input {format_shape(shape)})" if is_detector(args.model) else "")
-    print(f"{network.name} on {shown_input}, {args.images} images, {cluster.size} nodes, "
+    print(f"{network.name}{' with face recognition' if stage else ''} on {shown_input}, {args.images} images, "
+          f"{cluster.size} nodes, "
           f"budget {format_bytes(budget)} per node")
     print(f"predicted seconds assume {_speeds(cluster)}, {cluster.bandwidth * 8 / 1e9:g} Gbit/s and "
           f"{cluster.latency * 1e6:g} us per message (set gmacs, bandwidth_gbit and latency_us in a --cluster file)")
@@ -96,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
     for plan in shown:
         print(_row(plan, cluster))
     print(f"chosen: {chosen.describe()} (predicted {chosen.seconds:.1f} s, peak {format_bytes(chosen.peak())})")
-    print(f"run it: mpirun -np {cluster.size} python -m dcnn.infer --model {args.model} "
-          f"{' '.join(chosen.infer_arguments())}")
+    command = "dcnn.recognize" if stage else f"dcnn.infer --model {args.model}"
+    print(f"run it: mpirun -np {cluster.size} python -m {command} {' '.join(chosen.infer_arguments())}")
     return 0
 
 

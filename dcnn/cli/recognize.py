@@ -23,6 +23,7 @@ from dcnn.exec.workloads import DETECTOR, Recognition, is_detector
 from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL
 from dcnn.faces.pipeline import DEFAULT_TOLERANCE, FACE_DTYPE, FaceDescriber, load_gallery
 from dcnn.parallel.comm import collective, world
+from dcnn.planner.recognition import recognition_stage
 
 __all__ = ["build_parser", "main"]
 
@@ -57,7 +58,8 @@ def _recognition_job(args: argparse.Namespace, comm, local_ranks: int) -> infer.
     if not args.tolerance > 0:
         raise InputError(f"--tolerance must be positive, got {args.tolerance}")
     describer = FaceDescriber.load(Forward, args.jitter)
-    job = infer._validate(args, comm, local_ranks)
+    job = infer._validate(args, comm, local_ranks,
+                          recognition_stage(describer.landmarks, describer.descriptor.network))
     job.workload = Recognition(job.workload, describer, None, args.tolerance)
     job.outputs = FACE_DTYPE
     job.attributes = {"workload": "recognition", "known": args.known or "none", "tolerance": args.tolerance,

@@ -1,34 +1,37 @@
-"""The fused tiling (pure, no MPI): the output of a block of consecutive layers cut into a grid of tiles.
+"""The fused tiling (pure, no MPI): the tensors a block of consecutive layers hands over, cut into a grid of tiles.
 
-The output map of the fused block (the whole convolutional part, or a prefix of it) is cut into a ``Ty x Tx``
+The output map of the fused block (the whole tileable part, or a prefix of it) is cut into a ``Ty x Tx``
 grid of tiles; each tile's input region is traced backwards through the fused nodes (:func:`trace_tile`), so a
 tile is computable from the input image alone, and the regions of neighbouring tiles overlap. In a DAG the
 trace goes through every branch: the box of a tensor a tile computes is the cover of what all its readers in
-the block need. The block must end where one tensor carries everything later nodes read (not inside a residual
-block, whose skip would cross the cut). The engine that runs the tiles is :class:`dcnn.parallel.fused.FusedEngine`;
-the reuse policy's plan is :mod:`dcnn.decomposition.reuse`.
-"""
+the block need. The block may end at any node: when it ends inside a residual block or an Inception module,
+every tensor a later node still reads (the block's output so far and its skip, the finished branches) is cut by
+the same grid and handed over (:func:`cut_tensors`), to be assembled whole for the layers after the block. A
+global reduction (a squeeze-and-excitation pooling) ends what can be tiled (:func:`tileable_depth`). The engine
+that runs the tiles is :class:`dcnn.parallel.fused.FusedEngine`; the reuse policy's plan is
+:mod:`dcnn.decomposition.reuse`."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from dcnn.decomposition.geometry import Box, block_boxes, cover, layer_input
-from dcnn.decomposition.spatial import spatial_depth
+from dcnn.decomposition.spatial import GLOBAL_LAYERS, spatial_depth
 from dcnn.errors import PlanError
 from dcnn.network.graph import INPUT, Network
 from dcnn.network.layers import Shape
 from dcnn.network.window import Padding
 
-__all__ = ["HALO_POLICIES", "FusedPlan", "Tile", "check_tile_grid", "crossing_read", "plan_fused", "spatial_depth",
-           "sub_network", "trace_tile"]
+__all__ = ["HALO_POLICIES", "FusedPlan", "Tile", "check_tile_grid", "cut_tensors", "finest_grid", "plan_fused",
+           "spatial_depth", "tileable_depth", "trace_tile"]
 
 HALO_POLICIES = ("recompute", "reuse")
 
 
 @dataclass(frozen=True)
 class Tile:
-    """One task: a box of the fused block's output and, per fused layer, what computing it takes.
+    """One task: a box of each tensor the fused block hands over and, per fused node, what computing it takes.
 
     Attributes
     ----------
@@ -38,15 +41,19 @@ class Tile:
         Per fused node: output box, box of its (first) input, map-border padding.
     input : Box
         The region of the input image the tile reads.
+    outputs : tuple of Box
+        Per cut tensor (:attr:`FusedPlan.cut`), the box of it the tile hands over: the tile's block of that
+        tensor's map in the grid; the tiles' blocks partition each map.
     """
 
     index: int
     steps: list[tuple[Box, Box, Padding]]
     input: Box
+    outputs: tuple[Box, ...] = ()
 
     @property
     def output(self) -> Box:
-        """The tile's box of the fused block's output map."""
+        """The tile's box of the fused block's last node's output map."""
         return self.steps[-1][0]
 
 
@@ -64,6 +71,9 @@ class FusedPlan:
         Row-major.
     shapes : list of tuple
         Map shapes of the fused block: its input, then each node's output.
+    cut : tuple of str
+        The tensors the block hands over (:func:`cut_tensors`): the last node's output, and in a block ending
+        inside a residual block or module, the skips and branches later nodes still read.
     """
 
     network: Network
@@ -71,11 +81,21 @@ class FusedPlan:
     grid: tuple[int, int]
     tiles: list[Tile]
     shapes: list[Shape]
+    cut: tuple[str, ...] = ()
 
     @property
     def output_shape(self) -> Shape:
-        """Shape of the fused block's output map."""
+        """Shape of the fused block's last node's output map."""
         return self.shapes[-1]
+
+    @property
+    def cut_shapes(self) -> list[Shape]:
+        """Per-image shapes of the :attr:`cut` tensors."""
+        return [self.shapes[self.network.tensor_index(name)] for name in self.cut]
+
+    def cut_values(self) -> int:
+        """Values per image of every cut tensor: what the tiles hand over, assembled whole on every rank."""
+        return sum(math.prod(shape) for shape in self.cut_shapes)
 
     def macs_per_pixel(self) -> list[int]:
         """Per fused layer, the multiply-accumulates of one output pixel (all channels) of one image."""
@@ -99,40 +119,48 @@ class FusedPlan:
         return tiled - plain
 
 
-def sub_network(network: Network, start: int, input_shape: Shape) -> Network:
-    """Layers ``start..`` of ``network`` as a network of their own on ``input_shape`` (what runs after the fused
-    block), named ``"<name>[start:]"``; node ``start - 1``'s output becomes its input.
+def cut_tensors(network: Network, depth: int) -> tuple[str, ...]:
+    """The tensors computed by the first ``depth`` nodes that a later node reads (or the network output), in
+    topological order: what a fused block of ``depth`` nodes hands to the layers after it.
 
-    Raises
-    ------
-    ValueError
-        If a node after ``start`` reads a tensor computed before node ``start - 1`` (see :func:`crossing_read`).
+    For a chain, and for a block ending where one tensor carries everything, it is node ``depth - 1``'s output
+    alone; a block ending inside a residual block also hands over the skip tensor the block's add still needs,
+    one ending inside an Inception module the finished branches. The network input, when a later node reads it,
+    is not counted: every rank holds it whole.
     """
-    before = network.layers[start - 1][0] if start > 0 else INPUT
-    inputs = tuple(tuple(INPUT if source == before else source for source in sources)
-                   for sources in network.inputs[start:])
-    return Network(f"{network.name}[{start}:]", network.layers[start:], input_shape, network.preprocessing,
-                   network.description, inputs=inputs)
+    last = network.last_uses()
+    return tuple(name for name, _ in network.layers[:depth] if last[name] >= depth)
 
 
-def crossing_read(network: Network, depth: int) -> tuple[str, str] | None:
-    """A node after the first ``depth`` nodes that reads a tensor of the block other than its output, as
-    ``(node, tensor)``; ``None`` when the block's output is all that later nodes read (always, for a chain)."""
-    names = [name for name, _ in network.layers]
-    inside = {INPUT, *names[:depth - 1]}
-    for name, sources in zip(names[depth:], network.inputs[depth:]):
-        crossing = [source for source in sources if source in inside]
-        if crossing:
-            return name, crossing[0]
-    return None
+def tileable_depth(network: Network) -> tuple[int, str | None]:
+    """The most nodes a fused block may hold, and why not more (``None`` when the limit is the classifier head,
+    :func:`~dcnn.decomposition.spatial.spatial_depth`).
+
+    A tile holds a part of each map, so a global reduction inside the convolutional part (the average pooling of
+    a squeeze-and-excitation gate, which needs the whole map) ends what can be tiled.
+    """
+    limit = spatial_depth(network)
+    for index, (name, layer) in enumerate(network.layers[:limit]):
+        if isinstance(layer, GLOBAL_LAYERS):
+            return index, f"node {name} ({layer.describe()}) reduces the whole map, of which a tile holds a part"
+    return limit, None
 
 
-def trace_tile(network: Network, shapes: list[Shape], depth: int, box: Box) -> tuple[list[tuple[Box, Box, Padding]],
-                                                                                      Box]:
-    """What each of the first ``depth`` nodes must compute so that the last one produces ``box``.
+def finest_grid(network: Network, input_shape: Shape, depth: int | None = None) -> tuple[int, int]:
+    """The finest tile grid a block of ``depth`` nodes (default: every tileable one) allows on ``input_shape``: the
+    smallest height and width among the maps it hands over (``(0, 0)`` when nothing can be tiled)."""
+    depth = tileable_depth(network)[0] if depth is None else depth
+    shapes = network.shapes(input_shape)
+    sizes = [shapes[network.tensor_index(name)][1:] for name in cut_tensors(network, depth)]
+    return (min(h for h, _ in sizes), min(w for _, w in sizes)) if sizes else (0, 0)
 
-    Nodes are visited backwards; the box of a tensor is the cover of what all its readers in the block need
-    (for a chain, just the next layer's input box).
+
+def trace_tile(network: Network, shapes: list[Shape], depth: int, boxes: dict[str, Box]) -> tuple[
+        list[tuple[Box, Box, Padding]], Box]:
+    """What each of the first ``depth`` nodes must compute so that the block yields ``boxes`` of its cut tensors.
+
+    Nodes are visited backwards; the box of a tensor is the cover of what all its readers in the block need and
+    of the part of it the tile hands over (for a chain, just the next layer's input box).
 
     Parameters
     ----------
@@ -142,8 +170,8 @@ def trace_tile(network: Network, shapes: list[Shape], depth: int, box: Box) -> t
         Its per-image shapes (:meth:`Network.shapes`).
     depth : int
         Nodes in the block.
-    box : Box
-        The wanted part of node ``depth - 1``'s output.
+    boxes : dict of str to Box
+        Per tensor of :func:`cut_tensors`, the part of it the tile hands over.
 
     Returns
     -------
@@ -153,53 +181,56 @@ def trace_tile(network: Network, shapes: list[Shape], depth: int, box: Box) -> t
     input : Box
         The region of the network input the tile reads.
     """
-    wanted: dict[str, list[Box]] = {network.layers[depth - 1][0]: [box]}
+    wanted: dict[str, list[Box]] = {name: [box] for name, box in boxes.items()}
     steps: list[tuple[Box, Box, Padding]] = []
     for index in reversed(range(depth)):
         (name, layer), sources = network.layers[index], network.inputs[index]
         out = cover(wanted.get(name, []))
         needed, padding = layer_input(layer.window, shapes[network.tensor_index(sources[0])], out)
         steps.append((out, needed, padding))
-        for source in sources:
-            wanted.setdefault(source, []).append(needed)
-    return steps[::-1], cover(wanted[INPUT])
+        for position, source in enumerate(sources):
+            wanted.setdefault(source, []).append(needed if position == 0 else out)
+    return steps[::-1], cover(wanted.get(INPUT, []))
 
 
 def check_tile_grid(network: Network, input_shape: Shape, grid: tuple[int, int], depth: int | None = None) -> int:
     """Check that a tile grid and depth fit an input shape (shape inference only); return the depth.
 
+    A block may end at any node of the topological order, inside a residual block or module too: what later
+    nodes read from it is handed over whole (:func:`cut_tensors`).
+
     Raises
     ------
     PlanError
-        If the depth is not within the convolutional part or cuts a branch (a later node reads a tensor of the
-        block besides its output), or the grid is finer than the fused output map.
+        If the depth is not within the convolutional part, or reaches past a global reduction (see
+        :func:`tileable_depth`), or the grid is finer than a map the block hands over.
     """
-    limit = spatial_depth(network)
-    depth = limit if depth is None else depth
-    if not 1 <= depth <= limit:
+    limit, reason = tileable_depth(network)
+    whole = spatial_depth(network)
+    if depth is None:
+        depth = limit
+    if not 1 <= depth <= whole:
         raise PlanError(f"--fuse-depth must be between 1 and {limit} (the layers before {network.name}'s first "
                         f"global layer), got {depth}")
-    crossing = crossing_read(network, depth)
-    if crossing is not None:
-        cuts = [d for d in range(1, limit + 1) if crossing_read(network, d) is None]
-        nearest = [d for d in (max((d for d in cuts if d < depth), default=None),
-                               min((d for d in cuts if d > depth), default=None)) if d is not None]
-        advice = (f"fuse {' or '.join(map(str, nearest))} layers instead" if nearest
-                  else "no depth ends outside a branch; use --mode spatial or batch")
-        raise PlanError(f"--fuse-depth {depth} cuts {network.name} inside a branch: node {crossing[0]} after the "
-                        f"fused block reads {crossing[1]} from inside it; {advice}")
+    if depth > limit:
+        raise PlanError(f"--fuse-depth {depth} cannot be tiled: {reason}; fuse at most {limit} layers or use "
+                        f"--mode spatial")
     if min(grid) < 1:
         raise PlanError(f"tile grid {grid[0]}x{grid[1]} must be at least 1x1")
-    height, width = network.shapes(input_shape)[depth][1:]
-    if grid[0] > height or grid[1] > width:
-        raise PlanError(f"tile grid {grid[0]}x{grid[1]} is finer than the {height}x{width} output map of layer "
-                        f"{network.layers[depth - 1][0]}; use at most {min(grid[0], height)}x{min(grid[1], width)} "
-                        f"or fuse fewer layers")
+    shapes = network.shapes(input_shape)
+    for name in sorted(cut_tensors(network, depth), key=lambda name: shapes[network.tensor_index(name)][1:]):
+        height, width = shapes[network.tensor_index(name)][1:]
+        if grid[0] > height or grid[1] > width:
+            what = "output map of layer" if name == network.layers[depth - 1][0] else "map handed over by layer"
+            raise PlanError(f"tile grid {grid[0]}x{grid[1]} is finer than the {height}x{width} {what} {name}; use "
+                            f"at most {min(grid[0], height)}x{min(grid[1], width)} or fuse fewer layers")
     return depth
 
 
 def plan_fused(network: Network, input_shape: Shape, grid: tuple[int, int], depth: int | None = None) -> FusedPlan:
-    """Cut the output of the first ``depth`` layers (all convolutional ones by default) into a tile grid.
+    """Cut the tensors the first ``depth`` layers (every tileable one by default) hand over into a tile grid.
+
+    Every cut tensor's map is split by the same ``Ty x Tx`` grid; tile ``t`` hands over block ``t`` of each.
 
     Raises
     ------
@@ -208,8 +239,10 @@ def plan_fused(network: Network, input_shape: Shape, grid: tuple[int, int], dept
     """
     depth = check_tile_grid(network, input_shape, grid, depth)
     all_shapes = network.shapes(input_shape)
-    shapes = all_shapes[:depth + 1]
-    height, width = shapes[-1][1:]
-    tiles = [Tile(index, *trace_tile(network, all_shapes, depth, box))
-             for index, box in enumerate(block_boxes(height, width, grid))]
-    return FusedPlan(network, depth, tuple(grid), tiles, shapes)
+    cut = cut_tensors(network, depth)
+    blocks = [block_boxes(*all_shapes[network.tensor_index(name)][1:], grid) for name in cut]
+    tiles = []
+    for index, boxes in enumerate(zip(*blocks)):
+        steps, read = trace_tile(network, all_shapes, depth, dict(zip(cut, boxes)))
+        tiles.append(Tile(index, steps, read, tuple(boxes)))
+    return FusedPlan(network, depth, tuple(grid), tiles, all_shapes[:depth + 1], cut)

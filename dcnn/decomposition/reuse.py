@@ -11,7 +11,8 @@ recompute policy) and ``K_u`` what each lower-class tile ``u`` computes of the s
 ``N``, which is covered by its own previous ``K_t`` and its lower-class neighbours' ``K_u``: the tile assembles
 it from its own results and *strips* borrowed from them. In a DAG the same holds per tensor: ``N`` of a tensor
 is the cover of its readers' needs, so the cover of what the tile's readers need from their ``K`` boxes lies in
-it, and the tile borrows, once per tensor, the strips that complete that cover. Every strip (producer, consumer,
+it, and the tile borrows, once per tensor, the strips that complete that cover (and of a tensor the block hands
+over, the tile's block of it: ``N`` holds that block too). Every strip (producer, consumer,
 layer, box) is fixed by
 the plan, so each gets a fixed slot in the strip pool of its *home* rank (the producer tile's index modulo the
 rank count), sized per image.
@@ -158,6 +159,8 @@ def plan_reuse(fused, ranks: int) -> ReusePlan:
             for position, source in enumerate(sources):
                 if source != INPUT:
                     needs.setdefault(network.tensor_index(source) - 1, []).append(needed if position == 0 else box)
+        for name, box in zip(fused.cut, tiles[index].outputs):  # what the tile hands over, borrowed as needed
+            needs.setdefault(network.tensor_index(name) - 1, []).append(box)
         for source, boxes in needs.items():
             producers = [(other, computed[other][source]) for other in lower]
             borrowed.extend((index, source, producer, strip) for producer, strip in

@@ -6,11 +6,13 @@ per consuming edge: a tensor that several windowed nodes read (a residual block'
 first convolution and by its strided 1x1 shortcut; an Inception module's input) is exchanged once, for the box
 that covers all their needs, when its first windowed reader runs; what a rank needs but does not hold comes
 from the ranks that hold it (:func:`dcnn.decomposition.geometry.exchange_transfers`). Pointwise nodes (also
-adds and concatenations, whose inputs are split alike) run on the blocks as they are.
-At the first global layer (adaptive pooling, flatten, fully connected)
-the map is gathered on every rank, and every fully connected layer is split by output neurons: each rank holds
-and computes ``1/P`` of its rows (:func:`fc_shard_rows`). The engine that runs the plan is
-:class:`dcnn.parallel.spatial.SpatialEngine`.
+adds and concatenations, whose inputs are split alike) run on the blocks as they are. A squeeze-and-excitation
+gate mid-network (a global average pooling whose map is read again by a ``Mul``) is a per-channel vector every
+rank holds whole: the pooling adds the ranks' block sums (an allreduce), the gate's small layers run on every
+rank, and the ``Mul`` scales each rank's block. At the classifier head (:func:`spatial_depth`: adaptive pooling,
+flatten, fully connected) the map is gathered on every rank, and every fully connected layer is split by output
+neurons: each rank holds and computes about ``1/P`` of its rows (:func:`fc_shard_rows`). The engine that runs the plan
+is :class:`dcnn.parallel.spatial.SpatialEngine`.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from dcnn.network.graph import BYTES_PER_VALUE, INPUT, Network
 from dcnn.network.layers import AdaptiveAvgPool2d, AdaptiveMaxPool2d, Flatten, Layer, Linear, Shape, Softmax
 from dcnn.network.window import Padding
 
-__all__ = ["GLOBAL_LAYERS", "SpatialLayerPlan", "SpatialPlan", "fc_shard_rows", "gather_index", "plan_spatial",
-           "spatial_depth"]
+__all__ = ["FC_ROW_ALIGNMENT", "GLOBAL_LAYERS", "SpatialLayerPlan", "SpatialPlan", "fc_shard_rows", "fc_shards",
+           "gather_index", "plan_spatial", "spatial_depth"]
 
 #: Layers that end the spatial part: the map is gathered before the first of them.
 GLOBAL_LAYERS = (AdaptiveAvgPool2d, AdaptiveMaxPool2d, Flatten, Linear, Softmax)
@@ -66,6 +68,12 @@ class SpatialLayerPlan:
     exchanged : list of Box
         Per rank, the box of the input tensor its exchange assembles: the cover of the needs of every windowed
         reader of that tensor (``needed`` itself for a chain); empty when the node runs no exchange.
+    vector : bool
+        The node's output is a per-channel vector (``C x 1 x 1``: a squeeze-and-excitation gate) that every rank
+        holds whole: a global average pooling, or a node that reads only such vectors.
+    reduces : bool
+        The node is a global average pooling of a split map: each rank sums its block, the sums are added over
+        the ranks (an allreduce) and divided by the map's ``H * W``.
     """
 
     index: int
@@ -80,11 +88,13 @@ class SpatialLayerPlan:
     transfers: list[Transfer]
     sources: tuple[str, ...] = (INPUT,)
     exchanged: list[Box] | None = None
+    vector: bool = False
+    reduces: bool = False
 
     @property
     def windowed(self) -> bool:
-        """True for convolution and pooling layers."""
-        return self.layer.window is not None
+        """True for convolution and pooling layers on split maps (their input needs halos)."""
+        return self.layer.window is not None and not self.vector
 
     def halo_bytes(self, batch: int = 1) -> int:
         """Bytes every rank together receives in this layer's exchange."""
@@ -100,11 +110,15 @@ class SpatialPlan:
     dims : tuple of int
         ``(Py, Px)``.
     layers : list of SpatialLayerPlan
-        The spatial part, layers ``0 .. gather_index - 1``.
+        The spatial part, layers ``start .. gather_index - 1``.
     gather_index : int
-        Index of the first global layer (``len(network)`` for a fully convolutional network).
+        Index of the first layer of the classifier head (``len(network)`` for a fully convolutional network).
     gathered_shape : tuple of int
         The map shape gathered on every rank.
+    start : int
+        The first planned node (0, or the first layer after a fused block).
+    vectors : frozenset of str
+        The tensors every rank holds whole as per-channel vectors (squeeze-and-excitation gates).
     """
 
     network: Network
@@ -113,6 +127,8 @@ class SpatialPlan:
     layers: list[SpatialLayerPlan]
     gather_index: int
     gathered_shape: Shape
+    start: int = 0
+    vectors: frozenset[str] = frozenset()
 
     @property
     def size(self) -> int:
@@ -121,58 +137,89 @@ class SpatialPlan:
 
 
 def spatial_depth(network: Network) -> int:
-    """Number of layers before the first global layer (:data:`GLOBAL_LAYERS`): what spatial mode splits into
-    blocks and fused mode can fuse at most; the rest runs on whole (gathered) maps."""
+    """Number of layers before the classifier head: the first global layer (:data:`GLOBAL_LAYERS`) after which
+    every node reads only tensors computed from it on. This is what spatial mode splits into blocks and fused
+    mode can fuse at most; the rest runs on whole (gathered) maps. A global layer before it is a
+    squeeze-and-excitation gate (its map is read again after it), which spatial mode runs on split maps."""
+    names = [name for name, _ in network.layers]
     for index, (_, layer) in enumerate(network.layers):
-        if isinstance(layer, GLOBAL_LAYERS):
+        later = set(names[index:])
+        if isinstance(layer, GLOBAL_LAYERS) and all(set(sources) <= later for sources in network.inputs[index + 1:]):
             return index
     return len(network)
 
 
 def gather_index(network: Network) -> int:
-    """:func:`spatial_depth`, where the spatial part ends and its last map is gathered, after checking that the
-    global part reads nothing else.
+    """:func:`spatial_depth`, where the spatial part ends and its last map is gathered, after checking that every
+    global layer before it is a squeeze-and-excitation gate the spatial engine can run.
+
+    A global average pooling to ``1 x 1`` of a split map is a sum over ranks (an allreduce); nodes that read only
+    such per-channel vectors (the gate's ``1 x 1`` convolutions and activations) run whole on every rank, and a
+    ``Mul`` of a split map by a vector is local.
 
     Raises
     ------
     PlanError
-        If a node after it reads a tensor computed before the node that precedes it: the gathered map would
-        not be the only tensor the global part needs (a squeeze-and-excitation gate mid-network).
+        For any other global layer before the classifier head: a pooling to more than ``1 x 1``, or a flatten,
+        fully connected or softmax layer that a later map still depends on.
     """
-    names = [name for name, _ in network.layers]
-    first = spatial_depth(network)
-    allowed = set(names[max(first - 1, 0):]) | ({INPUT} if first == 0 else set())
-    for name, sources in zip(names[first:], network.inputs[first:]):
-        outside = [source for source in sources if source not in allowed]
-        if outside:
-            raise PlanError(f"{network.name} cannot be split spatially: node {name} after the gathered map "
-                            f"({names[first - 1]}) reads {outside[0]}, computed before it; use --mode batch")
-    return first
+    stop = spatial_depth(network)
+    for name, layer in network.layers[:stop]:
+        if isinstance(layer, GLOBAL_LAYERS) and not _global_pool(layer):
+            raise PlanError(f"{network.name} cannot be split spatially: node {name} ({layer.describe()}) comes "
+                            f"before the classifier head, and only a global average pooling to 1x1 (a "
+                            f"squeeze-and-excitation gate) can run on split maps; use --mode batch")
+    return stop
 
 
-def plan_spatial(network: Network, input_shape: Shape, dims: tuple[int, int]) -> SpatialPlan:
+def _global_pool(layer: Layer) -> bool:
+    return isinstance(layer, AdaptiveAvgPool2d) and layer.output_size == (1, 1)
+
+
+def plan_spatial(network: Network, input_shape: Shape, dims: tuple[int, int], start: int = 0) -> SpatialPlan:
     """Plan the spatial decomposition (pure; the same on every rank).
 
+    Parameters
+    ----------
+    network : Network
+        The model.
+    input_shape : tuple of int
+        Per-image network input ``(C, H, W)``.
+    dims : tuple of int
+        ``(Py, Px)``.
+    start : int
+        Plan nodes ``start ..`` only (the layers after a fused block): every tensor computed before it that they
+        read (:func:`~dcnn.decomposition.fused.cut_tensors`) is held whole by every rank, as the input image is.
+
     Raises
     ------
     PlanError
-        If the global part reads more than the gathered map (see :func:`gather_index`).
+        If the global part reads more than the gathered map, or a global layer other than a squeeze-and-excitation
+        pooling comes before it (see :func:`gather_index`).
     """
     shapes = network.shapes(input_shape)
     size = dims[0] * dims[1]
-    stop = gather_index(network)
+    stop = max(gather_index(network), start)
     names = [name for name, _ in network.layers]
     shape_of = {name: shapes[network.tensor_index(name)] for name in [INPUT, *names[:stop]]}
-    held = {INPUT: [Box(0, input_shape[1], 0, input_shape[2])] * size}
-    for name in names[:stop]:
-        held[name] = block_boxes(shape_of[name][1], shape_of[name][2], dims)
+    last = network.last_uses()
+    held = {name: [Box(0, shape_of[name][1], 0, shape_of[name][2])] * size
+            for name in [INPUT, *names[:start]] if last[name] >= start}
+    vectors: set[str] = set()
+    for index in range(start, stop):
+        (name, layer), sources = network.layers[index], network.inputs[index]
+        if _global_pool(layer) or all(source in vectors for source in sources):
+            vectors.add(name)
+            held[name] = [Box(0, shape_of[name][1], 0, shape_of[name][2])] * size
+        else:
+            held[name] = block_boxes(shape_of[name][1], shape_of[name][2], dims)
     needs: dict[int, tuple[list[Box], list[Padding], list[Box]]] = {}
     windowed_needs: dict[str, list[list[Box]]] = {}
-    for index in range(stop):
+    for index in range(start, stop):
         layer, source = network.layers[index][1], network.inputs[index][0]
         in_shape, out_blocks = shape_of[source], held[names[index]]
         window = layer.window
-        if window is None:
+        if window is None or names[index] in vectors:
             needs[index] = (list(out_blocks), [(0, 0, 0, 0)] * size, list(out_blocks))
             continue
         explicit = window.explicit_padding(in_shape[1], in_shape[2])
@@ -185,25 +232,45 @@ def plan_spatial(network: Network, input_shape: Shape, dims: tuple[int, int]) ->
     regions = {source: [cover(list(per_rank)) for per_rank in zip(*readers)]
                for source, readers in windowed_needs.items()}
     plans = []
-    for index in range(stop):
-        layer, sources = network.layers[index][1], network.inputs[index]
+    for index in range(start, stop):
+        (name, layer), sources = network.layers[index], network.inputs[index]
         source = sources[0]
         needed, padding, interior = needs[index]
-        exchanges = layer.window is not None and source in regions
+        exchanges = layer.window is not None and name not in vectors and source in regions
         exchanged = regions.pop(source) if exchanges else None
         transfers = exchange_transfers(held[source], exchanged) if exchanged is not None else []
         plans.append(SpatialLayerPlan(index, layer, shape_of[source], shapes[index + 1], held[source],
-                                      held[names[index]], needed, padding, interior, transfers, sources,
-                                      exchanged))
-    return SpatialPlan(network, tuple(input_shape), tuple(dims), plans, stop, shapes[stop])
+                                      held[name], needed, padding, interior, transfers, sources, exchanged,
+                                      vector=name in vectors, reduces=_global_pool(layer) and source not in vectors
+                                      and len(set(held[source])) > 1))
+    return SpatialPlan(network, tuple(input_shape), tuple(dims), plans, stop, shapes[stop], start,
+                       frozenset(vectors))
+
+
+#: Fully connected shards start at multiples of this many rows (16 float32 outputs, one cache line): each rank's
+#: GEMM then meets its rows in the blocks the whole matrix's GEMM does, and at batch 1 computes them bit for bit as
+#: the single process (measured with OpenBLAS at 2 to 8 ranks and layers of 10 to 4096 rows; shards of 334 rows
+#: differed in the last bit). Models whose logits are exactly equal (ONNX's light models, whose weights are
+#: constant fills) need it: a softmax of logits of 1e23 turns any rounding difference into a different class.
+FC_ROW_ALIGNMENT = 16
+
+
+def fc_shards(out_features: int, size: int) -> list[tuple[int, int]]:
+    """Per rank, the ``[start, stop)`` rows of a fully connected layer of ``out_features`` neurons split over
+    ``size`` ranks: :data:`FC_ROW_ALIGNMENT`-row blocks shared by :func:`split_extent` (the last block may be
+    short; with fewer blocks than ranks the last ranks hold none)."""
+    blocks = split_extent(-(-out_features // FC_ROW_ALIGNMENT), size)
+    return [(min(start * FC_ROW_ALIGNMENT, out_features), min(stop * FC_ROW_ALIGNMENT, out_features))
+            for start, stop in blocks]
 
 
 def fc_shard_rows(network: Network, size: int, rank: int) -> dict[str, tuple[int, int]]:
-    """Rows of every fully connected layer's tensors that ``rank`` holds: its ``1/size`` of the neurons."""
+    """Rows of every fully connected layer's tensors that ``rank`` holds: its share of the neurons
+    (:func:`fc_shards`)."""
     rows = {}
     for name, layer in network.layers:
         if isinstance(layer, Linear):
-            shard = split_extent(layer.out_features, size)[rank]
+            shard = fc_shards(layer.out_features, size)[rank]
             rows[f"{name}.weight"] = shard
             if layer.bias:
                 rows[f"{name}.bias"] = shard

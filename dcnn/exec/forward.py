@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dcnn.kernels.cache import cache_bytes
 from dcnn.kernels.conv import Workspace
 from dcnn.kernels.depthwise import conv_kernel
 from dcnn.kernels.elementwise import (
@@ -243,15 +244,15 @@ def apply_op(op: LayerOp, arguments: list[np.ndarray], writable: list[bool],
     return op(arguments[0] if len(arguments) == 1 else arguments, padding)
 
 
-def fusion_plan(network: Network, stop: int | None = None) -> dict[int, tuple[int | None, bool]]:
+def fusion_plan(network: Network, stop: int | None = None, start: int = 0) -> dict[int, tuple[int | None, bool]]:
     """Which layers each convolution absorbs: the one place that decides folding and fusion.
 
     A batch norm, or a per-channel affine (dlib's ``affine`` layer, a batch norm in inference form), is folded
     into the convolution before it when it is the only reader of the convolution's output, and a ReLU is fused
     when it is the only reader of the convolution's (or the folded layer's) output. A tensor with another
     reader (a residual skip, a branch) must keep its own values, so its producer absorbs nothing. Only layers
-    before ``stop`` (default: all) absorb or are absorbed: an executor that runs layers ``0 .. stop - 1`` never
-    folds across its end.
+    ``start .. stop - 1`` (default: all) absorb or are absorbed: an executor that runs them never folds across
+    either end.
 
     Returns
     -------
@@ -273,7 +274,7 @@ def fusion_plan(network: Network, stop: int | None = None) -> dict[int, tuple[in
 
     plan: dict[int, tuple[int | None, bool]] = {}
     for index, (_, layer) in enumerate(layers):
-        if not isinstance(layer, Conv2d):
+        if index < start or not isinstance(layer, Conv2d):
             continue
         norm = index + 1 if sole_reader(index, (BatchNorm2d, Affine)) else None
         relu_fused = sole_reader(index if norm is None else norm, ReLU)
@@ -295,12 +296,14 @@ class Forward:
         Fold batch norm into the convolution before it and fuse a ReLU into it, where :func:`fusion_plan`
         finds that safe.
     stop : int, optional
-        Compile only layers ``0 .. stop - 1`` (default: all); nothing is folded across ``stop``.
+        Compile only layers ``start .. stop - 1`` (default: all); nothing is folded across ``stop``.
+    start : int
+        The first layer to compile (the layers after a fused block); nothing is folded across it.
 
     Attributes
     ----------
-    ops : list of LayerOp
-        One op per compiled layer, by layer index (absorbed layers are identities).
+    ops : list of LayerOp or None
+        One op per compiled layer, by layer index (absorbed layers are identities; ``None`` before ``start``).
     boundaries : frozenset of int
         The layer indices at which a partial run may start or stop: every index except those of absorbed layers.
 
@@ -315,14 +318,17 @@ class Forward:
     """
 
     def __init__(self, network: Network, weights: Mapping[str, np.ndarray], fuse: bool = True,
-                 stop: int | None = None):
+                 stop: int | None = None, start: int = 0):
         self.network = network
         self.workspace = Workspace()
-        self.ops: list[LayerOp] = []
+        self.ops: list[LayerOp | None] = []
         layers = list(network.layers)[:stop]
         absorbed: set[int] = set()
-        fusion = fusion_plan(network, len(layers)) if fuse else {}
+        fusion = fusion_plan(network, len(layers), start) if fuse else {}
         for index, (name, layer) in enumerate(layers):
+            if index < start:
+                self.ops.append(None)
+                continue
             if index in absorbed:
                 self.ops.append(LayerOp(name, layer, _identity, in_place=True))
                 continue
@@ -341,13 +347,16 @@ class Forward:
                     absorbed.add(index + 1 + (norm is not None))
             tensors = {key[len(name) + 1:]: value for key, value in weights.items() if key.startswith(name + ".")}
             self.ops.append(compile_layer(name, layer, tensors, folded, self.workspace, fused_relu))
-        self.boundaries = frozenset(range(len(layers) + 1)) - absorbed
+        self.boundaries = frozenset(range(start, len(layers) + 1)) - absorbed
+        self.head_stop = self._flat_tail_start() if start == 0 else None
 
-    def run(self, x: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
+    def run(self, x: np.ndarray | Mapping[str, np.ndarray], start: int = 0, stop: int | None = None) -> np.ndarray:
         """Run nodes ``start`` to ``stop`` (exclusive) on a batch; the input is never modified.
 
         ``x`` is the tensor node ``start`` reads (the network input for ``start == 0``, else node
-        ``start - 1``'s output); every node of the range must read only it and tensors computed in the range.
+        ``start - 1``'s output), or every tensor computed before ``start`` that the range reads, by name (what a
+        fused block ending inside a residual block hands over, :func:`~dcnn.decomposition.fused.cut_tensors`);
+        every node of the range must read only those and tensors computed in the range.
         Returns node ``stop - 1``'s output.
 
         Raises
@@ -373,7 +382,7 @@ class Forward:
             for name in sources:
                 pending[name] = pending.get(name, 0) + 1
         pending[names[stop - 1]] = pending.get(names[stop - 1], 0) + 1
-        tensors = {source: x}
+        tensors = dict(x) if isinstance(x, Mapping) else {source: x}
         owned: set[str] = set()
 
         for index in range(start, stop):
@@ -391,6 +400,45 @@ class Forward:
             owned.add(names[index])
         return tensors[names[stop - 1]]
 
+    def _flat_tail_start(self) -> int | None:
+        """The first node of the network's flat tail (from its first Flatten or Linear on), if the nodes before
+        it can run on their own: a boundary whose nodes after it read only tensors computed from it on."""
+        names = [name for name, _ in self.network.layers][:len(self.ops)]
+        start = next((index for index, (_, layer) in enumerate(self.network.layers[:len(self.ops)])
+                      if isinstance(layer, (Flatten, Linear))), None)
+        if not start or start not in self.boundaries:
+            return None
+        later = set(names[start - 1:])
+        if any(source not in later for sources in self.network.inputs[start:len(self.ops)] for source in sources):
+            return None
+        return start
+
+    def images_per_block(self, input_shape: tuple[int, ...]) -> int:
+        """Images that run the layers before :attr:`head_stop` together: as many as keep a layer's input and
+        output within the L3 cache, at least one.
+
+        A larger batch then costs each image what batch 1 does (VGG-16 at batch 4 otherwise read every early
+        layer's input back from memory: 15 % slower per image), while the flat tail (the fully connected
+        layers, bound by reading their weights) still runs on the whole batch.
+        """
+        largest = max(int(np.prod(shape)) for shape in self.network.shapes(input_shape)[:self.head_stop or 1])
+        return max(1, cache_bytes(3) // (2 * 4 * largest))
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Run the whole network on a ``(B, C, H, W)`` float32 batch."""
-        return self.run(np.asarray(x, dtype=np.float32))
+        """Run the whole network on a ``(B, C, H, W)`` float32 batch, in blocks of images up to its flat tail
+        (:meth:`images_per_block`); the blocks depend only on the batch and input sizes, so a batch gives the
+        same result at any thread count, and agrees with :meth:`run` on the whole batch to float32 rounding."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.head_stop is None or len(x) <= 1:
+            return self.run(x)
+        block = self.images_per_block(x.shape[1:])
+        if block >= len(x):
+            return self.run(x)
+        head = None
+        for first in range(0, len(x), block):
+            # Copied at once: a block's output may live in a buffer that the next block reuses.
+            part = self.run(x[first:first + block], 0, self.head_stop)
+            if head is None:
+                head = np.empty((len(x), *part.shape[1:]), dtype=np.float32)
+            head[first:first + len(part)] = part
+        return self.run(head, self.head_stop)

@@ -14,6 +14,7 @@ Without ``deal`` (batch and single mode) a workload computes every part itself. 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import ClassVar
@@ -21,6 +22,7 @@ from typing import ClassVar
 import numpy as np
 
 from dcnn.errors import InputError, ShapeError
+from dcnn.exec.imported import load_model_file, model_input
 from dcnn.faces.descriptor import DESCRIPTOR_BATCH
 from dcnn.faces.detect import DETECTION_DTYPE, MMOD_NAME, FaceDetector, to_records
 from dcnn.faces.pipeline import DEFAULT_TOLERANCE, FACE_DTYPE, FaceDescriber, Gallery, identify
@@ -28,10 +30,12 @@ from dcnn.io.images import ImageSet
 from dcnn.io.scan import Skip, skip_for
 from dcnn.network.graph import Network, Preprocessing, format_shape, parse_shape
 from dcnn.network.layers import Shape
+from dcnn.network.onnx import is_onnx_path
 from dcnn.network.zoo import get_model, model_names
 
 __all__ = [
-    "DETECTOR", "Classification", "Detection", "Recognition", "is_detector", "workload_input", "workload_names",
+    "DETECTOR", "Classification", "Detection", "Recognition", "is_detector", "is_model_file", "workload_input",
+    "workload_names",
 ]
 
 #: The face detector's name among the models: ``--model mmod``, the default workload (the name of its network).
@@ -46,6 +50,13 @@ def workload_names() -> list[str]:
     return [DETECTOR, *model_names()]
 
 
+def is_model_file(name: str) -> bool:
+    """Whether ``--model name`` names a model file (ONNX) rather than the detector or a zoo model: a path ending in
+    ``.onnx`` (:func:`dcnn.network.onnx.is_onnx_path`), or an existing file whose name no workload has
+    (``--model vgg16`` stays the zoo's VGG-16 even beside a file called ``vgg16``)."""
+    return is_onnx_path(name) or (name.lower() not in workload_names() and os.path.isfile(name))
+
+
 def is_detector(name: str) -> bool:
     """True for the face detector's name (its outputs are detections, not logits)."""
     return name.lower() == DETECTOR
@@ -58,10 +69,11 @@ def workload_input(name: str, size: str | None = None, detector: FaceDetector | 
     Parameters
     ----------
     name : str
-        ``mmod`` or a zoo model.
+        ``mmod``, a zoo model, or a model file (:func:`is_model_file`).
     size : str, optional
         ``[C]xHxW`` (``--input``): for the detector the image size (default ``DETECTOR_IMAGE``), whose network
-        input is the image pyramid; for a classifier its input (default: the model's own).
+        input is the image pyramid; for a classifier or a model file its input (default: the model's own; a
+        model file with a dynamic size: its fixed dimensions and :data:`dcnn.network.onnx.DYNAMIC_SIZE`).
     detector : FaceDetector, optional
         The detector to use (default: the installed one, loaded).
 
@@ -74,8 +86,17 @@ def workload_input(name: str, size: str | None = None, detector: FaceDetector | 
     Raises
     ------
     InputError, ShapeError
-        For an unknown name, or a size that is no shape or does not fit the network.
+        For an unknown name, an unreadable or unsupported model file, or a size that is no shape or does not fit
+        the network.
     """
+    if is_model_file(name):
+        model = load_model_file(name)
+        shape = parse_shape(size, "--input", "[C]xHxW such as 3x224x224", (2, 3)) if size \
+            else model.network.input_shape
+        if len(shape) == 3 and shape[0] != model.network.in_channels:
+            raise ShapeError(f"--input {size}: {model.path.name} takes {model.network.in_channels} channels")
+        shape = model_input(model)(*shape[-2:])
+        return model.network, shape, size or format_shape(shape)
     if is_detector(name):
         detector = detector or FaceDetector.load(None, 0)
         height, width = parse_shape(size)[-2:] if size else DETECTOR_IMAGE
@@ -140,7 +161,8 @@ def _size_groups(images: ImageSet, start: int, stop: int, skip: Container[int], 
 
 @dataclass
 class Classification:
-    """Classifier outputs: the network's logits per image (NaN rows for skipped images)."""
+    """Classifier outputs: the network's logits per image (NaN rows for skipped images); an output map (a model
+    file whose output is ``C x H x W``) is stored flattened, ``num_outputs`` values per image in C order."""
 
     preprocessing: Preprocessing
     num_outputs: int
@@ -155,7 +177,7 @@ class Classification:
                                        lambda indices: images.read_at(indices, self.preprocessing), agree)
         outputs = np.full((stop - start, self.num_outputs), np.nan, np.float32)
         for indices, batch in batches:
-            outputs[np.asarray(indices) - start] = engine_for(batch.shape[1:])(batch)
+            outputs[np.asarray(indices) - start] = engine_for(batch.shape[1:])(batch).reshape(len(indices), -1)
         return outputs, failed
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from dcnn.errors import InputError
 from dcnn.faces.chips import extract_image_chips, face_chip_details
-from dcnn.faces.descriptor import CHIP_SIZE, DESCRIPTOR_SIZE, DescriptorModel, read_descriptor_model
+from dcnn.faces.descriptor import CHIP_SIZE, DESCRIPTOR_BATCH, DESCRIPTOR_SIZE, DescriptorModel, read_descriptor_model
 from dcnn.faces.detect import DETECTION_DTYPE, FaceDetector
 from dcnn.faces.jitter import jittered_chips
 from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
@@ -103,9 +103,10 @@ class FaceDescriber:
     def faces(self, pixels_of: Callable[[int], np.ndarray], detections: np.ndarray) -> np.ndarray:
         """:data:`FACE_DTYPE` rows of detection records, in their order (faces of one image together).
 
-        All the faces get their landmarks together; the chips of all the faces go through the network
-        :data:`~dcnn.faces.descriptor.DESCRIPTOR_BATCH` at a time, from the first record on (so a run that deals
-        whole batches of a task's faces to ranks gets the descriptors of one that describes them all).
+        The faces go :data:`~dcnn.faces.descriptor.DESCRIPTOR_BATCH` at a time, from the first record on,
+        through landmarks, chips and one pass of the network (so a run that deals whole batches of a task's
+        faces to ranks gets the descriptors of one that describes them all), so that a task's temporaries do
+        not grow with its faces (:func:`dcnn.planner.recognition.recognition_stage` counts one batch).
 
         Parameters
         ----------
@@ -128,12 +129,13 @@ class FaceDescriber:
         starts = np.flatnonzero(new_image)
         images = [pixels_of(int(index)) for index in detections["image"][starts]]
         boxes = np.stack([detections[k] for k in ("left", "top", "right", "bottom")], axis=1)
-        faces["landmarks"] = landmarks = self.landmarks.predict([grey_levels(image) for image in images], boxes,
-                                                                np.cumsum(new_image) - 1)
-        chips = np.zeros((len(faces), CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
-        for image, first, stop in zip(images, starts, [*starts[1:], len(faces)]):
-            chips[first:stop] = self.chips(image, landmarks[first:stop])
-        faces["descriptor"] = self.describe(chips)
+        image_of = np.cumsum(new_image) - 1
+        greys = [grey_levels(image) for image in images]
+        for first in range(0, len(faces), DESCRIPTOR_BATCH):
+            batch = slice(first, first + DESCRIPTOR_BATCH)
+            faces["landmarks"][batch] = landmarks = self.landmarks.predict(greys, boxes[batch], image_of[batch])
+            faces["descriptor"][batch] = self.describe(np.concatenate(
+                [self.chips(images[index], parts[None]) for index, parts in zip(image_of[batch], landmarks)]))
         return faces
 
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import os
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,12 @@ MAX_CASCADES = 100
 MAX_TREES = 10000
 MAX_TREE_DEPTH = 16
 MAX_FEATURES = 100000
-#: Integers decoded at a time (bounds the reader's temporaries to a few MiB).
-DECODE_CHUNK = 1 << 18
+#: Integers decoded at a time: the reader holds the file's bytes, the model and one chunk's temporaries (a few
+#: MiB), never the decoded file.
+DECODE_CHUNK = 1 << 16
+#: Trees of up to this many splits (depth 4, dlib's default) find their leaves in a table of 2**15 entries
+#: indexed by all their split flags at once; deeper ones are walked level by level.
+MAX_TABLE_SPLITS = 15
 #: dlib's float_details exponents that stand for +inf, -inf and NaN.
 SPECIAL_EXPONENTS = 32000
 KIND = "dlib shape predictor file"
@@ -75,45 +80,59 @@ class Cascade:
     leaves: np.ndarray
 
 
-def decode_integers(data: bytes, source: str) -> np.ndarray:
-    """Every dlib integer of a file that holds nothing else, in order, as int64.
+def _integer_chunks(data: bytes, source: str) -> Iterator[np.ndarray]:
+    """The dlib integers of a file that holds nothing else, in order, as int64 arrays of up to
+    :data:`DECODE_CHUNK` values: only one chunk's positions and temporaries exist at a time.
 
     Raises
     ------
     WeightsError
         If a control byte is invalid, the last integer is cut short, or a magnitude exceeds 63 bits.
     """
-    positions = array("q")  # 8 bytes an integer: a list of Python ints would take 36 (the peak of a run)
+    buffer = np.frombuffer(data, dtype=np.uint8)
     position, end = 0, len(data)
     while position < end:
-        positions.append(position)
-        position += 1 + (data[position] & 0x0F)
-    if position != end:
-        raise WeightsError(f"{source}: not a valid {KIND} (truncated: the last integer at byte {positions[-1]} "
-                           f"runs past the end)")
-    starts = np.frombuffer(positions, dtype=np.int64)
-    buffer = np.frombuffer(data + bytes(8), dtype=np.uint8)
-    values = np.empty(len(starts), np.int64)
-    for first in range(0, len(starts), DECODE_CHUNK):  # in chunks: a few temporaries of a chunk's size at a time
-        chunk = starts[first:first + DECODE_CHUNK]
-        control = buffer[chunk]
-        sizes = control & 0x0F
-        bad = (sizes == 0) | (sizes > 8) | ((control & 0x70) != 0)
-        if bad.any():
-            where = int(chunk[np.argmax(bad)])
-            raise WeightsError(f"{source}: not a valid {KIND} (bad integer control byte 0x{data[where]:02x} at "
-                               f"byte {where})")
-        magnitude = np.zeros(len(chunk), dtype=np.uint64)
-        for byte in range(int(sizes.max())):
-            value = buffer.take(chunk + (1 + byte)).astype(np.uint64)
-            value[sizes <= byte] = 0
-            magnitude |= value << np.uint64(8 * byte)
-        if (magnitude >> np.uint64(63)).any():
-            raise WeightsError(f"{source}: not a valid {KIND} (an integer beyond 63 bits)")
-        part = values[first:first + DECODE_CHUNK]
-        part[:] = magnitude.view(np.int64)
-        np.negative(part, out=part, where=(control & 0x80) != 0)
+        positions = array("q")  # 8 bytes an integer: a list of Python ints would take 36
+        while position < end and len(positions) < DECODE_CHUNK:
+            positions.append(position)
+            position += 1 + (data[position] & 0x0F)
+        if position > end:
+            raise WeightsError(f"{source}: not a valid {KIND} (truncated: the last integer at byte "
+                               f"{positions[-1]} runs past the end)")
+        yield _decode_at(buffer, np.frombuffer(positions, dtype=np.int64), source)
+
+
+def _decode_at(buffer: np.ndarray, starts: np.ndarray, source: str) -> np.ndarray:
+    """The complete dlib integers that begin at byte offsets ``starts`` of the uint8 ``buffer``, as int64."""
+    control = buffer[starts]
+    sizes = control & 0x0F
+    bad = (sizes == 0) | (sizes > 8) | ((control & 0x70) != 0)
+    if bad.any():
+        where = int(starts[np.argmax(bad)])
+        raise WeightsError(f"{source}: not a valid {KIND} (bad integer control byte 0x{buffer[where]:02x} at "
+                           f"byte {where})")
+    magnitude = np.zeros(len(starts), dtype=np.uint64)
+    for byte in range(int(sizes.max())):
+        # An integer of fewer bytes may end the file: its index is clipped, and its byte dropped.
+        value = buffer.take(starts + (1 + byte), mode="clip").astype(np.uint64)
+        value[sizes <= byte] = 0
+        magnitude |= value << np.uint64(8 * byte)
+    if (magnitude >> np.uint64(63)).any():
+        raise WeightsError(f"{source}: not a valid {KIND} (an integer beyond 63 bits)")
+    values = magnitude.view(np.int64)
+    np.negative(values, out=values, where=(control & 0x80) != 0)
     return values
+
+
+def decode_integers(data: bytes, source: str) -> np.ndarray:
+    """Every dlib integer of a file that holds nothing else, in order, as int64.
+
+    Raises
+    ------
+    WeightsError
+        As :func:`_integer_chunks`.
+    """
+    return np.concatenate([np.zeros(0, np.int64), *_integer_chunks(data, source)])
 
 
 def encode_integers(values: np.ndarray) -> bytes:
@@ -166,22 +185,41 @@ def _float32(pairs: np.ndarray, fail) -> np.ndarray:
 
 
 class _Stream:
-    """Bounds-checked reads from the decoded integers of a shape predictor file."""
+    """Bounds-checked reads of the integers of a shape predictor file, decoded a chunk at a time as they are
+    read (:func:`_integer_chunks`): the decoded file is never held whole."""
 
-    def __init__(self, values: np.ndarray, source: str):
-        self.values = values
-        self.cursor = 0
+    def __init__(self, data: bytes, source: str):
+        self.chunks = _integer_chunks(data, source)
+        self.pending = np.zeros(0, np.int64)  # decoded, not yet taken
+        self.cursor = 0  # values taken so far
         self.source = source
 
     def fail(self, what: str) -> WeightsError:
         return WeightsError(f"{self.source}: not a valid {KIND} ({what} at value {self.cursor})")
 
     def take(self, count: int) -> np.ndarray:
-        if self.cursor + count > len(self.values):
-            raise self.fail(f"truncated: {count} values wanted, {len(self.values) - self.cursor} left")
-        chunk = self.values[self.cursor:self.cursor + count]
+        parts = [self.pending]
+        have = len(self.pending)
+        while have < count:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                raise self.fail(f"truncated: {count} values wanted, {have} left")
+            parts.append(chunk)
+            have += len(chunk)
+        values = np.concatenate(parts) if len(parts) > 1 else self.pending
+        self.pending = values[count:]
         self.cursor += count
-        return chunk
+        return values[:count]
+
+    def peek(self) -> int:
+        """The next value, left to be taken."""
+        value = self.take(1)
+        self.pending, self.cursor = np.concatenate([value, self.pending]), self.cursor - 1
+        return int(value[0])
+
+    def left(self) -> int:
+        """Values after the cursor (the rest of the file decoded)."""
+        return len(self.pending) + sum(len(chunk) for chunk in self.chunks)
 
     def count(self, low: int, high: int, what: str) -> int:
         value = int(self.take(1)[0])
@@ -232,10 +270,9 @@ def read_shape_predictor(path: str | os.PathLike) -> ShapePredictor:
     WeightsError
         If the file is missing, truncated, altered, or not a shape predictor.
     """
-    stream = _Stream(decode_integers(read_model_bytes(path, "shape predictor file"), str(path)), str(path))
+    stream = _Stream(read_model_bytes(path, "shape predictor file"), str(path))
     stream.count(1, 1, "version")
-    rows = int(stream.take(1)[0])
-    stream.cursor -= 1
+    rows = stream.peek()
     parts = abs(rows) // 2
     if not 1 <= parts <= MAX_PARTS:
         raise stream.fail(f"an initial shape of {rows} values")
@@ -248,16 +285,17 @@ def read_shape_predictor(path: str | os.PathLike) -> ShapePredictor:
         anchor = stream.take(stream.count(1, MAX_FEATURES, "feature count"))
         if (anchor < 0).any() or (anchor >= parts).any():
             raise stream.fail(f"an anchor outside parts 0 to {parts - 1}")
-        anchors.append(anchor)
+        anchors.append(anchor.copy())  # not a view that keeps its decoded chunk alive
     stream.count(len(forests), len(forests), "delta vector count")
     cascades = []
     for anchor, (first, second, thresholds, leaves) in zip(anchors, forests):
         deltas = stream.floats(2 * stream.count(len(anchor), len(anchor), "delta count")).reshape(-1, 2)
         if max(first.max(), second.max()) >= len(anchor):
             raise stream.fail(f"a split on a feature outside 0 to {len(anchor) - 1}")
-        cascades.append(Cascade(anchor.copy(), deltas, first.copy(), second.copy(), thresholds, leaves))
-    if stream.cursor != len(stream.values):
-        raise stream.fail(f"{len(stream.values) - stream.cursor} unexpected trailing values")
+        cascades.append(Cascade(anchor, deltas, first, second, thresholds, leaves))
+    trailing = stream.left()
+    if trailing:
+        raise stream.fail(f"{trailing} unexpected trailing values")
     return ShapePredictor(initial.reshape(parts, 2), tuple(cascades))
 
 
@@ -345,11 +383,38 @@ def _box_frames(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scale[:, None], boxes[:, None, :2].astype(np.float64)
 
 
-def _to_image(points: np.ndarray, frames: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Normalised ``(n, k, 2)`` points mapped into the image by :func:`_box_frames`, rounded as dlib's
-    ``point`` (``floor(x + 0.5)``)."""
-    scale, origin = frames
+def _to_image(points: np.ndarray, scale: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """Normalised coordinates mapped into the image by the scale and origin of :func:`_box_frames` (or one
+    coordinate's part of them), rounded as dlib's ``point`` (``floor(x + 0.5)``), as int64."""
     return np.floor(points * scale + origin + 0.5).astype(np.int64)
+
+
+def _walk(left: np.ndarray) -> np.ndarray:
+    """The leaf (``0 .. splits``) that each row of ``(m, splits)`` "go left" flags of a complete tree reaches from
+    its root: node ``i``'s children are ``2i + 1`` (left) and ``2i + 2``, leaves follow the splits (dlib's
+    ``regression_tree``)."""
+    count, splits = left.shape
+    base, flat = np.arange(count) * splits, left.reshape(-1)
+    node = np.zeros(count, np.int64)
+    for _ in range(splits.bit_length()):  # complete trees: depth log2(splits + 1)
+        node = 2 * node + 2 - flat.take(base + node)
+    return node - splits
+
+
+@lru_cache(maxsize=4)
+def _leaf_table(splits: int) -> np.ndarray:
+    """:func:`_walk` of every pattern of ``splits`` flags, indexed by the pattern (bit ``s``: split ``s``)."""
+    patterns = np.arange(1 << splits)
+    return _walk(((patterns[:, None] >> np.arange(splits)) & 1).astype(bool))
+
+
+def _leaves(left: np.ndarray) -> np.ndarray:
+    """:func:`_walk`; for trees of up to :data:`MAX_TABLE_SPLITS` splits, one lookup of each row's flags as an
+    integer instead of a pass per level."""
+    splits = left.shape[1]
+    if splits > MAX_TABLE_SPLITS:
+        return _walk(left)
+    return _leaf_table(splits).take(left @ (1 << np.arange(splits)))
 
 
 @dataclass(frozen=True)
@@ -372,13 +437,31 @@ class ShapePredictor:
         """Number of landmarks."""
         return len(self.initial_shape)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the model's arrays."""
+        return self.initial_shape.nbytes + sum(array.nbytes for cascade in self.cascades
+                                               for array in vars(cascade).values())
+
+    def working_bytes(self, faces: int) -> int:
+        """An upper bound of the temporaries :meth:`predict` holds at once for ``faces`` faces, in bytes
+        (besides the grey levels it is given).
+
+        Per face and feature pixel of the largest cascade, 64 bytes (its float32 position, the float64 and
+        int64 pixel arithmetic, the index and the value); per split, 24 (the gathered values and their indices,
+        the flags); per tree and shape value, 12 (its leaf increment, gathered and summed). Measured peaks
+        (``tracemalloc``) are about 70 % of it for the 5-point model.
+        """
+        return faces * max(64 * len(c.anchors) + 24 * c.first.size + 12 * c.leaves.shape[0] * 2 * self.parts
+                           for c in self.cascades)
+
     def predict(self, grey: np.ndarray | Sequence[np.ndarray], boxes: np.ndarray,
                 image: np.ndarray | None = None) -> np.ndarray:
         """The landmarks of the faces in ``boxes`` as dlib's ``shape_predictor(image, rectangle)`` finds them.
 
         All faces (of one image or of several) go through each cascade together, and all trees of a cascade
         together: features, splits and leaves are gathered with numpy indexing; only the leaves' sum runs tree
-        after tree (dlib's float32 order, a cumulative sum).
+        after tree (dlib's float32 order: a reduction over the trees' axis, which numpy runs row after row).
 
         Parameters
         ----------
@@ -406,34 +489,31 @@ class ShapePredictor:
         height, width, first = sizes[image, 0, None], sizes[image, 1, None], starts[image, None]
         flat_grey = np.concatenate([g.reshape(-1) for g in greys])
         frames = _box_frames(boxes)
+        (scale_x, scale_y), (origin_x, origin_y) = np.moveaxis(frames[0], -1, 0), np.moveaxis(frames[1], -1, 0)
         centred = self.initial_shape.astype(np.float64) - self.initial_shape.astype(np.float64).mean(axis=0)
         spread = (centred * centred).sum() / len(centred)
         current = np.repeat(self.initial_shape[None], faces, axis=0)
         for cascade in self.cascades:
             linear = _similarity_from(centred, spread, current).astype(np.float32)
             dx, dy = cascade.deltas[:, 0], cascade.deltas[:, 1]
-            anchor = current[:, cascade.anchors]
-            # float32 products and sums in dlib's order: A * delta, then + anchor.
-            normalised = np.empty_like(anchor)
-            normalised[..., 0] = linear[:, 0, 0, None] * dx + linear[:, 0, 1, None] * dy + anchor[..., 0]
-            normalised[..., 1] = linear[:, 1, 0, None] * dx + linear[:, 1, 1, None] * dy + anchor[..., 1]
-            pixels = _to_image(normalised, frames)
-            x, y = pixels[..., 0], pixels[..., 1]
+            anchor = current.take(cascade.anchors, axis=1)
+            # Per coordinate, (faces, features) contiguous: float32 products and sums in dlib's order (A * delta,
+            # then + anchor), then into the image.
+            x = _to_image(linear[:, 0, 0, None] * dx + linear[:, 0, 1, None] * dy + anchor[..., 0], scale_x, origin_x)
+            y = _to_image(linear[:, 1, 0, None] * dx + linear[:, 1, 1, None] * dy + anchor[..., 1], scale_y, origin_y)
             inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
             values = np.where(inside, flat_grey.take(np.where(inside, first + y * width + x, 0)), 0).astype(np.float32)
-            # Every split of every tree of every face at once: flat (faces, trees, splits) "go left" flags.
+            # Every split of every tree of every face at once: (faces * trees, splits) "go left" flags.
             trees, splits = cascade.first.shape
             offsets = (np.arange(faces) * values.shape[1])[:, None, None]
             left = (values.take(cascade.first + offsets) - values.take(cascade.second + offsets)
-                    > cascade.thresholds).reshape(-1)
-            base = np.arange(faces * trees) * splits
-            node = np.zeros(faces * trees, np.int64)
-            for _ in range(splits.bit_length()):  # complete trees: depth log2(splits + 1)
-                node = 2 * node + 2 - left.take(base + node)
-            leaf = (np.arange(trees) * (splits + 1) + node.reshape(faces, trees) - splits).reshape(-1)
+                    > cascade.thresholds).reshape(faces * trees, splits)
+            leaf = (_leaves(left).reshape(faces, trees)
+                    + np.arange(trees) * (splits + 1)).reshape(-1)
             increments = cascade.leaves.reshape(trees * (splits + 1), -1).take(leaf, axis=0)
-            # dlib adds the leaves one tree after another in float32: a sequential (cumulative) sum.
-            total = np.cumsum(np.concatenate([current.reshape(faces, 1, -1), increments.reshape(faces, trees, -1)],
-                                             axis=1), axis=1, dtype=np.float32)[:, -1]
+            # dlib adds the leaves one tree after another in float32. A reduction over an axis that is not the
+            # innermost runs row after row (numpy sums pairwise only along the innermost): dlib's order.
+            total = np.add.reduce(np.concatenate([current.reshape(faces, 1, -1), increments.reshape(faces, trees, -1)],
+                                                 axis=1), axis=1, dtype=np.float32)
             current = total.reshape(faces, -1, 2)
-        return _to_image(current, frames)
+        return _to_image(current, *frames)

@@ -66,7 +66,7 @@ def preprocess(pixels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
         pixels = luminance(pixels)[..., None]
     elif channels != expected:
         raise ShapeError(f"images have {channels} channels, the model expects {expected}")
-    values = pixels.astype(np.float32) * np.float32(1 / 255)
+    values = pixels.astype(np.float32) * np.float32(preprocessing.scale)
     mean = np.asarray(preprocessing.mean, dtype=np.float32)
     std = np.asarray(preprocessing.std, dtype=np.float32)
     return np.ascontiguousarray(((values - mean) / std).transpose(0, 3, 1, 2))

@@ -230,8 +230,9 @@ def _require_result(path: Path) -> None:
 
 def read_configuration(path: str | os.PathLike,
                        keys: tuple[str, ...] = RESUME_KEYS) -> tuple[dict[str, Any], str]:
-    """The attributes of result file ``path`` that a resumed run needs (``keys``, ``input``, ``weights`` and
-    ``configuration``, see :mod:`dcnn.cli.runconfig`), and its status (``running``, ``complete``).
+    """The attributes of result file ``path`` that a resumed run needs (``keys``, ``input``, ``weights``,
+    ``model_file`` and ``configuration``, see :mod:`dcnn.cli.runconfig`), and its status (``running``,
+    ``complete``).
 
     Raises
     ------
@@ -241,7 +242,8 @@ def read_configuration(path: str | os.PathLike,
     _require_result(Path(path))
     try:
         with open_result(path) as handle:
-            stored = {key: _plain(handle.attrs.get(key)) for key in (*keys, "input", "weights", "configuration")}
+            stored = {key: _plain(handle.attrs.get(key))
+                      for key in (*keys, "input", "weights", "model_file", "configuration")}
             status = str(_plain(handle.attrs.get("status")))
             handle["timing/task_start"]
     except (OSError, KeyError) as error:
@@ -433,16 +435,17 @@ class ResultWriter:
         ------
         InputError
             If the file is missing, unreadable or complete, or was made by a run with another configuration
-            (input and weights are compared by content fingerprint, whatever their paths).
+            (input, weights and model files are compared by content fingerprint, whatever their paths).
         """
         path = Path(path)
         stored, status = read_configuration(path, keys)
         for key in keys:
             if _attribute(attributes[key]) != stored[key]:
                 if key.endswith("_fingerprint"):
-                    what = key.split("_")[0]
-                    raise InputError(f"--resume {str(path)!r}: {attributes[what]!r} is not the {what} this run was "
-                                     f"made with (its content differs; the run used {stored[what]!r})")
+                    what = key.removesuffix("_fingerprint")
+                    raise InputError(f"--resume {str(path)!r}: {attributes[what]!r} is not the "
+                                     f"{what.replace('_', ' ')} this run was made with (its content differs; the "
+                                     f"run used {stored[what]!r})")
                 raise InputError(f"--resume {str(path)!r}: it was made with {key} = {stored[key]}, this run has "
                                  f"{_attribute(attributes[key])}")
         if status == "complete":

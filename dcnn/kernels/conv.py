@@ -10,8 +10,8 @@ output counted in plane geometry (``n = b Hq Wq + y Wq + x``) the tap reads the 
 ``n + shift`` of its plane. Positions in the padding columns are computed and discarded (a few percent of
 the work). With stride 1 there is one plane and this is the plain padded input.
 
-Three ways to multiply, chosen per layer from its shape (:func:`choose_method`), all exact (no
-transformed arithmetic), all without a Python loop over pixels or channels:
+Three exact ways to multiply (no transformed arithmetic) and one fast one, chosen per layer from its shape
+(:func:`choose_method`), all without a Python loop over pixels or channels:
 
 *shifted* (wide inputs and outputs). Each tap is one GEMM of its ``K x C`` weight matrix with a shifted view of
 its plane, accumulated into the output with BLAS ``beta = 1``. Nothing is copied besides the phase split.
@@ -24,6 +24,12 @@ multiplied by the ``K x (taps * C)`` weights in one GEMM.
 its taps' weights, ``(taps * K) x C``, with the chunk, giving every tap's product at every position; the
 output is the sum of those products shifted back by each tap's offset. The GEMM's long side is then
 ``taps * K`` instead of ``K``, where ``K`` alone (a GEMV for ``K = 1``) would leave the vector units idle.
+
+*winograd* (3x3, stride 1, wide inputs and outputs: VGG's and ResNet's 3x3 layers). Winograd's F(4x4, 3x3),
+36 GEMMs over the channels for every 16 outputs instead of 144 multiplications (:mod:`dcnn.kernels.winograd`);
+it rounds differently from the direct sum (error stated in ``docs/architecture.md``), so :func:`set_exact` turns it
+off for a run that wants the exact formulations only. The choice depends on the layer, never on the size of
+the map, so a spatial block or a fused tile uses the same formulation as the whole map.
 
 Chunks of output columns are sized from the detected L2 cache (:mod:`dcnn.kernels.cache`) and a large batch is
 processed in blocks of images whose buffers fit in the L2 cache (one image when one does not), so a larger batch
@@ -42,12 +48,19 @@ from dcnn.kernels.blas import gemm_accumulate
 from dcnn.kernels.cache import cache_bytes
 from dcnn.kernels.memory import empty_float32
 from dcnn.kernels.threads import parallel_for
+from dcnn.kernels.winograd import TILE, WinogradBands, images_per_block, scatter_tiles, transform_weights
 from dcnn.network.window import Padding, conv_output_size, normalize_padding, pair
 
-__all__ = ["METHODS", "Conv2dKernel", "Workspace", "choose_method", "conv2d"]
+__all__ = ["EXACT_METHODS", "METHODS", "Conv2dKernel", "Workspace", "choose_method", "conv2d", "set_exact",
+           "winograd_applies"]
 
-#: The GEMM formulations of :class:`Conv2dKernel` (see the module docstring).
-METHODS = ("shifted", "im2col", "shifted-output")
+#: The exact GEMM formulations of :class:`Conv2dKernel` (see the module docstring): any geometry.
+EXACT_METHODS = ("shifted", "im2col", "shifted-output")
+#: Every formulation; ``"winograd"`` only for 3x3 filters at stride 1, dilation 1, one group.
+METHODS = (*EXACT_METHODS, "winograd")
+#: Layers with at least this many input and output channels take Winograd's F(4x4, 3x3) where it applies:
+#: below it the transforms, linear in the channels, cost more than the GEMMs save (VGG's 3 -> 64 first layer).
+WINOGRAD_MIN_CHANNELS = 16
 #: Inputs with fewer channels per group than this use im2col: a shifted GEMM with a tiny inner dimension
 #: runs far below the BLAS peak (measured by ``scripts/bench_kernels.py``).
 TAP_GEMM_MIN_CHANNELS = 16
@@ -62,15 +75,38 @@ MIN_CHUNK_COLUMNS = 1024
 #: shares, and the chunk bounds (so every float result) do not depend on how many threads run them.
 CHUNK_GRANULE = 4
 
+_exact = False
 
-def choose_method(in_channels: int, out_channels: int, stride: tuple[int, int] = (1, 1)) -> str:
+
+def set_exact(exact: bool) -> None:
+    """Choose only exact formulations (no Winograd) for the kernels built from now on (``--exact-conv``)."""
+    global _exact
+    _exact = bool(exact)
+
+
+def winograd_applies(kernel_size: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+                     groups: int) -> bool:
+    """Whether F(4x4, 3x3) can compute a convolution of this geometry."""
+    return tuple(kernel_size) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
+
+
+def choose_method(in_channels: int, out_channels: int, stride: tuple[int, int] = (1, 1),
+                  kernel_size: tuple[int, int] = (1, 1), dilation: tuple[int, int] = (1, 1),
+                  groups: int = 1) -> str:
     """The formulation for a convolution with these channels *per group* (one of :data:`METHODS`).
+
+    Winograd for a 3x3 stride-1 layer with at least :data:`WINOGRAD_MIN_CHANNELS` input and output channels
+    unless :func:`set_exact` asked for exact formulations (measured with ``scripts/bench_kernels.py``: VGG-16's
+    3x3 layers run 1.1-2.3x faster, the 64-channel ones least; the whole network about 1.5x).
 
     Measured with ``scripts/bench_kernels.py`` and interleaved A/B runs: im2col wins for thin inputs at stride
     1 (VGG's 3 -> 64: about 1.7x the shifted GEMMs, whose K = 3 products re-read the output nine times); at
     stride 2 the thin first layer of the face detector (3 -> 16, 5x5) runs 10-30 % faster as shifted GEMMs on
     the phase planes, because its im2col copies rows of only ~140 values.
     """
+    if (not _exact and winograd_applies(kernel_size, stride, dilation, groups)
+            and min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS):
+        return "winograd"
     if out_channels < SHIFTED_OUTPUT_MAX_CHANNELS and in_channels >= TAP_GEMM_MIN_CHANNELS:
         return "shifted-output"
     return "shifted" if in_channels >= TAP_GEMM_MIN_CHANNELS or max(stride) > 1 else "im2col"
@@ -165,6 +201,11 @@ class Conv2dKernel:
         ``"auto"`` (:func:`choose_method`) or one of :data:`METHODS`; all give the same result up to
         float32 rounding.
 
+    Raises
+    ------
+    ValueError
+        For an unknown method, or ``"winograd"`` on a geometry it cannot compute.
+
     Notes
     -----
     Padding is an argument of :meth:`__call__`, not of the kernel, because a spatial block pads only the
@@ -192,13 +233,19 @@ class Conv2dKernel:
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1, 1)
         self.relu = relu
         group_out = out_channels // groups
-        self.method = choose_method(group_channels, group_out, self.stride) if method == "auto" else method
+        if method == "winograd" and not winograd_applies((kh, kw), self.stride, self.dilation, groups):
+            raise ValueError("the winograd convolution method needs a 3x3 filter, stride 1, dilation 1 and one "
+                             f"group, got {kh}x{kw}, stride {self.stride}, dilation {self.dilation}, {groups} groups")
+        self.method = (choose_method(group_channels, group_out, self.stride, (kh, kw), self.dilation, groups)
+                       if method == "auto" else method)
         (sh, sw), (dh, dw) = self.stride, self.dilation
         # Per tap (i, j) in row-major order: its phase plane and its (row, column) shift within the plane.
         self._tap_plane = [(i * dh % sh) * sw + j * dw % sw for i in range(kh) for j in range(kw)]
         self._tap_shift = [(i * dh // sh, j * dw // sw) for i in range(kh) for j in range(kw)]
         taps = kh * kw
-        if self.method == "shifted":
+        if self.method == "winograd":
+            self._weight = transform_weights(weight)
+        elif self.method == "shifted":
             # (taps, K, C/g): one contiguous K x C/g matrix per tap.
             self._weight = np.ascontiguousarray(weight.transpose(2, 3, 0, 1)).reshape(taps, out_channels,
                                                                                       group_channels)
@@ -257,9 +304,12 @@ class Conv2dKernel:
         out = empty_float32((batch, self.out_channels, out_h, out_w))
         # Images per block: the phase planes and GEMM output of a block fit in the L2 cache, else one image, so
         # a larger batch runs each image as batch 1 would (sized by the L3, VGG-16 at batch 4 was 3-7 % slower
-        # per image than at batch 1 on a shared 32 MiB L3).
+        # per image than at batch 1 on a shared 32 MiB L3). Winograd blocks small maps together instead
+        # (:func:`dcnn.kernels.winograd.images_per_block`).
         image_bytes = 4 * planes_h * planes_w * (self.stride[0] * self.stride[1] * channels + self.out_channels)
         block = max(1, min(batch, cache_bytes(2) // image_bytes))
+        if self.method == "winograd":
+            block = images_per_block(batch, -(-out_h // TILE) * -(-out_w // TILE))
         for first in range(0, batch, block):
             self._convolve_block(x[first:first + block], out[first:first + block], padding, planes_h, planes_w,
                                  workspace)
@@ -269,6 +319,9 @@ class Conv2dKernel:
                         workspace: Workspace) -> None:
         """Convolve the images ``x`` (b, C, H, W) into ``out`` (b, K, Ho, Wo) through the phase planes."""
         batch, channels = x.shape[:2]
+        if self.method == "winograd":
+            self._winograd(x, out, padding, workspace)
+            return
         sh, sw = self.stride
         flat = workspace.get("input", (sh * sw, channels, batch * planes_h * planes_w))
         _phase_split_into(flat.reshape(sh, sw, channels, batch, planes_h, planes_w), x, padding, self.stride)
@@ -366,14 +419,37 @@ class Conv2dKernel:
                 self._epilogue(result[:, start:stop], self.bias)
 
         parallel_for(run_shifted if self.method == "shifted" else run_shifted_output, chunks)
-        valid = result.reshape(out_channels, batch, planes_h, planes_w)[:, :, :out_h, :out_w]
+        _copy_valid(result.reshape(out_channels, batch, planes_h, planes_w)[:, :, :out_h, :out_w], out)
 
-        def copy_channels(channels_slice: Sequence[int]) -> None:
-            if len(channels_slice):
-                block = slice(channels_slice[0], channels_slice[-1] + 1)
-                out[:, block] = valid[block].transpose(1, 0, 2, 3)
+    def _winograd(self, x: np.ndarray, out: np.ndarray, padding: Padding, workspace: Workspace) -> None:
+        """F(4x4, 3x3) of the images ``x`` (b, C, H, W) into ``out`` (b, K, Ho, Wo), by bands of tile rows.
 
-        parallel_for(copy_channels, range(out_channels))
+        Each image is padded to ``4 (th + 1)`` rows (its ``th`` tile rows and a spare one of zeros) and
+        ``4 (tw + 1)`` columns, split into its 16 phase planes (row and column modulo 4), and the images are
+        stacked by plane rows, so one band of tile rows may span images; the spare tile row of each image but the
+        last is computed and discarded. One band when the map is small: the GEMMs need wide bands.
+        """
+        batch, channels = x.shape[:2]
+        out_channels, out_h, out_w = out.shape[1:]
+        tiles_high, tiles_wide = -(-out_h // TILE), -(-out_w // TILE)
+        image_rows = tiles_high + 1
+        planes = workspace.get("input", (TILE, TILE, channels, batch * image_rows, tiles_wide + 1))
+        _phase_split_into(planes.reshape(TILE, TILE, channels, batch, image_rows, tiles_wide + 1), x, padding,
+                          (TILE, TILE))
+        result = workspace.get("output", (TILE, TILE, out_channels, batch * image_rows, tiles_wide))
+        bands = WinogradBands(planes, result, self._weight, batch * image_rows - 1)
+        bias = None if self.bias is None else self.bias.reshape(-1, 1, 1)
+
+        def run_bands(items: Sequence[tuple[int, int]]) -> None:
+            for first, stop in items:
+                bands.run((first, stop))
+                self._epilogue(result[..., first:stop, :], bias)
+
+        rows = bands.band_rows()
+        bands.share_gemms = rows >= bands.tile_rows  # one band: its GEMMs shared by the threads instead
+        parallel_for(run_bands, [(0, bands.tile_rows)] if bands.share_gemms
+                     else balanced_chunks(bands.tile_rows, rows))
+        scatter_tiles(result, out, image_rows)
 
     def _epilogue(self, block: np.ndarray, bias: np.ndarray | None) -> None:
         """Add the bias and apply the fused ReLU to a (channels, columns) block of output, in place."""
@@ -381,6 +457,17 @@ class Conv2dKernel:
             block += bias
         if self.relu:
             np.maximum(block, np.float32(0), out=block)
+
+
+def _copy_valid(valid: np.ndarray, out: np.ndarray) -> None:
+    """Copy ``valid`` (K, b, Ho, Wo), a view of a kernel's channel-major result, into ``out`` (b, K, Ho, Wo)."""
+
+    def copy_channels(channels_slice: Sequence[int]) -> None:
+        if len(channels_slice):
+            block = slice(channels_slice[0], channels_slice[-1] + 1)
+            out[:, block] = valid[block].transpose(1, 0, 2, 3)
+
+    parallel_for(copy_channels, range(out.shape[1]))
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,

@@ -23,7 +23,7 @@ from dcnn.network.layers import Layer, Shape, TensorSpec
 
 __all__ = [
     "BYTES_PER_VALUE", "IMAGENET", "INPUT", "GraphBuilder", "LayerCost", "Network", "Preprocessing",
-    "format_cost_table", "format_shape", "parse_grid", "parse_shape",
+    "format_cost_table", "format_shape", "parse_grid", "parse_shape", "raw_pixels",
 ]
 
 #: The name of the network input tensor.
@@ -35,23 +35,34 @@ BYTES_PER_VALUE = 4
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How uint8 images become network input: ``(pixel / 255 - mean) / std`` per channel.
+    """How uint8 images become network input: ``(pixel * scale - mean) / std`` per channel.
 
     Attributes
     ----------
     mean, std : tuple of float
-        Per-channel statistics on the [0, 1] scale (ImageNet's for AlexNet and VGG, as torchvision).
+        Per-channel statistics on the scaled values (ImageNet's on the [0, 1] scale for AlexNet and VGG, as
+        torchvision).
     grayscale : bool
         Convert RGB input to one luminance channel first (:func:`dcnn.io.images.luminance`: ITU-R 601-2 in
         Pillow's ``L``-mode fixed-point arithmetic, for every image source).
+    scale : float
+        The factor applied to the pixel values first: ``1 / 255`` (the [0, 1] scale) unless a model takes its
+        pixels as they are (``1.0``, see :func:`raw_pixels`).
     """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     grayscale: bool = False
+    scale: float = 1 / 255
 
 
 IMAGENET = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+def raw_pixels(channels: int) -> Preprocessing:
+    """The pixel values as they are (0 to 255, as float32) for a model of ``channels`` input channels (RGB images
+    become luminance for one channel)."""
+    return Preprocessing(mean=(0.0,) * channels, std=(1.0,) * channels, grayscale=channels == 1, scale=1.0)
 
 
 @dataclass(frozen=True)

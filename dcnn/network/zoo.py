@@ -1,5 +1,5 @@
 """The model zoo: LeNet-5, AlexNet, VGG-11/13/16/19 (with and without batch norm), and the DAG models of
-:mod:`dcnn.network.zoo_dag` (ResNet-18/34/50, MobileNetV2, SqueezeNet 1.1, GoogLeNet).
+:mod:`dcnn.network.zoo_dag` (ResNet-18/34/50, MobileNetV2, MobileNetV3-Small, SqueezeNet 1.1, GoogLeNet).
 
 AlexNet and VGG follow torchvision's layer layout exactly (the same ``state_dict`` names, shapes and order),
 including the adaptive average pool before the classifier, so they accept any input large enough and a user
@@ -25,7 +25,7 @@ from dcnn.network.layers import (
     ReLU,
     Tanh,
 )
-from dcnn.network.zoo_dag import googlenet, mobilenet_v2, resnet, squeezenet1_1
+from dcnn.network.zoo_dag import googlenet, mobilenet_v2, mobilenet_v3_small, resnet, squeezenet1_1
 
 __all__ = ["MODELS", "alexnet", "get_model", "lenet5", "model_names", "vgg"]
 
@@ -106,6 +106,7 @@ MODELS: dict[str, Callable[[], Network]] = {
     **{f"vgg{d}_bn": (lambda d=d: vgg(d, batch_norm=True)) for d in (11, 13, 16, 19)},
     **{f"resnet{d}": (lambda d=d: resnet(d)) for d in (18, 34, 50)},
     "mobilenet_v2": mobilenet_v2,
+    "mobilenet_v3_small": mobilenet_v3_small,
     "squeezenet1_1": squeezenet1_1,
     "googlenet": googlenet,
 }

@@ -1,4 +1,4 @@
-"""The zoo's DAG models, in torchvision's layouts and ``state_dict`` names: ResNet, MobileNetV2, SqueezeNet, GoogLeNet.
+"""The zoo's DAG models in torchvision's layouts and ``state_dict`` names: ResNet, MobileNet, SqueezeNet, GoogLeNet.
 
 Node names are the prefixes of torchvision's ``state_dict`` keys (``layer1.0.conv1``, ``features.3.conv.1.0``),
 so torchvision's trained weights load unchanged. Nodes without tensors that torchvision does not name (a
@@ -12,6 +12,8 @@ Architectures, with the published parameter counts (ImageNet, 1000 classes):
   21,797,672 / 25,557,032 parameters.
 - MobileNetV2: Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks", CVPR 2018.
   3,504,872 parameters.
+- MobileNetV3-Small: Howard et al., "Searching for MobileNetV3", ICCV 2019, with squeeze-and-excitation gates
+  (Hu et al., CVPR 2018) in torchvision's ``SqueezeExcitation`` layout. 2,542,856 parameters.
 - SqueezeNet 1.1: Iandola et al., "SqueezeNet", arXiv:1602.07360, and the v1.1 note of its repository.
   1,235,496 parameters.
 - GoogLeNet (Inception v1) at inference, without the auxiliary classifiers: Szegedy et al., "Going Deeper with
@@ -31,13 +33,17 @@ from dcnn.network.layers import (
     Conv2d,
     Dropout,
     Flatten,
+    Hardsigmoid,
+    Hardswish,
+    Layer,
     Linear,
     MaxPool2d,
+    Mul,
     ReLU,
     ReLU6,
 )
 
-__all__ = ["googlenet", "mobilenet_v2", "resnet", "squeezenet1_1"]
+__all__ = ["googlenet", "mobilenet_v2", "mobilenet_v3_small", "resnet", "squeezenet1_1"]
 
 #: torchvision's ResNet depths: blocks per stage and whether the blocks are bottlenecks.
 RESNET_CONFIGS: dict[int, tuple[tuple[int, int, int, int], bool]] = {
@@ -152,6 +158,62 @@ def mobilenet_v2(num_classes: int = 1000) -> Network:
     graph.add("classifier.1", Linear(last_channels, num_classes))
     return graph.build("mobilenet_v2", (3, 224, 224),
                        description="MobileNetV2 (torchvision layout), ImageNet preprocessing")
+
+
+def _conv_bn_act(graph: GraphBuilder, prefix: str, source: str, in_channels: int, out_channels: int, kernel: int,
+                 stride: int = 1, groups: int = 1, activation: Layer | None = None) -> str:
+    """MobileNetV3's ``Conv2dNormActivation``: ``prefix.0`` conv, ``prefix.1`` batch norm (eps 0.001), and
+    ``prefix.2`` the activation, if any."""
+    x = _conv_bn(graph, f"{prefix}.0", f"{prefix}.1", source, in_channels, out_channels, kernel, stride,
+                 (kernel - 1) // 2, groups, eps=1e-3)
+    return graph.add(f"{prefix}.2", activation) if activation is not None else x
+
+
+def _squeeze_excitation(graph: GraphBuilder, prefix: str, source: str, channels: int, squeeze: int) -> str:
+    """Squeeze-and-excitation (Hu et al., CVPR 2018) as torchvision's ``SqueezeExcitation`` with a hard-sigmoid
+    gate: global average pool, 1x1 ``fc1``, ReLU, 1x1 ``fc2``, then the map times the per-channel gate."""
+    graph.add(f"{prefix}.avgpool", AdaptiveAvgPool2d(1), source)
+    graph.add(f"{prefix}.fc1", Conv2d(channels, squeeze, 1))
+    graph.add(f"{prefix}.activation", ReLU())
+    graph.add(f"{prefix}.fc2", Conv2d(squeeze, channels, 1))
+    gate = graph.add(f"{prefix}.scale_activation", Hardsigmoid())
+    return graph.add(f"{prefix}.scale", Mul(), source, gate)
+
+
+def mobilenet_v3_small(num_classes: int = 1000) -> Network:
+    """MobileNetV3-Small (width 1.0) in torchvision's layout: inverted residuals, squeeze-and-excitation gates
+    (Howard et al., "Searching for MobileNetV3", ICCV 2019, Table 2)."""
+    # (kernel, expanded channels, output channels, squeeze-and-excitation, hard-swish, stride)
+    settings = [(3, 16, 16, True, False, 2), (3, 72, 24, False, False, 2), (3, 88, 24, False, False, 1),
+                (5, 96, 40, True, True, 2), (5, 240, 40, True, True, 1), (5, 240, 40, True, True, 1),
+                (5, 120, 48, True, True, 1), (5, 144, 48, True, True, 1), (5, 288, 96, True, True, 2),
+                (5, 576, 96, True, True, 1), (5, 576, 96, True, True, 1)]
+    graph = GraphBuilder()
+    x = _conv_bn_act(graph, "features.0", "input", 3, 16, 3, 2, activation=Hardswish())
+    channels = 16
+    for index, (kernel, expanded, out_channels, se, hard, stride) in enumerate(settings, start=1):
+        activation = Hardswish if hard else ReLU
+        prefix, part, y = f"features.{index}.block", 0, x
+        if expanded != channels:
+            y = _conv_bn_act(graph, f"{prefix}.0", y, channels, expanded, 1, activation=activation())
+            part = 1
+        y = _conv_bn_act(graph, f"{prefix}.{part}", y, expanded, expanded, kernel, stride, expanded, activation())
+        if se:
+            part += 1
+            y = _squeeze_excitation(graph, f"{prefix}.{part}", y, expanded, _make_divisible(expanded // 4))
+        y = _conv_bn_act(graph, f"{prefix}.{part + 1}", y, expanded, out_channels, 1)
+        x = graph.add(f"features.{index}.add", Add(), x, y) if stride == 1 and channels == out_channels else y
+        channels = out_channels
+    _conv_bn_act(graph, f"features.{len(settings) + 1}", x, channels, 6 * channels, 1, activation=Hardswish())
+    graph.add("avgpool", AdaptiveAvgPool2d(1))
+    graph.add("flatten", Flatten())
+    graph.add("classifier.0", Linear(6 * channels, 1024))
+    graph.add("classifier.1", Hardswish())
+    graph.add("classifier.2", Dropout(0.2))
+    graph.add("classifier.3", Linear(1024, num_classes))
+    return graph.build("mobilenet_v3_small", (3, 224, 224),
+                       description="MobileNetV3-Small (torchvision layout, squeeze-and-excitation), ImageNet "
+                                   "preprocessing")
 
 
 def _fire(graph: GraphBuilder, prefix: str, in_channels: int, squeeze: int, expand: int) -> int:

@@ -25,11 +25,12 @@ from dataclasses import fields
 
 import numpy as np
 
-from dcnn.decomposition.fused import HALO_POLICIES, plan_fused, sub_network
-from dcnn.decomposition.geometry import Box, assemble_boxes, cover
+from dcnn.decomposition.fused import HALO_POLICIES, plan_fused
+from dcnn.decomposition.geometry import Box, assemble_boxes
 from dcnn.decomposition.reuse import NUM_CLASSES, Strip, plan_reuse
 from dcnn.errors import PlanError
-from dcnn.exec.forward import Forward, apply_op
+from dcnn.exec.forward import Forward
+from dcnn.exec.tiles import run_tile
 from dcnn.network.graph import BYTES_PER_VALUE, INPUT, Network
 from dcnn.network.layers import Shape
 from dcnn.network.window import Padding
@@ -44,13 +45,10 @@ __all__ = ["COUNTER_FIELDS", "FusedEngine", "compile_fused"]
 COUNTER_FIELDS = ("tiles_run", "tiles_reused", "fallbacks", "macs", "bytes_put", "bytes_got", "pool_seconds")
 
 def compile_fused(network: Network, weights: Mapping[str, np.ndarray], depth: int) -> tuple[Forward, Forward | None]:
-    """The executors a fused run needs, for every input shape: the first ``depth`` layers (nothing folded across
-    ``depth``) and the layers after them (``None`` when there are none)."""
+    """The executors a fused run needs, for every input shape: the first ``depth`` layers and the layers after
+    them (``None`` when there are none); nothing is folded across ``depth``."""
     fused = Forward(network, weights, stop=depth)
-    if depth == len(network):
-        return fused, None
-    rest = sub_network(network, depth, network.shapes(network.input_shape)[depth])
-    return fused, Forward(rest, weights)
+    return fused, None if depth == len(network) else Forward(network, weights, start=depth)
 
 
 class FusedEngine:
@@ -69,7 +67,8 @@ class FusedEngine:
     grid : tuple of int
         Tile grid ``(Ty, Tx)`` over the fused output map; it may have more tiles than there are ranks.
     depth : int, optional
-        Layers to fuse (default: every layer before the first global one).
+        Layers to fuse, ending at any node (default: every tileable one,
+        :func:`~dcnn.decomposition.fused.tileable_depth`).
     steal : bool
         Balance tiles by work stealing (else each rank keeps its initial share).
     halo_policy : {"recompute", "reuse"}
@@ -105,17 +104,12 @@ class FusedEngine:
         self.tile_seconds = np.zeros(len(self.fused_plan.tiles))
         self._counts = dict.fromkeys(COUNTER_FIELDS, 0)
         self._rates = self.fused_plan.macs_per_pixel()
-        # Readers of each tensor among the fused nodes, and the tile's output, which the caller holds.
-        self._readers: dict[str, int] = {network.layers[self.fused_plan.depth - 1][0]: 1}
-        for sources in network.inputs[:self.fused_plan.depth]:
-            for name in sources:
-                self._readers[name] = self._readers.get(name, 0) + 1
         self._pool: StripPool | None = None
         self._sequence = 0
         self.rest = None
         if self.fused_plan.depth < len(network):
-            rest = sub_network(network, self.fused_plan.depth, self.fused_plan.output_shape)
-            self.rest = SpatialEngine(rest, weights, self.fused_plan.output_shape, comm, forward=rest_forward)
+            self.rest = SpatialEngine(network, weights, input_shape, comm, forward=rest_forward,
+                                      start=self.fused_plan.depth)
 
     @property
     def counters(self) -> dict[str, float]:
@@ -132,11 +126,8 @@ class FusedEngine:
         """This rank's per-layer counters over the whole network: the fused layers' and those of the rest."""
         if self.rest is None:
             return self._stats
-        depth = self.fused_plan.depth
-        names = [field.name for field in fields(LayerStats)]
-        combined = LayerStats(*(getattr(self._stats, name).copy() for name in names))
-        for name in names:
-            getattr(combined, name)[depth:] += getattr(self.rest.stats, name)
+        combined = LayerStats(*(getattr(self._stats, field.name).copy() for field in fields(LayerStats)))
+        combined.add(self.rest.stats)
         return combined
 
     @property
@@ -177,8 +168,12 @@ class FusedEngine:
                         for index in queue:
                             computed[index] = self._run_reusing(index, x, pool)
         self._counts["tiles_run"] += len(computed)
-        fused = self._assemble(computed, x.shape[0])
-        return fused if self.rest is None else self.rest(fused)
+        tensors = self._assemble(computed, x.shape[0])
+        if self.rest is None:
+            return tensors[self.fused_plan.cut[-1]]
+        if self.fused_plan.network.last_uses()[INPUT] >= self.fused_plan.depth:
+            tensors[INPUT] = x
+        return self.rest(tensors)
 
     # -- reuse policy --------------------------------------------------------------------------------------
     def _pool_for(self, batch: int) -> StripPool:
@@ -215,85 +210,46 @@ class FusedEngine:
     # -- both policies -------------------------------------------------------------------------------------
     def _compute(self, index: int, steps: list[tuple[Box, Box, Padding]], x: np.ndarray,
                  borrowed: list[tuple[Strip, np.ndarray]] = (), outgoing: list[Strip] = (),
-                 pool: StripPool | None = None) -> np.ndarray:
-        """Compute one tile's boxes node by node from the input, its own results and borrowed strips.
-
-        Each tensor's box is kept until the tile's last node that reads it; an in-place op overwrites only a
-        box no later node of the tile reads.
-        """
-        strips_in, strips_out = defaultdict(list), defaultdict(list)
+                 pool: StripPool | None = None) -> list[np.ndarray]:
+        """Compute one tile (:func:`~dcnn.exec.tiles.run_tile`) and publish its outgoing strips as it goes."""
+        batch = x.shape[0]
+        strips_out = defaultdict(list)
         for strip in outgoing:
             strips_out[strip.layer].append(strip)
-        for strip, values in borrowed:
-            strips_in[strip.layer].append((strip.box, values))
-        batch = x.shape[0]
-        network = self.fused_plan.network
-        names = [name for name, _ in network.layers]
-        regions: dict[str, tuple[np.ndarray | None, Box]] = {INPUT: (x, Box(0, x.shape[2], 0, x.shape[3]))}
-        pending = dict(self._readers)
-        # Per tensor, the cover of what this tile's readers need: what borrowed strips complete, once.
-        wanted: dict[str, list[Box]] = defaultdict(list)
-        for layer, (box, source_box, _) in enumerate(steps):
-            for position, name in enumerate(network.inputs[layer]):
-                wanted[name].append(source_box if position == 0 else box)
-        for layer, (box, source_box, padding) in enumerate(steps):
-            sources = network.inputs[layer]
-            if box.empty:
-                regions[names[layer]] = (None, box)
-                continue
-            start = time.perf_counter()
-            op = self.forward.ops[layer]
-            arguments = []
-            for position, name in enumerate(sources):
-                array, held = regions[name]
-                need = source_box if position == 0 else box
-                if not held.contains(need):
-                    whole = cover(wanted[name])
-                    array, held = self._source(whole, held, array, strips_in[names.index(name)], batch), whole
-                    regions[name] = (array, held)
-                arguments.append(array[(slice(None), slice(None), *need.slices(held))])
-            writable = [name != INPUT and pending[name] == 1 and sources.count(name) == 1 for name in sources]
-            region = apply_op(op, arguments, writable, padding if op.layer.window is not None else None)
-            for name in sources:
-                pending[name] -= 1
-                if pending[name] == 0:
-                    regions.pop(name)
-            regions[names[layer]] = (region, box)
-            elapsed = time.perf_counter() - start
-            self._stats.compute_seconds[layer] += elapsed
-            self.tile_seconds[index] += elapsed
+
+        def computed(layer: int, region: np.ndarray, box: Box) -> None:
             self._counts["macs"] += self._rates[layer] * box.area * batch
             for strip in strips_out[layer]:
                 pool.publish(strip, region[(slice(None), slice(None), *strip.box.slices(box))])
                 self._stats.bytes_sent[layer] += batch * BYTES_PER_VALUE * strip.elements
-        return regions[names[len(steps) - 1]][0]
 
-    @staticmethod
-    def _source(source_box: Box, held: Box, region: np.ndarray | None, strips: list[tuple[Box, np.ndarray]],
-                batch: int) -> np.ndarray:
-        """``source_box`` of a tensor: a view of the tile's own box of it, or assembled with borrowed strips."""
-        if held.contains(source_box) and region is not None:
-            return region[(slice(None), slice(None), *source_box.slices(held))]
-        channels = region.shape[1] if region is not None else strips[0][1].shape[1]
-        source = np.empty((batch, channels, source_box.height, source_box.width), np.float32)
-        own = held.intersect(source_box)
-        if not own.empty:
-            source[(slice(None), slice(None), *own.slices(source_box))] = \
-                region[(slice(None), slice(None), *own.slices(held))]
-        for box, values in strips:
-            source[(slice(None), slice(None), *box.slices(source_box))] = values
-        return source
+        seconds = np.zeros(len(steps))
+        outputs = run_tile(self.forward, steps, x, self.fused_plan.cut, self.fused_plan.tiles[index].outputs,
+                           [(strip.layer, strip.box, values) for strip, values in borrowed], computed, seconds)
+        self._stats.compute_seconds[:len(steps)] += seconds
+        self.tile_seconds[index] += seconds.sum()
+        return outputs
 
-    def _assemble(self, computed: dict[int, np.ndarray], batch: int) -> np.ndarray:
-        """Every rank's tile outputs into the whole fused output map, on every rank."""
+    def _assemble(self, computed: dict[int, list[np.ndarray]], batch: int) -> dict[str, np.ndarray]:
+        """Every rank's tile blocks into each whole cut tensor, on every rank (one allgather)."""
         owners = self.comm.allgather(sorted(computed))
-        channels = self.fused_plan.output_shape[0]
+        plan = self.fused_plan
+        channels = [shape[0] for shape in plan.cut_shapes]
         order = [index for indices in owners for index in indices]
-        counts = [sum(batch * channels * self.fused_plan.tiles[i].output.area for i in indices) for indices in owners]
-        local = np.concatenate([computed[i].reshape(-1) for i in sorted(computed)]) if computed else \
-            np.zeros(0, np.float32)
+        counts = [sum(batch * c * box.area for i in indices for c, box in zip(channels, plan.tiles[i].outputs))
+                  for indices in owners]
+        local = np.concatenate([block.reshape(-1) for i in sorted(computed) for block in computed[i]]) \
+            if computed else np.zeros(0, np.float32)
         start = time.perf_counter()
         flat = allgather_blocks(self.comm, local, counts)
-        self._stats.wait_seconds[self.fused_plan.depth - 1] += time.perf_counter() - start
-        return assemble_boxes(flat, [self.fused_plan.tiles[i].output for i in order], (batch, channels),
-                              self.fused_plan.output_shape[1:])
+        self._stats.wait_seconds[plan.depth - 1] += time.perf_counter() - start
+        # Per rank, its tiles' blocks in tile order, each tile's blocks in cut order: split per tensor.
+        parts: list[list[np.ndarray]] = [[] for _ in plan.cut]
+        offset = 0
+        for i in order:
+            for k, (c, box) in enumerate(zip(channels, plan.tiles[i].outputs)):
+                parts[k].append(flat[offset:offset + batch * c * box.area])
+                offset += batch * c * box.area
+        return {name: assemble_boxes(np.concatenate(parts[k]), [plan.tiles[i].outputs[k] for i in order],
+                                     (batch, channels[k]), shape[1:])
+                for k, (name, shape) in enumerate(zip(plan.cut, plan.cut_shapes))}

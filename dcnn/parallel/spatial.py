@@ -23,9 +23,8 @@ from dcnn.decomposition.geometry import (
     Box,
     assemble_boxes,
     input_box,
-    split_extent,
 )
-from dcnn.decomposition.spatial import SpatialLayerPlan, plan_spatial
+from dcnn.decomposition.spatial import SpatialLayerPlan, fc_shards, plan_spatial
 from dcnn.exec.forward import Forward, apply_op
 from dcnn.network.graph import INPUT, Network
 from dcnn.network.layers import Linear, Shape
@@ -83,14 +82,18 @@ class SpatialEngine:
         Compute the halo-free interior while the halos are in flight.
     forward : Forward, optional
         The network already compiled (engines of other input shapes share one); compiled here by default.
+    start : int
+        Run nodes ``start ..`` only (the layers after a fused block): the call then takes, by name, every tensor
+        computed before ``start`` that they read, whole (:func:`~dcnn.decomposition.fused.cut_tensors`).
     """
 
     def __init__(self, network: Network, weights: Mapping[str, np.ndarray], input_shape: Shape, comm: MPI.Comm,
-                 dims: tuple[int, int] | None = None, comm_overlap: bool = True, forward: Forward | None = None):
+                 dims: tuple[int, int] | None = None, comm_overlap: bool = True, forward: Forward | None = None,
+                 start: int = 0):
         self.comm = cartesian(comm, dims)
         self.rank = self.comm.rank
-        self.spatial_plan = plan_spatial(network, input_shape, tuple(self.comm.dims))
-        self.forward = forward if forward is not None else Forward(network, weights)
+        self.spatial_plan = plan_spatial(network, input_shape, tuple(self.comm.dims), start)
+        self.forward = forward if forward is not None else Forward(network, weights, start=start)
         self.comm_overlap = comm_overlap
         self.stats = LayerStats.zeros(len(network))
         self._exchanges: dict[tuple[int, int], HaloExchange] = {}
@@ -107,12 +110,17 @@ class SpatialEngine:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Run on a ``(B, C, H, W)`` batch present on every rank; every rank returns the full output."""
-        x = np.asarray(x, dtype=np.float32)
+    def __call__(self, x: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
+        """Run on a ``(B, C, H, W)`` batch present on every rank (with ``start``: the tensors the nodes after it
+        read, by name, each whole on every rank); every rank returns the full output."""
         network = self.spatial_plan.network
-        # Per tensor: this rank's block and its box; the box assembled by its exchange; readers left.
-        blocks: dict[str, tuple[np.ndarray, Box]] = {INPUT: (x, Box(0, x.shape[2], 0, x.shape[3]))}
+        given = {name: np.asarray(value, dtype=np.float32)
+                 for name, value in (x.items() if isinstance(x, Mapping) else [(INPUT, x)])}
+        # Per tensor: this rank's block and its box; the box assembled by its exchange; readers left. The given
+        # tensors are whole on every rank and never overwritten.
+        blocks: dict[str, tuple[np.ndarray, Box]] = {name: (value, Box(0, value.shape[2], 0, value.shape[3]))
+                                                      for name, value in given.items()}
+        self._given = set(given)
         regions: dict[str, tuple[np.ndarray, Box]] = {}
         pending: dict[str, int] = {}
         for layer_plan in self.spatial_plan.layers:
@@ -128,7 +136,11 @@ class SpatialEngine:
                     regions.pop(source, None)
             blocks[name] = (out, layer_plan.out_blocks[self.rank])
         last = self.spatial_plan.layers[-1] if self.spatial_plan.layers else None
-        out = self._gather_map(blocks[network.layers[last.index][0]][0], last) if last is not None else x
+        if last is not None:
+            out = blocks[network.layers[last.index][0]][0]
+            out = out if last.vector else self._gather_map(out, last)
+        else:
+            out = given[network.inputs[self.spatial_plan.gather_index][0]]
         for index in range(self.spatial_plan.gather_index, len(self.forward.ops)):
             out = self._run_global(index, out)
         return out
@@ -149,14 +161,20 @@ class SpatialEngine:
         op = self.forward.ops[layer_plan.index]
         index, rank = layer_plan.index, self.rank
         own = layer_plan.out_blocks[rank]
+        if layer_plan.reduces:
+            return self._global_mean(layer_plan, blocks[layer_plan.sources[0]][0])
         if not layer_plan.windowed:
             start = time.perf_counter()
             arguments, writable = [], []
             for name in layer_plan.sources:
                 block, box = blocks[name]
-                # The input image is replicated: keep only this rank's block of it (never overwritten).
-                arguments.append(block[(slice(None), slice(None), *own.slices(box))] if box != own else block)
-                writable.append(name != INPUT and pending[name] == 1 and layer_plan.sources.count(name) == 1)
+                # A whole tensor (the input image, a fused block's hand-over): keep only this rank's block of it;
+                # a squeeze-and-excitation vector broadcasts over the block, and a vector node reads all whole.
+                whole = layer_plan.vector or name in self.spatial_plan.vectors
+                arguments.append(block if whole or box == own else block[(slice(None), slice(None),
+                                                                           *own.slices(box))])
+                writable.append(name not in self._given and pending[name] == 1
+                                and layer_plan.sources.count(name) == 1)
             out = apply_op(op, arguments, writable)
             self.stats.compute_seconds[index] += time.perf_counter() - start
             return out
@@ -206,6 +224,19 @@ class SpatialEngine:
         self.stats.compute_seconds[index] += compute
         return out
 
+    def _global_mean(self, layer_plan: SpatialLayerPlan, block: np.ndarray) -> np.ndarray:
+        """Global average pooling of a split map: this rank's block sums, added over the ranks, over ``H * W``."""
+        start = time.perf_counter()
+        sums = block.sum(axis=(2, 3), dtype=np.float64)
+        self.stats.compute_seconds[layer_plan.index] += time.perf_counter() - start
+        start = time.perf_counter()
+        self.comm.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
+        self.stats.wait_seconds[layer_plan.index] += time.perf_counter() - start
+        self.stats.bytes_sent[layer_plan.index] += sums.nbytes
+        self.stats.bytes_received[layer_plan.index] += sums.nbytes
+        height, width = layer_plan.in_shape[1:]
+        return (sums / (height * width)).astype(np.float32)[:, :, None, None]
+
     def _box_output(self, layer_plan: SpatialLayerPlan, box: Box, source: np.ndarray,
                     source_box: Box) -> tuple[np.ndarray, float]:
         """The outputs ``box`` computed from ``source`` (which holds ``source_box`` of the input map), and the
@@ -251,7 +282,7 @@ class SpatialEngine:
         if not isinstance(op.layer, Linear) or self.spatial_plan.size == 1:
             return out
         batch = out.shape[0]
-        counts = [batch * (stop - begin) for begin, stop in split_extent(op.layer.out_features, self.spatial_plan.size)]
+        counts = [batch * (stop - begin) for begin, stop in fc_shards(op.layer.out_features, self.spatial_plan.size)]
         start = time.perf_counter()
         gathered = allgather_blocks(self.comm, out.T, counts)
         self.stats.wait_seconds[index] += time.perf_counter() - start

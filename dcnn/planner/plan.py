@@ -13,7 +13,12 @@ models, per rank (one rank per node):
   input, a residual skip that a later node reads), for the whole map (batch), the rank's block with its halo
   (spatial) or the largest tile region (fused);
 - ``gathered map``, ``tile outputs``: the maps that spatial and fused mode assemble on every rank;
-- ``strip pool``: the strips a rank holds for the reuse policy.
+- ``strip pool``: the strips a rank holds for the reuse policy;
+- a :class:`Stage` that every rank runs after the network (face recognition after the detector):
+  ``<stage> models`` (its network's weights, counted as ``weights`` in batch mode, and its other models) and
+  ``<stage> activations`` (its network's input and largest working set for one pass, its other scratch, and
+  what it holds per image of the planned network's pass). They add to the network's items: what the network
+  freed is not always handed back to the system by the time the stage runs.
 
 Time is the multiply-accumulates of the slowest share over the node's speed (calibrated on the paper's RockPro64
 runs), plus halo, strip and gather bytes over the network bandwidth with a latency per message. It is a simple
@@ -30,10 +35,9 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
-from dcnn.decomposition.fused import plan_fused, spatial_depth, sub_network
-from dcnn.decomposition.geometry import split_extent
+from dcnn.decomposition.fused import finest_grid, plan_fused, spatial_depth
 from dcnn.decomposition.reuse import plan_reuse
-from dcnn.decomposition.spatial import plan_spatial
+from dcnn.decomposition.spatial import fc_shards, plan_spatial
 from dcnn.errors import InputError, PlanError
 from dcnn.io.config import read_toml
 from dcnn.io.numbers import check_number
@@ -42,8 +46,8 @@ from dcnn.network.graph import BYTES_PER_VALUE, Network, format_shape
 from dcnn.network.layers import Conv2d, Linear, Shape
 
 __all__ = [
-    "DEFAULT_MACS_PER_SECOND", "MODES", "RUNTIME_BYTES", "Cluster", "Node", "RunPlan", "best_plan", "choose_plan",
-    "format_bytes", "parse_bytes", "plan_for", "plan_shapes", "plans", "worst_shapes",
+    "DEFAULT_MACS_PER_SECOND", "MODES", "RUNTIME_BYTES", "Cluster", "Node", "RunPlan", "Stage", "best_plan",
+    "choose_plan", "format_bytes", "parse_bytes", "plan_for", "plan_shapes", "plans", "worst_shapes",
 ]
 
 MIB, GIB = 2**20, 2**30
@@ -223,7 +227,8 @@ class RunPlan:
     seconds : float
         Predicted time for the image set.
     depth : int or None
-        Fused mode: the layers fused (``None``: every layer before the first global one).
+        Fused mode: the layers fused (``None``: every tileable one, see
+        :func:`~dcnn.decomposition.fused.tileable_depth`).
     """
 
     mode: str
@@ -281,10 +286,51 @@ class RunPlan:
         return arguments
 
 
+@dataclass(frozen=True)
+class Stage:
+    """A second network that every rank runs whole after the planned one, with the models it holds besides:
+    ``python -m dcnn.recognize``'s recognition (the face descriptor on batches of chips, after the landmarks).
+
+    Attributes
+    ----------
+    name : str
+        Its memory items are ``"<name> models"`` and ``"<name> activations"``.
+    network : Network
+        Run on whole inputs of ``network.input_shape``.
+    batch : int
+        Inputs per pass of ``network``.
+    models : int
+        Bytes of its other models (the landmark model).
+    scratch : int
+        Bytes of its other temporaries, at most, for one pass (the landmarks' and chips' of ``batch`` faces).
+    image_bytes : float
+        Bytes it holds per value of the planned network's input, per image of that network's pass (the images
+        read again for the landmarks).
+    """
+
+    name: str
+    network: Network
+    batch: int
+    models: int = 0
+    scratch: int = 0
+    image_bytes: float = 0.0
+
+    def memory(self, input_shape: Shape, batch: int) -> dict[str, int]:
+        """Its items next to a pass of the planned network over ``batch`` inputs of ``input_shape``: its
+        network's weights as batch mode holds them (:func:`_weights`), input and largest working set
+        (:func:`_input_bytes`, :func:`_whole_map_work`), as for any network, and its own bytes."""
+        shape = self.network.input_shape
+        work, _ = _whole_map_work(self.network, shape)
+        return {f"{self.name} models": _weights(self.network, shape, 1)[0][0] + self.models,
+                f"{self.name} activations": _input_bytes(shape, self.batch) + self.batch * work * BYTES_PER_VALUE
+                + self.scratch + int(self.image_bytes * batch * math.prod(input_shape))}
+
+
 @lru_cache(maxsize=64)
-def _decomposition(network: Network, input_shape: Shape, dims: tuple[int, int]):
-    """The spatial plan (cached: memory and time of every batch size of a candidate share it)."""
-    return plan_spatial(network, input_shape, dims)
+def _decomposition(network: Network, input_shape: Shape, dims: tuple[int, int], start: int):
+    """The spatial plan (cached: memory and time of every batch size of a candidate share it; every caller passes
+    ``start``, so one plan has one cache key)."""
+    return plan_spatial(network, input_shape, dims, start)
 
 
 @lru_cache(maxsize=64)
@@ -296,11 +342,12 @@ def _tiling(network: Network, input_shape: Shape, tiles: tuple[int, int], ranks:
 
 
 @lru_cache(maxsize=64)
-def _block_work(network: Network, input_shape: Shape, dims: tuple[int, int]) -> tuple[tuple[int, str], ...]:
+def _block_work(network: Network, input_shape: Shape, dims: tuple[int, int], start: int = 0) -> tuple[
+        tuple[int, str], ...]:
     """Per rank of a spatial grid, the largest one-node working set (values per image) and its node (cached:
     every batch size of a candidate shares it). Besides the node's own input and output, the rank's blocks of
     the other tensors alive meanwhile count (an add's second input, a residual skip)."""
-    spatial = _decomposition(network, input_shape, dims)
+    spatial = _decomposition(network, input_shape, dims, start)
     work = [(0, "")] * (dims[0] * dims[1])
     live = network.live_tensors()
     blocks = {network.layers[p.index][0]: (p.out_shape[0], p.out_blocks) for p in spatial.layers}
@@ -339,7 +386,7 @@ def _weights(network: Network, input_shape: Shape, ranks: int) -> tuple[list[int
     for row in network.costs(input_shape):
         if isinstance(row.layer, Linear):
             shares = [row.param_bytes * (stop - start) // row.layer.out_features
-                      for start, stop in split_extent(row.layer.out_features, ranks)]
+                      for start, stop in fc_shards(row.layer.out_features, ranks)]
         else:
             # A convolution's weights are held twice: as loaded, and laid out for its kernel.
             shares = [row.param_bytes * (2 if isinstance(row.layer, Conv2d) else 1)] * ranks
@@ -389,12 +436,13 @@ def memory_batch(network: Network, input_shape: Shape, batch: int, cluster: Clus
 
 
 def memory_spatial(network: Network, input_shape: Shape, batch: int, cluster: Cluster,
-                   dims: tuple[int, int]) -> RunPlan:
-    """Spatial mode: blocks and halos per rank, the gathered map, fully connected layers split by neurons."""
+                   dims: tuple[int, int], start: int = 0) -> RunPlan:
+    """Spatial mode: blocks and halos per rank, the gathered map, fully connected layers split by neurons (with
+    ``start``: of the nodes after a fused block only)."""
     size = cluster.size
-    spatial = _decomposition(network, tuple(input_shape), tuple(dims))
+    spatial = _decomposition(network, tuple(input_shape), tuple(dims), start)
     weights, heaviest = _weights(network, input_shape, size)
-    work = _block_work(network, tuple(input_shape), tuple(dims))
+    work = _block_work(network, tuple(input_shape), tuple(dims), start)
     tail, _ = _whole_map_work(network, input_shape, spatial.gather_index) if spatial.gather_index < len(network) \
         else (0, "")
     gathered = 2 * batch * math.prod(spatial.gathered_shape) * BYTES_PER_VALUE
@@ -426,10 +474,9 @@ def memory_fused(network: Network, input_shape: Shape, batch: int, cluster: Clus
             best = max(best, (value, network.layers[layer][0]))
     tail = [{"activations": 0, "gathered map": 0}] * size
     if fused.depth < len(network):
-        # The layers after the fused block run on a spatial engine over the assembled fused output.
-        rest = sub_network(network, fused.depth, fused.output_shape)
-        tail = memory_spatial(rest, fused.output_shape, batch, cluster, _square_dims(size)).memory
-    output = math.prod(fused.output_shape)
+        # The layers after the fused block run on a spatial engine over the assembled cut tensors.
+        tail = memory_spatial(network, input_shape, batch, cluster, _square_dims(size), fused.depth).memory
+    output = fused.cut_values()
     share = math.ceil(len(fused.tiles) / size) / len(fused.tiles)
     memory = [{"runtime": cluster.runtime_bytes, "weights": weights[rank], "input": _input_bytes(input_shape, batch),
                "activations": max(batch * best[0] * BYTES_PER_VALUE, tail[rank]["activations"]),
@@ -459,7 +506,7 @@ def predict_seconds(plan: RunPlan, network: Network, input_shape: Shape, cluster
     if plan.mode == "batch":
         return images * total / sum(rates)
     if plan.mode == "spatial":
-        spatial = _decomposition(network, tuple(input_shape), plan.grid)
+        spatial = _decomposition(network, tuple(input_shape), plan.grid, 0)
         share = [0.0] * cluster.size
         for layer_plan in spatial.layers:
             macs, area = costs[layer_plan.index].macs, layer_plan.out_shape[1] * layer_plan.out_shape[2]
@@ -483,7 +530,7 @@ def predict_seconds(plan: RunPlan, network: Network, input_shape: Shape, cluster
         remote = (cluster.size - 1) / cluster.size
         network_seconds += 2 * strips * remote / cluster.bandwidth / cluster.size + 3 * cluster.latency
     rest = sum(row.macs for row in costs[fused.depth:]) / sum(rates)
-    gather = _allgather_seconds(math.prod(fused.output_shape) * BYTES_PER_VALUE, cluster)
+    gather = _allgather_seconds(fused.cut_values() * BYTES_PER_VALUE, cluster)
     return images * (tiled / sum(rates) + rest + network_seconds + gather)
 
 
@@ -496,7 +543,7 @@ def _allgather_seconds(nbytes: int, cluster: Cluster) -> float:
 
 # -- choice ---------------------------------------------------------------------------------------------------------
 def _tile_grids(network: Network, input_shape: Shape) -> list[tuple[int, int]]:
-    height, width = network.shapes(input_shape)[spatial_depth(network)][1:]
+    height, width = finest_grid(network, input_shape)
     return [(t, t) for t in range(2, 9) if t <= height and t <= width]
 
 
@@ -511,11 +558,12 @@ def _spatial_grids(network: Network, input_shape: Shape, size: int) -> list[tupl
 
 def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, batch: int,
              grid: tuple[int, int] | None = None, halo_policy: str | None = None, images: int = 1,
-             depth: int | None = None, batch_images: int | None = None) -> RunPlan:
+             depth: int | None = None, batch_images: int | None = None, stage: Stage | None = None) -> RunPlan:
     """The plan of one given configuration, with its predicted time.
 
     ``batch_images`` is how many images of this shape there are: a forward pass never holds more, so memory is
     modelled for ``min(batch, batch_images)`` images (a 1-image set at batch 4 is planned as 1 image).
+    ``stage``: a network every rank runs after this one (its items join every rank's, see :class:`Stage`).
     """
     real = batch if batch_images is None else max(1, min(batch, batch_images))
     if mode == "batch":
@@ -526,6 +574,9 @@ def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, 
         plan = memory_fused(network, input_shape, real, cluster, grid, halo_policy or "reuse", depth)
     else:
         raise PlanError(f"the planner knows modes {', '.join(MODES)}, not {mode!r}")
+    if stage is not None:
+        for items in plan.memory:
+            items.update(stage.memory(input_shape, real))
     plan.batch = batch
     plan.seconds = predict_seconds(plan, network, input_shape, cluster, images)
     return plan
@@ -549,10 +600,11 @@ def worst_shapes(counts: Mapping[Shape, int], batch: int) -> list[tuple[Shape, i
 
 def plan_shapes(network: Network, shapes: list[tuple[Shape, int]], cluster: Cluster, mode: str, batch: int,
                 grid: tuple[int, int] | None = None, halo_policy: str | None = None, images: int = 1,
-                depth: int | None = None) -> tuple[RunPlan, Shape]:
+                depth: int | None = None, stage: Stage | None = None) -> tuple[RunPlan, Shape]:
     """One configuration over several input shapes (from :func:`worst_shapes`): the plan of the shape that
-    exceeds the cluster's budgets most (needs the most memory when all fit), and that shape."""
-    planned = [(plan_for(network, shape, cluster, mode, batch, grid, halo_policy, images, depth, count), shape)
+    exceeds the cluster's budgets most (needs the most memory when all fit), and that shape. ``stage``: see
+    :func:`plan_for`."""
+    planned = [(plan_for(network, shape, cluster, mode, batch, grid, halo_policy, images, depth, count, stage), shape)
                for shape, count in shapes]
     return max(planned, key=lambda item: (_excess(item[0], cluster), item[0].peak()))
 
@@ -565,11 +617,11 @@ def _excess(plan: RunPlan, cluster: Cluster) -> int:
 
 def plans(network: Network, input_shape: Shape, cluster: Cluster, batch: int, images: int = 1,
           modes: tuple[str, ...] = MODES, batch_images: int | None = None,
-          tile_limit: tuple[int, int] | None = None) -> list[RunPlan]:
+          tile_limit: tuple[int, int] | None = None, stage: Stage | None = None) -> list[RunPlan]:
     """Every candidate: each mode, rank grid, tile grid and policy, at batch sizes ``batch``, ``batch/2``, .. 1.
 
-    ``batch_images``: see :func:`plan_for`. ``tile_limit`` bounds the tile grids (rows, columns): the smallest
-    fused output map of a set of sizes.
+    ``batch_images`` and ``stage``: see :func:`plan_for`. ``tile_limit`` bounds the tile grids (rows, columns):
+    the smallest fused output map of a set of sizes.
     """
     sizes = sorted({max(1, batch >> shift) for shift in range(batch.bit_length())}, reverse=True)
     configurations = []
@@ -582,13 +634,15 @@ def plans(network: Network, input_shape: Shape, cluster: Cluster, batch: int, im
         limit = tile_limit or (math.inf, math.inf)
         configurations += [("fused", tiles, halo_policy) for tiles in _tile_grids(network, input_shape)
                            if tiles[0] <= limit[0] and tiles[1] <= limit[1] for halo_policy in ("reuse", "recompute")]
-    return [plan_for(network, input_shape, cluster, mode, size, grid, halo_policy, images, batch_images=batch_images)
+    return [plan_for(network, input_shape, cluster, mode, size, grid, halo_policy, images, batch_images=batch_images,
+                     stage=stage)
             for mode, grid, halo_policy in configurations for size in sizes]
 
 
 def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: int, images: int = 1,
                 modes: tuple[str, ...] = MODES, batch_images: int | None = None,
-                others: list[tuple[Shape, int]] = (), tile_limit: tuple[int, int] | None = None) -> RunPlan:
+                others: list[tuple[Shape, int]] = (), tile_limit: tuple[int, int] | None = None,
+                stage: Stage | None = None) -> RunPlan:
     """The feasible plan with the least predicted time (larger batches first among equals).
 
     Parameters
@@ -613,6 +667,8 @@ def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: i
         ``input_shape`` is the largest): a plan is feasible only if it fits all of them.
     tile_limit : tuple of int, optional
         Bounds the tile grids (rows, columns), see :func:`plans`.
+    stage : Stage, optional
+        See :func:`plan_for`.
 
     Returns
     -------
@@ -625,15 +681,15 @@ def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: i
     PlanError
         When no plan fits, naming what does not fit, the bytes needed and available, and what would fit.
     """
-    candidates = plans(network, input_shape, cluster, batch, images, modes, batch_images, tile_limit)
-    chosen = best_plan(candidates, network, input_shape, cluster, modes)
+    candidates = plans(network, input_shape, cluster, batch, images, modes, batch_images, tile_limit, stage)
+    chosen = best_plan(candidates, network, input_shape, cluster, modes, stage)
     if not others:
         return chosen
     feasible = sorted((plan for plan in candidates if plan.overflow(cluster) is None),
                       key=lambda plan: (plan.seconds, -plan.batch, plan.peak()))
     for plan in feasible:
         heaviest, shape = plan_shapes(network, [(input_shape, batch_images or images), *others], cluster,
-                                      plan.mode, plan.batch, plan.grid, plan.halo_policy, images)
+                                      plan.mode, plan.batch, plan.grid, plan.halo_policy, images, stage=stage)
         if heaviest.overflow(cluster) is None:
             heaviest.seconds = plan.seconds
             return heaviest
@@ -644,7 +700,7 @@ def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: i
 
 
 def best_plan(candidates: list[RunPlan], network: Network, input_shape: Shape, cluster: Cluster,
-              modes: tuple[str, ...] = MODES) -> RunPlan:
+              modes: tuple[str, ...] = MODES, stage: Stage | None = None) -> RunPlan:
     """:func:`choose_plan` among candidates already computed by :func:`plans` (same arguments)."""
     if not candidates:
         raise PlanError(f"no {' or '.join(modes)} plan for {cluster.size} nodes: a rank grid that large leaves "
@@ -652,12 +708,12 @@ def best_plan(candidates: list[RunPlan], network: Network, input_shape: Shape, c
     feasible = [plan for plan in candidates if plan.overflow(cluster) is None]
     if feasible:
         return min(feasible, key=lambda plan: (plan.seconds, -plan.batch, plan.peak()))
-    raise PlanError(explain_infeasible(network, input_shape, cluster, min(candidates, key=RunPlan.peak), modes))
+    raise PlanError(explain_infeasible(network, input_shape, cluster, min(candidates, key=RunPlan.peak), modes, stage))
 
 
 def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, plan: RunPlan,
-                       modes: tuple[str, ...] = MODES) -> str:
-    """Why ``plan`` (the leanest candidate) does not fit, and what would."""
+                       modes: tuple[str, ...] = MODES, stage: Stage | None = None) -> str:
+    """Why ``plan`` (the leanest candidate, with ``stage`` if given) does not fit, and what would."""
     rank, needed, available = plan.overflow(cluster)
     item, what = plan.largest_item(rank)
     message = (f"{network.name} on {format_shape(input_shape)} does not fit: even the leanest plan "
@@ -665,7 +721,12 @@ def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, p
                f"{format_bytes(available)} ({cluster.fraction:.0%} of {format_bytes(cluster.nodes[rank].ram)}); "
                f"the largest part is the {what}, besides {format_bytes(plan.memory[rank]['runtime'])} for the "
                f"runtime")
-    nodes = _nodes_that_fit(network, input_shape, cluster, modes)
+    if stage is not None:
+        items = plan.memory[rank]
+        models, work = items[f"{stage.name} models"], items[f"{stage.name} activations"]
+        message += (f". Whatever the plan, every node holds the {stage.name} models ({format_bytes(models)}) and "
+                    f"their working set ({format_bytes(work)})")
+    nodes = _nodes_that_fit(network, input_shape, cluster, modes, stage)
     if nodes is not None:
         message += f". It fits on {nodes} such nodes"
         if plan.mode == "batch" or "weights" in item:
@@ -675,15 +736,22 @@ def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, p
     return message
 
 
-def _nodes_that_fit(network: Network, input_shape: Shape, cluster: Cluster, modes: tuple[str, ...]) -> int | None:
+def _fixed_bytes(input_shape: Shape, cluster: Cluster, stage: Stage | None) -> int:
+    """What every rank holds whatever the node count: the runtime, one input, and a stage's models and work."""
+    held = cluster.runtime_bytes + _input_bytes(input_shape, 1)
+    return held + (0 if stage is None else sum(stage.memory(input_shape, 1).values()))
+
+
+def _nodes_that_fit(network: Network, input_shape: Shape, cluster: Cluster, modes: tuple[str, ...],
+                    stage: Stage | None = None) -> int | None:
     """The fewest equal copies of the smallest node that hold some plan (``None`` if more than MAX_NODES)."""
     smallest = min(cluster.nodes, key=lambda node: node.ram)
-    if cluster.runtime_bytes + _input_bytes(input_shape, 1) >= int(smallest.ram * cluster.fraction):
+    if _fixed_bytes(input_shape, cluster, stage) >= int(smallest.ram * cluster.fraction):
         return None  # what every rank holds whatever the node count does not fit
 
     def fits(count: int) -> bool:
         larger = replace(cluster, nodes=tuple(Node(f"node{i}", smallest.ram) for i in range(count)))
-        candidates = [plan_for(network, input_shape, larger, mode, 1, grid, halo_policy)
+        candidates = [plan_for(network, input_shape, larger, mode, 1, grid, halo_policy, stage=stage)
                       for mode, grid, halo_policy in _lean_configurations(network, input_shape, count, modes)]
         return any(plan.overflow(larger) is None for plan in candidates)
 

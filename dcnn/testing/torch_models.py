@@ -108,6 +108,56 @@ class MobileNetV2(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
+class SqueezeExcitation(nn.Module):
+    def __init__(self, channels, squeeze):
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1, self.fc2 = nn.Conv2d(channels, squeeze, 1), nn.Conv2d(squeeze, channels, 1)
+        self.activation, self.scale_activation = nn.ReLU(), nn.Hardsigmoid()
+
+    def forward(self, x):
+        return x * self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+
+
+def conv_bn_act(cin, cout, kernel, stride=1, groups=1, activation=None):
+    layers = conv_bn(cin, cout, kernel, stride, (kernel - 1) // 2, groups, eps=1e-3)
+    return nn.Sequential(*layers, *([activation()] if activation is not None else []))
+
+
+class InvertedResidualV3(nn.Module):
+    def __init__(self, cin, kernel, expanded, cout, se, hard, stride):
+        super().__init__()
+        activation = nn.Hardswish if hard else nn.ReLU
+        layers = [conv_bn_act(cin, expanded, 1, activation=activation)] if expanded != cin else []
+        layers.append(conv_bn_act(expanded, expanded, kernel, stride, expanded, activation))
+        if se:
+            layers.append(SqueezeExcitation(expanded, max(8, (expanded // 4 + 4) // 8 * 8)))
+        layers.append(conv_bn_act(expanded, cout, 1))
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.block(x) if self.residual else self.block(x)
+
+
+class MobileNetV3Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        settings = [(16, 3, 16, 16, True, False, 2), (16, 3, 72, 24, False, False, 2),
+                    (24, 3, 88, 24, False, False, 1), (24, 5, 96, 40, True, True, 2), (40, 5, 240, 40, True, True, 1),
+                    (40, 5, 240, 40, True, True, 1), (40, 5, 120, 48, True, True, 1), (48, 5, 144, 48, True, True, 1),
+                    (48, 5, 288, 96, True, True, 2), (96, 5, 576, 96, True, True, 1), (96, 5, 576, 96, True, True, 1)]
+        features = [conv_bn_act(3, 16, 3, 2, activation=nn.Hardswish)]
+        features += [InvertedResidualV3(*setting) for setting in settings]
+        features.append(conv_bn_act(96, 576, 1, activation=nn.Hardswish))
+        self.features = nn.Sequential(*features)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(576, 1024), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(1024, 1000))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
 class Fire(nn.Module):
     def __init__(self, cin, squeeze, expand):
         super().__init__()
@@ -193,6 +243,7 @@ MODULES = {
     "resnet34": lambda: ResNet((3, 4, 6, 3), False),
     "resnet50": lambda: ResNet((3, 4, 6, 3), True),
     "mobilenet_v2": MobileNetV2,
+    "mobilenet_v3_small": MobileNetV3Small,
     "squeezenet1_1": SqueezeNet11,
     "googlenet": GoogLeNet,
 }
