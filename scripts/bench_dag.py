@@ -119,7 +119,7 @@ def worker_scaling(folder: str, size: int, repeats: int, clock: str) -> None:
         times = timed_calls(engine, x, comm, repeats, CLOCKS[clock])
         wall = (time.perf_counter() - start) / repeats
         # The wait share is of wall time (the engine times its waits with the wall clock).
-        report_rank(folder, comm.rank, {"seconds": min(times), "grid": list(engine.plan.dims),
+        report_rank(folder, comm.rank, {"seconds": min(times), "grid": list(engine.spatial_plan.dims),
                                         "wait_share": float(engine.stats.wait_seconds.sum() / repeats / wall),
                                         "bytes_sent": int(engine.stats.bytes_sent.sum() // repeats)})
 

@@ -22,13 +22,11 @@ import time
 from pathlib import Path
 
 import bench_kernels
-import h5py
 import numpy as np
-from benchlib import describe_machine, machine_info
+from benchlib import describe_machine, face_bench, machine_info, timed
 
 from dcnn.exec.forward import Forward
 from dcnn.faces.detect import FaceDetector, default_detector_path
-from dcnn.kernels import threads
 from dcnn.network.layers import Conv2d
 
 PAPER_CLUSTER = {"images": 50_000, "seconds": 2959, "nodes": 20}
@@ -83,19 +81,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--output", default="results/bench_faces.json")
     args = parser.parse_args()
-    with h5py.File(args.input, "r") as handle:
-        images = handle["images"][()]
-    threads.set_num_threads(1)
-    detector = FaceDetector.load(upsample=args.upsample)
-    forward = Forward(detector.network, detector.weights)
+    images, detector, forward = face_bench(args.input, args.upsample)
     detector.detect(images[:2], forward)  # warm-up
     machine = machine_info()
     print(describe_machine(machine))
-    start, start_cpu = time.perf_counter(), time.process_time()
-    ours = []
-    for first in range(0, len(images), args.batch_size):
-        ours += detector.detect(images[first:first + args.batch_size], forward)
-    dcnn_seconds, dcnn_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+
+    def detect_all() -> list:
+        batches = range(0, len(images), args.batch_size)
+        return [found for first in batches for found in detector.detect(images[first:first + args.batch_size], forward)]
+
+    ours, dcnn_cpu, dcnn_seconds = timed(detect_all)
     report = {"command": " ".join(["python", *sys.argv]), "machine": machine, "images": len(images),
               "image_size": list(images.shape[1:3]), "upsample": args.upsample, "threads": 1,
               "batch_size": args.batch_size, "dcnn_images_per_second": len(images) / dcnn_seconds,
@@ -111,9 +106,7 @@ def main() -> None:
     else:
         oracle = dlib.cnn_face_detection_model_v1(str(default_detector_path()))
         oracle(images[0], args.upsample)
-        start, start_cpu = time.perf_counter(), time.process_time()
-        theirs = [oracle(image, args.upsample) for image in images]
-        dlib_seconds, dlib_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        theirs, dlib_cpu, dlib_seconds = timed(lambda: [oracle(image, args.upsample) for image in images])
         agree = all(len(a) == len(b) and all(
             max(abs(x - y) for x, y in zip(row[:4], (d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom())))
             <= 1 and abs(row[4] - d.confidence) <= 1e-3 for row, d in zip(a, b)) for a, b in zip(ours, theirs))

@@ -67,7 +67,7 @@ def worker(folder: str, name: str, size: int, repeats: int) -> None:
         if mode == "spatial":
             engine = SpatialEngine(network, weights, shape, comm)
         else:
-            engine = FusedEngine(network, weights, shape, comm, tuple(map(int, tiles.split("x"))), overlap=policy)
+            engine = FusedEngine(network, weights, shape, comm, tuple(map(int, tiles.split("x"))), halo_policy=policy)
         with engine:
             engine(x)  # warm-up: allocates windows and workspaces
             before = dict(engine.counters) if mode == "fused" else {}
@@ -78,8 +78,8 @@ def worker(folder: str, name: str, size: int, repeats: int) -> None:
             if mode == "fused":
                 after = engine.counters
                 report.update({key: (after[key] - before[key]) / repeats for key in after})
-                report["plain_macs"] = engine.plan.plain_macs()
-                report["gather_bytes"] = 4 * int(np.prod(engine.plan.output_shape)) * (comm.size - 1) // comm.size
+                report["plain_macs"] = engine.fused_plan.plain_macs()
+                report["gather_bytes"] = 4 * int(np.prod(engine.fused_plan.output_shape)) * (comm.size - 1) // comm.size
         reports.append(report)
     report_rank(folder, comm.rank, {"runs": reports})
 

@@ -23,28 +23,20 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
+from benchlib import face_bench, timed
 from PIL import Image
 
 from dcnn.exec.forward import Forward
 from dcnn.exec.workloads import Detection, Recognition
 from dcnn.faces.descriptor import DESCRIPTOR_BATCH
-from dcnn.faces.detect import FaceDetector, default_detector_path, to_records
+from dcnn.faces.detect import default_detector_path, to_records
 from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
 from dcnn.faces.pipeline import FaceDescriber, load_gallery
 from dcnn.io.images import open_image_set
-from dcnn.kernels import threads
-
-
-def timed(function, *args):
-    """``(value, CPU seconds, wall seconds)`` of ``function(*args)``."""
-    start, start_cpu = time.perf_counter(), time.process_time()
-    value = function(*args)
-    return value, time.process_time() - start_cpu, time.perf_counter() - start
 
 
 def pipeline_runs(input_path: str, ranks: int, known: Path, output: Path) -> float:
@@ -66,11 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     import dlib
 
-    with h5py.File(args.input, "r") as handle:
-        images = handle["images"][()]
-    threads.set_num_threads(1)
-    detector = FaceDetector.load()
-    forward = Forward(detector.network, detector.weights)
+    images, detector, forward = face_bench(args.input)
     describer = FaceDescriber.load(Forward)
     records = to_records(detector.detect(images, forward), 0)
     by_image = {int(i): records[records["image"] == i] for i in np.unique(records["image"])}

@@ -86,15 +86,15 @@ def main() -> None:
             ("many sizes, spatial", args.ranks, many_folder, ["--mode", "spatial", "--batch-size", "1"]),
             ("one size, spatial", args.ranks, same_folder, ["--mode", "spatial", "--batch-size", "1"]),
             ("many sizes, fused recompute 2x2", args.ranks, many_folder,
-             ["--mode", "fused", "--tiles", "2x2", "--overlap", "recompute", "--batch-size", "1"]),
+             ["--mode", "fused", "--tiles", "2x2", "--halo-policy", "recompute", "--batch-size", "1"]),
             ("one size, fused recompute 2x2", args.ranks, same_folder,
-             ["--mode", "fused", "--tiles", "2x2", "--overlap", "recompute", "--batch-size", "1"]),
+             ["--mode", "fused", "--tiles", "2x2", "--halo-policy", "recompute", "--batch-size", "1"]),
             ("24 photo sizes, single, upsample 1", 1, photo_folder, ["--mode", "single", "--upsample", "1",
                                                                      "--batch-size", "1"]),
             ("24 photo sizes, spatial", args.ranks, photo_folder, ["--mode", "spatial"]),
             ("24 photo sizes, fused reuse 3x3", args.ranks, photo_folder, ["--mode", "fused", "--tiles", "3x3"]),
             ("24 photo sizes, fused 3x3 --fuse-depth 6", args.ranks, photo_folder,
-             ["--mode", "fused", "--tiles", "3x3", "--overlap", "recompute", "--fuse-depth", "6"]),
+             ["--mode", "fused", "--tiles", "3x3", "--halo-policy", "recompute", "--fuse-depth", "6"]),
         ]
         for name, ranks, images, extra in cases:
             rows.append(run(name, ranks, scratch / f"run{len(rows)}.h5", "--input", str(images), *extra))

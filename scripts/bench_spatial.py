@@ -33,7 +33,7 @@ GEOMETRY_RANKS = (4, 9, 16, 20)
 
 
 # -- workers (run under mpiexec) -------------------------------------------------------------------------------
-def worker_scaling(folder: str, size: int, repeats: int, overlap: bool) -> None:
+def worker_scaling(folder: str, size: int, repeats: int, comm_overlap: bool) -> None:
     from mpi4py import MPI
 
     from dcnn.kernels.threads import set_num_threads
@@ -45,13 +45,13 @@ def worker_scaling(folder: str, size: int, repeats: int, overlap: bool) -> None:
     network = conv_stack()
     shape = (3, size, size)
     x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
-    with SpatialEngine(network, init_weights(network, 0), shape, comm, overlap=overlap) as engine:
+    with SpatialEngine(network, init_weights(network, 0), shape, comm, comm_overlap=comm_overlap) as engine:
         engine(x)  # warm-up: plans the exchanges, touches the workspace
         engine.stats = type(engine.stats).zeros(len(network))
         times = timed_calls(engine, x, comm, repeats)
         stats = engine.stats
         report_rank(folder, comm.rank, {
-            "seconds": min(times), "grid": list(engine.plan.dims),
+            "seconds": min(times), "grid": list(engine.spatial_plan.dims),
             "compute": (stats.compute_seconds / repeats).tolist(), "wait": (stats.wait_seconds / repeats).tolist(),
             "bytes_sent": int(stats.bytes_sent.sum() // repeats), "bytes_received": int(stats.bytes_received.sum()
                                                                                         // repeats),
@@ -81,10 +81,10 @@ def worker_memory(folder: str) -> None:
 # -- driver ----------------------------------------------------------------------------------------------------
 def scaling(size: int, repeats: int) -> dict:
     results = {}
-    for overlap in (True, False):
+    for comm_overlap in (True, False):
         for ranks in SCALING_RANKS:
-            rows = launch(__file__, ranks, "scaling", str(size), str(repeats), "1" if overlap else "0")
-            results[f"np{ranks}_{'overlap' if overlap else 'no_overlap'}"] = rows
+            rows = launch(__file__, ranks, "scaling", str(size), str(repeats), "1" if comm_overlap else "0")
+            results[f"np{ranks}_{'overlap' if comm_overlap else 'no_overlap'}"] = rows
     # Both np=1 runs do the same work (no halos); the faster one is the conservative baseline.
     t1 = min(results["np1_overlap"][0]["seconds"], results["np1_no_overlap"][0]["seconds"])
     summary = {"size": size, "t1_seconds": t1}

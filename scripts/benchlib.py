@@ -1,4 +1,5 @@
-"""Helpers shared by the MPI benchmarks: the VGG convolution stack and launching workers under mpiexec."""
+"""Helpers shared by the benchmarks: the VGG convolution stack, launching workers under mpiexec, timing one call,
+the face benchmarks' images and detector, and the machine a benchmark ran on."""
 
 from __future__ import annotations
 
@@ -61,6 +62,34 @@ def timed_calls(engine, x, comm, repeats: int, clock=time.perf_counter) -> list[
             comm.Barrier()
         times.append(clock() - start)
     return times
+
+
+def timed(function, *args):
+    """Call ``function(*args)`` once: ``(value, CPU seconds of this process, wall seconds)``.
+
+    On a shared machine the CPU time is what other jobs do not distort (per-core throughput); the wall time is what
+    a lone user would see.
+    """
+    start, start_cpu = time.perf_counter(), time.process_time()
+    value = function(*args)
+    return value, time.process_time() - start_cpu, time.perf_counter() - start
+
+
+def face_bench(path: str, upsample: int = 1) -> tuple:
+    """The face benchmarks' setting: the images of an HDF5 set (``images``, N x H x W x 3 uint8), the installed
+    :class:`~dcnn.faces.detect.FaceDetector` at ``upsample`` and its compiled network (a
+    :class:`~dcnn.exec.forward.Forward`), the kernels at one thread. The MPI benchmarks do not load the detector."""
+    import h5py
+
+    from dcnn.exec.forward import Forward
+    from dcnn.faces.detect import FaceDetector
+    from dcnn.kernels import threads
+
+    with h5py.File(path, "r") as handle:
+        images = handle["images"][()]
+    threads.set_num_threads(1)
+    detector = FaceDetector.load(upsample=upsample)
+    return images, detector, Forward(detector.network, detector.weights)
 
 
 def machine_info() -> dict:

@@ -59,6 +59,59 @@ def mpi_command(ranks: int) -> list[str]:
     return [launcher, "-n", str(ranks), *extra]
 
 
+def write_digits(path: Path, count: int, seed: int, side: int = 32) -> Path:
+    """An HDF5 image set at ``path``: ``images``, ``count`` random grey ``side x side`` images (uint8, NHWC)."""
+    import h5py
+
+    with h5py.File(path, "w") as handle:
+        handle["images"] = np.random.default_rng(seed).integers(0, 256, (count, side, side, 1), dtype=np.uint8)
+    return path
+
+
+_WEIGHTS: dict = {}
+
+
+def sharded_weights(network, seed: int, comm, keep: int = 1) -> tuple[dict, dict | None]:
+    """``(shard, full)``: the seeded weights of ``network`` as this rank of ``comm`` holds them (fully connected
+    layers only its rows, :func:`~dcnn.decomposition.spatial.fc_shard_rows`) and, on rank 0, all of them,
+    assembled from every rank's rows (so the large layers are drawn once, in parallel). Collective.
+
+    The last ``keep`` networks' are kept, so consecutive cases of one model draw them once: VGG's classifier
+    alone is 120 M values, seconds to draw.
+    """
+    from dcnn.decomposition.spatial import fc_shard_rows
+    from dcnn.network.weights import init_weights
+
+    key = (network.name, len(network), seed, comm.size)
+    if key not in _WEIGHTS:
+        rows = fc_shard_rows(network, comm.size, comm.rank)
+        shard = init_weights(network, seed, rows=rows)
+        gathered = comm.gather({name: shard[name] for name in rows}, root=0)
+        full = None
+        if comm.rank == 0:
+            full = {name: np.concatenate([part[name] for part in gathered]) if name in rows else value
+                    for name, value in shard.items()}
+        while len(_WEIGHTS) >= keep:
+            _WEIGHTS.pop(next(iter(_WEIGHTS)))
+        _WEIGHTS[key] = (shard, full)
+    return _WEIGHTS[key]
+
+
+def rank_pids(marker: str) -> list[int]:
+    """PIDs of the Python ``dcnn.infer`` rank processes whose command line contains ``marker`` (not mpiexec)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(marker.encode() in part for part in cmdline) and b"dcnn.infer" in cmdline and \
+                    not any(b"mpiexec" in part for part in cmdline[:1]):
+                pids.append(int(entry.name))
+    return pids
+
+
 @pytest.fixture(autouse=True)
 def mpi_fence(request):
     """Barrier before and after every MPI test, so one test's messages never meet another's."""

@@ -137,3 +137,23 @@ def forward(network, weights, x):
         else:
             raise NotImplementedError(type(layer))
     return x
+
+
+def pixels_read(layer, in_shape, out_box):
+    """Input pixels (an ``(H, W)`` bool mask of ``in_shape``) that the outputs ``out_box`` of a layer read, by
+    enumerating every window tap (PyTorch's padding); a pointwise layer reads the same pixels."""
+    mask = np.zeros(in_shape[1:], bool)
+    if layer.window is None:
+        mask[out_box.slices()] = True
+        return mask
+    window = layer.window
+    (kh, kw), (sh, sw), (dh, dw) = window.kernel, window.stride, window.dilation
+    top, _, left, _ = window.explicit_padding(in_shape[1], in_shape[2])
+    for i in range(out_box.top, out_box.bottom):
+        for j in range(out_box.left, out_box.right):
+            for a in range(kh):
+                for b in range(kw):
+                    r, c = i * sh - top + a * dh, j * sw - left + b * dw
+                    if 0 <= r < in_shape[1] and 0 <= c < in_shape[2]:
+                        mask[r, c] = True
+    return mask

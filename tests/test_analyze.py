@@ -6,7 +6,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import mpi_command
+from conftest import mpi_command, write_digits
 
 from dcnn.analysis.analyze import load_summary, scaling_table
 
@@ -14,9 +14,7 @@ from dcnn.analysis.analyze import load_summary, scaling_table
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("runs")
-    data = folder / "digits.h5"
-    with h5py.File(data, "w") as handle:
-        handle["images"] = np.random.default_rng(0).integers(0, 256, (48, 32, 32, 1), dtype=np.uint8)
+    data = write_digits(folder / "digits.h5", 48, seed=0)
     paths = []
     for ranks in (1, 2):
         path = folder / f"np{ranks}.h5"
@@ -41,6 +39,15 @@ def test_summaries_and_scaling_table(runs, tmp_path):
     rows = csv_path.read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("file,model,mode,ranks")
     assert rows[0].endswith("max_predicted_peak_bytes,memory_prediction_error")
+
+
+@pytest.mark.parametrize("option", ["--csv", "--draw", "--table", "--plots"])
+def test_an_output_folder_that_cannot_be_made_is_refused_before_anything_is_printed(runs, tmp_path, option):
+    (tmp_path / "file").write_text("")
+    done = subprocess.run([sys.executable, "-m", "dcnn.analyze", str(runs[0]), option, str(tmp_path / "file" / "x")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    assert done.stderr.count("\n") == 1 and f"{option} " in done.stderr, done.stderr
 
 
 def test_measured_memory_against_the_planner(runs):

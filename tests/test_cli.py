@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import mpi_command
+from conftest import mpi_command, write_digits
 
 from dcnn import __version__
 from dcnn.cli.common import EXIT_BROKEN_PIPE, EXIT_USAGE, add_common_arguments, output_folder, output_path, run_main
@@ -53,6 +53,23 @@ def test_quiet_prints_nothing(name):
     done = run(COMMANDS[name], *QUICK[name], "--quiet")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and done.stderr == ""
+
+
+def test_infer_and_analyze_are_silent_when_quiet_and_survive_a_closed_pipe(tmp_path, capsys):
+    """The commands that need a file to show output: the run (no summary, no progress lines) and its analysis
+    (in this process: its output is in test_analyze.py)."""
+    from dcnn.cli import analyze
+
+    result = tmp_path / "run.h5"
+    done = run(COMMANDS["infer"], "--model", "lenet5", "--input", str(write_digits(tmp_path / "d.h5", 4, seed=0)),
+               "--output", str(result), "--threads", "1", "--quiet")
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == "", done.stderr
+    assert analyze.main([str(result), "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+    process = subprocess.Popen([*COMMANDS["analyze"], str(result)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               cwd=ROOT)
+    process.stdout.close()
+    assert process.wait(timeout=120) in (0, EXIT_BROKEN_PIPE) and process.stderr.read() == b""
 
 
 @pytest.mark.parametrize("name", ["model", "infer"])
@@ -138,6 +155,19 @@ def test_options_of_another_mode_are_refused(args, message):
     done = run(COMMANDS["infer"], "--model", "lenet5", *args)
     assert done.returncode == EXIT_USAGE
     assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+@pytest.mark.parametrize("command", ["infer", "recognize"])
+def test_renamed_options_still_work_hidden_from_the_option_list_and_noted_in_help(command):
+    from dcnn.cli import infer, recognize
+
+    parser = {"infer": infer, "recognize": recognize}[command].build_parser()
+    args = parser.parse_args(["--overlap", "recompute", "--no-overlap"])
+    assert args.halo_policy == "recompute" and args.no_comm_overlap
+    options = parser.format_help().split(parser.epilog.split()[0])[0]
+    for old, new in infer.RENAMED_OPTIONS.items():
+        assert re.search(rf"(?<![\w-]){old}\b", options) is None and new in options
+        assert f"{old} is now {new}" in parser.epilog
 
 
 @pytest.mark.parametrize("args,named,unrelated", [

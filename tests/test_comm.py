@@ -4,7 +4,7 @@ import pytest
 from mpi4py import MPI
 
 from dcnn.errors import AgreedError, InputError
-from dcnn.parallel.comm import agree_on_error, collective, hostnames, ranks_per_node
+from dcnn.parallel.comm import agree_on_error, collective, free_windows, hostnames, ranks_per_node
 
 pytestmark = pytest.mark.mpi
 
@@ -45,3 +45,12 @@ def test_node_topology():
     names = hostnames(comm)
     assert len(names) == comm.size
     assert ranks_per_node(comm) == names.count(names[comm.rank])
+
+
+def test_free_windows_ends_every_epoch_and_frees_every_window():
+    comm = MPI.COMM_WORLD
+    windows = [MPI.Win.Allocate(8, disp_unit=8, comm=comm) for _ in range(2)]
+    for window in windows:
+        window.Lock_all()
+    free_windows(comm, *windows)
+    assert all(window == MPI.WIN_NULL for window in windows)

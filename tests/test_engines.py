@@ -63,13 +63,13 @@ def test_batch_engines_for_thousands_of_sizes():
 
 
 # The reuse policy allocates two RMA windows (each a communicator) per engine: 1,100 sizes exhaust MPICH too.
-@pytest.mark.parametrize("overlap,sizes", [("recompute", SIZES), ("reuse", SIZES[::2][:1100] if COMM.size == 2
+@pytest.mark.parametrize("halo_policy,sizes", [("recompute", SIZES), ("reuse", SIZES[::2][:1100] if COMM.size == 2
                                                                   else SIZES)])
-def test_fused_engines_for_thousands_of_sizes(overlap, sizes):
+def test_fused_engines_for_thousands_of_sizes(halo_policy, sizes):
     network = tiny_network()
     weights = init_weights(network, 2, rows=fc_shard_rows(network, COMM.size, COMM.rank))
     forwards = compile_fused(network, weights, spatial_depth(network))
-    error, cache = run_sizes(lambda shape: FusedEngine(network, weights, shape, COMM, (2, 2), overlap=overlap,
+    error, cache = run_sizes(lambda shape: FusedEngine(network, weights, shape, COMM, (2, 2), halo_policy=halo_policy,
                                                        forwards=forwards), sizes)
     assert error < 1e-5 and cache.built == len(sizes)
     counters, tile_seconds = cache.fused_counters()

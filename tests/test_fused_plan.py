@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import reference
 
 from dcnn.decomposition.fused import cut_tensors, finest_grid, plan_fused, spatial_depth, tileable_depth, trace_tile
 from dcnn.decomposition.geometry import Box
@@ -45,25 +46,6 @@ def test_bad_grids_and_depths():
         plan_fused(network, (1, 32, 32), (0, 2), depth=2)
 
 
-def _pixels_read(layer, in_shape, out_box):
-    """Input pixels the outputs ``out_box`` of a layer read, by enumeration (pointwise: the same pixels)."""
-    mask = np.zeros(in_shape[1:], bool)
-    if layer.window is None:
-        mask[out_box.slices()] = True
-        return mask
-    window = layer.window
-    (kh, kw), (sh, sw), (dh, dw) = window.kernel, window.stride, window.dilation
-    top, _, left, _ = window.explicit_padding(in_shape[1], in_shape[2])
-    for i in range(out_box.top, out_box.bottom):
-        for j in range(out_box.left, out_box.right):
-            for a in range(kh):
-                for b in range(kw):
-                    r, c = i * sh - top + a * dh, j * sw - left + b * dw
-                    if 0 <= r < in_shape[1] and 0 <= c < in_shape[2]:
-                        mask[r, c] = True
-    return mask
-
-
 @pytest.mark.parametrize("name,depth", [("resnet18", 27), ("mobilenet_v2", 30), ("squeezenet1_1", 17),
                                         ("resnet18", 8), ("resnet18", 21), ("googlenet", 30)])
 def test_tiles_of_a_dag_cover_what_every_branch_reads(name, depth):
@@ -89,7 +71,7 @@ def test_tiles_of_a_dag_cover_what_every_branch_reads(name, depth):
             out[box.slices()] = True
             for source in network.inputs[index]:
                 in_shape = shapes[network.tensor_index(source)]
-                read = _pixels_read(network.layers[index][1], in_shape, box)
+                read = reference.pixels_read(network.layers[index][1], in_shape, box)
                 wanted[source] = wanted.get(source, np.zeros(in_shape[1:], bool)) | read
         rows, cols = np.flatnonzero(wanted["input"].any(axis=1)), np.flatnonzero(wanted["input"].any(axis=0))
         assert (tile.input.top, tile.input.bottom, tile.input.left, tile.input.right) == (

@@ -7,7 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import mpi_command
+from conftest import mpi_command, write_digits
 from torch_oracle import torch_forward
 
 from dcnn.exec.forward import Forward
@@ -24,11 +24,8 @@ def infer(*args, launcher=(), timeout=120):
 
 
 @pytest.fixture
-def lenet_set(tmp_path, rng):
-    path = tmp_path / "digits.h5"
-    with h5py.File(path, "w") as handle:
-        handle["images"] = rng.integers(0, 256, (7, 32, 32, 1), dtype=np.uint8)
-    return path
+def lenet_set(tmp_path):
+    return write_digits(tmp_path / "digits.h5", 7, seed=12345)
 
 
 def test_logits_equal_the_library_forward(tmp_path, lenet_set):
@@ -98,10 +95,8 @@ def test_mismatched_weights_name_the_key(tmp_path):
     assert done.returncode == 2 and "missing key 'features.8.weight' (and 9 more) for model alexnet" in done.stderr
 
 
-def test_wrong_image_size_for_lenet(tmp_path, rng):
-    path = tmp_path / "big.h5"
-    with h5py.File(path, "w") as handle:
-        handle["images"] = rng.integers(0, 256, (1, 40, 40, 1), dtype=np.uint8)
+def test_wrong_image_size_for_lenet(tmp_path):
+    path = write_digits(tmp_path / "big.h5", 1, seed=0, side=40)
     done = infer("--model", "lenet5", "--input", str(path))
     assert done.returncode == 2 and "takes only 1x32x32 input" in done.stderr
 
@@ -213,18 +208,18 @@ def test_grid_that_does_not_match_the_ranks(tmp_path):
     assert "--grid 2x2 needs 4 ranks, but 3 were started" in done.stderr
 
 
-@pytest.mark.parametrize("overlap", ["recompute", "reuse"])
-def test_fused_mode_equals_single_mode_and_reports_redundancy(tmp_path, overlap):
+@pytest.mark.parametrize("halo_policy", ["recompute", "reuse"])
+def test_fused_mode_equals_single_mode_and_reports_redundancy(tmp_path, halo_policy):
     single, fused = tmp_path / "single.h5", tmp_path / "fused.h5"
     common = ("--model", "alexnet", "--input", SAMPLES, "--quiet", "--threads", "1")
     assert infer(*common, "--mode", "single", "--output", str(single), timeout=300).returncode == 0
-    done = infer(*common, "--mode", "fused", "--tiles", "2x3", "--fuse-depth", "8", "--overlap", overlap,
+    done = infer(*common, "--mode", "fused", "--tiles", "2x3", "--fuse-depth", "8", "--halo-policy", halo_policy,
                  "--batch-size", "2", "--output", str(fused), launcher=mpi_command(2), timeout=300)
     assert done.returncode == 0, done.stderr
     with h5py.File(single) as a, h5py.File(fused) as b:
         expected, actual = a["outputs/logits"][()], b["outputs/logits"][()]
         assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
-        assert b.attrs["tiles"] == "2x3" and b.attrs["fuse_depth"] == 8 and b.attrs["halo_policy"] == overlap
+        assert b.attrs["tiles"] == "2x3" and b.attrs["fuse_depth"] == 8 and b.attrs["halo_policy"] == halo_policy
         assert 0 < b.attrs["redundant_macs_per_image"] < b.attrs["plain_macs_per_image"]
         fields = [name.decode() for name in b["stats/fused_fields"][()]]
         totals = dict(zip(fields, b["stats/fused"][()].sum(axis=0), strict=True))
@@ -232,7 +227,7 @@ def test_fused_mode_equals_single_mode_and_reports_redundancy(tmp_path, overlap)
         assert totals["tiles_run"] == 6 * 2 and totals["fallbacks"] == 0
         assert totals["macs"] == images * b.attrs["fused_macs_per_image"]
         assert totals["bytes_got"] == images * b.attrs["strip_bytes_per_image"]
-        assert (totals["bytes_got"] > 0) == (overlap == "reuse")
+        assert (totals["bytes_got"] > 0) == (halo_policy == "reuse")
         assert b["timing/tile_seconds"].shape == (2, 6) and (b["timing/tile_seconds"][()].sum(axis=0) > 0).all()
         # Every layer, in the fused block and after it, has its compute time on some rank.
         assert (b["timing/compute_seconds"][()].sum(axis=0) > 0).all()

@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import mpi_command
+from conftest import mpi_command, rank_pids, write_digits
 
 from dcnn.io.results import open_result
 
@@ -19,10 +19,7 @@ NUM_IMAGES, BATCH = 160, 4
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "digits.h5"
-    with h5py.File(path, "w") as handle:
-        handle["images"] = np.random.default_rng(3).integers(0, 256, (NUM_IMAGES, 32, 32, 1), dtype=np.uint8)
-    return path
+    return write_digits(tmp_path_factory.mktemp("data") / "digits.h5", NUM_IMAGES, seed=3)
 
 
 def command(ranks, digits, *args):
@@ -71,21 +68,6 @@ def wait_for_progress(path: Path, minimum: int, process: subprocess.Popen, limit
                 pass  # the file is being created
         time.sleep(0.05)
     raise AssertionError("no progress to interrupt")
-
-
-def rank_pids(marker: str) -> list[int]:
-    """PIDs of the Python rank processes whose command line contains ``marker``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(marker.encode() in part for part in cmdline) and b"dcnn.infer" in cmdline and \
-                    not any(b"mpiexec" in part for part in cmdline[:1]):
-                pids.append(int(entry.name))
-    return pids
 
 
 @pytest.mark.parametrize("victim", ["job", "rank", "SIGTERM", "SIGINT"])

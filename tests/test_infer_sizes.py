@@ -66,7 +66,7 @@ SIZES = [(128, 128), (96, 140), (150, 110), (128, 128), (80, 80), (170, 130), (9
 
 
 @pytest.mark.parametrize("mode,ranks,extra", [("batch", 2, []), ("spatial", 2, []),
-                                              ("fused", 2, ["--tiles", "2x2", "--overlap", "recompute"])])
+                                              ("fused", 2, ["--tiles", "2x2", "--halo-policy", "recompute"])])
 def test_mixed_sizes_equal_single_mode_and_stay_within_the_prediction(tmp_path, mode, ranks, extra):
     """Sizes interleave within tasks (batch 3): grouped by size per task, output order kept, every mode equal."""
     images = folder_of_sizes(tmp_path / "mixed", SIZES)

@@ -23,16 +23,18 @@ from dcnn.kernels.conv import (
 # (in channels, out channels, groups): thin RGB-like inputs take im2col, wider ones the shifted GEMMs, thin
 # outputs (one channel per group) the shifted-output products.
 CHANNELS = [(3, 5, 1), (16, 7, 1), (32, 8, 2), (18, 6, 3), (16, 16, 16), (32, 2, 2)]
-GEOMETRY = list(itertools.product(
-    [(1, 1), (3, 3), (2, 3), (5, 5)],              # kernel
-    [(1, 1), (2, 2), (2, 1)],                       # stride
-    [(0, 0, 0, 0), (1, 1, 1, 1), (2, 0, 1, 3)],     # padding (top, bottom, left, right)
-    [(1, 1), (2, 2)],                               # dilation
-))
+STRIDES = [(1, 1), (2, 2), (2, 1)]
+PADDINGS = [(0, 0, 0, 0), (1, 1, 1, 1), (2, 0, 1, 3)]  # (top, bottom, left, right)
+GEOMETRY = list(itertools.product([(1, 1), (3, 3), (2, 3), (5, 5)], STRIDES, PADDINGS, [(1, 1), (2, 2)]))
+# Every geometry (kernel, stride, padding, dilation) with two channel settings, three apart, chosen by stride and
+# padding: each channel setting meets every kernel, stride, padding and dilation (all pairs), and each case runs
+# every method. The full product (432 cases) repeated the geometry-independent channel and group handling.
+CASES = [(channels, *geometry) for geometry in GEOMETRY
+         for shift in (0, 3)
+         for channels in [CHANNELS[(STRIDES.index(geometry[1]) + PADDINGS.index(geometry[2]) + shift) % 6]]]
 
 
-@pytest.mark.parametrize("channels", CHANNELS, ids=lambda c: f"c{c[0]}k{c[1]}g{c[2]}")
-@pytest.mark.parametrize("kernel,stride,padding,dilation", GEOMETRY)
+@pytest.mark.parametrize("channels,kernel,stride,padding,dilation", CASES)
 def test_conv_matches_reference(rng, channels, kernel, stride, padding, dilation):
     in_channels, out_channels, groups = channels
     x = random_array(rng, 2, in_channels, 11, 9)

@@ -73,9 +73,9 @@ def test_spatial(case, dims):
         assert_same_everywhere(engine(x), expected)
 
 
-@pytest.mark.parametrize("overlap", ["recompute", "reuse"])
+@pytest.mark.parametrize("halo_policy", ["recompute", "reuse"])
 @pytest.mark.parametrize("grid,depth", [((2, 2), None), ((3, 2), 4)])
-def test_fused(case, grid, depth, overlap):
+def test_fused(case, grid, depth, halo_policy):
     network, x, expected, weights = case
-    with FusedEngine(network, weights, SHAPE, COMM, grid, depth, overlap=overlap) as engine:
+    with FusedEngine(network, weights, SHAPE, COMM, grid, depth, halo_policy=halo_policy) as engine:
         assert_same_everywhere(engine(x), expected)

@@ -10,16 +10,15 @@ depth and policy, and compares with the single-process result and PyTorch: every
 
 import numpy as np
 import pytest
+from conftest import sharded_weights
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from mpi4py import MPI
 from torch_oracle import torch_forward
 
-from dcnn.decomposition.fused import OVERLAP_POLICIES, finest_grid, spatial_depth, tileable_depth
-from dcnn.decomposition.spatial import fc_shard_rows
+from dcnn.decomposition.fused import HALO_POLICIES, finest_grid, spatial_depth, tileable_depth
 from dcnn.exec.forward import Forward
 from dcnn.network.layers import Conv2d
-from dcnn.network.weights import init_weights
 from dcnn.network.zoo import get_model, model_names
 from dcnn.parallel.fused import FusedEngine
 from dcnn.parallel.spatial import SpatialEngine
@@ -36,26 +35,11 @@ SHAPES = {"lenet5": (1, 32, 32), "alexnet": (3, 65, 69), "vgg11": (3, 33, 37), "
           "resnet50": (3, 33, 35), "mobilenet_v2": (3, 35, 39), "mobilenet_v3_small": (3, 37, 41),
           "squeezenet1_1": (3, 39, 41),
           "googlenet": (3, 37, 35)}
-_WEIGHTS: dict[str, tuple[dict, dict | None]] = {}
 
 
 def weights_of(name: str) -> tuple[dict, dict | None]:
-    """``(shard, full)``: this rank's weights (its rows of each fully connected layer) and, on rank 0, all of
-    them, assembled from every rank's rows (so the large layers are drawn once, in parallel). Three networks
-    are kept."""
-    if name not in _WEIGHTS:
-        network = get_model(name)
-        rows = fc_shard_rows(network, COMM.size, COMM.rank)
-        shard = init_weights(network, SEED, rows=rows)
-        gathered = COMM.gather({key: shard[key] for key in rows}, root=0)
-        full = None
-        if COMM.rank == 0:
-            full = {key: np.concatenate([part[key] for part in gathered]) if key in rows else value
-                    for key, value in shard.items()}
-        if len(_WEIGHTS) >= 3:
-            _WEIGHTS.pop(next(iter(_WEIGHTS)))
-        _WEIGHTS[name] = (shard, full)
-    return _WEIGHTS[name]
+    """``(shard, full)``: this rank's weights and, on rank 0, all of them; three networks are kept."""
+    return sharded_weights(get_model(name), SEED, COMM, keep=3)
 
 
 def oracles(name: str, shape: tuple[int, ...], single: bool = False) -> tuple[np.ndarray, ...]:
@@ -96,7 +80,7 @@ def fused_samples(network, shape) -> list[tuple[int, tuple[int, int], str]]:
     for number, depth in enumerate(depths):
         height, width = finest_grid(network, shape, depth)
         grid = (int(rng.integers(1, min(4, height) + 1)), int(rng.integers(1, min(4, width) + 1)))
-        samples.append((depth, grid, OVERLAP_POLICIES[number % 2]))
+        samples.append((depth, grid, HALO_POLICIES[number % 2]))
     return samples
 
 
@@ -110,7 +94,7 @@ def test_spatial_and_fused_modes_equal_pytorch(name):
         with SpatialEngine(network, shard, shape, COMM, dims) as engine:
             assert_close_everywhere(engine(x), expected, f"spatial {dims}")
     for depth, grid, policy in fused_samples(network, shape):
-        with FusedEngine(network, shard, shape, COMM, grid, depth, overlap=policy) as engine:
+        with FusedEngine(network, shard, shape, COMM, grid, depth, halo_policy=policy) as engine:
             assert_close_everywhere(engine(x), expected, f"fused depth {depth} tiles {grid} {policy}")
 
 
@@ -132,7 +116,7 @@ def configurations(draw):
     depth = draw(st.integers(1, spatial_depth(network)))
     height, width = network.shapes(shape)[depth][1:]
     grid = (draw(st.integers(1, min(5, height))), draw(st.integers(1, min(5, width))))
-    return name, shape, "fused", grid, depth, draw(st.sampled_from(OVERLAP_POLICIES))
+    return name, shape, "fused", grid, depth, draw(st.sampled_from(HALO_POLICIES))
 
 
 @settings(max_examples=4, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
@@ -146,7 +130,7 @@ def test_drawn_configurations_equal_single_process_and_pytorch(configuration):
     if mode == "spatial":
         engine = SpatialEngine(network, shard, shape, COMM, grid)
     else:
-        engine = FusedEngine(network, shard, shape, COMM, grid, depth, overlap=policy)
+        engine = FusedEngine(network, shard, shape, COMM, grid, depth, halo_policy=policy)
     with engine:
         actual = engine(x)
     assert_close_everywhere(actual, single, f"{configuration} against the single process")

@@ -11,8 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import mpi_command
-from test_infer_batch import rank_pids
+from conftest import mpi_command, rank_pids, write_digits
 
 from dcnn.io.results import open_result
 
@@ -21,10 +20,7 @@ NUM_IMAGES, BATCH = 24, 4
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "digits.h5"
-    with h5py.File(path, "w") as handle:
-        handle["images"] = np.random.default_rng(7).integers(0, 256, (NUM_IMAGES, 32, 32, 1), dtype=np.uint8)
-    return path
+    return write_digits(tmp_path_factory.mktemp("data") / "digits.h5", NUM_IMAGES, seed=7)
 
 
 def command(*args, ranks=0):

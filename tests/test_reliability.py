@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import mpi_command
+from conftest import mpi_command, write_digits
 
 MODES = {
     "batch": ["--mode", "batch"],
@@ -23,10 +23,7 @@ MODES = {
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "digits.h5"
-    with h5py.File(path, "w") as handle:
-        handle["images"] = np.random.default_rng(5).integers(0, 256, (32, 32, 32, 1), dtype=np.uint8)
-    return path
+    return write_digits(tmp_path_factory.mktemp("data") / "digits.h5", 32, seed=5)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -79,9 +76,7 @@ def test_hostile_image_sizes_get_one_clear_error(tmp_path, model, shape, message
 
 def test_a_rank_grid_larger_than_the_map_gives_the_single_process_result(tmp_path):
     """LeNet-5's last spatial map is 5x5: an 8x1 grid leaves three ranks with empty blocks."""
-    data = tmp_path / "digits.h5"
-    with h5py.File(data, "w") as handle:
-        handle["images"] = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 1), dtype=np.uint8)
+    data = write_digits(tmp_path / "digits.h5", 3, seed=2)
     single, spatial = tmp_path / "single.h5", tmp_path / "spatial.h5"
     assert infer("--model", "lenet5", "--input", str(data), "--output", str(single)).returncode == 0
     done = infer("--model", "lenet5", "--input", str(data), "--output", str(spatial), "--mode", "spatial",
@@ -94,9 +89,7 @@ def test_a_rank_grid_larger_than_the_map_gives_the_single_process_result(tmp_pat
 
 def test_more_ranks_than_tasks_runs(tmp_path):
     """3 images in batches of 4 make one task for 4 ranks: three ranks find no work and the run completes."""
-    data = tmp_path / "digits.h5"
-    with h5py.File(data, "w") as handle:
-        handle["images"] = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 1), dtype=np.uint8)
+    data = write_digits(tmp_path / "digits.h5", 3, seed=2)
     done = infer("--model", "lenet5", "--input", str(data), "--output", str(tmp_path / "o.h5"), "--mode", "batch",
                  ranks=4)
     assert done.returncode == 0, done.stderr
@@ -107,9 +100,7 @@ def test_more_ranks_than_tasks_runs(tmp_path):
 @pytest.mark.parametrize("mode", ["batch", "spatial"])
 def test_twenty_ranks_the_papers_node_count(tmp_path, mode):
     """20 ranks, oversubscribed on a small machine: every image once, equal to the single process."""
-    data = tmp_path / "digits.h5"
-    with h5py.File(data, "w") as handle:
-        handle["images"] = np.random.default_rng(4).integers(0, 256, (44, 32, 32, 1), dtype=np.uint8)
+    data = write_digits(tmp_path / "digits.h5", 44, seed=4)
     single, run = tmp_path / "single.h5", tmp_path / "run.h5"
     assert infer("--model", "lenet5", "--input", str(data), "--output", str(single)).returncode == 0
     done = infer("--model", "lenet5", "--input", str(data), "--output", str(run), "--mode", mode, "--batch-size", "2",

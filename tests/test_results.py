@@ -6,7 +6,7 @@ import pytest
 
 from dcnn.errors import InputError
 from dcnn.faces.detect import DETECTION_DTYPE
-from dcnn.io.results import RESUME_KEYS, ResultWriter, open_result
+from dcnn.io.results import RESUME_KEYS, ResultWriter, identity_labels, open_result
 
 ATTRIBUTES = {"model": "lenet5", "mode": "batch", "weights": "init:0", "weights_fingerprint": "init:0",
               "input": "x.h5:images", "input_fingerprint": "10:ab", "dataset": "images", "upsample": 0,
@@ -154,3 +154,9 @@ def test_peak_memory_is_the_programs_own_not_its_parents():
               "'from dcnn.io.results import peak_rss_bytes; print(peak_rss_bytes())'])\n")
     done = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=120, check=True)
     assert int(done.stdout) < 300 * 2**20, done.stdout
+
+
+def test_identities_name_people_not_known_images():
+    """A person with several known images: the identity indexes the people (ann, bob), not the images."""
+    labels = identity_labels(np.array([1, 0, -1], np.int32), ["ann", "ann", "bob"])
+    assert labels.tolist() == ["bob", "ann", "unknown"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import h5py
 import pytest
+from conftest import write_digits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,10 +79,7 @@ def test_sweep_runs_locally_and_each_job_writes_its_file(tmp_path):
     config = tmp_path / "sweep.toml"
     config.write_text('name = "test-local"\nnodes = [1, 2]\nmodels = ["lenet5"]\ninput = "%s"\n'
                       'arguments = ["--quiet", "--top", "0"]\n' % (tmp_path / "digits.h5"))
-    import numpy as np
-
-    with h5py.File(tmp_path / "digits.h5", "w") as handle:
-        handle["images"] = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 1), dtype=np.uint8)
+    write_digits(tmp_path / "digits.h5", 6, seed=0)
     done = subprocess.run([sys.executable, "scripts/sweep.py", str(config), "--local", "--results",
                            str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

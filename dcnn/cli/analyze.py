@@ -57,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
     if launcher_rank() != 0:  # a serial tool: under mpirun, rank 0 alone reads and prints
         return 0
     check_number(args.images, "--images", minimum=1)
+    # Every output's folder is created, or refused, before any file is read or anything printed.
+    table = output_path(args.table, "--table") if args.table else None
+    plots = output_folder(args.plots, "--plots") if args.plots else None
+    drawing = output_path(args.draw, "--draw") if args.draw else None
+    listing = output_path(args.csv, "--csv") if args.csv else None
     runs = [load_summary(path) for path in args.files]
     for summary in runs:
         print(format_summary(summary))
@@ -74,23 +79,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"{row['ranks']:>5} {row['run']:<30} {row['seconds']:9.2f} {row['images_per_second']:9.2f} "
                   f"{row['speedup']:8.2f} "
                   f"{row['efficiency']:10.1%}")
-    if args.table:
+    if table:
         rows = paper_table(runs)
         text = format_paper_table(rows)
         print("\n" + text)
-        table = output_path(args.table, "--table")
         table.write_text(text)
         with open(table.with_suffix(".csv"), "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["model"])
             writer.writeheader()
             writer.writerows(rows)
-    if args.plots:
-        _plots(runs, output_folder(args.plots, "--plots"))
-    if args.draw:
-        drawn = draw_detections(args.files[0], str(output_path(args.draw, "--draw")), args.images)
+    if plots:
+        _plots(runs, plots)
+    if drawing:
+        drawn = draw_detections(args.files[0], str(drawing), args.images)
         print(f"drew the detections of {drawn} images into {args.draw}")
-    if args.csv:
-        with open(output_path(args.csv, "--csv"), "w", newline="") as handle:
+    if listing:
+        with open(listing, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["file", "model", "mode", "ranks", "status", "images", "images_done", "seconds",
                              "images_per_second", "steals_succeeded", "max_peak_rss_bytes",

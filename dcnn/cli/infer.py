@@ -26,7 +26,7 @@ import numpy as np
 from dcnn.analysis.analyze import count_of
 from dcnn.cli.common import add_common_arguments, run_main
 from dcnn.cli.runconfig import configuration, restore
-from dcnn.decomposition.fused import OVERLAP_POLICIES, check_tile_grid, finest_grid, tileable_depth
+from dcnn.decomposition.fused import HALO_POLICIES, check_tile_grid, finest_grid, tileable_depth
 from dcnn.decomposition.spatial import fc_shard_rows
 from dcnn.errors import InputError, PlanError, ShapeError
 from dcnn.exec.forward import Forward
@@ -83,7 +83,7 @@ from dcnn.parallel.spatial import SpatialEngine
 from dcnn.planner.plan import (
     RUNTIME_BYTES,
     Cluster,
-    Plan,
+    RunPlan,
     Stage,
     choose_plan,
     format_bytes,
@@ -99,6 +99,13 @@ DEFAULT_INPUT = "faces.h5"
 LAYER_FIELDS = ("compute_seconds", "wait_seconds", "bytes_sent", "bytes_received")
 
 
+#: Options renamed in this release, old name to new; the old names still work (hidden from the option list) until
+#: the next release.
+RENAMED_OPTIONS = {"--overlap": "--halo-policy", "--no-overlap": "--no-comm-overlap"}
+RENAMED_NOTE = "Renamed options (the old names still work in this release): " + ", ".join(
+    f"{old} is now {new}" for old, new in RENAMED_OPTIONS.items()) + "."
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m dcnn.infer``."""
     parser = argparse.ArgumentParser(
@@ -108,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                "N x C x H x W float32 dataset (classifiers and ONNX models only, used as is), or a folder of PNG/JPEG "
                "files. "
                "Output: HDF5 with /outputs/detections and /outputs/detection_offsets (mmod) or /outputs/logits "
-               "(N x classes), per-task and per-layer timings, statistics and provenance; see docs/results.md.")
+               "(N x classes), per-task and per-layer timings, statistics and provenance; see docs/results.md. "
+               + RENAMED_NOTE)
     parser.add_argument("--model", default=DETECTOR, metavar="NAME|FILE.onnx",
                         help=f"network to run: {DETECTOR} (dlib's CNN face detector, the default), "
                              f"{', '.join(model_names())}, or an ONNX model file (a path ending in .onnx, or any "
@@ -154,20 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiles", metavar="ROWSxCOLS",
                         help=f"fused mode only: the tile grid over the fused block's output (default {DEFAULT_TILES}; "
                              "may have more tiles than ranks); each tile is a stealable task (see --halo-policy)")
-    parser.add_argument("--halo-policy", "--overlap", dest="halo_policy", choices=OVERLAP_POLICIES,
+    parser.add_argument("--halo-policy", dest="halo_policy", choices=HALO_POLICIES,
                         help="fused mode only: what a tile does with the halo it shares with its neighbours. reuse "
                              "(default): tiles run in three checkerboard phases and later tiles read the border "
                              "strips of earlier ones from one-sided MPI windows instead of recomputing them; "
-                             "recompute: every tile computes its whole region (--overlap: the old name, kept for "
-                             "one release)")
+                             "recompute: every tile computes its whole region")
+    parser.add_argument("--overlap", dest="halo_policy", choices=HALO_POLICIES, help=argparse.SUPPRESS)
     parser.add_argument("--fuse-depth", type=int, metavar="N",
                         help="fused mode only: how many layers to fuse, ending at any layer (default: all before "
                              "the first global layer); the rest run in spatial mode")
-    parser.add_argument("--no-comm-overlap", "--no-overlap", dest="no_comm_overlap", action="store_true",
+    parser.add_argument("--no-comm-overlap", dest="no_comm_overlap", action="store_true",
                         help="spatial mode only: wait for halos before computing, instead of computing each "
                              "block's interior while they are in flight (for measuring what the overlap of "
-                             "communication with computation hides; --no-overlap: the old name, kept for one "
-                             "release)")
+                             "communication with computation hides)")
+    parser.add_argument("--no-overlap", dest="no_comm_overlap", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--plan", choices=("auto",),
                         help="auto: let the planner choose mode, batch size, rank or tile grid and halo policy: "
                              "the fastest predicted plan that keeps every rank within its memory budget "
@@ -331,7 +339,7 @@ class Job:
     input_shape: tuple[int, ...]
     workload: Classification | Detection | Recognition
     outputs: int | np.dtype
-    plan: Plan
+    run_plan: RunPlan
     scan: Scan
     known: dict | None = None
     attributes: dict = dataclass_field(default_factory=dict)
@@ -361,7 +369,7 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int, stage: Stage | N
                         f"run without mpirun, or choose --mode batch or spatial")
     _check_mode_options(args)
     args.tiles = args.tiles or DEFAULT_TILES
-    args.halo_policy = args.halo_policy or OVERLAP_POLICIES[-1]
+    args.halo_policy = args.halo_policy or HALO_POLICIES[-1]
     grid = parse_grid(args.grid, "--grid") if args.grid else None
     if args.mode == "spatial" and grid is not None and grid[0] * grid[1] != comm.size:
         raise PlanError(f"--grid {args.grid} needs {grid[0] * grid[1]} ranks, but {comm.size} were started")
@@ -450,7 +458,7 @@ def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster |
 
 
 def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: ImageSet, comm, local_ranks: int,
-          reader: int = 0, stage: Stage | None = None) -> Plan:
+          reader: int = 0, stage: Stage | None = None) -> RunPlan:
     """Choose the plan (--plan auto) or model the requested one, for the image sizes that need the most memory
     (:func:`dcnn.plan.worst_shapes`), with ``stage`` if given; refuse it if it exceeds a known budget.
     ``reader``: bytes a rank's runtime holds beyond the planner's (reading a model file,
@@ -626,7 +634,7 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
         return 0
     computed = sum(split.bounds(t)[1] - split.bounds(t)[0] for t in pending) - len(writer.skipped_in(split, pending))
     per_rank = {key: np.stack([rank_stats[key] for rank_stats in gathered]) for key in gathered[0]}
-    predicted = np.array([job.plan.peak(rank) for rank in range(comm.size)])
+    predicted = np.array([job.run_plan.peak(rank) for rank in range(comm.size)])
     over = memory_over_prediction(per_rank["peak_rss_bytes"], predicted)
     writer.finish(
         {"timing": {"layer_names": np.array([n for n, _ in network.layers], dtype="S"),
@@ -638,13 +646,13 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
                    **_fused_tables(fused_per_rank, "stats")}},
         finished=utc_now(), elapsed_seconds=elapsed, images_computed=computed,
         images_per_second=computed / elapsed if elapsed > 0 else 0.0, hostnames=names,
-        grid=_grid_text(engines), plan=job.plan.describe(), memory_within_prediction=not over,
+        grid=_grid_text(engines), plan=job.run_plan.describe(), memory_within_prediction=not over,
         **_fused_attributes(args, engines))
     if not args.quiet:
         _summary(args, job, writer.path, computed, elapsed, per_rank, comm.size, threads)
     for rank, measured, expected in over:
         print(f"dcnn: warning: rank {rank} peaked at {format_bytes(measured)}, above the planner's prediction of "
-              f"{format_bytes(expected)} ({job.plan.describe()}); the file records both (/stats)", file=sys.stderr)
+              f"{format_bytes(expected)} ({job.run_plan.describe()}); the file records both (/stats)", file=sys.stderr)
     return 0
 
 
@@ -664,8 +672,9 @@ def _engine_builder(args: argparse.Namespace, network: Network, weights: dict, c
     def build(shape: tuple[int, ...]) -> SpatialEngine | FusedEngine:
         if args.mode == "fused":
             return FusedEngine(network, weights, shape, comm, parse_grid(args.tiles, "--tiles"), args.fuse_depth,
-                               steal=not args.no_steal, overlap=args.halo_policy, forwards=forwards)
-        return SpatialEngine(network, weights, shape, comm, grid, overlap=not args.no_comm_overlap, forward=forward)
+                               steal=not args.no_steal, halo_policy=args.halo_policy, forwards=forwards)
+        return SpatialEngine(network, weights, shape, comm, grid, comm_overlap=not args.no_comm_overlap,
+                             forward=forward)
 
     return build
 
@@ -673,7 +682,7 @@ def _engine_builder(args: argparse.Namespace, network: Network, weights: dict, c
 def _grid_text(engines: EngineCache) -> str:
     """The rank grid of a spatial run (``none`` for other modes)."""
     if isinstance(engines.first, SpatialEngine):
-        return format_shape(engines.first.plan.dims)
+        return format_shape(engines.first.spatial_plan.dims)
     return "none"
 
 
@@ -683,12 +692,12 @@ def _fused_attributes(args: argparse.Namespace, engines: EngineCache) -> dict:
     engine = engines.first
     if not isinstance(engine, FusedEngine):
         return {}
-    plain = engine.plan.plain_macs()
-    tiled = engine.plan.macs()[0] if engine.reuse is None else engine.reuse.macs()
-    return {"tiles": args.tiles, "fuse_depth": engine.plan.depth, "halo_policy": engine.overlap,
+    plain = engine.fused_plan.plain_macs()
+    tiled = engine.fused_plan.macs()[0] if engine.reuse_plan is None else engine.reuse_plan.macs()
+    return {"tiles": args.tiles, "fuse_depth": engine.fused_plan.depth, "halo_policy": engine.halo_policy,
             "fused_macs_per_image": tiled, "plain_macs_per_image": plain,
             "redundant_macs_per_image": tiled - plain,
-            "strip_bytes_per_image": 0 if engine.reuse is None else engine.reuse.strip_bytes()}
+            "strip_bytes_per_image": 0 if engine.reuse_plan is None else engine.reuse_plan.strip_bytes()}
 
 
 def _fused_stats(engines: EngineCache) -> dict[str, np.ndarray] | None:
@@ -726,7 +735,7 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
         print(f"  {skipped} images skipped (unreadable or unusable; listed under /skipped in the file, shown by "
               f"python -m dcnn.analyze)")
     print(f"  peak memory {format_bytes(per_rank['peak_rss_bytes'].max())} per rank, predicted "
-          f"{format_bytes(job.plan.peak())}")
+          f"{format_bytes(job.run_plan.peak())}")
     if job.workload.detects:
         with h5py.File(path, "r") as handle:
             offsets = handle["outputs/detection_offsets"][()]

@@ -25,7 +25,16 @@ from dcnn.io.numbers import check_number
 from dcnn.kernels.conv import set_exact
 from dcnn.network.graph import format_shape
 from dcnn.network.zoo import model_names
-from dcnn.planner.plan import DEFAULT_MACS_PER_SECOND, MODES, Cluster, Plan, best_plan, format_bytes, parse_bytes, plans
+from dcnn.planner.plan import (
+    DEFAULT_MACS_PER_SECOND,
+    MODES,
+    Cluster,
+    RunPlan,
+    best_plan,
+    format_bytes,
+    parse_bytes,
+    plans,
+)
 from dcnn.planner.recognition import recognition_stage
 
 __all__ = ["build_parser", "main"]
@@ -75,7 +84,7 @@ def _cluster(args: argparse.Namespace) -> Cluster:
     return Cluster.uniform(args.nodes, parse_bytes(args.ram), args.fraction)
 
 
-def _row(plan: Plan, cluster: Cluster) -> str:
+def _row(plan: RunPlan, cluster: Cluster) -> str:
     items = plan.memory[max(range(cluster.size), key=plan.peak)]
     parts = ", ".join(f"{name} {format_bytes(size)}" for name, size in items.items() if size)
     fits = "fits" if plan.overflow(cluster) is None else "DOES NOT FIT"
@@ -135,13 +144,13 @@ def _speeds(cluster: Cluster) -> str:
     return text
 
 
-def _best_per_configuration(candidates: list[Plan], cluster: Cluster) -> list[Plan]:
+def _best_per_configuration(candidates: list[RunPlan], cluster: Cluster) -> list[RunPlan]:
     """Per mode, grid and policy: the largest batch that fits (else the smallest batch)."""
-    groups: dict[tuple, list[Plan]] = {}
+    groups: dict[tuple, list[RunPlan]] = {}
     for plan in candidates:
         groups.setdefault((plan.mode, plan.grid, plan.halo_policy), []).append(plan)
 
-    def preference(plan: Plan) -> tuple[bool, int]:
+    def preference(plan: RunPlan) -> tuple[bool, int]:
         fits = plan.overflow(cluster) is None
         return fits, plan.batch if fits else -plan.batch
 

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.epilog = ("Input: an HDF5 file with an N x H x W x 3 uint8 dataset, or a folder of PNG/JPEG files. "
                      "Output: /outputs/detections, /outputs/landmarks (M x 5 x 2), /outputs/descriptors (M x 128) "
                      "and with --known /outputs/identity, /outputs/distance, /known/names, /known/descriptors; "
-                     "see docs/results.md.")
+                     "see docs/results.md. " + infer.RENAMED_NOTE)
     parser.add_argument("--known", metavar="DIR",
                         help="gallery of known people: each image in DIR is one person named by its file stem, "
                              "or each subfolder one person with several images (the smallest distance over them "

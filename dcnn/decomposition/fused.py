@@ -23,10 +23,10 @@ from dcnn.network.graph import INPUT, Network
 from dcnn.network.layers import Shape
 from dcnn.network.window import Padding
 
-__all__ = ["OVERLAP_POLICIES", "FusedPlan", "Tile", "check_tile_grid", "cut_tensors", "finest_grid", "plan_fused",
+__all__ = ["HALO_POLICIES", "FusedPlan", "Tile", "check_tile_grid", "cut_tensors", "finest_grid", "plan_fused",
            "spatial_depth", "tileable_depth", "trace_tile"]
 
-OVERLAP_POLICIES = ("recompute", "reuse")
+HALO_POLICIES = ("recompute", "reuse")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ is the cover of its readers' needs, so the cover of what the tile's readers need
 it, and the tile borrows, once per tensor, the strips that complete that cover (and of a tensor the block hands
 over, the tile's block of it: ``N`` holds that block too). Every strip (producer, consumer,
 layer, box) is fixed by
-the plan, so each gets a fixed slot in the overlap pool of its *home* rank (the producer tile's index modulo the
+the plan, so each gets a fixed slot in the strip pool of its *home* rank (the producer tile's index modulo the
 rank count), sized per image.
 """
 
@@ -55,7 +55,7 @@ class Strip:
     channels : int
         Channels of that map.
     home : int
-        The rank whose overlap pool holds the strip (all strips of one producer share a home; producers are
+        The rank whose strip pool holds the strip (all strips of one producer share a home; producers are
         spread over the ranks by bytes).
     offset : int
         Elements per image before the strip in its home's pool (a batch of ``B`` images starts at ``B * offset``).
@@ -84,7 +84,7 @@ class ReusePlan:
     fused : FusedPlan
         The tiles and their traced (needed) regions.
     ranks : int
-        Ranks that hold the overlap pool.
+        Ranks that hold the strip pool.
     classes : list of int
         Per tile, its class.
     steps : list of list of (Box, Box, Padding)
@@ -129,7 +129,7 @@ class ReusePlan:
         return sum(rate * steps[layer][0].area for steps in self.steps for layer, rate in enumerate(rates))
 
     def strip_bytes(self) -> int:
-        """Bytes per image written into the overlap pool (each strip is also read once, by its consumer)."""
+        """Bytes per image written into the strip pool (each strip is also read once, by its consumer)."""
         return 4 * sum(strip.elements for strip in self.strips)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from dcnn.errors import InputError, ShapeError
 from dcnn.exec.imported import load_model_file, model_input
 from dcnn.faces.descriptor import DESCRIPTOR_BATCH
-from dcnn.faces.detect import DETECTION_DTYPE, FaceDetector, to_records
+from dcnn.faces.detect import DETECTION_DTYPE, MMOD_NAME, FaceDetector, to_records
 from dcnn.faces.pipeline import DEFAULT_TOLERANCE, FACE_DTYPE, FaceDescriber, Gallery, identify
 from dcnn.io.images import ImageSet
 from dcnn.io.scan import Skip, skip_for
@@ -38,8 +38,8 @@ __all__ = [
     "workload_names",
 ]
 
-#: The face detector's name among the models: ``--model mmod``, the default workload.
-DETECTOR = "mmod"
+#: The face detector's name among the models: ``--model mmod``, the default workload (the name of its network).
+DETECTOR = MMOD_NAME
 #: The image size the planner and the cost table assume for the detector when none is given (the paper's wide
 #: images; ``data/faces.h5``'s ``wide`` set).
 DETECTOR_IMAGE = (500, 1000)

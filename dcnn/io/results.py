@@ -113,6 +113,28 @@ def _program() -> str:
     return program.name
 
 
+def identity_labels(identity: np.ndarray, image_names: Sequence[str]) -> np.ndarray:
+    """The names of identified faces.
+
+    Parameters
+    ----------
+    identity : numpy.ndarray
+        ``(M,)`` int index of each face's person among the known people, negative for unknown
+        (:func:`dcnn.faces.pipeline.identify`).
+    image_names : sequence of str
+        The person of each known image (``/known/names``, one per known descriptor); the known people are its
+        distinct names in order of first appearance, as :class:`dcnn.faces.pipeline.Gallery` numbers them.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(M,)`` object array of names, ``"unknown"`` for a negative index.
+    """
+    people = list(dict.fromkeys(image_names))
+    labels = np.array([*people, "unknown"], dtype=object)
+    return labels[np.where(identity < 0, len(people), identity)]
+
+
 def _plain(value: Any) -> Any:
     """A stored attribute as a plain Python value (numpy scalars unwrapped, bytes decoded as :func:`_attribute`
     encoded them)."""
@@ -529,9 +551,7 @@ class ResultWriter:
                 final[dataset] = rows[field]
         if "identity" in final:
             if names:
-                labels = np.array([*names, "unknown"], dtype=object)
-                final["identity"] = labels[np.where(rows["identity"] < 0, len(names), rows["identity"])].astype(
-                    h5py.string_dtype())
+                final["identity"] = identity_labels(rows["identity"], names).astype(h5py.string_dtype())
             else:
                 del final["identity"], final["distance"]
         return final

@@ -1,8 +1,9 @@
 """Sweep files (TOML): the node counts, image counts, models and modes of a series of runs (``scripts/sweep.py``).
 
-Keys: ``name``; ``nodes`` (rank counts); ``models`` (default ``["mmod"]``); ``modes`` (default ``["batch"]``);
-either ``images`` (counts of generated face images) or ``input`` (one image set); ``cpus_per_task`` (default 1);
-``time`` (SLURM time limit, default ``"01:00:00"``); ``arguments`` (more ``dcnn.cli.infer`` options).
+Keys: ``name``; ``nodes`` (rank counts); ``models`` (workload names, default the detector: ``["mmod"]``); ``modes``
+(default ``["batch"]``); either ``images`` (counts of generated face images) or ``input`` (one image set);
+``cpus_per_task`` (default 1); ``time`` (SLURM time limit, default ``"01:00:00"``); ``arguments`` (more
+``dcnn.cli.infer`` options).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def load_sweep(path: str | Path) -> Sweep:
         If the file is unreadable, not TOML, or a key is missing or of the wrong kind.
     """
     data = read_toml(path, "sweep file")
-    from dcnn.network.zoo import model_names
+    from dcnn.exec.workloads import DETECTOR, workload_names
 
     def integers(key: str) -> tuple[int, ...]:
         values = data.get(key)
@@ -72,6 +73,6 @@ def load_sweep(path: str | Path) -> Sweep:
     cpus, limit = data.get("cpus_per_task", 1), data.get("time", "01:00:00")
     if not isinstance(cpus, int) or isinstance(cpus, bool) or cpus < 1 or not isinstance(limit, str):
         raise InputError(f"{path}: 'cpus_per_task' must be a positive integer and 'time' a string")
-    return Sweep(name, integers("nodes"), names("models", ("mmod", *model_names()), ["mmod"]),
+    return Sweep(name, integers("nodes"), names("models", workload_names(), [DETECTOR]),
                  names("modes", MODES, ["batch"]), integers("images") if "images" in data else None, source,
                  cpus, limit, tuple(arguments))

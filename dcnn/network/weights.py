@@ -161,6 +161,12 @@ def load_weights(path: str | os.PathLike, network: Network | None = None, rows: 
         ``.npz`` members by row range from the archive stream (:class:`NpzMember`), so a rank never holds more
         than its shard.
 
+    Returns
+    -------
+    dict of str to ndarray
+        The tensors by ``state_dict`` key, float32 (PyTorch's shapes: a convolution's weight is
+        ``(out_channels, in_channels / groups, kH, kW)``), sliced to ``rows`` where given.
+
     Raises
     ------
     WeightsError

@@ -120,10 +120,26 @@ def model_names() -> list[str]:
 def get_model(name: str) -> Network:
     """Build a zoo model by name.
 
+    Parameters
+    ----------
+    name : str
+        One of :func:`model_names` (case does not matter), e.g. ``"vgg16"``.
+
+    Returns
+    -------
+    Network
+        The model's layer specs: its per-image ``input_shape`` ``(C, H, W)`` (pixels), output shape, and per-layer
+        parameter counts, bytes (float32) and multiply-accumulates; no weights (see :func:`load_weights`).
+
     Raises
     ------
     InputError
         For an unknown name, listing the known ones.
+
+    Examples
+    --------
+    >>> get_model("AlexNet").input_shape
+    (3, 224, 224)
     """
     try:
         return MODELS[name.lower()]()

@@ -1,4 +1,4 @@
-"""The MPI layer, the only subpackage that imports mpi4py: communicators, work stealing, the overlap pool,
+"""The MPI layer, the only subpackage that imports mpi4py: communicators, work stealing, the strip pool,
 the spatial and fused engines and the batch task loop."""
 
 import mpi4py

@@ -20,8 +20,8 @@ from dcnn.errors import AgreedError, DcnnError, PlanError
 
 __all__ = [
     "MPI", "AgreedError", "HaloExchange", "agree_on_error", "allgather_blocks", "cartesian", "collective",
-    "hostnames", "idle_barrier", "mpi4py_version", "mpi_library_version", "mpi_thread_level", "ranks_per_node",
-    "self_comm", "world",
+    "free_windows", "hostnames", "idle_barrier", "mpi4py_version", "mpi_library_version", "mpi_thread_level",
+    "ranks_per_node", "self_comm", "world",
 ]
 
 
@@ -196,3 +196,14 @@ def idle_barrier(comm: MPI.Comm, interval: float = 0.002) -> None:
     request = comm.Ibarrier()
     while not request.Test():
         time.sleep(interval)
+
+
+def free_windows(comm: MPI.Comm, *windows: MPI.Win) -> None:
+    """End the passive-target epoch (``Lock_all``) of each of ``windows``, wait until every rank of ``comm`` has,
+    then free them (collective: the steal queue's and the strip pool's windows live for their whole lifetime in one
+    epoch each)."""
+    for window in windows:
+        window.Unlock_all()
+    comm.Barrier()
+    for window in windows:
+        window.Free()

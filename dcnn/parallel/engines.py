@@ -27,7 +27,7 @@ from dcnn.parallel.spatial import LayerStats, SpatialEngine
 __all__ = ["DEFAULT_CAPACITY", "EngineCache"]
 
 #: Live engines kept per rank. One: the planner counts one engine's buffers (halo buffers, the reuse policy's
-#: overlap pool), and with four alive a fused reuse run over 24 photo sizes peaked above its prediction. A task
+#: strip pool), and with four alive a fused reuse run over 24 photo sizes peaked above its prediction. A task
 #: runs each of its sizes once, so only a size that comes back in a later task is built again (a plan and a
 #: communicator: milliseconds).
 DEFAULT_CAPACITY = 1

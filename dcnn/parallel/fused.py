@@ -8,10 +8,10 @@ Neighbouring tiles overlap in their traced regions. Two policies:
 
 - *recompute*: every tile computes its whole region; no communication until the tiles are assembled, at the
   price of redundant multiply-accumulates (counted by the plan).
-- *reuse* (:mod:`dcnn.decomposition.reuse`, :mod:`dcnn.parallel.overlap`): the tiles run in three checkerboard phases,
-  each a work-stealing queue of its own. Tiles of the first phase compute their whole region and publish the strips
-  their neighbours need into the overlap pool (one-sided windows); later tiles ``Get`` those strips and compute only
-  the rest. A tile whose producers have not published recomputes its whole region (a counted fallback).
+- *reuse* (:mod:`dcnn.decomposition.reuse`, :mod:`dcnn.parallel.strip_pool`): the tiles run in three checkerboard
+  phases, each a work-stealing queue of its own. Tiles of the first phase compute their whole region and publish
+  the strips their neighbours need into the strip pool (one-sided windows); later tiles ``Get`` those strips and
+  compute only the rest. A tile whose producers have not published recomputes its whole region (a counted fallback).
 
 The layers after the fused block run on the spatial engine.
 """
@@ -25,7 +25,7 @@ from dataclasses import fields
 
 import numpy as np
 
-from dcnn.decomposition.fused import OVERLAP_POLICIES, plan_fused
+from dcnn.decomposition.fused import HALO_POLICIES, plan_fused
 from dcnn.decomposition.geometry import Box, assemble_boxes
 from dcnn.decomposition.reuse import NUM_CLASSES, Strip, plan_reuse
 from dcnn.errors import PlanError
@@ -35,9 +35,9 @@ from dcnn.network.graph import BYTES_PER_VALUE, INPUT, Network
 from dcnn.network.layers import Shape
 from dcnn.network.window import Padding
 from dcnn.parallel.comm import MPI, allgather_blocks
-from dcnn.parallel.overlap import OverlapPool
 from dcnn.parallel.spatial import LayerStats, SpatialEngine
 from dcnn.parallel.steal import StealQueue
+from dcnn.parallel.strip_pool import StripPool
 
 __all__ = ["COUNTER_FIELDS", "FusedEngine", "compile_fused"]
 
@@ -71,7 +71,7 @@ class FusedEngine:
         :func:`~dcnn.decomposition.fused.tileable_depth`).
     steal : bool
         Balance tiles by work stealing (else each rank keeps its initial share).
-    overlap : {"recompute", "reuse"}
+    halo_policy : {"recompute", "reuse"}
         What a tile does with the regions it shares with its neighbours.
     forwards : tuple of Forward, optional
         The executors of the fused layers and of the layers after them, already compiled (:func:`compile_fused`;
@@ -87,29 +87,29 @@ class FusedEngine:
     """
 
     def __init__(self, network: Network, weights: Mapping[str, np.ndarray], input_shape: Shape, comm: MPI.Comm,
-                 grid: tuple[int, int], depth: int | None = None, steal: bool = True, overlap: str = "recompute",
+                 grid: tuple[int, int], depth: int | None = None, steal: bool = True, halo_policy: str = "recompute",
                  forwards: tuple[Forward, Forward | None] | None = None):
-        if overlap not in OVERLAP_POLICIES:
-            raise PlanError(f"overlap policy must be one of {', '.join(OVERLAP_POLICIES)}, got {overlap!r}")
+        if halo_policy not in HALO_POLICIES:
+            raise PlanError(f"halo policy must be one of {', '.join(HALO_POLICIES)}, got {halo_policy!r}")
         self.comm = comm
-        self.plan = plan_fused(network, input_shape, grid, depth)
-        self.reuse = plan_reuse(self.plan, comm.size) if overlap == "reuse" else None
-        self.overlap = overlap
+        self.fused_plan = plan_fused(network, input_shape, grid, depth)
+        self.reuse_plan = plan_reuse(self.fused_plan, comm.size) if halo_policy == "reuse" else None
+        self.halo_policy = halo_policy
         # Folding is decided over the fused layers only: the layers after them run in ``rest``.
         fused_forward, rest_forward = forwards if forwards is not None else compile_fused(network, weights,
-                                                                                          self.plan.depth)
+                                                                                          self.fused_plan.depth)
         self.forward = fused_forward
         self.steal = steal
         self._stats = LayerStats.zeros(len(network))
-        self.tile_seconds = np.zeros(len(self.plan.tiles))
+        self.tile_seconds = np.zeros(len(self.fused_plan.tiles))
         self._counts = dict.fromkeys(COUNTER_FIELDS, 0)
-        self._rates = self.plan.macs_per_pixel()
-        self._pool: OverlapPool | None = None
+        self._rates = self.fused_plan.macs_per_pixel()
+        self._pool: StripPool | None = None
         self._sequence = 0
         self.rest = None
-        if self.plan.depth < len(network):
+        if self.fused_plan.depth < len(network):
             self.rest = SpatialEngine(network, weights, input_shape, comm, forward=rest_forward,
-                                      start=self.plan.depth)
+                                      start=self.fused_plan.depth)
 
     @property
     def counters(self) -> dict[str, float]:
@@ -136,7 +136,7 @@ class FusedEngine:
         return self._counts["tiles_run"]
 
     def close(self) -> None:
-        """Free the overlap pool and the communicator of the layers after the fused block (collective)."""
+        """Free the strip pool and the communicator of the layers after the fused block (collective)."""
         if self._pool is not None:
             self._account_pool()
             self._pool.close()
@@ -154,15 +154,15 @@ class FusedEngine:
         """Run on a ``(B, C, H, W)`` batch present on every rank; every rank returns the full output."""
         x = np.asarray(x, dtype=np.float32)
         computed: dict[int, np.ndarray] = {}
-        if self.reuse is None:
-            with StealQueue(self.comm, len(self.plan.tiles), steal=self.steal) as queue:
+        if self.reuse_plan is None:
+            with StealQueue(self.comm, len(self.fused_plan.tiles), steal=self.steal) as queue:
                 for index in queue:
-                    computed[index] = self._compute(index, self.plan.tiles[index].steps, x)
+                    computed[index] = self._compute(index, self.fused_plan.tiles[index].steps, x)
         else:
             self._sequence += 1
             pool = self._pool_for(x.shape[0])
             for cls in range(NUM_CLASSES):
-                members = self.reuse.tiles_of_class(cls)
+                members = self.reuse_plan.tiles_of_class(cls)
                 if members:
                     with StealQueue(self.comm, len(members), steal=self.steal, tasks=members) as queue:
                         for index in queue:
@@ -170,38 +170,38 @@ class FusedEngine:
         self._counts["tiles_run"] += len(computed)
         tensors = self._assemble(computed, x.shape[0])
         if self.rest is None:
-            return tensors[self.plan.cut[-1]]
-        if self.plan.network.last_uses()[INPUT] >= self.plan.depth:
+            return tensors[self.fused_plan.cut[-1]]
+        if self.fused_plan.network.last_uses()[INPUT] >= self.fused_plan.depth:
             tensors[INPUT] = x
         return self.rest(tensors)
 
     # -- reuse policy --------------------------------------------------------------------------------------
-    def _pool_for(self, batch: int) -> OverlapPool:
-        """The overlap pool, (re)allocated when a batch is larger than its slots (collective)."""
+    def _pool_for(self, batch: int) -> StripPool:
+        """The strip pool, (re)allocated when a batch is larger than its slots (collective)."""
         if self._pool is None or self._pool.batch < batch:
             if self._pool is not None:
                 self._account_pool()
                 self._pool.close()
-            self._pool = OverlapPool(self.comm, self.reuse, batch)
+            self._pool = StripPool(self.comm, self.reuse_plan, batch)
         return self._pool
 
     def _account_pool(self) -> None:
         """Move the pool's byte and time counts into the engine's counters."""
         self._counts = self.counters
 
-    def _run_reusing(self, index: int, x: np.ndarray, pool: OverlapPool) -> np.ndarray:
+    def _run_reusing(self, index: int, x: np.ndarray, pool: StripPool) -> np.ndarray:
         """One tile of the reuse policy: borrow its strips if they are ready, else recompute; publish its own."""
-        incoming = self.reuse.incoming[index]
+        incoming = self.reuse_plan.incoming[index]
         if pool.ready(sorted({strip.producer for strip in incoming}), self._sequence):
             borrowed = list(zip(incoming, pool.fetch(incoming, x.shape[0])))
-            steps = self.reuse.steps[index]
+            steps = self.reuse_plan.steps[index]
             self._counts["tiles_reused"] += bool(incoming)
             for strip, _ in borrowed:
                 self._stats.bytes_received[strip.layer] += x.shape[0] * BYTES_PER_VALUE * strip.elements
         else:
-            borrowed, steps = [], self.plan.tiles[index].steps
+            borrowed, steps = [], self.fused_plan.tiles[index].steps
             self._counts["fallbacks"] += 1
-        outgoing = self.reuse.outgoing[index]
+        outgoing = self.reuse_plan.outgoing[index]
         output = self._compute(index, steps, x, borrowed, outgoing, pool)
         if outgoing:
             pool.mark_ready(index, self._sequence)
@@ -210,7 +210,7 @@ class FusedEngine:
     # -- both policies -------------------------------------------------------------------------------------
     def _compute(self, index: int, steps: list[tuple[Box, Box, Padding]], x: np.ndarray,
                  borrowed: list[tuple[Strip, np.ndarray]] = (), outgoing: list[Strip] = (),
-                 pool: OverlapPool | None = None) -> list[np.ndarray]:
+                 pool: StripPool | None = None) -> list[np.ndarray]:
         """Compute one tile (:func:`~dcnn.exec.tiles.run_tile`) and publish its outgoing strips as it goes."""
         batch = x.shape[0]
         strips_out = defaultdict(list)
@@ -224,7 +224,7 @@ class FusedEngine:
                 self._stats.bytes_sent[layer] += batch * BYTES_PER_VALUE * strip.elements
 
         seconds = np.zeros(len(steps))
-        outputs = run_tile(self.forward, steps, x, self.plan.cut, self.plan.tiles[index].outputs,
+        outputs = run_tile(self.forward, steps, x, self.fused_plan.cut, self.fused_plan.tiles[index].outputs,
                            [(strip.layer, strip.box, values) for strip, values in borrowed], computed, seconds)
         self._stats.compute_seconds[:len(steps)] += seconds
         self.tile_seconds[index] += seconds.sum()
@@ -233,7 +233,7 @@ class FusedEngine:
     def _assemble(self, computed: dict[int, list[np.ndarray]], batch: int) -> dict[str, np.ndarray]:
         """Every rank's tile blocks into each whole cut tensor, on every rank (one allgather)."""
         owners = self.comm.allgather(sorted(computed))
-        plan = self.plan
+        plan = self.fused_plan
         channels = [shape[0] for shape in plan.cut_shapes]
         order = [index for indices in owners for index in indices]
         counts = [sum(batch * c * box.area for i in indices for c, box in zip(channels, plan.tiles[i].outputs))

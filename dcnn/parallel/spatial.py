@@ -33,7 +33,7 @@ from dcnn.parallel.comm import MPI, HaloExchange, allgather_blocks, cartesian
 __all__ = ["LayerStats", "SpatialEngine"]
 
 #: Overlap exchange with compute only when the halo-free interior is at least this share of the block.
-OVERLAP_MIN_INTERIOR = 0.5
+COMM_OVERLAP_MIN_INTERIOR = 0.5
 
 @dataclass
 class LayerStats:
@@ -78,7 +78,7 @@ class SpatialEngine:
         The ranks to split over.
     dims : tuple of int, optional
         ``(Py, Px)``; ``MPI.Compute_dims`` by default.
-    overlap : bool
+    comm_overlap : bool
         Compute the halo-free interior while the halos are in flight.
     forward : Forward, optional
         The network already compiled (engines of other input shapes share one); compiled here by default.
@@ -88,13 +88,13 @@ class SpatialEngine:
     """
 
     def __init__(self, network: Network, weights: Mapping[str, np.ndarray], input_shape: Shape, comm: MPI.Comm,
-                 dims: tuple[int, int] | None = None, overlap: bool = True, forward: Forward | None = None,
+                 dims: tuple[int, int] | None = None, comm_overlap: bool = True, forward: Forward | None = None,
                  start: int = 0):
         self.comm = cartesian(comm, dims)
         self.rank = self.comm.rank
-        self.plan = plan_spatial(network, input_shape, tuple(self.comm.dims), start)
+        self.spatial_plan = plan_spatial(network, input_shape, tuple(self.comm.dims), start)
         self.forward = forward if forward is not None else Forward(network, weights, start=start)
-        self.overlap = overlap
+        self.comm_overlap = comm_overlap
         self.stats = LayerStats.zeros(len(network))
         self._exchanges: dict[tuple[int, int], HaloExchange] = {}
 
@@ -113,7 +113,7 @@ class SpatialEngine:
     def __call__(self, x: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
         """Run on a ``(B, C, H, W)`` batch present on every rank (with ``start``: the tensors the nodes after it
         read, by name, each whole on every rank); every rank returns the full output."""
-        network = self.plan.network
+        network = self.spatial_plan.network
         given = {name: np.asarray(value, dtype=np.float32)
                  for name, value in (x.items() if isinstance(x, Mapping) else [(INPUT, x)])}
         # Per tensor: this rank's block and its box; the box assembled by its exchange; readers left. The given
@@ -123,10 +123,10 @@ class SpatialEngine:
         self._given = set(given)
         regions: dict[str, tuple[np.ndarray, Box]] = {}
         pending: dict[str, int] = {}
-        for layer_plan in self.plan.layers:
+        for layer_plan in self.spatial_plan.layers:
             for name in layer_plan.sources:
                 pending[name] = pending.get(name, 0) + 1
-        for layer_plan in self.plan.layers:
+        for layer_plan in self.spatial_plan.layers:
             name = network.layers[layer_plan.index][0]
             out = self._run_node(layer_plan, blocks, regions, pending)
             for source in layer_plan.sources:
@@ -135,13 +135,13 @@ class SpatialEngine:
                     blocks.pop(source)
                     regions.pop(source, None)
             blocks[name] = (out, layer_plan.out_blocks[self.rank])
-        last = self.plan.layers[-1] if self.plan.layers else None
+        last = self.spatial_plan.layers[-1] if self.spatial_plan.layers else None
         if last is not None:
             out = blocks[network.layers[last.index][0]][0]
             out = out if last.vector else self._gather_map(out, last)
         else:
-            out = given[network.inputs[self.plan.gather_index][0]]
-        for index in range(self.plan.gather_index, len(self.forward.ops)):
+            out = given[network.inputs[self.spatial_plan.gather_index][0]]
+        for index in range(self.spatial_plan.gather_index, len(self.forward.ops)):
             out = self._run_global(index, out)
         return out
 
@@ -170,7 +170,7 @@ class SpatialEngine:
                 block, box = blocks[name]
                 # A whole tensor (the input image, a fused block's hand-over): keep only this rank's block of it;
                 # a squeeze-and-excitation vector broadcasts over the block, and a vector node reads all whole.
-                whole = layer_plan.vector or name in self.plan.vectors
+                whole = layer_plan.vector or name in self.spatial_plan.vectors
                 arguments.append(block if whole or box == own else block[(slice(None), slice(None),
                                                                            *own.slices(box))])
                 writable.append(name not in self._given and pending[name] == 1
@@ -193,11 +193,11 @@ class SpatialEngine:
         exchange = self._exchange(layer_plan, batch)
         self.stats.bytes_sent[index] += exchange.bytes_sent
         self.stats.bytes_received[index] += exchange.bytes_received
-        overlap = (self.overlap and exchange.receives and not interior.empty
-                   and interior.area >= OVERLAP_MIN_INTERIOR * own.area)
+        overlapped = (self.comm_overlap and exchange.receives and not interior.empty
+                   and interior.area >= COMM_OVERLAP_MIN_INTERIOR * own.area)
         exchange.start(block)
         compute = 0.0
-        if overlap:
+        if overlapped:
             compute += self._compute_box(layer_plan, interior, block, held, out, own)
         start = time.perf_counter()
         if exchange.receives or not held.contains(needed):
@@ -215,7 +215,7 @@ class SpatialEngine:
         self.stats.wait_seconds[index] += time.perf_counter() - start
         if own.empty:
             pass
-        elif overlap:
+        elif overlapped:
             for strip in _border_strips(own, interior):
                 compute += self._compute_box(layer_plan, strip, source, source_box, out, own)
         else:
@@ -266,9 +266,10 @@ class SpatialEngine:
         counts = [batch * channels * box.area for box in last.out_blocks]
         start = time.perf_counter()
         flat = allgather_blocks(self.comm, block, counts)
-        index = self.plan.gather_index if self.plan.gather_index < len(self.stats.wait_seconds) else last.index
+        gather = self.spatial_plan.gather_index
+        index = gather if gather < len(self.stats.wait_seconds) else last.index
         self.stats.wait_seconds[index] += time.perf_counter() - start
-        self.stats.bytes_sent[index] += 4 * counts[self.rank] * (self.plan.size - 1)
+        self.stats.bytes_sent[index] += 4 * counts[self.rank] * (self.spatial_plan.size - 1)
         self.stats.bytes_received[index] += 4 * (sum(counts) - counts[self.rank])
         return assemble_boxes(flat, last.out_blocks, (batch, channels), last.out_shape[1:])
 
@@ -278,14 +279,14 @@ class SpatialEngine:
         start = time.perf_counter()
         out = op(x)
         self.stats.compute_seconds[index] += time.perf_counter() - start
-        if not isinstance(op.layer, Linear) or self.plan.size == 1:
+        if not isinstance(op.layer, Linear) or self.spatial_plan.size == 1:
             return out
         batch = out.shape[0]
-        counts = [batch * (stop - begin) for begin, stop in fc_shards(op.layer.out_features, self.plan.size)]
+        counts = [batch * (stop - begin) for begin, stop in fc_shards(op.layer.out_features, self.spatial_plan.size)]
         start = time.perf_counter()
         gathered = allgather_blocks(self.comm, out.T, counts)
         self.stats.wait_seconds[index] += time.perf_counter() - start
-        self.stats.bytes_sent[index] += 4 * counts[self.rank] * (self.plan.size - 1)
+        self.stats.bytes_sent[index] += 4 * counts[self.rank] * (self.spatial_plan.size - 1)
         self.stats.bytes_received[index] += 4 * (sum(counts) - counts[self.rank])
         return np.ascontiguousarray(gathered.reshape(op.layer.out_features, batch).T)
 

@@ -29,6 +29,7 @@ from mpi4py import MPI
 
 from dcnn.decomposition.intervals import initial_intervals
 from dcnn.io.schema import STEAL_FIELDS as FIELDS
+from dcnn.parallel.comm import free_windows
 
 __all__ = ["FIELDS", "StealQueue", "StealStats", "pack", "unpack"]
 
@@ -222,9 +223,7 @@ class StealQueue:
         """End the access epoch and free the window (collective)."""
         if not self._closed:
             self._closed = True
-            self._window.Unlock_all()
-            self.comm.Barrier()
-            self._window.Free()
+            free_windows(self.comm, self._window)
 
     def __enter__(self) -> StealQueue:
         return self

@@ -14,7 +14,7 @@ models, per rank (one rank per node):
   input, a residual skip that a later node reads), for the whole map (batch), the rank's block with its halo
   (spatial) or the largest tile region (fused);
 - ``gathered map``, ``tile outputs``: the maps that spatial and fused mode assemble on every rank;
-- ``overlap pool``: the strips a rank holds for the reuse policy;
+- ``strip pool``: the strips a rank holds for the reuse policy;
 - a :class:`Stage` that every rank runs after the network (face recognition after the detector):
   ``<stage> models`` (its network's weights, counted as ``weights`` in batch mode, and its other models) and
   ``<stage> activations`` (its network's input and largest working set for one pass, its other scratch, and
@@ -48,8 +48,8 @@ from dcnn.network.graph import BYTES_PER_VALUE, Network, format_shape
 from dcnn.network.layers import Conv2d, Linear, Shape
 
 __all__ = [
-    "DEFAULT_MACS_PER_SECOND", "MODES", "RUNTIME_BYTES", "Cluster", "Node", "Plan", "Stage", "best_plan", "choose_plan",
-    "format_bytes", "parse_bytes", "plan_for", "plan_shapes", "plans", "worst_shapes",
+    "DEFAULT_MACS_PER_SECOND", "MODES", "RUNTIME_BYTES", "Cluster", "Node", "RunPlan", "Stage", "best_plan",
+    "choose_plan", "format_bytes", "parse_bytes", "plan_for", "plan_shapes", "plans", "worst_shapes",
 ]
 
 MIB, GIB = 2**20, 2**30
@@ -71,16 +71,17 @@ _UNITS = {"b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": MIB, "mib": MIB, "
 
 
 def parse_bytes(text: str | int | float) -> int:
-    """``"3.2GiB"``, ``"512MiB"``, ``"4G"`` (binary), ``"4GB"`` (decimal), ``"1000B"``; a number (not text) is bytes.
+    """``"3.2GiB"``, ``"512MiB"``, ``"4G"`` (binary), ``"4GB"`` (decimal), ``"1000B"``.
 
     Raises
     ------
     InputError
-        If ``text`` is not a size, has no unit (``"200"``: MiB or bytes? the user must say), or is zero,
-        infinite (``1e999``, 400 digits) or NaN.
+        If ``text`` is not a size, has no unit (``"200"``, or the number ``200`` of a cluster file: MiB or bytes?
+        the user must say), or is zero, infinite (``1e999``, 400 digits) or NaN.
     """
     if isinstance(text, int | float) and not isinstance(text, bool):
-        return int(check_number(text, f"memory size {text!r}", minimum=1))
+        raise InputError(f"memory size {text!r} has no unit; write for example \"{text}MiB\" or \"{text}GiB\" (text, "
+                         f"with its unit)")
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     if match and not match.group(2):
         raise InputError(f"memory size {text.strip()!r} has no unit; write for example {text.strip()}MiB or "
@@ -164,6 +165,13 @@ class Cluster:
         and ``[[node]]`` tables with ``name``, ``ram`` (e.g. ``"4GiB"``), ``speed`` and ``count``."""
         data = read_toml(path, "cluster file")
         nodes = []
+
+        def size(key: str, value: object) -> int:
+            try:
+                return parse_bytes(value)
+            except InputError as error:
+                raise InputError(f"{path}: {key!r}: {error}") from None
+
         try:
             for entry in data.get("node", []):
                 count = int(entry.get("count", 1))
@@ -171,7 +179,7 @@ class Cluster:
                     raise InputError(f"{path}: a node 'count' must be between 1 and {MAX_CLUSTER_NODES}, got {count}")
                 for index in range(count):
                     name = entry.get("name", "node")
-                    nodes.append(Node(f"{name}{index}" if count > 1 else name, parse_bytes(entry["ram"]),
+                    nodes.append(Node(f"{name}{index}" if count > 1 else name, size("ram", entry["ram"]),
                                       float(entry.get("speed", 1.0))))
             constants = {"fraction": float(data.get("fraction", 0.8))}
             if "gmacs" in data:
@@ -181,7 +189,7 @@ class Cluster:
             if "latency_us" in data:
                 constants["latency"] = float(data["latency_us"]) * 1e-6
             if "runtime" in data:
-                constants["runtime_bytes"] = parse_bytes(data["runtime"])
+                constants["runtime_bytes"] = size("runtime", data["runtime"])
         except (KeyError, TypeError, ValueError) as error:
             raise InputError(f"{path}: bad cluster entry ({error!r}); see docs/planner.md") from None
         return cls(tuple(nodes), **constants)
@@ -201,7 +209,7 @@ class Cluster:
 
 
 @dataclass
-class Plan:
+class RunPlan:
     """One way to run a model on a cluster, with its predicted memory per rank and time.
 
     Attributes
@@ -328,11 +336,11 @@ def _decomposition(network: Network, input_shape: Shape, dims: tuple[int, int], 
 
 
 @lru_cache(maxsize=64)
-def _tiling(network: Network, input_shape: Shape, tiles: tuple[int, int], ranks: int, overlap: str,
+def _tiling(network: Network, input_shape: Shape, tiles: tuple[int, int], ranks: int, halo_policy: str,
             depth: int | None = None):
     """The fused plan and, for the reuse policy, its reuse plan (cached: candidates share them)."""
     fused = plan_fused(network, input_shape, tiles, depth)
-    return fused, plan_reuse(fused, ranks) if overlap == "reuse" else None
+    return fused, plan_reuse(fused, ranks) if halo_policy == "reuse" else None
 
 
 @lru_cache(maxsize=64)
@@ -424,18 +432,18 @@ def _whole_map_work(network: Network, input_shape: Shape, start: int = 0) -> tup
     return best
 
 
-def memory_batch(network: Network, input_shape: Shape, batch: int, cluster: Cluster) -> Plan:
+def memory_batch(network: Network, input_shape: Shape, batch: int, cluster: Cluster) -> RunPlan:
     """Batch mode: every rank holds the whole model and runs whole images."""
     weights, heaviest = _weights(network, input_shape, 1)
     work, layer = _whole_map_work(network, input_shape)
     items = {"runtime": cluster.runtime_bytes, "weights": weights[0], "input": _input_bytes(input_shape, batch),
              "activations": batch * work * BYTES_PER_VALUE}
-    return Plan("batch", batch, None, None, [dict(items) for _ in range(cluster.size)],
+    return RunPlan("batch", batch, None, None, [dict(items) for _ in range(cluster.size)],
                 {"weights": heaviest, "activations": layer})
 
 
 def memory_spatial(network: Network, input_shape: Shape, batch: int, cluster: Cluster,
-                   dims: tuple[int, int], start: int = 0) -> Plan:
+                   dims: tuple[int, int], start: int = 0) -> RunPlan:
     """Spatial mode: blocks and halos per rank, the gathered map, fully connected layers split by neurons (with
     ``start``: of the nodes after a fused block only)."""
     size = cluster.size
@@ -449,16 +457,16 @@ def memory_spatial(network: Network, input_shape: Shape, batch: int, cluster: Cl
                "input": _input_bytes(input_shape, batch),
                "activations": batch * max(work[rank][0], tail) * BYTES_PER_VALUE,
                "gathered map": gathered} for rank in range(size)]
-    return Plan("spatial", batch, tuple(dims), None, memory,
+    return RunPlan("spatial", batch, tuple(dims), None, memory,
                 {"weights": heaviest, "activations": max(work)[1]})
 
 
 def memory_fused(network: Network, input_shape: Shape, batch: int, cluster: Cluster, tiles: tuple[int, int],
-                 overlap: str, depth: int | None = None) -> Plan:
-    """Fused mode: the largest tile's working set, the assembled fused output, the overlap pool; with a fused
+                 halo_policy: str, depth: int | None = None) -> RunPlan:
+    """Fused mode: the largest tile's working set, the assembled fused output, the strip pool; with a fused
     block shorter than the convolutional part (``depth``), the spatial run of the layers after it."""
     size = cluster.size
-    fused, reuse = _tiling(network, tuple(input_shape), tuple(tiles), size, overlap, depth)
+    fused, reuse = _tiling(network, tuple(input_shape), tuple(tiles), size, halo_policy, depth)
     weights, heaviest = _weights(network, input_shape, size)
     shapes = fused.shapes
     best = (0, "")
@@ -480,12 +488,12 @@ def memory_fused(network: Network, input_shape: Shape, batch: int, cluster: Clus
     memory = [{"runtime": cluster.runtime_bytes, "weights": weights[rank], "input": _input_bytes(input_shape, batch),
                "activations": max(batch * best[0] * BYTES_PER_VALUE, tail[rank]["activations"]),
                "tile outputs": int(batch * output * BYTES_PER_VALUE * (2 + share)),
-               "overlap pool": 0 if reuse is None else batch * reuse.pool_elements[rank] * BYTES_PER_VALUE}
+               "strip pool": 0 if reuse is None else batch * reuse.pool_elements[rank] * BYTES_PER_VALUE}
               for rank in range(size)]
     if fused.depth < spatial_depth(network):
         for rank in range(size):  # the last map of the spatial tail, gathered on every rank
             memory[rank]["gathered map"] = tail[rank]["gathered map"]
-    return Plan("fused", batch, tuple(tiles), overlap, memory, {"weights": heaviest, "activations": best[1]},
+    return RunPlan("fused", batch, tuple(tiles), halo_policy, memory, {"weights": heaviest, "activations": best[1]},
                 depth=depth)
 
 
@@ -496,7 +504,7 @@ def _square_dims(size: int) -> tuple[int, int]:
 
 
 # -- time -----------------------------------------------------------------------------------------------------------
-def predict_seconds(plan: Plan, network: Network, input_shape: Shape, cluster: Cluster, images: int) -> float:
+def predict_seconds(plan: RunPlan, network: Network, input_shape: Shape, cluster: Cluster, images: int) -> float:
     """Predicted wall time of ``images`` images (compute over node speeds, messages over the network)."""
     costs = network.costs(input_shape)
     total = sum(row.macs for row in costs)
@@ -556,8 +564,8 @@ def _spatial_grids(network: Network, input_shape: Shape, size: int) -> list[tupl
 
 
 def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, batch: int,
-             grid: tuple[int, int] | None = None, overlap: str | None = None, images: int = 1,
-             depth: int | None = None, batch_images: int | None = None, stage: Stage | None = None) -> Plan:
+             grid: tuple[int, int] | None = None, halo_policy: str | None = None, images: int = 1,
+             depth: int | None = None, batch_images: int | None = None, stage: Stage | None = None) -> RunPlan:
     """The plan of one given configuration, with its predicted time.
 
     ``batch_images`` is how many images of this shape there are: a forward pass never holds more, so memory is
@@ -570,7 +578,7 @@ def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, 
     elif mode == "spatial":
         plan = memory_spatial(network, input_shape, real, cluster, grid or _square_dims(cluster.size))
     elif mode == "fused":
-        plan = memory_fused(network, input_shape, real, cluster, grid, overlap or "reuse", depth)
+        plan = memory_fused(network, input_shape, real, cluster, grid, halo_policy or "reuse", depth)
     else:
         raise PlanError(f"the planner knows modes {', '.join(MODES)}, not {mode!r}")
     if stage is not None:
@@ -598,17 +606,17 @@ def worst_shapes(counts: Mapping[Shape, int], batch: int) -> list[tuple[Shape, i
 
 
 def plan_shapes(network: Network, shapes: list[tuple[Shape, int]], cluster: Cluster, mode: str, batch: int,
-                grid: tuple[int, int] | None = None, overlap: str | None = None, images: int = 1,
-                depth: int | None = None, stage: Stage | None = None) -> tuple[Plan, Shape]:
+                grid: tuple[int, int] | None = None, halo_policy: str | None = None, images: int = 1,
+                depth: int | None = None, stage: Stage | None = None) -> tuple[RunPlan, Shape]:
     """One configuration over several input shapes (from :func:`worst_shapes`): the plan of the shape that
     exceeds the cluster's budgets most (needs the most memory when all fit), and that shape. ``stage``: see
     :func:`plan_for`."""
-    planned = [(plan_for(network, shape, cluster, mode, batch, grid, overlap, images, depth, count, stage), shape)
+    planned = [(plan_for(network, shape, cluster, mode, batch, grid, halo_policy, images, depth, count, stage), shape)
                for shape, count in shapes]
     return max(planned, key=lambda item: (_excess(item[0], cluster), item[0].peak()))
 
 
-def _excess(plan: Plan, cluster: Cluster) -> int:
+def _excess(plan: RunPlan, cluster: Cluster) -> int:
     """Bytes by which the rank most over its budget exceeds it (0 when every rank fits)."""
     overflow = plan.overflow(cluster)
     return 0 if overflow is None else overflow[1] - overflow[2]
@@ -616,7 +624,7 @@ def _excess(plan: Plan, cluster: Cluster) -> int:
 
 def plans(network: Network, input_shape: Shape, cluster: Cluster, batch: int, images: int = 1,
           modes: tuple[str, ...] = MODES, batch_images: int | None = None,
-          tile_limit: tuple[int, int] | None = None, stage: Stage | None = None) -> list[Plan]:
+          tile_limit: tuple[int, int] | None = None, stage: Stage | None = None) -> list[RunPlan]:
     """Every candidate: each mode, rank grid, tile grid and policy, at batch sizes ``batch``, ``batch/2``, .. 1.
 
     ``batch_images`` and ``stage``: see :func:`plan_for`. ``tile_limit`` bounds the tile grids (rows, columns):
@@ -631,24 +639,49 @@ def plans(network: Network, input_shape: Shape, cluster: Cluster, batch: int, im
                                                                                      cluster.size)]
     if "fused" in modes:
         limit = tile_limit or (math.inf, math.inf)
-        configurations += [("fused", tiles, overlap) for tiles in _tile_grids(network, input_shape)
-                           if tiles[0] <= limit[0] and tiles[1] <= limit[1] for overlap in ("reuse", "recompute")]
-    return [plan_for(network, input_shape, cluster, mode, size, grid, overlap, images, batch_images=batch_images,
+        configurations += [("fused", tiles, halo_policy) for tiles in _tile_grids(network, input_shape)
+                           if tiles[0] <= limit[0] and tiles[1] <= limit[1] for halo_policy in ("reuse", "recompute")]
+    return [plan_for(network, input_shape, cluster, mode, size, grid, halo_policy, images, batch_images=batch_images,
                      stage=stage)
-            for mode, grid, overlap in configurations for size in sizes]
+            for mode, grid, halo_policy in configurations for size in sizes]
 
 
 def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: int, images: int = 1,
                 modes: tuple[str, ...] = MODES, batch_images: int | None = None,
                 others: list[tuple[Shape, int]] = (), tile_limit: tuple[int, int] | None = None,
-                stage: Stage | None = None) -> Plan:
+                stage: Stage | None = None) -> RunPlan:
     """The feasible plan with the least predicted time (larger batches first among equals).
 
-    ``batch_images`` is the number of images of ``input_shape`` (memory is modelled for at most that many per
-    forward pass, see :func:`plan_for`). ``others`` are further input shapes with their image counts (a set of
-    several sizes, see :func:`worst_shapes`; ``input_shape`` is the largest): a plan is feasible only if it fits
-    all of them, and the one returned is that of the shape needing the most memory. ``tile_limit``: see
-    :func:`plans`; ``stage``: see :func:`plan_for`.
+    Parameters
+    ----------
+    network : Network
+        The model.
+    input_shape : tuple of int
+        Per-image network input ``(C, H, W)`` in pixels.
+    cluster : Cluster
+        The nodes (RAM in bytes, relative speed) and the cost model's constants.
+    batch : int
+        The largest batch (images per forward pass) to consider; halves down to 1 are tried too.
+    images : int
+        Images in the run (the predicted seconds are for all of them).
+    modes : tuple of str
+        The modes to consider (:data:`dcnn.modes.PLANNED_MODES` by default).
+    batch_images : int, optional
+        The number of images of ``input_shape``: memory is modelled for at most that many per forward pass (see
+        :func:`plan_for`).
+    others : list of (shape, int)
+        Further input shapes with their image counts (a set of several sizes, see :func:`worst_shapes`;
+        ``input_shape`` is the largest): a plan is feasible only if it fits all of them.
+    tile_limit : tuple of int, optional
+        Bounds the tile grids (rows, columns), see :func:`plans`.
+    stage : Stage, optional
+        See :func:`plan_for`.
+
+    Returns
+    -------
+    RunPlan
+        Mode, batch, rank or tile grid, halo policy, the predicted bytes per rank (``memory``, ``peak()``) and
+        seconds; with ``others``, the plan of the shape needing the most memory.
 
     Raises
     ------
@@ -673,8 +706,8 @@ def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: i
                     f"which may use {format_bytes(available)})")
 
 
-def best_plan(candidates: list[Plan], network: Network, input_shape: Shape, cluster: Cluster,
-              modes: tuple[str, ...] = MODES, stage: Stage | None = None) -> Plan:
+def best_plan(candidates: list[RunPlan], network: Network, input_shape: Shape, cluster: Cluster,
+              modes: tuple[str, ...] = MODES, stage: Stage | None = None) -> RunPlan:
     """:func:`choose_plan` among candidates already computed by :func:`plans` (same arguments)."""
     if not candidates:
         raise PlanError(f"no {' or '.join(modes)} plan for {cluster.size} nodes: a rank grid that large leaves "
@@ -682,10 +715,10 @@ def best_plan(candidates: list[Plan], network: Network, input_shape: Shape, clus
     feasible = [plan for plan in candidates if plan.overflow(cluster) is None]
     if feasible:
         return min(feasible, key=lambda plan: (plan.seconds, -plan.batch, plan.peak()))
-    raise PlanError(explain_infeasible(network, input_shape, cluster, min(candidates, key=Plan.peak), modes, stage))
+    raise PlanError(explain_infeasible(network, input_shape, cluster, min(candidates, key=RunPlan.peak), modes, stage))
 
 
-def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, plan: Plan,
+def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, plan: RunPlan,
                        modes: tuple[str, ...] = MODES, stage: Stage | None = None) -> str:
     """Why ``plan`` (the leanest candidate, with ``stage`` if given) does not fit, and what would."""
     rank, needed, available = plan.overflow(cluster)
@@ -725,8 +758,8 @@ def _nodes_that_fit(network: Network, input_shape: Shape, cluster: Cluster, mode
 
     def fits(count: int) -> bool:
         larger = replace(cluster, nodes=tuple(Node(f"node{i}", smallest.ram) for i in range(count)))
-        candidates = [plan_for(network, input_shape, larger, mode, 1, grid, overlap, stage=stage)
-                      for mode, grid, overlap in _lean_configurations(network, input_shape, count, modes)]
+        candidates = [plan_for(network, input_shape, larger, mode, 1, grid, halo_policy, stage=stage)
+                      for mode, grid, halo_policy in _lean_configurations(network, input_shape, count, modes)]
         return any(plan.overflow(larger) is None for plan in candidates)
 
     count = cluster.size + 1

@@ -192,6 +192,15 @@ def _needed(graph, output: str) -> tuple[list[bool], set[str]]:
     return needed, tensors
 
 
+def _element_type_name(elem: int) -> str:
+    """The numpy name of an ONNX tensor element type (``float32``, ``int64`` ...), or ``element type N`` for a
+    number the installed onnx does not map (a damaged or newer file)."""
+    try:
+        return _onnx().helper.tensor_dtype_to_np_dtype(elem).name
+    except (KeyError, ValueError, TypeError):
+        return f"element type {elem}"
+
+
 def _the_input(graph, constants, path: Path, image_input: bool):
     """The graph's one input without an initializer: its name and declared dims."""
     onnx = _onnx()
@@ -204,7 +213,7 @@ def _the_input(graph, constants, path: Path, image_input: bool):
     elem = value.type.tensor_type.elem_type if value.type.HasField("tensor_type") else 0
     ranks = (4,) if image_input else (2, 4)
     if elem != onnx.TensorProto.FLOAT or dims is None or len(dims) not in ranks or dims[1] is None:
-        kind = onnx.helper.tensor_dtype_to_np_dtype(elem).name if elem else "non-tensor"
+        kind = _element_type_name(elem) if elem else "non-tensor"
         shape = "of unknown rank" if dims is None else "x".join("?" if d is None else str(d) for d in dims)
         raise InputError(
             f"{path}: input {value.name!r} is {kind} {shape}; dcnn runs float32 N x C x H x W "

@@ -1,4 +1,4 @@
-"""The overlap pool of the reuse policy: strips of intermediate maps in one-sided MPI windows.
+"""The strip pool of the reuse policy: strips of intermediate maps in one-sided MPI windows.
 
 Each rank exposes two windows: the float32 strips it is *home* to (fixed slots from the
 :class:`~dcnn.decomposition.reuse.ReusePlan`, ``B`` images per slot) and one ready flag per tile. A producer tile
@@ -17,19 +17,19 @@ from collections.abc import Iterable
 import numpy as np
 
 from dcnn.decomposition.reuse import ReusePlan, Strip
-from dcnn.parallel.comm import MPI
+from dcnn.parallel.comm import MPI, free_windows
 
-__all__ = ["OverlapPool"]
+__all__ = ["StripPool"]
 
 
-class OverlapPool:
+class StripPool:
     """Strip slots and ready flags for batches of up to ``batch`` images (collective to create and to close).
 
     Parameters
     ----------
     comm : MPI.Comm
-        The ranks of the fused engine; ``comm.size`` must equal ``plan.ranks``.
-    plan : ReusePlan
+        The ranks of the fused engine; ``comm.size`` must equal ``reuse_plan.ranks``.
+    reuse_plan : ReusePlan
         Strips, their homes and offsets.
     batch : int
         Largest batch the slots must hold.
@@ -42,17 +42,17 @@ class OverlapPool:
         Time this rank spent in the pool's MPI calls.
     """
 
-    def __init__(self, comm: MPI.Comm, plan: ReusePlan, batch: int):
-        if comm.size != plan.ranks:
-            raise ValueError(f"reuse plan for {plan.ranks} ranks used on {comm.size}")
-        self.plan, self.batch = plan, batch
+    def __init__(self, comm: MPI.Comm, reuse_plan: ReusePlan, batch: int):
+        if comm.size != reuse_plan.ranks:
+            raise ValueError(f"reuse plan for {reuse_plan.ranks} ranks used on {comm.size}")
+        self.reuse_plan, self.batch = reuse_plan, batch
         self.bytes_put = self.bytes_got = 0
         self.seconds = 0.0
         self._pending: list[np.ndarray] = []
         self._homes_written: set[int] = set()
         self._result = np.zeros(1, np.int64)
-        self._data = MPI.Win.Allocate(4 * max(1, batch * plan.pool_elements[comm.rank]), disp_unit=4, comm=comm)
-        self._flags = MPI.Win.Allocate(8 * len(plan.classes), disp_unit=8, comm=comm)
+        self._data = MPI.Win.Allocate(4 * max(1, batch * reuse_plan.pool_elements[comm.rank]), disp_unit=4, comm=comm)
+        self._flags = MPI.Win.Allocate(8 * len(reuse_plan.classes), disp_unit=8, comm=comm)
         np.frombuffer(self._flags.tomemory(), dtype=np.int64)[:] = 0
         self._data.Lock_all()
         self._flags.Lock_all()
@@ -83,7 +83,7 @@ class OverlapPool:
             self._data.Flush(home)
         self._pending.clear()
         self._homes_written.clear()
-        home = self.flag_home(tile, self.plan.ranks)
+        home = self.flag_home(tile, self.reuse_plan.ranks)
         self._flags.Accumulate([np.array([sequence], np.int64), MPI.INT64_T], home, target=(tile, 1, MPI.INT64_T),
                                op=MPI.REPLACE)
         self._flags.Flush(home)
@@ -94,7 +94,7 @@ class OverlapPool:
         start = time.perf_counter()
         try:
             for tile in tiles:
-                home = self.flag_home(tile, self.plan.ranks)
+                home = self.flag_home(tile, self.reuse_plan.ranks)
                 self._flags.Fetch_and_op(np.zeros(1, np.int64), self._result, home, tile, op=MPI.NO_OP)
                 self._flags.Flush(home)
                 if int(self._result[0]) != sequence:
@@ -121,8 +121,4 @@ class OverlapPool:
         """End the epochs and free the windows (collective)."""
         if not self._closed:
             self._closed = True
-            self._data.Unlock_all()
-            self._flags.Unlock_all()
-            self._comm.Barrier()
-            self._data.Free()
-            self._flags.Free()
+            free_windows(self._comm, self._data, self._flags)
