@@ -499,7 +499,7 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     return _named_for_the_run(plan, args.mode)
 
 
-def _named_for_the_run(plan: Plan, mode: str) -> Plan:
+def _named_for_the_run(plan: RunPlan, mode: str) -> RunPlan:
     """``plan`` named by the run's mode: ``single`` is planned as batch mode on one rank."""
     return dataclasses.replace(plan, mode=mode) if mode == "single" else plan
 
