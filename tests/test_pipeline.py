@@ -92,7 +92,9 @@ def test_faces_equal_dlibs_and_a_gallery_finds_them(tmp_path, pipeline):
     gallery, warnings = load_gallery(tmp_path, detector, run, describer)
     assert gallery.names == ["first"] and warnings == []
     identity, distance = identify(faces["descriptor"], gallery)
-    assert identity[0] == 0 and distance[0] < 1e-6
+    # the gallery describes the face alone, the run in a batch of several: Winograd's GEMMs span the batch, so
+    # the two agree to float32 rounding, not bit for bit
+    assert identity[0] == 0 and distance[0] < 1e-5
 
 
 @needs_dlib

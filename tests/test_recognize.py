@@ -32,7 +32,7 @@ def data(tmp_path_factory):
         handle["images"] = images
     known = folder / "known"
     (known / "bob").mkdir(parents=True)
-    Image.fromarray(images[0]).save(known / "alice.png")
+    Image.fromarray(images[0]).save(known / "zoe.png")
     Image.fromarray(images[1]).save(known / "bob" / "a.png")
     Image.fromarray(images[2]).save(known / "bob" / "b.png")
     return folder, images
