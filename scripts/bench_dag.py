@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from benchlib import CLOCKS, launch, machine_info, report_rank, timed_calls
+from benchlib import CLOCKS, launch, load_average, machine_info, median_seconds, report_rank, timed_calls
 
 from dcnn.exec.forward import Forward
 from dcnn.kernels.threads import set_num_threads
@@ -40,21 +40,6 @@ from dcnn.network.zoo import get_model
 
 MODELS = ("resnet50", "mobilenet_v2")
 SCALING_RANKS = (1, 2)
-
-
-def _median(function, repeats: int, clock=time.perf_counter) -> float:
-    function()
-    samples = []
-    for _ in range(repeats):
-        start = clock()
-        function()
-        samples.append(clock() - start)
-    return statistics.median(samples)
-
-
-def load_average() -> list[float]:
-    """The 1, 5 and 15 minute load averages (runnable processes; compare with the core count)."""
-    return [round(value, 2) for value in os.getloadavg()]
 
 
 def forward_passes(repeats: int, clock: str = "wall") -> dict:
@@ -90,7 +75,7 @@ def forward_passes(repeats: int, clock: str = "wall") -> dict:
                     "onnxruntime": partial(session.run, None, {"x": x})}
             for _ in range(repeats):  # interleaved, so that drifts of the machine hit all three alike
                 for key, run in runs.items():
-                    samples[key].append(_median(run, 1, CLOCKS[clock]))
+                    samples[key].append(median_seconds(run, 1, CLOCKS[clock]))
         row = {key: statistics.median(values) for key, values in samples.items()}
         row["dcnn_over_pytorch"] = row["dcnn"] / row["pytorch"]
         row["dcnn_over_onnxruntime"] = row["dcnn"] / row["onnxruntime"]

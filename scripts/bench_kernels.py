@@ -34,7 +34,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from benchlib import CLOCKS, describe_machine, machine_info
+from benchlib import CLOCKS, describe_machine, machine_info, median_seconds
 
 from dcnn.exec.forward import Forward
 from dcnn.faces.detect import FaceDetector
@@ -57,17 +57,6 @@ except ImportError:  # so is onnxruntime (it needs PyTorch to export the model).
 clock = CLOCKS["wall"]
 
 
-def median_seconds(function, repeats: int) -> float:
-    """Median time (on :data:`clock`) of ``repeats`` calls after one warm-up call."""
-    function()
-    samples = []
-    for _ in range(repeats):
-        start = clock()
-        function()
-        samples.append(clock() - start)
-    return statistics.median(samples)
-
-
 def set_threads(count: int) -> None:
     threads.set_num_threads(count)
     if torch is not None:
@@ -76,7 +65,7 @@ def set_threads(count: int) -> None:
 
 def sgemm_rate(repeats: int, size: int = 2048) -> float:
     a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
-    return 2 * size**3 / median_seconds(lambda: a @ a, repeats) / 1e9
+    return 2 * size**3 / median_seconds(lambda: a @ a, repeats, clock) / 1e9
 
 
 def conv_layers(network, input_shape):
@@ -106,13 +95,13 @@ def layer_table(title, network, weights, input_shape, thread_counts, report, rep
                  "gflop": flops / 1e9}
         for count in thread_counts:
             set_threads(count)
-            dcnn_rate = flops / median_seconds(partial(kernel, x, padding, workspace), repeats) / 1e9
+            dcnn_rate = flops / median_seconds(partial(kernel, x, padding, workspace), repeats, clock) / 1e9
             torch_rate = None
             if torch is not None:
                 torch_conv = partial(torch.nn.functional.conv2d, torch.from_numpy(x), torch.from_numpy(weight),
                                      None if bias is None else torch.from_numpy(bias), layer.stride, layer.padding)
                 with torch.no_grad():
-                    torch_rate = flops / median_seconds(torch_conv, repeats) / 1e9
+                    torch_rate = flops / median_seconds(torch_conv, repeats, clock) / 1e9
             fraction = dcnn_rate / report["sgemm_gflops"][count]
             entry[f"dcnn_gflops_{count}t"] = dcnn_rate
             entry[f"sgemm_fraction_{count}t"] = fraction

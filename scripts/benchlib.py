@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,23 @@ def timed_calls(engine, x, comm, repeats: int, clock=time.perf_counter) -> list[
             comm.Barrier()
         times.append(clock() - start)
     return times
+
+
+def median_seconds(function, repeats: int, clock=time.perf_counter) -> float:
+    """Median time on ``clock`` (one of :data:`CLOCKS`) of ``repeats`` calls of ``function()`` after one warm-up
+    call."""
+    function()
+    samples = []
+    for _ in range(repeats):
+        start = clock()
+        function()
+        samples.append(clock() - start)
+    return statistics.median(samples)
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (runnable processes; compare with the core count)."""
+    return [round(value, 2) for value in os.getloadavg()]
 
 
 def timed(function, *args):
