@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dcnn.kernels.memory import empty_float32
+
 __all__ = [
     "Rect", "decode_boxes", "nms", "pyramid_sizes", "pyramid_tensor", "resize_bilinear", "resize_rgb",
     "round_half_away", "tiled_layout", "upsample_image", "upsampled_size",
@@ -287,7 +289,8 @@ def pyramid_tensor(images: np.ndarray, mean_rgb: tuple[float, float, float], pad
     Returns
     -------
     tensor : numpy.ndarray
-        ``(B, 3, rows, cols)`` float32.
+        ``(B, 3, rows, cols)`` float32, a view of channels-last memory ``(B, rows, cols, 3)``: what the
+        detector's first convolution reads by whole rows of pixels (:mod:`dcnn.kernels.conv`, *rows*).
     rects : list of Rect
         Each level's inclusive rectangle in the tensor, level 0 first.
     """
@@ -298,29 +301,31 @@ def pyramid_tensor(images: np.ndarray, mean_rgb: tuple[float, float, float], pad
         level = _resize_planes(level, height, width, rgb=True)
     sizes = pyramid_sizes(height, width)
     rows, cols, rects = tiled_layout(sizes, padding, outer)
-    tensor = np.zeros((batch, 3, rows, cols), np.float32)
+    pixels = empty_float32((batch, rows, cols, 3))
+    pixels.fill(0)
     channels = level.reshape(height, width, batch, 3)
     np.subtract(channels, np.asarray(mean_rgb, np.float32), out=channels)
     np.divide(channels, np.float32(256), out=channels)
     for index, (left, top, right, bottom) in enumerate(rects):
         if index:
             level = _resize_planes(level, bottom - top + 1, right - left + 1, rgb=False)
-        _copy_level(tensor, level, left, top)
-    return tensor, rects
+        _copy_level(pixels, level, left, top)
+    return pixels.transpose(0, 3, 1, 2), rects
 
 
-def _copy_level(tensor: np.ndarray, level: np.ndarray, left: int, top: int) -> None:
-    """Copy a channels-last ``(h, w, B * 3)`` level into ``tensor[:, :, top:top + h, left:left + w]``.
+def _copy_level(pixels: np.ndarray, level: np.ndarray, left: int, top: int) -> None:
+    """Copy a channels-last ``(h, w, B * 3)`` level into ``pixels[:, top:top + h, left:left + w]`` (B, rows, cols, 3).
 
-    By bands of rows that fit in the L2 cache: transposed whole, each of the ``B * 3`` output planes would
-    stream the entire level through the cache again.
+    By bands of rows that fit in the L2 cache: copied whole, each of the ``B`` images would stream the entire
+    level through the cache again.
     """
     rows, cols, planes = level.shape
     band = max(1, BAND_BYTES // (4 * cols * planes))
     for first in range(0, rows, band):
         last = min(rows, first + band)
-        tensor[:, :, top + first:top + last, left:left + cols] = level[first:last].reshape(
-            last - first, cols, -1, 3).transpose(2, 3, 0, 1)
+        source = level[first:last].reshape(last - first, cols, -1, 3).transpose(2, 0, 1, 3)
+        for channel in range(3):  # one channel at a time: runs of pixels, not runs of three values
+            pixels[:, top + first:top + last, left:left + cols, channel] = source[..., channel]
 
 
 def round_half_away(values: np.ndarray) -> np.ndarray:
