@@ -552,6 +552,12 @@ class Conv2dKernel:
         item = flat.itemsize
         row = depth + 1
         longest = widest + max(reach.values())
+        # Per (group, phase): the kw pixels that every position reads (overlapping, read-only views, sliced per
+        # chunk). The last position any chunk reads is the last valid output's, so no view reaches past the plane.
+        windows = {(group, phase): np.lib.stride_tricks.as_strided(
+            flat[phase, group * group_in:], shape=(n_valid + reach[phase], kw, group_in),
+            strides=(sw * channels * item, dw * channels * item, item), writeable=False)
+            for group in range(self.groups) for phase in phases}
 
         def run_chunks(items: Sequence[tuple[int, int]]) -> None:
             patches = np.empty((len(phases), longest, row), dtype=np.float32)
@@ -561,11 +567,8 @@ class Conv2dKernel:
                 for group in range(self.groups):
                     for slot, phase in enumerate(phases):
                         span = cols + reach[phase]
-                        window = np.lib.stride_tricks.as_strided(
-                            flat[phase, start * sw * channels + group * group_in:],
-                            shape=(span, kw, group_in), strides=(sw * channels * item, dw * channels * item, item),
-                            writeable=False)
-                        patches[slot, :span, :depth].reshape(span, kw, group_in)[...] = window
+                        patches[slot, :span, :depth].reshape(span, kw, group_in)[...] = \
+                            windows[group, phase][start:start + span]
                     for i in range(kh):
                         gemm_accumulate(result, start * out_channels + group * group_out, out_channels,
                                         patches, (phases.index(row_phase[i]) * longest + row_shift[i]) * row, row,
