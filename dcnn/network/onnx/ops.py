@@ -707,5 +707,5 @@ CONVERTERS: dict[str, Callable[[NodeContext], Conversion]] = {
 
 
 def supported_ops() -> list[str]:
-    """The ONNX operator types dcnn converts (``Constant`` and ``ConstantOfShape`` are always folded)."""
-    return sorted([*CONVERTERS, "Constant", "ConstantOfShape"])
+    """The ONNX operator types dcnn converts (``Constant``, ``ConstantOfShape`` and ``Shape`` are folded)."""
+    return sorted([*CONVERTERS, "Constant", "ConstantOfShape", "Shape"])
