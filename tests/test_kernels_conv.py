@@ -171,18 +171,21 @@ def test_winograd_image_blocks_agree(rng, monkeypatch):
 
 
 def test_threads_give_identical_results(rng):
-    """Shifted GEMMs in chunks, Winograd on one band (its GEMMs shared by the threads) and on several bands."""
+    """Shifted GEMMs in chunks, Winograd on one band (its GEMMs shared by the threads) and on several bands, and
+    the kernel-row GEMMs."""
     x = random_array(rng, 2, 32, 40, 37)
     large = random_array(rng, 1, 16, 90, 70)
     kernel = Conv2dKernel(random_array(rng, 16, 32, 3, 3), random_array(rng, 16))
     many_bands = Conv2dKernel(random_array(rng, 16, 16, 3, 3), random_array(rng, 16), relu=True)
     assert kernel.method == many_bands.method == "winograd"
     strided = Conv2dKernel(random_array(rng, 8, 32, 3, 3), stride=(2, 2))
+    rows = Conv2dKernel(random_array(rng, 45, 32, 5, 5), random_array(rng, 45), stride=(2, 2), relu=True)
+    assert rows.method == "rows"
     try:
         threads.set_num_threads(1)
-        single = kernel(x, 1), strided(x, 1), many_bands(large, 1)
+        single = kernel(x, 1), strided(x, 1), many_bands(large, 1), rows(x, 2)
         threads.set_num_threads(2)
-        double = kernel(x, 1), strided(x, 1), many_bands(large, 1)
+        double = kernel(x, 1), strided(x, 1), many_bands(large, 1), rows(x, 2)
     finally:
         threads.set_num_threads(1)
     for one, two in zip(single, double, strict=True):
@@ -194,9 +197,12 @@ def test_workspace_reuse_across_shapes(rng):
     workspace = Workspace()
     weight = random_array(rng, 8, 16, 3, 3)
     kernel = Conv2dKernel(weight)
+    rows = Conv2dKernel(random_array(rng, 8, 16, 5, 5), stride=(2, 2))
+    assert rows.method == "rows"
     for shape, padding in [((1, 16, 30, 30), 0), ((2, 16, 9, 12), 1), ((1, 16, 30, 30), (2, 0, 0, 1))]:
         x = random_array(rng, *shape)
         np.testing.assert_allclose(kernel(x, padding, workspace), kernel(x, padding), rtol=0, atol=0)
+        np.testing.assert_allclose(rows(x, padding, workspace), rows(x, padding), rtol=0, atol=0)
     assert workspace.nbytes > 0
 
 
