@@ -16,6 +16,8 @@ suppressed with dlib's overlap test (intersection over the area of the two boxes
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from dcnn.kernels.memory import empty_float32
@@ -142,6 +144,21 @@ def _vector_weights(tb: np.ndarray, lr: np.ndarray) -> tuple[np.ndarray, ...]:
 BAND_BYTES = 1 << 17
 
 
+@lru_cache(maxsize=64)
+def _resize_plan(height: int, width: int, rows: int, cols: int) -> tuple:
+    """What :func:`_resize_planes` needs of a ``height x width -> rows x cols`` resize besides the pixels, made
+    once per size (every batch of a run resizes the same sizes): the row samples (:func:`_row_samples`), the
+    column samples (:func:`_column_samples`), the vector part's corner weights (:func:`_vector_weights`, as
+    ``(rows, vector, 1)``) and the flat pixel index of each corner sample, all read-only."""
+    top, bottom, tb = _row_samples(height, rows)
+    vector, left, right, lr = _column_samples(width, cols)
+    weights = [w[:, :, None] for w in _vector_weights(tb, lr[:vector])]
+    corners = [(row[:, None] * width + column[None, :vector]) for row in (top, bottom) for column in (left, right)]
+    for array in (top, bottom, tb, left, right, lr, *weights, *corners):
+        array.flags.writeable = False
+    return top, bottom, tb, vector, left, right, lr, weights, corners
+
+
 def _resize_planes(image: np.ndarray, rows: int, cols: int, rgb: bool) -> np.ndarray:
     """dlib's ``resize_image`` of the planes of a channels-last ``(H, W, P)`` float32 image, bit for bit.
 
@@ -160,11 +177,8 @@ def _resize_planes(image: np.ndarray, rows: int, cols: int, rgb: bool) -> np.nda
     """
     height, width, planes = image.shape
     flat = image.reshape(height * width, planes)
-    top, bottom, tb = _row_samples(height, rows)
-    vector, left, right, lr = _column_samples(width, cols)
+    top, bottom, tb, vector, left, right, lr, weights, corners = _resize_plan(height, width, rows, cols)
     out = np.empty((rows, cols, planes), np.float32)
-    weights = [w[:, :, None] for w in _vector_weights(tb, lr[:vector])]
-    corners = [(row[:, None] * width + column[None, :vector]) for row in (top, bottom) for column in (left, right)]
     band = max(1, BAND_BYTES // (4 * max(vector, 1) * planes))
     scratch = np.empty((4, min(band, rows) * vector * planes), np.float32)
     for first in range(0, rows, band):
