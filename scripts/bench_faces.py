@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--output", default="results/bench_faces.json")
     args = parser.parse_args()
     images, detector, forward = face_bench(args.input, args.upsample)
-    detector.detect(images[:2], forward)  # warm-up
+    detector.detect(images[:args.batch_size], forward)  # warm-up: one full batch fills the buffer pool
     machine = machine_info()
     print(describe_machine(machine))
     load_before = load_average()
