@@ -40,7 +40,8 @@ it rounds differently from the direct sum (error stated in ``docs/architecture.m
 off for a run that wants the exact formulations only. The choice depends on the layer, never on the size of
 the map, so a spatial block or a fused tile uses the same formulation as the whole map.
 
-Chunks of output columns are sized from the detected L2 cache (:mod:`dcnn.kernels.cache`) and a large batch is
+Chunks of output columns are sized from the detected L2 cache (:mod:`dcnn.kernels.cache`; four L2s for the
+kernel-row and shifted-output formulations, :data:`WIDE_CHUNK_L2`) and a large batch is
 processed in blocks of images whose buffers fit in the L2 cache (one image when one does not), so a larger batch
 runs each image as batch 1 would.
 """
@@ -83,6 +84,11 @@ ROWS_MAX_CHANNELS = 48
 #: float32 lanes of an AVX-512 register (two AVX2 ones): the kernel-row formulation computes a few zero output
 #: channels up to a multiple of this when they cost at most 1/8 more (45 -> 48: measured 72 -> 85 GFLOP/s).
 GEMM_LANES = 16
+#: The kernel-row and shifted-output formulations size their chunks to this many L2 caches: chunks of one L2 (a
+#: few hundred to a few thousand positions) pay each GEMM call's ~7 us of Python and ctypes too often (measured on
+#: the face detector, interleaved, one thread: 1, 2, 4, 8 and 16 L2s took 32.0, 30.6-31.0, 30.1, 31.2 and 36.1 ms
+#: per image in its layers).
+WIDE_CHUNK_L2 = 4
 #: Narrower filters than this keep the shifted GEMMs: a kernel row of 1 or 3 taps gives too shallow a GEMM.
 ROWS_MIN_KERNEL = 5
 #: float32 values in a 64-byte cache line: chunk bounds of the flat formulations are multiples of it.
@@ -458,7 +464,8 @@ class Conv2dKernel:
         taps = len(shifts)
         # Bytes one output column touches: its input column, the products of every tap (shifted-output), output.
         column_bytes = 4 * (group_in + group_out + (taps * group_out if self.method == "shifted-output" else 0))
-        chunks = balanced_chunks(n_valid, max(MIN_CHUNK_COLUMNS, cache_bytes(2) // column_bytes), CACHE_LINE)
+        caches = WIDE_CHUNK_L2 if self.method == "shifted-output" else 1
+        chunks = balanced_chunks(n_valid, max(MIN_CHUNK_COLUMNS, caches * cache_bytes(2) // column_bytes), CACHE_LINE)
         widest = max(stop - start for start, stop in chunks)
 
         def plane_offset(plane: int, group: int) -> int:
@@ -546,7 +553,8 @@ class Conv2dKernel:
         reach = {p: max(row_shift[i] for i in range(kh) if row_phase[i] == p) for p in phases}
         result = full.reshape(batch * image_len, out_channels)
         column_bytes = 4 * (len(phases) * (depth + 1) + out_channels)
-        chunks = balanced_chunks(n_valid, max(MIN_CHUNK_COLUMNS, cache_bytes(2) // column_bytes), CACHE_LINE)
+        chunks = balanced_chunks(n_valid, max(MIN_CHUNK_COLUMNS, WIDE_CHUNK_L2 * cache_bytes(2) // column_bytes),
+                                 CACHE_LINE)
         widest = max(stop - start for start, stop in chunks)
         flat = planes.reshape(sh, -1)
         item = flat.itemsize
