@@ -85,5 +85,6 @@ def test_resize_plans_are_shared_read_only_and_leave_no_state(rng):
     np.testing.assert_array_equal(pyramid_tensor(second, MEAN_RGB)[0], expected)
     plan = pyramid._resize_plan(37, 41, 30, 34)
     assert plan is pyramid._resize_plan(37, 41, 30, 34)
+    assert sum(map(pyramid._plan_bytes, pyramid._plans.values())) <= pyramid.PLAN_CACHE_BYTES
     for array in (*plan[:3], *plan[4:7], *plan[7], *plan[8]):
         assert not array.flags.writeable

@@ -16,8 +16,6 @@ suppressed with dlib's overlap test (intersection over the area of the two boxes
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 
 from dcnn.kernels.memory import empty_float32
@@ -144,12 +142,36 @@ def _vector_weights(tb: np.ndarray, lr: np.ndarray) -> tuple[np.ndarray, ...]:
 BAND_BYTES = 1 << 17
 
 
-@lru_cache(maxsize=64)
+#: Bytes of resize plans kept (:func:`_resize_plan`): the first plans made are kept while they fit, none is
+#: dropped (a pyramid resizes its sizes in a cycle, which would make a least-recently-used cache miss every
+#: time once the cycle outgrows it). A 128x128 image's pyramid at upsample 1 needs about 7 MiB; a 1000x500 one
+#: would need 54 MB, so most of its levels are made each time.
+PLAN_CACHE_BYTES = 16 << 20
+_plans: dict[tuple[int, int, int, int], tuple] = {}
+
+
 def _resize_plan(height: int, width: int, rows: int, cols: int) -> tuple:
-    """What :func:`_resize_planes` needs of a ``height x width -> rows x cols`` resize besides the pixels, made
-    once per size (every batch of a run resizes the same sizes): the row samples (:func:`_row_samples`), the
-    column samples (:func:`_column_samples`), the vector part's corner weights (:func:`_vector_weights`, as
-    ``(rows, vector, 1)``) and the flat pixel index of each corner sample, all read-only."""
+    """What :func:`_resize_planes` needs of a ``height x width -> rows x cols`` resize besides the pixels, kept
+    for the next batch (which resizes the same sizes) within :data:`PLAN_CACHE_BYTES`: the row samples
+    (:func:`_row_samples`), the column samples (:func:`_column_samples`), the vector part's corner weights
+    (:func:`_vector_weights`, as ``(rows, vector, 1)``) and the flat pixel index of each corner sample, all
+    read-only."""
+    key = (height, width, rows, cols)
+    if key in _plans:
+        return _plans[key]
+    plan = _make_resize_plan(height, width, rows, cols)
+    if sum(map(_plan_bytes, _plans.values())) + _plan_bytes(plan) <= PLAN_CACHE_BYTES:
+        _plans[key] = plan
+    return plan
+
+
+def _plan_bytes(plan: tuple) -> int:
+    """Bytes of the arrays of a resize plan."""
+    return sum(array.nbytes for array in (*plan[:3], *plan[4:7], *plan[7], *plan[8]))
+
+
+def _make_resize_plan(height: int, width: int, rows: int, cols: int) -> tuple:
+    """The arrays of :func:`_resize_plan`, made."""
     top, bottom, tb = _row_samples(height, rows)
     vector, left, right, lr = _column_samples(width, cols)
     weights = [w[:, :, None] for w in _vector_weights(tb, lr[:vector])]
