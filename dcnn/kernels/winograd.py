@@ -31,7 +31,7 @@ import numpy as np
 from dcnn.kernels.cache import cache_bytes
 from dcnn.kernels.threads import parallel_for
 
-__all__ = ["ALPHA", "TILE", "WinogradBands", "images_per_block", "scatter_tiles", "transform_weights"]
+__all__ = ["ALPHA", "TILE", "WinogradBands", "images_per_block", "scatter_tiles", "scratch_buffer", "transform_weights"]
 
 #: Output tile side (m) and input tile side (alpha = m + r - 1 for the 3x3 filter).
 TILE = 4
@@ -78,7 +78,7 @@ GEMM_GROUPS = 4
 _scratch = threading.local()
 
 
-def _scratch_buffer(role: str, shape: tuple[int, ...]) -> np.ndarray:
+def scratch_buffer(role: str, shape: tuple[int, ...]) -> np.ndarray:
     """A float32 array of ``shape`` on this thread's buffer for ``role``, grown on demand, kept for later calls.
 
     Per thread, because the bands of one call run on several threads at once; kept, because faulting in
@@ -200,16 +200,16 @@ class WinogradBands:
         channels, out_channels = self.u.shape[2], self.u.shape[1]
         tiles = rows * wide
         # Rows: input row 4 t + i is plane row t + i // 4 of row phase i mod 4 -> (6, 4, C, rows, tw + 1).
-        by_rows = _scratch_buffer("rows", (ALPHA, TILE, channels, rows, wide + 1))
+        by_rows = scratch_buffer("rows", (ALPHA, TILE, channels, rows, wide + 1))
         _input_1d([self.planes[i % TILE, :, :, first + i // TILE : stop + i // TILE] for i in range(ALPHA)], by_rows)
         # Columns, likewise -> V (xi, nu, C, rows, tw): one (C, tiles) matrix per position (xi, nu).
-        v = _scratch_buffer("v", (ALPHA * ALPHA, channels, tiles))
+        v = scratch_buffer("v", (ALPHA * ALPHA, channels, tiles))
         _input_1d(
             [by_rows[:, j % TILE, :, :, j // TILE : j // TILE + wide] for j in range(ALPHA)],
             v.reshape(ALPHA, ALPHA, channels, rows, wide).transpose(1, 0, 2, 3, 4),
         )
         # The 36 GEMMs in one call: numpy hands each (K x C) @ (C x tiles) of the stack to BLAS sgemm.
-        m = _scratch_buffer("m", (ALPHA * ALPHA, out_channels, tiles))
+        m = scratch_buffer("m", (ALPHA * ALPHA, out_channels, tiles))
         if self.share_gemms:
 
             def multiply(groups: Sequence[tuple[int, int]]) -> None:
@@ -225,7 +225,7 @@ class WinogradBands:
         else:
             np.matmul(self.u, v, out=m)
         # Output transform: rows over xi, then columns over nu, straight into the output phases.
-        half = _scratch_buffer("half", (TILE, ALPHA, out_channels, rows, wide))
+        half = scratch_buffer("half", (TILE, ALPHA, out_channels, rows, wide))
         _output_1d(list(m.reshape(ALPHA, ALPHA, out_channels, rows, wide)), half)
         _output_1d([half[:, nu] for nu in range(ALPHA)], [self.result[:, j, :, first:stop] for j in range(TILE)])
 
