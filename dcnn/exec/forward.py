@@ -126,7 +126,8 @@ def _identity(x: np.ndarray, padding: Padding | None) -> np.ndarray:
 
 def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
                   folded_norm: tuple[np.ndarray, np.ndarray] | None = None,
-                  workspace: Workspace | None = None, fused_relu: float | None = None) -> LayerOp:
+                  workspace: Workspace | None = None, fused_relu: float | None = None,
+                  map_size: tuple[int, int] | None = None) -> LayerOp:
     """Build the op for one layer.
 
     Parameters
@@ -144,6 +145,8 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
     fused_relu : float, optional
         Apply a following ReLU inside a convolution, capped at this value (infinite for a ReLU, 6 for ReLU6;
         :func:`relu_cap`).
+    map_size : tuple of int, optional
+        A convolution's output map at the network's declared input (its kernel's choice of method).
     """
     if isinstance(layer, Conv2d):
         weight = tensors["weight"]
@@ -153,7 +156,7 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
             weight = weight * scale[:, None, None, None]
             bias = shift if bias is None else bias * scale + shift
         kernel = conv_kernel(weight, bias, layer.stride, layer.dilation, layer.groups, relu=fused_relu is not None,
-                             relu_cap=math.inf if fused_relu is None else fused_relu)
+                             relu_cap=math.inf if fused_relu is None else fused_relu, map_size=map_size)
         if isinstance(kernel, Conv2dKernel) and fused_relu is not None and fused_relu < math.inf:
             # The general kernel fuses the ReLU only; its cap is one more pass.
             return LayerOp(name, layer, lambda x, p: relu(kernel(x, _own_padding(layer, x, p), workspace),
@@ -347,6 +350,7 @@ class Forward:
         layers = list(network.layers)[:stop]
         absorbed: set[int] = set()
         fusion = fusion_plan(network, len(layers), start) if fuse else {}
+        declared = network.shapes()
         for index, (name, layer) in enumerate(layers):
             if index < start:
                 self.ops.append(None)
@@ -369,7 +373,8 @@ class Forward:
                     absorbed.add(index + 1 + (norm is not None))
                     fused_relu = relu_cap(layers[index + 1 + (norm is not None)][1])
             tensors = {key[len(name) + 1:]: value for key, value in weights.items() if key.startswith(name + ".")}
-            self.ops.append(compile_layer(name, layer, tensors, folded, self.workspace, fused_relu))
+            self.ops.append(compile_layer(name, layer, tensors, folded, self.workspace, fused_relu,
+                                          tuple(declared[index + 1][1:3]) if len(declared[index + 1]) == 3 else None))
         self.boundaries = frozenset(range(start, len(layers) + 1)) - absorbed
         self.head_stop = self._flat_tail_start() if start == 0 else None
 

@@ -28,8 +28,9 @@ output is the sum of those products shifted back by each tap's offset. The GEMM'
 *winograd* (3x3, stride 1, wide inputs and outputs: VGG's and ResNet's 3x3 layers). Winograd's F(4x4, 3x3),
 36 GEMMs over the channels for every 16 outputs instead of 144 multiplications (:mod:`dcnn.kernels.winograd`);
 it rounds differently from the direct sum (error stated in ``docs/architecture.md``), so :func:`set_exact` turns it
-off for a run that wants the exact formulations only. The choice depends on the layer, never on the size of
-the map, so a spatial block or a fused tile uses the same formulation as the whole map.
+off for a run that wants the exact formulations only. It is chosen where its output map at the network's declared
+input is large enough (im2col below); the choice depends on the layer and that declared map, never on the map a
+call gets, so a spatial block or a fused tile uses the same formulation as the whole map.
 
 Chunks of output columns are sized from the detected L2 cache (:mod:`dcnn.kernels.cache`) and a large batch is
 processed in blocks of images whose buffers fit in the L2 cache (one image when one does not), so a larger batch
@@ -48,7 +49,15 @@ from dcnn.kernels.blas import gemm_accumulate
 from dcnn.kernels.cache import cache_bytes
 from dcnn.kernels.memory import empty_float32
 from dcnn.kernels.threads import parallel_for
-from dcnn.kernels.winograd import ALPHA, TILE, WinogradBands, images_per_block, scatter_tiles, transform_weights
+from dcnn.kernels.winograd import (
+    ALPHA,
+    TILE,
+    WinogradBands,
+    images_per_block,
+    scatter_tiles,
+    transform_weights,
+    winograd_pays,
+)
 from dcnn.network.window import Padding, conv_output_size, normalize_padding, pair
 
 __all__ = ["EXACT_METHODS", "METHODS", "Conv2dKernel", "Workspace", "choose_method", "conv2d", "layout_bytes",
@@ -92,12 +101,15 @@ def winograd_applies(kernel_size: tuple[int, int], stride: tuple[int, int], dila
 
 def choose_method(in_channels: int, out_channels: int, stride: tuple[int, int] = (1, 1),
                   kernel_size: tuple[int, int] = (1, 1), dilation: tuple[int, int] = (1, 1),
-                  groups: int = 1) -> str:
+                  groups: int = 1, map_size: tuple[int, int] | None = None) -> str:
     """The formulation for a convolution with these channels *per group* (one of :data:`METHODS`).
 
     Winograd for a 3x3 stride-1 layer with at least :data:`WINOGRAD_MIN_CHANNELS` input and output channels
     unless :func:`set_exact` asked for exact formulations (measured with ``scripts/bench_kernels.py``: VGG-16's
-    3x3 layers run 1.1-2.3x faster, the 64-channel ones least; the whole network about 1.5x).
+    3x3 layers run 1.1-2.3x faster, the 64-channel ones least; the whole network about 1.5x), if its output map
+    ``map_size`` (the one at the network's declared input; ``None``: large) is large enough
+    (:func:`dcnn.kernels.winograd.winograd_pays`); on a smaller one, im2col: one GEMM, which at ResNet-50's 7x7
+    and 14x14 maps ran 1.3-2x faster than the shifted GEMMs, each a few dozen columns wide.
 
     Measured with ``scripts/bench_kernels.py`` and interleaved A/B runs: im2col wins for thin inputs at stride
     1 (VGG's 3 -> 64: about 1.7x the shifted GEMMs, whose K = 3 products re-read the output nine times); at
@@ -106,14 +118,14 @@ def choose_method(in_channels: int, out_channels: int, stride: tuple[int, int] =
     """
     if (not _exact and winograd_applies(kernel_size, stride, dilation, groups)
             and min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS):
-        return "winograd"
+        return "winograd" if winograd_pays(in_channels, out_channels, map_size) else "im2col"
     if out_channels < SHIFTED_OUTPUT_MAX_CHANNELS and in_channels >= TAP_GEMM_MIN_CHANNELS:
         return "shifted-output"
     return "shifted" if in_channels >= TAP_GEMM_MIN_CHANNELS or max(stride) > 1 else "im2col"
 
 
 def layout_bytes(weight_shape: tuple[int, int, int, int], stride: tuple[int, int] = (1, 1),
-                 dilation: tuple[int, int] = (1, 1), groups: int = 1) -> int:
+                 dilation: tuple[int, int] = (1, 1), groups: int = 1, map_size: tuple[int, int] | None = None) -> int:
     """Bytes of the filters in the layout the kernel keeps, besides the loaded ``weight``.
 
     Parameters
@@ -124,6 +136,8 @@ def layout_bytes(weight_shape: tuple[int, int, int, int], stride: tuple[int, int
         ``(vertical, horizontal)``.
     groups : int
         Channel groups.
+    map_size : tuple of int, optional
+        Output map the kernel was built for (:func:`choose_method`).
 
     Returns
     -------
@@ -133,7 +147,7 @@ def layout_bytes(weight_shape: tuple[int, int, int, int], stride: tuple[int, int
         values as the weight. Follows :func:`set_exact`.
     """
     out_channels, group_channels, kh, kw = weight_shape
-    method = choose_method(group_channels, out_channels // groups, stride, (kh, kw), dilation, groups)
+    method = choose_method(group_channels, out_channels // groups, stride, (kh, kw), dilation, groups, map_size)
     taps = ALPHA * ALPHA if method == "winograd" else kh * kw
     return 4 * out_channels * group_channels * taps
 
@@ -229,6 +243,8 @@ class Conv2dKernel:
     method : str
         ``"auto"`` (:func:`choose_method`) or one of :data:`METHODS`; all give the same result up to
         float32 rounding.
+    map_size : tuple of int, optional
+        The output map the layer runs on at its network's declared input, for ``"auto"``.
 
     Raises
     ------
@@ -244,7 +260,7 @@ class Conv2dKernel:
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None = None,
                  stride: tuple[int, int] = (1, 1), dilation: tuple[int, int] = (1, 1), groups: int = 1,
-                 relu: bool = False, method: str = "auto"):
+                 relu: bool = False, method: str = "auto", map_size: tuple[int, int] | None = None):
         weight = np.asarray(weight, dtype=np.float32)
         if weight.ndim != 4:
             raise ValueError(f"conv weight must be 4-D (K, C/groups, kh, kw), got shape {weight.shape}")
@@ -265,8 +281,8 @@ class Conv2dKernel:
         if method == "winograd" and not winograd_applies((kh, kw), self.stride, self.dilation, groups):
             raise ValueError("the winograd convolution method needs a 3x3 filter, stride 1, dilation 1 and one "
                              f"group, got {kh}x{kw}, stride {self.stride}, dilation {self.dilation}, {groups} groups")
-        self.method = (choose_method(group_channels, group_out, self.stride, (kh, kw), self.dilation, groups)
-                       if method == "auto" else method)
+        self.method = (choose_method(group_channels, group_out, self.stride, (kh, kw), self.dilation, groups,
+                                     map_size) if method == "auto" else method)
         (sh, sw), (dh, dw) = self.stride, self.dilation
         # Per tap (i, j) in row-major order: its phase plane and its (row, column) shift within the plane.
         self._tap_plane = [(i * dh % sh) * sw + j * dw % sw for i in range(kh) for j in range(kw)]

@@ -281,7 +281,8 @@ def _row_blocks(rows: int) -> list[tuple[int, int]]:
 
 
 def conv_kernel(weight: np.ndarray, bias: np.ndarray | None, stride: tuple[int, int],
-                dilation: tuple[int, int], groups: int, relu: bool = False, relu_cap: float = np.inf
+                dilation: tuple[int, int], groups: int, relu: bool = False, relu_cap: float = np.inf,
+                map_size: tuple[int, int] | None = None
                 ) -> Conv2dKernel | DepthwiseConv2dKernel | PointwiseConv2dKernel:
     """The fastest kernel for a convolution: depthwise, pointwise (1x1) or the general one.
 
@@ -299,10 +300,12 @@ def conv_kernel(weight: np.ndarray, bias: np.ndarray | None, stride: tuple[int, 
         Fuse a following ReLU.
     relu_cap : float
         Upper bound of that ReLU (6: ReLU6). The general kernel applies the ReLU only: the caller caps its output.
+    map_size : tuple of int, optional
+        The output map at the network's declared input, for the general kernel's choice of method.
     """
     group_channels = np.shape(weight)[1]
     if groups > 1 and group_channels == 1:
         return DepthwiseConv2dKernel(weight, bias, stride, dilation, groups, relu, relu_cap)
     if groups == 1 and np.shape(weight)[2:] == (1, 1):
         return PointwiseConv2dKernel(weight, bias, stride, relu, relu_cap)
-    return Conv2dKernel(weight, bias, stride, dilation, groups, relu)
+    return Conv2dKernel(weight, bias, stride, dilation, groups, relu, map_size=map_size)

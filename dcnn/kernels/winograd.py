@@ -31,7 +31,8 @@ import numpy as np
 from dcnn.kernels.cache import cache_bytes
 from dcnn.kernels.threads import parallel_for
 
-__all__ = ["ALPHA", "TILE", "WinogradBands", "images_per_block", "scatter_tiles", "scratch_buffer", "transform_weights"]
+__all__ = ["ALPHA", "TILE", "WinogradBands", "images_per_block", "scatter_tiles", "scratch_buffer", "transform_weights",
+           "winograd_pays"]
 
 #: Output tile side (m) and input tile side (alpha = m + r - 1 for the 3x3 filter).
 TILE = 4
@@ -68,6 +69,13 @@ MIN_BAND_TILES = 128
 #: A block of images has at least this many tiles (or the whole batch): a small map's GEMMs would otherwise
 #: have a few dozen columns, and stream the transformed filters (36 K C floats) once per image.
 MIN_BLOCK_TILES = 4 * MIN_BAND_TILES
+#: Winograd pays on a map of at least this many output tiles per image times channels (the smaller of input and
+#: output channels). Below it, its transformed filters (4x the direct ones) are streamed for GEMMs a few tiles
+#: wide, and the transforms (per tile, linear in the channels) weigh more than the multiplications saved.
+#: Measured at batch 1 against im2col (CPU time, Winograd / im2col): 512 channels at 7x7 (4 tiles) 2.0, at 10x10
+#: (9) 1.55; 256 at 14x14 (16) 1.24; 512 at 14x14 0.90; 256 at 20x20 (25) 0.80; 128 and 256 at 28x28 (49) 0.65;
+#: 64 at 56x56 0.71.
+WINOGRAD_MIN_TILE_CHANNELS = 6144
 #: Float64 bytes of transformed filters computed at a time by :func:`transform_weights`.
 TRANSFORM_CHUNK_BYTES = 4 << 20
 
@@ -106,6 +114,15 @@ def transform_weights(weight: np.ndarray) -> np.ndarray:
         chunk = np.asarray(weight[first : first + step], dtype=np.float64)
         u[:, :, first : first + step] = np.einsum("ai,kcij,bj->abkc", G, chunk, G)
     return u.reshape(ALPHA * ALPHA, out_channels, channels)
+
+
+def winograd_pays(channels: int, out_channels: int, map_size: tuple[int, int] | None) -> bool:
+    """Whether F(4x4, 3x3) is expected to beat one im2col GEMM on an output map of ``map_size`` (``None``:
+    unknown, taken as large): :data:`WINOGRAD_MIN_TILE_CHANNELS`. A rule on the geometry only, never a timing."""
+    if map_size is None:
+        return True
+    tiles = -(-map_size[0] // TILE) * -(-map_size[1] // TILE)
+    return tiles * min(channels, out_channels) >= WINOGRAD_MIN_TILE_CHANNELS
 
 
 def images_per_block(batch: int, tiles_per_image: int) -> int:
