@@ -10,6 +10,7 @@ from conftest import random_array
 from dcnn.kernels import threads
 from dcnn.kernels.conv import Conv2dKernel, Workspace
 from dcnn.kernels.depthwise import DepthwiseConv2dKernel, PointwiseConv2dKernel, conv_kernel
+from dcnn.network.window import normalize_padding
 
 GEOMETRY = list(itertools.product(
     [(1, 1), (3, 3), (2, 3), (5, 5)],              # kernel
@@ -67,3 +68,31 @@ def test_conv_kernel_picks_by_shape(rng):
     assert pick(8, 4, (1, 1), 1) is PointwiseConv2dKernel
     assert pick(8, 4, (1, 1), 2) is Conv2dKernel
     assert pick(8, 4, (3, 3), 1) is Conv2dKernel
+
+
+@pytest.mark.parametrize("stride,padding", [((1, 1), 0), ((1, 1), (1, 1, 1, 1)), ((2, 2), (0, 1, 0, 1))])
+@pytest.mark.parametrize("cap", [np.inf, 6.0])
+def test_depthwise_at_batch_one_with_a_capped_relu(rng, stride, padding, cap):
+    """Batch 1 without padding reads the input itself as its phase plane; the ReLU (ReLU6) is applied per pass."""
+    x = 3 * random_array(rng, 1, 7, 12, 9)
+    weight, bias = random_array(rng, 7, 1, 3, 3), random_array(rng, 7)
+    expected = reference.conv2d(x, weight, bias, stride, normalize_padding(padding), (1, 1), 7)
+    actual = DepthwiseConv2dKernel(weight, bias, stride, (1, 1), 7, relu=True, relu_cap=cap)(x, padding)
+    np.testing.assert_allclose(actual, np.clip(expected, 0, cap), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("out_channels", [600, 1030])
+def test_pointwise_in_blocks_of_output_channels(rng, out_channels):
+    """Wide layers run as 2 or 4 row blocks, each a GEMM over the whole map; a ReLU6 is fused; the blocks do not
+    depend on the thread count, so neither does any value."""
+    x = random_array(rng, 2, 20, 5, 6)
+    weight, bias = random_array(rng, out_channels, 20, 1, 1), random_array(rng, out_channels)
+    kernel = PointwiseConv2dKernel(weight, bias, relu=True, relu_cap=6.0)
+    expected = reference.conv2d(x, weight, bias, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    single = kernel(x)
+    np.testing.assert_allclose(single, np.clip(expected, 0, 6), rtol=1e-4, atol=1e-4)
+    threads.set_num_threads(3)
+    try:
+        np.testing.assert_array_equal(kernel(x), single)
+    finally:
+        threads.set_num_threads(1)
