@@ -76,6 +76,10 @@ TAP_GEMM_MIN_CHANNELS = 16
 #: Outputs with fewer channels per group than this multiply all taps at once (shifted-output): a GEMM with
 #: so few rows runs at GEMV speed (measured on dlib's 45 -> 1 score layer by ``scripts/bench_faces.py``).
 SHIFTED_OUTPUT_MAX_CHANNELS = 4
+#: Thin inputs at a stride above 1 use im2col from this many output channels (shifted GEMMs below it).
+IM2COL_STRIDED_MIN_OUT_CHANNELS = 32
+#: Output maps of at most this many pixels (14x14) use im2col: one GEMM instead of one per tap.
+IM2COL_MAX_POSITIONS = 196
 #: float32 values in a 64-byte cache line: chunk bounds of the flat formulations are multiples of it.
 CACHE_LINE = 16
 #: Chunks never get narrower than this many columns, so each GEMM stays efficient.
@@ -114,14 +118,21 @@ def choose_method(in_channels: int, out_channels: int, stride: tuple[int, int] =
     Measured with ``scripts/bench_kernels.py`` and interleaved A/B runs: im2col wins for thin inputs at stride
     1 (VGG's 3 -> 64: about 1.7x the shifted GEMMs, whose K = 3 products re-read the output nine times); at
     stride 2 the thin first layer of the face detector (3 -> 16, 5x5) runs 10-30 % faster as shifted GEMMs on
-    the phase planes, because its im2col copies rows of only ~140 values.
+    the phase planes, because its im2col copies rows of only ~140 values; with :data:`IM2COL_STRIDED_MIN_OUT_CHANNELS`
+    outputs or more, im2col wins at stride 2 too (ResNet-50's 7x7 3 -> 64 stem: 4.4 ms against 7.6; MobileNetV2's
+    3x3 3 -> 32: 0.75 against 1.0). On an output map of at most :data:`IM2COL_MAX_POSITIONS` pixels (at the
+    network's declared input) im2col's one GEMM also beats the shifted ones, each only that many columns wide
+    (ResNet-50's 512-channel 3x3 stride-2 layer, 7x7 output: 3.8 ms against 4.7).
     """
     if (not _exact and winograd_applies(kernel_size, stride, dilation, groups)
             and min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS):
         return "winograd" if winograd_pays(in_channels, out_channels, map_size) else "im2col"
     if out_channels < SHIFTED_OUTPUT_MAX_CHANNELS and in_channels >= TAP_GEMM_MIN_CHANNELS:
         return "shifted-output"
-    return "shifted" if in_channels >= TAP_GEMM_MIN_CHANNELS or max(stride) > 1 else "im2col"
+    if in_channels < TAP_GEMM_MIN_CHANNELS:
+        return "im2col" if max(stride) == 1 or out_channels >= IM2COL_STRIDED_MIN_OUT_CHANNELS else "shifted"
+    small = map_size is not None and map_size[0] * map_size[1] <= IM2COL_MAX_POSITIONS
+    return "im2col" if small else "shifted"
 
 
 def layout_bytes(weight_shape: tuple[int, int, int, int], stride: tuple[int, int] = (1, 1),
