@@ -96,3 +96,21 @@ def test_pointwise_in_blocks_of_output_channels(rng, out_channels):
         np.testing.assert_array_equal(kernel(x), single)
     finally:
         threads.set_num_threads(1)
+
+
+@pytest.mark.parametrize("multiplier", [1, 2])
+@pytest.mark.parametrize("kernel,stride,padding,dilation", GEOMETRY)
+def test_depthwise_channels_last_equals_channels_first(rng, multiplier, kernel, stride, padding, dilation):
+    """A map smaller than the channel count runs channels-last (170 channels here); every channel is independent,
+    so it must equal the same channels run 17 at a time, channels-first (checked against the reference above)."""
+    channels, group = 170, 17
+    x = random_array(rng, 2, channels, 11, 9)
+    weight = random_array(rng, channels * multiplier, 1, *kernel)
+    bias = random_array(rng, channels * multiplier)
+    whole = DepthwiseConv2dKernel(weight, bias, stride, dilation, channels, relu=True, relu_cap=1.0)(x, padding)
+    rows = group * multiplier
+    parts = [DepthwiseConv2dKernel(weight[first * multiplier:first * multiplier + rows],
+                                   bias[first * multiplier:first * multiplier + rows], stride, dilation, group,
+                                   relu=True, relu_cap=1.0)(x[:, first:first + group], padding)
+             for first in range(0, channels, group)]
+    np.testing.assert_array_equal(whole, np.concatenate(parts, axis=1))

@@ -143,18 +143,6 @@ class DepthwiseConv2dKernel(_Kernel):
         top, bottom, left, right = padding
         planes_h, planes_w = -(-(height + top + bottom) // sh), -(-(width + left + right) // sw)
         plane_len = planes_h * planes_w
-        # Rows of the flat planes: (channel, image) pairs, the order of the phase split.
-        if (sh, sw) == (1, 1) and not any(padding) and batch == 1 and x.flags.c_contiguous:
-            planes = x.reshape(1, self.in_channels, plane_len)  # one phase: the input itself
-        else:
-            workspace = Workspace() if workspace is None else workspace
-            split = workspace.get("input", (sh, sw, self.in_channels, batch, planes_h, planes_w))
-            _phase_split_into(split, x, padding, self.stride)
-            planes = split.reshape(sh * sw, self.in_channels * batch, plane_len)
-        multiplier = self.out_channels // self.in_channels
-        if multiplier > 1:
-            planes = np.repeat(planes.reshape(sh * sw, self.in_channels, batch * plane_len), multiplier,
-                               axis=1).reshape(sh * sw, -1, plane_len)
         # Tap (i, j) of output (y, x) reads padded pixel (sh y + i dh, sw x + j dw): plane row y + (i dh) // sh of
         # row phase (i dh) % sh, and likewise for columns. On the phase planes every tap is a shift.
         taps = [((i * dh % sh) * sw + j * dw % sw, (i * dh // sh) * planes_w + j * dw // sw)
@@ -162,9 +150,33 @@ class DepthwiseConv2dKernel(_Kernel):
         # Output (y, x) is flat position y * planes_w + x; the last valid output reads the last position it needs,
         # so the dropped columns after it are not computed.
         length = (out_h - 1) * planes_w + out_w
+        out = np.empty((batch, self.out_channels, out_h, out_w), np.float32)
+        workspace = Workspace() if workspace is None else workspace
+        if plane_len < self.out_channels:
+            self._channels_last(x, padding, (planes_h, planes_w), taps, length, out, workspace)
+        else:
+            self._channels_first(x, padding, (planes_h, planes_w), taps, length, out, workspace)
+        return out
+
+    def _channels_first(self, x: np.ndarray, padding: Padding, planes_shape: tuple[int, int],
+                        taps: list[tuple[int, int]], length: int, out: np.ndarray, workspace: Workspace) -> None:
+        """Each tap a multiply-add of flat plane rows ``(channel, image)``, over channels in cache-sized passes."""
+        batch, (sh, sw), (planes_h, planes_w) = x.shape[0], self.stride, planes_shape
+        plane_len = planes_h * planes_w
+        out_h, out_w = out.shape[2:]
+        # Rows of the flat planes: (channel, image) pairs, the order of the phase split.
+        if (sh, sw) == (1, 1) and not any(padding) and batch == 1 and x.flags.c_contiguous:
+            planes = x.reshape(1, self.in_channels, plane_len)  # one phase: the input itself
+        else:
+            split = workspace.get("input", (sh, sw, self.in_channels, batch, planes_h, planes_w))
+            _phase_split_into(split, x, padding, self.stride)
+            planes = split.reshape(sh * sw, self.in_channels * batch, plane_len)
+        multiplier = self.out_channels // self.in_channels
+        if multiplier > 1:
+            planes = np.repeat(planes.reshape(sh * sw, self.in_channels, batch * plane_len), multiplier,
+                               axis=1).reshape(sh * sw, -1, plane_len)
         weights = np.repeat(self._taps, batch, axis=1)[:, :, None]
         bias = None if self.bias is None else np.repeat(self.bias, batch)[:, None]
-        out = np.empty((batch, self.out_channels, out_h, out_w), np.float32)
         # Channels per pass (:data:`DEPTHWISE_CACHE_SCALE`).
         channel_bytes = 4 * batch * (len({plane for plane, _ in taps}) * plane_len + 2 * length)
         step = max(1, cache_bytes(2) * DEPTHWISE_CACHE_SCALE // channel_bytes)
@@ -192,7 +204,44 @@ class DepthwiseConv2dKernel(_Kernel):
                 out[:, first:last] = valid.transpose(1, 0, 2, 3)
 
         parallel_for(run_channels, range(self.out_channels))
-        return out
+
+    def _channels_last(self, x: np.ndarray, padding: Padding, planes_shape: tuple[int, int],
+                       taps: list[tuple[int, int]], length: int, out: np.ndarray, workspace: Workspace) -> None:
+        """Each tap a multiply-add of flat plane positions ``(image, y, x)`` whose rows are the channels: for maps
+        smaller than the channel count, whose rows in the other layout are too short for numpy's loops."""
+        batch, (sh, sw), (planes_h, planes_w) = x.shape[0], self.stride, planes_shape
+        plane_len = planes_h * planes_w
+        out_h, out_w = out.shape[2:]
+        split = workspace.get("input", (sh, sw, batch, planes_h, planes_w, self.in_channels))
+        _phase_split_into(split.transpose(0, 1, 5, 2, 3, 4), x, padding, self.stride)
+        planes = split.reshape(sh * sw, batch * plane_len, self.in_channels)
+        multiplier = self.out_channels // self.in_channels
+        if multiplier > 1:
+            planes = np.repeat(planes, multiplier, axis=2)
+        # Images follow each other at plane_len positions; the last one's dropped positions are not computed.
+        total = (batch - 1) * plane_len + length
+
+        def run_channels(channels: Sequence[int]) -> None:
+            if not len(channels):
+                return
+            block = slice(channels[0], channels[-1] + 1)
+            width = block.stop - block.start
+            scratch = scratch_buffer("depthwise", (2, total, width))
+            target, product = scratch[0], scratch[1]
+            for tap, (plane, shift) in enumerate(taps):
+                shifted = planes[plane, shift:shift + total, block]
+                if tap == 0:
+                    np.multiply(shifted, self._taps[tap, block], out=target)
+                else:
+                    np.multiply(shifted, self._taps[tap, block], out=product)
+                    target += product
+            self._epilogue(target, None if self.bias is None else self.bias[block])
+            # Output (y, x) of image b is position b * plane_len + y * planes_w + x.
+            out[:, block] = np.lib.stride_tricks.as_strided(
+                target, (batch, width, out_h, out_w), (4 * plane_len * width, 4, 4 * planes_w * width, 4 * width),
+                writeable=False)
+
+        parallel_for(run_channels, range(self.out_channels))
 
 
 class PointwiseConv2dKernel(_Kernel):
