@@ -7,7 +7,7 @@ import pytest
 import reference
 from conftest import random_array
 
-from dcnn.kernels import threads
+from dcnn.kernels import depthwise, threads
 from dcnn.kernels.conv import Conv2dKernel, Workspace
 from dcnn.kernels.depthwise import DepthwiseConv2dKernel, PointwiseConv2dKernel, conv_kernel
 from dcnn.network.window import normalize_padding
@@ -98,12 +98,17 @@ def test_pointwise_in_blocks_of_output_channels(rng, out_channels):
         threads.set_num_threads(1)
 
 
+@pytest.mark.parametrize("passes", ["cache", "one row or channel"])
 @pytest.mark.parametrize("multiplier", [1, 2])
 @pytest.mark.parametrize("kernel,stride,padding,dilation", GEOMETRY)
-def test_depthwise_channels_last_equals_channels_first(rng, multiplier, kernel, stride, padding, dilation):
-    """A map smaller than the channel count runs channels-last (170 channels here); every channel is independent,
-    so it must equal the same channels run 17 at a time, channels-first (checked against the reference above)."""
-    channels, group = 170, 17
+def test_depthwise_channels_last_equals_channels_first(rng, monkeypatch, passes, multiplier, kernel, stride, padding,
+                                                       dilation):
+    """A map of few pixels per channel runs channels-last (170 channels here); every channel is independent, so it
+    must equal the same channels run 5 at a time, channels-first (checked against the reference above), also in
+    passes of one output row (channels-last) or one channel (channels-first)."""
+    if passes != "cache":
+        monkeypatch.setattr(depthwise, "DEPTHWISE_CACHE_SCALE", 0)
+    channels, group = 170, 5
     x = random_array(rng, 2, channels, 11, 9)
     weight = random_array(rng, channels * multiplier, 1, *kernel)
     bias = random_array(rng, channels * multiplier)

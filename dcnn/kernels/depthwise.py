@@ -43,6 +43,10 @@ POINTWISE_MIN_ROWS = 256
 #: numpy calls per tap cost more than the cache misses save (MobileNetV2's depthwise layers at batch 1, CPU time
 #: of all 17: 12.8 ms at half the L2, 11.8 at one, 11.3 at four).
 DEPTHWISE_CACHE_SCALE = 4
+#: Depthwise convolutions whose phase planes have fewer pixels than this many times the channels run channels-last.
+#: MobileNetV2's layers at batch 1 (CPU ms, channels-first / channels-last): 960 channels at 7x7 0.43 / 0.28, 576 at
+#: 14x14 0.73 / 0.60, 192 at 28x28 0.79 / 0.70, 144 at 56x56 stride 2 0.77 / 0.78, 144 at 56x56 1.2 / 2.1.
+DEPTHWISE_CHANNELS_LAST_RATIO = 5
 
 
 def _padded(x: np.ndarray, padding: Padding, workspace: Workspace) -> np.ndarray:
@@ -147,23 +151,23 @@ class DepthwiseConv2dKernel(_Kernel):
         # row phase (i dh) % sh, and likewise for columns. On the phase planes every tap is a shift.
         taps = [((i * dh % sh) * sw + j * dw % sw, (i * dh // sh) * planes_w + j * dw // sw)
                 for i in range(kh) for j in range(kw)]
-        # Output (y, x) is flat position y * planes_w + x; the last valid output reads the last position it needs,
-        # so the dropped columns after it are not computed.
-        length = (out_h - 1) * planes_w + out_w
         out = np.empty((batch, self.out_channels, out_h, out_w), np.float32)
         workspace = Workspace() if workspace is None else workspace
-        if plane_len < self.out_channels:
-            self._channels_last(x, padding, (planes_h, planes_w), taps, length, out, workspace)
+        if plane_len < DEPTHWISE_CHANNELS_LAST_RATIO * self.out_channels:
+            self._channels_last(x, padding, (planes_h, planes_w), taps, out, workspace)
         else:
-            self._channels_first(x, padding, (planes_h, planes_w), taps, length, out, workspace)
+            self._channels_first(x, padding, (planes_h, planes_w), taps, out, workspace)
         return out
 
     def _channels_first(self, x: np.ndarray, padding: Padding, planes_shape: tuple[int, int],
-                        taps: list[tuple[int, int]], length: int, out: np.ndarray, workspace: Workspace) -> None:
+                        taps: list[tuple[int, int]], out: np.ndarray, workspace: Workspace) -> None:
         """Each tap a multiply-add of flat plane rows ``(channel, image)``, over channels in cache-sized passes."""
         batch, (sh, sw), (planes_h, planes_w) = x.shape[0], self.stride, planes_shape
         plane_len = planes_h * planes_w
         out_h, out_w = out.shape[2:]
+        # Output (y, x) is flat position y * planes_w + x; the last valid output reads the last position it needs,
+        # so the dropped columns after it are not computed.
+        length = (out_h - 1) * planes_w + out_w
         # Rows of the flat planes: (channel, image) pairs, the order of the phase split.
         if (sh, sw) == (1, 1) and not any(padding) and batch == 1 and x.flags.c_contiguous:
             planes = x.reshape(1, self.in_channels, plane_len)  # one phase: the input itself
@@ -206,9 +210,10 @@ class DepthwiseConv2dKernel(_Kernel):
         parallel_for(run_channels, range(self.out_channels))
 
     def _channels_last(self, x: np.ndarray, padding: Padding, planes_shape: tuple[int, int],
-                       taps: list[tuple[int, int]], length: int, out: np.ndarray, workspace: Workspace) -> None:
-        """Each tap a multiply-add of flat plane positions ``(image, y, x)`` whose rows are the channels: for maps
-        smaller than the channel count, whose rows in the other layout are too short for numpy's loops."""
+                       taps: list[tuple[int, int]], out: np.ndarray, workspace: Workspace) -> None:
+        """Each tap a multiply-add of flat plane positions ``(y, x)`` whose rows are the channels: for maps of fewer
+        than :data:`DEPTHWISE_CHANNELS_LAST_RATIO` times as many pixels as channels, whose rows in the other
+        layout are too short for numpy's loops."""
         batch, (sh, sw), (planes_h, planes_w) = x.shape[0], self.stride, planes_shape
         plane_len = planes_h * planes_w
         out_h, out_w = out.shape[2:]
@@ -218,28 +223,34 @@ class DepthwiseConv2dKernel(_Kernel):
         multiplier = self.out_channels // self.in_channels
         if multiplier > 1:
             planes = np.repeat(planes, multiplier, axis=2)
-        # Images follow each other at plane_len positions; the last one's dropped positions are not computed.
-        total = (batch - 1) * plane_len + length
+        # Passes of whole output rows of one image, their planes, products and sums within the cache share of
+        # DEPTHWISE_CACHE_SCALE; a pass computes the positions from its first output to its last.
+        row_bytes = 4 * planes_w * self.out_channels * (len({plane for plane, _ in taps}) + 2)
+        rows_per_pass = max(1, cache_bytes(2) * DEPTHWISE_CACHE_SCALE // row_bytes)
+        passes = [(image, first, min(first + rows_per_pass, out_h))
+                  for image in range(batch) for first in range(0, out_h, rows_per_pass)]
 
         def run_channels(channels: Sequence[int]) -> None:
             if not len(channels):
                 return
             block = slice(channels[0], channels[-1] + 1)
             width = block.stop - block.start
-            scratch = scratch_buffer("depthwise", (2, total, width))
-            target, product = scratch[0], scratch[1]
-            for tap, (plane, shift) in enumerate(taps):
-                shifted = planes[plane, shift:shift + total, block]
-                if tap == 0:
-                    np.multiply(shifted, self._taps[tap, block], out=target)
-                else:
-                    np.multiply(shifted, self._taps[tap, block], out=product)
-                    target += product
-            self._epilogue(target, None if self.bias is None else self.bias[block])
-            # Output (y, x) of image b is position b * plane_len + y * planes_w + x.
-            out[:, block] = np.lib.stride_tricks.as_strided(
-                target, (batch, width, out_h, out_w), (4 * plane_len * width, 4, 4 * planes_w * width, 4 * width),
-                writeable=False)
+            for image, first, stop in passes:
+                start = image * plane_len + first * planes_w
+                count = (stop - first - 1) * planes_w + out_w
+                scratch = scratch_buffer("depthwise", (2, count, width))
+                target, product = scratch[0], scratch[1]
+                for tap, (plane, shift) in enumerate(taps):
+                    shifted = planes[plane, start + shift:start + shift + count, block]
+                    if tap == 0:
+                        np.multiply(shifted, self._taps[tap, block], out=target)
+                    else:
+                        np.multiply(shifted, self._taps[tap, block], out=product)
+                        target += product
+                self._epilogue(target, None if self.bias is None else self.bias[block])
+                # Output (y, x) of the pass is position (y - first) * planes_w + x.
+                out[image, block, first:stop] = np.lib.stride_tricks.as_strided(
+                    target, (width, stop - first, out_w), (4, 4 * planes_w * width, 4 * width), writeable=False)
 
         parallel_for(run_channels, range(self.out_channels))
 
