@@ -5,16 +5,20 @@ convolution (MobileNet's ``groups == channels``) is a Python loop over channels.
 
 *Depthwise* (``groups == in_channels``, any multiplier ``K / C``, stride, dilation). Every output channel reads
 one input channel, so each kernel tap is one vectorised multiply-add over the whole batch and all channels:
-``out += w[:, i, j] * x_padded[:, :, i*dh + sh*y, j*dw + sw*x]``. The padded input is split into its
-``sh x sw`` phase planes (rows ``a::sh``, columns ``b::sw``), on which every tap reads a *shifted* window, so
-each tap is a contiguous 2-D multiply-add of flat rows (as in the shifted-GEMM convolution), over channel
-chunks that stay in cache; outputs in the few extra columns are computed and dropped. At stride 1 the padded
-input is the one phase plane, uncopied. ``kh * kw`` passes, no
-patch matrix.
+``out += w[:, i, j] * x_padded[:, :, i*dh + sh*y, j*dw + sw*x]``. The input is split, zero-padded, into its
+``sh x sw`` phase planes (rows ``a::sh``, columns ``b::sw``; the phase split of :mod:`dcnn.kernels.conv`, so
+there is no separately padded copy), on which every tap reads a *shifted* window of flat planes (as in the
+shifted-GEMM convolution); outputs in the few extra columns are computed and dropped. At stride 1 on an
+unpadded single image the input itself is the one plane. ``kh * kw`` multiply-adds, no patch matrix, in passes
+that stay in cache; each pass adds the bias, applies the fused (capped) ReLU and copies its valid outputs out.
+A map with many pixels per channel runs *channels-first* (a row per channel and image, passes of channels); a map
+with few (:data:`DEPTHWISE_CHANNELS_LAST_RATIO`: MobileNetV2's 28x28 to 7x7 layers of 192 to 960 channels) runs
+*channels-last* (a row per pixel, passes of output rows), so that numpy's inner loops are long either way.
 
 *Pointwise* (1x1, one group, any stride). The output is ``W @ X``: one GEMM per image of the ``K x C`` weights
-with the ``C x (H W)`` input (taken every ``stride`` pixels first), in column chunks that the kernel threads
-share (:func:`dcnn.kernels.threads.parallel_for`), with the bias and fused ReLU applied to each chunk.
+with the ``C x (H W)`` input (taken every ``stride`` pixels first) over the whole map, the output pre-filled with
+the bias (BLAS ``beta = 1``); the kernel threads share fixed blocks of output channels (:func:`_row_blocks`),
+each followed by the fused ReLU.
 
 :func:`conv_kernel` picks the kernel for a convolution; all three take the same call arguments.
 """
