@@ -158,9 +158,11 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
         kernel = conv_kernel(weight, bias, layer.stride, layer.dilation, layer.groups, relu=fused_relu is not None,
                              relu_cap=math.inf if fused_relu is None else fused_relu, map_size=map_size)
         if isinstance(kernel, Conv2dKernel) and fused_relu is not None and fused_relu < math.inf:
-            # The general kernel fuses the ReLU only; its cap is one more pass.
-            return LayerOp(name, layer, lambda x, p: relu(kernel(x, _own_padding(layer, x, p), workspace),
-                                                          out=None, cap=fused_relu))
+            def run_capped(x, p):
+                # The general kernel fuses the ReLU only; its cap is one more pass over its fresh output.
+                out = kernel(x, _own_padding(layer, x, p), workspace)
+                return relu(out, out=out, cap=fused_relu)
+            return LayerOp(name, layer, run_capped)
         return LayerOp(name, layer, lambda x, p: kernel(x, _own_padding(layer, x, p), workspace))
     if isinstance(layer, AvgPool2d):
         def run_avg(x, p):
