@@ -18,10 +18,11 @@ from onnx.reference import ReferenceEvaluator
 __all__ = [
     "BATCH_SIZE",
     "BATCH_SIZE_OPS",
+    "DYNAMIC_EXTENT",
     "NONDETERMINISTIC_OPS",
     "constant_node_value",
+    "dynamic_size_use",
     "fold_node",
-    "holds_batch_size",
     "shape_node_value",
     "tensor_value",
 ]
@@ -36,8 +37,12 @@ NONDETERMINISTIC_OPS = frozenset(
 #: PyTorch's ``x.view(x.size(0), -1)`` (``Shape``, ``Gather``, ``Unsqueeze``, ``Concat``, ``Reshape``) folds to a
 #: reshape target whose first entry is the batch, which the ``Reshape`` converter reads as "keep the batch".
 BATCH_SIZE = 2**31 - 3
-#: Operators that may carry :data:`BATCH_SIZE` from a ``Shape`` to a ``Reshape``: they select and assemble
-#: dimensions. Any other operator on it (arithmetic with the batch size) is refused.
+#: What a folded ``Shape`` holds for any other dynamic dimension (a height or width): a second marker, so that
+#: the fixed dimensions of the same ``Shape`` fold (``x.size(1)``, the channels, in ``x.chunk(2, 1)``) while a
+#: use of a dynamic height or width is refused where it is used.
+DYNAMIC_EXTENT = 2**31 - 4
+#: Operators that may carry :data:`BATCH_SIZE` or :data:`DYNAMIC_EXTENT` from a ``Shape`` to a ``Reshape``: they
+#: select and assemble dimensions. Any other operator on them (arithmetic with the sizes) is refused.
 BATCH_SIZE_OPS = frozenset({"Cast", "Concat", "Gather", "Identity", "Reshape", "Slice", "Squeeze", "Unsqueeze"})
 
 
@@ -54,23 +59,28 @@ def shape_node_value(node: onnx.NodeProto, shapes: Mapping[str, tuple[int | None
     Returns
     -------
     numpy.ndarray or None
-        The int64 dimensions, with :data:`BATCH_SIZE` for a dynamic batch (dimension 0); ``None`` if the input's
-        shape is unknown or another selected dimension is dynamic (a dynamic height or width).
+        The int64 dimensions, with :data:`BATCH_SIZE` for a dynamic batch (dimension 0) and
+        :data:`DYNAMIC_EXTENT` for another dynamic dimension; ``None`` if the input's shape is unknown.
     """
     shape = shapes.get(node.input[0])
     if shape is None:
         return None
     attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    dims = [BATCH_SIZE if i == 0 and d is None else d for i, d in enumerate(shape)]
+    dims = [d if d is not None else BATCH_SIZE if i == 0 else DYNAMIC_EXTENT for i, d in enumerate(shape)]
     selected = dims[int(attributes.get("start", 0)) : int(attributes.get("end", len(dims)))]
-    if None in selected:
-        return None
     return np.asarray(selected, np.int64)
 
 
-def holds_batch_size(value: np.ndarray) -> bool:
-    """Whether a folded integer tensor holds :data:`BATCH_SIZE` (it came from a dynamic batch dimension)."""
-    return value.dtype.kind in "iuf" and bool(np.any(value == BATCH_SIZE))
+def dynamic_size_use(value: np.ndarray) -> str | None:
+    """What a folded integer tensor holds of a dynamic size: ``"the batch size"`` (:data:`BATCH_SIZE`),
+    ``"a dynamic height or width"`` (:data:`DYNAMIC_EXTENT`), or ``None`` for neither."""
+    if value.dtype.kind not in "iuf":
+        return None
+    if np.any(value == BATCH_SIZE):
+        return "the batch size"
+    if np.any(value == DYNAMIC_EXTENT):
+        return "a dynamic height or width"
+    return None
 
 
 def tensor_value(tensor: onnx.TensorProto) -> np.ndarray:

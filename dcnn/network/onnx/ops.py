@@ -45,13 +45,14 @@ from dcnn.network.layers import (
     ReLU,
     ReLU6,
     Sigmoid,
+    SiLU,
     Softmax,
     Tanh,
 )
-from dcnn.network.onnx.constants import BATCH_SIZE
+from dcnn.network.onnx.constants import BATCH_SIZE, DYNAMIC_EXTENT
 from dcnn.network.onnx.errors import Unsupported
 
-__all__ = ["CONVERTERS", "Conversion", "NodeContext", "Step", "supported_ops"]
+__all__ = ["CONVERTERS", "REFUSED_OPS", "Conversion", "NodeContext", "Step", "supported_ops"]
 
 OnnxShape = tuple[int | None, ...]
 
@@ -372,6 +373,11 @@ def _flattened(ctx: NodeContext, target: tuple[int | None, ...]) -> Conversion:
         return ctx.activation(0)
     if len(target) == 2 and per_image is not None and target[1] == per_image and target[0] in (shape[0], None):
         return [Step(Flatten(), (ctx.activation(0),))]
+    if len(target) == 2 and per_image is None:
+        raise Unsupported(
+            f"a flatten of {list(shape)}, a map of dynamic height or width (export with a fixed input size, or pool "
+            "it to a fixed size first)"
+        )
     raise Unsupported(f"{list(shape)} to {list(target)} is not a flatten of each image")
 
 
@@ -381,13 +387,15 @@ def convert_reshape(ctx: NodeContext) -> Conversion:
     shape = ctx.shape(0)
     target = [int(v) for v in ctx.constant(1, "the target shape").reshape(-1)]
     allow_zero = bool(ctx.attribute("allowzero", 0))
-    if BATCH_SIZE in target:
-        # A target built from the input's own dynamic batch (x.view(x.size(0), -1)): 0 copies that dimension.
-        if target.index(BATCH_SIZE) != 0 or target.count(BATCH_SIZE) > 1 or allow_zero:
-            raise Unsupported(f"the batch size elsewhere than first in the target shape {target}")
-        target[0] = 0
+    if DYNAMIC_EXTENT in target:
+        raise Unsupported("a dynamic height or width in the target shape (dcnn reshapes to (N, C*H*W) or views "
+                          "channel groups of a map of fixed size)")
+    if BATCH_SIZE in target and (target.index(BATCH_SIZE) != 0 or target.count(BATCH_SIZE) > 1):
+        raise Unsupported(f"the batch size elsewhere than first in the target shape {target}")
+    # The batch size first (x.view(x.size(0), -1), with or without allowzero) is the input's own batch.
     resolved: list[int | None] = [
-        shape[i] if v == 0 and not allow_zero and i < len(shape) else v for i, v in enumerate(target)
+        shape[i] if (v == 0 and not allow_zero and i < len(shape)) or (i == 0 and v == BATCH_SIZE) else v
+        for i, v in enumerate(target)
     ]
     known = [d for d in resolved if d is not None and d != -1]
     if resolved.count(-1) == 1 and None not in shape:
@@ -399,6 +407,12 @@ def convert_reshape(ctx: NodeContext) -> Conversion:
         resolved[0] = shape[0] if None not in shape[1:] and resolved[1] == int(np.prod(shape[1:])) else -1
     if _splits_or_merges_channels(shape, tuple(resolved)):
         return ctx.activation(0)
+    fixed_rows = len(resolved) == 2 and resolved[0] not in (None, -1)
+    if shape[0] is None and fixed_rows and None not in shape[1:] and resolved[1] == int(np.prod(shape[1:])):
+        raise Unsupported(
+            f"the target shape {target} fixes the batch at {resolved[0]} in a model of dynamic batch (a traced "
+            "len(x) or x.shape[0] became a constant; export with torch.flatten(x, 1) or x.view(x.size(0), -1))"
+        )
     return _flattened(ctx, tuple(resolved))
 
 
@@ -546,9 +560,14 @@ def _channel_vector(value: np.ndarray, rank: int, channels: int | None) -> np.nd
     return np.broadcast_to(_float32(value.reshape(-1)), (channels,)).copy()
 
 
-def _with_constant(ctx: NodeContext, scale: bool) -> Conversion:
-    """``Add`` or ``Mul`` of a tensor and a constant that is one value, or one per channel (per feature of an
-    (N, F) tensor): a per-channel affine layer (``Mul``: weight, zero bias; ``Add``: unit weight, bias)."""
+def _with_constant(ctx: NodeContext) -> Conversion:
+    """``Add``, ``Sub``, ``Mul`` or ``Div`` of a tensor and a constant that is one value, or one per channel (per
+    feature of an (N, F) tensor): a per-channel affine layer ``weight * x + bias``.
+
+    ``x + c``: weight 1, bias c; ``x - c``: 1, -c; ``c - x``: -1, c; ``x * c``: c, 0; ``x / c``: 1 / c, 0
+    (``c / x`` is no affine map: refused).
+    """
+    op = ctx.node.op_type
     constant_index = 0 if ctx.node.input[0] in ctx.constants else 1
     source = 1 - constant_index
     rank = ctx.rank(source, (2, 4))
@@ -556,18 +575,79 @@ def _with_constant(ctx: NodeContext, scale: bool) -> Conversion:
     vector = _channel_vector(value, rank, ctx.shape(source)[1])
     if vector is None:
         raise Unsupported(f"a constant of shape {list(value.shape)} (dcnn applies one value per channel)")
+    if op == "Div" and constant_index == 0:
+        raise Unsupported("a constant divided by a tensor")
     ones, zeros = np.ones_like(vector), np.zeros_like(vector)
-    tensors = {"weight": vector, "bias": zeros} if scale else {"weight": ones, "bias": vector}
-    return [Step(Affine(vector.size), (ctx.activation(source),), tensors)]
+    weight, bias = {
+        "Add": (ones, vector),
+        "Sub": (ones, -vector) if constant_index == 1 else (-ones, vector),
+        "Mul": (vector, zeros),
+        "Div": (np.float32(1) / vector, zeros),
+    }[op]
+    return [Step(Affine(vector.size), (ctx.activation(source),), {"weight": weight, "bias": bias})]
 
 
 def convert_add(ctx: NodeContext) -> Conversion:
     """``Add``: two tensors of one shape (a residual sum), or a tensor plus a per-channel constant."""
     if any(name in ctx.constants for name in ctx.node.input):
-        return _with_constant(ctx, scale=False)
+        return _with_constant(ctx)
     if ctx.shape(0) != ctx.shape(1):
         raise Unsupported(f"broadcasting {list(ctx.shape(0))} + {list(ctx.shape(1))}")
     return [Step(Add(), (ctx.activation(0), ctx.activation(1)))]
+
+
+def convert_sub(ctx: NodeContext) -> Conversion:
+    """``Sub``: a tensor and a per-channel constant (either side), or two tensors of one shape: the second
+    negated (an affine layer of weight -1) and added."""
+    if any(name in ctx.constants for name in ctx.node.input):
+        return _with_constant(ctx)
+    shape = ctx.shape(0)
+    if shape != ctx.shape(1) or len(shape) not in (2, 4) or shape[1] is None:
+        raise Unsupported(f"broadcasting {list(shape)} - {list(ctx.shape(1))}")
+    negated = f"{ctx.node.output[0]}_negated"
+    channels = int(shape[1])
+    tensors = {"weight": np.full(channels, -1, np.float32), "bias": np.zeros(channels, np.float32)}
+    return [
+        Step(Affine(channels), (ctx.activation(1),), tensors, output=negated),
+        Step(Add(), (ctx.activation(0), negated)),
+    ]
+
+
+def convert_div(ctx: NodeContext) -> Conversion:
+    """``Div`` of a tensor by a per-channel constant (``x / 6`` of a hand-written hard swish, ``x / std``)."""
+    if ctx.node.input[1] not in ctx.constants:
+        raise Unsupported("a division by a tensor")
+    return _with_constant(ctx)
+
+
+#: The largest integer exponent ``Pow`` runs (as products of its input: ``x ** 3`` in GELU's tanh approximation).
+MAX_POWER = 4
+
+
+def convert_pow(ctx: NodeContext) -> Conversion:
+    """``Pow`` of a tensor by a constant integer exponent 1 to :data:`MAX_POWER`: products of the tensor
+    (``x ** 3`` is ``(x * x) * x``, the cube of GELU's tanh approximation)."""
+    exponent = ctx.constant(1, "the exponent")
+    power = float(exponent.reshape(-1)[0]) if exponent.size == 1 else None
+    if power is None or power != int(power) or not 1 <= power <= MAX_POWER:
+        raise Unsupported(f"exponent {exponent.tolist()} (dcnn runs integer powers 1 to {MAX_POWER})")
+    x = ctx.activation(0)
+    if power == 1:
+        return x
+    steps, product = [], x
+    for index in range(2, int(power) + 1):
+        output = None if index == power else f"{ctx.node.output[0]}_power{index}"
+        steps.append(Step(Mul(), (product, x), output=output))
+        product = output or ""
+    return steps
+
+
+def convert_swish(ctx: NodeContext) -> Conversion:
+    """``Swish`` (opset 24): ``x * sigmoid(alpha * x)``; alpha 1 (SiLU) only."""
+    alpha = float(ctx.attribute("alpha", 1.0))
+    if alpha != 1.0:
+        raise Unsupported(f"alpha {alpha:g} (dcnn runs SiLU, alpha 1)")
+    return [Step(SiLU(), (ctx.activation(0),))]
 
 
 def convert_sum(ctx: NodeContext) -> Conversion:
@@ -589,7 +669,7 @@ def convert_mul(ctx: NodeContext) -> Conversion:
     """``Mul``: two tensors of one shape, a map by per-channel ``(N, C, 1, 1)`` gates (squeeze-and-excitation),
     or a tensor by a per-channel constant."""
     if any(name in ctx.constants for name in ctx.node.input):
-        return _with_constant(ctx, scale=True)
+        return _with_constant(ctx)
     first, second = ctx.shape(0), ctx.shape(1)
     if first == second:
         return [Step(Mul(), (ctx.activation(0), ctx.activation(1)))]
@@ -676,6 +756,7 @@ CONVERTERS: dict[str, Callable[[NodeContext], Conversion]] = {
     "Clip": convert_clip,
     "Concat": convert_concat,
     "Conv": convert_conv,
+    "Div": convert_div,
     "Dropout": convert_dropout,
     "Elu": convert_elu,
     "Flatten": convert_flatten,
@@ -694,15 +775,37 @@ CONVERTERS: dict[str, Callable[[NodeContext], Conversion]] = {
     "ReduceMax": convert_reduce,
     "ReduceMean": convert_reduce,
     "Pad": convert_pad,
+    "Pow": convert_pow,
     "Relu": convert_relu,
     "Reshape": convert_reshape,
     "Sigmoid": _pointwise(Sigmoid()),
     "Softmax": convert_softmax,
     "Squeeze": convert_squeeze,
+    "Sub": convert_sub,
     "Sum": convert_sum,
+    "Swish": convert_swish,
     "Tanh": _pointwise(Tanh()),
     "Transpose": convert_transpose,
     "Unsqueeze": convert_unsqueeze,
+}
+
+
+#: Why dcnn refuses some operator types that CNN exports meet (an operator type outside both tables is refused
+#: without a reason): the message says what the node is and what dcnn runs instead.
+REFUSED_OPS: dict[str, str] = {
+    "Resize": "upsampling (dcnn runs classifiers and detectors without upsampling layers)",
+    "Upsample": "upsampling (dcnn runs classifiers and detectors without upsampling layers)",
+    "Slice": "a slice of a tensor (x[:, a:b], x.chunk, x.split: dcnn has no channel slice layer)",
+    "Split": "a split of a tensor (x.chunk, x.split: dcnn has no channel slice layer)",
+    "Erf": "the error function of GELU (dcnn has no GELU layer; GELU's tanh approximation runs)",
+    "Gelu": "dcnn has no GELU layer (GELU's tanh approximation, exported before opset 20, runs)",
+    "LayerNormalization": "dcnn has no layer normalisation (ConvNeXt, transformers)",
+    "LogSoftmax": "dcnn has no log-softmax (export the logits or a Softmax)",
+    "Softplus": "dcnn has no softplus (nor Mish, which uses it)",
+    "Mish": "dcnn has no Mish layer",
+    "QuantizeLinear": "a quantised model (dcnn runs float32 weights)",
+    "DequantizeLinear": "a quantised model (dcnn runs float32 weights)",
+    "QLinearConv": "a quantised model (dcnn runs float32 weights)",
 }
 
 

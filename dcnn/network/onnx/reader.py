@@ -10,13 +10,14 @@ other node that the graph's output depends on is mapped onto dcnn layers by the 
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dcnn.errors import DAMAGED_FILE_ERRORS, InputError
+from dcnn.errors import DAMAGED_FILE_ERRORS, InputError, ShapeError
 from dcnn.network.graph import IMAGENET, INPUT, GraphBuilder, Network, Preprocessing, format_shape
 from dcnn.network.layers import Dropout
 from dcnn.network.onnx.errors import Unsupported, UnsupportedModelError
@@ -110,6 +111,9 @@ def _read(path: Path):
     try:
         onnx.checker.check_model(str(path))
     except (DecodeError, onnx.checker.ValidationError, *DAMAGED_FILE_ERRORS) as error:
+        if "ir_version" in str(error):
+            # What the checker says of an empty file, a text file or another format (protobuf parses most bytes).
+            raise InputError(f"{path}: not an ONNX model (no ONNX IR version: empty, or another format)") from None
         raise InputError(f"{path}: invalid ONNX model ({_first_line(error)})") from None
     try:
         model = onnx.load(str(path))
@@ -201,6 +205,22 @@ def _element_type_name(elem: int) -> str:
         return f"element type {elem}"
 
 
+def _channels_last(graph, name: str) -> bool:
+    """Whether tensor ``name`` is read by a ``Transpose`` to channels-first (perm ``[0, 3, 1, 2]``): a channels-last
+    (TensorFlow) image input."""
+    return any(
+        node.op_type == "Transpose"
+        and node.input[0] == name
+        and [int(p) for a in node.attribute if a.name == "perm" for p in a.ints] == [0, 3, 1, 2]
+        for node in graph.node
+    )
+
+
+def _dims(dims: tuple[int | None, ...]) -> str:
+    """``1x224x224x3``: declared dims, ``?`` for a dynamic one."""
+    return "x".join("?" if d is None else str(d) for d in dims)
+
+
 def _the_input(graph, constants, path: Path, image_input: bool):
     """The graph's one input without an initializer: its name and declared dims."""
     onnx = _onnx()
@@ -211,10 +231,16 @@ def _the_input(graph, constants, path: Path, image_input: bool):
     value = inputs[0]
     dims = _shape_of(value)
     elem = value.type.tensor_type.elem_type if value.type.HasField("tensor_type") else 0
+    if image_input and _channels_last(graph, value.name) and dims is not None and len(dims) == 4:
+        raise InputError(
+            f"{path}: input {value.name!r} is channels-last ({_dims(dims)}: N x H x W x C, TensorFlow's "
+            f"layout, which the model transposes); dcnn runs channels-first N x C x H x W models: convert with "
+            f"tf2onnx --inputs-as-nchw {value.name}"
+        )
     ranks = (4,) if image_input else (2, 4)
     if elem != onnx.TensorProto.FLOAT or dims is None or len(dims) not in ranks or dims[1] is None:
         kind = _element_type_name(elem) if elem else "non-tensor"
-        shape = "of unknown rank" if dims is None else "x".join("?" if d is None else str(d) for d in dims)
+        shape = "of unknown rank" if dims is None else _dims(dims)
         raise InputError(
             f"{path}: input {value.name!r} is {kind} {shape}; dcnn runs float32 N x C x H x W "
             f"images with a fixed channel count"
@@ -255,12 +281,12 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
     from dcnn.network.onnx.constants import (
         BATCH_SIZE_OPS,
         constant_node_value,
+        dynamic_size_use,
         fold_node,
-        holds_batch_size,
         shape_node_value,
         tensor_value,
     )
-    from dcnn.network.onnx.ops import CONVERTERS, NodeContext, Step
+    from dcnn.network.onnx.ops import CONVERTERS, REFUSED_OPS, NodeContext, Step
 
     path = Path(path)
     model, shapes = _read(path)
@@ -281,46 +307,60 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
     unsupported: dict[str, list[tuple[str, str]]] = {}
     conversions: list[tuple[str, str | list[Step]]] = []
     needed_nodes, needed_tensors = _needed(graph, output_name)
+    unknown_sizes: set[str] = set()  # values computed from a Shape that could not be folded
+    refused: set[str] = set()  # outputs of the nodes reported unsupported
     for node, needed in zip(graph.node, needed_nodes):
         if not needed:
             continue
         name = node.name or node.output[0]
         op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        refuse = functools.partial(_refuse, unsupported, refused, node, op, name)
         try:
             value = constant_node_value(node, constants)
         except INCONSISTENT_MODEL_ERRORS as error:
             raise _inconsistent(path, f"node {name} ({op})", error) from None
         if value is None and node.op_type == "Shape":
             value = shape_node_value(node, shapes)
-            if value is None:
-                unsupported.setdefault(op, []).append((name, "the shape of a map with a dynamic height or width"))
+            if value is None and node.input[0] in refused:
+                unknown_sizes.update(node.output)  # the shape of a refused node's output: that node is the reason
                 continue
+            if value is None:
+                refuse(f"the shape of {node.input[0]!r} is unknown")
+                unknown_sizes.update(node.output)
+                continue
+        if value is None and _computes_sizes(node, constants, unknown_sizes):
+            # Arithmetic on the sizes of a refused Shape (x.size(1) // 2 ...): that Shape is the reason.
+            unknown_sizes.update(node.output)
+            continue
         if value is not None:
             constants[node.output[0]] = value
             continue
-        if node.op_type not in BATCH_SIZE_OPS and any(
-            holds_batch_size(constants[n]) for n in node.input if n in constants
-        ):
-            unsupported.setdefault(op, []).append((name, "arithmetic on the batch size (dcnn runs any batch)"))
+        sizes = {dynamic_size_use(constants[n]) for n in node.input if n in constants} - {None}
+        if node.op_type not in BATCH_SIZE_OPS and sizes:
+            reason = f"arithmetic on {' and '.join(sorted(sizes))} (dcnn runs any batch and the sizes it is given)"
+            refuse(reason)
             continue
         try:
             folded = fold_node(node, constants, opsets)
         except Exception as error:  # any failure of the reference evaluator is the node's
-            unsupported.setdefault(op, []).append((name, f"cannot fold its constants ({_first_line(error)})"))
+            refuse(f"cannot fold its constants ({_first_line(error)})")
             continue
         if folded is not None:
             constants.update(zip(node.output, folded))
             continue
         converter = CONVERTERS.get(op)
         if converter is None:
-            unsupported.setdefault(op, []).append((name, ""))
+            refuse(REFUSED_OPS.get(op, ""))
             continue
         try:
-            conversions.append(
-                (node.output[0], converter(NodeContext(node, name, opset, constants, shapes, needed_tensors)))
-            )
+            conversion = converter(NodeContext(node, name, opset, constants, shapes, needed_tensors))
+            conversions.append((node.output[0], conversion))
+            _propagate_shape(node.output[0], conversion, shapes)
         except Unsupported as error:
-            unsupported.setdefault(op, []).append((name, error.reason))
+            if any(n in refused and not _fully_known(shapes.get(n)) for n in node.input):
+                refused.update(node.output)  # its input is a refused node's, of an unknown shape: that is why
+            else:
+                refuse(error.reason)
         except INCONSISTENT_MODEL_ERRORS as error:
             raise _inconsistent(path, f"node {name} ({op})", error) from None
     if unsupported:
@@ -336,6 +376,53 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
     if network.fixed_input_size:
         network.shapes()
     return OnnxModel(network, weights, input_name, dims, output_name, opset, path)
+
+
+def _refuse(unsupported: dict[str, list[tuple[str, str]]], refused: set[str], node, op: str, name: str, reason: str):
+    """Report a node as unsupported (``op``: its operator type, ``name``: its name) and mark its outputs."""
+    unsupported.setdefault(op, []).append((name, reason))
+    refused.update(node.output)
+
+
+def _computes_sizes(node, constants, unknown_sizes: set[str]) -> bool:
+    """Whether a node computes only from constants and sizes of a refused ``Shape`` (at least one)."""
+    names = [name for name in node.input if name]
+    return any(name in unknown_sizes for name in names) and all(
+        name in unknown_sizes or name in constants for name in names
+    )
+
+
+def _fully_known(shape: tuple[int | None, ...] | None) -> bool:
+    """Whether a tensor's shape is known but for its batch."""
+    return bool(shape) and None not in shape[1:]  # type: ignore[index]
+
+
+def _propagate_shape(output: str, conversion, shapes: dict[str, tuple[int | None, ...]]) -> None:
+    """Record the shape of a converted node's output where ONNX's shape inference left it (or a size of each
+    image) unknown.
+
+    Shape inference runs before the constants are folded, so it cannot follow a ``Reshape`` whose target is
+    computed (``x.view(x.size(0), -1)``, ``x.reshape(x.shape[0], -1)``): the node after it would find its input's
+    shape unknown. The dcnn layers the node became give it (:meth:`Layer.output_shape` of each image, the batch
+    of the first input); a shape that stays unknown (a dynamic height or width) is left out.
+    """
+    if _fully_known(shapes.get(output)):
+        return
+    if isinstance(conversion, str):
+        if _fully_known(shapes.get(conversion)):
+            shapes[output] = shapes[conversion]
+        return
+    known = dict(shapes)
+    for step in conversion:
+        inputs = [known.get(source) for source in step.inputs]
+        if not all(_fully_known(shape) for shape in inputs):
+            return
+        try:
+            per_image = step.layer.output_shape(*(tuple(shape[1:]) for shape in inputs))
+        except (ShapeError, *INCONSISTENT_MODEL_ERRORS):
+            return  # the network's own shape check reports it
+        known[step.output or output] = (inputs[0][0], *per_image)
+    shapes[output] = known[output]
 
 
 def _build(
