@@ -2,7 +2,10 @@
 patterns the exporter writes: folded batch norm or not, Clip for ReLU6, Flatten and Gemm, squeeze-and-excitation
 gates, ceil-mode pools, dynamic height and width)."""
 
+import warnings
+
 import numpy as np
+import pytest
 from conftest import oracle
 
 from dcnn.exec.forward import Forward
@@ -90,3 +93,76 @@ def test_a_view_on_the_dynamic_batch_and_a_spatial_mean(tmp_path):
     model = load_onnx(path)
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(Forward(model.network, model.weights)(x), expected, rtol=1e-4, atol=1e-6)
+
+
+class HandWritten(nn.Module):
+    """Model code as users write it: normalisation inside the model, a hand-written hard swish, swish as
+    ``x * sigmoid(x)``, SiLU, GELU's tanh approximation, a difference of two maps, the sizes of a map of dynamic
+    height and width, ``x.mean([2, 3], keepdim=True)``, ``F.adaptive_avg_pool2d(x, 1)``, ``torch.cat`` and a
+    view to ``(n, 2 * c)``, a softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        functional = nn.functional
+        x = self.conv((x - self.mean) / self.std)
+        x = x * functional.relu6(x + 3) / 6
+        y = x * torch.sigmoid(x) + functional.gelu(x, approximate="tanh")
+        z = functional.hardswish(x) - functional.silu(x)
+        n, c = x.shape[:2]
+        pooled = torch.cat([y.mean([2, 3], keepdim=True), functional.adaptive_avg_pool2d(z, 1)], 1)
+        return functional.softmax(self.fc(pooled.view(n, 2 * c)), dim=1)
+
+
+def export_and_compare(module, path, x, dynamo, opset):
+    axes = {"x": {0: "N", 2: "H", 3: "W"}}
+    if dynamo:
+        shapes = {"x": {axis: torch.export.Dim.AUTO for axis in axes["x"]}}
+        torch.onnx.export(
+            module,
+            (torch.from_numpy(x),),
+            str(path),
+            input_names=["x"],
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes=shapes,
+            verbose=False,
+        )
+    else:
+        torch.onnx.export(
+            module,
+            (torch.from_numpy(x),),
+            str(path),
+            input_names=["x"],
+            opset_version=opset,
+            dynamic_axes=axes,
+            dynamo=False,
+        )
+    model = load_onnx(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in [x.shape, (3, 3, 11, 7)]:
+        image = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+        expected = session.run(None, {"x": image})[0]
+        np.testing.assert_allclose(Forward(model.network, model.weights)(image), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17, 18])
+def test_hand_written_model_code_at_every_opset(tmp_path, opset):
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 10)).astype(np.float32)
+    export_and_compare(HandWritten().eval(), tmp_path / "hand.onnx", x, dynamo=False, opset=opset)
+
+
+def test_hand_written_model_code_by_the_dynamo_exporter(tmp_path):
+    """PyTorch's default exporter (``dynamo=True``, onnxscript): Reshape with allowzero, Pow for the cube."""
+    oracle("onnxscript")
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 10)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_and_compare(HandWritten().eval(), tmp_path / "hand.onnx", x, dynamo=True, opset=18)
