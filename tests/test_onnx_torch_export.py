@@ -15,6 +15,7 @@ torch = oracle("torch")
 oracle("onnx")
 ort = oracle("onnxruntime")
 nn = torch.nn
+from dcnn.testing.onnx_exports import hand_written_cnn  # noqa: E402  (after the oracles: skipped without them)
 
 
 class Exported(nn.Module):
@@ -95,30 +96,6 @@ def test_a_view_on_the_dynamic_batch_and_a_spatial_mean(tmp_path):
     np.testing.assert_allclose(Forward(model.network, model.weights)(x), expected, rtol=1e-4, atol=1e-6)
 
 
-class HandWritten(nn.Module):
-    """Model code as users write it: normalisation inside the model, a hand-written hard swish, swish as
-    ``x * sigmoid(x)``, SiLU, GELU's tanh approximation, a difference of two maps, the sizes of a map of dynamic
-    height and width, ``x.mean([2, 3], keepdim=True)``, ``F.adaptive_avg_pool2d(x, 1)``, ``torch.cat`` and a
-    view to ``(n, 2 * c)``, a softmax."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = nn.Linear(16, 5)
-
-    def forward(self, x):
-        functional = nn.functional
-        x = self.conv((x - self.mean) / self.std)
-        x = x * functional.relu6(x + 3) / 6
-        y = x * torch.sigmoid(x) + functional.gelu(x, approximate="tanh")
-        z = functional.hardswish(x) - functional.silu(x)
-        n, c = x.shape[:2]
-        pooled = torch.cat([y.mean([2, 3], keepdim=True), functional.adaptive_avg_pool2d(z, 1)], 1)
-        return functional.softmax(self.fc(pooled.view(n, 2 * c)), dim=1)
-
-
 def export_and_compare(module, path, x, dynamo, opset):
     axes = {"x": {0: "N", 2: "H", 3: "W"}}
     if dynamo:
@@ -153,16 +130,14 @@ def export_and_compare(module, path, x, dynamo, opset):
 
 @pytest.mark.parametrize("opset", [11, 13, 17, 18])
 def test_hand_written_model_code_at_every_opset(tmp_path, opset):
-    torch.manual_seed(0)
     x = np.random.default_rng(0).standard_normal((2, 3, 9, 10)).astype(np.float32)
-    export_and_compare(HandWritten().eval(), tmp_path / "hand.onnx", x, dynamo=False, opset=opset)
+    export_and_compare(hand_written_cnn(), tmp_path / "hand.onnx", x, dynamo=False, opset=opset)
 
 
 def test_hand_written_model_code_by_the_dynamo_exporter(tmp_path):
     """PyTorch's default exporter (``dynamo=True``, onnxscript): Reshape with allowzero, Pow for the cube."""
     oracle("onnxscript")
-    torch.manual_seed(0)
     x = np.random.default_rng(0).standard_normal((2, 3, 9, 10)).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        export_and_compare(HandWritten().eval(), tmp_path / "hand.onnx", x, dynamo=True, opset=18)
+        export_and_compare(hand_written_cnn(), tmp_path / "hand.onnx", x, dynamo=True, opset=18)

@@ -114,6 +114,10 @@ def _read(path: Path):
         if "ir_version" in str(error):
             # What the checker says of an empty file, a text file or another format (protobuf parses most bytes).
             raise InputError(f"{path}: not an ONNX model (no ONNX IR version: empty, or another format)") from None
+        if "Unable to parse" in str(error):
+            raise InputError(
+                f"{path}: not a readable ONNX model (it does not parse: damaged, truncated or another format)"
+            ) from None
         raise InputError(f"{path}: invalid ONNX model ({_first_line(error)})") from None
     try:
         model = onnx.load(str(path))
