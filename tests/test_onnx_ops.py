@@ -579,3 +579,30 @@ def test_other_powers_are_refused(tmp_path):
     onnx.save(build([node("Pow", ["x", "p"])], [1, 3, 2, 2], {"p": np.float32(0.5)}), tmp_path / "p.onnx")
     with pytest.raises(UnsupportedModelError, match=r"Pow \(node y: exponent 0.5 \(dcnn runs integer powers 1 to 4"):
         load_onnx(tmp_path / "p.onnx")
+
+
+def test_sizes_computed_from_a_dynamic_height_are_refused_once(tmp_path):
+    """PyTorch's dynamo exporter writes an adaptive pool on a map of dynamic size as arithmetic on its height and
+    width feeding a view: the arithmetic is refused, and what it feeds (a scalar reshaped, once an IndexError
+    reported as an invalid model) is not listed."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "two"], ["h"], axis=0),
+        helper.make_node("Div", ["h", "two"], ["half"], name="floordiv"),
+        helper.make_node("Mul", ["half", "three"], ["m"]),
+        helper.make_node("Reshape", ["m", "one"], ["m1"]),
+        helper.make_node("Concat", ["batch", "m1"], ["target"], axis=0),
+        node("Reshape", ["x", "target"], allowzero=1),
+    ]
+    weights = {
+        "two": np.array(2, np.int64),
+        "three": np.array(3, np.int64),
+        "one": np.array([1], np.int64),
+        "batch": np.array([1], np.int64),
+    }
+    onnx.save(build(nodes, [1, 3, "H", 4], weights, opset=18), tmp_path / "a.onnx")
+    with pytest.raises(UnsupportedModelError) as caught:
+        load_onnx(tmp_path / "a.onnx")
+    assert caught.value.nodes == {
+        "Div": [("floordiv", "arithmetic on a dynamic height or width (export with a fixed input size)")]
+    }

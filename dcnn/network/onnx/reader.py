@@ -341,8 +341,8 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
             continue
         sizes = {dynamic_size_use(constants[n]) for n in node.input if n in constants} - {None}
         if node.op_type not in BATCH_SIZE_OPS and sizes:
-            reason = f"arithmetic on {' and '.join(sorted(sizes))} (dcnn runs any batch and the sizes it is given)"
-            refuse(reason)
+            refuse("; ".join(SIZE_ARITHMETIC[size] for size in sorted(sizes)))
+            unknown_sizes.update(node.output)
             continue
         try:
             folded = fold_node(node, constants, opsets)
@@ -360,13 +360,14 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
             conversion = converter(NodeContext(node, name, opset, constants, shapes, needed_tensors))
             conversions.append((node.output[0], conversion))
             _propagate_shape(node.output[0], conversion, shapes)
-        except Unsupported as error:
-            if any(n in refused and not _fully_known(shapes.get(n)) for n in node.input):
-                refused.update(node.output)  # its input is a refused node's, of an unknown shape: that is why
-            else:
+        except (Unsupported, *INCONSISTENT_MODEL_ERRORS) as error:
+            if any(n in unknown_sizes or (n in refused and not _fully_known(shapes.get(n))) for n in node.input):
+                # It reads what a refused node computes (sizes, or a tensor of unknown shape): that node is why.
+                refused.update(node.output)
+            elif isinstance(error, Unsupported):
                 refuse(error.reason)
-        except INCONSISTENT_MODEL_ERRORS as error:
-            raise _inconsistent(path, f"node {name} ({op})", error) from None
+            else:
+                raise _inconsistent(path, f"node {name} ({op})", error) from None
     if unsupported:
         raise UnsupportedModelError(str(path), unsupported)
 
@@ -380,6 +381,13 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
     if network.fixed_input_size:
         network.shapes()
     return OnnxModel(network, weights, input_name, dims, output_name, opset, path)
+
+
+#: Why arithmetic on a dynamic size is refused, and what to export instead.
+SIZE_ARITHMETIC = {
+    "the batch size": "arithmetic on the batch size (dcnn runs any batch: view as x.view(x.size(0), -1))",
+    "a dynamic height or width": "arithmetic on a dynamic height or width (export with a fixed input size)",
+}
 
 
 def _refuse(unsupported: dict[str, list[tuple[str, str]]], refused: set[str], node, op: str, name: str, reason: str):
