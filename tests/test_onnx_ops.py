@@ -445,11 +445,12 @@ def test_a_reshape_to_a_dynamic_height_or_width_is_refused(tmp_path):
     the refused one (whose shapes are unknown) are not listed."""
     nodes = [
         helper.make_node("Shape", ["x"], ["s"]),
-        helper.make_node("Reshape", ["x", "s"], ["r"], name="reshape"),
+        helper.make_node("Gather", ["s", "order"], ["swapped"], axis=0),
+        helper.make_node("Reshape", ["x", "swapped"], ["r"], name="reshape"),
         helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1, 3]),
         node("Relu", ["t"]),
     ]
-    onnx.save(build(nodes, ["N", 3, "H", "W"]), tmp_path / "s.onnx")
+    onnx.save(build(nodes, ["N", 3, "H", "W"], {"order": np.array([0, 2, 1, 3], np.int64)}), tmp_path / "s.onnx")
     with pytest.raises(UnsupportedModelError) as caught:
         load_onnx(tmp_path / "s.onnx")
     assert list(caught.value.nodes) == ["Reshape"]
@@ -552,14 +553,12 @@ def test_swish_is_silu(tmp_path, rng):
     [
         ("Resize", ["x", "", "scales"], "upsampling"),
         ("Erf", ["x"], "the error function of GELU"),
-        ("Split", ["x"], "a split of a tensor"),
         ("LogSoftmax", ["x"], "dcnn has no log-softmax"),
     ],
 )
 def test_known_operators_are_refused_with_the_reason(tmp_path, op, inputs, reason):
     weights = {"scales": np.array([1, 1, 2, 2], np.float32)}
-    outputs = ["y", "z"] if op == "Split" else ["y"]
-    nodes = [helper.make_node(op, inputs, outputs, **({"axis": 1} if op == "Split" else {}))]
+    nodes = [helper.make_node(op, inputs, ["y"])]
     onnx.save(build(nodes, [1, 4, 2, 2], weights, opset=13), tmp_path / "k.onnx")
     with pytest.raises(UnsupportedModelError, match=rf"{op} \(node y: {reason}"):
         load_onnx(tmp_path / "k.onnx")
@@ -606,3 +605,99 @@ def test_sizes_computed_from_a_dynamic_height_are_refused_once(tmp_path):
     assert caught.value.nodes == {
         "Div": [("floordiv", "arithmetic on a dynamic height or width (export with a fixed input size)")]
     }
+
+
+def _channel_shuffle_of_dynamic_size(groups: int, x_shape, rng):
+    """ShuffleNet's ``n, c, h, w = x.size(); x.view(n, g, c // g, h, w).transpose(1, 2).reshape(n, -1, h, w)`` as
+    the exporter writes it for a dynamic batch (and height and width), then ``x.reshape(x.shape)``, a mean over
+    height and width and a fully connected layer (whose input's shape ONNX's inference does not know)."""
+    gathers = [helper.make_node("Gather", ["s", f"i{axis}"], [f"d{axis}"], axis=0) for axis in range(4)]
+    unsqueezed = [helper.make_node("Unsqueeze", [f"d{axis}", "axes"], [f"u{axis}"]) for axis in range(4)]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        *gathers,
+        *unsqueezed,
+        helper.make_node("Div", ["u1", "g"], ["per_group"]),
+        helper.make_node("Concat", ["u0", "g", "per_group", "u2", "u3"], ["split"], axis=0),
+        helper.make_node("Reshape", ["x", "split"], ["grouped"]),
+        helper.make_node("Transpose", ["grouped"], ["shuffled"], perm=[0, 2, 1, 3, 4]),
+        helper.make_node("Concat", ["u0", "minus_one", "u2", "u3"], ["merge"], axis=0),
+        helper.make_node("Reshape", ["shuffled", "merge"], ["merged"]),
+        helper.make_node("Shape", ["merged"], ["own"]),
+        helper.make_node("Reshape", ["merged", "own"], ["same"]),
+        helper.make_node("ReduceMean", ["same"], ["mean"], axes=[2, 3], keepdims=0),
+        node("Gemm", ["mean", "B"], transB=1),
+    ]
+    weights = {f"i{axis}": np.array(axis, np.int64) for axis in range(4)}
+    weights |= {"axes": np.array([0], np.int64), "g": np.array([groups], np.int64), "minus_one": np.array([-1])}
+    weights["B"] = random_array(rng, 4, 6)
+    return build(nodes, x_shape, weights, opset=13, y_shape=["N", 4])
+
+
+@pytest.mark.parametrize("x_shape", [["N", 6, "H", "W"], ["N", 6, 5, 7]])
+def test_a_channel_shuffle_of_dynamic_size(tmp_path, rng, x_shape):
+    model = _channel_shuffle_of_dynamic_size(3, x_shape, rng)
+    loaded = compare(tmp_path, model, random_array(rng, 2, 6, 5, 7))
+    assert [layer.kind for _, layer in loaded.network] == ["shuffle", "adaptiveavgpool", "flatten", "fc"]
+
+
+@pytest.mark.parametrize("opset", [7, 10, NEW])
+@pytest.mark.parametrize("rows", [False, True])
+def test_channel_slices(tmp_path, rng, opset, rows):
+    """``x[:, 1:4]``, ``x[:, ::2]``, ``x[:, -2:]`` of maps and rows: starts and ends attributes before opset 10,
+    inputs since (steps too). Each is an exact channel selection."""
+    shape = [2, 5] if rows else [2, 5, 3, 4]
+    cases = [(1, 4, 1), (0, 2**62, 2), (-2, 2**62, 1)] if opset >= 10 else [(1, 4, 1), (-2, 2**62, 1)]
+    nodes, weights, outputs = [], {}, []
+    for index, (start, end, step) in enumerate(cases):
+        if opset < 10:
+            nodes.append(helper.make_node("Slice", ["x"], [f"s{index}"], starts=[start], ends=[end], axes=[1]))
+        else:
+            names = [f"{key}{index}" for key in ("b", "e", "a", "t")]
+            weights |= dict(zip(names, (np.array([v], np.int64) for v in (start, end, 1, step))))
+            nodes.append(helper.make_node("Slice", ["x", *names], [f"s{index}"]))
+        outputs.append(f"s{index}")
+    nodes.append(node("Concat", outputs, axis=1))
+    x = random_array(rng, *shape)
+    loaded = compare(tmp_path, build(nodes, shape, weights, opset), x, rtol=0, atol=0)
+    assert {layer.kind for _, layer in loaded.network} == {"fc" if rows else "conv", "concat"}
+
+
+@pytest.mark.parametrize("opset,sizes", [(11, [2, 4]), (13, [3, 3]), (18, None)])
+def test_channel_splits(tmp_path, rng, opset, sizes):
+    """``x.split([2, 4], 1)`` and ``x.chunk(2, 1)``: the sizes an attribute, an input, or ``num_outputs``; the
+    outputs in swapped order, and an output the graph does not use computes nothing."""
+    attributes = {"axis": 1}
+    weights = {}
+    inputs = ["x"]
+    if opset < 13:
+        attributes["split"] = sizes
+    elif sizes is not None:
+        weights["sizes"] = np.array(sizes, np.int64)
+        inputs.append("sizes")
+    else:
+        attributes["num_outputs"] = 3
+    outputs = ["a", "b"] if opset < 18 else ["a", "b", "unused"]
+    nodes = [
+        helper.make_node("Split", inputs, outputs, **attributes),
+        helper.make_node("Relu", ["a"], ["r"]),
+        node("Concat", ["b", "r"], axis=1),
+    ]
+    x = random_array(rng, 2, 6, 3, 4)
+    loaded = compare(tmp_path, build(nodes, [2, 6, 3, 4], weights, opset), x)
+    assert [layer.kind for _, layer in loaded.network].count("conv") == 2
+
+
+def test_slices_of_other_axes_are_refused(tmp_path):
+    weights = {"b": np.array([1], np.int64), "e": np.array([3], np.int64), "a": np.array([2], np.int64)}
+    onnx.save(build([node("Slice", ["x", "b", "e", "a"])], [1, 3, 4, 4], weights), tmp_path / "s.onnx")
+    with pytest.raises(UnsupportedModelError, match=r"Slice \(node y: a slice of axis 2 \(dcnn slices channels"):
+        load_onnx(tmp_path / "s.onnx")
+
+
+def test_splits_of_other_axes_are_refused(tmp_path):
+    onnx.save(
+        build([helper.make_node("Split", ["x"], ["y", "z"], axis=2)], [1, 3, 4, 4], opset=13), tmp_path / "s.onnx"
+    )
+    with pytest.raises(UnsupportedModelError, match=r"Split \(node y: a split of axis 2 \(dcnn splits channels"):
+        load_onnx(tmp_path / "s.onnx")

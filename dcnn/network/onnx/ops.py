@@ -49,7 +49,7 @@ from dcnn.network.layers import (
     Softmax,
     Tanh,
 )
-from dcnn.network.onnx.constants import BATCH_SIZE, DYNAMIC_EXTENT
+from dcnn.network.onnx.constants import BATCH_SIZE, DYNAMIC_EXTENTS, DYNAMIC_HEIGHT, DYNAMIC_WIDTH
 from dcnn.network.onnx.errors import Unsupported
 
 __all__ = ["CONVERTERS", "REFUSED_OPS", "Conversion", "NodeContext", "Step", "supported_ops"]
@@ -104,6 +104,9 @@ class NodeContext:
     needed : collection of str
         The tensors the graph's output depends on (an output outside it, such as an unused dropout mask, is
         never computed).
+    output_shape : tuple or None
+        Set by a converter that passes its input through as another view (``Reshape``, ``Identity``): the ONNX
+        shape of its output, ``None`` per dynamic dimension.
     """
 
     node: onnx.NodeProto
@@ -112,6 +115,9 @@ class NodeContext:
     constants: Mapping[str, np.ndarray]
     shapes: Mapping[str, OnnxShape]
     needed: Collection[str] = ()
+    #: The ONNX shape of the node's first output as the converter resolved it (a reshape's target, a channel
+    #: shuffle's permuted view), for the reader to record where shape inference left it unknown.
+    output_shape: OnnxShape | None = None
 
     def __post_init__(self) -> None:
         self.attributes = {a.name: onnx.helper.get_attribute_value(a) for a in self.node.attribute}
@@ -387,9 +393,8 @@ def convert_reshape(ctx: NodeContext) -> Conversion:
     shape = ctx.shape(0)
     target = [int(v) for v in ctx.constant(1, "the target shape").reshape(-1)]
     allow_zero = bool(ctx.attribute("allowzero", 0))
-    if DYNAMIC_EXTENT in target:
-        raise Unsupported("a dynamic height or width in the target shape (dcnn reshapes to (N, C*H*W) or views "
-                          "channel groups of a map of fixed size)")
+    if any(v in DYNAMIC_EXTENTS for v in target):
+        return _reshape_keeping_height_and_width(ctx, shape, target)
     if BATCH_SIZE in target and (target.index(BATCH_SIZE) != 0 or target.count(BATCH_SIZE) > 1):
         raise Unsupported(f"the batch size elsewhere than first in the target shape {target}")
     # The batch size first (x.view(x.size(0), -1), with or without allowzero) is the input's own batch.
@@ -400,12 +405,17 @@ def convert_reshape(ctx: NodeContext) -> Conversion:
     known = [d for d in resolved if d is not None and d != -1]
     if resolved.count(-1) == 1 and None not in shape:
         resolved[resolved.index(-1)] = int(np.prod(shape)) // max(1, int(np.prod(known)))
+    elif resolved.count(-1) == 1 and resolved[0] == shape[0] and -1 in resolved[1:] and None not in shape[1:]:
+        # The batch kept (0, or the batch size from a Shape), the rest of each image known.
+        rest = int(np.prod([d for d in resolved[1:] if d != -1]))
+        resolved[resolved.index(-1)] = int(np.prod(shape[1:])) // max(1, rest)
     elif resolved.count(-1) == 1 and len(resolved) == 2 and resolved[0] != -1:
         # (N or 0, -1) on a tensor with a dynamic batch: everything but the batch in one row.
         resolved[1] = int(np.prod(shape[1:])) if None not in shape[1:] else None
     elif resolved.count(-1) == 1 and len(resolved) == 2 and resolved[1] is not None and resolved[1] != -1:
         resolved[0] = shape[0] if None not in shape[1:] and resolved[1] == int(np.prod(shape[1:])) else -1
     if _splits_or_merges_channels(shape, tuple(resolved)):
+        ctx.output_shape = tuple(resolved)
         return ctx.activation(0)
     fixed_rows = len(resolved) == 2 and resolved[0] not in (None, -1)
     if shape[0] is None and fixed_rows and None not in shape[1:] and resolved[1] == int(np.prod(shape[1:])):
@@ -413,12 +423,42 @@ def convert_reshape(ctx: NodeContext) -> Conversion:
             f"the target shape {target} fixes the batch at {resolved[0]} in a model of dynamic batch (a traced "
             "len(x) or x.shape[0] became a constant; export with torch.flatten(x, 1) or x.view(x.size(0), -1))"
         )
-    return _flattened(ctx, tuple(resolved))
+    conversion = _flattened(ctx, tuple(resolved))
+    ctx.output_shape = tuple(resolved)
+    return conversion
 
 
-def _splits_or_merges_channels(shape: tuple[int | None, ...], target: tuple[int | None, ...]) -> bool:
+def _reshape_keeping_height_and_width(ctx: NodeContext, shape: OnnxShape, target: list[int]) -> Conversion:
+    """A reshape whose target ends in its input's own dynamic height and width (ShuffleNet's
+    ``x.view(n, g, c // g, h, w)`` and ``x.view(n, -1, h, w)`` with ``n, c, h, w = x.size()``): a view of the
+    channel groups or its merge, the last two axes kept; any other use of a dynamic height or width is refused."""
+    refused = Unsupported(
+        "a dynamic height or width in the target shape (dcnn reshapes to (N, C*H*W) or views the channel groups "
+        "of a map, keeping its height and width)"
+    )
+    if len(shape) < 4 or tuple(shape[-2:]) != (None, None) or tuple(target[-2:]) != (DYNAMIC_HEIGHT, DYNAMIC_WIDTH):
+        raise refused
+    middle = target[1:-2]
+    if any(v in DYNAMIC_EXTENTS or v == BATCH_SIZE for v in middle) or None in shape[1:-2]:
+        raise refused
+    volume = int(np.prod(shape[1:-2]))  # the values of each image at one pixel
+    if middle.count(-1) == 1:
+        middle[middle.index(-1)] = volume // max(1, int(np.prod([v for v in middle if v != -1])))
+    first = shape[0] if target[0] in (BATCH_SIZE, 0) else target[0]
+    resolved = (first, *middle, None, None)
+    same = len(resolved) == len(shape) and tuple(middle) == tuple(shape[1:-2])  # x.reshape(x.shape)
+    if not same and not _splits_or_merges_channels(shape, resolved, dynamic_size=True):
+        raise refused
+    ctx.output_shape = resolved
+    return ctx.activation(0)
+
+
+def _splits_or_merges_channels(
+    shape: tuple[int | None, ...], target: tuple[int | None, ...], dynamic_size: bool = False
+) -> bool:
     """Whether a reshape views the channels of ``(N, C, H, W)`` as ``(N, g, C/g, H, W)`` or merges them back:
-    the values keep their order, so dcnn keeps the 4-D tensor (a channel shuffle's first and last step)."""
+    the values keep their order, so dcnn keeps the 4-D tensor (a channel shuffle's first and last step).
+    ``dynamic_size``: the height and width are dynamic, and the target keeps the input's own."""
     if len(shape) == 4 and len(target) == 5:
         grouped, plain = target, shape
     elif len(shape) == 5 and len(target) == 4:
@@ -430,7 +470,7 @@ def _splits_or_merges_channels(shape: tuple[int | None, ...], target: tuple[int 
         known
         and grouped[1] * grouped[2] == plain[1]
         and tuple(grouped[3:]) == tuple(plain[2:])
-        and None not in plain[2:]
+        and (dynamic_size or None not in plain[2:])
     )
 
 
@@ -442,6 +482,7 @@ def convert_transpose(ctx: NodeContext) -> Conversion:
     if perm == list(range(len(shape))):
         return ctx.activation(0)
     if len(shape) == 5 and perm == [0, 2, 1, 3, 4] and shape[1] is not None:
+        ctx.output_shape = tuple(shape[p] for p in perm)
         return [Step(ChannelShuffle(int(shape[1])), (ctx.activation(0),))]
     raise Unsupported(f"perm {perm} of a {len(shape)}-D tensor (dcnn transposes only channel groups)")
 
@@ -499,6 +540,7 @@ def convert_unsqueeze(ctx: NodeContext) -> Conversion:
 
 def convert_identity(ctx: NodeContext) -> Conversion:
     """``Identity``: the input, passed through."""
+    ctx.output_shape = ctx.shapes.get(ctx.node.input[0])
     return ctx.activation(0)
 
 
@@ -507,6 +549,7 @@ def convert_dropout(ctx: NodeContext) -> Conversion:
     ctx.unused_outputs()
     if ctx.has_input(2) and bool(ctx.constant(2, "training_mode").reshape(-1)[0]):
         raise Unsupported("training_mode true")
+    ctx.output_shape = ctx.shapes.get(ctx.node.input[0])
     return ctx.activation(0)
 
 
@@ -639,6 +682,76 @@ def convert_pow(ctx: NodeContext) -> Conversion:
         output = None if index == power else f"{ctx.node.output[0]}_power{index}"
         steps.append(Step(Mul(), (product, x), output=output))
         product = output or ""
+    return steps
+
+
+def _channel_selection(source: str, rank: int, channels: int, picked: list[int], output: str | None) -> Step:
+    """A layer that copies the channels ``picked`` of a ``(N, channels, ...)`` tensor in that order: a 1 x 1
+    convolution (a fully connected layer for (N, F) rows) whose weights select them, one 1 per output. Each output
+    is ``1 * x + 0 * (the others)``, so the copy is exact for finite values."""
+    if not picked:
+        raise Unsupported("an empty slice")
+    weight = np.zeros((len(picked), channels), np.float32)
+    weight[np.arange(len(picked)), picked] = 1
+    if rank == 2:
+        return Step(Linear(channels, len(picked), bias=False), (source,), {"weight": weight}, output=output)
+    layer = Conv2d(channels, len(picked), (1, 1), bias=False)
+    return Step(layer, (source,), {"weight": weight.reshape(len(picked), channels, 1, 1)}, output=output)
+
+
+def convert_slice(ctx: NodeContext) -> Conversion:
+    """``Slice`` of the channels (``x[:, a:b]``, ``x[:, ::2]``) of a map or the features of rows: starts, ends,
+    axes and steps attributes before opset 10, constant inputs since; every other axis whole. A channel
+    selection (:func:`_channel_selection`)."""
+    shape = ctx.shape(0)
+    rank = ctx.rank(0, (2, 4))
+    if ctx.opset < 10:
+        starts, ends = _ints(ctx, "starts", []), _ints(ctx, "ends", [])
+        axes, steps = _ints(ctx, "axes", list(range(len(starts)))), [1] * len(starts)
+    else:
+        starts = [int(v) for v in ctx.constant(1, "starts").reshape(-1)]
+        ends = [int(v) for v in ctx.constant(2, "ends").reshape(-1)]
+        given = ctx.has_input(3)
+        axes = [int(v) for v in ctx.constant(3, "axes").reshape(-1)] if given else list(range(len(starts)))
+        steps = [int(v) for v in ctx.constant(4, "steps").reshape(-1)] if ctx.has_input(4) else [1] * len(starts)
+    picked = None
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis %= rank
+        size = shape[axis]
+        whole = step == 1 and start == 0 and ((size is not None and end >= size) or end >= 2**31 - 1)
+        if axis == 1 and size is not None:
+            picked = list(range(size))[slice(start, end, step)]
+        elif not whole:
+            raise Unsupported(f"a slice of axis {axis} (dcnn slices channels, axis 1)")
+    if picked is None:
+        return ctx.activation(0)
+    return [_channel_selection(ctx.activation(0), rank, int(shape[1]), picked, None)]
+
+
+def convert_split(ctx: NodeContext) -> Conversion:
+    """``Split`` of the channels of a map or the features of rows (``x.chunk(2, 1)``, ShuffleNetV2's split): the
+    sizes an attribute before opset 13, an input since, or ``num_outputs`` (opset 18) or equal parts. One channel
+    selection per output the graph uses (:func:`_channel_selection`)."""
+    shape = ctx.shape(0)
+    rank = ctx.rank(0, (2, 4))
+    axis = int(ctx.attribute("axis", 0)) % rank
+    if axis != 1 or shape[1] is None:
+        raise Unsupported(f"a split of axis {axis} (dcnn splits channels, axis 1)")
+    channels, parts = int(shape[1]), len(ctx.node.output)
+    if ctx.opset < 13 and "split" in ctx.attributes:
+        sizes = _ints(ctx, "split", [])
+    elif ctx.opset >= 13 and ctx.has_input(1):
+        sizes = [int(v) for v in ctx.constant(1, "split").reshape(-1)]
+    else:
+        size = -(-channels // parts)  # equal parts, the last one smaller (ONNX's num_outputs)
+        sizes = [min(size, channels - size * index) for index in range(parts)]
+    if len(sizes) != parts or sum(sizes) != channels or min(sizes) < 0:
+        raise Unsupported(f"split sizes {sizes} of {channels} channels into {parts} outputs")
+    source, steps, begin = ctx.activation(0), [], 0
+    for output, size in zip(ctx.node.output, sizes):
+        if output in ctx.needed:
+            steps.append(_channel_selection(source, rank, channels, list(range(begin, begin + size)), output))
+        begin += size
     return steps
 
 
@@ -779,7 +892,9 @@ CONVERTERS: dict[str, Callable[[NodeContext], Conversion]] = {
     "Relu": convert_relu,
     "Reshape": convert_reshape,
     "Sigmoid": _pointwise(Sigmoid()),
+    "Slice": convert_slice,
     "Softmax": convert_softmax,
+    "Split": convert_split,
     "Squeeze": convert_squeeze,
     "Sub": convert_sub,
     "Sum": convert_sum,
@@ -795,8 +910,6 @@ CONVERTERS: dict[str, Callable[[NodeContext], Conversion]] = {
 REFUSED_OPS: dict[str, str] = {
     "Resize": "upsampling (dcnn runs classifiers and detectors without upsampling layers)",
     "Upsample": "upsampling (dcnn runs classifiers and detectors without upsampling layers)",
-    "Slice": "a slice of a tensor (x[:, a:b], x.chunk, x.split: dcnn has no channel slice layer)",
-    "Split": "a split of a tensor (x.chunk, x.split: dcnn has no channel slice layer)",
     "Erf": "the error function of GELU (dcnn has no GELU layer; GELU's tanh approximation runs)",
     "Gelu": "dcnn has no GELU layer (GELU's tanh approximation, exported before opset 20, runs)",
     "LayerNormalization": "dcnn has no layer normalisation (ConvNeXt, transformers)",

@@ -357,9 +357,10 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
             refuse(REFUSED_OPS.get(op, ""))
             continue
         try:
-            conversion = converter(NodeContext(node, name, opset, constants, shapes, needed_tensors))
+            context = NodeContext(node, name, opset, constants, shapes, needed_tensors)
+            conversion = converter(context)
             conversions.append((node.output[0], conversion))
-            _propagate_shape(node.output[0], conversion, shapes)
+            _propagate_shape(node.output[0], conversion, context.output_shape, shapes)
         except (Unsupported, *INCONSISTENT_MODEL_ERRORS) as error:
             if any(n in unknown_sizes or (n in refused and not _fully_known(shapes.get(n))) for n in node.input):
                 # It reads what a refused node computes (sizes, or a tensor of unknown shape): that node is why.
@@ -409,32 +410,53 @@ def _fully_known(shape: tuple[int | None, ...] | None) -> bool:
     return bool(shape) and None not in shape[1:]  # type: ignore[index]
 
 
-def _propagate_shape(output: str, conversion, shapes: dict[str, tuple[int | None, ...]]) -> None:
-    """Record the shape of a converted node's output where ONNX's shape inference left it (or a size of each
-    image) unknown.
+def _propagate_shape(output: str, conversion, resolved, shapes: dict[str, tuple[int | None, ...]]) -> None:
+    """Record the shape of each tensor a converted node computes where ONNX's shape inference left it (or a size
+    of each image) unknown.
 
     Shape inference runs before the constants are folded, so it cannot follow a ``Reshape`` whose target is
     computed (``x.view(x.size(0), -1)``, ``x.reshape(x.shape[0], -1)``): the node after it would find its input's
-    shape unknown. The dcnn layers the node became give it (:meth:`Layer.output_shape` of each image, the batch
-    of the first input); a shape that stays unknown (a dynamic height or width) is left out.
+    shape unknown. The shape the converter resolved (``resolved``: a reshape's target, a passed-through view's)
+    or the dcnn layers the node became (:meth:`Layer.output_shape` of each image, the batch of the first input)
+    give it; a shape that stays unknown (a dynamic height or width) is left out.
     """
-    if _fully_known(shapes.get(output)):
-        return
+    if resolved is not None:
+        known = shapes.get(output)
+        if known is None or sum(d is None for d in known) > sum(d is None for d in resolved):
+            shapes[output] = tuple(resolved)
     if isinstance(conversion, str):
-        if _fully_known(shapes.get(conversion)):
-            shapes[output] = shapes[conversion]
         return
     known = dict(shapes)
     for step in conversion:
         inputs = [known.get(source) for source in step.inputs]
-        if not all(_fully_known(shape) for shape in inputs):
+        if any(shape is None or not shape for shape in inputs):
             return
-        try:
-            per_image = step.layer.output_shape(*(tuple(shape[1:]) for shape in inputs))
-        except (ShapeError, *INCONSISTENT_MODEL_ERRORS):
+        per_image = _layer_output_shape(step.layer, [tuple(shape[1:]) for shape in inputs])
+        if per_image is None:
             return  # the network's own shape check reports it
-        known[step.output or output] = (inputs[0][0], *per_image)
-    shapes[output] = known[output]
+        produced = step.output or output
+        known[produced] = (inputs[0][0], *per_image)
+        if sum(d is None for d in shapes.get(produced) or (None,) * 99) > sum(d is None for d in known[produced]):
+            shapes[produced] = known[produced]
+
+
+#: The heights and widths :func:`_layer_output_shape` tries for a dynamic one: a size the layer's output keeps
+#: across both is fixed (a global pool's 1), one that differs is dynamic.
+PROBE_SIZES = (224, 320)
+
+
+def _layer_output_shape(layer, shapes: list[tuple[int | None, ...]]) -> tuple[int | None, ...] | None:
+    """A layer's per-image output shape for per-image input shapes with ``None`` for a dynamic size: the
+    dimensions that do not depend on it, ``None`` for those that do; ``None`` if the layer refuses the shapes."""
+    outputs = []
+    for probe in PROBE_SIZES:
+        try:
+            outputs.append(layer.output_shape(*(tuple(probe if d is None else d for d in s) for s in shapes)))
+        except (ShapeError, *INCONSISTENT_MODEL_ERRORS):
+            return None
+        if not any(None in shape for shape in shapes):
+            return outputs[0]
+    return tuple(a if a == b else None for a, b in zip(*outputs))
 
 
 def _build(
