@@ -64,9 +64,9 @@ class ResidualCNN(nn.Module):
 
 class HandWritten(nn.Module):
     """Model code as users write it: normalisation inside the model, a hand-written hard swish, swish as
-    ``x * sigmoid(x)``, SiLU, GELU's tanh approximation, a difference of two maps, the sizes of a map of dynamic
-    height and width, ``x.mean([2, 3], keepdim=True)``, ``F.adaptive_avg_pool2d(x, 1)``, ``torch.cat`` and a
-    view to ``(n, 2 * c)``, a softmax."""
+    ``x * sigmoid(x)``, SiLU, GELU's tanh approximation, a difference of two maps, ``x.chunk`` and ShuffleNet's
+    channel shuffle on ``x.size()``, ``x.mean([2, 3], keepdim=True)``, ``F.adaptive_avg_pool2d(x, 1)``,
+    ``torch.cat`` and a view to ``(n, 2 * c)``, a softmax."""
 
     def __init__(self):
         super().__init__()
@@ -81,7 +81,10 @@ class HandWritten(nn.Module):
         x = x * functional.relu6(x + 3) / 6
         y = x * torch.sigmoid(x) + functional.gelu(x, approximate="tanh")
         z = functional.hardswish(x) - functional.silu(x)
-        n, c = x.shape[:2]
+        left, right = z.chunk(2, dim=1)
+        z = torch.cat([right, functional.relu(left)], 1)
+        n, c, h, w = z.size()
+        z = z.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
         pooled = torch.cat([y.mean([2, 3], keepdim=True), functional.adaptive_avg_pool2d(z, 1)], 1)
         return functional.softmax(self.fc(pooled.view(n, 2 * c)), dim=1)
 
