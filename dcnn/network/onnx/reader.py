@@ -410,6 +410,11 @@ def _fully_known(shape: tuple[int | None, ...] | None) -> bool:
     return bool(shape) and None not in shape[1:]  # type: ignore[index]
 
 
+def _knows_more(shape: tuple[int | None, ...], than: tuple[int | None, ...] | None) -> bool:
+    """Whether ``shape`` knows more dimensions than ``than`` (``None``: an unknown shape)."""
+    return than is None or sum(d is None for d in than) > sum(d is None for d in shape)
+
+
 def _propagate_shape(output: str, conversion, resolved, shapes: dict[str, tuple[int | None, ...]]) -> None:
     """Record the shape of each tensor a converted node computes where ONNX's shape inference left it (or a size
     of each image) unknown.
@@ -420,10 +425,8 @@ def _propagate_shape(output: str, conversion, resolved, shapes: dict[str, tuple[
     or the dcnn layers the node became (:meth:`Layer.output_shape` of each image, the batch of the first input)
     give it; a shape that stays unknown (a dynamic height or width) is left out.
     """
-    if resolved is not None:
-        known = shapes.get(output)
-        if known is None or sum(d is None for d in known) > sum(d is None for d in resolved):
-            shapes[output] = tuple(resolved)
+    if resolved is not None and _knows_more(tuple(resolved), shapes.get(output)):
+        shapes[output] = tuple(resolved)
     if isinstance(conversion, str):
         return
     known = dict(shapes)
@@ -436,7 +439,7 @@ def _propagate_shape(output: str, conversion, resolved, shapes: dict[str, tuple[
             return  # the network's own shape check reports it
         produced = step.output or output
         known[produced] = (inputs[0][0], *per_image)
-        if sum(d is None for d in shapes.get(produced) or (None,) * 99) > sum(d is None for d in known[produced]):
+        if _knows_more(known[produced], shapes.get(produced)):
             shapes[produced] = known[produced]
 
 
