@@ -554,10 +554,11 @@ def test_swish_is_silu(tmp_path, rng):
         ("Resize", ["x", "", "scales"], "upsampling"),
         ("Erf", ["x"], "the error function of GELU"),
         ("LogSoftmax", ["x"], "dcnn has no log-softmax"),
+        ("ConvTranspose", ["x", "kernel"], "a transposed convolution"),
     ],
 )
 def test_known_operators_are_refused_with_the_reason(tmp_path, op, inputs, reason):
-    weights = {"scales": np.array([1, 1, 2, 2], np.float32)}
+    weights = {"scales": np.array([1, 1, 2, 2], np.float32), "kernel": np.ones((4, 2, 2, 2), np.float32)}
     nodes = [helper.make_node(op, inputs, ["y"])]
     onnx.save(build(nodes, [1, 4, 2, 2], weights, opset=13), tmp_path / "k.onnx")
     with pytest.raises(UnsupportedModelError, match=rf"{op} \(node y: {reason}"):
@@ -701,3 +702,21 @@ def test_splits_of_other_axes_are_refused(tmp_path):
     )
     with pytest.raises(UnsupportedModelError, match=r"Split \(node y: a split of axis 2 \(dcnn splits channels"):
         load_onnx(tmp_path / "s.onnx")
+
+
+@pytest.mark.parametrize("opset", [7, NEW])
+def test_batch_normalization_of_rows(tmp_path, rng, opset):
+    """``nn.BatchNorm1d`` after a fully connected layer: a per-feature affine layer."""
+    weights = {
+        "B": random_array(rng, 4, 6),
+        "s": random_array(rng, 6),
+        "b": random_array(rng, 6),
+        "m": random_array(rng, 6),
+        "v": rng.random(6).astype(np.float32) + 0.5,
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "B"], ["fc"]),
+        node("BatchNormalization", ["fc", "s", "b", "m", "v"], epsilon=1e-3, **({"spatial": 1} if opset < 9 else {})),
+    ]
+    loaded = compare(tmp_path, build(nodes, [3, 4], weights, opset), random_array(rng, 3, 4))
+    assert [layer.kind for _, layer in loaded.network] == ["fc", "affine"]

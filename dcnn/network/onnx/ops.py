@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from dcnn.kernels.elementwise import batch_norm_scale_shift
 from dcnn.network.layers import (
     ELU,
     AdaptiveAvgPool2d,
@@ -848,8 +849,9 @@ def convert_pad(ctx: NodeContext) -> Conversion:
 
 def convert_batch_norm(ctx: NodeContext) -> Conversion:
     """``BatchNormalization`` at inference (running statistics; ``spatial=1`` before opset 9; no training
-    mode or outputs)."""
-    ctx.rank(0)
+    mode or outputs) of maps, or of (N, F) rows (``nn.BatchNorm1d`` in a classifier head: a per-feature affine
+    layer of the folded scale and shift)."""
+    rank = ctx.rank(0, (2, 4))
     ctx.unused_outputs()
     if not ctx.attribute("spatial", 1) or ctx.attribute("training_mode", 0):
         raise Unsupported("training mode or per-position statistics (spatial=0)")
@@ -858,6 +860,9 @@ def convert_batch_norm(ctx: NodeContext) -> Conversion:
     channels = tensors["weight"].size
     if any(value.size != channels for value in tensors.values()):
         raise Unsupported("statistics of different lengths")
+    if rank == 2:
+        scale, shift = batch_norm_scale_shift(*tensors.values(), float(ctx.attribute("epsilon", 1e-5)))
+        return [Step(Affine(channels), (ctx.activation(0),), {"weight": scale, "bias": shift})]
     return [Step(BatchNorm2d(channels, eps=float(ctx.attribute("epsilon", 1e-5))), (ctx.activation(0),), tensors)]
 
 
@@ -909,6 +914,7 @@ CONVERTERS: dict[str, Callable[[NodeContext], Conversion]] = {
 #: without a reason): the message says what the node is and what dcnn runs instead.
 REFUSED_OPS: dict[str, str] = {
     "Resize": "upsampling (dcnn runs classifiers and detectors without upsampling layers)",
+    "ConvTranspose": "a transposed convolution (upsampling: dcnn runs classifiers and detectors without it)",
     "Upsample": "upsampling (dcnn runs classifiers and detectors without upsampling layers)",
     "Erf": "the error function of GELU (dcnn has no GELU layer; GELU's tanh approximation runs)",
     "Gelu": "dcnn has no GELU layer (GELU's tanh approximation, exported before opset 20, runs)",
