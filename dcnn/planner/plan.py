@@ -385,7 +385,8 @@ def _weights(network: Network, input_shape: Shape, ranks: int) -> tuple[list[int
     and the layer with the most bytes on rank 0, with those bytes."""
     held = [0] * ranks
     top = (0, "")
-    for row in network.costs(input_shape):
+    declared = network.shapes()  # the kernels choose their method for the declared input's maps
+    for index, row in enumerate(network.costs(input_shape)):
         if isinstance(row.layer, Linear):
             shares = [row.param_bytes * (stop - start) // row.layer.out_features
                       for start, stop in fc_shards(row.layer.out_features, ranks)]
@@ -394,7 +395,8 @@ def _weights(network: Network, input_shape: Shape, ranks: int) -> tuple[list[int
             # transformed filters are four times the 3x3 ones).
             layer = row.layer
             shape = (layer.out_channels, layer.in_channels // layer.groups, *layer.kernel_size)
-            shares = [row.param_bytes + layout_bytes(shape, layer.stride, layer.dilation, layer.groups)] * ranks
+            shares = [row.param_bytes + layout_bytes(shape, layer.stride, layer.dilation, layer.groups,
+                                                     declared[index + 1][1:3])] * ranks
         else:
             shares = [row.param_bytes] * ranks
         held = [a + b for a, b in zip(held, shares, strict=True)]
