@@ -190,3 +190,16 @@ def test_a_fully_convolutional_network_runs_its_batch_whole():
     vgg = get_model("vgg11")
     network = Network("vgg11 head", vgg.layers[:5], (3, 16, 16))
     assert Forward(network, init_weights(network, seed=0)).head_stop is None
+
+
+def test_a_default_input_too_small_for_the_layers_does_not_stop_a_larger_run():
+    """Kernels choose their method at the declared input's maps; one that cannot run there is no error."""
+    from dcnn.network.graph import GraphBuilder
+
+    graph = GraphBuilder()
+    graph.add("c", Conv2d(3, 4, 9))
+    network = graph.build("n", (3, 8, 8))
+    weights = init_weights(network, 0)
+    x = np.ones((1, 3, 16, 16), np.float32)
+    expected = reference.conv2d(x, weights["c.weight"], weights["c.bias"], (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    np.testing.assert_allclose(Forward(network, weights)(x), expected, rtol=1e-5, atol=1e-5)

@@ -720,3 +720,60 @@ def test_batch_normalization_of_rows(tmp_path, rng, opset):
     ]
     loaded = compare(tmp_path, build(nodes, [3, 4], weights, opset), random_array(rng, 3, 4))
     assert [layer.kind for _, layer in loaded.network] == ["fc", "affine"]
+
+
+def _batch_size_nodes():
+    """``n = x.size(0)`` as a one-element tensor, the way the exporter computes it."""
+    return [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+    ]
+
+
+SIZES = {"zero": np.array(0, np.int64), "axes": np.array([0], np.int64)}
+
+
+def test_a_constant_of_the_batch_size_is_refused_before_it_is_made(tmp_path):
+    """``torch.zeros(x.size(0), 48)``: refused, not an array of the marker's size (hundreds of GiB)."""
+    nodes = [
+        *_batch_size_nodes(),
+        helper.make_node("Concat", ["n1", "width"], ["dims"], axis=0),
+        helper.make_node("ConstantOfShape", ["dims"], ["zeros"], name="zeros"),
+        helper.make_node("Flatten", ["x"], ["flat"]),
+        node("Add", ["flat", "zeros"]),
+    ]
+    onnx.save(build(nodes, ["N", 3, 4, 4], {**SIZES, "width": np.array([48], np.int64)}), tmp_path / "z.onnx")
+    with pytest.raises(UnsupportedModelError, match=r"ConstantOfShape \(node zeros: arithmetic on the batch size"):
+        load_onnx(tmp_path / "z.onnx")
+
+
+def test_a_slice_by_the_batch_size_is_refused(tmp_path):
+    """``x[:, :x.size(0)]``: the sizes are reshape targets only, never a computed tensor's operand."""
+    nodes = [*_batch_size_nodes(), node("Slice", ["x", "start", "n1", "channel"])]
+    weights = {**SIZES, "start": np.array([0], np.int64), "channel": np.array([1], np.int64)}
+    onnx.save(build(nodes, ["N", 3, 4, 4], weights), tmp_path / "s.onnx")
+    with pytest.raises(UnsupportedModelError, match=r"Slice \(node y: the batch size as an operand"):
+        load_onnx(tmp_path / "s.onnx")
+
+
+def test_a_reshape_by_another_maps_height_and_width_is_refused(tmp_path, rng):
+    """``c.view(n, -1, h, w)`` with ``h, w`` of the input and ``c`` a strided convolution of it: its own height
+    and width differ, so keeping "the map's own" would be wrong."""
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], strides=[2, 2]),
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "picked"], ["dims"], axis=0),
+        helper.make_node("Concat", ["dims", "rest"], ["nhw"], axis=0),
+        helper.make_node("Gather", ["nhw", "order"], ["target"], axis=0),
+        helper.make_node("Reshape", ["c", "target"], ["y"], name="view"),
+    ]
+    weights = {
+        "W": random_array(rng, 12, 3, 2, 2),
+        "picked": np.array([0, 2, 3], np.int64),
+        "rest": np.array([-1], np.int64),
+        "order": np.array([0, 3, 1, 2], np.int64),
+    }
+    onnx.save(build(nodes, ["N", 3, "H", "W"], weights), tmp_path / "v.onnx")
+    with pytest.raises(UnsupportedModelError, match=r"Reshape \(node view: a target shape with another tensor's"):
+        load_onnx(tmp_path / "v.onnx")

@@ -235,6 +235,16 @@ def test_a_file_of_another_format_is_not_an_onnx_model(tmp_path, content):
         load_onnx(path)
 
 
+def test_a_model_of_a_newer_ir_version_is_named_as_such(tmp_path, rng):
+    """The checker's complaint about a newer IR version is its own message, not "not an ONNX model"."""
+    path, _ = conv_relu(tmp_path, rng)
+    model = onnx.load(path)
+    model.ir_version = 99
+    onnx.save(model, path)
+    with pytest.raises(InputError, match=r"invalid ONNX model \(Your model ir_version 99 is higher"):
+        load_onnx(path)
+
+
 def test_the_message_groups_the_nodes_of_one_reason_and_counts_the_rest(tmp_path):
     nodes = [helper.make_node("Floor", ["x" if i == 0 else f"f{i - 1}"], [f"f{i}"], name=f"floor{i}") for i in range(6)]
     nodes.append(helper.make_node("Relu", ["f5"], ["y"]))

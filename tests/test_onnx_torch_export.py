@@ -98,28 +98,12 @@ def test_a_view_on_the_dynamic_batch_and_a_spatial_mean(tmp_path):
 
 def export_and_compare(module, path, x, dynamo, opset):
     axes = {"x": {0: "N", 2: "H", 3: "W"}}
-    if dynamo:
-        shapes = {"x": {axis: torch.export.Dim.AUTO for axis in axes["x"]}}
-        torch.onnx.export(
-            module,
-            (torch.from_numpy(x),),
-            str(path),
-            input_names=["x"],
-            opset_version=opset,
-            dynamo=True,
-            dynamic_shapes=shapes,
-            verbose=False,
-        )
-    else:
-        torch.onnx.export(
-            module,
-            (torch.from_numpy(x),),
-            str(path),
-            input_names=["x"],
-            opset_version=opset,
-            dynamic_axes=axes,
-            dynamo=False,
-        )
+    dynamic = (
+        {"dynamo": True, "dynamic_shapes": {"x": {axis: torch.export.Dim.AUTO for axis in axes["x"]}}, "verbose": False}
+        if dynamo
+        else {"dynamo": False, "dynamic_axes": axes}
+    )
+    torch.onnx.export(module, (torch.from_numpy(x),), str(path), input_names=["x"], opset_version=opset, **dynamic)
     model = load_onnx(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for shape in [x.shape, (3, 3, 11, 7)]:

@@ -352,7 +352,7 @@ class Forward:
         layers = list(network.layers)[:stop]
         absorbed: set[int] = set()
         fusion = fusion_plan(network, len(layers), start) if fuse else {}
-        declared = network.shapes()
+        declared = network.declared_map_sizes()
         for index, (name, layer) in enumerate(layers):
             if index < start:
                 self.ops.append(None)
@@ -376,7 +376,7 @@ class Forward:
                     fused_relu = relu_cap(layers[index + 1 + (norm is not None)][1])
             tensors = {key[len(name) + 1:]: value for key, value in weights.items() if key.startswith(name + ".")}
             self.ops.append(compile_layer(name, layer, tensors, folded, self.workspace, fused_relu,
-                                          tuple(declared[index + 1][1:3]) if len(declared[index + 1]) == 3 else None))
+                                          declared[index]))
         self.boundaries = frozenset(range(start, len(layers) + 1)) - absorbed
         self.head_stop = self._flat_tail_start() if start == 0 else None
 

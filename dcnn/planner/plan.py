@@ -385,7 +385,7 @@ def _weights(network: Network, input_shape: Shape, ranks: int) -> tuple[list[int
     and the layer with the most bytes on rank 0, with those bytes."""
     held = [0] * ranks
     top = (0, "")
-    declared = network.shapes()  # the kernels choose their method for the declared input's maps
+    declared = network.declared_map_sizes()  # the kernels choose their method for these maps
     for index, row in enumerate(network.costs(input_shape)):
         if isinstance(row.layer, Linear):
             shares = [row.param_bytes * (stop - start) // row.layer.out_features
@@ -396,7 +396,7 @@ def _weights(network: Network, input_shape: Shape, ranks: int) -> tuple[list[int
             layer = row.layer
             shape = (layer.out_channels, layer.in_channels // layer.groups, *layer.kernel_size)
             shares = [row.param_bytes + layout_bytes(shape, layer.stride, layer.dilation, layer.groups,
-                                                     declared[index + 1][1:3])] * ranks
+                                                     declared[index])] * ranks
         else:
             shares = [row.param_bytes] * ranks
         held = [a + b for a, b in zip(held, shares, strict=True)]

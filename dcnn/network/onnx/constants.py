@@ -26,6 +26,7 @@ __all__ = [
     "constant_node_value",
     "dynamic_size_use",
     "fold_node",
+    "holds_map_sizes",
     "shape_node_value",
     "tensor_value",
 ]
@@ -92,6 +93,11 @@ def dynamic_size_use(value: np.ndarray) -> str | None:
     if np.any(np.isin(value, DYNAMIC_EXTENTS)):
         return "a dynamic height or width"
     return None
+
+
+def holds_map_sizes(value: np.ndarray) -> bool:
+    """Whether a folded tensor holds a marker of a dynamic height, width or other extent (the batch's aside)."""
+    return value.dtype.kind in "iuf" and bool(np.isin(value, DYNAMIC_EXTENTS).any())
 
 
 def tensor_value(tensor: onnx.TensorProto) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from dcnn.errors import DAMAGED_FILE_ERRORS, InputError, ShapeError
 from dcnn.network.graph import IMAGENET, INPUT, GraphBuilder, Network, Preprocessing, format_shape
-from dcnn.network.layers import Dropout
+from dcnn.network.layers import ChannelShuffle, Dropout
 from dcnn.network.onnx.errors import Unsupported, UnsupportedModelError
 from dcnn.network.weights import require_finite, validate_weights
 
@@ -111,7 +112,7 @@ def _read(path: Path):
     try:
         onnx.checker.check_model(str(path))
     except (DecodeError, onnx.checker.ValidationError, *DAMAGED_FILE_ERRORS) as error:
-        if "ir_version" in str(error):
+        if "does not have an ir_version set properly" in str(error):
             # What the checker says of an empty file, a text file or another format (protobuf parses most bytes).
             raise InputError(f"{path}: not an ONNX model (no ONNX IR version: empty, or another format)") from None
         if "Unable to parse" in str(error):
@@ -126,13 +127,43 @@ def _read(path: Path):
     if not model.graph.node and not model.graph.output:
         raise InputError(f"{path}: not an ONNX model (no graph)")
     try:
-        return model, _inferred_shapes(onnx, model)
+        shapes = _inferred_shapes(onnx, model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, *DAMAGED_FILE_ERRORS) as error:
         raise InputError(f"{path}: invalid ONNX model ({_first_line(error)})") from None
+    return model, shapes, _probed_shapes(onnx, model, shapes)
 
 
-def _inferred_shapes(onnx, model) -> dict[str, tuple[int | None, ...]]:
-    """Every tensor's shape that ONNX's shape inference finds, by name (``None`` per dynamic dimension)."""
+#: The (height, width) a model of dynamic size is given by :func:`_probed_shapes`: two sizes, height and width
+#: unlike, so that two maps of equal sizes at both have the same size function of the input's.
+MAP_PROBES = ((256, 320), (288, 224))
+
+
+def _probed_shapes(onnx, model, shapes) -> list[dict[str, tuple[int | None, ...]]]:
+    """The tensors' shapes with the input's dynamic height and width fixed at each of :data:`MAP_PROBES`
+    (empty unless the model reads the shape of a tensor: what tells whether a reshape target's dynamic height
+    and width, taken from one tensor, are another's too)."""
+    if not any(node.op_type == "Shape" for node in model.graph.node):
+        return []
+    initialized = {tensor.name for tensor in model.graph.initializer}
+    probes = []
+    for height, width in MAP_PROBES:
+        inputs = []
+        for value in model.graph.input:
+            shape = shapes.get(value.name)
+            if value.name not in initialized and shape is not None and len(shape) == 4:
+                fixed = [1 if shape[0] is None else shape[0], shape[1], shape[2] or height, shape[3] or width]
+                value = onnx.helper.make_tensor_value_info(value.name, value.type.tensor_type.elem_type, fixed)
+            inputs.append(value)
+        try:
+            probes.append(_inferred_shapes(onnx, model, inputs))
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, *DAMAGED_FILE_ERRORS):
+            return []  # the model cannot take that size: no two maps are known to be of one size
+    return probes
+
+
+def _inferred_shapes(onnx, model, inputs=None) -> dict[str, tuple[int | None, ...]]:
+    """Every tensor's shape that ONNX's shape inference finds, by name (``None`` per dynamic dimension);
+    ``inputs``: value infos that replace the graph's inputs."""
     graph, helper = model.graph, onnx.helper
     small = [tensor for tensor in graph.initializer if tensor.ByteSize() <= SHAPE_INFERENCE_MAX_BYTES]
     declared = {value.name for value in graph.input}
@@ -143,7 +174,12 @@ def _inferred_shapes(onnx, model) -> dict[str, tuple[int | None, ...]]:
     ]
     skeleton = helper.make_model(
         helper.make_graph(
-            graph.node, graph.name, [*graph.input, *typed], graph.output, small, value_info=graph.value_info
+            graph.node,
+            graph.name,
+            [*(graph.input if inputs is None else inputs), *typed],
+            graph.output,
+            small,
+            value_info=graph.value_info,
         ),
         ir_version=model.ir_version,
         opset_imports=model.opset_import,
@@ -287,13 +323,14 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
         constant_node_value,
         dynamic_size_use,
         fold_node,
+        holds_map_sizes,
         shape_node_value,
         tensor_value,
     )
     from dcnn.network.onnx.ops import CONVERTERS, REFUSED_OPS, NodeContext, Step
 
     path = Path(path)
-    model, shapes = _read(path)
+    model, shapes, probes = _read(path)
     graph = model.graph
     opset = _default_opset(model, path)
     opsets = {entry.domain or "": entry.version for entry in model.opset_import}
@@ -312,6 +349,10 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
     conversions: list[tuple[str, str | list[Step]]] = []
     needed_nodes, needed_tensors = _needed(graph, output_name)
     unknown_sizes: set[str] = set()  # values computed from a Shape that could not be folded
+    # The maps whose dynamic height and width a folded value holds (by their view roots), and the tensors that
+    # are views of another with its height and width (a passed-through reshape, a channel shuffle).
+    size_sources: dict[str, frozenset[str]] = {}
+    views: dict[str, str] = {}
     refused: set[str] = set()  # outputs of the nodes reported unsupported
     for node, needed in zip(graph.node, needed_nodes):
         if not needed:
@@ -319,6 +360,12 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
         name = node.name or node.output[0]
         op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
         refuse = functools.partial(_refuse, unsupported, refused, node, op, name)
+        sizes = {dynamic_size_use(constants[n]) for n in node.input if n in constants} - {None}
+        if node.op_type not in BATCH_SIZE_OPS and sizes:
+            # Before anything evaluates the node: a ConstantOfShape of a marker would allocate billions of values.
+            refuse("; ".join(SIZE_ARITHMETIC[size] for size in sorted(sizes)))
+            unknown_sizes.update(node.output)
+            continue
         try:
             value = constant_node_value(node, constants)
         except INCONSISTENT_MODEL_ERRORS as error:
@@ -338,11 +385,8 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
             continue
         if value is not None:
             constants[node.output[0]] = value
-            continue
-        sizes = {dynamic_size_use(constants[n]) for n in node.input if n in constants} - {None}
-        if node.op_type not in BATCH_SIZE_OPS and sizes:
-            refuse("; ".join(SIZE_ARITHMETIC[size] for size in sorted(sizes)))
-            unknown_sizes.update(node.output)
+            if node.op_type == "Shape" and holds_map_sizes(value):
+                size_sources[node.output[0]] = frozenset({_view_root(views, node.input[0])})
             continue
         try:
             folded = fold_node(node, constants, opsets)
@@ -351,6 +395,19 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
             continue
         if folded is not None:
             constants.update(zip(node.output, folded))
+            sources = frozenset().union(*(size_sources.get(n, frozenset()) for n in node.input))
+            size_sources.update(
+                (output, sources) for output, value in zip(node.output, folded) if sources and holds_map_sizes(value)
+            )
+            continue
+        if sizes and node.op_type != "Reshape":
+            # A selection of a map by its sizes (x[:, :x.size(0)]): only a reshape's target may hold them.
+            refuse(f"{sorted(sizes)[0]} as an operand of a computed tensor (dcnn reshapes by it only)")
+            continue
+        if node.op_type == "Reshape" and len(node.input) > 1 and not _same_map_size(
+            probes, _view_root(views, node.input[0]), size_sources.get(node.input[1], frozenset())
+        ):
+            refuse("a target shape with another tensor's dynamic height and width (dcnn keeps a map's own)")
             continue
         converter = CONVERTERS.get(op)
         if converter is None:
@@ -360,6 +417,10 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
             context = NodeContext(node, name, opset, constants, shapes, needed_tensors)
             conversion = converter(context)
             conversions.append((node.output[0], conversion))
+            if isinstance(conversion, str):
+                views[node.output[0]] = conversion
+            elif len(conversion) == 1 and isinstance(conversion[0].layer, ChannelShuffle):
+                views[node.output[0]] = conversion[0].inputs[0]
             _propagate_shape(node.output[0], conversion, context.output_shape, shapes)
         except (Unsupported, *INCONSISTENT_MODEL_ERRORS) as error:
             if any(n in unknown_sizes or (n in refused and not _fully_known(shapes.get(n))) for n in node.input):
@@ -395,6 +456,23 @@ def _refuse(unsupported: dict[str, list[tuple[str, str]]], refused: set[str], no
     """Report a node as unsupported (``op``: its operator type, ``name``: its name) and mark its outputs."""
     unsupported.setdefault(op, []).append((name, reason))
     refused.update(node.output)
+
+
+def _same_map_size(probes, tensor: str, sources: frozenset[str]) -> bool:
+    """Whether each of ``sources`` has the height and width of ``tensor`` at every input size (it is
+    ``tensor``, or both have the same known sizes at each of the probed input sizes, :func:`_probed_shapes`)."""
+    for source in sources - {tensor}:
+        sizes = [(probe.get(tensor, ())[-2:], probe.get(source, ())[-2:]) for probe in probes]
+        if not sizes or any(len(a) != 2 or a != b or None in a for a, b in sizes):
+            return False
+    return True
+
+
+def _view_root(views: Mapping[str, str], tensor: str) -> str:
+    """The tensor whose height and width ``tensor`` has by being a view of it (itself if it is no view)."""
+    while tensor in views:
+        tensor = views[tensor]
+    return tensor
 
 
 def _computes_sizes(node, constants, unknown_sizes: set[str]) -> bool:
