@@ -87,6 +87,13 @@ from dcnn.network.window import Padding
 
 __all__ = ["Forward", "LayerOp", "apply_op", "compile_layer", "fusion_plan"]
 
+#: A block of images keeps the tensors alive at each of its layers within ``1 / BLOCK_CACHE_SHARE`` of the L3: the
+#: rest holds the layer's filters (Winograd's transformed 256 -> 256 filters are 9.4 MB), its band scratch and
+#: the other cores' data. Measured on VGG-16 at batch 4 (three interleaved runs, CPU time, 32 MiB L3): one image
+#: up to the 56x56 layers and the whole batch after them took 229-246 ms per image; one image throughout,
+#: 250-261; blocks of two or four images from the 112x112 or 56x56 layers on (a share of 1 or 2), 239-259.
+BLOCK_CACHE_SHARE = 4
+
 
 @dataclass
 class LayerOp:
@@ -429,19 +436,22 @@ class Forward:
         each run ``images`` images at a time, ``images`` never decreasing from one segment to the next.
 
         A node fits ``L3 / (4 live)`` images, ``live`` being the per-image values of the tensors alive while it
-        runs (:meth:`~dcnn.network.graph.Network.live_values`: a chain layer's input and output), at least one,
-        at most ``batch``. Segments start and end only at :attr:`cuts`; a segment runs the fewest images that any
-        of its nodes or any later node fits (so a residual block's narrow ReLU does not alternate with the wider
-        block around it), and neighbours that run as many images are one segment. Early layers on large maps thus
-        run image by image, as batch 1 would (VGG-16 at batch 4 otherwise read every early layer's input back
-        from memory: 15 % slower per image), and later, smaller layers on more images, whose longer GEMMs
-        (Winograd's tiles of several images in one band, :func:`dcnn.kernels.winograd.images_per_block`) are
-        where a batch gains. The flat tail (the fully connected layers, bound by reading their weights) runs on
-        the whole batch.
+        runs (:meth:`~dcnn.network.graph.Network.live_values`: a chain layer's input and output) and ``L3`` the
+        share :data:`BLOCK_CACHE_SHARE` of that cache, at least one, at most ``batch``. Segments start and end
+        only at :attr:`cuts`; a segment runs the fewest images that any of its nodes or any later node fits (so a
+        residual block's narrow ReLU does not alternate with the wider block around it), neighbours that run as
+        many images are one segment, and a segment that would start by shrinking the map (a pool) leaves that
+        node to the segment before it, so the batch is gathered from the smaller tensor.
+
+        Early layers on large maps thus run image by image, as batch 1 would (VGG-16 at batch 4 otherwise read
+        every early layer's input back from memory: 15 % slower per image), and later, smaller layers on more
+        images, whose longer GEMMs (Winograd's tiles of several images in one band,
+        :func:`dcnn.kernels.winograd.images_per_block`) are where a batch gains. The flat tail (the fully
+        connected layers, bound by reading their weights) runs on the whole batch.
         """
         stop = self.head_stop or 0
         live = self.network.live_values(input_shape)[:stop]
-        fits = [max(1, min(batch, cache_bytes(3) // (4 * values))) for values in live]
+        fits = [max(1, min(batch, cache_bytes(3) // (BLOCK_CACHE_SHARE * 4 * values))) for values in live]
         sizes = [math.prod(shape) for shape in self.network.shapes(input_shape)]
         bounds = [0, *sorted(cut for cut in self.cuts if 0 < cut < stop), stop]
         plan: list[tuple[int, int, int]] = []
@@ -452,8 +462,7 @@ class Forward:
                 end = plan.pop()[1]
             plan.append((first, end, images))
         plan.reverse()
-        # A segment that starts by shrinking the map (a pool, a strided layer) hands that part to the segment
-        # before it, which fits it too (fewer images): the batch is then gathered from the smaller tensor.
+        # The segment before a shrinking node fits it too (it runs fewer images).
         for index in range(1, len(plan)):
             (first, cut, images), (_, end, more) = plan[index - 1], plan[index]
             while cut < end and sizes[later := min(c for c in bounds if c > cut)] < sizes[cut]:
