@@ -183,8 +183,19 @@ def _phase_split_into(target: np.ndarray, x: np.ndarray, padding: Padding, strid
     """Copy ``x`` (B, C, H, W), zero-padded, into its phase planes ``target`` (sh, sw, C, B, Hq, Wq).
 
     Plane ``(p, q)`` row ``r`` column ``c`` holds padded pixel ``(p + r sh, q + c sw)``; only the border that
-    falls in the padding (or past the padded map) is zeroed, the rest is overwritten.
+    falls in the padding (or past the padded map) is zeroed, the rest is overwritten. Parallel over the images
+    (over the channels for one image): a copy of the whole input that one thread would otherwise make alone.
     """
+    if len(x) > 1:
+        parallel_for(lambda b: _phase_split_part(target[:, :, :, b[0]:b[-1] + 1], x[b[0]:b[-1] + 1], padding,
+                                                 stride), range(len(x)))
+    else:
+        parallel_for(lambda c: _phase_split_part(target[:, :, c[0]:c[-1] + 1], x[:, c[0]:c[-1] + 1], padding,
+                                                 stride), range(x.shape[1]))
+
+
+def _phase_split_part(target: np.ndarray, x: np.ndarray, padding: Padding, stride: tuple[int, int]) -> None:
+    """:func:`_phase_split_into` on one thread."""
     top, _, left, _ = padding
     height, width = x.shape[-2:]
     source = x.transpose(1, 0, 2, 3)

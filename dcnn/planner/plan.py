@@ -435,12 +435,6 @@ def _winograd_scratch(runs: list[tuple[Network, Shape, int]]) -> int:
     return sum(roles.values())
 
 
-def _scratch_sets(threads: int) -> int:
-    """Threads that hold Winograd band buffers: the calling thread alone, or with several kernel threads each
-    worker (bands of a large map) and the calling thread (a one-band map, whose GEMMs the workers share)."""
-    return threads + 1 if threads > 1 else 1
-
-
 def _input_bytes(input_shape: Shape, batch: int) -> int:
     # The float network input and the copy its preprocessing makes.
     return 2 * batch * math.prod(input_shape) * BYTES_PER_VALUE
@@ -625,7 +619,8 @@ def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, 
             items.update(stage.memory(input_shape, real))
     runs = [(network, input_shape, real)] + ([(stage.network, stage.network.input_shape, stage.batch)] if stage
                                               else [])
-    scratch = _scratch_sets(cluster.threads) * _winograd_scratch(runs)
+    # Every kernel thread keeps its own buffers, the calling one included (it runs a slice of each parallel loop).
+    scratch = cluster.threads * _winograd_scratch(runs)
     if scratch:
         for items in plan.memory:
             items["winograd scratch"] = scratch
