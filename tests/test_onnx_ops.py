@@ -364,3 +364,65 @@ def test_other_transposes_are_refused(tmp_path, rng):
     onnx.save(model, tmp_path / "t.onnx")
     with pytest.raises(UnsupportedModelError, match=r"Transpose \(node y: perm \[0, 1, 3, 2\]"):
         load_onnx(tmp_path / "t.onnx")
+
+
+@pytest.mark.parametrize("op", ["ReduceMean", "ReduceMax"])
+@pytest.mark.parametrize("opset", [13, NEW])
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reductions_over_height_and_width(tmp_path, rng, op, opset, keepdims):
+    """``x.mean((2, 3))``: axes an attribute before opset 18, an input since; keepdims 1 keeps (N, C, 1, 1)."""
+    if opset < 18:
+        nodes = [node(op, ["x"], axes=[-1, 2], keepdims=keepdims)]
+    else:
+        nodes = [node(op, ["x", "axes"], keepdims=keepdims)]
+    model = build(nodes, [2, 3, 5, 4], {"axes": np.array([-1, 2], np.int64)}, opset)
+    loaded = compare(tmp_path, model, random_array(rng, 2, 3, 5, 4))
+    assert loaded.network.output_shape() == ((3,) if keepdims == 0 else (3, 1, 1))
+
+
+def test_reductions_over_other_axes_are_refused(tmp_path):
+    model = build([node("ReduceMean", ["x"], axes=[1])], [1, 2, 3, 4], opset=13)
+    onnx.save(model, tmp_path / "r.onnx")
+    with pytest.raises(UnsupportedModelError, match=r"ReduceMean \(node y: axes \[1\]"):
+        load_onnx(tmp_path / "r.onnx")
+
+
+def _view_of_the_batch(scale_batch: bool):
+    """``x.view(x.size(0), -1)`` as the exporter writes it for a dynamic batch (``scale_batch``: ``2 * x.size(0)``,
+    arithmetic on the batch size)."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+    ]
+    if scale_batch:
+        nodes.append(helper.make_node("Mul", ["n1", "two"], ["n2"]))
+    nodes += [
+        helper.make_node("Concat", ["n2" if scale_batch else "n1", "rest"], ["target"], axis=0),
+        node("Reshape", ["x", "target"]),
+    ]
+    weights = {
+        "zero": np.array(0, np.int64),
+        "axes": np.array([0], np.int64),
+        "two": np.array([2], np.int64),
+        "rest": np.array([-1], np.int64),
+    }
+    return build(nodes, ["N", 3, 4, 4], weights)
+
+
+def test_a_view_that_keeps_the_dynamic_batch(tmp_path, rng):
+    loaded = compare(tmp_path, _view_of_the_batch(False), random_array(rng, 3, 3, 4, 4))
+    assert [layer.kind for _, layer in loaded.network] == ["flatten"]
+
+
+def test_arithmetic_on_the_batch_size_is_refused(tmp_path):
+    onnx.save(_view_of_the_batch(True), tmp_path / "v.onnx")
+    with pytest.raises(UnsupportedModelError, match=r"Mul \(node n2: arithmetic on the batch size"):
+        load_onnx(tmp_path / "v.onnx")
+
+
+def test_the_shape_of_a_map_of_dynamic_size_is_refused(tmp_path):
+    model = build([helper.make_node("Shape", ["x"], ["s"]), node("Reshape", ["x", "s"])], ["N", 3, "H", "W"])
+    onnx.save(model, tmp_path / "s.onnx")
+    with pytest.raises(UnsupportedModelError, match=r"Shape \(node s: the shape of a map with a dynamic height"):
+        load_onnx(tmp_path / "s.onnx")

@@ -61,3 +61,32 @@ def test_a_pytorch_export_matches_onnxruntime(tmp_path):
         image = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
         expected = session.run(None, {"image": image})[0]
         np.testing.assert_allclose(Forward(model.network, model.weights)(image), expected, rtol=1e-4, atol=1e-6)
+
+
+class Viewed(nn.Module):
+    """Hand-written model code: ``x.view(x.size(0), -1)`` and ``x.mean((2, 3))`` instead of nn.Flatten and
+    nn.AdaptiveAvgPool2d."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.flat = nn.Linear(8 * 6 * 6, 5)
+        self.mean = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        return self.flat(x.view(x.size(0), -1)) + self.mean(x.mean((2, 3)))
+
+
+def test_a_view_on_the_dynamic_batch_and_a_spatial_mean(tmp_path):
+    """With a dynamic batch the exporter writes Shape, Gather, Unsqueeze, Concat before the Reshape."""
+    torch.manual_seed(0)
+    path = tmp_path / "viewed.onnx"
+    x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    torch.onnx.export(
+        Viewed().eval(), torch.from_numpy(x), str(path), input_names=["x"], dynamic_axes={"x": {0: "N"}}, dynamo=False
+    )
+    assert {"Shape", "Gather", "ReduceMean"} <= {node.op_type for node in oracle("onnx").load(path).graph.node}
+    model = load_onnx(path)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(Forward(model.network, model.weights)(x), expected, rtol=1e-4, atol=1e-6)

@@ -15,12 +15,62 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-__all__ = ["NONDETERMINISTIC_OPS", "constant_node_value", "fold_node", "tensor_value"]
+__all__ = [
+    "BATCH_SIZE",
+    "BATCH_SIZE_OPS",
+    "NONDETERMINISTIC_OPS",
+    "constant_node_value",
+    "fold_node",
+    "holds_batch_size",
+    "shape_node_value",
+    "tensor_value",
+]
 
 #: Operators whose output is random: never folded, even when their inputs are constant.
 NONDETERMINISTIC_OPS = frozenset(
     {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli", "Multinomial"}
 )
+
+
+#: What a folded ``Shape`` holds for a dynamic batch dimension: a marker no real dimension has, so that
+#: PyTorch's ``x.view(x.size(0), -1)`` (``Shape``, ``Gather``, ``Unsqueeze``, ``Concat``, ``Reshape``) folds to a
+#: reshape target whose first entry is the batch, which the ``Reshape`` converter reads as "keep the batch".
+BATCH_SIZE = 2**31 - 3
+#: Operators that may carry :data:`BATCH_SIZE` from a ``Shape`` to a ``Reshape``: they select and assemble
+#: dimensions. Any other operator on it (arithmetic with the batch size) is refused.
+BATCH_SIZE_OPS = frozenset({"Cast", "Concat", "Gather", "Identity", "Reshape", "Slice", "Squeeze", "Unsqueeze"})
+
+
+def shape_node_value(node: onnx.NodeProto, shapes: Mapping[str, tuple[int | None, ...]]) -> np.ndarray | None:
+    """The value of a ``Shape`` node, from the shape ONNX's shape inference found for its input.
+
+    Parameters
+    ----------
+    node : onnx.NodeProto
+        A ``Shape`` node (``start`` and ``end`` attributes since opset 15: a Python-style slice of the dims).
+    shapes : mapping
+        Full shapes by tensor name, ``None`` for a dynamic dimension.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The int64 dimensions, with :data:`BATCH_SIZE` for a dynamic batch (dimension 0); ``None`` if the input's
+        shape is unknown or another selected dimension is dynamic (a dynamic height or width).
+    """
+    shape = shapes.get(node.input[0])
+    if shape is None:
+        return None
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    dims = [BATCH_SIZE if i == 0 and d is None else d for i, d in enumerate(shape)]
+    selected = dims[int(attributes.get("start", 0)) : int(attributes.get("end", len(dims)))]
+    if None in selected:
+        return None
+    return np.asarray(selected, np.int64)
+
+
+def holds_batch_size(value: np.ndarray) -> bool:
+    """Whether a folded integer tensor holds :data:`BATCH_SIZE` (it came from a dynamic batch dimension)."""
+    return value.dtype.kind in "iuf" and bool(np.any(value == BATCH_SIZE))
 
 
 def tensor_value(tensor: onnx.TensorProto) -> np.ndarray:

@@ -48,6 +48,7 @@ from dcnn.network.layers import (
     Softmax,
     Tanh,
 )
+from dcnn.network.onnx.constants import BATCH_SIZE
 from dcnn.network.onnx.errors import Unsupported
 
 __all__ = ["CONVERTERS", "Conversion", "NodeContext", "Step", "supported_ops"]
@@ -380,13 +381,18 @@ def convert_reshape(ctx: NodeContext) -> Conversion:
     shape = ctx.shape(0)
     target = [int(v) for v in ctx.constant(1, "the target shape").reshape(-1)]
     allow_zero = bool(ctx.attribute("allowzero", 0))
+    if BATCH_SIZE in target:
+        # A target built from the input's own dynamic batch (x.view(x.size(0), -1)): 0 copies that dimension.
+        if target.index(BATCH_SIZE) != 0 or target.count(BATCH_SIZE) > 1 or allow_zero:
+            raise Unsupported(f"the batch size elsewhere than first in the target shape {target}")
+        target[0] = 0
     resolved: list[int | None] = [
         shape[i] if v == 0 and not allow_zero and i < len(shape) else v for i, v in enumerate(target)
     ]
     known = [d for d in resolved if d is not None and d != -1]
     if resolved.count(-1) == 1 and None not in shape:
         resolved[resolved.index(-1)] = int(np.prod(shape)) // max(1, int(np.prod(known)))
-    elif resolved.count(-1) == 1 and len(resolved) == 2 and resolved[0] is not None and resolved[0] != -1:
+    elif resolved.count(-1) == 1 and len(resolved) == 2 and resolved[0] != -1:
         # (N or 0, -1) on a tensor with a dynamic batch: everything but the batch in one row.
         resolved[1] = int(np.prod(shape[1:])) if None not in shape[1:] else None
     elif resolved.count(-1) == 1 and len(resolved) == 2 and resolved[1] is not None and resolved[1] != -1:
@@ -433,6 +439,32 @@ def _axes(ctx: NodeContext, rank: int) -> list[int] | None:
     else:
         axes = ctx.constant(1, "axes").reshape(-1) if ctx.has_input(1) else None
     return None if axes is None else sorted(int(a) % rank for a in axes)
+
+
+def convert_reduce(ctx: NodeContext) -> Conversion:
+    """``ReduceMean`` / ``ReduceMax`` over height and width (PyTorch's ``x.mean((2, 3))``): a global pool.
+
+    ``keepdims`` (default 1) keeps ``(N, C, 1, 1)``; 0 gives ``(N, C)``, a flatten after the pool. The axes are
+    an attribute before opset 18, an optional constant input since (``noop_with_empty_axes`` 0: no axes reduce
+    every axis, the batch too, which dcnn refuses).
+    """
+    rank = ctx.rank(0)
+    if ctx.opset < 18:
+        axes = ctx.attribute("axes")
+    else:
+        axes = ctx.constant(1, "axes").reshape(-1) if ctx.has_input(1) else None
+        if axes is not None and axes.size == 0:
+            axes = None
+        if axes is None and ctx.attribute("noop_with_empty_axes", 0):
+            return ctx.activation(0)
+    axes = None if axes is None else sorted(int(a) % rank for a in axes)
+    if axes != [2, 3]:
+        raise Unsupported(f"axes {axes if axes is not None else 'all'} (dcnn reduces height and width, axes [2, 3])")
+    pool = AdaptiveAvgPool2d(1) if ctx.node.op_type == "ReduceMean" else AdaptiveMaxPool2d(1)
+    if ctx.attribute("keepdims", 1):
+        return [Step(pool, (ctx.activation(0),))]
+    pooled = f"{ctx.node.output[0]}_pool"
+    return [Step(pool, (ctx.activation(0),), output=pooled), Step(Flatten(), (pooled,))]
 
 
 def convert_squeeze(ctx: NodeContext) -> Conversion:
@@ -659,6 +691,8 @@ CONVERTERS: dict[str, Callable[[NodeContext], Conversion]] = {
     "MaxPool": convert_max_pool,
     "Mul": convert_mul,
     "PRelu": convert_prelu,
+    "ReduceMax": convert_reduce,
+    "ReduceMean": convert_reduce,
     "Pad": convert_pad,
     "Relu": convert_relu,
     "Reshape": convert_reshape,
@@ -673,5 +707,5 @@ CONVERTERS: dict[str, Callable[[NodeContext], Conversion]] = {
 
 
 def supported_ops() -> list[str]:
-    """The ONNX operator types dcnn converts (``Constant`` and ``ConstantOfShape`` are always folded)."""
-    return sorted([*CONVERTERS, "Constant", "ConstantOfShape"])
+    """The ONNX operator types dcnn converts (``Constant``, ``ConstantOfShape`` and ``Shape`` are folded)."""
+    return sorted([*CONVERTERS, "Constant", "ConstantOfShape", "Shape"])

@@ -252,7 +252,14 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
     ShapeError
         A model with a fixed input size whose layers do not fit it.
     """
-    from dcnn.network.onnx.constants import constant_node_value, fold_node, tensor_value
+    from dcnn.network.onnx.constants import (
+        BATCH_SIZE_OPS,
+        constant_node_value,
+        fold_node,
+        holds_batch_size,
+        shape_node_value,
+        tensor_value,
+    )
     from dcnn.network.onnx.ops import CONVERTERS, NodeContext, Step
 
     path = Path(path)
@@ -283,8 +290,18 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
             value = constant_node_value(node, constants)
         except INCONSISTENT_MODEL_ERRORS as error:
             raise _inconsistent(path, f"node {name} ({op})", error) from None
+        if value is None and node.op_type == "Shape":
+            value = shape_node_value(node, shapes)
+            if value is None:
+                unsupported.setdefault(op, []).append((name, "the shape of a map with a dynamic height or width"))
+                continue
         if value is not None:
             constants[node.output[0]] = value
+            continue
+        if node.op_type not in BATCH_SIZE_OPS and any(
+            holds_batch_size(constants[n]) for n in node.input if n in constants
+        ):
+            unsupported.setdefault(op, []).append((name, "arithmetic on the batch size (dcnn runs any batch)"))
             continue
         try:
             folded = fold_node(node, constants, opsets)
