@@ -10,13 +10,14 @@ other node that the graph's output depends on is mapped onto dcnn layers by the 
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dcnn.errors import DAMAGED_FILE_ERRORS, InputError
+from dcnn.errors import DAMAGED_FILE_ERRORS, InputError, ShapeError
 from dcnn.network.graph import IMAGENET, INPUT, GraphBuilder, Network, Preprocessing, format_shape
 from dcnn.network.layers import Dropout
 from dcnn.network.onnx.errors import Unsupported, UnsupportedModelError
@@ -110,6 +111,13 @@ def _read(path: Path):
     try:
         onnx.checker.check_model(str(path))
     except (DecodeError, onnx.checker.ValidationError, *DAMAGED_FILE_ERRORS) as error:
+        if "ir_version" in str(error):
+            # What the checker says of an empty file, a text file or another format (protobuf parses most bytes).
+            raise InputError(f"{path}: not an ONNX model (no ONNX IR version: empty, or another format)") from None
+        if "Unable to parse" in str(error):
+            raise InputError(
+                f"{path}: not a readable ONNX model (it does not parse: damaged, truncated or another format)"
+            ) from None
         raise InputError(f"{path}: invalid ONNX model ({_first_line(error)})") from None
     try:
         model = onnx.load(str(path))
@@ -201,6 +209,22 @@ def _element_type_name(elem: int) -> str:
         return f"element type {elem}"
 
 
+def _channels_last(graph, name: str) -> bool:
+    """Whether tensor ``name`` is read by a ``Transpose`` to channels-first (perm ``[0, 3, 1, 2]``): a channels-last
+    (TensorFlow) image input."""
+    return any(
+        node.op_type == "Transpose"
+        and node.input[0] == name
+        and [int(p) for a in node.attribute if a.name == "perm" for p in a.ints] == [0, 3, 1, 2]
+        for node in graph.node
+    )
+
+
+def _dims(dims: tuple[int | None, ...]) -> str:
+    """``1x224x224x3``: declared dims, ``?`` for a dynamic one."""
+    return "x".join("?" if d is None else str(d) for d in dims)
+
+
 def _the_input(graph, constants, path: Path, image_input: bool):
     """The graph's one input without an initializer: its name and declared dims."""
     onnx = _onnx()
@@ -211,10 +235,16 @@ def _the_input(graph, constants, path: Path, image_input: bool):
     value = inputs[0]
     dims = _shape_of(value)
     elem = value.type.tensor_type.elem_type if value.type.HasField("tensor_type") else 0
+    if image_input and _channels_last(graph, value.name) and dims is not None and len(dims) == 4:
+        raise InputError(
+            f"{path}: input {value.name!r} is channels-last ({_dims(dims)}: N x H x W x C, TensorFlow's "
+            f"layout, which the model transposes); dcnn runs channels-first N x C x H x W models: convert with "
+            f"tf2onnx --inputs-as-nchw {value.name}"
+        )
     ranks = (4,) if image_input else (2, 4)
     if elem != onnx.TensorProto.FLOAT or dims is None or len(dims) not in ranks or dims[1] is None:
         kind = _element_type_name(elem) if elem else "non-tensor"
-        shape = "of unknown rank" if dims is None else "x".join("?" if d is None else str(d) for d in dims)
+        shape = "of unknown rank" if dims is None else _dims(dims)
         raise InputError(
             f"{path}: input {value.name!r} is {kind} {shape}; dcnn runs float32 N x C x H x W "
             f"images with a fixed channel count"
@@ -255,12 +285,12 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
     from dcnn.network.onnx.constants import (
         BATCH_SIZE_OPS,
         constant_node_value,
+        dynamic_size_use,
         fold_node,
-        holds_batch_size,
         shape_node_value,
         tensor_value,
     )
-    from dcnn.network.onnx.ops import CONVERTERS, NodeContext, Step
+    from dcnn.network.onnx.ops import CONVERTERS, REFUSED_OPS, NodeContext, Step
 
     path = Path(path)
     model, shapes = _read(path)
@@ -281,48 +311,64 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
     unsupported: dict[str, list[tuple[str, str]]] = {}
     conversions: list[tuple[str, str | list[Step]]] = []
     needed_nodes, needed_tensors = _needed(graph, output_name)
+    unknown_sizes: set[str] = set()  # values computed from a Shape that could not be folded
+    refused: set[str] = set()  # outputs of the nodes reported unsupported
     for node, needed in zip(graph.node, needed_nodes):
         if not needed:
             continue
         name = node.name or node.output[0]
         op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        refuse = functools.partial(_refuse, unsupported, refused, node, op, name)
         try:
             value = constant_node_value(node, constants)
         except INCONSISTENT_MODEL_ERRORS as error:
             raise _inconsistent(path, f"node {name} ({op})", error) from None
         if value is None and node.op_type == "Shape":
             value = shape_node_value(node, shapes)
-            if value is None:
-                unsupported.setdefault(op, []).append((name, "the shape of a map with a dynamic height or width"))
+            if value is None and node.input[0] in refused:
+                unknown_sizes.update(node.output)  # the shape of a refused node's output: that node is the reason
                 continue
+            if value is None:
+                refuse(f"the shape of {node.input[0]!r} is unknown")
+                unknown_sizes.update(node.output)
+                continue
+        if value is None and _computes_sizes(node, constants, unknown_sizes):
+            # Arithmetic on the sizes of a refused Shape (x.size(1) // 2 ...): that Shape is the reason.
+            unknown_sizes.update(node.output)
+            continue
         if value is not None:
             constants[node.output[0]] = value
             continue
-        if node.op_type not in BATCH_SIZE_OPS and any(
-            holds_batch_size(constants[n]) for n in node.input if n in constants
-        ):
-            unsupported.setdefault(op, []).append((name, "arithmetic on the batch size (dcnn runs any batch)"))
+        sizes = {dynamic_size_use(constants[n]) for n in node.input if n in constants} - {None}
+        if node.op_type not in BATCH_SIZE_OPS and sizes:
+            refuse("; ".join(SIZE_ARITHMETIC[size] for size in sorted(sizes)))
+            unknown_sizes.update(node.output)
             continue
         try:
             folded = fold_node(node, constants, opsets)
         except Exception as error:  # any failure of the reference evaluator is the node's
-            unsupported.setdefault(op, []).append((name, f"cannot fold its constants ({_first_line(error)})"))
+            refuse(f"cannot fold its constants ({_first_line(error)})")
             continue
         if folded is not None:
             constants.update(zip(node.output, folded))
             continue
         converter = CONVERTERS.get(op)
         if converter is None:
-            unsupported.setdefault(op, []).append((name, ""))
+            refuse(REFUSED_OPS.get(op, ""))
             continue
         try:
-            conversions.append(
-                (node.output[0], converter(NodeContext(node, name, opset, constants, shapes, needed_tensors)))
-            )
-        except Unsupported as error:
-            unsupported.setdefault(op, []).append((name, error.reason))
-        except INCONSISTENT_MODEL_ERRORS as error:
-            raise _inconsistent(path, f"node {name} ({op})", error) from None
+            context = NodeContext(node, name, opset, constants, shapes, needed_tensors)
+            conversion = converter(context)
+            conversions.append((node.output[0], conversion))
+            _propagate_shape(node.output[0], conversion, context.output_shape, shapes)
+        except (Unsupported, *INCONSISTENT_MODEL_ERRORS) as error:
+            if any(n in unknown_sizes or (n in refused and not _fully_known(shapes.get(n))) for n in node.input):
+                # It reads what a refused node computes (sizes, or a tensor of unknown shape): that node is why.
+                refused.update(node.output)
+            elif isinstance(error, Unsupported):
+                refuse(error.reason)
+            else:
+                raise _inconsistent(path, f"node {name} ({op})", error) from None
     if unsupported:
         raise UnsupportedModelError(str(path), unsupported)
 
@@ -336,6 +382,84 @@ def load_onnx(path: str | os.PathLike, preprocessing: Preprocessing = IMAGENET, 
     if network.fixed_input_size:
         network.shapes()
     return OnnxModel(network, weights, input_name, dims, output_name, opset, path)
+
+
+#: Why arithmetic on a dynamic size is refused, and what to export instead.
+SIZE_ARITHMETIC = {
+    "the batch size": "arithmetic on the batch size (dcnn runs any batch: view as x.view(x.size(0), -1))",
+    "a dynamic height or width": "arithmetic on a dynamic height or width (export with a fixed input size)",
+}
+
+
+def _refuse(unsupported: dict[str, list[tuple[str, str]]], refused: set[str], node, op: str, name: str, reason: str):
+    """Report a node as unsupported (``op``: its operator type, ``name``: its name) and mark its outputs."""
+    unsupported.setdefault(op, []).append((name, reason))
+    refused.update(node.output)
+
+
+def _computes_sizes(node, constants, unknown_sizes: set[str]) -> bool:
+    """Whether a node computes only from constants and sizes of a refused ``Shape`` (at least one)."""
+    names = [name for name in node.input if name]
+    return any(name in unknown_sizes for name in names) and all(
+        name in unknown_sizes or name in constants for name in names
+    )
+
+
+def _fully_known(shape: tuple[int | None, ...] | None) -> bool:
+    """Whether a tensor's shape is known but for its batch."""
+    return bool(shape) and None not in shape[1:]  # type: ignore[index]
+
+
+def _knows_more(shape: tuple[int | None, ...], than: tuple[int | None, ...] | None) -> bool:
+    """Whether ``shape`` knows more dimensions than ``than`` (``None``: an unknown shape)."""
+    return than is None or sum(d is None for d in than) > sum(d is None for d in shape)
+
+
+def _propagate_shape(output: str, conversion, resolved, shapes: dict[str, tuple[int | None, ...]]) -> None:
+    """Record the shape of each tensor a converted node computes where ONNX's shape inference left it (or a size
+    of each image) unknown.
+
+    Shape inference runs before the constants are folded, so it cannot follow a ``Reshape`` whose target is
+    computed (``x.view(x.size(0), -1)``, ``x.reshape(x.shape[0], -1)``): the node after it would find its input's
+    shape unknown. The shape the converter resolved (``resolved``: a reshape's target, a passed-through view's)
+    or the dcnn layers the node became (:meth:`Layer.output_shape` of each image, the batch of the first input)
+    give it; a shape that stays unknown (a dynamic height or width) is left out.
+    """
+    if resolved is not None and _knows_more(tuple(resolved), shapes.get(output)):
+        shapes[output] = tuple(resolved)
+    if isinstance(conversion, str):
+        return
+    known = dict(shapes)
+    for step in conversion:
+        inputs = [known.get(source) for source in step.inputs]
+        if any(shape is None or not shape for shape in inputs):
+            return
+        per_image = _layer_output_shape(step.layer, [tuple(shape[1:]) for shape in inputs])
+        if per_image is None:
+            return  # the network's own shape check reports it
+        produced = step.output or output
+        known[produced] = (inputs[0][0], *per_image)
+        if _knows_more(known[produced], shapes.get(produced)):
+            shapes[produced] = known[produced]
+
+
+#: The heights and widths :func:`_layer_output_shape` tries for a dynamic one: a size the layer's output keeps
+#: across both is fixed (a global pool's 1), one that differs is dynamic.
+PROBE_SIZES = (224, 320)
+
+
+def _layer_output_shape(layer, shapes: list[tuple[int | None, ...]]) -> tuple[int | None, ...] | None:
+    """A layer's per-image output shape for per-image input shapes with ``None`` for a dynamic size: the
+    dimensions that do not depend on it, ``None`` for those that do; ``None`` if the layer refuses the shapes."""
+    outputs = []
+    for probe in PROBE_SIZES:
+        try:
+            outputs.append(layer.output_shape(*(tuple(probe if d is None else d for d in s) for s in shapes)))
+        except (ShapeError, *INCONSISTENT_MODEL_ERRORS):
+            return None
+        if not any(None in shape for shape in shapes):
+            return outputs[0]
+    return tuple(a if a == b else None for a, b in zip(*outputs))
 
 
 def _build(
