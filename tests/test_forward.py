@@ -149,7 +149,8 @@ def test_an_affine_after_a_convolution_is_folded_into_it(rng):
     np.testing.assert_allclose(folded(x), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("name, shape", [("lenet5", (1, 32, 32)), ("vgg11", (3, 64, 72)), ("resnet18", (3, 67, 73))])
+@pytest.mark.parametrize("name, shape", [("lenet5", (1, 32, 32)), ("vgg11", (3, 64, 72)), ("resnet18", (3, 67, 73)),
+                                         ("mobilenet_v2", (3, 67, 73))])
 def test_results_do_not_depend_on_the_thread_count(name, shape):
     """Chunk bounds are fixed by the layer, not by the threads, so a run resumed with another --threads continues
     bit for bit (the old multiple-of-threads chunking gave LeNet-5 logits 3e-7 apart at 1 and 2 threads)."""

@@ -7,6 +7,7 @@ import pytest
 
 from dcnn.errors import InputError, PlanError
 from dcnn.kernels.conv import layout_bytes, set_exact
+from dcnn.kernels.winograd import winograd_pays
 from dcnn.network.graph import GraphBuilder
 from dcnn.network.layers import Add, Linear, MaxPool2d, ReLU
 from dcnn.network.zoo import get_model
@@ -102,8 +103,14 @@ def test_batch_mode_holds_every_weight():
 
 def test_winograd_layers_count_their_transformed_filters():
     network, shape, cluster = get_model("resnet18"), (3, 64, 64), Cluster.uniform(1, 4 * 2**30)
-    winograd = [r for r in network.costs(shape) if r.layer.kind == "conv" and r.layer.kernel_size == (3, 3)
-                and r.layer.stride == (1, 1) and min(r.layer.in_channels, r.layer.out_channels) >= 16]
+    # Winograd where its map at the declared 224x224 input is large enough: not layer4's 7x7 ones (im2col).
+    declared = network.shapes()
+    geometry = [(index, r) for index, r in enumerate(network.costs(shape)) if r.layer.kind == "conv"
+                and r.layer.kernel_size == (3, 3) and r.layer.stride == (1, 1)
+                and min(r.layer.in_channels, r.layer.out_channels) >= 16]
+    winograd = [r for index, r in geometry
+                if winograd_pays(r.layer.in_channels, r.layer.out_channels, declared[index + 1][1:])]
+    assert 0 < len(winograd) < len(geometry)
     nine_taps = sum(9 * 4 * r.layer.out_channels * r.layer.in_channels for r in winograd)
     fast = memory_batch(network, shape, 1, cluster).memory[0]["weights"]
     set_exact(True)

@@ -2,9 +2,9 @@
 
 Every engine runs layers through these ops: the single-process path calls them on whole images, the spatial
 and fused engines on blocks with explicit border padding. A batch norm (or per-channel affine) that is the only
-reader of a convolution's output is folded into the convolution's weights, and a ReLU that is the only reader
-of either is fused into the convolution's output pass (:func:`fusion_plan`); the absorbed layers keep their place
-in the op list as identities, so layer indices stay those of the network.
+reader of a convolution's output is folded into the convolution's weights, and a ReLU (or ReLU6, or a Clip from
+0) that is the only reader of either is fused into the convolution's output pass (:func:`fusion_plan`); the
+absorbed layers keep their place in the op list as identities, so layer indices stay those of the network.
 
 :meth:`Forward.run` executes the network's nodes in topological order: each tensor is freed after its last
 reader, and an in-place op (activations, batch norm, a residual add) overwrites its input only when that input
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dcnn.kernels.cache import cache_bytes
-from dcnn.kernels.conv import Workspace
+from dcnn.kernels.conv import Conv2dKernel, Workspace
 from dcnn.kernels.depthwise import conv_kernel
 from dcnn.kernels.elementwise import (
     affine_channels,
@@ -85,7 +85,7 @@ from dcnn.network.layers import (
 )
 from dcnn.network.window import Padding
 
-__all__ = ["Forward", "LayerOp", "apply_op", "compile_layer", "fusion_plan"]
+__all__ = ["Forward", "LayerOp", "apply_op", "compile_layer", "fusion_plan", "relu_cap"]
 
 #: A block of images keeps the tensors alive at each of its layers within ``1 / BLOCK_CACHE_SHARE`` of the L3: the
 #: rest holds the layer's filters (Winograd's transformed 256 -> 256 filters are 9.4 MB), its band scratch and
@@ -135,7 +135,8 @@ def _identity(x: np.ndarray, padding: Padding | None) -> np.ndarray:
 
 def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
                   folded_norm: tuple[np.ndarray, np.ndarray] | None = None,
-                  workspace: Workspace | None = None, fused_relu: bool = False) -> LayerOp:
+                  workspace: Workspace | None = None, fused_relu: float | None = None,
+                  map_size: tuple[int, int] | None = None) -> LayerOp:
     """Build the op for one layer.
 
     Parameters
@@ -150,8 +151,11 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
         ``(scale, shift)`` of a following batch norm to fold into a convolution.
     workspace : Workspace, optional
         Scratch buffers shared by the ops of one executor.
-    fused_relu : bool
-        Apply a following ReLU inside a convolution.
+    fused_relu : float, optional
+        Apply a following ReLU inside a convolution, capped at this value (infinite for a ReLU, 6 for ReLU6;
+        :func:`relu_cap`).
+    map_size : tuple of int, optional
+        A convolution's output map at the network's declared input (its kernel's choice of method).
     """
     if isinstance(layer, Conv2d):
         weight = tensors["weight"]
@@ -160,7 +164,14 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
             scale, shift = folded_norm
             weight = weight * scale[:, None, None, None]
             bias = shift if bias is None else bias * scale + shift
-        kernel = conv_kernel(weight, bias, layer.stride, layer.dilation, layer.groups, relu=fused_relu)
+        kernel = conv_kernel(weight, bias, layer.stride, layer.dilation, layer.groups, relu=fused_relu is not None,
+                             relu_cap=math.inf if fused_relu is None else fused_relu, map_size=map_size)
+        if isinstance(kernel, Conv2dKernel) and fused_relu is not None and fused_relu < math.inf:
+            def run_capped(x, p):
+                # The general kernel fuses the ReLU only; its cap is one more pass over its fresh output.
+                out = kernel(x, _own_padding(layer, x, p), workspace)
+                return relu(out, out=out, cap=fused_relu)
+            return LayerOp(name, layer, run_capped)
         return LayerOp(name, layer, lambda x, p: kernel(x, _own_padding(layer, x, p), workspace))
     if isinstance(layer, AvgPool2d):
         def run_avg(x, p):
@@ -254,31 +265,46 @@ def apply_op(op: LayerOp, arguments: list[np.ndarray], writable: list[bool],
     return op(arguments[0] if len(arguments) == 1 else arguments, padding)
 
 
+def relu_cap(layer: Layer) -> float | None:
+    """The cap ``c`` if ``layer`` computes ``min(max(x, 0), c)`` (ReLU: infinite, ReLU6: 6, a Clip from 0), else
+    ``None``."""
+    if isinstance(layer, ReLU):
+        return math.inf
+    if isinstance(layer, ReLU6):
+        return 6.0
+    if isinstance(layer, Clip) and layer.min_value == 0 and layer.max_value >= 0:
+        return float(layer.max_value)
+    return None
+
+
 def fusion_plan(network: Network, stop: int | None = None, start: int = 0) -> dict[int, tuple[int | None, bool]]:
     """Which layers each convolution absorbs: the one place that decides folding and fusion.
 
     A batch norm, or a per-channel affine (dlib's ``affine`` layer, a batch norm in inference form), is folded
     into the convolution before it when it is the only reader of the convolution's output, and a ReLU is fused
     when it is the only reader of the convolution's (or the folded layer's) output. A tensor with another
-    reader (a residual skip, a branch) must keep its own values, so its producer absorbs nothing. Only layers
+    reader (a residual skip, a branch) must keep its own values, so its producer absorbs nothing. ReLU6 and a
+    Clip from 0 count as ReLUs with a cap (:func:`relu_cap`). Only layers
     ``start .. stop - 1`` (default: all) absorb or are absorbed: an executor that runs them never folds across
     either end.
 
     Returns
     -------
     dict
-        ``{conv index: (folded batch-norm or affine index or None, whether the ReLU right after is fused)}`` for every
-        convolution that absorbs something. The absorbed layers are the ones at ``conv index + 1`` (and
-        ``+ 2``) in the network's order.
+        ``{conv index: (folded batch-norm or affine index or None, whether the (capped) ReLU right after is
+        fused)}`` for every convolution that absorbs something. The absorbed layers are the ones at
+        ``conv index + 1`` (and ``+ 2``) in the network's order.
     """
     readers = network.consumers()
     last_uses = network.last_uses()
     layers = network.layers[:stop]
 
-    def sole_reader(index: int, kind: type | tuple[type, ...]) -> bool:
+    def sole_reader(index: int, kind: type | tuple[type, ...] | None) -> bool:
         name = layers[index][0]
         following = index + 1
-        return (following < len(layers) and isinstance(layers[following][1], kind)
+        return (following < len(layers)
+                and (relu_cap(layers[following][1]) is not None if kind is None
+                     else isinstance(layers[following][1], kind))
                 and readers[name] == [following] and last_uses[name] == following
                 and network.inputs[following] == (name,))
 
@@ -287,7 +313,7 @@ def fusion_plan(network: Network, stop: int | None = None, start: int = 0) -> di
         if index < start or not isinstance(layer, Conv2d):
             continue
         norm = index + 1 if sole_reader(index, (BatchNorm2d, Affine)) else None
-        relu_fused = sole_reader(index if norm is None else norm, ReLU)
+        relu_fused = sole_reader(index if norm is None else norm, None)
         if norm is not None or relu_fused:
             plan[index] = (norm, relu_fused)
     return plan
@@ -339,6 +365,7 @@ class Forward:
         layers = list(network.layers)[:stop]
         absorbed: set[int] = set()
         fusion = fusion_plan(network, len(layers), start) if fuse else {}
+        declared = network.shapes()
         for index, (name, layer) in enumerate(layers):
             if index < start:
                 self.ops.append(None)
@@ -346,9 +373,9 @@ class Forward:
             if index in absorbed:
                 self.ops.append(LayerOp(name, layer, _identity, in_place=True))
                 continue
-            folded, fused_relu = None, False
+            folded, fused_relu = None, None
             if index in fusion:
-                norm, fused_relu = fusion[index]
+                norm, relu_fused = fusion[index]
                 if norm is not None:
                     norm_name, spec = layers[norm]
                     folded = (weights[f"{norm_name}.weight"], weights[f"{norm_name}.bias"]) if isinstance(
@@ -357,10 +384,12 @@ class Forward:
                         weights[f"{norm_name}.running_mean"], weights[f"{norm_name}.running_var"],
                         spec.eps)  # type: ignore[attr-defined]
                     absorbed.add(norm)
-                if fused_relu:
+                if relu_fused:
                     absorbed.add(index + 1 + (norm is not None))
+                    fused_relu = relu_cap(layers[index + 1 + (norm is not None)][1])
             tensors = {key[len(name) + 1:]: value for key, value in weights.items() if key.startswith(name + ".")}
-            self.ops.append(compile_layer(name, layer, tensors, folded, self.workspace, fused_relu))
+            self.ops.append(compile_layer(name, layer, tensors, folded, self.workspace, fused_relu,
+                                          tuple(declared[index + 1][1:3]) if len(declared[index + 1]) == 3 else None))
         self.boundaries = frozenset(range(start, len(layers) + 1)) - absorbed
         self.cuts = frozenset(self._single_cuts()) if start == 0 else frozenset()
         self.head_stop = self._flat_tail_start() if start == 0 else None

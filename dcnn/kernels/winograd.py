@@ -39,9 +39,11 @@ __all__ = [
     "band_rows",
     "images_per_block",
     "scatter_tiles",
+    "scratch_buffer",
     "scratch_bytes",
     "scratch_shapes",
     "transform_weights",
+    "winograd_pays",
 ]
 
 #: Output tile side (m) and input tile side (alpha = m + r - 1 for the 3x3 filter).
@@ -79,6 +81,13 @@ MIN_BAND_TILES = 128
 #: A block of images has at least this many tiles (or the whole batch): a small map's GEMMs would otherwise
 #: have a few dozen columns, and stream the transformed filters (36 K C floats) once per image.
 MIN_BLOCK_TILES = 4 * MIN_BAND_TILES
+#: Winograd pays on a map of at least this many output tiles per image times channels (the smaller of input and
+#: output channels). Below it, its transformed filters (4x the direct ones) are streamed for GEMMs a few tiles
+#: wide, and the transforms (per tile, linear in the channels) weigh more than the multiplications saved.
+#: Measured at batch 1 against im2col (CPU time, Winograd / im2col): 512 channels at 7x7 (4 tiles) 2.0, at 10x10
+#: (9) 1.55; 256 at 14x14 (16) 1.24; 512 at 14x14 0.90; 256 at 20x20 (25) 0.80; 128 and 256 at 28x28 (49) 0.65;
+#: 64 at 56x56 0.71.
+WINOGRAD_MIN_TILE_CHANNELS = 6144
 #: Float64 bytes of transformed filters computed at a time by :func:`transform_weights`.
 TRANSFORM_CHUNK_BYTES = 4 << 20
 
@@ -89,7 +98,7 @@ GEMM_GROUPS = 4
 _scratch = threading.local()
 
 
-def _scratch_buffer(role: str, shape: tuple[int, ...]) -> np.ndarray:
+def scratch_buffer(role: str, shape: tuple[int, ...]) -> np.ndarray:
     """A float32 array of ``shape`` on this thread's buffer for ``role``, grown on demand, kept for later calls.
 
     Per thread, because the bands of one call run on several threads at once; kept, because faulting in
@@ -117,6 +126,15 @@ def transform_weights(weight: np.ndarray) -> np.ndarray:
         chunk = np.asarray(weight[first : first + step], dtype=np.float64)
         u[:, :, first : first + step] = np.einsum("ai,kcij,bj->abkc", G, chunk, G)
     return u.reshape(ALPHA * ALPHA, out_channels, channels)
+
+
+def winograd_pays(channels: int, out_channels: int, map_size: tuple[int, int] | None) -> bool:
+    """Whether F(4x4, 3x3) is expected to beat one im2col GEMM on an output map of ``map_size`` (``None``:
+    unknown, taken as large): :data:`WINOGRAD_MIN_TILE_CHANNELS`. A rule on the geometry only, never a timing."""
+    if map_size is None:
+        return True
+    tiles = -(-map_size[0] // TILE) * -(-map_size[1] // TILE)
+    return tiles * min(channels, out_channels) >= WINOGRAD_MIN_TILE_CHANNELS
 
 
 def images_per_block(batch: int, tiles_per_image: int) -> int:
@@ -245,16 +263,16 @@ class WinogradBands:
         channels, out_channels = self.u.shape[2], self.u.shape[1]
         # Rows: input row 4 t + i is plane row t + i // 4 of row phase i mod 4 -> (6, 4, C, rows, tw + 1).
         shapes = scratch_shapes(channels, out_channels, rows, wide)
-        by_rows = _scratch_buffer("rows", shapes["rows"])
+        by_rows = scratch_buffer("rows", shapes["rows"])
         _input_1d([self.planes[i % TILE, :, :, first + i // TILE : stop + i // TILE] for i in range(ALPHA)], by_rows)
         # Columns, likewise -> V (xi, nu, C, rows, tw): one (C, tiles) matrix per position (xi, nu).
-        v = _scratch_buffer("v", shapes["v"])
+        v = scratch_buffer("v", shapes["v"])
         _input_1d(
             [by_rows[:, j % TILE, :, :, j // TILE : j // TILE + wide] for j in range(ALPHA)],
             v.reshape(ALPHA, ALPHA, channels, rows, wide).transpose(1, 0, 2, 3, 4),
         )
         # The 36 GEMMs in one call: numpy hands each (K x C) @ (C x tiles) of the stack to BLAS sgemm.
-        m = _scratch_buffer("m", shapes["m"])
+        m = scratch_buffer("m", shapes["m"])
         if self.share_gemms:
 
             def multiply(groups: Sequence[tuple[int, int]]) -> None:
@@ -270,7 +288,7 @@ class WinogradBands:
         else:
             np.matmul(self.u, v, out=m)
         # Output transform: rows over xi, then columns over nu, straight into the output phases.
-        half = _scratch_buffer("half", shapes["half"])
+        half = scratch_buffer("half", shapes["half"])
         _output_1d(list(m.reshape(ALPHA, ALPHA, out_channels, rows, wide)), half)
         _output_1d([half[:, nu] for nu in range(ALPHA)], [self.result[:, j, :, first:stop] for j in range(TILE)])
 

@@ -400,7 +400,8 @@ def _weights(network: Network, input_shape: Shape, ranks: int) -> tuple[list[int
     and the layer with the most bytes on rank 0, with those bytes."""
     held = [0] * ranks
     top = (0, "")
-    for row in network.costs(input_shape):
+    declared = network.shapes()  # the kernels choose their method for the declared input's maps
+    for index, row in enumerate(network.costs(input_shape)):
         if isinstance(row.layer, Linear):
             shares = [row.param_bytes * (stop - start) // row.layer.out_features
                       for start, stop in fc_shards(row.layer.out_features, ranks)]
@@ -409,7 +410,8 @@ def _weights(network: Network, input_shape: Shape, ranks: int) -> tuple[list[int
             # transformed filters are four times the 3x3 ones).
             layer = row.layer
             shape = (layer.out_channels, layer.in_channels // layer.groups, *layer.kernel_size)
-            shares = [row.param_bytes + layout_bytes(shape, layer.stride, layer.dilation, layer.groups)] * ranks
+            shares = [row.param_bytes + layout_bytes(shape, layer.stride, layer.dilation, layer.groups,
+                                                     declared[index + 1][1:3])] * ranks
         else:
             shares = [row.param_bytes] * ranks
         held = [a + b for a, b in zip(held, shares, strict=True)]
@@ -423,11 +425,12 @@ def _winograd_scratch(runs: list[tuple[Network, Shape, int]]) -> int:
     thread grows each buffer and keeps it). Whole maps: a spatial block or fused tile needs no more."""
     roles: dict[str, int] = {}
     for network, input_shape, batch in runs:
-        for row in network.costs(input_shape):
+        declared = network.shapes()  # the kernels choose their method for the declared input's maps
+        for index, row in enumerate(network.costs(input_shape)):
             layer = row.layer
             if not isinstance(layer, Conv2d) or len(row.out_shape) != 3 or choose_method(
                     layer.in_channels // layer.groups, layer.out_channels // layer.groups, layer.stride,
-                    layer.kernel_size, layer.dilation, layer.groups) != "winograd":
+                    layer.kernel_size, layer.dilation, layer.groups, declared[index + 1][1:3]) != "winograd":
                 continue
             tiles = (-(-row.out_shape[1] // TILE), -(-row.out_shape[2] // TILE))
             for role, size in scratch_bytes(layer.in_channels, layer.out_channels, *tiles, batch).items():
