@@ -12,12 +12,14 @@ from dcnn.network.graph import GraphBuilder
 from dcnn.network.layers import Add, Linear, MaxPool2d, ReLU
 from dcnn.network.zoo import get_model
 from dcnn.planner.plan import (
+    GIB,
     MIB,
     MODEL_MARGIN,
     Cluster,
     Stage,
     best_plan,
     choose_plan,
+    for_process,
     format_bytes,
     memory_batch,
     memory_fused,
@@ -344,3 +346,54 @@ def test_a_node_too_small_for_a_stage_is_refused_naming_it():
     message = str(error.value)
     assert "Whatever the plan, every node holds the recognition models (" in message
     assert "No number of such nodes" in message
+
+
+def test_a_rank_process_adds_its_model_reader_to_the_runtime_and_sets_its_threads():
+    """``dcnn.plan`` and ``dcnn.infer`` both add a model file's reader bytes through ``for_process``."""
+    cluster = Cluster.uniform(2, 8 * GIB)
+    process = for_process(cluster, 123 * MIB, 2)
+    assert process.runtime_bytes == cluster.runtime_bytes + 123 * MIB and process.threads == 2
+    assert process.nodes == cluster.nodes and process.fraction == cluster.fraction
+    base, read = (plan_for(VGG16, SHAPE, c, "batch", 1).memory[0] for c in (for_process(cluster), process))
+    assert read["runtime"] - base["runtime"] == 123 * MIB
+    # Each of the two kernel threads keeps its Winograd band buffers.
+    assert read["winograd scratch"] == 2 * base["winograd scratch"] > 0
+    with pytest.raises(InputError, match="--threads"):
+        for_process(cluster, 0, 0)
+
+
+def test_the_winograd_scratch_covers_what_a_thread_keeps():
+    """The band buffers a thread holds after a whole VGG-11 batch, measured, against the planner's item; the
+    exact formulations (``--exact-conv``) keep none."""
+    import threading
+
+    import numpy as np
+
+    from dcnn.exec.forward import Forward
+    from dcnn.kernels import threads, winograd
+    from dcnn.network.weights import init_weights
+
+    network, shape, batch = get_model("vgg11"), (3, 48, 40), 3
+    held = []
+
+    def run():
+        # A fresh thread: its buffers are only what this batch needed.
+        Forward(network, init_weights(network, seed=0))(np.zeros((batch, *shape), np.float32))
+        held.append(sum(buffer.nbytes for buffer in winograd._scratch.__dict__.values()))
+
+    before = threads.get_num_threads()
+    threads.set_num_threads(1)
+    try:
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+    finally:
+        threads.set_num_threads(before)
+    predicted = plan_for(network, shape, Cluster.uniform(1, 8 * GIB), "batch", batch).memory[0]["winograd scratch"]
+    assert 0 < held[0] <= predicted <= 1.1 * held[0]
+    set_exact(True)
+    try:
+        assert "winograd scratch" not in plan_for(network, shape, Cluster.uniform(1, 8 * GIB), "batch",
+                                                  batch).memory[0]
+    finally:
+        set_exact(False)

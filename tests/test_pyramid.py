@@ -72,3 +72,19 @@ def test_batched_upsampling_and_pyramid_equal_image_by_image(rng):
     np.testing.assert_array_equal(tensor, expected)
     for index, image in enumerate(upsampled):
         np.testing.assert_array_equal(tensor[index], pyramid_tensor(image[None], MEAN_RGB)[0][0])
+
+
+def test_the_kernel_threads_build_the_pyramid_of_a_batch_bit_for_bit(rng):
+    """Slices of the batch on two and three threads give the one-thread tensor exactly."""
+    from dcnn.kernels import threads
+
+    images = np.stack([rgb(rng, 15, 11) for _ in range(5)])
+    one, rects = pyramid_tensor(images, MEAN_RGB, upsample=1)
+    try:
+        for count in (2, 3):
+            threads.set_num_threads(count)
+            tensor, more_rects = pyramid_tensor(images, MEAN_RGB, upsample=1)
+            assert more_rects == rects
+            np.testing.assert_array_equal(tensor, one)
+    finally:
+        threads.set_num_threads(1)

@@ -18,6 +18,7 @@ and no layer after it has. :meth:`Forward.run` refuses a boundary inside a folde
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from dcnn.kernels.elementwise import (
     softmax,
     tanh,
 )
+from dcnn.kernels.memory import empty_float32
 from dcnn.kernels.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d, pad2d
 from dcnn.network.graph import INPUT, Network
 from dcnn.network.layers import (
@@ -84,6 +86,13 @@ from dcnn.network.layers import (
 from dcnn.network.window import Padding
 
 __all__ = ["Forward", "LayerOp", "apply_op", "compile_layer", "fusion_plan", "relu_cap"]
+
+#: A block of images keeps the tensors alive at each of its layers within ``1 / BLOCK_CACHE_SHARE`` of the L3: the
+#: rest holds the layer's filters (Winograd's transformed 256 -> 256 filters are 9.4 MB), its band scratch and
+#: the other cores' data. Measured on VGG-16 at batch 4 (three interleaved runs, CPU time, 32 MiB L3): one image
+#: up to the 56x56 layers and the whole batch after them took 229-246 ms per image; one image throughout,
+#: 250-261; blocks of two or four images from the 112x112 or 56x56 layers on (a share of 1 or 2), 239-259.
+BLOCK_CACHE_SHARE = 4
 
 
 @dataclass
@@ -333,6 +342,10 @@ class Forward:
         One op per compiled layer, by layer index (absorbed layers are identities; ``None`` before ``start``).
     boundaries : frozenset of int
         The layer indices at which a partial run may start or stop: every index except those of absorbed layers.
+    cuts : frozenset of int
+        The boundaries that only the previous node's output crosses (empty unless ``start`` is 0).
+    head_stop : int or None
+        The first node of the flat tail that :meth:`__call__` runs on the whole batch, if the network has one.
 
     Examples
     --------
@@ -378,6 +391,7 @@ class Forward:
             self.ops.append(compile_layer(name, layer, tensors, folded, self.workspace, fused_relu,
                                           declared[index]))
         self.boundaries = frozenset(range(start, len(layers) + 1)) - absorbed
+        self.cuts = frozenset(self._single_cuts()) if start == 0 else frozenset()
         self.head_stop = self._flat_tail_start() if start == 0 else None
 
     def run(self, x: np.ndarray | Mapping[str, np.ndarray], start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -430,45 +444,78 @@ class Forward:
             owned.add(names[index])
         return tensors[names[stop - 1]]
 
+    def _single_cuts(self) -> set[int]:
+        """The boundaries ``k`` at which one tensor crosses: the nodes from ``k`` on read only node ``k - 1``'s
+        output (the input for ``k = 0``) and tensors computed from ``k`` on, so :meth:`run` can stop at ``k`` and
+        resume from that one tensor."""
+        last = self.network.last_uses()
+        names = [INPUT, *(name for name, _ in self.network.layers)]
+        # names[:index] are the input and nodes 0 .. index - 2: none may be read from node index on.
+        return {index for index in self.boundaries if all(last[name] < index for name in names[:index])}
+
     def _flat_tail_start(self) -> int | None:
         """The first node of the network's flat tail (from its first Flatten or Linear on), if the nodes before
-        it can run on their own: a boundary whose nodes after it read only tensors computed from it on."""
-        names = [name for name, _ in self.network.layers][:len(self.ops)]
+        it can run on their own: a boundary where only the previous node's output crosses."""
         start = next((index for index, (_, layer) in enumerate(self.network.layers[:len(self.ops)])
                       if isinstance(layer, (Flatten, Linear))), None)
-        if not start or start not in self.boundaries:
-            return None
-        later = set(names[start - 1:])
-        if any(source not in later for sources in self.network.inputs[start:len(self.ops)] for source in sources):
-            return None
-        return start
+        return start if start and start in self.cuts else None
 
-    def images_per_block(self, input_shape: tuple[int, ...]) -> int:
-        """Images that run the layers before :attr:`head_stop` together: as many as keep a layer's input and
-        output within the L3 cache, at least one.
+    def block_plan(self, input_shape: tuple[int, ...], batch: int) -> list[tuple[int, int, int]]:
+        """How a batch runs the layers before :attr:`head_stop`: ``(start, stop, images)`` segments of layers,
+        each run ``images`` images at a time, ``images`` never decreasing from one segment to the next.
 
-        A larger batch then costs each image what batch 1 does (VGG-16 at batch 4 otherwise read every early
-        layer's input back from memory: 15 % slower per image), while the flat tail (the fully connected
-        layers, bound by reading their weights) still runs on the whole batch.
+        A node fits ``L3 / (4 live)`` images, ``live`` being the per-image values of the tensors alive while it
+        runs (:meth:`~dcnn.network.graph.Network.live_values`: a chain layer's input and output) and ``L3`` the
+        share :data:`BLOCK_CACHE_SHARE` of that cache, at least one, at most ``batch``. Segments start and end
+        only at :attr:`cuts`; a segment runs the fewest images that any of its nodes or any later node fits (so a
+        residual block's narrow ReLU does not alternate with the wider block around it), neighbours that run as
+        many images are one segment, and a segment that would start by shrinking the map (a pool) leaves that
+        node to the segment before it, so the batch is gathered from the smaller tensor.
+
+        Early layers on large maps thus run image by image, as batch 1 would (VGG-16 at batch 4 otherwise read
+        every early layer's input back from memory: 15 % slower per image), and later, smaller layers on more
+        images, whose longer GEMMs (Winograd's tiles of several images in one band,
+        :func:`dcnn.kernels.winograd.images_per_block`) are where a batch gains. The flat tail (the fully
+        connected layers, bound by reading their weights) runs on the whole batch.
         """
-        largest = max(int(np.prod(shape)) for shape in self.network.shapes(input_shape)[:self.head_stop or 1])
-        return max(1, cache_bytes(3) // (2 * 4 * largest))
+        stop = self.head_stop or 0
+        live = self.network.live_values(input_shape)[:stop]
+        fits = [max(1, min(batch, cache_bytes(3) // (BLOCK_CACHE_SHARE * 4 * values))) for values in live]
+        sizes = [math.prod(shape) for shape in self.network.shapes(input_shape)]
+        bounds = [0, *sorted(cut for cut in self.cuts if 0 < cut < stop), stop]
+        plan: list[tuple[int, int, int]] = []
+        images = batch
+        for first, end in reversed(list(itertools.pairwise(bounds))):
+            images = min(images, *fits[first:end])
+            if plan and plan[-1][2] == images:
+                end = plan.pop()[1]
+            plan.append((first, end, images))
+        plan.reverse()
+        # The segment before a shrinking node fits it too (it runs fewer images).
+        for index in range(1, len(plan)):
+            (first, cut, images), (_, end, more) = plan[index - 1], plan[index]
+            while cut < end and sizes[later := min(c for c in bounds if c > cut)] < sizes[cut]:
+                cut = later
+            plan[index - 1], plan[index] = (first, cut, images), (cut, end, more)
+        return [segment for segment in plan if segment[0] < segment[1]]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Run the whole network on a ``(B, C, H, W)`` float32 batch, in blocks of images up to its flat tail
-        (:meth:`images_per_block`); the blocks depend only on the batch and input sizes, so a batch gives the
+        """Run the whole network on a ``(B, C, H, W)`` float32 batch, the layers before its flat tail in blocks
+        of images (:meth:`block_plan`); the blocks depend only on the batch and input sizes, so a batch gives the
         same result at any thread count, and agrees with :meth:`run` on the whole batch to float32 rounding."""
         x = np.asarray(x, dtype=np.float32)
         if self.head_stop is None or len(x) <= 1:
             return self.run(x)
-        block = self.images_per_block(x.shape[1:])
-        if block >= len(x):
-            return self.run(x)
-        head = None
-        for first in range(0, len(x), block):
-            # Copied at once: a block's output may live in a buffer that the next block reuses.
-            part = self.run(x[first:first + block], 0, self.head_stop)
-            if head is None:
-                head = np.empty((len(x), *part.shape[1:]), dtype=np.float32)
-            head[first:first + len(part)] = part
-        return self.run(head, self.head_stop)
+        for start, stop, block in self.block_plan(x.shape[1:], len(x)):
+            if block >= len(x):
+                x = self.run(x, start, stop)
+                continue
+            whole = None
+            for first in range(0, len(x), block):
+                # Copied at once: a block's output may live in a buffer that the next block reuses.
+                part = self.run(x[first:first + block], start, stop)
+                if whole is None:
+                    whole = empty_float32((len(x), *part.shape[1:]))
+                whole[first:first + len(part)] = part
+            x = whole
+        return self.run(x, self.head_stop)

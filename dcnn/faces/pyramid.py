@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dcnn.kernels.threads import parallel_for
+
 __all__ = [
     "Rect", "decode_boxes", "nms", "pyramid_sizes", "pyramid_tensor", "resize_bilinear", "resize_rgb",
     "round_half_away", "tiled_layout", "upsample_image", "upsampled_size",
@@ -292,13 +294,24 @@ def pyramid_tensor(images: np.ndarray, mean_rgb: tuple[float, float, float], pad
         Each level's inclusive rectangle in the tensor, level 0 first.
     """
     batch, height, width, _ = images.shape
+    for _ in range(upsample):
+        height, width = upsampled_size(height, width)
+    rows, cols, rects = tiled_layout(pyramid_sizes(height, width), padding, outer)
+    tensor = np.zeros((batch, 3, rows, cols), np.float32)
+    # Slices of the batch on the kernel threads: every plane's arithmetic is its own, so any split is bit-exact.
+    parallel_for(lambda part: _fill_pyramid(tensor[part.start:part.stop], images[part.start:part.stop], mean_rgb,
+                                            rects, upsample), range(batch))
+    return tensor, rects
+
+
+def _fill_pyramid(tensor: np.ndarray, images: np.ndarray, mean_rgb: tuple[float, float, float], rects: list[Rect],
+                  upsample: int) -> None:
+    """:func:`pyramid_tensor`'s levels of ``images`` into their rectangles ``rects`` of ``tensor``."""
+    batch, height, width, _ = images.shape
     level = _planes_last(images).astype(np.float32)
     for _ in range(upsample):
         height, width = upsampled_size(height, width)
         level = _resize_planes(level, height, width, rgb=True)
-    sizes = pyramid_sizes(height, width)
-    rows, cols, rects = tiled_layout(sizes, padding, outer)
-    tensor = np.zeros((batch, 3, rows, cols), np.float32)
     channels = level.reshape(height, width, batch, 3)
     np.subtract(channels, np.asarray(mean_rgb, np.float32), out=channels)
     np.divide(channels, np.float32(256), out=channels)
@@ -306,7 +319,6 @@ def pyramid_tensor(images: np.ndarray, mean_rgb: tuple[float, float, float], pad
         if index:
             level = _resize_planes(level, bottom - top + 1, right - left + 1, rgb=False)
         _copy_level(tensor, level, left, top)
-    return tensor, rects
 
 
 def _copy_level(tensor: np.ndarray, level: np.ndarray, left: int, top: int) -> None:

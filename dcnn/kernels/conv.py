@@ -163,18 +163,19 @@ def layout_bytes(weight_shape: tuple[int, int, int, int], stride: tuple[int, int
     return 4 * out_channels * group_channels * taps
 
 
-def balanced_chunks(total: int, target: int, align: int = 1) -> list[tuple[int, int]]:
+def balanced_chunks(total: int, target: int, align: int = 1, granule: int = CHUNK_GRANULE) -> list[tuple[int, int]]:
     """Split ``range(total)`` into near-equal ``(start, stop)`` chunks of about ``target`` or fewer.
 
-    The number of chunks is a multiple of :data:`CHUNK_GRANULE` where the chunks stay at least half the target
-    (else as few as hold ``target`` each: four chunks of a 7x7 map's 61 columns made ResNet-50's 512-channel 3x3
-    GEMMs 16 columns wide, at a third of the BLAS rate), and it never depends on the thread count, so results are
-    bit-identical at any ``--threads`` (a run resumed with another thread count continues it exactly).
+    The number of chunks is a multiple of ``granule`` (:data:`CHUNK_GRANULE`: 1, 2 and 4 threads get equal
+    shares) where the chunks stay at least half the target (else as few as hold ``target`` each: four chunks of a
+    7x7 map's 61 columns made ResNet-50's 512-channel 3x3 GEMMs 16 columns wide, at a third of the BLAS rate), and
+    it never depends on the thread count, so results are bit-identical at any ``--threads`` (a run resumed with
+    another thread count continues it exactly).
     Inner bounds are multiples of ``align``: with ``align = 16`` float32 columns (one 64-byte cache line), threads
     never share a cache line of output. Chunks that would be empty after alignment are dropped.
     """
     count = -(-total // max(1, target))
-    granular = -(-count // CHUNK_GRANULE) * CHUNK_GRANULE
+    granular = -(-count // granule) * granule
     count = min(total, granular if 2 * total >= granular * target else count)
     bounds = sorted({0, total} | {min(total, total * i // count // align * align) for i in range(1, count)})
     return list(itertools.pairwise(bounds))
@@ -210,8 +211,19 @@ def _phase_split_into(target: np.ndarray, x: np.ndarray, padding: Padding, strid
     """Copy ``x`` (B, C, H, W), zero-padded, into its phase planes ``target`` (sh, sw, C, B, Hq, Wq).
 
     Plane ``(p, q)`` row ``r`` column ``c`` holds padded pixel ``(p + r sh, q + c sw)``; only the border that
-    falls in the padding (or past the padded map) is zeroed, the rest is overwritten.
+    falls in the padding (or past the padded map) is zeroed, the rest is overwritten. Parallel over the images
+    (over the channels for one image): a copy of the whole input that one thread would otherwise make alone.
     """
+    if len(x) > 1:
+        parallel_for(lambda b: _phase_split_part(target[:, :, :, b[0]:b[-1] + 1], x[b[0]:b[-1] + 1], padding,
+                                                 stride), range(len(x)))
+    else:
+        parallel_for(lambda c: _phase_split_part(target[:, :, c[0]:c[-1] + 1], x[:, c[0]:c[-1] + 1], padding,
+                                                 stride), range(x.shape[1]))
+
+
+def _phase_split_part(target: np.ndarray, x: np.ndarray, padding: Padding, stride: tuple[int, int]) -> None:
+    """:func:`_phase_split_into` on one thread."""
     top, _, left, _ = padding
     height, width = x.shape[-2:]
     source = x.transpose(1, 0, 2, 3)
@@ -503,8 +515,10 @@ class Conv2dKernel:
 
         rows = bands.band_rows()
         bands.share_gemms = rows >= bands.tile_rows  # one band: its GEMMs shared by the threads instead
+        # Bands as long as band_rows asks (no granule): four bands of 11 tile rows instead of three of 15 made
+        # VGG-16's 56x56 layers 10 % slower on blocks of three images.
         parallel_for(run_bands, [(0, bands.tile_rows)] if bands.share_gemms
-                     else balanced_chunks(bands.tile_rows, rows))
+                     else balanced_chunks(bands.tile_rows, rows, granule=1))
         scatter_tiles(result, out, image_rows)
 
     def _epilogue(self, block: np.ndarray, bias: np.ndarray | None) -> None:

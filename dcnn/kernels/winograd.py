@@ -23,6 +23,7 @@ and bias and ReLU are applied to it on the worker thread.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 
@@ -31,8 +32,19 @@ import numpy as np
 from dcnn.kernels.cache import cache_bytes
 from dcnn.kernels.threads import parallel_for
 
-__all__ = ["ALPHA", "TILE", "WinogradBands", "images_per_block", "scatter_tiles", "scratch_buffer", "transform_weights",
-           "winograd_pays"]
+__all__ = [
+    "ALPHA",
+    "TILE",
+    "WinogradBands",
+    "band_rows",
+    "images_per_block",
+    "scatter_tiles",
+    "scratch_buffer",
+    "scratch_bytes",
+    "scratch_shapes",
+    "transform_weights",
+    "winograd_pays",
+]
 
 #: Output tile side (m) and input tile side (alpha = m + r - 1 for the 3x3 filter).
 TILE = 4
@@ -133,6 +145,43 @@ def images_per_block(batch: int, tiles_per_image: int) -> int:
     return max(1, min(batch, -(-MIN_BLOCK_TILES // max(1, tiles_per_image))))
 
 
+def band_rows(channels: int, out_channels: int, tiles_wide: int) -> int:
+    """Tile rows per band: the band's transformed input and products fit in the L2 cache, or it has at
+    least :data:`MIN_BAND_TILES` tiles and at least as many tiles as the layer has input or output channels.
+    Depends on the layer and the map only, never on the thread count.
+
+    The last bound keeps each of the 36 ``(K x C) @ (C x tiles)`` GEMMs at least as wide as it is deep: BLAS
+    packs the ``K x C`` filters on every call, and VGG-16's 256-channel layers at 56x56 took 27 ms in two
+    bands of 98 tiles against 20 ms in one of 196 (CPU time, interleaved); the 64-channel layers, whose
+    transforms cost more than their GEMMs, keep their L2-sized bands.
+    """
+    per_row = 4 * ALPHA * ALPHA * (channels + out_channels) * tiles_wide
+    least_tiles = max(MIN_BAND_TILES, channels, out_channels)
+    return max(cache_bytes(2) // per_row, -(-least_tiles // tiles_wide), 1)
+
+
+def scratch_shapes(channels: int, out_channels: int, rows: int, tiles_wide: int) -> dict[str, tuple[int, ...]]:
+    """The float32 buffers one thread holds for a band of ``rows`` tile rows ``tiles_wide`` tiles wide, by role:
+    the row-transformed input, ``V``, the products ``M`` and the row-transformed output."""
+    tiles = rows * tiles_wide
+    return {
+        "rows": (ALPHA, TILE, channels, rows, tiles_wide + 1),
+        "v": (ALPHA * ALPHA, channels, tiles),
+        "m": (ALPHA * ALPHA, out_channels, tiles),
+        "half": (TILE, ALPHA, out_channels, rows, tiles_wide),
+    }
+
+
+def scratch_bytes(channels: int, out_channels: int, tiles_high: int, tiles_wide: int, batch: int) -> dict[str, int]:
+    """Per role of :func:`scratch_shapes`, the bytes of the widest band of a call on ``batch`` images whose output
+    is ``tiles_high x tiles_wide`` tiles: a block of :func:`images_per_block` images, bands of :func:`band_rows`
+    tile rows (at most the block's). Each thread keeps the largest buffer per role that it has needed."""
+    block = images_per_block(batch, tiles_high * tiles_wide)
+    rows = min(block * (tiles_high + 1) - 1, band_rows(channels, out_channels, tiles_wide))
+    shapes = scratch_shapes(channels, out_channels, rows, tiles_wide)
+    return {role: 4 * math.prod(shape) for role, shape in shapes.items()}
+
+
 def _input_1d(d: Sequence[np.ndarray], out: np.ndarray) -> None:
     """``out[i] = sum_j BT[i, j] d[j]`` for six equally shaped arrays ``d`` (``out``: (6, ...))."""
     p = d[4] - 4 * d[2]
@@ -204,29 +253,26 @@ class WinogradBands:
         self.tiles_wide = result.shape[-1]
 
     def band_rows(self) -> int:
-        """Tile rows per band: the band's transformed input and products fit in the L2 cache, or it has at
-        least :data:`MIN_BAND_TILES` tiles. Depends on the layer and the map only, never on the thread count."""
-        channels, out_channels = self.u.shape[2], self.u.shape[1]
-        per_row = 4 * ALPHA * ALPHA * (channels + out_channels) * self.tiles_wide
-        return max(cache_bytes(2) // per_row, -(-MIN_BAND_TILES // self.tiles_wide), 1)
+        """Tile rows per band (:func:`band_rows` of this layer and map)."""
+        return band_rows(self.u.shape[2], self.u.shape[1], self.tiles_wide)
 
     def run(self, band: tuple[int, int]) -> None:
         """Compute tile rows ``band = (first, stop)`` into :attr:`result`."""
         first, stop = band
         rows, wide = stop - first, self.tiles_wide
         channels, out_channels = self.u.shape[2], self.u.shape[1]
-        tiles = rows * wide
         # Rows: input row 4 t + i is plane row t + i // 4 of row phase i mod 4 -> (6, 4, C, rows, tw + 1).
-        by_rows = scratch_buffer("rows", (ALPHA, TILE, channels, rows, wide + 1))
+        shapes = scratch_shapes(channels, out_channels, rows, wide)
+        by_rows = scratch_buffer("rows", shapes["rows"])
         _input_1d([self.planes[i % TILE, :, :, first + i // TILE : stop + i // TILE] for i in range(ALPHA)], by_rows)
         # Columns, likewise -> V (xi, nu, C, rows, tw): one (C, tiles) matrix per position (xi, nu).
-        v = scratch_buffer("v", (ALPHA * ALPHA, channels, tiles))
+        v = scratch_buffer("v", shapes["v"])
         _input_1d(
             [by_rows[:, j % TILE, :, :, j // TILE : j // TILE + wide] for j in range(ALPHA)],
             v.reshape(ALPHA, ALPHA, channels, rows, wide).transpose(1, 0, 2, 3, 4),
         )
         # The 36 GEMMs in one call: numpy hands each (K x C) @ (C x tiles) of the stack to BLAS sgemm.
-        m = scratch_buffer("m", (ALPHA * ALPHA, out_channels, tiles))
+        m = scratch_buffer("m", shapes["m"])
         if self.share_gemms:
 
             def multiply(groups: Sequence[tuple[int, int]]) -> None:
@@ -242,7 +288,7 @@ class WinogradBands:
         else:
             np.matmul(self.u, v, out=m)
         # Output transform: rows over xi, then columns over nu, straight into the output phases.
-        half = scratch_buffer("half", (TILE, ALPHA, out_channels, rows, wide))
+        half = scratch_buffer("half", shapes["half"])
         _output_1d(list(m.reshape(ALPHA, ALPHA, out_channels, rows, wide)), half)
         _output_1d([half[:, nu] for nu in range(ALPHA)], [self.result[:, j, :, first:stop] for j in range(TILE)])
 
