@@ -425,12 +425,12 @@ def _winograd_scratch(runs: list[tuple[Network, Shape, int]]) -> int:
     thread grows each buffer and keeps it). Whole maps: a spatial block or fused tile needs no more."""
     roles: dict[str, int] = {}
     for network, input_shape, batch in runs:
-        declared = network.shapes()  # the kernels choose their method for the declared input's maps
+        declared = network.declared_map_sizes()  # the kernels choose their method for these maps
         for index, row in enumerate(network.costs(input_shape)):
             layer = row.layer
             if not isinstance(layer, Conv2d) or len(row.out_shape) != 3 or choose_method(
                     layer.in_channels // layer.groups, layer.out_channels // layer.groups, layer.stride,
-                    layer.kernel_size, layer.dilation, layer.groups, declared[index + 1][1:3]) != "winograd":
+                    layer.kernel_size, layer.dilation, layer.groups, declared[index]) != "winograd":
                 continue
             tiles = (-(-row.out_shape[1] // TILE), -(-row.out_shape[2] // TILE))
             for role, size in scratch_bytes(layer.in_channels, layer.out_channels, *tiles, batch).items():
