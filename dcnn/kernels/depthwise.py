@@ -10,7 +10,8 @@ one input channel, so each kernel tap is one vectorised multiply-add over the wh
 there is no separately padded copy), on which every tap reads a *shifted* window of flat planes (as in the
 shifted-GEMM convolution); outputs in the few extra columns are computed and dropped. Channels-first, at
 stride 1 on an unpadded single image, the input itself is the one plane (channels-last always copies).
-``kh * kw`` multiply-adds, no patch matrix, in passes that stay in cache; each pass adds the bias, applies the fused (capped) ReLU and copies its valid outputs out.
+``kh * kw`` multiply-adds, no patch matrix, in passes that stay in cache; each pass adds the bias, applies the
+fused (capped) ReLU and copies its valid outputs out.
 A map with many pixels per channel runs *channels-first* (a row per channel and image, passes of channels); a map
 with few (:data:`DEPTHWISE_CHANNELS_LAST_RATIO`: MobileNetV2's 28x28 to 7x7 layers of 192 to 960 channels) runs
 *channels-last* (a row per pixel, passes of output rows), so that numpy's inner loops are long either way.
