@@ -31,7 +31,16 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from benchlib import CLOCKS, launch, load_average, machine_info, median_seconds, report_rank, timed_calls
+from benchlib import (
+    CLOCKS,
+    describe_machine,
+    launch,
+    load_average,
+    machine_info,
+    median_seconds,
+    report_rank,
+    timed_calls,
+)
 
 from dcnn.exec.forward import Forward
 from dcnn.kernels.threads import set_num_threads
@@ -139,8 +148,10 @@ def main() -> None:
     args = parser.parse_args()
     before = load_average()
     clock = args.clock if args.clock != "auto" else "cpu" if before[0] > 0.5 * os.cpu_count() else "wall"
+    machine = machine_info()
+    print(describe_machine(machine))
     print(f"load average {before[0]} {before[1]} {before[2]} on {os.cpu_count()} cores: {clock} clock")
-    report = {"command": " ".join(["python", *sys.argv]), "machine": machine_info(),
+    report = {"command": " ".join(["python", *sys.argv]), "machine": machine,
               "cores": os.cpu_count(), "clock": clock, "load_average_before": before}
     if "forward" not in args.skip:
         report["forward"] = forward_passes(args.repeats, clock)

@@ -12,10 +12,10 @@ kernel recorded:
    kernels, and ``dcnn_exact``: the exact formulations only, as ``--exact-conv`` runs), PyTorch and onnxruntime
    (the same weights exported to ONNX with ``torch.onnx.export``), and the ratios.
 
-Timings are medians of ``--repeats`` runs after a warm-up, with the runtimes interleaved. ``--clock cpu``
-times with the process's CPU time instead of the wall clock: on a machine shared with other jobs that is the
-figure they do not distort (preemption costs no CPU time), and at one thread it equals the wall time of a quiet
-machine; at several threads it sums the threads, so use it with ``--threads 1``.
+Timings are medians of ``--repeats`` runs after a warm-up, with the runtimes and both batch sizes interleaved.
+``--clock cpu`` times with the process's CPU time instead of the wall clock: on a machine shared with other jobs
+that is the figure they do not distort (preemption costs no CPU time), and at one thread it equals the wall time
+of a quiet machine; at several threads it sums the threads, so use it with ``--threads 1``.
 
 Usage: ``python scripts/bench_kernels.py [--repeats 5] [--threads 1,2] [--batch 4] [--clock wall|cpu]
 [--output results/bench_kernels.json]``
@@ -164,30 +164,41 @@ def main() -> None:
     for count in thread_counts:
         set_threads(count)
         session = _onnx_session(torch_model, input_shape, count) if onnxruntime and torch_model else None
-        for batch in dict.fromkeys((1, args.batch)):
+        # Both batch sizes and every runtime interleaved in one loop: "batch N no slower per image than batch 1"
+        # compares figures taken under the same load.
+        batches = list(dict.fromkeys((1, args.batch)))
+        runners = {}
+        for batch in batches:
             images = rng.standard_normal((batch, *input_shape), dtype=np.float32)
-            runners = {"dcnn": partial(forward, images), "dcnn_exact": partial(exact_forward, images)}
+            runners[batch, "dcnn"] = partial(forward, images)
+            runners[batch, "dcnn_exact"] = partial(exact_forward, images)
             if torch_model is not None:
-                runners["torch"] = partial(torch_model, torch.from_numpy(images))
+                runners[batch, "torch"] = partial(torch_model, torch.from_numpy(images))
             if session is not None:
-                runners["onnxruntime"] = partial(session.run, None, {"image": images})
-            samples = {name: [] for name in runners}
-            with torch.no_grad() if torch is not None else nullcontext():
-                for run in runners.values():
+                runners[batch, "onnxruntime"] = partial(session.run, None, {"image": images})
+        samples = {key: [] for key in runners}
+        with torch.no_grad() if torch is not None else nullcontext():
+            for run in runners.values():
+                run()
+            for _ in range(args.repeats):
+                for (batch, name), run in runners.items():
+                    start = clock()
                     run()
-                for _ in range(args.repeats):
-                    for name, run in runners.items():
-                        start = clock()
-                        run()
-                        samples[name].append((clock() - start) / batch)
-            result = {f"{name}_seconds_per_image": statistics.median(times) for name, times in samples.items()}
+                    samples[batch, name].append((clock() - start) / batch)
+        for batch in batches:
+            names = [name for size, name in runners if size == batch]
+            result = {f"{name}_seconds_per_image": statistics.median(samples[batch, name]) for name in names}
             dcnn_s = result["dcnn_seconds_per_image"]
             result["dcnn_gflops"] = total_flops / dcnn_s / 1e9
             line = f"VGG-16 forward, batch {batch}, {count} thread(s), per image: dcnn {dcnn_s * 1e3:.0f} ms"
-            for name in list(runners)[1:]:
+            for name in names[1:]:
                 other = result[f"{name}_seconds_per_image"]
                 result[f"ratio_dcnn_over_{name}"] = dcnn_s / other
                 line += f", {name} {other * 1e3:.0f} ms (dcnn/{name} {dcnn_s / other:.2f})"
+            if batch != 1:
+                result["ratio_dcnn_over_dcnn_batch1"] = dcnn_s / report["forward"][f"{count}t_batch1"][
+                    "dcnn_seconds_per_image"]
+                line += f"; dcnn batch {batch}/batch 1 per image {result['ratio_dcnn_over_dcnn_batch1']:.2f}"
             report["forward"][f"{count}t_batch{batch}"] = result
             print(line)
 

@@ -23,13 +23,12 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime
-from benchlib import describe_machine, machine_info
+from benchlib import CLOCKS, describe_machine, machine_info
 
 from dcnn.errors import InputError
 from dcnn.exec.forward import Forward
@@ -37,7 +36,6 @@ from dcnn.kernels.threads import set_num_threads
 from dcnn.network.onnx import UnsupportedModelError, load_onnx
 from dcnn.testing.onnx_exports import export_zoo
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 #: Zoo models exported from their PyTorch references.
 EXPORTED = ("resnet50", "mobilenet_v2", "squeezenet1_1", "googlenet")
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import describe_machine, machine_info
+from benchlib import describe_machine, load_average, machine_info
 
 from dcnn.analysis.analyze import load_summary
 
@@ -51,12 +51,15 @@ def main() -> None:
     args = parser.parse_args()
     machine = machine_info()
     print(describe_machine(machine))
+    load = {"start": load_average()}
+    print(f"load average {load['start'][0]:.2f} at the start (the runs share 2 cores with whatever else runs)")
     seconds = {config: [] for config in CONFIGURATIONS}
     with tempfile.TemporaryDirectory() as folder:
         for repeat in range(args.repeats):
             for ranks, threads in CONFIGURATIONS:
                 output = Path(folder) / f"np{ranks}t{threads}r{repeat}.h5"
                 seconds[(ranks, threads)].append(run(ranks, threads, output, args))
+    load["end"] = load_average()
     median = {config: statistics.median(values) for config, values in seconds.items()}
     ratio = median[(1, 2)] / median[(2, 1)]
     print(f"{args.model} (upsample {args.upsample}) on {args.input}, batch size {args.batch_size}, median of "
@@ -64,12 +67,13 @@ def main() -> None:
     for (ranks, threads), value in median.items():
         print(f"  {ranks} rank(s) x {threads} thread(s): {value:7.2f} s  (speedup over 1 x 1: "
               f"{median[(1, 1)] / value:.2f})")
-    print(f"two threads in one rank / two ranks of one thread: {ratio:.2f} (target <= 1.10)")
+    print(f"two threads in one rank / two ranks of one thread: {ratio:.2f} (target <= 1.10); load average "
+          f"{load['end'][0]:.2f} at the end")
     report = {"command": " ".join(["python", *sys.argv]), "machine": machine, "model": args.model,
               "upsample": args.upsample, "input": args.input, "batch_size": args.batch_size,
               "seconds": {f"{r}x{t}": values for (r, t), values in seconds.items()},
               "median_seconds": {f"{r}x{t}": value for (r, t), value in median.items()},
-              "ratio_threads_over_ranks": ratio}
+              "ratio_threads_over_ranks": ratio, "load_average": load}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")

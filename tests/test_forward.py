@@ -1,5 +1,7 @@
 """The compiled executor against a layer-by-layer float64 reference, and against PyTorch where installed."""
 
+import itertools
+
 import numpy as np
 import pytest
 import reference
@@ -147,7 +149,8 @@ def test_an_affine_after_a_convolution_is_folded_into_it(rng):
     np.testing.assert_allclose(folded(x), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("name, shape", [("lenet5", (1, 32, 32)), ("vgg11", (3, 64, 72)), ("resnet18", (3, 67, 73))])
+@pytest.mark.parametrize("name, shape", [("lenet5", (1, 32, 32)), ("vgg11", (3, 64, 72)), ("resnet18", (3, 67, 73)),
+                                         ("mobilenet_v2", (3, 67, 73))])
 def test_results_do_not_depend_on_the_thread_count(name, shape):
     """Chunk bounds are fixed by the layer, not by the threads, so a run resumed with another --threads continues
     bit for bit (the old multiple-of-threads chunking gave LeNet-5 logits 3e-7 apart at 1 and 2 threads)."""
@@ -179,13 +182,61 @@ def test_a_batch_runs_its_convolutional_part_in_cache_sized_blocks(monkeypatch, 
     assert network.layers[forward.head_stop][0] == tail
     x = np.random.default_rng(1).random((3, *shape)).astype(np.float32)
     whole = forward.run(x)
-    assert forward.images_per_block(shape) >= 3
+    assert forward.block_plan(shape, 3) == [(0, forward.head_stop, 3)]
     monkeypatch.setattr(forward_module, "cache_bytes", lambda level: 1)
-    assert forward.images_per_block(shape) == 1
+    assert forward.block_plan(shape, 3) == [(0, forward.head_stop, 1)]
     np.testing.assert_allclose(forward(x), whole, rtol=1e-4, atol=1e-5 * np.abs(whole).max())
+
+
+@pytest.mark.parametrize("name, shape", [("vgg11", (3, 64, 64)), ("resnet18", (3, 64, 64))])
+def test_later_smaller_layers_run_more_images_at_a_time(monkeypatch, name, shape):
+    """Per-layer blocks: an L3 that holds one image at the first layers but several at the later ones runs
+    segments of growing image counts, cut only where one tensor crosses (never inside a residual block) and
+    after, not before, a layer that shrinks the map; the result agrees with the whole batch."""
+    from dcnn.exec import forward as forward_module
+
+    network = get_model(name)
+    forward = Forward(network, init_weights(network, seed=0))
+    live = network.live_values(shape)
+    # Room for 1.5 of the first layer's tensors per image: one image there, more once the maps shrink.
+    monkeypatch.setattr(forward_module, "cache_bytes", lambda level: 4 * 6 * live[0])
+    plan = forward.block_plan(shape, 4)
+    images = [count for _, _, count in plan]
+    assert images[0] == 1 and images[-1] == 4 and images == sorted(images) and len(set(images)) == len(images)
+    assert plan[0][0] == 0 and plan[-1][1] == forward.head_stop
+    assert all(stop == start for (_, stop, _), (start, _, _) in itertools.pairwise(plan))
+    sizes = [int(np.prod(s)) for s in network.shapes(shape)]
+    for _, cut, _ in plan[:-1]:
+        assert cut in forward.cuts
+        assert not (cut + 1 in forward.cuts and sizes[cut + 1] < sizes[cut])  # cut after the pool, not before it
+    x = np.random.default_rng(2).random((4, *shape)).astype(np.float32)
+    whole = forward.run(x)
+    np.testing.assert_allclose(forward(x), whole, rtol=1e-4, atol=1e-5 * np.abs(whole).max())
+
+
+def test_a_cut_is_where_only_one_tensor_crosses():
+    network = get_model("resnet18")
+    forward = Forward(network, init_weights(network, seed=0))
+    names = [name for name, _ in network.layers]
+    inside = names.index("layer1.0.conv2")  # the block's input is still read by its residual add
+    assert inside not in forward.cuts and names.index("layer1.0.relu") in forward.cuts
+    assert forward.head_stop in forward.cuts
 
 
 def test_a_fully_convolutional_network_runs_its_batch_whole():
     vgg = get_model("vgg11")
     network = Network("vgg11 head", vgg.layers[:5], (3, 16, 16))
     assert Forward(network, init_weights(network, seed=0)).head_stop is None
+
+
+def test_a_default_input_too_small_for_the_layers_does_not_stop_a_larger_run():
+    """Kernels choose their method at the declared input's maps; one that cannot run there is no error."""
+    from dcnn.network.graph import GraphBuilder
+
+    graph = GraphBuilder()
+    graph.add("c", Conv2d(3, 4, 9))
+    network = graph.build("n", (3, 8, 8))
+    weights = init_weights(network, 0)
+    x = np.ones((1, 3, 16, 16), np.float32)
+    expected = reference.conv2d(x, weights["c.weight"], weights["c.bias"], (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    np.testing.assert_allclose(Forward(network, weights)(x), expected, rtol=1e-5, atol=1e-5)

@@ -8,7 +8,7 @@ from conftest import random_array
 
 from dcnn.exec.forward import Forward, fusion_plan
 from dcnn.network.graph import GraphBuilder
-from dcnn.network.layers import Add, BatchNorm2d, Concat, Conv2d, MaxPool2d, Mul, ReLU, Sigmoid
+from dcnn.network.layers import Add, BatchNorm2d, Clip, Concat, Conv2d, MaxPool2d, Mul, ReLU, ReLU6, Sigmoid
 from dcnn.network.weights import init_weights
 from dcnn.network.zoo import get_model
 from dcnn.testing.torch_models import torch_model
@@ -84,3 +84,25 @@ def test_run_of_a_range_refuses_a_node_reading_before_it(rng):
     index = [name for name, _ in network.layers].index("layer1.0.conv2")
     with pytest.raises(ValueError, match=r"layer1\.0\.add reads 'maxpool'"):
         forward.run(random_array(rng, 1, 64, 9, 9), index, index + 4)
+
+
+def test_relu6_and_a_clip_from_zero_fuse_like_relu(rng):
+    """ReLU6 and Clip(0, c) are capped ReLUs fused into the convolution before them (the general, depthwise and
+    pointwise kernels); a Clip from another bound is not; the result is the unfused one."""
+    graph = GraphBuilder()
+    graph.add("conv", Conv2d(3, 8, 3, padding=1))
+    graph.add("relu6", ReLU6())
+    graph.add("dw", Conv2d(8, 8, 3, stride=2, padding=1, groups=8))
+    graph.add("bn", BatchNorm2d(8))
+    graph.add("clip", Clip(0.0, 0.5))
+    graph.add("pw", Conv2d(8, 6, 1))
+    graph.add("relu6b", ReLU6())
+    graph.add("pw2", Conv2d(6, 5, 1))
+    graph.add("clip2", Clip(-1.0, 6.0))
+    network = graph.build("capped", (3, 11, 10))
+    assert fusion_plan(network) == {0: (None, True), 2: (3, True), 5: (None, True)}
+    weights = init_weights(network, seed=3)
+    x = 4 * random_array(rng, 2, 3, 11, 10)
+    fused = Forward(network, weights)
+    assert fused.boundaries == {0, 2, 5, 7, 8, 9}
+    np.testing.assert_allclose(fused(x), Forward(network, weights, fuse=False)(x), rtol=1e-5, atol=1e-5)

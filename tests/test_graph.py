@@ -52,3 +52,14 @@ def test_shape_errors_name_the_node():
     graph.add("sum", Add(), "a", "b")
     with pytest.raises(ShapeError, match=r"layer sum \(add needs two tensors of one shape"):
         graph.build("mismatch", (3, 4, 4)).shapes()
+
+
+def test_declared_map_sizes_stop_where_the_default_input_is_too_small():
+    """A dynamic-size model whose default input is too small for its layers still builds: the kernels take
+    their large-map choice past the first node that cannot run at the default size."""
+    graph = GraphBuilder()
+    graph.add("a", Conv2d(3, 4, 3, padding=1))
+    graph.add("b", Conv2d(4, 4, 9))
+    graph.add("c", Conv2d(4, 4, 3))
+    network = graph.build("n", (3, 8, 8))
+    assert network.declared_map_sizes() == [(8, 8), None, None]

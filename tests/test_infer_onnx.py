@@ -19,8 +19,10 @@ oracle("torch")
 oracle("onnxruntime")
 from dcnn.testing.onnx_exports import (  # noqa: E402  (after the oracles: skipped without them)
     chain_cnn,
+    channels_last_model,
     export,
     export_zoo,
+    hand_written_cnn,
     residual_cnn,
     run_onnxruntime,
     unsupported_model,
@@ -55,6 +57,7 @@ def exported(tmp_path_factory):
     rng = np.random.default_rng(3)
     return {"chain": export(chain_cnn(), folder / "chain.onnx", (3, 21, 19)),
             "residual": export(residual_cnn(), folder / "residual.onnx", (3, 21, 19)),
+            "hand": export(hand_written_cnn(), folder / "hand.onnx", (3, 21, 19), opset=11),
             "resnet18": export_zoo("resnet18", folder / "resnet18.onnx", (3, 40, 36)),
             "mobilenet_v2": export_zoo("mobilenet_v2", folder / "mobilenet_v2.onnx", (3, 36, 40)),
             "small": tensors(folder / "small.h5", rng.standard_normal((3, 3, 21, 19)).astype(np.float32)),
@@ -72,6 +75,8 @@ RUNS = [
     ("residual", "small", ("--mode", "spatial", "--grid", "1x2"), 2),
     ("residual", "small", ("--mode", "fused", "--tiles", "2x2", "--halo-policy", "reuse"), 2),
     ("residual", "small", ("--mode", "fused", "--tiles", "2x2", "--halo-policy", "recompute"), 3),
+    ("hand", "small", ("--mode", "spatial"), 2),
+    ("hand", "small", ("--mode", "fused", "--tiles", "2x2", "--halo-policy", "reuse"), 2),
     ("resnet18", "large", ("--mode", "spatial"), 2),
     ("resnet18", "large", ("--mode", "fused", "--tiles", "2x2", "--halo-policy", "reuse"), 3),
     ("mobilenet_v2", "large", ("--mode", "batch"), 2),
@@ -106,6 +111,27 @@ def test_unsupported_operators_are_one_line_before_any_work_at_any_rank_count(tm
     table = subprocess.run([sys.executable, "-m", "dcnn.model", str(model)], capture_output=True, text=True,
                            timeout=120)
     assert table.returncode == 2 and table.stderr.count("\n") == 1 and "TopK (nodes top_a, top_b)" in table.stderr
+
+
+@pytest.mark.parametrize("kind", ["channels-last", "text", "truncated"])
+def test_a_model_file_refused_by_the_reader_is_one_line_at_two_ranks(tmp_path, exported, kind):
+    """A TensorFlow-layout model and a file of another format under a .onnx name: one line, exit 2, no output,
+    no MPI hang."""
+    model = tmp_path / f"{kind}.onnx"
+    if kind == "text":
+        model.write_text("not a model\n")
+    elif kind == "truncated":
+        model.write_bytes(exported["chain"].read_bytes()[:300])
+    else:
+        channels_last_model(model)
+    output = tmp_path / "run.h5"
+    done = infer("--model", str(model), "--input", str(exported["small"]), "--output", str(output), ranks=2,
+                 timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and not done.stdout
+    assert done.stderr.count("dcnn: error") == 1 and not output.exists()
+    expected = {"channels-last": "input 'x' is channels-last", "text": "not a readable ONNX model",
+                "truncated": "not a readable ONNX model"}
+    assert f"{model}: {expected[kind]}" in done.stderr
 
 
 def test_a_fixed_input_size_is_checked_against_the_images_before_any_work(tmp_path, exported):

@@ -85,6 +85,21 @@ def test_choose_method(in_channels, out_channels, stride, kernel, expected):
     assert choose_method(in_channels * 2, out_channels * 2, stride, (kernel, kernel), groups=2) != "winograd"
 
 
+@pytest.mark.parametrize("channels,map_size,expected", [
+    (512, (7, 7), "im2col"), (256, (14, 14), "im2col"), (512, (14, 14), "winograd"), (128, (28, 28), "winograd"),
+    (64, (56, 56), "winograd"), (512, None, "winograd")])
+def test_winograd_only_on_maps_where_it_pays(rng, channels, map_size, expected):
+    """A small map's few tiles do not pay for Winograd's transforms and 4x filters: one im2col GEMM instead
+    (ResNet-50's 7x7 and 14x14 layers); both agree with the reference."""
+    assert choose_method(channels, channels, (1, 1), (3, 3), map_size=map_size) == expected
+    weight = random_array(rng, 20, 18, 3, 3)
+    x = random_array(rng, 1, 18, 7, 6)
+    kernel = Conv2dKernel(weight, stride=(1, 1), map_size=(7, 6))
+    assert kernel.method == "im2col"
+    np.testing.assert_allclose(kernel(x, 1), reference.conv2d(x, weight, None, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_exact_mode_never_chooses_winograd():
     weight = np.zeros((32, 32, 3, 3), np.float32)
     try:

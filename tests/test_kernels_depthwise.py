@@ -7,9 +7,10 @@ import pytest
 import reference
 from conftest import random_array
 
-from dcnn.kernels import threads
+from dcnn.kernels import depthwise, threads
 from dcnn.kernels.conv import Conv2dKernel, Workspace
 from dcnn.kernels.depthwise import DepthwiseConv2dKernel, PointwiseConv2dKernel, conv_kernel
+from dcnn.network.window import normalize_padding
 
 GEOMETRY = list(itertools.product(
     [(1, 1), (3, 3), (2, 3), (5, 5)],              # kernel
@@ -67,3 +68,54 @@ def test_conv_kernel_picks_by_shape(rng):
     assert pick(8, 4, (1, 1), 1) is PointwiseConv2dKernel
     assert pick(8, 4, (1, 1), 2) is Conv2dKernel
     assert pick(8, 4, (3, 3), 1) is Conv2dKernel
+
+
+@pytest.mark.parametrize("stride,padding", [((1, 1), 0), ((1, 1), (1, 1, 1, 1)), ((2, 2), (0, 1, 0, 1))])
+@pytest.mark.parametrize("cap", [np.inf, 6.0])
+def test_depthwise_at_batch_one_with_a_capped_relu(rng, stride, padding, cap):
+    """Batch 1 without padding reads the input itself as its phase plane; the ReLU (ReLU6) is applied per pass."""
+    x = 3 * random_array(rng, 1, 7, 12, 9)
+    weight, bias = random_array(rng, 7, 1, 3, 3), random_array(rng, 7)
+    expected = reference.conv2d(x, weight, bias, stride, normalize_padding(padding), (1, 1), 7)
+    actual = DepthwiseConv2dKernel(weight, bias, stride, (1, 1), 7, relu=True, relu_cap=cap)(x, padding)
+    np.testing.assert_allclose(actual, np.clip(expected, 0, cap), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("out_channels", [600, 1030])
+def test_pointwise_in_blocks_of_output_channels(rng, out_channels):
+    """Wide layers run as 2 or 4 row blocks, each a GEMM over the whole map; a ReLU6 is fused; the blocks do not
+    depend on the thread count, so neither does any value."""
+    x = random_array(rng, 2, 20, 5, 6)
+    weight, bias = random_array(rng, out_channels, 20, 1, 1), random_array(rng, out_channels)
+    kernel = PointwiseConv2dKernel(weight, bias, relu=True, relu_cap=6.0)
+    expected = reference.conv2d(x, weight, bias, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    single = kernel(x)
+    np.testing.assert_allclose(single, np.clip(expected, 0, 6), rtol=1e-4, atol=1e-4)
+    threads.set_num_threads(3)
+    try:
+        np.testing.assert_array_equal(kernel(x), single)
+    finally:
+        threads.set_num_threads(1)
+
+
+@pytest.mark.parametrize("passes", ["cache", "one row or channel"])
+@pytest.mark.parametrize("multiplier", [1, 2])
+@pytest.mark.parametrize("kernel,stride,padding,dilation", GEOMETRY)
+def test_depthwise_channels_last_equals_channels_first(rng, monkeypatch, passes, multiplier, kernel, stride, padding,
+                                                       dilation):
+    """A map of few pixels per channel runs channels-last (170 channels here); every channel is independent, so it
+    must equal the same channels run 5 at a time, channels-first (checked against the reference above), also in
+    passes of one output row (channels-last) or one channel (channels-first)."""
+    if passes != "cache":
+        monkeypatch.setattr(depthwise, "DEPTHWISE_CACHE_SCALE", 0)
+    channels, group = 170, 5
+    x = random_array(rng, 2, channels, 11, 9)
+    weight = random_array(rng, channels * multiplier, 1, *kernel)
+    bias = random_array(rng, channels * multiplier)
+    whole = DepthwiseConv2dKernel(weight, bias, stride, dilation, channels, relu=True, relu_cap=1.0)(x, padding)
+    rows = group * multiplier
+    parts = [DepthwiseConv2dKernel(weight[first * multiplier:first * multiplier + rows],
+                                   bias[first * multiplier:first * multiplier + rows], stride, dilation, group,
+                                   relu=True, relu_cap=1.0)(x[:, first:first + group], padding)
+             for first in range(0, channels, group)]
+    np.testing.assert_array_equal(whole, np.concatenate(parts, axis=1))

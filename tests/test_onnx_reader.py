@@ -206,3 +206,51 @@ def test_a_directory_is_not_a_model_file(tmp_path):
     (tmp_path / "dir.onnx").mkdir()
     with pytest.raises(InputError, match=r"dir\.onnx' is a directory, not a file"):
         load_onnx(tmp_path / "dir.onnx")
+
+
+@pytest.mark.parametrize("x_shape", [(1, 16, 16, 3), ("N", "H", "W", 3)])
+def test_a_channels_last_input_is_refused_with_the_conversion(tmp_path, rng, x_shape):
+    """TensorFlow's layout (tf2onnx): N x H x W x C, transposed to channels-first inside the model."""
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t", "W"], ["y"]),
+    ]
+    path = save(tmp_path, nodes, x_shape, {"W": random_array(rng, 4, 3, 3, 3)})
+    with pytest.raises(InputError) as caught:
+        load_onnx(path)
+    size = "x".join("?" if isinstance(d, str) else str(d) for d in x_shape)
+    assert str(caught.value) == (
+        f"{path}: input 'x' is channels-last ({size}: N x H x W x C, TensorFlow's layout, which the model "
+        "transposes); dcnn runs channels-first N x C x H x W models: convert with tf2onnx --inputs-as-nchw x"
+    )
+
+
+@pytest.mark.parametrize("content", [b"", b"this is a text file, not a model\n"])
+def test_a_file_of_another_format_is_not_an_onnx_model(tmp_path, content):
+    path = tmp_path / "notes.onnx"
+    path.write_bytes(content)
+    with pytest.raises(
+        InputError, match=rf"^{path}: not an ONNX model \(no ONNX IR version: empty, or another format\)$"
+    ):
+        load_onnx(path)
+
+
+def test_a_model_of_a_newer_ir_version_is_named_as_such(tmp_path, rng):
+    """The checker's complaint about a newer IR version is its own message, not "not an ONNX model"."""
+    path, _ = conv_relu(tmp_path, rng)
+    model = onnx.load(path)
+    model.ir_version = 99
+    onnx.save(model, path)
+    with pytest.raises(InputError, match=r"invalid ONNX model \(Your model ir_version 99 is higher"):
+        load_onnx(path)
+
+
+def test_the_message_groups_the_nodes_of_one_reason_and_counts_the_rest(tmp_path):
+    nodes = [helper.make_node("Floor", ["x" if i == 0 else f"f{i - 1}"], [f"f{i}"], name=f"floor{i}") for i in range(6)]
+    nodes.append(helper.make_node("Relu", ["f5"], ["y"]))
+    with pytest.raises(UnsupportedModelError) as caught:
+        load_onnx(save(tmp_path, nodes))
+    assert str(caught.value).endswith(
+        "unsupported ONNX operators: Floor (nodes floor0, floor1, floor2, floor3 and 2 more)"
+    )
+    assert len(caught.value.nodes["Floor"]) == 6

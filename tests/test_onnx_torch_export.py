@@ -2,7 +2,10 @@
 patterns the exporter writes: folded batch norm or not, Clip for ReLU6, Flatten and Gemm, squeeze-and-excitation
 gates, ceil-mode pools, dynamic height and width)."""
 
+import warnings
+
 import numpy as np
+import pytest
 from conftest import oracle
 
 from dcnn.exec.forward import Forward
@@ -12,6 +15,7 @@ torch = oracle("torch")
 oracle("onnx")
 ort = oracle("onnxruntime")
 nn = torch.nn
+from dcnn.testing.onnx_exports import hand_written_cnn  # noqa: E402  (after the oracles: skipped without them)
 
 
 class Exported(nn.Module):
@@ -90,3 +94,34 @@ def test_a_view_on_the_dynamic_batch_and_a_spatial_mean(tmp_path):
     model = load_onnx(path)
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(Forward(model.network, model.weights)(x), expected, rtol=1e-4, atol=1e-6)
+
+
+def export_and_compare(module, path, x, dynamo, opset):
+    axes = {"x": {0: "N", 2: "H", 3: "W"}}
+    dynamic = (
+        {"dynamo": True, "dynamic_shapes": {"x": {axis: torch.export.Dim.AUTO for axis in axes["x"]}}, "verbose": False}
+        if dynamo
+        else {"dynamo": False, "dynamic_axes": axes}
+    )
+    torch.onnx.export(module, (torch.from_numpy(x),), str(path), input_names=["x"], opset_version=opset, **dynamic)
+    model = load_onnx(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in [x.shape, (3, 3, 11, 7)]:
+        image = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+        expected = session.run(None, {"x": image})[0]
+        np.testing.assert_allclose(Forward(model.network, model.weights)(image), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17, 18])
+def test_hand_written_model_code_at_every_opset(tmp_path, opset):
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 10)).astype(np.float32)
+    export_and_compare(hand_written_cnn(), tmp_path / "hand.onnx", x, dynamo=False, opset=opset)
+
+
+def test_hand_written_model_code_by_the_dynamo_exporter(tmp_path):
+    """PyTorch's default exporter (``dynamo=True``, onnxscript): Reshape with allowzero, Pow for the cube."""
+    oracle("onnxscript")
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 10)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_and_compare(hand_written_cnn(), tmp_path / "hand.onnx", x, dynamo=True, opset=18)

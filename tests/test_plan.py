@@ -7,16 +7,19 @@ import pytest
 
 from dcnn.errors import InputError, PlanError
 from dcnn.kernels.conv import layout_bytes, set_exact
+from dcnn.kernels.winograd import winograd_pays
 from dcnn.network.graph import GraphBuilder
 from dcnn.network.layers import Add, Linear, MaxPool2d, ReLU
 from dcnn.network.zoo import get_model
 from dcnn.planner.plan import (
+    GIB,
     MIB,
     MODEL_MARGIN,
     Cluster,
     Stage,
     best_plan,
     choose_plan,
+    for_process,
     format_bytes,
     memory_batch,
     memory_fused,
@@ -100,8 +103,14 @@ def test_batch_mode_holds_every_weight():
 
 def test_winograd_layers_count_their_transformed_filters():
     network, shape, cluster = get_model("resnet18"), (3, 64, 64), Cluster.uniform(1, 4 * 2**30)
-    winograd = [r for r in network.costs(shape) if r.layer.kind == "conv" and r.layer.kernel_size == (3, 3)
-                and r.layer.stride == (1, 1) and min(r.layer.in_channels, r.layer.out_channels) >= 16]
+    # Winograd where its map at the declared 224x224 input is large enough: not layer4's 7x7 ones (im2col).
+    declared = network.shapes()
+    geometry = [(index, r) for index, r in enumerate(network.costs(shape)) if r.layer.kind == "conv"
+                and r.layer.kernel_size == (3, 3) and r.layer.stride == (1, 1)
+                and min(r.layer.in_channels, r.layer.out_channels) >= 16]
+    winograd = [r for index, r in geometry
+                if winograd_pays(r.layer.in_channels, r.layer.out_channels, declared[index + 1][1:])]
+    assert 0 < len(winograd) < len(geometry)
     nine_taps = sum(9 * 4 * r.layer.out_channels * r.layer.in_channels for r in winograd)
     fast = memory_batch(network, shape, 1, cluster).memory[0]["weights"]
     set_exact(True)
@@ -337,3 +346,54 @@ def test_a_node_too_small_for_a_stage_is_refused_naming_it():
     message = str(error.value)
     assert "Whatever the plan, every node holds the recognition models (" in message
     assert "No number of such nodes" in message
+
+
+def test_a_rank_process_adds_its_model_reader_to_the_runtime_and_sets_its_threads():
+    """``dcnn.plan`` and ``dcnn.infer`` both add a model file's reader bytes through ``for_process``."""
+    cluster = Cluster.uniform(2, 8 * GIB)
+    process = for_process(cluster, 123 * MIB, 2)
+    assert process.runtime_bytes == cluster.runtime_bytes + 123 * MIB and process.threads == 2
+    assert process.nodes == cluster.nodes and process.fraction == cluster.fraction
+    base, read = (plan_for(VGG16, SHAPE, c, "batch", 1).memory[0] for c in (for_process(cluster), process))
+    assert read["runtime"] - base["runtime"] == 123 * MIB
+    # Each of the two kernel threads keeps its Winograd band buffers.
+    assert read["winograd scratch"] == 2 * base["winograd scratch"] > 0
+    with pytest.raises(InputError, match="--threads"):
+        for_process(cluster, 0, 0)
+
+
+def test_the_winograd_scratch_covers_what_a_thread_keeps():
+    """The band buffers a thread holds after a whole VGG-11 batch, measured, against the planner's item; the
+    exact formulations (``--exact-conv``) keep none."""
+    import threading
+
+    import numpy as np
+
+    from dcnn.exec.forward import Forward
+    from dcnn.kernels import threads, winograd
+    from dcnn.network.weights import init_weights
+
+    network, shape, batch = get_model("vgg11"), (3, 48, 40), 3
+    held = []
+
+    def run():
+        # A fresh thread: its buffers are only what this batch needed.
+        Forward(network, init_weights(network, seed=0))(np.zeros((batch, *shape), np.float32))
+        held.append(sum(buffer.nbytes for buffer in winograd._scratch.__dict__.values()))
+
+    before = threads.get_num_threads()
+    threads.set_num_threads(1)
+    try:
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+    finally:
+        threads.set_num_threads(before)
+    predicted = plan_for(network, shape, Cluster.uniform(1, 8 * GIB), "batch", batch).memory[0]["winograd scratch"]
+    assert 0 < held[0] <= predicted <= 1.1 * held[0]
+    set_exact(True)
+    try:
+        assert "winograd scratch" not in plan_for(network, shape, Cluster.uniform(1, 8 * GIB), "batch",
+                                                  batch).memory[0]
+    finally:
+        set_exact(False)

@@ -88,3 +88,19 @@ def test_resize_plans_are_shared_read_only_and_leave_no_state(rng):
     assert sum(map(pyramid._plan_bytes, pyramid._plans.values())) <= pyramid.PLAN_CACHE_BYTES
     for array in (*plan[:3], *plan[4:7], *plan[7], *plan[8]):
         assert not array.flags.writeable
+
+
+def test_the_kernel_threads_build_the_pyramid_of_a_batch_bit_for_bit(rng):
+    """Slices of the batch on two and three threads give the one-thread tensor exactly."""
+    from dcnn.kernels import threads
+
+    images = np.stack([rgb(rng, 15, 11) for _ in range(5)])
+    one, rects = pyramid_tensor(images, MEAN_RGB, upsample=1)
+    try:
+        for count in (2, 3):
+            threads.set_num_threads(count)
+            tensor, more_rects = pyramid_tensor(images, MEAN_RGB, upsample=1)
+            assert more_rects == rects
+            np.testing.assert_array_equal(tensor, one)
+    finally:
+        threads.set_num_threads(1)

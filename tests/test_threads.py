@@ -38,6 +38,28 @@ def test_parallel_for_propagates_errors():
         threads.set_num_threads(1)
 
 
+def test_the_calling_thread_runs_a_slice_and_waits_for_the_others():
+    """The caller runs the first slice itself (it used to sleep while two pool threads ran both slices), with
+    n - 1 pool threads; an error in its slice propagates only after the other slices are done."""
+    ran, finished = {}, threading.Event()
+
+    def body(items):
+        ran[items[0]] = threading.current_thread()
+        if items[0] == 0:
+            raise RuntimeError("first slice")
+        finished.wait(0.2)
+        finished.set()
+
+    try:
+        threads.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="first slice"):
+            threads.parallel_for(body, list(range(4)))
+        assert finished.is_set() and ran[0] is threading.current_thread() and ran[2] is not ran[0]
+        assert threads._pool._max_workers == 1
+    finally:
+        threads.set_num_threads(1)
+
+
 def test_default_threads_respects_omp(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert threads.default_num_threads() == 3

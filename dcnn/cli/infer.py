@@ -81,11 +81,11 @@ from dcnn.parallel.engines import EngineCache
 from dcnn.parallel.fused import COUNTER_FIELDS, FusedEngine, compile_fused
 from dcnn.parallel.spatial import SpatialEngine
 from dcnn.planner.plan import (
-    RUNTIME_BYTES,
     Cluster,
     RunPlan,
     Stage,
     choose_plan,
+    for_process,
     format_bytes,
     parse_bytes,
     plan_shapes,
@@ -457,6 +457,11 @@ def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster |
     return None
 
 
+def _threads(args: argparse.Namespace, local_ranks: int) -> int:
+    """Kernel threads per rank: ``--threads``, else the node's cores shared by its ranks."""
+    return args.threads or max(1, default_num_threads() // local_ranks)
+
+
 def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: ImageSet, comm, local_ranks: int,
           reader: int = 0, stage: Stage | None = None) -> RunPlan:
     """Choose the plan (--plan auto) or model the requested one, for the image sizes that need the most memory
@@ -464,8 +469,9 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     ``reader``: bytes a rank's runtime holds beyond the planner's (reading a model file,
     :func:`dcnn.exec.imported.reader_bytes`)."""
     cluster = _cluster(args, comm.size, local_ranks)
+    threads = _threads(args, local_ranks)
     if cluster is not None:
-        cluster = dataclasses.replace(cluster, runtime_bytes=cluster.runtime_bytes + reader)
+        cluster = for_process(cluster, reader, threads)
     worst = worst_shapes(scan.counts(), args.batch_size)
     images = len(scan.shape_of)
     if args.plan == "auto":
@@ -484,7 +490,7 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
             print(f"plan: {plan.describe()}, predicted peak {format_bytes(plan.peak())} per rank "
                   f"(budget {format_bytes(min(cluster.budget(r) for r in range(cluster.size)))})", flush=True)
         return plan
-    modelled = cluster or Cluster.uniform(comm.size, 2**62, runtime_bytes=RUNTIME_BYTES + reader)
+    modelled = cluster or for_process(Cluster.uniform(comm.size, 2**62), reader, threads)
     mode = "batch" if args.mode == "single" else args.mode
     grid = (parse_grid(args.grid, "--grid") if mode == "spatial" and args.grid else
             parse_grid(args.tiles, "--tiles") if mode == "fused" else None)
@@ -598,7 +604,7 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
             lock.release()
         raise
     network, images, weights = job.network, job.images, job.weights
-    threads = args.threads or max(1, default_num_threads() // local_ranks)
+    threads = _threads(args, local_ranks)
     set_num_threads(threads)
     split = TaskSplit(len(images), args.batch_size)
     with collective(comm):

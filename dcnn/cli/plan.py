@@ -11,7 +11,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Sequence
 
 from dcnn.cli.common import add_common_arguments, add_model_argument, run_main
@@ -31,6 +30,7 @@ from dcnn.planner.plan import (
     Cluster,
     RunPlan,
     best_plan,
+    for_process,
     format_bytes,
     parse_bytes,
     plans,
@@ -104,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
                               descriptor_network(resnet_structure())) if args.recognize else None
     set_exact(args.exact_conv)  # the planner counts the filter layouts of the kernels the run would build
     cluster = _cluster(args)
-    if is_model_file(args.model):
-        cluster = dataclasses.replace(cluster, runtime_bytes=cluster.runtime_bytes + reader_bytes(args.model))
+    cluster = for_process(cluster, reader_bytes(args.model) if is_model_file(args.model) else 0)
     modes = tuple(args.mode or MODES)
     candidates = plans(network, shape, cluster, args.batch_size, args.images, modes, stage=stage)
     chosen = best_plan(candidates, network, shape, cluster, modes, stage)

@@ -2,9 +2,9 @@
 
 Every engine runs layers through these ops: the single-process path calls them on whole images, the spatial
 and fused engines on blocks with explicit border padding. A batch norm (or per-channel affine) that is the only
-reader of a convolution's output is folded into the convolution's weights, and a ReLU that is the only reader
-of either is fused into the convolution's output pass (:func:`fusion_plan`); the absorbed layers keep their place
-in the op list as identities, so layer indices stay those of the network.
+reader of a convolution's output is folded into the convolution's weights, and a ReLU (or ReLU6, or a Clip from
+0) that is the only reader of either is fused into the convolution's output pass (:func:`fusion_plan`); the
+absorbed layers keep their place in the op list as identities, so layer indices stay those of the network.
 
 :meth:`Forward.run` executes the network's nodes in topological order: each tensor is freed after its last
 reader, and an in-place op (activations, batch norm, a residual add) overwrites its input only when that input
@@ -18,13 +18,15 @@ and no layer after it has. :meth:`Forward.run` refuses a boundary inside a folde
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from dcnn.kernels.cache import cache_bytes
-from dcnn.kernels.conv import Workspace
+from dcnn.kernels.conv import Conv2dKernel, Workspace
 from dcnn.kernels.depthwise import conv_kernel
 from dcnn.kernels.elementwise import (
     affine_channels,
@@ -46,6 +48,7 @@ from dcnn.kernels.elementwise import (
     softmax,
     tanh,
 )
+from dcnn.kernels.memory import empty_float32
 from dcnn.kernels.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d, pad2d
 from dcnn.network.graph import INPUT, Network
 from dcnn.network.layers import (
@@ -82,7 +85,14 @@ from dcnn.network.layers import (
 )
 from dcnn.network.window import Padding
 
-__all__ = ["Forward", "LayerOp", "apply_op", "compile_layer", "fusion_plan"]
+__all__ = ["Forward", "LayerOp", "apply_op", "compile_layer", "fusion_plan", "relu_cap"]
+
+#: A block of images keeps the tensors alive at each of its layers within ``1 / BLOCK_CACHE_SHARE`` of the L3: the
+#: rest holds the layer's filters (Winograd's transformed 256 -> 256 filters are 9.4 MB), its band scratch and
+#: the other cores' data. Measured on VGG-16 at batch 4 (three interleaved runs, CPU time, 32 MiB L3): one image
+#: up to the 56x56 layers and the whole batch after them took 229-246 ms per image; one image throughout,
+#: 250-261; blocks of two or four images from the 112x112 or 56x56 layers on (a share of 1 or 2), 239-259.
+BLOCK_CACHE_SHARE = 4
 
 
 @dataclass
@@ -125,7 +135,8 @@ def _identity(x: np.ndarray, padding: Padding | None) -> np.ndarray:
 
 def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
                   folded_norm: tuple[np.ndarray, np.ndarray] | None = None,
-                  workspace: Workspace | None = None, fused_relu: bool = False) -> LayerOp:
+                  workspace: Workspace | None = None, fused_relu: float | None = None,
+                  map_size: tuple[int, int] | None = None) -> LayerOp:
     """Build the op for one layer.
 
     Parameters
@@ -140,8 +151,11 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
         ``(scale, shift)`` of a following batch norm to fold into a convolution.
     workspace : Workspace, optional
         Scratch buffers shared by the ops of one executor.
-    fused_relu : bool
-        Apply a following ReLU inside a convolution.
+    fused_relu : float, optional
+        Apply a following ReLU inside a convolution, capped at this value (infinite for a ReLU, 6 for ReLU6;
+        :func:`relu_cap`).
+    map_size : tuple of int, optional
+        A convolution's output map at the network's declared input (its kernel's choice of method).
     """
     if isinstance(layer, Conv2d):
         weight = tensors["weight"]
@@ -150,7 +164,14 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
             scale, shift = folded_norm
             weight = weight * scale[:, None, None, None]
             bias = shift if bias is None else bias * scale + shift
-        kernel = conv_kernel(weight, bias, layer.stride, layer.dilation, layer.groups, relu=fused_relu)
+        kernel = conv_kernel(weight, bias, layer.stride, layer.dilation, layer.groups, relu=fused_relu is not None,
+                             relu_cap=math.inf if fused_relu is None else fused_relu, map_size=map_size)
+        if isinstance(kernel, Conv2dKernel) and fused_relu is not None and fused_relu < math.inf:
+            def run_capped(x, p):
+                # The general kernel fuses the ReLU only; its cap is one more pass over its fresh output.
+                out = kernel(x, _own_padding(layer, x, p), workspace)
+                return relu(out, out=out, cap=fused_relu)
+            return LayerOp(name, layer, run_capped)
         return LayerOp(name, layer, lambda x, p: kernel(x, _own_padding(layer, x, p), workspace))
     if isinstance(layer, AvgPool2d):
         def run_avg(x, p):
@@ -244,31 +265,46 @@ def apply_op(op: LayerOp, arguments: list[np.ndarray], writable: list[bool],
     return op(arguments[0] if len(arguments) == 1 else arguments, padding)
 
 
+def relu_cap(layer: Layer) -> float | None:
+    """The cap ``c`` if ``layer`` computes ``min(max(x, 0), c)`` (ReLU: infinite, ReLU6: 6, a Clip from 0), else
+    ``None``."""
+    if isinstance(layer, ReLU):
+        return math.inf
+    if isinstance(layer, ReLU6):
+        return 6.0
+    if isinstance(layer, Clip) and layer.min_value == 0 and layer.max_value >= 0:
+        return float(layer.max_value)
+    return None
+
+
 def fusion_plan(network: Network, stop: int | None = None, start: int = 0) -> dict[int, tuple[int | None, bool]]:
     """Which layers each convolution absorbs: the one place that decides folding and fusion.
 
     A batch norm, or a per-channel affine (dlib's ``affine`` layer, a batch norm in inference form), is folded
     into the convolution before it when it is the only reader of the convolution's output, and a ReLU is fused
     when it is the only reader of the convolution's (or the folded layer's) output. A tensor with another
-    reader (a residual skip, a branch) must keep its own values, so its producer absorbs nothing. Only layers
+    reader (a residual skip, a branch) must keep its own values, so its producer absorbs nothing. ReLU6 and a
+    Clip from 0 count as ReLUs with a cap (:func:`relu_cap`). Only layers
     ``start .. stop - 1`` (default: all) absorb or are absorbed: an executor that runs them never folds across
     either end.
 
     Returns
     -------
     dict
-        ``{conv index: (folded batch-norm or affine index or None, whether the ReLU right after is fused)}`` for every
-        convolution that absorbs something. The absorbed layers are the ones at ``conv index + 1`` (and
-        ``+ 2``) in the network's order.
+        ``{conv index: (folded batch-norm or affine index or None, whether the (capped) ReLU right after is
+        fused)}`` for every convolution that absorbs something. The absorbed layers are the ones at
+        ``conv index + 1`` (and ``+ 2``) in the network's order.
     """
     readers = network.consumers()
     last_uses = network.last_uses()
     layers = network.layers[:stop]
 
-    def sole_reader(index: int, kind: type | tuple[type, ...]) -> bool:
+    def sole_reader(index: int, kind: type | tuple[type, ...] | None) -> bool:
         name = layers[index][0]
         following = index + 1
-        return (following < len(layers) and isinstance(layers[following][1], kind)
+        return (following < len(layers)
+                and (relu_cap(layers[following][1]) is not None if kind is None
+                     else isinstance(layers[following][1], kind))
                 and readers[name] == [following] and last_uses[name] == following
                 and network.inputs[following] == (name,))
 
@@ -277,7 +313,7 @@ def fusion_plan(network: Network, stop: int | None = None, start: int = 0) -> di
         if index < start or not isinstance(layer, Conv2d):
             continue
         norm = index + 1 if sole_reader(index, (BatchNorm2d, Affine)) else None
-        relu_fused = sole_reader(index if norm is None else norm, ReLU)
+        relu_fused = sole_reader(index if norm is None else norm, None)
         if norm is not None or relu_fused:
             plan[index] = (norm, relu_fused)
     return plan
@@ -306,6 +342,10 @@ class Forward:
         One op per compiled layer, by layer index (absorbed layers are identities; ``None`` before ``start``).
     boundaries : frozenset of int
         The layer indices at which a partial run may start or stop: every index except those of absorbed layers.
+    cuts : frozenset of int
+        The boundaries that only the previous node's output crosses (empty unless ``start`` is 0).
+    head_stop : int or None
+        The first node of the flat tail that :meth:`__call__` runs on the whole batch, if the network has one.
 
     Examples
     --------
@@ -325,6 +365,7 @@ class Forward:
         layers = list(network.layers)[:stop]
         absorbed: set[int] = set()
         fusion = fusion_plan(network, len(layers), start) if fuse else {}
+        declared = network.declared_map_sizes()
         for index, (name, layer) in enumerate(layers):
             if index < start:
                 self.ops.append(None)
@@ -332,9 +373,9 @@ class Forward:
             if index in absorbed:
                 self.ops.append(LayerOp(name, layer, _identity, in_place=True))
                 continue
-            folded, fused_relu = None, False
+            folded, fused_relu = None, None
             if index in fusion:
-                norm, fused_relu = fusion[index]
+                norm, relu_fused = fusion[index]
                 if norm is not None:
                     norm_name, spec = layers[norm]
                     folded = (weights[f"{norm_name}.weight"], weights[f"{norm_name}.bias"]) if isinstance(
@@ -343,11 +384,14 @@ class Forward:
                         weights[f"{norm_name}.running_mean"], weights[f"{norm_name}.running_var"],
                         spec.eps)  # type: ignore[attr-defined]
                     absorbed.add(norm)
-                if fused_relu:
+                if relu_fused:
                     absorbed.add(index + 1 + (norm is not None))
+                    fused_relu = relu_cap(layers[index + 1 + (norm is not None)][1])
             tensors = {key[len(name) + 1:]: value for key, value in weights.items() if key.startswith(name + ".")}
-            self.ops.append(compile_layer(name, layer, tensors, folded, self.workspace, fused_relu))
+            self.ops.append(compile_layer(name, layer, tensors, folded, self.workspace, fused_relu,
+                                          declared[index]))
         self.boundaries = frozenset(range(start, len(layers) + 1)) - absorbed
+        self.cuts = frozenset(self._single_cuts()) if start == 0 else frozenset()
         self.head_stop = self._flat_tail_start() if start == 0 else None
 
     def run(self, x: np.ndarray | Mapping[str, np.ndarray], start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -400,45 +444,78 @@ class Forward:
             owned.add(names[index])
         return tensors[names[stop - 1]]
 
+    def _single_cuts(self) -> set[int]:
+        """The boundaries ``k`` at which one tensor crosses: the nodes from ``k`` on read only node ``k - 1``'s
+        output (the input for ``k = 0``) and tensors computed from ``k`` on, so :meth:`run` can stop at ``k`` and
+        resume from that one tensor."""
+        last = self.network.last_uses()
+        names = [INPUT, *(name for name, _ in self.network.layers)]
+        # names[:index] are the input and nodes 0 .. index - 2: none may be read from node index on.
+        return {index for index in self.boundaries if all(last[name] < index for name in names[:index])}
+
     def _flat_tail_start(self) -> int | None:
         """The first node of the network's flat tail (from its first Flatten or Linear on), if the nodes before
-        it can run on their own: a boundary whose nodes after it read only tensors computed from it on."""
-        names = [name for name, _ in self.network.layers][:len(self.ops)]
+        it can run on their own: a boundary where only the previous node's output crosses."""
         start = next((index for index, (_, layer) in enumerate(self.network.layers[:len(self.ops)])
                       if isinstance(layer, (Flatten, Linear))), None)
-        if not start or start not in self.boundaries:
-            return None
-        later = set(names[start - 1:])
-        if any(source not in later for sources in self.network.inputs[start:len(self.ops)] for source in sources):
-            return None
-        return start
+        return start if start and start in self.cuts else None
 
-    def images_per_block(self, input_shape: tuple[int, ...]) -> int:
-        """Images that run the layers before :attr:`head_stop` together: as many as keep a layer's input and
-        output within the L3 cache, at least one.
+    def block_plan(self, input_shape: tuple[int, ...], batch: int) -> list[tuple[int, int, int]]:
+        """How a batch runs the layers before :attr:`head_stop`: ``(start, stop, images)`` segments of layers,
+        each run ``images`` images at a time, ``images`` never decreasing from one segment to the next.
 
-        A larger batch then costs each image what batch 1 does (VGG-16 at batch 4 otherwise read every early
-        layer's input back from memory: 15 % slower per image), while the flat tail (the fully connected
-        layers, bound by reading their weights) still runs on the whole batch.
+        A node fits ``L3 / (4 live)`` images, ``live`` being the per-image values of the tensors alive while it
+        runs (:meth:`~dcnn.network.graph.Network.live_values`: a chain layer's input and output) and ``L3`` the
+        share :data:`BLOCK_CACHE_SHARE` of that cache, at least one, at most ``batch``. Segments start and end
+        only at :attr:`cuts`; a segment runs the fewest images that any of its nodes or any later node fits (so a
+        residual block's narrow ReLU does not alternate with the wider block around it), neighbours that run as
+        many images are one segment, and a segment that would start by shrinking the map (a pool) leaves that
+        node to the segment before it, so the batch is gathered from the smaller tensor.
+
+        Early layers on large maps thus run image by image, as batch 1 would (VGG-16 at batch 4 otherwise read
+        every early layer's input back from memory: 15 % slower per image), and later, smaller layers on more
+        images, whose longer GEMMs (Winograd's tiles of several images in one band,
+        :func:`dcnn.kernels.winograd.images_per_block`) are where a batch gains. The flat tail (the fully
+        connected layers, bound by reading their weights) runs on the whole batch.
         """
-        largest = max(int(np.prod(shape)) for shape in self.network.shapes(input_shape)[:self.head_stop or 1])
-        return max(1, cache_bytes(3) // (2 * 4 * largest))
+        stop = self.head_stop or 0
+        live = self.network.live_values(input_shape)[:stop]
+        fits = [max(1, min(batch, cache_bytes(3) // (BLOCK_CACHE_SHARE * 4 * values))) for values in live]
+        sizes = [math.prod(shape) for shape in self.network.shapes(input_shape)]
+        bounds = [0, *sorted(cut for cut in self.cuts if 0 < cut < stop), stop]
+        plan: list[tuple[int, int, int]] = []
+        images = batch
+        for first, end in reversed(list(itertools.pairwise(bounds))):
+            images = min(images, *fits[first:end])
+            if plan and plan[-1][2] == images:
+                end = plan.pop()[1]
+            plan.append((first, end, images))
+        plan.reverse()
+        # The segment before a shrinking node fits it too (it runs fewer images).
+        for index in range(1, len(plan)):
+            (first, cut, images), (_, end, more) = plan[index - 1], plan[index]
+            while cut < end and sizes[later := min(c for c in bounds if c > cut)] < sizes[cut]:
+                cut = later
+            plan[index - 1], plan[index] = (first, cut, images), (cut, end, more)
+        return [segment for segment in plan if segment[0] < segment[1]]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Run the whole network on a ``(B, C, H, W)`` float32 batch, in blocks of images up to its flat tail
-        (:meth:`images_per_block`); the blocks depend only on the batch and input sizes, so a batch gives the
+        """Run the whole network on a ``(B, C, H, W)`` float32 batch, the layers before its flat tail in blocks
+        of images (:meth:`block_plan`); the blocks depend only on the batch and input sizes, so a batch gives the
         same result at any thread count, and agrees with :meth:`run` on the whole batch to float32 rounding."""
         x = np.asarray(x, dtype=np.float32)
         if self.head_stop is None or len(x) <= 1:
             return self.run(x)
-        block = self.images_per_block(x.shape[1:])
-        if block >= len(x):
-            return self.run(x)
-        head = None
-        for first in range(0, len(x), block):
-            # Copied at once: a block's output may live in a buffer that the next block reuses.
-            part = self.run(x[first:first + block], 0, self.head_stop)
-            if head is None:
-                head = np.empty((len(x), *part.shape[1:]), dtype=np.float32)
-            head[first:first + len(part)] = part
-        return self.run(head, self.head_stop)
+        for start, stop, block in self.block_plan(x.shape[1:], len(x)):
+            if block >= len(x):
+                x = self.run(x, start, stop)
+                continue
+            whole = None
+            for first in range(0, len(x), block):
+                # Copied at once: a block's output may live in a buffer that the next block reuses.
+                part = self.run(x[first:first + block], start, stop)
+                if whole is None:
+                    whole = empty_float32((len(x), *part.shape[1:]))
+                whole[first:first + len(part)] = part
+            x = whole
+        return self.run(x, self.head_stop)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from dcnn.kernels.memory import empty_float32
+from dcnn.kernels.threads import parallel_for
 
 __all__ = [
     "Rect", "decode_boxes", "nms", "pyramid_sizes", "pyramid_tensor", "resize_bilinear", "resize_rgb",
@@ -331,14 +332,26 @@ def pyramid_tensor(images: np.ndarray, mean_rgb: tuple[float, float, float], pad
         Each level's inclusive rectangle in the tensor, level 0 first.
     """
     batch, height, width, _ = images.shape
+    for _ in range(upsample):
+        height, width = upsampled_size(height, width)
+    rows, cols, rects = tiled_layout(pyramid_sizes(height, width), padding, outer)
+    pixels = empty_float32((batch, rows, cols, 3))
+    pixels.fill(0)
+    # Slices of the batch on the kernel threads: every plane's arithmetic is its own, so any split is bit-exact.
+    parallel_for(lambda part: _fill_pyramid(pixels[part.start:part.stop], images[part.start:part.stop], mean_rgb,
+                                            rects, upsample), range(batch))
+    return pixels.transpose(0, 3, 1, 2), rects
+
+
+def _fill_pyramid(pixels: np.ndarray, images: np.ndarray, mean_rgb: tuple[float, float, float], rects: list[Rect],
+                  upsample: int) -> None:
+    """:func:`pyramid_tensor`'s levels of ``images`` into their rectangles ``rects`` of the channels-last
+    ``pixels`` ``(B, rows, cols, 3)``."""
+    batch, height, width, _ = images.shape
     level = _planes_last(images).astype(np.float32)
     for _ in range(upsample):
         height, width = upsampled_size(height, width)
         level = _resize_planes(level, height, width, rgb=True)
-    sizes = pyramid_sizes(height, width)
-    rows, cols, rects = tiled_layout(sizes, padding, outer)
-    pixels = empty_float32((batch, rows, cols, 3))
-    pixels.fill(0)
     channels = level.reshape(height, width, batch, 3)
     np.subtract(channels, np.asarray(mean_rgb, np.float32), out=channels)
     np.divide(channels, np.float32(256), out=channels)
@@ -346,7 +359,6 @@ def pyramid_tensor(images: np.ndarray, mean_rgb: tuple[float, float, float], pad
         if index:
             level = _resize_planes(level, bottom - top + 1, right - left + 1, rgb=False)
         _copy_level(pixels, level, left, top)
-    return pixels.transpose(0, 3, 1, 2), rects
 
 
 def _copy_level(pixels: np.ndarray, level: np.ndarray, left: int, top: int) -> None:

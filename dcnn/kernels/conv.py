@@ -37,8 +37,9 @@ and no layer transposes.
 *winograd* (3x3, stride 1, wide inputs and outputs: VGG's and ResNet's 3x3 layers). Winograd's F(4x4, 3x3),
 36 GEMMs over the channels for every 16 outputs instead of 144 multiplications (:mod:`dcnn.kernels.winograd`);
 it rounds differently from the direct sum (error stated in ``docs/architecture.md``), so :func:`set_exact` turns it
-off for a run that wants the exact formulations only. The choice depends on the layer, never on the size of
-the map, so a spatial block or a fused tile uses the same formulation as the whole map.
+off for a run that wants the exact formulations only. It is chosen where its output map at the network's declared
+input is large enough (im2col below); the choice depends on the layer and that declared map, never on the map a
+call gets, so a spatial block or a fused tile uses the same formulation as the whole map.
 
 Chunks of output columns are sized from the detected L2 cache (:mod:`dcnn.kernels.cache`; four L2s for the
 kernel-row and shifted-output formulations, :data:`WIDE_CHUNK_L2`) and a large batch is
@@ -58,7 +59,15 @@ from dcnn.kernels.blas import gemm_accumulate
 from dcnn.kernels.cache import cache_bytes
 from dcnn.kernels.memory import empty_float32
 from dcnn.kernels.threads import parallel_for
-from dcnn.kernels.winograd import ALPHA, TILE, WinogradBands, images_per_block, scatter_tiles, transform_weights
+from dcnn.kernels.winograd import (
+    ALPHA,
+    TILE,
+    WinogradBands,
+    images_per_block,
+    scatter_tiles,
+    transform_weights,
+    winograd_pays,
+)
 from dcnn.network.window import Padding, conv_output_size, normalize_padding, pair
 
 __all__ = ["EXACT_METHODS", "METHODS", "Conv2dKernel", "Workspace", "choose_method", "conv2d", "layout_bytes",
@@ -91,6 +100,10 @@ GEMM_LANES = 16
 WIDE_CHUNK_L2 = 4
 #: Narrower filters than this keep the shifted GEMMs: a kernel row of 1 or 3 taps gives too shallow a GEMM.
 ROWS_MIN_KERNEL = 5
+#: Thin inputs at a stride above 1 use im2col from this many output channels (shifted GEMMs below it).
+IM2COL_STRIDED_MIN_OUT_CHANNELS = 32
+#: Output maps of at most this many pixels (14x14) use im2col: one GEMM instead of one per tap.
+IM2COL_MAX_POSITIONS = 196
 #: float32 values in a 64-byte cache line: chunk bounds of the flat formulations are multiples of it.
 CACHE_LINE = 16
 #: Chunks never get narrower than this many columns, so each GEMM stays efficient.
@@ -116,30 +129,40 @@ def winograd_applies(kernel_size: tuple[int, int], stride: tuple[int, int], dila
 
 def choose_method(in_channels: int, out_channels: int, stride: tuple[int, int] = (1, 1),
                   kernel_size: tuple[int, int] = (1, 1), dilation: tuple[int, int] = (1, 1),
-                  groups: int = 1) -> str:
+                  groups: int = 1, map_size: tuple[int, int] | None = None) -> str:
     """The formulation for a convolution with these channels *per group* (one of :data:`METHODS`).
 
     Winograd for a 3x3 stride-1 layer with at least :data:`WINOGRAD_MIN_CHANNELS` input and output channels
     unless :func:`set_exact` asked for exact formulations (measured with ``scripts/bench_kernels.py``: VGG-16's
-    3x3 layers run 1.1-2.3x faster, the 64-channel ones least; the whole network about 1.5x).
+    3x3 layers run 1.1-2.3x faster, the 64-channel ones least; the whole network about 1.5x), if its output map
+    ``map_size`` (the one at the network's declared input; ``None``: large) is large enough
+    (:func:`dcnn.kernels.winograd.winograd_pays`); on a smaller one, im2col: one GEMM, which at ResNet-50's 7x7
+    and 14x14 maps ran 1.3-2x faster than the shifted GEMMs, each a few dozen columns wide.
 
     Measured with ``scripts/bench_kernels.py`` and interleaved A/B runs: im2col wins for thin inputs at stride
     1 (VGG's 3 -> 64: about 1.7x the shifted GEMMs, whose K = 3 products re-read the output nine times); at
     stride 2 the thin first layer of the face detector (3 -> 16, 5x5) runs 10-30 % faster as shifted GEMMs on
-    the phase planes, because its im2col copies rows of only ~140 values.
+    the phase planes, because its im2col copies rows of only ~140 values; with :data:`IM2COL_STRIDED_MIN_OUT_CHANNELS`
+    outputs or more, im2col wins at stride 2 too (ResNet-50's 7x7 3 -> 64 stem: 4.4 ms against 7.6; MobileNetV2's
+    3x3 3 -> 32: 0.75 against 1.0). On an output map of at most :data:`IM2COL_MAX_POSITIONS` pixels (at the
+    network's declared input) im2col's one GEMM also beats the shifted ones, each only that many columns wide
+    (ResNet-50's 512-channel 3x3 stride-2 layer, 7x7 output: 3.8 ms against 4.7).
     """
     if (not _exact and winograd_applies(kernel_size, stride, dilation, groups)
             and min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS):
-        return "winograd"
+        return "winograd" if winograd_pays(in_channels, out_channels, map_size) else "im2col"
     if out_channels < SHIFTED_OUTPUT_MAX_CHANNELS and in_channels >= TAP_GEMM_MIN_CHANNELS:
         return "shifted-output"
     if min(kernel_size) >= ROWS_MIN_KERNEL and out_channels <= ROWS_MAX_CHANNELS:
         return "rows"
-    return "shifted" if in_channels >= TAP_GEMM_MIN_CHANNELS or max(stride) > 1 else "im2col"
+    if in_channels < TAP_GEMM_MIN_CHANNELS:
+        return "im2col" if max(stride) == 1 or out_channels >= IM2COL_STRIDED_MIN_OUT_CHANNELS else "shifted"
+    small = map_size is not None and map_size[0] * map_size[1] <= IM2COL_MAX_POSITIONS
+    return "im2col" if small else "shifted"
 
 
 def layout_bytes(weight_shape: tuple[int, int, int, int], stride: tuple[int, int] = (1, 1),
-                 dilation: tuple[int, int] = (1, 1), groups: int = 1) -> int:
+                 dilation: tuple[int, int] = (1, 1), groups: int = 1, map_size: tuple[int, int] | None = None) -> int:
     """Bytes of the filters in the layout the kernel keeps, besides the loaded ``weight``.
 
     Parameters
@@ -150,6 +173,8 @@ def layout_bytes(weight_shape: tuple[int, int, int, int], stride: tuple[int, int
         ``(vertical, horizontal)``.
     groups : int
         Channel groups.
+    map_size : tuple of int, optional
+        Output map the kernel was built for (:func:`choose_method`).
 
     Returns
     -------
@@ -159,7 +184,7 @@ def layout_bytes(weight_shape: tuple[int, int, int, int], stride: tuple[int, int
         values as the weight. Follows :func:`set_exact`.
     """
     out_channels, group_channels, kh, kw = weight_shape
-    method = choose_method(group_channels, out_channels // groups, stride, (kh, kw), dilation, groups)
+    method = choose_method(group_channels, out_channels // groups, stride, (kh, kw), dilation, groups, map_size)
     if method == "rows":
         return 4 * kh * (kw * group_channels + 1) * _row_width(out_channels, groups)
     taps = ALPHA * ALPHA if method == "winograd" else kh * kw
@@ -173,16 +198,20 @@ def _row_width(out_channels: int, groups: int) -> int:
     return lanes if groups == 1 and 8 * (lanes - out_channels) <= out_channels else out_channels
 
 
-def balanced_chunks(total: int, target: int, align: int = 1) -> list[tuple[int, int]]:
+def balanced_chunks(total: int, target: int, align: int = 1, granule: int = CHUNK_GRANULE) -> list[tuple[int, int]]:
     """Split ``range(total)`` into near-equal ``(start, stop)`` chunks of about ``target`` or fewer.
 
-    The number of chunks is a multiple of :data:`CHUNK_GRANULE` and never depends on the thread count, so results
-    are bit-identical at any ``--threads`` (a run resumed with another thread count continues it exactly).
+    The number of chunks is a multiple of ``granule`` (:data:`CHUNK_GRANULE`: 1, 2 and 4 threads get equal
+    shares) where the chunks stay at least half the target (else as few as hold ``target`` each: four chunks of a
+    7x7 map's 61 columns made ResNet-50's 512-channel 3x3 GEMMs 16 columns wide, at a third of the BLAS rate), and
+    it never depends on the thread count, so results are bit-identical at any ``--threads`` (a run resumed with
+    another thread count continues it exactly).
     Inner bounds are multiples of ``align``: with ``align = 16`` float32 columns (one 64-byte cache line), threads
     never share a cache line of output. Chunks that would be empty after alignment are dropped.
     """
     count = -(-total // max(1, target))
-    count = min(total, -(-count // CHUNK_GRANULE) * CHUNK_GRANULE)
+    granular = -(-count // granule) * granule
+    count = min(total, granular if 2 * total >= granular * target else count)
     bounds = sorted({0, total} | {min(total, total * i // count // align * align) for i in range(1, count)})
     return list(itertools.pairwise(bounds))
 
@@ -217,8 +246,19 @@ def _phase_split_into(target: np.ndarray, x: np.ndarray, padding: Padding, strid
     """Copy ``x`` (B, C, H, W), zero-padded, into its phase planes ``target`` (sh, sw, C, B, Hq, Wq).
 
     Plane ``(p, q)`` row ``r`` column ``c`` holds padded pixel ``(p + r sh, q + c sw)``; only the border that
-    falls in the padding (or past the padded map) is zeroed, the rest is overwritten.
+    falls in the padding (or past the padded map) is zeroed, the rest is overwritten. Parallel over the images
+    (over the channels for one image): a copy of the whole input that one thread would otherwise make alone.
     """
+    if len(x) > 1:
+        parallel_for(lambda b: _phase_split_part(target[:, :, :, b[0]:b[-1] + 1], x[b[0]:b[-1] + 1], padding,
+                                                 stride), range(len(x)))
+    else:
+        parallel_for(lambda c: _phase_split_part(target[:, :, c[0]:c[-1] + 1], x[:, c[0]:c[-1] + 1], padding,
+                                                 stride), range(x.shape[1]))
+
+
+def _phase_split_part(target: np.ndarray, x: np.ndarray, padding: Padding, stride: tuple[int, int]) -> None:
+    """:func:`_phase_split_into` on one thread."""
     top, _, left, _ = padding
     height, width = x.shape[-2:]
     source = x.transpose(1, 0, 2, 3)
@@ -261,6 +301,8 @@ class Conv2dKernel:
     method : str
         ``"auto"`` (:func:`choose_method`) or one of :data:`METHODS`; all give the same result up to
         float32 rounding.
+    map_size : tuple of int, optional
+        The output map the layer runs on at its network's declared input, for ``"auto"``.
 
     Raises
     ------
@@ -276,7 +318,7 @@ class Conv2dKernel:
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None = None,
                  stride: tuple[int, int] = (1, 1), dilation: tuple[int, int] = (1, 1), groups: int = 1,
-                 relu: bool = False, method: str = "auto"):
+                 relu: bool = False, method: str = "auto", map_size: tuple[int, int] | None = None):
         weight = np.asarray(weight, dtype=np.float32)
         if weight.ndim != 4:
             raise ValueError(f"conv weight must be 4-D (K, C/groups, kh, kw), got shape {weight.shape}")
@@ -297,8 +339,8 @@ class Conv2dKernel:
         if method == "winograd" and not winograd_applies((kh, kw), self.stride, self.dilation, groups):
             raise ValueError("the winograd convolution method needs a 3x3 filter, stride 1, dilation 1 and one "
                              f"group, got {kh}x{kw}, stride {self.stride}, dilation {self.dilation}, {groups} groups")
-        self.method = (choose_method(group_channels, group_out, self.stride, (kh, kw), self.dilation, groups)
-                       if method == "auto" else method)
+        self.method = (choose_method(group_channels, group_out, self.stride, (kh, kw), self.dilation, groups,
+                                     map_size) if method == "auto" else method)
         (sh, sw), (dh, dw) = self.stride, self.dilation
         # Per tap (i, j) in row-major order: its phase plane and its (row, column) shift within the plane.
         self._tap_plane = [(i * dh % sh) * sw + j * dw % sw for i in range(kh) for j in range(kw)]
@@ -613,8 +655,10 @@ class Conv2dKernel:
 
         rows = bands.band_rows()
         bands.share_gemms = rows >= bands.tile_rows  # one band: its GEMMs shared by the threads instead
+        # Bands as long as band_rows asks (no granule): four bands of 11 tile rows instead of three of 15 made
+        # VGG-16's 56x56 layers 10 % slower on blocks of three images.
         parallel_for(run_bands, [(0, bands.tile_rows)] if bands.share_gemms
-                     else balanced_chunks(bands.tile_rows, rows))
+                     else balanced_chunks(bands.tile_rows, rows, granule=1))
         scatter_tiles(result, out, image_rows)
 
     def _epilogue(self, block: np.ndarray, bias: np.ndarray | None) -> None:

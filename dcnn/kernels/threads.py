@@ -89,8 +89,10 @@ def parallel_for(body: Callable[[Sequence[T]], None], items: Sequence[T]) -> Non
     """Run ``body`` on contiguous, balanced slices of ``items``, one slice per thread.
 
     With one thread (or one item) this is a plain call. Otherwise BLAS is made single-threaded (and stays so
-    until :func:`use_blas_threads` or :func:`set_num_threads`), so the threads do not oversubscribe the cores.
-    Exceptions raised in a worker propagate.
+    until :func:`use_blas_threads` or :func:`set_num_threads`), so the threads do not oversubscribe the cores,
+    and the calling thread runs the first slice itself while ``n - 1`` pool threads run the others: it would
+    otherwise sleep until they finish, and every loop would wait for one more thread to wake up (at two threads,
+    one hand-off per loop instead of two). Exceptions raised in any slice propagate, after every slice is done.
     """
     global _pool
     workers = min(_num_threads, len(items))
@@ -98,9 +100,14 @@ def parallel_for(body: Callable[[Sequence[T]], None], items: Sequence[T]) -> Non
         body(items)
         return
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_num_threads, thread_name_prefix="dcnn-kernel")
+        _pool = ThreadPoolExecutor(max_workers=_num_threads - 1, thread_name_prefix="dcnn-kernel")
     bounds = [len(items) * w // workers for w in range(workers + 1)]
     _set_blas_threads(1)
-    futures = [_pool.submit(body, items[bounds[w]:bounds[w + 1]]) for w in range(workers)]
+    futures = [_pool.submit(body, items[bounds[w]:bounds[w + 1]]) for w in range(1, workers)]
+    try:
+        body(items[bounds[0]:bounds[1]])
+    finally:
+        for future in futures:
+            future.exception()  # wait: a slice must not outlive the call (its buffers may be reused at once)
     for future in futures:
         future.result()

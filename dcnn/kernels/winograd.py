@@ -23,6 +23,7 @@ and bias and ReLU are applied to it on the worker thread.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 
@@ -31,7 +32,19 @@ import numpy as np
 from dcnn.kernels.cache import cache_bytes
 from dcnn.kernels.threads import parallel_for
 
-__all__ = ["ALPHA", "TILE", "WinogradBands", "images_per_block", "scatter_tiles", "transform_weights"]
+__all__ = [
+    "ALPHA",
+    "TILE",
+    "WinogradBands",
+    "band_rows",
+    "images_per_block",
+    "scatter_tiles",
+    "scratch_buffer",
+    "scratch_bytes",
+    "scratch_shapes",
+    "transform_weights",
+    "winograd_pays",
+]
 
 #: Output tile side (m) and input tile side (alpha = m + r - 1 for the 3x3 filter).
 TILE = 4
@@ -68,6 +81,13 @@ MIN_BAND_TILES = 128
 #: A block of images has at least this many tiles (or the whole batch): a small map's GEMMs would otherwise
 #: have a few dozen columns, and stream the transformed filters (36 K C floats) once per image.
 MIN_BLOCK_TILES = 4 * MIN_BAND_TILES
+#: Winograd pays on a map of at least this many output tiles per image times channels (the smaller of input and
+#: output channels). Below it, its transformed filters (4x the direct ones) are streamed for GEMMs a few tiles
+#: wide, and the transforms (per tile, linear in the channels) weigh more than the multiplications saved.
+#: Measured at batch 1 against im2col (CPU time, Winograd / im2col): 512 channels at 7x7 (4 tiles) 2.0, at 10x10
+#: (9) 1.55; 256 at 14x14 (16) 1.24; 512 at 14x14 0.90; 256 at 20x20 (25) 0.80; 128 and 256 at 28x28 (49) 0.65;
+#: 64 at 56x56 0.71.
+WINOGRAD_MIN_TILE_CHANNELS = 6144
 #: Float64 bytes of transformed filters computed at a time by :func:`transform_weights`.
 TRANSFORM_CHUNK_BYTES = 4 << 20
 
@@ -78,7 +98,7 @@ GEMM_GROUPS = 4
 _scratch = threading.local()
 
 
-def _scratch_buffer(role: str, shape: tuple[int, ...]) -> np.ndarray:
+def scratch_buffer(role: str, shape: tuple[int, ...]) -> np.ndarray:
     """A float32 array of ``shape`` on this thread's buffer for ``role``, grown on demand, kept for later calls.
 
     Per thread, because the bands of one call run on several threads at once; kept, because faulting in
@@ -108,12 +128,58 @@ def transform_weights(weight: np.ndarray) -> np.ndarray:
     return u.reshape(ALPHA * ALPHA, out_channels, channels)
 
 
+def winograd_pays(channels: int, out_channels: int, map_size: tuple[int, int] | None) -> bool:
+    """Whether F(4x4, 3x3) is expected to beat one im2col GEMM on an output map of ``map_size`` (``None``:
+    unknown, taken as large): :data:`WINOGRAD_MIN_TILE_CHANNELS`. A rule on the geometry only, never a timing."""
+    if map_size is None:
+        return True
+    tiles = -(-map_size[0] // TILE) * -(-map_size[1] // TILE)
+    return tiles * min(channels, out_channels) >= WINOGRAD_MIN_TILE_CHANNELS
+
+
 def images_per_block(batch: int, tiles_per_image: int) -> int:
     """Images to transform and multiply together: enough for :data:`MIN_BLOCK_TILES` tiles, at most ``batch``.
 
     A large map (VGG's 224x224: 3,136 tiles) runs one image at a time, as batch 1 would.
     """
     return max(1, min(batch, -(-MIN_BLOCK_TILES // max(1, tiles_per_image))))
+
+
+def band_rows(channels: int, out_channels: int, tiles_wide: int) -> int:
+    """Tile rows per band: the band's transformed input and products fit in the L2 cache, or it has at
+    least :data:`MIN_BAND_TILES` tiles and at least as many tiles as the layer has input or output channels.
+    Depends on the layer and the map only, never on the thread count.
+
+    The last bound keeps each of the 36 ``(K x C) @ (C x tiles)`` GEMMs at least as wide as it is deep: BLAS
+    packs the ``K x C`` filters on every call, and VGG-16's 256-channel layers at 56x56 took 27 ms in two
+    bands of 98 tiles against 20 ms in one of 196 (CPU time, interleaved); the 64-channel layers, whose
+    transforms cost more than their GEMMs, keep their L2-sized bands.
+    """
+    per_row = 4 * ALPHA * ALPHA * (channels + out_channels) * tiles_wide
+    least_tiles = max(MIN_BAND_TILES, channels, out_channels)
+    return max(cache_bytes(2) // per_row, -(-least_tiles // tiles_wide), 1)
+
+
+def scratch_shapes(channels: int, out_channels: int, rows: int, tiles_wide: int) -> dict[str, tuple[int, ...]]:
+    """The float32 buffers one thread holds for a band of ``rows`` tile rows ``tiles_wide`` tiles wide, by role:
+    the row-transformed input, ``V``, the products ``M`` and the row-transformed output."""
+    tiles = rows * tiles_wide
+    return {
+        "rows": (ALPHA, TILE, channels, rows, tiles_wide + 1),
+        "v": (ALPHA * ALPHA, channels, tiles),
+        "m": (ALPHA * ALPHA, out_channels, tiles),
+        "half": (TILE, ALPHA, out_channels, rows, tiles_wide),
+    }
+
+
+def scratch_bytes(channels: int, out_channels: int, tiles_high: int, tiles_wide: int, batch: int) -> dict[str, int]:
+    """Per role of :func:`scratch_shapes`, the bytes of the widest band of a call on ``batch`` images whose output
+    is ``tiles_high x tiles_wide`` tiles: a block of :func:`images_per_block` images, bands of :func:`band_rows`
+    tile rows (at most the block's). Each thread keeps the largest buffer per role that it has needed."""
+    block = images_per_block(batch, tiles_high * tiles_wide)
+    rows = min(block * (tiles_high + 1) - 1, band_rows(channels, out_channels, tiles_wide))
+    shapes = scratch_shapes(channels, out_channels, rows, tiles_wide)
+    return {role: 4 * math.prod(shape) for role, shape in shapes.items()}
 
 
 def _input_1d(d: Sequence[np.ndarray], out: np.ndarray) -> None:
@@ -187,29 +253,26 @@ class WinogradBands:
         self.tiles_wide = result.shape[-1]
 
     def band_rows(self) -> int:
-        """Tile rows per band: the band's transformed input and products fit in the L2 cache, or it has at
-        least :data:`MIN_BAND_TILES` tiles. Depends on the layer and the map only, never on the thread count."""
-        channels, out_channels = self.u.shape[2], self.u.shape[1]
-        per_row = 4 * ALPHA * ALPHA * (channels + out_channels) * self.tiles_wide
-        return max(cache_bytes(2) // per_row, -(-MIN_BAND_TILES // self.tiles_wide), 1)
+        """Tile rows per band (:func:`band_rows` of this layer and map)."""
+        return band_rows(self.u.shape[2], self.u.shape[1], self.tiles_wide)
 
     def run(self, band: tuple[int, int]) -> None:
         """Compute tile rows ``band = (first, stop)`` into :attr:`result`."""
         first, stop = band
         rows, wide = stop - first, self.tiles_wide
         channels, out_channels = self.u.shape[2], self.u.shape[1]
-        tiles = rows * wide
         # Rows: input row 4 t + i is plane row t + i // 4 of row phase i mod 4 -> (6, 4, C, rows, tw + 1).
-        by_rows = _scratch_buffer("rows", (ALPHA, TILE, channels, rows, wide + 1))
+        shapes = scratch_shapes(channels, out_channels, rows, wide)
+        by_rows = scratch_buffer("rows", shapes["rows"])
         _input_1d([self.planes[i % TILE, :, :, first + i // TILE : stop + i // TILE] for i in range(ALPHA)], by_rows)
         # Columns, likewise -> V (xi, nu, C, rows, tw): one (C, tiles) matrix per position (xi, nu).
-        v = _scratch_buffer("v", (ALPHA * ALPHA, channels, tiles))
+        v = scratch_buffer("v", shapes["v"])
         _input_1d(
             [by_rows[:, j % TILE, :, :, j // TILE : j // TILE + wide] for j in range(ALPHA)],
             v.reshape(ALPHA, ALPHA, channels, rows, wide).transpose(1, 0, 2, 3, 4),
         )
         # The 36 GEMMs in one call: numpy hands each (K x C) @ (C x tiles) of the stack to BLAS sgemm.
-        m = _scratch_buffer("m", (ALPHA * ALPHA, out_channels, tiles))
+        m = scratch_buffer("m", shapes["m"])
         if self.share_gemms:
 
             def multiply(groups: Sequence[tuple[int, int]]) -> None:
@@ -225,7 +288,7 @@ class WinogradBands:
         else:
             np.matmul(self.u, v, out=m)
         # Output transform: rows over xi, then columns over nu, straight into the output phases.
-        half = _scratch_buffer("half", (TILE, ALPHA, out_channels, rows, wide))
+        half = scratch_buffer("half", shapes["half"])
         _output_1d(list(m.reshape(ALPHA, ALPHA, out_channels, rows, wide)), half)
         _output_1d([half[:, nu] for nu in range(ALPHA)], [self.result[:, j, :, first:stop] for j in range(TILE)])
 

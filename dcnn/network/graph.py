@@ -230,6 +230,22 @@ class Network:
             shapes.append(shape)
         return shapes
 
+    def declared_map_sizes(self) -> list[tuple[int, int] | None]:
+        """Per node, its output map's ``(height, width)`` at the network's declared input (what the kernels
+        choose their method by, and the planner with them); ``None`` for a flat output, and for every node from
+        the first one that cannot run at the declared size (a model of dynamic size whose default input is too
+        small for it: its kernels then take their choice for large maps)."""
+        by_name = {INPUT: tuple(self.input_shape)}
+        sizes: list[tuple[int, int] | None] = []
+        for (name, layer), sources in zip(self.layers, self.inputs):
+            try:
+                shape = layer.output_shape(*(by_name[source] for source in sources))
+            except (ShapeError, KeyError):
+                return sizes + [None] * (len(self.layers) - len(sizes))
+            by_name[name] = shape
+            sizes.append((int(shape[1]), int(shape[2])) if len(shape) == 3 else None)
+        return sizes
+
     def live_tensors(self) -> list[list[str]]:
         """Per node, the tensors alive while it runs: its inputs, its output and every earlier tensor a later
         node still reads (a residual skip). A tensor dies after its last reader, where the executor frees it."""

@@ -15,6 +15,8 @@ models, per rank (one rank per node):
   (spatial) or the largest tile region (fused);
 - ``gathered map``, ``tile outputs``: the maps that spatial and fused mode assemble on every rank;
 - ``strip pool``: the strips a rank holds for the reuse policy;
+- ``winograd scratch``: the band buffers of Winograd's convolutions, which every kernel thread keeps at the size
+  of the largest band it ran (:func:`dcnn.kernels.winograd.scratch_bytes`), for ``Cluster.threads``;
 - a :class:`Stage` that every rank runs after the network (face recognition after the detector):
   ``<stage> models`` (its network's weights, counted as ``weights`` in batch mode, and its other models) and
   ``<stage> activations`` (its network's input and largest working set for one pass, its other scratch, and
@@ -42,14 +44,16 @@ from dcnn.decomposition.spatial import fc_shards, plan_spatial
 from dcnn.errors import InputError, PlanError
 from dcnn.io.config import read_toml
 from dcnn.io.numbers import check_number
-from dcnn.kernels.conv import layout_bytes
+from dcnn.kernels.conv import choose_method, layout_bytes
+from dcnn.kernels.winograd import TILE, scratch_bytes
 from dcnn.modes import PLANNED_MODES as MODES
 from dcnn.network.graph import BYTES_PER_VALUE, Network, format_shape
 from dcnn.network.layers import Conv2d, Linear, Shape
 
 __all__ = [
     "DEFAULT_MACS_PER_SECOND", "MODES", "RUNTIME_BYTES", "Cluster", "Node", "RunPlan", "Stage", "best_plan",
-    "choose_plan", "format_bytes", "parse_bytes", "plan_for", "plan_shapes", "plans", "worst_shapes",
+    "choose_plan", "for_process", "format_bytes", "parse_bytes", "plan_for", "plan_shapes", "plans",
+    "worst_shapes",
 ]
 
 MIB, GIB = 2**20, 2**30
@@ -127,6 +131,8 @@ class Cluster:
         Seconds per message.
     runtime_bytes : int
         Resident memory of a rank before any model is built.
+    threads : int
+        Kernel threads per rank (``--threads``): each holds its own Winograd band buffers.
     """
 
     nodes: tuple[Node, ...]
@@ -135,6 +141,7 @@ class Cluster:
     bandwidth: float = 125e6
     latency: float = 50e-6
     runtime_bytes: int = RUNTIME_BYTES
+    threads: int = 1
 
     def __post_init__(self):
         if not self.nodes:
@@ -143,6 +150,7 @@ class Cluster:
         check_number(self.macs_per_second, "the node speed ('gmacs')", above=0)
         check_number(self.bandwidth, "the bandwidth ('bandwidth_gbit')", above=0)
         check_number(self.latency, "the latency ('latency_us')", minimum=0)
+        check_number(self.threads, "--threads", minimum=1)
         for node in self.nodes:
             check_number(node.ram, f"node {node.name}: 'ram'", above=0)
             check_number(node.speed, f"node {node.name}: 'speed'", above=0)
@@ -206,6 +214,13 @@ class Cluster:
     def rate(self, rank: int) -> float:
         """Multiply-accumulates per second of one node."""
         return self.nodes[rank].speed * self.macs_per_second
+
+
+def for_process(cluster: Cluster, reader: int = 0, threads: int = 1) -> Cluster:
+    """``cluster`` as each rank's process runs it: ``reader`` more bytes of runtime (what reading a model file
+    holds, :func:`dcnn.exec.imported.reader_bytes`; 0 for a built-in model) and ``threads`` kernel threads.
+    ``python -m dcnn.plan`` and ``python -m dcnn.infer`` both plan through it."""
+    return replace(cluster, runtime_bytes=cluster.runtime_bytes + reader, threads=threads)
 
 
 @dataclass
@@ -385,7 +400,8 @@ def _weights(network: Network, input_shape: Shape, ranks: int) -> tuple[list[int
     and the layer with the most bytes on rank 0, with those bytes."""
     held = [0] * ranks
     top = (0, "")
-    for row in network.costs(input_shape):
+    declared = network.declared_map_sizes()  # the kernels choose their method for these maps
+    for index, row in enumerate(network.costs(input_shape)):
         if isinstance(row.layer, Linear):
             shares = [row.param_bytes * (stop - start) // row.layer.out_features
                       for start, stop in fc_shards(row.layer.out_features, ranks)]
@@ -394,12 +410,32 @@ def _weights(network: Network, input_shape: Shape, ranks: int) -> tuple[list[int
             # transformed filters are four times the 3x3 ones).
             layer = row.layer
             shape = (layer.out_channels, layer.in_channels // layer.groups, *layer.kernel_size)
-            shares = [row.param_bytes + layout_bytes(shape, layer.stride, layer.dilation, layer.groups)] * ranks
+            shares = [row.param_bytes + layout_bytes(shape, layer.stride, layer.dilation, layer.groups,
+                                                     declared[index])] * ranks
         else:
             shares = [row.param_bytes] * ranks
         held = [a + b for a, b in zip(held, shares, strict=True)]
         top = max(top, (shares[0], row.name))
     return held, f"{top[1]}, {format_bytes(top[0])}"
+
+
+def _winograd_scratch(runs: list[tuple[Network, Shape, int]]) -> int:
+    """Bytes of the Winograd band buffers one thread keeps after running each ``(network, input shape, batch)``:
+    per buffer role the largest that any Winograd layer needs (:func:`dcnn.kernels.winograd.scratch_bytes`; a
+    thread grows each buffer and keeps it). Whole maps: a spatial block or fused tile needs no more."""
+    roles: dict[str, int] = {}
+    for network, input_shape, batch in runs:
+        declared = network.declared_map_sizes()  # the kernels choose their method for these maps
+        for index, row in enumerate(network.costs(input_shape)):
+            layer = row.layer
+            if not isinstance(layer, Conv2d) or len(row.out_shape) != 3 or choose_method(
+                    layer.in_channels // layer.groups, layer.out_channels // layer.groups, layer.stride,
+                    layer.kernel_size, layer.dilation, layer.groups, declared[index]) != "winograd":
+                continue
+            tiles = (-(-row.out_shape[1] // TILE), -(-row.out_shape[2] // TILE))
+            for role, size in scratch_bytes(layer.in_channels, layer.out_channels, *tiles, batch).items():
+                roles[role] = max(roles.get(role, 0), size)
+    return sum(roles.values())
 
 
 def _input_bytes(input_shape: Shape, batch: int) -> int:
@@ -584,6 +620,13 @@ def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, 
     if stage is not None:
         for items in plan.memory:
             items.update(stage.memory(input_shape, real))
+    runs = [(network, input_shape, real)] + ([(stage.network, stage.network.input_shape, stage.batch)] if stage
+                                              else [])
+    # Every kernel thread keeps its own buffers, the calling one included (it runs a slice of each parallel loop).
+    scratch = cluster.threads * _winograd_scratch(runs)
+    if scratch:
+        for items in plan.memory:
+            items["winograd scratch"] = scratch
     plan.batch = batch
     plan.seconds = predict_seconds(plan, network, input_shape, cluster, images)
     return plan

@@ -21,7 +21,17 @@ from dcnn.network.weights import init_weights
 from dcnn.network.zoo import get_model
 from dcnn.testing.torch_models import torch_model
 
-__all__ = ["INPUT_NAME", "chain_cnn", "export", "export_zoo", "residual_cnn", "run_onnxruntime", "unsupported_model"]
+__all__ = [
+    "INPUT_NAME",
+    "chain_cnn",
+    "channels_last_model",
+    "export",
+    "export_zoo",
+    "hand_written_cnn",
+    "residual_cnn",
+    "run_onnxruntime",
+    "unsupported_model",
+]
 
 #: The input name of every exported model.
 INPUT_NAME = "image"
@@ -50,6 +60,39 @@ class ResidualCNN(nn.Module):
         x = torch.relu(self.body(x) + self.shortcut(x))
         x = torch.cat([self.left(x), torch.sigmoid(self.right(x)) * 2.0], dim=1)
         return self.head(x)
+
+
+class HandWritten(nn.Module):
+    """Model code as users write it: normalisation inside the model, a hand-written hard swish, swish as
+    ``x * sigmoid(x)``, SiLU, GELU's tanh approximation, a difference of two maps, ``x.chunk`` and ShuffleNet's
+    channel shuffle on ``x.size()``, ``x.mean([2, 3], keepdim=True)``, ``F.adaptive_avg_pool2d(x, 1)``,
+    ``torch.cat`` and a view to ``(n, 2 * c)``, a softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        functional = nn.functional
+        x = self.conv((x - self.mean) / self.std)
+        x = x * functional.relu6(x + 3) / 6
+        y = x * torch.sigmoid(x) + functional.gelu(x, approximate="tanh")
+        z = functional.hardswish(x) - functional.silu(x)
+        left, right = z.chunk(2, dim=1)
+        z = torch.cat([right, functional.relu(left)], 1)
+        n, c, h, w = z.size()
+        z = z.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+        pooled = torch.cat([y.mean([2, 3], keepdim=True), functional.adaptive_avg_pool2d(z, 1)], 1)
+        return functional.softmax(self.fc(pooled.view(n, 2 * c)), dim=1)
+
+
+def hand_written_cnn() -> nn.Module:
+    """:class:`HandWritten` with random weights drawn from PyTorch's seeded generator, in eval mode."""
+    torch.manual_seed(3)
+    return HandWritten().eval()
 
 
 def chain_cnn(classes: int = 10) -> nn.Module:
@@ -143,6 +186,27 @@ def unsupported_model(path: str | os.PathLike) -> Path:
         initializer=[k],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)
+
+
+def channels_last_model(path: str | os.PathLike) -> Path:
+    """A model of TensorFlow's layout, as tf2onnx writes it: an N x H x W x C input transposed to channels-first
+    before its convolution."""
+    weight = onnx.numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "W")
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t", "W"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "channels_last",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 16, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 14, 14])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return Path(path)

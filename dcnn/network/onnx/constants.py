@@ -18,10 +18,15 @@ from onnx.reference import ReferenceEvaluator
 __all__ = [
     "BATCH_SIZE",
     "BATCH_SIZE_OPS",
+    "DYNAMIC_EXTENT",
+    "DYNAMIC_EXTENTS",
+    "DYNAMIC_HEIGHT",
+    "DYNAMIC_WIDTH",
     "NONDETERMINISTIC_OPS",
     "constant_node_value",
+    "dynamic_size_use",
     "fold_node",
-    "holds_batch_size",
+    "holds_map_sizes",
     "shape_node_value",
     "tensor_value",
 ]
@@ -36,8 +41,17 @@ NONDETERMINISTIC_OPS = frozenset(
 #: PyTorch's ``x.view(x.size(0), -1)`` (``Shape``, ``Gather``, ``Unsqueeze``, ``Concat``, ``Reshape``) folds to a
 #: reshape target whose first entry is the batch, which the ``Reshape`` converter reads as "keep the batch".
 BATCH_SIZE = 2**31 - 3
-#: Operators that may carry :data:`BATCH_SIZE` from a ``Shape`` to a ``Reshape``: they select and assemble
-#: dimensions. Any other operator on it (arithmetic with the batch size) is refused.
+#: What a folded ``Shape`` holds for a dynamic height and width (the last two axes of a map, or of its
+#: channel-group view), so that the fixed dimensions of the same ``Shape`` fold (``x.size(1)``, the channels, in
+#: ``x.chunk(2, 1)``), a reshape may keep them as its last two axes (ShuffleNet's ``x.view(n, g, c // g, h, w)``),
+#: and any other use of them is refused where it is used.
+DYNAMIC_HEIGHT, DYNAMIC_WIDTH = 2**31 - 4, 2**31 - 5
+#: What a folded ``Shape`` holds for any other dynamic dimension.
+DYNAMIC_EXTENT = 2**31 - 6
+#: Every marker of a dynamic dimension other than the batch.
+DYNAMIC_EXTENTS = (DYNAMIC_HEIGHT, DYNAMIC_WIDTH, DYNAMIC_EXTENT)
+#: Operators that may carry :data:`BATCH_SIZE` or :data:`DYNAMIC_EXTENT` from a ``Shape`` to a ``Reshape``: they
+#: select and assemble dimensions. Any other operator on them (arithmetic with the sizes) is refused.
 BATCH_SIZE_OPS = frozenset({"Cast", "Concat", "Gather", "Identity", "Reshape", "Slice", "Squeeze", "Unsqueeze"})
 
 
@@ -54,23 +68,36 @@ def shape_node_value(node: onnx.NodeProto, shapes: Mapping[str, tuple[int | None
     Returns
     -------
     numpy.ndarray or None
-        The int64 dimensions, with :data:`BATCH_SIZE` for a dynamic batch (dimension 0); ``None`` if the input's
-        shape is unknown or another selected dimension is dynamic (a dynamic height or width).
+        The int64 dimensions, with :data:`BATCH_SIZE` for a dynamic batch (dimension 0),
+        :data:`DYNAMIC_HEIGHT` and :data:`DYNAMIC_WIDTH` for the last two of a tensor of rank 4 or more, and
+        :data:`DYNAMIC_EXTENT` for another dynamic dimension; ``None`` if the input's shape is unknown.
     """
     shape = shapes.get(node.input[0])
     if shape is None:
         return None
     attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    dims = [BATCH_SIZE if i == 0 and d is None else d for i, d in enumerate(shape)]
+    rank = len(shape)
+    markers = {0: BATCH_SIZE, **({rank - 2: DYNAMIC_HEIGHT, rank - 1: DYNAMIC_WIDTH} if rank >= 4 else {})}
+    dims = [d if d is not None else markers.get(i, DYNAMIC_EXTENT) for i, d in enumerate(shape)]
     selected = dims[int(attributes.get("start", 0)) : int(attributes.get("end", len(dims)))]
-    if None in selected:
-        return None
     return np.asarray(selected, np.int64)
 
 
-def holds_batch_size(value: np.ndarray) -> bool:
-    """Whether a folded integer tensor holds :data:`BATCH_SIZE` (it came from a dynamic batch dimension)."""
-    return value.dtype.kind in "iuf" and bool(np.any(value == BATCH_SIZE))
+def dynamic_size_use(value: np.ndarray) -> str | None:
+    """What a folded integer tensor holds of a dynamic size: ``"the batch size"`` (:data:`BATCH_SIZE`),
+    ``"a dynamic height or width"`` (:data:`DYNAMIC_EXTENTS`), or ``None`` for neither."""
+    if value.dtype.kind not in "iuf":
+        return None
+    if np.any(value == BATCH_SIZE):
+        return "the batch size"
+    if np.any(np.isin(value, DYNAMIC_EXTENTS)):
+        return "a dynamic height or width"
+    return None
+
+
+def holds_map_sizes(value: np.ndarray) -> bool:
+    """Whether a folded tensor holds a marker of a dynamic height, width or other extent (the batch's aside)."""
+    return value.dtype.kind in "iuf" and bool(np.isin(value, DYNAMIC_EXTENTS).any())
 
 
 def tensor_value(tensor: onnx.TensorProto) -> np.ndarray:

@@ -33,7 +33,8 @@ class UnsupportedModelError(InputError):
         The model file, named first in the message.
     nodes : mapping of str to sequence of (str, str)
         Per operator type, in order of first appearance, the ``(node name, reason)`` of each unsupported node;
-        the reason is empty for an operator type dcnn does not know.
+        the reason is empty for an operator type dcnn does not know. The message names the nodes of one
+        operator and reason together, the first :data:`LISTED_NODES` of them, and counts the others.
 
     Attributes
     ----------
@@ -45,12 +46,29 @@ class UnsupportedModelError(InputError):
     >>> print(UnsupportedModelError("m.onnx", {"Floor": [("f1", ""), ("f2", "")],
     ...                                        "Pad": [("p", "mode reflect")]}))
     m.onnx: unsupported ONNX operators: Floor (nodes f1, f2); Pad (node p: mode reflect)
+    >>> print(UnsupportedModelError("m.onnx", {"Slice": [(f"s{i}", "why") for i in range(6)]}))
+    m.onnx: unsupported ONNX operators: Slice (nodes s0, s1, s2, s3 and 2 more: why)
     """
 
     def __init__(self, path: str, nodes: Mapping[str, Sequence[tuple[str, str]]]):
         self.nodes = {op: list(entries) for op, entries in nodes.items()}
         parts = []
         for op, entries in self.nodes.items():
-            described = ", ".join(f"{name}: {reason}" if reason else name for name, reason in entries)
+            by_reason: dict[str, list[str]] = {}
+            for name, reason in entries:
+                by_reason.setdefault(reason, []).append(name)
+            described = ", ".join(
+                f"{_some(names)}: {reason}" if reason else _some(names) for reason, names in by_reason.items()
+            )
             parts.append(f"{op} ({'node' if len(entries) == 1 else 'nodes'} {described})")
         super().__init__(f"{path}: unsupported ONNX operators: {'; '.join(parts)}")
+
+
+#: How many node names of one operator and reason the message lists before it counts the rest.
+LISTED_NODES = 4
+
+
+def _some(names: Sequence[str]) -> str:
+    """``a, b, c, d and 5 more``: the first :data:`LISTED_NODES` names, then how many others."""
+    listed = ", ".join(names[:LISTED_NODES])
+    return listed if len(names) <= LISTED_NODES else f"{listed} and {len(names) - LISTED_NODES} more"

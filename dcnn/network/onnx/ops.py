@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from dcnn.kernels.elementwise import batch_norm_scale_shift
 from dcnn.network.layers import (
     ELU,
     AdaptiveAvgPool2d,
@@ -45,13 +46,14 @@ from dcnn.network.layers import (
     ReLU,
     ReLU6,
     Sigmoid,
+    SiLU,
     Softmax,
     Tanh,
 )
-from dcnn.network.onnx.constants import BATCH_SIZE
+from dcnn.network.onnx.constants import BATCH_SIZE, DYNAMIC_EXTENTS, DYNAMIC_HEIGHT, DYNAMIC_WIDTH
 from dcnn.network.onnx.errors import Unsupported
 
-__all__ = ["CONVERTERS", "Conversion", "NodeContext", "Step", "supported_ops"]
+__all__ = ["CONVERTERS", "REFUSED_OPS", "Conversion", "NodeContext", "Step", "supported_ops"]
 
 OnnxShape = tuple[int | None, ...]
 
@@ -103,6 +105,9 @@ class NodeContext:
     needed : collection of str
         The tensors the graph's output depends on (an output outside it, such as an unused dropout mask, is
         never computed).
+    output_shape : tuple or None
+        Set by a converter that passes its input through as another view (``Reshape``, ``Identity``): the ONNX
+        shape of its output, ``None`` per dynamic dimension.
     """
 
     node: onnx.NodeProto
@@ -111,6 +116,9 @@ class NodeContext:
     constants: Mapping[str, np.ndarray]
     shapes: Mapping[str, OnnxShape]
     needed: Collection[str] = ()
+    #: The ONNX shape of the node's first output as the converter resolved it (a reshape's target, a channel
+    #: shuffle's permuted view), for the reader to record where shape inference left it unknown.
+    output_shape: OnnxShape | None = None
 
     def __post_init__(self) -> None:
         self.attributes = {a.name: onnx.helper.get_attribute_value(a) for a in self.node.attribute}
@@ -372,6 +380,11 @@ def _flattened(ctx: NodeContext, target: tuple[int | None, ...]) -> Conversion:
         return ctx.activation(0)
     if len(target) == 2 and per_image is not None and target[1] == per_image and target[0] in (shape[0], None):
         return [Step(Flatten(), (ctx.activation(0),))]
+    if len(target) == 2 and per_image is None:
+        raise Unsupported(
+            f"a flatten of {list(shape)}, a map of dynamic height or width (export with a fixed input size, or pool "
+            "it to a fixed size first)"
+        )
     raise Unsupported(f"{list(shape)} to {list(target)} is not a flatten of each image")
 
 
@@ -381,30 +394,72 @@ def convert_reshape(ctx: NodeContext) -> Conversion:
     shape = ctx.shape(0)
     target = [int(v) for v in ctx.constant(1, "the target shape").reshape(-1)]
     allow_zero = bool(ctx.attribute("allowzero", 0))
-    if BATCH_SIZE in target:
-        # A target built from the input's own dynamic batch (x.view(x.size(0), -1)): 0 copies that dimension.
-        if target.index(BATCH_SIZE) != 0 or target.count(BATCH_SIZE) > 1 or allow_zero:
-            raise Unsupported(f"the batch size elsewhere than first in the target shape {target}")
-        target[0] = 0
+    if any(v in DYNAMIC_EXTENTS for v in target):
+        return _reshape_keeping_height_and_width(ctx, shape, target)
+    if BATCH_SIZE in target and (target.index(BATCH_SIZE) != 0 or target.count(BATCH_SIZE) > 1):
+        raise Unsupported(f"the batch size elsewhere than first in the target shape {target}")
+    # The batch size first (x.view(x.size(0), -1), with or without allowzero) is the input's own batch.
     resolved: list[int | None] = [
-        shape[i] if v == 0 and not allow_zero and i < len(shape) else v for i, v in enumerate(target)
+        shape[i] if (v == 0 and not allow_zero and i < len(shape)) or (i == 0 and v == BATCH_SIZE) else v
+        for i, v in enumerate(target)
     ]
     known = [d for d in resolved if d is not None and d != -1]
     if resolved.count(-1) == 1 and None not in shape:
         resolved[resolved.index(-1)] = int(np.prod(shape)) // max(1, int(np.prod(known)))
+    elif resolved.count(-1) == 1 and resolved[0] == shape[0] and -1 in resolved[1:] and None not in shape[1:]:
+        # The batch kept (0, or the batch size from a Shape), the rest of each image known.
+        rest = int(np.prod([d for d in resolved[1:] if d != -1]))
+        resolved[resolved.index(-1)] = int(np.prod(shape[1:])) // max(1, rest)
     elif resolved.count(-1) == 1 and len(resolved) == 2 and resolved[0] != -1:
         # (N or 0, -1) on a tensor with a dynamic batch: everything but the batch in one row.
         resolved[1] = int(np.prod(shape[1:])) if None not in shape[1:] else None
     elif resolved.count(-1) == 1 and len(resolved) == 2 and resolved[1] is not None and resolved[1] != -1:
         resolved[0] = shape[0] if None not in shape[1:] and resolved[1] == int(np.prod(shape[1:])) else -1
     if _splits_or_merges_channels(shape, tuple(resolved)):
+        ctx.output_shape = tuple(resolved)
         return ctx.activation(0)
-    return _flattened(ctx, tuple(resolved))
+    fixed_rows = len(resolved) == 2 and resolved[0] not in (None, -1)
+    if shape[0] is None and fixed_rows and None not in shape[1:] and resolved[1] == int(np.prod(shape[1:])):
+        raise Unsupported(
+            f"the target shape {target} fixes the batch at {resolved[0]} in a model of dynamic batch (a traced "
+            "len(x) or x.shape[0] became a constant; export with torch.flatten(x, 1) or x.view(x.size(0), -1))"
+        )
+    conversion = _flattened(ctx, tuple(resolved))
+    ctx.output_shape = tuple(resolved)
+    return conversion
 
 
-def _splits_or_merges_channels(shape: tuple[int | None, ...], target: tuple[int | None, ...]) -> bool:
+def _reshape_keeping_height_and_width(ctx: NodeContext, shape: OnnxShape, target: list[int]) -> Conversion:
+    """A reshape whose target ends in its input's own dynamic height and width (ShuffleNet's
+    ``x.view(n, g, c // g, h, w)`` and ``x.view(n, -1, h, w)`` with ``n, c, h, w = x.size()``): a view of the
+    channel groups or its merge, the last two axes kept; any other use of a dynamic height or width is refused."""
+    refused = Unsupported(
+        "a dynamic height or width in the target shape (dcnn reshapes to (N, C*H*W) or views the channel groups "
+        "of a map, keeping its height and width)"
+    )
+    if len(shape) < 4 or tuple(shape[-2:]) != (None, None) or tuple(target[-2:]) != (DYNAMIC_HEIGHT, DYNAMIC_WIDTH):
+        raise refused
+    middle = target[1:-2]
+    if any(v in DYNAMIC_EXTENTS or v == BATCH_SIZE for v in middle) or None in shape[1:-2]:
+        raise refused
+    volume = int(np.prod(shape[1:-2]))  # the values of each image at one pixel
+    if middle.count(-1) == 1:
+        middle[middle.index(-1)] = volume // max(1, int(np.prod([v for v in middle if v != -1])))
+    first = shape[0] if target[0] in (BATCH_SIZE, 0) else target[0]
+    resolved = (first, *middle, None, None)
+    same = len(resolved) == len(shape) and tuple(middle) == tuple(shape[1:-2])  # x.reshape(x.shape)
+    if not same and not _splits_or_merges_channels(shape, resolved, dynamic_size=True):
+        raise refused
+    ctx.output_shape = resolved
+    return ctx.activation(0)
+
+
+def _splits_or_merges_channels(
+    shape: tuple[int | None, ...], target: tuple[int | None, ...], dynamic_size: bool = False
+) -> bool:
     """Whether a reshape views the channels of ``(N, C, H, W)`` as ``(N, g, C/g, H, W)`` or merges them back:
-    the values keep their order, so dcnn keeps the 4-D tensor (a channel shuffle's first and last step)."""
+    the values keep their order, so dcnn keeps the 4-D tensor (a channel shuffle's first and last step).
+    ``dynamic_size``: the height and width are dynamic, and the target keeps the input's own."""
     if len(shape) == 4 and len(target) == 5:
         grouped, plain = target, shape
     elif len(shape) == 5 and len(target) == 4:
@@ -416,7 +471,7 @@ def _splits_or_merges_channels(shape: tuple[int | None, ...], target: tuple[int 
         known
         and grouped[1] * grouped[2] == plain[1]
         and tuple(grouped[3:]) == tuple(plain[2:])
-        and None not in plain[2:]
+        and (dynamic_size or None not in plain[2:])
     )
 
 
@@ -428,6 +483,7 @@ def convert_transpose(ctx: NodeContext) -> Conversion:
     if perm == list(range(len(shape))):
         return ctx.activation(0)
     if len(shape) == 5 and perm == [0, 2, 1, 3, 4] and shape[1] is not None:
+        ctx.output_shape = tuple(shape[p] for p in perm)
         return [Step(ChannelShuffle(int(shape[1])), (ctx.activation(0),))]
     raise Unsupported(f"perm {perm} of a {len(shape)}-D tensor (dcnn transposes only channel groups)")
 
@@ -485,6 +541,7 @@ def convert_unsqueeze(ctx: NodeContext) -> Conversion:
 
 def convert_identity(ctx: NodeContext) -> Conversion:
     """``Identity``: the input, passed through."""
+    ctx.output_shape = ctx.shapes.get(ctx.node.input[0])
     return ctx.activation(0)
 
 
@@ -493,6 +550,7 @@ def convert_dropout(ctx: NodeContext) -> Conversion:
     ctx.unused_outputs()
     if ctx.has_input(2) and bool(ctx.constant(2, "training_mode").reshape(-1)[0]):
         raise Unsupported("training_mode true")
+    ctx.output_shape = ctx.shapes.get(ctx.node.input[0])
     return ctx.activation(0)
 
 
@@ -546,9 +604,14 @@ def _channel_vector(value: np.ndarray, rank: int, channels: int | None) -> np.nd
     return np.broadcast_to(_float32(value.reshape(-1)), (channels,)).copy()
 
 
-def _with_constant(ctx: NodeContext, scale: bool) -> Conversion:
-    """``Add`` or ``Mul`` of a tensor and a constant that is one value, or one per channel (per feature of an
-    (N, F) tensor): a per-channel affine layer (``Mul``: weight, zero bias; ``Add``: unit weight, bias)."""
+def _with_constant(ctx: NodeContext) -> Conversion:
+    """``Add``, ``Sub``, ``Mul`` or ``Div`` of a tensor and a constant that is one value, or one per channel (per
+    feature of an (N, F) tensor): a per-channel affine layer ``weight * x + bias``.
+
+    ``x + c``: weight 1, bias c; ``x - c``: 1, -c; ``c - x``: -1, c; ``x * c``: c, 0; ``x / c``: 1 / c, 0
+    (``c / x`` is no affine map: refused).
+    """
+    op = ctx.node.op_type
     constant_index = 0 if ctx.node.input[0] in ctx.constants else 1
     source = 1 - constant_index
     rank = ctx.rank(source, (2, 4))
@@ -556,18 +619,149 @@ def _with_constant(ctx: NodeContext, scale: bool) -> Conversion:
     vector = _channel_vector(value, rank, ctx.shape(source)[1])
     if vector is None:
         raise Unsupported(f"a constant of shape {list(value.shape)} (dcnn applies one value per channel)")
+    if op == "Div" and constant_index == 0:
+        raise Unsupported("a constant divided by a tensor")
     ones, zeros = np.ones_like(vector), np.zeros_like(vector)
-    tensors = {"weight": vector, "bias": zeros} if scale else {"weight": ones, "bias": vector}
-    return [Step(Affine(vector.size), (ctx.activation(source),), tensors)]
+    weight, bias = {
+        "Add": (ones, vector),
+        "Sub": (ones, -vector) if constant_index == 1 else (-ones, vector),
+        "Mul": (vector, zeros),
+        "Div": (np.float32(1) / vector, zeros),
+    }[op]
+    return [Step(Affine(vector.size), (ctx.activation(source),), {"weight": weight, "bias": bias})]
 
 
 def convert_add(ctx: NodeContext) -> Conversion:
     """``Add``: two tensors of one shape (a residual sum), or a tensor plus a per-channel constant."""
     if any(name in ctx.constants for name in ctx.node.input):
-        return _with_constant(ctx, scale=False)
+        return _with_constant(ctx)
     if ctx.shape(0) != ctx.shape(1):
         raise Unsupported(f"broadcasting {list(ctx.shape(0))} + {list(ctx.shape(1))}")
     return [Step(Add(), (ctx.activation(0), ctx.activation(1)))]
+
+
+def convert_sub(ctx: NodeContext) -> Conversion:
+    """``Sub``: a tensor and a per-channel constant (either side), or two tensors of one shape: the second
+    negated (an affine layer of weight -1) and added."""
+    if any(name in ctx.constants for name in ctx.node.input):
+        return _with_constant(ctx)
+    shape = ctx.shape(0)
+    if shape != ctx.shape(1) or len(shape) not in (2, 4) or shape[1] is None:
+        raise Unsupported(f"broadcasting {list(shape)} - {list(ctx.shape(1))}")
+    negated = f"{ctx.node.output[0]}_negated"
+    channels = int(shape[1])
+    tensors = {"weight": np.full(channels, -1, np.float32), "bias": np.zeros(channels, np.float32)}
+    return [
+        Step(Affine(channels), (ctx.activation(1),), tensors, output=negated),
+        Step(Add(), (ctx.activation(0), negated)),
+    ]
+
+
+def convert_div(ctx: NodeContext) -> Conversion:
+    """``Div`` of a tensor by a per-channel constant (``x / 6`` of a hand-written hard swish, ``x / std``)."""
+    if ctx.node.input[1] not in ctx.constants:
+        raise Unsupported("a division by a tensor")
+    return _with_constant(ctx)
+
+
+#: The largest integer exponent ``Pow`` runs (as products of its input: ``x ** 3`` in GELU's tanh approximation).
+MAX_POWER = 4
+
+
+def convert_pow(ctx: NodeContext) -> Conversion:
+    """``Pow`` of a tensor by a constant integer exponent 1 to :data:`MAX_POWER`: products of the tensor
+    (``x ** 3`` is ``(x * x) * x``, the cube of GELU's tanh approximation)."""
+    exponent = ctx.constant(1, "the exponent")
+    power = float(exponent.reshape(-1)[0]) if exponent.size == 1 else None
+    if power is None or power != int(power) or not 1 <= power <= MAX_POWER:
+        raise Unsupported(f"exponent {exponent.tolist()} (dcnn runs integer powers 1 to {MAX_POWER})")
+    x = ctx.activation(0)
+    if power == 1:
+        return x
+    steps, product = [], x
+    for index in range(2, int(power) + 1):
+        output = None if index == power else f"{ctx.node.output[0]}_power{index}"
+        steps.append(Step(Mul(), (product, x), output=output))
+        product = output or ""
+    return steps
+
+
+def _channel_selection(source: str, rank: int, channels: int, picked: list[int], output: str | None) -> Step:
+    """A layer that copies the channels ``picked`` of a ``(N, channels, ...)`` tensor in that order: a 1 x 1
+    convolution (a fully connected layer for (N, F) rows) whose weights select them, one 1 per output. Each output
+    is ``1 * x + 0 * (the others)``, so the copy is exact for finite values."""
+    if not picked:
+        raise Unsupported("an empty slice")
+    weight = np.zeros((len(picked), channels), np.float32)
+    weight[np.arange(len(picked)), picked] = 1
+    if rank == 2:
+        return Step(Linear(channels, len(picked), bias=False), (source,), {"weight": weight}, output=output)
+    layer = Conv2d(channels, len(picked), (1, 1), bias=False)
+    return Step(layer, (source,), {"weight": weight.reshape(len(picked), channels, 1, 1)}, output=output)
+
+
+def convert_slice(ctx: NodeContext) -> Conversion:
+    """``Slice`` of the channels (``x[:, a:b]``, ``x[:, ::2]``) of a map or the features of rows: starts, ends,
+    axes and steps attributes before opset 10, constant inputs since; every other axis whole. A channel
+    selection (:func:`_channel_selection`)."""
+    shape = ctx.shape(0)
+    rank = ctx.rank(0, (2, 4))
+    if ctx.opset < 10:
+        starts, ends = _ints(ctx, "starts", []), _ints(ctx, "ends", [])
+        axes, steps = _ints(ctx, "axes", list(range(len(starts)))), [1] * len(starts)
+    else:
+        starts = [int(v) for v in ctx.constant(1, "starts").reshape(-1)]
+        ends = [int(v) for v in ctx.constant(2, "ends").reshape(-1)]
+        given = ctx.has_input(3)
+        axes = [int(v) for v in ctx.constant(3, "axes").reshape(-1)] if given else list(range(len(starts)))
+        steps = [int(v) for v in ctx.constant(4, "steps").reshape(-1)] if ctx.has_input(4) else [1] * len(starts)
+    picked = None
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis %= rank
+        size = shape[axis]
+        whole = step == 1 and start == 0 and ((size is not None and end >= size) or end >= 2**31 - 1)
+        if axis == 1 and size is not None:
+            picked = list(range(size))[slice(start, end, step)]
+        elif not whole:
+            raise Unsupported(f"a slice of axis {axis} (dcnn slices channels, axis 1)")
+    if picked is None:
+        return ctx.activation(0)
+    return [_channel_selection(ctx.activation(0), rank, int(shape[1]), picked, None)]
+
+
+def convert_split(ctx: NodeContext) -> Conversion:
+    """``Split`` of the channels of a map or the features of rows (``x.chunk(2, 1)``, ShuffleNetV2's split): the
+    sizes an attribute before opset 13, an input since, or ``num_outputs`` (opset 18) or equal parts. One channel
+    selection per output the graph uses (:func:`_channel_selection`)."""
+    shape = ctx.shape(0)
+    rank = ctx.rank(0, (2, 4))
+    axis = int(ctx.attribute("axis", 0)) % rank
+    if axis != 1 or shape[1] is None:
+        raise Unsupported(f"a split of axis {axis} (dcnn splits channels, axis 1)")
+    channels, parts = int(shape[1]), len(ctx.node.output)
+    if ctx.opset < 13 and "split" in ctx.attributes:
+        sizes = _ints(ctx, "split", [])
+    elif ctx.opset >= 13 and ctx.has_input(1):
+        sizes = [int(v) for v in ctx.constant(1, "split").reshape(-1)]
+    else:
+        size = -(-channels // parts)  # equal parts, the last one smaller (ONNX's num_outputs)
+        sizes = [min(size, channels - size * index) for index in range(parts)]
+    if len(sizes) != parts or sum(sizes) != channels or min(sizes) < 0:
+        raise Unsupported(f"split sizes {sizes} of {channels} channels into {parts} outputs")
+    source, steps, begin = ctx.activation(0), [], 0
+    for output, size in zip(ctx.node.output, sizes):
+        if output in ctx.needed:
+            steps.append(_channel_selection(source, rank, channels, list(range(begin, begin + size)), output))
+        begin += size
+    return steps
+
+
+def convert_swish(ctx: NodeContext) -> Conversion:
+    """``Swish`` (opset 24): ``x * sigmoid(alpha * x)``; alpha 1 (SiLU) only."""
+    alpha = float(ctx.attribute("alpha", 1.0))
+    if alpha != 1.0:
+        raise Unsupported(f"alpha {alpha:g} (dcnn runs SiLU, alpha 1)")
+    return [Step(SiLU(), (ctx.activation(0),))]
 
 
 def convert_sum(ctx: NodeContext) -> Conversion:
@@ -589,7 +783,7 @@ def convert_mul(ctx: NodeContext) -> Conversion:
     """``Mul``: two tensors of one shape, a map by per-channel ``(N, C, 1, 1)`` gates (squeeze-and-excitation),
     or a tensor by a per-channel constant."""
     if any(name in ctx.constants for name in ctx.node.input):
-        return _with_constant(ctx, scale=True)
+        return _with_constant(ctx)
     first, second = ctx.shape(0), ctx.shape(1)
     if first == second:
         return [Step(Mul(), (ctx.activation(0), ctx.activation(1)))]
@@ -655,8 +849,9 @@ def convert_pad(ctx: NodeContext) -> Conversion:
 
 def convert_batch_norm(ctx: NodeContext) -> Conversion:
     """``BatchNormalization`` at inference (running statistics; ``spatial=1`` before opset 9; no training
-    mode or outputs)."""
-    ctx.rank(0)
+    mode or outputs) of maps, or of (N, F) rows (``nn.BatchNorm1d`` in a classifier head: a per-feature affine
+    layer of the folded scale and shift)."""
+    rank = ctx.rank(0, (2, 4))
     ctx.unused_outputs()
     if not ctx.attribute("spatial", 1) or ctx.attribute("training_mode", 0):
         raise Unsupported("training mode or per-position statistics (spatial=0)")
@@ -665,6 +860,9 @@ def convert_batch_norm(ctx: NodeContext) -> Conversion:
     channels = tensors["weight"].size
     if any(value.size != channels for value in tensors.values()):
         raise Unsupported("statistics of different lengths")
+    if rank == 2:
+        scale, shift = batch_norm_scale_shift(*tensors.values(), float(ctx.attribute("epsilon", 1e-5)))
+        return [Step(Affine(channels), (ctx.activation(0),), {"weight": scale, "bias": shift})]
     return [Step(BatchNorm2d(channels, eps=float(ctx.attribute("epsilon", 1e-5))), (ctx.activation(0),), tensors)]
 
 
@@ -676,6 +874,7 @@ CONVERTERS: dict[str, Callable[[NodeContext], Conversion]] = {
     "Clip": convert_clip,
     "Concat": convert_concat,
     "Conv": convert_conv,
+    "Div": convert_div,
     "Dropout": convert_dropout,
     "Elu": convert_elu,
     "Flatten": convert_flatten,
@@ -694,15 +893,38 @@ CONVERTERS: dict[str, Callable[[NodeContext], Conversion]] = {
     "ReduceMax": convert_reduce,
     "ReduceMean": convert_reduce,
     "Pad": convert_pad,
+    "Pow": convert_pow,
     "Relu": convert_relu,
     "Reshape": convert_reshape,
     "Sigmoid": _pointwise(Sigmoid()),
+    "Slice": convert_slice,
     "Softmax": convert_softmax,
+    "Split": convert_split,
     "Squeeze": convert_squeeze,
+    "Sub": convert_sub,
     "Sum": convert_sum,
+    "Swish": convert_swish,
     "Tanh": _pointwise(Tanh()),
     "Transpose": convert_transpose,
     "Unsqueeze": convert_unsqueeze,
+}
+
+
+#: Why dcnn refuses some operator types that CNN exports meet (an operator type outside both tables is refused
+#: without a reason): the message says what the node is and what dcnn runs instead.
+REFUSED_OPS: dict[str, str] = {
+    "Resize": "upsampling (dcnn runs classifiers and detectors without upsampling layers)",
+    "ConvTranspose": "a transposed convolution (upsampling: dcnn runs classifiers and detectors without it)",
+    "Upsample": "upsampling (dcnn runs classifiers and detectors without upsampling layers)",
+    "Erf": "the error function of GELU (dcnn has no GELU layer; GELU's tanh approximation runs)",
+    "Gelu": "dcnn has no GELU layer (GELU's tanh approximation, exported before opset 20, runs)",
+    "LayerNormalization": "dcnn has no layer normalisation (ConvNeXt, transformers)",
+    "LogSoftmax": "dcnn has no log-softmax (export the logits or a Softmax)",
+    "Softplus": "dcnn has no softplus (nor Mish, which uses it)",
+    "Mish": "dcnn has no Mish layer",
+    "QuantizeLinear": "a quantised model (dcnn runs float32 weights)",
+    "DequantizeLinear": "a quantised model (dcnn runs float32 weights)",
+    "QLinearConv": "a quantised model (dcnn runs float32 weights)",
 }
 
 
