@@ -23,7 +23,7 @@ from pathlib import Path
 
 import bench_kernels
 import numpy as np
-from benchlib import describe_machine, face_bench, machine_info, timed
+from benchlib import describe_machine, face_bench, load_average, machine_info, timed
 
 from dcnn.exec.forward import Forward
 from dcnn.faces.detect import FaceDetector, default_detector_path
@@ -82,9 +82,11 @@ def main() -> None:
     parser.add_argument("--output", default="results/bench_faces.json")
     args = parser.parse_args()
     images, detector, forward = face_bench(args.input, args.upsample)
-    detector.detect(images[:2], forward)  # warm-up
+    detector.detect(images[:args.batch_size], forward)  # warm-up: one full batch fills the buffer pool
     machine = machine_info()
     print(describe_machine(machine))
+    load_before = load_average()
+    print(f"load average before: {' '.join(map(str, load_before))} (1, 5, 15 min)")
 
     def detect_all() -> list:
         batches = range(0, len(images), args.batch_size)
@@ -94,7 +96,8 @@ def main() -> None:
     report = {"command": " ".join(["python", *sys.argv]), "machine": machine, "images": len(images),
               "image_size": list(images.shape[1:3]), "upsample": args.upsample, "threads": 1,
               "batch_size": args.batch_size, "dcnn_images_per_second": len(images) / dcnn_seconds,
-              "dcnn_cpu_ms_per_image": 1000 * dcnn_cpu / len(images), "dcnn_faces": int(sum(len(d) for d in ours))}
+              "dcnn_cpu_ms_per_image": 1000 * dcnn_cpu / len(images), "dcnn_faces": int(sum(len(d) for d in ours)),
+              "load_average_before": load_before}
     print(f"dcnn: {len(images)} images of {images.shape[1]}x{images.shape[2]}, upsample {args.upsample}, 1 thread, "
           f"batch {args.batch_size}: {report['dcnn_images_per_second']:.1f} images/s "
           f"({1000 * dcnn_seconds / len(images):.0f} ms wall, {report['dcnn_cpu_ms_per_image']:.0f} ms CPU per image), "
@@ -128,6 +131,8 @@ def main() -> None:
     print(f"the paper's 20-node cluster: {cluster_rate:.1f} images/s (50,000 images in 2959 s); two cores at dcnn's "
           f"CPU-time rate would do about {two_cores:.0f} images/s: 50,000 images in "
           f"{report['two_core_seconds_for_paper_images']:.0f} s")
+    report["load_average_after"] = load_average()
+    print(f"load average after: {' '.join(map(str, report['load_average_after']))}")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")

@@ -73,8 +73,10 @@ def test_all_methods_agree_on_large_layer(rng, stride):
 
 @pytest.mark.parametrize("in_channels,out_channels,stride,kernel,expected", [
     (3, 64, (1, 1), 3, "im2col"), (3, 16, (2, 2), 3, "shifted"), (16, 32, (2, 2), 3, "shifted"),
-    (45, 45, (1, 1), 5, "shifted"), (45, 45, (1, 1), 3, "winograd"), (16, 16, (1, 1), 3, "winograd"),
-    (16, 15, (1, 1), 3, "shifted"), (45, 1, (1, 1), 3, "shifted-output"), (3, 1, (1, 1), 3, "im2col")])
+    (45, 45, (1, 1), 5, "rows"), (45, 45, (1, 1), 3, "winograd"), (16, 16, (1, 1), 3, "winograd"),
+    (16, 15, (1, 1), 3, "shifted"), (45, 1, (1, 1), 3, "shifted-output"), (3, 1, (1, 1), 3, "im2col"),
+    (3, 16, (2, 2), 5, "rows"), (16, 32, (2, 2), 5, "rows"), (32, 64, (1, 1), 5, "shifted"),
+    (45, 1, (1, 1), 9, "shifted-output")])
 def test_choose_method(in_channels, out_channels, stride, kernel, expected):
     assert choose_method(in_channels, out_channels, stride, (kernel, kernel)) == expected
     weight = np.zeros((out_channels, in_channels, kernel, kernel), np.float32)
@@ -184,18 +186,21 @@ def test_winograd_image_blocks_agree(rng, monkeypatch):
 
 
 def test_threads_give_identical_results(rng):
-    """Shifted GEMMs in chunks, Winograd on one band (its GEMMs shared by the threads) and on several bands."""
+    """Shifted GEMMs in chunks, Winograd on one band (its GEMMs shared by the threads) and on several bands, and
+    the kernel-row GEMMs."""
     x = random_array(rng, 2, 32, 40, 37)
     large = random_array(rng, 1, 16, 90, 70)
     kernel = Conv2dKernel(random_array(rng, 16, 32, 3, 3), random_array(rng, 16))
     many_bands = Conv2dKernel(random_array(rng, 16, 16, 3, 3), random_array(rng, 16), relu=True)
     assert kernel.method == many_bands.method == "winograd"
     strided = Conv2dKernel(random_array(rng, 8, 32, 3, 3), stride=(2, 2))
+    rows = Conv2dKernel(random_array(rng, 45, 32, 5, 5), random_array(rng, 45), stride=(2, 2), relu=True)
+    assert rows.method == "rows"
     try:
         threads.set_num_threads(1)
-        single = kernel(x, 1), strided(x, 1), many_bands(large, 1)
+        single = kernel(x, 1), strided(x, 1), many_bands(large, 1), rows(x, 2)
         threads.set_num_threads(2)
-        double = kernel(x, 1), strided(x, 1), many_bands(large, 1)
+        double = kernel(x, 1), strided(x, 1), many_bands(large, 1), rows(x, 2)
     finally:
         threads.set_num_threads(1)
     for one, two in zip(single, double, strict=True):
@@ -207,9 +212,12 @@ def test_workspace_reuse_across_shapes(rng):
     workspace = Workspace()
     weight = random_array(rng, 8, 16, 3, 3)
     kernel = Conv2dKernel(weight)
+    rows = Conv2dKernel(random_array(rng, 8, 16, 5, 5), stride=(2, 2))
+    assert rows.method == "rows"
     for shape, padding in [((1, 16, 30, 30), 0), ((2, 16, 9, 12), 1), ((1, 16, 30, 30), (2, 0, 0, 1))]:
         x = random_array(rng, *shape)
         np.testing.assert_allclose(kernel(x, padding, workspace), kernel(x, padding), rtol=0, atol=0)
+        np.testing.assert_allclose(rows(x, padding, workspace), rows(x, padding), rtol=0, atol=0)
     assert workspace.nbytes > 0
 
 
@@ -229,3 +237,43 @@ def test_transformed_filters_by_chunks_equal_the_whole_transform(rng, monkeypatc
     whole = np.einsum("ai,kcij,bj->abkc", winograd.G, weight.astype(np.float64), winograd.G).reshape(36, 5, 7)
     monkeypatch.setattr(winograd, "TRANSFORM_CHUNK_BYTES", 8 * 36 * 7 * 2)  # two output channels at a time
     assert np.array_equal(winograd.transform_weights(weight), whole.astype(np.float32))
+
+
+def _channels_last(x: np.ndarray) -> np.ndarray:
+    """``x`` (B, C, H, W) with channels-last memory, as the kernel-row formulation returns its output."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("stride,padding", [((2, 2), 0), ((1, 1), 2), ((2, 1), (1, 0, 2, 1))])
+def test_rows_reads_any_layout_and_returns_channels_last(rng, stride, padding):
+    """The kernel-row formulation gives the same bits from NCHW, channels-last and cropped (strided) inputs; its
+    output is channels-last memory (15 channels of pixels 16 wide: zero channels pad the GEMM to the vector
+    lanes), which the next layer reads as is: a chain of two equals the reference."""
+    x = random_array(rng, 2, 6, 13, 11)
+    weight, bias = random_array(rng, 15, 6, 5, 5), random_array(rng, 15)
+    first = Conv2dKernel(weight, bias, stride, relu=True, method="rows")
+    out = first(x, padding)
+    assert out.shape[1] == 15 and out.strides[1] == 4 and out.strides[3] == 4 * conv.GEMM_LANES
+    np.testing.assert_array_equal(first(_channels_last(x), padding), out)
+    wide = random_array(rng, 2, 6, 13, 14)
+    wide[..., 1:12] = x
+    np.testing.assert_array_equal(first(wide[..., 1:12], padding), out)
+    weight2, bias2 = random_array(rng, 8, 15, 5, 5), random_array(rng, 8)
+    chained = Conv2dKernel(weight2, bias2, method="rows")(out, 2)
+    hidden = np.maximum(reference.conv2d(x, weight, bias, stride, conv.normalize_padding(padding), (1, 1), 1), 0)
+    expected = reference.conv2d(hidden, weight2, bias2, (1, 1), (2, 2, 2, 2), (1, 1), 1)
+    np.testing.assert_allclose(chained, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_rows_on_a_block_equals_the_whole_map(rng, monkeypatch):
+    """A spatial block (its own border padding only) and a map cut into many chunks give the whole map's bits:
+    the chunks and blocks change which GEMM computes a pixel, never the order of its sum."""
+    x = random_array(rng, 2, 16, 41, 30)
+    kernel = Conv2dKernel(random_array(rng, 32, 16, 5, 5), random_array(rng, 32), (2, 2), relu=True)
+    assert kernel.method == "rows"
+    whole = kernel(x, 0)
+    block = kernel(x[:, :, 10:], (0, 0, 0, 0))  # output rows 5.., their input rows from 10 on
+    np.testing.assert_array_equal(block, whole[:, :, 5:])
+    monkeypatch.setattr(conv, "cache_bytes", lambda level: 1024)
+    monkeypatch.setattr(conv, "MIN_CHUNK_COLUMNS", 16)
+    np.testing.assert_array_equal(kernel(x, 0), whole)

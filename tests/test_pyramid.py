@@ -74,6 +74,22 @@ def test_batched_upsampling_and_pyramid_equal_image_by_image(rng):
         np.testing.assert_array_equal(tensor[index], pyramid_tensor(image[None], MEAN_RGB)[0][0])
 
 
+def test_resize_plans_are_shared_read_only_and_leave_no_state(rng):
+    """The per-size sample positions and weights are computed once and reused by every batch: they must be
+    read-only, and a second batch of the same size gets its own pyramid, not the first one's."""
+    from dcnn.faces import pyramid
+
+    first, second = (rng.integers(0, 256, (2, 37, 41, 3), dtype=np.uint8) for _ in range(2))
+    expected = pyramid_tensor(second, MEAN_RGB)[0].copy()
+    pyramid_tensor(first, MEAN_RGB)
+    np.testing.assert_array_equal(pyramid_tensor(second, MEAN_RGB)[0], expected)
+    plan = pyramid._resize_plan(37, 41, 30, 34)
+    assert plan is pyramid._resize_plan(37, 41, 30, 34)
+    assert sum(map(pyramid._plan_bytes, pyramid._plans.values())) <= pyramid.PLAN_CACHE_BYTES
+    for array in (*plan[:3], *plan[4:7], *plan[7], *plan[8]):
+        assert not array.flags.writeable
+
+
 def test_the_kernel_threads_build_the_pyramid_of_a_batch_bit_for_bit(rng):
     """Slices of the batch on two and three threads give the one-thread tensor exactly."""
     from dcnn.kernels import threads

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dcnn.kernels.memory import empty_float32
 from dcnn.kernels.threads import parallel_for
 
 __all__ = [
@@ -142,6 +143,45 @@ def _vector_weights(tb: np.ndarray, lr: np.ndarray) -> tuple[np.ndarray, ...]:
 BAND_BYTES = 1 << 17
 
 
+#: Bytes of resize plans kept (:func:`_resize_plan`): the first plans made are kept while they fit, none is
+#: dropped (a pyramid resizes its sizes in a cycle, which would make a least-recently-used cache miss every
+#: time once the cycle outgrows it). A 128x128 image's pyramid at upsample 1 needs about 7 MiB; a 1000x500 one
+#: would need 54 MB, so most of its levels are made each time.
+PLAN_CACHE_BYTES = 16 << 20
+_plans: dict[tuple[int, int, int, int], tuple] = {}
+
+
+def _resize_plan(height: int, width: int, rows: int, cols: int) -> tuple:
+    """What :func:`_resize_planes` needs of a ``height x width -> rows x cols`` resize besides the pixels, kept
+    for the next batch (which resizes the same sizes) within :data:`PLAN_CACHE_BYTES`: the row samples
+    (:func:`_row_samples`), the column samples (:func:`_column_samples`), the vector part's corner weights
+    (:func:`_vector_weights`, as ``(rows, vector, 1)``) and the flat pixel index of each corner sample, all
+    read-only."""
+    key = (height, width, rows, cols)
+    if key in _plans:
+        return _plans[key]
+    plan = _make_resize_plan(height, width, rows, cols)
+    if sum(map(_plan_bytes, _plans.values())) + _plan_bytes(plan) <= PLAN_CACHE_BYTES:
+        _plans[key] = plan
+    return plan
+
+
+def _plan_bytes(plan: tuple) -> int:
+    """Bytes of the arrays of a resize plan."""
+    return sum(array.nbytes for array in (*plan[:3], *plan[4:7], *plan[7], *plan[8]))
+
+
+def _make_resize_plan(height: int, width: int, rows: int, cols: int) -> tuple:
+    """The arrays of :func:`_resize_plan`, made."""
+    top, bottom, tb = _row_samples(height, rows)
+    vector, left, right, lr = _column_samples(width, cols)
+    weights = [w[:, :, None] for w in _vector_weights(tb, lr[:vector])]
+    corners = [(row[:, None] * width + column[None, :vector]) for row in (top, bottom) for column in (left, right)]
+    for array in (top, bottom, tb, left, right, lr, *weights, *corners):
+        array.flags.writeable = False
+    return top, bottom, tb, vector, left, right, lr, weights, corners
+
+
 def _resize_planes(image: np.ndarray, rows: int, cols: int, rgb: bool) -> np.ndarray:
     """dlib's ``resize_image`` of the planes of a channels-last ``(H, W, P)`` float32 image, bit for bit.
 
@@ -160,11 +200,8 @@ def _resize_planes(image: np.ndarray, rows: int, cols: int, rgb: bool) -> np.nda
     """
     height, width, planes = image.shape
     flat = image.reshape(height * width, planes)
-    top, bottom, tb = _row_samples(height, rows)
-    vector, left, right, lr = _column_samples(width, cols)
+    top, bottom, tb, vector, left, right, lr, weights, corners = _resize_plan(height, width, rows, cols)
     out = np.empty((rows, cols, planes), np.float32)
-    weights = [w[:, :, None] for w in _vector_weights(tb, lr[:vector])]
-    corners = [(row[:, None] * width + column[None, :vector]) for row in (top, bottom) for column in (left, right)]
     band = max(1, BAND_BYTES // (4 * max(vector, 1) * planes))
     scratch = np.empty((4, min(band, rows) * vector * planes), np.float32)
     for first in range(0, rows, band):
@@ -289,7 +326,8 @@ def pyramid_tensor(images: np.ndarray, mean_rgb: tuple[float, float, float], pad
     Returns
     -------
     tensor : numpy.ndarray
-        ``(B, 3, rows, cols)`` float32.
+        ``(B, 3, rows, cols)`` float32, a view of channels-last memory ``(B, rows, cols, 3)``: what the
+        detector's first convolution reads by whole rows of pixels (:mod:`dcnn.kernels.conv`, *rows*).
     rects : list of Rect
         Each level's inclusive rectangle in the tensor, level 0 first.
     """
@@ -297,16 +335,18 @@ def pyramid_tensor(images: np.ndarray, mean_rgb: tuple[float, float, float], pad
     for _ in range(upsample):
         height, width = upsampled_size(height, width)
     rows, cols, rects = tiled_layout(pyramid_sizes(height, width), padding, outer)
-    tensor = np.zeros((batch, 3, rows, cols), np.float32)
+    pixels = empty_float32((batch, rows, cols, 3))
+    pixels.fill(0)
     # Slices of the batch on the kernel threads: every plane's arithmetic is its own, so any split is bit-exact.
-    parallel_for(lambda part: _fill_pyramid(tensor[part.start:part.stop], images[part.start:part.stop], mean_rgb,
+    parallel_for(lambda part: _fill_pyramid(pixels[part.start:part.stop], images[part.start:part.stop], mean_rgb,
                                             rects, upsample), range(batch))
-    return tensor, rects
+    return pixels.transpose(0, 3, 1, 2), rects
 
 
-def _fill_pyramid(tensor: np.ndarray, images: np.ndarray, mean_rgb: tuple[float, float, float], rects: list[Rect],
+def _fill_pyramid(pixels: np.ndarray, images: np.ndarray, mean_rgb: tuple[float, float, float], rects: list[Rect],
                   upsample: int) -> None:
-    """:func:`pyramid_tensor`'s levels of ``images`` into their rectangles ``rects`` of ``tensor``."""
+    """:func:`pyramid_tensor`'s levels of ``images`` into their rectangles ``rects`` of the channels-last
+    ``pixels`` ``(B, rows, cols, 3)``."""
     batch, height, width, _ = images.shape
     level = _planes_last(images).astype(np.float32)
     for _ in range(upsample):
@@ -318,21 +358,22 @@ def _fill_pyramid(tensor: np.ndarray, images: np.ndarray, mean_rgb: tuple[float,
     for index, (left, top, right, bottom) in enumerate(rects):
         if index:
             level = _resize_planes(level, bottom - top + 1, right - left + 1, rgb=False)
-        _copy_level(tensor, level, left, top)
+        _copy_level(pixels, level, left, top)
 
 
-def _copy_level(tensor: np.ndarray, level: np.ndarray, left: int, top: int) -> None:
-    """Copy a channels-last ``(h, w, B * 3)`` level into ``tensor[:, :, top:top + h, left:left + w]``.
+def _copy_level(pixels: np.ndarray, level: np.ndarray, left: int, top: int) -> None:
+    """Copy a channels-last ``(h, w, B * 3)`` level into ``pixels[:, top:top + h, left:left + w]`` (B, rows, cols, 3).
 
-    By bands of rows that fit in the L2 cache: transposed whole, each of the ``B * 3`` output planes would
-    stream the entire level through the cache again.
+    By bands of rows that fit in the L2 cache: copied whole, each of the ``B`` images would stream the entire
+    level through the cache again.
     """
     rows, cols, planes = level.shape
     band = max(1, BAND_BYTES // (4 * cols * planes))
     for first in range(0, rows, band):
         last = min(rows, first + band)
-        tensor[:, :, top + first:top + last, left:left + cols] = level[first:last].reshape(
-            last - first, cols, -1, 3).transpose(2, 3, 0, 1)
+        source = level[first:last].reshape(last - first, cols, -1, 3).transpose(2, 0, 1, 3)
+        for channel in range(3):  # one channel at a time: runs of pixels, not runs of three values
+            pixels[:, top + first:top + last, left:left + cols, channel] = source[..., channel]
 
 
 def round_half_away(values: np.ndarray) -> np.ndarray:

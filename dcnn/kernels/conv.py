@@ -25,6 +25,15 @@ its taps' weights, ``(taps * K) x C``, with the chunk, giving every tap's produc
 output is the sum of those products shifted back by each tap's offset. The GEMM's long side is then
 ``taps * K`` instead of ``K``, where ``K`` alone (a GEMV for ``K = 1``) would leave the vector units idle.
 
+*rows* (filters at least 5 wide with few outputs: dlib's face detector). Pixel-major and channels-last: the
+input is split by row phase only, with channels last, so the ``kw`` taps of one kernel row read ``kw * C``
+values that lie ``dw * C`` apart per tap; those are copied once per chunk into a patch matrix of whole pixels
+(a *row im2col*, ``kw * C`` deep), and each kernel row is one GEMM of ``(positions, kw * C)`` by ``(kw * C, K)``
+whose output rows are pixels. With few output channels this is the faster side of the product for OpenBLAS
+(measured: 16 outputs at depth 75, 77 against 47 GFLOP/s; 32 at depth 80, 87 against 63). The output is
+channels-last memory behind the ``(B, K, Ho, Wo)`` shape, so the next such layer copies whole rows of pixels
+and no layer transposes.
+
 *winograd* (3x3, stride 1, wide inputs and outputs: VGG's and ResNet's 3x3 layers). Winograd's F(4x4, 3x3),
 36 GEMMs over the channels for every 16 outputs instead of 144 multiplications (:mod:`dcnn.kernels.winograd`);
 it rounds differently from the direct sum (error stated in ``docs/architecture.md``), so :func:`set_exact` turns it
@@ -32,7 +41,8 @@ off for a run that wants the exact formulations only. It is chosen where its out
 input is large enough (im2col below); the choice depends on the layer and that declared map, never on the map a
 call gets, so a spatial block or a fused tile uses the same formulation as the whole map.
 
-Chunks of output columns are sized from the detected L2 cache (:mod:`dcnn.kernels.cache`) and a large batch is
+Chunks of output columns are sized from the detected L2 cache (:mod:`dcnn.kernels.cache`; four L2s for the
+kernel-row and shifted-output formulations, :data:`WIDE_CHUNK_L2`) and a large batch is
 processed in blocks of images whose buffers fit in the L2 cache (one image when one does not), so a larger batch
 runs each image as batch 1 would.
 """
@@ -64,7 +74,7 @@ __all__ = ["EXACT_METHODS", "METHODS", "Conv2dKernel", "Workspace", "choose_meth
            "set_exact", "winograd_applies"]
 
 #: The exact GEMM formulations of :class:`Conv2dKernel` (see the module docstring): any geometry.
-EXACT_METHODS = ("shifted", "im2col", "shifted-output")
+EXACT_METHODS = ("shifted", "im2col", "shifted-output", "rows")
 #: Every formulation; ``"winograd"`` only for 3x3 filters at stride 1, dilation 1, one group.
 METHODS = (*EXACT_METHODS, "winograd")
 #: Layers with at least this many input and output channels take Winograd's F(4x4, 3x3) where it applies:
@@ -76,6 +86,20 @@ TAP_GEMM_MIN_CHANNELS = 16
 #: Outputs with fewer channels per group than this multiply all taps at once (shifted-output): a GEMM with
 #: so few rows runs at GEMV speed (measured on dlib's 45 -> 1 score layer by ``scripts/bench_faces.py``).
 SHIFTED_OUTPUT_MAX_CHANNELS = 4
+#: Outputs with at most this many channels per group, from filters at least :data:`ROWS_MIN_KERNEL` wide, use the
+#: pixel-major kernel-row formulation (measured on dlib's face detector: its 16-, 32- and 45-channel 5x5 layers,
+#: stride 2 and 1, run 1.1-1.5x faster than as shifted GEMMs, whose output-channel side is the short one).
+ROWS_MAX_CHANNELS = 48
+#: float32 lanes of an AVX-512 register (two AVX2 ones): the kernel-row formulation computes a few zero output
+#: channels up to a multiple of this when they cost at most 1/8 more (45 -> 48: measured 72 -> 85 GFLOP/s).
+GEMM_LANES = 16
+#: The kernel-row and shifted-output formulations size their chunks to this many L2 caches: chunks of one L2 (a
+#: few hundred to a few thousand positions) pay each GEMM call's ~7 us of Python and ctypes too often (measured on
+#: the face detector, interleaved, one thread: 1, 2, 4, 8 and 16 L2s took 32.0, 30.6-31.0, 30.1, 31.2 and 36.1 ms
+#: per image in its layers).
+WIDE_CHUNK_L2 = 4
+#: Narrower filters than this keep the shifted GEMMs: a kernel row of 1 or 3 taps gives too shallow a GEMM.
+ROWS_MIN_KERNEL = 5
 #: Thin inputs at a stride above 1 use im2col from this many output channels (shifted GEMMs below it).
 IM2COL_STRIDED_MIN_OUT_CHANNELS = 32
 #: Output maps of at most this many pixels (14x14) use im2col: one GEMM instead of one per tap.
@@ -129,6 +153,8 @@ def choose_method(in_channels: int, out_channels: int, stride: tuple[int, int] =
         return "winograd" if winograd_pays(in_channels, out_channels, map_size) else "im2col"
     if out_channels < SHIFTED_OUTPUT_MAX_CHANNELS and in_channels >= TAP_GEMM_MIN_CHANNELS:
         return "shifted-output"
+    if min(kernel_size) >= ROWS_MIN_KERNEL and out_channels <= ROWS_MAX_CHANNELS:
+        return "rows"
     if in_channels < TAP_GEMM_MIN_CHANNELS:
         return "im2col" if max(stride) == 1 or out_channels >= IM2COL_STRIDED_MIN_OUT_CHANNELS else "shifted"
     small = map_size is not None and map_size[0] * map_size[1] <= IM2COL_MAX_POSITIONS
@@ -159,8 +185,17 @@ def layout_bytes(weight_shape: tuple[int, int, int, int], stride: tuple[int, int
     """
     out_channels, group_channels, kh, kw = weight_shape
     method = choose_method(group_channels, out_channels // groups, stride, (kh, kw), dilation, groups, map_size)
+    if method == "rows":
+        return 4 * kh * (kw * group_channels + 1) * _row_width(out_channels, groups)
     taps = ALPHA * ALPHA if method == "winograd" else kh * kw
     return 4 * out_channels * group_channels * taps
+
+
+def _row_width(out_channels: int, groups: int) -> int:
+    """Output channels the kernel-row formulation computes: with one group, rounded up to a multiple of
+    :data:`GEMM_LANES` when that adds at most 1/8 (the extra channels have zero filters and are never read)."""
+    lanes = -(-out_channels // GEMM_LANES) * GEMM_LANES
+    return lanes if groups == 1 and 8 * (lanes - out_channels) <= out_channels else out_channels
 
 
 def balanced_chunks(total: int, target: int, align: int = 1, granule: int = CHUNK_GRANULE) -> list[tuple[int, int]]:
@@ -317,6 +352,17 @@ class Conv2dKernel:
             # (taps, K, C/g): one contiguous K x C/g matrix per tap.
             self._weight = np.ascontiguousarray(weight.transpose(2, 3, 0, 1)).reshape(taps, out_channels,
                                                                                       group_channels)
+        elif self.method == "rows":
+            # (groups, kh, kw * C/g + 1, K/g): per kernel row, the (column tap, channel) x output-channel matrix
+            # and a last row that multiplies the patches' column of ones: the bias in kernel row 0, else zeros.
+            depth = kw * group_channels
+            self._row_width = _row_width(out_channels, groups)
+            width = self._row_width // groups
+            self._weight = np.zeros((groups, kh, depth + 1, width), np.float32)
+            per_row = weight.reshape(groups, group_out, group_channels, kh, kw).transpose(0, 3, 4, 2, 1)
+            self._weight[..., :depth, :group_out] = per_row.reshape(groups, kh, depth, group_out)
+            if self.bias is not None:
+                self._weight[:, 0, depth, :group_out] = self.bias.reshape(groups, group_out)
         elif self.method == "im2col":
             # (K, taps * C/g) in (tap, channel) order, the row order of the patch matrix.
             self._weight = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(out_channels,
@@ -369,7 +415,13 @@ class Conv2dKernel:
         top, bottom, left, right = padding
         planes_h = -(-(height + top + bottom) // self.stride[0])
         planes_w = -(-(width + left + right) // self.stride[1])
-        out = empty_float32((batch, self.out_channels, out_h, out_w))
+        if self.method == "rows":
+            # Channels-last memory in plane geometry behind the (B, K, Ho, Wo) view: the GEMMs write it directly,
+            # and the next layer reads whole rows of pixels.
+            full = empty_float32((batch, planes_h, planes_w, self._row_width))
+            out = full[:, :out_h, :out_w, :self.out_channels].transpose(0, 3, 1, 2)
+        else:
+            out = empty_float32((batch, self.out_channels, out_h, out_w))
         # Images per block: the phase planes and GEMM output of a block fit in the L2 cache, else one image, so
         # a larger batch runs each image as batch 1 would (sized by the L3, VGG-16 at batch 4 was 3-7 % slower
         # per image than at batch 1 on a shared 32 MiB L3). Winograd blocks small maps together instead
@@ -378,9 +430,17 @@ class Conv2dKernel:
         block = max(1, min(batch, cache_bytes(2) // image_bytes))
         if self.method == "winograd":
             block = images_per_block(batch, -(-out_h // TILE) * -(-out_w // TILE))
+        if self.method == "rows":
+            # Its GEMMs run on chunks sized by the L2 whatever the block, so the block only has to keep the input
+            # planes and output in the L3 (measured on the face detector: 0.5-0.8 ms per layer and image faster
+            # than one image per block, whose few hundred columns per chunk made small GEMMs).
+            block = max(1, min(batch, cache_bytes(3) // image_bytes))
         for first in range(0, batch, block):
-            self._convolve_block(x[first:first + block], out[first:first + block], padding, planes_h, planes_w,
-                                 workspace)
+            if self.method == "rows":
+                self._rows(x[first:first + block], full[first:first + block], padding, workspace)
+            else:
+                self._convolve_block(x[first:first + block], out[first:first + block], padding, planes_h, planes_w,
+                                     workspace)
         return out
 
     def _convolve_block(self, x: np.ndarray, out: np.ndarray, padding: Padding, planes_h: int, planes_w: int,
@@ -446,7 +506,8 @@ class Conv2dKernel:
         taps = len(shifts)
         # Bytes one output column touches: its input column, the products of every tap (shifted-output), output.
         column_bytes = 4 * (group_in + group_out + (taps * group_out if self.method == "shifted-output" else 0))
-        chunks = balanced_chunks(n_valid, max(MIN_CHUNK_COLUMNS, cache_bytes(2) // column_bytes), CACHE_LINE)
+        caches = WIDE_CHUNK_L2 if self.method == "shifted-output" else 1
+        chunks = balanced_chunks(n_valid, max(MIN_CHUNK_COLUMNS, caches * cache_bytes(2) // column_bytes), CACHE_LINE)
         widest = max(stop - start for start, stop in chunks)
 
         def plane_offset(plane: int, group: int) -> int:
@@ -488,6 +549,85 @@ class Conv2dKernel:
 
         parallel_for(run_shifted if self.method == "shifted" else run_shifted_output, chunks)
         _copy_valid(result.reshape(out_channels, batch, planes_h, planes_w)[:, :, :out_h, :out_w], out)
+
+    def _rows(self, x: np.ndarray, full: np.ndarray, padding: Padding, workspace: Workspace) -> None:
+        """The pixel-major kernel-row formulation of ``x`` (b, C, H, W) into ``full`` (b, Hq, Wq, K'), ``K' >= K``.
+
+        ``x`` may have any strides; channels-last memory (what this method writes) is read by whole rows of
+        pixels. ``full`` is the output in plane geometry, channels last: its ``[:, :Ho, :Wo, :K]`` is the output,
+        the rest (see :func:`_row_width` for the channels) is computed and ignored. The padded input is split by
+        row phase only, channels last, as ``(sh, b, Hq, sw Wq, C)``. With the output counted in plane geometry
+        (``n = b Hq Wq + y Wq + x``), output ``n`` of kernel row ``i`` reads the ``kw`` pixels from pixel
+        ``sw n + Wq sw ((i dh) div sh)`` on, ``dw`` apart, of phase plane ``(i dh) mod sh``. Per chunk of outputs
+        and per phase, those ``kw * C`` values of every position are copied once into a patch matrix (the *row
+        im2col*); each kernel row is then one GEMM of ``(positions, kw * C + 1)`` by its ``(kw * C + 1, K')``
+        filters, accumulated into the pixel-major output (BLAS ``beta = 1``): a GEMM whose long side is the
+        pixels, with ``kh`` calls of depth ``kw * C`` instead of ``kh kw`` of depth ``C``. The extra column of the
+        patches holds ones and
+        the extra row of kernel row 0's filters the bias, so the GEMMs add it.
+        """
+        batch, channels, height, width = x.shape
+        planes_h, planes_w, out_channels = full.shape[1:]
+        out_h, out_w = self.output_shape(height, width, padding)
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        kh, kw = self.kernel_size
+        top, _, left, _ = padding
+        padded_w = planes_w * sw
+        planes = workspace.get("input", (sh, batch, planes_h, padded_w, channels))
+        source = x.transpose(0, 2, 3, 1)
+        for phase in range(sh):
+            first = max(0, -((phase - top) // sh))
+            last = max(first, min(planes_h, -((phase - top - height) // sh)))
+            plane = planes[phase]
+            plane[:, first:last, left:left + width] = source[:, phase + first * sh - top::sh][:, :last - first]
+            plane[:, :first] = 0
+            plane[:, last:] = 0
+            plane[:, first:last, :left] = 0
+            plane[:, first:last, left + width:] = 0
+        image_len = planes_h * planes_w
+        n_valid = (batch - 1) * image_len + (out_h - 1) * planes_w + out_w
+        group_in, group_out = channels // self.groups, out_channels // self.groups
+        depth = kw * group_in
+        # Per kernel row: its phase plane and its shift in output positions (whole plane rows).
+        row_phase = [i * dh % sh for i in range(kh)]
+        row_shift = [i * dh // sh * planes_w for i in range(kh)]
+        phases = sorted(set(row_phase))
+        reach = {p: max(row_shift[i] for i in range(kh) if row_phase[i] == p) for p in phases}
+        result = full.reshape(batch * image_len, out_channels)
+        column_bytes = 4 * (len(phases) * (depth + 1) + out_channels)
+        chunks = balanced_chunks(n_valid, max(MIN_CHUNK_COLUMNS, WIDE_CHUNK_L2 * cache_bytes(2) // column_bytes),
+                                 CACHE_LINE)
+        widest = max(stop - start for start, stop in chunks)
+        flat = planes.reshape(sh, -1)
+        item = flat.itemsize
+        row = depth + 1
+        longest = widest + max(reach.values())
+        # Per (group, phase): the kw pixels that every position reads (overlapping, read-only views, sliced per
+        # chunk). The last position any chunk reads is the last valid output's, so no view reaches past the plane.
+        windows = {(group, phase): np.lib.stride_tricks.as_strided(
+            flat[phase, group * group_in:], shape=(n_valid + reach[phase], kw, group_in),
+            strides=(sw * channels * item, dw * channels * item, item), writeable=False)
+            for group in range(self.groups) for phase in phases}
+
+        def run_chunks(items: Sequence[tuple[int, int]]) -> None:
+            patches = np.empty((len(phases), longest, row), dtype=np.float32)
+            patches[..., depth] = 1
+            for start, stop in items:
+                cols = stop - start
+                for group in range(self.groups):
+                    for slot, phase in enumerate(phases):
+                        span = cols + reach[phase]
+                        patches[slot, :span, :depth].reshape(span, kw, group_in)[...] = \
+                            windows[group, phase][start:start + span]
+                    for i in range(kh):
+                        gemm_accumulate(result, start * out_channels + group * group_out, out_channels,
+                                        patches, (phases.index(row_phase[i]) * longest + row_shift[i]) * row, row,
+                                        self._weight, (group * kh + i) * row * group_out, group_out,
+                                        cols, group_out, row, accumulate=i > 0)
+                if self.relu:
+                    np.maximum(result[start:stop], np.float32(0), out=result[start:stop])
+
+        parallel_for(run_chunks, chunks)
 
     def _winograd(self, x: np.ndarray, out: np.ndarray, padding: Padding, workspace: Workspace) -> None:
         """F(4x4, 3x3) of the images ``x`` (b, C, H, W) into ``out`` (b, K, Ho, Wo), by bands of tile rows.
