@@ -14,13 +14,14 @@ Three exact ways to multiply (no transformed arithmetic) and one fast one, chose
 (:func:`choose_method`), all without a Python loop over pixels or channels:
 
 *shifted* (wide inputs and outputs on maps larger than :data:`IM2COL_MAX_POSITIONS` pixels). Each tap is one
-GEMM of its ``K x C`` weight matrix with a shifted view of its plane, accumulated into the output with BLAS ``beta = 1``. Nothing is copied besides the phase split.
+GEMM of its ``K x C`` weight matrix with a shifted view of its plane, accumulated into the output with BLAS
+``beta = 1``. Nothing is copied besides the phase split.
 
 *im2col* (thin inputs such as RGB at stride 1, or at stride 2 with at least
 :data:`IM2COL_STRIDED_MIN_OUT_CHANNELS` outputs; any layer whose output map at the network's declared input is
 small, and a 3x3 layer where Winograd would not pay). For a chunk of output columns the patch matrix
-``(taps * C, columns)`` is assembled from contiguous plane rows (one ``memcpy``-like slice per tap, never a strided gather) and
-multiplied by the ``K x (taps * C)`` weights in one GEMM.
+``(taps * C, columns)`` is assembled from contiguous plane rows (one ``memcpy``-like slice per tap, never a
+strided gather) and multiplied by the ``K x (taps * C)`` weights in one GEMM.
 
 *shifted-output* (thin outputs, such as a score map with one channel). One GEMM per plane multiplies all of
 its taps' weights, ``(taps * K) x C``, with the chunk, giving every tap's product at every position; the
