@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -71,7 +72,9 @@ def forward_passes(repeats: int, clock: str = "wall") -> dict:
         tensor = torch.from_numpy(x)
         with tempfile.TemporaryDirectory() as folder:
             path = str(Path(folder) / f"{name}.onnx")
-            torch.onnx.export(module, (tensor,), path, input_names=["x"], dynamo=False)
+            with warnings.catch_warnings():  # the legacy exporter's deprecation notice is not a result
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(module, (tensor,), path, input_names=["x"], dynamo=False)
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = options.inter_op_num_threads = 1
             session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
