@@ -74,10 +74,13 @@ def test_batched_upsampling_and_pyramid_equal_image_by_image(rng):
         np.testing.assert_array_equal(tensor[index], pyramid_tensor(image[None], MEAN_RGB)[0][0])
 
 
-def test_resize_plans_are_shared_read_only_and_leave_no_state(rng):
+def test_resize_plans_are_shared_read_only_and_leave_no_state(rng, monkeypatch):
     """The per-size sample positions and weights are computed once and reused by every batch: they must be
-    read-only, and a second batch of the same size gets its own pyramid, not the first one's."""
+    read-only, and a second batch of the same size gets its own pyramid, not the first one's. (An empty cache:
+    earlier tests may have filled it, and a full cache keeps no new plan.)"""
     from dcnn.faces import pyramid
+
+    monkeypatch.setattr(pyramid, "_plans", {})
 
     first, second = (rng.integers(0, 256, (2, 37, 41, 3), dtype=np.uint8) for _ in range(2))
     expected = pyramid_tensor(second, MEAN_RGB)[0].copy()
