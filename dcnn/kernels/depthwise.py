@@ -27,7 +27,7 @@ each followed by the fused ReLU.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -198,13 +198,8 @@ class DepthwiseConv2dKernel(_Kernel):
                 last = min(first + step, channels[-1] + 1)
                 rows = slice(first * batch, last * batch)
                 target, product = scratch[0, :rows.stop - rows.start], scratch[1, :rows.stop - rows.start]
-                for tap, (plane, shift) in enumerate(taps):
-                    shifted = planes[plane, rows, shift:shift + length]
-                    if tap == 0:
-                        np.multiply(shifted, weights[tap, rows], out=target)
-                    else:
-                        np.multiply(shifted, weights[tap, rows], out=product)
-                        target += product
+                _sum_of_taps(target, product, ((planes[plane, rows, shift:shift + length], weights[tap, rows])
+                                               for tap, (plane, shift) in enumerate(taps)))
                 self._epilogue(target, None if bias is None else bias[rows])
                 # Output (y, x) of row (channel, image) is flat position y * planes_w + x of the row.
                 valid = np.lib.stride_tricks.as_strided(
@@ -245,19 +240,25 @@ class DepthwiseConv2dKernel(_Kernel):
                 count = (stop - first - 1) * planes_w + out_w
                 scratch = scratch_buffer("depthwise", (2, count, width))
                 target, product = scratch[0], scratch[1]
-                for tap, (plane, shift) in enumerate(taps):
-                    shifted = planes[plane, start + shift:start + shift + count, block]
-                    if tap == 0:
-                        np.multiply(shifted, self._taps[tap, block], out=target)
-                    else:
-                        np.multiply(shifted, self._taps[tap, block], out=product)
-                        target += product
+                _sum_of_taps(target, product, ((planes[plane, start + shift:start + shift + count, block],
+                                                self._taps[tap, block]) for tap, (plane, shift) in enumerate(taps)))
                 self._epilogue(target, None if self.bias is None else self.bias[block])
                 # Output (y, x) of the pass is position (y - first) * planes_w + x.
                 out[image, block, first:stop] = np.lib.stride_tricks.as_strided(
                     target, (width, stop - first, out_w), (4, 4 * planes_w * width, 4 * width), writeable=False)
 
         parallel_for(run_channels, range(self.out_channels))
+
+
+def _sum_of_taps(target: np.ndarray, product: np.ndarray, terms: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+    """``target = sum(shifted * weight)`` over the taps' ``(shifted, weight)`` terms, in tap order; ``product`` is
+    scratch of ``target``'s shape (numpy has no fused multiply-add: one multiply and one add pass per tap)."""
+    for tap, (shifted, weight) in enumerate(terms):
+        if tap == 0:
+            np.multiply(shifted, weight, out=target)
+        else:
+            np.multiply(shifted, weight, out=product)
+            target += product
 
 
 class PointwiseConv2dKernel(_Kernel):
