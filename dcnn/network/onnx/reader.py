@@ -133,8 +133,9 @@ def _read(path: Path):
     return model, shapes, _probed_shapes(onnx, model, shapes)
 
 
-#: The (height, width) a model of dynamic size is given by :func:`_probed_shapes`: two sizes, height and width
-#: unlike, so that two maps of equal sizes at both have the same size function of the input's.
+#: The (height, width) a dynamic size is tried at (:func:`_probed_shapes` for the model's input,
+#: :func:`_layer_output_shape` for a layer's): two sizes, height and width unlike, so that two maps of equal sizes
+#: at both have the same size function of the input's.
 MAP_PROBES = ((256, 320), (288, 224))
 
 
@@ -521,18 +522,17 @@ def _propagate_shape(output: str, conversion, resolved, shapes: dict[str, tuple[
             shapes[produced] = known[produced]
 
 
-#: The heights and widths :func:`_layer_output_shape` tries for a dynamic one: a size the layer's output keeps
-#: across both is fixed (a global pool's 1), one that differs is dynamic.
-PROBE_SIZES = (224, 320)
-
-
 def _layer_output_shape(layer, shapes: list[tuple[int | None, ...]]) -> tuple[int | None, ...] | None:
     """A layer's per-image output shape for per-image input shapes with ``None`` for a dynamic size: the
-    dimensions that do not depend on it, ``None`` for those that do; ``None`` if the layer refuses the shapes."""
+    dimensions that do not depend on it, ``None`` for those that do; ``None`` if the layer refuses the shapes.
+    The dynamic sizes are tried at each of :data:`MAP_PROBES` (the last axis at its width, the others at its
+    height): a size the output keeps across both is fixed (a global pool's 1), one that differs is dynamic."""
     outputs = []
-    for probe in PROBE_SIZES:
+    for height, width in MAP_PROBES:
+        sized = [tuple(d if d is not None else width if i == len(s) - 1 else height for i, d in enumerate(s))
+                 for s in shapes]
         try:
-            outputs.append(layer.output_shape(*(tuple(probe if d is None else d for d in s) for s in shapes)))
+            outputs.append(layer.output_shape(*sized))
         except (ShapeError, *INCONSISTENT_MODEL_ERRORS):
             return None
         if not any(None in shape for shape in shapes):
