@@ -57,6 +57,17 @@ def _raise_interrupted(signum: int, frame) -> None:
     raise Interrupted(signum)
 
 
+def _serve_for(comm, seconds: float) -> None:
+    """Wait ``seconds`` while answering MPI: rank 0 may be inside a call that needs this rank's progress (a lock
+    of this rank's steal-queue window, a message), and handles its own signal only when that call returns; a
+    plain sleep here would keep it there until this rank aborts the job, before it closed its file or said how
+    to resume."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        comm.Iprobe()
+        time.sleep(0.01)
+
+
 def _watchdog() -> None:
     """Make sure SIGINT and SIGTERM end this process within :data:`SIGNAL_GRACE` seconds (once per process).
 
@@ -243,7 +254,7 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
         if rank == 0:
             print(f"dcnn: interrupted by {interruption}", file=sys.stderr, flush=True)
         elif size > 1:
-            time.sleep(CLOSE_GRACE)  # rank 0 closes the result file first
+            _serve_for(comm, CLOSE_GRACE)  # rank 0 closes the result file first
         code = interruption.code
     except DcnnError as error:
         if args.debug:
