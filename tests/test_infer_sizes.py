@@ -168,6 +168,26 @@ def test_a_single_image_is_planned_as_one_image_at_any_batch_size(tmp_path):
     assert read(tmp_path / "o.h5")["predicted"].tolist() == [one]
 
 
+def test_the_detector_batches_sixteen_by_default_and_fewer_within_a_budget(tmp_path):
+    """Without --batch-size the detector runs 16 images per pass (other models 4); under a budget that 16 do not
+    fit, the default halves (never below 4), while a given --batch-size is refused instead (above)."""
+    images = folder_of_sizes(tmp_path / "twenty", [(40, 40)] * 20)
+    detector = FaceDetector.load(None)
+    shape = detector.input_shape(40, 40)
+    peaks = {b: plan_for(detector.network, shape, Cluster.uniform(1, 2**40), "batch", b).peak() for b in (4, 8, 16)}
+    assert peaks[4] < peaks[8] < peaks[16]
+    done = infer("--input", str(images), "--output", str(tmp_path / "default.h5"))
+    assert done.returncode == 0, done.stderr
+    assert read(tmp_path / "default.h5")["attrs"]["batch_size"] == 16
+    budget = f"{(peaks[4] + peaks[8]) // 2}B"
+    done = infer("--input", str(images), "--mem-per-rank", budget, "--output", str(tmp_path / "budget.h5"))
+    assert done.returncode == 0, done.stderr
+    assert read(tmp_path / "budget.h5")["attrs"]["batch_size"] == 4
+    refused = infer("--input", str(images), "--batch-size", "16", "--mem-per-rank", budget,
+                    "--output", str(tmp_path / "no.h5"))
+    assert refused.returncode == 2 and "batch 16 needs" in refused.stderr
+
+
 def test_fuse_depth_is_planned_and_checked(tmp_path):
     images = folder_of_sizes(tmp_path / "fuse", SIZES[:4])
     output = tmp_path / "out.h5"

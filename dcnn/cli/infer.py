@@ -39,7 +39,7 @@ from dcnn.exec.imported import (
     reader_bytes,
 )
 from dcnn.exec.workloads import DETECTOR, Classification, Detection, Recognition, is_detector, is_model_file
-from dcnn.faces.detect import DETECTION_DTYPE, MIN_IMAGE_SIDE, FaceDetector, default_detector_path
+from dcnn.faces.detect import DETECTION_DTYPE, DETECTOR_BATCH_SIZE, MIN_IMAGE_SIDE, FaceDetector, default_detector_path
 from dcnn.io.bundled import bundled_data
 from dcnn.io.fingerprint import file_fingerprint
 from dcnn.io.images import Hdf5ImageSet, ImageSet, open_image_set
@@ -97,6 +97,8 @@ __all__ = ["DEFAULT_INPUT", "build_parser", "main"]
 #: The bundled image set of the default job (:mod:`dcnn.io.bundled` finds it in a checkout or an installation).
 DEFAULT_INPUT = "faces.h5"
 LAYER_FIELDS = ("compute_seconds", "wait_seconds", "bytes_sent", "bytes_received")
+#: Images per forward pass without ``--batch-size``, but for the face detector (:data:`DETECTOR_BATCH_SIZE`).
+DEFAULT_BATCH_SIZE = 4
 
 
 #: Options renamed in this release, old name to new; the old names still work (hidden from the option list) until
@@ -142,8 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dataset inside the HDF5 input (default: images)")
     parser.add_argument("--output", metavar="FILE",
                         help="result file to create (default: results/<timestamp>.h5)")
-    parser.add_argument("--batch-size", type=int, default=4, metavar="B",
-                        help="images per forward pass (default: 4)")
+    parser.add_argument("--batch-size", type=int, metavar="B",
+                        help=f"images per forward pass (default: {DETECTOR_BATCH_SIZE} for {DETECTOR}, halved down "
+                             f"to {DEFAULT_BATCH_SIZE} while a --mem-per-rank or --cluster budget needs it; "
+                             f"{DEFAULT_BATCH_SIZE} for other models)")
     parser.add_argument("--threads", type=int, metavar="T",
                         help="threads per rank (default: cores per node divided by ranks per node)")
     parser.add_argument("--exact-conv", action="store_true",
@@ -472,6 +476,9 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     threads = _threads(args, local_ranks)
     if cluster is not None:
         cluster = for_process(cluster, reader, threads)
+    default_batch = args.batch_size is None
+    if default_batch:
+        args.batch_size = DETECTOR_BATCH_SIZE if is_detector(args.model) else DEFAULT_BATCH_SIZE
     worst = worst_shapes(scan.counts(), args.batch_size)
     images = len(scan.shape_of)
     if args.plan == "auto":
@@ -494,9 +501,14 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     mode = "batch" if args.mode == "single" else args.mode
     grid = (parse_grid(args.grid, "--grid") if mode == "spatial" and args.grid else
             parse_grid(args.tiles, "--tiles") if mode == "fused" else None)
-    plan, shape = plan_shapes(network, worst, modelled, mode, args.batch_size, grid, args.halo_policy, images,
-                              args.fuse_depth if mode == "fused" else None, stage)
-    overflow = plan.overflow(cluster) if cluster is not None else None
+    while True:
+        plan, shape = plan_shapes(network, worst, modelled, mode, args.batch_size, grid, args.halo_policy, images,
+                                  args.fuse_depth if mode == "fused" else None, stage)
+        overflow = plan.overflow(cluster) if cluster is not None else None
+        if overflow is None or not default_batch or args.batch_size <= DEFAULT_BATCH_SIZE:
+            break
+        args.batch_size //= 2  # the detector's default batch, halved within the budget (never below the default)
+        worst = worst_shapes(scan.counts(), args.batch_size)
     if overflow is not None:
         rank, needed, available = overflow
         sized = f" for {_size_text(shape, scan, image_set)}" if len(scan.shapes) > 1 else ""

@@ -37,12 +37,19 @@ from dcnn.network.layers import Affine, Conv2d, Layer, ReLU, Shape
 from dcnn.network.weights import require_finite
 
 __all__ = [
-    "DETECTION_DTYPE", "MMOD_NAME", "FaceDetector", "default_detector_path", "mmod_network", "mmod_weights",
-    "receptive_mapping", "to_records",
+    "DETECTION_DTYPE", "DETECTOR_BATCH_SIZE", "MMOD_NAME", "FaceDetector", "default_detector_path", "mmod_network",
+    "mmod_weights", "receptive_mapping", "to_records",
 ]
 
 #: The smallest image side the detector accepts (as dlib).
 MIN_IMAGE_SIDE = 10
+#: Images per forward pass of ``python -m dcnn.infer --model mmod`` without ``--batch-size`` (other models: 4).
+#: Measured through that command (480 images of 128x128, upsample 1, one rank, one thread, CPU time per image
+#: with start-up, interleaved): 41 ms at batch 4 and 8, 37-38 at 16 and 32. The kernels cost the same per image
+#: at batch 4 (``scripts/bench_faces.py``); the difference is system time: at batch 4 and 8 the pyramid and the
+#: first layers' outputs (13-18 MB) are below the paged-in pool's size (:mod:`dcnn.kernels.memory`), and glibc
+#: returns and re-faults their pages every batch (1.2-1.7 s of system time per 480 images, against 0.4 at 16).
+DETECTOR_BATCH_SIZE = 16
 
 #: One detection: the image it belongs to, an inclusive box in that image's pixels, and the detector's score.
 DETECTION_DTYPE = np.dtype([("image", np.int64), ("left", np.int32), ("top", np.int32), ("right", np.int32),
