@@ -15,6 +15,7 @@ from dcnn.kernels.conv import (
     Conv2dKernel,
     Workspace,
     choose_method,
+    column_winograd_applies,
     conv2d,
     set_exact,
     winograd_applies,
@@ -34,6 +35,13 @@ CASES = [(channels, *geometry) for geometry in GEOMETRY
          for channels in [CHANNELS[(STRIDES.index(geometry[1]) + PADDINGS.index(geometry[2]) + shift) % 6]]]
 
 
+def applicable_methods(kernel, stride, dilation=(1, 1), groups=1) -> list[str]:
+    """Every formulation that can compute this geometry."""
+    fast = {"winograd": winograd_applies(kernel, stride, dilation, groups),
+            "winograd-rows": column_winograd_applies(kernel, stride, dilation, groups)}
+    return [method for method in METHODS if fast.get(method, True)]
+
+
 @pytest.mark.parametrize("channels,kernel,stride,padding,dilation", CASES)
 def test_conv_matches_reference(rng, channels, kernel, stride, padding, dilation):
     in_channels, out_channels, groups = channels
@@ -45,8 +53,8 @@ def test_conv_matches_reference(rng, channels, kernel, stride, padding, dilation
     assert actual.dtype == np.float32
     assert actual.shape == expected.shape
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
-    methods = [m for m in METHODS if m != "winograd" or winograd_applies(kernel, stride, dilation, groups)]
-    for method in methods:  # every formulation that applies, not only the one chosen for these channels
+    # Every formulation that applies, not only the one chosen for these channels.
+    for method in applicable_methods(kernel, stride, dilation, groups):
         forced = Conv2dKernel(weight, bias, stride, dilation, groups, method=method)(x, padding)
         np.testing.assert_allclose(forced, expected, rtol=1e-4, atol=1e-4, err_msg=method)
 
@@ -65,7 +73,7 @@ def test_all_methods_agree_on_large_layer(rng, stride):
     x = random_array(rng, 2, 24, 70, 45)
     weight = random_array(rng, 40, 24, 3, 3)
     bias = random_array(rng, 40)
-    methods = METHODS if stride == (1, 1) else EXACT_METHODS
+    methods = applicable_methods((3, 3), stride)
     results = [Conv2dKernel(weight, bias, stride, relu=True, method=m)(x, 1) for m in methods]
     for method, result in zip(methods[1:], results[1:]):
         np.testing.assert_allclose(result, results[0], rtol=1e-4, atol=1e-3, err_msg=method)
@@ -73,7 +81,8 @@ def test_all_methods_agree_on_large_layer(rng, stride):
 
 @pytest.mark.parametrize("in_channels,out_channels,stride,kernel,expected", [
     (3, 64, (1, 1), 3, "im2col"), (3, 16, (2, 2), 3, "shifted"), (16, 32, (2, 2), 3, "shifted"),
-    (45, 45, (1, 1), 5, "rows"), (45, 45, (1, 1), 3, "winograd"), (16, 16, (1, 1), 3, "winograd"),
+    (45, 45, (1, 1), 5, "winograd-rows"), (32, 45, (1, 1), 5, "winograd-rows"), (15, 45, (1, 1), 5, "rows"),
+    (32, 32, (2, 2), 5, "rows"), (45, 45, (1, 1), 3, "winograd"), (16, 16, (1, 1), 3, "winograd"),
     (16, 15, (1, 1), 3, "shifted"), (45, 1, (1, 1), 3, "shifted-output"), (3, 1, (1, 1), 3, "im2col"),
     (3, 16, (2, 2), 5, "rows"), (16, 32, (2, 2), 5, "rows"), (32, 64, (1, 1), 5, "shifted"),
     (45, 1, (1, 1), 9, "shifted-output")])
@@ -102,12 +111,15 @@ def test_winograd_only_on_maps_where_it_pays(rng, channels, map_size, expected):
 
 def test_exact_mode_never_chooses_winograd():
     weight = np.zeros((32, 32, 3, 3), np.float32)
+    tall = np.zeros((45, 32, 5, 5), np.float32)
     try:
         set_exact(True)
         assert Conv2dKernel(weight).method == "shifted"
+        assert Conv2dKernel(tall).method == "rows"
     finally:
         set_exact(False)
     assert Conv2dKernel(weight).method == "winograd"
+    assert Conv2dKernel(tall).method == "winograd-rows"
 
 
 def test_unknown_method_is_refused():
@@ -120,6 +132,75 @@ def test_winograd_on_another_geometry_is_refused(kernel, stride, dilation, group
     with pytest.raises(ValueError, match="winograd convolution method needs a 3x3 filter"):
         Conv2dKernel(np.zeros((4, 4 // groups, kernel, kernel), np.float32), stride=(stride, stride),
                      dilation=(dilation, dilation), groups=groups, method="winograd")
+
+
+@pytest.mark.parametrize("kernel,stride,dilation,groups", [(3, 1, 1, 1), ((5, 3), 1, 1, 1), (5, 2, 1, 1),
+                                                             (5, 1, 2, 1), (5, 1, 1, 2)])
+def test_winograd_rows_on_another_geometry_is_refused(kernel, stride, dilation, groups):
+    kh, kw = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    with pytest.raises(ValueError, match="winograd-rows convolution method needs a filter 5 tall"):
+        Conv2dKernel(np.zeros((4, 4 // groups, kh, kw), np.float32), stride=(stride, stride),
+                     dilation=(dilation, dilation), groups=groups, method="winograd-rows")
+
+
+def test_minimal_filtering_gives_lavin_and_grays_f43_and_an_exact_f45():
+    """The Toom-Cook construction reproduces Lavin and Gray's F(4, 3) matrices and, in float64, computes F(4, 5)
+    at the column points to rounding."""
+    at, g, bt = winograd.minimal_filtering((0, 1, -1, 2, -2), 4, 3)
+    np.testing.assert_array_equal(bt, [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                                       [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]])
+    np.testing.assert_array_equal(g[:3], [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6]])
+    np.testing.assert_array_equal(at[3], [0, 1, -1, 8, -8, 1])
+    rng = np.random.default_rng(5)
+    at, g, bt = winograd.minimal_filtering(winograd.COLUMN_POINTS, winograd.COLUMN_TILE, 5)
+    d, taps = rng.standard_normal((8, 3)), rng.standard_normal((5, 3))
+    expected = np.stack([sum(d[i + j] * taps[j] for j in range(5)) for i in range(4)])
+    np.testing.assert_allclose(at @ ((g @ taps) * (bt @ d)), expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="F\\(4, 3\\) needs 5 distinct points"):
+        winograd.minimal_filtering((0, 1, -1, 2, 2), 4, 3)
+
+
+@pytest.mark.parametrize("batch,channels,out_channels,height,width,padding,bias", [
+    (2, 16, 20, 11, 9, 2, True), (3, 32, 45, 13, 17, (1, 2, 0, 3), True), (1, 16, 16, 5, 5, 0, False),
+    (2, 17, 33, 23, 6, 2, True), (1, 45, 45, 1, 1, 2, True)])
+def test_winograd_rows_error_against_float64(rng, batch, channels, out_channels, height, width, padding, bias):
+    """F(4, 5) down the columns (winograd-rows) stays within 1e-5 of the output's largest magnitude against float64
+    (measured: 2e-6 to 3e-6 on these and on the face detector's layers) on odd sizes, paddings, with and without
+    bias; the fused ReLU clips the same values."""
+    x = random_array(rng, batch, channels, height, width)
+    weight = random_array(rng, out_channels, channels, 5, 5)
+    b = random_array(rng, out_channels) if bias else None
+    expected = reference.conv2d(x.astype(np.float64), weight.astype(np.float64),
+                                None if b is None else b.astype(np.float64), (1, 1),
+                                conv.normalize_padding(padding), (1, 1), 1)
+    kernel = Conv2dKernel(weight, b)
+    assert kernel.method == "winograd-rows"
+    actual = kernel(x, padding)
+    assert actual.shape == expected.shape
+    assert np.abs(actual - expected).max() <= 1e-5 * np.abs(expected).max()
+    clipped = Conv2dKernel(weight, b, relu=True)(x, padding)
+    np.testing.assert_array_equal(clipped, np.maximum(actual, 0))
+
+
+def test_winograd_rows_at_any_thread_count_and_on_many_chunks(rng, monkeypatch):
+    """Bit-identical at 1, 2 and 3 threads and with chunks of one tile row (chunks spanning images); a block of
+    the map (its tiles start at its own first row) agrees with the whole map to rounding."""
+    x = random_array(rng, 3, 16, 21, 13)
+    kernel = Conv2dKernel(random_array(rng, 24, 16, 5, 5), random_array(rng, 24), relu=True)
+    assert kernel.method == "winograd-rows"
+    results = []
+    try:
+        for count in (1, 2, 3):
+            threads.set_num_threads(count)
+            results.append(kernel(x, 2))
+    finally:
+        threads.set_num_threads(1)
+    for result in results[1:]:
+        np.testing.assert_array_equal(result, results[0])
+    monkeypatch.setattr(conv, "cache_bytes", lambda level: 1024)
+    np.testing.assert_array_equal(kernel(x, 2), results[0])
+    block = kernel(x[:, :, 6:], (0, 2, 2, 2))  # output rows 8.., their input rows from 6 on
+    np.testing.assert_allclose(block, results[0][:, :, 8:], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("height,width,padding", [(1, 1, 1), (3, 3, 0), (5, 9, (2, 0, 1, 3)), (17, 14, 1)])

@@ -64,9 +64,12 @@ from dcnn.kernels.memory import empty_float32
 from dcnn.kernels.threads import parallel_for
 from dcnn.kernels.winograd import (
     ALPHA,
+    COLUMN_POINTS,
+    COLUMN_TILE,
     TILE,
     WinogradBands,
     images_per_block,
+    minimal_filtering,
     scatter_tiles,
     transform_weights,
     winograd_pays,
@@ -78,8 +81,9 @@ __all__ = ["EXACT_METHODS", "METHODS", "Conv2dKernel", "Workspace", "choose_meth
 
 #: The exact GEMM formulations of :class:`Conv2dKernel` (see the module docstring): any geometry.
 EXACT_METHODS = ("shifted", "im2col", "shifted-output", "rows")
-#: Every formulation; ``"winograd"`` only for 3x3 filters at stride 1, dilation 1, one group.
-METHODS = (*EXACT_METHODS, "winograd")
+#: Every formulation; ``"winograd"`` only for 3x3 filters at stride 1, dilation 1, one group, ``"winograd-rows"``
+#: only for filters 5 tall and at least :data:`ROWS_MIN_KERNEL` wide at stride 1, dilation 1, one group.
+METHODS = (*EXACT_METHODS, "winograd", "winograd-rows")
 #: Layers with at least this many input and output channels take Winograd's F(4x4, 3x3) where it applies:
 #: below it the transforms, linear in the channels, cost more than the GEMMs save (VGG's 3 -> 64 first layer).
 WINOGRAD_MIN_CHANNELS = 16
@@ -130,6 +134,14 @@ def winograd_applies(kernel_size: tuple[int, int], stride: tuple[int, int], dila
     return tuple(kernel_size) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
 
 
+def column_winograd_applies(kernel_size: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+                            groups: int) -> bool:
+    """Whether the kernel-row formulation with F(4, 5) down the columns (``"winograd-rows"``) can compute a
+    convolution of this geometry."""
+    return (kernel_size[0] == len(COLUMN_POINTS) + 2 - COLUMN_TILE and kernel_size[1] >= ROWS_MIN_KERNEL
+            and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1)
+
+
 def choose_method(in_channels: int, out_channels: int, stride: tuple[int, int] = (1, 1),
                   kernel_size: tuple[int, int] = (1, 1), dilation: tuple[int, int] = (1, 1),
                   groups: int = 1, map_size: tuple[int, int] | None = None) -> str:
@@ -157,7 +169,9 @@ def choose_method(in_channels: int, out_channels: int, stride: tuple[int, int] =
     if out_channels < SHIFTED_OUTPUT_MAX_CHANNELS and in_channels >= TAP_GEMM_MIN_CHANNELS:
         return "shifted-output"
     if min(kernel_size) >= ROWS_MIN_KERNEL and out_channels <= ROWS_MAX_CHANNELS:
-        return "rows"
+        wide = min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS
+        return ("winograd-rows" if not _exact and wide and column_winograd_applies(kernel_size, stride, dilation,
+                                                                                   groups) else "rows")
     if in_channels < TAP_GEMM_MIN_CHANNELS:
         return "im2col" if max(stride) == 1 or out_channels >= IM2COL_STRIDED_MIN_OUT_CHANNELS else "shifted"
     small = map_size is not None and map_size[0] * map_size[1] <= IM2COL_MAX_POSITIONS
@@ -188,8 +202,9 @@ def layout_bytes(weight_shape: tuple[int, int, int, int], stride: tuple[int, int
     """
     out_channels, group_channels, kh, kw = weight_shape
     method = choose_method(group_channels, out_channels // groups, stride, (kh, kw), dilation, groups, map_size)
-    if method == "rows":
-        return 4 * kh * (kw * group_channels + 1) * _row_width(out_channels, groups)
+    if method in ("rows", "winograd-rows"):
+        rows = kh if method == "rows" else len(COLUMN_POINTS) + 1
+        return 4 * rows * (kw * group_channels + 1) * _row_width(out_channels, groups)
     taps = ALPHA * ALPHA if method == "winograd" else kh * kw
     return 4 * out_channels * group_channels * taps
 
@@ -342,6 +357,10 @@ class Conv2dKernel:
         if method == "winograd" and not winograd_applies((kh, kw), self.stride, self.dilation, groups):
             raise ValueError("the winograd convolution method needs a 3x3 filter, stride 1, dilation 1 and one "
                              f"group, got {kh}x{kw}, stride {self.stride}, dilation {self.dilation}, {groups} groups")
+        if method == "winograd-rows" and not column_winograd_applies((kh, kw), self.stride, self.dilation, groups):
+            raise ValueError("the winograd-rows convolution method needs a filter 5 tall and at least "
+                             f"{ROWS_MIN_KERNEL} wide, stride 1, dilation 1 and one group, got {kh}x{kw}, stride "
+                             f"{self.stride}, dilation {self.dilation}, {groups} groups")
         self.method = (choose_method(group_channels, group_out, self.stride, (kh, kw), self.dilation, groups,
                                      map_size) if method == "auto" else method)
         (sh, sw), (dh, dw) = self.stride, self.dilation
@@ -366,6 +385,19 @@ class Conv2dKernel:
             self._weight[..., :depth, :group_out] = per_row.reshape(groups, kh, depth, group_out)
             if self.bias is not None:
                 self._weight[:, 0, depth, :group_out] = self.bias.reshape(groups, group_out)
+        elif self.method == "winograd-rows":
+            # (alpha, kw * C + 1, K'): per transformed row xi, the kernel-row filters G[xi] g of F(4, 5) down the
+            # columns, and a last row that multiplies the patches' column of ones: the bias at the point 1, whose
+            # output-transform column is all ones (so every output row gets it once), else zeros.
+            at, g, _ = minimal_filtering(COLUMN_POINTS, COLUMN_TILE, kh)
+            depth = kw * group_channels
+            self._row_width = _row_width(out_channels, 1)
+            self._at = at.astype(np.float32)
+            per_row = weight.astype(np.float64).transpose(2, 3, 1, 0).reshape(kh, depth, out_channels)
+            self._weight = np.zeros((len(g), depth + 1, self._row_width), np.float32)
+            self._weight[:, :depth, :out_channels] = np.einsum("xi,idk->xdk", g, per_row)
+            if self.bias is not None:
+                self._weight[COLUMN_POINTS.index(1), depth, :out_channels] = self.bias[:, 0]
         elif self.method == "im2col":
             # (K, taps * C/g) in (tap, channel) order, the row order of the patch matrix.
             self._weight = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(out_channels,
@@ -418,10 +450,13 @@ class Conv2dKernel:
         top, bottom, left, right = padding
         planes_h = -(-(height + top + bottom) // self.stride[0])
         planes_w = -(-(width + left + right) // self.stride[1])
-        if self.method == "rows":
+        rows_like = self.method in ("rows", "winograd-rows")
+        if rows_like:
             # Channels-last memory in plane geometry behind the (B, K, Ho, Wo) view: the GEMMs write it directly,
-            # and the next layer reads whole rows of pixels.
-            full = empty_float32((batch, planes_h, planes_w, self._row_width))
+            # and the next layer reads whole rows of pixels. winograd-rows computes whole tiles of rows and a spare
+            # tile row per image (_winograd_rows).
+            rows = planes_h if self.method == "rows" else (-(-out_h // COLUMN_TILE) + 1) * COLUMN_TILE
+            full = empty_float32((batch, rows, planes_w, self._row_width))
             out = full[:, :out_h, :out_w, :self.out_channels].transpose(0, 3, 1, 2)
         else:
             out = empty_float32((batch, self.out_channels, out_h, out_w))
@@ -433,7 +468,7 @@ class Conv2dKernel:
         block = max(1, min(batch, cache_bytes(2) // image_bytes))
         if self.method == "winograd":
             block = images_per_block(batch, -(-out_h // TILE) * -(-out_w // TILE))
-        if self.method == "rows":
+        if rows_like:
             # Its GEMMs run on chunks sized by the L2 whatever the block, so the block only has to keep the input
             # planes and output in the L3 (measured on the face detector: 0.5-0.8 ms per layer and image faster
             # than one image per block, whose few hundred columns per chunk made small GEMMs).
@@ -441,6 +476,8 @@ class Conv2dKernel:
         for first in range(0, batch, block):
             if self.method == "rows":
                 self._rows(x[first:first + block], full[first:first + block], padding, workspace)
+            elif self.method == "winograd-rows":
+                self._winograd_rows(x[first:first + block], full[first:first + block], padding, workspace)
             else:
                 self._convolve_block(x[first:first + block], out[first:first + block], padding, planes_h, planes_w,
                                      workspace)
@@ -629,6 +666,75 @@ class Conv2dKernel:
                                         cols, group_out, row, accumulate=i > 0)
                 if self.relu:
                     np.maximum(result[start:stop], np.float32(0), out=result[start:stop])
+
+        parallel_for(run_chunks, chunks)
+
+    def _winograd_rows(self, x: np.ndarray, full: np.ndarray, padding: Padding, workspace: Workspace) -> None:
+        """The kernel-row formulation with Winograd's F(4, 5) down the columns, ``x`` (b, C, H, W) into ``full``
+        (b, 4 (T + 1), Wq, K'), channels last (as :meth:`_rows`; ``T`` tiles of 4 output rows per image).
+
+        Each tile of 4 output rows reads 8 input rows ``d``; ``V = B^T d`` (8 rows of ``Wq`` pixels, one small
+        GEMM per tile) turns its 5 kernel rows into 8 independent *transformed rows*: transformed row ``xi`` is
+        a 1 x kw convolution of ``V[xi]`` with the kernel-row filters ``(G g)[xi]``, computed as :meth:`_rows`
+        computes one kernel row (a row im2col of ``kw * C + 1`` values per position, one GEMM), and the tile's
+        outputs are ``A^T M`` (:func:`dcnn.kernels.winograd.minimal_filtering`). 8 GEMMs per 4 output rows
+        instead of 20, at the cost of the two transforms, each a GEMM of depth 8.
+
+        Images are stacked by rows, each ``4 (T + 1)`` rows (its padded rows, then zeros), so tile row ``r`` of
+        the stack starts at input row ``4 r`` and a chunk of tile rows may span images; the spare tile row of
+        each image is computed and discarded, the last image's not at all. The chunks depend on the layer and
+        the map only, and every tile runs the same operations, so the thread count changes no result.
+        """
+        batch, channels, height, width = x.shape
+        image_rows, planes_w, out_channels = full.shape[1:]
+        kh, kw = self.kernel_size
+        tile, alpha = COLUMN_TILE, len(self._weight)
+        top, _, left, _ = padding
+        plane = workspace.get("input", (batch, image_rows, planes_w, channels))
+        plane[:, :top] = 0
+        plane[:, top + height:] = 0
+        plane[:, top:top + height, :left] = 0
+        plane[:, top:top + height, left + width:] = 0
+        plane[:, top:top + height, left:left + width] = x.transpose(0, 2, 3, 1)
+        tile_rows = batch * image_rows // tile - 1
+        row_len = planes_w * channels
+        depth = kw * channels
+        row = depth + 1
+        # Per tile row: its transformed input, patches and products (the patches are reused per xi).
+        row_bytes = 4 * (alpha * row_len + planes_w * row + alpha * planes_w * out_channels)
+        chunks = balanced_chunks(tile_rows, max(1, WIDE_CHUNK_L2 * cache_bytes(2) // row_bytes))
+        widest = max(stop - start for start, stop in chunks)
+        flat = plane.reshape(-1)
+        result = full.reshape(-1)
+        item = flat.itemsize
+        bt = minimal_filtering(COLUMN_POINTS, tile, kh)[2].astype(np.float32)
+
+        def run_chunks(items: Sequence[tuple[int, int]]) -> None:
+            # The last window of the last transformed row reads kw - 1 pixels past its row: a margin of zeros.
+            transformed = np.zeros(widest * alpha * row_len + depth, dtype=np.float32)
+            patches = np.empty((widest * planes_w, row), dtype=np.float32)
+            patches[:, depth] = 1
+            products = np.empty((alpha, widest, planes_w * out_channels), dtype=np.float32)
+            for start, stop in items:
+                rows = stop - start
+                inputs = np.lib.stride_tricks.as_strided(flat[start * tile * row_len:], (rows, alpha, row_len),
+                                                         (tile * row_len * item, row_len * item, item),
+                                                         writeable=False)
+                v = transformed[:rows * alpha * row_len].reshape(rows, alpha, row_len)
+                np.matmul(bt, inputs, out=v)
+                m = products[:, :rows]
+                for xi in range(alpha):
+                    windows = np.lib.stride_tricks.as_strided(
+                        transformed[xi * row_len:], (rows, planes_w, depth),
+                        (alpha * row_len * item, channels * item, item), writeable=False)
+                    patches[:rows * planes_w, :depth].reshape(rows, planes_w, depth)[...] = windows
+                    gemm_accumulate(m[xi], 0, out_channels, patches, 0, row, self._weight[xi], 0, out_channels,
+                                    rows * planes_w, out_channels, row, accumulate=False)
+                outputs = result[start * tile * planes_w * out_channels:stop * tile * planes_w * out_channels]
+                outputs = outputs.reshape(rows, tile, planes_w * out_channels)
+                np.matmul(self._at, m.transpose(1, 0, 2), out=outputs)
+                if self.relu:
+                    np.maximum(outputs, np.float32(0), out=outputs)
 
         parallel_for(run_chunks, chunks)
 
