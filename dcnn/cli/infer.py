@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exact-conv", action="store_true",
                         help="compute every convolution as an exact sum of products (no Winograd F(4x4,3x3) for "
                              "3x3 layers, no F(4,5) for the detector's 5x5 ones: slower, rounding like a direct "
-                             "convolution; see docs/kernels.md)")
+                             "convolution; see docs/architecture.md)")
     parser.add_argument("--mode", choices=MODES, default="batch",
                         help="execution mode. batch (default): each rank "
                              "runs whole chunks of --batch-size images, balanced by work stealing over one-sided "
