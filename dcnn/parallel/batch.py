@@ -45,7 +45,7 @@ __all__ = [
 
 RESULT_TAG = 17
 #: Seconds the main thread of a rank with task threads waits for one of them before it polls for results again.
-POLL_SECONDS = 0.002
+POLL_SECONDS = 0.01
 _HEADER = 6  # task, first image, stop, start time, end time, length of the skip records
 
 
