@@ -327,7 +327,8 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
 
     # No try/finally around the loop: closing the queue is collective, and a rank that failed must not enter
     # it; the command line aborts the job instead (dcnn.cli.common).
-    if concurrent_tasks(mode, get_num_threads(), len(pending), comm.size) > 1:
+    at_once = concurrent_tasks(mode, get_num_threads(), len(pending), comm.size)
+    if at_once > 1:
         _run_on_task_threads(scheduler, compute, finish, channel.poll)
     else:
         while (task := scheduler.next_task(on_idle=channel.poll)) is not None:
@@ -341,7 +342,8 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
     if isinstance(scheduler, StealQueue):
         stats = scheduler.stats.as_array()
         scheduler.close()
-    return {"steal": stats, "busy_seconds": np.array(busy)}
+    # With task threads, their mean: a rank's busy time stays within its run time (its idle time is the rest).
+    return {"steal": stats, "busy_seconds": np.array(busy / at_once)}
 
 
 def _run_on_task_threads(scheduler: StealQueue, compute: Callable[[int], tuple], finish: Callable[..., None],
