@@ -354,7 +354,8 @@ def _run_on_task_threads(scheduler: StealQueue, compute: Callable[[int], tuple],
     task when it is done (``finish``); while the queue has nothing for it (it steals, or waits for the last
     tasks of the run), it keeps delivering the tasks that finish, so the run's count of finished tasks, which
     ends that wait, includes them. The first failure of a task ends the loop: no task is taken after it, the
-    tasks still running finish (leaving the pool waits for them), and its exception propagates.
+    tasks still running finish, and its exception propagates. An interruption (a ``BaseException`` such as the
+    command line's for SIGTERM) propagates at once.
     """
     running: set[Future] = set()
 
@@ -365,7 +366,8 @@ def _run_on_task_threads(scheduler: StealQueue, compute: Callable[[int], tuple],
             finish(*future.result())
         poll()
 
-    with task_threads() as pool:
+    pool = task_threads()
+    try:
         slots, more = get_num_threads(), True
         while more or running:
             if more and len(running) < slots:
@@ -376,3 +378,8 @@ def _run_on_task_threads(scheduler: StealQueue, compute: Callable[[int], tuple],
                     running.add(pool.submit(compute, task))
             else:
                 deliver(POLL_SECONDS)
+    except Exception:
+        pool.shutdown(wait=True)  # a failed task: the others finish first
+        raise
+    finally:  # done: nothing runs any more; interrupted (SIGINT, SIGTERM): the file is closed without waiting
+        pool.shutdown(wait=False, cancel_futures=True)
