@@ -470,8 +470,9 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     :func:`dcnn.exec.imported.reader_bytes`)."""
     cluster = _cluster(args, comm.size, local_ranks)
     threads = _threads(args, local_ranks)
-    # Batch mode's task threads each run a task (--plan auto may choose batch mode, and batches down to one image).
-    tasks = concurrent_tasks("batch" if args.plan == "auto" and comm.size > 1 else args.mode, threads,
+    # Batch mode's task threads each run a task (--plan auto may choose batch mode on several ranks, single mode on
+    # one, and batches down to one image).
+    tasks = concurrent_tasks(("batch" if comm.size > 1 else "single") if args.plan == "auto" else args.mode, threads,
                              len(scan.shape_of) if args.plan == "auto" else -(-len(scan.shape_of) // args.batch_size),
                              comm.size)
     if cluster is not None:
