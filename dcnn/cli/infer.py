@@ -66,7 +66,7 @@ from dcnn.network.graph import Network, format_shape, parse_grid
 from dcnn.network.onnx import OnnxModel
 from dcnn.network.weights import init_weights, load_weights
 from dcnn.network.zoo import get_model, model_names
-from dcnn.parallel.batch import TaskSplit, parse_capacities, parse_throttle, run_tasks
+from dcnn.parallel.batch import TaskSplit, concurrent_tasks, parse_capacities, parse_throttle, run_tasks
 from dcnn.parallel.comm import (
     collective,
     hostnames,
@@ -473,13 +473,12 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     (:func:`dcnn.plan.worst_shapes`), with ``stage`` if given; refuse it if it exceeds a known budget.
     ``reader``: bytes a rank's runtime holds beyond the planner's (reading a model file,
     :func:`dcnn.exec.imported.reader_bytes`)."""
-    cluster = _cluster(args, comm.size, local_ranks)
+    base = _cluster(args, comm.size, local_ranks)
     threads = _threads(args, local_ranks)
-    if cluster is not None:
-        cluster = for_process(cluster, reader, threads)
     default_batch = args.batch_size is None
     if default_batch:
         args.batch_size = DETECTOR_BATCH_SIZE if is_detector(args.model) else DEFAULT_BATCH_SIZE
+    cluster, tasks = _process_cluster(args, base, reader, threads, len(scan.shape_of), comm.size)
     worst = worst_shapes(scan.counts(), args.batch_size)
     images = len(scan.shape_of)
     if args.plan == "auto":
@@ -498,7 +497,7 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
             print(f"plan: {plan.describe()}, predicted peak {format_bytes(plan.peak())} per rank "
                   f"(budget {format_bytes(min(cluster.budget(r) for r in range(cluster.size)))})", flush=True)
         return plan
-    modelled = cluster or for_process(Cluster.uniform(comm.size, 2**62), reader, threads)
+    modelled = cluster or for_process(Cluster.uniform(comm.size, 2**62), reader, threads, tasks)
     mode = "batch" if args.mode == "single" else args.mode
     grid = (parse_grid(args.grid, "--grid") if mode == "spatial" and args.grid else
             parse_grid(args.tiles, "--tiles") if mode == "fused" else None)
@@ -509,6 +508,7 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
         if overflow is None or not default_batch or args.batch_size <= DEFAULT_BATCH_SIZE:
             break
         args.batch_size //= 2  # the detector's default batch, halved within the budget (never below the default)
+        cluster, tasks = _process_cluster(args, base, reader, threads, len(scan.shape_of), comm.size)
         worst = worst_shapes(scan.counts(), args.batch_size)
     if overflow is not None:
         rank, needed, available = overflow
@@ -516,6 +516,16 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
         raise PlanError(f"{plan.describe()} needs {format_bytes(needed)} on rank {rank}{sized}, which may use "
                         f"{format_bytes(available)} (most of it {plan.largest_item(rank)[1]}); try --plan auto")
     return _named_for_the_run(plan, args.mode)
+
+
+def _process_cluster(args: argparse.Namespace, base: Cluster | None, reader: int, threads: int, images: int,
+                     ranks: int) -> tuple[Cluster | None, int]:
+    """The budget cluster ``base`` as one process sees it (:func:`for_process`, ``None`` without a budget), and the
+    tasks it runs at once: batch mode's task threads each run a task (--plan auto may choose batch mode on several
+    ranks, single mode on one, and batches down to one image)."""
+    mode = ("batch" if ranks > 1 else "single") if args.plan == "auto" else args.mode
+    tasks = concurrent_tasks(mode, threads, images if args.plan == "auto" else -(-images // args.batch_size), ranks)
+    return (None if base is None else for_process(base, reader, threads, tasks)), tasks
 
 
 def _named_for_the_run(plan: RunPlan, mode: str) -> RunPlan:
@@ -624,8 +634,10 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
         writer, done = _open_writer(args, comm, job, split, threads, lock)
     done = comm.bcast(done, root=0)
     pending = split.pending(done)
-    engine_comm = comm if args.mode in SPLITTING_MODES else self_comm()
-    engines = EngineCache(_engine_builder(args, network, weights, engine_comm), len(network))
+    # Batch mode: engines of a rank alone (no MPI call), one set per task thread (dcnn.parallel.batch).
+    engine_comm = comm if args.mode in SPLITTING_MODES else None if args.mode == "batch" else self_comm()
+    engines = EngineCache(_engine_builder(args, network, weights, engine_comm), len(network),
+                          per_thread=args.mode == "batch")
     already = int(done.sum())
     progress = Progress(len(images), style="none" if (args.quiet or comm.rank) else args.progress)
     names = hostnames(comm)
