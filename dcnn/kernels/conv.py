@@ -44,6 +44,11 @@ off for a run that wants the exact formulations only. It is chosen where its out
 input is large enough (im2col below); the choice depends on the layer and that declared map, never on the map a
 call gets, so a spatial block or a fused tile uses the same formulation as the whole map.
 
+*winograd-rows* (filters 5 tall at stride 1 where *rows* applies, with at least
+:data:`WINOGRAD_MIN_CHANNELS` inputs: the face detector's 5x5 45-channel layers). *rows* with Winograd's F(4, 5)
+down the columns: 8 kernel-row GEMMs per 4 output rows instead of 20 (:meth:`Conv2dKernel._winograd_rows`); off
+with :func:`set_exact`, like *winograd*.
+
 Chunks of output columns are sized from the detected L2 cache (:mod:`dcnn.kernels.cache`; four L2s for the
 kernel-row and shifted-output formulations, :data:`WIDE_CHUNK_L2`) and a large batch is
 processed in blocks of images whose buffers fit in the L2 cache (one image when one does not), so a larger batch
