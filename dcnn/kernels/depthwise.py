@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from dcnn.errors import ShapeError
-from dcnn.kernels.blas import gemm_accumulate
+from dcnn.kernels.blas import address, sgemm
 from dcnn.kernels.cache import cache_bytes
 from dcnn.kernels.conv import CHUNK_GRANULE, Conv2dKernel, Workspace, _phase_split_into
 from dcnn.kernels.elementwise import relu as relu_pass
@@ -48,10 +48,11 @@ POINTWISE_MIN_ROWS = 256
 #: numpy calls per tap cost more than the cache misses save (MobileNetV2's depthwise layers at batch 1, CPU time
 #: of all 17: 12.8 ms at half the L2, 11.8 at one, 11.3 at four).
 DEPTHWISE_CACHE_SCALE = 4
-#: Depthwise convolutions whose phase planes have fewer pixels than this many times the channels run channels-last.
-#: MobileNetV2's layers at batch 1 (CPU ms, channels-first / channels-last): 960 channels at 7x7 0.43 / 0.28, 576 at
-#: 14x14 0.73 / 0.60, 192 at 28x28 0.79 / 0.70, 144 at 56x56 stride 2 0.77 / 0.78, 144 at 56x56 1.2 / 2.1.
-DEPTHWISE_CHANNELS_LAST_RATIO = 5
+#: Depthwise convolutions whose output maps have fewer pixels than this many times the channels run channels-last
+#: (``einsum``). MobileNetV2's layers at batch 1 (CPU ms, channels-first / channels-last): TBD
+DEPTHWISE_EINSUM_RATIO = 64
+#: The same for a channels-first input, which the channels-last path must transpose first (a slow copy).
+DEPTHWISE_EINSUM_RATIO_NCHW = 16
 
 
 def _padded(x: np.ndarray, padding: Padding, workspace: Workspace) -> np.ndarray:
@@ -140,28 +141,29 @@ class DepthwiseConv2dKernel(_Kernel):
         kh, kw = self.kernel_size
         # (kh * kw, K): the tap's per-channel weights.
         self._taps = np.ascontiguousarray(np.asarray(weight, np.float32).reshape(self.out_channels, kh * kw).T)
+        # (kh, kw, K): the same, for the channels-last windows.
+        self._taps_hwc = self._taps.reshape(kh, kw, self.out_channels)
 
     def __call__(self, x: np.ndarray, padding: int | Sequence[int] = 0,
                  workspace: Workspace | None = None) -> np.ndarray:
         """Convolve a ``(B, C, H, W)`` float32 batch; returns ``(B, K, Ho, Wo)``."""
         padding, out_h, out_w = self._checked(x, padding)
         x = np.asarray(x, np.float32)
+        workspace = Workspace() if workspace is None else workspace
+        ratio = DEPTHWISE_EINSUM_RATIO if _is_channels_last(x) else DEPTHWISE_EINSUM_RATIO_NCHW
+        if out_h * out_w < ratio * self.out_channels:
+            return self._channels_last(x, padding, (out_h, out_w), workspace)
         batch, height, width = x.shape[0], x.shape[2], x.shape[3]
         kh, kw = self.kernel_size
         (sh, sw), (dh, dw) = self.stride, self.dilation
         top, bottom, left, right = padding
         planes_h, planes_w = -(-(height + top + bottom) // sh), -(-(width + left + right) // sw)
-        plane_len = planes_h * planes_w
         # Tap (i, j) of output (y, x) reads padded pixel (sh y + i dh, sw x + j dw): plane row y + (i dh) // sh of
         # row phase (i dh) % sh, and likewise for columns. On the phase planes every tap is a shift.
         taps = [((i * dh % sh) * sw + j * dw % sw, (i * dh // sh) * planes_w + j * dw // sw)
                 for i in range(kh) for j in range(kw)]
         out = np.empty((batch, self.out_channels, out_h, out_w), np.float32)
-        workspace = Workspace() if workspace is None else workspace
-        if plane_len < DEPTHWISE_CHANNELS_LAST_RATIO * self.out_channels:
-            self._channels_last(x, padding, (planes_h, planes_w), taps, out, workspace)
-        else:
-            self._channels_first(x, padding, (planes_h, planes_w), taps, out, workspace)
+        self._channels_first(x, padding, (planes_h, planes_w), taps, out, workspace)
         return out
 
     def _channels_first(self, x: np.ndarray, padding: Padding, planes_shape: tuple[int, int],
@@ -209,45 +211,50 @@ class DepthwiseConv2dKernel(_Kernel):
 
         parallel_for(run_channels, range(self.out_channels))
 
-    def _channels_last(self, x: np.ndarray, padding: Padding, planes_shape: tuple[int, int],
-                       taps: list[tuple[int, int]], out: np.ndarray, workspace: Workspace) -> None:
-        """Each tap a multiply-add of flat plane positions ``(y, x)`` whose rows are the channels: for maps of fewer
-        than :data:`DEPTHWISE_CHANNELS_LAST_RATIO` times as many pixels as channels, whose rows in the other
-        layout are too short for numpy's loops."""
-        batch, (sh, sw), (planes_h, planes_w) = x.shape[0], self.stride, planes_shape
-        plane_len = planes_h * planes_w
-        out_h, out_w = out.shape[2:]
-        split = workspace.get("input", (sh, sw, batch, planes_h, planes_w, self.in_channels))
-        _phase_split_into(split.transpose(0, 1, 5, 2, 3, 4), x, padding, self.stride)
-        planes = split.reshape(sh * sw, batch * plane_len, self.in_channels)
-        multiplier = self.out_channels // self.in_channels
-        if multiplier > 1:
-            planes = np.repeat(planes, multiplier, axis=2)
-        # Passes of whole output rows of one image, their planes, products and sums within the cache share of
-        # DEPTHWISE_CACHE_SCALE; a pass computes the positions from its first output to its last.
-        row_bytes = 4 * planes_w * self.out_channels * (len({plane for plane, _ in taps}) + 2)
-        rows_per_pass = max(1, cache_bytes(2) * DEPTHWISE_CACHE_SCALE // row_bytes)
-        passes = [(image, first, min(first + rows_per_pass, out_h))
-                  for image in range(batch) for first in range(0, out_h, rows_per_pass)]
+    def _channels_last(self, x: np.ndarray, padding: Padding, out_shape: tuple[int, int],
+                       workspace: Workspace) -> np.ndarray:
+        """One ``numpy.einsum`` per block of output rows over a sliding-window view of the zero-padded input,
+        channels last; returns the ``(B, K, Ho, Wo)`` view of its ``(B, Ho, Wo, K)`` output.
 
-        def run_channels(channels: Sequence[int]) -> None:
-            if not len(channels):
-                return
-            block = slice(channels[0], channels[-1] + 1)
-            width = block.stop - block.start
-            for image, first, stop in passes:
-                start = image * plane_len + first * planes_w
-                count = (stop - first - 1) * planes_w + out_w
-                scratch = scratch_buffer("depthwise", (2, count, width))
-                target, product = scratch[0], scratch[1]
-                _sum_of_taps(target, product, ((planes[plane, start + shift:start + shift + count, block],
-                                                self._taps[tap, block]) for tap, (plane, shift) in enumerate(taps)))
-                self._epilogue(target, None if self.bias is None else self.bias[block])
-                # Output (y, x) of the pass is position (y - first) * planes_w + x.
-                out[image, block, first:stop] = np.lib.stride_tricks.as_strided(
-                    target, (width, stop - first, out_w), (4, 4 * planes_w * width, 4 * width), writeable=False)
+        For maps of fewer than :data:`DEPTHWISE_EINSUM_RATIO` output pixels per channel, whose rows in the
+        channels-first layout are too short for numpy's loops. ``einsum`` runs one fused multiply-add pass per
+        tap with the channels as its inner loop (where ``multiply`` and ``add`` take two), and every output's sum
+        runs over the taps in the same order whatever rows a block holds, so results do not depend on the blocks.
+        """
+        batch, _, height, width = x.shape
+        top, bottom, left, right = padding
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        out_h, out_w = out_shape
+        channels = self.out_channels
+        multiplier = channels // self.in_channels
+        padded = workspace.get("input", (batch, height + top + bottom, width + left + right, self.in_channels))
+        padded[:, :top] = 0
+        padded[:, top + height:] = 0
+        padded[:, top:top + height, :left] = 0
+        padded[:, top:top + height, left + width:] = 0
+        padded[:, top:top + height, left:left + width] = x.transpose(0, 2, 3, 1)
+        if multiplier > 1:  # output channel k reads input channel k // multiplier
+            padded = np.repeat(padded, multiplier, axis=3)
+        image, row, column, channel = padded.strides
+        windows = np.lib.stride_tricks.as_strided(
+            padded, (batch, out_h, out_w, kh, kw, channels),
+            (image, sh * row, sw * column, dh * row, dw * column, channel), writeable=False)
+        out = np.empty((batch, out_h, out_w, channels), np.float32)
+        rows = max(1, -(-out_h // CHUNK_GRANULE))
+        blocks = [(image, first, min(first + rows, out_h)) for image in range(batch) for first in range(0, out_h, rows)]
 
-        parallel_for(run_channels, range(self.out_channels))
+        def run_blocks(items: Sequence[tuple[int, int, int]]) -> None:
+            for image, first, stop in items:
+                np.einsum("yxijc,ijc->yxc", windows[image, first:stop], self._taps_hwc, out=out[image, first:stop])
+                self._epilogue(out[image, first:stop], self.bias)
+
+        parallel_for(run_blocks, blocks)
+        return out.transpose(0, 3, 1, 2)
+
+
+def _is_channels_last(x: np.ndarray) -> bool:
+    """Whether a ``(B, C, H, W)`` array is the view of a C-contiguous ``(B, H, W, C)`` one (and not NCHW)."""
+    return not x.flags.c_contiguous and x.transpose(0, 2, 3, 1).flags.c_contiguous
 
 
 def _sum_of_taps(target: np.ndarray, product: np.ndarray, terms: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
@@ -287,35 +294,71 @@ class PointwiseConv2dKernel(_Kernel):
         self._weight = np.ascontiguousarray(np.asarray(weight, np.float32).reshape(self.out_channels,
                                                                                    self.in_channels))
         self._bias = None if self.bias is None else self.bias.reshape(-1, 1, 1)
+        # (C, K): the filters transposed, for channels-last inputs.
+        self._weight_t = np.ascontiguousarray(self._weight.T)
 
     def __call__(self, x: np.ndarray, padding: int | Sequence[int] = 0,
                  workspace: Workspace | None = None) -> np.ndarray:
-        """Convolve a ``(B, C, H, W)`` float32 batch; returns ``(B, K, Ho, Wo)``.
+        """Convolve a ``(B, C, H, W)`` float32 batch; returns ``(B, K, Ho, Wo)``, channels-last in memory (the
+        view of a ``(B, Ho, Wo, K)`` array) when ``x`` is.
 
         The output starts as the bias and the GEMMs add into it (BLAS ``beta = 1``): one pass fewer than a bias
         pass over the product (ResNet-50's 64 -> 256 layer at 56x56: 1.40 ms against 1.54).
         """
         padding, out_h, out_w = self._checked(x, padding)
-        source = _padded(np.asarray(x, np.float32), padding, Workspace() if workspace is None else workspace)
+        x = np.asarray(x, np.float32)
         sh, sw = self.stride
+        if not any(padding) and _is_channels_last(x):
+            return self._channels_last(x.transpose(0, 2, 3, 1)[:, ::sh, ::sw][:, :out_h, :out_w])
+        source = _padded(x, padding, Workspace() if workspace is None else workspace)
         if (sh, sw) != (1, 1) or not source.flags.c_contiguous:
             source = np.ascontiguousarray(source[:, :, ::sh, ::sw][:, :, :out_h, :out_w])
         batch, channels, plane = x.shape[0], self.in_channels, out_h * out_w
-        out = np.empty((batch, self.out_channels, out_h, out_w), dtype=np.float32)
-        if self._bias is not None:
-            out[...] = self._bias
-        accumulate = self._bias is not None
+        out = self._prefilled((batch, self.out_channels, out_h, out_w), self._bias)
+        weight, source_address, out_address = address(self._weight), address(source), address(out)
         blocks = [(image, first, stop) for image in range(batch) for first, stop in _row_blocks(self.out_channels)]
 
         def run_blocks(items: Sequence[tuple[int, int, int]]) -> None:
             for image, first, stop in items:
-                gemm_accumulate(out, (image * self.out_channels + first) * plane, plane,
-                                self._weight, first * channels, channels,
-                                source, image * channels * plane, plane,
-                                stop - first, plane, channels, accumulate=accumulate)
+                # The views lie in buffers allocated here, of the sizes computed here: no bounds to check.
+                sgemm(stop - first, plane, channels, weight + 4 * first * channels, channels,
+                      source_address + 4 * image * channels * plane, plane,
+                      out_address + 4 * (image * self.out_channels + first) * plane, plane, self._bias is not None)
                 self._epilogue(out[image, first:stop], None)
 
         parallel_for(run_blocks, blocks)
+        return out
+
+    def _channels_last(self, x: np.ndarray) -> np.ndarray:
+        """The convolution of a ``(B, Ho, Wo, C)`` (subsampled) input, channels last: one GEMM ``X W^T`` of all
+        positions by the ``C x K`` transposed filters, in blocks of output channels (columns here); returns the
+        ``(B, K, Ho, Wo)`` view of its ``(B, Ho, Wo, K)`` output.
+
+        A channels-last input (a channels-last depthwise convolution's output) so needs no transposed copy, and
+        the output stays channels-last for the next depthwise convolution (MobileNetV2's blocks run channels-last
+        from their first channels-last depthwise layer on).
+        """
+        source = np.ascontiguousarray(x)
+        batch, out_h, out_w, channels = source.shape
+        positions, width = batch * out_h * out_w, self.out_channels
+        out = self._prefilled((batch, out_h, out_w, width), self.bias)
+        weight, source_address, out_address = address(self._weight_t), address(source), address(out)
+
+        def run_blocks(items: Sequence[tuple[int, int]]) -> None:
+            for first, stop in items:
+                sgemm(positions, stop - first, channels, source_address, channels, weight + 4 * first, width,
+                      out_address + 4 * first, width, self.bias is not None)
+                self._epilogue(out[..., first:stop], None)
+
+        parallel_for(run_blocks, _row_blocks(width))
+        return out.transpose(0, 3, 1, 2)
+
+    @staticmethod
+    def _prefilled(shape: tuple[int, ...], bias: np.ndarray | None) -> np.ndarray:
+        """A float32 array of ``shape`` holding ``bias`` (broadcast) if there is one, else uninitialised."""
+        out = np.empty(shape, dtype=np.float32)
+        if bias is not None:
+            out[...] = bias
         return out
 
 
