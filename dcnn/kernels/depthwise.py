@@ -143,6 +143,7 @@ class DepthwiseConv2dKernel(_Kernel):
         self._taps = np.ascontiguousarray(np.asarray(weight, np.float32).reshape(self.out_channels, kh * kw).T)
         # (kh, kw, K): the same, for the channels-last windows.
         self._taps_hwc = self._taps.reshape(kh, kw, self.out_channels)
+        self._row_taps_by_width: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
 
     def __call__(self, x: np.ndarray, padding: int | Sequence[int] = 0,
                  workspace: Workspace | None = None) -> np.ndarray:
@@ -151,7 +152,7 @@ class DepthwiseConv2dKernel(_Kernel):
         x = np.asarray(x, np.float32)
         workspace = Workspace() if workspace is None else workspace
         ratio = DEPTHWISE_EINSUM_RATIO if _is_channels_last(x) else DEPTHWISE_EINSUM_RATIO_NCHW
-        if out_h * out_w < ratio * self.out_channels:
+        if self.stride[1] == 1 or out_h * out_w < ratio * self.out_channels:
             return self._channels_last(x, padding, (out_h, out_w), workspace)
         batch, height, width = x.shape[0], x.shape[2], x.shape[3]
         kh, kw = self.kernel_size
@@ -216,10 +217,14 @@ class DepthwiseConv2dKernel(_Kernel):
         """One ``numpy.einsum`` per block of output rows over a sliding-window view of the zero-padded input,
         channels last; returns the ``(B, K, Ho, Wo)`` view of its ``(B, Ho, Wo, K)`` output.
 
-        For maps of fewer than :data:`DEPTHWISE_EINSUM_RATIO` output pixels per channel, whose rows in the
-        channels-first layout are too short for numpy's loops. ``einsum`` runs one fused multiply-add pass per
-        tap with the channels as its inner loop (where ``multiply`` and ``add`` take two), and every output's sum
-        runs over the taps in the same order whatever rows a block holds, so results do not depend on the blocks.
+        ``einsum`` runs one multiply-add pass per tap (where ``multiply`` and ``add`` take two), with the same
+        roundings in the same tap order as :meth:`_channels_first`, so the two give the same bits. At horizontal
+        stride 1 the ``Wo x K`` values of an output row are one contiguous run, and so are those that a tap reads
+        (shifted by ``j dw K``): with the weights tiled along the row (:meth:`_row_taps`) numpy's inner loop runs
+        over the whole row, ``einsum("yijn,ijn->yn")``. At other strides it runs over the channels of a pixel,
+        ``einsum("yxijc,ijc->yxc")``, which pays only on maps of few pixels per channel
+        (:data:`DEPTHWISE_EINSUM_RATIO`). Every output's sum runs over the taps in the same order whatever rows a
+        block holds, so results do not depend on the blocks.
         """
         batch, _, height, width = x.shape
         top, bottom, left, right = padding
@@ -236,20 +241,41 @@ class DepthwiseConv2dKernel(_Kernel):
         if multiplier > 1:  # output channel k reads input channel k // multiplier
             padded = np.repeat(padded, multiplier, axis=3)
         image, row, column, channel = padded.strides
-        windows = np.lib.stride_tricks.as_strided(
-            padded, (batch, out_h, out_w, kh, kw, channels),
-            (image, sh * row, sw * column, dh * row, dw * column, channel), writeable=False)
         out = np.empty((batch, out_h, out_w, channels), np.float32)
+        if sw == 1:
+            windows = np.lib.stride_tricks.as_strided(
+                padded, (batch, out_h, kh, kw, out_w * channels), (image, sh * row, dh * row, dw * column, channel),
+                writeable=False)
+            taps, subscripts = self._row_taps(out_w)[0], "yijn,ijn->yn"
+        else:
+            windows = np.lib.stride_tricks.as_strided(
+                padded, (batch, out_h, out_w, kh, kw, channels),
+                (image, sh * row, sw * column, dh * row, dw * column, channel), writeable=False)
+            taps, subscripts = self._taps_hwc, "yxijc,ijc->yxc"
+        # Output rows as flat runs of Wo * K values, the bias tiled to match (a broadcast over K alone would run
+        # numpy's inner loop over K values at a time).
+        target, bias = out.reshape(batch, out_h, -1), self._row_taps(out_w)[1]
         rows = max(1, -(-out_h // CHUNK_GRANULE))
         blocks = [(image, first, min(first + rows, out_h)) for image in range(batch) for first in range(0, out_h, rows)]
 
         def run_blocks(items: Sequence[tuple[int, int, int]]) -> None:
             for image, first, stop in items:
-                np.einsum("yxijc,ijc->yxc", windows[image, first:stop], self._taps_hwc, out=out[image, first:stop])
-                self._epilogue(out[image, first:stop], self.bias)
+                np.einsum(subscripts, windows[image, first:stop], taps,
+                          out=target[image, first:stop] if sw == 1 else out[image, first:stop])
+                self._epilogue(target[image, first:stop], bias)
 
         parallel_for(run_blocks, blocks)
         return out.transpose(0, 3, 1, 2)
+
+    def _row_taps(self, width: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The taps' per-channel weights, ``(kh, kw, width * K)``, and the bias, ``(width * K,)``, repeated for a
+        row of ``width`` pixels (kept per width: a spatial block's rows are narrower than the map's)."""
+        tiled = self._row_taps_by_width.get(width)
+        if tiled is None:
+            tiled = self._row_taps_by_width[width] = (
+                np.ascontiguousarray(np.tile(self._taps_hwc, (1, 1, width))),
+                None if self.bias is None else np.tile(self.bias, width))
+        return tiled
 
 
 def _is_channels_last(x: np.ndarray) -> bool:
