@@ -151,8 +151,7 @@ class DepthwiseConv2dKernel(_Kernel):
         padding, out_h, out_w = self._checked(x, padding)
         x = np.asarray(x, np.float32)
         workspace = Workspace() if workspace is None else workspace
-        ratio = DEPTHWISE_EINSUM_RATIO if _is_channels_last(x) else DEPTHWISE_EINSUM_RATIO_NCHW
-        if self.stride[1] == 1 or out_h * out_w < ratio * self.out_channels:
+        if self._runs_channels_last(x, out_h * out_w):
             return self._channels_last(x, padding, (out_h, out_w), workspace)
         batch, height, width = x.shape[0], x.shape[2], x.shape[3]
         kh, kw = self.kernel_size
@@ -166,6 +165,13 @@ class DepthwiseConv2dKernel(_Kernel):
         out = np.empty((batch, self.out_channels, out_h, out_w), np.float32)
         self._channels_first(x, padding, (planes_h, planes_w), taps, out, workspace)
         return out
+
+    def _runs_channels_last(self, x: np.ndarray, pixels: int) -> bool:
+        """Whether a call on ``x`` with ``pixels`` output pixels per channel runs :meth:`_channels_last`: always at
+        horizontal stride 1, else below :data:`DEPTHWISE_EINSUM_RATIO` (or :data:`DEPTHWISE_EINSUM_RATIO_NCHW`
+        for a channels-first ``x``) pixels per channel. Both paths give the same bits."""
+        ratio = DEPTHWISE_EINSUM_RATIO if _is_channels_last(x) else DEPTHWISE_EINSUM_RATIO_NCHW
+        return self.stride[1] == 1 or pixels < ratio * self.out_channels
 
     def _channels_first(self, x: np.ndarray, padding: Padding, planes_shape: tuple[int, int],
                         taps: list[tuple[int, int]], out: np.ndarray, workspace: Workspace) -> None:
