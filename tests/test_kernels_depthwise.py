@@ -162,16 +162,20 @@ def test_depthwise_channels_last_threads_give_the_same_bits(rng, stride):
 
 @pytest.mark.parametrize("stride", [(1, 1), (2, 2), (2, 3)])
 @pytest.mark.parametrize("out_channels", [13, 600])
-def test_pointwise_on_channels_last_input(rng, stride, out_channels):
-    """A channels-last input gives a channels-last output (one GEMM of positions by transposed filters, in blocks
-    of output channels for 600), equal to the float64 reference, at 1 and 3 threads alike."""
-    x = _channels_last(random_array(rng, 2, 23, 9, 11))
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pointwise_layout_is_the_kernels(rng, stride, out_channels, channels_last):
+    """A pointwise kernel computes in its own layout whatever the input's (an input in the other one is copied):
+    both layouts of an input give the same bits (a fused tile's assembled NCHW input gets the whole map's values),
+    equal to the float64 reference, at 1 and 3 threads alike (blocks of output channels for 600), and a
+    channels-last kernel returns a channels-last output."""
+    x = random_array(rng, 2, 23, 9, 11)
     weight, bias = random_array(rng, out_channels, 23, 1, 1), random_array(rng, out_channels)
-    kernel = PointwiseConv2dKernel(weight, bias, stride, relu=True, relu_cap=6.0)
+    kernel = PointwiseConv2dKernel(weight, bias, stride, relu=True, relu_cap=6.0, channels_last=channels_last)
     expected = np.clip(reference.conv2d(x, weight, bias, stride, (0, 0, 0, 0), (1, 1), 1), 0, 6)
     single = kernel(x)
-    assert single.transpose(0, 2, 3, 1).flags.c_contiguous
     np.testing.assert_allclose(single, expected, rtol=1e-5, atol=1e-5)
+    assert (single.transpose(0, 2, 3, 1) if channels_last else single).flags.c_contiguous
+    np.testing.assert_array_equal(kernel(_channels_last(x)), single)
     threads.set_num_threads(3)
     try:
         np.testing.assert_array_equal(kernel(x), single)

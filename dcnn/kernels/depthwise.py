@@ -26,6 +26,7 @@ each followed by the fused ReLU.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable, Sequence
 
@@ -285,8 +286,13 @@ class DepthwiseConv2dKernel(_Kernel):
 
 
 def _is_channels_last(x: np.ndarray) -> bool:
-    """Whether a ``(B, C, H, W)`` array is the view of a C-contiguous ``(B, H, W, C)`` one (and not NCHW)."""
-    return not x.flags.c_contiguous and x.transpose(0, 2, 3, 1).flags.c_contiguous
+    """Whether a ``(B, C, H, W)`` array with more than one channel and pixel is the view of a C-contiguous
+    ``(B, H, W, C)`` one (read from the strides: ``ndarray.flags`` costs more)."""
+    _, channels, height, width = x.shape
+    item = x.itemsize
+    return (channels > 1 and height * width > 1
+            and x.strides[1:] == (item, width * channels * item, channels * item)
+            and (x.shape[0] == 1 or x.strides[0] == height * width * channels * item))
 
 
 def _sum_of_taps(target: np.ndarray, product: np.ndarray, terms: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
@@ -315,11 +321,15 @@ class PointwiseConv2dKernel(_Kernel):
         Apply a following ReLU to the output.
     relu_cap : float
         Upper bound of that ReLU (6 for ReLU6; infinite for a plain ReLU).
+    channels_last : bool
+        Compute channels-last (:meth:`_channels_last`) and return the ``(B, K, Ho, Wo)`` view of a ``(B, Ho, Wo,
+        K)`` array, whatever the input's layout (an input in the other layout is copied first).
     """
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None, stride: tuple[int, int] = (1, 1),
-                 relu: bool = False, relu_cap: float = np.inf):
+                 relu: bool = False, relu_cap: float = np.inf, channels_last: bool = False):
         super().__init__(weight, bias, stride, (1, 1), relu, relu_cap)
+        self.channels_last = channels_last
         if self.kernel_size != (1, 1):
             raise ValueError(f"a pointwise convolution needs 1x1 filters, got {self.kernel_size}")
         self.in_channels = np.shape(weight)[1]
@@ -331,18 +341,21 @@ class PointwiseConv2dKernel(_Kernel):
 
     def __call__(self, x: np.ndarray, padding: int | Sequence[int] = 0,
                  workspace: Workspace | None = None) -> np.ndarray:
-        """Convolve a ``(B, C, H, W)`` float32 batch; returns ``(B, K, Ho, Wo)``, channels-last in memory (the
-        view of a ``(B, Ho, Wo, K)`` array) when ``x`` is.
+        """Convolve a ``(B, C, H, W)`` float32 batch (any memory layout); returns ``(B, K, Ho, Wo)``, channels-last
+        in memory if :attr:`channels_last`.
 
-        The output starts as the bias and the GEMMs add into it (BLAS ``beta = 1``): one pass fewer than a bias
-        pass over the product (ResNet-50's 64 -> 256 layer at 56x56: 1.40 ms against 1.54).
+        The layout of the computation is the kernel's, never the input's: a GEMM of the same operands, laid out
+        the same way, gives the same bits, so a spatial block or fused tile (whose inputs are assembled NCHW)
+        gets the values of the whole map (OpenBLAS's small-matrix kernels round ``W X`` and ``W (X^T)^T``
+        differently). The output starts as the bias and the GEMMs add into it (BLAS ``beta = 1``): one pass fewer
+        than a bias pass over the product (ResNet-50's 64 -> 256 layer at 56x56: 1.40 ms against 1.54).
         """
         padding, out_h, out_w = self._checked(x, padding)
         x = np.asarray(x, np.float32)
         sh, sw = self.stride
-        if not any(padding) and _is_channels_last(x):
-            return self._channels_last(x.transpose(0, 2, 3, 1)[:, ::sh, ::sw][:, :out_h, :out_w])
         source = _padded(x, padding, Workspace() if workspace is None else workspace)
+        if self.channels_last:
+            return self._channels_last(source.transpose(0, 2, 3, 1)[:, ::sh, ::sw][:, :out_h, :out_w])
         if (sh, sw) != (1, 1) or not source.flags.c_contiguous:
             source = np.ascontiguousarray(source[:, :, ::sh, ::sw][:, :, :out_h, :out_w])
         batch, channels, plane = x.shape[0], self.in_channels, out_h * out_w
@@ -366,9 +379,9 @@ class PointwiseConv2dKernel(_Kernel):
         positions by the ``C x K`` transposed filters, in blocks of output channels (columns here); returns the
         ``(B, K, Ho, Wo)`` view of its ``(B, Ho, Wo, K)`` output.
 
-        A channels-last input (a channels-last depthwise convolution's output) so needs no transposed copy, and
-        the output stays channels-last for the next depthwise convolution (MobileNetV2's blocks run channels-last
-        from their first channels-last depthwise layer on).
+        For convolutions next to depthwise ones (:func:`dcnn.exec.forward.channels_last_layers`), whose
+        channels-last input and output (:meth:`DepthwiseConv2dKernel._channels_last`) then need no transposed
+        copies: MobileNetV2 at batch 1, 19.5 ms against 22.4 with NCHW pointwise layers (CPU time, one run).
         """
         source = np.ascontiguousarray(x)
         batch, out_h, out_w, channels = source.shape
@@ -394,7 +407,8 @@ class PointwiseConv2dKernel(_Kernel):
         return out
 
 
-def _row_blocks(rows: int) -> list[tuple[int, int]]:
+@functools.cache
+def _row_blocks(rows: int) -> tuple[tuple[int, int], ...]:
     """Blocks of a pointwise GEMM's output channels for the kernel threads: whole rows of the map each.
 
     Splitting the columns (the map) instead made each GEMM narrower and slower: ResNet-50's 7x7 and 14x14
@@ -405,12 +419,12 @@ def _row_blocks(rows: int) -> list[tuple[int, int]]:
     are multiples of 16 rows.
     """
     count = 1 << min(CHUNK_GRANULE.bit_length() - 1, max(1, rows // POINTWISE_MIN_ROWS).bit_length() - 1)
-    return list(itertools.pairwise([rows * block // count // 16 * 16 for block in range(count)] + [rows]))
+    return tuple(itertools.pairwise([rows * block // count // 16 * 16 for block in range(count)] + [rows]))
 
 
 def conv_kernel(weight: np.ndarray, bias: np.ndarray | None, stride: tuple[int, int],
                 dilation: tuple[int, int], groups: int, relu: bool = False, relu_cap: float = np.inf,
-                map_size: tuple[int, int] | None = None
+                map_size: tuple[int, int] | None = None, channels_last: bool = False
                 ) -> Conv2dKernel | DepthwiseConv2dKernel | PointwiseConv2dKernel:
     """The fastest kernel for a convolution: depthwise, pointwise (1x1) or the general one.
 
@@ -430,10 +444,12 @@ def conv_kernel(weight: np.ndarray, bias: np.ndarray | None, stride: tuple[int, 
         Upper bound of that ReLU (6: ReLU6). The general kernel applies the ReLU only: the caller caps its output.
     map_size : tuple of int, optional
         The output map at the network's declared input, for the general kernel's choice of method.
+    channels_last : bool
+        Run a pointwise convolution channels-last (:class:`PointwiseConv2dKernel`).
     """
     group_channels = np.shape(weight)[1]
     if groups > 1 and group_channels == 1:
         return DepthwiseConv2dKernel(weight, bias, stride, dilation, groups, relu, relu_cap)
     if groups == 1 and np.shape(weight)[2:] == (1, 1):
-        return PointwiseConv2dKernel(weight, bias, stride, relu, relu_cap)
+        return PointwiseConv2dKernel(weight, bias, stride, relu, relu_cap, channels_last)
     return Conv2dKernel(weight, bias, stride, dilation, groups, relu, map_size=map_size)
