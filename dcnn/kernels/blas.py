@@ -65,7 +65,8 @@ def _openblas_cblas() -> tuple[Callable[..., None], str] | None:
 
 
 def _fortran_sgemm() -> Callable[..., None]:
-    """Row-major ``sgemm`` on SciPy's Cython BLAS (Fortran interface: every argument by reference)."""
+    """``cblas_sgemm`` for the one call this module makes (row-major, neither operand transposed: ``order`` and
+    the transposes are not read) on SciPy's Cython BLAS (Fortran interface: every argument by reference)."""
     capsule = _cython_blas.__pyx_capi__["sgemm"]
     get_name = ctypes.pythonapi.PyCapsule_GetName
     get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]

@@ -5,21 +5,27 @@ convolution (MobileNet's ``groups == channels``) is a Python loop over channels.
 
 *Depthwise* (``groups == in_channels``, any multiplier ``K / C``, stride, dilation). Every output channel reads
 one input channel, so each kernel tap is one vectorised multiply-add over the whole batch and all channels:
-``out += w[:, i, j] * x_padded[:, :, i*dh + sh*y, j*dw + sw*x]``. The input is split, zero-padded, into its
-``sh x sw`` phase planes (rows ``a::sh``, columns ``b::sw``; the phase split of :mod:`dcnn.kernels.conv`, so
-there is no separately padded copy), on which every tap reads a *shifted* window of flat planes (as in the
-shifted-GEMM convolution); outputs in the few extra columns are computed and dropped. Channels-first, at
-stride 1 on an unpadded single image, the input itself is the one plane (channels-last always copies).
-``kh * kw`` multiply-adds, no patch matrix, in passes that stay in cache; each pass adds the bias, applies the
-fused (capped) ReLU and copies its valid outputs out.
-A map with many pixels per channel runs *channels-first* (a row per channel and image, passes of channels); a map
-with few (:data:`DEPTHWISE_CHANNELS_LAST_RATIO`: MobileNetV2's 28x28 to 7x7 layers of 192 to 960 channels) runs
-*channels-last* (a row per pixel, passes of output rows), so that numpy's inner loops are long either way.
+``out += w[:, i, j] * x_padded[:, :, i*dh + sh*y, j*dw + sw*x]``, ``kh * kw`` of them, no patch matrix. Two
+layouts, which give the same bits (the same products, summed in tap order, then the bias):
+
+- *channels-last* (every map at horizontal stride 1; at other strides, maps of few pixels per channel,
+  :data:`DEPTHWISE_EINSUM_RATIO`): the input is copied once, zero-padded, channels last, and each block of output
+  rows is one ``numpy.einsum`` over a sliding-window view of it: at stride 1 a row's ``Wo * K`` outputs, and
+  what each tap reads, are contiguous runs, so numpy's inner loop runs over whole rows (the weights and bias
+  tiled along the row); otherwise over the channels of a pixel. ``einsum`` makes one multiply-add pass per tap
+  where ``multiply`` and ``add`` make two. The output is the ``(B, K, Ho, Wo)`` view of a ``(B, Ho, Wo, K)``
+  array, which the pointwise layers around MobileNet's depthwise ones read and write without a transposed copy.
+- *channels-first* (strided layers on large maps with a channels-first input, MobileNetV2's 96-channel
+  112x112/2 layer): the input is split, zero-padded, into its ``sh x sw`` phase planes (the phase split of
+  :mod:`dcnn.kernels.conv`), on which every tap reads a *shifted* window of flat planes; outputs in the few
+  extra columns are computed and dropped; passes of channels stay in cache, each adding the bias, applying the
+  fused (capped) ReLU and copying its valid outputs out.
 
 *Pointwise* (1x1, one group, any stride). The output is ``W @ X``: one GEMM per image of the ``K x C`` weights
 with the ``C x (H W)`` input (taken every ``stride`` pixels first) over the whole map, the output pre-filled with
 the bias (BLAS ``beta = 1``); the kernel threads share fixed blocks of output channels (:func:`_row_blocks`),
-each followed by the fused ReLU.
+each followed by the fused ReLU. A layer next to depthwise ones runs channels-last instead, ``X W^T`` over all
+positions (the layout is the kernel's, fixed per layer, never the input's).
 
 :func:`conv_kernel` picks the kernel for a convolution; all three take the same call arguments.
 """
@@ -49,10 +55,14 @@ POINTWISE_MIN_ROWS = 256
 #: numpy calls per tap cost more than the cache misses save (MobileNetV2's depthwise layers at batch 1, CPU time
 #: of all 17: 12.8 ms at half the L2, 11.8 at one, 11.3 at four).
 DEPTHWISE_CACHE_SCALE = 4
-#: Depthwise convolutions whose output maps have fewer pixels than this many times the channels run channels-last
-#: (``einsum``). MobileNetV2's layers at batch 1 (CPU ms, channels-first / channels-last): TBD
+#: Strided depthwise convolutions whose output maps have fewer pixels than this many times the channels run
+#: channels-last (``einsum`` over each pixel's channels; at horizontal stride 1 every map does). MobileNetV2's 576
+#: channels at 14x14/2 ... 144 at 56x56/2 (5.4 pixels per channel) ran 0.40 ms channels-last from a channels-last
+#: input against 0.81 channels-first.
 DEPTHWISE_EINSUM_RATIO = 64
-#: The same for a channels-first input, which the channels-last path must transpose first (a slow copy).
+#: The same for a channels-first input, which the channels-last path must transpose as it pads (numpy's transposing
+#: copy is slow: 1.06 ms for 96 channels at 112x112 against 0.11 for a plain copy): 96 channels at 112x112/2 (33
+#: pixels per channel) 2.18 ms channels-last against 1.46 channels-first, 144 at 56x56/2 0.57 against 0.81.
 DEPTHWISE_EINSUM_RATIO_NCHW = 16
 
 
