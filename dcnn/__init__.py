@@ -2,7 +2,7 @@
 
 The public API runs a model on one process and plans a cluster run; the parallel engines and the commands
 live in :mod:`dcnn.parallel` and :mod:`dcnn.cli` (see docs/architecture.md for the layers). Importing
-``dcnn`` does not import mpi4py.
+``dcnn`` imports none of them: each public name loads its module on first use.
 
 - :func:`get_model` — a zoo model (:class:`~dcnn.network.graph.Network`: layer specs, shapes, costs) by name;
 - :func:`load_weights` — a validated ``.npz``/HDF5 weights file keyed by PyTorch ``state_dict`` names;
@@ -27,12 +27,30 @@ True
 """
 
 __version__ = "0.1.0"
-# The public names come after __version__, which submodules import.
 
-from dcnn.exec.forward import Forward
-from dcnn.faces.detect import FaceDetector
-from dcnn.network.weights import load_weights
-from dcnn.network.zoo import get_model
-from dcnn.planner.plan import choose_plan
+import importlib
+
+#: Each public name and the module that defines it, imported on first use (PEP 562): ``import dcnn`` itself
+#: loads nothing heavy, so a command can take over Ctrl-C before numpy, SciPy and mpi4py load.
+_PUBLIC = {
+    "FaceDetector": "dcnn.faces.detect",
+    "Forward": "dcnn.exec.forward",
+    "choose_plan": "dcnn.planner.plan",
+    "get_model": "dcnn.network.zoo",
+    "load_weights": "dcnn.network.weights",
+}
 
 __all__ = ["FaceDetector", "Forward", "__version__", "choose_plan", "get_model", "load_weights"]
+
+
+def __getattr__(name: str):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dcnn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})

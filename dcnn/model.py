@@ -2,7 +2,11 @@
 
 import sys
 
-from dcnn.cli.model import main
+from dcnn.cli.common import exit_on_interrupt_while_starting
+
+exit_on_interrupt_while_starting()  # this module is the command: Ctrl-C from its first moment ends it in one line
+
+from dcnn.cli.model import main  # noqa: E402
 
 __all__ = ["main"]
 

@@ -150,3 +150,49 @@ def test_a_signal_ends_a_process_blocked_in_a_library_call(signum):
         process.kill()
     assert process.returncode == 128 + signum
     assert f"dcnn: still running 1 s after {signal.Signals(signum).name}" in stderr, stderr
+
+
+def _maps(pid: int, library: str) -> bool:
+    """Whether process ``pid`` has mapped a shared library whose name contains ``library``."""
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc/PID/maps")
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_command_starts_ends_it_in_one_line(tmp_path, name):
+    """Before: Ctrl-C while ``python -m dcnn.infer`` imported numpy, SciPy and mpi4py (its first second or so)
+    printed a KeyboardInterrupt traceback from every rank. The signal is sent once numpy's BLAS is mapped: the
+    command is importing its libraries (or, on a fast machine, already running, which ends in one line too)."""
+    signum, output = getattr(signal, name), tmp_path / "out.h5"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dcnn.infer", "--model", "lenet5", "--input", str(tmp_path / "missing.h5"),
+         "--output", str(output)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not _maps(process.pid, "openblas") and process.poll() is None:
+            assert time.time() < deadline
+            time.sleep(0.001)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    if "missing.h5" in stderr:  # it had got as far as the input, and reported it
+        assert process.returncode == 2, stderr
+    else:  # caught during the imports (the usual case), or by the command's own handler
+        assert process.returncode == 128 + signum
+        assert stderr in (f"dcnn: interrupted by {name} while starting; nothing was written\n",
+                          f"dcnn: interrupted by {name}\n"), stderr
+    assert not output.exists()
+
+
+def test_importing_dcnn_loads_no_library():
+    """What lets a command take over Ctrl-C before its libraries load (and keeps ``import dcnn`` quick): the
+    public names load their modules on first use."""
+    code = ("import sys, dcnn; print(sorted(m for m in ('numpy', 'scipy', 'h5py', 'mpi4py') if m in sys.modules)); "
+            "print(dcnn.Forward.__name__, 'numpy' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split("\n")[:2] == ["[]", "Forward True"]

@@ -27,8 +27,8 @@ from dcnn import __version__
 from dcnn.errors import AgreedError, DcnnError, InputError
 
 __all__ = [
-    "EXIT_BROKEN_PIPE", "EXIT_FAILURE", "EXIT_USAGE", "Interrupted", "add_common_arguments", "given_options",
-    "launcher_rank", "output_folder", "output_path", "run_main",
+    "EXIT_BROKEN_PIPE", "EXIT_FAILURE", "EXIT_USAGE", "Interrupted", "add_common_arguments",
+    "exit_on_interrupt_while_starting", "given_options", "launcher_rank", "output_folder", "output_path", "run_main",
 ]
 
 EXIT_USAGE = 2
@@ -51,6 +51,26 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.code = 128 + signum
+
+
+def exit_on_interrupt_while_starting() -> None:
+    """Until :func:`run_main` takes over, end the process at SIGINT or SIGTERM with one line and ``128 + signal``.
+
+    A command spends its first second or so importing numpy, SciPy, h5py and mpi4py; Python's default would
+    print a ``KeyboardInterrupt`` traceback from every rank (and ignore SIGTERM's chance to say anything). Nothing
+    is written before :func:`run_main` runs the command's body, so there is nothing to close: the launcher's rank
+    0 (:func:`launcher_rank`) says so and every rank ends at once. The command modules (``python -m dcnn.infer``
+    and the others) call this before they import anything else.
+    """
+
+    def stop(signum: int, frame) -> None:
+        if launcher_rank() == 0:
+            name = signal.Signals(signum).name
+            os.write(2, f"dcnn: interrupted by {name} while starting; nothing was written\n".encode())
+        os._exit(128 + signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
 
 
 def _raise_interrupted(signum: int, frame) -> None:

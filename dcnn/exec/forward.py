@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -355,21 +355,26 @@ def fusion_plan(network: Network, stop: int | None = None, start: int = 0) -> di
     last_uses = network.last_uses()
     layers = network.layers[:stop]
 
-    def sole_reader(index: int, kind: type | tuple[type, ...] | None) -> bool:
+    def sole_reader(index: int, absorbs: Callable[[Layer], bool]) -> bool:
+        """Whether the layer after ``index`` is one ``absorbs`` accepts and the only reader of its output."""
         name = layers[index][0]
         following = index + 1
-        return (following < len(layers)
-                and (relu_cap(layers[following][1]) is not None if kind is None
-                     else isinstance(layers[following][1], kind))
+        return (following < len(layers) and absorbs(layers[following][1])
                 and readers[name] == [following] and last_uses[name] == following
                 and network.inputs[following] == (name,))
+
+    def is_norm(layer: Layer) -> bool:
+        return isinstance(layer, (BatchNorm2d, Affine))
+
+    def is_capped_relu(layer: Layer) -> bool:
+        return relu_cap(layer) is not None
 
     plan: dict[int, tuple[int | None, bool]] = {}
     for index, (_, layer) in enumerate(layers):
         if index < start or not isinstance(layer, Conv2d):
             continue
-        norm = index + 1 if sole_reader(index, (BatchNorm2d, Affine)) else None
-        relu_fused = sole_reader(index if norm is None else norm, None)
+        norm = index + 1 if sole_reader(index, is_norm) else None
+        relu_fused = sole_reader(index if norm is None else norm, is_capped_relu)
         if norm is not None or relu_fused:
             plan[index] = (norm, relu_fused)
     return plan

@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from dcnn.errors import InputError
 
-__all__ = ["Unsupported", "UnsupportedModelError"]
+__all__ = ["INCONSISTENT_MODEL_ERRORS", "Unsupported", "UnsupportedModelError", "first_line", "inconsistent"]
+
+#: What numpy and the layer specs raise on a model that passes the checker but whose tensors contradict each
+#: other (a damaged or hand-edited file): reported as an invalid model, naming the node.
+INCONSISTENT_MODEL_ERRORS = (ValueError, IndexError, KeyError, TypeError, ArithmeticError)
+
+
+def inconsistent(path: Path, where: str, error: BaseException) -> InputError:
+    """The one-line error for a model whose tensors contradict each other at ``where`` (a node, the graph)."""
+    return InputError(f"{path}: invalid ONNX model ({where}: {type(error).__name__}: {first_line(error)})")
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name if it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class Unsupported(Exception):
