@@ -1,11 +1,23 @@
 """Task splitting and the batch-mode knobs (no MPI)."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
 from dcnn.errors import InputError
 from dcnn.io.scan import Skip
-from dcnn.parallel.batch import TaskSplit, decode_skips, encode_skips, parse_capacities, parse_throttle
+from dcnn.kernels import threads
+from dcnn.parallel.batch import (
+    TaskSplit,
+    _run_on_task_threads,
+    concurrent_tasks,
+    decode_skips,
+    encode_skips,
+    parse_capacities,
+    parse_throttle,
+)
 
 
 def test_task_split_covers_every_image_once():
@@ -73,3 +85,80 @@ def test_dealt_parts_are_computed_once_and_gathered_in_order_on_rank_0(count):
         assert rows.tolist() == list(range(10 * count))
     else:
         assert rows is None
+
+
+def test_a_rank_runs_tasks_on_its_threads_only_with_enough_tasks_for_them():
+    assert concurrent_tasks("batch", 2, 4, 2) == 2 and concurrent_tasks("batch", 4, 9, 2) == 4
+    assert concurrent_tasks("batch", 2, 3, 2) == 1  # fewer tasks than threads: the threads share each layer
+    assert concurrent_tasks("batch", 1, 10, 1) == 1
+    assert concurrent_tasks("spatial", 2, 10, 1) == concurrent_tasks("single", 2, 10, 1) == 1
+
+
+class FakeQueue:
+    """Tasks 0..n-1 in order; once they are all handed out, next_task waits (calling on_idle) until every one is
+    done, as the work-stealing queue does; a wait that never ends fails instead of hanging."""
+
+    def __init__(self, count):
+        self.left, self.count, self.done, self.handed = list(range(count)), count, 0, []
+
+    def next_task(self, on_idle=None):
+        if self.left:
+            self.handed.append(self.left.pop(0))
+            return self.handed[-1]
+        for _ in range(10_000):
+            if self.done >= self.count:
+                return None
+            on_idle()
+            time.sleep(0.001)
+        raise AssertionError("the tasks running on the task threads were never counted done")
+
+    def task_done(self, items=1):
+        self.done += 1
+        return self.done
+
+
+def run_on_threads(queue, compute):
+    finished, polls = [], []
+
+    def finish(*result):  # run_tasks delivers the task, then counts it done
+        finished.append((result, threading.current_thread()))
+        queue.task_done()
+
+    try:
+        threads.set_num_threads(2)
+        _run_on_task_threads(queue, compute, finish, lambda: polls.append(1))
+    finally:
+        threads.set_num_threads(1)
+    return finished, polls
+
+
+def test_task_threads_run_every_task_once_and_the_main_thread_delivers_them():
+    """Five tasks on two task threads; the queue only ends once the main thread has counted the last ones done,
+    which it does while it waits in the queue."""
+    queue = FakeQueue(5)
+
+    def compute(task):
+        time.sleep(0.01 * (task % 2))
+        return task, threading.current_thread().name, threads.get_num_threads()
+
+    finished, polls = run_on_threads(queue, compute)
+    assert sorted(result[0] for result, _ in finished) == list(range(5)) and queue.done == 5 and polls
+    assert all(name.startswith("dcnn-task") and count == 1 for (_, name, count), _ in finished)
+    assert {thread for _, thread in finished} == {threading.main_thread()}
+
+
+def test_a_failed_task_ends_the_loop_after_the_running_task_finishes():
+    """The error propagates once the other running task is done (its buffers are not freed under it), and no
+    task is taken after the failure."""
+    queue, ended = FakeQueue(6), threading.Event()
+
+    def compute(task):
+        if task == 1:
+            raise RuntimeError("task 1 failed")
+        time.sleep(0.2)
+        ended.set()
+        return (task,)
+
+    with pytest.raises(RuntimeError, match="task 1 failed"):
+        run_on_threads(queue, compute)
+    assert ended.is_set() and queue.handed == [0, 1]

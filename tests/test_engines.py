@@ -1,5 +1,7 @@
 """Engine lifecycle under real mpiexec: thousands of input sizes in constant MPI resources, every mode."""
 
+import threading
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -54,12 +56,47 @@ def test_spatial_engines_for_thousands_of_sizes():
 
 
 def test_batch_engines_for_thousands_of_sizes():
-    """Batch mode builds every engine on MPI.COMM_SELF: closing them is local to each rank."""
+    """Batch mode builds every engine without a communicator: no MPI call, closing them is local to each rank."""
     network = tiny_network()
     weights = init_weights(network, 2)
     forward = Forward(network, weights)
-    error, cache = run_sizes(lambda shape: SpatialEngine(network, weights, shape, MPI.COMM_SELF, forward=forward))
+    error, cache = run_sizes(lambda shape: SpatialEngine(network, weights, shape, None, forward=forward))
     assert error < 1e-5 and cache.built == len(SIZES)
+
+
+def test_an_engine_without_a_communicator_equals_one_on_comm_self():
+    """What batch mode's task threads run (no MPI call) is what a rank alone computed before, bit for bit."""
+    network = tiny_network()
+    weights = init_weights(network, 2)
+    forward = Forward(network, weights)
+    x = np.random.default_rng(5).standard_normal((3, 1, 21, 17)).astype(np.float32)
+    with SpatialEngine(network, weights, x.shape[1:], MPI.COMM_SELF, forward=forward) as alone:
+        expected = alone(x)
+    engine = SpatialEngine(network, weights, x.shape[1:], None, forward=forward)
+    np.testing.assert_array_equal(engine(x), expected)
+    engine.close()
+
+
+def test_each_thread_has_its_own_engines_and_the_counters_cover_them_all():
+    network = tiny_network()
+    weights = init_weights(network, 2)
+    forward = Forward(network, weights)
+    cache = EngineCache(lambda shape: SpatialEngine(network, weights, shape, None, forward=forward), len(network),
+                        per_thread=True)
+    x = np.ones((1, 1, 12, 12), np.float32)
+    mine = cache((1, 12, 12))
+    mine(x)
+    theirs = []
+    worker = threading.Thread(target=lambda: theirs.append(cache((1, 12, 12))))
+    worker.start()
+    worker.join()
+    theirs[0](x)
+    assert theirs[0] is not mine and cache((1, 12, 12)) is mine and cache.built == 2 and len(cache) == 2
+    per_engine = mine.stats.compute_seconds + theirs[0].stats.compute_seconds
+    np.testing.assert_array_equal(cache.layer_stats().compute_seconds, per_engine)
+    cache.close()
+    assert len(cache) == 0
+    np.testing.assert_array_equal(cache.layer_stats().compute_seconds, per_engine)
 
 
 # The reuse policy allocates two RMA windows (each a communicator) per engine: 1,100 sizes exhaust MPICH too.

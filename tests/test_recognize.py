@@ -124,6 +124,17 @@ def test_every_mode_and_rank_count_gives_the_same_faces(data, reference, ranks, 
         assert np.array_equal(result["detections"][name], single["detections"][name])
 
 
+def test_task_threads_give_the_faces_of_one_process(data, reference):
+    """Batch mode at two threads on one rank runs its two tasks at once, one per task thread, sharing the
+    recognition models: every face bit for bit that of one process, within the planner's prediction."""
+    folder, _ = data
+    output, done = recognize(folder, 1, "--mode", "batch", "--threads", "2")
+    assert MEMORY_WARNING not in done.stderr
+    result, single = read(output), reference[0]
+    for name in ("detections", "landmarks", "descriptors", "identity", "distance", "names", "known"):
+        assert np.array_equal(result[name], single[name]), name
+
+
 def test_a_failed_run_resumes_to_the_same_faces(data, reference):
     folder, _ = data
     output, done = recognize(folder, 2, env={**os.environ, "DCNN_INJECT_FAULT": "1:1"}, check=False)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import threading
 
+import numpy as np
 import pytest
 
 from dcnn.kernels import threads
@@ -99,5 +100,60 @@ def test_blas_threads_switch_only_when_they_change(monkeypatch):
         threads.use_blas_threads()
         threads.parallel_for(lambda items: None, list(range(4)))
         assert blas.calls == [2, 1, 2, 1]
+    finally:
+        threads.set_num_threads(1)
+
+
+def test_task_threads_run_each_job_at_one_kernel_thread(monkeypatch):
+    """On a task thread the kernels run serially (a parallel loop is a plain call on that thread) and BLAS stays at
+    one thread, set once before the jobs; the calling thread keeps its count."""
+
+    class FakeBlas:
+        def __init__(self):
+            self.calls = []
+
+        def set_num_threads(self, count):
+            self.calls.append(count)
+
+    blas = FakeBlas()
+    monkeypatch.setattr(threads, "_blas_controllers", lambda: [blas])
+    monkeypatch.setattr(threads, "_blas_threads", None)
+
+    def job(index):
+        ran_on = set()
+        threads.parallel_for(lambda items: ran_on.add(threading.current_thread()), list(range(8)))
+        threads.use_blas_threads()
+        return threads.get_num_threads(), ran_on == {threading.current_thread()}, threading.current_thread().name
+
+    try:
+        threads.set_num_threads(2)
+        with threads.task_threads() as pool:
+            results = list(pool.map(job, range(6)))
+        assert all(count == 1 and serial for count, serial, _ in results)
+        assert {name.startswith("dcnn-task") for _, _, name in results} == {True}
+        assert threads.get_num_threads() == 2 and blas.calls == [2, 1]
+    finally:
+        threads.set_num_threads(1)
+
+
+def test_two_task_threads_share_one_compiled_network():
+    """Regression: the convolutions' scratch buffers were one per network, so two threads running it at once
+    overwrote each other's padded inputs. Each thread now has its own: every result is the serial one."""
+    from dcnn.exec.forward import Forward
+    from dcnn.network.graph import Network
+    from dcnn.network.layers import Conv2d, ReLU
+    from dcnn.network.weights import init_weights
+
+    network = Network("tiny", (("c0", Conv2d(3, 16, 5, stride=2, padding=2)), ("r0", ReLU()),
+                               ("c1", Conv2d(16, 32, 3, padding=1)), ("c2", Conv2d(32, 16, 3, padding=1))), (3, 64, 64))
+    forward = Forward(network, init_weights(network, 1))
+    inputs = [np.random.default_rng(seed).standard_normal((2, 3, 64, 64)).astype(np.float32) for seed in range(8)]
+    expected = [forward(x) for x in inputs]
+    try:
+        threads.set_num_threads(2)
+        with threads.task_threads() as pool:
+            wrong = sum(not np.array_equal(got, want) for _ in range(10)
+                        for got, want in zip(pool.map(forward, inputs), expected))
+        assert wrong == 0  # with one buffer per network: 6 of 40 wrong in 5 rounds
     finally:
         threads.set_num_threads(1)

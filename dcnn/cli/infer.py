@@ -66,7 +66,7 @@ from dcnn.network.graph import Network, format_shape, parse_grid
 from dcnn.network.onnx import OnnxModel
 from dcnn.network.weights import init_weights, load_weights
 from dcnn.network.zoo import get_model, model_names
-from dcnn.parallel.batch import TaskSplit, parse_capacities, parse_throttle, run_tasks
+from dcnn.parallel.batch import TaskSplit, concurrent_tasks, parse_capacities, parse_throttle, run_tasks
 from dcnn.parallel.comm import (
     collective,
     hostnames,
@@ -470,8 +470,13 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     :func:`dcnn.exec.imported.reader_bytes`)."""
     cluster = _cluster(args, comm.size, local_ranks)
     threads = _threads(args, local_ranks)
+    # Batch mode's task threads each run a task (--plan auto may choose batch mode on several ranks, single mode on
+    # one, and batches down to one image).
+    tasks = concurrent_tasks(("batch" if comm.size > 1 else "single") if args.plan == "auto" else args.mode, threads,
+                             len(scan.shape_of) if args.plan == "auto" else -(-len(scan.shape_of) // args.batch_size),
+                             comm.size)
     if cluster is not None:
-        cluster = for_process(cluster, reader, threads)
+        cluster = for_process(cluster, reader, threads, tasks)
     worst = worst_shapes(scan.counts(), args.batch_size)
     images = len(scan.shape_of)
     if args.plan == "auto":
@@ -490,7 +495,7 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
             print(f"plan: {plan.describe()}, predicted peak {format_bytes(plan.peak())} per rank "
                   f"(budget {format_bytes(min(cluster.budget(r) for r in range(cluster.size)))})", flush=True)
         return plan
-    modelled = cluster or for_process(Cluster.uniform(comm.size, 2**62), reader, threads)
+    modelled = cluster or for_process(Cluster.uniform(comm.size, 2**62), reader, threads, tasks)
     mode = "batch" if args.mode == "single" else args.mode
     grid = (parse_grid(args.grid, "--grid") if mode == "spatial" and args.grid else
             parse_grid(args.tiles, "--tiles") if mode == "fused" else None)
@@ -611,8 +616,10 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
         writer, done = _open_writer(args, comm, job, split, threads, lock)
     done = comm.bcast(done, root=0)
     pending = split.pending(done)
-    engine_comm = comm if args.mode in SPLITTING_MODES else self_comm()
-    engines = EngineCache(_engine_builder(args, network, weights, engine_comm), len(network))
+    # Batch mode: engines of a rank alone (no MPI call), one set per task thread (dcnn.parallel.batch).
+    engine_comm = comm if args.mode in SPLITTING_MODES else None if args.mode == "batch" else self_comm()
+    engines = EngineCache(_engine_builder(args, network, weights, engine_comm), len(network),
+                          per_thread=args.mode == "batch")
     already = int(done.sum())
     progress = Progress(len(images), style="none" if (args.quiet or comm.rank) else args.progress)
     names = hostnames(comm)

@@ -16,6 +16,8 @@ suppressed with dlib's overlap test (intersection over the area of the two boxes
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from dcnn.kernels.memory import empty_float32
@@ -149,6 +151,7 @@ BAND_BYTES = 1 << 17
 #: would need 54 MB, so most of its levels are made each time.
 PLAN_CACHE_BYTES = 16 << 20
 _plans: dict[tuple[int, int, int, int], tuple] = {}
+_plans_lock = threading.Lock()  # threads that each run their own images (batch mode) share the plans
 
 
 def _resize_plan(height: int, width: int, rows: int, cols: int) -> tuple:
@@ -158,11 +161,13 @@ def _resize_plan(height: int, width: int, rows: int, cols: int) -> tuple:
     (:func:`_vector_weights`, as ``(rows, vector, 1)``) and the flat pixel index of each corner sample, all
     read-only."""
     key = (height, width, rows, cols)
-    if key in _plans:
-        return _plans[key]
+    plan = _plans.get(key)
+    if plan is not None:
+        return plan
     plan = _make_resize_plan(height, width, rows, cols)
-    if sum(map(_plan_bytes, _plans.values())) + _plan_bytes(plan) <= PLAN_CACHE_BYTES:
-        _plans[key] = plan
+    with _plans_lock:
+        if key not in _plans and sum(map(_plan_bytes, _plans.values())) + _plan_bytes(plan) <= PLAN_CACHE_BYTES:
+            _plans[key] = plan
     return plan
 
 

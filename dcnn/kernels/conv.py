@@ -53,6 +53,7 @@ runs each image as batch 1 would.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -224,25 +225,28 @@ class Workspace:
 
     Reusing the padded-input and GEMM-output buffers avoids allocating (and page-faulting) tens of megabytes
     per layer; worker threads faulting in fresh pages at the same time serialise in the kernel. One workspace
-    serves a whole network run on one thread: each buffer is dead once its kernel call returns.
+    serves a whole network run: each buffer is dead once its kernel call returns. The buffers are per calling
+    thread, so threads that each run their own images through the same compiled network
+    (:func:`dcnn.kernels.threads.split_for`) never share one.
     """
 
     def __init__(self) -> None:
-        self._buffers: dict[str, np.ndarray] = {}
+        self._local = threading.local()
 
     def get(self, role: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A C-contiguous float32 array of ``shape`` backed by the buffer for ``role`` (contents undefined)."""
+        """A C-contiguous float32 array of ``shape`` backed by the calling thread's buffer for ``role`` (contents
+        undefined)."""
         size = int(np.prod(shape))
-        buffer = self._buffers.get(role)
+        buffers = self._local.__dict__
+        buffer = buffers.get(role)
         if buffer is None or buffer.size < size:
-            buffer = np.empty(size, dtype=np.float32)
-            self._buffers[role] = buffer
+            buffer = buffers[role] = np.empty(size, dtype=np.float32)
         return buffer[:size].reshape(shape)
 
     @property
     def nbytes(self) -> int:
-        """Bytes held."""
-        return sum(buffer.nbytes for buffer in self._buffers.values())
+        """Bytes held for the calling thread."""
+        return sum(buffer.nbytes for buffer in self._local.__dict__.values())
 
 
 def _phase_split_into(target: np.ndarray, x: np.ndarray, padding: Padding, stride: tuple[int, int]) -> None:

@@ -15,11 +15,17 @@ the caller imported first.
 
 The MPI layer chooses ``n`` per rank (cores per node divided by ranks per node), so oversubscription never
 multiplies threads.
+
+:func:`task_threads` is the other way to use the ``n`` threads: whole, independent pieces of work (batch mode's
+tasks) each on a thread of its own, every such thread at one kernel thread (a thread-local setting, see
+:func:`get_num_threads`): no parallel loop inside, BLAS at one thread, exactly as ``n`` single-threaded ranks
+would run them. Its threads never meet inside a forward pass.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -31,7 +37,7 @@ from threadpoolctl import ThreadpoolController
 # OpenBLAS, ``dcnn.kernels.blas`` SciPy's (the one the convolutions call).
 from . import blas  # noqa: F401
 
-__all__ = ["get_num_threads", "parallel_for", "set_num_threads", "use_blas_threads"]
+__all__ = ["get_num_threads", "parallel_for", "set_num_threads", "task_threads", "use_blas_threads"]
 
 T = TypeVar("T")
 
@@ -39,6 +45,7 @@ _controller: ThreadpoolController | None = None
 _num_threads = 1
 _blas_threads: int | None = None  # what the BLAS libraries are set to now (None: not set by dcnn yet)
 _pool: ThreadPoolExecutor | None = None
+_local = threading.local()  # ``single``: this thread is one of task_threads' (its kernels run at one thread)
 
 
 def _blas_controllers():
@@ -68,13 +75,31 @@ def _set_blas_threads(count: int) -> None:
 
 
 def use_blas_threads() -> None:
-    """Let the next BLAS calls outside :func:`parallel_for` (a fully connected layer) use every thread."""
-    _set_blas_threads(_num_threads)
+    """Let the next BLAS calls outside :func:`parallel_for` (a fully connected layer) use every thread of the
+    caller (:func:`get_num_threads`: on a thread of :func:`task_threads`, one: BLAS stays at one thread)."""
+    _set_blas_threads(get_num_threads())
 
 
 def get_num_threads() -> int:
-    """The thread count set by :func:`set_num_threads` (1 until it is called)."""
-    return _num_threads
+    """The kernel threads of the calling thread: 1 on a thread of :func:`task_threads`, else the count set by
+    :func:`set_num_threads` (1 until it is called)."""
+    return 1 if getattr(_local, "single", False) else _num_threads
+
+
+def _run_single() -> None:
+    _local.single = True
+
+
+def task_threads() -> ThreadPoolExecutor:
+    """A pool of :func:`get_num_threads` threads, each running the jobs submitted to it at one kernel thread.
+
+    On those threads :func:`get_num_threads` is 1 (the calling thread and the kernel pool keep the count of
+    :func:`set_num_threads`): their parallel loops are plain calls, and BLAS is set to one thread here, before
+    any job runs, and stays so while they run (their :func:`use_blas_threads` asks for one). ``n`` jobs at once
+    thus compute what ``n`` single-threaded processes would, bit for bit. The caller shuts the pool down.
+    """
+    _set_blas_threads(1)
+    return ThreadPoolExecutor(max_workers=get_num_threads(), thread_name_prefix="dcnn-task", initializer=_run_single)
 
 
 def default_num_threads() -> int:
@@ -95,7 +120,7 @@ def parallel_for(body: Callable[[Sequence[T]], None], items: Sequence[T]) -> Non
     one hand-off per loop instead of two). Exceptions raised in any slice propagate, after every slice is done.
     """
     global _pool
-    workers = min(_num_threads, len(items))
+    workers = min(get_num_threads(), len(items))
     if workers <= 1:
         body(items)
         return

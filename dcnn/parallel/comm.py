@@ -126,8 +126,8 @@ class HaloExchange:
 
     Parameters
     ----------
-    comm : MPI.Comm
-        The communicator of the grid.
+    comm : MPI.Comm or None
+        The communicator of the grid (``None`` for a rank alone: no sends, no receives, no MPI call).
     sends : list of (int, tuple of slice)
         ``(peer, (rows, cols))``: the part of this rank's block that goes to ``peer``.
     receives : list of (int, tuple of slice)
@@ -164,7 +164,8 @@ class HaloExchange:
 
     def finish(self, assembled: np.ndarray) -> None:
         """Wait for every message and copy the received parts into ``assembled``."""
-        MPI.Request.Waitall(self._requests)
+        if self._requests:  # none on a grid of one rank, which may have no communicator (SpatialEngine)
+            MPI.Request.Waitall(self._requests)
         self._requests = []
         for _, (rows, cols), buffer in self.receives:
             assembled[:, :, rows, cols] = buffer

@@ -10,11 +10,14 @@ plan and buffers. Per-layer counters of closed engines are kept, so a run's stat
 
 Closing an engine of several ranks is collective. Spatial and fused mode go through the same tasks in the same
 order on every rank, so every rank asks for the same shapes in the same order and evicts the same engine at the
-same point; batch mode builds engines on ``MPI.COMM_SELF``, where closing is local.
+same point; batch mode builds engines without a communicator (a rank alone: no MPI call at all), and with
+``per_thread`` every thread that asks has engines of its own: batch mode's task threads
+(:func:`dcnn.kernels.threads.task_threads`) each run whole tasks, as ranks would, and never share an engine.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
@@ -45,7 +48,10 @@ class EngineCache:
     layers : int
         Layers of the network (the length of the per-layer counters).
     capacity : int
-        Most engines alive at once (at least 1).
+        Most engines alive at once (at least 1), per thread with ``per_thread``.
+    per_thread : bool
+        Keep the engines of each calling thread apart (engines whose calls make no MPI call: batch mode's); the
+        counters and :meth:`close` cover every thread's. Otherwise one thread (the main one) uses the cache.
 
     Attributes
     ----------
@@ -55,12 +61,15 @@ class EngineCache:
         Engines built so far (a size that comes back after its engine was closed counts again).
     """
 
-    def __init__(self, build: Callable[[Shape], Engine], layers: int, capacity: int = DEFAULT_CAPACITY):
+    def __init__(self, build: Callable[[Shape], Engine], layers: int, capacity: int = DEFAULT_CAPACITY,
+                 per_thread: bool = False):
         if capacity < 1:
             raise ValueError(f"an engine cache holds at least one engine, got {capacity}")
         self._build = build
         self.capacity = capacity
-        self._live: OrderedDict[Shape, Engine] = OrderedDict()
+        self.per_thread = per_thread
+        self._slots: dict[int, OrderedDict[Shape, Engine]] = {}  # live engines by thread (one slot without)
+        self._lock = threading.Lock()  # guards the slots, the counters of closed engines, first and built
         self._closed = LayerStats.zeros(layers)
         self._closed_counters = dict.fromkeys(COUNTER_FIELDS, 0.0)
         self._closed_tiles: np.ndarray | None = None
@@ -70,41 +79,49 @@ class EngineCache:
     def __call__(self, shape: Shape) -> Engine:
         """The engine for ``shape``, built (and the least recently used one closed) if it is not alive."""
         shape = tuple(shape)
-        if shape in self._live:
-            self._live.move_to_end(shape)
-            return self._live[shape]
-        if len(self._live) >= self.capacity:
-            _, oldest = self._live.popitem(last=False)
+        with self._lock:
+            live = self._slots.setdefault(threading.get_ident() if self.per_thread else 0, OrderedDict())
+        if shape in live:
+            live.move_to_end(shape)
+            return live[shape]
+        if len(live) >= self.capacity:
+            _, oldest = live.popitem(last=False)
             self._retire(oldest)
         engine = self._build(shape)
-        self._live[shape] = engine
-        self.built += 1
-        if self.first is None:
-            self.first = engine
+        live[shape] = engine
+        with self._lock:
+            self.built += 1
+            if self.first is None:
+                self.first = engine
         return engine
 
     def __len__(self) -> int:
         """Engines alive now."""
-        return len(self._live)
+        return sum(map(len, self._live()))
+
+    def _live(self) -> list[OrderedDict[Shape, Engine]]:
+        with self._lock:
+            return list(self._slots.values())
 
     def _retire(self, engine: Engine) -> None:
         """Close an engine, keeping its counters."""
         engine.close()
-        self._closed.add(engine.stats)
-        if isinstance(engine, FusedEngine):
-            for field, value in engine.counters.items():
-                self._closed_counters[field] += value
-            self._closed_tiles = _add(self._closed_tiles, engine.tile_seconds)
+        with self._lock:
+            self._closed.add(engine.stats)
+            if isinstance(engine, FusedEngine):
+                for field, value in engine.counters.items():
+                    self._closed_counters[field] += value
+                self._closed_tiles = _add(self._closed_tiles, engine.tile_seconds)
 
     def engines(self) -> Iterator[Engine]:
-        """The live engines, least recently used first."""
-        return iter(list(self._live.values()))
+        """The live engines, least recently used first (thread by thread)."""
+        return iter([engine for live in self._live() for engine in live.values()])
 
     def layer_stats(self) -> LayerStats:
         """This rank's per-layer counters over every engine, closed or alive."""
         total = LayerStats.zeros(len(self._closed.compute_seconds))
         total.add(self._closed)
-        for engine in self._live.values():
+        for engine in self.engines():
             total.add(engine.stats)
         return total
 
@@ -114,7 +131,7 @@ class EngineCache:
         if not isinstance(self.first, FusedEngine):
             return None
         counters, tiles = dict(self._closed_counters), self._closed_tiles
-        for engine in self._live.values():
+        for engine in self.engines():
             for field, value in engine.counters.items():
                 counters[field] += value
             tiles = _add(tiles, engine.tile_seconds)
@@ -122,9 +139,10 @@ class EngineCache:
 
     def close(self) -> None:
         """Close every live engine (collective in spatial and fused mode), keeping their counters."""
-        while self._live:
-            _, engine = self._live.popitem(last=False)
-            self._retire(engine)
+        for live in self._live():
+            while live:
+                _, engine = live.popitem(last=False)
+                self._retire(engine)
 
     def __enter__(self) -> EngineCache:
         return self

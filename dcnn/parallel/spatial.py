@@ -74,8 +74,9 @@ class SpatialEngine:
         (see :func:`~dcnn.decomposition.spatial.fc_shard_rows`).
     input_shape : tuple of int
         Per-image input ``(C, H, W)``; plans are built for it once.
-    comm : MPI.Comm
-        The ranks to split over.
+    comm : MPI.Comm or None
+        The ranks to split over; ``None``: this process alone, as a 1 x 1 grid that makes no MPI call (batch
+        mode, whose engines run on task threads that must not call MPI, :func:`dcnn.kernels.threads.task_threads`).
     dims : tuple of int, optional
         ``(Py, Px)``; ``MPI.Compute_dims`` by default.
     comm_overlap : bool
@@ -90,9 +91,10 @@ class SpatialEngine:
     def __init__(self, network: Network, weights: Mapping[str, np.ndarray], input_shape: Shape, comm: MPI.Comm,
                  dims: tuple[int, int] | None = None, comm_overlap: bool = True, forward: Forward | None = None,
                  start: int = 0):
-        self.comm = cartesian(comm, dims)
-        self.rank = self.comm.rank
-        self.spatial_plan = plan_spatial(network, input_shape, tuple(self.comm.dims), start)
+        self.comm = None if comm is None else cartesian(comm, dims)
+        self.rank = 0 if self.comm is None else self.comm.rank
+        self.spatial_plan = plan_spatial(network, input_shape, (1, 1) if self.comm is None else tuple(self.comm.dims),
+                                         start)
         self.forward = forward if forward is not None else Forward(network, weights, start=start)
         self.comm_overlap = comm_overlap
         self.stats = LayerStats.zeros(len(network))
@@ -101,7 +103,7 @@ class SpatialEngine:
     def close(self) -> None:
         """Free the Cartesian communicator and the exchange buffers (collective; a second call does nothing)."""
         self._exchanges.clear()
-        if self.comm != MPI.COMM_NULL:
+        if self.comm is not None and self.comm != MPI.COMM_NULL:
             self.comm.Free()
 
     def __enter__(self) -> SpatialEngine:
@@ -230,7 +232,8 @@ class SpatialEngine:
         sums = block.sum(axis=(2, 3), dtype=np.float64)
         self.stats.compute_seconds[layer_plan.index] += time.perf_counter() - start
         start = time.perf_counter()
-        self.comm.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
+        if self.comm is not None:
+            self.comm.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
         self.stats.wait_seconds[layer_plan.index] += time.perf_counter() - start
         self.stats.bytes_sent[layer_plan.index] += sums.nbytes
         self.stats.bytes_received[layer_plan.index] += sums.nbytes
@@ -265,7 +268,8 @@ class SpatialEngine:
         batch, channels = block.shape[:2]
         counts = [batch * channels * box.area for box in last.out_blocks]
         start = time.perf_counter()
-        flat = allgather_blocks(self.comm, block, counts)
+        flat = (np.ascontiguousarray(block, np.float32).reshape(-1) if self.comm is None
+                else allgather_blocks(self.comm, block, counts))
         gather = self.spatial_plan.gather_index
         index = gather if gather < len(self.stats.wait_seconds) else last.index
         self.stats.wait_seconds[index] += time.perf_counter() - start

@@ -8,7 +8,9 @@ models, per rank (one rank per node):
 - ``weights``: the layers' M_l, all of them in batch mode; with fully connected layers split by neurons over the
   ranks in spatial and fused mode (convolution weights count twice: as loaded and in the kernel's layout, which
   for Winograd's layers is the transformed filters, four times the 3x3 ones, unless ``--exact-conv``);
-- ``input``: the batch of network inputs (with its preprocessing copy), present on every rank;
+- ``input``: the batch of network inputs (with its preprocessing copy), present on every rank; in batch mode
+  one per task a rank runs at once (``Cluster.tasks``: its task threads, :mod:`dcnn.parallel.batch`), as for
+  ``activations`` and a stage's activations;
 - ``activations``: the largest working set of one node (input region, output, and the convolution's padded
   scratch copy and GEMM output, plus the tensors alive meanwhile along the topological order: an add's other
   input, a residual skip that a later node reads), for the whole map (batch), the rank's block with its halo
@@ -133,6 +135,9 @@ class Cluster:
         Resident memory of a rank before any model is built.
     threads : int
         Kernel threads per rank (``--threads``): each holds its own Winograd band buffers.
+    tasks : int
+        Tasks a rank runs at once in batch mode, one per task thread
+        (:func:`dcnn.parallel.batch.concurrent_tasks`): each holds its batch's input and working set.
     """
 
     nodes: tuple[Node, ...]
@@ -142,6 +147,7 @@ class Cluster:
     latency: float = 50e-6
     runtime_bytes: int = RUNTIME_BYTES
     threads: int = 1
+    tasks: int = 1
 
     def __post_init__(self):
         if not self.nodes:
@@ -151,6 +157,7 @@ class Cluster:
         check_number(self.bandwidth, "the bandwidth ('bandwidth_gbit')", above=0)
         check_number(self.latency, "the latency ('latency_us')", minimum=0)
         check_number(self.threads, "--threads", minimum=1)
+        check_number(self.tasks, "the tasks a rank runs at once", minimum=1)
         for node in self.nodes:
             check_number(node.ram, f"node {node.name}: 'ram'", above=0)
             check_number(node.speed, f"node {node.name}: 'speed'", above=0)
@@ -216,11 +223,12 @@ class Cluster:
         return self.nodes[rank].speed * self.macs_per_second
 
 
-def for_process(cluster: Cluster, reader: int = 0, threads: int = 1) -> Cluster:
+def for_process(cluster: Cluster, reader: int = 0, threads: int = 1, tasks: int = 1) -> Cluster:
     """``cluster`` as each rank's process runs it: ``reader`` more bytes of runtime (what reading a model file
-    holds, :func:`dcnn.exec.imported.reader_bytes`; 0 for a built-in model) and ``threads`` kernel threads.
-    ``python -m dcnn.plan`` and ``python -m dcnn.infer`` both plan through it."""
-    return replace(cluster, runtime_bytes=cluster.runtime_bytes + reader, threads=threads)
+    holds, :func:`dcnn.exec.imported.reader_bytes`; 0 for a built-in model), ``threads`` kernel threads and, in
+    batch mode, ``tasks`` tasks at once. ``python -m dcnn.plan`` and ``python -m dcnn.infer`` both plan through
+    it."""
+    return replace(cluster, runtime_bytes=cluster.runtime_bytes + reader, threads=threads, tasks=tasks)
 
 
 @dataclass
@@ -469,11 +477,12 @@ def _whole_map_work(network: Network, input_shape: Shape, start: int = 0) -> tup
 
 
 def memory_batch(network: Network, input_shape: Shape, batch: int, cluster: Cluster) -> RunPlan:
-    """Batch mode: every rank holds the whole model and runs whole images."""
+    """Batch mode: every rank holds the whole model and runs whole images, ``cluster.tasks`` batches at once."""
     weights, heaviest = _weights(network, input_shape, 1)
     work, layer = _whole_map_work(network, input_shape)
-    items = {"runtime": cluster.runtime_bytes, "weights": weights[0], "input": _input_bytes(input_shape, batch),
-             "activations": batch * work * BYTES_PER_VALUE}
+    items = {"runtime": cluster.runtime_bytes, "weights": weights[0],
+             "input": cluster.tasks * _input_bytes(input_shape, batch),
+             "activations": cluster.tasks * batch * work * BYTES_PER_VALUE}
     return RunPlan("batch", batch, None, None, [dict(items) for _ in range(cluster.size)],
                 {"weights": heaviest, "activations": layer})
 
@@ -620,6 +629,8 @@ def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, 
     if stage is not None:
         for items in plan.memory:
             items.update(stage.memory(input_shape, real))
+            if mode == "batch":  # every task thread runs the stage on its own task
+                items[f"{stage.name} activations"] *= cluster.tasks
     runs = [(network, input_shape, real)] + ([(stage.network, stage.network.input_shape, stage.batch)] if stage
                                               else [])
     # Every kernel thread keeps its own buffers, the calling one included (it runs a slice of each parallel loop).
