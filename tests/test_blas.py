@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from conftest import random_array
 
+from dcnn.kernels import blas
 from dcnn.kernels.blas import gemm_accumulate
 
 
@@ -40,3 +41,31 @@ def test_gemm_rejects_views_outside_the_buffer(rng):
         gemm_accumulate(out, 0, 2, a, 0, 2, b, 0, 2, 2, 2, 3, accumulate=False)
     with pytest.raises(ValueError, match="float32"):
         gemm_accumulate(out, 0, 2, a.astype(np.float64), 0, 3, b, 0, 2, 2, 2, 3, accumulate=False)
+
+
+def test_sgemm_by_address_and_the_fortran_fallback_agree_with_float64(rng):
+    """The unchecked call (kernels' own buffers) and SciPy's Cython sgemm, the fallback when no OpenBLAS with
+    cblas_sgemm is loaded: row-major views with leading dimensions larger than their rows, with and without
+    accumulation."""
+    a, b = random_array(rng, 5, 9), random_array(rng, 7, 13)
+    for call in (blas._CBLAS_SGEMM, blas._fortran_sgemm()):
+        out = random_array(rng, 6, 8)
+        initial = out.copy()
+        # C[1:5, 2:8] (+)= A[:4, 1:8] @ B[:7, 3:9]
+        call(101, 111, 111, 4, 6, 7, 1.0, blas.address(a) + 4, 9, blas.address(b) + 12, 13,
+             1.0, blas.address(out) + 4 * 10, 8)
+        expected = initial[1:5, 2:8] + a[:4, 1:8].astype(np.float64) @ b[:7, 3:9]
+        np.testing.assert_allclose(out[1:5, 2:8], expected, rtol=1e-5, atol=1e-5)
+        outside = np.ones(out.shape, bool)
+        outside[1:5, 2:8] = False
+        np.testing.assert_array_equal(out[outside], initial[outside])
+    out = np.empty((4, 6), np.float32)
+    blas.sgemm(4, 6, 7, blas.address(a) + 4, 9, blas.address(b) + 12, 13, blas.address(out), 6, False)
+    np.testing.assert_allclose(out, a[:4, 1:8].astype(np.float64) @ b[:7, 3:9], rtol=1e-5, atol=1e-5)
+
+
+def test_the_sgemm_comes_from_a_loaded_blas():
+    from threadpoolctl import threadpool_info
+
+    loaded = {info["filepath"] for info in threadpool_info()}
+    assert blas.BLAS_LIBRARY in loaded or blas.BLAS_LIBRARY == blas._cython_blas.__file__

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import random_array
 
-from dcnn.exec.forward import Forward, fusion_plan
+from dcnn.exec.forward import Forward, channels_last_layers, fusion_plan
 from dcnn.network.graph import GraphBuilder
 from dcnn.network.layers import Add, BatchNorm2d, Clip, Concat, Conv2d, MaxPool2d, Mul, ReLU, ReLU6, Sigmoid
 from dcnn.network.weights import init_weights
@@ -106,3 +106,15 @@ def test_relu6_and_a_clip_from_zero_fuse_like_relu(rng):
     fused = Forward(network, weights)
     assert fused.boundaries == {0, 2, 5, 7, 8, 9}
     np.testing.assert_allclose(fused(x), Forward(network, weights, fuse=False)(x), rtol=1e-5, atol=1e-5)
+
+
+def test_pointwise_layers_next_to_depthwise_ones_run_channels_last():
+    """MobileNetV2's expansions and projections (all its 1x1 convolutions but the last, which feeds the pooling)
+    run channels-last; a network without depthwise convolutions keeps every layer channels-first."""
+    network = get_model("mobilenet_v2")
+    names = [name for name, _ in network.layers]
+    chosen = {names[index] for index in channels_last_layers(network)}
+    pointwise = {name for name, layer in network.layers
+                 if isinstance(layer, Conv2d) and layer.kernel_size == (1, 1) and layer.groups == 1}
+    assert chosen == pointwise - {"features.18.0"} and "features.2.conv.0.0" in chosen
+    assert not channels_last_layers(get_model("resnet50"))

@@ -98,14 +98,14 @@ def test_pointwise_in_blocks_of_output_channels(rng, out_channels):
         threads.set_num_threads(1)
 
 
-@pytest.mark.parametrize("passes", ["cache", "one row or channel"])
+@pytest.mark.parametrize("passes", ["cache", "one channel"])
 @pytest.mark.parametrize("multiplier", [1, 2])
 @pytest.mark.parametrize("kernel,stride,padding,dilation", GEOMETRY)
 def test_depthwise_channels_last_equals_channels_first(rng, monkeypatch, passes, multiplier, kernel, stride, padding,
                                                        dilation):
-    """A map of few pixels per channel runs channels-last (170 channels here); every channel is independent, so it
-    must equal the same channels run 5 at a time, channels-first (checked against the reference above), also in
-    passes of one output row (channels-last) or one channel (channels-first)."""
+    """A map of few pixels per channel (170 channels here), and any map at horizontal stride 1, runs channels-last
+    (einsum); it must give the bits of the same channels run 5 at a time channels-first (checked against the
+    reference above), also in channels-first passes of one channel."""
     if passes != "cache":
         monkeypatch.setattr(depthwise, "DEPTHWISE_CACHE_SCALE", 0)
     channels, group = 170, 5
@@ -114,8 +114,70 @@ def test_depthwise_channels_last_equals_channels_first(rng, monkeypatch, passes,
     bias = random_array(rng, channels * multiplier)
     whole = DepthwiseConv2dKernel(weight, bias, stride, dilation, channels, relu=True, relu_cap=1.0)(x, padding)
     rows = group * multiplier
+    monkeypatch.setattr(DepthwiseConv2dKernel, "_runs_channels_last", lambda self, x, pixels: False)
     parts = [DepthwiseConv2dKernel(weight[first * multiplier:first * multiplier + rows],
                                    bias[first * multiplier:first * multiplier + rows], stride, dilation, group,
                                    relu=True, relu_cap=1.0)(x[:, first:first + group], padding)
              for first in range(0, channels, group)]
     np.testing.assert_array_equal(whole, np.concatenate(parts, axis=1))
+
+
+def _channels_last(x: np.ndarray) -> np.ndarray:
+    """The ``(B, C, H, W)`` view of a C-contiguous ``(B, H, W, C)`` copy of ``x``."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("stride,padding", [((1, 1), (1, 1, 1, 1)), ((2, 2), (1, 1, 1, 1)), ((2, 1), (0, 2, 1, 0)),
+                                            ((1, 2), (2, 1, 0, 1))])
+@pytest.mark.parametrize("channels", [19, 37])
+def test_depthwise_channels_last_paths_against_float64(rng, stride, padding, channels):
+    """The einsum paths (whole rows at horizontal stride 1, per pixel otherwise) on odd maps and channel counts that
+    are no multiple of a SIMD width, from either input layout: equal to the float64 reference within float32
+    rounding, the same bits from both layouts, and a channels-last output."""
+    x = 3 * random_array(rng, 2, channels, 13, 11)
+    weight, bias = random_array(rng, channels, 1, 3, 3), random_array(rng, channels)
+    kernel = DepthwiseConv2dKernel(weight, bias, stride, (1, 1), channels, relu=True, relu_cap=6.0)
+    expected = np.clip(reference.conv2d(x, weight, bias, stride, padding, (1, 1), channels), 0, 6)
+    assert kernel._runs_channels_last(_channels_last(x), expected.shape[2] * expected.shape[3])
+    from_last = kernel(_channels_last(x), padding, Workspace())
+    np.testing.assert_allclose(from_last, expected, rtol=1e-5, atol=1e-5)
+    assert from_last.transpose(0, 2, 3, 1).flags.c_contiguous
+    np.testing.assert_array_equal(kernel(x, padding, Workspace()), from_last)
+
+
+@pytest.mark.parametrize("stride", [(1, 1), (2, 2)])
+def test_depthwise_channels_last_threads_give_the_same_bits(rng, stride):
+    """Blocks of output rows on 1, 2 or 3 kernel threads: every output sums its taps in the same order."""
+    x = _channels_last(random_array(rng, 2, 21, 15, 13))
+    kernel = DepthwiseConv2dKernel(random_array(rng, 21, 1, 3, 3), random_array(rng, 21), stride, (1, 1), 21,
+                                   relu=True, relu_cap=6.0)
+    single = kernel(x, 1)
+    try:
+        for count in (2, 3):
+            threads.set_num_threads(count)
+            np.testing.assert_array_equal(kernel(x, 1), single)
+    finally:
+        threads.set_num_threads(1)
+
+
+@pytest.mark.parametrize("stride", [(1, 1), (2, 2), (2, 3)])
+@pytest.mark.parametrize("out_channels", [13, 600])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pointwise_layout_is_the_kernels(rng, stride, out_channels, channels_last):
+    """A pointwise kernel computes in its own layout whatever the input's (an input in the other one is copied):
+    both layouts of an input give the same bits (a fused tile's assembled NCHW input gets the whole map's values),
+    equal to the float64 reference, at 1 and 3 threads alike (blocks of output channels for 600), and a
+    channels-last kernel returns a channels-last output."""
+    x = random_array(rng, 2, 23, 9, 11)
+    weight, bias = random_array(rng, out_channels, 23, 1, 1), random_array(rng, out_channels)
+    kernel = PointwiseConv2dKernel(weight, bias, stride, relu=True, relu_cap=6.0, channels_last=channels_last)
+    expected = np.clip(reference.conv2d(x, weight, bias, stride, (0, 0, 0, 0), (1, 1), 1), 0, 6)
+    single = kernel(x)
+    np.testing.assert_allclose(single, expected, rtol=1e-5, atol=1e-5)
+    assert (single.transpose(0, 2, 3, 1) if channels_last else single).flags.c_contiguous
+    np.testing.assert_array_equal(kernel(_channels_last(x)), single)
+    threads.set_num_threads(3)
+    try:
+        np.testing.assert_array_equal(kernel(x), single)
+    finally:
+        threads.set_num_threads(1)

@@ -18,6 +18,7 @@ and no layer after it has. :meth:`Forward.run` refuses a boundary inside a folde
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Mapping
@@ -83,9 +84,9 @@ from dcnn.network.layers import (
     Softmax,
     Tanh,
 )
-from dcnn.network.window import Padding
+from dcnn.network.window import Padding, Window
 
-__all__ = ["Forward", "LayerOp", "apply_op", "compile_layer", "fusion_plan", "relu_cap"]
+__all__ = ["Forward", "LayerOp", "apply_op", "channels_last_layers", "compile_layer", "fusion_plan", "relu_cap"]
 
 #: A block of images keeps the tensors alive at each of its layers within ``1 / BLOCK_CACHE_SHARE`` of the L3: the
 #: rest holds the layer's filters (Winograd's transformed 256 -> 256 filters are 9.4 MB), its band scratch and
@@ -126,7 +127,14 @@ class LayerOp:
 def _own_padding(layer: Layer, x: np.ndarray, padding: Padding | None) -> Padding:
     if padding is not None:
         return padding
-    return layer.window.explicit_padding(x.shape[2], x.shape[3])  # type: ignore[union-attr]
+    return _explicit_padding(layer.window, x.shape[2], x.shape[3])  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=4096)
+def _explicit_padding(window: Window, height: int, width: int) -> Padding:
+    """:meth:`Window.explicit_padding`, kept per window and map size: a network asks for the same few on every
+    pass (recomputing them cost MobileNetV2 about 0.3 ms of Python per pass)."""
+    return window.explicit_padding(height, width)
 
 
 def _identity(x: np.ndarray, padding: Padding | None) -> np.ndarray:
@@ -136,7 +144,7 @@ def _identity(x: np.ndarray, padding: Padding | None) -> np.ndarray:
 def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
                   folded_norm: tuple[np.ndarray, np.ndarray] | None = None,
                   workspace: Workspace | None = None, fused_relu: float | None = None,
-                  map_size: tuple[int, int] | None = None) -> LayerOp:
+                  map_size: tuple[int, int] | None = None, channels_last: bool = False) -> LayerOp:
     """Build the op for one layer.
 
     Parameters
@@ -156,6 +164,8 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
         :func:`relu_cap`).
     map_size : tuple of int, optional
         A convolution's output map at the network's declared input (its kernel's choice of method).
+    channels_last : bool
+        Run a pointwise convolution channels-last (:func:`channels_last_layers`).
     """
     if isinstance(layer, Conv2d):
         weight = tensors["weight"]
@@ -165,7 +175,8 @@ def compile_layer(name: str, layer: Layer, tensors: Mapping[str, np.ndarray],
             weight = weight * scale[:, None, None, None]
             bias = shift if bias is None else bias * scale + shift
         kernel = conv_kernel(weight, bias, layer.stride, layer.dilation, layer.groups, relu=fused_relu is not None,
-                             relu_cap=math.inf if fused_relu is None else fused_relu, map_size=map_size)
+                             relu_cap=math.inf if fused_relu is None else fused_relu, map_size=map_size,
+                             channels_last=channels_last)
         if isinstance(kernel, Conv2dKernel) and fused_relu is not None and fused_relu < math.inf:
             def run_capped(x, p):
                 # The general kernel fuses the ReLU only; its cap is one more pass over its fresh output.
@@ -277,6 +288,51 @@ def relu_cap(layer: Layer) -> float | None:
     return None
 
 
+def _is_depthwise(layer: Layer) -> bool:
+    return isinstance(layer, Conv2d) and 1 < layer.groups == layer.in_channels
+
+
+def channels_last_layers(network: Network) -> set[int]:
+    """The 1x1 convolutions that read from or feed a depthwise convolution, through batch norms and (capped)
+    ReLUs only: MobileNet's expansions and projections. Their kernels run channels-last, as the depthwise kernel
+    does on small maps, so that no transposed copy sits between them
+    (:class:`~dcnn.kernels.depthwise.PointwiseConv2dKernel`).
+
+    A property of the network alone (never of the layers one executor runs), so every engine runs a layer in
+    the same layout and gets the same bits.
+    """
+    layers, readers = network.layers, network.consumers()
+    position = {name: index for index, (name, _) in enumerate(layers)}
+
+    def passes_through(layer: Layer) -> bool:
+        return isinstance(layer, (BatchNorm2d, Affine)) or relu_cap(layer) is not None
+
+    def producer(index: int) -> int | None:  # the convolution behind a node's single input
+        while len(network.inputs[index]) == 1 and network.inputs[index][0] in position:
+            index = position[network.inputs[index][0]]
+            if not passes_through(layers[index][1]):
+                return index
+        return None
+
+    def feeds_depthwise(index: int) -> bool:
+        pending = list(readers[layers[index][0]])
+        while pending:
+            reader = pending.pop()
+            if _is_depthwise(layers[reader][1]):
+                return True
+            if passes_through(layers[reader][1]):
+                pending.extend(readers[layers[reader][0]])
+        return False
+
+    chosen = set()
+    for index, (_, layer) in enumerate(layers):
+        if isinstance(layer, Conv2d) and layer.groups == 1 and layer.kernel_size == (1, 1):
+            source = producer(index)
+            if (source is not None and _is_depthwise(layers[source][1])) or feeds_depthwise(index):
+                chosen.add(index)
+    return chosen
+
+
 def fusion_plan(network: Network, stop: int | None = None, start: int = 0) -> dict[int, tuple[int | None, bool]]:
     """Which layers each convolution absorbs: the one place that decides folding and fusion.
 
@@ -371,6 +427,7 @@ class Forward:
         absorbed: set[int] = set()
         fusion = fusion_plan(network, len(layers), start) if fuse else {}
         declared = network.declared_map_sizes()
+        channels_last = channels_last_layers(network)
         for index, (name, layer) in enumerate(layers):
             if index < start:
                 self.ops.append(None)
@@ -394,7 +451,7 @@ class Forward:
                     fused_relu = relu_cap(layers[index + 1 + (norm is not None)][1])
             tensors = {key[len(name) + 1:]: value for key, value in weights.items() if key.startswith(name + ".")}
             self.ops.append(compile_layer(name, layer, tensors, folded, self.workspace, fused_relu,
-                                          declared[index]))
+                                          declared[index], index in channels_last))
         self.boundaries = frozenset(range(start, len(layers) + 1)) - absorbed
         self.cuts = frozenset(self._single_cuts()) if start == 0 else frozenset()
         self.head_stop = self._flat_tail_start() if start == 0 else None

@@ -41,16 +41,21 @@ def _separable_reduce(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int,
         raise ShapeError(f"a {height}x{width} input with padding {padding} is smaller than the "
                          f"{kernel[0]}x{kernel[1]} pooling window")
     padded = _padded(x, padding, fill)
-    row_span = stride[0] * (out_h - 1) + 1
-    rows = padded[:, :, 0:row_span:stride[0]].copy()
-    for i in range(1, kernel[0]):
-        first = i * dilation[0]
-        combine(rows, padded[:, :, first:first + row_span:stride[0]], out=rows)
-    col_span = stride[1] * (out_w - 1) + 1
-    out = rows[:, :, :, 0:col_span:stride[1]].copy()
-    for j in range(1, kernel[1]):
-        first = j * dilation[1]
-        combine(out, rows[:, :, :, first:first + col_span:stride[1]], out=out)
+    row_span, col_span = stride[0] * (out_h - 1) + 1, stride[1] * (out_w - 1) + 1
+    rows = _reduce_taps([padded[:, :, i * dilation[0]:i * dilation[0] + row_span:stride[0]]
+                         for i in range(kernel[0])], combine)
+    return _reduce_taps([rows[:, :, :, j * dilation[1]:j * dilation[1] + col_span:stride[1]]
+                         for j in range(kernel[1])], combine)
+
+
+def _reduce_taps(taps: list[np.ndarray], combine) -> np.ndarray:
+    """``combine`` of all ``taps`` (equal-shaped views) in order, into a new array: the first pass combines the
+    first two taps (no copy of the first)."""
+    if len(taps) == 1:
+        return taps[0].copy()
+    out = combine(taps[0], taps[1])
+    for tap in taps[2:]:
+        combine(out, tap, out=out)
     return out
 
 
