@@ -304,13 +304,10 @@ def channels_last_layers(network: Network) -> set[int]:
     layers, readers = network.layers, network.consumers()
     position = {name: index for index, (name, _) in enumerate(layers)}
 
-    def passes_through(layer: Layer) -> bool:
-        return isinstance(layer, (BatchNorm2d, Affine)) or relu_cap(layer) is not None
-
     def producer(index: int) -> int | None:  # the convolution behind a node's single input
         while len(network.inputs[index]) == 1 and network.inputs[index][0] in position:
             index = position[network.inputs[index][0]]
-            if not passes_through(layers[index][1]):
+            if not (_is_norm(layers[index][1]) or _is_capped_relu(layers[index][1])):
                 return index
         return None
 
@@ -320,7 +317,7 @@ def channels_last_layers(network: Network) -> set[int]:
             reader = pending.pop()
             if _is_depthwise(layers[reader][1]):
                 return True
-            if passes_through(layers[reader][1]):
+            if _is_norm(layers[reader][1]) or _is_capped_relu(layers[reader][1]):
                 pending.extend(readers[layers[reader][0]])
         return False
 
@@ -331,6 +328,16 @@ def channels_last_layers(network: Network) -> set[int]:
             if (source is not None and _is_depthwise(layers[source][1])) or feeds_depthwise(index):
                 chosen.add(index)
     return chosen
+
+
+def _is_norm(layer: Layer) -> bool:
+    """A batch norm or per-channel affine: what a convolution before it folds (:func:`fusion_plan`)."""
+    return isinstance(layer, (BatchNorm2d, Affine))
+
+
+def _is_capped_relu(layer: Layer) -> bool:
+    """A ReLU, ReLU6 or Clip from 0: what a convolution before it fuses (:func:`relu_cap`)."""
+    return relu_cap(layer) is not None
 
 
 def fusion_plan(network: Network, stop: int | None = None, start: int = 0) -> dict[int, tuple[int | None, bool]]:
@@ -363,18 +370,12 @@ def fusion_plan(network: Network, stop: int | None = None, start: int = 0) -> di
                 and readers[name] == [following] and last_uses[name] == following
                 and network.inputs[following] == (name,))
 
-    def is_norm(layer: Layer) -> bool:
-        return isinstance(layer, (BatchNorm2d, Affine))
-
-    def is_capped_relu(layer: Layer) -> bool:
-        return relu_cap(layer) is not None
-
     plan: dict[int, tuple[int | None, bool]] = {}
     for index, (_, layer) in enumerate(layers):
         if index < start or not isinstance(layer, Conv2d):
             continue
-        norm = index + 1 if sole_reader(index, is_norm) else None
-        relu_fused = sole_reader(index if norm is None else norm, is_capped_relu)
+        norm = index + 1 if sole_reader(index, _is_norm) else None
+        relu_fused = sole_reader(index if norm is None else norm, _is_capped_relu)
         if norm is not None or relu_fused:
             plan[index] = (norm, relu_fused)
     return plan
