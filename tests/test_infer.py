@@ -86,6 +86,12 @@ def test_seed_changes_and_reproduces(tmp_path, lenet_set):
     (["--model", "resnet"], "unknown model 'resnet'"),
     (["--model", "vgg11", "--weights", "/nonexistent/w.npz"], "weights file '/nonexistent/w.npz' does not exist"),
     (["--batch-size", "0"], "--batch-size must be an integer at least 1"),
+    # Before: a traceback from HDF5 (the value does not fit a 64-bit attribute) after the file was created.
+    (["--batch-size", "99999999999999999999"], "--batch-size must be an integer at least 1 and at most 2147483647"),
+    (["--threads", "5000"], "--threads must be an integer at least 1 and at most 1024"),
+    # Before: ENOMEM in the first pyramid, with a traceback, after the file was created (no memory budget was
+    # checked without --mem-per-rank): 80 % of the node's RAM is the default budget.
+    (["--model", "mmod", "--upsample", "9"], "which may use"),
     (["--dataset", "pixels"], "no dataset 'pixels'"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
@@ -94,6 +100,7 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     assert done.stderr.strip().splitlines() == [f"dcnn: error: {done.stderr.strip()[13:]}"]
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+    assert not (tmp_path / "x.h5").exists()  # refused before any work
 
 
 def test_mismatched_weights_name_the_key(tmp_path):

@@ -350,13 +350,21 @@ class Job:
     attributes: dict = dataclass_field(default_factory=dict)
 
 
+#: The largest count an option takes (a batch size, a top-k, an upsampling count).
+MAX_COUNT = 2**31 - 1
+#: The most kernel threads a rank may start (far beyond any node's cores; more is a slip).
+MAX_THREADS = 1024
+
+
 def _check_numbers(args: argparse.Namespace, size: int) -> None:
-    """Refuse a negative, zero, infinite or NaN number in any option, for a run of ``size`` ranks."""
-    for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--threads", args.threads, 1),
-                                 ("--upsample", args.upsample, 0), ("--seed", args.seed, 0),
-                                 ("--fuse-depth", args.fuse_depth, 1), ("--top", args.top, 0)):
+    """Refuse a negative, zero, infinite, NaN or absurdly large number in any option, for a run of ``size`` ranks
+    (the result file records each as a 64-bit integer; a count beyond :data:`MAX_COUNT` is a slip)."""
+    for flag, value, minimum, maximum in (
+            ("--batch-size", args.batch_size, 1, MAX_COUNT), ("--threads", args.threads, 1, MAX_THREADS),
+            ("--upsample", args.upsample, 0, MAX_COUNT), ("--seed", args.seed, 0, 2**63 - 1),
+            ("--fuse-depth", args.fuse_depth, 1, MAX_COUNT), ("--top", args.top, 0, MAX_COUNT)):
         if value is not None:
-            check_number(value, flag, minimum=minimum)
+            check_number(value, flag, minimum=minimum, maximum=maximum)
     if args.mem_per_rank:
         parse_bytes(args.mem_per_rank)  # before the input is read: a size without a unit is the user's slip
     for flag, text in (("--grid", args.grid), ("--tiles", args.tiles)):
@@ -446,8 +454,9 @@ def _num_outputs(network: Network, scan: Scan, images: ImageSet) -> int:
     return next(iter(sizes.values()))
 
 
-def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster | None:
-    """The ranks' memory budgets: --cluster, --mem-per-rank, or (for --plan auto) this node's RAM."""
+def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster:
+    """The ranks' memory budgets: --cluster, --mem-per-rank, or 80 % of this node's RAM shared by its ranks (the
+    paper's constraint: a run predicted to need more is refused before any work instead of failing in it)."""
     if args.cluster:
         cluster = Cluster.load(args.cluster)
         if cluster.size != size:
@@ -456,10 +465,8 @@ def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster |
         return cluster
     if args.mem_per_rank:
         return Cluster.per_rank_budget(size, parse_bytes(args.mem_per_rank))
-    if args.plan == "auto":
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        return Cluster.uniform(size, ram // local_ranks)
-    return None
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return Cluster.uniform(size, ram // local_ranks)
 
 
 def _threads(args: argparse.Namespace, local_ranks: int) -> int:
@@ -478,7 +485,7 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     default_batch = args.batch_size is None
     if default_batch:
         args.batch_size = DETECTOR_BATCH_SIZE if is_detector(args.model) else DEFAULT_BATCH_SIZE
-    cluster, tasks = _process_cluster(args, base, reader, threads, len(scan.shape_of), comm.size)
+    cluster = _process_cluster(args, base, reader, threads, len(scan.shape_of), comm.size)
     worst = worst_shapes(scan.counts(), args.batch_size)
     images = len(scan.shape_of)
     if args.plan == "auto":
@@ -497,18 +504,17 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
             print(f"plan: {plan.describe()}, predicted peak {format_bytes(plan.peak())} per rank "
                   f"(budget {format_bytes(min(cluster.budget(r) for r in range(cluster.size)))})", flush=True)
         return plan
-    modelled = cluster or for_process(Cluster.uniform(comm.size, 2**62), reader, threads, tasks)
     mode = "batch" if args.mode == "single" else args.mode
     grid = (parse_grid(args.grid, "--grid") if mode == "spatial" and args.grid else
             parse_grid(args.tiles, "--tiles") if mode == "fused" else None)
     while True:
-        plan, shape = plan_shapes(network, worst, modelled, mode, args.batch_size, grid, args.halo_policy, images,
+        plan, shape = plan_shapes(network, worst, cluster, mode, args.batch_size, grid, args.halo_policy, images,
                                   args.fuse_depth if mode == "fused" else None, stage)
-        overflow = plan.overflow(cluster) if cluster is not None else None
+        overflow = plan.overflow(cluster)
         if overflow is None or not default_batch or args.batch_size <= DEFAULT_BATCH_SIZE:
             break
         args.batch_size //= 2  # the detector's default batch, halved within the budget (never below the default)
-        cluster, tasks = _process_cluster(args, base, reader, threads, len(scan.shape_of), comm.size)
+        cluster = _process_cluster(args, base, reader, threads, len(scan.shape_of), comm.size)
         worst = worst_shapes(scan.counts(), args.batch_size)
     if overflow is not None:
         rank, needed, available = overflow
@@ -518,14 +524,14 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     return _named_for_the_run(plan, args.mode)
 
 
-def _process_cluster(args: argparse.Namespace, base: Cluster | None, reader: int, threads: int, images: int,
-                     ranks: int) -> tuple[Cluster | None, int]:
-    """The budget cluster ``base`` as one process sees it (:func:`for_process`, ``None`` without a budget), and the
-    tasks it runs at once: batch mode's task threads each run a task (--plan auto may choose batch mode on several
-    ranks, single mode on one, and batches down to one image)."""
+def _process_cluster(args: argparse.Namespace, base: Cluster, reader: int, threads: int, images: int,
+                     ranks: int) -> Cluster:
+    """The budget cluster ``base`` as one process sees it (:func:`for_process`), with the tasks it runs at once:
+    batch mode's task threads each run a task (--plan auto may choose batch mode on several ranks, single mode on
+    one, and batches down to one image)."""
     mode = ("batch" if ranks > 1 else "single") if args.plan == "auto" else args.mode
     tasks = concurrent_tasks(mode, threads, images if args.plan == "auto" else -(-images // args.batch_size), ranks)
-    return (None if base is None else for_process(base, reader, threads, tasks)), tasks
+    return for_process(base, reader, threads, tasks)
 
 
 def _named_for_the_run(plan: RunPlan, mode: str) -> RunPlan:
