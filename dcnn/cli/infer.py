@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mem-per-rank", metavar="SIZE",
                         help="memory budget of each rank with its unit, e.g. 512MiB, 3.2GiB or 4G (a bare number "
                              "is refused): a run whose predicted peak exceeds it is refused before any work, with "
-                             "what does not fit and what would")
+                             "what does not fit and what would (default: 80%% of this node's RAM shared by its ranks)")
     parser.add_argument("--cluster", metavar="FILE",
                         help="a planner cluster file (TOML, one node per rank; see docs/planner.md) for the "
                              "budgets and speeds of heterogeneous ranks")
