@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from dcnn import __version__
-from dcnn.errors import AgreedError, DcnnError, InputError
+from dcnn.errors import AgreedError, DcnnError, InputError, out_of_space
 
 __all__ = [
     "EXIT_BROKEN_PIPE", "EXIT_FAILURE", "EXIT_USAGE", "Interrupted", "add_common_arguments",
@@ -282,11 +282,17 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
         if comm is not None or rank == 0:
             print(f"{prefix}{error}", file=sys.stderr, flush=True)
         code = EXIT_USAGE
-    except Exception:
-        print(f"{prefix}unexpected failure, please report it:", file=sys.stderr)
-        traceback.print_exc()
-        sys.stderr.flush()
-        code = EXIT_FAILURE
+    except Exception as error:
+        if (reason := out_of_space(error)) is not None:  # the disk filled up: the user's to fix, not a bug
+            if args.debug:
+                traceback.print_exc()
+            print(f"{prefix}{reason}", file=sys.stderr, flush=True)
+            code = EXIT_USAGE
+        else:
+            print(f"{prefix}unexpected failure, please report it:", file=sys.stderr)
+            traceback.print_exc()
+            sys.stderr.flush()
+            code = EXIT_FAILURE
     if size > 1:
         comm.Abort(code)
     return code

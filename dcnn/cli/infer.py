@@ -9,13 +9,14 @@ process. All modes write the same schema, with per-task and per-layer timings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import datetime
@@ -649,18 +650,12 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
     names = hostnames(comm)
     clock = comm.bcast(time.time(), root=0)
     started = time.perf_counter()
-    try:
+    with _resumable(writer, comm.size):
         stats = run_tasks(comm, args.mode, split, pending, images, job.workload, engines, writer,
                           progress, already, clock, steal=not args.no_steal,
                           capacities=parse_capacities(args.capacity, comm.size),
                           throttle=parse_throttle(args.throttle, comm.size), seed=args.seed,
                           skip=frozenset(skip.index for skip in job.scan.skipped), tolerate=args.skip_unreadable)
-    except BaseException:
-        if writer is not None:  # keep every finished task; the file can be resumed
-            writer.close()
-            print(f"dcnn: the finished images are in {writer.path}; continue with: "
-                  f"{resume_command(writer.path, comm.size)}", file=sys.stderr, flush=True)
-        raise
     elapsed = time.perf_counter() - started
     engines.close()
     stats.update(_layer_stats(engines))
@@ -673,18 +668,19 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
     per_rank = {key: np.stack([rank_stats[key] for rank_stats in gathered]) for key in gathered[0]}
     predicted = np.array([job.run_plan.peak(rank) for rank in range(comm.size)])
     over = memory_over_prediction(per_rank["peak_rss_bytes"], predicted)
-    writer.finish(
-        {"timing": {"layer_names": np.array([n for n, _ in network.layers], dtype="S"),
-                    **{key: per_rank[key] for key in LAYER_FIELDS}, "busy_seconds": per_rank["busy_seconds"],
-                    **_fused_tables(fused_per_rank, "timing")},
-         "stats": {"peak_rss_bytes": per_rank["peak_rss_bytes"], "steal": per_rank["steal"],
-                   "steal_fields": np.array(STEAL_FIELDS, dtype="S"),
-                   "predicted_peak_bytes": predicted,
-                   **_fused_tables(fused_per_rank, "stats")}},
-        finished=utc_now(), elapsed_seconds=elapsed, images_computed=computed,
-        images_per_second=computed / elapsed if elapsed > 0 else 0.0, hostnames=names,
-        grid=_grid_text(engines), plan=job.run_plan.describe(), memory_within_prediction=not over,
-        **_fused_attributes(args, engines))
+    with _resumable(writer, comm.size):  # a full disk in the final copy leaves the file as it was: resumable
+        writer.finish(
+            {"timing": {"layer_names": np.array([n for n, _ in network.layers], dtype="S"),
+                        **{key: per_rank[key] for key in LAYER_FIELDS}, "busy_seconds": per_rank["busy_seconds"],
+                        **_fused_tables(fused_per_rank, "timing")},
+             "stats": {"peak_rss_bytes": per_rank["peak_rss_bytes"], "steal": per_rank["steal"],
+                       "steal_fields": np.array(STEAL_FIELDS, dtype="S"),
+                       "predicted_peak_bytes": predicted,
+                       **_fused_tables(fused_per_rank, "stats")}},
+            finished=utc_now(), elapsed_seconds=elapsed, images_computed=computed,
+            images_per_second=computed / elapsed if elapsed > 0 else 0.0, hostnames=names,
+            grid=_grid_text(engines), plan=job.run_plan.describe(), memory_within_prediction=not over,
+            **_fused_attributes(args, engines))
     if not args.quiet:
         _summary(args, job, writer.path, computed, elapsed, per_rank, comm.size, threads)
     for rank, measured, expected in over:
@@ -754,6 +750,20 @@ def _fused_tables(per_rank: list, group: str) -> dict[str, np.ndarray]:
         return {"tile_seconds": np.stack([rank["tile_seconds"] for rank in per_rank])}
     return {"fused": np.stack([rank["counters"] for rank in per_rank]),
             "fused_fields": np.array(COUNTER_FIELDS, dtype="S")}
+
+
+@contextlib.contextmanager
+def _resumable(writer: ResultWriter | None, ranks: int) -> Iterator[None]:
+    """On any failure inside (an error, an interruption, a full disk): close the result file, which keeps every
+    finished task, and say how to continue the run (rank 0, which holds the writer)."""
+    try:
+        yield
+    except BaseException:
+        if writer is not None:
+            writer.close()
+            print(f"dcnn: the finished images are in {writer.path}; continue with: "
+                  f"{resume_command(writer.path, ranks)}", file=sys.stderr, flush=True)
+        raise
 
 
 def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -> None:
