@@ -99,8 +99,12 @@ def parse_bytes(text: str | int | float) -> int:
 
 
 def format_bytes(count: float) -> str:
-    """Bytes in MiB or GiB, one decimal."""
-    return f"{count / GIB:.1f} GiB" if abs(count) >= GIB else f"{count / MIB:.1f} MiB"
+    """Bytes in GiB, MiB or KiB, one decimal (bytes below 1 KiB): ``1.5 GiB``, ``0.5 MiB``, ``1.0 KiB``, ``12 B``."""
+    if abs(count) >= GIB:
+        return f"{count / GIB:.1f} GiB"
+    if abs(count) >= MIB // 10:
+        return f"{count / MIB:.1f} MiB"
+    return f"{count / 1024:.1f} KiB" if abs(count) >= 1024 else f"{count:.0f} B"
 
 
 @dataclass(frozen=True)
