@@ -1,5 +1,8 @@
 """Result files: SWMR writing, readable while running, resume checks, atomic final merge."""
 
+import os
+import stat
+
 import h5py
 import numpy as np
 import pytest
@@ -160,3 +163,16 @@ def test_identities_name_people_not_known_images():
     """A person with several known images: the identity indexes the people (ann, bob), not the images."""
     labels = identity_labels(np.array([1, 0, -1], np.int32), ["ann", "ann", "bob"])
     assert labels.tolist() == ["bob", "ann", "unknown"]
+
+
+def test_a_new_file_gets_the_umasks_mode_and_a_replaced_one_keeps_its_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        path = tmp_path / "new.h5"
+        ResultWriter.create(path, 2, 3, 1, ATTRIBUTES).finish({})
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640  # 0o666 & ~0o027, not mkstemp's 0o600
+        path.chmod(0o604)
+        ResultWriter.create(path, 2, 3, 1, ATTRIBUTES).finish({})  # as --force does
+        assert stat.S_IMODE(path.stat().st_mode) == 0o604
+    finally:
+        os.umask(old)

@@ -29,6 +29,7 @@ import json
 import os
 import resource
 import shlex
+import stat
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -194,9 +195,22 @@ def resume_command(path: str | os.PathLike, ranks: int, command: str | None = No
 
 
 def _temporary(path: Path) -> Path:
-    """A new, empty file beside ``path`` (same directory, so that ``os.replace`` is atomic), named after it."""
+    """A new, empty file beside ``path`` (same directory, so that ``os.replace`` is atomic), named after it.
+
+    Its mode is that of an existing ``path`` (a replaced file keeps its permissions, as editors do), else the one
+    a newly created file gets under the process's umask (``0o666 & ~umask``), not :func:`tempfile.mkstemp`'s 0600.
+    """
     descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(descriptor)
+    try:
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError:
+            umask = os.umask(0o22)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.fchmod(descriptor, mode)
+    finally:
+        os.close(descriptor)
     return Path(name)
 
 

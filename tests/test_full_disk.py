@@ -1,0 +1,50 @@
+"""A full disk or quota gives one line and exit code 2 (:func:`dcnn.cli.common.disk_full`, ``run_main``)."""
+
+import argparse
+import errno
+
+import pytest
+
+from dcnn.cli.common import EXIT_USAGE, add_common_arguments, disk_full, run_main
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device", "out/y.h5"),
+        RuntimeError(
+            "Unable to synchronously flush file (file write failed: ..., errno = 28, "
+            "error message = 'No space left on device')"
+        ),
+        OSError("Unable to copy object (h5o.copy ... No space left on device)"),
+    ],
+)
+def test_a_full_disk_is_recognised_from_an_errno_or_hdf5s_text(error):
+    message = disk_full(error)
+    assert message is not None and message.count("\n") == 0 and "no space left on the device" in message
+
+
+def test_a_quota_and_other_errors():
+    assert "disk quota exceeded" in disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert disk_full(OSError(errno.EACCES, "Permission denied")) is None
+    assert disk_full(RuntimeError("errno = 2")) is None
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as inner:
+            raise KeyError("closing") from inner
+    except KeyError as outer:
+        assert disk_full(outer) is not None  # found in the chain
+
+
+def test_run_main_prints_one_line_and_exits_2(capsys):
+    parser = argparse.ArgumentParser()
+    add_common_arguments(parser)
+
+    def body(args):
+        raise RuntimeError("Unable to synchronously flush file (errno = 28, 'No space left on device')")
+
+    assert run_main(body, parser, []) == EXIT_USAGE
+    error = capsys.readouterr().err
+    assert error.startswith("dcnn: error: no space left on the device") and error.count("\n") == 1
+    assert "Traceback" not in error
