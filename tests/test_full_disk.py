@@ -3,9 +3,14 @@
 import argparse
 import errno
 
+import numpy as np
 import pytest
 
 from dcnn.cli.common import EXIT_USAGE, add_common_arguments, disk_full, run_main
+from dcnn.errors import InputError
+from dcnn.io import lockfile, results
+from dcnn.io.lockfile import RunLock
+from dcnn.io.results import ResultWriter, open_result
 
 
 @pytest.mark.parametrize(
@@ -48,3 +53,27 @@ def test_run_main_prints_one_line_and_exits_2(capsys):
     error = capsys.readouterr().err
     assert error.startswith("dcnn: error: no space left on the device") and error.count("\n") == 1
     assert "Traceback" not in error
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_at_the_lock_refuses_in_one_line_and_leaves_no_lock_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(lockfile.os, "pwrite", _no_space)
+    with pytest.raises(InputError, match="No space left on device"):
+        RunLock.acquire(tmp_path / "z.h5")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_in_the_final_rewrite_leaves_no_copy_nor_lock_and_the_file_resumable(tmp_path, monkeypatch):
+    path = tmp_path / "y.h5"
+    writer = ResultWriter.create(path, 2, 3, 1, {"model": "lenet"}, lock=RunLock.acquire(path))
+    writer.write_task(0, 0, 2, np.ones((2, 3), np.float32), rank=0, started=0.0, ended=1.0)
+    monkeypatch.setattr(results, "_copy_with", _no_space)
+    with pytest.raises(OSError) as raised:
+        writer.finish({})
+    assert disk_full(raised.value) is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["y.h5"]
+    with open_result(path) as reader:
+        assert reader["outputs/done"][()].tolist() == [1, 1]

@@ -96,8 +96,12 @@ class RunLock:
             os.close(descriptor)
         lock = cls(path, descriptor)
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{socket.gethostname()} {os.getpid()} {stamp}\n".encode(), 0)
+        try:
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{socket.gethostname()} {os.getpid()} {stamp}\n".encode(), 0)
+        except OSError as error:  # a full disk: no run can write here, and none leaves its lock file
+            lock.release()
+            raise InputError(f"cannot write the lock file {str(path)!r} ({error.strerror})") from None
         atexit.register(lock.release)
         return lock
 

@@ -290,6 +290,17 @@ def read_configuration(path: str | os.PathLike,
 def _rewrite(path: Path, groups: Mapping[str, Mapping[str, Any]], attributes: Mapping[str, Any]) -> None:
     """Replace ``path`` by a clean copy of itself plus ``groups`` and ``attributes`` (atomically)."""
     temporary = _temporary(path)
+    try:
+        _copy_with(path, temporary, groups, attributes)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # a full disk or an interruption leaves no stray copy
+        raise
+    os.replace(temporary, path)
+
+
+def _copy_with(path: Path, temporary: Path, groups: Mapping[str, Mapping[str, Any]],
+               attributes: Mapping[str, Any]) -> None:
+    """Write to ``temporary`` a clean copy of ``path`` plus ``groups`` and ``attributes`` (see :func:`_rewrite`)."""
     with open_result(path) as source, _hdf5(temporary, "w", libver="latest") as target:
         for name in source:
             source.copy(source[name], target, name=name)
@@ -305,7 +316,6 @@ def _rewrite(path: Path, groups: Mapping[str, Mapping[str, Any]], attributes: Ma
                 destination.create_dataset(name, data=value, maxshape=maxshape, chunks=True if value.ndim else None)
         for key, value in attributes.items():
             target.attrs[key] = _attribute(value)
-    os.replace(temporary, path)
 
 
 def encode_outputs(outputs: np.ndarray, start: int) -> np.ndarray:
@@ -576,15 +586,27 @@ class ResultWriter:
         The additions go to a copy of the file that then replaces it (``os.replace``), so an interruption
         here leaves the SWMR file as it was.
         """
-        self._file.close()
-        _rewrite(self.path, {**groups, "outputs": self._final_outputs()}, {**attributes, "status": "complete"})
-        self._release()
+        try:
+            self._file.close()
+            _rewrite(self.path, {**groups, "outputs": self._final_outputs()}, {**attributes, "status": "complete"})
+        finally:
+            self._release()
 
     def close(self) -> None:
-        """Close without marking the run complete (after an error); what was flushed stays readable."""
-        if self._file.id.valid:
-            self._file.close()
-        self._release()
+        """Close without marking the run complete (after an error); what was flushed stays readable.
+
+        A failure to flush (a full disk) does not stop the close: the file is closed and the lock released
+        before the error that caused the close reaches the user (an HDF5 file left open when an MPI job aborts
+        crashes the interpreter's exit).
+        """
+        try:
+            if self._file.id.valid:
+                self._file.close()
+        except (OSError, RuntimeError):
+            if self._file.id.valid:  # what HDF5 could not flush is lost; nothing may stay open for MPI's abort
+                h5py.h5f.close_all()
+        finally:
+            self._release()
 
     def _release(self) -> None:
         if self._lock is not None:
