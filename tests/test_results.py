@@ -176,3 +176,14 @@ def test_a_new_file_gets_the_umasks_mode_and_a_replaced_one_keeps_its_mode(tmp_p
         assert stat.S_IMODE(path.stat().st_mode) == 0o604
     finally:
         os.umask(old)
+
+
+def test_an_output_that_is_a_symbolic_link_is_written_through_to_its_target(tmp_path):
+    target = tmp_path / "shared.h5"
+    ResultWriter.create(target, 2, 3, 1, ATTRIBUTES).finish({}, finished="first")
+    link = tmp_path / "link.h5"
+    link.symlink_to("shared.h5")
+    ResultWriter.create(link, 2, 3, 1, ATTRIBUTES).finish({}, finished="second")  # as --force does
+    assert link.is_symlink()
+    with h5py.File(target, "r") as handle:
+        assert handle.attrs["finished"] == "second"

@@ -194,6 +194,12 @@ def resume_command(path: str | os.PathLike, ranks: int, command: str | None = No
     return f"{launcher}{program} --resume {shlex.quote(str(path))}"
 
 
+def _target(path: str | os.PathLike) -> Path:
+    """The file that writing ``path`` writes: a symbolic link's target (resolved), so that replacing the file
+    (``os.replace``) writes through the link as editors do instead of replacing the link itself."""
+    return Path(os.path.realpath(path))
+
+
 def _temporary(path: Path) -> Path:
     """A new, empty file beside ``path`` (same directory, so that ``os.replace`` is atomic), named after it.
 
@@ -248,12 +254,13 @@ def claim(path: str | os.PathLike, *, new: bool, replace: bool = False) -> RunLo
             raise InputError(f"cannot create output file {str(path)!r} ({error})") from None
     else:
         _require_result(path)
-    lock = RunLock.acquire(path)
+    lock = RunLock.acquire(_target(path))  # one lock however the file is named
     if new and path.exists() and not replace:
         lock.release()
         raise InputError(f"{str(path)!r} already exists; give --force to replace it, --resume {str(path)!r} to "
                          f"continue an interrupted run, or another --output")
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # of a run killed while writing
+    target = _target(path)
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):  # of a run killed while writing
         leftover.unlink(missing_ok=True)
     return lock
 
@@ -288,7 +295,8 @@ def read_configuration(path: str | os.PathLike,
 
 
 def _rewrite(path: Path, groups: Mapping[str, Mapping[str, Any]], attributes: Mapping[str, Any]) -> None:
-    """Replace ``path`` by a clean copy of itself plus ``groups`` and ``attributes`` (atomically)."""
+    """Replace ``path`` (a link's target) by a clean copy of itself plus ``groups`` and ``attributes`` (atomically)."""
+    path = _target(path)
     temporary = _temporary(path)
     try:
         _copy_with(path, temporary, groups, attributes)
@@ -453,11 +461,11 @@ class ResultWriter:
         temporary = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = _temporary(path)
+            temporary = _temporary(_target(path))
             with _hdf5(temporary, "w", libver="latest") as handle:
                 _layout(handle, num_images, outputs, num_tasks, attributes, known)
                 _skip_tables(handle, skipped)
-            os.replace(temporary, path)
+            os.replace(temporary, _target(path))
             handle = _hdf5(path, "r+", libver="latest")
         except OSError as error:
             if temporary is not None:
