@@ -652,8 +652,7 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
     except BaseException:
         if writer is not None:  # keep every finished task; the file can be resumed
             writer.close()
-            print(f"dcnn: the finished images are in {writer.path}; continue with: "
-                  f"{resume_command(writer.path, comm.size)}", file=sys.stderr, flush=True)
+            _resume_hint(writer, comm.size)
         raise
     elapsed = time.perf_counter() - started
     engines.close()
@@ -667,24 +666,34 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
     per_rank = {key: np.stack([rank_stats[key] for rank_stats in gathered]) for key in gathered[0]}
     predicted = np.array([job.run_plan.peak(rank) for rank in range(comm.size)])
     over = memory_over_prediction(per_rank["peak_rss_bytes"], predicted)
-    writer.finish(
-        {"timing": {"layer_names": np.array([n for n, _ in network.layers], dtype="S"),
-                    **{key: per_rank[key] for key in LAYER_FIELDS}, "busy_seconds": per_rank["busy_seconds"],
-                    **_fused_tables(fused_per_rank, "timing")},
-         "stats": {"peak_rss_bytes": per_rank["peak_rss_bytes"], "steal": per_rank["steal"],
-                   "steal_fields": np.array(STEAL_FIELDS, dtype="S"),
-                   "predicted_peak_bytes": predicted,
-                   **_fused_tables(fused_per_rank, "stats")}},
-        finished=utc_now(), elapsed_seconds=elapsed, images_computed=computed,
-        images_per_second=computed / elapsed if elapsed > 0 else 0.0, hostnames=names,
-        grid=_grid_text(engines), plan=job.run_plan.describe(), memory_within_prediction=not over,
-        **_fused_attributes(args, engines))
+    try:  # a full disk here leaves the file as it was: resumable
+        writer.finish(
+            {"timing": {"layer_names": np.array([n for n, _ in network.layers], dtype="S"),
+                        **{key: per_rank[key] for key in LAYER_FIELDS}, "busy_seconds": per_rank["busy_seconds"],
+                        **_fused_tables(fused_per_rank, "timing")},
+             "stats": {"peak_rss_bytes": per_rank["peak_rss_bytes"], "steal": per_rank["steal"],
+                       "steal_fields": np.array(STEAL_FIELDS, dtype="S"),
+                       "predicted_peak_bytes": predicted,
+                       **_fused_tables(fused_per_rank, "stats")}},
+            finished=utc_now(), elapsed_seconds=elapsed, images_computed=computed,
+            images_per_second=computed / elapsed if elapsed > 0 else 0.0, hostnames=names,
+            grid=_grid_text(engines), plan=job.run_plan.describe(), memory_within_prediction=not over,
+            **_fused_attributes(args, engines))
+    except BaseException:
+        _resume_hint(writer, comm.size)
+        raise
     if not args.quiet:
         _summary(args, job, writer.path, computed, elapsed, per_rank, comm.size, threads)
     for rank, measured, expected in over:
         print(f"dcnn: warning: rank {rank} peaked at {format_bytes(measured)}, above the planner's prediction of "
               f"{format_bytes(expected)} ({job.run_plan.describe()}); the file records both (/stats)", file=sys.stderr)
     return 0
+
+
+def _resume_hint(writer: ResultWriter, ranks: int) -> None:
+    """Tell the user, after an error, that the finished images are kept and how to continue."""
+    print(f"dcnn: the finished images are in {writer.path}; continue with: {resume_command(writer.path, ranks)}",
+          file=sys.stderr, flush=True)
 
 
 def memory_over_prediction(measured: np.ndarray, predicted: np.ndarray) -> list[tuple[int, int, int]]:
