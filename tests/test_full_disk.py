@@ -31,6 +31,7 @@ from dcnn.io.results import ResultWriter, open_result
 )
 def test_a_full_disk_is_recognised_from_an_errno_or_hdf5s_text(error):
     message = disk_full(error)
+    assert message is not None and message.startswith(("out/y.h5: ", "no space"))
     assert message is not None and message.count("\n") == 0 and "no space left on the device" in message
 
 
@@ -130,4 +131,5 @@ def test_a_run_on_a_full_disk_ends_in_one_line_with_exit_2_and_leaves_no_lock_or
     )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "No space left on device" in done.stderr.replace("no space", "No space")
+    assert all(line.startswith(("dcnn: ", "Abort(")) for line in done.stderr.splitlines()), done.stderr
     assert not [name for name in os.listdir(small_disk) if name.endswith((".lock", ".tmp"))]

@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import errno
 import os
+import re
 import signal
 import sys
 import threading
@@ -248,9 +249,11 @@ def disk_full(error: BaseException) -> str | None:
         if code not in _FULL_ERRNOS:
             code = next((number for text, number in _FULL_TEXTS.items() if text in str(error)), None)
         if code is not None:
-            name = getattr(error, "filename", None)
+            text = " ".join(str(error).split())  # HDF5's messages span lines
+            named = re.search(r"filename = '([^']+)'", text)
+            name = getattr(error, "filename", None) or (named.group(1) if named else None)
             where = f"{name}: " if name else ""
-            return f"{where}{_FULL_ERRNOS[code]} ({error})"
+            return f"{where}{_FULL_ERRNOS[code]} ({text})"
         error = error.__cause__ or error.__context__
     return None
 
