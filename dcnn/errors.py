@@ -4,7 +4,13 @@ Every error that reaches the command line as a one-line message derives from :cl
 else is a bug and is reported with a traceback.
 """
 
-__all__ = ["DAMAGED_FILE_ERRORS", "AgreedError", "DcnnError", "InputError", "PlanError", "ShapeError", "WeightsError"]
+import errno
+import re
+
+__all__ = [
+    "DAMAGED_FILE_ERRORS", "AgreedError", "DcnnError", "InputError", "PlanError", "ShapeError", "WeightsError",
+    "out_of_space",
+]
 
 #: What h5py, zipfile, NumPy and Pillow raise for damaged or truncated files (h5py reports corrupt metadata as
 #: OSError, KeyError or RuntimeError; NumPy's .npy header parser and Pillow's PNG reader raise SyntaxError);
@@ -34,3 +40,28 @@ class PlanError(DcnnError):
 
 class AgreedError(DcnnError):
     """An error every rank has agreed on; rank 0 reports it, every rank exits with the same code."""
+
+
+#: The errors a full disk or an exhausted quota raise, and how a message says them.
+_NO_SPACE = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded"}
+
+
+def out_of_space(error: BaseException) -> str | None:
+    """What a write that failed for want of space says to the user (``path: no space left on the device``, the
+    file named where the error names it), or ``None`` for any other error.
+
+    Python raises :class:`OSError` with ``errno`` ENOSPC or EDQUOT; HDF5 (through h5py) raises ``RuntimeError``
+    or ``OSError`` whose text carries ``errno = 28`` (or 122) and ``filename = '...'``.
+    """
+    text = str(error)
+    code = getattr(error, "errno", None)
+    if code not in _NO_SPACE:
+        found = re.search(r"errno = (\d+)", text)
+        code = int(found.group(1)) if found else None
+    if code not in _NO_SPACE:
+        return None
+    named = getattr(error, "filename", None)
+    if not named:
+        found = re.search(r"filename = '([^']*)'", text)
+        named = found.group(1) if found else None
+    return f"{named}: {_NO_SPACE[code]}" if named else _NO_SPACE[code]

@@ -156,3 +156,19 @@ def test_task_counts_of_a_mode_without_a_queue(tmp_path):
     with h5py.File(path) as handle:
         assert handle["stats/steal"][0, 0] == 3  # tasks_run: 3 batches of at most 2 images
     assert load_summary(str(path)).tasks.tolist() == [3]
+
+
+def test_an_interrupted_run_is_reported_without_a_rate(runs, tmp_path):
+    """Before: ``22 computed in nan s: nan images/s`` for a file whose run was interrupted (no elapsed time)."""
+    import shutil
+
+    from dcnn.analysis.analyze import format_summary
+
+    interrupted = tmp_path / "interrupted.h5"
+    shutil.copy(runs[0], interrupted)
+    with h5py.File(interrupted, "r+") as handle:
+        handle.attrs["status"] = "running"
+        del handle.attrs["elapsed_seconds"]
+    report = format_summary(load_summary(str(interrupted)))
+    assert "nan" not in report and "images 48/48 done" in report and "--resume" in report
+    assert "weights: seeded and untrained (--seed 0)" in report

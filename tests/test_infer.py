@@ -49,6 +49,9 @@ def test_logits_equal_the_library_forward(tmp_path, lenet_set):
     assert attrs["weights"] == str(weights_path) and "MPI" in attrs["mpi_library"]
     assert attrs["mpi_thread_level"] == "funneled" and "slurm_job_id" in attrs
     assert attrs["command"].startswith("python -m dcnn.infer --model lenet5")
+    summary = infer("--model", "lenet5", "--weights", str(weights_path), "--input", str(lenet_set), "--output",
+                    str(tmp_path / "again.h5"))
+    assert summary.returncode == 0 and "lenet5: 7 images" in summary.stdout and "untrained" not in summary.stdout
 
 
 def test_vgg16_on_the_bundled_samples(tmp_path):
@@ -56,6 +59,11 @@ def test_vgg16_on_the_bundled_samples(tmp_path):
     done = infer("--model", "vgg16", "--input", SAMPLES, "--output", str(output), timeout=300)
     assert done.returncode == 0, done.stderr
     assert "vgg16: 4 images of 224x224" in done.stdout and "top classes" in done.stdout
+    # Before: nothing said that these classes come from seeded, untrained weights.
+    assert "weights: seeded and untrained (--seed 0)" in done.stdout
+    report = subprocess.run([sys.executable, "-m", "dcnn.analyze", str(output)], capture_output=True, text=True,
+                            timeout=120)
+    assert report.returncode == 0 and "weights: seeded and untrained" in report.stdout, report.stderr
     with h5py.File(output) as handle:
         logits = handle["outputs/logits"][()]
     assert logits.shape == (4, 1000) and np.isfinite(logits).all()
@@ -78,6 +86,12 @@ def test_seed_changes_and_reproduces(tmp_path, lenet_set):
     (["--model", "resnet"], "unknown model 'resnet'"),
     (["--model", "vgg11", "--weights", "/nonexistent/w.npz"], "weights file '/nonexistent/w.npz' does not exist"),
     (["--batch-size", "0"], "--batch-size must be an integer at least 1"),
+    # Before: a traceback from HDF5 (the value does not fit a 64-bit attribute) after the file was created.
+    (["--batch-size", "99999999999999999999"], "--batch-size must be an integer at least 1 and at most 2147483647"),
+    (["--threads", "5000"], "--threads must be an integer at least 1 and at most 1024"),
+    # Before: ENOMEM in the first pyramid, with a traceback, after the file was created (no memory budget was
+    # checked without --mem-per-rank): 80 % of the node's RAM is the default budget.
+    (["--model", "mmod", "--upsample", "9"], "which may use"),
     (["--dataset", "pixels"], "no dataset 'pixels'"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
@@ -86,6 +100,7 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     assert done.stderr.strip().splitlines() == [f"dcnn: error: {done.stderr.strip()[13:]}"]
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+    assert not (tmp_path / "x.h5").exists()  # refused before any work
 
 
 def test_mismatched_weights_name_the_key(tmp_path):

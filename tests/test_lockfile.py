@@ -42,3 +42,15 @@ def test_without_file_locks_the_lock_file_decides(tmp_path, monkeypatch):
     lock_path(result).write_text("another-host 1 2026-01-01T00:00:00Z\n")
     with pytest.raises(InputError, match="on another-host"):
         RunLock.acquire(result)
+
+
+def test_a_lock_that_cannot_be_written_is_refused_and_leaves_no_file(tmp_path, monkeypatch):
+    """Before: on a full disk ``os.pwrite`` raised with a traceback and an empty lock file stayed."""
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(InputError, match=r"cannot write the lock file .*No space left on device"):
+        RunLock.acquire(tmp_path / "run.h5")
+    assert not lock_path(tmp_path / "run.h5").exists()

@@ -196,3 +196,41 @@ def test_importing_dcnn_loads_no_library():
             "print(dcnn.Forward.__name__, 'numpy' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.split("\n")[:2] == ["[]", "Forward True"]
+
+
+PEER_GONE = """
+import os, sys, time
+from pathlib import Path
+from dcnn.cli.common import exit_on_interrupt_while_starting, launcher_rank
+exit_on_interrupt_while_starting()
+pid_file, gone = Path(sys.argv[1]), Path(sys.argv[2])
+if launcher_rank() == 1:
+    pid_file.write_text(str(os.getpid()))
+    import dcnn.parallel.comm  # MPI_Init: blocks, since rank 0 never joins
+while not (pid_file.exists() and "libmpi" in Path(f"/proc/{pid_file.read_text()}/maps").read_text()):
+    time.sleep(0.01)
+time.sleep(0.5)  # rank 1 is in MPI_Init (it follows the library's loading)
+gone.write_text("")
+os._exit(130)  # rank 0 ends before MPI_Init, as Ctrl-C in its first second would end it
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc/PID/maps")
+def test_a_signal_ends_a_rank_blocked_in_mpi_init(tmp_path):
+    """Before: Ctrl-C in a job's first second could end rank 0 while rank 1 was inside MPI_Init, where Python's
+    handlers never run: rank 1 spun there until a second Ctrl-C."""
+    gone = tmp_path / "gone"
+    process = subprocess.Popen([*mpi_command(2), sys.executable, "-c", PEER_GONE, str(tmp_path / "pid"), str(gone)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not gone.exists():
+            assert time.time() < deadline and process.poll() is None
+            time.sleep(0.01)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)  # the timeout is the hang this test is about
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode != 0

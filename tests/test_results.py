@@ -165,6 +165,57 @@ def test_identities_name_people_not_known_images():
     assert labels.tolist() == ["bob", "ann", "unknown"]
 
 
+def test_out_of_space_is_recognised_in_python_and_hdf5_errors():
+    import errno
+
+    from dcnn.errors import out_of_space
+
+    assert out_of_space(OSError(errno.ENOSPC, "No space left on device", "a.h5")) == "a.h5: no space left on the device"
+    assert out_of_space(OSError(errno.EDQUOT, "Disk quota exceeded")) == "the disk quota is exceeded"
+    hdf5 = RuntimeError("Unable to synchronously flush file (file write failed: time = Tue, filename = 'full/r.h5', "
+                        "file descriptor = 5, errno = 28, error message = 'No space left on device')")
+    assert out_of_space(hdf5) == "full/r.h5: no space left on the device"
+    assert out_of_space(OSError(errno.EACCES, "Permission denied")) is None and out_of_space(ValueError()) is None
+
+
+def test_a_full_disk_at_the_final_copy_leaves_the_file_resumable_and_nothing_beside_it(tmp_path, monkeypatch):
+    """Before: a traceback from h5o.copy, exit 1, and a ``.run.h5.XXXX.tmp`` left beside the file."""
+    import shutil
+
+    path = tmp_path / "run.h5"
+    writer = ResultWriter.create(path, 6, 3, 3, ATTRIBUTES)
+    writer.write_task(0, 0, 2, np.ones((2, 3), np.float32), rank=0, started=0, ended=1)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(InputError, match=r"run\.h5: no space left on the device for the file's final copy"):
+        writer.finish({"stats": {"peak_rss_bytes": np.array([1])}})
+    writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
+    monkeypatch.undo()
+    resumed, done = ResultWriter.resume(path, ATTRIBUTES)
+    assert done.tolist() == [1, 1, 0, 0, 0, 0]
+    resumed.close()
+
+
+def test_a_write_that_fails_mid_run_still_releases_the_lock(tmp_path):
+    """Before: closing after a failed flush (a full disk) raised again, so the lock file stayed and no resume line
+    was printed."""
+    from dcnn.io.lockfile import RunLock, lock_path
+
+    path = tmp_path / "run.h5"
+    lock = RunLock.acquire(path)
+    writer = ResultWriter.create(path, 6, 3, 3, ATTRIBUTES, lock=lock)
+
+    class Failing:
+        id = writer._file.id
+
+        def close(self):
+            raise RuntimeError("Unable to synchronously flush file (errno = 28)")
+
+    writer._file = Failing()
+    writer.close()
+    assert not lock_path(path).exists()
+
+
 def test_a_new_file_gets_the_umasks_mode_and_a_replaced_one_keeps_its_mode(tmp_path):
     old = os.umask(0o027)
     try:

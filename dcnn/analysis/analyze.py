@@ -16,6 +16,7 @@ import numpy as np
 from dcnn.errors import InputError
 from dcnn.io.results import open_result, resume_command
 from dcnn.io.schema import STEAL_FIELDS, column
+from dcnn.network.weights import untrained_note
 
 __all__ = ["RunSummary", "count_of", "format_paper_table", "load_summary", "paper_table", "scaling_table"]
 
@@ -46,6 +47,7 @@ class RunSummary:
     plan: str = ""
     command: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list, repr=False)
+    weights: str = ""
 
     @property
     def memory_error(self) -> float:
@@ -104,7 +106,7 @@ def load_summary(path: str) -> RunSummary:
                 busy=per_rank("timing/busy_seconds", (ranks,)), steal=steal,
                 peak_rss=per_rank("stats/peak_rss_bytes", (ranks,)),
                 predicted_peak=per_rank("stats/predicted_peak_bytes", (ranks,)), plan=str(attrs.get("plan", "")),
-                command=str(attrs.get("command", "")), skipped=_skipped(handle))
+                command=str(attrs.get("command", "")), skipped=_skipped(handle), weights=str(attrs.get("weights", "")))
     except (OSError, KeyError) as error:
         raise InputError(f"{path}: not a dcnn result file ({error})") from None
 
@@ -123,9 +125,15 @@ LISTED_SKIPS = 20
 
 def format_summary(run: RunSummary) -> str:
     """A short report of one run."""
-    lines = [f"{run.path}: {run.model}, {run.mode} mode, {count_of(run.ranks, 'rank')}, {run.status}",
-             f"  images {run.images_done}/{run.num_images} done, {run.images_computed} computed in "
-             f"{run.elapsed:.2f} s: {run.images_per_second:.2f} images/s"]
+    lines = [f"{run.path}: {run.model}, {run.mode} mode, {count_of(run.ranks, 'rank')}, {run.status}"]
+    if np.isnan(run.elapsed):  # an interrupted run records no elapsed time
+        lines.append(f"  images {run.images_done}/{run.num_images} done")
+    else:
+        lines.append(f"  images {run.images_done}/{run.num_images} done, {run.images_computed} computed in "
+                     f"{run.elapsed:.2f} s: {run.images_per_second:.2f} images/s")
+    note = untrained_note(run.weights)
+    if note is not None:
+        lines.append(f"  {note}")
     if run.skipped:
         lines.append(f"  {len(run.skipped)} images skipped:")
         lines += [f"    {path}: {reason}" for path, reason in run.skipped[:LISTED_SKIPS]]

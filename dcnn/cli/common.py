@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import os
-import re
 import signal
 import sys
 import threading
@@ -26,10 +24,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from dcnn import __version__
-from dcnn.errors import AgreedError, DcnnError, InputError
+from dcnn.errors import AgreedError, DcnnError, InputError, out_of_space
 
 __all__ = [
-    "EXIT_BROKEN_PIPE", "EXIT_FAILURE", "EXIT_USAGE", "Interrupted", "add_common_arguments", "disk_full",
+    "EXIT_BROKEN_PIPE", "EXIT_FAILURE", "EXIT_USAGE", "Interrupted", "add_common_arguments",
     "exit_on_interrupt_while_starting", "given_options", "launcher_rank", "output_folder", "output_path", "run_main",
 ]
 
@@ -232,32 +230,6 @@ def launcher_rank() -> int:
     return 0
 
 
-_FULL_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}
-_FULL_TEXTS = {"No space left on device": errno.ENOSPC, "errno = 28": errno.ENOSPC,
-               "Disk quota exceeded": errno.EDQUOT, "errno = 122": errno.EDQUOT}
-
-
-def disk_full(error: BaseException) -> str | None:
-    """The one-line message for a write that failed because the disk (or the user's quota) is full, else ``None``.
-
-    Recognises an :class:`OSError` whose ``errno`` is ENOSPC or EDQUOT, and HDF5's errors (raised by h5py as
-    ``OSError`` or ``RuntimeError`` without an errno) whose text carries ``errno = 28``/``122`` or the C library's
-    message; the exceptions it was raised from or during are searched too.
-    """
-    while error is not None:
-        code = getattr(error, "errno", None)
-        if code not in _FULL_ERRNOS:
-            code = next((number for text, number in _FULL_TEXTS.items() if text in str(error)), None)
-        if code is not None:
-            text = " ".join(str(error).split())  # HDF5's messages span lines
-            named = re.search(r"filename = '([^']+)'", text)
-            name = getattr(error, "filename", None) or (named.group(1) if named else None)
-            where = f"{name}: " if name else ""
-            return f"{where}{_FULL_ERRNOS[code]} ({text})"
-        error = error.__cause__ or error.__context__
-    return None
-
-
 def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
              argv: Sequence[str] | None = None, comm=None) -> int:
     """Parse arguments, run ``body`` and turn errors into messages and exit codes.
@@ -311,9 +283,10 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
             print(f"{prefix}{error}", file=sys.stderr, flush=True)
         code = EXIT_USAGE
     except Exception as error:
-        full = disk_full(error)
-        if full is not None:
-            print(f"{prefix}{full}", file=sys.stderr, flush=True)
+        if (reason := out_of_space(error)) is not None:  # the disk filled up: the user's to fix, not a bug
+            if args.debug:
+                traceback.print_exc()
+            print(f"{prefix}{reason}", file=sys.stderr, flush=True)
             code = EXIT_USAGE
         else:
             print(f"{prefix}unexpected failure, please report it:", file=sys.stderr)

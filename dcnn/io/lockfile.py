@@ -99,7 +99,7 @@ class RunLock:
         try:
             os.ftruncate(descriptor, 0)
             os.pwrite(descriptor, f"{socket.gethostname()} {os.getpid()} {stamp}\n".encode(), 0)
-        except OSError as error:  # a full disk: no run can write here, and none leaves its lock file
+        except OSError as error:  # a full disk: no lock, and no empty lock file left behind
             lock.release()
             raise InputError(f"cannot write the lock file {str(path)!r} ({error.strerror})") from None
         atexit.register(lock.release)

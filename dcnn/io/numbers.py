@@ -16,13 +16,16 @@ __all__ = ["check_number", "parse_number"]
 
 def _bounds(kind: str, minimum: float | None, above: float | None, maximum: float | None) -> str:
     """The accepted range in words, e.g. ``"a finite number at least 1"`` or ``"an integer at least 0"``."""
+    def number(bound: float) -> str:
+        return str(bound) if isinstance(bound, int) else f"{bound:g}"  # an integer bound in full, not 2.14748e+09
+
     parts = []
     if minimum is not None:
-        parts.append(f"at least {minimum:g}")
+        parts.append(f"at least {number(minimum)}")
     if above is not None:
-        parts.append(f"above {above:g}")
+        parts.append(f"above {number(above)}")
     if maximum is not None:
-        parts.append(f"at most {maximum:g}")
+        parts.append(f"at most {number(maximum)}")
     return " ".join([kind, " and ".join(parts)]) if parts else kind
 
 

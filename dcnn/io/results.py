@@ -24,11 +24,13 @@ and fails on NFS) is switched off for every file opened here.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import resource
 import shlex
+import shutil
 import stat
 import sys
 import tempfile
@@ -41,7 +43,7 @@ import h5py
 import numpy as np
 
 from dcnn import __version__
-from dcnn.errors import InputError
+from dcnn.errors import InputError, out_of_space
 from dcnn.faces.detect import DETECTION_DTYPE
 from dcnn.io.lockfile import RunLock
 from dcnn.io.scan import Skip
@@ -294,21 +296,42 @@ def read_configuration(path: str | os.PathLike,
     return stored, status
 
 
+#: Bytes beyond the file and its additions that the final copy of a result file may take (HDF5's metadata), and
+#: the same share of the file's size.
+REWRITE_MARGIN, REWRITE_SHARE = 64 << 10, 0.1
+
+
 def _rewrite(path: Path, groups: Mapping[str, Mapping[str, Any]], attributes: Mapping[str, Any]) -> None:
-    """Replace ``path`` (a link's target) by a clean copy of itself plus ``groups`` and ``attributes`` (atomically)."""
-    path = _target(path)
+    """Replace ``path`` by a clean copy of itself plus ``groups`` and ``attributes`` (atomically).
+
+    Raises
+    ------
+    InputError
+        Too little free space for the copy (checked first: HDF5 can crash rather than raise when a write fails
+        halfway), or the disk filled up while copying; ``path`` stays as it was, and nothing is left beside it.
+    """
+    path = _target(path)  # a symbolic link is written through
+    added = sum(np.asarray(value).nbytes for datasets in groups.values() for value in datasets.values())
+    needed = int(path.stat().st_size * (1 + REWRITE_SHARE)) + added + REWRITE_MARGIN
+    free = shutil.disk_usage(path.parent).free
+    if free < needed:
+        raise InputError(f"{path}: no space left on the device for the file's final copy (about "
+                         f"{needed / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free); free some space and resume")
     temporary = _temporary(path)
     try:
         _copy_with(path, temporary, groups, attributes)
-    except BaseException:
-        temporary.unlink(missing_ok=True)  # a full disk or an interruption leaves no stray copy
+    except BaseException as error:
+        temporary.unlink(missing_ok=True)  # a full disk, an interruption: the file stays as it was, nothing beside it
+        if out_of_space(error) is not None:
+            raise InputError(f"{path}: no space left on the device for the file's final copy; free some space and "
+                             f"resume") from None
         raise
     os.replace(temporary, path)
 
 
 def _copy_with(path: Path, temporary: Path, groups: Mapping[str, Mapping[str, Any]],
                attributes: Mapping[str, Any]) -> None:
-    """Write to ``temporary`` a clean copy of ``path`` plus ``groups`` and ``attributes`` (see :func:`_rewrite`)."""
+    """Write ``temporary`` as a clean copy of ``path`` plus ``groups`` and ``attributes``."""
     with open_result(path) as source, _hdf5(temporary, "w", libver="latest") as target:
         for name in source:
             source.copy(source[name], target, name=name)
@@ -458,7 +481,8 @@ class ResultWriter:
             If the file cannot be created.
         """
         path = Path(path)
-        temporary = None
+        temporary = handle = None
+        replaced = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             temporary = _temporary(_target(path))
@@ -466,13 +490,20 @@ class ResultWriter:
                 _layout(handle, num_images, outputs, num_tasks, attributes, known)
                 _skip_tables(handle, skipped)
             os.replace(temporary, _target(path))
+            replaced = True
             handle = _hdf5(path, "r+", libver="latest")
-        except OSError as error:
+            handle.swmr_mode = True
+            handle.flush()
+        except (OSError, RuntimeError) as error:  # HDF5 reports a failed write (a full disk) as RuntimeError
+            if handle is not None and handle.id.valid:
+                with contextlib.suppress(OSError, RuntimeError):
+                    handle.close()
+            # Nothing half-made is left: the temporary copy, or the new file once it took the output's name.
             if temporary is not None:
-                temporary.unlink(missing_ok=True)
-            raise InputError(f"cannot create output file {str(path)!r} ({error})") from None
-        handle.swmr_mode = True
-        handle.flush()
+                (path if replaced else temporary).unlink(missing_ok=True)
+            if lock is not None:
+                lock.release()
+            raise InputError(f"cannot create output file {str(path)!r} ({out_of_space(error) or error})") from None
         return cls(path, handle, num_tasks, lock, skipped)
 
     @classmethod
@@ -594,25 +625,20 @@ class ResultWriter:
         The additions go to a copy of the file that then replaces it (``os.replace``), so an interruption
         here leaves the SWMR file as it was.
         """
-        try:
-            self._file.close()
-            _rewrite(self.path, {**groups, "outputs": self._final_outputs()}, {**attributes, "status": "complete"})
-        finally:
-            self._release()
+        self._file.close()
+        _rewrite(self.path, {**groups, "outputs": self._final_outputs()}, {**attributes, "status": "complete"})
+        self._release()
 
     def close(self) -> None:
         """Close without marking the run complete (after an error); what was flushed stays readable.
 
-        A failure to flush (a full disk) does not stop the close: the file is closed and the lock released
-        before the error that caused the close reaches the user (an HDF5 file left open when an MPI job aborts
-        crashes the interpreter's exit).
-        """
+        Closing flushes: after a failed write (a full disk) that fails too, and is let go, since every task
+        flushed before is in the file; the lock is released either way."""
         try:
             if self._file.id.valid:
                 self._file.close()
         except (OSError, RuntimeError):
-            if self._file.id.valid:  # what HDF5 could not flush is lost; nothing may stay open for MPI's abort
-                h5py.h5f.close_all()
+            pass
         finally:
             self._release()
 

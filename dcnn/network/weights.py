@@ -25,9 +25,32 @@ from dcnn.errors import DAMAGED_FILE_ERRORS, WeightsError
 from dcnn.network.graph import Network
 from dcnn.network.layers import BatchNorm2d, Conv2d, Linear
 
-__all__ = ["init_weights", "load_weights", "save_weights", "validate_weights"]
+__all__ = ["init_weights", "load_weights", "save_weights", "seeded_weights", "untrained_note", "validate_weights"]
 
 Weights = dict[str, np.ndarray]
+
+#: How a run records weights drawn by :func:`init_weights` rather than read from a file (``init:SEED``).
+SEEDED_PREFIX = "init:"
+
+
+def seeded_weights(seed: int) -> str:
+    """The name a run records for the seeded, untrained weights of :func:`init_weights` (``init:SEED``)."""
+    return f"{SEEDED_PREFIX}{seed}"
+
+
+def untrained_note(weights: str) -> str | None:
+    """The line that tells a user a run's outputs come from seeded, untrained weights; ``None`` for trained ones.
+
+    Parameters
+    ----------
+    weights : str
+        The weights a run records (its result file's ``weights`` attribute): :func:`seeded_weights`' name, a file.
+    """
+    if not weights.startswith(SEEDED_PREFIX):
+        return None
+    seed = weights[len(SEEDED_PREFIX):]
+    return (f"weights: seeded and untrained (--seed {seed}): the outputs exercise the system but their classes "
+            f"mean nothing; give trained weights with --weights FILE")
 
 
 #: Fully connected weights are drawn in blocks of this many rows, each from its own random stream, so that a
