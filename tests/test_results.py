@@ -1,5 +1,8 @@
 """Result files: SWMR writing, readable while running, resume checks, atomic final merge."""
 
+import os
+import stat
+
 import h5py
 import numpy as np
 import pytest
@@ -211,3 +214,27 @@ def test_a_write_that_fails_mid_run_still_releases_the_lock(tmp_path):
     writer._file = Failing()
     writer.close()
     assert not lock_path(path).exists()
+
+
+def test_a_new_file_gets_the_umasks_mode_and_a_replaced_one_keeps_its_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        path = tmp_path / "new.h5"
+        ResultWriter.create(path, 2, 3, 1, ATTRIBUTES).finish({})
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640  # 0o666 & ~0o027, not mkstemp's 0o600
+        path.chmod(0o604)
+        ResultWriter.create(path, 2, 3, 1, ATTRIBUTES).finish({})  # as --force does
+        assert stat.S_IMODE(path.stat().st_mode) == 0o604
+    finally:
+        os.umask(old)
+
+
+def test_an_output_that_is_a_symbolic_link_is_written_through_to_its_target(tmp_path):
+    target = tmp_path / "shared.h5"
+    ResultWriter.create(target, 2, 3, 1, ATTRIBUTES).finish({}, finished="first")
+    link = tmp_path / "link.h5"
+    link.symlink_to("shared.h5")
+    ResultWriter.create(link, 2, 3, 1, ATTRIBUTES).finish({}, finished="second")  # as --force does
+    assert link.is_symlink()
+    with h5py.File(target, "r") as handle:
+        assert handle.attrs["finished"] == "second"

@@ -31,6 +31,7 @@ import os
 import resource
 import shlex
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -195,10 +196,29 @@ def resume_command(path: str | os.PathLike, ranks: int, command: str | None = No
     return f"{launcher}{program} --resume {shlex.quote(str(path))}"
 
 
+def _target(path: str | os.PathLike) -> Path:
+    """The file that writing ``path`` writes: a symbolic link's target (resolved), so that replacing the file
+    (``os.replace``) writes through the link as editors do instead of replacing the link itself."""
+    return Path(os.path.realpath(path))
+
+
 def _temporary(path: Path) -> Path:
-    """A new, empty file beside ``path`` (same directory, so that ``os.replace`` is atomic), named after it."""
+    """A new, empty file beside ``path`` (same directory, so that ``os.replace`` is atomic), named after it.
+
+    Its mode is that of an existing ``path`` (a replaced file keeps its permissions, as editors do), else the one
+    a newly created file gets under the process's umask (``0o666 & ~umask``), not :func:`tempfile.mkstemp`'s 0600.
+    """
     descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(descriptor)
+    try:
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError:
+            umask = os.umask(0o22)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.fchmod(descriptor, mode)
+    finally:
+        os.close(descriptor)
     return Path(name)
 
 
@@ -236,12 +256,13 @@ def claim(path: str | os.PathLike, *, new: bool, replace: bool = False) -> RunLo
             raise InputError(f"cannot create output file {str(path)!r} ({error})") from None
     else:
         _require_result(path)
-    lock = RunLock.acquire(path)
+    lock = RunLock.acquire(_target(path))  # one lock however the file is named
     if new and path.exists() and not replace:
         lock.release()
         raise InputError(f"{str(path)!r} already exists; give --force to replace it, --resume {str(path)!r} to "
                          f"continue an interrupted run, or another --output")
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # of a run killed while writing
+    target = _target(path)
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):  # of a run killed while writing
         leftover.unlink(missing_ok=True)
     return lock
 
@@ -289,6 +310,7 @@ def _rewrite(path: Path, groups: Mapping[str, Mapping[str, Any]], attributes: Ma
         Too little free space for the copy (checked first: HDF5 can crash rather than raise when a write fails
         halfway), or the disk filled up while copying; ``path`` stays as it was, and nothing is left beside it.
     """
+    path = _target(path)  # a symbolic link is written through
     added = sum(np.asarray(value).nbytes for datasets in groups.values() for value in datasets.values())
     needed = int(path.stat().st_size * (1 + REWRITE_SHARE)) + added + REWRITE_MARGIN
     free = shutil.disk_usage(path.parent).free
@@ -463,11 +485,11 @@ class ResultWriter:
         replaced = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = _temporary(path)
+            temporary = _temporary(_target(path))
             with _hdf5(temporary, "w", libver="latest") as handle:
                 _layout(handle, num_images, outputs, num_tasks, attributes, known)
                 _skip_tables(handle, skipped)
-            os.replace(temporary, path)
+            os.replace(temporary, _target(path))
             replaced = True
             handle = _hdf5(path, "r+", libver="latest")
             handle.swmr_mode = True

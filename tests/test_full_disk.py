@@ -1,0 +1,60 @@
+"""A run on a full disk ends in one line with exit 2 and leaves no lock file or copy (end to end, on a tmpfs)."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import mpi_command, write_digits
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 200 KiB tmpfs at ``tmp_path / 'full'`` (needs root, as in CI; skipped where mounting is not permitted)."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if (
+        shutil.which("mount") is None
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+        != 0
+    ):
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("room", [0, 40_000])
+def test_a_run_on_a_full_disk_ends_in_one_line_with_exit_2_and_leaves_no_lock_or_copy(tmp_path, small_disk, room):
+    digits = write_digits(tmp_path / "digits.h5", 64, seed=3)
+    with open(small_disk / "filler", "wb") as filler:
+        filler.write(b"\0" * (204_800 - room))
+    done = subprocess.run(
+        [
+            *mpi_command(2),
+            sys.executable,
+            "-m",
+            "dcnn.infer",
+            "--model",
+            "lenet5",
+            "--threads",
+            "1",
+            "--quiet",
+            "--batch-size",
+            "4",
+            "--input",
+            str(digits),
+            "--output",
+            str(small_disk / "z.h5"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and re.search("no space left on (the )?device", done.stderr, re.I)
+    assert all(line.startswith(("dcnn: ", "Abort(")) for line in done.stderr.splitlines()), done.stderr
+    assert not [name for name in os.listdir(small_disk) if name.endswith((".lock", ".tmp"))]
