@@ -57,6 +57,8 @@ def test_parse_bytes_refuses_a_size_without_unit(text):
 
 def test_format_bytes():
     assert format_bytes(512 * MIB) == "512.0 MiB" and format_bytes(3 * 2**30) == "3.0 GiB"
+    # Before: a 1 KiB budget printed as "0.0 MiB".
+    assert format_bytes(1024) == "1.0 KiB" and format_bytes(12) == "12 B" and format_bytes(200_000) == "0.2 MiB"
 
 
 def test_cluster_file(tmp_path):
