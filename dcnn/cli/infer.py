@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="result file to create (default: results/<timestamp>.h5)")
     parser.add_argument("--batch-size", type=int, metavar="B",
                         help=f"images per forward pass (default: {DETECTOR_BATCH_SIZE} for {DETECTOR}, halved down "
-                             f"to {DEFAULT_BATCH_SIZE} while a --mem-per-rank or --cluster budget needs it; "
+                             f"to {DEFAULT_BATCH_SIZE} while the memory budget needs it; "
                              f"{DEFAULT_BATCH_SIZE} for other models)")
     parser.add_argument("--threads", type=int, metavar="T",
                         help="threads per rank (default: cores per node divided by ranks per node)")

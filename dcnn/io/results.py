@@ -485,11 +485,12 @@ class ResultWriter:
         replaced = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = _temporary(_target(path))
+            target = _target(path)
+            temporary = _temporary(target)
             with _hdf5(temporary, "w", libver="latest") as handle:
                 _layout(handle, num_images, outputs, num_tasks, attributes, known)
                 _skip_tables(handle, skipped)
-            os.replace(temporary, _target(path))
+            os.replace(temporary, target)
             replaced = True
             handle = _hdf5(path, "r+", libver="latest")
             handle.swmr_mode = True
@@ -498,9 +499,10 @@ class ResultWriter:
             if handle is not None and handle.id.valid:
                 with contextlib.suppress(OSError, RuntimeError):
                     handle.close()
-            # Nothing half-made is left: the temporary copy, or the new file once it took the output's name.
+            # Nothing half-made is left: the temporary copy, or the new file once it took the output's place (a
+            # symbolic link's target: the link itself stays).
             if temporary is not None:
-                (path if replaced else temporary).unlink(missing_ok=True)
+                (target if replaced else temporary).unlink(missing_ok=True)
             if lock is not None:
                 lock.release()
             raise InputError(f"cannot create output file {str(path)!r} ({out_of_space(error) or error})") from None

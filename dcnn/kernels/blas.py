@@ -14,9 +14,9 @@ it is the library ``numpy.matmul`` (the Winograd GEMMs) calls, so every convolut
 
 *Cost of a call.* The CBLAS interface takes its integers by value, so a call converts plain Python numbers
 (no ``byref`` objects) and reads each operand's address once from ``__array_interface__`` (``ndarray.ctypes``
-costs 2 us per access): :func:`gemm_accumulate`, with its bounds checks, costs about 3 us of Python where it
+costs 2 us per access): :func:`gemm_accumulate`, with its bounds checks, costs about 6.5 us of Python where it
 cost 8.6 us. Kernels that compute their views' bounds from buffers they allocated call :func:`sgemm` with
-addresses instead, without the checks (about 1 us).
+addresses instead, without the checks (about 1.7 us).
 
 All matrices here are row-major (C order) float32 views into numpy buffers, described by a base array, an
 element offset into it and a row stride (leading dimension) in elements.

@@ -44,10 +44,10 @@ off for a run that wants the exact formulations only. It is chosen where its out
 input is large enough (im2col below); the choice depends on the layer and that declared map, never on the map a
 call gets, so a spatial block or a fused tile uses the same formulation as the whole map.
 
-*winograd-rows* (filters 5 tall at stride 1 where *rows* applies, with at least
-:data:`WINOGRAD_MIN_CHANNELS` inputs: the face detector's 5x5 45-channel layers). *rows* with Winograd's F(4, 5)
-down the columns: 8 kernel-row GEMMs per 4 output rows instead of 20 (:meth:`Conv2dKernel._winograd_rows`); off
-with :func:`set_exact`, like *winograd*.
+*winograd-rows* (filters 5 tall at stride 1 where *rows* applies, with at least :data:`WINOGRAD_MIN_CHANNELS`
+inputs and outputs: the face detector's 5x5 45-channel layers). *rows* with Winograd's F(4, 5) down the columns:
+8 kernel-row GEMMs per 4 output rows instead of 20 (:meth:`Conv2dKernel._winograd_rows`); off with
+:func:`set_exact`, like *winograd*.
 
 Chunks of output columns are sized from the detected L2 cache (:mod:`dcnn.kernels.cache`; four L2s for the
 kernel-row and shifted-output formulations, :data:`WIDE_CHUNK_L2`) and a large batch is
@@ -247,7 +247,7 @@ class Workspace:
     per layer; worker threads faulting in fresh pages at the same time serialise in the kernel. One workspace
     serves a whole network run: each buffer is dead once its kernel call returns. The buffers are per calling
     thread, so threads that each run their own images through the same compiled network
-    (:func:`dcnn.kernels.threads.split_for`) never share one.
+    (batch mode's task threads, :func:`dcnn.kernels.threads.task_threads`) never share one.
     """
 
     def __init__(self) -> None:
@@ -398,10 +398,10 @@ class Conv2dKernel:
             # (alpha, kw * C + 1, K'): per transformed row xi, the kernel-row filters G[xi] g of F(4, 5) down the
             # columns, and a last row that multiplies the patches' column of ones: the bias at the point 1, whose
             # output-transform column is all ones (so every output row gets it once), else zeros.
-            at, g, _ = minimal_filtering(COLUMN_POINTS, COLUMN_TILE, kh)
+            at, g, bt = minimal_filtering(COLUMN_POINTS, COLUMN_TILE, kh)
             depth = kw * group_channels
             self._row_width = _row_width(out_channels, 1)
-            self._at = at.astype(np.float32)
+            self._at, self._bt = at.astype(np.float32), bt.astype(np.float32)
             per_row = weight.astype(np.float64).transpose(2, 3, 1, 0).reshape(kh, depth, out_channels)
             self._weight = np.zeros((len(g), depth + 1, self._row_width), np.float32)
             self._weight[:, :depth, :out_channels] = np.einsum("xi,idk->xdk", g, per_row)
@@ -696,7 +696,7 @@ class Conv2dKernel:
         """
         batch, channels, height, width = x.shape
         image_rows, planes_w, out_channels = full.shape[1:]
-        kh, kw = self.kernel_size
+        kw = self.kernel_size[1]
         tile, alpha = COLUMN_TILE, len(self._weight)
         top, _, left, _ = padding
         plane = workspace.get("input", (batch, image_rows, planes_w, channels))
@@ -716,7 +716,7 @@ class Conv2dKernel:
         flat = plane.reshape(-1)
         result = full.reshape(-1)
         item = flat.itemsize
-        bt = minimal_filtering(COLUMN_POINTS, tile, kh)[2].astype(np.float32)
+        bt = self._bt  # built once with the filters (the Toom-Cook construction costs ~0.4 ms)
 
         def run_chunks(items: Sequence[tuple[int, int]]) -> None:
             # The last window of the last transformed row reads kw - 1 pixels past its row: a margin of zeros.
