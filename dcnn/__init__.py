@@ -13,6 +13,7 @@ live in :mod:`dcnn.parallel` and :mod:`dcnn.cli` (see docs/architecture.md for t
 Examples
 --------
 >>> import numpy as np
+>>> from dcnn import Forward, choose_plan, get_model
 >>> from dcnn.network.weights import init_weights
 >>> network = get_model("lenet5")
 >>> network.output_shape()
