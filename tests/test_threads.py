@@ -79,8 +79,9 @@ def test_first_import_sees_every_blas():
     assert done.returncode == 0, done.stderr
 
 
-def test_blas_threads_switch_only_when_they_change(monkeypatch):
-    """BLAS is set to one thread for parallel loops and back to all only for a caller that asks for it."""
+@pytest.fixture
+def blas(monkeypatch):
+    """A stand-in for the BLAS libraries' thread controllers that records each thread count set."""
 
     class FakeBlas:
         def __init__(self):
@@ -89,9 +90,14 @@ def test_blas_threads_switch_only_when_they_change(monkeypatch):
         def set_num_threads(self, count):
             self.calls.append(count)
 
-    blas = FakeBlas()
-    monkeypatch.setattr(threads, "_blas_controllers", lambda: [blas])
+    fake = FakeBlas()
+    monkeypatch.setattr(threads, "_blas_controllers", lambda: [fake])
     monkeypatch.setattr(threads, "_blas_threads", None)
+    return fake
+
+
+def test_blas_threads_switch_only_when_they_change(blas):
+    """BLAS is set to one thread for parallel loops and back to all only for a caller that asks for it."""
     try:
         threads.set_num_threads(2)
         for _ in range(5):
@@ -104,20 +110,9 @@ def test_blas_threads_switch_only_when_they_change(monkeypatch):
         threads.set_num_threads(1)
 
 
-def test_task_threads_run_each_job_at_one_kernel_thread(monkeypatch):
+def test_task_threads_run_each_job_at_one_kernel_thread(blas):
     """On a task thread the kernels run serially (a parallel loop is a plain call on that thread) and BLAS stays at
     one thread, set once before the jobs; the calling thread keeps its count."""
-
-    class FakeBlas:
-        def __init__(self):
-            self.calls = []
-
-        def set_num_threads(self, count):
-            self.calls.append(count)
-
-    blas = FakeBlas()
-    monkeypatch.setattr(threads, "_blas_controllers", lambda: [blas])
-    monkeypatch.setattr(threads, "_blas_threads", None)
 
     def job(index):
         ran_on = set()
