@@ -486,9 +486,9 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     default_batch = args.batch_size is None
     if default_batch:
         args.batch_size = DETECTOR_BATCH_SIZE if is_detector(args.model) else DEFAULT_BATCH_SIZE
-    cluster = _process_cluster(args, base, reader, threads, len(scan.shape_of), comm.size)
-    worst = worst_shapes(scan.counts(), args.batch_size)
     images = len(scan.shape_of)
+    cluster = _process_cluster(args, base, reader, threads, images, comm.size)
+    worst = worst_shapes(scan.counts(), args.batch_size)
     if args.plan == "auto":
         modes = PLANNED_MODES if comm.size > 1 else tuple(m for m in PLANNED_MODES if m != "spatial")
         (shape, count), others = worst[0], worst[1:]
@@ -515,7 +515,7 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
         if overflow is None or not default_batch or args.batch_size <= DEFAULT_BATCH_SIZE:
             break
         args.batch_size //= 2  # the detector's default batch, halved within the budget (never below the default)
-        cluster = _process_cluster(args, base, reader, threads, len(scan.shape_of), comm.size)
+        cluster = _process_cluster(args, base, reader, threads, images, comm.size)
         worst = worst_shapes(scan.counts(), args.batch_size)
     if overflow is not None:
         rank, needed, available = overflow
@@ -778,13 +778,12 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
           f"{args.mode} mode, {count_of(size, 'rank')} x {count_of(threads, 'thread')}) -> {path}")
     with h5py.File(path, "r") as handle:
         skipped = len(handle["skipped/index"])
+        note = untrained_note(str(handle.attrs["weights"]))
     if skipped:
         print(f"  {skipped} images skipped (unreadable or unusable; listed under /skipped in the file, shown by "
               f"python -m dcnn.analyze)")
     print(f"  peak memory {format_bytes(per_rank['peak_rss_bytes'].max())} per rank, predicted "
           f"{format_bytes(job.run_plan.peak())}")
-    with h5py.File(path, "r") as handle:
-        note = untrained_note(str(handle.attrs["weights"]))
     if note is not None:
         print(f"  {note}")
     if job.workload.detects:
