@@ -205,7 +205,8 @@ from dcnn.cli.common import exit_on_interrupt_while_starting, launcher_rank
 exit_on_interrupt_while_starting()
 pid_file, gone = Path(sys.argv[1]), Path(sys.argv[2])
 if launcher_rank() == 1:
-    pid_file.write_text(str(os.getpid()))
+    pid_file.with_suffix(".part").write_text(str(os.getpid()))
+    os.replace(pid_file.with_suffix(".part"), pid_file)  # whole, never read half-written
     import dcnn.parallel.comm  # MPI_Init: blocks, since rank 0 never joins
 while not (pid_file.exists() and "libmpi" in Path(f"/proc/{pid_file.read_text()}/maps").read_text()):
     time.sleep(0.01)
@@ -225,7 +226,9 @@ def test_a_signal_ends_a_rank_blocked_in_mpi_init(tmp_path):
     try:
         deadline = time.time() + 60
         while not gone.exists():
-            assert time.time() < deadline and process.poll() is None
+            if time.time() > deadline or process.poll() is not None:
+                os.killpg(process.pid, signal.SIGKILL)
+                pytest.fail(f"the ranks never reached MPI_Init: {process.communicate()}")
             time.sleep(0.01)
         time.sleep(0.5)
         process.send_signal(signal.SIGINT)
