@@ -326,13 +326,19 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
             progress.update(already_done + done)
 
     # No try/finally around the loop: closing the queue is collective, and a rank that failed must not enter
-    # it; the command line aborts the job instead (dcnn.cli.common).
+    # it; the command line aborts the job instead (dcnn.cli.common). A job of one rank has no one to wait for: it
+    # frees its window on the way out, or MPI's finalize warns of it after the error's one line.
     at_once = concurrent_tasks(mode, get_num_threads(), len(pending), comm.size)
-    if at_once > 1:
-        _run_on_task_threads(scheduler, compute, finish, channel.poll)
-    else:
-        while (task := scheduler.next_task(on_idle=channel.poll)) is not None:
-            finish(*compute(task))
+    try:
+        if at_once > 1:
+            _run_on_task_threads(scheduler, compute, finish, channel.poll)
+        else:
+            while (task := scheduler.next_task(on_idle=channel.poll)) is not None:
+                finish(*compute(task))
+    except BaseException:
+        if comm.size == 1 and isinstance(scheduler, StealQueue):
+            scheduler.close()
+        raise
     channel.drain(len(pending))
     if comm.rank == 0:  # the last task may have ended on another rank: the run's end is reported all the same
         progress.update(already_done + sum(stop - start for start, stop in map(split.bounds, pending)))
