@@ -34,7 +34,7 @@ from dcnn.io.numbers import parse_number
 from dcnn.io.progress import Progress
 from dcnn.io.results import ResultWriter, encode_outputs
 from dcnn.io.scan import Skip
-from dcnn.kernels.threads import get_num_threads, task_threads
+from dcnn.kernels.threads import cancel_tasks, get_num_threads, task_threads
 from dcnn.parallel.comm import MPI
 from dcnn.parallel.steal import FIELDS, StealQueue
 
@@ -387,5 +387,8 @@ def _run_on_task_threads(scheduler: StealQueue, compute: Callable[[int], tuple],
     except Exception:
         pool.shutdown(wait=True)  # a failed task: the others finish first
         raise
-    finally:  # done: nothing runs any more; interrupted (SIGINT, SIGTERM): the file is closed without waiting
+    except BaseException:  # interrupted (SIGINT, SIGTERM): the file is closed without waiting for the running
+        cancel_tasks()     # tasks, which stop at their next layer (the process's exit waits for their threads)
+        raise
+    finally:
         pool.shutdown(wait=False, cancel_futures=True)
