@@ -19,6 +19,7 @@ two-sided messages); rank 0 receives them between its own tasks and while idle.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Container, Sequence
@@ -360,7 +361,8 @@ def _run_on_task_threads(scheduler: StealQueue, compute: Callable[[int], tuple],
     task when it is done (``finish``); while the queue has nothing for it (it steals, or waits for the last
     tasks of the run), it keeps delivering the tasks that finish, so the run's count of finished tasks, which
     ends that wait, includes them. The first failure of a task ends the loop: no task is taken after it, the
-    tasks still running finish, and its exception propagates. An interruption (a ``BaseException`` such as the
+    tasks still running finish and are delivered (a resume does not compute them again), and its exception
+    propagates. An interruption (a ``BaseException`` such as the
     command line's for SIGTERM) propagates at once.
     """
     running: set[Future] = set()
@@ -385,7 +387,11 @@ def _run_on_task_threads(scheduler: StealQueue, compute: Callable[[int], tuple],
             else:
                 deliver(POLL_SECONDS)
     except Exception:
-        pool.shutdown(wait=True)  # a failed task: the others finish first
+        pool.shutdown(wait=True)  # a failed task: the others finish first, and are kept (a resume skips them)
+        with contextlib.suppress(Exception):  # the first failure is the one to report
+            for future in running:
+                if future.exception() is None:
+                    finish(*future.result())
         raise
     except BaseException:  # interrupted (SIGINT, SIGTERM): the file is closed without waiting for the running
         cancel_tasks()     # tasks, which stop at their next layer (the process's exit waits for their threads)
