@@ -103,6 +103,20 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     assert not (tmp_path / "x.h5").exists()  # refused before any work
 
 
+def test_a_dataset_name_with_a_folder_input_is_refused(tmp_path):
+    """--dataset names a dataset inside an HDF5 input; with a folder it was silently ignored."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("L", (32, 32)).save(photos / "a.png")
+    done = infer("--model", "lenet5", "--input", str(photos), "--dataset", "pixels", "--output",
+                 str(tmp_path / "x.h5"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and not done.stdout, done.stderr
+    assert f"--dataset pixels names a dataset inside an HDF5 input, but --input {photos} is a folder" in done.stderr
+    assert not (tmp_path / "x.h5").exists()
+
+
 def test_mismatched_weights_name_the_key(tmp_path):
     weights_path = tmp_path / "lenet.npz"
     save_weights(weights_path, init_weights(get_model("lenet5")))

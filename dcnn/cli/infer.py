@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", metavar="PATH",
                         help="HDF5 image set or folder of images (default: the bundled data/faces.h5)")
     parser.add_argument("--dataset", default="images", metavar="NAME",
-                        help="dataset inside the HDF5 input (default: images)")
+                        help="dataset inside the HDF5 input (default: images); refused with a folder of images")
     parser.add_argument("--output", metavar="FILE",
                         help="result file to create (default: results/<timestamp>.h5)")
     parser.add_argument("--batch-size", type=int, metavar="B",
@@ -388,7 +388,11 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int, stage: Stage | N
     if args.mode == "spatial" and grid is not None and grid[0] * grid[1] != comm.size:
         raise PlanError(f"--grid {args.grid} needs {grid[0] * grid[1]} ranks, but {comm.size} were started")
     model = _model_file(args)
-    images = open_image_set(args.input or bundled_data(DEFAULT_INPUT), args.dataset)
+    source = args.input or bundled_data(DEFAULT_INPUT)
+    if "dataset" in args.given and os.path.isdir(source):
+        raise InputError(f"--dataset {args.dataset} names a dataset inside an HDF5 input, but --input {source} is "
+                         f"a folder of images; leave --dataset out")
+    images = open_image_set(source, args.dataset)
     if len(images) == 0:
         raise InputError(f"{images.path}: the image set is empty")
     if is_detector(args.model):
