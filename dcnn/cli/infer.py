@@ -43,7 +43,7 @@ from dcnn.exec.workloads import DETECTOR, Classification, Detection, Recognition
 from dcnn.faces.detect import DETECTION_DTYPE, DETECTOR_BATCH_SIZE, MIN_IMAGE_SIDE, FaceDetector, default_detector_path
 from dcnn.io.bundled import bundled_data
 from dcnn.io.fingerprint import file_fingerprint
-from dcnn.io.images import Hdf5ImageSet, ImageSet, open_image_set
+from dcnn.io.images import FolderImageSet, Hdf5ImageSet, ImageSet, image_formats, open_image_set
 from dcnn.io.lockfile import RunLock
 from dcnn.io.numbers import check_number
 from dcnn.io.progress import LOG_INTERVAL, STYLES, Progress
@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m dcnn.infer",
         description="Run CNN inference over an image set and write outputs and timings to HDF5.",
         epilog="Input: an HDF5 file with an N x H x W x C uint8 dataset (preprocessed for the model) or an "
-               "N x C x H x W float32 dataset (classifiers and ONNX models only, used as is), or a folder of PNG/JPEG "
-               "files. "
+               "N x C x H x W float32 dataset (classifiers and ONNX models only, used as is), or a folder of image "
+               f"files ({', '.join(image_formats())}; its other entries are skipped, with a note). "
                "Output: HDF5 with /outputs/detections and /outputs/detection_offsets (mmod) or /outputs/logits "
                "(N x classes), per-task and per-layer timings, statistics and provenance; see docs/results.md. "
                + RENAMED_NOTE)
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "as dlib's upsample_num_times (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation without --weights (0)")
     parser.add_argument("--preprocess", choices=PREPROCESS_CHOICES,
-                        help="ONNX models given uint8 images (HDF5 N x H x W x C, PNG/JPEG folders): imagenet = "
+                        help="ONNX models given uint8 images (HDF5 N x H x W x C, image folders): imagenet = "
                              "pixel/255, minus mean 0.485 0.456 0.406, divided by std 0.229 0.224 0.225 (RGB, as "
                              "torchvision's models expect); none = the pixel values 0-255 as float32. Required for "
                              "uint8 images; refused for float32 N x C x H x W sets, which are passed as they are")
@@ -395,6 +395,8 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int, stage: Stage | N
     images = open_image_set(source, args.dataset)
     if len(images) == 0:
         raise InputError(f"{images.path}: the image set is empty")
+    if isinstance(images, FolderImageSet) and images.left_out and comm.rank == 0 and not args.quiet:
+        print(f"dcnn: {images.left_out_note()}", file=sys.stderr, flush=True)
     if is_detector(args.model):
         detector = FaceDetector.load(args.weights, args.upsample)
         images.require_pixels()
