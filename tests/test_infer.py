@@ -1,5 +1,6 @@
 """``python -m dcnn.infer`` as a user runs it: real processes, real HDF5 files, real mpiexec."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from dcnn.exec.forward import Forward
 from dcnn.io.images import preprocess
 from dcnn.network.weights import init_weights, save_weights
 from dcnn.network.zoo import get_model
+from dcnn.planner.plan import format_bytes
 
 SAMPLES = str(Path(__file__).resolve().parents[1] / "data" / "samples.h5")
 
@@ -313,6 +315,23 @@ def test_planner_command_prints_candidates_and_the_choice():
     assert "batch, batch 1" in done.stdout and "DOES NOT FIT" in done.stdout
     assert "chosen: spatial" in done.stdout or "chosen: fused" in done.stdout
     assert "mpirun -np 14 python -m dcnn.infer --model vgg16 --input IMAGES --exact-conv --mode" in done.stdout
+
+
+def test_the_planner_command_and_a_run_predict_the_same_memory_for_the_same_options(tmp_path):
+    """dcnn.plan planned one task per rank while a batch run of 2 threads runs 2 at once (each with its input and
+    working set); the same options now give the same prediction, and the command printed carries the threads."""
+    options = ["--mode", "batch", "--batch-size", "1", "--threads", "2", "--mem-per-rank", "4GiB"]
+    plan = subprocess.run([sys.executable, "-m", "dcnn.plan", "squeezenet1_1", "--nodes", "1", "--images", "4",
+                           *options], capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0, plan.stderr
+    assert "--mode batch --batch-size 1 --threads 2" in plan.stdout
+    output = tmp_path / "run.h5"
+    done = infer("--model", "squeezenet1_1", "--input", SAMPLES, *options, "--output", str(output), "--quiet")
+    assert done.returncode == 0, done.stderr
+    with h5py.File(output) as handle:
+        predicted = int(handle["stats/predicted_peak_bytes"][0])
+    assert re.search(r"chosen: batch, batch 1 \(predicted [0-9.]+ s, peak (.*)\)", plan.stdout)[1] == format_bytes(
+        predicted)
 
 
 def test_a_branching_network_in_batch_mode_equals_single_mode(tmp_path):

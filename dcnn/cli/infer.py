@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from dcnn.analysis.analyze import count_of
-from dcnn.cli.common import add_common_arguments, run_main
+from dcnn.cli.common import MAX_THREADS, add_common_arguments, run_main
 from dcnn.cli.runconfig import configuration, restore
 from dcnn.decomposition.fused import HALO_POLICIES, check_tile_grid, finest_grid, tileable_depth
 from dcnn.decomposition.spatial import fc_shard_rows
@@ -67,7 +67,7 @@ from dcnn.network.graph import Network, format_shape, parse_grid
 from dcnn.network.onnx import OnnxModel
 from dcnn.network.weights import init_weights, load_weights, seeded_weights, untrained_note
 from dcnn.network.zoo import get_model, model_names
-from dcnn.parallel.batch import TaskSplit, concurrent_tasks, parse_capacities, parse_throttle, run_tasks
+from dcnn.parallel.batch import TaskSplit, parse_capacities, parse_throttle, run_tasks
 from dcnn.parallel.comm import (
     collective,
     hostnames,
@@ -353,8 +353,6 @@ class Job:
 
 #: The largest count an option takes (a batch size, a top-k, an upsampling count).
 MAX_COUNT = 2**31 - 1
-#: The most kernel threads a rank may start (far beyond any node's cores; more is a slip).
-MAX_THREADS = 1024
 
 
 def _check_numbers(args: argparse.Namespace, size: int) -> None:
@@ -493,7 +491,7 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     if default_batch:
         args.batch_size = DETECTOR_BATCH_SIZE if is_detector(args.model) else DEFAULT_BATCH_SIZE
     images = len(scan.shape_of)
-    cluster = _process_cluster(args, base, reader, threads, images, comm.size)
+    cluster = _process_cluster(args, base, reader, threads, comm.size)
     worst = worst_shapes(scan.counts(), args.batch_size)
     if args.plan == "auto":
         modes = PLANNED_MODES if comm.size > 1 else tuple(m for m in PLANNED_MODES if m != "spatial")
@@ -521,7 +519,6 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
         if overflow is None or not default_batch or args.batch_size <= DEFAULT_BATCH_SIZE:
             break
         args.batch_size //= 2  # the detector's default batch, halved within the budget (never below the default)
-        cluster = _process_cluster(args, base, reader, threads, images, comm.size)
         worst = worst_shapes(scan.counts(), args.batch_size)
     if overflow is not None:
         rank, needed, available = overflow
@@ -531,14 +528,13 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     return _named_for_the_run(plan, args.mode)
 
 
-def _process_cluster(args: argparse.Namespace, base: Cluster, reader: int, threads: int, images: int,
-                     ranks: int) -> Cluster:
-    """The budget cluster ``base`` as one process sees it (:func:`for_process`), with the tasks it runs at once:
-    batch mode's task threads each run a task (--plan auto may choose batch mode on several ranks, single mode on
-    one, and batches down to one image)."""
+def _process_cluster(args: argparse.Namespace, base: Cluster, reader: int, threads: int, ranks: int) -> Cluster:
+    """The budget cluster ``base`` as one process sees it (:func:`for_process`), with its task threads: in batch
+    mode each runs a task when the plan's batch makes enough tasks for them (the planner counts them per
+    candidate, :func:`dcnn.modes.concurrent_tasks`); single mode has none (--plan auto chooses batch mode on
+    several ranks, single mode on one)."""
     mode = ("batch" if ranks > 1 else "single") if args.plan == "auto" else args.mode
-    tasks = concurrent_tasks(mode, threads, images if args.plan == "auto" else -(-images // args.batch_size), ranks)
-    return for_process(base, reader, threads, tasks)
+    return for_process(base, reader, threads, threads if mode == "batch" else 1)
 
 
 def _named_for_the_run(plan: RunPlan, mode: str) -> RunPlan:
