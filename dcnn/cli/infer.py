@@ -393,8 +393,6 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int, stage: Stage | N
     images = open_image_set(source, args.dataset)
     if len(images) == 0:
         raise InputError(f"{images.path}: the image set is empty")
-    if isinstance(images, FolderImageSet) and images.left_out and comm.rank == 0 and not args.quiet:
-        print(f"dcnn: {images.left_out_note()}", file=sys.stderr, flush=True)
     if is_detector(args.model):
         detector = FaceDetector.load(args.weights, args.upsample)
         images.require_pixels()
@@ -636,6 +634,8 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
             lock.release()
         raise
     network, images, weights = job.network, job.images, job.weights
+    if isinstance(images, FolderImageSet) and images.left_out and comm.rank == 0 and not args.quiet:
+        print(f"dcnn: {images.left_out_note()}", file=sys.stderr, flush=True)  # once the run is accepted
     threads = _threads(args, local_ranks)
     set_num_threads(threads)
     split = TaskSplit(len(images), args.batch_size)
