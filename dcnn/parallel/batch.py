@@ -34,7 +34,7 @@ from dcnn.io.numbers import parse_number
 from dcnn.io.progress import Progress
 from dcnn.io.results import ResultWriter, encode_outputs
 from dcnn.io.scan import Skip
-from dcnn.kernels.threads import get_num_threads, task_threads
+from dcnn.kernels.threads import cancel_tasks, get_num_threads, task_threads
 from dcnn.modes import concurrent_tasks
 from dcnn.parallel.comm import MPI
 from dcnn.parallel.steal import FIELDS, StealQueue
@@ -320,13 +320,19 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
             progress.update(already_done + done)
 
     # No try/finally around the loop: closing the queue is collective, and a rank that failed must not enter
-    # it; the command line aborts the job instead (dcnn.cli.common).
+    # it; the command line aborts the job instead (dcnn.cli.common). A job of one rank has no one to wait for: it
+    # frees its window on the way out, or MPI's finalize warns of it after the error's one line.
     at_once = concurrent_tasks(mode, get_num_threads(), len(pending), comm.size)
-    if at_once > 1:
-        _run_on_task_threads(scheduler, compute, finish, channel.poll)
-    else:
-        while (task := scheduler.next_task(on_idle=channel.poll)) is not None:
-            finish(*compute(task))
+    try:
+        if at_once > 1:
+            _run_on_task_threads(scheduler, compute, finish, channel.poll)
+        else:
+            while (task := scheduler.next_task(on_idle=channel.poll)) is not None:
+                finish(*compute(task))
+    except BaseException:
+        if comm.size == 1 and isinstance(scheduler, StealQueue):
+            scheduler.close()
+        raise
     channel.drain(len(pending))
     if comm.rank == 0:  # the last task may have ended on another rank: the run's end is reported all the same
         progress.update(already_done + sum(stop - start for start, stop in map(split.bounds, pending)))
@@ -375,5 +381,8 @@ def _run_on_task_threads(scheduler: StealQueue, compute: Callable[[int], tuple],
     except Exception:
         pool.shutdown(wait=True)  # a failed task: the others finish first
         raise
-    finally:  # done: nothing runs any more; interrupted (SIGINT, SIGTERM): the file is closed without waiting
+    except BaseException:  # interrupted (SIGINT, SIGTERM): the file is closed without waiting for the running
+        cancel_tasks()     # tasks, which stop at their next layer (the process's exit waits for their threads)
+        raise
+    finally:
         pool.shutdown(wait=False, cancel_futures=True)
