@@ -193,3 +193,89 @@ def test_a_failed_task_thread_keeps_the_tasks_that_finish_beside_it():
     finally:
         threads.set_num_threads(1)
     assert delivered == [0]
+
+
+def test_an_interruption_while_failed_tasks_neighbours_finish_still_cancels_them():
+    """Before: Ctrl-C while the main thread waited for the tasks running beside a failed one left them uncancelled
+    (the exit then waited for whole tasks). The interruption now cancels them: they stop at their next check."""
+    import signal
+
+    class Queue:
+        def __init__(self):
+            self.tasks = [0, 1]
+
+        def next_task(self, on_idle):
+            return self.tasks.pop(0) if self.tasks else None
+
+    failing, stopped = threading.Event(), threading.Event()
+
+    def compute(task):
+        if task == 1:
+            failing.set()
+            raise RuntimeError("task 1 failed")
+        failing.wait()
+        deadline = time.monotonic() + 60  # a hang guard only: a cancelled task stops at once
+        try:
+            while time.monotonic() < deadline:
+                threads.stop_if_cancelled()
+                time.sleep(0.01)
+        except threads.TasksCancelled:
+            stopped.set()
+            raise
+        return (task,)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        threads.set_num_threads(2)
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(KeyboardInterrupt):
+            _run_on_task_threads(Queue(), compute, lambda *outputs: None, lambda: None)
+        assert stopped.wait(60)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        threads.set_num_threads(1)
+
+
+def test_a_failed_delivery_writes_nothing_more_and_cancels_the_running_tasks():
+    """A write that fails (the file) is not retried for the tasks beside it: they are cancelled, not delivered."""
+
+    class Queue:
+        def __init__(self):
+            self.tasks = [0, 1]
+
+        def next_task(self, on_idle):
+            return self.tasks.pop(0) if self.tasks else None
+
+    started, stopped, delivered = threading.Event(), threading.Event(), []
+
+    def compute(task):
+        if task == 0:
+            started.wait()  # task 1 runs when task 0's delivery fails
+            return (task,)
+        started.set()
+        deadline = time.monotonic() + 60  # a hang guard only
+        try:
+            while time.monotonic() < deadline:
+                threads.stop_if_cancelled()
+                time.sleep(0.01)
+        except threads.TasksCancelled:
+            stopped.set()
+            raise
+        return (task,)
+
+    def finish(task):
+        delivered.append(task)
+        raise OSError(28, "No space left on device")
+
+    try:
+        threads.set_num_threads(2)
+        with pytest.raises(OSError, match="No space"):
+            _run_on_task_threads(Queue(), compute, finish, lambda: None)
+        assert stopped.wait(60)
+    finally:
+        threads.set_num_threads(1)
+    assert delivered == [0]

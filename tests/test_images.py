@@ -178,3 +178,19 @@ def test_folder_errors(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with open_image_set(tmp_path) as images, pytest.raises(InputError, match="cannot read image"):
         images.read(0, 1, IMAGENET)
+
+
+def test_a_header_beyond_pillows_pixel_limit_is_an_unreadable_image_not_a_crash(tmp_path):
+    """Before: a 154-byte BMP declaring 20000 x 20000 pixels raised Pillow's DecompressionBombError, which no
+    handler knew: the run ended with "unexpected failure" and a traceback. It is an unreadable file now."""
+    import struct
+
+    side = 20000
+    header = b"BM" + struct.pack("<IHHI", 54 + 3 * side * side, 0, 0, 54) + struct.pack(
+        "<IiiHHIIiiII", 40, side, side, 1, 24, 0, 3 * side * side, 0, 0, 0, 0)
+    (tmp_path / "huge.bmp").write_bytes(header + bytes(100))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "ok.png")
+    images = open_image_set(tmp_path)
+    index = [images.name(i) for i in range(len(images))].index(str(tmp_path / "huge.bmp"))
+    with pytest.raises(InputError, match=r"huge\.bmp: cannot read image"):
+        images.probe(index)

@@ -238,3 +238,25 @@ def test_an_output_that_is_a_symbolic_link_is_written_through_to_its_target(tmp_
     assert link.is_symlink()
     with h5py.File(target, "r") as handle:
         assert handle.attrs["finished"] == "second"
+
+
+def test_the_room_for_a_task_is_measured_on_the_disk_of_a_linked_outputs_target(tmp_path, monkeypatch):
+    """Before: the free-space check before each task measured the folder of the symbolic link, not that of the
+    file HDF5 writes through it (a false refusal, or no protection where the target's disk is full)."""
+    from dcnn.io import results
+
+    (tmp_path / "disk").mkdir()
+    link = tmp_path / "link.h5"
+    link.symlink_to(tmp_path / "disk" / "out.h5")
+    writer = ResultWriter.create(link, 2, 3, 1, ATTRIBUTES)
+    measured = []
+    real = results.shutil.disk_usage
+
+    def usage(path):
+        measured.append(os.path.realpath(path))
+        return real(path)
+
+    monkeypatch.setattr(results.shutil, "disk_usage", usage)
+    writer.write_task(0, 0, 2, np.zeros((2, 3), np.float32), rank=0, started=0, ended=1)
+    writer.close()
+    assert measured == [str(tmp_path / "disk")]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -297,7 +298,7 @@ class FolderImageSet(ImageSet):
     def _header(self, index: int, verify: bool) -> tuple[int, int]:
         """``(H, W)`` from the file's header, without decoding pixels; with ``verify`` its structure is checked too
         (Pillow's ``verify``: for PNG every chunk's CRC up to IEND, which finds truncated and altered files)."""
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         try:
             with Image.open(self.files[index]) as image:
@@ -305,7 +306,7 @@ class FolderImageSet(ImageSet):
                 check_mode(image, str(self.files[index]))
                 if verify:
                     image.verify()
-        except (*DAMAGED_FILE_ERRORS, UnidentifiedImageError) as error:
+        except _image_errors() as error:
             raise InputError(f"{self.files[index]}: cannot read image ({error or type(error).__name__})") from None
         self._sizes[index] = (height, width)
         return height, width
@@ -360,6 +361,16 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in _suffixes() and path.is_file()
 
 
+def _image_errors() -> tuple[type[BaseException], ...]:
+    """What Pillow raises for a file that is no image it can decode: a damaged or unknown file, and a header
+    declaring more pixels than Pillow's safety limit (``DecompressionBombError``, an ``Exception`` of its own: it
+    ended a run with a traceback). Pillow's warning below that limit is silenced: a size the planner checks."""
+    from PIL import Image, UnidentifiedImageError
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    return (*DAMAGED_FILE_ERRORS, UnidentifiedImageError, Image.DecompressionBombError)
+
+
 def open_image(path: str | os.PathLike):
     """One image file, decoded (a PIL image).
 
@@ -368,12 +379,12 @@ def open_image(path: str | os.PathLike):
     InputError
         If the file cannot be read or decoded.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         image = Image.open(path)
         image.load()
-    except (*DAMAGED_FILE_ERRORS, UnidentifiedImageError) as error:
+    except _image_errors() as error:
         raise InputError(f"{path}: cannot read image ({error or type(error).__name__})") from None
     return image
 

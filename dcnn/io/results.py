@@ -601,7 +601,7 @@ class ResultWriter:
         table = self._file["outputs/detections" if self.detections else "outputs/logits"]
         chunk = math.prod(table.chunks or table.shape) * table.dtype.itemsize
         needed = REWRITE_MARGIN + chunk + 2 * outputs.nbytes
-        if shutil.disk_usage(self.path.parent).free < needed:
+        if shutil.disk_usage(_target(self.path).parent).free < needed:  # a symbolic link is written through
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
 
     def skipped_in(self, split, tasks) -> set[int]:

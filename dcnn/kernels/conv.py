@@ -44,7 +44,8 @@ off for a run that wants the exact formulations only. It is chosen where its out
 input is large enough (im2col below); the choice depends on the layer and that declared map, never on the map a
 call gets, so a spatial block or a fused tile uses the same formulation as the whole map.
 
-*winograd-rows* (filters 5 tall at stride 1 or 2 where *rows* applies, with at least
+*winograd-rows* (filters whose kernel rows per row phase number 2, 3 or 5, e.g. 5 tall at stride 1 or 2, where
+*rows* applies, with at least
 :data:`WINOGRAD_MIN_CHANNELS` inputs and outputs: the face detector's 5x5 layers but its RGB one). *rows* with
 Winograd down the columns of each row phase: F(4, 5) at stride 1, 8 kernel-row GEMMs per 4 output rows instead of
 20; F(4, 3) on the even kernel rows and F(4, 2) on the odd ones at stride 2, 11 instead of 20
@@ -376,9 +377,10 @@ class Conv2dKernel:
             raise ValueError("the winograd convolution method needs a 3x3 filter, stride 1, dilation 1 and one "
                              f"group, got {kh}x{kw}, stride {self.stride}, dilation {self.dilation}, {groups} groups")
         if method == "winograd-rows" and not column_winograd_applies((kh, kw), self.stride, self.dilation, groups):
-            raise ValueError("the winograd-rows convolution method needs a filter 5 tall at stride 1 or 2 (2, 3 "
-                             f"or 5 kernel rows per row phase), at least {ROWS_MIN_KERNEL} wide, dilation 1 and one "
-                             f"group, got {kh}x{kw}, stride {self.stride}, dilation {self.dilation}, {groups} groups")
+            raise ValueError("the winograd-rows convolution method needs a filter 5 tall at stride 1 or 2 (any "
+                             f"with 2, 3 or 5 kernel rows per row phase), at least {ROWS_MIN_KERNEL} wide, dilation 1 "
+                             f"and one group, got {kh}x{kw}, stride {self.stride}, dilation {self.dilation}, "
+                             f"{groups} groups")
         self.method = (choose_method(group_channels, group_out, self.stride, (kh, kw), self.dilation, groups,
                                      map_size) if method == "auto" else method)
         (sh, sw), (dh, dw) = self.stride, self.dilation

@@ -356,16 +356,23 @@ def _run_on_task_threads(scheduler: StealQueue, compute: Callable[[int], tuple],
     tasks of the run), it keeps delivering the tasks that finish, so the run's count of finished tasks, which
     ends that wait, includes them. The first failure of a task ends the loop: no task is taken after it, the
     tasks still running finish and are delivered (a resume does not compute them again), and its exception
-    propagates. An interruption (a ``BaseException`` such as the
-    command line's for SIGTERM) propagates at once.
+    propagates. An interruption (a ``BaseException`` such as the command line's for SIGTERM), or a failure to
+    deliver (a write), propagates at once, and the running tasks stop at their next layer (:func:`cancel_tasks`).
     """
     running: set[Future] = set()
+    task_failed = completed = False
 
     def deliver(timeout: float) -> None:
+        nonlocal task_failed
         finished, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
         for future in finished:
             running.discard(future)
-            finish(*future.result())
+            try:
+                outputs = future.result()
+            except Exception:
+                task_failed = True
+                raise
+            finish(*outputs)
         poll()
 
     pool = task_threads()
@@ -380,15 +387,16 @@ def _run_on_task_threads(scheduler: StealQueue, compute: Callable[[int], tuple],
                     running.add(pool.submit(compute, task))
             else:
                 deliver(POLL_SECONDS)
+        completed = True
     except Exception:
-        pool.shutdown(wait=True)  # a failed task: the others finish first, and are kept (a resume skips them)
-        with contextlib.suppress(Exception):  # the first failure is the one to report
-            for future in running:
-                if future.exception() is None:
-                    finish(*future.result())
-        raise
-    except BaseException:  # interrupted (SIGINT, SIGTERM): the file is closed without waiting for the running
-        cancel_tasks()     # tasks, which stop at their next layer (the process's exit waits for their threads)
+        if task_failed:  # the other tasks finish first, and are kept (a resume skips them)
+            pool.shutdown(wait=True)
+            with contextlib.suppress(Exception):  # the task's failure is the one to report; after a failed
+                for future in running:            # write, nothing more is written
+                    if future.exception() is None:
+                        finish(*future.result())
         raise
     finally:
+        if not completed:  # interrupted (SIGINT, SIGTERM, even while waiting above) or a failed write: the file is
+            cancel_tasks()  # closed without waiting for the running tasks, which stop at their next layer
         pool.shutdown(wait=False, cancel_futures=True)
