@@ -68,12 +68,13 @@ def test_an_existing_result_is_refused_byte_identical_unless_force(tmp_path, dig
     assert leftovers(tmp_path, {"run.h5"}) == []
 
 
+# Each holds the file until its standard input closes (the test's end), however long the runs take.
 HOLDERS = {
     # another program with the result open for writing (HDF5 holds an exclusive lock on it)
-    "h5py": "import h5py, sys, time\nf = h5py.File(sys.argv[1], 'r+')\nprint('held', flush=True)\ntime.sleep(120)",
+    "h5py": "import h5py, sys\nf = h5py.File(sys.argv[1], 'r+')\nprint('held', flush=True)\nsys.stdin.read()",
     # a lock that makes HDF5's own locking fail, as on NFS ("unable to lock file")
-    "flock": "import fcntl, sys, time\nf = open(sys.argv[1], 'rb')\nfcntl.flock(f, fcntl.LOCK_EX)\n"
-             "print('held', flush=True)\ntime.sleep(120)",
+    "flock": "import fcntl, sys\nf = open(sys.argv[1], 'rb')\nfcntl.flock(f, fcntl.LOCK_EX)\n"
+             "print('held', flush=True)\nsys.stdin.read()",
 }
 
 
@@ -82,8 +83,8 @@ def test_a_refused_run_leaves_a_held_file_byte_identical(tmp_path, digits, refer
     """Before: h5py's mode "w" truncated the file, then HDF5 failed to lock it: exit 2 and a 0-byte file."""
     output = tmp_path / "held.h5"
     assert infer("--input", str(digits), "--output", str(output)).returncode == 0
-    process = subprocess.Popen([sys.executable, "-c", HOLDERS[holder], str(output)], stdout=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen([sys.executable, "-c", HOLDERS[holder], str(output)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout.readline().strip() == "held"
         before = output.read_bytes()  # as the holder left it (h5py's r+ marks the file open)
@@ -103,9 +104,10 @@ def test_a_refused_run_leaves_a_held_file_byte_identical(tmp_path, digits, refer
 def test_a_second_run_on_a_live_file_is_refused_and_the_first_completes(tmp_path, digits, reference):
     """Before: the second run wiped the first's live file, the first failed, the second hung in HDF5."""
     output = tmp_path / "live.h5"
-    # Slow enough to be stopped while live; the throttle scales each rank's sleep with its (load-dependent) task
-    # time, so a larger factor only stretches the run on a busy machine.
-    slow = ["--throttle", "0:100", "--throttle", "1:100"]
+    # Slow enough to be stopped while live (about 3 s from its output's creation to its end here, against the
+    # few milliseconds the test takes to stop it); the throttle scales each rank's sleep with its (load-dependent)
+    # task time, so a larger factor only stretches the run on a busy machine.
+    slow = ["--throttle", "0:300", "--throttle", "1:300"]
     first = subprocess.Popen(command("--input", str(digits), "--output", str(output), "--mode", "batch", *slow,
                                      ranks=2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
@@ -123,7 +125,7 @@ def test_a_second_run_on_a_live_file_is_refused_and_the_first_completes(tmp_path
                    for second in (["--input", str(digits), "--output"],
                                   ["--input", str(digits), "--force", "--output"], ["--resume"])]
         for second in seconds:
-            _, stderr = second.communicate(timeout=60)
+            _, stderr = second.communicate(timeout=120)  # three commands start at once: a hang guard only
             assert second.returncode == 2 and "is being written by another run (process" in one_line(stderr)
         assert first.poll() is None, "the first run ended before it was stopped; slow it down"
         for pid in ranks:
