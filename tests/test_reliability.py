@@ -165,6 +165,38 @@ def test_a_signal_ends_a_process_blocked_in_a_library_call(signum):
     assert f"dcnn: still running 1 s after {signal.Signals(signum).name}" in stderr, stderr
 
 
+IN_A_CALLBACK = """
+import argparse, signal, time, weakref
+from dcnn.cli import common as cli
+def body(args):
+    class Thing:
+        pass
+    thing = Thing()
+    def collected(reference):  # a weakref callback, where the signal's handler runs and raises
+        signal.raise_signal(signal.SIGTERM)
+    reference = weakref.ref(thing, collected)
+    del thing
+    end = time.monotonic() + 30
+    while time.monotonic() < end:  # the rest of the run, which the signal must end
+        time.sleep(0.001)
+    print("went on", flush=True)
+    return 0
+parser = argparse.ArgumentParser()
+cli.add_common_arguments(parser)
+raise SystemExit(cli.run_main(body, parser, []))
+"""
+
+
+def test_a_signal_handled_in_a_weakref_callback_still_interrupts_the_command():
+    """Before: SIGTERM or SIGINT handled while the garbage collector ran a weakref callback (h5py's registry, at
+    every task) raised there, where Python prints "Exception ignored" and goes on: the run continued, and under
+    mpiexec the other ranks aborted it before rank 0 printed its resume line (a killed-run test failed so on a
+    busy machine)."""
+    done = subprocess.run([sys.executable, "-c", IN_A_CALLBACK], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 128 + signal.SIGTERM, done.stdout + done.stderr
+    assert done.stderr == "dcnn: interrupted by SIGTERM\n" and "went on" not in done.stdout
+
+
 def _maps(pid: int, library: str) -> bool:
     """Whether process ``pid`` has mapped a shared library whose name contains ``library``."""
     try:
