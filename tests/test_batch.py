@@ -162,3 +162,34 @@ def test_a_failed_task_ends_the_loop_after_the_running_task_finishes():
     with pytest.raises(RuntimeError, match="task 1 failed"):
         run_on_threads(queue, compute)
     assert ended.is_set() and queue.handed == [0, 1]
+
+
+def test_a_failed_task_thread_keeps_the_tasks_that_finish_beside_it():
+    """Before: when a task failed on one task thread, a task another thread finished after it was dropped (a
+    resume computed it again). It is delivered before the failure propagates."""
+
+    class Queue:
+        def __init__(self):
+            self.tasks = [0, 1]
+
+        def next_task(self, on_idle):
+            return self.tasks.pop(0) if self.tasks else None
+
+    failing = threading.Event()
+    delivered = []
+
+    def compute(task):
+        if task == 1:
+            failing.set()
+            raise RuntimeError("task 1 failed")
+        failing.wait()
+        time.sleep(0.5)  # ends after the main thread has seen task 1 fail (on any machine, the result is the same)
+        return (task,)
+
+    try:
+        threads.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="task 1 failed"):
+            _run_on_task_threads(Queue(), compute, delivered.append, lambda: None)
+    finally:
+        threads.set_num_threads(1)
+    assert delivered == [0]

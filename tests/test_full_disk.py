@@ -9,6 +9,8 @@ import sys
 import pytest
 from conftest import mpi_command, write_digits
 
+FACES = os.path.join(os.path.dirname(__file__), os.pardir, "data", "faces.h5")
+
 
 @pytest.fixture
 def small_disk(tmp_path):
@@ -59,4 +61,25 @@ def test_a_run_on_a_full_disk_ends_in_one_line_with_exit_2_and_leaves_no_lock_or
     # dcnn's own lines only (the launcher adds its abort notice: MPICH one line, Open MPI a block).
     errors = [line for line in done.stderr.splitlines() if line.startswith("dcnn: error")]
     assert len(errors) == 1 and re.search("no space left", errors[0], re.I), done.stderr
+    assert not [name for name in os.listdir(small_disk) if name.endswith((".lock", ".tmp"))]
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_recognition_run_on_a_full_disk_ends_in_one_line_without_a_crash(tmp_path, small_disk, ranks):
+    """Before: a recognition task's write held the detections table when the flush failed; HDF5 then crashed
+    closing it (exit 139 alone, signal 11 under mpiexec). Now the write is refused while the file is still
+    clean."""
+    with open(small_disk / "filler", "wb") as filler:
+        filler.write(b"\0" * 150_000)
+    launcher = mpi_command(2) if ranks == 2 else []
+    done = subprocess.run(
+        [*launcher, sys.executable, "-m", "dcnn.recognize", "--threads", "1", "--quiet",
+         "--batch-size", "4", "--input", FACES, "--output", str(small_disk / "faces.h5")],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "WARN" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("dcnn: error")]
+    assert len(errors) == 1 and re.search("no space left", errors[0], re.I), done.stderr
+    assert "continue with" in done.stderr
     assert not [name for name in os.listdir(small_disk) if name.endswith((".lock", ".tmp"))]

@@ -82,9 +82,9 @@ def test_all_methods_agree_on_large_layer(rng, stride):
 @pytest.mark.parametrize("in_channels,out_channels,stride,kernel,expected", [
     (3, 64, (1, 1), 3, "im2col"), (3, 16, (2, 2), 3, "shifted"), (16, 32, (2, 2), 3, "shifted"),
     (45, 45, (1, 1), 5, "winograd-rows"), (32, 45, (1, 1), 5, "winograd-rows"), (15, 45, (1, 1), 5, "rows"),
-    (32, 32, (2, 2), 5, "rows"), (45, 45, (1, 1), 3, "winograd"), (16, 16, (1, 1), 3, "winograd"),
+    (32, 32, (2, 2), 5, "winograd-rows"), (45, 45, (1, 1), 3, "winograd"), (16, 16, (1, 1), 3, "winograd"),
     (16, 15, (1, 1), 3, "shifted"), (45, 1, (1, 1), 3, "shifted-output"), (3, 1, (1, 1), 3, "im2col"),
-    (3, 16, (2, 2), 5, "rows"), (16, 32, (2, 2), 5, "rows"), (32, 64, (1, 1), 5, "shifted"),
+    (3, 16, (2, 2), 5, "rows"), (16, 32, (2, 2), 5, "winograd-rows"), (32, 64, (1, 1), 5, "shifted"),
     (45, 1, (1, 1), 9, "shifted-output")])
 def test_choose_method(in_channels, out_channels, stride, kernel, expected):
     assert choose_method(in_channels, out_channels, stride, (kernel, kernel)) == expected
@@ -134,8 +134,8 @@ def test_winograd_on_another_geometry_is_refused(kernel, stride, dilation, group
                      dilation=(dilation, dilation), groups=groups, method="winograd")
 
 
-@pytest.mark.parametrize("kernel,stride,dilation,groups", [(3, 1, 1, 1), ((5, 3), 1, 1, 1), (5, 2, 1, 1),
-                                                             (5, 1, 2, 1), (5, 1, 1, 2)])
+@pytest.mark.parametrize("kernel,stride,dilation,groups", [(3, 1, 1, 1), ((5, 3), 1, 1, 1), (5, 3, 1, 1),
+                                                             (7, 2, 1, 1), (5, 1, 2, 1), (5, 1, 1, 2)])
 def test_winograd_rows_on_another_geometry_is_refused(kernel, stride, dilation, groups):
     kh, kw = kernel if isinstance(kernel, tuple) else (kernel, kernel)
     with pytest.raises(ValueError, match="winograd-rows convolution method needs a filter 5 tall"):
@@ -160,33 +160,38 @@ def test_minimal_filtering_gives_lavin_and_grays_f43_and_an_exact_f45():
         winograd.minimal_filtering((0, 1, -1, 2, 2), 4, 3)
 
 
-@pytest.mark.parametrize("batch,channels,out_channels,height,width,padding,bias", [
-    (2, 16, 20, 11, 9, 2, True), (3, 32, 45, 13, 17, (1, 2, 0, 3), True), (1, 16, 16, 5, 5, 0, False),
-    (2, 17, 33, 23, 6, 2, True), (1, 45, 45, 1, 1, 2, True)])
-def test_winograd_rows_error_against_float64(rng, batch, channels, out_channels, height, width, padding, bias):
-    """F(4, 5) down the columns (winograd-rows) stays within 1e-5 of the output's largest magnitude against float64
-    (measured: 2e-6 to 3e-6 on these and on the face detector's layers) on odd sizes, paddings, with and without
-    bias; the fused ReLU clips the same values."""
+@pytest.mark.parametrize("batch,channels,out_channels,height,width,padding,bias,stride", [
+    (2, 16, 20, 11, 9, 2, True, (1, 1)), (3, 32, 45, 13, 17, (1, 2, 0, 3), True, (1, 1)),
+    (1, 16, 16, 5, 5, 0, False, (1, 1)), (2, 17, 33, 23, 6, 2, True, (1, 1)), (1, 45, 45, 1, 1, 2, True, (1, 1)),
+    (2, 16, 32, 23, 19, 0, True, (2, 2)), (3, 32, 32, 14, 11, (1, 2, 0, 3), True, (2, 2)),
+    (1, 16, 20, 5, 6, 0, False, (2, 2)), (2, 20, 16, 12, 9, 2, True, (2, 1)), (1, 16, 16, 1, 1, 2, True, (2, 2))])
+def test_winograd_rows_error_against_float64(rng, batch, channels, out_channels, height, width, padding, bias,
+                                             stride):
+    """Winograd down the columns (winograd-rows: F(4, 5) at stride 1, F(4, 3) and F(4, 2) on the two row phases
+    at stride 2) stays within 1e-5 of the output's largest magnitude against float64 (measured: 1e-6 to 3e-6 on
+    these and on the face detector's layers) on odd sizes, paddings, with and without bias; the fused ReLU clips
+    the same values."""
     x = random_array(rng, batch, channels, height, width)
     weight = random_array(rng, out_channels, channels, 5, 5)
     b = random_array(rng, out_channels) if bias else None
     expected = reference.conv2d(x.astype(np.float64), weight.astype(np.float64),
-                                None if b is None else b.astype(np.float64), (1, 1),
+                                None if b is None else b.astype(np.float64), stride,
                                 conv.normalize_padding(padding), (1, 1), 1)
-    kernel = Conv2dKernel(weight, b)
+    kernel = Conv2dKernel(weight, b, stride)
     assert kernel.method == "winograd-rows"
     actual = kernel(x, padding)
     assert actual.shape == expected.shape
     assert np.abs(actual - expected).max() <= 1e-5 * np.abs(expected).max()
-    clipped = Conv2dKernel(weight, b, relu=True)(x, padding)
+    clipped = Conv2dKernel(weight, b, stride, relu=True)(x, padding)
     np.testing.assert_array_equal(clipped, np.maximum(actual, 0))
 
 
-def test_winograd_rows_at_any_thread_count_and_on_many_chunks(rng, monkeypatch):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_winograd_rows_at_any_thread_count_and_on_many_chunks(rng, monkeypatch, stride):
     """Bit-identical at 1, 2 and 3 threads and with chunks of one tile row (chunks spanning images); a block of
     the map (its tiles start at its own first row) agrees with the whole map to rounding."""
-    x = random_array(rng, 3, 16, 21, 13)
-    kernel = Conv2dKernel(random_array(rng, 24, 16, 5, 5), random_array(rng, 24), relu=True)
+    x = random_array(rng, 3, 16, 21 * stride, 13)
+    kernel = Conv2dKernel(random_array(rng, 24, 16, 5, 5), random_array(rng, 24), (stride, stride), relu=True)
     assert kernel.method == "winograd-rows"
     results = []
     try:
@@ -199,7 +204,8 @@ def test_winograd_rows_at_any_thread_count_and_on_many_chunks(rng, monkeypatch):
         np.testing.assert_array_equal(result, results[0])
     monkeypatch.setattr(conv, "cache_bytes", lambda level: 1024)
     np.testing.assert_array_equal(kernel(x, 2), results[0])
-    block = kernel(x[:, :, 6:], (0, 2, 2, 2))  # output rows 8.., their input rows from 6 on
+    # Output rows 8.. read input rows from 8 stride - 2 on (padding 2 above the whole map, none above the block).
+    block = kernel(x[:, :, 8 * stride - 2:], (0, 2, 2, 2))
     np.testing.assert_allclose(block, results[0][:, :, 8:], rtol=1e-5, atol=1e-5)
 
 
@@ -275,8 +281,8 @@ def test_threads_give_identical_results(rng):
     many_bands = Conv2dKernel(random_array(rng, 16, 16, 3, 3), random_array(rng, 16), relu=True)
     assert kernel.method == many_bands.method == "winograd"
     strided = Conv2dKernel(random_array(rng, 8, 32, 3, 3), stride=(2, 2))
-    rows = Conv2dKernel(random_array(rng, 45, 32, 5, 5), random_array(rng, 45), stride=(2, 2), relu=True)
-    assert rows.method == "rows"
+    rows = Conv2dKernel(random_array(rng, 45, 32, 5, 5), random_array(rng, 45), stride=(2, 2), relu=True,
+                        method="rows")
     try:
         threads.set_num_threads(1)
         single = kernel(x, 1), strided(x, 1), many_bands(large, 1), rows(x, 2)
@@ -350,8 +356,7 @@ def test_rows_on_a_block_equals_the_whole_map(rng, monkeypatch):
     """A spatial block (its own border padding only) and a map cut into many chunks give the whole map's bits:
     the chunks and blocks change which GEMM computes a pixel, never the order of its sum."""
     x = random_array(rng, 2, 16, 41, 30)
-    kernel = Conv2dKernel(random_array(rng, 32, 16, 5, 5), random_array(rng, 32), (2, 2), relu=True)
-    assert kernel.method == "rows"
+    kernel = Conv2dKernel(random_array(rng, 32, 16, 5, 5), random_array(rng, 32), (2, 2), relu=True, method="rows")
     whole = kernel(x, 0)
     block = kernel(x[:, :, 10:], (0, 0, 0, 0))  # output rows 5.., their input rows from 10 on
     np.testing.assert_array_equal(block, whole[:, :, 5:])

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -150,5 +151,41 @@ def test_two_task_threads_share_one_compiled_network():
             wrong = sum(not np.array_equal(got, want) for _ in range(10)
                         for got, want in zip(pool.map(forward, inputs), expected))
         assert wrong == 0  # with one buffer per network: 6 of 40 wrong in 5 rounds
+    finally:
+        threads.set_num_threads(1)
+
+
+def test_cancelled_task_threads_stop_at_their_next_layer():
+    """Before: an interrupted one-rank run's task threads finished their whole tasks (the process's exit waited
+    for them, past the 10 s watchdog on long tasks). After cancel_tasks, a forward pass on a task thread stops at
+    its next layer; the calling thread and a new pool are not affected."""
+    from dcnn.exec.forward import Forward
+    from dcnn.network.graph import Network
+    from dcnn.network.layers import Conv2d, ReLU
+    from dcnn.network.weights import init_weights
+
+    network = Network("tiny", (("c0", Conv2d(3, 8, 3, padding=1)), ("r0", ReLU())), (3, 16, 16))
+    forward = Forward(network, init_weights(network, 1))
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    started = threading.Event()
+
+    def job(_):
+        started.set()
+        deadline = time.monotonic() + 60  # a hang guard only: without the cancellation the job runs this long
+        while time.monotonic() < deadline:  # a task of many forward passes
+            forward(x)
+
+    try:
+        threads.set_num_threads(2)
+        with threads.task_threads() as pool:
+            future = pool.submit(job, 0)
+            started.wait()
+            threads.cancel_tasks()
+            with pytest.raises(threads.TasksCancelled):
+                future.result()
+        threads.stop_if_cancelled()  # the calling thread is no task thread: nothing happens
+        forward(x)
+        with threads.task_threads() as pool:  # a new pool starts uncancelled
+            assert pool.submit(forward, x).result().shape == (1, 8, 16, 16)
     finally:
         threads.set_num_threads(1)

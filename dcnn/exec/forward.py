@@ -51,6 +51,7 @@ from dcnn.kernels.elementwise import (
 )
 from dcnn.kernels.memory import empty_float32
 from dcnn.kernels.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d, pad2d
+from dcnn.kernels.threads import stop_if_cancelled
 from dcnn.network.graph import INPUT, Network
 from dcnn.network.layers import (
     ELU,
@@ -493,6 +494,7 @@ class Forward:
         owned: set[str] = set()
 
         for index in range(start, stop):
+            stop_if_cancelled()  # an interrupted run's task threads end here
             sources = inputs[index]
             missing = [name for name in sources if name not in tensors]
             if missing:

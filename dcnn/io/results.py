@@ -25,8 +25,10 @@ and fails on NFS) is switched off for every file opened here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
+import math
 import os
 import resource
 import shlex
@@ -34,6 +36,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import traceback
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -559,6 +562,7 @@ class ResultWriter:
         ``skipped`` are images of the task that could not be read when it ran (``--skip-unreadable``): they are
         recorded under ``/skipped`` and, like the images the scan skipped, stay not done.
         """
+        self._ensure_room(outputs)
         if self.detections:
             table = self._file["outputs/detections"]
             first = table.shape[0]
@@ -580,6 +584,25 @@ class ResultWriter:
         self._file["timing/task_end"][task] = ended
         self._file["timing/task_rank"][task] = rank
         self._file.flush()
+
+    def _ensure_room(self, outputs: np.ndarray) -> None:
+        """Refuse a task's write, before touching the file, where the disk cannot hold it: HDF5 keeps what a
+        failed write left behind (a dataset's cached chunk) and may crash closing it or at exit, so a full disk
+        is caught here while the file is still clean, and it closes with every earlier task (resumable).
+
+        The room asked for: the outputs, one new chunk of their table (the most a task's rows extend it by, when
+        they are fewer than a chunk; else twice their size) and :data:`REWRITE_MARGIN` for HDF5's metadata.
+
+        Raises
+        ------
+        OSError
+            ``ENOSPC`` naming the file, as a failed write would (:func:`dcnn.errors.out_of_space`).
+        """
+        table = self._file["outputs/detections" if self.detections else "outputs/logits"]
+        chunk = math.prod(table.chunks or table.shape) * table.dtype.itemsize
+        needed = REWRITE_MARGIN + chunk + 2 * outputs.nbytes
+        if shutil.disk_usage(self.path.parent).free < needed:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
 
     def skipped_in(self, split, tasks) -> set[int]:
         """The skipped images (found by the scan or while running) among those of ``tasks`` of ``split``."""
@@ -635,7 +658,13 @@ class ResultWriter:
         """Close without marking the run complete (after an error); what was flushed stays readable.
 
         Closing flushes: after a failed write (a full disk) that fails too, and is let go, since every task
-        flushed before is in the file; the lock is released either way."""
+        flushed before is in the file; the lock is released either way. Called while an error is handled, it
+        first clears the finished frames of that error's traceback: a dataset a failed write still held there
+        would otherwise be closed after its file failed to close, which crashes HDF5 (a segmentation fault
+        when the traceback is freed)."""
+        error = sys.exc_info()[1]
+        if error is not None:
+            traceback.clear_frames(error.__traceback__)
         try:
             if self._file.id.valid:
                 self._file.close()

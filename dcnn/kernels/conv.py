@@ -44,10 +44,11 @@ off for a run that wants the exact formulations only. It is chosen where its out
 input is large enough (im2col below); the choice depends on the layer and that declared map, never on the map a
 call gets, so a spatial block or a fused tile uses the same formulation as the whole map.
 
-*winograd-rows* (filters 5 tall at stride 1 where *rows* applies, with at least :data:`WINOGRAD_MIN_CHANNELS`
-inputs and outputs: the face detector's 5x5 45-channel layers). *rows* with Winograd's F(4, 5) down the columns:
-8 kernel-row GEMMs per 4 output rows instead of 20 (:meth:`Conv2dKernel._winograd_rows`); off with
-:func:`set_exact`, like *winograd*.
+*winograd-rows* (filters 5 tall at stride 1 or 2 where *rows* applies, with at least
+:data:`WINOGRAD_MIN_CHANNELS` inputs and outputs: the face detector's 5x5 layers but its RGB one). *rows* with
+Winograd down the columns of each row phase: F(4, 5) at stride 1, 8 kernel-row GEMMs per 4 output rows instead of
+20; F(4, 3) on the even kernel rows and F(4, 2) on the odd ones at stride 2, 11 instead of 20
+(:meth:`Conv2dKernel._winograd_rows`); off with :func:`set_exact`, like *winograd*.
 
 Chunks of output columns are sized from the detected L2 cache (:mod:`dcnn.kernels.cache`; four L2s for the
 kernel-row and shifted-output formulations, :data:`WIDE_CHUNK_L2`) and a large batch is
@@ -70,7 +71,7 @@ from dcnn.kernels.memory import empty_float32
 from dcnn.kernels.threads import parallel_for
 from dcnn.kernels.winograd import (
     ALPHA,
-    COLUMN_POINTS,
+    COLUMN_POINTS_BY_TAPS,
     COLUMN_TILE,
     TILE,
     WinogradBands,
@@ -88,7 +89,8 @@ __all__ = ["EXACT_METHODS", "METHODS", "Conv2dKernel", "Workspace", "choose_meth
 #: The exact GEMM formulations of :class:`Conv2dKernel` (see the module docstring): any geometry.
 EXACT_METHODS = ("shifted", "im2col", "shifted-output", "rows")
 #: Every formulation; ``"winograd"`` only for 3x3 filters at stride 1, dilation 1, one group, ``"winograd-rows"``
-#: only for filters 5 tall and at least :data:`ROWS_MIN_KERNEL` wide at stride 1, dilation 1, one group.
+#: only for filters at least :data:`ROWS_MIN_KERNEL` wide whose kernel rows per row phase have Winograd points
+#: (:func:`column_winograd_applies`: 5 tall at stride 1 or 2), dilation 1, one group.
 METHODS = (*EXACT_METHODS, "winograd", "winograd-rows")
 #: Layers with at least this many input and output channels take Winograd's F(4x4, 3x3) where it applies:
 #: below it the transforms, linear in the channels, cost more than the GEMMs save (VGG's 3 -> 64 first layer).
@@ -140,12 +142,19 @@ def winograd_applies(kernel_size: tuple[int, int], stride: tuple[int, int], dila
     return tuple(kernel_size) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
 
 
+def column_phases(kernel_height: int, stride: int) -> list[list[int]]:
+    """The kernel rows of each row phase of a convolution ``stride`` rows apart (dilation 1): phase ``p`` holds
+    rows ``p, p + stride, ...``, which read the input rows ``p, p + stride, ...`` one phase-plane row apart."""
+    return [list(range(phase, kernel_height, stride)) for phase in range(min(stride, kernel_height))]
+
+
 def column_winograd_applies(kernel_size: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
                             groups: int) -> bool:
-    """Whether the kernel-row formulation with F(4, 5) down the columns (``"winograd-rows"``) can compute a
-    convolution of this geometry."""
-    return (kernel_size[0] == len(COLUMN_POINTS) + 2 - COLUMN_TILE and kernel_size[1] >= ROWS_MIN_KERNEL
-            and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1)
+    """Whether the kernel-row formulation with Winograd down the columns (``"winograd-rows"``) can compute a
+    convolution of this geometry: every row phase's filter length has its points in
+    :data:`dcnn.kernels.winograd.COLUMN_POINTS_BY_TAPS` (5 tall at stride 1 or 2)."""
+    return (all(len(rows) in COLUMN_POINTS_BY_TAPS for rows in column_phases(kernel_size[0], stride[0]))
+            and kernel_size[1] >= ROWS_MIN_KERNEL and tuple(dilation) == (1, 1) and groups == 1)
 
 
 def choose_method(in_channels: int, out_channels: int, stride: tuple[int, int] = (1, 1),
@@ -209,7 +218,7 @@ def layout_bytes(weight_shape: tuple[int, int, int, int], stride: tuple[int, int
     out_channels, group_channels, kh, kw = weight_shape
     method = choose_method(group_channels, out_channels // groups, stride, (kh, kw), dilation, groups, map_size)
     if method in ("rows", "winograd-rows"):
-        rows = kh if method == "rows" else len(COLUMN_POINTS) + 1
+        rows = kh if method == "rows" else sum(COLUMN_TILE + len(taps) - 1 for taps in column_phases(kh, stride[0]))
         return 4 * rows * (kw * group_channels + 1) * _row_width(out_channels, groups)
     taps = ALPHA * ALPHA if method == "winograd" else kh * kw
     return 4 * out_channels * group_channels * taps
@@ -367,9 +376,9 @@ class Conv2dKernel:
             raise ValueError("the winograd convolution method needs a 3x3 filter, stride 1, dilation 1 and one "
                              f"group, got {kh}x{kw}, stride {self.stride}, dilation {self.dilation}, {groups} groups")
         if method == "winograd-rows" and not column_winograd_applies((kh, kw), self.stride, self.dilation, groups):
-            raise ValueError("the winograd-rows convolution method needs a filter 5 tall and at least "
-                             f"{ROWS_MIN_KERNEL} wide, stride 1, dilation 1 and one group, got {kh}x{kw}, stride "
-                             f"{self.stride}, dilation {self.dilation}, {groups} groups")
+            raise ValueError("the winograd-rows convolution method needs a filter 5 tall at stride 1 or 2 (2, 3 "
+                             f"or 5 kernel rows per row phase), at least {ROWS_MIN_KERNEL} wide, dilation 1 and one "
+                             f"group, got {kh}x{kw}, stride {self.stride}, dilation {self.dilation}, {groups} groups")
         self.method = (choose_method(group_channels, group_out, self.stride, (kh, kw), self.dilation, groups,
                                      map_size) if method == "auto" else method)
         (sh, sw), (dh, dw) = self.stride, self.dilation
@@ -395,18 +404,27 @@ class Conv2dKernel:
             if self.bias is not None:
                 self._weight[:, 0, depth, :group_out] = self.bias.reshape(groups, group_out)
         elif self.method == "winograd-rows":
-            # (alpha, kw * C + 1, K'): per transformed row xi, the kernel-row filters G[xi] g of F(4, 5) down the
-            # columns, and a last row that multiplies the patches' column of ones: the bias at the point 1, whose
-            # output-transform column is all ones (so every output row gets it once), else zeros.
-            at, g, bt = minimal_filtering(COLUMN_POINTS, COLUMN_TILE, kh)
+            # Per row phase p (kernel rows p, p + sh, ...: n_p taps), F(4, n_p) down the columns. Stacked over the
+            # phases: (sum alpha_p, kw * C + 1, K') filters, per transformed row xi of phase p the kernel-row
+            # filters (G_p g_p)[xi] and a last row that multiplies the patches' column of ones: the bias at phase
+            # 0's point 1, whose output-transform column is all ones (so every output row gets it once), else
+            # zeros; the output transform [A_0^T | A_1^T | ...] sums the phases.
             depth = kw * group_channels
             self._row_width = _row_width(out_channels, 1)
-            self._at, self._bt = at.astype(np.float32), bt.astype(np.float32)
             per_row = weight.astype(np.float64).transpose(2, 3, 1, 0).reshape(kh, depth, out_channels)
-            self._weight = np.zeros((len(g), depth + 1, self._row_width), np.float32)
-            self._weight[:, :depth, :out_channels] = np.einsum("xi,idk->xdk", g, per_row)
+            self._phases = []
+            filters, output_transforms = [], []
+            for rows in column_phases(kh, self.stride[0]):
+                at, g, bt = minimal_filtering(COLUMN_POINTS_BY_TAPS[len(rows)], COLUMN_TILE, len(rows))
+                self._phases.append((len(filters), len(g), bt.astype(np.float32)))
+                filters.extend(np.einsum("xi,idk->xdk", g, per_row[rows]))
+                output_transforms.append(at)
+            self._at = np.hstack(output_transforms).astype(np.float32)
+            self._weight = np.zeros((len(filters), depth + 1, self._row_width), np.float32)
+            self._weight[:, :depth, :out_channels] = filters
             if self.bias is not None:
-                self._weight[COLUMN_POINTS.index(1), depth, :out_channels] = self.bias[:, 0]
+                self._weight[COLUMN_POINTS_BY_TAPS[len(column_phases(kh, self.stride[0])[0])].index(1), depth,
+                             :out_channels] = self.bias[:, 0]
         elif self.method == "im2col":
             # (K, taps * C/g) in (tap, channel) order, the row order of the patch matrix.
             self._weight = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(out_channels,
@@ -679,63 +697,75 @@ class Conv2dKernel:
         parallel_for(run_chunks, chunks)
 
     def _winograd_rows(self, x: np.ndarray, full: np.ndarray, padding: Padding, workspace: Workspace) -> None:
-        """The kernel-row formulation with Winograd's F(4, 5) down the columns, ``x`` (b, C, H, W) into ``full``
+        """The kernel-row formulation with Winograd down the columns, ``x`` (b, C, H, W) into ``full``
         (b, 4 (T + 1), Wq, K'), channels last (as :meth:`_rows`; ``T`` tiles of 4 output rows per image).
 
-        Each tile of 4 output rows reads 8 input rows ``d``; ``V = B^T d`` (8 rows of ``Wq`` pixels, one small
-        GEMM per tile) turns its 5 kernel rows into 8 independent *transformed rows*: transformed row ``xi`` is
-        a 1 x kw convolution of ``V[xi]`` with the kernel-row filters ``(G g)[xi]``, computed as :meth:`_rows`
+        The padded input is split by row phase (``sh`` phase planes, as :meth:`_rows`). Kernel rows ``p, p + sh,
+        ...`` (``n_p`` of them, :func:`column_phases`) read rows ``y, y + 1, ...`` of phase plane ``p`` for output row
+        ``y``: a stride-1 correlation down the plane's columns, done with F(4, n_p). Each tile of 4 output rows
+        reads ``alpha_p = 4 + n_p - 1`` rows ``d`` of each plane; ``V = B_p^T d`` (one small GEMM per tile and
+        phase) gives ``alpha_p`` independent *transformed rows*: transformed row ``xi`` is a 1 x kw convolution
+        (stride ``sw``) of ``V[xi]`` with the kernel-row filters ``(G_p g_p)[xi]``, computed as :meth:`_rows`
         computes one kernel row (a row im2col of ``kw * C + 1`` values per position, one GEMM), and the tile's
-        outputs are ``A^T M`` (:func:`dcnn.kernels.winograd.minimal_filtering`). 8 GEMMs per 4 output rows
-        instead of 20, at the cost of the two transforms, each a GEMM of depth 8.
+        outputs are ``[A_0^T | A_1^T ...] M`` (:func:`dcnn.kernels.winograd.minimal_filtering`). A 5-tall filter
+        takes 8 GEMMs per 4 output rows instead of 20 at stride 1 (F(4, 5)), 11 instead of 20 at stride 2
+        (F(4, 3) on its even rows, F(4, 2) on its odd ones), at the cost of the transforms, each a shallow GEMM.
 
-        Images are stacked by rows, each ``4 (T + 1)`` rows (its padded rows, then zeros), so tile row ``r`` of
-        the stack starts at input row ``4 r`` and a chunk of tile rows may span images; the spare tile row of
+        Images are stacked by rows, each ``4 (T + 1)`` plane rows (its padded rows, then zeros), so tile row ``r``
+        of the stack starts at plane row ``4 r`` and a chunk of tile rows may span images; the spare tile row of
         each image is computed and discarded, the last image's not at all. The chunks depend on the layer and
         the map only, and every tile runs the same operations, so the thread count changes no result.
         """
         batch, channels, height, width = x.shape
         image_rows, planes_w, out_channels = full.shape[1:]
+        sh, sw = self.stride
         kw = self.kernel_size[1]
-        tile, alpha = COLUMN_TILE, len(self._weight)
+        tile, alphas = COLUMN_TILE, len(self._weight)
         top, _, left, _ = padding
-        plane = workspace.get("input", (batch, image_rows, planes_w, channels))
-        plane[:, :top] = 0
-        plane[:, top + height:] = 0
-        plane[:, top:top + height, :left] = 0
-        plane[:, top:top + height, left + width:] = 0
-        plane[:, top:top + height, left:left + width] = x.transpose(0, 2, 3, 1)
+        padded_w = planes_w * sw
+        planes = workspace.get("input", (sh, batch, image_rows, padded_w, channels))
+        source = x.transpose(0, 2, 3, 1)
+        for phase in range(sh):
+            first = min(image_rows, max(0, -((phase - top) // sh)))
+            last = max(first, min(image_rows, -((phase - top - height) // sh)))
+            plane = planes[phase]
+            plane[:, first:last, left:left + width] = source[:, phase + first * sh - top::sh][:, :last - first]
+            plane[:, :first] = 0
+            plane[:, last:] = 0
+            plane[:, first:last, :left] = 0
+            plane[:, first:last, left + width:] = 0
         tile_rows = batch * image_rows // tile - 1
-        row_len = planes_w * channels
+        row_len = padded_w * channels
         depth = kw * channels
         row = depth + 1
         # Per tile row: its transformed input, patches and products (the patches are reused per xi).
-        row_bytes = 4 * (alpha * row_len + planes_w * row + alpha * planes_w * out_channels)
+        row_bytes = 4 * (alphas * row_len + planes_w * row + alphas * planes_w * out_channels)
         chunks = balanced_chunks(tile_rows, max(1, WIDE_CHUNK_L2 * cache_bytes(2) // row_bytes))
         widest = max(stop - start for start, stop in chunks)
-        flat = plane.reshape(-1)
+        flat = planes.reshape(sh, -1)
         result = full.reshape(-1)
         item = flat.itemsize
-        bt = self._bt  # built once with the filters (the Toom-Cook construction costs ~0.4 ms)
 
         def run_chunks(items: Sequence[tuple[int, int]]) -> None:
-            # The last window of the last transformed row reads kw - 1 pixels past its row: a margin of zeros.
-            transformed = np.zeros(widest * alpha * row_len + depth, dtype=np.float32)
+            # The last window of the last transformed row reads kw - sw pixels past its row: a margin of zeros.
+            transformed = np.zeros(widest * alphas * row_len + depth, dtype=np.float32)
             patches = np.empty((widest * planes_w, row), dtype=np.float32)
             patches[:, depth] = 1
-            products = np.empty((alpha, widest, planes_w * out_channels), dtype=np.float32)
+            products = np.empty((alphas, widest, planes_w * out_channels), dtype=np.float32)
             for start, stop in items:
                 rows = stop - start
-                inputs = np.lib.stride_tricks.as_strided(flat[start * tile * row_len:], (rows, alpha, row_len),
-                                                         (tile * row_len * item, row_len * item, item),
-                                                         writeable=False)
-                v = transformed[:rows * alpha * row_len].reshape(rows, alpha, row_len)
-                np.matmul(bt, inputs, out=v)
+                v = transformed[:rows * alphas * row_len].reshape(rows, alphas, row_len)
+                for phase, (offset, alpha, bt) in enumerate(self._phases):
+                    inputs = np.lib.stride_tricks.as_strided(flat[phase, start * tile * row_len:],
+                                                             (rows, alpha, row_len),
+                                                             (tile * row_len * item, row_len * item, item),
+                                                             writeable=False)
+                    np.matmul(bt, inputs, out=v[:, offset:offset + alpha])
                 m = products[:, :rows]
-                for xi in range(alpha):
+                for xi in range(alphas):
                     windows = np.lib.stride_tricks.as_strided(
                         transformed[xi * row_len:], (rows, planes_w, depth),
-                        (alpha * row_len * item, channels * item, item), writeable=False)
+                        (alphas * row_len * item, sw * channels * item, item), writeable=False)
                     patches[:rows * planes_w, :depth].reshape(rows, planes_w, depth)[...] = windows
                     gemm_accumulate(m[xi], 0, out_channels, patches, 0, row, self._weight[xi], 0, out_channels,
                                     rows * planes_w, out_channels, row, accumulate=False)

@@ -37,7 +37,8 @@ from threadpoolctl import ThreadpoolController
 # OpenBLAS, ``dcnn.kernels.blas`` SciPy's (the one the convolutions call).
 from . import blas  # noqa: F401
 
-__all__ = ["get_num_threads", "parallel_for", "set_num_threads", "task_threads", "use_blas_threads"]
+__all__ = ["TasksCancelled", "cancel_tasks", "get_num_threads", "parallel_for", "set_num_threads", "stop_if_cancelled",
+           "task_threads", "use_blas_threads"]
 
 T = TypeVar("T")
 
@@ -46,6 +47,12 @@ _num_threads = 1
 _blas_threads: int | None = None  # what the BLAS libraries are set to now (None: not set by dcnn yet)
 _pool: ThreadPoolExecutor | None = None
 _local = threading.local()  # ``single``: this thread is one of task_threads' (its kernels run at one thread)
+_cancelled = threading.Event()  # set by cancel_tasks: the task threads' jobs stop at their next check
+
+
+class TasksCancelled(BaseException):
+    """Raised on a task thread by :func:`stop_if_cancelled` once :func:`cancel_tasks` was called. A
+    ``BaseException``, like the interruption that causes it, so no ``except Exception`` of a job swallows it."""
 
 
 def _blas_controllers():
@@ -99,7 +106,21 @@ def task_threads() -> ThreadPoolExecutor:
     thus compute what ``n`` single-threaded processes would, bit for bit. The caller shuts the pool down.
     """
     _set_blas_threads(1)
+    _cancelled.clear()
     return ThreadPoolExecutor(max_workers=get_num_threads(), thread_name_prefix="dcnn-task", initializer=_run_single)
+
+
+def cancel_tasks() -> None:
+    """Make the jobs running on :func:`task_threads` stop at their next :func:`stop_if_cancelled` (an interrupted
+    run: each ends within one layer instead of finishing its task, which the process's exit would wait for)."""
+    _cancelled.set()
+
+
+def stop_if_cancelled() -> None:
+    """On a task thread after :func:`cancel_tasks`, raise :class:`TasksCancelled`; anywhere else, nothing.
+    Called between the layers of a forward pass (:meth:`dcnn.exec.forward.Forward.run`)."""
+    if _cancelled.is_set() and getattr(_local, "single", False):
+        raise TasksCancelled
 
 
 def default_num_threads() -> int:

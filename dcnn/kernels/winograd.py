@@ -35,6 +35,7 @@ from dcnn.kernels.threads import parallel_for
 __all__ = [
     "ALPHA",
     "COLUMN_POINTS",
+    "COLUMN_POINTS_BY_TAPS",
     "COLUMN_TILE",
     "TILE",
     "WinogradBands",
@@ -99,6 +100,11 @@ AT, G, BT = minimal_filtering((0, 1, -1, 2, -2), TILE, 3)
 #: +-2: 2e-6, at 1.6x the time).
 COLUMN_TILE = 4
 COLUMN_POINTS = (0, 1, -1, 2, -2, 0.5, -0.5)
+#: The finite points of F(4, n) down the columns by filter length n: F(4, 5) for stride 1 (above); at stride 2 a
+#: 5-tall filter's even kernel rows (3 taps on the even input rows) take F(4, 3) at Lavin and Gray's points, its
+#: odd ones (2 taps) F(4, 2) at 0, +-1 and 2, the smallest magnitudes (the error of each in
+#: ``docs/architecture.md``).
+COLUMN_POINTS_BY_TAPS = {2: (0, 1, -1, 2), 3: (0, 1, -1, 2, -2), 5: COLUMN_POINTS}
 #: A band of tiles has at least this many tiles, so each of its 36 GEMMs stays efficient. Measured with
 #: interleaved runs of one band (VGG-16's 64, 128 and 256 channel layers): from 16 to about 128 tiles the
 #: GEMMs speed up; beyond it the band's buffers leave the L2 cache and the transforms slow down.

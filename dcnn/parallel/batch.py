@@ -19,6 +19,7 @@ two-sided messages); rank 0 receives them between its own tasks and while idle.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Container, Sequence
@@ -34,7 +35,7 @@ from dcnn.io.numbers import parse_number
 from dcnn.io.progress import Progress
 from dcnn.io.results import ResultWriter, encode_outputs
 from dcnn.io.scan import Skip
-from dcnn.kernels.threads import get_num_threads, task_threads
+from dcnn.kernels.threads import cancel_tasks, get_num_threads, task_threads
 from dcnn.parallel.comm import MPI
 from dcnn.parallel.steal import FIELDS, StealQueue
 
@@ -326,13 +327,19 @@ def run_tasks(comm: MPI.Comm, mode: str, split: TaskSplit, pending: np.ndarray, 
             progress.update(already_done + done)
 
     # No try/finally around the loop: closing the queue is collective, and a rank that failed must not enter
-    # it; the command line aborts the job instead (dcnn.cli.common).
+    # it; the command line aborts the job instead (dcnn.cli.common). A job of one rank has no one to wait for: it
+    # frees its window on the way out, or MPI's finalize warns of it after the error's one line.
     at_once = concurrent_tasks(mode, get_num_threads(), len(pending), comm.size)
-    if at_once > 1:
-        _run_on_task_threads(scheduler, compute, finish, channel.poll)
-    else:
-        while (task := scheduler.next_task(on_idle=channel.poll)) is not None:
-            finish(*compute(task))
+    try:
+        if at_once > 1:
+            _run_on_task_threads(scheduler, compute, finish, channel.poll)
+        else:
+            while (task := scheduler.next_task(on_idle=channel.poll)) is not None:
+                finish(*compute(task))
+    except BaseException:
+        if comm.size == 1 and isinstance(scheduler, StealQueue):
+            scheduler.close()
+        raise
     channel.drain(len(pending))
     if comm.rank == 0:  # the last task may have ended on another rank: the run's end is reported all the same
         progress.update(already_done + sum(stop - start for start, stop in map(split.bounds, pending)))
@@ -354,7 +361,8 @@ def _run_on_task_threads(scheduler: StealQueue, compute: Callable[[int], tuple],
     task when it is done (``finish``); while the queue has nothing for it (it steals, or waits for the last
     tasks of the run), it keeps delivering the tasks that finish, so the run's count of finished tasks, which
     ends that wait, includes them. The first failure of a task ends the loop: no task is taken after it, the
-    tasks still running finish, and its exception propagates. An interruption (a ``BaseException`` such as the
+    tasks still running finish and are delivered (a resume does not compute them again), and its exception
+    propagates. An interruption (a ``BaseException`` such as the
     command line's for SIGTERM) propagates at once.
     """
     running: set[Future] = set()
@@ -379,7 +387,14 @@ def _run_on_task_threads(scheduler: StealQueue, compute: Callable[[int], tuple],
             else:
                 deliver(POLL_SECONDS)
     except Exception:
-        pool.shutdown(wait=True)  # a failed task: the others finish first
+        pool.shutdown(wait=True)  # a failed task: the others finish first, and are kept (a resume skips them)
+        with contextlib.suppress(Exception):  # the first failure is the one to report
+            for future in running:
+                if future.exception() is None:
+                    finish(*future.result())
         raise
-    finally:  # done: nothing runs any more; interrupted (SIGINT, SIGTERM): the file is closed without waiting
+    except BaseException:  # interrupted (SIGINT, SIGTERM): the file is closed without waiting for the running
+        cancel_tasks()     # tasks, which stop at their next layer (the process's exit waits for their threads)
+        raise
+    finally:
         pool.shutdown(wait=False, cancel_futures=True)
