@@ -9,10 +9,10 @@ import pytest
 from dcnn.errors import InputError
 from dcnn.io.scan import Skip
 from dcnn.kernels import threads
+from dcnn.modes import concurrent_tasks
 from dcnn.parallel.batch import (
     TaskSplit,
     _run_on_task_threads,
-    concurrent_tasks,
     decode_skips,
     encode_skips,
     parse_capacities,

@@ -1,5 +1,7 @@
 """Image sets: HDF5 layouts, image folders, preprocessing, and clear errors."""
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -123,8 +125,55 @@ def test_folder_of_images(tmp_path, rng):
         np.testing.assert_allclose(images.read(0, 3, IMAGENET), preprocess(np.stack(arrays), IMAGENET), rtol=1e-6)
 
 
+def test_a_folder_reads_every_format_pillow_decodes_and_names_what_it_skips(tmp_path, rng):
+    """BMP, TIFF, WebP, GIF and PNM files were left out silently (only .png/.jpg/.jpeg were listed), as were
+    subfolders and other files; every lossless format now gives the PNG's pixels."""
+    array = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    formats = {"a.png": {}, "b.BMP": {}, "c.tif": {}, "d.webp": {"lossless": True}, "e.ppm": {}, "f.tga": {}}
+    for name, options in formats.items():
+        Image.fromarray(array).save(tmp_path / name, **options)
+    Image.fromarray(array[..., 0]).save(tmp_path / "g.gif")  # grey: a palette of the 256 levels
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "raw.h5").write_bytes(b"")
+    for folder in ("old", "z.png"):  # a folder named as an image is a subfolder all the same
+        (tmp_path / folder).mkdir()
+    with open_image_set(tmp_path) as images:
+        assert [Path(name).name for name in map(images.name, range(len(images)))] == [*formats, "g.gif"]
+        np.testing.assert_array_equal(images.read_pixels(0, len(formats)), np.stack([array] * len(formats)))
+        np.testing.assert_array_equal(images.read_pixels(6, 7)[0], np.repeat(array[..., :1], 3, axis=2))
+        assert images.left_out == {"file not an image": ["notes.txt", "raw.h5"], "subfolder": ["old", "z.png"]}
+        assert images.left_out_note() == (f"skipped 4 entries of {tmp_path}: 2 subfolders (old, z.png), 2 files not "
+                                          "images (notes.txt, raw.h5)")
+
+
+def test_the_skip_note_names_three_entries_of_a_kind_and_counts_the_rest(tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    for index in range(5):
+        (tmp_path / f"n{index}.txt").write_text("")
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    with open_image_set(tmp_path) as images:
+        assert images.left_out_note() == (f"skipped 6 entries of {tmp_path}: 5 files not images (n0.txt, n1.txt, "
+                                          "n2.txt and 2 more), 1 entry neither file nor folder (dangling.jpg)")
+    (tmp_path / "dangling.jpg").unlink()
+    for index in range(5):
+        (tmp_path / f"n{index}.txt").unlink()
+    with open_image_set(tmp_path) as images:
+        assert images.left_out == {} and images.left_out_note() is None
+
+
+def test_a_float_image_is_refused_from_its_header(tmp_path):
+    """A format read from folders may hold samples rgb8 cannot read (a float TIFF): the header scan refuses it,
+    before any pixel is decoded, as it refuses a damaged file."""
+    Image.fromarray(np.zeros((5, 5), np.float32)).save(tmp_path / "depth.tif")
+    with open_image_set(tmp_path) as images, pytest.raises(InputError, match=r"depth.tif: images of mode F \(TIFF\)"):
+        images.probe(0)
+
+
 def test_folder_errors(tmp_path):
-    with pytest.raises(InputError, match=r"no \.png"):
+    with pytest.raises(InputError, match=r"no image files \(PNG, JPEG, BMP"):
+        open_image_set(tmp_path)
+    (tmp_path / "notes.txt").write_text("no image")
+    with pytest.raises(InputError, match=r"no image files .*; skipped 1 entry of .*: 1 file not an image \(notes"):
         open_image_set(tmp_path)
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with open_image_set(tmp_path) as images, pytest.raises(InputError, match="cannot read image"):

@@ -1,5 +1,6 @@
 """``python -m dcnn.infer`` as a user runs it: real processes, real HDF5 files, real mpiexec."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from dcnn.exec.forward import Forward
 from dcnn.io.images import preprocess
 from dcnn.network.weights import init_weights, save_weights
 from dcnn.network.zoo import get_model
+from dcnn.planner.plan import format_bytes
 
 SAMPLES = str(Path(__file__).resolve().parents[1] / "data" / "samples.h5")
 
@@ -101,6 +103,41 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "x.h5").exists()  # refused before any work
+
+
+def test_a_dataset_name_with_a_folder_input_is_refused(tmp_path):
+    """--dataset names a dataset inside an HDF5 input; with a folder it was silently ignored."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("L", (32, 32)).save(photos / "a.png")
+    done = infer("--model", "lenet5", "--input", str(photos), "--dataset", "pixels", "--output",
+                 str(tmp_path / "x.h5"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and not done.stdout, done.stderr
+    assert f"--dataset pixels names a dataset inside an HDF5 input, but --input {photos} is a folder" in done.stderr
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_a_folder_runs_every_image_format_and_notes_what_it_skipped_once(tmp_path):
+    """A .bmp was left out without a word, as were subfolders; rank 0 alone now says what was skipped."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    (photos / "old").mkdir(parents=True)
+    Image.new("L", (32, 32), 7).save(photos / "a.png")
+    Image.new("L", (32, 32), 7).save(photos / "b.bmp")
+    (photos / "notes.txt").write_text("not an image")
+    output = tmp_path / "run.h5"
+    done = infer("--model", "lenet5", "--input", str(photos), "--output", str(output), "--threads", "1",
+                 "--progress", "none", launcher=mpi_command(2))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (f"dcnn: skipped 2 entries of {photos}: 1 subfolder (old), 1 file not an image "
+                           "(notes.txt)\n")
+    assert "lenet5: 2 images of 32x32" in done.stdout
+    with h5py.File(output) as handle:
+        logits = handle["outputs/logits"][()]
+    np.testing.assert_array_equal(logits[0], logits[1])
 
 
 def test_mismatched_weights_name_the_key(tmp_path):
@@ -278,6 +315,23 @@ def test_planner_command_prints_candidates_and_the_choice():
     assert "batch, batch 1" in done.stdout and "DOES NOT FIT" in done.stdout
     assert "chosen: spatial" in done.stdout or "chosen: fused" in done.stdout
     assert "mpirun -np 14 python -m dcnn.infer --model vgg16 --input IMAGES --exact-conv --mode" in done.stdout
+
+
+def test_the_planner_command_and_a_run_predict_the_same_memory_for_the_same_options(tmp_path):
+    """dcnn.plan planned one task per rank while a batch run of 2 threads runs 2 at once (each with its input and
+    working set); the same options now give the same prediction, and the command printed carries the threads."""
+    options = ["--mode", "batch", "--batch-size", "1", "--threads", "2", "--mem-per-rank", "4GiB"]
+    plan = subprocess.run([sys.executable, "-m", "dcnn.plan", "squeezenet1_1", "--nodes", "1", "--images", "4",
+                           *options], capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0, plan.stderr
+    assert "--mode batch --batch-size 1 --threads 2" in plan.stdout
+    output = tmp_path / "run.h5"
+    done = infer("--model", "squeezenet1_1", "--input", SAMPLES, *options, "--output", str(output), "--quiet")
+    assert done.returncode == 0, done.stderr
+    with h5py.File(output) as handle:
+        predicted = int(handle["stats/predicted_peak_bytes"][0])
+    assert re.search(r"chosen: batch, batch 1 \(predicted [0-9.]+ s, peak (.*)\)", plan.stdout)[1] == format_bytes(
+        predicted)
 
 
 def test_a_branching_network_in_batch_mode_equals_single_mode(tmp_path):

@@ -181,3 +181,38 @@ def test_pointwise_layout_is_the_kernels(rng, stride, out_channels, channels_las
         np.testing.assert_array_equal(kernel(x), single)
     finally:
         threads.set_num_threads(1)
+
+
+def test_depthwise_keeps_the_tiled_taps_of_a_few_widths_only(rng):
+    """A folder of many image sizes once kept one tiled copy of the taps per output width, without bound."""
+    channels = 4
+    weight, bias = random_array(rng, channels, 1, 3, 3), random_array(rng, channels)
+    kernel = DepthwiseConv2dKernel(weight, bias, (1, 1), (1, 1), channels)
+    widths = range(3, 3 + 3 * depthwise.ROW_TAPS_WIDTHS)
+    for width in [*widths, widths[0]]:  # the first width again, after it was dropped
+        x = random_array(rng, 1, channels, 4, width)
+        expected = reference.conv2d(x, weight, bias, (1, 1), (1, 1, 1, 1), (1, 1), channels)
+        np.testing.assert_allclose(kernel(x, 1, Workspace()), expected, rtol=1e-4, atol=1e-4)
+        assert len(kernel._row_taps_by_width) <= depthwise.ROW_TAPS_WIDTHS
+    kept = list(kernel._row_taps_by_width)
+    assert kept[-1] == widths[0] and kept[:-1] == list(widths[-depthwise.ROW_TAPS_WIDTHS + 1:])
+
+
+def test_depthwise_row_taps_from_several_threads(rng):
+    """Task threads share a compiled network's kernels: concurrent widths get their own taps, the cache stays
+    bounded."""
+    import concurrent.futures
+
+    channels = 3
+    weight, bias = random_array(rng, channels, 1, 2, 3), random_array(rng, channels)
+    kernel = DepthwiseConv2dKernel(weight, bias, (1, 1), (1, 1), channels)
+    taps_hwc = np.asarray(weight, np.float32).reshape(channels, 6).T.reshape(2, 3, channels)
+
+    def check(width: int) -> bool:
+        taps, tiled_bias = kernel._row_taps(width)
+        return np.array_equal(taps, np.tile(taps_hwc, (1, 1, width))) and np.array_equal(
+            tiled_bias, np.tile(bias, width))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(check, [1 + i % (2 * depthwise.ROW_TAPS_WIDTHS) for i in range(400)]))
+    assert len(kernel._row_taps_by_width) <= depthwise.ROW_TAPS_WIDTHS

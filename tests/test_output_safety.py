@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import mpi_command, rank_pids, write_digits
+from conftest import launcher_rank_of, mpi_command, rank_pids, write_digits
 
 from dcnn.io.results import open_result
 
@@ -104,10 +104,12 @@ def test_a_refused_run_leaves_a_held_file_byte_identical(tmp_path, digits, refer
 def test_a_second_run_on_a_live_file_is_refused_and_the_first_completes(tmp_path, digits, reference):
     """Before: the second run wiped the first's live file, the first failed, the second hung in HDF5."""
     output = tmp_path / "live.h5"
-    # Slow enough to be stopped while live (about 3 s from its output's creation to its end here, against the
-    # few milliseconds the test takes to stop it); the throttle scales each rank's sleep with its (load-dependent)
-    # task time, so a larger factor only stretches the run on a busy machine.
-    slow = ["--throttle", "0:300", "--throttle", "1:300"]
+    # Rank 1 is stopped to hold the run live (it cannot end without rank 1), with its lock held by rank 0, while the
+    # others try. Rank 0 is slow enough for the run to be stopped before it could end (its sleep after each task is
+    # 299 times the task's time: about 1 s from the output's creation here, against the few milliseconds the test
+    # takes; a busy machine stretches both). The stopped rank is not throttled: stopped within a task, it would
+    # count the stop as task time and sleep 299 times that after it continues (minutes).
+    slow = ["--throttle", "0:300"]
     first = subprocess.Popen(command("--input", str(digits), "--output", str(output), "--mode", "batch", *slow,
                                      ranks=2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
@@ -116,10 +118,10 @@ def test_a_second_run_on_a_live_file_is_refused_and_the_first_completes(tmp_path
         while not output.exists():
             assert first.poll() is None and time.time() < deadline, "the first run did not start"
             time.sleep(0.05)
-        ranks = rank_pids(output.name)  # the launcher starts them in process groups of their own
-        assert ranks
-        for pid in ranks:  # hold the first run live (and its lock held) while the others try
-            os.kill(pid, signal.SIGSTOP)
+        # the launcher starts the ranks in process groups of their own
+        held = [pid for pid in rank_pids(output.name) if launcher_rank_of(pid) == 1]
+        assert len(held) == 1
+        os.kill(held[0], signal.SIGSTOP)
         seconds = [subprocess.Popen(command(*second, str(output)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True)
                    for second in (["--input", str(digits), "--output"],
@@ -128,8 +130,7 @@ def test_a_second_run_on_a_live_file_is_refused_and_the_first_completes(tmp_path
             _, stderr = second.communicate(timeout=120)  # three commands start at once: a hang guard only
             assert second.returncode == 2 and "is being written by another run (process" in one_line(stderr)
         assert first.poll() is None, "the first run ended before it was stopped; slow it down"
-        for pid in ranks:
-            os.kill(pid, signal.SIGCONT)
+        os.kill(held[0], signal.SIGCONT)
         _, stderr = first.communicate(timeout=240)
         assert first.returncode == 0, stderr
     finally:

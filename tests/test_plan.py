@@ -399,3 +399,21 @@ def test_the_winograd_scratch_covers_what_a_thread_keeps():
                                                   batch).memory[0]
     finally:
         set_exact(False)
+
+
+def test_batch_mode_counts_the_tasks_its_task_threads_run_at_once_per_batch_size():
+    """A rank of T threads runs T tasks at once when the batch leaves it T tasks (dcnn.modes.concurrent_tasks);
+    the planner once took one count for every candidate (dcnn.plan: always 1), so plan and infer disagreed."""
+    network, shape = get_model("lenet5"), (1, 32, 32)
+    threaded = for_process(Cluster.uniform(2, 8 * GIB), 0, 2, 2)
+    single = for_process(Cluster.uniform(2, 8 * GIB), 0, 2, 1)  # single mode: no task threads
+    per_task = ("input", "activations")
+    for batch, at_once in ((2, 2), (4, 1)):  # 8 images: 4 tasks fill 2 ranks x 2 threads, 2 tasks do not
+        many, one = (plan_for(network, shape, cluster, "batch", batch, images=8).memory[0]
+                     for cluster in (threaded, single))
+        assert [many[item] for item in per_task] == [at_once * one[item] for item in per_task]
+    # Each candidate counts its own tasks: batches 1 and 2 run two at once (8 and 4 tasks), batch 4 one (2 tasks).
+    by_batch = {plan.batch: plan.memory[0]["activations"] for plan in plans(network, shape, threaded, 4, 8, ("batch",))}
+    assert by_batch[2] == 2 * by_batch[1] and by_batch[4] == by_batch[2]
+    spatial = [plan_for(network, shape, cluster, "spatial", 2, images=8).memory for cluster in (threaded, single)]
+    assert spatial[0] == spatial[1]

@@ -28,11 +28,14 @@ from dcnn import __version__
 from dcnn.errors import AgreedError, DcnnError, InputError, out_of_space
 
 __all__ = [
-    "EXIT_BROKEN_PIPE", "EXIT_FAILURE", "EXIT_USAGE", "Interrupted", "add_common_arguments",
+    "EXIT_BROKEN_PIPE", "EXIT_FAILURE", "EXIT_USAGE", "MAX_THREADS", "Interrupted", "add_common_arguments",
     "exit_on_interrupt_while_starting", "given_options", "launcher_rank", "output_folder", "output_path", "run_main",
 ]
 
 EXIT_USAGE = 2
+#: The most kernel threads a rank may start (``--threads`` of dcnn.infer and dcnn.plan; far beyond any node's
+#: cores, more is a slip).
+MAX_THREADS = 1024
 EXIT_FAILURE = 1
 #: The reader of our output went away (``| head``): the shell's code for a process ended by SIGPIPE.
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE

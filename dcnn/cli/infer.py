@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from dcnn.analysis.analyze import count_of
-from dcnn.cli.common import add_common_arguments, run_main
+from dcnn.cli.common import MAX_THREADS, add_common_arguments, run_main
 from dcnn.cli.runconfig import configuration, restore
 from dcnn.decomposition.fused import HALO_POLICIES, check_tile_grid, finest_grid, tileable_depth
 from dcnn.decomposition.spatial import fc_shard_rows
@@ -43,7 +43,7 @@ from dcnn.exec.workloads import DETECTOR, Classification, Detection, Recognition
 from dcnn.faces.detect import DETECTION_DTYPE, DETECTOR_BATCH_SIZE, MIN_IMAGE_SIDE, FaceDetector, default_detector_path
 from dcnn.io.bundled import bundled_data
 from dcnn.io.fingerprint import file_fingerprint
-from dcnn.io.images import Hdf5ImageSet, ImageSet, open_image_set
+from dcnn.io.images import FolderImageSet, Hdf5ImageSet, ImageSet, image_formats, open_image_set
 from dcnn.io.lockfile import RunLock
 from dcnn.io.numbers import check_number
 from dcnn.io.progress import LOG_INTERVAL, STYLES, Progress
@@ -67,7 +67,7 @@ from dcnn.network.graph import Network, format_shape, parse_grid
 from dcnn.network.onnx import OnnxModel
 from dcnn.network.weights import init_weights, load_weights, seeded_weights, untrained_note
 from dcnn.network.zoo import get_model, model_names
-from dcnn.parallel.batch import TaskSplit, concurrent_tasks, parse_capacities, parse_throttle, run_tasks
+from dcnn.parallel.batch import TaskSplit, parse_capacities, parse_throttle, run_tasks
 from dcnn.parallel.comm import (
     collective,
     hostnames,
@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m dcnn.infer",
         description="Run CNN inference over an image set and write outputs and timings to HDF5.",
         epilog="Input: an HDF5 file with an N x H x W x C uint8 dataset (preprocessed for the model) or an "
-               "N x C x H x W float32 dataset (classifiers and ONNX models only, used as is), or a folder of PNG/JPEG "
-               "files. "
+               "N x C x H x W float32 dataset (classifiers and ONNX models only, used as is), or a folder of image "
+               f"files ({', '.join(image_formats())}; its other entries are skipped, with a note). "
                "Output: HDF5 with /outputs/detections and /outputs/detection_offsets (mmod) or /outputs/logits "
                "(N x classes), per-task and per-layer timings, statistics and provenance; see docs/results.md. "
                + RENAMED_NOTE)
@@ -135,14 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "as dlib's upsample_num_times (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation without --weights (0)")
     parser.add_argument("--preprocess", choices=PREPROCESS_CHOICES,
-                        help="ONNX models given uint8 images (HDF5 N x H x W x C, PNG/JPEG folders): imagenet = "
+                        help="ONNX models given uint8 images (HDF5 N x H x W x C, image folders): imagenet = "
                              "pixel/255, minus mean 0.485 0.456 0.406, divided by std 0.229 0.224 0.225 (RGB, as "
                              "torchvision's models expect); none = the pixel values 0-255 as float32. Required for "
                              "uint8 images; refused for float32 N x C x H x W sets, which are passed as they are")
     parser.add_argument("--input", metavar="PATH",
                         help="HDF5 image set or folder of images (default: the bundled data/faces.h5)")
     parser.add_argument("--dataset", default="images", metavar="NAME",
-                        help="dataset inside the HDF5 input (default: images)")
+                        help="dataset inside the HDF5 input (default: images); refused with a folder of images")
     parser.add_argument("--output", metavar="FILE",
                         help="result file to create (default: results/<timestamp>.h5)")
     parser.add_argument("--batch-size", type=int, metavar="B",
@@ -353,8 +353,6 @@ class Job:
 
 #: The largest count an option takes (a batch size, a top-k, an upsampling count).
 MAX_COUNT = 2**31 - 1
-#: The most kernel threads a rank may start (far beyond any node's cores; more is a slip).
-MAX_THREADS = 1024
 
 
 def _check_numbers(args: argparse.Namespace, size: int) -> None:
@@ -388,7 +386,11 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int, stage: Stage | N
     if args.mode == "spatial" and grid is not None and grid[0] * grid[1] != comm.size:
         raise PlanError(f"--grid {args.grid} needs {grid[0] * grid[1]} ranks, but {comm.size} were started")
     model = _model_file(args)
-    images = open_image_set(args.input or bundled_data(DEFAULT_INPUT), args.dataset)
+    source = args.input or bundled_data(DEFAULT_INPUT)
+    if "dataset" in args.given and os.path.isdir(source):
+        raise InputError(f"--dataset {args.dataset} names a dataset inside an HDF5 input, but --input {source} is "
+                         f"a folder of images; leave --dataset out")
+    images = open_image_set(source, args.dataset)
     if len(images) == 0:
         raise InputError(f"{images.path}: the image set is empty")
     if is_detector(args.model):
@@ -487,7 +489,7 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     if default_batch:
         args.batch_size = DETECTOR_BATCH_SIZE if is_detector(args.model) else DEFAULT_BATCH_SIZE
     images = len(scan.shape_of)
-    cluster = _process_cluster(args, base, reader, threads, images, comm.size)
+    cluster = _process_cluster(args, base, reader, threads, comm.size)
     worst = worst_shapes(scan.counts(), args.batch_size)
     if args.plan == "auto":
         modes = PLANNED_MODES if comm.size > 1 else tuple(m for m in PLANNED_MODES if m != "spatial")
@@ -515,7 +517,6 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
         if overflow is None or not default_batch or args.batch_size <= DEFAULT_BATCH_SIZE:
             break
         args.batch_size //= 2  # the detector's default batch, halved within the budget (never below the default)
-        cluster = _process_cluster(args, base, reader, threads, images, comm.size)
         worst = worst_shapes(scan.counts(), args.batch_size)
     if overflow is not None:
         rank, needed, available = overflow
@@ -525,14 +526,13 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     return _named_for_the_run(plan, args.mode)
 
 
-def _process_cluster(args: argparse.Namespace, base: Cluster, reader: int, threads: int, images: int,
-                     ranks: int) -> Cluster:
-    """The budget cluster ``base`` as one process sees it (:func:`for_process`), with the tasks it runs at once:
-    batch mode's task threads each run a task (--plan auto may choose batch mode on several ranks, single mode on
-    one, and batches down to one image)."""
+def _process_cluster(args: argparse.Namespace, base: Cluster, reader: int, threads: int, ranks: int) -> Cluster:
+    """The budget cluster ``base`` as one process sees it (:func:`for_process`), with its task threads: in batch
+    mode each runs a task when the plan's batch makes enough tasks for them (the planner counts them per
+    candidate, :func:`dcnn.modes.concurrent_tasks`); single mode has none (--plan auto chooses batch mode on
+    several ranks, single mode on one)."""
     mode = ("batch" if ranks > 1 else "single") if args.plan == "auto" else args.mode
-    tasks = concurrent_tasks(mode, threads, images if args.plan == "auto" else -(-images // args.batch_size), ranks)
-    return for_process(base, reader, threads, tasks)
+    return for_process(base, reader, threads, threads if mode == "batch" else 1)
 
 
 def _named_for_the_run(plan: RunPlan, mode: str) -> RunPlan:
@@ -634,6 +634,8 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
             lock.release()
         raise
     network, images, weights = job.network, job.images, job.weights
+    if isinstance(images, FolderImageSet) and images.left_out and comm.rank == 0 and not args.quiet:
+        print(f"dcnn: {images.left_out_note()}", file=sys.stderr, flush=True)  # once the run is accepted
     threads = _threads(args, local_ranks)
     set_num_threads(threads)
     split = TaskSplit(len(images), args.batch_size)

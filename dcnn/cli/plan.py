@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from dcnn.cli.common import add_common_arguments, add_model_argument, run_main
+from dcnn.analysis.analyze import count_of
+from dcnn.cli.common import MAX_THREADS, add_common_arguments, add_model_argument, run_main
 from dcnn.errors import InputError
 from dcnn.exec.imported import PREPROCESS_CHOICES, reader_bytes
 from dcnn.exec.workloads import DETECTOR, is_detector, is_model_file, workload_input
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "is refused; replaces --ram and --fraction)")
     parser.add_argument("--cluster", metavar="FILE", help="a cluster file (TOML) of heterogeneous nodes")
     parser.add_argument("--batch-size", type=int, default=4, help="largest batch to consider (default: 4)")
+    parser.add_argument("--threads", type=int, default=1, metavar="T",
+                        help="kernel threads per rank, as python -m dcnn.infer --threads (default: 1; the command "
+                             "printed runs with it). In batch mode a rank of T threads runs T tasks at once when "
+                             "the run has T tasks per rank, each holding its batch's input and working set")
     parser.add_argument("--images", type=int, default=1000, help="images in the set, for the time (default: 1000)")
     parser.add_argument("--mode", choices=MODES, action="append",
                         help="consider only this mode (repeatable; default: all)")
@@ -93,8 +98,9 @@ def _row(plan: RunPlan, cluster: Cluster) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print the candidates and the choice."""
-    for flag, value in (("--nodes", args.nodes), ("--batch-size", args.batch_size), ("--images", args.images)):
-        check_number(value, flag, minimum=1)
+    for flag, value, maximum in (("--nodes", args.nodes, None), ("--batch-size", args.batch_size, None),
+                                 ("--images", args.images, None), ("--threads", args.threads, MAX_THREADS)):
+        check_number(value, flag, minimum=1, maximum=maximum)
     check_number(args.fraction, "--fraction", above=0, maximum=1)
     if args.recognize and not is_detector(args.model):
         raise InputError(f"--recognize plans dlib's face detector ({DETECTOR}) with the recognition models, "
@@ -104,15 +110,17 @@ def run(args: argparse.Namespace) -> int:
                               descriptor_network(resnet_structure())) if args.recognize else None
     set_exact(args.exact_conv)  # the planner counts the filter layouts of the kernels the run would build
     cluster = _cluster(args)
-    cluster = for_process(cluster, reader_bytes(args.model) if is_model_file(args.model) else 0)
+    # Batch mode's candidates run on task threads, as dcnn.infer runs them (the planner counts the tasks per batch).
+    cluster = for_process(cluster, reader_bytes(args.model) if is_model_file(args.model) else 0, args.threads,
+                          args.threads)
     modes = tuple(args.mode or MODES)
     candidates = plans(network, shape, cluster, args.batch_size, args.images, modes, stage=stage)
     chosen = best_plan(candidates, network, shape, cluster, modes, stage)
     budget = min(cluster.budget(rank) for rank in range(cluster.size))
     shown_input = f"{size} images" + (f" (network input {format_shape(shape)})" if is_detector(args.model) else "")
     print(f"{network.name}{' with face recognition' if stage else ''} on {shown_input}, {args.images} images, "
-          f"{cluster.size} nodes, "
-          f"budget {format_bytes(budget)} per node")
+          f"{count_of(cluster.size, 'node')}, "
+          f"budget {format_bytes(budget)} per node, {count_of(args.threads, 'thread')} per node")
     print(f"predicted seconds assume {_speeds(cluster)}, {cluster.bandwidth * 8 / 1e9:g} Gbit/s and "
           f"{cluster.latency * 1e6:g} us per message (set gmacs, bandwidth_gbit and latency_us in a --cluster file)")
     print(f"  {'plan':<30} {'peak/node':>11} {'predicted s':>11}  {'':<12} memory of the fullest node")
@@ -126,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     placeholders += ["--exact-conv"] if args.exact_conv else []
     if is_model_file(args.model):
         placeholders += ["--preprocess", "{" + ",".join(PREPROCESS_CHOICES) + "}"]
-    print(f"run it: mpirun -np {cluster.size} python -m {command} {' '.join(placeholders + chosen.infer_arguments())}")
+    arguments = placeholders + chosen.infer_arguments() + ["--threads", str(args.threads)]
+    print(f"run it: mpirun -np {cluster.size} python -m {command} {' '.join(arguments)}")
     if placeholders:
         print("  with IMAGES your HDF5 image set or image folder"
               + (" and --preprocess one of " + ", ".join(PREPROCESS_CHOICES) + " for uint8 images (omit it for a "

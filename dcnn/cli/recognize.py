@@ -22,6 +22,7 @@ from dcnn.exec.forward import Forward
 from dcnn.exec.workloads import DETECTOR, Recognition, is_detector
 from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL
 from dcnn.faces.pipeline import DEFAULT_TOLERANCE, FACE_DTYPE, FaceDescriber, load_gallery
+from dcnn.io.images import image_formats
 from dcnn.parallel.comm import collective, world
 from dcnn.planner.recognition import recognition_stage
 
@@ -34,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.prog = "python -m dcnn.recognize"
     parser.description = ("Detect, align, describe and identify faces over an image set (dlib's face recognition) "
                           "and write landmarks, descriptors and identities to HDF5.")
-    parser.epilog = ("Input: an HDF5 file with an N x H x W x 3 uint8 dataset, or a folder of PNG/JPEG files. "
+    parser.epilog = ("Input: an HDF5 file with an N x H x W x 3 uint8 dataset, or a folder of image files "
+                     f"({', '.join(image_formats())}). "
                      "Output: /outputs/detections, /outputs/landmarks (M x 5 x 2), /outputs/descriptors (M x 128) "
                      "and with --known /outputs/identity, /outputs/distance, /known/names, /known/descriptors; "
                      "see docs/results.md. " + infer.RENAMED_NOTE)

@@ -5,7 +5,7 @@ ending in ``.onnx``, or any existing file whose name is not a zoo model's). The 
 :func:`dcnn.network.onnx.load_onnx`; this module adds what a run needs around it (pure, no MPI):
 
 - **Preprocessing.** An ONNX file does not say how its input was normalised. float32 ``N x C x H x W`` image sets
-  are passed to the model as they are; uint8 images (HDF5 ``N x H x W x C`` sets, PNG/JPEG folders) need
+  are passed to the model as they are; uint8 images (HDF5 ``N x H x W x C`` sets, image folders) need
   ``--preprocess``: ``imagenet`` (``(pixel / 255 - mean) / std`` with ImageNet's RGB mean 0.485, 0.456, 0.406
   and std 0.229, 0.224, 0.225, as torchvision's models expect) or ``none`` (the pixel values 0 to 255 as float32).
 - **Input sizes.** A model whose height or width is fixed takes only images of that size; each fixed dimension is

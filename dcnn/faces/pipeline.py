@@ -24,7 +24,7 @@ from dcnn.faces.detect import DETECTION_DTYPE, FaceDetector
 from dcnn.faces.jitter import jittered_chips
 from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
 from dcnn.faces.shape_predictor import ShapePredictor, grey_levels, read_shape_predictor
-from dcnn.io.images import IMAGE_SUFFIXES, open_image
+from dcnn.io.images import image_formats, is_image_file, open_image
 from dcnn.network.graph import Network
 
 __all__ = [
@@ -196,13 +196,12 @@ def known_images(folder: str | os.PathLike) -> list[tuple[str, Path]]:
         raise InputError(f"--known {str(folder)!r}: not a folder")
     pairs = []
     for entry in sorted(folder.iterdir()):
-        if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES:
+        if is_image_file(entry):
             pairs.append((entry.stem, entry))
         elif entry.is_dir():
-            pairs += [(entry.name, path) for path in sorted(entry.iterdir())
-                      if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES]
+            pairs += [(entry.name, path) for path in sorted(entry.iterdir()) if is_image_file(path)]
     if not pairs:
-        raise InputError(f"--known {folder}: no {'/'.join(IMAGE_SUFFIXES)} images (one per person, or a "
+        raise InputError(f"--known {folder}: no images ({', '.join(image_formats())}; one per person, or a "
                          f"subfolder of images per person)")
     return sorted(pairs)
 

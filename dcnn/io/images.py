@@ -1,12 +1,15 @@
-"""Image sets: HDF5 datasets and folders of PNG/JPEG files, read lazily in batches, and preprocessing.
+"""Image sets: HDF5 datasets and folders of image files, read lazily in batches, and preprocessing.
 
 Accepted layouts:
 
 - an HDF5 dataset (``images`` unless ``--dataset`` names another) of ``N x H x W x C`` uint8 pixels, which
   get the model's preprocessing, or ``N x C x H x W`` float32 tensors, fed to the network as they are;
-- a folder of ``.png``/``.jpg``/``.jpeg`` files, read in sorted name order, converted to 8-bit RGB as dlib
-  reads them (:mod:`dcnn.io.pixels`: any Pillow mode, 16-bit samples by their high byte, alpha as dlib blends it,
-  EXIF orientation ignored), or to luminance for one-channel models, and preprocessed.
+- a folder of image files in the formats of :data:`PHOTO_FORMATS` that the installed Pillow decodes (PNG, JPEG,
+  BMP, GIF, TIFF, WebP, PNM, TGA, JPEG 2000; the first frame of an animation or of a multi-page file), read in
+  sorted name order, converted to 8-bit RGB as dlib reads them (:mod:`dcnn.io.pixels`: any Pillow mode of 8 or 16
+  bits, 16-bit samples by their high byte, alpha as dlib blends it, EXIF orientation ignored), or to luminance
+  for one-channel models, and preprocessed. Its other entries (subfolders, files of other types) are left out and
+  counted (:attr:`FolderImageSet.left_out`).
 
 A one-channel model (LeNet-5) gets the luminance of those RGB pixels from :func:`luminance` alone, whichever the
 source: ITU-R 601-2 in Pillow's ``L``-mode integer arithmetic, so an HDF5 set and the same images as PNG files
@@ -15,6 +18,7 @@ give the same network input, bit for bit.
 
 from __future__ import annotations
 
+import functools
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -25,12 +29,24 @@ import numpy as np
 
 from dcnn.errors import DAMAGED_FILE_ERRORS, InputError, ShapeError
 from dcnn.io.fingerprint import file_fingerprint, files_fingerprint
-from dcnn.io.pixels import rgb8
+from dcnn.io.pixels import check_mode, rgb8
 from dcnn.network.graph import Preprocessing
 
-__all__ = ["IMAGE_SUFFIXES", "ImageSet", "luminance", "open_image", "open_image_set", "preprocess"]
+__all__ = [
+    "PHOTO_FORMATS", "ImageSet", "image_formats", "is_image_file", "luminance", "open_image", "open_image_set",
+    "preprocess",
+]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Pillow's names of the raster formats read from a folder, each with the Pillow feature (codec library) it
+#: needs beyond Pillow itself, if any. Formats that Pillow only identifies (its stubs: HDF5, GRIB, ...) or decodes
+#: with an outside program (EPS with Ghostscript) are not among them.
+PHOTO_FORMATS = {"PNG": None, "JPEG": None, "BMP": None, "DIB": None, "GIF": None, "TIFF": None, "WEBP": "webp",
+                 "PPM": None, "TGA": None, "JPEG2000": "jpg_2000"}
+#: Entries of a folder named in the note on what it left out; the rest are counted.
+NAMED_ENTRIES = 3
+#: The kinds of entries a folder leaves out (:attr:`FolderImageSet.left_out`), in the note's order, with plurals.
+LEFT_OUT_KINDS = {"subfolder": "subfolders", "file not an image": "files not images",
+                  "entry neither file nor folder": "entries neither files nor folders"}
 
 
 #: Largest single image a set may declare; larger shapes come from damaged files.
@@ -230,15 +246,47 @@ class Hdf5ImageSet(ImageSet):
 
 
 class FolderImageSet(ImageSet):
-    """PNG/JPEG files in a folder, in sorted name order."""
+    """The image files of a folder (:func:`is_image_file`), in sorted name order.
+
+    Attributes
+    ----------
+    left_out : dict of str to list of str
+        The folder's other entries by kind (``subfolder``, ``file not an image``, ``entry neither file nor
+        folder``: a broken link, a socket), their names sorted; see :meth:`left_out_note`.
+    """
 
     def __init__(self, path: str):
-        files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        super().__init__(path, 0)
+        files, self.left_out = [], {}
+        for entry in sorted(Path(path).iterdir()):
+            if is_image_file(entry):
+                files.append(entry)
+            else:
+                kind = ("subfolder" if entry.is_dir() else "file not an image" if entry.is_file()
+                        else "entry neither file nor folder")
+                self.left_out.setdefault(kind, []).append(entry.name)
         if not files:
-            raise InputError(f"{path}: no {'/'.join(IMAGE_SUFFIXES)} files in this folder")
-        self.files = files
+            skipped = self.left_out_note()
+            raise InputError(f"{path}: no image files ({', '.join(image_formats())}) in this folder"
+                             + (f"; {skipped}" if skipped else ""))
+        self.files, self.count = files, len(files)
         self._sizes: dict[int, tuple[int, int]] = {}
-        super().__init__(path, len(files))
+
+    def left_out_note(self) -> str | None:
+        """``"skipped 3 entries of photos/: 2 subfolders (a, b), 1 file not an image (notes.txt)"``, the kinds in
+        the order of :data:`LEFT_OUT_KINDS`, naming the first :data:`NAMED_ENTRIES` of each; ``None`` when every
+        entry is an image file."""
+        if not self.left_out:
+            return None
+        parts = []
+        for kind, plural in LEFT_OUT_KINDS.items():
+            names = self.left_out.get(kind, [])
+            if names:
+                named = ", ".join(names[:NAMED_ENTRIES]) + (f" and {len(names) - NAMED_ENTRIES} more"
+                                                            if len(names) > NAMED_ENTRIES else "")
+                parts.append(f"{len(names)} {kind if len(names) == 1 else plural} ({named})")
+        total = sum(map(len, self.left_out.values()))
+        return f"skipped {total} {'entry' if total == 1 else 'entries'} of {self.path}: {', '.join(parts)}"
 
     def _open(self, index: int):
         return open_image(self.files[index])
@@ -254,6 +302,7 @@ class FolderImageSet(ImageSet):
         try:
             with Image.open(self.files[index]) as image:
                 width, height = image.size
+                check_mode(image, str(self.files[index]))
                 if verify:
                     image.verify()
         except (*DAMAGED_FILE_ERRORS, UnidentifiedImageError) as error:
@@ -288,8 +337,31 @@ class FolderImageSet(ImageSet):
         return preprocess(self.read_pixels(start, stop), preprocessing)
 
 
+@functools.cache
+def _suffixes() -> dict[str, str]:
+    """File name suffix (lower case, with its dot) to format, for the formats of :data:`PHOTO_FORMATS` that the
+    installed Pillow decodes: those it registers, with the codec library each needs (Pillow's ``features``)."""
+    from PIL import Image, features
+
+    available = {name for name, feature in PHOTO_FORMATS.items() if feature is None or features.check(feature)}
+    return {suffix: name for suffix, name in sorted(Image.registered_extensions().items()) if name in available}
+
+
+def image_formats() -> list[str]:
+    """The formats read from a folder (:data:`PHOTO_FORMATS` that the installed Pillow decodes), by Pillow's
+    names, in the order of :data:`PHOTO_FORMATS`."""
+    formats = set(_suffixes().values())
+    return [name for name in PHOTO_FORMATS if name in formats]
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` is a file named as an image of :func:`image_formats` (by its suffix, in any case: a
+    damaged or mislabelled file is found by the header scan, :mod:`dcnn.io.scan`)."""
+    return path.suffix.lower() in _suffixes() and path.is_file()
+
+
 def open_image(path: str | os.PathLike):
-    """One PNG/JPEG file, decoded (a PIL image).
+    """One image file, decoded (a PIL image).
 
     Raises
     ------

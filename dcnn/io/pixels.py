@@ -9,6 +9,10 @@ rules are in ``dlib/pixel.h``):
   ``c`` where ``alpha == 255``, else ``(c * alpha) >> 8``;
 - JPEG: libjpeg's RGB (CMYK and YCbCr converted as Pillow does; both equal dlib's output).
 
+The other formats read from a folder (BMP, GIF, TIFF, WebP, ...: :data:`dcnn.io.images.PHOTO_FORMATS`) decode to
+the same Pillow modes and follow the same rules (dlib reads BMP, GIF and WebP with them too); a mode outside them
+(floating-point samples) is refused from the file's header (:func:`check_mode`).
+
 For 16-bit PNGs dlib's result is not an image: grey saturates to 255 (``assign_pixel`` clamps a ``uint16`` to
 255) and colour keeps the low byte (``static_cast<uint8>``). dcnn reads them as their 8-bit equivalents
 instead: the high byte of each sample (libpng's ``png_set_strip_16``, and what Pillow does for 16-bit colour),
@@ -22,7 +26,7 @@ import numpy as np
 
 from dcnn.errors import InputError
 
-__all__ = ["composite_over_black", "rgb8"]
+__all__ = ["check_mode", "composite_over_black", "rgb8"]
 
 #: Pillow modes of 16- and 32-bit integer grey samples (a 16-bit grey PNG opens as one of them).
 _WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -32,6 +36,10 @@ _GREY_ALPHA = ("LA", "La")
 PNG_GREY_ALPHA = 4
 #: Modes converted by Pillow exactly as dlib converts them.
 _PLAIN = ("1", "L", "RGB", "CMYK", "YCbCr", "P")
+#: Modes with an alpha channel composited over black.
+_ALPHA = ("RGBA", "RGBa", "PA")
+#: Every mode :func:`rgb8` reads.
+READABLE_MODES = frozenset((*_WIDE_GREY, *_GREY_ALPHA, *_ALPHA, *_PLAIN))
 
 
 def _png_colour_type(image) -> int | None:
@@ -55,6 +63,15 @@ def composite_over_black(rgba: np.ndarray) -> np.ndarray:
     return np.where(alpha == 255, rgba[..., :3], blended)
 
 
+def check_mode(image, name: str = "image") -> None:
+    """Raise :class:`InputError` naming ``name`` (the file) unless :func:`rgb8` reads a Pillow image of this mode:
+    floating-point samples (a float TIFF or PFM) and the like are refused from the header, before any pixel is
+    decoded."""
+    if image.mode not in READABLE_MODES:
+        raise InputError(f"{name}: images of mode {image.mode} ({image.format or 'unknown format'}) cannot be read "
+                         f"as 8-bit RGB")
+
+
 def rgb8(image, name: str = "image") -> np.ndarray:
     """A decoded Pillow image as ``H x W x 3`` uint8 RGB, as dlib reads it (see the module docstring).
 
@@ -63,6 +80,7 @@ def rgb8(image, name: str = "image") -> np.ndarray:
     InputError
         For a mode dlib cannot read either (floating-point samples), naming ``name`` (the file).
     """
+    check_mode(image, name)
     mode = image.mode
     if mode in _WIDE_GREY:
         samples = np.asarray(image)
@@ -72,9 +90,6 @@ def rgb8(image, name: str = "image") -> np.ndarray:
         # Pillow opens 16-bit grey + alpha as RGBA with R = G = B
         return np.asarray(image.getchannel(0).convert("RGB"))
     transparent = "transparency" in image.info and mode in ("P", "RGB")
-    if mode in ("RGBA", "RGBa", "PA") or transparent:
+    if mode in _ALPHA or transparent:
         return composite_over_black(np.asarray(image.convert("RGBA")))
-    if mode in _PLAIN:
-        return np.asarray(image.convert("RGB"))
-    raise InputError(f"{name}: images of mode {mode} ({image.format or 'unknown format'}) cannot be read as 8-bit "
-                     f"RGB")
+    return np.asarray(image.convert("RGB"))

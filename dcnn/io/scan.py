@@ -6,8 +6,9 @@ chunk's CRC up to IEND, which finds truncated files, text files named ``.png`` a
 one shape for all of its images. Each distinct size is then mapped to the network input it makes; a size the
 model cannot take (a thumbnail smaller than its receptive field) makes its images unusable.
 
-JPEG files have no checksums: ``verify`` reads only their header, so a truncated JPEG is found when it is
-decoded. With ``--skip-unreadable`` such an image is skipped and recorded then (see
+JPEG files (and BMP, TIFF, WebP and the other formats of :data:`dcnn.io.images.PHOTO_FORMATS`) have no checksums:
+``verify`` reads only their header (which also tells a floating-point image, unusable), so a truncated file is
+found when it is decoded. With ``--skip-unreadable`` such an image is skipped and recorded then (see
 :mod:`dcnn.exec.workloads`);
 without it, the run stops naming the file and the finished images can be resumed.
 """

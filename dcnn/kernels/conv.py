@@ -482,8 +482,11 @@ class Conv2dKernel:
             # Channels-last memory in plane geometry behind the (B, K, Ho, Wo) view: the GEMMs write it directly,
             # and the next layer reads whole rows of pixels. winograd-rows computes whole tiles of rows and a spare
             # tile row per image (_winograd_rows).
-            rows = planes_h if self.method == "rows" else (-(-out_h // COLUMN_TILE) + 1) * COLUMN_TILE
-            full = empty_float32((batch, rows, planes_w, self._row_width))
+            # winograd-rows computes the valid columns only (a row of tiles is one GEMM per transformed row,
+            # never a run across rows as in rows).
+            rows, cols = ((planes_h, planes_w) if self.method == "rows"
+                          else ((-(-out_h // COLUMN_TILE) + 1) * COLUMN_TILE, out_w))
+            full = empty_float32((batch, rows, cols, self._row_width))
             out = full[:, :out_h, :out_w, :self.out_channels].transpose(0, 3, 1, 2)
         else:
             out = empty_float32((batch, self.out_channels, out_h, out_w))
@@ -698,7 +701,8 @@ class Conv2dKernel:
 
     def _winograd_rows(self, x: np.ndarray, full: np.ndarray, padding: Padding, workspace: Workspace) -> None:
         """The kernel-row formulation with Winograd down the columns, ``x`` (b, C, H, W) into ``full``
-        (b, 4 (T + 1), Wq, K'), channels last (as :meth:`_rows`; ``T`` tiles of 4 output rows per image).
+        (b, 4 (T + 1), Wo, K'), channels last (as :meth:`_rows`, but only the valid output columns; ``T`` tiles
+        of 4 output rows per image).
 
         The padded input is split by row phase (``sh`` phase planes, as :meth:`_rows`). Kernel rows ``p, p + sh,
         ...`` (``n_p`` of them, :func:`column_phases`) read rows ``y, y + 1, ...`` of phase plane ``p`` for output row
@@ -717,12 +721,12 @@ class Conv2dKernel:
         the map only, and every tile runs the same operations, so the thread count changes no result.
         """
         batch, channels, height, width = x.shape
-        image_rows, planes_w, out_channels = full.shape[1:]
+        image_rows, out_w, out_channels = full.shape[1:]
         sh, sw = self.stride
         kw = self.kernel_size[1]
         tile, alphas = COLUMN_TILE, len(self._weight)
-        top, _, left, _ = padding
-        padded_w = planes_w * sw
+        top, _, left, right = padding
+        padded_w = width + left + right
         planes = workspace.get("input", (sh, batch, image_rows, padded_w, channels))
         source = x.transpose(0, 2, 3, 1)
         for phase in range(sh):
@@ -739,7 +743,7 @@ class Conv2dKernel:
         depth = kw * channels
         row = depth + 1
         # Per tile row: its transformed input, patches and products (the patches are reused per xi).
-        row_bytes = 4 * (alphas * row_len + planes_w * row + alphas * planes_w * out_channels)
+        row_bytes = 4 * (alphas * row_len + out_w * row + alphas * out_w * out_channels)
         chunks = balanced_chunks(tile_rows, max(1, WIDE_CHUNK_L2 * cache_bytes(2) // row_bytes))
         widest = max(stop - start for start, stop in chunks)
         flat = planes.reshape(sh, -1)
@@ -747,11 +751,10 @@ class Conv2dKernel:
         item = flat.itemsize
 
         def run_chunks(items: Sequence[tuple[int, int]]) -> None:
-            # The last window of the last transformed row reads kw - sw pixels past its row: a margin of zeros.
-            transformed = np.zeros(widest * alphas * row_len + depth, dtype=np.float32)
-            patches = np.empty((widest * planes_w, row), dtype=np.float32)
+            transformed = np.empty(widest * alphas * row_len, dtype=np.float32)
+            patches = np.empty((widest * out_w, row), dtype=np.float32)
             patches[:, depth] = 1
-            products = np.empty((alphas, widest, planes_w * out_channels), dtype=np.float32)
+            products = np.empty((alphas, widest, out_w * out_channels), dtype=np.float32)
             for start, stop in items:
                 rows = stop - start
                 v = transformed[:rows * alphas * row_len].reshape(rows, alphas, row_len)
@@ -764,13 +767,13 @@ class Conv2dKernel:
                 m = products[:, :rows]
                 for xi in range(alphas):
                     windows = np.lib.stride_tricks.as_strided(
-                        transformed[xi * row_len:], (rows, planes_w, depth),
+                        transformed[xi * row_len:], (rows, out_w, depth),
                         (alphas * row_len * item, sw * channels * item, item), writeable=False)
-                    patches[:rows * planes_w, :depth].reshape(rows, planes_w, depth)[...] = windows
+                    patches[:rows * out_w, :depth].reshape(rows, out_w, depth)[...] = windows
                     gemm_accumulate(m[xi], 0, out_channels, patches, 0, row, self._weight[xi], 0, out_channels,
-                                    rows * planes_w, out_channels, row, accumulate=False)
-                outputs = result[start * tile * planes_w * out_channels:stop * tile * planes_w * out_channels]
-                outputs = outputs.reshape(rows, tile, planes_w * out_channels)
+                                    rows * out_w, out_channels, row, accumulate=False)
+                outputs = result[start * tile * out_w * out_channels:stop * tile * out_w * out_channels]
+                outputs = outputs.reshape(rows, tile, out_w * out_channels)
                 np.matmul(self._at, m.transpose(1, 0, 2), out=outputs)
                 if self.relu:
                     np.maximum(outputs, np.float32(0), out=outputs)

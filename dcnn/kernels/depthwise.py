@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -64,6 +66,11 @@ DEPTHWISE_EINSUM_RATIO = 64
 #: copy is slow: 1.06 ms for 96 channels at 112x112 against 0.11 for a plain copy): 96 channels at 112x112/2 (33
 #: pixels per channel) 2.18 ms channels-last against 1.46 channels-first, 144 at 56x56/2 0.57 against 0.81.
 DEPTHWISE_EINSUM_RATIO_NCHW = 16
+#: Row widths whose tiled taps a depthwise kernel keeps (:meth:`DepthwiseConv2dKernel._row_taps`), the least
+#: recently used dropped first: a map's rows, a spatial block's and a few fused tiles' (each width costs
+#: ``kh kw Wo K`` floats, 0.4 MiB for MobileNetV2's 144 channels at 56 wide; a folder of images of many sizes
+#: would otherwise keep one per size).
+ROW_TAPS_WIDTHS = 8
 
 
 def _padded(x: np.ndarray, padding: Padding, workspace: Workspace) -> np.ndarray:
@@ -154,7 +161,8 @@ class DepthwiseConv2dKernel(_Kernel):
         self._taps = np.ascontiguousarray(np.asarray(weight, np.float32).reshape(self.out_channels, kh * kw).T)
         # (kh, kw, K): the same, for the channels-last windows.
         self._taps_hwc = self._taps.reshape(kh, kw, self.out_channels)
-        self._row_taps_by_width: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        self._row_taps_by_width: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._row_taps_lock = threading.Lock()  # task threads share a compiled network's kernels
 
     def __call__(self, x: np.ndarray, padding: int | Sequence[int] = 0,
                  workspace: Workspace | None = None) -> np.ndarray:
@@ -286,12 +294,19 @@ class DepthwiseConv2dKernel(_Kernel):
 
     def _row_taps(self, width: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The taps' per-channel weights, ``(kh, kw, width * K)``, and the bias, ``(width * K,)``, repeated for a
-        row of ``width`` pixels (kept per width: a spatial block's rows are narrower than the map's)."""
-        tiled = self._row_taps_by_width.get(width)
-        if tiled is None:
-            tiled = self._row_taps_by_width[width] = (
-                np.ascontiguousarray(np.tile(self._taps_hwc, (1, 1, width))),
-                None if self.bias is None else np.tile(self.bias, width))
+        row of ``width`` pixels, kept for the last :data:`ROW_TAPS_WIDTHS` widths used (a spatial block's rows are
+        narrower than the map's). Safe to call from several threads at once."""
+        with self._row_taps_lock:
+            tiled = self._row_taps_by_width.get(width)
+            if tiled is not None:
+                self._row_taps_by_width.move_to_end(width)
+                return tiled
+        tiled = (np.ascontiguousarray(np.tile(self._taps_hwc, (1, 1, width))),
+                 None if self.bias is None else np.tile(self.bias, width))
+        with self._row_taps_lock:
+            self._row_taps_by_width[width] = tiled
+            if len(self._row_taps_by_width) > ROW_TAPS_WIDTHS:
+                self._row_taps_by_width.popitem(last=False)
         return tiled
 
 

@@ -36,11 +36,12 @@ from dcnn.io.progress import Progress
 from dcnn.io.results import ResultWriter, encode_outputs
 from dcnn.io.scan import Skip
 from dcnn.kernels.threads import cancel_tasks, get_num_threads, task_threads
+from dcnn.modes import concurrent_tasks
 from dcnn.parallel.comm import MPI
 from dcnn.parallel.steal import FIELDS, StealQueue
 
 __all__ = [
-    "InOrderTasks", "ResultChannel", "TaskSplit", "concurrent_tasks", "parse_capacities", "parse_throttle",
+    "InOrderTasks", "ResultChannel", "TaskSplit", "parse_capacities", "parse_throttle",
     "run_tasks",
 ]
 
@@ -70,13 +71,6 @@ class TaskSplit:
     def pending(self, done: np.ndarray) -> np.ndarray:
         """Tasks with at least one image not done (all of them for a fresh run)."""
         return np.array([t for t in range(self.num_tasks) if not done[slice(*self.bounds(t))].all()], dtype=np.int64)
-
-
-def concurrent_tasks(mode: str, threads: int, tasks: int, ranks: int) -> int:
-    """Tasks a rank of ``threads`` kernel threads runs at once: in batch mode with at least ``threads`` of the
-    run's ``tasks`` per rank, one per thread (:func:`run_tasks`); otherwise one, whose layers its threads share.
-    The planner counts each one's batch (:class:`dcnn.planner.plan.Cluster`, ``tasks``)."""
-    return threads if mode == "batch" and threads > 1 and tasks >= threads * ranks else 1
 
 
 def parse_throttle(specs: Sequence[str], size: int) -> dict[int, float]:

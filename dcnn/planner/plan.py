@@ -9,8 +9,9 @@ models, per rank (one rank per node):
   ranks in spatial and fused mode (convolution weights count twice: as loaded and in the kernel's layout, which
   for Winograd's layers is the transformed filters, four times the 3x3 ones, unless ``--exact-conv``);
 - ``input``: the batch of network inputs (with its preprocessing copy), present on every rank; in batch mode
-  one per task a rank runs at once (``Cluster.tasks``: its task threads, :mod:`dcnn.parallel.batch`), as for
-  ``activations`` and a stage's activations;
+  one per task a rank runs at once (one per task thread, ``Cluster.task_threads``, when the run has enough tasks
+  for them: :func:`dcnn.modes.concurrent_tasks` of the plan's batch), as for ``activations`` and a stage's
+  activations;
 - ``activations``: the largest working set of one node (input region, output, and the convolution's padded
   scratch copy and GEMM output, plus the tensors alive meanwhile along the topological order: an add's other
   input, a residual skip that a later node reads), for the whole map (batch), the rank's block with its halo
@@ -49,6 +50,7 @@ from dcnn.io.numbers import check_number
 from dcnn.kernels.conv import choose_method, layout_bytes
 from dcnn.kernels.winograd import TILE, scratch_bytes
 from dcnn.modes import PLANNED_MODES as MODES
+from dcnn.modes import concurrent_tasks
 from dcnn.network.graph import BYTES_PER_VALUE, Network, format_shape
 from dcnn.network.layers import Conv2d, Linear, Shape
 
@@ -139,9 +141,11 @@ class Cluster:
         Resident memory of a rank before any model is built.
     threads : int
         Kernel threads per rank (``--threads``): each holds its own Winograd band buffers.
-    tasks : int
-        Tasks a rank runs at once in batch mode, one per task thread
-        (:func:`dcnn.parallel.batch.concurrent_tasks`): each holds its batch's input and working set.
+    task_threads : int
+        Task threads of a rank in batch mode: its kernel threads, or 1 for a run in single mode (one process,
+        whose threads share each task). A plan of batch ``B`` over ``N`` images runs
+        ``concurrent_tasks("batch", task_threads, ceil(N / B), ranks)`` tasks at once
+        (:func:`dcnn.modes.concurrent_tasks`), each holding its batch's input and working set.
     """
 
     nodes: tuple[Node, ...]
@@ -151,7 +155,7 @@ class Cluster:
     latency: float = 50e-6
     runtime_bytes: int = RUNTIME_BYTES
     threads: int = 1
-    tasks: int = 1
+    task_threads: int = 1
 
     def __post_init__(self):
         if not self.nodes:
@@ -161,7 +165,7 @@ class Cluster:
         check_number(self.bandwidth, "the bandwidth ('bandwidth_gbit')", above=0)
         check_number(self.latency, "the latency ('latency_us')", minimum=0)
         check_number(self.threads, "--threads", minimum=1)
-        check_number(self.tasks, "the tasks a rank runs at once", minimum=1)
+        check_number(self.task_threads, "the task threads of a rank", minimum=1)
         for node in self.nodes:
             check_number(node.ram, f"node {node.name}: 'ram'", above=0)
             check_number(node.speed, f"node {node.name}: 'speed'", above=0)
@@ -227,12 +231,12 @@ class Cluster:
         return self.nodes[rank].speed * self.macs_per_second
 
 
-def for_process(cluster: Cluster, reader: int = 0, threads: int = 1, tasks: int = 1) -> Cluster:
+def for_process(cluster: Cluster, reader: int = 0, threads: int = 1, task_threads: int = 1) -> Cluster:
     """``cluster`` as each rank's process runs it: ``reader`` more bytes of runtime (what reading a model file
     holds, :func:`dcnn.exec.imported.reader_bytes`; 0 for a built-in model), ``threads`` kernel threads and, in
-    batch mode, ``tasks`` tasks at once. ``python -m dcnn.plan`` and ``python -m dcnn.infer`` both plan through
-    it."""
-    return replace(cluster, runtime_bytes=cluster.runtime_bytes + reader, threads=threads, tasks=tasks)
+    batch mode, ``task_threads`` task threads (see :class:`Cluster`). ``python -m dcnn.plan`` and ``python -m
+    dcnn.infer`` both plan through it."""
+    return replace(cluster, runtime_bytes=cluster.runtime_bytes + reader, threads=threads, task_threads=task_threads)
 
 
 @dataclass
@@ -480,13 +484,13 @@ def _whole_map_work(network: Network, input_shape: Shape, start: int = 0) -> tup
     return best
 
 
-def memory_batch(network: Network, input_shape: Shape, batch: int, cluster: Cluster) -> RunPlan:
-    """Batch mode: every rank holds the whole model and runs whole images, ``cluster.tasks`` batches at once."""
+def memory_batch(network: Network, input_shape: Shape, batch: int, cluster: Cluster, tasks: int = 1) -> RunPlan:
+    """Batch mode: every rank holds the whole model and runs whole images, ``tasks`` batches at once."""
     weights, heaviest = _weights(network, input_shape, 1)
     work, layer = _whole_map_work(network, input_shape)
     items = {"runtime": cluster.runtime_bytes, "weights": weights[0],
-             "input": cluster.tasks * _input_bytes(input_shape, batch),
-             "activations": cluster.tasks * batch * work * BYTES_PER_VALUE}
+             "input": tasks * _input_bytes(input_shape, batch),
+             "activations": tasks * batch * work * BYTES_PER_VALUE}
     return RunPlan("batch", batch, None, None, [dict(items) for _ in range(cluster.size)],
                 {"weights": heaviest, "activations": layer})
 
@@ -619,11 +623,14 @@ def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, 
 
     ``batch_images`` is how many images of this shape there are: a forward pass never holds more, so memory is
     modelled for ``min(batch, batch_images)`` images (a 1-image set at batch 4 is planned as 1 image).
+    ``images`` is the run's image count: in batch mode its ``ceil(images / batch)`` tasks decide how many a rank
+    runs at once (:func:`dcnn.modes.concurrent_tasks`, with ``cluster.task_threads``).
     ``stage``: a network every rank runs after this one (its items join every rank's, see :class:`Stage`).
     """
     real = batch if batch_images is None else max(1, min(batch, batch_images))
+    tasks = concurrent_tasks(mode, cluster.task_threads, -(-images // batch), cluster.size)
     if mode == "batch":
-        plan = memory_batch(network, input_shape, real, cluster)
+        plan = memory_batch(network, input_shape, real, cluster, tasks)
     elif mode == "spatial":
         plan = memory_spatial(network, input_shape, real, cluster, grid or _square_dims(cluster.size))
     elif mode == "fused":
@@ -633,8 +640,7 @@ def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, 
     if stage is not None:
         for items in plan.memory:
             items.update(stage.memory(input_shape, real))
-            if mode == "batch":  # every task thread runs the stage on its own task
-                items[f"{stage.name} activations"] *= cluster.tasks
+            items[f"{stage.name} activations"] *= tasks  # every task thread runs the stage on its own task
     runs = [(network, input_shape, real)] + ([(stage.network, stage.network.input_shape, stage.batch)] if stage
                                               else [])
     # Every kernel thread keeps its own buffers, the calling one included (it runs a slice of each parallel loop).
