@@ -112,6 +112,19 @@ def rank_pids(marker: str) -> list[int]:
     return pids
 
 
+def launcher_rank_of(pid: int) -> int:
+    """The rank an MPI launcher gave process ``pid``, from its environment (as
+    :func:`dcnn.cli.common.launcher_rank` reads a process's own); 0 without one."""
+    from dcnn.cli.common import RANK_VARIABLES
+
+    environment = dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                       if b"=" in item)
+    for name in RANK_VARIABLES:
+        if environment.get(name.encode(), b"").isdigit():
+            return int(environment[name.encode()])
+    return 0
+
+
 @pytest.fixture(autouse=True)
 def mpi_fence(request):
     """Barrier before and after every MPI test, so one test's messages never meet another's."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import mpi_command, rank_pids, write_digits
+from conftest import launcher_rank_of, mpi_command, rank_pids, write_digits
 
 from dcnn.io.results import open_result
 
@@ -68,12 +68,13 @@ def test_an_existing_result_is_refused_byte_identical_unless_force(tmp_path, dig
     assert leftovers(tmp_path, {"run.h5"}) == []
 
 
+# Each holds the file until its standard input closes (the test's end), however long the runs take.
 HOLDERS = {
     # another program with the result open for writing (HDF5 holds an exclusive lock on it)
-    "h5py": "import h5py, sys, time\nf = h5py.File(sys.argv[1], 'r+')\nprint('held', flush=True)\ntime.sleep(120)",
+    "h5py": "import h5py, sys\nf = h5py.File(sys.argv[1], 'r+')\nprint('held', flush=True)\nsys.stdin.read()",
     # a lock that makes HDF5's own locking fail, as on NFS ("unable to lock file")
-    "flock": "import fcntl, sys, time\nf = open(sys.argv[1], 'rb')\nfcntl.flock(f, fcntl.LOCK_EX)\n"
-             "print('held', flush=True)\ntime.sleep(120)",
+    "flock": "import fcntl, sys\nf = open(sys.argv[1], 'rb')\nfcntl.flock(f, fcntl.LOCK_EX)\n"
+             "print('held', flush=True)\nsys.stdin.read()",
 }
 
 
@@ -82,8 +83,8 @@ def test_a_refused_run_leaves_a_held_file_byte_identical(tmp_path, digits, refer
     """Before: h5py's mode "w" truncated the file, then HDF5 failed to lock it: exit 2 and a 0-byte file."""
     output = tmp_path / "held.h5"
     assert infer("--input", str(digits), "--output", str(output)).returncode == 0
-    process = subprocess.Popen([sys.executable, "-c", HOLDERS[holder], str(output)], stdout=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen([sys.executable, "-c", HOLDERS[holder], str(output)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout.readline().strip() == "held"
         before = output.read_bytes()  # as the holder left it (h5py's r+ marks the file open)
@@ -103,9 +104,12 @@ def test_a_refused_run_leaves_a_held_file_byte_identical(tmp_path, digits, refer
 def test_a_second_run_on_a_live_file_is_refused_and_the_first_completes(tmp_path, digits, reference):
     """Before: the second run wiped the first's live file, the first failed, the second hung in HDF5."""
     output = tmp_path / "live.h5"
-    # Slow enough to be stopped while live; the throttle scales each rank's sleep with its (load-dependent) task
-    # time, so a larger factor only stretches the run on a busy machine.
-    slow = ["--throttle", "0:100", "--throttle", "1:100"]
+    # Rank 1 is stopped to hold the run live (it cannot end without rank 1), with its lock held by rank 0, while the
+    # others try. Rank 0 is slow enough for the run to be stopped before it could end (its sleep after each task is
+    # 299 times the task's time: about 1 s from the output's creation here, against the few milliseconds the test
+    # takes; a busy machine stretches both). The stopped rank is not throttled: stopped within a task, it would
+    # count the stop as task time and sleep 299 times that after it continues (minutes).
+    slow = ["--throttle", "0:300"]
     first = subprocess.Popen(command("--input", str(digits), "--output", str(output), "--mode", "batch", *slow,
                                      ranks=2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
@@ -114,20 +118,19 @@ def test_a_second_run_on_a_live_file_is_refused_and_the_first_completes(tmp_path
         while not output.exists():
             assert first.poll() is None and time.time() < deadline, "the first run did not start"
             time.sleep(0.05)
-        ranks = rank_pids(output.name)  # the launcher starts them in process groups of their own
-        assert ranks
-        for pid in ranks:  # hold the first run live (and its lock held) while the others try
-            os.kill(pid, signal.SIGSTOP)
+        # the launcher starts the ranks in process groups of their own
+        held = [pid for pid in rank_pids(output.name) if launcher_rank_of(pid) == 1]
+        assert len(held) == 1
+        os.kill(held[0], signal.SIGSTOP)
         seconds = [subprocess.Popen(command(*second, str(output)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True)
                    for second in (["--input", str(digits), "--output"],
                                   ["--input", str(digits), "--force", "--output"], ["--resume"])]
         for second in seconds:
-            _, stderr = second.communicate(timeout=60)
+            _, stderr = second.communicate(timeout=120)  # three commands start at once: a hang guard only
             assert second.returncode == 2 and "is being written by another run (process" in one_line(stderr)
         assert first.poll() is None, "the first run ended before it was stopped; slow it down"
-        for pid in ranks:
-            os.kill(pid, signal.SIGCONT)
+        os.kill(held[0], signal.SIGCONT)
         _, stderr = first.communicate(timeout=240)
         assert first.returncode == 0, stderr
     finally:

@@ -12,6 +12,7 @@ launcher's rank 0 (:func:`launcher_rank`) prints results and errors.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import os
@@ -38,8 +39,11 @@ MAX_THREADS = 1024
 EXIT_FAILURE = 1
 #: The reader of our output went away (``| head``): the shell's code for a process ended by SIGPIPE.
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
-#: Seconds the other ranks give rank 0 to close its result file before a signal ends the job.
-CLOSE_GRACE = 2.0
+#: Seconds the other ranks give rank 0 to close its result file before a signal ends the job. Rank 0 ends the job
+#: itself (``MPI.Abort``) as soon as it has, so this bounds only a rank 0 that is stuck; a shorter wait aborted a
+#: rank 0 that a busy machine left without a core for it, before it printed the resume line. Less than
+#: :data:`SIGNAL_GRACE`, after which the signalled ranks' watchdogs end them.
+CLOSE_GRACE = 5.0
 #: Seconds a process may take to end after SIGINT or SIGTERM before the watchdog ends it (see :func:`_watchdog`).
 SIGNAL_GRACE = 10.0
 _watching = False
@@ -53,6 +57,7 @@ class Interrupted(BaseException):
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
+        self.signum = signum
         self.code = 128 + signum
 
 
@@ -78,6 +83,34 @@ def exit_on_interrupt_while_starting() -> None:
 
 def _raise_interrupted(signum: int, frame) -> None:
     raise Interrupted(signum)
+
+
+#: Seconds after which a lost :class:`Interrupted` is delivered again (see :func:`_redelivering`).
+REDELIVERY_DELAY = 0.01
+
+
+def _redelivering(hook: Callable) -> Callable:
+    """``sys.unraisablehook`` that delivers a lost :class:`Interrupted` to the main thread again.
+
+    Python runs a signal's handler wherever the main thread is; inside a weakref callback or a ``__del__`` (which
+    the garbage collector runs between any two lines, h5py's object registry at every task) the exception it
+    raises cannot propagate: Python prints "Exception ignored" and the program went on as if no signal had come
+    (under mpiexec the other ranks then aborted the run before rank 0 printed its resume line). A timer thread
+    interrupts the main thread again (``_thread.interrupt_main``) once it is out of the callback, where the
+    handler raises into the program; should it land in another such callback, it is delivered again. Other
+    exceptions go to ``hook``.
+    """
+
+    def unraisable(info) -> None:
+        if isinstance(info.exc_value, Interrupted):
+            timer = threading.Timer(REDELIVERY_DELAY, _thread.interrupt_main, (info.exc_value.signum,))
+            timer.daemon = True
+            timer.start()
+        else:
+            hook(info)
+
+    unraisable.redelivers = True
+    return unraisable
 
 
 def _serve_for(comm, seconds: float) -> None:
@@ -259,6 +292,8 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
     prefix = "dcnn: error: " if size == 1 else f"dcnn: error (rank {rank}): "
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _raise_interrupted)
+    if not getattr(sys.unraisablehook, "redelivers", False):
+        sys.unraisablehook = _redelivering(sys.unraisablehook)
     _watchdog()
     try:
         with _stdout_silenced(args.quiet or (comm is None and rank != 0)):
