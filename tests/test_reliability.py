@@ -315,9 +315,10 @@ def test_a_signal_ends_a_rank_blocked_in_mpi_init(tmp_path):
         deadline = time.time() + 120
         # Until rank 1 is inside MPI_Init and rank 0 has ended (its pid in ``gone``).
         while not gone.exists() or _state(int(gone.read_text())) not in ("Z", ""):
-            if gone.exists() and process.poll() is not None:
+            ended = process.poll() is not None  # before looking for the marker: rank 0 writes it, then ends
+            if ended and gone.exists():
                 break  # the launcher ended the job as rank 0 ended (MPICH's Hydra waits for a signal)
-            if time.time() > deadline or process.poll() is not None:
+            if time.time() > deadline or ended:
                 os.killpg(process.pid, signal.SIGKILL)
                 pytest.fail(f"the ranks never got there: {process.communicate()}")
             time.sleep(0.01)
