@@ -164,16 +164,32 @@ def test_a_failed_task_ends_the_loop_after_the_running_task_finishes():
     assert ended.is_set() and queue.handed == [0, 1]
 
 
+class TwoTasks:
+    """A queue of tasks 0 and 1 for :func:`_run_on_task_threads` (no MPI)."""
+
+    def __init__(self):
+        self.tasks = [0, 1]
+
+    def next_task(self, on_idle):
+        return self.tasks.pop(0) if self.tasks else None
+
+
+def run_until_cancelled(task: int, stopped: threading.Event) -> tuple[int]:
+    """A long task on a task thread: it checks for cancellation, and sets ``stopped`` when it is cancelled."""
+    deadline = time.monotonic() + 60  # a hang guard only: a cancelled task stops at once
+    try:
+        while time.monotonic() < deadline:
+            threads.stop_if_cancelled()
+            time.sleep(0.01)
+    except threads.TasksCancelled:
+        stopped.set()
+        raise
+    return (task,)
+
+
 def test_a_failed_task_thread_keeps_the_tasks_that_finish_beside_it():
     """Before: when a task failed on one task thread, a task another thread finished after it was dropped (a
     resume computed it again). It is delivered before the failure propagates."""
-
-    class Queue:
-        def __init__(self):
-            self.tasks = [0, 1]
-
-        def next_task(self, on_idle):
-            return self.tasks.pop(0) if self.tasks else None
 
     failing = threading.Event()
     delivered = []
@@ -189,7 +205,7 @@ def test_a_failed_task_thread_keeps_the_tasks_that_finish_beside_it():
     try:
         threads.set_num_threads(2)
         with pytest.raises(RuntimeError, match="task 1 failed"):
-            _run_on_task_threads(Queue(), compute, delivered.append, lambda: None)
+            _run_on_task_threads(TwoTasks(), compute, delivered.append, lambda: None)
     finally:
         threads.set_num_threads(1)
     assert delivered == [0]
@@ -200,13 +216,6 @@ def test_an_interruption_while_failed_tasks_neighbours_finish_still_cancels_them
     (the exit then waited for whole tasks). The interruption now cancels them: they stop at their next check."""
     import signal
 
-    class Queue:
-        def __init__(self):
-            self.tasks = [0, 1]
-
-        def next_task(self, on_idle):
-            return self.tasks.pop(0) if self.tasks else None
-
     failing, stopped = threading.Event(), threading.Event()
 
     def compute(task):
@@ -214,15 +223,7 @@ def test_an_interruption_while_failed_tasks_neighbours_finish_still_cancels_them
             failing.set()
             raise RuntimeError("task 1 failed")
         failing.wait()
-        deadline = time.monotonic() + 60  # a hang guard only: a cancelled task stops at once
-        try:
-            while time.monotonic() < deadline:
-                threads.stop_if_cancelled()
-                time.sleep(0.01)
-        except threads.TasksCancelled:
-            stopped.set()
-            raise
-        return (task,)
+        return run_until_cancelled(task, stopped)
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -232,7 +233,7 @@ def test_an_interruption_while_failed_tasks_neighbours_finish_still_cancels_them
         threads.set_num_threads(2)
         signal.setitimer(signal.ITIMER_REAL, 0.5)
         with pytest.raises(KeyboardInterrupt):
-            _run_on_task_threads(Queue(), compute, lambda *outputs: None, lambda: None)
+            _run_on_task_threads(TwoTasks(), compute, lambda *outputs: None, lambda: None)
         assert stopped.wait(60)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -243,13 +244,6 @@ def test_an_interruption_while_failed_tasks_neighbours_finish_still_cancels_them
 def test_a_failed_delivery_writes_nothing_more_and_cancels_the_running_tasks():
     """A write that fails (the file) is not retried for the tasks beside it: they are cancelled, not delivered."""
 
-    class Queue:
-        def __init__(self):
-            self.tasks = [0, 1]
-
-        def next_task(self, on_idle):
-            return self.tasks.pop(0) if self.tasks else None
-
     started, stopped, delivered = threading.Event(), threading.Event(), []
 
     def compute(task):
@@ -257,15 +251,7 @@ def test_a_failed_delivery_writes_nothing_more_and_cancels_the_running_tasks():
             started.wait()  # task 1 runs when task 0's delivery fails
             return (task,)
         started.set()
-        deadline = time.monotonic() + 60  # a hang guard only
-        try:
-            while time.monotonic() < deadline:
-                threads.stop_if_cancelled()
-                time.sleep(0.01)
-        except threads.TasksCancelled:
-            stopped.set()
-            raise
-        return (task,)
+        return run_until_cancelled(task, stopped)
 
     def finish(task):
         delivered.append(task)
@@ -274,7 +260,7 @@ def test_a_failed_delivery_writes_nothing_more_and_cancels_the_running_tasks():
     try:
         threads.set_num_threads(2)
         with pytest.raises(OSError, match="No space"):
-            _run_on_task_threads(Queue(), compute, finish, lambda: None)
+            _run_on_task_threads(TwoTasks(), compute, finish, lambda: None)
         assert stopped.wait(60)
     finally:
         threads.set_num_threads(1)

@@ -320,6 +320,24 @@ def _phase_split_part(target: np.ndarray, x: np.ndarray, padding: Padding, strid
             plane[..., r0:r1, c1:] = 0
 
 
+def _row_phases_into(planes: np.ndarray, x: np.ndarray, top: int, left: int) -> None:
+    """Split ``x`` (b, C, H, W), padded by ``top`` rows and ``left`` columns, by row phase, channels last, into
+    ``planes`` (sh, b, rows, padded width, C): plane row ``r`` of phase ``p`` is padded row ``p + sh r``; the
+    padding, and plane rows past the input, are zeros (the kernel-row formulations' input)."""
+    stride, rows = planes.shape[0], planes.shape[2]
+    height, width = x.shape[2:]
+    source = x.transpose(0, 2, 3, 1)
+    for phase in range(stride):
+        first = min(rows, max(0, -((phase - top) // stride)))
+        last = max(first, min(rows, -((phase - top - height) // stride)))
+        plane = planes[phase]
+        plane[:, first:last, left:left + width] = source[:, phase + first * stride - top::stride][:, :last - first]
+        plane[:, :first] = 0
+        plane[:, last:] = 0
+        plane[:, first:last, :left] = 0
+        plane[:, first:last, left + width:] = 0
+
+
 class Conv2dKernel:
     """A convolution with its weights laid out once for repeated calls.
 
@@ -646,16 +664,7 @@ class Conv2dKernel:
         top, _, left, _ = padding
         padded_w = planes_w * sw
         planes = workspace.get("input", (sh, batch, planes_h, padded_w, channels))
-        source = x.transpose(0, 2, 3, 1)
-        for phase in range(sh):
-            first = max(0, -((phase - top) // sh))
-            last = max(first, min(planes_h, -((phase - top - height) // sh)))
-            plane = planes[phase]
-            plane[:, first:last, left:left + width] = source[:, phase + first * sh - top::sh][:, :last - first]
-            plane[:, :first] = 0
-            plane[:, last:] = 0
-            plane[:, first:last, :left] = 0
-            plane[:, first:last, left + width:] = 0
+        _row_phases_into(planes, x, top, left)
         image_len = planes_h * planes_w
         n_valid = (batch - 1) * image_len + (out_h - 1) * planes_w + out_w
         group_in, group_out = channels // self.groups, out_channels // self.groups
@@ -722,7 +731,7 @@ class Conv2dKernel:
         each image is computed and discarded, the last image's not at all. The chunks depend on the layer and
         the map only, and every tile runs the same operations, so the thread count changes no result.
         """
-        batch, channels, height, width = x.shape
+        batch, channels, _, width = x.shape
         image_rows, out_w, out_channels = full.shape[1:]
         sh, sw = self.stride
         kw = self.kernel_size[1]
@@ -730,16 +739,7 @@ class Conv2dKernel:
         top, _, left, right = padding
         padded_w = width + left + right
         planes = workspace.get("input", (sh, batch, image_rows, padded_w, channels))
-        source = x.transpose(0, 2, 3, 1)
-        for phase in range(sh):
-            first = min(image_rows, max(0, -((phase - top) // sh)))
-            last = max(first, min(image_rows, -((phase - top - height) // sh)))
-            plane = planes[phase]
-            plane[:, first:last, left:left + width] = source[:, phase + first * sh - top::sh][:, :last - first]
-            plane[:, :first] = 0
-            plane[:, last:] = 0
-            plane[:, first:last, :left] = 0
-            plane[:, first:last, left + width:] = 0
+        _row_phases_into(planes, x, top, left)
         tile_rows = batch * image_rows // tile - 1
         row_len = padded_w * channels
         depth = kw * channels
