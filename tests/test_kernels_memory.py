@@ -1,8 +1,6 @@
 """The pool of large output buffers: reuse only memory nobody holds."""
 
 import gc
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -62,36 +60,3 @@ def test_much_smaller_request_gets_a_new_buffer():
     small = memory.empty_float32((2048,))
     assert small.__array_interface__["data"][0] != address
     assert len(memory._idle) == 1
-
-
-THREAD_ARENA = """
-import resource
-import numpy as np
-from dcnn.kernels import threads
-
-def batch():  # a live set above a thread arena's 64 MiB heap, of arrays below the buffer pool's 32 MiB
-    arrays = [np.ones(count << 20, np.float32) for count in (5, 5, 7, 1)]
-    del arrays
-
-def faults_of_ten_batches():
-    for _ in range(3):
-        batch()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(10):
-        batch()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-threads.set_num_threads(2)
-with threads.task_threads() as pool:
-    print(pool.submit(faults_of_ten_batches).result())
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
-def test_a_task_thread_reuses_its_freed_heap_instead_of_faulting_it_in_again():
-    """Before: glibc unmapped a task thread's arena heaps once their arrays were freed and faulted them in again
-    for the next batch (about 10,000 page faults per ten batches of this pattern); task threads now keep the freed
-    heap (``keep_freed_heap``)."""
-    done = subprocess.run([sys.executable, "-c", THREAD_ARENA], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert int(done.stdout) < 1000

@@ -14,7 +14,6 @@ what the program holds itself.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import mmap
 import threading
@@ -22,7 +21,7 @@ import weakref
 
 import numpy as np
 
-__all__ = ["POOL_BUFFERS", "POOL_MIN_BYTES", "empty_float32", "keep_freed_heap"]
+__all__ = ["POOL_BUFFERS", "POOL_MIN_BYTES", "empty_float32"]
 
 #: Arrays of at least this size come from the pool: glibc's largest mmap threshold on 64-bit Linux.
 POOL_MIN_BYTES = 32 << 20
@@ -30,10 +29,6 @@ POOL_MIN_BYTES = 32 << 20
 #: the network's input (the face detector's pyramid, 52 MB at batch 16: with two, each batch paged in a fresh
 #: 70 MB output for its first layer, about 3 ms per image).
 POOL_BUFFERS = 3
-
-#: glibc's ``mallopt`` parameters (``malloc.h``) and the free heap memory an arena keeps before trimming it.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-KEPT_HEAP_BYTES = 4 * POOL_MIN_BYTES
 
 _idle: list[mmap.mmap] = []
 _lock = threading.Lock()
@@ -80,20 +75,3 @@ def empty_float32(shape: tuple[int, ...]) -> np.ndarray:
     # memory is free (the memoryview passed in above is already gone by then).
     weakref.finalize(array.base, _give_back, buffer)
     return array.reshape(shape)
-
-
-def keep_freed_heap() -> bool:
-    """Have glibc serve every array below :data:`POOL_MIN_BYTES` from its heaps and keep up to
-    :data:`KEPT_HEAP_BYTES` of freed memory there per arena, instead of its dynamic thresholds.
-
-    For threads that each run whole tasks (:func:`dcnn.kernels.threads.task_threads`): each allocates in an
-    arena of its own, which glibc by default shrinks and grows again around every batch, page-faulting the
-    activations again while the other thread's faults wait for the same address space. Measured on the face
-    detector at 2 task threads (48 images, batch 8): 72-74k page faults against 45-47k, system time 0.35-0.48 s
-    against 0.25-0.33; the peak memory grows by about 13 MB (347 to 360 MB). Single-threaded runs keep glibc's
-    defaults. Returns whether it applied (glibc only; elsewhere nothing changes).
-    """
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is None:
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, POOL_MIN_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, KEPT_HEAP_BYTES))

@@ -36,7 +36,6 @@ from threadpoolctl import ThreadpoolController
 # would never see them, and BLAS would keep one thread per core inside every worker thread. numpy loads its
 # OpenBLAS, ``dcnn.kernels.blas`` SciPy's (the one the convolutions call).
 from . import blas  # noqa: F401
-from .memory import keep_freed_heap
 
 __all__ = ["TasksCancelled", "cancel_tasks", "get_num_threads", "parallel_for", "set_num_threads", "stop_if_cancelled",
            "task_threads", "use_blas_threads"]
@@ -108,7 +107,6 @@ def task_threads() -> ThreadPoolExecutor:
     """
     _set_blas_threads(1)
     _cancelled.clear()
-    keep_freed_heap()
     return ThreadPoolExecutor(max_workers=get_num_threads(), thread_name_prefix="dcnn-task", initializer=_run_single)
 
 
