@@ -40,8 +40,11 @@ def test_an_exception_on_one_rank_ends_a_4_rank_job(digits, tmp_path, mode):
                            *MODES[mode]], env={**os.environ, "DCNN_INJECT_FAULT": fault},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
-    assert f"fault injected by DCNN_INJECT_FAULT on rank 2 at task {fault.split(':')[1]}" in done.stderr
-    assert "dcnn: error (rank 2): unexpected failure" in done.stderr
+    # What failed is on the error's first line: the launcher, ending the job, may drop the traceback after it
+    # (CI lost it once under load).
+    first = next(line for line in done.stderr.splitlines() if line.startswith("dcnn: error (rank 2)"))
+    assert first == ("dcnn: error (rank 2): unexpected failure, please report it: RuntimeError: fault injected by "
+                     f"DCNN_INJECT_FAULT on rank 2 at task {fault.split(':')[1]}"), done.stderr
     with h5py.File(output, "r", swmr=True) as handle:  # what was finished before the failure stays readable
         assert handle.attrs["status"] == "running"
 

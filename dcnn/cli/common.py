@@ -327,7 +327,11 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
             print(f"{prefix}{reason}", file=sys.stderr, flush=True)
             code = EXIT_USAGE
         else:
-            print(f"{prefix}unexpected failure, please report it:", file=sys.stderr)
+            # What failed comes first, on the one line a launcher surely forwards: MPICH's Hydra, ending the job
+            # on this rank's MPI_Abort, may drop the traceback lines still in its pipe (seen under load).
+            what = next(iter(str(error).splitlines()), "")
+            print(f"{prefix}unexpected failure, please report it: {type(error).__name__}: {what}", file=sys.stderr,
+                  flush=True)
             traceback.print_exc()
             sys.stderr.flush()
             code = EXIT_FAILURE
