@@ -45,11 +45,10 @@ input is large enough (im2col below); the choice depends on the layer and that d
 call gets, so a spatial block or a fused tile uses the same formulation as the whole map.
 
 *winograd-rows* (filters whose kernel rows per row phase number 2, 3 or 5, e.g. 5 tall at stride 1 or 2, where
-*rows* applies, with at least
-:data:`WINOGRAD_MIN_CHANNELS` inputs and outputs: the face detector's 5x5 layers but its RGB one). *rows* with
-Winograd down the columns of each row phase: F(4, 5) at stride 1, 8 kernel-row GEMMs per 4 output rows instead of
-20; F(4, 3) on the even kernel rows and F(4, 2) on the odd ones at stride 2, 11 instead of 20
-(:meth:`Conv2dKernel._winograd_rows`); off with :func:`set_exact`, like *winograd*.
+*rows* applies, with at least :data:`WINOGRAD_MIN_CHANNELS` inputs and outputs: the face detector's 5x5 layers but
+its RGB one). *rows* with Winograd down the columns of each row phase: F(4, 5) at stride 1, 8 kernel-row GEMMs
+per 4 output rows instead of 20; F(4, 3) on the even kernel rows and F(4, 2) on the odd ones at stride 2, 11
+instead of 20 (:meth:`Conv2dKernel._winograd_rows`); off with :func:`set_exact`, like *winograd*.
 
 Chunks of output columns are sized from the detected L2 cache (:mod:`dcnn.kernels.cache`; four L2s for the
 kernel-row and shifted-output formulations, :data:`WIDE_CHUNK_L2`) and a large batch is
@@ -432,9 +431,10 @@ class Conv2dKernel:
             depth = kw * group_channels
             self._row_width = _row_width(out_channels, 1)
             per_row = weight.astype(np.float64).transpose(2, 3, 1, 0).reshape(kh, depth, out_channels)
+            phases = column_phases(kh, self.stride[0])
             self._phases = []
             filters, output_transforms = [], []
-            for rows in column_phases(kh, self.stride[0]):
+            for rows in phases:
                 at, g, bt = minimal_filtering(COLUMN_POINTS_BY_TAPS[len(rows)], COLUMN_TILE, len(rows))
                 self._phases.append((len(filters), len(g), bt.astype(np.float32)))
                 filters.extend(np.einsum("xi,idk->xdk", g, per_row[rows]))
@@ -443,8 +443,7 @@ class Conv2dKernel:
             self._weight = np.zeros((len(filters), depth + 1, self._row_width), np.float32)
             self._weight[:, :depth, :out_channels] = filters
             if self.bias is not None:
-                self._weight[COLUMN_POINTS_BY_TAPS[len(column_phases(kh, self.stride[0])[0])].index(1), depth,
-                             :out_channels] = self.bias[:, 0]
+                self._weight[COLUMN_POINTS_BY_TAPS[len(phases[0])].index(1), depth, :out_channels] = self.bias[:, 0]
         elif self.method == "im2col":
             # (K, taps * C/g) in (tap, channel) order, the row order of the patch matrix.
             self._weight = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(out_channels,
@@ -500,10 +499,8 @@ class Conv2dKernel:
         rows_like = self.method in ("rows", "winograd-rows")
         if rows_like:
             # Channels-last memory in plane geometry behind the (B, K, Ho, Wo) view: the GEMMs write it directly,
-            # and the next layer reads whole rows of pixels. winograd-rows computes whole tiles of rows and a spare
-            # tile row per image (_winograd_rows).
-            # winograd-rows computes the valid columns only (a row of tiles is one GEMM per transformed row,
-            # never a run across rows as in rows).
+            # and the next layer reads whole rows of pixels. winograd-rows computes whole tiles of rows, a spare
+            # tile row per image, and the valid columns only (its GEMMs never run across rows as rows' do).
             rows, cols = ((planes_h, planes_w) if self.method == "rows"
                           else ((-(-out_h // COLUMN_TILE) + 1) * COLUMN_TILE, out_w))
             full = empty_float32((batch, rows, cols, self._row_width))
