@@ -256,3 +256,30 @@ def test_kernel_row_convolutions_read_the_one_before_in_place(rng):
     for kernel in kernels:
         kernel.reader = None
     np.testing.assert_array_equal(actual, forward(x))
+
+
+def test_one_process_engine_reads_kernel_row_outputs_in_place(monkeypatch):
+    """Batch mode's engine (one process, no MPI) hands each layer its input box, a view of the layer before's
+    output: the face detector's second and third convolutions still read those in place (no copy of their
+    input), bit for bit what the engine gives with copies."""
+    from dcnn.faces.detect import mmod_network
+    from dcnn.kernels import conv
+    from dcnn.parallel.spatial import SpatialEngine
+
+    network = mmod_network()
+    weights = init_weights(network)
+    forward = Forward(network, weights)
+    # 117 rows: each convolution's box holds all rows of its input (as the detector's 982 at 128 x 128 images,
+    # upsampled): fewer rows are copied, their rows past the box being data, not zeros.
+    x = np.random.default_rng(4).standard_normal((2, 3, 117, 97), dtype=np.float32)
+    copies = []
+    row_phases = conv._row_phases_into
+    monkeypatch.setattr(conv, "_row_phases_into", lambda planes, x, *rest: copies.append(x.shape[1]) or
+                        row_phases(planes, x, *rest))
+    with SpatialEngine(network, weights, x.shape[1:], None, forward=forward) as engine:
+        actual = engine(x)
+        assert 16 not in copies and copies.count(32) == 1  # .3 and .6 read in place, .9 copies its padding
+        for op in forward.ops:
+            if op.kernel is not None:
+                op.kernel.reader = None
+        np.testing.assert_array_equal(actual, engine(x))

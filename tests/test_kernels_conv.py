@@ -427,8 +427,8 @@ def test_a_reader_reads_its_producers_buffer_in_place(monkeypatch, rng, specs, h
 
 
 def test_a_reader_given_another_array_copies_it(rng):
-    """Only the very output the producer shared is read in place: the same values in another array, or with
-    padding, take the copy, with the same result."""
+    """Only the output the producer shared is read in place: the same values in another array, fewer of its
+    rows, or with padding, take the copy, with the same result."""
     (producer, consumer), filters = _chain(3, [("rows", 16, 5, 2), ("winograd-rows", 16, 5, 2)], 3)
     x = random_array(rng, 2, 3, 45, 40)
     workspace = conv.Workspace()
@@ -437,6 +437,11 @@ def test_a_reader_given_another_array_copies_it(rng):
     copy = shared.copy()
     assert workspace.shared_rows(copy) is None
     np.testing.assert_array_equal(consumer(shared, 0, workspace), consumer(copy, 0, workspace))
+    # Its left columns (a spatial engine's input box) are read in place; fewer rows are not (those past them
+    # hold data, not zeros).
+    assert workspace.shared_rows(shared[..., :-3]) is not None and workspace.shared_rows(shared[:, :, :-1]) is None
+    for part in (shared[..., :-3], shared[:, :, :-1]):
+        np.testing.assert_array_equal(consumer(part, 0, workspace), consumer(part.copy(), 0, workspace))
     weight, bias, _ = filters[1]
     np.testing.assert_allclose(consumer(shared, 1, workspace), np.maximum(
         reference.conv2d(copy, weight, bias, (2, 2), (1, 1, 1, 1), (1, 1), 1), 0), rtol=1e-4, atol=1e-4)

@@ -288,9 +288,15 @@ class Workspace:
         self._shared.record = (weakref.ref(out), rows)
 
     def shared_rows(self, x: np.ndarray) -> int | None:
-        """The rows per image recorded by :meth:`share_rows` if ``x`` is that very array, else ``None``."""
+        """The rows per image recorded by :meth:`share_rows` if ``x`` is that array, or its left part (fewer
+        columns: a spatial engine's input box), and it is alive (so its memory is no other array's); else
+        ``None``."""
         record = getattr(self._shared, "record", None)
-        return record[1] if record is not None and record[0]() is x else None
+        out = None if record is None else record[0]()
+        if (out is None or x.strides != out.strides or x.shape[:3] != out.shape[:3] or x.shape[3] > out.shape[3]
+                or x.__array_interface__["data"][0] != out.__array_interface__["data"][0]):
+            return None
+        return record[1]
 
 
 def _phase_split_into(target: np.ndarray, x: np.ndarray, padding: Padding, stride: tuple[int, int]) -> None:
@@ -509,7 +515,7 @@ class Conv2dKernel:
         return step * self.reader.rows_per_image(out_h, -(-rows // step))
 
     def _shared_input(self, x: np.ndarray, padding: Padding, workspace: Workspace) -> int | None:
-        """This kernel's rows per image if it reads ``x`` in place: ``x`` is the very output its producer shared
+        """This kernel's rows per image if it reads ``x`` in place: ``x`` is the output its producer shared
         (:meth:`Workspace.shared_rows`), unpadded, channels last with no spare channels, and its buffer's rows per
         image are ``sh`` times tile rows this kernel can stack; else ``None`` (the input is copied)."""
         rows = workspace.shared_rows(x) if self.reads_in_place() else None
