@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
                           args.threads)
     modes = tuple(args.mode or MODES)
     candidates = plans(network, shape, cluster, args.batch_size, args.images, modes, stage=stage)
-    chosen = best_plan(candidates, network, shape, cluster, modes, stage)
+    chosen = best_plan(candidates, network, shape, cluster, modes, stage, args.images)
     budget = min(cluster.budget(rank) for rank in range(cluster.size))
     shown_input = f"{size} images" + (f" (network input {format_shape(shape)})" if is_detector(args.model) else "")
     print(f"{network.name}{' with face recognition' if stage else ''} on {shown_input}, {args.images} images, "

@@ -753,7 +753,7 @@ def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: i
         When no plan fits, naming what does not fit, the bytes needed and available, and what would fit.
     """
     candidates = plans(network, input_shape, cluster, batch, images, modes, batch_images, tile_limit, stage)
-    chosen = best_plan(candidates, network, input_shape, cluster, modes, stage)
+    chosen = best_plan(candidates, network, input_shape, cluster, modes, stage, images)
     if not others:
         return chosen
     feasible = sorted((plan for plan in candidates if plan.overflow(cluster) is None),
@@ -771,7 +771,7 @@ def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: i
 
 
 def best_plan(candidates: list[RunPlan], network: Network, input_shape: Shape, cluster: Cluster,
-              modes: tuple[str, ...] = MODES, stage: Stage | None = None) -> RunPlan:
+              modes: tuple[str, ...] = MODES, stage: Stage | None = None, images: int = 1) -> RunPlan:
     """:func:`choose_plan` among candidates already computed by :func:`plans` (same arguments)."""
     if not candidates:
         raise PlanError(f"no {' or '.join(modes)} plan for {cluster.size} nodes: a rank grid that large leaves "
@@ -779,12 +779,14 @@ def best_plan(candidates: list[RunPlan], network: Network, input_shape: Shape, c
     feasible = [plan for plan in candidates if plan.overflow(cluster) is None]
     if feasible:
         return min(feasible, key=lambda plan: (plan.seconds, -plan.batch, plan.peak()))
-    raise PlanError(explain_infeasible(network, input_shape, cluster, min(candidates, key=RunPlan.peak), modes, stage))
+    raise PlanError(explain_infeasible(network, input_shape, cluster, min(candidates, key=RunPlan.peak), modes, stage,
+                                       images))
 
 
 def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, plan: RunPlan,
-                       modes: tuple[str, ...] = MODES, stage: Stage | None = None) -> str:
-    """Why ``plan`` (the leanest candidate, with ``stage`` if given) does not fit, and what would."""
+                       modes: tuple[str, ...] = MODES, stage: Stage | None = None, images: int = 1) -> str:
+    """Why ``plan`` (the leanest candidate, with ``stage`` if given) does not fit, and what would (the node
+    count of :func:`_nodes_that_fit` for the run's ``images``)."""
     rank, needed, available = plan.overflow(cluster)
     item, what = plan.largest_item(rank)
     message = (f"{network.name} on {format_shape(input_shape)} does not fit: even the leanest plan "
@@ -797,7 +799,7 @@ def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, p
         models, work = items[f"{stage.name} models"], items[f"{stage.name} activations"]
         message += (f". Whatever the plan, every node holds the {stage.name} models ({format_bytes(models)}) and "
                     f"their working set ({format_bytes(work)})")
-    nodes = _nodes_that_fit(network, input_shape, cluster, modes, stage)
+    nodes = _nodes_that_fit(network, input_shape, cluster, modes, stage, images)
     if nodes is not None:
         message += f". It fits on {nodes} such nodes"
         if plan.mode == "batch" or "weights" in item:
@@ -814,15 +816,20 @@ def _fixed_bytes(input_shape: Shape, cluster: Cluster, stage: Stage | None) -> i
 
 
 def _nodes_that_fit(network: Network, input_shape: Shape, cluster: Cluster, modes: tuple[str, ...],
-                    stage: Stage | None = None) -> int | None:
-    """The fewest equal copies of the smallest node that hold some plan (``None`` if more than MAX_NODES)."""
+                    stage: Stage | None = None, images: int = 1) -> int | None:
+    """The fewest equal copies of the smallest node that hold some plan (``None`` if more than MAX_NODES).
+
+    Each count's batch-mode plan runs the tasks at once that its ranks would have for the run's ``images``
+    (:func:`plan_for`, :func:`dcnn.modes.concurrent_tasks`): more nodes leave each rank fewer tasks, so a rank of
+    ``cluster.task_threads`` threads may run one task where it ran several.
+    """
     smallest = min(cluster.nodes, key=lambda node: node.ram)
     if _fixed_bytes(input_shape, cluster, stage) >= int(smallest.ram * cluster.fraction):
         return None  # what every rank holds whatever the node count does not fit
 
     def fits(count: int) -> bool:
         larger = replace(cluster, nodes=tuple(Node(f"node{i}", smallest.ram) for i in range(count)))
-        candidates = [plan_for(network, input_shape, larger, mode, 1, grid, halo_policy, stage=stage)
+        candidates = [plan_for(network, input_shape, larger, mode, 1, grid, halo_policy, images, stage=stage)
                       for mode, grid, halo_policy in _lean_configurations(network, input_shape, count, modes)]
         return any(plan.overflow(larger) is None for plan in candidates)
 
