@@ -802,8 +802,9 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
         tasks, stolen = column(per_rank["steal"], "tasks_run"), column(per_rank["steal"], "tasks_stolen")
         tried, succeeded = column(per_rank["steal"], "steals_attempted"), column(per_rank["steal"], "steals_succeeded")
         for rank in range(size):
-            print(f"  rank {rank}: {int(tasks[rank])} tasks, busy {per_rank['busy_seconds'][rank]:.2f} s, "
-                  f"{int(succeeded[rank])}/{int(tried[rank])} steals succeeded, {int(stolen[rank])} tasks stolen")
+            print(f"  rank {rank}: {count_of(int(tasks[rank]), 'task')}, busy {per_rank['busy_seconds'][rank]:.2f} s, "
+                  f"{int(succeeded[rank])}/{int(tried[rank])} steals succeeded, "
+                  f"{count_of(int(stolen[rank]), 'task')} stolen")
     if args.top > 0 and not job.workload.detects:
         with h5py.File(path, "r") as handle:
             logits = handle["outputs/logits"][:5]
