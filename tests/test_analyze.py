@@ -9,6 +9,7 @@ import pytest
 from conftest import mpi_command, write_digits
 
 from dcnn.analysis.analyze import load_summary, scaling_table
+from dcnn.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +134,7 @@ def test_drawn_detections_are_labelled_and_wide_images_keep_their_shape(tmp_path
     result = tmp_path / "run.h5"
     with h5py.File(result, "w") as handle:
         handle["outputs/detections"] = np.array([(1, 20, 10, 59, 49, 0.9)], DETECTION_DTYPE)
+        handle["outputs/done"] = np.ones(2, bool)
         handle.attrs["input"] = str(pictures)
     png = tmp_path / "faces.png"
     assert draw_detections(str(result), str(png), 5, tile=64) == 2
@@ -141,6 +143,34 @@ def test_drawn_detections_are_labelled_and_wide_images_keep_their_shape(tmp_path
     label = sheet[:14, 128:190]
     assert (label > 150).all(axis=-1).any() and (label == 0).all(axis=-1).any()  # "image 1", light on black
     assert (sheet[:, 128 + 10:128 + 30] == (255, 40, 40)).all(axis=-1).any()  # its box, in the second cell
+
+
+def test_only_the_images_a_run_computed_are_drawn(tmp_path):
+    """Before: drawing a --skip-unreadable run read its skipped images again and failed on the first (exit 2, no
+    drawing); an interrupted run's images not yet reached were drawn without their faces."""
+    from PIL import Image
+
+    from dcnn.analysis.analyze import draw_detections
+    from dcnn.faces.detect import DETECTION_DTYPE
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.png", "c.png", "d.png"):
+        Image.new("RGB", (40, 40), (90, 90, 90)).save(folder / name)
+    (folder / "b.png").write_bytes(b"")  # skipped by the run
+    result = tmp_path / "run.h5"
+    with h5py.File(result, "w") as handle:
+        handle["outputs/detections"] = np.array([(2, 5, 5, 20, 20, 0.9)], DETECTION_DTYPE)
+        handle["outputs/done"] = np.array([True, False, True, False])  # d.png: not reached
+        handle.attrs["input"] = str(folder)
+    png = tmp_path / "faces.png"
+    assert draw_detections(str(result), str(png), 5, tile=64) == 2
+    sheet = np.asarray(Image.open(png).convert("RGB"))
+    assert sheet.shape == (64, 128, 3) and (sheet[:, 64:] == (255, 40, 40)).all(axis=-1).any()  # image 2's box
+    with h5py.File(result, "r+") as handle:
+        handle["outputs/done"][...] = False
+    with pytest.raises(InputError, match="computed no images"):
+        draw_detections(str(result), str(png), 5)
 
 
 def test_task_counts_of_a_mode_without_a_queue(tmp_path):
