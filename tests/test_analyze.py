@@ -202,3 +202,11 @@ def test_an_interrupted_run_is_reported_without_a_rate(runs, tmp_path):
     report = format_summary(load_summary(str(interrupted)))
     assert "nan" not in report and "images 48/48 done" in report and "--resume" in report
     assert "weights: seeded and untrained (--seed 0)" in report
+
+
+def test_a_folder_is_named_as_one(tmp_path):
+    """Before: "photos: no such file" for an existing folder given instead of its result files."""
+    with pytest.raises(InputError, match=r"a folder, not a result file \(name its files, e\.g\. .*\*\.h5\)"):
+        load_summary(str(tmp_path))
+    with pytest.raises(InputError, match="no such file"):
+        load_summary(str(tmp_path / "missing.h5"))

@@ -76,6 +76,8 @@ def load_summary(path: str) -> RunSummary:
     InputError
         If the file is missing or not a dcnn result file.
     """
+    if Path(path).is_dir():
+        raise InputError(f"{path}: a folder, not a result file (name its files, e.g. {Path(path) / '*.h5'})")
     if not Path(path).is_file():
         raise InputError(f"{path}: no such file")
     try:
