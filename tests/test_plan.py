@@ -436,3 +436,21 @@ def test_the_node_count_that_fits_counts_the_tasks_each_count_runs_at_once(capsy
             "--images", "8"]
     assert main([*argv, "--threads", "2"]) == 2
     assert "It fits on 5 such nodes" in capsys.readouterr().err
+
+
+def test_the_plan_command_says_when_the_exact_kernels_layouts_would_fit(capsys):
+    """Winograd's filters (four times VGG-16's 3x3 ones, on every rank) fit on no number of 384 MiB nodes; before,
+    dcnn.plan said only "use nodes with more memory", where --exact-conv fits on 8 of them."""
+    from dcnn.cli.plan import main
+
+    assert main(["vgg16", "--nodes", "4", "--ram", "384MiB"]) == 2
+    error = capsys.readouterr().err
+    assert "No number of such nodes up to 256 holds it" in error
+    assert error.strip().endswith("with --exact-conv (filters in the exact kernels' layouts, not Winograd's) it fits "
+                                  "on 8 such nodes")
+    assert main(["vgg16", "--nodes", "4", "--ram", "640MiB"]) == 2  # fits as it is with the exact layouts
+    assert "with --exact-conv (filters in the exact kernels' layouts, not Winograd's) it fits: spatial 2x2, batch 4" \
+        in capsys.readouterr().err
+    assert main(["vgg16", "--nodes", "4", "--ram", "384MiB", "--exact-conv"]) == 2
+    assert "It fits on 8 such nodes" in capsys.readouterr().err
+    assert main(["vgg16", "--nodes", "4", "--ram", "4GiB"]) == 0 and "with --exact-conv" not in capsys.readouterr().out

@@ -3,7 +3,7 @@
 Examples::
 
     python -m dcnn.plan vgg16 --nodes 20 --ram 4GiB
-    python -m dcnn.plan vgg16 --nodes 4 --ram 256MiB          # refused: says what does not fit and what would
+    python -m dcnn.plan vgg16 --nodes 4 --ram 384MiB          # refused: says what does not fit and what would
     python -m dcnn.plan mmod --input 500x1000 --nodes 2 --mem-per-rank 200MiB
     python -m dcnn.plan mmod --recognize --input 128x128 --nodes 2 --mem-per-rank 256MiB   # dcnn.recognize
 """
@@ -11,11 +11,12 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 
 from dcnn.analysis.analyze import count_of
 from dcnn.cli.common import MAX_THREADS, add_common_arguments, add_model_argument, run_main
-from dcnn.errors import InputError
+from dcnn.errors import InputError, PlanError
 from dcnn.exec.imported import PREPROCESS_CHOICES, reader_bytes
 from dcnn.exec.workloads import DETECTOR, is_detector, is_model_file, workload_input
 from dcnn.faces.descriptor import descriptor_network, resnet_structure
@@ -33,6 +34,7 @@ from dcnn.planner.plan import (
     best_plan,
     for_process,
     format_bytes,
+    nodes_that_fit,
     parse_bytes,
     plans,
 )
@@ -115,7 +117,12 @@ def run(args: argparse.Namespace) -> int:
                           args.threads)
     modes = tuple(args.mode or MODES)
     candidates = plans(network, shape, cluster, args.batch_size, args.images, modes, stage=stage)
-    chosen = best_plan(candidates, network, shape, cluster, modes, stage, args.images)
+    try:
+        chosen = best_plan(candidates, network, shape, cluster, modes, stage, args.images)
+    except PlanError as error:
+        if args.exact_conv:
+            raise
+        raise PlanError(f"{error}{_exact_conv_hint(args, network, shape, cluster, modes, stage)}") from None
     budget = min(cluster.budget(rank) for rank in range(cluster.size))
     shown_input = f"{size} images" + (f" (network input {format_shape(shape)})" if is_detector(args.model) else "")
     print(f"{network.name}{' with face recognition' if stage else ''} on {shown_input}, {args.images} images, "
@@ -141,6 +148,27 @@ def run(args: argparse.Namespace) -> int:
               + (" and --preprocess one of " + ", ".join(PREPROCESS_CHOICES) + " for uint8 images (omit it for a "
                  "float32 set)" if is_model_file(args.model) else ""))
     return 0
+
+
+def _exact_conv_hint(args: argparse.Namespace, network, shape, cluster: Cluster, modes: tuple[str, ...],
+                     stage) -> str:
+    """What ``--exact-conv`` would change when no plan fits: Winograd's transformed filters, four times the 3x3
+    ones and held by every rank, may be what does not fit (VGG-16 on 384 MiB nodes: no node count holds it, 8
+    nodes do with the exact kernels' layouts). Empty when it changes nothing."""
+    exact_layouts = "with --exact-conv (filters in the exact kernels' layouts, not Winograd's) it fits"
+    counts = [nodes_that_fit(network, shape, cluster, modes, stage, args.images)]
+    set_exact(True)  # the planner counts the filter layouts of the kernels a run would build
+    try:
+        try:
+            chosen = best_plan(plans(network, shape, cluster, args.batch_size, args.images, modes, stage=stage),
+                               network, shape, cluster, modes, stage, args.images)
+            return f"; {exact_layouts}: {chosen.describe()}"
+        except PlanError:
+            counts.append(nodes_that_fit(network, shape, cluster, modes, stage, args.images))
+    finally:
+        set_exact(args.exact_conv)
+    without, exact = (math.inf if count is None else count for count in counts)
+    return f"; {exact_layouts} on {exact} such nodes" if exact < without else ""
 
 
 def _speeds(cluster: Cluster) -> str:

@@ -56,8 +56,8 @@ from dcnn.network.layers import Conv2d, Linear, Shape
 
 __all__ = [
     "DEFAULT_MACS_PER_SECOND", "MODES", "RUNTIME_BYTES", "Cluster", "Node", "RunPlan", "Stage", "best_plan",
-    "choose_plan", "for_process", "format_bytes", "parse_bytes", "plan_for", "plan_shapes", "plans",
-    "worst_shapes",
+    "choose_plan", "for_process", "format_bytes", "nodes_that_fit", "parse_bytes", "plan_for", "plan_shapes",
+    "plans", "worst_shapes",
 ]
 
 MIB, GIB = 2**20, 2**30
@@ -786,7 +786,7 @@ def best_plan(candidates: list[RunPlan], network: Network, input_shape: Shape, c
 def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, plan: RunPlan,
                        modes: tuple[str, ...] = MODES, stage: Stage | None = None, images: int = 1) -> str:
     """Why ``plan`` (the leanest candidate, with ``stage`` if given) does not fit, and what would (the node
-    count of :func:`_nodes_that_fit` for the run's ``images``)."""
+    count of :func:`nodes_that_fit` for the run's ``images``)."""
     rank, needed, available = plan.overflow(cluster)
     item, what = plan.largest_item(rank)
     message = (f"{network.name} on {format_shape(input_shape)} does not fit: even the leanest plan "
@@ -799,7 +799,7 @@ def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, p
         models, work = items[f"{stage.name} models"], items[f"{stage.name} activations"]
         message += (f". Whatever the plan, every node holds the {stage.name} models ({format_bytes(models)}) and "
                     f"their working set ({format_bytes(work)})")
-    nodes = _nodes_that_fit(network, input_shape, cluster, modes, stage, images)
+    nodes = nodes_that_fit(network, input_shape, cluster, modes, stage, images)
     if nodes is not None:
         message += f". It fits on {nodes} such nodes"
         if plan.mode == "batch" or "weights" in item:
@@ -815,7 +815,7 @@ def _fixed_bytes(input_shape: Shape, cluster: Cluster, stage: Stage | None) -> i
     return held + (0 if stage is None else sum(stage.memory(input_shape, 1).values()))
 
 
-def _nodes_that_fit(network: Network, input_shape: Shape, cluster: Cluster, modes: tuple[str, ...],
+def nodes_that_fit(network: Network, input_shape: Shape, cluster: Cluster, modes: tuple[str, ...],
                     stage: Stage | None = None, images: int = 1) -> int | None:
     """The fewest equal copies of the smallest node that hold some plan (``None`` if more than MAX_NODES).
 
