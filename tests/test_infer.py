@@ -307,6 +307,14 @@ def test_planner_command_refuses_an_impossible_cluster():
     assert "classifier.0" in done.stderr and "It fits on 8 such nodes" in done.stderr
 
 
+def test_plan_auto_says_when_the_exact_kernels_layouts_would_fit(tmp_path):
+    """Before: "use nodes with more memory" alone, where --exact-conv (no Winograd filters) fits on a few nodes."""
+    done = infer("--model", "vgg16", "--input", SAMPLES, "--mem-per-rank", "300MiB", "--plan",
+                 "auto", "--output", str(tmp_path / "x.h5"))
+    assert done.returncode == 2 and done.stderr.count("dcnn: error:") == 1 and not (tmp_path / "x.h5").exists()
+    assert "with --exact-conv (filters in the exact kernels' layouts, not Winograd's) it fits on" in done.stderr
+
+
 def test_planner_command_prints_candidates_and_the_choice():
     done = subprocess.run([sys.executable, "-m", "dcnn.plan", "vgg16", "--nodes", "14", "--ram", "384MiB",
                            "--exact-conv"],

@@ -86,6 +86,7 @@ from dcnn.planner.plan import (
     RunPlan,
     Stage,
     choose_plan,
+    exact_conv_hint,
     for_process,
     format_bytes,
     parse_bytes,
@@ -494,8 +495,17 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     if args.plan == "auto":
         modes = PLANNED_MODES if comm.size > 1 else tuple(m for m in PLANNED_MODES if m != "spatial")
         (shape, count), others = worst[0], worst[1:]
-        plan = choose_plan(network, shape, cluster, args.batch_size, images, modes, count, others,
-                           _tile_limit(network, scan), stage)
+        def choose() -> RunPlan:
+            return choose_plan(network, shape, cluster, args.batch_size, images, modes, count, others,
+                               _tile_limit(network, scan), stage)
+
+        try:
+            plan = choose()
+        except PlanError as error:
+            if args.exact_conv:
+                raise
+            raise PlanError(f"{error}{exact_conv_hint(network, shape, cluster, modes, stage, images, choose)}") \
+                from None
         args.mode = "single" if comm.size == 1 and plan.mode == "batch" else plan.mode
         plan = _named_for_the_run(plan, args.mode)
         args.batch_size = plan.batch

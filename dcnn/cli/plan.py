@@ -11,7 +11,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Sequence
 
 from dcnn.analysis.analyze import count_of
@@ -32,9 +31,9 @@ from dcnn.planner.plan import (
     Cluster,
     RunPlan,
     best_plan,
+    exact_conv_hint,
     for_process,
     format_bytes,
-    nodes_that_fit,
     parse_bytes,
     plans,
 )
@@ -122,7 +121,10 @@ def run(args: argparse.Namespace) -> int:
     except PlanError as error:
         if args.exact_conv:
             raise
-        raise PlanError(f"{error}{_exact_conv_hint(args, network, shape, cluster, modes, stage)}") from None
+        hint = exact_conv_hint(network, shape, cluster, modes, stage, args.images, lambda: best_plan(
+            plans(network, shape, cluster, args.batch_size, args.images, modes, stage=stage), network, shape, cluster,
+            modes, stage, args.images))
+        raise PlanError(f"{error}{hint}") from None
     budget = min(cluster.budget(rank) for rank in range(cluster.size))
     shown_input = f"{size} images" + (f" (network input {format_shape(shape)})" if is_detector(args.model) else "")
     print(f"{network.name}{' with face recognition' if stage else ''} on {shown_input}, {args.images} images, "
@@ -148,27 +150,6 @@ def run(args: argparse.Namespace) -> int:
               + (" and --preprocess one of " + ", ".join(PREPROCESS_CHOICES) + " for uint8 images (omit it for a "
                  "float32 set)" if is_model_file(args.model) else ""))
     return 0
-
-
-def _exact_conv_hint(args: argparse.Namespace, network, shape, cluster: Cluster, modes: tuple[str, ...],
-                     stage) -> str:
-    """What ``--exact-conv`` would change when no plan fits: Winograd's transformed filters, four times the 3x3
-    ones and held by every rank, may be what does not fit (VGG-16 on 384 MiB nodes: no node count holds it, 8
-    nodes do with the exact kernels' layouts). Empty when it changes nothing."""
-    exact_layouts = "with --exact-conv (filters in the exact kernels' layouts, not Winograd's) it fits"
-    counts = [nodes_that_fit(network, shape, cluster, modes, stage, args.images)]
-    set_exact(True)  # the planner counts the filter layouts of the kernels a run would build
-    try:
-        try:
-            chosen = best_plan(plans(network, shape, cluster, args.batch_size, args.images, modes, stage=stage),
-                               network, shape, cluster, modes, stage, args.images)
-            return f"; {exact_layouts}: {chosen.describe()}"
-        except PlanError:
-            counts.append(nodes_that_fit(network, shape, cluster, modes, stage, args.images))
-    finally:
-        set_exact(args.exact_conv)
-    without, exact = (math.inf if count is None else count for count in counts)
-    return f"; {exact_layouts} on {exact} such nodes" if exact < without else ""
 
 
 def _speeds(cluster: Cluster) -> str:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -47,7 +47,7 @@ from dcnn.decomposition.spatial import fc_shards, plan_spatial
 from dcnn.errors import InputError, PlanError
 from dcnn.io.config import read_toml
 from dcnn.io.numbers import check_number
-from dcnn.kernels.conv import choose_method, layout_bytes
+from dcnn.kernels.conv import choose_method, layout_bytes, set_exact
 from dcnn.kernels.winograd import TILE, scratch_bytes
 from dcnn.modes import PLANNED_MODES as MODES
 from dcnn.modes import concurrent_tasks
@@ -56,8 +56,8 @@ from dcnn.network.layers import Conv2d, Linear, Shape
 
 __all__ = [
     "DEFAULT_MACS_PER_SECOND", "MODES", "RUNTIME_BYTES", "Cluster", "Node", "RunPlan", "Stage", "best_plan",
-    "choose_plan", "for_process", "format_bytes", "nodes_that_fit", "parse_bytes", "plan_for", "plan_shapes",
-    "plans", "worst_shapes",
+    "choose_plan", "exact_conv_hint", "for_process", "format_bytes", "nodes_that_fit", "parse_bytes", "plan_for",
+    "plan_shapes", "plans", "worst_shapes",
 ]
 
 MIB, GIB = 2**20, 2**30
@@ -807,6 +807,31 @@ def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, p
     else:
         message += f". No number of such nodes up to {MAX_NODES} holds it; use nodes with more memory"
     return message
+
+
+def exact_conv_hint(network: Network, input_shape: Shape, cluster: Cluster, modes: tuple[str, ...],
+                    stage: Stage | None, images: int, choose: Callable[[], RunPlan]) -> str:
+    """The end of the message of a run without ``--exact-conv`` that nothing fits: what the exact kernels' filter
+    layouts would change, or ``""`` if nothing.
+
+    Winograd's transformed filters are four times the 3x3 ones and every rank holds them (VGG-16 on 384 MiB nodes:
+    no node count fits with them, 8 nodes do without). ``choose`` plans the run again as its command does
+    (``best_plan`` of the candidates, or ``choose_plan``), raising :class:`PlanError` when nothing fits; it runs
+    with the exact layouts (:func:`dcnn.kernels.conv.set_exact`), which are reset afterwards. Without a plan that
+    fits, the hint is the fewer nodes of :func:`nodes_that_fit`, if fewer.
+    """
+    exact_layouts = "with --exact-conv (filters in the exact kernels' layouts, not Winograd's) it fits"
+    without = nodes_that_fit(network, input_shape, cluster, modes, stage, images)
+    set_exact(True)
+    try:
+        try:
+            return f"; {exact_layouts}: {choose().describe()}"
+        except PlanError:
+            exact = nodes_that_fit(network, input_shape, cluster, modes, stage, images)
+    finally:
+        set_exact(False)
+    fewer = exact is not None and (without is None or exact < without)
+    return f"; {exact_layouts} on {exact} such nodes" if fewer else ""
 
 
 def _fixed_bytes(input_shape: Shape, cluster: Cluster, stage: Stage | None) -> int:
