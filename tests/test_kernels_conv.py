@@ -363,3 +363,16 @@ def test_rows_on_a_block_equals_the_whole_map(rng, monkeypatch):
     monkeypatch.setattr(conv, "cache_bytes", lambda level: 1024)
     monkeypatch.setattr(conv, "MIN_CHUNK_COLUMNS", 16)
     np.testing.assert_array_equal(kernel(x, 0), whole)
+
+
+@pytest.mark.parametrize("kernel,stride,dilation,groups", [
+    ((5, 5), (2, 3), (1, 2), 1), ((3, 4), (1, 2), (2, 3), 1), ((5, 3), (3, 2), (1, 1), 2), ((2, 5), (2, 4), (1, 3), 1)])
+def test_rows_reads_every_column_phase(rng, kernel, stride, dilation, groups):
+    """The kernel-row GEMMs read each column phase's kernel columns as runs of pixels (steps of dw / gcd(sw, dw)
+    pixels): strides and dilations whose column phases hold several, one or no columns."""
+    x = random_array(rng, 2, 6, 17, 23)
+    weight = random_array(rng, 4, 6 // groups, *kernel)
+    bias = random_array(rng, 4)
+    expected = reference.conv2d(x, weight, bias, stride, (1, 2, 3, 0), dilation, groups)
+    actual = Conv2dKernel(weight, bias, stride, dilation, groups, method="rows")(x, (1, 2, 3, 0))
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)

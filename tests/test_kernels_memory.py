@@ -1,6 +1,7 @@
 """The pool of large output buffers: reuse only memory nobody holds."""
 
 import gc
+import threading
 
 import numpy as np
 import pytest
@@ -11,13 +12,13 @@ from dcnn.kernels import memory
 @pytest.fixture(autouse=True)
 def _small_pool(monkeypatch):
     monkeypatch.setattr(memory, "POOL_MIN_BYTES", 4096)
-    monkeypatch.setattr(memory, "_idle", [])
+    monkeypatch.setattr(memory, "_local", threading.local())
 
 
 def test_small_arrays_are_plain_numpy():
     array = memory.empty_float32((10, 10))
     assert array.dtype == np.float32 and array.flags.c_contiguous and array.flags.writeable
-    assert not memory._idle
+    assert not memory._idle()
 
 
 def test_buffer_returns_only_when_every_view_is_gone():
@@ -25,10 +26,10 @@ def test_buffer_returns_only_when_every_view_is_gone():
     view = array[1:, ::2]
     del array
     gc.collect()
-    assert not memory._idle
+    assert not memory._idle()
     del view
     gc.collect()
-    assert len(memory._idle) == 1
+    assert len(memory._idle()) == 1
 
 
 def test_live_arrays_never_share_memory_and_freed_memory_is_reused():
@@ -49,7 +50,7 @@ def test_pool_keeps_at_most_pool_buffers():
     arrays = [memory.empty_float32((4096,)) for _ in range(memory.POOL_BUFFERS + 2)]
     del arrays
     gc.collect()
-    assert len(memory._idle) == memory.POOL_BUFFERS
+    assert len(memory._idle()) == memory.POOL_BUFFERS
 
 
 def test_much_smaller_request_gets_a_new_buffer():
@@ -59,4 +60,26 @@ def test_much_smaller_request_gets_a_new_buffer():
     gc.collect()
     small = memory.empty_float32((2048,))
     assert small.__array_interface__["data"][0] != address
-    assert len(memory._idle) == 1
+    assert len(memory._idle()) == 1
+
+
+def test_each_thread_keeps_its_own_buffers():
+    """Two task threads that each free POOL_BUFFERS outputs keep all of them (a shared pool kept three)."""
+    kept = {}
+    barrier = threading.Barrier(2)
+
+    def run(name):
+        arrays = [memory.empty_float32((4096 + 64 * i,)) for i in range(memory.POOL_BUFFERS)]
+        addresses = {a.__array_interface__["data"][0] for a in arrays}
+        del arrays
+        gc.collect()
+        barrier.wait()  # both threads have given their buffers back before either takes one
+        again = [memory.empty_float32((4096 + 64 * i,)) for i in range(memory.POOL_BUFFERS)]
+        kept[name] = addresses == {a.__array_interface__["data"][0] for a in again}
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert kept == {"a": True, "b": True}

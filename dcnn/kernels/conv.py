@@ -65,7 +65,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dcnn.errors import ShapeError
-from dcnn.kernels.blas import gemm_accumulate
+from dcnn.kernels.blas import address, gemm_accumulate, sgemm
 from dcnn.kernels.cache import cache_bytes
 from dcnn.kernels.memory import empty_float32
 from dcnn.kernels.threads import parallel_for
@@ -687,21 +687,27 @@ class Conv2dKernel:
             strides=(sw * channels * item, dw * channels * item, item), writeable=False)
             for group in range(self.groups) for phase in phases}
 
+        # BLAS by address: every view below lies in ``patches``, ``self._weight`` and ``result`` by construction
+        # (a chunk's outputs are within ``n_valid``, its patches within ``longest`` rows).
+        weight_address = address(self._weight)
+        result_address = address(result)
+
         def run_chunks(items: Sequence[tuple[int, int]]) -> None:
             patches = np.empty((len(phases), longest, row), dtype=np.float32)
             patches[..., depth] = 1
+            targets = [patches[slot, :, :depth].reshape(longest, kw, group_in) for slot in range(len(phases))]
+            patch_rows = [address(patches) + 4 * (phases.index(row_phase[i]) * longest + row_shift[i]) * row
+                          for i in range(kh)]
             for start, stop in items:
                 cols = stop - start
                 for group in range(self.groups):
                     for slot, phase in enumerate(phases):
                         span = cols + reach[phase]
-                        patches[slot, :span, :depth].reshape(span, kw, group_in)[...] = \
-                            windows[group, phase][start:start + span]
+                        targets[slot][:span] = windows[group, phase][start:start + span]
                     for i in range(kh):
-                        gemm_accumulate(result, start * out_channels + group * group_out, out_channels,
-                                        patches, (phases.index(row_phase[i]) * longest + row_shift[i]) * row, row,
-                                        self._weight, (group * kh + i) * row * group_out, group_out,
-                                        cols, group_out, row, accumulate=i > 0)
+                        sgemm(cols, group_out, row, patch_rows[i], row,
+                              weight_address + 4 * (group * kh + i) * row * group_out, group_out,
+                              result_address + 4 * (start * out_channels + group * group_out), out_channels, i > 0)
                 if self.relu:
                     np.maximum(result[start:stop], np.float32(0), out=result[start:stop])
 
@@ -749,28 +755,35 @@ class Conv2dKernel:
         result = full.reshape(-1)
         item = flat.itemsize
 
+        # Per phase, the alpha_p plane rows every tile row reads (overlapping, read-only; sliced per chunk): the
+        # last tile row reads plane rows up to 4 (T' - 1) + alpha_p - 1 < 4 (T' + 1) of the stack (alpha_p <= 8).
+        inputs = [np.lib.stride_tricks.as_strided(flat[phase], (tile_rows, alpha, row_len),
+                                                  (tile * row_len * item, row_len * item, item), writeable=False)
+                  for phase, (_, alpha, _) in enumerate(self._phases)]
+        weight_address = address(self._weight)
+
         def run_chunks(items: Sequence[tuple[int, int]]) -> None:
-            transformed = np.empty(widest * alphas * row_len, dtype=np.float32)
+            transformed = np.empty((widest, alphas, row_len), dtype=np.float32)
             patches = np.empty((widest * out_w, row), dtype=np.float32)
             patches[:, depth] = 1
             products = np.empty((alphas, widest, out_w * out_channels), dtype=np.float32)
+            # Per transformed row xi, each position's kw * C values (read-only views, sliced per chunk), and the
+            # patch matrix they are copied into; BLAS by address on these buffers, all allocated here.
+            windows = [np.lib.stride_tricks.as_strided(
+                transformed.reshape(-1)[xi * row_len:], (widest, out_w, depth),
+                (alphas * row_len * item, sw * channels * item, item), writeable=False) for xi in range(alphas)]
+            targets = patches[:, :depth].reshape(widest, out_w, depth)
+            patches_address, products_address = address(patches), address(products)
             for start, stop in items:
                 rows = stop - start
-                v = transformed[:rows * alphas * row_len].reshape(rows, alphas, row_len)
                 for phase, (offset, alpha, bt) in enumerate(self._phases):
-                    inputs = np.lib.stride_tricks.as_strided(flat[phase, start * tile * row_len:],
-                                                             (rows, alpha, row_len),
-                                                             (tile * row_len * item, row_len * item, item),
-                                                             writeable=False)
-                    np.matmul(bt, inputs, out=v[:, offset:offset + alpha])
+                    np.matmul(bt, inputs[phase][start:stop], out=transformed[:rows, offset:offset + alpha])
                 m = products[:, :rows]
                 for xi in range(alphas):
-                    windows = np.lib.stride_tricks.as_strided(
-                        transformed[xi * row_len:], (rows, out_w, depth),
-                        (alphas * row_len * item, sw * channels * item, item), writeable=False)
-                    patches[:rows * out_w, :depth].reshape(rows, out_w, depth)[...] = windows
-                    gemm_accumulate(m[xi], 0, out_channels, patches, 0, row, self._weight[xi], 0, out_channels,
-                                    rows * out_w, out_channels, row, accumulate=False)
+                    targets[:rows] = windows[xi][:rows]
+                    sgemm(rows * out_w, out_channels, row, patches_address, row,
+                          weight_address + 4 * xi * row * out_channels, out_channels,
+                          products_address + 4 * xi * widest * out_w * out_channels, out_channels, False)
                 outputs = result[start * tile * out_w * out_channels:stop * tile * out_w * out_channels]
                 outputs = outputs.reshape(rows, tile, out_w * out_channels)
                 np.matmul(self._at, m.transpose(1, 0, 2), out=outputs)

@@ -8,8 +8,11 @@ this a larger batch is slower per image than batch 1.
 
 :func:`empty_float32` hands out such large arrays on anonymous ``mmap`` buffers and takes each buffer back when
 its array (and every view of it) is gone. A buffer is reused for a later request of the same size or up to 25 %
-smaller; at most :data:`POOL_BUFFERS` idle buffers are kept, so the pool holds at most that many outputs beyond
-what the program holds itself.
+smaller; at most :data:`POOL_BUFFERS` idle buffers are kept per thread, so the pool holds at most that many
+outputs beyond what each thread holds itself. Per thread, because batch mode's task threads each run a whole
+network at once (:mod:`dcnn.parallel.batch`): with one shared pool of three, two task threads at the face
+detector's batch 16 evicted each other's buffers and paged in fresh ones every batch (1 x 2 threads on 480 faces:
+120-630k page faults against 130k for two ranks). A thread's idle buffers are unmapped when it ends.
 """
 
 from __future__ import annotations
@@ -30,26 +33,35 @@ POOL_MIN_BYTES = 32 << 20
 #: 70 MB output for its first layer, about 3 ms per image).
 POOL_BUFFERS = 3
 
-_idle: list[mmap.mmap] = []
-_lock = threading.Lock()
+_local = threading.local()
+
+
+def _idle() -> list[mmap.mmap]:
+    """The calling thread's idle buffers, oldest first."""
+    idle = getattr(_local, "idle", None)
+    if idle is None:
+        idle = _local.idle = []
+    return idle
 
 
 def _take(nbytes: int) -> mmap.mmap:
-    """An idle buffer of ``nbytes`` to ``nbytes / 0.75`` bytes (the smallest such), or a new one."""
-    with _lock:
-        fits = [buffer for buffer in _idle if nbytes <= len(buffer) <= nbytes * 4 // 3]
-        if fits:
-            buffer = min(fits, key=len)
-            _idle.remove(buffer)
-            return buffer
+    """An idle buffer of the calling thread of ``nbytes`` to ``nbytes / 0.75`` bytes (the smallest such), or a
+    new one."""
+    idle = _idle()
+    fits = [buffer for buffer in idle if nbytes <= len(buffer) <= nbytes * 4 // 3]
+    if fits:
+        buffer = min(fits, key=len)
+        idle.remove(buffer)
+        return buffer
     return mmap.mmap(-1, nbytes)
 
 
 def _give_back(buffer: mmap.mmap) -> None:
-    """Keep ``buffer`` for reuse, dropping the oldest idle one beyond :data:`POOL_BUFFERS`."""
-    with _lock:
-        _idle.append(buffer)
-        del _idle[:-POOL_BUFFERS]
+    """Keep ``buffer`` for reuse by the thread that drops it, dropping that thread's oldest idle one beyond
+    :data:`POOL_BUFFERS`."""
+    idle = _idle()
+    idle.append(buffer)
+    del idle[:-POOL_BUFFERS]
 
 
 def empty_float32(shape: tuple[int, ...]) -> np.ndarray:
