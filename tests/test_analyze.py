@@ -210,3 +210,14 @@ def test_a_folder_is_named_as_one(tmp_path):
         load_summary(str(tmp_path))
     with pytest.raises(InputError, match="no such file"):
         load_summary(str(tmp_path / "missing.h5"))
+
+
+
+def test_one_skipped_image_is_counted_in_the_singular(runs):
+    """Before: "1 images skipped:" (python -m dcnn.analyze; dcnn.infer's summary said the same)."""
+    import dataclasses
+
+    from dcnn.analysis.analyze import format_summary
+
+    summary = dataclasses.replace(load_summary(str(runs[1])), skipped=[("/d/a.png", "cannot read image (empty file)")])
+    assert "  1 image skipped:\n    /d/a.png: cannot read image (empty file)" in format_summary(summary)

@@ -137,7 +137,7 @@ def format_summary(run: RunSummary) -> str:
     if note is not None:
         lines.append(f"  {note}")
     if run.skipped:
-        lines.append(f"  {len(run.skipped)} images skipped:")
+        lines.append(f"  {count_of(len(run.skipped), 'image')} skipped:")
         lines += [f"    {path}: {reason}" for path, reason in run.skipped[:LISTED_SKIPS]]
         if len(run.skipped) > LISTED_SKIPS:
             lines.append(f"    ... and {len(run.skipped) - LISTED_SKIPS} more (/skipped in the file)")

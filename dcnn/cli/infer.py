@@ -792,8 +792,8 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
         skipped = len(handle["skipped/index"])
         note = untrained_note(str(handle.attrs["weights"]))
     if skipped:
-        print(f"  {skipped} images skipped (unreadable or unusable; listed under /skipped in the file, shown by "
-              f"python -m dcnn.analyze)")
+        print(f"  {count_of(skipped, 'image')} skipped (unreadable or unusable; listed under /skipped in the file, "
+              f"shown by python -m dcnn.analyze)")
     print(f"  peak memory {format_bytes(per_rank['peak_rss_bytes'].max())} per rank, predicted "
           f"{format_bytes(job.run_plan.peak())}")
     if note is not None:
