@@ -786,7 +786,7 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
         what = f"{len(job.scan.shapes)} sizes"
     else:
         what = "x".join(map(str, job.images.image_shape(job.scan.first_index(job.scan.shapes[0]))))
-    print(f"{job.network.name}: {computed} images of {what} in {elapsed:.2f} s ({rate:.2f} images/s, "
+    print(f"{job.network.name}: {count_of(computed, 'image')} of {what} in {elapsed:.2f} s ({rate:.2f} images/s, "
           f"{args.mode} mode, {count_of(size, 'rank')} x {count_of(threads, 'thread')}) -> {path}")
     with h5py.File(path, "r") as handle:
         skipped = len(handle["skipped/index"])
@@ -803,9 +803,9 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
             offsets = handle["outputs/detection_offsets"][()]
             identities = handle["outputs/identity"].asstr()[()] if "identity" in handle["outputs"] else None
         counts = np.diff(offsets)
-        print(f"  {int(offsets[-1])} faces found in {int((counts > 0).sum())} of {len(counts)} images "
-              f"(upsample {args.upsample})")
-        if identities is not None:
+        print(f"  {count_of(int(offsets[-1]), 'face')} found in {int((counts > 0).sum())} of "
+              f"{count_of(len(counts), 'image')} (upsample {args.upsample})")
+        if identities is not None and len(identities):  # no faces: nothing to name
             names, people = np.unique(identities, return_counts=True)
             print("  identities: " + ", ".join(f"{name} {count}" for name, count in zip(names, people)))
     if args.mode == "batch" and size > 1:
