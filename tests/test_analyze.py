@@ -171,6 +171,9 @@ def test_only_the_images_a_run_computed_are_drawn(tmp_path):
         handle["outputs/done"][...] = False
     with pytest.raises(InputError, match="computed no images"):
         draw_detections(str(result), str(png), 5)
+    folder.rename(tmp_path / "moved")  # before: "input '' does not exist"
+    with pytest.raises(InputError, match=r"run\.h5: its input '.*photos' is gone \(moved or deleted\)"):
+        draw_detections(str(result), str(png), 5)
 
 
 def test_task_counts_of_a_mode_without_a_queue(tmp_path):

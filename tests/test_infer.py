@@ -292,6 +292,14 @@ def test_tile_grid_finer_than_the_map(tmp_path):
     assert "tile grid 9x9 is finer than the 6x6 output map of layer features.12" in done.stderr
 
 
+def test_an_empty_output_name_is_refused(tmp_path, lenet_set):
+    """Before: --output '' (an unset shell variable) wrote the run to results/<timestamp>.h5 instead, exit 0."""
+    done = subprocess.run([sys.executable, "-m", "dcnn.infer", "--model", "lenet5", "--input", str(lenet_set),
+                           "--output", ""], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("dcnn: error:") == 1
+    assert "--output '': an empty file name" in done.stderr and not (tmp_path / "results").exists()
+
+
 def test_a_directory_named_as_a_model_file_is_one_line(tmp_path, lenet_set):
     (tmp_path / "dir.onnx").mkdir()
     done = infer("--model", str(tmp_path / "dir.onnx"), "--input", str(lenet_set))

@@ -237,6 +237,8 @@ def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
         source = str(handle.attrs["input"])
         drawn = np.flatnonzero(handle["outputs/done"][()])[:count]
     location, _, dataset = source.rpartition(":") if not Path(source).exists() else (source, "", "images")
+    if not location or not Path(location).exists():  # a folder's path, or an HDF5 set's "file:dataset"
+        raise InputError(f"{path}: its input {source!r} is gone (moved or deleted); --draw reads the images there")
     if not len(drawn):
         raise InputError(f"{path}: the run has computed no images to draw")
     with open_image_set(location, dataset or "images") as images:

@@ -292,6 +292,9 @@ def _claim(args: argparse.Namespace, comm) -> tuple[RunLock | None, bool]:
     lock, stored = None, None
     with collective(comm):
         _check_numbers(args, comm.size)
+        if args.output == "":  # as "--output $OUT" gives it with OUT unset: a run must not land elsewhere
+            raise InputError("--output '': an empty file name; name the result file, or leave --output out for "
+                             "results/<date>-<time>-....h5")
         if args.output and args.resume:
             raise InputError("--resume continues the file it names; do not give --output as well")
         if args.force and args.resume:
