@@ -454,3 +454,12 @@ def test_the_plan_command_says_when_the_exact_kernels_layouts_would_fit(capsys):
     assert main(["vgg16", "--nodes", "4", "--ram", "384MiB", "--exact-conv"]) == 2
     assert "It fits on 8 such nodes" in capsys.readouterr().err
     assert main(["vgg16", "--nodes", "4", "--ram", "4GiB"]) == 0 and "with --exact-conv" not in capsys.readouterr().out
+
+
+def test_the_leanest_plan_named_is_the_smallest_batch_among_equals():
+    """One image plans alike at every batch size; before, the message named the largest ("batch 16")."""
+    cluster = Cluster.per_rank_budget(1, 150 * MIB)
+    candidates = plans(VGG16, SHAPE, cluster, 16, 1, ("batch",), batch_images=1)
+    assert len({plan.peak() for plan in candidates}) == 1 and len(candidates) == 5
+    with pytest.raises(PlanError, match=r"even the leanest plan \(batch, batch 1\)"):
+        best_plan(candidates, VGG16, SHAPE, cluster, ("batch",))

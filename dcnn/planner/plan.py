@@ -779,8 +779,10 @@ def best_plan(candidates: list[RunPlan], network: Network, input_shape: Shape, c
     feasible = [plan for plan in candidates if plan.overflow(cluster) is None]
     if feasible:
         return min(feasible, key=lambda plan: (plan.seconds, -plan.batch, plan.peak()))
-    raise PlanError(explain_infeasible(network, input_shape, cluster, min(candidates, key=RunPlan.peak), modes, stage,
-                                       images))
+    # The leanest candidate; among equals (a set with fewer images than the batch plans them all alike) the
+    # smallest batch, the one its message names.
+    leanest = min(candidates, key=lambda plan: (plan.peak(), plan.batch))
+    raise PlanError(explain_infeasible(network, input_shape, cluster, leanest, modes, stage, images))
 
 
 def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, plan: RunPlan,
