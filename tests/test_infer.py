@@ -292,6 +292,25 @@ def test_tile_grid_finer_than_the_map(tmp_path):
     assert "tile grid 9x9 is finer than the 6x6 output map of layer features.12" in done.stderr
 
 
+def test_an_interruption_before_the_result_file_says_nothing_was_written(tmp_path, lenet_set, capsys):
+    """Before: "dcnn: interrupted by SIGINT" alone while the scan, the models or a gallery loaded: had it written
+    a file to resume? (The command interrupted in that phase, as a signal there raises it.)"""
+    import signal
+
+    from dcnn.cli.common import Interrupted, run_main
+    from dcnn.cli.infer import build_parser, run
+    from dcnn.parallel.comm import world
+
+    def interrupted(args, comm, ranks_per_node):
+        raise Interrupted(signal.SIGINT)
+
+    output = tmp_path / "x.h5"
+    argv = ["--model", "lenet5", "--input", str(lenet_set), "--output", str(output)]
+    assert run_main(lambda args: run(args, interrupted), build_parser(), argv, comm=world()) == 130
+    assert capsys.readouterr().err == "dcnn: interrupted by SIGINT; nothing was written\n"
+    assert sorted(tmp_path.iterdir()) == [lenet_set]  # no file, no lock
+
+
 def test_an_empty_output_name_is_refused(tmp_path, lenet_set):
     """Before: --output '' (an unset shell variable) wrote the run to results/<timestamp>.h5 instead, exit 0."""
     done = subprocess.run([sys.executable, "-m", "dcnn.infer", "--model", "lenet5", "--input", str(lenet_set),

@@ -61,6 +61,8 @@ class Interrupted(BaseException):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
         self.code = 128 + signum
+        #: What the interruption left, for its message ("nothing was written"); set where the command knows.
+        self.note = ""
 
 
 def exit_on_interrupt_while_starting() -> None:
@@ -326,7 +328,8 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
         return EXIT_USAGE
     except Interrupted as interruption:
         if rank == 0:
-            print(f"dcnn: interrupted by {interruption}", file=sys.stderr, flush=True)
+            note = f"; {interruption.note}" if interruption.note else ""
+            print(f"dcnn: interrupted by {interruption}{note}", file=sys.stderr, flush=True)
         elif size > 1:
             _serve_for(comm, CLOSE_GRACE)  # rank 0 closes the result file first
         code = interruption.code

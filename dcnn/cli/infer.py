@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from dcnn.analysis.analyze import count_of
-from dcnn.cli.common import MAX_THREADS, add_common_arguments, run_main
+from dcnn.cli.common import MAX_THREADS, Interrupted, add_common_arguments, run_main
 from dcnn.cli.runconfig import configuration, restore
 from dcnn.decomposition.fused import HALO_POLICIES, check_tile_grid, finest_grid, tileable_depth
 from dcnn.decomposition.spatial import fc_shard_rows
@@ -642,9 +642,11 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
     try:
         with collective(comm):
             job = validate(args, comm, local_ranks)
-    except BaseException:
+    except BaseException as error:
         if lock is not None:  # a refused run leaves nothing behind
             lock.release()
+        if isinstance(error, Interrupted):  # in the scan, loading the models or describing a gallery
+            error.note = f"{args.resume} is unchanged" if args.resume else "nothing was written"
         raise
     network, images, weights = job.network, job.images, job.weights
     if isinstance(images, FolderImageSet) and images.left_out and comm.rank == 0 and not args.quiet:
