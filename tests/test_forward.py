@@ -240,3 +240,19 @@ def test_a_default_input_too_small_for_the_layers_does_not_stop_a_larger_run():
     x = np.ones((1, 3, 16, 16), np.float32)
     expected = reference.conv2d(x, weights["c.weight"], weights["c.bias"], (1, 1), (0, 0, 0, 0), (1, 1), 1)
     np.testing.assert_allclose(Forward(network, weights)(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_row_convolutions_read_the_one_before_in_place(rng):
+    """The face detector's chain of 5x5 stride-2 convolutions: the second and third read the output of the one
+    before in place (the first two are given readers), bit for bit what their copies gave."""
+    from dcnn.faces.detect import mmod_network
+
+    network = mmod_network()
+    forward = Forward(network, init_weights(network))
+    kernels = [op.kernel for op in forward.ops if op is not None and op.kernel is not None]
+    assert [kernel.reader is not None for kernel in kernels] == [True, True] + [False] * (len(kernels) - 2)
+    x = random_array(rng, 3, 3, 101, 77)
+    actual = forward(x)
+    for kernel in kernels:
+        kernel.reader = None
+    np.testing.assert_array_equal(actual, forward(x))

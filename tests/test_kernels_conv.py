@@ -376,3 +376,66 @@ def test_rows_reads_every_column_phase(rng, kernel, stride, dilation, groups):
     expected = reference.conv2d(x, weight, bias, stride, (1, 2, 3, 0), dilation, groups)
     actual = Conv2dKernel(weight, bias, stride, dilation, groups, method="rows")(x, (1, 2, 3, 0))
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+
+def _chain(seed, specs, channels, readers=True):
+    """Kernels for ``specs`` ``(method, out channels, kernel, stride)`` with ReLU, and their filters; with
+    ``readers``, each the reader of the one before where it can read in place."""
+    rng = np.random.default_rng(seed)
+    kernels, filters = [], []
+    for method, out_channels, kernel, stride in specs:
+        weight, bias = random_array(rng, out_channels, channels, kernel, kernel), random_array(rng, out_channels)
+        kernels.append(Conv2dKernel(weight, bias, (stride, stride), relu=True, method=method))
+        filters.append((weight, bias, stride))
+        channels = out_channels
+    for producer, consumer in itertools.pairwise(kernels):
+        if readers and consumer.reads_in_place():
+            producer.reader = consumer
+    return kernels, filters
+
+
+@pytest.mark.parametrize("specs,height,batch", [
+    ([("rows", 16, 5, 2), ("winograd-rows", 32, 5, 2), ("winograd-rows", 16, 5, 2)], 97, 3),
+    ([("rows", 16, 5, 2), ("winograd-rows", 16, 5, 2)], 60, 2),
+    ([("winograd-rows", 16, 5, 1), ("winograd-rows", 16, 5, 2), ("winograd-rows", 16, 5, 1)], 41, 4),
+    ([("rows", 16, 3, 1), ("winograd-rows", 16, 5, 1)], 23, 1),
+])
+def test_a_reader_reads_its_producers_buffer_in_place(monkeypatch, rng, specs, height, batch):
+    """A kernel-row convolution whose reader reads its output in place gives that reader exactly the result of
+    the copy it saves, through chains of strides 1 and 2 (each kernel's rows per image set by the next), odd
+    sizes and several images (whose rows the readers stack as their copies would)."""
+    x = random_array(rng, batch, 3, height, height + 6)
+    paired, filters = _chain(5, specs, 3)
+    alone, _ = _chain(5, specs, 3, readers=False)
+    copies = []
+    row_phases = conv._row_phases_into
+    monkeypatch.setattr(conv, "_row_phases_into", lambda *args: copies.append(1) or row_phases(*args))
+    expected, actual = x, x
+    workspace = conv.Workspace()
+    for kernel in alone:
+        expected = kernel(expected, 0, workspace)
+    copied = len(copies)
+    for kernel in paired:
+        actual = kernel(actual, 0, workspace)
+    np.testing.assert_array_equal(actual, expected)
+    assert len(copies) - copied == copied - (len(specs) - 1)  # every reader skipped its copy
+    for weight, bias, stride in filters:  # the exact GEMMs (checked against the reference above)
+        x = Conv2dKernel(weight, bias, (stride, stride), relu=True, method="im2col")(x)
+    np.testing.assert_allclose(actual, x, rtol=1e-4, atol=1e-4 * np.abs(x).max())  # Winograd's error, chained
+
+
+def test_a_reader_given_another_array_copies_it(rng):
+    """Only the very output the producer shared is read in place: the same values in another array, or with
+    padding, take the copy, with the same result."""
+    (producer, consumer), filters = _chain(3, [("rows", 16, 5, 2), ("winograd-rows", 16, 5, 2)], 3)
+    x = random_array(rng, 2, 3, 45, 40)
+    workspace = conv.Workspace()
+    shared = producer(x, 0, workspace)
+    assert workspace.shared_rows(shared) is not None
+    copy = shared.copy()
+    assert workspace.shared_rows(copy) is None
+    np.testing.assert_array_equal(consumer(shared, 0, workspace), consumer(copy, 0, workspace))
+    weight, bias, _ = filters[1]
+    np.testing.assert_allclose(consumer(shared, 1, workspace), np.maximum(
+        reference.conv2d(copy, weight, bias, (2, 2), (1, 1, 1, 1), (1, 1), 1), 0), rtol=1e-4, atol=1e-4)

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -261,6 +262,7 @@ class Workspace:
 
     def __init__(self) -> None:
         self._local = threading.local()
+        self._shared = threading.local()
 
     def get(self, role: str, shape: tuple[int, ...]) -> np.ndarray:
         """A C-contiguous float32 array of ``shape`` backed by the calling thread's buffer for ``role`` (contents
@@ -276,6 +278,17 @@ class Workspace:
     def nbytes(self) -> int:
         """Bytes held for the calling thread."""
         return sum(buffer.nbytes for buffer in self._local.__dict__.values())
+
+    def share_rows(self, out: np.ndarray, rows: int) -> None:
+        """Record that ``out``, a kernel-row output view, lies in a channels-last buffer of ``rows`` rows per
+        image whose rows past ``out``'s are zeros: what a following kernel may read in place
+        (:meth:`shared_rows`). The calling thread's last record only; it holds no reference to ``out``."""
+        self._shared.record = (weakref.ref(out), rows)
+
+    def shared_rows(self, x: np.ndarray) -> int | None:
+        """The rows per image recorded by :meth:`share_rows` if ``x`` is that very array, else ``None``."""
+        record = getattr(self._shared, "record", None)
+        return record[1] if record is not None and record[0]() is x else None
 
 
 def _phase_split_into(target: np.ndarray, x: np.ndarray, padding: Padding, stride: tuple[int, int]) -> None:
@@ -389,6 +402,9 @@ class Conv2dKernel:
         self.groups = groups
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1, 1)
         self.relu = relu
+        #: The next layer's kernel when it reads this kernel's output buffer in place (:meth:`rows_per_image`),
+        #: set by :class:`dcnn.exec.forward.Forward` for a chain of kernel-row convolutions.
+        self.reader: Conv2dKernel | None = None
         group_out = out_channels // groups
         if method == "winograd" and not winograd_applies((kh, kw), self.stride, self.dilation, groups):
             raise ValueError("the winograd convolution method needs a 3x3 filter, stride 1, dilation 1 and one "
@@ -458,6 +474,50 @@ class Conv2dKernel:
             self._plane_runs = [(plane, planes.index(plane), len(planes) - planes[::-1].index(plane))
                                 for plane in dict.fromkeys(planes)]
 
+    def reads_in_place(self) -> bool:
+        """Whether this kernel can read a kernel-row output buffer in place, as :attr:`reader` of its producer:
+        *winograd-rows* splits its input by row phase only, and a producer's rows ``p, p + sh, ...`` are such a
+        phase plane once the buffer's rows per image are ``sh`` times the tile rows this kernel stacks."""
+        return self.method == "winograd-rows"
+
+    def _tile_rows(self, height: int) -> int:
+        """*winograd-rows*' rows per image for an unpadded input of ``height`` rows: its tiles and a spare one."""
+        out_h = conv_output_size(height, self.kernel_size[0], self.stride[0], 0, 0, self.dilation[0])
+        return (-(-out_h // COLUMN_TILE) + 1) * COLUMN_TILE
+
+    def rows_per_image(self, height: int, at_least: int) -> int:
+        """Rows per image of this kernel's output, and per row phase of its input, when it reads an unpadded
+        input of ``height`` rows in place (:meth:`reads_in_place`): at least ``at_least`` and its own tile rows,
+        a multiple of 4, and as many as its own :attr:`reader` asks for.
+
+        A producer whose output this kernel reads gives its buffer ``sh`` times these rows per image, so that
+        the rows of each row phase of every image are this kernel's tile rows, stacked as its copy would stack
+        them (:meth:`_winograd_rows`); the rows past the producer's output are zeros, as the copy's would be.
+        """
+        rows = -(-max(at_least, self._tile_rows(height)) // COLUMN_TILE) * COLUMN_TILE
+        out_h = conv_output_size(height, self.kernel_size[0], self.stride[0], 0, 0, self.dilation[0])
+        return self._output_rows(rows, out_h)
+
+    def _output_rows(self, rows: int, out_h: int) -> int:
+        """Rows per image of a kernel-row output whose own computation needs ``rows``: as many as :attr:`reader`
+        asks for an input of ``out_h`` rows, if there is one."""
+        if self.reader is None:
+            return rows
+        step = self.reader.stride[0]
+        return step * self.reader.rows_per_image(out_h, -(-rows // step))
+
+    def _shared_input(self, x: np.ndarray, padding: Padding, workspace: Workspace) -> int | None:
+        """This kernel's rows per image if it reads ``x`` in place: ``x`` is the very output its producer shared
+        (:meth:`Workspace.shared_rows`), unpadded, channels last with no spare channels, and its buffer's rows per
+        image are ``sh`` times tile rows this kernel can stack; else ``None`` (the input is copied)."""
+        rows = workspace.shared_rows(x) if self.reads_in_place() else None
+        sh = self.stride[0]
+        if (rows is None or any(padding) or x.strides[1] != 4 or x.strides[3] != 4 * x.shape[1]
+                or x.strides[0] != rows * x.strides[2] or rows % (sh * COLUMN_TILE)
+                or rows // sh < self._tile_rows(x.shape[2])):
+            return None
+        return rows // sh
+
     def output_shape(self, height: int, width: int, padding: Padding) -> tuple[int, int]:
         """Output ``(height, width)`` for an input of the given size and explicit padding."""
         top, bottom, left, right = padding
@@ -497,12 +557,15 @@ class Conv2dKernel:
         planes_h = -(-(height + top + bottom) // self.stride[0])
         planes_w = -(-(width + left + right) // self.stride[1])
         rows_like = self.method in ("rows", "winograd-rows")
+        shared = self._shared_input(x, padding, workspace)
         if rows_like:
             # Channels-last memory in plane geometry behind the (B, K, Ho, Wo) view: the GEMMs write it directly,
             # and the next layer reads whole rows of pixels. winograd-rows computes whole tiles of rows, a spare
-            # tile row per image, and the valid columns only (its GEMMs never run across rows as rows' do).
-            rows, cols = ((planes_h, planes_w) if self.method == "rows"
-                          else ((-(-out_h // COLUMN_TILE) + 1) * COLUMN_TILE, out_w))
+            # tile row per image, and the valid columns only (its GEMMs never run across rows as rows' do). With a
+            # reader, as many rows per image as it reads in place (more rows of zero input, computed and zeroed).
+            own = planes_h if self.method == "rows" else (-(-out_h // COLUMN_TILE) + 1) * COLUMN_TILE
+            rows = shared if shared is not None else self._output_rows(own, out_h)
+            cols = planes_w if self.method == "rows" else out_w
             full = empty_float32((batch, rows, cols, self._row_width))
             out = full[:, :out_h, :out_w, :self.out_channels].transpose(0, 3, 1, 2)
         else:
@@ -524,10 +587,14 @@ class Conv2dKernel:
             if self.method == "rows":
                 self._rows(x[first:first + block], full[first:first + block], padding, workspace)
             elif self.method == "winograd-rows":
-                self._winograd_rows(x[first:first + block], full[first:first + block], padding, workspace)
+                self._winograd_rows(x[first:first + block], full[first:first + block], padding, workspace,
+                                    shared is not None)
             else:
                 self._convolve_block(x[first:first + block], out[first:first + block], padding, planes_h, planes_w,
                                      workspace)
+        if rows_like and self.reader is not None:
+            full[:, out_h:] = 0
+            workspace.share_rows(out, full.shape[1])
         return out
 
     def _convolve_block(self, x: np.ndarray, out: np.ndarray, padding: Padding, planes_h: int, planes_w: int,
@@ -713,7 +780,8 @@ class Conv2dKernel:
 
         parallel_for(run_chunks, chunks)
 
-    def _winograd_rows(self, x: np.ndarray, full: np.ndarray, padding: Padding, workspace: Workspace) -> None:
+    def _winograd_rows(self, x: np.ndarray, full: np.ndarray, padding: Padding, workspace: Workspace,
+                       in_place: bool = False) -> None:
         """The kernel-row formulation with Winograd down the columns, ``x`` (b, C, H, W) into ``full``
         (b, 4 (T + 1), Wo, K'), channels last (as :meth:`_rows`, but only the valid output columns; ``T`` tiles
         of 4 output rows per image).
@@ -733,32 +801,39 @@ class Conv2dKernel:
         of the stack starts at plane row ``4 r`` and a chunk of tile rows may span images; the spare tile row of
         each image is computed and discarded, the last image's not at all. The chunks depend on the layer and
         the map only, and every tile runs the same operations, so the thread count changes no result.
+
+        ``in_place``: ``x`` lies in a producer's buffer of ``sh`` times ``full``'s rows per image, zeros past its
+        rows (:meth:`_shared_input`); its rows ``p, p + sh, ...`` are read as phase plane ``p`` without the copy
+        (the buffer's spare columns only reach transformed columns that no output reads), with the same result.
         """
         batch, channels, _, width = x.shape
         image_rows, out_w, out_channels = full.shape[1:]
         sh, sw = self.stride
         kw = self.kernel_size[1]
         tile, alphas = COLUMN_TILE, len(self._weight)
+        item = 4
         top, _, left, right = padding
-        padded_w = width + left + right
-        planes = workspace.get("input", (sh, batch, image_rows, padded_w, channels))
-        _row_phases_into(planes, x, top, left)
         tile_rows = batch * image_rows // tile - 1
-        row_len = padded_w * channels
+        if in_place:
+            pixels = x.transpose(0, 2, 3, 1)  # (b, H, W', C) from the buffer's first element
+            row_len, step = x.strides[2] // item, sh * x.strides[2]
+            sources = [pixels[:, phase:] for phase in range(sh)]
+        else:
+            planes = workspace.get("input", (sh, batch, image_rows, width + left + right, channels))
+            _row_phases_into(planes, x, top, left)
+            row_len, step = planes.shape[3] * channels, planes.shape[3] * channels * item
+            sources = list(planes.reshape(sh, -1))
         depth = kw * channels
         row = depth + 1
         # Per tile row: its transformed input, patches and products (the patches are reused per xi).
         row_bytes = 4 * (alphas * row_len + out_w * row + alphas * out_w * out_channels)
         chunks = balanced_chunks(tile_rows, max(1, WIDE_CHUNK_L2 * cache_bytes(2) // row_bytes))
         widest = max(stop - start for start, stop in chunks)
-        flat = planes.reshape(sh, -1)
         result = full.reshape(-1)
-        item = flat.itemsize
-
         # Per phase, the alpha_p plane rows every tile row reads (overlapping, read-only; sliced per chunk): the
         # last tile row reads plane rows up to 4 (T' - 1) + alpha_p - 1 < 4 (T' + 1) of the stack (alpha_p <= 8).
-        inputs = [np.lib.stride_tricks.as_strided(flat[phase], (tile_rows, alpha, row_len),
-                                                  (tile * row_len * item, row_len * item, item), writeable=False)
+        inputs = [np.lib.stride_tricks.as_strided(sources[phase], (tile_rows, alpha, row_len),
+                                                  (tile * step, step, item), writeable=False)
                   for phase, (_, alpha, _) in enumerate(self._phases)]
         weight_address = address(self._weight)
 
