@@ -313,6 +313,9 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
     if not getattr(sys.unraisablehook, "redelivers", False):
         sys.unraisablehook = _redelivering(sys.unraisablehook)
     _watchdog()
+    from dcnn.kernels.memory import steady_heap  # here: the parser and its errors come before numpy's import
+
+    steady_heap()
     try:
         with _stdout_silenced(args.quiet or (comm is None and rank != 0)):
             code = body(args)

@@ -13,10 +13,15 @@ outputs beyond what each thread holds itself. Per thread, because batch mode's t
 network at once (:mod:`dcnn.parallel.batch`): with one shared pool of three, two task threads at the face
 detector's batch 16 evicted each other's buffers and paged in fresh ones every batch (1 x 2 threads on 480 faces:
 120-630k page faults against 130k for two ranks). A thread's idle buffers are unmapped when it ends.
+
+Below the pool, :func:`steady_heap` keeps glibc from returning freed heap memory to the kernel between batches
+and from serving mid-sized arrays with fresh pages, whose faults its own heuristics otherwise bring and take away
+as the sizes a network allocates change.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import mmap
 import threading
@@ -24,7 +29,7 @@ import weakref
 
 import numpy as np
 
-__all__ = ["POOL_BUFFERS", "POOL_MIN_BYTES", "empty_float32"]
+__all__ = ["HEAP_TRIM_BYTES", "POOL_BUFFERS", "POOL_MIN_BYTES", "empty_float32", "steady_heap"]
 
 #: Arrays of at least this size come from the pool: glibc's largest mmap threshold on 64-bit Linux.
 POOL_MIN_BYTES = 32 << 20
@@ -32,6 +37,10 @@ POOL_MIN_BYTES = 32 << 20
 #: the network's input (the face detector's pyramid, 52 MB at batch 16: with two, each batch paged in a fresh
 #: 70 MB output for its first layer, about 3 ms per image).
 POOL_BUFFERS = 3
+
+#: Freed memory at the top of glibc's heap that :func:`steady_heap` lets it keep rather than trim.
+HEAP_TRIM_BYTES = 256 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc's malloc.h)
 
 _local = threading.local()
 
@@ -87,3 +96,28 @@ def empty_float32(shape: tuple[int, ...]) -> np.ndarray:
     # memory is free (the memoryview passed in above is already gone by then).
     weakref.finalize(array.base, _give_back, buffer)
     return array.reshape(shape)
+
+
+def steady_heap() -> bool:
+    """Fix glibc's malloc thresholds for the process: arrays below :data:`POOL_MIN_BYTES` from the heap, and up
+    to :data:`HEAP_TRIM_BYTES` of freed heap kept.
+
+    By default glibc moves both thresholds as a program frees memory (up to 32 MiB for mmap), so whether a
+    batch's mid-sized arrays (the face detector's pyramid levels, 3-13 MB at batch 16) come from reused heap or
+    from fresh, faulting pages depends on the order of earlier frees: a change of one layer's buffer sizes made
+    the detector fault 350 pages per image (0.5 ms) more. Fixed, they never fault after the first batch. What is
+    kept is memory the run used at its peak, so the peak does not grow. The main thread's heap only: task threads
+    allocate from glibc's per-thread arenas, which it trims whatever the thresholds. Called by the command line
+    (:func:`dcnn.cli.common.run_main`).
+
+    Returns
+    -------
+    bool
+        Whether the thresholds were set (``False`` where the C library has no glibc ``mallopt``).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.restype, mallopt.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_THRESHOLD, POOL_MIN_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_BYTES))
