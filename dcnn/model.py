@@ -1,8 +1,6 @@
 """Print a model's layer table: ``python -m dcnn.model`` (see :mod:`dcnn.cli.model`)."""
 
-import sys
-
-from dcnn.cli.common import exit_on_interrupt_while_starting
+from dcnn.cli.common import exit_command, exit_on_interrupt_while_starting
 
 exit_on_interrupt_while_starting()  # this module is the command: Ctrl-C from its first moment ends it in one line
 
@@ -11,4 +9,4 @@ from dcnn.cli.model import main  # noqa: E402
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

@@ -1,8 +1,6 @@
 """Simulate work stealing on a modelled cluster: ``python -m dcnn.simulate`` (see :mod:`dcnn.cli.simulate`)."""
 
-import sys
-
-from dcnn.cli.common import exit_on_interrupt_while_starting
+from dcnn.cli.common import exit_command, exit_on_interrupt_while_starting
 
 exit_on_interrupt_while_starting()  # this module is the command: Ctrl-C from its first moment ends it in one line
 
@@ -11,4 +9,4 @@ from dcnn.cli.simulate import main  # noqa: E402
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

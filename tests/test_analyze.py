@@ -9,6 +9,7 @@ import pytest
 from conftest import mpi_command, write_digits
 
 from dcnn.analysis.analyze import load_summary, scaling_table
+from dcnn.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +134,7 @@ def test_drawn_detections_are_labelled_and_wide_images_keep_their_shape(tmp_path
     result = tmp_path / "run.h5"
     with h5py.File(result, "w") as handle:
         handle["outputs/detections"] = np.array([(1, 20, 10, 59, 49, 0.9)], DETECTION_DTYPE)
+        handle["outputs/done"] = np.ones(2, bool)
         handle.attrs["input"] = str(pictures)
     png = tmp_path / "faces.png"
     assert draw_detections(str(result), str(png), 5, tile=64) == 2
@@ -141,6 +143,37 @@ def test_drawn_detections_are_labelled_and_wide_images_keep_their_shape(tmp_path
     label = sheet[:14, 128:190]
     assert (label > 150).all(axis=-1).any() and (label == 0).all(axis=-1).any()  # "image 1", light on black
     assert (sheet[:, 128 + 10:128 + 30] == (255, 40, 40)).all(axis=-1).any()  # its box, in the second cell
+
+
+def test_only_the_images_a_run_computed_are_drawn(tmp_path):
+    """Before: drawing a --skip-unreadable run read its skipped images again and failed on the first (exit 2, no
+    drawing); an interrupted run's images not yet reached were drawn without their faces."""
+    from PIL import Image
+
+    from dcnn.analysis.analyze import draw_detections
+    from dcnn.faces.detect import DETECTION_DTYPE
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.png", "c.png", "d.png"):
+        Image.new("RGB", (40, 40), (90, 90, 90)).save(folder / name)
+    (folder / "b.png").write_bytes(b"")  # skipped by the run
+    result = tmp_path / "run.h5"
+    with h5py.File(result, "w") as handle:
+        handle["outputs/detections"] = np.array([(2, 5, 5, 20, 20, 0.9)], DETECTION_DTYPE)
+        handle["outputs/done"] = np.array([True, False, True, False])  # d.png: not reached
+        handle.attrs["input"] = str(folder)
+    png = tmp_path / "faces.png"
+    assert draw_detections(str(result), str(png), 5, tile=64) == 2
+    sheet = np.asarray(Image.open(png).convert("RGB"))
+    assert sheet.shape == (64, 128, 3) and (sheet[:, 64:] == (255, 40, 40)).all(axis=-1).any()  # image 2's box
+    with h5py.File(result, "r+") as handle:
+        handle["outputs/done"][...] = False
+    with pytest.raises(InputError, match="computed no images"):
+        draw_detections(str(result), str(png), 5)
+    folder.rename(tmp_path / "moved")  # before: "input '' does not exist"
+    with pytest.raises(InputError, match=r"run\.h5: its input '.*photos' is gone \(moved or deleted\)"):
+        draw_detections(str(result), str(png), 5)
 
 
 def test_task_counts_of_a_mode_without_a_queue(tmp_path):
@@ -172,3 +205,22 @@ def test_an_interrupted_run_is_reported_without_a_rate(runs, tmp_path):
     report = format_summary(load_summary(str(interrupted)))
     assert "nan" not in report and "images 48/48 done" in report and "--resume" in report
     assert "weights: seeded and untrained (--seed 0)" in report
+
+
+def test_a_folder_is_named_as_one(tmp_path):
+    """Before: "photos: no such file" for an existing folder given instead of its result files."""
+    with pytest.raises(InputError, match=r"a folder, not a result file \(name its files, e\.g\. .*\*\.h5\)"):
+        load_summary(str(tmp_path))
+    with pytest.raises(InputError, match="no such file"):
+        load_summary(str(tmp_path / "missing.h5"))
+
+
+
+def test_one_skipped_image_is_counted_in_the_singular(runs):
+    """Before: "1 images skipped:" (python -m dcnn.analyze; dcnn.infer's summary said the same)."""
+    import dataclasses
+
+    from dcnn.analysis.analyze import format_summary
+
+    summary = dataclasses.replace(load_summary(str(runs[1])), skipped=[("/d/a.png", "cannot read image (empty file)")])
+    assert "  1 image skipped:\n    /d/a.png: cannot read image (empty file)" in format_summary(summary)

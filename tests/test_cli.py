@@ -233,6 +233,10 @@ def test_progress_reaches_batch_logs_as_plain_lines(tmp_path, ranks):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("progress: 6/6 images (100%)") == 1 and "\r" not in done.stderr, done.stderr
+    # Each rank's line counts its tasks in the right number (before: "rank 1: 1 tasks, ... 0 tasks stolen").
+    counts = re.findall(r"rank \d+: (\d+ tasks?), .* (\d+ tasks?) stolen", done.stdout)
+    assert len(counts) == (ranks if ranks > 1 else 0), done.stdout
+    assert all(text.endswith("task" if text.startswith("1 ") else "tasks") for pair in counts for text in pair)
     quiet = subprocess.run([*launcher, *COMMANDS["infer"], *common, "--output", str(tmp_path / "b.h5"),
                             "--progress", "none"], capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0 and "progress" not in quiet.stderr, quiet.stderr

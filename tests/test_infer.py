@@ -292,6 +292,33 @@ def test_tile_grid_finer_than_the_map(tmp_path):
     assert "tile grid 9x9 is finer than the 6x6 output map of layer features.12" in done.stderr
 
 
+def test_an_interruption_before_the_result_file_says_nothing_was_written(tmp_path, lenet_set, capsys):
+    """Before: "dcnn: interrupted by SIGINT" alone while the scan, the models or a gallery loaded: had it written
+    a file to resume? (The command interrupted in that phase, as a signal there raises it.)"""
+    import signal
+
+    from dcnn.cli.common import Interrupted, run_main
+    from dcnn.cli.infer import build_parser, run
+    from dcnn.parallel.comm import world
+
+    def interrupted(args, comm, ranks_per_node):
+        raise Interrupted(signal.SIGINT)
+
+    output = tmp_path / "x.h5"
+    argv = ["--model", "lenet5", "--input", str(lenet_set), "--output", str(output)]
+    assert run_main(lambda args: run(args, interrupted), build_parser(), argv, comm=world()) == 130
+    assert capsys.readouterr().err == "dcnn: interrupted by SIGINT; nothing was written\n"
+    assert sorted(tmp_path.iterdir()) == [lenet_set]  # no file, no lock
+
+
+def test_an_empty_output_name_is_refused(tmp_path, lenet_set):
+    """Before: --output '' (an unset shell variable) wrote the run to results/<timestamp>.h5 instead, exit 0."""
+    done = subprocess.run([sys.executable, "-m", "dcnn.infer", "--model", "lenet5", "--input", str(lenet_set),
+                           "--output", ""], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("dcnn: error:") == 1
+    assert "--output '': an empty file name" in done.stderr and not (tmp_path / "results").exists()
+
+
 def test_a_directory_named_as_a_model_file_is_one_line(tmp_path, lenet_set):
     (tmp_path / "dir.onnx").mkdir()
     done = infer("--model", str(tmp_path / "dir.onnx"), "--input", str(lenet_set))
@@ -305,6 +332,14 @@ def test_planner_command_refuses_an_impossible_cluster():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.count("dcnn: error:") == 1 and not done.stdout
     assert "classifier.0" in done.stderr and "It fits on 8 such nodes" in done.stderr
+
+
+def test_plan_auto_says_when_the_exact_kernels_layouts_would_fit(tmp_path):
+    """Before: "use nodes with more memory" alone, where --exact-conv (no Winograd filters) fits on a few nodes."""
+    done = infer("--model", "vgg16", "--input", SAMPLES, "--mem-per-rank", "300MiB", "--plan",
+                 "auto", "--output", str(tmp_path / "x.h5"))
+    assert done.returncode == 2 and done.stderr.count("dcnn: error:") == 1 and not (tmp_path / "x.h5").exists()
+    assert "with --exact-conv (filters in the exact kernels' layouts, not Winograd's) it fits on" in done.stderr
 
 
 def test_planner_command_prints_candidates_and_the_choice():

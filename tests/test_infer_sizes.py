@@ -124,10 +124,13 @@ def test_a_file_that_fails_to_decode_mid_run_is_recorded(tmp_path, mode):
     (images / "0001-cut.jpg").write_bytes(buffer.read_bytes()[:1500])
     strict = infer("--input", str(images), "--mode", mode, "--output", str(tmp_path / "strict.h5"), ranks=2)
     assert strict.returncode != 0 and "0001-cut.jpg" in strict.stderr
+    # Before: only the resume command, which stops at the same image again.
+    assert "continue with --resume and --skip-unreadable to skip it" in strict.stderr
     output = tmp_path / "out.h5"
     done = infer("--input", str(images), "--mode", mode, "--skip-unreadable", "--batch-size", "2",
                  "--output", str(output), ranks=2)
     assert done.returncode == 0, done.stderr
+    assert "  1 image skipped (unreadable" in done.stdout  # before: "1 images skipped"
     result = read(output)
     assert list(result["skipped"]) == ["0001-cut.jpg"] and "truncated" in result["skipped"]["0001-cut.jpg"]
     assert result["done"].tolist() == [1, 0, 1, 1, 1] and result["offsets"][2] == result["offsets"][1]

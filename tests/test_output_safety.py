@@ -246,3 +246,12 @@ def test_non_ascii_and_non_utf8_paths_work(tmp_path, digits, reference):
             stored = handle.attrs["input"]
             np.testing.assert_array_equal(handle["outputs/logits"][()], reference)
         assert os.fsencode(source) in (stored if isinstance(stored, bytes) else stored.encode())
+
+
+def test_force_keeps_the_runs_own_input(tmp_path, digits):
+    """Before: --input X.h5 --output X.h5 --force replaced the image set with the results (exit 0, images gone)."""
+    own = tmp_path / "own.h5"
+    own.write_bytes(digits.read_bytes())
+    refused = infer("--input", str(own), "--output", str(own), "--force")
+    assert refused.returncode == 2 and "is not a dcnn result file" in one_line(refused.stderr)
+    assert own.read_bytes() == digits.read_bytes() and leftovers(tmp_path, {"own.h5"}) == []

@@ -135,3 +135,29 @@ def test_a_known_image_with_several_faces_uses_the_largest_and_warns(tmp_path, p
     largest = boxes[np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])), :4].astype(np.int64)
     expected = describer.describe(describer.chips(group, describer.landmark(group, largest[None])))
     assert np.array_equal(gallery.descriptors, expected)
+
+
+@needs_models
+def test_known_images_read_as_the_input_images_are(tmp_path, pipeline):
+    """Before: the gallery decoded with Pillow's convert("RGB"): a 16-bit grey photo became white ("no face found"),
+    a float TIFF was black instead of refused, and RGBA dropped its alpha where --input composites it."""
+    from dcnn.faces.pipeline import load_gallery
+    from dcnn.io.images import open_image_set
+
+    detector, run, describer = pipeline
+    with h5py.File("data/faces.h5") as handle:
+        face = handle["images"][0]
+    grey = np.asarray(Image.fromarray(face).convert("L")).astype(np.uint16) * 257
+    Image.fromarray(grey).save(tmp_path / "ann.png")
+    assert Image.open(tmp_path / "ann.png").mode == "I;16"
+    gallery, _ = load_gallery(tmp_path, detector, run, describer)
+    with open_image_set(tmp_path) as images:
+        pixels = images.read_pixels(0, 1)
+    box = detector.detect(pixels, run)[0][:1, :4].astype(np.int64)
+    image = pixels[0]
+    assert np.array_equal(gallery.descriptors,
+                          describer.describe(describer.chips(image, describer.landmark(image, box))))
+    (tmp_path / "ann.png").unlink()
+    Image.fromarray(np.zeros((40, 40), np.float32)).save(tmp_path / "zed.tif")
+    with pytest.raises(InputError, match=r"zed\.tif: images of mode F"):
+        load_gallery(tmp_path, detector, run, describer)

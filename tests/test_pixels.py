@@ -144,3 +144,50 @@ def test_detections_on_other_modes_equal_dlibs_on_the_8_bit_equivalent(tmp_path,
     from test_detect import assert_same_detections
 
     assert_same_detections(found, expected)
+
+
+def tiff(tmp_path: Path, name: str, mode: str, samples: np.ndarray, **tags) -> Path:
+    """A one-image folder holding a TIFF of ``samples`` (their raw bytes in Pillow ``mode``) with extra ``tags``."""
+    image = Image.frombytes(mode, samples.shape[::-1][-2:], samples.tobytes())
+    return saved(tmp_path, name, image, tiffinfo={int(tag[1:]): value for tag, value in tags.items()})
+
+
+def test_signed_and_32_bit_tiffs_read_by_the_high_byte_of_their_range(tmp_path):
+    """Before: a signed 16-bit TIFF (opened as I) lost its negative half to black and read its zero as black and
+    its largest value as 127; a 32-bit one was clipped at 65535 and likewise; a signed 8-bit one read -3 as 253."""
+    signed16 = np.array([[-32768, -300, 0, 300, 32767]], "<i2")
+    signed32 = np.array([[-(2**31), -(2**24), 0, 2**24, 2**31 - 1]], "<i4")
+    signed8 = np.array([[-128, -3, 0, 3, 127]], np.int8)
+    cases = {"s16.tif": ("I;16", signed16, [0, 126, 128, 129, 255]),
+             "s32.tif": ("I", signed32, [0, 127, 128, 129, 255]), "s8.tif": ("L", signed8, [0, 125, 128, 131, 255])}
+    for name, (mode, samples, expected) in cases.items():
+        path = tiff(tmp_path, name, mode, samples, t339=2)
+        np.testing.assert_array_equal(ours(path), np.repeat(np.array(expected, np.uint8)[None, :, None], 3, 2),
+                                      err_msg=name)
+    unsigned = np.array([[0, 255, 256, 65535]], "<u2")  # 16-bit unsigned: the high byte, as before
+    np.testing.assert_array_equal(ours(tiff(tmp_path, "u16.tif", "I;16", unsigned))[0, :, 0], [0, 0, 1, 255])
+
+
+def test_grey8_scales_any_integer_format():
+    from dcnn.io.pixels import grey8
+
+    np.testing.assert_array_equal(grey8(np.array([0, 15, 16, 4095, 5000]), 12, False), [0, 0, 1, 255, 255])
+    np.testing.assert_array_equal(grey8(np.array([-2048, -1, 0, 2047]), 12, True), [0, 127, 128, 255])
+
+
+def test_padded_and_lab_colour_read_as_rgb(tmp_path, rng):
+    """Before: an RGBX image (Pillow before 10 opened an RGB TIFF with a padding sample so) and a CIE L*a*b* TIFF
+    were refused in one line."""
+    from PIL import ImageCms
+
+    from dcnn.io.pixels import rgb8
+
+    colour = rng.integers(48, 208, (6, 5, 3), dtype=np.uint8)  # inside the gamut that 8-bit L*a*b* holds well
+    padded = Image.fromarray(np.dstack([colour, np.zeros((6, 5), np.uint8)]), "RGBX")
+    np.testing.assert_array_equal(rgb8(padded, "x.tif"), colour)
+    srgb, lab = ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB")
+    path = saved(tmp_path, "lab.tif", ImageCms.applyTransform(Image.fromarray(colour),
+                                                                ImageCms.buildTransform(srgb, lab, "RGB", "LAB")))
+    assert Image.open(path).mode == "LAB"
+    error = np.abs(ours(path).astype(int) - colour)
+    assert error.max() <= 8 and error.mean() < 1  # L*a*b* at 8 bits (a step of a* or b* moves RGB up to 8)

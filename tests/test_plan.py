@@ -417,3 +417,49 @@ def test_batch_mode_counts_the_tasks_its_task_threads_run_at_once_per_batch_size
     assert by_batch[2] == 2 * by_batch[1] and by_batch[4] == by_batch[2]
     spatial = [plan_for(network, shape, cluster, "spatial", 2, images=8).memory for cluster in (threaded, single)]
     assert spatial[0] == spatial[1]
+
+
+def test_the_node_count_that_fits_counts_the_tasks_each_count_runs_at_once(capsys):
+    """With 2 task threads, 8 images at batch 1 leave each of up to 4 ranks two tasks at once (VGG-16's two working
+    sets overflow 1070 MiB, one fits); from 5 ranks on, each runs one. The hint once planned every count for one
+    image, hence one task, and said 2 nodes, on which the run still holds two tasks per rank and does not fit."""
+    from dcnn.cli.plan import main
+
+    cluster = for_process(Cluster.per_rank_budget(1, 1070 * MIB), 0, 2, 2)
+    candidates = plans(VGG16, SHAPE, cluster, 1, 8, ("batch",))
+    with pytest.raises(PlanError, match="It fits on 5 such nodes"):
+        best_plan(candidates, VGG16, SHAPE, cluster, ("batch",), images=8)
+    for nodes, fits in ((4, False), (5, True)):  # the hint is the fewest nodes that hold the plan
+        larger = for_process(Cluster.per_rank_budget(nodes, 1070 * MIB), 0, 2, 2)
+        assert (plan_for(VGG16, SHAPE, larger, "batch", 1, images=8).overflow(larger) is None) == fits
+    argv = ["vgg16", "--nodes", "1", "--mem-per-rank", "1070MiB", "--batch-size", "1", "--mode", "batch",
+            "--images", "8"]
+    assert main([*argv, "--threads", "2"]) == 2
+    assert "It fits on 5 such nodes" in capsys.readouterr().err
+
+
+def test_the_plan_command_says_when_the_exact_kernels_layouts_would_fit(capsys):
+    """Winograd's filters (four times VGG-16's 3x3 ones, on every rank) fit on no number of 384 MiB nodes; before,
+    dcnn.plan said only "use nodes with more memory", where --exact-conv fits on 8 of them."""
+    from dcnn.cli.plan import main
+
+    assert main(["vgg16", "--nodes", "4", "--ram", "384MiB"]) == 2
+    error = capsys.readouterr().err
+    assert "No number of such nodes up to 256 holds it" in error
+    assert error.strip().endswith("with --exact-conv (filters in the exact kernels' layouts, not Winograd's) it fits "
+                                  "on 8 such nodes")
+    assert main(["vgg16", "--nodes", "4", "--ram", "640MiB"]) == 2  # fits as it is with the exact layouts
+    assert "with --exact-conv (filters in the exact kernels' layouts, not Winograd's) it fits: spatial 2x2, batch 4" \
+        in capsys.readouterr().err
+    assert main(["vgg16", "--nodes", "4", "--ram", "384MiB", "--exact-conv"]) == 2
+    assert "It fits on 8 such nodes" in capsys.readouterr().err
+    assert main(["vgg16", "--nodes", "4", "--ram", "4GiB"]) == 0 and "with --exact-conv" not in capsys.readouterr().out
+
+
+def test_the_leanest_plan_named_is_the_smallest_batch_among_equals():
+    """One image plans alike at every batch size; before, the message named the largest ("batch 16")."""
+    cluster = Cluster.per_rank_budget(1, 150 * MIB)
+    candidates = plans(VGG16, SHAPE, cluster, 16, 1, ("batch",), batch_images=1)
+    assert len({plan.peak() for plan in candidates}) == 1 and len(candidates) == 5
+    with pytest.raises(PlanError, match=r"even the leanest plan \(batch, batch 1\)"):
+        best_plan(candidates, VGG16, SHAPE, cluster, ("batch",))

@@ -170,6 +170,19 @@ def test_a_gallery_image_without_a_face_is_one_clear_error(data, tmp_path):
     assert done.stderr.strip().splitlines()[-1].endswith(f"--known: no face found in {known / 'wall.png'}")
 
 
+def test_a_run_without_faces_names_no_identities(data, tmp_path):
+    """Before: "0 faces found in 0 of 1 images" and an empty "identities: " line."""
+    folder, _ = data
+    with h5py.File(tmp_path / "wall.h5", "w") as handle:
+        handle["images"] = np.full((1, 64, 64, 3), 90, np.uint8)
+    done = subprocess.run([sys.executable, "-m", "dcnn.recognize", "--input", str(tmp_path / "wall.h5"), "--known",
+                           str(folder / "known"), "--output", str(tmp_path / "x.h5"), "--threads", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "mmod: 1 image of 64x64 in" in done.stdout and "  0 faces found in 0 of 1 image (upsample 0)" in done.stdout
+    assert "identities" not in done.stdout
+
+
 @pytest.mark.parametrize("args,message", [
     (["--tolerance", "0"], "--tolerance must be positive"),
     (["--jitter", "-1"], "--jitter must be 0 or more"),

@@ -331,3 +331,41 @@ def test_a_signal_ends_a_rank_blocked_in_mpi_init(tmp_path):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode != 0
+
+
+FINISHED_FIRST = """
+import argparse, atexit, os, sys, time
+from pathlib import Path
+from dcnn.cli.common import add_common_arguments, exit_command, run_main
+from mpi4py import MPI
+go = Path(sys.argv[1])
+def body(args):
+    if MPI.COMM_WORLD.rank == 0:  # still writing the run's final tables
+        while not go.exists():
+            time.sleep(0.01)
+    else:  # done: on its way to MPI's finalize, which waits for rank 0
+        atexit.register(lambda: print(os.getpid(), flush=True))
+    return 0
+parser = argparse.ArgumentParser()
+add_common_arguments(parser)
+exit_command(run_main(body, parser, [], comm=MPI.COMM_WORLD))
+"""
+
+
+def test_a_signal_to_a_rank_that_finished_first_ends_nothing(tmp_path):
+    """Before: a rank done first waited in MPI's finalize with the signal's default action back; Ctrl-C there
+    killed it and MPICH printed "BAD TERMINATION" over a run that had finished (its result file complete)."""
+    go = tmp_path / "go"
+    process = subprocess.Popen([*mpi_command(2), sys.executable, "-c", FINISHED_FIRST, str(go)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pid = int(process.stdout.readline())
+        time.sleep(1)  # into MPI_Finalize (were it earlier, the signal would be ignored all the same)
+        os.kill(pid, signal.SIGINT)
+        go.touch()
+        stdout, stderr = process.communicate(timeout=120)  # a guard against a hang only
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0 and "BAD TERMINATION" not in stdout + stderr, stdout + stderr

@@ -126,13 +126,33 @@ def test_claim_refuses_existing_or_missing_files_and_clears_leftover_copies(tmp_
         claim(path, new=False)
     claim(path, new=True).release()
     assert not leftover.exists() and other.exists()
-    path.write_bytes(b"results")
+    ResultWriter.create(path, 2, 3, 1, ATTRIBUTES).finish({})
+    results = path.read_bytes()
     with pytest.raises(InputError, match="already exists; give --force"):
         claim(path, new=True)
     claim(path, new=True, replace=True).release()
     claim(path, new=False).release()
-    assert path.read_bytes() == b"results" and sorted(p.name for p in tmp_path.iterdir()) == [".other.h5.abc123.tmp",
-                                                                                               "run.h5"]
+    assert path.read_bytes() == results and sorted(p.name for p in tmp_path.iterdir()) == [".other.h5.abc123.tmp",
+                                                                                            "run.h5"]
+
+
+@pytest.mark.parametrize("kind", ["photo", "image set", "text"])
+def test_force_replaces_only_result_files(tmp_path, kind):
+    """Before: --force replaced any file, a photo, the user's notes or the run's own --input image set (gone)."""
+    from dcnn.io.results import claim
+
+    path = tmp_path / "out.h5"
+    if kind == "image set":
+        with h5py.File(path, "w") as handle:
+            handle["images"] = np.zeros((1, 4, 4, 3), np.uint8)
+    else:
+        path.write_bytes(b"\xff\xd8\xff\xe0 a JPEG" if kind == "photo" else b"my notes")
+    before = path.read_bytes()
+    with pytest.raises(InputError, match="is not a dcnn result file"):
+        claim(path, new=True, replace=True)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]
+    path.write_bytes(b"")  # an empty file holds nothing to lose
+    claim(path, new=True, replace=True).release()
 
 
 def test_the_resume_command_names_the_program_that_wrote_the_file():

@@ -1,5 +1,6 @@
 """The cluster simulator: calibration, the work-stealing model, and the paper's table."""
 
+import re
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import pytest
 
 from dcnn.analysis.simulate import PAPER_TABLE, Machine, calibrate, paper_comparison, simulate
 from dcnn.errors import InputError
+from dcnn.planner.plan import parse_bytes
 
 
 def test_calibration_recovers_a_known_machine():
@@ -53,7 +55,40 @@ def test_command_line():
                            "--nodes", "3,20", "--images", "1000"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "serial per image" in done.stdout and "mean absolute error" in done.stdout
-    assert "memory per node (planner, batch mode, 128x128 images, batch 1):" in done.stdout and "(fits)" in done.stdout
+    assert "memory per node (planner, batch mode, 128x128 images, batch 1, 1 task at once):" in done.stdout
+    assert "(fits)" in done.stdout
     bad = subprocess.run([sys.executable, "-m", "dcnn.simulate", "--nodes", "three"], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and "--nodes: each count takes an integer" in bad.stderr
+
+
+def test_task_threads_run_several_tasks_of_a_node_at_once_when_the_run_has_enough():
+    """A node of T threads runs T tasks at once when the run leaves it T (dcnn.modes.concurrent_tasks, as dcnn.infer
+    --threads does), sharing the node's calibrated throughput; the simulator once ran one task at a time."""
+    machine = Machine(0.5, jitter=0.0, latency=0.0, result_bytes=0)
+    alone = simulate(machine, 1, 3, batch=1)
+    threaded = simulate(machine, 1, 3, batch=1, threads=2)
+    assert (alone["tasks_at_once"], threaded["tasks_at_once"]) == (1, 2)
+    # Two tasks of 1.0 s each (two at once on the node), then the third alone on its slot: 2.0 s, not 3 x 0.5 s.
+    assert alone["seconds"] == pytest.approx(1.5) and threaded["seconds"] == pytest.approx(2.0)
+    assert simulate(machine, 1, 40, batch=1, threads=2)["seconds"] == pytest.approx(20.0)  # no tail: same total
+    few = simulate(machine, 2, 3, batch=1, threads=2)  # 3 tasks < 2 threads x 2 nodes: one at a time, as dcnn runs
+    assert few["tasks_at_once"] == 1 and few == simulate(machine, 2, 3, batch=1) | {"tasks_at_once": 1}
+    with pytest.raises(InputError, match="threads"):
+        simulate(machine, 1, 3, threads=0)
+
+
+def test_the_command_plans_the_memory_of_the_tasks_a_node_runs_at_once(capsys):
+    from dcnn.cli.simulate import main
+
+    argv = ["--batch-size", "1", "--nodes", "2,3", "--images", "4,100"]
+    assert main(argv) == 0
+    one = capsys.readouterr().out
+    assert main([*argv, "--threads", "2"]) == 0
+    two = capsys.readouterr().out
+    assert "1 thread per node" in one and "2 threads per node" in two
+    assert "batch 1, 1 task at once)" in one and "batch 1, 2 tasks at once)" in two  # 100 tasks on 2 nodes
+    peak = {text: parse_bytes(re.search(r"at once\): (\S+ \S+) of", text).group(1).replace(" ", ""))
+            for text in (one, two)}
+    assert peak[two] > peak[one]
+    assert main([*argv, "--threads", "0"]) == 2 and "--threads" in capsys.readouterr().err

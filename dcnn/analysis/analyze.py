@@ -76,6 +76,8 @@ def load_summary(path: str) -> RunSummary:
     InputError
         If the file is missing or not a dcnn result file.
     """
+    if Path(path).is_dir():
+        raise InputError(f"{path}: a folder, not a result file (name its files, e.g. {Path(path) / '*.h5'})")
     if not Path(path).is_file():
         raise InputError(f"{path}: no such file")
     try:
@@ -135,7 +137,7 @@ def format_summary(run: RunSummary) -> str:
     if note is not None:
         lines.append(f"  {note}")
     if run.skipped:
-        lines.append(f"  {len(run.skipped)} images skipped:")
+        lines.append(f"  {count_of(len(run.skipped), 'image')} skipped:")
         lines += [f"    {path}: {reason}" for path, reason in run.skipped[:LISTED_SKIPS]]
         if len(run.skipped) > LISTED_SKIPS:
             lines.append(f"    ... and {len(run.skipped) - LISTED_SKIPS} more (/skipped in the file)")
@@ -210,8 +212,9 @@ def format_paper_table(rows: list[dict]) -> str:
 
 
 def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
-    """Draw the first ``count`` images of a detection run with their boxes, confidences and image indices; a
-    recognition run adds each face's landmarks and its identity.
+    """Draw the first ``count`` images a detection run computed with their boxes, confidences and image indices;
+    a recognition run adds each face's landmarks and its identity. Images the run skipped (unreadable, too small)
+    or has not reached (an interrupted run) are left out: they have no detections.
 
     Each image gets a cell ``tile`` pixels high and as wide as its aspect ratio asks (up to four tiles), so a
     1000x500 image is drawn at 512x256, not squeezed into a square; rows hold four tiles' width.
@@ -232,12 +235,14 @@ def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
         landmarks = handle["outputs/landmarks"][()] if "landmarks" in handle["outputs"] else None
         names = handle["outputs/identity"].asstr()[()] if "identity" in handle["outputs"] else None
         source = str(handle.attrs["input"])
+        drawn = np.flatnonzero(handle["outputs/done"][()])[:count]
     location, _, dataset = source.rpartition(":") if not Path(source).exists() else (source, "", "images")
+    if not location or not Path(location).exists():  # a folder's path, or an HDF5 set's "file:dataset"
+        raise InputError(f"{path}: its input {source!r} is gone (moved or deleted); --draw reads the images there")
+    if not len(drawn):
+        raise InputError(f"{path}: the run has computed no images to draw")
     with open_image_set(location, dataset or "images") as images:
-        count = min(count, len(images))
-        if count == 0:
-            raise InputError(f"{path}: the run has no images to draw")
-        pixels = [images.read_pixels(i, i + 1)[0] for i in range(count)]
+        pixels = [images.read_pixels(i, i + 1)[0] for i in drawn]
     cells = [(min(4 * tile, max(tile, round(tile * image.shape[1] / image.shape[0]))), tile) for image in pixels]
     places, x, y = [], 0, 0
     for width, _ in cells:
@@ -246,7 +251,7 @@ def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
         places.append((x, y))
         x += width
     sheet = Image.new("RGB", (max(px + w for (px, _), (w, _) in zip(places, cells, strict=True)), y + tile), "white")
-    for index, (image, (width, height), place) in enumerate(zip(pixels, cells, places, strict=True)):
+    for index, image, (width, height), place in zip(drawn, pixels, cells, places, strict=True):
         scale = min(width / image.shape[1], height / image.shape[0])
         picture = Image.fromarray(image).resize((max(1, round(image.shape[1] * scale)),
                                                  max(1, round(image.shape[0] * scale))))
@@ -263,4 +268,4 @@ def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
         pen.text((3, 2), f"image {index}", fill=(255, 255, 255))
         sheet.paste(picture, place)
     sheet.save(png)
-    return count
+    return len(drawn)

@@ -8,6 +8,10 @@ The model (all pure Python, seeded):
   pops from its head; an idle node tries random victims, each try costing a round trip (two network latencies),
   and takes the upper half of the victim's remaining interval. ``policy="static"`` keeps the initial split (the
   paper's cluster had no load balancer).
+- A node of ``threads`` task threads runs ``concurrent_tasks("batch", threads, tasks, nodes)`` tasks at once, as
+  ``python -m dcnn.infer --threads`` does (:func:`dcnn.modes.concurrent_tasks`): each of its slots pops from the
+  node's interval, and since the calibration measures a node's throughput, a task on one of ``k`` slots takes
+  ``k`` times as long (the slots share the node; their work ends in larger pieces, so the tail is longer).
 - Each finished task sends its results to rank 0 (latency plus bytes over the bandwidth), overlapped with the
   next task. A fixed ``startup`` (process launch, imports, model load) is added to the makespan.
 - Per-node memory is the planner's batch-mode prediction (:mod:`dcnn.planner.plan`).
@@ -29,6 +33,7 @@ import numpy as np
 
 from dcnn.decomposition.intervals import initial_intervals
 from dcnn.errors import InputError
+from dcnn.modes import concurrent_tasks
 
 __all__ = ["PAPER_TABLE", "Machine", "calibrate", "simulate"]
 
@@ -99,10 +104,15 @@ def calibrate(points: Sequence[tuple[int, int, float]], serial: bool = False) ->
 
 
 def simulate(machine: Machine, nodes: int, images: int, batch: int = 4, speeds: Sequence[float] | None = None,
-             policy: str = "steal", seed: int = 0) -> dict[str, float]:
-    """Simulated makespan of ``images`` images on ``nodes`` nodes, with per-node task counts and steal counts."""
-    if nodes < 1 or images < 1 or batch < 1:
-        raise InputError("nodes, images and batch must be at least 1")
+             policy: str = "steal", seed: int = 0, threads: int = 1) -> dict[str, float]:
+    """Simulated makespan of ``images`` images on ``nodes`` nodes, with per-node task counts and steal counts.
+
+    ``threads``: each node's threads (``--threads``); in batch mode they run several tasks at once when the run
+    leaves each node enough (:func:`dcnn.modes.concurrent_tasks`, reported as ``tasks_at_once``), each task of
+    ``k`` at once taking ``k`` times its time alone (see the module's model).
+    """
+    if nodes < 1 or images < 1 or batch < 1 or threads < 1:
+        raise InputError("nodes, images, batch and threads must be at least 1")
     speeds = list(speeds or [1.0] * nodes)
     rng = random.Random(seed)
     sigma = math.sqrt(math.log(1 + machine.jitter**2))
@@ -111,7 +121,8 @@ def simulate(machine: Machine, nodes: int, images: int, batch: int = 4, speeds: 
     durations = [size * machine.seconds_per_image * rng.lognormvariate(-sigma**2 / 2, sigma) for size in sizes]
     intervals = [list(interval) for interval in initial_intervals(tasks, [1.0] * nodes)]
     round_trip = 2 * machine.latency
-    events = [(0.0, node) for node in range(nodes)]  # (time the node is free, node)
+    at_once = concurrent_tasks("batch", threads, tasks, nodes)
+    events = [(0.0, node) for node in range(nodes) for _ in range(at_once)]  # (time a slot of the node is free, node)
     heapq.heapify(events)
     finished, last, steals = 0, 0.0, 0
     ran = [0] * nodes
@@ -121,7 +132,7 @@ def simulate(machine: Machine, nodes: int, images: int, batch: int = 4, speeds: 
         head, tail = intervals[node]
         if head < tail:
             intervals[node][0] += 1
-            end = now + durations[head] / speeds[node] + round_trip  # pop, then send results to rank 0
+            end = now + durations[head] * at_once / speeds[node] + round_trip  # pop, then send results to rank 0
             end += sizes[head] * machine.result_bytes / machine.bandwidth
             ran[node] += 1
             finished += 1
@@ -145,15 +156,16 @@ def simulate(machine: Machine, nodes: int, images: int, batch: int = 4, speeds: 
             backoff[node] = min(2 * backoff[node], BACKOFF[1])
     serial = images * machine.serial_seconds_per_image
     return {"seconds": machine.startup + last + serial, "steals": steals, "max_tasks": max(ran),
-            "min_tasks": min(ran)}
+            "min_tasks": min(ran), "tasks_at_once": at_once}
 
 
-def paper_comparison(machine: Machine, batch: int, policy: str, seed: int = 0) -> list[dict]:
-    """The simulated table next to the paper's, with the relative error of every cell."""
+def paper_comparison(machine: Machine, batch: int, policy: str, seed: int = 0, threads: int = 1) -> list[dict]:
+    """The simulated table (nodes of ``threads`` threads, see :func:`simulate`) next to the paper's, with the
+    relative error of every cell."""
     rows = []
     for images, row in PAPER_TABLE.items():
         for nodes, paper in row.items():
-            simulated = simulate(machine, nodes, images, batch, policy=policy, seed=seed)["seconds"]
+            simulated = simulate(machine, nodes, images, batch, policy=policy, seed=seed, threads=threads)["seconds"]
             rows.append({"images": images, "nodes": nodes, "paper_seconds": paper, "simulated_seconds": simulated,
                          "error": (simulated - paper) / paper})
     return rows

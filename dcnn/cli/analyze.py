@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "and timeline-<file>.png "
                              "(tasks per rank, steals marked) for each batch run")
     parser.add_argument("--draw", metavar="PNG",
-                        help="face detection runs: draw the boxes found on the first images of the first file "
-                             "into this PNG")
+                        help="face detection runs: draw the boxes found on the first images the first file's run "
+                             "computed (not those it skipped) into this PNG")
     parser.add_argument("--images", type=int, default=12, metavar="N", help="images to draw (default 12)")
     add_common_arguments(parser)
     return parser

@@ -23,13 +23,15 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from dcnn import __version__
 from dcnn.errors import AgreedError, DcnnError, InputError, out_of_space
 
 __all__ = [
     "EXIT_BROKEN_PIPE", "EXIT_FAILURE", "EXIT_USAGE", "MAX_THREADS", "Interrupted", "add_common_arguments",
-    "exit_on_interrupt_while_starting", "given_options", "launcher_rank", "output_folder", "output_path", "run_main",
+    "exit_command", "exit_on_interrupt_while_starting", "given_options", "launcher_rank", "output_folder",
+    "output_path", "run_main",
 ]
 
 EXIT_USAGE = 2
@@ -59,6 +61,8 @@ class Interrupted(BaseException):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
         self.code = 128 + signum
+        #: What the interruption left, for its message ("nothing was written"); set where the command knows.
+        self.note = ""
 
 
 def exit_on_interrupt_while_starting() -> None:
@@ -79,6 +83,20 @@ def exit_on_interrupt_while_starting() -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stop)
+
+
+def exit_command(code: int) -> NoReturn:
+    """End a command (``python -m dcnn.X``) with exit status ``code``, ignoring SIGINT and SIGTERM from here on.
+
+    The command's work is over (its result file closed, or the job aborted); what remains is the interpreter's
+    teardown and MPI's finalize, which waits for the other ranks: a rank done first waits there while rank 0
+    writes the run's final tables. Python restores the default action of a signal it handled before that wait,
+    so a Ctrl-C then killed the waiting rank, and MPICH printed its "BAD TERMINATION" banner over a run that had
+    finished (rank 0 is still interruptible until it returns, and closes the file as ever).
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    sys.exit(code)
 
 
 def _raise_interrupted(signum: int, frame) -> None:
@@ -313,7 +331,8 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
         return EXIT_USAGE
     except Interrupted as interruption:
         if rank == 0:
-            print(f"dcnn: interrupted by {interruption}", file=sys.stderr, flush=True)
+            note = f"; {interruption.note}" if interruption.note else ""
+            print(f"dcnn: interrupted by {interruption}{note}", file=sys.stderr, flush=True)
         elif size > 1:
             _serve_for(comm, CLOSE_GRACE)  # rank 0 closes the result file first
         code = interruption.code

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from dcnn.analysis.analyze import count_of
-from dcnn.cli.common import MAX_THREADS, add_common_arguments, run_main
+from dcnn.cli.common import MAX_THREADS, Interrupted, add_common_arguments, run_main
 from dcnn.cli.runconfig import configuration, restore
 from dcnn.decomposition.fused import HALO_POLICIES, check_tile_grid, finest_grid, tileable_depth
 from dcnn.decomposition.spatial import fc_shard_rows
@@ -86,6 +86,7 @@ from dcnn.planner.plan import (
     RunPlan,
     Stage,
     choose_plan,
+    exact_conv_hint,
     for_process,
     format_bytes,
     parse_bytes,
@@ -291,6 +292,9 @@ def _claim(args: argparse.Namespace, comm) -> tuple[RunLock | None, bool]:
     lock, stored = None, None
     with collective(comm):
         _check_numbers(args, comm.size)
+        if args.output == "":  # as "--output $OUT" gives it with OUT unset: a run must not land elsewhere
+            raise InputError("--output '': an empty file name; name the result file, or leave --output out for "
+                             "results/<date>-<time>-....h5")
         if args.output and args.resume:
             raise InputError("--resume continues the file it names; do not give --output as well")
         if args.force and args.resume:
@@ -494,8 +498,17 @@ def _plan(args: argparse.Namespace, network: Network, scan: Scan, image_set: Ima
     if args.plan == "auto":
         modes = PLANNED_MODES if comm.size > 1 else tuple(m for m in PLANNED_MODES if m != "spatial")
         (shape, count), others = worst[0], worst[1:]
-        plan = choose_plan(network, shape, cluster, args.batch_size, images, modes, count, others,
-                           _tile_limit(network, scan), stage)
+        def choose() -> RunPlan:
+            return choose_plan(network, shape, cluster, args.batch_size, images, modes, count, others,
+                               _tile_limit(network, scan), stage)
+
+        try:
+            plan = choose()
+        except PlanError as error:
+            if args.exact_conv:
+                raise
+            raise PlanError(f"{error}{exact_conv_hint(network, shape, cluster, modes, stage, images, choose)}") \
+                from None
         args.mode = "single" if comm.size == 1 and plan.mode == "batch" else plan.mode
         plan = _named_for_the_run(plan, args.mode)
         args.batch_size = plan.batch
@@ -629,9 +642,11 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
     try:
         with collective(comm):
             job = validate(args, comm, local_ranks)
-    except BaseException:
+    except BaseException as error:
         if lock is not None:  # a refused run leaves nothing behind
             lock.release()
+        if isinstance(error, Interrupted):  # in the scan, loading the models or describing a gallery
+            error.note = f"{args.resume} is unchanged" if args.resume else "nothing was written"
         raise
     network, images, weights = job.network, job.images, job.weights
     if isinstance(images, FolderImageSet) and images.left_out and comm.rank == 0 and not args.quiet:
@@ -776,14 +791,14 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
         what = f"{len(job.scan.shapes)} sizes"
     else:
         what = "x".join(map(str, job.images.image_shape(job.scan.first_index(job.scan.shapes[0]))))
-    print(f"{job.network.name}: {computed} images of {what} in {elapsed:.2f} s ({rate:.2f} images/s, "
+    print(f"{job.network.name}: {count_of(computed, 'image')} of {what} in {elapsed:.2f} s ({rate:.2f} images/s, "
           f"{args.mode} mode, {count_of(size, 'rank')} x {count_of(threads, 'thread')}) -> {path}")
     with h5py.File(path, "r") as handle:
         skipped = len(handle["skipped/index"])
         note = untrained_note(str(handle.attrs["weights"]))
     if skipped:
-        print(f"  {skipped} images skipped (unreadable or unusable; listed under /skipped in the file, shown by "
-              f"python -m dcnn.analyze)")
+        print(f"  {count_of(skipped, 'image')} skipped (unreadable or unusable; listed under /skipped in the file, "
+              f"shown by python -m dcnn.analyze)")
     print(f"  peak memory {format_bytes(per_rank['peak_rss_bytes'].max())} per rank, predicted "
           f"{format_bytes(job.run_plan.peak())}")
     if note is not None:
@@ -793,17 +808,18 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
             offsets = handle["outputs/detection_offsets"][()]
             identities = handle["outputs/identity"].asstr()[()] if "identity" in handle["outputs"] else None
         counts = np.diff(offsets)
-        print(f"  {int(offsets[-1])} faces found in {int((counts > 0).sum())} of {len(counts)} images "
-              f"(upsample {args.upsample})")
-        if identities is not None:
+        print(f"  {count_of(int(offsets[-1]), 'face')} found in {int((counts > 0).sum())} of "
+              f"{count_of(len(counts), 'image')} (upsample {args.upsample})")
+        if identities is not None and len(identities):  # no faces: nothing to name
             names, people = np.unique(identities, return_counts=True)
             print("  identities: " + ", ".join(f"{name} {count}" for name, count in zip(names, people)))
     if args.mode == "batch" and size > 1:
         tasks, stolen = column(per_rank["steal"], "tasks_run"), column(per_rank["steal"], "tasks_stolen")
         tried, succeeded = column(per_rank["steal"], "steals_attempted"), column(per_rank["steal"], "steals_succeeded")
         for rank in range(size):
-            print(f"  rank {rank}: {int(tasks[rank])} tasks, busy {per_rank['busy_seconds'][rank]:.2f} s, "
-                  f"{int(succeeded[rank])}/{int(tried[rank])} steals succeeded, {int(stolen[rank])} tasks stolen")
+            print(f"  rank {rank}: {count_of(int(tasks[rank]), 'task')}, busy {per_rank['busy_seconds'][rank]:.2f} s, "
+                  f"{int(succeeded[rank])}/{int(tried[rank])} steals succeeded, "
+                  f"{count_of(int(stolen[rank]), 'task')} stolen")
     if args.top > 0 and not job.workload.detects:
         with h5py.File(path, "r") as handle:
             logits = handle["outputs/logits"][:5]

@@ -3,7 +3,7 @@
 Examples::
 
     python -m dcnn.plan vgg16 --nodes 20 --ram 4GiB
-    python -m dcnn.plan vgg16 --nodes 4 --ram 256MiB          # refused: says what does not fit and what would
+    python -m dcnn.plan vgg16 --nodes 4 --ram 384MiB          # refused: says what does not fit and what would
     python -m dcnn.plan mmod --input 500x1000 --nodes 2 --mem-per-rank 200MiB
     python -m dcnn.plan mmod --recognize --input 128x128 --nodes 2 --mem-per-rank 256MiB   # dcnn.recognize
 """
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from dcnn.analysis.analyze import count_of
 from dcnn.cli.common import MAX_THREADS, add_common_arguments, add_model_argument, run_main
-from dcnn.errors import InputError
+from dcnn.errors import InputError, PlanError
 from dcnn.exec.imported import PREPROCESS_CHOICES, reader_bytes
 from dcnn.exec.workloads import DETECTOR, is_detector, is_model_file, workload_input
 from dcnn.faces.descriptor import descriptor_network, resnet_structure
@@ -31,6 +31,7 @@ from dcnn.planner.plan import (
     Cluster,
     RunPlan,
     best_plan,
+    exact_conv_hint,
     for_process,
     format_bytes,
     parse_bytes,
@@ -115,7 +116,15 @@ def run(args: argparse.Namespace) -> int:
                           args.threads)
     modes = tuple(args.mode or MODES)
     candidates = plans(network, shape, cluster, args.batch_size, args.images, modes, stage=stage)
-    chosen = best_plan(candidates, network, shape, cluster, modes, stage)
+    try:
+        chosen = best_plan(candidates, network, shape, cluster, modes, stage, args.images)
+    except PlanError as error:
+        if args.exact_conv:
+            raise
+        hint = exact_conv_hint(network, shape, cluster, modes, stage, args.images, lambda: best_plan(
+            plans(network, shape, cluster, args.batch_size, args.images, modes, stage=stage), network, shape, cluster,
+            modes, stage, args.images))
+        raise PlanError(f"{error}{hint}") from None
     budget = min(cluster.budget(rank) for rank in range(cluster.size))
     shown_input = f"{size} images" + (f" (network input {format_shape(shape)})" if is_detector(args.model) else "")
     print(f"{network.name}{' with face recognition' if stage else ''} on {shown_input}, {args.images} images, "

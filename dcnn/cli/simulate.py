@@ -10,9 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from dcnn.analysis.analyze import count_of
 from dcnn.analysis.simulate import PAPER_TABLE, Machine, calibrate, format_comparison, paper_comparison, simulate
-from dcnn.cli.common import add_common_arguments, output_path, run_main
+from dcnn.cli.common import MAX_THREADS, add_common_arguments, output_path, run_main
 from dcnn.io.numbers import check_number, parse_number
+from dcnn.modes import concurrent_tasks
 from dcnn.network.graph import parse_shape
 
 
@@ -30,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nodes", default="3,6,9,12,15,18,20", help="node counts (comma-separated)")
     parser.add_argument("--images", default="100,1000,5000,10000,50000", help="image counts (comma-separated)")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1, metavar="T",
+                        help="threads per node, as python -m dcnn.infer --threads (default: 1): a node runs T tasks "
+                             "at once when the run leaves it T tasks, each holding its own working set; the "
+                             "calibrated time per image is the node's, so calibrate on runs at the same threads")
     parser.add_argument("--policy", choices=("steal", "static"), default="steal")
     parser.add_argument("--jitter", type=float, default=0.05, help="coefficient of variation of task durations")
     parser.add_argument("--image", default="128x128", metavar="HxW",
@@ -51,18 +57,23 @@ def _file_points(paths: Sequence[str]) -> list[tuple[int, int, float]]:
     return points
 
 
-def _memory_line(args: argparse.Namespace) -> str:
-    """The planner's batch-mode memory per node for the face detector at ``--image`` (the same on every node)."""
+def _memory_line(args: argparse.Namespace, nodes: int, images: int) -> str:
+    """The planner's batch-mode memory per node for the face detector at ``--image`` (the same on every node),
+    for ``images`` images on ``nodes`` nodes: the most tasks a node runs at once of the grid (the largest image
+    count on the fewest nodes, :func:`dcnn.modes.concurrent_tasks`), as the simulation runs them."""
     from dcnn.faces.detect import FaceDetector
     from dcnn.planner.plan import Cluster, format_bytes, parse_bytes, plan_for
 
     height, width = parse_shape(args.image)[-2:]
     detector = FaceDetector.load(None, 0)
-    cluster = Cluster.uniform(1, parse_bytes(args.ram))
-    plan = plan_for(detector.network, detector.input_shape(height, width), cluster, "batch", args.batch_size)
+    cluster = Cluster.uniform(nodes, parse_bytes(args.ram), threads=args.threads, task_threads=args.threads)
+    plan = plan_for(detector.network, detector.input_shape(height, width), cluster, "batch", args.batch_size,
+                    images=images)
     verdict = "fits" if plan.overflow(cluster) is None else "DOES NOT FIT"
-    return (f"memory per node (planner, batch mode, {height}x{width} images, batch {args.batch_size}): "
-            f"{format_bytes(plan.peak())} of {format_bytes(cluster.budget(0))} ({verdict})")
+    at_once = concurrent_tasks("batch", args.threads, -(-images // args.batch_size), nodes)
+    return (f"memory per node (planner, batch mode, {height}x{width} images, batch {args.batch_size}, "
+            f"{count_of(at_once, 'task')} at once): {format_bytes(plan.peak())} of {format_bytes(cluster.budget(0))} "
+            f"({verdict})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     images = [parse_number(v, "--images: each count", integer=True, minimum=1) for v in args.images.split(",")]
     check_number(args.batch_size, "--batch-size", minimum=1)
     check_number(args.jitter, "--jitter", minimum=0)
+    check_number(args.threads, "--threads", minimum=1, maximum=MAX_THREADS)
     parse_shape(args.image)
     parse_bytes(args.ram)
     if args.calibrate == "paper":
@@ -87,24 +99,27 @@ def run(args: argparse.Namespace) -> int:
     machine = Machine(per_image, startup, args.jitter, serial_seconds_per_image=serial)
     print(f"calibrated on {len(points)} runs ({args.calibrate}): {per_image:.4f} s per image per node, "
           f"{startup:.2f} s startup, {serial * 1e3:.2f} ms serial per image; policy {args.policy}, "
-          f"batch {args.batch_size}")
+          f"batch {args.batch_size}, {count_of(args.threads, 'thread')} per node")
     print(f"{'images':>7}" + "".join(f"{n:>9}" for n in nodes) + "   (simulated seconds)")
     for count in images:
-        cells = [simulate(machine, n, count, args.batch_size, policy=args.policy)["seconds"] for n in nodes]
+        cells = [simulate(machine, n, count, args.batch_size, policy=args.policy, threads=args.threads)["seconds"]
+                 for n in nodes]
         print(f"{count:>7}" + "".join(f"{c:9.1f}" for c in cells))
-    print(_memory_line(args))
+    print(_memory_line(args, min(nodes), max(images)))
     if args.calibrate == "files":
         print(f"\nreal runs against the simulation calibrated on the np={fewest} runs")
         print(f"{'ranks':>5} {'images':>7} {'measured s':>11} {'simulated s':>12} {'error':>7}")
         for nodes, count, seconds in sorted(measured):
-            simulated = simulate(machine, nodes, count, args.batch_size, policy=args.policy)["seconds"]
+            simulated = simulate(machine, nodes, count, args.batch_size, policy=args.policy,
+                                 threads=args.threads)["seconds"]
             print(f"{nodes:>5} {count:>7} {seconds:11.2f} {simulated:12.2f} {(simulated - seconds) / seconds:+7.1%}")
     if args.calibrate.startswith("paper"):
-        text = format_comparison(paper_comparison(machine, args.batch_size, args.policy))
+        text = format_comparison(paper_comparison(machine, args.batch_size, args.policy, threads=args.threads))
         print("\n" + text)
         if args.markdown:
             with open(output_path(args.markdown, "--markdown"), "w") as handle:
-                handle.write(f"Simulated (policy {args.policy}, batch {args.batch_size}, calibration {args.calibrate}: "
+                handle.write(f"Simulated (policy {args.policy}, batch {args.batch_size}, "
+                             f"{count_of(args.threads, 'thread')} per node, calibration {args.calibrate}: "
                              f"{per_image:.4f} s per image per node, {startup:.2f} s startup, {serial * 1e3:.2f} ms "
                              f"serial per image) against the paper's table\n\n{text}\n")
     return 0

@@ -113,6 +113,12 @@ def workload_input(name: str, size: str | None = None, detector: FaceDetector | 
     return network, shape, size or format_shape(shape)
 
 
+def _untolerated(error: InputError) -> InputError:
+    """An image that passed the header scan but fails mid-run (a truncated JPEG has no checksum) without
+    ``--skip-unreadable``: the error says how to go on, since resuming alone would stop at it again."""
+    return InputError(f"{error}; continue with --resume and --skip-unreadable to skip it (recorded in the file)")
+
+
 def _size_groups(images: ImageSet, start: int, stop: int, skip: Container[int], tolerate: bool,
                  read: Callable[[list[int]], np.ndarray], agree: Callable[[list[Skip]], list[Skip]] | None = None,
                  ) -> tuple[list[tuple[list[int], np.ndarray]], list[Skip]]:
@@ -131,16 +137,16 @@ def _size_groups(images: ImageSet, start: int, stop: int, skip: Container[int], 
             groups.setdefault(images.image_shape(index), []).append(index)
         except InputError as error:
             if not tolerate:
-                raise
+                raise _untolerated(error) from None
             failed.append(skip_for(images, index, error))
     batches = []
     for indices in groups.values():
         try:
             batches.append((indices, read(indices)))
             continue
-        except InputError:
+        except InputError as error:
             if not tolerate:
-                raise
+                raise _untolerated(error) from None
         readable, parts = [], []
         for index in indices:  # find the images that failed; read the others one by one
             try:

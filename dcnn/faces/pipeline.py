@@ -25,6 +25,7 @@ from dcnn.faces.jitter import jittered_chips
 from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
 from dcnn.faces.shape_predictor import ShapePredictor, grey_levels, read_shape_predictor
 from dcnn.io.images import image_formats, is_image_file, open_image
+from dcnn.io.pixels import rgb8
 from dcnn.network.graph import Network
 
 __all__ = [
@@ -231,7 +232,7 @@ def load_gallery(folder: str | os.PathLike, detector: FaceDetector, run, describ
     names: list[str] = []
     person, descriptors, warnings = [], [], []
     for name, path in known_images(folder):
-        image = np.asarray(open_image(path).convert("RGB"))
+        image = rgb8(open_image(path), str(path))  # as the --input images are read (16-bit, alpha, ...)
         boxes = detector.detect(image[None], run)[0]
         if len(boxes) == 0:
             raise InputError(f"--known: no face found in {path}")

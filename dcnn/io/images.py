@@ -18,6 +18,7 @@ give the same network input, bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -307,7 +308,7 @@ class FolderImageSet(ImageSet):
                 if verify:
                     image.verify()
         except _image_errors() as error:
-            raise InputError(f"{self.files[index]}: cannot read image ({error or type(error).__name__})") from None
+            raise _unreadable(self.files[index], error) from None
         self._sizes[index] = (height, width)
         return height, width
 
@@ -371,6 +372,20 @@ def _image_errors() -> tuple[type[BaseException], ...]:
     return (*DAMAGED_FILE_ERRORS, UnidentifiedImageError, Image.DecompressionBombError)
 
 
+def _unreadable(path: str | os.PathLike, error: BaseException) -> InputError:
+    """The one-line error for an image file that Pillow cannot read (``error``, one of :func:`_image_errors`): an
+    empty file, a file in no format Pillow reads (a text file named ``.jpg``; Pillow's own message only repeats
+    the path), or Pillow's reason (a truncated file, a decompression bomb)."""
+    from PIL import UnidentifiedImageError
+
+    with contextlib.suppress(OSError):
+        if os.path.getsize(path) == 0:
+            return InputError(f"{path}: cannot read image (empty file)")
+    if isinstance(error, UnidentifiedImageError):
+        return InputError(f"{path}: cannot read image (not in any image format Pillow reads)")
+    return InputError(f"{path}: cannot read image ({error or type(error).__name__})")
+
+
 def open_image(path: str | os.PathLike):
     """One image file, decoded (a PIL image).
 
@@ -385,7 +400,7 @@ def open_image(path: str | os.PathLike):
         image = Image.open(path)
         image.load()
     except _image_errors() as error:
-        raise InputError(f"{path}: cannot read image ({error or type(error).__name__})") from None
+        raise _unreadable(path, error) from None
     return image
 
 

@@ -11,7 +11,13 @@ rules are in ``dlib/pixel.h``):
 
 The other formats read from a folder (BMP, GIF, TIFF, WebP, ...: :data:`dcnn.io.images.PHOTO_FORMATS`) decode to
 the same Pillow modes and follow the same rules (dlib reads BMP, GIF and WebP with them too); a mode outside them
-(floating-point samples) is refused from the file's header (:func:`check_mode`).
+(floating-point samples, which have no fixed range) is refused from the file's header (:func:`check_mode`).
+
+Wider and signed integer samples (TIFF, whose tags give their bits and sign, and 16-bit PNG) read by the high
+byte of their range: ``(v - low) >> (bits - 8)``, ``low`` the smallest value of the sample format (0, or
+``-2**(bits - 1)`` for signed samples, whose zero becomes mid-grey); 12-bit TIFF samples by their top 8 bits.
+Colour with padding (``RGBX``) drops the padding; CIE L*a*b* (a TIFF of photometric interpretation 8) converts to
+sRGB through littleCMS (Pillow's ``ImageCms``, D50 Lab to sRGB).
 
 For 16-bit PNGs dlib's result is not an image: grey saturates to 255 (``assign_pixel`` clamps a ``uint16`` to
 255) and colour keeps the low byte (``static_cast<uint8>``). dcnn reads them as their 8-bit equivalents
@@ -22,24 +28,67 @@ to the full 16-bit range, so the high byte is right for them too. EXIF orientati
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from dcnn.errors import InputError
 
 __all__ = ["check_mode", "composite_over_black", "rgb8"]
 
-#: Pillow modes of 16- and 32-bit integer grey samples (a 16-bit grey PNG opens as one of them).
-_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+#: Pillow modes of 16- and 32-bit integer grey samples (a 16-bit grey PNG opens as one of them; Pillow before 10
+#: opened a signed 16-bit TIFF as one of the ``S`` modes, later ones open it as ``I``).
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "I;16S", "I;16BS", "I;16LS")
+#: TIFF tags (TIFF 6.0, sections 8 and 19): bits per sample, and the sample format, 2 for signed integers.
+_BITS_PER_SAMPLE, _SAMPLE_FORMAT, _SIGNED = 258, 339, 2
 #: Modes whose alpha channel (or transparency) dlib ignores: grey + alpha.
 _GREY_ALPHA = ("LA", "La")
 #: PNG colour type of grey + alpha (PNG specification, 11.2.2).
 PNG_GREY_ALPHA = 4
 #: Modes converted by Pillow exactly as dlib converts them.
-_PLAIN = ("1", "L", "RGB", "CMYK", "YCbCr", "P")
+_PLAIN = ("1", "L", "RGB", "RGBX", "CMYK", "YCbCr", "P")
+#: CIE L*a*b* (converted to sRGB by :func:`_lab_to_srgb`).
+_LAB = "LAB"
 #: Modes with an alpha channel composited over black.
 _ALPHA = ("RGBA", "RGBa", "PA")
 #: Every mode :func:`rgb8` reads.
-READABLE_MODES = frozenset((*_WIDE_GREY, *_GREY_ALPHA, *_ALPHA, *_PLAIN))
+READABLE_MODES = frozenset((*_WIDE_GREY, *_GREY_ALPHA, *_ALPHA, *_PLAIN, _LAB))
+
+
+def _tag(image, tag: int) -> int | None:
+    """The first value of a TIFF tag of ``image`` (``None`` for other images or an absent tag)."""
+    value = getattr(image, "tag_v2", {}).get(tag) if image.format == "TIFF" else None
+    return value[0] if isinstance(value, tuple) and value else value
+
+
+def integer_format(image) -> tuple[int, bool]:
+    """``(bits, signed)`` of a grey image's integer samples.
+
+    From a TIFF's ``BitsPerSample`` and ``SampleFormat`` tags (12-bit samples open in 16-bit modes, signed ones in
+    ``I``); else from the Pillow mode: the ``S`` modes are signed 16-bit, ``L`` is 8-bit and the other wide ones
+    are 16-bit (a 16-bit PNG, the only other source of ``I``). Bits below 8 count as 8 (Pillow scales them).
+    """
+    signed = _tag(image, _SAMPLE_FORMAT) == _SIGNED or image.mode.endswith("S")
+    bits = _tag(image, _BITS_PER_SAMPLE) or (8 if image.mode == "L" else 16)
+    return max(8, int(bits)), signed
+
+
+def grey8(samples: np.ndarray, bits: int, signed: bool) -> np.ndarray:
+    """Integer grey samples of ``bits`` bits as uint8: ``(v - low) >> (bits - 8)``, ``low`` the format's smallest
+    value (0, or ``-2**(bits - 1)`` when ``signed``), values outside the format clipped to it. ``H x W`` in, out."""
+    if signed and samples.dtype == np.uint8:
+        samples = samples.view(np.int8)  # Pillow opens a signed 8-bit TIFF as L, its bytes unchanged
+    low = -(1 << (bits - 1)) if signed else 0
+    shifted = np.clip(samples.astype(np.int64) - low, 0, (1 << bits) - 1)
+    return (shifted >> (bits - 8)).astype(np.uint8)
+
+
+@functools.cache
+def _lab_to_srgb():
+    """littleCMS's transform of Pillow's ``LAB`` images (D50 L*a*b*, a and b offset by 128) to sRGB."""
+    from PIL import ImageCms
+
+    return ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
 
 
 def _png_colour_type(image) -> int | None:
@@ -82,10 +131,13 @@ def rgb8(image, name: str = "image") -> np.ndarray:
     """
     check_mode(image, name)
     mode = image.mode
-    if mode in _WIDE_GREY:
-        samples = np.asarray(image)
-        grey = (np.clip(samples.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
+    bits, signed = integer_format(image)
+    if mode in _WIDE_GREY or (mode == "L" and signed):
+        return np.repeat(grey8(np.asarray(image), bits, signed)[..., None], 3, axis=2)
+    if mode == _LAB:
+        from PIL import ImageCms
+
+        return np.asarray(ImageCms.applyTransform(image, _lab_to_srgb()))
     if mode in _GREY_ALPHA or (mode == "RGBA" and _png_colour_type(image) == PNG_GREY_ALPHA):
         # Pillow opens 16-bit grey + alpha as RGBA with R = G = B
         return np.asarray(image.getchannel(0).convert("RGB"))

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -47,7 +47,7 @@ from dcnn.decomposition.spatial import fc_shards, plan_spatial
 from dcnn.errors import InputError, PlanError
 from dcnn.io.config import read_toml
 from dcnn.io.numbers import check_number
-from dcnn.kernels.conv import choose_method, layout_bytes
+from dcnn.kernels.conv import choose_method, layout_bytes, set_exact
 from dcnn.kernels.winograd import TILE, scratch_bytes
 from dcnn.modes import PLANNED_MODES as MODES
 from dcnn.modes import concurrent_tasks
@@ -56,8 +56,8 @@ from dcnn.network.layers import Conv2d, Linear, Shape
 
 __all__ = [
     "DEFAULT_MACS_PER_SECOND", "MODES", "RUNTIME_BYTES", "Cluster", "Node", "RunPlan", "Stage", "best_plan",
-    "choose_plan", "for_process", "format_bytes", "parse_bytes", "plan_for", "plan_shapes", "plans",
-    "worst_shapes",
+    "choose_plan", "exact_conv_hint", "for_process", "format_bytes", "nodes_that_fit", "parse_bytes", "plan_for",
+    "plan_shapes", "plans", "worst_shapes",
 ]
 
 MIB, GIB = 2**20, 2**30
@@ -753,7 +753,7 @@ def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: i
         When no plan fits, naming what does not fit, the bytes needed and available, and what would fit.
     """
     candidates = plans(network, input_shape, cluster, batch, images, modes, batch_images, tile_limit, stage)
-    chosen = best_plan(candidates, network, input_shape, cluster, modes, stage)
+    chosen = best_plan(candidates, network, input_shape, cluster, modes, stage, images)
     if not others:
         return chosen
     feasible = sorted((plan for plan in candidates if plan.overflow(cluster) is None),
@@ -771,7 +771,7 @@ def choose_plan(network: Network, input_shape: Shape, cluster: Cluster, batch: i
 
 
 def best_plan(candidates: list[RunPlan], network: Network, input_shape: Shape, cluster: Cluster,
-              modes: tuple[str, ...] = MODES, stage: Stage | None = None) -> RunPlan:
+              modes: tuple[str, ...] = MODES, stage: Stage | None = None, images: int = 1) -> RunPlan:
     """:func:`choose_plan` among candidates already computed by :func:`plans` (same arguments)."""
     if not candidates:
         raise PlanError(f"no {' or '.join(modes)} plan for {cluster.size} nodes: a rank grid that large leaves "
@@ -779,12 +779,16 @@ def best_plan(candidates: list[RunPlan], network: Network, input_shape: Shape, c
     feasible = [plan for plan in candidates if plan.overflow(cluster) is None]
     if feasible:
         return min(feasible, key=lambda plan: (plan.seconds, -plan.batch, plan.peak()))
-    raise PlanError(explain_infeasible(network, input_shape, cluster, min(candidates, key=RunPlan.peak), modes, stage))
+    # The leanest candidate; among equals (a set with fewer images than the batch plans them all alike) the
+    # smallest batch, the one its message names.
+    leanest = min(candidates, key=lambda plan: (plan.peak(), plan.batch))
+    raise PlanError(explain_infeasible(network, input_shape, cluster, leanest, modes, stage, images))
 
 
 def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, plan: RunPlan,
-                       modes: tuple[str, ...] = MODES, stage: Stage | None = None) -> str:
-    """Why ``plan`` (the leanest candidate, with ``stage`` if given) does not fit, and what would."""
+                       modes: tuple[str, ...] = MODES, stage: Stage | None = None, images: int = 1) -> str:
+    """Why ``plan`` (the leanest candidate, with ``stage`` if given) does not fit, and what would (the node
+    count of :func:`nodes_that_fit` for the run's ``images``)."""
     rank, needed, available = plan.overflow(cluster)
     item, what = plan.largest_item(rank)
     message = (f"{network.name} on {format_shape(input_shape)} does not fit: even the leanest plan "
@@ -797,7 +801,7 @@ def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, p
         models, work = items[f"{stage.name} models"], items[f"{stage.name} activations"]
         message += (f". Whatever the plan, every node holds the {stage.name} models ({format_bytes(models)}) and "
                     f"their working set ({format_bytes(work)})")
-    nodes = _nodes_that_fit(network, input_shape, cluster, modes, stage)
+    nodes = nodes_that_fit(network, input_shape, cluster, modes, stage, images)
     if nodes is not None:
         message += f". It fits on {nodes} such nodes"
         if plan.mode == "batch" or "weights" in item:
@@ -807,22 +811,52 @@ def explain_infeasible(network: Network, input_shape: Shape, cluster: Cluster, p
     return message
 
 
+def exact_conv_hint(network: Network, input_shape: Shape, cluster: Cluster, modes: tuple[str, ...],
+                    stage: Stage | None, images: int, choose: Callable[[], RunPlan]) -> str:
+    """The end of the message of a run without ``--exact-conv`` that nothing fits: what the exact kernels' filter
+    layouts would change, or ``""`` if nothing.
+
+    Winograd's transformed filters are four times the 3x3 ones and every rank holds them (VGG-16 on 384 MiB nodes:
+    no node count fits with them, 8 nodes do without). ``choose`` plans the run again as its command does
+    (``best_plan`` of the candidates, or ``choose_plan``), raising :class:`PlanError` when nothing fits; it runs
+    with the exact layouts (:func:`dcnn.kernels.conv.set_exact`), which are reset afterwards. Without a plan that
+    fits, the hint is the fewer nodes of :func:`nodes_that_fit`, if fewer.
+    """
+    exact_layouts = "with --exact-conv (filters in the exact kernels' layouts, not Winograd's) it fits"
+    without = nodes_that_fit(network, input_shape, cluster, modes, stage, images)
+    set_exact(True)
+    try:
+        try:
+            return f"; {exact_layouts}: {choose().describe()}"
+        except PlanError:
+            exact = nodes_that_fit(network, input_shape, cluster, modes, stage, images)
+    finally:
+        set_exact(False)
+    fewer = exact is not None and (without is None or exact < without)
+    return f"; {exact_layouts} on {exact} such nodes" if fewer else ""
+
+
 def _fixed_bytes(input_shape: Shape, cluster: Cluster, stage: Stage | None) -> int:
     """What every rank holds whatever the node count: the runtime, one input, and a stage's models and work."""
     held = cluster.runtime_bytes + _input_bytes(input_shape, 1)
     return held + (0 if stage is None else sum(stage.memory(input_shape, 1).values()))
 
 
-def _nodes_that_fit(network: Network, input_shape: Shape, cluster: Cluster, modes: tuple[str, ...],
-                    stage: Stage | None = None) -> int | None:
-    """The fewest equal copies of the smallest node that hold some plan (``None`` if more than MAX_NODES)."""
+def nodes_that_fit(network: Network, input_shape: Shape, cluster: Cluster, modes: tuple[str, ...],
+                    stage: Stage | None = None, images: int = 1) -> int | None:
+    """The fewest equal copies of the smallest node that hold some plan (``None`` if more than MAX_NODES).
+
+    Each count's batch-mode plan runs the tasks at once that its ranks would have for the run's ``images``
+    (:func:`plan_for`, :func:`dcnn.modes.concurrent_tasks`): more nodes leave each rank fewer tasks, so a rank of
+    ``cluster.task_threads`` threads may run one task where it ran several.
+    """
     smallest = min(cluster.nodes, key=lambda node: node.ram)
     if _fixed_bytes(input_shape, cluster, stage) >= int(smallest.ram * cluster.fraction):
         return None  # what every rank holds whatever the node count does not fit
 
     def fits(count: int) -> bool:
         larger = replace(cluster, nodes=tuple(Node(f"node{i}", smallest.ram) for i in range(count)))
-        candidates = [plan_for(network, input_shape, larger, mode, 1, grid, halo_policy, stage=stage)
+        candidates = [plan_for(network, input_shape, larger, mode, 1, grid, halo_policy, images, stage=stage)
                       for mode, grid, halo_policy in _lean_configurations(network, input_shape, count, modes)]
         return any(plan.overflow(larger) is None for plan in candidates)
 
