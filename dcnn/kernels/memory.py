@@ -40,7 +40,7 @@ POOL_BUFFERS = 3
 
 #: Freed memory at the top of glibc's heap that :func:`steady_heap` lets it keep rather than trim.
 HEAP_TRIM_BYTES = 256 << 20
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc's malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt parameters (glibc's malloc.h)
 
 _local = threading.local()
 
@@ -99,16 +99,18 @@ def empty_float32(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def steady_heap() -> bool:
-    """Fix glibc's malloc thresholds for the process: arrays below :data:`POOL_MIN_BYTES` from the heap, and up
-    to :data:`HEAP_TRIM_BYTES` of freed heap kept.
+    """Fix glibc's malloc for the process: arrays below :data:`POOL_MIN_BYTES` from the heap, up to
+    :data:`HEAP_TRIM_BYTES` of freed heap kept, and one heap for every thread.
 
     By default glibc moves both thresholds as a program frees memory (up to 32 MiB for mmap), so whether a
     batch's mid-sized arrays (the face detector's pyramid levels, 3-13 MB at batch 16) come from reused heap or
     from fresh, faulting pages depends on the order of earlier frees: a change of one layer's buffer sizes made
     the detector fault 350 pages per image (0.5 ms) more. Fixed, they never fault after the first batch. What is
-    kept is memory the run used at its peak, so the peak does not grow. The main thread's heap only: task threads
-    allocate from glibc's per-thread arenas, which it trims whatever the thresholds. Called by the command line
-    (:func:`dcnn.cli.common.run_main`).
+    kept is memory the run used at its peak, so the peak does not grow. Threads would each get an arena of their
+    own, which glibc trims whatever the thresholds: batch mode's task threads share the main heap instead (their
+    few, large allocations hardly contend for its lock; the detector at 1 rank x 2 threads on 480 faces: 44k
+    page faults against 73-128k, and 0.29 s for each thread's first task against 0.43). Call it before any
+    thread starts; the command line does (:func:`dcnn.cli.common.run_main`).
 
     Returns
     -------
@@ -120,4 +122,5 @@ def steady_heap() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.restype, mallopt.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(_M_MMAP_THRESHOLD, POOL_MIN_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_BYTES))
+    return all(mallopt(parameter, value) for parameter, value in (
+        (_M_MMAP_THRESHOLD, POOL_MIN_BYTES), (_M_TRIM_THRESHOLD, HEAP_TRIM_BYTES), (_M_ARENA_MAX, 1)))
