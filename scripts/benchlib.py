@@ -96,12 +96,16 @@ def timed(function, *args):
 def face_bench(path: str, upsample: int = 1) -> tuple:
     """The face benchmarks' setting: the images of an HDF5 set (``images``, N x H x W x 3 uint8), the installed
     :class:`~dcnn.faces.detect.FaceDetector` at ``upsample`` and its compiled network (a
-    :class:`~dcnn.exec.forward.Forward`), the kernels at one thread. The MPI benchmarks do not load the detector."""
+    :class:`~dcnn.exec.forward.Forward`), the kernels at one thread, and glibc's heap set as the command line sets
+    it (:func:`dcnn.kernels.memory.steady_heap`). The MPI benchmarks do not load the detector."""
     import h5py
 
     from dcnn.exec.forward import Forward
     from dcnn.faces.detect import FaceDetector
     from dcnn.kernels import threads
+    from dcnn.kernels.memory import steady_heap
+
+    steady_heap()
 
     with h5py.File(path, "r") as handle:
         images = handle["images"][()]

@@ -174,3 +174,31 @@ def test_the_input_shape_is_geometry_and_equals_the_pyramid(detector_file, upsam
     for height, width in [(10, 10), (37, 91), (128, 128), (300, 17)]:
         tensor, _ = detector.prepare(np.zeros((1, height, width, 3), np.uint8))
         assert detector.input_shape(height, width) == tensor.shape[1:]
+
+
+def test_the_first_convolution_reads_the_pyramid_in_place(monkeypatch, detector_file):
+    """Given what runs the network, ``prepare`` builds the pyramid in a buffer of the rows the first convolution
+    reads in place (no copy of its 3-channel input), through a compiled network or batch mode's one-process
+    engine (which hands the layer a box a row short of the tensor, past its last level), with the scores of a
+    plain tensor bit for bit."""
+    from dcnn.kernels import conv
+    from dcnn.parallel.spatial import SpatialEngine
+
+    detector = FaceDetector.load(detector_file, 1)
+    forward = Forward(detector.network, detector.weights)
+    images = np.random.default_rng(2).integers(0, 256, (2, 41, 37, 3), dtype=np.uint8)
+    plain, rects = detector.prepare(images)
+    copies = []
+    row_phases = conv._row_phases_into
+    monkeypatch.setattr(conv, "_row_phases_into", lambda planes, x, *rest: copies.append(x.shape[1]) or
+                        row_phases(planes, x, *rest))
+    with SpatialEngine(detector.network, detector.weights, plain.shape[1:], None, forward=forward) as engine:
+        for run in (forward, engine):
+            shared, shared_rects = detector.prepare(images, run)
+            np.testing.assert_array_equal(shared, plain)
+            assert shared_rects == rects
+            assert shared.strides[0] == forward.input_rows(plain.shape[2]) * shared.strides[2]
+            copies.clear()
+            scores = run(shared)
+            assert 3 not in copies
+            np.testing.assert_array_equal(scores, run(plain.copy()))

@@ -445,3 +445,15 @@ def test_a_reader_given_another_array_copies_it(rng):
     weight, bias, _ = filters[1]
     np.testing.assert_allclose(consumer(shared, 1, workspace), np.maximum(
         reference.conv2d(copy, weight, bias, (2, 2), (1, 1, 1, 1), (1, 1), 1), 0), rtol=1e-4, atol=1e-4)
+
+
+def test_a_shared_input_may_be_read_short_of_its_zero_rows():
+    """A shared input is read in place through any view of its top left that keeps every row before its zeros
+    (an engine's box of the face detector's pyramid ends inside its zero border), never one that cuts data."""
+    workspace = conv.Workspace()
+    memory = np.zeros((2, 12, 9, 3), np.float32)
+    tensor = memory[:, :10].transpose(0, 3, 1, 2)
+    workspace.share_rows(tensor, 12, zero_from=8)
+    assert [workspace.shared_rows(tensor[:, :, :rows, :width]) for rows, width in [(10, 9), (8, 7), (7, 9)]] == \
+        [12, 12, None]
+    assert workspace.shared_rows(tensor[:, :, 1:9]) is None and workspace.shared_rows(tensor[:1].copy()) is None

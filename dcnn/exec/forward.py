@@ -513,6 +513,22 @@ class Forward:
             owned.add(names[index])
         return tensors[names[stop - 1]]
 
+    def input_rows(self, height: int) -> int | None:
+        """Rows per image of an input buffer that the first layer can read in place (:meth:`share_input`) for
+        inputs of ``height`` rows, or ``None`` if it copies whatever it is given (see *Reading the layer before
+        in place*, docs/architecture.md)."""
+        op = self.ops[0] if self.ops else None
+        kernel = None if op is None else op.kernel
+        if (not isinstance(kernel, Conv2dKernel) or not kernel.reads_in_place()
+                or any(op.layer.window.declared_padding())):
+            return None
+        return kernel.stride[0] * kernel.rows_per_image(height, 0)
+
+    def share_input(self, x: np.ndarray, rows: int, zero_from: int) -> None:
+        """Let the first layer read ``x`` ``(B, C, H, W)`` in place on this thread's next run: a view of
+        channels-last memory of :meth:`input_rows` rows per image, zeros from row ``zero_from`` on."""
+        self.workspace.share_rows(x, rows, zero_from)
+
     def _read_in_place(self, absorbed: set[int]) -> None:
         """Let a kernel-row convolution read the one before it in place (:attr:`Conv2dKernel.reader`): where a
         convolution's output, through layers folded into it, is read only by the next convolution, unpadded, whose

@@ -203,8 +203,9 @@ class Detection:
                                        lambda indices: images.read_at(indices, None), agree)
         records = [np.zeros(0, DETECTION_DTYPE)]
         for indices, pixels in batches:
-            tensor, rects = self.detector.prepare(pixels)
-            scores = engine_for(tensor.shape[1:])(tensor)
+            engine = engine_for(self.detector.input_shape(*pixels.shape[1:3]))
+            tensor, rects = self.detector.prepare(pixels, engine)
+            scores = engine(tensor)
             records += [to_records([self.detector.decode(s, rects)], index) for index, s in zip(indices, scores)]
         records = np.concatenate(records)
         return records[np.argsort(records["image"], kind="stable")], failed

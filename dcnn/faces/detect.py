@@ -183,16 +183,27 @@ class FaceDetector:
         require_finite(weights, str(source))
         return cls(model, network, weights, upsample)
 
-    def prepare(self, images: np.ndarray) -> tuple[np.ndarray, list]:
-        """``B x H x W x 3`` uint8 images (one size) to the network input and the pyramid level rectangles."""
+    def prepare(self, images: np.ndarray, run: object = None) -> tuple[np.ndarray, list]:
+        """``B x H x W x 3`` uint8 images (one size) to the network input and the pyramid level rectangles.
+
+        ``run``, what will run the network on it (a :class:`~dcnn.exec.forward.Forward` or an engine with one as
+        ``forward``): where its first convolution can read the pyramid in place
+        (:meth:`~dcnn.exec.forward.Forward.input_rows`), the tensor is built in a buffer of the rows it reads
+        and shared with it, which saves that layer's copy of its input.
+        """
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ShapeError(f"the face detector takes N x H x W x 3 uint8 RGB images, got {images.shape} "
                              f"{images.dtype}")
         if min(images.shape[1:3]) < MIN_IMAGE_SIDE:
             raise ShapeError(f"a {images.shape[1]}x{images.shape[2]} image is too small for the face detector "
                              f"(dlib needs at least {MIN_IMAGE_SIDE} x {MIN_IMAGE_SIDE})")
-        return pyramid_tensor(images, self.model.mean_rgb, self.model.pyramid_padding,
-                              self.model.pyramid_outer_padding, self.upsample)
+        reader = run if hasattr(run, "input_rows") else getattr(run, "forward", None)
+        rows = reader.input_rows(self.input_shape(*images.shape[1:3])[1]) if hasattr(reader, "input_rows") else None
+        tensor, rects = pyramid_tensor(images, self.model.mean_rgb, self.model.pyramid_padding,
+                                       self.model.pyramid_outer_padding, self.upsample, rows or 0)
+        if rows:
+            reader.share_input(tensor, rows, max(bottom for _, _, _, bottom in rects) + 1)
+        return tensor, rects
 
     def input_shape(self, height: int, width: int) -> Shape:
         """The per-image network input shape for ``height x width`` images (geometry only, no pixels)."""
@@ -237,7 +248,7 @@ class FaceDetector:
         ShapeError
             For images that are not ``(B, H, W, 3)`` uint8 or are too small.
         """
-        tensor, rects = self.prepare(images)
+        tensor, rects = self.prepare(images, run)
         scores = run(tensor)
         return [self.decode(scores[i], rects) for i in range(len(images))]
 

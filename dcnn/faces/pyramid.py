@@ -315,7 +315,7 @@ def upsample_image(image: np.ndarray) -> np.ndarray:
 
 
 def pyramid_tensor(images: np.ndarray, mean_rgb: tuple[float, float, float], padding: int = 10,
-                   outer: int = 11, upsample: int = 0) -> tuple[np.ndarray, list[Rect]]:
+                   outer: int = 11, upsample: int = 0, buffer_rows: int = 0) -> tuple[np.ndarray, list[Rect]]:
     """The network input for a batch of equally sized images, and the level rectangles.
 
     The images are first upsampled ``upsample`` times (:func:`upsample_image`); the levels are then computed
@@ -332,12 +332,15 @@ def pyramid_tensor(images: np.ndarray, mean_rgb: tuple[float, float, float], pad
         Pixels between levels and around the whole (:func:`tiled_layout`).
     upsample : int
         How many times to double the images first.
+    buffer_rows : int
+        Rows per image of the memory behind the tensor, if more than its own (zeros past them): what the
+        detector's first convolution reads in place (:meth:`dcnn.exec.forward.Forward.input_rows`).
 
     Returns
     -------
     tensor : numpy.ndarray
-        ``(B, 3, rows, cols)`` float32, a view of channels-last memory ``(B, rows, cols, 3)``: what the
-        detector's first convolution reads by whole rows of pixels (:mod:`dcnn.kernels.conv`, *rows*).
+        ``(B, 3, rows, cols)`` float32, a view of channels-last memory ``(B, max(rows, buffer_rows), cols, 3)``:
+        what the detector's first convolution reads by whole rows of pixels (:mod:`dcnn.kernels.conv`).
     rects : list of Rect
         Each level's inclusive rectangle in the tensor, level 0 first.
     """
@@ -345,12 +348,12 @@ def pyramid_tensor(images: np.ndarray, mean_rgb: tuple[float, float, float], pad
     for _ in range(upsample):
         height, width = upsampled_size(height, width)
     rows, cols, rects = tiled_layout(pyramid_sizes(height, width), padding, outer)
-    pixels = empty_float32((batch, rows, cols, 3))
+    pixels = empty_float32((batch, max(rows, buffer_rows), cols, 3))
     pixels.fill(0)
     # Slices of the batch on the kernel threads: every plane's arithmetic is its own, so any split is bit-exact.
     parallel_for(lambda part: _fill_pyramid(pixels[part.start:part.stop], images[part.start:part.stop], mean_rgb,
                                             rects, upsample), range(batch))
-    return pixels.transpose(0, 3, 1, 2), rects
+    return pixels[:, :rows].transpose(0, 3, 1, 2), rects
 
 
 def _fill_pyramid(pixels: np.ndarray, images: np.ndarray, mean_rgb: tuple[float, float, float], rects: list[Rect],

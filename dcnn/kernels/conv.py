@@ -281,19 +281,20 @@ class Workspace:
         """Bytes held for the calling thread."""
         return sum(buffer.nbytes for buffer in self._local.__dict__.values())
 
-    def share_rows(self, out: np.ndarray, rows: int) -> None:
-        """Record that ``out``, a kernel-row output view, lies in a channels-last buffer of ``rows`` rows per
-        image whose rows past ``out``'s are zeros: what a following kernel may read in place
-        (:meth:`shared_rows`). The calling thread's last record only; it holds no reference to ``out``."""
-        self._shared.record = (weakref.ref(out), rows)
+    def share_rows(self, out: np.ndarray, rows: int, zero_from: int | None = None) -> None:
+        """Record that ``out`` ``(B, C, H, W)``, a view of channels-last memory, lies in a buffer of ``rows`` rows
+        per image whose rows from ``zero_from`` (default ``H``) on are zeros: what a following kernel may read in
+        place (:meth:`shared_rows`). The calling thread's last record only; it holds no reference to ``out``."""
+        self._shared.record = (weakref.ref(out), rows, out.shape[2] if zero_from is None else zero_from)
 
     def shared_rows(self, x: np.ndarray) -> int | None:
-        """The rows per image recorded by :meth:`share_rows` if ``x`` is that array, or its left part (fewer
-        columns: a spatial engine's input box), and it is alive (so its memory is no other array's); else
-        ``None``."""
+        """The rows per image recorded by :meth:`share_rows` if ``x`` is that array or its top left part (a
+        spatial engine's input box) holding every row before the zeros, and it is alive (so its memory is no
+        other array's); else ``None``."""
         record = getattr(self._shared, "record", None)
         out = None if record is None else record[0]()
-        if (out is None or x.strides != out.strides or x.shape[:3] != out.shape[:3] or x.shape[3] > out.shape[3]
+        if (out is None or x.strides != out.strides or x.shape[:2] != out.shape[:2]
+                or not record[2] <= x.shape[2] <= out.shape[2] or x.shape[3] > out.shape[3]
                 or x.__array_interface__["data"][0] != out.__array_interface__["data"][0]):
             return None
         return record[1]
