@@ -6,7 +6,14 @@ exit_on_interrupt_while_starting()  # this module is the command: Ctrl-C from it
 
 from dcnn.cli.infer import main  # noqa: E402
 
-__all__ = ["main"]
+__all__ = ["command", "main"]
+
+
+def command() -> None:
+    """The installed ``dcnn-infer`` script: :func:`main`, ended as ``python -m dcnn.infer`` ends
+    (:func:`exit_command`)."""
+    exit_command(main())
+
 
 if __name__ == "__main__":
-    exit_command(main())
+    command()

@@ -2,6 +2,7 @@
 closed pipes, output folders created or refused in one line (``dcnn/cli/common.py`` and the commands)."""
 
 import argparse
+import platform
 import re
 import subprocess
 import sys
@@ -255,3 +256,45 @@ def test_the_model_is_positional_or_an_option_exactly_once(command, capsys):
         with pytest.raises(SystemExit) as exit_code:
             main(argv)
         assert exit_code.value.code == EXIT_USAGE and message in capsys.readouterr().err
+
+
+ARENAS_SCRIPT = """
+import argparse, ctypes, threading
+import numpy as np
+from dcnn.cli.common import add_common_arguments, run_main
+def allocate():
+    for _ in range(3):
+        array = np.ones(300_000, np.float32)
+        del array
+def body(args):  # as a rank with task threads
+    threads = [threading.Thread(target=allocate) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ctypes.CDLL(None).malloc_stats()  # one 'Arena N:' line per malloc arena, on stderr
+    return 0
+parser = argparse.ArgumentParser()
+add_common_arguments(parser)
+run_main(body, parser, [])
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc arenas")
+def test_a_command_s_threads_share_one_malloc_heap():
+    """Every thread of a command allocates from the main heap, whose thresholds the command fixed
+    (dcnn.kernels.memory.steady_heap): set after the watchdog thread had started, that thread's arena was handed
+    to one of two task threads."""
+    result = subprocess.run([sys.executable, "-c", ARENAS_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert re.findall(r"^Arena \d+:", result.stderr, re.MULTILINE) == ["Arena 0:"]
+
+
+def test_installed_scripts_end_as_the_modules_do():
+    """Before: dcnn-infer and dcnn-model called main and skipped exit_command (a finished rank waiting in MPI's
+    finalize was still killed by Ctrl-C)."""
+    from importlib.metadata import entry_points
+
+    scripts = {point.name: point.value for point in entry_points(group="console_scripts")
+               if point.name.startswith("dcnn-")}
+    assert scripts == {"dcnn-infer": "dcnn.infer:command", "dcnn-model": "dcnn.model:command"}

@@ -457,3 +457,13 @@ def test_a_shared_input_may_be_read_short_of_its_zero_rows():
     assert [workspace.shared_rows(tensor[:, :, :rows, :width]) for rows, width in [(10, 9), (8, 7), (7, 9)]] == \
         [12, 12, None]
     assert workspace.shared_rows(tensor[:, :, 1:9]) is None and workspace.shared_rows(tensor[:1].copy()) is None
+
+
+def test_a_producer_with_spare_channels_feeds_no_reader(rng):
+    """A kernel-row output rounded up to more channels than it has (45 -> 48) cannot be a reader's input in place
+    (the reader takes a pixel's values as its channels); Forward gives it no reader."""
+    wide = Conv2dKernel(random_array(rng, 45, 32, 5, 5), method="winograd-rows")
+    exact = Conv2dKernel(random_array(rng, 32, 16, 5, 5), stride=(2, 2), method="winograd-rows")
+    reader = Conv2dKernel(random_array(rng, 16, 45, 5, 5), stride=(2, 2), method="winograd-rows")
+    assert not wide.feeds_in_place(reader) and exact.feeds_in_place(reader)
+    assert not exact.feeds_in_place(Conv2dKernel(random_array(rng, 16, 32, 5, 5), method="rows"))

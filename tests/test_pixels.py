@@ -191,3 +191,23 @@ def test_padded_and_lab_colour_read_as_rgb(tmp_path, rng):
     assert Image.open(path).mode == "LAB"
     error = np.abs(ours(path).astype(int) - colour)
     assert error.max() <= 8 and error.mean() < 1  # L*a*b* at 8 bits (a step of a* or b* moves RGB up to 8)
+
+
+def test_unsigned_32_bit_tiffs_read_their_upper_half(tmp_path):
+    """Before: Pillow opens an unsigned 32-bit grey TIFF as I (int32), so values from 2**31 on came through
+    negative and read black. Pillow writes I as signed only, so the file is written here: one strip, no
+    compression, SampleFormat 1 (unsigned)."""
+    samples = np.array([[0, 2**24, 2**31 - 1, 2**31, 3 * 2**30, 2**32 - 1]], "<u4")
+    height, width = samples.shape
+    data = samples.tobytes()
+    # (tag, type, value): width, length, bits, compression, photometric (min-is-black), strip offset, samples per
+    # pixel, rows per strip, strip bytes, sample format; type 3 is SHORT, 4 LONG.
+    tags = [(256, 3, width), (257, 3, height), (258, 3, 32), (259, 3, 1), (262, 3, 1), (273, 4, 0), (277, 3, 1),
+            (278, 3, height), (279, 4, len(data)), (339, 3, 1)]
+    start = 8 + 2 + 12 * len(tags) + 4
+    entries = b"".join(struct.pack("<HHIHH", tag, kind, 1, value, 0) if kind == 3 else
+                       struct.pack("<HHII", tag, kind, 1, start if tag == 273 else value) for tag, kind, value in tags)
+    (tmp_path / "in").mkdir(exist_ok=True)
+    path = tmp_path / "in" / "u32.tif"
+    path.write_bytes(b"II*\x00" + struct.pack("<IH", 8, len(tags)) + entries + struct.pack("<I", 0) + data)
+    np.testing.assert_array_equal(ours(path)[0, :, 0], [0, 1, 127, 128, 192, 255])

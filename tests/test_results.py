@@ -155,6 +155,22 @@ def test_force_replaces_only_result_files(tmp_path, kind):
     claim(path, new=True, replace=True).release()
 
 
+def test_force_refuses_a_file_it_cannot_read_in_one_line(tmp_path, monkeypatch):
+    """Before: a file HDF5 could not read to tell (h5py.is_hdf5 raising OSError) ended --force in a traceback."""
+    from dcnn.io import results
+
+    path = tmp_path / "out.h5"
+    path.write_bytes(b"something")
+
+    def unreadable(name):
+        raise OSError(f"Unable to open file {name}")
+
+    monkeypatch.setattr(results.h5py, "is_hdf5", unreadable)
+    with pytest.raises(InputError, match="cannot be read to tell"):
+        results.claim(path, new=True, replace=True)
+    assert path.read_bytes() == b"something"
+
+
 def test_the_resume_command_names_the_program_that_wrote_the_file():
     from dcnn.io.results import resume_command
 

@@ -308,14 +308,16 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
     args = _parse(parser, argv, rank)
     args.given = given_options(parser, argv, args)
     prefix = "dcnn: error: " if size == 1 else f"dcnn: error (rank {rank}): "
+    # Before any thread of ours starts (the watchdog's would keep a malloc arena of its own); here, not at the
+    # top: the parser and its errors come before numpy's import.
+    from dcnn.kernels.memory import steady_heap
+
+    steady_heap()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _raise_interrupted)
     if not getattr(sys.unraisablehook, "redelivers", False):
         sys.unraisablehook = _redelivering(sys.unraisablehook)
     _watchdog()
-    from dcnn.kernels.memory import steady_heap  # here: the parser and its errors come before numpy's import
-
-    steady_heap()
     try:
         with _stdout_silenced(args.quiet or (comm is None and rank != 0)):
             code = body(args)

@@ -532,7 +532,7 @@ class Forward:
     def _read_in_place(self, absorbed: set[int]) -> None:
         """Let a kernel-row convolution read the one before it in place (:attr:`Conv2dKernel.reader`): where a
         convolution's output, through layers folded into it, is read only by the next convolution, unpadded, whose
-        kernel can (:meth:`Conv2dKernel.reads_in_place`). Saves that layer's copy of its input (the face detector:
+        kernel can (:meth:`Conv2dKernel.feeds_in_place`). Saves that layer's copy of its input (the face detector:
         0.6 and 0.3 ms per image for its second and third layers)."""
         inputs, last = self.network.inputs, self.network.last_uses()
         names = [name for name, _ in self.network.layers]
@@ -540,8 +540,7 @@ class Forward:
         for producer, consumer in itertools.pairwise(compiled):
             first, second = self.ops[producer].kernel, self.ops[consumer].kernel
             chain = range(producer + 1, consumer + 1)  # the folded layers, then the consumer: each reads the last
-            if (isinstance(first, Conv2dKernel) and first.method in ("rows", "winograd-rows")
-                    and isinstance(second, Conv2dKernel) and second.reads_in_place()
+            if (isinstance(first, Conv2dKernel) and isinstance(second, Conv2dKernel) and first.feeds_in_place(second)
                     and not any(self.ops[consumer].layer.window.declared_padding())
                     and all(inputs[index] == (names[index - 1],) and last[names[index - 1]] == index
                             for index in chain)):

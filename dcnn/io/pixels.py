@@ -78,6 +78,8 @@ def grey8(samples: np.ndarray, bits: int, signed: bool) -> np.ndarray:
     value (0, or ``-2**(bits - 1)`` when ``signed``), values outside the format clipped to it. ``H x W`` in, out."""
     if signed and samples.dtype == np.uint8:
         samples = samples.view(np.int8)  # Pillow opens a signed 8-bit TIFF as L, its bytes unchanged
+    if not signed and bits == 32 and samples.dtype == np.int32:
+        samples = samples.view(np.uint32)  # and an unsigned 32-bit one as I (int32), its bits unchanged
     low = -(1 << (bits - 1)) if signed else 0
     shifted = np.clip(samples.astype(np.int64) - low, 0, (1 << bits) - 1)
     return (shifted >> (bits - 8)).astype(np.uint8)

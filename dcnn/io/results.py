@@ -246,8 +246,8 @@ def claim(path: str | os.PathLike, *, new: bool, replace: bool = False) -> RunLo
     ------
     InputError
         If another run is writing ``path`` (see :class:`RunLock`), or it exists for a new run without
-        ``replace``, or is, with ``replace``, a non-empty file other than a result file (:func:`is_result`: a
-        photo, an image set, the run's own input), or is missing for a resumed run.
+        ``replace``, or is, with ``replace``, a non-empty file other than a result file (:func:`_is_result`: a
+        photo, an image set, the run's own input, a file it cannot read), or is missing for a resumed run.
     """
     path = Path(path)
     flag = "--output" if new else "--resume"
@@ -267,9 +267,9 @@ def claim(path: str | os.PathLike, *, new: bool, replace: bool = False) -> RunLo
                          f"continue an interrupted run, or another --output")
     if new and path.exists() and path.stat().st_size and not _is_result(path):
         lock.release()
-        raise InputError(f"--output {str(path)!r} exists and is not a dcnn result file (--force replaces only "
-                         f"those: an image set, a photo or the run's own --input are kept); remove it or choose "
-                         f"another --output")
+        raise InputError(f"--output {str(path)!r} exists and is not a dcnn result file, or cannot be read to tell "
+                         f"(--force replaces only those: an image set, a photo or the run's own --input are kept); "
+                         f"remove it or choose another --output")
     target = _target(path)
     for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):  # of a run killed while writing
         leftover.unlink(missing_ok=True)
@@ -279,8 +279,12 @@ def claim(path: str | os.PathLike, *, new: bool, replace: bool = False) -> RunLo
 def _is_result(path: str | os.PathLike) -> bool:
     """Whether ``path`` may be a dcnn result file (HDF5 with a ``status`` and ``/timing/task_start``), complete or
     left by an interrupted run: the only files ``--force`` replaces. An HDF5 file that HDF5 cannot open (another
-    program holds it open for writing, or it is damaged) cannot tell, and counts as one."""
-    if not h5py.is_hdf5(path):
+    program holds it open for writing, or it is damaged) cannot tell, and counts as one; a file that cannot be
+    read at all does not."""
+    try:
+        if not h5py.is_hdf5(path):
+            return False
+    except OSError:
         return False
     try:
         with open_result(path) as handle:

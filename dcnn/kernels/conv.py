@@ -45,10 +45,12 @@ input is large enough (im2col below); the choice depends on the layer and that d
 call gets, so a spatial block or a fused tile uses the same formulation as the whole map.
 
 *winograd-rows* (filters whose kernel rows per row phase number 2, 3 or 5, e.g. 5 tall at stride 1 or 2, where
-*rows* applies, with at least :data:`WINOGRAD_MIN_CHANNELS` inputs and outputs: the face detector's 5x5 layers but
-its RGB one). *rows* with Winograd down the columns of each row phase: F(4, 5) at stride 1, 8 kernel-row GEMMs
-per 4 output rows instead of 20; F(4, 3) on the even kernel rows and F(4, 2) on the odd ones at stride 2, 11
-instead of 20 (:meth:`Conv2dKernel._winograd_rows`); off with :func:`set_exact`, like *winograd*.
+*rows* applies, with at least :data:`WINOGRAD_MIN_CHANNELS` inputs and outputs or a row stride above 1: every 5x5
+layer of the face detector). *rows* with Winograd down the columns of each row phase: F(4, 5) at stride 1, 8
+kernel-row GEMMs per 4 output rows instead of 20; F(4, 3) on the even kernel rows and F(4, 2) on the odd ones at
+stride 2, 11 instead of 20 (:meth:`Conv2dKernel._winograd_rows`); off with :func:`set_exact`, like *winograd*. It
+reads a kernel-row layer's output in place where :class:`dcnn.exec.forward.Forward` made it that layer's
+:attr:`Conv2dKernel.reader` (no copy into phase planes, :meth:`Conv2dKernel.rows_per_image`).
 
 Chunks of output columns are sized from the detected L2 cache (:mod:`dcnn.kernels.cache`; four L2s for the
 kernel-row and shifted-output formulations, :data:`WIDE_CHUNK_L2`) and a large batch is
@@ -170,14 +172,20 @@ def choose_method(in_channels: int, out_channels: int, stride: tuple[int, int] =
     (:func:`dcnn.kernels.winograd.winograd_pays`); on a smaller one, im2col: one GEMM, which at ResNet-50's 7x7
     and 14x14 maps ran 1.3-2x faster than the shifted GEMMs, each a few dozen columns wide.
 
+    Filters at least :data:`ROWS_MIN_KERNEL` wide with at most :data:`ROWS_MAX_CHANNELS` outputs take the
+    kernel-row GEMMs (*rows*), with Winograd down the columns (*winograd-rows*) where it applies and the layer
+    has :data:`WINOGRAD_MIN_CHANNELS` inputs and outputs or a row stride above 1 (the face detector's thin first
+    layer, 3 -> 16 5x5/2: 3.84 against 4.37 ms per image as *rows*).
+
     Measured with ``scripts/bench_kernels.py`` and interleaved A/B runs: im2col wins for thin inputs at stride
     1 (VGG's 3 -> 64: about 1.7x the shifted GEMMs, whose K = 3 products re-read the output nine times); at
-    stride 2 the thin first layer of the face detector (3 -> 16, 5x5) runs 10-30 % faster as shifted GEMMs on
-    the phase planes, because its im2col copies rows of only ~140 values; with :data:`IM2COL_STRIDED_MIN_OUT_CHANNELS`
-    outputs or more, im2col wins at stride 2 too (ResNet-50's 7x7 3 -> 64 stem: 4.4 ms against 7.6; MobileNetV2's
-    3x3 3 -> 32: 0.75 against 1.0). On an output map of at most :data:`IM2COL_MAX_POSITIONS` pixels (at the
-    network's declared input) im2col's one GEMM also beats the shifted ones, each only that many columns wide
-    (ResNet-50's 512-channel 3x3 stride-2 layer, 7x7 output: 3.8 ms against 4.7).
+    stride 2 a thin narrow filter (3 -> 16, 3x3) runs faster as shifted GEMMs on the phase planes, because its
+    im2col copies rows of only ~140 values (the face detector's 5x5 first layer: 10-30 %); with
+    :data:`IM2COL_STRIDED_MIN_OUT_CHANNELS` outputs or more, im2col wins at stride 2 too (ResNet-50's 7x7 3 -> 64
+    stem: 4.4 ms against 7.6; MobileNetV2's 3x3 3 -> 32: 0.75 against 1.0). On an output map of at most
+    :data:`IM2COL_MAX_POSITIONS` pixels (at the network's declared input) im2col's one GEMM also beats the shifted
+    ones, each only that many columns wide (ResNet-50's 512-channel 3x3 stride-2 layer, 7x7 output: 3.8 ms
+    against 4.7).
     """
     if (not _exact and winograd_applies(kernel_size, stride, dilation, groups)
             and min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS):
@@ -488,6 +496,13 @@ class Conv2dKernel:
         *winograd-rows* splits its input by row phase only, and a producer's rows ``p, p + sh, ...`` are such a
         phase plane once the buffer's rows per image are ``sh`` times the tile rows this kernel stacks."""
         return self.method == "winograd-rows"
+
+    def feeds_in_place(self, reader: Conv2dKernel) -> bool:
+        """Whether ``reader`` can read this kernel's output in place, as its :attr:`reader`: a kernel-row output
+        without spare channels (:func:`_row_width`: the reader takes a pixel's values as its channels) and a
+        reader that reads in place (:meth:`reads_in_place`)."""
+        return (self.method in ("rows", "winograd-rows") and self._row_width == self.out_channels
+                and reader.reads_in_place())
 
     def _tile_rows(self, height: int) -> int:
         """*winograd-rows*' rows per image for an unpadded input of ``height`` rows: its tiles and a spare one."""

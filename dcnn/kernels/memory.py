@@ -57,10 +57,11 @@ def _take(nbytes: int) -> mmap.mmap:
     """An idle buffer of the calling thread of ``nbytes`` to ``nbytes / 0.75`` bytes (the smallest such), or a
     new one."""
     idle = _idle()
-    fits = [buffer for buffer in idle if nbytes <= len(buffer) <= nbytes * 4 // 3]
-    if fits:
-        buffer = min(fits, key=len)
-        idle.remove(buffer)
+    for buffer in sorted((buffer for buffer in idle if nbytes <= len(buffer) <= nbytes * 4 // 3), key=len):
+        try:  # a finalizer run by a garbage collection in between may have evicted it
+            idle.remove(buffer)
+        except ValueError:
+            continue
         return buffer
     return mmap.mmap(-1, nbytes)
 
