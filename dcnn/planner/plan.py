@@ -827,13 +827,13 @@ def exact_conv_hint(network: Network, input_shape: Shape, cluster: Cluster, mode
     set_exact(True)
     try:
         try:
-            return f"; {exact_layouts}: {choose().describe()}"
+            return f"; or, {exact_layouts}: {choose().describe()}"
         except PlanError:
             exact = nodes_that_fit(network, input_shape, cluster, modes, stage, images)
     finally:
         set_exact(False)
     fewer = exact is not None and (without is None or exact < without)
-    return f"; {exact_layouts} on {exact} such nodes" if fewer else ""
+    return f"; or, {exact_layouts} on {exact} such nodes" if fewer else ""
 
 
 def _fixed_bytes(input_shape: Shape, cluster: Cluster, stage: Stage | None) -> int:
