@@ -141,6 +141,15 @@ def _explicit_padding(window: Window, height: int, width: int) -> Padding:
     return window.explicit_padding(height, width)
 
 
+def _in_place_reader(op: LayerOp | None) -> Conv2dKernel | None:
+    """``op``'s kernel if it can read its input in place (:meth:`Conv2dKernel.reads_in_place`), its layer being
+    unpadded; else ``None``."""
+    kernel = None if op is None else op.kernel
+    if isinstance(kernel, Conv2dKernel) and kernel.reads_in_place() and not any(op.layer.window.declared_padding()):
+        return kernel
+    return None
+
+
 def _identity(x: np.ndarray, padding: Padding | None) -> np.ndarray:
     return x
 
@@ -517,12 +526,8 @@ class Forward:
         """Rows per image of an input buffer that the first layer can read in place (:meth:`share_input`) for
         inputs of ``height`` rows, or ``None`` if it copies whatever it is given (see *Reading the layer before
         in place*, docs/architecture.md)."""
-        op = self.ops[0] if self.ops else None
-        kernel = None if op is None else op.kernel
-        if (not isinstance(kernel, Conv2dKernel) or not kernel.reads_in_place()
-                or any(op.layer.window.declared_padding())):
-            return None
-        return kernel.stride[0] * kernel.rows_per_image(height, 0)
+        kernel = _in_place_reader(self.ops[0]) if self.ops else None
+        return None if kernel is None else kernel.stride[0] * kernel.rows_per_image(height, 0)
 
     def share_input(self, x: np.ndarray, rows: int, zero_from: int) -> None:
         """Let the first layer read ``x`` ``(B, C, H, W)`` in place on this thread's next run: a view of
@@ -538,10 +543,9 @@ class Forward:
         names = [name for name, _ in self.network.layers]
         compiled = [index for index, op in enumerate(self.ops) if op is not None and index not in absorbed]
         for producer, consumer in itertools.pairwise(compiled):
-            first, second = self.ops[producer].kernel, self.ops[consumer].kernel
+            first, second = self.ops[producer].kernel, _in_place_reader(self.ops[consumer])
             chain = range(producer + 1, consumer + 1)  # the folded layers, then the consumer: each reads the last
-            if (isinstance(first, Conv2dKernel) and isinstance(second, Conv2dKernel) and first.feeds_in_place(second)
-                    and not any(self.ops[consumer].layer.window.declared_padding())
+            if (isinstance(first, Conv2dKernel) and second is not None and first.feeds_in_place(second)
                     and all(inputs[index] == (names[index - 1],) and last[names[index - 1]] == index
                             for index in chain)):
                 first.reader = second

@@ -242,6 +242,12 @@ def _row_width(out_channels: int, groups: int) -> int:
     return lanes if groups == 1 and 8 * (lanes - out_channels) <= out_channels else out_channels
 
 
+def _stacked_rows(out_h: int) -> int:
+    """Rows per image of *winograd-rows*' stack for ``out_h`` output rows: its tiles of :data:`COLUMN_TILE` rows
+    and a spare one."""
+    return (-(-out_h // COLUMN_TILE) + 1) * COLUMN_TILE
+
+
 def balanced_chunks(total: int, target: int, align: int = 1, granule: int = CHUNK_GRANULE) -> list[tuple[int, int]]:
     """Split ``range(total)`` into near-equal ``(start, stop)`` chunks of about ``target`` or fewer.
 
@@ -504,10 +510,13 @@ class Conv2dKernel:
         return (self.method in ("rows", "winograd-rows") and self._row_width == self.out_channels
                 and reader.reads_in_place())
 
+    def _unpadded_rows(self, height: int) -> int:
+        """Output rows for an unpadded input of ``height`` rows."""
+        return conv_output_size(height, self.kernel_size[0], self.stride[0], 0, 0, self.dilation[0])
+
     def _tile_rows(self, height: int) -> int:
-        """*winograd-rows*' rows per image for an unpadded input of ``height`` rows: its tiles and a spare one."""
-        out_h = conv_output_size(height, self.kernel_size[0], self.stride[0], 0, 0, self.dilation[0])
-        return (-(-out_h // COLUMN_TILE) + 1) * COLUMN_TILE
+        """*winograd-rows*' rows per image for an unpadded input of ``height`` rows (:func:`_stacked_rows`)."""
+        return _stacked_rows(self._unpadded_rows(height))
 
     def rows_per_image(self, height: int, at_least: int) -> int:
         """Rows per image of this kernel's output, and per row phase of its input, when it reads an unpadded
@@ -518,9 +527,8 @@ class Conv2dKernel:
         the rows of each row phase of every image are this kernel's tile rows, stacked as its copy would stack
         them (:meth:`_winograd_rows`); the rows past the producer's output are zeros, as the copy's would be.
         """
-        rows = -(-max(at_least, self._tile_rows(height)) // COLUMN_TILE) * COLUMN_TILE
-        out_h = conv_output_size(height, self.kernel_size[0], self.stride[0], 0, 0, self.dilation[0])
-        return self._output_rows(rows, out_h)
+        out_h = self._unpadded_rows(height)
+        return self._output_rows(-(-max(at_least, _stacked_rows(out_h)) // COLUMN_TILE) * COLUMN_TILE, out_h)
 
     def _output_rows(self, rows: int, out_h: int) -> int:
         """Rows per image of a kernel-row output whose own computation needs ``rows``: as many as :attr:`reader`
@@ -587,7 +595,7 @@ class Conv2dKernel:
             # and the next layer reads whole rows of pixels. winograd-rows computes whole tiles of rows, a spare
             # tile row per image, and the valid columns only (its GEMMs never run across rows as rows' do). With a
             # reader, as many rows per image as it reads in place (more rows of zero input, computed and zeroed).
-            own = planes_h if self.method == "rows" else (-(-out_h // COLUMN_TILE) + 1) * COLUMN_TILE
+            own = planes_h if self.method == "rows" else _stacked_rows(out_h)
             rows = shared if shared is not None else self._output_rows(own, out_h)
             cols = planes_w if self.method == "rows" else out_w
             full = empty_float32((batch, rows, cols, self._row_width))
