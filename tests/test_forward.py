@@ -199,7 +199,7 @@ def test_later_smaller_layers_run_more_images_at_a_time(monkeypatch, name, shape
     forward = Forward(network, init_weights(network, seed=0))
     live = network.live_values(shape)
     # Room for 1.5 of the first layer's tensors per image: one image there, more once the maps shrink.
-    monkeypatch.setattr(forward_module, "cache_bytes", lambda level: 4 * 6 * live[0])
+    monkeypatch.setattr(forward_module, "cache_bytes", lambda level: forward_module.BLOCK_CACHE_SHARE * 6 * live[0])
     plan = forward.block_plan(shape, 4)
     images = [count for _, _, count in plan]
     assert images[0] == 1 and images[-1] == 4 and images == sorted(images) and len(set(images)) == len(images)

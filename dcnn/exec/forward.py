@@ -89,12 +89,15 @@ from dcnn.network.window import Padding, Window
 
 __all__ = ["Forward", "LayerOp", "apply_op", "channels_last_layers", "compile_layer", "fusion_plan", "relu_cap"]
 
-#: A block of images keeps the tensors alive at each of its layers within ``1 / BLOCK_CACHE_SHARE`` of the L3: the
-#: rest holds the layer's filters (Winograd's transformed 256 -> 256 filters are 9.4 MB), its band scratch and
-#: the other cores' data. Measured on VGG-16 at batch 4 (three interleaved runs, CPU time, 32 MiB L3): one image
-#: up to the 56x56 layers and the whole batch after them took 229-246 ms per image; one image throughout,
-#: 250-261; blocks of two or four images from the 112x112 or 56x56 layers on (a share of 1 or 2), 239-259.
-BLOCK_CACHE_SHARE = 4
+#: A block of images keeps the tensors alive at each of its layers within ``1 / BLOCK_CACHE_SHARE`` of the L3
+#: counted by :func:`~dcnn.kernels.cache.cache_bytes` (at most 4 MiB per core): the rest of the socket's cache holds
+#: the layer's filters (Winograd's transformed 256 -> 256 filters are 9.4 MB), its band scratch and the other
+#: cores' data. Measured on VGG-16 at batch 4 (CPU time, interleaved runs) with 8 MiB per block: on a 2-core AMD
+#: EPYC (32 MiB L3), one image up to the 56x56 layers and the whole batch after them took 229-246 ms per image; one
+#: image throughout, 250-261; blocks of two or four images from the 112x112 or 56x56 layers on, 239-259. On a 2-core
+#: Intel Xeon virtual machine that reads a 300 MiB L3, 8 MiB blocks took 0.90 of batch 1's time per image, the whole
+#: batch throughout 0.95 (15 runs each).
+BLOCK_CACHE_SHARE = 1
 
 
 @dataclass

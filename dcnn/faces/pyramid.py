@@ -143,11 +143,12 @@ def _vector_weights(tb: np.ndarray, lr: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 #: Bytes of one band of output rows of :func:`_resize_planes` (each of its four corner buffers) and of
-#: :func:`_copy_level`: half the L2 cache. Measured on a 1 MiB L2 (16 images at upsample 1, CPU time per image):
-#: bands of 128 KiB, 256 KiB, 512 KiB and 1 MiB took 4.30, 3.93, 3.99 and 4.70 ms; with two task threads, whose
-#: numpy calls wait for each other's turn of the interpreter lock, 512 KiB bands took 0.89 s where 128 KiB took
-#: 1.25 (fewer, longer calls).
-BAND_BYTES = cache_bytes(2) // 2
+#: :func:`_copy_level`: a quarter of the L2 cache, at most 256 KiB. Measured at 16 images per batch, upsample 1,
+#: CPU time per image: on a 1 MiB L2 (AMD EPYC), bands of 128 KiB, 256 KiB, 512 KiB and 1 MiB took 4.30, 3.93, 3.99
+#: and 4.70 ms; on a 2 MiB L2 (Intel Xeon), bands of 64 KiB, 128 KiB, 256 KiB, 512 KiB, 1 MiB and 2 MiB took 6.9,
+#: 6.0-6.2, 6.1, 6.7, 8.7 and 8.7 ms. With two task threads, whose numpy calls wait for each other's turn of the
+#: interpreter lock, 512 KiB bands took 0.89 s where 128 KiB took 1.25 (fewer, longer calls; AMD).
+BAND_BYTES = min(cache_bytes(2) // 4, 256 << 10)
 
 
 #: Bytes of resize plans kept (:func:`_resize_plan`): the first plans made are kept while they fit, none is
