@@ -71,6 +71,7 @@ from dcnn.errors import ShapeError
 from dcnn.kernels.blas import address, gemm_accumulate, sgemm
 from dcnn.kernels.cache import cache_bytes
 from dcnn.kernels.memory import empty_float32
+from dcnn.kernels.phases import split_phases
 from dcnn.kernels.threads import parallel_for
 from dcnn.kernels.winograd import (
     ALPHA,
@@ -80,7 +81,6 @@ from dcnn.kernels.winograd import (
     WinogradBands,
     images_per_block,
     minimal_filtering,
-    scatter_tiles,
     transform_weights,
     winograd_pays,
 )
@@ -312,47 +312,6 @@ class Workspace:
                 or x.__array_interface__["data"][0] != out.__array_interface__["data"][0]):
             return None
         return record[1]
-
-
-def _phase_split_into(target: np.ndarray, x: np.ndarray, padding: Padding, stride: tuple[int, int]) -> None:
-    """Copy ``x`` (B, C, H, W), zero-padded, into its phase planes ``target`` (sh, sw, C, B, Hq, Wq).
-
-    Plane ``(p, q)`` row ``r`` column ``c`` holds padded pixel ``(p + r sh, q + c sw)``; only the border that
-    falls in the padding (or past the padded map) is zeroed, the rest is overwritten. Parallel over the images
-    (over the channels for one image): a copy of the whole input that one thread would otherwise make alone.
-    """
-    if len(x) > 1:
-        parallel_for(lambda b: _phase_split_part(target[:, :, :, b[0]:b[-1] + 1], x[b[0]:b[-1] + 1], padding,
-                                                 stride), range(len(x)))
-    else:
-        parallel_for(lambda c: _phase_split_part(target[:, :, c[0]:c[-1] + 1], x[:, c[0]:c[-1] + 1], padding,
-                                                 stride), range(x.shape[1]))
-
-
-def _phase_split_part(target: np.ndarray, x: np.ndarray, padding: Padding, stride: tuple[int, int]) -> None:
-    """:func:`_phase_split_into` on one thread."""
-    top, _, left, _ = padding
-    height, width = x.shape[-2:]
-    source = x.transpose(1, 0, 2, 3)
-    planes_h, planes_w = target.shape[-2:]
-
-    def data_range(phase: int, before: int, size: int, step: int, planes: int) -> tuple[int, int, int]:
-        # Plane indices r with before <= phase + r * step < before + size, and the first source index.
-        first = max(0, -((phase - before) // step))
-        last = max(first, min(planes, -((phase - before - size) // step)))
-        return first, last, phase + first * step - before
-
-    sh, sw = stride
-    for p in range(sh):
-        r0, r1, x_row = data_range(p, top, height, sh, planes_h)
-        for q in range(sw):
-            c0, c1, x_col = data_range(q, left, width, sw, planes_w)
-            plane = target[p, q]
-            plane[..., r0:r1, c0:c1] = source[..., x_row::sh, x_col::sw][..., :r1 - r0, :c1 - c0]
-            plane[..., :r0, :] = 0
-            plane[..., r1:, :] = 0
-            plane[..., r0:r1, :c0] = 0
-            plane[..., r0:r1, c1:] = 0
 
 
 def _row_phases_into(planes: np.ndarray, x: np.ndarray, top: int, left: int) -> None:
@@ -638,7 +597,7 @@ class Conv2dKernel:
             return
         sh, sw = self.stride
         flat = workspace.get("input", (sh * sw, channels, batch * planes_h * planes_w))
-        _phase_split_into(flat.reshape(sh, sw, channels, batch, planes_h, planes_w), x, padding, self.stride)
+        split_phases(flat.reshape(sh, sw, channels, batch, planes_h, planes_w), x, padding, self.stride)
         if self.method == "im2col":
             self._im2col(flat.reshape(sh * sw, channels, batch, planes_h, planes_w), out)
         else:
@@ -900,28 +859,15 @@ class Conv2dKernel:
         parallel_for(run_chunks, chunks)
 
     def _winograd(self, x: np.ndarray, out: np.ndarray, padding: Padding, workspace: Workspace) -> None:
-        """F(4x4, 3x3) of the images ``x`` (b, C, H, W) into ``out`` (b, K, Ho, Wo), by bands of tile rows.
-
-        Each image is padded to ``4 (th + 1)`` rows (its ``th`` tile rows and a spare one of zeros) and
-        ``4 (tw + 1)`` columns, split into its 16 phase planes (row and column modulo 4), and the images are
-        stacked by plane rows, so one band of tile rows may span images; the spare tile row of each image but the
-        last is computed and discarded. One band when the map is small: the GEMMs need wide bands.
-        """
-        batch, channels = x.shape[:2]
-        out_channels, out_h, out_w = out.shape[1:]
-        tiles_high, tiles_wide = -(-out_h // TILE), -(-out_w // TILE)
-        image_rows = tiles_high + 1
-        planes = workspace.get("input", (TILE, TILE, channels, batch * image_rows, tiles_wide + 1))
-        _phase_split_into(planes.reshape(TILE, TILE, channels, batch, image_rows, tiles_wide + 1), x, padding,
-                          (TILE, TILE))
-        result = workspace.get("output", (TILE, TILE, out_channels, batch * image_rows, tiles_wide))
-        bands = WinogradBands(planes, result, self._weight, batch * image_rows - 1)
+        """F(4x4, 3x3) of the images ``x`` (b, C, H, W) into ``out`` (b, K, Ho, Wo), by bands of tile rows
+        (:class:`dcnn.kernels.winograd.WinogradBands`); one band when the map is small: the GEMMs need wide
+        bands."""
         bias = None if self.bias is None else self.bias.reshape(-1, 1, 1)
+        bands = WinogradBands(x, padding, out, self._weight)
 
         def run_bands(items: Sequence[tuple[int, int]]) -> None:
-            for first, stop in items:
-                bands.run((first, stop))
-                self._epilogue(result[..., first:stop, :], bias)
+            for band in items:
+                bands.run(band, lambda block: self._epilogue(block, bias))
 
         rows = bands.band_rows()
         bands.share_gemms = rows >= bands.tile_rows  # one band: its GEMMs shared by the threads instead
@@ -929,7 +875,6 @@ class Conv2dKernel:
         # VGG-16's 56x56 layers 10 % slower on blocks of three images.
         parallel_for(run_bands, [(0, bands.tile_rows)] if bands.share_gemms
                      else balanced_chunks(bands.tile_rows, rows, granule=1))
-        scatter_tiles(result, out, image_rows)
 
     def _epilogue(self, block: np.ndarray, bias: np.ndarray | None) -> None:
         """Add the bias and apply the fused ReLU to a (channels, columns) block of output, in place."""

@@ -43,8 +43,9 @@ import numpy as np
 from dcnn.errors import ShapeError
 from dcnn.kernels.blas import address, sgemm
 from dcnn.kernels.cache import cache_bytes
-from dcnn.kernels.conv import CHUNK_GRANULE, Conv2dKernel, Workspace, _phase_split_into
+from dcnn.kernels.conv import CHUNK_GRANULE, Conv2dKernel, Workspace
 from dcnn.kernels.elementwise import relu as relu_pass
+from dcnn.kernels.phases import split_phases
 from dcnn.kernels.threads import parallel_for
 from dcnn.kernels.winograd import scratch_buffer
 from dcnn.network.window import Padding, conv_output_size, normalize_padding
@@ -206,7 +207,7 @@ class DepthwiseConv2dKernel(_Kernel):
             planes = x.reshape(1, self.in_channels, plane_len)  # one phase: the input itself
         else:
             split = workspace.get("input", (sh, sw, self.in_channels, batch, planes_h, planes_w))
-            _phase_split_into(split, x, padding, self.stride)
+            split_phases(split, x, padding, self.stride)
             planes = split.reshape(sh * sw, self.in_channels * batch, plane_len)
         multiplier = self.out_channels // self.in_channels
         if multiplier > 1:

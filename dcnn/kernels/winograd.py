@@ -6,8 +6,8 @@ that covers the tile's windows, ``*`` the element-wise product and the transform
 points 0, 1, -1, 2, -2 and infinity). Summed over the input channels, the element-wise products become 36
 independent GEMMs, one per transformed position ``(xi, nu)``: ``M[xi, nu] (K x tiles) = U[xi, nu] (K x C) @
 V[xi, nu] (C x tiles)`` (one ``numpy.matmul`` of the stacks). That is 36 multiplications per 16 outputs
-instead of 144, at the cost of the input and output transforms (additions and multiplications by small powers
-of two, done here with numpy on whole bands of tiles, separably: rows, then columns).
+instead of 144, at the cost of the input and output transforms, done separably (rows, then columns) as GEMMs
+with ``B^T`` and ``A^T`` on whole bands of tiles (:class:`WinogradBands`).
 
 The result is not exact arithmetic on the same terms as a direct convolution: the transforms round, and the
 error grows with the tile (F(4x4, 3x3) is the largest tile whose float32 error stays near the direct
@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from dcnn.kernels.blas import address, sgemm
 from dcnn.kernels.cache import cache_bytes
+from dcnn.kernels.phases import split_phases_serial
 from dcnn.kernels.threads import parallel_for
 
 __all__ = [
@@ -42,7 +44,6 @@ __all__ = [
     "band_rows",
     "images_per_block",
     "minimal_filtering",
-    "scatter_tiles",
     "scratch_buffer",
     "scratch_bytes",
     "scratch_shapes",
@@ -91,8 +92,8 @@ def minimal_filtering(points: Sequence[float], tile: int, taps: int) -> tuple[np
 #: Output tile side (m) and input tile side (alpha = m + r - 1 for the 3x3 filter).
 TILE = 4
 ALPHA = 6
-#: Output transform A^T (m x alpha, applied by :func:`_output_1d`), filter transform G (alpha x 3) and input
-#: transform B^T (alpha x alpha, applied by :func:`_input_1d`) of F(4, 3) at the points 0, 1, -1, 2, -2.
+#: Output transform A^T (m x alpha), filter transform G (alpha x 3) and input transform B^T (alpha x alpha) of
+#: F(4, 3) at the points 0, 1, -1, 2, -2.
 AT, G, BT = minimal_filtering((0, 1, -1, 2, -2), TILE, 3)
 #: F(4, 5) along the columns of 5-tall filters (:mod:`dcnn.kernels.conv`'s ``"winograd-rows"``): points 0, +-1,
 #: +-2, +-1/2 (the smallest magnitudes after 0, 1 and 2; Lavin and Gray's choice for their larger tiles). Measured
@@ -193,13 +194,16 @@ def band_rows(channels: int, out_channels: int, tiles_wide: int) -> int:
 
 def scratch_shapes(channels: int, out_channels: int, rows: int, tiles_wide: int) -> dict[str, tuple[int, ...]]:
     """The float32 buffers one thread holds for a band of ``rows`` tile rows ``tiles_wide`` tiles wide, by role:
-    the row-transformed input, ``V``, the products ``M`` and the row-transformed output."""
-    tiles = rows * tiles_wide
+    the band's input phases (its plane rows and the next one, each ``tiles_wide + 1`` wide), the row-transformed
+    input, ``V``, the products ``M``, the row-transformed output and the output phases."""
+    wide = tiles_wide + 1
     return {
-        "rows": (ALPHA, TILE, channels, rows, tiles_wide + 1),
-        "v": (ALPHA * ALPHA, channels, tiles),
-        "m": (ALPHA * ALPHA, out_channels, tiles),
-        "half": (TILE, ALPHA, out_channels, rows, tiles_wide),
+        "phases": (TILE, TILE, channels, rows + 1, wide),
+        "rows": (ALPHA, TILE, channels, rows + 1, wide),
+        "v": (ALPHA, ALPHA, channels, rows + 1, wide),
+        "m": (ALPHA, ALPHA, out_channels, rows * wide),
+        "half": (TILE, ALPHA, out_channels, rows * wide),
+        "out": (TILE, TILE, out_channels, rows, wide),
     }
 
 
@@ -213,131 +217,152 @@ def scratch_bytes(channels: int, out_channels: int, tiles_high: int, tiles_wide:
     return {role: 4 * math.prod(shape) for role, shape in shapes.items()}
 
 
-def _input_1d(d: Sequence[np.ndarray], out: np.ndarray) -> None:
-    """``out[i] = sum_j BT[i, j] d[j]`` for six equally shaped arrays ``d`` (``out``: (6, ...))."""
-    p = d[4] - 4 * d[2]
-    q = d[3] - 4 * d[1]
-    np.add(p, q, out=out[1])
-    np.subtract(p, q, out=out[2])
-    p = np.subtract(d[4], d[2], out=p)
-    q = np.subtract(d[3], d[1], out=q)
-    q *= 2
-    np.add(p, q, out=out[3])
-    np.subtract(p, q, out=out[4])
-    np.multiply(d[0], 4, out=out[0])
-    out[0] += d[4]
-    np.multiply(d[2], 5, out=p)
-    out[0] -= p
-    np.multiply(d[1], 4, out=out[5])
-    out[5] += d[5]
-    np.multiply(d[3], 5, out=p)
-    out[5] -= p
+#: B^T and A^T in float32 (their entries are small integers, exact), the left operands of the transform GEMMs.
+_BT32 = np.ascontiguousarray(BT, dtype=np.float32)
+_AT32 = np.ascontiguousarray(AT, dtype=np.float32)
 
 
-def _output_1d(m: Sequence[np.ndarray], out: Sequence[np.ndarray]) -> None:
-    """``out[i] = sum_j AT[i, j] m[j]`` for six equally shaped arrays ``m`` into four arrays ``out``."""
-    a = m[1] + m[2]
-    b = m[1] - m[2]
-    c = m[3] + m[4]
-    d = m[3] - m[4]
-    np.add(m[0], a, out=out[0])
-    out[0] += c
-    np.multiply(c, 4, out=out[2])
-    out[2] += a
-    np.multiply(d, 2, out=out[1])
-    out[1] += b
-    d *= 8
-    np.add(b, d, out=out[3])
-    out[3] += m[5]
+def _transform(m: int, n: int, left: int, k: int, source: int, source_stride: int, target: int, target_stride: int,
+               shift: int = 0, shifted: int = 0) -> None:
+    """``target = left[:, :k] @ source`` (``m x n``), plus ``left[:, k:k + shifted] @ (source rows 0.. shifted by
+    shift elements)``: one 1-D transform of ``n`` values as one or two GEMMs on float32 buffers given by address
+    (:func:`dcnn.kernels.blas.sgemm`); ``left`` is the address of a C-order ``m x (k + shifted)`` matrix."""
+    width = k + shifted
+    sgemm(m, n, k, left, width, source, source_stride, target, target_stride, False)
+    if shifted:
+        sgemm(m, n, shifted, left + 4 * k, width, source + 4 * shift, source_stride, target, target_stride, True)
 
 
 class WinogradBands:
-    """One call of F(4x4, 3x3) over a block of images, band by band, on phase planes.
+    """One call of F(4x4, 3x3) over a block of images, band by band, every transform a GEMM.
 
-    Input and output are split by row and column modulo 4 (as :mod:`dcnn.kernels.conv` splits a strided
-    convolution's input), so every tile's row ``4 t + i`` is row ``t + i // 4`` of phase ``i mod 4`` and each
-    transform reads and writes whole contiguous rows of tiles instead of every fourth value.
+    The images are padded to ``4 (th + 1)`` rows (their ``th`` tile rows and a spare one) and ``4 (tw + 1)``
+    columns and stacked by tile rows. A band of tile rows ``[first, stop)`` is split by row and column modulo 4
+    into its own phase planes ``(4, 4, C, rows + 1, tw + 1)``: tile row ``t``'s input row ``4 t + i`` is plane
+    row ``t + i // 4`` of phase ``i mod 4``, so the band holds the next tile row too. In that layout each 1-D
+    transform is a GEMM on contiguous memory: the six inputs of a transformed row ``xi`` are the four row phases
+    (equally far apart) and the first two again, one plane row further on; the six of a transformed column, the
+    four column phases and the first two one element further on. Each GEMM runs across the channels and plane
+    rows of the band at once, so it also computes values for the band's extra plane row and each row's spare
+    column, from neighbouring values; those positions are never read by a valid output. The 36 products then
+    take the band's valid plane rows only, and the output transforms are GEMMs likewise.
+
+    Every band runs the same operations on its tiles wherever it starts, so the band bounds and the thread count
+    change no result.
 
     Parameters
     ----------
-    planes : numpy.ndarray
-        ``(4, 4, C, rows, tw + 1)`` zero-padded input: phase ``(p, q)`` holds padded pixels ``(4 r + p, 4 c + q)``
-        of ``b`` images stacked by rows, each image ``th + 1`` plane rows high (its tile rows, then zeros).
-    result : numpy.ndarray
-        ``(4, 4, K, rows, tw)`` output in the same geometry: ``result[i, j, k, t, u]`` is output pixel
-        ``(4 t + i, 4 u + j)`` of channel ``k``.
+    x : numpy.ndarray
+        ``(b, C, H, W)`` float32 input.
+    padding : tuple of int
+        ``(top, bottom, left, right)`` zero padding.
+    out : numpy.ndarray
+        ``(b, K, Ho, Wo)`` float32 output.
     u : numpy.ndarray
         ``(36, K, C)`` transformed filters (:func:`transform_weights`).
-    tile_rows : int
-        Tile rows to compute (``b (th + 1) - 1``: the last image's trailing tile row reads past the buffer).
     share_gemms : bool
-        Split a band's 36 GEMMs over the kernel threads (in :data:`GEMM_GROUPS` fixed groups of positions, so
-        every product is the same at any thread count). For a map of one band, which would otherwise run on one
-        thread; never from inside a :func:`dcnn.kernels.threads.parallel_for` worker.
+        Split a band's 36 product GEMMs over the kernel threads (in :data:`GEMM_GROUPS` fixed groups of
+        positions, so every product is the same at any thread count). For a map of one band, which would
+        otherwise run on one thread; never from inside a :func:`dcnn.kernels.threads.parallel_for` worker.
     """
 
-    def __init__(
-        self, planes: np.ndarray, result: np.ndarray, u: np.ndarray, tile_rows: int, share_gemms: bool = False
-    ):
-        self.planes, self.result, self.u, self.tile_rows = planes, result, u, tile_rows
+    def __init__(self, x: np.ndarray, padding: tuple[int, int, int, int], out: np.ndarray, u: np.ndarray,
+                 share_gemms: bool = False):
+        self.x, self.padding, self.out, self.u = x, padding, out, u
         self.share_gemms = share_gemms
-        self.tiles_wide = result.shape[-1]
+        out_h, out_w = out.shape[2:]
+        self.tiles_high, self.tiles_wide = -(-out_h // TILE), -(-out_w // TILE)
+        self.image_rows = self.tiles_high + 1
+        #: Tile rows to compute: the last image's spare tile row would read past the stack.
+        self.tile_rows = len(x) * self.image_rows - 1
 
     def band_rows(self) -> int:
         """Tile rows per band (:func:`band_rows` of this layer and map)."""
         return band_rows(self.u.shape[2], self.u.shape[1], self.tiles_wide)
 
-    def run(self, band: tuple[int, int]) -> None:
-        """Compute tile rows ``band = (first, stop)`` into :attr:`result`."""
-        first, stop = band
-        rows, wide = stop - first, self.tiles_wide
-        channels, out_channels = self.u.shape[2], self.u.shape[1]
-        # Rows: input row 4 t + i is plane row t + i // 4 of row phase i mod 4 -> (6, 4, C, rows, tw + 1).
-        shapes = scratch_shapes(channels, out_channels, rows, wide)
-        by_rows = scratch_buffer("rows", shapes["rows"])
-        _input_1d([self.planes[i % TILE, :, :, first + i // TILE : stop + i // TILE] for i in range(ALPHA)], by_rows)
-        # Columns, likewise -> V (xi, nu, C, rows, tw): one (C, tiles) matrix per position (xi, nu).
-        v = scratch_buffer("v", shapes["v"])
-        _input_1d(
-            [by_rows[:, j % TILE, :, :, j // TILE : j // TILE + wide] for j in range(ALPHA)],
-            v.reshape(ALPHA, ALPHA, channels, rows, wide).transpose(1, 0, 2, 3, 4),
-        )
-        # The 36 GEMMs in one call: numpy hands each (K x C) @ (C x tiles) of the stack to BLAS sgemm.
-        m = scratch_buffer("m", shapes["m"])
-        if self.share_gemms:
+    def _images(self, first: int, stop: int) -> list[tuple[int, int, int]]:
+        """``(image, first tile row, stop)`` of each image's part of stacked tile rows ``[first, stop)``."""
+        parts = []
+        row = first
+        while row < stop:
+            image, local = divmod(row, self.image_rows)
+            end = min(stop - row, self.image_rows - local) + local
+            parts.append((image, local, end))
+            row += end - local
+        return parts
 
-            def multiply(groups: Sequence[tuple[int, int]]) -> None:
-                for first_position, stop_position in groups:
-                    np.matmul(
-                        self.u[first_position:stop_position],
-                        v[first_position:stop_position],
-                        out=m[first_position:stop_position],
-                    )
+    def _split(self, first: int, stop: int, phases: np.ndarray) -> None:
+        """The band's input phases: plane rows ``[first, stop]`` of the stack (the zero-padded images)."""
+        top, bottom, left, right = self.padding
+        at = 0
+        for image, local, end in self._images(first, stop + 1):
+            target = phases[:, :, :, at:at + end - local][:, :, :, None]
+            split_phases_serial(target, self.x[image:image + 1], (top - TILE * local, bottom, left, right), (TILE, TILE))
+            at += end - local
 
-            step = ALPHA * ALPHA // GEMM_GROUPS
-            parallel_for(multiply, [(g * step, (g + 1) * step) for g in range(GEMM_GROUPS)])
-        else:
-            np.matmul(self.u, v, out=m)
-        # Output transform: rows over xi, then columns over nu, straight into the output phases.
-        half = scratch_buffer("half", shapes["half"])
-        _output_1d(list(m.reshape(ALPHA, ALPHA, out_channels, rows, wide)), half)
-        _output_1d([half[:, nu] for nu in range(ALPHA)], [self.result[:, j, :, first:stop] for j in range(TILE)])
-
-
-def scatter_tiles(result: np.ndarray, out: np.ndarray, images_rows: int) -> None:
-    """Copy ``result`` (4, 4, K, b * images_rows, tw) from tile phases into ``out`` (b, K, Ho, Wo).
-
-    Parallel over channels (:func:`dcnn.kernels.threads.parallel_for`).
-    """
-    batch, out_channels, out_h, out_w = out.shape
-    phases = result.reshape(TILE, TILE, out_channels, batch, images_rows, -1)
-
-    def copy_channels(channels: Sequence[int]) -> None:
-        if len(channels):
-            block = slice(channels[0], channels[-1] + 1)
-            for i in range(min(TILE, out_h)):
+    def _scatter(self, first: int, stop: int, result: np.ndarray) -> None:
+        """Copy the band's output phases ``result`` (4, 4, K, rows, tw + 1) into :attr:`out`, valid pixels only."""
+        out_h, out_w = self.out.shape[2:]
+        at = 0
+        for image, local, end in self._images(first, stop):
+            valid = min(end, self.tiles_high)
+            for i in range(TILE):
+                row0 = TILE * local + i
+                count = len(range(row0, min(out_h, TILE * valid), TILE))
+                if count <= 0:
+                    continue
                 for j in range(min(TILE, out_w)):
-                    target = out[:, block, i::TILE, j::TILE]
-                    target[...] = phases[i, j, block, :, : target.shape[2], : target.shape[3]].transpose(1, 0, 2, 3)
+                    target = self.out[image, :, row0:row0 + TILE * count:TILE, j::TILE]
+                    target[...] = result[i, j, :, at:at + count, :target.shape[2]]
+            at += end - local
 
-    parallel_for(copy_channels, range(out_channels))
+    def run(self, band: tuple[int, int], epilogue: Callable[[np.ndarray], None]) -> None:
+        """Compute tile rows ``band = (first, stop)`` into :attr:`out`; ``epilogue`` (bias, ReLU) is applied in
+        place to the band's output phases ``(4, 4, K, rows, tw + 1)`` first."""
+        first, stop = band
+        rows, wide = stop - first, self.tiles_wide + 1
+        out_channels, channels = self.u.shape[1:]
+        shapes = scratch_shapes(channels, out_channels, rows, self.tiles_wide)
+        buffers = {role: scratch_buffer(role, shape) for role, shape in shapes.items()}
+        self._split(first, stop, buffers["phases"])
+        phases, by_rows, v, m, half, result = (address(buffers[role]) for role in shapes)
+        plane = channels * (rows + 1) * wide  # one phase plane of the band
+        bt, at = address(_BT32), address(_AT32)
+        # Rows: by_rows[xi, q] = sum_j BT[xi, j] phases[j mod 4, q] (plane rows j // 4 further on), per column
+        # phase q; the last plane row's outputs, which would read past the plane, are zeroed instead.
+        span = plane - wide
+        for q in range(TILE):
+            _transform(ALPHA, span, bt, TILE, phases + 4 * q * plane, TILE * plane, by_rows + 4 * q * plane,
+                       TILE * plane, wide, ALPHA - TILE)
+        buffers["rows"].reshape(ALPHA, TILE, -1)[:, :, span:] = 0
+        # Columns: V[xi, nu] = sum_j BT[nu, j] by_rows[xi, j mod 4] (one element further on for j >= 4).
+        for xi in range(ALPHA):
+            _transform(ALPHA, plane - 1, bt, TILE, by_rows + 4 * xi * TILE * plane, plane,
+                       v + 4 * xi * ALPHA * plane, plane, 1, ALPHA - TILE)
+        buffers["v"].reshape(ALPHA * ALPHA, -1)[:, -1] = 0
+        # The 36 products on the band's valid plane rows: M[p] (K x rows wide) = U[p] (K x C) @ V[p].
+        columns = rows * wide
+        weights = address(self.u)
+
+        def multiply(positions: Sequence[int]) -> None:
+            for position in positions:
+                sgemm(out_channels, columns, channels, weights + 4 * position * out_channels * channels, channels,
+                      v + 4 * position * plane, (rows + 1) * wide, m + 4 * position * out_channels * columns,
+                      columns, False)
+
+        if self.share_gemms:
+            step = ALPHA * ALPHA // GEMM_GROUPS
+            parallel_for(lambda groups: [multiply(range(g * step, (g + 1) * step)) for g in groups],
+                         range(GEMM_GROUPS))
+        else:
+            multiply(range(ALPHA * ALPHA))
+        # Output transform: over xi per nu, then over nu per output row phase i.
+        block = out_channels * columns
+        for nu in range(ALPHA):
+            sgemm(TILE, block, ALPHA, at, ALPHA, m + 4 * nu * block, ALPHA * block, half + 4 * nu * block,
+                  ALPHA * block, False)
+        for i in range(TILE):
+            sgemm(TILE, block, ALPHA, at, ALPHA, half + 4 * i * ALPHA * block, block, result + 4 * i * TILE * block,
+                  block, False)
+        epilogue(buffers["out"])
+        self._scatter(first, stop, buffers["out"])
