@@ -297,7 +297,8 @@ class WinogradBands:
         at = 0
         for image, local, end in self._images(first, stop + 1):
             target = phases[:, :, :, at:at + end - local][:, :, :, None]
-            split_phases_serial(target, self.x[image:image + 1], (top - TILE * local, bottom, left, right), (TILE, TILE))
+            split_phases_serial(target, self.x[image:image + 1], (top - TILE * local, bottom, left, right),
+                                (TILE, TILE))
             at += end - local
 
     def _scatter(self, first: int, stop: int, result: np.ndarray) -> None:
