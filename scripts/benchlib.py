@@ -121,7 +121,7 @@ def machine_info() -> dict:
     """
     from threadpoolctl import threadpool_info
 
-    from dcnn.kernels.cache import cache_bytes
+    from dcnn.kernels.cache import cache_bytes, reported_bytes
 
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
@@ -132,11 +132,15 @@ def machine_info() -> dict:
     blas = [{"library": Path(info["filepath"]).name, "api": info["internal_api"], "version": info["version"],
              "kernel": info.get("architecture")} for info in threadpool_info() if info["user_api"] == "blas"]
     return {"cpu": model, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "cache_bytes": {f"L{level}": cache_bytes(level) for level in (1, 2, 3)}, "blas": blas}
+            "cache_bytes": {f"L{level}": cache_bytes(level) for level in (1, 2, 3)},
+            "reported_cache_bytes": {f"L{level}": reported_bytes(level) for level in (1, 2, 3)}, "blas": blas}
 
 
 def describe_machine(info: dict) -> str:
     """One line of :func:`machine_info` for a benchmark's text output."""
-    caches = ", ".join(f"{level} {size >> 10} KiB" for level, size in info["cache_bytes"].items())
+    reported = info.get("reported_cache_bytes", info["cache_bytes"])
+    caches = ", ".join(f"{level} {reported[level] >> 10} KiB"
+                       + (f" ({size >> 10} KiB counted)" if size != reported[level] else "")
+                       for level, size in info["cache_bytes"].items())
     blas = "; ".join(f"{b['library']} {b['api']} {b['version']} {b['kernel']}" for b in info["blas"])
     return f"CPU: {info['cpu']} ({info['cores']} cores; {caches}); BLAS: {blas}"

@@ -8,8 +8,10 @@ from dcnn.kernels import cache
 @pytest.fixture(autouse=True)
 def _fresh_cache():
     cache.cache_bytes.cache_clear()
+    cache.reported_bytes.cache_clear()
     yield
     cache.cache_bytes.cache_clear()
+    cache.reported_bytes.cache_clear()
 
 
 @pytest.mark.parametrize("level", [1, 2, 3])
@@ -58,6 +60,7 @@ def test_l3_counts_at_most_its_share_per_core(tmp_path, monkeypatch):
     monkeypatch.setattr(cache.os, "cpu_count", lambda: 2)
     assert cache.cache_bytes(3) == 2 * cache.L3_PER_CORE_BYTES
     assert cache.cache_bytes(2) == 1 << 20
+    assert cache.reported_bytes(3) == 300 << 20
     cache.cache_bytes.cache_clear()
     monkeypatch.setattr(cache.os, "cpu_count", lambda: 128)
     assert cache.cache_bytes(3) == 300 << 20

@@ -11,7 +11,7 @@ import functools
 import os
 from pathlib import Path
 
-__all__ = ["cache_bytes"]
+__all__ = ["cache_bytes", "reported_bytes"]
 
 #: Used when the size of a level cannot be read: smaller than any current x86 server core's caches.
 DEFAULT_BYTES = {1: 32 << 10, 2: 512 << 10, 3: 8 << 20}
@@ -44,11 +44,9 @@ def _from_sysfs(level: int) -> int:
 
 
 @functools.cache
-def cache_bytes(level: int) -> int:
-    """Size in bytes of the level-``level`` data cache seen by one core (1, 2 or 3).
-
-    For the shared L3 this is the part the cores of this system can count on: the whole cache, at most
-    :data:`L3_PER_CORE_BYTES` per core (``os.cpu_count()``).
+def reported_bytes(level: int) -> int:
+    """Size in bytes of the level-``level`` data cache (1, 2 or 3) as the system reports it (for a shared cache,
+    the whole of it), or :data:`DEFAULT_BYTES` where nothing can be read.
 
     Raises
     ------
@@ -64,7 +62,22 @@ def cache_bytes(level: int) -> int:
         size = 0
     if size <= 0:
         size = _from_sysfs(level)
-    size = size if size > 0 else DEFAULT_BYTES[level]
+    return size if size > 0 else DEFAULT_BYTES[level]
+
+
+@functools.cache
+def cache_bytes(level: int) -> int:
+    """Size in bytes of the level-``level`` data cache that the kernels size their blocks by (1, 2 or 3).
+
+    :func:`reported_bytes`, but for the shared L3 only the part the cores of this system can count on: at most
+    :data:`L3_PER_CORE_BYTES` per core (``os.cpu_count()``).
+
+    Raises
+    ------
+    ValueError
+        If ``level`` is not 1, 2 or 3.
+    """
+    size = reported_bytes(level)
     if level == 3:
         size = min(size, L3_PER_CORE_BYTES * (os.cpu_count() or 1))
     return size
