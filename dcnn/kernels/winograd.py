@@ -247,8 +247,9 @@ class WinogradBands:
     column, from neighbouring values; those positions are never read by a valid output. The 36 products then
     take the band's valid plane rows only, and the output transforms are GEMMs likewise.
 
-    Every band runs the same operations on its tiles wherever it starts, so the band bounds and the thread count
-    change no result.
+    The bands depend on the layer and the map only (:func:`band_rows`), and the threads share whole bands or, for
+    a map of one band, fixed groups of the 36 products, so the thread count changes no result; other band bounds
+    change the results only as far as BLAS sums a GEMM of another width in another order.
 
     Parameters
     ----------
