@@ -119,10 +119,12 @@ def test_task_threads_run_each_job_at_one_kernel_thread(blas):
         ran_on = set()
         threads.parallel_for(lambda items: ran_on.add(threading.current_thread()), list(range(8)))
         threads.use_blas_threads()
+        assert threads.numeric_threads() == 2  # its sibling task thread runs numpy calls meanwhile
         return threads.get_num_threads(), ran_on == {threading.current_thread()}, threading.current_thread().name
 
     try:
         threads.set_num_threads(2)
+        assert threads.numeric_threads() == 2
         with threads.task_threads() as pool:
             results = list(pool.map(job, range(6)))
         assert all(count == 1 and serial for count, serial, _ in results)

@@ -22,7 +22,7 @@ import numpy as np
 
 from dcnn.kernels.cache import cache_bytes
 from dcnn.kernels.memory import empty_float32
-from dcnn.kernels.threads import parallel_for
+from dcnn.kernels.threads import numeric_threads, parallel_for
 
 __all__ = [
     "Rect", "decode_boxes", "nms", "pyramid_sizes", "pyramid_tensor", "resize_bilinear", "resize_rgb",
@@ -147,8 +147,14 @@ def _vector_weights(tb: np.ndarray, lr: np.ndarray) -> tuple[np.ndarray, ...]:
 #: CPU time per image: on a 1 MiB L2 (AMD EPYC), bands of 128 KiB, 256 KiB, 512 KiB and 1 MiB took 4.30, 3.93, 3.99
 #: and 4.70 ms; on a 2 MiB L2 (Intel Xeon), bands of 64 KiB, 128 KiB, 256 KiB, 512 KiB, 1 MiB and 2 MiB took 6.9,
 #: 6.0-6.2, 6.1, 6.7, 8.7 and 8.7 ms. With two task threads, whose numpy calls wait for each other's turn of the
-#: interpreter lock, 512 KiB bands took 0.89 s where 128 KiB took 1.25 (fewer, longer calls; AMD).
+#: interpreter lock, 512 KiB bands took 0.89 s where 128 KiB took 1.25 (fewer, longer calls; AMD): the bands are
+#: this size times :func:`~dcnn.kernels.threads.numeric_threads` (:func:`_band_bytes`).
 BAND_BYTES = min(cache_bytes(2) // 4, 256 << 10)
+
+
+def _band_bytes() -> int:
+    """Bytes of one band: :data:`BAND_BYTES` per thread that may run numpy calls at once in this process."""
+    return BAND_BYTES * numeric_threads()
 
 
 #: Bytes of resize plans kept (:func:`_resize_plan`): the first plans made are kept while they fit, none is
@@ -213,7 +219,7 @@ def _resize_planes(image: np.ndarray, rows: int, cols: int, rgb: bool) -> np.nda
     flat = image.reshape(height * width, planes)
     top, bottom, tb, vector, left, right, lr, weights, corners = _resize_plan(height, width, rows, cols)
     out = np.empty((rows, cols, planes), np.float32)
-    band = max(1, BAND_BYTES // (4 * max(vector, 1) * planes))
+    band = max(1, _band_bytes() // (4 * max(vector, 1) * planes))
     scratch = np.empty((4, min(band, rows) * vector * planes), np.float32)
     for first in range(0, rows, band):
         last = min(rows, first + band)
@@ -382,7 +388,7 @@ def _copy_level(pixels: np.ndarray, level: np.ndarray, left: int, top: int) -> N
     level through the cache again.
     """
     rows, cols, planes = level.shape
-    band = max(1, BAND_BYTES // (4 * cols * planes))
+    band = max(1, _band_bytes() // (4 * cols * planes))
     for first in range(0, rows, band):
         last = min(rows, first + band)
         source = level[first:last].reshape(last - first, cols, -1, 3).transpose(2, 0, 1, 3)

@@ -37,8 +37,8 @@ from threadpoolctl import ThreadpoolController
 # OpenBLAS, ``dcnn.kernels.blas`` SciPy's (the one the convolutions call).
 from . import blas  # noqa: F401
 
-__all__ = ["TasksCancelled", "cancel_tasks", "get_num_threads", "parallel_for", "set_num_threads", "stop_if_cancelled",
-           "task_threads", "use_blas_threads"]
+__all__ = ["TasksCancelled", "cancel_tasks", "get_num_threads", "numeric_threads", "parallel_for", "set_num_threads",
+           "stop_if_cancelled", "task_threads", "use_blas_threads"]
 
 T = TypeVar("T")
 
@@ -91,6 +91,13 @@ def get_num_threads() -> int:
     """The kernel threads of the calling thread: 1 on a thread of :func:`task_threads`, else the count set by
     :func:`set_num_threads` (1 until it is called)."""
     return 1 if getattr(_local, "single", False) else _num_threads
+
+
+def numeric_threads() -> int:
+    """The threads of this process that may run numeric work at once, the caller's included: the count set by
+    :func:`set_num_threads`, whether they are kernel threads or :func:`task_threads`. Their numpy calls take turns
+    at the interpreter lock, so code that chooses between many short calls and fewer long ones asks this."""
+    return _num_threads
 
 
 def _run_single() -> None:
