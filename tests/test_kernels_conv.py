@@ -187,6 +187,18 @@ def test_winograd_rows_error_against_float64(rng, batch, channels, out_channels,
     np.testing.assert_array_equal(clipped, np.maximum(actual, 0))
 
 
+def at_thread_counts(kernel, x, padding) -> list[np.ndarray]:
+    """``kernel(x, padding)`` at 1, 2 and 3 kernel threads."""
+    results = []
+    try:
+        for count in (1, 2, 3):
+            threads.set_num_threads(count)
+            results.append(kernel(x, padding))
+    finally:
+        threads.set_num_threads(1)
+    return results
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_winograd_rows_at_any_thread_count_and_on_many_chunks(rng, monkeypatch, stride):
     """Bit-identical at 1, 2 and 3 threads and with chunks of one tile row (chunks spanning images); a block of
@@ -194,13 +206,7 @@ def test_winograd_rows_at_any_thread_count_and_on_many_chunks(rng, monkeypatch, 
     x = random_array(rng, 3, 16, 21 * stride, 13)
     kernel = Conv2dKernel(random_array(rng, 24, 16, 5, 5), random_array(rng, 24), (stride, stride), relu=True)
     assert kernel.method == "winograd-rows"
-    results = []
-    try:
-        for count in (1, 2, 3):
-            threads.set_num_threads(count)
-            results.append(kernel(x, 2))
-    finally:
-        threads.set_num_threads(1)
+    results = at_thread_counts(kernel, x, 2)
     for result in results[1:]:
         np.testing.assert_array_equal(result, results[0])
     monkeypatch.setattr(conv, "cache_bytes", lambda level: 1024)
@@ -260,13 +266,7 @@ def test_winograd_bands_across_images_and_threads(rng, monkeypatch, batch, heigh
     np.testing.assert_allclose(whole, np.maximum(expected, 0), rtol=1e-4, atol=1e-4)
     monkeypatch.setattr(winograd, "MIN_BAND_TILES", 1)
     monkeypatch.setattr(winograd, "cache_bytes", lambda level: 1)
-    results = []
-    try:
-        for count in (1, 2, 3):
-            threads.set_num_threads(count)
-            results.append(kernel(x, 1))
-    finally:
-        threads.set_num_threads(1)
+    results = at_thread_counts(kernel, x, 1)
     np.testing.assert_allclose(results[0], whole, rtol=1e-6, atol=1e-6 * np.abs(whole).max())
     for result in results[1:]:
         np.testing.assert_array_equal(result, results[0])
