@@ -28,7 +28,7 @@ def test_parse_size(text, expected):
 
 def test_sysfs_when_sysconf_reports_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(cache.os, "sysconf", lambda name: 0)
-    monkeypatch.setattr(cache.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(cache.os, "sched_getaffinity", lambda pid: set(range(64)))
     for index, (level, kind, size) in enumerate([(1, "Data", "48K"), (1, "Instruction", "32K"),
                                                   (2, "Unified", "2048K"), (3, "Unified", "105M")]):
         folder = tmp_path / f"index{index}"
@@ -57,10 +57,10 @@ def test_bad_level():
 def test_l3_counts_at_most_its_share_per_core(tmp_path, monkeypatch):
     """A virtual machine's guest reads the whole socket's L3 (300 MiB for 2 cores): counted as 4 MiB per core."""
     monkeypatch.setattr(cache.os, "sysconf", lambda name: 300 << 20 if name == "SC_LEVEL3_CACHE_SIZE" else 1 << 20)
-    monkeypatch.setattr(cache.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cache.os, "sched_getaffinity", lambda pid: {0, 1})
     assert cache.cache_bytes(3) == 2 * cache.L3_PER_CORE_BYTES
     assert cache.cache_bytes(2) == 1 << 20
     assert cache.reported_bytes(3) == 300 << 20
     cache.cache_bytes.cache_clear()
-    monkeypatch.setattr(cache.os, "cpu_count", lambda: 128)
+    monkeypatch.setattr(cache.os, "sched_getaffinity", lambda pid: set(range(128)))
     assert cache.cache_bytes(3) == 300 << 20

@@ -256,17 +256,22 @@ def test_winograd_on_a_block_agrees_with_the_whole_map(rng):
 
 @pytest.mark.parametrize("batch,height,width", [(3, 9, 10), (2, 14, 14), (1, 23, 5)])
 def test_winograd_bands_across_images_and_threads(rng, monkeypatch, batch, height, width):
-    """Bands of one tile row (each holds the next tile row too, which may be the next image's first) agree with
-    one band for the whole block; the thread count changes no bit."""
+    """Bands of one tile row (each holds the next tile row too, which may be the next image's first; some are an
+    image's spare row only) agree with one band for the whole block; the thread count changes no bit."""
     x = random_array(rng, batch, 16, height, width)
     weight, bias = random_array(rng, 12, 16, 3, 3), random_array(rng, 12)
     kernel = Conv2dKernel(weight, bias, relu=True, method="winograd")
     expected = reference.conv2d(x, weight, bias, (1, 1), (1, 1, 1, 1), (1, 1), 1)
     whole = kernel(x, 1)
     np.testing.assert_allclose(whole, np.maximum(expected, 0), rtol=1e-4, atol=1e-4)
-    monkeypatch.setattr(winograd, "MIN_BAND_TILES", 1)
-    monkeypatch.setattr(winograd, "cache_bytes", lambda level: 1)
+    monkeypatch.setattr(winograd, "band_rows", lambda *args: 1)
+    bands = []
+    run = winograd.WinogradBands.run
+    monkeypatch.setattr(winograd.WinogradBands, "run", lambda self, band, epilogue: bands.append(band) or run(
+        self, band, epilogue))
     results = at_thread_counts(kernel, x, 1)
+    tile_rows = batch * (-(-height // 4) + 1) - 1
+    assert sorted(set(bands)) == [(row, row + 1) for row in range(tile_rows)]
     np.testing.assert_allclose(results[0], whole, rtol=1e-6, atol=1e-6 * np.abs(whole).max())
     for result in results[1:]:
         np.testing.assert_array_equal(result, results[0])

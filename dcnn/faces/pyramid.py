@@ -153,8 +153,9 @@ BAND_BYTES = min(cache_bytes(2) // 4, 256 << 10)
 
 
 def _band_bytes() -> int:
-    """Bytes of one band: :data:`BAND_BYTES` per thread that may run numpy calls at once in this process."""
-    return BAND_BYTES * numeric_threads()
+    """Bytes of one band: :data:`BAND_BYTES` per thread that may run numpy calls at once in this process, at most
+    half the L2 (measured with one and two threads only)."""
+    return min(BAND_BYTES * numeric_threads(), max(BAND_BYTES, cache_bytes(2) // 2))
 
 
 #: Bytes of resize plans kept (:func:`_resize_plan`): the first plans made are kept while they fit, none is

@@ -10,7 +10,7 @@ width is read from ``openblas_get_config``), found through :func:`threadpoolctl.
 the ``sgemm`` that SciPy exports for Cython (:mod:`scipy.linalg.cython_blas`, public API). On this project's
 machines numpy's OpenBLAS 0.3.31 runs the thin GEMMs of MobileNetV2 and ResNet-50 up to 1.3x faster than
 SciPy's 0.3.30 with the same SkylakeX kernels (24 x 3136 x 144: 82 against 64 GFLOP/s; 1024^3: 100 both), and
-it is the library ``numpy.matmul`` (the Winograd GEMMs) calls, so every convolution GEMM runs on one BLAS.
+it is the library ``numpy.matmul`` (the *winograd-rows* transforms) calls, so every convolution GEMM runs on one BLAS.
 
 *Cost of a call.* The CBLAS interface takes its integers by value, so a call converts plain Python numbers
 (no ``byref`` objects) and reads each operand's address once from ``__array_interface__`` (``ndarray.ctypes``

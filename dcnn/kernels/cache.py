@@ -2,7 +2,9 @@
 
 The convolution sizes its GEMM chunks to the per-core L2 and its batch blocks to the L3, instead of constants
 tuned on one CPU. Sizes come from ``sysconf`` (glibc) and, where that reports nothing (some virtual machines),
-from ``/sys/devices/system/cpu/cpu0/cache``; a conservative default covers everything else.
+from ``/sys/devices/system/cpu/cpu0/cache``; a conservative default covers everything else. The shared L3 counts at
+most :data:`L3_PER_CORE_BYTES` per CPU this process may run on: a virtual machine reads its host socket's whole
+cache, which the host's other cores share (:func:`cache_bytes`; :func:`reported_bytes` is what the system says).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ __all__ = ["cache_bytes", "reported_bytes"]
 
 #: Used when the size of a level cannot be read: smaller than any current x86 server core's caches.
 DEFAULT_BYTES = {1: 32 << 10, 2: 512 << 10, 3: 8 << 20}
-#: The most L3 counted per core this system has (:func:`cache_bytes`). Current x86 server parts give each core
+#: The most L3 counted per CPU this process may run on (:func:`cache_bytes`). Current x86 server parts give each core
 #: 2-5 MiB of their shared L3 (AMD EPYC Zen 4: 32 MiB per 8 cores; Intel Xeon Emerald Rapids: 320 MB per 64).
 #: A 2-core virtual machine on an Emerald Rapids host reads 300 MiB; sizing blocks of images by it ran VGG-16 at
 #: batch 4 at 0.95 of batch 1's time per image, 8 MiB at 0.90 (CPU time, 15 interleaved runs).
@@ -48,6 +50,16 @@ def reported_bytes(level: int) -> int:
     """Size in bytes of the level-``level`` data cache (1, 2 or 3) as the system reports it (for a shared cache,
     the whole of it), or :data:`DEFAULT_BYTES` where nothing can be read.
 
+    Parameters
+    ----------
+    level : int
+        1, 2 or 3.
+
+    Returns
+    -------
+    int
+        Bytes.
+
     Raises
     ------
     ValueError
@@ -69,8 +81,18 @@ def reported_bytes(level: int) -> int:
 def cache_bytes(level: int) -> int:
     """Size in bytes of the level-``level`` data cache that the kernels size their blocks by (1, 2 or 3).
 
-    :func:`reported_bytes`, but for the shared L3 only the part the cores of this system can count on: at most
-    :data:`L3_PER_CORE_BYTES` per core (``os.cpu_count()``).
+    :func:`reported_bytes`, but for the shared L3 only the part this process's cores can count on: at most
+    :data:`L3_PER_CORE_BYTES` per CPU it may run on (its affinity mask, else ``os.cpu_count()``).
+
+    Parameters
+    ----------
+    level : int
+        1, 2 or 3.
+
+    Returns
+    -------
+    int
+        Bytes.
 
     Raises
     ------
@@ -79,5 +101,13 @@ def cache_bytes(level: int) -> int:
     """
     size = reported_bytes(level)
     if level == 3:
-        size = min(size, L3_PER_CORE_BYTES * (os.cpu_count() or 1))
+        size = min(size, L3_PER_CORE_BYTES * _usable_cpus())
     return size
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -593,7 +593,7 @@ class Conv2dKernel:
         """Convolve the images ``x`` (b, C, H, W) into ``out`` (b, K, Ho, Wo) through the phase planes."""
         batch, channels = x.shape[:2]
         if self.method == "winograd":
-            self._winograd(x, out, padding, workspace)
+            self._winograd(x, out, padding)
             return
         sh, sw = self.stride
         flat = workspace.get("input", (sh * sw, channels, batch * planes_h * planes_w))
@@ -858,7 +858,7 @@ class Conv2dKernel:
 
         parallel_for(run_chunks, chunks)
 
-    def _winograd(self, x: np.ndarray, out: np.ndarray, padding: Padding, workspace: Workspace) -> None:
+    def _winograd(self, x: np.ndarray, out: np.ndarray, padding: Padding) -> None:
         """F(4x4, 3x3) of the images ``x`` (b, C, H, W) into ``out`` (b, K, Ho, Wo), by bands of tile rows
         (:class:`dcnn.kernels.winograd.WinogradBands`); one band when the map is small: the GEMMs need wide
         bands."""

@@ -31,7 +31,8 @@ def split_phases(target: np.ndarray, x: np.ndarray, padding: Padding, stride: tu
 
 
 def split_phases_serial(target: np.ndarray, x: np.ndarray, padding: Padding, stride: tuple[int, int]) -> None:
-    """:func:`split_phases` on one thread."""
+    """:func:`split_phases` on one thread: the same parameters (``target`` (sh, sw, C, B, Hq, Wq), ``x``
+    (B, C, H, W)). A ``top`` padding below zero starts the planes ``-top`` rows into ``x`` (a band of a map)."""
     top, _, left, _ = padding
     height, width = x.shape[-2:]
     source = x.transpose(1, 0, 2, 3)

@@ -96,7 +96,13 @@ def get_num_threads() -> int:
 def numeric_threads() -> int:
     """The threads of this process that may run numeric work at once, the caller's included: the count set by
     :func:`set_num_threads`, whether they are kernel threads or :func:`task_threads`. Their numpy calls take turns
-    at the interpreter lock, so code that chooses between many short calls and fewer long ones asks this."""
+    at the interpreter lock, so code that chooses between many short calls and fewer long ones asks this.
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
     return _num_threads
 
 

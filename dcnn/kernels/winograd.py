@@ -5,7 +5,7 @@ Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016),
 that covers the tile's windows, ``*`` the element-wise product and the transform matrices below (interpolation
 points 0, 1, -1, 2, -2 and infinity). Summed over the input channels, the element-wise products become 36
 independent GEMMs, one per transformed position ``(xi, nu)``: ``M[xi, nu] (K x tiles) = U[xi, nu] (K x C) @
-V[xi, nu] (C x tiles)`` (one ``numpy.matmul`` of the stacks). That is 36 multiplications per 16 outputs
+V[xi, nu] (C x tiles)`` (36 BLAS calls per band). That is 36 multiplications per 16 outputs
 instead of 144, at the cost of the input and output transforms, done separably (rows, then columns) as GEMMs
 with ``B^T`` and ``A^T`` on whole bands of tiles (:class:`WinogradBands`).
 
@@ -33,6 +33,7 @@ from dcnn.kernels.blas import address, sgemm
 from dcnn.kernels.cache import cache_bytes
 from dcnn.kernels.phases import split_phases_serial
 from dcnn.kernels.threads import parallel_for
+from dcnn.network.window import Padding
 
 __all__ = [
     "ALPHA",
@@ -178,8 +179,10 @@ def images_per_block(batch: int, tiles_per_image: int) -> int:
 
 
 def band_rows(channels: int, out_channels: int, tiles_wide: int) -> int:
-    """Tile rows per band: the band's transformed input and products fit in the L2 cache, or it has at
-    least :data:`MIN_BAND_TILES` tiles and at least as many tiles as the layer has input or output channels.
+    """Tile rows per band: its transformed input ``V`` and products ``M`` (36 (C + K) floats per tile; the band
+    holds about twice that in all, :func:`scratch_shapes`, but its stages read and write two buffers at a time)
+    fit in the L2 cache, or it has at least :data:`MIN_BAND_TILES` tiles and at least as many tiles as the layer
+    has input or output channels.
     Depends on the layer and the map only, never on the thread count.
 
     The last bound keeps each of the 36 ``(K x C) @ (C x tiles)`` GEMMs at least as wide as it is deep: BLAS
@@ -267,8 +270,12 @@ class WinogradBands:
         otherwise run on one thread; never from inside a :func:`dcnn.kernels.threads.parallel_for` worker.
     """
 
-    def __init__(self, x: np.ndarray, padding: tuple[int, int, int, int], out: np.ndarray, u: np.ndarray,
-                 share_gemms: bool = False):
+    def __init__(self, x: np.ndarray, padding: Padding, out: np.ndarray, u: np.ndarray, share_gemms: bool = False):
+        out_channels, channels = u.shape[1:]
+        if (u.dtype != np.float32 or not u.flags.c_contiguous or u.shape[0] != ALPHA * ALPHA
+                or x.shape[1] != channels or out.shape[:2] != (len(x), out_channels)):
+            raise ValueError(f"transformed filters {u.shape} {u.dtype} do not fit input {x.shape} and output "
+                             f"{out.shape}: (36, K, C) C-contiguous float32 expected")
         self.x, self.padding, self.out, self.u = x, padding, out, u
         self.share_gemms = share_gemms
         out_h, out_w = out.shape[2:]
@@ -319,11 +326,27 @@ class WinogradBands:
             at += end - local
 
     def run(self, band: tuple[int, int], epilogue: Callable[[np.ndarray], None]) -> None:
-        """Compute tile rows ``band = (first, stop)`` into :attr:`out`; ``epilogue`` (bias, ReLU) is applied in
-        place to the band's output phases ``(4, 4, K, rows, tw + 1)`` first."""
+        """Compute tile rows ``band`` into :attr:`out`.
+
+        Parameters
+        ----------
+        band : tuple of int
+            ``(first, stop)``: tile rows of the stack, ``0 <= first < stop <=`` :attr:`tile_rows`.
+        epilogue : callable
+            Applied in place to the band's output phases ``(4, 4, K, rows, tw + 1)`` before they are copied
+            into :attr:`out` (bias, ReLU).
+
+        Raises
+        ------
+        ValueError
+            If a buffer of the band would need a row stride of 2^31 elements or more (BLAS's integers).
+        """
         first, stop = band
         rows, wide = stop - first, self.tiles_wide + 1
         out_channels, channels = self.u.shape[1:]
+        if max(TILE * channels * (rows + 1) * wide, ALPHA * out_channels * rows * wide) >= 2**31:
+            raise ValueError(f"a band of {rows} tile rows of {channels} -> {out_channels} channels, {wide} tiles "
+                             "wide, is too large for BLAS's 32-bit strides")
         shapes = scratch_shapes(channels, out_channels, rows, self.tiles_wide)
         buffers = {role: scratch_buffer(role, shape) for role, shape in shapes.items()}
         self._split(first, stop, buffers["phases"])
@@ -354,8 +377,11 @@ class WinogradBands:
 
         if self.share_gemms:
             step = ALPHA * ALPHA // GEMM_GROUPS
-            parallel_for(lambda groups: [multiply(range(g * step, (g + 1) * step)) for g in groups],
-                         range(GEMM_GROUPS))
+            def multiply_groups(groups: Sequence[int]) -> None:
+                for group in groups:
+                    multiply(range(group * step, (group + 1) * step))
+
+            parallel_for(multiply_groups, range(GEMM_GROUPS))
         else:
             multiply(range(ALPHA * ALPHA))
         # Output transform: over xi per nu, then over nu per output row phase i.
