@@ -20,6 +20,8 @@ models, per rank (one rank per node):
 - ``strip pool``: the strips a rank holds for the reuse policy;
 - ``winograd scratch``: the band buffers of Winograd's convolutions, which every kernel thread keeps at the size
   of the largest band it ran (:func:`dcnn.kernels.winograd.scratch_bytes`), for ``Cluster.threads``;
+- ``chunk scratch``: the GEMM chunk buffers of the convolutions, sized by the L2 (:func:`_chunk_scratch`), per
+  kernel thread;
 - a :class:`Stage` that every rank runs after the network (face recognition after the detector):
   ``<stage> models`` (its network's weights, counted as ``weights`` in batch mode, and its other models) and
   ``<stage> activations`` (its network's input and largest working set for one pass, its other scratch, and
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -47,11 +49,12 @@ from dcnn.decomposition.spatial import fc_shards, plan_spatial
 from dcnn.errors import InputError, PlanError
 from dcnn.io.config import read_toml
 from dcnn.io.numbers import check_number
-from dcnn.kernels.conv import choose_method, layout_bytes, set_exact
+from dcnn.kernels.cache import cache_bytes
+from dcnn.kernels.conv import WIDE_CHUNK_L2, choose_method, layout_bytes, set_exact
 from dcnn.kernels.winograd import TILE, scratch_bytes
 from dcnn.modes import PLANNED_MODES as MODES
 from dcnn.modes import concurrent_tasks
-from dcnn.network.graph import BYTES_PER_VALUE, Network, format_shape
+from dcnn.network.graph import BYTES_PER_VALUE, LayerCost, Network, format_shape
 from dcnn.network.layers import Conv2d, Linear, Shape
 
 __all__ = [
@@ -435,23 +438,41 @@ def _weights(network: Network, input_shape: Shape, ranks: int) -> tuple[list[int
     return held, f"{top[1]}, {format_bytes(top[0])}"
 
 
+def _conv_methods(runs: list[tuple[Network, Shape, int]]) -> Iterator[tuple[Conv2d, LayerCost, int, str]]:
+    """``(layer, cost row, batch, method)`` of every convolution of each ``(network, input shape, batch)``, with
+    the formulation its kernel takes (:func:`dcnn.kernels.conv.choose_method` at the network's declared maps)."""
+    for network, input_shape, batch in runs:
+        declared = network.declared_map_sizes()  # the kernels choose their method for these maps
+        for index, row in enumerate(network.costs(input_shape)):
+            layer = row.layer
+            if isinstance(layer, Conv2d) and len(row.out_shape) == 3:
+                yield layer, row, batch, choose_method(
+                    layer.in_channels // layer.groups, layer.out_channels // layer.groups, layer.stride,
+                    layer.kernel_size, layer.dilation, layer.groups, declared[index])
+
+
 def _winograd_scratch(runs: list[tuple[Network, Shape, int]]) -> int:
     """Bytes of the Winograd band buffers one thread keeps after running each ``(network, input shape, batch)``:
     per buffer role the largest that any Winograd layer needs (:func:`dcnn.kernels.winograd.scratch_bytes`; a
     thread grows each buffer and keeps it). Whole maps: a spatial block or fused tile needs no more."""
     roles: dict[str, int] = {}
-    for network, input_shape, batch in runs:
-        declared = network.declared_map_sizes()  # the kernels choose their method for these maps
-        for index, row in enumerate(network.costs(input_shape)):
-            layer = row.layer
-            if not isinstance(layer, Conv2d) or len(row.out_shape) != 3 or choose_method(
-                    layer.in_channels // layer.groups, layer.out_channels // layer.groups, layer.stride,
-                    layer.kernel_size, layer.dilation, layer.groups, declared[index]) != "winograd":
-                continue
-            tiles = (-(-row.out_shape[1] // TILE), -(-row.out_shape[2] // TILE))
-            for role, size in scratch_bytes(layer.in_channels, layer.out_channels, *tiles, batch).items():
-                roles[role] = max(roles.get(role, 0), size)
+    for layer, row, batch, method in _conv_methods(runs):
+        if method != "winograd":
+            continue
+        tiles = (-(-row.out_shape[1] // TILE), -(-row.out_shape[2] // TILE))
+        for role, size in scratch_bytes(layer.in_channels, layer.out_channels, *tiles, batch).items():
+            roles[role] = max(roles.get(role, 0), size)
     return sum(roles.values())
+
+
+def _chunk_scratch(runs: list[tuple[Network, Shape, int]]) -> int:
+    """Bytes of the GEMM chunk buffers one thread allocates in a convolution: about :data:`WIDE_CHUNK_L2` L2
+    caches for the kernel-row and shifted-output formulations, one for the others (:mod:`dcnn.kernels.conv`).
+    Freed after each layer, but kept by the heap (:func:`dcnn.kernels.memory.steady_heap`): 8 MiB on a 2 MiB
+    L2, which the runtime's margin no longer covered on such a machine."""
+    wide = ("rows", "winograd-rows", "shifted-output")
+    caches = max((WIDE_CHUNK_L2 if method in wide else 1 for *_, method in _conv_methods(runs)), default=0)
+    return caches * cache_bytes(2)
 
 
 def _input_bytes(input_shape: Shape, batch: int) -> int:
@@ -645,9 +666,12 @@ def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, 
                                               else [])
     # Every kernel thread keeps its own buffers, the calling one included (it runs a slice of each parallel loop).
     scratch = cluster.threads * _winograd_scratch(runs)
-    if scratch:
-        for items in plan.memory:
+    chunks = cluster.threads * _chunk_scratch(runs)
+    for items in plan.memory:
+        if scratch:
             items["winograd scratch"] = scratch
+        if chunks:
+            items["chunk scratch"] = chunks
     plan.batch = batch
     plan.seconds = predict_seconds(plan, network, input_shape, cluster, images)
     return plan
