@@ -331,7 +331,8 @@ def test_planner_command_refuses_an_impossible_cluster():
                            "--exact-conv"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.count("dcnn: error:") == 1 and not done.stdout
-    assert "classifier.0" in done.stderr and "It fits on 8 such nodes" in done.stderr
+    # How many nodes depends on this machine's L2 (the planner's chunk scratch); tests/test_plan.py pins it.
+    assert "classifier.0" in done.stderr and re.search(r"It fits on \d+ such nodes", done.stderr)
 
 
 def test_plan_auto_says_when_the_exact_kernels_layouts_would_fit(tmp_path):
