@@ -226,14 +226,13 @@ _AT32 = np.ascontiguousarray(AT, dtype=np.float32)
 
 
 def _transform(m: int, n: int, left: int, k: int, source: int, source_stride: int, target: int, target_stride: int,
-               shift: int = 0, shifted: int = 0) -> None:
-    """``target = left[:, :k] @ source`` (``m x n``), plus ``left[:, k:k + shifted] @ (source rows 0.. shifted by
-    shift elements)``: one 1-D transform of ``n`` values as one or two GEMMs on float32 buffers given by address
+               shift: int, shifted: int) -> None:
+    """``target = left[:, :k] @ source`` (``m x n``) plus ``left[:, k:k + shifted] @ (source rows 0.. shifted by
+    shift elements)``: one 1-D input transform of ``n`` values as two GEMMs on float32 buffers given by address
     (:func:`dcnn.kernels.blas.sgemm`); ``left`` is the address of a C-order ``m x (k + shifted)`` matrix."""
     width = k + shifted
     sgemm(m, n, k, left, width, source, source_stride, target, target_stride, False)
-    if shifted:
-        sgemm(m, n, shifted, left + 4 * k, width, source + 4 * shift, source_stride, target, target_stride, True)
+    sgemm(m, n, shifted, left + 4 * k, width, source + 4 * shift, source_stride, target, target_stride, True)
 
 
 class WinogradBands:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -438,25 +438,28 @@ def _weights(network: Network, input_shape: Shape, ranks: int) -> tuple[list[int
     return held, f"{top[1]}, {format_bytes(top[0])}"
 
 
-def _conv_methods(runs: list[tuple[Network, Shape, int]]) -> Iterator[tuple[Conv2d, LayerCost, int, str]]:
+def _conv_methods(runs: list[tuple[Network, Shape, int]]) -> list[tuple[Conv2d, LayerCost, int, str]]:
     """``(layer, cost row, batch, method)`` of every convolution of each ``(network, input shape, batch)``, with
     the formulation its kernel takes (:func:`dcnn.kernels.conv.choose_method` at the network's declared maps)."""
+    convs = []
     for network, input_shape, batch in runs:
         declared = network.declared_map_sizes()  # the kernels choose their method for these maps
         for index, row in enumerate(network.costs(input_shape)):
             layer = row.layer
             if isinstance(layer, Conv2d) and len(row.out_shape) == 3:
-                yield layer, row, batch, choose_method(
+                convs.append((layer, row, batch, choose_method(
                     layer.in_channels // layer.groups, layer.out_channels // layer.groups, layer.stride,
-                    layer.kernel_size, layer.dilation, layer.groups, declared[index])
+                    layer.kernel_size, layer.dilation, layer.groups, declared[index])))
+    return convs
 
 
-def _winograd_scratch(runs: list[tuple[Network, Shape, int]]) -> int:
-    """Bytes of the Winograd band buffers one thread keeps after running each ``(network, input shape, batch)``:
-    per buffer role the largest that any Winograd layer needs (:func:`dcnn.kernels.winograd.scratch_bytes`; a
-    thread grows each buffer and keeps it). Whole maps: a spatial block or fused tile needs no more."""
+def _winograd_scratch(convs: list[tuple[Conv2d, LayerCost, int, str]]) -> int:
+    """Bytes of the Winograd band buffers one thread keeps after running the convolutions ``convs``
+    (:func:`_conv_methods`): per buffer role the largest that any Winograd layer needs
+    (:func:`dcnn.kernels.winograd.scratch_bytes`; a thread grows each buffer and keeps it). Whole maps: a spatial
+    block or fused tile needs no more."""
     roles: dict[str, int] = {}
-    for layer, row, batch, method in _conv_methods(runs):
+    for layer, row, batch, method in convs:
         if method != "winograd":
             continue
         tiles = (-(-row.out_shape[1] // TILE), -(-row.out_shape[2] // TILE))
@@ -465,13 +468,14 @@ def _winograd_scratch(runs: list[tuple[Network, Shape, int]]) -> int:
     return sum(roles.values())
 
 
-def _chunk_scratch(runs: list[tuple[Network, Shape, int]]) -> int:
-    """Bytes of the GEMM chunk buffers one thread allocates in a convolution: about :data:`WIDE_CHUNK_L2` L2
-    caches for the kernel-row and shifted-output formulations, one for the others (:mod:`dcnn.kernels.conv`).
+def _chunk_scratch(convs: list[tuple[Conv2d, LayerCost, int, str]]) -> int:
+    """Bytes of the GEMM chunk buffers one thread allocates in a convolution of ``convs`` (:func:`_conv_methods`):
+    about :data:`WIDE_CHUNK_L2` L2 caches for the kernel-row and shifted-output formulations, one for the others
+    (:mod:`dcnn.kernels.conv`).
     Freed after each layer, but kept by the heap (:func:`dcnn.kernels.memory.steady_heap`): 8 MiB on a 2 MiB
     L2, which the runtime's margin no longer covered on such a machine."""
     wide = ("rows", "winograd-rows", "shifted-output")
-    caches = max((WIDE_CHUNK_L2 if method in wide else 1 for *_, method in _conv_methods(runs)), default=0)
+    caches = max((WIDE_CHUNK_L2 if method in wide else 1 for *_, method in convs), default=0)
     return caches * cache_bytes(2)
 
 
@@ -665,8 +669,9 @@ def plan_for(network: Network, input_shape: Shape, cluster: Cluster, mode: str, 
     runs = [(network, input_shape, real)] + ([(stage.network, stage.network.input_shape, stage.batch)] if stage
                                               else [])
     # Every kernel thread keeps its own buffers, the calling one included (it runs a slice of each parallel loop).
-    scratch = cluster.threads * _winograd_scratch(runs)
-    chunks = cluster.threads * _chunk_scratch(runs)
+    convs = _conv_methods(runs)  # one pass over the layers for both kinds of scratch
+    scratch = cluster.threads * _winograd_scratch(convs)
+    chunks = cluster.threads * _chunk_scratch(convs)
     for items in plan.memory:
         if scratch:
             items["winograd scratch"] = scratch
