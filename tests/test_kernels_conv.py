@@ -216,15 +216,26 @@ def test_winograd_rows_at_any_thread_count_and_on_many_chunks(rng, monkeypatch, 
     np.testing.assert_allclose(block, results[0][:, :, 8:], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("height,width,padding", [(1, 1, 1), (3, 3, 0), (5, 9, (2, 0, 1, 3)), (17, 14, 1)])
-def test_winograd_error_against_float64(rng, height, width, padding):
-    """F(4x4, 3x3) stays within the bound stated in docs/kernels.md: 2e-5 of the output's largest magnitude."""
+def test_winograd_bias_point_reaches_every_output_of_its_tile_once():
+    """The bias enters the products at BIAS_POINT: its output-transform row and column are all ones."""
+    row, column = divmod(winograd.BIAS_POINT, winograd.ALPHA)
+    np.testing.assert_array_equal(winograd.AT[:, row], 1)
+    np.testing.assert_array_equal(winograd.AT[:, column], 1)
+
+
+@pytest.mark.parametrize("height,width,padding,relu", [(1, 1, 1, False), (3, 3, 0, True), (5, 9, (2, 0, 1, 3), False),
+                                                       (17, 14, 1, True)])
+def test_winograd_error_against_float64(rng, height, width, padding, relu):
+    """F(4x4, 3x3), with its bias in the products and its ReLU in the copy to the output, stays within the bound
+    stated in docs/kernels.md: 2e-5 of the output's largest magnitude."""
     x = random_array(rng, 2, 24, height, width)
     weight = random_array(rng, 20, 24, 3, 3)
     bias = random_array(rng, 20)
     expected = reference.conv2d(x.astype(np.float64), weight.astype(np.float64), bias.astype(np.float64), (1, 1),
                                 conv.normalize_padding(padding), (1, 1), 1)
-    actual = Conv2dKernel(weight, bias, method="winograd")(x, padding)
+    if relu:
+        expected = np.maximum(expected, 0)
+    actual = Conv2dKernel(weight, bias, relu=relu, method="winograd")(x, padding)
     assert actual.shape == expected.shape
     assert np.abs(actual - expected).max() <= 2e-5 * np.abs(expected).max()
 
@@ -267,8 +278,7 @@ def test_winograd_bands_across_images_and_threads(rng, monkeypatch, batch, heigh
     monkeypatch.setattr(winograd, "band_rows", lambda *args: 1)
     bands = []
     run = winograd.WinogradBands.run
-    monkeypatch.setattr(winograd.WinogradBands, "run", lambda self, band, epilogue: bands.append(band) or run(
-        self, band, epilogue))
+    monkeypatch.setattr(winograd.WinogradBands, "run", lambda self, band: bands.append(band) or run(self, band))
     results = at_thread_counts(kernel, x, 1)
     tile_rows = batch * (-(-height // 4) + 1) - 1
     assert sorted(set(bands)) == [(row, row + 1) for row in range(tile_rows)]

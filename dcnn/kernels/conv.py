@@ -224,15 +224,17 @@ def layout_bytes(weight_shape: tuple[int, int, int, int], stride: tuple[int, int
     int
         ``36 K C`` float32 values for the transformed filters of :func:`choose_method`'s ``"winograd"``
         (:func:`dcnn.kernels.winograd.transform_weights`), else a reordered copy of the filters, as many
-        values as the weight. Follows :func:`set_exact`.
+        values as the weight (im2col: and a bias column; the kernel-row formulations: a bias row per kernel
+        row). Follows :func:`set_exact`.
     """
     out_channels, group_channels, kh, kw = weight_shape
     method = choose_method(group_channels, out_channels // groups, stride, (kh, kw), dilation, groups, map_size)
     if method in ("rows", "winograd-rows"):
         rows = kh if method == "rows" else sum(COLUMN_TILE + len(taps) - 1 for taps in column_phases(kh, stride[0]))
         return 4 * rows * (kw * group_channels + 1) * _row_width(out_channels, groups)
-    taps = ALPHA * ALPHA if method == "winograd" else kh * kw
-    return 4 * out_channels * group_channels * taps
+    if method == "winograd":
+        return 4 * out_channels * group_channels * ALPHA * ALPHA
+    return 4 * out_channels * (group_channels * kh * kw + (method == "im2col"))
 
 
 def _row_width(out_channels: int, groups: int) -> int:
@@ -443,9 +445,13 @@ class Conv2dKernel:
             if self.bias is not None:
                 self._weight[COLUMN_POINTS_BY_TAPS[len(phases[0])].index(1), depth, :out_channels] = self.bias[:, 0]
         elif self.method == "im2col":
-            # (K, taps * C/g) in (tap, channel) order, the row order of the patch matrix.
-            self._weight = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(out_channels,
-                                                                                      taps * group_channels)
+            # (K, taps * C/g + 1): the filters in (tap, channel) order, the row order of the patch matrix, and a
+            # last column that multiplies the patches' row of ones: the bias, else zeros.
+            depth = taps * group_channels
+            self._weight = np.zeros((out_channels, depth + 1), np.float32)
+            self._weight[:, :depth] = weight.transpose(0, 2, 3, 1).reshape(out_channels, depth)
+            if self.bias is not None:
+                self._weight[:, depth] = self.bias[:, 0]
         else:
             # Taps sorted by plane, so each plane's taps are one block of rows: (groups, taps * K/g, C/g).
             self._order = sorted(range(taps), key=self._tap_plane.__getitem__)
@@ -604,13 +610,19 @@ class Conv2dKernel:
             self._flat_gemms(flat, out, planes_h, planes_w, workspace)
 
     def _im2col(self, planes: np.ndarray, out: np.ndarray) -> None:
-        """im2col from phase planes ``(sh * sw, C, b, Hq, Wq)`` into ``out`` (b, K, Ho, Wo), by bands of rows."""
+        """im2col from phase planes ``(sh * sw, C, b, Hq, Wq)`` into ``out`` (b, K, Ho, Wo), by bands of rows.
+
+        The patch matrix of a band has a last row of ones, which the filters' last column (the bias) multiplies,
+        so the GEMM adds the bias. A band's patches and output fit in the L2 cache together (at least
+        :data:`MIN_CHUNK_COLUMNS` columns), so the fused ReLU reads the output while it is still there.
+        """
         batch, out_channels, out_h, out_w = out.shape
         group_in = planes.shape[1] // self.groups
         group_out = out_channels // self.groups
         taps = len(self._tap_plane)
-        depth = taps * group_in
-        row_bands = balanced_chunks(out_h, max(1, max(MIN_CHUNK_COLUMNS, cache_bytes(2) // (4 * depth)) // out_w))
+        depth = taps * group_in + 1
+        column_bytes = 4 * (depth + group_out)
+        row_bands = balanced_chunks(out_h, max(1, max(MIN_CHUNK_COLUMNS, cache_bytes(2) // column_bytes) // out_w))
         widest = max(stop - start for start, stop in row_bands)
         plane_size = out_h * out_w
         bands = [(image, group, row0, row1) for image in range(batch) for group in range(self.groups)
@@ -619,17 +631,19 @@ class Conv2dKernel:
         def run_bands(items: Sequence[tuple[int, int, int, int]]) -> None:
             patches = np.empty(depth * widest * out_w, dtype=np.float32)
             for image, group, row0, row1 in items:
-                rows = row1 - row0
-                band = patches[:depth * rows * out_w].reshape(taps, group_in, rows, out_w)
+                columns = (row1 - row0) * out_w
+                band = patches[:(depth - 1) * columns].reshape(taps, group_in, row1 - row0, out_w)
+                patches[(depth - 1) * columns:depth * columns] = 1
                 channel = slice(group * group_in, (group + 1) * group_in)
                 for tap, (plane, (down, right)) in enumerate(zip(self._tap_plane, self._tap_shift)):
                     band[tap] = planes[plane, channel, image, row0 + down:row1 + down, right:right + out_w]
                 gemm_accumulate(out, (image * out_channels + group * group_out) * plane_size + row0 * out_w,
                                 plane_size, self._weight, group * group_out * depth, depth,
-                                patches, 0, rows * out_w, group_out, rows * out_w, depth, accumulate=False)
-                channels = slice(group * group_out, (group + 1) * group_out)
-                self._epilogue(out[image, channels].reshape(group_out, plane_size)[:, row0 * out_w:row1 * out_w],
-                               None if self.bias is None else self.bias[channels])
+                                patches, 0, columns, group_out, columns, depth, accumulate=False)
+                if self.relu:
+                    channels = slice(group * group_out, (group + 1) * group_out)
+                    block = out[image, channels].reshape(group_out, plane_size)[:, row0 * out_w:row1 * out_w]
+                    np.maximum(block, np.float32(0), out=block)
 
         parallel_for(run_bands, bands)
 
@@ -862,12 +876,11 @@ class Conv2dKernel:
         """F(4x4, 3x3) of the images ``x`` (b, C, H, W) into ``out`` (b, K, Ho, Wo), by bands of tile rows
         (:class:`dcnn.kernels.winograd.WinogradBands`); one band when the map is small: the GEMMs need wide
         bands."""
-        bias = None if self.bias is None else self.bias.reshape(-1, 1, 1)
-        bands = WinogradBands(x, padding, out, self._weight)
+        bands = WinogradBands(x, padding, out, self._weight, self.bias, self.relu)
 
         def run_bands(items: Sequence[tuple[int, int]]) -> None:
             for band in items:
-                bands.run(band, lambda block: self._epilogue(block, bias))
+                bands.run(band)
 
         rows = bands.band_rows()
         bands.share_gemms = rows >= bands.tile_rows  # one band: its GEMMs shared by the threads instead

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from dcnn.network.window import Padding
 
 __all__ = [
     "ALPHA",
+    "BIAS_POINT",
     "COLUMN_POINTS",
     "COLUMN_POINTS_BY_TAPS",
     "COLUMN_TILE",
@@ -96,6 +97,10 @@ ALPHA = 6
 #: Output transform A^T (m x alpha), filter transform G (alpha x 3) and input transform B^T (alpha x alpha) of
 #: F(4, 3) at the points 0, 1, -1, 2, -2.
 AT, G, BT = minimal_filtering((0, 1, -1, 2, -2), TILE, 3)
+#: The product position (point 1 down the rows, point 1 across the columns: ``6 * 1 + 1``) whose output-transform
+#: row and column (point 1's column of A^T) are all ones: a value added there reaches each of the 16 outputs of
+#: its tile once, as the bias does (:class:`WinogradBands`).
+BIAS_POINT = ALPHA * 1 + 1
 #: F(4, 5) along the columns of 5-tall filters (:mod:`dcnn.kernels.conv`'s ``"winograd-rows"``): points 0, +-1,
 #: +-2, +-1/2 (the smallest magnitudes after 0, 1 and 2; Lavin and Gray's choice for their larger tiles). Measured
 #: on the face detector's 5x5 layers against float64: 3e-6 of the output's largest magnitude (F(2, 5) at 0, +-1,
@@ -263,19 +268,27 @@ class WinogradBands:
         ``(b, K, Ho, Wo)`` float32 output.
     u : numpy.ndarray
         ``(36, K, C)`` transformed filters (:func:`transform_weights`).
+    bias : numpy.ndarray, optional
+        ``(K,)`` bias. It enters the products at point ``(1, 1)`` (:data:`BIAS_POINT`), whose output-transform
+        row and column are all ones, so each output gets it once and no pass over the output adds it.
+    relu : bool
+        Apply ``max(x, 0)`` to the output, as the output phases are copied into ``out``.
     share_gemms : bool
         Split a band's 36 product GEMMs over the kernel threads (in :data:`GEMM_GROUPS` fixed groups of
         positions, so every product is the same at any thread count). For a map of one band, which would
         otherwise run on one thread; never from inside a :func:`dcnn.kernels.threads.parallel_for` worker.
     """
 
-    def __init__(self, x: np.ndarray, padding: Padding, out: np.ndarray, u: np.ndarray, share_gemms: bool = False):
+    def __init__(self, x: np.ndarray, padding: Padding, out: np.ndarray, u: np.ndarray,
+                 bias: np.ndarray | None = None, relu: bool = False, share_gemms: bool = False):
         out_channels, channels = u.shape[1:]
         if (u.dtype != np.float32 or not u.flags.c_contiguous or u.shape[0] != ALPHA * ALPHA
                 or x.shape[1] != channels or out.shape[:2] != (len(x), out_channels)):
             raise ValueError(f"transformed filters {u.shape} {u.dtype} do not fit input {x.shape} and output "
                              f"{out.shape}: (36, K, C) C-contiguous float32 expected")
         self.x, self.padding, self.out, self.u = x, padding, out, u
+        self.bias = None if bias is None else np.asarray(bias, np.float32).reshape(out_channels, 1)
+        self.relu = relu
         self.share_gemms = share_gemms
         out_h, out_w = out.shape[2:]
         self.tiles_high, self.tiles_wide = -(-out_h // TILE), -(-out_w // TILE)
@@ -309,7 +322,8 @@ class WinogradBands:
             at += end - local
 
     def _scatter(self, first: int, stop: int, result: np.ndarray) -> None:
-        """Copy the band's output phases ``result`` (4, 4, K, rows, tw + 1) into :attr:`out`, valid pixels only."""
+        """Copy the band's output phases ``result`` (4, 4, K, rows, tw + 1) into :attr:`out`, valid pixels only,
+        through the ReLU if :attr:`relu`."""
         out_h, out_w = self.out.shape[2:]
         at = 0
         for image, local, end in self._images(first, stop):
@@ -321,19 +335,20 @@ class WinogradBands:
                     continue
                 for j in range(min(TILE, out_w)):
                     target = self.out[image, :, row0:row0 + TILE * count:TILE, j::TILE]
-                    target[...] = result[i, j, :, at:at + count, :target.shape[2]]
+                    source = result[i, j, :, at:at + count, :target.shape[2]]
+                    if self.relu:
+                        np.maximum(source, np.float32(0), out=target)
+                    else:
+                        target[...] = source
             at += end - local
 
-    def run(self, band: tuple[int, int], epilogue: Callable[[np.ndarray], None]) -> None:
+    def run(self, band: tuple[int, int]) -> None:
         """Compute tile rows ``band`` into :attr:`out`.
 
         Parameters
         ----------
         band : tuple of int
             ``(first, stop)``: tile rows of the stack, ``0 <= first < stop <=`` :attr:`tile_rows`.
-        epilogue : callable
-            Applied in place to the band's output phases ``(4, 4, K, rows, tw + 1)`` before they are copied
-            into :attr:`out` (bias, ReLU).
 
         Raises
         ------
@@ -370,9 +385,12 @@ class WinogradBands:
 
         def multiply(positions: Sequence[int]) -> None:
             for position in positions:
+                biased = position == BIAS_POINT and self.bias is not None
+                if biased:
+                    buffers["m"].reshape(ALPHA * ALPHA, out_channels, columns)[position] = self.bias
                 sgemm(out_channels, columns, channels, weights + 4 * position * out_channels * channels, channels,
                       v + 4 * position * plane, (rows + 1) * wide, m + 4 * position * out_channels * columns,
-                      columns, False)
+                      columns, biased)
 
         if self.share_gemms:
             step = ALPHA * ALPHA // GEMM_GROUPS
@@ -391,5 +409,4 @@ class WinogradBands:
         for i in range(TILE):
             sgemm(TILE, block, ALPHA, at, ALPHA, half + 4 * i * ALPHA * block, block, result + 4 * i * TILE * block,
                   block, False)
-        epilogue(buffers["out"])
         self._scatter(first, stop, buffers["out"])
