@@ -64,6 +64,22 @@ def test_sgemm_by_address_and_the_fortran_fallback_agree_with_float64(rng):
     np.testing.assert_allclose(out, a[:4, 1:8].astype(np.float64) @ b[:7, 3:9], rtol=1e-5, atol=1e-5)
 
 
+def test_sgemm_of_a_transposed_a_on_both_interfaces(rng):
+    """C (+)= A^T B with A stored k x m (a row stride larger than its rows), on cblas_sgemm, on the Fortran
+    fallback, and through :func:`blas.sgemm`."""
+    a, b = random_array(rng, 8, 9), random_array(rng, 7, 13)
+    expected = a[:7, 2:6].T.astype(np.float64) @ b[:7, 3:9]  # op(A) = A[:7, 2:6]^T: 4 x 7
+    for call in (blas._CBLAS_SGEMM, blas._fortran_sgemm()):
+        out = np.zeros((4, 6), np.float32)
+        call(101, 112, 111, 4, 6, 7, 1.0, blas.address(a) + 8, 9, blas.address(b) + 12, 13, 0.0,
+             blas.address(out), 6)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    out = np.ones((4, 6), np.float32)
+    blas.sgemm(4, 6, 7, blas.address(a) + 8, 9, blas.address(b) + 12, 13, blas.address(out), 6, True,
+               transpose_a=True)
+    np.testing.assert_allclose(out, 1 + expected, rtol=1e-5, atol=1e-5)
+
+
 def test_the_sgemm_comes_from_a_loaded_blas():
     from threadpoolctl import threadpool_info
 

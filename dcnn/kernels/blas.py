@@ -34,7 +34,7 @@ from threadpoolctl import threadpool_info
 __all__ = ["BLAS_LIBRARY", "address", "gemm_accumulate", "sgemm"]
 
 _INT_MAX = 2**31 - 1
-_ROW_MAJOR, _NO_TRANS = 101, 111  # CBLAS_ORDER and CBLAS_TRANSPOSE values
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS_ORDER and CBLAS_TRANSPOSE values
 # (prefix, suffix) of OpenBLAS's exported names: the scipy-openblas wheels' 64-bit and 32-bit builds, plain builds.
 _NAME_FORMS = (("scipy_", "64_"), ("scipy_", ""), ("", "64_"), ("", ""))
 
@@ -65,8 +65,8 @@ def _openblas_cblas() -> tuple[Callable[..., None], str] | None:
 
 
 def _fortran_sgemm() -> Callable[..., None]:
-    """``cblas_sgemm`` for the one call this module makes (row-major, neither operand transposed: ``order`` and
-    the transposes are not read) on SciPy's Cython BLAS (Fortran interface: every argument by reference)."""
+    """``cblas_sgemm`` for the calls this module makes (row-major, ``B`` never transposed: ``order`` and
+    ``trans_b`` are not read) on SciPy's Cython BLAS (Fortran interface: every argument by reference)."""
     capsule = _cython_blas.__pyx_capi__["sgemm"]
     get_name = ctypes.pythonapi.PyCapsule_GetName
     get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
@@ -78,11 +78,13 @@ def _fortran_sgemm() -> Callable[..., None]:
 
     def call(order: int, trans_a: int, trans_b: int, m: int, n: int, k: int, alpha: float, a: int, lda: int,
              b: int, ldb: int, beta: float, c: int, ldc: int) -> None:
-        # Row-major C = A B is column-major C^T = B^T A^T, which is what Fortran sgemm computes with 'N', 'N'.
+        # Row-major C = op(A) B is column-major C^T = B^T op(A)^T, which is what Fortran sgemm computes with 'N' and
+        # 'N' (or 'T' for a transposed A): a row-major matrix is its transpose in column-major order.
         def ref(value: int) -> ctypes._CArgObject:
             return ctypes.byref(ctypes.c_int(value))
 
-        fortran(b"N", b"N", ref(n), ref(m), ref(k), ctypes.byref(ctypes.c_float(alpha)), pointer(b), ref(ldb),
+        fortran(b"N", b"T" if trans_a == _TRANS else b"N", ref(n), ref(m), ref(k),
+                ctypes.byref(ctypes.c_float(alpha)), pointer(b), ref(ldb),
                 pointer(a), ref(lda), ctypes.byref(ctypes.c_float(beta)), pointer(c), ref(ldc))
 
     return call
@@ -98,15 +100,18 @@ def address(array: np.ndarray) -> int:
     return array.__array_interface__["data"][0]
 
 
-def sgemm(m: int, n: int, k: int, a: int, lda: int, b: int, ldb: int, c: int, ldc: int, accumulate: bool) -> None:
-    """``C = A @ B`` or ``C += A @ B`` on row-major float32 matrices given by address, without any check.
+def sgemm(m: int, n: int, k: int, a: int, lda: int, b: int, ldb: int, c: int, ldc: int, accumulate: bool,
+          transpose_a: bool = False) -> None:
+    """``C = op(A) @ B`` or ``C += op(A) @ B`` on row-major float32 matrices given by address, without any check.
 
     For kernels whose views lie, by construction, in buffers they allocated: ``a``, ``b`` and ``c`` are the
     addresses of the first elements (:func:`address` plus 4 bytes per element of offset), ``lda``, ``ldb`` and
     ``ldc`` the row strides in elements, ``m, n, k >= 1``, every stride at least its row's length and below
-    2^31. Anything else is undefined behaviour: external callers use :func:`gemm_accumulate`.
+    2^31. ``op(A)`` is ``A`` (``m x k``) or, with ``transpose_a``, the transpose of the stored ``k x m`` matrix.
+    Anything else is undefined behaviour: external callers use :func:`gemm_accumulate`.
     """
-    _CBLAS_SGEMM(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, m, n, k, 1.0, a, lda, b, ldb, 1.0 if accumulate else 0.0, c, ldc)
+    _CBLAS_SGEMM(_ROW_MAJOR, _TRANS if transpose_a else _NO_TRANS, _NO_TRANS, m, n, k, 1.0, a, lda, b, ldb,
+                 1.0 if accumulate else 0.0, c, ldc)
 
 
 def _check_view(array: np.ndarray, offset: int, rows: int, cols: int, stride: int, name: str) -> None:

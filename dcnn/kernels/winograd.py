@@ -203,7 +203,7 @@ def band_rows(channels: int, out_channels: int, tiles_wide: int) -> int:
 def scratch_shapes(channels: int, out_channels: int, rows: int, tiles_wide: int) -> dict[str, tuple[int, ...]]:
     """The float32 buffers one thread holds for a band of ``rows`` tile rows ``tiles_wide`` tiles wide, by role:
     the band's input phases (its plane rows and the next one, each ``tiles_wide + 1`` wide), the row-transformed
-    input, ``V``, the products ``M``, the row-transformed output and the output phases."""
+    input, ``V``, the products ``M``, the row-transformed output and the output rows of each row phase."""
     wide = tiles_wide + 1
     return {
         "phases": (TILE, TILE, channels, rows + 1, wide),
@@ -211,7 +211,7 @@ def scratch_shapes(channels: int, out_channels: int, rows: int, tiles_wide: int)
         "v": (ALPHA, ALPHA, channels, rows + 1, wide),
         "m": (ALPHA, ALPHA, out_channels, rows * wide),
         "half": (TILE, ALPHA, out_channels, rows * wide),
-        "out": (TILE, TILE, out_channels, rows, wide),
+        "out": (TILE, out_channels, rows, wide * TILE),
     }
 
 
@@ -225,9 +225,11 @@ def scratch_bytes(channels: int, out_channels: int, tiles_high: int, tiles_wide:
     return {role: 4 * math.prod(shape) for role, shape in shapes.items()}
 
 
-#: B^T and A^T in float32 (their entries are small integers, exact), the left operands of the transform GEMMs.
+#: B^T and A^T in float32 (their entries are small integers, exact), the left operands of the transform GEMMs, and
+#: A (the right operand of the last one).
 _BT32 = np.ascontiguousarray(BT, dtype=np.float32)
 _AT32 = np.ascontiguousarray(AT, dtype=np.float32)
+_A32 = np.ascontiguousarray(AT.T, dtype=np.float32)
 
 
 def _transform(m: int, n: int, left: int, k: int, source: int, source_stride: int, target: int, target_stride: int,
@@ -322,8 +324,8 @@ class WinogradBands:
             at += end - local
 
     def _scatter(self, first: int, stop: int, result: np.ndarray) -> None:
-        """Copy the band's output phases ``result`` (4, 4, K, rows, tw + 1) into :attr:`out`, valid pixels only,
-        through the ReLU if :attr:`relu`."""
+        """Copy the band's output rows ``result`` (4, K, rows, 4 (tw + 1)), by row phase, into :attr:`out`, valid
+        pixels only, through the ReLU if :attr:`relu`: whole rows, every fourth one."""
         out_h, out_w = self.out.shape[2:]
         at = 0
         for image, local, end in self._images(first, stop):
@@ -333,13 +335,12 @@ class WinogradBands:
                 count = len(range(row0, min(out_h, TILE * valid), TILE))
                 if count <= 0:
                     continue
-                for j in range(min(TILE, out_w)):
-                    target = self.out[image, :, row0:row0 + TILE * count:TILE, j::TILE]
-                    source = result[i, j, :, at:at + count, :target.shape[2]]
-                    if self.relu:
-                        np.maximum(source, np.float32(0), out=target)
-                    else:
-                        target[...] = source
+                target = self.out[image, :, row0:row0 + TILE * count:TILE]
+                source = result[i, :, at:at + count, :out_w]
+                if self.relu:
+                    np.maximum(source, np.float32(0), out=target)
+                else:
+                    target[...] = source
             at += end - local
 
     def run(self, band: tuple[int, int]) -> None:
@@ -406,7 +407,10 @@ class WinogradBands:
         for nu in range(ALPHA):
             sgemm(TILE, block, ALPHA, at, ALPHA, m + 4 * nu * block, ALPHA * block, half + 4 * nu * block,
                   ALPHA * block, False)
+        # Over nu per output row phase i, as (K rows wide) x 4 = half[i]^T A: the 4 outputs j of each tile column
+        # land side by side, so each row of the result is a row of the output (and its spare tile column).
+        a = address(_A32)
         for i in range(TILE):
-            sgemm(TILE, block, ALPHA, at, ALPHA, half + 4 * i * ALPHA * block, block, result + 4 * i * TILE * block,
-                  block, False)
+            sgemm(block, TILE, ALPHA, half + 4 * i * ALPHA * block, block, a, TILE, result + 4 * i * TILE * block,
+                  TILE, False, transpose_a=True)
         self._scatter(first, stop, buffers["out"])
