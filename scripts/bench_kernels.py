@@ -10,7 +10,12 @@ kernel recorded:
    the sgemm rate, and PyTorch's ``conv2d`` on the same data;
 3. the whole VGG-16 forward pass (same weights) at batch 1 and at ``--batch`` per image: dcnn (its default
    kernels, and ``dcnn_exact``: the exact formulations only, as ``--exact-conv`` runs), PyTorch and onnxruntime
-   (the same weights exported to ONNX with ``torch.onnx.export``), and the ratios.
+   (the same weights exported to ONNX with ``torch.onnx.export``), and the ratios;
+4. with ``--infer-images N``, VGG-16 through the real command, ``python -m dcnn.infer --mode single --threads 1``
+   on ``N`` generated 224x224 images at batch 1 and at ``--batch``, per image: the network time the result file
+   records (``/timing/compute_seconds``) and its elapsed time, alternated with onnxruntime running the same
+   number of images at the same batch in this process (wall clock, whatever ``--clock`` says: the result file's
+   times are wall-clock times).
 
 Timings are medians of ``--repeats`` runs after a warm-up, with the runtimes and both batch sizes interleaved.
 ``--clock cpu`` times with the process's CPU time instead of the wall clock: on a machine shared with other jobs
@@ -18,7 +23,7 @@ that is the figure they do not distort (preemption costs no CPU time), and at on
 of a quiet machine; at several threads it sums the threads, so use it with ``--threads 1``.
 
 Usage: ``python scripts/bench_kernels.py [--repeats 5] [--threads 1,2] [--batch 4] [--clock wall|cpu]
-[--output results/bench_kernels.json]``
+[--infer-images 8] [--output results/bench_kernels.json]``
 """
 
 from __future__ import annotations
@@ -28,11 +33,15 @@ import io
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
+import time
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
+import h5py
 import numpy as np
 from benchlib import CLOCKS, describe_machine, machine_info, median_seconds
 
@@ -121,6 +130,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="the larger batch of the forward pass (default 4)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall clock (default) or process CPU time (for one thread on a shared machine)")
+    parser.add_argument("--infer-images", type=int, default=0,
+                        help="also run VGG-16 on this many images through python -m dcnn.infer (default 0: not)")
     parser.add_argument("--output", default="results/bench_kernels.json")
     args = parser.parse_args()
     global clock
@@ -202,9 +213,53 @@ def main() -> None:
             report["forward"][f"{count}t_batch{batch}"] = result
             print(line)
 
+    if args.infer_images and torch_model is not None and onnxruntime is not None:
+        set_threads(1)
+        report["infer"] = infer_table(args.infer_images, list(dict.fromkeys((1, args.batch))), args.repeats,
+                                      _onnx_session(torch_model, input_shape, 1), rng)
+
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.output}")
+
+
+def infer_table(count: int, batches: list[int], repeats: int, session, rng) -> dict:
+    """VGG-16 through ``python -m dcnn.infer --mode single --threads 1`` on ``count`` generated 224x224 images at
+    each batch size, alternated with onnxruntime ``session`` on as many images at the same batch; per image,
+    medians of ``repeats`` runs: dcnn's network time (the result file's ``/timing/compute_seconds``), its elapsed
+    time (reading images and writing results too), onnxruntime's time, and the ratios; all wall clock, as the
+    result file records them."""
+    samples: dict = {batch: {"dcnn": [], "dcnn_elapsed": [], "onnxruntime": []} for batch in batches}
+    with tempfile.TemporaryDirectory(prefix="bench_kernels_") as folder:
+        source = Path(folder) / "images.h5"
+        with h5py.File(source, "w") as images:
+            images["images"] = rng.integers(0, 256, (count, 224, 224, 3), dtype=np.uint8)
+        for repeat in range(repeats):
+            for batch in batches:
+                output = Path(folder) / f"out_{batch}_{repeat}.h5"
+                subprocess.run([sys.executable, "-m", "dcnn.infer", "--model", "vgg16", "--mode", "single",
+                                "--threads", "1", "--batch-size", str(batch), "--input", str(source), "--output",
+                                str(output), "--quiet"], check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                with h5py.File(output, "r") as result:
+                    samples[batch]["dcnn"].append(float(result["timing/compute_seconds"][()].sum()) / count)
+                    samples[batch]["dcnn_elapsed"].append(float(result.attrs["elapsed_seconds"]) / count)
+                x = rng.standard_normal((batch, 3, 224, 224), dtype=np.float32)
+                session.run(None, {"image": x})
+                start = time.perf_counter()  # wall clock, as the result file's times
+                for _ in range(-(-count // batch)):
+                    session.run(None, {"image": x})
+                samples[batch]["onnxruntime"].append((time.perf_counter() - start) / (-(-count // batch) * batch))
+    table = {}
+    for batch in batches:
+        row = {f"{name}_seconds_per_image": statistics.median(values) for name, values in samples[batch].items()}
+        row["ratio_dcnn_over_onnxruntime"] = row["dcnn_seconds_per_image"] / row["onnxruntime_seconds_per_image"]
+        table[f"batch{batch}"] = row
+        elapsed = row["dcnn_elapsed_seconds_per_image"]
+        print(f"VGG-16 through python -m dcnn.infer, {count} images, batch {batch}, per image: dcnn "
+              f"{row['dcnn_seconds_per_image'] * 1e3:.0f} ms in its layers ({elapsed * 1e3:.0f} "
+              f"ms elapsed), onnxruntime {row['onnxruntime_seconds_per_image'] * 1e3:.0f} ms (dcnn/onnxruntime "
+              f"{row['ratio_dcnn_over_onnxruntime']:.2f})")
+    return table
 
 
 def _onnx_session(torch_model, input_shape, count):
