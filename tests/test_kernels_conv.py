@@ -227,7 +227,7 @@ def test_winograd_bias_point_reaches_every_output_of_its_tile_once():
                                                        (17, 14, 1, True)])
 def test_winograd_error_against_float64(rng, height, width, padding, relu):
     """F(4x4, 3x3), with its bias in the products and its ReLU in the copy to the output, stays within the bound
-    stated in docs/kernels.md: 2e-5 of the output's largest magnitude."""
+    stated in docs/architecture.md: 2e-5 of the output's largest magnitude."""
     x = random_array(rng, 2, 24, height, width)
     weight = random_array(rng, 20, 24, 3, 3)
     bias = random_array(rng, 20)

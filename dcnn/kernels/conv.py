@@ -20,8 +20,9 @@ GEMM of its ``K x C`` weight matrix with a shifted view of its plane, accumulate
 *im2col* (thin inputs such as RGB at stride 1, or at stride 2 with at least
 :data:`IM2COL_STRIDED_MIN_OUT_CHANNELS` outputs; any layer whose output map at the network's declared input is
 small, and a 3x3 layer where Winograd would not pay). For a chunk of output columns the patch matrix
-``(taps * C, columns)`` is assembled from contiguous plane rows (one ``memcpy``-like slice per tap, never a
-strided gather) and multiplied by the ``K x (taps * C)`` weights in one GEMM.
+``(taps * C + 1, columns)`` is assembled from contiguous plane rows (one ``memcpy``-like slice per tap, never a
+strided gather; the last row holds ones) and multiplied by the ``K x (taps * C + 1)`` weights (the last column
+holds the bias) in one GEMM.
 
 *shifted-output* (thin outputs, such as a score map with one channel). One GEMM per plane multiplies all of
 its taps' weights, ``(taps * K) x C``, with the chunk, giving every tap's product at every position; the
@@ -225,7 +226,8 @@ def layout_bytes(weight_shape: tuple[int, int, int, int], stride: tuple[int, int
         ``36 K C`` float32 values for the transformed filters of :func:`choose_method`'s ``"winograd"``
         (:func:`dcnn.kernels.winograd.transform_weights`), else a reordered copy of the filters, as many
         values as the weight (im2col: and a bias column; the kernel-row formulations: a bias row per kernel
-        row). Follows :func:`set_exact`.
+        row, or per transformed row for *winograd-rows*, and output channels rounded up by
+        :func:`_row_width`). Follows :func:`set_exact`.
     """
     out_channels, group_channels, kh, kw = weight_shape
     method = choose_method(group_channels, out_channels // groups, stride, (kh, kw), dilation, groups, map_size)
@@ -363,8 +365,10 @@ class Conv2dKernel:
     Notes
     -----
     Padding is an argument of :meth:`__call__`, not of the kernel, because a spatial block pads only the
-    sides that lie on the border of the whole feature map. Bias and ReLU are applied to each chunk of output
-    right after its GEMMs, on the worker thread, while the chunk is still in cache.
+    sides that lie on the border of the whole feature map. The bias is added by the GEMMs (a row of ones in
+    the patches of im2col and the kernel-row formulations, Winograd's point ``(1, 1)``) or to each chunk of
+    output right after its GEMMs (shifted, shifted-output), and the ReLU is applied to each chunk on the worker
+    thread while it is still in cache.
     """
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None = None,

@@ -17,8 +17,9 @@ float32 rounding, not bit for bit; the tiles always start at the block's first o
 transformed by the same operations wherever its band starts, so the thread count changes no result.
 
 Tiles run in bands of tile rows sized from the cache (every band the same arithmetic, so the band bounds do
-not change any result); each band is transformed, multiplied and transformed back while its buffers are warm,
-and bias and ReLU are applied to it on the worker thread.
+not change any result); each band is transformed, multiplied and transformed back while its buffers are warm.
+The bias enters the products at :data:`BIAS_POINT`, and the ReLU is applied as the band's output rows are copied
+into the output, on the worker thread.
 """
 
 from __future__ import annotations
@@ -271,10 +272,10 @@ class WinogradBands:
     u : numpy.ndarray
         ``(36, K, C)`` transformed filters (:func:`transform_weights`).
     bias : numpy.ndarray, optional
-        ``(K,)`` bias. It enters the products at point ``(1, 1)`` (:data:`BIAS_POINT`), whose output-transform
+        ``(K,)`` or ``(K, 1)`` bias. It enters the products at point ``(1, 1)`` (:data:`BIAS_POINT`), whose output-transform
         row and column are all ones, so each output gets it once and no pass over the output adds it.
     relu : bool
-        Apply ``max(x, 0)`` to the output, as the output phases are copied into ``out``.
+        Apply ``max(x, 0)`` to the output, as the output rows are copied into ``out``.
     share_gemms : bool
         Split a band's 36 product GEMMs over the kernel threads (in :data:`GEMM_GROUPS` fixed groups of
         positions, so every product is the same at any thread count). For a map of one band, which would
