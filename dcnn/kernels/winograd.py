@@ -272,8 +272,9 @@ class WinogradBands:
     u : numpy.ndarray
         ``(36, K, C)`` transformed filters (:func:`transform_weights`).
     bias : numpy.ndarray, optional
-        ``(K,)`` or ``(K, 1)`` bias. It enters the products at point ``(1, 1)`` (:data:`BIAS_POINT`), whose output-transform
-        row and column are all ones, so each output gets it once and no pass over the output adds it.
+        ``(K,)`` or ``(K, 1)`` bias. It enters the products at point ``(1, 1)`` (:data:`BIAS_POINT`), whose
+        output-transform row and column are all ones, so each output gets it once and no pass over the output
+        adds it.
     relu : bool
         Apply ``max(x, 0)`` to the output, as the output rows are copied into ``out``.
     share_gemms : bool
