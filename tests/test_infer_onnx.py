@@ -25,6 +25,7 @@ from dcnn.testing.onnx_exports import (  # noqa: E402  (after the oracles: skipp
     hand_written_cnn,
     residual_cnn,
     run_onnxruntime,
+    two_heads_cnn,
     unsupported_model,
 )
 
@@ -194,6 +195,31 @@ def test_resume_restores_the_model_file_and_refuses_another_under_its_name(tmp_p
     refused = infer("--resume", str(output), "--model", str(moved))
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert f"'{moved}' is not the model file this run was made with (its content differs" in refused.stderr
+
+
+def test_a_model_spatial_mode_cannot_split_runs_whole_and_is_refused_split_before_any_work(tmp_path):
+    """Two branches joined after a flatten: batch and single mode run it (they never split a map), spatial mode is
+    one line before any work, and the planner offers batch mode (it once failed mid-run in every mode, naming
+    --mode batch)."""
+    model = export(two_heads_cnn(), tmp_path / "two_heads.onnx", (3, 15, 15), dynamic=False)
+    images = tensors(tmp_path / "images.h5", np.random.default_rng(5).standard_normal((3, 3, 15, 15), np.float32))
+    expected = run_onnxruntime(model, h5py.File(images)["images"][()])
+    for options, ranks in ((("--mode", "single"), 1), (("--mode", "batch", "--batch-size", "1"), 2), ((), 2)):
+        output = tmp_path / f"run_{ranks}_{len(options)}.h5"
+        done = infer("--model", str(model), "--input", str(images), "--output", str(output), "--quiet", *options,
+                     ranks=ranks)
+        assert done.returncode == 0, done.stderr
+        assert np.abs(logits(output) - expected).max() <= 1e-5 * np.abs(expected).max()
+    output = tmp_path / "spatial.h5"
+    done = infer("--model", str(model), "--input", str(images), "--output", str(output), "--mode", "spatial",
+                 ranks=2, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("dcnn: error") == 1 and "Traceback" not in done.stderr
+    assert "cannot be split spatially" in done.stderr and "use --mode batch" in done.stderr
+    assert not output.exists()
+    plan = subprocess.run([sys.executable, "-m", "dcnn.plan", str(model), "--nodes", "2"], capture_output=True,
+                          text=True, timeout=120)
+    assert plan.returncode == 0, plan.stderr
+    assert "chosen: batch" in plan.stdout
 
 
 def test_the_cost_table_and_the_planner_of_a_model_file(exported):

@@ -75,12 +75,12 @@ from dcnn.parallel.comm import (
     mpi_library_version,
     mpi_thread_level,
     ranks_per_node,
-    self_comm,
     world,
 )
-from dcnn.parallel.engines import EngineCache
+from dcnn.parallel.engines import Engine, EngineCache
 from dcnn.parallel.fused import COUNTER_FIELDS, FusedEngine, compile_fused
 from dcnn.parallel.spatial import SpatialEngine
+from dcnn.parallel.whole import WholeEngine
 from dcnn.planner.plan import (
     Cluster,
     RunPlan,
@@ -658,9 +658,9 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
         writer, done = _open_writer(args, comm, job, split, threads, lock)
     done = comm.bcast(done, root=0)
     pending = split.pending(done)
-    # Batch mode: engines of a rank alone (no MPI call), one set per task thread (dcnn.parallel.batch).
-    engine_comm = comm if args.mode in SPLITTING_MODES else None if args.mode == "batch" else self_comm()
-    engines = EngineCache(_engine_builder(args, network, weights, engine_comm), len(network),
+    # Batch and single mode: engines of a rank alone (no MPI call), in batch mode one set per task thread
+    # (dcnn.parallel.batch).
+    engines = EngineCache(_engine_builder(args, network, weights, comm), len(network),
                           per_thread=args.mode == "batch")
     already = int(done.sum())
     progress = Progress(len(images), style="none" if (args.quiet or comm.rank) else args.progress)
@@ -712,19 +712,23 @@ def memory_over_prediction(measured: np.ndarray, predicted: np.ndarray) -> list[
 
 
 def _engine_builder(args: argparse.Namespace, network: Network, weights: dict, comm):
-    """``build(shape)`` for the run's :class:`EngineCache`: every engine shares the compiled network."""
+    """``build(shape)`` for the run's :class:`EngineCache`: every engine shares the compiled network. Spatial and
+    fused mode split each image over ``comm``; batch and single mode run whole images on each rank alone
+    (:class:`~dcnn.parallel.whole.WholeEngine`)."""
     grid = parse_grid(args.grid, "--grid") if args.mode == "spatial" and args.grid else None
     if args.mode == "fused":
         forwards = compile_fused(network, weights, args.fuse_depth or tileable_depth(network)[0])
     else:
         forward = Forward(network, weights)
 
-    def build(shape: tuple[int, ...]) -> SpatialEngine | FusedEngine:
+    def build(shape: tuple[int, ...]) -> Engine:
         if args.mode == "fused":
             return FusedEngine(network, weights, shape, comm, parse_grid(args.tiles, "--tiles"), args.fuse_depth,
                                steal=not args.no_steal, halo_policy=args.halo_policy, forwards=forwards)
-        return SpatialEngine(network, weights, shape, comm, grid, comm_overlap=not args.no_comm_overlap,
-                             forward=forward)
+        if args.mode == "spatial":
+            return SpatialEngine(network, weights, shape, comm, grid, comm_overlap=not args.no_comm_overlap,
+                                 forward=forward)
+        return WholeEngine(forward)
 
     return build
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -474,14 +475,16 @@ class Forward:
         self.cuts = frozenset(self._single_cuts()) if start == 0 else frozenset()
         self.head_stop = self._flat_tail_start() if start == 0 else None
 
-    def run(self, x: np.ndarray | Mapping[str, np.ndarray], start: int = 0, stop: int | None = None) -> np.ndarray:
+    def run(self, x: np.ndarray | Mapping[str, np.ndarray], start: int = 0, stop: int | None = None,
+            seconds: np.ndarray | None = None) -> np.ndarray:
         """Run nodes ``start`` to ``stop`` (exclusive) on a batch; the input is never modified.
 
         ``x`` is the tensor node ``start`` reads (the network input for ``start == 0``, else node
         ``start - 1``'s output), or every tensor computed before ``start`` that the range reads, by name (what a
         fused block ending inside a residual block hands over, :func:`~dcnn.decomposition.fused.cut_tensors`);
         every node of the range must read only those and tensors computed in the range.
-        Returns node ``stop - 1``'s output.
+        Returns node ``stop - 1``'s output. ``seconds``, if given, gets each node's wall-clock seconds added at
+        its index.
 
         Raises
         ------
@@ -516,7 +519,10 @@ class Forward:
             if missing:
                 raise ValueError(f"node {names[index]} reads {missing[0]!r}, computed before node {start}")
             writable = [name in owned and pending[name] == 1 for name in sources]
+            began = time.perf_counter()
             out = apply_op(self.ops[index], [tensors[name] for name in sources], writable)
+            if seconds is not None:
+                seconds[index] += time.perf_counter() - began
             for name in sources:
                 pending[name] -= 1
                 if pending[name] == 0:
@@ -608,23 +614,24 @@ class Forward:
             plan[index - 1], plan[index] = (first, cut, images), (cut, end, more)
         return [segment for segment in plan if segment[0] < segment[1]]
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, seconds: np.ndarray | None = None) -> np.ndarray:
         """Run the whole network on a ``(B, C, H, W)`` float32 batch, the layers before its flat tail in blocks
         of images (:meth:`block_plan`); the blocks depend only on the batch and input sizes, so a batch gives the
-        same result at any thread count, and agrees with :meth:`run` on the whole batch to float32 rounding."""
+        same result at any thread count, and agrees with :meth:`run` on the whole batch to float32 rounding.
+        ``seconds``: as for :meth:`run`, summed over the blocks."""
         x = np.asarray(x, dtype=np.float32)
         if self.head_stop is None or len(x) <= 1:
-            return self.run(x)
+            return self.run(x, seconds=seconds)
         for start, stop, block in self.block_plan(x.shape[1:], len(x)):
             if block >= len(x):
-                x = self.run(x, start, stop)
+                x = self.run(x, start, stop, seconds)
                 continue
             whole = None
             for first in range(0, len(x), block):
                 # Copied at once: a block's output may live in a buffer that the next block reuses.
-                part = self.run(x[first:first + block], start, stop)
+                part = self.run(x[first:first + block], start, stop, seconds)
                 if whole is None:
                     whole = empty_float32((len(x), *part.shape[1:]))
                 whole[first:first + len(part)] = part
             x = whole
-        return self.run(x, self.head_stop)
+        return self.run(x, self.head_stop, seconds=seconds)

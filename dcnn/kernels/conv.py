@@ -453,7 +453,8 @@ class Conv2dKernel:
             # last column that multiplies the patches' row of ones: the bias, else zeros.
             depth = taps * group_channels
             self._weight = np.zeros((out_channels, depth + 1), np.float32)
-            self._weight[:, :depth] = weight.transpose(0, 2, 3, 1).reshape(out_channels, depth)
+            for tap, (i, j) in enumerate(itertools.product(range(kh), range(kw))):  # no temporary of the whole
+                self._weight[:, tap * group_channels:(tap + 1) * group_channels] = weight[:, :, i, j]
             if self.bias is not None:
                 self._weight[:, depth] = self.bias[:, 0]
         else:

@@ -21,18 +21,13 @@ from dcnn.errors import AgreedError, DcnnError, PlanError
 __all__ = [
     "MPI", "AgreedError", "HaloExchange", "agree_on_error", "allgather_blocks", "cartesian", "collective",
     "free_windows", "hostnames", "idle_barrier", "mpi4py_version", "mpi_library_version", "mpi_thread_level",
-    "ranks_per_node", "self_comm", "world",
+    "ranks_per_node", "world",
 ]
 
 
 def world() -> MPI.Comm:
     """The default communicator of the command-line tools."""
     return MPI.COMM_WORLD
-
-
-def self_comm() -> MPI.Comm:
-    """A communicator of this rank alone (single-process execution)."""
-    return MPI.COMM_SELF
 
 
 def agree_on_error(comm: MPI.Comm, message: str | None) -> str | None:

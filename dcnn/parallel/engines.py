@@ -1,11 +1,12 @@
 """Engines by input shape, with a lifecycle: a small cache of live engines, each closed when it is evicted.
 
-An engine (:class:`~dcnn.spatial.SpatialEngine` or :class:`~dcnn.fused.FusedEngine`) is built for one per-image
-input shape: a Cartesian communicator, halo buffers, for the reuse policy two RMA windows. Image folders give
+An engine (:class:`~dcnn.parallel.spatial.SpatialEngine`, :class:`~dcnn.parallel.fused.FusedEngine`, or for a rank
+that runs whole images alone :class:`~dcnn.parallel.whole.WholeEngine`) is built for one per-image input shape: a
+Cartesian communicator, halo buffers, for the reuse policy two RMA windows. Image folders give
 almost every image its own size, so keeping one engine per size for the whole run exhausts the MPI library's
 communicators (MPICH has 2,048 context ids) and grows memory with every size. :class:`EngineCache` keeps at most
 ``capacity`` engines alive and closes the least recently used one when another is needed; the compiled network
-(:class:`~dcnn.forward.Forward`) is built once by the caller and shared by all of them, so a size costs only its
+(:class:`~dcnn.exec.forward.Forward`) is built once by the caller and shared by all of them, so a size costs only its
 plan and buffers. Per-layer counters of closed engines are kept, so a run's statistics cover every engine.
 
 Closing an engine of several ranks is collective. Spatial and fused mode go through the same tasks in the same
@@ -26,8 +27,9 @@ import numpy as np
 from dcnn.network.layers import Shape
 from dcnn.parallel.fused import COUNTER_FIELDS, FusedEngine
 from dcnn.parallel.spatial import LayerStats, SpatialEngine
+from dcnn.parallel.whole import WholeEngine
 
-__all__ = ["DEFAULT_CAPACITY", "EngineCache"]
+__all__ = ["DEFAULT_CAPACITY", "Engine", "EngineCache"]
 
 #: Live engines kept per rank. One: the planner counts one engine's buffers (halo buffers, the reuse policy's
 #: strip pool), and with four alive a fused reuse run over 24 photo sizes peaked above its prediction. A task
@@ -35,7 +37,7 @@ __all__ = ["DEFAULT_CAPACITY", "EngineCache"]
 #: communicator: milliseconds).
 DEFAULT_CAPACITY = 1
 
-Engine = SpatialEngine | FusedEngine
+Engine = SpatialEngine | FusedEngine | WholeEngine
 
 
 class EngineCache:
@@ -55,7 +57,7 @@ class EngineCache:
 
     Attributes
     ----------
-    first : SpatialEngine or FusedEngine or None
+    first : SpatialEngine or FusedEngine or WholeEngine or None
         The first engine built (kept, closed or not, to describe the run: grid, tile plan).
     built : int
         Engines built so far (a size that comes back after its engine was closed counts again).

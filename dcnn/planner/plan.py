@@ -45,7 +45,7 @@ from pathlib import Path
 
 from dcnn.decomposition.fused import finest_grid, plan_fused, spatial_depth
 from dcnn.decomposition.reuse import plan_reuse
-from dcnn.decomposition.spatial import fc_shards, plan_spatial
+from dcnn.decomposition.spatial import fc_shards, gather_index, plan_spatial
 from dcnn.errors import InputError, PlanError
 from dcnn.io.config import read_toml
 from dcnn.io.numbers import check_number
@@ -627,6 +627,15 @@ def _allgather_seconds(nbytes: int, cluster: Cluster) -> float:
 
 
 # -- choice ---------------------------------------------------------------------------------------------------------
+def _splittable(network: Network) -> bool:
+    """Whether spatial and fused mode can split ``network``'s maps (:func:`gather_index` accepts it)."""
+    try:
+        gather_index(network)
+    except PlanError:
+        return False
+    return True
+
+
 def _tile_grids(network: Network, input_shape: Shape) -> list[tuple[int, int]]:
     height, width = finest_grid(network, input_shape)
     return [(t, t) for t in range(2, 9) if t <= height and t <= width]
@@ -721,12 +730,21 @@ def plans(network: Network, input_shape: Shape, cluster: Cluster, batch: int, im
     """Every candidate: each mode, rank grid, tile grid and policy, at batch sizes ``batch``, ``batch/2``, .. 1.
 
     ``batch_images`` and ``stage``: see :func:`plan_for`. ``tile_limit`` bounds the tile grids (rows, columns):
-    the smallest fused output map of a set of sizes.
+    the smallest fused output map of a set of sizes. A network that spatial and fused mode cannot split
+    (:func:`~dcnn.decomposition.spatial.gather_index`) has batch candidates only, when batch mode is among
+    ``modes``; otherwise its splitting candidates raise why.
+
+    Raises
+    ------
+    PlanError
+        For a spatial or fused candidate that cannot be planned, batch mode not being considered.
     """
     sizes = sorted({max(1, batch >> shift) for shift in range(batch.bit_length())}, reverse=True)
     configurations = []
     if "batch" in modes:
         configurations.append(("batch", None, None))
+        if not _splittable(network):
+            modes = ("batch",)
     if "spatial" in modes and cluster.size > 1:
         configurations += [("spatial", dims, None) for dims in _spatial_grids(network, input_shape,
                                                                                      cluster.size)]

@@ -30,6 +30,7 @@ __all__ = [
     "hand_written_cnn",
     "residual_cnn",
     "run_onnxruntime",
+    "two_heads_cnn",
     "unsupported_model",
 ]
 
@@ -122,6 +123,26 @@ def residual_cnn(classes: int = 7) -> nn.Module:
     """:class:`ResidualCNN` with random weights and batch-norm statistics."""
     torch.manual_seed(1)
     return _randomised(ResidualCNN(classes))
+
+
+class TwoHeads(nn.Module):
+    """Two branches from the image joined after a flatten: one convolution flattened, the other averaged to a
+    vector per channel, concatenated. No layer starts a classifier head that every later node follows from, so
+    spatial mode cannot split it; batch and single mode run it whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flattened = nn.Conv2d(3, 4, 3)
+        self.pooled = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.flatten(self.flattened(x), 1), self.pooled(x).mean([2, 3])], 1)
+
+
+def two_heads_cnn() -> nn.Module:
+    """:class:`TwoHeads` with random weights drawn from PyTorch's seeded generator, in eval mode."""
+    torch.manual_seed(4)
+    return TwoHeads().eval()
 
 
 def _randomised(module: nn.Module) -> nn.Module:
