@@ -9,7 +9,14 @@ import pytest
 
 from dcnn.errors import InputError
 from dcnn.faces.detect import DETECTION_DTYPE
-from dcnn.io.results import RESUME_KEYS, ResultWriter, identity_labels, open_result
+from dcnn.io.results import (
+    LOGITS_CHUNK_BYTES,
+    RESUME_KEYS,
+    ResultWriter,
+    identity_labels,
+    logits_chunks,
+    open_result,
+)
 
 ATTRIBUTES = {"model": "lenet5", "mode": "batch", "weights": "init:0", "weights_fingerprint": "init:0",
               "input": "x.h5:images", "input_fingerprint": "10:ab", "dataset": "images", "upsample": 0,
@@ -53,6 +60,41 @@ def test_resume_continues_and_checks_the_configuration(tmp_path):
         assert handle.attrs["first_started"] == "now"
     with pytest.raises(InputError, match="already complete"):
         ResultWriter.resume(path, ATTRIBUTES)
+
+
+def test_logits_chunks_fit_the_chunk_cache_whatever_the_output_size():
+    """A chunk of the logits table is at most LOGITS_CHUNK_BYTES: whole rows, or part of a row larger than that."""
+    assert logits_chunks(6, 3) == (6, 3)
+    assert logits_chunks(50_000, 1000) == (262, 1000)  # 1,024 rows of 1,000 logits were a 4 MB chunk
+    assert logits_chunks(60, 16 * 119 * 121) == (1, 16 * 119 * 121)  # was one 55 MB chunk of all 60 rows
+    assert logits_chunks(2, 10**6) == (1, LOGITS_CHUNK_BYTES // 4)
+    for images, outputs in ((1, 1), (3, 262_144), (5000, 262_145), (10**6, 7)):
+        rows, columns = logits_chunks(images, outputs)
+        assert 1 <= rows <= images and 1 <= columns <= outputs and 4 * rows * columns <= LOGITS_CHUNK_BYTES
+
+
+def test_an_output_map_per_image_is_written_and_resumed_by_chunks_of_rows(tmp_path):
+    """A model with a large output per image: one row per chunk, values intact through a resume and the final
+    copy, and an unwritten row (NaN) is not done."""
+    path = tmp_path / "run.h5"
+    outputs = LOGITS_CHUNK_BYTES // 4 - 5
+    writer = ResultWriter.create(path, 6, outputs, 3, ATTRIBUTES)
+    rows = np.arange(2 * outputs, dtype=np.float32).reshape(2, outputs)
+    writer.write_task(0, 0, 2, rows, rank=0, started=0, ended=1)
+    writer.write_task(1, 2, 4, rows + 1, rank=0, started=0, ended=1)
+    writer.close()
+    with h5py.File(path, "r+") as handle:  # a kill inside task 1's write: one of its rows never landed
+        assert handle["outputs/logits"].chunks == (1, outputs)
+        handle["outputs/logits"][3, 7] = np.nan
+    resumed, done = ResultWriter.resume(path, ATTRIBUTES)
+    assert done.tolist() == [1, 1, 0, 0, 0, 0]
+    resumed.write_task(1, 2, 4, rows + 1, rank=0, started=2, ended=3)
+    resumed.write_task(2, 4, 6, rows + 2, rank=0, started=2, ended=3)
+    resumed.finish({})
+    with h5py.File(path, "r") as handle:
+        logits = handle["outputs/logits"]
+        for task in range(3):
+            np.testing.assert_array_equal(logits[2 * task:2 * task + 2], rows + task)
 
 
 def test_resume_of_missing_or_foreign_files(tmp_path):

@@ -51,8 +51,8 @@ from dcnn.faces.detect import DETECTION_DTYPE
 from dcnn.io.lockfile import RunLock
 from dcnn.io.scan import Skip
 
-__all__ = ["ResultWriter", "claim", "encode_outputs", "open_result", "peak_rss_bytes", "provenance",
-           "read_configuration", "resume_command", "utc_now"]
+__all__ = ["LOGITS_CHUNK_BYTES", "ResultWriter", "claim", "encode_outputs", "logits_chunks", "open_result",
+           "peak_rss_bytes", "provenance", "read_configuration", "resume_command", "utc_now"]
 
 #: Attributes that must match for ``--resume`` to continue a file (input and weights by content).
 RESUME_KEYS = ("model", "mode", "weights_fingerprint", "input_fingerprint", "dataset", "upsample", "input_shape",
@@ -389,6 +389,22 @@ def encode_outputs(outputs: np.ndarray, start: int) -> np.ndarray:
 
 
 #: Fields of face records beyond the detection's, and the dataset each becomes when the run ends.
+#: Bytes of one chunk of the logits table at most: HDF5's default chunk cache (1 MiB) holds a whole chunk, so a
+#: task's write of a few rows touches only the chunks of those rows. Sized by the whole table (1,024 rows of a
+#: model's output), a model with a 119x121x16 output map had one 55 MB chunk for 60 images, read and written back
+#: whole by every task's write, and held in memory by the final copy (and about 1 GB per chunk for 50,000 images).
+LOGITS_CHUNK_BYTES = 1 << 20
+
+
+def logits_chunks(num_images: int, outputs: int) -> tuple[int, int]:
+    """The chunk shape of an ``num_images x outputs`` float32 logits table: whole rows, as many as fit
+    :data:`LOGITS_CHUNK_BYTES` (at most 1,024), or part of one row where a single row is larger."""
+    per_row = 4 * max(1, outputs)
+    if per_row > LOGITS_CHUNK_BYTES:
+        return 1, max(1, LOGITS_CHUNK_BYTES // 4)
+    return max(1, min(num_images, 1024, LOGITS_CHUNK_BYTES // per_row)), max(1, outputs)
+
+
 RECORD_DATASETS = {"landmarks": "landmarks", "descriptor": "descriptors", "distance": "distance",
                    "identity": "identity"}
 
@@ -406,7 +422,10 @@ def _valid_outputs(path: Path) -> dict[str, np.ndarray]:
         done = outputs["done"][()].astype(bool)
         rows = outputs["detections"][()] if "detections" in outputs else None
         if rows is None:
-            done &= np.isfinite(outputs["logits"][()]).all(axis=1)
+            logits = outputs["logits"]
+            step = logits.chunks[0]  # whole chunks at a time: never the whole table in memory
+            for first in range(0, len(done), step):
+                done[first:first + step] &= np.isfinite(logits[first:first + step]).all(axis=1)
         else:
             counts = outputs["detection_counts"][()]
             done &= np.bincount(rows["image"], minlength=len(done))[:len(done)] == counts
@@ -424,13 +443,12 @@ def _layout(handle: h5py.File, num_images: int, outputs: int | np.dtype, num_tas
     """The datasets and attributes of a new result file (see :meth:`ResultWriter.create` and the module
     docstring)."""
     group = handle.create_group("outputs")
-    rows = max(1, min(num_images, 1024))
     if isinstance(outputs, np.dtype):
         group.create_dataset("detections", shape=(0,), maxshape=(None,), dtype=outputs, chunks=(1024,))
         group.create_dataset("detection_counts", shape=(num_images,), dtype=np.int32, fillvalue=-1)
     else:
         group.create_dataset("logits", shape=(num_images, outputs), dtype=np.float32, fillvalue=np.nan,
-                             chunks=(rows, outputs))
+                             chunks=logits_chunks(num_images, outputs))
     group.create_dataset("done", shape=(num_images,), dtype=np.uint8, fillvalue=0)
     timing = handle.create_group("timing")
     for name, dtype, fill in (("task_start", np.float64, np.nan), ("task_end", np.float64, np.nan),
