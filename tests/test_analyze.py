@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import mpi_command, write_digits
 
-from dcnn.analysis.analyze import load_summary, scaling_table
+from dcnn.analysis.analyze import RunSummary, load_summary, scaling_table
 from dcnn.errors import InputError
 
 
@@ -224,3 +224,13 @@ def test_one_skipped_image_is_counted_in_the_singular(runs):
 
     summary = dataclasses.replace(load_summary(str(runs[1])), skipped=[("/d/a.png", "cannot read image (empty file)")])
     assert "  1 image skipped:\n    /d/a.png: cannot read image (empty file)" in format_summary(summary)
+
+
+def test_the_memory_error_leaves_out_a_rank_that_ran_no_task():
+    """A rank without tasks peaks at the runtime alone: its error would be the worst (it was +540 %)."""
+    def summary(busy):
+        return RunSummary("r.h5", "m", "batch", 2, "complete", 4, 4, 4, 1.0, tasks=np.array([2, 0]),
+                          busy=np.array(busy), steal=np.zeros((2, 1)), peak_rss=np.array([200e6, 30e6]),
+                          predicted_peak=np.array([210e6, 192e6]))
+    assert summary([1.0, 0.0]).memory_error == pytest.approx(0.05)
+    assert summary([0.0, 0.0]).memory_error == pytest.approx(5.4)  # no rank computed: all of them count

@@ -51,8 +51,11 @@ class RunSummary:
 
     @property
     def memory_error(self) -> float:
-        """Largest relative error of the planner's peak memory prediction over the ranks (NaN if none)."""
+        """Largest relative error of the planner's peak memory prediction over the ranks that computed (NaN if
+        none): a rank that ran no task never reached the working set the prediction counts."""
         valid = (self.predicted_peak > 0) & (self.peak_rss > 0)
+        if (valid & (self.busy > 0)).any():
+            valid &= self.busy > 0
         if not valid.any():
             return float("nan")
         errors = (self.predicted_peak[valid] - self.peak_rss[valid]) / self.peak_rss[valid]
