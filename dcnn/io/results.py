@@ -388,7 +388,6 @@ def encode_outputs(outputs: np.ndarray, start: int) -> np.ndarray:
     return np.concatenate(columns, axis=1).reshape(-1)
 
 
-#: Fields of face records beyond the detection's, and the dataset each becomes when the run ends.
 #: Bytes of one chunk of the logits table at most: HDF5's default chunk cache (1 MiB) holds a whole chunk, so a
 #: task's write of a few rows touches only the chunks of those rows. Sized by the whole table (1,024 rows of a
 #: model's output), a model with a 119x121x16 output map had one 55 MB chunk for 60 images, read and written back
@@ -405,6 +404,7 @@ def logits_chunks(num_images: int, outputs: int) -> tuple[int, int]:
     return max(1, min(num_images, 1024, LOGITS_CHUNK_BYTES // per_row)), max(1, outputs)
 
 
+#: Fields of face records beyond the detection's, and the dataset each becomes when the run ends.
 RECORD_DATASETS = {"landmarks": "landmarks", "descriptor": "descriptors", "distance": "distance",
                    "identity": "identity"}
 

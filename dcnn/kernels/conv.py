@@ -645,10 +645,9 @@ class Conv2dKernel:
                 gemm_accumulate(out, (image * out_channels + group * group_out) * plane_size + row0 * out_w,
                                 plane_size, self._weight, group * group_out * depth, depth,
                                 patches, 0, columns, group_out, columns, depth, accumulate=False)
-                if self.relu:
-                    channels = slice(group * group_out, (group + 1) * group_out)
-                    block = out[image, channels].reshape(group_out, plane_size)[:, row0 * out_w:row1 * out_w]
-                    np.maximum(block, np.float32(0), out=block)
+                channels = slice(group * group_out, (group + 1) * group_out)
+                self._epilogue(out[image, channels].reshape(group_out, plane_size)[:, row0 * out_w:row1 * out_w],
+                               None)
 
         parallel_for(run_bands, bands)
 
