@@ -194,7 +194,7 @@ def test_the_first_convolution_reads_the_pyramid_in_place(monkeypatch, detector_
                         row_phases(planes, x, *rest))
     with SpatialEngine(detector.network, detector.weights, plain.shape[1:], None, forward=forward) as engine:
         for run in (forward, engine):
-            shared, shared_rects = detector.prepare(images, run)
+            shared, shared_rects = detector.prepare(images, run.forward if run is engine else forward)
             np.testing.assert_array_equal(shared, plain)
             assert shared_rects == rects
             assert shared.strides[0] == forward.input_rows(plain.shape[2]) * shared.strides[2]

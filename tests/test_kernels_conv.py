@@ -359,11 +359,14 @@ def test_wrong_channels_is_a_shape_error(rng):
 
 
 def test_transformed_filters_by_chunks_equal_the_whole_transform(rng, monkeypatch):
-    """Chunking bounds the float64 temporaries (resnet18 peaked 96 MiB higher without it), not the result."""
+    """Chunking bounds the float64 temporaries (resnet18 peaked 96 MiB higher without it), not the result, which
+    is ``G g G^T`` in float64 rounded once to float32."""
     weight = random_array(rng, 5, 7, 3, 3)
-    whole = np.einsum("ai,kcij,bj->abkc", winograd.G, weight.astype(np.float64), winograd.G).reshape(36, 5, 7)
+    whole = winograd.transform_weights(weight)
+    exact = np.einsum("ai,kcij,bj->abkc", winograd.G, weight.astype(np.float64), winograd.G).reshape(36, 5, 7)
+    np.testing.assert_allclose(whole, exact, rtol=2.0 ** -24, atol=0)  # half a float32 ulp (ties either way)
     monkeypatch.setattr(winograd, "TRANSFORM_CHUNK_BYTES", 8 * 36 * 7 * 2)  # two output channels at a time
-    assert np.array_equal(winograd.transform_weights(weight), whole.astype(np.float32))
+    assert np.array_equal(winograd.transform_weights(weight), whole)
 
 
 def _channels_last(x: np.ndarray) -> np.ndarray:

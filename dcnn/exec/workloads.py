@@ -204,7 +204,7 @@ class Detection:
         records = [np.zeros(0, DETECTION_DTYPE)]
         for indices, pixels in batches:
             engine = engine_for(self.detector.input_shape(*pixels.shape[1:3]))
-            tensor, rects = self.detector.prepare(pixels, engine)
+            tensor, rects = self.detector.prepare(pixels, engine.forward)
             scores = engine(tensor)
             records += [to_records([self.detector.decode(s, rects)], index) for index, s in zip(indices, scores)]
         records = np.concatenate(records)

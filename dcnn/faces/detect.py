@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -37,8 +38,8 @@ from dcnn.network.layers import Affine, Conv2d, Layer, ReLU, Shape
 from dcnn.network.weights import require_finite
 
 __all__ = [
-    "DETECTION_DTYPE", "DETECTOR_BATCH_SIZE", "MMOD_NAME", "FaceDetector", "default_detector_path", "mmod_network",
-    "mmod_weights", "receptive_mapping", "to_records",
+    "DETECTION_DTYPE", "DETECTOR_BATCH_SIZE", "MMOD_NAME", "FaceDetector", "InputReader", "default_detector_path",
+    "mmod_network", "mmod_weights", "receptive_mapping", "to_records",
 ]
 
 #: The smallest image side the detector accepts (as dlib).
@@ -130,6 +131,18 @@ def receptive_mapping(network: Network) -> tuple[int, int]:
     return scale, offset
 
 
+@runtime_checkable
+class InputReader(Protocol):
+    """A compiled network whose first layer can read its input in place: the two methods of
+    :class:`dcnn.exec.forward.Forward` that :meth:`FaceDetector.prepare` uses (``faces`` does not import ``exec``)."""
+
+    def input_rows(self, height: int) -> int | None:
+        """Rows per image of an input buffer the first layer reads in place, or ``None``."""
+
+    def share_input(self, x: np.ndarray, rows: int, zero_from: int) -> None:
+        """Let the first layer read ``x`` in place on this thread's next run."""
+
+
 @dataclass
 class FaceDetector:
     """Images in, detections out, as dlib's ``cnn_face_detection_model_v1(image, upsample_num_times)``.
@@ -183,11 +196,11 @@ class FaceDetector:
         require_finite(weights, str(source))
         return cls(model, network, weights, upsample)
 
-    def prepare(self, images: np.ndarray, run: object = None) -> tuple[np.ndarray, list]:
+    def prepare(self, images: np.ndarray, forward: InputReader | None = None) -> tuple[np.ndarray, list]:
         """``B x H x W x 3`` uint8 images (one size) to the network input and the pyramid level rectangles.
 
-        ``run``, what will run the network on it (a :class:`~dcnn.exec.forward.Forward` or an engine with one as
-        ``forward``): where its first convolution can read the pyramid in place
+        ``forward``, the compiled network that will run on the tensor (a :class:`~dcnn.exec.forward.Forward`,
+        itself or inside an engine, whose ``forward`` it is): where its first convolution can read the pyramid in place
         (:meth:`~dcnn.exec.forward.Forward.input_rows`), the tensor is built in a buffer of the rows it reads
         and shared with it, which saves that layer's copy of its input.
         """
@@ -197,12 +210,11 @@ class FaceDetector:
         if min(images.shape[1:3]) < MIN_IMAGE_SIDE:
             raise ShapeError(f"a {images.shape[1]}x{images.shape[2]} image is too small for the face detector "
                              f"(dlib needs at least {MIN_IMAGE_SIDE} x {MIN_IMAGE_SIDE})")
-        reader = run if hasattr(run, "input_rows") else getattr(run, "forward", None)
-        rows = reader.input_rows(self.input_shape(*images.shape[1:3])[1]) if hasattr(reader, "input_rows") else None
+        rows = None if forward is None else forward.input_rows(self.input_shape(*images.shape[1:3])[1])
         tensor, rects = pyramid_tensor(images, self.model.mean_rgb, self.model.pyramid_padding,
                                        self.model.pyramid_outer_padding, self.upsample, rows or 0)
         if rows:
-            reader.share_input(tensor, rows, max(bottom for _, _, _, bottom in rects) + 1)
+            forward.share_input(tensor, rows, max(bottom for _, _, _, bottom in rects) + 1)
         return tensor, rects
 
     def input_shape(self, height: int, width: int) -> Shape:
@@ -235,7 +247,8 @@ class FaceDetector:
             ``(B, H, W, 3)`` uint8 RGB, at least 10 x 10 pixels.
         run : callable
             Runs :attr:`network` on the ``(B, 3, rows, cols)`` float32 pyramid tensors, e.g.
-            ``Forward(detector.network, detector.weights)`` or a parallel engine.
+            ``Forward(detector.network, detector.weights)`` (whose first layer then reads the pyramid in place,
+            :meth:`prepare`) or a parallel engine.
 
         Returns
         -------
@@ -248,7 +261,7 @@ class FaceDetector:
         ShapeError
             For images that are not ``(B, H, W, 3)`` uint8 or are too small.
         """
-        tensor, rects = self.prepare(images, run)
+        tensor, rects = self.prepare(images, run if isinstance(run, InputReader) else None)
         scores = run(tensor)
         return [self.decode(scores[i], rects) for i in range(len(images))]
 
