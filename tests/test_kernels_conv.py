@@ -365,7 +365,7 @@ def test_transformed_filters_by_chunks_equal_the_whole_transform(rng, monkeypatc
     whole = winograd.transform_weights(weight)
     exact = np.einsum("ai,kcij,bj->abkc", winograd.G, weight.astype(np.float64), winograd.G).reshape(36, 5, 7)
     np.testing.assert_allclose(whole, exact, rtol=2.0 ** -24, atol=0)  # half a float32 ulp (ties either way)
-    monkeypatch.setattr(winograd, "TRANSFORM_CHUNK_BYTES", 8 * 36 * 7 * 2)  # two output channels at a time
+    monkeypatch.setattr(winograd, "TRANSFORM_CHUNK_BYTES", 8 * winograd.TRANSFORM_TEMPORARIES * 7 * 2)  # two at a time
     assert np.array_equal(winograd.transform_weights(weight), whole)
 
 

@@ -127,8 +127,12 @@ MIN_BLOCK_TILES = 4 * MIN_BAND_TILES
 #: (9) 1.55; 256 at 14x14 (16) 1.24; 512 at 14x14 0.90; 256 at 20x20 (25) 0.80; 128 and 256 at 28x28 (49) 0.65;
 #: 64 at 56x56 0.71.
 WINOGRAD_MIN_TILE_CHANNELS = 6144
-#: Float64 bytes of transformed filters computed at a time by :func:`transform_weights`.
+#: Float64 bytes of temporaries (:data:`TRANSFORM_TEMPORARIES` values per filter) that :func:`transform_weights`
+#: holds at a time.
 TRANSFORM_CHUNK_BYTES = 4 << 20
+#: Float64 values per filter in :func:`transform_weights`'s temporaries: the filter (9), its rows laid out for the
+#: first product (9), ``G g`` and its transposed copy (18 each) and ``G g G^T`` (36).
+TRANSFORM_TEMPORARIES = 9 + 9 + 2 * 3 * ALPHA + ALPHA * ALPHA
 
 #: Groups of transformed positions that the threads share in a one-band map (a divisor of 36 and a multiple
 #: of the chunk granule of :mod:`dcnn.kernels.conv`: 1, 2 and 4 threads get equal shares).
@@ -154,15 +158,15 @@ def scratch_buffer(role: str, shape: tuple[int, ...]) -> np.ndarray:
 def transform_weights(weight: np.ndarray) -> np.ndarray:
     """``U = G g G^T`` of every ``(K, C, 3, 3)`` filter, as ``(36, K, C)`` float32 (row ``6 xi + nu``).
 
-    Computed in float64 and rounded once, :data:`TRANSFORM_CHUNK_BYTES` of float64 products at a time (by
-    output channels: each value is the same sum whatever the chunk), so building VGG's or ResNet's 512 -> 512
-    layer does not hold twice its transformed filters in float64 on top of the float32 result. Each side is one
-    matrix product over all filters of the chunk, ``G (g rows)`` then ``(.) G^T``: VGG-16's twelve layers in
-    0.1 s, where one ``einsum`` over the four indices took 1.9 s (numpy's loops, no BLAS).
+    Computed in float64 and rounded once, by chunks of output channels whose float64 temporaries take at most
+    :data:`TRANSFORM_CHUNK_BYTES` (each value is the same sum whatever the chunk), so building VGG's or
+    ResNet's 512 -> 512 layer does not hold its transformed filters in float64 on top of the float32 result.
+    Each side is one matrix product over all filters of the chunk, ``G (g rows)`` then ``(.) G^T``: VGG-16's
+    twelve layers in about 0.2 s, where one ``einsum`` over the four indices took 1.9 s (numpy's loops, no BLAS).
     """
     out_channels, channels = weight.shape[:2]
     u = np.empty((ALPHA, ALPHA, out_channels, channels), dtype=np.float32)
-    step = max(1, TRANSFORM_CHUNK_BYTES // (8 * ALPHA * ALPHA * channels))
+    step = max(1, TRANSFORM_CHUNK_BYTES // (8 * TRANSFORM_TEMPORARIES * channels))
     for first in range(0, out_channels, step):
         chunk = np.asarray(weight[first : first + step], dtype=np.float64)
         filters = chunk.shape[0] * channels
