@@ -120,24 +120,30 @@ def test_a_dataset_name_with_a_folder_input_is_refused(tmp_path):
 
 
 def test_a_folder_runs_every_image_format_and_notes_what_it_skipped_once(tmp_path):
-    """A .bmp was left out without a word, as were subfolders; rank 0 alone now says what was skipped."""
+    """A .bmp was left out without a word, as were subfolders; rank 0 alone now says what was skipped. The result
+    file names each row's file (it did not: a user had to redo the sort to know which photo a row was)."""
     from PIL import Image
 
     photos = tmp_path / "photos"
     (photos / "old").mkdir(parents=True)
     Image.new("L", (32, 32), 7).save(photos / "a.png")
     Image.new("L", (32, 32), 7).save(photos / "b.bmp")
+    Image.new("L", (32, 32), 200).save(photos / "Upper.PNG")
     (photos / "notes.txt").write_text("not an image")
     output = tmp_path / "run.h5"
     done = infer("--model", "lenet5", "--input", str(photos), "--output", str(output), "--threads", "1",
-                 "--progress", "none", launcher=mpi_command(2))
+                 "--progress", "none", "--top", "1", launcher=mpi_command(2))
     assert done.returncode == 0, done.stderr
     assert done.stderr == (f"dcnn: skipped 2 entries of {photos}: 1 subfolder (old), 1 file not an image "
                            "(notes.txt)\n")
-    assert "lenet5: 2 images of 32x32" in done.stdout
+    assert "lenet5: 3 images of 32x32" in done.stdout
+    assert "image 0 ('Upper.PNG'): top classes" in done.stdout
     with h5py.File(output) as handle:
         logits = handle["outputs/logits"][()]
-    np.testing.assert_array_equal(logits[0], logits[1])
+        files = handle["outputs/file"].asstr()[()].tolist()
+    assert files == ["Upper.PNG", "a.png", "b.bmp"]  # code-point order, the order of the rows
+    np.testing.assert_array_equal(logits[1], logits[2])
+    assert not np.array_equal(logits[0], logits[1])
 
 
 def test_mismatched_weights_name_the_key(tmp_path):

@@ -126,6 +126,8 @@ def _skipped(handle) -> list[tuple[str, str]]:
 
 #: Skipped images listed one per line in a report; the rest are counted.
 LISTED_SKIPS = 20
+#: Characters of a file name shown in an image's caption by :func:`draw_detections`.
+CAPTION_FILE_CHARS = 40
 
 
 def format_summary(run: RunSummary) -> str:
@@ -215,9 +217,10 @@ def format_paper_table(rows: list[dict]) -> str:
 
 
 def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
-    """Draw the first ``count`` images a detection run computed with their boxes, confidences and image indices;
-    a recognition run adds each face's landmarks and its identity. Images the run skipped (unreadable, too small)
-    or has not reached (an interrupted run) are left out: they have no detections.
+    """Draw the first ``count`` images a detection run computed with their boxes, confidences and image indices
+    (and file names, for a folder input); a recognition run adds each face's landmarks and its identity. Images
+    the run skipped (unreadable, too small) or has not reached (an interrupted run) are left out: they have no
+    detections.
 
     Each image gets a cell ``tile`` pixels high and as wide as its aspect ratio asks (up to four tiles), so a
     1000x500 image is drawn at 512x256, not squeezed into a square; rows hold four tiles' width.
@@ -237,6 +240,7 @@ def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
         rows = handle["outputs/detections"][()]
         landmarks = handle["outputs/landmarks"][()] if "landmarks" in handle["outputs"] else None
         names = handle["outputs/identity"].asstr()[()] if "identity" in handle["outputs"] else None
+        files = handle["outputs/file"].asstr()[()] if "file" in handle["outputs"] else None
         source = str(handle.attrs["input"])
         drawn = np.flatnonzero(handle["outputs/done"][()])[:count]
     location, _, dataset = source.rpartition(":") if not Path(source).exists() else (source, "", "images")
@@ -267,8 +271,9 @@ def draw_detections(path: str, png: str, count: int, tile: int = 256) -> int:
             pen.text((box[0] + 3, box[1] + 2), label, fill=(255, 255, 0))
             for x, y in ([] if landmarks is None else (landmarks[face] + 0.5) * scale):
                 pen.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(40, 255, 40))
-        pen.rectangle((0, 0, 8 + 7 * len(f"image {index}"), 14), fill=(0, 0, 0))
-        pen.text((3, 2), f"image {index}", fill=(255, 255, 255))
+        caption = f"image {index}" if files is None else f"image {index}: {files[index][:CAPTION_FILE_CHARS]}"
+        pen.rectangle((0, 0, 8 + 7 * len(caption), 14), fill=(0, 0, 0))
+        pen.text((3, 2), caption, fill=(255, 255, 255))
         sheet.paste(picture, place)
     sheet.save(png)
     return len(drawn)

@@ -618,8 +618,9 @@ def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit, thr
     if args.resume:
         return ResultWriter.resume(args.resume, attributes, _resume_keys(job), lock,
                                    skipped=job.scan.skipped)
+    files = [file.name for file in images.files] if isinstance(images, FolderImageSet) else None
     writer = ResultWriter.create(args.output, len(images), job.outputs, split.num_tasks, attributes, job.known, lock,
-                                 skipped=job.scan.skipped)
+                                 skipped=job.scan.skipped, files=files)
     return writer, np.zeros(len(images), np.uint8)
 
 
@@ -827,11 +828,12 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
     if args.top > 0 and not job.workload.detects:
         with h5py.File(path, "r") as handle:
             logits = handle["outputs/logits"][:5]
+            files = handle["outputs/file"].asstr()[:5] if "file" in handle["outputs"] else None
         for index, row in enumerate(logits):
             probabilities = softmax(row[None].astype(np.float64))[0]
             best = np.argsort(probabilities)[::-1][:args.top]
             classes = ", ".join(f"{c} ({probabilities[c]:.3f})" for c in best)
-            print(f"  image {index}: top classes {classes}")
+            print(f"  image {index}{'' if files is None else f' ({files[index]!r})'}: top classes {classes}")
 
 
 def _layer_stats(engines: EngineCache) -> dict[str, np.ndarray]:

@@ -439,7 +439,8 @@ def _valid_outputs(path: Path) -> dict[str, np.ndarray]:
 
 
 def _layout(handle: h5py.File, num_images: int, outputs: int | np.dtype, num_tasks: int,
-            attributes: Mapping[str, Any], known: Mapping[str, np.ndarray] | None) -> None:
+            attributes: Mapping[str, Any], known: Mapping[str, np.ndarray] | None,
+            files: Sequence[str] | None) -> None:
     """The datasets and attributes of a new result file (see :meth:`ResultWriter.create` and the module
     docstring)."""
     group = handle.create_group("outputs")
@@ -450,6 +451,8 @@ def _layout(handle: h5py.File, num_images: int, outputs: int | np.dtype, num_tas
         group.create_dataset("logits", shape=(num_images, outputs), dtype=np.float32, fillvalue=np.nan,
                              chunks=logits_chunks(num_images, outputs))
     group.create_dataset("done", shape=(num_images,), dtype=np.uint8, fillvalue=0)
+    if files is not None:
+        group.create_dataset("file", data=np.array(files, dtype=h5py.string_dtype()))
     timing = handle.create_group("timing")
     for name, dtype, fill in (("task_start", np.float64, np.nan), ("task_end", np.float64, np.nan),
                               ("task_rank", np.int32, -1)):
@@ -506,7 +509,8 @@ class ResultWriter:
     @classmethod
     def create(cls, path: str | os.PathLike, num_images: int, outputs: int | np.dtype, num_tasks: int,
                attributes: Mapping[str, Any], known: Mapping[str, np.ndarray] | None = None,
-               lock: RunLock | None = None, skipped: Sequence[Skip] = ()) -> ResultWriter:
+               lock: RunLock | None = None, skipped: Sequence[Skip] = (), files: Sequence[str] | None = None
+               ) -> ResultWriter:
         """Create ``path`` for ``num_images`` images in ``num_tasks`` tasks; ``lock`` is released at the end.
 
         The file is built under a temporary name beside ``path`` and then moved into place, so a file already at
@@ -515,7 +519,8 @@ class ResultWriter:
         outputs (:data:`~dcnn.faces.detect.DETECTION_DTYPE`, or face records that extend it), a variable number
         of rows per image. ``known`` (names and descriptors of a gallery) is
         stored under ``/known`` at once, so a resumed run names identities as the first run did. ``skipped`` are
-        the images the header scan found unusable (``--skip-unreadable``), recorded under ``/skipped``.
+        the images the header scan found unusable (``--skip-unreadable``), recorded under ``/skipped``. ``files``
+        (a folder input's file names, in image order) are stored as ``/outputs/file``.
 
         The run's ``attributes`` must agree with the file's on ``keys``.
 
@@ -532,7 +537,7 @@ class ResultWriter:
             target = _target(path)
             temporary = _temporary(target)
             with _hdf5(temporary, "w", libver="latest") as handle:
-                _layout(handle, num_images, outputs, num_tasks, attributes, known)
+                _layout(handle, num_images, outputs, num_tasks, attributes, known, files)
                 _skip_tables(handle, skipped)
             os.replace(temporary, target)
             replaced = True
