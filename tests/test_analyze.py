@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import mpi_command, write_digits
 
-from dcnn.analysis.analyze import RunSummary, load_summary, scaling_table
+from dcnn.analysis.analyze import RunSummary, format_summary, load_summary, scaling_table
 from dcnn.errors import InputError
 
 
@@ -195,7 +195,6 @@ def test_an_interrupted_run_is_reported_without_a_rate(runs, tmp_path):
     """Before: ``22 computed in nan s: nan images/s`` for a file whose run was interrupted (no elapsed time)."""
     import shutil
 
-    from dcnn.analysis.analyze import format_summary
 
     interrupted = tmp_path / "interrupted.h5"
     shutil.copy(runs[0], interrupted)
@@ -220,7 +219,6 @@ def test_one_skipped_image_is_counted_in_the_singular(runs):
     """Before: "1 images skipped:" (python -m dcnn.analyze; dcnn.infer's summary said the same)."""
     import dataclasses
 
-    from dcnn.analysis.analyze import format_summary
 
     summary = dataclasses.replace(load_summary(str(runs[1])), skipped=[("/d/a.png", "cannot read image (empty file)")])
     assert "  1 image skipped:\n    /d/a.png: cannot read image (empty file)" in format_summary(summary)
@@ -234,3 +232,14 @@ def test_the_memory_error_leaves_out_a_rank_that_ran_no_task():
                           predicted_peak=np.array([210e6, 192e6]))
     assert summary([1.0, 0.0]).memory_error == pytest.approx(0.05)
     assert summary([0.0, 0.0]).memory_error == pytest.approx(5.4)  # no rank computed: all of them count
+
+
+def test_a_rank_above_its_prediction_is_the_memory_error_and_warned_even_when_another_is_further_off():
+    """Rank 1 peaked 2.7 % above its prediction; rank 0's +41 % over-prediction, larger, hid it (no warning)."""
+    summary = RunSummary("r.h5", "m", "batch", 2, "complete", 4, 4, 4, 1.0, tasks=np.array([2, 2]),
+                         busy=np.array([1.0, 1.0]), steal=np.zeros((2, 6)), peak_rss=np.array([200e6, 372.7e6]),
+                         predicted_peak=np.array([282e6, 362.6e6]), plan="batch, batch 2")
+    assert summary.memory_error == pytest.approx(362.6 / 372.7 - 1)
+    report = format_summary(summary)
+    assert "predicted peak memory -2.7% of measured (worst rank)" in report
+    assert "warning: a rank's measured peak exceeded its prediction" in report

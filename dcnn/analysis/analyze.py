@@ -51,15 +51,17 @@ class RunSummary:
 
     @property
     def memory_error(self) -> float:
-        """Largest relative error of the planner's peak memory prediction over the ranks that computed (NaN if
-        none): a rank that ran no task never reached the working set the prediction counts."""
+        """The worst relative error of the planner's peak memory prediction, ``(predicted - measured) /
+        measured``, over the ranks that computed (NaN if none; a rank that ran no task never reached the working
+        set the prediction counts): the most negative where a rank's peak exceeded its prediction (the error
+        that matters: the plan may not fit), else the largest."""
         valid = (self.predicted_peak > 0) & (self.peak_rss > 0)
         if (valid & (self.busy > 0)).any():
             valid &= self.busy > 0
         if not valid.any():
             return float("nan")
         errors = (self.predicted_peak[valid] - self.peak_rss[valid]) / self.peak_rss[valid]
-        return float(errors[np.argmax(np.abs(errors))])
+        return float(errors.min() if errors.min() < 0 else errors.max())
 
     def describe(self) -> str:
         """The run's mode and options: its plan (``"spatial 2x1, batch 4"``), else its mode."""
