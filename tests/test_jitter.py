@@ -11,6 +11,8 @@ from dcnn.faces.jitter import DlibRand, jitter_chip, jittered_chips
 
 HAVE_DLIB = importlib.util.find_spec("dlib") is not None
 needs_dlib = pytest.mark.skipif(not HAVE_DLIB, reason="needs dlib-bin (the test extra)")
+needs_models = pytest.mark.skipif(importlib.util.find_spec("face_recognition_models") is None,
+                                  reason="needs the [faces] extra (face_recognition_models)")
 
 
 def test_rand_is_mt19937_after_ten_thousand_draws():
@@ -41,3 +43,31 @@ def test_jittered_chips_equal_dlibs(tmp_path, rng):
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "chip.npy"), str(tmp_path / "dlib.npy")],
                    check=True)
     assert np.array_equal(jittered_chips(chip, 5), np.load(tmp_path / "dlib.npy"))
+
+
+@needs_models
+def test_jittered_copies_come_a_batch_at_a_time_and_average_as_all_at_once(rng):
+    """``--jitter 100000`` held every jittered copy at once (6.75 GB); the copies now come a descriptor batch at a
+    time and their mean equals numpy's float32 mean of all of them, bit for bit."""
+    import dataclasses
+
+    from dcnn.exec.forward import Forward
+    from dcnn.faces.descriptor import DESCRIPTOR_BATCH
+    from dcnn.faces.jitter import jittered_batches
+    from dcnn.faces.pipeline import FaceDescriber
+
+    chip = rng.integers(0, 256, (150, 150, 3), dtype=np.uint8)
+    batches = list(jittered_batches(chip, 9, DESCRIPTOR_BATCH))
+    assert [len(batch) for batch in batches] == [4, 4, 1]
+    np.testing.assert_array_equal(np.concatenate(batches), jittered_chips(chip, 9))
+    describer = dataclasses.replace(FaceDescriber.load(Forward), jitter=9)
+    seen = []
+    describe = describer.descriptor.describe
+    describer.descriptor.describe = lambda chips, run: seen.append(len(chips)) or describe(chips, run)
+    try:
+        mine = describer.describe(chip[None])[0]
+    finally:
+        del describer.descriptor.describe
+    assert max(seen) <= DESCRIPTOR_BATCH
+    every = describe(jittered_chips(chip, 9), describer.run)
+    np.testing.assert_array_equal(mine, every.mean(axis=0, dtype=np.float32))

@@ -20,12 +20,13 @@ freshly loaded model), so a face's descriptor does not depend on which rank desc
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 
 from dcnn.faces.chips import ChipDetails, extract_image_chips
 
-__all__ = ["DlibRand", "jitter_chip", "jittered_chips"]
+__all__ = ["DlibRand", "jitter_chip", "jittered_batches", "jittered_chips"]
 
 MAX_ROTATION_DEGREES = 3.0
 MIN_OBJECT_HEIGHT, MAX_OBJECT_HEIGHT = 0.97, 0.99999
@@ -80,7 +81,15 @@ def jitter_chip(chip: np.ndarray, rand: DlibRand) -> np.ndarray:
     return crop
 
 
+def jittered_batches(chip: np.ndarray, count: int, batch: int) -> Iterator[np.ndarray]:
+    """``count`` jittered copies of one chip from a fresh :class:`DlibRand`, ``batch`` at a time (the last batch
+    may be shorter): arrays ``(b, S, S, 3)``, so that thousands of copies (``--jitter 10000``) never all lie in
+    memory at once."""
+    rand = DlibRand()
+    for first in range(0, count, batch):
+        yield np.stack([jitter_chip(chip, rand) for _ in range(min(batch, count - first))])
+
+
 def jittered_chips(chip: np.ndarray, count: int) -> np.ndarray:
     """``count`` jittered copies ``(count, S, S, 3)`` of one chip, from a fresh :class:`DlibRand`."""
-    rand = DlibRand()
-    return np.stack([jitter_chip(chip, rand) for _ in range(count)])
+    return np.concatenate(list(jittered_batches(chip, count, max(count, 1))))
