@@ -9,7 +9,7 @@ import re
 
 __all__ = [
     "DAMAGED_FILE_ERRORS", "AgreedError", "DcnnError", "InputError", "PlanError", "ShapeError", "WeightsError",
-    "out_of_space",
+    "one_line", "out_of_space",
 ]
 
 #: What h5py, zipfile, NumPy and Pillow raise for damaged or truncated files (h5py reports corrupt metadata as
@@ -65,3 +65,10 @@ def out_of_space(error: BaseException) -> str | None:
         found = re.search(r"filename = '([^']*)'", text)
         named = found.group(1) if found else None
     return f"{named}: {_NO_SPACE[code]}" if named else _NO_SPACE[code]
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line of printable characters: a control character (a newline or an escape sequence in a
+    file name) becomes its Python escape (``\\n``, ``\\x1b``), so a message stays the one line the launcher
+    forwards and the terminal shows it as written."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from dcnn import __version__
-from dcnn.errors import AgreedError, DcnnError, InputError, out_of_space
+from dcnn.errors import AgreedError, DcnnError, InputError, one_line, out_of_space
 
 __all__ = [
     "EXIT_BROKEN_PIPE", "EXIT_FAILURE", "EXIT_USAGE", "MAX_THREADS", "Interrupted", "add_common_arguments",
@@ -333,12 +333,12 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
         if args.debug:
             traceback.print_exc()
         if rank == 0:
-            print(f"dcnn: error: {error}", file=sys.stderr, flush=True)
+            print(one_line(f"dcnn: error: {error}"), file=sys.stderr, flush=True)
         return EXIT_USAGE
     except Interrupted as interruption:
         if rank == 0:
             note = f"; {interruption.note}" if interruption.note else ""
-            print(f"dcnn: interrupted by {interruption}{note}", file=sys.stderr, flush=True)
+            print(one_line(f"dcnn: interrupted by {interruption}{note}"), file=sys.stderr, flush=True)
         elif size > 1:
             _serve_for(comm, CLOSE_GRACE)  # rank 0 closes the result file first
         code = interruption.code
@@ -346,20 +346,20 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
         if args.debug:
             traceback.print_exc()
         if comm is not None or rank == 0:
-            print(f"{prefix}{error}", file=sys.stderr, flush=True)
+            print(one_line(f"{prefix}{error}"), file=sys.stderr, flush=True)
         code = EXIT_USAGE
     except Exception as error:
         if (reason := out_of_space(error)) is not None:  # the disk filled up: the user's to fix, not a bug
             if args.debug:
                 traceback.print_exc()
-            print(f"{prefix}{reason}", file=sys.stderr, flush=True)
+            print(one_line(f"{prefix}{reason}"), file=sys.stderr, flush=True)
             code = EXIT_USAGE
         else:
             # What failed comes first, on the one line a launcher surely forwards: MPICH's Hydra, ending the job
             # on this rank's MPI_Abort, may drop the traceback lines still in its pipe (seen under load).
             what = next(iter(str(error).splitlines()), "")
-            print(f"{prefix}unexpected failure, please report it: {type(error).__name__}: {what}", file=sys.stderr,
-                  flush=True)
+            print(one_line(f"{prefix}unexpected failure, please report it: {type(error).__name__}: {what}"),
+                  file=sys.stderr, flush=True)
             traceback.print_exc()
             sys.stderr.flush()
             code = EXIT_FAILURE

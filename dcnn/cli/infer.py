@@ -29,7 +29,7 @@ from dcnn.cli.common import MAX_THREADS, Interrupted, add_common_arguments, run_
 from dcnn.cli.runconfig import configuration, restore
 from dcnn.decomposition.fused import HALO_POLICIES, check_tile_grid, finest_grid, tileable_depth
 from dcnn.decomposition.spatial import fc_shard_rows
-from dcnn.errors import InputError, PlanError, ShapeError
+from dcnn.errors import InputError, PlanError, ShapeError, one_line
 from dcnn.exec.forward import Forward
 from dcnn.exec.imported import (
     PREPROCESS_CHOICES,
@@ -651,7 +651,7 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
         raise
     network, images, weights = job.network, job.images, job.weights
     if isinstance(images, FolderImageSet) and images.left_out and comm.rank == 0 and not args.quiet:
-        print(f"dcnn: {images.left_out_note()}", file=sys.stderr, flush=True)  # once the run is accepted
+        print(one_line(f"dcnn: {images.left_out_note()}"), file=sys.stderr, flush=True)  # once the run is accepted
     threads = _threads(args, local_ranks)
     set_num_threads(threads)
     split = TaskSplit(len(images), args.batch_size)
