@@ -105,6 +105,7 @@ def test_skip_unreadable_records_every_skipped_file(tmp_path):
     done = infer("--input", str(images), "--output", str(output), "--skip-unreadable", "--mode", "spatial", ranks=2)
     assert done.returncode == 0, done.stderr
     assert "4 images skipped" in done.stdout
+    assert " of 3 images computed (upsample" in done.stdout  # it counted the skipped ones: "of 7 images"
     result = read(output)
     assert sorted(result["skipped"]) == names and "too small" in result["skipped"]["0003b-thumb.png"]
     assert "cannot read image" in result["skipped"]["0000b-truncated.png"]

@@ -811,13 +811,15 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
     if job.workload.detects:
         with h5py.File(path, "r") as handle:
             offsets = handle["outputs/detection_offsets"][()]
+            done = handle["outputs/done"][()].astype(bool)
             identities = handle["outputs/identity"].asstr()[()] if "identity" in handle["outputs"] else None
         counts = np.diff(offsets)
-        print(f"  {count_of(int(offsets[-1]), 'face')} found in {int((counts > 0).sum())} of "
-              f"{count_of(len(counts), 'image')} (upsample {args.upsample})")
+        # Of the images computed (in this run and any before it): skipped images have no detections to count.
+        print(f"  {count_of(int(offsets[-1]), 'face')} found in {int((counts[done] > 0).sum())} of "
+              f"{count_of(int(done.sum()), 'image')} computed (upsample {args.upsample})")
         if identities is not None and len(identities):  # no faces: nothing to name
             names, people = np.unique(identities, return_counts=True)
-            print("  identities: " + ", ".join(f"{name} {count}" for name, count in zip(names, people)))
+            print(one_line("  identities: " + ", ".join(f"{name} {count}" for name, count in zip(names, people))))
     if args.mode == "batch" and size > 1:
         tasks, stolen = column(per_rank["steal"], "tasks_run"), column(per_rank["steal"], "tasks_stolen")
         tried, succeeded = column(per_rank["steal"], "steals_attempted"), column(per_rank["steal"], "steals_succeeded")
