@@ -1,5 +1,6 @@
 """``python -m dcnn.analyze`` on real result files."""
 
+import os
 import subprocess
 import sys
 
@@ -195,7 +196,6 @@ def test_an_interrupted_run_is_reported_without_a_rate(runs, tmp_path):
     """Before: ``22 computed in nan s: nan images/s`` for a file whose run was interrupted (no elapsed time)."""
     import shutil
 
-
     interrupted = tmp_path / "interrupted.h5"
     shutil.copy(runs[0], interrupted)
     with h5py.File(interrupted, "r+") as handle:
@@ -204,6 +204,27 @@ def test_an_interrupted_run_is_reported_without_a_rate(runs, tmp_path):
     report = format_summary(load_summary(str(interrupted)))
     assert "nan" not in report and "images 48/48 done" in report and "--resume" in report
     assert "weights: seeded and untrained (--seed 0)" in report
+    assert report.splitlines()[0].endswith(", interrupted")  # it said "running": no run holds the file
+
+
+def test_a_file_a_live_run_writes_is_reported_running_without_a_resume_command(runs, tmp_path):
+    """Its lock (``FILE.lock``, held by this live process) says a run is writing it: "--resume" would be refused."""
+    import shutil
+
+    from dcnn.io.lockfile import RunLock
+
+    live = tmp_path / "live.h5"
+    shutil.copy(runs[0], live)
+    with h5py.File(live, "r+") as handle:
+        handle.attrs["status"] = "running"
+        del handle.attrs["elapsed_seconds"]
+    lock = RunLock.acquire(live)
+    try:
+        report = format_summary(load_summary(str(live)))
+    finally:
+        lock.release()
+    assert f"running (process {os.getpid()} on " in report.splitlines()[0] and "--resume" not in report
+    assert "being written" in report
 
 
 def test_a_folder_is_named_as_one(tmp_path):

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from dcnn.errors import InputError
-from dcnn.io.lockfile import RunLock, lock_path
+from dcnn.io.lockfile import RunLock, lock_path, writer_of
 
 
 def test_a_stale_lock_is_taken_over_and_a_live_one_refuses(tmp_path):
@@ -54,3 +54,21 @@ def test_a_lock_that_cannot_be_written_is_refused_and_leaves_no_file(tmp_path, m
     with pytest.raises(InputError, match=r"cannot write the lock file .*No space left on device"):
         RunLock.acquire(tmp_path / "run.h5")
     assert not lock_path(tmp_path / "run.h5").exists()
+
+
+def test_writer_of_names_a_live_holder_only(tmp_path):
+    """What ``dcnn.analyze`` reads to tell a live run's file from an interrupted one, without taking the lock."""
+    result = tmp_path / "run.h5"
+    assert writer_of(result) is None  # no lock file
+    lock = RunLock.acquire(result)
+    try:
+        host, pid, _ = writer_of(result)
+        assert (host, pid) == (socket.gethostname(), os.getpid())
+    finally:
+        lock.release()
+    assert writer_of(result) is None
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock_path(result).write_text(f"{socket.gethostname()} {gone.stdout.strip()} 2026-01-01T00:00:00Z\n")
+    assert writer_of(result) is None  # a killed run's lock file: its process is gone
+    lock_path(result).write_text("elsewhere 1 2026-01-01T00:00:00Z\n")
+    assert writer_of(result) == ("elsewhere", 1, "2026-01-01T00:00:00Z")  # cannot be checked: counts as live

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dcnn.errors import InputError
+from dcnn.io.lockfile import writer_of
 from dcnn.io.results import open_result, resume_command
 from dcnn.io.schema import STEAL_FIELDS, column
 from dcnn.network.weights import untrained_note
@@ -28,7 +29,11 @@ def count_of(count: int, noun: str) -> str:
 
 @dataclass
 class RunSummary:
-    """What one result file says about its run."""
+    """What one result file says about its run.
+
+    ``status`` is the file's (``complete``), or for a file whose run did not finish ``running`` while a live run
+    holds it (``writer`` then says which, :func:`dcnn.io.lockfile.writer_of`) and ``interrupted`` otherwise.
+    """
 
     path: str
     model: str
@@ -48,6 +53,7 @@ class RunSummary:
     command: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list, repr=False)
     weights: str = ""
+    writer: str = ""
 
     @property
     def memory_error(self) -> float:
@@ -105,9 +111,14 @@ def load_summary(path: str) -> RunSummary:
                 tasks = (np.bincount(finished, minlength=ranks) if attrs["mode"] == "batch"
                          else np.full(ranks, len(finished)))
 
+            status, writer = str(attrs.get("status", "unknown")), ""
+            if status == "running":
+                holder = writer_of(path)
+                status = "interrupted" if holder is None else "running"
+                writer = "" if holder is None else f"process {holder[1]} on {holder[0]}, since {holder[2]}"
             return RunSummary(
-                path=path, model=str(attrs["model"]), mode=str(attrs["mode"]), ranks=ranks,
-                status=str(attrs.get("status", "unknown")), num_images=int(attrs["num_images"]), images_done=done,
+                path=path, model=str(attrs["model"]), mode=str(attrs["mode"]), ranks=ranks, writer=writer,
+                status=status, num_images=int(attrs["num_images"]), images_done=done,
                 images_computed=int(attrs.get("images_computed", done)),
                 elapsed=float(attrs.get("elapsed_seconds", np.nan)), tasks=tasks,
                 busy=per_rank("timing/busy_seconds", (ranks,)), steal=steal,
@@ -134,7 +145,8 @@ CAPTION_FILE_CHARS = 40
 
 def format_summary(run: RunSummary) -> str:
     """A short report of one run."""
-    lines = [f"{run.path}: {run.model}, {run.mode} mode, {count_of(run.ranks, 'rank')}, {run.status}"]
+    lines = [f"{run.path}: {run.model}, {run.mode} mode, {count_of(run.ranks, 'rank')}, {run.status}"
+             + (f" ({run.writer})" if run.writer else "")]
     if np.isnan(run.elapsed):  # an interrupted run records no elapsed time
         lines.append(f"  images {run.images_done}/{run.num_images} done")
     else:
@@ -148,6 +160,9 @@ def format_summary(run: RunSummary) -> str:
         lines += [f"    {path}: {reason}" for path, reason in run.skipped[:LISTED_SKIPS]]
         if len(run.skipped) > LISTED_SKIPS:
             lines.append(f"    ... and {len(run.skipped) - LISTED_SKIPS} more (/skipped in the file)")
+    if run.writer:
+        lines.append("  (being written by a live run: analyze it again when the run ends)")
+        return "\n".join(lines)
     if run.status != "complete":
         lines.append(f"  (interrupted: continue with {resume_command(run.path, run.ranks, run.command)})")
         return "\n".join(lines)

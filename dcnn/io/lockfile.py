@@ -23,7 +23,7 @@ from pathlib import Path
 
 from dcnn.errors import InputError
 
-__all__ = ["RunLock", "lock_path"]
+__all__ = ["RunLock", "lock_path", "writer_of"]
 
 #: ``flock`` errors that mean "this file system has no locks", not "someone holds it".
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
@@ -52,6 +52,19 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def writer_of(result: str | os.PathLike) -> tuple[str, int, str] | None:
+    """``(host, pid, since)`` of the run that holds result file ``result``'s lock, read without taking it, or
+    ``None`` when no run does: no lock file, or one naming nobody or a process gone from this host (a killed run's).
+    A holder on another host cannot be checked and counts as live."""
+    try:
+        holder = _holder(lock_path(result).read_text(errors="replace"))
+    except OSError:
+        return None
+    if holder is None or (holder[0] == socket.gethostname() and not _alive(holder[1])):
+        return None
+    return holder
 
 
 class RunLock:
