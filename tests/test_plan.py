@@ -68,6 +68,8 @@ def test_format_bytes():
     assert format_bytes(512 * MIB) == "512.0 MiB" and format_bytes(3 * 2**30) == "3.0 GiB"
     # Before: a 1 KiB budget printed as "0.0 MiB".
     assert format_bytes(1024) == "1.0 KiB" and format_bytes(12) == "12 B" and format_bytes(200_000) == "0.2 MiB"
+    # Before: the plan of --upsample 100 printed a 56-digit number of GiB.
+    assert format_bytes(999_999 * 2**30) == "999999.0 GiB" and format_bytes(3.2e55 * 2**30) == "3.2e+55 GiB"
 
 
 def test_cluster_file(tmp_path):

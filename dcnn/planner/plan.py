@@ -104,9 +104,10 @@ def parse_bytes(text: str | int | float) -> int:
 
 
 def format_bytes(count: float) -> str:
-    """Bytes in GiB, MiB or KiB, one decimal (bytes below 1 KiB): ``1.5 GiB``, ``0.5 MiB``, ``1.0 KiB``, ``12 B``."""
+    """Bytes in GiB, MiB or KiB, one decimal (bytes below 1 KiB): ``1.5 GiB``, ``0.5 MiB``, ``1.0 KiB``, ``12 B``;
+    beyond a million GiB in powers of ten (``3.2e+55 GiB``: ``--upsample 100`` printed 56 digits)."""
     if abs(count) >= GIB:
-        return f"{count / GIB:.1f} GiB"
+        return f"{count / GIB:.1f} GiB" if abs(count) < 1e6 * GIB else f"{count / GIB:.1e} GiB"
     if abs(count) >= MIB // 10:
         return f"{count / MIB:.1f} MiB"
     return f"{count / 1024:.1f} KiB" if abs(count) >= 1024 else f"{count:.0f} B"
