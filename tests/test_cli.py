@@ -176,6 +176,35 @@ def test_dataset_scripts_refuse_an_existing_file_byte_identical_unless_force(tmp
         assert default.read_bytes() != before
 
 
+#: The scripts that write a report (``--output``, by default a committed ``results/*`` file; ``scripts/benchlib.py``).
+REPORT_SCRIPTS = ("bench_batch", "bench_dag", "bench_faces", "bench_fused", "bench_kernels", "bench_memory",
+                  "bench_onnx", "bench_recognize", "bench_sizes", "bench_soak", "bench_spatial", "bench_threads",
+                  "fuzz_readers", "onnx_conformance", "onnx_light_modes")
+
+
+@pytest.mark.parametrize("script", REPORT_SCRIPTS)
+def test_report_scripts_refuse_an_existing_report_before_the_benchmark(tmp_path, script):
+    """Before: a benchmark ran for minutes, then replaced any --output silently (by default the committed report,
+    so the README's ``python scripts/bench_*.py`` rewrote a tracked file)."""
+    report = tmp_path / "notes.json"
+    report.write_text("my notes\n")
+    done = run([sys.executable, str(ROOT / "scripts" / f"{script}.py")], "--output", str(report), timeout=60)
+    if "ModuleNotFoundError" in done.stderr:  # an optional dependency (torch, onnxruntime, dlib) is missing
+        pytest.skip(done.stderr.strip().splitlines()[-1])
+    assert done.returncode == EXIT_USAGE and done.stdout == "", done.stdout
+    assert done.stderr == f"dcnn: error: --output {report}: already exists; give --force to replace it, or choose " \
+                          f"another --output\n"
+    assert report.read_text() == "my notes\n"
+    # The default report, in a copy of the repository's layout: refused, as the committed file would be.
+    name = re.search(r'add_report_arguments\(parser, "([^"]+)"\)', (ROOT / "scripts" / f"{script}.py").read_text())[1]
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_bytes((ROOT / name).read_bytes())
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py")], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert done.returncode == EXIT_USAGE and f"--output {name}: already exists; give --force" in done.stderr
+    assert (tmp_path / name).read_bytes() == (ROOT / name).read_bytes()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--grid", "2x1"], "--grid applies to --mode spatial only, not --mode batch"),
     (["--mode", "spatial", "--tiles", "2x2"], "--tiles applies to --mode fused only, not --mode spatial"),
