@@ -23,6 +23,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from benchlib import add_report_arguments, report_output
 
 from dcnn.analysis.analyze import load_summary
 from dcnn.io.schema import column
@@ -51,8 +52,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--output", default="results/bench_batch.json")
+    add_report_arguments(parser, "results/bench_batch.json")
     args = parser.parse_args()
+    report_file = report_output(args)  # checked before the benchmark runs
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "images.h5"
         with h5py.File(data, "w") as handle:
@@ -83,8 +85,7 @@ def main() -> None:
           f"ideal), without {runs['np2_slow_rank_no_steal']['seconds']:.2f} s "
           f"({runs['np2_slow_rank_no_steal']['makespan_over_ideal']:.2f}x ideal)")
     report = {"command": " ".join(["python", *sys.argv]), "ideal_makespan_seconds": ideal, "runs": runs}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    report_file.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
 
 

@@ -36,11 +36,13 @@ from pathlib import Path
 import numpy as np
 from benchlib import (
     CLOCKS,
+    add_report_arguments,
     describe_machine,
     launch,
     load_average,
     machine_info,
     median_seconds,
+    report_output,
     report_rank,
     timed_calls,
 )
@@ -255,11 +257,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--output", default="results/bench_dag.json")
+    add_report_arguments(parser, "results/bench_dag.json")
     parser.add_argument("--skip", nargs="*", default=[], choices=["forward", "scaling"])
     parser.add_argument("--clock", default="auto", choices=["auto", *CLOCKS])
     parser.add_argument("--breakdown", action="store_true", help="time each kind of layer (section 3)")
     args = parser.parse_args()
+    report_file = report_output(args)  # checked before the benchmark runs
     before = load_average()
     clock = args.clock if args.clock != "auto" else "cpu" if before[0] > 0.5 * os.cpu_count() else "wall"
     machine = machine_info()
@@ -275,8 +278,7 @@ def main() -> None:
         report["breakdown"] = breakdowns(args.repeats, clock)
     report["load_average_after"] = load_average()
     print(f"\nload average after: {' '.join(map(str, report['load_average_after']))}")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    report_file.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.output}")
 
 

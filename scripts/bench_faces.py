@@ -19,11 +19,18 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import bench_kernels
 import numpy as np
-from benchlib import describe_machine, face_bench, load_average, machine_info, timed
+from benchlib import (
+    add_report_arguments,
+    describe_machine,
+    face_bench,
+    load_average,
+    machine_info,
+    report_output,
+    timed,
+)
 
 from dcnn.exec.forward import Forward
 from dcnn.faces.detect import FaceDetector, default_detector_path
@@ -79,8 +86,9 @@ def main() -> None:
     parser.add_argument("--input", default="data/faces.h5")
     parser.add_argument("--upsample", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--output", default="results/bench_faces.json")
+    add_report_arguments(parser, "results/bench_faces.json")
     args = parser.parse_args()
+    report_file = report_output(args)  # checked before the benchmark runs
     images, detector, forward = face_bench(args.input, args.upsample)
     detector.detect(images[:args.batch_size], forward)  # warm-up: one full batch fills the buffer pool
     machine = machine_info()
@@ -133,8 +141,7 @@ def main() -> None:
           f"{report['two_core_seconds_for_paper_images']:.0f} s")
     report["load_average_after"] = load_average()
     print(f"load average after: {' '.join(map(str, report['load_average_after']))}")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    report_file.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
 
 

@@ -21,10 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
-from benchlib import conv_stack, launch, report_rank, timed_calls
+from benchlib import add_report_arguments, conv_stack, launch, report_output, report_rank, timed_calls
 
 RANKS = (1, 2)
 #: (mode, tile grid, policy) per workload; the 8x8 recompute run of VGG-16 would compute 7x the plain network.
@@ -123,14 +122,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="VGG-16 input size (default 512)")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--output", default="results/bench_fused.json")
+    add_report_arguments(parser, "results/bench_fused.json")
     parser.add_argument("--only", choices=sorted(CONFIGURATIONS), help="run one workload")
     args = parser.parse_args()
+    report_file = report_output(args)  # checked before the benchmark runs
     report = {"command": " ".join(["python", *sys.argv])}
     for name in [args.only] if args.only else CONFIGURATIONS:
         report[name] = bench(name, args.size, args.repeats)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    report_file.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.output}")
 
 

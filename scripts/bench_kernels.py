@@ -43,7 +43,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from benchlib import CLOCKS, describe_machine, machine_info, median_seconds
+from benchlib import CLOCKS, add_report_arguments, describe_machine, machine_info, median_seconds, report_output
 
 from dcnn.exec.forward import Forward
 from dcnn.faces.detect import FaceDetector
@@ -132,8 +132,9 @@ def main() -> None:
                         help="wall clock (default) or process CPU time (for one thread on a shared machine)")
     parser.add_argument("--infer-images", type=int, default=0,
                         help="also run VGG-16 on this many images through python -m dcnn.infer (default 0: not)")
-    parser.add_argument("--output", default="results/bench_kernels.json")
+    add_report_arguments(parser, "results/bench_kernels.json")
     args = parser.parse_args()
+    report_file = report_output(args)  # checked before the benchmark runs
     global clock
     clock = CLOCKS[args.clock]
     thread_counts = [int(t) for t in args.threads.split(",")]
@@ -218,8 +219,7 @@ def main() -> None:
         report["infer"] = infer_table(args.infer_images, list(dict.fromkeys((1, args.batch))), args.repeats,
                                       _onnx_session(torch_model, input_shape, 1), rng)
 
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    report_file.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.output}")
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from benchlib import mpi_launcher
+from benchlib import add_report_arguments, mpi_launcher, report_output
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES, FACES = str(ROOT / "data" / "samples.h5"), str(ROOT / "data" / "faces.h5")
@@ -60,8 +60,9 @@ def run(ranks: int, args: list[str], folder: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default="results/bench_memory.json")
+    add_report_arguments(parser, "results/bench_memory.json")
     args = parser.parse_args()
+    report_file = report_output(args)  # checked before the benchmark runs
     rows = []
     print(f"{'np':>3} {'model':<7} {'plan':<28} {'measured MiB (per rank)':>24} {'predicted MiB':>14} {'error':>7}")
     with tempfile.TemporaryDirectory() as folder:
@@ -74,8 +75,7 @@ def main() -> None:
     errors = [row["error"] for row in rows]
     print(f"prediction error (predicted - measured) / measured: {min(errors):+.1%} to {max(errors):+.1%}")
     report = {"command": " ".join(["python", *sys.argv]), "runs": rows}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    report_file.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
 
 

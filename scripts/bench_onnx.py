@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime
-from benchlib import CLOCKS, describe_machine, machine_info
+from benchlib import CLOCKS, add_report_arguments, describe_machine, machine_info, report_output
 
 from dcnn.errors import InputError
 from dcnn.exec.forward import Forward
@@ -106,8 +106,9 @@ def main() -> None:
         help="process CPU time (default; one thread on a shared machine) or the wall clock",
     )
     parser.add_argument("--models", help="comma-separated subset: zoo names and light_* names (default: all)")
-    parser.add_argument("--output", default="results/bench_onnx.json")
+    add_report_arguments(parser, "results/bench_onnx.json")
     args = parser.parse_args()
+    report_file = report_output(args)  # checked before the benchmark runs
     clock = CLOCKS[args.clock]
     set_num_threads(1)
     light = sorted(path.stem for path in LIGHT.glob("light_*.onnx"))
@@ -147,8 +148,7 @@ def main() -> None:
         "onnxruntime": onnxruntime.__version__,
         "models": rows,
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    report_file.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
 
 

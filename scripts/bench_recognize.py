@@ -27,7 +27,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from benchlib import face_bench, timed
+from benchlib import add_report_arguments, face_bench, report_output, timed
 from PIL import Image
 
 from dcnn.exec.forward import Forward
@@ -54,8 +54,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", default="data/faces.h5")
     parser.add_argument("--batch-size", type=int, default=DESCRIPTOR_BATCH)
-    parser.add_argument("--output", default="results/bench_recognize.json")
+    add_report_arguments(parser, "results/bench_recognize.json")
     args = parser.parse_args()
+    report_file = report_output(args)  # checked before the benchmark runs
     import dlib
 
     images, detector, forward = face_bench(args.input)
@@ -135,8 +136,7 @@ def main() -> None:
           f"{report['dcnn_pipeline_images_per_cpu_second']:.2f} images per CPU second, dlib "
           f"{report['dlib_pipeline_images_per_cpu_second']:.2f}; python -m dcnn.recognize np1 {rates[1]:.2f}, np2 "
           f"{rates[2]:.2f} images/s (task wall time, after start-up)")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    report_file.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from benchlib import mpi_launcher
+from benchlib import add_report_arguments, mpi_launcher, report_output
 from PIL import Image
 
 from dcnn.network.weights import init_weights, save_weights
@@ -66,8 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--images", type=int, default=600, help="images in the many-sizes and same-size folders")
-    parser.add_argument("--output", default="results/bench_sizes.json")
+    add_report_arguments(parser, "results/bench_sizes.json")
     args = parser.parse_args()
+    report_file = report_output(args)  # checked before the benchmark runs
     rng = np.random.default_rng(0)
     side = int(np.ceil(np.sqrt(args.images)))
     many = [(48 + h, 48 + w) for h in range(side) for w in range(side)][:args.images]
@@ -109,8 +110,7 @@ def main() -> None:
         print_row(rows[-1])
     report = {"command": " ".join(["python", *sys.argv]), "ranks": args.ranks, "images": args.images,
               "many_sizes": len(set(many)), "same_size": mean, "runs": rows}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    report_file.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
 
 

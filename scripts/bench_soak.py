@@ -14,10 +14,9 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-from benchlib import launch, report_rank
+from benchlib import add_report_arguments, launch, report_output, report_rank
 
 
 def worker(folder: str, tasks: int, work: float, seed: int) -> None:
@@ -51,8 +50,9 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=8)
     parser.add_argument("--work", type=float, default=50e-6, help="seconds of busy work per task")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--output", default="results/bench_soak.json")
+    add_report_arguments(parser, "results/bench_soak.json")
     args = parser.parse_args()
+    report_file = report_output(args)  # checked before the benchmark runs
     runs = []
     print(f"{args.tasks} tasks of {args.work * 1e6:.0f} us at np={args.ranks}")
     print(f"{'run':>3} {'seconds':>8} {'exactly once':>12} {'tasks/rank min-max':>19} {'steals':>7} "
@@ -74,8 +74,7 @@ def main() -> None:
             raise SystemExit("a task ran twice or never: scheduler bug")
     report = {"command": " ".join(["python", *sys.argv]), "tasks": args.tasks, "ranks": args.ranks,
               "work_seconds": args.work, "runs": runs}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    report_file.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
 
 

@@ -18,10 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
-from benchlib import conv_stack, launch, report_rank, timed_calls
+from benchlib import add_report_arguments, conv_stack, launch, report_output, report_rank, timed_calls
 
 from dcnn.decomposition.spatial import plan_spatial
 from dcnn.network.layers import Conv2d, Linear
@@ -175,9 +174,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--output", default="results/bench_spatial.json")
+    add_report_arguments(parser, "results/bench_spatial.json")
     parser.add_argument("--skip", nargs="*", default=[], choices=["scaling", "geometry", "memory"])
     args = parser.parse_args()
+    report_file = report_output(args)  # checked before the benchmark runs
     report = {"command": " ".join(["python", *sys.argv])}
     if "scaling" not in args.skip:
         report["scaling"] = scaling(args.size, args.repeats)
@@ -185,8 +185,7 @@ def main() -> None:
         report["geometry"] = geometry()
     if "memory" not in args.skip:
         report["memory"] = memory()
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    report_file.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.output}")
 
 

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import describe_machine, load_average, machine_info
+from benchlib import add_report_arguments, describe_machine, load_average, machine_info, report_output
 
 from dcnn.analysis.analyze import load_summary
 
@@ -55,8 +55,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--before", metavar="DIR", help="also run 1 x 2 on the dcnn of this checkout")
-    parser.add_argument("--output", default="results/bench_threads.json")
+    add_report_arguments(parser, "results/bench_threads.json")
     args = parser.parse_args()
+    report_file = report_output(args)  # checked before the benchmark runs
     machine = machine_info()
     print(describe_machine(machine))
     load = {"start": load_average()}
@@ -88,8 +89,7 @@ def main() -> None:
     if args.before:
         report["before"] = args.before
         report["ratio_before"] = median[(*BEFORE, args.before)] / median[(2, 1, None)]
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    report_file.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
 
 

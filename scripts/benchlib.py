@@ -1,8 +1,10 @@
 """Helpers shared by the benchmarks: the VGG convolution stack, launching workers under mpiexec, timing one call,
-the face benchmarks' images and detector, and the machine a benchmark ran on."""
+the face benchmarks' images and detector, the machine a benchmark ran on, and the report each writes
+(``--output``, an existing file refused unless ``--force``)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -13,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dcnn.cli.common import EXIT_USAGE, output_path
+from dcnn.errors import InputError
 from dcnn.network.graph import Network
 from dcnn.network.zoo import get_model
 
@@ -32,6 +36,33 @@ def mpi_launcher(ranks: int) -> list[str]:
     """``[mpiexec, -n, ranks]``: the launcher next to this Python, else the one on PATH."""
     mpiexec = Path(sys.executable).parent / "mpiexec"
     return [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(ranks)]
+
+
+def add_report_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--output`` (the report, ``default`` when not given) and ``--force`` of a benchmark or check script.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The script's parser.
+    default : str
+        The report's default path: the committed ``results/*`` file, refused unless ``--force``.
+    """
+    parser.add_argument("--output", default=default,
+                        help=f"the report to write (default {default}); an existing file is refused unless --force")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing --output (a text file only, as every dcnn output: "
+                             "dcnn.cli.common.check_replaceable)")
+
+
+def report_output(args: argparse.Namespace) -> Path:
+    """The ``--output`` report of a script, checked before the benchmark runs (:func:`dcnn.cli.common.output_path`):
+    an existing file is refused unless ``--force``, in one line on stderr, exit 2."""
+    try:
+        return output_path(args.output, "--output", force=args.force, kind="text")
+    except InputError as error:
+        print(f"dcnn: error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
 
 
 def launch(script: str, ranks: int, *worker_args: str) -> list[dict]:

@@ -18,6 +18,8 @@ import time
 import traceback
 from pathlib import Path
 
+from benchlib import add_report_arguments, report_output
+
 from dcnn.errors import DcnnError
 from dcnn.testing.fuzz import TARGETS, damage
 
@@ -27,8 +29,9 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=2000, help="damaged files per reader")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=10.0, help="slowest acceptable case, seconds")
-    parser.add_argument("--output", default="results/fuzz_readers.json")
+    add_report_arguments(parser, "results/fuzz_readers.json")
     args = parser.parse_args()
+    report_file = report_output(args)  # checked before the benchmark runs
     report, failures = {"command": " ".join(["python", *sys.argv]), "readers": {}}, 0
     print(f"{'reader':<14} {'cases':>6} {'accepted':>9} {'refused':>8} {'other':>6} {'slowest s':>10}")
     for name, target in TARGETS.items():
@@ -55,8 +58,7 @@ def main() -> None:
                                    "other_examples": examples[:3]}
         print(f"{name:<14} {args.cases:>6} {counts['accepted']:>9} {counts['refused']:>8} {counts['other']:>6} "
               f"{slowest:10.3f}")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    report_file.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
     if failures:
         raise SystemExit(f"{failures} failing case(s): see {args.output}")

@@ -14,8 +14,10 @@ Two datasets in one HDF5 file:
   background (one of them may have none).
 
 The recipe is deterministic for a given ``--seed``, so ``--count 50000`` grows the same set for benchmarks.
-``data/faces.h5`` (the default input of ``python -m dcnn.infer``) is
-``python scripts/make_dataset.py --count 48 --wide 2 --output data/faces.h5``.
+``data/faces.h5`` (the default input of ``python -m dcnn.infer``, committed) is
+``python scripts/make_dataset.py --count 48 --wide 2 --output data/faces.h5``; as every output, an existing file
+is refused unless ``--force`` (which replaces only an image set made by these scripts), so the default output
+regenerates the committed set only when asked: ``--force``.
 Needs scikit-image (``pip install scikit-image``) only to run.
 """
 
@@ -28,7 +30,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from dcnn.cli.common import add_common_arguments, output_path, run_main
+from dcnn.cli.common import add_common_arguments, add_force_argument, output_path, run_main
 from dcnn.errors import InputError
 
 SIZE = 128
@@ -132,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wide", type=int, default=2, help="500 x 1000 images (default 2)")
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--output", default="data/faces.h5",
-                        help="the HDF5 file to write; its folder is created (default data/faces.h5)")
+                        help="the HDF5 file to write; its folder is created (default data/faces.h5, the committed "
+                             "set: refused as it exists, unless --force)")
+    add_force_argument(parser, "the --output file")
     add_common_arguments(parser)
     return parser
 
@@ -141,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     """Write the image set."""
     if args.count < 0 or args.wide < 0:
         raise InputError("--count and --wide take a number of images, at least 0")
-    output = output_path(args.output, "--output")
+    output = output_path(args.output, "--output", force=args.force, kind="image set")
     sources = Sources()
     rng = np.random.default_rng(args.seed)
     with h5py.File(output, "w") as handle:

@@ -5,7 +5,8 @@ Four public-domain photographs shipped with scikit-image (the ``[datasets]`` ext
 this script), centre-cropped to squares and resized to 224 x 224 RGB with Pillow:
 astronaut (NASA), coffee (Rachel Michetti, CC0), chelsea (Stefan van der Walt, CC0), rocket (NASA).
 
-Usage: ``python scripts/make_samples.py [--output data/samples.h5] [--size 224]``
+Usage: ``python scripts/make_samples.py [--output data/samples.h5] [--size 224] [--force]`` (an existing
+``--output``, the committed ``data/samples.h5`` by default, is replaced only with ``--force``)
 """
 
 import argparse
@@ -16,7 +17,7 @@ import numpy as np
 from make_dataset import scikit_image_data
 from PIL import Image
 
-from dcnn.cli.common import add_common_arguments, output_path, run_main
+from dcnn.cli.common import add_common_arguments, add_force_argument, output_path, run_main
 from dcnn.errors import InputError
 
 SOURCES = ("astronaut", "coffee", "chelsea", "rocket")
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default="data/samples.h5",
                         help="the HDF5 file to write; its folder is created (default data/samples.h5)")
     parser.add_argument("--size", type=int, default=224, help="side of the square images (default 224)")
+    add_force_argument(parser, "the --output file")
     add_common_arguments(parser)
     return parser
 
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     """Write the image set."""
     if args.size < 1:
         raise InputError(f"--size must be at least 1, got {args.size}")
-    output = output_path(args.output, "--output")
+    output = output_path(args.output, "--output", force=args.force, kind="image set")
     data = scikit_image_data()
     images = np.stack([square_resize(getattr(data, name)()[..., :3], args.size) for name in SOURCES])
     with h5py.File(output, "w") as handle:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from pathlib import Path
+
+from benchlib import add_report_arguments, report_output
 
 from dcnn.testing.onnx_conformance import SUITES, report, run_suites
 
@@ -21,13 +22,14 @@ from dcnn.testing.onnx_conformance import SUITES, report, run_suites
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suites", nargs="+", choices=list(SUITES), default=list(SUITES))
-    parser.add_argument("--output", default="results/onnx_conformance.md")
+    add_report_arguments(parser, "results/onnx_conformance.md")
     args = parser.parse_args()
+    report_file = report_output(args)  # checked before the benchmark runs
     # ONNX's case builders warn about their own overflowing casts (cast, reduce cases); not dcnn's business.
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     results = run_suites(tuple(args.suites))
     text = report(results, command=" ".join(["python", *sys.argv]))
-    Path(args.output).write_text(text + "\n")
+    report_file.write_text(text + "\n")
     print(text)
     sys.exit(1 if any(result.status == "failed" for result in results) else 0)
 

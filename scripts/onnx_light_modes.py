@@ -24,7 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import onnx
-from benchlib import mpi_launcher
+from benchlib import add_report_arguments, mpi_launcher, report_output
 
 from dcnn.decomposition.fused import check_tile_grid, spatial_depth
 from dcnn.errors import InputError, PlanError
@@ -83,8 +83,9 @@ def run(model: Path, images: Path, output: Path, ranks: int, options: tuple[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", help="comma-separated light model names (default: all)")
-    parser.add_argument("--output", default="results/onnx_light_modes.md")
+    add_report_arguments(parser, "results/onnx_light_modes.md")
     args = parser.parse_args()
+    report_file = report_output(args)  # checked before the benchmark runs
     wanted = set(args.models.split(",")) if args.models else None
     lines = [
         "# ONNX light models in spatial and fused mode",
@@ -144,8 +145,7 @@ def main() -> None:
                 )
                 print(lines[-1], flush=True)
     lines += ["", f"{failures} failed configuration(s)."]
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text("\n".join(lines) + "\n")
+    report_file.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.output}")
 
 

@@ -264,3 +264,111 @@ def test_a_rank_above_its_prediction_is_the_memory_error_and_warned_even_when_an
     report = format_summary(summary)
     assert "predicted peak memory -2.7% of measured (worst rank)" in report
     assert "warning: a rank's measured peak exceeded its prediction" in report
+
+
+def _png(path, shade: int = 30) -> bytes:
+    """A small real PNG at ``path`` (a user's picture), its bytes."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (shade, shade, shade)).save(path, format="PNG")
+    return path.read_bytes()
+
+
+def _analyze(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dcnn.analyze", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("option,target,existing", [
+    ("--csv", "notes.csv", "notes.csv"),
+    ("--table", "table.md", "table.md"),
+    ("--table", "table.md", "table.csv"),  # the CSV the table writes beside it
+    ("--draw", "vacation.png", "vacation.png"),
+    ("--plots", "figs", "figs/memory.png"),
+    ("--plots", "figs", "figs/timeline-np2.png"),
+])
+def test_an_existing_output_is_refused_byte_identical_unless_force(runs, tmp_path, option, target, existing):
+    """Before: every one of these replaced the user's file silently, exit 0."""
+    kept = tmp_path / existing
+    before = _png(kept) if existing.endswith(".png") else _notes(kept)
+    done = _analyze(*map(str, runs), option, str(tmp_path / target))
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    assert done.stderr.count("\n") == 1 and option in done.stderr and str(kept) in done.stderr, done.stderr
+    assert "already exists; give --force to replace it" in done.stderr
+    assert kept.read_bytes() == before
+    if option == "--draw":
+        return  # a face detection run to draw: test_draw_force_replaces_a_png
+    done = _analyze(*map(str, runs), option, str(tmp_path / target), "--force")
+    assert done.returncode == 0, done.stderr
+    assert kept.read_bytes() != before
+
+
+def test_draw_force_replaces_a_png(runs, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from dcnn.cli import analyze
+
+    def draw(path, png, count):
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(png)
+        return 1
+
+    monkeypatch.setattr(analyze, "draw_detections", draw)
+    png = tmp_path / "vacation.png"
+    before = _png(png)
+    assert analyze.main([str(runs[0]), "--draw", str(png), "--quiet"]) == 2 and png.read_bytes() == before
+    assert analyze.main([str(runs[0]), "--draw", str(png), "--force", "--quiet"]) == 0
+    assert png.read_bytes() != before
+
+
+def _notes(path) -> bytes:
+    """A user's text file at ``path``, its bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("my notes\n")
+    return path.read_bytes()
+
+
+def _image_set(path) -> bytes:
+    """A user's HDF5 image set at ``path``, its bytes."""
+    with h5py.File(path, "w") as handle:
+        handle["images"] = np.zeros((1, 4, 4, 3), np.uint8)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("option,target,existing,make", [
+    ("--csv", "photo.png", "photo.png", _png),
+    ("--csv", "set.h5", "set.h5", _image_set),
+    ("--draw", "notes.txt", "notes.txt", _notes),
+    ("--table", "data.md", "data.csv", _png),  # the table's CSV
+    ("--plots", "figs", "figs/memory.png", _notes),
+])
+def test_force_replaces_only_a_file_of_the_kind_written(runs, tmp_path, option, target, existing, make):
+    """As dcnn.infer --force replaces only a result file: a photo or an image set is not replaced by a CSV, notes
+    not by a PNG."""
+    kept = tmp_path / existing
+    before = make(kept)
+    done = _analyze(str(runs[0]), option, str(tmp_path / target), "--force")
+    assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1, done.stderr
+    assert "--force replaces only those" in done.stderr and option in done.stderr and str(kept) in done.stderr
+    assert kept.read_bytes() == before
+
+
+@pytest.mark.parametrize("option", ["--csv", "--draw"])
+def test_the_commands_own_input_is_never_replaced(runs, tmp_path, option):
+    """``analyze r1.h5 --csv r1.h5 --force``: before, the result file became a CSV (exit 0)."""
+    import shutil
+
+    run = tmp_path / "r1.h5"
+    shutil.copy(runs[0], run)
+    before = run.read_bytes()
+    done = _analyze(str(run), option, str(run), "--force")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"{option} {run}: is an input of this command and is never replaced" in done.stderr
+    assert run.read_bytes() == before
+
+
+def test_two_options_writing_one_file_and_a_table_named_csv_are_refused(runs, tmp_path):
+    done = _analyze(str(runs[0]), "--table", str(tmp_path / "t.md"), "--csv", str(tmp_path / "t.csv"))
+    assert done.returncode == 2 and "--csv" in done.stderr and "--table writes the same file" in done.stderr
+    done = _analyze(str(runs[0]), "--table", str(tmp_path / "t.csv"))
+    assert done.returncode == 2 and "its CSV copy (t.csv) would be written over it" in done.stderr
+    assert not (tmp_path / "t.md").exists() and not (tmp_path / "t.csv").exists()

@@ -144,6 +144,67 @@ def test_dataset_scripts_create_their_folder_or_refuse_in_one_line(tmp_path, scr
     assert done.returncode == 0 or "pip install '.[datasets]'" in done.stderr  # scikit-image is an extra
 
 
+@pytest.mark.parametrize("script", ["make_dataset", "make_samples"])
+def test_dataset_scripts_refuse_an_existing_file_byte_identical_unless_force(tmp_path, script):
+    """Before: ``make_dataset.py --count 2 --output mynotes.md`` replaced a text file with HDF5 bytes, and the
+    default output replaced the committed ``data/faces.h5`` (``data/samples.h5``) silently."""
+    notes = tmp_path / "mynotes.md"
+    notes.write_text("my notes\n")
+    done = run(COMMANDS[script], "--output", str(notes))
+    assert done.returncode == EXIT_USAGE and done.stdout == "", done.stdout
+    assert done.stderr == f"dcnn: error: --output {notes}: already exists; give --force to replace it, or choose " \
+                          f"another --output\n"
+    done = run(COMMANDS[script], "--output", str(notes), "--force")  # notes are not an image set
+    assert done.returncode == EXIT_USAGE and "--force replaces only those" in done.stderr, done.stderr
+    assert notes.read_text() == "my notes\n"
+    # The default output, in a copy of the repository's layout: refused, as the committed file would be.
+    committed = {"make_dataset": "faces.h5", "make_samples": "samples.h5"}[script]
+    (tmp_path / "data").mkdir()
+    default = tmp_path / "data" / committed
+    default.write_bytes((ROOT / "data" / committed).read_bytes())
+    before = default.read_bytes()
+    done = subprocess.run([*COMMANDS[script], "--size" if script == "make_samples" else "--count", "2"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == EXIT_USAGE and f"--output data/{committed}: already exists" in done.stderr
+    assert default.read_bytes() == before
+    done = subprocess.run([*COMMANDS[script], "--size" if script == "make_samples" else "--count", "2", "--force"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    if "pip install '.[datasets]'" in done.stderr:  # scikit-image is an extra: the file is kept
+        assert done.returncode == EXIT_USAGE and default.read_bytes() == before
+    else:
+        assert done.returncode == 0, done.stderr
+        assert default.read_bytes() != before
+
+
+#: The scripts that write a report (``--output``, by default a committed ``results/*`` file; ``scripts/benchlib.py``).
+REPORT_SCRIPTS = ("bench_batch", "bench_dag", "bench_faces", "bench_fused", "bench_kernels", "bench_memory",
+                  "bench_onnx", "bench_recognize", "bench_sizes", "bench_soak", "bench_spatial", "bench_threads",
+                  "fuzz_readers", "onnx_conformance", "onnx_light_modes")
+
+
+@pytest.mark.parametrize("script", REPORT_SCRIPTS)
+def test_report_scripts_refuse_an_existing_report_before_the_benchmark(tmp_path, script):
+    """Before: a benchmark ran for minutes, then replaced any --output silently (by default the committed report,
+    so the README's ``python scripts/bench_*.py`` rewrote a tracked file)."""
+    report = tmp_path / "notes.json"
+    report.write_text("my notes\n")
+    done = run([sys.executable, str(ROOT / "scripts" / f"{script}.py")], "--output", str(report), timeout=60)
+    if "ModuleNotFoundError" in done.stderr:  # an optional dependency (torch, onnxruntime, dlib) is missing
+        pytest.skip(done.stderr.strip().splitlines()[-1])
+    assert done.returncode == EXIT_USAGE and done.stdout == "", done.stdout
+    assert done.stderr == f"dcnn: error: --output {report}: already exists; give --force to replace it, or choose " \
+                          f"another --output\n"
+    assert report.read_text() == "my notes\n"
+    # The default report, in a copy of the repository's layout: refused, as the committed file would be.
+    name = re.search(r'add_report_arguments\(parser, "([^"]+)"\)', (ROOT / "scripts" / f"{script}.py").read_text())[1]
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_bytes((ROOT / name).read_bytes())
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py")], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert done.returncode == EXIT_USAGE and f"--output {name}: already exists; give --force" in done.stderr
+    assert (tmp_path / name).read_bytes() == (ROOT / name).read_bytes()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--grid", "2x1"], "--grid applies to --mode spatial only, not --mode batch"),
     (["--mode", "spatial", "--tiles", "2x2"], "--tiles applies to --mode fused only, not --mode spatial"),

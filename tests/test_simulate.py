@@ -92,3 +92,45 @@ def test_the_command_plans_the_memory_of_the_tasks_a_node_runs_at_once(capsys):
             for text in (one, two)}
     assert peak[two] > peak[one]
     assert main([*argv, "--threads", "0"]) == 2 and "--threads" in capsys.readouterr().err
+
+
+QUICK = ["--nodes", "2,3", "--images", "8"]
+
+
+def _simulate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dcnn.simulate", *QUICK, *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_an_existing_markdown_file_is_refused_byte_identical_unless_force(tmp_path):
+    """Before: ``--markdown mynotes.md`` replaced the user's notes with the table, exit 0."""
+    notes = tmp_path / "mynotes.md"
+    notes.write_text("my notes\n")
+    done = _simulate("--markdown", str(notes))
+    assert done.returncode == 2 and done.stdout == "", done.stdout  # before any work: nothing simulated
+    assert done.stderr == f"dcnn: error: --markdown {notes}: already exists; give --force to replace it, or choose " \
+                          f"another --markdown\n"
+    assert notes.read_text() == "my notes\n"
+    done = _simulate("--markdown", str(notes), "--force")
+    assert done.returncode == 0, done.stderr
+    assert "against the paper's table" in notes.read_text()
+
+
+def test_force_does_not_replace_a_file_that_is_not_text(tmp_path):
+    photo = tmp_path / "photo.md"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR")
+    done = _simulate("--markdown", str(photo), "--force")
+    assert done.returncode == 2 and "is not a text file (--force replaces only those)" in done.stderr
+    assert photo.read_bytes() == b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--markdown", "{tmp}"], "--markdown {tmp}: is a folder, not a file name"),
+    (["--calibrate", "files", "--markdown", "{tmp}/x.md"], "--markdown applies to --calibrate paper or paper-all"),
+])
+def test_a_markdown_path_that_cannot_be_written_is_refused_before_the_simulation(tmp_path, args, message):
+    """Before: ``--markdown /tmp`` was refused only after the whole simulation had run and printed."""
+    done = _simulate(*(arg.format(tmp=tmp_path) for arg in args))
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    assert done.stderr.count("\n") == 1 and message.format(tmp=tmp_path) in done.stderr, done.stderr
+    assert not (tmp_path / "x.md").exists()

@@ -24,7 +24,16 @@ from dcnn.analysis.analyze import (
     paper_table,
     scaling_table,
 )
-from dcnn.cli.common import add_common_arguments, launcher_rank, output_folder, output_path, run_main
+from dcnn.cli.common import (
+    add_common_arguments,
+    add_force_argument,
+    check_distinct,
+    launcher_rank,
+    output_folder,
+    output_path,
+    run_main,
+)
+from dcnn.errors import InputError
 from dcnn.io.numbers import check_number
 from dcnn.io.schema import column
 
@@ -48,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="face detection runs: draw the boxes found on the first images the first file's run "
                              "computed (not those it skipped) into this PNG")
     parser.add_argument("--images", type=int, default=12, metavar="N", help="images to draw (default 12)")
+    add_force_argument(parser, "the --csv, --table (and its FILE.csv), --draw and --plots files")
     add_common_arguments(parser)
     return parser
 
@@ -57,11 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if launcher_rank() != 0:  # a serial tool: under mpirun, rank 0 alone reads and prints
         return 0
     check_number(args.images, "--images", minimum=1)
-    # Every output's folder is created, or refused, before any file is read or anything printed.
-    table = output_path(args.table, "--table") if args.table else None
-    plots = output_folder(args.plots, "--plots") if args.plots else None
-    drawing = output_path(args.draw, "--draw") if args.draw else None
-    listing = output_path(args.csv, "--csv") if args.csv else None
+    table, plots, drawing, listing = _outputs(args)
     runs = [load_summary(path) for path in args.files]
     for summary in runs:
         print(format_summary(summary))
@@ -84,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         text = format_paper_table(rows)
         print("\n" + text)
         table.write_text(text)
-        with open(table.with_suffix(".csv"), "w", newline="") as handle:
+        with open(_sibling_csv(table), "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["model"])
             writer.writeheader()
             writer.writerows(rows)
@@ -107,6 +113,53 @@ def run(args: argparse.Namespace) -> int:
                                  int(np.nanmax(summary.peak_rss)), int(np.nanmax(summary.predicted_peak)),
                                  f"{summary.memory_error:.4f}"])
     return 0
+
+
+def _sibling_csv(table: Path) -> Path:
+    """The CSV that ``--table FILE.md`` writes beside the Markdown: ``FILE.csv``."""
+    return table.with_suffix(".csv")
+
+
+def plot_names(files: Sequence[str]) -> list[str]:
+    """Every file ``--plots DIR`` may write into ``DIR`` for the result ``files``: the figures of
+    :func:`_plots`, whether or not the runs turn out to need each (that is known only once they are read)."""
+    timelines = dict.fromkeys(f"timeline-{Path(path).stem}.png" for path in files)  # runs of one name: one file
+    return ["memory.png", "single_vs_cluster.png", *timelines]
+
+
+def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None, Path | None, Path | None]:
+    """The ``--table``, ``--plots``, ``--draw`` and ``--csv`` paths, checked before any file is read or anything
+    printed: every folder created or refused, every file that exists refused unless ``--force`` (and, with it,
+    unless of the kind written; the run's own result files never), no file named twice.
+
+    Raises
+    ------
+    InputError
+        In one line naming the option and the file.
+    """
+    force, inputs = args.force, args.files
+    written: list[tuple[str, Path]] = []
+    table = plots = drawing = listing = None
+    if args.table:
+        table = output_path(args.table, "--table", force=force, kind="text", inputs=inputs)
+        if _sibling_csv(table) == table:
+            raise InputError(f"--table {table}: its CSV copy ({_sibling_csv(table).name}) would be written over "
+                             f"it; name a Markdown file (FILE.md)")
+        written += [("--table", table), ("--table", output_path(_sibling_csv(table), "--table", force=force,
+                                                                kind="text", inputs=inputs))]
+    if args.plots:
+        plots = output_folder(args.plots, "--plots")
+        for name in plot_names(args.files):
+            written.append(("--plots", output_path(plots / name, "--plots", force=force, kind="png",
+                                                   inputs=inputs)))
+    if args.draw:
+        drawing = output_path(args.draw, "--draw", force=force, kind="png", inputs=inputs)
+        written.append(("--draw", drawing))
+    if args.csv:
+        listing = output_path(args.csv, "--csv", force=force, kind="text", inputs=inputs)
+        written.append(("--csv", listing))
+    check_distinct(written)
+    return table, plots, drawing, listing
 
 
 def _plots(runs: Sequence[RunSummary], folder: Path) -> None:

@@ -29,9 +29,10 @@ from dcnn import __version__
 from dcnn.errors import AgreedError, DcnnError, InputError, one_line, out_of_space
 
 __all__ = [
-    "EXIT_BROKEN_PIPE", "EXIT_FAILURE", "EXIT_USAGE", "MAX_THREADS", "Interrupted", "add_common_arguments",
-    "exit_command", "exit_on_interrupt_while_starting", "given_options", "launcher_rank", "output_folder",
-    "output_path", "run_main",
+    "EXIT_BROKEN_PIPE", "EXIT_FAILURE", "EXIT_USAGE", "MAX_THREADS", "OUTPUT_KINDS", "Interrupted",
+    "add_common_arguments", "add_force_argument", "check_distinct", "check_replaceable", "exit_command",
+    "exit_on_interrupt_while_starting", "given_options", "is_kind", "launcher_rank", "output_folder", "output_path",
+    "run_main",
 ]
 
 EXIT_USAGE = 2
@@ -214,13 +215,124 @@ def output_folder(path: str | Path, flag: str) -> Path:
     return path
 
 
-def output_path(path: str | Path, flag: str) -> Path:
-    """The file ``path`` with its folder created (:func:`output_folder`), for a file a command is about to write.
+#: The kinds of file an option writes, as :func:`is_kind` tells them, and as its messages name them. ``--force``
+#: replaces an existing file only when it is of the kind the option writes (as ``dcnn.infer --force`` replaces
+#: only a dcnn result file): a notes file is not replaced by a PNG, a photo not by a CSV.
+OUTPUT_KINDS = {"text": "a text file", "png": "a PNG image", "image set": "an image set made by scripts/make_*.py"}
+#: Bytes read from the start of an existing file to tell whether it is text (no NUL byte among them).
+TEXT_PROBE = 64 << 10
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def add_force_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--force``: replace the existing ``what`` (the files the command writes); without it they are refused.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The command's parser.
+    what : str
+        The files the command writes, in words (``"the --csv, --table, --draw and --plots files"``).
+    """
+    parser.add_argument("--force", action="store_true",
+                        help=f"replace {what} if they exist (without --force an existing file is refused before any "
+                             f"work; even with it, only a file of the kind written is replaced, never one of the "
+                             f"command's own inputs)")
+
+
+def is_kind(path: str | Path, kind: str) -> bool:
+    """Whether the existing file ``path`` is of ``kind`` (a key of :data:`OUTPUT_KINDS`).
+
+    ``text``: no NUL byte in its first :data:`TEXT_PROBE` bytes (a CSV, Markdown, notes; not a photo, an HDF5 or
+    PNG file); ``png``: the PNG signature; ``image set``: HDF5 whose ``made_by`` attribute names one of dcnn's
+    ``scripts/make_*.py`` (``data/faces.h5``; not a result file, nor a user's own image set). A file that cannot
+    be read is of no kind.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(TEXT_PROBE)
+    except OSError:
+        return False
+    if kind == "text":
+        return b"\0" not in head
+    if kind == "png":
+        return head.startswith(PNG_SIGNATURE)
+    if kind == "image set":
+        import h5py  # only here: the serial tools' parsers start without it
+
+        try:
+            with h5py.File(path, "r", locking=False) as handle:
+                made_by = handle.attrs.get("made_by", "")
+        except (OSError, ValueError):
+            return False
+        made_by = made_by.decode(errors="replace") if isinstance(made_by, bytes) else str(made_by)
+        return made_by.startswith("scripts/make_")
+    raise ValueError(f"unknown output kind {kind!r}")
+
+
+def _same_file(path: Path, other: str | Path) -> bool:
+    try:
+        return os.path.samefile(path, other)
+    except (OSError, ValueError):
+        return False
+
+
+def check_replaceable(path: str | Path, flag: str, *, force: bool = False, kind: str | None = None,
+                      inputs: Sequence[str | Path] = ()) -> None:
+    """Refuse, before any work, to replace the existing file ``path`` unless asked (``--force``) and safe.
+
+    Parameters
+    ----------
+    path : path
+        The file the option ``flag`` is about to write.
+    flag : str
+        The option, for the message (``--csv``).
+    force : bool
+        ``--force`` was given: an existing file of ``kind`` may be replaced.
+    kind : str, optional
+        The kind of file the option writes (a key of :data:`OUTPUT_KINDS`); with ``force``, a non-empty file of
+        another kind is still refused. ``None``: any file.
+    inputs : sequence of path
+        The command's own input files, never replaced, even with ``force``.
 
     Raises
     ------
     InputError
-        When the folder cannot be created or ``path`` is a folder, in one line naming the flag (``--csv``).
+        In one line naming the flag and the file, saying how to go on.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    if any(_same_file(path, source) for source in inputs):
+        raise InputError(f"{flag} {path}: is an input of this command and is never replaced, even with --force; "
+                         f"choose another {flag}")
+    if not force:
+        raise InputError(f"{flag} {path}: already exists; give --force to replace it, or choose another {flag}")
+    if kind is not None and path.stat().st_size and not is_kind(path, kind):
+        raise InputError(f"{flag} {path}: exists and is not {OUTPUT_KINDS[kind]} (--force replaces only those); "
+                         f"remove it or choose another {flag}")
+
+
+def output_path(path: str | Path, flag: str, *, force: bool = False, kind: str | None = None,
+                inputs: Sequence[str | Path] = ()) -> Path:
+    """The file ``path`` with its folder created (:func:`output_folder`), for a file a command is about to write.
+
+    Call it before any work: an existing file is refused unless ``force`` (:func:`check_replaceable`).
+
+    Parameters
+    ----------
+    path : path
+        The file to write.
+    flag : str
+        The option that names it, for messages (``--csv``).
+    force, kind, inputs
+        As :func:`check_replaceable`.
+
+    Raises
+    ------
+    InputError
+        When the folder cannot be created, ``path`` is a folder, or it exists and may not be replaced, in one line
+        naming the flag.
     """
     path = Path(path)
     if path.is_dir():
@@ -229,7 +341,29 @@ def output_path(path: str | Path, flag: str) -> Path:
         output_folder(path.parent, flag)
     except InputError:
         raise InputError(f"{flag} {path}: cannot create the folder {path.parent}") from None
+    check_replaceable(path, flag, force=force, kind=kind, inputs=inputs)
     return path
+
+
+def check_distinct(outputs: Sequence[tuple[str, Path]]) -> None:
+    """Refuse two options that would write one file (``--csv t.csv --table t.md``, whose CSV is ``t.csv``).
+
+    Parameters
+    ----------
+    outputs : sequence of (str, Path)
+        Each file a command is about to write, with the option that names it.
+
+    Raises
+    ------
+    InputError
+        Naming both options and the file.
+    """
+    seen: dict[str, str] = {}
+    for flag, path in outputs:
+        key = os.path.realpath(path)
+        if key in seen:
+            raise InputError(f"{flag} {path}: {seen[key]} writes the same file; choose another {flag}")
+        seen[key] = flag
 
 
 @contextlib.contextmanager

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from dcnn.analysis.analyze import count_of
 from dcnn.analysis.simulate import PAPER_TABLE, Machine, calibrate, format_comparison, paper_comparison, simulate
-from dcnn.cli.common import MAX_THREADS, add_common_arguments, output_path, run_main
+from dcnn.cli.common import MAX_THREADS, add_common_arguments, add_force_argument, output_path, run_main
+from dcnn.errors import InputError
 from dcnn.io.numbers import check_number, parse_number
 from dcnn.modes import concurrent_tasks
 from dcnn.network.graph import parse_shape
@@ -41,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", default="128x128", metavar="HxW",
                         help="face image size, for the planner's memory per node (default 128x128)")
     parser.add_argument("--ram", default="4GiB", help="RAM per node, for the memory check (default 4GiB)")
-    parser.add_argument("--markdown", metavar="FILE", help="also write the comparison with the paper as Markdown")
+    parser.add_argument("--markdown", metavar="FILE",
+                        help="also write the comparison with the paper as Markdown (--calibrate paper or paper-all)")
+    add_force_argument(parser, "the --markdown file")
     add_common_arguments(parser)
     return parser
 
@@ -87,6 +90,12 @@ def run(args: argparse.Namespace) -> int:
     check_number(args.threads, "--threads", minimum=1, maximum=MAX_THREADS)
     parse_shape(args.image)
     parse_bytes(args.ram)
+    markdown = None
+    if args.markdown:  # before any work: the simulation takes seconds to minutes
+        if not args.calibrate.startswith("paper"):
+            raise InputError(f"--markdown applies to --calibrate paper or paper-all only (it writes the comparison "
+                             f"with the paper's table), not --calibrate {args.calibrate}")
+        markdown = output_path(args.markdown, "--markdown", force=args.force, kind="text", inputs=args.runs)
     if args.calibrate == "paper":
         points = [(3, count, row[3]) for count, row in PAPER_TABLE.items() if 3 in row]
     elif args.calibrate == "paper-all":
@@ -116,8 +125,8 @@ def run(args: argparse.Namespace) -> int:
     if args.calibrate.startswith("paper"):
         text = format_comparison(paper_comparison(machine, args.batch_size, args.policy, threads=args.threads))
         print("\n" + text)
-        if args.markdown:
-            with open(output_path(args.markdown, "--markdown"), "w") as handle:
+        if markdown:
+            with open(markdown, "w") as handle:
                 handle.write(f"Simulated (policy {args.policy}, batch {args.batch_size}, "
                              f"{count_of(args.threads, 'thread')} per node, calibration {args.calibrate}: "
                              f"{per_image:.4f} s per image per node, {startup:.2f} s startup, {serial * 1e3:.2f} ms "
