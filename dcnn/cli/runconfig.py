@@ -4,9 +4,10 @@ A result file stores the options of its run as JSON in the root attribute ``conf
 so the file can be resumed from any directory). ``python -m dcnn.infer --resume FILE`` takes every option it is
 not given from there:
 
-- :data:`IDENTITY`: options that decide the outputs. Given again, they must agree with the file (``--input``,
-  ``--weights`` and a model file given to ``--model`` may name another path: the file is then recognised by its
-  content fingerprint, see :mod:`dcnn.io.fingerprint`);
+- :data:`IDENTITY` (and :data:`RECOGNITION`): options that decide the outputs. Given again, they must agree with
+  the file (``--input``, ``--weights``, a model file given to ``--model`` and ``dcnn.recognize``'s ``--known``
+  gallery may name another path: the file or folder is then recognised by its content fingerprint, see
+  :mod:`dcnn.io.fingerprint`); every path is recorded in one form, :func:`stored_path`;
 - :data:`FREE`: options that decide only how the work is done; given again, they replace the stored ones;
 - :data:`PER_RANKS`: options that describe each rank (a grid, weights per rank, a cluster file); restored only
   when the resumed run has as many ranks as the first, since a resume may use any rank count.
@@ -23,7 +24,8 @@ from typing import Any
 from dcnn.errors import InputError
 from dcnn.exec.workloads import is_model_file
 
-__all__ = ["ADDED", "FREE", "IDENTITY", "PER_RANKS", "RECOGNITION", "RENAMED", "configuration", "restore"]
+__all__ = ["ADDED", "FREE", "IDENTITY", "PER_RANKS", "RECOGNITION", "RENAMED", "configuration", "restore",
+           "stored_path"]
 
 IDENTITY = ("model", "weights", "upsample", "seed", "input", "dataset", "batch_size", "mode", "preprocess",
             "exact_conv")
@@ -49,13 +51,19 @@ def _is_path(key: str, value: Any) -> bool:
     return value is not None and (key in _PATHS or (key == "model" and is_model_file(value)))
 
 
+def stored_path(path: str | os.PathLike) -> str:
+    """The one form in which a result file records a path (in :func:`configuration` and in its attributes, such as
+    ``known``): absolute and resolved, so that a run is resumed, and compared, from any directory."""
+    return str(Path(path).resolve())
+
+
 def configuration(args: argparse.Namespace, ranks: int) -> str:
     """The JSON of the options of :data:`IDENTITY`, :data:`FREE`, :data:`PER_RANKS` (and :data:`RECOGNITION`
     for a recognition run), and the rank count."""
     stored: dict[str, Any] = {"ranks": ranks}
     for key in (*IDENTITY, *FREE, *PER_RANKS, *(key for key in RECOGNITION if hasattr(args, key))):
         value = getattr(args, key)
-        stored[key] = str(Path(value).resolve()) if _is_path(key, value) else value
+        stored[key] = stored_path(value) if _is_path(key, value) else value
     return json.dumps(stored)
 
 
@@ -91,8 +99,8 @@ def restore(args: argparse.Namespace, given: frozenset[str], text: str, path: st
                                                         and _is_path(key, getattr(args, key))):
             raise InputError(f"--resume {str(path)!r}: it was made with {_flag(key)} {stored[key]}, this run asks "
                              f"for {getattr(args, key)}; leave {_flag(key)} out to continue it")
-    for key in ("input", "weights", "model"):
-        if key not in given and _is_path(key, stored[key]) and not os.path.exists(stored[key]):
+    for key in ("input", "weights", "model", "known"):
+        if key not in given and _is_path(key, stored.get(key)) and not os.path.exists(stored[key]):
             raise InputError(f"--resume {str(path)!r}: its {key} {stored[key]!r} is gone; if it was moved, give its "
                              f"new place with {_flag(key)}")
     restored = FREE + (PER_RANKS if stored["ranks"] == ranks else ())

@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from dcnn.errors import InputError
+from dcnn.errors import DcnnError, InputError
 from dcnn.faces.chips import extract_image_chips, face_chip_details
 from dcnn.faces.descriptor import CHIP_SIZE, DESCRIPTOR_BATCH, DESCRIPTOR_SIZE, DescriptorModel, read_descriptor_model
 from dcnn.faces.detect import DETECTION_DTYPE, FaceDetector
 from dcnn.faces.jitter import jittered_batches
 from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
 from dcnn.faces.shape_predictor import ShapePredictor, grey_levels, read_shape_predictor
-from dcnn.io.images import image_formats, is_image_file, open_image
+from dcnn.io.fingerprint import files_fingerprint
+from dcnn.io.images import image_formats, is_image_file, left_out_note, open_image
 from dcnn.io.pixels import rgb8
 from dcnn.network.graph import Network
 
@@ -161,11 +162,23 @@ class Gallery:
         ``(G,)`` int32 index into ``names`` of each known descriptor.
     descriptors : numpy.ndarray
         ``(G, 128)`` float32.
+    files : list of Path
+        The image of each known descriptor (empty for a gallery built otherwise than by :func:`load_gallery`).
+    note : str or None
+        What the gallery folder's scan left out (:func:`known_images`).
     """
 
     names: list[str]
     person: np.ndarray
     descriptors: np.ndarray
+    files: list[Path] = field(default_factory=list)
+    note: str | None = None
+
+    def fingerprint(self) -> str:
+        """The content fingerprint of the gallery's images, each named ``person/file name``
+        (:func:`dcnn.io.fingerprint.files_fingerprint`): a moved gallery keeps it, a changed one does not."""
+        return files_fingerprint(self.files, [f"{self.names[p]}/{path.name}" for p, path in zip(self.person,
+                                                                                             self.files)])
 
 
 def identify(descriptors: np.ndarray, gallery: Gallery, tolerance: float = DEFAULT_TOLERANCE
@@ -192,28 +205,73 @@ def identify(descriptors: np.ndarray, gallery: Gallery, tolerance: float = DEFAU
     return np.where(distance <= tolerance, best, UNKNOWN).astype(np.int32), distance.astype(np.float32)
 
 
-def known_images(folder: str | os.PathLike) -> list[tuple[str, Path]]:
+#: How many images a person's subfolder is read to: ``people/ann/1.jpg``; deeper folders are left out.
+PERSON_FOLDER_DEPTH = 1
+
+
+def known_images(folder: str | os.PathLike) -> tuple[list[tuple[str, Path]], str | None]:
     """``(person, image path)`` pairs of a gallery folder: each image directly in it is one person named by its
-    file stem; each subfolder is one person (its name) with the images inside. Sorted by person, then file.
+    file stem; each subfolder is one person (its name) with the images directly inside. Sorted by person, then
+    file. Hidden entries (a name starting with a dot, as ``._ann.jpg`` beside ``ann.jpg`` on macOS) are left out.
+
+    Returns
+    -------
+    pairs : list of tuple
+        The images, each with its person.
+    note : str or None
+        One line naming what was left out, by kind (:func:`dcnn.io.images.left_out_note`: files not images,
+        hidden entries, person folders without images, folders within a person folder); ``None`` if nothing.
 
     Raises
     ------
     InputError
-        If the folder does not exist or holds no image.
+        If the folder does not exist or holds no image, or two entries name one person (``ann.png`` and
+        ``ann.jpg``, or ``ann.png`` and ``ann/``): both are named.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"--known {str(folder)!r}: not a folder")
-    pairs = []
+    pairs: list[tuple[str, Path]] = []
+    left_out: dict[str, list[str]] = {}
+    source: dict[str, str] = {}  # each person's entry, to name both entries of a clash
+
+    def leave_out(entry: Path, name: str) -> None:
+        kind = ("hidden entry" if entry.name.startswith(".") else "file not an image" if entry.is_file()
+                else "folder within a person folder" if entry.is_dir() else "entry neither file nor folder")
+        left_out.setdefault(kind, []).append(name)
+
+    def add(person: str, entry: str) -> None:
+        if person in source:
+            raise InputError(f"--known {folder}: {source[person]} and {entry} both name the person {person!r}; "
+                             f"rename one (a person with several images is one subfolder of them)")
+        source[person] = entry
+
     for entry in sorted(folder.iterdir()):
-        if is_image_file(entry):
+        if entry.name.startswith("."):
+            leave_out(entry, entry.name)
+        elif is_image_file(entry):
+            add(entry.stem, entry.name)
             pairs.append((entry.stem, entry))
         elif entry.is_dir():
-            pairs += [(entry.name, path) for path in sorted(entry.iterdir()) if is_image_file(path)]
+            images = []
+            for path in sorted(entry.iterdir()):
+                if is_image_file(path) and not path.name.startswith("."):
+                    images.append((entry.name, path))
+                else:
+                    leave_out(path, f"{entry.name}/{path.name}")
+            if images:
+                add(entry.name, f"{entry.name}/")
+                pairs += images
+            else:
+                left_out.setdefault("person folder without images", []).append(f"{entry.name}/")
+        else:
+            leave_out(entry, entry.name)
+    note = left_out_note(f"--known {folder}", left_out)
     if not pairs:
         raise InputError(f"--known {folder}: no images ({', '.join(image_formats())}; one per person, or a "
-                         f"subfolder of images per person)")
-    return sorted(pairs)
+                         f"subfolder of images per person, read {PERSON_FOLDER_DEPTH} level deep: folders within "
+                         f"it are not read)" + (f"; {note}" if note else ""))
+    return sorted(pairs), note
 
 
 def load_gallery(folder: str | os.PathLike, detector: FaceDetector, run, describer: FaceDescriber
@@ -236,15 +294,24 @@ def load_gallery(folder: str | os.PathLike, detector: FaceDetector, run, describ
     Raises
     ------
     InputError
-        If an image cannot be read or holds no face.
+        If the folder's entries are wrong (:func:`known_images`), or an image cannot be read, is too small for the
+        detector or holds no face: one line ``--known: PATH: ...`` naming the image.
     """
     names: list[str] = []
     person, descriptors, warnings = [], [], []
-    for name, path in known_images(folder):
-        image = rgb8(open_image(path), str(path))  # as the --input images are read (16-bit, alpha, ...)
-        boxes = detector.detect(image[None], run)[0]
+    pairs, note = known_images(folder)
+    for name, path in pairs:
+        try:
+            image = rgb8(open_image(path), str(path))  # as the --input images are read (16-bit, alpha, ...)
+            boxes = detector.detect(image[None], run)[0]
+        except DcnnError as error:  # ShapeError: too small for the detector
+            message = str(error)
+            raise InputError(f"--known: {message if message.startswith(f'{path}: ') else f'{path}: {message}'}"
+                             ) from None
         if len(boxes) == 0:
-            raise InputError(f"--known: no face found in {path}")
+            hint = (f" (--upsample {detector.upsample + 1} or more finds smaller faces)"
+                    if detector.upsample == 0 else "")
+            raise InputError(f"--known: no face found in {path}{hint}")
         areas = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
         if len(boxes) > 1:
             warnings.append(f"{path}: {len(boxes)} faces, using the largest")
@@ -253,5 +320,5 @@ def load_gallery(folder: str | os.PathLike, detector: FaceDetector, run, describ
         if not names or names[-1] != name:
             names.append(name)
         person.append(len(names) - 1)
-    return Gallery(names, np.array(person, np.int32), np.stack(descriptors).astype(np.float32)), warnings
-
+    return Gallery(names, np.array(person, np.int32), np.stack(descriptors).astype(np.float32),
+                   [path for _, path in pairs], note), warnings

@@ -44,13 +44,21 @@ def file_fingerprint(path: str | os.PathLike) -> str:
     return f"{length}:{digest.hexdigest()}"
 
 
-def files_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
-    """``"<count> files:<sha256 hex>"`` over the names (not folders) and fingerprints of ``paths``, in order.
+def files_fingerprint(paths: Sequence[str | os.PathLike], names: Sequence[str] | None = None) -> str:
+    """``"<count> files:<sha256 hex>"`` over the names and fingerprints of ``paths``, in order.
 
     The fingerprint of an image folder: renaming or moving the folder keeps it, renaming, adding, removing or
     changing an image changes it.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        The files.
+    names : sequence of str, optional
+        What names each file (default: its name, not its folders); a ``--known`` gallery gives
+        ``person/file name``, so that moving an image to another person changes the fingerprint.
     """
     digest = hashlib.sha256()
-    for path in paths:
-        digest.update(os.fsencode(Path(path).name) + b"\0" + file_fingerprint(path).encode() + b"\0")
+    for path, name in zip(paths, names if names is not None else [Path(path).name for path in paths], strict=True):
+        digest.update(os.fsencode(name) + b"\0" + file_fingerprint(path).encode() + b"\0")
     return f"{len(paths)} files:{digest.hexdigest()}"

@@ -23,7 +23,7 @@ import functools
 import os
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import h5py
@@ -35,8 +35,8 @@ from dcnn.io.pixels import check_mode, rgb8
 from dcnn.network.graph import Preprocessing
 
 __all__ = [
-    "PHOTO_FORMATS", "ImageSet", "image_formats", "is_image_file", "luminance", "open_image", "open_image_set",
-    "preprocess",
+    "PHOTO_FORMATS", "ImageSet", "image_formats", "is_image_file", "left_out_note", "luminance", "open_image",
+    "open_image_set", "preprocess",
 ]
 
 #: Pillow's names of the raster formats read from a folder, each with the Pillow feature (codec library) it
@@ -48,7 +48,10 @@ PHOTO_FORMATS = {"PNG": None, "JPEG": None, "BMP": None, "DIB": None, "GIF": Non
 NAMED_ENTRIES = 3
 #: The kinds of entries a folder leaves out (:attr:`FolderImageSet.left_out`), in the note's order, with plurals.
 LEFT_OUT_KINDS = {"subfolder": "subfolders", "file not an image": "files not images",
-                  "entry neither file nor folder": "entries neither files nor folders"}
+                  "entry neither file nor folder": "entries neither files nor folders",
+                  # the kinds a --known gallery adds (dcnn.faces.pipeline.known_images)
+                  "hidden entry": "hidden entries", "person folder without images": "person folders without images",
+                  "folder within a person folder": "folders within person folders"}
 
 
 #: Largest single image a set may declare; larger shapes come from damaged files.
@@ -275,20 +278,9 @@ class FolderImageSet(ImageSet):
         self._sizes: dict[int, tuple[int, int]] = {}
 
     def left_out_note(self) -> str | None:
-        """``"skipped 3 entries of photos/: 2 subfolders (a, b), 1 file not an image (notes.txt)"``, the kinds in
-        the order of :data:`LEFT_OUT_KINDS`, naming the first :data:`NAMED_ENTRIES` of each; ``None`` when every
-        entry is an image file."""
-        if not self.left_out:
-            return None
-        parts = []
-        for kind, plural in LEFT_OUT_KINDS.items():
-            names = self.left_out.get(kind, [])
-            if names:
-                named = ", ".join(names[:NAMED_ENTRIES]) + (f" and {len(names) - NAMED_ENTRIES} more"
-                                                            if len(names) > NAMED_ENTRIES else "")
-                parts.append(f"{len(names)} {kind if len(names) == 1 else plural} ({named})")
-        total = sum(map(len, self.left_out.values()))
-        return f"skipped {total} {'entry' if total == 1 else 'entries'} of {self.path}: {', '.join(parts)}"
+        """``"skipped 3 entries of photos/: 2 subfolders (a, b), 1 file not an image (notes.txt)"``
+        (:func:`left_out_note` of this folder); ``None`` when every entry is an image file."""
+        return left_out_note(self.path, self.left_out)
 
     def _open(self, index: int):
         return open_image(self.files[index])
@@ -348,6 +340,36 @@ def _suffixes() -> dict[str, str]:
     available = {name for name, feature in PHOTO_FORMATS.items() if feature is None or features.check(feature)}
     return {suffix: name for suffix, name in sorted(Image.registered_extensions().items()) if name in available}
 
+
+
+def left_out_note(folder: str | os.PathLike, left_out: Mapping[str, Sequence[str]]) -> str | None:
+    """One line on the entries of ``folder`` that a scan left out: ``"skipped 3 entries of photos/: 2 subfolders
+    (a, b), 1 file not an image (notes.txt)"``.
+
+    Parameters
+    ----------
+    folder : str or path
+        The folder scanned, as the note names it.
+    left_out : mapping of str to sequence of str
+        The entries left out by kind (a key of :data:`LEFT_OUT_KINDS`), in the order to name them.
+
+    Returns
+    -------
+    str or None
+        The kinds in the order of :data:`LEFT_OUT_KINDS`, naming the first :data:`NAMED_ENTRIES` of each and
+        counting the rest; ``None`` when nothing was left out.
+    """
+    if not any(left_out.values()):
+        return None
+    parts = []
+    for kind, plural in LEFT_OUT_KINDS.items():
+        names = left_out.get(kind, [])
+        if names:
+            named = ", ".join(names[:NAMED_ENTRIES]) + (f" and {len(names) - NAMED_ENTRIES} more"
+                                                        if len(names) > NAMED_ENTRIES else "")
+            parts.append(f"{len(names)} {kind if len(names) == 1 else plural} ({named})")
+    total = sum(map(len, left_out.values()))
+    return f"skipped {total} {'entry' if total == 1 else 'entries'} of {folder}: {', '.join(parts)}"
 
 def image_formats() -> list[str]:
     """The formats read from a folder (:data:`PHOTO_FORMATS` that the installed Pillow decodes), by Pillow's

@@ -314,7 +314,9 @@ def read_configuration(path: str | os.PathLike,
     try:
         with open_result(path) as handle:
             stored = {key: _plain(handle.attrs.get(key))
-                      for key in (*keys, "input", "weights", "model_file", "configuration")}
+                      for key in (*keys, *(key.removesuffix("_fingerprint") for key in keys
+                                           if key.endswith("_fingerprint")),
+                                  "input", "weights", "model_file", "configuration")}
             status = str(_plain(handle.attrs.get("status")))
             handle["timing/task_start"]
     except (OSError, KeyError) as error:
@@ -579,9 +581,12 @@ class ResultWriter:
             if _attribute(attributes[key]) != stored[key]:
                 if key.endswith("_fingerprint"):
                     what = key.removesuffix("_fingerprint")
-                    raise InputError(f"--resume {str(path)!r}: {attributes[what]!r} is not the "
-                                     f"{what.replace('_', ' ')} this run was made with (its content differs; the "
-                                     f"run used {stored[what]!r})")
+                    if stored[key] is None:
+                        raise InputError(f"--resume {str(path)!r}: the file does not record its {what}'s content "
+                                         f"fingerprint (an older dcnn made it); it cannot be resumed")
+                    label = "gallery" if what == "known" else what.replace("_", " ")
+                    raise InputError(f"--resume {str(path)!r}: {attributes[what]!r} is not the {label} this run "
+                                     f"was made with (its content differs; the run used {stored[what]!r})")
                 raise InputError(f"--resume {str(path)!r}: it was made with {key} = {stored[key]}, this run has "
                                  f"{_attribute(attributes[key])}")
         if status == "complete":
