@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dcnn.cli import infer
 from dcnn.cli.common import run_main
 from dcnn.cli.runconfig import stored_path
-from dcnn.errors import DcnnError, InputError
+from dcnn.errors import DcnnError, InputError, one_line
 from dcnn.exec.forward import Forward
 from dcnn.exec.workloads import DETECTOR, Recognition, is_detector
 from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL
@@ -93,9 +93,9 @@ def _validate(args: argparse.Namespace, comm, local_ranks: int) -> infer.Job:
     gallery, warnings, fingerprint = comm.bcast((gallery, warnings, fingerprint), root=0)
     if comm.rank == 0 and not args.quiet:
         if gallery is not None and gallery.note:
-            print(f"dcnn: {gallery.note}", file=sys.stderr, flush=True)
+            print(one_line(f"dcnn: {gallery.note}"), file=sys.stderr, flush=True)
         for warning in warnings:
-            print(f"dcnn: warning: --known {warning}", file=sys.stderr, flush=True)
+            print(one_line(f"dcnn: warning: --known {warning}"), file=sys.stderr, flush=True)
     if gallery is not None:
         job.workload.gallery = gallery
         # a resumed run must have the gallery's images, wherever the folder now is (dcnn.cli.infer._resume_keys)
