@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dcnn.cli.common import EXIT_USAGE, output_path
+from dcnn.cli.common import EXIT_USAGE, add_force_argument, output_path
 from dcnn.errors import InputError
 from dcnn.network.graph import Network
 from dcnn.network.zoo import get_model
@@ -50,9 +50,7 @@ def add_report_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     """
     parser.add_argument("--output", default=default,
                         help=f"the report to write (default {default}); an existing file is refused unless --force")
-    parser.add_argument("--force", action="store_true",
-                        help="replace an existing --output (a text file only, as every dcnn output: "
-                             "dcnn.cli.common.check_replaceable)")
+    add_force_argument(parser, "the --output report")
 
 
 def report_output(args: argparse.Namespace) -> Path:

@@ -192,15 +192,20 @@ def test_task_counts_of_a_mode_without_a_queue(tmp_path):
     assert load_summary(str(path)).tasks.tolist() == [3]
 
 
-def test_an_interrupted_run_is_reported_without_a_rate(runs, tmp_path):
-    """Before: ``22 computed in nan s: nan images/s`` for a file whose run was interrupted (no elapsed time)."""
+def _unfinished(run, path):
+    """A copy at ``path`` of the result file ``run`` as its run left it before the end (no elapsed time)."""
     import shutil
 
-    interrupted = tmp_path / "interrupted.h5"
-    shutil.copy(runs[0], interrupted)
-    with h5py.File(interrupted, "r+") as handle:
+    shutil.copy(run, path)
+    with h5py.File(path, "r+") as handle:
         handle.attrs["status"] = "running"
         del handle.attrs["elapsed_seconds"]
+    return path
+
+
+def test_an_interrupted_run_is_reported_without_a_rate(runs, tmp_path):
+    """Before: ``22 computed in nan s: nan images/s`` for a file whose run was interrupted (no elapsed time)."""
+    interrupted = _unfinished(runs[0], tmp_path / "interrupted.h5")
     report = format_summary(load_summary(str(interrupted)))
     assert "nan" not in report and "images 48/48 done" in report and "--resume" in report
     assert "weights: seeded and untrained (--seed 0)" in report
@@ -209,15 +214,9 @@ def test_an_interrupted_run_is_reported_without_a_rate(runs, tmp_path):
 
 def test_a_file_a_live_run_writes_is_reported_running_without_a_resume_command(runs, tmp_path):
     """Its lock (``FILE.lock``, held by this live process) says a run is writing it: "--resume" would be refused."""
-    import shutil
-
     from dcnn.io.lockfile import RunLock
 
-    live = tmp_path / "live.h5"
-    shutil.copy(runs[0], live)
-    with h5py.File(live, "r+") as handle:
-        handle.attrs["status"] = "running"
-        del handle.attrs["elapsed_seconds"]
+    live = _unfinished(runs[0], tmp_path / "live.h5")
     lock = RunLock.acquire(live)
     try:
         report = format_summary(load_summary(str(live)))

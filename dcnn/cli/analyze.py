@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="face detection runs: draw the boxes found on the first images the first file's run "
                              "computed (not those it skipped) into this PNG")
     parser.add_argument("--images", type=int, default=12, metavar="N", help="images to draw (default 12)")
-    add_force_argument(parser, "the --csv, --table (and its FILE.csv), --draw and --plots files")
+    add_force_argument(parser, "each of the --csv, --table (and its FILE.csv), --draw and --plots files")
     add_common_arguments(parser)
     return parser
 

@@ -235,9 +235,9 @@ def add_force_argument(parser: argparse.ArgumentParser, what: str) -> None:
         The files the command writes, in words (``"the --csv, --table, --draw and --plots files"``).
     """
     parser.add_argument("--force", action="store_true",
-                        help=f"replace {what} if they exist (without --force an existing file is refused before any "
-                             f"work; even with it, only a file of the kind written is replaced, never one of the "
-                             f"command's own inputs)")
+                        help=f"replace {what} if it already exists (without --force an existing file is refused "
+                             f"before any work; even with it, only a file of the kind written is replaced, never one "
+                             f"of the command's own inputs)")
 
 
 def is_kind(path: str | Path, kind: str) -> bool:
