@@ -182,11 +182,20 @@ def test_a_run_with_a_relative_gallery_resumes_from_another_folder(data, referen
     assert done.returncode == 2
     assert done.stderr.strip() == (f"dcnn: error: --resume {str(output)!r}: {str(changed)!r} is not the gallery this "
                                    f"run was made with (its content differs; the run used {str(work / 'people')!r})")
+    older = tmp_path / "older.h5"  # as the previous dcnn left it: the gallery's path without its fingerprint
+    with h5py.File(output, "r", swmr=True) as source, h5py.File(older, "w", libver="latest") as copy:
+        for name in source:
+            source.copy(source[name], copy, name=name)
+        copy.attrs.update({key: value for key, value in source.attrs.items() if key != "known_fingerprint"})
     done = resume()  # the command dcnn prints, from another folder
     assert done.returncode == 0, done.stderr
     result, single = read(output), reference[0]
     for name in ("landmarks", "descriptors", "identity", "distance", "names", "known"):
         assert np.array_equal(result[name], single[name]), name
+    done = subprocess.run([*mpi_command(1), sys.executable, "-m", "dcnn.recognize", "--resume", str(older),
+                           "--threads", "1", "--quiet"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr  # the same path still names the same gallery
+    assert np.array_equal(read(older)["descriptors"], single["descriptors"])
 
 
 def test_jitter_changes_descriptors_a_little(data, reference):

@@ -581,9 +581,14 @@ class ResultWriter:
             if _attribute(attributes[key]) != stored[key]:
                 if key.endswith("_fingerprint"):
                     what = key.removesuffix("_fingerprint")
+                    if stored[key] is None and stored.get(what) is not None and \
+                            str(Path(stored[what]).resolve()) == _attribute(attributes[what]):
+                        continue  # an older dcnn recorded the path alone: the same path still is the same
                     if stored[key] is None:
                         raise InputError(f"--resume {str(path)!r}: the file does not record its {what}'s content "
-                                         f"fingerprint (an older dcnn made it); it cannot be resumed")
+                                         f"fingerprint (an older dcnn made it), and {attributes[what]!r} is not "
+                                         f"the path it recorded ({stored.get(what)!r}); resume from where the first "
+                                         f"run started, with the same --{what}")
                     label = "gallery" if what == "known" else what.replace("_", " ")
                     raise InputError(f"--resume {str(path)!r}: {attributes[what]!r} is not the {label} this run "
                                      f"was made with (its content differs; the run used {stored[what]!r})")
