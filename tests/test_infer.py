@@ -146,6 +146,27 @@ def test_a_folder_runs_every_image_format_and_notes_what_it_skipped_once(tmp_pat
     assert not np.array_equal(logits[0], logits[1])
 
 
+def test_file_names_that_are_not_utf8_are_recorded_escaped(tmp_path):
+    """Before: ``/outputs/file`` could not hold a Latin-1 name (``caf\\xe9.png``): "unexpected failure", a temporary
+    file left beside the output. Such bytes are stored as ``\\xNN`` escapes, in ``/skipped/path`` too."""
+    import os
+
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("L", (32, 32), 7).save(Path(os.fsdecode(bytes(photos) + b"/caf\xe9.png")), format="PNG")
+    Path(os.fsdecode(bytes(photos) + b"/d\xe9j\xe0.png")).write_text("not an image")
+    output = tmp_path / "run.h5"
+    done = infer("--model", "lenet5", "--input", str(photos), "--output", str(output), "--threads", "1",
+                 "--skip-unreadable", "--quiet")
+    assert done.returncode == 0, done.stderr
+    with h5py.File(output) as handle:
+        assert handle["outputs/file"].asstr()[()].tolist() == ["caf\\xe9.png", "d\\xe9j\\xe0.png"]
+        assert handle["skipped/path"].asstr()[0].endswith("d\\xe9j\\xe0.png")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["photos", "run.h5"]
+
+
 def test_mismatched_weights_name_the_key(tmp_path):
     weights_path = tmp_path / "lenet.npz"
     save_weights(weights_path, init_weights(get_model("lenet5")))

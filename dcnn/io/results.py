@@ -168,6 +168,12 @@ def _attribute(value: Any) -> Any:
     return json.dumps(value, default=str)
 
 
+def _text(value: str) -> str:
+    """``value`` for a dataset of UTF-8 strings: a file name's bytes that are not UTF-8 (which Python holds as
+    surrogates, and HDF5 cannot store as text) written as ``\\xNN`` escapes."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _hdf5(path: str | os.PathLike, mode: str, **options: Any) -> h5py.File:
     """``h5py.File`` without HDF5's file locking (see the module docstring; :class:`RunLock` guards writers).
 
@@ -454,7 +460,7 @@ def _layout(handle: h5py.File, num_images: int, outputs: int | np.dtype, num_tas
                              chunks=logits_chunks(num_images, outputs))
     group.create_dataset("done", shape=(num_images,), dtype=np.uint8, fillvalue=0)
     if files is not None:
-        group.create_dataset("file", data=np.array(files, dtype=h5py.string_dtype()))
+        group.create_dataset("file", data=np.array([_text(name) for name in files], dtype=h5py.string_dtype()))
     timing = handle.create_group("timing")
     for name, dtype, fill in (("task_start", np.float64, np.nan), ("task_end", np.float64, np.nan),
                               ("task_rank", np.int32, -1)):
@@ -483,8 +489,8 @@ def _skip_tables(handle: h5py.File, skipped: Sequence[Skip]) -> None:
 def _append_skips(group: h5py.Group, skipped: Sequence[Skip]) -> None:
     """Append records to ``/skipped``."""
     first = group["index"].shape[0]
-    columns = {"index": [skip.index for skip in skipped], "path": [skip.path for skip in skipped],
-               "reason": [skip.reason for skip in skipped]}
+    columns = {"index": [skip.index for skip in skipped], "path": [_text(skip.path) for skip in skipped],
+               "reason": [_text(skip.reason) for skip in skipped]}
     for name, values in columns.items():
         group[name].resize((first + len(values),))
         if values:
@@ -546,7 +552,7 @@ class ResultWriter:
             handle = _hdf5(path, "r+", libver="latest")
             handle.swmr_mode = True
             handle.flush()
-        except (OSError, RuntimeError) as error:  # HDF5 reports a failed write (a full disk) as RuntimeError
+        except BaseException as error:  # an interruption or a bug too: nothing half-made is left behind
             if handle is not None and handle.id.valid:
                 with contextlib.suppress(OSError, RuntimeError):
                     handle.close()
@@ -556,6 +562,8 @@ class ResultWriter:
                 (target if replaced else temporary).unlink(missing_ok=True)
             if lock is not None:
                 lock.release()
+            if not isinstance(error, (OSError, RuntimeError)):  # HDF5 reports a failed write (a full disk) as
+                raise  # RuntimeError: those are the user's to fix, anything else is a bug or an interruption
             raise InputError(f"cannot create output file {str(path)!r} ({out_of_space(error) or error})") from None
         return cls(path, handle, num_tasks, lock, skipped)
 
