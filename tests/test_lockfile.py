@@ -67,8 +67,21 @@ def test_writer_of_names_a_live_holder_only(tmp_path):
     finally:
         lock.release()
     assert writer_of(result) is None
+    lock_path(result).write_text("node7 4242 2026-01-01T00:00:00Z\n")
+    assert writer_of(result) is None  # left by a run killed on another node: nobody holds its flock
+
+
+def test_writer_of_reads_the_contents_where_the_file_system_has_no_locks(tmp_path, monkeypatch):
+    result = tmp_path / "run.h5"
+
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, "no locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock_path(result).write_text(f"{socket.gethostname()} {gone.stdout.strip()} 2026-01-01T00:00:00Z\n")
     assert writer_of(result) is None  # a killed run's lock file: its process is gone
+    lock_path(result).write_text(f"{socket.gethostname()} {os.getpid()} 2026-01-01T00:00:00Z\n")
+    assert writer_of(result)[1] == os.getpid()
     lock_path(result).write_text("elsewhere 1 2026-01-01T00:00:00Z\n")
     assert writer_of(result) == ("elsewhere", 1, "2026-01-01T00:00:00Z")  # cannot be checked: counts as live

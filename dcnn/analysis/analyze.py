@@ -113,7 +113,7 @@ def load_summary(path: str) -> RunSummary:
 
             status, writer = str(attrs.get("status", "unknown")), ""
             if status == "running":
-                holder = writer_of(path)
+                holder = writer_of(Path(path).resolve())  # the lock is beside the file a link names
                 status = "interrupted" if holder is None else "running"
                 writer = "" if holder is None else f"process {holder[1]} on {holder[0]}, since {holder[2]}"
             return RunSummary(

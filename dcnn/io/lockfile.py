@@ -55,16 +55,35 @@ def _alive(pid: int) -> bool:
 
 
 def writer_of(result: str | os.PathLike) -> tuple[str, int, str] | None:
-    """``(host, pid, since)`` of the run that holds result file ``result``'s lock, read without taking it, or
-    ``None`` when no run does: no lock file, or one naming nobody or a process gone from this host (a killed run's).
-    A holder on another host cannot be checked and counts as live."""
+    """``(host, pid, since)`` of the run that holds result file ``result``'s lock (``result`` as
+    :meth:`RunLock.acquire` was given it: the file, not a link to it), or ``None`` when no run does.
+
+    A shared ``flock`` taken and dropped at once tells: it fails only while a run holds the lock, wherever that
+    run is (a lock file left by a run killed on another node is free, as :meth:`RunLock.acquire` would find it).
+    On a file system without ``flock`` the lock file's contents decide, as there: nobody, or a process gone from
+    this host, is no writer; a holder on another host cannot be checked and counts as one.
+    """
+    path = lock_path(result)
     try:
-        holder = _holder(lock_path(result).read_text(errors="replace"))
+        descriptor = os.open(path, os.O_RDONLY)
     except OSError:
+        return None  # no lock file: no run
+    try:
+        holder = _holder(os.pread(descriptor, 4096, 0).decode(errors="replace"))
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return holder or ("unknown host", 0, "unknown")
+        except OSError as error:
+            if error.errno not in _NO_LOCKS:
+                return None
+            if holder is None or (holder[0] == socket.gethostname() and not _alive(holder[1])):
+                return None
+            return holder
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
         return None
-    if holder is None or (holder[0] == socket.gethostname() and not _alive(holder[1])):
-        return None
-    return holder
+    finally:
+        os.close(descriptor)
 
 
 class RunLock:
