@@ -24,7 +24,11 @@ Needs scikit-image (``pip install scikit-image``) only to run.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -141,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def replaced_whole(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write, moved onto ``path`` (``os.replace``) once written whole: an
+    interruption or a failure leaves ``path`` as it was (``--force`` on the committed set) and no temporary file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """Write the image set."""
     if args.count < 0 or args.wide < 0:
@@ -148,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     output = output_path(args.output, "--output", force=args.force, kind="image set")
     sources = Sources()
     rng = np.random.default_rng(args.seed)
-    with h5py.File(output, "w") as handle:
+    with replaced_whole(output) as temporary, h5py.File(temporary, "w") as handle:
         images = handle.create_dataset("images", shape=(args.count, SIZE, SIZE, 3), dtype=np.uint8,
                                        chunks=(min(args.count, 64) or 1, SIZE, SIZE, 3), compression="gzip")
         block = 4096

@@ -14,7 +14,7 @@ import sys
 
 import h5py
 import numpy as np
-from make_dataset import scikit_image_data
+from make_dataset import replaced_whole, scikit_image_data
 from PIL import Image
 
 from dcnn.cli.common import add_common_arguments, add_force_argument, output_path, run_main
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     output = output_path(args.output, "--output", force=args.force, kind="image set")
     data = scikit_image_data()
     images = np.stack([square_resize(getattr(data, name)()[..., :3], args.size) for name in SOURCES])
-    with h5py.File(output, "w") as handle:
+    with replaced_whole(output) as temporary, h5py.File(temporary, "w") as handle:
         data = handle.create_dataset("images", data=images, compression="gzip", compression_opts=6)
         data.attrs["layout"] = "NHWC uint8 RGB"
         handle.create_dataset("names", data=np.array(SOURCES, dtype="S"))
