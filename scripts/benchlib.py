@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from dcnn.cli.common import EXIT_USAGE, add_force_argument, output_path
-from dcnn.errors import InputError
+from dcnn.errors import InputError, one_line
 from dcnn.network.graph import Network
 from dcnn.network.zoo import get_model
 
@@ -59,7 +59,7 @@ def report_output(args: argparse.Namespace) -> Path:
     try:
         return output_path(args.output, "--output", force=args.force, kind="text")
     except InputError as error:
-        print(f"dcnn: error: {error}", file=sys.stderr)
+        print(one_line(f"dcnn: error: {error}"), file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcnn.errors import InputError
+from dcnn.errors import InputError, one_line
 from dcnn.io.lockfile import writer_of
 from dcnn.io.results import open_result, resume_command
 from dcnn.io.schema import STEAL_FIELDS, column
@@ -157,7 +157,7 @@ def format_summary(run: RunSummary) -> str:
         lines.append(f"  {note}")
     if run.skipped:
         lines.append(f"  {count_of(len(run.skipped), 'image')} skipped:")
-        lines += [f"    {path}: {reason}" for path, reason in run.skipped[:LISTED_SKIPS]]
+        lines += [one_line(f"    {path}: {reason}") for path, reason in run.skipped[:LISTED_SKIPS]]
         if len(run.skipped) > LISTED_SKIPS:
             lines.append(f"    ... and {len(run.skipped) - LISTED_SKIPS} more (/skipped in the file)")
     if run.writer:

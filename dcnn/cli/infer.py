@@ -225,9 +225,11 @@ def build_parser(detector_only: bool = False) -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="FILE",
                         help="continue an interrupted run in FILE: only the images it lacks are computed, with the "
                              "options recorded in FILE (any rank count; options given again must agree on "
-                             f"{'' if detector_only else 'model, '}mode, input and weights content, upsample, "
+                             f"{'' if detector_only else 'model, '}mode, input and weights content, "
+                             f"{'gallery content, ' if detector_only else ''}upsample, "
                              f"{'' if detector_only else 'seed '}and batch size; a moved input or weights file may "
-                             "be named by --input or --weights)")
+                             f"be named by --input or --weights"
+                             f"{', a moved gallery by --known' if detector_only else ''})")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="compute the images that can be used and skip the others (unreadable or truncated "
                              "files, images too small for the model), recording each with its reason under "
@@ -807,8 +809,8 @@ def _resumable(writer: ResultWriter | None, ranks: int) -> Iterator[None]:
     except BaseException:
         if writer is not None:
             writer.close()
-            print(f"dcnn: the finished images are in {writer.path}; continue with: "
-                  f"{resume_command(writer.path, ranks)}", file=sys.stderr, flush=True)
+            print(one_line(f"dcnn: the finished images are in {writer.path}; continue with: "
+                           f"{resume_command(writer.path, ranks)}"), file=sys.stderr, flush=True)
         raise
 
 

@@ -248,7 +248,8 @@ class FaceDetector:
         run : callable
             Runs :attr:`network` on the ``(B, 3, rows, cols)`` float32 pyramid tensors, e.g.
             ``Forward(detector.network, detector.weights)`` (whose first layer then reads the pyramid in place,
-            :meth:`prepare`) or a parallel engine.
+            :meth:`prepare`) or a parallel engine (which gets a copy: call :meth:`prepare` with its ``forward``
+            and run the engine on the tensor to save it, as :class:`dcnn.exec.workloads.Detection` does).
 
         Returns
         -------
