@@ -341,7 +341,6 @@ def _suffixes() -> dict[str, str]:
     return {suffix: name for suffix, name in sorted(Image.registered_extensions().items()) if name in available}
 
 
-
 def left_out_note(folder: str | os.PathLike, left_out: Mapping[str, Sequence[str]]) -> str | None:
     """One line on the entries of ``folder`` that a scan left out: ``"skipped 3 entries of photos/: 2 subfolders
     (a, b), 1 file not an image (notes.txt)"``.
@@ -370,6 +369,7 @@ def left_out_note(folder: str | os.PathLike, left_out: Mapping[str, Sequence[str
             parts.append(f"{len(names)} {kind if len(names) == 1 else plural} ({named})")
     total = sum(map(len, left_out.values()))
     return f"skipped {total} {'entry' if total == 1 else 'entries'} of {folder}: {', '.join(parts)}"
+
 
 def image_formats() -> list[str]:
     """The formats read from a folder (:data:`PHOTO_FORMATS` that the installed Pillow decodes), by Pillow's
