@@ -94,8 +94,10 @@ def main() -> None:
         environment = {**os.environ, "DCNN_OUTPUT": str(job["output"])}
         if args.local:
             mpiexec = Path(sys.executable).parent / "mpiexec"
+            # As slurm/infer.sbatch: a job file from an earlier sweep is resumed ("nothing to do" when complete).
+            target = "--resume" if job["output"].exists() else "--output"
             command = [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(job["nodes"]), sys.executable,
-                       "-m", "dcnn.infer", "--threads", str(sweep.cpus_per_task), "--output",
+                       "-m", "dcnn.infer", "--threads", str(sweep.cpus_per_task), target,
                        str(job["output"]), *job["arguments"]]
         else:
             command = sbatch_command(sweep, job, args.wait, args.parallel)

@@ -86,6 +86,10 @@ def test_sweep_runs_locally_and_each_job_writes_its_file(tmp_path):
     for ranks in (1, 2):
         with h5py.File(tmp_path / "out" / "test-local" / f"lenet5-batch-set-np{ranks}.h5") as handle:
             assert handle.attrs["ranks"] == ranks and handle["outputs/done"][()].all()
+    # Run again: each job's file is resumed, as slurm/infer.sbatch does (it was refused: "already exists").
+    again = subprocess.run([sys.executable, "scripts/sweep.py", str(config), "--local", "--results",
+                            str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("--resume") == 2, again.stderr
 
 
 @pytest.mark.parametrize("text,message", [
