@@ -194,3 +194,14 @@ def test_a_header_beyond_pillows_pixel_limit_is_an_unreadable_image_not_a_crash(
     index = [images.name(i) for i in range(len(images))].index(str(tmp_path / "huge.bmp"))
     with pytest.raises(InputError, match=r"huge\.bmp: cannot read image"):
         images.probe(index)
+
+
+def test_a_float_image_holding_nan_or_infinity_is_an_unreadable_image(tmp_path):
+    images = np.zeros((3, 1, 4, 4), np.float32)
+    images[1, 0, 2, 2] = np.inf
+    with h5py.File(tmp_path / "set.h5", "w") as handle:
+        handle["images"] = images
+    with open_image_set(str(tmp_path / "set.h5"), "images") as image_set:
+        np.testing.assert_array_equal(image_set.read(0, 1, raw_pixels(1)), images[:1])
+        with pytest.raises(InputError, match=r"set\.h5:images\[1\]: the image holds NaN or infinite values"):
+            image_set.read(0, 3, raw_pixels(1))

@@ -441,3 +441,22 @@ def test_a_winograd_run_stays_within_its_planned_memory_and_names_single_mode(tm
     assert "above the planner's prediction" not in done.stderr
     with h5py.File(output) as handle:
         assert handle.attrs["plan"].startswith("single, batch ")
+
+
+def test_a_float_image_holding_nan_is_named_or_skipped(tmp_path):
+    """Before: a float32 set whose image held NaN ran silently and reported "top classes 343 (nan)"."""
+    images = np.random.default_rng(0).standard_normal((4, 1, 32, 32)).astype(np.float32)
+    images[2, 0, 5, 7] = np.nan
+    source = tmp_path / "set.h5"
+    with h5py.File(source, "w") as handle:
+        handle["images"] = images
+    strict = infer("--model", "lenet5", "--input", str(source), "--output", str(tmp_path / "strict.h5"),
+                   "--batch-size", "1", "--threads", "1")
+    assert strict.returncode == 2 and f"{source}:images[2]: the image holds NaN or infinite values" in strict.stderr
+    output = tmp_path / "run.h5"
+    done = infer("--model", "lenet5", "--input", str(source), "--output", str(output), "--skip-unreadable",
+                 "--threads", "1", "--quiet")
+    assert done.returncode == 0, done.stderr
+    with h5py.File(output) as handle:
+        assert handle["skipped/index"][()].tolist() == [2] and handle["outputs/done"][()].tolist() == [1, 1, 0, 1]
+        assert np.isfinite(handle["outputs/logits"][[0, 1, 3]]).all()

@@ -235,6 +235,9 @@ class Hdf5ImageSet(ImageSet):
         block = self._block(start, stop)
         if self.channels_last:
             return preprocess(block, preprocessing)
+        finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
+        if not finite.all():  # NaN logits for it otherwise, silently (checked as read: no second pass over the set)
+            raise InputError(f"{self.name(start + int(np.argmin(finite)))}: the image holds NaN or infinite values")
         return np.ascontiguousarray(block)
 
     def require_pixels(self) -> None:
