@@ -134,3 +134,10 @@ def test_a_markdown_path_that_cannot_be_written_is_refused_before_the_simulation
     assert done.returncode == 2 and done.stdout == "", done.stdout
     assert done.stderr.count("\n") == 1 and message.format(tmp=tmp_path) in done.stderr, done.stderr
     assert not (tmp_path / "x.md").exists()
+
+
+def test_an_image_count_beyond_what_a_simulation_can_hold_is_refused_at_once():
+    """Before: ``--images 1000000000000`` ran on without output (an event per task: days, terabytes)."""
+    done = _simulate("--images", "100,1000000000000")
+    assert done.returncode == 2 and done.stdout == ""
+    assert "--images: each count must be an integer at least 1 and at most 100000000, got 1000000000000" in done.stderr
