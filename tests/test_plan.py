@@ -478,3 +478,12 @@ def test_the_leanest_plan_named_is_the_smallest_batch_among_equals():
     assert len({plan.peak() for plan in candidates}) == 1 and len(candidates) == 5
     with pytest.raises(PlanError, match=r"even the leanest plan \(batch, batch 1\)"):
         best_plan(candidates, VGG16, SHAPE, cluster, ("batch",))
+
+
+def test_more_nodes_than_the_planner_takes_are_refused_at_once(capsys):
+    """Before: ``--nodes 1000000`` ran on without output (4,000 nodes: 88 s, 860 MB)."""
+    from dcnn.cli.plan import main
+
+    assert main(["vgg16", "--nodes", "1000000"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "--nodes must be an integer at least 1 and at most 4096, got 1000000" in captured.err
