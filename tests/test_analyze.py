@@ -371,3 +371,14 @@ def test_two_options_writing_one_file_and_a_table_named_csv_are_refused(runs, tm
     done = _analyze(str(runs[0]), "--table", str(tmp_path / "t.csv"))
     assert done.returncode == 2 and "its CSV copy (t.csv) would be written over it" in done.stderr
     assert not (tmp_path / "t.md").exists() and not (tmp_path / "t.csv").exists()
+
+
+def test_runs_of_one_name_in_two_folders_get_a_timeline_each():
+    """Before: ``--plots`` drew ``a/run.h5``'s timeline, then ``b/run.h5``'s over it (``timeline-run.png``)."""
+    from dcnn.cli.analyze import plot_names, timeline_names
+
+    assert timeline_names(["a/run.h5", "b/run.h5", "c.h5"]) == {
+        "a/run.h5": "timeline-a-run.png", "b/run.h5": "timeline-b-run.png", "c.h5": "timeline-c.png"}
+    assert timeline_names(["x/a/run.h5", "y/a/run.h5"]) == {"x/a/run.h5": "timeline-a-run.png",
+                                                            "y/a/run.h5": "timeline-a-run-2.png"}
+    assert plot_names(["a/run.h5", "b/run.h5"])[2:] == ["timeline-a-run.png", "timeline-b-run.png"]

@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plots", metavar="DIR",
                         help="write PNG figures into DIR: memory.png (peak memory per rank, Fig. 5), "
                              "single_vs_cluster.png (Fig. 6: runs of one model and mode at several rank counts) "
-                             "and timeline-<file>.png "
-                             "(tasks per rank, steals marked) for each batch run")
+                             "and timeline-<file>.png (tasks per rank, steals marked) for each batch run "
+                             "(timeline-<folder>-<file>.png where files in two folders share a name)")
     parser.add_argument("--draw", metavar="PNG",
                         help="face detection runs: draw the boxes found on the first images the first file's run "
                              "computed (not those it skipped) into this PNG")
@@ -120,11 +120,26 @@ def _sibling_csv(table: Path) -> Path:
     return table.with_suffix(".csv")
 
 
+def timeline_names(files: Sequence[str]) -> dict[str, str]:
+    """The timeline figure of each result file: ``timeline-<stem>.png``, or where files of one stem lie in
+    different folders, ``timeline-<folder>-<stem>.png`` and then a count (``run.h5`` in ``a/`` and ``b/`` drew
+    one figure over the other)."""
+    stems = [Path(path).stem for path in files]
+    names: dict[str, str] = {}
+    for path, stem in zip(files, stems):
+        base = f"{Path(path).resolve().parent.name}-{stem}" if stems.count(stem) > 1 else stem
+        name, copy = f"timeline-{base}.png", 1
+        while name in names.values() and path not in names:
+            copy += 1
+            name = f"timeline-{base}-{copy}.png"
+        names.setdefault(path, name)
+    return names
+
+
 def plot_names(files: Sequence[str]) -> list[str]:
     """Every file ``--plots DIR`` may write into ``DIR`` for the result ``files``: the figures of
     :func:`_plots`, whether or not the runs turn out to need each (that is known only once they are read)."""
-    timelines = dict.fromkeys(f"timeline-{Path(path).stem}.png" for path in files)  # runs of one name: one file
-    return ["memory.png", "single_vs_cluster.png", *timelines]
+    return ["memory.png", "single_vs_cluster.png", *dict.fromkeys(timeline_names(files).values())]
 
 
 def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None, Path | None, Path | None]:
@@ -173,9 +188,10 @@ def _plots(runs: Sequence[RunSummary], folder: Path) -> None:
     if len({row["ranks"] for row in rows}) > 1 and len({(row["model"], row["mode"]) for row in rows}) == 1:
         draw_single_vs_cluster(rows, str(folder / "single_vs_cluster.png"))
         print(f"wrote {folder / 'single_vs_cluster.png'}")
+    timelines = timeline_names([run.path for run in runs])
     for run in complete:
         if run.mode == "batch" and run.ranks > 1:
-            png = folder / f"timeline-{Path(run.path).stem}.png"
+            png = folder / timelines[run.path]
             counts = draw_timeline(run.path, str(png))
             print(f"wrote {png} ({counts['tasks']} tasks, {counts['stolen']} stolen)")
 
