@@ -382,3 +382,19 @@ def test_runs_of_one_name_in_two_folders_get_a_timeline_each():
     assert timeline_names(["x/a/run.h5", "y/a/run.h5"]) == {"x/a/run.h5": "timeline-a-run.png",
                                                             "y/a/run.h5": "timeline-a-run-2.png"}
     assert plot_names(["a/run.h5", "b/run.h5"])[2:] == ["timeline-a-run.png", "timeline-b-run.png"]
+
+
+def test_an_interrupted_run_has_a_csv_row_and_no_partial_file(runs, tmp_path):
+    """Before: ``--csv`` on an interrupted file failed on its missing per-rank tables ("cannot convert float NaN
+    to integer") and left a CSV of the header alone, which a rerun then refused."""
+    import csv
+
+    interrupted = _unfinished(runs[0], tmp_path / "interrupted.h5")
+    with h5py.File(interrupted, "r+") as handle:
+        del handle["stats/peak_rss_bytes"], handle["stats/predicted_peak_bytes"]
+    listing = tmp_path / "runs.csv"
+    done = _analyze(str(interrupted), str(runs[1]), "--csv", str(listing))
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(listing.open()))
+    assert [row["status"] for row in rows] == ["interrupted", "complete"]
+    assert rows[0]["max_peak_rss_bytes"] == "nan" and int(rows[1]["max_peak_rss_bytes"]) > 0

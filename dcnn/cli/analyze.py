@@ -100,19 +100,23 @@ def run(args: argparse.Namespace) -> int:
         drawn = draw_detections(args.files[0], str(drawing), args.images)
         print(f"drew the detections of {drawn} images into {args.draw}")
     if listing:
-        with open(listing, "w", newline="") as handle:
+        rows = [[summary.path, summary.model, summary.mode, summary.ranks, summary.status, summary.num_images,
+                 summary.images_done, f"{summary.elapsed:.4f}", f"{summary.images_per_second:.4f}",
+                 int(np.nansum(column(summary.steal, "steals_succeeded"))), _largest(summary.peak_rss),
+                 _largest(summary.predicted_peak), f"{summary.memory_error:.4f}"] for summary in runs]
+        with open(listing, "w", newline="") as handle:  # every row made first: a failure leaves no partial file
             writer = csv.writer(handle)
             writer.writerow(["file", "model", "mode", "ranks", "status", "images", "images_done", "seconds",
                              "images_per_second", "steals_succeeded", "max_peak_rss_bytes",
                              "max_predicted_peak_bytes", "memory_prediction_error"])
-            for summary in runs:
-                writer.writerow([summary.path, summary.model, summary.mode, summary.ranks, summary.status,
-                                 summary.num_images, summary.images_done, f"{summary.elapsed:.4f}",
-                                 f"{summary.images_per_second:.4f}",
-                                 int(np.nansum(column(summary.steal, "steals_succeeded"))),
-                                 int(np.nanmax(summary.peak_rss)), int(np.nanmax(summary.predicted_peak)),
-                                 f"{summary.memory_error:.4f}"])
+            writer.writerows(rows)
     return 0
+
+
+def _largest(per_rank: np.ndarray) -> int | str:
+    """The largest of per-rank byte counts, or ``nan`` where the file has none (a run interrupted before its
+    tables were written: its CSV row says so instead of failing)."""
+    return "nan" if np.isnan(per_rank).all() else int(np.nanmax(per_rank))
 
 
 def _sibling_csv(table: Path) -> Path:

@@ -22,6 +22,7 @@ from typing import ClassVar
 import numpy as np
 
 from dcnn.errors import InputError, ShapeError
+from dcnn.exec.forward import Forward
 from dcnn.exec.imported import load_model_file, model_input
 from dcnn.faces.descriptor import DESCRIPTOR_BATCH
 from dcnn.faces.detect import DETECTION_DTYPE, MMOD_NAME, FaceDetector, to_records
@@ -204,7 +205,8 @@ class Detection:
         records = [np.zeros(0, DETECTION_DTYPE)]
         for indices, pixels in batches:
             engine = engine_for(self.detector.input_shape(*pixels.shape[1:3]))
-            tensor, rects = self.detector.prepare(pixels, engine.forward)
+            # the compiled network, run alone (a Forward) or inside an engine: its first layer reads the pyramid
+            tensor, rects = self.detector.prepare(pixels, engine if isinstance(engine, Forward) else engine.forward)
             scores = engine(tensor)
             records += [to_records([self.detector.decode(s, rects)], index) for index, s in zip(indices, scores)]
         records = np.concatenate(records)
