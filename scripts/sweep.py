@@ -104,7 +104,11 @@ def main() -> None:
         print(("DCNN_OUTPUT=" + shlex.quote(str(job["output"])) + " " if not args.local else "")
               + shlex.join(command), flush=True)
         if args.submit or args.local:
-            subprocess.run(command, cwd=ROOT, env=environment, check=True)
+            done = subprocess.run(command, cwd=ROOT, env=environment, check=False)
+            if done.returncode != 0:  # the job said why on its stderr: one line more, naming it, no traceback
+                print(f"sweep: job {job['name']} failed (exit status {done.returncode}); the later jobs were not run",
+                      file=sys.stderr)
+                raise SystemExit(done.returncode)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,12 @@ def test_sweep_runs_locally_and_each_job_writes_its_file(tmp_path):
     again = subprocess.run([sys.executable, "scripts/sweep.py", str(config), "--local", "--results",
                             str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count("--resume") == 2, again.stderr
+    # A job that fails ends the sweep with its status and one line naming it (it ended in a Python traceback).
+    config.write_text(config.read_text().replace("test-local", "test-fail").replace('"lenet5"', '"alexnet"'))
+    failed = subprocess.run([sys.executable, "scripts/sweep.py", str(config), "--local", "--results",
+                             str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
+    assert "sweep: job test-fail-alexnet-batch-set-np1 failed (exit status 2)" in failed.stderr
 
 
 @pytest.mark.parametrize("text,message", [
