@@ -70,5 +70,8 @@ def out_of_space(error: BaseException) -> str | None:
 def one_line(text: str) -> str:
     """``text`` as one line of printable characters: a control character (a newline or an escape sequence in a
     file name) becomes its Python escape (``\\n``, ``\\x1b``), so a message stays the one line the launcher
-    forwards and the terminal shows it as written."""
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    forwards and the terminal shows it as written; a byte of a file name that is not UTF-8 (which Python holds as
+    a surrogate) becomes ``\\xNN``, as result files store it."""
+    return "".join(char if char.isprintable() else
+                   f"\\x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else repr(char)[1:-1]
+                   for char in text)

@@ -12,8 +12,9 @@ from dcnn.errors import one_line
 def test_one_line_escapes_control_characters_and_keeps_every_printable_one():
     assert one_line("bad\nname.png, esc\x1b[31mred.png\ttab\r") == r"bad\nname.png, esc\x1b[31mred.png\ttab\r"
     assert one_line("café 日本 ok") == "café 日本 ok"
-    assert one_line("undecodable \udcff") == r"undecodable \udcff"  # a byte of a non-UTF-8 name, as os.fsdecode
-    # gives it: printed raw it would raise UnicodeEncodeError
+    # A byte of a non-UTF-8 name, as os.fsdecode gives it (printed raw it would raise UnicodeEncodeError), as the
+    # result files store it (``/outputs/file``).
+    assert one_line("undecodable \udcff") == r"undecodable \xff"
 
 
 @pytest.mark.parametrize("ranks", [1, 2])

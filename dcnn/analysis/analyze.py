@@ -162,10 +162,10 @@ def format_summary(run: RunSummary) -> str:
             lines.append(f"    ... and {len(run.skipped) - LISTED_SKIPS} more (/skipped in the file)")
     if run.writer:
         lines.append("  (being written by a live run: analyze it again when the run ends)")
-        return "\n".join(lines)
+        return "\n".join(map(one_line, lines))
     if run.status != "complete":
         lines.append(f"  (interrupted: continue with {resume_command(run.path, run.ranks, run.command)})")
-        return "\n".join(lines)
+        return "\n".join(map(one_line, lines))
     lines.append(f"  {'rank':>4} {'tasks':>6} {'busy s':>8} {'idle s':>8} {'steals ok/tried':>16} {'stolen':>7} "
                  f"{'peak MiB':>9} {'planned MiB':>12}")
     tried, succeeded = column(run.steal, "steals_attempted"), column(run.steal, "steals_succeeded")
@@ -179,7 +179,7 @@ def format_summary(run: RunSummary) -> str:
         lines.append(f"  plan {run.plan}: predicted peak memory {run.memory_error:+.1%} of measured (worst rank)")
         if run.memory_error < 0:
             lines.append("  warning: a rank's measured peak exceeded its prediction")
-    return "\n".join(lines)
+    return "\n".join(map(one_line, lines))
 
 
 def scaling_table(runs: Sequence[RunSummary]) -> list[dict[str, float]]:

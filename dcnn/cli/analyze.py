@@ -33,7 +33,7 @@ from dcnn.cli.common import (
     output_path,
     run_main,
 )
-from dcnn.errors import InputError
+from dcnn.errors import InputError, one_line
 from dcnn.io.numbers import check_number
 from dcnn.io.schema import column
 
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         _plots(runs, plots)
     if drawing:
         drawn = draw_detections(args.files[0], str(drawing), args.images)
-        print(f"drew the detections of {drawn} images into {args.draw}")
+        print(one_line(f"drew the detections of {drawn} images into {args.draw}"))
     if listing:
         rows = [[summary.path, summary.model, summary.mode, summary.ranks, summary.status, summary.num_images,
                  summary.images_done, f"{summary.elapsed:.4f}", f"{summary.images_per_second:.4f}",
@@ -187,17 +187,17 @@ def _plots(runs: Sequence[RunSummary], folder: Path) -> None:
     complete = [run for run in runs if run.status == "complete"]
     if complete:
         draw_memory(complete, str(folder / "memory.png"))
-        print(f"wrote {folder / 'memory.png'}")
+        print(one_line(f"wrote {folder / 'memory.png'}"))
     rows = paper_table(complete)
     if len({row["ranks"] for row in rows}) > 1 and len({(row["model"], row["mode"]) for row in rows}) == 1:
         draw_single_vs_cluster(rows, str(folder / "single_vs_cluster.png"))
-        print(f"wrote {folder / 'single_vs_cluster.png'}")
+        print(one_line(f"wrote {folder / 'single_vs_cluster.png'}"))
     timelines = timeline_names([run.path for run in runs])
     for run in complete:
         if run.mode == "batch" and run.ranks > 1:
             png = folder / timelines[run.path]
             counts = draw_timeline(run.path, str(png))
-            print(f"wrote {png} ({counts['tasks']} tasks, {counts['stolen']} stolen)")
+            print(one_line(f"wrote {png} ({counts['tasks']} tasks, {counts['stolen']} stolen)"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -822,8 +822,8 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
         what = f"{len(job.scan.shapes)} sizes"
     else:
         what = "x".join(map(str, job.images.image_shape(job.scan.first_index(job.scan.shapes[0]))))
-    print(f"{job.network.name}: {count_of(computed, 'image')} of {what} in {elapsed:.2f} s ({rate:.2f} images/s, "
-          f"{args.mode} mode, {count_of(size, 'rank')} x {count_of(threads, 'thread')}) -> {path}")
+    print(one_line(f"{job.network.name}: {count_of(computed, 'image')} of {what} in {elapsed:.2f} s ({rate:.2f} "
+                   f"images/s, {args.mode} mode, {count_of(size, 'rank')} x {count_of(threads, 'thread')}) -> {path}"))
     with h5py.File(path, "r") as handle:
         skipped = len(handle["skipped/index"])
         note = untrained_note(str(handle.attrs["weights"]))
