@@ -455,8 +455,9 @@ def test_a_float_image_holding_nan_is_named_or_skipped(tmp_path):
     assert strict.returncode == 2 and f"{source}:images[2]: the image holds NaN or infinite values" in strict.stderr
     output = tmp_path / "run.h5"
     done = infer("--model", "lenet5", "--input", str(source), "--output", str(output), "--skip-unreadable",
-                 "--threads", "1", "--quiet")
+                 "--threads", "1", "--top", "1", "--progress", "none")
     assert done.returncode == 0, done.stderr
+    assert "image 1: top classes" in done.stdout and "image 2:" not in done.stdout  # it showed "343 (nan)"
     with h5py.File(output) as handle:
         assert handle["skipped/index"][()].tolist() == [2] and handle["outputs/done"][()].tolist() == [1, 1, 0, 1]
         assert np.isfinite(handle["outputs/logits"][[0, 1, 3]]).all()

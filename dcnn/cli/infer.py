@@ -856,8 +856,11 @@ def _summary(args, job: Job, path, computed, elapsed, per_rank, size, threads) -
     if args.top > 0 and not job.workload.detects:
         with h5py.File(path, "r") as handle:
             logits = handle["outputs/logits"][:5]
+            done = handle["outputs/done"][:5]
             files = handle["outputs/file"].asstr()[:5] if "file" in handle["outputs"] else None
         for index, row in enumerate(logits):
+            if not done[index]:  # skipped (--skip-unreadable): no classes to show
+                continue
             probabilities = softmax(row[None].astype(np.float64))[0]
             best = np.argsort(probabilities)[::-1][:args.top]
             classes = ", ".join(f"{c} ({probabilities[c]:.3f})" for c in best)
