@@ -262,7 +262,8 @@ def test_help_lists_only_the_options_recognition_takes():
 @pytest.mark.parametrize("args,message", [
     (["--tolerance", "0"], "--tolerance must be a finite number above 0, got 0.0"),
     (["--tolerance", "inf"], "--tolerance must be a finite number above 0, got inf"),
-    (["--jitter", "-1"], "--jitter must be 0 or more"),
+    (["--jitter", "-1"], "--jitter must be an integer at least 0 and at most 10000, got -1"),
+    (["--jitter", "1000000000"], "--jitter must be an integer at least 0 and at most 10000"),  # years, before
     (["--model", "lenet5"], "unrecognized arguments: --model lenet5"),
     (["--seed", "1"], "unrecognized arguments: --seed 1"),
     (["--known", "/nonexistent"], "--known '/nonexistent': not a folder"),

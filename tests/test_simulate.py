@@ -141,3 +141,6 @@ def test_an_image_count_beyond_what_a_simulation_can_hold_is_refused_at_once():
     done = _simulate("--images", "100,1000000000000")
     assert done.returncode == 2 and done.stdout == ""
     assert "--images: each count must be an integer at least 1 and at most 100000000, got 1000000000000" in done.stderr
+    done = _simulate("--nodes", "2,100000000")  # 2.7 GB within seconds, climbing
+    assert done.returncode == 2
+    assert "--nodes: each count must be an integer at least 1 and at most 100000," in done.stderr

@@ -82,13 +82,17 @@ def _memory_line(args: argparse.Namespace, nodes: int, images: int) -> str:
 #: The most images a simulation takes: it runs every task as an event, so time and memory grow with the images
 #: (10^8 at the default batch: about a minute and 1.3 GB here; 10^12 ran for days before).
 MAX_IMAGES = 10**8
+#: The most nodes a simulation takes: its state grows with them (10^8 nodes: 2.7 GB within seconds, climbing);
+#: 100,000 nodes simulate in seconds.
+MAX_NODES = 100_000
 
 
 def run(args: argparse.Namespace) -> int:
     """Calibrate, simulate the grid, print it (and the comparison with the paper)."""
     from dcnn.planner.plan import parse_bytes
 
-    nodes = [parse_number(v, "--nodes: each count", integer=True, minimum=1) for v in args.nodes.split(",")]
+    nodes = [parse_number(v, "--nodes: each count", integer=True, minimum=1, maximum=MAX_NODES)
+             for v in args.nodes.split(",")]
     images = [parse_number(v, "--images: each count", integer=True, minimum=1, maximum=MAX_IMAGES)
               for v in args.images.split(",")]
     check_number(args.batch_size, "--batch-size", minimum=1)

@@ -26,6 +26,7 @@ from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL, bundled_model
 from dcnn.faces.shape_predictor import ShapePredictor, grey_levels, read_shape_predictor
 from dcnn.io.fingerprint import files_fingerprint
 from dcnn.io.images import image_formats, is_image_file, left_out_note, open_image
+from dcnn.io.numbers import check_number
 from dcnn.io.pixels import rgb8
 from dcnn.network.graph import Network
 
@@ -42,6 +43,9 @@ FACE_DTYPE = np.dtype(DETECTION_DTYPE.descr + [("landmarks", np.float32, (LANDMA
                                                ("distance", np.float32), ("identity", np.int32)])
 UNKNOWN = -1
 DEFAULT_TOLERANCE = 0.6
+#: The most jittered copies a face is described by: each is a pass of the descriptor network (2,000 took 90 s
+#: for one face here; dlib's examples use 100). Beyond it a count is a slip (10^9: years).
+MAX_JITTER = 10_000
 
 
 @dataclass
@@ -75,12 +79,11 @@ class FaceDescriber:
         Raises
         ------
         InputError
-            If ``jitter`` is negative.
+            If ``jitter`` is negative or above :data:`MAX_JITTER`.
         WeightsError
             If a model is missing or damaged.
         """
-        if jitter < 0:
-            raise InputError(f"--jitter must be 0 or more, got {jitter}")
+        check_number(jitter, "--jitter", minimum=0, maximum=MAX_JITTER)
         descriptor = read_descriptor_model(bundled_model(DESCRIPTOR_MODEL))
         return cls(read_shape_predictor(bundled_model(LANDMARK_MODEL)), descriptor,
                    compile_network(descriptor.network, descriptor.tensors()), jitter)
