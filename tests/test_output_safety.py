@@ -174,6 +174,15 @@ def test_the_printed_resume_command_works_from_anywhere(tmp_path, digits, refere
         np.testing.assert_array_equal(handle["outputs/logits"][()], reference)
     again = subprocess.run([sys.executable, *arguments[1:]], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "already complete; nothing to do" in again.stdout, again.stderr
+    # Given its input again (a sweep's rerun): the same content is nothing to do; another is refused (it said
+    # "nothing to do" for any input, as if the file held that input's results).
+    same = subprocess.run([sys.executable, *arguments[1:], "--input", str(digits)], capture_output=True, text=True,
+                          timeout=120)
+    assert same.returncode == 0 and "already complete; nothing to do" in same.stdout, same.stderr
+    other = write_digits(tmp_path / "other.h5", 24, seed=5)
+    changed = subprocess.run([sys.executable, *arguments[1:], "--input", str(other)], capture_output=True, text=True,
+                             timeout=120)
+    assert changed.returncode == 2 and f"{str(other)!r} is not the input this run was made with" in changed.stderr
 
 
 def interrupted(path: Path, first_done: int) -> None:

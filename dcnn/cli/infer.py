@@ -307,6 +307,25 @@ def default_output() -> Path:
     return Path("results") / f"{stamp}-{job or os.getpid()}-{secrets.token_hex(3)}.h5"
 
 
+def _check_input_unchanged(args: argparse.Namespace) -> None:
+    """For a complete run resumed with ``--input`` given again (a sweep's rerun): refuse an input whose content is
+    not the run's, as an interrupted run's resume does (:meth:`ResultWriter.resume`); "nothing to do" would say
+    the file holds that input's results.
+
+    Raises
+    ------
+    InputError
+        Naming both inputs.
+    """
+    if "input" not in args.given:
+        return
+    stored = read_configuration(args.resume)[0]
+    with open_image_set(args.input, args.dataset) as images:
+        if images.fingerprint() != stored["input_fingerprint"]:
+            raise InputError(f"--resume {args.resume!r}: {args.input!r} is not the input this run was made with (its "
+                             f"content differs; the run used {stored['input']!r})")
+
+
 def _claim(args: argparse.Namespace, comm) -> tuple[RunLock | None, bool]:
     """Before any work: rank 0 takes the result file (see :func:`dcnn.io.results.claim`); a resumed run takes its
     options from the file (:func:`dcnn.cli.runconfig.restore`). Returns rank 0's lock and whether the resumed run is
@@ -660,10 +679,15 @@ def run(args: argparse.Namespace, validate: Callable[[argparse.Namespace, object
     local_ranks = ranks_per_node(comm)
     lock, complete = _claim(args, comm)
     if complete:
-        if lock is not None:
-            lock.release()
-            if not args.quiet:
-                print(f"{args.resume}: the run is already complete; nothing to do", flush=True)
+        try:
+            with collective(comm):
+                if comm.rank == 0:
+                    _check_input_unchanged(args)
+        finally:
+            if lock is not None:
+                lock.release()
+        if comm.rank == 0 and not args.quiet:
+            print(f"{args.resume}: the run is already complete; nothing to do", flush=True)
         return 0
     set_exact(args.exact_conv)  # before the plan: the planner counts the kernels' filter layouts
     try:
