@@ -116,6 +116,8 @@ def test_output_paths_are_created_or_refused_in_one_line(tmp_path):
         output_path(blocker / "c.csv", "--csv")
     with pytest.raises(InputError, match=r"^--plots .*file/d: cannot create the folder"):
         output_folder(blocker / "d", "--plots")
+    with pytest.raises(InputError, match=r"^--plots .*file: is a file, not a folder$"):  # "(File exists)" before
+        output_folder(blocker, "--plots")
     with pytest.raises(InputError, match="is a folder, not a file name"):
         output_path(tmp_path / "a", "--draw")
 

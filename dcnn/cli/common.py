@@ -208,6 +208,8 @@ def output_folder(path: str | Path, flag: str) -> Path:
         When it cannot be created (a file is in the way, no permission), in one line naming the flag.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path}: is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
