@@ -196,6 +196,11 @@ def test_a_run_with_a_relative_gallery_resumes_from_another_folder(data, referen
                            "--threads", "1", "--quiet"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr  # the same path still names the same gallery
     assert np.array_equal(read(older)["descriptors"], single["descriptors"])
+    # Complete now: given a gallery again, it is compared (it said "nothing to do" for any gallery).
+    done = resume("--known", str(work / "people"))
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    done = resume("--known", str(changed))
+    assert done.returncode == 2 and f"{str(changed)!r} is not the gallery this run was made with" in done.stderr
 
 
 def test_jitter_changes_descriptors_a_little(data, reference):

@@ -41,6 +41,7 @@ from dcnn.exec.imported import (
 )
 from dcnn.exec.workloads import DETECTOR, Classification, Detection, Recognition, is_detector, is_model_file
 from dcnn.faces.detect import DETECTION_DTYPE, DETECTOR_BATCH_SIZE, MIN_IMAGE_SIDE, FaceDetector, default_detector_path
+from dcnn.faces.pipeline import gallery_fingerprint, known_images
 from dcnn.io.bundled import bundled_data
 from dcnn.io.fingerprint import file_fingerprint
 from dcnn.io.images import FolderImageSet, Hdf5ImageSet, ImageSet, image_formats, open_image_set
@@ -308,22 +309,29 @@ def default_output() -> Path:
 
 
 def _check_input_unchanged(args: argparse.Namespace) -> None:
-    """For a complete run resumed with ``--input`` given again (a sweep's rerun): refuse an input whose content is
-    not the run's, as an interrupted run's resume does (:meth:`ResultWriter.resume`); "nothing to do" would say
-    the file holds that input's results.
+    """For a complete run resumed with ``--input`` (or recognition's ``--known``) given again, as a sweep's rerun
+    does: refuse one whose content is not the run's, as an interrupted run's resume does
+    (:meth:`ResultWriter.resume`); "nothing to do" would say the file holds that input's results.
 
     Raises
     ------
     InputError
-        Naming both inputs.
+        Naming both.
     """
-    if "input" not in args.given:
+    given = [key for key in ("input", "known") if key in args.given]
+    if not given:
         return
-    stored = read_configuration(args.resume)[0]
-    with open_image_set(args.input, args.dataset) as images:
-        if images.fingerprint() != stored["input_fingerprint"]:
-            raise InputError(f"--resume {args.resume!r}: {args.input!r} is not the input this run was made with (its "
-                             f"content differs; the run used {stored['input']!r})")
+    stored = read_configuration(args.resume, tuple(f"{key}_fingerprint" for key in given))[0]
+    for key in given:
+        if key == "input":
+            with open_image_set(args.input, args.dataset) as images:
+                fingerprint = images.fingerprint()
+        else:
+            fingerprint = gallery_fingerprint(known_images(args.known)[0])
+        if fingerprint != stored[f"{key}_fingerprint"]:
+            label = "gallery" if key == "known" else key
+            raise InputError(f"--resume {args.resume!r}: {getattr(args, key)!r} is not the {label} this run was made "
+                             f"with (its content differs; the run used {stored[key]!r})")
 
 
 def _claim(args: argparse.Namespace, comm) -> tuple[RunLock | None, bool]:

@@ -11,7 +11,7 @@ that person's images when it is at most the tolerance (0.6 by convention), else 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,8 +31,8 @@ from dcnn.io.pixels import rgb8
 from dcnn.network.graph import Network
 
 __all__ = [
-    "DEFAULT_TOLERANCE", "FACE_DTYPE", "UNKNOWN", "FaceDescriber", "Gallery", "identify", "known_images",
-    "load_gallery",
+    "DEFAULT_TOLERANCE", "FACE_DTYPE", "UNKNOWN", "FaceDescriber", "Gallery", "gallery_fingerprint", "identify",
+    "known_images", "load_gallery",
 ]
 
 LANDMARKS = 5
@@ -178,10 +178,15 @@ class Gallery:
     note: str | None = None
 
     def fingerprint(self) -> str:
-        """The content fingerprint of the gallery's images, each named ``person/file name``
-        (:func:`dcnn.io.fingerprint.files_fingerprint`): a moved gallery keeps it, a changed one does not."""
-        return files_fingerprint(self.files, [f"{self.names[p]}/{path.name}" for p, path in zip(self.person,
-                                                                                             self.files)])
+        """The content fingerprint of the gallery's images (:func:`gallery_fingerprint`)."""
+        return gallery_fingerprint([(self.names[p], path) for p, path in zip(self.person, self.files)])
+
+
+def gallery_fingerprint(pairs: Sequence[tuple[str, Path]]) -> str:
+    """The content fingerprint of a gallery's ``(person, image path)`` pairs (:func:`known_images`), each image
+    named ``person/file name`` (:func:`dcnn.io.fingerprint.files_fingerprint`): a moved gallery keeps it, a changed
+    one (an image edited, added, removed or moved to another person) does not."""
+    return files_fingerprint([path for _, path in pairs], [f"{name}/{path.name}" for name, path in pairs])
 
 
 def identify(descriptors: np.ndarray, gallery: Gallery, tolerance: float = DEFAULT_TOLERANCE
