@@ -52,6 +52,7 @@ from dcnn.io.results import (
     RESUME_KEYS,
     ResultWriter,
     claim,
+    content_changed,
     peak_rss_bytes,
     provenance,
     read_configuration,
@@ -329,9 +330,7 @@ def _check_input_unchanged(args: argparse.Namespace) -> None:
         else:
             fingerprint = gallery_fingerprint(known_images(args.known)[0])
         if fingerprint != stored[f"{key}_fingerprint"]:
-            label = "gallery" if key == "known" else key
-            raise InputError(f"--resume {args.resume!r}: {getattr(args, key)!r} is not the {label} this run was made "
-                             f"with (its content differs; the run used {stored[key]!r})")
+            raise content_changed(args.resume, key, getattr(args, key), stored[key])
 
 
 def _claim(args: argparse.Namespace, comm) -> tuple[RunLock | None, bool]:

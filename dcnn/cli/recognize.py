@@ -17,7 +17,6 @@ from collections.abc import Sequence
 
 from dcnn.cli import infer
 from dcnn.cli.common import run_main
-from dcnn.cli.runconfig import stored_path
 from dcnn.errors import DcnnError, InputError, one_line
 from dcnn.exec.forward import Forward
 from dcnn.exec.workloads import DETECTOR, Recognition, is_detector
@@ -25,6 +24,7 @@ from dcnn.faces.models import DESCRIPTOR_MODEL, LANDMARK_MODEL
 from dcnn.faces.pipeline import DEFAULT_TOLERANCE, FACE_DTYPE, FaceDescriber, load_gallery
 from dcnn.io.images import image_formats
 from dcnn.io.numbers import check_number
+from dcnn.io.results import stored_path
 from dcnn.parallel.comm import collective, world
 from dcnn.planner.recognition import recognition_stage
 

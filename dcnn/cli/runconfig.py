@@ -7,7 +7,7 @@ not given from there:
 - :data:`IDENTITY` (and :data:`RECOGNITION`): options that decide the outputs. Given again, they must agree with
   the file (``--input``, ``--weights``, a model file given to ``--model`` and ``dcnn.recognize``'s ``--known``
   gallery may name another path: the file or folder is then recognised by its content fingerprint, see
-  :mod:`dcnn.io.fingerprint`); every path is recorded in one form, :func:`stored_path`;
+  :mod:`dcnn.io.fingerprint`); every path is recorded in one form, :func:`dcnn.io.results.stored_path`;
 - :data:`FREE`: options that decide only how the work is done; given again, they replace the stored ones;
 - :data:`PER_RANKS`: options that describe each rank (a grid, weights per rank, a cluster file); restored only
   when the resumed run has as many ranks as the first, since a resume may use any rank count.
@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from dcnn.errors import InputError
 from dcnn.exec.workloads import is_model_file
+from dcnn.io.results import stored_path
 
-__all__ = ["ADDED", "FREE", "IDENTITY", "PER_RANKS", "RECOGNITION", "RENAMED", "configuration", "restore",
-           "stored_path"]
+__all__ = ["ADDED", "FREE", "IDENTITY", "PER_RANKS", "RECOGNITION", "RENAMED", "configuration", "restore"]
 
 IDENTITY = ("model", "weights", "upsample", "seed", "input", "dataset", "batch_size", "mode", "preprocess",
             "exact_conv")
@@ -49,12 +48,6 @@ def _is_path(key: str, value: Any) -> bool:
     """Whether option ``key`` with ``value`` names a file: the options of :data:`_PATHS`, and ``--model`` when it
     names a model file (:func:`~dcnn.exec.workloads.is_model_file`) rather than a zoo model."""
     return value is not None and (key in _PATHS or (key == "model" and is_model_file(value)))
-
-
-def stored_path(path: str | os.PathLike) -> str:
-    """The one form in which a result file records a path (in :func:`configuration` and in its attributes, such as
-    ``known``): absolute and resolved, so that a run is resumed, and compared, from any directory."""
-    return str(Path(path).resolve())
 
 
 def configuration(args: argparse.Namespace, ranks: int) -> str:

@@ -51,8 +51,9 @@ from dcnn.faces.detect import DETECTION_DTYPE
 from dcnn.io.lockfile import RunLock
 from dcnn.io.scan import Skip
 
-__all__ = ["LOGITS_CHUNK_BYTES", "ResultWriter", "claim", "encode_outputs", "logits_chunks", "open_result",
-           "peak_rss_bytes", "provenance", "read_configuration", "resume_command", "utc_now"]
+__all__ = ["LOGITS_CHUNK_BYTES", "ResultWriter", "claim", "content_changed", "encode_outputs", "logits_chunks",
+           "open_result", "peak_rss_bytes", "provenance", "read_configuration", "resume_command", "stored_path",
+           "utc_now"]
 
 #: Attributes that must match for ``--resume`` to continue a file (input and weights by content).
 RESUME_KEYS = ("model", "mode", "weights_fingerprint", "input_fingerprint", "dataset", "upsample", "input_shape",
@@ -191,6 +192,20 @@ def open_result(path: str | os.PathLike) -> h5py.File:
         if "already open for write" not in str(error):
             raise
         return _hdf5(path, "r", swmr=True)
+
+
+def stored_path(path: str | os.PathLike) -> str:
+    """The one form in which a result file records a path (in its configuration and in its attributes, such as
+    ``known``): absolute and resolved, so that a run is resumed, and compared, from any directory."""
+    return str(Path(path).resolve())
+
+
+def content_changed(path: str | os.PathLike, what: str, given: str, used: str) -> InputError:
+    """The refusal of a resumed run whose ``what`` (``input``, ``known``, ``model_file``...) is not the content the
+    run at ``path`` was made with: ``given`` is its path now, ``used`` the one the file records."""
+    label = "gallery" if what == "known" else what.replace("_", " ")
+    return InputError(f"--resume {str(path)!r}: {given!r} is not the {label} this run was made with (its content "
+                      f"differs; the run used {used!r})")
 
 
 def resume_command(path: str | os.PathLike, ranks: int, command: str | None = None) -> str:
@@ -590,16 +605,14 @@ class ResultWriter:
                 if key.endswith("_fingerprint"):
                     what = key.removesuffix("_fingerprint")
                     if stored[key] is None and stored.get(what) is not None and \
-                            str(Path(stored[what]).resolve()) == _attribute(attributes[what]):
+                            stored_path(stored[what]) == _attribute(attributes[what]):
                         continue  # an older dcnn recorded the path alone: the same path still is the same
                     if stored[key] is None:
                         raise InputError(f"--resume {str(path)!r}: the file does not record its {what}'s content "
                                          f"fingerprint (an older dcnn made it), and {attributes[what]!r} is not "
                                          f"the path it recorded ({stored.get(what)!r}); resume from where the first "
                                          f"run started, with the same --{what}")
-                    label = "gallery" if what == "known" else what.replace("_", " ")
-                    raise InputError(f"--resume {str(path)!r}: {attributes[what]!r} is not the {label} this run "
-                                     f"was made with (its content differs; the run used {stored[what]!r})")
+                    raise content_changed(path, what, attributes[what], stored[what])
                 raise InputError(f"--resume {str(path)!r}: it was made with {key} = {stored[key]}, this run has "
                                  f"{_attribute(attributes[key])}")
         if status == "complete":
