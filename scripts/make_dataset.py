@@ -24,11 +24,7 @@ Needs scikit-image (``pip install scikit-image``) only to run.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -36,6 +32,7 @@ from PIL import Image
 
 from dcnn.cli.common import add_common_arguments, add_force_argument, output_path, run_main
 from dcnn.errors import InputError
+from dcnn.io.results import replaced_whole
 
 SIZE = 128
 WIDE = (500, 1000)
@@ -143,18 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_force_argument(parser, "the --output file")
     add_common_arguments(parser)
     return parser
-
-
-@contextlib.contextmanager
-def replaced_whole(path: Path) -> Iterator[Path]:
-    """A temporary file beside ``path`` to write, moved onto ``path`` (``os.replace``) once written whole: an
-    interruption or a failure leaves ``path`` as it was (``--force`` on the committed set) and no temporary file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,11 +14,12 @@ import sys
 
 import h5py
 import numpy as np
-from make_dataset import replaced_whole, scikit_image_data
+from make_dataset import scikit_image_data
 from PIL import Image
 
 from dcnn.cli.common import add_common_arguments, add_force_argument, output_path, run_main
 from dcnn.errors import InputError
+from dcnn.io.results import replaced_whole
 
 SOURCES = ("astronaut", "coffee", "chelsea", "rocket")
 

@@ -37,7 +37,7 @@ import stat
 import sys
 import tempfile
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -52,8 +52,8 @@ from dcnn.io.lockfile import RunLock
 from dcnn.io.scan import Skip
 
 __all__ = ["LOGITS_CHUNK_BYTES", "ResultWriter", "claim", "content_changed", "encode_outputs", "logits_chunks",
-           "open_result", "peak_rss_bytes", "provenance", "read_configuration", "resume_command", "stored_path",
-           "utc_now"]
+           "open_result", "peak_rss_bytes", "provenance", "read_configuration", "replaced_whole", "resume_command",
+           "stored_path", "utc_now"]
 
 #: Attributes that must match for ``--resume`` to continue a file (input and weights by content).
 RESUME_KEYS = ("model", "mode", "weights_fingerprint", "input_fingerprint", "dataset", "upsample", "input_shape",
@@ -244,6 +244,19 @@ def _temporary(path: Path) -> Path:
     finally:
         os.close(descriptor)
     return Path(name)
+
+
+@contextlib.contextmanager
+def replaced_whole(path: str | os.PathLike) -> Iterator[Path]:
+    """A new file beside ``path`` to write (:func:`_temporary`: it gets ``path``'s permissions), moved onto ``path``
+    (``os.replace``) once written whole: an interruption or a failure leaves ``path`` as it was and no temporary
+    file (``scripts/make_dataset.py --force`` on the committed set)."""
+    temporary = _temporary(Path(path))
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def claim(path: str | os.PathLike, *, new: bool, replace: bool = False) -> RunLock:
